@@ -1122,3 +1122,24 @@ def test_config_kind_tells_a_models_config_from_a_heads():
     assert config_kind({"task": "ss3", "hyperparameters": {}}) == "head"
     assert config_kind({"task": "ss3"}) is None and config_kind({"hyperparameters": {}}) is None
     assert config_kind({"model_type": 3}) is None and config_kind({}) is None
+
+
+@pytest.mark.parametrize("damage", [b"x", b"\x00\xd8" + "\nb\n".encode("utf-16-le")],
+                         ids=["cut-at-an-odd-byte", "lone-surrogate"])
+def test_utf16_with_its_byte_order_mark_that_does_not_decode_is_one_line(tmp_path, run_cli, damage):
+    """A UTF-16 file with its byte-order mark cut short at an odd byte (a download stopped) or
+    holding a lone surrogate was a UnicodeDecodeError traceback from export --ids and variants
+    (and `labels` read it line by line: "expected 'id,label'" on line 3). It is said, as one without
+    its mark is."""
+    from protrans_cli.heads.labels import read_labels
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe" + "mutant\nM1A\n".encode("utf-16-le") + damage)
+    said = f"protrans: error: {bad}: is UTF-16 text that does not decode ("
+    done = run_cli("export", tmp_path / "e.h5", "--ids", bad, "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and done.stderr.startswith(said) and done.stderr.endswith(
+        " at byte 24): save it as UTF-8\n") and done.stderr.count("\n") == 1, done.stderr
+    done = run_cli("variants", bad, "--sequence", "MKV", "-m", tmp_path / "no-model", "-o", tmp_path / "v.csv")
+    assert done.exit_code == 1 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
+    with pytest.raises(InputError, match=r"^.*bad.txt: is UTF-16 text that does not decode \(.* at byte 24\)"):
+        read_labels(bad)

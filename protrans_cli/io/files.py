@@ -370,18 +370,19 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 byte-order marks (little-, big
 
 def utf16_text(data: bytes, name: str) -> str | None:
     """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""
-    if data.startswith(UTF16_BOMS):
-        # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
-        # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
-        return data.decode("utf-16")
-    wide = utf16_codec(data)
+    # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
+    # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
+    wide = "utf-16" if data.startswith(UTF16_BOMS) else utf16_codec(data)
     if wide is None:
         return None
     try:
         return data.decode(wide)
     except UnicodeDecodeError as exc:
-        raise InputError(f"is UTF-16 text without a byte-order mark that does not decode ({exc.reason} at byte "
-                         f"{exc.start}): save it as UTF-8", path=name) from None
+        # (with its byte-order mark too: a file cut short at an odd byte, or a lone surrogate, was
+        # a UnicodeDecodeError traceback from export --ids and variants)
+        bom = "" if wide == "utf-16" else " without a byte-order mark"
+        raise InputError(f"is UTF-16 text{bom} that does not decode ({exc.reason} at byte {exc.start}): save it as "
+                         "UTF-8", path=name) from None
 
 
 def utf16_codec(data: bytes) -> str | None:
