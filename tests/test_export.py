@@ -1455,3 +1455,39 @@ def test_info_names_a_huge_failed_id_briefly_and_json_whole(tmp_path, run_cli):
             "(--invalid-policy skip))\n") in text and len(text) < 2000
     assert json.loads(run_cli("info", tmp_path / "e.h5", "--json").stdout)["failed"] == {
         huge: "skipped: invalid character '1' at residue 3 (--invalid-policy skip)"}
+
+
+def test_an_id_of_150_characters_is_named_by_its_first_100_wherever_export_and_info_name_it(tmp_path, run_cli):
+    """An id longer than 100 characters (shorter than the 250 any message is cut to) is shown by
+    its first 100 and its length, as docs/troubleshooting.md says: given twice in --ids, missing
+    after failing in embed, and as a group info does not read."""
+    long_id = "L" * 150
+    shown = f"{'L' * 100}... (150 characters)"
+    (tmp_path / "in.fa").write_text(f">{long_id}\nMK1V\n>ok\nMKV\n")
+    assert run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "--invalid-policy", "skip", "-o",
+                   tmp_path / "e.h5").exit_code == 0
+    (tmp_path / "ids.txt").write_text(f"ok\n{long_id}\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and f"(first: {shown}); failed in embed: {shown}: skipped" in done.stderr, done.stderr
+    (tmp_path / "ids.txt").write_text(f"{long_id}\n{long_id}\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and f"id '{'L' * 100}...' (150 characters) is given twice" in done.stderr, done.stderr
+    with h5py.File(tmp_path / "hand.h5", "w") as f:
+        f[f"{long_id}/1-300"] = np.ones((3, 2), dtype=np.float32)
+        f["P69905"] = np.zeros((4, 2), dtype=np.float32)
+    done = run_cli("info", tmp_path / "hand.h5")
+    assert done.exit_code == 0 and f"not proteins (ids with '/' written as they were?): {shown}\n" in done.stdout, (
+        done.stdout)
+
+
+def test_fastq_given_to_ids_is_told_by_its_first_three_lines_blank_ones_left_out(tmp_path, run_cli):
+    """An --ids FASTQ is told by its first three non-blank lines ('@' header, bases, '+'): one that
+    starts with a blank line is FASTQ all the same, and a list of three ids starting with '@'
+    (no '+' line) is a list."""
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "reads.fq").write_text("\n@r1\nMKTAY\n\n+\nIIIII\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "reads.fq", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and "the file looks like FASTQ" in done.stderr, done.stderr
+    (tmp_path / "ids.txt").write_text("@a\ne\n@b\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and "2 proteins of the 3 it names are not in" in done.stderr, done.stderr
