@@ -1143,3 +1143,20 @@ def test_utf16_with_its_byte_order_mark_that_does_not_decode_is_one_line(tmp_pat
     assert done.exit_code == 1 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, done.stderr
     with pytest.raises(InputError, match=r"^.*bad.txt: is UTF-16 text that does not decode \(.* at byte 24\)"):
         read_labels(bad)
+
+
+def test_utf16_without_its_mark_is_told_by_three_quarters_of_nuls_in_its_first_1024_bytes():
+    """utf16_codec's rule, at its limits: text of four bytes or more whose first 1,024 have a NUL
+    as at least three in four of their high bytes (and no NUL character) is UTF-16; a file with
+    its byte-order mark is UTF-16 whatever its characters (ids in Greek or Chinese)."""
+    from protrans_cli.io.files import is_utf16, utf16_codec
+
+    assert utf16_codec("e\n".encode("utf-16-le")) == "utf-16-le" and utf16_codec(b"e\x00\n") is None
+    assert utf16_codec("e\n".encode("utf-16-be")) == "utf-16-be"
+    assert utf16_codec("aaa\u03b1".encode("utf-16-le")) == "utf-16-le"  # three in four
+    assert utf16_codec("aa\u03b1\u03b1".encode("utf-16-le")) is None  # two in four: not told
+    # (the first 1,024 bytes: 128 Greek characters, then ASCII, is three in four)
+    assert utf16_codec(("\u03b1" * 128 + "a" * 384 + "\u03b1" * 400).encode("utf-16-le")) == "utf-16-le"
+    for codec in ("utf-16", "utf-16-be"):
+        wide = ("\ufeff" if codec != "utf-16" else "") + "\u6f22\u5b57\n" * 100
+        assert is_utf16(wide.encode(codec)) and utf16_codec(wide.encode(codec)) is None
