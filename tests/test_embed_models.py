@@ -2086,3 +2086,13 @@ def test_several_layers_make_the_arrays_embeds_help_names(run_cli, tmp_path, tin
         for ident, rows, attrs in reader.items(PER_RESIDUE):
             assert rows.shape[:2] == (2, attrs["length"]), (ident, rows.shape)
         assert {vector.shape[0] for _, vector, _ in reader.items(PER_PROTEIN)} == {2}
+
+
+def test_sdpa_kernels_on_any_device_but_a_cuda_gpu_are_said_to_change_nothing():
+    # (mps and xpu have no such kernels to choose: `not cuda`, not `cpu`, is the rule)
+    from protrans_cli.embed import EmbedOptions, _warn_gpu_only
+
+    said = []
+    for device in ("mps", "cuda:1", "cuda"):
+        _warn_gpu_only(EmbedOptions(sdpa_kernels="torch", cpu_fallback=True), device, said.append)
+    assert said == ["--sdpa-kernels torch ignored on mps: it chooses among a CUDA GPU's attention kernels"]

@@ -5772,3 +5772,13 @@ def test_predict_without_max_residues_or_mask_columns_warns_of_neither_and_score
     r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
                 "-o", tmp_path / "p.fa")
     assert r.exit_code == 0 and "scoring with --mask-column" not in r.stderr, r.stderr
+
+
+def test_fasta_chunk_overlap_without_a_long_policy_names_the_policy_error(run_cli, one_epoch_ss3, tmp_path):
+    # (no --long-policy, none recorded: the policy the run has is error, not "None")
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">q1\nMKVLA\n")
+    r = run_cli("predict", one_epoch_ss3, "--fasta", fasta, "--chunk-overlap", "32", "-o", tmp_path / "out.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert ("protrans: warning: --chunk-overlap 32 ignored: it sets the windows of --long-policy chunk, and this "
+            "run's policy is error\n") in r.stderr, r.stderr
