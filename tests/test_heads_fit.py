@@ -5782,3 +5782,11 @@ def test_fasta_chunk_overlap_without_a_long_policy_names_the_policy_error(run_cl
     assert r.exit_code == 0, r.stderr
     assert ("protrans: warning: --chunk-overlap 32 ignored: it sets the windows of --long-policy chunk, and this "
             "run's policy is error\n") in r.stderr, r.stderr
+
+
+def test_folds_1_with_ensemble_1_is_refused_for_its_folds(run_cli, loc_data, tmp_path):
+    # (one fold is no cross-validation: "leave out --ensemble 1" for "1 members" sent the user to
+    # the wrong flag)
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+                "--max-epochs", "1", "--no-plots", "-o", tmp_path / "h", "--folds", "1", "--ensemble", "1")
+    assert r.exit_code == 2 and "--folds must be at least 2" in r.stderr and "--ensemble" not in r.stderr, r.stderr

@@ -1233,3 +1233,14 @@ def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli):
     assert run_cli(*base).exit_code == 0
     r = run_cli(*base, "--label-format", "table")
     assert r.exit_code == 1 and "r.fasta:1: expected 'id,label'" in r.stderr, r.stderr
+
+
+def test_label_format_with_score_alone_is_refused_for_the_missing_labels_not_the_format(tmp_path, run_cli):
+    # (--score without --labels: what is missing is the reference's labels; --label-format, which
+    # goes with --score, is not the mistake to name)
+    _write(tmp_path / "r.h5", np.eye(4), ["a", "b", "c", "d"])
+    (tmp_path / "s.csv").write_text("id,label\na,A\n")
+    r = run_cli("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "--score", tmp_path / "s.csv",
+                "--label-format", "table", "-o", tmp_path / "o.tsv")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == (
+        "protrans: error: --score compares the labels transferred from the reference: give the reference's --labels")
