@@ -1228,3 +1228,13 @@ def test_a_biotrainer_files_masks_are_noted(tmp_path):
     ls = read_labels(bio)
     assert ls.records[0].mask.tolist() == [False, True, True]
     assert "per-residue masks from MASK= (1 = evaluated)" in ls.notes
+
+
+def test_utf16_with_its_byte_order_mark_holding_mostly_chinese_labels_is_read(tmp_path):
+    # (too few NUL high bytes for UTF-16 without its mark to be told; the mark says it, and the
+    # NULs of its ASCII characters make it no binary file)
+    table = tmp_path / "t.csv"
+    table.write_bytes("id,label\nP1,\u6f22\u5b57\u6f22\u5b57\u6f22\u5b57\nP2,\u5b57\u5b57\u5b57\u5b57\u5b57\u5b57\n"
+                      .encode("utf-16"))
+    assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [
+        ("P1", "\u6f22\u5b57" * 3), ("P2", "\u5b57" * 6)]
