@@ -3753,6 +3753,9 @@ def test_find_lr_refuses_stop_after_and_fewer_than_10_steps_and_names_every_run_
     args = ["train", "--corpus", LEARNABLE, "--find-lr", "--max-length", 32, "-j", 1]
     res = run_cli(*args, "--stop-after", 5, "-o", tmp_path / "s")
     assert res.exit_code == 2 and "--stop-after cannot go with it" in res.stderr, res.stderr
+    # without --corpus (the run's own, as --resume reads it): the same refusal, not "no training corpus"
+    res = run_cli("train", "--find-lr", "--resume", "-o", tmp_path / "s")
+    assert res.exit_code == 2 and "--resume cannot go with it" in res.stderr, res.stderr
     res = run_cli(*args, "--num-steps", 9, "-o", tmp_path / "n")
     assert res.exit_code == 2 and "--find-lr needs at least 10 steps to find a descent, got --num-steps 9" in res.stderr
     res = run_cli(*args, "--num-steps", 10, "--log-every", 5, "--keep-last", 2, "--keep-best", "--tensorboard",

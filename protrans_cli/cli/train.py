@@ -279,6 +279,13 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         console.warn(f"{' and '.join(overridden)} ignored: every phase sets its own "
                      f"({', '.join(phase.spec() for phase in config.phases)}); give the batch sizes in --phase "
                      "LEN:STEPS:GLOBAL:MICRO")
+    if find_lr:  # (before the corpus: `--find-lr --resume -o RUN` said "no training corpus")
+        ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
+                                            ("--stop-after", flags.get("stop_after")),
+                                            ("--time-limit", flags.get("time_limit"))) if given]
+        if ignored:
+            raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
+                             "cannot go with it")
     if not config.corpus:
         raise UsageError("no training corpus: give --corpus (or 'corpus' in --config)")
     if resume and resume_from:
@@ -286,12 +293,6 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     if accept_corpus_change and not (resume or resume_from):
         raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
     if find_lr:
-        ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
-                                            ("--stop-after", flags.get("stop_after")),
-                                            ("--time-limit", flags.get("time_limit"))) if given]
-        if ignored:
-            raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
-                             "cannot go with it")
         # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file;
         # given, not true: --eval-every 0, the default's value, was taken without a word, where
         # --no-keep-best and --no-tensorboard say what the range test does anyway)
