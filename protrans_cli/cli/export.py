@@ -38,8 +38,9 @@ from protrans_cli.cli import INPUT_FILE, given_option
 def command(embeddings, output, fmt, per_protein, per_residue, layer, all_layers, ids_file, digits):
     """An embeddings file as a TSV/CSV table, NumPy arrays (.npz) or esm-extract .pt files.
 
-    For R, spreadsheets, scikit-learn and colleagues without h5py: one kind and one layer of
-    any layout (and of ProtTrans or bio_embeddings files), nothing computed. A table has a row
+    For R, spreadsheets, scikit-learn and colleagues without h5py: one kind and one layer (an
+    .npz or --format esm: every layer with --all-layers) of any layout (and of ProtTrans or
+    bio_embeddings files), nothing computed. A table has a row
     per protein (id, dim_0 ..) or per residue (id, position[, residue], dim_0 ..); an .npz
     holds ids, embeddings and, per residue, offsets and lengths (numpy.load, no pickle), and is
     written a protein at a time, whatever the file's size. A `predict --probabilities` file

@@ -88,7 +88,7 @@ class FitConfig:
     dual: str = "first"  # loc: Cytoplasm-Nucleus -> Cytoplasm ("first") or left out ("skip")
     layer: int = -1  # which layer when the embeddings hold several
     on_mismatch: str = "error"  # "skip": leave out mismatched records; "missing": only those without an embedding
-    cache_bytes: int = DEFAULT_CACHE_BYTES  # per-residue sets smaller than this are read into RAM
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # per-residue sets of up to this many bytes are read into RAM
     n_bootstrap: int = 1000
     threads: int | None = None
     label_format: str = "auto"
