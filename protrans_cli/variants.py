@@ -256,14 +256,15 @@ class VariantScorer:
             self._letter_ids[letter] = int(inputs["input_ids"][0][mask[0]][0])
         return self._letter_ids[letter]
 
-    def check_length(self, sequence: str, what: str = "the sequence") -> None:
-        """InputError for a protein longer than max_length under --long-policy error."""
+    def check_length(self, sequence: str, what: str = "the sequence", *, path=None, record=None) -> None:
+        """InputError for a protein longer than max_length under --long-policy error (`path`,
+        `record`: the FASTA and record it came from, named as embed names them)."""
         if self.max_length is not None and len(sequence) > self.max_length and (
                 self.long_policy == "error" or self.causal):
             way_out = ("a causal LM's likelihood is not read in windows" if self.causal else "--long-policy window "
                        "scores each site in a window of that many residues around it")
             raise InputError(f"{what} has {len(sequence):,} residues, more than --max-length {self.max_length:,} "
-                             f"(what {self.loaded.name} was trained on or holds); {way_out}")
+                             f"(what {self.loaded.name} was trained on or holds); {way_out}", path=path, record=record)
 
     # -- forward passes ---------------------------------------------------------------------
 
@@ -897,8 +898,8 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
             found.append((record.id, normalise(record.sequence, rare="keep")))
         except SequenceRejected as exc:
             if rejected is None:
-                raise InputError(str(exc), path=name, record=record.id) from None
-            rejected[record.id] = str(InputError(str(exc), path=name, record=record.id))
+                raise InputError(str(exc), path=name, line=record.line, record=record.id) from None
+            rejected[record.id] = str(InputError(str(exc), path=name, line=record.line, record=record.id))
     if not found and not rejected:
         raise InputError(f"holds no record {record_id!r}" if record_id else "holds no sequence", path=name)
     if twice is not None:  # (before the count: two records of the --id asked for are this error)
@@ -966,7 +967,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
-    from protrans_cli.io.files import input_named_by, named_delimiter, output_directory, special_output
+    from protrans_cli.io.files import display_name, input_named_by, named_delimiter, output_directory, special_output
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
@@ -1030,8 +1031,6 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     else:
         table = read_variant_table(variants_file, wild_types, options, rejected)
         if options.id_column is not None:  # (only the wild types the table names are checked and scored)
-            from protrans_cli.io.files import display_name
-
             named = sorted(set(table.owners))
             renumber = {old: new for new, old in enumerate(named)}
             wild_types = [wild_types[k] for k in named]
@@ -1068,7 +1067,8 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     with output_lock(target, "is the output of another protrans run that is running now: wait for it to end, "
                              "or choose another -o") if to_file else contextlib.nullcontext():
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
-        results = _score_all(table, wild_types, columns, options, store)
+        results = _score_all(table, wild_types, columns, options, store,
+                             display_name(fasta) if fasta is not None else None)
         written = _written(columns, ensemble_columns, results, options)
         # (written out first, then renamed together: a Ctrl-C while the heatmap was drawn left the
         # new table beside the old heatmap, and the --resume advice for a table already complete)
@@ -1113,7 +1113,8 @@ def _write_table(output, table, written, *, staged: list | None = None) -> None:
         text.detach()
 
 
-def _score_all(table, wild_types, columns, options, store: "UnitStore | None") -> dict[str, np.ndarray]:
+def _score_all(table, wild_types, columns, options, store: "UnitStore | None", source: str | None = None
+               ) -> dict[str, np.ndarray]:
     import gc
 
     from protrans_cli.embedders import resolve_device
@@ -1135,8 +1136,10 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None") -
             scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                    long_policy=options.long_policy, progress=console.progress_wanted())
             for ident, seq in wild_types:
-                scorer.check_length(seq, f"the wild type {ident!r}" if len(wild_types) > 1 or ident != "sequence"
-                                    else "the wild-type sequence")
+                if source is not None:  # (a --fasta record: the file and record named, as embed names them)
+                    scorer.check_length(seq, "the wild type", path=source, record=ident)
+                else:
+                    scorer.check_length(seq, "the wild-type sequence")
             units = store.for_model(loaded, scorer) if store is not None else None
             for column, name, strategy in columns:
                 if name != model_name:

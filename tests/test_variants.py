@@ -187,6 +187,13 @@ def test_long_proteins_are_refused_or_read_in_windows_centred_on_each_site(run_c
     r = run_cli("variants", "--all-singles", "--sequence", SEQ, "-m", model, "--max-length", "10", "-o", out)
     assert r.exit_code == 1 and "--long-policy window" in r.stderr and "55 residues" in r.stderr
     assert not out.exists()
+    # a --fasta record: the file and record named, as embed names them (the error named neither)
+    fasta = tmp_path / "wt.fa"
+    fasta.write_text(f">p1\n{SEQ}\n")
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model, "--max-length", "10", "-o", out)
+    assert r.exit_code == 1 and r.stderr.startswith(
+        f"protrans: error: {fasta}, record 'p1': the wild type has 55 residues, more than --max-length 10"), r.stderr
+    assert not out.exists()
     r = run_cli("variants", "--all-singles", "--sequence", SEQ, "-m", model, "--max-length", "10", "--long", "window",
                 "-o", out, "--scoring", "masked-marginals", "--scoring", "wt-marginals")
     assert r.exit_code == 0, r.stderr
@@ -327,7 +334,7 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
         ((table, "--sequence", "MKTA1Y", "-m", nothing), 1, "the wild-type sequence: invalid character '1' at residue 5"),
         ((table, "--fasta", fasta, "--id", "zz", "-m", nothing), 1, "wt.fa: holds no record 'zz'"),
         ((table, "--fasta", tmp_path / "bad.fa", "-m", nothing), 1,
-         "bad.fa, record 'b': invalid character '1' at residue 3"),
+         "bad.fa:1, record 'b': invalid character '1' at residue 3"),
         ((table, "--sequence", SEQ, "--id", "a", "-m", nothing), 2, "--id picks a record of --fasta"),
         ((table, "--sequence", SEQ, "--truth-column", "DMS", "-m", nothing), 1,
          "v.csv: has no 'DMS' column for --truth-column (columns: mutant)"),
