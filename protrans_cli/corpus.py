@@ -615,7 +615,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         return result
     if reasons:
         first = min(reasons)
-        result.first_invalid = (heads.id_at(first) or "<no id>", details[first], heads.line_of(first))
+        result.first_invalid = (heads.id_at(first), details[first], heads.line_of(first))
     _length_rejects(cfg, lengths, keep, reasons, details)
 
     if cfg.digests:
@@ -729,7 +729,7 @@ def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, se
                 # lines that end in CR alone. (A CR inside the header of a record rejected for
                 # another reason, or empty but for blank lines, is that record's stray byte, as
                 # read_fasta has it: it was the whole run's error.)
-                return (heads.id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, heads.line_of(i))
+                return (heads.id_at(i).split("\r")[0], _CR_ONLY, heads.line_of(i))
             reasons[i] = exc.reason
             details[i] = exc.detail
         else:  # pragma: no cover - the bulk rules and normalise() disagree
@@ -1804,7 +1804,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                     line0 = block.line0
                 if res.fatal is not None:  # (it has no digests: a TypeError traceback)
                     rid, detail, line = res.fatal
-                    raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
+                    raise InputError(detail, path=block.name, record=rid or None, line=line0 + line - 1)
                 line0 += res.lines
                 res.digests[:, 2] += np.uint64(ordinal)
                 dedup.add(res.digests)
@@ -1836,7 +1836,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                 line0 = block.line0
             if res.fatal is not None or (options.strict and res.first_invalid is not None):
                 rid, detail, line = res.fatal or res.first_invalid
-                raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
+                raise InputError(detail, path=block.name, record=rid or None, line=line0 + line - 1)
             if shuffle is not None and 0 in res.outputs:
                 train = res.outputs.pop(0)
                 shuffle.add(train.read() if isinstance(train, _Spill) else train)

@@ -2138,3 +2138,15 @@ def test_a_fasta_compressed_twice_is_said_to_be(run_cli, tmp_path):
         twice.write_bytes(gzip.compress(inner))
         said = f"the file is compressed twice (decompressed once, it is {kind} data again: a download a server"
         _every_reader_says(run_cli, tmp_path, twice, said)
+
+
+def test_a_header_without_an_id_is_named_by_its_line_as_embed_names_it(run_cli, tmp_path):
+    # prep --strict said "FILE:1, record '<no id>': header has no id", a record no file holds,
+    # where embed (and the FASTA reader) say "FILE:1: header has no id"
+    fasta = tmp_path / "noid.fa"
+    fasta.write_text(">b\nMKV\n>\nMKV\n")
+    said = f"protrans: error: {fasta}:3: header has no id\n"
+    r = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--strict")
+    assert r.exit_code == 1 and r.stderr == said, r.stderr
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and r.stderr == said, r.stderr
