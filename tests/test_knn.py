@@ -1223,13 +1223,15 @@ def test_bootstrap_sets_the_resamples_of_the_scores_ci(tmp_path, run_cli):
     assert r.exit_code == 2 and "--bootstrap must be at least 10" in r.stderr, r.stderr
 
 
-
-def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli):
+@pytest.mark.parametrize("command", ["knn", "project"])
+def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli, command):
     # a DeepLoc FASTA given with --label-format table is read as a table (and refused as one, naming
-    # the file and line), not sniffed as DeepLoc (the CLI dropping the option passed every test)
+    # the file and line), not sniffed as DeepLoc (the CLI dropping the option passed every test);
+    # knn's --labels and project's, the same option read by the same reader
     _write(tmp_path / "r.h5", np.eye(4), ["a", "b", "c", "d"])
     (tmp_path / "r.fasta").write_text("".join(f">{i} Nucleus-M\nMKV\n" for i in "abcd"))
-    base = ("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "r.fasta")
+    where = ("--reference", tmp_path / "r.h5") if command == "knn" else ("-o", tmp_path / "m.tsv")
+    base = (command, tmp_path / "r.h5", *where, "--labels", tmp_path / "r.fasta")
     assert run_cli(*base).exit_code == 0
     r = run_cli(*base, "--label-format", "table")
     assert r.exit_code == 1 and "r.fasta:1: expected 'id,label'" in r.stderr, r.stderr

@@ -973,17 +973,6 @@ def test_r_and_pandas_missing_numbers_are_no_label_on_a_colour_scale(tmp_path, r
     assert {row[family] for row in rows[1:]} == {"NA", "kinase"}  # (words: NA a label like any)
 
 
-def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli):
-    # a DeepLoc FASTA given with --label-format table is read as a table (and refused as one, naming
-    # the file and line), not sniffed as DeepLoc (the CLI dropping the option passed every test)
-    _write(tmp_path / "e.h5", np.eye(4), ["a", "b", "c", "d"])
-    (tmp_path / "l.fasta").write_text("".join(f">{i} Nucleus-M\nMKV\n" for i in "abcd"))
-    base = ("project", tmp_path / "e.h5", "--labels", tmp_path / "l.fasta", "-o", tmp_path / "m.tsv")
-    assert run_cli(*base).exit_code == 0
-    r = run_cli(*base, "--label-format", "table")
-    assert r.exit_code == 1 and "l.fasta:1: expected 'id,label'" in r.stderr, r.stderr
-
-
 def test_color_by_source_of_one_input_says_it_needs_several(tmp_path, run_cli):
     """--help: --color-by `source` is the input file. Of one input (no source column) it said
     "no such label column (the columns: none: give --labels)", labels that hold no such column
