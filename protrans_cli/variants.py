@@ -756,8 +756,7 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names; `rejected`: why a record of the FASTA could not be read)."""
-    from protrans_cli.io.files import utf16_text
-    from protrans_cli.io.files import archive_hint, display_name, header_delimiter, open_input
+    from protrans_cli.io.files import archive_hint, display_name, header_delimiter, open_input, utf16_text
 
     name = display_name(path)
     with open_input(path) as stream:
