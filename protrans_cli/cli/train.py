@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
 
@@ -298,7 +298,7 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         # --no-keep-best and --no-tensorboard say what the range test does anyway)
         unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
                                                               "keep_last", "keep_best", "tensorboard")
-                  if (value := flags.get(name)) is not None and value is not False and value != ()]
+                  if given_option(name) and flags[name] is not False]
         if unused and _rank_zero():
             console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
                          "lr_find.json: no evaluation, metrics or checkpoint)")
