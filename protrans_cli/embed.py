@@ -203,7 +203,7 @@ class EmbedOptions:
 
 @dataclass
 class EmbedSummary:
-    output: Path
+    output: Path | None          # None on a torchrun rank other than 0 (rank 0 writes and reports the file)
     num_records: int = 0
     num_embedded: int = 0        # proteins written by this run
     num_resumed: int = 0         # already in the output (--resume)
@@ -995,8 +995,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     Pass `embedder` to use a model already in memory; otherwise `options.model` is loaded.
     Under torchrun the ranks share the work; `distributed=False` embeds everything in this
     process alone (embed_sequences: each rank has its own temporary file and wants every array).
-    Returns a summary; proteins that could not be embedded are in `summary.failed` and in the
-    file's `failed` attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin
+    Returns a summary (under torchrun, `summary.output` is None on every rank but rank 0);
+    proteins that could not be embedded are in `summary.failed` and in the file's `failed` attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin
     is still `<stdin>` to the user).
     """
     # (a list of files, read_fasta's records, an open file or None: a TypeError from os.stat deep
