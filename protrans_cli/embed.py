@@ -996,8 +996,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     Under torchrun the ranks share the work; `distributed=False` embeds everything in this
     process alone (embed_sequences: each rank has its own temporary file and wants every array).
     Returns a summary (under torchrun, `summary.output` is None on every rank but rank 0);
-    proteins that could not be embedded are in `summary.failed` and in the file's `failed` attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin
-    is still `<stdin>` to the user).
+    proteins that could not be embedded are in `summary.failed` and in the file's `failed`
+    attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin is still
+    `<stdin>` to the user).
     """
     # (a list of files, read_fasta's records, an open file or None: a TypeError from os.stat deep
     # inside, after the model's name had been checked)
