@@ -368,7 +368,8 @@ def _esm_folder(output) -> Path:
         if not folder.is_dir():
             raise UsageError(f"-o {output}: exists and is not a folder (--format esm writes a folder of .pt files)")
         try:
-            filled = next(os.scandir(folder), None) is not None
+            with os.scandir(folder) as entries:  # (closed: one entry read leaves the iterator open)
+                filled = next(entries, None) is not None
         except OSError as exc:
             raise RuntimeFailure(f"cannot read this folder: {exc.strerror or exc}", path=text) from None
         if filled:

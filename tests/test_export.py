@@ -1491,3 +1491,20 @@ def test_fastq_given_to_ids_is_told_by_its_first_three_lines_blank_ones_left_out
     (tmp_path / "ids.txt").write_text("@a\ne\n@b\n")
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
     assert done.exit_code == 1 and "2 proteins of the 3 it names are not in" in done.stderr, done.stderr
+
+
+def test_esm_refusing_a_full_folder_leaves_no_directory_handle_open(tmp_path, run_cli):
+    """The not-empty check read one entry of os.scandir and left the iterator open: a
+    ResourceWarning, and a directory handle held until the collector ran (a notebook's loop)."""
+    import gc
+    import warnings
+
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.pt").write_bytes(b"another run's")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "full")
+        gc.collect()
+    assert done.exit_code == 2 and "a folder that is not empty" in done.stderr
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "scandir" in str(w.message)]
