@@ -278,7 +278,7 @@ def _safetensors_files(folder: Path) -> dict[str, Path]:
     if single.is_file():
         with safe_open(str(single), "pt", device="cpu") as f:
             return dict.fromkeys(f.keys(), single)
-    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
     return {name: folder / file for name, file in weight_map.items()}
 
 
@@ -379,14 +379,14 @@ def _trained_by_protrans(loaded) -> str | None:
     if not config.is_file():
         return None
     try:
-        data = json.loads(config.read_text())
+        data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if "protrans_version" not in data or _finetuned_from(target):
         return None  # (a `protrans finetune` output: the head of the model it was fine-tuned from)
     init_from = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        init_from = json.loads((target / "train_config.json").read_text()).get("init_from")
+        init_from = json.loads((target / "train_config.json").read_text(encoding="utf-8")).get("init_from")
     if init_from:
         return None  # continued from a published model: its head came with it (warned by the caller)
     return "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
@@ -398,7 +398,7 @@ def _finetuned_from(target: Path) -> str | None:
     import json
 
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        data = json.loads((target.parent / "finetune.json").read_text())
+        data = json.loads((target.parent / "finetune.json").read_text(encoding="utf-8"))
         if target.name == "model" and data.get("format") == "protrans-finetune":
             return str(data.get("model") or "an unrecorded model")
     return None
@@ -410,10 +410,10 @@ def _continued_from(loaded) -> str | None:
 
     target = Path(str(loaded.path_or_hub_id))
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        if "protrans_version" in json.loads((target / "config.json").read_text()):
+        if "protrans_version" in json.loads((target / "config.json").read_text(encoding="utf-8")):
             if (origin := _finetuned_from(target)):
                 return f"fine-tuned by protrans finetune from {origin}"
-            if (origin := json.loads((target / "train_config.json").read_text()).get("init_from")):
+            if (origin := json.loads((target / "train_config.json").read_text(encoding="utf-8")).get("init_from")):
                 return f"trained further by protrans train from {origin}"
     return None
 

@@ -618,7 +618,7 @@ def _trained_residues(loaded, special_tokens: int) -> tuple[int, str] | None:
 
     where = Path(str(getattr(loaded, "path_or_hub_id", "")))
     try:
-        config = json.loads((where / "train_config.json").read_text())
+        config = json.loads((where / "train_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = None
     if isinstance(config, dict):

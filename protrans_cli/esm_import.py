@@ -311,7 +311,7 @@ def _directory_config(model: str | None) -> dict | None:
     if not model:
         return None
     try:
-        config = json.loads((Path(model) / "config.json").read_text())
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # (no such directory, no config: a name, as before)
         return None
     if not isinstance(config, dict) or config.get("model_type") != FAMILY:

@@ -190,7 +190,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
         if metrics.exists():
-            s.metrics[head.name] = json.loads(metrics.read_text())
+            s.metrics[head.name] = json.loads(metrics.read_text(encoding="utf-8"))
     s.outputs = {
         "corpus (prep)": out / "corpus" / "train.txt",
         "pretrained model (train)": out / "model",
@@ -217,4 +217,4 @@ def write_commands(out: Path, commands: list[str]) -> None:
     (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran. The train, embed and fit "
                                      "lines refuse to replace\n# their outputs: run this once the results in "
                                      f"{shlex.quote(str(out))} are moved away (or with OUTPUT edited).\nset -e\n"
-                                     + mkdir + "\n" + "\n".join(commands) + "\n")
+                                     + mkdir + "\n" + "\n".join(commands) + "\n", encoding="utf-8")

@@ -1197,7 +1197,8 @@ class UnitStore:
             return
         try:
             self.folder.mkdir(exist_ok=True)
-            (self.folder / self.MARKER).write_text(json.dumps({"format": "protrans-variants-units"}) + "\n")
+            (self.folder / self.MARKER).write_text(json.dumps({"format": "protrans-variants-units"}) + "\n",
+                                                   encoding="utf-8")
         except OSError as exc:
             raise RuntimeFailure(f"cannot create {self.folder}: {exc.strerror}") from None
 

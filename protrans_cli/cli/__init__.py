@@ -442,7 +442,7 @@ def _open_closed_standard_streams() -> None:
                 os.dup2(null, fd)
                 os.close(null)
     if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
 
 
 def main(argv=None):
@@ -531,7 +531,7 @@ def _tell_torchrun(line: str | None) -> None:
     import time
 
     try:
-        with open(path, "w") as fh:  # (the "message" object torch's own ErrorHandler writes)
+        with open(path, "w", encoding="utf-8") as fh:  # (the "message" object torch's own ErrorHandler writes)
             json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
                                                                   "timestamp": str(int(time.time()))}}}, fh)
     except OSError:  # torchrun's summary without it, as before

@@ -347,7 +347,7 @@ def _corpus_found_from_here(config, saved_file):
     import os
 
     try:
-        resolved = json.loads(Path(saved_file).read_text()).get("resolved") or {}
+        resolved = json.loads(Path(saved_file).read_text(encoding="utf-8")).get("resolved") or {}
     except (OSError, ValueError, AttributeError):
         return config
     changes = {}

@@ -413,7 +413,7 @@ def _finished(out_dir: Path, fingerprint: dict) -> "FinetuneResult":
     """`--resume` of a finished run: nothing to do when it was made with these settings and
     inputs (as fit's --resume of a finished head); else a usage error naming what differs."""
     try:
-        record = json.loads((out_dir / "finetune.json").read_text())
+        record = json.loads((out_dir / "finetune.json").read_text(encoding="utf-8"))
         saved = record["fingerprint"]
         if not isinstance(saved, dict):
             raise TypeError
@@ -714,7 +714,7 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     }
     ensemble = Ensemble([head], task).eval()
     save_head(head_dir, ensemble, head_config)
-    with open(head_dir / "metrics.jsonl", "w") as fh:
+    with open(head_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
         for line in history:
             fh.write(metrics_json(line, indent=None) + "\n")
 
@@ -729,7 +729,7 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
         result = evaluate_data(ensemble, task, rows_data(rows, data, reads_residues), n_boot=config.n_bootstrap,
                                max_residues=config.max_residues, seed=config.seed)
         summary[name] = write_metrics(head_dir / "metrics", name, result, str(out_dir / "model"), desc, plots=False)
-    (head_dir / "metrics.json").write_text(metrics_json(summary) + "\n")
+    (head_dir / "metrics.json").write_text(metrics_json(summary) + "\n", encoding="utf-8")
     (tmp / "finetune.json").write_text(metrics_json({
         "format": "protrans-finetune", "protrans_version": __version__, "model": config.model,
         "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
@@ -737,7 +737,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
         "config": _jsonable(asdict(replace(config, resume=False, force=False))),
         "labels": str(labels), "validation": valid_desc, "best_epoch": best["epoch"], "history": history,
         "metrics": summary,
-        "fingerprint": fingerprint}) + "\n")  # (what `finetune --resume` of the finished run compares)
+        "fingerprint": fingerprint}) + "\n",  # (what `finetune --resume` of the finished run compares)
+        encoding="utf-8")
     default_permissions(tmp)
     return summary
 

@@ -236,7 +236,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
                                     cv=None if sets.folds is None else (train, sets.folds, str(embeddings),
                                                                         sets.valid_desc))
         save_head(tmp, ensemble, _head_config(config, task, sets, weights, fingerprint, embeddings, labels))
-        (tmp / "metrics.json").write_text(metrics_json(summary) + "\n")
+        (tmp / "metrics.json").write_text(metrics_json(summary) + "\n", encoding="utf-8")
         default_permissions(tmp)
         replace_directory(tmp, out_dir)
     except BaseException as exc:
@@ -338,7 +338,7 @@ def _unrecorded_head(out_dir: Path) -> bool:
     """Whether `out_dir` holds a head of a version that did not record its fingerprint (before
     2026-11-29: `fit --resume` of it said only that it exists, as for a folder of other files)."""
     try:
-        config = json.loads((out_dir / "config.json").read_text())
+        config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     # (a fit's: trained on an embeddings file; import-head's and finetune's heads record none)
@@ -786,7 +786,7 @@ def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval
     """metrics.jsonl, curves.png and metrics/<set>.json into `tmp`; the headline numbers of every
     set. `cv` (train, folds, embeddings, description): --folds, scored out of fold as set "cv"."""
     (tmp / "metrics").mkdir()
-    with open(tmp / "metrics.jsonl", "w") as fh:
+    with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as fh:
         for line in history:
             fh.write(metrics_json(line, indent=None) + "\n")
     if config.plots:
@@ -862,10 +862,11 @@ def _finished(out_dir: Path, fingerprint: dict) -> FitResult | None:
     `fit --resume` then has to do: nothing, as `embed --resume` of a finished file); None for
     a head of an older version, which did not record them."""
     try:
-        config = json.loads((out_dir / "config.json").read_text())
+        config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
         saved = config["fingerprint"]
-        summary = json.loads((out_dir / "metrics.json").read_text())
-        history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     differ = _changed(saved, _jsonable(fingerprint))

@@ -101,7 +101,7 @@ def save_head(directory: Path, ensemble: Ensemble, config: dict) -> None:
     # so with two keys a refit with the same seed gave equal weights in a file of other bytes.
     # The task is in config.json.
     save_file(state, str(directory / WEIGHTS), metadata={"format": "protrans-head"})
-    (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+    (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
 
 
 def _check_claims(config: dict, task: Task) -> None:
@@ -190,7 +190,7 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     # tensors: a size that does not fit the weights is refused below, having cost nothing.
     stored = len({key.split(".")[1] for key in state if key.startswith("members.")})
     try:
-        config = json.loads((directory / CONFIG).read_text())
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
         task = Task.from_json(config["task"])
         hp = config["hyperparameters"]
         _check_claims(config, task)

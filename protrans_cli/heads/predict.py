@@ -244,7 +244,7 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
 
     head_dir = Path(head_dir)
     try:
-        config = json.loads((head_dir / CONFIG).read_text())
+        config = json.loads((head_dir / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"not a readable head directory ({type(exc).__name__})", path=str(head_dir)) from None
     try:

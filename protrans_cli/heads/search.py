@@ -180,11 +180,11 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
               "trials": [{**t, "settings": {k.replace("_", "-"): v for k, v in t["settings"].items()},
                           "score": t["score"] if math.isfinite(t["score"]) else None} for t in done]}
     text = metrics_json(record) + "\n"  # (strict JSON: a trial with nothing scored is null)
-    (folder / "search.json").write_text(text)
+    (folder / "search.json").write_text(text, encoding="utf-8")
     tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
     try:
         shutil.copytree(folder / best["trial"], tmp, dirs_exist_ok=True)
-        (tmp / "search.json").write_text(text)
+        (tmp / "search.json").write_text(text, encoding="utf-8")
         with signals_held():  # (as fit's head: a signal held meanwhile comes once the output is whole)
             replace_directory(tmp, out_dir)
             console.output_complete(str(out_dir))

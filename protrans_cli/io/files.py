@@ -332,7 +332,7 @@ def stdin_if_named(inputs) -> bytes | None:
 def replay_stdin(held: contextlib.ExitStack, data: bytes) -> None:
     """sys.stdin gives `data` (bytes read from it before) while `held` is open, then is put back."""
     saved = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding=getattr(saved, "encoding", None) or "utf-8")
     held.callback(setattr, sys, "stdin", saved)
 
 

@@ -701,7 +701,7 @@ def _safetensors_names(directory) -> set[str]:
                 return set(f.keys())
         index = directory / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
             return set(weight_map) if isinstance(weight_map, dict) else set()
     except Exception:  # noqa: BLE001 - a damaged file: from_pretrained's error names it
         return set()
@@ -755,9 +755,9 @@ def stamp_versions(directory) -> None:
     from protrans_cli import __version__
 
     for path in (*Path(directory).glob("config.json"), *Path(directory).glob("*/config.json")):
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         data.update(protrans_version=__version__, torch_version=torch.__version__.split("+")[0])
         # (a model continued from one that named code of its own: the code is not copied, and
         # protrans's own classes wrote it)
         data.pop("auto_map", None)
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

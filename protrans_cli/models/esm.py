@@ -70,7 +70,7 @@ class EsmFamily(Family):
 
         with tempfile.TemporaryDirectory() as tmp:
             vocab = Path(tmp) / "vocab.txt"
-            vocab.write_text("\n".join(ESM_VOCAB) + "\n")
+            vocab.write_text("\n".join(ESM_VOCAB) + "\n", encoding="utf-8")
             tokenizer = EsmTokenizer(str(vocab), model_max_length=1_000_000)
         return tokenizer
 

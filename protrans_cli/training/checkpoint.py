@@ -417,7 +417,7 @@ def _write_sums(directory: Path) -> None:
     reads them; neither torch.load nor safetensors checks the bytes of the tensors."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != SUMS_FILE)
     (directory / SUMS_FILE).write_text("".join(f"{sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
-                                               for p in files))
+                                               for p in files), encoding="utf-8")
 
 
 def check_sums(directory) -> str | None:
@@ -426,7 +426,7 @@ def check_sums(directory) -> str | None:
     checkpoint (about 1.8 GB/s of sha256 on one core, plus the disk)."""
     directory = Path(directory)
     try:
-        listed = (directory / SUMS_FILE).read_text().splitlines()
+        listed = (directory / SUMS_FILE).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -587,7 +587,7 @@ def load_weights(directory, model) -> None:
             detail = detail[:157] + "..."
         saved = ""
         try:
-            cfg = json.loads((Path(directory) / "train_config.json").read_text())
+            cfg = json.loads((Path(directory) / "train_config.json").read_text(encoding="utf-8"))
             source = f"/{cfg['preset']}" if cfg.get("preset") else f" (from {cfg['init_from']})" \
                 if cfg.get("init_from") else ""
             saved = f"it holds a {cfg['family']}{source} model; "
@@ -732,7 +732,7 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
 
     path = where / CONFIG_FILE
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return config  # an older checkpoint without it, or unreadable: nothing to compare
     if problem := _saved_config_problem(saved):
@@ -801,7 +801,7 @@ def saved_objective_revision(where: Path) -> int:
     from protrans_cli.training.config import RESOLVED
 
     try:
-        resolved = json.loads((where / CONFIG_FILE).read_text()).get(RESOLVED) or {}
+        resolved = json.loads((where / CONFIG_FILE).read_text(encoding="utf-8")).get(RESOLVED) or {}
         return int(resolved.get("objective_revision", 1))
     except (OSError, ValueError, AttributeError, TypeError):
         return 1
@@ -814,7 +814,7 @@ def given_settings(where: Path, given: dict) -> dict:
     that did not repeat them, and the file as a template then meant a tenth of the run and bf16."""
     automatic = {"precision": "auto", "warmup_steps": None}
     try:
-        saved = json.loads((where / CONFIG_FILE).read_text())
+        saved = json.loads((where / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return given
     if not isinstance(saved, dict):
@@ -829,7 +829,7 @@ def check_phase_position(where: Path, phases, step: int, data_phase: int) -> Non
     a finished phase sent the run back to it after steps of the next one (and skipped a buffer
     of data); shortened, the steps it ran were left out of the count."""
     try:
-        saved = json.loads((where / CONFIG_FILE).read_text()).get("phases") or []
+        saved = json.loads((where / CONFIG_FILE).read_text(encoding="utf-8")).get("phases") or []
     except (OSError, ValueError, AttributeError):
         saved = []
     name = Path(where).name
@@ -858,7 +858,7 @@ def saved_data_phase(where: Path, step: int) -> int | None:
     `data_phase` its training_state.pt records (a checkpoint is written in the phase of its step,
     the last step of a phase included), read without that file. None where it cannot be told."""
     try:
-        saved = json.loads((Path(where) / CONFIG_FILE).read_text()).get("phases") or []
+        saved = json.loads((Path(where) / CONFIG_FILE).read_text(encoding="utf-8")).get("phases") or []
         counts = [p.get("num_steps") if isinstance(p, dict) else None for p in saved]
     except (OSError, ValueError, AttributeError):
         return None

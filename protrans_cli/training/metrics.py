@@ -78,7 +78,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def append_metrics(path: Path, record: dict) -> None:
     try:
-        with open(path, "a") as fh:
+        with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
     except FileNotFoundError:  # (it said "metrics.jsonl: No such file or directory")
         raise RuntimeFailure("the run directory was removed or moved during the run",
@@ -164,7 +164,7 @@ def require_tensorboard() -> None:
 def read_metrics(path) -> list[dict]:
     """The lines of metrics.jsonl. A last line cut short (a full disk or a power cut while it was
     appended: the one file written in place) is left out; a damaged line elsewhere is an error."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = []
     for number, line in enumerate(lines, 1):
         try:

@@ -125,9 +125,9 @@ def process_age() -> float:
     """Seconds since this process started (Linux: /proc), 0 where that cannot be read: a time
     limit then counts from when it is asked for."""
     try:
-        with open("/proc/self/stat") as f:
+        with open("/proc/self/stat", encoding="utf-8") as f:
             stat = f.read()
-        with open("/proc/uptime") as f:
+        with open("/proc/uptime", encoding="utf-8") as f:
             uptime = float(f.read().split()[0])
         # field 22, starttime in clock ticks since boot (after the command name, which may hold spaces)
         started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
