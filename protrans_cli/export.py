@@ -181,13 +181,13 @@ def _not_text(head: bytes) -> str | None:
     """What an --ids file is where its first bytes say it holds no ids (an embeddings file, an
     archive, any other binary file), as the label and variants readers say; None for text. (A
     file of NULs was one 'id', echoed whole in the error: 300 MB of them ran out of memory.)"""
-    from protrans_cli.io.files import archive_hint
+    from protrans_cli.io.files import BINARY_KIND, HDF5_KIND, binary_kind
 
-    if head.startswith(b"\x89HDF"):
-        return "is an HDF5 file (such as embed writes), not a list of ids or a FASTA file"
-    if hint := archive_hint(head):
-        return f"not a list of ids or a FASTA file; {hint}"
-    return _BINARY if b"\0" in head else None
+    kind = binary_kind(head)
+    if kind == BINARY_KIND:
+        return _BINARY
+    return kind and (f"is {kind}, not a list of ids or a FASTA file" if kind == HDF5_KIND else
+                     f"not a list of ids or a FASTA file; {kind}")
 
 
 def _refuse_twice(ids: list[str], name: str, lines: list[int]) -> None:

@@ -756,17 +756,17 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names; `rejected`: why a record of the FASTA could not be read)."""
-    from protrans_cli.io.files import archive_hint, display_name, header_delimiter, open_input, utf16_text
+    from protrans_cli.io.files import (BINARY_KIND, HDF5_KIND, binary_kind, display_name, header_delimiter, open_input,
+                                       utf16_text)
 
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
     # (UTF-16, Excel's "Unicode Text" and PowerShell's `>`, holds NULs: read as such, not refused)
     wide = utf16_text(data, name)
-    if wide is None and (hint := archive_hint(data)):
-        raise InputError(f"is not a variants table: {hint}", path=name)
-    if wide is None and (data.startswith(b"\x89HDF") or b"\0" in data[:4096]):
-        raise InputError("is a binary file, not a variants table (CSV or TSV with a mutant column)", path=name)
+    if wide is None and (kind := binary_kind(data)):
+        raise InputError(f"is {kind}, not a variants table (CSV or TSV with a mutant column)"
+                         if kind in (HDF5_KIND, BINARY_KIND) else f"is not a variants table: {kind}", path=name)
     try:
         text = wide if wide is not None else data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -1160,3 +1160,42 @@ def test_utf16_without_its_mark_is_told_by_three_quarters_of_nuls_in_its_first_1
     for codec in ("utf-16", "utf-16-be"):
         wide = ("\ufeff" if codec != "utf-16" else "") + "\u6f22\u5b57\n" * 100
         assert is_utf16(wide.encode(codec)) and utf16_codec(wide.encode(codec)) is None
+
+
+def test_binary_kind_tells_real_files_that_hold_no_text_from_text(tmp_path):
+    """binary_kind, which the label, variants, --ids, corpus and FASTA readers word their refusals
+    around, on the first bytes (as open_input gives them) of files written by their own tools."""
+    import zipfile
+
+    import h5py
+    import torch
+
+    from protrans_cli.io.files import BINARY_KIND, HDF5_KIND, binary_kind
+
+    def head(path) -> bytes:
+        with open_input(path) as stream:
+            return stream.read(4096)
+
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        f["P1"] = [[0.5, 1.0]]
+    with zipfile.ZipFile(tmp_path / "splits.zip", "w") as archive:
+        archive.writestr("labels.csv", "id,label\nP1,a\n")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "new.pt")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "labels.csv.gz").write_bytes(gzip.compress(b"id,label\nP1,a\n"))
+    (tmp_path / "twice.csv.gz").write_bytes(gzip.compress(gzip.compress(b"id,label\nP1,a\n")))
+    (tmp_path / "bom.csv").write_bytes("id,label\nP1,a\n".encode("utf-16"))
+    (tmp_path / "plain.csv").write_text("id,label\nP1,α-helix\n", encoding="utf-8")
+    assert binary_kind(head(tmp_path / "e.h5")) == HDF5_KIND
+    assert binary_kind(head(tmp_path / "e.h5"), sentence=True) == "the file is HDF5, such as embed writes"
+    assert binary_kind(head(tmp_path / "splits.zip")).startswith("the file is a zip archive (extract")
+    assert binary_kind(head(tmp_path / "new.pt")).startswith("the file is a zip archive")  # (torch's own format)
+    assert binary_kind(head(tmp_path / "old.pt")) == BINARY_KIND
+    assert binary_kind(head(tmp_path / "old.pt"), sentence=True) == "the file is binary"
+    assert binary_kind(head(tmp_path / "twice.csv.gz")).startswith("the file is compressed twice (")
+    for text in ("labels.csv.gz", "bom.csv", "plain.csv"):
+        assert binary_kind(head(tmp_path / text)) is None, text
+    # (a NUL beyond the first 4,096 bytes is the line readers' to find; UTF-16 without its mark
+    # is the callers', who ask utf16_codec first)
+    assert binary_kind(b"x" * 4096 + b"\0") is None
+    assert binary_kind("id,label\n".encode("utf-16-le")) == BINARY_KIND

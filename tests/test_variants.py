@@ -1351,7 +1351,7 @@ def test_a_utf16_table_is_read_and_a_binary_file_refused(run_cli, tmp_path, tiny
         assert r.stdout == want.stdout
     (tmp_path / "e.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     r = run_cli("variants", tmp_path / "e.h5", "--sequence", SEQ, "-m", model)
-    assert r.exit_code == 1 and "binary file" in r.stderr
+    assert r.exit_code == 1 and "e.h5: is an HDF5 file (such as embed writes), not a variants table" in r.stderr
 
 
 def test_offset_numbers_the_all_singles_labels_and_reads_a_table_at_the_same_sites(run_cli, tmp_path, tiny_models):

@@ -41,8 +41,8 @@ import numpy as np
 from protrans_cli.errors import InputError, UsageError, brief
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
-from protrans_cli.io.files import (UTF16_BOMS, archive_hint, display_name, header_delimiter, is_utf16, open_input,
-                                   utf16_codec, utf16_text)
+from protrans_cli.io.files import (BINARY_KIND, HDF5_KIND, binary_kind, display_name, header_delimiter, is_utf16,
+                                   open_input, utf16_codec, utf16_text)
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
 
@@ -225,17 +225,12 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
 
 
 def _refuse_binary(data: bytes, name: str) -> None:
-    """An HDF5 file (the embeddings given for the labels) or another binary file: one line saying
-    so, where a table's reader said "expected 'id,label'" on line 1. (UTF-16 text, which holds
-    NULs too, is read: it starts with its byte-order mark.)"""
-    if data.startswith(b"\x89HDF"):
-        raise InputError("is an HDF5 file (such as embed writes), not a label file: labels are a NetSurfP or "
-                         "PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, or an id,label table", path=name)
-    if hint := archive_hint(data):
-        raise InputError(f"is not a label file: {hint}", path=name)
-    if b"\0" in data[:4096] and not data.startswith(UTF16_BOMS):
-        raise InputError("is a binary file, not a label file (a NetSurfP or PISCES CSV, FLIP FASTA or CSV, "
-                         "DeepLoc FASTA, or an id,label table)", path=name)
+    """An HDF5 file (the embeddings given for the labels), an archive or another binary file: one
+    line saying so, where a table's reader said "expected 'id,label'" on line 1."""
+    if kind := binary_kind(data):
+        raise InputError(f"is {kind}, not a label file (a NetSurfP or PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, "
+                         "or an id,label table)" if kind in (HDF5_KIND, BINARY_KIND) else
+                         f"is not a label file: {kind}", path=name)
 
 
 def holds_residue_labels(label_set: LabelSet) -> bool:

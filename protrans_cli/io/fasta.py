@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.files import archive_hint, display_name, open_input
+from protrans_cli.io.files import binary_kind, display_name, open_input
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,7 @@ def not_fasta(first: bytes) -> str:
     what the file is where its first bytes tell (a UTF-16 FASTA looked like any non-FASTA)."""
     if first.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
         return NOT_FASTA + " (the file is UTF-16 text: convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
-    if first.startswith(b"\x89HDF"):
-        return NOT_FASTA + " (the file is HDF5, such as embed writes)"
-    if hint := archive_hint(first):
-        return f"{NOT_FASTA}; {hint}"
-    if hint := look_alike(first):
+    if hint := binary_kind(first, sentence=True) or look_alike(first):
         return f"{NOT_FASTA}; {hint}"
     return NOT_FASTA
 

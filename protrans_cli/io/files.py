@@ -367,6 +367,23 @@ def archive_hint(head: bytes) -> str | None:
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 byte-order marks (little-, big-endian)
 
+HDF5_KIND, BINARY_KIND = "an HDF5 file (such as embed writes)", "a binary file"  # (binary_kind's)
+
+
+def binary_kind(head: bytes, *, sentence: bool = False) -> str | None:
+    """What a file is where its first bytes, `head`, show it holds no text (embeddings or an
+    archive given for a table, an id list, a corpus or a FASTA): HDF5_KIND, archive_hint's
+    sentence, or BINARY_KIND for a NUL in the first 4,096 bytes; None for text, UTF-16 with its
+    byte-order mark included (its ASCII holds NULs). Each reader words its refusal around it
+    ("is KIND, not a label file"); `sentence`: all three as archive_hint's ("the file is ...")."""
+    if head.startswith(b"\x89HDF"):
+        return "the file is HDF5, such as embed writes" if sentence else HDF5_KIND
+    if hint := archive_hint(head):
+        return hint
+    if b"\0" in head[:4096] and not head.startswith(UTF16_BOMS):
+        return "the file is binary" if sentence else BINARY_KIND
+    return None
+
 
 def utf16_text(data: bytes, name: str) -> str | None:
     """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""

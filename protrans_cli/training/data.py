@@ -288,20 +288,14 @@ def _skip_to(stream, offset: int) -> bool:
 
 
 def _not_text(first: bytes) -> str | None:
-    """What a corpus file is where its first bytes tell it is no text (a wrong file given as
+    """What a corpus file is where its first line tells it is no text (a wrong file given as
     --corpus): a model's weights were "lines end in CR alone", an HDF5 file an "invalid residue
     '\\x89'", as the first such byte happened to be; None for text."""
-    if first.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
-        return "the file is UTF-16 text (convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
-    if first.startswith(b"\x89HDF"):
-        return "the file is HDF5, such as embed writes"
-    from protrans_cli.io.files import archive_hint
+    from protrans_cli.io.files import UTF16_BOMS, binary_kind
 
-    if hint := archive_hint(first):
-        return hint
-    if b"\x00" in first[:8]:  # (safetensors' header length, torch.save's and most binary formats')
-        return "the file is binary"
-    return None
+    if first.startswith(UTF16_BOMS):  # (text to binary_kind; a corpus is not read as UTF-16)
+        return "the file is UTF-16 text (convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
+    return binary_kind(first, sentence=True)
 
 
 def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
