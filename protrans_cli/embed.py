@@ -47,7 +47,7 @@ from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
                                  expect_path)
-from protrans_cli.io.fasta import parse_fasta
+from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
 from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
@@ -427,8 +427,10 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
     only letters allowed (--3di: the 20 3Di states; no X or rare letters). `part` (K, N): only
     the records of part K of N (`in_part`)."""
     with open_input(source, name=name) as stream:
-        for rec in parse_fasta(stream, name):
+        for rec in parse_fasta(stream, name, nul_headers=True):
             try:
+                if "\x00" in rec.description:  # (a damaged file: prep leaves the record out too)
+                    raise SequenceRejected(REASON_INVALID, NUL_HEADER)
                 seq = normalise(rec.sequence, rare="keep")
                 if alphabet is not None:
                     _check_alphabet(seq, alphabet)
@@ -558,7 +560,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
     first_line: dict[str, int] = {}
     with open_input(source, name=name) as stream:
-        for rec in parse_fasta(stream, name):
+        for rec in parse_fasta(stream, name, nul_headers=True):  # (as _records read them)
             if _digest64(rec.id) not in suspects:
                 continue
             if rec.id in first_line:

@@ -2872,7 +2872,8 @@ def test_a_nul_byte_in_a_header_is_one_line_before_any_output(run_cli, tmp_path)
     result = run_cli("embed", fasta, "-m", "onehot", "--max-batch-size", "1", "-o", out)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"protrans: error: {fasta}:3, record 'b\\x00c': the header holds a NUL byte (a damaged file?)"]
+        f"protrans: error: {fasta}:3, record 'b\\x00c': the header holds a NUL byte (a damaged file?) "
+        "(--invalid-policy skip leaves such records out)"]
     assert list(tmp_path.iterdir()) == [fasta]
 
 
@@ -3941,3 +3942,21 @@ def test_a_huge_id_or_one_with_a_terminal_escape_is_shown_short_and_escaped(tmp_
     assert "\x1b" not in result.stderr and len(line) < 500
     with EmbeddingsReader(tmp_path / "o.h5") as r:
         assert sorted(r.ids()) == sorted([huge, "red\x1b[31mcds"])
+
+
+def test_a_nul_byte_in_a_header_is_skipped_under_invalid_policy_skip_as_prep_leaves_it_out(run_cli, tmp_path):
+    """A header holding NUL bytes (a damaged file: zeroed blocks) stopped `embed --invalid-policy
+    skip` whole, where prep leaves the record out: it is skipped and named in `failed` like any
+    other record that cannot be embedded, the others embedded, and a --resume has nothing to do."""
+    fasta, out = tmp_path / "nul.fa", tmp_path / "e.h5"
+    fasta.write_bytes(b">a\nMKTA\n>b\x00\x00c desc\nMKKL\n>d\nMKV\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "--invalid-policy", "skip", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "b\\x00\\x00c: skipped: the header holds a NUL byte (a damaged file?) (--invalid-policy skip)" in \
+        result.stderr, result.stderr
+    with EmbeddingsReader(out) as r:
+        assert sorted(r.ids()) == ["a", "d"]
+        assert r.failed() == {"b\x00\x00c": "skipped: the header holds a NUL byte (a damaged file?) "
+                                            "(--invalid-policy skip)"}
+    result = run_cli("embed", fasta, "-m", "onehot", "--invalid-policy", "skip", "-o", out, "--resume")
+    assert result.exit_code == 0 and "embedded 0 proteins" in result.stderr, result.stderr

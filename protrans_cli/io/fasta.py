@@ -28,6 +28,7 @@ BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
 ASCII_SPACE = " \t\n\r\x0b\x0c"  # what ends an id (bytes.split's whitespace, as prep's reader)
 
 
+NUL_HEADER = "the header holds a NUL byte (a damaged file?)"
 NOT_FASTA = "not FASTA: expected a '>' header line before sequence data"
 
 
@@ -80,7 +81,9 @@ _LOOK_ALIKES = [
 ]
 
 
-def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[FastaRecord]:
+def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: bool = False) -> Iterator[FastaRecord]:
+    """The records of FASTA `lines`; `nul_headers`: a header holding a NUL byte is the caller's to
+    refuse or skip (embed's --invalid-policy), not an error here."""
     header: bytes | None = None
     header_line = 0
     chunks: list[bytes] = []
@@ -102,7 +105,7 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
                 continue
         if line.startswith(b">"):
             if header is not None:
-                yield _record(header, chunks, header_line, name)
+                yield _record(header, chunks, header_line, name, nul_headers)
             header = line[1:].rstrip(b"\r\n")
             header_line = lineno
             chunks = []
@@ -115,7 +118,7 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
         elif line.strip():
             raise InputError(not_fasta(line), path=name, line=lineno)
     if header is not None:
-        yield _record(header, chunks, header_line, name)
+        yield _record(header, chunks, header_line, name, nul_headers)
 
 
 def header_id(description: str) -> str:
@@ -131,7 +134,7 @@ def decode_word(word: bytes) -> str:
         return word.decode("latin-1")
 
 
-def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRecord:
+def _record(header: bytes, chunks: list[bytes], line: int, name: str, nul_headers: bool = False) -> FastaRecord:
     if b"\r" in header and not chunks:
         # A whole file read as one header line: its lines end in CR alone (classic Mac OS). (A
         # stray CR inside the header of a record with a sequence ends the id, as prep reads it.)
@@ -146,8 +149,8 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
     ident = header_id(description)
     if not ident:
         raise InputError("header has no id", path=name, line=line)
-    if "\x00" in description:
-        raise InputError("the header holds a NUL byte (a damaged file?)", path=name, line=line, record=ident)
+    if "\x00" in description and not nul_headers:
+        raise InputError(NUL_HEADER, path=name, line=line, record=ident)
     seq = b"".join(chunks).translate(None, b" \t\r\n\v\f")  # (ASCII_SPACE: what normalise and prep drop too)
     return FastaRecord(ident, description, seq.decode("latin-1"), line)
 
