@@ -3960,3 +3960,20 @@ def test_a_nul_byte_in_a_header_is_skipped_under_invalid_policy_skip_as_prep_lea
                                             "(--invalid-policy skip)"}
     result = run_cli("embed", fasta, "-m", "onehot", "--invalid-policy", "skip", "-o", out, "--resume")
     assert result.exit_code == 0 and "embedded 0 proteins" in result.stderr, result.stderr
+
+
+def test_a_file_of_old_mac_line_endings_is_named_by_its_first_record_as_prep_names_it(run_cli, tmp_path):
+    """A FASTA whose lines end in CR alone reads as one header line: prep's error named the record
+    ('a'), embed's and the library reader's only the line; both name it now."""
+    fasta = tmp_path / "cr.fa"
+    fasta.write_bytes(b">a desc\rMKTA\rGGH\r>b\rMKKL\r")
+    said = f"{fasta}:1, record 'a': a carriage return inside the header line: lines that end in CR alone"
+    for command in ("prep", "embed"):
+        result = run_cli(command, fasta, *(["-m", "onehot"] if command == "embed" else []), "-o", tmp_path / "out")
+        assert result.exit_code == 1 and result.stderr.startswith(f"protrans: error: {said}"), result.stderr
+    with pytest.raises(InputError, match=re.escape(said)):
+        list(read_fasta(fasta))
+    fasta.write_bytes(b">\rMKTA\r>b\rMKKL\r")  # (no id before the first CR: the line alone, as before)
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and f"{fasta}:1: a carriage return inside the header" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -506,8 +506,8 @@ def test_fasta_ids_and_byte_order_marks_as_prep_reads_them(tmp_path, data, expec
 
 
 @pytest.mark.parametrize("data,message", [
-    (b">a desc\rMKTA\rGGH\r>b\rMKKL\r", r"x.fa:1: a carriage return inside the header line: lines that end in CR "
-                                         r"alone \(old Mac line endings\) are not read"),
+    (b">a desc\rMKTA\rGGH\r>b\rMKKL\r", r"x.fa:1, record 'a': a carriage return inside the header line: lines that "
+                                         r"end in CR alone \(old Mac line endings\) are not read"),
     (b">a\nMKTA\n>b\x00c\nMKKL\n", r"x.fa:3, record 'b\\x00c': the header holds a NUL byte"),
     (b">a desc\x00x\nMK\n", r"x.fa:1, record 'a': the header holds a NUL byte"),
 ])

@@ -138,8 +138,11 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str, nul_header
     if b"\r" in header and not chunks:
         # A whole file read as one header line: its lines end in CR alone (classic Mac OS). (A
         # stray CR inside the header of a record with a sequence ends the id, as prep reads it.)
+        # Named by its first record's id, as prep names it (up to the first CR: not the whole file decoded).
+        ident = header_id(decode_word(header[:header.index(b"\r")])) or None
         raise InputError("a carriage return inside the header line: lines that end in CR alone (old Mac "
-                         "line endings) are not read; convert them first (tr '\\r' '\\n')", path=name, line=line)
+                         "line endings) are not read; convert them first (tr '\\r' '\\n')", path=name, line=line,
+                         record=ident)
     try:
         description = header.decode("utf-8").strip(ASCII_SPACE)
     except UnicodeDecodeError:
