@@ -1238,3 +1238,19 @@ def test_utf16_with_its_byte_order_mark_holding_mostly_chinese_labels_is_read(tm
                       .encode("utf-16"))
     assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [
         ("P1", "\u6f22\u5b57" * 3), ("P2", "\u5b57" * 6)]
+
+
+def test_labels_split_train_of_a_file_of_no_split_warns_that_every_record_is_written(run_cli, tmp_path):
+    """`--split train` of a file that assigns no record to a split wrote every record without a
+    word (a record of no split is a training one, as fit reads it): a user who took the file for
+    one with a split is told. A file that has a split is written as before, with no warning."""
+    (tmp_path / "seqs.fa").write_text(">P1\nMKV\n>P2\nMKL\n")
+    out = tmp_path / "train.fa"
+    for table, warned in (("id,label\nP1,a\nP2,b\n", True), ("id,label,set\nP1,a,train\nP2,b,test\n", False)):
+        (tmp_path / "t.csv").write_text(table)
+        r = run_cli("labels", tmp_path / "t.csv", "--sequences", tmp_path / "seqs.fa", "--split", "train", "-o", out)
+        assert r.exit_code == 0, r.stderr
+        said = f"protrans: warning: {tmp_path / 't.csv'}: --split train: the file assigns no record to a split, so " \
+            "every record is in the training split and all are written"
+        assert (said in r.stderr) == warned and ("warning" in r.stderr) == warned, r.stderr
+        assert out.read_text() == (">P1\nMKV\n>P2\nMKL\n" if warned else ">P1\nMKV\n")

@@ -61,6 +61,11 @@ def command(labels, output, fmt, sequences, split):
             where = ("it assigns no record to a split" if not any(r.split for r in label_set.records)
                      else f"its records are in: {', '.join(declared)}")
             raise InputError(f"--split {split}: no record is in that split ({where})", path=label_set.path)
+        if not any(r.split for r in label_set.records):
+            # (a record of no split is a training one, as fit reads it; a file of none written
+            # whole without a word looked like the train split of a file the user took for split)
+            console.warn(f"{label_set.path}: --split train: the file assigns no record to a split, so every record "
+                         "is in the training split and all are written")
         label_set = dataclasses.replace(label_set, records=kept)
     if sequences and all(r.sequence is not None for r in label_set.records):
         # (read and never used: the FASTA written held the label file's own sequences, without a word)
