@@ -1633,3 +1633,30 @@ def test_float16_storage_refuses_values_it_would_store_as_infinity(tmp_path, lay
             w.write("inf", "inf", "MKT", **{kind: np.full(shape, np.inf, np.float32)})
     with EmbeddingsReader(out) as r:
         assert sorted(r.keys()) == ["edge", "inf"] and r.get("edge", kind).max() == 65504
+
+
+def test_the_disk_is_probed_for_the_bytes_written_not_before_every_batch(tmp_path, monkeypatch):
+    """The writer takes disk for real (fallocate) for ROOM_AHEAD of writes at a time. Each batch
+    was counted as a MiB of metadata besides its data: a one-hot E. coli run (3,006 batches of a few
+    KB, a 120 MB file) probed 51 times, 3.4 GB. Counted as the file grows, small batches share a
+    probe, and no batch is written beyond what the last probe showed room for."""
+    import protrans_cli.io.disk as disk
+
+    partial = tmp_path / "e.h5.partial"
+    probes = []  # (bytes taken, the file's size then)
+    monkeypatch.setattr(disk, "_reserve", lambda folder, nbytes: probes.append(
+        (nbytes, partial.stat().st_size if partial.exists() else 0)) or None)
+    monkeypatch.setattr(EmbeddingsWriter, "ROOM_AHEAD", 8 << 20)
+    with EmbeddingsWriter(tmp_path / "e.h5", kinds=(PER_RESIDUE,)) as w:
+        opened = len(probes)
+        for i in range(150):  # small batches: one probe for all (each was 1 MiB: 20 probes)
+            w.ensure_room(84)
+            w.write(f"s{i}", f"s{i}", "MKV", per_residue=np.ones((1, 21), np.float32))
+        assert len(probes) - opened == 1, probes
+        rows = np.ones(((2 << 20) // 84, 21), np.float32)
+        for i in range(6):  # 2 MiB a batch: probed again as the file grows past the room ahead
+            w.ensure_room(rows.nbytes)
+            taken, then = probes[-1]
+            w.write(f"b{i}", f"b{i}", "M" * len(rows), per_residue=rows)
+            assert partial.stat().st_size - then <= taken
+        assert len(probes) - opened - 1 >= 12 // 4, probes  # (8 MiB ahead, 4 of them kept for HDF5)

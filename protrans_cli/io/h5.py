@@ -2007,7 +2007,7 @@ class EmbeddingsWriter:
         self._flushed_at = -float("inf")  # time.monotonic() of the last flush (flush_due)
         self._merged = False  # shards copied in (copy_from): their records may be written again
         self._written = False  # a protein written or copied in (what a failed run keeps: __exit__)
-        self._room_taken = 0  # bytes the last reservation showed room for, less the batches since
+        self._room_taken = (0, 0)  # (bytes the last reservation showed room for, the file's size then)
         self._marker_room = _MarkerRoom(self.partial)
 
     # --- state ------------------------------------------------------------------------
@@ -2108,14 +2108,24 @@ class EmbeddingsWriter:
     def ensure_room(self, nbytes: int, what: str = "the next batch") -> None:
         """Refuse a batch of about `nbytes` that would not fit (see `disk.ensure_room`); the file
         stays as it was after the last batch, resumable."""
-        # The room is taken for real for 64 MiB of batches at a time: freeing it cost 2-3 ms a
-        # batch (ext4 mounted with discard), 3% of a one-hot run of small batches.
+        # The room is taken for real for 64 MiB of writes at a time: freeing it cost 2-3 ms a batch
+        # (ext4 mounted with discard), 3% of a one-hot run of small batches. The writes since are
+        # counted as the file grew, plus what HDF5 may hold unwritten (its metadata cache, held
+        # to LIMIT and a few writes past it): counted as each batch's room_for, a MiB of metadata
+        # a batch (for some 2 KB written), a one-hot E. coli run of 120 MB reserved 51 times, 3.4 GB.
         need = disk.room_for(nbytes)
-        reserve = 0 if need <= self._room_taken else max(need, self.ROOM_AHEAD)
+        taken, then = self._room_taken
+        try:
+            now = os.stat(self.partial).st_size
+        except OSError:  # (the file is open: not seen; reserved before every batch then)
+            now = None
+        left = 0 if now is None else taken - (now - then) - 2 * _MetadataHold.LIMIT
+        reserve = 0 if need <= left else max(need, self.ROOM_AHEAD)
         taken = disk.ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same "
                                                        "command with --resume once there is room", what=what,
                                  reserve=reserve)
-        self._room_taken = (taken if reserve else self._room_taken) - need
+        if reserve:
+            self._room_taken = (taken if now is not None else 0, now or 0)
 
     ROOM_AHEAD = 64 << 20
 
