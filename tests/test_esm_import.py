@@ -865,3 +865,23 @@ def test_contacts_refuse_a_layout_given_even_the_defaults(run_cli, tmp_path, lay
     r = run_cli("import-esm", folder, "--contacts", "--layout", layout, "-o", tmp_path / "c.h5")
     assert r.exit_code == 2 and "--layout is for embeddings: --contacts imports the contact maps alone" in r.stderr
     assert not list(tmp_path.glob("c.h5*"))
+
+
+def test_rows_or_vectors_of_another_shape_are_refused_naming_the_layer_and_the_shape(run_cli, tmp_path):
+    """A layer of the wrong rank (a batch dimension left on, as a model's own output has it: (1, L,
+    D)), or with no rows: one line naming the file, the layer and its shape, and no output (the
+    width check after it read the (1, L, D) rows' last axis as their width)."""
+    cases = [
+        ({"representations": {1: torch.zeros(1, 3, 4)}}, "its 'representations' layer 1 has shape (1, 3, 4), not "
+                                                         "(L, D) rows"),
+        ({"representations": {1: torch.zeros(0, 4)}}, "its 'representations' layer 1 has shape (0, 4), not (L, D) "
+                                                      "rows"),
+        ({"mean_representations": {1: torch.zeros(1, 4)}}, "its 'mean_representations' layer 1 has shape (1, 4), "
+                                                           "not a (D,) vector"),
+    ]
+    out = tmp_path / "e.h5"
+    for more, message in cases:
+        torch.save({"label": "Q", **more}, tmp_path / "x.pt")
+        r = run_cli("import-esm", tmp_path / "x.pt", "-o", out)
+        assert r.exit_code == 1 and f"x.pt: {message}" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not list(tmp_path.glob("e.h5*"))
