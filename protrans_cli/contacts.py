@@ -99,8 +99,8 @@ class ContactOptions:
             raise UsageError("--max-tokens and --max-batch-size must be at least 1")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise UsageError(f"--storage-dtype must be one of {', '.join(STORAGE_DTYPES)}")
-        if self.compression not in (None, "none", *COMPRESSIONS):
-            raise UsageError(f"--compression must be one of none, {', '.join(COMPRESSIONS)}")
+        if self.compression not in (None, *COMPRESSIONS):  # (COMPRESSIONS holds "none")
+            raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
         if not DEVICE_NAME.fullmatch(self.device):
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:

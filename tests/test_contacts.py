@@ -770,3 +770,52 @@ def test_a_run_where_every_protein_failed_exits_1_and_one_of_skips_alone_exits_0
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--resume")
     assert r.exit_code == 0, r.stderr
     assert set(_maps(out)) == {"a", "b"} and json.loads(_attrs(out).get("failed", "{}")) == {}
+
+
+def test_bad_settings_are_one_line_usage_errors_before_the_model_or_the_fasta(run_cli, tmp_path):
+    """--max-length, --max-tokens or --max-batch-size 0 and a device of no such name (which click
+    lets through) are refused before any model is loaded (-m names none here) and the FASTA
+    read; the library's ContactOptions refuse what the CLI's choices keep out, "window" (embed's
+    policy) among them."""
+    from protrans_cli.contacts import ContactOptions, predict_contacts
+    from protrans_cli.errors import UsageError
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    out = tmp_path / "c.h5"
+    cases = [
+        (("--max-length", "0"), "--max-length must be at least 1"),
+        (("--max-tokens", "0"), "--max-tokens and --max-batch-size must be at least 1"),
+        (("--max-batch-size", "0"), "--max-tokens and --max-batch-size must be at least 1"),
+        (("--device", "gpu"), "--device gpu: use auto, cpu, cuda, cuda:N or mps"),
+    ]
+    for extra, message in cases:
+        r = run_cli("contacts", fasta, "-m", tmp_path / "no_such_model", "-o", out, *extra)
+        assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, (extra, r.stderr)
+    library = [
+        (dict(long_policy="window"), "--long-policy must be one of error, skip, truncate (a contact map is not "
+                                     "stitched from windows)"),
+        (dict(invalid_policy="keep"), "--invalid-policy must be one of error, skip"),
+        (dict(storage_dtype="int8"), "--storage-dtype must be one of float32, float16"),
+        (dict(compression="zstd"), "--compression must be one of none, gzip, lzf"),
+        (dict(dtype="fp8"), "--dtype must be one of auto, float32, bfloat16, float16"),
+        (dict(window=0), "--window must be at least 1"),
+    ]
+    for kw, message in library:
+        with pytest.raises(UsageError) as err:
+            predict_contacts(fasta, out, ContactOptions(model=str(tmp_path / "no_such_model"), **kw))
+        assert str(err.value) == message, kw
+    assert not list(tmp_path.glob("c.h5*"))
+
+
+def test_library_predict_refuses_one_str():
+    """predict("MKTAYIAK") would have read each letter as a sequence of one residue: eight (1, 1)
+    maps and no error."""
+    from protrans_cli.contacts import ContactPredictor
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+
+    predictor = ContactPredictor(load_model(str(REFERENCES["esm2"]), device="cpu"))
+    with pytest.raises(UsageError, match="^predict takes a list of sequences, not one str$"):
+        predictor.predict("MKTAYIAK")
+    assert [m.shape for m in predictor.predict(["MKTAYIAK"])] == [(8, 8)]
