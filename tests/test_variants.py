@@ -1486,3 +1486,35 @@ def test_a_tsv_whose_header_holds_a_comma_is_read_as_a_tsv(tmp_path):
     (tmp_path / "v.csv").write_text('mutant,score\nK2A,"0,5"\n')
     table = read_variant_table(tmp_path / "v.csv", [("wt", SEQ)], VariantOptions())
     assert table.delimiter == "," and table.rows == [["K2A", "0,5"]]
+
+
+def test_zero_limits_and_the_librarys_own_option_mistakes_are_usage_errors_before_any_model(run_cli, tmp_path):
+    """--max-length 0 and --max-tokens 0 (which click lets through) are refused in one line before
+    any model is loaded (-m names none here); VariantOptions refuse what the CLI's choices and
+    defaults keep out: one str for the tuples, no model, an unknown scoring, embed's --long-policy
+    chunk, an unknown dtype."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.variants import VariantOptions, run_variants
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    out = tmp_path / "s.csv"
+    for flag in ("--max-length", "--max-tokens"):
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "no_such_model", flag, "0", "-o", out)
+        assert r.exit_code == 2 and f"{flag} must be at least 1" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    nothing = (str(tmp_path / "no_such_model"),)
+    cases = [
+        (dict(models="esm2_t6_8M_UR50D"), "models and strategies are tuples of names, not one str"),
+        (dict(models=()), "no model given"),
+        (dict(models=nothing, strategies=("masked_marginals",)),
+         "--scoring must be one of masked-marginals, wt-marginals, pseudo-ppl, log-likelihood"),
+        (dict(models=nothing, strategies=()),
+         "--scoring must be one of masked-marginals, wt-marginals, pseudo-ppl, log-likelihood"),
+        (dict(models=nothing, long_policy="chunk"), "--long-policy must be one of error, window"),
+        (dict(models=nothing, dtype="fp8"), "--dtype must be one of auto, float32, bfloat16, float16"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UsageError) as err:
+            run_variants(out, VariantOptions(**kw), variants_file=table, sequence=SEQ)
+        assert str(err.value) == message, kw
+    assert not out.exists() and not (tmp_path / "s.csv.partial").exists()
