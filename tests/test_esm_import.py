@@ -885,3 +885,24 @@ def test_rows_or_vectors_of_another_shape_are_refused_naming_the_layer_and_the_s
         r = run_cli("import-esm", tmp_path / "x.pt", "-o", out)
         assert r.exit_code == 1 and f"x.pt: {message}" in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_layer_and_layout_mistakes_and_stdin_are_refused_in_one_line_before_any_file_is_read(run_cli, tmp_path,
+                                                                                            extracted):
+    """A layer given twice, --per-residue with --layout stacked (one (N, D) array of vectors), both
+    kinds with --layout flat (one kind a file) and `-` (esm-extract writes files): exit 2 in one
+    line, and no output."""
+    folder, _, _ = extracted
+    out = tmp_path / "e.h5"
+    cases = [
+        ((folder, "--layer", "1", "--layer", "1"), "--layer given twice: 1, 1"),
+        ((folder, "--per-residue", "--layout", "stacked"),
+         "the stacked layout holds per-protein vectors only: choose --per-protein alone"),
+        ((folder, "--per-residue", "--per-protein", "--layout", "flat"),
+         "the flat layout holds one kind only: choose --per-residue or --per-protein"),
+        (("-",), "esm-extract's outputs are read from files, not stdin ('-'): give their directory"),
+    ]
+    for args, message in cases:
+        r = run_cli("import-esm", *args, "-o", out)
+        assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert not list(tmp_path.glob("e.h5*"))
