@@ -906,3 +906,17 @@ def test_layer_and_layout_mistakes_and_stdin_are_refused_in_one_line_before_any_
         r = run_cli("import-esm", *args, "-o", out)
         assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
         assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_more_rows_than_the_fasta_sequence_is_another_sequence_without_a_truncation_hint(run_cli, tmp_path,
+                                                                                         extracted):
+    """Rows short of the sequence may be esm-extract's cut (said, with the value to give); rows
+    beyond it cannot be: named as another sequence alone, in one line, and nothing written."""
+    folder, fasta, _ = extracted
+    fasta.write_text(fasta.read_text().replace("MKVL", "MKV"))
+    out = tmp_path / "e.h5"
+    r = run_cli("import-esm", folder, "-o", out, "--fasta", fasta)
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.rstrip().endswith("P3.pt: holds 4 rows; its sequence in " + str(fasta) + " has 3 residues, 3 "
+                                      "rows: another sequence (or a FASTA with gaps, which esm-extract embeds as rows)")
+    assert "truncation" not in r.stderr and not list(tmp_path.glob("e.h5*"))
