@@ -279,9 +279,12 @@ def _progress_interval() -> float:
     try:
         value = float(raw) if raw else PROGRESS_INTERVAL
     except ValueError:
-        warn(f"PROTRANS_PROGRESS_INTERVAL={raw!r} is not a number of seconds: {PROGRESS_INTERVAL:g} used")
+        value = None
+    # (a negative number or nan took the minute without a word, where text was said)
+    if value is None or not value >= 0:
+        warn(f"PROTRANS_PROGRESS_INTERVAL={raw!r} is not a number of seconds, 0 or more: {PROGRESS_INTERVAL:g} used")
         return PROGRESS_INTERVAL
-    return value if value >= 0 else PROGRESS_INTERVAL
+    return value
 
 
 class LogProgress:

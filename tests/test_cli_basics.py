@@ -1184,3 +1184,18 @@ def test_the_failed_proteins_listed_are_named_short_and_an_astral_format_charact
     assert err == ("protrans: warning: 1 protein(s) have no embeddings (listed in the file's 'failed' attribute):\n"
                    f"protrans: warning:   {brief(huge)}: out of memory\n"
                    "protrans: warning: id x\\U000e0041y left out\n")
+
+
+@pytest.mark.parametrize("raw", ["1m", "-5", "nan"])
+def test_a_progress_interval_that_is_no_number_of_seconds_is_said_and_the_default_used(monkeypatch, capsys, raw):
+    """PROTRANS_PROGRESS_INTERVAL=-5 (or nan) took the minute without a word, where text such as
+    `1m` was said: every value that is not a number of seconds, 0 or more, is said alike."""
+    from protrans_cli import console
+
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", raw)
+    assert console._progress_interval() == console.PROGRESS_INTERVAL
+    assert capsys.readouterr().err == (f"protrans: warning: PROTRANS_PROGRESS_INTERVAL={raw!r} is not a number of "
+                                       "seconds, 0 or more: 60 used\n")
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")  # (0: a line at every update, as the docs' tests use)
+    assert console._progress_interval() == 0
+    assert capsys.readouterr().err == ""
