@@ -1199,3 +1199,22 @@ def test_a_progress_interval_that_is_no_number_of_seconds_is_said_and_the_defaul
     monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")  # (0: a line at every update, as the docs' tests use)
     assert console._progress_interval() == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_log_progress_line_without_a_total_gives_the_count_and_rate(capsys):
+    """A job whose size is not known ahead (fit's batches of an epoch, prep reading a compressed
+    input or stdin) logs its count, elapsed time and rate, with no percentage or time left; the
+    postfix as tqdm's set_postfix writes it."""
+    from protrans_cli import console
+
+    bar = console.LogProgress(iter(range(3)), desc="member 0 epoch 1", unit="batch", interval=0)
+    bar._start = bar._last = 0.0
+    bar._clock = lambda: 10.0
+    bar.set_postfix({"loss": 0.5}, acc=0.9)
+    assert list(bar) == [0, 1, 2]
+    assert capsys.readouterr().err.splitlines()[-1] == "member 0 epoch 1: 3 batch [00:10, 0.3 batch/s, loss=0.5, acc=0.9]"
+    prep = console.LogProgress(total=None, desc="prep", unit="B", unit_scale=True, interval=0)
+    prep._start = prep._last = 0.0
+    prep._clock = lambda: 10.0
+    prep.update(12_345_678)
+    assert capsys.readouterr().err == "prep: 12.3MB [00:10, 1.23MB/s]\n"
