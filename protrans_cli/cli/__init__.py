@@ -563,8 +563,6 @@ def _main(console, argv):
             message = f"{message.rstrip('.')} (see '{ctx.command_path} --help')"
         console.error(message)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except ProtransError as exc:
         if console.state.debug:
             raise
