@@ -103,6 +103,11 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         raise UsageError("is a file, not a folder for the quickstart (choose another -o)", path=str(out))
     if (problem := utf8_path_problem(out.absolute())) is not None:  # (its train step would fail, after the others)
         raise UsageError(f"{utf8_text(str(out))}: {problem}")
+    # (before --force deletes anything: a run refused for its data had removed the last one's results)
+    data = Path(data_dir) if data_dir else example_data_dir()
+    missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]
+    if missing:
+        raise UsageError(f"example data incomplete in {data}: missing {', '.join(missing)}")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
@@ -112,10 +117,6 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
             raise UsageError(f"{out} is a symbolic link to {out.resolve()}: --force replaces a folder, not a link "
                              f"(give -o {out.resolve()})")
         shutil.rmtree(out)
-    data = Path(data_dir) if data_dir else example_data_dir()
-    missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]
-    if missing:
-        raise UsageError(f"example data incomplete in {data}: missing {', '.join(missing)}")
     for sub in SUBFOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     s = QuickstartSummary(out)

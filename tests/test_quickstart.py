@@ -202,3 +202,36 @@ def test_no_training_step_or_head_epoch_is_refused_before_anything_is_written(tm
         with pytest.raises(UsageError, match="at least one training step and one head epoch"):
             run_quickstart(tmp_path / "q", **counts)
         assert not (tmp_path / "q").exists()
+
+
+def test_incomplete_example_data_is_refused_before_force_deletes_the_last_run(tmp_path):
+    """run_quickstart(..., data_dir=DIR) with a file missing from DIR: refused naming it, and with
+    force=True the folder of the last run is still there (it was deleted first, then the data
+    refused: the results lost for nothing)."""
+    import pytest
+
+    from protrans_cli.errors import UsageError
+    from protrans_cli.quickstart import run_quickstart
+
+    last = tmp_path / "q"
+    (last / "heads").mkdir(parents=True)
+    (last / "commands.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "proteins.fasta").write_text(">a\nMKV\n")
+    with pytest.raises(UsageError, match=r"^example data incomplete in .*data: missing ss_train\.csv, ss_test\.csv, "
+                                         r"loc_train\.fasta, loc_test\.fasta$"):
+        run_quickstart(last, force=True, data_dir=tmp_path / "data")
+    assert (last / "commands.sh").read_text() == "#!/bin/sh\n" and (last / "heads").is_dir()
+
+
+def test_a_file_as_the_quickstart_folder_is_refused_from_python(tmp_path):
+    """The CLI's -o refuses a file itself (click's Path(file_okay=False)); run_quickstart names it."""
+    import pytest
+
+    from protrans_cli.errors import UsageError
+    from protrans_cli.quickstart import run_quickstart
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(UsageError, match=r"notes\.txt: is a file, not a folder for the quickstart"):
+        run_quickstart(tmp_path / "notes.txt", force=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
