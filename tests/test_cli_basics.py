@@ -1218,3 +1218,22 @@ def test_a_log_progress_line_without_a_total_gives_the_count_and_rate(capsys):
     prep._clock = lambda: 10.0
     prep.update(12_345_678)
     assert capsys.readouterr().err == "prep: 12.3MB [00:10, 1.23MB/s]\n"
+
+
+def test_a_thread_count_that_is_no_number_is_refused_and_env_says_so(run_cli, monkeypatch, tmp_path):
+    """PROTRANS_THREADS=four: every command refuses it before any work (exit 2, naming the
+    variable); `protrans env`, what one pastes into a bug report, still answers (exit 0), and says
+    what -j's default is missing instead of a count."""
+    import json
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    monkeypatch.setenv("PROTRANS_THREADS", "four")
+    r = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
+    assert r.exit_code == 2 and r.stderr == "protrans: error: PROTRANS_THREADS must be a whole number, got 'four'\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.fa"]
+    r = run_cli("env", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["cpu"]["threads"] == ("none: PROTRANS_THREADS must be a whole "
+                                                                            "number, got 'four'")
+    r = run_cli("env")
+    assert r.exit_code == 0 and "; -j's default: none: PROTRANS_THREADS must be a whole number, got 'four'\n" in r.stdout
