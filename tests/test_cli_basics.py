@@ -1237,3 +1237,19 @@ def test_a_thread_count_that_is_no_number_is_refused_and_env_says_so(run_cli, mo
                                                                             "number, got 'four'")
     r = run_cli("env")
     assert r.exit_code == 0 and "; -j's default: none: PROTRANS_THREADS must be a whole number, got 'four'\n" in r.stdout
+
+
+def test_a_setting_given_a_list_or_a_dict_where_a_number_goes_is_named(tmp_path):
+    """A settings object read from YAML or JSON (`min_length: [30]`, `valid_fraction: {train: 0.1}`)
+    holds a container where a number goes: refused naming the setting and what it must be, before
+    any work (not a TypeError from a comparison deep inside)."""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    for field, value, wanted in (("min_length", [30], "an int"), ("valid_fraction", {"train": 0.1}, "a float")):
+        options = CorpusOptions(output=str(tmp_path / "c.txt"), **{field: value})
+        with pytest.raises(UsageError, match=rf"^CorpusOptions\.{field} must be {wanted}, got "
+                                             f"{type(value).__name__} "):
+            build_corpus([str(fasta)], options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.fa"]
