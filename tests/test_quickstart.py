@@ -235,3 +235,24 @@ def test_a_file_as_the_quickstart_folder_is_refused_from_python(tmp_path):
     with pytest.raises(UsageError, match=r"notes\.txt: is a file, not a folder for the quickstart"):
         run_quickstart(tmp_path / "notes.txt", force=True)
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_steps_keep_debug_and_verbose(tmp_path):
+    """`protrans --debug quickstart` (or -v, -vv): each step's command line carries the flag, so
+    that a failing step still shows its traceback; without it the step's own command line set
+    debug back off, and the error came as one line."""
+    from protrans_cli import console
+    from protrans_cli.quickstart import QuickstartSummary, _global_flags, _run
+
+    out = tmp_path / "q"
+    (out / "corpus").mkdir(parents=True)
+    args = _prep_line(out).split()[1:]  # the path holds no space here
+    try:
+        for (verbosity, debug), flags in (((0, True), ["--debug"]), ((1, False), ["-v"]), ((1, True), ["-v", "--debug"]),
+                                          ((2, True), ["-v", "-v"])):
+            console.configure(verbosity=verbosity, debug=debug)
+            assert _global_flags() == flags
+            _run("prep", args, QuickstartSummary(out))
+            assert (console.state.verbosity, console.state.debug) == (verbosity, debug), flags
+    finally:
+        console.configure()
