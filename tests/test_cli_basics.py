@@ -1253,3 +1253,21 @@ def test_a_setting_given_a_list_or_a_dict_where_a_number_goes_is_named(tmp_path)
                                              f"{type(value).__name__} "):
             build_corpus([str(fasta)], options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.fa"]
+
+
+def test_env_report_on_a_stream_that_cannot_hold_a_path_escapes_it():
+    """`protrans env` under PYTHONIOENCODING=ascii (or a Latin-1 locale) with a Hugging Face cache
+    under a home of another script: the path's characters escaped, the report whole (it was a
+    UnicodeEncodeError traceback)."""
+    import io
+
+    from protrans_cli.environment import describe, print_report
+
+    info = describe()
+    info["hub"]["cache"] = "/home/jürgen/.cache/huggingface/hub"
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    print_report(info, stream)
+    stream.flush()
+    text = raw.getvalue().decode("ascii")
+    assert text.startswith("protrans: ") and "Hugging Face cache: /home/j\\xfcrgen/.cache/huggingface/hub" in text
