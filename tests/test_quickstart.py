@@ -248,8 +248,8 @@ def test_steps_keep_debug_and_verbose(tmp_path):
     (out / "corpus").mkdir(parents=True)
     args = _prep_line(out).split()[1:]  # the path holds no space here
     try:
-        for (verbosity, debug), flags in (((0, True), ["--debug"]), ((1, False), ["-v"]), ((1, True), ["-v", "--debug"]),
-                                          ((2, True), ["-v", "-v"])):
+        for (verbosity, debug), flags in (((0, True), ["--debug"]), ((1, False), ["-v"]),
+                                          ((1, True), ["-v", "--debug"]), ((2, True), ["-v", "-v"])):
             console.configure(verbosity=verbosity, debug=debug)
             assert _global_flags() == flags
             _run("prep", args, QuickstartSummary(out))
