@@ -635,14 +635,13 @@ def _phase_from(value, source: str) -> Phase:
         if unknown:  # (it said "Phase.__init__() got an unexpected keyword argument")
             raise UsageError(f"{source}: unknown phase setting(s) {', '.join(map(str, unknown))} (a phase has "
                              f"{', '.join(known)})")
-        try:
-            return Phase(**value)
-        except TypeError as exc:
-            missing = [f.name for f in dataclasses.fields(Phase)
-                       if f.name not in value and f.default is dataclasses.MISSING]
-            if missing:
-                raise UsageError(f"{source}: a phase needs {', '.join(missing)}: {value!r}") from None
-            raise UsageError(f"{source}: bad phase {value!r} ({exc})") from None
+        # (every key is a field and every value a whole number or None by now: a field left out
+        # is the one TypeError Phase(**value) could raise)
+        missing = [f.name for f in dataclasses.fields(Phase)
+                   if f.name not in value and f.default is dataclasses.MISSING]
+        if missing:
+            raise UsageError(f"{source}: a phase needs {', '.join(missing)}: {value!r}")
+        return Phase(**value)
     raise UsageError(f"{source}: bad phase {value!r}")
 
 
