@@ -482,3 +482,21 @@ def test_the_step_before_a_periodic_save_budgets_that_save_too():
         assert not _out_of_time(Recording(), config, step, total_steps=20)
     assert [t["saves_after"] for t in told] == [step % 5 == 0 for step in range(1, 13)]
     assert not any(t["exports"] for t in told)
+
+
+def test_process_age_counts_from_the_process_start():
+    """A time limit counts from the start of the process (Python's imports and the model's building
+    included): process_age reads it from /proc, which every other test here stands in for with
+    `started_ago`. A wrong field of /proc/self/stat read the age as 0 (the budget counted from the
+    first step, and the last checkpoint landed after the job's end) or as a huge age (a run that
+    stopped at once)."""
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs Linux's /proc")
+    code = ("import time; time.sleep(1.5); from protrans_cli.training.timelimit import process_age; "
+            "print(process_age())")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    age = float(out.stdout)
+    assert 1.5 <= age <= time.monotonic() - started + 0.5, age  # (clock ticks: 1/100 s)
+    assert timelimit.process_age() > 0  # (pytest's own process, seconds old at least)
