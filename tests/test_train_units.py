@@ -2398,6 +2398,7 @@ def test_a_seed_from_2_63_to_2_64_is_taken_and_each_rank_stays_in_64_bits(tmp_pa
 @pytest.mark.parametrize("settings,message", [
     (dict(phases=["32:2"]), "TrainConfig.phases must be a list of Phase (Phase(512, 1000) or "
                             "Phase.parse('512:1000')), got str '32:2'"),
+    (dict(phases="32:2"), "TrainConfig.phases must be a list of Phase, got '32:2'"),
     (dict(phases=[(32, 2)]), "TrainConfig.phases must be a list of Phase (Phase(512, 1000) or "
                              "Phase.parse('512:1000')), got tuple (32, 2)"),
     (dict(phases=[Phase("32", 2)]), "Phase.max_length must be an int, got '32'"),
@@ -2643,3 +2644,14 @@ def test_the_defaults_train_help_states_are_train_configs():
         checked.add(param.name)
     assert {"family", "preset", "lr", "sop", "dist_timeout", "output_dir", "pad_multiple"} <= checked, checked
     assert len(checked) >= 25, checked
+
+
+def test_a_family_flag_over_a_config_file_naming_an_unknown_family_keeps_the_files_objective():
+    """--family over a config file whose own family is not one protrans knows (a typo, or a family
+    of a newer version): the flag replaces it, so it is never an error of its own, and the file's
+    objective, which cannot be told to have been that family's default, stays as the file gives it
+    (check_values and the run then judge it against the flag's family)."""
+    template = TrainConfig(corpus=["c.txt"], family="bertt", objective="mlm")
+    over = template.override(family="t5")
+    assert (over.family, over.objective) == ("t5", "mlm")
+    assert template.override(family="t5", objective="t5_span").objective == "t5_span"
