@@ -2655,3 +2655,24 @@ def test_a_family_flag_over_a_config_file_naming_an_unknown_family_keeps_the_fil
     over = template.override(family="t5")
     assert (over.family, over.objective) == ("t5", "mlm")
     assert template.override(family="t5", objective="t5_span").objective == "t5_span"
+
+
+def test_tied_weights_are_one_parameter_of_the_optimizer():
+    """BERT's output layer shares the word embeddings: a parameter listed twice is stepped twice
+    (AdamW's moments updated twice a step, torch warns of it), so each goes into one group once;
+    matrices decay, biases and norms do not, and a frozen weight is left out."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.optim import param_groups
+
+    fam = get_family("bert")
+    model = fam.pretraining_model(fam.build_config("tiny", fam.build_tokenizer()))
+    tied = model.get_output_embeddings().weight
+    assert tied is model.get_input_embeddings().weight  # (the premise: a tied model)
+    groups = param_groups(model, 0.01)
+    listed = [p for g in groups for p in g["params"]]
+    assert len({id(p) for p in listed}) == len(listed) == len(list(model.parameters()))
+    assert sum(p is tied for p in groups[0]["params"]) == 1 and groups[0]["weight_decay"] == 0.01
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])
+    assert groups[1]["weight_decay"] == 0.0
+    model.get_input_embeddings().weight.requires_grad_(False)
+    assert not any(p is tied for g in param_groups(model, 0.01) for p in g["params"])

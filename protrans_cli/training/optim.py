@@ -175,12 +175,9 @@ class Adafactor(torch.optim.Optimizer):
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
-    seen = set()
-    for _, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:  # tied weights appear once
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
+    for p in model.parameters():  # (tied weights appear once: parameters() yields a shared one once)
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
