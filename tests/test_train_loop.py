@@ -3807,3 +3807,24 @@ def test_phases_that_set_their_own_batch_sizes_warn_of_no_flag_left_out(tmp_path
     # (the warning names the flags given: none given, none named, no "--global-batch-size None")
     res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--phase", "32:1:4:4", "-j", 1)
     assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
+
+
+def test_init_from_a_model_directory_without_its_weights_is_one_line_and_leaves_no_run(tmp_path, run_cli):
+    """--init-from a folder holding a model's config.json and tokenizer but no weights file (a
+    download or a copy cut short, `save_pretrained` of the config alone): exit 1 naming the folder,
+    the family it was read as and the weights file looked for, not a traceback from transformers,
+    and the run directory it would have made is not left behind."""
+    from transformers import BertForMaskedLM
+
+    bert = FAMILIES["bert"]
+    tokenizer = bert.build_tokenizer()
+    BertForMaskedLM(bert.build_config("tiny", tokenizer)).save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    (tmp_path / "mlm" / "model.safetensors").unlink()
+    res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "r",
+                  "--num-steps", 1)
+    assert res.exit_code == 1, res.stderr
+    assert res.stderr.startswith(f"protrans: error: --init-from {tmp_path / 'mlm'}: cannot load it as a bert "
+                                 "pretraining model: "), res.stderr
+    assert "model.safetensors" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "r").exists()
