@@ -5790,3 +5790,18 @@ def test_folds_1_with_ensemble_1_is_refused_for_its_folds(run_cli, loc_data, tmp
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
                 "--max-epochs", "1", "--no-plots", "-o", tmp_path / "h", "--folds", "1", "--ensemble", "1")
     assert r.exit_code == 2 and "--folds must be at least 2" in r.stderr and "--ensemble" not in r.stderr, r.stderr
+
+
+def test_search_refuses_a_grid_keyed_by_flag_names_naming_the_fields_it_takes(loc_data, tmp_path):
+    # (the library's grid is keyed by FitConfig field, as parse_grid makes it: {"weight-decay": ...}
+    # was refused with "it varies lr, weight-decay, ...", the very name it refused)
+    from protrans_cli.heads.search import parse_grid, search
+
+    with pytest.raises(UsageError) as caught:
+        search(FitConfig(task="loc"), {"weight-decay": [0.0, 1e-4]}, loc_data / "train.h5",
+               loc_data / "train.fasta", tmp_path / "h")
+    message = str(caught.value)
+    assert message.startswith("search cannot vary 'weight-decay'; it varies the FitConfig fields lr, weight_decay, ")
+    assert "weight-decay," not in message and "parse_grid" in message
+    assert list(parse_grid(["weight-decay=0,1e-4"])) == ["weight_decay"]  # (what the message sends to)
+    assert not (tmp_path / "h").exists() and not (tmp_path / "h.search").exists()

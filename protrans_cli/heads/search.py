@@ -121,7 +121,10 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
     for key in grid:
         if key not in SEARCHABLE.values():
-            raise UsageError(f"search cannot vary {key!r}; it varies {', '.join(SEARCHABLE)}")
+            # (the grid is keyed by FitConfig field, as parse_grid makes it: "it varies weight-decay"
+            # answered {"weight-decay": ...} with the very name it refused)
+            raise UsageError(f"search cannot vary {key!r}; it varies the FitConfig fields "
+                             f"{', '.join(SEARCHABLE.values())} (parse_grid reads --search NAME=V1,V2,... words)")
     trials = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     if len(trials) < 2:
         raise UsageError("--search gives one setting only: give two values or more to compare")
