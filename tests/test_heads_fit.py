@@ -5805,3 +5805,47 @@ def test_search_refuses_a_grid_keyed_by_flag_names_naming_the_fields_it_takes(lo
     assert "weight-decay," not in message and "parse_grid" in message
     assert list(parse_grid(["weight-decay=0,1e-4"])) == ["weight_decay"]  # (what the message sends to)
     assert not (tmp_path / "h").exists() and not (tmp_path / "h.search").exists()
+
+
+def test_predict_in_a_given_order_from_a_stacked_file_writes_every_protein_as_without_one(small_head, tmp_path):
+    # (the library's `order` on an `embed --layout stacked` file reads its rows by id rather than
+    # slice by slice: the CLI gives an order only with --fasta, whose file is grouped)
+    from protrans_cli.heads.predict import predict
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    head, emb = small_head
+    stacked = tmp_path / "stacked.h5"
+    with EmbeddingsReader(emb) as reader, EmbeddingsWriter(stacked, kinds=("per_protein",), layout="stacked") as w:
+        for ident, vector, _ in reader.items("per_protein"):
+            w.write(ident, ident, "MKV", per_protein=vector)
+    assert predict(head, stacked, tmp_path / "plain.csv", threads=1) == {"proteins": 20}
+    assert predict(head, stacked, tmp_path / "ordered.csv", threads=1, order=["p7", "p12", "gone", "p0"]) == {
+        "proteins": 20}
+    plain = (tmp_path / "plain.csv").read_text().splitlines()
+    ordered = (tmp_path / "ordered.csv").read_text().splitlines()
+    assert ordered[0] == plain[0] and [line.split(",")[0] for line in ordered[1:4]] == ["p7", "p12", "p0"]
+    assert sorted(ordered[1:]) == sorted(plain[1:])  # the same rows, probabilities and all
+    rest = [line.split(",")[0] for line in ordered[4:]]
+    assert rest == [line.split(",")[0] for line in plain[1:] if line.split(",")[0] not in ("p7", "p12", "p0")]
+
+
+def test_predict_sequences_of_a_dict_gives_each_id_what_a_list_gives_in_its_place(tmp_path):
+    # (docs/heads.md's call: predict_sequences(head, {id: sequence}); the tests called it with a list)
+    from protrans_cli import predict_sequences
+    from protrans_cli.embed import EmbedOptions, embed
+
+    rng = np.random.default_rng(0)
+    seqs = {f"s{i}": "".join(rng.choice(list(AA), 12)) + ("KKKK" if i % 2 else "WWWW") for i in range(16)}
+    (tmp_path / "t.fa").write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    (tmp_path / "t.csv").write_text("id,label\n" + "".join(f"s{i},{'AB'[i % 2]}\n" for i in range(16)))
+    embed(tmp_path / "t.fa", tmp_path / "t.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=10, plots=False), tmp_path / "t.h5",
+        tmp_path / "t.csv", tmp_path / "head")
+    queries = {"a": "MKVLAKKKK", "b": "MWWWWC", "c": "MKVLAKKKK"}
+    by_id = predict_sequences(tmp_path / "head", queries, threads=1)
+    in_order = predict_sequences(tmp_path / "head", list(queries.values()), threads=1)
+    assert list(by_id) == ["a", "b", "c"]
+    for ident, listed in zip(queries, in_order):
+        assert by_id[ident]["label"].labels == listed["label"].labels in ("A", "B")
+        np.testing.assert_array_equal(by_id[ident]["label"].probabilities, listed["label"].probabilities)
+    np.testing.assert_array_equal(by_id["a"]["label"].probabilities, by_id["c"]["label"].probabilities)
