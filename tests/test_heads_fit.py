@@ -5849,3 +5849,33 @@ def test_predict_sequences_of_a_dict_gives_each_id_what_a_list_gives_in_its_plac
         assert by_id[ident]["label"].labels == listed["label"].labels in ("A", "B")
         np.testing.assert_array_equal(by_id[ident]["label"].probabilities, listed["label"].probabilities)
     np.testing.assert_array_equal(by_id["a"]["label"].probabilities, by_id["c"]["label"].probabilities)
+
+
+def test_a_fit_stopped_at_the_save_of_its_early_stopping_epoch_resumes_to_the_same_head(small_head, tmp_path,
+                                                                                          monkeypatch):
+    # (a Ctrl-C after the state of the epoch that stopped the member early was saved, before the
+    # member was finished: --resume finishes it as it stood, without training an epoch more)
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.fit import FitState
+
+    _, emb = small_head
+    labels = emb.with_name("train.csv")
+
+    def config(**kw):
+        return FitConfig(**{**dict(task="protein", max_epochs=40, patience=1, lr=0.5, threads=1, n_bootstrap=10,
+                                   plots=False), **kw})
+
+    whole = fit(config(), emb, labels, tmp_path / "whole")
+    epochs = len(whole.history)
+    assert 1 < epochs < 40  # (stopped early, which this test is about)
+    save_epoch = _stop_at_save(monkeypatch, epochs)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(), emb, labels, tmp_path / "parts")
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    parts = fit(config(resume=True), emb, labels, tmp_path / "parts")
+    strip = ("seconds", "train_seconds", "train_cpu_seconds")
+    assert [{k: v for k, v in line.items() if k not in strip} for line in parts.history] == [
+        {k: v for k, v in line.items() if k not in strip} for line in whole.history]
+    a, b = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "parts" / "weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
