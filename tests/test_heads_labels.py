@@ -1254,3 +1254,15 @@ def test_labels_split_train_of_a_file_of_no_split_warns_that_every_record_is_wri
             "every record is in the training split and all are written"
         assert (said in r.stderr) == warned and ("warning" in r.stderr) == warned, r.stderr
         assert out.read_text() == (">P1\nMKV\n>P2\nMKL\n" if warned else ">P1\nMKV\n")
+
+
+@pytest.mark.parametrize("fmt", ["netsurfp", "pisces", "flip_csv"])
+def test_a_file_of_blank_lines_given_as_a_csv_format_is_said_to_be_empty(run_cli, fmt, tmp_path):
+    # (auto refuses an empty file before choosing a reader; a format given goes to the CSV reader,
+    # whose search for the header past blank lines must end at the file's end, naming it)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n \n\n")
+    with pytest.raises(InputError, match=r"blank\.csv: is empty$"):
+        read_labels(blank, fmt)
+    r = run_cli("labels", blank, "--label-format", fmt)
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {blank}: is empty\n", r.stderr
