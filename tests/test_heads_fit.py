@@ -5879,3 +5879,27 @@ def test_a_fit_stopped_at_the_save_of_its_early_stopping_epoch_resumes_to_the_sa
         {k: v for k, v in line.items() if k not in strip} for line in whole.history]
     a, b = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "parts" / "weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_fasta_scores_labels_piped_in_as_it_scores_them_from_a_file(run_cli, tmp_path):
+    # (--fasta reads a label file before embedding, to refuse a bad one early; piped labels are
+    # read once, after: the same predictions and scores as from the file)
+    from protrans_cli.embed import EmbedOptions, embed
+
+    rng = np.random.default_rng(0)
+    seqs = {f"s{i}": "".join(rng.choice(list(AA), 12)) + ("KKKK" if i % 2 else "WWWW") for i in range(16)}
+    fasta, labels = tmp_path / "t.fa", tmp_path / "t.csv"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    labels.write_text("id,label\n" + "".join(f"s{i},{'AB'[i % 2]}\n" for i in range(16)))
+    embed(fasta, tmp_path / "t.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=10, plots=False), tmp_path / "t.h5", labels,
+        tmp_path / "head")
+    scores = []
+    for given, piped in ((labels, None), ("-", labels.read_bytes())):
+        out = tmp_path / f"p{len(scores)}.csv"
+        r = run_cli("predict", tmp_path / "head", "--fasta", fasta, "--labels", given, "-o", out, "-j", "1",
+                    input=piped)
+        assert r.exit_code == 0, r.stderr
+        (line,) = [line for line in r.stderr.splitlines() if " label: accuracy " in line]
+        scores.append((line.split(" label: ", 1)[1], out.read_text()))
+    assert scores[0] == scores[1] and "16 proteins" in scores[0][0]
