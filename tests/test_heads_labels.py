@@ -1266,3 +1266,17 @@ def test_a_file_of_blank_lines_given_as_a_csv_format_is_said_to_be_empty(run_cli
         read_labels(blank, fmt)
     r = run_cli("labels", blank, "--label-format", fmt)
     assert r.exit_code == 1 and r.stderr == f"protrans: error: {blank}: is empty\n", r.stderr
+
+
+
+def test_a_deeploc_file_given_to_a_secondary_structure_task_names_the_labels_it_holds(tmp_path):
+    # (`fit ss3 --labels deeploc.fasta`: the first record is refused, naming what it holds, exit 1
+    # before any training)
+    deeploc = tmp_path / "dl.fasta"
+    deeploc.write_text(">r0 Nucleus-M\nMKVLA\n>r1 Cytoplasm-S\nMKV\n")
+    record = read_labels(deeploc).records[0]
+    for task, output in (("ss3", "ss3"), ("ss8", "ss8"), ("ss3+ss8", "ss3")):
+        with pytest.raises(InputError) as caught:
+            get_task(task).residue_targets(record)
+        assert caught.value.record == "r0" and caught.value.line == 1
+        assert str(caught.value).endswith(f"has no labels for {output} (it has loc, membrane)"), str(caught.value)
