@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import itertools
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,7 +310,13 @@ def _check_parts_of_one_input(parts: list[_Part]) -> None:
     seen: dict[int, Path] = {}
     total = None
     for part, spec in given:
-        k, n = (int(x) for x in spec.split("/"))
+        # (embed records "K/N" as it checked it; another tool's or a hand-edited "2 of 4" or "2" was
+        # a ValueError traceback, and "0/2" or "3/2" was taken for a part and reported missing)
+        found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+        if not found or not 1 <= int(found.group(1)) <= int(found.group(2)):
+            raise InputError(f"its 'part' attribute ({spec!r}) is not K/N, part K of N (1 <= K <= N), as embed "
+                             "--part records it: damaged, or not written by protrans embed", path=str(part.path))
+        k, n = int(found.group(1)), int(found.group(2))
         if total is not None and n != total:
             raise InputError(f"is part {spec}, {given[0][0].path} part {given[0][1]}: parts of one split (one N)",
                              path=str(part.path))

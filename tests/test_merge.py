@@ -904,3 +904,17 @@ def test_without_layout_the_merged_file_takes_the_first_inputs_layout(tmp_path, 
         assert r.exit_code == 0, r.stderr
         with EmbeddingsReader(out) as merged:
             assert merged.layout == layout and len(merged.ids(PER_PROTEIN)) == 12
+
+
+@pytest.mark.parametrize("spec", ["2 of 2", "2", "x/y", "2/2/2", "0/2", "3/2", "1/0"])
+def test_a_part_attribute_that_is_not_k_of_n_is_named_not_a_traceback(tmp_path, run_cli, spec):
+    """A `part` attribute embed --part did not write (hand-edited, another tool's): "2 of 2" or "2"
+    was a ValueError traceback, and "0/2" or "3/2" was taken for a part (part 2 "missing")."""
+    fasta = generated_fasta(tmp_path / "all.fa", 12, repeat_every=0)
+    first, second = (_embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2") for k in (1, 2))
+    with h5py.File(second, "a") as f:
+        f.attrs["part"] = spec
+    r = run_cli("merge", first, second, "-o", tmp_path / "m.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{second}: its 'part' attribute ({spec!r}) is not K/N, part K of N" in r.stderr, r.stderr
+    assert not list(tmp_path.glob("m.h5*"))
