@@ -1508,3 +1508,46 @@ def test_esm_refusing_a_full_folder_leaves_no_directory_handle_open(tmp_path, ru
         gc.collect()
     assert done.exit_code == 2 and "a folder that is not empty" in done.stderr
     assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "scandir" in str(w.message)]
+
+
+def test_info_names_the_part_of_an_embed_part_run_and_not_of_a_whole_run(tmp_path, run_cli):
+    """`embed --part K/N` records its part; info says it (a job array's output told from the
+    whole input's), and says nothing of a part for a run over the whole input."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    (tmp_path / "a.fa").write_text("".join(f">p{i}\nMKTAYIAK{AA[i]}\n" for i in range(6)))
+    for name, part in (("part.h5", "2/3"), ("whole.h5", None)):
+        embed(tmp_path / "a.fa", tmp_path / name, EmbedOptions(model="onehot", threads=1, part=part))
+    done = run_cli("info", tmp_path / "part.h5")
+    assert done.exit_code == 0 and "\npart:          2/3\n" in done.stdout, done.stdout
+    done = run_cli("info", tmp_path / "whole.h5")
+    assert done.exit_code == 0 and "\npart:" not in done.stdout, done.stdout
+
+
+def test_a_table_format_into_an_existing_folder_is_refused_and_the_folder_left_alone(tmp_path, run_cli):
+    """-o FOLDER with --format tsv (or csv, npz): a usage error naming the folder, not a write
+    into it or an IsADirectoryError; the folder keeps what it held."""
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "kept.txt").write_text("x")
+    for fmt in ("tsv", "npz"):
+        done = run_cli("export", tmp_path / "e.h5", "--format", fmt, "-o", tmp_path / "out")
+        assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"-o {tmp_path / 'out'}: is a folder: a {fmt} output needs a file name" in done.stderr, done.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["kept.txt"]
+
+
+def test_esm_per_protein_of_a_file_of_residue_rows_alone_is_their_mean_said_once(tmp_path, run_cli):
+    """--format esm --per-protein of a file without per-protein vectors: each .pt file's
+    mean_representations is the mean of its residue rows (as embed's), and stderr says so."""
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "--per-protein", "-o", tmp_path / "esm")
+    assert done.exit_code == 0, done.stderr
+    assert done.stderr.count("per-residue embeddings only; each protein's vector is the mean of its residues") == 1
+    got = _esm(tmp_path / "esm")
+    for ident, (rows, _) in arrays.items():
+        entry = got[escape_key(ident) + ".pt"]
+        assert set(entry) == {"label", "mean_representations"}
+        np.testing.assert_allclose(entry["mean_representations"][-1].numpy(), rows.astype(np.float64).mean(axis=0),
+                                   rtol=1e-6)
