@@ -986,3 +986,19 @@ def test_color_by_source_of_one_input_says_it_needs_several(tmp_path, run_cli):
     assert not (tmp_path / "m.tsv").exists()
     r = run_cli("project", tmp_path / "a.h5", tmp_path / "b.h5", "--color-by", "source", "-o", tmp_path / "m.tsv")
     assert r.exit_code == 0 and "the nearest labelled protein has the same source" in r.stderr, r.stderr
+
+
+def test_a_table_of_more_rows_than_one_write_holds_every_row_once_in_order(tmp_path):
+    """write_table writes 4096 rows at a time: 4096 * 2 + 1 rows (a proteome's map) come out whole,
+    each once and in order, a block's last row and the next block's first included."""
+    from protrans_cli.project import SOURCE, Projection, write_table
+
+    n = 4096 * 2 + 1
+    ids = [f"p{i}" for i in range(n)]
+    coords = np.stack([np.arange(n), -np.arange(n)], axis=1).astype(np.float64)
+    result = Projection(ids=ids, sources=["a.h5"] * n, coords=coords,
+                        labels={SOURCE: ["a.h5"] * n, "kind": [None if i % 2 else "odd" for i in range(n)]})
+    write_table(result, tmp_path / "m.tsv")
+    lines = (tmp_path / "m.tsv").read_text().split("\n")
+    assert lines[0] == "id\tsource\tx\ty\tkind" and lines[-1] == ""
+    assert lines[1:-1] == [f"p{i}\ta.h5\t{i:.6g}\t{-i:.6g}\t{'' if i % 2 else 'odd'}" for i in range(n)]
