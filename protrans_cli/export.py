@@ -103,7 +103,7 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     list written as headers) is a list of ids: it has no sequences to check."""
     import io
 
-    from protrans_cli.io.fasta import BOM, parse_fasta
+    from protrans_cli.io.fasta import BOM, begins_fasta, parse_fasta
     from protrans_cli.io.files import display_name, is_utf16, open_input, utf16_text
 
     name = display_name(path)
@@ -114,8 +114,9 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
             # readers read it: its ids were 'e\x00', '\x00c\x00' ..., which no file holds
             stream = io.BufferedReader(io.BytesIO(utf16_text(stream.read(), name).encode("utf-8")))
             head = stream.peek(4096)[:4096]
-        first = next((line for line in head.splitlines() if line.strip()), b"")
-        is_fasta = first.lstrip(BOM).lstrip().startswith(b">")
+        # (as the FASTA reader skips them: a byte-order mark on a line of its own, then blank
+        # lines; such a FASTA was read as a list of ids, its headers and sequences for ids)
+        is_fasta = begins_fasta(head)
         if is_fasta:
             # (parsed from this stream: stdin opened a second time had lost what a decompressor
             # or a short first read of a pipe had taken from it, and a gzipped FASTA on stdin

@@ -1551,3 +1551,17 @@ def test_esm_per_protein_of_a_file_of_residue_rows_alone_is_their_mean_said_once
         assert set(entry) == {"label", "mean_representations"}
         np.testing.assert_allclose(entry["mean_representations"][-1].numpy(), rows.astype(np.float64).mean(axis=0),
                                    rtol=1e-6)
+
+
+def test_an_ids_fasta_starting_with_a_byte_order_mark_line_and_blank_lines_is_read_as_fasta(tmp_path, run_cli):
+    """A byte-order mark on a line of its own, then blank lines, then the records (as the FASTA
+    reader and prep skip them): the file was read as a list of ids, '>e' and 'MK' among them, and
+    refused as naming proteins the embeddings lack."""
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    (tmp_path / "ids.fa").write_bytes(b"\xef\xbb\xbf\n\n>e\n" + proteins["e"].encode() + b"\n>b,comma\n"
+                                      + proteins["b,comma"].encode() + b"\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.fa",
+                   "--per-protein", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 0, done.stderr
+    assert [row[0] for row in _table((tmp_path / "o.tsv").read_text(), "\t")[1:]] == ["e", "b,comma"]
