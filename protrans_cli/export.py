@@ -155,8 +155,6 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
                 raise InputError("holds no id: a FASTA file, or one id a line", path=name)
             return ids, None
     _refuse_twice(ids, name, lines)
-    if not ids:
-        raise InputError("holds no FASTA record", path=name)
     if not any(sequences.values()):  # headers alone: their checksums were "another sequence"
         return ids, None
     return ids, sequences
