@@ -1246,3 +1246,15 @@ def test_label_format_with_score_alone_is_refused_for_the_missing_labels_not_the
                 "--label-format", "table", "-o", tmp_path / "o.tsv")
     assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == (
         "protrans: error: --score compares the labels transferred from the reference: give the reference's --labels")
+
+
+def test_knn_from_python_needs_the_query_embeddings_or_a_fasta_exactly_one(tmp_path):
+    """knn(None, ref) and knn(q.h5, ref, fasta=...): a UsageError saying to give one of the two,
+    before any file is read (neither exists here) or the output begun."""
+    from protrans_cli.knn import knn
+
+    for query, fasta in ((None, None), (tmp_path / "q.h5", tmp_path / "q.fa")):
+        with pytest.raises(UsageError, match=r"give the queries' embeddings \(QUERY.h5\) or their sequences "
+                                             r"\(--fasta\), one of them"):
+            knn(query, tmp_path / "r.h5", tmp_path / "k.tsv", fasta=fasta)
+    assert not list(tmp_path.iterdir())

@@ -918,3 +918,13 @@ def test_a_part_attribute_that_is_not_k_of_n_is_named_not_a_traceback(tmp_path, 
     assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
     assert f"{second}: its 'part' attribute ({spec!r}) is not K/N, part K of N" in r.stderr, r.stderr
     assert not list(tmp_path.glob("m.h5*"))
+
+
+def test_merge_refuses_a_layout_it_does_not_write_before_reading_anything(tmp_path):
+    """merge(layout=...) from Python (the CLI's --layout is a choice): a layout of another name is a
+    UsageError naming the layouts, before a part is read or the output begun."""
+    part = _embed(generated_fasta(tmp_path / "all.fa", 4), tmp_path / "part.h5")
+    for layout in ("Grouped", "hdf5"):
+        with pytest.raises(UsageError, match=r"layout must be one of \('grouped', 'flat', 'stacked'\), got "):
+            merge([part], tmp_path / "m.h5", layout=layout)
+    assert not list(tmp_path.glob("m.h5*"))
