@@ -3977,3 +3977,21 @@ def test_a_file_of_old_mac_line_endings_is_named_by_its_first_record_as_prep_nam
     result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "out")
     assert result.exit_code == 1 and f"{fasta}:1: a carriage return inside the header" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["out.h5", "out.h5.partial"])
+def test_resume_into_another_tools_file_is_refused_and_the_file_left_as_it_is(tmp_path, run_cli, name):
+    """--resume where OUTPUT (or OUTPUT.partial) was written by another tool (ProtTrans' script,
+    bio_embeddings, h5py by hand: no 'layout' or 'kinds'): a usage error saying so; adding this
+    run's datasets beside its own would have relabelled it with this run's model."""
+    import h5py
+
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    with h5py.File(tmp_path / name, "w") as f:
+        f["P1"] = np.arange(4, dtype=np.float32)
+    before = (tmp_path / name).read_bytes()
+    result = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", tmp_path / "out.h5", "--resume")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{tmp_path / name}: cannot resume: not an output of protrans embed (no 'layout' or 'kinds' attribute" \
+        in result.stderr, result.stderr
+    assert (tmp_path / name).read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", name]
