@@ -3995,3 +3995,15 @@ def test_resume_into_another_tools_file_is_refused_and_the_file_left_as_it_is(tm
     assert f"{tmp_path / name}: cannot resume: not an output of protrans embed (no 'layout' or 'kinds' attribute" \
         in result.stderr, result.stderr
     assert (tmp_path / name).read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", name]
+
+
+def test_resume_with_a_limit_into_a_file_of_none_says_the_file_has_none(tmp_path, run_cli):
+    """onehot takes any length (max_length 0 recorded): --resume with --max-length 100 is refused
+    saying the file was written with no limit, not "max_length=0" (a limit of 0 residues)."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    out = tmp_path / "a.h5"
+    assert run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", out).exit_code == 0
+    result = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", out, "--resume", "--max-length", "100")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot resume: the file was written with no max_length (the model takes any length), this run uses " \
+        "max_length=100 (use the same settings" in result.stderr, result.stderr
