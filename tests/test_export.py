@@ -1565,3 +1565,13 @@ def test_an_ids_fasta_starting_with_a_byte_order_mark_line_and_blank_lines_is_re
                    "--per-protein", "-o", tmp_path / "o.tsv")
     assert done.exit_code == 0, done.stderr
     assert [row[0] for row in _table((tmp_path / "o.tsv").read_text(), "\t")[1:]] == ["e", "b,comma"]
+
+
+def test_a_probabilities_file_is_not_written_as_esm_pt_files(tmp_path, run_cli):
+    """--format esm of predict --probabilities' file: a usage error saying the .pt files hold
+    embeddings, and no folder made (a table or an .npz of it is written)."""
+    _probabilities_file(tmp_path / "p.h5", {"a": 3, "b": 2})
+    done = run_cli("export", tmp_path / "p.h5", "--format", "esm", "-o", tmp_path / "esm")
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "holds predict --probabilities' probabilities: esm-extract's .pt files hold embeddings" in done.stderr
+    assert not (tmp_path / "esm").exists()
