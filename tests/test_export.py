@@ -1575,3 +1575,16 @@ def test_a_probabilities_file_is_not_written_as_esm_pt_files(tmp_path, run_cli):
     assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "holds predict --probabilities' probabilities: esm-extract's .pt files hold embeddings" in done.stderr
     assert not (tmp_path / "esm").exists()
+
+
+def test_per_protein_arrays_of_two_axes_without_layers_are_refused_not_exported_as_rows(tmp_path, run_cli):
+    """A hand-made file whose per_protein datasets are (2, D) and that records no `layers`: the
+    first axis could be layers or anything else, so export refuses it naming the shape (exit 1,
+    no output), rather than guessing."""
+    with h5py.File(tmp_path / "hand.h5", "w") as f:
+        for ident in ("A", "B"):
+            f.create_dataset(f"per_protein/{ident}", data=np.ones((2, 4), dtype=np.float32))
+    done = run_cli("export", tmp_path / "hand.h5", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "holds 2x4 arrays where per-protein (D,) vectors are read, and no `layers` attribute says" in done.stderr
+    assert not (tmp_path / "o.tsv").exists()
