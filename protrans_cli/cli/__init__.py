@@ -172,7 +172,7 @@ def given_option(name: str, ctx=None) -> bool:
 
 def _checked_value(callback):
     def check(ctx, param, value):
-        if callback is not None:  # the option's own check first (fit's --test pair says more)
+        if callback is not None:  # the option's own check first (it may say more)
             value = callback(ctx, param, value)
         given = value if isinstance(value, (tuple, list)) else [value]
         for item in (v for g in given for v in (g if isinstance(g, (tuple, list)) else [g])):
