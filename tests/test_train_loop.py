@@ -3828,3 +3828,36 @@ def test_init_from_a_model_directory_without_its_weights_is_one_line_and_leaves_
                                  "pretraining model: "), res.stderr
     assert "model.safetensors" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_accept_corpus_change_on_a_corpus_that_shrank_below_the_position_says_the_run_goes_on_at_the_next_epoch(
+        tmp_path, run_cli):
+    """A corpus cut short (a shard replaced by a shorter copy) that now ends before the saved data
+    position: the resume finds no protein there and goes on from the next epoch's beginning, and
+    says so, rather than "resumed at its data position", a place no longer in the corpus. A gzip
+    file of fewer proteins than the position (decompressed to its end short of the saved byte),
+    and a plain one of just as many as the position counts, without its blank lines (sought past
+    its end, then read whole for the position's protein)."""
+    import gzip
+
+    lines = Path(LEARNABLE).read_text().splitlines(keepends=True)
+    for name, shorter in (("corpus.txt.gz", lines[:40]), ("corpus.txt", [x for x in lines[:64] if x.strip()])):
+        corpus, run = tmp_path / name, tmp_path / f"run_{name}"
+
+        def put(text):
+            corpus.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+
+        put("".join(lines))
+        # 2 proteins a step, buffers of 32: stopped after step 17, in the second buffer (protein 33 on)
+        res = run_cli("train", "--corpus", corpus, "-o", run, "--num-steps", 20, "--stop-after", 17,
+                      "--save-every", 17, "--log-every", 1, "--max-length", 32, "--global-batch-size", 2,
+                      "--micro-batch-size", 2, "-j", 1)
+        assert res.exit_code == 0, res.stderr
+        put("".join(shorter))
+        res = run_cli("train", "--resume", "-o", run, "--accept-corpus-change")
+        assert res.exit_code == 0, res.stderr
+        assert ("it now ends before the run's data position (protein 33 of epoch 1); resumed from the beginning "
+                "of epoch 2 (--accept-corpus-change)") in res.stderr, res.stderr
+        assert "resumed at its data position anyway" not in res.stderr
+        rows = read_metrics(run / "metrics.jsonl")
+        assert [(row["step"], row["epoch"]) for row in rows[16:]] == [(17, 1), (18, 2), (19, 2), (20, 2)]

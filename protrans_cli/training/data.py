@@ -543,6 +543,15 @@ def next_phase_state(state: StreamState, paths, global_batch_size: int, bucket_b
                                                                                else 0), batches_done=0)
 
 
+def position_in_corpus(paths, state: StreamState) -> bool:
+    """Whether the corpus holds a protein at `state`'s position (its buffer's first protein): not
+    where the corpus shrank since (`--accept-corpus-change`), and the stream, finding nothing
+    there, goes on from the next epoch's beginning."""
+    start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
+    skip = state.buffer_start - (start.proteins if start is not None else 0)
+    return next(itertools.islice(iter_proteins(paths, start), skip, None), None) is not None
+
+
 @dataclass
 class StepBatch:
     """What one optimizer step consumes on this rank: its micro-batches, collated."""

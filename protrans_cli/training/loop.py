@@ -45,7 +45,8 @@ from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainC
                                           resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, corpus_overlaps,
-                                        count_proteins, evaluation_step_size, next_phase_state, step_batches)
+                                        count_proteins, evaluation_step_size, next_phase_state, position_in_corpus,
+                                        step_batches)
 from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, plot_metrics,
                                            require_tensorboard, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
@@ -791,7 +792,14 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
                          "run differs from an uninterrupted one (see CHANGELOG.md)")
     changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
     if changed and accept_corpus_change:
-        if info.is_main:
+        data = StreamState.from_dict(state["data_state"])
+        if info.is_main and not position_in_corpus(config.corpus, data):
+            # (shrunk: the stream finds no protein at the position and ends the epoch there;
+            # "resumed at its data position" named a place that is no longer in the corpus)
+            console.warn(f"the corpus changed since {where} was saved ({changed}): it now ends before the "
+                         f"run's data position (protein {data.buffer_start + 1:,} of epoch {data.epoch + 1}); "
+                         f"resumed from the beginning of epoch {data.epoch + 2} (--accept-corpus-change)")
+        elif info.is_main:
             console.warn(f"the corpus changed since {where} was saved ({changed}): resumed at its data "
                          "position anyway (--accept-corpus-change); the batches from there on may differ "
                          "from an uninterrupted run's")
