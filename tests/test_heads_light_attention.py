@@ -91,7 +91,8 @@ def test_fit_loc_light_attention_then_predict_round_trip(run_cli, terminus_data,
     r = run_cli("predict", head, "--embeddings", terminus_data / "test.h5", "-o", out,
                 "--labels", terminus_data / "test.fasta", "--metrics", tmp_path / "m", "--no-plots")
     assert r.exit_code == 0, r.stderr
-    rows = list(csv.DictReader(out.open(), delimiter="\t"))
+    with out.open() as table:
+        rows = list(csv.DictReader(table, delimiter="\t"))
     assert len(rows) == 60 and list(rows[0])[:3] == ["id", "loc", f"loc:{LOCATIONS[0]}"]
     for row in rows:
         assert sum(float(row[f"loc:{c}"]) for c in LOCATIONS) == pytest.approx(1, abs=2e-5)
@@ -105,7 +106,8 @@ def test_fit_loc_light_attention_then_predict_round_trip(run_cli, terminus_data,
     # predict --fasta embeds per residue (the head's input, not its task's kind) and writes the same
     r = run_cli("predict", head, "--fasta", terminus_data / "test.fasta", "-o", tmp_path / "fasta.tsv")
     assert r.exit_code == 0, r.stderr
-    by_id = {row["id"]: row for row in csv.DictReader((tmp_path / "fasta.tsv").open(), delimiter="\t")}
+    with (tmp_path / "fasta.tsv").open() as table:
+        by_id = {row["id"]: row for row in csv.DictReader(table, delimiter="\t")}
     assert by_id == {row["id"]: row for row in rows}  # (in the FASTA's order, the file's rows in its own)
 
     # the Python API on arrays in memory gives what predict wrote

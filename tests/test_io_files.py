@@ -224,7 +224,7 @@ def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
     reader.start()
     handle = AtomicFile(fifo)
     handle.stream.write(b"through the pipe\n")
@@ -603,7 +603,7 @@ def test_a_file_in_dev_shm_is_replaced_not_appended_to():
         for text in (b'{"a": 1}\n', b'{"b": 2}\n'):
             with atomic_output(target) as out:
                 out.write(text)
-        assert open(target, "rb").read() == b'{"b": 2}\n'
+        assert Path(target).read_bytes() == b'{"b": 2}\n'
 
 
 @pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm")

@@ -1906,9 +1906,10 @@ def test_shuffle_order_is_the_same_whatever_form_the_input_comes_in(tmp_path):
         build_corpus([source], CorpusOptions(output=str(out), shuffle=True, seed=5, block_bytes=4096,
                                              shuffle_bytes=budget, tmp_dir=str(tmp_path)))
         got[name] = out.read_bytes()
-    done = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", "-", "--shuffle", "--seed", "5",
-                           "-o", str(tmp_path / "stdin.txt"), "--tmp-dir", str(tmp_path)],
-                          stdin=open(packed, "rb"), capture_output=True, text=True)
+    with open(packed, "rb") as stdin:
+        done = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", "-", "--shuffle", "--seed", "5",
+                               "-o", str(tmp_path / "stdin.txt"), "--tmp-dir", str(tmp_path)],
+                              stdin=stdin, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     got["stdin"] = (tmp_path / "stdin.txt").read_bytes()
     assert len(_proteins(got["file"])) == 1500
@@ -1986,9 +1987,10 @@ def test_shuffle_from_stdin_with_shard_size(tmp_path):
     fasta = tmp_path / "in.fa"
     _random_fasta(fasta, 200, seed=9, dirty=False)
     out = tmp_path / "c.txt"
-    done = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", "-", "--shuffle", "--shard-size", "20K",
-                           "-o", str(out), "--tmp-dir", str(tmp_path)], stdin=open(fasta, "rb"),
-                          capture_output=True, text=True)
+    with open(fasta, "rb") as stdin:
+        done = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", "-", "--shuffle", "--shard-size",
+                               "20K", "-o", str(out), "--tmp-dir", str(tmp_path)], stdin=stdin,
+                              capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     shards = sorted(tmp_path.glob("c.*.txt"))
     assert len(shards) > 2

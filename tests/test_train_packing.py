@@ -262,7 +262,7 @@ def test_the_packing_line_says_when_the_fused_kernel_cannot_run(tmp_path, run_cl
 
 def test_a_packed_run_embeds_through_the_cli(tmp_path, run_cli):
     corpus = tmp_path / "c.txt"
-    corpus.write_text(open(LEARNABLE).read())
+    corpus.write_text((DATA / "train" / "learnable.txt").read_text())
     out = tmp_path / "run"
     res = run_cli("train", "--family", "roberta", "--corpus", corpus, "-o", out, "--num-steps", "2",
                   "--max-length", "48", "--global-batch-size", "8", "--micro-batch-size", "4", "--packing",

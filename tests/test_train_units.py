@@ -215,7 +215,7 @@ def test_a_lower_case_corpus_trains_the_proteins_of_its_upper_case_copy(tmp_path
     """docs/train.md: lower-case letters are accepted in a corpus line; they are the residues
     their capitals are."""
     lower = tmp_path / "lower.txt"
-    lower.write_text(open(LEARNABLE).read().lower())
+    lower.write_text((TRAIN / "learnable.txt").read_text().lower())
     upper, low = (list(_stream(paths, max_epochs=1)) for paths in ((LEARNABLE,), (str(lower),)))
     assert len(upper) == len(low) > 0
     for a, b in zip(upper, low):
@@ -659,7 +659,7 @@ def test_a_resumed_stream_reads_from_the_saved_byte_not_from_the_beginning(tmp_p
 
     first, second = tmp_path / "a.txt", tmp_path / ("b.txt.gz" if compress else "b.txt")
     shutil.copy(LEARNABLE, first)
-    text = open(LEARNABLE, "rb").read()
+    text = (TRAIN / "learnable.txt").read_bytes()
     second.write_bytes(gzip.compress(text) if compress else text)
     paths = [str(first), str(second)]
     epoch = [_indices(sb) for sb in _stream(paths, max_epochs=1)]  # 600 proteins, 37 steps
@@ -2162,7 +2162,7 @@ def _members_corpus(tmp_path, kind, member_bytes=4096):
     anywhere (not at line ends), as prep (a member per block) and bgzip write them."""
     import gzip
 
-    text = open(LEARNABLE, "rb").read() * 4
+    text = (TRAIN / "learnable.txt").read_bytes() * 4
     parts = [text[i:i + member_bytes] for i in range(0, len(text), member_bytes)]
     if kind == "gzip":
         data = b"".join(gzip.compress(p, compresslevel=1) for p in parts)
