@@ -803,19 +803,19 @@ def test_export_esm_writes_a_file_a_protein_under_names_apart(ids, with_rows):
 @example(FastaFile([Record("a", ["mkU*"]), Record("b", ["MK*T"]), Record("c", ["", " "]), Record("d", ["MJ"]),
                     Record("e", ["MKT**"])],
                    [], True, ["\r\n"], True, True))
+@example(FastaFile([Record("a", ["MK"]), Record("b\x00c", ["MKT"]), Record("\x00", [""])], [], False, ["\n"], False, True))
 def test_embed_reads_every_fasta_as_biopython_does(fasta):
     """embed (onehot, --invalid-policy skip) over generated FASTA: the proteins it writes are
     Biopython's records that the documented rules keep, each with one row per residue; the
-    others are listed failed with the reason; a FASTA it cannot read (text before the first
-    `>`, a header without an id or with a NUL byte, an id twice) is one InputError naming the
-    file, and no output is left."""
+    others are listed failed with the reason (a header holding a NUL byte among them: a damaged
+    record, skipped as prep leaves it out); a FASTA it cannot read (text before the first `>`, a
+    header without an id, an id twice) is one InputError naming the file, and no output is left."""
     from protrans_cli.embed import EmbedOptions, embed
     from protrans_cli.io.h5 import EmbeddingsReader
 
     data, header_lines, bio_text = fasta.build()
     ids = [ascii_id(rec.header) for rec in fasta.records]
-    unreadable = (not_fasta_line(fasta) is not None or any(not i for i in ids) or len(set(ids)) < len(ids)
-                  or any("\x00" in rec.header for rec in fasta.records))
+    unreadable = not_fasta_line(fasta) is not None or any(not i for i in ids) or len(set(ids)) < len(ids)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
         out = Path(tmp) / "e.h5"
@@ -829,9 +829,11 @@ def test_embed_reads_every_fasta_as_biopython_does(fasta):
         embed(path, out, options)
         reasons = {"empty": "empty sequence", "internal_stop": "internal stop", "invalid_character": "invalid character"}
         kept, failed = {}, {}
-        for ident, bio in zip(ids, biopython(bio_text)):
+        for ident, bio, rec in zip(ids, biopython(bio_text), fasta.records):
             seq, reason, at = reference_normalise(bytes(bio.seq), "keep")
-            if reason is None:
+            if "\x00" in rec.header:  # (asked before the sequence)
+                failed[ident] = "NUL byte"
+            elif reason is None:
                 kept[ident] = len(seq)
             else:
                 failed[ident] = reasons[reason] + ("" if at is None else f" .* at residue {at} ")
