@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.files import binary_kind, display_name, open_input
+from protrans_cli.io.files import UTF16_BOMS, binary_kind, display_name, open_input
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def begins_fasta(head: bytes) -> bool:
 def not_fasta(first: bytes) -> str:
     """The message for an input whose first non-blank line, `first`, is not a header; it says
     what the file is where its first bytes tell (a UTF-16 FASTA looked like any non-FASTA)."""
-    if first.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
+    if first.startswith(UTF16_BOMS):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
         return NOT_FASTA + " (the file is UTF-16 text: convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
     if hint := binary_kind(first, sentence=True) or look_alike(first):
         return f"{NOT_FASTA}; {hint}"
