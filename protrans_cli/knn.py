@@ -638,13 +638,18 @@ def _labels_any_query(label_set, fasta, order: list[str]) -> bool:
     """Whether a record of `label_set` names a query of `fasta` by id, or by its sequence (the
     checksums embed and fit compare), read before anything is embedded."""
     from protrans_cli.heads.data import label_checksums
-    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.io.fasta import parse_fasta
+    from protrans_cli.io.files import open_input
 
     ids = set(order)
     if any(r.id in ids for r in label_set.records):
         return True
     sums = {c for r in label_set.records if r.sequence for c in label_checksums(r.sequence)}
-    return any(c in sums for record in read_fasta(fasta) for c in label_checksums(record.sequence))
+    # (read as fasta_ids reads it: a header with a NUL byte is embed's to refuse or skip; read_fasta
+    # failed on it under --invalid-policy skip, naming the temporary copy of stdin)
+    with open_input(fasta) as stream:
+        return any(c in sums for record in parse_fasta(stream, display_name(fasta), nul_headers=True)
+                   for c in label_checksums(record.sequence))
 
 
 def warn_tab_separated(output, command: str) -> None:

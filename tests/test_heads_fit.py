@@ -5851,6 +5851,37 @@ def test_predict_sequences_of_a_dict_gives_each_id_what_a_list_gives_in_its_plac
     np.testing.assert_array_equal(by_id["a"]["label"].probabilities, by_id["c"]["label"].probabilities)
 
 
+def _onehot_protein_head(folder):
+    """A per-protein head (classes A and B) fit in a second on one-hot vectors: the model predict
+    --fasta and predict_sequences embed with is onehot, read without a download."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    rng = np.random.default_rng(0)
+    seqs = {f"s{i}": "".join(rng.choice(list(AA), 12)) + ("KKKK" if i % 2 else "WWWW") for i in range(16)}
+    (folder / "t.fa").write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    (folder / "t.csv").write_text("id,label\n" + "".join(f"s{i},{'AB'[i % 2]}\n" for i in range(16)))
+    embed(folder / "t.fa", folder / "t.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=10, plots=False), folder / "t.h5",
+        folder / "t.csv", folder / "head")
+    return folder / "head"
+
+
+def test_predict_fasta_reads_a_header_with_a_nul_byte_as_embed_does(run_cli, tmp_path):
+    # (embed refuses such a record naming --invalid-policy skip, and skips it under that policy;
+    # predict --fasta read the FASTA's ids first and refused the whole file whatever the policy)
+    head = _onehot_protein_head(tmp_path)
+    fasta, out = tmp_path / "q.fa", tmp_path / "p.csv"
+    fasta.write_bytes(b">a\nMKVLAKKKK\n>b\x00y damaged\nMKVL\n>c\nMWWWWC\n")
+    r = run_cli("predict", head, "--fasta", fasta, "-o", out)
+    assert r.exit_code == 1 and not out.exists()
+    assert (f"{fasta}:3, record 'b\\x00y': the header holds a NUL byte (a damaged file?) (--invalid-policy skip "
+            "leaves such records out)") in r.stderr, r.stderr
+    r = run_cli("predict", head, "--fasta", fasta, "--invalid-policy", "skip", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert [row.split(",")[0] for row in out.read_text().splitlines()[1:]] == ["a", "c"]
+    assert "1 protein(s) have no embedding" in r.stderr and "b\\x00y" in r.stderr, r.stderr
+
+
 def test_a_fit_stopped_at_the_save_of_its_early_stopping_epoch_resumes_to_the_same_head(small_head, tmp_path,
                                                                                           monkeypatch):
     # (a Ctrl-C after the state of the epoch that stopped the member early was saved, before the

@@ -538,6 +538,30 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
     assert _no_temporaries(tmp_path, own_tmpdir)
 
 
+def test_fasta_reads_a_header_with_a_nul_byte_as_embed_does(tmp_path, run_cli, own_tmpdir):
+    # (embed refuses such a record naming --invalid-policy skip, and skips it under that policy;
+    # knn --fasta refused the whole file whatever the policy, and with --score matched by sequence
+    # named the temporary copy of stdin)
+    ref_fa = _fasta(tmp_path / "ref.fa", 6, 3, names="r")
+    assert run_cli("embed", ref_fa, "-m", "onehot", "--per-protein", "-o", tmp_path / "ref.h5").exit_code == 0
+    labels, score = tmp_path / "ref.fasta", tmp_path / "score.fasta"  # (DeepLoc FASTA: ids, locations, sequences)
+    labels.write_text(ref_fa.read_text().replace(" a description", " Nucleus-S"))
+    score.write_text(">z1 Nucleus-S\nMKVLA\n")  # (the last query's sequence, under another id: matched by sequence)
+    query = b">a\nMKVLW\n>b\x00y damaged\nMKVL\n>c\nMKVLA\n"
+    ref = ("--reference", tmp_path / "ref.h5", "-k", "1")
+    r = run_cli("knn", "--fasta", "-", *ref, input=query)
+    assert r.exit_code == 1, r.stderr
+    assert ("<stdin>:3, record 'b\\x00y': the header holds a NUL byte (a damaged file?) (--invalid-policy skip "
+            "leaves such records out)") in r.stderr, r.stderr
+    for extra in ((), ("--labels", labels, "--score", score)):
+        r = run_cli("knn", "--fasta", "-", *ref, "--invalid-policy", "skip", *extra, input=query)
+        assert r.exit_code == 0, (extra, r.stderr)
+        assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["query", "a", "c"]
+        assert "<stdin>: 1 protein(s) could not be embedded and have no neighbours: b\\x00y" in r.stderr, r.stderr
+        assert not extra or "score.fasta: 1 protein labelled by sequence checksum" in r.stderr, r.stderr
+    assert _no_temporaries(tmp_path, own_tmpdir)
+
+
 def test_a_column_no_reference_protein_knows_and_an_input_as_output(tmp_path, run_cli):
     """setHARD as its own reference: every membrane label is `U`, so none is transferred (an empty
     search was a traceback); `-o` naming an input is refused (the query file was replaced by the TSV)."""

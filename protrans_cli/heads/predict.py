@@ -192,7 +192,9 @@ def fasta_ids(fasta, directory) -> tuple[Path | str, list[str]]:
                                  f"{reason}", path=str(Path(directory).parent)) from None
         fasta = spooled
     with open_input(fasta, shown) as stream:
-        return fasta, [record.id for record in parse_fasta(stream, shown)]
+        # (a header with a NUL byte is embed's to refuse, or skip under --invalid-policy skip: read
+        # here, it failed predict and knn --fasta whatever the policy)
+        return fasta, [record.id for record in parse_fasta(stream, shown, nul_headers=True)]
 
 
 def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: str, recorded_in=None) -> Path:
