@@ -5866,6 +5866,30 @@ def _onehot_protein_head(folder):
     return folder / "head"
 
 
+def test_predict_sequences_takes_the_invalid_policy_of_predict_fasta(tmp_path, capsys):
+    # (one sequence with an inner '*' or a digit failed the whole call, with an error that named
+    # "--invalid-policy skip", which predict_sequences did not take; predict --fasta and
+    # embed_sequences did)
+    from protrans_cli import predict_sequences
+
+    head = _onehot_protein_head(tmp_path)
+    queries = {"a": "MKVLAKKKK", "b": "MK*LA1", "c": "MWWWWC"}
+    with pytest.raises(InputError, match=r"^record 'b': internal stop '\*' at residue 3 \(--invalid-policy skip "
+                                         r"leaves such records out\)$"):
+        predict_sequences(head, queries, threads=1)  # (the default: as before)
+    capsys.readouterr()
+    found = predict_sequences(head, queries, threads=1, invalid_policy="skip")
+    assert list(found) == ["a", "c"] and found["a"]["label"].labels in ("A", "B")
+    said = capsys.readouterr().err
+    assert "1 protein(s) could not be embedded and are left out: b (skipped: internal stop '*' at residue 3" in said
+    listed = predict_sequences(head, list(queries.values()), threads=1, invalid_policy="skip")
+    assert listed[1] is None and [p["label"].labels for p in (listed[0], listed[2])] == [found["a"]["label"].labels,
+                                                                                      found["c"]["label"].labels]
+    assert "left out: item 1 (skipped: internal stop" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--invalid-policy must be one of error, skip"):
+        predict_sequences(head, queries, threads=1, invalid_policy="drop")
+
+
 def test_predict_fasta_reads_a_header_with_a_nul_byte_as_embed_does(run_cli, tmp_path):
     # (embed refuses such a record naming --invalid-policy skip, and skips it under that policy;
     # predict --fasta read the FASTA's ids first and refused the whole file whatever the policy)

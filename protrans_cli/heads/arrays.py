@@ -79,19 +79,24 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
 
 
 def predict_sequences(head_dir, sequences, *, model: str | None = None, device: str = "auto",
-                      threads: int | None = None):
+                      threads: int | None = None, invalid_policy: str = "error"):
     """Embed `sequences` ({id: sequence}, or a list) with the model and layer the head was fit on
     (as `protrans predict --fasta` does: its recorded model, per residue or per protein as the
     head needs, and its training embeddings' long-protein policy; `model` replaces the recorded
     model, e.g. the same weights in a local directory) and predict: {id: {output: Prediction}},
     or a list in order. A protein that could not be embedded is left out (None in a list), with
-    a warning naming it, as `embed_sequences` leaves it out."""
+    a warning naming it, as `embed_sequences` leaves it out. `invalid_policy` is predict --fasta's
+    --invalid-policy: a sequence that cannot be embedded (a J, an inner '*', no residues) is an
+    error ("error"), or left out so ("skip")."""
     from protrans_cli.embed import embed_sequences
     from protrans_cli.heads.model import head_input_kind
     from protrans_cli.heads.predict import head_embed_options
 
     expect_path(head_dir, "head_dir", " (the head's directory)")
-    options, config = head_embed_options(head_dir, model=model, device=device, threads=threads, word="model=")
+    # (the error for one such sequence said "--invalid-policy skip leaves such records out", which
+    # this call did not take: one bad sequence failed the whole call)
+    options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
+                                         invalid_policy=invalid_policy, word="model=")
     embedded = embed_sequences(sequences, options, kind=head_input_kind(config))  # (checked by head_embed_options)
     # (another model's width was "protein 0: an embedding of shape (32,), the head takes ...":
     # the protein blamed for what the model given makes of every protein)
