@@ -50,10 +50,10 @@ def command(show_families, show_presets, show_checkpoints, family, as_json):
             json.dump(data, out, indent=2)
             out.write("\n")
             return
-        _print_tables(data)
+        _print_tables(data, family)
 
 
-def _print_tables(data: dict) -> None:
+def _print_tables(data: dict, family: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -86,8 +86,8 @@ def _print_tables(data: dict) -> None:
                           str(p["embedding_dim"]))
         out.print(_whole_names(table, 2))
     if data.get("checkpoints") == []:
-        # (a family nobody published a checkpoint of: a table of headers alone was printed)
-        family = data["presets"][0]["family"] if data.get("presets") else None
+        # (a family nobody published a checkpoint of: a table of headers alone was printed; the name
+        # comes from --family, not the presets table, which --checkpoints alone leaves out)
         out.print("Published checkpoints: none listed" + (
             f" for {family} (train one: protrans train --family {family})" if family else " for this family"))
     elif "checkpoints" in data:
