@@ -507,6 +507,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                 load = family.load_masked_lm if masked_lm else family.load_encoder
                 model = load(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
+            if is_dir and (lacking := missing_weights(target)):
+                raise ModelError(f"{name}: the model directory {lacking}") from None
             raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
@@ -780,6 +782,23 @@ def weights_problem(exc: BaseException) -> str:
         return ("some of its tensors have other shapes than its config.json gives (a config edited, or another "
                 "model's weights); -v shows which")
     return first_line(exc)
+
+
+# The files from_pretrained looks for a model's weights in (an index names the shards).
+_WEIGHT_ENTRIES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+def missing_weights(folder) -> str | None:
+    """What a model folder holding config.json lacks when it holds none of the weights files
+    from_pretrained reads (a copy or download cut short, save_pretrained of the config and tokenizer
+    alone), else None: transformers' own "Error no file named model.safetensors, or
+    pytorch_model.bin, found in directory D." was repeated inside our line, and for an ELECTRA
+    pair's generator/ it named the pair's directory, whose weights were there."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or any((folder / name).is_file() for name in _WEIGHT_ENTRIES):
+        return None
+    return "has no weights file (model.safetensors or pytorch_model.bin)"
 
 
 def _invalid_repo_id(exc: BaseException) -> bool:

@@ -680,8 +680,8 @@ def _initial_model(config: TrainConfig, resume):
     """--init-from: (family, tokenizer, pretraining model) of an existing model, loaded through
     from_pretrained in float32. On --resume the architecture and tokenizer come from the run's
     checkpoint instead (its weights are loaded in _loop), so the original model is not needed again."""
-    from protrans_cli.models import (_check_tokenizer, _quiet_transformers, _tokenizer_json_problem, open_config,
-                                     weight_errors, weights_problem)
+    from protrans_cli.models import (_check_tokenizer, _quiet_transformers, _tokenizer_json_problem, missing_weights,
+                                     open_config, weight_errors, weights_problem)
     from protrans_cli.io.files import utf8_path_problem, utf8_text
 
     if resume:
@@ -748,6 +748,13 @@ def _initial_model(config: TrainConfig, resume):
             # (a tokenizer.json cut short was "cannot load it as a bert pretraining model: Expecting
             # value: line 7 column 12 (char 100)", naming no file; embed names it so)
             raise ModelError(f"--init-from {source.name}: cannot load the tokenizer: {problem}") from None
+        # (as embed: one line naming the folder without weights, not transformers' own wording, which
+        # named the pair's directory for an ELECTRA generator's missing file)
+        generator = Path(source.target) / "generator"
+        if source.is_dir and (lacking := missing_weights(source.target)):
+            raise ModelError(f"--init-from {source.name}: the model directory {lacking}") from None
+        if source.is_dir and (lacking := missing_weights(generator)):
+            raise ModelError(f"--init-from {source.name}: its generator folder {generator} {lacking}") from None
         detail = first_line(exc) if isinstance(exc, (OSError, ValueError)) else described(exc)
         raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
                          f"{detail}") from None
