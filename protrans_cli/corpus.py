@@ -729,7 +729,10 @@ def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, se
                 # lines that end in CR alone. (A CR inside the header of a record rejected for
                 # another reason, or empty but for blank lines, is that record's stray byte, as
                 # read_fasta has it: it was the whole run's error.)
-                return (heads.id_at(i).split("\r")[0], _CR_ONLY, heads.line_of(i))
+                # Named by the id before the first CR, as read_fasta names it: '>' then CR has
+                # none, and the id read across the CR was the first sequence line.
+                header = data[int(header_start[i]) + 1:int(header_end[i])]
+                return (_record_id(header[:header.index(b"\r")]), _CR_ONLY, heads.line_of(i))
             reasons[i] = exc.reason
             details[i] = exc.detail
         else:  # pragma: no cover - the bulk rules and normalise() disagree

@@ -3973,10 +3973,14 @@ def test_a_file_of_old_mac_line_endings_is_named_by_its_first_record_as_prep_nam
         assert result.exit_code == 1 and result.stderr.startswith(f"protrans: error: {said}"), result.stderr
     with pytest.raises(InputError, match=re.escape(said)):
         list(read_fasta(fasta))
-    fasta.write_bytes(b">\rMKTA\r>b\rMKKL\r")  # (no id before the first CR: the line alone, as before)
-    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "out")
-    assert result.exit_code == 1 and f"{fasta}:1: a carriage return inside the header" in result.stderr, result.stderr
-    assert not (tmp_path / "out").exists()
+    # No id before the first CR: the line alone, in prep too (it named the record by its first
+    # sequence line, 'MKTA', the id read across the CR)
+    fasta.write_bytes(b">\rMKTA\r>b\rMKKL\r")
+    for command in ("prep", "embed"):
+        result = run_cli(command, fasta, *(["-m", "onehot"] if command == "embed" else []), "-o", tmp_path / "out")
+        assert result.exit_code == 1 and result.stderr.startswith(
+            f"protrans: error: {fasta}:1: a carriage return inside the header"), (command, result.stderr)
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["out.h5", "out.h5.partial"])
