@@ -3696,6 +3696,50 @@ def test_accept_corpus_change_resumes_with_a_warning_naming_the_change(tmp_path,
     assert result.step == 6 and "--accept-corpus-change" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stop", [4, 6])
+def test_accept_corpus_change_with_a_shard_cut_short_before_the_position_trains_every_protein_after_it(
+        tmp_path, monkeypatch, capsys, stop):
+    """Shards of 4, 4 and 8 proteins, 2 a step, buffers of 4; the run stopped after step 4 (its
+    position the third shard's first protein) or 6 (that shard's fifth), then the second shard
+    cut short. The resumed steps train the third shard's proteins from the position on, as the
+    uninterrupted run did (it skipped as many of them as the second shard lost, "the batches
+    may differ"), and the warning names the shard and where the run resumed."""
+    from protrans_cli.training.data import CorpusStream
+
+    def shard(name, letter, n):
+        (tmp_path / name).write_text("".join(" ".join(letter + "ACDEFGHIKLMNPQRSTVWY"[i] * (8 + i)) + "\n\n"
+                                             for i in range(n)))
+        return str(tmp_path / name)
+
+    corpus = [shard("a.txt", "A", 4), shard("b.txt", "B", 4), shard("c.txt", "C", 8)]
+    kw = dict(corpus=corpus, output_dir=str(tmp_path / "run"), num_steps=8, stop_after=stop, save_every=stop,
+              max_length=32, global_batch_size=2, micro_batch_size=2, bucket_batches=2, log_every=1)
+    train(_config(tmp_path, **kw))
+    shard("b.txt", "B", 2)
+    read: list[str] = []
+    original = CorpusStream._sample
+
+    def recording(self, buffer, pos, state):
+        read.append(buffer[pos][2])
+        return original(self, buffer, pos, state)
+
+    monkeypatch.setattr(CorpusStream, "_sample", recording)
+    capsys.readouterr()
+    result = train(_config(tmp_path, **{**kw, "stop_after": None}), resume=True, accept_corpus_change=True)
+    assert result.completed and result.step == 8
+    trained = 2 * (stop - 4)  # of the third shard, before the stop
+    assert sorted(read) == sorted("C" + "ACDEFGHIKLMNPQRSTVWY"[i] * (8 + i) for i in range(trained, 8))
+    err = capsys.readouterr().err
+    assert f"the corpus changed since {tmp_path / 'run' / 'checkpoints' / f'step_0000000{stop}'} was saved " \
+           f"({corpus[1]}: 88 bytes then, 40 now)" in err, err
+    if stop == 4:  # the cursor at the second shard's end: its change may move it
+        assert ("resumed at its data position anyway (--accept-corpus-change), protein 9 of epoch 1: line 1 of "
+                f"{corpus[2]} now") in err, err
+    else:  # in the third: the rest of the epoch is the uninterrupted run's
+        assert (f"before the run's data position: resumed there (protein 13 of epoch 1: line 9 of {corpus[2]}), "
+                "reading on as the uninterrupted run would") in err, err
+
+
 def test_resume_of_a_run_holding_only_checkpoints_reads_its_latest_checkpoints_settings(tmp_path, run_cli):
     """A run lengthened by a resume (--num-steps 4, then 8) and synced without the files beside
     checkpoints/: its latest checkpoint holds the run's settings as they are now (8 steps), the

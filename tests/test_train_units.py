@@ -689,7 +689,7 @@ def _saved(tmp_path, obj):
     return tmp_path / "state.pt"
 
 
-def test_a_position_that_is_not_this_corpus_s_falls_back_to_counting_proteins():
+def test_a_position_whose_byte_no_longer_begins_a_line_is_found_by_its_line_or_else_by_counting_proteins():
     from protrans_cli.training.data import Cursor, iter_proteins
 
     every = list(iter_proteins([LEARNABLE]))
@@ -699,8 +699,9 @@ def test_a_position_that_is_not_this_corpus_s_falls_back_to_counting_proteins():
         next(it)
     good = cursor.copy()
     assert list(iter_proteins([LEARNABLE], good)) == every[100:]
-    # off by a byte (the middle of a line), past the end, a file the corpus does not have
-    for bad in (Cursor(0, good.offset - 2, good.line, 100), Cursor(0, 10 ** 9, 5, 100), Cursor(3, 10, 1, 100)):
+    # off by a byte (the middle of a line), past the end (both: by the line), a file the corpus
+    # does not have (by counting proteins)
+    for bad in (Cursor(0, good.offset - 2, good.line, 100), Cursor(0, 10 ** 9, good.line, 100), Cursor(3, 10, 1, 100)):
         assert list(iter_proteins([LEARNABLE], bad)) == every[100:]
     # a checkpoint of an earlier version (no cursor), and a new phase's (a cursor before the buffer)
     old = StreamState(0, 64, 2)
@@ -708,6 +709,46 @@ def test_a_position_that_is_not_this_corpus_s_falls_back_to_counting_proteins():
     behind = StreamState(0, 128, 0, good)  # good.proteins = 100
     assert [_indices(sb) for sb, _ in zip(_stream(state=behind), range(6))] == \
         [_indices(sb) for sb, _ in zip(_stream(state=StreamState(0, 128, 0)), range(6))]
+
+
+def test_a_shard_changed_before_the_position_moves_it_nowhere_in_the_shards_after_it(tmp_path):
+    """--accept-corpus-change with three shards, the position at the end of the second (where a
+    buffer ending with its last protein leaves it). The second cut short since (the position's
+    byte past its end) or rewritten (the byte mid-line): the second is read to the position's
+    line, and the third's proteins all come, from its first. (Counted from the corpus's
+    beginning, the position fell as many proteins into the third as the second had lost, and
+    those went untrained that epoch.) Grown at its end: the second's new proteins first, none
+    read twice."""
+    from protrans_cli.training.data import Cursor, iter_proteins
+
+    def shard(name, letter, n, width=8):
+        lines = [" ".join(letter + "ACDEFGHIKLMNPQRSTVWY"[i] * (width + i)) + "\n\n" for i in range(n)]
+        (tmp_path / name).write_text("".join(lines))
+        return [line.replace(" ", "").strip() for line in lines]
+
+    paths = [str(tmp_path / n) for n in ("a.txt", "b.txt", "c.txt")]
+    a, b, c = shard("a.txt", "A", 4), shard("b.txt", "B", 4), shard("c.txt", "C", 6)
+    cursor = Cursor()
+    reader = iter_proteins(paths, cursor=cursor)
+    for _ in range(len(a) + len(b)):
+        next(reader)
+    at = cursor.copy()
+    assert (at.file, at.proteins) == (1, 8)
+
+    def after(start):
+        return [text for _, _, text in iter_proteins(paths, start.copy())]
+
+    assert after(at) == c
+    shard("b.txt", "B", 2)  # cut short
+    assert after(at) == c
+    shard("b.txt", "B", 4, width=9)  # rewritten, longer lines: the byte falls mid-line
+    assert after(at) == c
+    new_b = shard("b.txt", "B", 6)  # appended to
+    assert after(at) == new_b[4:] + c
+    # the protein count goes on from the position's, whatever the shards before it hold now
+    shard("a.txt", "A", 1)
+    counted = Cursor()
+    assert len(list(iter_proteins(paths, at.copy(), counted))) == 8 and counted.proteins == 16
 
 
 def test_corpus_errors_name_the_problem(tmp_path):
@@ -2202,7 +2243,7 @@ def test_a_corpus_of_many_members_resumes_from_the_member_of_its_position(tmp_pa
         list(iter_proteins([str(path)]))
 
 
-def test_a_member_that_is_not_one_falls_back_to_counting_proteins(tmp_path):
+def test_a_member_that_is_not_one_falls_back_to_reading_the_file_to_the_positions_line(tmp_path):
     # the file replaced by one compressed otherwise (the fingerprint check aside), and a
     # checkpoint of an earlier version (no member in its cursor)
     import dataclasses

@@ -35,7 +35,9 @@ proteins; DataLoader workers split the global batches of a rank between them.
 
 The position in the stream (epoch, first protein of the current buffer, batches done in it, and
 the file and byte where that buffer begins) is part of every checkpoint, so a resumed run sees
-exactly the batches it would have seen, reading from that byte on.
+exactly the batches it would have seen, reading from that byte on (from that line of the file,
+read from its beginning, where the file changed since: a change moves no position in the files
+after it).
 """
 
 from __future__ import annotations
@@ -186,15 +188,18 @@ class Cursor:
 
 
 class _StalePosition(Exception):
-    """A cursor that does not fall at the start of a line of its file: not this corpus's."""
+    """A cursor that does not fall at the start of a line of its file (the file changed since), or
+    names a file the corpus does not have."""
 
 
 def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = None) -> Iterator[tuple[str, int, str]]:
     """(path, line number, residues without spaces) for every protein of every shard in order,
-    from protein `start.proteins` on when `start` is given (read from its byte when that byte
-    begins a line of its file; otherwise, a position of another corpus, by reading and
-    counting from the beginning). `cursor`, when given, is kept at the place after the protein
-    last yielded.
+    from the place `start` names when it is given: its byte of its file when that byte begins a
+    line there; otherwise (the file changed since) its line, that file read from its beginning,
+    so that a shard cut short or rewritten moves no position in the shards after it; a file the
+    corpus no longer has, by reading and counting `start.proteins` proteins from the beginning.
+    The proteins are counted on from `start.proteins`. `cursor`, when given, is kept at the
+    place after the protein last yielded.
 
     Every line is checked whole as it is read (one C-level pass, on every rank alike, so all
     ranks stop at the same bad line): a character that is not a residue letter is an error
@@ -207,10 +212,16 @@ def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = No
     except StopIteration:
         return
     except _StalePosition:
-        reader = _read_proteins(paths, Cursor(), cursor)
-        for _ in range(start.proteins):
-            if next(reader, None) is None:
-                return
+        if start.file < len(paths):
+            # By its line in its own file: counted from the corpus's beginning, a shard before
+            # the position cut short since (--accept-corpus-change) shifted it into the next
+            # shard, whose first proteins that many went untrained that epoch.
+            reader = _read_proteins(paths, start, cursor, by_line=True)
+        else:
+            reader = _read_proteins(paths, Cursor(), cursor)
+            for _ in range(start.proteins):
+                if next(reader, None) is None:
+                    return
         first = next(reader, None)
         if first is None:
             return
@@ -218,17 +229,25 @@ def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = No
     yield from reader
 
 
-def _read_proteins(paths: list, start: Cursor, cursor: Cursor) -> Iterator[tuple[str, int, str]]:
+def _read_proteins(paths: list, start: Cursor, cursor: Cursor, by_line: bool = False) -> Iterator[tuple[str, int, str]]:
+    """iter_proteins from `start`'s byte, or, `by_line`, from its line (its file read from the beginning)."""
     if start.file > 0 and start.file >= len(paths):
         raise _StalePosition
     cursor.proteins = start.proteins
     for index in range(start.file, len(paths)):
         path = paths[index]
         resuming = index == start.file and start.offset > 0
-        member = (start.member, start.member_text) if resuming and 0 < start.member_text < start.offset else None
+        member = None
+        if resuming and not by_line and 0 < start.member_text < start.offset:
+            member = start.member, start.member_text
         with _open_corpus_file(path, member) as (stream, members):
             offset = lineno = 0
-            if resuming:
+            if resuming and by_line:
+                # (the lines skipped are not checked, as the bytes before a sought position are not)
+                for raw in itertools.islice(stream, start.line):
+                    lineno += 1
+                    offset += len(raw)
+            elif resuming:
                 if not _skip_to(stream, start.offset - (member[1] if member else 0)):
                     raise _StalePosition
                 offset, lineno = start.offset, start.line
@@ -371,18 +390,21 @@ def corpus_fingerprint(paths) -> list[dict]:
     return out
 
 
-def changed_corpus_file(saved: list[dict] | None, paths, current: list[dict] | None = None) -> str | None:
-    """The first corpus file whose fingerprint differs from the checkpoint's (None when all
-    match, or for a checkpoint of an earlier version without fingerprints), with what differs.
-    `current`: the files' corpus_fingerprint when it is already taken (else it is taken here)."""
+def changed_corpus_files(saved: list[dict] | None, paths, current: list[dict] | None = None) -> list[tuple[int, str]]:
+    """The corpus files whose fingerprint differs from the checkpoint's, in order, as (their
+    number, the file and what differs); none for a checkpoint of an earlier version without
+    fingerprints. `current`: the files' corpus_fingerprint when it is already taken (else it is
+    taken here)."""
     if not saved:
-        return None
-    for path, old, new in zip(paths, saved, current if current is not None else corpus_fingerprint(paths)):
+        return []
+    out = []
+    for index, (path, old, new) in enumerate(zip(paths, saved, current if current is not None
+                                                 else corpus_fingerprint(paths))):
         if old["size"] != new["size"]:
-            return f"{path}: {old['size']:,} bytes then, {new['size']:,} now"
-        if old["ends_sha256"] != new["ends_sha256"]:
-            return f"{path}: the same size, other content"
-    return None
+            out.append((index, f"{path}: {old['size']:,} bytes then, {new['size']:,} now"))
+        elif old["ends_sha256"] != new["ends_sha256"]:
+            out.append((index, f"{path}: the same size, other content"))
+    return out
 
 
 def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "") -> list[str]:
@@ -543,13 +565,15 @@ def next_phase_state(state: StreamState, paths, global_batch_size: int, bucket_b
                                                                                else 0), batches_done=0)
 
 
-def position_in_corpus(paths, state: StreamState) -> bool:
-    """Whether the corpus holds a protein at `state`'s position (its buffer's first protein): not
-    where the corpus shrank since (`--accept-corpus-change`), and the stream, finding nothing
-    there, goes on from the next epoch's beginning."""
+def position_in_corpus(paths, state: StreamState) -> tuple[str, int] | None:
+    """The file and line of the protein at `state`'s position (its buffer's first protein) in
+    the corpus as it is now, or None where it holds none there: where the corpus shrank since
+    (`--accept-corpus-change`), and the stream, finding nothing there, goes on from the next
+    epoch's beginning."""
     start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
     skip = state.buffer_start - (start.proteins if start is not None else 0)
-    return next(itertools.islice(iter_proteins(paths, start), skip, None), None) is not None
+    found = next(itertools.islice(iter_proteins(paths, start), skip, None), None)
+    return None if found is None else (found[0], found[1])
 
 
 @dataclass

@@ -43,7 +43,7 @@ from protrans_cli.training import dist
 from protrans_cli.training import recompute
 from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps,
                                           resolve_precision)
-from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
+from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_files, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, corpus_overlaps,
                                         count_proteins, evaluation_step_size, next_phase_state, position_in_corpus,
                                         step_batches)
@@ -797,20 +797,33 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
             console.warn(f"{where.name} was written by an earlier protrans, whose objective differed: "
                          f"{'; '.join(changes)}. The steps after {state.get('step')} train with today's, so the "
                          "run differs from an uninterrupted one (see CHANGELOG.md)")
-    changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
-    if changed and accept_corpus_change:
+    corpus_changes = changed_corpus_files(state.get("corpus"), config.corpus, run.corpus_id)
+    changed = corpus_changes[0][1] if corpus_changes else None
+    if len(corpus_changes) > 1:
+        changed += f"; {len(corpus_changes) - 1} other file(s) too"
+    if changed and accept_corpus_change and info.is_main:
         data = StreamState.from_dict(state["data_state"])
-        if info.is_main and not position_in_corpus(config.corpus, data):
+        found = position_in_corpus(config.corpus, data)
+        position = f"protein {data.buffer_start + 1:,} of epoch {data.epoch + 1}"
+        at = data.at if data.at is not None and data.at.proteins <= data.buffer_start else None
+        if found is None:
             # (shrunk: the stream finds no protein at the position and ends the epoch there;
             # "resumed at its data position" named a place that is no longer in the corpus)
             console.warn(f"the corpus changed since {where} was saved ({changed}): it now ends before the "
-                         f"run's data position (protein {data.buffer_start + 1:,} of epoch {data.epoch + 1}); "
-                         f"resumed from the beginning of epoch {data.epoch + 2} (--accept-corpus-change)")
-        elif info.is_main:
+                         f"run's data position ({position}); resumed from the beginning of epoch "
+                         f"{data.epoch + 2} (--accept-corpus-change)")
+        elif at is not None and all(index < at.file for index, _ in corpus_changes):
+            # The position is kept in the file it falls in (as a byte, else a line): what changed
+            # before that file moves it nowhere.
+            console.warn(f"the corpus changed since {where} was saved ({changed}), before the run's data "
+                         f"position: resumed there ({position}: line {found[1]:,} of {found[0]}), reading on as "
+                         "the uninterrupted run would; the next epoch reads the corpus as it is now "
+                         "(--accept-corpus-change)")
+        else:
             console.warn(f"the corpus changed since {where} was saved ({changed}): resumed at its data "
-                         "position anyway (--accept-corpus-change); the batches from there on may differ "
-                         "from an uninterrupted run's")
-    elif changed:
+                         f"position anyway (--accept-corpus-change), {position}: line {found[1]:,} of "
+                         f"{found[0]} now; the batches from there on may differ from an uninterrupted run's")
+    elif changed and not accept_corpus_change:
         # The saved data position counts proteins of the corpus as it was: applied to
         # another one, the run would go on silently with other batches. (A shard found
         # damaged mid-run and replaced by a whole copy is the case for the switch: its
