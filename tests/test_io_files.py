@@ -1189,9 +1189,10 @@ def test_binary_kind_tells_real_files_that_hold_no_text_from_text(tmp_path):
     assert binary_kind(head(tmp_path / "e.h5")) == HDF5_KIND
     assert binary_kind(head(tmp_path / "e.h5"), sentence=True) == "the file is HDF5, such as embed writes"
     assert binary_kind(head(tmp_path / "splits.zip")).startswith("the file is a zip archive (extract")
-    assert binary_kind(head(tmp_path / "new.pt")).startswith("the file is a zip archive")  # (torch's own format)
-    assert binary_kind(head(tmp_path / "old.pt")) == BINARY_KIND
-    assert binary_kind(head(tmp_path / "old.pt"), sentence=True) == "the file is binary"
+    # (torch's zip, and its legacy pickles: a checkpoint, not an archive to unzip)
+    for pt in ("new.pt", "old.pt"):
+        assert binary_kind(head(tmp_path / pt)) == "the file is a PyTorch checkpoint (model weights or tensors, such " \
+            "as torch.save writes)", pt
     assert binary_kind(head(tmp_path / "twice.csv.gz")).startswith("the file is compressed twice (")
     for text in ("labels.csv.gz", "bom.csv", "plain.csv"):
         assert binary_kind(head(tmp_path / text)) is None, text
@@ -1199,3 +1200,40 @@ def test_binary_kind_tells_real_files_that_hold_no_text_from_text(tmp_path):
     # is the callers', who ask utf16_codec first)
     assert binary_kind(b"x" * 4096 + b"\0") is None
     assert binary_kind("id,label\n".encode("utf-16-le")) == BINARY_KIND
+
+
+def test_torch_file_tells_every_file_torch_writes_from_other_zips_and_pickles(tmp_path):
+    """torch_file, binary_kind's test for a .pt or .pth: torch.save's zip under any file name and
+    pickle protocol, its legacy pickles, torch.jit.save's zip (whose first member is data/0); not
+    another zip (FLIP's splits: unzip them), a plain pickle or a zip header cut before its name."""
+    import io
+    import pickle
+    import warnings
+    import zipfile
+
+    import torch
+
+    from protrans_cli.io.files import binary_kind, torch_file
+
+    def saved(**options) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"w": torch.zeros(3)}, buffer, **options)
+        return buffer.getvalue()[:4096]
+
+    torch.save(torch.ones(2), tmp_path / "m.pt")  # (member m/data.pkl: its length, 10, is a 0x0a byte)
+    script = io.BytesIO()
+    with warnings.catch_warnings():  # (recent torch deprecates TorchScript; its files are still about)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), script)
+    for protocol in (2, 3, 4, 5):
+        assert torch_file(saved(pickle_protocol=protocol)), protocol
+        assert torch_file(saved(pickle_protocol=protocol, _use_new_zipfile_serialization=False)), protocol
+    assert torch_file((tmp_path / "m.pt").read_bytes()[:4096]) and torch_file(script.getvalue()[:4096])
+    assert binary_kind(saved(), sentence=True).startswith("the file is a PyTorch checkpoint (")
+    for member in ("labels.csv", "data/0", "x/data.pkl.txt"):
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr(member, "id,label\n")
+        assert not torch_file(archive.getvalue()), member
+        assert binary_kind(archive.getvalue()).startswith("the file is a zip archive (extract the file to read: unzip")
+    assert not torch_file(pickle.dumps({"w": [0.0] * 3}, protocol=2)) and not torch_file(saved()[:28])

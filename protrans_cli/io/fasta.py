@@ -38,12 +38,15 @@ def begins_fasta(head: bytes) -> bool:
     return head.lstrip(BOM + b" \t\r\n").startswith(b">")
 
 
-def not_fasta(first: bytes) -> str:
+def not_fasta(first: bytes, head: bytes | None = None) -> str:
     """The message for an input whose first non-blank line, `first`, is not a header; it says
-    what the file is where its first bytes tell (a UTF-16 FASTA looked like any non-FASTA)."""
-    if first.startswith(UTF16_BOMS):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
+    what the file is where its first bytes tell (a UTF-16 FASTA looked like any non-FASTA).
+    `head`: the file's first bytes, where `first` is its first line (a line reader's): a binary
+    file's first "line" ends at whatever 0x0a byte its header holds, before what names it."""
+    raw = first if head is None else head
+    if raw.startswith(UTF16_BOMS):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
         return NOT_FASTA + " (the file is UTF-16 text: convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
-    if hint := binary_kind(first, sentence=True) or look_alike(first):
+    if hint := binary_kind(raw, sentence=True) or look_alike(first):
         return f"{NOT_FASTA}; {hint}"
     return NOT_FASTA
 
@@ -89,6 +92,9 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: b
     chunks: list[bytes] = []
     lineno = 0
     pending = b""  # lines of a mark and blanks inside a record: dropped if blank lines, then a header or the end follow
+    # (a stream's first bytes, for not_fasta: a PyTorch checkpoint's first line was cut by a 0x0a
+    # of its zip header before the member name that tells it from any zip, as prep's blocks show it)
+    head = lines.peek(4096)[:4096] if hasattr(lines, "peek") else b""
     for lineno, line in enumerate(lines, 1):
         if line[:1] == b"\xef" and line.startswith(BOM):
             # At the start of the file, or of a file concatenated to another (cat a.fa b.fa):
@@ -116,7 +122,8 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: b
                 pending = b""
             chunks.append(line)
         elif line.strip():
-            raise InputError(not_fasta(line), path=name, line=lineno)
+            start = head if lineno == 1 and len(head) > len(line) and head.startswith(line) else None
+            raise InputError(not_fasta(line, start), path=name, line=lineno)
     if header is not None:
         yield _record(header, chunks, header_line, name, nul_headers)
 

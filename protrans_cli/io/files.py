@@ -347,15 +347,42 @@ def sniff_compression(head: bytes) -> str | None:
     return None
 
 
+TORCH_KIND = "the file is a PyTorch checkpoint (model weights or tensors, such as torch.save writes)"
+# torch.save's legacy format (_use_new_zipfile_serialization=False) is pickles, the first its
+# MAGIC_NUMBER 0x1950A86A20F9469CFC6C: LONG1, 10 bytes, little-endian (torch/serialization.py)
+_TORCH_PICKLE_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def torch_file(head: bytes) -> bool:
+    """Whether a file's first bytes, `head`, are a PyTorch checkpoint's (a .pt or .pth): the zip
+    torch.save writes, whose first member is ARCHIVE/data.pkl (the archive named after the file),
+    or any zip of torch's writer (torch.jit.save's too), which pads every member's local header to
+    a 64-byte boundary with an extra field 'FB', its length, then 'Z's; or the legacy pickles.
+    `head` must be the file's bytes, not its first line: the zip header's sizes may hold a 0x0a
+    (`m/data.pkl` is 10 bytes long), and the legacy pickle's fourth byte is one."""
+    if head.startswith(b"PK\x03\x04") and len(head) >= 30:
+        size, extra = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+        name, padding = head[30:30 + size], head[30 + size:30 + size + extra]
+        if name == b"data.pkl" or name.endswith(b"/data.pkl"):
+            return True
+        return (len(padding) == extra >= 4 and padding.startswith(b"FB")
+                and int.from_bytes(padding[2:4], "little") == extra - 4 and not padding[4:].strip(b"Z"))
+    # (protocol 2 and 3: the magic follows the PROTO opcode; 4 and 5 put an 8-byte FRAME between)
+    return head[:1] == b"\x80" and _TORCH_PICKLE_MAGIC in (head[2:14], head[11:23])
+
+
 def archive_hint(head: bytes) -> str | None:
     """What to do with a zip or tar archive (FLIP's splits and DeepLoc ship as zip; a .tar.gz
     reads as a tar once gunzipped), which readers of one file refuse, or with a file compressed
-    twice (`head` is what open_input gives, one layer already taken off): None for anything else."""
+    twice (`head` is what open_input gives, one layer already taken off); what a PyTorch checkpoint
+    is (TORCH_KIND: a zip too, but none to extract): None for anything else."""
     if kind := sniff_compression(head):
         # A .gz that a web server compressed again on the fly (Content-Encoding: gzip) and wget or
         # curl without --compressed saved as sent: it was "not FASTA", though zcat showed binary
         return (f"the file is compressed twice (decompressed once, it is {kind} data again: a download a "
                 "server compressed a second time): decompress it once and give that (zcat FILE > ONCE.gz)")
+    if torch_file(head):  # (a zip archive too, or a pickle: nothing in it to extract or read as text)
+        return TORCH_KIND
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
         return ("the file is a zip archive (extract the file to read: unzip -p ARCHIVE.zip MEMBER > FILE; gzip, "
                 "bz2, xz and zstd files are read as they are)")

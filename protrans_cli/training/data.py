@@ -253,12 +253,15 @@ def _read_proteins(paths: list, start: Cursor, cursor: Cursor, by_line: bool = F
                 offset, lineno = start.offset, start.line
             cursor.file, cursor.offset, cursor.line = index, offset, lineno
             cursor.member, cursor.member_text = member or (0, 0)
+            # (the file's first bytes, for _not_text: a PyTorch checkpoint's first line was cut by a
+            # 0x0a of its zip header before the member name that tells it from any zip)
+            head = stream.peek(4096)[:4096] if not resuming and hasattr(stream, "peek") else b""
             for raw in stream:
                 lineno += 1
                 offset += len(raw)
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as prep and labels take it
                     raw = raw[3:]
-                if lineno == 1 and (kind := _not_text(raw)):
+                if lineno == 1 and (kind := _not_text(raw, head)):
                     raise InputError(f"not a corpus: {kind}; the corpus is the text `protrans prep` writes, one "
                                      "protein per line", path=str(path), line=lineno)
                 if b"\r" in raw and b"\r" in raw.rstrip(b"\r\n"):
@@ -306,14 +309,18 @@ def _skip_to(stream, offset: int) -> bool:
     return last == b"\n"
 
 
-def _not_text(first: bytes) -> str | None:
+def _not_text(first: bytes, head: bytes = b"") -> str | None:
     """What a corpus file is where its first line tells it is no text (a wrong file given as
     --corpus): a model's weights were "lines end in CR alone", an HDF5 file an "invalid residue
-    '\\x89'", as the first such byte happened to be; None for text."""
+    '\\x89'", as the first such byte happened to be; None for text. `head`: the file's first
+    bytes, read where the first line is no corpus line (a binary file's first "line" ends at a
+    0x0a of its header, before what names it; a NUL further on in a corpus is its line's error)."""
     from protrans_cli.io.files import UTF16_BOMS, binary_kind
 
     if first.startswith(UTF16_BOMS):  # (text to binary_kind; a corpus is not read as UTF-16)
         return "the file is UTF-16 text (convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
+    if len(head) > len(first) and head.startswith(first) and first.translate(None, _LINE_BYTES):
+        first = head
     return binary_kind(first, sentence=True)
 
 
