@@ -288,11 +288,12 @@ def test_a_zip_or_tar_archive_given_as_the_fasta_says_to_extract_it(run_cli, tmp
 
 
 def test_a_pytorch_checkpoint_given_for_a_text_file_is_named_as_one(run_cli, tmp_path):
-    """A .pt given for the FASTA, the corpus, the labels, the --ids or the variants table was "a zip
-    archive (extract the file to read: unzip -p ...)": nothing in it is to be extracted. Every reader
-    names it a PyTorch checkpoint, plain, gzipped or on stdin: the line readers (embed, train) from
-    the file's first bytes, as prep reads them, not its first line, which a 0x0a of the header cuts
-    before the member name (m.pt's `m/data.pkl` is 10 bytes long; a legacy pickle's magic holds one)."""
+    """A .pt given for the FASTA, the corpus, the labels, their --sequences, the --ids or the
+    variants table was "a zip archive (extract the file to read: unzip -p ...)": nothing in it is to
+    be extracted. Every reader names it a PyTorch checkpoint, plain, gzipped or on stdin: the line
+    readers (embed, train, --sequences) from the file's first bytes, as prep reads them, not its
+    first line, which a 0x0a of the header cuts before the member name (m.pt's `m/data.pkl` is 10
+    bytes long; a legacy pickle's magic holds one)."""
     import torch
 
     said = "the file is a PyTorch checkpoint (model weights or tensors, such as torch.save writes)"
@@ -300,8 +301,9 @@ def test_a_pytorch_checkpoint_given_for_a_text_file_is_named_as_one(run_cli, tmp
     torch.save({"w": torch.zeros(3)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
     (tmp_path / "m.pt.gz").write_bytes(gzip.compress((tmp_path / "m.pt").read_bytes()))
     assert b"\n" in (tmp_path / "m.pt").read_bytes()[:30] and (tmp_path / "old.pt").read_bytes()[3:4] == b"\n"
-    embeddings = tmp_path / "ref.h5"
+    embeddings, table = tmp_path / "ref.h5", tmp_path / "labels.csv"
     assert run_cli("embed", DATA.parent / "embed" / "small.fa", "-m", "onehot", "-o", embeddings).exit_code == 0
+    table.write_text("id,label\nP1,a\n")
     for path in (tmp_path / "m.pt", tmp_path / "old.pt", tmp_path / "m.pt.gz"):
         _every_reader_says(run_cli, tmp_path, path, said, [path, "-j", "2", "--tmp-dir", tmp_path])
         r = run_cli("embed", "-", "-m", "onehot", "-o", tmp_path / "e.h5", input=path.read_bytes())
@@ -312,7 +314,11 @@ def test_a_pytorch_checkpoint_given_for_a_text_file_is_named_as_one(run_cli, tmp
         assert r.exit_code == 1 and f"{path}:1: not a corpus: {said}; the corpus is the text" in r.stderr, r.stderr
         r = run_cli("export", embeddings, "--ids", path, "-o", tmp_path / "o.tsv")
         assert r.exit_code == 1 and f"{path}: not a list of ids or a FASTA file; {said}\n" in r.stderr, r.stderr
+        r = run_cli("labels", table, "--sequences", path, "-o", tmp_path / "l.fa")  # (fit's --mask reader too)
+        assert r.exit_code == 1 and f"{path}:1: not FASTA: expected a '>' header line before sequence data; {said}\n" \
+            in r.stderr, r.stderr
         assert not (tmp_path / "run").exists() and not (tmp_path / "o.tsv").exists()
+        assert not (tmp_path / "l.fa").exists()
 
 
 def _every_reader_says(run_cli, tmp_path, path, said: str, *prep_runs) -> None:

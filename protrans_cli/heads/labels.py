@@ -139,7 +139,7 @@ def _companion_fasta(path) -> Iterator[FastaRecord]:
         if is_utf16(head):
             yield from parse_fasta(io.BytesIO(utf16_text(head + stream.read(), name).encode("utf-8")), name)
         else:  # (the line the head cut completed, then the rest line by line)
-            yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name)
+            yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name, head=head)
 
 
 def mask_column_names(columns, name: str = "mask_columns") -> tuple[str, ...]:

@@ -84,9 +84,11 @@ _LOOK_ALIKES = [
 ]
 
 
-def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: bool = False) -> Iterator[FastaRecord]:
+def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: bool = False,
+                head: bytes = b"") -> Iterator[FastaRecord]:
     """The records of FASTA `lines`; `nul_headers`: a header holding a NUL byte is the caller's to
-    refuse or skip (embed's --invalid-policy), not an error here."""
+    refuse or skip (embed's --invalid-policy), not an error here. `head`: the file's first bytes,
+    where `lines` is no stream to peek them from (what a file that is not FASTA is, not_fasta)."""
     header: bytes | None = None
     header_line = 0
     chunks: list[bytes] = []
@@ -94,7 +96,7 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: b
     pending = b""  # lines of a mark and blanks inside a record: dropped if blank lines, then a header or the end follow
     # (a stream's first bytes, for not_fasta: a PyTorch checkpoint's first line was cut by a 0x0a
     # of its zip header before the member name that tells it from any zip, as prep's blocks show it)
-    head = lines.peek(4096)[:4096] if hasattr(lines, "peek") else b""
+    head = lines.peek(4096)[:4096] if not head and hasattr(lines, "peek") else head
     for lineno, line in enumerate(lines, 1):
         if line[:1] == b"\xef" and line.startswith(BOM):
             # At the start of the file, or of a file concatenated to another (cat a.fa b.fa):
