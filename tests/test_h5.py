@@ -1567,11 +1567,14 @@ def test_a_dataset_declaring_gigabytes_it_does_not_store_is_refused_before_it_is
 
 def test_an_embeddings_file_packed_for_sending_says_how_to_unpack_it(tmp_path):
     """`gzip out.h5` (to send it), a zip of it and an empty copy were "not a readable HDF5 file
-    (... file signature not found)" and no more: the reader now says what the file is."""
+    (... file signature not found)" and no more: the reader now says what the file is. A PyTorch
+    checkpoint (Hugging Face's pytorch_model.bin) is a zip too, but none to extract the HDF5 file from."""
     import bz2
     import gzip
     import lzma
     import zipfile
+
+    import torch
 
     _write(tmp_path / "e.h5", ["a"])
     data = (tmp_path / "e.h5").read_bytes()
@@ -1581,6 +1584,7 @@ def test_an_embeddings_file_packed_for_sending_says_how_to_unpack_it(tmp_path):
     with zipfile.ZipFile(tmp_path / "e.zip", "w") as z:
         z.write(tmp_path / "e.h5", "e.h5")
     (tmp_path / "empty.h5").write_bytes(b"")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")  # (a zip, but none to extract)
     for name, said in (("e.h5.gz", "the file is gzip-compressed, and an HDF5 file is read uncompressed: decompress "
                         "it first (gunzip -k FILE)"),
                        ("e.h5.bz2", "the file is bz2-compressed, and an HDF5 file is read uncompressed: decompress "
@@ -1588,7 +1592,9 @@ def test_an_embeddings_file_packed_for_sending_says_how_to_unpack_it(tmp_path):
                        ("e.h5.xz", "the file is xz-compressed, and an HDF5 file is read uncompressed: decompress "
                         "it first (unxz -k FILE)"),
                        ("e.zip", "the file is a zip archive: extract the HDF5 file from it first"),
-                       ("empty.h5", "the file is empty (0 bytes)")):
+                       ("empty.h5", "the file is empty (0 bytes)"),
+                       ("pytorch_model.bin", "the file is a PyTorch checkpoint (model weights or tensors, such as "
+                        "torch.save writes), not embeddings")):
         with pytest.raises(InputError) as err:
             EmbeddingsReader(tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: not a readable HDF5 file (")

@@ -170,8 +170,9 @@ def _starts_like_fasta(path) -> bool:
 
 def _packed_hint(path) -> str:
     """What a file HDF5 cannot open is where its first bytes say it holds one packed: empty (a
-    copy that failed), compressed (`gzip out.h5` to send it) or an archive; '' otherwise."""
-    from protrans_cli.io.files import sniff_compression
+    copy that failed), compressed (`gzip out.h5` to send it) or an archive, or a PyTorch checkpoint;
+    '' otherwise."""
+    from protrans_cli.io.files import TORCH_KIND, sniff_compression, torch_file
 
     try:
         with open(path, "rb") as fh:
@@ -184,6 +185,8 @@ def _packed_hint(path) -> str:
         tool = {"gzip": "gunzip", "bz2": "bunzip2", "xz": "unxz", "zstd": "unzstd"}[kind]
         return (f"; the file is {kind}-compressed, and an HDF5 file is read uncompressed: decompress it first "
                 f"({tool} -k FILE)")
+    if torch_file(head):  # (a zip too: Hugging Face's pytorch_model.bin, a .pth; nothing to extract)
+        return f"; {TORCH_KIND}, not embeddings"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or head[257:262] == b"ustar":
         kind = "zip" if head.startswith(b"PK") else "tar"
         return f"; the file is a {kind} archive: extract the HDF5 file from it first"
