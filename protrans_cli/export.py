@@ -104,7 +104,7 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     import io
 
     from protrans_cli.io.fasta import BOM, begins_fasta, parse_fasta
-    from protrans_cli.io.files import display_name, is_utf16, open_input, utf16_text
+    from protrans_cli.io.files import BINARY_KIND, display_name, is_utf16, kind_refusal, open_input, utf16_text
 
     name = display_name(path)
     with open_input(path) as stream:
@@ -140,7 +140,7 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
                                      "endings) are not read; convert them first (tr '\\r' '\\n')",
                                      path=name, line=number)
                 if b"\0" in raw:  # (beyond the first bytes _not_text looked at)
-                    raise InputError(_BINARY, path=name, line=number)
+                    raise InputError(kind_refusal(BINARY_KIND, _IDS), path=name, line=number)
                 words = raw.split()
                 if not words or words[0].startswith(b"#"):
                     continue
@@ -160,7 +160,7 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     return ids, sequences
 
 
-_BINARY = "is a binary file (it holds NUL bytes), not a list of ids or a FASTA file"
+_IDS = "a list of ids or a FASTA file"
 
 
 def _fastq(head: bytes) -> str | None:
@@ -168,11 +168,12 @@ def _fastq(head: bytes) -> str | None:
     line), as the FASTA reader says; None otherwise. (Read as one id a line, its reads' names,
     bases and '+' lines were ids the file did not hold: "first: @r1, MKTAY, +".)"""
     from protrans_cli.io.fasta import look_alike
+    from protrans_cli.io.files import kind_refusal
 
     lines = [line for line in head.splitlines() if line.strip()][:3]
     if len(lines) == 3 and lines[0].startswith(b"@") and lines[2].startswith(b"+"):
         if hint := look_alike(lines[0], tables=False):
-            return f"not a list of ids or a FASTA file; {hint}"
+            return kind_refusal(hint, _IDS)
     return None
 
 
@@ -180,13 +181,10 @@ def _not_text(head: bytes) -> str | None:
     """What an --ids file is where its first bytes say it holds no ids (an embeddings file, an
     archive, any other binary file), as the label and variants readers say; None for text. (A
     file of NULs was one 'id', echoed whole in the error: 300 MB of them ran out of memory.)"""
-    from protrans_cli.io.files import BINARY_KIND, HDF5_KIND, binary_kind
+    from protrans_cli.io.files import binary_kind, kind_refusal
 
     kind = binary_kind(head)
-    if kind == BINARY_KIND:
-        return _BINARY
-    return kind and (f"is {kind}, not a list of ids or a FASTA file" if kind == HDF5_KIND else
-                     f"not a list of ids or a FASTA file; {kind}")
+    return kind and kind_refusal(kind, _IDS)
 
 
 def _refuse_twice(ids: list[str], name: str, lines: list[int]) -> None:

@@ -756,8 +756,7 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names; `rejected`: why a record of the FASTA could not be read)."""
-    from protrans_cli.io.files import (BINARY_KIND, HDF5_KIND, binary_kind, display_name, header_delimiter, open_input,
-                                       utf16_text)
+    from protrans_cli.io.files import binary_kind, display_name, header_delimiter, kind_refusal, open_input, utf16_text
 
     name = display_name(path)
     with open_input(path) as stream:
@@ -765,8 +764,7 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     # (UTF-16, Excel's "Unicode Text" and PowerShell's `>`, holds NULs: read as such, not refused)
     wide = utf16_text(data, name)
     if wide is None and (kind := binary_kind(data)):
-        raise InputError(f"is {kind}, not a variants table (CSV or TSV with a mutant column)"
-                         if kind in (HDF5_KIND, BINARY_KIND) else f"is not a variants table: {kind}", path=name)
+        raise InputError(kind_refusal(kind, "a variants table", "CSV or TSV with a mutant column"), path=name)
     try:
         text = wide if wide is not None else data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

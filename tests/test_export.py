@@ -1384,7 +1384,7 @@ def test_without_a_kind_a_file_of_residue_rows_alone_exports_its_rows(tmp_path, 
     (b"e\nc/slash\n#" + b"-" * 5000 + b"\n" + b"\0" * 64,  # (NULs after the first bytes looked at)
      ":4: is a binary file (it holds NUL bytes), not a list of ids or a FASTA file"),
     (b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "is an HDF5 file (such as embed writes), not a list of ids or a FASTA file"),
-    (b"PK\x03\x04" + b"\0" * 100, "not a list of ids or a FASTA file; the file is a zip archive"),
+    (b"PK\x03\x04" + b"\0" * 100, "is not a list of ids or a FASTA file: the file is a zip archive"),
 ], ids=["nuls", "nuls-after-ids", "hdf5", "npz"])
 def test_an_ids_file_that_is_not_text_is_refused_in_one_short_line(tmp_path, run_cli, given, said):
     """--ids took any bytes for a list of ids: a file of NULs (a preallocated or damaged
@@ -1424,7 +1424,7 @@ def test_an_ids_file_in_fastq_is_said_to_be_fastq(tmp_path, run_cli):
     (tmp_path / "reads.fq").write_text("@r1 run=1\nMKTAY\n+\nIIIII\n@r2\nMKV\n+\nIII\n")
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "reads.fq", "-o", tmp_path / "o.tsv")
     assert done.exit_code == 1 and done.stderr == (
-        f"protrans: error: {tmp_path / 'reads.fq'}: not a list of ids or a FASTA file; the file looks like FASTQ "
+        f"protrans: error: {tmp_path / 'reads.fq'}: is not a list of ids or a FASTA file: the file looks like FASTQ "
         "('@' read headers): protein FASTA has '>' headers\n")
     (tmp_path / "ids.txt").write_text("@a\ne\n")
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")

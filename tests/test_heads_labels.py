@@ -465,7 +465,7 @@ def test_an_embeddings_file_or_other_binary_given_as_labels_says_what_it_is(tmp_
         assert f"{h5}: is an HDF5 file (such as embed writes), not a label file" in r.stderr
     binary = tmp_path / "labels.csv"
     binary.write_bytes(b"id,label\nP1,\x00\x01\x02\n")
-    with pytest.raises(InputError, match="is a binary file, not a label file"):
+    with pytest.raises(InputError, match=r"is a binary file \(it holds NUL bytes\), not a label file \(a NetSurfP"):
         read_labels(binary)
     assert not (tmp_path / "out.fa").exists() and not (tmp_path / "head").exists()
 

@@ -322,8 +322,9 @@ def test_a_pytorch_checkpoint_given_for_a_text_file_is_named_as_one(run_cli, tmp
 
 
 def _every_reader_says(run_cli, tmp_path, path, said: str, *prep_runs) -> None:
-    """prep (the file, stdin and each of `prep_runs`' argument lists), embed, labels and variants
-    refuse `path` in one line holding `said`, and write nothing."""
+    """prep (the file, stdin and each of `prep_runs`' argument lists), embed, labels, variants and
+    export --ids refuse `path` in one line holding `said`, and write nothing (the last three in the
+    same words: export's were "not a list of ids or a FASTA file; the file is ...")."""
     for args, input in (([path], None), (["-"], path.read_bytes()), *((run, None) for run in prep_runs)):
         r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
         assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
@@ -336,6 +337,15 @@ def _every_reader_says(run_cli, tmp_path, path, said: str, *prep_runs) -> None:
     r = run_cli("variants", path, "--sequence", "MKTAYIAK", "-o", tmp_path / "v.csv")
     assert r.exit_code == 1 and f"{path}: is not a variants table: {said}" in r.stderr, r.stderr
     assert not (tmp_path / "e.h5").exists() and not (tmp_path / "v.csv").exists()
+    import numpy as np
+
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    with EmbeddingsWriter(tmp_path / "x.h5", kinds=("per_protein",), attrs={"model": "tiny"}) as w:
+        w.write("a", "a", "MKTAYIAK", per_protein=np.zeros(4, dtype=np.float32))
+    r = run_cli("export", tmp_path / "x.h5", "--ids", path, "-o", tmp_path / "x.tsv")
+    assert r.exit_code == 1 and f"{path}: is not a list of ids or a FASTA file: {said}" in r.stderr, r.stderr
+    assert not (tmp_path / "x.tsv").exists()
 
 
 def test_missing_input_is_input_error(run_cli, tmp_path):

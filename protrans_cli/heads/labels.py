@@ -41,7 +41,7 @@ import numpy as np
 from protrans_cli.errors import InputError, UsageError, brief
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
-from protrans_cli.io.files import (BINARY_KIND, HDF5_KIND, binary_kind, display_name, header_delimiter, is_utf16,
+from protrans_cli.io.files import (binary_kind, display_name, header_delimiter, is_utf16, kind_refusal,
                                    open_input, utf16_codec, utf16_text)
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
@@ -228,9 +228,8 @@ def _refuse_binary(data: bytes, name: str) -> None:
     """An HDF5 file (the embeddings given for the labels), an archive or another binary file: one
     line saying so, where a table's reader said "expected 'id,label'" on line 1."""
     if kind := binary_kind(data):
-        raise InputError(f"is {kind}, not a label file (a NetSurfP or PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, "
-                         "or an id,label table)" if kind in (HDF5_KIND, BINARY_KIND) else
-                         f"is not a label file: {kind}", path=name)
+        raise InputError(kind_refusal(kind, "a label file", "a NetSurfP or PISCES CSV, FLIP FASTA or CSV, "
+                                      "DeepLoc FASTA, or an id,label table"), path=name)
 
 
 def holds_residue_labels(label_set: LabelSet) -> bool:

@@ -412,6 +412,17 @@ def binary_kind(head: bytes, *, sentence: bool = False) -> str | None:
     return None
 
 
+def kind_refusal(kind: str, what: str, formats: str = "") -> str:
+    """A reader's refusal of a file that binary_kind (or a look-alike hint) found to be `kind`,
+    worded alike by every reader: "is an HDF5 file (such as embed writes), not WHAT (FORMATS)",
+    "is a binary file (it holds NUL bytes), not WHAT", or, for an archive's sentence, "is not WHAT:
+    the file is a zip archive (...)". (The labels, variants and --ids readers each worded it.)"""
+    if kind in (HDF5_KIND, BINARY_KIND):
+        why = " (it holds NUL bytes)" if kind == BINARY_KIND else ""
+        return f"is {kind}{why}, not {what}" + (f" ({formats})" if formats else "")
+    return f"is not {what}: {kind}"
+
+
 def utf16_text(data: bytes, name: str) -> str | None:
     """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""
     # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
