@@ -461,7 +461,9 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
                                                                                         ref_ids, reference)
         truth = None if score is None else _query_labels(score, _score_label_set(score, label_format), q_ids, query)
         q_sums = None if score is None else _checksums_by_id(query)
-    if query is not None and not exclude_self and same_file(query, reference):
+    # (asked once: the note here, and --score's warning of queries that are reference proteins too)
+    own_reference = query is not None and not exclude_self and same_file(query, reference)
+    if own_reference:
         console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "
                      "(--exclude-self leaves it out)")
     result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device)
@@ -486,7 +488,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
             stream.write(("\n".join(lines) + "\n").encode() if lines else b"")
     if truth is not None:
         truth, unknown_there = truth
-        if not (query is not None and not exclude_self and same_file(query, reference)):  # (said above)
+        if not own_reference:  # (said above)
             _warn_known_queries(score, result, {i for i in result.query_ids if i in truth}, q_sums, reference)
         for column in columns:
             # (an empty label, a blank table cell as pandas writes a missing value, is no label, as
