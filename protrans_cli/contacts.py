@@ -33,7 +33,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path
+from protrans_cli.errors import InputError, ModelError, a_or_an, RuntimeFailure, UsageError, expect_options, expect_path
 from protrans_cli.io.h5 import CONTACTS
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -316,7 +316,7 @@ def layer_contribution(attn, mask, weights):
 def refuse_without_head(loaded) -> None:
     """ModelError unless `loaded` is an ESM model whose checkpoint holds a trained contact head."""
     if loaded.family.name != "esm":
-        raise ModelError(f"{loaded.name}: a {loaded.family.name} model has no contact head; contact maps come from "
+        raise ModelError(f"{loaded.name}: {a_or_an(loaded.family.name)} model has no contact head; contact maps come from "
                          "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M_UR50D)")
     if getattr(_encoder(loaded), "contact_head", None) is None:
         raise ModelError(f"{loaded.name}: the model has no contact head")

@@ -119,6 +119,14 @@ class RuntimeFailure(ProtransError):
     """A job that failed while running (exit 1)."""
 
 
+def a_or_an(word: str) -> str:
+    """`word` after its indefinite article, as it is read aloud: "an electra", "an albert", "an esm",
+    "an xlnet" (ex-el-net), "an FNN" (ef-), "a t5", "a bert" ("a electra pretraining model" was written)."""
+    acronym = word[:2].isupper()  # (FNN, CNN: read letter by letter; FitConfig is a word)
+    vowel = word[:1].lower() in "aeiou" or word[:1] in ("AEFHILMNORSX" if acronym else "x")
+    return f"{'an' if vowel else 'a'} {word}"
+
+
 def expect_options(value, cls: type, name: str) -> None:
     """A library call's settings object is `cls`: a dict or a task name in its place was a
     TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute).
@@ -127,8 +135,7 @@ def expect_options(value, cls: type, name: str) -> None:
     inside, and `per_residue="no"` counted as true without a word."""
     if not isinstance(value, cls):
         hint = f" ({cls.__name__}(**your_dict))" if isinstance(value, dict) else ""
-        article = "an" if cls.__name__[0] in "AEIOU" else "a"
-        raise UsageError(f"{name} must be {article} {cls.__name__}{hint}, got {type(value).__name__} {value!r:.60}")
+        raise UsageError(f"{name} must be {a_or_an(cls.__name__)}{hint}, got {type(value).__name__} {value!r:.60}")
     import dataclasses
 
     if not dataclasses.is_dataclass(value):

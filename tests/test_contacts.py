@@ -366,6 +366,11 @@ def test_models_without_a_trained_contact_head_are_refused(run_cli, tmp_path):
     bert.save_pretrained(bert.pretraining_model(bert.build_config("tiny", tokenizer)), tokenizer, tmp_path / "bert")
     r = run_cli("contacts", fasta, "-m", tmp_path / "bert", "-o", tmp_path / "c.h5")
     assert r.exit_code == 1 and "a bert model has no contact head" in r.stderr
+    albert = get_family("albert")  # (its article: "a albert model" was written)
+    albert.save_pretrained(albert.pretraining_model(albert.build_config("tiny", tokenizer)), tokenizer,
+                           tmp_path / "albert")
+    r = run_cli("contacts", fasta, "-m", tmp_path / "albert", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and "an albert model has no contact head" in r.stderr
     # ESM-1v, released without a fitted regression (a copy named as the checkpoint is)
     shutil.copytree(REFERENCES["esm1b"], tmp_path / "esm1v_t33_650M_UR90S_1")
     r = run_cli("contacts", fasta, "-m", tmp_path / "esm1v_t33_650M_UR90S_1", "-o", tmp_path / "d.h5")

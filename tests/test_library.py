@@ -531,6 +531,17 @@ def test_a_whole_number_serves_a_float_setting_and_a_bool_serves_no_number():
         expect_options(FitConfig(task="loc", batch_size=64.0), FitConfig, "config")
 
 
+def test_messages_put_the_article_a_name_is_read_aloud_with():
+    """Family and class names in messages ("cannot load it as an electra pretraining model", "an
+    FNN head", "an EmbedOptions"): "a electra" and "a albert" were written."""
+    from protrans_cli.errors import a_or_an
+
+    assert [a_or_an(w) for w in ("electra", "albert", "esm", "xlnet", "t5", "bert", "roberta", "transfo_xl")] == [
+        "an electra", "an albert", "an esm", "an xlnet", "a t5", "a bert", "a roberta", "a transfo_xl"]
+    assert [a_or_an(w) for w in ("FNN", "CNN", "FitConfig", "EmbedOptions", "TrainConfig")] == [
+        "an FNN", "a CNN", "a FitConfig", "an EmbedOptions", "a TrainConfig"]
+
+
 def test_numpy_scalars_in_a_fit_config_are_the_numbers_they_stand_for(loc_data, tmp_path):
     """FitConfig took np.int64 and np.float32 (expect_options accepts numpy's scalars), but the
     head's config.json was then "TypeError: Object of type int64 is not JSON serializable", once

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from protrans_cli import console
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import UsageError, a_or_an
 
 # What --search may vary: name (as the flag, without --) -> FitConfig field
 SEARCHABLE = {"lr": "lr", "weight-decay": "weight_decay", "hidden": "hidden", "dropout": "dropout",
@@ -225,8 +225,7 @@ def _check_trials(config, grid: dict, trials: list[dict], embeddings, valid, tes
     for key in grid:
         if all(key in UNUSED_OPTIONS[a] for a in architectures):
             kinds = " or ".join(sorted(architectures)).replace("fnn", "FNN").replace("cnn", "CNN")
-            article = "an" if kinds.startswith("FNN") else "a"
-            raise UsageError(f"--search {key.replace('_', '-')}: {article} {kinds} head does not read it, so the trials "
+            raise UsageError(f"--search {key.replace('_', '-')}: {a_or_an(kinds)} head does not read it, so the trials "
                              "would be the same head: leave it out")
     kinds = {input_kind(task, a) for a in architectures}
     if len(kinds) > 1:  # (one kind for all: the first trial says it, before any is trained)

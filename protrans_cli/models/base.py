@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from protrans_cli.errors import ModelError, UsageError
+from protrans_cli.errors import ModelError, UsageError, a_or_an
 from protrans_cli.residues import THREE_DI_PREFIX
 
 
@@ -253,7 +253,7 @@ class Family:
         every position. A checkpoint without the head's trained weights (an encoder saved alone,
         ProtT5's `-enc`) is refused, not given a random head."""
         if self.masked_lm_class is None:
-            raise ModelError(f"{name_or_path}: a {self.name} model, not a masked language model: it does not score a "
+            raise ModelError(f"{name_or_path}: {a_or_an(self.name)} model, not a masked language model: it does not score a "
                              "masked residue from both sides (use an ESM, ProtBert, ProtAlbert, ProtT5, ProtXLNet, "
                              "RoBERTa-style BERT or ELECTRA generator checkpoint)")
         import transformers

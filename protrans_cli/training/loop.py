@@ -35,7 +35,7 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, described, expect_options, first_line
+from protrans_cli.errors import InputError, ModelError, a_or_an, ProtransError, RuntimeFailure, UsageError, described, expect_options, first_line
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -756,14 +756,14 @@ def _initial_model(config: TrainConfig, resume):
         if source.is_dir and (lacking := missing_weights(generator)):
             raise ModelError(f"--init-from {source.name}: its generator folder {generator} {lacking}") from None
         detail = first_line(exc) if isinstance(exc, (OSError, ValueError)) else described(exc)
-        raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
+        raise ModelError(f"--init-from {source.name}: cannot load it as {a_or_an(family.name)} pretraining model: "
                          f"{detail}") from None
     sizes = {k: v.numel() for k, v in model.state_dict().items()}
     missing = [k for k in info.get("missing_keys", []) if k in sizes]
     share = sum(sizes[k] for k in missing) / max(sum(sizes.values()), 1)
     if share > _MAX_MISSING_SHARE:
-        raise ModelError(f"--init-from {source.name}: the checkpoint holds only {1 - share:.0%} of the weights of a "
-                         f"{family.name} pretraining model (none for e.g. {sorted(missing)[0]}); an encoder-only "
+        raise ModelError(f"--init-from {source.name}: the checkpoint holds only {1 - share:.0%} of the weights of "
+                         f"{a_or_an(family.name)} pretraining model (none for e.g. {sorted(missing)[0]}); an encoder-only "
                          "checkpoint cannot continue pretraining, use the full one")
     if missing:
         console.warn(f"--init-from {source.name}: {len(missing)} tensors are not in the checkpoint and start "
