@@ -313,7 +313,7 @@ def test_a_pytorch_checkpoint_given_for_a_text_file_is_named_as_one(run_cli, tmp
                     "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
         assert r.exit_code == 1 and f"{path}:1: not a corpus: {said}; the corpus is the text" in r.stderr, r.stderr
         r = run_cli("export", embeddings, "--ids", path, "-o", tmp_path / "o.tsv")
-        assert r.exit_code == 1 and f"{path}: not a list of ids or a FASTA file; {said}\n" in r.stderr, r.stderr
+        assert r.exit_code == 1 and f"{path}: is not a list of ids or a FASTA file: {said}\n" in r.stderr, r.stderr
         r = run_cli("labels", table, "--sequences", path, "-o", tmp_path / "l.fa")  # (fit's --mask reader too)
         assert r.exit_code == 1 and f"{path}:1: not FASTA: expected a '>' header line before sequence data; {said}\n" \
             in r.stderr, r.stderr
