@@ -1237,12 +1237,12 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         with EmbeddingsReader(output) as reader:
             arrays = {ident: reader.get(ident, kind) for ident, _ in pairs if ident not in summary.failed}
     if summary.failed:
-        from protrans_cli.heads.labels import some_ids
+        from protrans_cli.heads.labels import some_failed
 
         # with why (a notebook has no embed log to look in); a list's proteins by their position
-        shown = [f"{'item ' if as_list else ''}{ident} ({summary.failed[ident]})" for ident, _ in pairs
+        shown = [(f"{'item ' if as_list else ''}{ident}", summary.failed[ident]) for ident, _ in pairs
                  if ident in summary.failed]
-        console.warn(f"{len(summary.failed)} protein(s) could not be embedded and are left out: {some_ids(shown, 3)}")
+        console.warn(f"{len(summary.failed)} protein(s) could not be embedded and are left out: {some_failed(shown)}")
     return [arrays.get(ident) for ident, _ in pairs] if as_list else arrays
 
 

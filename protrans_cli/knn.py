@@ -627,10 +627,12 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
                 truth = _query_labels(score, label_set, order, embeddings)
             sums = None if score is None else _checksums_by_id(embeddings)  # (scored queries in the reference)
     if failed:  # (--invalid-policy skip, --long-policy skip)
-        from protrans_cli.heads.labels import some_ids
+        from protrans_cli.heads.labels import some_failed
 
+        # with why, as embed says it (the file is a temporary one: the ids alone left the reasons
+        # nowhere to read)
         console.warn(f"{shown}: {len(failed)} protein(s) could not be embedded and have no neighbours: "
-                     f"{some_ids(sorted(failed))}")
+                     f"{some_failed(sorted(failed.items()))}")
     rank = {ident: i for i, ident in enumerate(order)}
     permutation = sorted(range(len(ids)), key=lambda i: rank.get(ids[i], len(rank)))  # stable: unknown ids last
     return [ids[i] for i in permutation], vectors[permutation], attrs, truth, sums

@@ -5906,6 +5906,27 @@ def test_predict_fasta_reads_a_header_with_a_nul_byte_as_embed_does(run_cli, tmp
     assert "1 protein(s) have no embedding" in r.stderr and "b\\x00y" in r.stderr, r.stderr
 
 
+def test_predict_says_why_each_protein_embed_left_out_has_no_prediction(run_cli, tmp_path):
+    # (predict --fasta --invalid-policy skip warned with the ids alone, the reasons in a temporary
+    # file removed as the command ends; embed and predict_sequences say why each one was left out)
+    head = _onehot_protein_head(tmp_path)
+    fasta, out = tmp_path / "q.fa", tmp_path / "p.csv"
+    fasta.write_text(">a\nMKVLAKKKK\n>b\nMK*LA\n>c\n\n>d\nMJK\n")
+    r = run_cli("predict", head, "--fasta", fasta, "--invalid-policy", "skip", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert ("3 protein(s) have no embedding (the file's 'failed' attribute) and get no prediction: b (skipped: internal "
+            "stop '*' at residue 3 (--invalid-policy skip)), c (skipped: empty sequence (--invalid-policy skip)), "
+            "d (skipped: invalid character 'J' at residue 2 (--invalid-policy skip))") in r.stderr, r.stderr
+    # the reasons are embed's, and a file of embed's given with --embeddings is named with them too
+    h5 = tmp_path / "q.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-protein", "--invalid-policy", "skip", "-o", h5).exit_code == 0
+    with EmbeddingsReader(h5) as reader:
+        failed = reader.failed()
+    r = run_cli("predict", head, "--embeddings", h5, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(failed) == ["b", "c", "d"] and all(f"{i} ({why})" in r.stderr for i, why in failed.items())
+
+
 def test_a_fit_stopped_at_the_save_of_its_early_stopping_epoch_resumes_to_the_same_head(small_head, tmp_path,
                                                                                           monkeypatch):
     # (a Ctrl-C after the state of the epoch that stopped the member early was saved, before the

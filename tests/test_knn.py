@@ -562,6 +562,21 @@ def test_fasta_reads_a_header_with_a_nul_byte_as_embed_does(tmp_path, run_cli, o
     assert _no_temporaries(tmp_path, own_tmpdir)
 
 
+def test_fasta_says_why_each_query_left_out_has_no_neighbours(tmp_path, run_cli):
+    # (--invalid-policy skip warned with the ids alone, the reasons in a temporary file removed as
+    # the command ends; embed and predict_sequences say why each one was left out)
+    ref_fa = _fasta(tmp_path / "ref.fa", 4, 3, names="r")
+    assert run_cli("embed", ref_fa, "-m", "onehot", "--per-protein", "-o", tmp_path / "ref.h5").exit_code == 0
+    query = tmp_path / "q.fa"
+    query.write_text(">x1\nMKVJL\n>x2\nMKVLA\n>x3\nMK*VL\n")
+    r = run_cli("knn", "--fasta", query, "--reference", tmp_path / "ref.h5", "--invalid-policy", "skip")
+    assert r.exit_code == 0, r.stderr
+    assert (f"{query}: 2 protein(s) could not be embedded and have no neighbours: x1 (skipped: invalid character "
+            "'J' at residue 4 (--invalid-policy skip)), x3 (skipped: internal stop '*' at residue 3 (--invalid-policy "
+            "skip))") in r.stderr, r.stderr
+    assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["query", "x2"]
+
+
 def test_a_column_no_reference_protein_knows_and_an_input_as_output(tmp_path, run_cli):
     """setHARD as its own reference: every membrane label is `U`, so none is transferred (an empty
     search was a traceback); `-o` naming an input is refused (the query file was replaced by the TSV)."""

@@ -743,6 +743,15 @@ def some_ids(items, n: int = 5) -> str:
     return named + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
+def some_failed(failures, n: int = 3) -> str:
+    """`a (skipped: empty sequence (--invalid-policy skip)), b (...) and 12 more`: the first `n` of
+    (id, why) pairs, each protein that has no embedding with embed's reason (a long id shortened,
+    `errors.brief`; the reason whole)."""
+    failures = list(failures)
+    named = ", ".join(f"{brief(ident)} ({why})" for ident, why in failures[:n])
+    return named + (f" and {len(failures) - n} more" if len(failures) > n else "")
+
+
 def read_sequences(path) -> dict[str, str]:
     """id -> sequence of a FASTA given beside labels that carry none (FLIP's sequences.fasta). An
     id given twice with different sequences, or an empty sequence, is an error naming the record."""

@@ -28,7 +28,7 @@ from protrans_cli import console
 from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line, whole_number
 from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_labels, report_unlabelled,
                                      stored_layer_index)
-from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
+from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, StagedRename, bare_name, named_delimiter, staged_outputs,
                                    through_link)
@@ -488,8 +488,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by {cut_by}; their predictions "
                      f"are of the residues kept only: {some_ids(truncated)}")
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
+        # with why, as embed says it (under --fasta the file is a temporary one, removed as the
+        # command ends: the ids alone left the reasons nowhere to read)
         console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding (the file's 'failed' "
-                     f"attribute) and get no prediction: {some_ids(sorted(failed))}")
+                     f"attribute) and get no prediction: {some_failed(sorted(failed.items()))}")
     if order is not None and not streamed:
         rank = {ident: i for i, ident in enumerate(order)}
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
