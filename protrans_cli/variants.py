@@ -860,9 +860,9 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     each unreadable record's reason instead of an error, and the DNA warning is the caller's.
     `gapped`: a set that takes the ids of wild types that held gap characters, whose warning is
     then the caller's too."""
-    from protrans_cli.io.fasta import read_fasta
-    from protrans_cli.io.files import display_name
-    from protrans_cli.residues import SequenceRejected, normalise
+    from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
+    from protrans_cli.io.files import display_name, open_input
+    from protrans_cli.residues import REASON_INVALID, SequenceRejected, normalise
 
     if (sequence is None) == (fasta is None):
         raise UsageError("give the wild type: --sequence SEQ or --fasta FILE (one of them)")
@@ -882,22 +882,33 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     held_gaps = gapped if gapped is not None else set()
     first_line: dict[str, int] = {}
     twice = None  # (id, line, first line): the first id given again
-    for record in read_fasta(fasta):
-        if record_id is not None and record.id != record_id:
-            continue
-        if record.id not in first_line:
-            first_line[record.id] = record.line
-        elif twice is None:
-            twice = (record.id, record.line, first_line[record.id])
-        if _GAP_CHARACTERS.search(record.sequence):
-            held_gaps.add(record.id)
-        try:
-            found.append((record.id, normalise(record.sequence, rare="keep")))
-        except SequenceRejected as exc:
-            if rejected is None:
-                raise InputError(str(exc), path=name, line=record.line, record=record.id) from None
-            rejected[record.id] = str(InputError(str(exc), path=name, line=record.line, record=record.id))
+    damaged = None  # (line, id): a header --id did not match only for a NUL byte in its id
+    # (a header with a NUL byte is a record's problem, as an invalid sequence is: read_fasta refused
+    # the whole file for it, a record --id or --id-column did not ask for too)
+    with open_input(fasta, name) as stream:
+        for record in parse_fasta(stream, name, nul_headers=True):
+            if record_id is not None and record.id != record_id:
+                if damaged is None and record.id.split("\x00")[0] == record_id != record.id:
+                    damaged = (record.line, record.id)
+                continue
+            if record.id not in first_line:
+                first_line[record.id] = record.line
+            elif twice is None:
+                twice = (record.id, record.line, first_line[record.id])
+            if _GAP_CHARACTERS.search(record.sequence):
+                held_gaps.add(record.id)
+            try:
+                if "\x00" in record.description:
+                    raise SequenceRejected(REASON_INVALID, NUL_HEADER)
+                found.append((record.id, normalise(record.sequence, rare="keep")))
+            except SequenceRejected as exc:
+                if rejected is None:
+                    raise InputError(str(exc), path=name, line=record.line, record=record.id) from None
+                rejected[record.id] = str(InputError(str(exc), path=name, line=record.line, record=record.id))
     if not found and not rejected:
+        if damaged is not None:  # (the record asked for, its header damaged: said as before, with why)
+            raise InputError(f"holds no record {record_id!r}; the header at line {damaged[0]}, {damaged[1]!r}, "
+                             f"holds a NUL byte (a damaged file?)", path=name)
         raise InputError(f"holds no record {record_id!r}" if record_id else "holds no sequence", path=name)
     if twice is not None:  # (before the count: two records of the --id asked for are this error)
         # (FILE:LINE, record 'ID' as embed says it; it was "FILE: the id 'a' is given twice")

@@ -645,6 +645,27 @@ def test_id_column_neither_checks_nor_warns_about_records_the_table_does_not_nam
     assert "1 of 2 wild type(s)" in r.stderr and "dna" in r.stderr
 
 
+def test_a_header_with_a_nul_byte_stops_only_a_run_that_asks_for_its_record(run_cli, tmp_path, tiny_models):
+    """--id or --id-column over a FASTA where a record nobody asked for has a header with a NUL byte
+    (a damaged file): the records asked for are scored, as beside a record with an invalid sequence
+    (the whole run stopped for it); a run that asks for it is still refused, naming it."""
+    model = tiny_models["esm"]
+    fasta, table = tmp_path / "wt.fa", tmp_path / "v.csv"
+    fasta.write_bytes(f">a\n{SEQ}\n>b\x00y damaged\n{SEQ}\n".encode())
+    table.write_text("mutant\nK2A\n")
+    alone = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--column", "s")
+    r = run_cli("variants", table, "--fasta", fasta, "--id", "a", "-m", model, "--column", "s")
+    assert r.exit_code == 0 and r.stdout == alone.stdout and "NUL" not in r.stderr, r.stderr
+    (tmp_path / "p.csv").write_text("protein,mutant\na,K2A\n")
+    r = run_cli("variants", tmp_path / "p.csv", "--fasta", fasta, "--id-column", "protein", "-m", model, "--column", "s")
+    assert r.exit_code == 0 and [row["mutant"] for row in _table(r.stdout)] == ["K2A"], r.stderr
+    r = run_cli("variants", table, "--fasta", fasta, "--id", "b", "-m", model)
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {fasta}: holds no record 'b'; the header at line 3, "
+                                             "'b\\x00y', holds a NUL byte (a damaged file?)\n"), r.stderr
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model)
+    assert r.exit_code == 1 and f"{fasta}:3, record 'b\\x00y': the header holds a NUL byte (a damaged file?)" in r.stderr
+
+
 def test_a_wild_type_with_gaps_is_read_without_them_with_a_warning(run_cli, tmp_path, tiny_models):
     """An alignment's row given as the wild type lost its gaps without a word, so a table numbered
     by the alignment's columns scored other sites wherever the residues there agreed (A5G of the
