@@ -430,7 +430,8 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
         for rec in parse_fasta(stream, name, nul_headers=True):
             try:
                 if "\x00" in rec.description:  # (a damaged file: prep leaves the record out too)
-                    raise SequenceRejected(REASON_INVALID, NUL_HEADER)
+                    # (embed_sequences' headers are the caller's ids, a Python key: no file to be damaged)
+                    raise SequenceRejected(REASON_INVALID, "the id holds a NUL byte" if name == _GIVEN else NUL_HEADER)
                 seq = normalise(rec.sequence, rare="keep")
                 if alphabet is not None:
                     _check_alphabet(seq, alphabet)

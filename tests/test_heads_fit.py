@@ -5927,6 +5927,30 @@ def test_predict_says_why_each_protein_embed_left_out_has_no_prediction(run_cli,
     assert sorted(failed) == ["b", "c", "d"] and all(f"{i} ({why})" in r.stderr for i, why in failed.items())
 
 
+def test_a_library_calls_id_with_a_nul_byte_is_said_to_be_the_id_not_a_damaged_files_header(tmp_path, capsys):
+    """A dict key holding a NUL byte was "the header holds a NUL byte (a damaged file?)": there is
+    no file, the header is the caller's key. embed_sequences and predict_sequences say the id; the
+    command line still names the damaged file's header."""
+    from protrans_cli import predict_sequences
+    from protrans_cli.embed import EmbedOptions, embed, embed_sequences
+
+    given = {"a": "MKVLAKKKK", "b\x00y": "MKVL"}
+    with pytest.raises(InputError, match=r"^record 'b\\x00y': the id holds a NUL byte \(--invalid-policy skip leaves "):
+        embed_sequences(given, EmbedOptions(model="onehot", threads=1), kind="per_protein")
+    assert list(embed_sequences(given, EmbedOptions(model="onehot", threads=1, invalid_policy="skip"),
+                                kind="per_protein")) == ["a"]
+    assert "left out: b\\x00y (skipped: the id holds a NUL byte (--invalid-policy skip))" in capsys.readouterr().err
+    head = _onehot_protein_head(tmp_path)
+    with pytest.raises(InputError, match=r"^record 'b\\x00y': the id holds a NUL byte "):
+        predict_sequences(head, given, threads=1)
+    assert list(predict_sequences(head, given, threads=1, invalid_policy="skip")) == ["a"]
+    assert "left out: b\\x00y (skipped: the id holds a NUL byte (--invalid-policy skip))" in capsys.readouterr().err
+    fasta = tmp_path / "q.fa"
+    fasta.write_bytes(b">a\nMKV\n>b\x00y\nMKV\n")
+    with pytest.raises(InputError, match=r":3, record 'b\\x00y': the header holds a NUL byte \(a damaged file\?\)"):
+        embed(fasta, tmp_path / "o.h5", EmbedOptions(model="onehot", threads=1))
+
+
 def test_a_fit_stopped_at_the_save_of_its_early_stopping_epoch_resumes_to_the_same_head(small_head, tmp_path,
                                                                                           monkeypatch):
     # (a Ctrl-C after the state of the epoch that stopped the member early was saved, before the
