@@ -5914,7 +5914,8 @@ def test_predict_says_why_each_protein_embed_left_out_has_no_prediction(run_cli,
     fasta.write_text(">a\nMKVLAKKKK\n>b\nMK*LA\n>c\n\n>d\nMJK\n")
     r = run_cli("predict", head, "--fasta", fasta, "--invalid-policy", "skip", "-o", out)
     assert r.exit_code == 0, r.stderr
-    assert ("3 protein(s) have no embedding (the file's 'failed' attribute) and get no prediction: b (skipped: internal "
+    # (no "(the file's 'failed' attribute)": the embeddings were a temporary file the user never sees)
+    assert (f"the embeddings of {fasta}: 3 protein(s) have no embedding and get no prediction: b (skipped: internal "
             "stop '*' at residue 3 (--invalid-policy skip)), c (skipped: empty sequence (--invalid-policy skip)), "
             "d (skipped: invalid character 'J' at residue 2 (--invalid-policy skip))") in r.stderr, r.stderr
     # the reasons are embed's, and a file of embed's given with --embeddings is named with them too
@@ -5925,6 +5926,7 @@ def test_predict_says_why_each_protein_embed_left_out_has_no_prediction(run_cli,
     r = run_cli("predict", head, "--embeddings", h5, "-o", out)
     assert r.exit_code == 0, r.stderr
     assert sorted(failed) == ["b", "c", "d"] and all(f"{i} ({why})" in r.stderr for i, why in failed.items())
+    assert f"{h5}: 3 protein(s) have no embedding (the file's 'failed' attribute) and get no prediction" in r.stderr
 
 
 def test_a_library_calls_id_with_a_nul_byte_is_said_to_be_the_id_not_a_damaged_files_header(tmp_path, capsys):

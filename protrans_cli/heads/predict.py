@@ -490,8 +490,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
         # with why, as embed says it (under --fasta the file is a temporary one, removed as the
         # command ends: the ids alone left the reasons nowhere to read)
-        console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding (the file's 'failed' "
-                     f"attribute) and get no prediction: {some_failed(sorted(failed.items()))}")
+        # (the 'failed' attribute named only where the file is the user's: --fasta's is a temporary one)
+        where = "" if str(embeddings) in console.state.names else " (the file's 'failed' attribute)"
+        console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding{where} and get no prediction: "
+                     f"{some_failed(sorted(failed.items()))}")
     if order is not None and not streamed:
         rank = {ident: i for i, ident in enumerate(order)}
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
