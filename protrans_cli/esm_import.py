@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError, expect_path
+from protrans_cli.errors import InputError, UsageError, a_or_an, expect_path
 from protrans_cli.io.h5 import LAYOUTS, PER_PROTEIN, PER_RESIDUE, STORAGE_DTYPES
 
 FAMILY = "esm"
@@ -110,8 +110,8 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     if entry is not None and entry.get("family") != FAMILY:
         # (-m prot_t5_xl_half was recorded as an ESM model's files: merged with, or fit against,
         # embed's files of ProtT5 they are not)
-        raise UsageError(f"-m {model} is a {entry.get('family')} checkpoint; esm-extract runs ESM models: give -m "
-                         "the ESM model it ran (e.g. esm2_t33_650M_UR50D)")
+        raise UsageError(f"-m {model} is {a_or_an(str(entry.get('family')))} checkpoint; esm-extract runs ESM models: "
+                         "give -m the ESM model it ran (e.g. esm2_t33_650M_UR50D)")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = list(inputs)

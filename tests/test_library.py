@@ -542,6 +542,32 @@ def test_messages_put_the_article_a_name_is_read_aloud_with():
         "an FNN", "a CNN", "a FitConfig", "an EmbedOptions", "a TrainConfig"]
 
 
+def test_every_message_naming_a_model_family_puts_its_article(tmp_path):
+    """import-esm -m of another family's checkpoint, a model's config.json given as train's --config
+    and a resumed checkpoint of another model said "a albert checkpoint", "a electra model" after
+    the family messages of --init-from, contacts and variants said "an"."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from protrans_cli.errors import InputError
+    from protrans_cli.esm_import import import_esm
+    from protrans_cli.training import checkpoint as ckpt
+
+    with pytest.raises(UsageError, match=r"^-m prot_albert is an albert checkpoint; esm-extract runs ESM models"):
+        import_esm([tmp_path / "x.pt"], tmp_path / "e.h5", model="prot_albert")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "electra", "hidden_size": 8}))
+    with pytest.raises(UsageError, match=r"config.json: the config.json of an electra model \(its transformers"):
+        TrainConfig.from_file(tmp_path / "config.json")
+    where = tmp_path / "step_00000002"
+    where.mkdir()
+    save_file({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, where / ckpt.HF_WEIGHTS)
+    (where / "train_config.json").write_text(json.dumps({"family": "electra", "preset": "tiny"}))
+    with pytest.raises(InputError, match=r"does not match the model being trained: it holds an electra/tiny model; "):
+        ckpt.load_weights(where, torch.nn.Linear(2, 2))
+
+
 def test_numpy_scalars_in_a_fit_config_are_the_numbers_they_stand_for(loc_data, tmp_path):
     """FitConfig took np.int64 and np.float32 (expect_options accepts numpy's scalars), but the
     head's config.json was then "TypeError: Object of type int64 is not JSON serializable", once

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, torch_load_problem, type_problem
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, first_line, torch_load_problem,
+                                 type_problem)
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
                                    sha256_file)
 
@@ -590,7 +591,7 @@ def load_weights(directory, model) -> None:
             cfg = json.loads((Path(directory) / "train_config.json").read_text(encoding="utf-8"))
             source = f"/{cfg['preset']}" if cfg.get("preset") else f" (from {cfg['init_from']})" \
                 if cfg.get("init_from") else ""
-            saved = f"it holds a {cfg['family']}{source} model; "
+            saved = f"it holds {a_or_an(str(cfg['family']))}{source} model; "
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if name == HF_WEIGHTS and saved and "Missing key(s)" in str(exc):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import UsageError, plain_numbers, type_problem
+from protrans_cli.errors import UsageError, a_or_an, plain_numbers, type_problem
 
 RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
@@ -409,7 +409,7 @@ class TrainConfig:
 
             kind = config_kind(data)
             if kind == "model":
-                raise UsageError(f"{source}: the config.json of a {data['model_type']} model (its transformers "
+                raise UsageError(f"{source}: the config.json of {a_or_an(data['model_type'])} model (its transformers "
                                  "settings), not train settings: a run's settings are its train_config.json; "
                                  "to continue pretraining this model give its directory to --init-from")
             if kind == "head":
