@@ -666,6 +666,24 @@ def test_a_header_with_a_nul_byte_stops_only_a_run_that_asks_for_its_record(run_
     assert r.exit_code == 1 and f"{fasta}:3, record 'b\\x00y': the header holds a NUL byte (a damaged file?)" in r.stderr
 
 
+def test_an_electra_pair_whose_generator_lacks_its_weights_names_that_folder(run_cli, tmp_path):
+    """-m a run's ELECTRA pair whose generator/ holds no weights (a copy cut short): one line of ours
+    naming that folder, as train --init-from and -m of the folder itself say it; it was transformers'
+    "Error no file named model.safetensors, or pytorch_model.bin, found in directory" inside ours."""
+    from protrans_cli.models import FAMILIES
+
+    electra = FAMILIES["electra"]
+    tokenizer = electra.build_tokenizer()
+    pair = tmp_path / "pair"
+    electra.save_pretrained(electra.pretraining_model(electra.build_config("tiny", tokenizer)), tokenizer, pair)
+    (pair / "generator" / "model.safetensors").unlink()
+    (tmp_path / "v.csv").write_text("mutant\nK2A\n")
+    r = run_cli("variants", tmp_path / "v.csv", "--sequence", SEQ, "-m", pair, "-o", tmp_path / "out.csv")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {pair}: its generator folder {pair / 'generator'} has "
+                                             "no weights file (model.safetensors or pytorch_model.bin)\n"), r.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_a_wild_type_with_gaps_is_read_without_them_with_a_warning(run_cli, tmp_path, tiny_models):
     """An alignment's row given as the wild type lost its gaps without a word, so a table numbered
     by the alignment's columns scored other sites wherever the residues there agreed (A5G of the

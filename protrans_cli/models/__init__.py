@@ -509,6 +509,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
         except (OSError, ValueError) as exc:
             if is_dir and (lacking := missing_weights(target)):
                 raise ModelError(f"{name}: the model directory {lacking}") from None
+            # (an ELECTRA pair's masked LM is its generator/: named as train --init-from names it)
+            if is_dir and masked_lm and (lacking := missing_weights(generator := Path(target) / "generator")):
+                raise ModelError(f"{name}: its generator folder {generator} {lacking}") from None
             raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
