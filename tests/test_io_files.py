@@ -1205,7 +1205,8 @@ def test_binary_kind_tells_real_files_that_hold_no_text_from_text(tmp_path):
 def test_torch_file_tells_every_file_torch_writes_from_other_zips_and_pickles(tmp_path):
     """torch_file, binary_kind's test for a .pt or .pth: torch.save's zip under any file name and
     pickle protocol, its legacy pickles, torch.jit.save's zip (whose first member is data/0); not
-    another zip (FLIP's splits: unzip them), a plain pickle or a zip header cut before its name."""
+    another zip (FLIP's splits: unzip them; a pickle zipped, whose member data.pkl torch's writer never
+    writes without its archive's folder), a plain pickle or a zip header cut before its name."""
     import io
     import pickle
     import warnings
@@ -1230,7 +1231,7 @@ def test_torch_file_tells_every_file_torch_writes_from_other_zips_and_pickles(tm
         assert torch_file(saved(pickle_protocol=protocol, _use_new_zipfile_serialization=False)), protocol
     assert torch_file((tmp_path / "m.pt").read_bytes()[:4096]) and torch_file(script.getvalue()[:4096])
     assert binary_kind(saved(), sentence=True).startswith("the file is a PyTorch checkpoint (")
-    for member in ("labels.csv", "data/0", "x/data.pkl.txt"):
+    for member in ("labels.csv", "data/0", "x/data.pkl.txt", "data.pkl"):
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w") as z:
             z.writestr(member, "id,label\n")

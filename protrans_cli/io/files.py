@@ -363,7 +363,7 @@ def torch_file(head: bytes) -> bool:
     if head.startswith(b"PK\x03\x04") and len(head) >= 30:
         size, extra = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
         name, padding = head[30:30 + size], head[30 + size:30 + size + extra]
-        if name == b"data.pkl" or name.endswith(b"/data.pkl"):
+        if name.endswith(b"/data.pkl"):  # (torch writes every member in a folder: a bare data.pkl is a zipped pickle)
             return True
         return (len(padding) == extra >= 4 and padding.startswith(b"FB")
                 and int.from_bytes(padding[2:4], "little") == extra - 4 and not padding[4:].strip(b"Z"))
