@@ -24,6 +24,7 @@ class _State:
     held: int = 0  # open recordings that hold their messages back
     names: dict = field(default_factory=dict)  # a path -> what messages call it (`naming`)
     last_error: str | None = None  # the last `error` line said (for torchrun's summary)
+    command_line: bool = False  # messages are read at the command line (cli.main): `errors.option`
 
 
 state = _State()

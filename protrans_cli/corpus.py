@@ -41,7 +41,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, plain_numbers
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, option, plain_numbers
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
@@ -143,11 +143,12 @@ class CorpusOptions:
         if self.valid_output and self.valid_fraction <= 0:
             raise UsageError("--valid-output needs --valid-fraction above 0")
         if self.num_shards < 1:
-            raise UsageError(f"--shards must be at least 1, got {self.num_shards}")
+            raise UsageError(f"{option('--shards', 'num_shards')} must be at least 1, got {self.num_shards}")
         if self.shard_size is not None and self.shard_size < 1:
             raise UsageError(f"--shard-size must be positive, got {self.shard_size}")
         if self.num_shards > 1 and self.shard_size is not None:
-            raise UsageError("--shards and --shard-size cannot be combined: choose one")
+            raise UsageError(f"{option('--shards and --shard-size', 'num_shards and shard_size')} cannot be combined: "
+                             "choose one")
         if self.sharded:
             # (-o /dev/stdout: the shards were files /dev/stdout.00000.txt ..., nothing on stdout)
             to_stdout = self.output is None or str(self.output) == "-"
@@ -1628,8 +1629,9 @@ def _reserve_open_files(options: CorpusOptions) -> None:
                          f"shard(s), and this process may open {limit} files (ulimit -n): "
                          + ("use fewer shards, or --shard-size, which keeps one open" if options.num_shards > 1
                             else "raise the limit (ulimit -n)"))
-    raise UsageError(f"--shards {options.num_shards} keeps {options.num_shards} files open, and this process may "
-                     f"open {limit} (ulimit -n): use fewer shards, or --shard-size, which keeps one open")
+    shards = option(f"--shards {options.num_shards}", f"num_shards={options.num_shards}")
+    raise UsageError(f"{shards} keeps {options.num_shards} files open, and this process may open {limit} (ulimit -n): "
+                     f"use fewer shards, or {option('--shard-size', 'shard_size')}, which keeps one open")
 
 
 def _scratch_base(options: CorpusOptions) -> str:

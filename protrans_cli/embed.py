@@ -46,7 +46,7 @@ from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
-                                 expect_path)
+                                 expect_path, option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
 from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
@@ -170,7 +170,9 @@ class EmbedOptions:
                 raise UsageError(f"--part {self.part}: give K/N, part K of N (1 <= K <= N), e.g. 7/100")
             self.part = f"{int(found.group(1))}/{int(found.group(2))}"
         if self.three_di and self.model == ONEHOT:
-            raise UsageError("--3di is for a model that reads 3Di strings (ProstT5: -m prostt5), not onehot")
+            prostt5 = option("-m prostt5", "model='prostt5'")
+            raise UsageError(f"{option('--3di', 'three_di=True')} is for a model that reads 3Di strings (ProstT5: "
+                             f"{prostt5}), not onehot")
         if self.threads is not None:  # 0 was ignored, -2 a RuntimeError from torch
             check_threads(self.threads)
         if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
@@ -188,10 +190,11 @@ class EmbedOptions:
                              f"{type(self.layers).__name__} {self.layers!r:.60}")
         self.layers = tuple(int(x) for x in layers)
         if not self.layers:
-            raise UsageError("--layer needs at least one index")
+            raise UsageError(f"{option('--layer', 'layers')} needs at least one index")
         repeated = [x for i, x in enumerate(self.layers) if x in self.layers[:i]]
         if repeated:
-            raise UsageError(f"--layer {repeated[0]} is given twice: each hidden state is written once")
+            raise UsageError(f"{option('--layer', 'layer')} {repeated[0]} is given twice: each hidden state is written "
+                             "once")
         if not DEVICE_NAME.fullmatch(self.device):  # (the words of fit and predict, and of resolve_device)
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:
@@ -439,8 +442,9 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
                 if part is not None and not in_part(rec.id, "", part):
                     continue
                 if not skip_invalid:
-                    raise InputError(f"{exc.detail} (--invalid-policy skip leaves such records out)", path=name,
-                                     line=rec.line, record=rec.id) from None
+                    skip = option("--invalid-policy skip", "invalid_policy='skip'")
+                    raise InputError(f"{exc.detail} ({skip} leaves such records out)", path=name, line=rec.line,
+                                     record=rec.id) from None
                 yield _Protein(rec.id, rec.description, "", rec.line, rejected=f"skipped: {exc.detail} "
                                                                                "(--invalid-policy skip)")
                 continue
@@ -702,12 +706,14 @@ def _warn_gapped(scan: InputScan, name: str, main: bool) -> None:
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
     # (`protrans contacts` has a default --max-length of its own, not the model's limit, and no chunk)
     default = getattr(options, "default_limit", None)
-    limit = (f"--max-length {max_length}" if options.max_length
+    limit = (option(f"--max-length {max_length}", f"max_length={max_length}") if options.max_length
              else default.format(n=max_length) if default else f"the {max_length} residues the model accepts")
     others = [p for p in getattr(options, "long_policies", LONG_POLICIES) if p != "error"]
-    remedy = f"--long-policy {', '.join(others[:-1])} or {others[-1]}"
+    remedy = option(f"--long-policy {', '.join(others[:-1])} or {others[-1]}",
+                    f"long_policy={', '.join(map(repr, others[:-1]))} or {others[-1]!r}")
     if not options.max_length:
-        remedy += f", with --max-length N for {'another' if default else 'a smaller'} limit"
+        other = "another" if default else "a smaller"
+        remedy += f", with {option('--max-length N', 'max_length=N')} for {other} limit"
     return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add {remedy})",
                       path=name, line=prot.line, record=prot.id)
 

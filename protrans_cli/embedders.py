@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from protrans_cli.attention import check_attention, sdpa_kernels
-from protrans_cli.errors import RuntimeFailure, UsageError
+from protrans_cli.errors import RuntimeFailure, UsageError, option
 
 ONEHOT = "onehot"
 ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
@@ -92,10 +92,11 @@ class OneHotEmbedder:
     def __init__(self, layers: Sequence[int] = (-1,)):
         bad = [x for x in layers if x not in (0, -1)]
         if bad:
-            raise UsageError(f"the onehot embedder has a single layer: --layer {bad[0]} does not exist")
+            raise UsageError(f"the onehot embedder has a single layer: {option('--layer', 'layer')} {bad[0]} does not "
+                             "exist")
         if len(layers) > 1:
-            raise UsageError(f"the onehot embedder has a single layer: --layer {' --layer '.join(map(str, layers))} "
-                             "name it more than once")
+            named = option(f"--layer {' --layer '.join(map(str, layers))}", f"layers={tuple(layers)}")
+            raise UsageError(f"the onehot embedder has a single layer: {named} name it more than once")
         self.layers = (-1,)
 
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
@@ -150,14 +151,16 @@ class TransformerEmbedder:
         self.num_hidden_states = num_states
         for x in layers:
             if not -num_states <= x < num_states:
-                raise UsageError(f"--layer {x} does not exist: {self.name} has {loaded.num_layers} layers "
-                                 f"(valid indices {-num_states}..{num_states - 1}; 0 is the embedding layer)")
+                raise UsageError(f"{option('--layer', 'layer')} {x} does not exist: {self.name} has "
+                                 f"{loaded.num_layers} layers (valid indices {-num_states}..{num_states - 1}; 0 is the "
+                                 "embedding layer)")
         # Normalised to negative indices so that -1 and num_layers name the same layer in the file.
         self.layers = tuple(x - num_states if x >= 0 else x for x in layers)
         for i, x in enumerate(self.layers):
             if x in self.layers[:i]:
                 first = layers[self.layers.index(x)]
-                raise UsageError(f"--layer {first} and --layer {layers[i]} are the same hidden state of {self.name} "
+                flag = option("--layer", "layer")
+                raise UsageError(f"{flag} {first} and {flag} {layers[i]} are the same hidden state of {self.name} "
                                  f"({loaded.num_layers} layers; 0 is the embedding layer, -1 the last)")
         self.device = device
         self.compute_dtype = compute_dtype
@@ -644,12 +647,12 @@ def _three_di(loaded):
 
     family = three_di_input(loaded.family)
     if THREE_DI_PREFIX not in loaded.tokenizer.get_vocab():
-        raise UsageError(f"--3di: {loaded.name} does not read 3Di strings (its vocabulary has no {THREE_DI_PREFIX}); "
-                         "ProstT5 does: -m prostt5")
+        raise UsageError(f"{option('--3di', 'three_di=True')}: {loaded.name} does not read 3Di strings (its vocabulary "
+                         f"has no {THREE_DI_PREFIX}); ProstT5 does: " + option("-m prostt5", "model='prostt5'"))
     missing = unknown_residues(family, loaded.tokenizer)
     if missing:
-        raise UsageError(f"--3di: {loaded.name} has {THREE_DI_PREFIX} but no token for the 3Di letter(s) "
-                         f"{', '.join(m.lower() for m in missing)}")
+        raise UsageError(f"{option('--3di', 'three_di=True')}: {loaded.name} has {THREE_DI_PREFIX} but no token for "
+                         f"the 3Di letter(s) {', '.join(m.lower() for m in missing)}")
     return family, THREE_DI_PREFIX
 
 

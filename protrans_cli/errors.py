@@ -127,6 +127,16 @@ def a_or_an(word: str) -> str:
     return f"{'an' if vowel else 'a'} {word}"
 
 
+def option(flag: str, keyword: str) -> str:
+    """A setting as the message's reader gives it: at the command line (`protrans ...`, whose
+    `cli.main` says so) its flag, `flag` ("--invalid-policy skip", "--shards", "-m DIR"); to a
+    library call its keyword or settings field, `keyword` ("invalid_policy='skip'", "num_shards",
+    "model=DIR"). A library caller was advised to pass flags it had no way to give."""
+    from protrans_cli import console  # (imports this module: not at the top)
+
+    return flag if console.state.command_line else keyword
+
+
 def expect_options(value, cls: type, name: str) -> None:
     """A library call's settings object is `cls`: a dict or a task name in its place was a
     TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute).

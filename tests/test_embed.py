@@ -366,7 +366,7 @@ def test_a_record_gapped_with_dots_alone_is_said_too(tmp_path, run_cli):
 
 
 def test_long_policy_error_names_the_record(tmp_path):
-    with pytest.raises(InputError, match="P1.*--max-length"):
+    with pytest.raises(InputError, match=r"P1.*longer than max_length=10 \(add long_policy="):  # (a field here)
         _run(tmp_path / "e.h5", max_length=10)
     assert not (tmp_path / "e.h5").exists()
 
@@ -2136,7 +2136,7 @@ def test_checks_still_come_before_any_computation_with_windows(tmp_path, monkeyp
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", boom)
     with pytest.raises(InputError, match="duplicate id"):
         _run(tmp_path / "d.h5", fasta=DATA / "embed" / "duplicate_ids.fa", window=window)
-    with pytest.raises(InputError, match="P1.*--max-length"):  # P1 is not in the first window
+    with pytest.raises(InputError, match="P1.*max_length=10"):  # P1 is not in the first window
         _run(tmp_path / "e.h5", max_length=10, window=window)
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
     out = _run(tmp_path / "r.h5")
@@ -3006,8 +3006,8 @@ def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypat
         embed_sequences(["MKT"], opts, kind="mean")
     with pytest.raises(InputError) as caught:
         embed_sequences({"good": "MKT", "bad": "M*KT"}, opts, kind="per_residue")
-    assert str(caught.value) == "record 'bad': internal stop '*' at residue 2 (--invalid-policy skip leaves such " \
-        "records out)"
+    assert str(caught.value) == "record 'bad': internal stop '*' at residue 2 (invalid_policy='skip' leaves such " \
+        "records out)"  # (the option as this call takes it, not embed's --invalid-policy)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them, with no group to join
     monkeypatch.setenv("RANK", "1")

@@ -5874,7 +5874,8 @@ def test_predict_sequences_takes_the_invalid_policy_of_predict_fasta(tmp_path, c
 
     head = _onehot_protein_head(tmp_path)
     queries = {"a": "MKVLAKKKK", "b": "MK*LA1", "c": "MWWWWC"}
-    with pytest.raises(InputError, match=r"^record 'b': internal stop '\*' at residue 3 \(--invalid-policy skip "
+    # (the error names the keyword this call takes, not predict --fasta's flag)
+    with pytest.raises(InputError, match=r"^record 'b': internal stop '\*' at residue 3 \(invalid_policy='skip' "
                                          r"leaves such records out\)$"):
         predict_sequences(head, queries, threads=1)  # (the default: as before)
     capsys.readouterr()
@@ -5888,6 +5889,25 @@ def test_predict_sequences_takes_the_invalid_policy_of_predict_fasta(tmp_path, c
     assert "left out: item 1 (skipped: internal stop" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--invalid-policy must be one of error, skip"):
         predict_sequences(head, queries, threads=1, invalid_policy="drop")
+
+
+def test_predict_sequences_says_give_model_where_predict_says_give_its_flag(tmp_path, run_cli):
+    # (head_embed_options' messages: "give --model" to the command, "give model=" to the call)
+    import json
+
+    from protrans_cli import predict_sequences
+
+    head = _onehot_protein_head(tmp_path)
+    config = json.loads((head / "config.json").read_text())
+    del config["embedding"]["model"]
+    (head / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=r"does not record which model made its embeddings: give model=$"):
+        predict_sequences(head, {"a": "MKVL"}, threads=1)
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKVL\n")
+    r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 2 and r.stderr.strip().endswith(
+        f"{head} does not record which model made its embeddings: give --model"), r.stderr
 
 
 def test_predict_fasta_reads_a_header_with_a_nul_byte_as_embed_does(run_cli, tmp_path):
@@ -5937,7 +5957,7 @@ def test_a_library_calls_id_with_a_nul_byte_is_said_to_be_the_id_not_a_damaged_f
     from protrans_cli.embed import EmbedOptions, embed, embed_sequences
 
     given = {"a": "MKVLAKKKK", "b\x00y": "MKVL"}
-    with pytest.raises(InputError, match=r"^record 'b\\x00y': the id holds a NUL byte \(--invalid-policy skip leaves "):
+    with pytest.raises(InputError, match=r"^record 'b\\x00y': the id holds a NUL byte \(invalid_policy='skip' leaves "):
         embed_sequences(given, EmbedOptions(model="onehot", threads=1), kind="per_protein")
     assert list(embed_sequences(given, EmbedOptions(model="onehot", threads=1, invalid_policy="skip"),
                                 kind="per_protein")) == ["a"]

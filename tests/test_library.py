@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from protrans_cli.embed import EmbedOptions, embed, embed_sequences
-from protrans_cli.errors import UsageError
+from protrans_cli.corpus import CorpusOptions, build_corpus
+from protrans_cli.embed import EmbedOptions, build_embedder, embed, embed_sequences
+from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.heads.fit import FitConfig, fit
 from protrans_cli.heads.predict import evaluate_head, predict
+from protrans_cli.models import load_model
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.loop import train
 from protrans_cli.training.lr_finder import find_lr
@@ -135,7 +137,7 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
     (dict(invalid_policy="drop"), "--invalid-policy must be one of error, skip"),
     (dict(max_length=0), "--max-length must be at least 1"),
     (dict(pooling="max"), "--pooling must be one of"),
-    (dict(layers=()), "--layer needs at least one index"),
+    (dict(layers=()), "^layers needs at least one index"),  # (the field: "--layer" is embed's flag)
     (dict(dtype="int8"), "--dtype must be one of"),
 ])
 def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, message):
@@ -1083,3 +1085,220 @@ def test_load_model_takes_device_auto_and_refuses_an_unknown_device_before_loadi
     monkeypatch.setattr(models, "open_config", no_config)
     with pytest.raises(ModelError, match=r"cannot move the model to device 'gpu'"):
         load_model(tmp_path / "m", device="gpu")
+
+
+def _written(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def _stopped_run(tmp_path):
+    """A training run stopped before its end: checkpoints/step_N alone, no final model."""
+    step = tmp_path / "run" / "checkpoints" / "step_00000004"
+    step.mkdir(parents=True, exist_ok=True)
+    (step / "training_state.pt").write_bytes(b"")
+    return tmp_path / "run"
+
+
+def _hub_folder(tmp_path):
+    """The Hugging Face cache's folder of a model (refs/main, snapshots/COMMIT/config.json)."""
+    folder = tmp_path / "models--acme--pl"
+    (folder / "snapshots" / "c1").mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / "c1" / "config.json").write_text("{}")
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text("c1")
+    return folder
+
+
+def _adapter(tmp_path):
+    """What PEFT's save_pretrained writes: adapter weights, no model."""
+    (tmp_path / "lora").mkdir(exist_ok=True)
+    (tmp_path / "lora" / "adapter_config.json").write_text('{"base_model_name_or_path": "prot_bert"}')
+    return tmp_path / "lora"
+
+
+def _bert(tmp_path):
+    from test_embed import save_bert_into
+
+    save_bert_into(tmp_path / "bert", seed=0)
+    return str(tmp_path / "bert")
+
+
+def _one_layer_file(loc_data, tmp_path):
+    """Another tool's per-protein file of loc_data's proteins: one layer, no layer numbers."""
+    import h5py
+
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        for i in range(24):
+            f.create_dataset(f"p{i}", data=np.random.default_rng(i).normal(size=21).astype(np.float32))
+    return tmp_path / "flat.h5"
+
+
+def _fit_loc(loc_data, tmp_path, embeddings=None, **kw):
+    fit(FitConfig(**{"task": "loc", "max_epochs": 1, "threads": 1, "n_bootstrap": 10, "plots": False, **kw}),
+        embeddings or loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "head")
+
+
+def _fit_cli(loc_data, tmp_path, *args, embeddings=None):
+    return ["fit", "loc", "--embeddings", embeddings or loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+            "--max-epochs", "1", "-j", "1", *args, "-o", tmp_path / "head"]
+
+
+def _onehot(**kw):
+    return EmbedOptions(model="onehot", threads=1, **kw)
+
+
+# (what is wrong, the library call (tmp_path, loc_data), what its error says, the same at the
+# command line and what that says): a setting named as the caller gives it (errors.option)
+NAMED_AS_GIVEN = [
+    ("invalid residue", lambda t, d: embed_sequences({"a": "MK*LA"}, _onehot(), kind="per_protein"),
+     "record 'a': internal stop '*' at residue 3 (invalid_policy='skip' leaves such records out)",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK*LA\n"), "-m", "onehot", "-o", t / "e.h5"],
+     "record 'a': internal stop '*' at residue 3 (--invalid-policy skip leaves such records out)"),
+    ("too long", lambda t, d: embed_sequences({"a": "MKVLAKKKK"}, _onehot(max_length=4), kind="per_protein"),
+     "record 'a': 9 residues, longer than max_length=4 (add long_policy='skip', 'truncate' or 'chunk')",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMKVLAKKKK\n"), "-m", "onehot", "--max-length", "4",
+                   "-o", t / "e.h5"],
+     "record 'a': 9 residues, longer than --max-length 4 (add --long-policy skip, truncate or chunk)"),
+    ("3Di strings", lambda t, d: embed_sequences({"a": "MK"}, _onehot(three_di=True), kind="per_protein"),
+     "three_di=True is for a model that reads 3Di strings (ProstT5: model='prostt5'), not onehot",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", "onehot", "--3di", "-o", t / "e.h5"],
+     "--3di is for a model that reads 3Di strings (ProstT5: -m prostt5), not onehot"),
+    ("no such layer", lambda t, d: embed_sequences({"a": "MK"}, _onehot(layers=(5,)), kind="per_protein"),
+     "the onehot embedder has a single layer: layer 5 does not exist",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", "onehot", "--layer", "5", "-o", t / "e.h5"],
+     "the onehot embedder has a single layer: --layer 5 does not exist"),
+    ("a layer twice", lambda t, d: embed_sequences({"a": "MK"}, _onehot(layers=(-1, -1)), kind="per_protein"),
+     "layer -1 is given twice: each hidden state is written once",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", "onehot", "--layer", "-1", "--layer", "-1",
+                   "-o", t / "e.h5"],
+     "error: --layer -1 is given twice: each hidden state is written once"),
+    ("onehot's layer twice", lambda t, d: embed_sequences({"a": "MK"}, _onehot(layers=(-1, 0)), kind="per_protein"),
+     "the onehot embedder has a single layer: layers=(-1, 0) name it more than once",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", "onehot", "--layer", "-1", "--layer", "0",
+                   "-o", t / "e.h5"],
+     "the onehot embedder has a single layer: --layer -1 --layer 0 name it more than once"),
+    ("a model not found", lambda t, d: embed_sequences({"a": "MK"}, EmbedOptions(model="zzqx_nothing"),
+                                                       kind="per_protein"),
+     "--local-dir DIR`) and pass the directory: model=DIR",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", "zzqx_nothing", "-o", t / "e.h5"],
+     "--local-dir DIR`) and pass the directory: -m DIR"),
+    ("a stopped training run", lambda t, d: load_model(_stopped_run(t)),
+     "its latest checkpoint, {t}/run/checkpoints/step_00000004, is a model directory (give it as model)",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _stopped_run(t), "-o", t / "e.h5"],
+     "its latest checkpoint, {t}/run/checkpoints/step_00000004, is a model directory (give it to -m)"),
+    ("a run's checkpoints folder", lambda t, d: load_model(_stopped_run(t) / "checkpoints"),
+     "each step_N inside is one; give model={t}/run/checkpoints/step_00000004 for the latest",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _stopped_run(t) / "checkpoints", "-o", t / "e.h5"],
+     "each step_N inside is one; give -m {t}/run/checkpoints/step_00000004 for the latest"),
+    ("a hub cache folder", lambda t, d: load_model(_hub_folder(t)),
+     "give model={t}/models--acme--pl/snapshots/c1 (the model's files), or model=acme/pl where this is the cache",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _hub_folder(t), "-o", t / "e.h5"],
+     "give -m {t}/models--acme--pl/snapshots/c1 (the model's files), or -m acme/pl where this is the cache"),
+    ("a PEFT adapter", lambda t, d: load_model(_adapter(t)), "(save_pretrained) and give that directory as model",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _adapter(t), "-o", t / "e.h5"],
+     "(save_pretrained) and give -m that directory"),
+    ("a layer a model lacks", lambda t, d: build_embedder(EmbedOptions(model=_bert(t), layers=(99,), device="cpu")),
+     "layer 99 does not exist: ",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _bert(t), "--layer", "99", "--device", "cpu",
+                   "-o", t / "e.h5"],
+     "error: --layer 99 does not exist: "),
+    ("3Di strings for a model of amino acids",
+     lambda t, d: build_embedder(EmbedOptions(model=_bert(t), three_di=True, device="cpu")),
+     "does not read 3Di strings (its vocabulary has no <fold2AA>); ProstT5 does: model='prostt5'",
+     lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _bert(t), "--3di", "--device", "cpu",
+                   "-o", t / "e.h5"],
+     "does not read 3Di strings (its vocabulary has no <fold2AA>); ProstT5 does: -m prostt5"),
+    ("no shards", lambda t, d: build_corpus([d / "train.fasta"], CorpusOptions(output=str(t / "c.txt"), num_shards=0)),
+     "num_shards must be at least 1, got 0",
+     lambda t, d: ["prep", d / "train.fasta", "-o", t / "c.txt", "--shards", "0"],
+     "error: --shards must be at least 1, got 0"),
+    ("shards two ways", lambda t, d: build_corpus([d / "train.fasta"], CorpusOptions(output=str(t / "c.txt"),
+                                                                                     num_shards=2, shard_size=10)),
+     "num_shards and shard_size cannot be combined: choose one",
+     lambda t, d: ["prep", d / "train.fasta", "-o", t / "c.txt", "--shards", "2", "--shard-size", "10"],
+     "--shards and --shard-size cannot be combined: choose one"),
+    ("no resamples", lambda t, d: _fit_loc(d, t, n_bootstrap=0), "n_bootstrap must be at least 1, got 0",
+     lambda t, d: _fit_cli(d, t, "--bootstrap", "0"), "error: --bootstrap must be at least 1, got 0"),
+    ("too few resamples", lambda t, d: _fit_loc(d, t, n_bootstrap=9), "n_bootstrap must be at least 10 (a 95% ",
+     lambda t, d: _fit_cli(d, t, "--bootstrap", "9"), "error: --bootstrap must be at least 10 (a 95% "),
+    ("a negative cache", lambda t, d: _fit_loc(d, t, cache_bytes=-1), "cache_bytes must be 0 or more, got -1",
+     lambda t, d: _fit_cli(d, t, "--cache-gb", "-1"), "error: --cache-gb must be a size in GB, 0 or more, got -1"),
+    ("per-protein vectors for a residue task",
+     lambda t, d: fit(FitConfig(task="ss3", max_epochs=1, threads=1, plots=False), d / "train.h5",
+                      DATA / "heads" / "pisces_small.csv", t / "head"),
+     "has no per_residue embeddings (it holds per_protein): embed with per_residue=True",
+     lambda t, d: ["fit", "ss3", "--embeddings", d / "train.h5", "--labels", DATA / "heads" / "pisces_small.csv",
+                   "-o", t / "head"],
+     "has no per_residue embeddings (it holds per_protein): embed without --per-protein (or with --per-residue too)"),
+    ("a layer a file of one lacks", lambda t, d: _fit_loc(d, t, _one_layer_file(d, t), layer=5),
+     "not layer 5: fit a head on it with layer=-1 (the default), or embed with layers=(5,)",
+     lambda t, d: _fit_cli(d, t, "--layer", "5", embeddings=_one_layer_file(d, t)),
+     "not layer 5: fit a head on it with --layer -1 (the default), or embed with --layer 5"),
+    ("sizes from two places",
+     lambda t, d: train(TrainConfig(family="bert", preset="tiny", init_from=str(t / "m"), output_dir=str(t / "run"),
+                                    corpus=[str(DATA / "train" / "learnable.txt")])),
+     "(model_overrides changes settings such as dropout, not sizes)",
+     lambda t, d: ["train", "--family", "bert", "--preset", "tiny", "--init-from", t / "m", "--corpus",
+                   DATA / "train" / "learnable.txt", "-o", t / "run"],
+     "(--set KEY=VALUE changes settings such as dropout, not sizes)"),
+]
+
+
+@pytest.mark.parametrize("call, said, command, cli_said", [case[1:] for case in NAMED_AS_GIVEN],
+                         ids=[case[0] for case in NAMED_AS_GIVEN])
+def test_a_message_names_a_setting_as_the_library_caller_gives_it_and_the_command_line_by_its_flag(
+        tmp_path, loc_data, run_cli, call, said, command, cli_said):
+    # A library caller was told to pass flags ("--invalid-policy skip", "--shards", "-m DIR",
+    # "--bootstrap", "--cache-gb" in GB) that no call takes: the same error now names the keyword
+    # or field the call takes; the command's line is as it was.
+    from protrans_cli.errors import ProtransError
+
+    library, command_line = tmp_path / "library", tmp_path / "cli"
+    library.mkdir()
+    command_line.mkdir()
+    with pytest.raises(ProtransError) as caught:
+        call(library, loc_data)
+    said = said.format(t=library)
+    assert said in str(caught.value) and f"-{said}" not in str(caught.value), str(caught.value)
+    r = run_cli(*command(command_line, loc_data))
+    assert r.exit_code in (1, 2) and cli_said.format(t=command_line) in r.stderr.strip().splitlines()[-1], r.stderr
+    # (and a library call after the command is worded for its caller again)
+    with pytest.raises(ProtransError) as caught:
+        call(library, loc_data)
+    assert said in str(caught.value) and f"-{said}" not in str(caught.value), str(caught.value)
+
+
+def test_too_many_shards_for_the_open_file_limit_names_num_shards_to_a_library_caller(tmp_path, loc_data, run_cli,
+                                                                                     monkeypatch):
+    import protrans_cli.corpus as corpus
+
+    monkeypatch.setattr(corpus, "_raise_open_file_limit", lambda needed: 96)
+    with pytest.raises(UsageError, match=r"^num_shards=200 keeps 200 files open, and this process may open 96 "
+                                         r"\(ulimit -n\): use fewer shards, or shard_size, which keeps one open$"):
+        build_corpus([loc_data / "train.fasta"], CorpusOptions(output=str(tmp_path / "c.txt"), num_shards=200))
+    r = run_cli("prep", loc_data / "train.fasta", "-o", tmp_path / "c.txt", "--shards", "200")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "protrans: error: --shards 200 keeps 200 files open, and this process may open 96 (ulimit -n): use fewer "
+        "shards, or --shard-size, which keeps one open"), r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_predict_on_embeddings_of_another_width_says_what_a_library_caller_can_do(tmp_path, loc_data, run_cli):
+    # (a library caller was told "embed with -m onehot, or give the sequences with --fasta":
+    # predict() takes no FASTA; predict_sequences does)
+    import h5py
+
+    _fit_loc(loc_data, tmp_path)
+    with h5py.File(tmp_path / "narrow.h5", "w") as f:
+        for i in range(24):
+            f.create_dataset(f"p{i}", data=np.zeros(10, np.float32))
+    said = "embeddings have dimension 10, the head was trained on 21-d embeddings of onehot: embed with {}"
+    with pytest.raises(ModelError) as caught:
+        predict(tmp_path / "head", tmp_path / "narrow.h5", tmp_path / "p.csv")
+    assert str(caught.value).endswith(said.format("model='onehot', or give the sequences to predict_sequences "
+                                                  "(embedded with the head's model)")), str(caught.value)
+    r = run_cli("predict", tmp_path / "head", "--embeddings", tmp_path / "narrow.h5", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 1 and r.stderr.strip().endswith(said.format(
+        "-m onehot, or give the sequences with --fasta (embedded with the head's model)")), r.stderr
+    assert not (tmp_path / "p.csv").exists()

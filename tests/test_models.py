@@ -187,8 +187,9 @@ def test_offline_missing_hub_model_is_one_line_model_error():
         load_model("prot_bert")
     message = str(info.value)
     assert "\n" not in message
-    assert "Rostlab/prot_bert" in message and "-m DIR" in message and "offline" in message
-    with pytest.raises(ModelError, match="-m DIR"):
+    # (a library call is told of the model it is given, not embed's -m: errors.option)
+    assert "Rostlab/prot_bert" in message and message.endswith(": model=DIR") and "offline" in message
+    with pytest.raises(ModelError, match="pass the directory: model=DIR$"):
         load_model("someone/not_a_model_xyz")
     # the download hint names the revision asked for (`hf download` alone fetches main)
     with pytest.raises(ModelError, match=r"`hf download Rostlab/prot_bert --revision v2 --local-dir DIR`"):

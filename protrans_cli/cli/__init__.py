@@ -457,8 +457,9 @@ def main(argv=None):
     console.state.complete = None
     console.state.last_error = None
     # (-q, -v and --debug are this call's: an in-process caller's library calls after it keep
-    # the caller's own, where `main(["-q", ...])` in a notebook left every later call quiet)
-    caller_messages = console.state.verbosity, console.state.debug
+    # the caller's own, where `main(["-q", ...])` in a notebook left every later call quiet; and
+    # their messages name settings as a library call takes them, not by this command's flags)
+    caller_messages = console.state.verbosity, console.state.debug, console.state.command_line
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
@@ -472,6 +473,7 @@ def main(argv=None):
     if installed:
         sys.unraisablehook = _quiet_dropped_stops(previous_hook)
     code = 1
+    console.state.command_line = True  # (messages name settings by this command's flags)
     try:
         _main(console, argv)
     except SystemExit as exc:
@@ -493,7 +495,7 @@ def main(argv=None):
         raise
     finally:
         if argv is not None:
-            console.state.verbosity, console.state.debug = caller_messages
+            console.state.verbosity, console.state.debug, console.state.command_line = caller_messages
         if installed and argv is None:  # the program itself, about to exit: see _exit_now
             # SIGTERM ignored: Python's finalization (a second of torch's teardown) resets the
             # handlers Python set, and a scheduler's SIGTERM then killed a finished run (143);

@@ -96,7 +96,7 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     # (the error for one such sequence said "--invalid-policy skip leaves such records out", which
     # this call did not take: one bad sequence failed the whole call)
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
-                                         invalid_policy=invalid_policy, word="model=")
+                                         invalid_policy=invalid_policy)
     embedded = embed_sequences(sequences, options, kind=head_input_kind(config))  # (checked by head_embed_options)
     # (another model's width was "protein 0: an embedding of shape (32,), the head takes ...":
     # the protein blamed for what the model given makes of every protein)

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, located
+from protrans_cli.errors import InputError, located, option
 from protrans_cli.heads.labels import LabelSet, by_accession, refuse_residue_labels, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_id, h5_file,
@@ -186,8 +186,9 @@ def _source_kind(reader: EmbeddingsReader, kind: str, task: Task | None = None) 
         return kind
     if kind == PER_PROTEIN and PER_RESIDUE in reader.kinds:
         return PER_RESIDUE
-    remedy = ("embed without --per-protein (or with --per-residue too)" if kind == PER_RESIDUE
-              else "embed with --per-protein (or without --per-residue)")
+    remedy = (option("embed without --per-protein (or with --per-residue too)", "embed with per_residue=True")
+              if kind == PER_RESIDUE else
+              option("embed with --per-protein (or without --per-residue)", "embed with per_protein=True"))
     if kind == PER_RESIDUE and task is not None and task.kind == PER_PROTEIN:
         remedy = f"a light-attention head reads every residue's row, not the mean: {remedy}"
     if reader.layout == "stacked":  # (it holds nothing else)
@@ -618,9 +619,8 @@ def _check_foreign_layer(shape: tuple, base_ndim: int, layer: int, path: str, id
                          record=ident)
     if len(shape) == base_ndim and layer not in (-1, 0):
         # (predict has no --layer: there the layer is the head's, from fit's --layer)
-        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}: fit a "
-                         f"head on it with --layer -1 (the default), or embed with --layer {layer}", path=path,
-                         record=ident)
+        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}: "
+                         f"{_one_layer_remedy(layer)}", path=path, record=ident)
 
 
 def _check_stacked_layer(shape: tuple, layer: int, path: str, layers_recorded: bool) -> None:
@@ -632,8 +632,18 @@ def _check_stacked_layer(shape: tuple, layer: int, path: str, layers_recorded: b
         raise InputError(f"holds {shape[1]} layers on the layer axis of its per_protein array (a layer indexes that "
                          f"axis, {-shape[1]} to {shape[1] - 1}), not layer {layer}", path=path)
     if len(shape) == 2 and not layers_recorded and layer not in (-1, 0):
-        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}: fit a "
-                         f"head on it with --layer -1 (the default), or embed with --layer {layer}", path=path)
+        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}: "
+                         f"{_one_layer_remedy(layer)}", path=path)
+
+
+def embed_layer(layer: int) -> str:
+    """How a message says to embed layer `layer`: embed's flag at the command line, EmbedOptions'
+    field to a library call (whose `layers` is a tuple)."""
+    return option(f"--layer {layer}", f"layers=({layer},)")
+
+
+def _one_layer_remedy(layer: int) -> str:
+    return f"fit a head on it with {option('--layer -1', 'layer=-1')} (the default), or embed with {embed_layer(layer)}"
 
 
 @dataclass

@@ -34,8 +34,8 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
-                                 first_line, located, plain_numbers, torch_load_problem, whole_number)
-from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, load_data,
+                                 first_line, located, option, plain_numbers, torch_load_problem, whole_number)
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
                                       unmasked_flip_warning)
@@ -58,6 +58,13 @@ _FIT_FLAGS = {"max_epochs": "--max-epochs", "patience": "--patience", "ensemble"
               "hidden": "--hidden", "kernel": "--kernel", "valid_fraction": "--valid-fraction", "lr": "--lr",
               "weight_decay": "--weight-decay", "dropout": "--dropout", "architecture": "--architecture",
               "folds": "--folds"}
+
+
+def _flag(name: str) -> str:
+    """How a message names FitConfig field `name`: by its flag at the command line, and to a
+    library call by the field where the flag is not its name (--bootstrap is n_bootstrap)."""
+    flag = _FIT_FLAGS[name]
+    return flag if flag == "--" + name.replace("_", "-") else option(flag, name)
 
 
 _MAX_SEED = 2**64 - 1  # torch.manual_seed's range
@@ -113,8 +120,8 @@ class FitConfig:
         for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap", "hidden",
                      "kernel"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"{_FIT_FLAGS[name]} must be at least 1, got {getattr(self, name)}")
-        check_resamples(self.n_bootstrap, "--bootstrap")
+                raise UsageError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        check_resamples(self.n_bootstrap, _flag("n_bootstrap"))
         if self.folds is not None:
             if self.folds < 2:
                 raise UsageError(f"--folds must be at least 2 (each fold is scored by a member trained on the others), "
@@ -130,7 +137,7 @@ class FitConfig:
                                ("dropout", "in [0, 1)", lambda v: 0 <= v < 1)):
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
-                raise UsageError(f"{_FIT_FLAGS[name]} must be {text}, got {value}")
+                raise UsageError(f"{_flag(name)} must be {text}, got {value}")
         if self.seed < 0:
             raise UsageError(f"--seed must be 0 or more, got {self.seed}")
         # (torch seeds are unsigned 64-bit: a larger one was a traceback, "Overflow when unpacking
@@ -142,7 +149,8 @@ class FitConfig:
                              f"{members - 1} members after the first, {flag} {members}: seeds are "
                              f"64-bit), got {self.seed}")
         if self.cache_bytes < 0:
-            raise UsageError(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}")
+            raise UsageError(option(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}",
+                                    f"cache_bytes must be 0 or more, got {self.cache_bytes}"))
         if self.on_mismatch not in ("error", "skip", "missing"):
             raise UsageError(f"on_mismatch must be 'error', 'skip' or 'missing', got {self.on_mismatch!r}")
 
@@ -689,7 +697,7 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
             differ = other_weights(embedding_info, reader.attrs)
             if "layers" in embedding_info:  # the layer train was read from, not a lone other one
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
-                                   f"embed the {name} set with --layer {model_layer}", exact=True)
+                                   f"embed the {name} set with {embed_layer(model_layer)}", exact=True)
             prefix = input_prefix_of(reader.attrs)
             pooling = pooling_kind(reader.attrs.get("pooling"))
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line, whole_number
-from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_labels, report_unlabelled,
+from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line, option, whole_number
+from protrans_cli.heads.data import (Matched, _source_kind, embed_layer, head_data, match_labels, report_unlabelled,
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
@@ -55,13 +55,14 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
     dim = reader.dim(source)
     if dim != config["input_dim"]:
         model = config["embedding"].get("model")
-        remedy = (f": embed with -m {model}, or give the sequences with --fasta (embedded with the head's model)"
-                  if model else "")
+        remedy = (": " + option(f"embed with -m {model}, or give the sequences with --fasta",
+                                f"embed with model={model!r}, or give the sequences to predict_sequences")
+                  + " (embedded with the head's model)" if model else "")
         raise ModelError(f"embeddings have dimension {dim}, the head was trained on {config['input_dim']}-d "
                          f"embeddings of {model or 'an unknown model'}{remedy}", path=reader.path)
     layer = head_layer(config)  # predict has no --layer: the head's decides, before any work
     # A head that recorded its training file's layers knows its layer: a file's lone other layer is not it.
-    stored_layer_index(reader, layer, f"the head was trained on layer {layer}: embed with --layer {layer}",
+    stored_layer_index(reader, layer, f"the head was trained on layer {layer}: embed with {embed_layer(layer)}",
                        exact="layers" in config.get("embedding", {}))
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
@@ -237,11 +238,10 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
 
 def head_embed_options(head_dir, *, model: str | None = None, device: str = "auto", threads: int | None = None,
                        long_policy: str | None = None, max_length: int | None = None,
-                       chunk_overlap: int | None = None, invalid_policy: str = "error", word: str = "--model",
+                       chunk_overlap: int | None = None, invalid_policy: str = "error",
                        allow_model_mismatch: bool = False):
     """(EmbedOptions, the head's config): how to embed proteins the way the head's training
-    embeddings were made (embed_for_head; heads.arrays.predict_sequences). `word`: how a message
-    names `model`."""
+    embeddings were made (embed_for_head; heads.arrays.predict_sequences)."""
     from protrans_cli.heads.model import CONFIG, head_input_kind
 
     head_dir = Path(head_dir)
@@ -255,6 +255,7 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
         raise ModelError(f"head config is incomplete or unreadable ({first_line(exc)})",
                          path=str(head_dir / CONFIG)) from None
     name = model or config.get("embedding", {}).get("model")
+    word = option("--model", "model=")  # (predict_sequences takes model=)
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give {word}")
     from protrans_cli.esm_import import SOURCE as ESM_EXTRACT  # (the model import-esm records when not told it)
@@ -265,7 +266,7 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
         raise UsageError(f"{head_dir} was fit on embeddings imported from esm-extract without naming the model "
                          f"(import-esm -m): give {word} (the ESM model that made them, e.g. esm2_t33_650M_UR50D)")
     if model is None:
-        name = finetuned_model(head_dir, config, name, word)
+        name = finetuned_model(head_dir, config, name)
     options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,
                                      layer=head_layer(config), per_residue=kind == PER_RESIDUE, device=device,
                                      threads=threads, long_policy=long_policy, max_length=max_length,
@@ -274,7 +275,7 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     return options, config
 
 
-def finetuned_model(head_dir, config: dict, name: str, word: str = "--model") -> str:
+def finetuned_model(head_dir, config: dict, name: str) -> str:
     """The model a head of `protrans finetune` embeds with: the OUT/model it records (an absolute
     path), or, where that is gone (OUT moved or copied elsewhere), the model beside the head."""
     from protrans_cli.heads.model import moved_finetune_model
@@ -287,7 +288,7 @@ def finetuned_model(head_dir, config: dict, name: str, word: str = "--model") ->
                      "the head")
         return str(beside)
     raise UsageError(f"{head_dir}: the fine-tuned model the head records, {name}, is gone (was the finetune "
-                     f"folder moved without its model/?): give {word} with its new place")
+                     f"folder moved without its model/?): give {option('--model', 'model=')} with its new place")
 
 
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protrans_cli.errors import ModelError, UsageError, described, first_line
+from protrans_cli.errors import ModelError, UsageError, described, first_line, option
 from protrans_cli.io.files import json_object, starts_like_hdf5
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
@@ -170,7 +170,8 @@ def _looks_like_path(name: str) -> bool:
 
 def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint | None, bool]:
     """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir);
-    `flag`: the option that named it (what a message tells the user to give)."""
+    `flag`: the option that named it (what a message tells the user to give; to a library call,
+    `_keyword` of it)."""
     name = str(name_or_path)
     if not name.strip():
         raise UsageError("no model given: an empty name (give a model directory, a hub id or a short name "
@@ -188,19 +189,20 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
 
             if checkpoints := list_checkpoints(path):  # a training run stopped before its end
                 latest = checkpoints[-1]
+                give = option(f"give it to {flag}", f"give it as {_keyword(flag)}")
                 raise ModelError(f"{name}: a training run without its final model (it stopped before its last "
-                                 f"step): its latest checkpoint, {latest}, is a model directory (give it to {flag}), "
+                                 f"step): its latest checkpoint, {latest}, is a model directory ({give}), "
                                  f"or `protrans train --resume -o {name}` finishes the run")
             if path.name == "checkpoints" and (checkpoints := list_checkpoints(path.parent)):  # a run's folder of them
                 final = (f", or the run directory {path.parent} for its final model"
                          if (path.parent / "config.json").is_file() else "")
                 raise ModelError(f"{name}: a training run's checkpoints folder, not a model directory: each step_N "
-                                 f"inside is one; give {flag} {checkpoints[-1]} for the latest{final}")
+                                 f"inside is one; give {_give(flag)}{checkpoints[-1]} for the latest{final}")
             if (snapshot := _cached_snapshot(path)) is not None:
                 repo = path.name.removeprefix("models--").replace("--", "/")
                 raise ModelError(f"{name}: the Hugging Face cache's folder of {repo}, not a model directory: give "
-                                 f"{flag} {snapshot} (the model's files), or {flag} {repo} where this is the cache "
-                                 "that Hugging Face reads (HF_HOME, HF_HUB_CACHE)")
+                                 f"{_give(flag)}{snapshot} (the model's files), or {_give(flag)}{repo} where this is "
+                                 "the cache that Hugging Face reads (HF_HOME, HF_HUB_CACHE)")
             raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
                              "(give the directory that `protrans train` or save_pretrained wrote)")
         _refuse_special_files(path, name)
@@ -222,6 +224,18 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
     return name, None, False
+
+
+def _keyword(flag: str) -> str:
+    """The library's name for the option `flag` that takes a model: EmbedOptions' `model` (and
+    load_model's, predict_sequences' ...) for -m, TrainConfig's `init_from` for --init-from."""
+    return "model" if flag == "-m" else flag.lstrip("-").replace("-", "_")
+
+
+def _give(flag: str) -> str:
+    """What goes before a model's path or name that a message says to give: the flag and a space
+    at the command line ("-m "), the keyword and "=" to a library call ("model=")."""
+    return option(f"{flag} ", f"{_keyword(flag)}=")
 
 
 def _config_model_type(directory) -> str | None:
@@ -263,7 +277,8 @@ def _adapter_problem(path: Path, flag: str) -> str | None:
     of = f" of the base model {base}" if isinstance(base, str) and base else ""
     return (f"a PEFT adapter ({config.name}: LoRA or other adapter weights{of}), which is not loaded: merge it "
             "into its base model (peft's PeftModel.from_pretrained(base, DIR).merge_and_unload()), save that "
-            f"with its tokenizer (save_pretrained) and give {flag} that directory")
+            f"with its tokenizer (save_pretrained) and "
+            + option(f"give {flag} that directory", f"give that directory as {_keyword(flag)}"))
 
 
 def _parse_dtype(dtype):
@@ -880,7 +895,7 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
             f"not in the local Hugging Face cache and {why}; "
             f"download it where there is network "
             f"(`hf download {target}{f' --revision {revision}' if revision else ''} --local-dir DIR`) "
-            f"and pass the directory: {flag} DIR")
+            f"and pass the directory: {_give(flag)}DIR")
 
 
 def _is_head(directory) -> bool:

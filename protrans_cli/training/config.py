@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import UsageError, a_or_an, plain_numbers, type_problem
+from protrans_cli.errors import UsageError, a_or_an, option, plain_numbers, type_problem
 
 RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
@@ -267,7 +267,8 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} names an empty path: give the corpus file")
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
-                             f"{self.init_from} (--set KEY=VALUE changes settings such as dropout, not sizes)")
+                             f"{self.init_from} ({option('--set KEY=VALUE', 'model_overrides')} changes settings such "
+                             "as dropout, not sizes)")
         for name, (text, ok) in _FLOAT_RULES.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):  # "must be positive, got 1e-3"
