@@ -5832,18 +5832,11 @@ def test_predict_in_a_given_order_from_a_stacked_file_writes_every_protein_as_wi
 def test_predict_sequences_of_a_dict_gives_each_id_what_a_list_gives_in_its_place(tmp_path):
     # (docs/heads.md's call: predict_sequences(head, {id: sequence}); the tests called it with a list)
     from protrans_cli import predict_sequences
-    from protrans_cli.embed import EmbedOptions, embed
 
-    rng = np.random.default_rng(0)
-    seqs = {f"s{i}": "".join(rng.choice(list(AA), 12)) + ("KKKK" if i % 2 else "WWWW") for i in range(16)}
-    (tmp_path / "t.fa").write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
-    (tmp_path / "t.csv").write_text("id,label\n" + "".join(f"s{i},{'AB'[i % 2]}\n" for i in range(16)))
-    embed(tmp_path / "t.fa", tmp_path / "t.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
-    fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=10, plots=False), tmp_path / "t.h5",
-        tmp_path / "t.csv", tmp_path / "head")
+    head = _onehot_protein_head(tmp_path)
     queries = {"a": "MKVLAKKKK", "b": "MWWWWC", "c": "MKVLAKKKK"}
-    by_id = predict_sequences(tmp_path / "head", queries, threads=1)
-    in_order = predict_sequences(tmp_path / "head", list(queries.values()), threads=1)
+    by_id = predict_sequences(head, queries, threads=1)
+    in_order = predict_sequences(head, list(queries.values()), threads=1)
     assert list(by_id) == ["a", "b", "c"]
     for ident, listed in zip(queries, in_order):
         assert by_id[ident]["label"].labels == listed["label"].labels in ("A", "B")
