@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("hypothesis")
-from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from conftest import fewer  # noqa: E402
 from protrans_cli.embed import EmbedOptions, embed  # noqa: E402
 from protrans_cli.merge import merge  # noqa: E402
 from test_embed import assert_same_content, file_content  # noqa: E402
@@ -47,7 +48,7 @@ def _fasta(path: Path, records, chosen) -> Path:
     return path
 
 
-@settings(max_examples=15)
+@fewer(15)
 @given(split_inputs())
 # ids that escape, repeated across parts of three layouts, two of them one sequence
 @example(([("a/b", "ACD"), ("c.d", "ACD"), ("%é", "W")], [[0, 1], [2, 0], [1]], ["flat", "grouped", "stacked"],
