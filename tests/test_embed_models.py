@@ -508,6 +508,14 @@ def test_a_model_directory_without_its_weights_is_one_line_naming_the_file(run_c
                                                        "weights file (model.safetensors or pytorch_model.bin)\n"), \
         result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # a Hugging Face cache snapshot whose weights link points at a blob no longer there (a download
+    # cut short, a cache cleaned): said so, not "has no weights file"
+    (model / "model.safetensors").symlink_to("../../blobs/0f3a")
+    result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1 and result.stderr == (
+        f"protrans: error: {model}: the model directory has a model.safetensors that is a broken link (to "
+        "../../blobs/0f3a: a download cut short or a cache cleaned? download the model again)\n"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_refused_pickles_and_cut_weights_are_one_line_for_embed_and_init_from(run_cli, tmp_path, tiny_models):

@@ -816,6 +816,11 @@ def missing_weights(folder) -> str | None:
     folder = Path(folder)
     if not (folder / "config.json").is_file() or any((folder / name).is_file() for name in _WEIGHT_ENTRIES):
         return None
+    # (a Hugging Face cache snapshot links each file to its blob: a download cut short, or a blob
+    # deleted to free space, leaves the link dangling, and "has no weights file" hid where it went)
+    if broken := next((name for name in _WEIGHT_ENTRIES if (folder / name).is_symlink()), None):
+        return (f"has a {broken} that is a broken link (to {os.readlink(folder / broken)}: a download cut short "
+                "or a cache cleaned? download the model again)")
     return "has no weights file (model.safetensors or pytorch_model.bin)"
 
 
