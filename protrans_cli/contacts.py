@@ -33,7 +33,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, a_or_an, RuntimeFailure, UsageError, expect_options, expect_path
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, a_or_an, expect_options, expect_path
 from protrans_cli.io.h5 import CONTACTS
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"

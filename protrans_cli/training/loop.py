@@ -35,7 +35,7 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, a_or_an, ProtransError, RuntimeFailure, UsageError, described, expect_options, first_line
+from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, a_or_an, described, expect_options, first_line
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
