@@ -522,11 +522,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                 load = family.load_masked_lm if masked_lm else family.load_encoder
                 model = load(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
-            if is_dir and (lacking := missing_weights(target)):
-                raise ModelError(f"{name}: the model directory {lacking}") from None
             # (an ELECTRA pair's masked LM is its generator/: named as train --init-from names it)
-            if is_dir and masked_lm and (lacking := missing_weights(generator := Path(target) / "generator")):
-                raise ModelError(f"{name}: its generator folder {generator} {lacking}") from None
+            if is_dir and (lacking := missing_weights(target, generator=masked_lm)):
+                raise ModelError(f"{name}: {lacking}") from None
             raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
@@ -807,13 +805,21 @@ _WEIGHT_ENTRIES = ("model.safetensors", "model.safetensors.index.json", "pytorch
                    "pytorch_model.bin.index.json")
 
 
-def missing_weights(folder) -> str | None:
+def missing_weights(folder, *, generator: bool = True) -> str | None:
     """What a model folder holding config.json lacks when it holds none of the weights files
     from_pretrained reads (a copy or download cut short, save_pretrained of the config and tokenizer
-    alone), else None: transformers' own "Error no file named model.safetensors, or
-    pytorch_model.bin, found in directory D." was repeated inside our line, and for an ELECTRA
-    pair's generator/ it named the pair's directory, whose weights were there."""
-    folder = Path(folder)
+    alone): "the model directory has no ...", or, `generator`, "its generator folder G has no ..."
+    for an ELECTRA pair's generator/; else None. Transformers' own "Error no file named
+    model.safetensors, or pytorch_model.bin, found in directory D." was repeated inside our line,
+    and for the generator/ it named the pair's directory, whose weights were there."""
+    if lacking := _missing_weights(Path(folder)):
+        return f"the model directory {lacking}"
+    if generator and (lacking := _missing_weights(inner := Path(folder) / "generator")):
+        return f"its generator folder {inner} {lacking}"
+    return None
+
+
+def _missing_weights(folder: Path) -> str | None:
     if not (folder / "config.json").is_file() or any((folder / name).is_file() for name in _WEIGHT_ENTRIES):
         return None
     # (a Hugging Face cache snapshot links each file to its blob: a download cut short, or a blob

@@ -750,11 +750,8 @@ def _initial_model(config: TrainConfig, resume):
             raise ModelError(f"--init-from {source.name}: cannot load the tokenizer: {problem}") from None
         # (as embed: one line naming the folder without weights, not transformers' own wording, which
         # named the pair's directory for an ELECTRA generator's missing file)
-        generator = Path(source.target) / "generator"
         if source.is_dir and (lacking := missing_weights(source.target)):
-            raise ModelError(f"--init-from {source.name}: the model directory {lacking}") from None
-        if source.is_dir and (lacking := missing_weights(generator)):
-            raise ModelError(f"--init-from {source.name}: its generator folder {generator} {lacking}") from None
+            raise ModelError(f"--init-from {source.name}: {lacking}") from None
         detail = first_line(exc) if isinstance(exc, (OSError, ValueError)) else described(exc)
         raise ModelError(f"--init-from {source.name}: cannot load it as {a_or_an(family.name)} pretraining model: "
                          f"{detail}") from None
