@@ -3865,14 +3865,15 @@ def test_init_from_a_model_directory_without_its_weights_is_one_line_and_leaves_
     BertForMaskedLM(bert.build_config("tiny", tokenizer)).save_pretrained(tmp_path / "mlm")
     tokenizer.save_pretrained(tmp_path / "mlm")
     (tmp_path / "mlm" / "model.safetensors").unlink()
-    res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "r",
-                  "--num-steps", 1)
+
+    def refused(model, said):
+        res = run_cli("train", "--init-from", model, "--corpus", LEARNABLE, "-o", tmp_path / "r", "--num-steps", 1)
+        assert res.exit_code == 1 and res.stderr == f"protrans: error: --init-from {model}: {said}\n", res.stderr
+        assert not (tmp_path / "r").exists()
+
     # (one line of ours, as embed -m words it: transformers' "Error no file named model.safetensors,
     # or pytorch_model.bin, found in directory ..." was repeated inside it)
-    assert res.exit_code == 1 and res.stderr == (
-        f"protrans: error: --init-from {tmp_path / 'mlm'}: the model directory has no weights file "
-        "(model.safetensors or pytorch_model.bin)\n"), res.stderr
-    assert not (tmp_path / "r").exists()
+    refused(tmp_path / "mlm", "the model directory has no weights file (model.safetensors or pytorch_model.bin)")
     # an ELECTRA pair whose generator/ lacks its weights: that folder is named, where transformers
     # named the pair's directory, whose weights were there
     electra = FAMILIES["electra"]
@@ -3882,12 +3883,8 @@ def test_init_from_a_model_directory_without_its_weights_is_one_line_and_leaves_
     tokenizer.save_pretrained(tmp_path / "pair")
     pair.generator.save_pretrained(tmp_path / "pair" / "generator")
     (tmp_path / "pair" / "generator" / "model.safetensors").unlink()
-    res = run_cli("train", "--init-from", tmp_path / "pair", "--corpus", LEARNABLE, "-o", tmp_path / "r",
-                  "--num-steps", 1)
-    assert res.exit_code == 1 and res.stderr == (
-        f"protrans: error: --init-from {tmp_path / 'pair'}: its generator folder {tmp_path / 'pair' / 'generator'} "
-        "has no weights file (model.safetensors or pytorch_model.bin)\n"), res.stderr
-    assert not (tmp_path / "r").exists()
+    refused(tmp_path / "pair", f"its generator folder {tmp_path / 'pair' / 'generator'} has no weights file "
+            "(model.safetensors or pytorch_model.bin)")
 
 
 def test_accept_corpus_change_on_a_corpus_that_shrank_below_the_position_says_the_run_goes_on_at_the_next_epoch(

@@ -490,8 +490,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                      f"are of the residues kept only: {some_ids(truncated)}")
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
         # with why, as embed says it (under --fasta the file is a temporary one, removed as the
-        # command ends: the ids alone left the reasons nowhere to read)
-        # (the 'failed' attribute named only where the file is the user's: --fasta's is a temporary one)
+        # command ends: the ids alone left the reasons nowhere to read, and its 'failed' attribute
+        # is named only where the file is the user's)
         where = "" if str(embeddings) in console.state.names else " (the file's 'failed' attribute)"
         console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding{where} and get no prediction: "
                      f"{some_failed(sorted(failed.items()))}")
