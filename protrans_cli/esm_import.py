@@ -423,17 +423,24 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
 
 
 def _fasta_records(fasta: Path) -> dict:
-    """id -> (header, normalised sequence) of a FASTA file (embed's normalisation: the checksum's)."""
-    from protrans_cli.io.fasta import parse_fasta
+    """id -> (header, normalised sequence) of a FASTA file (embed's normalisation: the checksum's).
+    A record that cannot be imported has its refusal in place of the sequence: an error only
+    where a .pt file is of that protein (_fasta_entry)."""
+    from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
     from protrans_cli.io.files import open_input
     from protrans_cli.residues import SequenceRejected, normalise
 
     records: dict = {}
     name = str(fasta)
     with open_input(fasta, name=name) as stream:
-        for rec in parse_fasta(stream, name):
+        # (a header with a NUL byte is its record's problem, as an invalid sequence is: it refused
+        # the whole FASTA, where no .pt file was of that record too, as embed and variants read it)
+        for rec in parse_fasta(stream, name, nul_headers=True):
             if rec.id in records:
                 raise InputError(f"id {rec.id!r} is in the FASTA twice", path=name, line=rec.line)
+            if "\x00" in rec.description:
+                records[rec.id] = (rec.description, InputError(NUL_HEADER, path=name, line=rec.line, record=rec.id))
+                continue
             try:
                 records[rec.id] = (rec.description, normalise(rec.sequence, rare="keep"))
             except SequenceRejected as exc:
@@ -504,10 +511,16 @@ def _fasta_entry(sequences: dict, ident: str, path: Path, fasta) -> tuple[str, s
 
     found = sequences.get(ident)
     if found is None:
+        # (its header damaged by a NUL byte inside the id: that refusal, which says why)
+        damaged = (v[1] for k, v in sequences.items() if "\x00" in k and k.split("\x00")[0] == ident)
+        if (refusal := next(damaged, None)) is not None:
+            raise refusal
         raise InputError(f"protein {ident!r} is not in {fasta}", path=str(path))
     header, sequence = found
     if isinstance(sequence, SequenceRejected):
         raise InputError(f"protein {ident!r}: its sequence in {fasta} is refused ({sequence.detail})", path=str(path))
+    if isinstance(sequence, InputError):  # (its header's refusal, which names the record by its line)
+        raise sequence
     return header, sequence
 
 

@@ -327,6 +327,25 @@ def test_inputs_missing_named_twice_or_the_output_and_a_fasta_of_bad_records(run
     assert not list(tmp_path.glob("f.h5*"))
 
 
+
+def test_a_fasta_header_with_a_nul_byte_stops_only_an_import_of_its_protein(run_cli, tmp_path, extracted):
+    """--fasta holding a record no .pt file is of whose header has a NUL byte (a damaged file):
+    the import goes on, as beside a record with an invalid sequence (the whole FASTA was refused
+    for it); an import of that protein is refused, naming the record by its line, and writes nothing."""
+    folder, fasta, _ = extracted
+    text = fasta.read_bytes()
+    extra = tmp_path / "extra.fa"
+    extra.write_bytes(text + b">b\x00y damaged\nMKVL\n")
+    r = _ok(run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "--fasta", extra))
+    assert "3 proteins (layer 2)" in r.stderr and "NUL" not in r.stderr, r.stderr
+    for header, shown in ((b">P3 damaged\x00", "'P3'"), (b">P3\x00\x00", "'P3\\x00\\x00'")):  # (after the id; in it)
+        damaged = tmp_path / "damaged.fa"
+        damaged.write_bytes(text.replace(b">P3", header))
+        r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "--fasta", damaged)
+        assert r.exit_code == 1 and r.stderr == (f"protrans: error: {damaged}:5, record {shown}: the header holds a NUL "
+                                                 "byte (a damaged file?)\n"), r.stderr
+        assert not list(tmp_path.glob("f.h5*"))
+
 def test_empty_input_and_stdout_are_refused(run_cli, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli("import-esm", tmp_path / "empty", "-o", tmp_path / "e.h5")

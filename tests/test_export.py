@@ -1415,6 +1415,21 @@ def test_an_ids_file_in_utf16_is_read_as_the_label_and_variants_readers_read_it(
     assert list(dict.fromkeys(r[0] for r in _table(done.stdout, "\t")[1:])) == chosen
 
 
+def test_an_ids_fasta_header_with_a_nul_byte_is_refused_naming_its_record(tmp_path, run_cli):
+    """--ids has no skip policy: every record is a protein to write, and one whose header holds a
+    NUL byte (a damaged file) embed refused or left out. One line naming the record by its line,
+    as embed's refusal does, and nothing written (not "not in e.h5", nor a whole file's error)."""
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    out = tmp_path / "o.tsv"
+    for given, line in ((f">e\n{proteins['e']}\n>b\0y damaged\nMKV\n", 3), (">e\n>b\0y\n", 2)):  # (headers alone too)
+        (tmp_path / "ids.fa").write_bytes(given.encode())
+        done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.fa", "-o", out)
+        assert done.exit_code == 1 and done.stderr == (f"protrans: error: {tmp_path / 'ids.fa'}:{line}, record "
+                                                       "'b\\x00y': the header holds a NUL byte (a damaged file?)\n")
+        assert not out.exists()
+
+
 def test_an_ids_file_in_fastq_is_said_to_be_fastq(tmp_path, run_cli):
     """A FASTQ given to --ids was read one id a line: its reads' names, bases and '+' lines were
     ids the file did not hold ("first: @r1, MKTAY, +"). It is said to be FASTQ, as the FASTA

@@ -664,6 +664,11 @@ def test_a_header_with_a_nul_byte_stops_only_a_run_that_asks_for_its_record(run_
                                              "'b\\x00y', holds a NUL byte (a damaged file?)\n"), r.stderr
     r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model)
     assert r.exit_code == 1 and f"{fasta}:3, record 'b\\x00y': the header holds a NUL byte (a damaged file?)" in r.stderr
+    # without --id (no skip policy: the wild type is every record): the record named by its line
+    fasta.write_bytes(f">b\x00y damaged\n{SEQ}\n".encode())
+    r = run_cli("variants", table, "--fasta", fasta, "-m", model)
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {fasta}:1, record 'b\\x00y': the header holds a NUL "
+                                             "byte (a damaged file?)\n"), r.stderr
 
 
 def test_an_electra_pair_whose_generator_lacks_its_weights_names_that_folder(run_cli, tmp_path):
