@@ -479,7 +479,8 @@ def _esm_layer_numbers(reader, plan: "_Plan", layer: int) -> list[int]:
 
     try:
         stored, states = recorded_layers(reader)
-    except InputError:  # (_layer_index refused such `layers` before this)
+    except InputError:  # (_layer_index refused such `layers` before this; a `num_hidden_states` that is
+        # no number beside no `layers` (another tool's file) numbers nothing: the layer is the one given)
         stored, states = None, None
     if plan.layered:
         numbers = stored if stored is not None and len(stored) == plan.layer_count else list(range(plan.layer_count))

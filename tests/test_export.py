@@ -1100,6 +1100,24 @@ def test_esm_layers_are_numbered_as_esm_extract_numbers_them(tmp_path, run_cli):
         np.testing.assert_array_equal(entry["representations"][0].numpy(), arrays["e"][0][1])
 
 
+def test_esm_of_a_file_whose_unused_layer_count_is_no_number_numbers_the_layer_as_given(tmp_path, run_cli):
+    """Another tool's file recording no `layers` but a `num_hidden_states` that is no number: its
+    layer is the one given (that count numbers nothing without `layers`), as the table export of
+    it reads it. (_esm_layer_numbers' `except InputError` is for this file: without it, "not layer
+    numbers" refused the esm-extract files of what the table export reads.)"""
+    import h5py
+
+    arrays = _write(tmp_path / "e.h5", _proteins())
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        f.attrs["num_hidden_states"] = "twelve"
+    assert run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "e.tsv").exit_code == 0
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "esm")
+    assert done.exit_code == 0 and "layer -1) into" in done.stderr, done.stderr
+    entry = _esm(tmp_path / "esm")["e.pt"]
+    assert list(entry["representations"]) == [-1]
+    np.testing.assert_array_equal(entry["representations"][-1].numpy(), arrays["e"][0])
+
+
 def test_esm_kinds_means_from_rows_cls_vectors_and_a_stacked_file(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "r.h5", proteins, kinds=("per_residue",))
