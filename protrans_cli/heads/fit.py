@@ -1141,7 +1141,9 @@ def note_dual_labels(label_set: LabelSet, task_name: str, dual: str) -> None:
 def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
     """The task without the outputs that no training protein has a label for (a `loc` head from an
     `id,label` table has no membrane labels): such an output's layer would never be trained, yet
-    predict would write its guesses and validation would average its empty score in."""
+    predict would write its guesses and validation would average its empty score in. One output
+    at least is kept: `train` holds only proteins with a label (match_labels and finetune's
+    to_data leave out the others, and refuse a set of none)."""
     kept = []
     for output in task.outputs:
         target = np.asarray(train.targets[output.name])
@@ -1150,8 +1152,6 @@ def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
         else:
             console.info(f"{labels}: no training protein has a {output.name} label; the head has no "
                          f"{output.name} output")
-    if not kept:
-        raise InputError(f"no training protein has a label for {task.name}", path=str(labels))
     return replace(task, outputs=tuple(kept))
 
 
