@@ -249,8 +249,20 @@ def _umap(vectors, dims: int, metric: str, seed: int, neighbors: int | None, min
         if neighbors < 15:
             console.info(f"UMAP: {neighbors} neighbours for {n} proteins")
     with warnings.catch_warnings():
-        # (umap-learn warns that a seed makes it run on one thread, and numba about its caches)
-        warnings.simplefilter("ignore")
+        # What umap-learn's run says to a developer, not to our user, and only that: that a seed
+        # makes it run on one thread; scikit-learn >= 1.6's FutureWarning at umap-learn 0.5.7's
+        # check_array(force_all_finite=); numba's own warnings about the code it compiles for
+        # umap-learn and pynndescent (deprecated decorator arguments, parallel=True with nothing
+        # to parallelise, its caches). What umap-learn says of the data (a spectral initialisation
+        # that failed, disconnected vertices) is shown: a blanket "ignore" hid it, and any other.
+        warnings.filterwarnings("ignore", r"n_jobs value .* overridden to 1 by setting random_state", UserWarning)
+        warnings.filterwarnings("ignore", r"'force_all_finite' was renamed to 'ensure_all_finite'", FutureWarning)
+        try:  # (before umap-learn, which imports numba and compiles some of its code as it is imported)
+            from numba.core.errors import NumbaWarning
+        except ImportError:  # (no numba: umap-learn's import says so)
+            pass
+        else:
+            warnings.filterwarnings("ignore", category=NumbaWarning)
         import umap
 
         model = umap.UMAP(n_components=dims, n_neighbors=int(neighbors), min_dist=float(min_dist), metric=metric,

@@ -544,6 +544,49 @@ def test_umap_separates_clusters_and_repeats_itself(tmp_path, run_cli):
     assert _separated(coords, cluster) == 1.0
 
 
+def test_umap_silences_only_its_developer_warnings(monkeypatch):
+    """_umap ignored every warning raised while umap-learn ran: a failed spectral initialisation,
+    disconnected vertices, any other. Now only the seed's one-thread notice, scikit-learn's
+    force_all_finite rename and numba's own (its category) are; the rest reach the user. (A
+    stand-in umap-learn and numba: neither need be installed.)"""
+    import types
+    import warnings
+
+    from protrans_cli.project import _umap
+
+    class NumbaWarning(Warning):  # (numba.core.errors': each of numba's warnings is one)
+        pass
+
+    class NumbaPerformanceWarning(NumbaWarning):
+        pass
+
+    class UMAP:
+        def __init__(self, n_components, **_):
+            self.dims = n_components
+
+        def fit_transform(self, x):
+            warnings.warn("n_jobs value 1 overridden to 1 by setting random_state. Use no seed for parallelism.")
+            warnings.warn("'force_all_finite' was renamed to 'ensure_all_finite' in 1.6 and will be removed in 1.8.",
+                          FutureWarning)
+            warnings.warn("parallel=True was specified but no transformation for parallel execution was possible",
+                          NumbaPerformanceWarning)
+            warnings.warn("Spectral initialisation failed! Falling back to random initialisation!")
+            warnings.warn("a FutureWarning of something else", FutureWarning)
+            return np.zeros((len(x), self.dims))
+
+    errors = types.ModuleType("numba.core.errors")
+    errors.NumbaWarning = NumbaWarning
+    for name, module in (("numba", types.ModuleType("numba")), ("numba.core", types.ModuleType("numba.core")),
+                         ("numba.core.errors", errors), ("umap", types.SimpleNamespace(UMAP=UMAP))):
+        monkeypatch.setitem(sys.modules, name, module)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        coords = _umap(np.eye(6), 2, "euclidean", 0, None, 0.1)
+    assert coords.shape == (6, 2)
+    assert [str(w.message) for w in shown] == ["Spectral initialisation failed! Falling back to random initialisation!",
+                                               "a FutureWarning of something else"]
+
+
 def test_colours_by_category_by_scale_and_the_rare_ones_together():
     from protrans_cli.project import MAX_COLOURS, OTHER, UNLABELLED, Projection, colouring
 
