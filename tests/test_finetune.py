@@ -1499,3 +1499,18 @@ def test_the_head_left_to_the_defaults_is_the_one_the_help_names(data, loc_fasta
     with pytest.raises(Built) as built:
         run_cli("finetune", task, "-m", data / "bert", "--labels", labels, *given, *FAST, "-o", tmp_path / "out")
     assert built.value.args == (architecture, kernel)
+
+
+def test_a_value_label_of_minus_100_is_a_label(tmp_path):
+    """finetune kept a protein whose value label was exactly -100 out of training (it compared
+    equal to the class tasks' ignore marker); fit keeps it, and a value is left out only when NaN."""
+    from protrans_cli.heads.finetune import to_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    labels = tmp_path / "values.csv"
+    labels.write_text("id,sequence,target\nA,MKTAYIAK,-100\nB,MKTAYIAR,1.5\nC,MKTAYIAL,\n")
+    task = get_task("value")
+    data = to_data(task, read_labels(labels).records, labels)
+    assert data.sequences == ["MKTAYIAK", "MKTAYIAR"]
+    assert data.targets["value"].tolist() == [-100.0, 1.5]
