@@ -98,7 +98,10 @@ def _brief_word(match) -> str:
     core = rest.rstrip("'\")]}")
     if len(core) - lead <= LONGEST_WORD:  # (a run of punctuation: cut whole)
         return brief_path(word)
-    return word[:lead] + brief_path(core[lead:], rest[len(core):]) + word[len(rest):]
+    cut = word[:lead] + brief_path(core[lead:], rest[len(core):]) + word[len(rest):]
+    # (so much punctuation kept around the cut that it is still too long a run, 200 quotes before
+    # the word: cut whole, or the next bounding, of a message quoted in another, cut it again)
+    return cut if all(len(run) <= LONGEST_WORD for run in cut.split(" ")) else brief_path(word)
 
 
 class UsageError(ProtransError):

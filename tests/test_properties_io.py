@@ -923,6 +923,8 @@ def test_labels_fasta_for_embed_reads_back_the_same_ids(records):
 @given(st.lists(st.one_of(st.text(min_size=0, max_size=40), st.text(alphabet="ab/'\":,.()", min_size=200,
                                                                     max_size=3000)), max_size=6),
        st.sampled_from([" ", "\n", ": ", ", "]))
+@example(["'" * 200 + "x" * 300], " ")  # (the quotes kept around the cut word: cut again the next time)
+@example(["x" * 300 + ")" * 300], " ")
 @fewer(300)
 def test_a_message_is_bounded_once_and_for_all(parts, sep):
     """errors.bounded against the rules docs/troubleshooting.md states, written out here: a message
