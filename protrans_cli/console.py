@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from protrans_cli.errors import bounded, brief
+from protrans_cli.errors import CONTROLS, bounded, brief
 
 
 @dataclass
@@ -101,36 +101,21 @@ def interim_outputs():
         state.interim -= 1
 
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {
-    0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"}
-
-
 def printable(text: str, *, newlines: bool = False) -> str:
     """`text` with its control characters escaped (`\\n`, `\\x1b`): a file or record name that
-    holds a newline split a one-line error in two, and one with a terminal escape sequence
-    recoloured or rewrote the user's terminal. `newlines`: a message's own line breaks stay."""
+    holds a newline split a line of an output file in two (predict's FASTA headers, prep's
+    rejects TSV). `newlines`: its own line breaks stay. (A message escapes more: `errors.escaped`.)"""
     if text.isprintable():
         return text
-    table = _CONTROLS if not newlines else {c: e for c, e in _CONTROLS.items() if c != 0x0a}
-    return text.translate(table)
+    return text.translate(CONTROLS if not newlines else {c: e for c, e in CONTROLS.items() if c != 0x0a})
 
 
 def _shown(message: str, newlines: bool = False) -> str:
-    """A message as it is written: cut where it names something huge (`errors.bounded`), its
-    control characters escaped (`printable`), and Unicode's line and paragraph separators (a line
-    break for Python's splitlines and some log viewers) and format characters (a right-to-left
-    override showed the rest of the line reversed; zero-width ones hid in an id) escaped as repr
-    escapes them (`\\u2028`). (Not for output files: predict's FASTA keeps such an id as it is.)"""
-    text = printable(bounded(message), newlines=newlines)
-    if text.isascii() or text.replace("\n", "").isprintable():
-        return text
-    import unicodedata
-
-    return "".join((f"\\u{ord(c):04x}" if ord(c) <= 0xffff else f"\\U{ord(c):08x}")
-                   if unicodedata.category(c) in _HIDDEN else c for c in text)
-
-
-_HIDDEN = {"Zl", "Zp", "Cf", "Cs"}  # line and paragraph separators, format characters, lone surrogates
+    """A message as it is written (`errors.bounded`): its control characters, Unicode's line and
+    paragraph separators and format characters escaped (a right-to-left override showed the rest
+    of the line reversed), then cut where it names something huge, so that no line is longer
+    than the limit however hostile the name."""
+    return bounded(message, newlines=newlines)
 
 
 @contextlib.contextmanager

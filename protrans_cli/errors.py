@@ -72,10 +72,16 @@ def brief_path(path, after: str = "") -> str:
     return f"{path[:SHOWN]}...{path[-SHOWN:]}{after} ({len(path):,} characters)"
 
 
-def bounded(message: str) -> str:
-    """`message` with any run of more than LONGEST_WORD characters without a space shown as
+def bounded(message: str, *, newlines: bool = False) -> str:
+    """`message` as a message line shows it: its control characters and hidden characters escaped
+    (`escaped`), then any run of more than LONGEST_WORD characters without a space shown as
     `brief_path` shows a path, and any line still longer than LONGEST_LINE characters cut in the
-    middle: what the text of a message built from a huge id, path or value is cut to."""
+    middle: what the text of a message built from a huge id, path or value is cut to. `newlines`:
+    the message's own line breaks stay (each line is bounded). Bounding again changes nothing."""
+    # (escaped first, so that what is measured is what is shown: cut first, a line of control
+    # characters became four times the longest line once escaped, and \x1c-\x1f, which Python
+    # counts as spaces, kept a run of them from being cut at all)
+    message = escaped(message, newlines=newlines)
     if len(message) <= LONGEST_WORD:
         return message
     import re
@@ -102,6 +108,34 @@ def _brief_word(match) -> str:
     # (so much punctuation kept around the cut that it is still too long a run, 200 quotes before
     # the word: cut whole, or the next bounding, of a message quoted in another, cut it again)
     return cut if all(len(run) <= LONGEST_WORD for run in cut.split(" ")) else brief_path(word)
+
+
+# What a message escapes: control characters (a newline split a one-line error in two; a terminal
+# escape sequence recoloured or rewrote the user's terminal), as repr escapes them
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {
+    0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"}
+# and Unicode's line and paragraph separators (a line break for Python's splitlines and some log
+# viewers), format characters (a right-to-left override showed the rest of the line reversed;
+# zero-width ones hid in an id) and lone surrogates
+_HIDDEN = {"Zl", "Zp", "Cf", "Cs"}
+
+
+def escaped(text: str, *, newlines: bool = False) -> str:
+    """`text` with its control characters escaped (`\\n`, `\\x1b`, `\\x1c`) and its hidden characters
+    as repr escapes them (`\\u2028`, `\\u202e`): nothing left in it for which str.splitlines splits a
+    line, nor that hides or rewrites part of it. `newlines`: its own line breaks (`\\n`) stay. (Not for
+    output files: predict's FASTA keeps such an id as it is.)"""
+    if text.isprintable():
+        return text
+    text = text.translate(CONTROLS if not newlines else {c: e for c, e in CONTROLS.items() if c != 0x0a})
+    if text.isascii() or text.replace("\n", "").isprintable():
+        return text
+    import unicodedata
+
+    # (each distinct character looked at once: a message may hold a value of megabytes)
+    hidden = {ord(c): f"\\u{ord(c):04x}" if ord(c) <= 0xffff else f"\\U{ord(c):08x}"
+              for c in set(text) if unicodedata.category(c) in _HIDDEN}
+    return text.translate(hidden) if hidden else text
 
 
 class UsageError(ProtransError):

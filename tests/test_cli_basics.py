@@ -1118,9 +1118,9 @@ def test_a_huge_or_hostile_name_in_a_message_is_shortened_and_escaped(capsys):
     assert bounded(words) == words and bounded(str(error)) == str(error)  # (cut once: the CLI's line is the same)
     console.warn(f"id {huge} left out")
     console.error(f"x\x1b[31m{huge}")
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err  # (the error's \x1b counted as its escape shows: escaped, then cut)
     assert err == (f"protrans: warning: id {brief_path(huge)} left out\n"
-                   f"protrans: error: x\\x1b[31m{huge[:94]}...{huge[-100:]} (200,006 characters)\n")
+                   f"protrans: error: x\\x1b[31m{huge[:91]}...{huge[-100:]} (200,009 characters)\n")
 
 
 def test_a_long_path_is_named_by_its_ends_in_a_one_line_error(tmp_path, run_cli):

@@ -928,19 +928,90 @@ def test_labels_fasta_for_embed_reads_back_the_same_ids(records):
 @fewer(300)
 def test_a_message_is_bounded_once_and_for_all(parts, sep):
     """errors.bounded against the rules docs/troubleshooting.md states, written out here: a message
-    of at most 250 characters is unchanged; any other keeps no run of more than 250 characters
-    without a space beyond what a cut word becomes, no line of more than 5,000 characters plus its
-    note, its line count, and cutting again changes nothing."""
-    from protrans_cli.errors import LONGEST_LINE, LONGEST_WORD, SHOWN, bounded
+    of at most 250 characters once escaped is unchanged but for its escapes; any other keeps no run
+    of more than 250 characters without a space beyond what a cut word becomes, no line of more
+    than 5,000 characters, its line count, and cutting again changes nothing."""
+    from protrans_cli.errors import LONGEST_LINE, LONGEST_WORD, SHOWN, bounded, escaped
 
     message = sep.join(parts)
-    once = bounded(message)
-    if len(message) <= LONGEST_WORD:
-        assert once == message
-    assert bounded(once) == once
+    once = bounded(message, newlines=True)
+    if len(escaped(message, newlines=True)) <= LONGEST_WORD:
+        assert once == escaped(message, newlines=True)
+    assert bounded(once, newlines=True) == once
     assert once.count("\n") == message.count("\n")
     for line in once.split("\n"):
-        assert len(line) <= LONGEST_LINE + 60, len(line)
+        assert len(line) <= LONGEST_LINE, len(line)
         for word in line.split(" "):
             # a cut word: its two ends of SHOWN, '...', its quotes and punctuation around them
             assert len(word) <= max(LONGEST_WORD, 2 * SHOWN + 20), word[:80]
+
+
+# What splits a line for str.splitlines (\x1c-\x1f and \x85 among them, which str.split and a
+# regex's \s also take for spaces), what rewrites or hides part of a line, quotes and brackets
+HOSTILE = ("ab /'\":,.()[]{}\\\t\n\r\x00\x1b\x0b\x0c\x1c\x1d\x1e\x1f\x7f\x85"
+           "\u2028\u2029\u202e\u200b\xa0\u3000\U000e0001\xe9")
+
+
+def _hostile(min_size=0, max_size=40):
+    return st.text(alphabet=st.sampled_from(HOSTILE), min_size=min_size, max_size=max_size)
+
+
+def _one_line(line: str) -> None:
+    """`line` is one line however it is split, and shows every character it holds: no control,
+    line separator or format character is left in it."""
+    import unicodedata
+
+    assert len(line.splitlines()) == 1 and "\n" not in line
+    assert not [c for c in line if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cf", "Cs")], ascii(line[:200])
+
+
+@given(st.lists(st.one_of(st.text(max_size=40), _hostile(),  # (long ones repeated: drawn fast)
+                          st.builds(lambda text, n: text * n, _hostile(1, 12), st.integers(20, 1000))),
+                max_size=6),
+       st.sampled_from([" ", "\n", ": ", ", ", "\x1c", "\u2028"]), _hostile(0, 300), _hostile(0, 300))
+@example(["\x01 " * 3000], " ", "", "")  # (escaped after the cut: a line of 12,000 characters)
+@example(["a\x1c" * 3000], " ", "", "")  # (\x1c a space to the cut: one run of 12,000 characters)
+@fewer(150)
+def test_a_message_line_is_one_bounded_line_however_hostile_the_names(parts, sep, path, record):
+    """What the CLI writes for a message built from any names (an id, a path, a label value,
+    with control characters, line separators, quotes, runs of thousands of characters): one line
+    (nothing in it for which str.splitlines splits, nothing that hides part of it), no longer
+    than the documented 5,000 characters after its prefix, no run without a space longer than
+    250, and bounding it again (a message quoted in another) changes nothing."""
+    import contextlib
+
+    from protrans_cli import console
+    from protrans_cli.errors import LONGEST_LINE, LONGEST_WORD, InputError, bounded
+
+    message = sep.join(parts)
+    error = InputError(message, path=path or None, record=record or None, line=3 if path else None)
+    for text in (message, str(error)):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            console.error(text)
+        written = err.getvalue()
+        assert written.startswith("protrans: error: ") and written.endswith("\n")
+        line = written[len("protrans: error: "):-1]
+        _one_line(written[:-1])
+        assert len(line) <= LONGEST_LINE, len(line)
+        assert all(len(word) <= LONGEST_WORD for word in line.split()), max(map(len, line.split()))
+        assert bounded(line) == line
+    assert bounded(str(error)) == str(error)
+
+
+@given(_hostile(0, 20), _hostile(0, 20), st.text(alphabet="ab/\\'\" ", min_size=101, max_size=400),
+       st.text(alphabet="ab/\\'\" ", min_size=101, max_size=400))
+@example("\x1c", "\\x1c", "a" * 101, "a" * 102)
+@fewer(200)
+def test_distinct_names_stay_distinct_in_a_message(short_a, short_b, long_a, long_b):
+    """Two records a message names are told apart: short ones (up to 20 characters, whatever
+    they hold: an escaped \\x1c and a backslash followed by x1c differ) always; long ones by
+    their first 100 characters or their length, which the message shows."""
+    from protrans_cli.errors import SHOWN, InputError
+
+    def shown(record):
+        return str(InputError("duplicate id", record=record))
+
+    if short_a != short_b:
+        assert shown(short_a) != shown(short_b)
+    if long_a[:SHOWN] != long_b[:SHOWN] or len(long_a) != len(long_b):
+        assert shown(long_a) != shown(long_b)
