@@ -127,15 +127,21 @@ def escaped(text: str, *, newlines: bool = False) -> str:
     output files: predict's FASTA keeps such an id as it is.)"""
     if text.isprintable():
         return text
-    text = text.translate(CONTROLS if not newlines else {c: e for c, e in CONTROLS.items() if c != 0x0a})
-    if text.isascii() or text.replace("\n", "").isprintable():
-        return text
     import unicodedata
 
-    # (each distinct character looked at once: a message may hold a value of megabytes)
-    hidden = {ord(c): f"\\u{ord(c):04x}" if ord(c) <= 0xffff else f"\\U{ord(c):08x}"
-              for c in set(text) if unicodedata.category(c) in _HIDDEN}
-    return text.translate(hidden) if hidden else text
+    escapes = {}
+    for c in set(text):  # (each distinct character looked at once: a message may hold megabytes)
+        if ord(c) in CONTROLS and not (newlines and c == "\n"):
+            escapes[c] = CONTROLS[ord(c)]
+        elif not c.isprintable() and unicodedata.category(c) in _HIDDEN:
+            escapes[c] = f"\\u{ord(c):04x}" if ord(c) <= 0xffff else f"\\U{ord(c):08x}"
+    if len(escapes) > 64:
+        return text.translate({ord(c): e for c, e in escapes.items()})
+    # (one str.replace a character, in any order, as no escape holds one: str.translate looks each
+    # character of the text up in a dict, seconds for a label value of megabytes)
+    for c, e in escapes.items():
+        text = text.replace(c, e)
+    return text
 
 
 class UsageError(ProtransError):

@@ -971,6 +971,7 @@ def _one_line(line: str) -> None:
        st.sampled_from([" ", "\n", ": ", ", ", "\x1c", "\u2028"]), _hostile(0, 300), _hostile(0, 300))
 @example(["\x01 " * 3000], " ", "", "")  # (escaped after the cut: a line of 12,000 characters)
 @example(["a\x1c" * 3000], " ", "", "")  # (\x1c a space to the cut: one run of 12,000 characters)
+@example(["".join(map(chr, (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x202e, 0xd800)))], " ", "", "")
 @fewer(150)
 def test_a_message_line_is_one_bounded_line_however_hostile_the_names(parts, sep, path, record):
     """What the CLI writes for a message built from any names (an id, a path, a label value,
