@@ -382,8 +382,8 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
     per_residue (the stored vectors, else the mean of the rows, as esm-extract's `mean`)."""
     import shutil
 
-    from protrans_cli.io.files import default_permissions, disk_full, make_temporary, replace_directory
-    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, escape_key, pooling_kind
+    from protrans_cli.io.files import default_permissions, make_temporary, replace_directory
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, pooling_kind
 
     if kind == PER_RESIDUE:
         _chosen_kind(reader, kind)  # (refused where the file holds per-protein vectors only)
@@ -411,49 +411,28 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
             _check_sequences(reader, source_kind, order, sequences, source)
         plans.append((field_name, _Plan(reader, source_kind, layer, pooled, order, sequences, all_layers=all_layers)))
     order = order or []
-    names = {}
-    for ident in order:
-        name = escape_key(ident)
-        name = ("%2E" + name[1:] if name.startswith(".") else name) + ".pt"  # (no hidden file: globs skip them)
-        if len(os.fsencode(name)) > _NAME_MAX:
-            raise InputError(f"its id makes a file name of {len(os.fsencode(name))} bytes, over the {_NAME_MAX} a file "
-                             "name can have", path=reader.path, record=ident)
-        names[ident] = name
+    names = esm_file_names(order, reader.path)
     numbers = _esm_layer_numbers(reader, plans[0][1], layer) if plans else []
     import torch
 
     labels = _Labels(reader, plans[0][1].kind if plans else PER_PROTEIN)
+
+    def entry_of(ident: str) -> dict:
+        entry: dict = {"label": labels.of(ident)}
+        for field_name, plan in plans:
+            array = plan.array(ident)
+            if plan.layered:  # (L, n_layers, D) rows, (n_layers, D) vectors
+                layers = [array[:, k] if array.ndim == 3 else array[k] for k in range(len(numbers))]
+            else:
+                layers = [array]
+            entry[field_name] = {number: torch.from_numpy(np.array(values, dtype=np.float32))
+                                 for number, values in zip(numbers, layers)}
+        return entry
+
     partial = make_temporary(folder.parent, f".{folder.name}.partial.", "", folder=True)
     try:
         default_permissions(partial)  # (mkdtemp's 0700: the folder of any output under the umask; still empty)
-        taken: dict[str, str] = {}
-        for ident in console.progress(order, desc="export", unit="protein"):
-            _stop_if_signalled()
-            entry: dict = {"label": labels.of(ident)}
-            for field_name, plan in plans:
-                array = plan.array(ident)
-                if plan.layered:  # (L, n_layers, D) rows, (n_layers, D) vectors
-                    layers = [array[:, k] if array.ndim == 3 else array[k] for k in range(len(numbers))]
-                else:
-                    layers = [array]
-                entry[field_name] = {number: torch.from_numpy(np.array(values, dtype=np.float32))
-                                     for number, values in zip(numbers, layers)}
-            try:
-                with open(partial / names[ident], "xb") as handle:
-                    torch.save(entry, handle)
-            except FileExistsError:  # (a file system that does not tell upper from lower case)
-                other = taken.get(names[ident].casefold(), "another protein")
-                raise InputError(f"its file {names[ident]} is {other!r}'s on this file system (it does not tell upper "
-                                 "from lower case, or composed from decomposed letters): export to a folder on "
-                                 "another file system", path=reader.path, record=ident) from None
-            except (OSError, RuntimeError) as exc:
-                # (a full disk inside torch.save is its zip writer's RuntimeError "unexpected pos 832
-                # vs 726", raised while handling the OSError: a traceback)
-                reason = disk_full(exc) or (exc.strerror if isinstance(exc, OSError) else None)
-                if reason is None:
-                    raise
-                raise RuntimeFailure(f"cannot write: {reason}", path=str(folder / names[ident])) from None
-            taken[names[ident].casefold()] = ident
+        save_esm_files(partial, order, names, entry_of, shown=folder, source=reader.path)
         _stop_if_signalled()  # (before the folder is committed)
         replace_directory(partial, folder)
     except BaseException:
@@ -469,6 +448,54 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
                  "esm-extract .pt files")
     out_kind = plans[0][1].kind if plans and not plans[0][1].pooled else PER_PROTEIN
     return Exported(len(order), len(order), out_kind, dim, "esm")
+
+
+def esm_file_names(order: list[str], source) -> dict[str, str]:
+    """Each id's esm-extract file name: the escaped id (module docstring; a leading `.` too: no
+    hidden file, which globs skip) and `.pt`. An id too long for a file name is refused
+    (`source`: where the ids come from, for the message)."""
+    from protrans_cli.io.h5 import escape_key
+
+    names = {}
+    for ident in order:
+        name = escape_key(ident)
+        name = ("%2E" + name[1:] if name.startswith(".") else name) + ".pt"
+        if len(os.fsencode(name)) > _NAME_MAX:
+            raise InputError(f"its id makes a file name of {len(os.fsencode(name))} bytes, over the {_NAME_MAX} a file "
+                             "name can have", path=str(source), record=ident)
+        names[ident] = name
+    return names
+
+
+def save_esm_files(folder: Path, order: list[str], names: dict[str, str], entry_of, *, shown: Path, source) -> None:
+    """torch.save `entry_of(ident)` of each id of `order` as `folder`/`names[ident]`, a protein at a
+    time, into `folder`, a new folder of this run's own: two ids that a case-blind file system
+    makes one file, and a full disk, are one line each (`shown`: the folder the user named;
+    `source`: where the ids come from)."""
+    import torch
+
+    from protrans_cli.io.files import disk_full
+
+    taken: dict[str, str] = {}
+    for ident in console.progress(order, desc="export", unit="protein"):
+        _stop_if_signalled()
+        entry = entry_of(ident)
+        try:
+            with open(folder / names[ident], "xb") as handle:
+                torch.save(entry, handle)
+        except FileExistsError:  # (a file system that does not tell upper from lower case)
+            other = taken.get(names[ident].casefold(), "another protein")
+            raise InputError(f"its file {names[ident]} is {other!r}'s on this file system (it does not tell upper "
+                             "from lower case, or composed from decomposed letters): write to a folder on "
+                             "another file system", path=str(source), record=ident) from None
+        except (OSError, RuntimeError) as exc:
+            # (a full disk inside torch.save is its zip writer's RuntimeError "unexpected pos 832
+            # vs 726", raised while handling the OSError: a traceback)
+            reason = disk_full(exc) or (exc.strerror if isinstance(exc, OSError) else None)
+            if reason is None:
+                raise
+            raise RuntimeFailure(f"cannot write: {reason}", path=str(Path(shown) / names[ident])) from None
+        taken[names[ident].casefold()] = ident
 
 
 def _esm_layer_numbers(reader, plan: "_Plan", layer: int) -> list[int]:
