@@ -25,7 +25,7 @@ def test_every_command_has_a_guide():
     from protrans_cli.cli import COMMANDS
 
     guides = {"fit": "heads", "finetune": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed",
-              "import-esm": "embed", "contacts": "embed", "import-head": "heads",
+              "import-esm": "embed", "esm-extract": "embed", "contacts": "embed", "import-head": "heads",
               "knn": "heads", "export": "formats", "info": "formats"}
     for name in COMMANDS:
         page = ROOT / "docs" / f"{guides.get(name, name)}.md"

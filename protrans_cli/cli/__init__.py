@@ -35,6 +35,7 @@ COMMANDS = {
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
     "merge": ("protrans_cli.cli.merge", "Merge embed outputs of one model and settings into one file (no computation)."),
     "import-esm": ("protrans_cli.cli.import_esm", "Import esm-extract's .pt files into one embeddings file (no computation)."),
+    "esm-extract": ("protrans_cli.cli.esm_extract", "fair-esm's esm-extract command line: a FASTA to one ID.pt file a protein."),
     "contacts": ("protrans_cli.cli.contacts", "Residue-residue contact maps from ESM's contact head, into HDF5."),
     "variants": ("protrans_cli.cli.variants", "Zero-shot variant effects (masked marginals) from a masked language model."),
     "import-head": ("protrans_cli.cli.import_head", "Import a published prediction head (no training)."),

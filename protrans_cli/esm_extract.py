@@ -1,0 +1,336 @@
+"""fair-esm's `esm-extract`, the same command line (`protrans esm-extract`): a FASTA to a folder
+of one `<id>.pt` file a protein, for the shell scripts and Snakemake rules written around it.
+
+    from protrans_cli.esm_extract import ExtractOptions, esm_extract
+    esm_extract("proteins.fa", "out/", ExtractOptions(model="esm2_t33_650M_UR50D", repr_layers=(0, 32, 33),
+                                                      include=("mean", "per_tok")))
+
+Nothing is computed here: `embed` writes the rows (and the `<cls>` vectors for `bos`) into a
+working HDF5 file, `contacts` the contact maps into another, and the `.pt` files are written from
+them as `export --format esm` writes its folder. Each file is `torch.save` of esm-extract's dict,
+float32 tensors by layer, the layers numbered as esm-extract numbers them (0 the embedding layer
+.. N the last; negative `repr_layers` count from the end), only the included keys:
+
+    {"label": header line, "representations": {layer: (L, D)}, "mean_representations": {layer: (D,)},
+     "bos_representations": {layer: (D,)}, "contacts": (L, L)}
+
+As esm-extract: each protein is cut to its first `truncation_seq_length` residues (rows, mean
+and contacts all of the kept part), and computed in float32 (its model is never cast); unlike
+it, the truncated proteins are said on stderr, and a file is named after the protein's id (the
+header up to the first space, escaped as export escapes it), not the whole header line (a `/` in
+it made esm-extract write into folders).
+
+The working folder is a hidden one inside the output folder; the files move into the output
+folder once every one is written (a stopped or failed run leaves none of its files there, and
+removes a folder it made). Files of an earlier run stay, and one of the same name is replaced, as
+esm-extract replaces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
+                                 option)
+
+INCLUDES = ("mean", "per_tok", "bos", "contacts")
+# esm-extract's dict keys of each --include, in the order it writes them
+FIELDS = {"per_tok": "representations", "mean": "mean_representations", "bos": "bos_representations",
+          "contacts": "contacts"}
+# embed's and contacts' flags, where their messages name the settings esm-extract calls otherwise
+_FLAGS = {"--max-length": "--truncation_seq_length", "--max-tokens": "--toks_per_batch",
+          "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean"}
+
+
+@dataclass
+class ExtractOptions:
+    """What `protrans esm-extract` can be asked for (esm-extract's options)."""
+
+    model: str = "esm2_t33_650M_UR50D"  # esm-extract's MODEL_LOCATION: any model embed takes (-m)
+    repr_layers: tuple[int, ...] = (-1,)
+    include: tuple[str, ...] = ()       # some of INCLUDES (esm-extract requires --include)
+    toks_per_batch: int = 4096           # padded tokens per batch (embed's max_tokens)
+    truncation_seq_length: int = 1022    # residues kept of each protein
+    device: str = "auto"                 # esm-extract's --nogpu: "cpu"
+    dtype: str = "float32"               # compute dtype (esm-extract's model is float32, on the GPU too)
+    threads: int | None = None
+    command_line: str | None = None
+
+    def validate(self) -> None:
+        from protrans_cli.embed import DTYPES
+
+        include = _included(self)
+        if not include:
+            raise UsageError(f"--include: give one or more of {', '.join(INCLUDES)}")
+        for item in include:
+            if item not in INCLUDES:
+                raise UsageError(f"--include {item!r}: one of {', '.join(INCLUDES)}")
+        layers = (self.repr_layers,) if isinstance(self.repr_layers, int) else tuple(self.repr_layers)
+        if not layers:
+            raise UsageError("--repr_layers: give one or more layers (-1 the last, 0 the embedding layer)")
+        for layer in layers:
+            if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
+                raise UsageError(f"--repr_layers: whole numbers (layers), got {type(layer).__name__} {layer!r:.60}")
+        if self.toks_per_batch < 1:
+            raise UsageError(f"--toks_per_batch {self.toks_per_batch}: at least 1")
+        if self.truncation_seq_length < 1:
+            raise UsageError(f"--truncation_seq_length {self.truncation_seq_length}: at least 1")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if str(self.model) == "onehot":
+            raise UsageError("-m onehot is embed's one-hot encoding: it has no layers for esm-extract's files "
+                             "(protrans embed -m onehot writes it)")
+
+
+@dataclass
+class ExtractSummary:
+    output: Path
+    layers: list[int] = field(default_factory=list)   # esm-extract's numbers, as the files' keys
+    num_records: int = 0
+    num_written: int = 0
+    truncated: list[str] = field(default_factory=list)  # proteins cut at truncation_seq_length
+    num_replaced: int = 0        # files of an earlier run replaced by this run's of the same name
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
+    """esm-extract's files (module docstring) of every protein of `fasta` in the folder
+    `output_dir` (made, parents too, where it does not exist). Proteins that could not be computed
+    (out of memory, NaN) have no file: they are in `summary.failed`."""
+    from protrans_cli.io.files import folder_made
+
+    expect_path(fasta, "fasta", " (a str or pathlib.Path)")
+    expect_path(output_dir, "output_dir", " (a str or pathlib.Path)")
+    expect_options(options, ExtractOptions, "options")
+    options.validate()
+    include = [i for i in INCLUDES if i in _included(options)]
+    _check_fasta(fasta)
+    folder = _output_folder(output_dir)
+    family, num_layers = _model_shape(options.model)
+    layers = esm_layers((options.repr_layers,) if isinstance(options.repr_layers, int) else options.repr_layers,
+                        num_layers, options.model)
+    if "contacts" in include and family != "esm":
+        raise ModelError(f"{options.model}: --include contacts reads ESM's contact head, and this is "
+                         f"a {family} model (mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
+    with folder_made(folder):  # (removed again where the run fails before any file is in it)
+        from protrans_cli.io.files import default_permissions, make_temporary
+
+        work = make_temporary(folder, ".esm-extract.", "", folder=True)
+        try:
+            summary = _extract(fasta, work, folder, options, include, layers)
+            default_permissions(work / "files")  # (mkdtemp's 0700: the files of any output under the umask)
+            summary.num_replaced = _move_in(work / "files", folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if summary.truncated:  # (esm-extract cuts them without a word)
+        limit = option("--truncation_seq_length", "truncation_seq_length")
+        count, one = len(summary.truncated), len(summary.truncated) == 1
+        console.warn(f"{console.counted(count, 'protein')} of {summary.num_written:,} {'is' if one else 'are'} longer "
+                     f"than {limit} {options.truncation_seq_length}: {'its file holds' if one else 'their files hold'} "
+                     f"the first {options.truncation_seq_length:,} residues, as esm-extract's "
+                     f"({console.some_named(count, summary.truncated[:console.NAMED])}); a larger {limit} keeps more")
+    return summary
+
+
+def _included(options: ExtractOptions) -> tuple:
+    """options.include as a tuple (one name given as a str is one item, not its letters)."""
+    return (options.include,) if isinstance(options.include, str) else tuple(options.include)
+
+
+def esm_layers(repr_layers, num_layers: int, model: str = "the model") -> list[int]:
+    """esm-extract's layer numbers of `repr_layers` for a model of `num_layers` blocks: each from
+    -(N + 1) to N, a negative one counted from the end (-1 is N), 0 the embedding layer; each
+    layer once, in order (as its dicts hold them)."""
+    states = num_layers + 1
+    for layer in repr_layers:
+        if not -states <= layer < states:
+            raise UsageError(f"--repr_layers {layer}: {model} has {num_layers} layers, so its layers run from "
+                             f"{-states} to {num_layers} (0 the embedding layer, {num_layers} or -1 the last)")
+    return sorted({layer % states for layer in repr_layers})
+
+
+def _check_fasta(fasta) -> None:
+    """The FASTA is there before a folder is made or a model loaded (embed would say so too, later)."""
+    from protrans_cli.io.files import unreachable_input
+
+    if str(fasta) == "-":
+        return
+    if problem := unreachable_input(fasta):
+        raise InputError(problem, path=str(fasta))
+    if os.path.isdir(fasta):
+        raise InputError("is a directory, expected a file", path=str(fasta))
+
+
+def _output_folder(output_dir) -> Path:
+    """OUTPUT_DIR: a folder, or a path where one can be made (esm-extract makes it, parents too)."""
+    from protrans_cli.io.files import folder_can_be_made, through_link
+
+    text = str(output_dir)
+    if text in ("", "-"):
+        raise UsageError("OUTPUT_DIR: esm-extract writes a folder of .pt files: name one")
+    folder = through_link(text.rstrip(os.sep) or text)  # (the user's own link to a folder: where it leads)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError("exists and is not a folder (esm-extract writes a folder of .pt files)", path=text)
+    folder_can_be_made(folder)
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise RuntimeFailure("permission denied: no file can be written in this folder", path=text)
+    return folder
+
+
+def _model_shape(model: str) -> tuple[str, int]:
+    """(family, number of blocks) of the model, from its config alone (no weights loaded yet)."""
+    from protrans_cli.models import open_config
+
+    source = open_config(model)
+    return source.family.name, source.family.num_layers(source.config)
+
+
+def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: list[str],
+             layers: list[int]) -> ExtractSummary:
+    from protrans_cli.embed import _spool_input, is_stream
+    from protrans_cli.io.files import display_name
+
+    name = display_name(fasta)
+    # stdin or a pipe is read by both computations: copied once (embed and contacts each copy
+    # theirs, and the second found it empty)
+    source = _spool_input(work / "input", fasta) if str(fasta) == "-" or is_stream(fasta) else fasta
+    summary = ExtractSummary(output=folder, layers=layers)
+    contacts_file = embeddings_file = None
+    failed: dict[str, str] = {}
+    if "contacts" in include:
+        # first: a model without a trained head is refused before anything is computed
+        from protrans_cli.contacts import ContactOptions, predict_contacts
+
+        contacts_file = work / "contacts.h5"
+        with _in_esm_extract_terms():
+            done = predict_contacts(source, contacts_file, ContactOptions(
+                model=options.model, device=options.device, dtype=options.dtype, max_tokens=options.toks_per_batch,
+                max_length=options.truncation_seq_length, long_policy="truncate", storage_dtype="float32",
+                threads=options.threads, command_line=options.command_line), input_name=name)
+        summary.num_records = done.num_records
+        failed.update(done.failed or {})
+    wanted = {"per_tok", "mean", "bos"}.intersection(include)
+    if wanted:
+        from protrans_cli.embed import EmbedOptions, embed
+
+        # rows for per_tok, and for a mean beside bos (embed pools one way a run: the mean is
+        # taken of the rows); <cls> vectors for bos; the means alone where they are all
+        per_residue = "per_tok" in wanted or {"mean", "bos"} <= wanted
+        per_protein = "bos" in wanted or not per_residue
+        embeddings_file = work / "embeddings.h5"
+        with _in_esm_extract_terms():
+            done = embed(source, embeddings_file, EmbedOptions(
+                model=options.model, per_residue=per_residue, per_protein=per_protein, layers=tuple(layers),
+                pooling="cls" if "bos" in wanted else "mean", device=options.device, dtype=options.dtype,
+                max_tokens=options.toks_per_batch, max_length=options.truncation_seq_length, long_policy="truncate",
+                threads=options.threads, command_line=options.command_line), distributed=False, input_name=name)
+        summary.num_records = done.num_records
+        failed.update(done.failed)
+    _write_files(work / "files", folder, include, layers, embeddings_file, contacts_file, failed, summary)
+    summary.failed = failed
+    return summary
+
+
+def _write_files(files: Path, folder: Path, include: list[str], layers: list[int], embeddings_file, contacts_file,
+                 failed: dict[str, str], summary: ExtractSummary) -> None:
+    """esm-extract's file of every protein both computations wrote, into the new folder `files`."""
+    import torch
+
+    from protrans_cli.export import esm_file_names, save_esm_files
+    from protrans_cli.io.h5 import CONTACTS, PER_PROTEIN, PER_RESIDUE, dataset_attrs, escape_key, h5_file, read_array
+
+    with contextlib.ExitStack() as stack:
+        groups = {}  # kind -> its HDF5 group
+        if embeddings_file is not None:
+            handle = stack.enter_context(h5_file(embeddings_file, "r"))
+            groups.update({kind: handle[kind] for kind in (PER_RESIDUE, PER_PROTEIN) if kind in handle})
+        if contacts_file is not None:
+            groups[CONTACTS] = stack.enter_context(h5_file(contacts_file, "r"))[CONTACTS]
+        first = next(iter(groups.values()))
+        order = [ident for ident, _ in _proteins(first) if ident not in failed]
+        for kind, group in groups.items():  # (a protein one computation wrote and the other could not)
+            held = {ident for ident, _ in _proteins(group)}
+            order = [ident for ident in order if ident in held]
+        names = esm_file_names(order, folder)
+
+        def entry_of(ident: str) -> dict:
+            key = escape_key(ident)
+            attrs, _ = dataset_attrs(first, key)
+            header = attrs["header"] if "header" in attrs else ident
+            entry: dict = {"label": header.decode("utf-8", "replace") if isinstance(header, bytes) else str(header)}
+            if "truncated_from" in attrs:
+                summary.truncated.append(ident)
+            rows = _layered(read_array(groups[PER_RESIDUE], key), len(layers), 2) if PER_RESIDUE in groups else None
+            if "per_tok" in include:  # (n_layers, L, D) -> {layer: (L, D)}
+                entry[FIELDS["per_tok"]] = _by_layer(layers, [rows[k] for k in range(len(layers))])
+            if "mean" in include:
+                if rows is not None:  # (the mean of the rows stored, as esm-extract's of its rows)
+                    means = rows.astype(np.float64).mean(axis=1).astype(np.float32)
+                else:
+                    means = _layered(read_array(groups[PER_PROTEIN], key), len(layers), 1)
+                entry[FIELDS["mean"]] = _by_layer(layers, list(means))
+            if "bos" in include:
+                entry[FIELDS["bos"]] = _by_layer(layers, list(_layered(read_array(groups[PER_PROTEIN], key),
+                                                                       len(layers), 1)))
+            if "contacts" in include:
+                entry[FIELDS["contacts"]] = torch.from_numpy(np.ascontiguousarray(read_array(groups[CONTACTS], key),
+                                                                                  dtype=np.float32))
+            return entry
+
+        files.mkdir()
+        save_esm_files(files, order, names, entry_of, shown=folder, source=folder)
+        summary.num_written = len(order)
+
+
+def _proteins(group):
+    from protrans_cli.io.h5 import stored_proteins
+
+    return stored_proteins(group, checksums=False)
+
+
+def _layered(array: np.ndarray, count: int, ndim: int) -> np.ndarray:
+    """embed's array of `count` layers with the layer axis first ((n_layers, L, D), (n_layers, D);
+    one layer is stored without it)."""
+    return array[None] if array.ndim == ndim else array
+
+
+def _by_layer(layers: list[int], arrays) -> dict:
+    import torch
+
+    return {layer: torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+            for layer, values in zip(layers, arrays)}
+
+
+def _move_in(files: Path, folder: Path) -> int:
+    """Move every file of `files` into `folder` (the same file system: renames), SIGINT and SIGTERM
+    held meanwhile; the number that replaced a file of the same name."""
+    from protrans_cli.io.files import signals_held
+
+    replaced = 0
+    with signals_held():
+        for entry in sorted(os.listdir(files)):
+            target = folder / entry
+            if target.is_dir() and not target.is_symlink():
+                raise RuntimeFailure("is a folder: the protein's .pt file cannot take its place", path=str(target))
+            replaced += os.path.lexists(target)
+            os.replace(files / entry, target)
+    return replaced
+
+
+@contextlib.contextmanager
+def _in_esm_extract_terms():
+    """Messages of embed and contacts (warnings, and errors on their way out) that name a setting
+    by their flag (`--max-length 2000 is more than the model accepts`) name it by esm-extract's
+    (`--truncation_seq_length 2000 ...`); a library call's name settings by keyword, untouched."""
+    with contextlib.ExitStack() as stack:
+        for flag, ours in _FLAGS.items():
+            stack.enter_context(console.naming(flag, ours))
+        yield

@@ -1,0 +1,219 @@
+"""`protrans esm-extract`: esm-extract's command line, and its files.
+
+Against three references: fair-esm 2.0.0's own esm-extract outputs of the tiny ESM-2 in
+tests/data/esm_reference (rows, means, contacts; its README), a plain transformers forward pass
+(rows, and the <cls> row for bos), and `protrans embed` / `protrans contacts` run on the same input.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REFERENCE = Path(__file__).parent / "data" / "esm_reference"
+KEPT = [0, 1, 2, 3, -4, -3, -2, -1]  # rows of the long protein the reference keeps
+INPUT = ">P1 first protein\nMKTAYIAKQRQISFV\n>P2\nMAAGW\n>P3 a/slash\nWKVLAAG\n"
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    to = tmp_path / "esm2_tiny"
+    shutil.copytree(REFERENCE, to, ignore=shutil.ignore_patterns("reference.safetensors", "input.fa", "*.md"))
+    return to
+
+
+def _files(folder) -> dict:
+    """{file name: its dict}, loaded as esm-extract's readers should (weights_only: tensors and plain values)."""
+    return {p.name: torch.load(p, weights_only=True) for p in sorted(Path(folder).glob("*.pt"))}
+
+
+def _hidden_states(model_dir, sequences: dict[str, str]) -> dict[str, list[np.ndarray]]:
+    """A plain transformers forward pass of each protein (upper-cased, as embed reads it): every
+    hidden state, (T, D) with <cls> and <eos>."""
+    from transformers import EsmModel, EsmTokenizer
+
+    model = EsmModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
+    tokenizer = EsmTokenizer.from_pretrained(str(model_dir))
+    states = {}
+    with torch.no_grad():
+        for ident, sequence in sequences.items():
+            ids = tokenizer(sequence.upper(), return_tensors="pt")["input_ids"]
+            states[ident] = [s[0].numpy() for s in model(input_ids=ids, output_hidden_states=True).hidden_states]
+    return states
+
+
+@pytest.mark.parametrize("argv, layers, include", [
+    # esm-extract's own command line (argparse's nargs="+"), as fair-esm's README gives it
+    (["--repr_layers", "0", "32", "33", "--include", "mean", "per_tok"], (0, 32, 33), ("mean", "per_tok")),
+    (["--include", "mean", "per_tok", "bos", "contacts", "--repr_layers", "-1", "-2", "--nogpu"], (-1, -2),
+     ("mean", "per_tok", "bos", "contacts")),
+    (["--repr_layers=33", "0", "--include=per_tok", "--toks_per_batch", "10"], (33, 0), ("per_tok",)),
+    (["--repr-layers", "1", "--repr-layers", "2", "--include", "mean", "--include", "bos"], (1, 2), ("mean", "bos")),
+    (["--include", "mean"], (-1,), ("mean",)),
+])
+def test_esm_extracts_command_line_is_read_as_argparse_reads_it(argv, layers, include):
+    from protrans_cli.cli import cli
+
+    ctx = cli.make_context("protrans", ["esm-extract", "esm2_t33_650M_UR50D", "proteins.fasta", "out_dir", *argv])
+    command = cli.get_command(ctx, "esm-extract")
+    sub = command.make_context("esm-extract", ["esm2_t33_650M_UR50D", "proteins.fasta", "out_dir", *argv], parent=ctx)
+    assert sub.params["repr_layers"] == layers and sub.params["include"] == include
+    assert (sub.params["model_location"], sub.params["fasta_file"], sub.params["output_dir"]) == \
+        ("esm2_t33_650M_UR50D", "proteins.fasta", "out_dir")
+
+
+def test_files_equal_fair_esms_own_and_a_plain_forward_pass(run_cli, tmp_path, model_dir):
+    """The reference proteins (rare residues, lowercase, one residue, a padded batch), every
+    --include, esm-extract's layers 0 1 2 given as it takes them; then import-esm reads the folder
+    back. (The reference's 1,100-residue protein: the next test.)"""
+    from safetensors.numpy import load_file
+
+    reference = load_file(REFERENCE / "reference.safetensors")
+    records = {i: s for i, s in _records() if i != "long"}
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in records.items()))
+    out = tmp_path / "out"
+    r = run_cli("esm-extract", model_dir, fasta, out, "--repr_layers", "0", "-2", "2",
+                "--include", "mean", "per_tok", "bos", "contacts", "--nogpu")
+    assert r.exit_code == 0, r.stderr
+    assert "longer than" not in r.stderr
+    files = _files(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)  # (no working folder left)
+    assert sorted(files) == sorted(f"{i}.pt" for i in records)
+    forward = _hidden_states(model_dir, records)
+    for name, entry in files.items():
+        pid = name.removesuffix(".pt")
+        assert list(entry) == ["label", "representations", "mean_representations", "bos_representations", "contacts"]
+        assert entry["label"] == pid
+        for key in ("representations", "mean_representations", "bos_representations"):
+            assert list(entry[key]) == [0, 1, 2] and all(t.dtype == torch.float32 for t in entry[key].values())
+        for k in range(3):
+            rows = entry["representations"][k].numpy()
+            np.testing.assert_allclose(rows, reference[f"rows/{pid}/{k}"], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(rows, forward[pid][k][1:len(rows) + 1], atol=1e-5, rtol=0)
+            mean = entry["mean_representations"][k].numpy()
+            np.testing.assert_allclose(mean, reference[f"mean/{pid}/{k}"], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(mean, rows.astype(np.float64).mean(axis=0), atol=1e-6, rtol=0)
+            np.testing.assert_allclose(entry["bos_representations"][k].numpy(), forward[pid][k][0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(entry["contacts"].numpy(), reference[f"contacts/{pid}"], atol=1e-5, rtol=0)
+    back = run_cli("import-esm", out, "--fasta", fasta, "-m", model_dir, "--layer", "0", "--layer", "2",
+                   "-o", tmp_path / "back.h5")
+    assert back.exit_code == 0, back.stderr
+    from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+
+    with EmbeddingsReader(tmp_path / "back.h5") as reader:
+        assert sorted(reader.ids(PER_RESIDUE)) == sorted(records)
+        np.testing.assert_array_equal(reader.get("mixed_40", PER_RESIDUE)[1],
+                                      files["mixed_40.pt"]["representations"][2])
+
+
+def test_a_protein_past_1022_residues_is_cut_there_by_default_and_said(run_cli, tmp_path, model_dir):
+    """esm-extract's default --truncation_seq_length 1022, which it applies without a word."""
+    from safetensors.numpy import load_file
+
+    reference = load_file(REFERENCE / "reference.safetensors")
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(f">long\n{dict(_records())['long']}\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", "per_tok", "mean")
+    assert r.exit_code == 0, r.stderr
+    assert ("1 protein of 1 is longer than --truncation_seq_length 1022: its file holds the first 1,022 residues, "
+            "as esm-extract's (long)") in r.stderr
+    entry = _files(tmp_path / "out")["long.pt"]
+    assert list(entry["representations"]) == [2] and entry["representations"][2].shape == (1022, 8)
+    np.testing.assert_allclose(entry["representations"][2].numpy()[KEPT], reference["long_truncated_rows/2"],
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(entry["mean_representations"][2].numpy(), reference["long_truncated_mean/2"],
+                               atol=1e-5, rtol=0)
+
+
+def _records():
+    text = (REFERENCE / "input.fa").read_text()
+    for block in text.split(">")[1:]:
+        header, *lines = block.splitlines()
+        yield header.split()[0], "".join(lines)
+
+
+def test_files_equal_embeds_and_contacts_truncated_as_asked(run_cli, tmp_path, model_dir):
+    """--truncation_seq_length 5: five rows, the mean and contacts of those (as `protrans embed
+    --max-length 5 --long-policy truncate` and `protrans contacts` give them), said on stderr;
+    the FASTA from stdin (read by both computations); labels are the header lines, files the ids."""
+    from protrans_cli.io.h5 import escape_key, h5_file
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    out = tmp_path / "out"
+    r = run_cli("esm-extract", model_dir, "-", out, "--repr_layers", "-1", "0", "--include", "per_tok", "mean",
+                "contacts", "--truncation_seq_length", "5", input=INPUT.encode())
+    assert r.exit_code == 0, r.stderr
+    assert ("2 proteins of 3 are longer than --truncation_seq_length 5: their files hold the first 5 residues"
+            in r.stderr)
+    assert "esm-extract: 3 files (mean, per_tok, contacts; layers 0, 2) into" in r.stderr
+    files = _files(out)
+    assert sorted(files) == ["P1.pt", "P2.pt", "P3.pt"]
+    assert [files[f"P{i}.pt"]["label"] for i in (1, 2, 3)] == ["P1 first protein", "P2", "P3 a/slash"]
+    assert r.stdout == ""
+    e = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "e.h5", "--layer", "0", "--layer", "-1",
+                "--max-length", "5", "--long-policy", "truncate", "--per-residue")
+    c = run_cli("contacts", fasta, "-m", model_dir, "-o", tmp_path / "c.h5", "--max-length", "5", "--long-policy",
+                "truncate", "--storage-dtype", "float32")
+    assert e.exit_code == c.exit_code == 0, e.stderr + c.stderr
+    with h5_file(tmp_path / "e.h5") as embedded, h5_file(tmp_path / "c.h5") as maps:
+        for ident, entry in files.items():
+            key = escape_key(ident.removesuffix(".pt"))
+            rows = embedded["per_residue"][key][()]  # (layers 0 and -1, L, D)
+            assert entry["representations"][0].shape == (min(5, rows.shape[1]), 8)
+            for k, layer in enumerate((0, 2)):
+                np.testing.assert_allclose(entry["representations"][layer].numpy(), rows[k], atol=1e-6, rtol=0)
+                np.testing.assert_allclose(entry["mean_representations"][layer].numpy(), rows[k].mean(axis=0),
+                                           atol=1e-6, rtol=0)
+            np.testing.assert_allclose(entry["contacts"].numpy(), maps["contacts"][key][()], atol=1e-6, rtol=0)
+
+
+def test_an_existing_folder_keeps_its_other_files_and_a_same_named_file_is_replaced(run_cli, tmp_path, model_dir):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "P2.pt").write_bytes(b"an earlier run's")
+    (out / "other.pt").write_bytes(b"another chunk's")
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
+    assert r.exit_code == 0, r.stderr
+    assert "1 file of the same name replaced" in r.stderr
+    assert (out / "other.pt").read_bytes() == b"another chunk's"
+    assert sorted(p.name for p in out.iterdir()) == ["P1.pt", "P2.pt", "P3.pt", "other.pt"]
+    assert list(torch.load(out / "P2.pt", weights_only=True)) == ["label", "mean_representations"]
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["{missing}", "{out}", "--include", "mean"], 1, "missing.fa: no such file"),
+    (["{fasta}", "{out}", "--include", "mean", "--repr_layers", "3"], 2,
+     "--repr_layers 3: {model} has 2 layers, so its layers run from -3 to 2"),
+    (["{fasta}", "{out}", "--include", "means"], 2, "'means' is not one of"),
+    (["{fasta}", "{out}", "--repr_layers", "1"], 2, "Missing option '--include'"),
+    (["{fasta}", "{out}", "--include", "mean", "--truncation_seq_length", "0"], 2,
+     "--truncation_seq_length 0: at least 1"),
+    (["{fasta}", "{file}", "--include", "mean"], 2, "is a file"),
+])
+def test_refusals_are_one_line_and_make_no_folder(run_cli, tmp_path, model_dir, args, code, message):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    (tmp_path / "afile").write_text("")
+    names = {"missing": tmp_path / "missing.fa", "out": tmp_path / "new" / "out", "fasta": fasta,
+             "file": tmp_path / "afile", "model": model_dir}
+    r = run_cli("esm-extract", model_dir, *[a.format(**names) for a in args])
+    assert r.exit_code == code and message.format(**names) in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_contacts_of_a_model_without_esms_contact_head_is_refused_before_any_work(run_cli, tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    bert = Path(__file__).parent / "data" / "tf4_reference" / "bert"
+    r = run_cli("esm-extract", bert, fasta, tmp_path / "out", "--include", "mean", "contacts")
+    assert r.exit_code == 1 and "--include contacts reads ESM's contact head, and this is a bert model" in r.stderr
+    assert not (tmp_path / "out").exists()
