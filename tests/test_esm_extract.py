@@ -217,3 +217,30 @@ def test_contacts_of_a_model_without_esms_contact_head_is_refused_before_any_wor
     r = run_cli("esm-extract", bert, fasta, tmp_path / "out", "--include", "mean", "contacts")
     assert r.exit_code == 1 and "--include contacts reads ESM's contact head, and this is a bert model" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path, model_dir, monkeypatch, existing):
+    """Ctrl-C at the second file: the folder as it was (an earlier run's file kept, no working folder,
+    none of this run's files), or no folder where the run made it."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "P1.pt").write_bytes(b"an earlier run's")
+    saved, original = [], torch.save
+
+    def save(entry, handle):
+        saved.append(entry["label"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        original(entry, handle)
+
+    monkeypatch.setattr(torch, "save", save)
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
+    assert r.exit_code == 130 and len(saved) == 2, r.stderr
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["P1.pt"] and (out / "P1.pt").read_bytes() == b"an earlier run's"
+    else:
+        assert not out.exists()
