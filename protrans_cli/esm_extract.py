@@ -46,8 +46,10 @@ INCLUDES = ("mean", "per_tok", "bos", "contacts")
 FIELDS = {"per_tok": "representations", "mean": "mean_representations", "bos": "bos_representations",
           "contacts": "contacts"}
 # embed's and contacts' flags, where their messages name the settings esm-extract calls otherwise
+# (in this order: the longer first); an option esm-extract lacks is embed's, said so
 _FLAGS = {"--max-length": "--truncation_seq_length", "--max-tokens": "--toks_per_batch",
-          "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean"}
+          "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean",
+          "--pooling mean": "--include mean", "--invalid-policy skip": "protrans embed --invalid-policy skip"}
 
 
 @dataclass

@@ -244,3 +244,18 @@ def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path
         assert [p.name for p in out.iterdir()] == ["P1.pt"] and (out / "P1.pt").read_bytes() == b"an earlier run's"
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize("model, args, message", [
+    ("tf4_reference/t5_enc_half", ["--include", "bos"], "has no cls token (T5 models have none): use --include mean"),
+    ("esm1b_reference", ["--include", "mean", "--truncation_seq_length", "2000"],
+     "--truncation_seq_length 2000 is more than the model accepts (1022 residues"),
+])
+def test_embeds_refusals_name_esm_extracts_options(run_cli, tmp_path, model, args, message):
+    """What embed says of its settings, said of the esm-extract options that made them (no
+    --pooling or --max-length, which this command does not have)."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    r = run_cli("esm-extract", Path(__file__).parent / "data" / model, fasta, tmp_path / "out", *args)
+    assert r.exit_code == 2 and message in r.stderr and "--pooling" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
