@@ -256,7 +256,7 @@ def _write_files(files: Path, folder: Path, include: list[str], layers: list[int
             groups.update({kind: handle[kind] for kind in (PER_RESIDUE, PER_PROTEIN) if kind in handle})
         if contacts_file is not None:
             groups[CONTACTS] = stack.enter_context(h5_file(contacts_file, "r"))[CONTACTS]
-        first = next(iter(groups.values()))
+        first = next(iter(groups.values()))  # (the writers make their groups on opening: there even if empty)
         order = [ident for ident, _ in _proteins(first) if ident not in failed]
         for kind, group in groups.items():  # (a protein one computation wrote and the other could not)
             held = {ident for ident, _ in _proteins(group)}

@@ -259,3 +259,40 @@ def test_embeds_refusals_name_esm_extracts_options(run_cli, tmp_path, model, arg
     r = run_cli("esm-extract", Path(__file__).parent / "data" / model, fasta, tmp_path / "out", *args)
     assert r.exit_code == 2 and message in r.stderr and "--pooling" not in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _nan_for_tryptophan(monkeypatch, model_dir):
+    """ESM's hidden states NaN for the proteins holding a W (embed records them as failed)."""
+    from transformers import EsmTokenizer
+
+    from protrans_cli.models import FAMILIES
+
+    w = EsmTokenizer.from_pretrained(str(model_dir)).convert_tokens_to_ids("W")
+    family_class = type(FAMILIES["esm"])
+    original = family_class.hidden_states
+
+    def hidden_states(self, model, inputs, layers):
+        states = original(self, model, inputs, layers)
+        hit = (inputs["input_ids"] == w).any(dim=1)
+        for s in states:
+            s[hit] = float("nan")
+        return states
+
+    monkeypatch.setattr(family_class, "hidden_states", hidden_states)
+
+
+def test_proteins_that_fail_have_no_file_and_are_named_and_none_written_is_exit_1(run_cli, tmp_path, model_dir,
+                                                                                monkeypatch):
+    """P2 and P3 hold a W: their embeddings are NaN (their contacts are not): P1 alone gets a file,
+    the others are named; a FASTA of such proteins alone writes nothing, exit 1."""
+    _nan_for_tryptophan(monkeypatch, model_dir)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", "mean", "contacts")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["P1.pt"]
+    assert "2 proteins could not be computed and have no file:" in r.stderr and "  P2: " in r.stderr, r.stderr
+    fasta.write_text(">W1\nMAAGW\n>W2\nWKV\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "none", "--include", "per_tok", "contacts")
+    assert r.exit_code == 1 and "no file was written: every protein failed" in r.stderr, r.stderr
+    assert not (tmp_path / "none").exists()  # (the folder it made, left empty, is removed)
