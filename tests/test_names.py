@@ -157,3 +157,19 @@ def test_label_values_and_words_after_the_id_still_lose_unicode_whitespace(tmp_p
     flip = tmp_path / "f.fasta"
     flip.write_bytes(b">P1 SET=train\xc2\xa0VALIDATION=False\nCCH\n")
     assert [(r.id, r.split) for r in read_labels(flip, "flip").records] == [("P1", "train")]
+
+
+def test_info_prints_a_file_name_that_is_not_utf8_as_its_command_line_does(tmp_path, odd_dir, run_cli):
+    """info failed with a UnicodeEncodeError traceback ("surrogates not allowed") on a file whose
+    name is not UTF-8, and under LC_ALL=C PYTHONUTF8=0 on any non-ASCII name (é)."""
+    out = os.path.join(odd_dir, "out.h5")
+    assert run_cli("embed", EXAMPLE / "proteins.fasta", "-m", "onehot", "-o", out, "-q").exit_code == 0
+    r = run_cli("info", out)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith(f"file:          {tmp_path}/x\\xff/out.h5 (")  # (embed's command_line attribute spells it so)
+    os.rename(out, tmp_path / "é.h5")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    r = subprocess.run([sys.executable, "-m", "protrans_cli", "info", "é.h5"], cwd=tmp_path, capture_output=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert r.stdout.splitlines()[0].startswith("file:          é.h5 (".encode())

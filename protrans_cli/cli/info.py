@@ -51,7 +51,7 @@ def command(files, as_json, list_ids, residues):
     with atomic_output("-") as out:
         for n, path in enumerate(files):
             if list_ids:
-                out.write("".join(ident + "\n" for ident in file_ids(path)).encode("utf-8"))
+                out.write(_encoded("".join(ident + "\n" for ident in file_ids(path))))
                 continue
             facts = info(path, residues=residues)
             if as_json:
@@ -59,4 +59,14 @@ def command(files, as_json, list_ids, residues):
 
                 out.write((json.dumps(facts, default=str) + "\n").encode("utf-8"))
             else:
-                out.write((("\n" if n else "") + "".join(line + "\n" for line in info_lines(facts))).encode("utf-8"))
+                out.write(_encoded(("\n" if n else "") + "".join(line + "\n" for line in info_lines(facts))))
+
+
+def _encoded(text: str) -> bytes:
+    """`text` in UTF-8, a file name that is not UTF-8 (byte 0xff) spelled `\\xff` as the command
+    line beside it is: such a name, or any non-ASCII name under LC_ALL=C, reaches Python with
+    surrogate escapes, and `info` failed on it with a UnicodeEncodeError traceback ("surrogates
+    not allowed"). (A UTF-8 name read under LC_ALL=C is shown as it is: `é`.)"""
+    from protrans_cli.io.files import utf8_text
+
+    return utf8_text(text).encode("utf-8")
