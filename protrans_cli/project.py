@@ -384,14 +384,18 @@ def read_vectors(paths, *, layer: int = -1, allow_model_mismatch: bool = False):
 def _source_names(paths) -> list[str]:
     """Each input's name in the source column: its file name, or as many of its path's last parts
     as tell it from the other inputs (run1/embed/e.h5 beside run2/embed/e.h5: run1/embed/e.h5;
-    their file names alone coloured two inputs as one)."""
+    their file names alone coloured two inputs as one). A byte that is not UTF-8 in a name is
+    spelled `\\xff` (`utf8_text`): the TSV, page and picture failed on it with a UnicodeEncodeError
+    traceback, as on any non-ASCII name under LC_ALL=C."""
+    from protrans_cli.io.files import utf8_text
+
     full = [Path(os.path.abspath(str(p))).parts for p in paths]
     names = []
     for i, parts in enumerate(full):
         for depth in range(1, len(parts) + 1):
             if all(other[-depth:] != parts[-depth:] for j, other in enumerate(full) if j != i):
                 break
-        names.append(str(Path(*parts[-depth:])))
+        names.append(utf8_text(str(Path(*parts[-depth:]))))
     return names
 
 

@@ -397,6 +397,26 @@ def test_inputs_of_one_file_name_are_told_apart_by_their_folders(tmp_path, run_c
     assert [row["source"] for row in rows] == ["run1/embed/e.h5"] * 6 + ["run2/embed/e.h5"] * 6 + ["f.h5"] * 6
 
 
+def test_an_input_whose_name_is_not_utf8_is_spelled_with_an_escape_in_the_table_and_page(tmp_path, run_cli):
+    """A file name with byte 0xff (and any non-ASCII name under LC_ALL=C PYTHONUTF8=0) reaches
+    Python with a surrogate escape: the TSV's source column and the page's title failed on it
+    with a UnicodeEncodeError traceback, after the map was computed."""
+    import os
+
+    x, _ = _clusters(n_per=4)
+    odd = os.path.join(os.fsencode(tmp_path), b"a\xff.h5")
+    try:
+        _write(os.fsdecode(odd), x[:6], [f"a{i}" for i in range(6)])
+    except OSError:  # a file system that takes UTF-8 names only (macOS's APFS)
+        pytest.skip("this file system refuses names that are not UTF-8")
+    _write(tmp_path / "b.h5", x[6:], [f"b{i}" for i in range(6)])
+    r = run_cli("project", os.fsdecode(odd), tmp_path / "b.h5", "-q", "--html", tmp_path / "m.html")
+    assert r.exit_code == 0, r.stderr
+    assert "<title>PCA (euclidean) of a\\xff.h5, b.h5: 12 proteins</title>" in (tmp_path / "m.html").read_text()
+    _, rows = _table(r.stdout)
+    assert [row["source"] for row in rows] == ["a\\xff.h5"] * 6 + ["b.h5"] * 6
+
+
 _FAKE_DOM = """
 function element(tag, attrs, classes) {
   var names = new Set(classes || []);
