@@ -114,7 +114,8 @@ def _shown(message: str, newlines: bool = False) -> str:
     """A message as it is written (`errors.bounded`): its control characters, Unicode's line and
     paragraph separators and format characters escaped (a right-to-left override showed the rest
     of the line reversed), then cut where it names something huge, so that no line is longer
-    than the limit however hostile the name."""
+    than the limit however hostile the name. A byte of a file name that is not UTF-8 (a surrogate
+    escape to Python) shows as the byte, `\\xff`, as the HDF5 attributes spell it."""
     return bounded(message, newlines=newlines)
 
 

@@ -133,6 +133,8 @@ def escaped(text: str, *, newlines: bool = False) -> str:
     for c in set(text):  # (each distinct character looked at once: a message may hold megabytes)
         if ord(c) in CONTROLS and not (newlines and c == "\n"):
             escapes[c] = CONTROLS[ord(c)]
+        elif 0xdc80 <= ord(c) <= 0xdcff:  # a file name's byte that is not UTF-8 (surrogateescape): the byte
+            escapes[c] = f"\\x{ord(c) - 0xdc00:02x}"
         elif not c.isprintable() and unicodedata.category(c) in _HIDDEN:
             escapes[c] = f"\\u{ord(c):04x}" if ord(c) <= 0xffff else f"\\U{ord(c):08x}"
     if len(escapes) > 64:

@@ -173,3 +173,15 @@ def test_info_prints_a_file_name_that_is_not_utf8_as_its_command_line_does(tmp_p
                        env=env)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert r.stdout.splitlines()[0].startswith("file:          é.h5 (".encode())
+
+
+def test_messages_spell_a_byte_that_is_not_utf8_as_the_byte(tmp_path, odd_dir, run_cli):
+    """Messages named such a file `x\\udcff/in.fa` (Python's surrogate escape, no character of the
+    name) and, under LC_ALL=C PYTHONUTF8=0, `\\udcc3\\udca9` for an é: the bytes are spelled as the
+    HDF5 attributes and train's errors spell them, `x\\xff`, `\\xc3\\xa9`."""
+    r = run_cli("embed", os.path.join(odd_dir, "in.fa"), "-m", "onehot", "-o", tmp_path / "o.h5")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path}/x\\xff/in.fa: no such file\n"
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    r = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", "é.fa", "-m", "onehot", "-o", "o.h5"],
+                       cwd=tmp_path, capture_output=True, env=env)
+    assert r.returncode == 1 and r.stderr == b"protrans: error: \\xc3\\xa9.fa: no such file\n"
