@@ -46,7 +46,7 @@ from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
                                    output_directory, same_file, signals_held, special_output, stdin_binary,
-                                   stdout_binary, tsv_quoted, unreachable_input)
+                                   stdout_binary, tsv_quoted, unreachable_input, utf16_codec)
 from protrans_cli.residues import (
     NUCLEOTIDE_LETTERS,
     NUCLEOTIDE_MIN_LENGTH,
@@ -335,7 +335,7 @@ def _plain_blocks(path: str, block_bytes: int, index: int, name: str) -> Iterato
             if not skipped:
                 stripped = chunk
                 break
-        if not stripped.startswith(b">"):
+        if not stripped.startswith(b">") or utf16_codec(stripped):  # (UTF-16LE begins with `>` too)
             raise InputError(not_fasta(stripped), path=name, line=line)
         pos = start
         while pos < size:
@@ -386,7 +386,7 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                         continue  # only blank lines and marks so far, or a mark cut by the read
                     line += buf.count(b"\n", 0, skipped)
                     buf = stripped
-                    if buf and not buf.startswith(b">"):
+                    if buf and (not buf.startswith(b">") or utf16_codec(buf)):  # (UTF-16LE: `>` too)
                         raise InputError(not_fasta(buf), path=name, line=line)
                     started = True
                     # (a bytearray: `bytes += more` copied the whole of a giant record at every

@@ -237,6 +237,27 @@ def test_utf16_or_hdf5_fasta_is_named(run_cli, tmp_path):
         r = run_cli(*command)
         assert r.exit_code == 1 and f"{h5}:1: not FASTA" in r.stderr and "the file is HDF5" in r.stderr
 
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_fasta_without_a_byte_order_mark_is_named(run_cli, tmp_path, codec):
+    """UTF-16 without its byte-order mark (Python's utf-16-le codec): little-endian begins with
+    `>` too, and prep wrote an empty corpus with exit 0 ("left out: invalid_character"), embed said
+    "the header holds a NUL byte (a damaged file?)" (exit 0, nothing embedded, under
+    --invalid-policy skip); big-endian was "the file is binary"."""
+    import gzip
+
+    wide = tmp_path / "wide.fa"
+    wide.write_bytes(">P1 desc\nMKTAYIAK\n>P2\nMKV\n".encode(codec))
+    (tmp_path / "wide.fa.gz").write_bytes(gzip.compress(wide.read_bytes()))
+    said = ("the file is UTF-16 text without a byte-order mark (convert it to UTF-8 first, iconv -f "
+            f"{'UTF-16LE' if codec.endswith('le') else 'UTF-16BE'} -t UTF-8)")
+    for args, input in (([wide], None), ([tmp_path / "wide.fa.gz"], None), (["-"], wide.read_bytes())):
+        r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
+        assert r.exit_code == 1 and ":1: not FASTA: " + said in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "c.txt").exists()
+    r = run_cli("embed", wide, "-m", "onehot", "-o", tmp_path / "w.h5", "--invalid-policy", "skip")
+    assert r.exit_code == 1 and f"{wide}:1: not FASTA: " + said in r.stderr and not (tmp_path / "w.h5").exists()
+
 @pytest.mark.parametrize("content, said", [
     (b"HEADER    HYDROLASE    01-JAN-00   1ABC\nATOM      1  N   MET A   1\n", "the file is a PDB structure"),
     (b"data_1ABC\n#\n_entry.id 1ABC\n", "the file is an mmCIF structure"),

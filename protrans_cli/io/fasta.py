@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.files import UTF16_BOMS, binary_kind, display_name, open_input
+from protrans_cli.io.files import UTF16_BOMS, binary_kind, display_name, open_input, utf16_codec
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ def not_fasta(first: bytes, head: bytes | None = None) -> str:
     raw = first if head is None else head
     if raw.startswith(UTF16_BOMS):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
         return NOT_FASTA + " (the file is UTF-16 text: convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
+    if codec := utf16_codec(raw):  # without it (Python's utf-16-le codec): "binary", or a header of NULs
+        return (f"not FASTA: the file is UTF-16 text without a byte-order mark (convert it to UTF-8 first, "
+                f"iconv -f {codec.upper().replace('-16-', '-16')} -t UTF-8)")
     if hint := binary_kind(raw, sentence=True) or look_alike(first):
         return f"{NOT_FASTA}; {hint}"
     return NOT_FASTA
@@ -112,6 +115,10 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: b
                 pending += line
                 continue
         if line.startswith(b">"):
+            if header is None and b"\0" in line and utf16_codec(head or line):
+                # UTF-16LE without a byte-order mark begins with `>` too: its first header was
+                # refused as "a damaged file?" (skipped under --invalid-policy skip: exit 0, nothing embedded)
+                raise InputError(not_fasta(line, head or None), path=name, line=lineno)
             if header is not None:
                 yield _record(header, chunks, header_line, name, nul_headers)
             header = line[1:].rstrip(b"\r\n")
