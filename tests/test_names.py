@@ -185,3 +185,19 @@ def test_messages_spell_a_byte_that_is_not_utf8_as_the_byte(tmp_path, odd_dir, r
     r = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", "é.fa", "-m", "onehot", "-o", "o.h5"],
                        cwd=tmp_path, capture_output=True, env=env)
     assert r.returncode == 1 and r.stderr == b"protrans: error: \\xc3\\xa9.fa: no such file\n"
+
+
+def test_fit_draws_the_figure_of_a_test_set_whose_file_name_is_not_utf8(tmp_path, odd_dir, run_cli):
+    """The set is named after its label file: fit trained, scored it and then failed with a
+    TypeError traceback from matplotlib ("incompatible function arguments") drawing its figure,
+    leaving an interrupted fit behind; the title spells the byte `\\xff`."""
+    fasta, table = tmp_path / "t.fa", os.path.join(odd_dir, os.fsdecode(ODD) + ".csv")
+    fasta.write_text("".join(f">P{i}\n{'MKVLA'[i % 5:] + 'ACDEFGHIK'[:i % 9 + 2]}\n" for i in range(16)))
+    with open(table, "w", encoding="utf-8") as fh:
+        fh.write("id,label\n" + "".join(f"P{i},{i / 16:.3f}\n" for i in range(16)))
+    emb = tmp_path / "t.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-protein", "-o", emb, "-q").exit_code == 0
+    r = run_cli("fit", "value", "--embeddings", emb, "--labels", table, "--test", emb, table, "-o", tmp_path / "head",
+                "--max-epochs", "1", "--valid-fraction", "0.25")
+    assert r.exit_code == 0, r.stderr
+    assert "x\\xff value: Spearman" in r.stderr and os.path.isfile(tmp_path / "head" / "metrics" / "x\udcff.value.png")

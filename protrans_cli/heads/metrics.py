@@ -248,6 +248,16 @@ def _save_png(fig, path, *, follow_link: bool = False, staged: list | None = Non
         fig.savefig(stream, format="png", dpi=110)
 
 
+def _drawn(title: str) -> str:
+    """A title naming an evaluation set (the name of its label file) as matplotlib can draw it: a
+    name that is not UTF-8 (byte 0xff), or any non-ASCII name under LC_ALL=C, holds surrogate
+    escapes, which FreeType refuses (fit trained, scored and then failed with a TypeError traceback
+    on its --test set's figure); spelled `\\xff` as messages spell it."""
+    from protrans_cli.io.files import utf8_text
+
+    return utf8_text(title)
+
+
 def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str, *, staged: list | None = None) -> None:
     """Predicted against true values of a value output, with the diagonal (`staged`: atomic_output's)."""
     # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
@@ -264,7 +274,7 @@ def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str, *
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_drawn(title), fontsize=9)
     fig.tight_layout()
     _save_png(fig, path, staged=staged)
 
@@ -289,7 +299,7 @@ def save_confusion_png(m: dict, path, title: str, *, staged: list | None = None)
         for j in range(n):
             ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if rows[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_drawn(title), fontsize=9)
     fig.tight_layout()
     _save_png(fig, path, staged=staged)
 
