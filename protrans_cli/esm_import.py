@@ -210,6 +210,11 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
 
     import torch
 
+    from protrans_cli.io.files import utf8_path_problem
+
+    # torch maps a file by the UTF-8 spelling of its name: one that is not UTF-8 (byte 0xff, any
+    # non-ASCII name under LC_ALL=C) was a UnicodeEncodeError, reported as a damaged file. Read.
+    mmap = mmap and utf8_path_problem(path) is None
     try:
         with warnings.catch_warnings():  # (torch's own about a plain pickle's protocol: the error is one line)
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

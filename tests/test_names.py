@@ -201,3 +201,16 @@ def test_fit_draws_the_figure_of_a_test_set_whose_file_name_is_not_utf8(tmp_path
                 "--max-epochs", "1", "--valid-fraction", "0.25")
     assert r.exit_code == 0, r.stderr
     assert "x\\xff value: Spearman" in r.stderr and os.path.isfile(tmp_path / "head" / "metrics" / "x\udcff.value.png")
+
+
+def test_import_esm_reads_pt_files_in_a_folder_whose_name_is_not_utf8(tmp_path, odd_dir, run_cli):
+    """torch maps a file by the UTF-8 spelling of its name: every .pt file there was refused as
+    "torch cannot read it (damaged, or not a file torch.save wrote)"."""
+    import torch
+
+    torch.save({"label": "P1", "representations": {6: torch.ones(3, 4)}, "mean_representations": {6: torch.ones(4)}},
+               os.path.join(odd_dir, "P1.pt"))
+    r = run_cli("import-esm", odd_dir, "-o", tmp_path / "e.h5")
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(tmp_path / "e.h5", "r") as f:
+        assert f["per_protein"]["P1"].shape == (4,) and f["per_residue"]["P1"].shape == (3, 4)
