@@ -214,3 +214,17 @@ def test_import_esm_reads_pt_files_in_a_folder_whose_name_is_not_utf8(tmp_path, 
     assert r.exit_code == 0, r.stderr
     with h5py.File(tmp_path / "e.h5", "r") as f:
         assert f["per_protein"]["P1"].shape == (4,) and f["per_residue"]["P1"].shape == (3, 4)
+
+
+def test_figures_draw_dollar_signs_in_set_names_and_classes_literally(tmp_path):
+    """A label file named `a$\\frac{b$.csv` (its set's figure title), or a generic head's class
+    named so, was read as mathtext: a ParseSyntaxException from savefig after training."""
+    import numpy as np
+
+    from protrans_cli.heads.metrics import save_confusion_png, save_scatter_png
+
+    hostile = r"a$\frac{b$.csv"
+    save_scatter_png(np.arange(5.0), np.arange(5.0), tmp_path / "s.png", f"{hostile} value")
+    save_confusion_png({"confusion": [[2, 1], [0, 3]], "classes": [r"$x^$", "b"]}, tmp_path / "c.png",
+                       f"{hostile} label")
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0

@@ -252,10 +252,12 @@ def _drawn(title: str) -> str:
     """A title naming an evaluation set (the name of its label file) as matplotlib can draw it: a
     name that is not UTF-8 (byte 0xff), or any non-ASCII name under LC_ALL=C, holds surrogate
     escapes, which FreeType refuses (fit trained, scored and then failed with a TypeError traceback
-    on its --test set's figure); spelled `\\xff` as messages spell it."""
+    on its --test set's figure); spelled `\\xff` as messages spell it. A pair of `$` is drawn
+    literally, not as mathtext (`a$\\frac{b$.csv` was a traceback from savefig after training),
+    as project's pictures draw it."""
     from protrans_cli.io.files import utf8_text
 
-    return utf8_text(title)
+    return utf8_text(title).replace("$", r"\$")
 
 
 def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str, *, staged: list | None = None) -> None:
@@ -291,8 +293,9 @@ def save_confusion_png(m: dict, path, title: str, *, staged: list | None = None)
     fig = Figure(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
     ax = fig.subplots()
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), m["classes"], rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
-    ax.set_yticks(range(n), m["classes"])
+    classes = [_drawn(str(c)) for c in m["classes"]]  # (a generic head's classes are the label file's words)
+    ax.set_xticks(range(n), classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for i in range(n):
