@@ -1293,6 +1293,12 @@ def info_lines(facts: dict) -> list[str]:
 
 
 def _aligned(lines: list[tuple[str, str]]) -> list[str]:
-    """(name, value) pairs as `name:` lines with the values in one column."""
+    """(name, value) pairs as `name:` lines with the values in one column; a value escaped as a
+    message is (`errors.escaped`: Unicode's line separators and format characters too, which split
+    or reversed a line that named an id holding them)."""
+    from protrans_cli.errors import escaped
+    from protrans_cli.io.files import utf8_text
+
+    # (utf8_text first: a file name's UTF-8 bytes read under LC_ALL=C are shown as the name, `é`)
     width = max(len(name) for name, _ in lines)
-    return [f"{name + ':':<{width + 1}} {console.printable(value)}" for name, value in lines]
+    return [f"{name + ':':<{width + 1}} {escaped(utf8_text(value))}" for name, value in lines]

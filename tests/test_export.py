@@ -1621,3 +1621,15 @@ def test_per_protein_arrays_of_two_axes_without_layers_are_refused_not_exported_
     assert done.exit_code == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "holds 2x4 arrays where per-protein (D,) vectors are read, and no `layers` attribute says" in done.stderr
     assert not (tmp_path / "o.tsv").exists()
+
+
+def test_info_keeps_a_failed_id_with_a_line_separator_on_its_line(tmp_path, run_cli):
+    """`info`'s lines escaped control characters but not Unicode's line and paragraph separators
+    nor format characters: a failed id holding U+2028 split the `failed:` line for a log viewer
+    or str.splitlines, and U+202E showed the rest of it reversed. Escaped as messages escape them."""
+    (tmp_path / "in.fa").write_text(">a\u2028b\u202ec\nMK1V\n>ok\nMKV\n", encoding="utf-8")
+    assert run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "--invalid-policy", "skip", "-o",
+                   tmp_path / "e.h5").exit_code == 0
+    text = run_cli("info", tmp_path / "e.h5").stdout
+    assert "failed:        1 (a\\u2028b\\u202ec: skipped:" in text
+    assert "\u2028" not in text and "\u202e" not in text
