@@ -98,12 +98,12 @@ def output_format(output, fmt: str | None = None) -> str:
 
 def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     """(ids, id -> sequence or None) of a FASTA file (its ids and sequences) or of a list of ids,
-    one per line (the first word of each; blank lines and lines starting with # skipped), in
-    their order; an id given twice is refused. A FASTA of headers alone (`>id` lines, an id
+    one per line (the first word of each, UTF-8 else latin-1 as a FASTA header's id; blank lines
+    and lines starting with # skipped), in their order; an id given twice is refused. A FASTA of headers alone (`>id` lines, an id
     list written as headers) is a list of ids: it has no sequences to check."""
     import io
 
-    from protrans_cli.io.fasta import BOM, begins_fasta, parse_fasta
+    from protrans_cli.io.fasta import BOM, begins_fasta, decode_word, parse_fasta
     from protrans_cli.io.files import BINARY_KIND, display_name, is_utf16, kind_refusal, open_input, utf16_text
 
     name = display_name(path)
@@ -144,11 +144,9 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
                 words = raw.split()
                 if not words or words[0].startswith(b"#"):
                     continue
-                try:
-                    ids.append(words[0].decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise InputError("not UTF-8 text: a list of ids or a FASTA file expected",
-                                     path=name, line=number) from None
+                # UTF-8, else latin-1, as the FASTA reader reads a header's id: a list in latin-1 was
+                # refused ("not UTF-8 text") where a FASTA of the same ids selected the proteins
+                ids.append(decode_word(words[0]))
                 lines.append(number)
             _refuse_twice(ids, name, lines)
             if not ids:

@@ -203,6 +203,22 @@ def test_ids_file_on_stdin_with_a_bom_or_headers_alone(tmp_path, run_cli):
         assert [r[0] for r in _table(done.stdout, "\t")[1:]] == chosen
 
 
+def test_a_latin1_id_list_selects_what_a_latin1_fasta_embedded(tmp_path, run_cli):
+    """A FASTA in latin-1 embeds `Prot\xe9ine` under `Prot\xe9ine` (its header read as latin-1); a
+    one-id-a-line list of the same bytes selects it, as the FASTA itself does (the list was
+    refused: "not UTF-8 text"). A UTF-8 list of the same id selects it too."""
+    fasta = ">Prot\xe9ine 37\xb0C\nMKTAYIAK\n>other\nMKV\n"
+    (tmp_path / "in.fa").write_bytes(fasta.encode("latin-1"))
+    assert run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "-o", tmp_path / "e.h5", "-q").exit_code == 0
+    (tmp_path / "latin1.txt").write_bytes("Prot\xe9ine\n".encode("latin-1"))
+    (tmp_path / "utf8.txt").write_bytes("Prot\xe9ine\n".encode())
+    for name, chosen in (("latin1.txt", ["Prot\xe9ine"]), ("utf8.txt", ["Prot\xe9ine"]),
+                         ("in.fa", ["Prot\xe9ine", "other"])):
+        done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / name)
+        assert done.exit_code == 0, (name, done.stderr)
+        assert [r[0] for r in _table(done.stdout, "\t")[1:]] == chosen, name
+
+
 def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     proteins = _proteins()
     _write(tmp_path / "e.h5", proteins)
@@ -227,10 +243,13 @@ def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "other.fa", "-o", out)
     assert done.exit_code == 1 and "record 'e'" in done.stderr and "another sequence" in done.stderr
     assert not out.exists()
-    # an id list that is not text, or names no id (comments and blank lines alone)
+    # an id list in latin-1 is read as a FASTA header's id is (it was "not UTF-8 text"): the id
+    # the file lacks named in its own spelling
     (tmp_path / "latin1.txt").write_bytes("e\nprot\xe9ine\n".encode("latin-1"))
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "latin1.txt", "-o", out)
-    assert done.exit_code == 1 and "latin1.txt:2: not UTF-8 text: a list of ids or a FASTA file expected" in done.stderr
+    assert done.exit_code == 1 and "1 protein of the 2 it names is not in" in done.stderr, done.stderr
+    assert "prot\xe9ine" in done.stderr and not out.exists()
+    # an id list that names no id (comments and blank lines alone)
     (tmp_path / "none.txt").write_text("# ids to export\n\n")
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "none.txt", "-o", out)
     assert done.exit_code == 1 and "none.txt: holds no id: a FASTA file, or one id a line" in done.stderr
