@@ -756,6 +756,7 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names; `rejected`: why a record of the FASTA could not be read)."""
+    from protrans_cli.io.fasta import decode_text
     from protrans_cli.io.files import binary_kind, display_name, header_delimiter, kind_refusal, open_input, utf16_text
 
     name = display_name(path)
@@ -765,11 +766,10 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     wide = utf16_text(data, name)
     if wide is None and (kind := binary_kind(data)):
         raise InputError(kind_refusal(kind, "a variants table", "CSV or TSV with a mutant column"), path=name)
-    try:
-        text = wide if wide is not None else data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}; save it as UTF-8)",
-                         path=name, line=data.count(b"\n", 0, exc.start) + 1) from None
+    # (a line that is not UTF-8 field by field, UTF-8 else latin-1, as label files and FASTA headers
+    # are read: a latin-1 table was refused, "not UTF-8 text", though its --id-column's ids were those
+    # a latin-1 FASTA's headers gave)
+    text = wide if wide is not None else decode_text(data)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     first = next((line for line in text.split("\n") if line.strip()), None)
     if first is None:

@@ -622,6 +622,25 @@ def test_one_table_of_many_proteins_names_each_rows_wild_type(run_cli, tmp_path,
     assert r.exit_code == 2 and "--id-column" in r.stderr
 
 
+def test_id_column_of_a_latin1_table_names_the_records_of_a_latin1_fasta(run_cli, tmp_path, tiny_models):
+    """A FASTA and a variants table in latin-1: the table's `Prot\xe9ine` is the record the FASTA's
+    header `>Prot\xe9ine` gives (UTF-8, else latin-1, as the label and --ids readers decode); the
+    table was refused as "not UTF-8 text". A line in UTF-8 among them reads as UTF-8 (line by
+    line, field by field: its id is the same record)."""
+    other = SEQ[::-1]
+    fasta = tmp_path / "wt.fa"
+    fasta.write_bytes(f">Prot\xe9ine 37\xb0C\n{SEQ}\n>b\n{other}\n".encode("latin-1"))
+    table = tmp_path / "v.csv"
+    table.write_bytes(f"protein,mutant,note\nProt\xe9ine,K2A,37\xb0C\nb,{other[1]}2W,\xb5m\n".encode("latin-1")
+                      + "Prot\xe9ine,T3W,\xb5m\n".encode())
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    assert [(row["protein"], row["note"]) for row in rows] == [("Prot\xe9ine", "37\xb0C"), ("b", "\xb5m"),
+                                                               ("Prot\xe9ine", "\xb5m")]
+    assert all(row["s"] for row in rows)
+
+
 def test_id_column_neither_checks_nor_warns_about_records_the_table_does_not_name(run_cli, tmp_path, tiny_models):
     """--id-column over a FASTA whose other records cannot be read (a J, an inner stop) or read as
     DNA: the table's proteins are scored without a word about them (the run was refused for a
@@ -858,9 +877,10 @@ def test_rows_without_a_variant_and_misaligned_rows(run_cli, tmp_path, tiny_mode
     table.write_text("mutant,note\nK2A,a\nT3W,b,c\n")
     r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "-o", out)
     assert r.exit_code == 1 and "v.csv:3: has 3 fields, the header has 2" in r.stderr and not out.exists()
-    table.write_bytes(b"mutant,note\nK2A,a\nT3W,\xb5m\n")  # (latin-1: the line named)
-    r = run_cli("variants", table, "--sequence", SEQ, "-m", model)
-    assert r.exit_code == 1 and "v.csv:3: is not UTF-8 text" in r.stderr
+    table.write_bytes(b"mutant,note\nK2A,a\nT3W,\xb5m\n")  # (latin-1, as label files: it was "not UTF-8 text")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    assert [row["note"] for row in _table(r.stdout)] == ["a", "\xb5m"]
     table.write_text("mutant,note\nK2A,a,\nT3W,b\n")
     r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--column", "s")
     assert r.exit_code == 0, r.stderr

@@ -40,7 +40,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, UsageError, brief
 from protrans_cli.heads.tasks import LOCATIONS, SS8
-from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
+from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_text, look_alike, parse_fasta
 from protrans_cli.io.files import (binary_kind, display_name, header_delimiter, is_utf16, kind_refusal,
                                    open_input, utf16_codec, utf16_text)
 from protrans_cli.io.h5 import sequence_checksum
@@ -120,13 +120,6 @@ class LabelSet:
         return name or "labels"
 
 
-def _decoded_line(line: bytes) -> str:
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        return "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", line))
-
-
 def _companion_fasta(path) -> Iterator[FastaRecord]:
     """The records of a FASTA given beside a label file (FLIP's mask, `--sequences`), UTF-16
     read as the label file beside it is (it was refused as "not FASTA"). Only a UTF-16 file is
@@ -175,16 +168,9 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         data = stream.read()
     if utf16_codec(data) is None:
         _refuse_binary(data, name)
-    try:
-        text = utf16_text(data, name)
-        if text is None:
-            text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # Field by field, as the FASTA reader decodes a header word by word: one non-UTF-8 byte
-        # (`37\xb0C` in a note) read the whole file as latin-1, and every UTF-8 id in it (`protéine1`
-        # became `protÃ©ine1`) then matched no embedding.
-        # (the lines that are not UTF-8 only: a NetSurfP CSV has a field per residue)
-        text = "\n".join(_decoded_line(line) for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"))
+    text = utf16_text(data, name)
+    if text is None:
+        text = decode_text(data)  # (field by field where a line is not UTF-8, as a FASTA header is)
     # Any line ending (CRLF, and CR alone from old Mac files) as \n: label files are read whole.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if fmt == "auto":

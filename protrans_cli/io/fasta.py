@@ -150,6 +150,25 @@ def decode_word(word: bytes) -> str:
         return word.decode("latin-1")
 
 
+def decode_text(data: bytes) -> str:
+    """A table's bytes (a label file, a variants table): UTF-8, its byte-order mark dropped, else
+    each line that is not UTF-8 field by field (decode_word), as a header is decoded word by word:
+    one non-UTF-8 byte (`37\xb0C` in a note) read the whole file as latin-1, and every UTF-8 id in
+    it (`protéine1` became `protÃ©ine1`) then matched no embedding or record."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # (the lines that are not UTF-8 only: a NetSurfP CSV has a field per residue)
+        return "\n".join(_decoded_line(line) for line in data.removeprefix(BOM).split(b"\n"))
+
+
+def _decoded_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", line))
+
+
 def _record(header: bytes, chunks: list[bytes], line: int, name: str, nul_headers: bool = False) -> FastaRecord:
     if b"\r" in header and not chunks:
         # A whole file read as one header line: its lines end in CR alone (classic Mac OS). (A
