@@ -214,6 +214,8 @@ class EmbedSummary:
     num_residues: int = 0        # residues written by this run (identical sequences computed once count for each id)
     seconds: float = 0.0         # from the first batch to the file's completion (model loading excluded)
     failed: dict[str, str] = field(default_factory=dict)
+    truncated: list[str] = field(default_factory=list)  # ids this run stored truncated (--long-policy truncate)
+    max_length: int | None = None  # the length limit applied: max_length, else the model's (None: none)
 
     @property
     def residues_per_second(self) -> float:
@@ -1380,7 +1382,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # Resolved before the attributes: the file records the length at which --long-policy applied
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)
-    max_length = resolve_max_length(options, model_max)
+    max_length = summary.max_length = resolve_max_length(options, model_max)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     _warn_cls_not_trained(embedder, options, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)
@@ -1500,6 +1502,15 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             _deliver(piece, result, writer, pending, summary, causal=causal)
         writer.flush_due()
 
+    # the proteins an earlier run stored truncated (this run's truncate them again: the same
+    # settings): the file's `truncated` lists them whether or not the earlier run closed it
+    cut_before: set[str] = set()
+    truncating = options.long_policy == "truncate" and max_length is not None
+
+    def note_truncated(proteins):
+        for prot in proteins:
+            writer.note_truncated(prot.id, len(prot.sequence))
+
     def write_copies(units, failures):
         for ident, reason in failures.items():
             writer.record_failure(ident, reason)
@@ -1516,6 +1527,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                                        options.part_of):
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
+                if truncating and done_here:
+                    earlier = [p for p in window if p.id in done_here and len(p.sequence) > max_length]
+                    cut_before.update(p.id for p in earlier)
+                    background.submit(note_truncated, earlier)
                 failures: dict[str, str] = {}
                 units, duplicates = plan_units(window, options, max_length, done_here, failures.__setitem__, name)
                 summary.num_duplicates += duplicates + mark_copies(units, scan, written)
@@ -1567,7 +1582,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     summary.failed = dict(writer.failed)
 
     if dist.world_size > 1:
-        _finish_ranks(summary, output, options, writer_kw, dist)
+        _finish_ranks(summary, output, options, writer_kw, dist, cut_before)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -1766,6 +1781,7 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
             extra = {"chunks": len(unit.windows)}
         elif len(prot.sequence) > len(unit.sequence):
             extra = {"truncated_from": len(prot.sequence)}
+            summary.truncated.append(prot.id)
         if computed:
             extra["computed"] = computed
         writer.write(prot.id, prot.header, unit.sequence, per_residue=per_residue, per_protein=per_protein,

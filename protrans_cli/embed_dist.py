@@ -172,9 +172,10 @@ def shard_path(output, rank: int, world_size: int) -> Path:
     return output.with_name(f"{output.name}.shard-{rank:03d}-of-{world_size:03d}")
 
 
-def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist) -> None:
+def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist, cut_before=frozenset()) -> None:
     """Under torchrun, once every rank has written its shard: the counts summed, rank 0 merging
-    the shards into the output while the others wait for it."""
+    the shards into the output while the others wait for it. `cut_before`: the proteins an
+    earlier run stored truncated (not this run's, in its summary)."""
     try:
         summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
     except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
@@ -186,7 +187,9 @@ def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist)
     # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
     if dist.is_main:
         try:
-            summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
+            summary.failed, truncated = _merge_shards(output, options, writer_kw, dist.world_size)
+            # every rank's, as the merged file lists them (this rank's alone named a few of them)
+            summary.truncated = [ident for ident in truncated if ident not in cut_before]
         except Exception:
             with contextlib.suppress(RuntimeError):
                 dist.barrier()
@@ -210,21 +213,24 @@ def _shard_files(output) -> list[str]:
     return sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
 
 
-def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:
+def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> tuple[dict, list]:
     """Rank 0: fold every rank's shard into the one output, then remove the shards. Stopped
-    (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`."""
+    (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`.
+    Returns the failed proteins and the truncated ones the shards brought in."""
     from protrans_cli.embed import final_output_hook
 
     shards = _shard_files(output)
     try:
         with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
             merged.on_final = final_output_hook()
+            before = set(merged.truncated)  # (an earlier run's, in the output resumed)
             _absorb_shards(merged, shards)
             failed = dict(merged.failed)
+            truncated = [ident for ident in merged.truncated if ident not in before]
     except KeyboardInterrupt as exc:
         exc.kept = partial_path(output)  # (not this rank's shard: interrupted_output)
         raise
-    return failed
+    return failed, truncated
 
 
 def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:

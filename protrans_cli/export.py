@@ -1089,6 +1089,10 @@ def info(path, *, residues: bool = False) -> dict:
             facts["runs"] = len(runs)
         failed = reader.failed()
         facts["failed"] = failed
+        if "truncated" in reader.attrs:  # (a file of --long-policy truncate; files from before it lack it)
+            from protrans_cli.io.h5 import truncated_attr
+
+            facts["truncated"] = truncated_attr(reader.attrs["truncated"])
         if residues:
             facts["residues"] = _residue_counts(reader)
     return facts
@@ -1138,6 +1142,10 @@ def _other_output(path: str) -> dict | None:
                     facts[name] = value.tolist() if isinstance(value, np.ndarray) else _text(value)
             if "failed" in f.attrs:
                 facts["failed"] = failed_attr(f.attrs.get("failed"), path)
+            if "truncated" in f.attrs:  # (contacts --long-policy truncate)
+                from protrans_cli.io.h5 import truncated_attr
+
+                facts["truncated"] = truncated_attr(f.attrs["truncated"])
             facts["groups"] = groups
             return facts
     except (OSError, KeyError):
@@ -1266,6 +1274,10 @@ def info_lines(facts: dict) -> list[str]:
         shown = f"{limit:,}" if isinstance(limit, (int, float)) else str(limit)  # (text: another writer's, a traceback)
         lines.append(("long proteins", f"{facts['long_policy']} beyond {shown} residues" if limit
                       else f"{facts['long_policy']} (no limit)"))
+    if "truncated" in facts:
+        cut = facts["truncated"]
+        named = "; ".join(f"{brief(i)}: {length:,} residues" for i, length in list(cut.items())[:3])  # (--json: all)
+        lines.append(("truncated", f"{len(cut):,}" + (f" ({named}{'; ...' if len(cut) > 3 else ''})" if cut else "")))
     if facts.get("part"):
         lines.append(("part", str(facts["part"])))
     if "residues" in facts:

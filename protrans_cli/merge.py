@@ -34,7 +34,7 @@ from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_A
                                 remove_partial, stored_proteins)
 
 # What the writer records itself: its layout and kinds, and the failures and runs of the parts
-_OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "runs"}
+_OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "truncated", "runs"}
 # Compared between the parts besides RESUME_ATTRS (the layout aside): every row depends on them
 _ALSO_SAME = ("input_prefix", "embedding_dim")
 # Compared where both parts record it: `layers` counts from it (layer -1 of 33 hidden states is
@@ -412,7 +412,7 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
 
     from protrans_cli.io import disk
     from protrans_cli.io.h5 import (_attr_value, _same_run, failed_attr, h5_file, recorded_runs,
-                                    run_attributes)
+                                    run_attributes, truncated_attr)
     from protrans_cli.io.stacked import (COLUMNS, COUNT_COLUMNS, StackedView, _rows_per_block, _written_as,
                                          create_stacked, keyed_rows)
 
@@ -428,9 +428,11 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
         merged = heapq.merge(*(keyed_rows(view, index, skip)
                                for index, (view, skip) in enumerate(zip(views, repeats))))
         failed: dict[str, str] = {}
+        truncated: dict[str, int] = {}  # (as the writer merges them: every part's)
         runs: list[dict] = []
         for f, part in zip(files, parts):
             failed.update(failed_attr(f.attrs.get("failed"), str(part.path)))
+            truncated.update(truncated_attr(f.attrs.get("truncated")))
             for run in recorded_runs(f):
                 if not any(_same_run(run, known) for known in runs):
                     runs.append(run)
@@ -450,6 +452,8 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
                         out.attrs[key] = _attr_value(value)
                 out.attrs["runs"] = json.dumps(runs, sort_keys=True)
                 out.attrs["failed"] = json.dumps(failed, sort_keys=True)
+                if truncated or _comparable(file_attrs.get("long_policy")) == "truncate":
+                    out.attrs["truncated"] = json.dumps(truncated, sort_keys=True)
                 data, columns = create_stacked(out, n, shape, dtype)
                 step = _rows_per_block(row_bytes)
                 for start in range(0, n, step):

@@ -210,6 +210,62 @@ def test_skip_and_truncate_policies(tmp_path):
     np.testing.assert_array_equal(truncated["P1"], onehot_reference("MKTAYIAKQRQISFVKSHFSRQ"[:10]))
 
 
+CUT_AT_10 = {"P1": 22, "P1copy": 22, "sp|Q9/slash": 20}  # SMALL's proteins longer than 10 residues
+
+
+def _truncated_attr(path):
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["truncated"]) if "truncated" in f.attrs else None
+
+
+def test_truncated_proteins_are_said_in_the_summary_recorded_in_the_file_and_shown_by_info(run_cli, tmp_path):
+    """--long-policy truncate cut proteins without a word: the summary and `info` said nothing of
+    how many (esm-extract's silent truncation, a known complaint of ESM users)."""
+    import json
+
+    out = tmp_path / "t.h5"
+    r = run_cli("embed", SMALL, "-m", "onehot", "--max-length", "10", "--long-policy", "truncate", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    line = next(line for line in r.stderr.splitlines() if line.startswith("truncated "))
+    assert line.startswith("truncated 3 proteins longer than --max-length 10 to their first 10 residues "
+                           "(--long-policy truncate): ")
+    assert sorted(line.split(": ", 1)[1].split("; ")[0].split(", ")) == sorted(CUT_AT_10)
+    assert _truncated_attr(out) == CUT_AT_10
+    shown = run_cli("info", out).stdout
+    assert "truncated:     3 (P1: 22 residues; P1copy: 22 residues; sp|Q9/slash: 20 residues)" in shown, shown
+    assert json.loads(run_cli("info", out, "--json").stdout)["truncated"] == CUT_AT_10
+    # none cut: no line, and the file says none were (not "not recorded")
+    r = run_cli("embed", SMALL, "-m", "onehot", "--max-length", "30", "--long-policy", "truncate", "-o", out, "--force")
+    assert "\ntruncated " not in r.stderr and _truncated_attr(out) == {}
+    assert "truncated:     0\n" in run_cli("info", out).stdout
+    # another policy: nothing is cut, nothing said
+    run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--force")
+    assert _truncated_attr(out) is None and "\ntruncated:" not in run_cli("info", out).stdout
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_a_resumed_run_lists_the_proteins_truncated_before_it_and_says_its_own(tmp_path, monkeypatch, layout):
+    """The file lists every protein stored truncated, an interrupted run's too (even where a kill
+    left its `truncated` attribute unwritten); the summary, the ones this run cut."""
+    import h5py
+
+    kw = dict(max_length=10, long_policy="truncate", max_batch_size=1, per_residue=layout != "stacked",
+              per_protein=True, layout=layout)
+    out = tmp_path / "t.h5"
+    _interrupt(out, SMALL, monkeypatch, 3, **kw)
+    with h5py.File(partial_path(out), "r+") as f:
+        before = set(CUT_AT_10) & {f[PER_PROTEIN][k].attrs["id"] for k in f[PER_PROTEIN]}
+        del f.attrs["truncated"]  # (as a SIGKILL leaves it: written at a close)
+    assert before  # (the longest are computed first)
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True, **kw))
+    assert sorted(summary.truncated) == sorted(set(CUT_AT_10) - before) and summary.max_length == 10
+    assert _truncated_attr(out) == CUT_AT_10
+
+
 def test_a_protein_exactly_max_length_long_is_embedded_whole_under_every_policy(tmp_path):
     """--max-length N is the longest protein embedded whole: one of N residues is no long protein
     (not refused, skipped, truncated or chunked); one of N + 1 is."""
@@ -1847,6 +1903,25 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
         assert len(json.loads(f.attrs["runs"])) == 1  # one run, whatever the ranks
         # the command that ran, not `protrans embed ...` as if one process had
         assert f.attrs["command_line"] == f"torchrun --nproc-per-node 2 -m protrans_cli embed {SMALL} -m onehot -o {out} --packing"
+
+
+@pytest.mark.slow
+def test_torchrun_says_and_records_every_ranks_truncated_proteins(tmp_path):
+    """Each rank truncates its share: the summary (rank 0's) names all of them, as the merged file lists them."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "dist.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out), "--max-length", "10",
+           "--long-policy", "truncate", "--max-batch-size", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("truncated 3 proteins longer than --max-length 10") == 1, proc.stderr
+    assert _truncated_attr(out) == CUT_AT_10
 
 
 def test_the_command_line_under_torchrun_names_its_ranks(monkeypatch):

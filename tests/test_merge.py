@@ -59,6 +59,20 @@ def test_merged_parts_equal_the_whole_input_embedded_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_merged_parts_list_every_parts_truncated_proteins(tmp_path, layout):
+    """The file's `truncated` list (embed --long-policy truncate) is every part's, as one run over
+    the whole input records it (part 0's alone was kept, as one of its settings)."""
+    fasta = generated_fasta(tmp_path / "all.fa", 40, repeat_every=0, long_every=5)
+    kw = dict(max_length=70, long_policy="truncate", per_residue=False, layout=layout)
+    whole = _embed(fasta, tmp_path / "whole.h5", **kw)
+    parts = [_embed(p, tmp_path / f"{p.stem}.h5", **kw) for p in _split(fasta, 2, tmp_path)]
+    merge(parts, tmp_path / "merged.h5")
+    with h5py.File(whole, "r") as one, h5py.File(tmp_path / "merged.h5", "r") as merged:
+        assert len(json.loads(one.attrs["truncated"])) == 8
+        assert json.loads(merged.attrs["truncated"]) == json.loads(one.attrs["truncated"])
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
 def test_a_setting_the_parts_ran_with_differently_is_left_to_their_runs(tmp_path, layout):
     """A part embedded on a GPU in bfloat16, the other on the CPU: the merged file's `device` and
     `compute_dtype` would be one part's, so it has neither; the settings they share are kept, and

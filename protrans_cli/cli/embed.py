@@ -163,6 +163,14 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                  + (f"; {console.counted(summary.num_duplicates, 'protein')} "
                     f"{'shares' if summary.num_duplicates == 1 else 'share'} the sequence of another "
                     "(copied, not computed again)" if summary.num_duplicates else ""))
+    if summary.truncated:  # (asked for, but never silent: their rows and means are of the first residues only)
+        count, one = len(summary.truncated), len(summary.truncated) == 1
+        limit = (f"--max-length {summary.max_length:,}" if max_length
+                 else f"the {summary.max_length:,} residues the model accepts")
+        console.info(f"truncated {console.counted(count, 'protein')} longer than {limit} to {'its' if one else 'their'} "
+                     f"first {summary.max_length:,} residues (--long-policy truncate): "
+                     f"{console.some_named(count, summary.truncated[:console.NAMED])}; listed in the file's "
+                     "'truncated' attribute (protrans info)")
     console.list_failed(summary.failed, "embedding")
     from protrans_cli.cli import refuse_if_every_protein_failed
 

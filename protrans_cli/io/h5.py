@@ -707,6 +707,20 @@ def failed_attr(raw, path: str) -> dict[str, str]:
     return value
 
 
+def truncated_attr(raw) -> dict[str, int]:
+    """The `truncated` file attribute (id -> full length, as JSON): the proteins stored cut to their
+    first residues (--long-policy truncate), whose own `truncated_from` says the same. It only
+    reports: one that is not what embed writes (made by hand) reads as none, never stops a run."""
+    try:
+        raw = _plain(raw) if raw is not None else None
+        value = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except (ValueError, TypeError, RecursionError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+
+
 def _is_dataset(obj) -> bool:
     import h5py
 
@@ -1891,6 +1905,9 @@ class EmbeddingsWriter:
         self._failed_written: str | None = None  # the `failed` attribute's text in the file, once written
         self._failed_changed = True  # `failed` changed since it was last written (serialised only then)
         self._failed_count = 0  # entries in the `failed` attribute as last written
+        # id -> full length of the proteins stored truncated (`truncated_from`): the file's
+        # `truncated` attribute, written at each close (embed adds an earlier run's: note_truncated)
+        self.truncated: dict[str, int] = {}
         output_directory(self.path)
 
         run_attrs = run_attributes(attrs, kinds=self.kinds, layout=layout, storage_dtype=storage_dtype)
@@ -1940,6 +1957,7 @@ class EmbeddingsWriter:
                                      "EmbeddingsReader or h5py.File), or wait for that process to end, and run the "
                                      "command again", path=str(self.path if renamed else self.partial)) from None
             self.failed = failed_attr(self.file.attrs.get("failed"), str(self.partial))
+            self.truncated = truncated_attr(self.file.attrs.get("truncated"))
             resumed = True
             from protrans_cli.io.stacked import extension_base
 
@@ -2080,6 +2098,10 @@ class EmbeddingsWriter:
                                  "damaged: delete it to start again", path=str(self.partial)) from None
         if self.failed.pop(ident, None) is not None:
             self._failed_changed = True
+        if attrs.get("truncated_from") is not None:
+            self.truncated[ident] = int(attrs["truncated_from"])
+        else:
+            self.truncated.pop(ident, None)
         self._ledger.add(ident, attrs.get("checksum"))
         if self._cache.written():  # (a caller that never flushes: the cache bounded all the same)
             self.flush()
@@ -2137,6 +2159,11 @@ class EmbeddingsWriter:
         self.failed[ident] = reason
         self._failed_changed = True
 
+    def note_truncated(self, ident: str, full_length: int) -> None:
+        """A protein already in the file (an earlier run's) that is stored truncated: listed in the
+        `truncated` attribute (a run killed before its close wrote none for its proteins)."""
+        self.truncated[ident] = int(full_length)
+
     def copy_from(self, other_path, *, layout: str | None = None, skip: set[bytes] = frozenset(),
                   own: bool = False) -> int:
         """Merge another file into this one (a torchrun shard, a part of `protrans merge`);
@@ -2151,6 +2178,7 @@ class EmbeddingsWriter:
         with h5_file(other_path, "r") as src, self._abandoned_on_write_failure():
             self._copy_objects(src, copied, flat=(layout or self.layout) == "flat", skip=skip, own=own)
             self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
+            self.truncated.update(truncated_attr(src.attrs.get("truncated")))
             # The shard's runs before this one (a torchrun run resumed in one process); its
             # ranks' own entries of this run differ from rank 0's by the device only.
             for run in recorded_runs(src):
@@ -2232,6 +2260,8 @@ class EmbeddingsWriter:
         whatever its growth (see _write_failed)."""
         with self._abandoned_on_write_failure():
             self._write_failed(force=failures)
+            if failures:
+                self._write_truncated()
             self.file.flush()
         self._cache.flushed()
         self._ledger.flushed()
@@ -2287,6 +2317,15 @@ class EmbeddingsWriter:
                               "the same command with --resume once the problem is solved", path=str(self.partial))
 
     _FAILED_ALWAYS = 1024  # up to this many failures the attribute is kept current at every flush
+
+    def _write_truncated(self) -> None:
+        """The `truncated` attribute (at a close or a merge's flush; a run killed before it is mended
+        by the next --resume, which notes the earlier proteins it finds truncated): in every file of
+        --long-policy truncate, `{}` there saying none was, and in any other that holds one."""
+        if self.truncated or _plain(self.file.attrs.get("long_policy", "")) == "truncate":
+            text = json.dumps(self.truncated, sort_keys=True)
+            if _plain(self.file.attrs.get("truncated", "")) != text:
+                self.file.attrs["truncated"] = text
 
     def _write_failed(self, force: bool = False) -> None:
         # Rewritten only when it changed: embed flushes after every batch, and rewriting an
