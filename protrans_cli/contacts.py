@@ -421,8 +421,10 @@ def _continued_from(loaded) -> str | None:
 # --- the command ---------------------------------------------------------------------------
 
 def predict_contacts(fasta, output, options: ContactOptions | None = None, *, predictor: ContactPredictor | None = None,
-                     input_name: str | None = None) -> ContactSummary:
-    """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/embed.md, "Contact maps")."""
+                     input_name: str | None = None, on_load=None) -> ContactSummary:
+    """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/embed.md, "Contact maps").
+    `on_load`: called with the model it loads (not given `predictor`), once the input is checked:
+    esm-extract embeds with it next instead of loading it again."""
     from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
     from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, display_name, input_named_by,
                                        output_lock, refuse_other_format_name)
@@ -462,13 +464,13 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
             _refuse_live_outputs(output)
         spool = _spool_input(output, fasta) if streamed else None
         try:
-            return _run(spool or fasta, name, output, options, predictor)
+            return _run(spool or fasta, name, output, options, predictor, on_load)
         finally:
             if spool is not None:
                 spool.unlink(missing_ok=True)
 
 
-def _run(source, name: str, output: Path, options: ContactOptions, predictor) -> ContactSummary:
+def _run(source, name: str, output: Path, options: ContactOptions, predictor, on_load=None) -> ContactSummary:
     import time
 
     from protrans_cli.embed import (_check_before_compute, _Done, _warn_gapped, _warn_nucleotide, model_attr,
@@ -487,8 +489,10 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
             from protrans_cli.models import load_model
 
             device, dtype = resolve_device(options.device, options.dtype)
-            predictor = ContactPredictor(load_model(options.model, device=device, dtype=dtype,
-                                                    revision=options.revision))
+            loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision)
+            if on_load is not None:
+                on_load(loaded)
+            predictor = ContactPredictor(loaded)
         loaded = predictor.loaded
         if (how := _continued_from(loaded)):
             origin = how.rsplit(" from ", 1)[1]

@@ -222,8 +222,10 @@ class EmbedSummary:
         return self.num_residues / self.seconds if self.seconds > 0 else 0.0
 
 
-def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embedder:
-    """The onehot embedder, or a registry model loaded from a short name, directory or hub id."""
+def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=None) -> Embedder:
+    """The onehot embedder, or a registry model loaded from a short name, directory or hub id.
+    `loaded`: that model already loaded (`models.load_model` of options.model, in the device and
+    dtype options resolve to), not loaded again (esm-extract's contacts and rows)."""
     expect_options(options, EmbedOptions, "options")
     options.validate()  # (before the model loads: a bad setting was found after minutes of loading)
     # (said once: under torchrun every rank builds its embedder from the same options)
@@ -259,7 +261,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
     # materialised in float32 on the way to a bf16 GPU. (Loading may draw from torch's global
     # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
-    loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
+    if loaded is None:
+        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
     automatic = options.attention == "auto"
     attention = options.attention
     if automatic:

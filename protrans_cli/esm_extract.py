@@ -7,7 +7,8 @@ of one `<id>.pt` file a protein, for the shell scripts and Snakemake rules writt
 
 Nothing is computed here: `embed` writes the rows (and the `<cls>` vectors for `bos`) into a
 working HDF5 file, `contacts` the contact maps into another, and the `.pt` files are written from
-them as `export --format esm` writes its folder. Each file is `torch.save` of esm-extract's dict,
+them as `export --format esm` writes its folder (the model loaded once: the contacts' run hands
+it to embed's). Each file is `torch.save` of esm-extract's dict,
 float32 tensors by layer, the layers numbered as esm-extract numbers them (0 the embedding layer
 .. N the last; negative `repr_layers` count from the end), only the included keys:
 
@@ -207,6 +208,8 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
     summary = ExtractSummary(output=folder, layers=layers)
     contacts_file = embeddings_file = None
     failed: dict[str, str] = {}
+    wanted = {"per_tok", "mean", "bos"}.intersection(include)
+    shared: list = []  # the model contacts loaded, where embed runs it next (loaded once: ESM-2 15B takes minutes)
     if "contacts" in include:
         # first: a model without a trained head is refused before anything is computed
         from protrans_cli.contacts import ContactOptions, predict_contacts
@@ -216,10 +219,10 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
             done = predict_contacts(source, contacts_file, ContactOptions(
                 model=options.model, device=options.device, dtype=options.dtype, max_tokens=options.toks_per_batch,
                 max_length=options.truncation_seq_length, long_policy="truncate", storage_dtype="float32",
-                threads=options.threads, command_line=options.command_line), input_name=name)
+                threads=options.threads, command_line=options.command_line), input_name=name,
+                on_load=(lambda loaded: shared.append((loaded, _attention_of(loaded)))) if wanted else None)
         summary.num_records = done.num_records
         failed.update(done.failed or {})
-    wanted = {"per_tok", "mean", "bos"}.intersection(include)
     if wanted:
         from protrans_cli.embed import EmbedOptions, embed
 
@@ -228,17 +231,40 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
         per_residue = "per_tok" in wanted or {"mean", "bos"} <= wanted
         per_protein = "bos" in wanted or not per_residue
         embeddings_file = work / "embeddings.h5"
+        embed_options = EmbedOptions(
+            model=options.model, per_residue=per_residue, per_protein=per_protein, layers=tuple(layers),
+            pooling="cls" if "bos" in wanted else "mean", device=options.device, dtype=options.dtype,
+            max_tokens=options.toks_per_batch, max_length=options.truncation_seq_length, long_policy="truncate",
+            threads=options.threads, command_line=options.command_line)
         with _in_esm_extract_terms():
-            done = embed(source, embeddings_file, EmbedOptions(
-                model=options.model, per_residue=per_residue, per_protein=per_protein, layers=tuple(layers),
-                pooling="cls" if "bos" in wanted else "mean", device=options.device, dtype=options.dtype,
-                max_tokens=options.toks_per_batch, max_length=options.truncation_seq_length, long_policy="truncate",
-                threads=options.threads, command_line=options.command_line), distributed=False, input_name=name)
+            embedder = _embedder_of(*shared.pop(), embed_options) if shared else None
+            done = embed(source, embeddings_file, embed_options, embedder=embedder, distributed=False,
+                         input_name=name)
+        del embedder
         summary.num_records = done.num_records
         failed.update(done.failed)
     _write_files(work / "files", folder, include, layers, embeddings_file, contacts_file, failed, summary)
     summary.failed = failed
     return summary
+
+
+def _attention_of(loaded) -> str | None:
+    """The attention the model was loaded with (transformers' `_attn_implementation`: sdpa)."""
+    from protrans_cli.contacts import _encoder
+
+    return getattr(_encoder(loaded).config, "_attn_implementation", None)
+
+
+def _embedder_of(loaded, attention: str | None, options):
+    """embed's embedder of the model contacts ran, its attention put back to the one it was loaded
+    with (the contact head switched it to the eager one, for its attention maps: the same numbers,
+    slower, and an (L, L) matrix a head held)."""
+    from protrans_cli.contacts import _encoder
+    from protrans_cli.embed import build_embedder
+
+    if attention:
+        _encoder(loaded).set_attn_implementation(attention)
+    return build_embedder(options, loaded=loaded)
 
 
 def _write_files(files: Path, folder: Path, include: list[str], layers: list[int], embeddings_file, contacts_file,

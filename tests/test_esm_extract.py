@@ -130,6 +130,36 @@ def test_a_protein_past_1022_residues_is_cut_there_by_default_and_said(run_cli, 
                                atol=1e-5, rtol=0)
 
 
+def test_the_model_is_loaded_once_for_contacts_and_rows(tmp_path, model_dir, monkeypatch):
+    """Contacts and rows of one run: the model loaded once, not for each (ESM-2 15B: minutes and
+    twice the memory), the rows those of the model as loaded (its attention, which the contact head
+    switches, put back): equal to a run that computes rows alone."""
+    import protrans_cli.models as models
+    from protrans_cli.esm_extract import ExtractOptions, esm_extract
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    loads = []
+    load_model = models.load_model
+
+    def counted(*args, **kwargs):
+        loads.append(args[0] if args else kwargs.get("model"))
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", counted)
+    esm_extract(fasta, tmp_path / "all", ExtractOptions(model=str(model_dir), repr_layers=(0, -1),
+                                                        include=("mean", "per_tok", "bos", "contacts")))
+    assert loads == [str(model_dir)]
+    esm_extract(fasta, tmp_path / "rows", ExtractOptions(model=str(model_dir), repr_layers=(0, -1),
+                                                         include=("per_tok", "bos")))
+    both, rows = _files(tmp_path / "all"), _files(tmp_path / "rows")
+    assert sorted(both) == sorted(rows) == ["P1.pt", "P2.pt", "P3.pt"]
+    for name in rows:
+        for key in ("representations", "bos_representations"):
+            for layer in (0, 2):
+                assert torch.equal(both[name][key][layer], rows[name][key][layer]), (name, key, layer)
+
+
 def _records():
     text = (REFERENCE / "input.fa").read_text()
     for block in text.split(">")[1:]:
