@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
-                                 option)
+from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
+                                 expect_path, option)
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 # esm-extract's dict keys of each --include, in the order it writes them
@@ -48,7 +48,10 @@ FIELDS = {"per_tok": "representations", "mean": "mean_representations", "bos": "
           "contacts": "contacts"}
 # embed's and contacts' flags, where their messages name the settings esm-extract calls otherwise
 # (in this order: the longer first); an option esm-extract lacks is embed's, said so
-_FLAGS = {"--max-length": "--truncation_seq_length", "--max-tokens": "--toks_per_batch",
+_FLAGS = {" --long-policy chunk keeps every window within them":  # (embed's remedy for proteins beyond training)
+          " keeps every protein within them, the rest cut off; protrans embed --long-policy chunk keeps every residue, "
+          "in windows within them",
+          "--max-length": "--truncation_seq_length", "--max-tokens": "--toks_per_batch",
           "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean",
           "--pooling mean": "--include mean", "--invalid-policy skip": "protrans embed --invalid-policy skip"}
 
@@ -131,6 +134,9 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
             summary = _extract(fasta, work, folder, options, include, layers)
             default_permissions(work / "files")  # (mkdtemp's 0700: the files of any output under the umask)
             summary.num_replaced = _move_in(work / "files", folder)
+        except ProtransError as exc:
+            _nothing_kept(exc, work, str(output_dir))
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if summary.truncated:  # (esm-extract cuts them without a word)
@@ -351,6 +357,27 @@ def _move_in(files: Path, folder: Path) -> int:
             replaced += os.path.lexists(target)
             os.replace(files / entry, target)
     return replaced
+
+
+def _nothing_kept(exc: ProtransError, work: Path, output_dir: str) -> None:
+    """A failure of embed or contacts as esm-extract has it: their advice for a full disk or a
+    failed write ("what was computed is kept in .../embeddings.h5.partial; run the same command
+    with --resume") named the hidden working file, which goes with its folder as the run ends, and
+    an option esm-extract lacks. Named by OUTPUT_DIR, and what is true said: nothing is kept."""
+    inside = str(work)
+    if exc.path is not None and str(exc.path).startswith(inside):
+        exc.path = output_dir
+    if "--resume" not in exc.message and inside not in exc.message:
+        return
+    kept = []
+    for clause in exc.message.split("; "):
+        if "--resume" in clause or inside in clause:
+            break
+        kept.append(clause)
+    remedy = ("raise the limit" if "file-size limit" in exc.message else "free some space" if "no room" in exc.message
+              else "remove the cause")
+    exc.message = "; ".join(kept) + (f"; nothing was kept (esm-extract writes its files once all are computed, and "
+                                     f"has no --resume: protrans embed has): {remedy} and run it again")
 
 
 @contextlib.contextmanager

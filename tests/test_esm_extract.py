@@ -291,6 +291,46 @@ def test_embeds_refusals_name_esm_extracts_options(run_cli, tmp_path, model, arg
     assert not (tmp_path / "out").exists()
 
 
+def test_the_remedy_for_proteins_beyond_training_names_what_esm_extract_has(run_cli, tmp_path, model_dir):
+    """ESM-2 with --truncation_seq_length past the 1,022 residues it was trained on: embed's warning
+    advised `--long-policy chunk`, an option esm-extract lacks."""
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(f">long\n{dict(_records())['long']}\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", "mean", "--truncation_seq_length", "2000")
+    assert r.exit_code == 0, r.stderr
+    assert ("rows beyond them come from positions it never learned. --truncation_seq_length 1022 keeps every protein "
+            "within them, the rest cut off; protrans embed --long-policy chunk keeps every residue, in windows within "
+            "them") in r.stderr, r.stderr
+    assert "--max-length" not in r.stderr and "chunk keeps every window" not in r.stderr
+
+
+@pytest.mark.parametrize("include", ["per_tok", "contacts"])
+def test_a_full_disk_names_the_output_folder_and_no_resume(run_cli, tmp_path, model_dir, monkeypatch, include):
+    """A disk that filled during the computation: embed's (and contacts') advice named the hidden
+    working file, removed as the run ended, and `--resume`, which esm-extract lacks."""
+    import types
+
+    from protrans_cli.io import disk, h5
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    room = h5.EmbeddingsWriter.ensure_room
+
+    def full(self, *args, **kwargs):  # (the file made; the disk full at its first batch)
+        monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
+        return room(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5.EmbeddingsWriter, "ensure_room", full)
+    out = tmp_path / "out"
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", include)
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"protrans: error: {out}: no room for the next batch: 0.0 MiB free on the output's disk")
+    assert r.stderr.endswith("; nothing was kept (esm-extract writes its files once all are computed, and has no "
+                             "--resume: protrans embed has): free some space and run it again\n"), r.stderr
+    assert ".esm-extract." not in r.stderr and ".partial" not in r.stderr
+    assert not out.exists()
+
+
 def _nan_for_tryptophan(monkeypatch, model_dir):
     """ESM's hidden states NaN for the proteins holding a W (embed records them as failed)."""
     from transformers import EsmTokenizer
