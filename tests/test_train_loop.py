@@ -854,6 +854,21 @@ def test_cli_errors(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("args, said", [
+    (["--family", "bertt"], "unknown model family 'bertt'"),
+    (["--preset", "tinny"], "unknown preset 'tinny' for family 'bert'"),
+    (["--family", "bert", "--objective", "clm"], "objective clm does not fit the bert family"),
+])
+def test_a_setting_naming_no_family_preset_or_fitting_objective_is_refused_before_the_corpus(tmp_path, run_cli,
+                                                                                            args, said):
+    """A typo in --family or --preset, or an objective the family has not, is a usage error said
+    before the corpus is read: with a corpus too small for one batch (or a missing shard) it was
+    the corpus's error, exit 1, and the typo showed only once the corpus was fixed."""
+    for corpus in (TRAIN / "too_few_proteins.txt", tmp_path / "missing.txt"):
+        res = run_cli("train", *args, "--corpus", corpus, "-o", tmp_path / "r")
+        assert res.exit_code == 2 and said in res.stderr and "corpus" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("args, said", [
     (["--config", "{tmp}/c.yaml"], "{tmp}/c.yaml: a config file is JSON (.json) or TOML (.toml), not .yaml"),
     (["--config", "{tmp}/settings"], "{tmp}/settings: a config file is JSON (.json) or TOML (.toml), not a file "
                                      "without a suffix"),

@@ -381,6 +381,18 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     config.validate(info.world_size, evaluates=evaluates)
     if config.tensorboard and evaluates:  # (not for --find-lr, which logs no metrics)
         require_tensorboard()
+    if not config.init_from:
+        # The family, its preset and the objective are settings, checked before the corpus is read:
+        # `--family bertt` with a corpus too small for one batch (or a missing shard) was said as the
+        # corpus's error, exit 1, and the typo showed only once the corpus was fixed.
+        config = dataclasses.replace(config, family=config.family or DEFAULT_FAMILY,
+                                     preset=config.preset or DEFAULT_PRESET)
+        if family is None:
+            from protrans_cli.models import get_family
+
+            family = get_family(config.family)
+        family.preset_config(config.preset)
+        objective_name = _check_objective(config, family)
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
     # validation corpus fails now, not at the first step or after the last one.
     phases = config.resolved_phases()
@@ -410,13 +422,6 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         config = dataclasses.replace(config, family=family.name)
         objective_name = config.objective or family.objective
     else:
-        config = dataclasses.replace(config, family=config.family or DEFAULT_FAMILY,
-                                     preset=config.preset or DEFAULT_PRESET)
-        if family is None:
-            from protrans_cli.models import get_family
-
-            family = get_family(config.family)
-        objective_name = _check_objective(config, family)
         tokenizer = family.build_tokenizer()
         model = _pretraining_model(config, family, tokenizer)
     # saved as resolved (train_config.json said "objective": null for the family's default)
