@@ -295,6 +295,18 @@ def test_a_refused_file_is_named_for_its_reason_not_torchs_advice(run_cli, tmp_p
     assert not (tmp_path / "o").exists()
 
 
+def test_a_missing_checkpoint_is_said_as_every_command_says_a_missing_input(run_cli, tmp_path):
+    """"no such file", as prep, embed, fit, knn... say it (it was "cannot read the checkpoint: No
+    such file or directory"), and a link whose target is gone says where it points."""
+    r = run_cli("import-head", tmp_path / "secstruct_checkpoint.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path}/secstruct_checkpoint.pt: no such file\n"
+    (tmp_path / "link.pt").symlink_to("/gone/secstruct_checkpoint.pt")
+    r = run_cli("import-head", tmp_path / "link.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "link.pt: a symbolic link to /gone/secstruct_checkpoint.pt, which does not " \
+        "exist" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_checkpoints_that_are_not_the_named_network_are_refused_in_one_line(published, run_cli, tmp_path):
     """The wrong --from, a damaged checkpoint (NaN weights), a file of another shape, stdin or an -o
     that holds the checkpoint: each one line naming what is wrong, and no head written."""

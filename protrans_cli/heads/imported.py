@@ -129,6 +129,10 @@ def _load(path: Path) -> tuple[dict, str]:
     except IsADirectoryError:
         raise InputError("is a directory, expected the checkpoint file (secstruct_checkpoint.pt)",
                          path=str(path)) from None
+    except FileNotFoundError:  # (as every command says it: "cannot read the checkpoint: No such file or directory")
+        from protrans_cli.io.files import missing_file
+
+        raise InputError(missing_file(path), path=str(path)) from None
     except OSError as exc:
         raise InputError(f"cannot read the checkpoint: {exc.strerror or exc}", path=str(path)) from None
     try:
