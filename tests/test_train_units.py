@@ -88,6 +88,13 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     with pytest.raises(UsageError, match=r"head.json: the config.json of a prediction head \(protrans fit\), not "
                                          r"train settings: a run's settings are its train_config.json$"):
         TrainConfig.from_file(tmp_path / "head.json")
+    # a config saved in latin-1 (a note of "37\xb0C"): its line and byte, not the codec's own words
+    for name, text, column in (("latin1.json", b'{"lr": 0.001,\n "note": "37\xb0C"}', 13),
+                               ("latin1.toml", b'lr = 0.001\nnote = "37\xb0C"\n', 11)):
+        (tmp_path / name).write_bytes(text)
+        with pytest.raises(UsageError) as err:
+            TrainConfig.from_file(tmp_path / name)
+        assert str(err.value) == f"{tmp_path / name}:2: is not UTF-8 text (byte 0xb0, column {column}; save it as UTF-8)"
     (tmp_path / "broken.toml").write_text("lr = = 1")
     with pytest.raises(UsageError, match="broken.toml: cannot parse config"):
         TrainConfig.from_file(tmp_path / "broken.toml")

@@ -423,6 +423,16 @@ def kind_refusal(kind: str, what: str, formats: str = "") -> str:
     return f"is not {what}: {kind}"
 
 
+def not_utf8(exc: UnicodeDecodeError) -> tuple[str, int]:
+    """What to say of text that `exc` met as not UTF-8, and the line it is on: "is not UTF-8 text
+    (byte 0xb5, column 4; save it as UTF-8)" (the variants table showed the byte as Python's
+    b'\\xb5', a config file the codec's own "'utf-8' codec can't decode byte 0xb5 in position 40")."""
+    data, start = exc.object, exc.start
+    line_start = data.rfind(b"\n", 0, start) + 1
+    return (f"is not UTF-8 text (byte 0x{data[start]:02x}, column {start - line_start + 1}; save it as UTF-8)",
+            data.count(b"\n", 0, start) + 1)
+
+
 def utf16_text(data: bytes, name: str) -> str | None:
     """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""
     # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.

@@ -479,7 +479,12 @@ class TrainConfig:
                 data = tomllib.loads(raw.decode())
             else:
                 data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            from protrans_cli.io.files import not_utf8
+
+            message, line = not_utf8(exc)
+            raise UsageError(message, path=name, line=line) from None
+        except ValueError as exc:
             raise UsageError(f"cannot parse config ({' '.join(str(exc).split())})", path=name) from None
         except RecursionError:  # thousands of nested brackets: a traceback from the parser
             raise UsageError("cannot parse config (nested too deeply)", path=name) from None
