@@ -330,7 +330,7 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     assert (tmp_path / "m.h5").read_bytes() == b"keep" and not (tmp_path / "n.h5").exists()
     # --force replaces an earlier output, not a file of another kind (a FASTA named by mistake)
     r = run_cli("merge", a, "-o", tmp_path / "m.h5", "--force")
-    assert r.exit_code == 2 and "m.h5: is not an HDF5 file, it begins b'keep': --force replaces an earlier " \
+    assert r.exit_code == 2 and "m.h5: is not an HDF5 file, it begins 'keep': --force replaces an earlier " \
         "embed or merge output only" in r.stderr, r.stderr
     assert (tmp_path / "m.h5").read_bytes() == b"keep"
     (tmp_path / "m.h5").write_bytes((tmp_path / "foreign.h5").read_bytes())

@@ -1420,7 +1420,8 @@ def refuse_replacing_other_file(path, command: str, resume: bool = False) -> Non
         return
     if not hdf5:
         with open(target, "rb") as stream:
-            start = stream.read(16)
+            # (as text, quoted as an id is: Python's b'>sp|P1...' was shown)
+            start = stream.read(16).decode("utf-8", "replace")
         shown = "" if target == Path(os.path.abspath(path)) else f" (the file {target} it links to)"
         if resume:
             raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: not an output of {command} to "
