@@ -804,7 +804,8 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
             if len(row) < len(header) or any(f.strip() for f in row[len(header):]):
                 # (more fields than the header: an unquoted delimiter in a field; written back,
                 # they were dropped without a word. Empty trailing fields are fine.)
-                raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=line)
+                raise InputError(f"has {console.counted(len(row), 'field')}, the header has {len(header)}", path=name,
+                                 line=line)
             owner = 0
             if id_at is not None:
                 owner = by_id.get(row[id_at].strip())

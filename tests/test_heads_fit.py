@@ -248,12 +248,12 @@ def test_label_mismatches_listed_or_skipped(run_cli, ss_data, tmp_path):
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", bad, "--max-epochs", "1", *FAST,
                 "-o", head)
     assert r.exit_code == 1
-    assert "1 label records do not match the embeddings: 1 without an embedding (seq-" in r.stderr
+    assert "1 label record does not match the embeddings: 1 without an embedding (seq-" in r.stderr
     assert not head.exists()  # nothing half-written
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", bad, "--skip-mismatched",
                 "--max-epochs", "1", *FAST, "-o", head)
     assert r.exit_code == 0, r.stderr
-    assert "skipped 1 label records" in r.stderr
+    assert "skipped 1 label record" in r.stderr
 
 
 def test_a_label_record_whose_sequence_differs_from_its_ids_embedding_is_a_mismatch(run_cli, loc_data, tmp_path):
@@ -267,11 +267,11 @@ def test_a_label_record_whose_sequence_differs_from_its_ids_embedding_is_a_misma
     args = ["fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", bad, "--max-epochs", "1", "-j", "1",
             "--bootstrap", "10"]
     r = run_cli(*args, "-o", tmp_path / "h")
-    assert r.exit_code == 1 and "1 label records do not match the embeddings: 1 whose sequence differs from the " \
+    assert r.exit_code == 1 and "1 label record does not match the embeddings: 1 whose sequence differs from the " \
         "embedded one (train0)" in r.stderr, r.stderr
     assert not (tmp_path / "h").exists()
     r = run_cli(*args, "--skip-mismatched", "-o", tmp_path / "h")
-    assert r.exit_code == 0 and "skipped 1 label records" in r.stderr, r.stderr
+    assert r.exit_code == 0 and "skipped 1 label record" in r.stderr, r.stderr
     assert json.loads((tmp_path / "h" / "config.json").read_text())["training"]["proteins"] == 149 - 15  # 10% held out
 
 
@@ -4553,7 +4553,7 @@ def test_a_group_named_like_a_label_record_is_no_embedding_for_it(run_cli, tmp_p
     args = ["predict", head, "--embeddings", tmp_path / "test.h5", "--labels", example / "loc_test.fasta"]
     r = run_cli(*args, "-o", tmp_path / "p.csv")
     assert r.exit_code == 1
-    assert "1 label records do not match the embeddings: 1 without an embedding (EX0004) (" in r.stderr, r.stderr
+    assert "1 label record does not match the embeddings: 1 without an embedding (EX0004) (" in r.stderr, r.stderr
     r = run_cli(*args, "--skip-mismatched", "-o", tmp_path / "p.csv")
     assert r.exit_code == 0, r.stderr
     assert "have no label" not in r.stderr and "99 proteins" in r.stderr

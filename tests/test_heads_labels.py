@@ -832,7 +832,7 @@ def test_labels_missing_sequences_write_nothing_and_name_the_sequences_file(tmp_
     seqs.write_text(">a\nMKT\n>b\nMKV\n")
     r = run_cli("labels", flip, "--sequences", seqs, "-o", "-")
     assert r.exit_code == 1 and r.stdout == ""
-    assert r.stderr.strip() == (f"protrans: error: {flip}: no sequence for 1 ids: c (not in the --sequences "
+    assert r.stderr.strip() == (f"protrans: error: {flip}: no sequence for 1 id: c (not in the --sequences "
                                 f"FASTA {seqs})")
     r = run_cli("labels", flip, "-o", "-")
     assert r.exit_code == 1 and r.stdout == "" and "(give the sequences FASTA with --sequences)" in r.stderr
@@ -862,7 +862,7 @@ def test_labels_keyed_by_uniprot_accession_find_their_sequences_in_uniprots_fast
     table.write_text("id,label\nP69905,Cytoplasm\nQ00001,Nucleus\n")
     r = run_cli("labels", table, "--sequences", seqs, "-o", "-")
     assert r.exit_code == 1 and r.stdout == ""
-    assert f"no sequence for 1 ids: Q00001 (not in the --sequences FASTA {seqs})" in r.stderr
+    assert f"no sequence for 1 id: Q00001 (not in the --sequences FASTA {seqs})" in r.stderr
 
 
 def test_a_biotrainer_file_whose_first_record_is_to_predict_is_recognised(tmp_path):

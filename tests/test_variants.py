@@ -285,7 +285,7 @@ def test_bad_tables_are_refused_before_any_model_and_leave_the_output_alone(run_
     cases = {"mutant\nK2A\nA3W\n": ("v.csv:3: A3W: residue 3 of the wild type is T, not A", 1),
              "variant\nK2A\n": ("has no 'mutant' column", 1),
              "mutant\n": ("holds no variants", 1),
-             "mutant,x\nK2A\n": ("has 1 fields, the header has 2", 1),
+             "mutant,x\nK2A\n": ("has 1 field, the header has 2", 1),
              # (only delimiters, as a spreadsheet saves an empty sheet, or a lone quote: a
              # StopIteration's traceback)
              ",,,\n,,,\n": ("v.csv: is empty: no line names a column", 1),

@@ -422,7 +422,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
         where = f"{label_set.path} vs {reader.path}"
         only_missing = report.problems == len(report.missing)
         if on_mismatch == "skip":
-            console.warn(f"{where}: skipped {report.problems} label records: {report.describe()}")
+            console.warn(f"{where}: skipped {console.counted(report.problems, 'label record')}: {report.describe()}")
         elif on_mismatch == "missing" and only_missing:
             console.info(f"{where}: {len(report.missing)} label record(s) without an embedding left out "
                          f"(--only-embedded; {len(matched)} matched)")
@@ -430,8 +430,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
             how = ("--only-embedded (on_mismatch='missing') leaves out the records without an embedding, "
                    "--skip-mismatched ('skip') every mismatch" if only_missing
                    else "--skip-mismatched (on_mismatch='skip') leaves them out")
-            raise InputError(f"{report.problems} label records do not match the embeddings: {report.describe()} "
-                             f"({how})", path=where)
+            verb = "does" if report.problems == 1 else "do"  # ("1 label records do not match")
+            raise InputError(f"{console.counted(report.problems, 'label record')} {verb} not match the embeddings: "
+                             f"{report.describe()} ({how})", path=where)
     if not matched:
         if report.left_out and not report.problems:
             raise InputError(f"every labelled protein ({len(report.left_out)}) was left out by embed (its 'failed' "

@@ -38,6 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
+from protrans_cli import console
 from protrans_cli.errors import InputError, UsageError, brief
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_text, look_alike, parse_fasta
@@ -332,7 +333,8 @@ def _csv_rows(text: str, name: str):
             # (more fields than the header: a comma in an unquoted field shifted the columns; empty
             # trailing fields, from a spreadsheet, are harmless)
             if len(row) < len(header) or any(f.strip() for f in row[len(header):]):
-                raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+                raise InputError(f"has {console.counted(len(row), 'field')}, the header has {len(header)}", path=name,
+                                 line=lineno)
             yield lineno, row
 
     return header, rows(), header_line
@@ -794,7 +796,7 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
             if label_set.format == "flip" and all(r.split is None for r in label_set.records):
                 # No SET= anywhere: most often a FASTA of sequences, which needs no conversion.
                 hint += "; if this is a FASTA of sequences, not labels, `protrans embed` reads it as it is"
-        raise InputError(f"no sequence for {len(missing)} ids: {some_ids(missing)} ({hint})",
+        raise InputError(f"no sequence for {console.counted(len(missing), 'id')}: {some_ids(missing)} ({hint})",
                          path=label_set.path)
     # Every record is checked before the first is written: on stdout nothing can be taken back.
     checked = []
@@ -827,8 +829,6 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
     for ident, seq in checked:
         write_fasta(stream, ident, seq)
     if aliases:
-        from protrans_cli import console
-
         first = next(iter(aliases))
         console.info(f"{console.counted(len(aliases), 'id')} of the labels found in "
                      f"{sequences_name or 'the sequences'} by UniProt accession ({first} as {aliases[first]}), "
