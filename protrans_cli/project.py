@@ -180,13 +180,17 @@ def _rows(vectors: np.ndarray, part: slice, metric: str) -> np.ndarray:
     return rows
 
 
-def _check_norms(vectors: np.ndarray, ids: list[str] | None = None) -> None:
+def _check_norms(vectors: np.ndarray, ids: list[str] | None = None, files: list[str] | None = None) -> None:
+    """No vector of zeros under cosine; one is named by its id and `files`' entry for it (the file
+    it was read from: "r3: a vector of zeros ..." named no file), else by its row."""
     for part in _slices(len(vectors)):
         norms = np.linalg.norm(np.asarray(vectors[part], dtype=np.float64), axis=1)
         if (zero := np.flatnonzero(norms == 0)).size:
-            which = ids[part.start + int(zero[0])] if ids is not None else f"row {part.start + int(zero[0])}"
-            raise InputError(f"{which}: a vector of zeros has no direction, so no cosine distance "
-                             "(--metric euclidean places it)")
+            row = part.start + int(zero[0])
+            text = "a vector of zeros has no direction, so no cosine distance (--metric euclidean places it)"
+            if ids is None:
+                raise InputError(f"row {row}: {text}")
+            raise InputError(text, path=files[row] if files is not None else None, record=ids[row])
 
 
 def pca(vectors: np.ndarray, dims: int = 2, *, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
@@ -575,7 +579,8 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         ids, sources = [ids[i] for i in chosen_rows], [sources[i] for i in chosen_rows]
         vectors = vectors[chosen_rows]
     if metric == "cosine":
-        _check_norms(vectors, ids)
+        by_name = dict(zip(_source_names(inputs), map(str, inputs)))
+        _check_norms(vectors, ids, [by_name[name] for name in sources])
     columns, by_id = read_colour_labels(labels, label_format, ids, inputs) if labels else ([], {})
     label_rows = {c: [by_id.get(i, {}).get(c) for i in ids] for c in columns}
     several = len(inputs) > 1

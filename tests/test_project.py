@@ -735,7 +735,9 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", a, tmp_path / "." / "a.h5"], 2, "is given twice"),
         (["project", a, "--method", "tsne", "--seed", "-1"], 2, "--seed -1: between 0 and 4294967295"),
         (["project", a, "--seed", str(2**32)], 2, "--seed 4294967296: between 0 and"),
-        (["project", tmp_path / "zero.h5", "--metric", "cosine"], 1, "r3: a vector of zeros has no direction"),
+        # (named by its file and record: "r3: a vector of zeros ..." named no file)
+        (["project", a, tmp_path / "zero.h5", "--metric", "cosine"], 1, f"{tmp_path / 'zero.h5'}, record 'r3': a "
+         "vector of zeros has no direction"),
         (["project", tmp_path / "missing.h5"], 1, "no such file"),
     ]
     for argv, code, text in cases:
