@@ -169,7 +169,7 @@ def _check_search(k, metric: str, layer=-1) -> None:
 def _reference_vectors(reference, layer: int):
     ref_ids, ref, r_attrs = _vectors(reference, layer, "reference")
     if not len(ref_ids):
-        raise InputError("reference: holds no proteins", path=str(reference))
+        raise InputError("reference: holds no protein", path=str(reference))  # (as _vectors says it)
     return ref_ids, ref, r_attrs
 
 

@@ -333,7 +333,7 @@ def test_non_finite_vectors_an_empty_reference_and_partly_labelled_sets(tmp_path
                           ((tmp_path / "nan.h5", "--reference", tmp_path / "r.h5"),
                            "nan.h5: query: 1 protein(s) have NaN or infinite values (first: c)"),
                           ((tmp_path / "q.h5", "--reference", tmp_path / "empty.h5"),
-                           "empty.h5: reference: holds no proteins")):
+                           "empty.h5: reference: holds no protein\n")):  # (as nothing.h5's: "no proteins" here)
         r = run_cli("knn", *args, "-o", out)
         assert r.exit_code == 1 and message in r.stderr, r.stderr
         assert not out.exists()
