@@ -801,8 +801,10 @@ class _Plan:
         return np.asarray(self.reader.get(ident, self.kind))
 
     def shape_error(self, ident: str, shape: tuple) -> InputError:
-        return InputError(f"an array of shape {shape}, where the first protein's is {self.ndim}-dimensional with "
-                          f"{self.dim} dimensions (a flat file mixing kinds?)", path=self.reader.path, record=ident)
+        # ("where the first protein's is 2-dimensional with 4 dimensions": axes and width both called dimensions)
+        axes = "one axis" if self.ndim == 1 else f"{self.ndim} axes, the last"
+        return InputError(f"an array of shape {shape}, where the first protein's has {axes} of {self.dim} values "
+                          "(a flat file mixing kinds?)", path=self.reader.path, record=ident)
 
     def array(self, ident: str) -> np.ndarray:
         array = self._raw(ident)

@@ -280,7 +280,8 @@ def test_a_failure_midway_keeps_an_existing_output(tmp_path, run_cli):
     ([np.ones((3, 2, 4))] * 2, ["--layer", "5"], "holds 3 layers on its arrays' first axis"),
     ([np.ones((2, 4))] * 2, ["--layer", "7"], "holds one layer"),  # (it was taken silently)
     # a (D,) vector among (L, D) rows: a TypeError in a table, D rows of garbage in an .npz numpy cannot read
-    ([np.ones((2, 4)), np.ones(4)], [], "record 'p1': an array of shape (4,)"),
+    ([np.ones((2, 4)), np.ones(4)], [], "record 'p1': an array of shape (4,), where the first protein's has 2 axes, "
+     "the last of 4 values"),
     ([np.float32(1)], [], "holds an array of shape scalar"),
 ])
 @pytest.mark.parametrize("suffix", ["npz", "tsv"])
