@@ -1068,6 +1068,9 @@ def test_lora_rank_alpha_and_dropout_options_reach_the_adapters_and_finetune_jso
     (["--kernel", "4"], "--kernel must be odd (every residue keeps its position), got 4"),
     # (a "95% CI" of 1 resample was reported, outside its own accuracy: fit and knn refused it)
     (["--bootstrap", "5"], "--bootstrap must be at least 10"),
+    # (it was "--n-bootstrap must be at least 1, got 0": a flag finetune has not, and a bound 1 to 9 is refused by)
+    (["--bootstrap", "0"], "--bootstrap must be at least 10 (a 95% interval needs resamples beyond its 2.5% tails; "
+     "1000 is the default), got 0"),
     # (numpy's and torch's seeds are 0 .. 2**64 - 1: a ValueError traceback after the labels were read)
     (["--seed", "-1"], "--seed must be 0 to 2**64 - 1"),
     (["--seed", str(2**64)], "--seed must be 0 to 2**64 - 1"),

@@ -2454,7 +2454,7 @@ def test_nan_in_a_residue_row_is_refused_where_the_proteins_hold_as_many_residue
     (["--kernel", "-1"], "--kernel must be at least 1"), (["--seed", "-1"], "--seed must be 0 or more"),
     (["--seed", str(2**64)], "--seed must be at most 18446744073709551615"),
     (["--seed", str(2**64 - 1), "--ensemble", "2"], "--seed must be at most 18446744073709551614"),
-    (["--cache-gb", "nan"], "--cache-gb must be a size in GB"), (["--bootstrap", "0"], "--bootstrap must be at least 1"),
+    (["--cache-gb", "nan"], "--cache-gb must be a size in GB"), (["--bootstrap", "0"], "--bootstrap must be at least 10"),
     (["--bootstrap", "9"], "--bootstrap must be at least 10 (a 95% interval needs resamples beyond its 2.5% tails"),
     (["--mask", "-"], "--mask cannot be stdin ('-'): it is read for each label file; give it as a file"),
 ])

@@ -1218,8 +1218,9 @@ NAMED_AS_GIVEN = [
      "num_shards and shard_size cannot be combined: choose one",
      lambda t, d: ["prep", d / "train.fasta", "-o", t / "c.txt", "--shards", "2", "--shard-size", "10"],
      "--shards and --shard-size cannot be combined: choose one"),
-    ("no resamples", lambda t, d: _fit_loc(d, t, n_bootstrap=0), "n_bootstrap must be at least 1, got 0",
-     lambda t, d: _fit_cli(d, t, "--bootstrap", "0"), "error: --bootstrap must be at least 1, got 0"),
+    # (the one bound, 10: "must be at least 1, got 0" was refused again at 1)
+    ("no resamples", lambda t, d: _fit_loc(d, t, n_bootstrap=0), "n_bootstrap must be at least 10 (a 95% ",
+     lambda t, d: _fit_cli(d, t, "--bootstrap", "0"), "error: --bootstrap must be at least 10 (a 95% "),
     ("too few resamples", lambda t, d: _fit_loc(d, t, n_bootstrap=9), "n_bootstrap must be at least 10 (a 95% ",
      lambda t, d: _fit_cli(d, t, "--bootstrap", "9"), "error: --bootstrap must be at least 10 (a 95% "),
     ("a negative cache", lambda t, d: _fit_loc(d, t, cache_bytes=-1), "cache_bytes must be 0 or more, got -1",

@@ -84,7 +84,8 @@ class FinetuneConfig:
     force: bool = False
 
     def check(self) -> None:
-        for name in ("lora_rank", "max_epochs", "patience", "max_residues", "accumulate", "hidden", "n_bootstrap"):
+        # (n_bootstrap by check_resamples alone: this loop named it "--n-bootstrap", a flag finetune has not)
+        for name in ("lora_rank", "max_epochs", "patience", "max_residues", "accumulate", "hidden"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         # (as fit's and knn's: `--bootstrap 1` reported the test Q3 0.3050 with the "95% CI" 0.3379-0.3379)

@@ -117,8 +117,9 @@ class FitConfig:
         if self.architecture is not None and not isinstance(self.architecture, str):
             raise UsageError(f"--architecture is a name, got {type(self.architecture).__name__} "
                              f"{self.architecture!r:.40}")
-        for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap", "hidden",
-                     "kernel"):
+        # (n_bootstrap: check_resamples' bound alone; "--bootstrap must be at least 1, got 0" sent the user to 1,
+        # which was then refused as "must be at least 10")
+        for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "hidden", "kernel"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
         check_resamples(self.n_bootstrap, _flag("n_bootstrap"))
