@@ -797,7 +797,13 @@ def weights_problem(exc: BaseException) -> str:
         # transformers' "For details look at the above report!", whose report -v shows
         return ("some of its tensors have other shapes than its config.json gives (a config edited, or another "
                 "model's weights); -v shows which")
-    return first_line(exc)
+    text = first_line(exc)
+    if text.startswith("PytorchStreamReader failed"):
+        # (torch's first sentence only: it went on "This is an internal miniz error. If you are seeing this
+        # error, there is a high likelihood that your checkpoint file is corrupted. This can happen if ...")
+        return (f"the weights file is damaged or cut short ({text.split('. ')[0].rstrip('.')}): copy or download "
+                "the model again")
+    return text
 
 
 # The files from_pretrained looks for a model's weights in (an index names the shards).
