@@ -874,7 +874,7 @@ def test_a_setting_naming_no_family_preset_or_fitting_objective_is_refused_befor
                                      "without a suffix"),
     (["--config", "{tmp}/list.json"], "{tmp}/list.json: config must be a table/object of settings"),
     (["--config", "{tmp}/missing.toml"], "{tmp}/missing.toml: no such config file"),
-    (["--config", "{tmp}/folder.toml"], "{tmp}/folder.toml: cannot read the config file: Is a directory"),
+    (["--config", "{tmp}/folder.toml"], "{tmp}/folder.toml: is a directory, expected a config file (.json or .toml)"),
     (["--config", "{tmp}/phase.json"], "{tmp}/phase.json: bad phase 512"),
     (["--corpus", LEARNABLE, "--phase", "32"], "--phase '32': expected LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]"),
     (["--corpus", LEARNABLE, "--phase", "32:x"], "--phase '32:x': every field must be a whole number"),

@@ -471,6 +471,8 @@ class TrainConfig:
             raw = stdin_binary().read() if name == "<stdin>" else path.read_bytes()
         except FileNotFoundError:
             raise UsageError("no such config file", path=name) from None
+        except IsADirectoryError:  # (as every input says it: "cannot read the config file: Is a directory")
+            raise UsageError("is a directory, expected a config file (.json or .toml)", path=name) from None
         except OSError as exc:
             raise UsageError(f"cannot read the config file: {exc.strerror or exc}", path=name) from None
         raw = raw.removeprefix(b"\xef\xbb\xbf")  # (a byte-order mark: TOML refused it, and JSON from stdin was read as TOML)
