@@ -42,7 +42,7 @@ import numpy as np
 
 from protrans_cli.console import NAMED, printable
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, option, plain_numbers
-from protrans_cli.io.fasta import not_fasta
+from protrans_cli.io.fasta import NUL_HEADER, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
                                    output_directory, same_file, signals_held, special_output, stdin_binary,
@@ -716,7 +716,7 @@ def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, se
             if i not in reasons:
                 keep[i] = False
                 reasons[i] = REASON_INVALID
-                details[i] = "NUL byte in the header (a damaged file?)"
+                details[i] = NUL_HEADER  # (embed's words: prep said "NUL byte in the header (a damaged file?)")
     for i in np.flatnonzero(flagged).tolist():
         if i in reasons:
             continue
