@@ -2298,7 +2298,9 @@ class EmbeddingsWriter:
         file is never touched again in this process (see `abandoned_files`). What the last flush
         made durable stays; the proteins written since are listed in `untrusted_path` so that
         --resume embeds them again (their data may never have reached the disk)."""
-        abandon(self.file, self._groups)
+        # (with the error: its traceback's frames hold the h5py objects of the failed write, and a
+        # library caller that handled the error and went on crashed the process when they were freed)
+        abandon(self.file, self._groups, exc)
         self.file = None
         self._ledger.abandon()
         reason = write_failure_reason(exc)
