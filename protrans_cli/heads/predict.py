@@ -640,7 +640,7 @@ class _ProbabilityWriter:
         except (RuntimeError, OSError) as exc:
             if not is_write_failure(exc):
                 raise
-            abandon(self.h5)  # (HDF5 cannot flush or close it any more)
+            abandon(self.h5, exc)  # (HDF5 cannot flush or close it any more; exc: its frames hold `ds`, `group`)
             self.h5 = None
             raise RuntimeFailure(f"cannot write the probabilities: {write_failure_reason(exc)}; the file was not "
                                  "written", path=str(self.target)) from None
@@ -653,7 +653,7 @@ class _ProbabilityWriter:
                 self.h5.close()
             except Exception as close_error:  # noqa: BLE001 - HDF5's own two-line message names the temporary
                 if is_write_failure(close_error):
-                    abandon(self.h5)  # (what is left of it is not closed again at exit)
+                    abandon(self.h5, close_error)  # (what is left of it is not closed again at exit)
                 if exc_type is not None:
                     return  # the error under way (a full disk's "no room") says what happened
                 raise RuntimeFailure(f"cannot write the probabilities ({first_line(close_error)})",
