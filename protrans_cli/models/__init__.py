@@ -213,17 +213,32 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
             raise ModelError(f"{name}: a weights file of the model directory {path.parent}: give the directory")
         if suffix in (".pt", ".pth", ".ckpt"):
             # (fair-esm's esm2_t33_650M_UR50D.pt, a PyTorch checkpoint: read by no from_pretrained)
-            raise ModelError(f"{name}: a PyTorch weights file (such as fair-esm's), which is not loaded; give the "
-                             "transformers model of the same weights: a directory with config.json, a hub id or a "
-                             f"short name ({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
+            raise ModelError(f"{name}: {_pytorch_file_advice(path)}")
         # (an embeddings file given as the model, the two files swapped: "not a directory" alone)
         what = "an HDF5 file (such as embed writes), not a model" if starts_like_hdf5(path) else \
             "not a directory"
         raise ModelError(f"{name}: {what}; a model is a directory with config.json, a hub id "
                          f"or a short name ({', '.join(CHECKPOINTS)})")
     if _looks_like_path(name):
+        if path.suffix.lower() in (".pt", ".pth", ".ckpt"):  # (a fair-esm script's path, on another machine)
+            raise ModelError(f"{name}: no such file; {_pytorch_file_advice(path)}")
         raise ModelError(f"{name}: no such model directory")
     return name, None, False
+
+
+def _pytorch_file_advice(path: Path) -> str:
+    """What to give instead of a PyTorch weights file: fair-esm's `esm2_t33_650M_UR50D.pt` (or
+    its `-contact-regression.pt`, which the transformers model holds) by the short name of the
+    same weights, converted (what a script written around esm-extract's MODEL_LOCATION needs)."""
+    stem = path.stem.removesuffix("-contact-regression")
+    if stem in CHECKPOINTS:
+        what = "contact regression" if stem != path.stem else "weights"
+        return (f"fair-esm's {what} of {stem} (a PyTorch file, which is not loaded); give the short name "
+                f"{stem}: the same weights converted for transformers ({CHECKPOINTS[stem].hub_id}"
+                f"{', its contact head included' if stem != path.stem else ''})")
+    return ("a PyTorch weights file (such as fair-esm's), which is not loaded; give the transformers model of the "
+            "same weights: a directory with config.json, a hub id or a short name "
+            f"({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
 
 
 def _keyword(flag: str) -> str:
