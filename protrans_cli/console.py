@@ -25,6 +25,7 @@ class _State:
     names: dict = field(default_factory=dict)  # a path -> what messages call it (`naming`)
     last_error: str | None = None  # the last `error` line said (for torchrun's summary)
     command_line: bool = False  # messages are read at the command line (cli.main): `errors.option`
+    said: set | None = None  # the warnings said inside `said_once`, which are not said again
 
 
 state = _State()
@@ -172,6 +173,10 @@ def flush_standard_streams() -> None:
 
 def warn(message: str) -> None:
     message = _named(message) if state.names else message
+    if state.said is not None:
+        if message in state.said:
+            return
+        state.said.add(message)
     if _recorded("warning", message):
         return
     if state.verbosity >= 0:
@@ -196,6 +201,19 @@ def _recorded(kind: str, message: str) -> bool:
     for records in state.records:
         records.append((kind, message))
     return state.held > 0
+
+
+@contextlib.contextmanager
+def said_once():
+    """Inside, a warning said already inside is not said again: a command that runs two
+    computations over one input (esm-extract's contact maps, then its hidden states), each of which
+    warns of what it found in it (gap characters, DNA), said each of those twice."""
+    outer = state.said
+    state.said = set() if outer is None else outer
+    try:
+        yield
+    finally:
+        state.said = outer
 
 
 @contextlib.contextmanager

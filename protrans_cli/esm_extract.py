@@ -131,7 +131,8 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
 
         work = make_temporary(folder, ".esm-extract.", "", folder=True)
         try:
-            summary = _extract(fasta, work, folder, options, include, layers)
+            with console.said_once():  # (contacts and embed each read the input, and warned of its gaps twice)
+                summary = _extract(fasta, work, folder, options, include, layers)
             default_permissions(work / "files")  # (mkdtemp's 0700: the files of any output under the umask)
             summary.num_replaced = _move_in(work / "files", folder)
         except ProtransError as exc:

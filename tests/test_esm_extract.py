@@ -203,6 +203,19 @@ def test_files_equal_embeds_and_contacts_truncated_as_asked(run_cli, tmp_path, m
             np.testing.assert_allclose(entry["contacts"].numpy(), maps["contacts"][key][()], atol=1e-6, rtol=0)
 
 
+def test_contacts_and_hidden_states_warn_of_the_input_once(run_cli, tmp_path, model_dir):
+    """Both computations read the FASTA and warn of what they find in it: an aligned protein's gaps
+    and a DNA record were each said twice, word for word."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">gapped\nMK-TA.YIAK\n>dna\nACGTTGCAACGTTGCAACGTTGCAACGTTGCA\n>P2\nMAAGW\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", "mean", "contacts")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("held gap characters ('-', '.'), removed: gapped") == 1, r.stderr
+    assert r.stderr.count("as nucleotide sequences do: dna") == 1, r.stderr
+    assert len(r.stderr.splitlines()) == 3, r.stderr  # (the two warnings, and the summary line)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["P2.pt", "dna.pt", "gapped.pt"]
+
+
 def test_an_existing_folder_keeps_its_other_files_and_a_same_named_file_is_replaced(run_cli, tmp_path, model_dir):
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
