@@ -53,7 +53,10 @@ _FLAGS = {" --long-policy chunk keeps every window within them":  # (embed's rem
           "in windows within them",
           "--max-length": "--truncation_seq_length", "--max-tokens": "--toks_per_batch",
           "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean",
-          "--pooling mean": "--include mean", "--invalid-policy skip": "protrans embed --invalid-policy skip"}
+          "--pooling mean": "--include mean", "--invalid-policy skip": "protrans embed --invalid-policy skip",
+          # (embed's reason for refusing a repeated id: here two headers esm-extract told apart, `P1 a` and `P1 b`)
+          "because they are the keys of the output": "because each names its file, ID.pt (ID: the header up to its "
+                                                     "first space, where esm-extract names it by the whole line)"}
 
 
 @dataclass

@@ -278,6 +278,21 @@ def test_a_fair_esm_checkpoint_as_model_location_names_the_model_to_give(run_cli
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("include", [["mean"], ["per_tok", "contacts"]])
+def test_two_headers_of_one_id_are_refused_saying_the_id_names_the_file(run_cli, tmp_path, model_dir, include):
+    """esm-extract names a file by the whole header, so `P1 first` and `P1 second` were two files
+    there; here the id names it: refused before any work, the reason said in those terms (embed's
+    "they are the keys of the output" meant nothing to a folder of .pt files)."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">P1 first\nMKTAYIAKQR\n>P1 second\nMAAGW\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", *include)
+    assert r.exit_code == 1 and r.stderr == (
+        f"protrans: error: {fasta}:3, record 'P1': duplicate id (first seen on line 1); ids must be unique because "
+        "each names its file, ID.pt (ID: the header up to its first space, where esm-extract names it by the whole "
+        "line)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_contacts_of_a_model_without_esms_contact_head_is_refused_before_any_work(run_cli, tmp_path):
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
