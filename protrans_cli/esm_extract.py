@@ -54,6 +54,7 @@ _FLAGS = {" --long-policy chunk keeps every window within them":  # (embed's rem
           "--max-length": "--truncation_seq_length", "--max-tokens": "--toks_per_batch",
           "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean",
           "--pooling mean": "--include mean", "--invalid-policy skip": "protrans embed --invalid-policy skip",
+          "(e.g. -m esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)": "(e.g. esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)",
           # (embed's reason for refusing a repeated id: here two headers esm-extract told apart, `P1 a` and `P1 b`)
           "because they are the keys of the output": "because each names its file, ID.pt (ID: the header up to its "
                                                      "first space, where esm-extract names it by the whole line)"}

@@ -302,6 +302,24 @@ def test_contacts_of_a_model_without_esms_contact_head_is_refused_before_any_wor
     assert not (tmp_path / "out").exists()
 
 
+def test_contacts_of_esm_1v_are_refused_before_any_work_in_esm_extracts_terms(run_cli, tmp_path, monkeypatch):
+    """ESM-1v was released without a fitted contact regression (fair-esm's esm-extract wrote maps of
+    its head as initialised): refused before anything is computed; the line names the models to
+    give as esm-extract takes them, not as `-m`, which this command has not."""
+    import protrans_cli.embed as embed
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    model = tmp_path / "esm1v_t33_650M_UR90S_1"
+    shutil.copytree(Path(__file__).parent / "data" / "esm1b_reference", model)
+    monkeypatch.setattr(embed, "embed", lambda *a, **k: pytest.fail("embed ran"))
+    r = run_cli("esm-extract", model, fasta, tmp_path / "out", "--include", "mean", "contacts")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {model}: ESM-1v was released without a fitted contact "
+                                             "regression; use ESM-2 or ESM-1b (e.g. esm2_t33_650M_UR50D or "
+                                             "esm1b_t33_650M_UR50S)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path, model_dir, monkeypatch, existing):
     """Ctrl-C at the second file: the folder as it was (an earlier run's file kept, no working folder,
