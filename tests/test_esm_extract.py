@@ -347,6 +347,32 @@ def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path
         assert not out.exists()
 
 
+@pytest.mark.parametrize("step", ["contacts", "embed"])
+def test_ctrl_c_while_computing_says_interrupted_alone_and_keeps_nothing(run_cli, tmp_path, model_dir, monkeypatch,
+                                                                       step):
+    """Ctrl-C in either computation: embed's and contacts' "what was computed is in X.partial; run
+    the same command with --resume" would name the hidden working file, removed as the run ends,
+    and an option esm-extract lacks: the line is "interrupted", exit 130, the folder as it was."""
+    import protrans_cli.contacts as contacts
+    from protrans_cli.models import FAMILIES
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if step == "contacts":
+        monkeypatch.setattr(contacts.ContactPredictor, "predict", stop)
+    else:
+        monkeypatch.setattr(type(FAMILIES["esm"]), "hidden_states", stop)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "P1.pt").write_bytes(b"an earlier run's")
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean", "contacts")
+    assert r.exit_code == 130 and r.stderr == "protrans: error: interrupted\n", r.stderr
+    assert [p.name for p in out.iterdir()] == ["P1.pt"] and (out / "P1.pt").read_bytes() == b"an earlier run's"
+
+
 @pytest.mark.parametrize("model, args, message", [
     ("tf4_reference/t5_enc_half", ["--include", "bos"], "has no cls token (T5 models have none): use --include mean"),
     ("esm1b_reference", ["--include", "mean", "--truncation_seq_length", "2000"],
