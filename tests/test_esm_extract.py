@@ -216,6 +216,17 @@ def test_contacts_and_hidden_states_warn_of_the_input_once(run_cli, tmp_path, mo
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["P2.pt", "dna.pt", "gapped.pt"]
 
 
+def test_quiet_says_nothing_and_stdout_stays_empty(run_cli, tmp_path, model_dir):
+    """esm-extract prints its progress on stdout; here stdout stays empty, and `protrans -q` quiets
+    the summary and the warnings (a protein cut, gaps) on stderr too."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT + ">gapped\nMK-TA\n")
+    r = run_cli("-q", "esm-extract", model_dir, fasta, tmp_path / "out", "--include", "mean", "contacts",
+                "--truncation_seq_length", "5")
+    assert r.exit_code == 0 and r.stdout == r.stderr == "", r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["P1.pt", "P2.pt", "P3.pt", "gapped.pt"]
+
+
 def test_an_existing_folder_keeps_its_other_files_and_a_same_named_file_is_replaced(run_cli, tmp_path, model_dir):
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)

@@ -53,8 +53,8 @@ class _ArgparseLists(click.Command):
 @click.option("--repr_layers", "--repr-layers", "repr_layers", type=int, multiple=True, default=(-1,),
               metavar="LAYER...",
               help="Layers whose hidden states are written, several after one flag (0 32 33) or the flag "
-                   "repeated: 0 the embedding layer .. N the last; negative count from the end (-1 is N). The "
-                   "files' keys are the numbers 0 .. N.")
+                   "repeated: 0 the embedding layer .. N the last; negative ones count from the end (-1 is N). "
+                   "The files' keys are the numbers 0 .. N, each layer once.")
 @click.option("--include", "include", type=click.Choice(INCLUDES), multiple=True, required=True,
               metavar="[mean|per_tok|bos|contacts]...",
               help="What each file holds, one or more: mean (mean_representations), per_tok "
@@ -64,15 +64,15 @@ class _ArgparseLists(click.Command):
               help="Padded tokens per batch (the outputs do not depend on it).")
 @click.option("--truncation_seq_length", "--truncation-seq-length", "truncation_seq_length", type=int,
               default=1022,
-              help="Residues kept of each protein (rows, mean and contacts of its first ones); how many "
-                   "proteins were cut is said on stderr.")
+              help="A longer protein is cut to its first this many residues (its rows, mean and contacts "
+                   "alike); how many proteins were cut is said on stderr.")
 @click.option("--nogpu", "--no-gpu", "nogpu", is_flag=True, help="Compute on the CPU even where there is a GPU.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32",
-              help="Compute dtype (not esm-extract's): float32 gives its numbers; auto is embed's (bfloat16 on a GPU "
-                   "that has it).")
+              help="Compute dtype (an option esm-extract has not): float32 gives its numbers; auto is embed's "
+                   "(bfloat16 on a GPU that has it: faster, not esm-extract's numbers).")
 def command(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
             nogpu, dtype):
-    """fair-esm's esm-extract command line: a FASTA to one ID.pt file a protein.
+    """fair-esm's esm-extract command line: a FASTA to one ID.pt file per protein.
 
     The command line of esm-extract (fair-esm's scripts/extract.py), its options
     spelled as it spells them, writing the files it writes: OUTPUT_DIR/ID.pt,
@@ -80,10 +80,17 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     "bos_representations", "contacts"} (the included ones) as float32 tensors by
     layer. MODEL_LOCATION is any model embed takes (-m): a short name (see
     `protrans models`), hub id or model directory; fair-esm's .pt weights are
-    not read. The file is named after the protein's id (its header up to the
+    not read (for esm2_t33_650M_UR50D.pt give esm2_t33_650M_UR50D).
+
+    Differences: the file is named after the protein's id (its header up to the
     first space, a '/' as %2F), not the whole header line as esm-extract names
-    it; the whole line is the label. OUTPUT_DIR is made where missing; the files
-    go into it once all are written, replacing files of the same name.
+    it, so ids must be unique; the whole line is the label. Sequences are read
+    as embed reads them: lowercase upper-cased and a final '*' removed
+    (esm-extract stops on those), gaps ('-', '.') removed (esm-extract gives
+    them rows). OUTPUT_DIR is made where missing; the files go
+    into it once all are written, replacing files of the same name; a failed or
+    interrupted run leaves none. Nothing is written to stdout: the summary and
+    warnings go to stderr (protrans -q esm-extract ... quiets them).
 
     \b
     protrans esm-extract esm2_t33_650M_UR50D proteins.fasta out_dir \\
