@@ -66,6 +66,20 @@ def test_esm_extracts_command_line_is_read_as_argparse_reads_it(argv, layers, in
         ("esm2_t33_650M_UR50D", "proteins.fasta", "out_dir")
 
 
+@pytest.mark.parametrize("given, layers", [((-1, 33), [33]), ((33, 0, -34, 32, -2), [0, 32, 33]), ((-1,), [33])])
+def test_repr_layers_naming_one_layer_twice_give_it_once(given, layers):
+    """esm-extract's `--repr_layers -1 33` on a 33-layer model is one layer, one key of each dict,
+    the keys in order (its dicts hold the layers in the model's order)."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.esm_extract import esm_layers
+
+    assert esm_layers(given, 33) == layers
+    for outside in (34, -35):
+        with pytest.raises(UsageError, match=f"--repr_layers {outside}: m has 33 layers, so its layers run from -34 "
+                                             "to 33"):
+            esm_layers((0, outside), 33, "m")
+
+
 def test_files_equal_fair_esms_own_and_a_plain_forward_pass(run_cli, tmp_path, model_dir):
     """The reference proteins (rare residues, lowercase, one residue, a padded batch), every
     --include, esm-extract's layers 0 1 2 given as it takes them; then import-esm reads the folder
