@@ -286,6 +286,8 @@ def test_refusals_are_one_line_and_make_no_folder(run_cli, tmp_path, model_dir, 
      "esm1b_t33_650M_UR50S (a PyTorch file, which is not loaded); give the short name esm1b_t33_650M_UR50S"),
     ("elsewhere/esm1v_t33_650M_UR90S_1.pt", "no such file; fair-esm's weights of esm1v_t33_650M_UR90S_1 (a PyTorch "
      "file, which is not loaded); give the short name esm1v_t33_650M_UR90S_1"),
+    ("checkpoints/esm2_t6_8M_UR50D.pt", "no such file; fair-esm's weights of esm2_t6_8M_UR50D"),  # (no hub id)
+    ("esm2_t6_8M_UR50D.pt", "no such file; fair-esm's weights of esm2_t6_8M_UR50D"),
 ])
 def test_a_fair_esm_checkpoint_as_model_location_names_the_model_to_give(run_cli, tmp_path, monkeypatch, location,
                                                                        message):
@@ -297,8 +299,9 @@ def test_a_fair_esm_checkpoint_as_model_location_names_the_model_to_give(run_cli
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a .pt given as the model was opened"))
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
-    r = run_cli("esm-extract", tmp_path / location, fasta, tmp_path / "out", "--include", "mean")
-    assert r.exit_code == 1 and r.stderr.startswith(f"protrans: error: {tmp_path / location}: {message}"), r.stderr
+    monkeypatch.chdir(tmp_path)  # (as a script gives it: relative, `owner/name`-like, and no hub id either)
+    r = run_cli("esm-extract", location, fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == 1 and r.stderr.startswith(f"protrans: error: {location}: {message}"), r.stderr
     assert len(r.stderr.splitlines()) == 1 and "prot_t5" not in r.stderr
     assert not (tmp_path / "out").exists()
 

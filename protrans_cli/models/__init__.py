@@ -219,9 +219,11 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
             "not a directory"
         raise ModelError(f"{name}: {what}; a model is a directory with config.json, a hub id "
                          f"or a short name ({', '.join(CHECKPOINTS)})")
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt") and (
+            _looks_like_path(name) or path.stem.removesuffix("-contact-regression") in CHECKPOINTS):
+        # (a fair-esm script's path, on another machine: `checkpoints/esm2_t33_650M_UR50D.pt` no hub id)
+        raise ModelError(f"{name}: no such file; {_pytorch_file_advice(path)}")
     if _looks_like_path(name):
-        if path.suffix.lower() in (".pt", ".pth", ".ckpt"):  # (a fair-esm script's path, on another machine)
-            raise ModelError(f"{name}: no such file; {_pytorch_file_advice(path)}")
         raise ModelError(f"{name}: no such model directory")
     return name, None, False
 
