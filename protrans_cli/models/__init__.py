@@ -221,7 +221,7 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
                          f"or a short name ({', '.join(CHECKPOINTS)})")
     if path.suffix.lower() in (".pt", ".pth", ".ckpt") and (
             _looks_like_path(name) or path.stem.removesuffix("-contact-regression") in CHECKPOINTS):
-        # (a fair-esm script's path, on another machine: `checkpoints/esm2_t33_650M_UR50D.pt` no hub id)
+        # (a fair-esm script's path, from another machine: `checkpoints/esm2_t33_650M_UR50D.pt` is no hub id)
         raise ModelError(f"{name}: no such file; {_pytorch_file_advice(path)}")
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
