@@ -413,6 +413,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     (reference_embed_options); rows follow the FASTA's order."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
+    from protrans_cli.heads.predict import check_fasta_values
     from protrans_cli.io.files import atomic_output, input_named_by, output_directory, same_file
 
     if (query is None) == (fasta is None):
@@ -439,6 +440,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         warn_tab_separated(output, "knn")
     check_resamples(n_bootstrap, "--bootstrap")
     _check_search(k, metric, layer)
+    # (before the reference is read: a missing one was named first, exit 1, then -j -1 refused)
+    check_fasta_values(max_length, chunk_overlap, threads)
     k, layer = int(k), int(layer)
     if fasta is not None:
         expect_path(fasta, "fasta")

@@ -602,6 +602,27 @@ def test_a_thread_count_beyond_any_machine_is_a_usage_error(run_cli, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.fa"]
 
 
+@pytest.mark.parametrize("args, said", [
+    (["predict", "HEAD", "--embeddings", "q.h5", "-j", "-1"], "--threads must be at least 1, got -1"),
+    (["predict", "HEAD", "--fasta", "q.fa", "--max-length", "-1"], "--max-length must be at least 1"),
+    # (under --long-policy skip it was warned of as ignored, then taken)
+    (["predict", "HEAD", "--fasta", "q.fa", "--chunk-overlap", "-1", "--long-policy", "skip"],
+     "--chunk-overlap -1 must be at least 0"),
+    (["knn", "q.h5", "--reference", "ref.h5", "-j", "0"], "--threads must be at least 1, got 0"),
+    (["knn", "--fasta", "q.fa", "--reference", "ref.h5", "--max-length", "0"], "--max-length must be at least 1"),
+    (["finetune", "ss3", "-m", "no_such_model", "--labels", "l.csv", "-o", "ft", "-j", "-1"],
+     "--threads must be at least 1, got -1"),
+])
+def test_a_bad_option_value_is_refused_before_a_missing_input_is_named(run_cli, tmp_path, monkeypatch, args, said):
+    """A usage error (exit 2, naming the option) comes before any input is opened: predict named
+    a mistyped HEAD (exit 1) and refused --max-length -1 only once that was put right; knn read
+    the reference, finetune loaded the model before -j -1 was refused."""
+    monkeypatch.chdir(tmp_path)  # (none of the inputs exists)
+    r = run_cli(*args)
+    assert (r.exit_code, r.stderr) == (2, f"protrans: error: {said}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):
     """--check-compile builds a small kernel: a compiler that cannot (here a backend that
     raises, as dynamo wraps inductor's failures) is reported with its first line, exit 0 (a

@@ -113,6 +113,11 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         if given and labels is None:
             raise UsageError(f"{flag} goes with --labels (it says how the labels scored are read; the predictions "
                              "alone read none)")
+    from protrans_cli.heads.predict import _check_max_residues, check_fasta_values
+
+    # (the options' values before the head is read, and before a warning that one is ignored)
+    check_fasta_values(max_length, chunk_overlap, threads)
+    _check_max_residues(max_residues)
     if given_option("max_residues"):
         _warn_unused_max_residues(head)
     if given_option("plots") and metrics_dir is None:
@@ -175,15 +180,13 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     if fasta is not None:
         from protrans_cli.heads.fit import head_device
         from protrans_cli.heads.model import load_head
-        from protrans_cli.heads.predict import (_check_max_residues, check_head_output, check_labels_first,
-                                                embed_for_head)
+        from protrans_cli.heads.predict import check_head_output, check_labels_first, embed_for_head
 
         # before the sequences are embedded: `--max-residues 0` or `--device cuda` on a machine
         # without one was refused only after the whole FASTA had been embedded, a bad --labels
         # file too
         _, task, head_config = load_head(head)
         check_head_output(task, head_output)
-        _check_max_residues(max_residues)
         head_device(device)
         if labels is not None:
             check_labels_first(head_config, labels, label_format=label_format, mask_path=mask_path,

@@ -104,6 +104,10 @@ class FinetuneConfig:
         # ValueError traceback once the labels had been read)
         if not 0 <= self.seed <= _MAX_SEED:
             raise UsageError(f"--seed must be 0 to 2**64 - 1 ({_MAX_SEED}), got {self.seed}")
+        if self.threads is not None:  # (-j -1 was refused only once the model had been loaded)
+            from protrans_cli.threads import check_threads
+
+            check_threads(self.threads)
         if not self.model:
             raise UsageError("finetune needs a model (-m): a model directory, a short name or a hub id")
         if self.model == "onehot":

@@ -291,6 +291,22 @@ def finetuned_model(head_dir, config: dict, name: str) -> str:
                      f"folder moved without its model/?): give {option('--model', 'model=')} with its new place")
 
 
+def check_fasta_values(max_length=None, chunk_overlap=None, threads=None) -> None:
+    """The values of --fasta's embedding options (predict's and knn's) and of -j, as embed refuses
+    them: before the head or the reference is read. `predict HEAD --fasta x.fa --max-length -1`
+    with a mistyped HEAD said "no such file" (exit 1) and, once that was put right, refused the
+    option; a negative --chunk-overlap under another --long-policy was warned of as ignored."""
+    from protrans_cli.threads import check_threads
+
+    # (in embed's words; other types are its to refuse: EmbedOptions.validate, after the recorded settings)
+    if whole_number(max_length) and max_length < 1:
+        raise UsageError("--max-length must be at least 1")
+    if whole_number(chunk_overlap) and chunk_overlap < 0:
+        raise UsageError(f"--chunk-overlap {chunk_overlap} must be at least 0")
+    if threads is not None:
+        check_threads(threads)
+
+
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
                            device: str = "auto", threads: int | None = None, long_policy: str | None = None,
                            max_length: int | None = None, chunk_overlap: int | None = None,
