@@ -623,6 +623,26 @@ def test_a_bad_option_value_is_refused_before_a_missing_input_is_named(run_cli, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, said", [
+    (["fit", "loc", "--embeddings", "e.h5", "--labels", "l.csv", "-o", "h", "--kernel", "-1"],
+     "--kernel must be at least 1, got -1"),
+    (["fit", "loc", "--embeddings", "e.h5", "--labels", "l.csv", "-o", "h", "--folds", "3", "--valid-fraction", "2"],
+     "--valid-fraction must be between 0 and 1, got 2.0"),
+    (["project", "e.h5", "--method", "pca", "-j", "-1"], "--threads must be at least 1, got -1"),
+    (["train", "--corpus", "c.txt", "-o", "run", "--find-lr", "--lr", "-1"], "--lr (lr) must be positive, got -1.0"),
+    (["train", "--corpus", "c.txt", "-o", "run", "--phase", "32:2:4:2", "--global-batch-size", "-1"],
+     "--global-batch-size (global_batch_size) must be at least 1, got -1"),
+])
+def test_a_bad_value_of_an_option_ignored_there_is_refused_without_the_warning(run_cli, tmp_path, monkeypatch,
+                                                                                args, said):
+    """An option that does nothing in this run (--kernel for an FNN head, -j with PCA, --lr under
+    --find-lr) was warned of as ignored and then refused for its value, or (a batch size every
+    phase sets) taken: its value is refused first, alone."""
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(*args)
+    assert (r.exit_code, r.stderr) == (2, f"protrans: error: {said}\n")
+
+
 def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):
     """--check-compile builds a small kernel: a compiler that cannot (here a backend that
     raises, as dynamo wraps inductor's failures) is reported with its first line, exit 0 (a

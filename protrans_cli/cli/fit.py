@@ -127,20 +127,12 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
     grid = _search_grid(ctx, search_specs)
-    _warn_unused(ctx, task, architecture, grid.get("architecture"))
-    if given_option("dual", ctx):
-        from protrans_cli.heads.tasks import warn_unused_dual
-
-        warn_unused_dual(task)
     if ensemble == 1 and folds is not None and folds > 1 and given_option("ensemble", ctx):
         # (by where it came from: FitConfig refuses another --ensemble, and 1, the default's value,
         # given, was taken without a word for a head of K members)
         from protrans_cli.errors import UsageError
 
         raise UsageError(f"--folds {folds} trains one member per fold ({folds} members): leave out --ensemble 1")
-    if folds is not None and given_option("valid_fraction", ctx):
-        # (silently ignored: each fold is validated in turn, none held out)
-        console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
                        ensemble=ensemble, folds=folds, seed=seed, valid_fraction=valid_fraction, architecture=architecture,
@@ -150,6 +142,16 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
                        mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
                        resume=resume, plots=plots)
+    # The values first: `--kernel -1` for an FNN head was warned of as ignored, then refused.
+    config.check()
+    _warn_unused(ctx, task, architecture, grid.get("architecture"))
+    if given_option("dual", ctx):
+        from protrans_cli.heads.tasks import warn_unused_dual
+
+        warn_unused_dual(task)
+    if folds is not None and given_option("valid_fraction", ctx):
+        # (silently ignored: each fold is validated in turn, none held out)
+        console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
     try:
         if grid:
             from protrans_cli.heads.search import search

@@ -84,6 +84,10 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
     # (by where it came from: --min-dist 0.1, the default's value, was taken with PCA without a word)
     if (neighbors is not None or given_option("min_dist")) and method != "umap":
         raise UsageError("--neighbors and --min-dist go with --method umap")
+    if threads is not None:  # (its value first: `-j -1 --method pca` warned that -j is ignored, then refused it)
+        from protrans_cli.threads import check_threads
+
+        check_threads(threads)
     if threads is not None and method != "tsne":  # (only t-SNE's neighbour search takes threads)
         from protrans_cli import console
 

@@ -269,6 +269,9 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         threads = resolve_threads(threads)
     config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
                              threads=threads, **flags)
+    # The values before a warning that one is ignored: `--find-lr --lr -1` said that --lr is ignored, then
+    # refused it. (Checked again with the corpus and the processes, as every run's are.)
+    config.check_values()
     # --global-batch-size and --micro-batch-size are the defaults of the phases that set no batch
     # size of their own: where every phase sets it (LEN:STEPS:GLOBAL:MICRO), the flag changed
     # nothing, without a word (a micro-batch size lowered after an out-of-memory error included)

@@ -327,6 +327,11 @@ class TrainConfig:
                     own = self.phases and getattr(self.phases[i - 1], name) is not None
                     raise UsageError(f"{where}{name if own else setting_name(name)} must be at least 1, got "
                                      f"{getattr(phase, name)}")
+        for name in ("global_batch_size", "micro_batch_size"):
+            # (the run's own where every phase sets its own, after them: `--phase 32:2:4:2
+            # --global-batch-size -1` was warned of as ignored and taken)
+            if getattr(self, name) < 1:
+                raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
 
     def _check_structure(self) -> None:
         """The settings that are not plain values (which errors.expect_options checks): from
