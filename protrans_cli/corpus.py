@@ -41,7 +41,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, option, plain_numbers
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, expect_options, option, plain_numbers,
+                                 seed_in_range)
 from protrans_cli.io.fasta import NUL_HEADER, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
@@ -186,8 +187,9 @@ class CorpusOptions:
             # the run: a folder that is not there is a usage error, as a missing -o folder is)
             raise UsageError(f"--tmp-dir {self.tmp_dir}: {'not a directory' if os.path.exists(self.tmp_dir) else 'no such directory'}")
         check_threads(self.threads)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"--seed must be a whole number of at least 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UsageError(f"--seed must be a whole number, got {type(self.seed).__name__} {self.seed!r:.40}")
+        seed_in_range(self.seed)  # (numpy's generator takes any size)
         if self.shuffle_bytes < 1024:
             raise UsageError("shuffle_bytes must be at least 1024")
         if self.block_bytes < 1024:

@@ -172,6 +172,20 @@ def a_or_an(word: str) -> str:
     return f"{'an' if vowel else 'a'} {word}"
 
 
+# torch.manual_seed takes an unsigned 64-bit seed (a larger one was "Overflow when unpacking long long")
+TORCH_SEEDS = "2**64 - 1: torch's seeds are unsigned 64-bit"
+
+
+def seed_in_range(seed, top: int | None = None, why: str = "", name: str = "--seed") -> None:
+    """A seed out of range refused in the one wording of every command that takes one (prep,
+    train, fit, finetune and project used five): "--seed must be at least 0, got -1", "--seed
+    must be at most TOP (WHY), got S"."""
+    if seed < 0:
+        raise UsageError(f"{name} must be at least 0, got {seed}")
+    if top is not None and seed > top:
+        raise UsageError(f"{name} must be at most {top}{f' ({why})' if why else ''}, got {seed}")
+
+
 def option(flag: str, keyword: str) -> str:
     """A setting as the message's reader gives it: at the command line (`protrans ...`, whose
     `cli.main` says so) its flag, `flag` ("--invalid-policy skip", "--shards", "-m DIR"); to a

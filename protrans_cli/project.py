@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError, expect_path, type_problem
+from protrans_cli.errors import InputError, UsageError, expect_path, seed_in_range, type_problem
 
 METHODS = ("pca", "tsne", "umap")
 METRICS = ("euclidean", "cosine")
@@ -110,8 +110,7 @@ def check_numbers(**settings) -> None:
 
 def check_seed(seed: int) -> None:
     """scikit-learn, umap-learn and numpy take seeds of 0 to 2**32 - 1 (-1 was a traceback)."""
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"--seed {seed}: between 0 and {2**32 - 1}")
+    seed_in_range(seed, 2**32 - 1, "2**32 - 1: scikit-learn's and umap-learn's seeds are 32-bit")
 
 
 def check_bounds(method: str, *, perplexity: float | None = None, neighbors: int | None = None,

@@ -643,6 +643,23 @@ def test_a_bad_value_of_an_option_ignored_there_is_refused_without_the_warning(r
     assert (r.exit_code, r.stderr) == (2, f"protrans: error: {said}\n")
 
 
+@pytest.mark.parametrize("args", [
+    ["prep", "x.fa", "-o", "c.txt", "--shuffle"],
+    ["train", "--corpus", "c.txt", "-o", "run"],
+    ["fit", "loc", "--embeddings", "e.h5", "--labels", "l.csv", "-o", "h"],
+    ["finetune", "ss3", "-m", "no_such_model", "--labels", "l.csv", "-o", "ft"],
+    ["project", "e.h5", "--method", "tsne"],
+])
+def test_a_negative_seed_is_worded_one_way_by_every_command(run_cli, tmp_path, monkeypatch, args):
+    """"--seed must be 0 or more", "must be 0 to 2**64 - 1", "--seed -1: between 0 and 4294967295",
+    click's "-1 is not in the range x>=0": one wording (train names its config key too, as it
+    names every setting)."""
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(*args, "--seed", "-1")
+    named = "--seed (seed)" if args[0] == "train" else "--seed"
+    assert (r.exit_code, r.stderr) == (2, f"protrans: error: {named} must be at least 0, got -1\n")
+
+
 def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):
     """--check-compile builds a small kernel: a compiler that cannot (here a backend that
     raises, as dynamo wraps inductor's failures) is reported with its first line, exit 0 (a

@@ -1072,8 +1072,9 @@ def test_lora_rank_alpha_and_dropout_options_reach_the_adapters_and_finetune_jso
     (["--bootstrap", "0"], "--bootstrap must be at least 10 (a 95% interval needs resamples beyond its 2.5% tails; "
      "1000 is the default), got 0"),
     # (numpy's and torch's seeds are 0 .. 2**64 - 1: a ValueError traceback after the labels were read)
-    (["--seed", "-1"], "--seed must be 0 to 2**64 - 1"),
-    (["--seed", str(2**64)], "--seed must be 0 to 2**64 - 1"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--seed", str(2**64)], "--seed must be at most 18446744073709551615 (2**64 - 1: torch's seeds are unsigned "
+     "64-bit), got 18446744073709551616"),
     (["-m", "onehot"], "-m onehot has no weights to fine-tune"),
     (["-m", ""], "finetune needs a model (-m)"),
     (["--mask", "-"], "--mask cannot be stdin ('-')"),

@@ -2451,9 +2451,11 @@ def test_nan_in_a_residue_row_is_refused_where_the_proteins_hold_as_many_residue
     (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
     (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"), (["--dropout", "nan"], "--dropout must be in"),
     (["--hidden", "0"], "--hidden must be at least 1"), (["--kernel", "6"], "--kernel must be odd"),
-    (["--kernel", "-1"], "--kernel must be at least 1"), (["--seed", "-1"], "--seed must be 0 or more"),
-    (["--seed", str(2**64)], "--seed must be at most 18446744073709551615"),
-    (["--seed", str(2**64 - 1), "--ensemble", "2"], "--seed must be at most 18446744073709551614"),
+    (["--kernel", "-1"], "--kernel must be at least 1"), (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--seed", str(2**64)], "--seed must be at most 18446744073709551615 (2**64 - 1: torch's seeds are unsigned "
+     "64-bit), got 18446744073709551616"),
+    (["--seed", str(2**64 - 1), "--ensemble", "2"], "--seed must be at most 18446744073709551614 (2**64 - 2 with "
+     "--ensemble 2: member k seeds seed + k), got 18446744073709551615"),
     (["--cache-gb", "nan"], "--cache-gb must be a size in GB"), (["--bootstrap", "0"], "--bootstrap must be at least 10"),
     (["--bootstrap", "9"], "--bootstrap must be at least 10 (a 95% interval needs resamples beyond its 2.5% tails"),
     (["--mask", "-"], "--mask cannot be stdin ('-'): it is read for each label file; give it as a file"),

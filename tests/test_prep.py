@@ -463,7 +463,7 @@ def test_a_shard_size_under_a_byte_and_stdin_twice_are_named(run_cli, tmp_path, 
 @pytest.mark.parametrize("inputs, options, message", [
     ([], {}, "no input: give one or more FASTA files, or - for stdin"),
     (None, {"long": "drop"}, "--long must be one of skip, crop, got 'drop'"),
-    (None, {"seed": -1}, "--seed must be a whole number of at least 0, got -1"),
+    (None, {"seed": -1}, "--seed must be at least 0, got -1"),
     (None, {"shard_size": 0}, "--shard-size must be positive, got 0"),
     (None, {"shuffle_bytes": 100}, "shuffle_bytes must be at least 1024"),
     (None, {"block_bytes": 0}, "block_bytes must be at least 1024"),
@@ -518,7 +518,7 @@ def test_a_max_length_equal_to_the_min_length_keeps_proteins_of_exactly_that_len
 
 def test_numpy_scalars_in_corpus_options_are_the_numbers_they_stand_for(tmp_path):
     """CorpusOptions took np.int64 (expect_options accepts numpy's scalars), but seed=np.int64(3)
-    was refused as "--seed must be a whole number of at least 0", and --stats of a numpy
+    was refused as "--seed must be a whole number", and --stats of a numpy
     max_length was "TypeError: Object of type int64 is not JSON serializable"."""
     import numpy as np
 

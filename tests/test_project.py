@@ -733,8 +733,9 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", tmp_path / "nan.h5"], 1, "nan.h5: embeddings: 1 protein(s) have NaN or infinite values (first: r5)"),
         (["project", tmp_path / "nan_rows.h5"], 1, "nan_rows.h5: embeddings: r5 has NaN or infinite values"),
         (["project", a, tmp_path / "." / "a.h5"], 2, "is given twice"),
-        (["project", a, "--method", "tsne", "--seed", "-1"], 2, "--seed -1: between 0 and 4294967295"),
-        (["project", a, "--seed", str(2**32)], 2, "--seed 4294967296: between 0 and"),
+        (["project", a, "--method", "tsne", "--seed", "-1"], 2, "--seed must be at least 0, got -1"),
+        (["project", a, "--seed", str(2**32)], 2, "--seed must be at most 4294967295 (2**32 - 1: scikit-learn's and "
+         "umap-learn's seeds are 32-bit), got 4294967296"),
         # (named by its file and record: "r3: a vector of zeros ..." named no file)
         (["project", a, tmp_path / "zero.h5", "--metric", "cosine"], 1, f"{tmp_path / 'zero.h5'}, record 'r3': a "
          "vector of zeros has no direction"),

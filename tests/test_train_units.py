@@ -2423,8 +2423,8 @@ def test_a_seed_beyond_64_bits_is_a_usage_error(tmp_path, run_cli, seed):
     """torch.manual_seed takes 64 bits: `--seed 18446744073709551616` (or a config file's) was a
     traceback, "Overflow when unpacking long long", once the run was being built."""
     r = run_cli("train", "--corpus", "c.txt", "--seed", seed, "-o", tmp_path / "r")
-    assert r.exit_code == 2 and r.stderr == (f"protrans: error: --seed (seed) must be at most 2**64 - 1 "
-                                             f"(18446744073709551615), got {seed}\n"), r.stderr
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: --seed (seed) must be at most 18446744073709551615 "
+                                             f"(2**64 - 1: torch's seeds are unsigned 64-bit), got {seed}\n"), r.stderr
 
 
 def test_a_seed_from_2_63_to_2_64_is_taken_and_each_rank_stays_in_64_bits(tmp_path):
@@ -2439,7 +2439,7 @@ def test_a_seed_from_2_63_to_2_64_is_taken_and_each_rank_stays_in_64_bits(tmp_pa
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # (what build_run does on rank 0)
     TrainConfig(corpus=[str(corpus)], seed=2**64 - 2).validate(world_size=2)
-    with pytest.raises(UsageError, match=r"at most 2\*\*64 - 2 with 2 processes"):
+    with pytest.raises(UsageError, match=r"at most 18446744073709551614 \(2\*\*64 - 2 with 2 processes"):
         TrainConfig(corpus=[str(corpus)], seed=2**64 - 1).validate(world_size=2)
 
 

@@ -56,8 +56,8 @@ def parse_size(text: str) -> int:
               help="Write the training proteins in a random order, not the input's (a uniform shuffle in bounded "
                    "memory: scratch files of about the corpus's uncompressed size in --tmp-dir). train reads a "
                    "corpus in its order, so an input in a systematic order (by accession, cluster, organism) trains in that order.")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Seed of --shuffle: the same input and seed give the same corpus.  [default: 0]")
+@click.option("--seed", type=int, default=None,  # (its range: CorpusOptions, as other commands word it)
+              help="Seed of --shuffle (0 or more): the same input and seed give the same corpus.  [default: 0]")
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-' = stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")

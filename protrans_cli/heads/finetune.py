@@ -34,7 +34,7 @@ from torch import nn
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, located
+from protrans_cli.errors import TORCH_SEEDS, InputError, RuntimeFailure, UsageError, seed_in_range, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData, _labelled
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
@@ -102,8 +102,7 @@ class FinetuneConfig:
             raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
         # (as fit's: numpy's generator of the hold-out and torch's seed take 0 .. 2**64 - 1; -1 was a
         # ValueError traceback once the labels had been read)
-        if not 0 <= self.seed <= _MAX_SEED:
-            raise UsageError(f"--seed must be 0 to 2**64 - 1 ({_MAX_SEED}), got {self.seed}")
+        seed_in_range(self.seed, _MAX_SEED, TORCH_SEEDS)
         if self.threads is not None:  # (-j -1 was refused only once the model had been loaded)
             from protrans_cli.threads import check_threads
 

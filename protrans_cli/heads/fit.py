@@ -33,8 +33,9 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
-                                 first_line, located, option, plain_numbers, torch_load_problem, whole_number)
+from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFailure, UsageError, expect_options,
+                                 expect_path, first_line, located, option, plain_numbers, seed_in_range,
+                                 torch_load_problem, whole_number)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
@@ -139,16 +140,12 @@ class FitConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{_flag(name)} must be {text}, got {value}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be 0 or more, got {self.seed}")
         # (torch seeds are unsigned 64-bit: a larger one was a traceback, "Overflow when unpacking
         # long long", and with --ensemble only at the member whose seed passed 2**64 - 1, after
         # the members before it had been trained)
         members, flag = (self.folds, "--folds") if self.folds else (self.ensemble, "--ensemble")
-        if self.seed + members - 1 > _MAX_SEED:
-            raise UsageError(f"--seed must be at most {_MAX_SEED - members + 1} (2**64 - 1 less the "
-                             f"{members - 1} members after the first, {flag} {members}: seeds are "
-                             f"64-bit), got {self.seed}")
+        why = TORCH_SEEDS if members == 1 else f"2**64 - {members} with {flag} {members}: member k seeds seed + k"
+        seed_in_range(self.seed, _MAX_SEED - members + 1, why)
         if self.cache_bytes < 0:
             raise UsageError(option(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}",
                                     f"cache_bytes must be 0 or more, got {self.cache_bytes}"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import UsageError, a_or_an, option, plain_numbers, type_problem
+from protrans_cli.errors import TORCH_SEEDS, UsageError, a_or_an, option, plain_numbers, seed_in_range, type_problem
 
 RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
@@ -240,9 +240,9 @@ class TrainConfig:
             raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "
                              "auto, ddp or fsdp")
         self.check_values()
-        if self.seed + world_size - 1 > MAX_SEED:  # (rank r seeds seed + r)
-            raise UsageError(f"{setting_name('seed')} must be at most 2**64 - {world_size} with {world_size} "
-                             f"processes (rank r seeds seed + r), got {self.seed}")
+        if world_size > 1:  # (rank r seeds seed + r)
+            seed_in_range(self.seed, MAX_SEED - world_size + 1, f"2**64 - {world_size} with {world_size} processes: "
+                          "rank r seeds seed + r", setting_name("seed"))
         for i, phase in enumerate(self.resolved_phases(), 1):
             where = f"phase {i} ({self.phases[i - 1].spec(phase)})" if self.phases else "training"
             grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
@@ -275,14 +275,13 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be a number, got {value!r}")
             if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{setting_name(name)} must be {text}, got {value}")
-        for name, least in (("seed", 0), ("segment_length", 1), ("fsdp_min_params", 0)):
+        for name, least in (("segment_length", 1), ("fsdp_min_params", 0)):
             if getattr(self, name) < least:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
-        if self.seed > MAX_SEED:
-            # torch.manual_seed takes 64 bits, unsigned: a larger seed was a traceback ("Overflow
-            # when unpacking long long") once the run was being built. (2**63 to 2**64 - 1 train:
-            # an earlier limit of 2**63 - 1 refused them, and the runs started with one on --resume.)
-            raise UsageError(f"{setting_name('seed')} must be at most 2**64 - 1 ({MAX_SEED}), got {self.seed}")
+        # torch.manual_seed takes 64 bits, unsigned: a larger seed was a traceback ("Overflow when
+        # unpacking long long") once the run was being built. (2**63 to 2**64 - 1 train: an earlier
+        # limit of 2**63 - 1 refused them, and the runs started with one on --resume.)
+        seed_in_range(self.seed, MAX_SEED, TORCH_SEEDS, setting_name("seed"))
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
         if self.sop and self.model_overrides.get("type_vocab_size", 2) < 2:
