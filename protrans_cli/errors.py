@@ -166,9 +166,14 @@ class RuntimeFailure(ProtransError):
 
 def a_or_an(word: str) -> str:
     """`word` after its indefinite article, as it is read aloud: "an electra", "an albert", "an esm",
-    "an xlnet" (ex-el-net), "an FNN" (ef-), "a t5", "a bert" ("a electra pretraining model" was written)."""
+    "an xlnet" (ex-el-net), "an FNN" (ef-), "a t5", "a bert" ("a electra pretraining model" was written);
+    numpy's and Python's type names too: "an object", "an int", "a uint8" (you-), "an ndarray" (en-)."""
     acronym = word[:2].isupper()  # (FNN, CNN: read letter by letter; FitConfig is a word)
     vowel = word[:1].lower() in "aeiou" or word[:1] in ("AEFHILMNORSX" if acronym else "x")
+    if word.lower().startswith(("uint", "uni", "use", "utf")):
+        vowel = False
+    elif word.startswith("nd"):
+        vowel = True
     return f"{'an' if vowel else 'a'} {word}"
 
 

@@ -240,7 +240,7 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
             why = "torch cannot read it (damaged, or not a file torch.save wrote)"
         raise InputError(f"not an esm-extract output: {why}", path=str(path)) from None
     if not isinstance(obj, dict):
-        raise InputError(f"not an esm-extract output: it holds a {type(obj).__name__}, not esm-extract's dict "
+        raise InputError(f"not an esm-extract output: it holds {a_or_an(type(obj).__name__)}, not esm-extract's dict "
                          "of label and representations", path=str(path))
     label = obj.get("label")
     if not isinstance(label, str):
@@ -484,7 +484,8 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
         raise InputError("its layers have different widths: damaged, or not one model's output", path=str(path))
     lengths = {shape[0] for what, _, shape, _ in shapes if what == "representations"}
     if len(lengths) > 1:
-        raise InputError(f"its layers hold different numbers of rows ({sorted(lengths)})", path=str(path))
+        raise InputError(f"its layers hold different numbers of rows ({', '.join(map(str, sorted(lengths)))})",
+                         path=str(path))
     count = lengths.pop() if lengths else 0
     if count > truncation:
         raise InputError(f"holds {count} rows, more than --truncation-seq-length {truncation}: give the value "

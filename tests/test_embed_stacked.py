@@ -582,11 +582,13 @@ def _replace(f, name, data, **kw):
     (lambda f: _replace(f, "lengths", f["lengths"][()].astype(float)), "lengths column(s) hold float64"),
     (lambda f: _replace(f, "ids", np.array([b"\xff" + i.encode() for i in f["ids"].asstr()[()]], dtype="S20")),
      "ids column is not UTF-8 text"),
-    (lambda f: _replace(f, "per_protein", np.zeros(len(f["ids"]), np.float32)), "not (N, D) or (N, n_layers, D)"),
+    (lambda f: _replace(f, "per_protein", np.zeros(len(f["ids"]), np.float32)), "is a float32 array of shape (6,), "
+     "not (N, D) or (N, n_layers, D)"),
     (lambda f: _replace(f, "per_protein", np.zeros((len(f["ids"]), 2, 2, 21), np.float32)),
      "not (N, D) or (N, n_layers, D)"),
     (lambda f: _replace(f, "per_protein", np.array(["x"] * len(f["ids"]), dtype=object),
-                        dtype=h5py.string_dtype()), "not (N, D) or (N, n_layers, D) numbers"),
+                        dtype=h5py.string_dtype()), "is an object array of shape (6,), not (N, D) or (N, n_layers, D) "
+     "numbers"),  # ("a object array")
     (lambda f: f.__delitem__("ids"), "without its ids column"),
     (lambda f: (f.__delitem__("headers"), f.create_group("headers")), "without its headers column"),
     (lambda f: _replace(f, "lengths", f["lengths"][()][:-1]), "columns are not one per row of per_protein: damaged"),

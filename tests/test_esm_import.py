@@ -275,7 +275,7 @@ def test_pt_files_that_are_not_esm_extracts_are_refused_naming_the_file_and_what
         ({"label": " ", "representations": {1: rows}}, (), "its label ' ' has no id (the header's first word)"),
         ({"label": "Q", "representations": {1: rows, 2: torch.zeros(3, 5)}}, both, "its layers have different widths"),
         ({"label": "Q", "representations": {1: rows, 2: torch.zeros(2, 4)}}, both,
-         "its layers hold different numbers of rows ([2, 3])"),
+         "its layers hold different numbers of rows (2, 3)"),  # (a list's repr, "([2, 3])", was shown)
     ]
     out = tmp_path / "e.h5"
     for obj, layers, message in cases:

@@ -542,6 +542,9 @@ def test_messages_put_the_article_a_name_is_read_aloud_with():
         "an electra", "an albert", "an esm", "an xlnet", "a t5", "a bert", "a roberta", "a transfo_xl"]
     assert [a_or_an(w) for w in ("FNN", "CNN", "FitConfig", "EmbedOptions", "TrainConfig")] == [
         "an FNN", "a CNN", "a FitConfig", "an EmbedOptions", "a TrainConfig"]
+    # numpy's and Python's type names in messages ("a object array", "expects a int" were written)
+    assert [a_or_an(w) for w in ("object", "int", "float32", "uint8", "ndarray", "OrderedDict", "list")] == [
+        "an object", "an int", "a float32", "a uint8", "an ndarray", "an OrderedDict", "a list"]
 
 
 def test_every_message_naming_a_model_family_puts_its_article(tmp_path):

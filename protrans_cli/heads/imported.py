@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, a_or_an, expect_path
 
 PROTTRANS_SECSTRUCT = "prottrans-secstruct"
 LA_LOCATION, LA_MEMBRANE = "la-location", "la-membrane"
@@ -142,7 +142,7 @@ def _load(path: Path) -> tuple[dict, str]:
     except Exception as exc:  # noqa: BLE001 - not a torch file, or one holding more than tensors and plain values
         raise InputError(_refusal(exc, data), path=str(path)) from None
     if not isinstance(state, dict):
-        raise InputError(f"holds a {type(state).__name__}, not a checkpoint dict", path=str(path))
+        raise InputError(f"holds {a_or_an(type(state).__name__)}, not a checkpoint dict", path=str(path))
     return state, hashlib.sha256(data).hexdigest()
 
 

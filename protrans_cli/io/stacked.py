@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, RuntimeFailure
+from protrans_cli.errors import InputError, RuntimeFailure, a_or_an
 from protrans_cli.io import disk
 
 PER_PROTEIN = "per_protein"
@@ -483,9 +483,9 @@ class StackedView:
         self._columns: dict[str, np.ndarray] = {}
         # (checked here, once: another type was a traceback where it was first read, or read as it came)
         if self.data.ndim not in (2, 3) or self.data.dtype.kind not in "fiub":
-            raise InputError(f"a stacked embeddings file whose per_protein is a {self.data.dtype} array of shape "
-                             f"{self.data.shape}, not (N, D) or (N, n_layers, D) numbers: damaged, or not written "
-                             "by protrans embed", path=path)
+            raise InputError(f"a stacked embeddings file whose per_protein is {a_or_an(str(self.data.dtype))} array "
+                             f"of shape {self.data.shape}, not (N, D) or (N, n_layers, D) numbers: damaged, or not "
+                             "written by protrans embed", path=path)
         if any(f[name].shape != (len(self.data),) for name in COLUMNS):
             raise InputError("a stacked embeddings file whose columns are not one per row of per_protein: damaged",
                              path=path)

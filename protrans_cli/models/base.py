@@ -170,11 +170,12 @@ class Family:
         number is refused. A whole number for a float field (JSON reads `0` as an int) becomes a
         float: ESM's strictly validated config refused `hidden_dropout_prob=0`."""
         if isinstance(current, (bool, int, float)) and isinstance(value, str):
-            raise ModelError(f"invalid {self.name} config: {key} expects a {type(current).__name__}, got {value!r}")
+            raise ModelError(f"invalid {self.name} config: {key} expects {a_or_an(type(current).__name__)}, got "
+                             f"{value!r}")
         if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, bool):
             # (transformers' strict validation said "... doesn't match any type in (<class 'float'>,
             # <class 'int'>). Errors: ...", and a config class without it took true for 1)
-            raise ModelError(f"invalid {self.name} config: {key} expects a {type(current).__name__}, got "
+            raise ModelError(f"invalid {self.name} config: {key} expects {a_or_an(type(current).__name__)}, got "
                              f"{str(value).lower()} (a boolean)")
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
