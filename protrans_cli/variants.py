@@ -983,8 +983,9 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     options.validate()
     if isinstance(variants_file, (str, Path)) and str(variants_file) != "-" and _starts_like_fasta(variants_file):
         # (the wild type given where the table goes: "has no 'mutant' column (columns: >wt ...)",
-        # or with --all-singles "give a table or --all-singles, one of them", both given)
-        raise UsageError("is a FASTA file, not a variants table (a CSV or TSV of substitutions): a wild type "
+        # or with --all-singles "give a table or --all-singles, one of them", both given). A wrong
+        # kind of file is bad input, exit 1, as a FASTA given to knn, fit or export as embeddings.
+        raise InputError("is a FASTA file, not a variants table (a CSV or TSV of substitutions): a wild type "
                          "goes to --fasta", path=str(variants_file))
     if options.all_singles == (variants_file is not None):
         raise UsageError("give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them")

@@ -660,6 +660,25 @@ def test_a_negative_seed_is_worded_one_way_by_every_command(run_cli, tmp_path, m
     assert (r.exit_code, r.stderr) == (2, f"protrans: error: {named} must be at least 0, got -1\n")
 
 
+@pytest.mark.parametrize("args, said", [
+    (["variants", "wt.fa", "--fasta", "wt.fa", "-m", "no_such_model"], "is a FASTA file, not a variants table"),
+    (["knn", "wt.fa", "--reference", "wt.fa"], "it is a FASTA file: embed it first"),
+    (["fit", "loc", "--embeddings", "wt.fa", "--labels", "l.csv", "-o", "h"], "it is a FASTA file: embed it first"),
+    (["export", "wt.fa", "-o", "x.tsv"], "it is a FASTA file: embed it first"),
+    (["import-esm", "wt.fa", "-o", "x.h5"], "not an esm-extract output: it is a FASTA file"),
+])
+def test_a_fasta_given_where_another_kind_of_file_goes_is_bad_input_in_every_command(run_cli, tmp_path,
+                                                                                     monkeypatch, args, said):
+    """A wrong kind of file is bad input (exit 1), the file named: variants said so of a FASTA given
+    as its table with exit 2 (a usage error), where knn, fit and export exit 1."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wt.fa").write_text(">wt\nMKTAYIAK\n")
+    (tmp_path / "l.csv").write_text("id,label\nwt,Nucleus\n")
+    r = run_cli(*args)
+    assert r.exit_code == 1 and r.stderr.startswith("protrans: error: wt.fa: ") and said in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
 def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):
     """--check-compile builds a small kernel: a compiler that cannot (here a backend that
     raises, as dynamo wraps inductor's failures) is reported with its first line, exit 0 (a

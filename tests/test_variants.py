@@ -355,9 +355,10 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
         ((table, "--sequence", SEQ, "-m", nothing, "--device", "gpu"), 2, "--device gpu: use auto, cpu, cuda"),
         # the wild type's FASTA given as the table: was "has no 'mutant' column (columns: >a)", and
         # with --all-singles "give a variants table ... or --all-singles, one of them", both given
-        ((fasta, "--fasta", fasta, "-m", nothing), 2, f"{fasta}: is a FASTA file, not a variants table (a CSV or "
+        # (exit 1, bad input, as a FASTA given as embeddings to knn, fit or export: it was exit 2)
+        ((fasta, "--fasta", fasta, "-m", nothing), 1, f"{fasta}: is a FASTA file, not a variants table (a CSV or "
          "TSV of substitutions): a wild type goes to --fasta"),
-        ((fasta, "--all-singles", "-m", nothing), 2, f"{fasta}: is a FASTA file, not a variants table"),
+        ((fasta, "--all-singles", "-m", nothing), 1, f"{fasta}: is a FASTA file, not a variants table"),
     ]
     for args, code, message in cases:
         r = run_cli("variants", *args)
