@@ -33,7 +33,8 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, a_or_an, expect_options, expect_path
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, a_or_an, at_least, expect_options,
+                                 expect_path)
 from protrans_cli.io.h5 import CONTACTS
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -93,10 +94,11 @@ class ContactOptions:
                              "stitched from windows)")
         if self.invalid_policy not in INVALID_POLICIES:
             raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
-        if self.max_length is not None and self.max_length < 1:
-            raise UsageError("--max-length must be at least 1")
-        if (self.max_tokens is not None and self.max_tokens < 1) or self.max_batch_size < 1:
-            raise UsageError("--max-tokens and --max-batch-size must be at least 1")
+        if self.max_length is not None:
+            at_least(self.max_length, 1, "--max-length")
+        if self.max_tokens is not None:
+            at_least(self.max_tokens, 1, "--max-tokens")
+        at_least(self.max_batch_size, 1, "--max-batch-size")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise UsageError(f"--storage-dtype must be one of {', '.join(STORAGE_DTYPES)}")
         if self.compression not in (None, *COMPRESSIONS):  # (COMPRESSIONS holds "none")
@@ -105,8 +107,7 @@ class ContactOptions:
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
-        if self.window < 1:
-            raise UsageError("--window must be at least 1")
+        at_least(self.window, 1, "--window")
         if self.threads is not None:
             check_threads(self.threads)
         if self.resume and self.force:

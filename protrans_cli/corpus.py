@@ -134,7 +134,7 @@ class CorpusOptions:
         if self.min_length < 1:
             raise UsageError(f"--min-length must be at least 1, got {self.min_length}")
         if self.max_length is not None and self.max_length < self.min_length:
-            raise UsageError(f"--max-length ({self.max_length}) is below --min-length ({self.min_length})")
+            raise UsageError(f"--max-length must be at least --min-length ({self.min_length}), got {self.max_length}")
         if self.long == "crop" and self.max_length is None:
             raise UsageError("--long crop needs --max-length (the window size)")
         if not 0.0 <= self.valid_fraction < 1.0:

@@ -45,8 +45,8 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
-from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
-                                 expect_path, option)
+from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
+                                 expect_options, expect_path, option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
 from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
@@ -137,23 +137,23 @@ class EmbedOptions:
                              "--per-protein alone, or --layout grouped for per-residue arrays")
         if self.layout not in LAYOUTS:
             raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if (self.max_tokens is not None and self.max_tokens < 1) or self.max_batch_size < 1:
-            raise UsageError("--max-tokens and --max-batch-size must be at least 1")
+        if self.max_tokens is not None:
+            at_least(self.max_tokens, 1, "--max-tokens")
+        at_least(self.max_batch_size, 1, "--max-batch-size")
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
         if self.invalid_policy not in INVALID_POLICIES:
             raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
-        if self.max_length is not None and self.max_length < 1:
-            raise UsageError("--max-length must be at least 1")
-        if isinstance(self.chunk_overlap, numbers.Real) and self.chunk_overlap < 0:  # (accepted without a word under another --long-policy)
-            raise UsageError(f"--chunk-overlap {self.chunk_overlap} must be at least 0")
+        if self.max_length is not None:
+            at_least(self.max_length, 1, "--max-length")
+        if isinstance(self.chunk_overlap, numbers.Real):  # (accepted without a word under another --long-policy)
+            at_least(self.chunk_overlap, 0, "--chunk-overlap")
         if self.long_policy == "chunk" and self.max_length is not None \
                 and not 0 <= self.chunk_overlap < self.max_length:
-            raise UsageError(f"--chunk-overlap {self.chunk_overlap} must be at least 0 and smaller than --max-length "
-                             f"{self.max_length}" + (f" ({DEFAULT_CHUNK_OVERLAP} is its default: give a smaller one)"
-                                                     if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
-        if self.window < 1:
-            raise UsageError("--window must be at least 1")
+            raise UsageError(f"--chunk-overlap must be smaller than --max-length ({self.max_length}), got "
+                             f"{self.chunk_overlap}" + (f"; {DEFAULT_CHUNK_OVERLAP} is its default: give a smaller one"
+                                                        if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
+        at_least(self.window, 1, "--window")
         if self.pooling not in POOLINGS:
             raise UsageError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.pooling == "cls":
@@ -634,7 +634,8 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
         console.warn(f"--long-policy {options.long_policy} has no effect: no --max-length, "
                      "and the model takes proteins of any length")
     if options.long_policy == "chunk" and max_length is not None and not 0 <= options.chunk_overlap < max_length:
-        raise UsageError(f"--chunk-overlap must be at least 0 and smaller than the window ({max_length})")
+        raise UsageError(f"--chunk-overlap must be smaller than the window ({max_length}, the model's limit), "
+                         f"got {options.chunk_overlap}")
     return max_length
 
 

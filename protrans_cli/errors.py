@@ -191,6 +191,16 @@ def seed_in_range(seed, top: int | None = None, why: str = "", name: str = "--se
         raise UsageError(f"{name} must be at most {top}{f' ({why})' if why else ''}, got {seed}")
 
 
+def at_least(value, low, name: str, why: str = "") -> None:
+    """A number below `low` refused in the one wording of every command's ranges (as `seed_in_range`
+    and `check_threads` word theirs): "--max-length must be at least 1, got 0", and `why`, where it
+    helps, after a semicolon. ("--max-length must be at least 1" without the value given, "--digits
+    0: from 1 to 17", "--toks_per_batch 0: at least 1" and click's "0 is not in the range x>=1" were
+    the same refusal worded four ways.)"""
+    if value < low:
+        raise UsageError(f"{name} must be at least {low}, got {value}{f'; {why}' if why else ''}")
+
+
 def option(flag: str, keyword: str) -> str:
     """A setting as the message's reader gives it: at the command line (`protrans ...`, whose
     `cli.main` says so) its flag, `flag` ("--invalid-policy skip", "--shards", "-m DIR"); to a

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
-                                 expect_path, option)
+from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
+                                 expect_options, expect_path, option)
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 # esm-extract's dict keys of each --include, in the order it writes them
@@ -89,10 +89,8 @@ class ExtractOptions:
         for layer in layers:
             if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
                 raise UsageError(f"--repr_layers: whole numbers (layers), got {type(layer).__name__} {layer!r:.60}")
-        if self.toks_per_batch < 1:
-            raise UsageError(f"--toks_per_batch {self.toks_per_batch}: at least 1")
-        if self.truncation_seq_length < 1:
-            raise UsageError(f"--truncation_seq_length {self.truncation_seq_length}: at least 1")
+        at_least(self.toks_per_batch, 1, "--toks_per_batch")
+        at_least(self.truncation_seq_length, 1, "--truncation_seq_length")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
         if str(self.model) == "onehot":

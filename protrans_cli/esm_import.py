@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError, a_or_an, expect_path
+from protrans_cli.errors import InputError, UsageError, a_or_an, at_least, expect_path
 from protrans_cli.io.h5 import LAYOUTS, PER_PROTEIN, PER_RESIDUE, STORAGE_DTYPES
 
 FAMILY = "esm"
@@ -122,8 +122,10 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     expect_path(output, "import-esm: output")
     if storage_dtype not in STORAGE_DTYPES:
         raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
-    if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
-        raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
+    if isinstance(truncation_seq_length, bool) or not isinstance(truncation_seq_length, int):
+        raise UsageError(f"--truncation-seq-length must be a whole number, got {type(truncation_seq_length).__name__} "
+                         f"{truncation_seq_length!r:.40}")
+    at_least(truncation_seq_length, 1, "--truncation-seq-length")
     return inputs
 
 

@@ -265,7 +265,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
     layer_given, layer = layer is not None, -1 if layer is None else layer
     chosen_format = output_format(output, fmt)
     if digits is not None and not 1 <= digits <= 17:
-        raise UsageError(f"--digits {digits}: from 1 to 17")
+        raise UsageError(f"--digits must be between 1 and 17, got {digits}")
     if digits is not None and chosen_format in ("npz", "esm"):
         raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values"
                          if chosen_format == "npz" else "--digits rounds the numbers of a table: esm-extract's "

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from protrans_cli import console
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import UsageError, at_least, option
 from protrans_cli.io.files import check_replaceable, refuse_special_output, utf8_path_problem, utf8_text
 
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
@@ -94,9 +94,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     from protrans_cli.models import get_family
 
     get_family(family)  # an unknown family is a usage error before anything is written
-    if num_steps < 1 or head_epochs < 1:
-        raise UsageError(f"quickstart needs at least one training step and one head epoch, got {num_steps} "
-                         f"and {head_epochs}")
+    at_least(num_steps, 1, option("--num-steps", "num_steps"))
+    at_least(head_epochs, 1, "head_epochs")
     refuse_special_output(output, "-o", "the quickstart folder")
     out = Path(output)
     if out.exists() and not out.is_dir():

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options, whole_number
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options,
+                                 whole_number)
 from protrans_cli.heads.tasks import missing_number
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -201,10 +202,10 @@ class VariantScorer:
                 raise UsageError(f"{name} must be a whole number or None, got {type(value).__name__} {value!r:.40}")
         if long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
-        if max_length is not None and max_length < 1:
-            raise UsageError("--max-length must be at least 1")
-        if max_tokens is not None and max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
+        if max_length is not None:
+            at_least(max_length, 1, "--max-length")
+        if max_tokens is not None:
+            at_least(max_tokens, 1, "--max-tokens")
         model = loaded.model
         if type(model).__name__ != loaded.family.masked_lm_class:
             raise ModelError(f"{loaded.name}: loaded without its masked-LM head (load it with "
@@ -713,10 +714,10 @@ class VariantOptions:
             raise UsageError("a model or a scoring is given twice")
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
-        if self.max_length is not None and self.max_length < 1:
-            raise UsageError("--max-length must be at least 1")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
+        if self.max_length is not None:
+            at_least(self.max_length, 1, "--max-length")
+        if self.max_tokens is not None:
+            at_least(self.max_tokens, 1, "--max-tokens")
         if not DEVICE_NAME.fullmatch(self.device):
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:

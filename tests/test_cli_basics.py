@@ -604,12 +604,12 @@ def test_a_thread_count_beyond_any_machine_is_a_usage_error(run_cli, monkeypatch
 
 @pytest.mark.parametrize("args, said", [
     (["predict", "HEAD", "--embeddings", "q.h5", "-j", "-1"], "--threads must be at least 1, got -1"),
-    (["predict", "HEAD", "--fasta", "q.fa", "--max-length", "-1"], "--max-length must be at least 1"),
+    (["predict", "HEAD", "--fasta", "q.fa", "--max-length", "-1"], "--max-length must be at least 1, got -1"),
     # (under --long-policy skip it was warned of as ignored, then taken)
     (["predict", "HEAD", "--fasta", "q.fa", "--chunk-overlap", "-1", "--long-policy", "skip"],
-     "--chunk-overlap -1 must be at least 0"),
+     "--chunk-overlap must be at least 0, got -1"),
     (["knn", "q.h5", "--reference", "ref.h5", "-j", "0"], "--threads must be at least 1, got 0"),
-    (["knn", "--fasta", "q.fa", "--reference", "ref.h5", "--max-length", "0"], "--max-length must be at least 1"),
+    (["knn", "--fasta", "q.fa", "--reference", "ref.h5", "--max-length", "0"], "--max-length must be at least 1, got 0"),
     (["finetune", "ss3", "-m", "no_such_model", "--labels", "l.csv", "-o", "ft", "-j", "-1"],
      "--threads must be at least 1, got -1"),
 ])
@@ -658,6 +658,42 @@ def test_a_negative_seed_is_worded_one_way_by_every_command(run_cli, tmp_path, m
     r = run_cli(*args, "--seed", "-1")
     named = "--seed (seed)" if args[0] == "train" else "--seed"
     assert (r.exit_code, r.stderr) == (2, f"protrans: error: {named} must be at least 0, got -1\n")
+
+
+@pytest.mark.parametrize("args, said", [
+    (["esm-extract", "no_such_model", "x.fa", "out", "--include", "mean", "--toks_per_batch", "-1"],
+     "--toks_per_batch must be at least 1, got -1"),
+    (["esm-extract", "no_such_model", "x.fa", "out", "--include", "mean", "--truncation_seq_length", "0"],
+     "--truncation_seq_length must be at least 1, got 0"),
+    (["import-esm", "out", "-o", "x.h5", "--truncation-seq-length", "0"],
+     "--truncation-seq-length must be at least 1, got 0"),
+    (["project", "e.h5", "--sample", "-1"], "--sample must be at least 4, got -1"),
+    (["project", "e.h5", "--dims", "4"], "--dims must be 2 or 3, got 4"),
+    (["export", "e.h5", "-o", "x.tsv", "--digits", "-1"], "--digits must be between 1 and 17, got -1"),
+    (["embed", "x.fa", "-m", "no_such_model", "-o", "x.h5", "--max-length", "0"],
+     "--max-length must be at least 1, got 0"),
+    (["embed", "x.fa", "-m", "no_such_model", "-o", "x.h5", "--max-batch-size", "0"],
+     "--max-batch-size must be at least 1, got 0"),
+    (["embed", "x.fa", "-m", "no_such_model", "-o", "x.h5", "--chunk-overlap", "-1"],
+     "--chunk-overlap must be at least 0, got -1"),
+    (["embed", "x.fa", "-m", "no_such_model", "-o", "x.h5", "--window", "0"], "--window must be at least 1, got 0"),
+    (["contacts", "x.fa", "-m", "no_such_model", "-o", "x.h5", "--max-tokens", "0"],
+     "--max-tokens must be at least 1, got 0"),
+    (["variants", "v.csv", "--sequence", "MKV", "-m", "no_such_model", "-o", "v.out", "--max-tokens", "0"],
+     "--max-tokens must be at least 1, got 0"),
+    (["knn", "--fasta", "x.fa", "--reference", "e.h5", "--max-length", "0"], "--max-length must be at least 1, got 0"),
+    (["prep", "x.fa", "-o", "c.txt", "--max-length", "0"], "--max-length must be at least --min-length (1), got 0"),
+    (["quickstart", "-o", "qs", "--num-steps", "0"], "--num-steps must be at least 1, got 0"),
+])
+def test_a_number_out_of_range_is_worded_one_way_by_every_command(run_cli, tmp_path, monkeypatch, args, said):
+    """"--toks_per_batch -1: at least 1", "--sample -1: a map of 4 proteins at least", "--digits -1:
+    from 1 to 17", "--max-length must be at least 1" (the value left out), "--max-tokens and
+    --max-batch-size must be at least 1" (which?) and click's "0 is not in the range x>=1": one
+    wording, "--OPTION must be at least N, got V", before any file is looked for (exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(*args)
+    assert (r.exit_code, r.stderr) == (2, f"protrans: error: {said}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, said", [

@@ -789,9 +789,9 @@ def test_bad_settings_are_one_line_usage_errors_before_the_model_or_the_fasta(ru
     fasta.write_text(">a\nMKTAYIAKQR\n")
     out = tmp_path / "c.h5"
     cases = [
-        (("--max-length", "0"), "--max-length must be at least 1"),
-        (("--max-tokens", "0"), "--max-tokens and --max-batch-size must be at least 1"),
-        (("--max-batch-size", "0"), "--max-tokens and --max-batch-size must be at least 1"),
+        (("--max-length", "0"), "--max-length must be at least 1, got 0"),
+        (("--max-tokens", "0"), "--max-tokens must be at least 1, got 0"),
+        (("--max-batch-size", "0"), "--max-batch-size must be at least 1, got 0"),
         (("--device", "gpu"), "--device gpu: use auto, cpu, cuda, cuda:N or mps"),
     ]
     for extra, message in cases:
@@ -804,7 +804,7 @@ def test_bad_settings_are_one_line_usage_errors_before_the_model_or_the_fasta(ru
         (dict(storage_dtype="int8"), "--storage-dtype must be one of float32, float16"),
         (dict(compression="zstd"), "--compression must be one of none, gzip, lzf"),
         (dict(dtype="fp8"), "--dtype must be one of auto, float32, bfloat16, float16"),
-        (dict(window=0), "--window must be at least 1"),
+        (dict(window=0), "--window must be at least 1, got 0"),
     ]
     for kw, message in library:
         with pytest.raises(UsageError) as err:

@@ -1374,7 +1374,8 @@ def test_a_chunk_overlap_as_long_as_the_models_own_limit_is_a_usage_error(tmp_pa
     options = EmbedOptions(model=str(tmp_path / "bert"), device="cpu", long_policy="chunk")
     limit = build_embedder(options).max_residues
     options.chunk_overlap = limit
-    with pytest.raises(UsageError, match=rf"--chunk-overlap must be at least 0 and smaller than the window \({limit}\)"):
+    said = rf"--chunk-overlap must be smaller than the window \({limit}, the model's limit\), got {limit}"
+    with pytest.raises(UsageError, match=said):
         embed(SMALL, tmp_path / "o.h5", options)
     assert not (tmp_path / "o.h5").exists() and not partial_path(tmp_path / "o.h5").exists()
 

@@ -263,7 +263,7 @@ def test_an_existing_folder_keeps_its_other_files_and_a_same_named_file_is_repla
     (["{fasta}", "{out}", "--include", "means"], 2, "'means' is not one of"),
     (["{fasta}", "{out}", "--repr_layers", "1"], 2, "Missing option '--include'"),
     (["{fasta}", "{out}", "--include", "mean", "--truncation_seq_length", "0"], 2,
-     "--truncation_seq_length 0: at least 1"),
+     "--truncation_seq_length must be at least 1, got 0"),
     (["{fasta}", "{file}", "--include", "mean"], 2, "is a file"),
 ])
 def test_refusals_are_one_line_and_make_no_folder(run_cli, tmp_path, model_dir, args, code, message):

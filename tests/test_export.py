@@ -517,7 +517,7 @@ def test_a_mean_over_rows_that_are_not_finite_is_said_in_one_line(tmp_path, run_
     (["-o", "{tmp}/x.npz.gz"], "leave out .gz"),
     (["-o", "{tmp}/x.dat"], "name the file .tsv, .csv or .npz"),
     (["-o", "{tmp}/x.npz", "--digits", "4"], "an .npz keeps the stored values"),
-    (["--digits", "0"], "from 1 to 17"),
+    (["--digits", "0"], "--digits must be between 1 and 17, got 0"),
     (["--format", "tsv", "-o", "{tmp}/e.h5"], "is also an input"),
     # (both flags: the last given was written, the other dropped without a word; esm-extract's
     # `--include mean per_tok` read as both, a folder of means alone)
@@ -590,7 +590,7 @@ def test_digits_from_1_to_17(tmp_path, run_cli, digits, code):
         values = [v for row in _table(done.stdout, "\t")[1:] for v in row[1:]]
         assert values and all(len(v.lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= digits for v in values)
     else:
-        assert "from 1 to 17" in done.stderr
+        assert f"--digits must be between 1 and 17, got {digits}" in done.stderr
 
 
 def test_info(tmp_path, run_cli):

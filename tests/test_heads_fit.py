@@ -1784,8 +1784,9 @@ def test_predict_fasta_reads_a_bad_label_file_before_embedding(run_cli, monkeypa
 
 @pytest.mark.parametrize("args, message", [
     (["--max-residues", "0"], "--max-residues must be at least 1, got 0"),
-    (["--max-length", "0"], "--max-length must be at least 1"),
-    (["--long-policy", "chunk", "--max-length", "5", "--chunk-overlap", "-1"], "--chunk-overlap -1 must be at least 0"),
+    (["--max-length", "0"], "--max-length must be at least 1, got 0"),
+    (["--long-policy", "chunk", "--max-length", "5", "--chunk-overlap", "-1"],
+     "--chunk-overlap must be at least 0, got -1"),
     (["--device", "gpu"], "--device gpu: use auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_predict_fasta_refuses_bad_values_before_reading_or_embedding(run_cli, monkeypatch, one_epoch_ss3,

@@ -128,14 +128,14 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
     (dict(layers=-1), r"layers=\(-1,\), not layers=-1"),  # a TypeError deep in validate
     (dict(threads=0), "--threads must be at least 1, got 0"),  # was ignored
     (dict(threads=-2), "--threads must be at least 1, got -2"),  # a RuntimeError from torch
-    (dict(chunk_overlap=-1), "--chunk-overlap -1 must be at least 0"),  # accepted without chunking
-    (dict(chunk_overlap=-1, long_policy="truncate", max_length=2), "--chunk-overlap -1 must be at least 0"),
+    (dict(chunk_overlap=-1), "--chunk-overlap must be at least 0, got -1"),  # accepted without chunking
+    (dict(chunk_overlap=-1, long_policy="truncate", max_length=2), "--chunk-overlap must be at least 0, got -1"),
     # the CLI's choices keep these out; a Python caller's typo is one line naming the choices
-    (dict(max_batch_size=0), "--max-tokens and --max-batch-size must be at least 1"),
-    (dict(max_tokens=0), "--max-tokens and --max-batch-size must be at least 1"),
+    (dict(max_batch_size=0), "--max-batch-size must be at least 1, got 0"),
+    (dict(max_tokens=0), "--max-tokens must be at least 1, got 0"),
     (dict(long_policy="cut"), "--long-policy must be one of error, skip, truncate, chunk"),
     (dict(invalid_policy="drop"), "--invalid-policy must be one of error, skip"),
-    (dict(max_length=0), "--max-length must be at least 1"),
+    (dict(max_length=0), "--max-length must be at least 1, got 0"),
     (dict(pooling="max"), "--pooling must be one of"),
     (dict(layers=()), "^layers needs at least one index"),  # (the field: "--layer" is embed's flag)
     (dict(dtype="int8"), "--dtype must be one of"),

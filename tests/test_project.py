@@ -546,7 +546,7 @@ def test_tsne_separates_clusters_and_repeats_itself(tmp_path, run_cli):
     coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
     assert _separated(coords, cluster) == 1.0
     r = run_cli("project", tmp_path / "e.h5", "--method", "tsne", "--perplexity", "45")
-    assert r.exit_code == 2 and "--perplexity 45: between 0 and the number of proteins (45)" in r.stderr
+    assert r.exit_code == 2 and "--perplexity must be between 0 and the number of proteins (45), got 45" in r.stderr
 
 
 @pytest.mark.slow
@@ -770,9 +770,9 @@ def test_bounds_that_need_no_data_are_said_before_any_file_is_read(tmp_path, run
     """--min-dist 2, --neighbors 1, --perplexity 0 were refused only once every file was read (and
     UMAP's neighbours said): a usage error now before anything is read, as --seed is."""
     missing = tmp_path / "missing.h5"
-    cases = [(["--method", "umap", "--min-dist", "2"], "--min-dist 2: between 0 and 1"),
-             (["--method", "umap", "--neighbors", "1"], "--neighbors 1: between 2 and the number of proteins"),
-             (["--method", "tsne", "--perplexity", "0"], "--perplexity 0: between 0 and the number of proteins")]
+    cases = [(["--method", "umap", "--min-dist", "2"], "--min-dist must be between 0 and 1, got 2"),
+             (["--method", "umap", "--neighbors", "1"], "--neighbors must be at least 2, got 1"),
+             (["--method", "tsne", "--perplexity", "0"], "--perplexity must be positive, got 0")]
     for args, message in cases:
         method = args[1]
         if not (HAS_UMAP if method == "umap" else HAS_SKLEARN):
@@ -783,7 +783,7 @@ def test_bounds_that_need_no_data_are_said_before_any_file_is_read(tmp_path, run
     _write(tmp_path / "a.h5", x, [f"r{i}" for i in range(len(x))])
     if HAS_SKLEARN:  # (the bound that needs the proteins: said once they are counted)
         r = run_cli("project", tmp_path / "a.h5", "--method", "tsne", "--perplexity", "50", "-o", tmp_path / "m.tsv")
-        assert r.exit_code == 2 and "--perplexity 50: between 0 and the number of proteins (12)" in r.stderr
+        assert r.exit_code == 2 and "--perplexity must be between 0 and the number of proteins (12), got 50" in r.stderr
     assert not (tmp_path / "m.tsv").exists()
 
 
@@ -797,7 +797,7 @@ def test_library_call_and_few_proteins(tmp_path):
     assert 0.0 <= result.kept <= 1.0 and result.axis_names()[0].startswith("PC1 (")
     with pytest.raises(InputError, match="1 protein\\(s\\): PCA places 2 at least"):
         reduce(x[:1])
-    with pytest.raises(UsageError, match="a map has 2 or 3 dimensions"):
+    with pytest.raises(UsageError, match="^--dims must be 2 or 3, got 4$"):
         reduce(x, dims=4)
     x[7, 2] = np.nan
     with pytest.raises(InputError, match="row 7 has NaN or infinite values"):
@@ -911,7 +911,7 @@ def test_an_annotation_table_colours_by_any_of_its_columns_and_a_sample_places_f
     picked = [[row["id"] for row in _table(s.stdout)[1]] for s in sampled]
     assert picked[0] == picked[1] != picked[2] and len(picked[0]) == 10 and picked[0] == sorted(picked[0])
     r = run_cli("project", tmp_path / "one.h5", "--sample", "3")
-    assert r.exit_code == 2 and "--sample 3: a map of 4 proteins at least" in r.stderr
+    assert r.exit_code == 2 and "--sample must be at least 4, got 3" in r.stderr
 
 
 def test_a_renamed_column_that_meets_the_tables_own_is_an_error(tmp_path, run_cli):

@@ -468,8 +468,8 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
     for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
-                      ({"max_length": 0}, "^--max-length must be at least 1$"),
-                      ({"max_tokens": 0}, "^--max-tokens must be at least 1$"),
+                      ({"max_length": 0}, "^--max-length must be at least 1, got 0$"),
+                      ({"max_tokens": 0}, "^--max-tokens must be at least 1, got 0$"),
                       # (text: TypeErrors from inside, "'<' not supported between instances of 'str' and 'int'")
                       ({"max_tokens": "100"}, "^max_tokens must be a whole number or None, got str '100'$"),
                       ({"max_length": 512.0}, "^max_length must be a whole number or None, got float")):
@@ -1566,7 +1566,8 @@ def test_zero_limits_and_the_librarys_own_option_mistakes_are_usage_errors_befor
     out = tmp_path / "s.csv"
     for flag in ("--max-length", "--max-tokens"):
         r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "no_such_model", flag, "0", "-o", out)
-        assert r.exit_code == 2 and f"{flag} must be at least 1" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.exit_code == 2 and f"{flag} must be at least 1, got 0" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1
     nothing = (str(tmp_path / "no_such_model"),)
     cases = [
         (dict(models="esm2_t6_8M_UR50D"), "models and strategies are tuples of names, not one str"),

@@ -38,7 +38,7 @@ from protrans_cli.cli import INPUT_FILE, given_option
 @click.option("-m", "--model", default=None,
               help="The ESM model esm-extract ran (e.g. esm2_t48_15B_UR50D): the file's `model` attribute and "
                    "its number of layers.  [default: esm-extract, its last layer the highest in the files]")
-@click.option("--truncation-seq-length", type=click.IntRange(min=1), default=1022,
+@click.option("--truncation-seq-length", type=int, default=1022,  # (its range: import_esm, as other commands word it)
               help="esm-extract's --truncation_seq_length (recorded as --max-length with --long-policy truncate).")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
 def command(inputs, output, fasta, layers, per_residue, per_protein, layout, storage_dtype, bos, contacts, model,

@@ -17,7 +17,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--method", type=click.Choice(["pca", "tsne", "umap"]), default="pca",
               help="PCA (exact, needs nothing more), t-SNE (scikit-learn) or UMAP (umap-learn): "
                    "pip install 'protrans[project]' for the last two.")
-@click.option("--dims", type=click.IntRange(2, 3), default=2, help="Dimensions of the map.")
+@click.option("--dims", type=int, default=2, help="Dimensions of the map (2 or 3).")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
               help="How vectors are compared: Euclidean distance, or cosine (the vectors scaled to unit "
                    "length; for PCA, the map of those).")

@@ -14,7 +14,7 @@ import click
               help="Directory for every output of the run.")
 @click.option("--family", default="bert", show_default=True,
               help="Model family to pretrain (tiny preset); see `protrans models`.")
-@click.option("--num-steps", default=150, show_default=True, type=click.IntRange(1), metavar="N",
+@click.option("--num-steps", default=150, show_default=True, type=int, metavar="N",
               help="Pretraining steps of the tiny model.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def command(output, family, num_steps, force):

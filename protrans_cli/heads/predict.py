@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line, option, whole_number
+from protrans_cli.errors import (ModelError, RuntimeFailure, UsageError, at_least, expect_path, first_line, option,
+                                 whole_number)
 from protrans_cli.heads.data import (Matched, _source_kind, embed_layer, head_data, match_labels, report_unlabelled,
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
@@ -299,10 +300,10 @@ def check_fasta_values(max_length=None, chunk_overlap=None, threads=None) -> Non
     from protrans_cli.threads import check_threads
 
     # (in embed's words; other types are its to refuse: EmbedOptions.validate, after the recorded settings)
-    if whole_number(max_length) and max_length < 1:
-        raise UsageError("--max-length must be at least 1")
-    if whole_number(chunk_overlap) and chunk_overlap < 0:
-        raise UsageError(f"--chunk-overlap {chunk_overlap} must be at least 0")
+    if whole_number(max_length):
+        at_least(max_length, 1, "--max-length")
+    if whole_number(chunk_overlap):
+        at_least(chunk_overlap, 0, "--chunk-overlap")
     if threads is not None:
         check_threads(threads)
 
