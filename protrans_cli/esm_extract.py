@@ -55,6 +55,11 @@ _FLAGS = {" --long-policy chunk keeps every window within them":  # (embed's rem
           "--pooling cls": "--include bos", "--pooling mean (the default)": "--include mean",
           "--pooling mean": "--include mean", "--invalid-policy skip": "protrans embed --invalid-policy skip",
           "(e.g. -m esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)": "(e.g. esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)",
+          # (the model's advice: esm-extract takes it as its first argument, MODEL_LOCATION, and has no -m)
+          "pass the directory: -m DIR": "give the directory as MODEL_LOCATION",
+          "give it to -m": "give it as MODEL_LOCATION",
+          "give -m that directory": "give that directory as MODEL_LOCATION",
+          "give -m ": "give ", ", or -m ": ", or ",
           # (embed's reason for refusing a repeated id: here two headers esm-extract told apart, `P1 a` and `P1 b`)
           "because they are the keys of the output": "because each names its file, ID.pt (ID: the header up to its "
                                                      "first space, where esm-extract names it by the whole line)"}
@@ -94,8 +99,8 @@ class ExtractOptions:
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
         if str(self.model) == "onehot":
-            raise UsageError("-m onehot is embed's one-hot encoding: it has no layers for esm-extract's files "
-                             "(protrans embed -m onehot writes it)")
+            raise UsageError(f"{option('MODEL_LOCATION onehot', 'model=onehot')} is embed's one-hot encoding: it has "
+                             "no layers for esm-extract's files (protrans embed -m onehot writes it)")
 
 
 @dataclass
@@ -201,7 +206,8 @@ def _model_shape(model: str) -> tuple[str, int]:
     """(family, number of blocks) of the model, from its config alone (no weights loaded yet)."""
     from protrans_cli.models import open_config
 
-    source = open_config(model)
+    with _in_esm_extract_terms():  # (its errors advise giving a model: as MODEL_LOCATION, not -m)
+        source = open_config(model)
     return source.family.name, source.family.num_layers(source.config)
 
 

@@ -306,6 +306,37 @@ def test_a_fair_esm_checkpoint_as_model_location_names_the_model_to_give(run_cli
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("location, code, advice", [
+    ("someone/esm_model", 1, "download it where there is network (`hf download someone/esm_model --local-dir DIR`) "
+                             "and give the directory as MODEL_LOCATION"),
+    ("run", 1, "its latest checkpoint, run/checkpoints/step_2, is a model directory (give it as MODEL_LOCATION)"),
+    ("run/checkpoints", 1, "each step_N inside is one; give run/checkpoints/step_2 for the latest"),
+    ("adapter", 1, "save that with its tokenizer (save_pretrained) and give that directory as MODEL_LOCATION"),
+    ("no_weights", 1, "no_weights: the model directory has no weights file"),
+    ("onehot", 2, "MODEL_LOCATION onehot is embed's one-hot encoding"),
+])
+def test_the_advice_on_a_model_names_model_location_not_embeds_m(run_cli, tmp_path, model_dir, monkeypatch,
+                                                                 location, code, advice):
+    """esm-extract takes the model as its first argument, MODEL_LOCATION, and has no -m: embed's advice
+    "pass the directory: -m DIR" (a hub id offline), "give it to -m" (a run without its final model),
+    "give -m that directory" (a PEFT adapter) told the user to give an option it refuses."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    step = tmp_path / "run" / "checkpoints" / "step_2"
+    step.mkdir(parents=True)
+    (step / "config.json").write_text((model_dir / "config.json").read_text())
+    (step / "training_state.pt").write_bytes(b"")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "esm2_t6_8M_UR50D"}')
+    shutil.copytree(model_dir, tmp_path / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    r = run_cli("esm-extract", location, fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == code and advice in r.stderr, r.stderr
+    assert "-m " not in r.stderr.replace("protrans embed -m onehot", ""), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("include", [["mean"], ["per_tok", "contacts"]])
 def test_two_headers_of_one_id_are_refused_saying_the_id_names_the_file(run_cli, tmp_path, model_dir, include):
     """esm-extract names a file by the whole header, so `P1 first` and `P1 second` were two files
