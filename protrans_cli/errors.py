@@ -27,6 +27,12 @@ class ProtransError(Exception):
         self.line = line
         super().__init__(self.format())
 
+    def __str__(self) -> str:
+        # (what it says now: a caller that renames what the message names on its way out
+        # (console.naming, esm-extract's hidden working folder) changes `message` and `path`, and
+        # str() of the error kept the text built at raise time, naming a removed temporary file)
+        return self.format()
+
     def format(self) -> str:
         where = []
         if self.path is not None:

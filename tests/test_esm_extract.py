@@ -487,6 +487,33 @@ def test_a_full_disk_names_the_output_folder_and_no_resume(run_cli, tmp_path, mo
     assert not out.exists()
 
 
+def test_a_library_caller_is_told_what_the_command_line_is(tmp_path, model_dir, monkeypatch):
+    """esm_extract() called from Python: str() of its error is the message the command prints. It
+    kept the text built where embed raised it, naming the hidden working file (removed by then)
+    and a --resume that esm-extract lacks, once the error had been put in esm-extract's terms."""
+    import types
+
+    from protrans_cli.errors import ProtransError
+    from protrans_cli.esm_extract import ExtractOptions, esm_extract
+    from protrans_cli.io import disk, h5
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    room = h5.EmbeddingsWriter.ensure_room
+
+    def full(self, *args, **kwargs):
+        monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
+        return room(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5.EmbeddingsWriter, "ensure_room", full)
+    out = tmp_path / "out"
+    with pytest.raises(ProtransError) as caught:
+        esm_extract(fasta, out, ExtractOptions(model=str(model_dir), include=("per_tok",)))
+    assert str(caught.value) == caught.value.format()
+    assert str(caught.value).startswith(f"{out}: no room for the next batch"), str(caught.value)
+    assert "nothing was kept" in str(caught.value) and ".esm-extract." not in str(caught.value)
+
+
 def _nan_for_tryptophan(monkeypatch, model_dir):
     """ESM's hidden states NaN for the proteins holding a W (embed records them as failed)."""
     from transformers import EsmTokenizer
