@@ -534,6 +534,16 @@ def _nan_for_tryptophan(monkeypatch, model_dir):
     monkeypatch.setattr(family_class, "hidden_states", hidden_states)
 
 
+def test_one_protein_that_fails_is_said_in_the_singular(run_cli, tmp_path, model_dir, monkeypatch):
+    """"1 protein could not be computed and have no file" was written."""
+    _nan_for_tryptophan(monkeypatch, model_dir)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">P1\nMKTAYIAKQR\n>W1\nMAAGW\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == 0, r.stderr
+    assert "1 protein could not be computed and has no file:" in r.stderr and "  W1: " in r.stderr, r.stderr
+
+
 def test_proteins_that_fail_have_no_file_and_are_named_and_none_written_is_exit_1(run_cli, tmp_path, model_dir,
                                                                                 monkeypatch):
     """P2 and P3 hold a W: their embeddings are NaN (their contacts are not): P1 alone gets a file,

@@ -118,7 +118,8 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
                  f"{summary.output}" + (f"; {console.counted(summary.num_replaced, 'file')} of the same name "
                                         "replaced" if summary.num_replaced else ""))
     if summary.failed:
-        console.warn(f"{console.counted(len(summary.failed), 'protein')} could not be computed and have no file:")
+        have = "has" if len(summary.failed) == 1 else "have"
+        console.warn(f"{console.counted(len(summary.failed), 'protein')} could not be computed and {have} no file:")
         for ident, reason in list(summary.failed.items())[:20]:
             console.warn(f"  {brief(ident)}: {reason}")
         if len(summary.failed) > 20:
