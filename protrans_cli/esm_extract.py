@@ -357,12 +357,15 @@ def _move_in(files: Path, folder: Path) -> int:
     held meanwhile; the number that replaced a file of the same name."""
     from protrans_cli.io.files import signals_held
 
+    entries = sorted(os.listdir(files))
+    for entry in entries:  # (every one before the first moves in: a failed run leaves none of its files)
+        target = folder / entry
+        if target.is_dir() and not target.is_symlink():
+            raise RuntimeFailure("is a folder: the protein's .pt file cannot take its place", path=str(target))
     replaced = 0
     with signals_held():
-        for entry in sorted(os.listdir(files)):
+        for entry in entries:
             target = folder / entry
-            if target.is_dir() and not target.is_symlink():
-                raise RuntimeFailure("is a folder: the protein's .pt file cannot take its place", path=str(target))
             replaced += os.path.lexists(target)
             os.replace(files / entry, target)
     return replaced

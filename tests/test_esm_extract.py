@@ -514,6 +514,18 @@ def test_a_library_caller_is_told_what_the_command_line_is(tmp_path, model_dir, 
     assert "nothing was kept" in str(caught.value) and ".esm-extract." not in str(caught.value)
 
 
+def test_a_folder_in_the_place_of_a_file_refuses_the_run_before_any_file_moves_in(run_cli, tmp_path, model_dir):
+    """OUTPUT_DIR/P2.pt a folder: the run fails, and leaves none of its files (P1.pt had been moved
+    in before P2.pt was met, a failed run's file beside the earlier run's)."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    out = tmp_path / "out"
+    (out / "P2.pt").mkdir(parents=True)
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
+    assert r.exit_code == 1 and "P2.pt: is a folder: the protein's .pt file cannot take its place" in r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["P2.pt"]
+
+
 def _nan_for_tryptophan(monkeypatch, model_dir):
     """ESM's hidden states NaN for the proteins holding a W (embed records them as failed)."""
     from transformers import EsmTokenizer
