@@ -95,10 +95,10 @@ class ContactOptions:
         if self.invalid_policy not in INVALID_POLICIES:
             raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
         if self.max_length is not None:
-            at_least(self.max_length, 1, "--max-length")
+            at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if self.max_tokens is not None:
-            at_least(self.max_tokens, 1, "--max-tokens")
-        at_least(self.max_batch_size, 1, "--max-batch-size")
+            at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
+        at_least(self.max_batch_size, 1, "--max-batch-size", keyword="max_batch_size")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise UsageError(f"--storage-dtype must be one of {', '.join(STORAGE_DTYPES)}")
         if self.compression not in (None, *COMPRESSIONS):  # (COMPRESSIONS holds "none")
@@ -107,7 +107,7 @@ class ContactOptions:
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
-        at_least(self.window, 1, "--window")
+        at_least(self.window, 1, "--window", keyword="window")
         if self.threads is not None:
             check_threads(self.threads)
         if self.resume and self.force:

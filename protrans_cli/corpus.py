@@ -41,8 +41,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, expect_options, option, plain_numbers,
-                                 seed_in_range)
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, option,
+                                 plain_numbers, seed_in_range)
 from protrans_cli.io.fasta import NUL_HEADER, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
@@ -131,14 +131,15 @@ class CorpusOptions:
             raise UsageError(f"--rare must be one of {', '.join(RARE_POLICIES)}, got {self.rare!r}")
         if self.long not in LONG_POLICIES:
             raise UsageError(f"--long must be one of {', '.join(LONG_POLICIES)}, got {self.long!r}")
-        if self.min_length < 1:
-            raise UsageError(f"--min-length must be at least 1, got {self.min_length}")
+        at_least(self.min_length, 1, "--min-length", keyword="min_length")
         if self.max_length is not None and self.max_length < self.min_length:
-            raise UsageError(f"--max-length must be at least --min-length ({self.min_length}), got {self.max_length}")
+            raise UsageError(f"{option('--max-length', 'max_length')} must be at least "
+                             f"{option('--min-length', 'min_length')} ({self.min_length}), got {self.max_length}")
         if self.long == "crop" and self.max_length is None:
             raise UsageError("--long crop needs --max-length (the window size)")
         if not 0.0 <= self.valid_fraction < 1.0:
-            raise UsageError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+            raise UsageError(f"{option('--valid-fraction', 'valid_fraction')} must be in [0, 1), got "
+                             f"{self.valid_fraction}")
         if self.valid_fraction > 0 and not self.valid_output:
             raise UsageError("--valid-fraction needs --valid-output FILE")
         if self.valid_output and self.valid_fraction <= 0:
@@ -146,7 +147,7 @@ class CorpusOptions:
         if self.num_shards < 1:
             raise UsageError(f"{option('--shards', 'num_shards')} must be at least 1, got {self.num_shards}")
         if self.shard_size is not None and self.shard_size < 1:
-            raise UsageError(f"--shard-size must be positive, got {self.shard_size}")
+            raise UsageError(f"{option('--shard-size', 'shard_size')} must be positive, got {self.shard_size}")
         if self.num_shards > 1 and self.shard_size is not None:
             raise UsageError(f"{option('--shards and --shard-size', 'num_shards and shard_size')} cannot be combined: "
                              "choose one")

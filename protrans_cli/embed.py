@@ -138,22 +138,23 @@ class EmbedOptions:
         if self.layout not in LAYOUTS:
             raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.max_tokens is not None:
-            at_least(self.max_tokens, 1, "--max-tokens")
-        at_least(self.max_batch_size, 1, "--max-batch-size")
+            at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
+        at_least(self.max_batch_size, 1, "--max-batch-size", keyword="max_batch_size")
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
         if self.invalid_policy not in INVALID_POLICIES:
             raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
         if self.max_length is not None:
-            at_least(self.max_length, 1, "--max-length")
+            at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if isinstance(self.chunk_overlap, numbers.Real):  # (accepted without a word under another --long-policy)
-            at_least(self.chunk_overlap, 0, "--chunk-overlap")
+            at_least(self.chunk_overlap, 0, "--chunk-overlap", keyword="chunk_overlap")
         if self.long_policy == "chunk" and self.max_length is not None \
                 and not 0 <= self.chunk_overlap < self.max_length:
-            raise UsageError(f"--chunk-overlap must be smaller than --max-length ({self.max_length}), got "
-                             f"{self.chunk_overlap}" + (f"; {DEFAULT_CHUNK_OVERLAP} is its default: give a smaller one"
-                                                        if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
-        at_least(self.window, 1, "--window")
+            raise UsageError(f"{option('--chunk-overlap', 'chunk_overlap')} must be smaller than "
+                             f"{option('--max-length', 'max_length')} ({self.max_length}), got {self.chunk_overlap}"
+                             + (f"; {DEFAULT_CHUNK_OVERLAP} is its default: give a smaller one"
+                                if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
+        at_least(self.window, 1, "--window", keyword="window")
         if self.pooling not in POOLINGS:
             raise UsageError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.pooling == "cls":
@@ -627,14 +628,15 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
     max_length = options.max_length
     if model_max is not None:
         if max_length is not None and max_length > model_max:
-            raise UsageError(f"--max-length {max_length} is more than the model accepts "
+            raise UsageError(f"{option('--max-length ', 'max_length=')}{max_length} is more than the model accepts "
                              f"({model_max} residues, its special tokens besides)")
         max_length = max_length or model_max
     if max_length is None and options.long_policy != "error":
         console.warn(f"--long-policy {options.long_policy} has no effect: no --max-length, "
                      "and the model takes proteins of any length")
     if options.long_policy == "chunk" and max_length is not None and not 0 <= options.chunk_overlap < max_length:
-        raise UsageError(f"--chunk-overlap must be smaller than the window ({max_length}, the model's limit), "
+        raise UsageError(f"{option('--chunk-overlap', 'chunk_overlap')} must be smaller than the window ({max_length}, "
+                         "the model's limit), "
                          f"got {options.chunk_overlap}")
     return max_length
 

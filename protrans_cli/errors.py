@@ -187,23 +187,27 @@ def a_or_an(word: str) -> str:
 TORCH_SEEDS = "2**64 - 1: torch's seeds are unsigned 64-bit"
 
 
-def seed_in_range(seed, top: int | None = None, why: str = "", name: str = "--seed") -> None:
+def seed_in_range(seed, top: int | None = None, why: str = "", name: str | None = None) -> None:
     """A seed out of range refused in the one wording of every command that takes one (prep,
     train, fit, finetune and project used five): "--seed must be at least 0, got -1", "--seed
-    must be at most TOP (WHY), got S"."""
+    must be at most TOP (WHY), got S". `name` by default: --seed at the command line, and to a
+    library call its keyword, seed (`option`)."""
+    name = option("--seed", "seed") if name is None else name
     if seed < 0:
         raise UsageError(f"{name} must be at least 0, got {seed}")
     if top is not None and seed > top:
         raise UsageError(f"{name} must be at most {top}{f' ({why})' if why else ''}, got {seed}")
 
 
-def at_least(value, low, name: str, why: str = "") -> None:
+def at_least(value, low, name: str, why: str = "", *, keyword: str | None = None) -> None:
     """A number below `low` refused in the one wording of every command's ranges (as `seed_in_range`
     and `check_threads` word theirs): "--max-length must be at least 1, got 0", and `why`, where it
     helps, after a semicolon. ("--max-length must be at least 1" without the value given, "--digits
     0: from 1 to 17", "--toks_per_batch 0: at least 1" and click's "0 is not in the range x>=1" were
-    the same refusal worded four ways.)"""
+    the same refusal worded four ways.) `keyword`: the setting as a library call gives it
+    ("max_length"), named in place of the flag `name` away from the command line (`option`)."""
     if value < low:
+        name = option(name, keyword) if keyword is not None else name
         raise UsageError(f"{name} must be at least {low}, got {value}{f'; {why}' if why else ''}")
 
 

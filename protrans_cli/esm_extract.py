@@ -94,8 +94,8 @@ class ExtractOptions:
         for layer in layers:
             if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
                 raise UsageError(f"--repr_layers: whole numbers (layers), got {type(layer).__name__} {layer!r:.60}")
-        at_least(self.toks_per_batch, 1, "--toks_per_batch")
-        at_least(self.truncation_seq_length, 1, "--truncation_seq_length")
+        at_least(self.toks_per_batch, 1, "--toks_per_batch", keyword="toks_per_batch")
+        at_least(self.truncation_seq_length, 1, "--truncation_seq_length", keyword="truncation_seq_length")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
         if str(self.model) == "onehot":

@@ -125,7 +125,7 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     if isinstance(truncation_seq_length, bool) or not isinstance(truncation_seq_length, int):
         raise UsageError(f"--truncation-seq-length must be a whole number, got {type(truncation_seq_length).__name__} "
                          f"{truncation_seq_length!r:.40}")
-    at_least(truncation_seq_length, 1, "--truncation-seq-length")
+    at_least(truncation_seq_length, 1, "--truncation-seq-length", keyword="truncation_seq_length")
     return inputs
 
 

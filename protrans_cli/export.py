@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, brief, brief_repr, expect_path, type_problem
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, brief, brief_repr, expect_path, option,
+                                 type_problem)
 
 FORMATS = ("tsv", "csv", "npz", "esm")
 _SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
@@ -265,7 +266,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
     layer_given, layer = layer is not None, -1 if layer is None else layer
     chosen_format = output_format(output, fmt)
     if digits is not None and not 1 <= digits <= 17:
-        raise UsageError(f"--digits must be between 1 and 17, got {digits}")
+        raise UsageError(f"{option('--digits', 'digits')} must be between 1 and 17, got {digits}")
     if digits is not None and chosen_format in ("npz", "esm"):
         raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values"
                          if chosen_format == "npz" else "--digits rounds the numbers of a table: esm-extract's "

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, whole_number
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, option, whole_number
 from protrans_cli.io.files import display_name, named_delimiter, tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
 
@@ -159,7 +159,7 @@ def _check_search(k, metric: str, layer=-1) -> None:
     # (numpy's integers count as Python's, as in every settings object: k=np.int64(3) was refused
     # as "-k must be at least 1", and layer="-1" a TypeError from the layer lookup)
     if not whole_number(k) or k < 1:
-        raise UsageError(f"-k must be at least 1, got {k!r}")
+        raise UsageError(f"{option('-k', 'k')} must be at least 1, got {k!r}")
     if not whole_number(layer):
         raise UsageError(f"--layer is a whole number (-1: the last layer), got {type(layer).__name__} {layer!r:.40}")
     if metric not in METRICS:
@@ -438,7 +438,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if output is not None and str(output) != "-":
         output_directory(output)  # (as predict: before the search, not when its result is written)
         warn_tab_separated(output, "knn")
-    check_resamples(n_bootstrap, "--bootstrap")
+    check_resamples(n_bootstrap, option("--bootstrap", "n_bootstrap"))
     _check_search(k, metric, layer)
     # (before the reference is read: a missing one was named first, exit 1, then -j -1 refused)
     check_fasta_values(max_length, chunk_overlap, threads)

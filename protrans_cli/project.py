@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError, at_least, expect_path, seed_in_range, type_problem
+from protrans_cli.errors import InputError, UsageError, at_least, expect_path, option, seed_in_range, type_problem
 
 METHODS = ("pca", "tsne", "umap")
 METRICS = ("euclidean", "cosine")
@@ -80,7 +80,7 @@ def check_method(method: str, dims: int, metric: str) -> None:
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
     if dims not in (2, 3):
-        raise UsageError(f"--dims must be 2 or 3, got {dims}")
+        raise UsageError(f"{option('--dims', 'dims')} must be 2 or 3, got {dims}")
     if method in EXTRAS:
         module, package = EXTRAS[method]
         import importlib.util
@@ -118,17 +118,18 @@ def check_bounds(method: str, *, perplexity: float | None = None, neighbors: int
     """t-SNE's and UMAP's settings against their bounds: those that need no data before anything
     is read (`n` None), and against the number of proteins `n` once it is known."""
     if method == "umap" and neighbors is not None:
-        at_least(neighbors, 2, "--neighbors")
+        at_least(neighbors, 2, "--neighbors", keyword="neighbors")
         if n is not None and not neighbors < n:
-            raise UsageError(f"--neighbors must be at most the number of proteins less one ({n - 1}), got {neighbors}")
+            raise UsageError(f"{option('--neighbors', 'neighbors')} must be at most the number of proteins less one "
+                             f"({n - 1}), got {neighbors}")
     if method == "umap" and not 0 <= min_dist <= 1:
-        raise UsageError(f"--min-dist must be between 0 and 1, got {min_dist:g}")
+        raise UsageError(f"{option('--min-dist', 'min_dist')} must be between 0 and 1, got {min_dist:g}")
     if method == "tsne" and perplexity is not None:
         if n is None and not perplexity > 0:
-            raise UsageError(f"--perplexity must be positive, got {perplexity:g}")
+            raise UsageError(f"{option('--perplexity', 'perplexity')} must be positive, got {perplexity:g}")
         if n is not None and not 0 < perplexity < n:
-            raise UsageError(f"--perplexity must be between 0 and the number of proteins ({n}), got {perplexity:g}; "
-                             f"at most {(n - 1) / 3:.3g} is usual")
+            raise UsageError(f"{option('--perplexity', 'perplexity')} must be between 0 and the number of proteins "
+                             f"({n}), got {perplexity:g}; at most {(n - 1) / 3:.3g} is usual")
 
 
 def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: str = "euclidean", seed: int = 0,
@@ -542,7 +543,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     # (the bounds that need no data, before it is read: they were said once every file was read)
     check_bounds(method, perplexity=perplexity, neighbors=neighbors, min_dist=min_dist)
     if sample is not None:
-        at_least(sample, 4, "--sample")  # (t-SNE and UMAP place 4 proteins at least)
+        at_least(sample, 4, "--sample", keyword="sample")  # (t-SNE and UMAP place 4 proteins at least)
     if html_path is not None and dims != 2:
         raise UsageError("--html draws 2 dimensions: leave out --dims 3 (or --html)")
     if plot is not None and Path(str(plot)).suffix.lower() not in (".png", ".svg", ".pdf"):

@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 
-from protrans_cli.errors import UsageError, whole_number
+from protrans_cli.errors import UsageError, option, whole_number
 
 
 def available_cores() -> int:
@@ -22,8 +22,10 @@ def available_cores() -> int:
 MAX_THREADS = 4096
 
 
-def check_threads(value: int, name: str = "--threads") -> int:
-    """`value` as a thread count, or a usage error naming `name`."""
+def check_threads(value: int, name: str | None = None) -> int:
+    """`value` as a thread count, or a usage error naming `name`: by default --threads at the
+    command line, and to a library call its keyword, threads (`errors.option`)."""
+    name = option("--threads", "threads") if name is None else name
     # (predict(..., threads="2") from Python: a TypeError comparing a str with an int; 2.0 one
     # from torch.set_num_threads)
     if not whole_number(value):

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options,
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, option,
                                  whole_number)
 from protrans_cli.heads.tasks import missing_number
 
@@ -203,9 +203,9 @@ class VariantScorer:
         if long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
         if max_length is not None:
-            at_least(max_length, 1, "--max-length")
+            at_least(max_length, 1, "--max-length", keyword="max_length")
         if max_tokens is not None:
-            at_least(max_tokens, 1, "--max-tokens")
+            at_least(max_tokens, 1, "--max-tokens", keyword="max_tokens")
         model = loaded.model
         if type(model).__name__ != loaded.family.masked_lm_class:
             raise ModelError(f"{loaded.name}: loaded without its masked-LM head (load it with "
@@ -240,8 +240,8 @@ class VariantScorer:
         self.model_limit = table  # what the position table holds (None: any length runs)
         known = [n for n in (table, trained[0] if trained else None) if n]
         if max_length is not None and table is not None and max_length > table:
-            raise UsageError(f"--max-length {max_length} is more than {loaded.name} accepts ({table} residues, its "
-                             "learned positions)")
+            raise UsageError(f"{option('--max-length ', 'max_length=')}{max_length} is more than {loaded.name} accepts "
+                             f"({table} residues, its learned positions)")
         self.max_length = max_length or (min(known) if known else None)
         self.long_policy = long_policy
         cuda = self.device.type == "cuda"
@@ -262,9 +262,11 @@ class VariantScorer:
         `record`: the FASTA and record it came from, named as embed names them)."""
         if self.max_length is not None and len(sequence) > self.max_length and (
                 self.long_policy == "error" or self.causal):
-            way_out = ("a causal LM's likelihood is not read in windows" if self.causal else "--long-policy window "
-                       "scores each site in a window of that many residues around it")
-            raise InputError(f"{what} has {len(sequence):,} residues, more than --max-length {self.max_length:,} "
+            window = option("--long-policy window", "long_policy='window'")
+            way_out = ("a causal LM's likelihood is not read in windows" if self.causal else
+                       f"{window} scores each site in a window of that many residues around it")
+            limit = option(f"--max-length {self.max_length:,}", f"max_length={self.max_length}")
+            raise InputError(f"{what} has {len(sequence):,} residues, more than {limit} "
                              f"(what {self.loaded.name} was trained on or holds); {way_out}", path=path, record=record)
 
     # -- forward passes ---------------------------------------------------------------------
@@ -715,9 +717,9 @@ class VariantOptions:
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
         if self.max_length is not None:
-            at_least(self.max_length, 1, "--max-length")
+            at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if self.max_tokens is not None:
-            at_least(self.max_tokens, 1, "--max-tokens")
+            at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
         if not DEVICE_NAME.fullmatch(self.device):
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:

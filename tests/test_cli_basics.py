@@ -935,7 +935,8 @@ def test_thread_counts_from_1_to_4096_are_taken_and_others_refused(monkeypatch):
 
     for value in (1, 4096):
         assert threads.check_threads(value) == value
-    for value, said in ((0, "--threads must be at least 1, got 0"), (4097, "--threads must be at most 4096, got 4097")):
+    # (called from Python: named by its keyword, threads; -j says --threads)
+    for value, said in ((0, "^threads must be at least 1, got 0"), (4097, "^threads must be at most 4096, got 4097")):
         with pytest.raises(UsageError, match=said):
             threads.check_threads(value)
     monkeypatch.setattr(threads, "available_cores", lambda: 8)

@@ -804,7 +804,7 @@ def test_bad_settings_are_one_line_usage_errors_before_the_model_or_the_fasta(ru
         (dict(storage_dtype="int8"), "--storage-dtype must be one of float32, float16"),
         (dict(compression="zstd"), "--compression must be one of none, gzip, lzf"),
         (dict(dtype="fp8"), "--dtype must be one of auto, float32, bfloat16, float16"),
-        (dict(window=0), "--window must be at least 1, got 0"),
+        (dict(window=0), "window must be at least 1, got 0"),  # (its field: no --window flag to give)
     ]
     for kw, message in library:
         with pytest.raises(UsageError) as err:

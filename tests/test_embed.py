@@ -293,7 +293,7 @@ def test_a_max_length_equal_to_the_models_limit_is_accepted():
 
     assert resolve_max_length(EmbedOptions(model="onehot", max_length=2046), model_max=2046) == 2046
     assert resolve_max_length(EmbedOptions(model="onehot"), model_max=2046) == 2046
-    with pytest.raises(UsageError, match=r"--max-length 2047 is more than the model accepts \(2046 residues"):
+    with pytest.raises(UsageError, match=r"^max_length=2047 is more than the model accepts \(2046 residues"):
         resolve_max_length(EmbedOptions(model="onehot", max_length=2047), model_max=2046)
 
 
@@ -1374,7 +1374,7 @@ def test_a_chunk_overlap_as_long_as_the_models_own_limit_is_a_usage_error(tmp_pa
     options = EmbedOptions(model=str(tmp_path / "bert"), device="cpu", long_policy="chunk")
     limit = build_embedder(options).max_residues
     options.chunk_overlap = limit
-    said = rf"--chunk-overlap must be smaller than the window \({limit}, the model's limit\), got {limit}"
+    said = rf"^chunk_overlap must be smaller than the window \({limit}, the model's limit\), got {limit}"
     with pytest.raises(UsageError, match=said):
         embed(SMALL, tmp_path / "o.h5", options)
     assert not (tmp_path / "o.h5").exists() and not partial_path(tmp_path / "o.h5").exists()

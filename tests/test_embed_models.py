@@ -905,7 +905,7 @@ def test_model_position_limit_is_enforced_before_compute(run_cli, tmp_path, tiny
     with pytest.raises(UsageError, match="more than the model accepts"):
         embed(long_fa, tmp_path / "x.h5", EmbedOptions(model=model, device="cpu", max_length=5000))
     # chunks of the model's limit: an overlap as long as the window would never advance
-    with pytest.raises(UsageError, match=r"^--chunk-overlap must be smaller than the window "
+    with pytest.raises(UsageError, match=r"^chunk_overlap must be smaller than the window "
                                          r"\(2046, the model's limit\), got 2046$"):
         embed(long_fa, tmp_path / "o.h5", EmbedOptions(model=model, device="cpu", long_policy="chunk",
                                                        chunk_overlap=2046))

@@ -1043,9 +1043,9 @@ def test_numpy_integers_for_k_and_layer_are_the_numbers_they_stand_for_and_text_
     for call in (nearest, knn):
         with pytest.raises(UsageError, match=r"^--layer is a whole number \(-1: the last layer\), got str '-1'"):
             call(tmp_path / "q.h5", tmp_path / "r.h5", layer="-1")
-        with pytest.raises(UsageError, match=r"^-k must be at least 1, got 2.0"):
+        with pytest.raises(UsageError, match=r"^k must be at least 1, got 2.0"):
             call(tmp_path / "q.h5", tmp_path / "r.h5", k=2.0)
-    with pytest.raises(UsageError, match=r"^--bootstrap must be a whole number of resamples, got str '100'"):
+    with pytest.raises(UsageError, match=r"^n_bootstrap must be a whole number of resamples, got str '100'"):
         knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "k.tsv", n_bootstrap="100")
 
 def test_queries_of_a_model_directory_retrained_since_the_reference_are_refused(tmp_path, run_cli, own_tmpdir):

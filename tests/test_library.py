@@ -126,16 +126,16 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
 
 @pytest.mark.parametrize("options,message", [
     (dict(layers=-1), r"layers=\(-1,\), not layers=-1"),  # a TypeError deep in validate
-    (dict(threads=0), "--threads must be at least 1, got 0"),  # was ignored
-    (dict(threads=-2), "--threads must be at least 1, got -2"),  # a RuntimeError from torch
-    (dict(chunk_overlap=-1), "--chunk-overlap must be at least 0, got -1"),  # accepted without chunking
-    (dict(chunk_overlap=-1, long_policy="truncate", max_length=2), "--chunk-overlap must be at least 0, got -1"),
+    (dict(threads=0), "^threads must be at least 1, got 0"),  # was ignored
+    (dict(threads=-2), "^threads must be at least 1, got -2"),  # a RuntimeError from torch
+    (dict(chunk_overlap=-1), "^chunk_overlap must be at least 0, got -1"),  # accepted without chunking
+    (dict(chunk_overlap=-1, long_policy="truncate", max_length=2), "^chunk_overlap must be at least 0, got -1"),
     # the CLI's choices keep these out; a Python caller's typo is one line naming the choices
-    (dict(max_batch_size=0), "--max-batch-size must be at least 1, got 0"),
-    (dict(max_tokens=0), "--max-tokens must be at least 1, got 0"),
+    (dict(max_batch_size=0), "^max_batch_size must be at least 1, got 0"),
+    (dict(max_tokens=0), "^max_tokens must be at least 1, got 0"),
     (dict(long_policy="cut"), "--long-policy must be one of error, skip, truncate, chunk"),
     (dict(invalid_policy="drop"), "--invalid-policy must be one of error, skip"),
-    (dict(max_length=0), "--max-length must be at least 1, got 0"),
+    (dict(max_length=0), "^max_length must be at least 1, got 0"),
     (dict(pooling="max"), "--pooling must be one of"),
     (dict(layers=()), "^layers needs at least one index"),  # (the field: "--layer" is embed's flag)
     (dict(dtype="int8"), "--dtype must be one of"),
@@ -905,8 +905,8 @@ def test_train_and_find_lr_take_a_family_by_name_and_refuse_other_values(tmp_pat
     assert train(_train_config(tmp_path / "object", threads=1), family=get_family("bert")).completed
 
 
-@pytest.mark.parametrize("kw, match", [({"threads": "1"}, "--threads must be a whole number"),
-                                       ({"threads": 2.0}, "--threads must be a whole number"),
+@pytest.mark.parametrize("kw, match", [({"threads": "1"}, "^threads must be a whole number"),
+                                       ({"threads": 2.0}, "^threads must be a whole number"),
                                        ({"max_residues": "100"}, "max_residues.* must be a whole number, got str"),
                                        ({"max_residues": True}, "max_residues.* must be a whole number, got bool")])
 def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_data, tmp_path):

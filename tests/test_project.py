@@ -797,7 +797,7 @@ def test_library_call_and_few_proteins(tmp_path):
     assert 0.0 <= result.kept <= 1.0 and result.axis_names()[0].startswith("PC1 (")
     with pytest.raises(InputError, match="1 protein\\(s\\): PCA places 2 at least"):
         reduce(x[:1])
-    with pytest.raises(UsageError, match="^--dims must be 2 or 3, got 4$"):
+    with pytest.raises(UsageError, match="^dims must be 2 or 3, got 4$"):
         reduce(x, dims=4)
     x[7, 2] = np.nan
     with pytest.raises(InputError, match="row 7 has NaN or infinite values"):

@@ -409,6 +409,10 @@ def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(
                 table_size + 1)
     assert r.exit_code == 2 and f"--max-length {table_size + 1} is more than" in r.stderr
     assert f"({table_size} residues, its learned positions)" in r.stderr
+    from protrans_cli.errors import UsageError  # (from Python: the keyword it was given)
+
+    with pytest.raises(UsageError, match=rf"^max_length={table_size + 1} is more than .*\({table_size} residues"):
+        VariantScorer(loaded, progress=False, max_length=table_size + 1)
     assert VariantScorer(loaded, progress=False, max_length=table_size).max_length == table_size  # (all of them)
     scorer = VariantScorer(loaded, progress=False, max_tokens=1)
 
@@ -468,8 +472,8 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
     for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
-                      ({"max_length": 0}, "^--max-length must be at least 1, got 0$"),
-                      ({"max_tokens": 0}, "^--max-tokens must be at least 1, got 0$"),
+                      ({"max_length": 0}, "^max_length must be at least 1, got 0$"),
+                      ({"max_tokens": 0}, "^max_tokens must be at least 1, got 0$"),
                       # (text: TypeErrors from inside, "'<' not supported between instances of 'str' and 'int'")
                       ({"max_tokens": "100"}, "^max_tokens must be a whole number or None, got str '100'$"),
                       ({"max_length": 512.0}, "^max_length must be a whole number or None, got float")):
@@ -479,7 +483,7 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
     exact = VariantScorer(scorer.loaded, progress=False, max_length=8)
     exact.check_length(SEQ[:8])
     assert exact.score(SEQ[:8], [parse_variant("K2A", SEQ)]).shape == (1,)
-    with pytest.raises(InputError, match="has 9 residues, more than --max-length 8"):
+    with pytest.raises(InputError, match="has 9 residues, more than max_length=8 .*; long_policy='window' scores"):
         exact.check_length(SEQ[:9])
     # a model's name for the loaded model was "'str' object has no attribute 'model'"; an offset of
     # text "unsupported operand type(s) for -: 'int' and 'str'"
@@ -1376,7 +1380,7 @@ def test_a_causal_lm_refuses_a_long_wild_type_under_long_policy_window(tiny_mode
 
     scorer = VariantScorer(load_model(tiny_models["transfo_xl"], masked_lm=True), progress=False, max_length=10,
                            long_policy="window")
-    with pytest.raises(InputError, match="has 20 residues, more than --max-length 10 .*not read in windows"):
+    with pytest.raises(InputError, match="has 20 residues, more than max_length=10 .*not read in windows"):
         scorer.score(SEQ[:20], [parse_variant("K2A", SEQ[:20])], "log-likelihood")
 
 

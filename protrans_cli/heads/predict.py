@@ -301,9 +301,9 @@ def check_fasta_values(max_length=None, chunk_overlap=None, threads=None) -> Non
 
     # (in embed's words; other types are its to refuse: EmbedOptions.validate, after the recorded settings)
     if whole_number(max_length):
-        at_least(max_length, 1, "--max-length")
+        at_least(max_length, 1, "--max-length", keyword="max_length")
     if whole_number(chunk_overlap):
-        at_least(chunk_overlap, 0, "--chunk-overlap")
+        at_least(chunk_overlap, 0, "--chunk-overlap", keyword="chunk_overlap")
     if threads is not None:
         check_threads(threads)
 
@@ -784,8 +784,7 @@ def _check_max_residues(max_residues) -> None:
     if not whole_number(max_residues):
         raise UsageError(f"--max-residues (max_residues) must be a whole number, got {type(max_residues).__name__} "
                          f"{max_residues!r:.60}")
-    if max_residues < 1:
-        raise UsageError(f"--max-residues must be at least 1, got {max_residues}")
+    at_least(max_residues, 1, "--max-residues", keyword="max_residues")
 
 
 @torch_threads()  # puts the caller's torch thread count back
