@@ -106,6 +106,10 @@ def check_numbers(**settings) -> None:
     for name, value in settings.items():
         if problem := type_problem(_NUMBERS[name], value):
             raise UsageError(f"{name} must be {problem}, got {type(value).__name__} {value!r:.40}")
+    if settings.get("threads") is not None:  # (0 was scikit-learn's "n_jobs == 0 in Parallel has no meaning")
+        from protrans_cli.threads import check_threads
+
+        check_threads(settings["threads"])
 
 
 def check_seed(seed: int) -> None:

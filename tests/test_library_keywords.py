@@ -128,6 +128,8 @@ def _call(name, **kw):
     (_bounds(neighbors=5, n=5), "neighbors must be at most the number of proteins less one (4), got 5"),
     (_bounds(min_dist=2), "min_dist must be between 0 and 1, got 2"),
     (_call("reduce", method="tsne", perplexity=10), "perplexity must be between 0 and the number of proteins (5)"),
+    (_project(threads=0), "threads must be at least 1, got 0"),  # (t-SNE: a ValueError from scikit-learn)
+    (_call("reduce", method="tsne", threads=0), "threads must be at least 1, got 0"),
     (_call("export", digits=0), "digits must be between 1 and 17, got 0"),
     (_corpus(min_length=0), "min_length must be at least 1, got 0"),
     (_corpus(min_length=5, max_length=3), "max_length must be at least min_length (5), got 3"),
