@@ -802,16 +802,16 @@ def save_map_picture(result: Projection, path, *, title: str = "", staged: list 
         from matplotlib.colors import Normalize
 
         mappable = ScalarMappable(norm=Normalize(colours.low, colours.high), cmap=colormaps["viridis"])
-        fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02).set_label(_plain(colours.column), fontsize=8)
+        fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02).set_label(literal_text(colours.column), fontsize=8)
     if colours.legend:
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], marker="o", linestyle="", markersize=5, markerfacecolor=colour, markeredgewidth=0,
-                          label=_plain(f"{label} ({count:,})")) for label, colour, count in colours.legend]
-        ax.legend(handles=handles, title=_plain(colours.column), fontsize=7, title_fontsize=8, loc="upper left",
+                          label=literal_text(f"{label} ({count:,})")) for label, colour, count in colours.legend]
+        ax.legend(handles=handles, title=literal_text(colours.column), fontsize=7, title_fontsize=8, loc="upper left",
                   bbox_to_anchor=(1.02, 1.0), frameon=False)
     if title:
-        ax.set_title(_plain(title), fontsize=9)
+        ax.set_title(literal_text(title), fontsize=9)
     fig.tight_layout()
     suffix = Path(str(path)).suffix.lower().lstrip(".") or "png"
     # No date in an SVG's or PDF's metadata and a fixed salt for the SVG's element ids (random by
@@ -823,7 +823,7 @@ def save_map_picture(result: Projection, path, *, title: str = "", staged: list 
         fig.savefig(stream, format=suffix, dpi=130, metadata=metadata)
 
 
-def _plain(text: str) -> str:
+def literal_text(text: str) -> str:
     """Text from the input (a label, a file name) as matplotlib draws it literally: a pair of `$`
     in it is otherwise mathtext (`$x$` drawn as math, `$\\frac{a$` a traceback from savefig)."""
     return str(text).replace("$", r"\$")

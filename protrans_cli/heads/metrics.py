@@ -256,8 +256,9 @@ def _drawn(title: str) -> str:
     literally, not as mathtext (`a$\\frac{b$.csv` was a traceback from savefig after training),
     as project's pictures draw it."""
     from protrans_cli.io.files import utf8_text
+    from protrans_cli.project import literal_text
 
-    return utf8_text(title).replace("$", r"\$")
+    return literal_text(utf8_text(title))
 
 
 def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str, *, staged: list | None = None) -> None:
