@@ -1278,9 +1278,7 @@ def info_lines(facts: dict) -> list[str]:
         lines.append(("long proteins", f"{facts['long_policy']} beyond {shown} residues" if limit
                       else f"{facts['long_policy']} (no limit)"))
     if "truncated" in facts:
-        cut = facts["truncated"]
-        named = "; ".join(f"{brief(i)}: {length:,} residues" for i, length in list(cut.items())[:3])  # (--json: all)
-        lines.append(("truncated", f"{len(cut):,}" + (f" ({named}{'; ...' if len(cut) > 3 else ''})" if cut else "")))
+        lines.append(("truncated", _first_few(facts["truncated"], lambda length: f"{length:,} residues")))
     if facts.get("part"):
         lines.append(("part", str(facts["part"])))
     if "residues" in facts:
@@ -1292,10 +1290,8 @@ def info_lines(facts: dict) -> list[str]:
                                       f"chunked {r['chunked']:,}"))
         else:
             lines.append(("residues", "no lengths recorded"))
-    failed = facts.get("failed") or {}
-    shown = "; ".join(f"{brief(i)}: {why}" for i, why in list(failed.items())[:3])  # (--json: whole)
     if "failed" in facts:  # (a probabilities file has no such record)
-        lines.append(("failed", f"{len(failed):,}" + (f" ({shown}{'; ...' if len(failed) > 3 else ''})" if failed else "")))
+        lines.append(("failed", _first_few(facts["failed"] or {}, str)))
     if facts.get("protrans_version") or facts.get("command_line"):
         runs = facts.get("runs")
         lines.append(("written with", f"protrans {facts.get('protrans_version', '?')}"
@@ -1303,6 +1299,13 @@ def info_lines(facts: dict) -> list[str]:
         if facts.get("command_line"):
             lines.append(("command", str(facts["command_line"])))
     return _aligned(lines)
+
+
+def _first_few(items: dict, said) -> str:
+    """`N (id: what; id: what; id: what; ...)`: how many of `items` (id -> its detail, `said` in
+    words), the first three named (--json holds them all)."""
+    shown = "; ".join(f"{brief(ident)}: {said(detail)}" for ident, detail in list(items.items())[:3])
+    return f"{len(items):,}" + (f" ({shown}{'; ...' if len(items) > 3 else ''})" if items else "")
 
 
 def _aligned(lines: list[tuple[str, str]]) -> list[str]:
