@@ -49,10 +49,9 @@ ATTENTIONS = ("auto", "sdpa", "flex")
 def check_attention(attention: str, *, compile: bool) -> None:
     """A usage error unless `attention` is one of ATTENTIONS and goes with the other settings:
     flex compiles its own kernel (not yet inside a compiled model)."""
-    from protrans_cli.errors import UsageError
+    from protrans_cli.errors import UsageError, one_of
 
-    if attention not in ATTENTIONS:
-        raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    one_of(attention, ATTENTIONS, "--attention", keyword="attention")
     if attention == "flex" and compile:
         raise UsageError("--attention flex and --compile cannot be combined: flex compiles its own attention "
                          "kernel; choose one")

@@ -34,7 +34,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, a_or_an, at_least, expect_options,
-                                 expect_path)
+                                 expect_path, one_of)
 from protrans_cli.io.h5 import CONTACTS
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -89,24 +89,20 @@ class ContactOptions:
         if str(self.model) == "onehot":  # (embed's encoding, not a model: it was looked for on the hub)
             raise UsageError("-m onehot is embed's one-hot encoding, not a model: it has no attention to predict "
                              "contacts from (an ESM-2 or ESM-1b model has)")
-        if self.long_policy not in LONG_POLICIES:
-            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)} (a contact map is not "
-                             "stitched from windows)")
-        if self.invalid_policy not in INVALID_POLICIES:
-            raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
+        one_of(self.long_policy, LONG_POLICIES, "--long-policy", "a contact map is not stitched from windows",
+               keyword="long_policy")
+        one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")
         if self.max_length is not None:
             at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if self.max_tokens is not None:
             at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
         at_least(self.max_batch_size, 1, "--max-batch-size", keyword="max_batch_size")
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise UsageError(f"--storage-dtype must be one of {', '.join(STORAGE_DTYPES)}")
-        if self.compression not in (None, *COMPRESSIONS):  # (COMPRESSIONS holds "none")
-            raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
+        one_of(self.storage_dtype, STORAGE_DTYPES, "--storage-dtype", keyword="storage_dtype")
+        if self.compression is not None:  # (None or "none": COMPRESSIONS holds "none")
+            one_of(self.compression, COMPRESSIONS, "--compression", keyword="compression")
         if not DEVICE_NAME.fullmatch(self.device):
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         at_least(self.window, 1, "--window", keyword="window")
         if self.threads is not None:
             check_threads(self.threads)

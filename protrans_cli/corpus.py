@@ -41,8 +41,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, option,
-                                 plain_numbers, seed_in_range)
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, one_of,
+                                 option, plain_numbers, seed_in_range)
 from protrans_cli.io.fasta import NUL_HEADER, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
@@ -127,10 +127,8 @@ class CorpusOptions:
         return self.num_shards > 1 or self.shard_size is not None
 
     def validate(self) -> None:
-        if self.rare not in RARE_POLICIES:
-            raise UsageError(f"--rare must be one of {', '.join(RARE_POLICIES)}, got {self.rare!r}")
-        if self.long not in LONG_POLICIES:
-            raise UsageError(f"--long must be one of {', '.join(LONG_POLICIES)}, got {self.long!r}")
+        one_of(self.rare, RARE_POLICIES, "--rare", keyword="rare")
+        one_of(self.long, LONG_POLICIES, "--long", keyword="long")
         at_least(self.min_length, 1, "--min-length", keyword="min_length")
         if self.max_length is not None and self.max_length < self.min_length:
             raise UsageError(f"{option('--max-length', 'max_length')} must be at least "

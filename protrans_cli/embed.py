@@ -46,7 +46,7 @@ from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
-                                 expect_options, expect_path, option)
+                                 expect_options, expect_path, one_of, option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
 from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
@@ -135,15 +135,12 @@ class EmbedOptions:
         if self.layout == "stacked" and (self.per_residue or not self.per_protein):
             raise UsageError("the stacked layout holds per-protein vectors only (one (N, D) array): give "
                              "--per-protein alone, or --layout grouped for per-residue arrays")
-        if self.layout not in LAYOUTS:
-            raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        one_of(self.layout, LAYOUTS, "--layout", keyword="layout")
         if self.max_tokens is not None:
             at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
         at_least(self.max_batch_size, 1, "--max-batch-size", keyword="max_batch_size")
-        if self.long_policy not in LONG_POLICIES:
-            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
-        if self.invalid_policy not in INVALID_POLICIES:
-            raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
+        one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
+        one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")
         if self.max_length is not None:
             at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if isinstance(self.chunk_overlap, numbers.Real):  # (accepted without a word under another --long-policy)
@@ -155,8 +152,7 @@ class EmbedOptions:
                              + (f"; {DEFAULT_CHUNK_OVERLAP} is its default: give a smaller one"
                                 if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         at_least(self.window, 1, "--window", keyword="window")
-        if self.pooling not in POOLINGS:
-            raise UsageError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        one_of(self.pooling, POOLINGS, "--pooling", keyword="pooling")
         if self.pooling == "cls":
             if self.model == ONEHOT:
                 raise UsageError("--pooling cls reads a model's cls token: the onehot embedder has none")
@@ -198,10 +194,8 @@ class EmbedOptions:
                              "once")
         if not DEVICE_NAME.fullmatch(self.device):  # (the words of fit and predict, and of resolve_device)
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
-        if self.sdpa_kernels not in SDPA_KERNELS:
-            raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
+        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
+        one_of(self.sdpa_kernels, SDPA_KERNELS, "--sdpa-kernels", keyword="sdpa_kernels")
         check_attention(self.attention, compile=self.compile)
 
 

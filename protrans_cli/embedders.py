@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from protrans_cli.attention import check_attention, sdpa_kernels
-from protrans_cli.errors import RuntimeFailure, UsageError, option
+from protrans_cli.errors import RuntimeFailure, UsageError, one_of, option
 
 ONEHOT = "onehot"
 ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
@@ -168,8 +168,7 @@ class TransformerEmbedder:
         # The per-protein vector: the mean over the residue rows, or (--pooling cls) the hidden
         # state of the tokenizer's cls token ([CLS], <cls>, <s>; XLNet's <cls> at the end)
         self.pooling = pooling
-        if pooling not in POOLINGS:
-            raise UsageError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        one_of(pooling, POOLINGS, "--pooling", keyword="pooling")
         if pooling == "cls":
             problem = cls_problem(self.family_impl, self.tokenizer)
             if problem:

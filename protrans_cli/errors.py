@@ -211,6 +211,22 @@ def at_least(value, low, name: str, why: str = "", *, keyword: str | None = None
         raise UsageError(f"{name} must be at least {low}, got {value}{f'; {why}' if why else ''}")
 
 
+def one_of(value, choices, name: str, why: str = "", *, keyword: str | None = None) -> None:
+    """A setting that is none of `choices` refused in the one wording of every command's choices (as
+    `at_least` words its ranges): "--long-policy must be one of error, skip, truncate, chunk, got 'cut'",
+    and `why`, where it helps, after a semicolon. `keyword`: the setting as a library call gives it
+    ("long_policy"), named in place of the flag `name` away from the command line (`option`). (A library
+    caller was told "--long-policy must be one of ...", a flag it has no way to pass, and the same refusal
+    was worded five ways: with the value given or without, "format 'x': one of ...", "unknown method
+    'x': one of ...", the choices as a tuple's repr.) The choices are names: a value of another type (None, a
+    list, an array, which `in` compares element by element) is none of them."""
+    if not (isinstance(value, str) and value in choices):
+        name = option(name, keyword) if keyword is not None else name
+        shown = brief_repr(value) if isinstance(value, str) else f"{value!r:.60}"
+        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}, got {shown}"
+                         f"{f'; {why}' if why else ''}")
+
+
 def option(flag: str, keyword: str) -> str:
     """A setting as the message's reader gives it: at the command line (`protrans ...`, whose
     `cli.main` says so) its flag, `flag` ("--invalid-policy skip", "--shards", "-m DIR"); to a

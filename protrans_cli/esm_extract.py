@@ -40,7 +40,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
-                                 expect_options, expect_path, option)
+                                 expect_options, expect_path, one_of, option)
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 # esm-extract's dict keys of each --include, in the order it writes them
@@ -84,10 +84,9 @@ class ExtractOptions:
 
         include = _included(self)
         if not include:
-            raise UsageError(f"--include: give one or more of {', '.join(INCLUDES)}")
+            raise UsageError(f"{option('--include', 'include')}: give one or more of {', '.join(INCLUDES)}")
         for item in include:
-            if item not in INCLUDES:
-                raise UsageError(f"--include {item!r}: one of {', '.join(INCLUDES)}")
+            one_of(item, INCLUDES, "--include", keyword="include")
         layers = (self.repr_layers,) if isinstance(self.repr_layers, int) else tuple(self.repr_layers)
         if not layers:
             raise UsageError("--repr_layers: give one or more layers (-1 the last, 0 the embedding layer)")
@@ -96,8 +95,7 @@ class ExtractOptions:
                 raise UsageError(f"--repr_layers: whole numbers (layers), got {type(layer).__name__} {layer!r:.60}")
         at_least(self.toks_per_batch, 1, "--toks_per_batch", keyword="toks_per_batch")
         at_least(self.truncation_seq_length, 1, "--truncation_seq_length", keyword="truncation_seq_length")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         if str(self.model) == "onehot":
             raise UsageError(f"{option('MODEL_LOCATION onehot', 'model=onehot')} is embed's one-hot encoding: it has "
                              "no layers for esm-extract's files (protrans embed -m onehot writes it)")

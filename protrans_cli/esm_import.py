@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError, a_or_an, at_least, expect_path
+from protrans_cli.errors import InputError, UsageError, a_or_an, at_least, expect_path, one_of
 from protrans_cli.io.h5 import LAYOUTS, PER_PROTEIN, PER_RESIDUE, STORAGE_DTYPES
 
 FAMILY = "esm"
@@ -79,8 +79,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     from protrans_cli.io.files import HDF5_OUTPUT_IN_USE, checked_hdf5_output, output_lock, refuse_other_format_name
 
     inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length, model)
-    if layout not in LAYOUTS:
-        raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    one_of(layout, LAYOUTS, "--layout", keyword="layout")
     layers = tuple(layers or ())
     if not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
         raise UsageError(f"layers are esm-extract layer numbers (ints), got {layers!r:.60}")
@@ -120,8 +119,7 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
         raise UsageError(f"import-esm: inputs must be paths, got {inputs!r:.60}")
     expect_path(output, "import-esm: output")
-    if storage_dtype not in STORAGE_DTYPES:
-        raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+    one_of(storage_dtype, STORAGE_DTYPES, "--storage-dtype", keyword="storage_dtype")
     if isinstance(truncation_seq_length, bool) or not isinstance(truncation_seq_length, int):
         raise UsageError(f"--truncation-seq-length must be a whole number, got {type(truncation_seq_length).__name__} "
                          f"{truncation_seq_length!r:.40}")

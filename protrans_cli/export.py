@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, brief, brief_repr, expect_path, option,
-                                 type_problem)
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, brief, brief_repr, expect_path, one_of,
+                                 option, type_problem)
 
 FORMATS = ("tsv", "csv", "npz", "esm")
 _SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
@@ -77,8 +77,7 @@ def output_format(output, fmt: str | None = None) -> str:
     bare = bare_name(name)  # (less .gz, .bz2, .xz, .zst or .zstd: what the writer compresses)
     compressed = name[len(bare):]
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise UsageError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+        one_of(fmt, FORMATS, "--format", keyword="fmt")
         chosen = fmt
     elif to_stdout:
         chosen = "tsv"
@@ -260,8 +259,8 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
                                 ("all_layers", all_layers, "bool")):
         if problem := type_problem(wanted, value):
             raise UsageError(f"export: {name} must be {problem}, got {type(value).__name__} {value!r:.60}")
-    if kind not in (None, PER_PROTEIN, PER_RESIDUE):
-        raise UsageError(f"kind {kind!r}: per_protein or per_residue")
+    if kind is not None:  # (no flag: --per-protein and --per-residue set it)
+        one_of(kind, (PER_PROTEIN, PER_RESIDUE), "kind")
     # (given or not, not -1 or not: `--all-layers --layer -1` was taken without a word)
     layer_given, layer = layer is not None, -1 if layer is None else layer
     chosen_format = output_format(output, fmt)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, option, whole_number
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, one_of, option, whole_number
 from protrans_cli.io.files import display_name, named_delimiter, tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
 
@@ -162,8 +162,7 @@ def _check_search(k, metric: str, layer=-1) -> None:
         raise UsageError(f"{option('-k', 'k')} must be at least 1, got {k!r}")
     if not whole_number(layer):
         raise UsageError(f"--layer is a whole number (-1: the last layer), got {type(layer).__name__} {layer!r:.40}")
-    if metric not in METRICS:
-        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    one_of(metric, METRICS, "--metric", keyword="metric")
 
 
 def _reference_vectors(reference, layer: int):

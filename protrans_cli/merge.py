@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path
+from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path, one_of
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
                                 EmbeddingsWriter, _comparable, digest128, escape_key, output_free, partial_path,
                                 remove_partial, stored_proteins)
@@ -82,8 +82,8 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     paths, output = [Path(p) for p in inputs], Path(output)
     if not paths:
         raise UsageError("merge needs at least one embeddings file")
-    if layout is not None and layout not in LAYOUTS:
-        raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout is not None:
+        one_of(layout, LAYOUTS, "--layout", keyword="layout")
     # (embed's checks of its output: a pipe or device is not renamed over, the user's own link
     # is followed, a read-only file is refused)
     output = checked_hdf5_output(output, "the merged embeddings")

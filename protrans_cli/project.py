@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError, at_least, expect_path, option, seed_in_range, type_problem
+from protrans_cli.errors import (InputError, UsageError, at_least, expect_path, one_of, option, seed_in_range,
+                                 type_problem)
 
 METHODS = ("pca", "tsne", "umap")
 METRICS = ("euclidean", "cosine")
@@ -75,10 +76,8 @@ class Projection:
 
 def check_method(method: str, dims: int, metric: str) -> None:
     """The settings' own refusals, before anything is read (and the optional package's)."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
-    if metric not in METRICS:
-        raise UsageError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
+    one_of(method, METHODS, "--method", keyword="method")
+    one_of(metric, METRICS, "--metric", keyword="metric")
     if dims not in (2, 3):
         raise UsageError(f"{option('--dims', 'dims')} must be 2 or 3, got {dims}")
     if method in EXTRAS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, UsageError, one_of
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 RARE = "UZOB"
@@ -96,8 +96,8 @@ def normalise(seq: bytes | str, rare: str = "x") -> str:
         raise SequenceRejected(REASON_EMPTY, "empty sequence")
     if rare == "x":
         data = data.translate(_RARE_TO_X)
-    elif rare != "keep":
-        raise UsageError(f"rare must be one of {RARE_POLICIES}, got {rare!r}")
+    else:
+        one_of(rare, RARE_POLICIES, "--rare", keyword="rare")
     bad = set(data) - _VALID
     if bad:  # the first offending residue
         pos, char = next((i + 1, c) for i, c in enumerate(data) if c in bad)

@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, option,
-                                 whole_number)
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, one_of,
+                                 option, whole_number)
 from protrans_cli.heads.tasks import missing_number
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -200,8 +200,7 @@ class VariantScorer:
         for name, value in (("max_tokens", max_tokens), ("max_length", max_length)):
             if value is not None and not whole_number(value):
                 raise UsageError(f"{name} must be a whole number or None, got {type(value).__name__} {value!r:.40}")
-        if long_policy not in LONG_POLICIES:
-            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
+        one_of(long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
         if max_length is not None:
             at_least(max_length, 1, "--max-length", keyword="max_length")
         if max_tokens is not None:
@@ -709,21 +708,20 @@ class VariantOptions:
         if "onehot" in self.models:  # (embed's encoding, not a model: it was looked for on the hub)
             raise UsageError("-m onehot is embed's one-hot encoding, not a language model: it gives no residue "
                              "probabilities to score variants with")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown or not self.strategies:
-            raise UsageError(f"--scoring must be one of {', '.join(STRATEGIES)}")
+        if not self.strategies:
+            raise UsageError(f"{option('--scoring', 'strategies')}: give one or more of {', '.join(STRATEGIES)}")
+        for strategy in self.strategies:
+            one_of(strategy, STRATEGIES, "--scoring", keyword="strategies")
         if len(set(self.strategies)) != len(self.strategies) or len(set(self.models)) != len(self.models):
             raise UsageError("a model or a scoring is given twice")
-        if self.long_policy not in LONG_POLICIES:
-            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
+        one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
         if self.max_length is not None:
             at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if self.max_tokens is not None:
             at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
         if not DEVICE_NAME.fullmatch(self.device):
             raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         if self.column is not None and len(self.models) * len(self.strategies) > 1:
             raise UsageError("--column names the one score column of one model and one scoring; with several, "
                              "the columns are MODEL_SCORING")

@@ -798,12 +798,12 @@ def test_bad_settings_are_one_line_usage_errors_before_the_model_or_the_fasta(ru
         r = run_cli("contacts", fasta, "-m", tmp_path / "no_such_model", "-o", out, *extra)
         assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, (extra, r.stderr)
     library = [
-        (dict(long_policy="window"), "--long-policy must be one of error, skip, truncate (a contact map is not "
-                                     "stitched from windows)"),
-        (dict(invalid_policy="keep"), "--invalid-policy must be one of error, skip"),
-        (dict(storage_dtype="int8"), "--storage-dtype must be one of float32, float16"),
-        (dict(compression="zstd"), "--compression must be one of none, gzip, lzf"),
-        (dict(dtype="fp8"), "--dtype must be one of auto, float32, bfloat16, float16"),
+        (dict(long_policy="window"), "long_policy must be one of error, skip, truncate, got 'window'; a contact "
+                                     "map is not stitched from windows"),
+        (dict(invalid_policy="keep"), "invalid_policy must be one of error, skip, got 'keep'"),
+        (dict(storage_dtype="int8"), "storage_dtype must be one of float32, float16, got 'int8'"),
+        (dict(compression="zstd"), "compression must be one of none, gzip, lzf, got 'zstd'"),
+        (dict(dtype="fp8"), "dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"),
         (dict(window=0), "window must be at least 1, got 0"),  # (its field: no --window flag to give)
     ]
     for kw, message in library:

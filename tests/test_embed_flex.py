@@ -240,7 +240,7 @@ def test_flex_is_refused_for_other_families_and_with_compile(run_cli, tmp_path, 
     assert "--attention flex" in result.stderr and not out.exists()
     result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5", "--attention", "flex")
     assert result.exit_code == 0 and "--attention flex ignored" in result.stderr
-    with pytest.raises(UsageError, match="--attention must be one of"):
+    with pytest.raises(UsageError, match="^attention must be one of auto, sdpa, flex, got 'Flex'$"):
         embed(fasta, tmp_path / "y.h5", EmbedOptions(model=str(tiny_t5), attention="Flex", device="cpu"))
 
 

@@ -140,10 +140,10 @@ def test_a_flat_file_of_several_layers_per_protein_is_read_as_per_protein(tmp_pa
     (dict(kinds=("per_token",)), r"kinds must be a non-empty subset of \('per_residue', 'per_protein'\)"),
     (dict(kinds=()), "kinds must be a non-empty subset"),
     (dict(kinds=("contacts",), layout="flat"), "contact maps are written in the grouped layout only"),
-    (dict(layout="table"), r"layout must be one of \('grouped', 'flat', 'stacked'\), got 'table'"),
+    (dict(layout="table"), "^layout must be one of grouped, flat, stacked, got 'table'$"),
     (dict(layout="stacked"), "the stacked layout holds per-protein vectors only"),
-    (dict(storage_dtype="int8"), r"storage dtype must be one of \('float32', 'float16'\), got 'int8'"),
-    (dict(compression="zstd"), r"compression must be one of \('none', 'gzip', 'lzf'\), got 'zstd'"),
+    (dict(storage_dtype="int8"), "^storage_dtype must be one of float32, float16, got 'int8'$"),
+    (dict(compression="zstd"), "^compression must be one of none, gzip, lzf, got 'zstd'$"),
 ])
 def test_writer_arguments_a_caller_gets_wrong_are_refused_before_any_file(tmp_path, kw, message):
     with pytest.raises(UsageError, match=message):

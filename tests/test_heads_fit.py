@@ -4832,7 +4832,7 @@ def test_only_embedded_leaves_out_records_without_an_embedding_and_no_other_mism
     r = run_cli("fit", "ss3", "--embeddings", tmp_path / "part.h5", "--labels", flip, "--only-embedded",
                 "--max-epochs", "1", *FAST, "--no-plots", "-o", tmp_path / "h2")
     assert r.exit_code == 1 and "whose label length differs" in r.stderr and "--skip-mismatched" in r.stderr
-    with pytest.raises(UsageError, match="on_mismatch must be 'error', 'skip' or 'missing'"):
+    with pytest.raises(UsageError, match="^on_mismatch must be one of error, skip, missing, got 'some'$"):
         FitConfig(task="ss3", on_mismatch="some").check()
 
 
@@ -5883,7 +5883,7 @@ def test_predict_sequences_takes_the_invalid_policy_of_predict_fasta(tmp_path, c
     assert listed[1] is None and [p["label"].labels for p in (listed[0], listed[2])] == [found["a"]["label"].labels,
                                                                                       found["c"]["label"].labels]
     assert "left out: item 1 (skipped: internal stop" in capsys.readouterr().err
-    with pytest.raises(UsageError, match="--invalid-policy must be one of error, skip"):
+    with pytest.raises(UsageError, match="^invalid_policy must be one of error, skip, got 'drop'$"):
         predict_sequences(head, queries, threads=1, invalid_policy="drop")
 
 

@@ -133,12 +133,12 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
     # the CLI's choices keep these out; a Python caller's typo is one line naming the choices
     (dict(max_batch_size=0), "^max_batch_size must be at least 1, got 0"),
     (dict(max_tokens=0), "^max_tokens must be at least 1, got 0"),
-    (dict(long_policy="cut"), "--long-policy must be one of error, skip, truncate, chunk"),
-    (dict(invalid_policy="drop"), "--invalid-policy must be one of error, skip"),
+    (dict(long_policy="cut"), "^long_policy must be one of error, skip, truncate, chunk, got 'cut'$"),
+    (dict(invalid_policy="drop"), "^invalid_policy must be one of error, skip, got 'drop'$"),
     (dict(max_length=0), "^max_length must be at least 1, got 0"),
-    (dict(pooling="max"), "--pooling must be one of"),
+    (dict(pooling="max"), "^pooling must be one of mean, cls, got 'max'$"),
     (dict(layers=()), "^layers needs at least one index"),  # (the field: "--layer" is embed's flag)
-    (dict(dtype="int8"), "--dtype must be one of"),
+    (dict(dtype="int8"), "^dtype must be one of auto, float32, bfloat16, float16, got 'int8'$"),
 ])
 def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, message):
     with pytest.raises(UsageError, match=message):

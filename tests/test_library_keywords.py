@@ -1,6 +1,6 @@
-"""A library call's range refusals name the keyword or settings field the caller gave
-(`max_length must be at least 1, got 0`), not a flag it has no way to pass; the command's
-messages keep their flags (errors.option)."""
+"""A library call's range and choice refusals name the keyword or settings field the caller gave
+(`max_length must be at least 1, got 0`, `long_policy must be one of ..., got 'cut'`), not a flag
+it has no way to pass; the command's messages keep their flags (errors.option)."""
 
 from __future__ import annotations
 
@@ -165,3 +165,122 @@ def test_the_command_keeps_its_flags_in_the_same_refusals(run_cli, tmp_path, mon
     (tmp_path / "in.fa").write_text(">a\nMKT\n")
     result = run_cli(*args)
     assert result.exit_code == 2 and result.stderr == f"protrans: error: {message}\n", result.stderr
+
+
+def _embed_file(**kw):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    return lambda tmp: embed(tmp / "in.fa", tmp / "o.h5", EmbedOptions(model="onehot", **kw))
+
+
+def _extract_including(include, **kw):
+    from protrans_cli.esm_extract import ExtractOptions, esm_extract
+
+    return lambda tmp: esm_extract(tmp / "in.fa", tmp / "out", ExtractOptions(include=include, **kw))
+
+
+def _other(name, **kw):
+    """A library call of another shape, with `kw` its settings."""
+    def call(tmp):
+        if name == "merge":
+            from protrans_cli.merge import merge
+
+            return merge([tmp / "a.h5", tmp / "b.h5"], tmp / "o.h5", **kw)
+        if name == "import_head":
+            from protrans_cli.heads.imported import import_head
+
+            return import_head(tmp / "c.pt", tmp / "head", **kw)
+        if name == "import_esm_contacts":
+            from protrans_cli.esm_import import import_esm_contacts
+
+            return import_esm_contacts([tmp / "pt"], tmp / "o.h5", **kw)
+        if name == "fit":
+            from protrans_cli.heads.fit import FitConfig, fit
+
+            return fit(FitConfig(task="loc", **kw), tmp / "e.h5", tmp / "l.csv", tmp / "head")
+        if name == "get_task":
+            from protrans_cli.heads.tasks import get_task
+
+            return get_task("loc", **kw)
+        if name == "normalise":
+            from protrans_cli.residues import normalise
+
+            return normalise("MKT", **kw)
+        from protrans_cli.io.h5 import EmbeddingsWriter
+
+        return EmbeddingsWriter(tmp / "o.h5", **kw)
+    return call
+
+
+EMBED_LONG = "error, skip, truncate, chunk"
+DTYPES = "auto, float32, bfloat16, float16"
+
+# (the library call, what its refusal says to a library caller, and the flag the command line names)
+CHOICES = [
+    (_embed(long_policy="cut"), f"long_policy must be one of {EMBED_LONG}, got 'cut'", "--long-policy"),
+    (_embed(invalid_policy="drop"), "invalid_policy must be one of error, skip, got 'drop'", "--invalid-policy"),
+    (_embed_file(layout="table"), "layout must be one of grouped, flat, stacked, got 'table'", "--layout"),
+    (_embed(pooling="max"), "pooling must be one of mean, cls, got 'max'", "--pooling"),
+    (_embed(dtype="fp8"), f"dtype must be one of {DTYPES}, got 'fp8'", "--dtype"),
+    (_embed(sdpa_kernels="fast"), "sdpa_kernels must be one of auto, torch, got 'fast'", "--sdpa-kernels"),
+    (_embed(attention="Flex"), "attention must be one of auto, sdpa, flex, got 'Flex'", "--attention"),
+    (_contacts(long_policy="chunk"), "long_policy must be one of error, skip, truncate, got 'chunk'; a contact map "
+     "is not stitched from windows", "--long-policy"),
+    (_contacts(invalid_policy="keep"), "invalid_policy must be one of error, skip, got 'keep'", "--invalid-policy"),
+    (_contacts(storage_dtype="int8"), "storage_dtype must be one of float32, float16, got 'int8'", "--storage-dtype"),
+    (_contacts(compression="zstd"), "compression must be one of none, gzip, lzf, got 'zstd'", "--compression"),
+    (_contacts(dtype="fp8"), f"dtype must be one of {DTYPES}, got 'fp8'", "--dtype"),
+    (_variants(strategies=("masked",)), "strategies must be one of masked-marginals, wt-marginals, pseudo-ppl, "
+     "log-likelihood, got 'masked'", "--scoring"),
+    (_variants(long_policy="chunk"), "long_policy must be one of error, window, got 'chunk'", "--long-policy"),
+    (_variants(dtype="fp8"), f"dtype must be one of {DTYPES}, got 'fp8'", "--dtype"),
+    (_knn(metric="manhattan"), "metric must be one of euclidean, cosine, got 'manhattan'", "--metric"),
+    (_project(method="mds"), "method must be one of pca, tsne, umap, got 'mds'", "--method"),
+    (_project(metric="manhattan"), "metric must be one of euclidean, cosine, got 'manhattan'", "--metric"),
+    (_corpus(rare="drop"), "rare must be one of x, keep, got 'drop'", "--rare"),
+    (_corpus(long="drop"), "long must be one of skip, crop, got 'drop'", "--long"),
+    (_extract_including(("means",)), "include must be one of mean, per_tok, bos, contacts, got 'means'", "--include"),
+    (_extract(dtype="fp8"), f"dtype must be one of {DTYPES}, got 'fp8'", "--dtype"),
+    (_call("export", fmt="parquet"), "fmt must be one of tsv, csv, npz, esm, got 'parquet'", "--format"),
+    (_call("import_esm", layout="table"), "layout must be one of grouped, flat, stacked, got 'table'", "--layout"),
+    (_call("import_esm", storage_dtype="int8"), "storage_dtype must be one of float32, float16, got 'int8'",
+     "--storage-dtype"),
+    (_other("import_esm_contacts", storage_dtype="int8"), "storage_dtype must be one of float32, float16, got "
+     "'int8'", "--storage-dtype"),
+    (_other("merge", layout="table"), "layout must be one of grouped, flat, stacked, got 'table'", "--layout"),
+    (_other("import_head", source="esm"), "source must be one of prottrans-secstruct, la-location, la-membrane, "
+     "got 'esm'", "--from"),
+    (_other("fit", dual="both"), "dual must be one of first, skip, got 'both'", "--dual"),
+    (_other("fit", on_mismatch="some"), "on_mismatch must be one of error, skip, missing, got 'some'",
+     "on_mismatch"),  # (no flag: fit's --skip-mismatched and --only-embedded set it)
+    (_call("export", kind="residue"), "kind must be one of per_protein, per_residue, got 'residue'",
+     "kind"),  # (no flag: export's --per-protein and --per-residue set it)
+    (_other("get_task", dual="both"), "dual must be one of first, skip, got 'both'", "--dual"),
+    (_other("normalise", rare="drop"), "rare must be one of x, keep, got 'drop'", "--rare"),
+    (_other("writer", layout="table"), "layout must be one of grouped, flat, stacked, got 'table'", "--layout"),
+    (_other("writer", storage_dtype="int8"), "storage_dtype must be one of float32, float16, got 'int8'",
+     "--storage-dtype"),
+    (_other("writer", compression="zstd"), "compression must be one of none, gzip, lzf, got 'zstd'", "--compression"),
+]
+
+
+@pytest.mark.parametrize("call, message, flag", CHOICES,
+                         ids=[f"{message.split(' ')[0]}-{i}" for i, (_, message, _) in enumerate(CHOICES)])
+def test_a_library_call_given_no_choice_is_told_its_keyword_and_the_command_line_its_flag(
+        tmp_path, monkeypatch, call, message, flag):
+    # (told "--long-policy must be one of ...": a flag no call takes, and the same refusal had
+    # five wordings, some with the value given, some with the choices as a tuple's repr)
+    from protrans_cli import console
+
+    with pytest.raises(UsageError) as caught:
+        call(tmp_path)
+    said = str(caught.value)
+    assert said == message and not FLAG.search(said), said
+    assert not any(tmp_path.iterdir())  # (refused before anything is written)
+    # at the command line (where click's choices keep most of these out): the flag, in the same words
+    keyword = message.split(" ")[0]
+    monkeypatch.setattr(console.state, "command_line", True)
+    with pytest.raises(UsageError) as caught:
+        call(tmp_path)
+    assert str(caught.value) == message.replace(keyword, flag, 1), str(caught.value)
+

@@ -462,7 +462,7 @@ def test_a_shard_size_under_a_byte_and_stdin_twice_are_named(run_cli, tmp_path, 
 
 @pytest.mark.parametrize("inputs, options, message", [
     ([], {}, "no input: give one or more FASTA files, or - for stdin"),
-    (None, {"long": "drop"}, "--long must be one of skip, crop, got 'drop'"),
+    (None, {"long": "drop"}, "long must be one of skip, crop, got 'drop'"),
     (None, {"seed": -1}, "seed must be at least 0, got -1"),
     (None, {"shard_size": 0}, "shard_size must be positive, got 0"),
     (None, {"shuffle_bytes": 100}, "shuffle_bytes must be at least 1024"),

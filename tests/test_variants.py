@@ -471,7 +471,7 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
                                   scorer.site_log_probs([SEQ[:8]], [(0, 2)]))
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
-    for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
+    for bad, said in (({"long_policy": "crop"}, "^long_policy must be one of error, window, got 'crop'$"),
                       ({"max_length": 0}, "^max_length must be at least 1, got 0$"),
                       ({"max_tokens": 0}, "^max_tokens must be at least 1, got 0$"),
                       # (text: TypeErrors from inside, "'<' not supported between instances of 'str' and 'int'")
@@ -1577,11 +1577,12 @@ def test_zero_limits_and_the_librarys_own_option_mistakes_are_usage_errors_befor
         (dict(models="esm2_t6_8M_UR50D"), "models and strategies are tuples of names, not one str"),
         (dict(models=()), "no model given"),
         (dict(models=nothing, strategies=("masked_marginals",)),
-         "--scoring must be one of masked-marginals, wt-marginals, pseudo-ppl, log-likelihood"),
+         "strategies must be one of masked-marginals, wt-marginals, pseudo-ppl, log-likelihood, got "
+         "'masked_marginals'"),
         (dict(models=nothing, strategies=()),
-         "--scoring must be one of masked-marginals, wt-marginals, pseudo-ppl, log-likelihood"),
-        (dict(models=nothing, long_policy="chunk"), "--long-policy must be one of error, window"),
-        (dict(models=nothing, dtype="fp8"), "--dtype must be one of auto, float32, bfloat16, float16"),
+         "strategies: give one or more of masked-marginals, wt-marginals, pseudo-ppl, log-likelihood"),
+        (dict(models=nothing, long_policy="chunk"), "long_policy must be one of error, window, got 'chunk'"),
+        (dict(models=nothing, dtype="fp8"), "dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"),
     ]
     for kw, message in cases:
         with pytest.raises(UsageError) as err:

@@ -34,7 +34,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFailure, UsageError, expect_options,
-                                 expect_path, first_line, located, option, plain_numbers, seed_in_range,
+                                 expect_path, first_line, located, one_of, option, plain_numbers, seed_in_range,
                                  torch_load_problem, whole_number)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
@@ -149,8 +149,8 @@ class FitConfig:
         if self.cache_bytes < 0:
             raise UsageError(option(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}",
                                     f"cache_bytes must be 0 or more, got {self.cache_bytes}"))
-        if self.on_mismatch not in ("error", "skip", "missing"):
-            raise UsageError(f"on_mismatch must be 'error', 'skip' or 'missing', got {self.on_mismatch!r}")
+        # (no flag: --skip-mismatched and --only-embedded set it)
+        one_of(self.on_mismatch, ("error", "skip", "missing"), "on_mismatch")
 
 
 @dataclass

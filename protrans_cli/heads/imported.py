@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, a_or_an, expect_path
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, a_or_an, expect_path, one_of
 
 PROTTRANS_SECSTRUCT = "prottrans-secstruct"
 LA_LOCATION, LA_MEMBRANE = "la-location", "la-membrane"
@@ -69,8 +69,7 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
 
     expect_path(checkpoint, "checkpoint")
     expect_path(out_dir, "out_dir")
-    if source not in SOURCES:
-        raise UsageError(f"--from {source}: one of {', '.join(SOURCES)}")
+    one_of(source, SOURCES, "--from", keyword="source")
     if str(checkpoint) == "-":
         raise UsageError("the checkpoint is read in place: give a file, not stdin")
     checkpoint = Path(checkpoint)

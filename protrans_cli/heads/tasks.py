@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, UsageError, one_of
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
 
 IGNORE = -100  # target value for residues/proteins left out of loss and metrics (torch's ignore_index)
@@ -388,7 +388,6 @@ def warn_unused_dual(name: str) -> None:
 def get_task(name: str, *, dual: str = "first") -> Task:
     if name not in TASKS:
         raise UsageError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
-    if dual not in DUAL_POLICIES:
-        raise UsageError(f"dual-label policy must be one of {', '.join(DUAL_POLICIES)}, got {dual!r}")
+    one_of(dual, DUAL_POLICIES, "--dual", keyword="dual")
     task = TASKS[name]
     return replace(task, dual=dual) if task.kind == PER_PROTEIN else task

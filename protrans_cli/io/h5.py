@@ -44,7 +44,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.console import flush_standard_streams
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line, one_of
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import begins_fasta, header_id
 from protrans_cli.io.files import directory_kind, missing_file, output_directory, utf8_text
@@ -1883,16 +1883,14 @@ class EmbeddingsWriter:
             raise UsageError(f"kinds must be a non-empty subset of {KINDS} (or ({CONTACTS!r},)), got {self.kinds}")
         if self.kinds == (CONTACTS,) and layout != "grouped":
             raise UsageError("contact maps are written in the grouped layout only")
-        if layout not in LAYOUTS:
-            raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        one_of(layout, LAYOUTS, "--layout", keyword="layout")
         if layout == "flat" and len(self.kinds) != 1:
             raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
         if layout == "stacked" and self.kinds != (PER_PROTEIN,):
             raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
-        if storage_dtype not in STORAGE_DTYPES:
-            raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
-        if compression not in (None, *COMPRESSIONS):
-            raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        one_of(storage_dtype, STORAGE_DTYPES, "--storage-dtype", keyword="storage_dtype")
+        if compression is not None:
+            one_of(compression, COMPRESSIONS, "--compression", keyword="compression")
         # called the moment the file takes its final name (close): the CLI marks its output
         # complete there, so a signal in the moments after is not reported as an interruption
         self.on_final = None

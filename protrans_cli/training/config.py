@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import TORCH_SEEDS, UsageError, a_or_an, option, plain_numbers, seed_in_range, type_problem
+from protrans_cli.errors import (TORCH_SEEDS, UsageError, a_or_an, one_of, option, plain_numbers, seed_in_range,
+                                 type_problem)
 
 RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
@@ -254,9 +255,9 @@ class TrainConfig:
         for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
                               ("strategy", STRATEGIES), ("sdpa_kernels", SDPA_KERNELS)):
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            # (the field's and the config file's key: click's choices keep a flag's bad value out)
+            if getattr(self, name) is not None:
+                one_of(getattr(self, name), allowed, name)
         if isinstance(self.output_dir, str) and not self.output_dir.strip():
             # (Path("") is "."): `-o ""` (an unset shell variable, `-o "$RUN"`) trained into the
             # working directory, its checkpoints/ and model files among whatever was there
