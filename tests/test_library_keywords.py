@@ -241,6 +241,10 @@ CHOICES = [
     (_corpus(long="drop"), "long must be one of skip, crop, got 'drop'", "--long"),
     (_extract_including(("means",)), "include must be one of mean, per_tok, bos, contacts, got 'means'", "--include"),
     (_extract(dtype="fp8"), f"dtype must be one of {DTYPES}, got 'fp8'", "--dtype"),
+    # (none given: the same names)
+    (_extract_including(()), "include: give one or more of mean, per_tok, bos, contacts", "--include"),
+    (_variants(strategies=()), "strategies: give one or more of masked-marginals, wt-marginals, pseudo-ppl, "
+     "log-likelihood", "--scoring"),
     (_call("export", fmt="parquet"), "fmt must be one of tsv, csv, npz, esm, got 'parquet'", "--format"),
     (_call("import_esm", layout="table"), "layout must be one of grouped, flat, stacked, got 'table'", "--layout"),
     (_call("import_esm", storage_dtype="int8"), "storage_dtype must be one of float32, float16, got 'int8'",
@@ -265,7 +269,7 @@ CHOICES = [
 
 
 @pytest.mark.parametrize("call, message, flag", CHOICES,
-                         ids=[f"{message.split(' ')[0]}-{i}" for i, (_, message, _) in enumerate(CHOICES)])
+                         ids=[f"{flag.lstrip('-')}-{i}" for i, (_, _, flag) in enumerate(CHOICES)])
 def test_a_library_call_given_no_choice_is_told_its_keyword_and_the_command_line_its_flag(
         tmp_path, monkeypatch, call, message, flag):
     # (told "--long-policy must be one of ...": a flag no call takes, and the same refusal had
@@ -278,7 +282,7 @@ def test_a_library_call_given_no_choice_is_told_its_keyword_and_the_command_line
     assert said == message and not FLAG.search(said), said
     assert not any(tmp_path.iterdir())  # (refused before anything is written)
     # at the command line (where click's choices keep most of these out): the flag, in the same words
-    keyword = message.split(" ")[0]
+    keyword = re.match(r"\w+", message).group()
     monkeypatch.setattr(console.state, "command_line", True)
     with pytest.raises(UsageError) as caught:
         call(tmp_path)
