@@ -2585,6 +2585,42 @@ def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_pat
         assert len(json.loads(f.attrs["runs"])) == 2
 
 
+@pytest.mark.slow
+def test_a_torchrun_resume_names_only_the_proteins_it_truncated_whichever_rank_stored_the_earlier_ones(tmp_path):
+    """A torchrun --resume of an interrupted torchrun run: its summary (rank 0's) names the proteins
+    this run truncated, not one that rank 1's shard already held truncated (every rank reads every
+    shard, so rank 0 knows of it), and the merged file lists all of them with their full lengths."""
+    import os
+    import subprocess
+    import sys
+
+    from protrans_cli.io.fasta import write_fasta
+
+    records = {rec.id: rec for rec in read_fasta(SMALL)}
+    for rank, ids in enumerate((["one"], ["sp|Q9/slash", "rare"])):  # rank 1 stored sp|Q9/slash cut to 10
+        fasta = tmp_path / f"rank{rank}.fa"
+        with open(fasta, "wb") as fh:
+            for ident in ids:
+                write_fasta(fh, ident, records[ident].sequence, records[ident].description)
+        shard = _run(tmp_path / f"r{rank}.h5", fasta=fasta, max_length=10, long_policy="truncate")
+        shard.rename(tmp_path / f"out.h5.shard-{rank:03d}-of-002.partial")
+    assert _truncated_attr(tmp_path / "out.h5.shard-001-of-002.partial") == {"sp|Q9/slash": 20}
+    out = tmp_path / "out.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out), "--max-length", "10",
+           "--long-policy", "truncate", "--max-batch-size", "1", "--resume"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 already there" in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("truncated ")]
+    assert len(lines) == 1 and lines[0].startswith("truncated 2 proteins longer than --max-length 10 "), proc.stderr
+    assert sorted(lines[0].split(": ", 1)[1].split("; ")[0].split(", ")) == ["P1", "P1copy"]
+    assert _truncated_attr(out) == CUT_AT_10
+    assert not list(tmp_path.glob("out.h5.shard-*"))
+
+
 def _rank0_share(tmp_path):
     """The first three proteins of SMALL as a FASTA of their own (what rank 0 of two embeds)."""
     from protrans_cli.io.fasta import write_fasta
