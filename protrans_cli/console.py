@@ -31,16 +31,17 @@ class _State:
 state = _State()
 
 
-def list_failed(failed: dict, what: str) -> None:
+def list_failed(failed: dict, what: str, heading: str | None = None) -> None:
     """Warn of the proteins a run left without output (`failed`: id -> reason), the first 20 by
-    name: `what` is what they lack ("embedding", "contact map")."""
+    name: `what` is what they lack ("embedding", "contact map"); `heading`, the line before them
+    where the run keeps no file of its failures (esm-extract's folder of files)."""
     if not failed:
         return
-    warn(f"{len(failed)} protein(s) have no {what} (listed in the file's 'failed' attribute):")
+    warn(heading or f"{len(failed)} protein(s) have no {what} (listed in the file's 'failed' attribute):")
     for ident, reason in list(failed.items())[:20]:
         warn(f"  {brief(ident)}: {reason}")
     if len(failed) > 20:
-        warn(f"  ... and {len(failed) - 20} more")
+        warn(f"  ... and {len(failed) - 20:,} more")
 
 
 def counted(count: int, noun: str) -> str:

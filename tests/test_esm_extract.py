@@ -571,3 +571,24 @@ def test_proteins_that_fail_have_no_file_and_are_named_and_none_written_is_exit_
     r = run_cli("esm-extract", model_dir, fasta, tmp_path / "none", "--include", "per_tok", "contacts")
     assert r.exit_code == 1 and "no file was written: every protein failed" in r.stderr, r.stderr
     assert not (tmp_path / "none").exists()  # (the folder it made, left empty, is removed)
+
+
+@pytest.mark.parametrize("count", [1, 25])
+def test_the_proteins_without_a_file_are_listed_20_by_name_then_counted(run_cli, tmp_path, monkeypatch, count):
+    """The failed proteins' lines on stderr: a heading in esm-extract's terms (no file of the failures
+    is kept), the first 20 by name with their reasons, then the rest counted."""
+    import protrans_cli.esm_extract
+    from protrans_cli.esm_extract import ExtractSummary
+
+    failed = {f"P{i}": "out of memory" for i in range(count)}
+    monkeypatch.setattr(protrans_cli.esm_extract, "esm_extract", lambda fasta, out, options: ExtractSummary(
+        output=Path(out), layers=[2], num_written=3, failed=failed))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    r = run_cli("esm-extract", "esm2_t33_650M_UR50D", fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == 0, r.stderr
+    have = "has" if count == 1 else "have"
+    assert r.stderr.splitlines()[1:] == [
+        f"protrans: warning: {count} protein{'s' if count > 1 else ''} could not be computed and {have} no file:",
+        *[f"protrans: warning:   P{i}: out of memory" for i in range(min(count, 20))],
+        *(["protrans: warning:   ... and 5 more"] if count > 20 else [])], r.stderr

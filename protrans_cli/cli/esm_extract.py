@@ -102,7 +102,6 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     import sys
 
     from protrans_cli import console
-    from protrans_cli.errors import brief
     from protrans_cli.esm_extract import ExtractOptions, esm_extract
     from protrans_cli.threads import resolve_threads
 
@@ -117,13 +116,9 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
                  f"{'s' if len(summary.layers) != 1 else ''} {', '.join(map(str, summary.layers))}) into "
                  f"{summary.output}" + (f"; {console.counted(summary.num_replaced, 'file')} of the same name "
                                         "replaced" if summary.num_replaced else ""))
-    if summary.failed:
-        have = "has" if len(summary.failed) == 1 else "have"
-        console.warn(f"{console.counted(len(summary.failed), 'protein')} could not be computed and {have} no file:")
-        for ident, reason in list(summary.failed.items())[:20]:
-            console.warn(f"  {brief(ident)}: {reason}")
-        if len(summary.failed) > 20:
-            console.warn(f"  ... and {len(summary.failed) - 20:,} more")
+    have = "has" if len(summary.failed) == 1 else "have"
+    console.list_failed(summary.failed, "file", heading=f"{console.counted(len(summary.failed), 'protein')} could "
+                                                        f"not be computed and {have} no file:")
     if summary.failed and not summary.num_written and not all(str(why).startswith("skipped:")
                                                               for why in summary.failed.values()):
         from protrans_cli.errors import RuntimeFailure
