@@ -43,7 +43,7 @@ import numpy as np
 from protrans_cli.console import NAMED, printable
 from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, one_of,
                                  option, plain_numbers, seed_in_range)
-from protrans_cli.io.fasta import NUL_HEADER, not_fasta
+from protrans_cli.io.fasta import NUL_HEADER, decode_word, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
                                    output_directory, same_file, signals_held, special_output, stdin_binary,
@@ -534,12 +534,7 @@ class _BlockResult:
 
 def _record_id(header: bytes) -> str:
     parts = header.split(None, 1)
-    if not parts:
-        return ""
-    try:
-        return parts[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return parts[0].decode("latin-1")
+    return decode_word(parts[0]) if parts else ""
 
 
 def in_validation(record_id: str, fraction: float) -> bool:

@@ -326,10 +326,9 @@ def _not_text(first: bytes, head: bytes = b"") -> str | None:
 
 def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
     """The error for a corpus line holding something other than residues and spaces."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        line = raw.decode("latin-1")
+    from protrans_cli.io.fasta import decode_word, look_alike
+
+    line = decode_word(raw)  # (the whole line as one word: the message shows its characters, nothing matches them)
     blank = _BLANK.decode()  # what the reader skips: str.split() also skipped a no-break space or
     stripped = line.strip(blank)  # \x1c-\x1f, found no bad letter, and next() raised StopIteration
     if stripped.startswith(">"):
@@ -341,8 +340,6 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
             return InputError(f"a {name} at column {line.index(char) + 1} (a table?): a corpus line holds one "
                               "protein, its residues separated by single spaces; make one with `protrans prep`",
                               path=path, line=lineno)
-    from protrans_cli.io.fasta import look_alike
-
     if lineno == 1 and (hint := look_alike(raw)):
         # (a NetSurfP CSV given as the corpus was an "invalid residue ','"; a PDB or GenBank file
         # an invalid residue of its first line)
