@@ -338,7 +338,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                 # the residues embed computes rows for (a final '*' and gaps dropped, as it drops them)
                 label_length = _residue_count(record) if record.sequence is not None else None
         key = named[record.id]
-        if not _labelled(targets):
+        if not has_label(targets):
             # (an empty or nan label, every residue masked: left out by the loss and the metrics,
             # it was counted among the proteins trained on and drawn into --valid-fraction)
             report.no_label.append(record.id)
@@ -447,7 +447,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     return matched, report
 
 
-def _labelled(targets: dict) -> bool:
+def has_label(targets: dict) -> bool:
     """Whether any output of a record's targets has a label: a class index other than IGNORE,
     or a value other than NaN (per protein a number, per residue an array)."""
     for target in targets.values():

@@ -35,7 +35,7 @@ from torch import nn
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import TORCH_SEEDS, InputError, RuntimeFailure, UsageError, seed_in_range, located
-from protrans_cli.heads.data import Batch, Matched, ResidueData, _labelled
+from protrans_cli.heads.data import Batch, Matched, ResidueData, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
                                     _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
@@ -223,7 +223,7 @@ def to_data(task: Task, records, path, *, evaluating: bool = False) -> SequenceD
                                      path=str(path), record=r.id)
             # (fit's rule: a class index other than IGNORE, a value other than NaN; a value of
             # exactly -100 compared equal to IGNORE and its protein was left out)
-            if _labelled(targets):
+            if has_label(targets):
                 items.append(Matched(r.id, r.id, len(r.sequence), targets))
                 seqs.append(r.sequence)
     if not items:
