@@ -1602,8 +1602,36 @@ def test_an_embeddings_file_packed_for_sending_says_how_to_unpack_it(tmp_path):
                         "torch.save writes), not embeddings")):
         with pytest.raises(InputError) as err:
             EmbeddingsReader(tmp_path / name)
-        assert str(err.value).startswith(f"{tmp_path / name}: not a readable HDF5 file (")
-        assert str(err.value).endswith(f"); {said}"), str(err.value)
+        assert str(err.value) == f"{tmp_path / name}: not an HDF5 file; {said}"
+
+
+def test_a_file_that_is_not_hdf5_at_all_is_said_so_plainly(tmp_path, run_cli):
+    """A FASTA, a table or any other file given where embeddings go was "not a readable HDF5 file
+    (Unable to synchronously open file (file signature not found))", HDF5's words for a file it
+    has no signature in; now "not an HDF5 file" and what the file is, in every command that reads
+    one. A damaged HDF5 file keeps HDF5's own reason (truncated file, ...)."""
+    _write(tmp_path / "e.h5", ["a"])
+    (tmp_path / "p.fa").write_text(">P1\nMKTAYIAKQR\n")
+    (tmp_path / "t.csv").write_text("id,label\nP1,Nucleus\n")
+    (tmp_path / "b.bin").write_bytes(b"\x01\x02\x00\x03" * 64)
+    said = {"p.fa": "not an HDF5 file; it is a FASTA file: embed it first (protrans embed; predict and knn also take "
+                    "it as --fasta)",
+            "t.csv": "not an HDF5 file (it begins 'id,label\\nP1,Nucl')",
+            "b.bin": "not an HDF5 file (the file is binary)"}
+    for name, message in said.items():
+        path = tmp_path / name
+        with pytest.raises(InputError) as err:
+            EmbeddingsReader(path)
+        assert str(err.value) == f"{path}: {message}"
+        for args in (["info", path], ["export", path, "-o", tmp_path / "out.tsv"],
+                     ["merge", tmp_path / "e.h5", path, "-o", tmp_path / "m.h5"], ["knn", path, "--reference", path]):
+            r = run_cli(*args)
+            assert r.exit_code == 1 and r.stderr == f"protrans: error: {path}: {message}\n", (args, r.stderr)
+    data = (tmp_path / "e.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match="cut.h5: not a readable HDF5 file \\(.*truncated file"):
+        EmbeddingsReader(tmp_path / "cut.h5")
+    assert not (tmp_path / "out.tsv").exists() and not (tmp_path / "m.h5").exists()
 
 
 def test_a_model_or_head_folder_given_as_the_embeddings_says_what_it_is(tmp_path):

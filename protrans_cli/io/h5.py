@@ -193,6 +193,25 @@ def _packed_hint(path) -> str:
     return ""
 
 
+def _not_hdf5(path) -> str | None:
+    """What a file is that holds no HDF5 signature ("the file is binary", "it begins 'id,label...'"),
+    for a reader's refusal; None for an HDF5 file, damaged or not (HDF5's reason then says more),
+    or one that cannot be read."""
+    import h5py
+
+    from protrans_cli.io.files import binary_kind
+
+    try:
+        if h5py.is_hdf5(path):
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    # (as text, quoted as an id is, as refuse_replacing_other_file shows it)
+    return binary_kind(head, sentence=True) or f"it begins {head[:16].decode('utf-8', 'replace')!r}"
+
+
 # `--embeddings -` (fit, predict): refused before any work, a usage error
 HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
 
@@ -272,6 +291,9 @@ class EmbeddingsReader:
                 hint = "; it is a FASTA file: embed it first (protrans embed; predict and knn also take it as --fasta)"
             else:
                 hint = _packed_hint(self.path)
+            if (what := _not_hdf5(self.path)) is not None:
+                # (HDF5's "Unable to synchronously open file (file signature not found)" said nothing of the file)
+                raise InputError(f"not an HDF5 file{hint or f' ({what})'}", path=self.path) from None
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
