@@ -592,3 +592,30 @@ def test_the_proteins_without_a_file_are_listed_20_by_name_then_counted(run_cli,
         f"protrans: warning: {count} protein{'s' if count > 1 else ''} could not be computed and {have} no file:",
         *[f"protrans: warning:   P{i}: out of memory" for i in range(min(count, 20))],
         *(["protrans: warning:   ... and 5 more"] if count > 20 else [])], r.stderr
+
+
+@pytest.mark.parametrize("where", ["afile", "afile/sub", "locked"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_runs(run_cli, tmp_path, model_dir,
+                                                                                  monkeypatch, where):
+    """A file in the place of OUTPUT_DIR or on its way, or a folder this user cannot write in:
+    one line before the model is loaded or any protein computed (not once every file was)."""
+    import os
+
+    import protrans_cli.contacts
+    import protrans_cli.embed
+
+    for module, name in ((protrans_cli.embed, "embed"), (protrans_cli.contacts, "predict_contacts")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("computed before OUTPUT_DIR was checked"))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "locked").mkdir()
+    access = os.access  # (a folder root could write in: not writable to this user)
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: access(p, mode, **k) and not (
+        str(p).endswith("locked") and mode & os.W_OK))
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / where, "--include", "mean", "contacts")
+    said = {"afile": "is a file", "afile/sub": f"{tmp_path / 'afile'}: is not a directory, so no folder can go inside",
+            "locked": f"{tmp_path / 'locked'}: permission denied: no file can be written in this folder"}[where]
+    assert r.exit_code in (1, 2) and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "esm2_tiny", "in.fa", "locked"]
+    assert not any((tmp_path / "locked").iterdir())
