@@ -46,7 +46,7 @@ import numpy as np
 from protrans_cli.console import flush_standard_streams
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line, one_of
 from protrans_cli.io import disk
-from protrans_cli.io.fasta import begins_fasta, header_id
+from protrans_cli.io.fasta import begins_fasta, decode_word, header_id
 from protrans_cli.io.files import directory_kind, missing_file, output_directory, utf8_text
 from protrans_cli.residues import THREE_DI_PREFIX
 
@@ -1082,10 +1082,7 @@ def dataset_checksum_of(group, key: str) -> str | None:
 def _plain(value):
     if isinstance(value, bytes):
         # UTF-8, else latin-1 (another tool's attribute: a UnicodeDecodeError at open was a traceback)
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return value.decode("latin-1")
+        return decode_word(value)
     if isinstance(value, np.generic):
         return value.item()
     return value
