@@ -836,6 +836,28 @@ def test_resume_on_a_partial_with_damaged_structure_is_one_line(tmp_path, run_cl
         assert partial_path(out).read_bytes() == bytes(data)
 
 
+def test_resume_on_a_partial_that_is_not_hdf5_says_what_it_is(tmp_path, run_cli):
+    """A stray file named OUTPUT.partial (notes, a FASTA, random bytes) or an empty one was "cannot
+    resume: not a readable HDF5 file (Unable to synchronously open file (file signature not
+    found))", HDF5's words; now "not an HDF5 file" and what it is, as the readers say it, with the
+    same advice. The file is left as it was; so is an empty finished OUTPUT given to --resume."""
+    out = tmp_path / "out.h5"
+    partial = partial_path(out)
+    said = {b"my notes, not embeddings\n": "it begins 'my notes, not em'", b">P1\nMKV\n": "it begins '>P1\\nMKV\\n'",
+            b"\x01\x02\x00\x03" * 64: "the file is binary", b"": "the file is empty: 0 bytes"}
+    for data, what in said.items():
+        partial.write_bytes(data)
+        result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--resume")
+        assert result.exit_code == 1 and result.stderr == (f"protrans: error: {partial}: cannot resume: not an HDF5 "
+                                                           f"file ({what}); delete it to start again\n"), result.stderr
+        assert partial.read_bytes() == data and not out.exists()
+    partial.unlink()
+    out.write_bytes(b"")
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--resume")
+    assert result.exit_code == 1 and result.stderr == (f"protrans: error: {out}: cannot resume: not an HDF5 file (the "
+                                                       "file is empty: 0 bytes); delete it to start again\n")
+
+
 @pytest.mark.parametrize("layout", ["grouped", "flat"])
 def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_path, monkeypatch, capsys, layout):
     """SIGKILL while HDF5 flushed (it writes the superblock, with the end-of-file address, last)

@@ -196,10 +196,10 @@ def _packed_hint(path) -> str:
 def _not_hdf5(path) -> str | None:
     """What a file is that holds no HDF5 signature ("the file is binary", "it begins 'id,label...'"),
     for a reader's refusal; None for an HDF5 file, damaged or not (HDF5's reason then says more),
-    or one that cannot be read."""
+    or one that cannot be read. (EmbeddingsReader says _packed_hint's more where it has one.)"""
     import h5py
 
-    from protrans_cli.io.files import binary_kind
+    from protrans_cli.io.files import binary_kind, sniff_compression
 
     try:
         if h5py.is_hdf5(path):
@@ -208,6 +208,10 @@ def _not_hdf5(path) -> str | None:
             head = fh.read(4096)
     except OSError:
         return None
+    if not head:
+        return "the file is empty: 0 bytes"
+    if kind := sniff_compression(head):  # (binary_kind's sentence would say "compressed twice": once here)
+        return f"the file is {kind}-compressed"
     # (as text, quoted as an id is, as refuse_replacing_other_file shows it)
     return binary_kind(head, sentence=True) or f"it begins {head[:16].decode('utf-8', 'replace')!r}"
 
@@ -1098,8 +1102,10 @@ class UnreadableFile(InputError):
 
 
 def unreadable_on_resume(path, exc: BaseException) -> InputError:
-    return UnreadableFile(f"cannot resume: not a readable HDF5 file ({first_line(exc)}); delete it to start again",
-                          path=str(path))
+    # (a stray file named OUTPUT.partial, or an empty one, was HDF5's "file signature not found")
+    what = _not_hdf5(path)
+    said = f"not an HDF5 file ({what})" if what is not None else f"not a readable HDF5 file ({first_line(exc)})"
+    return UnreadableFile(f"cannot resume: {said}; delete it to start again", path=str(path))
 
 
 class CrashGuard:
