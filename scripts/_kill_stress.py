@@ -1,5 +1,7 @@
-"""What scripts/train_kill_stress.py and scripts/fit_kill_stress.py share: the environment of the
-commands they kill, waiting for a moment to kill at, and running the trials side by side."""
+"""What the kill stresses in scripts/ share: the environment of the commands they kill (all four:
+train_kill_stress.py, fit_kill_stress.py, torchrun_kill_stress.py, train_torchrun_kill_stress.py),
+and, for train_kill_stress.py and fit_kill_stress.py, waiting for a moment to kill at and running
+the trials side by side."""
 
 from __future__ import annotations
 
