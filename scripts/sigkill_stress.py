@@ -77,7 +77,7 @@ def main(argv=None) -> None:
             first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:args.extend + 1]))
             finished = _run(tmp / "finished.h5", fasta=first, max_batch_size=4, layout=args.layout, **kinds)
             layout.append("--resume")
-        killed = repaired = failed = crashes = kept = 0
+        killed = repaired = failed = crashes = hangs = kept = 0
         for trial in range(args.trials):
             out = tmp / "k.h5"
             for path in out.parent.glob(out.name + "*"):
@@ -103,13 +103,15 @@ def main(argv=None) -> None:
             except Exception as exc:  # noqa: BLE001 - counted and shown, the next trial goes on
                 failed += 1
                 print(f"trial {trial}: {type(exc).__name__}: {exc}", flush=True)
-            # (HDF5 crashing the forked reader of the partial file: embed_resume._done_in)
+            # (HDF5 crashing the forked reader of the partial file, or hanging in it until its alarm
+            # ended it: embed_resume._read_whole's warnings)
             crashes += messages.getvalue().count("HDF5 crashed")
+            hangs += messages.getvalue().count("HDF5 hung")
             if "repaired the damaged file" in messages.getvalue():
                 repaired += 1
                 print(f"trial {trial}: {messages.getvalue().strip().splitlines()[-1]}", flush=True)
     print(f"{args.trials} trials, {killed} killed while running, {repaired} repaired "
-          f"({crashes} crashes of HDF5 in the resume reader survived), "
+          f"({crashes} crashes and {hangs} hangs of HDF5 in the resume reader survived), "
           f"{args.trials - failed} resumed to the uninterrupted content, {failed} failed; "
           f"{kept:,} proteins kept from the killed runs")
 
