@@ -37,7 +37,7 @@ def list_failed(failed: dict, what: str, heading: str | None = None) -> None:
     where the run keeps no file of its failures (esm-extract's folder of files)."""
     if not failed:
         return
-    warn(heading or f"{len(failed)} protein(s) have no {what} (listed in the file's 'failed' attribute):")
+    warn(heading or f"{len(failed):,} protein(s) have no {what} (listed in the file's 'failed' attribute):")
     for ident, reason in list(failed.items())[:20]:
         warn(f"  {brief(ident)}: {reason}")
     if len(failed) > 20:

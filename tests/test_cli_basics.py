@@ -1386,3 +1386,16 @@ def test_env_report_on_a_stream_that_cannot_hold_a_path_escapes_it():
     stream.flush()
     text = raw.getvalue().decode("ascii")
     assert text.startswith("protrans: ") and "Hugging Face cache: /home/j\\xfcrgen/.cache/huggingface/hub" in text
+
+
+def test_the_list_of_failed_proteins_counts_them_thousands_separated_in_both_lines(capsys):
+    """embed's and contacts' list of the proteins without output: its heading said "1025 protein(s)"
+    while its last line said "... and 1,005 more"; both counts are thousands-separated now."""
+    from protrans_cli import console
+
+    console.list_failed({f"P{i}": "out of memory" for i in range(1025)}, "embedding")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == ("protrans: warning: 1,025 protein(s) have no embedding (listed in the file's 'failed' "
+                        "attribute):")
+    assert lines[1] == "protrans: warning:   P0: out of memory" and len(lines) == 22
+    assert lines[-1] == "protrans: warning:   ... and 1,005 more"
