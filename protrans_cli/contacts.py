@@ -425,7 +425,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
     from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
     from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, display_name, input_named_by,
                                        output_lock, refuse_other_format_name)
-    from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_replacing_other_file
+    from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_non_file, refuse_replacing_other_file
 
     expect_path(fasta, "fasta", " (a str or pathlib.Path)")
     expect_path(output, "output", " (a str or pathlib.Path)")
@@ -446,6 +446,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
                              "model's files (choose another -o)")
     refuse_other_format_name(output, "-o", "the contact maps")
     with output_lock(output, HDF5_OUTPUT_IN_USE):
+        refuse_non_file(partial_path(output))  # (before the model loads: a named pipe there hung the run for ever)
         if output.exists() and not options.resume and not options.force:
             raise UsageError(f"{output} exists: --resume keeps its proteins and computes what it lacks, --force "
                              "replaces it")

@@ -51,7 +51,7 @@ from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
 from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
-                                partial_path, refuse_if_in_use)
+                                partial_path, refuse_if_in_use, refuse_non_file)
 from protrans_cli.embed_resume import _Done, _done_in
 from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
                                      _shard_files, _torchrun_rank, shard_path)
@@ -1054,6 +1054,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
 def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distributed: bool,
                   input_name: str | None) -> EmbedSummary:
     """`embed` once the output is this process's (its arguments checked)."""
+    refuse_non_file(partial_path(output))  # (before the model loads: a named pipe there hung the run for ever)
     if output.exists() and not options.resume and not options.force:
         # Hours of embedding, replaced by a command run again without --resume.
         raise UsageError(f"{output} exists: --resume keeps its proteins and embeds what it lacks, --force "

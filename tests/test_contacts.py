@@ -606,6 +606,33 @@ def test_an_existing_output_needs_resume_or_force(run_cli, tmp_path):
     assert set(_maps(out)) == {"b"}
 
 
+@pytest.mark.parametrize("mode", ["--resume", "--force"])
+def test_a_fifo_or_folder_named_output_partial_is_refused_before_the_model_loads(tmp_path, mode):
+    """A named pipe called OUTPUT.partial hung contacts for ever (HDF5's open waits for a writer),
+    once the model had loaded; a folder of that name was HDF5's "[Errno 21] ... (file read
+    failed: time = ...)" under --resume. One line naming the path now, as embed says it."""
+    import os
+    import subprocess
+    import sys
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    out = tmp_path / "c.h5"
+    partial = tmp_path / "c.h5.partial"
+    said = {"fifo": "is a named pipe, not a regular file: an HDF5 file is read in place (move it away, or choose "
+                    "another -o)",
+            "folder": "is a directory, expected an HDF5 file (move it away, or choose another -o)"}
+    for kind, message in said.items():
+        os.mkfifo(partial) if kind == "fifo" else partial.mkdir()
+        # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+        result = subprocess.run([sys.executable, "-m", "protrans_cli", "contacts", str(fasta), "-m",
+                                 str(REFERENCES["esm2"]), "-o", str(out), mode], capture_output=True, text=True,
+                                timeout=20, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert result.returncode == 1 and result.stderr == f"protrans: error: {partial}: {message}\n", result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5.partial", "in.fa"]
+        os.unlink(partial) if kind == "fifo" else partial.rmdir()
+
+
 def test_outputs_that_would_replace_an_input_or_cannot_be_written_are_refused(run_cli, tmp_path):
     """-o - (HDF5 to stdout), -o the FASTA, -o inside the model's directory, --resume with --force:
     usage errors before any model is loaded, every file left as it was."""

@@ -858,6 +858,31 @@ def test_resume_on_a_partial_that_is_not_hdf5_says_what_it_is(tmp_path, run_cli)
                                                        "file is empty: 0 bytes); delete it to start again\n")
 
 
+@pytest.mark.parametrize("mode", ["--resume", "--force", "neither"])
+def test_a_fifo_or_folder_named_output_partial_is_refused_before_anything_opens_it(tmp_path, mode):
+    """A named pipe called OUTPUT.partial hung embed for ever, with --resume, --force or neither
+    (HDF5's open waits for a writer that never comes); a folder of that name was HDF5's "[Errno
+    21] Unable to synchronously open file (file read failed: time = ...)" under --resume, and
+    under --force "Is a directory", naming a hidden .creating file it left behind. Each is one
+    line naming the path now, before the model loads, and nothing is touched."""
+    import subprocess
+
+    out = tmp_path / "out.h5"
+    partial = partial_path(out)
+    said = {"fifo": "is a named pipe, not a regular file: an HDF5 file is read in place (move it away, or choose "
+                    "another -o)",
+            "folder": "is a directory, expected an HDF5 file (move it away, or choose another -o)"}
+    for kind, message in said.items():
+        os.mkfifo(partial) if kind == "fifo" else partial.mkdir()
+        # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+        result = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o",
+                                 str(out), *([mode] if mode != "neither" else [])], capture_output=True, text=True,
+                                timeout=20, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 1 and result.stderr == f"protrans: error: {partial}: {message}\n", result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+        os.unlink(partial) if kind == "fifo" else partial.rmdir()
+
+
 @pytest.mark.parametrize("layout", ["grouped", "flat"])
 def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_path, monkeypatch, capsys, layout):
     """SIGKILL while HDF5 flushed (it writes the superblock, with the end-of-file address, last)

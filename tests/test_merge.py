@@ -349,6 +349,19 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     assert EmbeddingsReader(tmp_path / "p.h5").keys() == ["P1"]
 
 
+def test_force_over_a_folder_named_output_partial_is_one_line_leaving_nothing(tmp_path, run_cli):
+    """A folder called OUT.partial under --force was "Is a directory", naming a hidden
+    .OUT.partial.creating file the merge left behind; one line naming the folder now."""
+    from test_embed import SMALL
+
+    part = _embed(SMALL, tmp_path / "a.h5")
+    partial_path(tmp_path / "m.h5").mkdir()
+    r = run_cli("merge", part, "-o", tmp_path / "m.h5", "--force")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {partial_path(tmp_path / 'm.h5')}: is a directory, "
+                                             "expected an HDF5 file (move it away, or choose another -o)\n"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "m.h5.partial"]
+
+
 def test_the_failures_of_the_parts_are_the_merged_files(tmp_path):
     """A protein a part's run skipped (longer than --max-length) stays recorded as failed."""
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAKQRQISFVKSHFSRQ\n>P2\nMKV\n")

@@ -1368,10 +1368,32 @@ def h5_file(path, mode: str = "r", **kwargs):
     return h5py.File(path, mode, locking=False, **kwargs)
 
 
+def refuse_non_file(path) -> None:
+    """Where an output's HDF5 file is kept (OUTPUT.partial, a shard, OUTPUT): a directory, named
+    pipe, socket or device there is refused before anything opens it. HDF5's open of a named pipe
+    waited for a writer for ever (embed and contacts hung, --resume or not, with no word); a
+    directory was "[Errno 21] Unable to synchronously open file (file read failed: time = ...)"
+    under --resume, and under --force "Is a directory" of a hidden .creating file left behind."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode  # (through a link)
+    except OSError:  # absent (or unreadable: the open says so)
+        return
+    if stat.S_ISDIR(mode):
+        raise InputError("is a directory, expected an HDF5 file (move it away, or choose another -o)", path=str(path))
+    if not stat.S_ISREG(mode):
+        what = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise InputError(f"is {what}, not a regular file: an HDF5 file is read in place (move it away, or choose "
+                         "another -o)", path=str(path))
+
+
 def refuse_if_in_use(path) -> None:
     """A file another process is writing (HDF5 holds its lock on it) is refused before anything
     touches it: h5py.File(path, "w") truncates a file before it meets the lock, so a second embed
-    run on one output wiped the first run's work, and "delete it" was the wrong advice."""
+    run on one output wiped the first run's work, and "delete it" was the wrong advice. So is one
+    that is no file (refuse_non_file): opening a named pipe hung."""
+    refuse_non_file(path)
     if not os.path.exists(path):
         return
     try:
