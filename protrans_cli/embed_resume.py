@@ -136,15 +136,17 @@ def _read_whole(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     from protrans_cli.io.h5 import UnreadableFile
 
     skip, no_iterate, seen = set(), set(), set()
+    failed = None  # what the last reader did: "crashed", or "hung" (ended by the alarm)
     try:
         for _ in range(_CRASH_RETRIES):
             try:
-                crashed, result = _done_in_child(path, writer_kw, input_ids, skip, no_iterate, bool(seen))
+                crashed, result = _done_in_child(path, writer_kw, input_ids, skip, no_iterate, failed)
             except _NoFork:  # (no memory for a fork under strict overcommit, with a model loaded)
                 return _done_in_process(path, writer_kw, input_ids)
             if not crashed:
                 return result
             result, hung = result
+            failed = "hung" if hung else "crashed"
             if result is None or result in seen:  # no progress: the same call crashed again
                 break
             seen.add(result)
@@ -155,11 +157,12 @@ def _read_whole(path: Path, writer_kw: dict, input_ids=None) -> _Done:
             else:
                 skip.add((group, name))
                 what = f"reading record {name.decode('utf-8', 'replace')!r}; it is left out"
-            console.warn(f"{path}: HDF5 {'hung' if hung else 'crashed'} {what} (a SIGKILL cut the file off in the "
+            console.warn(f"{path}: HDF5 {failed} {what} (a SIGKILL cut the file off in the "
                          "middle of a write, or a write failed)")
     finally:
         path.with_name(path.name + ".salvage").unlink(missing_ok=True)  # (a crashed child's half-made copy)
-    raise UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; delete "
+    # (what the last reader did: a hang said "crashed" too)
+    raise UnreadableFile(f"cannot resume: HDF5 {failed} reading this damaged file, and it could not be mended; delete "
                          "it to start again", path=str(path))
 
 
@@ -174,7 +177,7 @@ _CRASH_SIGNALS = {getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGAB
                   if hasattr(signal, name)}
 
 
-def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate: set, repair_first: bool):
+def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate: set, repair_first: str | None):
     """(False, _Done) from a forked child running _done_in_process; (False, ...) re-raises its
     error here; (True, (the HDF5 call it crashed or hung in, or None; whether it hung)) when it
     died by a signal."""
@@ -261,11 +264,11 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
     raise RuntimeFailure(f"reading it for --resume failed: {outcome[1]}", path=str(path))
 
 
-def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_first: bool = False,
+def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_first: str | None = None,
                      notes: list[str] | None = None) -> _Done:
-    """_done_in's work. `repair_first`: an earlier reader crashed on this file, so its readable
-    proteins are copied into a fresh file before anything else is read. `notes`: where the
-    warnings go (else said at once)."""
+    """_done_in's work. `repair_first`: what an earlier reader did on this file ("crashed" or
+    "hung"), so its readable proteins are copied into a fresh file before anything else is read.
+    `notes`: where the warnings go (else said at once)."""
     from protrans_cli.io.h5 import UnreadableFile, repair_after_kill
 
     if not repair_first:
@@ -274,11 +277,11 @@ def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_firs
         except UnreadableFile as exc:
             error = exc
     else:
-        error = UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; "
-                               "delete it to start again", path=str(path))
+        error = UnreadableFile(f"cannot resume: HDF5 {repair_first} reading this damaged file, and it could not be "
+                               "mended; delete it to start again", path=str(path))
     # (layout, kinds and storage dtype too: a file without them is not resumed)
     attrs = _writer_attributes(writer_kw)
-    note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], attrs, input_ids, force=repair_first)
+    note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], attrs, input_ids, force=bool(repair_first))
     if note is None:
         raise error
     (notes.append if notes is not None else console.warn)(f"{path}: {note}")

@@ -3522,6 +3522,9 @@ embed_resume._done_in_child(Path({str(tmp_path / "x.h5")!r}), {{}}, None, set(),
     # crashing HDF5 before any record is read: nothing to leave out
     ("_check_resumable", "SIGSEGV", "cannot resume: HDF5 crashed reading this damaged file, and it could not be "
                                     "mended; delete it to start again"),
+    # ended by the alarm (HDF5 hung): it said "crashed" too
+    ("_check_resumable", "SIGALRM", "cannot resume: HDF5 hung reading this damaged file, and it could not be "
+                                    "mended; delete it to start again"),
     # the out-of-memory killer's SIGKILL (or a SIGTERM) of the reader was taken for an HDF5 crash,
     # and the good file rewritten without a record: only crash signals count
     ("stored_proteins", "SIGKILL", "reading it for --resume was stopped by SIGKILL (the out-of-memory killer "
@@ -3544,6 +3547,37 @@ def test_a_resume_reader_that_dies_leaves_one_line_and_the_file(tmp_path, monkey
     r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
     assert r.exit_code == 1
     assert r.stderr.strip().splitlines()[-1] == f"protrans: error: {out}: {message}"
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]
+
+
+def test_a_resume_reader_that_hung_and_cannot_mend_the_file_says_it_hung(tmp_path, monkeypatch, run_cli):
+    """The reader that mends the file after an earlier one hung on a record, and finds no damage it
+    can mend, said "HDF5 crashed reading this damaged file": it hung."""
+    import h5py
+
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 10, repeat_every=0)
+    out = _run(tmp_path / "out.h5", fasta=fasta)
+    before = out.read_bytes()
+    victim = sorted(h5py.File(out)["per_residue"].keys())[3].encode()
+    real_open, parent = h5py.h5o.open, os.getpid()
+
+    def hanging_open(loc, name, *args, **kwargs):
+        if name == victim:
+            _dies_in_children(parent, "SIGALRM")  # (as the alarm ends a child that hung)
+        return real_open(loc, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.h5o, "open", hanging_open)
+    monkeypatch.setattr(h5_module, "repair_after_kill", lambda *args, **kwargs: None)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [
+        f"protrans: warning: {out}: HDF5 hung reading record {victim.decode()!r}; it is left out (a SIGKILL cut the "
+        "file off in the middle of a write, or a write failed)",
+        f"protrans: error: {out}: cannot resume: HDF5 hung reading this damaged file, and it could not be mended; "
+        "delete it to start again"], r.stderr
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]
 
