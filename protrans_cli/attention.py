@@ -49,12 +49,12 @@ ATTENTIONS = ("auto", "sdpa", "flex")
 def check_attention(attention: str, *, compile: bool) -> None:
     """A usage error unless `attention` is one of ATTENTIONS and goes with the other settings:
     flex compiles its own kernel (not yet inside a compiled model)."""
-    from protrans_cli.errors import UsageError, one_of
+    from protrans_cli.errors import UsageError, one_of, option
 
     one_of(attention, ATTENTIONS, "--attention", keyword="attention")
     if attention == "flex" and compile:
-        raise UsageError("--attention flex and --compile cannot be combined: flex compiles its own attention "
-                         "kernel; choose one")
+        raise UsageError(option("--attention flex and --compile", "attention='flex' and compile=True")
+                         + " cannot be combined: flex compiles its own attention kernel; choose one")
 
 
 def sdpa_kernels(device, policy: str = "auto"):

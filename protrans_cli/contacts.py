@@ -34,7 +34,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, a_or_an, at_least, expect_options,
-                                 expect_path, one_of)
+                                 expect_path, given, one_of, option)
 from protrans_cli.io.h5 import CONTACTS
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -82,13 +82,13 @@ class ContactOptions:
 
     def validate(self) -> None:
         from protrans_cli.embed import DTYPES, INVALID_POLICIES
-        from protrans_cli.embedders import DEVICE_NAME
+        from protrans_cli.embedders import check_device
         from protrans_cli.io.h5 import COMPRESSIONS, STORAGE_DTYPES
         from protrans_cli.threads import check_threads
 
         if str(self.model) == "onehot":  # (embed's encoding, not a model: it was looked for on the hub)
-            raise UsageError("-m onehot is embed's one-hot encoding, not a model: it has no attention to predict "
-                             "contacts from (an ESM-2 or ESM-1b model has)")
+            raise UsageError(f"{given('-m', 'model', 'onehot')} is embed's one-hot encoding, not a model: it has no "
+                             "attention to predict contacts from (an ESM-2 or ESM-1b model has)")
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", "a contact map is not stitched from windows",
                keyword="long_policy")
         one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")
@@ -100,14 +100,15 @@ class ContactOptions:
         one_of(self.storage_dtype, STORAGE_DTYPES, "--storage-dtype", keyword="storage_dtype")
         if self.compression is not None:  # (None or "none": COMPRESSIONS holds "none")
             one_of(self.compression, COMPRESSIONS, "--compression", keyword="compression")
-        if not DEVICE_NAME.fullmatch(self.device):
-            raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
+        check_device(self.device)
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         at_least(self.window, 1, "--window", keyword="window")
         if self.threads is not None:
             check_threads(self.threads)
         if self.resume and self.force:
-            raise UsageError("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both")
+            raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
+                                    "give resume=True (keep output's proteins) or force=True (replace output), not "
+                                    "both"))
 
 
 @dataclass
@@ -433,7 +434,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
     expect_options(options, ContactOptions, "options")
     options.validate()
     if str(output) == "-":
-        raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
+        raise UsageError("an HDF5 file cannot be written to stdout: give " + option("-o FILE.h5", "output a file name"))
     output = checked_hdf5_output(output, "the contact maps", compressed_hint=" (--compression gzip compresses its "
                                                                               "arrays)",
                                  directory_hint=f" (give -o a file name, such as {Path(output) / 'contacts.h5'})")
@@ -498,8 +499,8 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
                          "attention, not to this one's")
         model_max = predictor.max_residues
         if options.max_length and model_max is not None and options.max_length > model_max:
-            raise UsageError(f"--max-length {options.max_length} is more than the model accepts ({model_max} residues, "
-                             "its special tokens besides)")
+            raise UsageError(f"{given('--max-length', 'max_length', options.max_length)} is more than the model "
+                             f"accepts ({model_max} residues, its special tokens besides)")
         max_length = options.max_length or min(TRAINED_RESIDUES, model_max or TRAINED_RESIDUES)
         if max_length > TRAINED_RESIDUES:
             console.warn(f"--max-length {max_length}: ESM's contact head was fitted on proteins of at most "

@@ -41,7 +41,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, one_of,
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, given, one_of,
                                  option, plain_numbers, seed_in_range)
 from protrans_cli.io.fasta import NUL_HEADER, decode_word, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
@@ -134,14 +134,16 @@ class CorpusOptions:
             raise UsageError(f"{option('--max-length', 'max_length')} must be at least "
                              f"{option('--min-length', 'min_length')} ({self.min_length}), got {self.max_length}")
         if self.long == "crop" and self.max_length is None:
-            raise UsageError("--long crop needs --max-length (the window size)")
+            raise UsageError(f"{given('--long', 'long', 'crop')} needs {option('--max-length', 'max_length')} (the "
+                             "window size)")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise UsageError(f"{option('--valid-fraction', 'valid_fraction')} must be in [0, 1), got "
                              f"{self.valid_fraction}")
         if self.valid_fraction > 0 and not self.valid_output:
-            raise UsageError("--valid-fraction needs --valid-output FILE")
+            raise UsageError(option("--valid-fraction needs --valid-output FILE", "valid_fraction needs valid_output"))
         if self.valid_output and self.valid_fraction <= 0:
-            raise UsageError("--valid-output needs --valid-fraction above 0")
+            raise UsageError(option("--valid-output needs --valid-fraction above 0",
+                                    "valid_output needs valid_fraction above 0"))
         if self.num_shards < 1:
             raise UsageError(f"{option('--shards', 'num_shards')} must be at least 1, got {self.num_shards}")
         if self.shard_size is not None and self.shard_size < 1:
@@ -154,10 +156,13 @@ class CorpusOptions:
             to_stdout = self.output is None or str(self.output) == "-"
             problem = None if to_stdout else special_output(self.output)
             if to_stdout or problem:
-                raise UsageError("sharding needs -o FILE (shard names are made from it)"
+                raise UsageError(f"sharding needs {option('-o FILE', 'output a file name')} (shard names are made "
+                                 "from it)"
                                  + (f"; {self.output} {problem}" if problem else ""))
-        outputs = {"-o": "-" if self.output is None else str(self.output), "--valid-output": self.valid_output,
-                   "--rejects": self.rejects, "--stats": self.stats}
+        main = option("-o", "output")
+        outputs = {main: "-" if self.output is None else str(self.output),
+                   option("--valid-output", "valid_output"): self.valid_output,
+                   option("--rejects", "rejects"): self.rejects, option("--stats", "stats"): self.stats}
         outputs = {flag: str(path) for flag, path in outputs.items() if path is not None}
         # (`-o /dev/stdout --stats -` wrote the stats over the corpus's first bytes in `> file`)
         on_stdout = [flag if path == "-" else f"{flag} {path}" for flag, path in outputs.items()
@@ -174,20 +179,22 @@ class CorpusOptions:
                 # (/dev/null twice discards both: nothing there to replace)
                 if same_file(path, path2) and os.path.realpath(path) != os.devnull:
                     raise UsageError(f"{other} and {flag} both name {path}: one would replace the other")
-            if self.sharded and flag != "-o" and Path(path).resolve().parent == Path(self.output).resolve().parent:
+            if self.sharded and flag != main and Path(path).resolve().parent == Path(self.output).resolve().parent:
                 # a shard of -o under that name replaced it (or it one), or it was removed with an
                 # earlier run's shards beyond this run's count
                 index = shard_index(self.output, Path(path).name)
                 if index is not None:
-                    raise UsageError(f"{flag} {path} has the name of shard {index} of -o {self.output}: one would "
-                                     "replace the other; choose another name")
+                    raise UsageError(f"{flag} {path} has the name of shard {index} of {main} {self.output}: one "
+                                     "would replace the other; choose another name")
         if self.tmp_dir is not None and not os.path.isdir(self.tmp_dir):
             # (exit 1, "cannot write in this folder: No such file or directory", as a failure of
             # the run: a folder that is not there is a usage error, as a missing -o folder is)
-            raise UsageError(f"--tmp-dir {self.tmp_dir}: {'not a directory' if os.path.exists(self.tmp_dir) else 'no such directory'}")
+            raise UsageError(f"{option(f'--tmp-dir {self.tmp_dir}', f'tmp_dir {self.tmp_dir}')}: "
+                             f"{'not a directory' if os.path.exists(self.tmp_dir) else 'no such directory'}")
         check_threads(self.threads)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise UsageError(f"--seed must be a whole number, got {type(self.seed).__name__} {self.seed!r:.40}")
+            raise UsageError(f"{option('--seed', 'seed')} must be a whole number, got {type(self.seed).__name__} "
+                             f"{self.seed!r:.40}")
         seed_in_range(self.seed)  # (numpy's generator takes any size)
         if self.shuffle_bytes < 1024:
             raise UsageError("shuffle_bytes must be at least 1024")

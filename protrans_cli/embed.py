@@ -46,7 +46,7 @@ from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
-                                 expect_options, expect_path, one_of, option)
+                                 expect_options, expect_path, given, one_of, option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
 from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
@@ -56,8 +56,8 @@ from protrans_cli.embed_resume import _Done, _done_in
 from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
                                      _shard_files, _torchrun_rank, shard_path)
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
-from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder,
-                                    beyond_range, fits, mean_rows, pooling_text, resolve_device)
+from protrans_cli.embedders import (ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder, beyond_range,
+                                    check_device, fits, mean_rows, pooling_text, resolve_device)
 from protrans_cli.residues import (NUCLEOTIDE_RULE, REASON_INVALID, THREE_DI, SequenceRejected, looks_nucleotide,
                                    normalise)
 from protrans_cli.threads import check_threads, torch_threads
@@ -126,15 +126,17 @@ class EmbedOptions:
 
     def validate(self) -> None:
         if not (self.per_residue or self.per_protein):
-            raise UsageError("nothing to write: ask for --per-residue and/or --per-protein")
+            raise UsageError("nothing to write: ask for " + option("--per-residue and/or --per-protein",
+                                                                   "per_residue=True and/or per_protein=True"))
         if self.layout == "flat" and self.per_residue and self.per_protein:
             # Both are on when neither flag was given (embed's default) and when both were: "add"
             # a flag read wrong in the second case, where one must go.
-            raise UsageError("the flat layout holds one kind only: give exactly one of --per-residue and "
-                             "--per-protein")
+            raise UsageError("the flat layout holds one kind only: " + option(
+                "give exactly one of --per-residue and --per-protein", "per_residue=False or per_protein=False"))
         if self.layout == "stacked" and (self.per_residue or not self.per_protein):
-            raise UsageError("the stacked layout holds per-protein vectors only (one (N, D) array): give "
-                             "--per-protein alone, or --layout grouped for per-residue arrays")
+            raise UsageError("the stacked layout holds per-protein vectors only (one (N, D) array): " + option(
+                "give --per-protein alone, or --layout grouped for per-residue arrays",
+                "give per_protein=True and per_residue=False, or layout='grouped' for per-residue arrays"))
         one_of(self.layout, LAYOUTS, "--layout", keyword="layout")
         if self.max_tokens is not None:
             at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
@@ -154,17 +156,21 @@ class EmbedOptions:
         at_least(self.window, 1, "--window", keyword="window")
         one_of(self.pooling, POOLINGS, "--pooling", keyword="pooling")
         if self.pooling == "cls":
+            cls = given("--pooling", "pooling", "cls")
             if self.model == ONEHOT:
-                raise UsageError("--pooling cls reads a model's cls token: the onehot embedder has none")
+                raise UsageError(f"{cls} reads a model's cls token: the onehot embedder has none")
             if self.long_policy == "chunk":
-                raise UsageError("--pooling cls with --long-policy chunk: each window would have a cls token of "
-                                 "its own (use truncate or skip, or --pooling mean)")
+                raise UsageError(f"{cls} with {given('--long-policy', 'long_policy', 'chunk')}: each window would "
+                                 "have a cls token of its own (use truncate or skip, or "
+                                 f"{given('--pooling', 'pooling', 'mean')})")
             if self.packing:
-                raise UsageError("--pooling cls reads each protein's cls token from padded batches: no --packing")
+                raise UsageError(f"{cls} reads each protein's cls token from padded batches: no "
+                                 + option("--packing", "packing=True"))
         if self.part is not None:
             found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.part))
             if not found or not 1 <= int(found.group(1)) <= int(found.group(2)):
-                raise UsageError(f"--part {self.part}: give K/N, part K of N (1 <= K <= N), e.g. 7/100")
+                raise UsageError(f"{given('--part', 'part', self.part)}: give K/N, part K of N (1 <= K <= N), "
+                                 "e.g. 7/100")
             self.part = f"{int(found.group(1))}/{int(found.group(2))}"
         if self.three_di and self.model == ONEHOT:
             prostt5 = option("-m prostt5", "model='prostt5'")
@@ -192,8 +198,7 @@ class EmbedOptions:
         if repeated:
             raise UsageError(f"{option('--layer', 'layer')} {repeated[0]} is given twice: each hidden state is written "
                              "once")
-        if not DEVICE_NAME.fullmatch(self.device):  # (the words of fit and predict, and of resolve_device)
-            raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
+        check_device(self.device)  # (the words of fit and predict, and of resolve_device)
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         one_of(self.sdpa_kernels, SDPA_KERNELS, "--sdpa-kernels", keyword="sdpa_kernels")
         check_attention(self.attention, compile=self.compile)
@@ -1024,7 +1029,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         _check_embedder_layers(options, embedder)
         _check_embedder_input(options, embedder)
     if str(output) == "-":
-        raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
+        raise UsageError("an HDF5 file cannot be written to stdout: give " + option("-o FILE.h5", "output a file name"))
     output = checked_hdf5_output(output, "the embeddings", compressed_hint=" (--compression gzip compresses its arrays)",
                                  directory_hint=f" (give -o a file name, such as {Path(output) / 'embeddings.h5'})")
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
@@ -1041,7 +1046,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
                              "model's files (choose another -o)")
     refuse_other_format_name(output, "-o", "the embeddings")
     if options.resume and options.force:
-        raise UsageError("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both")
+        raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
+                                "give resume=True (keep output's proteins) or force=True (replace output), not both"))
     # Held from the "exists" check to the final rename (by rank 0 under torchrun: the other ranks
     # write shards of their own): a second run on the same output is refused instead of replacing
     # this run's file, or removing its partial file, when it ends.

@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from protrans_cli.attention import check_attention, sdpa_kernels
-from protrans_cli.errors import RuntimeFailure, UsageError, one_of, option
+from protrans_cli.errors import RuntimeFailure, UsageError, given, one_of, option
 
 ONEHOT = "onehot"
 ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
@@ -172,7 +172,7 @@ class TransformerEmbedder:
         if pooling == "cls":
             problem = cls_problem(self.family_impl, self.tokenizer)
             if problem:
-                raise UsageError(f"--pooling cls: {self.name}: {problem}")
+                raise UsageError(f"{given('--pooling', 'pooling', 'cls')}: {self.name}: {problem}")
         self.model = loaded.model.to(device=device).eval()
         # float16: a family that can see its own overflows (T5) runs every module in float16,
         # as the ProtTrans script does; the proteins where it overflowed are redone in float32
@@ -266,7 +266,7 @@ class TransformerEmbedder:
 
         fam = self.family_impl
         if self.pooling == "cls":  # (its token's row is found in a padded batch's rows)
-            return "--pooling cls reads each protein's cls token from padded batches"
+            return f"{given('--pooling', 'pooling', 'cls')} reads each protein's cls token from padded batches"
         problem = None if self.attention == "flex" else fam.packing_problem(self.model.config, training=False)
         if problem is None and residue_layout(fam, self.tokenizer) is None:
             problem = "its tokenizer does not give one token per residue letter"
@@ -280,8 +280,8 @@ class TransformerEmbedder:
 
         problem = self.packing_problem()
         if problem:
-            hint = " (T5 models pack with --attention flex)" if self.family == "t5" else ""
-            raise UsageError(f"--packing: {self.name}: {problem}{hint}")
+            hint = f" (T5 models pack with {given('--attention', 'attention', 'flex')})" if self.family == "t5" else ""
+            raise UsageError(f"{option('--packing', 'packing=True')}: {self.name}: {problem}{hint}")
         fam = self.family_impl
         # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
         self._packed_layout = residue_layout(fam, self.tokenizer)
@@ -667,13 +667,18 @@ def _count_special_tokens(family, tokenizer) -> int:
 DEVICE_NAME = re.compile(r"auto|cpu|mps(:0)?|cuda(:\d+)?")
 
 
+def check_device(device) -> None:
+    """A device name --device does not take refused, in the one wording of every command."""
+    if not DEVICE_NAME.fullmatch(device):
+        raise UsageError(f"{given('--device', 'device', device)}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support) when there is one,
     else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
     import torch
 
-    if not DEVICE_NAME.fullmatch(device):
-        raise UsageError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
+    check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -681,13 +686,14 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
             device = "mps"
         else:
             device = "cpu"
+    named, cpu = given("--device", "device", device), given("--device", "device", "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available (try --device cpu)")
+        raise UsageError(f"{named}: no CUDA device is available (try {cpu})")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+        raise UsageError(f"{named}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"numbered from 0")
     if device.startswith("mps") and not mps_available():
-        raise UsageError(f"--device {device}: no MPS device is available (try --device cpu)")
+        raise UsageError(f"{named}: no MPS device is available (try {cpu})")
     if dtype == "auto":
         if device.startswith("cuda"):
             dtype = "bfloat16" if native_bf16(device) else "float16"
@@ -696,7 +702,8 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
         else:
             dtype = "float32"
     if device == "cpu" and dtype != "float32":
-        raise UsageError(f"--dtype {dtype} on the CPU: half precision is only used on a GPU (use float32)")
+        raise UsageError(f"{given('--dtype', 'dtype', dtype)} on the CPU: half precision is only used "
+                         "on a GPU (use float32)")
     return device, dtype
 
 
@@ -728,9 +735,10 @@ def cls_problem(family, tokenizer) -> str | None:
     has seen nothing of the protein, and a tokenizer without a cls token (T5's) has none to read."""
     if getattr(family, "causal", False):
         return (f"a causal model ({family.name}) has no token that sees the whole protein but its last: use "
-                "--pooling mean")
+                + given("--pooling", "pooling", "mean"))
     if getattr(tokenizer, "cls_token_id", None) is None:
-        return f"the {family.name} tokenizer has no cls token (T5 models have none): use --pooling mean"
+        return (f"the {family.name} tokenizer has no cls token (T5 models have none): use "
+                + given("--pooling", "pooling", "mean"))
     return None
 
 

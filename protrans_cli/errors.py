@@ -237,6 +237,12 @@ def option(flag: str, keyword: str) -> str:
     return flag if console.state.command_line else keyword
 
 
+def given(flag: str, keyword: str, value) -> str:
+    """A setting and its value as the message's reader gives them (`option`): "--device gpu" at the
+    command line, "device='gpu'" to a library call."""
+    return option(f"{flag} {value}", f"{keyword}={value!r}")
+
+
 def expect_options(value, cls: type, name: str) -> None:
     """A library call's settings object is `cls`: a dict or a task name in its place was a
     TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute).

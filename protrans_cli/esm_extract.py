@@ -89,10 +89,12 @@ class ExtractOptions:
             one_of(item, INCLUDES, "--include", keyword="include")
         layers = (self.repr_layers,) if isinstance(self.repr_layers, int) else tuple(self.repr_layers)
         if not layers:
-            raise UsageError("--repr_layers: give one or more layers (-1 the last, 0 the embedding layer)")
+            raise UsageError(f"{option('--repr_layers', 'repr_layers')}: give one or more layers (-1 the last, 0 the "
+                             "embedding layer)")
         for layer in layers:
             if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
-                raise UsageError(f"--repr_layers: whole numbers (layers), got {type(layer).__name__} {layer!r:.60}")
+                raise UsageError(f"{option('--repr_layers', 'repr_layers')}: whole numbers (layers), got "
+                                 f"{type(layer).__name__} {layer!r:.60}")
         at_least(self.toks_per_batch, 1, "--toks_per_batch", keyword="toks_per_batch")
         at_least(self.truncation_seq_length, 1, "--truncation_seq_length", keyword="truncation_seq_length")
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
@@ -129,8 +131,9 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
     layers = esm_layers((options.repr_layers,) if isinstance(options.repr_layers, int) else options.repr_layers,
                         num_layers, options.model)
     if "contacts" in include and family != "esm":
-        raise ModelError(f"{options.model}: --include contacts reads ESM's contact head, and this is "
-                         f"a {family} model (mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
+        contacts = option("--include contacts", "include 'contacts'")
+        raise ModelError(f"{options.model}: {contacts} reads ESM's contact head, and this is a {family} model "
+                         "(mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
     with folder_made(folder):  # (removed again where the run fails before any file is in it)
         from protrans_cli.io.files import default_permissions, make_temporary
 
@@ -167,8 +170,9 @@ def esm_layers(repr_layers, num_layers: int, model: str = "the model") -> list[i
     states = num_layers + 1
     for layer in repr_layers:
         if not -states <= layer < states:
-            raise UsageError(f"--repr_layers {layer}: {model} has {num_layers} layers, so its layers run from "
-                             f"{-states} to {num_layers} (0 the embedding layer, {num_layers} or -1 the last)")
+            raise UsageError(f"{option(f'--repr_layers {layer}', f'repr_layers {layer}')}: {model} has {num_layers} "
+                             f"layers, so its layers run from {-states} to {num_layers} (0 the embedding layer, "
+                             f"{num_layers} or -1 the last)")
     return sorted({layer % states for layer in repr_layers})
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError, a_or_an, at_least, expect_path, one_of
+from protrans_cli.errors import InputError, UsageError, a_or_an, at_least, expect_path, one_of, option
 from protrans_cli.io.h5 import LAYOUTS, PER_PROTEIN, PER_RESIDUE, STORAGE_DTYPES
 
 FAMILY = "esm"
@@ -84,13 +84,18 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     if not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
         raise UsageError(f"layers are esm-extract layer numbers (ints), got {layers!r:.60}")
     if len(set(layers)) != len(layers):
-        raise UsageError(f"--layer given twice: {', '.join(map(str, layers))}")
+        raise UsageError(f"{option('--layer given twice', 'layers holds a layer twice')}: "
+                         f"{', '.join(map(str, layers))}")
     if bos and per_residue:
-        raise UsageError("--bos imports per-protein vectors (the <cls> token's): no --per-residue")
+        raise UsageError(f"{option('--bos', 'bos=True')} imports per-protein vectors (the <cls> token's): no "
+                         + option("--per-residue", "per_residue=True"))
     if per_residue and layout == "stacked":
-        raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
+        raise UsageError("the stacked layout holds per-protein vectors only: "
+                         + option("choose --per-protein alone", "leave out per_residue=True"))
     if per_residue and per_protein and layout == "flat":
-        raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
+        raise UsageError("the flat layout holds one kind only: "
+                         + option("choose --per-residue or --per-protein", "per_residue=True or per_protein=True, "
+                                  "not both"))
     output = checked_hdf5_output(Path(output), "the imported embeddings")
     paths = _pt_files(inputs, output)
     _refuse_output_naming_fasta(output, fasta)
@@ -109,8 +114,9 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     if entry is not None and entry.get("family") != FAMILY:
         # (-m prot_t5_xl_half was recorded as an ESM model's files: merged with, or fit against,
         # embed's files of ProtT5 they are not)
-        raise UsageError(f"-m {model} is {a_or_an(str(entry.get('family')))} checkpoint; esm-extract runs ESM models: "
-                         "give -m the ESM model it ran (e.g. esm2_t33_650M_UR50D)")
+        raise UsageError(f"{option(f'-m {model}', f'model {model!r}')} is {a_or_an(str(entry.get('family')))} "
+                         f"checkpoint; esm-extract runs ESM models: give {option('-m', 'model')} the ESM model it ran "
+                         "(e.g. esm2_t33_650M_UR50D)")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = list(inputs)
@@ -121,8 +127,8 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     expect_path(output, "import-esm: output")
     one_of(storage_dtype, STORAGE_DTYPES, "--storage-dtype", keyword="storage_dtype")
     if isinstance(truncation_seq_length, bool) or not isinstance(truncation_seq_length, int):
-        raise UsageError(f"--truncation-seq-length must be a whole number, got {type(truncation_seq_length).__name__} "
-                         f"{truncation_seq_length!r:.40}")
+        raise UsageError(f"{option('--truncation-seq-length', 'truncation_seq_length')} must be a whole number, got "
+                         f"{type(truncation_seq_length).__name__} {truncation_seq_length!r:.40}")
     at_least(truncation_seq_length, 1, "--truncation-seq-length", keyword="truncation_seq_length")
     return inputs
 
@@ -135,8 +141,8 @@ def _refuse_output_naming_fasta(output: Path, fasta) -> None:
 
     for target in (output, partial_path(output)):
         if fasta is not None and input_named_by(target, (fasta,)):
-            raise UsageError(f"{target} is also the --fasta input: writing it would replace the FASTA (choose "
-                             "another -o)")
+            raise UsageError(f"{target} is also the {option('--fasta', 'fasta')} input: writing it would replace the "
+                             f"FASTA (choose another {option('-o', 'output')})")
 
 
 def _pt_files(inputs, output: Path) -> list[Path]:
@@ -339,7 +345,8 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
         per_protein, per_residue = True, rows0 is not None and layout == "grouped"
     kinds = tuple(k for k, on in ((PER_RESIDUE, per_residue), (PER_PROTEIN, per_protein)) if on)
     if not kinds:
-        raise UsageError("nothing to import: give --per-residue, --per-protein or neither")
+        raise UsageError("nothing to import: give " + option("--per-residue, --per-protein or neither",
+                                                             "per_residue=True, per_protein=True or neither"))
     present = sorted(set(rows0 or {}) | (set(means0 or {}) if not per_residue else set()))
     if not present:
         need = ("'representations' (esm-extract --include per_tok)" if per_residue else
@@ -352,20 +359,20 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
     if not layers and chosen[0] > last:
         # (-m esm2_t30_150M_UR50D over esm2_t33_650M's files said "--layer 33: the model's layers
         # are 0 .. 30", exit 2, of a --layer never given)
-        raise InputError(f"holds layer {chosen[0]}, but -m {model} has layers 0 .. {last}: give -m the model "
-                         "esm-extract ran", path=str(paths[0]))
+        raise InputError(f"holds layer {chosen[0]}, but {option(f'-m {model}', f'model {model!r}')} has layers 0 .. "
+                         f"{last}: give {option('-m', 'model')} the model esm-extract ran", path=str(paths[0]))
     for given, k in zip(layers or chosen, chosen):
         if not 0 <= k <= last:
-            raise UsageError(f"--layer {given}: the model's layers are 0 .. {last}" +
-                             ("" if blocks is not None else " (the highest in the files; --model names the "
-                                                            "model and its number of layers)"))
+            raise UsageError(f"{option(f'--layer {given}', f'layer {given}')}: the model's layers are 0 .. {last}" +
+                             ("" if blocks is not None else f" (the highest in the files; {option('--model', 'model')} "
+                                                            "names the model and its number of layers)"))
     # (--layer -1 --layer 33 of a 33-block model: one layer written twice, `layers` [-1, -1], as
     # embed refuses it)
     for i, k in enumerate(chosen):
         if k in chosen[:i]:
             first = layers[chosen.index(k)]
-            raise UsageError(f"--layer {first} and --layer {layers[i]} name one layer ({k} of 0 .. {last}): "
-                             "each is written once")
+            raise UsageError(f"{option(f'--layer {first} and --layer {layers[i]}', f'layers {first} and {layers[i]}')} "
+                             f"name one layer ({k} of 0 .. {last}): each is written once")
     states = last + 1
 
     # First pass: every file's structure, lengths and id, before anything is written
@@ -488,8 +495,8 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
                          path=str(path))
     count = lengths.pop() if lengths else 0
     if count > truncation:
-        raise InputError(f"holds {count} rows, more than --truncation-seq-length {truncation}: give the value "
-                         "esm-extract ran with", path=str(path))
+        raise InputError(f"holds {count} rows, more than {_truncation(truncation)}: give the value esm-extract ran "
+                         "with", path=str(path))
     entry = _Entry(path, label, ident, count, header=label)
     if sequences is not None:
         entry.header, sequence = _fasta_entry(sequences, ident, path, fasta)
@@ -503,10 +510,15 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
     return entry, dims.pop()
 
 
+def _truncation(value: int) -> str:
+    """import-esm's --truncation-seq-length and its value, as the message's reader gives them."""
+    return option(f"--truncation-seq-length {value}", f"truncation_seq_length={value}")
+
+
 def _cut_otherwise(count: int, residues: int) -> str:
     """A row count short of the sequence may be esm-extract's cut at another length: said so."""
     if 0 < count < residues:
-        return (f", or esm-extract ran with --truncation_seq_length {count}: give --truncation-seq-length {count}")
+        return f", or esm-extract ran with --truncation_seq_length {count}: give {_truncation(count)}"
     return ""
 
 
@@ -666,8 +678,8 @@ def _check_contacts(obj, path: Path, truncation: int, sequences, fasta) -> _Entr
         raise InputError(f"its 'contacts' is {shape}, not an (L, L) floating-point map", path=str(path))
     count = int(maps.shape[0])
     if count > truncation:
-        raise InputError(f"holds a map of {count} residues, more than --truncation-seq-length {truncation}: give "
-                         "the value esm-extract ran with", path=str(path))
+        raise InputError(f"holds a map of {count} residues, more than {_truncation(truncation)}: give the value "
+                         "esm-extract ran with", path=str(path))
     entry = _Entry(path, label, ident, count, header=label)
     if sequences is not None:
         entry.header, sequence = _fasta_entry(sequences, ident, path, fasta)

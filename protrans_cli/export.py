@@ -67,6 +67,19 @@ class Exported:
     format: str
 
 
+def _output(output) -> str:
+    """The output and its name, as the message's reader gives them: "-o x.h5", "output x.h5"."""
+    return option(f"-o {output}", f"output {output}")
+
+
+def _esm_format() -> str:
+    return option("--format esm", "fmt='esm'")
+
+
+def _by_predict() -> str:
+    return option("predict --probabilities'", "predict's")
+
+
 def output_format(output, fmt: str | None = None) -> str:
     """The format to write: `fmt`, else from the output's name (.tsv/.txt, .csv, .npz, each but
     .npz optionally compressed: .tsv.gz), else TSV (stdout)."""
@@ -84,15 +97,16 @@ def output_format(output, fmt: str | None = None) -> str:
     else:
         chosen = _SUFFIXES.get(Path(bare).suffix)
         if chosen is None:
-            raise UsageError(f"-o {output}: name the file .tsv, .csv or .npz (.tsv.gz compresses), or say "
-                             "the format with --format (--format esm: a folder of esm-extract's .pt files)")
+            raise UsageError(f"{_output(output)}: name the file .tsv, .csv or .npz (.tsv.gz compresses), or say the "
+                             f"format with {option('--format', 'fmt')} ({_esm_format()}: a folder of esm-extract's "
+                             ".pt files)")
     if chosen == "esm" and to_stdout:
-        raise UsageError("--format esm writes a folder of .pt files: give -o FOLDER")
+        raise UsageError(f"{_esm_format()} writes a folder of .pt files: give {option('-o FOLDER', 'output a folder')}")
     if chosen == "npz":
         if to_stdout:
-            raise UsageError("an .npz is written to a file: give -o FILE.npz")
+            raise UsageError(f"an .npz is written to a file: give {option('-o FILE.npz', 'output a file name')}")
         if compressed:
-            raise UsageError(f"-o {output}: an .npz is a zip archive of its own: leave out {compressed}")
+            raise UsageError(f"{_output(output)}: an .npz is a zip archive of its own: leave out {compressed}")
     return chosen
 
 
@@ -267,32 +281,35 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
     if digits is not None and not 1 <= digits <= 17:
         raise UsageError(f"{option('--digits', 'digits')} must be between 1 and 17, got {digits}")
     if digits is not None and chosen_format in ("npz", "esm"):
-        raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values"
-                         if chosen_format == "npz" else "--digits rounds the numbers of a table: esm-extract's "
-                         ".pt files keep the stored values (as float32)")
+        raise UsageError(f"{option('--digits', 'digits')} rounds the numbers of a table: "
+                         + ("an .npz keeps the stored values" if chosen_format == "npz" else
+                            "esm-extract's .pt files keep the stored values (as float32)"))
+    all_given, layer_named = option("--all-layers", "all_layers=True"), option("--layer", "layer")
     if all_layers and chosen_format not in ("npz", "esm"):
-        raise UsageError("--all-layers writes an .npz or esm-extract's .pt files (a table holds one layer: "
-                         "choose it with --layer)")
+        raise UsageError(f"{all_given} writes an .npz or esm-extract's .pt files (a table holds one layer: "
+                         f"choose it with {layer_named})")
     if all_layers and layer_given:
-        raise UsageError("--all-layers writes every stored layer: leave out --layer")
+        raise UsageError(f"{all_given} writes every stored layer: leave out {layer_named}")
     if chosen_format == "esm":
         output = _esm_folder(output)
     elif output is not None and str(output) != "-" and os.path.isdir(str(output)):
-        raise UsageError(f"-o {output}: is a folder: a {chosen_format} output needs a file name (--format esm "
+        raise UsageError(f"{_output(output)}: is a folder: a {chosen_format} output needs a file name ({_esm_format()} "
                          "writes a folder of .pt files)")
     if output is not None and str(output) != "-":
         inputs = [path] + ([ids] if ids is not None else [])
         if source := input_named_by(output, inputs):
-            raise UsageError(f"-o {output} is also an input: writing it would replace {source} (choose another name)")
+            raise UsageError(f"{_output(output)} is also an input: writing it would replace {source} (choose another "
+                             "name)")
         output_directory(output)
     if str(path) != "-" and os.path.isfile(str(path)) and (other := _other_output(str(path))) is not None:
         if other["layout"] == "probabilities":
             if chosen_format == "esm":
-                raise UsageError(f"{path} holds predict --probabilities' probabilities: esm-extract's .pt files hold "
+                raise UsageError(f"{path} holds {_by_predict()} probabilities: esm-extract's .pt files hold "
                                  "embeddings (write a table or an .npz)")
             if kind is not None or layer_given or all_layers:
-                raise UsageError(f"{path} holds predict --probabilities' per-residue probabilities: --per-protein, "
-                                 "--per-residue, --layer and --all-layers are for embeddings files")
+                raise UsageError(f"{path} holds {_by_predict()} per-residue probabilities: " + option(
+                    "--per-protein, --per-residue, --layer and --all-layers are", "kind, layer and all_layers are")
+                    + " for embeddings files")
             return _export_probabilities(path, output, other, chosen_format, ids, digits)
         raise InputError(f"holds the output of {other['written_by']} ({other['layout']}), not embeddings: "
                          "export writes embeddings and probabilities files (read this one with h5py: "
@@ -357,19 +374,20 @@ def _esm_folder(output) -> Path:
     text = str(output)
     folder = through_link(text.rstrip(os.sep) or text)
     if holds_working_directory(folder):
-        raise UsageError(f"-o {output}: the current directory (or one above it): give the .pt files a folder "
+        raise UsageError(f"{_output(output)}: the current directory (or one above it): give the .pt files a folder "
                          "of their own")
     if folder.exists() or folder.is_symlink():
         if not folder.is_dir():
-            raise UsageError(f"-o {output}: exists and is not a folder (--format esm writes a folder of .pt files)")
+            raise UsageError(f"{_output(output)}: exists and is not a folder ({_esm_format()} writes a folder of "
+                             ".pt files)")
         try:
             with os.scandir(folder) as entries:  # (closed: one entry read leaves the iterator open)
                 filled = next(entries, None) is not None
         except OSError as exc:
             raise RuntimeFailure(f"cannot read this folder: {exc.strerror or exc}", path=text) from None
         if filled:
-            raise UsageError(f"-o {output}: a folder that is not empty: --format esm writes a new folder (or fills "
-                             "an empty one); choose another name, or empty it")
+            raise UsageError(f"{_output(output)}: a folder that is not empty: {_esm_format()} writes a new folder (or "
+                             "fills an empty one); choose another name, or empty it")
     return folder
 
 
@@ -1048,8 +1066,8 @@ def info(path, *, residues: bool = False) -> dict:
         facts["status"] = "finished"
     if other is not None:
         if residues:
-            raise UsageError(f"{path}: --residues counts an embeddings file's residues; this is "
-                             f"{other['written_by']}'s output")
+            raise UsageError(f"{path}: {option('--residues', 'residues=True')} counts an embeddings file's residues; "
+                             f"this is {other['written_by']}'s output")
         facts.update(other)
         del facts["groups"]
         return facts

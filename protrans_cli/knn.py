@@ -161,7 +161,8 @@ def _check_search(k, metric: str, layer=-1) -> None:
     if not whole_number(k) or k < 1:
         raise UsageError(f"{option('-k', 'k')} must be at least 1, got {k!r}")
     if not whole_number(layer):
-        raise UsageError(f"--layer is a whole number (-1: the last layer), got {type(layer).__name__} {layer!r:.40}")
+        raise UsageError(f"{option('--layer', 'layer')} is a whole number (-1: the last layer), got "
+                         f"{type(layer).__name__} {layer!r:.40}")
     one_of(metric, METRICS, "--metric", keyword="metric")
 
 
@@ -210,8 +211,8 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
         model_layer = int(np.atleast_1d(stored)[index]) if stored is not None else layer
     name = model or (str(attrs["model"]) if attrs.get("model") else None)
     if not name:
-        raise UsageError(f"{reference} does not record which model made its embeddings: give -m (the model) "
-                         "with --fasta")
+        raise UsageError(f"{reference} does not record which model made its embeddings: give "
+                         + option("-m (the model) with --fasta", "model (the model) with fasta"))
     if model is None and name == ESM_EXTRACT:
         # import-esm without -m records the tool, not the model: it was loaded as a model named
         # "esm-extract" (a hub download error) once the FASTA had been read
@@ -416,7 +417,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     from protrans_cli.io.files import atomic_output, input_named_by, output_directory, same_file
 
     if (query is None) == (fasta is None):
-        raise UsageError("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them")
+        raise UsageError(option("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them",
+                                "give the queries' embeddings (query) or their sequences (fasta), one of them"))
     # (a list of files was "stat: path should be string ... not list", a TypeError from deep inside)
     for value, name in ((query, "query"), (reference, "reference"), (fasta, "fasta"), (labels, "labels"),
                         (score, "score")):
@@ -425,12 +427,16 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if output is not None:
         expect_path(output, "knn: output", " (a file, or '-' for stdout)")
     if fasta is None:
-        for value, flag in ((model, "-m"), (long_policy, "--long-policy"), (max_length, "--max-length"),
-                            (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):
+        for value, flag, keyword in ((model, "-m", "model"), (long_policy, "--long-policy", "long_policy"),
+                                     (max_length, "--max-length", "max_length"),
+                                     (chunk_overlap, "--chunk-overlap", "chunk_overlap"),
+                                     (invalid_policy, "--invalid-policy", "invalid_policy")):
             if value is not None:
-                raise UsageError(f"{flag} goes with --fasta (QUERY.h5 was embedded already)")
+                raise UsageError(option(f"{flag} goes with --fasta (QUERY.h5 was embedded already)",
+                                        f"{keyword} goes with fasta (query was embedded already)"))
     if score is not None and labels is None:
-        raise UsageError("--score compares the labels transferred from the reference: give the reference's --labels")
+        raise UsageError(f"{option('--score', 'score')} compares the labels transferred from the reference: give the "
+                         f"reference's {option('--labels', 'labels')}")
     # `-o query.h5` replaced the embeddings with the TSV, as predict and labels refuse
     if source := input_named_by(output, [p for p in (query, fasta, reference, labels, score) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, UsageError, at_least, expect_path, one_of, option, seed_in_range,
+from protrans_cli.errors import (InputError, UsageError, at_least, expect_path, given, one_of, option, seed_in_range,
                                  type_problem)
 
 METHODS = ("pca", "tsne", "umap")
@@ -89,8 +89,9 @@ def check_method(method: str, dims: int, metric: str) -> None:
         except (ImportError, ValueError):  # (a module set to None in sys.modules, or half-installed)
             found = False
         if not found:
-            raise UsageError(f"--method {method} needs {package}, which is not installed: "
-                             f"pip install 'protrans[project]' (or {package}); --method pca needs nothing more")
+            raise UsageError(f"{given('--method', 'method', method)} needs {package}, which is not installed: pip "
+                             f"install 'protrans[project]' (or {package}); {given('--method', 'method', 'pca')} needs "
+                             "nothing more")
 
 
 # The numbers the Python calls take (project, reduce, map_quality), as their signatures have them
@@ -548,13 +549,15 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     if sample is not None:
         at_least(sample, 4, "--sample", keyword="sample")  # (t-SNE and UMAP place 4 proteins at least)
     if html_path is not None and dims != 2:
-        raise UsageError("--html draws 2 dimensions: leave out --dims 3 (or --html)")
+        page = option("--html", "html_path")
+        raise UsageError(f"{page} draws 2 dimensions: leave out {given('--dims', 'dims', dims)} (or {page})")
     if plot is not None and Path(str(plot)).suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise UsageError(f"--plot {plot}: a picture is .png, .svg or .pdf")
+        raise UsageError(f"{option(f'--plot {plot}', f'plot {plot}')}: a picture is .png, .svg or .pdf")
     if html_path is not None and str(html_path) == "-" and output is not None and str(output) == "-":
         # (the page was written after the table, one stream of TSV and HTML)
-        raise UsageError("-o and --html cannot both go to stdout (-): give files")
-    outputs = [(o, flag) for o, flag in ((output, "-o"), (plot, "--plot"), (html_path, "--html"))
+        raise UsageError(f"{option('-o and --html', 'output and html_path')} cannot both go to stdout (-): give files")
+    named = {"-o": option("-o", "output"), "--plot": option("--plot", "plot"), "--html": option("--html", "html_path")}
+    outputs = [(o, named[flag]) for o, flag in ((output, "-o"), (plot, "--plot"), (html_path, "--html"))
                if o is not None and str(o) != "-"]
     for out, flag in outputs:
         if source := input_named_by(out, [*inputs, *labels]):
@@ -568,8 +571,8 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         for other, other_flag in outputs[i + 1:]:
             if same_file(out, other) or str(out) == str(other):
                 raise UsageError(f"{flag} and {other_flag} name one file ({out}): give each its own")
-    on_stdout = next((flag for o, flag in ((output, "-o"), (html_path, "--html")) if o is not None and str(o) == "-"),
-                     None)
+    on_stdout = next((named[flag] for o, flag in ((output, "-o"), (html_path, "--html"))
+                      if o is not None and str(o) == "-"), None)
     for out, flag in outputs if on_stdout else ():
         if names_stdout(out):  # (`--plot map.png > map.png`: the picture replaced the table without a word)
             raise UsageError(f"{flag} {out} is where stdout goes, and {on_stdout} - writes there too: one would "
@@ -591,10 +594,11 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     if colour_by == SOURCE and not several:
         # (the help's "`source`: the input file": "no such label column (the columns: none: give
         # --labels)" sent the user to labels that have no such column either)
-        raise UsageError(f"--color-by {SOURCE} colours by input file: give two embeddings files or more (one here)")
+        raise UsageError(f"{given('--color-by', 'colour_by', SOURCE)} colours by input file: give two embeddings "
+                         "files or more (one here)")
     if colour_by is not None and colour_by not in label_rows:
-        known = ", ".join(label_rows) or "none: give --labels"
-        raise UsageError(f"--color-by {colour_by}: no such label column (the columns: {known})")
+        known = ", ".join(label_rows) or f"none: give {option('--labels', 'labels')}"
+        raise UsageError(f"{given('--color-by', 'colour_by', colour_by)}: no such label column (the columns: {known})")
     chosen = colour_by or next((c for c in columns), SOURCE if several else None)
     console.info(f"placing {console.counted(len(ids), 'protein')} ({vectors.shape[1]} dimensions) by "
                  f"{NAMES[method]} ({metric})")

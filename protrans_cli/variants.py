@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, one_of,
-                                 option, whole_number)
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, given,
+                                 one_of, option, whole_number)
 from protrans_cli.heads.tasks import missing_number
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -445,8 +445,7 @@ class VariantScorer:
         each through `store(key, compute, check)` when given: a unit's result is what `compute()`
         returns or what a store kept from an earlier run under the same key (`protrans variants
         --resume`) and `check(value)` accepts (the shape and dtype `compute()` gives)."""
-        if strategy not in STRATEGIES:
-            raise UsageError(f"unknown scoring {strategy!r} (choose from {', '.join(STRATEGIES)})")
+        one_of(strategy, STRATEGIES, "--scoring", keyword="strategy")
         sequence = checked_sequence(sequence)
         # (texts such as "K2A", or one Mutation not in a tuple: an AttributeError or TypeError
         # traceback from the loop below)
@@ -467,10 +466,11 @@ class VariantScorer:
                                      f"of {len(sequence)}: {found}); parse variants against the sequence scored")
         store = store or _compute
         if self.causal != (strategy in CAUSAL_STRATEGIES):
-            raise UsageError(f"{self.loaded.name}: a causal language model reads left to right: give --scoring "
-                             "log-likelihood" if self.causal else f"{self.loaded.name}: --scoring {strategy} is for "
-                             "causal language models (Transformer-XL); a masked LM reads both sides (pseudo-ppl is "
-                             "its likelihood)")
+            raise UsageError(f"{self.loaded.name}: a causal language model reads left to right: give "
+                             + option("--scoring log-likelihood", "strategies=('log-likelihood',)") if self.causal
+                             else f"{self.loaded.name}: {option(f'--scoring {strategy}', f'the scoring {strategy!r}')} "
+                             "is for causal language models (Transformer-XL); a masked LM reads both sides (pseudo-ppl "
+                             "is its likelihood)")
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
         if strategy in ("pseudo-ppl", "log-likelihood"):
@@ -698,7 +698,7 @@ class VariantOptions:
 
     def validate(self) -> None:
         from protrans_cli.embed import DTYPES
-        from protrans_cli.embedders import DEVICE_NAME
+        from protrans_cli.embedders import check_device
         from protrans_cli.threads import check_threads
 
         if isinstance(self.models, str) or isinstance(self.strategies, str):
@@ -706,8 +706,8 @@ class VariantOptions:
         if not self.models:
             raise UsageError("no model given")
         if "onehot" in self.models:  # (embed's encoding, not a model: it was looked for on the hub)
-            raise UsageError("-m onehot is embed's one-hot encoding, not a language model: it gives no residue "
-                             "probabilities to score variants with")
+            raise UsageError(f"{given('-m', 'model', 'onehot')} is embed's one-hot encoding, not a language model: it "
+                             "gives no residue probabilities to score variants with")
         if not self.strategies:
             raise UsageError(f"{option('--scoring', 'strategies')}: give one or more of {', '.join(STRATEGIES)}")
         for strategy in self.strategies:
@@ -719,22 +719,25 @@ class VariantOptions:
             at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if self.max_tokens is not None:
             at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
-        if not DEVICE_NAME.fullmatch(self.device):
-            raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
+        check_device(self.device)
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         if self.column is not None and len(self.models) * len(self.strategies) > 1:
-            raise UsageError("--column names the one score column of one model and one scoring; with several, "
-                             "the columns are MODEL_SCORING")
+            raise UsageError(f"{option('--column', 'column')} names the one score column of one model and one "
+                             "scoring; with several, the columns are MODEL_SCORING")
         if self.revision is not None and len(self.models) > 1:
-            raise UsageError("--revision applies to one model; with several -m, name each by a directory or pin "
-                             "each in a local copy")
+            raise UsageError(option("--revision applies to one model; with several -m",
+                                    "revision applies to one model; with several models")
+                             + ", name each by a directory or pin each in a local copy")
+        all_singles = option("--all-singles", "all_singles=True")
         if self.plot is not None and not self.all_singles:
-            raise UsageError("--plot draws the landscape of an --all-singles scan (20 amino acids x residues)")
+            raise UsageError(f"{option('--plot', 'plot')} draws the landscape of an {all_singles} scan (20 amino "
+                             "acids x residues)")
         if self.all_singles and (self.truth_column or self.id_column):
-            raise UsageError("--truth-column and --id-column read the variants table; --all-singles has none")
+            raise UsageError(f"{option('--truth-column and --id-column', 'truth_column and id_column')} read the "
+                             f"variants table; {all_singles} has none")
         if self.all_singles and self.mutation_column != "mutant":  # (ignored without a word)
-            raise UsageError(f"--mutation-column {self.mutation_column} reads the variants table; --all-singles has "
-                             "none (its mutations are written in a column `mutant`)")
+            raise UsageError(f"{given('--mutation-column', 'mutation_column', self.mutation_column)} reads the "
+                             f"variants table; {all_singles} has none (its mutations are written in a column `mutant`)")
         if self.threads is not None:
             check_threads(self.threads)
 
@@ -867,10 +870,11 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     from protrans_cli.residues import REASON_INVALID, SequenceRejected, normalise
 
     if (sequence is None) == (fasta is None):
-        raise UsageError("give the wild type: --sequence SEQ or --fasta FILE (one of them)")
+        raise UsageError("give the wild type: " + option("--sequence SEQ or --fasta FILE", "sequence or fasta")
+                         + " (one of them)")
     if sequence is not None:
         if record_id is not None:
-            raise UsageError("--id picks a record of --fasta")
+            raise UsageError(option("--id picks a record of --fasta", "record_id picks a record of fasta"))
         found = [("sequence", checked_sequence(sequence))]
         _warn_nucleotide(found, "--sequence")
         if _GAP_CHARACTERS.search(sequence):
@@ -967,9 +971,15 @@ def score_columns(options: VariantOptions) -> list[tuple[str, str, str]]:
         return [(options.column, options.models[0], options.strategies[0])]
     labels = [model_label(m) for m in options.models]
     if len(set(labels)) != len(labels):
-        raise UsageError("two -m models have the same name; give them distinct directory names")
+        raise UsageError(f"two {option('-m models', 'models')} have the same name; give them distinct directory "
+                         "names")
     return [(f"{label}_{strategy.replace('-', '_')}", model, strategy)
             for model, label in zip(options.models, labels) for strategy in options.strategies]
+
+
+def _resume_beside() -> str:
+    return option("--resume goes on with the work kept beside -o FILE",
+                  "resume=True goes on with the work kept beside the output file")
 
 
 def run_variants(output, options: VariantOptions, *, variants_file=None, sequence: str | None = None,
@@ -989,22 +999,24 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         raise InputError("is a FASTA file, not a variants table (a CSV or TSV of substitutions): a wild type "
                          "goes to --fasta", path=str(variants_file))
     if options.all_singles == (variants_file is not None):
-        raise UsageError("give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them")
+        raise UsageError("give a variants table (CSV or TSV with a mutant column) or "
+                         f"{option('--all-singles', 'all_singles=True')}, one of them")
     if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":
-        raise UsageError("the variants table and --fasta cannot both be read from stdin (-)")
+        raise UsageError(f"the variants table and {option('--fasta', 'fasta')} cannot both be read from stdin (-)")
     if output not in (None, "-") and input_named_by(output, [p for p in (variants_file, fasta) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace it (choose another -o)")
     if output not in (None, "-"):
         output_directory(output)  # (before the scoring, not when its result is written)
     elif options.resume:
-        raise UsageError("--resume goes on with the work kept beside -o FILE; stdout keeps none")
+        raise UsageError(f"{_resume_beside()}; stdout keeps none")
     # (a device or pipe, `-o >(gzip > x.gz)` or /dev/stdout, keeps no work as stdout keeps none: its
     # folder, /dev/fd or /dev, cannot hold FILE.partial/, refused after the model's load)
     special = special_output(output) if output not in (None, "-") else None
     if special and options.resume:
-        raise UsageError(f"--resume goes on with the work kept beside -o FILE; {output} {special}, which keeps none")
+        raise UsageError(f"{_resume_beside()}; {output} {special}, which keeps none")
     if options.id_column is not None and (fasta is None or record_id is not None):
-        raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
+        raise UsageError(option("--id-column names each row's wild type among the records of --fasta (without --id)",
+                                "id_column names each row's wild type among the records of fasta (without record_id)"))
     # (--id-column: a record the table does not name is neither checked nor scored; one it names
     # that cannot be read is an error of that row)
     rejected = {} if options.id_column is not None else None
@@ -1014,20 +1026,22 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     columns = score_columns(options)
     if options.plot is not None:
         if len(wild_types) > 1:
-            raise UsageError(f"--plot draws one wild type's scan; {fasta} holds {len(wild_types)} (pick one with --id)")
+            raise UsageError(f"{option('--plot', 'plot')} draws one wild type's scan; {fasta} holds {len(wild_types)} "
+                             f"(pick one with {option('--id', 'record_id')})")
         from protrans_cli.io.files import names_stdout, refuse_special_output, same_file
 
         refuse_special_output(options.plot, "--plot", "the heatmap")
+        plot = option(f"--plot {options.plot}", f"plot {options.plot}")
         # (drawn over the wild types' FASTA or the table just written, without a word)
         if input_named_by(options.plot, [p for p in (variants_file, fasta) if p is not None]):
-            raise UsageError(f"--plot {options.plot} is also an input: drawing it would replace it (choose another "
-                             "--plot)")
+            raise UsageError(f"{plot} is also an input: drawing it would replace it (choose another "
+                             f"{option('--plot', 'plot')})")
         if output not in (None, "-") and same_file(options.plot, output):
-            raise UsageError(f"--plot {options.plot} is also -o: the heatmap would replace the table (give it a .png "
-                             "of its own)")
+            raise UsageError(f"{plot} is also {option('-o', 'the output')}: the heatmap would replace the table (give "
+                             "it a .png of its own)")
         if output in (None, "-") and names_stdout(options.plot):  # (`--plot v.png > v.png`: the table was lost)
-            raise UsageError(f"--plot {options.plot} is where stdout goes, and the table goes to stdout too: the "
-                             "heatmap would replace it (give -o a file)")
+            raise UsageError(f"{plot} is where stdout goes, and the table goes to stdout too: the heatmap would "
+                             f"replace it (give {option('-o', 'output')} a file)")
         output_directory(options.plot)
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]
@@ -1056,7 +1070,8 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     taken = {h.strip() for h in table.header}
     for column in [c for c, _, _ in columns] + ensemble_columns:
         if column in taken:
-            raise UsageError(f"{table.name} already has a column {column!r}; --column names the new one"
+            raise UsageError(f"{table.name} already has a column {column!r}; {option('--column', 'column')} names "
+                             "the new one"
                              if len(columns) == 1 else f"{table.name} already has a column {column!r} (a table "
                              "scored before?): drop it, or rename the models' directories")
     stops = sum(has_stop(v) for v in table.variants if v is not None)

@@ -75,7 +75,7 @@ def test_repr_layers_naming_one_layer_twice_give_it_once(given, layers):
 
     assert esm_layers(given, 33) == layers
     for outside in (34, -35):
-        with pytest.raises(UsageError, match=f"--repr_layers {outside}: m has 33 layers, so its layers run from -34 "
+        with pytest.raises(UsageError, match=f"^repr_layers {outside}: m has 33 layers, so its layers run from -34 "
                                              "to 33"):
             esm_layers((0, outside), 33, "m")
 

@@ -1041,7 +1041,7 @@ def test_numpy_integers_for_k_and_layer_are_the_numbers_they_stand_for_and_text_
     knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "k.tsv", k=np.int32(2), threads=1, device="cpu")
     assert len((tmp_path / "k.tsv").read_text().splitlines()) == 1 + 5 * 2
     for call in (nearest, knn):
-        with pytest.raises(UsageError, match=r"^--layer is a whole number \(-1: the last layer\), got str '-1'"):
+        with pytest.raises(UsageError, match=r"^layer is a whole number \(-1: the last layer\), got str '-1'"):
             call(tmp_path / "q.h5", tmp_path / "r.h5", layer="-1")
         with pytest.raises(UsageError, match=r"^k must be at least 1, got 2.0"):
             call(tmp_path / "q.h5", tmp_path / "r.h5", k=2.0)
@@ -1293,7 +1293,7 @@ def test_knn_from_python_needs_the_query_embeddings_or_a_fasta_exactly_one(tmp_p
     from protrans_cli.knn import knn
 
     for query, fasta in ((None, None), (tmp_path / "q.h5", tmp_path / "q.fa")):
-        with pytest.raises(UsageError, match=r"give the queries' embeddings \(QUERY.h5\) or their sequences "
-                                             r"\(--fasta\), one of them"):
+        with pytest.raises(UsageError, match=r"^give the queries' embeddings \(query\) or their sequences "
+                                             r"\(fasta\), one of them"):
             knn(query, tmp_path / "r.h5", tmp_path / "k.tsv", fasta=fasta)
     assert not list(tmp_path.iterdir())

@@ -147,7 +147,7 @@ def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, m
 
 @pytest.mark.parametrize("options,message", [
     (dict(layout="table"), "layout must be one of grouped, flat, stacked, got 'table'"),
-    (dict(per_residue=False, per_protein=False), "nothing to write: ask for --per-residue and/or --per-protein"),
+    (dict(per_residue=False, per_protein=False), "nothing to write: ask for per_residue=True and/or per_protein=True"),
     (dict(layout="stacked"), "the stacked layout holds per-protein vectors only"),  # per-residue on by default
 ])
 def test_embed_options_of_a_file_a_python_caller_can_get_wrong_are_refused_before_any_output(tmp_path, options,
@@ -560,7 +560,8 @@ def test_every_message_naming_a_model_family_puts_its_article(tmp_path):
     from protrans_cli.esm_import import import_esm
     from protrans_cli.training import checkpoint as ckpt
 
-    with pytest.raises(UsageError, match=r"^-m prot_albert is an albert checkpoint; esm-extract runs ESM models"):
+    with pytest.raises(UsageError, match=r"^model 'prot_albert' is an albert checkpoint; esm-extract runs ESM models: "
+                                         r"give model the"):
         import_esm([tmp_path / "x.pt"], tmp_path / "e.h5", model="prot_albert")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "electra", "hidden_size": 8}))
     with pytest.raises(UsageError, match=r"config.json: the config.json of an electra model \(its transformers"):
@@ -950,7 +951,7 @@ def test_predict_wrong_calls_are_refused_before_the_embeddings_are_read(loc_data
     head = tmp_path / "head"
     fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
         head)
-    with pytest.raises(UsageError, match="--probabilities is for per-residue heads"):
+    with pytest.raises(UsageError, match="^probabilities is for per-residue heads"):
         predict(head, tmp_path / "absent.h5", tmp_path / "p.csv", probabilities=tmp_path / "p.h5")
     # (a list of files was "['x.h5']: no such file", an InputError for a wrong call)
     with pytest.raises(UsageError, match="embeddings must be a path"):

@@ -5,11 +5,13 @@ it has no way to pass; the command's messages keep their flags (errors.option)."
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
 
 from protrans_cli.errors import UsageError
+from protrans_cli.heads.tasks import TASKS
 
 # a flag as a message names one: "--max-length", "-k"
 FLAG = re.compile(r"(?<![\w-])--?[a-z]")
@@ -288,3 +290,408 @@ def test_a_library_call_given_no_choice_is_told_its_keyword_and_the_command_line
         call(tmp_path)
     assert str(caught.value) == message.replace(keyword, flag, 1), str(caught.value)
 
+
+
+def _raised(text):
+    """A refusal that a library call builds from `text` (a remedy returned, not raised)."""
+    raise UsageError(text)
+
+
+def _embed_with(output="o.h5", **kw):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    return lambda tmp: embed(tmp / "in.fa", output if output == "-" else tmp / output, EmbedOptions(**kw))
+
+
+def _device(*args):
+    """resolve_device(*args) on a machine without CUDA, whatever this one has."""
+    def call(tmp):
+        from unittest import mock
+
+        import torch
+
+        from protrans_cli.embedders import resolve_device
+
+        with mock.patch.object(torch.cuda, "is_available", lambda: False):
+            return resolve_device(*args)
+    return call
+
+
+def _contacts_to(output):
+    from protrans_cli.contacts import ContactOptions, predict_contacts
+
+    return lambda tmp: predict_contacts(tmp / "in.fa", output, ContactOptions())
+
+
+def _scan(output="out.csv", *, fasta=None, variants_file=None, **kw):
+    """run_variants with `kw` its VariantOptions: `fasta` the name of a FASTA of two wild types made
+    in the test's folder, `variants_file` of a table (neither read before these refusals)."""
+    from protrans_cli.variants import VariantOptions, run_variants
+
+    sequence = kw.pop("sequence", None if fasta else "MKT")
+    record_id = kw.pop("record_id", None)
+
+    def call(tmp):
+        if fasta:
+            (tmp / fasta).write_text(">a\nMKTAYIAK\n>b\nMKVLAAGI\n")
+        where = {name: (value if value in (None, "-") else tmp / value)
+                 for name, value in (("output", output), ("fasta", fasta), ("variants_file", variants_file))}
+        options = VariantOptions(**{**kw, **({"plot": tmp / kw["plot"]} if "plot" in kw else {})})
+        return run_variants(where["output"], options, variants_file=where["variants_file"],
+                            sequence=sequence, fasta=where["fasta"], record_id=record_id)
+    return call
+
+
+def _export_to(output, make=None, **kw):
+    """export to `output` in the test's folder ('-': stdout); `make`: "dir" or "file", what is made
+    there first, with a file in a folder ("dir+") to make it one that is not empty."""
+    from protrans_cli.export import export
+
+    def call(tmp):
+        target = output if output == "-" else tmp / output
+        if make in ("dir", "dir+"):
+            target.mkdir()
+            if make == "dir+":
+                (target / "x.pt").write_text("")
+        elif make == "file":
+            target.write_text("")
+        return export(tmp / "e.h5", target, **kw)
+    return call
+
+
+def _corpus_to(output, **kw):
+    """build_corpus into `output` in the test's folder ('-': stdout, '': the folder itself), its
+    stats and rejects there too."""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    def call(tmp):
+        at = {k: v if v in ("-", None) else str(tmp / v) for k, v in kw.items() if k in ("stats", "rejects")}
+        target = output if output in ("-", "") else str(tmp / output)
+        return build_corpus([tmp / "in.fa"], CorpusOptions(output=target or str(tmp), **{**kw, **at}))
+    return call
+
+
+def _fit_check(**kw):
+    from protrans_cli.heads.fit import FitConfig
+
+    return lambda tmp: FitConfig(task="loc", **kw).check()
+
+
+def _fit_with(task="loc", valid=False, **kw):
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    return lambda tmp: fit(FitConfig(task=task, **kw), tmp / "e.h5", tmp / "l.csv", tmp / "head",
+                           valid=(tmp / "v.h5", tmp / "v.csv") if valid else None)
+
+
+def _finetune_check(**kw):
+    from protrans_cli.heads.finetune import FinetuneConfig
+
+    kw.setdefault("model", "prot_bert")
+    return lambda tmp: FinetuneConfig(task="loc", **kw).check()
+
+
+def _piped_mask(tmp):
+    import os
+
+    from protrans_cli.heads.fit import refuse_piped_mask
+
+    os.mkfifo(tmp / "m.fa")
+    refuse_piped_mask(tmp / "m.fa", 2)
+
+
+def _heads(name, *args):
+    def call(tmp):
+        from protrans_cli.heads import labels, predict, tasks
+        from protrans_cli.heads.fit import refuse_unused_mask_columns
+
+        if name == "architecture":
+            return tasks.architecture_for(tasks.get_task(args[0]), args[1])
+        if name == "head_output":
+            return predict.check_head_output(tasks.get_task(args[0]), args[1])
+        if name == "mismatch":
+            return predict.mismatch("embeddings come from model 'a', the head was trained on 'b'", "e.h5", False)
+        if name == "mask_columns":
+            return refuse_unused_mask_columns(args[0], ["fasta"])
+        if name == "labels":
+            return labels.read_labels(tmp / "l.csv", args[0])
+        return tasks.get_task(args[0])
+    return call
+
+
+def _project_to(output="o.tsv", **kw):
+    from protrans_cli.project import project
+
+    def call(tmp):
+        paths = {k: v if v in (None, "-") else tmp / v for k, v in kw.items() if k in ("plot", "html_path")}
+        return project([tmp / "e.h5"], output if output == "-" else tmp / output, **{**kw, **paths})
+    return call
+
+
+def _without_umap(tmp):
+    from unittest import mock
+
+    from protrans_cli.project import project
+
+    with mock.patch("importlib.util.find_spec", lambda name, *a: None):
+        project([tmp / "e.h5"], tmp / "o.tsv", method="umap")
+
+
+def _flex_family(tmp):
+    from protrans_cli.models import get_family
+
+    get_family("bert").use_flex_attention(None)
+
+
+def _cls_problem(causal):
+    from types import SimpleNamespace
+
+    from protrans_cli.embedders import cls_problem
+
+    return lambda tmp: _raised(cls_problem(SimpleNamespace(causal=causal, name="bert"), None))
+
+
+def _esm_layers(tmp):
+    from protrans_cli.esm_extract import esm_layers
+
+    esm_layers((0, 34), 33, "m")
+
+
+PER_KIND = "the flat layout holds one kind only: "
+STACKED = "the stacked layout holds per-protein vectors only (one (N, D) array): "
+
+# (the library call; what its refusal says to a library caller; what it says at the command line, where
+# many are kept out earlier by click, in the words they had: each with {tmp} the test's folder)
+SWEEP = [
+    # embed
+    (_embed_with(model="onehot", per_residue=False, per_protein=False),
+     "nothing to write: ask for per_residue=True and/or per_protein=True",
+     "nothing to write: ask for --per-residue and/or --per-protein"),
+    (_embed_with(model="onehot", layout="flat"), PER_KIND + "per_residue=False or per_protein=False",
+     PER_KIND + "give exactly one of --per-residue and --per-protein"),
+    (_embed_with(model="onehot", layout="stacked"),
+     STACKED + "give per_protein=True and per_residue=False, or layout='grouped' for per-residue arrays",
+     STACKED + "give --per-protein alone, or --layout grouped for per-residue arrays"),
+    (_embed(pooling="cls"), "pooling='cls' reads a model's cls token: the onehot embedder has none",
+     "--pooling cls reads a model's cls token"),
+    (_embed_with(model="prot_bert", pooling="cls", long_policy="chunk"),
+     "pooling='cls' with long_policy='chunk': each window would have a cls token of its own (use truncate or skip, "
+     "or pooling='mean')", "--pooling cls with --long-policy chunk: each window would have a cls token of its own "
+     "(use truncate or skip, or --pooling mean)"),
+    (_embed_with(model="prot_bert", pooling="cls", packing=True),
+     "pooling='cls' reads each protein's cls token from padded batches: no packing=True",
+     "--pooling cls reads each protein's cls token from padded batches: no --packing"),
+    (_embed_with(model="onehot", part="9/3"), "part='9/3': give K/N, part K of N", "--part 9/3: give K/N, part K of N"),
+    (_embed(device="gpu"), "device='gpu': use auto, cpu, cuda, cuda:N or mps", "--device gpu: use auto, cpu, cuda"),
+    (_embed(attention="flex", compile=True), "attention='flex' and compile=True cannot be combined",
+     "--attention flex and --compile cannot be combined"),
+    (_embed_with("-", model="onehot"), "an HDF5 file cannot be written to stdout: give output a file name",
+     "an HDF5 file cannot be written to stdout: give -o FILE.h5"),
+    (_embed_with(model="onehot", resume=True, force=True),
+     "give resume=True (keep output's proteins) or force=True (replace output), not both",
+     "give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both"),
+    (_device("cpu", "float16"),
+     "dtype='float16' on the CPU: half precision is only used on a GPU", "--dtype float16 on the CPU: half precision"),
+    (_device("cuda"),
+     "device='cuda': no CUDA device is available (try device='cpu')",
+     "--device cuda: no CUDA device is available (try --device cpu)"),
+    (_cls_problem(True), "a causal model (bert) has no token that sees the whole protein but its last: use "
+     "pooling='mean'", "a causal model (bert) has no token that sees the whole protein but its last: use --pooling "
+     "mean"),
+    (_cls_problem(False), "the bert tokenizer has no cls token (T5 models have none): use pooling='mean'",
+     "the bert tokenizer has no cls token (T5 models have none): use --pooling mean"),
+    (_flex_family, "attention='flex': the bert family does not support it (only t5: ProtT5 and Ankh); use "
+     "attention='sdpa'", "--attention flex: the bert family does not support it (only t5: ProtT5 and Ankh); use "
+     "--attention sdpa"),
+    (_other("writer", kinds=("per_residue", "per_protein"), layout="flat"),
+     "the flat layout holds one kind only: kinds=('per_residue',) or ('per_protein',)",
+     "the flat layout holds one kind only: choose --per-residue or --per-protein"),
+    (_other("writer", kinds=("per_residue",), layout="stacked"),
+     "the stacked layout holds per-protein vectors only: kinds=('per_protein',)",
+     "the stacked layout holds per-protein vectors only: choose --per-protein alone"),
+    # contacts
+    (_contacts(model="onehot"), "model='onehot' is embed's one-hot encoding, not a model",
+     "-m onehot is embed's one-hot encoding, not a model"),
+    (_contacts(device="gpu"), "device='gpu': use auto, cpu, cuda, cuda:N or mps", "--device gpu: use auto"),
+    (_contacts(resume=True, force=True), "give resume=True (keep output's proteins) or force=True (replace output), "
+     "not both", "give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both"),
+    (_contacts_to("-"), "an HDF5 file cannot be written to stdout: give output a file name",
+     "an HDF5 file cannot be written to stdout: give -o FILE.h5"),
+    # variants
+    (_variants(models=("onehot",)), "model='onehot' is embed's one-hot encoding, not a language model",
+     "-m onehot is embed's one-hot encoding, not a language model"),
+    (_variants(device="gpu"), "device='gpu': use auto, cpu, cuda, cuda:N or mps", "--device gpu: use auto"),
+    (_variants(models=("a", "b"), column="s"), "column names the one score column of one model and one scoring",
+     "--column names the one score column of one model and one scoring"),
+    (_variants(models=("a", "b"), revision="v1"), "revision applies to one model; with several models, name each by "
+     "a directory", "--revision applies to one model; with several -m, name each by a directory"),
+    (_variants(plot="v.png"), "plot draws the landscape of an all_singles=True scan",
+     "--plot draws the landscape of an --all-singles scan"),
+    (_variants(all_singles=True, truth_column="dms"), "truth_column and id_column read the variants table; "
+     "all_singles=True has none", "--truth-column and --id-column read the variants table; --all-singles has none"),
+    (_variants(all_singles=True, mutation_column="mut"), "mutation_column='mut' reads the variants table; "
+     "all_singles=True has none", "--mutation-column mut reads the variants table; --all-singles has none"),
+    (_scan(sequence=None, all_singles=True), "give the wild type: sequence or fasta (one of them)",
+     "give the wild type: --sequence SEQ or --fasta FILE (one of them)"),
+    (_scan(record_id="a", all_singles=True), "record_id picks a record of fasta", "--id picks a record of --fasta"),
+    (_scan(), "give a variants table (CSV or TSV with a mutant column) or all_singles=True, one of them",
+     "give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them"),
+    (_scan(variants_file="-", fasta="-"), "the variants table and fasta cannot both be read from stdin",
+     "the variants table and --fasta cannot both be read from stdin"),
+    (_scan("-", all_singles=True, resume=True), "resume=True goes on with the work kept beside the output file; "
+     "stdout keeps none", "--resume goes on with the work kept beside -o FILE; stdout keeps none"),
+    (_scan(variants_file="v.csv", id_column="wt"), "id_column names each row's wild type among the records of fasta "
+     "(without record_id)", "--id-column names each row's wild type among the records of --fasta (without --id)"),
+    (_scan(fasta="wt.fa", all_singles=True, plot="v.png"), "plot draws one wild type's scan; {tmp}/wt.fa holds 2 "
+     "(pick one with record_id)", "--plot draws one wild type's scan; {tmp}/wt.fa holds 2 (pick one with --id)"),
+    (_scan(all_singles=True, plot="out.csv"), "plot {tmp}/out.csv is also the output: the heatmap would replace",
+     "--plot {tmp}/out.csv is also -o: the heatmap would replace"),
+    (_scan(fasta="wt.fa", record_id="a", all_singles=True, plot="wt.fa"), "plot {tmp}/wt.fa is also an input: "
+     "drawing it would replace it (choose another plot)", "--plot {tmp}/wt.fa is also an input: drawing it would "
+     "replace it (choose another --plot)"),
+    (_scan(models=("a/esm", "b/esm"), all_singles=True), "two models have the same name",
+     "two -m models have the same name"),
+    # knn
+    (_knn(layer="-1"), "layer is a whole number (-1: the last layer), got str '-1'",
+     "--layer is a whole number (-1: the last layer), got str '-1'"),
+    (_knn(query=None), "give the queries' embeddings (query) or their sequences (fasta), one of them",
+     "give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them"),
+    (_knn(model="prot_bert"), "model goes with fasta (query was embedded already)",
+     "-m goes with --fasta (QUERY.h5 was embedded already)"),
+    (_knn(long_policy="skip"), "long_policy goes with fasta", "--long-policy goes with --fasta"),
+    (_knn(score="s.csv"), "score compares the labels transferred from the reference: give the reference's labels",
+     "--score compares the labels transferred from the reference: give the reference's --labels"),
+    # import-esm, esm-extract
+    (_call("import_esm", layers=(1, 1)), "layers holds a layer twice: 1, 1", "--layer given twice: 1, 1"),
+    (_call("import_esm", bos=True, per_residue=True), "bos=True imports per-protein vectors (the <cls> token's): no "
+     "per_residue=True", "--bos imports per-protein vectors (the <cls> token's): no --per-residue"),
+    (_call("import_esm", per_residue=True, layout="stacked"), "the stacked layout holds per-protein vectors only: "
+     "leave out per_residue=True", "the stacked layout holds per-protein vectors only: choose --per-protein alone"),
+    (_call("import_esm", per_residue=True, per_protein=True, layout="flat"), PER_KIND + "per_residue=True or "
+     "per_protein=True, not both", PER_KIND + "choose --per-residue or --per-protein"),
+    (_call("import_esm", truncation_seq_length="1022"), "truncation_seq_length must be a whole number, got str "
+     "'1022'", "--truncation-seq-length must be a whole number, got str '1022'"),
+    (_call("import_esm", model="prot_albert"), "model 'prot_albert' is an albert checkpoint; esm-extract runs ESM "
+     "models: give model the ESM model it ran", "-m prot_albert is an albert checkpoint; esm-extract runs ESM models: "
+     "give -m the ESM model it ran"),
+    (_extract(repr_layers=()), "repr_layers: give one or more layers", "--repr_layers: give one or more layers"),
+    (_extract(repr_layers=("1",)), "repr_layers: whole numbers (layers), got str '1'",
+     "--repr_layers: whole numbers (layers), got str '1'"),
+    (_esm_layers, "repr_layers 34: m has 33 layers", "--repr_layers 34: m has 33 layers"),
+    # export
+    (_export_to("o.bin"), "output {tmp}/o.bin: name the file .tsv, .csv or .npz (.tsv.gz compresses), or say the "
+     "format with fmt (fmt='esm': a folder of esm-extract's .pt files)", "-o {tmp}/o.bin: name the file .tsv, .csv "
+     "or .npz (.tsv.gz compresses), or say the format with --format (--format esm: a folder of esm-extract's .pt "
+     "files)"),
+    (_export_to("-", fmt="esm"), "fmt='esm' writes a folder of .pt files: give output a folder",
+     "--format esm writes a folder of .pt files: give -o FOLDER"),
+    (_export_to("-", fmt="npz"), "an .npz is written to a file: give output a file name",
+     "an .npz is written to a file: give -o FILE.npz"),
+    (_export_to("o.npz.gz"), "output {tmp}/o.npz.gz: an .npz is a zip archive of its own: leave out .gz",
+     "-o {tmp}/o.npz.gz: an .npz is a zip archive of its own: leave out .gz"),
+    (_export_to("o.npz", digits=3), "digits rounds the numbers of a table: an .npz keeps the stored values",
+     "--digits rounds the numbers of a table: an .npz keeps the stored values"),
+    (_export_to("o.tsv", all_layers=True), "all_layers=True writes an .npz or esm-extract's .pt files (a table holds "
+     "one layer: choose it with layer)", "--all-layers writes an .npz or esm-extract's .pt files (a table holds one "
+     "layer: choose it with --layer)"),
+    (_export_to("o.npz", all_layers=True, layer=-1), "all_layers=True writes every stored layer: leave out layer",
+     "--all-layers writes every stored layer: leave out --layer"),
+    (_export_to("d.tsv", "dir"), "output {tmp}/d.tsv: is a folder: a tsv output needs a file name (fmt='esm' writes",
+     "-o {tmp}/d.tsv: is a folder: a tsv output needs a file name (--format esm writes"),
+    (_export_to("e.h5", fmt="tsv"), "output {tmp}/e.h5 is also an input", "-o {tmp}/e.h5 is also an input"),
+    (_export_to("d", "file", fmt="esm"), "output {tmp}/d: exists and is not a folder (fmt='esm' writes",
+     "-o {tmp}/d: exists and is not a folder (--format esm writes"),
+    (_export_to("d", "dir+", fmt="esm"), "output {tmp}/d: a folder that is not empty: fmt='esm' writes a new folder",
+     "-o {tmp}/d: a folder that is not empty: --format esm writes a new folder"),
+    # prep
+    (_corpus(long="crop"), "long='crop' needs max_length (the window size)",
+     "--long crop needs --max-length (the window size)"),
+    (_corpus(valid_fraction=0.1), "valid_fraction needs valid_output", "--valid-fraction needs --valid-output FILE"),
+    (_corpus(valid_output="v.txt"), "valid_output needs valid_fraction above 0",
+     "--valid-output needs --valid-fraction above 0"),
+    (_corpus_to("-", num_shards=2), "sharding needs output a file name", "sharding needs -o FILE"),
+    (_corpus_to("-", stats="-"), "output and stats cannot both go to stdout (-)",
+     "-o and --stats cannot both go to stdout (-)"),
+    (_corpus_to(""), "output {tmp} is a directory: give a file name", "-o {tmp} is a directory: give a file name"),
+    (_corpus_to("c.txt", stats="c.txt"), "output and stats both name {tmp}/c.txt",
+     "-o and --stats both name {tmp}/c.txt"),
+    (_corpus(tmp_dir="nowhere"), "tmp_dir nowhere: no such directory", "--tmp-dir nowhere: no such directory"),
+    # fit, finetune, predict
+    (_fit_check(max_epochs=0), "max_epochs must be at least 1, got 0", "--max-epochs must be at least 1, got 0"),
+    (_fit_check(architecture=3), "architecture is a name, got int 3", "--architecture is a name, got int 3"),
+    (_fit_check(folds=1), "folds must be at least 2", "--folds must be at least 2"),
+    (_fit_check(folds=3, ensemble=2), "folds=3 trains one member per fold (3 members): leave out ensemble=2",
+     "--folds 3 trains one member per fold (3 members): leave out --ensemble 2"),
+    (_fit_check(kernel=4), "kernel must be odd (every residue keeps its position), got 4",
+     "--kernel must be odd (every residue keeps its position), got 4"),
+    (_fit_check(lr=0.0), "lr must be positive, got 0.0", "--lr must be positive, got 0.0"),
+    (_fit_check(seed=2**64 - 2, ensemble=5), "seed must be at most 18446744073709551611 (2**64 - 5 with ensemble=5: ",
+     "--seed must be at most 18446744073709551611 (2**64 - 5 with --ensemble 5: "),
+    (_fit_with(folds=3, valid=True), "folds=3 validates each member on the fold it was not trained on: it takes no "
+     "valid (put those proteins in labels, or leave out folds)", "--folds 3 validates each member on the fold it was "
+     "not trained on: it takes no --valid (put those proteins in --labels, or leave out --folds)"),
+    (_fit_with(mask_path="-"), "mask_path cannot be stdin ('-')", "--mask cannot be stdin ('-')"),
+    (_fit_with("value", class_weights=True), "class_weights=True is for classification; the value task is a "
+     "regression", "--class-weights is for classification; the value task is a regression"),
+    (_piped_mask, "mask_path {tmp}/m.fa is a pipe, which can be read once", "--mask {tmp}/m.fa is a pipe"),
+    (_heads("mask_columns", ("rsa",)), "mask_columns=('rsa',): none of the label files is a NetSurfP CSV (fasta)",
+     "--mask-column rsa: none of the label files is a NetSurfP CSV (fasta)"),
+    (_finetune_check(max_epochs=0), "max_epochs must be at least 1, got 0", "--max-epochs must be at least 1, got 0"),
+    (_finetune_check(lora_rank=0), "lora_rank must be at least 1, got 0", "--lora-rank must be at least 1, got 0"),
+    (_finetune_check(lora_dropout=1.0), "lora_dropout must be in [0, 1), got 1.0",
+     "--lora-dropout must be in [0, 1), got 1.0"),
+    (_finetune_check(n_bootstrap=5), "n_bootstrap must be at least 10", "--bootstrap must be at least 10"),
+    (_finetune_check(kernel=4), "kernel must be odd", "--kernel must be odd"),
+    (_finetune_check(model=""), "finetune needs a model (model=): a model directory",
+     "finetune needs a model (-m): a model directory"),
+    (_finetune_check(model="onehot"), "model='onehot' has no weights to fine-tune",
+     "-m onehot has no weights to fine-tune"),
+    (_finetune_check(mask_path="-"), "mask_path cannot be stdin ('-')", "--mask cannot be stdin ('-')"),
+    (_call("predict", max_residues="100"), "max_residues must be a whole number, got str '100'",
+     "--max-residues must be a whole number, got str '100'"),
+    (_heads("head_output", "loc", "loc"), "output is for per-residue heads", "--head-output is for per-residue heads"),
+    (_heads("mismatch"), "e.h5: embeddings come from model 'a', the head was trained on 'b' "
+     "(allow_model_mismatch=True overrides)", "e.h5: embeddings come from model 'a', the head was trained on 'b' "
+     "(--allow-model-mismatch overrides)"),
+    (_heads("architecture", "ss3", "fnn"), "architecture='fnn': ss3 is a per-residue task, whose head is cnn",
+     "--architecture fnn: ss3 is a per-residue task, whose head is cnn"),
+    # (no flag: a name the command's click choices keep out, in one_of's words)
+    (_heads("architecture", "ss3", "rnn"), "architecture must be one of cnn, fnn, light-attention, got 'rnn'",
+     "--architecture must be one of cnn, fnn, light-attention, got 'rnn'"),
+    (_heads("task", "locc"), *[f"task must be one of {', '.join(TASKS)}, got 'locc'"] * 2),
+    (_heads("labels", "xml"), "label_format must be one of auto, ", "--label-format must be one of auto, "),
+    # project
+    (_project_to(html_path="m.html", dims=3), "html_path draws 2 dimensions: leave out dims=3 (or html_path)",
+     "--html draws 2 dimensions: leave out --dims 3 (or --html)"),
+    (_project_to(plot="m.gif"), "plot {tmp}/m.gif: a picture is .png, .svg or .pdf",
+     "--plot {tmp}/m.gif: a picture is .png, .svg or .pdf"),
+    (_project_to("-", html_path="-"), "output and html_path cannot both go to stdout (-): give files",
+     "-o and --html cannot both go to stdout (-): give files"),
+    (_project_to("e.h5"), "output {tmp}/e.h5 is also an input", "-o {tmp}/e.h5 is also an input"),
+    (_project_to(plot="o.png", html_path="o.png"), "plot and html_path name one file ({tmp}/o.png)",
+     "--plot and --html name one file ({tmp}/o.png)"),
+    (_without_umap, "method='umap' needs umap-learn, which is not installed: pip install 'protrans[project]' (or "
+     "umap-learn); method='pca' needs nothing more", "--method umap needs umap-learn, which is not installed: pip "
+     "install 'protrans[project]' (or umap-learn); --method pca needs nothing more"),
+]
+
+
+@pytest.mark.parametrize("call, message, at_command_line", SWEEP,
+                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[:24])}" for i, (_, m, _) in enumerate(SWEEP)])
+def test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
+        tmp_path, monkeypatch, call, message, at_command_line):
+    # (each said a flag to a library caller, which has no way to pass one: "--layer is a whole
+    # number", "--device gpu: use auto, ...", "-o x.bin: name the file ... or say the format with --format")
+    from protrans_cli import console
+    from protrans_cli.errors import ProtransError
+
+    with pytest.raises(ProtransError) as caught:
+        call(tmp_path)
+    said = str(caught.value)
+    assert said.startswith(message.format(tmp=tmp_path)) and not FLAG.search(said.replace(str(tmp_path), "")), said
+    for path in tmp_path.iterdir():  # (what the call made before the refusal, made again below)
+        path.unlink() if not path.is_dir() else shutil.rmtree(path)
+    monkeypatch.setattr(console.state, "command_line", True)
+    with pytest.raises(ProtransError) as caught:
+        call(tmp_path)
+    assert str(caught.value).startswith(at_command_line.format(tmp=tmp_path)), str(caught.value)

@@ -68,7 +68,7 @@ def test_folds_partition_by_sequence_evenly_and_deal_each_class_in_turn(train, k
     config = SimpleNamespace(folds=k, seed=seed)
     groups = _sequence_groups(train)
     if len(groups) < k:
-        with pytest.raises(InputError, match=f"--folds {k} needs at least {k}"):
+        with pytest.raises(InputError, match=f"folds={k} needs at least {k}"):
             cv_folds(config, task, train, "labels.fasta")
         return
     folds = [f.tolist() for f in cv_folds(config, task, train, "labels.fasta")]

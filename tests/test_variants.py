@@ -469,7 +469,8 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
         scorer.site_log_probs([SEQ[:8], "MK1T"], [(0, 2)])
     np.testing.assert_array_equal(scorer.site_log_probs([SEQ[:8].lower()], [(0, 2)]),
                                   scorer.site_log_probs([SEQ[:8]], [(0, 2)]))
-    with pytest.raises(UsageError, match="unknown scoring 'masked'"):
+    with pytest.raises(UsageError, match="^strategy must be one of masked-marginals, wt-marginals, pseudo-ppl, "
+                                         "log-likelihood, got 'masked'$"):
         scorer.score(SEQ[:8], [], "masked")
     for bad, said in (({"long_policy": "crop"}, "^long_policy must be one of error, window, got 'crop'$"),
                       ({"max_length": 0}, "^max_length must be at least 1, got 0$"),

@@ -34,7 +34,8 @@ from torch import nn
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import TORCH_SEEDS, InputError, RuntimeFailure, UsageError, seed_in_range, located
+from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, given, located, option,
+                                 seed_in_range)
 from protrans_cli.heads.data import Batch, Matched, ResidueData, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
@@ -87,9 +88,9 @@ class FinetuneConfig:
         # (n_bootstrap by check_resamples alone: this loop named it "--n-bootstrap", a flag finetune has not)
         for name in ("lora_rank", "max_epochs", "patience", "max_residues", "accumulate", "hidden"):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
         # (as fit's and knn's: `--bootstrap 1` reported the test Q3 0.3050 with the "95% CI" 0.3379-0.3379)
-        check_resamples(self.n_bootstrap, "--bootstrap")
+        check_resamples(self.n_bootstrap, option("--bootstrap", "n_bootstrap"))
         for name, ok, text in (("lr", lambda v: v > 0, "positive"), ("lora_alpha", lambda v: v > 0, "positive"),
                                ("weight_decay", lambda v: v >= 0, "0 or more"),
                                ("valid_fraction", lambda v: 0 < v < 1, "between 0 and 1"),
@@ -97,9 +98,9 @@ class FinetuneConfig:
                                ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
-                raise UsageError(f"--{name.replace('_', '-')} must be {text}, got {value}")
+                raise UsageError(f"{_flag(name)} must be {text}, got {value}")
         if self.kernel is not None and (self.kernel < 1 or self.kernel % 2 != 1):
-            raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
+            raise UsageError(f"{_flag('kernel')} must be odd (every residue keeps its position), got {self.kernel}")
         # (as fit's: numpy's generator of the hold-out and torch's seed take 0 .. 2**64 - 1; -1 was a
         # ValueError traceback once the labels had been read)
         seed_in_range(self.seed, _MAX_SEED, TORCH_SEEDS)
@@ -108,11 +109,20 @@ class FinetuneConfig:
 
             check_threads(self.threads)
         if not self.model:
-            raise UsageError("finetune needs a model (-m): a model directory, a short name or a hub id")
+            raise UsageError(f"finetune needs a model ({option('-m', 'model=')}): a model directory, a short name or "
+                             "a hub id")
         if self.model == "onehot":
-            raise UsageError("-m onehot has no weights to fine-tune: use `protrans fit` on its embeddings")
+            raise UsageError(f"{given('-m', 'model', 'onehot')} has no weights to fine-tune: use `protrans fit` on its "
+                             "embeddings")
         if str(self.mask_path) == "-":  # (read for each label file, as fit's)
-            raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
+            raise UsageError(f"{option('--mask', 'mask_path')} cannot be stdin ('-'): it is read for each label file; "
+                             "give it as a file")
+
+
+def _flag(name: str) -> str:
+    """How a message names FinetuneConfig field `name`: its flag at the command line (the field's
+    name, hyphenated), the field to a library call (`option`)."""
+    return option(f"--{name.replace('_', '-')}", name)
 
 
 @dataclass
@@ -196,8 +206,8 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
     for record in label_set.records:
         if record.id in sequences:
             if record.sequence and record.sequence.upper() != sequences[record.id].upper():
-                raise InputError(f"--fasta {fasta} gives another sequence for this id", path=str(path),
-                                 record=record.id)
+                raise InputError(f"{option(f'--fasta {fasta}', f'fasta {fasta}')} gives another sequence for this id",
+                                 path=str(path), record=record.id)
             record.sequence = sequences[record.id]
         if not record.sequence:
             missing.append(record.id)
@@ -255,8 +265,8 @@ def _hold_out(config: FinetuneConfig, train: SequenceData, labels):
         groups.setdefault(s.upper(), []).append(i)
     valid_idx, train_idx = held_out_positions(list(groups.values()), n_valid, config.seed)
     if not train_idx:
-        raise InputError("the --valid-fraction hold-out leaves no training protein (the proteins share a sequence)",
-                         path=str(labels))
+        raise InputError(f"the {option('--valid-fraction', 'valid_fraction')} hold-out leaves no training protein "
+                         "(the proteins share a sequence)", path=str(labels))
     return train.subset(train_idx), train.subset(valid_idx), (f"{len(valid_idx):,} proteins held out of train "
                                                               f"(seed {config.seed}; {len(train_idx):,} left)")
 
@@ -469,7 +479,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         return _finished(out_dir, _jsonable(_fingerprint(config, labels, fasta, valid, tests, stdin)))
 
     if config.class_weights and any(o.is_value for o in task.outputs):
-        raise UsageError("--class-weights is for classification; the value task is a regression")
+        raise UsageError(f"{option('--class-weights', 'class_weights=True')} is for classification; the value task "
+                         "is a regression")
     # the model's name checked (its config read, not its weights) before the label files: a name
     # that is not there failed after the labels' lines were printed, as if they had been the work
     open_config(config.model)
@@ -519,8 +530,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
                           f"{labels} (SET=test)"))
         sources.append((eval_sets[-1][1], labels))
     if config.mask_path is not None and not any(masked):
-        raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
-                         "holds, the only ones a mask file applies to")
+        raise UsageError(f"{option(f'--mask {config.mask_path}', f'mask_path {config.mask_path}')}: none of the "
+                         "label files is FLIP-style labels whose ids it holds, the only ones a mask file applies to")
     refuse_unused_mask_columns(config.mask_columns, formats)  # (as fit)
     # (as fit: a --test that is the training file, or the validation set, was scored without a word)
     _warn_overlap(train, [(name, data, desc, None) for name, data, desc in eval_sets])

@@ -34,7 +34,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFailure, UsageError, expect_options,
-                                 expect_path, first_line, located, one_of, option, plain_numbers, seed_in_range,
+                                 expect_path, first_line, given, located, one_of, option, plain_numbers, seed_in_range,
                                  torch_load_problem, whole_number)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
@@ -63,9 +63,8 @@ _FIT_FLAGS = {"max_epochs": "--max-epochs", "patience": "--patience", "ensemble"
 
 def _flag(name: str) -> str:
     """How a message names FitConfig field `name`: by its flag at the command line, and to a
-    library call by the field where the flag is not its name (--bootstrap is n_bootstrap)."""
-    flag = _FIT_FLAGS[name]
-    return flag if flag == "--" + name.replace("_", "-") else option(flag, name)
+    library call by the field (`option`; --bootstrap is n_bootstrap)."""
+    return option(_FIT_FLAGS[name], name)
 
 
 _MAX_SEED = 2**64 - 1  # torch.manual_seed's range
@@ -116,7 +115,7 @@ class FitConfig:
 
     def check(self) -> None:
         if self.architecture is not None and not isinstance(self.architecture, str):
-            raise UsageError(f"--architecture is a name, got {type(self.architecture).__name__} "
+            raise UsageError(f"{_flag('architecture')} is a name, got {type(self.architecture).__name__} "
                              f"{self.architecture!r:.40}")
         # (n_bootstrap: check_resamples' bound alone; "--bootstrap must be at least 1, got 0" sent the user to 1,
         # which was then refused as "must be at least 10")
@@ -126,13 +125,13 @@ class FitConfig:
         check_resamples(self.n_bootstrap, _flag("n_bootstrap"))
         if self.folds is not None:
             if self.folds < 2:
-                raise UsageError(f"--folds must be at least 2 (each fold is scored by a member trained on the others), "
-                                 f"got {self.folds}")
+                raise UsageError(f"{_flag('folds')} must be at least 2 (each fold is scored by a member trained on "
+                                 f"the others), got {self.folds}")
             if self.ensemble not in (1, self.folds):
-                raise UsageError(f"--folds {self.folds} trains one member per fold ({self.folds} members): leave out "
-                                 f"--ensemble {self.ensemble}")
+                raise UsageError(f"{given('--folds', 'folds', self.folds)} trains one member per fold ({self.folds} "
+                                 f"members): leave out {given('--ensemble', 'ensemble', self.ensemble)}")
         if self.kernel is not None and self.kernel % 2 != 1:
-            raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
+            raise UsageError(f"{_flag('kernel')} must be odd (every residue keeps its position), got {self.kernel}")
         for name, text, ok in (("valid_fraction", "between 0 and 1", lambda v: 0 < v < 1),
                                ("lr", "positive", lambda v: v > 0),
                                ("weight_decay", "0 or more", lambda v: v >= 0),
@@ -143,8 +142,9 @@ class FitConfig:
         # (torch seeds are unsigned 64-bit: a larger one was a traceback, "Overflow when unpacking
         # long long", and with --ensemble only at the member whose seed passed 2**64 - 1, after
         # the members before it had been trained)
-        members, flag = (self.folds, "--folds") if self.folds else (self.ensemble, "--ensemble")
-        why = TORCH_SEEDS if members == 1 else f"2**64 - {members} with {flag} {members}: member k seeds seed + k"
+        members, name = (self.folds, "folds") if self.folds else (self.ensemble, "ensemble")
+        why = TORCH_SEEDS if members == 1 else (f"2**64 - {members} with {given(_FIT_FLAGS[name], name, members)}: "
+                                                "member k seeds seed + k")
         seed_in_range(self.seed, _MAX_SEED - members + 1, why)
         if self.cache_bytes < 0:
             raise UsageError(option(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}",
@@ -183,13 +183,16 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         expect_path(value, name, " (one file or directory)")
     if config.folds and valid is not None:
         # (before any file is read)
-        raise UsageError(f"--folds {config.folds} validates each member on the fold it was not trained on: it "
-                         "takes no --valid (put those proteins in --labels, or leave out --folds)")
+        no_valid = option("--valid (put those proteins in --labels, or leave out --folds)",
+                          "valid (put those proteins in labels, or leave out folds)")
+        raise UsageError(f"{given('--folds', 'folds', config.folds)} validates each member on the fold it was not "
+                         f"trained on: it takes no {no_valid}")
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     task = get_task(config.task, dual=config.dual)
     if config.class_weights and any(o.is_value for o in task.outputs):
         # (before any file is read: it was refused only once every set had been read and matched)
-        raise UsageError("--class-weights is for classification; the value task is a regression")
+        raise UsageError(f"{option('--class-weights', 'class_weights=True')} is for classification; the value task "
+                         "is a regression")
     # (resolved before the fingerprint: a head fit without --architecture or --kernel records
     # what it used, and its --resume compares the same settings as one given them)
     architecture = architecture_for(task, config.architecture)
@@ -290,7 +293,8 @@ def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests
     if any(str(pair[0]) == "-" for pair in [(embeddings,), *([valid] if valid else []), *tests]):
         raise UsageError(HDF5_FROM_STDIN)
     if str(config.mask_path) == "-":  # read for each label file: the evaluation sets' reads found it empty
-        raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
+        raise UsageError(f"{option('--mask', 'mask_path')} cannot be stdin ('-'): it is read for each label file; "
+                         "give it as a file")
     refuse_piped_mask(config.mask_path, len(label_inputs))
     # (written through a link, -o head -> /scratch/heads/x: its HEAD.partial and the swap happen
     # beside the folder it names)
@@ -303,8 +307,9 @@ def refuse_unused_mask_columns(mask_columns, formats: list[str]) -> None:
     without it, another format's labels were trained on in full, without a word."""
     names = tuple(mask_column_names(mask_columns))
     if names != FitConfig.mask_columns and "netsurfp" not in formats:
-        raise UsageError(f"--mask-column {' --mask-column '.join(names)}: none of the label files is a NetSurfP CSV "
-                         f"({', '.join(sorted(set(formats)))}), the only ones whose columns it picks")
+        named = option(f"--mask-column {' --mask-column '.join(names)}", f"mask_columns={names}")
+        raise UsageError(f"{named}: none of the label files is a NetSurfP CSV ({', '.join(sorted(set(formats)))}), "
+                         "the only ones whose columns it picks")
 
 
 def refuse_piped_mask(mask_path, label_files: int) -> None:
@@ -314,8 +319,9 @@ def refuse_piped_mask(mask_path, label_files: int) -> None:
     from protrans_cli.embed import is_stream
 
     if label_files > 1 and mask_path is not None and is_stream(mask_path):
-        raise UsageError(f"--mask {mask_path} is a pipe, which can be read once, and it is read for each label "
-                         "file: give it as a file (a compressed one is read as it is)")
+        raise UsageError(f"{option(f'--mask {mask_path}', f'mask_path {mask_path}')} is a pipe, which can be read "
+                         "once, and it is read for each label file: give it as a file (a compressed one is read as "
+                         "it is)")
 
 
 def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddings, labels, valid,
@@ -456,8 +462,8 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
                           data, str(emb), str(lab)))
     if config.mask_path is not None and not any(masked):
         # (training labels in another format were read without it, for a FLIP --valid/--test)
-        raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
-                         "holds, the only ones a mask file applies to")
+        raise UsageError(f"{option(f'--mask {config.mask_path}', f'mask_path {config.mask_path}')}: none of the "
+                         "label files is FLIP-style labels whose ids it holds, the only ones a mask file applies to")
     refuse_unused_mask_columns(config.mask_columns, formats)
     # (records of the label file in a split no step reads have a label: not reported as without one)
     unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
@@ -601,8 +607,9 @@ def _hold_out(config: FitConfig, train, labels):
     n_valid = max(1, int(round(config.valid_fraction * total)))
     if total - n_valid < 1:
         if total >= 2:  # (the fraction leaves nothing to train on, not the proteins)
-            raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {total} "
-                             "training proteins, leaving none to train on: give a smaller fraction")
+            raise UsageError(f"{given('--valid-fraction', 'valid_fraction', config.valid_fraction)} holds out "
+                             f"{n_valid} of the {total} training proteins, leaving none to train on: give a smaller "
+                             "fraction")
         raise InputError("too few training proteins to hold out a validation set", path=str(labels))
     for groups in (_sequence_groups(train), [[i] for i in range(total)]):
         # (the second, protein by protein, only where the groups leave nothing to train on: a
@@ -652,7 +659,8 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
     groups = _sequence_groups(train)
     if len(groups) < k:
         what = "proteins of distinct sequence" if len(groups) < len(train.items) else "proteins"
-        raise InputError(f"--folds {k} needs at least {k:,} training {what}, the set has {len(groups):,}",
+        raise InputError(f"{given('--folds', 'folds', k)} needs at least {k:,} training {what}, the set has "
+                         f"{len(groups):,}",
                          path=str(labels))
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(groups))

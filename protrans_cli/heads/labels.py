@@ -39,7 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError, brief
+from protrans_cli.errors import InputError, UsageError, brief, one_of
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_text, look_alike, parse_fasta
 from protrans_cli.io.files import (binary_kind, display_name, header_delimiter, is_utf16, kind_refusal,
@@ -161,8 +161,7 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     in another format is read without it; a FLIP-style one takes it as without the flag.
     `all_columns` (a table with a header): every column after the id is a label named by its
     header (`id,family,tm`: `family` and `tm`), where the tasks read the second as `label`."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown label format {fmt!r} (choose from {', '.join(FORMATS)})")
+    one_of(fmt, FORMATS, "--label-format", keyword="label_format")  # (as fit, predict, knn and project take it)
     mask_columns = mask_column_names(mask_columns)
     name = display_name(path)
     with open_input(path) as stream:

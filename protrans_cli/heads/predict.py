@@ -95,7 +95,9 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         file_pooling = pooling_kind(reader.attrs.get("pooling")) if source == PER_PROTEIN else "mean"
         if head_pooling != file_pooling:
             message = (f"per-protein vectors pooled by {file_pooling}, the head was trained on vectors pooled by "
-                       f"{head_pooling}: embed with --pooling {head_pooling}, or give the sequences with --fasta")
+                       f"{head_pooling}: " + option(f"embed with --pooling {head_pooling}, or give the sequences with "
+                                                    "--fasta", f"embed with pooling={head_pooling!r}, or give the "
+                                                    "sequences to predict_sequences"))
             mismatch(message, reader.path, allow_model_mismatch)
 
 
@@ -103,7 +105,8 @@ def mismatch(message: str, path, allow: bool) -> None:
     """Embeddings that do not match what they are compared with (another model, input prefix or
     pooling): a ModelError, or with --allow-model-mismatch a warning naming `path`."""
     if not allow:
-        raise ModelError(message + " (--allow-model-mismatch overrides)", path=str(path))
+        raise ModelError(f"{message} ({option('--allow-model-mismatch', 'allow_model_mismatch=True')} overrides)",
+                         path=str(path))
     console.warn(f"{path}: {message}")
 
 
@@ -480,9 +483,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     check_head_output(task, output)
     # (before the embeddings are read: a wrong call refused after minutes of reading a large file)
     if probabilities is not None and task.kind != PER_RESIDUE:
-        raise UsageError("--probabilities is for per-residue heads; a per-protein head's CSV holds its class "
-                         "probabilities already" + (" (a value head has none: the CSV holds its values)"
-                                                    if any(o.is_value for o in task.outputs) else ""))
+        raise UsageError(f"{option('--probabilities', 'probabilities')} is for per-residue heads; a per-protein "
+                         "head's CSV holds its class probabilities already"
+                         + (" (a value head has none: the CSV holds its values)" if any(o.is_value for o in task.outputs)
+                            else ""))
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         # A stacked file without an order to follow is read a slice of rows at a time, its
@@ -775,14 +779,16 @@ def check_head_output(task, output: str | None) -> None:
     if output is not None and output not in task.output_names:
         raise UsageError(f"the head has no output {output!r} (it has {', '.join(task.output_names)})")
     if output is not None and task.kind != PER_RESIDUE:
-        raise UsageError("--head-output is for per-residue heads; the CSV of a per-protein head holds every output")
+        raise UsageError(f"{option('--head-output', 'output')} is for per-residue heads; the CSV of a per-protein "
+                         "head holds every output")
 
 
 def _check_max_residues(max_residues) -> None:
     # 0 or a negative budget was taken (fit refuses it): what it did depended on the batching code
     # ("100" was "at least 1, got 100"; numpy's integers count as Python's)
     if not whole_number(max_residues):
-        raise UsageError(f"--max-residues (max_residues) must be a whole number, got {type(max_residues).__name__} "
+        raise UsageError(f"{option('--max-residues', 'max_residues')} must be a whole number, got "
+                         f"{type(max_residues).__name__} "
                          f"{max_residues!r:.60}")
     at_least(max_residues, 1, "--max-residues", keyword="max_residues")
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError, one_of
+from protrans_cli.errors import InputError, UsageError, given, one_of
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
 
 IGNORE = -100  # target value for residues/proteins left out of loss and metrics (torch's ignore_index)
@@ -362,11 +362,12 @@ def architecture_for(task: Task, architecture: str | None = None) -> str:
     if architecture not in allowed:
         if architecture in (a for options in ARCHITECTURES.values() for a in options):
             what = "per-residue" if task.kind == PER_RESIDUE else "per-protein"
-            raise UsageError(f"--architecture {architecture}: {task.name} is a {what} task, whose head is "
+            raise UsageError(f"{given('--architecture', 'architecture', architecture)}: {task.name} is a {what} "
+                             "task, whose head is "
                              + " or ".join(allowed) + (" (light-attention and fnn are for per-protein tasks)"
                                                        if task.kind == PER_RESIDUE else ""))
-        raise UsageError(f"unknown architecture {architecture!r} (choose from "
-                         f"{', '.join(a for options in ARCHITECTURES.values() for a in options)})")
+        one_of(architecture, [a for options in ARCHITECTURES.values() for a in options], "--architecture",
+               keyword="architecture")
     return architecture
 
 
@@ -386,8 +387,7 @@ def warn_unused_dual(name: str) -> None:
 
 
 def get_task(name: str, *, dual: str = "first") -> Task:
-    if name not in TASKS:
-        raise UsageError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
+    one_of(name, TASKS, "task")  # (fit's TASK, FitConfig.task)
     one_of(dual, DUAL_POLICIES, "--dual", keyword="dual")
     task = TASKS[name]
     return replace(task, dual=dual) if task.kind == PER_PROTEIN else task

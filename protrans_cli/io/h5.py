@@ -44,7 +44,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.console import flush_standard_streams
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line, one_of
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line, one_of, option
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import begins_fasta, decode_word, header_id
 from protrans_cli.io.files import directory_kind, missing_file, output_directory, utf8_text
@@ -1932,9 +1932,11 @@ class EmbeddingsWriter:
             raise UsageError("contact maps are written in the grouped layout only")
         one_of(layout, LAYOUTS, "--layout", keyword="layout")
         if layout == "flat" and len(self.kinds) != 1:
-            raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
+            raise UsageError("the flat layout holds one kind only: " + option(
+                "choose --per-residue or --per-protein", f"kinds=({PER_RESIDUE!r},) or ({PER_PROTEIN!r},)"))
         if layout == "stacked" and self.kinds != (PER_PROTEIN,):
-            raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
+            raise UsageError("the stacked layout holds per-protein vectors only: "
+                             + option("choose --per-protein alone", f"kinds=({PER_PROTEIN!r},)"))
         one_of(storage_dtype, STORAGE_DTYPES, "--storage-dtype", keyword="storage_dtype")
         if compression is not None:
             one_of(compression, COMPRESSIONS, "--compression", keyword="compression")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from protrans_cli.errors import ModelError, UsageError, a_or_an
+from protrans_cli.errors import ModelError, UsageError, a_or_an, given
 from protrans_cli.residues import THREE_DI_PREFIX
 
 
@@ -105,8 +105,8 @@ class Family:
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention
         (`embed --attention flex`); a usage error for a family that has no such path."""
-        raise UsageError(f"--attention flex: the {self.name} family does not support it "
-                         "(only t5: ProtT5 and Ankh); use --attention sdpa")
+        raise UsageError(f"{given('--attention', 'attention', 'flex')}: the {self.name} family does not support it "
+                         f"(only t5: ProtT5 and Ankh); use {given('--attention', 'attention', 'sdpa')}")
 
     def overflow_guard(self, model):
         """For float16 inference: an object whose `watch(keep, rows, device)` / `rows()` mark
