@@ -7,6 +7,7 @@ rich is imported only when a table or summary is printed, so fast commands stay 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -159,8 +160,37 @@ def _emit(text: str) -> None:
     stream = sys.stderr
     if stream is None:
         return
-    stream.write(text)
-    stream.flush()
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        stderr_gone(exc)
+
+
+# How a stderr that went away mid-run fails a write: EIO, a terminal that hung up (a dropped ssh
+# connection: a command stopping for its SIGHUP, or one left running with nohup or `disown` whose
+# stderr is still that terminal), or EPIPE, a reader that left (`2>&1 | tee log`, whose tee the
+# same hang-up ended).
+_GONE = (errno.EIO, errno.EPIPE)
+
+
+def stderr_gone(exc: OSError) -> None:
+    """After a write to stderr failed with `exc`: where stderr went away (`_GONE`), its descriptor is
+    pointed at /dev/null, so that this message and every later one (tqdm's, rich's, HDF5's) go
+    nowhere, as with `2>/dev/null` (a closed stderr's way: cli._open_closed_standard_streams), and
+    the command goes on, or stops as it was asked to, with its work. (The first message after a
+    hang-up failed the command: train's stop for the SIGHUP lost its checkpoint, and a nohup'd run
+    that had done its work exited 1 at its summary.) Any other error is raised again."""
+    if exc.errno not in _GONE:
+        raise exc
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # (a stream of no descriptor: replaced instead)
+        sys.stderr = os.fdopen(null, "w", encoding="utf-8")
+        return
+    os.dup2(null, fd)  # (what the failed write left in the stream's buffer goes there with the next flush)
+    os.close(null)
 
 
 def flush_standard_streams() -> None:
@@ -384,8 +414,21 @@ def stderr_console():
     """A rich Console on stderr, for tables and summaries."""
     from rich.console import Console
 
+    class StderrConsole(Console):
+        # A stderr that went away (`stderr_gone`): rich raised EIO, and answered EPIPE with exit 1
+        # (and /dev/null on stdout, the data's).
+        def _check_buffer(self) -> None:
+            try:
+                super()._check_buffer()
+            except OSError as exc:
+                stderr_gone(exc)
+
+        def on_broken_pipe(self) -> None:
+            stderr_gone(BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)))
+
     # Not a terminal (a log, a pipe): rich assumed 80 columns and cut paths in tables with "…"
-    return Console(stderr=True, highlight=False, soft_wrap=True, width=None if _is_terminal(sys.stderr) else 200)
+    return StderrConsole(stderr=True, highlight=False, soft_wrap=True,
+                         width=None if _is_terminal(sys.stderr) else 200)
 
 
 def print_table(title: str, columns: list[str], rows: list[list], *, file_console=None) -> None:

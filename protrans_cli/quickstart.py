@@ -67,7 +67,7 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
     except click.ClickException as exc:  # a usage error inside a step is a bug of this script
         raise UsageError(f"quickstart step {step!r} was refused: {exc.format_message()}") from None
     except _Stopped as exc:  # the step's own advice ("the same command and --resume") is not quickstart's
-        raise _Stopped(exc.terminated, f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
+        raise _Stopped(exc.signum, f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
                                        "run quickstart again with --force to start over") from None
     if isinstance(rc, int) and rc != 0:
         raise UsageError(f"quickstart step {step!r} exited with {rc}")

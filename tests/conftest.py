@@ -261,6 +261,58 @@ def flat_files_with_an_empty_protein(whole, flat, n: int) -> None:
                 f.create_dataset("empty", data=np.zeros((0, 4), np.float32))
 
 
+def hung_up(command, ready, *, stdin=None, nohup=False, cwd=None, timeout=60):
+    """Run `command` on a pseudo-terminal of its own, the controlling terminal of its session (an
+    ssh login's foreground job; stdout and stderr there, stdin too unless given), wait until
+    `ready()`, then hang it up as a dropped connection does: the terminal's master side closed (the
+    kernel sends SIGHUP to the session; every later write there fails with EIO) and SIGHUP sent to
+    the command's process group, as the login shell sends it to its jobs. `nohup`: started with
+    SIGHUP ignored (output left on the terminal, as `disown` leaves it). Returns the exit status
+    (-1: killed by the SIGHUP). Skips where there is no pseudo-terminal or SIGHUP."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import time
+
+    if not hasattr(signal, "SIGHUP"):
+        pytest.skip("no SIGHUP on this platform")
+    try:
+        import fcntl
+        import pty
+        import termios
+
+        master, slave = pty.openpty()
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"no pseudo-terminal: {exc}")
+
+    def start():  # (in the child, a session leader: the terminal on its stderr becomes its own)
+        fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+        if nohup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(command, stdin=slave if stdin is None else stdin, stdout=slave, stderr=slave, cwd=cwd,
+                            start_new_session=True, preexec_fn=start)
+    os.close(slave)
+    try:
+        deadline = time.time() + timeout
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            # (what the command says is read: a full terminal would hold it up)
+            with contextlib.suppress(OSError):
+                while select.select([master], [], [], 0.01)[0] and os.read(master, 65536):
+                    pass
+        assert proc.poll() is None, "the command ended before the hang-up"
+    finally:
+        os.close(master)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGHUP)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def signal_when_said(monkeypatch, prefix: str, signum=None) -> None:
     """Deliver `signum` (SIGTERM) to this process as the command says an info line starting with
     `prefix` (its summary, once its output is written): for the tests that a signal then stops

@@ -227,6 +227,29 @@ def test_a_closed_stderr_discards_the_messages_and_the_command_still_works(tmp_p
         assert out.stdout.split() == ["True", os.devnull], out.stdout
 
 
+@pytest.mark.parametrize("command", ["embed", "prep"])
+def test_a_stderr_whose_reader_left_discards_the_messages_and_the_command_still_works(tmp_path, command):
+    """`protrans embed x.fa -o x.h5 2>&1 | tee log` whose tee went away (a dropped ssh connection's
+    SIGHUP ends it with the job): embed's summary failed it (EPIPE, exit 141), prep's table did
+    (rich's own exit 1), train's first line (141, nothing trained). Their messages go nowhere now,
+    as a closed stderr's do, and the command ends as it would have."""
+    import os
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMKLV\n")
+    out = tmp_path / ("x.h5" if command == "embed" else "c.txt")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # (the reader gone)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", command, str(fasta), "-o", str(out),
+                               *(["-m", "onehot"] if command == "embed" else [])],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=write_end)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.fa", out.name])
+
+
 def test_shell_completion_lists_commands_and_options():
     import os
 

@@ -2418,8 +2418,8 @@ def slow(self, seqs, **kw):
     time.sleep(0.05)  # a model's forward pass: the signal arrives mid-run
     return compute(self, seqs, **kw)
 
-def flushed(self):
-    flush(self)
+def flushed(self, **kw):
+    flush(self, **kw)
     marker.touch()  # at least one batch is in OUTPUT.partial
 
 E.OneHotEmbedder.embed_batch, EmbeddingsWriter.flush = slow, flushed
@@ -2459,6 +2459,32 @@ def test_signal_after_first_batch_leaves_a_resumable_partial_and_one_line(tmp_pa
     summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
     assert summary.num_resumed == len(partial) and not partial_path(out).exists()
     assert_same_content(file_content(out), file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=1)))
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["hung-up", "nohup"])
+def test_a_terminal_that_hangs_up_stops_embed_as_sigterm_does_and_a_nohup_run_goes_on(tmp_path, nohup):
+    """An ssh connection that drops under `protrans embed` run without nohup or tmux: the SIGHUP
+    killed it on the spot (status -1, its lock file left beside the output). It stops as for
+    SIGTERM now: exit 129, the work in OUTPUT.partial and nothing else, --resume then equal to an
+    uninterrupted run. Started under nohup (SIGHUP ignored) it runs on to the end, exit 0, its
+    messages discarded where the terminal is gone (EIO: the summary's had failed it, exit 1)."""
+    from conftest import hung_up
+
+    fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
+    out, marker, script = tmp_path / "g.h5", tmp_path / "flushed", tmp_path / "slow_embed.py"
+    # (main() as the `protrans` command calls it, reading its arguments from sys.argv)
+    script.write_text(_SLOW_EMBED.replace("main(sys.argv[2:])", "sys.argv[1:] = sys.argv[2:]\nmain()"))
+    code = hung_up([sys.executable, str(script), str(marker), "embed", str(fasta), "-m", "onehot",
+                    "--max-batch-size", "1", "-o", str(out)], marker.exists, nohup=nohup)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=1))
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("g.fa", "flushed", "slow_embed.py", "full.h5"))
+    if nohup:
+        assert code == 0 and left == ["g.h5"]
+    else:
+        assert code == 129 and left == ["g.h5.partial", "g.h5.partial.ledger"]
+        assert 0 < len(read_all(partial_path(out))) < 40  # what was written before the hang-up
+        embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+    assert_same_content(file_content(out), full)
 
 
 @pytest.mark.slow
@@ -3804,7 +3830,7 @@ def test_embeds_group_after_another_in_the_same_processes_joins_under_keys_of_it
     assert groups._groups_started == 2  # (and a train after it joins under keys of its own too)
 
 
-@pytest.mark.parametrize("command, signame", [("embed", "SIGINT"), ("train", "SIGTERM")])
+@pytest.mark.parametrize("command, signame", [("embed", "SIGINT"), ("train", "SIGTERM"), ("train", "SIGHUP")])
 def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_path, command, signame):
     """Joining the process group waits inside a C call that runs no Python handler: a Ctrl-C (or
     a scheduler's SIGTERM) there was ignored until the 30-minute join timeout, and under torchrun
@@ -3815,6 +3841,8 @@ def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_
     import sys
     import time
 
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} on this platform")
     signum = getattr(signal, signame)
 
     with socket.socket() as s:
@@ -3854,7 +3882,7 @@ def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_
             proc.wait()
     err = proc.stderr.read()
     proc.stderr.close()
-    word, expected = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
+    word, expected = {"SIGINT": ("interrupted", 130), "SIGTERM": ("terminated", 143), "SIGHUP": ("hung up", 129)}[signame]
     assert code == expected, err
     lines = err.strip().splitlines()
     # (a signal that cuts the TCP connect to the store short makes torch's own C++ code log its

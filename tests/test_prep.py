@@ -1005,6 +1005,27 @@ def test_sigterm_exits_143_and_leaves_no_temporary_files(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_terminal_that_hangs_up_stops_prep_as_sigterm_does_leaving_no_temporary_files(tmp_path):
+    """A dropped ssh connection's SIGHUP (to prep and its workers: the shell sends it to the whole
+    job) killed prep on the spot, leaving its .tmp output, the dedup scratch folder and the
+    workers' hand-over folder: exit 129 now, and nothing left."""
+    from conftest import hung_up
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b">a\nMKV\n" * 1000)  # the pipe stays open: prep is still reading
+        code = hung_up([sys.executable, "-m", "protrans_cli", "prep", "-", "--dedup", "-j", "2", "-o",
+                        str(tmp_path / "c.txt"), "--tmp-dir", str(scratch)],
+                       lambda: len(list(scratch.iterdir())) >= 2, stdin=read_end)  # (its scratch folders made)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert code == 129
+    assert [p.name for p in tmp_path.iterdir()] == ["scratch"] and not list(scratch.iterdir())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_a_killed_main_process(tmp_path):
     # SIGKILL (the OOM killer, a hard time limit) cannot be handled; the workers must not be

@@ -2084,14 +2084,15 @@ def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path
         train(_config(tmp_path, "esm", num_steps=4, save_every=2), resume=True)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM,
+                                    *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])])  # (a terminal that hung up)
 def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_nothing(tmp_path, monkeypatch, signum):
     from protrans_cli.training import loop
 
     class Stopped(Exception):
         pass
 
-    def previous_handler(sig, frame):  # what the CLI installs: it turns SIGTERM into exit 143
+    def previous_handler(sig, frame):  # what the CLI installs: it turns SIGTERM into exit 143, SIGHUP into 129
         raise Stopped(sig)
 
     kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
@@ -2118,6 +2119,68 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
     rest = train(_config(tmp_path / "parts", **kw), resume=True)
     assert rest.completed and rest.step == 10
     assert [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")] == whole.losses  # bit for bit on CPU
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["hung-up", "nohup"])
+def test_a_terminal_that_hangs_up_stops_train_with_a_checkpoint_and_a_nohup_run_goes_on(tmp_path, run_cli, nohup):
+    """An ssh connection that drops under `protrans train` run without nohup or tmux: the SIGHUP
+    killed it on the spot, every step since its last checkpoint lost. It stops as for SIGTERM
+    now: the step under way finished, a checkpoint saved there, exit 129; --resume then ends as
+    an uninterrupted run. Started under nohup (SIGHUP ignored) it trains on to the end, exit 0,
+    its messages discarded where the terminal is gone (EIO: its last line had failed it, exit 1)."""
+    import sys
+
+    from conftest import ROOT, hung_up
+
+    args = ["train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "10", "--max-length", "64",
+            "--global-batch-size", "16", "--micro-batch-size", "8", "--lr", "3e-3", "--warmup-steps", "3",
+            "--log-every", "1", "--save-every", "1000", "-j", "1"]
+    run_dir, whole = tmp_path / "parts", tmp_path / "whole"
+    metrics = run_dir / "metrics.jsonl"
+    code = hung_up([sys.executable, "-m", "protrans_cli", *args, "-o", str(run_dir)],
+                   lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, nohup=nohup, cwd=ROOT)
+    reached = [r["step"] for r in read_metrics(metrics)][-1]
+    if nohup:
+        assert code == 0 and reached == 10 and (run_dir / "complete.json").exists()
+        return
+    assert code == 129 and 3 <= reached < 10
+    assert _checkpoints(run_dir) == [f"step_{reached:08d}"]  # the step it had reached
+    assert run_cli(*args, "-o", run_dir, "--resume").exit_code == 0
+    assert run_cli(*args, "-o", whole).exit_code == 0
+    assert [r["loss"] for r in read_metrics(metrics)] == [r["loss"] for r in read_metrics(whole / "metrics.jsonl")]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_hang_up_sent_to_the_whole_job_is_one_warning_and_one_line_in_its_log(tmp_path):
+    """`protrans train ... --num-workers 2 2> train.log` over ssh, the connection dropped: the shell
+    sends SIGHUP to the whole job, DataLoader workers included, which said the run's warning again
+    each ("stopping after this step ..." three times in the log). They leave it to the trainer, as
+    Ctrl-C and SIGTERM: one warning, then the line that says where the checkpoint is, exit 129."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    metrics = run_dir / "metrics.jsonl"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "train", "--family", "bert", "--corpus", LEARNABLE,
+                                 "--num-steps", "30", "--max-length", "64", "--global-batch-size", "16",
+                                 "--micro-batch-size", "8", "--log-every", "1", "--save-every", "1000", "-j", "1",
+                                 "--num-workers", "2", "-o", str(run_dir)], stdin=subprocess.DEVNULL, stderr=err,
+                                cwd=ROOT, start_new_session=True)
+    deadline = time.time() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGHUP)
+    assert proc.wait(timeout=60) == 129
+    reached = [r["step"] for r in read_metrics(metrics)][-1]
+    said = [line for line in log.read_text().splitlines() if line.startswith("protrans:")]
+    assert said == ["protrans: warning: stopping after this step to save a checkpoint (Ctrl-C stops at once, losing "
+                    "the steps since the last one)",
+                    f"protrans: error: hung up: train stopped at step {reached}/30; checkpoint "
+                    f"{run_dir / 'checkpoints' / f'step_{reached:08d}'}; continue with the same command and --resume"]
 
 
 def test_a_second_ctrl_c_stops_at_once_without_the_checkpoint(tmp_path, monkeypatch, capsys):

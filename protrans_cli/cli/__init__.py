@@ -215,7 +215,7 @@ class _Group(LazyGroup):
                 _quiet_broken_pipe()
             raise
         except KeyboardInterrupt as exc:
-            raise _Stopped(isinstance(exc, _Terminated)) from None
+            raise _Stopped(_signum_of(exc)) from None
 
     def format_commands(self, ctx, formatter):
         ctx._protrans_listing = True
@@ -249,23 +249,47 @@ def cli(ctx, verbose, quiet, debug):
 _help_needs_stdout(cli)  # (the group's own --help and --version)
 
 
+# The signals a command stops for as it does for Ctrl-C (its work kept, one line, 128 + the
+# signal's number as the exit status, as a shell reports a death by it): SIGTERM (a batch
+# scheduler, `timeout`, torchrun stopping its ranks) and SIGHUP (the terminal hung up: an ssh
+# connection that dropped under a command run without nohup or tmux, which SIGHUP killed on the
+# spot: train lost every step since its last checkpoint). (Windows has no SIGHUP.)
+_SIGHUP = getattr(signal, "SIGHUP", None)
+_ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+            **({_SIGHUP: "hung up"} if _SIGHUP is not None else {})}
+
+
+def _exit_code(signum: int) -> int:
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
+
+
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler, `timeout`, torchrun stopping ranks), unwound like Ctrl-C."""
+    """SIGTERM or SIGHUP (`signum`), unwound like Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.signum = signum
+
+
+def _signum_of(exc: BaseException) -> int:
+    """The signal a KeyboardInterrupt stands for: Ctrl-C's, or a _Terminated's own."""
+    return getattr(exc, "signum", signal.SIGINT)
 
 
 class _Stopped(Exception):
-    """Ctrl-C or SIGTERM on its way from a command to main(), out of click's reach; `detail`
-    says what was kept and how to continue."""
+    """Ctrl-C, SIGTERM or SIGHUP (`signum`) on its way from a command to main(), out of click's
+    reach; `detail` says what was kept and how to continue."""
 
-    def __init__(self, terminated: bool, detail: str | None = None):
-        super().__init__(("terminated" if terminated else "interrupted") + (f": {detail}" if detail else ""))
-        self.terminated = terminated
+    def __init__(self, signum: int, detail: str | None = None):
+        super().__init__(_ENDINGS.get(signum, "terminated") + (f": {detail}" if detail else ""))
+        self.signum = signum
+        self.code = _exit_code(signum)
 
 
 def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
     """For a command that kept partial work: raise stopped(exc, "... kept in X; --resume ...")
-    from its `except KeyboardInterrupt`, and main() prints that one line and exits 130/143."""
-    return _Stopped(isinstance(exc, _Terminated), detail)
+    from its `except KeyboardInterrupt`, and main() prints that one line and exits 130/143/129."""
+    return _Stopped(_signum_of(exc), detail)
 
 
 _SAME_WITH_RESUME = "the same command with --resume"
@@ -305,7 +329,7 @@ def refuse_if_every_protein_failed(failed: dict, written: int, resumed: int, wha
                          "attribute); --resume computes them again once the cause is fixed", path=str(output))
 
 
-_TERMINATED: list[int] = []  # SIGTERMs the main process received
+_TERMINATED: list[int] = []  # SIGTERMs and SIGHUPs the main process received
 _INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
 _LATE: list[int] = []  # either, once the command's output was complete (console.output_complete)
 
@@ -320,7 +344,7 @@ def raise_if_stopped() -> None:
     weakref callback ran: "Exception ignored in ..."). A loop that builds an output calls it as
     it goes: `export` interrupted so went on to the end, committed its output, then exited 130."""
     if _TERMINATED:
-        raise _Terminated()
+        raise _Terminated(_TERMINATED[0])
     if _INTERRUPTED:
         raise KeyboardInterrupt
 
@@ -341,17 +365,18 @@ def _quiet_dropped_stops(previous):
 
 
 def _on_sigterm(main_pid):
+    """The handler of SIGTERM, and of SIGHUP where it would have killed the process."""
     def handler(signum, frame):
         if os.getpid() != main_pid:  # a forked worker: die as before, the main process cleans up
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
             return
         if _after_completion(signum) or _deferred_past_torch_import(signum):
             return
         # Noted as well as raised: Python drops an exception raised while a weakref callback or
         # a destructor runs ("Exception ignored in ..."), and the command then ended with exit 0.
         _TERMINATED.append(signum)
-        raise _Terminated()
+        raise _Terminated(signum)
 
     return handler
 
@@ -466,6 +491,11 @@ def main(argv=None):
         installed = True
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         installed = False
+    # (a hang-up: only where it would kill the process now; an ignored SIGHUP (nohup) stays
+    # ignored, and a caller's own handler stays in place)
+    previous_hup = signal.getsignal(_SIGHUP) if installed and _SIGHUP is not None else None
+    if previous_hup == signal.SIG_DFL:
+        signal.signal(_SIGHUP, _on_sigterm(os.getpid()))
     # (Ctrl-C: only where it raises KeyboardInterrupt now; an ignored SIGINT stays ignored)
     previous_int = signal.getsignal(signal.SIGINT) if installed else None
     if previous_int is signal.default_int_handler:
@@ -479,7 +509,7 @@ def main(argv=None):
         _main(console, argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if argv is None and code not in (0, EXIT_INTERRUPTED, 128 + signal.SIGTERM):
+        if argv is None and code not in (0, *map(_exit_code, _ENDINGS)):
             _tell_torchrun(console.state.last_error)
         h5 = sys.modules.get("protrans_cli.io.h5")
         if argv is None and h5 is not None and h5.abandoned_files():
@@ -502,6 +532,8 @@ def main(argv=None):
             # handlers Python set, and a scheduler's SIGTERM then killed a finished run (143);
             # one that hangs there still gets the scheduler's SIGKILL.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if previous_hup == signal.SIG_DFL:  # (likewise a hang-up)
+                signal.signal(_SIGHUP, signal.SIG_IGN)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, _exit_now(code))
                 # Python's finalization, after the atexit callbacks, resets the handlers Python
@@ -517,6 +549,8 @@ def main(argv=None):
             _forget_stops()
             sys.unraisablehook = previous_hook
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            if previous_hup == signal.SIG_DFL:
+                signal.signal(_SIGHUP, previous_hup)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_int)
 
@@ -549,9 +583,9 @@ def _main(console, argv):
     try:
         rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
     except click.exceptions.Abort as exc:
-        terminated = isinstance(exc.__cause__ or exc.__context__, _Terminated)
-        console.error("terminated" if terminated else "interrupted")
-        sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+        signum = _signum_of(exc.__cause__ or exc.__context__)
+        console.error(_ENDINGS[signum])
+        sys.exit(_exit_code(signum))
     except _NO_ARGS_IS_HELP as exc:
         # `protrans` alone (click 8.2+ raises this usage error, whose message is the help page):
         # the page as it is, on stderr, exit 2, not squeezed into one error line
@@ -572,9 +606,9 @@ def _main(console, argv):
         console.error(exc.format())
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, _Stopped) as exc:
-        terminated = isinstance(exc, _Terminated) or getattr(exc, "terminated", False)
-        console.error(str(exc) if isinstance(exc, _Stopped) else "terminated" if terminated else "interrupted")
-        sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+        signum = _signum_of(exc)
+        console.error(str(exc) if isinstance(exc, _Stopped) else _ENDINGS[signum])
+        sys.exit(_exit_code(signum))
     except MemoryError as exc:  # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
         if console.state.debug:
             raise
@@ -606,15 +640,15 @@ def _main(console, argv):
             sys.exit(1)
         if (signal_exc is None and not noted) or console.state.debug:
             raise
-        terminated = isinstance(signal_exc, _Terminated) or (signal_exc is None and bool(_TERMINATED))
-        console.error("terminated" if terminated else "interrupted")
-        sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+        signum = _signum_of(signal_exc) if signal_exc is not None else (_TERMINATED or [signal.SIGINT])[0]
+        console.error(_ENDINGS[signum])
+        sys.exit(_exit_code(signum))
     if _LATE and not rc and not _TERMINATED and not _INTERRUPTED:
-        console.warn(f"{'terminated' if signal.SIGTERM in _LATE else 'interrupted'} once the output was complete "
-                     f"({console.state.complete}): nothing was lost")
-    if _TERMINATED and not rc:  # the SIGTERM's exception was swallowed on its way out
-        console.error("terminated")
-        sys.exit(128 + signal.SIGTERM)
+        late = next((s for s in _LATE if s != signal.SIGINT), signal.SIGINT)  # (SIGTERM or SIGHUP before Ctrl-C)
+        console.warn(f"{_ENDINGS[late]} once the output was complete ({console.state.complete}): nothing was lost")
+    if _TERMINATED and not rc:  # the SIGTERM's (SIGHUP's) exception was swallowed on its way out
+        console.error(_ENDINGS[_TERMINATED[0]])
+        sys.exit(_exit_code(_TERMINATED[0]))
     if _INTERRUPTED and not rc:  # the same for Ctrl-C
         console.error("interrupted")
         sys.exit(EXIT_INTERRUPTED)

@@ -325,12 +325,12 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         result = train(config, resume=resume_from or resume or None,
                        saved_as={k: v for k, v in saved_as.items() if not flags.get(k)},
                        accept_corpus_change=accept_corpus_change)
-    except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM: the one error line says what was kept
-        from protrans_cli.cli import EXIT_INTERRUPTED, stopped
+    except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM/SIGHUP: the one error line says what was kept
+        from protrans_cli.cli import stopped
 
         stop = stopped(exc, getattr(exc, "protrans_detail", None))
         if not _rank_zero():  # rank 0's line says what was kept; the other ranks printed a bare "terminated"
-            raise SystemExit(143 if stop.terminated else EXIT_INTERRUPTED) from None
+            raise SystemExit(stop.code) from None
         raise stop from None
     if not result.completed and _rank_zero():
         if result.stopped_by == "time_limit":

@@ -1673,7 +1673,7 @@ def exchange_paths(a, b) -> bool:
 
 @contextlib.contextmanager
 def signals_held():
-    """SIGINT and SIGTERM wait until the block ends (the renames of a job's several outputs:
+    """SIGINT, SIGTERM and SIGHUP wait until the block ends (the renames of a job's several outputs:
     a signal between two of them would leave a mix of new and old files). Python-level
     handlers that only note the signal, then the previous ones, to which a noted signal is sent
     again: a thread mask would not do, since the kernel hands a process signal to any thread
@@ -1686,7 +1686,7 @@ def signals_held():
         return
     noted: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+                for s in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))}
     try:
         yield
     finally:
@@ -1736,17 +1736,19 @@ def stop_with_launcher() -> bool:
 
 @contextlib.contextmanager
 def signals_end_wait(what: str):
-    """SIGINT and SIGTERM end the process at once while the block waits inside a C call that
+    """SIGINT, SIGTERM and SIGHUP end the process at once while the block waits inside a C call that
     does not return for them: joining a torchrun process group waits for every rank, and a
     Ctrl-C there ran no Python handler until the join timed out (30 minutes; under torchrun the
     launcher killed the rank after its 30 s grace, without a word). The signal's byte reaches a
     thread through Python's wakeup fd, which writes "protrans: error: interrupted: `what`" and
-    exits 130 (143 for SIGTERM). Only for a block that has written nothing: no cleanup runs."""
+    exits 130 (143 for SIGTERM, 129 for SIGHUP). Only for a block that has written nothing: no
+    cleanup runs."""
     import select
     import signal
     import threading
 
-    ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+    ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143),
+            **({signal.SIGHUP: ("hung up", 129)} if hasattr(signal, "SIGHUP") else {})}
     # A signal reaches the wakeup fd only through a handler set in Python (not one that is
     # SIG_DFL, which kills the process anyway, or SIG_IGN); only the main thread can set the fd.
     # (Windows: the wakeup fd must be a socket, and select() takes no pipe)

@@ -790,16 +790,19 @@ class CorpusStream:
 
 
 def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
-    """DataLoader workers leave Ctrl-C/SIGTERM to the main process, which finishes its step and
-    saves a checkpoint (a worker dying first would abort that); they exit with it, and die with
-    it when it is killed (a worker ignores SIGTERM, so one whose trainer was SIGKILLed stayed
-    alive under PID 1, reading the corpus for nobody): prep's workers' way."""
+    """DataLoader workers leave Ctrl-C/SIGTERM/SIGHUP to the main process, which finishes its step
+    and saves a checkpoint (a worker dying first would abort that: a hang-up, like Ctrl-C, reaches
+    the whole process group); they exit with it, and die with it when it is killed (a worker
+    ignores SIGTERM, so one whose trainer was SIGKILLed stayed alive under PID 1, reading the
+    corpus for nobody): prep's workers' way."""
     import signal
 
     from protrans_cli.corpus import _die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with_parent(parent_pid)
 
 

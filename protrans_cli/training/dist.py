@@ -158,7 +158,10 @@ def print0(*args, **kwargs) -> None:
 
     # (no stderr, sys.stderr None: nowhere; print's file=None would have been stdout, the data's)
     if _info.is_main and console.state.verbosity >= 0 and sys.stderr is not None:
-        print(*args, file=sys.stderr, flush=True, **kwargs)
+        try:
+            print(*args, file=sys.stderr, flush=True, **kwargs)
+        except OSError as exc:  # (a terminal that hung up: discarded from now on, the run goes on)
+            console.stderr_gone(exc)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

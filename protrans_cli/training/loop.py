@@ -125,9 +125,11 @@ class _Run:
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM (a scheduler's pre-emption, torchrun stopping its ranks) during training:
-    finish the step under way, save a checkpoint there, then stop as the signal would have, so that
-    `--resume` loses nothing. A second Ctrl-C stops at once. Active in the main thread only."""
+    """Ctrl-C, SIGTERM (a scheduler's pre-emption, torchrun stopping its ranks) or SIGHUP (the
+    terminal hung up: a dropped ssh connection; torchrun passes its own on to the ranks) during
+    training: finish the step under way, save a checkpoint there, then stop as the signal would
+    have, so that `--resume` loses nothing. A second Ctrl-C stops at once. Active in the main
+    thread only."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -138,7 +140,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
                 previous = signal.getsignal(sig)
                 if previous == signal.SIG_IGN:  # ignored by the caller (nohup, a script's `&`): it stays so
                     continue
@@ -176,7 +178,7 @@ class StopRequest:
 
     def raise_now(self, signum=None, frame=None, detail: str | None = None):
         """Stop as the signal would have without us: the previous handler (the CLI's maps SIGTERM
-        to exit 143), else KeyboardInterrupt. `detail` (what was kept, how to go on) travels on
+        to exit 143, SIGHUP to 129), else KeyboardInterrupt. `detail` (what was kept, how to go on) travels on
         the exception as `protrans_detail`: the CLI's one error line says it, also under -q."""
         signum = signum or self.signum or signal.SIGINT
         previous = self._previous.get(signum)
