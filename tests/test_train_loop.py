@@ -2086,7 +2086,8 @@ def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM,
                                     *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])])  # (a terminal that hung up)
-def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_nothing(tmp_path, monkeypatch, signum):
+def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_nothing(tmp_path, monkeypatch, capsys,
+                                                                                     signum):
     from protrans_cli.training import loop
 
     class Stopped(Exception):
@@ -2113,6 +2114,15 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
         assert signal.getsignal(signum) is previous_handler
     finally:
         signal.signal(signum, old)
+    # Its one warning offers a second Ctrl-C ("again" only after a first one), except after a
+    # hang-up, which left no terminal to press it on: that says why the run stopped instead.
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protrans: warning:")]
+    assert warned == ["protrans: warning: " + {
+        signal.SIGINT: "stopping after this step to save a checkpoint (Ctrl-C again stops at once, losing the steps "
+                       "since the last one)",
+        signal.SIGTERM: "stopping after this step to save a checkpoint (Ctrl-C stops at once, losing the steps since "
+                        "the last one)",
+    }.get(signum, "the terminal hung up: stopping after this step to save a checkpoint")]
     run_dir = tmp_path / "parts" / "run_bert"
     assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step_00000003"]
     monkeypatch.setattr(loop, "append_metrics", append)
@@ -2177,8 +2187,7 @@ def test_a_hang_up_sent_to_the_whole_job_is_one_warning_and_one_line_in_its_log(
     assert proc.wait(timeout=60) == 129
     reached = [r["step"] for r in read_metrics(metrics)][-1]
     said = [line for line in log.read_text().splitlines() if line.startswith("protrans:")]
-    assert said == ["protrans: warning: stopping after this step to save a checkpoint (Ctrl-C stops at once, losing "
-                    "the steps since the last one)",
+    assert said == ["protrans: warning: the terminal hung up: stopping after this step to save a checkpoint",
                     f"protrans: error: hung up: train stopped at step {reached}/30; checkpoint "
                     f"{run_dir / 'checkpoints' / f'step_{reached:08d}'}; continue with the same command and --resume"]
 

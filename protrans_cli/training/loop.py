@@ -128,8 +128,9 @@ class StopRequest:
     """Ctrl-C, SIGTERM (a scheduler's pre-emption, torchrun stopping its ranks) or SIGHUP (the
     terminal hung up: a dropped ssh connection; torchrun passes its own on to the ranks) during
     training: finish the step under way, save a checkpoint there, then stop as the signal would
-    have, so that `--resume` loses nothing. A second Ctrl-C stops at once. Active in the main
-    thread only."""
+    have, so that `--resume` loses nothing. A second Ctrl-C stops at once (the warning offers
+    it, except after a hang-up, which left no terminal to press it on). Active in the main thread
+    only."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -166,10 +167,14 @@ class StopRequest:
         if self.signum is None:
             self.signum = signum
             if dist.info().is_main:
-                # (a SIGTERM's warning spoke of Ctrl-C "again", which nobody had pressed)
+                # (a SIGTERM's warning spoke of Ctrl-C "again", which nobody had pressed; after a
+                # hang-up there is no terminal to press it on: the log says why the run stopped)
                 again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
+                hung_up = signum == getattr(signal, "SIGHUP", None)
                 console.warn("the run has done its steps: stopping once its final model is written"
-                             if self.finishing else "stopping after this step to save a checkpoint "
+                             if self.finishing else
+                             "the terminal hung up: stopping after this step to save a checkpoint" if hung_up else
+                             "stopping after this step to save a checkpoint "
                              f"({again} stops at once, losing the steps since the last one)")
         elif signum == signal.SIGINT:
             # A second Ctrl-C. (torchrun answers Ctrl-C by sending SIGTERM to its ranks, which
