@@ -466,8 +466,10 @@ class VariantScorer:
                                      f"of {len(sequence)}: {found}); parse variants against the sequence scored")
         store = store or _compute
         if self.causal != (strategy in CAUSAL_STRATEGIES):
+            # (to a library call, the scoring by name: score() takes it as `strategy`, run_variants
+            # from VariantOptions' `strategies`)
             raise UsageError(f"{self.loaded.name}: a causal language model reads left to right: give "
-                             + option("--scoring log-likelihood", "strategies=('log-likelihood',)") if self.causal
+                             + option("--scoring log-likelihood", "the scoring 'log-likelihood'") if self.causal
                              else f"{self.loaded.name}: {option(f'--scoring {strategy}', f'the scoring {strategy!r}')} "
                              "is for causal language models (Transformer-XL); a masked LM reads both sides (pseudo-ppl "
                              "is its likelihood)")

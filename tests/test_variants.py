@@ -1372,6 +1372,27 @@ def test_a_causal_lm_scores_the_log_likelihood_ratio(run_cli, tmp_path, tiny_mod
     assert r.exit_code == 2 and "causal" in r.stderr
 
 
+def test_a_scoring_the_model_cannot_read_names_no_keyword_the_scorer_lacks(tiny_models, monkeypatch):
+    """VariantScorer.score(seq, variants, strategy) with a causal LM and a two-sided scoring was
+    told "give strategies=('log-likelihood',)", VariantOptions' field, which score() has not (its
+    keyword is `strategy`): the scoring is named as the masked LM's refusal names it, and the
+    command line keeps its flag."""
+    from protrans_cli import console
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    causal = VariantScorer(load_model(tiny_models["transfo_xl"], masked_lm=True), progress=False)
+    variants = [parse_variant("K2A", SEQ)]
+    with pytest.raises(UsageError) as caught:
+        causal.score(SEQ, variants, "masked-marginals")
+    assert str(caught.value).endswith("a causal language model reads left to right: give the scoring "
+                                      "'log-likelihood'"), str(caught.value)
+    monkeypatch.setattr(console.state, "command_line", True)
+    with pytest.raises(UsageError, match="reads left to right: give --scoring log-likelihood$"):
+        causal.score(SEQ, variants, "masked-marginals")
+
+
 def test_a_causal_lm_refuses_a_long_wild_type_under_long_policy_window(tiny_models):
     """A causal LM's likelihood is not read in windows: a wild type over --max-length is refused
     under --long-policy window too (it was scored on its first window alone, without a word)."""
