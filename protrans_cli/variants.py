@@ -708,8 +708,10 @@ class VariantOptions:
         if not self.models:
             raise UsageError("no model given")
         if "onehot" in self.models:  # (embed's encoding, not a model: it was looked for on the hub)
-            raise UsageError(f"{given('-m', 'model', 'onehot')} is embed's one-hot encoding, not a language model: it "
-                             "gives no residue probabilities to score variants with")
+            # (to a library call, the field it gave: `models`, a tuple, not embed's `model`)
+            named = option("-m onehot", "models: 'onehot'")
+            raise UsageError(f"{named} is embed's one-hot encoding, not a language model: it gives no residue "
+                             "probabilities to score variants with")
         if not self.strategies:
             raise UsageError(f"{option('--scoring', 'strategies')}: give one or more of {', '.join(STRATEGIES)}")
         for strategy in self.strategies:

@@ -518,7 +518,9 @@ SWEEP = [
     (_contacts_to("-"), "an HDF5 file cannot be written to stdout: give output a file name",
      "an HDF5 file cannot be written to stdout: give -o FILE.h5"),
     # variants
-    (_variants(models=("onehot",)), "model='onehot' is embed's one-hot encoding, not a language model",
+    # (VariantOptions takes `models`, a tuple: "model='onehot'" named a field it has not)
+    (_variants(models=("esm2_t6_8M_UR50D", "onehot")), "models: 'onehot' is embed's one-hot encoding, not a "
+     "language model",
      "-m onehot is embed's one-hot encoding, not a language model"),
     (_variants(device="gpu"), "device='gpu': use auto, cpu, cuda, cuda:N or mps", "--device gpu: use auto"),
     (_variants(models=("a", "b"), column="s"), "column names the one score column of one model and one scoring",
