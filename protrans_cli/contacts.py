@@ -34,7 +34,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, a_or_an, at_least, expect_options,
-                                 expect_path, given, one_of, option)
+                                 expect_path, force_option, given, one_of, option, resume_option)
 from protrans_cli.io.h5 import CONTACTS
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -424,7 +424,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
     `on_load`: called with the model it loads (not given `predictor`), once the input is checked:
     esm-extract embeds with it next instead of loading it again."""
     from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
-    from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, display_name, input_named_by,
+    from protrans_cli.io.files import (checked_hdf5_output, display_name, hdf5_output_in_use, input_named_by,
                                        output_lock, refuse_other_format_name)
     from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_non_file, refuse_replacing_other_file
 
@@ -437,24 +437,27 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
         raise UsageError("an HDF5 file cannot be written to stdout: give " + option("-o FILE.h5", "output a file name"))
     output = checked_hdf5_output(output, "the contact maps", compressed_hint=" (--compression gzip compresses its "
                                                                               "arrays)",
-                                 directory_hint=f" (give -o a file name, such as {Path(output) / 'contacts.h5'})")
+                                 directory_hint=f" (give {option('-o', 'output')} a file name, such as "
+                                                f"{Path(output) / 'contacts.h5'})")
     model_path = _model_directory(options.model)
     for target in (output, partial_path(output)):
         if input_named_by(target, (fasta,)):
-            raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
+            raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another "
+                             f"{option('-o', 'output')})")
         if model_path and input_named_by(target, (), directories=(str(model_path),)):
             raise UsageError(f"{target} is inside the model directory {model_path}: writing it could replace the "
-                             "model's files (choose another -o)")
+                             f"model's files (choose another {option('-o', 'output')})")
     refuse_other_format_name(output, "-o", "the contact maps")
-    with output_lock(output, HDF5_OUTPUT_IN_USE):
+    with output_lock(output, hdf5_output_in_use()):
         refuse_non_file(partial_path(output))  # (before the model loads: a named pipe there hung the run for ever)
         if output.exists() and not options.resume and not options.force:
-            raise UsageError(f"{output} exists: --resume keeps its proteins and computes what it lacks, --force "
-                             "replaces it")
+            raise UsageError(f"{output} exists: {resume_option()} keeps its proteins and computes what it lacks, "
+                             f"{force_option()} replaces it")
         left = partial_path(output)
         if left.exists() and not options.resume and not options.force:
             refuse_if_in_use(left)
-            raise UsageError(f"{left} holds the work of an interrupted run: --resume finishes it, --force replaces it")
+            raise UsageError(f"{left} holds the work of an interrupted run: {resume_option()} finishes it, "
+                             f"{force_option()} replaces it")
         if (options.force or options.resume) and output.exists():
             refuse_replacing_other_file(output, "contacts", resume=options.resume)
         name = input_name or display_name(fasta)

@@ -46,9 +46,9 @@ from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
-                                 expect_options, expect_path, given, one_of, option)
+                                 expect_options, expect_path, force_option, given, one_of, option, resume_option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
-from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
+from protrans_cli.io.files import (checked_hdf5_output, create_fresh, disk_full, display_name, hdf5_output_in_use,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use, refuse_non_file)
@@ -1031,19 +1031,21 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give " + option("-o FILE.h5", "output a file name"))
     output = checked_hdf5_output(output, "the embeddings", compressed_hint=" (--compression gzip compresses its arrays)",
-                                 directory_hint=f" (give -o a file name, such as {Path(output) / 'embeddings.h5'})")
+                                 directory_hint=f" (give {option('-o', 'output')} a file name, such as "
+                                                f"{Path(output) / 'embeddings.h5'})")
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):
         if input_named_by(target, (fasta,)):
-            raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
+            raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another "
+                             f"{option('-o', 'output')})")
         # (only a model directory: a folder that merely bears the model's name, `onehot/` or
         # `prot_bert/` without config.json, holds nothing of the model)
         model_path = _model_directory(options.model)
         model_dir = input_named_by(target, (), directories=(str(model_path),) if model_path else ())
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
-                             "model's files (choose another -o)")
+                             f"model's files (choose another {option('-o', 'output')})")
     refuse_other_format_name(output, "-o", "the embeddings")
     if options.resume and options.force:
         raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
@@ -1052,7 +1054,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     # write shards of their own): a second run on the same output is refused instead of replacing
     # this run's file, or removing its partial file, when it ends.
     rank = _torchrun_rank()[0] if distributed else 0
-    lock = output_lock(output, HDF5_OUTPUT_IN_USE) if rank == 0 else contextlib.nullcontext()
+    lock = output_lock(output, hdf5_output_in_use()) if rank == 0 else contextlib.nullcontext()
     with lock:
         return _embed_locked(fasta, output, options, embedder, distributed, input_name)
 
@@ -1063,8 +1065,8 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
     refuse_non_file(partial_path(output))  # (before the model loads: a named pipe there hung the run for ever)
     if output.exists() and not options.resume and not options.force:
         # Hours of embedding, replaced by a command run again without --resume.
-        raise UsageError(f"{output} exists: --resume keeps its proteins and embeds what it lacks, --force "
-                         "replaces it")
+        raise UsageError(f"{output} exists: {resume_option()} keeps its proteins and embeds what it lacks, "
+                         f"{force_option()} replaces it")
     if not options.resume and not options.force:
         # The same for an interrupted run's work (a finished file that a --resume made partial
         # again, interrupted, lost all its proteins to a plain rerun, with a warning)
@@ -1072,8 +1074,8 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         for path in left:  # another run's live file is named as such first
             refuse_if_in_use(path)
         if left:
-            raise UsageError(f"{left[0]} holds the work of an interrupted run: --resume finishes it, --force "
-                             "replaces it")
+            raise UsageError(f"{left[0]} holds the work of an interrupted run: {resume_option()} finishes it, "
+                             f"{force_option()} replaces it")
     if (options.force or options.resume) and output.exists():
         from protrans_cli.io.h5 import refuse_replacing_other_file
 
@@ -1614,11 +1616,12 @@ def _refuse_planted_links(output, shard_files) -> None:
     for path in (partial_path(output), *map(Path, shard_files)):
         if Path(path).is_symlink():
             raise InputError("is a symbolic link, which protrans never makes (planted in a shared folder?): "
-                             "--resume does not write through it; delete it, or --force replaces it", path=str(path))
+                             f"{resume_option()} does not write through it; delete it, or {force_option()} replaces "
+                             "it", path=str(path))
     output = Path(output)
     if output.is_symlink() and os.lstat(output).st_uid != os.geteuid():
-        raise InputError("is a symbolic link someone else owns: --resume does not extend the file it leads to; "
-                         "--force replaces the link with a file of your own", path=str(output))
+        raise InputError(f"is a symbolic link someone else owns: {resume_option()} does not extend the file it leads "
+                         f"to; {force_option()} replaces the link with a file of your own", path=str(output))
 
 
 def _model_directory(name) -> Path | None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import RuntimeFailure
+from protrans_cli.errors import RuntimeFailure, option
 from protrans_cli.io.h5 import checksum64, digest128
 
 if TYPE_CHECKING:
@@ -241,16 +241,17 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         if os.WIFSIGNALED(status):
             number = os.WTERMSIG(status)
             if number not in _CRASH_SIGNALS:
-                raise RuntimeFailure(f"reading it for --resume was stopped by {signal.Signals(number).name} "
-                                     "(the out-of-memory killer sends SIGKILL)", path=str(path))
+                raise RuntimeFailure(f"reading it {option('for --resume', 'to resume')} was stopped by "
+                                     f"{signal.Signals(number).name} (the out-of-memory killer sends SIGKILL)",
+                                     path=str(path))
             with open(log_path, "rb") as fh:
                 return True, (h5_module.CrashGuard.last(fh.read()), number == getattr(signal, "SIGALRM", None))
         try:
             with open(result_path, "rb") as fh:
                 outcome = pickle.load(fh)
         except (OSError, EOFError, pickle.UnpicklingError):
-            raise RuntimeFailure("reading it for --resume failed: its child process returned no result (a full "
-                                 "disk?)", path=str(path)) from None
+            raise RuntimeFailure(f"reading it {option('for --resume', 'to resume')} failed: its child process returned "
+                                 "no result (a full disk?)", path=str(path)) from None
     if outcome[0] == "interrupted":
         raise KeyboardInterrupt
     if outcome[0] == "ok":
@@ -261,7 +262,7 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         _, name, message, where, record, line = outcome
         cls = getattr(h5_module, name, None) or getattr(errors, name, None) or errors.InputError
         raise cls(message, path=where, record=record, line=line)
-    raise RuntimeFailure(f"reading it for --resume failed: {outcome[1]}", path=str(path))
+    raise RuntimeFailure(f"reading it {option('for --resume', 'to resume')} failed: {outcome[1]}", path=str(path))
 
 
 def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_first: str | None = None,

@@ -243,6 +243,37 @@ def given(flag: str, keyword: str, value) -> str:
     return option(f"{flag} {value}", f"{keyword}={value!r}")
 
 
+# What a run that keeps its work (embed, contacts, fit, finetune, variants, a search) is told to do
+# about an output that exists or a run that stopped, as its reader gives it (`option`): a library
+# caller was told "--resume finishes it", "give --force to replace it", "run the same command with
+# --resume", "choose another -o", none of which a call can pass.
+RESUME_WORDS = ("--resume", "resume=True")  # (either: what a caller that rewrites the advice looks for)
+
+
+def resume_option() -> str:
+    """--resume at the command line, resume=True to a library call."""
+    return option("--resume", "resume=True")
+
+
+def force_option() -> str:
+    """--force at the command line, force=True to a library call."""
+    return option("--force", "force=True")
+
+
+def again_with_resume() -> str:
+    """'run the same command with --resume' at the command line, 'call again with resume=True' to
+    a library call (the same function, on the same input and output)."""
+    return option("run the same command with --resume", "call again with resume=True")
+
+
+def same_settings_with_resume() -> str:
+    """For an unfinished run made with other settings or inputs: 'run the same command with
+    --resume' (the command that made it), to a library call 'call again with the settings and
+    inputs it was made with and resume=True'."""
+    return option("run the same command with --resume",
+                  "call again with the settings and inputs it was made with and resume=True")
+
+
 def expect_options(value, cls: type, name: str) -> None:
     """A library call's settings object is `cls`: a dict or a task name in its place was a
     TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute).

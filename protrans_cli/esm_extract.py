@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
-                                 expect_options, expect_path, one_of, option)
+from protrans_cli.errors import (RESUME_WORDS, InputError, ModelError, ProtransError, RuntimeFailure, UsageError,
+                                 at_least, expect_options, expect_path, one_of, option)
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 # esm-extract's dict keys of each --include, in the order it writes them
@@ -381,17 +381,18 @@ def _nothing_kept(exc: ProtransError, work: Path, output_dir: str) -> None:
     inside = str(work)
     if exc.path is not None and str(exc.path).startswith(inside):
         exc.path = output_dir
-    if "--resume" not in exc.message and inside not in exc.message:
+    if not any(word in exc.message for word in (*RESUME_WORDS, inside)):
         return
     kept = []
     for clause in exc.message.split("; "):
-        if "--resume" in clause or inside in clause:
+        if any(word in clause for word in (*RESUME_WORDS, inside)):
             break
         kept.append(clause)
     remedy = ("raise the limit" if "file-size limit" in exc.message else "free some space" if "no room" in exc.message
               else "remove the cause")
-    exc.message = "; ".join(kept) + (f"; nothing was kept (esm-extract writes its files once all are computed, and "
-                                     f"has no --resume: protrans embed has): {remedy} and run it again")
+    exc.message = "; ".join(kept) + ("; nothing was kept (esm-extract writes its files once all are computed, and "
+                                     + option("has no --resume: protrans embed has", "cannot resume: embed can")
+                                     + f"): {remedy} and " + option("run it again", "call it again"))
 
 
 @contextlib.contextmanager

@@ -76,7 +76,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     `truncation_seq_length`: esm-extract's (its default 1022), recorded as embed's `max_length`
     with `long_policy` truncate.
     """
-    from protrans_cli.io.files import HDF5_OUTPUT_IN_USE, checked_hdf5_output, output_lock, refuse_other_format_name
+    from protrans_cli.io.files import checked_hdf5_output, hdf5_output_in_use, output_lock, refuse_other_format_name
 
     inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length, model)
     one_of(layout, LAYOUTS, "--layout", keyword="layout")
@@ -100,7 +100,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     paths = _pt_files(inputs, output)
     _refuse_output_naming_fasta(output, fasta)
     refuse_other_format_name(output, "-o", "the imported embeddings")
-    with output_lock(output, HDF5_OUTPUT_IN_USE):
+    with output_lock(output, hdf5_output_in_use()):
         return _import_locked(paths, output, fasta=None if fasta is None else Path(fasta), layers=layers,
                               per_residue=per_residue, per_protein=per_protein, layout=layout,
                               storage_dtype=storage_dtype, model=model, truncation=truncation_seq_length,
@@ -614,7 +614,7 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     `contacts`, (L, L)) into the file `protrans contacts` writes (`/contacts/<id>`), with the same
     checks in a first pass and the same attributes as the embeddings' import."""
     from protrans_cli.contacts import CONTACTS_DESCRIPTION
-    from protrans_cli.io.files import HDF5_OUTPUT_IN_USE, checked_hdf5_output, output_lock, refuse_other_format_name
+    from protrans_cli.io.files import checked_hdf5_output, hdf5_output_in_use, output_lock, refuse_other_format_name
     from protrans_cli.io.h5 import CONTACTS
 
     # (as import_esm's: a TypeError from pathlib where the embeddings' import says which argument)
@@ -623,7 +623,7 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     paths = _pt_files(inputs, output)
     _refuse_output_naming_fasta(output, fasta)
     refuse_other_format_name(output, "-o", "the imported contact maps")
-    with output_lock(output, HDF5_OUTPUT_IN_USE):
+    with output_lock(output, hdf5_output_in_use()):
         from protrans_cli import __version__
         from protrans_cli.io.h5 import EmbeddingsWriter, output_free, remove_partial
 

@@ -215,7 +215,7 @@ def _chosen_kind(reader, kind: str | None) -> str:
         return PER_PROTEIN if PER_PROTEIN in reader.kinds or PER_RESIDUE not in reader.kinds else PER_RESIDUE
     if kind == PER_RESIDUE and kind not in reader.kinds:
         raise InputError("holds per-protein vectors only: per-residue rows are not in it (embed with "
-                         "--per-residue)", path=reader.path)
+                         f"{option('--per-residue', 'per_residue=True')})", path=reader.path)
     return kind
 
 
@@ -240,7 +240,8 @@ def _layer_index(reader, shape: tuple, kind: str, layer: int) -> int | None:
                              "and no `layers` attribute says their first axis is layers", path=reader.path)
         if layered and not -shape[0] <= layer < shape[0]:
             raise InputError(f"holds {shape[0]} layers on its arrays' first axis (the file records no layer "
-                             f"numbers: --layer indexes that axis, {-shape[0]} to {shape[0] - 1}), not layer {layer}",
+                             f"numbers: {option('--layer', 'layer')} indexes that axis, {-shape[0]} to "
+                             f"{shape[0] - 1}), not layer {layer}",
                              path=reader.path)
         if not layered and layer not in (-1, 0):
             raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}",
@@ -317,8 +318,8 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
     wanted, sequences = read_id_list(ids) if ids is not None else (None, None)
     with EmbeddingsReader(path) as reader:
         if str(path).endswith(".partial"):
-            console.warn(f"{path} is an unfinished run's file: it holds the proteins done so far (embed --resume "
-                         "finishes it)")
+            console.warn(f"{path} is an unfinished run's file: it holds the proteins done so far "
+                         f"({option('embed --resume', 'embed with resume=True')} finishes it)")
         if reader.subgroups:  # (another tool's ids with '/' written as they were: h5py made them groups)
             from protrans_cli.heads.labels import some_ids
 
@@ -422,7 +423,9 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
         elif set(these) != set(order):
             odd = sorted(set(these) ^ set(order))
             raise InputError(f"its per-residue and per-protein embeddings are of different proteins (first: {odd[0]}): "
-                             "export one kind (--per-residue or --per-protein)", path=reader.path)
+                             "export one kind (" + option("--per-residue or --per-protein",
+                                                          "kind='per_residue' or kind='per_protein'") + ")",
+                             path=reader.path)
         if sequences is not None:
             _check_sequences(reader, source_kind, order, sequences, source)
         plans.append((field_name, _Plan(reader, source_kind, layer, pooled, order, sequences, all_layers=all_layers)))
@@ -1054,9 +1057,11 @@ def info(path, *, residues: bool = False) -> dict:
         if running is not None:
             facts.update(running)
             return facts
-        facts["status"] = "unfinished: a run is writing it or was stopped (embed --resume continues it)"
+        facts["status"] = ("unfinished: a run is writing it or was stopped "
+                           f"({option('embed --resume', 'embed with resume=True')} continues it)")
     elif os.path.exists(path + ".partial"):
-        facts["status"] = f"finished; {path}.partial beside it is a later run's (embed --resume), still unfinished"
+        facts["status"] = (f"finished; {path}.partial beside it is a later run's "
+                           f"({option('embed --resume', 'embed with resume=True')}), still unfinished")
     else:
         facts["status"] = "finished"
     other = _other_output(path)

@@ -68,7 +68,8 @@ def layer_on_axis(reader, layer: int, n_layers: int | None) -> int:
         return 0
     if not -n_layers <= layer < n_layers:
         raise InputError(f"holds {n_layers} layers on its arrays' first axis (the file records no layer numbers: "
-                         f"--layer indexes that axis, {-n_layers} to {n_layers - 1}), not layer {layer}",
+                         f"{option('--layer', 'layer')} indexes that axis, {-n_layers} to {n_layers - 1}), not layer "
+                         f"{layer}",
                          path=str(reader.path))
     return layer
 
@@ -98,8 +99,8 @@ def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
     if reader._kind_guessed:  # (a flat file with no dataset, kind unrecorded: "per-residue embeddings only")
         raise InputError(f"{what}: holds no protein", path=str(path))
     if PER_PROTEIN not in reader.kinds:
-        raise InputError(f"{what}: holds per-residue embeddings only; knn compares per-protein vectors "
-                         "(embed with --per-protein, or without --per-residue)", path=str(path))
+        raise InputError(f"{what}: holds per-residue embeddings only; knn compares per-protein vectors (embed with "
+                         + option("--per-protein, or without --per-residue)", "per_protein=True)"), path=str(path))
 
 
 def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path, one_of
+from protrans_cli.errors import RESUME_WORDS, InputError, ProtransError, UsageError, expect_path, one_of, option
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
                                 EmbeddingsWriter, _comparable, digest128, escape_key, output_free, partial_path,
                                 remove_partial, stored_proteins)
@@ -67,7 +67,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
           command_line: str | None = None) -> MergeSummary:
     """Merge the embed outputs `inputs` into `output` (see the module docstring). `layout`: the
     merged file's (default: the first part's); `force`: replace an existing `output`."""
-    from protrans_cli.io.files import HDF5_OUTPUT_IN_USE, checked_hdf5_output, output_lock, refuse_other_format_name
+    from protrans_cli.io.files import checked_hdf5_output, hdf5_output_in_use, output_lock, refuse_other_format_name
 
     # From Python: one file as a bare path (it was read letter by letter: "e: not a file"); an
     # output or a force that is no path or bool (a TypeError, or "no" taken as true)
@@ -92,7 +92,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     # Held from the "exists" check to the final rename, as embed holds it: a merge with --force
     # into the output of an embed (or merge) running now removed its partial file, and both said
     # they had written the output.
-    with output_lock(output, HDF5_OUTPUT_IN_USE):
+    with output_lock(output, hdf5_output_in_use()):
         return _merge_locked(paths, output, layout, force, command_line)
 
 
@@ -109,10 +109,10 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
     kinds, layout = parts[0].kinds, layout or parts[0].layout
     if layout == "flat" and len(kinds) != 1:
         raise UsageError(f"the parts hold {' and '.join(kinds)} embeddings; the flat layout holds one kind: "
-                         "merge into --layout grouped")
+                         "merge into " + option("--layout grouped", "layout='grouped'"))
     if layout == "stacked" and kinds != (PER_PROTEIN,):
         raise UsageError(f"the parts hold {' and '.join(kinds)} embeddings; the stacked layout holds per-protein "
-                         "vectors only: merge into --layout grouped")
+                         "vectors only: merge into " + option("--layout grouped", "layout='grouped'"))
     repeats = _repeats(parts)  # (an id in two parts with other sequences: refused before anything is written)
     attrs = {k: v for k, v in parts[0].attrs.items() if k not in _OWN_ATTRS and k not in RUN_ATTRS}
     attrs.update(_shared_run_attrs(parts))
@@ -144,7 +144,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
             failed = dict(writer.failed)
     except BaseException as exc:
         remove_partial(partial)  # (nothing was computed: merging again costs what this did)
-        if isinstance(exc, ProtransError) and "--resume" in exc.message:
+        if isinstance(exc, ProtransError) and any(word in exc.message for word in RESUME_WORDS):
             # (the writer's and the stacking's advice is embed's: the partial file, --resume)
             raise type(exc)(_merge_advice(exc.message), path=str(output)) from None
         raise
@@ -175,7 +175,7 @@ def _merge_advice(message: str) -> str:
     --resume, and it removed its partial file."""
     kept = []
     for clause in message.split("; "):
-        if "--resume" in clause or ".partial" in clause:
+        if any(word in clause for word in (*RESUME_WORDS, ".partial")):
             break
         kept.append(clause)
     remedy = "raise the limit" if "file-size limit" in message else "free some space (or remove the cause)"
@@ -191,8 +191,9 @@ def _check_paths(paths: list[Path], output: Path) -> None:
         if str(path) == "-":  # (it was "-: no such file", exit 1; fit and predict say this, exit 2)
             raise UsageError("an HDF5 file is read in place, not from stdin ('-'): give each part as a file")
         if str(path).endswith(".partial"):
-            raise UsageError("an unfinished embed run's file: finish it first (the same embed command with "
-                             "--resume), then merge its output", path=str(path))
+            raise UsageError("an unfinished embed run's file: finish it first (" + option(
+                "the same embed command with --resume", "the same embed call with resume=True") + "), then merge its "
+                "output", path=str(path))
         if not path.is_file():
             if path.is_dir():  # (a head or model folder was "not a file" alone, as any other folder)
                 raise InputError("is a directory, expected an HDF5 file" + directory_kind(path), path=str(path))
@@ -287,6 +288,9 @@ def _check_same(first: _Part, other: _Part, limit: int | None = None) -> None:
                              "of one merge come from one model with the same settings", path=str(other.path))
 
 
+EMBEDS_PART = "embed's part"  # (EmbedOptions.part, "K/N": what `embed --part` sets)
+
+
 def _check_parts_of_one_input(parts: list[_Part]) -> None:
     """Parts written with `embed --part K/N`: each K once, one N, every K from 1 to N; a part of
     the whole input (no --part) is not merged with them. (Parts of a split FASTA record none.)"""
@@ -296,7 +300,8 @@ def _check_parts_of_one_input(parts: list[_Part]) -> None:
         return
     if len(given) != len(marked):
         whole = next(part for part, spec in marked if not spec)
-        raise InputError(f"holds the whole input, {given[0][0].path} its part {given[0][1]} (embed --part): "
+        raise InputError(f"holds the whole input, {given[0][0].path} its part {given[0][1]} "
+                         f"({option('embed --part', EMBEDS_PART)}): "
                          "merge the parts of one input", path=str(whole.path))
     def input_of(part: _Part) -> str:
         return str(_comparable(part.attrs.get("input_digest")) or "")
@@ -314,8 +319,9 @@ def _check_parts_of_one_input(parts: list[_Part]) -> None:
         # a ValueError traceback, and "0/2" or "3/2" was taken for a part and reported missing)
         found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
         if not found or not 1 <= int(found.group(1)) <= int(found.group(2)):
-            raise InputError(f"its 'part' attribute ({spec!r}) is not K/N, part K of N (1 <= K <= N), as embed "
-                             "--part records it: damaged, or not written by protrans embed", path=str(part.path))
+            raise InputError(f"its 'part' attribute ({spec!r}) is not K/N, part K of N (1 <= K <= N), as "
+                             f"{option('embed --part', EMBEDS_PART)} records it: damaged, or not written by "
+                             "protrans embed", path=str(part.path))
         k, n = int(found.group(1)), int(found.group(2))
         if total is not None and n != total:
             raise InputError(f"is part {spec}, {given[0][0].path} part {given[0][1]}: parts of one split (one N)",
@@ -327,7 +333,8 @@ def _check_parts_of_one_input(parts: list[_Part]) -> None:
     missing = [k for k in range(1, total + 1) if k not in seen]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise InputError(f"part(s) {shown} of {total} are missing (embed --part K/{total}): the merged file "
+        split = option(f"embed --part K/{total}", f"embed with part='K/{total}'")
+        raise InputError(f"part(s) {shown} of {total} are missing ({split}): the merged file "
                          "would lack their proteins; merge every part", path=str(given[0][0].path))
 
 

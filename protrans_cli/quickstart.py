@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from protrans_cli import console
-from protrans_cli.errors import UsageError, at_least, option
+from protrans_cli.errors import UsageError, at_least, force_option, given, option
 from protrans_cli.io.files import check_replaceable, refuse_special_output, utf8_path_problem, utf8_text
 
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
@@ -67,8 +67,9 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
     except click.ClickException as exc:  # a usage error inside a step is a bug of this script
         raise UsageError(f"quickstart step {step!r} was refused: {exc.format_message()}") from None
     except _Stopped as exc:  # the step's own advice ("the same command and --resume") is not quickstart's
+        again = option("run quickstart again with --force", "call run_quickstart again with force=True")
         raise _Stopped(exc.signum, f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
-                                       "run quickstart again with --force to start over") from None
+                                   f"{again} to start over") from None
     if isinstance(rc, int) and rc != 0:
         raise UsageError(f"quickstart step {step!r} exited with {rc}")
     summary.seconds[step] = summary.seconds.get(step, 0.0) + time.perf_counter() - start
@@ -99,7 +100,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     refuse_special_output(output, "-o", "the quickstart folder")
     out = Path(output)
     if out.exists() and not out.is_dir():
-        raise UsageError("is a file, not a folder for the quickstart (choose another -o)", path=str(out))
+        raise UsageError(f"is a file, not a folder for the quickstart (choose another {option('-o', 'output')})",
+                         path=str(out))
     if (problem := utf8_path_problem(out.absolute())) is not None:  # (its train step would fail, after the others)
         raise UsageError(f"{utf8_text(str(out))}: {problem}")
     # (before --force deletes anything: a run refused for its data had removed the last one's results)
@@ -109,12 +111,12 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         raise UsageError(f"example data incomplete in {data}: missing {', '.join(missing)}")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
+            raise UsageError(f"{out} exists and is not empty (use {force_option()} to replace it)")
         # only a quickstart folder (its own names, and temporaries named after them) is replaced
         check_replaceable(out, "quickstart", _own_entry)
         if out.is_symlink():  # (rmtree refuses a link: "Cannot call rmtree on a symbolic link", no name)
-            raise UsageError(f"{out} is a symbolic link to {out.resolve()}: --force replaces a folder, not a link "
-                             f"(give -o {out.resolve()})")
+            raise UsageError(f"{out} is a symbolic link to {out.resolve()}: {force_option()} replaces a folder, not a "
+                             f"link (give {given('-o', 'output', str(out.resolve()))})")
         shutil.rmtree(out)
     for sub in SUBFOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)

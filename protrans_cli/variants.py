@@ -51,7 +51,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, given,
-                                 one_of, option, whole_number)
+                                 one_of, option, resume_option, whole_number)
 from protrans_cli.heads.tasks import missing_number
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
@@ -146,10 +146,11 @@ def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
         index = number - offset
         if not 0 <= index < len(sequence):
             raise VariantError(f"{word}: position {number} is outside the sequence (residues {offset}.."
-                             f"{len(sequence) + offset - 1}; --offset gives the number of its first residue)")
+                             f"{len(sequence) + offset - 1}; {option('--offset', 'offset')} gives the number of its "
+                             "first residue)")
         if sequence[index] != wt:
             raise VariantError(f"{word}: residue {number} of the wild type is {sequence[index]}, not {wt} (check "
-                             f"--offset, the number of the sequence's first residue: {offset})")
+                             f"{option('--offset', 'offset')}, the number of the sequence's first residue: {offset})")
         if mt not in AMINO_ACIDS and mt != "*":
             raise VariantError(f"{word}: {mt} is not one of the 20 amino acids ({AMINO_ACIDS}) or * (a stop)")
         if index in seen:
@@ -792,9 +793,10 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     stripped = [h.strip() for h in header]
     column = options.mutation_column
     if column not in stripped:
-        raise InputError(f"has no {column!r} column (columns: {', '.join(stripped)}; --mutation-column names it)",
-                         path=name)
-    for flag, wanted in (("--truth-column", options.truth_column), ("--id-column", options.id_column)):
+        raise InputError(f"has no {column!r} column (columns: {', '.join(stripped)}; "
+                         f"{option('--mutation-column', 'mutation_column')} names it)", path=name)
+    for flag, wanted in ((option("--truth-column", "truth_column"), options.truth_column),
+                         (option("--id-column", "id_column"), options.id_column)):
         if wanted is not None and wanted not in stripped:
             raise InputError(f"has no {wanted!r} column for {flag} (columns: {', '.join(stripped)})", path=name)
     at = stripped.index(column)
@@ -844,8 +846,9 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
         truth_at = stripped.index(options.truth_column)
         if not any(math.isfinite(_number(row[truth_at])) for row in table.rows):
             examples = ", ".join(repr(v) for v in list(dict.fromkeys(row[truth_at] for row in table.rows))[:3])
-            raise InputError(f"its --truth-column {options.truth_column!r} holds no numbers ({examples}); name "
-                             "the column of measured values", path=name)
+            truth = option(f"--truth-column {options.truth_column!r}", f"truth_column={options.truth_column!r}")
+            raise InputError(f"its {truth} holds no numbers ({examples}); name the column of measured values",
+                             path=name)
     return table
 
 
@@ -925,7 +928,7 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
         raise InputError(f"duplicate id (first seen on line {twice[2]})", path=name, line=twice[1], record=twice[0])
     if len(found) > 1 and not many:
         raise UsageError(f"{name} holds {len(found)} sequences; a variants table has one wild type: pick it with "
-                         f"--id (first ids: {', '.join(i for i, _ in found[:3])})")
+                         f"{option('--id', 'record_id')} (first ids: {', '.join(i for i, _ in found[:3])})")
     if rejected is None:
         _warn_nucleotide(found, name)
     if gapped is None:
@@ -1008,7 +1011,8 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":
         raise UsageError(f"the variants table and {option('--fasta', 'fasta')} cannot both be read from stdin (-)")
     if output not in (None, "-") and input_named_by(output, [p for p in (variants_file, fasta) if p is not None]):
-        raise UsageError(f"{output} is also an input: writing it would replace it (choose another -o)")
+        raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
+                         f"{option('-o', 'output')})")
     if output not in (None, "-"):
         output_directory(output)  # (before the scoring, not when its result is written)
     elif options.resume:
@@ -1095,7 +1099,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     # A device or pipe keeps no work and takes no lock: /dev/.null.lock as root)
     target = through_link(Path(output)) if to_file else output
     with output_lock(target, "is the output of another protrans run that is running now: wait for it to end, "
-                             "or choose another -o") if to_file else contextlib.nullcontext():
+                             f"or choose another {option('-o', 'output')}") if to_file else contextlib.nullcontext():
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
         results = _score_all(table, wild_types, columns, options, store,
                              display_name(fasta) if fasta is not None else None)
@@ -1208,16 +1212,17 @@ class UnitStore:
         if self.folder.exists():
             if not (self.folder / self.MARKER).is_file():
                 raise UsageError(f"{self.folder} exists and is not the work of a protrans variants run: move it "
-                                 "away, or choose another -o")
+                                 f"away, or choose another {option('-o', 'output')}")
             if not resume:
-                raise UsageError(f"{self.folder} holds the work of an interrupted run: --resume goes on with it "
-                                 "(delete it to start afresh)")
+                raise UsageError(f"{self.folder} holds the work of an interrupted run: {resume_option()} goes on with "
+                                 "it (delete it to start afresh)")
             self.kept = len(list(self.folder.glob("*.npy")))
             if self.kept:
-                console.info(f"variants: --resume: {console.counted(self.kept, 'unit')} of work kept in {self.folder}")
+                console.info(f"variants: {resume_option()}: {console.counted(self.kept, 'unit')} of work kept in "
+                             f"{self.folder}")
         else:
             if resume:
-                console.info(f"variants: --resume: no {self.folder}: nothing kept, everything computed")
+                console.info(f"variants: {resume_option()}: no {self.folder}: nothing kept, everything computed")
             self.kept = 0
 
     def _create(self) -> None:

@@ -1265,7 +1265,7 @@ def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_pat
     with EmbeddingsWriter(out) as merged:
         monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
         with pytest.raises(RuntimeFailure, match=r"no room for the proteins of o.h5.shard-000-of-002.partial: 0.0 MiB free .* "
-                                                 r"run the same command with --resume once there is room"):
+                                                 r"call again with resume=True once there is room"):
             _absorb_shards(merged, shards)
         monkeypatch.undo()
     assert all(shard.exists() for shard in shards)
@@ -2718,8 +2718,8 @@ def test_the_shards_of_an_interrupted_torchrun_run_are_kept_unless_force_replace
     ledger_path(shard).write_bytes(b"a ledger")
     before = shard.read_bytes()
     out = tmp_path / "out.h5"
-    with pytest.raises(UsageError, match=f"{re.escape(str(shard))} holds the work of an interrupted run: --resume "
-                                         "finishes it, --force replaces it"):
+    with pytest.raises(UsageError, match=f"{re.escape(str(shard))} holds the work of an interrupted run: resume=True "
+                                         "finishes it, force=True replaces it"):
         _run(out)
     assert shard.read_bytes() == before and not out.exists()
     summary = embed(SMALL, out, EmbedOptions(model="onehot", force=True))

@@ -225,7 +225,7 @@ def test_an_extension_whose_finished_file_went_is_one_error_line(tmp_path, monke
         _stacked(base, fasta=SMALL)
     message = "which is gone" if damage == "gone" else "to the 3 of the finished file linked as s.h5.partial.base, " \
                                                          "which now holds 6"
-    with pytest.raises(RuntimeFailure, match=message + r".*remove s\.h5\.partial and run the same command with --resume"):
+    with pytest.raises(RuntimeFailure, match=message + r".*remove s\.h5\.partial and call again with resume=True"):
         _stacked(out, resume=True)
     assert len(_columns(out)["ids"]) == 3  # the finished file as it was
 
@@ -286,7 +286,7 @@ def test_no_room_for_the_stacked_file_keeps_every_protein_for_resume(tmp_path, m
 
     monkeypatch.setattr(stacked_module, "stack_file", full_disk)
     with pytest.raises(RuntimeFailure, match=r"cannot write the stacked file \(.*No space left on device\); every "
-                                             r"protein is in .*s\.h5\.partial: run the same command with --resume"):
+                                             r"protein is in .*s\.h5\.partial: call again with resume=True"):
         _stacked(out)
     assert not out.exists() and partial_path(out).exists()
     monkeypatch.setattr(stacked_module, "stack_file", real)

@@ -429,7 +429,7 @@ def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypa
     partial.write_bytes(bytes(data))
     monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
     with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for a mended copy of this damaged file: 1.0 MiB "
-                                             r"free .*; free some space and run the same command with --resume"):
+                                             r"free .*; free some space and call again with resume=True"):
         repair_after_kill(partial, (PER_RESIDUE,), "grouped")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5.partial", "o.h5.partial.ledger"]  # (no salvage)
     monkeypatch.undo()
@@ -1281,7 +1281,7 @@ print("carried on", flush=True)  # (a library caller, a notebook, goes on after 
     # ends the process with exit 1 before HDF5's teardown.
     assert "carried on" in r.stdout and r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert "do not resume it" not in r.stdout, r.stdout
-    assert "the proteins written before are kept in it, and --resume embeds again the" in r.stdout, r.stdout
+    assert "the proteins written before are kept in it, and resume=True embeds again the" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("layout", ["grouped", "stacked"])
@@ -1366,8 +1366,8 @@ def test_a_write_failing_in_a_merge_of_shards_says_resume_copies_them_again(tmp_
     with EmbeddingsWriter(tmp_path / "shard.h5", kinds=(PER_PROTEIN,)) as w:
         for i in range(3):
             w.write(f"p{i}", f"p{i}", "MKV", per_protein=vector)
-    for merged, says in ((True, "--resume copies again from the shards it keeps the 3 proteins written since"),
-                         (False, "--resume embeds again the 3 proteins written since")):
+    for merged, says in ((True, "resume=True copies again from the shards it keeps the 3 proteins written since"),
+                         (False, "resume=True embeds again the 3 proteins written since")):
         out = tmp_path / f"out{merged}.h5"
         w = EmbeddingsWriter(out, kinds=(PER_PROTEIN,))
         w.flush()

@@ -5188,7 +5188,7 @@ def test_an_interrupted_search_resumes_to_the_same_head(loc_data, tmp_path, monk
     monkeypatch.setattr(FitState, "save_epoch", save_epoch)
     assert (tmp_path / "parts.search" / "trial_00" / "config.json").is_file()
     assert (tmp_path / "parts.search" / "trial_01.partial").is_dir() and not (tmp_path / "parts").exists()
-    with pytest.raises(UsageError, match="holds an earlier search: --resume continues it"):
+    with pytest.raises(UsageError, match="holds an earlier search: resume=True continues it"):
         search(config(), grid, *args, tmp_path / "parts")
     parts = search(config(resume=True), grid, *args, tmp_path / "parts")
     assert parts.best == whole.best and [t["score"] for t in parts.trials] == [t["score"] for t in whole.trials]

@@ -211,7 +211,7 @@ def test_force_never_replaces_the_working_directory_or_a_folder_above_it(tmp_pat
     monkeypatch.chdir(work)
     for folder in (".", "..", "../..", tmp_path, work / "sub" / ".."):
         assert holds_working_directory(folder), folder
-        with pytest.raises(UsageError, match="--force would delete the current directory"):
+        with pytest.raises(UsageError, match="force=True would delete the current directory"):
             check_replaceable(folder, "fit", lambda entry: True)
     assert not holds_working_directory("../other") and not holds_working_directory("sub")
 

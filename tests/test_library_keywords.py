@@ -697,3 +697,302 @@ def test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_fl
     with pytest.raises(ProtransError) as caught:
         call(tmp_path)
     assert str(caught.value).startswith(at_command_line.format(tmp=tmp_path)), str(caught.value)
+
+
+def _made(tmp, *, embedded=(), files=None, dirs=()):
+    """The test's folder as a call below meets it: `embedded` {name: FASTA text} embedded by onehot
+    (per_protein=False or per_residue=False where the name says "residues" or "vectors"), `files`
+    {name: text}, `dirs` made."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    for name in dirs:
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    for name, text in dict(embedded).items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / f"{name}.fa").write_text(text)
+        embed(tmp / f"{name}.fa", tmp / name, EmbedOptions(model="onehot", per_protein="residues" not in name,
+                                                           per_residue="vectors" not in name))
+
+
+def _then(call, **made):
+    """`call(tmp)` once the folder is `_made(**made)`."""
+    def run(tmp):
+        _made(tmp, **made)
+        return call(tmp)
+    return run
+
+
+def _embed_into(output, **kw):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    return lambda tmp: embed(tmp / "in.fa", tmp / output, EmbedOptions(model="onehot", **kw))
+
+
+def _embed_locked_out(tmp):
+    from protrans_cli.io.files import output_lock
+
+    with output_lock(tmp / "o.h5", "held by this test"):
+        _embed_into("o.h5")(tmp)
+
+
+def _fit_into(out_dir, embeddings="v.h5", **kw):
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    return lambda tmp: fit(FitConfig(task="loc", **kw), tmp / embeddings, tmp / "l.csv",
+                           out_dir if out_dir == "/" else tmp / out_dir)
+
+
+def _fit_state(tmp):
+    from protrans_cli.heads.fit import FitState
+
+    (tmp / "h.partial").mkdir()
+    (tmp / "h.partial" / FitState.FILE).write_bytes(b"")
+    FitState.open(tmp / "h.partial", {}, resume=False, force=False)
+
+
+def _search_into(tmp):
+    from protrans_cli.heads.fit import FitConfig
+    from protrans_cli.heads.search import search
+
+    search(FitConfig(task="loc"), {"lr": [0.1, 0.01]}, tmp / "v.h5", tmp / "l.csv", tmp / "h")
+
+
+def _finetune_into(tmp):
+    from protrans_cli.heads.finetune import FinetuneConfig, checked_output
+
+    checked_output(FinetuneConfig(task="loc", model="prot_bert"), tmp / "h", [tmp / "l.csv"])
+
+
+def _quickstart_into(output):
+    from protrans_cli.quickstart import run_quickstart
+
+    return lambda tmp: run_quickstart(tmp / output)
+
+
+def _import_head_into(tmp):
+    from protrans_cli.heads.imported import import_head
+
+    import_head(tmp / "c.pt", tmp / "h")
+
+
+def _merge_into(output="o.h5", parts=("a.h5", "b.h5"), **kw):
+    from protrans_cli.merge import merge
+
+    return lambda tmp: merge([tmp / p for p in parts], tmp / output, **kw)
+
+
+def _score(variants="v.csv", fasta=None, **kw):
+    from protrans_cli.variants import VariantOptions, run_variants
+
+    return lambda tmp: run_variants(tmp / "o.csv", VariantOptions(**kw), variants_file=tmp / variants,
+                                    sequence=None if fasta else "MKT", fasta=tmp / fasta if fasta else None)
+
+
+def _contacts_into(tmp):
+    _contacts_to(tmp / "o.h5")(tmp)
+
+
+def _export_of(path, **kw):
+    from protrans_cli.export import export
+
+    return lambda tmp: export(tmp / path, tmp / "o.tsv", **kw)
+
+
+def _knn_of(query, **kw):
+    from protrans_cli.knn import knn
+
+    return lambda tmp: knn(tmp / query, tmp / "vectors.h5", tmp / "o.tsv", **kw)
+
+
+def _esm_extract_head(tmp):
+    import json
+
+    from protrans_cli.heads.predict import head_embed_options
+    from protrans_cli.heads.tasks import get_task
+
+    (tmp / "h").mkdir()
+    (tmp / "h" / "config.json").write_text(json.dumps({"task": get_task("loc").to_json(),
+                                                       "embedding": {"model": "esm-extract"}}))
+    head_embed_options(tmp / "h")
+
+
+FA = ">a\nMKT\n>b\nMKVL\n"
+NOT_HDF5 = "is not an HDF5 file, it begins '>a\\nMKT\\n': "
+OWN_FOLDER = "a head directory is a folder of its own, which "
+TWO_KINDS = "the parts hold per_residue and per_protein embeddings; the flat layout holds one kind: merge into "
+PARTIAL_NAME = ("{tmp}/o.h5.partial: a name ending in .partial is an unfinished run's file (a run writes "
+                "OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file for unfinished): "
+                "name the output o.h5 (an interrupted embed or contacts run's o.h5.partial is finished by the same ")
+BESIDE = ("{tmp}/e.h5: no such file (e.h5.partial beside it is the unfinished output of an embed or contacts run that "
+          "was interrupted or is still running: ")
+FASTA_OUT = {"in.fa": FA, "o.h5": ">a\nMKT\n"}  # (an -o that names a FASTA)
+ON_DISK = dict(files={"in.fa": FA, "l.csv": "id,label\na,Nucleus\nb,Cytoplasm\n"})
+
+# (the call, what a library caller is told, and the command line's words, as they were)
+RESUMES = [
+    # embed, contacts: an output or an interrupted run's work there
+    (_then(_embed_into("o.h5"), embedded={"o.h5": FA}, **ON_DISK), "{tmp}/o.h5 exists: resume=True keeps its proteins "
+     "and embeds what it lacks, force=True replaces it", "{tmp}/o.h5 exists: --resume keeps its proteins and embeds "
+     "what it lacks, --force replaces it"),
+    (_then(_embed_into("o.h5"), files={"in.fa": FA, "o.h5.partial": ""}), "{tmp}/o.h5.partial holds the work of an "
+     "interrupted run: resume=True finishes it, force=True replaces it", "{tmp}/o.h5.partial holds the work of an "
+     "interrupted run: --resume finishes it, --force replaces it"),
+    (_then(_embed_into("o.h5", force=True), files=FASTA_OUT), "{tmp}/o.h5: " + NOT_HDF5 + "force=True replaces an "
+     "earlier embed output only (remove this file yourself, or choose another output)", "{tmp}/o.h5: " + NOT_HDF5 +
+     "--force replaces an earlier embed output only (remove this file yourself, or choose another -o)"),
+    (_then(_embed_into("o.h5", resume=True), files=FASTA_OUT), "{tmp}/o.h5: " + NOT_HDF5 + "not an output of embed "
+     "to resume (choose another output)", "{tmp}/o.h5: " + NOT_HDF5 + "not an output of embed to resume (choose "
+     "another -o)"),
+    (_then(_embed_into("o.h5"), dirs=("o.h5.partial",), **ON_DISK), "{tmp}/o.h5.partial: is a directory, expected an "
+     "HDF5 file (move it away, or choose another output)", "{tmp}/o.h5.partial: is a directory, expected an HDF5 "
+     "file (move it away, or choose another -o)"),
+    (_then(_embed_into("in.fa"), **ON_DISK), "{tmp}/in.fa is also the input: writing it would replace the FASTA "
+     "(choose another output)", "{tmp}/in.fa is also the input: writing it would replace the FASTA (choose another "
+     "-o)"),
+    (_then(_embed_into("o.h5.partial"), **ON_DISK), "output " + PARTIAL_NAME + "call with resume=True and "
+     "output='o.h5')", "-o " + PARTIAL_NAME + "command with --resume and -o o.h5)"),
+    (_then(_embed_locked_out, **ON_DISK), "{tmp}/o.h5: is the output of another protrans run (embed, contacts, merge, "
+     "import-esm) that is running now: wait for it to end, or choose another output", "{tmp}/o.h5: is the output of "
+     "another protrans run (embed, contacts, merge, import-esm) that is running now: wait for it to end, or choose "
+     "another -o"),
+    (_then(_contacts_into, embedded={"o.h5": FA}, **ON_DISK),
+     "{tmp}/o.h5 exists: resume=True keeps its proteins and computes what it lacks, force=True replaces it",
+     "{tmp}/o.h5 exists: --resume keeps its proteins and computes what it lacks, --force replaces it"),
+    # merge (and import-esm's output_free), reading an unfinished file
+    (_then(_merge_into("o.h5"), embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n", "o.h5": FA}), "{tmp}/o.h5: "
+     "exists: give force=True to replace it", "{tmp}/o.h5: exists: give --force to replace it"),
+    (_then(_merge_into("o.h5"), embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n"}, files={"o.h5.partial": ""}),
+     "{tmp}/o.h5: o.h5.partial exists (a run into this output that did not finish): give force=True to replace it",
+     "{tmp}/o.h5: o.h5.partial exists (a run into this output that did not finish): give --force to replace it"),
+    (_then(_merge_into(layout="flat"), embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n"}), TWO_KINDS +
+     "layout='grouped'", TWO_KINDS + "--layout grouped"),
+    (_then(_merge_into(parts=("a.h5.partial", "b.h5")), files={"a.h5.partial": "", "b.h5": ""}), "{tmp}/a.h5.partial: "
+     "an unfinished embed run's file: finish it first (the same embed call with resume=True), then merge its output",
+     "{tmp}/a.h5.partial: an unfinished embed run's file: finish it first (the same embed command with --resume), "
+     "then merge its output"),
+    (_then(_call("export"), files={"e.h5.partial": ""}), BESIDE + "that run again with resume=True finishes it)",
+     BESIDE + "that run's command with --resume finishes it)"),
+    (_then(_export_of("vectors.h5", kind="per_residue"), embedded={"vectors.h5": FA}), "{tmp}/vectors.h5: holds "
+     "per-protein vectors only: per-residue rows are not in it (embed with per_residue=True)", "{tmp}/vectors.h5: "
+     "holds per-protein vectors only: per-residue rows are not in it (embed with --per-residue)"),
+    # fit, a search, finetune, import-head, quickstart: a folder of their own
+    (_then(_fit_into("h"), dirs=("h",), files={"h/x": "", **ON_DISK["files"]}), "{tmp}/h exists (force=True replaces "
+     "it)", "{tmp}/h exists (--force replaces it)"),
+    (_fit_into("/"), "out_dir='/': " + OWN_FOLDER + "force=True replaces whole; name one, e.g. out_dir='heads/ss3'",
+     "-o /: " + OWN_FOLDER + "--force replaces whole; name one, e.g. -o heads/ss3"),
+    (_then(_fit_into("l.csv"), **ON_DISK), "{tmp}/l.csv: is a file, not a head directory (choose another out_dir)",
+     "{tmp}/l.csv: is a file, not a head directory (choose another -o)"),
+    (_then(_fit_into("h", embeddings="h/v.h5", force=True), embedded={"h/v.h5": FA}, **ON_DISK), "{tmp}/h holds the "
+     "input {tmp}/h/v.h5: force=True would delete it (choose another out_dir)", "{tmp}/h holds the input "
+     "{tmp}/h/v.h5: --force would delete it (choose another -o)"),
+    (_fit_state, "{tmp}/h.partial holds an interrupted fit: add resume=True to continue it, or force=True to start "
+     "over", "{tmp}/h.partial holds an interrupted fit: add --resume to continue it, or --force to start over"),
+    (_then(_search_into, dirs=("h.search",), embedded={"v.h5": FA}, **ON_DISK), "{tmp}/h.search holds an earlier "
+     "search: resume=True continues it, force=True starts over", "{tmp}/h.search holds an earlier search: --resume "
+     "continues it, --force starts over"),
+    (_then(_finetune_into, files={"h/x": ""}, dirs=("h",)), "{tmp}/h exists (force=True replaces it)",
+     "{tmp}/h exists (--force replaces it)"),
+    (_then(_import_head_into, files={"c.pt": "", "h/x": ""}, dirs=("h",)), "{tmp}/h exists (force=True replaces it)",
+     "{tmp}/h exists (--force replaces it)"),
+    (_then(_quickstart_into("q"), files={"q/x": ""}, dirs=("q",)), "{tmp}/q exists and is not empty (use force=True "
+     "to replace it)", "{tmp}/q exists and is not empty (use --force to replace it)"),
+    (_then(_quickstart_into("q"), files={"q": ""}), "{tmp}/q: is a file, not a folder for the quickstart (choose "
+     "another output)", "{tmp}/q: is a file, not a folder for the quickstart (choose another -o)"),
+    # variants: its kept work, and the table's columns and positions
+    (_then(_score(), files={"v.csv": "mutant\nK2G\n", "o.csv.partial/protrans-variants.json": "{}"},
+           dirs=("o.csv.partial",)), "{tmp}/o.csv.partial holds the work of an interrupted run: resume=True goes on "
+     "with it", "{tmp}/o.csv.partial holds the work of an interrupted run: --resume goes on with it"),
+    (_then(_score(), files={"v.csv": "mutant\nK2G\n"}, dirs=("o.csv.partial",)), "{tmp}/o.csv.partial exists and is "
+     "not the work of a protrans variants run: move it away, or choose another output", "{tmp}/o.csv.partial exists "
+     "and is not the work of a protrans variants run: move it away, or choose another -o"),
+    (_then(_score(), files={"v.csv": "mutant\nA24G\n"}), "{tmp}/v.csv:2: A24G: position 24 is outside the sequence "
+     "(residues 1..3; offset gives the number", "{tmp}/v.csv:2: A24G: position 24 is outside the sequence (residues "
+     "1..3; --offset gives the number"),
+    (_then(_score(offset=2), files={"v.csv": "mutant\nK2G\n"}), "{tmp}/v.csv:2: K2G: residue 2 of the wild type is M, "
+     "not K (check offset, the number", "{tmp}/v.csv:2: K2G: residue 2 of the wild type is M, not K (check --offset, "
+     "the number"),
+    (_then(_score(mutation_column="mut"), files={"v.csv": "mutant\nK2G\n"}), "{tmp}/v.csv: has no 'mut' column "
+     "(columns: mutant; mutation_column names it)", "{tmp}/v.csv: has no 'mut' column (columns: mutant; "
+     "--mutation-column names it)"),
+    (_then(_score(truth_column="dms"), files={"v.csv": "mutant\nK2G\n"}), "{tmp}/v.csv: has no 'dms' column for "
+     "truth_column", "{tmp}/v.csv: has no 'dms' column for --truth-column"),
+    (_then(_score(truth_column="dms"), files={"v.csv": "mutant,dms\nM1G,high\n"}), "{tmp}/v.csv: its "
+     "truth_column='dms' holds no numbers", "{tmp}/v.csv: its --truth-column 'dms' holds no numbers"),
+    (_then(_score(fasta="in.fa"), files={"v.csv": "mutant\nM1G\n", "in.fa": FA}), "{tmp}/in.fa holds 2 sequences; a "
+     "variants table has one wild type: pick it with record_id", "{tmp}/in.fa holds 2 sequences; a variants table "
+     "has one wild type: pick it with --id"),
+    # knn, export, predict: what a file holds
+    (_then(_knn_of("residues.h5"), embedded={"residues.h5": FA, "vectors.h5": FA}), "{tmp}/residues.h5: query: holds "
+     "per-residue embeddings only; knn compares per-protein vectors (embed with per_protein=True)",
+     "{tmp}/residues.h5: query: holds per-residue embeddings only; knn compares per-protein vectors (embed with "
+     "--per-protein, or without --per-residue)"),
+    (_then(_knn_of("vectors.h5", layer=5), embedded={"vectors.h5": FA}), "{tmp}/vectors.h5: holds layer(s) -1 of 1 "
+     "hidden states, 0 = -1, not layer 5 (choose one of those with layer)", "{tmp}/vectors.h5: holds layer(s) -1 of "
+     "1 hidden states, 0 = -1, not layer 5 (choose one of those with --layer)"),
+    (_esm_extract_head, "{tmp}/h was fit on embeddings imported from esm-extract without naming the model "
+     "(import_esm's model=): give model=", "{tmp}/h was fit on embeddings imported from esm-extract without naming "
+     "the model (import-esm -m): give --model"),
+]
+
+
+@pytest.mark.parametrize("call, message, at_command_line", RESUMES,
+                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[6:30])}" for i, (_, m, _) in enumerate(RESUMES)])
+def test_an_output_that_exists_or_a_file_read_is_told_in_the_callers_words(
+        tmp_path, monkeypatch, call, message, at_command_line):
+    # (a library caller was told "--resume finishes it", "give --force to replace it", "choose
+    # another -o", "--offset gives the number of its first residue": flags no call takes)
+    test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
+        tmp_path, monkeypatch, call, message, at_command_line)
+
+
+def _abandoned_write(path):
+    """The error a write failing inside HDF5 gives (EmbeddingsWriter._abandon), its advice in the
+    words of whoever reads it (`errors.option`)."""
+    from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsWriter
+
+    writer = EmbeddingsWriter(path, kinds=(PER_PROTEIN,))
+    writer.write("p", "p", "MKV", per_protein=np.ones(21, np.float32))
+    return writer, writer._abandon(OSError("file write failed"))
+
+
+@pytest.mark.parametrize("at_command_line", [False, True])
+def test_merge_leaves_out_embeds_resume_advice_in_a_library_callers_words_too(tmp_path, monkeypatch, at_command_line):
+    # (merge keeps nothing and takes no resume: it drops the writer's advice where it names
+    # --resume, and let "call again with resume=True" through to a library caller)
+    from protrans_cli import console, merge as merge_module
+    from protrans_cli.errors import RuntimeFailure
+
+    _made(tmp_path, embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n"})
+    monkeypatch.setattr(console.state, "command_line", at_command_line)
+
+    def failing(writer, part, skip, output):
+        raise writer._abandon(OSError("file write failed"))
+
+    monkeypatch.setattr(merge_module, "_copy_part", failing)
+    with pytest.raises(RuntimeFailure) as caught:
+        merge_module.merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5")
+    said = str(caught.value)
+    assert said.endswith("cannot write to it: file write failed; nothing was kept: free some space (or remove the "
+                         "cause) and run the merge again") and "resume" not in said, said
+
+
+@pytest.mark.parametrize("at_command_line", [False, True])
+def test_esm_extract_leaves_out_embeds_resume_advice_in_a_library_callers_words_too(tmp_path, monkeypatch,
+                                                                                     at_command_line):
+    # (esm-extract writes its files once all are computed and takes no resume: embed's advice to
+    # resume its hidden working file was dropped where it named --resume, not resume=True)
+    from protrans_cli import console
+    from protrans_cli.esm_extract import _nothing_kept
+
+    monkeypatch.setattr(console.state, "command_line", at_command_line)
+    (tmp_path / "work").mkdir()
+    writer, failure = _abandoned_write(tmp_path / "work" / "embeddings.h5")
+    _nothing_kept(failure, tmp_path / "work", str(tmp_path / "out"))
+    said = str(failure)
+    assert said.startswith(f"{tmp_path / 'out'}: cannot write to it: file write failed; nothing was kept (esm-extract "
+                           "writes its files once all are computed, and "), said
+    assert said.endswith("has no --resume: protrans embed has): remove the cause and run it again" if at_command_line
+                         else "cannot resume: embed can): remove the cause and call it again"), said
+    assert "resume=True" not in said and bool(FLAG.search(said.replace(str(tmp_path), ""))) == at_command_line, said

@@ -512,7 +512,8 @@ def warn_unfinished(embeddings) -> None:
     path = str(embeddings)
     if path.endswith(".partial"):
         console.warn(f"{path} is the unfinished output of an interrupted embed (its proteins so far only); "
-                     f"finish it with the same embed command and --resume")
+                     "finish it with " + option("the same embed command and --resume",
+                                                "the same embed call and resume=True"))
 
 
 def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str, *,
@@ -543,9 +544,9 @@ def recorded_layers(reader: EmbeddingsReader) -> tuple[list[int] | None, int | N
                          "attributes are not layer numbers (a damaged file, or not embed's)", path=reader.path) from None
 
 
-def stored_layer_index(reader: EmbeddingsReader, layer: int,
-                       remedy: str = "choose one of those with --layer", *, exact: bool = False) -> int:
+def stored_layer_index(reader: EmbeddingsReader, layer: int, remedy: str | None = None, *, exact: bool = False) -> int:
     """Where model layer `layer` (as given to `embed --layer`) lies on the file's layer axis.
+    `remedy` (None: choose one of those with --layer, or to a library call `layer`) ends the refusal.
     `exact`: -1 means the last layer only (a head that knows its layer), not also a file's lone layer.
 
     `embed --layer -1 --layer -2` stores layers in that order, so layer -1 is index 0: indexing
@@ -561,6 +562,7 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
     if len(stored) == 1 and wanted == -1 and not exact:  # the default, with one layer stored (no layer axis)
         return 0
     counted = f" of {int(states)} hidden states, 0 = {-int(states)}" if states is not None else ""
+    remedy = f"choose one of those with {option('--layer', 'layer')}" if remedy is None else remedy
     raise InputError(f"holds layer(s) {', '.join(map(str, stored))}{counted}, not layer {layer} ({remedy})",
                      path=reader.path)
 

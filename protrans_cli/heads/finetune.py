@@ -34,8 +34,8 @@ from torch import nn
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, given, located, option,
-                                 seed_in_range)
+from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, force_option, given, located,
+                                 option, resume_option, same_settings_with_resume, seed_in_range)
 from protrans_cli.heads.data import Batch, Matched, ResidueData, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
@@ -343,11 +343,11 @@ def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
     if not out_dir.exists():
         return out_dir
     if (path := input_inside(out_dir, inputs)) is not None:
-        raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
+        raise UsageError(f"{out_dir} holds the input {path} (choose another {option('-o', 'out_dir')})")
     if config.resume and not (partial_path(out_dir) / STATE).is_file() and (out_dir / "finetune.json").is_file():
         return out_dir  # (a finished run: finetune() compares it with this command, _finished)
     if not config.force and not (config.resume and (partial_path(out_dir) / STATE).is_file()):
-        raise UsageError(f"{out_dir} exists (--force replaces it)")
+        raise UsageError(f"{out_dir} exists ({force_option()} replaces it)")
     check_replaceable(out_dir, "finetune", lambda entry: entry.name in OWN_ENTRIES)
     return out_dir
 
@@ -415,9 +415,9 @@ def _set_device_rng(device, saved: dict) -> None:
 
 def _read_state(path: Path) -> dict:
     """The saved state, its sha256 checked first (bytes changed on disk are refused, never trained on)."""
-    saved = load_checked_state(path, "finetune", "--force starts again")
+    saved = load_checked_state(path, "finetune", f"{force_option()} starts again")
     if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
-        raise InputError("the saved finetune state lacks entries a finetune writes; --force starts again",
+        raise InputError(f"the saved finetune state lacks entries a finetune writes; {force_option()} starts again",
                          path=str(path))
     return saved
 
@@ -431,11 +431,12 @@ def _finished(out_dir: Path, fingerprint: dict) -> "FinetuneResult":
         if not isinstance(saved, dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):  # (a run of a version that did not record it)
-        raise UsageError(f"{out_dir} is a finished finetune: nothing to resume (--force trains it again)") from None
+        raise UsageError(f"{out_dir} is a finished finetune: nothing to resume ({force_option()} trains it "
+                         "again)") from None
     differ = _changed(saved, fingerprint)
     if differ:
         raise UsageError(f"{out_dir} is a finished finetune made with other settings or inputs ({', '.join(differ)}): "
-                         "--force replaces it")
+                         f"{force_option()} replaces it")
     console.info(f"{out_dir} is complete: nothing to resume")
     return FinetuneResult(out_dir, record.get("metrics") or {}, record.get("history") or [])
 
@@ -577,17 +578,17 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         best_state, history, first_epoch, stopped = None, [], 1, False
         if (partial / STATE).is_file() and not config.resume:
             if not config.force:
-                raise UsageError(f"{partial} holds an interrupted finetune: --resume continues it, --force "
-                                 "starts again")
+                raise UsageError(f"{partial} holds an interrupted finetune: {resume_option()} continues it, "
+                                 f"{force_option()} starts again")
             _remove_state(partial)
         if config.resume and (partial / STATE).is_file():
             saved = _read_state(partial / STATE)
             differ = _changed(json.loads(saved["fingerprint"]), fingerprint)
             refuse_piped_resume(partial, differ, piped_files([labels, fasta, valid, *tests]), "finetune",
-                                "--force to start again")
+                                f"{force_option()} to start again")
             if differ:
-                raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): run the "
-                                 "same command with --resume, or --force to start again")
+                raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): "
+                                 f"{same_settings_with_resume()}, or {force_option()} to start again")
             model.load_state_dict(saved["model"], strict=False)
             optimizer.load_state_dict(saved["optimizer"])
             rng.bit_generator.state = json.loads(saved["numpy_rng"])
@@ -674,7 +675,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary, or none)
-                raise RuntimeFailure(f"cannot write the finetune: {reason} (its state is kept: --resume finishes it)",
+                raise RuntimeFailure(f"cannot write the finetune: {reason} (its state is kept: {resume_option()} "
+                                     "finishes it)",
                                      path=str(out_dir)) from None
             raise
         _remove_state(partial)

@@ -34,8 +34,9 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFailure, UsageError, expect_options,
-                                 expect_path, first_line, given, located, one_of, option, plain_numbers, seed_in_range,
-                                 torch_load_problem, whole_number)
+                                 expect_path, first_line, force_option, given, located, one_of, option, plain_numbers,
+                                 resume_option, same_settings_with_resume, seed_in_range, torch_load_problem,
+                                 whole_number)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
@@ -251,7 +252,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary)
-            raise RuntimeFailure(f"cannot write the head: {reason} (its state is kept: --resume finishes it)",
+            raise RuntimeFailure(f"cannot write the head: {reason} (its state is kept: {resume_option()} finishes it)",
                                  path=str(out_dir)) from None
         raise
     with signals_held():  # a Ctrl-C half-way through left an empty HEAD.partial/ behind
@@ -339,9 +340,10 @@ def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddin
                 return finished
             if _unrecorded_head(out_dir):
                 raise UsageError(f"{out_dir} is a head written by an earlier protrans, which did not record the "
-                                 "settings and inputs --resume compares: it cannot tell whether this command made "
-                                 "it; use it as it is, or --force fits it again")
-        raise UsageError(f"{out_dir} exists (--force replaces it)")
+                                 f"settings and inputs {resume_option()} compares: it cannot tell whether this "
+                                 f"{option('command', 'call')} made it; use it as it is, or {force_option()} fits it "
+                                 "again")
+        raise UsageError(f"{out_dir} exists ({force_option()} replaces it)")
     replaceable_head(out_dir, embeddings, labels, valid, tests)
     return None
 
@@ -364,15 +366,18 @@ def replaceable_head(out_dir: Path, embeddings, labels, valid, tests) -> None:
     run's own inputs, and only a head (not a project folder given as -o)."""
     inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
     if (path := input_inside(out_dir, inputs)) is not None:
-        raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
+        raise UsageError(f"{out_dir} holds the input {path}: {force_option()} would delete it (choose another "
+                         f"{option('-o', 'out_dir')})")
     head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
     check_replaceable(out_dir, "fit", lambda entry: head)
 
 
-# What a fit, a search or a finetune meets where another of them holds OUT.partial/ (the one lock
-# of the three: each named only some, a finetune's "another protrans finetune" when a fit held it)
-HEAD_IN_USE = ("is in use by another protrans fit, fit --search or finetune (it holds the lock of this head's "
-               "unfinished state): wait for it to end, or choose another -o")
+def head_in_use() -> str:
+    """What a fit, a search or a finetune meets where another of them holds OUT.partial/ (the one
+    lock of the three: each named only some, a finetune's "another protrans finetune" when a fit
+    held it); a library call is told its `out_dir`, not -o (`errors.option`)."""
+    return ("is in use by another protrans fit, fit --search or finetune (it holds the lock of this head's "
+            f"unfinished state): wait for it to end, or choose another {option('-o', 'out_dir')}")
 
 
 def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
@@ -383,7 +388,7 @@ def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
     # One fit at a time on a head: two at once on one -o (a job started twice) overwrote each
     # other's state, --force deleted the other's under it, and the last one's head replaced the
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
-    held.enter_context(folder_lock(partial_path(out_dir), HEAD_IN_USE))
+    held.enter_context(folder_lock(partial_path(out_dir), head_in_use()))
     # The head's temporary folder of a fit killed while writing it (or an old head set aside by
     # --force): every fit of this head holds the lock, so none is a live one's. make_temporary's
     # sweep leaves those of the last hour: the resumed fit left it beside the head it wrote.
@@ -886,7 +891,7 @@ def _finished(out_dir: Path, fingerprint: dict) -> FitResult | None:
     differ = _changed(saved, _jsonable(fingerprint))
     if differ:
         raise UsageError(f"{out_dir} is a finished head made with other settings or inputs ({', '.join(differ)}): "
-                         "--force replaces it")
+                         f"{force_option()} replaces it")
     return FitResult(out_dir, summary, history)
 
 
@@ -1031,21 +1036,21 @@ class FitState:
         path = directory / cls.FILE
         if path.is_file() and not resume:
             if not force:
-                raise UsageError(f"{directory} holds an interrupted fit: add --resume to continue it, "
-                                 "or --force to start over")
+                raise UsageError(f"{directory} holds an interrupted fit: add {resume_option()} to continue it, "
+                                 f"or {force_option()} to start over")
             state.remove(keep_folder=True)  # (the folder holds this fit's lock: removed, a second fit took a new one)
         if resume and path.is_file():
-            saved = load_checked_state(path, "fit", "--force starts over")
+            saved = load_checked_state(path, "fit", f"{force_option()} starts over")
             entries = {"fingerprint": dict, "members": list, "history": list}
             if not isinstance(saved, dict) or any(not isinstance(saved.get(k), t) for k, t in entries.items()) \
                     or not isinstance(saved.get("current"), (dict, type(None))):
                 raise InputError("the saved fit state lacks entries a fit writes (not a state protrans wrote); "
-                                 "--force starts over", path=str(path))
+                                 f"{force_option()} starts over", path=str(path))
             differ = _changed(saved["fingerprint"], fingerprint)
-            refuse_piped_resume(directory, differ, piped, "fit", "--force starts over")
+            refuse_piped_resume(directory, differ, piped, "fit", f"{force_option()} starts over")
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
-                                 "run the same command with --resume, or --force to start over")
+                                 f"{same_settings_with_resume()}, or {force_option()} to start over")
             if not recorded_files(saved["fingerprint"]):
                 console.warn(f"{directory} was saved by an earlier version, which recorded the input files by name "
                              "only: resumed on the files now at those paths")

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, a_or_an, expect_path, one_of
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, expect_path, force_option, one_of,
+                                 option)
 
 PROTTRANS_SECSTRUCT = "prottrans-secstruct"
 LA_LOCATION, LA_MEMBRANE = "la-location", "la-membrane"
@@ -76,9 +77,10 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
     out_dir = own_folder_output(out_dir, "a head directory", "heads/prott5_ss")
     if out_dir.exists():
         if not force:
-            raise UsageError(f"{out_dir} exists (--force replaces it)")
+            raise UsageError(f"{out_dir} exists ({force_option()} replaces it)")
         if input_inside(out_dir, [checkpoint]) is not None:
-            raise UsageError(f"{out_dir} holds the checkpoint {checkpoint}: --force would delete it (choose another -o)")
+            raise UsageError(f"{out_dir} holds the checkpoint {checkpoint}: {force_option()} would delete it (choose "
+                             f"another {option('-o', 'out_dir')})")
         head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
         check_replaceable(out_dir, "import-head", lambda entry: head)
     if model is not None:

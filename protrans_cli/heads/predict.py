@@ -221,7 +221,8 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
         problem = exc.message.split("; ")[0]
         remedy = "raise the limit" if "ulimit -f" in problem else "free some space"
         raise RuntimeFailure(f"the embeddings of {display_name(fasta)} (a temporary file in this folder, removed): "
-                             f"{problem}; nothing is kept: {remedy} and run the command again",
+                             f"{problem}; nothing is kept: {remedy} and "
+                             + option("run the command again", "call it again"),
                              path=str(Path(directory).parent)) from None
     except ModelError as exc:
         from protrans_cli.models.checkpoints import CHECKPOINTS
@@ -236,7 +237,8 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
         # run_full"), the record's origin unsaid.
         raise ModelError(f"{recorded_in} records the model as {name!r}, not found from here: a model directory "
                          "that protrans recorded before 2026-11-29 is named relative to the folder embed ran in; "
-                         f"run from that folder, or give -m DIR ({exc.message})", path=exc.path) from None
+                         f"run from that folder, or give {option('-m DIR', 'model=DIR')} ({exc.message})",
+                         path=exc.path) from None
     return output
 
 
@@ -267,8 +269,9 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     if model is None and name == ESM_EXTRACT:
         # (import-esm without -m records the tool, not the model: it was loaded as a model named
         # "esm-extract", a hub download error, once the FASTA had been read)
+        unnamed = option("import-esm -m", "import_esm's model=")
         raise UsageError(f"{head_dir} was fit on embeddings imported from esm-extract without naming the model "
-                         f"(import-esm -m): give {word} (the ESM model that made them, e.g. esm2_t33_650M_UR50D)")
+                         f"({unnamed}): give {word} (the ESM model that made them, e.g. esm2_t33_650M_UR50D)")
     if model is None:
         name = finetuned_model(head_dir, config, name)
     options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from protrans_cli import console
-from protrans_cli.errors import UsageError, a_or_an
+from protrans_cli.errors import UsageError, a_or_an, force_option, option, resume_option
 
 # What --search may vary: name (as the flag, without --) -> FitConfig field
 SEARCHABLE = {"lr": "lr", "weight-decay": "weight_decay", "hidden": "hidden", "dropout": "dropout",
@@ -112,7 +112,7 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
 
 def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embeddings, labels, out_dir, *,
             valid: tuple | None, tests: list[tuple]) -> SearchResult:
-    from protrans_cli.heads.fit import HEAD_IN_USE, _checked_output, fit, label_files, partial_path
+    from protrans_cli.heads.fit import _checked_output, fit, head_in_use, label_files, partial_path
     from protrans_cli.heads.metrics import dumps as metrics_json
     from protrans_cli.io.files import (folder_can_be_made, folder_lock, make_temporary, replace_directory, replay_stdin,
                                        signals_held, stdin_if_named)
@@ -139,16 +139,17 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     # pipe waited for a writer for ever; stdin is read once and replayed, below)
     for path in [*label_files(labels, valid, tests), config.mask_path]:
         if path is not None and is_stream(path):
-            raise UsageError(f"{path} is a pipe, which can be read once, and --search reads it for every trial: "
-                             "give it as a file (a compressed one is read as it is)")
+            raise UsageError(f"{path} is a pipe, which can be read once, and {option('--search', 'a search')} reads "
+                             "it for every trial: give it as a file (a compressed one is read as it is)")
     # One search at a time on a HEAD, the lock a fit of HEAD takes: a second search was told "holds
     # an earlier search: ... --force starts over", and its --force deleted the running one's trials
     folder_can_be_made(out_dir.parent)  # (a file on its way: "afile: File exists", exit 1)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    held.enter_context(folder_lock(partial_path(out_dir), HEAD_IN_USE))
+    held.enter_context(folder_lock(partial_path(out_dir), head_in_use()))
     folder = trials_path(out_dir)
     if folder.exists() and not (config.resume or config.force):
-        raise UsageError(f"{folder} holds an earlier search: --resume continues it, --force starts over")
+        raise UsageError(f"{folder} holds an earlier search: {resume_option()} continues it, {force_option()} starts "
+                         "over")
     if out_dir.exists():
         _check_existing_head(config, out_dir, embeddings, labels, valid, tests)
     if config.force and folder.is_dir():
@@ -245,10 +246,10 @@ def _check_existing_head(config, out_dir: Path, embeddings, labels, valid, tests
     head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
     if not config.force:
         if not config.resume:
-            raise UsageError(f"{out_dir} exists: --force replaces it")
+            raise UsageError(f"{out_dir} exists: {force_option()} replaces it")
         if not (head and (out_dir / "search.json").is_file()):
-            raise UsageError(f"{out_dir} exists and is not the head a search kept (no search.json): --resume "
-                             "continues a search only; --force replaces it")
+            raise UsageError(f"{out_dir} exists and is not the head a search kept (no search.json): {resume_option()} "
+                             f"continues a search only; {force_option()} replaces it")
         return
     replaceable_head(out_dir, embeddings, labels, valid, tests)
 
@@ -257,6 +258,6 @@ def _remove_trials(folder: Path) -> None:
     """--force: an earlier search's folder, if it holds only what a search writes there."""
     for entry in folder.iterdir():
         if not (entry.name.startswith("trial_") or entry.name in TRIAL_FILES or entry.name.startswith(".")):
-            raise UsageError(f"{folder} holds {entry.name}, which a search did not write: --force replaces a "
-                             "search's folder only; move it away or choose another -o")
+            raise UsageError(f"{folder} holds {entry.name}, which a search did not write: {force_option()} replaces "
+                             f"a search's folder only; move it away or choose another {option('-o', 'out_dir')}")
     shutil.rmtree(folder)

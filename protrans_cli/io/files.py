@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, force_option, given, option
 
 _MAGIC = [
     (b"\x1f\x8b", "gzip"),
@@ -156,15 +156,16 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
     """An -o that names a folder of a command's own (a head, a fine-tuning output), replaced whole
     by --force: not a pipe or device, not a file, not the working directory or a folder above it;
     a link to a folder is written through (the output, its .partial and the swap beside the
-    folder it names). `what`: "a head directory"; `example`: "heads/ss3"."""
-    refuse_special_output(out_dir, "-o", what)
+    folder it names). `what`: "a head directory"; `example`: "heads/ss3". (A library call names
+    the folder `out_dir`, as fit, finetune and import_head do.)"""
+    refuse_special_output(out_dir, option("-o", "out_dir"), what)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         # (--force trained every epoch and then failed on it: "Is a directory")
-        raise UsageError(f"is a file, not {what} (choose another -o)", path=str(out_dir))
+        raise UsageError(f"is a file, not {what} (choose another {option('-o', 'out_dir')})", path=str(out_dir))
     if holds_working_directory(out_dir):
-        raise UsageError(f"-o {out_dir}: {what} is a folder of its own, which --force replaces whole; name one, "
-                         f"e.g. -o {example}")
+        raise UsageError(f"{given('-o', 'out_dir', str(out_dir))}: {what} is a folder of its own, which "
+                         f"{force_option()} replaces whole; name one, e.g. {given('-o', 'out_dir', example)}")
     return written_through(out_dir)
 
 
@@ -190,7 +191,7 @@ def check_replaceable(directory, what: str, ours) -> None:
     entries). `quickstart -o project --force` deleted a project's own files with it, and `-o .`
     emptied the working directory."""
     if holds_working_directory(directory):
-        raise UsageError(f"{directory}: --force would delete the current directory with everything in it; "
+        raise UsageError(f"{directory}: {force_option()} would delete the current directory with everything in it; "
                          f"give {what} a folder of its own")
     try:
         foreign = sorted(e.name for e in Path(directory).iterdir() if not ours(e))
@@ -198,7 +199,7 @@ def check_replaceable(directory, what: str, ours) -> None:
         return  # not a readable directory: the command's own checks say what is wrong
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise UsageError(f"{directory} holds files that are not {what}'s ({shown}): --force replaces only "
+        raise UsageError(f"{directory} holds files that are not {what}'s ({shown}): {force_option()} replaces only "
                          f"{what}'s own output; choose another folder, or move them")
 
 
@@ -255,10 +256,12 @@ def folder_lock(folder, busy: str):
         os.close(fd)
 
 
-# What embed, contacts, merge and import-esm meet where another of them holds an HDF5 output's lock
-# (the one `.OUT.lock` of the four: merge's message named "embed or merge", import-esm's left out contacts)
-HDF5_OUTPUT_IN_USE = ("is the output of another protrans run (embed, contacts, merge, import-esm) that is running "
-                      "now: wait for it to end, or choose another -o")
+def hdf5_output_in_use() -> str:
+    """What embed, contacts, merge and import-esm meet where another of them holds an HDF5 output's
+    lock (the one `.OUT.lock` of the four: merge's message named "embed or merge", import-esm's left
+    out contacts); a library call is told its `output`, not -o (`errors.option`)."""
+    return ("is the output of another protrans run (embed, contacts, merge, import-esm) that is running now: wait "
+            f"for it to end, or choose another {option('-o', 'output')}")
 
 
 @contextlib.contextmanager
@@ -704,7 +707,8 @@ def _partial_beside(path) -> str:
         return ""
     # (not "the same command": the command that met the missing file, export or predict, has no --resume)
     return (f" ({os.path.basename(partial)} beside it is the unfinished output of an embed or contacts run that "
-            "was interrupted or is still running: that run's command with --resume finishes it)")
+            "was interrupted or is still running: "
+            + option("that run's command with --resume finishes it)", "that run again with resume=True finishes it)"))
 
 
 def unreachable_input(path) -> str | None:
@@ -1013,19 +1017,22 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     return output
 
 
-def refuse_partial_name(output, option: str = "-o") -> None:
+def refuse_partial_name(output, flag: str = "-o") -> None:
     """An HDF5 output named `*.partial` is refused (exit 2): that is the name of an unfinished
     run's file (a run writes OUTPUT.partial and renames it OUTPUT when complete), so a finished
     `-o x.h5.partial` was called unfinished by info and refused by merge ("finish it first"). The
-    name as given, and where the user's own link leads (what is written)."""
+    name as given, and where the user's own link leads (what is written). `flag` "-o": a library
+    call's `output` (embed, contacts, merge, import_esm), which `errors.option` names there."""
     for path in dict.fromkeys((Path(str(output)), through_link(output))):
         if path.name.endswith(".partial"):
             name, stem = path.name, path.name[:-len(".partial")] or "out.h5"
-            raise UsageError(f"{option} {path}: a name ending in .partial is an unfinished run's file (a run writes "
-                             f"OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file "
-                             f"for unfinished): name the output {stem}"
-                             + (f" (an interrupted embed or contacts run's {name} is finished by the same command "
-                                f"with --resume and -o {stem})" if option == "-o" else ""))
+            again = option(f"the same command with --resume and -o {stem}",
+                           f"the same call with resume=True and output={stem!r}")
+            raise UsageError(f"{option('-o', 'output') if flag == '-o' else flag} {path}: a name ending in .partial "
+                             f"is an unfinished run's file (a run writes OUTPUT.partial and renames it OUTPUT once "
+                             f"complete; info and merge take such a file for unfinished): name the output {stem}"
+                             + (f" (an interrupted embed or contacts run's {name} is finished by {again})"
+                                if flag == "-o" else ""))
 
 
 def writable_or_refused(path: Path) -> None:

@@ -44,7 +44,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.console import flush_standard_streams
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line, one_of, option
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, again_with_resume, expect_path, first_line,
+                                 force_option, one_of, option, resume_option)
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import begins_fasta, decode_word, header_id
 from protrans_cli.io.files import directory_kind, missing_file, output_directory, utf8_text
@@ -1224,12 +1225,12 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
 
             if EXTENDS in lost_attrs:  # (io/stacked.py: which finished file completes it is unknown)
                 raise RuntimeFailure("a kill left the record of the finished file this partial file adds to "
-                                     f"unreadable: remove {path.name} and run the same command with --resume "
+                                     f"unreadable: remove {path.name} and {again_with_resume()} "
                                      "(what that run added is embedded again)", path=str(path))
             # (a write failing inside HDF5 can crash h5py: the room is checked first, without a
             # half-made copy that a crashed reader left: embed_resume._done_in)
             salvage.unlink(missing_ok=True)
-            disk.ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
+            disk.ensure_room(salvage, size, f"free some space and {again_with_resume()}", shown=path,
                              what="a mended copy of this damaged file")
             # (creation order tracked, as the writer makes its groups: in old-style groups every
             # later flush rewrote every name, growing with the square of the proteins)
@@ -1381,11 +1382,12 @@ def refuse_non_file(path) -> None:
     except OSError:  # absent (or unreadable: the open says so)
         return
     if stat.S_ISDIR(mode):
-        raise InputError("is a directory, expected an HDF5 file (move it away, or choose another -o)", path=str(path))
+        raise InputError("is a directory, expected an HDF5 file (move it away, or choose another "
+                         f"{option('-o', 'output')})", path=str(path))
     if not stat.S_ISREG(mode):
         what = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         raise InputError(f"is {what}, not a regular file: an HDF5 file is read in place (move it away, or choose "
-                         "another -o)", path=str(path))
+                         f"another {option('-o', 'output')})", path=str(path))
 
 
 def refuse_if_in_use(path) -> None:
@@ -1440,13 +1442,13 @@ def output_free(output: Path, force: bool, command: str) -> Path:
     .partial of a run that did not finish) needs --force, which replaces an HDF5 file only
     (refuse_replacing_other_file). Returns the .partial path."""
     if output.exists() and not force:
-        raise UsageError("exists: give --force to replace it", path=str(output))
+        raise UsageError(f"exists: give {force_option()} to replace it", path=str(output))
     if force and output.exists():
         refuse_replacing_other_file(output, command)
     partial = partial_path(output)
     if partial.exists() and not force:
-        raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give --force to "
-                         "replace it", path=str(output))
+        raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give {force_option()} "
+                         "to replace it", path=str(output))
     return partial
 
 
@@ -1472,9 +1474,10 @@ def refuse_replacing_other_file(path, command: str, resume: bool = False) -> Non
         shown = "" if target == Path(os.path.abspath(path)) else f" (the file {target} it links to)"
         if resume:
             raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: not an output of {command} to "
-                             "resume (choose another -o)", path=str(path))
-        raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: --force replaces an earlier "
-                         f"{command} output only (remove this file yourself, or choose another -o)", path=str(path))
+                             f"resume (choose another {option('-o', 'output')})", path=str(path))
+        raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: {force_option()} replaces an earlier "
+                         f"{command} output only (remove this file yourself, or choose another "
+                         f"{option('-o', 'output')})", path=str(path))
 
 
 def partial_path(path) -> Path:
@@ -1990,8 +1993,8 @@ class EmbeddingsWriter:
         if resume and self.partial.exists():
             _check_resumable(self.partial, run_attrs, resume_equal)
             keep_ledger = _sealed_size(self.partial)  # (before this run changes the file)
-            disk.ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; run the same command "
-                                              "with --resume once there is room", what="the run's attributes")
+            disk.ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; {again_with_resume()} "
+                                              "once there is room", what="the run's attributes")
             try:
                 self.file = h5_file(self.partial, "a")
             except BlockingIOError:
@@ -2194,8 +2197,8 @@ class EmbeddingsWriter:
             now = None
         left = 0 if now is None else taken - (now - then) - 2 * _MetadataHold.LIMIT
         reserve = 0 if need <= left else max(need, self.ROOM_AHEAD)
-        taken = disk.ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same "
-                                                       "command with --resume once there is room", what=what,
+        taken = disk.ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; "
+                                                       f"{again_with_resume()} once there is room", what=what,
                                  reserve=reserve)
         if reserve:
             self._room_taken = (taken if now is not None else 0, now or 0)
@@ -2355,16 +2358,16 @@ class EmbeddingsWriter:
             self._marker_room.write(b"".join(digest128(ident) for ident in self._unflushed))
         except OSError as marker:
             return RuntimeFailure(f"cannot write to it: {reason}; do not resume it: the last proteins written may "
-                                  "not have reached the disk, and that could not be noted for --resume "
-                                  f"({marker.strerror or marker}); delete it and run the command again",
-                                  path=str(self.partial))
+                                  f"not have reached the disk, and that could not be noted for {resume_option()} "
+                                  f"({marker.strerror or marker}); delete it and "
+                                  + option("run the command again", "call again"), path=str(self.partial))
         count = len(self._unflushed)
         # (a merge's proteins, torchrun's shards, are copied again from them, not embedded)
         redo = "copies again from the shards it keeps" if self._merged else "embeds again"
-        again = (f", and --resume {redo} the {count} protein{'s' * (count != 1)} written since its last flush"
-                 if count else "")
-        return RuntimeFailure(f"cannot write to it: {reason}; the proteins written before are kept in it{again}: run "
-                              "the same command with --resume once the problem is solved", path=str(self.partial))
+        again = (f", and {resume_option()} {redo} the {count} protein{'s' * (count != 1)} written since its last "
+                 "flush" if count else "")
+        return RuntimeFailure(f"cannot write to it: {reason}; the proteins written before are kept in it{again}: "
+                              f"{again_with_resume()} once the problem is solved", path=str(self.partial))
 
     _FAILED_ALWAYS = 1024  # up to this many failures the attribute is kept current at every flush
 
@@ -2443,7 +2446,7 @@ class EmbeddingsWriter:
         kept = str(self.partial) + (f" and {self._base.name}" if self._base is not None else "")
         try:
             stack_file(self.partial, self.path, base=self._base,
-                       then=f"every protein is in {kept}: run the same command with --resume once there is room")
+                       then=f"every protein is in {kept}: {again_with_resume()} once there is room")
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             raise stacking_failure(exc, self.partial, kept) from None
         remove_ledger(self.partial)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, RuntimeFailure, a_or_an
+from protrans_cli.errors import InputError, RuntimeFailure, a_or_an, again_with_resume, option
 from protrans_cli.io import disk
 
 PER_PROTEIN = "per_protein"
@@ -352,8 +352,8 @@ def unstack_file(source, target) -> int:
     with h5_file(source, "r") as src, _written_as(Path(target), "unstacking", source) as temporary:
         view = StackedView(src, str(source))
         count = len(view)
-        disk.ensure_room(temporary, os.path.getsize(source) + 512 * count, "free some space and run the "
-                         "same command with --resume", shown=target, what="a partial copy of the stacked file")
+        disk.ensure_room(temporary, os.path.getsize(source) + 512 * count, f"free some space and {again_with_resume()}",
+                         shown=target, what="a partial copy of the stacked file")
         with h5_file(temporary, "x", track_order=True) as out:
             for key, value in src.attrs.items():
                 out.attrs[key] = value
@@ -406,7 +406,7 @@ def start_extension(finished, partial) -> bool:
         return False
     try:
         with _written_as(partial, "extending", finished) as temporary:
-            disk.ensure_room(temporary, 0, "free some space and run the same command with --resume",
+            disk.ensure_room(temporary, 0, f"free some space and {again_with_resume()}",
                              shown=partial.with_name(partial.name[:-len(".partial")]), what="a partial file")
             with h5_file(temporary, "x", track_order=True) as out:
                 for key, value in attrs.items():
@@ -434,11 +434,12 @@ def extension_base(f, partial) -> Path | None:
         return None
     partial = Path(partial)
     base = base_path(partial)
-    again = (f"remove {partial.name} and run the same command with --resume (what that run added is embedded "
+    again = (f"remove {partial.name} and {again_with_resume()} (what that run added is embedded "
              "again; the output is as it was before it)")
     if not base.exists():
-        raise RuntimeFailure(f"{partial.name} holds the proteins a --resume adds to the finished file linked as "
-                             f"{base.name}, which is gone: {again}", path=str(partial))
+        adds = option("a --resume adds", "a run with resume=True adds")
+        raise RuntimeFailure(f"{partial.name} holds the proteins {adds} to the finished file linked as {base.name}, "
+                             f"which is gone: {again}", path=str(partial))
     with h5_file(base, "r") as b:
         found = len(StackedView(b, str(base)))
     if found != int(rows):
@@ -634,5 +635,5 @@ def stacking_failure(exc: BaseException, partial, kept: str | None = None) -> Ru
     # (HDF5's own message for a full disk, "... (file write failed: time = ..., error message =
     # 'No space left on device', ...", cut at its first line, left a parenthesis open)
     return RuntimeFailure(f"cannot write the stacked file ({write_failure_reason(exc)}); every protein is in "
-                          f"{kept or partial}: run the same command with --resume to write it again",
+                          f"{kept or partial}: {again_with_resume()} to write it again",
                           path=str(partial)[:-len(".partial")])
