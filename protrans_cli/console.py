@@ -180,17 +180,31 @@ def stderr_gone(exc: OSError) -> None:
     nowhere, as with `2>/dev/null` (a closed stderr's way: cli._open_closed_standard_streams), and
     the command goes on, or stops as it was asked to, with its work. (The first message after a
     hang-up failed the command: train's stop for the SIGHUP lost its checkpoint, and a nohup'd run
-    that had done its work exited 1 at its summary.) Any other error is raised again."""
+    that had done its work exited 1 at its summary.) Any other error is raised again, and so is one
+    of a stderr that is stdout's descriptor (a library caller's `sys.stderr = sys.stdout`): that is
+    the data's failure, and discarding it lost the caller's output after it with exit 0."""
     if exc.errno not in _GONE:
         raise exc
-    null = os.open(os.devnull, os.O_WRONLY)
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # (a stream of no descriptor: replaced instead)
+        fd = None
+    if fd is not None and fd in _stdout_descriptors():
+        raise exc
+    null = os.open(os.devnull, os.O_WRONLY)
+    if fd is None:
         sys.stderr = os.fdopen(null, "w", encoding="utf-8")
         return
     os.dup2(null, fd)  # (what the failed write left in the stream's buffer goes there with the next flush)
     os.close(null)
+
+
+def _stdout_descriptors() -> set[int]:
+    """Descriptor 1 and sys.stdout's, where the data goes."""
+    fds = {1}
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        fds.add(sys.stdout.fileno())
+    return fds
 
 
 def flush_standard_streams() -> None:

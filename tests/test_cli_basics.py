@@ -250,6 +250,26 @@ def test_a_stderr_whose_reader_left_discards_the_messages_and_the_command_still_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.fa", out.name])
 
 
+def test_a_library_callers_stderr_that_is_its_stdout_still_fails_when_the_reader_left(tmp_path):
+    """A script that merges its messages into its output (`sys.stderr = sys.stdout`, or
+    redirect_stderr(sys.stdout)), piped to a reader that went away: protrans' first warning met
+    EPIPE on descriptor 1, which was pointed at /dev/null as a stderr gone, so the script's own data
+    after it vanished without an error and it exited 0. Only a stderr of its own is discarded; the
+    data's failure is raised, as before (BrokenPipeError)."""
+    import os
+
+    script = ("import sys\nsys.stderr = sys.stdout\nfrom protrans_cli import console\n"
+              "console.warn('a message')\nprint('the data', flush=True)\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # (the reader gone)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=write_end,
+                              stderr=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert proc.returncode != 0
+
+
 def test_shell_completion_lists_commands_and_options():
     import os
 
