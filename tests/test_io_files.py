@@ -485,6 +485,31 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block(signame):
         worker.join()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_signals_held_passes_on_a_sigterm_that_came_after_an_ignored_hang_up():
+    """A nohup'd run (SIGHUP ignored) whose terminal hung up during the renames, then a scheduler's
+    SIGTERM: only the first signal noted was sent again after the block, the SIGHUP, which the run
+    ignores, and the SIGTERM was lost (the run went on to its end). The first one the process
+    takes is sent now, and the ignored one stays ignored."""
+    from protrans_cli.io.files import signals_held
+
+    got = []
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            if got:
+                break
+        assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
 @pytest.mark.parametrize("data,expected", [
     (b"\xef\xbb\xbf\n\n>a\nMKTA\n", [("a", "MKTA")]),                      # a mark, then blank lines
     (b">a\nMK\n\xef\xbb\xbf>b x\nMKTA\n", [("a", "MK"), ("b", "MKTA")]),   # cat a.fa b.fa, b with a mark

@@ -1699,8 +1699,10 @@ def signals_held():
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-        if noted:
-            os.kill(os.getpid(), noted[0])
+        # The first the process takes: an ignored one (nohup's SIGHUP) noted first stays ignored,
+        # and a SIGTERM after it, sent on in its place, was lost
+        if taken := [s for s in noted if previous[s] != signal.SIG_IGN]:
+            os.kill(os.getpid(), taken[0])
 
 
 def parent_death_signal(signum: int) -> bool:
