@@ -83,8 +83,8 @@ def configure(verbosity: int = 0, debug: bool = False) -> None:
 
 
 def output_complete(what) -> None:
-    """The command's output (`what`: a path, or `-`/None for standard output) is final: a Ctrl-C
-    or SIGTERM from now on stops nothing, and the CLI says so and exits 0 rather than report an
+    """The command's output (`what`: a path, or `-`/None for standard output) is final: a Ctrl-C,
+    SIGTERM or SIGHUP from now on stops nothing, and the CLI says so and exits 0 rather than report an
     interruption (with a traceback from wherever Python was cleaning up) for a result already
     whole. Outside the CLI, no effect. Inside `interim_outputs`, no effect either."""
     if state.interim:

@@ -1014,7 +1014,7 @@ def _run_blocks(blocks: Iterable, fn, args: tuple, threads: int, spill_dir: str 
         while pending:
             yield _collect(workers, pending)
     finally:
-        # Stopped early (an error, Ctrl-C, SIGTERM): no reply will be read, and a worker blocked
+        # Stopped early (an error, Ctrl-C, SIGTERM, SIGHUP): no reply will be read, and a worker blocked
         # on sending one into a full pipe kept the main process 5 s per worker in join().
         stopping = sys.exc_info()[0] is not None
         for proc, conn in workers:

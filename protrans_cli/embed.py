@@ -989,7 +989,7 @@ _ON_FINAL_OUTPUT: list = []  # the CLI's callbacks (when_output_final): OUTPUT h
 def when_output_final(callback):
     """Within the block, `callback()` runs the moment embed's OUTPUT takes its final name (the
     rename of OUTPUT.partial, or the stacked file written): the CLI marks its output complete
-    there, so a Ctrl-C or SIGTERM in the moments after (closing, releasing the lock, the summary)
+    there, so a Ctrl-C, SIGTERM or SIGHUP in the moments after (closing, releasing the lock, the summary)
     is not reported as an interruption of a file already whole. Not for callers that go on with
     more work after embed (predict)."""
     _ON_FINAL_OUTPUT.append(callback)

@@ -214,7 +214,7 @@ def _shard_files(output) -> list[str]:
 
 def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> tuple[dict, list]:
     """Rank 0: fold every rank's shard into the one output, then remove the shards. Stopped
-    (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`.
+    (Ctrl-C, SIGTERM, SIGHUP), the work is in OUTPUT.partial, which the interrupt names as `kept`.
     Returns the failed proteins and the truncated ones the shards brought in."""
     from protrans_cli.embed import final_output_hook
 

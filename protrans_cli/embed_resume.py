@@ -233,7 +233,7 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         os.close(log_fd)
         try:
             _, status = os.waitpid(pid, 0)
-        except BaseException:  # Ctrl-C, SIGTERM: the child goes too, before it replaces anything
+        except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: the child goes too, before it replaces anything
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)

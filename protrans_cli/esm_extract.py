@@ -355,8 +355,8 @@ def _by_layer(layers: list[int], arrays) -> dict:
 
 
 def _move_in(files: Path, folder: Path) -> int:
-    """Move every file of `files` into `folder` (the same file system: renames), SIGINT and SIGTERM
-    held meanwhile; the number that replaced a file of the same name."""
+    """Move every file of `files` into `folder` (the same file system: renames), SIGINT, SIGTERM
+    and SIGHUP held meanwhile; the number that replaced a file of the same name."""
     from protrans_cli.io.files import signals_held
 
     entries = sorted(os.listdir(files))

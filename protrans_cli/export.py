@@ -656,7 +656,7 @@ def _spreadsheet_note(rows: int, fmt: str) -> None:
 
 
 def _stop_if_signalled() -> None:
-    """Stop for a Ctrl-C or SIGTERM whose exception Python dropped: h5py drops its objects through
+    """Stop for a Ctrl-C, SIGTERM or SIGHUP whose exception Python dropped: h5py drops its objects through
     weakref callbacks, and one that Ctrl-C raised in was lost ("Exception ignored in ..."), so an
     export went on to the end and committed its output (one Ctrl-C in three on a per-residue .npz).
     The CLI notes every such signal; outside it (the library) there is nothing to check."""

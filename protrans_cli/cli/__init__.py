@@ -297,8 +297,8 @@ _SAME_WITH_RESUME = "the same command with --resume"
 
 @contextlib.contextmanager
 def finished_with_resume(force: bool, kept_of):
-    """Around an embed or contacts run, which keeps its work in OUTPUT.partial: a Ctrl-C or SIGTERM
-    says where the work is (`kept_of(exc)`, when it exists) and to run the same command with
+    """Around an embed or contacts run, which keeps its work in OUTPUT.partial: a Ctrl-C, SIGTERM
+    or SIGHUP says where the work is (`kept_of(exc)`, when it exists) and to run the same command with
     --resume; given --force, beside which --resume is refused, "... with --resume instead of
     --force", which a full disk's advice ("the same command with --resume") is made to say too."""
     again = _SAME_WITH_RESUME + (" instead of --force" if force else "")
@@ -340,7 +340,7 @@ def _forget_stops() -> None:
 
 
 def raise_if_stopped() -> None:
-    """Raise the stop a SIGTERM or Ctrl-C asked for if Python dropped its exception (raised while a
+    """Raise the stop a SIGTERM, SIGHUP or Ctrl-C asked for if Python dropped its exception (raised while a
     weakref callback ran: "Exception ignored in ..."). A loop that builds an output calls it as
     it goes: `export` interrupted so went on to the end, committed its output, then exited 130."""
     if _TERMINATED:
@@ -350,7 +350,7 @@ def raise_if_stopped() -> None:
 
 
 def _quiet_dropped_stops(previous):
-    """An unraisable-exception hook that says nothing of a Ctrl-C's or SIGTERM's exception
+    """An unraisable-exception hook that says nothing of a Ctrl-C's, SIGTERM's or SIGHUP's exception
     Python dropped (raised while a weakref callback or destructor ran, inside h5py's teardown
     of an object): the handlers noted the signal, and the command stops on it as if raised
     (`raise_if_stopped`, and main() at the end), with its own one line. Python printed
@@ -629,9 +629,9 @@ def _main(console, argv):
         console.error(f"{name}{exc.strerror or str(exc) or type(exc).__name__}")  # never an empty line
         sys.exit(1)
     except Exception as exc:
-        # Ctrl-C or SIGTERM inside an import that a library turned into another error (an
+        # Ctrl-C, SIGTERM or SIGHUP inside an import that a library turned into another error (an
         # ImportError "during handling of KeyboardInterrupt"): a stop, not a bug to show.
-        # (A noted SIGTERM or Ctrl-C counts too: the failure is its consequence.)
+        # (A noted SIGTERM, SIGHUP or Ctrl-C counts too: the failure is its consequence.)
         signal_exc = _signal_in_chain(exc)
         noted = bool(_TERMINATED or _INTERRUPTED)
         compile_failure = _compile_failure(exc) if signal_exc is None and not noted else None
@@ -672,7 +672,7 @@ def _compile_failure(exc: BaseException) -> str | None:
 
 
 def _signal_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C/SIGTERM among the exceptions `exc` was raised from or while handling."""
+    """The Ctrl-C/SIGTERM/SIGHUP among the exceptions `exc` was raised from or while handling."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):

@@ -454,8 +454,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             device: str = "auto", order: list[str] | None = None, labelled: list[Matched] | None = None,
             staged: list | None = None) -> dict:
     """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}.
-    `out` and `probabilities` are renamed together once both are complete (Ctrl-C and SIGTERM
-    wait for the renames); with `staged` (a list) they are written out but not renamed: their
+    `out` and `probabilities` are renamed together once both are complete (Ctrl-C, SIGTERM and
+    SIGHUP wait for the renames); with `staged` (a list) they are written out but not renamed: their
     handles are appended, for the caller to rename with its other outputs (io.files.staged_outputs)
     or abort.
     `order`: ids in the order to write them (e.g. the FASTA's); others follow in file order.

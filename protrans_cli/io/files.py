@@ -1348,8 +1348,8 @@ def stdout_binary():
 def staged_outputs(staged: list | None = None) -> Iterator[list]:
     """The list to give atomic_output(staged=...) for one job's outputs (project's table, picture
     and page; predict's predictions, probabilities and metrics; variants' table and heatmap),
-    written out under temporary names inside the block and renamed together when it ends (SIGINT
-    and SIGTERM wait until all are renamed): a Ctrl-C while the last was drawn left the new first
+    written out under temporary names inside the block and renamed together when it ends (SIGINT,
+    SIGTERM and SIGHUP wait until all are renamed): a Ctrl-C while the last was drawn left the new first
     ones beside older files. On any exception every temporary is removed and existing files are
     left as they were. Given a larger job's list (`staged`), it is yielded and that job renames."""
     if staged is not None:
@@ -1633,7 +1633,7 @@ def default_permissions(path) -> None:
 def replace_directory(new, target) -> None:
     """Put the finished directory `new` in the place of `target` (which may exist): the old one
     is renamed aside, the new one renamed in, and only then is the old one deleted, with
-    SIGINT/SIGTERM held over the renames. Deleting first (a long rmtree) and renaming after lost
+    SIGINT/SIGTERM/SIGHUP held over the renames. Deleting first (a long rmtree) and renaming after lost
     both heads to a signal in between."""
     new, target = Path(new), Path(target)
     aside = None

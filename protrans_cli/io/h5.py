@@ -837,7 +837,7 @@ def hard_links(group, take, **kwargs) -> None:
 def iterate_links(gid, callback, **kwargs):
     """`gid.links.iterate(callback, **kwargs)`, an exception raised in `callback` raised as itself:
     h5py gives it as SystemError ("... returned a result with an exception set"), the real one its
-    cause, so a Ctrl-C (or SIGTERM's KeyboardInterrupt) while a group of many proteins was listed
+    cause, so a Ctrl-C (or SIGTERM's or SIGHUP's KeyboardInterrupt) while a group of many proteins was listed
     reached a library caller as a SystemError."""
     try:
         return gid.links.iterate(callback, **kwargs)
@@ -1492,7 +1492,7 @@ def partial_path(path) -> Path:
 # written, flushed): 24 bytes each, the blake2b-128 digest of the id and the first 8 bytes of the
 # sequence checksum (what a resume compares). A record is appended only after the HDF5 flush that
 # holds its protein. When the writer closes a file that stays partial (the run failed, was
-# stopped by Ctrl-C or SIGTERM, or wrote a torchrun rank's shard) it seals the ledger: the file's
+# stopped by Ctrl-C, SIGTERM or SIGHUP, or wrote a torchrun rank's shard) it seals the ledger: the file's
 # size, mtime and a hash of both ends. A run that completes removes the ledger as the file takes
 # its final name. --resume trusts a ledger whose seal matches the file as it is now, and reads
 # the file's proteins one by one (~90 us each, with the crash guard) otherwise: after a SIGKILL,
