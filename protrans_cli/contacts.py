@@ -435,8 +435,8 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
     options.validate()
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give " + option("-o FILE.h5", "output a file name"))
-    output = checked_hdf5_output(output, "the contact maps", compressed_hint=" (--compression gzip compresses its "
-                                                                              "arrays)",
+    compress = given("--compression", "compression", "gzip")
+    output = checked_hdf5_output(output, "the contact maps", compressed_hint=f" ({compress} compresses its arrays)",
                                  directory_hint=f" (give {option('-o', 'output')} a file name, such as "
                                                 f"{Path(output) / 'contacts.h5'})")
     model_path = _model_directory(options.model)
@@ -447,7 +447,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
         if model_path and input_named_by(target, (), directories=(str(model_path),)):
             raise UsageError(f"{target} is inside the model directory {model_path}: writing it could replace the "
                              f"model's files (choose another {option('-o', 'output')})")
-    refuse_other_format_name(output, "-o", "the contact maps")
+    refuse_other_format_name(output, "-o", "the contact maps", keyword="output")
     with output_lock(output, hdf5_output_in_use()):
         refuse_non_file(partial_path(output))  # (before the model loads: a named pipe there hung the run for ever)
         if output.exists() and not options.resume and not options.force:

@@ -1030,7 +1030,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         _check_embedder_input(options, embedder)
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give " + option("-o FILE.h5", "output a file name"))
-    output = checked_hdf5_output(output, "the embeddings", compressed_hint=" (--compression gzip compresses its arrays)",
+    compress = given("--compression", "compression", "gzip")
+    output = checked_hdf5_output(output, "the embeddings", compressed_hint=f" ({compress} compresses its arrays)",
                                  directory_hint=f" (give {option('-o', 'output')} a file name, such as "
                                                 f"{Path(output) / 'embeddings.h5'})")
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
@@ -1046,7 +1047,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              f"model's files (choose another {option('-o', 'output')})")
-    refuse_other_format_name(output, "-o", "the embeddings")
+    refuse_other_format_name(output, "-o", "the embeddings", keyword="output")
     if options.resume and options.force:
         raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
                                 "give resume=True (keep output's proteins) or force=True (replace output), not both"))

@@ -99,7 +99,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     output = checked_hdf5_output(Path(output), "the imported embeddings")
     paths = _pt_files(inputs, output)
     _refuse_output_naming_fasta(output, fasta)
-    refuse_other_format_name(output, "-o", "the imported embeddings")
+    refuse_other_format_name(output, "-o", "the imported embeddings", keyword="output")
     with output_lock(output, hdf5_output_in_use()):
         return _import_locked(paths, output, fasta=None if fasta is None else Path(fasta), layers=layers,
                               per_residue=per_residue, per_protein=per_protein, layout=layout,
@@ -622,7 +622,7 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     output = checked_hdf5_output(Path(output), "the imported contact maps")
     paths = _pt_files(inputs, output)
     _refuse_output_naming_fasta(output, fasta)
-    refuse_other_format_name(output, "-o", "the imported contact maps")
+    refuse_other_format_name(output, "-o", "the imported contact maps", keyword="output")
     with output_lock(output, hdf5_output_in_use()):
         from protrans_cli import __version__
         from protrans_cli.io.h5 import EmbeddingsWriter, output_free, remove_partial

@@ -88,7 +88,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     # is followed, a read-only file is refused)
     output = checked_hdf5_output(output, "the merged embeddings")
     _check_paths(paths, output)
-    refuse_other_format_name(output, "-o", "the merged embeddings")
+    refuse_other_format_name(output, "-o", "the merged embeddings", keyword="output")
     # Held from the "exists" check to the final rename, as embed holds it: a merge with --force
     # into the output of an embed (or merge) running now removed its partial file, and both said
     # they had written the output.

@@ -97,7 +97,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     get_family(family)  # an unknown family is a usage error before anything is written
     at_least(num_steps, 1, option("--num-steps", "num_steps"))
     at_least(head_epochs, 1, "head_epochs")
-    refuse_special_output(output, "-o", "the quickstart folder")
+    refuse_special_output(output, "-o", "the quickstart folder", keyword="output")
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"is a file, not a folder for the quickstart (choose another {option('-o', 'output')})",

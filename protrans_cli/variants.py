@@ -1038,7 +1038,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
                              f"(pick one with {option('--id', 'record_id')})")
         from protrans_cli.io.files import names_stdout, refuse_special_output, same_file
 
-        refuse_special_output(options.plot, "--plot", "the heatmap")
+        refuse_special_output(options.plot, "--plot", "the heatmap", keyword="plot")
         plot = option(f"--plot {options.plot}", f"plot {options.plot}")
         # (drawn over the wild types' FASTA or the table just written, without a word)
         if input_named_by(options.plot, [p for p in (variants_file, fasta) if p is not None]):

@@ -1075,7 +1075,7 @@ def test_a_partial_file_removed_during_the_run_is_said(tmp_path):
     writer.write("a", "a", "MK", per_residue=np.ones((2, 3), np.float32))
     os.unlink(partial_path(out))
     with pytest.raises(RuntimeFailure, match=r"r.h5: r.h5.partial was removed during the run: the embeddings "
-                                             r"written there are lost; run the command again"):
+                                             r"written there are lost; call again"):  # (a library call's words)
         writer.close(complete=True)
     assert not out.exists()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -996,3 +997,160 @@ def test_esm_extract_leaves_out_embeds_resume_advice_in_a_library_callers_words_
     assert said.endswith("has no --resume: protrans embed has): remove the cause and run it again" if at_command_line
                          else "cannot resume: embed can): remove the cause and call it again"), said
     assert "resume=True" not in said and bool(FLAG.search(said.replace(str(tmp_path), ""))) == at_command_line, said
+
+
+LEARNABLE = str(Path(__file__).parent / "data" / "train" / "learnable.txt")
+
+
+def _train_into(output_dir, **kw):
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import train
+
+    def call(tmp):
+        out = output_dir if output_dir.startswith("/dev") else str(tmp / output_dir)
+        return train(TrainConfig(corpus=[LEARNABLE], output_dir=out, num_steps=2, max_length=32, global_batch_size=2,
+                                 micro_batch_size=2, threads=1), **kw)
+    return call
+
+
+def _stopped_run(tmp):
+    """A run directory as a run stopped before its last step leaves it: a complete checkpoint, no model."""
+    (tmp / "r" / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (tmp / "r" / "checkpoints" / "step_00000001" / "training_state.pt").write_bytes(b"")
+
+
+def _model_of_stopped_run(tmp):
+    from protrans_cli.models import resolve_model
+
+    _stopped_run(tmp)
+    resolve_model(str(tmp / "r"))
+
+
+def _variants_plot_to_stdout(tmp):
+    from protrans_cli.variants import VariantOptions, run_variants
+
+    run_variants(tmp / "o.csv", VariantOptions(all_singles=True, plot="-"), sequence="MKT")
+
+
+def _resume_other_layers(tmp):
+    """_check_resumable of a file written with layers (-1,) by a run that asks for layer 1 of 3
+    hidden states (stored as -2)."""
+    import h5py
+
+    from protrans_cli.io.h5 import _check_resumable
+
+    with h5py.File(tmp / "o.h5", "w") as f:
+        f.attrs.update(layout="grouped", kinds=["per_protein"], layers=[-1])
+    _check_resumable(tmp / "o.h5", {"layers": [-2], "num_hidden_states": 3})
+
+
+def _partial_gone(tmp):
+    import os
+
+    from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsWriter
+
+    writer = EmbeddingsWriter(tmp / "o.h5", kinds=(PER_PROTEIN,))
+    writer.write("p", "p", "MKV", per_protein=np.ones(21, np.float32))
+    os.unlink(writer.partial)
+    writer.close(complete=True)
+
+
+def _head_locked(tmp):
+    from protrans_cli.heads.fit import head_in_use
+
+    _raised(f"{tmp}/h.partial: " + head_in_use())
+
+
+AS_HDF5 = "{tmp}/o.csv: the embeddings are written as HDF5, not CSV: name the file .h5; for CSV, write the .h5 and then "
+UNCOMPRESSED = "{tmp}/o.h5.gz: an HDF5 file is written uncompressed ("
+ANOTHER_RUN = "{tmp}/r already holds a run (step_00000001): add "
+
+# (the call, what a library caller is told, and the command line's words, as they were)
+LEFTOVERS = [
+    # the output's name, as the call gives it (output, plot, output_dir), not as -o or --plot
+    (_then(_embed_into("o.h5.gz"), **ON_DISK), "output " + UNCOMPRESSED + "compression='gzip' compresses its arrays)",
+     "-o " + UNCOMPRESSED + "--compression gzip compresses its arrays)"),
+    (_then(lambda tmp: _contacts_to(tmp / "o.h5.gz")(tmp), **ON_DISK), "output " + UNCOMPRESSED +
+     "compression='gzip' compresses its arrays)", "-o " + UNCOMPRESSED + "--compression gzip compresses its arrays)"),
+    (_then(_embed_into("o.csv"), **ON_DISK), "output " + AS_HDF5 + "export('OUT.h5', 'o.csv')",
+     "-o " + AS_HDF5 + "`protrans export OUT.h5 -o o.csv`"),
+    (_then(_merge_into("o.csv"), embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n"}), "output {tmp}/o.csv: the "
+     "merged embeddings are written as HDF5, not CSV: name the file .h5", "-o {tmp}/o.csv: the merged embeddings are "
+     "written as HDF5, not CSV: name the file .h5"),
+    (lambda tmp: __import__("protrans_cli.quickstart").quickstart.run_quickstart("-"), "output -: the quickstart "
+     "folder cannot go to stdout; give a path", "-o -: the quickstart folder cannot go to stdout; give a path"),
+    (_variants_plot_to_stdout, "plot -: the heatmap cannot go to stdout", "--plot -: the heatmap cannot go to stdout"),
+    # train, and what a stopped run is told
+    (_train_into("/dev/null"), "/dev/null: is a device, pipe or socket: a run directory is written under a temporary "
+     "name and renamed into place, which would replace it (give output_dir a path of your own)", "/dev/null: is a "
+     "device, pipe or socket: a run directory is written under a temporary name and renamed into place, which would "
+     "replace it (give -o a path of your own)"),
+    (_then(_train_into("f"), files={"f": ""}), "{tmp}/f: is a file, not a run directory (choose another output_dir)",
+     "{tmp}/f: is a file, not a run directory (choose another -o)"),
+    (_then(_train_into("r"), files={"r/config.json": "{}"}, dirs=("r",)), "{tmp}/r already holds a model "
+     "(config.json) and no checkpoint: a new run would overwrite it; choose another output_dir (or move the model "
+     "away)", "{tmp}/r already holds a model (config.json) and no checkpoint: a new run would overwrite it; choose "
+     "another -o (or move the model away)"),
+    (lambda tmp: (_stopped_run(tmp), _train_into("r")(tmp)), ANOTHER_RUN + "resume=True to continue it, or choose "
+     "another output_dir", ANOTHER_RUN + "--resume to continue it, or choose another -o"),
+    (_model_of_stopped_run, "{tmp}/r: a training run without its final model (it stopped before its last step): its "
+     "latest checkpoint, {tmp}/r/checkpoints/step_00000001, is a model directory (give it as model), or "
+     "train(TrainConfig(output_dir='{tmp}/r', ...), resume=True) finishes the run", "{tmp}/r: a training run without "
+     "its final model (it stopped before its last step): its latest checkpoint, {tmp}/r/checkpoints/step_00000001, "
+     "is a model directory (give it to -m), or `protrans train --resume -o {tmp}/r` finishes the run"),
+    # the embeddings file, and a head's lock
+    (_resume_other_layers, "{tmp}/o.h5: cannot resume: the file was written with layers=[-1], this run uses "
+     "layers=[-2] (layer 1 = -2) (use the same settings", "{tmp}/o.h5: cannot resume: the file was written with "
+     "layers=[-1], this run uses layers=[-2] (--layer 1 = -2) (use the same settings"),
+    (_partial_gone, "{tmp}/o.h5: o.h5.partial was removed during the run: the embeddings written there are lost; "
+     "call again", "{tmp}/o.h5: o.h5.partial was removed during the run: the embeddings written there are lost; run "
+     "the command again"),
+    (_head_locked, "{tmp}/h.partial: is in use by another protrans fit, search or finetune (it holds the lock of "
+     "this head's unfinished state): wait for it to end, or choose another out_dir", "{tmp}/h.partial: is in use by "
+     "another protrans fit, fit --search or finetune (it holds the lock of this head's unfinished state): wait for it "
+     "to end, or choose another -o"),
+]
+
+
+@pytest.mark.parametrize("call, message, at_command_line", LEFTOVERS,
+                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[6:30])}" for i, (_, m, _) in enumerate(LEFTOVERS)])
+def test_an_output_name_a_run_directory_and_a_stopped_run_are_told_in_the_callers_words(
+        tmp_path, monkeypatch, call, message, at_command_line):
+    # (a library caller was told "-o x.h5.gz: ... (--compression gzip ...)", "give -o a path of your
+    # own", "add --resume to continue it, or choose another -o", "`protrans train --resume -o R`")
+    test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
+        tmp_path, monkeypatch, call, message, at_command_line)
+
+
+@pytest.mark.parametrize("at_command_line", [False, True])
+def test_a_stopped_train_run_and_its_damaged_checkpoint_are_told_in_the_callers_words(tmp_path, monkeypatch,
+                                                                                       at_command_line):
+    # (a library caller whose run stopped was told "continue with the same command and --resume",
+    # and of a damaged checkpoint "continue from the one before with --resume-from ...")
+    from protrans_cli import console
+    from protrans_cli.training.checkpoint import _damaged
+    from protrans_cli.training.loop import continue_advice
+
+    monkeypatch.setattr(console.state, "command_line", at_command_line)
+    assert continue_advice() == ("continue with the same command and --resume" if at_command_line
+                                 else "continue by calling train again with resume=True")
+    monkeypatch.chdir(tmp_path)
+    _stopped_run(tmp_path)
+    (tmp_path / "r" / "checkpoints" / "step_00000002").mkdir()
+    said = str(_damaged(Path("r/checkpoints/step_00000002"), "training_state.pt", ValueError("truncated")))
+    assert said.endswith("with --resume-from r/checkpoints/step_00000001, after moving this one away" if at_command_line
+                         else "with resume='r/checkpoints/step_00000001', after moving this one away"), said
+
+
+@pytest.mark.parametrize("at_command_line", [False, True])
+def test_a_closed_stdout_is_told_in_the_callers_words(monkeypatch, at_command_line):
+    from protrans_cli import console
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.files import stdout_binary
+
+    monkeypatch.setattr(console.state, "command_line", at_command_line)
+    monkeypatch.setattr("sys.stdout", None)
+    with pytest.raises(RuntimeFailure) as caught:
+        stdout_binary()
+    assert str(caught.value) == ("standard output is closed: give -o FILE" if at_command_line
+                                 else "standard output is closed: give a file's path, not '-' or None")

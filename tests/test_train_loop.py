@@ -1608,7 +1608,7 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
         torch.save(crafted, last / ckpt.STATE_FILE)
         ckpt._write_sums(last)
         with pytest.raises(InputError, match=r"damaged checkpoint: cannot read training_state.pt \(.*\); continue "
-                                             r"from the one before with --resume-from .*step_00000001") as info:
+                                             r"from the one before with resume='.*step_00000001'") as info:  # (a call's words)
             train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
         assert said in str(info.value) and "\n" not in info.value.format(), str(info.value)
         shutil.rmtree(last)
@@ -1974,8 +1974,8 @@ def test_a_corpus_error_met_mid_run_says_the_step_and_the_checkpoint_to_resume_f
     monkeypatch.setattr(loop_module, "step_batches", damaged)
     with pytest.raises(InputError, match=r"corpus.txt: corrupt or truncated compressed data \(EOFError\) \(met "
                                          r"reading step 5's batch; the last checkpoint is step_00000004: repair the "
-                                         r"file, then --resume \(--accept-corpus-change if its size or contents "
-                                         r"changed\)\)"):
+                                         r"file, then resume=True \(accept_corpus_change=True if its size or "
+                                         r"contents changed\)\)"):  # (a library call's words)
         train(_config(tmp_path, **kw))
     monkeypatch.setattr(loop_module, "step_batches", real)
     corpus.write_bytes(corpus.read_bytes() + b"M K T A\n\n")  # the repaired file: another size

@@ -376,8 +376,8 @@ def head_in_use() -> str:
     """What a fit, a search or a finetune meets where another of them holds OUT.partial/ (the one
     lock of the three: each named only some, a finetune's "another protrans finetune" when a fit
     held it); a library call is told its `out_dir`, not -o (`errors.option`)."""
-    return ("is in use by another protrans fit, fit --search or finetune (it holds the lock of this head's "
-            f"unfinished state): wait for it to end, or choose another {option('-o', 'out_dir')}")
+    return (f"is in use by another protrans fit, {option('fit --search', 'search')} or finetune (it holds the lock "
+            f"of this head's unfinished state): wait for it to end, or choose another {option('-o', 'out_dir')}")
 
 
 def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:

@@ -158,7 +158,7 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
     a link to a folder is written through (the output, its .partial and the swap beside the
     folder it names). `what`: "a head directory"; `example`: "heads/ss3". (A library call names
     the folder `out_dir`, as fit, finetune and import_head do.)"""
-    refuse_special_output(out_dir, option("-o", "out_dir"), what)
+    refuse_special_output(out_dir, "-o", what, keyword="out_dir")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         # (--force trained every epoch and then failed on it: "Is a directory")
@@ -1005,8 +1005,8 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     """An HDF5 file `-o` names, checked before anything is read (embed, merge, import-esm): not a
     pipe or device, not a `.gz` name, its folder there, the user's own link followed (where it
     leads is written), not a directory, not read-only. `what`: "the embeddings", ..."""
-    refuse_special_output(output, "-o", "an HDF5 file")
-    refuse_compressed_hdf5(output, "-o", compressed_hint)
+    refuse_special_output(output, "-o", "an HDF5 file", keyword="output")
+    refuse_compressed_hdf5(output, "-o", compressed_hint, keyword="output")
     refuse_partial_name(output)
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
@@ -1061,11 +1061,20 @@ def special_output(path) -> str | None:
     return None
 
 
-def refuse_compressed_hdf5(path, flag: str, inside: str = "") -> None:
+def _output_named(flag: str, keyword: str | None) -> str:
+    """An output setting as the message's reader gives it: `flag` ("-o", "--plot") at the command
+    line, and to a library call its parameter, `keyword` ("output", "output_dir", "plot"), where the
+    caller has one (`errors.option`): a library caller was told "-o x.h5.gz", "give -o a path"."""
+    return option(flag, keyword) if keyword is not None else flag
+
+
+def refuse_compressed_hdf5(path, flag: str, inside: str = "", *, keyword: str | None = None) -> None:
     """A usage error (exit 2) for an HDF5 output named like a compressed stream (`x.h5.gz`): the
     file is plain HDF5, which zcat and the readers of such a name then failed on (a FASTA or CSV
-    output of that name is compressed). `inside`: how to compress inside the file, if there is one."""
+    output of that name is compressed). `inside`: how to compress inside the file, if there is one.
+    `keyword`: the library call's parameter for `flag` (`_output_named`)."""
     if compression_for_output(path):
+        flag = _output_named(flag, keyword)
         raise UsageError(f"{flag} {path}: an HDF5 file is written uncompressed{inside}: give a name without the "
                          f"{Path(str(path)).suffix} suffix (e.g. .h5)")
 
@@ -1076,25 +1085,31 @@ _OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".txt": "text", ".npz": "NumPy",
                   ".faa": "FASTA"}
 
 
-def refuse_other_format_name(path, flag: str, what: str) -> None:
+def refuse_other_format_name(path, flag: str, what: str, *, keyword: str | None = None) -> None:
     """A usage error (exit 2) for an HDF5 output named like another format (`-o out.csv`,
     `out.npz`): embed wrote HDF5 under that name, and the CSV reader or numpy.load a user then
     pointed at it failed on HDF5's bytes. The table or arrays are `protrans export`'s. Called
     after a command's own checks of its inputs (an -o that is the input is said as such), and for
     a new file only: an existing one is the command's to judge (a FASTA is not an earlier output
-    to --force or --resume; an earlier output of such a name goes on)."""
+    to --force or --resume; an earlier output of such a name goes on). `keyword`: the library
+    call's parameter for `flag` (`_output_named`)."""
     suffix = Path(str(path)).suffix.lower()
     if os.path.lexists(path):
         return
     if suffix in _OTHER_FORMATS:
-        hint = (f"; for {_OTHER_FORMATS[suffix]}, write the .h5 and then `protrans export OUT.h5 -o {Path(str(path)).name}`"
+        name = Path(str(path)).name
+        export = option(f"`protrans export OUT.h5 -o {name}`", f"export('OUT.h5', {name!r})")
+        hint = (f"; for {_OTHER_FORMATS[suffix]}, write the .h5 and then {export}"
                 if suffix in (".csv", ".tsv", ".txt", ".npz") and "embeddings" in what else "")
+        flag = _output_named(flag, keyword)
         raise UsageError(f"{flag} {path}: {what} are written as HDF5, not {_OTHER_FORMATS[suffix]}: name the file "
                          f".h5{hint}")
 
 
-def refuse_special_output(path, flag: str, what: str) -> None:
-    """A usage error (exit 2), before any work, for an output `special_output` refuses."""
+def refuse_special_output(path, flag: str, what: str, *, keyword: str | None = None) -> None:
+    """A usage error (exit 2), before any work, for an output `special_output` refuses. `keyword`:
+    the library call's parameter for `flag` (`_output_named`)."""
+    flag = _output_named(flag, keyword)
     if str(path) == "-":
         raise UsageError(f"{flag} -: {what} cannot go to stdout; give a path")
     if problem := special_output(path):
@@ -1339,7 +1354,8 @@ def stdout_binary():
     """Where `-` writes bytes: stdout's binary buffer (every write whole), or stdout itself
     through a decoder when it has none (`sys.stdout.buffer` was an AttributeError in a notebook)."""
     if sys.stdout is None:  # `>&-`: one line, not an AttributeError (nothing can be written)
-        raise RuntimeFailure("standard output is closed: give -o FILE")
+        raise RuntimeFailure("standard output is closed: "
+                             + option("give -o FILE", "give a file's path, not '-' or None"))
     buffer = getattr(sys.stdout, "buffer", None)
     return _WholeWrites(buffer) if buffer is not None else _TextStdout(sys.stdout)
 

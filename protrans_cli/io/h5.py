@@ -2029,7 +2029,8 @@ class EmbeddingsWriter:
             for stale in (creating, base_path(self.partial)):  # (and a stacked extension's link: stacked.py)
                 with contextlib.suppress(OSError):
                     stale.unlink()
-            disk.ensure_room(creating, 0, "nothing was written; free some space and run the command again",
+            disk.ensure_room(creating, 0, "nothing was written; free some space and "
+                             + option("run the command again", "call again"),
                              shown=self.path, what="a new output file")
             try:
                 # Groups that track creation order are HDF5's new-style groups: in the default,
@@ -2425,7 +2426,8 @@ class EmbeddingsWriter:
                 os.replace(self.partial, self.path)
             except FileNotFoundError:  # (it said the embeddings were in the file that was gone)
                 raise RuntimeFailure(f"{self.partial.name} was removed during the run: the embeddings written "
-                                     "there are lost; run the command again", path=str(self.path)) from None
+                                     "there are lost; " + option("run the command again", "call again"),
+                                     path=str(self.path)) from None
             except OSError as exc:  # it said only "OUT.partial: Operation not permitted"
                 raise RuntimeFailure(f"cannot replace it with the finished {self.partial.name} "
                                      f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",
@@ -2615,7 +2617,9 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                 states = run_attrs.get("num_hidden_states")
                 if key == "layers" and states and isinstance(now, list):
                     # stored counted from the last (-1): `--layer 0` reads -3 on a 2-layer model
-                    shown += " (" + ", ".join(f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
+                    # (a library call's layers=(2,), as a layer counted from the first)
+                    shown += " (" + ", ".join(option(f"--layer {int(v) + int(states)}", f"layer {int(v) + int(states)}")
+                                              + f" = {int(v)}" for v in now) + ")"
                 was = f"{key}={before!r}"
                 if key == "weights_fingerprint":  # (a local model directory: the same path, other weights)
                     raise UsageError(f"cannot resume: the model directory {_comparable(run_attrs.get('model'))} "

@@ -190,9 +190,12 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
             if checkpoints := list_checkpoints(path):  # a training run stopped before its end
                 latest = checkpoints[-1]
                 give = option(f"give it to {flag}", f"give it as {_keyword(flag)}")
+                # (a library caller was told the command: its call is train with resume=True)
+                finish = option(f"`protrans train --resume -o {name}`",
+                                f"train(TrainConfig(output_dir={name!r}, ...), resume=True)")
                 raise ModelError(f"{name}: a training run without its final model (it stopped before its last "
                                  f"step): its latest checkpoint, {latest}, is a model directory ({give}), "
-                                 f"or `protrans train --resume -o {name}` finishes the run")
+                                 f"or {finish} finishes the run")
             if path.name == "checkpoints" and (checkpoints := list_checkpoints(path.parent)):  # a run's folder of them
                 final = (f", or the run directory {path.parent} for its final model"
                          if (path.parent / "config.json").is_file() else "")

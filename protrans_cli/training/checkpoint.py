@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, first_line, torch_load_problem,
-                                 type_problem)
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, again_with_resume, first_line,
+                                 given, option, torch_load_problem, type_problem)
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
                                    sha256_file)
 
@@ -171,6 +171,12 @@ def _quiet_transformers():
         yield
 
 
+def run_dir_option() -> str:
+    """The run directory as the message's reader gives it: -o at the command line, and to a library
+    call TrainConfig's output_dir (`errors.option`: "choose another -o" was said to both)."""
+    return option("-o", "output_dir")
+
+
 def _run_dir_problem(run_dir: Path, exc: OSError) -> Exception:
     """The error for a run directory that could not be made: the part of the path in the way (a
     file where a folder must be) or the system's reason, with -o named."""
@@ -178,13 +184,13 @@ def _run_dir_problem(run_dir: Path, exc: OSError) -> Exception:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 return UsageError(f"is not a directory, so the run directory {run_dir} cannot go inside it "
-                                  "(choose another -o)", path=str(parent))
+                                  f"(choose another {run_dir_option()})", path=str(parent))
             break
     if disk_full(exc):
         return RuntimeFailure("the disk is full: the run directory could not be made", path=str(run_dir))
     reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
     kind = UsageError if isinstance(exc, (PermissionError, FileExistsError, NotADirectoryError)) else RuntimeFailure
-    return kind(f"cannot make the run directory ({reason}; choose another -o)", path=str(run_dir))
+    return kind(f"cannot make the run directory ({reason}; choose another {run_dir_option()})", path=str(run_dir))
 
 
 @contextlib.contextmanager
@@ -201,13 +207,13 @@ def run_lock(run_dir, active: bool = True):
     if not active or fcntl is None:
         yield False
         return
-    refuse_special_output(run_dir, "-o", "a run directory")
+    refuse_special_output(run_dir, "-o", "a run directory", keyword="output_dir")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError("is a file, not a run directory (choose another -o)", path=str(run_dir))
+        raise UsageError(f"is a file, not a run directory (choose another {run_dir_option()})", path=str(run_dir))
     if run_dir.is_symlink() and not run_dir.exists():
         raise UsageError(f"is a link to {os.readlink(run_dir)}, which does not exist (make that folder, or "
-                         "choose another -o)", path=str(run_dir))
+                         f"choose another {run_dir_option()})", path=str(run_dir))
     # The folders made here, deepest first: removed again when they are left empty.
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
@@ -223,7 +229,8 @@ def run_lock(run_dir, active: bool = True):
             # directory of a run started at the same moment went from under it)
             created = []
             raise RuntimeFailure("is in use by another protrans train (it holds the run directory's lock): wait "
-                                 "for that run to end, or choose another -o", path=str(run_dir)) from None
+                                 f"for that run to end, or choose another {run_dir_option()}",
+                                 path=str(run_dir)) from None
         except OSError:  # a file system without flock (Lustre without it, NFS mounted nolock): no lock
             pass
         yield run_dir in created
@@ -557,7 +564,8 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
     step = checkpoint_step(directory)  # None: a directory given to --resume-from by another name
     earlier = [] if step is None else [p for p in list_checkpoints(directory.parent.parent)
                                        if checkpoint_step(p) < step]
-    hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
+    hint = (f"continue from the one before with {given('--resume-from', 'resume', str(earlier[-1]))}, after moving "
+            "this one away"
             if earlier else "no earlier checkpoint to go back to")
     why = torch_load_problem(exc) or first_line(exc)
     return InputError(f"damaged checkpoint: cannot read {name} ({why}); {hint}", path=str(directory))
@@ -930,8 +938,8 @@ def export_model(run_dir, *, family, model, tokenizer) -> None:
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints stay as they were
         kept = list_checkpoints(run_dir)
         raise RuntimeFailure(f"cannot write the final model ({first_line(exc)}); "
-                             + (f"the run's steps are kept in {kept[-1]}: run the same command with --resume "
-                                "once there is room" if kept else "no checkpoint was kept"),
+                             + (f"the run's steps are kept in {kept[-1]}: {again_with_resume()} once there is "
+                                "room" if kept else "no checkpoint was kept"),
                              path=str(run_dir)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

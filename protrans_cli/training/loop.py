@@ -35,7 +35,8 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, a_or_an, described, expect_options, first_line
+from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, a_or_an, described,
+                                 expect_options, first_line, option, resume_option)
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -229,8 +230,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     # A fresh run here would mix its checkpoints with the old ones, and a later
                     # --resume would pick whichever step number is highest (checked before any model).
                     latest = ckpt.list_checkpoints(config.output_dir)[-1].name
-                    raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
-                                     "continue it, or choose another -o")
+                    raise UsageError(f"{config.output_dir} already holds a run ({latest}): add {resume_option()} to "
+                                     f"continue it, or choose another {ckpt.run_dir_option()}")
                 if not ckpt.list_checkpoints(config.output_dir) and (model := _held_model(config.output_dir)):
                     # A finished run whose checkpoints were deleted to save space, or a model
                     # downloaded there: a new run (or --resume, which found no checkpoint and
@@ -245,7 +246,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     raise UsageError(
                         f"{config.output_dir} already holds {held} ({model}) and no checkpoint"
                         + (" to resume from" if resume is True else "")
-                        + f": a new run would overwrite it; choose another -o (or move the {held.split()[-1]} away)")
+                        + f": a new run would overwrite it; choose another {ckpt.run_dir_option()} (or move the "
+                          f"{held.split()[-1]} away)")
                 if resume is True:
                     ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
                 if resume:
@@ -269,7 +271,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 # A job script that always passes --resume (a requeued job) must start the
                 # first time, and again after a kill before the first save.
                 if info.is_main:
-                    console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run "
+                    console.warn(f"{config.output_dir}: no checkpoint yet, so {resume_option()} starts the run "
                                  "from step 0")
                 resume = None
             with dist.peers_stopping("this one stopped too"):
@@ -279,6 +281,13 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
+
+
+def continue_advice() -> str:
+    """What a stopped run is told to do next: at the command line "continue with the same command
+    and --resume", to a library call "continue by calling train again with resume=True" (it was
+    told the command's words, `errors.option`)."""
+    return option("continue with the same command and --resume", "continue by calling train again with resume=True")
 
 
 def given_family(family):
@@ -321,8 +330,10 @@ def _check_resume_settings(config: TrainConfig, resume, family, info) -> Path | 
         # checkpoints side by side, metrics.jsonl with lines of both, and train_config.json
         # overwritten. (A checkpoint of this run copied back from elsewhere has its settings.)
         ckpt.resumed_config(checked, run_dir, family=family, device=info.device.type, refusal=lambda shown: (
-            f"{run_dir} holds another run than {where}'s ({shown}): --resume-from a checkpoint of "
-            "another run continues it in a new directory (give -o one that holds no run)"))
+            f"{run_dir} holds another run than {where}'s ({shown}): "
+            + option("--resume-from a checkpoint of another run continues it in a new directory (give -o one that "
+                     "holds no run)", "resuming from a checkpoint of another run (resume=PATH) continues it in a "
+                     "new directory (give an output_dir that holds no run)")))
     ckpt.resumed_config(checked, where, family=family, device=info.device.type)
     # --num-steps (or a phase's steps) below what the checkpoint has run: refused here too, as the
     # other settings are (it was met after the model was built: a minute for a ProtT5-XL preset)
@@ -1186,12 +1197,12 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     # --time-limit (on this rank or another: the step's exchange told them all)
                     result.step, result.stopped_by = step, "time_limit"
                     if stop is not None:  # (a signal from here on: StopRequest.__exit__)
-                        stop.late_detail = (f"the signal came as --time-limit stopped the run at step {step}; "
-                                            f"checkpoint {result.last_checkpoint}; continue with the same command "
-                                            "and --resume")
+                        stop.late_detail = (f"the signal came as {option('--time-limit', 'time_limit')} stopped the "
+                                            f"run at step {step}; checkpoint {result.last_checkpoint}; "
+                                            f"{continue_advice()}")
                     return result
                 stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
-                                      f"{result.last_checkpoint}; continue with the same command and --resume")
+                                      f"{result.last_checkpoint}; {continue_advice()}")
             if config.stop_after is not None and step >= config.stop_after:
                 break
         phase_start = phase_end
@@ -1202,8 +1213,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
             result.step, result.stopped_by = step, "stop_after"
             if stop is not None:  # (a signal from here on: StopRequest.__exit__)
-                stop.late_detail = (f"the signal came as --stop-after ended the run at step {step}; checkpoint "
-                                    f"{result.last_checkpoint}; continue with the same command and --resume")
+                stop.late_detail = (f"the signal came as {option('--stop-after', 'stop_after')} ended the run at step "
+                                    f"{step}; checkpoint {result.last_checkpoint}; {continue_advice()}")
             return result
 
     if bar is not None:
@@ -1370,8 +1381,9 @@ def _met_in_training(exc: InputError, config: TrainConfig, step: int) -> InputEr
     from protrans_cli.training.checkpoint import list_checkpoints
 
     kept = list_checkpoints(config.output_dir)
-    advice = (f"the last checkpoint is {kept[-1].name}: repair the file, then --resume (--accept-corpus-change "
-              "if its size or contents changed)" if kept else "no checkpoint was written yet")
+    advice = (f"the last checkpoint is {kept[-1].name}: repair the file, then {resume_option()} "
+              f"({option('--accept-corpus-change', 'accept_corpus_change=True')} if its size or contents changed)"
+              if kept else "no checkpoint was written yet")
     return InputError(f"{exc.message} (met reading step {step}'s batch; {advice})", path=exc.path,
                       record=exc.record, line=exc.line)
 
