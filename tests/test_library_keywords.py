@@ -1061,9 +1061,45 @@ def _head_locked(tmp):
     _raised(f"{tmp}/h.partial: " + head_in_use())
 
 
+def _diverged_in(tmp, kept=True):
+    """train's refusal of a step whose gradient is not finite (fp16: float16 overflowing), in a run
+    directory with a checkpoint (`kept`) or none yet."""
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import _diverged
+
+    if kept:
+        _stopped_run(tmp)
+    raise _diverged(TrainConfig(corpus=[LEARNABLE], output_dir=str(tmp / "r")), 7, float("inf"), fp16=not kept)
+
+
+def _resume_into_another_run(tmp):
+    """A checkpoint of one run resumed (resume=PATH) into an output_dir that holds a run of other settings."""
+    import dataclasses
+    import json
+    import types
+
+    import torch
+
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import _check_resume_settings
+
+    config = TrainConfig(corpus=[LEARNABLE], output_dir=str(tmp / "r"), family="bert", preset="tiny")
+    (tmp / "r").mkdir()
+    (tmp / "r" / "train_config.json").write_text(json.dumps(dataclasses.replace(config, seed=9).to_dict()))
+    checkpoint = tmp / "o" / "checkpoints" / "step_00000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "training_state.pt").write_bytes(b"")
+    (checkpoint / "train_config.json").write_text(json.dumps(config.to_dict()))
+    _check_resume_settings(config, str(checkpoint), None, types.SimpleNamespace(device=torch.device("cpu")))
+
+
 AS_HDF5 = "{tmp}/o.csv: the embeddings are written as HDF5, not CSV: name the file .h5; for CSV, write the .h5 and then "
 UNCOMPRESSED = "{tmp}/o.h5.gz: an HDF5 file is written uncompressed ("
 ANOTHER_RUN = "{tmp}/r already holds a run (step_00000001): add "
+NOT_FINITE = "step 7: the gradient is not finite (loss inf), so the step was not applied and the run stopped; "
+OVERFLOWS = ("the steps before it were skipped as float16 overflows, down to a loss scale below 1: float16 may overflow "
+             "in this model's activations: ")
+OTHER_RUN = "{tmp}/r holds another run than {tmp}/o/checkpoints/step_00000001's (seed: 9 there, 0 here): "
 
 # (the call, what a library caller is told, and the command line's words, as they were)
 LEFTOVERS = [
@@ -1093,6 +1129,16 @@ LEFTOVERS = [
      "another -o (or move the model away)"),
     (lambda tmp: (_stopped_run(tmp), _train_into("r")(tmp)), ANOTHER_RUN + "resume=True to continue it, or choose "
      "another output_dir", ANOTHER_RUN + "--resume to continue it, or choose another -o"),
+    (_diverged_in, NOT_FINITE + "start a new run from the last checkpoint, {tmp}/r/checkpoints/step_00000001, with "
+     "init_from and a lower lr, or check the corpus", NOT_FINITE + "start a new run from the last checkpoint, "
+     "{tmp}/r/checkpoints/step_00000001, with --init-from and a lower --lr, or check the corpus"),
+    (lambda tmp: _diverged_in(tmp, kept=False), NOT_FINITE + "no checkpoint was written yet: lower lr or lengthen "
+     "warmup_steps; " + OVERFLOWS + "precision='fp32' (or bf16 on a GPU that has it), or check the corpus",
+     NOT_FINITE + "no checkpoint was written yet: lower --lr or lengthen --warmup-steps; " + OVERFLOWS + "--precision "
+     "fp32 (or bf16 on a GPU that has it), or check the corpus"),
+    (_resume_into_another_run, OTHER_RUN + "resuming from a checkpoint of another run (resume=PATH) continues it in a "
+     "new directory (give an output_dir that holds no run)", OTHER_RUN + "--resume-from a checkpoint of another run "
+     "continues it in a new directory (give -o one that holds no run)"),
     (_model_of_stopped_run, "{tmp}/r: a training run without its final model (it stopped before its last step): its "
      "latest checkpoint, {tmp}/r/checkpoints/step_00000001, is a model directory (give it as model), or "
      "train(TrainConfig(output_dir='{tmp}/r', ...), resume=True) finishes the run", "{tmp}/r: a training run without "
@@ -1140,6 +1186,28 @@ def test_a_stopped_train_run_and_its_damaged_checkpoint_are_told_in_the_callers_
     said = str(_damaged(Path("r/checkpoints/step_00000002"), "training_state.pt", ValueError("truncated")))
     assert said.endswith("with --resume-from r/checkpoints/step_00000001, after moving this one away" if at_command_line
                          else "with resume='r/checkpoints/step_00000001', after moving this one away"), said
+
+
+@pytest.mark.parametrize("at_command_line", [False, True])
+def test_a_disk_without_room_for_a_new_embeddings_file_is_told_in_the_callers_words(tmp_path, monkeypatch,
+                                                                                    at_command_line):
+    # (a library caller was told "nothing was written; free some space and run the command again")
+    import types
+
+    from protrans_cli import console
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import disk
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    monkeypatch.setattr(console.state, "command_line", at_command_line)
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1, f_flag=0))
+    with pytest.raises(RuntimeFailure) as caught:
+        EmbeddingsWriter(tmp_path / "o.h5")
+    said = str(caught.value)
+    assert said.startswith(f"{tmp_path / 'o.h5'}: no room for a new output file: "), said
+    assert said.endswith("; nothing was written; free some space and "
+                         + ("run the command again" if at_command_line else "call again")), said
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("at_command_line", [False, True])

@@ -2826,9 +2826,9 @@ def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_p
     if save_every == 2:
         from protrans_cli.training.checkpoint import checkpoint_dir
 
-        assert f"from the last checkpoint, {checkpoint_dir(cfg.output_dir, 4)}, with --init-from" in message
+        assert f"from the last checkpoint, {checkpoint_dir(cfg.output_dir, 4)}, with init_from and a lower lr" in message
     else:
-        assert "no checkpoint was written yet: lower --lr or lengthen --warmup-steps" in message
+        assert "no checkpoint was written yet: lower lr or lengthen warmup_steps" in message  # (a call's words)
 
 
 def test_fp16_steps_that_overflow_down_to_a_loss_scale_below_1_stop_saying_float16_overflows(tmp_path, monkeypatch):
@@ -2851,9 +2851,9 @@ def test_fp16_steps_that_overflow_down_to_a_loss_scale_below_1_stop_saying_float
         train(cfg)
     message = caught.value.message
     assert message.startswith("step 2: the gradient is not finite (loss "), message
-    assert ("no checkpoint was written yet: lower --lr or lengthen --warmup-steps; the steps before it were skipped "
+    assert ("no checkpoint was written yet: lower lr or lengthen warmup_steps; the steps before it were skipped "
             "as float16 overflows, down to a loss scale below 1: float16 may overflow in this model's activations: "
-            "--precision fp32") in message
+            "precision='fp32'") in message
     rows = read_metrics(tmp_path / "run_bert" / "metrics.jsonl")
     assert [(r["step"], r["skipped_steps"], r["loss"]) for r in rows] == [(1, 1.0, None)]
 
@@ -3171,7 +3171,7 @@ def test_precision_auto_means_fp16_on_a_gpu_without_bfloat16(monkeypatch):
     monkeypatch.setattr(embedders, "native_bf16", lambda device: True)
     assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
     message = str(_diverged(TrainConfig(corpus=["x"], output_dir="nowhere"), 7, float("inf"), fp16=True))
-    assert "step 7" in message and "--precision fp32" in message
+    assert "step 7" in message and "precision='fp32'" in message  # (a library call's words: errors.option)
 
 
 @pytest.mark.parametrize("family, extra", [("electra", {}), ("albert", {"sop": True})])
@@ -3516,7 +3516,7 @@ def test_resume_from_another_runs_checkpoint_into_a_directory_holding_a_run_is_r
     train(t5)
     before = sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir())
     with pytest.raises(UsageError, match=r"run_bert holds another run than .*step_00000002's \(family: 'bert' "
-                                         r"there, 't5' here.*give -o one that holds no run"):
+                                         r"there, 't5' here.*give an output_dir that holds no run"):
         train(dataclasses.replace(t5, output_dir=bert.output_dir, stop_after=None),
               resume=t5.output_dir + "/checkpoints/step_00000002")
     assert sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir()) == before

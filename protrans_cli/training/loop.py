@@ -1394,11 +1394,15 @@ def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False) -
     from protrans_cli.training.checkpoint import list_checkpoints
 
     kept = list_checkpoints(config.output_dir)
-    advice = (f"start a new run from the last checkpoint, {kept[-1]}, with --init-from and a lower --lr"
-              if kept else "no checkpoint was written yet: lower --lr or lengthen --warmup-steps")
+    # (in the reader's words, `option`: a library caller was told --init-from, --lr and --precision)
+    lr = option("--lr", "lr")
+    advice = (f"start a new run from the last checkpoint, {kept[-1]}, with {option('--init-from', 'init_from')} and "
+              f"a lower {lr}" if kept
+              else f"no checkpoint was written yet: lower {lr} or lengthen {option('--warmup-steps', 'warmup_steps')}")
     if fp16:  # skipped steps down to a loss scale below 1: float16 itself overflows (T5 is known to)
+        fp32 = option("--precision fp32", "precision='fp32'")
         advice += ("; the steps before it were skipped as float16 overflows, down to a loss scale below 1: float16 "
-                   "may overflow in this model's activations: --precision fp32 (or bf16 on a GPU that has it)")
+                   f"may overflow in this model's activations: {fp32} (or bf16 on a GPU that has it)")
     return RuntimeFailure(f"step {step}: the gradient is not finite (loss {loss:.4g}), so the step was not "
                           f"applied and the run stopped; {advice}, or check the corpus")
 
