@@ -941,6 +941,73 @@ def test_output_lock_never_holds_a_removed_lock_file(tmp_path, monkeypatch):
     assert not lock.exists()
 
 
+ESM2 = Path(__file__).parent / "data" / "esm_reference"
+
+
+def _output_lock_run(command: str, tmp_path: Path) -> tuple[list[str], Path]:
+    """A command line of `command` (one of the five that lock their -o with .OUT.lock), its inputs
+    made in tmp_path/in, and its -o."""
+    import torch
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    fasta = inputs / "p.fa"
+    fasta.write_text(">P1\nMKTAYIAKQR\n")
+    if command == "variants":
+        out = tmp_path / "v.csv"
+        return ["variants", "--all-singles", "--sequence", "MKTAYIAKQR", "-m", str(ESM2), "-o", str(out)], out
+    out = tmp_path / "o.h5"
+    if command == "merge":
+        from protrans_cli import EmbedOptions, embed
+
+        embed(fasta, inputs / "a.h5", EmbedOptions(model="onehot", threads=1))
+        return ["merge", str(inputs / "a.h5"), "-o", str(out)], out
+    if command == "import-esm":
+        (inputs / "esm").mkdir()
+        torch.save({"label": "P1", "mean_representations": {1: torch.zeros(4)}}, inputs / "esm" / "P1.pt")
+        return ["import-esm", str(inputs / "esm"), "--fasta", str(fasta), "-o", str(out)], out
+    model = ["-m", "onehot"] if command == "embed" else ["-m", str(ESM2)]
+    return [command, str(fasta), *model, "-o", str(out)], out
+
+
+@pytest.mark.parametrize("command", ["embed", "contacts", "merge", "import-esm", "variants"])
+def test_a_fifo_named_like_the_lock_file_is_refused_in_one_line_not_waited_on(tmp_path, command):
+    """A named pipe called .OUT.lock (the hidden lock beside -o OUT) hung each of the five commands
+    that lock their output for ever: opening it waited for a writer. One line naming it now,
+    exit 1, and nothing is written or removed."""
+    argv, out = _output_lock_run(command, tmp_path)
+    lock = out.with_name(f".{out.name}.lock")
+    os.mkfifo(lock)
+    # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+    result = subprocess.run([sys.executable, "-m", "protrans_cli", *argv], capture_output=True, text=True, timeout=20,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 1 and result.stderr == (
+        f"protrans: error: {lock}: is a named pipe, not a lock file: protrans locks -o {out.name} with a file of this "
+        "name (move it away, or choose another -o)\n"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name, "in"] and lock.is_fifo()
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "link to nothing"])
+def test_a_folder_or_link_named_like_the_lock_file_is_refused_not_run_unlocked(tmp_path, kind):
+    """A folder or a symbolic link called .OUT.lock (never followed) made the run go on without
+    the lock, without a word; refused now as a named pipe is, and left as it was."""
+    from protrans_cli.io.files import output_lock
+
+    lock = tmp_path / ".o.h5.lock"
+    if kind == "folder":
+        lock.mkdir()
+    else:
+        (tmp_path / "real").touch()
+        lock.symlink_to(tmp_path / ("real" if kind == "link" else "nowhere"))
+    words = "a directory" if kind == "folder" else "a symbolic link"
+    with pytest.raises(InputError) as caught:
+        with output_lock(tmp_path / "o.h5", "busy"):
+            raise AssertionError("ran without the lock")
+    assert str(caught.value) == (f"{lock}: is {words}, not a lock file: protrans locks -o o.h5 with a file of this "
+                                 "name (move it away, or choose another -o)")
+    assert lock.is_dir() if kind == "folder" else lock.is_symlink()
+
+
 @pytest.mark.parametrize("kind", ["folder", "output"])
 def test_a_file_system_without_flock_runs_the_block_unlocked_and_leaves_nothing(tmp_path, monkeypatch, kind):
     # NFS mounted nolock: flock fails with ENOLCK; the block runs, and no lock file or empty

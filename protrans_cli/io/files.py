@@ -203,6 +203,15 @@ def check_replaceable(directory, what: str, ours) -> None:
                          f"{what}'s own output; choose another folder, or move them")
 
 
+def kind_in_words(mode: int) -> str:
+    """What a file of `mode` (an os.lstat's st_mode) is, for a message: "a named pipe", ..."""
+    import stat
+
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISLNK, "a symbolic link"), (stat.S_ISREG, "a regular file"))
+    return next((words for test, words in kinds if test(mode)), "a device")
+
+
 def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlinks: bool) -> tuple[int, bool]:
     """An fd from `open_fd()` holding an exclusive flock on the file or folder now under `path`,
     and whether it is locked (False where the file system has no flock). Another process holding
@@ -271,16 +280,32 @@ def output_lock(target, busy: str):
     Two `embed -o out.h5` runs started together both passed the "exists" check before their models
     loaded, and the later one replaced the other's finished file (or removed its partial file).
     Where no lock file can be made (a read-only folder, a file system without flock) the block
-    runs unlocked: the command's own checks then say what is wrong."""
+    runs unlocked: the command's own checks then say what is wrong. Anything but a regular file
+    under the lock's name (a named pipe, a folder, a link) is refused, and left as it is."""
     if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
         return
+    import stat
+
     target = Path(target)
     lock = target.with_name(f".{target.name}.lock")
 
-    def open_lock():  # (read-only is enough for flock; O_NOFOLLOW: never a link planted in a shared folder)
-        return os.open(lock, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    def refuse(mode: int):
+        # A named pipe of this name hung the run for ever (its open waits for a writer); a folder
+        # or a link there (O_NOFOLLOW: never followed) let the run go on unlocked without a word.
+        return InputError(f"is {kind_in_words(mode)}, not a lock file: protrans locks -o {target.name} with a file "
+                          "of this name (move it away, or choose another -o)", path=str(lock))
 
+    def open_lock():  # (read-only is enough for flock; O_NOFOLLOW: never a link planted in a shared folder)
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        if not stat.S_ISREG(mode := os.fstat(fd).st_mode):  # (one made since the lstat below)
+            os.close(fd)
+            raise refuse(mode)
+        return fd
+
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(mode := os.lstat(lock).st_mode):
+            raise refuse(mode)
     try:
         fd, locked = _flock_under_name(lock, open_lock, busy, str(target), follow_symlinks=False)
     except OSError:  # no lock file here (a read-only folder): unlocked
