@@ -1289,6 +1289,31 @@ def test_a_second_fit_on_a_head_in_the_making_is_refused(run_cli, ss_data, tmp_p
                 pass
 
 
+@pytest.mark.parametrize("kind, words", [("fifo", "a named pipe"), ("file", "a regular file"),
+                                         ("link to nothing", "a symbolic link")])
+def test_something_other_than_a_folder_called_head_partial_is_named_in_one_line(run_cli, loc_data, tmp_path, kind,
+                                                                                words):
+    """A named pipe, a file or a link to nothing called HEAD.partial (where fit keeps its state,
+    and its lock) said "<the folder above it>: cannot write here (File exists)", with --resume,
+    --force or neither: the wrong path, and no word of what was wrong. It is named now, and left
+    as it is."""
+    head = tmp_path / "loc"
+    partial = tmp_path / "loc.partial"
+    if kind == "fifo":
+        os.mkfifo(partial)
+    elif kind == "file":
+        partial.write_text("mine\n")
+    else:
+        partial.symlink_to(tmp_path / "nowhere")
+    for extra in ([], ["--resume"], ["--force"]):
+        r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                    "--max-epochs", "1", "-j", "1", "-o", head, *extra)
+        assert r.exit_code == 1 and r.stderr == (f"protrans: error: {partial}: is {words}, not a folder: an unfinished "
+                                                 "run keeps its state in a folder of this name (move it away, or "
+                                                 "choose another -o)\n"), r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["loc.partial"] and os.path.lexists(partial)
+
+
 def test_device_choice_is_checked_before_any_work(run_cli, ss_data, tmp_path):
     head = tmp_path / "ss3"
     fit_args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",

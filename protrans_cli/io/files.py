@@ -251,6 +251,15 @@ def folder_lock(folder, busy: str):
     def open_folder():
         try:
             folder.mkdir(exist_ok=True)
+        except FileExistsError:  # (a link to a folder is one)
+            # Something that is no folder under the name (a named pipe, a file, a link to nothing): it
+            # said "<its parent folder>: cannot write here (File exists)", naming the wrong path.
+            try:
+                what = kind_in_words(os.lstat(folder).st_mode)
+            except OSError:  # (gone since)
+                what = "no folder"
+            raise InputError(f"is {what}, not a folder: an unfinished run keeps its state in a folder of this name "
+                             "(move it away, or choose another -o)", path=str(folder)) from None
         except OSError as exc:
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
         return os.open(folder, os.O_RDONLY)
