@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
@@ -942,6 +943,33 @@ def test_output_lock_never_holds_a_removed_lock_file(tmp_path, monkeypatch):
 
 
 ESM2 = Path(__file__).parent / "data" / "esm_reference"
+
+
+@pytest.mark.parametrize("command", ["fit", "finetune", "import-head", "predict --metrics"])
+def test_a_link_to_nothing_where_a_folder_goes_is_refused_before_any_work(run_cli, tmp_path, command):
+    """-o a link to nothing (fit, finetune, import-head) trained or imported the head first, then
+    failed to rename it into place: ".HEAD.<host>.<pid>-XXXX.tmp: Not a directory", naming a hidden
+    temporary; `predict --metrics` of one made every prediction, then said "File exists". Each is
+    refused before anything is read now (exit 2), naming the link and where it leads."""
+    (tmp_path / "l.fa").write_text(">a Nucleus-M\nMKT\n")
+    (tmp_path / "e.h5").touch()  # (never read: the refusal comes first)
+    (tmp_path / "ck.pt").touch()
+    (tmp_path / "head").mkdir()
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    argv = {"fit": ["fit", "loc", "--embeddings", "e.h5", "--labels", "l.fa", "-o", link],
+            "finetune": ["finetune", "loc", "-m", ESM2, "--labels", "l.fa", "-o", link],
+            "import-head": ["import-head", "ck.pt", "-o", link],
+            "predict --metrics": ["predict", "head", "--embeddings", "e.h5", "--labels", "l.fa", "-o", "p.csv",
+                                  "--metrics", link]}[command]
+    with contextlib.chdir(tmp_path):
+        r = run_cli(*argv)
+    said = ("so no folder can be made there (make that folder, or choose another path)" if command.startswith("predict")
+            else "(make that folder, or choose another -o)")
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: {link}: is a link to {tmp_path / 'nowhere'}, which "
+                                             f"does not exist{',' if command.startswith('predict') else ''} {said}\n"
+                                             ), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "e.h5", "head", "l.fa", "out"]
 
 
 def _output_lock_run(command: str, tmp_path: Path) -> tuple[list[str], Path]:

@@ -160,6 +160,10 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
     the folder `out_dir`, as fit, finetune and import_head do.)"""
     refuse_special_output(out_dir, "-o", what, keyword="out_dir")
     out_dir = Path(out_dir)
+    if (nothing := link_to_nothing(out_dir)) is not None:
+        # (the work done first, the folder then failed to take its place: ".HEAD.<host>.<pid>-XXXX.tmp:
+        # Not a directory", naming a hidden temporary)
+        raise UsageError(f"{nothing} (make that folder, or choose another -o)", path=str(out_dir))
     if out_dir.exists() and not out_dir.is_dir():
         # (--force trained every epoch and then failed on it: "Is a directory")
         raise UsageError(f"is a file, not {what} (choose another {option('-o', 'out_dir')})", path=str(out_dir))
@@ -167,6 +171,14 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
         raise UsageError(f"{given('-o', 'out_dir', str(out_dir))}: {what} is a folder of its own, which "
                          f"{force_option()} replaces whole; name one, e.g. {given('-o', 'out_dir', example)}")
     return written_through(out_dir)
+
+
+def link_to_nothing(path) -> str | None:
+    """"is a link to TARGET, which does not exist" where `path` is a symbolic link to nothing
+    (no folder can be made under its name), else None."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    return None
 
 
 def written_through(out_dir) -> Path:
@@ -985,6 +997,9 @@ def folder_can_be_made(path) -> None:
             if not ancestor.is_dir():
                 raise UsageError("is not a directory, so no folder can go inside it", path=str(ancestor))
             return
+        if (nothing := link_to_nothing(ancestor)) is not None:  # (was "File exists", once the work was done)
+            raise UsageError(f"{nothing}, so no folder can be made there (make that folder, or choose another path)",
+                             path=str(ancestor))
 
 
 @contextlib.contextmanager
