@@ -4,6 +4,7 @@ whole input at once."""
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -360,6 +361,41 @@ def test_force_over_a_folder_named_output_partial_is_one_line_leaving_nothing(tm
     assert r.exit_code == 1 and r.stderr == (f"protrans: error: {partial_path(tmp_path / 'm.h5')}: is a directory, "
                                              "expected an HDF5 file (move it away, or choose another -o)\n"), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "m.h5.partial"]
+
+
+@pytest.mark.parametrize("command", ["merge", "import-esm"])
+@pytest.mark.parametrize("kind", ["fifo", "link to a folder"])
+@pytest.mark.parametrize("force", [False, True])
+def test_a_fifo_or_link_to_a_folder_named_output_partial_is_refused_never_deleted(tmp_path, run_cli, command, kind,
+                                                                               force):
+    """A named pipe or a link to a folder called OUT.partial was "OUT.partial exists (a run into
+    this output that did not finish): give --force to replace it" (merge and import-esm), and
+    --force deleted it, though no run of protrans had made it. Refused whatever the flags now, as
+    embed and contacts refuse it, and left as it is."""
+    import torch
+
+    from test_embed import SMALL
+
+    (tmp_path / "in").mkdir()
+    if command == "merge":
+        argv = ["merge", _embed(SMALL, tmp_path / "in" / "a.h5")]
+    else:
+        (tmp_path / "in" / "p.fa").write_text(">P1\nMKT\n")
+        torch.save({"label": "P1", "mean_representations": {1: torch.zeros(4)}}, tmp_path / "in" / "P1.pt")
+        argv = ["import-esm", tmp_path / "in", "--fasta", tmp_path / "in" / "p.fa"]
+    partial = partial_path(tmp_path / "m.h5")
+    if kind == "fifo":
+        os.mkfifo(partial)
+    else:
+        (tmp_path / "folder").mkdir()
+        partial.symlink_to(tmp_path / "folder")
+    r = run_cli(*argv, "-o", tmp_path / "m.h5", *(["--force"] if force else []))
+    said = ("is a named pipe, not a regular file: an HDF5 file is read in place" if kind == "fifo"
+            else "is a directory, expected an HDF5 file")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {partial}: {said} (move it away, or choose another -o)\n", \
+        r.stderr
+    assert partial.is_fifo() if kind == "fifo" else partial.is_symlink()
+    assert not (tmp_path / "m.h5").exists()
 
 
 def test_the_failures_of_the_parts_are_the_merged_files(tmp_path):

@@ -1440,12 +1440,15 @@ def truncated_by(attrs) -> str:
 def output_free(output: Path, force: bool, command: str) -> Path:
     """merge's and import-esm's rule for their -o, before any work: an existing file (or the
     .partial of a run that did not finish) needs --force, which replaces an HDF5 file only
-    (refuse_replacing_other_file). Returns the .partial path."""
+    (refuse_replacing_other_file). Returns the .partial path. A named pipe, a folder (or a link to
+    one) called OUTPUT.partial is refused whatever the flags: "exists: give --force" was said of
+    it, and --force deleted a named pipe or link that no run of protrans had made."""
+    partial = partial_path(output)
+    refuse_non_file(partial)
     if output.exists() and not force:
         raise UsageError(f"exists: give {force_option()} to replace it", path=str(output))
     if force and output.exists():
         refuse_replacing_other_file(output, command)
-    partial = partial_path(output)
     if partial.exists() and not force:
         raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give {force_option()} "
                          "to replace it", path=str(output))
