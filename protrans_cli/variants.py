@@ -1208,7 +1208,13 @@ class UnitStore:
     MARKER = "protrans-variants.json"
 
     def __init__(self, folder: Path, *, resume: bool):
+        from protrans_cli.io.files import link_to_nothing
+
         self.folder = Path(folder)
+        if (nothing := link_to_nothing(self.folder)) is not None:
+            # (was "cannot create FILE.partial: File exists", once the model had scored the first unit)
+            raise UsageError(f"{self.folder} {nothing}, and is not the work of a protrans variants run: move it "
+                             "away, or choose another -o")
         if self.folder.exists():
             if not (self.folder / self.MARKER).is_file():
                 raise UsageError(f"{self.folder} exists and is not the work of a protrans variants run: move it "

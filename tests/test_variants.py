@@ -395,6 +395,23 @@ def test_an_output_partial_folder_of_something_else_is_refused_and_left_alone(ru
         assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not out.exists()
 
 
+def test_a_link_to_nothing_called_output_partial_is_refused_before_any_model(run_cli, tmp_path):
+    """-o o.csv beside an o.csv.partial that is a link to nothing: the model scored the first
+    unit, then "cannot create o.csv.partial: File exists". Refused before any model now, with or
+    without --resume, as a folder no variants run made is; the link is left as it is."""
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    out = tmp_path / "o.csv"
+    link = tmp_path / "o.csv.partial"
+    link.symlink_to(tmp_path / "nowhere")
+    for extra in ((), ("--resume",)):
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "no_such_model", "-o", out, *extra)
+        assert r.exit_code == 2 and r.stderr == (f"protrans: error: {link} is a link to {tmp_path / 'nowhere'}, which "
+                                                 "does not exist, and is not the work of a protrans variants run: move "
+                                                 "it away, or choose another -o\n"), r.stderr
+        assert link.is_symlink() and not out.exists()
+
+
 def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(run_cli, tmp_path, tiny_models):
     """--max-length over what a model's learned positions hold is refused naming the limit; an out
     of memory on a pass of one protein (nothing left to halve) says the way out, not a traceback."""
