@@ -1314,6 +1314,25 @@ def test_something_other_than_a_folder_called_head_partial_is_named_in_one_line(
         assert sorted(p.name for p in tmp_path.iterdir()) == ["loc.partial"] and os.path.lexists(partial)
 
 
+@pytest.mark.parametrize("kind, words", [("fifo", "a named pipe"), ("folder", "a directory")])
+def test_a_fifo_or_folder_called_state_pt_in_head_partial_is_refused_before_training(run_cli, loc_data, tmp_path, kind,
+                                                                                     words):
+    """A folder called HEAD.partial/state.pt failed the first epoch's save, "HEAD.partial/state.pt.tmp:
+    Is a directory" (a hidden temporary named, the epoch lost); a named pipe there was taken for no
+    state and replaced, with --resume too. Refused before any training now, and left as it is."""
+    partial = tmp_path / "loc.partial"
+    partial.mkdir()
+    state = partial / "state.pt"
+    os.mkfifo(state) if kind == "fifo" else state.mkdir()
+    for extra in ([], ["--resume"], ["--force"]):
+        r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                    "--max-epochs", "1", "-j", "1", "-o", tmp_path / "loc", *extra)
+        assert r.exit_code == 1 and r.stderr == (f"protrans: error: {state}: is {words}, not a saved state: an "
+                                                 "unfinished run keeps its state in a file of this name (move it "
+                                                 "away)\n"), r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["loc.partial"] and os.listdir(partial) == ["state.pt"]
+
+
 def test_device_choice_is_checked_before_any_work(run_cli, ss_data, tmp_path):
     head = tmp_path / "ss3"
     fit_args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",

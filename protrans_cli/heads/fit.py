@@ -46,9 +46,9 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
-                                   folder_can_be_made, folder_lock, folder_made, input_inside, make_temporary,
-                                   own_folder_output, remove_dead_temporaries, remove_with_outputs, replace_directory,
-                                   same_file, signals_held, stdin_digest)
+                                   folder_can_be_made, folder_lock, folder_made, input_inside, kind_in_words,
+                                   make_temporary, own_folder_output, remove_dead_temporaries, remove_with_outputs,
+                                   replace_directory, same_file, signals_held, stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 pooling_kind, prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
@@ -389,11 +389,28 @@ def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
     # other's state, --force deleted the other's under it, and the last one's head replaced the
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
     held.enter_context(folder_lock(partial_path(out_dir), head_in_use()))
+    _refuse_odd_state(partial_path(out_dir) / FitState.FILE)  # (finetune's state has the same name)
     # The head's temporary folder of a fit killed while writing it (or an old head set aside by
     # --force): every fit of this head holds the lock, so none is a live one's. make_temporary's
     # sweep leaves those of the last hour: the resumed fit left it beside the head it wrote.
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.old.", "")  # (replace_directory's)
+
+
+def _refuse_odd_state(path: Path) -> None:
+    """A folder, named pipe, socket or device called HEAD.partial/state.pt is refused before any
+    training: a folder failed the first epoch's save ("state.pt.tmp: Is a directory", naming a
+    hidden temporary), and a named pipe was taken for no state and replaced, with --resume too.
+    (A link there is replaced, never followed: create_fresh.)"""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise InputError(f"is {kind_in_words(mode)}, not a saved state: an unfinished run keeps its state in a file "
+                         "of this name (move it away)", path=str(path))
 
 
 @dataclass
