@@ -919,6 +919,34 @@ def test_a_run_directory_that_is_a_file_or_inside_one_is_refused(tmp_path, run_c
         assert taken.read_text() == "mine\n" and sorted(tmp_path.iterdir()) == [taken]
 
 
+@pytest.mark.parametrize("name, kind, said", [
+    ("metrics.jsonl", "fifo", "is a named pipe, not a regular file: a run writes a file"),
+    ("loss_curve.png", "fifo", "is a named pipe, not a regular file: a run writes a file"),
+    ("metrics.jsonl", "folder", "is a directory, not a regular file: a run writes a file"),
+    ("checkpoints", "fifo", "is a named pipe, not a folder: a run keeps its checkpoints"),
+])
+def test_a_fifo_or_folder_under_a_run_files_name_is_refused_before_any_model(tmp_path, name, kind, said):
+    """A named pipe called RUN/metrics.jsonl hung train for ever as it started (the file is read
+    first), one called RUN/loss_curve.png once every step was done (the curve written into it); a
+    folder called metrics.jsonl was "Is a directory" once the model was built, a named pipe called
+    checkpoints failed the first save naming step_N. Each is refused before any model now, and
+    left as it is."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / name) if kind == "fifo" else (run / name).mkdir()
+    # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+    result = subprocess.run([sys.executable, "-m", "protrans_cli", "train", "--corpus", LEARNABLE, "--num-steps", "1",
+                             "--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "4", "-j", "1",
+                             "-o", str(run)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        f"protrans: error: {run / name}: {said} of this name (move it away, or choose another -o)"), result.stderr
+    assert os.listdir(run) == [name]
+
+
 def test_settings_one_process_cannot_honour_are_warned_and_resume_takes_one_checkpoint(tmp_path, run_cli):
     """--strategy ddp without torchrun, --eval-every without --val-corpus and --sdpa-kernels torch
     on the CPU train on with a warning each (not silently); --resume together with --resume-from is refused, not one of them

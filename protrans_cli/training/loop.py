@@ -226,6 +226,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 # the settings first: a bad value on a directory holding a run was met as "already
                 # holds a run, add --resume", and only --resume showed the real error
                 config.validate(info.world_size)
+                if info.is_main:
+                    _refuse_odd_run_files(config.output_dir)
                 if not resume and ckpt.list_checkpoints(config.output_dir):
                     # A fresh run here would mix its checkpoints with the old ones, and a later
                     # --resume would pick whichever step number is highest (checked before any model).
@@ -372,6 +374,29 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
 # What a run writes at the root of its directory besides checkpoints and the final model.
 _RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png", ckpt.BEST_FILE, ckpt.COMPLETE_FILE)
 _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _refuse_odd_run_files(run_dir) -> None:
+    """Anything but a regular file (through a link) under the name of a file a run writes at the
+    root of its directory, or a folder called checkpoints: refused before any model, and left as
+    it is. A named pipe called metrics.jsonl hung the run for ever as it started, one called
+    loss_curve.png once every step was done (written in place); a folder there was "Is a
+    directory" once the model was built; a named pipe called checkpoints failed the first save."""
+    import stat
+
+    from protrans_cli.io.files import kind_in_words
+
+    for name in (*_RUN_FILES, "checkpoints"):
+        path = Path(run_dir) / name
+        try:
+            mode = os.stat(path).st_mode  # (a link to nothing: made as any new file is)
+        except OSError:
+            continue
+        folder = name == "checkpoints"
+        if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+            what = "not a folder: a run keeps its checkpoints" if folder else "not a regular file: a run writes a file"
+            raise InputError(f"is {kind_in_words(mode)}, {what} of this name (move it away, or choose another -o)",
+                             path=str(path))
 
 
 def _held_model(run_dir) -> str | None:
