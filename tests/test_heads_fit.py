@@ -638,6 +638,29 @@ def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     assert not (tmp_path / "m" / "test.json").is_symlink() and (tmp_path / "m" / "test.loc.png").stat().st_size > 1000
 
 
+def test_a_fifo_under_a_metrics_files_name_is_refused_not_written_into(run_cli, loc_data, tmp_path):
+    """A named pipe called METRICS/test.json (a name predict chooses itself) was written in place,
+    as a pipe the user named would be, and predict hung for ever waiting for its reader. Refused
+    in one line now (exit 1): no prediction or metrics file is written, and the pipe is left."""
+    import subprocess
+    import sys
+
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "2", "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0
+    (tmp_path / "m").mkdir()
+    os.mkfifo(tmp_path / "m" / "test.json")
+    # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+    result = subprocess.run([sys.executable, "-m", "protrans_cli", "predict", str(head), "--embeddings",
+                             str(loc_data / "test.h5"), "--labels", str(loc_data / "test.fasta"), "--metrics",
+                             str(tmp_path / "m"), "--no-plots", "-o", str(tmp_path / "p.csv")], capture_output=True,
+                            text=True, timeout=30, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        f"protrans: error: {tmp_path / 'm' / 'test.json'}: is a named pipe, not a regular file: protrans names this "
+        "file itself and writes it here (move it away)"), result.stderr
+    assert os.listdir(tmp_path / "m") == ["test.json"] and not (tmp_path / "p.csv").exists()
+
+
 def test_predict_metrics_of_labels_from_stdin_are_named_stdin(run_cli, loc_data, tmp_path):
     """`--labels - --metrics DIR` wrote DIR/<stdin>.json (a name a shell has to quote)."""
     from protrans_cli.heads.labels import LabelSet

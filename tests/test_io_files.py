@@ -227,13 +227,16 @@ def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
     reader.start()
-    handle = AtomicFile(fifo)
+    handle = AtomicFile(fifo, follow_link=True)  # (a name the user gave: a name protrans chooses is refused)
     handle.stream.write(b"through the pipe\n")
     handle.commit()
     reader.join(timeout=10)
     assert got == [b"through the pipe\n"]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    with pytest.raises(InputError, match="is a named pipe, not a regular file: protrans names this file itself"):
+        AtomicFile(fifo)  # (a name protrans chooses: no reader is waiting, and it hung for ever)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     with atomic_output(os.devnull) as out:
         out.write(b"discarded")
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

@@ -1175,6 +1175,19 @@ def _in_place(path: Path) -> bool:
     return path.is_dir() or special_output(path) is not None
 
 
+def _pipe_or_socket(path: Path) -> bool:
+    """Whether `path` is a named pipe or a socket (through a link), not under /dev or /proc (where
+    /dev/stdout leads to the shell's pipe)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) and not _device_path(os.path.abspath(path)) \
+        and not (path.is_symlink() and _device_path(os.readlink(path)))
+
+
 def _standard_descriptor_on(path: Path) -> int | None:
     """1 or 2 where `path` leads to the regular file stdout or stderr is open on (`--stats
     /dev/stderr 2> log`), else None. (Pipes and terminals have no offset to share.)"""
@@ -1279,6 +1292,14 @@ class AtomicFile(StagedRename):
         held before a write to the file (a job with many files open at once gives less)."""
         self.path = Path(path)
         in_place = _in_place(self.path)  # (a link into /dev is in place as it is: never resolved)
+        if in_place and not follow_link and _pipe_or_socket(self.path):
+            # A name protrans chooses itself (a metrics folder's SET.json, RUN/loss_curve.png) is no
+            # pipe the user opened for it: a named pipe there was written in place, and the run hung
+            # for ever waiting for its reader. A link there is replaced, never followed.
+            if not self.path.is_symlink():
+                raise InputError(f"is {kind_in_words(os.stat(self.path).st_mode)}, not a regular file: protrans "
+                                 "names this file itself and writes it here (move it away)", path=str(self.path))
+            in_place = False
         if follow_link and not in_place:
             self.path = through_link(self.path)
         directory = output_directory(self.path)
