@@ -883,6 +883,29 @@ def test_a_fifo_or_folder_named_output_partial_is_refused_before_anything_opens_
         os.unlink(partial) if kind == "fifo" else partial.rmdir()
 
 
+@pytest.mark.parametrize("side", ["ledger", "untrusted", "base"])
+def test_a_fifo_beside_output_partial_under_a_side_files_name_is_refused(tmp_path, side):
+    """A named pipe called OUTPUT.partial.untrusted (the proteins a failed write left unsure) hung
+    `embed --resume` for ever, reading it; one called .ledger or .base was deleted or left behind
+    by a run. Refused in one line now, with --resume, --force or neither, and left as it is."""
+    import subprocess
+
+    out = tmp_path / "out.h5"
+    embed(SMALL, tmp_path / "first.h5", EmbedOptions(model="onehot", threads=1))
+    os.replace(tmp_path / "first.h5", partial_path(out))  # (an interrupted run's work)
+    fifo = partial_path(out).with_name(f"out.h5.partial.{side}")
+    os.mkfifo(fifo)
+    for mode in ("--resume", "--force", None):
+        # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+        result = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o",
+                                 str(out), *([mode] if mode else [])], capture_output=True, text=True, timeout=20,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 1 and result.stderr == (
+            f"protrans: error: {fifo}: is a named pipe, not a regular file: a run keeps a file of its own under this "
+            "name, beside out.h5.partial (move it away, or choose another -o)\n"), result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5.partial", fifo.name] and fifo.is_fifo()
+
+
 @pytest.mark.parametrize("layout", ["grouped", "flat"])
 def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_path, monkeypatch, capsys, layout):
     """SIGKILL while HDF5 flushed (it writes the superblock, with the end-of-file address, last)

@@ -1374,9 +1374,22 @@ def refuse_non_file(path) -> None:
     pipe, socket or device there is refused before anything opens it. HDF5's open of a named pipe
     waited for a writer for ever (embed and contacts hung, --resume or not, with no word); a
     directory was "[Errno 21] Unable to synchronously open file (file read failed: time = ...)"
-    under --resume, and under --force "Is a directory" of a hidden .creating file left behind."""
+    under --resume, and under --force "Is a directory" of a hidden .creating file left behind.
+    So are the side files a run keeps beside it (its ledger, its list of untrusted proteins, a
+    stacked extension's .base): --resume read a named pipe called OUTPUT.partial.untrusted for ever."""
     import stat
 
+    from protrans_cli.io.files import kind_in_words
+    from protrans_cli.io.stacked import base_path
+
+    for side in (ledger_path(path), untrusted_path(path), base_path(path)):
+        try:
+            mode = os.stat(side).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise InputError(f"is {kind_in_words(mode)}, not a regular file: a run keeps a file of its own under this "
+                             f"name, beside {Path(path).name} (move it away, or choose another -o)", path=str(side))
     try:
         mode = os.stat(path).st_mode  # (through a link)
     except OSError:  # absent (or unreadable: the open says so)
