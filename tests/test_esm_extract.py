@@ -526,6 +526,22 @@ def test_a_folder_in_the_place_of_a_file_refuses_the_run_before_any_file_moves_i
     assert sorted(p.name for p in out.iterdir()) == ["P2.pt"]
 
 
+def test_a_fifo_in_the_place_of_a_file_is_refused_not_deleted(run_cli, tmp_path, model_dir):
+    """OUTPUT_DIR/P2.pt a named pipe: it was replaced as a file of that name is, deleted, though
+    no run of protrans had made it. Refused as a folder there is, the run's files kept out."""
+    import os
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "P2.pt")
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1] == (f"protrans: error: {out / 'P2.pt'}: is a named pipe: the "
+                                                              "protein's .pt file cannot take its place"), r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["P2.pt"] and (out / "P2.pt").is_fifo()
+
+
 def _nan_for_tryptophan(monkeypatch, model_dir):
     """ESM's hidden states NaN for the proteins holding a W (embed records them as failed)."""
     from transformers import EsmTokenizer
