@@ -1214,7 +1214,7 @@ class UnitStore:
         if (nothing := link_to_nothing(self.folder)) is not None:
             # (was "cannot create FILE.partial: File exists", once the model had scored the first unit)
             raise UsageError(f"{self.folder} {nothing}, and is not the work of a protrans variants run: move it "
-                             "away, or choose another -o")
+                             f"away, or choose another {option('-o', 'output')}")
         if self.folder.exists():
             if not (self.folder / self.MARKER).is_file():
                 raise UsageError(f"{self.folder} exists and is not the work of a protrans variants run: move it "

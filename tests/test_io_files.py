@@ -1034,8 +1034,8 @@ def test_a_folder_or_link_named_like_the_lock_file_is_refused_not_run_unlocked(t
     with pytest.raises(InputError) as caught:
         with output_lock(tmp_path / "o.h5", "busy"):
             raise AssertionError("ran without the lock")
-    assert str(caught.value) == (f"{lock}: is {words}, not a lock file: protrans locks -o o.h5 with a file of this "
-                                 "name (move it away, or choose another -o)")
+    assert str(caught.value) == (f"{lock}: is {words}, not a lock file: protrans locks output='o.h5' with a file of "
+                                 "this name (move it away, or choose another output)")  # (a library call's words)
     assert lock.is_dir() if kind == "folder" else lock.is_symlink()
 
 

@@ -700,14 +700,20 @@ def test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_fl
     assert str(caught.value).startswith(at_command_line.format(tmp=tmp_path)), str(caught.value)
 
 
-def _made(tmp, *, embedded=(), files=None, dirs=()):
+def _made(tmp, *, embedded=(), files=None, dirs=(), fifos=(), links=None):
     """The test's folder as a call below meets it: `embedded` {name: FASTA text} embedded by onehot
     (per_protein=False or per_residue=False where the name says "residues" or "vectors"), `files`
-    {name: text}, `dirs` made."""
+    {name: text}, `dirs` made, `fifos` named pipes, `links` {name: target} symbolic links."""
+    import os
+
     from protrans_cli.embed import EmbedOptions, embed
 
     for name in dirs:
         (tmp / name).mkdir(parents=True, exist_ok=True)
+    for name in fifos:
+        os.mkfifo(tmp / name)
+    for name, target in (links or {}).items():
+        (tmp / name).symlink_to(tmp / target)
     for name, text in (files or {}).items():
         (tmp / name).write_text(text)
     for name, text in dict(embedded).items():
@@ -1222,3 +1228,43 @@ def test_a_closed_stdout_is_told_in_the_callers_words(monkeypatch, at_command_li
         stdout_binary()
     assert str(caught.value) == ("standard output is closed: give -o FILE" if at_command_line
                                  else "standard output is closed: give a file's path, not '-' or None")
+
+
+NOWHERE = "is a link to {tmp}/nowhere, which does not exist"
+PIPE = "is a named pipe, not "
+
+# (the call, what a library caller is told, and the command line's words, as they were): a named
+# pipe, a folder or a link to nothing where an output, its lock, its unfinished work or a run's file goes
+SPECIAL = [
+    (_then(_fit_into("h"), links={"h": "nowhere"}, **ON_DISK), "{tmp}/h: " + NOWHERE + " (make that folder, or "
+     "choose another out_dir)", "{tmp}/h: " + NOWHERE + " (make that folder, or choose another -o)"),
+    (_then(_fit_into("h"), fifos=("h.partial",), embedded={"v.h5": FA}, **ON_DISK), "{tmp}/h.partial: " + PIPE +
+     "a folder: an unfinished run keeps its state in a folder of this name (move it away, or choose another out_dir)",
+     "{tmp}/h.partial: " + PIPE + "a folder: an unfinished run keeps its state in a folder of this name (move it "
+     "away, or choose another -o)"),
+    (_then(_embed_into("o.h5"), fifos=(".o.h5.lock",), **ON_DISK), "{tmp}/.o.h5.lock: " + PIPE + "a lock file: "
+     "protrans locks output='o.h5' with a file of this name (move it away, or choose another output)",
+     "{tmp}/.o.h5.lock: " + PIPE + "a lock file: protrans locks -o o.h5 with a file of this name (move it away, or "
+     "choose another -o)"),
+    (_then(_embed_into("o.h5"), fifos=("o.h5.partial.untrusted",), **ON_DISK), "{tmp}/o.h5.partial.untrusted: " + PIPE
+     + "a regular file: a run keeps a file of its own under this name, beside o.h5.partial (move it away, or choose "
+     "another output)", "{tmp}/o.h5.partial.untrusted: " + PIPE + "a regular file: a run keeps a file of its own "
+     "under this name, beside o.h5.partial (move it away, or choose another -o)"),
+    (_then(_train_into("r"), dirs=("r",), fifos=("r/metrics.jsonl",)), "{tmp}/r/metrics.jsonl: " + PIPE + "a regular "
+     "file: a run writes a file of this name (move it away, or choose another output_dir)", "{tmp}/r/metrics.jsonl: "
+     + PIPE + "a regular file: a run writes a file of this name (move it away, or choose another -o)"),
+    (_then(_score(), files={"v.csv": "mutant\nK2G\n"}, links={"o.csv.partial": "nowhere"}), "{tmp}/o.csv.partial "
+     + NOWHERE + ", and is not the work of a protrans variants run: move it away, or choose another output",
+     "{tmp}/o.csv.partial " + NOWHERE + ", and is not the work of a protrans variants run: move it away, or choose "
+     "another -o"),
+]
+
+
+@pytest.mark.parametrize("call, message, at_command_line", SPECIAL,
+                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[6:40])}" for i, (_, m, _) in enumerate(SPECIAL)])
+def test_a_pipe_folder_or_dangling_link_in_an_outputs_place_is_told_in_the_callers_words(
+        tmp_path, monkeypatch, call, message, at_command_line):
+    # (a library caller was told "choose another -o", "protrans locks -o o.h5 with a file of this
+    # name": a flag no call takes)
+    test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
+        tmp_path, monkeypatch, call, message, at_command_line)

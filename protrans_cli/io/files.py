@@ -163,7 +163,8 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
     if (nothing := link_to_nothing(out_dir)) is not None:
         # (the work done first, the folder then failed to take its place: ".HEAD.<host>.<pid>-XXXX.tmp:
         # Not a directory", naming a hidden temporary)
-        raise UsageError(f"{nothing} (make that folder, or choose another -o)", path=str(out_dir))
+        raise UsageError(f"{nothing} (make that folder, or choose another {option('-o', 'out_dir')})",
+                         path=str(out_dir))
     if out_dir.exists() and not out_dir.is_dir():
         # (--force trained every epoch and then failed on it: "Is a directory")
         raise UsageError(f"is a file, not {what} (choose another {option('-o', 'out_dir')})", path=str(out_dir))
@@ -271,7 +272,7 @@ def folder_lock(folder, busy: str):
             except OSError:  # (gone since)
                 what = "no folder"
             raise InputError(f"is {what}, not a folder: an unfinished run keeps its state in a folder of this name "
-                             "(move it away, or choose another -o)", path=str(folder)) from None
+                             f"(move it away, or choose another {option('-o', 'out_dir')})", path=str(folder)) from None
         except OSError as exc:
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
         return os.open(folder, os.O_RDONLY)
@@ -314,8 +315,10 @@ def output_lock(target, busy: str):
     def refuse(mode: int):
         # A named pipe of this name hung the run for ever (its open waits for a writer); a folder
         # or a link there (O_NOFOLLOW: never followed) let the run go on unlocked without a word.
-        return InputError(f"is {kind_in_words(mode)}, not a lock file: protrans locks -o {target.name} with a file "
-                          "of this name (move it away, or choose another -o)", path=str(lock))
+        # (every caller's library function takes the file as `output`: `errors.option`)
+        return InputError(f"is {kind_in_words(mode)}, not a lock file: protrans locks "
+                          f"{given('-o', 'output', target.name)} with a file of this name (move it away, or choose "
+                          f"another {option('-o', 'output')})", path=str(lock))
 
     def open_lock():  # (read-only is enough for flock; O_NOFOLLOW: never a link planted in a shared folder)
         fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)

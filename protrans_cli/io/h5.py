@@ -1389,7 +1389,8 @@ def refuse_non_file(path) -> None:
             continue
         if not stat.S_ISREG(mode):
             raise InputError(f"is {kind_in_words(mode)}, not a regular file: a run keeps a file of its own under this "
-                             f"name, beside {Path(path).name} (move it away, or choose another -o)", path=str(side))
+                             f"name, beside {Path(path).name} (move it away, or choose another "
+                             f"{option('-o', 'output')})", path=str(side))
     try:
         mode = os.stat(path).st_mode  # (through a link)
     except OSError:  # absent (or unreadable: the open says so)

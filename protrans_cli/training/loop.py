@@ -395,8 +395,8 @@ def _refuse_odd_run_files(run_dir) -> None:
         folder = name == "checkpoints"
         if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
             what = "not a folder: a run keeps its checkpoints" if folder else "not a regular file: a run writes a file"
-            raise InputError(f"is {kind_in_words(mode)}, {what} of this name (move it away, or choose another -o)",
-                             path=str(path))
+            raise InputError(f"is {kind_in_words(mode)}, {what} of this name (move it away, or choose another "
+                             f"{option('-o', 'output_dir')})", path=str(path))
 
 
 def _held_model(run_dir) -> str | None:
