@@ -923,11 +923,12 @@ def test_a_run_directory_that_is_a_file_or_inside_one_is_refused(tmp_path, run_c
     ("metrics.jsonl", "fifo", "is a named pipe, not a regular file: a run writes a file"),
     ("loss_curve.png", "fifo", "is a named pipe, not a regular file: a run writes a file"),
     ("metrics.jsonl", "folder", "is a directory, not a regular file: a run writes a file"),
+    ("config.json", "fifo", "is a named pipe, not a regular file: a run writes a file"),
     ("checkpoints", "fifo", "is a named pipe, not a folder: a run keeps its checkpoints"),
 ])
 def test_a_fifo_or_folder_under_a_run_files_name_is_refused_before_any_model(tmp_path, name, kind, said):
-    """A named pipe called RUN/metrics.jsonl hung train for ever as it started (the file is read
-    first), one called RUN/loss_curve.png once every step was done (the curve written into it); a
+    """A named pipe called RUN/metrics.jsonl or RUN/config.json hung train for ever as it started
+    (the file is read first), one called RUN/loss_curve.png once every step was done (the curve written into it); a
     folder called metrics.jsonl was "Is a directory" once the model was built, a named pipe called
     checkpoints failed the first save naming step_N. Each is refused before any model now, and
     left as it is."""

@@ -379,14 +379,15 @@ _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.jso
 def _refuse_odd_run_files(run_dir) -> None:
     """Anything but a regular file (through a link) under the name of a file a run writes at the
     root of its directory, or a folder called checkpoints: refused before any model, and left as
-    it is. A named pipe called metrics.jsonl hung the run for ever as it started, one called
-    loss_curve.png once every step was done (written in place); a folder there was "Is a
-    directory" once the model was built; a named pipe called checkpoints failed the first save."""
+    it is. A named pipe called metrics.jsonl or config.json hung the run for ever as it started
+    (read first), one called loss_curve.png once every step was done (written in place); a folder
+    there was "Is a directory" once the model was built; a named pipe called checkpoints failed the
+    first save."""
     import stat
 
     from protrans_cli.io.files import kind_in_words
 
-    for name in (*_RUN_FILES, "checkpoints"):
+    for name in (*_RUN_FILES, *_MODEL_FILES, "checkpoints"):
         path = Path(run_dir) / name
         try:
             mode = os.stat(path).st_mode  # (a link to nothing: made as any new file is)
