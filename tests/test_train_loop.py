@@ -924,7 +924,7 @@ def test_a_run_directory_that_is_a_file_or_inside_one_is_refused(tmp_path, run_c
     ("loss_curve.png", "fifo", "is a named pipe, not a regular file: a run writes a file"),
     ("metrics.jsonl", "folder", "is a directory, not a regular file: a run writes a file"),
     ("config.json", "fifo", "is a named pipe, not a regular file: a run writes a file"),
-    ("checkpoints", "fifo", "is a named pipe, not a folder: a run keeps its checkpoints"),
+    ("checkpoints", "fifo", "is a named pipe, not a folder: a run keeps its checkpoints in a folder"),
 ])
 def test_a_fifo_or_folder_under_a_run_files_name_is_refused_before_any_model(tmp_path, name, kind, said):
     """A named pipe called RUN/metrics.jsonl or RUN/config.json hung train for ever as it started

@@ -395,7 +395,8 @@ def _refuse_odd_run_files(run_dir) -> None:
             continue
         folder = name == "checkpoints"
         if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
-            what = "not a folder: a run keeps its checkpoints" if folder else "not a regular file: a run writes a file"
+            what = "not a folder: a run keeps its checkpoints in a folder" if folder else \
+                "not a regular file: a run writes a file"
             raise InputError(f"is {kind_in_words(mode)}, {what} of this name (move it away, or choose another "
                              f"{option('-o', 'output_dir')})", path=str(path))
 
