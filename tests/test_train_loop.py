@@ -925,26 +925,33 @@ def test_a_run_directory_that_is_a_file_or_inside_one_is_refused(tmp_path, run_c
     ("metrics.jsonl", "folder", "is a directory, not a regular file: a run writes a file"),
     ("config.json", "fifo", "is a named pipe, not a regular file: a run writes a file"),
     ("checkpoints", "fifo", "is a named pipe, not a folder: a run keeps its checkpoints in a folder"),
+    ("checkpoints", "link to nothing", "is a link to nowhere, which does not exist: a run keeps its checkpoints in a "
+                                       "folder"),
 ])
 def test_a_fifo_or_folder_under_a_run_files_name_is_refused_before_any_model(tmp_path, name, kind, said):
     """A named pipe called RUN/metrics.jsonl or RUN/config.json hung train for ever as it started
     (the file is read first), one called RUN/loss_curve.png once every step was done (the curve written into it); a
     folder called metrics.jsonl was "Is a directory" once the model was built, a named pipe called
-    checkpoints failed the first save naming step_N. Each is refused before any model now, and
-    left as it is."""
+    checkpoints (or a link to nothing) failed the first save naming step_N. Each is refused before
+    any model now, and left as it is."""
     import subprocess
     import sys
 
     run = tmp_path / "run"
     run.mkdir()
-    os.mkfifo(run / name) if kind == "fifo" else (run / name).mkdir()
+    if kind == "link to nothing":
+        (run / name).symlink_to("nowhere")
+    else:
+        os.mkfifo(run / name) if kind == "fifo" else (run / name).mkdir()
     # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
     result = subprocess.run([sys.executable, "-m", "protrans_cli", "train", "--corpus", LEARNABLE, "--num-steps", "1",
                              "--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "4", "-j", "1",
                              "-o", str(run)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    remedy = "(make that folder, move the link away, or choose another -o)" if kind == "link to nothing" else \
+        "(move it away, or choose another -o)"
     assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
-        f"protrans: error: {run / name}: {said} of this name (move it away, or choose another -o)"), result.stderr
+        f"protrans: error: {run / name}: {said} of this name {remedy}"), result.stderr
     assert os.listdir(run) == [name]
 
 

@@ -385,8 +385,11 @@ def _refuse_odd_run_files(run_dir) -> None:
     first save."""
     import stat
 
-    from protrans_cli.io.files import kind_in_words
+    from protrans_cli.io.files import kind_in_words, link_to_nothing
 
+    if (nothing := link_to_nothing(Path(run_dir) / "checkpoints")) is not None:  # (no folder can be made there)
+        raise InputError(f"{nothing}: a run keeps its checkpoints in a folder of this name (make that folder, move "
+                         "the link away, or choose another -o)", path=str(Path(run_dir) / "checkpoints"))
     for name in (*_RUN_FILES, *_MODEL_FILES, "checkpoints"):
         path = Path(run_dir) / name
         try:
