@@ -679,25 +679,6 @@ SWEEP = [
 ]
 
 
-@pytest.mark.parametrize("call, message, at_command_line", SWEEP,
-                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[:24])}" for i, (_, m, _) in enumerate(SWEEP)])
-def test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
-        tmp_path, monkeypatch, call, message, at_command_line):
-    # (each said a flag to a library caller, which has no way to pass one: "--layer is a whole
-    # number", "--device gpu: use auto, ...", "-o x.bin: name the file ... or say the format with --format")
-    from protrans_cli import console
-    from protrans_cli.errors import ProtransError
-
-    with pytest.raises(ProtransError) as caught:
-        call(tmp_path)
-    said = str(caught.value)
-    assert said.startswith(message.format(tmp=tmp_path)) and not FLAG.search(said.replace(str(tmp_path), "")), said
-    for path in tmp_path.iterdir():  # (what the call made before the refusal, made again below)
-        path.unlink() if not path.is_dir() else shutil.rmtree(path)
-    monkeypatch.setattr(console.state, "command_line", True)
-    with pytest.raises(ProtransError) as caught:
-        call(tmp_path)
-    assert str(caught.value).startswith(at_command_line.format(tmp=tmp_path)), str(caught.value)
 
 
 def _made(tmp, *, embedded=(), files=None, dirs=(), fifos=(), links=None):
@@ -944,14 +925,6 @@ RESUMES = [
 ]
 
 
-@pytest.mark.parametrize("call, message, at_command_line", RESUMES,
-                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[6:30])}" for i, (_, m, _) in enumerate(RESUMES)])
-def test_an_output_that_exists_or_a_file_read_is_told_in_the_callers_words(
-        tmp_path, monkeypatch, call, message, at_command_line):
-    # (a library caller was told "--resume finishes it", "give --force to replace it", "choose
-    # another -o", "--offset gives the number of its first residue": flags no call takes)
-    test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
-        tmp_path, monkeypatch, call, message, at_command_line)
 
 
 def _abandoned_write(path):
@@ -1164,14 +1137,6 @@ LEFTOVERS = [
 ]
 
 
-@pytest.mark.parametrize("call, message, at_command_line", LEFTOVERS,
-                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[6:30])}" for i, (_, m, _) in enumerate(LEFTOVERS)])
-def test_an_output_name_a_run_directory_and_a_stopped_run_are_told_in_the_callers_words(
-        tmp_path, monkeypatch, call, message, at_command_line):
-    # (a library caller was told "-o x.h5.gz: ... (--compression gzip ...)", "give -o a path of your
-    # own", "add --resume to continue it, or choose another -o", "`protrans train --resume -o R`")
-    test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
-        tmp_path, monkeypatch, call, message, at_command_line)
 
 
 @pytest.mark.parametrize("at_command_line", [False, True])
@@ -1260,11 +1225,31 @@ SPECIAL = [
 ]
 
 
-@pytest.mark.parametrize("call, message, at_command_line", SPECIAL,
-                         ids=[f"{i}-{re.sub(r'[^a-z_]+', '-', m[6:40])}" for i, (_, m, _) in enumerate(SPECIAL)])
-def test_a_pipe_folder_or_dangling_link_in_an_outputs_place_is_told_in_the_callers_words(
+def _cases(**tables):
+    """Every table's rows as one test's cases, named '<table>-<row>-<the message's first words>'."""
+    return [pytest.param(*row, id=f"{name}-{i}-{re.sub(r'[^a-z_]+', '-', row[1][:30])}")
+            for name, table in tables.items() for i, row in enumerate(table)]
+
+
+@pytest.mark.parametrize("call, message, at_command_line",
+                         _cases(sweep=SWEEP, resumes=RESUMES, leftovers=LEFTOVERS, special=SPECIAL))
+def test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
         tmp_path, monkeypatch, call, message, at_command_line):
-    # (a library caller was told "choose another -o", "protrans locks -o o.h5 with a file of this
-    # name": a flag no call takes)
-    test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_flags(
-        tmp_path, monkeypatch, call, message, at_command_line)
+    # (each said a flag to a library caller, which has no way to pass one: "--layer is a whole
+    # number", "--device gpu: use auto, ...", "-o x.bin: name the file ... or say the format with --format";
+    # resumes: "--resume finishes it", "give --force to replace it", "--offset gives the number of its first
+    # residue"; leftovers: "-o x.h5.gz: ... (--compression gzip ...)", "`protrans train --resume -o R`";
+    # special: "protrans locks -o o.h5 with a file of this name")
+    from protrans_cli import console
+    from protrans_cli.errors import ProtransError
+
+    with pytest.raises(ProtransError) as caught:
+        call(tmp_path)
+    said = str(caught.value)
+    assert said.startswith(message.format(tmp=tmp_path)) and not FLAG.search(said.replace(str(tmp_path), "")), said
+    for path in tmp_path.iterdir():  # (what the call made before the refusal, made again below)
+        path.unlink() if not path.is_dir() else shutil.rmtree(path)
+    monkeypatch.setattr(console.state, "command_line", True)
+    with pytest.raises(ProtransError) as caught:
+        call(tmp_path)
+    assert str(caught.value).startswith(at_command_line.format(tmp=tmp_path)), str(caught.value)
