@@ -1717,7 +1717,7 @@ def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_
             (last / ckpt.SUMS_FILE).unlink()
         with pytest.raises(InputError, match=rf"damaged checkpoint: cannot read {name} \((its bytes no longer "
                                              rf"match SHA256SUMS\)|(?!its).*\)); continue from the one before with "
-                                             rf"--resume-from .*step_00000001, after moving this one away") as info:
+                                             rf"resume='.*step_00000001', after moving this one away") as info:
             train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
         assert "\n" not in info.value.format()
         assert ("SHA256SUMS" in str(info.value)) == sums

@@ -1970,8 +1970,8 @@ def test_a_final_model_that_cannot_be_written_is_one_line_naming_the_checkpoint(
     (tmp_path / "run" / "checkpoints" / "step_00000004").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step_00000004" / ckpt.STATE_FILE).write_bytes(b"")
     with pytest.raises(RuntimeFailure, match=r"run: cannot write the final model \(.*No space left on device\); the "
-                                             r"run's steps are kept in .*step_00000004: run the same command with "
-                                             r"--resume"):
+                                             r"run's steps are kept in .*step_00000004: call again with resume=True "
+                                             r"once there is room"):
         ckpt.export_model(tmp_path / "run", family=family, model=None, tokenizer=None)
 
 
@@ -2016,13 +2016,13 @@ def test_a_run_directory_under_a_file_names_the_file(tmp_path):
 
     (tmp_path / "results").write_text("")
     with pytest.raises(UsageError, match=r"results: is not a directory, so the run directory .*results/a/run cannot "
-                                         r"go inside it \(choose another -o\)"):
+                                         r"go inside it \(choose another output_dir\)"):
         with run_lock(tmp_path / "results" / "a" / "run"):
             pass
     assert not (tmp_path / "results" / "a").exists()
     denied = _run_dir_problem(tmp_path / "run", PermissionError(errno.EACCES, "Permission denied"))
     assert isinstance(denied, UsageError)
-    assert str(denied).endswith("run: cannot make the run directory (permission denied; choose another -o)")
+    assert str(denied).endswith("run: cannot make the run directory (permission denied; choose another output_dir)")
     full = _run_dir_problem(tmp_path / "run", OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(full, RuntimeFailure) and "the disk is full" in str(full)
 
