@@ -552,6 +552,23 @@ def test_click_usage_errors_are_one_line(run_cli, args, message):
     assert r.stderr.startswith("protrans: error: ") and message in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args,shown", [
+    (["fit", "s\udcff"], "Invalid value for '{ss3|ss8|ss3+ss8|loc|residue|protein|value}': 's\\xff' is not one of"),
+    (["embed", "x.fa", "--layout", "g\udc80\udcff"], "Invalid value for '--layout': 'g\\x80\\xff' is not one of"),
+    (["e\udcff"], "No such command 'e\\xff' (see 'protrans --help')"),
+    # a backslash the user typed stays one: 'e\\udcff' is the text e, backslash, udcff
+    (["e\\udcff"], "No such command 'e\\\\udcff'"),
+    (["e\\\udcff"], "No such command 'e\\\\\\xff'"),
+])
+def test_click_usage_errors_show_a_byte_that_is_not_utf8_as_protrans_does(run_cli, args, shown):
+    """A command-line argument holding a byte that is not UTF-8 (a file name from another system,
+    a Latin-1 shell) reached click's refusals as repr()'s surrogate escape, "'s\\udcff' is not one of",
+    where protrans' own messages say 's\\xff' ("a\\xffb.fa: no such file")."""
+    r = run_cli(*args)
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert shown in r.stderr and "udcff" not in r.stderr.replace("\\\\udcff", ""), r.stderr
+
+
 @pytest.mark.parametrize("args,option", [
     (["--test", "t.h5", "-o", "heads/ss3"], "--test"),
     (["-o", "heads/ss3", "--test", "t.h5", "--max-epochs", "1"], "--test"),

@@ -11,6 +11,7 @@ import errno
 import importlib
 import importlib.util  # (not loaded by `import importlib`: only 3.11's site module happened to)
 import os
+import re
 import signal
 import sys
 
@@ -579,6 +580,18 @@ def _tell_torchrun(line: str | None) -> None:
 _NO_ARGS_IS_HELP = click.exceptions.NoArgsIsHelpError
 
 
+# click quotes the values it refuses with repr(): a byte of an argument that is not UTF-8 (Python's
+# surrogateescape) read '\udcff', where protrans' own messages (console.printable) say '\xff'. An escape
+# after an even run of backslashes is one (after an odd run, its backslash is one the user typed).
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def _bytes_as_bytes(message: str) -> str:
+    """click's message with repr()'s escapes of surrogateescaped bytes (`\\udcff`) written as the bytes
+    they stand for (`\\xff`), as the rest of protrans writes them."""
+    return _SURROGATE_ESCAPE.sub(r"\1\\x\2", message)
+
+
 def _main(console, argv):
     try:
         rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
@@ -595,6 +608,7 @@ def _main(console, argv):
         # One line, as every other failure: click's own form (usage, a "Try" line, a blank line,
         # then "Error: ...") took four, and a log's last line held only the message.
         message = " ".join(exc.format_message().split())  # "Choose from:" lists span lines
+        message = _bytes_as_bytes(message)
         ctx = getattr(exc, "ctx", None)
         if isinstance(exc, click.UsageError) and ctx is not None:
             message = f"{message.rstrip('.')} (see '{ctx.command_path} --help')"
