@@ -768,7 +768,7 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
             result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, *extra)
             assert result.exit_code == 1, result.stderr
             assert result.stderr.strip() == (f"protrans: error: {partial}: is being written by another process (it "
-                                             "holds the HDF5 file lock): wait for that run to end, or choose another output")
+                                             "holds the HDF5 file lock): wait for that run to end, or choose another -o")
             assert partial.read_bytes() == before and not out.exists()
     # once it is gone: what it left is refused without --resume or --force, as OUTPUT is
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", out)

@@ -725,6 +725,35 @@ def _embed_locked_out(tmp):
         _embed_into("o.h5")(tmp)
 
 
+def _held(call, name="o.h5.partial"):
+    """`call(tmp)` while `name`, an HDF5 file, is locked as a run writing it locks it (HDF5's lock,
+    an flock: taken here on an open of the file of its own, which HDF5's open in this process meets)."""
+    def run(tmp):
+        import fcntl
+        import os
+
+        import h5py
+
+        h5py.File(tmp / name, "w").close()
+        held = os.open(tmp / name, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return call(tmp)
+        finally:
+            os.close(held)
+    return run
+
+
+def _import_esm_into(tmp):
+    import torch
+
+    from protrans_cli.esm_import import import_esm
+
+    (tmp / "pt").mkdir()
+    torch.save({"label": "a", "mean_representations": {1: torch.zeros(4)}}, tmp / "pt" / "a.pt")
+    import_esm([tmp / "pt"], tmp / "o.h5", force=True)
+
+
 def _fit_into(out_dir, embeddings="v.h5", **kw):
     from protrans_cli.heads.fit import FitConfig, fit
 
@@ -815,6 +844,8 @@ PARTIAL_NAME = ("{tmp}/o.h5.partial: a name ending in .partial is an unfinished 
                 "name the output o.h5 (an interrupted embed or contacts run's o.h5.partial is finished by the same ")
 BESIDE = ("{tmp}/e.h5: no such file (e.h5.partial beside it is the unfinished output of an embed or contacts run that "
           "was interrupted or is still running: ")
+WRITTEN = ("is being written by another process (it holds the HDF5 file lock): wait for that run to end, or choose "
+           "another ")
 FASTA_OUT = {"in.fa": FA, "o.h5": ">a\nMKT\n"}  # (an -o that names a FASTA)
 ON_DISK = dict(files={"in.fa": FA, "l.csv": "id,label\na,Nucleus\nb,Cytoplasm\n"})
 
@@ -845,6 +876,14 @@ RESUMES = [
      "import-esm) that is running now: wait for it to end, or choose another output", "{tmp}/o.h5: is the output of "
      "another protrans run (embed, contacts, merge, import-esm) that is running now: wait for it to end, or choose "
      "another -o"),
+    # (a file another process writes, holding HDF5's lock on it: embed, contacts, merge, import-esm)
+    (_then(_held(_embed_into("o.h5")), **ON_DISK), "{tmp}/o.h5.partial: " + WRITTEN + "output", "{tmp}/o.h5.partial: "
+     + WRITTEN + "-o"),
+    (_then(_held(_contacts_into), **ON_DISK), "{tmp}/o.h5.partial: " + WRITTEN + "output", "{tmp}/o.h5.partial: "
+     + WRITTEN + "-o"),
+    (_then(_held(_merge_into("o.h5", force=True), "o.h5"), embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n"}),
+     "{tmp}/o.h5: " + WRITTEN + "output", "{tmp}/o.h5: " + WRITTEN + "-o"),
+    (_held(_import_esm_into, "o.h5"), "{tmp}/o.h5: " + WRITTEN + "output", "{tmp}/o.h5: " + WRITTEN + "-o"),
     (_then(_contacts_into, embedded={"o.h5": FA}, **ON_DISK),
      "{tmp}/o.h5 exists: resume=True keeps its proteins and computes what it lacks, force=True replaces it",
      "{tmp}/o.h5 exists: --resume keeps its proteins and computes what it lacks, --force replaces it"),

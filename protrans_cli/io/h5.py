@@ -1408,7 +1408,9 @@ def refuse_if_in_use(path) -> None:
     """A file another process is writing (HDF5 holds its lock on it) is refused before anything
     touches it: h5py.File(path, "w") truncates a file before it meets the lock, so a second embed
     run on one output wiped the first run's work, and "delete it" was the wrong advice. So is one
-    that is no file (refuse_non_file): opening a named pipe hung."""
+    that is no file (refuse_non_file): opening a named pipe hung. Its advice names the output as
+    its reader gives it (`option`): -o at the command line, output to embed(), predict_contacts(),
+    merge() and import_esm() (every caller's keyword for it)."""
     refuse_non_file(path)
     if not os.path.exists(path):
         return
@@ -1417,7 +1419,7 @@ def refuse_if_in_use(path) -> None:
             pass
     except BlockingIOError:
         raise RuntimeFailure("is being written by another process (it holds the HDF5 file lock): wait for that "
-                             "run to end, or choose another output", path=str(path)) from None
+                             f"run to end, or choose another {option('-o', 'output')}", path=str(path)) from None
     except OSError:  # not readable at all: what the caller does next says so
         pass
 
