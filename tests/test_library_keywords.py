@@ -1031,6 +1031,31 @@ def _train_into(output_dir, **kw):
     return call
 
 
+def _find_lr_into(output_dir):
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.lr_finder import find_lr
+
+    return lambda tmp: find_lr(TrainConfig(corpus=[LEARNABLE], output_dir=str(tmp / output_dir), max_length=32,
+                                           global_batch_size=2, micro_batch_size=2, threads=1), num_steps=2)
+
+
+def _run_dir_held(call):
+    """`call(tmp)` while the run directory {tmp}/r is locked as a run (or a range test) holds it:
+    by an open of it of its own, which the call's lock in this process meets."""
+    def run(tmp):
+        import fcntl
+        import os
+
+        (tmp / "r").mkdir()
+        held = os.open(tmp / "r", os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return call(tmp)
+        finally:
+            os.close(held)
+    return run
+
+
 def _stopped_run(tmp):
     """A run directory as a run stopped before its last step leaves it: a complete checkpoint, no model."""
     (tmp / "r" / "checkpoints" / "step_00000001").mkdir(parents=True)
@@ -1117,6 +1142,8 @@ ANOTHER_RUN = "{tmp}/r already holds a run (step_00000001): add "
 NOT_FINITE = "step 7: the gradient is not finite (loss inf), so the step was not applied and the run stopped; "
 OVERFLOWS = ("the steps before it were skipped as float16 overflows, down to a loss scale below 1: float16 may overflow "
              "in this model's activations: ")
+RUN_DIR_HELD = ("is in use by another training run or learning-rate range test (protrans train, train() or find_lr(): "
+                "it holds the run directory's lock): wait for it to end, or choose another ")
 OTHER_RUN = "{tmp}/r holds another run than {tmp}/o/checkpoints/step_00000001's (seed: 9 there, 0 here): "
 
 # (the call, what a library caller is told, and the command line's words, as they were)
@@ -1162,6 +1189,9 @@ LEFTOVERS = [
      "train(TrainConfig(output_dir='{tmp}/r', ...), resume=True) finishes the run", "{tmp}/r: a training run without "
      "its final model (it stopped before its last step): its latest checkpoint, {tmp}/r/checkpoints/step_00000001, "
      "is a model directory (give it to -m), or `protrans train --resume -o {tmp}/r` finishes the run"),
+    # a run directory another run or range test holds: either may be a library call's or the command line's
+    (_run_dir_held(_train_into("r")), "{tmp}/r: " + RUN_DIR_HELD + "output_dir", "{tmp}/r: " + RUN_DIR_HELD + "-o"),
+    (_run_dir_held(_find_lr_into("r")), "{tmp}/r: " + RUN_DIR_HELD + "output_dir", "{tmp}/r: " + RUN_DIR_HELD + "-o"),
     # the embeddings file, and a head's lock
     (_resume_other_layers, "{tmp}/o.h5: cannot resume: the file was written with layers=[-1], this run uses "
      "layers=[-2] (layer 1 = -2) (use the same settings", "{tmp}/o.h5: cannot resume: the file was written with "

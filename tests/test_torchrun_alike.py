@@ -112,7 +112,7 @@ def test_train_run_directory_held_by_another_run_stops_every_rank(tmp_path):
     finally:
         os.close(fd)
     assert proc.returncode != 0
-    assert "is in use by another protrans train" in proc.stderr
+    assert "is in use by another training run" in proc.stderr
     assert "rank(s) 0 stopped before starting" in proc.stderr
 
 

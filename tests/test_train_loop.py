@@ -679,7 +679,7 @@ def test_find_lr_takes_the_run_directorys_lock(tmp_path, run_cli):
     out.mkdir()
     with another_process(f"import fcntl, os\nfd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)"):
         res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--find-lr", "--num-steps", 10, "-j", 1)
-        assert res.exit_code == 1 and "is in use by another protrans train" in res.stderr, res.stderr
+        assert res.exit_code == 1 and "is in use by another training run" in res.stderr, res.stderr
         assert list(out.iterdir()) == []
 
 
@@ -818,8 +818,9 @@ def test_a_run_directory_in_use_is_refused(tmp_path, run_cli):
     with another_process(f"import fcntl, os\nfd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)"):
         res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--num-steps", 2, "-j", 1)
         assert res.exit_code == 1
-        assert res.stderr.strip().endswith(f"{out}: is in use by another protrans train (it holds the run "
-                                           "directory's lock): wait for that run to end, or choose another -o")
+        assert res.stderr.strip().endswith(f"{out}: is in use by another training run or learning-rate range test "
+                                           "(protrans train, train() or find_lr(): it holds the run directory's "
+                                           "lock): wait for it to end, or choose another -o")
         assert list(out.iterdir()) == []
     # a run refused before it wrote anything leaves no directory behind
     res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "new", "--global-batch-size", 7, "-j", 1)

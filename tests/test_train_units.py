@@ -2002,7 +2002,7 @@ def test_a_train_refused_by_the_lock_leaves_the_run_directory_to_the_run_holding
 
     monkeypatch.setattr(ckpt.os, "open", the_other_run_locks_first)
     with held:
-        with pytest.raises(RuntimeFailure, match="is in use by another protrans train"):
+        with pytest.raises(RuntimeFailure, match="is in use by another training run"):
             with ckpt.run_lock(run):
                 pass
         assert run.is_dir()  # the holder's run directory, where it writes its checkpoints

@@ -228,9 +228,11 @@ def run_lock(run_dir, active: bool = True):
             # (the folders made here are the holder's now: removed as they were left empty, the
             # directory of a run started at the same moment went from under it)
             created = []
-            raise RuntimeFailure("is in use by another protrans train (it holds the run directory's lock): wait "
-                                 f"for that run to end, or choose another {run_dir_option()}",
-                                 path=str(run_dir)) from None
+            # (the holder may be a run or a range test, from the command line or from Python, whoever
+            # reads this: "another protrans train" was said to a find_lr() call that met a train())
+            raise RuntimeFailure("is in use by another training run or learning-rate range test (protrans train, "
+                                 "train() or find_lr(): it holds the run directory's lock): wait for it to end, or "
+                                 f"choose another {run_dir_option()}", path=str(run_dir)) from None
         except OSError:  # a file system without flock (Lustre without it, NFS mounted nolock): no lock
             pass
         yield run_dir in created
