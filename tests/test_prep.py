@@ -4,12 +4,14 @@ per-record reference (read_fasta + normalise + " ".join) on random input."""
 from __future__ import annotations
 
 import bz2
+import contextlib
 import difflib
 import gzip
 import json
 import lzma
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -1023,6 +1025,52 @@ def test_a_terminal_that_hangs_up_stops_prep_as_sigterm_does_leaving_no_temporar
         os.close(read_end)
         os.close(write_end)
     assert code == 129
+    assert [p.name for p in tmp_path.iterdir()] == ["scratch"] and not list(scratch.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_hang_up_sent_to_prep_and_its_workers_mid_run_is_one_line_from_the_main_process(tmp_path):
+    """A hang-up reaches the whole job (the shell sends SIGHUP to its process group), prep's -j
+    workers busy with blocks too: they die of it (as of SIGTERM; they ignore Ctrl-C, which the main
+    process handles), and the main process alone says so (exit 129, one "hung up" line, not "a
+    worker process died ...", no worker's traceback) and removes its temporary output and the
+    workers' hand-over folder. (Pins what it does: it was right already.)"""
+    import threading
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "prep", "-", "-j", "2", "-o",
+                             str(tmp_path / "c.txt"), "--tmp-dir", str(scratch)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)  # (a process group of its own: a job)
+    stop = threading.Event()
+
+    def feed():  # (records all along: the workers have blocks in hand when the signal comes)
+        chunk = b"".join(b">r%d\nMKVLAAGGHHTTWWYYKKRREEDDNNQQ%d\n" % (i, i) for i in range(20000))
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                proc.stdin.write(chunk)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        deadline = time.time() + 30
+        while not list(scratch.iterdir()) and time.time() < deadline:  # (the workers' hand-over folder made)
+            time.sleep(0.05)
+        time.sleep(0.5)  # (blocks going through the workers)
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGHUP)
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        feeder.join(timeout=5)
+    assert proc.returncode == 129, err
+    assert err.strip().splitlines() == ["protrans: error: hung up"], err
     assert [p.name for p in tmp_path.iterdir()] == ["scratch"] and not list(scratch.iterdir())
 
 
