@@ -485,6 +485,39 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
         h5_module.h5_file(out)
 
 
+@pytest.mark.parametrize("code, words", [(37, "No locks available"), (22, "Invalid argument")])
+def test_a_file_system_without_locks_takes_a_new_output(tmp_path, monkeypatch, run_cli, code, words):
+    """HDF5 creates a file before it locks it, and leaves it there when the lock fails: the open
+    again without locks (mode "x") met "File exists", so embed stopped with "cannot create the
+    output: File exists" and a hidden .creating file left (NFS without a lock daemon: errno 37).
+    Some FUSE mounts refuse flock with EINVAL (22): "cannot create the output: Invalid argument"."""
+    import h5py
+
+    from protrans_cli.io import h5 as h5_module
+
+    real_file = h5py.File
+
+    def unlocked_file(name, mode="r", *args, locking=None, **kwargs):
+        if locking is not False:
+            if mode in ("x", "w-", "w", "a") and not os.path.exists(name):
+                real_file(name, mode, *args, locking=False, **kwargs).close()  # (made, then the lock fails)
+            raise OSError(f"[Errno {code}] Unable to synchronously create file (unable to lock file, errno = "
+                          f"{code}, error message = '{words}')")
+        return real_file(name, mode, *args, locking=locking, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", unlocked_file)
+    monkeypatch.setattr(h5_module, "_WARNED_NO_LOCKS", set())
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n")
+    out = tmp_path / "o" / "q.h5"
+    out.parent.mkdir()
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["q.h5"]
+    with h5_module.EmbeddingsReader(out) as reader:
+        assert sorted(reader.ids()) == ["a", "b"]
+
+
 def test_groups_in_a_flat_file_from_another_tool_are_not_proteins(tmp_path):
     """h5py writes an id with '/' as a dataset in a group: the reader's kind guess, dim() and
     items() met the group first and failed (a Group has no ndim or shape)."""

@@ -1336,10 +1336,11 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
 
 
 # errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP/ENOTSUP, ENOLCK (NFS
-# without a lock daemon), 524 (Linux's ENOTSUPP: Lustre, some FUSE and GPFS mounts). HDF5 writes
-# the host's number into its message, so they are taken by name: macOS numbers them otherwise
-# (ENOLCK 77, EOPNOTSUPP 102, ENOTSUP 45; its 37 and 38 are EALREADY and ENOTSOCK).
-_NO_LOCK_ERRNOS = {getattr(errno, name) for name in ("ENOSYS", "EOPNOTSUPP", "ENOTSUP", "ENOLCK")
+# without a lock daemon), EINVAL (some FUSE mounts: flock of a valid descriptor is otherwise never
+# invalid), 524 (Linux's ENOTSUPP: Lustre, some FUSE and GPFS mounts). HDF5 writes the host's
+# number into its message, so they are taken by name: macOS numbers them otherwise (ENOLCK 77,
+# EOPNOTSUPP 102, ENOTSUP 45; its 37 and 38 are EALREADY and ENOTSOCK).
+_NO_LOCK_ERRNOS = {getattr(errno, name) for name in ("ENOSYS", "EOPNOTSUPP", "ENOTSUP", "ENOLCK", "EINVAL")
                    if hasattr(errno, name)} | ({524} if sys.platform.startswith("linux") else set())
 _WARNED_NO_LOCKS: set[str] = set()
 
@@ -1351,6 +1352,9 @@ def h5_file(path, mode: str = "r", **kwargs):
     HDF5_USE_FILE_LOCKING=FALSE. A lock held by another process (BlockingIOError) still fails."""
     import h5py
 
+    # HDF5 makes a new file before it locks it, and leaves it when the lock fails: the exclusive
+    # open again met "File exists" (embed: "cannot create the output: File exists").
+    new = mode in ("x", "w-", "a") and isinstance(path, (str, os.PathLike)) and not os.path.lexists(path)
     try:
         return h5py.File(path, mode, **kwargs)
     except BlockingIOError:
@@ -1359,6 +1363,9 @@ def h5_file(path, mode: str = "r", **kwargs):
         found = re.search(r"unable to lock file, errno = (\d+)", str(exc))
         if not found or int(found.group(1)) not in _NO_LOCK_ERRNOS:
             raise
+    if new:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     from protrans_cli import console
 
     folder = str(Path(path).resolve().parent)
