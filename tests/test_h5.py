@@ -448,6 +448,7 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
     once; a lock another process holds is still refused."""
     import h5py
 
+    from protrans_cli.io import files as files_module
     from protrans_cli.io import h5 as h5_module
 
     real_file = h5py.File
@@ -459,7 +460,7 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
         return real_file(name, mode, *args, locking=locking, **kwargs)
 
     monkeypatch.setattr(h5py, "File", nfs_file)
-    monkeypatch.setattr(h5_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n>c\nMKKL\n")
     out = tmp_path / "q.h5"
@@ -493,6 +494,7 @@ def test_a_file_system_without_locks_takes_a_new_output(tmp_path, monkeypatch, r
     Some FUSE mounts refuse flock with EINVAL (22): "cannot create the output: Invalid argument"."""
     import h5py
 
+    from protrans_cli.io import files as files_module
     from protrans_cli.io import h5 as h5_module
 
     real_file = h5py.File
@@ -506,7 +508,7 @@ def test_a_file_system_without_locks_takes_a_new_output(tmp_path, monkeypatch, r
         return real_file(name, mode, *args, locking=locking, **kwargs)
 
     monkeypatch.setattr(h5py, "File", unlocked_file)
-    monkeypatch.setattr(h5_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n")
     out = tmp_path / "o" / "q.h5"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta, read_fasta
 from protrans_cli.io.files import AtomicFile, atomic_output, open_input
 
@@ -1039,25 +1039,47 @@ def test_a_folder_or_link_named_like_the_lock_file_is_refused_not_run_unlocked(t
     assert lock.is_dir() if kind == "folder" else lock.is_symlink()
 
 
+@pytest.mark.parametrize("code", ["ENOSYS", "ENOLCK", "EOPNOTSUPP", "EINVAL"])
 @pytest.mark.parametrize("kind", ["folder", "output"])
-def test_a_file_system_without_flock_runs_the_block_unlocked_and_leaves_nothing(tmp_path, monkeypatch, kind):
-    # NFS mounted nolock: flock fails with ENOLCK; the block runs, and no lock file or empty
-    # folder is left behind
+def test_a_file_system_without_flock_is_refused_unless_locking_is_let_go(tmp_path, monkeypatch, capsys, kind, code):
+    """Lustre mounted without -o flock (ENOSYS), NFS without a lock daemon (ENOLCK), FUSE mounts
+    (EOPNOTSUPP, EINVAL): the block ran unlocked without a word, so two runs started on one output
+    wrote it at once. Refused now in one line naming the output and the way out, nothing left
+    behind; PROTRANS_FILE_LOCKING=FALSE runs it unlocked, with one warning."""
     import errno
     import fcntl
 
+    from protrans_cli.io import files as files_module
     from protrans_cli.io.files import folder_lock, output_lock
 
     def flock(fd, op):
-        raise OSError(errno.ENOLCK, "No locks available")
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
     monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
+
+    def lock():
+        return folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")
+
+    with pytest.raises(RuntimeFailure) as caught:
+        with lock():
+            raise AssertionError("ran without the lock")
+    shown = tmp_path / ("x.partial" if kind == "folder" else "x")
+    assert str(caught.value) == (f"{shown}: cannot lock it: the file system grants no file locks "
+                                 f"({os.strerror(getattr(errno, code))}; Lustre mounted without -o flock, NFS without "
+                                 "a lock daemon?), so a second run on it would not be refused: write it on a file "
+                                 "system with locks, or set PROTRANS_FILE_LOCKING=FALSE to go on without them (and "
+                                 "start one run per output)")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "false")
     ran = []
-    with (folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")):
+    with lock():
         ran.append(True)
-        with (folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")):
+        with lock():
             ran.append(True)  # (unlocked: a second holder is not refused)
     assert ran == [True, True] and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.count("grants no file locks") == 1
 
 
 # A rank's start: on SIGTERM it writes "terminated" to the flag file named by its argument.

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import DATA, another_process
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.models import FAMILIES
 from protrans_cli.training.config import Phase, TrainConfig
 from protrans_cli.training.loop import train
@@ -789,8 +789,9 @@ def test_saved_weights_are_as_readable_as_any_output(tmp_path):
 
 def test_a_file_system_without_flock_still_trains_and_a_renamed_checkpoint_is_one_line(tmp_path, monkeypatch):
     """On Lustre without flock or NFS mounted nolock, flock fails with ENOLCK/ENOSYS: train ran
-    nothing (found in review). A damaged checkpoint given to --resume-from under another name
-    gave a TypeError traceback."""
+    nothing (found in review), then ran unlocked without a word (two runs on one directory went
+    undetected). It is refused in one line, no directory left, and PROTRANS_FILE_LOCKING=FALSE
+    trains. A damaged checkpoint given to --resume-from under another name gave a TypeError traceback."""
     import errno
     import fcntl
     import shutil
@@ -801,6 +802,12 @@ def test_a_file_system_without_flock_still_trains_and_a_renamed_checkpoint_is_on
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
+    with pytest.raises(RuntimeFailure, match=r"/run: cannot lock it: the file system grants no file locks \(No locks "
+                                             r"available; .*set PROTRANS_FILE_LOCKING=FALSE"):
+        train(_config(tmp_path, num_steps=2, save_every=2, output_dir=str(tmp_path / "sub" / "run")))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "FALSE")
     result = train(_config(tmp_path, num_steps=2, save_every=2))
     assert result.step == 2
     mine = tmp_path / "mine"

@@ -225,12 +225,13 @@ def kind_in_words(mode: int) -> str:
     return next((words for test, words in kinds if test(mode)), "a device")
 
 
-def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlinks: bool) -> tuple[int, bool]:
+def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlinks: bool) -> tuple[int, OSError | None]:
     """An fd from `open_fd()` holding an exclusive flock on the file or folder now under `path`,
-    and whether it is locked (False where the file system has no flock). Another process holding
-    it: RuntimeFailure(busy). Its holder removes `path` as it ends, so the lock just taken may be
-    on a removed one while a third process locks a new one under the name: only the one under
-    the name counts, and the loop tries again."""
+    and None; or, where the file system has no flock, the fd unlocked and flock's OSError (the
+    caller cleans up, then asks `without_locks`). Another process holding it: RuntimeFailure(busy).
+    Its holder removes `path` as it ends, so the lock just taken may be on a removed one while a
+    third process locks a new one under the name: only the one under the name counts, and the
+    loop tries again."""
     import fcntl
 
     while True:
@@ -240,22 +241,57 @@ def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlink
         except BlockingIOError:
             os.close(fd)  # (the path is the holder's: left as it is)
             raise RuntimeFailure(busy, path=shown) from None
-        except OSError:
-            return fd, False
+        except OSError as exc:
+            return fd, exc
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=follow_symlinks)):
-                return fd, True
+                return fd, None
         except OSError:
             pass
         os.close(fd)
 
 
+def locking_optional() -> bool:
+    """Whether the user let runs go on without protrans's locks where the file system grants
+    none: PROTRANS_FILE_LOCKING=FALSE (or 0, no, off), as HDF5_USE_FILE_LOCKING=FALSE is HDF5's."""
+    return os.environ.get("PROTRANS_FILE_LOCKING", "").strip().lower() in ("false", "0", "no", "off")
+
+
+_WARNED_NO_LOCKS: set[str] = set()
+
+
+def warn_no_locks(path) -> None:
+    """The one warning for a folder whose file system grants no file locks, once a run goes on
+    there without them (HDF5's lock on a file, protrans's on an output)."""
+    from protrans_cli import console
+
+    folder = str(Path(path).resolve().parent)
+    if folder not in _WARNED_NO_LOCKS:
+        _WARNED_NO_LOCKS.add(folder)
+        console.warn(f"{folder}: the file system grants no file locks; files there are used without them (two "
+                     "runs writing one output at once are not detected)")
+
+
+def without_locks(path, shown: str, failure: OSError) -> None:
+    """Where flock failed on `path` (Lustre mounted without -o flock: ENOSYS; NFS without a lock
+    daemon: ENOLCK; some FUSE mounts: EOPNOTSUPP, EINVAL): a RuntimeFailure naming `shown`, unless
+    PROTRANS_FILE_LOCKING=FALSE, then one warning. Going on unlocked without a word let two runs
+    started on one output write it at once (the run lock, the output's, a head's)."""
+    if locking_optional():
+        warn_no_locks(path)
+        return
+    raise RuntimeFailure(f"cannot lock it: the file system grants no file locks ({failure.strerror or failure}; "
+                         "Lustre mounted without -o flock, NFS without a lock daemon?), so a second run on it would "
+                         "not be refused: write it on a file system with locks, or set PROTRANS_FILE_LOCKING=FALSE "
+                         "to go on without them (and start one run per output)", path=shown)
+
+
 @contextlib.contextmanager
 def folder_lock(folder, busy: str):
     """An exclusive lock (flock) on `folder`, made if missing and removed again if it is left
-    empty, held for the block; another process asking for it meets RuntimeFailure(busy). File
-    systems without flock (NFS mounted nolock) go unlocked. The block must not remove the folder
-    (another process would lock a new one)."""
+    empty, held for the block; another process asking for it meets RuntimeFailure(busy). A file
+    system without flock (NFS mounted nolock) is refused unless PROTRANS_FILE_LOCKING=FALSE
+    (`without_locks`). The block must not remove the folder (another process would lock a new one)."""
     if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
         return
@@ -277,9 +313,11 @@ def folder_lock(folder, busy: str):
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
         return os.open(folder, os.O_RDONLY)
 
-    # (no flock here, as on NFS mounted nolock: unlocked, the folder kept open until the end)
-    fd, _ = _flock_under_name(folder, open_folder, busy, str(folder), follow_symlinks=True)
+    # (no flock here, as on NFS mounted nolock: refused, or unlocked and the folder kept open until the end)
+    fd, failure = _flock_under_name(folder, open_folder, busy, str(folder), follow_symlinks=True)
     try:
+        if failure is not None:
+            without_locks(folder, str(folder), failure)
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -301,8 +339,9 @@ def output_lock(target, busy: str):
     for the block and removed after it; another process asking for it meets RuntimeFailure(busy).
     Two `embed -o out.h5` runs started together both passed the "exists" check before their models
     loaded, and the later one replaced the other's finished file (or removed its partial file).
-    Where no lock file can be made (a read-only folder, a file system without flock) the block
-    runs unlocked: the command's own checks then say what is wrong. Anything but a regular file
+    Where no lock file can be made (a read-only folder) the block runs unlocked: the command's own
+    checks then say what is wrong. A file system without flock is refused, the lock file removed,
+    unless PROTRANS_FILE_LOCKING=FALSE (`without_locks`). Anything but a regular file
     under the lock's name (a named pipe, a folder, a link) is refused, and left as it is."""
     if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
@@ -331,14 +370,15 @@ def output_lock(target, busy: str):
         if not stat.S_ISREG(mode := os.lstat(lock).st_mode):
             raise refuse(mode)
     try:
-        fd, locked = _flock_under_name(lock, open_lock, busy, str(target), follow_symlinks=False)
+        fd, failure = _flock_under_name(lock, open_lock, busy, str(target), follow_symlinks=False)
     except OSError:  # no lock file here (a read-only folder): unlocked
         yield
         return
-    if not locked:  # no flock here (NFS mounted nolock): unlocked
+    if failure is not None:  # no flock here (NFS mounted nolock): refused, or unlocked
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(lock)
+        without_locks(lock, str(target), failure)
         yield
         return
     try:

@@ -1342,9 +1342,6 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
 # EOPNOTSUPP 102, ENOTSUP 45; its 37 and 38 are EALREADY and ENOTSOCK).
 _NO_LOCK_ERRNOS = {getattr(errno, name) for name in ("ENOSYS", "EOPNOTSUPP", "ENOTSUP", "ENOLCK", "EINVAL")
                    if hasattr(errno, name)} | ({524} if sys.platform.startswith("linux") else set())
-_WARNED_NO_LOCKS: set[str] = set()
-
-
 def h5_file(path, mode: str = "r", **kwargs):
     """h5py.File, opened without HDF5's file lock where the file system grants none: HDF5 locks
     every file it opens and fails ("unable to lock file, errno = 37, 'No locks available'") on
@@ -1366,13 +1363,11 @@ def h5_file(path, mode: str = "r", **kwargs):
     if new:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    from protrans_cli import console
+    # (a reader, or a file under protrans's own lock, which refused such a file system unless
+    # PROTRANS_FILE_LOCKING=FALSE: files.without_locks)
+    from protrans_cli.io.files import warn_no_locks
 
-    folder = str(Path(path).resolve().parent)
-    if folder not in _WARNED_NO_LOCKS:
-        _WARNED_NO_LOCKS.add(folder)
-        console.warn(f"{folder}: the file system grants no file locks; HDF5 files there are opened without "
-                     "them (two runs writing one file at once are not detected)")
+    warn_no_locks(path)
     return h5py.File(path, mode, locking=False, **kwargs)
 
 

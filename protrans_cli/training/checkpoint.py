@@ -36,7 +36,7 @@ import torch
 from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, again_with_resume, first_line,
                                  given, option, torch_load_problem, type_problem)
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
-                                   sha256_file)
+                                   sha256_file, without_locks)
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
@@ -233,8 +233,8 @@ def run_lock(run_dir, active: bool = True):
             raise RuntimeFailure("is in use by another training run or learning-rate range test (protrans train, "
                                  "train() or find_lr(): it holds the run directory's lock): wait for it to end, or "
                                  f"choose another {run_dir_option()}", path=str(run_dir)) from None
-        except OSError:  # a file system without flock (Lustre without it, NFS mounted nolock): no lock
-            pass
+        except OSError as exc:  # a file system without flock (Lustre without it, NFS mounted nolock)
+            without_locks(run_dir, str(run_dir), exc)  # (refused, or no lock: PROTRANS_FILE_LOCKING=FALSE)
         yield run_dir in created
     finally:
         os.close(fd)  # the lock goes with it
