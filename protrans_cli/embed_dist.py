@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from protrans_cli.errors import RuntimeFailure, again_with_resume
 from protrans_cli.errors import first_line as errors_first_line
+from protrans_cli.io import disk
 from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
         with open(untrusted_path(writer.partial), "ab") as fh:
             fh.write(untrusted)
             fh.flush()
-            os.fsync(fh.fileno())
+            disk.sync(fh.fileno(), untrusted_path(writer.partial))
     for shard in shards:
         remove_ledger(shard)  # (first: a kill in between leaves no ledger without its file)
         os.unlink(shard)

@@ -90,6 +90,29 @@ def test_a_setting_the_parts_ran_with_differently_is_left_to_their_runs(tmp_path
         assert {run.get("compute_dtype") for run in json.loads(f.attrs["runs"])} >= {"float32", "bfloat16"}
 
 
+def test_a_file_system_that_cannot_fsync_still_writes_a_stacked_file(tmp_path, monkeypatch):
+    """Some FUSE mounts answer fsync with EINVAL (the file cannot be synced, its data written):
+    a stacked embed stopped at its last step ("cannot write the stacked file ([Errno 22] Invalid
+    argument)") and a stacked merge said only "Invalid argument", after all the work. A real
+    failure of fsync (EIO) still stops the run, naming the output."""
+    import errno
+
+    fasta = generated_fasta(tmp_path / "all.fa", 12, repeat_every=0)
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EINVAL, "Invalid argument")))
+    first, second = (_embed(p, tmp_path / f"{p.stem}.h5", per_residue=False, layout="stacked")
+                     for p in _split(fasta, 2, tmp_path))
+    assert merge([first, second], tmp_path / "merged.h5").proteins == 12
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    whole = _embed(fasta, tmp_path / "whole.h5", per_residue=False, layout="stacked")
+    with EmbeddingsReader(tmp_path / "merged.h5") as merged, EmbeddingsReader(whole) as one:
+        assert merged.matrix()[0] == one.matrix()[0]
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError, match=f"Input/output error: '{tmp_path / 'again.h5'}'"):
+        merge([first, second], tmp_path / "again.h5")
+    assert not (tmp_path / "again.h5").exists()
+
+
 def test_parts_of_any_layout_merge_into_a_stacked_file(tmp_path):
     """A grouped and a stacked part, merged into the stacked layout: the stacked file one run
     over the whole input writes."""

@@ -142,6 +142,20 @@ def _errno_error(*path) -> OSError:
 _AT_FDCWD, _AT_SYMLINK_FOLLOW = -100, 0x400
 
 
+def sync(fd: int, shown) -> None:
+    """fsync(2) of the file `fd` before it is renamed into place. EINVAL, ENOTSUP, EOPNOTSUPP or
+    ENOSYS say the file cannot be synced at all (some FUSE mounts), not that a write was lost:
+    its data went out with its writes, as far as that file system keeps any, and the run goes on
+    (a stacked embed and merge stopped after all their work). Any other failure (EIO, ENOSPC)
+    is raised naming `shown`, the output (it was "Input/output error", naming nothing)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return
+        raise OSError(exc.errno, exc.strerror, str(shown)) from None
+
+
 def link_fd(fd: int, target: Path) -> None:
     """Give the open file `fd` (O_TMPFILE) the name `target`: linkat(2) following the /proc
     link (os.link calls link(2), which links the /proc symlink itself: EXDEV)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, force_option, given, option
+from protrans_cli.io import disk
 
 _MAGIC = [
     (b"\x1f\x8b", "gzip"),
@@ -1381,7 +1382,7 @@ class AtomicFile(StagedRename):
                 self.stream.close()
             self._raw.flush()
             if os.environ.get("PROTRANS_FSYNC") and self.tmp is not None:
-                os.fsync(self._raw.fileno())
+                disk.sync(self._raw.fileno(), self.path)
             self._raw.close()
             if self.tmp is not None:
                 os.chmod(self.tmp, _mode_for(self.path))

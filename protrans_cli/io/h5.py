@@ -1748,7 +1748,7 @@ class _MarkerRoom:
             try:
                 if os.pwrite(fd, payload, 0) == len(payload):
                     os.ftruncate(fd, len(payload))
-                    os.fsync(fd)
+                    disk.sync(fd, target)
                     with contextlib.suppress(FileNotFoundError):
                         staged.unlink()
                     disk.link_fd(fd, staged)  # (an O_TMPFILE file gets its name)

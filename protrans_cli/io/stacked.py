@@ -284,7 +284,7 @@ def _written_as(target: Path, what: str, source):
         with contextlib.suppress(OSError):
             os.chmod(temporary, os.stat(source).st_mode & 0o777)
         with open(temporary, "rb") as fh:
-            os.fsync(fh.fileno())
+            disk.sync(fh.fileno(), target)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
