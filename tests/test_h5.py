@@ -461,12 +461,27 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
 
     monkeypatch.setattr(h5py, "File", nfs_file)
     monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n>c\nMKKL\n")
     out = tmp_path / "q.h5"
     r = run_cli("embed", fasta, "-m", "onehot", "-o", out)
     assert r.exit_code == 0, r.stderr
     assert r.stderr.count("grants no file locks") == 1
+    assert "PROTRANS_FILE_LOCKING=TRUE makes such a file system an error" in r.stderr
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "FALSE")  # (the warning silenced)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "quiet.h5")
+    assert r.exit_code == 0 and "grants no file locks" not in r.stderr, r.stderr
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "best-effort")  # (said once, in one line, nothing written)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "bad.h5")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "protrans: error: PROTRANS_FILE_LOCKING must be BEST_EFFORT (the default: go on where the file system grants "
+        "no file locks, with a warning), TRUE (refuse such a file system) or FALSE (go on without a warning), got "
+        "'best-effort'"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.fa", "q.h5", "quiet.h5"]
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING")
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
     labels = tmp_path / "loc.fasta"
     labels.write_text(">a Nucleus-S\nMKTAYIAK\n>b Cytoplasm-S\nACDEFGHIK\n>c Nucleus-U\nMKKL\n")
     head = tmp_path / "head"
@@ -509,6 +524,7 @@ def test_a_file_system_without_locks_takes_a_new_output(tmp_path, monkeypatch, r
 
     monkeypatch.setattr(h5py, "File", unlocked_file)
     monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n")
     out = tmp_path / "o" / "q.h5"

@@ -1041,11 +1041,13 @@ def test_a_folder_or_link_named_like_the_lock_file_is_refused_not_run_unlocked(t
 
 @pytest.mark.parametrize("code", ["ENOSYS", "ENOLCK", "EOPNOTSUPP", "EINVAL"])
 @pytest.mark.parametrize("kind", ["folder", "output"])
-def test_a_file_system_without_flock_is_refused_unless_locking_is_let_go(tmp_path, monkeypatch, capsys, kind, code):
+def test_a_file_system_without_flock_goes_on_unlocked_as_protrans_file_locking_says(tmp_path, monkeypatch, capsys,
+                                                                                     kind, code):
     """Lustre mounted without -o flock (ENOSYS), NFS without a lock daemon (ENOLCK), FUSE mounts
-    (EOPNOTSUPP, EINVAL): the block ran unlocked without a word, so two runs started on one output
-    wrote it at once. Refused now in one line naming the output and the way out, nothing left
-    behind; PROTRANS_FILE_LOCKING=FALSE runs it unlocked, with one warning."""
+    (EOPNOTSUPP, EINVAL): the block ran unlocked without a word. HDF5's three settings now, as
+    HDF5_USE_FILE_LOCKING has them: unset or BEST_EFFORT, it runs unlocked with one warning per
+    folder (a Lustre user is not stopped); FALSE, unlocked and silent; TRUE, refused in one line
+    naming the output, nothing left behind; any other value, a usage error before anything is made."""
     import errno
     import fcntl
 
@@ -1056,30 +1058,54 @@ def test_a_file_system_without_flock_is_refused_unless_locking_is_let_go(tmp_pat
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
-    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
 
     def lock():
         return folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")
 
-    with pytest.raises(RuntimeFailure) as caught:
+    def twice():  # (unlocked: a second holder is not refused)
+        ran = []
         with lock():
-            raise AssertionError("ran without the lock")
+            ran.append(True)
+            with lock():
+                ran.append(True)
+        assert ran == [True, True] and list(tmp_path.iterdir()) == []
+        return capsys.readouterr().err
+
+    for setting in (None, "best_effort", " BEST_EFFORT "):
+        monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+        if setting is None:
+            monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
+        else:
+            monkeypatch.setenv("PROTRANS_FILE_LOCKING", setting)
+        err = twice()
+        assert err.count("grants no file locks") == 1, setting
+        assert (f"{tmp_path}: the file system grants no file locks; files there are used without them, so a second "
+                "run on the same output is not refused (start one run per output; PROTRANS_FILE_LOCKING=TRUE makes "
+                "such a file system an error)") in err
+    for setting in ("FALSE", "0", "no", "Off"):
+        monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+        monkeypatch.setenv("PROTRANS_FILE_LOCKING", setting)
+        assert twice() == "", setting
     shown = tmp_path / ("x.partial" if kind == "folder" else "x")
-    assert str(caught.value) == (f"{shown}: cannot lock it: the file system grants no file locks "
-                                 f"({os.strerror(getattr(errno, code))}; Lustre mounted without -o flock, NFS without "
-                                 "a lock daemon?), so a second run on it would not be refused: write it on a file "
-                                 "system with locks, or set PROTRANS_FILE_LOCKING=FALSE to go on without them (and "
-                                 "start one run per output)")
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "false")
-    ran = []
-    with lock():
-        ran.append(True)
+    for setting in ("TRUE", "1", "yes", "on"):
+        monkeypatch.setenv("PROTRANS_FILE_LOCKING", setting)
+        with pytest.raises(RuntimeFailure) as caught:
+            with lock():
+                raise AssertionError("ran without the lock")
+        assert str(caught.value) == (f"{shown}: cannot lock it: the file system grants no file locks "
+                                     f"({os.strerror(getattr(errno, code))}; Lustre mounted without -o flock, NFS "
+                                     "without a lock daemon?) and PROTRANS_FILE_LOCKING=TRUE requires them: write it "
+                                     "on a file system with locks, or unset PROTRANS_FILE_LOCKING")
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "maybe")
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)  # (a bad value is said where locks work too)
+    with pytest.raises(UsageError) as caught:
         with lock():
-            ran.append(True)  # (unlocked: a second holder is not refused)
-    assert ran == [True, True] and list(tmp_path.iterdir()) == []
-    assert capsys.readouterr().err.count("grants no file locks") == 1
+            raise AssertionError("ran with a bad PROTRANS_FILE_LOCKING")
+    assert str(caught.value) == ("PROTRANS_FILE_LOCKING must be BEST_EFFORT (the default: go on where the file system "
+                                 "grants no file locks, with a warning), TRUE (refuse such a file system) or FALSE "
+                                 "(go on without a warning), got 'maybe'")
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().err == ""
 
 
 # A rank's start: on SIGTERM it writes "terminated" to the flag file named by its argument.

@@ -787,29 +787,41 @@ def test_saved_weights_are_as_readable_as_any_output(tmp_path):
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~mask) for p in files}
 
 
-def test_a_file_system_without_flock_still_trains_and_a_renamed_checkpoint_is_one_line(tmp_path, monkeypatch):
+def test_a_file_system_without_flock_still_trains_and_a_renamed_checkpoint_is_one_line(tmp_path, monkeypatch,
+                                                                                        capsys):
     """On Lustre without flock or NFS mounted nolock, flock fails with ENOLCK/ENOSYS: train ran
-    nothing (found in review), then ran unlocked without a word (two runs on one directory went
-    undetected). It is refused in one line, no directory left, and PROTRANS_FILE_LOCKING=FALSE
-    trains. A damaged checkpoint given to --resume-from under another name gave a TypeError traceback."""
+    nothing (found in review). It trains, unlocked, with one warning (PROTRANS_FILE_LOCKING unset,
+    as HDF5_USE_FILE_LOCKING's BEST_EFFORT) or none (FALSE); TRUE refuses it in one line, no
+    directory left; another value is a usage error before the directory is made. A damaged
+    checkpoint given to --resume-from under another name gave a TypeError traceback."""
     import errno
     import fcntl
     import shutil
 
+    from protrans_cli.io import files as files_module
     from protrans_cli.training import checkpoint as ckpt
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
-    with pytest.raises(RuntimeFailure, match=r"/run: cannot lock it: the file system grants no file locks \(No locks "
-                                             r"available; .*set PROTRANS_FILE_LOCKING=FALSE"):
-        train(_config(tmp_path, num_steps=2, save_every=2, output_dir=str(tmp_path / "sub" / "run")))
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "FALSE")
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    for setting, problem in (("TRUE", RuntimeFailure), ("sometimes", UsageError)):
+        monkeypatch.setenv("PROTRANS_FILE_LOCKING", setting)
+        with pytest.raises(problem, match=r"/run: cannot lock it: the file system grants no file locks \(No locks "
+                                          r"available; .*unset PROTRANS_FILE_LOCKING$" if setting == "TRUE" else
+                                          r"^PROTRANS_FILE_LOCKING must be BEST_EFFORT .*got 'sometimes'$"):
+            train(_config(tmp_path, num_steps=2, save_every=2, output_dir=str(tmp_path / "sub" / "run")))
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING")
+    capsys.readouterr()
     result = train(_config(tmp_path, num_steps=2, save_every=2))
     assert result.step == 2
+    assert capsys.readouterr().err.count("grants no file locks") == 1
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "FALSE")
+    assert train(_config(tmp_path, num_steps=1, output_dir=str(tmp_path / "quiet"))).step == 1
+    assert "grants no file locks" not in capsys.readouterr().err
     mine = tmp_path / "mine"
     shutil.copytree(result.run_dir / "checkpoints" / "step_00000002", mine)
     (mine / ckpt.STATE_FILE).write_bytes(b"not a zip")

@@ -252,10 +252,25 @@ def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlink
         os.close(fd)
 
 
-def locking_optional() -> bool:
-    """Whether the user let runs go on without protrans's locks where the file system grants
-    none: PROTRANS_FILE_LOCKING=FALSE (or 0, no, off), as HDF5_USE_FILE_LOCKING=FALSE is HDF5's."""
-    return os.environ.get("PROTRANS_FILE_LOCKING", "").strip().lower() in ("false", "0", "no", "off")
+_LOCKING_CHOICES = {"best_effort": "best_effort", "true": "true", "1": "true", "yes": "true", "on": "true",
+                    "false": "false", "0": "false", "no": "false", "off": "false"}
+
+
+def file_locking() -> str:
+    """PROTRANS_FILE_LOCKING, HDF5_USE_FILE_LOCKING's three settings, as "best_effort" (unset or
+    BEST_EFFORT: a file system that grants no locks is used without them, one warning per
+    folder), "true" (TRUE, 1, yes, on: such a file system is refused) or "false" (FALSE, 0, no,
+    off: used without them, no warning). Read where a lock is first asked for, before anything
+    is made: any other value is a UsageError (exit 2)."""
+    value = os.environ.get("PROTRANS_FILE_LOCKING", "")
+    if not value.strip():
+        return "best_effort"
+    setting = _LOCKING_CHOICES.get(value.strip().lower())
+    if setting is None:
+        raise UsageError(f"PROTRANS_FILE_LOCKING must be BEST_EFFORT (the default: go on where the file system "
+                         "grants no file locks, with a warning), TRUE (refuse such a file system) or FALSE (go on "
+                         f"without a warning), got {value!r}")
+    return setting
 
 
 _WARNED_NO_LOCKS: set[str] = set()
@@ -263,36 +278,45 @@ _WARNED_NO_LOCKS: set[str] = set()
 
 def warn_no_locks(path) -> None:
     """The one warning for a folder whose file system grants no file locks, once a run goes on
-    there without them (HDF5's lock on a file, protrans's on an output)."""
+    there without them (HDF5's lock on a file, protrans's on an output); none where
+    PROTRANS_FILE_LOCKING=FALSE."""
     from protrans_cli import console
 
+    if file_locking() == "false":
+        return
     folder = str(Path(path).resolve().parent)
     if folder not in _WARNED_NO_LOCKS:
         _WARNED_NO_LOCKS.add(folder)
-        console.warn(f"{folder}: the file system grants no file locks; files there are used without them (two "
-                     "runs writing one output at once are not detected)")
+        console.warn(f"{folder}: the file system grants no file locks; files there are used without them, so a "
+                     "second run on the same output is not refused (start one run per output; "
+                     "PROTRANS_FILE_LOCKING=TRUE makes such a file system an error)")
 
 
 def without_locks(path, shown: str, failure: OSError) -> None:
     """Where flock failed on `path` (Lustre mounted without -o flock: ENOSYS; NFS without a lock
-    daemon: ENOLCK; some FUSE mounts: EOPNOTSUPP, EINVAL): a RuntimeFailure naming `shown`, unless
-    PROTRANS_FILE_LOCKING=FALSE, then one warning. Going on unlocked without a word let two runs
-    started on one output write it at once (the run lock, the output's, a head's)."""
-    if locking_optional():
+    daemon: ENOLCK; some FUSE mounts: EOPNOTSUPP, EINVAL): the run goes on without the lock (the
+    run lock, the output's, a head's), as HDF5 does with its own. PROTRANS_FILE_LOCKING decides
+    what is said: unset or BEST_EFFORT, one warning per folder; FALSE, nothing; TRUE, a
+    RuntimeFailure naming `shown`. (Refused by default, a Lustre user's train or embed stopped
+    where HDF5 1.10's mandatory locks had stopped every h5py program.)"""
+    setting = file_locking()
+    if setting == "true":
+        raise RuntimeFailure(f"cannot lock it: the file system grants no file locks ({failure.strerror or failure}; "
+                             "Lustre mounted without -o flock, NFS without a lock daemon?) and PROTRANS_FILE_LOCKING="
+                             "TRUE requires them: write it on a file system with locks, or unset "
+                             "PROTRANS_FILE_LOCKING", path=shown)
+    if setting == "best_effort":
         warn_no_locks(path)
-        return
-    raise RuntimeFailure(f"cannot lock it: the file system grants no file locks ({failure.strerror or failure}; "
-                         "Lustre mounted without -o flock, NFS without a lock daemon?), so a second run on it would "
-                         "not be refused: write it on a file system with locks, or set PROTRANS_FILE_LOCKING=FALSE "
-                         "to go on without them (and start one run per output)", path=shown)
 
 
 @contextlib.contextmanager
 def folder_lock(folder, busy: str):
     """An exclusive lock (flock) on `folder`, made if missing and removed again if it is left
     empty, held for the block; another process asking for it meets RuntimeFailure(busy). A file
-    system without flock (NFS mounted nolock) is refused unless PROTRANS_FILE_LOCKING=FALSE
-    (`without_locks`). The block must not remove the folder (another process would lock a new one)."""
+    system without flock (NFS mounted nolock) goes unlocked, or is refused under
+    PROTRANS_FILE_LOCKING=TRUE (`without_locks`). The block must not remove the folder (another
+    process would lock a new one)."""
+    file_locking()  # (a bad PROTRANS_FILE_LOCKING: said before the folder is made)
     if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
         return
@@ -314,7 +338,7 @@ def folder_lock(folder, busy: str):
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
         return os.open(folder, os.O_RDONLY)
 
-    # (no flock here, as on NFS mounted nolock: refused, or unlocked and the folder kept open until the end)
+    # (no flock here, as on NFS mounted nolock: unlocked and the folder kept open until the end, or refused)
     fd, failure = _flock_under_name(folder, open_folder, busy, str(folder), follow_symlinks=True)
     try:
         if failure is not None:
@@ -341,9 +365,11 @@ def output_lock(target, busy: str):
     Two `embed -o out.h5` runs started together both passed the "exists" check before their models
     loaded, and the later one replaced the other's finished file (or removed its partial file).
     Where no lock file can be made (a read-only folder) the block runs unlocked: the command's own
-    checks then say what is wrong. A file system without flock is refused, the lock file removed,
-    unless PROTRANS_FILE_LOCKING=FALSE (`without_locks`). Anything but a regular file
-    under the lock's name (a named pipe, a folder, a link) is refused, and left as it is."""
+    checks then say what is wrong. On a file system without flock the lock file is removed and the
+    block runs unlocked, or is refused under PROTRANS_FILE_LOCKING=TRUE (`without_locks`). Anything
+    but a regular file under the lock's name (a named pipe, a folder, a link) is refused, and left
+    as it is."""
+    file_locking()  # (a bad PROTRANS_FILE_LOCKING: said before the lock file is made)
     if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
         return
@@ -375,7 +401,7 @@ def output_lock(target, busy: str):
     except OSError:  # no lock file here (a read-only folder): unlocked
         yield
         return
-    if failure is not None:  # no flock here (NFS mounted nolock): refused, or unlocked
+    if failure is not None:  # no flock here (NFS mounted nolock): unlocked, or refused
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(lock)

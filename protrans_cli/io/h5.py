@@ -1342,6 +1342,8 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
 # EOPNOTSUPP 102, ENOTSUP 45; its 37 and 38 are EALREADY and ENOTSOCK).
 _NO_LOCK_ERRNOS = {getattr(errno, name) for name in ("ENOSYS", "EOPNOTSUPP", "ENOTSUP", "ENOLCK", "EINVAL")
                    if hasattr(errno, name)} | ({524} if sys.platform.startswith("linux") else set())
+
+
 def h5_file(path, mode: str = "r", **kwargs):
     """h5py.File, opened without HDF5's file lock where the file system grants none: HDF5 locks
     every file it opens and fails ("unable to lock file, errno = 37, 'No locks available'") on
@@ -1363,8 +1365,8 @@ def h5_file(path, mode: str = "r", **kwargs):
     if new:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    # (a reader, or a file under protrans's own lock, which refused such a file system unless
-    # PROTRANS_FILE_LOCKING=FALSE: files.without_locks)
+    # (a reader, or a file under protrans's own lock, which went on without it there, or refused
+    # such a file system under PROTRANS_FILE_LOCKING=TRUE: files.without_locks)
     from protrans_cli.io.files import warn_no_locks
 
     warn_no_locks(path)

@@ -36,7 +36,7 @@ import torch
 from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, again_with_resume, first_line,
                                  given, option, torch_load_problem, type_problem)
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
-                                   sha256_file, without_locks)
+                                   file_locking, sha256_file, without_locks)
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
@@ -207,6 +207,7 @@ def run_lock(run_dir, active: bool = True):
     if not active or fcntl is None:
         yield False
         return
+    file_locking()  # (a bad PROTRANS_FILE_LOCKING: said before the run directory is made)
     refuse_special_output(run_dir, "-o", "a run directory", keyword="output_dir")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -234,7 +235,7 @@ def run_lock(run_dir, active: bool = True):
                                  "train() or find_lr(): it holds the run directory's lock): wait for it to end, or "
                                  f"choose another {run_dir_option()}", path=str(run_dir)) from None
         except OSError as exc:  # a file system without flock (Lustre without it, NFS mounted nolock)
-            without_locks(run_dir, str(run_dir), exc)  # (refused, or no lock: PROTRANS_FILE_LOCKING=FALSE)
+            without_locks(run_dir, str(run_dir), exc)  # (no lock, or refused: PROTRANS_FILE_LOCKING=TRUE)
         yield run_dir in created
     finally:
         os.close(fd)  # the lock goes with it
