@@ -200,6 +200,20 @@ def test_a_full_disk_met_when_an_output_is_closed_is_one_line_naming_it(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt.gz"] and out.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("value,synced", [("1", True), ("yes", True), ("0", False), ("off", False), ("", False)])
+def test_protrans_fsync_zero_means_off(tmp_path, monkeypatch, value, synced):
+    """PROTRANS_FSYNC=0 synced every file, as any other value did: 0, false, no and off leave it off."""
+    from protrans_cli.io import files
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    monkeypatch.setenv("PROTRANS_FSYNC", value)
+    with atomic_output(tmp_path / "corpus.txt") as stream:
+        stream.write(b"M K T\n")
+    assert (tmp_path / "corpus.txt").read_bytes() == b"M K T\n" and bool(calls) is synced
+
+
 def test_force_never_replaces_the_working_directory_or_a_folder_above_it(tmp_path, monkeypatch):
     """`-o .`, `-o ..` or the absolute path of a folder holding the working directory, given to a
     command whose --force replaces its -o folder whole (fit, finetune, quickstart): refused before

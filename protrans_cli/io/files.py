@@ -273,6 +273,12 @@ def file_locking() -> str:
     return setting
 
 
+def _fsync_asked() -> bool:
+    """PROTRANS_FSYNC set to anything but empty, 0, false, no or off ("PROTRANS_FSYNC=0" synced: any
+    value did)."""
+    return os.environ.get("PROTRANS_FSYNC", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 _WARNED_NO_LOCKS: set[str] = set()
 
 
@@ -1407,7 +1413,7 @@ class AtomicFile(StagedRename):
             if self.stream is not self._raw:
                 self.stream.close()
             self._raw.flush()
-            if os.environ.get("PROTRANS_FSYNC") and self.tmp is not None:
+            if _fsync_asked() and self.tmp is not None:
                 disk.sync(self._raw.fileno(), self.path)
             self._raw.close()
             if self.tmp is not None:
