@@ -697,7 +697,7 @@ def test_resuming_a_file_another_process_reads_is_refused_naming_it_and_leaves_i
                              finished_proteins=(np.array([b"a" * 16], "S16"), np.array([1], "<u8")))
         assert info.value.format() == (f"{out}: is open in another process (it holds the HDF5 file lock): close it "
                                        "there (an EmbeddingsReader or h5py.File), or wait for that process to end, "
-                                       "and run the command again")
+                                       "and call again")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"] and out.read_bytes() == kept
     with EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN), attrs={"model": "m", "layers": [-1]},
                           resume=True) as w:

@@ -744,6 +744,31 @@ def _held(call, name="o.h5.partial"):
     return run
 
 
+def _read_by(call, name="o.h5"):
+    """`call(tmp)` while `name`, a file there, is read by another process as HDF5 locks a file it
+    reads (its shared lock, an flock: a notebook's EmbeddingsReader), which lets a check's read
+    through and refuses a write."""
+    def run(tmp):
+        import fcntl
+        import os
+
+        held = os.open(tmp / name, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return call(tmp)
+        finally:
+            os.close(held)
+    return run
+
+
+def _as_partial(call):
+    """`call(tmp)` once {tmp}/o.h5 is {tmp}/o.h5.partial, as a stopped run leaves its work."""
+    def run(tmp):
+        (tmp / "o.h5").rename(tmp / "o.h5.partial")
+        return call(tmp)
+    return run
+
+
 def _import_esm_into(tmp):
     import torch
 
@@ -846,6 +871,8 @@ BESIDE = ("{tmp}/e.h5: no such file (e.h5.partial beside it is the unfinished ou
           "was interrupted or is still running: ")
 WRITTEN = ("is being written by another process (it holds the HDF5 file lock): wait for that run to end, or choose "
            "another ")
+READ = ("is open in another process (it holds the HDF5 file lock): close it there (an EmbeddingsReader or h5py.File), "
+        "or wait for that process to end, and ")
 FASTA_OUT = {"in.fa": FA, "o.h5": ">a\nMKT\n"}  # (an -o that names a FASTA)
 ON_DISK = dict(files={"in.fa": FA, "l.csv": "id,label\na,Nucleus\nb,Cytoplasm\n"})
 
@@ -884,6 +911,12 @@ RESUMES = [
     (_then(_held(_merge_into("o.h5", force=True), "o.h5"), embedded={"a.h5": ">a\nMKT\n", "b.h5": ">b\nMKVL\n"}),
      "{tmp}/o.h5: " + WRITTEN + "output", "{tmp}/o.h5: " + WRITTEN + "-o"),
     (_held(_import_esm_into, "o.h5"), "{tmp}/o.h5: " + WRITTEN + "output", "{tmp}/o.h5: " + WRITTEN + "-o"),
+    # (a file another process reads: HDF5's shared lock refuses the resumed run's write)
+    (_then(_read_by(_embed_into("o.h5", resume=True)), embedded={"o.h5": ">a\nMKT\n"}, **ON_DISK), "{tmp}/o.h5: "
+     + READ + "call again", "{tmp}/o.h5: " + READ + "run the command again"),
+    (_then(_as_partial(_read_by(_embed_into("o.h5", resume=True), "o.h5.partial")), embedded={"o.h5": ">a\nMKT\n"},
+           **ON_DISK), "{tmp}/o.h5.partial: " + READ + "call again", "{tmp}/o.h5.partial: " + READ + "run the "
+     "command again"),
     (_then(_contacts_into, embedded={"o.h5": FA}, **ON_DISK),
      "{tmp}/o.h5 exists: resume=True keeps its proteins and computes what it lacks, force=True replaces it",
      "{tmp}/o.h5 exists: --resume keeps its proteins and computes what it lacks, --force replaces it"),

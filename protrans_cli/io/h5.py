@@ -2028,8 +2028,9 @@ class EmbeddingsWriter:
                     os.replace(self.partial, self.path)
                     remove_ledger(self.partial)
                 raise RuntimeFailure("is open in another process (it holds the HDF5 file lock): close it there (an "
-                                     "EmbeddingsReader or h5py.File), or wait for that process to end, and run the "
-                                     "command again", path=str(self.path if renamed else self.partial)) from None
+                                     "EmbeddingsReader or h5py.File), or wait for that process to end, and "
+                                     + option("run the command again", "call again"),
+                                     path=str(self.path if renamed else self.partial)) from None
             self.failed = failed_attr(self.file.attrs.get("failed"), str(self.partial))
             self.truncated = truncated_attr(self.file.attrs.get("truncated"))
             resumed = True
