@@ -421,6 +421,43 @@ def test_a_fifo_or_link_to_a_folder_named_output_partial_is_refused_never_delete
     assert not (tmp_path / "m.h5").exists()
 
 
+@pytest.mark.parametrize("command", ["merge", "import-esm"])
+@pytest.mark.parametrize("force", [False, True])
+def test_an_output_partial_another_process_writes_is_refused_never_deleted(tmp_path, run_cli, command, force):
+    """OUT.partial held open for writing by a process that is not protrans (a notebook's
+    h5py.File(..., "a"): HDF5's lock on it, which protrans' own output lock does not see): --force
+    deleted it under that process (and the merge wrote a new one), and without --force it was "give
+    --force to replace it". Refused in one line before any work now, as embed refuses it, and left
+    as it is."""
+    import fcntl
+
+    import torch
+
+    from test_embed import SMALL
+
+    (tmp_path / "in").mkdir()
+    if command == "merge":
+        argv = ["merge", _embed(SMALL, tmp_path / "in" / "a.h5")]
+    else:
+        (tmp_path / "in" / "p.fa").write_text(">P1\nMKT\n")
+        torch.save({"label": "P1", "mean_representations": {1: torch.zeros(4)}}, tmp_path / "in" / "P1.pt")
+        argv = ["import-esm", tmp_path / "in", "--fasta", tmp_path / "in" / "p.fa"]
+    partial = partial_path(tmp_path / "m.h5")
+    with h5py.File(partial, "w") as f:
+        f["notebook"] = np.arange(3)
+    kept = partial.read_bytes()
+    held = os.open(partial, os.O_RDONLY)  # (HDF5's lock, an flock, taken on an open of its own)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run_cli(*argv, "-o", tmp_path / "m.h5", *(["--force"] if force else []))
+    finally:
+        os.close(held)
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {partial}: is being written by another process (it "
+                                             "holds the HDF5 file lock): wait for that run to end, or choose another "
+                                             "-o\n"), r.stderr
+    assert partial.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.h5.partial"]
+
+
 def test_the_failures_of_the_parts_are_the_merged_files(tmp_path):
     """A protein a part's run skipped (longer than --max-length) stays recorded as failed."""
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAKQRQISFVKSHFSRQ\n>P2\nMKV\n")

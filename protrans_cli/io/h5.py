@@ -1462,11 +1462,16 @@ def output_free(output: Path, force: bool, command: str) -> Path:
     .partial of a run that did not finish) needs --force, which replaces an HDF5 file only
     (refuse_replacing_other_file). Returns the .partial path. A named pipe, a folder (or a link to
     one) called OUTPUT.partial is refused whatever the flags: "exists: give --force" was said of
-    it, and --force deleted a named pipe or link that no run of protrans had made."""
+    it, and --force deleted a named pipe or link that no run of protrans had made. A file another
+    process is writing (holding HDF5's lock: a notebook's h5py.File(..., "a"), another tool) is refused
+    too, as embed refuses it (refuse_if_in_use): --force deleted such an OUTPUT.partial, and the
+    merge's writer refused the output in use only once every part had been read."""
     partial = partial_path(output)
     refuse_non_file(partial)
     if output.exists() and not force:
         raise UsageError(f"exists: give {force_option()} to replace it", path=str(output))
+    for busy in (partial, output):
+        refuse_if_in_use(busy)
     if force and output.exists():
         refuse_replacing_other_file(output, command)
     if partial.exists() and not force:
