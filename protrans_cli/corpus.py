@@ -901,6 +901,15 @@ def _init_worker(parent_pid: int | None = None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM and SIGHUP end a worker as they would without Python (the main process alone handles
+    # them, reports the stop and cleans up; its proc.terminate() ends a worker): a forked worker
+    # inherited the parent's Python handlers, and a library caller's own (an app's) ran in every
+    # worker too, a sent signal and each terminate() alike. One ignored (nohup) stays ignored, as in
+    # the main process.
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and callable(signal.getsignal(number)):
+            signal.signal(number, signal.SIG_DFL)
     _die_with_parent(parent_pid)
     _tune_malloc()
 

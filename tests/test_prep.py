@@ -1074,6 +1074,84 @@ def test_a_hang_up_sent_to_prep_and_its_workers_mid_run_is_one_line_from_the_mai
     assert [p.name for p in tmp_path.iterdir()] == ["scratch"] and not list(scratch.iterdir())
 
 
+class _AppStop(Exception):
+    """What an application's own stop handler raises (test below)."""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+@pytest.mark.parametrize("to", ["group", "main"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)],
+                         ids=["SIGTERM", "SIGHUP"])
+def test_a_library_callers_own_stop_handler_runs_in_the_main_process_alone(tmp_path, monkeypatch, signum, to):
+    """An application calling build_corpus(threads=2) with its own SIGTERM or SIGHUP handler: prep's
+    forked workers inherited it, and it ran in each of them (its side effects, its exception's
+    traceback), for a signal sent to the whole job and for each proc.terminate() with which the main
+    process stops its workers. The workers die of the signal now; the main process alone runs the
+    handler and, stopped by it, ends its workers and leaves no temporary output."""
+    from protrans_cli import corpus
+
+    fasta = _many(tmp_path / "in.fa", 300)
+    marker = tmp_path / "handled"
+    workers = []
+
+    def handler(number, frame):
+        with open(marker, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        raise _AppStop
+
+    real = corpus._collect
+
+    def collect(running, pending):
+        if not workers:  # (the first reply awaited: every worker has started and has blocks in hand)
+            workers.extend(proc for proc, _ in running)
+            if to == "group":  # (as a shell's hang-up or a scheduler's SIGTERM reaches the whole job)
+                for proc in workers:
+                    os.kill(proc.pid, signum)
+                for proc in workers:
+                    proc.join(timeout=2)
+            os.kill(os.getpid(), signum)
+        return real(running, pending)
+
+    monkeypatch.setattr(corpus, "_collect", collect)
+    previous = signal.signal(signum, handler)
+    try:
+        with pytest.raises(_AppStop):
+            build_corpus([fasta], CorpusOptions(output=tmp_path / "c.txt", threads=2, block_bytes=1024,
+                                                progress=False))
+    finally:
+        signal.signal(signum, previous)
+    assert marker.read_text().split() == [str(os.getpid())]
+    stopped_by = signum if to == "group" else signal.SIGTERM  # (terminate()'s)
+    assert len(workers) == 2 and [proc.exitcode for proc in workers] == [-stopped_by] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["handled", "in.fa"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_hang_up_the_caller_ignores_leaves_the_workers_working(tmp_path, monkeypatch):
+    """Under nohup (SIGHUP ignored) a hang-up reaching the workers is ignored there too: the
+    workers' reset of the stop signals (previous test) is of handlers, not of an ignored signal."""
+    from protrans_cli import corpus
+
+    fasta = _many(tmp_path / "in.fa", 300)
+    build_corpus([fasta], CorpusOptions(output=tmp_path / "expected.txt", threads=1, progress=False))
+    real, sent = corpus._collect, []
+
+    def collect(running, pending):
+        if not sent:
+            sent.extend(proc.pid for proc, _ in running)
+            for pid in sent:
+                os.kill(pid, signal.SIGHUP)
+        return real(running, pending)
+
+    monkeypatch.setattr(corpus, "_collect", collect)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        build_corpus([fasta], CorpusOptions(output=tmp_path / "c.txt", threads=2, block_bytes=1024, progress=False))
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert len(sent) == 2 and (tmp_path / "c.txt").read_bytes() == (tmp_path / "expected.txt").read_bytes()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_a_killed_main_process(tmp_path):
     # SIGKILL (the OOM killer, a hard time limit) cannot be handled; the workers must not be
