@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat as _stat
 import sys
 import tempfile
@@ -895,6 +896,25 @@ def _count(reasons: dict[int, str]) -> dict[str, int]:
     return dict(collections.Counter(reasons.values()))
 
 
+_STOP_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP blocked while a worker is forked: a signal sent to the group (a
+    hang-up, `kill -TERM -PGID`) between the fork and the worker's _init_worker ran the handler it
+    inherited there, the parent's or a library caller's own, in the worker. The child starts with them
+    blocked and unblocks them once its own handlers are set; here they come once the fork is done."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows: no fork, no such race
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _init_worker(parent_pid: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: the main process handles it (exit 130, outputs
     # removed) and stops the pool; workers printing their own tracebacks would only be noise.
@@ -910,6 +930,10 @@ def _init_worker(parent_pid: int | None = None) -> None:
         number = getattr(signal, name, None)
         if number is not None and callable(signal.getsignal(number)):
             signal.signal(number, signal.SIG_DFL)
+    # (forked with them blocked, _stop_signals_held: one sent before this point waited, and reaches
+    # the handlers set here, not the parent's inherited ones)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent_pid)
     _tune_malloc()
 
@@ -1002,7 +1026,8 @@ def _run_blocks(blocks: Iterable, fn, args: tuple, threads: int, spill_dir: str 
         for _ in range(threads):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker_loop, args=(child, fn, args, os.getpid()), daemon=True)
-            proc.start()
+            with _stop_signals_held():
+                proc.start()
             child.close()
             workers.append((proc, parent))
         sent = 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from protrans_cli.corpus import CorpusOptions, build_corpus, in_validation, shard_path
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.residues import SequenceRejected, looks_nucleotide, normalise
 
@@ -1124,6 +1124,37 @@ def test_a_library_callers_own_stop_handler_runs_in_the_main_process_alone(tmp_p
     stopped_by = signum if to == "group" else signal.SIGTERM  # (terminate()'s)
     assert len(workers) == 2 and [proc.exitcode for proc in workers] == [-stopped_by] * 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["handled", "in.fa"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
+def test_a_stop_signal_in_a_worker_before_its_set_up_never_runs_the_callers_handler(tmp_path, monkeypatch):
+    """A signal reaching a worker between its fork and its own set-up (a hang-up or `kill -TERM -PGID`
+    just as prep starts its workers) ran the handler it inherited, the caller's, in the worker: the
+    workers are forked with the stop signals blocked, and unblock them once their handlers are set."""
+    from protrans_cli import corpus
+
+    fasta = _many(tmp_path / "in.fa", 300)
+    marker = tmp_path / "handled"
+    real = corpus._worker_loop
+
+    def signalled_at_once(*args):  # (in the worker, before _init_worker: the window)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(*args)
+
+    def handler(number, frame):
+        with open(marker, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    monkeypatch.setattr(corpus, "_worker_loop", signalled_at_once)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(RuntimeFailure, match="worker process died"):
+            build_corpus([fasta], CorpusOptions(output=tmp_path / "c.txt", threads=2, block_bytes=1024,
+                                                progress=False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not marker.exists(), marker.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
