@@ -46,8 +46,8 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
-                                   folder_can_be_made, folder_lock, folder_made, input_inside, kind_in_words,
-                                   make_temporary, own_folder_output, remove_dead_temporaries, remove_with_outputs,
+                                   folder_can_be_made, folder_lock, folder_made, input_inside, make_temporary,
+                                   odd_kind, own_folder_output, remove_dead_temporaries, remove_with_outputs,
                                    replace_directory, same_file, signals_held, stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 pooling_kind, prefix_words, three_di_words)
@@ -402,14 +402,8 @@ def _refuse_odd_state(path: Path) -> None:
     training: a folder failed the first epoch's save ("state.pt.tmp: Is a directory", naming a
     hidden temporary), and a named pipe was taken for no state and replaced, with --resume too.
     (A link there is replaced, never followed: create_fresh.)"""
-    import stat
-
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise InputError(f"is {kind_in_words(mode)}, not a saved state: an unfinished run keeps its state in a file "
+    if (what := odd_kind(path, follow_symlinks=False)) is not None:
+        raise InputError(f"is {what}, not a saved state: an unfinished run keeps its state in a file "
                          "of this name (move it away)", path=str(path))
 
 

@@ -226,6 +226,24 @@ def kind_in_words(mode: int) -> str:
     return next((words for test, words in kinds if test(mode)), "a device")
 
 
+def odd_kind(path, folder: bool = False, follow_symlinks: bool = True) -> str | None:
+    """What is under `path`, in words (kind_in_words: "a named pipe", "a directory", ...), where it
+    is not what a run keeps under that name: a regular file, or a folder where `folder`, looked at
+    through a link; without `follow_symlinks` a link itself is no odd one (its caller replaces it,
+    never follows it). None where it is, or where nothing is (a link to nothing is made as any new
+    file is; what cannot be looked at, the open that follows says so). Named pipes there hung runs
+    for ever as they read them; folders failed as "Is a directory" late, naming a temporary."""
+    import stat
+
+    try:
+        mode = os.stat(path, follow_symlinks=follow_symlinks).st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode) or (not follow_symlinks and stat.S_ISLNK(mode)):
+        return None
+    return kind_in_words(mode)
+
+
 def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlinks: bool) -> tuple[int, OSError | None]:
     """An fd from `open_fd()` holding an exclusive flock on the file or folder now under `path`,
     and None; or, where the file system has no flock, the fd unlocked and flock's OSError (the

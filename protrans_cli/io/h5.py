@@ -1383,18 +1383,14 @@ def refuse_non_file(path) -> None:
     stacked extension's .base): --resume read a named pipe called OUTPUT.partial.untrusted for ever."""
     import stat
 
-    from protrans_cli.io.files import kind_in_words
+    from protrans_cli.io.files import odd_kind
     from protrans_cli.io.stacked import base_path
 
     for side in (ledger_path(path), untrusted_path(path), base_path(path)):
-        try:
-            mode = os.stat(side).st_mode
-        except OSError:
-            continue
-        if not stat.S_ISREG(mode):
-            raise InputError(f"is {kind_in_words(mode)}, not a regular file: a run keeps a file of its own under this "
-                             f"name, beside {Path(path).name} (move it away, or choose another "
-                             f"{option('-o', 'output')})", path=str(side))
+        if (what := odd_kind(side)) is not None:
+            raise InputError(f"is {what}, not a regular file: a run keeps a file of its own under this name, beside "
+                             f"{Path(path).name} (move it away, or choose another {option('-o', 'output')})",
+                             path=str(side))
     try:
         mode = os.stat(path).st_mode  # (through a link)
     except OSError:  # absent (or unreadable: the open says so)

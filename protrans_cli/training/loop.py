@@ -383,24 +383,18 @@ def _refuse_odd_run_files(run_dir) -> None:
     (read first), one called loss_curve.png once every step was done (written in place); a folder
     there was "Is a directory" once the model was built; a named pipe called checkpoints failed the
     first save."""
-    import stat
-
-    from protrans_cli.io.files import kind_in_words, link_to_nothing
+    from protrans_cli.io.files import link_to_nothing, odd_kind
 
     if (nothing := link_to_nothing(Path(run_dir) / "checkpoints")) is not None:  # (no folder can be made there)
         raise InputError(f"{nothing}: a run keeps its checkpoints in a folder of this name (make that folder, move "
                          "the link away, or choose another -o)", path=str(Path(run_dir) / "checkpoints"))
     for name in (*_RUN_FILES, *_MODEL_FILES, "checkpoints"):
         path = Path(run_dir) / name
-        try:
-            mode = os.stat(path).st_mode  # (a link to nothing: made as any new file is)
-        except OSError:
-            continue
         folder = name == "checkpoints"
-        if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+        if (kind := odd_kind(path, folder=folder)) is not None:  # (a link to nothing: made as any new file is)
             what = "not a folder: a run keeps its checkpoints in a folder" if folder else \
                 "not a regular file: a run writes a file"
-            raise InputError(f"is {kind_in_words(mode)}, {what} of this name (move it away, or choose another "
+            raise InputError(f"is {kind}, {what} of this name (move it away, or choose another "
                              f"{option('-o', 'output_dir')})", path=str(path))
 
 
