@@ -1320,6 +1320,10 @@ SPECIAL = [
     (_then(_train_into("r"), dirs=("r",), fifos=("r/metrics.jsonl",)), "{tmp}/r/metrics.jsonl: " + PIPE + "a regular "
      "file: a run writes a file of this name (move it away, or choose another output_dir)", "{tmp}/r/metrics.jsonl: "
      + PIPE + "a regular file: a run writes a file of this name (move it away, or choose another -o)"),
+    (_then(_train_into("r"), dirs=("r",), links={"r/checkpoints": "nowhere"}), "{tmp}/r/checkpoints: " + NOWHERE +
+     ": a run keeps its checkpoints in a folder of this name (make that folder, move the link away, or choose "
+     "another output_dir)", "{tmp}/r/checkpoints: " + NOWHERE + ": a run keeps its checkpoints in a folder of this "
+     "name (make that folder, move the link away, or choose another -o)"),
     (_then(_score(), files={"v.csv": "mutant\nK2G\n"}, links={"o.csv.partial": "nowhere"}), "{tmp}/o.csv.partial "
      + NOWHERE + ", and is not the work of a protrans variants run: move it away, or choose another output",
      "{tmp}/o.csv.partial " + NOWHERE + ", and is not the work of a protrans variants run: move it away, or choose "

@@ -387,7 +387,8 @@ def _refuse_odd_run_files(run_dir) -> None:
 
     if (nothing := link_to_nothing(Path(run_dir) / "checkpoints")) is not None:  # (no folder can be made there)
         raise InputError(f"{nothing}: a run keeps its checkpoints in a folder of this name (make that folder, move "
-                         "the link away, or choose another -o)", path=str(Path(run_dir) / "checkpoints"))
+                         f"the link away, or choose another {option('-o', 'output_dir')})",
+                         path=str(Path(run_dir) / "checkpoints"))
     for name in (*_RUN_FILES, *_MODEL_FILES, "checkpoints"):
         path = Path(run_dir) / name
         folder = name == "checkpoints"
