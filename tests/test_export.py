@@ -729,6 +729,35 @@ def test_info_of_a_running_embeds_partial_reads_its_ledger(tmp_path, run_cli):
         assert other.exit_code == 1 and "another process has it open for writing" in other.stderr
 
 
+def test_info_of_a_partial_with_a_named_pipe_for_its_ledger_never_opens_it(tmp_path):
+    """A named pipe called OUTPUT.partial.ledger (a sweep's leftover) hung `protrans info
+    OUTPUT.partial` for ever, a running run's or a stopped one's: the ledger, read for the
+    progress count, was opened first (an open of a named pipe waits for a writer). It is no
+    ledger now: a stopped run's file is described as any other, a running one's lock said."""
+    import subprocess
+
+    from conftest import another_process
+
+    partial = tmp_path / "out.h5.partial"
+    _write(partial, _proteins())
+    os.mkfifo(tmp_path / "out.h5.partial.ledger")
+
+    def info():  # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+        return subprocess.run([sys.executable, "-m", "protrans_cli", "info", str(partial)], capture_output=True,
+                              text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+    stopped = info()
+    assert stopped.returncode == 0 and "status:     unfinished: a run is writing it or was stopped" in stopped.stdout, \
+        stopped.stderr
+    with another_process(f"import h5py\nf = h5py.File({str(partial)!r}, 'a'); f.flush()"):
+        running = info()
+    assert running.returncode == 1 and running.stderr == (
+        f"protrans: error: {partial}: another process has it open for writing (HDF5's file lock); protrans embed "
+        "writes OUTPUT.partial and renames it OUTPUT once the run ends: read that file when it is done\n"), \
+        running.stderr
+    assert (tmp_path / "out.h5.partial.ledger").is_fifo()
+
+
 @pytest.mark.parametrize("stdout, message", [
     (None, "standard output is closed: info writes there"),  # `>&-`: an AttributeError traceback
     ("/dev/full", "standard output: cannot write: No space left on device"),  # named nothing

@@ -1550,8 +1550,14 @@ def ledger_path(path) -> Path:
 def ledger_count(path) -> int | None:
     """How many complete proteins the ledger of the output file `path` records so far (a running
     run's, unsealed, or a stopped run's, sealed); None when there is no ledger of this format.
-    For progress only: a sealed ledger's count is trusted by --resume only through read_ledger."""
+    For progress only: a sealed ledger's count is trusted by --resume only through read_ledger.
+    Anything but a regular file under its name is none, and never opened: `protrans info` of an
+    OUTPUT.partial beside a named pipe called OUTPUT.partial.ledger waited for its writer for ever."""
+    from protrans_cli.io.files import odd_kind
+
     ledger = ledger_path(path)
+    if odd_kind(ledger) is not None:
+        return None
     try:
         with open(ledger, "rb") as f:
             if f.read(len(LEDGER_MAGIC)) != LEDGER_MAGIC:
