@@ -1208,7 +1208,7 @@ class UnitStore:
     MARKER = "protrans-variants.json"
 
     def __init__(self, folder: Path, *, resume: bool):
-        from protrans_cli.io.files import link_to_nothing
+        from protrans_cli.io.files import link_to_nothing, odd_kind
 
         self.folder = Path(folder)
         if (nothing := link_to_nothing(self.folder)) is not None:
@@ -1222,6 +1222,13 @@ class UnitStore:
             if not resume:
                 raise UsageError(f"{self.folder} holds the work of an interrupted run: {resume_option()} goes on with "
                                  "it (delete it to start afresh)")
+            for unit in self.folder.glob("[!.]*.npy"):  # (a unit's name; never a hidden temporary)
+                # (np.load of a named pipe there waited for a writer for ever; a folder was counted as
+                # kept, then "is a directory" once the model had computed the unit again)
+                if (what := odd_kind(unit)) is not None:
+                    raise InputError(f"is {what}, not a regular file: a run keeps a unit of its work under this "
+                                     f"name, in {self.folder.name} (move it away, or delete {self.folder} to start "
+                                     "afresh)", path=str(unit))
             self.kept = len(list(self.folder.glob("*.npy")))
             if self.kept:
                 console.info(f"variants: {resume_option()}: {console.counted(self.kept, 'unit')} of work kept in "

@@ -412,6 +412,40 @@ def test_a_link_to_nothing_called_output_partial_is_refused_before_any_model(run
         assert link.is_symlink() and not out.exists()
 
 
+@pytest.mark.parametrize("kind, words", [("fifo", "a named pipe"), ("folder", "a directory")])
+def test_a_fifo_or_folder_named_like_a_unit_in_output_partial_is_refused_before_any_model(run_cli, tmp_path,
+                                                                                         tiny_models, monkeypatch,
+                                                                                         kind, words):
+    """A named pipe under a unit's name in o.csv.partial/ (a sweep's leftover) hung `variants
+    --resume` for ever (np.load waited for its writer); a folder there was counted as a unit kept,
+    then "is a directory, expected a file" once the model had scored the unit again. Refused in
+    one line before any model now, and left as it is."""
+    import os
+    import subprocess
+    import sys
+
+    import protrans_cli.variants as variants
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    out = tmp_path / "o.csv"
+    flags = [table, "--sequence", SEQ[:12], "-m", tiny_models["esm"], "-o", out]
+    monkeypatch.setattr(variants.UnitStore, "remove", lambda self: None)  # (its units kept, as a stop keeps them)
+    assert run_cli("variants", *flags).exit_code == 0
+    out.unlink()
+    [unit] = (tmp_path / "o.csv.partial").glob("*.npy")
+    unit.unlink()
+    os.mkfifo(unit) if kind == "fifo" else unit.mkdir()
+    # (a process of its own, with a timeout: a hang fails the test rather than blocking it)
+    done = subprocess.run([sys.executable, "-m", "protrans_cli", "variants", *map(str, flags), "--resume"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 1 and done.stderr == (
+        f"protrans: error: {unit}: is {words}, not a regular file: a run keeps a unit of its work under this name, "
+        f"in o.csv.partial (move it away, or delete {tmp_path / 'o.csv.partial'} to start afresh)\n"), done.stderr
+    assert not out.exists() and os.path.lexists(unit) and (unit.is_fifo() if kind == "fifo" else unit.is_dir())
+
+
 def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(run_cli, tmp_path, tiny_models):
     """--max-length over what a model's learned positions hold is refused naming the limit; an out
     of memory on a pass of one protein (nothing left to halve) says the way out, not a traceback."""
