@@ -975,6 +975,25 @@ def test_a_fifo_or_folder_under_a_run_files_name_is_refused_before_any_model(tmp
     assert os.listdir(run) == [name]
 
 
+@pytest.mark.parametrize("kind, words", [("fifo", "a named pipe"), ("file", "a regular file")])
+def test_a_fifo_or_file_called_checkpoints_step_n_is_refused_before_any_model(tmp_path, run_cli, kind, words):
+    """A named pipe or a file called RUN/checkpoints/step_00000002 failed that step's save once the
+    steps before it were trained, "cannot write the checkpoint ([Errno 21] Is a directory: ... ->
+    .step_00000002.old...)", and left that hidden folder behind. Refused before any model now, and
+    left as it is. (Odd files inside a step folder are no matter: the folder is replaced whole.)"""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    step = run / "checkpoints" / "step_00000002"
+    os.mkfifo(step) if kind == "fifo" else step.write_text("mine\n")
+    res = run_cli("train", "--corpus", LEARNABLE, "--num-steps", 2, "--save-every", 1, "--max-length", 32,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1, "-o", run)
+    assert res.exit_code == 1 and res.stderr.splitlines()[-1] == (
+        f"protrans: error: {step}: is {words}, not a folder: a run keeps each checkpoint in a folder of this name "
+        "(move it away, or choose another -o)"), res.stderr
+    assert "train:" not in res.stderr and os.listdir(run / "checkpoints") == [step.name]
+    assert step.is_fifo() if kind == "fifo" else step.read_text() == "mine\n"
+
+
 def test_settings_one_process_cannot_honour_are_warned_and_resume_takes_one_checkpoint(tmp_path, run_cli):
     """--strategy ddp without torchrun, --eval-every without --val-corpus and --sdpa-kernels torch
     on the CPU train on with a warning each (not silently); --resume together with --resume-from is refused, not one of them

@@ -378,8 +378,8 @@ _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.jso
 
 def _refuse_odd_run_files(run_dir) -> None:
     """Anything but a regular file (through a link) under the name of a file a run writes at the
-    root of its directory, or a folder called checkpoints: refused before any model, and left as
-    it is. A named pipe called metrics.jsonl or config.json hung the run for ever as it started
+    root of its directory, or a folder called checkpoints or checkpoints/step_N: refused before
+    any model, and left as it is. A named pipe called metrics.jsonl or config.json hung the run for ever as it started
     (read first), one called loss_curve.png once every step was done (written in place); a folder
     there was "Is a directory" once the model was built; a named pipe called checkpoints failed the
     first save."""
@@ -397,6 +397,14 @@ def _refuse_odd_run_files(run_dir) -> None:
                 "not a regular file: a run writes a file"
             raise InputError(f"is {kind}, {what} of this name (move it away, or choose another "
                              f"{option('-o', 'output_dir')})", path=str(path))
+    # A named pipe or a file called checkpoints/step_N failed that step's save, once every step
+    # before it was trained: the folder it is swapped with cannot take its place. (Inside a step
+    # folder nothing odd matters: the whole folder is replaced; a link to nothing is replaced too.)
+    with contextlib.suppress(OSError):  # (no checkpoints folder: nothing there)
+        for step in sorted(os.scandir(Path(run_dir) / "checkpoints"), key=lambda entry: entry.name):
+            if ckpt.checkpoint_step(step.name) is not None and (kind := odd_kind(step.path, folder=True)) is not None:
+                raise InputError(f"is {kind}, not a folder: a run keeps each checkpoint in a folder of this name (move "
+                                 f"it away, or choose another {option('-o', 'output_dir')})", path=step.path)
 
 
 def _held_model(run_dir) -> str | None:
