@@ -235,6 +235,84 @@ def test_offline_missing_model_via_cli_has_no_traceback(run_cli, tmp_path):
     assert "Traceback" not in result.stderr and "-m DIR" in result.stderr
 
 
+def _serve_as_the_hub(directory):
+    """A local stand-in for the Hugging Face hub (HF_ENDPOINT) that serves `directory`'s files as
+    every repository's `main`: a download that works, with no network. Returns the server."""
+    import hashlib
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self, body=False):  # noqa: N802 - http.server's name
+            parts = self.path.split("?")[0].split("/")
+            file = Path(directory, *parts[parts.index("resolve") + 2:]) if "resolve" in parts else None
+            if file is None or not file.is_file():
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = file.read_bytes()
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            self.do_HEAD(body=True)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("blocked", ["read-only folder", "a file in the way"])
+def test_a_hub_model_whose_download_the_cache_refuses_names_the_cache_not_the_network(tmp_path, blocked):
+    """HPC and containers: the hub can be reached but the Hugging Face cache cannot be written (a
+    read-only or full home, HF_HOME on a shared read-only store). The error said the model "could
+    not be downloaded; download it where there is network", which was no help where there is."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    tokenizer, config, model = _tiny(FAMILIES["bert"])
+    FAMILIES["bert"].save_pretrained(model, tokenizer, tmp_path / "served")
+    cache = tmp_path / "store" / "hub"
+    cache.mkdir(parents=True)
+    prefix = []
+    if blocked == "read-only folder":
+        cache.chmod(0o555)  # (root ignores the mode: its writes are refused in a user namespace of its own)
+        if os.geteuid() == 0:
+            if not shutil.which("unshare") or subprocess.run(["unshare", "--user", "true"]).returncode != 0:
+                pytest.skip("root, and no user namespace to take its rights away")
+            prefix = ["unshare", "--user"]
+    else:
+        (tmp_path / "file").write_text("")
+        cache = tmp_path / "file" / "hub"
+    server = _serve_as_the_hub(tmp_path / "served")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HUB_CACHE=str(cache),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]))
+    try:
+        code = "from protrans_cli.models import load_model\nload_model('someone/tiny')"
+        result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                timeout=120)
+    finally:
+        server.shutdown()
+        if cache.is_dir():
+            cache.chmod(0o755)  # (for pytest to remove it)
+    said = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "ModelError: cannot load model 'someone/tiny': the Hugging Face cache" in said
+    assert str(cache) in said and "HF_HOME" in said and "network" not in said, said
+
+
 def test_local_path_errors(tmp_path):
     from protrans_cli.errors import UsageError
     from protrans_cli.models import _names_missing_sentencepiece

@@ -391,7 +391,8 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
         if _invalid_repo_id(exc):  # "foo bar": nothing to download, whatever the network
             raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
                              "id (owner/name)") from None
-        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag, revision=revision)) from None
+        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag, revision=revision,
+                                            exc=exc)) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, _family_of(name, config))
 
 
@@ -503,7 +504,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             if is_dir and (problem := _tokenizer_config_problem(target)):
                 raise ModelError(f"{name}: cannot load the tokenizer: {problem}") from None
             if isinstance(exc, OSError):
-                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
+                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision,
+                                                    exc=exc)) from None
             from protrans_cli.models import spm_reader
 
             # sentencepiece's spiece.model reader refused this protobuf, and transformers went on to
@@ -545,7 +547,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # (an ELECTRA pair's masked LM is its generator/: named as train --init-from names it)
             if is_dir and (lacking := missing_weights(target, generator=masked_lm)):
                 raise ModelError(f"{name}: {lacking}") from None
-            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
+            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision,
+                                                exc=exc)) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
     try:
@@ -911,13 +914,37 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _cache_write_problem(exc: BaseException | None) -> str | None:
+    """What refused a download's files in the Hugging Face cache ("PATH: Permission denied"), from
+    the error's chain (transformers rewords a PermissionError and chains it); None when the
+    failure was not the cache's (no network, no such model)."""
+    import errno
+
+    refusals = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in refusals:
+            return f"{seen.filename}: {seen.strerror}" if seen.filename else seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m",
-                       what: str = "", revision: str | None = None) -> str:
+                       what: str = "", revision: str | None = None, exc: BaseException | None = None) -> str:
     """`what`: the part of the hub model that is missing from the cache (all of it when empty);
     `revision`: the one asked for, which the download hint names (without it `hf download`
-    fetches `main`, and the run still could not find its revision)."""
+    fetches `main`, and the run still could not find its revision); `exc`: the error raised."""
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
+    get = f"`hf download {target}{f' --revision {revision}' if revision else ''} --local-dir DIR`"
+    if (problem := _cache_write_problem(exc)) is not None:
+        # (a read-only or full home, HF_HOME on a shared read-only store: the hub was reached, and
+        # "download it where there is network" sent the user looking for a network they had)
+        from huggingface_hub import constants
+
+        return (f"cannot load model {name!r}: the Hugging Face cache ({constants.HF_HUB_CACHE}) cannot take its "
+                f"files ({problem}); set HF_HOME (or HF_HUB_CACHE) to a folder you can write in, with room, or "
+                f"download it ({get}) and pass the directory: {_give(flag)}DIR")
     if _offline():
         why = "the hub is offline (HF_HUB_OFFLINE=1)"
     elif not hub_reachable():
@@ -930,8 +957,7 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
         return f"cannot load model {name!r}: {typo} ({missing} not in the local Hugging Face cache and {why})"
     return (f"cannot load model {name!r}: no local directory of that name, and {missing} "
             f"not in the local Hugging Face cache and {why}; "
-            f"download it where there is network "
-            f"(`hf download {target}{f' --revision {revision}' if revision else ''} --local-dir DIR`) "
+            f"download it where there is network ({get}) "
             f"and pass the directory: {_give(flag)}DIR")
 
 
