@@ -472,12 +472,28 @@ def _open_closed_standard_streams() -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")
 
 
+def _quiet_matplotlib_config_dir() -> None:
+    """matplotlib, where the home's config folder cannot be made (clusters and containers:
+    `docker run --user` with HOME=/, a read-only or full home), works from a temporary one and
+    said so on every run that drew a plot: "mkdir -p failed for path /.config/matplotlib" and
+    "Matplotlib created a temporary cache directory ...", two lines amid train's and fit's
+    messages and under -q, for a plot drawn all the same. Left out for the command line (a
+    library caller's logging is its own); an MPLCONFIGDIR the user set keeps matplotlib's word
+    on it, and a temporary folder that cannot be made either is still an error."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    import logging
+
+    logging.getLogger("matplotlib").addFilter(lambda record: record.funcName != "_get_config_or_cache_dir")
+
+
 def main(argv=None):
     """Entry point: runs the click group and maps every failure to one line and an exit code."""
     from protrans_cli import console
 
     if argv is None:
         _open_closed_standard_streams()
+        _quiet_matplotlib_config_dir()
     # Without a handler SIGTERM killed the process on the spot: temporary outputs, the dedup
     # scratch directory and prep's worker processes were left behind.
     _forget_stops()  # an earlier call in this process (tests, notebooks) is not this one
