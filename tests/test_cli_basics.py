@@ -1481,3 +1481,36 @@ def test_a_home_that_cannot_be_written_draws_the_plots_without_matplotlibs_warni
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 0
     assert "matplotlib" not in result.stderr.lower() and "MPLCONFIGDIR" not in result.stderr, result.stderr
+
+
+def test_inputs_on_a_read_only_store_are_only_read(run_cli, tmp_path, tmp_path_factory):
+    """A model directory, a FASTA and a corpus on a shared read-only store (a cluster's model
+    folder, a container image): embed (--resume too) and prep write nothing beside them (no
+    lock, index, cache or scratch file), only where -o says. (A snapshot, not the folder's
+    mode, decides: root writes into a read-only folder all the same.)"""
+    import shutil
+
+    from conftest import save_tiny_model
+
+    store = tmp_path / "store"
+    shutil.copytree(save_tiny_model(tmp_path_factory, "bert"), store / "model")
+    (store / "in.fa").write_text(">a\nMKTAYIAKQR\n>b\nMKTAYIAKQR\n>c\nGGLLV\n")
+
+    def snapshot():
+        return {str(p.relative_to(store)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(store.rglob("*"))}
+
+    before = snapshot()
+    for p in [*store.rglob("*"), store]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        for args in (["embed", store / "in.fa", "-m", store / "model", "-o", out / "e.h5", "--device", "cpu"],
+                     ["embed", store / "in.fa", "-m", store / "model", "-o", out / "e.h5", "--resume"],
+                     ["prep", store / "in.fa", "--dedup", "--shuffle", "-o", out / "corpus.txt"]):
+            result = run_cli(*args)
+            assert result.exit_code == 0, (args, result.stderr)
+    finally:
+        for p in [store, *store.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert snapshot() == before
