@@ -48,8 +48,9 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
                                  expect_options, expect_path, force_option, given, one_of, option, resume_option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
-from protrans_cli.io.files import (checked_hdf5_output, create_fresh, disk_full, display_name, hdf5_output_in_use,
-                                   input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
+from protrans_cli.io.files import (checked_hdf5_output, create_fresh, disk_full, display_name, file_locking,
+                                   hdf5_output_in_use, input_named_by, open_input, output_lock,
+                                   refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use, refuse_non_file)
 from protrans_cli.embed_resume import _Done, _done_in
@@ -1051,6 +1052,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if options.resume and options.force:
         raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
                                 "give resume=True (keep output's proteins) or force=True (replace output), not both"))
+    # PROTRANS_FILE_LOCKING read on every rank, since only rank 0 takes the lock: a bad value left rank 1
+    # stopped by torchrun's SIGTERM ("protrans: error: terminated"), where every rank says a usage error alike.
+    file_locking()
     # Held from the "exists" check to the final rename (by rank 0 under torchrun: the other ranks
     # write shards of their own): a second run on the same output is refused instead of replacing
     # this run's file, or removing its partial file, when it ends.

@@ -166,3 +166,20 @@ def test_torchrun_summary_quotes_each_ranks_error_line(tmp_path):
     said = "global batch size 10 is not divisible by micro batch size 4 x 2 process(es)"
     assert proc.stderr.count(f"traceback : protrans: error: training: {said}") == 2, proc.stderr[-3000:]
     assert "To enable traceback see" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_a_bad_file_locking_setting_is_said_by_every_rank_as_a_usage_error(tmp_path, monkeypatch, command):
+    # Rank 0 alone takes the output's lock, and read PROTRANS_FILE_LOCKING there: rank 1 of embed
+    # said "protrans: error: terminated" (exit 143, torchrun's SIGTERM), rank 1 of train "rank(s) 0
+    # stopped before starting" (exit 1), where every other usage error is said alike by every rank.
+    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "maybe")
+    out = tmp_path / "out"
+    args = {"embed": f"embed {FASTA} -m onehot --per-protein -o {out}.h5",
+            "train": f"train --family bert --corpus {LEARNABLE} --num-steps 2 --micro-batch-size 4 -j 1 -o {out}"}
+    proc = _torchrun_per_rank(f'exec "$PY" -m protrans_cli {args[command]}', timeout=120)
+    said = "traceback : protrans: error: PROTRANS_FILE_LOCKING must be BEST_EFFORT"
+    assert proc.stderr.count(said) == 2 and proc.stderr.count("exitcode  : 2 ") == 2, proc.stderr[-3000:]
+    assert "terminated" not in proc.stderr and "stopped before starting" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -204,10 +204,12 @@ def run_lock(run_dir, active: bool = True):
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
         fcntl = None
+    # (a bad PROTRANS_FILE_LOCKING: said before the run directory is made, and by every rank, as any
+    # usage error is; read by rank 0 alone, it left the others "rank(s) 0 stopped before starting")
+    file_locking()
     if not active or fcntl is None:
         yield False
         return
-    file_locking()  # (a bad PROTRANS_FILE_LOCKING: said before the run directory is made)
     refuse_special_output(run_dir, "-o", "a run directory", keyword="output_dir")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
