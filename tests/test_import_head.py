@@ -364,6 +364,37 @@ def test_a_full_disk_is_one_line_naming_the_head_and_leaves_nothing(published, r
     assert list(tmp_path.iterdir()) == []
 
 
+def test_force_where_the_old_head_cannot_be_renamed_is_one_line_and_keeps_it(published, run_cli, tmp_path,
+                                                                              monkeypatch):
+    # (gcsfuse without --rename-dir-limit: "HEAD: Operation not supported", and an empty .HEAD.old.*
+    # folder left beside the head)
+    import errno
+    import os
+
+    from protrans_cli.io import files
+
+    root, _ = published
+    head = tmp_path / "head"
+    assert run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", head).exit_code == 0
+    before = {p.name: p.read_bytes() for p in head.iterdir()}
+    real_replace = os.replace
+
+    def no_folder_renames(a, b):
+        if os.path.isdir(a):
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), str(a))
+        real_replace(a, b)
+
+    monkeypatch.setattr(files, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(files.os, "replace", no_folder_renames)
+    r = run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", head, "--force")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        f"protrans: error: {head}: cannot replace this folder: the file system refused to rename it aside "
+        f"({os.strerror(errno.EOPNOTSUPP)}; one that renames no folders, such as gcsfuse without "
+        "--rename-dir-limit?); it is kept as it was"], r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["head"]
+    assert {p.name: p.read_bytes() for p in head.iterdir()} == before
+
+
 def test_an_output_below_a_file_is_a_usage_error_naming_the_file(published, run_cli, tmp_path):
     """`-o afile/head` was "afile: File exists", exit 1."""
     root, _ = published

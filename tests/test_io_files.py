@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import io
 import lzma
@@ -635,6 +636,52 @@ def test_replace_directory_deletes_the_swapped_out_directory_with_signals_let_th
     before = signal.getsignal(signal.SIGINT)
     files.replace_directory(new, old)
     assert (old / "w").read_text() == "new" and not new.exists() and handlers == [before]
+
+
+@pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM])
+def test_replace_directory_where_the_old_folder_cannot_be_renamed_keeps_it_and_says_so(tmp_path, monkeypatch, refusal):
+    """A file system that renames no folder (gcsfuse without --rename-dir-limit, overlayfs's lower
+    layer: no RENAME_EXCHANGE either) failed as "OUT: Invalid cross-device link", leaving the empty
+    `.OUT.old.*` folder made to move the old one aside."""
+    from protrans_cli.io import files
+
+    old, new = tmp_path / "head", tmp_path / ".head.new"
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "w").write_text(text)
+    real_replace = os.replace
+
+    def no_folder_renames(a, b):
+        if os.path.isdir(a):
+            raise OSError(refusal, os.strerror(refusal), str(a), None, str(b))
+        real_replace(a, b)
+
+    monkeypatch.setattr(files, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(files.os, "replace", no_folder_renames)
+    with pytest.raises(RuntimeFailure) as caught:
+        files.replace_directory(new, old)
+    assert caught.value.format() == (
+        f"{old}: cannot replace this folder: the file system refused to rename it aside ({os.strerror(refusal)}; "
+        "one that renames no folders, such as gcsfuse without --rename-dir-limit?); it is kept as it was")
+    assert (old / "w").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".head.new", "head"]  # (the caller's to remove)
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_replace_directory_refuses_a_target_that_is_no_folder_and_leaves_nothing(tmp_path, kind):
+    # (it failed as "OUT: Is a directory", naming neither the problem nor the path it took aside)
+    from protrans_cli.io import files
+
+    new, target = tmp_path / ".out.new", tmp_path / "out"
+    new.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    target.write_text("x") if kind == "file" else target.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeFailure) as caught:
+        files.replace_directory(new, target)
+    what = "a regular file" if kind == "file" else "a symbolic link"
+    assert caught.value.format() == f"{target}: is {what}, not a folder: the new folder cannot take its place"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.new", "elsewhere", "out"]
+    assert target.is_symlink() if kind == "link" else target.read_text() == "x"
 
 
 @pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm")

@@ -1814,7 +1814,8 @@ def replace_directory(new, target) -> None:
     """Put the finished directory `new` in the place of `target` (which may exist): the old one
     is renamed aside, the new one renamed in, and only then is the old one deleted, with
     SIGINT/SIGTERM/SIGHUP held over the renames. Deleting first (a long rmtree) and renaming after lost
-    both heads to a signal in between."""
+    both heads to a signal in between. A `target` that is no folder, or one the file system will not
+    rename: a RuntimeFailure naming it, the old one left as it was (`new` is the caller's to remove)."""
     new, target = Path(new), Path(target)
     aside = None
     with signals_held():
@@ -1823,10 +1824,22 @@ def replace_directory(new, target) -> None:
             # `new` is now the old one, deleted below with the signals let through again
             aside = new
         elif target.exists():
+            if target.is_symlink() or not target.is_dir():  # (rename puts no file over the folder below)
+                raise RuntimeFailure(f"is {kind_in_words(os.lstat(target).st_mode)}, not a folder: the new folder "
+                                     "cannot take its place", path=str(target))
             # an empty folder of its own (rename may replace an empty directory), named so that
             # a killed run's is removed by the next (make_temporary)
             aside = make_temporary(target.parent, f".{target.name}.old.", "", folder=True)
-            os.replace(target, aside)
+            try:
+                os.replace(target, aside)
+            except OSError as exc:
+                # A file system that renames no folder (gcsfuse without --rename-dir-limit: EXDEV,
+                # ENOTSUP or EPERM): it said "OUT: Invalid cross-device link" and left the empty folder.
+                with contextlib.suppress(OSError):
+                    os.rmdir(aside)
+                raise RuntimeFailure(f"cannot replace this folder: the file system refused to rename it aside "
+                                     f"({exc.strerror or exc}; one that renames no folders, such as gcsfuse "
+                                     "without --rename-dir-limit?); it is kept as it was", path=str(target)) from None
         if aside is not new:
             try:
                 os.replace(new, target)
