@@ -372,6 +372,18 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def said_about(exc: BaseException, path) -> str:
+    """first_line(exc) as a message about `path` quotes it: without the path in front where `exc` is
+    an error of ours about that same path ("STEP: cannot write the checkpoint (STEP: cannot replace
+    this folder: ...)" named it twice)."""
+    import os
+
+    if (isinstance(exc, ProtransError) and exc.path is not None and exc.line is None
+            and os.path.abspath(str(exc.path)) == os.path.abspath(str(path))):
+        return first_line(ProtransError(exc.message, record=exc.record))
+    return first_line(exc)
+
+
 def described(exc: BaseException) -> str:
     """`Type: first line` of an exception (the first line alone when it already starts with the
     type's name, as compiler errors wrapped by torch.compile do)."""

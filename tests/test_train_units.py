@@ -2114,6 +2114,44 @@ def test_a_run_directory_removed_during_the_run_is_said(tmp_path):
     assert not run.exists()
 
 
+def test_a_checkpoint_folder_the_file_system_will_not_rename_aside_is_named_once(tmp_path, monkeypatch):
+    """The same step saved again (after a resume) on a file system that renames no folder (gcsfuse):
+    replace_directory's error, which names the step's folder, was quoted whole, "RUN/.../step_00000004:
+    cannot write the checkpoint (RUN/.../step_00000004: cannot replace this folder: ...)"."""
+    import errno
+    import os
+    import types
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import files
+    from protrans_cli.training.checkpoint import checkpoint_dir, save_checkpoint
+
+    run = tmp_path / "run"
+    for step in (2, 4):
+        checkpoint_dir(run, step).mkdir(parents=True)
+        (checkpoint_dir(run, step) / "training_state.pt").write_bytes(b"old")
+    real_replace = os.replace
+
+    def no_folder_renames(a, b):
+        if os.path.isdir(a):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(a), None, str(b))
+        real_replace(a, b)
+
+    monkeypatch.setattr(files, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(files.os, "replace", no_folder_renames)
+    family = types.SimpleNamespace(save_pretrained=lambda model, tokenizer, folder: None)
+    config = types.SimpleNamespace(save=lambda path, resolved=None: path.write_text("{}"))
+    with pytest.raises(RuntimeFailure) as caught:
+        save_checkpoint(checkpoint_dir(run, 4), family=family, model=torch.nn.Linear(2, 2), tokenizer=None,
+                        training_state={}, config=config)
+    said = caught.value.format()
+    assert said.count(str(checkpoint_dir(run, 4))) == 1, said
+    assert said.startswith(f"{checkpoint_dir(run, 4)}: cannot write the checkpoint (cannot replace this folder: "
+                           f"the file system refused to rename it aside ({os.strerror(errno.EXDEV)}; "), said
+    assert said.endswith("); the last one is step_00000002"), said
+    assert (checkpoint_dir(run, 4) / "training_state.pt").read_bytes() == b"old"
+
+
 def test_a_checkpoint_cut_by_the_file_size_limit_says_so(tmp_path, monkeypatch):
     """torch's writer says "[enforce fail at inline_container.cc:672] . unexpected pos ..." when
     ulimit -f stops it: the one line named no cause."""

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, again_with_resume, first_line,
-                                 given, option, torch_load_problem, type_problem)
+                                 given, option, said_about, torch_load_problem, type_problem)
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
                                    file_locking, sha256_file, without_locks)
 
@@ -330,7 +330,8 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         default_permissions(tmp)  # safetensors writes 0600
         replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
-        reason = disk_full(exc) or (_no_room(tmp) if "unexpected pos" in str(exc) else None) or first_line(exc)
+        reason = (disk_full(exc) or (_no_room(tmp) if "unexpected pos" in str(exc) else None)
+                  or said_about(exc, directory))
         shutil.rmtree(tmp, ignore_errors=True)
         kept = [p.name for p in list_checkpoints(directory.parent.parent) if p != directory]
         raise RuntimeFailure(f"cannot write the checkpoint ({reason}); "
