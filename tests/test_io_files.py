@@ -667,6 +667,45 @@ def test_replace_directory_where_the_old_folder_cannot_be_renamed_keeps_it_and_s
     assert sorted(p.name for p in tmp_path.iterdir()) == [".head.new", "head"]  # (the caller's to remove)
 
 
+@pytest.mark.parametrize("case", ["put back", "not back", "no old one"])
+def test_replace_directory_that_cannot_put_the_new_folder_in_puts_the_old_one_back_or_says_where_it_is(
+        tmp_path, monkeypatch, case):
+    """The new folder refused its place (the old one renamed aside, or none there): the raw "[Errno
+    13] Permission denied: '.head.new' -> 'head'" named the hidden temporary; and where the old folder
+    could not be moved back either, nothing said that it now sat, as `.head.old.*`, where the next run
+    removes it."""
+    from protrans_cli.io import files
+
+    old, new = tmp_path / "head", tmp_path / ".head.new"
+    for folder, text in ((old, "old"), (new, "new")):
+        if folder != old or case != "no old one":
+            folder.mkdir()
+            (folder / "w").write_text(text)
+    real_replace = os.replace
+
+    def refused(a, b):
+        if Path(a) == new or (case == "not back" and Path(a).name.startswith(".head.old.")):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(a), None, str(b))
+        real_replace(a, b)
+
+    monkeypatch.setattr(files, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(files.os, "replace", refused)
+    with pytest.raises(RuntimeFailure) as caught:
+        files.replace_directory(new, old)
+    said, why = caught.value.format(), os.strerror(errno.EACCES)
+    assert (new / "w").read_text() == "new"  # (the caller's to remove)
+    if case == "not back":
+        [aside] = tmp_path.glob(".head.old.*")
+        assert (aside / "w").read_text() == "old" and not old.exists()
+        assert said == (f"{old}: cannot put the new folder in its place ({why}), nor the old one back ({why}): it "
+                        f"is now {aside}; rename it to head before the next run here, which would delete it")
+        return
+    assert said == f"{old}: cannot put the new folder in its place ({why})" + (
+        "; the old one is kept as it was" if case == "put back" else "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".head.new"] + (["head"] if case == "put back" else [])
+    assert case != "put back" or (old / "w").read_text() == "old"
+
+
 @pytest.mark.parametrize("kind", ["file", "link"])
 def test_replace_directory_refuses_a_target_that_is_no_folder_and_leaves_nothing(tmp_path, kind):
     # (it failed as "OUT: Is a directory", naming neither the problem nor the path it took aside)

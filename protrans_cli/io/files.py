@@ -1815,7 +1815,9 @@ def replace_directory(new, target) -> None:
     is renamed aside, the new one renamed in, and only then is the old one deleted, with
     SIGINT/SIGTERM/SIGHUP held over the renames. Deleting first (a long rmtree) and renaming after lost
     both heads to a signal in between. A `target` that is no folder, or one the file system will not
-    rename: a RuntimeFailure naming it, the old one left as it was (`new` is the caller's to remove)."""
+    rename: a RuntimeFailure naming it, the old one left as it was (`new` is the caller's to remove); so
+    is a `new` that cannot be renamed in once the old one is aside, which is moved back (or, where it
+    cannot be, the error says where it now is)."""
     new, target = Path(new), Path(target)
     aside = None
     with signals_held():
@@ -1843,10 +1845,22 @@ def replace_directory(new, target) -> None:
         if aside is not new:
             try:
                 os.replace(new, target)
-            except BaseException:
+            except BaseException as exc:
+                # said raw, "[Errno 13] Permission denied: '.NAME.XXXX' -> 'NAME'" named the hidden temporary
+                why = f"cannot put the new folder in its place ({getattr(exc, 'strerror', None) or exc or type(exc).__name__})"
                 if aside is not None:
-                    os.replace(aside, target)
-                raise
+                    try:
+                        os.replace(aside, target)
+                    except OSError as back:
+                        # (the old one left under its hidden name, which the next run's sweep of
+                        # .NAME.old.* deletes: where it is, said while it can still be recovered)
+                        raise RuntimeFailure(f"{why}, nor the old one back ({back.strerror or back}): it is now "
+                                             f"{aside}; rename it to {target.name} before the next run here, which "
+                                             "would delete it", path=str(target)) from None
+                if not isinstance(exc, OSError):  # (an interrupt, as it came)
+                    raise
+                raise RuntimeFailure(why + ("; the old one is kept as it was" if aside is not None else ""),
+                                     path=str(target)) from None
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
