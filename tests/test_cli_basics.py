@@ -906,6 +906,35 @@ def test_main_called_from_a_thread_leaves_signals_alone_and_runs(tmp_path, capsy
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
 
 
+
+def test_the_hubs_warnings_are_protrans_lines_in_a_command_and_the_callers_own_after_it(monkeypatch, capsys):
+    """huggingface_hub's UserWarnings (a cache without room for a download) said amid a command are
+    one `protrans: warning:` line, not Python's two; a library caller's showwarning is its own again
+    after an in-process call, and other warnings are shown as the caller shows them."""
+    import os
+    import warnings
+
+    from protrans_cli import cli
+
+    hub_file = os.path.join("site-packages", "huggingface_hub", "file_download.py")
+    caller = warnings.showwarning
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *rest, **kw: shown.append(str(message)))
+
+    def command(console, argv):
+        warnings.warn_explicit("Not enough free disk space to download the file.", UserWarning, hub_file, 773)
+        warnings.warn_explicit("something of torch's", UserWarning, "torch/x.py", 1)
+
+    monkeypatch.setattr(cli, "_main", command)
+    cli.main(["--version"])
+    err = capsys.readouterr().err
+    assert err == "protrans: warning: huggingface_hub: Not enough free disk space to download the file.\n"
+    assert shown == ["something of torch's"]
+    warnings.warn_explicit("after", UserWarning, hub_file, 774)
+    assert shown == ["something of torch's", "after"] and capsys.readouterr().err == ""
+    monkeypatch.undo()
+    assert warnings.showwarning is caller
+
 def test_env_names_apples_gpu_where_embed_fit_and_predict_would_use_it(run_cli, monkeypatch):
     """On an Apple-silicon Mac `env` said "no device ... run on the CPU" while embed, fit and
     predict took MPS by default: a misleading bug report."""

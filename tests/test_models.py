@@ -313,6 +313,43 @@ def test_a_hub_model_whose_download_the_cache_refuses_names_the_cache_not_the_ne
     assert str(cache) in said and "HF_HOME" in said and "network" not in said, said
 
 
+
+def test_the_hubs_warning_of_too_little_room_is_one_protrans_line_on_the_command_line(tmp_path):
+    """huggingface_hub warns as a download begins that the cache lacks room for it (what comes
+    before its No space left on device, or where the space it counts is not all there is): a raw
+    "file_download.py:773: UserWarning: ..." and its `warnings.warn(` source line amid protrans'
+    messages. On the command line it is one `protrans: warning:` line (and -q quiets it)."""
+    import os
+    import subprocess
+    import sys
+
+    tokenizer, config, model = _tiny(FAMILIES["bert"])
+    FAMILIES["bert"].save_pretrained(model, tokenizer, tmp_path / "served")
+    (tmp_path / "in.fa").write_text(">a\nMKV\n")
+    server = _serve_as_the_hub(tmp_path / "served")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HUB_CACHE=str(tmp_path / "hub"),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]))
+    # (the hub's own count of the room, made small: the download itself goes through)
+    code = ("import shutil, sys, types\n"
+            "from huggingface_hub import file_download\n"
+            "file_download.shutil = types.SimpleNamespace(**vars(shutil))\n"
+            "file_download.shutil.disk_usage = lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000)\n"
+            "from protrans_cli._entry import main\n"
+            "sys.argv = ['protrans', *sys.argv[1:]]\n"
+            "main()\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", code, "embed", "-m", "someone/tiny", str(tmp_path / "in.fa"),
+                                 "-o", str(tmp_path / "out.h5")], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    room = [line for line in lines if "Not enough free disk space" in line]
+    assert room and all(line.startswith("protrans: warning: huggingface_hub: Not enough free disk space to download")
+                        for line in room), result.stderr
+    assert str(tmp_path / "hub") in room[0] and not any("warnings.warn(" in line for line in lines), result.stderr
+
 def test_local_path_errors(tmp_path):
     from protrans_cli.errors import UsageError
     from protrans_cli.models import _names_missing_sentencepiece

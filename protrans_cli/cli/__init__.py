@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 
 import click
 
@@ -487,6 +488,23 @@ def _quiet_matplotlib_config_dir() -> None:
     logging.getLogger("matplotlib").addFilter(lambda record: record.funcName != "_get_config_or_cache_dir")
 
 
+
+def _hub_warnings_as_ours(show):
+    """warnings.showwarning, with huggingface_hub's own warnings to the user (the cache lacks room
+    for a download as it begins, a cache folder without symlinks) as one `protrans: warning:`
+    line: they were Python's two, "file_download.py:773: UserWarning: ..." and the source line
+    `warnings.warn(`, amid protrans' messages and under -q. The command line's only (a library
+    caller's warnings are its own); any other warning is shown as `show` shows it."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and f"{os.sep}huggingface_hub{os.sep}" in str(filename):
+            from protrans_cli import console
+
+            console.warn(f"huggingface_hub: {message}")
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
 def main(argv=None):
     """Entry point: runs the click group and maps every failure to one line and an exit code."""
     from protrans_cli import console
@@ -522,6 +540,8 @@ def main(argv=None):
         sys.unraisablehook = _quiet_dropped_stops(previous_hook)
     code = 1
     console.state.command_line = True  # (messages name settings by this command's flags)
+    caller_showwarning = warnings.showwarning
+    warnings.showwarning = _hub_warnings_as_ours(caller_showwarning)
     try:
         _main(console, argv)
     except SystemExit as exc:
@@ -544,6 +564,7 @@ def main(argv=None):
     finally:
         if argv is not None:
             console.state.verbosity, console.state.debug, console.state.command_line = caller_messages
+            warnings.showwarning = caller_showwarning
         if installed and argv is None:  # the program itself, about to exit: see _exit_now
             # SIGTERM ignored: Python's finalization (a second of torch's teardown) resets the
             # handlers Python set, and a scheduler's SIGTERM then killed a finished run (143);
