@@ -176,7 +176,7 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     if resume_from:
         # before anything else: a mistyped path failed only after the model was built (minutes
         # for a ProtT5-XL-sized preset)
-        from protrans_cli.training.checkpoint import find_checkpoint
+        from protrans_cli.training.rundir import find_checkpoint
 
         find_checkpoint(resume_from)
     if resume_from and not flags.get("output_dir"):
@@ -206,7 +206,7 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
             # without the files beside it): its latest checkpoint, the one --resume continues,
             # holds the same settings. It was refused with "give its settings without --resume",
             # which then refused a directory that holds checkpoints.
-            from protrans_cli.training.checkpoint import list_checkpoints
+            from protrans_cli.training.rundir import list_checkpoints
 
             kept = list_checkpoints(own.parent)
             if kept and (kept[-1] / "train_config.json").is_file():
@@ -319,6 +319,18 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         if _rank_zero():  # under torchrun every rank ran the test: one suggestion on stdout
             click.echo(f"{result.lr_suggestion:.3g}")
         return
+    if os.environ.get("WORLD_SIZE", "1") == "1":  # (under torchrun, train() refuses it on every rank alike)
+        # What the run directory holds, refused before torch is imported: `train -o RUN` on a run's
+        # directory without --resume was told to add it after seconds of imports (9 s on a loaded
+        # machine). train()'s own check, in its order: a bad setting is said first.
+        from protrans_cli.errors import ProtransError
+        from protrans_cli.training.rundir import refuse_what_the_run_dir_holds
+
+        try:
+            refuse_what_the_run_dir_holds(config.output_dir, resume_from or resume or None)
+        except ProtransError:
+            config.validate()
+            raise
     from protrans_cli.training.loop import train
 
     try:

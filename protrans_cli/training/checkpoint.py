@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,74 +33,23 @@ import numpy as np
 import torch
 
 from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an, again_with_resume, first_line,
-                                 given, option, said_about, torch_load_problem, type_problem)
+                                 said_about, type_problem)
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
                                    file_locking, sha256_file, without_locks)
+# (a run directory's layout, read without torch: `protrans train` refuses what it holds before importing torch)
+from protrans_cli.training.rundir import (BEST_FILE, COMPLETE_FILE, CONFIG_FILE, STATE_FILE, _damaged, checkpoint_step,
+                                          list_checkpoints, run_dir_option)
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
 
-STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
 HF_WEIGHTS = "model.safetensors"  # the HF directory's weights: every weight too, for most families
-CONFIG_FILE = "train_config.json"
-BEST_FILE = "best_checkpoint.json"  # at the run's root with --keep-best: record_best
-COMPLETE_FILE = "complete.json"  # at the run's root once its last step's model is written: record_complete
 SUMS_FILE = "SHA256SUMS"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_dir(run_dir, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
-
-
-def checkpoint_step(directory) -> int | None:
-    """The step of a `step_N` checkpoint directory (None for another name)."""
-    m = _STEP_DIR.match(Path(directory).name)
-    return int(m.group(1)) if m else None
-
-
-def _step_dirs(run_dir) -> list[Path]:
-    """Every `step_N` directory of a run's checkpoints/, oldest first, complete or not."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None]
-    return [p for _, p in sorted(found)]
-
-
-def list_checkpoints(run_dir) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    return [p for p in _step_dirs(run_dir) if (p / STATE_FILE).is_file()]
-
-
-def find_checkpoint(path) -> Path:
-    """A checkpoint directory itself, or the latest checkpoint of a run directory."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    if checkpoint_step(path) is not None and path.is_dir() and path.parent.name == "checkpoints":
-        # --resume-from RUN/checkpoints/step_N without its state: "no checkpoint to resume from
-        # (expected checkpoints/step_*/)" named what the user gave as if it were no checkpoint
-        raise _damaged(path, STATE_FILE, FileNotFoundError(_STATE_MISSING))
-    refuse_incomplete_latest(path)
-    found = list_checkpoints(path)
-    if not found:
-        raise InputError("no checkpoint to resume from (expected checkpoints/step_*/)", path=str(path))
-    return found[-1]
-
-
-_STATE_MISSING = "it is missing: deleted to save space, or the checkpoint copied without it"
-
-
-def refuse_incomplete_latest(run_dir) -> None:
-    """A damaged-checkpoint error when a run's latest `step_N/` lacks its training_state.pt.
-    Checkpoints are renamed into place whole, and set aside before they are deleted, so only a
-    file deleted or lost since leaves one: --resume went back to the checkpoint before without a
-    word (or started from step 0 where it was the only one) and wrote over it."""
-    steps = [p for p in _step_dirs(run_dir) if p.is_dir()]
-    if steps and not (steps[-1] / STATE_FILE).is_file():
-        raise _damaged(steps[-1], STATE_FILE, FileNotFoundError(_STATE_MISSING))
 
 
 def rng_state(device=None) -> dict:
@@ -169,12 +117,6 @@ def _quiet_transformers():
     with TRANSFORMERS_LOGGING.held():
         logging.disable_progress_bar()
         yield
-
-
-def run_dir_option() -> str:
-    """The run directory as the message's reader gives it: -o at the command line, and to a library
-    call TrainConfig's output_dir (`errors.option`: "choose another -o" was said to both)."""
-    return option("-o", "output_dir")
 
 
 def _run_dir_problem(run_dir: Path, exc: OSError) -> Exception:
@@ -562,19 +504,6 @@ def check_optimizer_state(directory, optimizer) -> None:
                     got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
                     raise _damaged(directory, STATE_FILE, ValueError(
                         f"optimizer state {key!r} is {got} for a parameter of shape {shape}"))
-
-
-def _damaged(directory, name: str, exc: BaseException) -> InputError:
-    """A checkpoint file that cannot be read: one line, with the checkpoint to go back to."""
-    directory = Path(directory)
-    step = checkpoint_step(directory)  # None: a directory given to --resume-from by another name
-    earlier = [] if step is None else [p for p in list_checkpoints(directory.parent.parent)
-                                       if checkpoint_step(p) < step]
-    hint = (f"continue from the one before with {given('--resume-from', 'resume', str(earlier[-1]))}, after moving "
-            "this one away"
-            if earlier else "no earlier checkpoint to go back to")
-    why = torch_load_problem(exc) or first_line(exc)
-    return InputError(f"damaged checkpoint: cannot read {name} ({why}); {hint}", path=str(directory))
 
 
 def load_weights(directory, model) -> None:

@@ -42,6 +42,7 @@ from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
+from protrans_cli.training.rundir import _RUN_FILES, find_checkpoint, refuse_what_the_run_dir_holds
 from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps,
                                           resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_files, check_corpus,
@@ -226,32 +227,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 # the settings first: a bad value on a directory holding a run was met as "already
                 # holds a run, add --resume", and only --resume showed the real error
                 config.validate(info.world_size)
-                if info.is_main:
-                    _refuse_odd_run_files(config.output_dir)
-                if not resume and ckpt.list_checkpoints(config.output_dir):
-                    # A fresh run here would mix its checkpoints with the old ones, and a later
-                    # --resume would pick whichever step number is highest (checked before any model).
-                    latest = ckpt.list_checkpoints(config.output_dir)[-1].name
-                    raise UsageError(f"{config.output_dir} already holds a run ({latest}): add {resume_option()} to "
-                                     f"continue it, or choose another {ckpt.run_dir_option()}")
-                if not ckpt.list_checkpoints(config.output_dir) and (model := _held_model(config.output_dir)):
-                    # A finished run whose checkpoints were deleted to save space, or a model
-                    # downloaded there: a new run (or --resume, which found no checkpoint and
-                    # started from step 0, or --resume-from another run's checkpoint) wrote its
-                    # own weights over it without a word, and left another family's files
-                    # (vocab.txt, generator/) beside its own.
-                    from protrans_cli.io.files import config_kind, json_object
-
-                    # (a head's folder, from fit, was "already holds a model (config.json)")
-                    head = config_kind(json_object(Path(config.output_dir) / "config.json")) == "head"
-                    held = "a prediction head" if head else "a model"
-                    raise UsageError(
-                        f"{config.output_dir} already holds {held} ({model}) and no checkpoint"
-                        + (" to resume from" if resume is True else "")
-                        + f": a new run would overwrite it; choose another {ckpt.run_dir_option()} (or move the "
-                          f"{held.split()[-1]} away)")
-                if resume is True:
-                    ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
+                refuse_what_the_run_dir_holds(config.output_dir, resume, main=info.is_main)
                 if resume:
                     where = _check_resume_settings(config, resume, family, info)
                     # (before any model is built, as the settings are; read again from its state below)
@@ -313,7 +289,7 @@ def _check_resume_settings(config: TrainConfig, resume, family, info) -> Path | 
     a run started --init-from is left to it (its family comes from the weights). Returns the
     checkpoint resumed from (None: none yet)."""
     try:
-        where = ckpt.find_checkpoint(config.output_dir if resume is True else resume)
+        where = find_checkpoint(config.output_dir if resume is True else resume)
     except InputError:  # (none yet: --resume starts the run; a wrong path is said where it is read)
         return None
     if config.init_from:
@@ -369,49 +345,6 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
     else:
         values["resume from"] = str(resume) if resume else None
     return values
-
-
-# What a run writes at the root of its directory besides checkpoints and the final model.
-_RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png", ckpt.BEST_FILE, ckpt.COMPLETE_FILE)
-_MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def _refuse_odd_run_files(run_dir) -> None:
-    """Anything but a regular file (through a link) under the name of a file a run writes at the
-    root of its directory, or a folder called checkpoints or checkpoints/step_N: refused before
-    any model, and left as it is. A named pipe called metrics.jsonl or config.json hung the run for ever as it started
-    (read first), one called loss_curve.png once every step was done (written in place); a folder
-    there was "Is a directory" once the model was built; a named pipe called checkpoints failed the
-    first save."""
-    from protrans_cli.io.files import link_to_nothing, odd_kind
-
-    if (nothing := link_to_nothing(Path(run_dir) / "checkpoints")) is not None:  # (no folder can be made there)
-        raise InputError(f"{nothing}: a run keeps its checkpoints in a folder of this name (make that folder, move "
-                         f"the link away, or choose another {option('-o', 'output_dir')})",
-                         path=str(Path(run_dir) / "checkpoints"))
-    for name in (*_RUN_FILES, *_MODEL_FILES, "checkpoints"):
-        path = Path(run_dir) / name
-        folder = name == "checkpoints"
-        if (kind := odd_kind(path, folder=folder)) is not None:  # (a link to nothing: made as any new file is)
-            what = "not a folder: a run keeps its checkpoints in a folder" if folder else \
-                "not a regular file: a run writes a file"
-            raise InputError(f"is {kind}, {what} of this name (move it away, or choose another "
-                             f"{option('-o', 'output_dir')})", path=str(path))
-    # A named pipe or a file called checkpoints/step_N failed that step's save, once every step
-    # before it was trained: the folder it is swapped with cannot take its place. (Inside a step
-    # folder nothing odd matters: the whole folder is replaced; a link to nothing is replaced too.)
-    with contextlib.suppress(OSError):  # (no checkpoints folder: nothing there)
-        for step in sorted(os.scandir(Path(run_dir) / "checkpoints"), key=lambda entry: entry.name):
-            if ckpt.checkpoint_step(step.name) is not None and (kind := odd_kind(step.path, folder=True)) is not None:
-                raise InputError(f"is {kind}, not a folder: a run keeps each checkpoint in a folder of this name (move "
-                                 f"it away, or choose another {option('-o', 'output_dir')})", path=step.path)
-
-
-def _held_model(run_dir) -> str | None:
-    """The name of a model file at the root of `run_dir` (a run's final model, or any HF model
-    directory), else None. Only a run's last step writes them there, so a run killed before its
-    first checkpoint leaves none."""
-    return next((name for name in _MODEL_FILES if (Path(run_dir) / name).exists()), None)
 
 
 @contextlib.contextmanager
@@ -741,7 +674,7 @@ def _initial_model(config: TrainConfig, resume):
     from protrans_cli.io.files import utf8_path_problem, utf8_text
 
     if resume:
-        source = open_config(str(ckpt.find_checkpoint(config.output_dir if resume is True else resume)))
+        source = open_config(str(find_checkpoint(config.output_dir if resume is True else resume)))
     else:
         source = open_config(config.init_from, flag="--init-from")
     family, hf_config = source.family, source.config
@@ -830,7 +763,7 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     settings in run.config and its weights loaded (before the model is wrapped)."""
     config, info = run.config, run.info
     phases = config.resolved_phases()
-    where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
+    where = find_checkpoint(run.run_dir if resume is True else resume)
     # Rank 0 reads the checkpoint once against its SHA256SUMS; every rank stops on its verdict.
     problem = dist.broadcast_object(ckpt.check_sums(where) if info.is_main else None)
     if problem:
