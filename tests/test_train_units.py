@@ -2115,9 +2115,11 @@ def test_a_run_directory_removed_during_the_run_is_said(tmp_path):
 
 
 def test_a_checkpoint_folder_the_file_system_will_not_rename_aside_is_named_once(tmp_path, monkeypatch):
-    """The same step saved again (after a resume) on a file system that renames no folder (gcsfuse):
-    replace_directory's error, which names the step's folder, was quoted whole, "RUN/.../step_00000004:
-    cannot write the checkpoint (RUN/.../step_00000004: cannot replace this folder: ...)"."""
+    """A step's folder there already on a file system that renames no folder (gcsfuse): replace_directory's
+    error, which names the step's folder, was quoted whole, "RUN/.../step_00000004: cannot write the
+    checkpoint (RUN/.../step_00000004: cannot replace this folder: ...)". A run meets such a folder only
+    where it lacks its training_state.pt (--resume-from step_2 past a step_4 whose state was deleted: a
+    complete later checkpoint is refused, _refuse_later_checkpoints), so the last checkpoint is step_2."""
     import errno
     import os
     import types
@@ -2129,7 +2131,8 @@ def test_a_checkpoint_folder_the_file_system_will_not_rename_aside_is_named_once
     run = tmp_path / "run"
     for step in (2, 4):
         checkpoint_dir(run, step).mkdir(parents=True)
-        (checkpoint_dir(run, step) / "training_state.pt").write_bytes(b"old")
+        (checkpoint_dir(run, step) / "model.safetensors").write_bytes(b"old")
+    (checkpoint_dir(run, 2) / "training_state.pt").write_bytes(b"old")
     real_replace = os.replace
 
     def no_folder_renames(a, b):
@@ -2149,7 +2152,7 @@ def test_a_checkpoint_folder_the_file_system_will_not_rename_aside_is_named_once
     assert said.startswith(f"{checkpoint_dir(run, 4)}: cannot write the checkpoint (cannot replace this folder: "
                            f"the file system refused to rename it aside ({os.strerror(errno.EXDEV)}; "), said
     assert said.endswith("); the last one is step_00000002"), said
-    assert (checkpoint_dir(run, 4) / "training_state.pt").read_bytes() == b"old"
+    assert (checkpoint_dir(run, 4) / "model.safetensors").read_bytes() == b"old"
 
 
 def test_a_checkpoint_cut_by_the_file_size_limit_says_so(tmp_path, monkeypatch):

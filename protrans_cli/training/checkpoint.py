@@ -270,7 +270,9 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         config.save(tmp / CONFIG_FILE, resolved=resolved)
         _write_sums(tmp)
         default_permissions(tmp)  # safetensors writes 0600
-        replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
+        # (it exists where a folder of this step lost its training_state.pt and the run went --resume-from
+        # an earlier checkpoint: a complete later one is refused, loop._refuse_later_checkpoints)
+        replace_directory(tmp, directory)
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
         reason = (disk_full(exc) or (_no_room(tmp) if "unexpected pos" in str(exc) else None)
                   or said_about(exc, directory))
