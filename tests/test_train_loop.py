@@ -3496,6 +3496,23 @@ def test_resume_from_a_moved_run_or_another_directory_stays_in_the_run(tmp_path,
     assert "done, 8 steps" in res.stderr and not (tmp_path / "run").exists()
 
 
+def test_resume_of_a_run_whose_corpus_moved_says_how_to_name_its_new_place(tmp_path, run_cli, monkeypatch):
+    """A run and its corpus moved (scratch restored to another path, the project folder renamed):
+    `--resume -o NEW/run` said only "c.txt: no such file"; now one line names the run's recorded
+    file and the flag that gives its new place, and that flag continues the run."""
+    import shutil
+
+    start = tmp_path / "start"
+    _stopped_run_started_in(start, run_cli, monkeypatch, num_steps=4, stop_after=2)
+    shutil.move(start, tmp_path / "moved")
+    res = run_cli("train", "--resume", "-o", tmp_path / "moved" / "run")
+    assert res.exit_code == 2, res.stderr
+    assert ("the run's corpus file c.txt (relative to this directory), as " in res.stderr
+            and "is not there: if it moved, give its new place with --corpus NEW_PATH" in res.stderr), res.stderr
+    res = run_cli("train", "--resume", "-o", tmp_path / "moved" / "run", "--corpus", tmp_path / "moved" / "c.txt")
+    assert res.exit_code == 0 and "done, 4 steps" in res.stderr, res.stderr
+
+
 def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cli, monkeypatch):
     """`--resume-from .` inside a checkpoint started a run inside it; a checkpoint copied out of
     its run started a second run wherever the command ran; `--resume` where no run is said "no

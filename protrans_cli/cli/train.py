@@ -269,6 +269,8 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         threads = resolve_threads(threads)
     config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
                              threads=threads, **flags)
+    if own is not None:
+        _refuse_moved_corpus(config, own, given=[key for key in ("corpus", "val_corpus") if flags.get(key)])
     # The values before a warning that one is ignored: `--find-lr --lr -1` said that --lr is ignored, then
     # refused it. (Checked again with the corpus and the processes, as every run's are.)
     config.check_values()
@@ -375,6 +377,32 @@ def _corpus_found_from_here(config, saved_file):
         if found != paths:
             changes[key] = found
     return dataclasses.replace(config, **changes) if changes else config
+
+
+def _refuse_moved_corpus(config, saved_file, given) -> None:
+    """On a resume with the run's own settings, a corpus file the run recorded that is not there
+    (the corpus moved or renamed: scratch restored to another path, the run copied to another
+    cluster) refused in one line that says how to name its new place: it was "PATH: no such file",
+    which left the user to find that --corpus given again overrides the run's recorded paths.
+    `given`: the keys (corpus, val_corpus) given as flags, not checked here."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.io.files import unreachable_input
+
+    for key, flag in (("corpus", "--corpus"), ("val_corpus", "--val-corpus")):
+        paths = getattr(config, key)
+        if key in given or not paths:
+            continue
+        missing = [path for path in paths if unreachable_input(path) == "no such file"]
+        if not missing:
+            continue
+        where = "" if os.path.isabs(missing[0]) else " (relative to this directory)"
+        others = f" and {len(missing) - 1} other file(s)" if len(missing) > 1 else ""
+        what = "validation corpus" if key == "val_corpus" else "corpus"
+        again = (f"{flag} for each of its {len(paths)} files (or a quoted pattern)" if len(paths) > 1
+                 else f"{flag} NEW_PATH")
+        raise UsageError(f"the run's {what} file {missing[0]}{where}{others}, as {saved_file} records it, is not "
+                         f"there: if it moved, give its new place with {again} (the run goes on where the content "
+                         "is the same)")
 
 
 def _rank_zero() -> bool:
