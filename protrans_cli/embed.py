@@ -1660,6 +1660,19 @@ def same_commit(old: str, new: str) -> bool:
     return not old or not new or old == new
 
 
+def moved_model(recorded, now) -> bool:
+    """Whether two records of a local model directory under other paths (a file's attributes, a
+    head's "embedding") hold the same weights_fingerprint: the directory moved or copied (a project
+    folder renamed, a model copied to another cluster), the same model. A head fit on embeddings
+    of MODEL refused those of the same weights at their new place as "another model"."""
+    def value(record):
+        found = record.get("weights_fingerprint") if hasattr(record, "get") else None
+        found = found.decode() if isinstance(found, bytes) else found
+        return str(found) if found else None
+
+    return value(recorded) is not None and value(recorded) == value(now)
+
+
 def other_weights(recorded, now) -> str | None:
     """Where two records of one local model directory (a file's attributes, a head's
     "embedding", the directory as it is now) say its weights differ: "weights_fingerprint A,

@@ -261,7 +261,7 @@ def _unrecorded_limit(parts: list[_Part]) -> int | None:
 def _check_same(first: _Part, other: _Part, limit: int | None = None) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part. `limit`: the
     `max_length` that a part recording 0 is taken to have (_unrecorded_limit)."""
-    from protrans_cli.embed import same_commit, same_model
+    from protrans_cli.embed import moved_model, same_commit, same_model
 
     for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part", *_SAME_WHERE_RECORDED)], *_ALSO_SAME,
                 *_SAME_WHERE_RECORDED):
@@ -274,6 +274,8 @@ def _check_same(first: _Part, other: _Part, limit: int | None = None) -> None:
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)
+        if key == "model" and moved_model(first.attrs, other.attrs):
+            continue  # (one model directory's weights at another path: moved or copied between the runs)
         if key == "commit" and same_commit(_comparable(a), _comparable(b)):
             # (as --resume compares it: a file that records none, import-esm's, is not another
             # commit; an imported part beside embed's of that hub model was refused)

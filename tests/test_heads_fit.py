@@ -5584,6 +5584,42 @@ def test_a_model_directory_retrained_since_the_heads_embeddings_is_refused(run_c
     assert "other weights" not in r.stderr
 
 
+def test_a_model_directory_moved_since_the_heads_embeddings_is_the_same_model(run_cli, tmp_path):
+    """A head fit on embeddings of a local model directory, the directory then moved (a project
+    folder renamed, copied to another cluster): `predict --fasta` said "MODEL: no such model
+    directory" without naming --model; embeddings of the same weights at the new place were refused
+    as "another model" by predict, fit --valid, knn and merge. Now the first names --model, and
+    the same weights (weights_fingerprint) at another path are the same model."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from test_embed import save_bert_into
+
+    model = tmp_path / "model"
+    save_bert_into(model, seed=0)
+    write_loc_fastas(tmp_path, (("train", 40), ("test", 8)), background=40, rich=20)
+    train_h5, test_h5 = tmp_path / "train.h5", tmp_path / "test.h5"
+    embed(tmp_path / "train.fasta", train_h5, EmbedOptions(model=str(model), per_residue=False, threads=1))
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", train_h5, "--labels", tmp_path / "train.fasta", "--max-epochs", "1",
+                   *FAST, "-o", head).exit_code == 0
+    model.rename(tmp_path / "moved")
+    r = run_cli("predict", head, "--fasta", tmp_path / "test.fasta", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 2 and not (tmp_path / "p.csv").exists()
+    assert (f"{model}, the model directory the head's training embeddings were made with, is not there (moved or "
+            "renamed?): give --model with its new place") in r.stderr, r.stderr
+    r = run_cli("predict", head, "--fasta", tmp_path / "test.fasta", "--model", tmp_path / "moved")
+    assert r.exit_code == 0 and "come from model" not in r.stderr, r.stderr
+    embed(tmp_path / "test.fasta", test_h5, EmbedOptions(model=str(tmp_path / "moved"), per_residue=False, threads=1))
+    r = run_cli("predict", head, "--embeddings", test_h5)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("fit", "loc", "--embeddings", train_h5, "--labels", tmp_path / "train.fasta", "--valid", test_h5,
+                tmp_path / "test.fasta", "--max-epochs", "1", *FAST, "-o", tmp_path / "loc2")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("knn", test_h5, "--reference", train_h5)
+    assert r.exit_code == 0 and "come from model" not in r.stderr, r.stderr
+    r = run_cli("merge", train_h5, test_h5, "-o", tmp_path / "all.h5")
+    assert r.exit_code == 0, r.stderr
+
+
 def test_a_metrics_folder_under_a_file_is_refused_before_any_prediction(run_cli, monkeypatch, one_epoch_ss3,
                                                                         ss_data, tmp_path):
     """`--metrics afile/sub` failed with "Not a directory" (exit 1) once every prediction had been

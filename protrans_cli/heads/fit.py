@@ -708,8 +708,8 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
 
 def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer: int) -> None:
     """Refuse an evaluation set embedded otherwise than train: another dimension, layer or model."""
-    from protrans_cli.embed import other_weights, same_model  # (same_model: a directory named two ways, a short
-    # name and its hub id)
+    from protrans_cli.embed import moved_model, other_weights, same_model  # (same_model: a directory named two
+    # ways, a short name and its hub id; moved_model: its weights at another path)
 
     for name, data, emb, _ in eval_sets:
         if data.dim != train.dim:
@@ -717,12 +717,14 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
         with EmbeddingsReader(emb) as reader:
             other = reader.attrs.get("model")
             differ = other_weights(embedding_info, reader.attrs)
+            moved = moved_model(embedding_info, reader.attrs)  # (the model directory's weights at another path)
             if "layers" in embedding_info:  # the layer train was read from, not a lone other one
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
                                    f"embed the {name} set with {embed_layer(model_layer)}", exact=True)
             prefix = input_prefix_of(reader.attrs)
             pooling = pooling_kind(reader.attrs.get("pooling"))
-        if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
+        if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]) \
+                and not moved:
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
         if differ:  # (one local model directory retrained between the two embed runs)

@@ -67,10 +67,11 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
                        exact="layers" in config.get("embedding", {}))
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
-    from protrans_cli.embed import other_weights, same_model  # (same_model: a directory named two ways, a short
-    # name and its hub id)
+    from protrans_cli.embed import moved_model, other_weights, same_model  # (same_model: a directory named two
+    # ways, a short name and its hub id; moved_model: its weights at another path)
 
-    if head_model and file_model and not same_model(head_model, file_model):
+    if head_model and file_model and not same_model(head_model, file_model) \
+            and not moved_model(config.get("embedding", {}), reader.attrs):
         message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
         mismatch(message, reader.path, allow_model_mismatch)
     elif differ := other_weights(config.get("embedding", {}), reader.attrs):
@@ -352,6 +353,12 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     # embeddings of 3Di strings (embed --3di) are compared with embeddings of 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
     revision = _recorded_revision(model, recorded, source) if same_model else None
+    if same_model and recorded.get("weights_fingerprint") and not os.path.exists(model):
+        # (a local model directory, as the weights_fingerprint says, moved or renamed since: it was
+        # "MODEL: no such model directory", once the FASTA had been read, without the option that
+        # names its new place; the same weights there are the same model)
+        raise UsageError(f"{model}, the model directory {source} were made with, is not there (moved or renamed?): "
+                         f"give {option('--model', 'model=')} with its new place")
     if same_model:
         _check_recorded_weights(model, recorded, source, allow_model_mismatch)
     # vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token
