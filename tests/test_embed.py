@@ -1382,6 +1382,29 @@ def test_resume_after_the_model_directory_was_retrained_is_refused(tmp_path):
         assert "weights_fingerprint" not in r.attrs
 
 
+def test_resume_with_the_model_directory_moved_goes_on(tmp_path):
+    """A model directory moved or copied between two runs (a project folder renamed, a run copied
+    to another cluster), the same weights at another path: --resume refused it ("the file was
+    written with model='OLD', this run uses model='NEW'"); it goes on, and another directory of
+    other weights is still refused."""
+    model = tmp_path / "model"
+    save_bert_into(model, seed=0)
+    fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
+    first = tmp_path / "first.fa"
+    first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:4]))
+    out = tmp_path / "o.h5"
+    embed(first, out, EmbedOptions(model=str(model), threads=1, per_protein=True))
+    model.rename(tmp_path / "moved")
+    save_bert_into(tmp_path / "other", seed=1)
+    with pytest.raises(UsageError, match=r"cannot resume: the file was written with model='.*model', this run uses "
+                                         r"model='.*other'"):
+        embed(fasta, out, EmbedOptions(model=str(tmp_path / "other"), threads=1, per_protein=True, resume=True))
+    moved = EmbedOptions(model=str(tmp_path / "moved"), threads=1, per_protein=True, resume=True)
+    assert embed(fasta, out, moved).num_embedded == 3
+    with EmbeddingsReader(out) as r:
+        assert len(r.ids()) == 6 and r.attrs["model"] == str(tmp_path / "moved")
+
+
 @pytest.mark.parametrize("first,then,message", [
     (dict(max_length=10, long_policy="skip"), dict(max_length=12, long_policy="skip"),
      "max_length=10, this run uses max_length=12"),

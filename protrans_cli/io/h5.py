@@ -2623,6 +2623,18 @@ def _comparable(value):
     return value
 
 
+def _same_weights(old: dict, run_attrs: dict) -> bool:
+    """Whether a file's and this run's weights_fingerprint (a local model directory's) are there
+    and the same: the directory moved or copied (a project folder renamed, a model copied to
+    another cluster) is the same model, where --resume refused it as "model='OLD', this run uses
+    model='NEW'"."""
+    before, now = old.get("weights_fingerprint"), run_attrs.get("weights_fingerprint")
+    if before is None or now is None:
+        return False
+    before, now = _comparable(before), _comparable(_attr_value(now))
+    return bool(before) and before == now
+
+
 def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
     """Refuse to resume into a file written with other settings (its rows would not match).
     `equal` maps an attribute to `f(old, new) -> bool` where equal text is not the test (the
@@ -2643,6 +2655,8 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
         if key in old and key in run_attrs and run_attrs[key] is not None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
             same = (equal or {}).get(key, lambda a, b: a == b)
+            if key == "model" and not same(before, now) and _same_weights(old, run_attrs):
+                continue  # (one model directory moved or copied since: its weights at another path)
             if not same(before, now):
                 shown = repr(now)
                 states = run_attrs.get("num_hidden_states")
