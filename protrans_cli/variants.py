@@ -1201,7 +1201,7 @@ class UnitStore:
     .npy a unit, written through a temporary file and renamed) so that an interrupted run goes on
     with `--resume` where it stopped; removed when FILE is written. A unit's file is named by what
     its numbers depend on: the model (its hub id and commit, or its folder's path and model files'
-    sizes and times), the device type and compute dtype, the window, what the unit computes of
+    sizes and times, not its path), the device type and compute dtype, the window, what the unit computes of
     which wild type (`_unit_key`). A table changed between runs reuses what still applies; nothing
     computed under other settings is ever read, nor a damaged file (computed again)."""
 
@@ -1260,8 +1260,12 @@ class UnitStore:
         # (a model directory has no commit: its files' sizes and times stand for it, so that one
         # trained again in place, or replaced, does not lend its old numbers to a --resume; the
         # device too, whose kernels give other last digits, as a dtype does)
-        settings = "\n".join(str(v) for v in (loaded.path_or_hub_id, loaded.commit or "",
-                                               _directory_state(loaded.path_or_hub_id), scorer.device.type,
+        # A folder by its files alone, not its path: one moved (a project folder renamed, a run
+        # copied to another cluster with its times, as mv, cp -a and rsync -a do) computed every
+        # unit again after "N units of work kept"
+        state = _directory_state(loaded.path_or_hub_id)
+        settings = "\n".join(str(v) for v in ("" if state else loaded.path_or_hub_id, loaded.commit or "",
+                                               state, scorer.device.type,
                                                scorer.compute_dtype, scorer.max_length, scorer.long_policy))
         prefix = hashlib.sha256(settings.encode()).hexdigest()[:16]
 

@@ -1185,6 +1185,26 @@ def test_resume_reads_no_unit_of_a_model_folder_trained_again_in_place_or_anothe
     assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (3,)
 
 
+def test_resume_reads_the_units_of_a_model_folder_moved_since(tmp_path, tiny_models):
+    """A model folder moved between the runs (a project folder renamed, copied to another cluster
+    with its files' times): its path named the units, so --resume said "N units of work kept" and
+    computed every one again. Its files name them now."""
+    import shutil
+
+    import protrans_cli.variants as variants
+    from protrans_cli.models import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models["esm"], folder)
+    store = variants.UnitStore(tmp_path / "o.csv.partial", resume=False)
+    loaded = load_model(str(folder), masked_lm=True)
+    scorer = variants.VariantScorer(loaded, progress=False)
+    assert store.for_model(loaded, scorer)("k", lambda: np.zeros(2)).shape == (2,)
+    folder.rename(tmp_path / "moved")
+    loaded = load_model(str(tmp_path / "moved"), masked_lm=True)
+    assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (2,)  # kept, not computed again
+
+
 def test_resume_reads_no_unit_kept_under_another_max_length(tmp_path, tiny_models):
     """A windowed scan's numbers depend on --max-length (each site read in the window of that many
     residues around it): a --resume with another --max-length reads none of the units kept under
