@@ -2552,6 +2552,29 @@ def test_resume_from_another_folder_names_the_same_inputs(ss_data, tmp_path, mon
     assert (work / "h" / "config.json").exists() and result is not None
 
 
+def test_resume_with_the_inputs_and_the_head_folder_moved(ss_data, tmp_path, monkeypatch):
+    """The interrupted fit's folder and its inputs moved together (a project folder renamed, copied
+    with its times to another cluster): `--resume` with the new paths was refused "made with other
+    settings or inputs (embeddings, labels)" although the files were the same. A file of the same
+    size and time at another path is the same file; one rewritten there is still refused."""
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    for name in ("train.h5", "train.csv"):
+        shutil.copy2(ss_data / name, old / name)
+    cfg = dict(task="ss3", max_epochs=2, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
+    _fit_stopped_after_an_epoch(monkeypatch, cfg, old / "train.h5", old / "train.csv", old / "h")
+    old.rename(new)
+    labels = new / "train.csv"
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))  # rewritten: refused
+    with pytest.raises(UsageError, match=r"other settings or inputs \(labels, labels_file\)"):
+        fit(FitConfig(**cfg, resume=True), new / "train.h5", labels, new / "h")
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns - 10**9))
+    result = fit(FitConfig(**cfg, resume=True), new / "train.h5", labels, new / "h")
+    assert (new / "h" / "config.json").exists() and result is not None
+
+
 def test_predict_reads_and_matches_its_labels_before_writing_any_prediction(run_cli, ss_data, one_epoch_ss3, tmp_path):
     """A bad --labels (a missing mask column, labels of other proteins) failed only after the
     whole prediction run, with exit 1 and the previous -o replaced by the new predictions."""

@@ -949,10 +949,27 @@ def _changed(saved: dict, now: dict) -> list[str]:
         # that version did; counted as changed, it was refused "made with other settings or
         # inputs (embeddings_file, labels_file, ...)" after the same command)
         keys -= set(_FILE_KEYS)
+    else:
+        # An input moved or copied with its time (a project folder renamed, `mv`, `cp -a`, `rsync -a`):
+        # the same size and modification time at another path is the same file; it was refused
+        # "made with other settings or inputs (embeddings)" after the same command with the new path.
+        keys -= {path_key for path_key, file_key in _FILE_OF_PATH.items()
+                 if _all_known(saved.get(file_key)) and saved.get(file_key) == now.get(file_key)}
     return sorted(k for k in keys if value(saved, k) != value(now, k))
 
 
+def _all_known(identity) -> bool:
+    """Whether a recorded input identity (a file's [size, mtime], nested in lists for several
+    files) names every file (no None: a file that was not there, or none given)."""
+    if isinstance(identity, list) and identity and all(isinstance(v, list) for v in identity):
+        return all(_all_known(v) for v in identity)
+    return isinstance(identity, list) and len(identity) == 2 and all(isinstance(v, int) for v in identity)
+
+
 _PATH_KEYS = ("embeddings", "labels", "valid", "tests", "mask_path")
+# each input path's key and the key of its files' identity (size and modification time)
+_FILE_OF_PATH = {"embeddings": "embeddings_file", "labels": "labels_file", "valid": "valid_files",
+                 "tests": "test_files", "mask_path": "mask_file"}
 # What the fingerprint records of the input files themselves (size and modification time).
 _FILE_KEYS = ("embeddings_file", "labels_file", "valid_files", "test_files", "mask_file")
 
