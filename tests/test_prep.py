@@ -1126,6 +1126,39 @@ def test_a_library_callers_own_stop_handler_runs_in_the_main_process_alone(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["handled", "in.fa"]
 
 
+def test_a_second_sigterm_during_the_cleanup_of_the_first_lets_it_finish(tmp_path, monkeypatch):
+    """A hang-up's SIGHUP comes twice (from the kernel and from the shell), a scheduler may send
+    SIGTERM twice: the second, raised in its turn, broke off the first one's cleanup where it was,
+    and prep left its dedup folder in --tmp-dir (seen once in the full suite, under load, from the
+    pseudo-terminal hang-up test). A repeat while the stop unwinds is noted, not raised."""
+    import shutil
+
+    from protrans_cli import corpus
+    from protrans_cli.cli import main
+
+    fasta = _many(tmp_path / "in.fa", 200)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    real_rmtree = shutil.rmtree
+    sent = []
+
+    def first_stop(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def rmtree(path, *args, **kwargs):
+        if not sent:  # (the repeat, as the cleanup begins)
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(corpus._Dedup, "finish", first_stop)
+    monkeypatch.setattr(corpus.shutil, "rmtree", rmtree)
+    with pytest.raises(SystemExit) as stopped:
+        main(["prep", str(fasta), "--dedup", "--tmp-dir", str(scratch), "-o", str(tmp_path / "c.txt")])
+    assert stopped.value.code == 143 and sent
+    assert not list(scratch.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "scratch"]
+
+
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
 def test_a_stop_signal_in_a_worker_before_its_set_up_never_runs_the_callers_handler(tmp_path, monkeypatch):
     """A signal reaching a worker between its fork and its own set-up (a hang-up or `kill -TERM -PGID`

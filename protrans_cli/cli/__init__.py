@@ -336,8 +336,15 @@ _INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
 _LATE: list[int] = []  # either, once the command's output was complete (console.output_complete)
 
 
+# Stops raised and not dropped: their exception is on its way out, through the command's cleanup.
+# A SIGTERM or SIGHUP then is a repeat (a hang-up's SIGHUP comes from the kernel and again from the
+# shell; a scheduler or `kill` may send SIGTERM twice): raised too, it broke off that cleanup where it
+# was (prep left its workers' hand-over folder in --tmp-dir). It is noted and the first stop goes on.
+_IN_FLIGHT: list[int] = []
+
+
 def _forget_stops() -> None:
-    for noted in (_TERMINATED, _INTERRUPTED, _LATE):
+    for noted in (_TERMINATED, _INTERRUPTED, _LATE, _IN_FLIGHT):
         noted.clear()
 
 
@@ -345,6 +352,8 @@ def raise_if_stopped() -> None:
     """Raise the stop a SIGTERM, SIGHUP or Ctrl-C asked for if Python dropped its exception (raised while a
     weakref callback ran: "Exception ignored in ..."). A loop that builds an output calls it as
     it goes: `export` interrupted so went on to the end, committed its output, then exited 130."""
+    if _TERMINATED or _INTERRUPTED:
+        _IN_FLIGHT.append((_TERMINATED or _INTERRUPTED)[0])
     if _TERMINATED:
         raise _Terminated(_TERMINATED[0])
     if _INTERRUPTED:
@@ -360,6 +369,8 @@ def _quiet_dropped_stops(previous):
     unraisable exception goes to `previous`, as before."""
     def hook(unraisable):
         if isinstance(unraisable.exc_value, KeyboardInterrupt) and (_TERMINATED or _INTERRUPTED):
+            if _IN_FLIGHT:  # (dropped, not on its way out: a repeat of the signal stops the command again)
+                _IN_FLIGHT.pop()
             return
         previous(unraisable)
 
@@ -378,6 +389,9 @@ def _on_sigterm(main_pid):
         # Noted as well as raised: Python drops an exception raised while a weakref callback or
         # a destructor runs ("Exception ignored in ..."), and the command then ended with exit 0.
         _TERMINATED.append(signum)
+        if _IN_FLIGHT:  # a repeat while the first stop unwinds: its cleanup runs to the end
+            return
+        _IN_FLIGHT.append(signum)
         raise _Terminated(signum)
 
     return handler
@@ -389,6 +403,7 @@ def _on_sigint(signum, frame):
     if _after_completion(signum) or _deferred_past_torch_import(signum):
         return
     _INTERRUPTED.append(signum)
+    _IN_FLIGHT.append(signum)  # (a second Ctrl-C still stops at once, the cleanup too)
     raise KeyboardInterrupt
 
 
