@@ -2054,7 +2054,7 @@ def test_a_corpus_error_met_mid_run_says_the_step_and_the_checkpoint_to_resume_f
         train(_config(tmp_path, **kw))
     monkeypatch.setattr(loop_module, "step_batches", real)
     corpus.write_bytes(corpus.read_bytes() + b"M K T A\n\n")  # the repaired file: another size
-    with pytest.raises(InputError, match=r"add --accept-corpus-change"):
+    with pytest.raises(InputError, match=r"add accept_corpus_change=True"):  # (a library call's words)
         train(_config(tmp_path, **kw), resume=True)
     result = train(_config(tmp_path, **kw), resume=True, accept_corpus_change=True)
     assert result.completed and result.step == 6
@@ -3510,6 +3510,25 @@ def test_resume_of_a_run_whose_corpus_moved_says_how_to_name_its_new_place(tmp_p
     assert ("the run's corpus file c.txt (relative to this directory), as " in res.stderr
             and "is not there: if it moved, give its new place with --corpus NEW_PATH" in res.stderr), res.stderr
     res = run_cli("train", "--resume", "-o", tmp_path / "moved" / "run", "--corpus", tmp_path / "moved" / "c.txt")
+    assert res.exit_code == 0 and "done, 4 steps" in res.stderr, res.stderr
+
+
+def test_resume_where_the_runs_relative_corpus_names_another_file_says_which_and_both_ways_on(
+        tmp_path, run_cli, monkeypatch):
+    """A run started with the relative corpus `c.txt`, resumed from a directory holding another
+    `c.txt`: the refusal named only "c.txt", not that it was found from this directory, and
+    advised --accept-corpus-change, which would train on the wrong file. It names the file as
+    found (absolute), the one the run read, and both ways on; --corpus the run's file resumes."""
+    start = tmp_path / "start"
+    _stopped_run_started_in(start, run_cli, monkeypatch, num_steps=4, stop_after=2)
+    (tmp_path / "c.txt").write_bytes((start / "c.txt").read_bytes() + b"M K T A\n\n")  # another corpus, here
+    res = run_cli("train", "--resume", "-o", start / "run")
+    assert res.exit_code == 1, res.stderr
+    err = " ".join(res.stderr.split())
+    assert f"({tmp_path / 'c.txt'} (c.txt, relative to this directory): " in err, err
+    assert f"give the run's own with --corpus PATH (it read {start / 'c.txt'})" in err, err
+    assert "where the change is meant (a damaged shard replaced by a whole copy) add --accept-corpus-change" in err
+    res = run_cli("train", "--resume", "-o", start / "run", "--corpus", start / "c.txt")
     assert res.exit_code == 0 and "done, 4 steps" in res.stderr, res.stderr
 
 

@@ -713,7 +713,14 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
         if key == "init_from":
             same = old == new or (old is not None and new is not None and _same_file(old, new))
         else:
-            same = len(old or []) == len(new) and all(_same_file(a, b) for a, b in zip(old or [], new))
+            # (or the file the run recorded as read, under "resolved": its relative `c.txt` found
+            # another c.txt from the working directory, and --corpus naming the run's own file
+            # was refused as "other settings")
+            recorded = resolved.get(key) if isinstance(resolved.get(key), list) else []
+            recorded = recorded if len(recorded) == len(new) else [None] * len(new)
+            same = len(old or []) == len(new) and all(
+                _same_file(a, b) or (isinstance(r, str) and os.path.realpath(r) == os.path.realpath(b))
+                for a, b, r in zip(old or [], new, recorded))
         if same:
             saved[key] = new
     if now["init_from"] and saved.get("init_from"):

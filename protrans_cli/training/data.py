@@ -404,10 +404,14 @@ def changed_corpus_files(saved: list[dict] | None, paths, current: list[dict] | 
     out = []
     for index, (path, old, new) in enumerate(zip(paths, saved, current if current is not None
                                                  else corpus_fingerprint(paths))):
+        # A relative path named as the file found (a resume's recorded `c.txt` met another c.txt in
+        # the working directory: "c.txt: ... bytes then" did not say which file was read)
+        name = path if path == "-" or os.path.isabs(path) else f"{os.path.abspath(path)} ({path}, relative to " \
+                                                                 "this directory)"
         if old["size"] != new["size"]:
-            out.append((index, f"{path}: {old['size']:,} bytes then, {new['size']:,} now"))
+            out.append((index, f"{name}: {old['size']:,} bytes then, {new['size']:,} now"))
         elif old["ends_sha256"] != new["ends_sha256"]:
-            out.append((index, f"{path}: the same size, other content"))
+            out.append((index, f"{name}: the same size, other content"))
     return out
 
 

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import itertools
+import json
 import math
 import os
 import signal
@@ -43,7 +44,7 @@ from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
 from protrans_cli.training.rundir import _RUN_FILES, find_checkpoint, refuse_what_the_run_dir_holds
-from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps,
+from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, RESOLVED, TrainConfig, grad_accum_steps,
                                           resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_files, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, corpus_overlaps,
@@ -814,10 +815,16 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
         # another one, the run would go on silently with other batches. (A shard found
         # damaged mid-run and replaced by a whole copy is the case for the switch: its
         # proteins before the position are the same.)
+        # Two ways on: the run's own corpus (a relative path found from another directory names
+        # another file; --accept-corpus-change there trained on it), or the change accepted.
+        read = _recorded_corpus(where, corpus_changes[0][0])
+        read = f" (it read {read})" if read and read != os.path.abspath(config.corpus[corpus_changes[0][0]]) else ""
         raise InputError(f"the corpus changed since {where} was saved ({changed}): its data position no "
-                         "longer applies; restore the corpus, or where the change is a repair (a damaged "
-                         "shard replaced by a whole copy) add --accept-corpus-change, or start a new run "
-                         "with --init-from that checkpoint")
+                         f"longer applies; restore the corpus or give the run's own with "
+                         f"{option('--corpus PATH', 'corpus=[PATH]')}{read}, or where the change is meant (a "
+                         f"damaged shard replaced by a whole copy) add "
+                         f"{option('--accept-corpus-change', 'accept_corpus_change=True')}, or start a new run "
+                         f"with {option('--init-from that checkpoint', 'init_from=that checkpoint')}")
     # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
     # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
     # and a later --resume continued the abandoned run.
@@ -825,6 +832,16 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
     dist.print0(f"train: resuming from {where} (step {state['step']})")
     return where, state
+
+
+def _recorded_corpus(where: Path, index: int) -> str | None:
+    """The absolute path of corpus file `index` that the run recorded in checkpoint `where`
+    (its config's "resolved"), None where it recorded none."""
+    try:
+        paths = json.loads((where / ckpt.CONFIG_FILE).read_text(encoding="utf-8")).get(RESOLVED, {}).get("corpus")
+        return paths[index] if isinstance(paths, list) and isinstance(paths[index], str) else None
+    except (OSError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def _refuse_stop_before(config: TrainConfig, where, step: int, total_steps: int) -> None:
