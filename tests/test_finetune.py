@@ -767,6 +767,44 @@ def test_per_residue_labels_for_a_per_protein_task_are_refused(data, run_cli, tm
         in r.stderr, r.stderr
 
 
+def test_resume_with_the_inputs_the_model_and_the_output_moved(data, tmp_path, monkeypatch):
+    """An interrupted finetune's project folder renamed (or copied with its times to another
+    cluster): `--resume` with the new paths was refused "made with other settings or inputs
+    (fasta, mask, model)" although the files were the same (fit's labels and embeddings resume
+    so). The same size and time at another path is the same file, the model folder's files
+    likewise; a file rewritten there is still refused."""
+    import shutil
+
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    shutil.copytree(data / "bert", old / "bert")
+    _flip_set(old, np.random.default_rng(3), n=16)
+
+    def config(root, **more):
+        return FinetuneConfig(task="ss3", model=str(root / "bert"), mask_path=str(root / "mask.fasta"), max_epochs=2,
+                              max_residues=600, threads=1, n_bootstrap=10, device="cpu", **more)
+
+    real = _stop_at_validation(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config(old), old / "flip.fasta", old / "out", fasta=old / "seqs.fasta")
+    monkeypatch.setattr(fit, "_validate", real)
+    old.rename(new)
+    assert (partial_path(new / "out") / "state.pt").is_file()
+    seqs = new / "seqs.fasta"
+    os.utime(seqs, ns=(seqs.stat().st_atime_ns, seqs.stat().st_mtime_ns + 10**9))  # rewritten: refused
+    with pytest.raises(UsageError, match=r"other settings or inputs \(fasta, fasta_file\)"):
+        finetune(config(new, resume=True), new / "flip.fasta", new / "out", fasta=seqs)
+    os.utime(seqs, ns=(seqs.stat().st_atime_ns, seqs.stat().st_mtime_ns - 10**9))
+    result = finetune(config(new, resume=True), new / "flip.fasta", new / "out", fasta=seqs)
+    assert [h["epoch"] for h in result.history] == [1, 2] and not partial_path(new / "out").exists()
+    # and the finished run's --resume (a job script may always add it): nothing to do
+    again = finetune(config(new, resume=True), new / "flip.fasta", new / "out", fasta=seqs)
+    assert again.metrics == result.metrics
+
+
 def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
     from protrans_cli.heads.finetune import FinetuneConfig, read_sequence_data, to_data
     from protrans_cli.heads.tasks import IGNORE, get_task

@@ -960,16 +960,21 @@ def _changed(saved: dict, now: dict) -> list[str]:
 
 def _all_known(identity) -> bool:
     """Whether a recorded input identity (a file's [size, mtime], nested in lists for several
-    files) names every file (no None: a file that was not there, or none given)."""
+    files, or a folder's {name: [size, mtime]}) names every file (no None: a file that was not
+    there, or none given)."""
+    if isinstance(identity, dict):
+        return bool(identity) and all(_all_known(v) for v in identity.values())
     if isinstance(identity, list) and identity and all(isinstance(v, list) for v in identity):
         return all(_all_known(v) for v in identity)
     return isinstance(identity, list) and len(identity) == 2 and all(isinstance(v, int) for v in identity)
 
 
 _PATH_KEYS = ("embeddings", "labels", "valid", "tests", "mask_path")
-# each input path's key and the key of its files' identity (size and modification time)
+# each input path's key and the key of its files' identity (size and modification time); finetune's
+# fingerprint names its sequences, its mask and a local model folder so (finetune's _fingerprint)
 _FILE_OF_PATH = {"embeddings": "embeddings_file", "labels": "labels_file", "valid": "valid_files",
-                 "tests": "test_files", "mask_path": "mask_file"}
+                 "tests": "test_files", "mask_path": "mask_file",
+                 "fasta": "fasta_file", "mask": "mask_file", "model": "model_files"}
 # What the fingerprint records of the input files themselves (size and modification time).
 _FILE_KEYS = ("embeddings_file", "labels_file", "valid_files", "test_files", "mask_file")
 
