@@ -1264,19 +1264,27 @@ class UnitStore:
         # copied to another cluster with its times, as mv, cp -a and rsync -a do) computed every
         # unit again after "N units of work kept"
         state = _directory_state(loaded.path_or_hub_id)
-        settings = "\n".join(str(v) for v in ("" if state else loaded.path_or_hub_id, loaded.commit or "",
-                                               state, scorer.device.type,
-                                               scorer.compute_dtype, scorer.max_length, scorer.long_policy))
-        prefix = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        rest = (loaded.commit or "", state, scorer.device.type, scorer.compute_dtype, scorer.max_length,
+                scorer.long_policy)
+
+        def prefix_of(path_or_hub_id: str) -> str:
+            return hashlib.sha256("\n".join(map(str, (path_or_hub_id, *rest))).encode()).hexdigest()[:16]
+
+        prefix = prefix_of("" if state else loaded.path_or_hub_id)
+        # the name an earlier version gave a folder's units (its path as well): a run upgraded
+        # between an interruption and its --resume reads them where the folder has not moved (they
+        # were "N units of work kept", then every one computed again)
+        earlier = prefix_of(loaded.path_or_hub_id) if state else None
 
         def store(key: str, compute, check=None):
             path = self.folder / f"{prefix}-{key}.npy"
-            # (a damaged file is computed again: an empty one, which a crash can leave, is numpy's
-            # EOFError, which click took for a Ctrl-C, and every --resume ended "interrupted")
-            with contextlib.suppress(OSError, ValueError, EOFError):
-                kept = np.load(path, allow_pickle=False)
-                if isinstance(kept, np.ndarray) and (check is None or check(kept)):
-                    return kept
+            for name in (path, *([self.folder / f"{earlier}-{key}.npy"] if earlier else [])):
+                # (a damaged file is computed again: an empty one, which a crash can leave, is numpy's
+                # EOFError, which click took for a Ctrl-C, and every --resume ended "interrupted")
+                with contextlib.suppress(OSError, ValueError, EOFError):
+                    kept = np.load(name, allow_pickle=False)
+                    if isinstance(kept, np.ndarray) and (check is None or check(kept)):
+                        return kept
             value = np.asarray(compute())
             self._create()
             try:

@@ -1205,6 +1205,33 @@ def test_resume_reads_the_units_of_a_model_folder_moved_since(tmp_path, tiny_mod
     assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (2,)  # kept, not computed again
 
 
+def test_resume_reads_the_units_an_earlier_version_kept_for_a_model_folder(tmp_path, tiny_models):
+    """Units kept by a version that named a model folder's units by its path as well as its files
+    (before 7d3e3a59): a user who upgraded mid-run was told "N units of work kept" and every one was
+    computed again. The folder where it was, its files unchanged, reads them."""
+    import hashlib
+    import shutil
+
+    import protrans_cli.variants as variants
+    from protrans_cli.models import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models["esm"], folder)
+    loaded = load_model(str(folder), masked_lm=True)
+    scorer = variants.VariantScorer(loaded, progress=False)
+    store = variants.UnitStore(tmp_path / "o.csv.partial", resume=False)
+    store.for_model(loaded, scorer)("other", lambda: np.zeros(1))  # (the folder and its marker)
+    old = "\n".join(str(v) for v in (loaded.path_or_hub_id, loaded.commit or "",
+                                     variants._directory_state(loaded.path_or_hub_id), scorer.device.type,
+                                     scorer.compute_dtype, scorer.max_length, scorer.long_policy))
+    np.save(tmp_path / "o.csv.partial" / f"{hashlib.sha256(old.encode()).hexdigest()[:16]}-k.npy", np.zeros(2))
+    store = variants.UnitStore(tmp_path / "o.csv.partial", resume=True)
+    assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (2,)  # kept, not computed again
+    folder.rename(tmp_path / "moved")  # (moved as well: its old name was in the key, so computed again)
+    loaded = load_model(str(tmp_path / "moved"), masked_lm=True)
+    assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (3,)
+
+
 def test_resume_reads_no_unit_kept_under_another_max_length(tmp_path, tiny_models):
     """A windowed scan's numbers depend on --max-length (each site read in the window of that many
     residues around it): a --resume with another --max-length reads none of the units kept under
