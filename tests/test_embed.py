@@ -1342,6 +1342,19 @@ def save_bert_into(directory, seed: int) -> None:
                            directory)
 
 
+def _three_of_six_embedded_by_a_bert(tmp_path):
+    """(model, fasta, out): a tiny BERT saved in {tmp_path}/model, six generated proteins, and the
+    first three embedded per protein by that model into {tmp_path}/o.h5, as a stopped run leaves it."""
+    model = tmp_path / "model"
+    save_bert_into(model, seed=0)
+    fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
+    first = tmp_path / "first.fa"
+    first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:4]))
+    out = tmp_path / "o.h5"
+    embed(first, out, EmbedOptions(model=str(model), threads=1, per_protein=True))
+    return model, fasta, out
+
+
 def test_resume_after_the_model_directory_was_retrained_is_refused(tmp_path):
     """A local model directory has no hub commit: a model retrained into it between two runs was
     not noticed by --resume, which added the new model's rows to the old model's file. The file
@@ -1351,14 +1364,8 @@ def test_resume_after_the_model_directory_was_retrained_is_refused(tmp_path):
 
     from protrans_cli.models import weights_fingerprint
 
-    model = tmp_path / "model"
-    save_bert_into(model, seed=0)
-    fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
-    first = tmp_path / "first.fa"
-    first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:4]))
-    out = tmp_path / "o.h5"
+    model, fasta, out = _three_of_six_embedded_by_a_bert(tmp_path)
     options = dict(model=str(model), threads=1, per_protein=True)
-    embed(first, out, EmbedOptions(**options))
     with EmbeddingsReader(out) as r:
         recorded = r.attrs["weights_fingerprint"]
     assert recorded == weights_fingerprint(model) and len(recorded) == 32
@@ -1387,13 +1394,7 @@ def test_resume_with_the_model_directory_moved_goes_on(tmp_path):
     to another cluster), the same weights at another path: --resume refused it ("the file was
     written with model='OLD', this run uses model='NEW'"); it goes on, and another directory of
     other weights is still refused."""
-    model = tmp_path / "model"
-    save_bert_into(model, seed=0)
-    fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
-    first = tmp_path / "first.fa"
-    first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:4]))
-    out = tmp_path / "o.h5"
-    embed(first, out, EmbedOptions(model=str(model), threads=1, per_protein=True))
+    model, fasta, out = _three_of_six_embedded_by_a_bert(tmp_path)
     model.rename(tmp_path / "moved")
     save_bert_into(tmp_path / "other", seed=1)
     with pytest.raises(UsageError, match=r"cannot resume: the file was written with model='.*model', this run uses "

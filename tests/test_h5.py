@@ -441,6 +441,30 @@ def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypa
         assert sorted(r.ids()) == sorted(f"p{i}" for i in range(49))
 
 
+def _h5py_without_locks(monkeypatch, code=37, words="No locks available", makes_first=False):
+    """h5py.File as on a file system that grants no file locks (NFS without a lock daemon: errno 37;
+    some FUSE mounts: 22): an open with HDF5's lock fails with HDF5's message, one without it goes
+    through; with `makes_first` a new file is made (and left) before the lock fails, as HDF5 makes
+    it. The warning said once per folder is forgotten and PROTRANS_FILE_LOCKING unset."""
+    import h5py
+
+    from protrans_cli.io import files as files_module
+
+    real_file = h5py.File
+
+    def unlocked_file(name, mode="r", *args, locking=None, **kwargs):
+        if locking is not False:
+            if makes_first and mode in ("x", "w-", "w", "a") and not os.path.exists(name):
+                real_file(name, mode, *args, locking=False, **kwargs).close()  # (made, then the lock fails)
+            raise OSError(f"[Errno {code}] Unable to synchronously {'create' if makes_first else 'open'} file "
+                          f"(unable to lock file, errno = {code}, error message = '{words}')")
+        return real_file(name, mode, *args, locking=locking, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", unlocked_file)
+    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
+    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
+
+
 def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch, run_cli, capsys):
     """NFS without a lock daemon, Lustre: HDF5 fails every open ("unable to lock file, errno = 37,
     'No locks available'") and the only way out was HDF5_USE_FILE_LOCKING=FALSE. Every HDF5 open
@@ -451,17 +475,7 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
     from protrans_cli.io import files as files_module
     from protrans_cli.io import h5 as h5_module
 
-    real_file = h5py.File
-
-    def nfs_file(name, mode="r", *args, locking=None, **kwargs):
-        if locking is not False:
-            raise OSError("[Errno 37] Unable to synchronously open file (unable to lock file, errno = 37, "
-                          "error message = 'No locks available')")
-        return real_file(name, mode, *args, locking=locking, **kwargs)
-
-    monkeypatch.setattr(h5py, "File", nfs_file)
-    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
-    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
+    _h5py_without_locks(monkeypatch)
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n>c\nMKKL\n")
     out = tmp_path / "q.h5"
@@ -507,24 +521,9 @@ def test_a_file_system_without_locks_takes_a_new_output(tmp_path, monkeypatch, r
     again without locks (mode "x") met "File exists", so embed stopped with "cannot create the
     output: File exists" and a hidden .creating file left (NFS without a lock daemon: errno 37).
     Some FUSE mounts refuse flock with EINVAL (22): "cannot create the output: Invalid argument"."""
-    import h5py
-
-    from protrans_cli.io import files as files_module
     from protrans_cli.io import h5 as h5_module
 
-    real_file = h5py.File
-
-    def unlocked_file(name, mode="r", *args, locking=None, **kwargs):
-        if locking is not False:
-            if mode in ("x", "w-", "w", "a") and not os.path.exists(name):
-                real_file(name, mode, *args, locking=False, **kwargs).close()  # (made, then the lock fails)
-            raise OSError(f"[Errno {code}] Unable to synchronously create file (unable to lock file, errno = "
-                          f"{code}, error message = '{words}')")
-        return real_file(name, mode, *args, locking=locking, **kwargs)
-
-    monkeypatch.setattr(h5py, "File", unlocked_file)
-    monkeypatch.setattr(files_module, "_WARNED_NO_LOCKS", set())
-    monkeypatch.delenv("PROTRANS_FILE_LOCKING", raising=False)
+    _h5py_without_locks(monkeypatch, code, words, makes_first=True)
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n")
     out = tmp_path / "o" / "q.h5"

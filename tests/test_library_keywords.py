@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -725,22 +726,31 @@ def _embed_locked_out(tmp):
         _embed_into("o.h5")(tmp)
 
 
+@contextmanager
+def _flocked(path, shared=False):
+    """`path` (a file or a directory) locked, exclusive or shared, by an open of it of its own, as
+    another process (or HDF5 in this one) locks it: an flock, which a lock taken in this process
+    on another open of it meets."""
+    import fcntl
+    import os
+
+    held = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(held, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(held)
+
+
 def _held(call, name="o.h5.partial"):
     """`call(tmp)` while `name`, an HDF5 file, is locked as a run writing it locks it (HDF5's lock,
     an flock: taken here on an open of the file of its own, which HDF5's open in this process meets)."""
     def run(tmp):
-        import fcntl
-        import os
-
         import h5py
 
         h5py.File(tmp / name, "w").close()
-        held = os.open(tmp / name, os.O_RDONLY)
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _flocked(tmp / name):
             return call(tmp)
-        finally:
-            os.close(held)
     return run
 
 
@@ -749,15 +759,8 @@ def _read_by(call, name="o.h5"):
     reads (its shared lock, an flock: a notebook's EmbeddingsReader), which lets a check's read
     through and refuses a write."""
     def run(tmp):
-        import fcntl
-        import os
-
-        held = os.open(tmp / name, os.O_RDONLY)
-        try:
-            fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        with _flocked(tmp / name, shared=True):
             return call(tmp)
-        finally:
-            os.close(held)
     return run
 
 
@@ -1076,16 +1079,9 @@ def _run_dir_held(call):
     """`call(tmp)` while the run directory {tmp}/r is locked as a run (or a range test) holds it:
     by an open of it of its own, which the call's lock in this process meets."""
     def run(tmp):
-        import fcntl
-        import os
-
         (tmp / "r").mkdir()
-        held = os.open(tmp / "r", os.O_RDONLY)
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _flocked(tmp / "r"):
             return call(tmp)
-        finally:
-            os.close(held)
     return run
 
 

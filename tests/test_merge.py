@@ -386,6 +386,21 @@ def test_force_over_a_folder_named_output_partial_is_one_line_leaving_nothing(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "m.h5.partial"]
 
 
+def _merge_or_import_argv(command, tmp_path):
+    """The arguments, before -o, of a merge of one part or of an import-esm of one protein (with
+    --fasta), their inputs written under {tmp_path}/in."""
+    import torch
+
+    from test_embed import SMALL
+
+    (tmp_path / "in").mkdir()
+    if command == "merge":
+        return ["merge", _embed(SMALL, tmp_path / "in" / "a.h5")]
+    (tmp_path / "in" / "p.fa").write_text(">P1\nMKT\n")
+    torch.save({"label": "P1", "mean_representations": {1: torch.zeros(4)}}, tmp_path / "in" / "P1.pt")
+    return ["import-esm", tmp_path / "in", "--fasta", tmp_path / "in" / "p.fa"]
+
+
 @pytest.mark.parametrize("command", ["merge", "import-esm"])
 @pytest.mark.parametrize("kind", ["fifo", "link to a folder"])
 @pytest.mark.parametrize("force", [False, True])
@@ -395,17 +410,7 @@ def test_a_fifo_or_link_to_a_folder_named_output_partial_is_refused_never_delete
     this output that did not finish): give --force to replace it" (merge and import-esm), and
     --force deleted it, though no run of protrans had made it. Refused whatever the flags now, as
     embed and contacts refuse it, and left as it is."""
-    import torch
-
-    from test_embed import SMALL
-
-    (tmp_path / "in").mkdir()
-    if command == "merge":
-        argv = ["merge", _embed(SMALL, tmp_path / "in" / "a.h5")]
-    else:
-        (tmp_path / "in" / "p.fa").write_text(">P1\nMKT\n")
-        torch.save({"label": "P1", "mean_representations": {1: torch.zeros(4)}}, tmp_path / "in" / "P1.pt")
-        argv = ["import-esm", tmp_path / "in", "--fasta", tmp_path / "in" / "p.fa"]
+    argv = _merge_or_import_argv(command, tmp_path)
     partial = partial_path(tmp_path / "m.h5")
     if kind == "fifo":
         os.mkfifo(partial)
@@ -431,17 +436,7 @@ def test_an_output_partial_another_process_writes_is_refused_never_deleted(tmp_p
     as it is."""
     import fcntl
 
-    import torch
-
-    from test_embed import SMALL
-
-    (tmp_path / "in").mkdir()
-    if command == "merge":
-        argv = ["merge", _embed(SMALL, tmp_path / "in" / "a.h5")]
-    else:
-        (tmp_path / "in" / "p.fa").write_text(">P1\nMKT\n")
-        torch.save({"label": "P1", "mean_representations": {1: torch.zeros(4)}}, tmp_path / "in" / "P1.pt")
-        argv = ["import-esm", tmp_path / "in", "--fasta", tmp_path / "in" / "p.fa"]
+    argv = _merge_or_import_argv(command, tmp_path)
     partial = partial_path(tmp_path / "m.h5")
     with h5py.File(partial, "w") as f:
         f["notebook"] = np.arange(3)
