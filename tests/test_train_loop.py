@@ -3532,6 +3532,22 @@ def test_resume_where_the_runs_relative_corpus_names_another_file_says_which_and
     assert res.exit_code == 0 and "done, 4 steps" in res.stderr, res.stderr
 
 
+def test_resume_where_the_runs_relative_corpus_finds_a_short_file_says_the_corpus_changed(
+        tmp_path, run_cli, monkeypatch):
+    """The other `c.txt` found from this directory too short for one batch: the resume was refused
+    "c.txt: the corpus holds 1 protein(s), fewer than one global batch (4)", naming neither the file
+    found nor the one the run read, before the corpus-change check that says both and the ways on."""
+    start = tmp_path / "start"
+    _stopped_run_started_in(start, run_cli, monkeypatch, num_steps=4, stop_after=2)
+    (tmp_path / "c.txt").write_text("M K T A\n")  # another corpus, here: one protein
+    res = run_cli("train", "--resume", "-o", start / "run")
+    assert res.exit_code == 1, res.stderr
+    err = " ".join(res.stderr.split())
+    assert f"the corpus changed since {start / 'run'}" in err and "fewer than one global batch" not in err, err
+    assert f"({tmp_path / 'c.txt'} (c.txt, relative to this directory): " in err, err
+    assert f"give the run's own with --corpus PATH (it read {start / 'c.txt'})" in err, err
+
+
 def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cli, monkeypatch):
     """`--resume-from .` inside a checkpoint started a run inside it; a checkpoint copied out of
     its run started a second run wherever the command ran; `--resume` where no run is said "no

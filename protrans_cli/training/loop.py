@@ -236,6 +236,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                         if resume is not True:
                             _refuse_later_checkpoints(config.output_dir, step)
                         _refuse_stop_before(config, where, step, config.total_steps)
+                    if where is not None and not accept_corpus_change:
+                        _refuse_changed_corpus(config, where)  # (before check_corpus meets the file)
             except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
                 failure = exc
             # Under torchrun, nodes started alike (and seeing the same run directory) or not at all;
@@ -785,9 +787,7 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
                          f"{'; '.join(changes)}. The steps after {state.get('step')} train with today's, so the "
                          "run differs from an uninterrupted one (see CHANGELOG.md)")
     corpus_changes = changed_corpus_files(state.get("corpus"), config.corpus, run.corpus_id)
-    changed = corpus_changes[0][1] if corpus_changes else None
-    if len(corpus_changes) > 1:
-        changed += f"; {len(corpus_changes) - 1} other file(s) too"
+    changed = _changes_text(corpus_changes)
     if changed and accept_corpus_change and info.is_main:
         data = StreamState.from_dict(state["data_state"])
         found = position_in_corpus(config.corpus, data)
@@ -815,16 +815,7 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
         # another one, the run would go on silently with other batches. (A shard found
         # damaged mid-run and replaced by a whole copy is the case for the switch: its
         # proteins before the position are the same.)
-        # Two ways on: the run's own corpus (a relative path found from another directory names
-        # another file; --accept-corpus-change there trained on it), or the change accepted.
-        read = _recorded_corpus(where, corpus_changes[0][0])
-        read = f" (it read {read})" if read and read != os.path.abspath(config.corpus[corpus_changes[0][0]]) else ""
-        raise InputError(f"the corpus changed since {where} was saved ({changed}): its data position no "
-                         f"longer applies; restore the corpus or give the run's own with "
-                         f"{option('--corpus PATH', 'corpus=[PATH]')}{read}, or where the change is meant (a "
-                         f"damaged shard replaced by a whole copy) add "
-                         f"{option('--accept-corpus-change', 'accept_corpus_change=True')}, or start a new run "
-                         f"with {option('--init-from that checkpoint', 'init_from=that checkpoint')}")
+        raise _corpus_change_refusal(config, where, corpus_changes)
     # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
     # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
     # and a later --resume continued the abandoned run.
@@ -832,6 +823,43 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
     dist.print0(f"train: resuming from {where} (step {state['step']})")
     return where, state
+
+
+def _changes_text(corpus_changes) -> str | None:
+    """changed_corpus_files' first change, and how many files more, as a refusal names them."""
+    if not corpus_changes:
+        return None
+    more = f"; {len(corpus_changes) - 1} other file(s) too" if len(corpus_changes) > 1 else ""
+    return corpus_changes[0][1] + more
+
+
+def _corpus_change_refusal(config: TrainConfig, where: Path, corpus_changes) -> InputError:
+    """The refusal of a resume whose corpus changed since checkpoint `where` (changed_corpus_files'
+    `corpus_changes`, not empty)."""
+    # Two ways on: the run's own corpus (a relative path found from another directory names
+    # another file; --accept-corpus-change there trained on it), or the change accepted.
+    read = _recorded_corpus(where, corpus_changes[0][0])
+    read = f" (it read {read})" if read and read != os.path.abspath(config.corpus[corpus_changes[0][0]]) else ""
+    return InputError(f"the corpus changed since {where} was saved ({_changes_text(corpus_changes)}): its data "
+                      f"position no longer applies; restore the corpus or give the run's own with "
+                      f"{option('--corpus PATH', 'corpus=[PATH]')}{read}, or where the change is meant (a "
+                      f"damaged shard replaced by a whole copy) add "
+                      f"{option('--accept-corpus-change', 'accept_corpus_change=True')}, or start a new run "
+                      f"with {option('--init-from that checkpoint', 'init_from=that checkpoint')}")
+
+
+def _refuse_changed_corpus(config: TrainConfig, where: Path) -> None:
+    """_read_checkpoint's corpus-change refusal, met before the corpus is checked: the run's relative
+    `c.txt` finding another, shorter c.txt from this directory was refused "c.txt: the corpus holds 1
+    protein(s), fewer than one global batch (4)", naming neither file nor the way on. (The training
+    state mapped, not read: its optimizer state is read once, by the resume.)"""
+    try:
+        saved = torch.load(where / ckpt.STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        corpus_changes = changed_corpus_files(saved.get("corpus"), config.corpus)
+    except Exception:  # noqa: BLE001 - a damaged state, a missing shard: said where they are read
+        return
+    if corpus_changes:
+        raise _corpus_change_refusal(config, where, corpus_changes)
 
 
 def _recorded_corpus(where: Path, index: int) -> str | None:
