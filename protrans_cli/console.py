@@ -424,8 +424,25 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def load_rich() -> None:
+    """Import rich (before any `from rich... import`) leaving Python's `random` as the caller had it:
+    rich.style draws random.getrandbits(24) at import, and a workflow that seeded `random` and then
+    called main() in process saw its draws move after the first table."""
+    if "rich.style" in sys.modules:
+        return
+    import importlib
+    import random
+
+    saved = random.getstate()
+    try:
+        importlib.import_module("rich.style")
+    finally:
+        random.setstate(saved)
+
+
 def stderr_console():
     """A rich Console on stderr, for tables and summaries."""
+    load_rich()
     from rich.console import Console
 
     class StderrConsole(Console):
@@ -448,6 +465,7 @@ def stderr_console():
 def print_table(title: str, columns: list[str], rows: list[list], *, file_console=None) -> None:
     if state.verbosity < 0:
         return
+    load_rich()
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")

@@ -417,6 +417,23 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
     assert [type(u.exc_value) for u in seen] == [ZeroDivisionError]
 
 
+@pytest.mark.parametrize("command", ["models", "prep"])
+def test_an_in_process_call_that_prints_a_table_leaves_the_callers_random_state_alone(tmp_path, command):
+    """A workflow that seeded Python's `random` and then called main() in process saw its draws move:
+    the first table imported rich, which draws random.getrandbits(24) at import (rich.style)."""
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    argv = {"models": ["models"], "prep": ["prep", str(fasta), "-o", str(tmp_path / "c.txt")]}[command]
+    code = ("import random, sys\n"
+            "random.seed(7); expected = random.random(); random.seed(7)\n"
+            "from protrans_cli.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'rich.style' in sys.modules, 'no table printed'\n"
+            "assert random.random() == expected, 'random state moved'\n")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_an_in_process_calls_message_flags_are_its_own(tmp_path, capsys):
     """`main(["-q", ...])` from a notebook left the console quiet for every library call after it
     (and `-v` verbose); the caller's settings are back once it returns."""

@@ -54,6 +54,9 @@ def command(show_families, show_presets, show_checkpoints, family, as_json):
 
 
 def _print_tables(data: dict, family: str | None = None) -> None:
+    from protrans_cli.console import load_rich
+
+    load_rich()
     from rich.console import Console
     from rich.table import Table
 

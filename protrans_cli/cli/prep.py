@@ -137,6 +137,7 @@ def _print_summary(stats, num_shards: int = 1) -> None:
     rows.append(["time", f"{stats.seconds:.2f} s ({mbps:.1f} MB/s of FASTA)"])
     if console.state.verbosity < 0:
         return
+    console.load_rich()
     from rich.table import Table
 
     table = Table(title="protrans prep", title_justify="left", show_header=False)
