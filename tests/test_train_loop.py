@@ -3909,7 +3909,7 @@ def test_accept_corpus_change_resumes_with_a_warning_naming_the_change(tmp_path,
     result = train(_config(tmp_path, **{**kw, "num_steps": 4}), resume=True, accept_corpus_change=True)
     assert result.completed and result.step == 4
     err = capsys.readouterr().err
-    assert err.count("resumed at its data position anyway (--accept-corpus-change)") == 1, err
+    assert err.count("resumed at its data position anyway (accept_corpus_change=True)") == 1, err
     assert "the corpus changed since" in err and "corpus.txt" in err
     # an unchanged corpus: no word of it
     result = train(_config(tmp_path, **{**kw, "num_steps": 6}), resume=True, accept_corpus_change=True)
@@ -3953,8 +3953,8 @@ def test_accept_corpus_change_with_a_shard_cut_short_before_the_position_trains_
     assert f"the corpus changed since {tmp_path / 'run' / 'checkpoints' / f'step_0000000{stop}'} was saved " \
            f"({corpus[1]}: 88 bytes then, 40 now)" in err, err
     if stop == 4:  # the cursor at the second shard's end: its change may move it
-        assert ("resumed at its data position anyway (--accept-corpus-change), protein 9 of epoch 1: line 1 of "
-                f"{corpus[2]} now") in err, err
+        assert ("resumed at its data position anyway (accept_corpus_change=True), protein 9 of epoch 1: line 1 of "
+                f"{corpus[2]} now") in err, err  # (a library call: its keyword, not the flag)
     else:  # in the third: the rest of the epoch is the uninterrupted run's
         assert (f"before the run's data position: resumed there (protein 13 of epoch 1: line 9 of {corpus[2]}), "
                 "reading on as the uninterrupted run would") in err, err

@@ -789,6 +789,7 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     corpus_changes = changed_corpus_files(state.get("corpus"), config.corpus, run.corpus_id)
     changed = _changes_text(corpus_changes)
     if changed and accept_corpus_change and info.is_main:
+        accepted = option("--accept-corpus-change", "accept_corpus_change=True")  # (as the reader gave it)
         data = StreamState.from_dict(state["data_state"])
         found = position_in_corpus(config.corpus, data)
         position = f"protein {data.buffer_start + 1:,} of epoch {data.epoch + 1}"
@@ -798,17 +799,17 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
             # "resumed at its data position" named a place that is no longer in the corpus)
             console.warn(f"the corpus changed since {where} was saved ({changed}): it now ends before the "
                          f"run's data position ({position}); resumed from the beginning of epoch "
-                         f"{data.epoch + 2} (--accept-corpus-change)")
+                         f"{data.epoch + 2} ({accepted})")
         elif at is not None and all(index < at.file for index, _ in corpus_changes):
             # The position is kept in the file it falls in (as a byte, else a line): what changed
             # before that file moves it nowhere.
             console.warn(f"the corpus changed since {where} was saved ({changed}), before the run's data "
                          f"position: resumed there ({position}: line {found[1]:,} of {found[0]}), reading on as "
                          "the uninterrupted run would; the next epoch reads the corpus as it is now "
-                         "(--accept-corpus-change)")
+                         f"({accepted})")
         else:
             console.warn(f"the corpus changed since {where} was saved ({changed}): resumed at its data "
-                         f"position anyway (--accept-corpus-change), {position}: line {found[1]:,} of "
+                         f"position anyway ({accepted}), {position}: line {found[1]:,} of "
                          f"{found[0]} now; the batches from there on may differ from an uninterrupted run's")
     elif changed and not accept_corpus_change:
         # The saved data position counts proteins of the corpus as it was: applied to
