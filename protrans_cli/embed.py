@@ -52,7 +52,7 @@ from protrans_cli.io.files import (checked_hdf5_output, create_fresh, disk_full,
                                    hdf5_output_in_use, input_named_by, open_input, output_lock,
                                    refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
-                                partial_path, refuse_if_in_use, refuse_non_file)
+                                partial_path, refuse_if_in_use, refuse_non_file, weights_fingerprint_of)
 from protrans_cli.embed_resume import _Done, _done_in
 from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
                                      _shard_files, _torchrun_rank, shard_path)
@@ -1660,30 +1660,12 @@ def same_commit(old: str, new: str) -> bool:
     return not old or not new or old == new
 
 
-def moved_model(recorded, now) -> bool:
-    """Whether two records of a local model directory under other paths (a file's attributes, a
-    head's "embedding") hold the same weights_fingerprint: the directory moved or copied (a project
-    folder renamed, a model copied to another cluster), the same model. A head fit on embeddings
-    of MODEL refused those of the same weights at their new place as "another model"."""
-    def value(record):
-        found = record.get("weights_fingerprint") if hasattr(record, "get") else None
-        found = found.decode() if isinstance(found, bytes) else found
-        return str(found) if found else None
-
-    return value(recorded) is not None and value(recorded) == value(now)
-
-
 def other_weights(recorded, now) -> str | None:
     """Where two records of one local model directory (a file's attributes, a head's
     "embedding", the directory as it is now) say its weights differ: "weights_fingerprint A,
     now B" (the directory was retrained or replaced between them); None where they agree or
     either record lacks it (a hub model, a file from before it was recorded)."""
-    def value(record):
-        found = record.get("weights_fingerprint") if hasattr(record, "get") else record
-        found = found.decode() if isinstance(found, bytes) else found
-        return str(found) if found else None
-
-    before, after = value(recorded), value(now)
+    before, after = weights_fingerprint_of(recorded), weights_fingerprint_of(now)
     return None if before is None or after is None or before == after else f"weights_fingerprint {before}, now {after}"
 
 

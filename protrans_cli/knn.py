@@ -23,7 +23,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, one_of, option, whole_number
 from protrans_cli.io.files import display_name, named_delimiter, tsv_quoted
-from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
+from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader, same_weights
 
 METRICS = ("euclidean", "cosine")
 QUERY_SLICE = 1024
@@ -106,12 +106,12 @@ def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
 def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,
                       roles: tuple[str, str] = ("the queries", "the reference")) -> None:
     """`roles`: what the message calls the two files' proteins (project: an input's and the first's)."""
-    from protrans_cli.embed import moved_model, other_weights, same_model
+    from protrans_cli.embed import other_weights, same_model
     from protrans_cli.heads.predict import mismatch
 
     q_model, r_model = q_attrs.get("model"), r_attrs.get("model")
-    # (moved_model: one model directory's weights at another path, the directory moved or copied)
-    if q_model and r_model and not same_model(str(q_model), str(r_model)) and not moved_model(r_attrs, q_attrs):
+    # (same_weights: one model directory's weights at another path, the directory moved or copied)
+    if q_model and r_model and not same_model(str(q_model), str(r_model)) and not same_weights(r_attrs, q_attrs):
         message = (f"{roles[0]} come from model {q_model!r}, {roles[1]} from {r_model!r}: their distances mean "
                    "nothing")
         mismatch(message, query, allow)

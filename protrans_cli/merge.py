@@ -31,7 +31,7 @@ import numpy as np
 from protrans_cli.errors import RESUME_WORDS, InputError, ProtransError, UsageError, expect_path, one_of, option
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
                                 EmbeddingsWriter, _comparable, digest128, escape_key, output_free, partial_path,
-                                remove_partial, stored_proteins)
+                                remove_partial, same_weights, stored_proteins)
 
 # What the writer records itself: its layout and kinds, and the failures and runs of the parts
 _OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "truncated", "runs"}
@@ -261,7 +261,7 @@ def _unrecorded_limit(parts: list[_Part]) -> int | None:
 def _check_same(first: _Part, other: _Part, limit: int | None = None) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part. `limit`: the
     `max_length` that a part recording 0 is taken to have (_unrecorded_limit)."""
-    from protrans_cli.embed import moved_model, same_commit, same_model
+    from protrans_cli.embed import same_commit, same_model
 
     for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part", *_SAME_WHERE_RECORDED)], *_ALSO_SAME,
                 *_SAME_WHERE_RECORDED):
@@ -274,7 +274,7 @@ def _check_same(first: _Part, other: _Part, limit: int | None = None) -> None:
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)
-        if key == "model" and moved_model(first.attrs, other.attrs):
+        if key == "model" and same_weights(first.attrs, other.attrs):
             continue  # (one model directory's weights at another path: moved or copied between the runs)
         if key == "commit" and same_commit(_comparable(a), _comparable(b)):
             # (as --resume compares it: a file that records none, import-esm's, is not another

@@ -50,7 +50,7 @@ from protrans_cli.io.files import (atomic_output, check_replaceable, create_fres
                                    odd_kind, own_folder_output, remove_dead_temporaries, remove_with_outputs,
                                    replace_directory, same_file, signals_held, stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
-                                pooling_kind, prefix_words, three_di_words)
+                                pooling_kind, prefix_words, same_weights, three_di_words)
 from protrans_cli.threads import torch_threads
 
 
@@ -708,8 +708,8 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
 
 def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer: int) -> None:
     """Refuse an evaluation set embedded otherwise than train: another dimension, layer or model."""
-    from protrans_cli.embed import moved_model, other_weights, same_model  # (same_model: a directory named two
-    # ways, a short name and its hub id; moved_model: its weights at another path)
+    from protrans_cli.embed import other_weights, same_model  # (same_model: a directory named two ways, a short
+    # name and its hub id; same_weights: its weights at another path)
 
     for name, data, emb, _ in eval_sets:
         if data.dim != train.dim:
@@ -717,7 +717,7 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
         with EmbeddingsReader(emb) as reader:
             other = reader.attrs.get("model")
             differ = other_weights(embedding_info, reader.attrs)
-            moved = moved_model(embedding_info, reader.attrs)  # (the model directory's weights at another path)
+            moved = same_weights(embedding_info, reader.attrs)  # (the model directory's weights at another path)
             if "layers" in embedding_info:  # the layer train was read from, not a lone other one
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
                                    f"embed the {name} set with {embed_layer(model_layer)}", exact=True)

@@ -36,8 +36,8 @@ from protrans_cli.io.files import (atomic_output, default_permissions, display_n
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id,
                                 escape_key, h5_file, input_prefix_of, is_write_failure, one_protein_twice,
-                                pooling_kind, prefix_words, stored_length, three_di_words, truncated_by,
-                                truncated_from, write_failure_reason)
+                                pooling_kind, prefix_words, same_weights, stored_length, three_di_words,
+                                truncated_by, truncated_from, write_failure_reason)
 from protrans_cli.residues import THREE_DI_PREFIX
 from protrans_cli.threads import torch_threads
 
@@ -67,11 +67,11 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
                        exact="layers" in config.get("embedding", {}))
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
-    from protrans_cli.embed import moved_model, other_weights, same_model  # (same_model: a directory named two
-    # ways, a short name and its hub id; moved_model: its weights at another path)
+    from protrans_cli.embed import other_weights, same_model  # (same_model: a directory named two ways, a short
+    # name and its hub id; same_weights: its weights at another path)
 
     if head_model and file_model and not same_model(head_model, file_model) \
-            and not moved_model(config.get("embedding", {}), reader.attrs):
+            and not same_weights(config.get("embedding", {}), reader.attrs):
         message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
         mismatch(message, reader.path, allow_model_mismatch)
     elif differ := other_weights(config.get("embedding", {}), reader.attrs):

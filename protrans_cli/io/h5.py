@@ -2623,16 +2623,21 @@ def _comparable(value):
     return value
 
 
-def _same_weights(old: dict, run_attrs: dict) -> bool:
-    """Whether a file's and this run's weights_fingerprint (a local model directory's) are there
-    and the same: the directory moved or copied (a project folder renamed, a model copied to
-    another cluster) is the same model, where --resume refused it as "model='OLD', this run uses
-    model='NEW'"."""
-    before, now = old.get("weights_fingerprint"), run_attrs.get("weights_fingerprint")
-    if before is None or now is None:
-        return False
-    before, now = _comparable(before), _comparable(_attr_value(now))
-    return bool(before) and before == now
+def weights_fingerprint_of(record) -> str | None:
+    """The weights_fingerprint a record of a local model directory holds (a file's attributes, a
+    head's "embedding", a run's attributes; or the value itself), as text; None where it records
+    none (a hub model, a file from before it was recorded)."""
+    found = record.get("weights_fingerprint") if hasattr(record, "get") else record
+    found = found.decode() if isinstance(found, bytes) else found
+    return str(found) if found else None
+
+
+def same_weights(recorded, now) -> bool:
+    """Whether two records of a local model directory hold the same weights_fingerprint: the
+    directory moved or copied (a project folder renamed, a model copied to another cluster) is
+    the same model, where it was refused as another ("model='OLD', this run uses model='NEW'")."""
+    before = weights_fingerprint_of(recorded)
+    return before is not None and before == weights_fingerprint_of(now)
 
 
 def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
@@ -2655,7 +2660,7 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
         if key in old and key in run_attrs and run_attrs[key] is not None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
             same = (equal or {}).get(key, lambda a, b: a == b)
-            if key == "model" and not same(before, now) and _same_weights(old, run_attrs):
+            if key == "model" and not same(before, now) and same_weights(old, run_attrs):
                 continue  # (one model directory moved or copied since: its weights at another path)
             if not same(before, now):
                 shown = repr(now)
