@@ -918,17 +918,14 @@ def _stop_signals_held():
 def _init_worker(parent_pid: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: the main process handles it (exit 130, outputs
     # removed) and stops the pool; workers printing their own tracebacks would only be noise.
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM and SIGHUP end a worker as they would without Python (the main process alone handles
     # them, reports the stop and cleans up; its proc.terminate() ends a worker): a forked worker
     # inherited the parent's Python handlers, and a library caller's own (an app's) ran in every
     # worker too, a sent signal and each terminate() alike. One ignored (nohup) stays ignored, as in
     # the main process.
-    for name in ("SIGTERM", "SIGHUP"):
-        number = getattr(signal, name, None)
-        if number is not None and callable(signal.getsignal(number)):
+    for number in _STOP_SIGNALS - {signal.SIGINT}:  # (SIGTERM, and SIGHUP where there is one)
+        if callable(signal.getsignal(number)):
             signal.signal(number, signal.SIG_DFL)
     # (forked with them blocked, _stop_signals_held: one sent before this point waited, and reaches
     # the handlers set here, not the parent's inherited ones)
@@ -943,8 +940,6 @@ def _die_with_parent(parent_pid: int | None) -> None:
     scheduler's hard limit), instead of leaving it waiting on a pipe that a sibling still holds."""
     if parent_pid is None:
         return
-    import signal
-
     from protrans_cli.io.files import parent_death_signal
 
     if parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:  # it died before prctl took effect

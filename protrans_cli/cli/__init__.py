@@ -503,7 +503,6 @@ def _quiet_matplotlib_config_dir() -> None:
     logging.getLogger("matplotlib").addFilter(lambda record: record.funcName != "_get_config_or_cache_dir")
 
 
-
 def _hub_warnings_as_ours(show):
     """warnings.showwarning, with huggingface_hub's own warnings to the user (the cache lacks room
     for a download as it begins, a cache folder without symlinks) as one `protrans: warning:`
@@ -519,6 +518,7 @@ def _hub_warnings_as_ours(show):
             show(message, category, filename, lineno, file, line)
 
     return showwarning
+
 
 def main(argv=None):
     """Entry point: runs the click group and maps every failure to one line and an exit code."""
