@@ -357,20 +357,16 @@ def _by_layer(layers: list[int], arrays) -> dict:
 def _move_in(files: Path, folder: Path) -> int:
     """Move every file of `files` into `folder` (the same file system: renames), SIGINT, SIGTERM
     and SIGHUP held meanwhile; the number that replaced a file of the same name."""
-    import stat
-
-    from protrans_cli.io.files import kind_in_words, signals_held
+    from protrans_cli.io.files import odd_kind, signals_held
 
     entries = sorted(os.listdir(files))
     for entry in entries:  # (every one before the first moves in: a failed run leaves none of its files)
         target = folder / entry
         if target.is_dir() and not target.is_symlink():
             raise RuntimeFailure("is a folder: the protein's .pt file cannot take its place", path=str(target))
-        with contextlib.suppress(OSError):
-            # (a named pipe, socket or device was replaced as a file of the same name is, deleted; a link is replaced)
-            if not (stat.S_ISREG(mode := os.lstat(target).st_mode) or stat.S_ISLNK(mode)):
-                raise RuntimeFailure(f"is {kind_in_words(mode)}: the protein's .pt file cannot take its place",
-                                     path=str(target))
+        # (a named pipe, socket or device was replaced as a file of the same name is, deleted; a link is replaced)
+        if (what := odd_kind(target, follow_symlinks=False)) is not None:
+            raise RuntimeFailure(f"is {what}: the protein's .pt file cannot take its place", path=str(target))
     replaced = 0
     with signals_held():
         for entry in entries:
