@@ -1418,7 +1418,9 @@ class AtomicFile(StagedRename):
             writable_or_refused(self.path)
             self.tmp = str(make_temporary(directory, f".{self.path.name}."))
             # Opened by descriptor: a named file object would put the temporary's name in a gzip header.
-            self._raw = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_TRUNC), "wb", buffering=buffering)
+            # Not with O_TRUNC (it is new and empty): on ext4 a file truncated on opening is written
+            # back when it is closed (auto_da_alloc), which made a 250 MB prep wait 0.13 s more.
+            self._raw = os.fdopen(os.open(self.tmp, os.O_WRONLY), "wb", buffering=buffering)
         self.stream = _compressor(self._raw, compression_for_output(self.path) if compress else None, level)
         self._done = self._prepared = False
 
