@@ -10,7 +10,7 @@ prints the throughput in MB/s of input of
   - build_corpus with each --threads value (the same output, byte for byte, is checked);
 their ratio, and the peak RSS of each run, measured in a fresh process: its own peak plus
 threads x the largest worker's peak (an upper bound: forked workers share pages with it).
-Every child loads its modules from bytecode, as an installed package does (see _child_env).
+Every child loads its modules from bytecode, as an installed package does (_children.bytecode_env).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _children import bytecode_env
 
 AMINO = "ARNDCQEGHILKMFPSTWYV"
 # UniProtKB/Swiss-Prot residue frequencies (%), release 2024.
@@ -99,18 +101,6 @@ def _child(args) -> None:
                       "worker_mb": worker_kb / 1024 if threads > 1 else 0}))
 
 
-def _child_env(work: Path) -> dict:
-    """The children's environment: modules loaded from bytecode, as an installed package is (pip
-    compiles it at install). Under PYTHONDONTWRITEBYTECODE=1 (some CI images and containers set
-    it) every child compiled protrans's sources anew, 0.05-0.1 s of a 0.7 s run, which the
-    baseline's Biopython, installed with its bytecode, never paid. The bytecode goes to a cache
-    folder beside the data (PYTHONPYCACHEPREFIX), not into the source tree."""
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    return env
-
-
 def _measure(kind: str, fasta: Path, out: Path, env: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, "--fasta", str(fasta), "--out", str(out)],
                           capture_output=True, text=True, check=True, env=env)
@@ -141,7 +131,7 @@ def main() -> None:
     print(f"input: {fasta} ({mb:.0f} MB), cores: {os.cpu_count()}, load average: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
-    env = _child_env(work)
+    env = bytecode_env(work)
     subprocess.run([sys.executable, "-c", "import Bio.SeqIO.FastaIO, protrans_cli.corpus"], check=True, env=env)
     # Rounds interleave the baseline and every -j, so a busy neighbour slows them alike; the best
     # round of each is reported.
