@@ -1674,7 +1674,7 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
                         (no_bucket_width, "data_state: width is 0, not a width of at least 1"),
                         (unknown_plan, "data_state: plan 99 is not one this protrans knows"),
                         (no_rng, "no usable rng entry"),
-                        (scheduler_before_start, "scheduler last_epoch is -3, not a step"),
+                        (scheduler_before_start, "scheduler: last_epoch is -3, not a step"),
                         (optimizer_shape, "optimizer state 'exp_avg' is (7,) for a parameter of shape"),
                         (scheduler_lambdas, "not iterable"),
                         (best_loss_text, "best: {'step': 1, 'eval_loss': '0.5'}: not a step and an eval loss")):
@@ -1689,6 +1689,86 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
         shutil.rmtree(last)
         shutil.copytree(tmp_path / "good", last)
     assert train(_config(tmp_path, num_steps=3, save_every=1), resume=True).step == 3
+
+
+_TINY_RUN_FLAGS = ("--corpus", LEARNABLE, "--max-length", 32, "--global-batch-size", 4, "--micro-batch-size", 4,
+                   "--save-every", 1, "-j", 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 2-step `protrans train` run with a checkpoint at each step, made once for the module's
+    resume tests (each copies it before changing it)."""
+    from click.testing import CliRunner
+
+    from conftest import _Entry
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    res = CliRunner().invoke(_Entry("protrans"), ["train", *map(str, (*_TINY_RUN_FLAGS, "--num-steps", 2, "-o", run))],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def _set(*path, to=None, drop=False):
+    """A change of the training state: the entry at `path` set `to` a value, or dropped."""
+    def change(state):
+        for key in path[:-1]:
+            state = state[key]
+        if drop:
+            del state[path[-1]]
+        else:
+            state[path[-1]] = to
+    return change
+
+
+@pytest.mark.parametrize("change, said", [
+    (_set("corpus", to=[{}]), "corpus[0] is {}, not a file's size and ends_sha256"),
+    (_set("corpus", to=[{"size": "12", "ends_sha256": "ab"}]), "corpus[0] is {'size': '12', 'ends_sha256': 'ab'}"),
+    (_set("corpus", to=[None]), "corpus[0] is None, not a file's size and ends_sha256"),
+    (_set("corpus", to={"size": 1}), "corpus is {'size': 1}, not a list of file fingerprints"),
+    (_set("corpus", to="c.txt"), "corpus is 'c.txt', not a list of file fingerprints"),
+    (_set("step", to=-1), "step is -1, not a count"),
+    (_set("step", to=True), "step is True, not a count"),
+    (_set("step", to=1), "step is 1, in the checkpoint of step 2"),
+    (_set("data_phase", to=-1), "data_phase is -1, not a count"),
+    (_set("data_phase", to=5), "data_phase is 5, past the run's 1 phase(s)"),
+    (_set("world_size", to="2"), "world_size is '2', not a number of processes"),
+    (_set("world_size", to=0), "world_size is 0, not a number of processes"),
+    (_set("log", to=5), "log is 5, not a table of the metrics interval"),
+    (_set("log", "sums", drop=True), "log.sums is None, not a table of sums and counts"),
+    (_set("log", "seconds", to="1.5"), "log.seconds is '1.5', not a number"),
+    (_set("log", "steps", to=-2), "log.steps is -2, not a count"),
+    (_set("loss_scale", to=[1.0]), "loss_scale is [1.0], not a loss scaler's state"),
+    (_set("optimizer", "param_groups", drop=True), "optimizer: no 'param_groups' in it"),
+    (_set("scheduler", to={}), "scheduler: no 'lr_lambdas' in it"),
+    (_set("rng", to=[{}]), "rng: no 'python' in it"),
+    (_set("rng", 0, "torch", to=5), "rng: expected a torch.ByteTensor"),
+    (_set("data_state", to=None), "no usable data_state entry"),
+])
+def test_a_malformed_training_state_entry_is_named_in_one_line_on_resume(tiny_run, tmp_path, run_cli, change, said):
+    """A hand-edited or foreign training_state.pt (its SHA256SUMS line updated) whose entries torch
+    reads but the resume cannot use: a corpus fingerprint without its size was a KeyError traceback,
+    a data_phase past the run's phases an IndexError at the first step, a log entry of another form a
+    TypeError, and a step of -1 was refused as "holds checkpoints after step -1". Now one line
+    naming the checkpoint, training_state.pt and the entry, exit 1, and nothing trained."""
+    import shutil
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    last = run / "checkpoints" / "step_00000002"
+    state = torch.load(last / ckpt.STATE_FILE, weights_only=True)
+    change(state)
+    torch.save(state, last / ckpt.STATE_FILE)
+    ckpt._write_sums(last)
+    res = run_cli("train", *_TINY_RUN_FLAGS, "--num-steps", 3, "-o", run, "--resume")
+    said_line = res.stderr.strip().splitlines()[-1]
+    assert res.exit_code == 1 and said_line.startswith(
+        f"protrans: error: {last}: damaged checkpoint: cannot read training_state.pt ("), res.stderr
+    assert said in said_line and "Traceback" not in res.stderr, res.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
 
 
 def test_every_checkpoint_file_is_in_its_sha256sums_which_sha256sum_checks(tmp_path):

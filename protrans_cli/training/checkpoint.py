@@ -412,7 +412,9 @@ _STATE_ENTRIES = {"step": int, "data_phase": int, "data_state": dict, "optimizer
                   "rng": list}
 
 
-def load_training_state(directory) -> dict:
+def load_training_state(directory, num_phases: int | None = None) -> dict:
+    """A checkpoint's training_state.pt, every entry the resume reads checked; `num_phases`: the
+    resumed run's phases, which its data_phase must fall in."""
     try:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or damaged zip, a refused pickle: the same problem
@@ -429,7 +431,66 @@ def load_training_state(directory) -> dict:
     if best is not None and not (isinstance(best, dict) and is_count(best.get("step"))
                                  and isinstance(best.get("eval_loss"), float)):
         raise _damaged(directory, STATE_FILE, ValueError(f"best: {best!r:.60}: not a step and an eval loss"))
+    if problem := _state_entries_problem(directory, state, num_phases):
+        raise _damaged(directory, STATE_FILE, ValueError(problem))
     return state
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _state_entries_problem(directory, state: dict, num_phases: int | None) -> str | None:
+    """What is wrong with the training state's entries that the resume reads as they are (its step
+    and phase, the corpus fingerprint, the metrics interval under way, the process count), or
+    None. A hand-edited or foreign state was a KeyError or TypeError traceback (a corpus entry
+    without its size), an IndexError at the first step (a data_phase past the run's phases), or a
+    refusal that blamed the run's later checkpoints (a step of -1)."""
+    step, data_phase = state["step"], state["data_phase"]
+    for key, value in (("step", step), ("data_phase", data_phase)):
+        if not is_count(value):
+            return f"{key} is {value!r}, not a count"
+    if num_phases is not None and data_phase >= num_phases:
+        return f"data_phase is {data_phase}, past the run's {num_phases} phase(s)"
+    named = checkpoint_step(directory)
+    if named is not None and step != named:
+        return f"step is {step}, in the checkpoint of step {named}"
+    expected = saved_data_phase(directory, step)
+    if expected is not None and data_phase != expected:
+        return f"data_phase is {data_phase}, and step {step} is in phase {expected} of its {CONFIG_FILE}"
+    corpus = state.get("corpus")  # (none in earlier versions' states: nothing to compare)
+    if corpus is not None:
+        if not isinstance(corpus, list):
+            return f"corpus is {corpus!r:.40}, not a list of file fingerprints"
+        for i, entry in enumerate(corpus):
+            if not (isinstance(entry, dict) and is_count(entry.get("size")) and isinstance(entry.get("ends_sha256"), str)):
+                return f"corpus[{i}] is {entry!r:.40}, not a file's size and ends_sha256"
+    if "world_size" in state and not (is_count(state["world_size"]) and state["world_size"] >= 1):
+        return f"world_size is {state['world_size']!r:.40}, not a number of processes"
+    log = state.get("log")  # (the metrics interval under way; read only where it is not empty)
+    if log:
+        if not isinstance(log, dict):
+            return f"log is {log!r:.40}, not a table of the metrics interval"
+        sums = log.get("sums")
+        if not isinstance(sums, dict) or not all(
+                isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)) for v in sums.values()):
+            return f"log.sums is {sums!r:.40}, not a table of sums and counts"
+        for key in ("tokens", "grad_norm", "seconds"):
+            if (key != "seconds" or key in log) and not _is_number(log.get(key)):
+                return f"log.{key} is {log.get(key)!r:.40}, not a number"
+        for key in ("steps", "norm_steps"):
+            if (key == "steps" or key in log) and not is_count(log.get(key)):
+                return f"log.{key} is {log.get(key)!r:.40}, not a count"
+    if state.get("loss_scale") is not None and not isinstance(state["loss_scale"], dict):
+        return f"loss_scale is {state['loss_scale']!r:.40}, not a loss scaler's state"
+    best = state.get("best")
+    if best is not None:
+        val = best.get("val_corpus")
+        if val is not None and not (isinstance(val, list) and all(isinstance(x, str) for x in val)):
+            return f"best.val_corpus is {val!r:.40}, not a list of paths"
+        if "num_eval_batches" in best and not is_count(best["num_eval_batches"]):
+            return f"best.num_eval_batches is {best['num_eval_batches']!r:.40}, not a count"
+    return None
 
 
 _STREAM_FIELDS = ("epoch", "buffer_start", "batches_done", "plan", "width")
@@ -477,16 +538,21 @@ def is_count(value) -> bool:
 
 
 @contextlib.contextmanager
-def restoring(directory):
+def restoring(directory, entry: str | None = None):
     """Around putting a checkpoint's training state back (optimizer, scheduler, random generators,
     data position): an entry of the wrong form (a tampered or foreign training_state.pt that
     torch.load still reads) is the damaged-checkpoint error naming the file, not a traceback from
-    deep inside random.setstate or the optimizer. Running out of memory is not the file's fault."""
+    deep inside random.setstate or the optimizer. Running out of memory is not the file's fault.
+    `entry`: the training state's entry being put back, which the error names."""
     try:
         yield
     except (MemoryError, torch.OutOfMemoryError):
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
+        if entry is not None:
+            # (a KeyError's message is the key alone: "('param_groups')" named neither entry nor problem)
+            why = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) and exc.args else first_line(exc)
+            exc = ValueError(f"{entry}: {why}")
         raise _damaged(directory, STATE_FILE, exc) from None
 
 

@@ -778,7 +778,7 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     ckpt.load_weights(where, run.model)  # (another family's weights named as such first)
     if not config.init_from:
         ckpt.check_vocabulary(where, run.tokenizer)
-    state = ckpt.load_training_state(where)
+    state = ckpt.load_training_state(where, len(phases))
     if info.is_main:
         # (config.objective is resolved: the family's default where none was given)
         changes = objective_changes(ckpt.saved_objective_revision(where), config.objective, config.sop)
@@ -895,7 +895,7 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
     """The optimizer, scheduler, RNG and fp16 loss scale of a checkpoint, once the model is
     wrapped: (its step, its data phase, its data position)."""
     info = run.info
-    with ckpt.restoring(where):
+    with ckpt.restoring(where, "optimizer"):
         if run.strategy == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -905,13 +905,14 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
         else:
             optimizer.load_state_dict(state["optimizer"])
             ckpt.check_optimizer_state(where, optimizer)
+    with ckpt.restoring(where, "scheduler"):
         # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
         # this run: load_state_dict restores the saved lambda's fields too, and a run resumed
         # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
         shape = dict(scheduler.lr_lambdas[0].__dict__)
         scheduler.load_state_dict(state["scheduler"])
         if not ckpt.is_count(scheduler.last_epoch):
-            raise ValueError(f"scheduler last_epoch is {scheduler.last_epoch!r}, not a step")
+            raise ValueError(f"last_epoch is {scheduler.last_epoch!r}, not a step")
         saved_shape = dict(scheduler.lr_lambdas[0].__dict__)
         for fn in scheduler.lr_lambdas:
             fn.__dict__.update(shape)
@@ -921,7 +922,8 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
         for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        saved = state["rng"]
+    saved = state["rng"]
+    with ckpt.restoring(where, "rng"):
         ckpt.set_rng_state(saved[min(info.rank, len(saved) - 1)], info.device)
         if info.rank >= len(saved):
             # A checkpoint of fewer processes (a job requeued on more GPUs): this rank had no
@@ -932,15 +934,17 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
             # 'right_shift' not supported", and the resume failed as an unreadable checkpoint)
             torch.manual_seed(int(np.random.SeedSequence([run.config.seed, info.rank, state["step"]])
                                   .generate_state(1, np.uint64)[0]) >> 1)
-        if run.loss_scale is not None and state.get("loss_scale"):
+    if run.loss_scale is not None and state.get("loss_scale"):
+        with ckpt.restoring(where, "loss_scale"):
             run.loss_scale.load_state_dict(state["loss_scale"])
-        written_by = state.get("world_size", len(saved))
-        if written_by != info.world_size:
-            added = info.world_size - len(saved)
-            dist.print0(f"train: {where.name} was written by {written_by} process(es), resumed by {info.world_size}: "
-                        "the same global batches from the saved data position"
-                        + ("" if added < 1 else f"; rank {len(saved)} draws dropout of its own" if added == 1 else
-                           f"; ranks {len(saved)}-{info.world_size - 1} draw dropout of their own"))
+    written_by = state.get("world_size", len(saved))
+    if written_by != info.world_size:
+        added = info.world_size - len(saved)
+        dist.print0(f"train: {where.name} was written by {written_by} process(es), resumed by {info.world_size}: "
+                    "the same global batches from the saved data position"
+                    + ("" if added < 1 else f"; rank {len(saved)} draws dropout of its own" if added == 1 else
+                       f"; ranks {len(saved)}-{info.world_size - 1} draw dropout of their own"))
+    with ckpt.restoring(where, "data_state"):
         return state["step"], state["data_phase"], StreamState.from_dict(state["data_state"])
 
 
