@@ -1771,6 +1771,26 @@ def test_a_malformed_training_state_entry_is_named_in_one_line_on_resume(tiny_ru
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
 
 
+def test_a_run_directory_in_use_with_checkpoints_is_refused_as_in_use_not_as_needing_resume(tiny_run, tmp_path, run_cli):
+    """`protrans train -o RUN` on a run's directory while that run is training: it was told to "add
+    --resume" (the check made before torch is imported, which takes no lock), and the --resume that
+    followed was then refused as in use. The run in progress is the first thing to say."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with another_process(f"import fcntl, os\nfd = os.open({str(run)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)"):
+        res = run_cli("train", *_TINY_RUN_FLAGS, "--num-steps", 3, "-o", run)
+    assert res.exit_code == 1 and res.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {run}: is in use by another training run or learning-rate range test (protrans train, "
+        "train() or find_lr(): it holds the run directory's lock): wait for it to end, or choose another -o"), res.stderr
+    assert "--resume" not in res.stderr and sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    # the lock released, the run's checkpoints are what is said (the probe took no lock it kept)
+    res = run_cli("train", *_TINY_RUN_FLAGS, "--num-steps", 3, "-o", run)
+    assert res.exit_code == 2 and "already holds a run (step_00000002): add --resume" in res.stderr, res.stderr
+
+
 def test_every_checkpoint_file_is_in_its_sha256sums_which_sha256sum_checks(tmp_path):
     import shutil
     import subprocess

@@ -324,13 +324,15 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     if os.environ.get("WORLD_SIZE", "1") == "1":  # (under torchrun, train() refuses it on every rank alike)
         # What the run directory holds, refused before torch is imported: `train -o RUN` on a run's
         # directory without --resume was told to add it after seconds of imports (9 s on a loaded
-        # machine). train()'s own check, in its order: a bad setting is said first.
+        # machine). train()'s own checks, in its order: a run in progress in the directory (its lock
+        # held: it was told to add --resume), then a bad setting.
         from protrans_cli.errors import ProtransError
-        from protrans_cli.training.rundir import refuse_what_the_run_dir_holds
+        from protrans_cli.training.rundir import refuse_run_dir_in_use, refuse_what_the_run_dir_holds
 
         try:
             refuse_what_the_run_dir_holds(config.output_dir, resume_from or resume or None)
         except ProtransError:
+            refuse_run_dir_in_use(config.output_dir)
             config.validate()
             raise
     from protrans_cli.training.loop import train

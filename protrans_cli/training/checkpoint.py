@@ -38,7 +38,7 @@ from protrans_cli.io.files import (default_permissions, disk_full, refuse_specia
                                    file_locking, sha256_file, without_locks)
 # (a run directory's layout, read without torch: `protrans train` refuses what it holds before importing torch)
 from protrans_cli.training.rundir import (BEST_FILE, COMPLETE_FILE, CONFIG_FILE, STATE_FILE, _damaged, checkpoint_step,
-                                          list_checkpoints, run_dir_option)
+                                          list_checkpoints, run_dir_in_use, run_dir_option)
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
@@ -173,11 +173,7 @@ def run_lock(run_dir, active: bool = True):
             # (the folders made here are the holder's now: removed as they were left empty, the
             # directory of a run started at the same moment went from under it)
             created = []
-            # (the holder may be a run or a range test, from the command line or from Python, whoever
-            # reads this: "another protrans train" was said to a find_lr() call that met a train())
-            raise RuntimeFailure("is in use by another training run or learning-rate range test (protrans train, "
-                                 "train() or find_lr(): it holds the run directory's lock): wait for it to end, or "
-                                 f"choose another {run_dir_option()}", path=str(run_dir)) from None
+            raise run_dir_in_use(run_dir) from None
         except OSError as exc:  # a file system without flock (Lustre without it, NFS mounted nolock)
             without_locks(run_dir, str(run_dir), exc)  # (no lock, or refused: PROTRANS_FILE_LOCKING=TRUE)
         yield run_dir in created

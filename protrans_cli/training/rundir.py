@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from protrans_cli.errors import InputError, UsageError, first_line, given, option, resume_option, torch_load_problem
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, given, option, resume_option, torch_load_problem
 
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"
@@ -73,6 +73,38 @@ def run_dir_option() -> str:
     """The run directory as the message's reader gives it: -o at the command line, and to a library
     call TrainConfig's output_dir (`errors.option`: "choose another -o" was said to both)."""
     return option("-o", "output_dir")
+
+
+def run_dir_in_use(run_dir) -> RuntimeFailure:
+    """The refusal of a run directory whose lock (checkpoint.run_lock) another process holds."""
+    # (the holder may be a run or a range test, from the command line or from Python, whoever
+    # reads this: "another protrans train" was said to a find_lr() call that met a train())
+    return RuntimeFailure("is in use by another training run or learning-rate range test (protrans train, train() or "
+                          "find_lr(): it holds the run directory's lock): wait for it to end, or choose another "
+                          f"{run_dir_option()}", path=str(run_dir))
+
+
+def refuse_run_dir_in_use(run_dir) -> None:
+    """run_dir_in_use where another process holds the run directory's lock now; nothing where none
+    does, the directory is not there or the file system grants no locks. Asked before the refusals
+    of what the directory holds where those are made without the lock (`protrans train`, before it
+    imports torch): a run's directory while the run trained was told to "add --resume"."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return
+    try:
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (let go at once: closing the descriptor releases it)
+    except BlockingIOError:
+        raise run_dir_in_use(run_dir) from None
+    except OSError:  # (no locks on this file system: run_lock says so, where it applies)
+        pass
+    finally:
+        os.close(fd)
 
 
 def _damaged(directory, name: str, exc: BaseException) -> InputError:
