@@ -66,6 +66,9 @@ def test_embed_rank_whose_fasta_is_missing_stops_the_others(tmp_path):
     assert proc.returncode != 0
     assert "missing.fa: no such file" in proc.stderr
     assert "rank(s) 1 stopped before starting" in proc.stderr
+    # torchrun's Root Cause is rank 1 and its line, not rank 0 stopped by it (a tie in the same second)
+    root = proc.stderr.split("Root Cause (first observed failure):", 1)[1]
+    assert "rank      : 1" in root and "traceback : protrans: error: " in root and "missing.fa: no such file" in root
     assert not out.exists()
 
 

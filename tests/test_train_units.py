@@ -2803,3 +2803,28 @@ def test_train_refuses_what_its_run_directory_holds_before_importing_torch(tmp_p
                              env={**os.environ, "WORLD_SIZE": "1"}, timeout=60)
         assert out.stdout.split() == [str(code_expected), "False"], (args, out.stdout, out.stderr)
         assert out.stderr.startswith(f"protrans: error: {said}") and out.stderr.count("\n") == 1, (args, out.stderr)
+
+
+def test_torchruns_root_cause_is_the_rank_with_the_error_not_one_stopped_by_it(tmp_path, monkeypatch):
+    """Two ranks failing in the same second: torchrun's summary named as "Root Cause" the rank that
+    stopped because the other did (rank 0 on a tie: "rank(s) 1 stopped before starting"), and the
+    real error ("missing.fa: no such file") only under Failures. Read by torch's own summary code."""
+    import time
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from protrans_cli import cli
+
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.5)
+    lines = {0: "protrans: error: rank(s) 1 stopped before starting (their error is in their node's log): no rank runs",
+             1: "protrans: error: missing.fa: no such file"}
+    failures = {}
+    for rank, line in lines.items():
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / f"{rank}.json"))
+        cli._tell_torchrun(line)
+        failures[rank] = ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=1,
+                                        error_file=str(tmp_path / f"{rank}.json"))
+    rank, failure = ChildFailedError("protrans", failures).get_first_failure()
+    assert rank == 1 and failure.message["message"] == lines[1]
+    # (a rank's own error keeps the time it failed at)
+    assert failure.timestamp == 1_700_000_000

@@ -608,6 +608,11 @@ def main(argv=None):
                 signal.signal(signal.SIGINT, previous_int)
 
 
+# The lines of a rank that stops because another one did (training.dist.same_on_every_rank, peers_stopping;
+# embed_dist._finish_ranks): the other rank's line is the cause.
+_PEER_STOPPED = ("stopped before starting (their error is", "another process of this torchrun run stopped")
+
+
 def _tell_torchrun(line: str | None) -> None:
     """Under torchrun, this process's error line into the file torchrun reads it from
     (TORCHELASTIC_ERROR_FILE, as torch.distributed.elastic's @record writes it): the summary that
@@ -620,10 +625,14 @@ def _tell_torchrun(line: str | None) -> None:
     import json
     import time
 
+    # torchrun's Root Cause is the rank of the earliest timestamp, in whole seconds, rank 0 on a tie:
+    # a rank stopping because another did (within the same second) was named the root cause, and the
+    # rank with the real error ("missing.fa: no such file") only under Failures. A second later here.
+    when = int(time.time()) + any(words in line for words in _PEER_STOPPED)
     try:
         with open(path, "w", encoding="utf-8") as fh:  # (the "message" object torch's own ErrorHandler writes)
             json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
-                                                                  "timestamp": str(int(time.time()))}}}, fh)
+                                                                  "timestamp": str(when)}}}, fh)
     except OSError:  # torchrun's summary without it, as before
         pass
 
