@@ -1172,6 +1172,25 @@ def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_predict_probabilities_are_written_without_truncating_their_new_temporary(run_cli, one_epoch_ss3, ss_data,
+                                                                                 tmp_path, monkeypatch):
+    """HDF5 opened mkstemp's empty temporary again with "w" (O_TRUNC): on ext4 a file truncated on
+    opening is written back to disk when it is closed (auto_da_alloc), and predict waited for it."""
+    from protrans_cli.heads import predict
+
+    opened = []
+    real = predict.h5_file
+    monkeypatch.setattr(predict, "h5_file", lambda path, mode="r", **k: (opened.append((mode, os.path.lexists(path))),
+                                                                         real(path, mode, **k))[1])
+    probs = tmp_path / "p.h5"
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa",
+                "--probabilities", probs)
+    assert r.exit_code == 0, r.stderr
+    assert opened and not [mode for mode, existed in opened if existed and mode != "r"]
+    with h5py.File(probs) as f:
+        assert f.attrs["task"] == "ss3" and len(f["ss3"]) > 0
+
+
 def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_cli, ss_data, tmp_path):
     """`predict HEAD -o HEAD/config.json` replaced the head's config with predictions (exit 0);
     a weights file cut short by an interrupted copy then gave a safetensors traceback."""

@@ -648,7 +648,11 @@ class _ProbabilityWriter:
     def __enter__(self):
         parent = output_directory(self.target)
         self.tmp = str(make_temporary(parent, f".{self.target.name}."))
-        self.h5 = h5_file(self.tmp, "w")
+        # HDF5 makes it anew in the name mkstemp held: "w" opened the empty temporary with O_TRUNC,
+        # and on ext4 a file truncated on opening is written back to disk when it is closed
+        # (auto_da_alloc), which the run waited for. ("x": a file that took the name is never clobbered)
+        os.unlink(self.tmp)
+        self.h5 = h5_file(self.tmp, "x")
         self.h5.attrs["task"] = self.task.name
         for o in self.task.outputs:
             self.h5.attrs[f"classes_{o.name}"] = "".join(o.classes) if all(len(c) == 1 for c in o.classes) \
