@@ -45,6 +45,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
+from protrans_cli.choices import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
                                  expect_options, expect_path, force_option, given, one_of, option, resume_option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
@@ -63,11 +64,7 @@ from protrans_cli.residues import (NUCLEOTIDE_RULE, REASON_INVALID, THREE_DI, Se
                                    normalise)
 from protrans_cli.threads import check_threads, torch_threads
 
-LONG_POLICIES = ("error", "skip", "truncate", "chunk")
-INVALID_POLICIES = ("error", "skip")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_CHUNK_OVERLAP = 64
-DEFAULT_WINDOW = 100_000  # proteins held at a time: ~60 MB of UniRef50 records, long enough sorted runs
 
 
 @dataclass

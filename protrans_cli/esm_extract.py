@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
+from protrans_cli.choices import INCLUDES
 from protrans_cli.errors import (RESUME_WORDS, InputError, ModelError, ProtransError, RuntimeFailure, UsageError,
                                  at_least, expect_options, expect_path, one_of, option)
 
-INCLUDES = ("mean", "per_tok", "bos", "contacts")
 # esm-extract's dict keys of each --include, in the order it writes them
 FIELDS = {"per_tok": "representations", "mean": "mean_representations", "bos": "bos_representations",
           "contacts": "contacts"}

@@ -301,6 +301,40 @@ def test_tab_after_protrans_lists_the_commands_without_importing_them(monkeypatc
     assert out.stdout.splitlines()[:3] == ["plain", "prep", COMMANDS["prep"][1]]
 
 
+def test_every_commands_help_and_tab_completion_import_no_numpy():
+    """`fit --help`, `embed -m <Tab>`, `fit <Tab>`... imported numpy (and h5py's helpers) for the
+    choices of their options: 0.1 s of each 0.2 s Tab press. They read protrans_cli.choices."""
+    from protrans_cli.cli import COMMANDS
+
+    code = ("import sys\n"
+            "from click.shell_completion import BashComplete\n"
+            "from protrans_cli.cli import COMMANDS, cli, main\n"
+            "comp = BashComplete(cli, {}, 'protrans', '_PROTRANS_COMPLETE')\n"
+            "for name in COMMANDS:\n"
+            "    options = [c.value for c in comp.get_completions([name], '--')]\n"
+            "    assert '--help' in options, (name, options)\n"
+            "    try:\n        main([name, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            "print(' '.join(c.value for c in comp.get_completions(['fit'], '')))\n"
+            "print(' '.join(c.value for c in comp.get_completions(['embed', '--dtype'], '')))\n"
+            "print([m for m in ('numpy', 'h5py', 'torch') if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-3:] == ["ss3 ss8 ss3+ss8 loc residue protein value",
+                                            "auto float32 bfloat16 float16", "[]"]
+    assert all(f"protrans {name}" in out.stdout for name in COMMANDS)  # (every help page printed)
+
+
+def test_the_light_choices_are_the_tasks_and_kinds_of_the_heads():
+    """fit's and finetune's TASK choices (protrans_cli.choices, for --help and completion without
+    numpy) are the tasks the heads know, in their order; the architectures' keys are the layouts."""
+    from protrans_cli.choices import ARCHITECTURES, TASK_NAMES
+    from protrans_cli.heads.tasks import TASKS
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
+
+    assert TASK_NAMES == tuple(TASKS)
+    assert set(ARCHITECTURES) == {PER_RESIDUE, PER_PROTEIN}
+
+
 def test_shell_completion_of_families_presets_and_models_reads_the_catalog_only():
     """`train --family`, `--preset`, `models --family`, `embed -m` and every other option that takes
     a model complete the names `protrans models` lists (from catalog.json, without torch); `-m

@@ -13,8 +13,8 @@ import sys
 import click
 
 from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
+from protrans_cli.choices import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.cli import INPUT_FILE, completion
-from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
 
 
 def command_line(argv: list[str]) -> str:

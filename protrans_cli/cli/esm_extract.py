@@ -9,9 +9,8 @@ import re
 
 import click
 
+from protrans_cli.choices import DTYPES, INCLUDES
 from protrans_cli.cli import INPUT_FILE, completion
-from protrans_cli.embed import DTYPES
-from protrans_cli.esm_extract import INCLUDES
 
 # esm-extract's options of several values (argparse's nargs="+") -> what its values look like
 # (argparse takes every following word that is no option; a negative number is a layer)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.cli.fit import mask_options
-from protrans_cli.heads.labels import FORMATS
-from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS, warn_unused_dual
 
 
 @click.command("finetune", context_settings={"show_default": True})
-@click.argument("task", type=click.Choice(list(TASKS)))
+@click.argument("task", type=click.Choice(list(TASK_NAMES)))
 @click.option("-m", "--model", required=True, shell_complete=completion.weights, help="The model to fine-tune: anything `embed -m` loads.")
 @click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
               help="Training labels (as fit reads them); their sequences, or --fasta's.")
@@ -72,6 +71,7 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
         --test CB513_HHblits.csv -o ft/ss3
     """
     from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
+    from protrans_cli.heads.tasks import warn_unused_dual
 
     if given_option("dual"):
         warn_unused_dual(task)  # (changed nothing, without a word)

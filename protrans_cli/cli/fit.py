@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
 from protrans_cli.cli import INPUT_FILE, given_option, is_option
-from protrans_cli.heads.labels import FORMATS
-from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 
 _PAIR = (INPUT_FILE, INPUT_FILE)
 
@@ -43,7 +42,7 @@ def mask_options(command):
 
 
 @click.command("fit", context_settings={"show_default": True})
-@click.argument("task", type=click.Choice(list(TASKS)))
+@click.argument("task", type=click.Choice(list(TASK_NAMES)))
 @click.option("--embeddings", required=True, type=INPUT_FILE, metavar="FILE", help="Training embeddings (HDF5).")
 @click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
               help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, biotrainer FASTA, DeepLoc FASTA, id,label CSV/TSV).")

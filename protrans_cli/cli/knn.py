@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import FORMATS
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.cli.predict import fasta_embedding_options
-from protrans_cli.heads.labels import FORMATS
 
 
 @click.command("knn", context_settings={"show_default": True})

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import FORMATS
 from protrans_cli.cli import INPUT_FILE
-
-from protrans_cli.heads.labels import FORMATS
 
 
 @click.command("labels", context_settings={"show_default": True})

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import FORMATS, INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.cli import INPUT_FILE, completion, given_option
-
-from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
-from protrans_cli.heads.labels import FORMATS
 
 
 def fasta_embedding_options(recorded: str, skipped: str):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import FORMATS
 from protrans_cli.cli import INPUT_FILE, given_option
-from protrans_cli.heads.labels import FORMATS
 
 
 @click.command("project", context_settings={"show_default": True})

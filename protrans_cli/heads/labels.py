@@ -39,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli import console
+from protrans_cli.choices import FORMATS
 from protrans_cli.errors import InputError, UsageError, brief, one_of
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_text, look_alike, parse_fasta
@@ -47,7 +48,6 @@ from protrans_cli.io.files import (binary_kind, display_name, header_delimiter, 
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
 
-FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "biotrainer", "deeploc", "table")
 
 # Splits a record may declare for itself (FLIP's SET=/VALIDATION=, a table's set column).
 TRAIN, VALID, TEST = "train", "valid", "test"

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES
 from protrans_cli.errors import InputError, UsageError, given, one_of
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
 
@@ -40,7 +41,6 @@ LOCATIONS = ("Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Extracellul
              "Lysosome/Vacuole", "Mitochondrion", "Nucleus", "Peroxisome", "Plastid")
 MEMBRANE = ("M", "S")
 DUAL_LABELS = {"Cytoplasm-Nucleus": "Cytoplasm"}
-DUAL_POLICIES = ("first", "skip")
 
 _SS8_TO_SS3 = str.maketrans({"H": "H", "G": "H", "I": "H", "E": "E", "B": "E", "T": "C", "S": "C", "C": "C"})
 # Coil is written `C` in NetSurfP and FLIP; DSSP's own `-` and some files' `L` mean the same.
@@ -343,8 +343,6 @@ def _as_value(label, record) -> float:
     return value
 
 
-# The networks a task of each kind can use; the first is the default.
-ARCHITECTURES = {PER_RESIDUE: ("cnn",), PER_PROTEIN: ("fnn", "light-attention")}
 _READS_RESIDUES = frozenset({"cnn", "light-attention"})
 DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN has none; heads record 7 for it, as before)
 # The FitConfig fields another kind of head takes, which a head of this architecture does not
