@@ -91,6 +91,17 @@ def _never_cudnn(device_index) -> bool:
     return False
 
 
+def varlen_attn():
+    """PyTorch's `torch.nn.attention.varlen.varlen_attn` (packed batches' fused kernel), or None
+    before PyTorch 2.9 (here, not in models/packing.py, so that `protrans env` reads it without the
+    model package and the transformers import behind it)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # PyTorch before 2.9
+        return None
+    return varlen_attn
+
+
 def _varlen_module():
     """torch.nn.attention.varlen where it chooses varlen_attn's kernel in `_should_use_cudnn`
     (2.11 to 2.15 have it; it says True on Hopper and data-centre Blackwell from 2.14), else None."""

@@ -30,6 +30,14 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _offline() -> bool:
+    """Whether the Hugging Face hub is switched off (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE), as the
+    model loader reads it (here, not in protrans_cli.models: importing that package imports
+    transformers, 2 s of `protrans env`'s 5)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _default_threads():
     """-j's default for the commands here, or what is wrong with PROTRANS_THREADS."""
     from protrans_cli.errors import UsageError
@@ -45,13 +53,12 @@ def describe(check_compile: bool = False) -> dict:
     """The machine as a dict (see `protrans env --json`)."""
     import torch
 
-    from protrans_cli.embedders import mps_available, native_bf16
-    from protrans_cli.models import _offline
-    from protrans_cli.models.spm_reader import reader_problem
-    from protrans_cli.threads import available_cores
-
+    # (nothing from protrans_cli.models: that package imports transformers and every model family)
     from protrans_cli import __version__
-    from protrans_cli.models import packing
+    from protrans_cli.attention import varlen_attn
+    from protrans_cli.embedders import mps_available, native_bf16
+    from protrans_cli.spm_reader import reader_problem
+    from protrans_cli.threads import available_cores
 
     info = {
         "protrans": __version__,
@@ -88,7 +95,7 @@ def describe(check_compile: bool = False) -> dict:
         })
     cuda = bool(info["cuda_devices"])
     kernels = info["kernels"]
-    kernels["varlen_attention"] = packing._varlen() is not None  # --packing's fused kernel (CUDA)
+    kernels["varlen_attention"] = varlen_attn() is not None  # --packing's fused kernel (CUDA)
     kernels["flex_attention"] = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
     kernels["triton"] = importlib.util.find_spec("triton") is not None  # flex's compiled kernel on CUDA
     if check_compile:

@@ -715,6 +715,17 @@ def test_env_reports_versions_devices_and_fast_paths(run_cli):
         assert "cuda: no device" in text
 
 
+def test_env_imports_no_model_code():
+    """`protrans env` loads no model: reading the hub's offline switch, the sentencepiece reader's
+    state and whether varlen attention exists imported protrans_cli.models, every family and
+    transformers behind it (2 of its 5 s here)."""
+    from conftest import heavy_imports_of
+
+    out = heavy_imports_of([["env", "--json"]], ("transformers", "protrans_cli.models"))
+    assert out.returncode == 0, out.stderr
+    assert '"varlen_attention"' in out.stdout and '"sentencepiece_reader"' in out.stdout
+
+
 def test_env_reports_offline_and_threads_as_the_commands_read_them(run_cli, monkeypatch):
     # HF_HUB_OFFLINE=0 was reported offline, TRANSFORMERS_OFFLINE=1 online; the thread count was
     # torch's default, not the commands' -j default

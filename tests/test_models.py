@@ -915,7 +915,7 @@ def test_a_protobuf_too_old_for_sentencepieces_reader_is_named_not_damaged_files
     monkeypatch.delitem(sys.modules, "sentencepiece.sentencepiece_model_pb2", raising=False)
     monkeypatch.delattr(sentencepiece, "sentencepiece_model_pb2", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Refused(), *sys.meta_path])
-    monkeypatch.setattr("protrans_cli.models.spm_reader._gencode_version", lambda: "7.36.1")
+    monkeypatch.setattr("protrans_cli.spm_reader._gencode_version", lambda: "7.36.1")
     import importlib.metadata
 
     sentencepiece_version = importlib.metadata.version("sentencepiece")
@@ -945,7 +945,7 @@ def test_the_protobuf_failure_is_found_behind_transformers_fallbacks():
     """transformers tries its fallbacks while handling the reader's error (implicit chaining,
     __context__, not `raise from`): the protobuf error is found at the end of that chain, an
     ImportError naming google.protobuf only in its message too; a chain without one is None."""
-    from protrans_cli.models.spm_reader import reader_failure
+    from protrans_cli.spm_reader import reader_failure
 
     def chained(first, *then):
         try:
@@ -1053,7 +1053,7 @@ def test_the_protobuf_release_sentencepiece_was_generated_with_is_read_from_its_
     import importlib.util
     import types
 
-    from protrans_cli.models import spm_reader
+    from protrans_cli import spm_reader
 
     folder = tmp_path / "sentencepiece"
     folder.mkdir()

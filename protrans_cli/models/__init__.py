@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protrans_cli.environment import _offline
 from protrans_cli.errors import ModelError, UsageError, described, first_line, option
 from protrans_cli.io.files import json_object, starts_like_hdf5
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
@@ -506,7 +507,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             if isinstance(exc, OSError):
                 raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision,
                                                     exc=exc)) from None
-            from protrans_cli.models import spm_reader
+            from protrans_cli import spm_reader
 
             # sentencepiece's spiece.model reader refused this protobuf, and transformers went on to
             # its tiktoken fallback, which read as damaged tokenizer files (5.15 raises it while
@@ -907,11 +908,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _cache_write_problem(exc: BaseException | None) -> str | None:

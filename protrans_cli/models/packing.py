@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from protrans_cli.attention import varlen_attn
+
 ATTENTION = "protrans_packed"
 
 # objectives whose batches can be packed (which families can: Family.packable)
@@ -29,11 +31,7 @@ PACKABLE_OBJECTIVES = ("mlm", "electra")
 
 
 def _varlen():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # PyTorch before 2.9
-        return None
-    return varlen_attn
+    return varlen_attn()
 
 
 def _takes_scale(fn) -> bool:
