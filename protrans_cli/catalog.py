@@ -39,6 +39,12 @@ def family_names() -> list[str]:
     return [f["name"] for f in _catalog()["families"]]
 
 
+def checkpoint_hub_ids() -> dict[str, str]:
+    """{short name: hub id} of the published checkpoints (models.checkpoints.CHECKPOINTS), for
+    commands that compare model names and load no model."""
+    return {row["name"]: row["hub_id"] for row in _catalog()["checkpoints"]}
+
+
 def describe(*, family: str | None = None, families: bool = True, presets: bool = True,
              checkpoints: bool = True) -> dict:
     """A JSON-ready dict with the requested sections, for every family or one (a usage error

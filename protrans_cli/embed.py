@@ -1676,13 +1676,15 @@ def _same_max_length(model_max: int | None):
 
 
 def _model_key(name: str) -> str:
-    from protrans_cli.models.checkpoints import CHECKPOINTS
+    # (the catalog's copy of CHECKPOINTS: protrans_cli.models imports transformers, 2 s that knn,
+    # merge, fit and predict spent on two files whose model is named two ways, or two models)
+    from protrans_cli.catalog import checkpoint_hub_ids
 
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return str(path.resolve())
-    if name in CHECKPOINTS:
-        return CHECKPOINTS[name].hub_id
+    if name in (hub_ids := checkpoint_hub_ids()):
+        return hub_ids[name]
     return os.path.normpath(name) if path.is_absolute() else name
 
 

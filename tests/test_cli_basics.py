@@ -46,6 +46,30 @@ def test_a_onehot_embedding_imports_no_model_code(tmp_path):
     assert (tmp_path / "o.h5").is_file()
 
 
+def test_comparing_model_names_imports_no_model_code(run_cli, tmp_path):
+    """Two files whose model is named two ways (prot_t5_xl_half, its hub id) are one model to
+    merge, knn, fit and predict; telling so imported protrans_cli.models for its checkpoint list,
+    and transformers behind it: a 0.3 s merge took 4 s."""
+    import h5py
+    from conftest import heavy_imports_of
+
+    parts = []
+    for i, (record, model) in enumerate([(">a\nMKTAYIAKQR\n", "prot_t5_xl_half"),
+                                         (">b\nMKVLLA\n", "Rostlab/prot_t5_xl_half_uniref50-enc")]):
+        (tmp_path / f"{i}.fa").write_text(record)
+        parts.append(tmp_path / f"{i}.h5")
+        assert run_cli("embed", tmp_path / f"{i}.fa", "-m", "onehot", "-o", parts[-1], "-q").exit_code == 0
+        with h5py.File(parts[-1], "a") as f:
+            f.attrs["model"] = model
+    merged = tmp_path / "all.h5"
+    out = heavy_imports_of([["merge", *map(str, parts), "-o", str(merged), "-q"]], ("transformers", "protrans_cli.models"))
+    assert out.returncode == 0, out.stderr
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    with EmbeddingsReader(merged) as r:
+        assert sorted(i for i, _, _ in r.items("per_protein")) == ["a", "b"]
+
+
 def test_a_run_logging_its_progress_imports_no_tqdm(tmp_path, monkeypatch):
     """With stderr a log (a script's, a batch job's), progress is LogProgress's lines: tqdm.auto
     (asyncio behind it) was imported all the same, 0.04 s of a 0.2 s `prep` of a small FASTA."""
