@@ -783,6 +783,8 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     first = next((line for line in text.split("\n") if line.strip()), None)
     if first is None:
         raise InputError("is empty", path=name)
+    if first.lstrip("\ufeff \t").startswith(">"):  # (a pipe's: a file is told before the wild types are read)
+        raise InputError(_FASTA_AS_TABLE, path=name)
     # (the label tables' rule: a header holding a comma beside its tabs was read as CSV)
     delimiter = header_delimiter(first)
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # (mutated_sequence columns of long proteins)
@@ -852,11 +854,20 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     return table
 
 
+_FASTA_AS_TABLE = ("is a FASTA file, not a variants table (a CSV or TSV of substitutions): a wild type goes to "
+                   "--fasta")
+
+
 def _starts_like_fasta(path) -> bool:
-    """Whether a file (compressed or not) begins, after blanks and a byte-order mark, with '>'."""
+    """Whether a file (compressed or not) begins, after blanks and a byte-order mark, with '>'. A
+    pipe is not looked at (read_variant_table tells it from what it reads): `variants <(zcat
+    dms.csv.gz)` lost these first bytes to this look, and the table was "is empty"."""
+    from protrans_cli.embed import is_stream
     from protrans_cli.io.fasta import begins_fasta
     from protrans_cli.io.files import open_input
 
+    if is_stream(path):
+        return False
     try:
         with open_input(path) as stream:
             head = stream.read(4096)
@@ -1003,8 +1014,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         # (the wild type given where the table goes: "has no 'mutant' column (columns: >wt ...)",
         # or with --all-singles "give a table or --all-singles, one of them", both given). A wrong
         # kind of file is bad input, exit 1, as a FASTA given to knn, fit or export as embeddings.
-        raise InputError("is a FASTA file, not a variants table (a CSV or TSV of substitutions): a wild type "
-                         "goes to --fasta", path=str(variants_file))
+        raise InputError(_FASTA_AS_TABLE, path=str(variants_file))
     if options.all_singles == (variants_file is not None):
         raise UsageError("give a variants table (CSV or TSV with a mutant column) or "
                          f"{option('--all-singles', 'all_singles=True')}, one of them")

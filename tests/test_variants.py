@@ -278,6 +278,34 @@ def test_the_table_comes_back_whole_with_its_score_columns(run_cli, tmp_path, ti
     assert [row["llr"] for row in tsv] == [row["llr"] for row in rows]
 
 
+def test_a_table_from_a_pipe_is_read_whole_and_a_fasta_there_is_still_told(run_cli, tmp_path, tiny_models):
+    """`variants <(zcat dms.csv.gz) ...` (a pipe, /dev/fd/N, read once): the check for a FASTA given
+    as the table read its first bytes, and the table was then "/dev/fd/63: is empty" (exit 1; a
+    named pipe, opened again, waited for ever). A FASTA given so is still told as one, once read."""
+    import os
+
+    model, text = tiny_models["esm"], "mutant,DMS_score\nK2A,0.5\nT3W:Q9E,-1.0\n"
+    table = tmp_path / "v.csv"
+    table.write_text(text)
+    assert run_cli("variants", table, "--sequence", SEQ, "-m", model, "-o", tmp_path / "file.csv").exit_code == 0
+    for name, data in (("pipe.csv", text), ("pipe.fa", f">wt\n{SEQ}\n")):
+        read_end, write_end = os.pipe()
+        os.write(write_end, data.encode())
+        os.close(write_end)
+        try:
+            r = run_cli("variants", f"/dev/fd/{read_end}", "--sequence", SEQ, "-m", model, "-o", tmp_path / name)
+        finally:
+            os.close(read_end)
+        if name == "pipe.csv":
+            assert r.exit_code == 0, r.stderr
+            assert (tmp_path / name).read_text() == (tmp_path / "file.csv").read_text()
+        else:
+            assert r.exit_code == 1 and r.stderr == (f"protrans: error: /dev/fd/{read_end}: is a FASTA file, not a "
+                                                     "variants table (a CSV or TSV of substitutions): a wild type "
+                                                     "goes to --fasta\n"), r.stderr
+            assert not (tmp_path / name).exists()
+
+
 def test_bad_tables_are_refused_before_any_model_and_leave_the_output_alone(run_cli, tmp_path, tiny_models):
     model = tiny_models["esm"]
     out = tmp_path / "scored.csv"
