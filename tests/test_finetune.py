@@ -352,6 +352,16 @@ def test_an_output_link_is_written_through(finetuned, data, run_cli, tmp_path):
     assert not (tmp_path / "ft.partial").exists() and not (tmp_path / "scratch" / "ft.partial").exists()
 
 
+def test_an_empty_output_folder_is_taken_as_a_new_one(data, run_cli, tmp_path):
+    """Snakemake's directory() outputs, CWL and `mkdir -p {output}` make -o's folder before the
+    job: finetune refused it, "exists (--force replaces it)". An empty one gets the output."""
+    (tmp_path / "ft").mkdir()
+    r = run_cli("-q", "finetune", "ss3", "--labels", data / "train.csv", "-m", data / "bert", "--max-epochs", "1",
+                *FAST, "-o", tmp_path / "ft")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["finetune.json", "head", "model"]
+
+
 def test_a_second_finetune_on_one_output_is_refused(data, run_cli, tmp_path):
     from protrans_cli.heads.finetune import partial_path
     from protrans_cli.io.files import folder_lock

@@ -320,6 +320,7 @@ def test_valid_fraction_holds_out_the_rounded_share_at_least_one_and_leaves_one_
 
 def test_existing_head_dir_needs_force(run_cli, ss_data, tmp_path):
     (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "notes.txt").write_text("mine")  # (an empty folder is taken as new: the test below)
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv", "-o", tmp_path / "h")
     assert r.exit_code == 2 and "--force" in r.stderr
 
@@ -5366,14 +5367,36 @@ def test_search_keeps_an_existing_head_without_force_and_files_it_did_not_write_
     base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
             "--max-epochs", "1", "--no-plots", "--search", "lr=0.01,0.02", "-o", tmp_path / "h")
     (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "notes.txt").write_text("mine")
     r = run_cli(*base)
     assert r.exit_code == 2 and f"{tmp_path / 'h'} exists: --force replaces it" in r.stderr, r.stderr
+    (tmp_path / "h" / "notes.txt").unlink()
     (tmp_path / "h").rmdir()
     (tmp_path / "h.search" / "trial_00").mkdir(parents=True)
     (tmp_path / "h.search" / "notes.txt").write_text("mine")
     r = run_cli(*base, "--force")
     assert r.exit_code == 2 and "h.search holds notes.txt, which a search did not write" in r.stderr, r.stderr
     assert (tmp_path / "h.search" / "notes.txt").read_text() == "mine" and not (tmp_path / "h").exists()
+
+
+def test_an_empty_output_folder_is_taken_as_a_new_one(run_cli, loc_data, tmp_path):
+    """Snakemake's directory() outputs, CWL and `mkdir -p {output}` make -o's folder before the
+    job: fit and fit --search refused it, "exists (--force replaces it)", as a head. An empty
+    folder, or a link to one (a staged work folder), gets the head; the link stays a link."""
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "--bootstrap", "10")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "scratch" / "linked").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "scratch" / "linked", target_is_directory=True)
+    (tmp_path / "searched").mkdir()
+    for name, extra in (("plain", ()), ("linked", ()), ("searched", ("--search", "lr=0.01,0.02"))):
+        r = run_cli(*base, *extra, "-o", tmp_path / name)
+        assert r.exit_code == 0, (name, r.stderr)
+        assert (tmp_path / name / "config.json").is_file() and (tmp_path / name / "weights.safetensors").is_file()
+    assert (tmp_path / "linked").is_symlink() and (tmp_path / "scratch" / "linked" / "config.json").is_file()
+    # (a head there now: the same fit again is refused, as before)
+    r = run_cli(*base, "-o", tmp_path / "plain")
+    assert r.exit_code == 2 and "exists (--force replaces it)" in r.stderr, r.stderr
 
 
 def test_an_interrupted_search_says_where_its_trials_are_kept_and_how_to_continue(run_cli, loc_data, tmp_path,

@@ -337,10 +337,10 @@ def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
     makes of its -o: never the current folder or one above it, never a folder holding an input,
     and an existing one only with --force (or --resume of its interrupted run) and only when it
     holds nothing but finetune's own output."""
-    from protrans_cli.io.files import check_replaceable, input_inside, own_folder_output
+    from protrans_cli.io.files import check_replaceable, empty_folder, input_inside, own_folder_output
 
     out_dir = own_folder_output(out_dir, "a fine-tuning output folder", "ft/ss3").absolute()
-    if not out_dir.exists():
+    if not out_dir.exists() or empty_folder(out_dir):  # (an empty one: a workflow's made for it)
         return out_dir
     if (path := input_inside(out_dir, inputs)) is not None:
         raise UsageError(f"{out_dir} holds the input {path} (choose another {option('-o', 'out_dir')})")

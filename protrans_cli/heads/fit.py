@@ -46,9 +46,9 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
-                                   folder_can_be_made, folder_lock, folder_made, input_inside, make_temporary,
-                                   odd_kind, own_folder_output, remove_dead_temporaries, remove_with_outputs,
-                                   replace_directory, same_file, signals_held, stdin_digest)
+                                   empty_folder, folder_can_be_made, folder_lock, folder_made, input_inside,
+                                   make_temporary, odd_kind, own_folder_output, remove_dead_temporaries,
+                                   remove_with_outputs, replace_directory, same_file, signals_held, stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 pooling_kind, prefix_words, same_weights, three_di_words)
 from protrans_cli.threads import torch_threads
@@ -208,7 +208,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     fingerprint = _fingerprint(config, embeddings, labels, valid, tests, stdin)
     for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
         warn_unfinished(path)
-    if out_dir.exists():
+    if out_dir.exists() and not empty_folder(out_dir):  # (an empty one: a workflow's made for it)
         finished = _existing_head(config, out_dir, fingerprint, embeddings, labels, valid, tests)
         if finished is not None:
             return finished

@@ -65,8 +65,8 @@ class ImportedHead:
 def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model: str | None = None,
                 force: bool = False) -> ImportedHead:
     """Write the head directory `out_dir` from the published checkpoint file `checkpoint`."""
-    from protrans_cli.io.files import (check_replaceable, default_permissions, folder_can_be_made, input_inside,
-                                       make_temporary, own_folder_output, replace_directory)
+    from protrans_cli.io.files import (check_replaceable, default_permissions, empty_folder, folder_can_be_made,
+                                       input_inside, make_temporary, own_folder_output, replace_directory)
 
     expect_path(checkpoint, "checkpoint")
     expect_path(out_dir, "out_dir")
@@ -75,7 +75,7 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
         raise UsageError("the checkpoint is read in place: give a file, not stdin")
     checkpoint = Path(checkpoint)
     out_dir = own_folder_output(out_dir, "a head directory", "heads/prott5_ss")
-    if out_dir.exists():
+    if out_dir.exists() and not empty_folder(out_dir):  # (an empty one: a workflow's made for it)
         if not force:
             raise UsageError(f"{out_dir} exists ({force_option()} replaces it)")
         if input_inside(out_dir, [checkpoint]) is not None:

@@ -114,8 +114,8 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
             valid: tuple | None, tests: list[tuple]) -> SearchResult:
     from protrans_cli.heads.fit import _checked_output, fit, head_in_use, label_files, partial_path
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import (folder_can_be_made, folder_lock, make_temporary, replace_directory, replay_stdin,
-                                       signals_held, stdin_if_named)
+    from protrans_cli.io.files import (empty_folder, folder_can_be_made, folder_lock, make_temporary, replace_directory,
+                                       replay_stdin, signals_held, stdin_if_named)
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -150,7 +150,7 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     if folder.exists() and not (config.resume or config.force):
         raise UsageError(f"{folder} holds an earlier search: {resume_option()} continues it, {force_option()} starts "
                          "over")
-    if out_dir.exists():
+    if out_dir.exists() and not empty_folder(out_dir):  # (an empty one: a workflow's made for it)
         _check_existing_head(config, out_dir, embeddings, labels, valid, tests)
     if config.force and folder.is_dir():
         _remove_trials(folder)

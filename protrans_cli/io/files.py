@@ -175,6 +175,17 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
     return written_through(out_dir)
 
 
+def empty_folder(path) -> bool:
+    """Whether `path` is a folder (or a link to one) with nothing in it: what Snakemake's directory()
+    and CWL make for an output folder before the job runs. A command that writes a folder of its own
+    takes it as a new one: it was "exists (--force replaces it)"."""
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:  # (none, a file, or unreadable: the command's own checks say what is wrong)
+        return False
+
+
 def link_to_nothing(path) -> str | None:
     """"is a link to TARGET, which does not exist" where `path` is a symbolic link to nothing
     (no folder can be made under its name), else None."""
