@@ -560,14 +560,15 @@ class _Headers:
         self.newlines = newlines = np.flatnonzero(arr == 10)      # (lines,)
         line_starts = np.concatenate(([0], newlines[:-1] + 1))    # (lines,)
         is_header = arr[line_starts] == 62                        # '>' at the start of a line
-        self.start = line_starts[is_header]                       # (R,) position of '>'
-        self.end = newlines[is_header]                            # (R,) position of its newline
+        self.line = np.flatnonzero(is_header)                     # (R,) line index of each header
+        self.start = line_starts[self.line]                       # (R,) position of '>'
+        self.end = newlines[self.line]                            # (R,) position of its newline
 
     def id_at(self, i: int) -> str:
         return _record_id(self.data[int(self.start[i]) + 1:int(self.end[i])])
 
     def line_of(self, i: int) -> int:
-        return 1 + int(np.searchsorted(self.newlines, self.start[i]))
+        return 1 + int(self.line[i])
 
 
 def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = None,
@@ -584,10 +585,17 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     seq_end = np.append(heads.start[1:], len(data))           # (R,) one past each sequence's text
     s, odd = _joined_sequences(heads, seq_end)
     sa = np.frombuffer(s, dtype=np.uint8)
-    sep = np.flatnonzero(sa == 10)                            # (R + 1,) separators
-    starts = sep[:-1] + 1                                     # (R,) first residue of each record
-    stops = sep[1:]                                           # (R,) one past its last residue
-    lengths = stops - starts                                  # (R,)
+    if not odd:
+        # s is every sequence's bytes but its line breaks, each after a separator: the lengths
+        # follow from the header and line positions, without a pass over s for the separators
+        lengths = seq_end - heads.end - np.diff(heads.line, append=len(heads.newlines))  # (R,)
+        stops = np.cumsum(lengths + 1)                        # (R,) one past each record's last residue
+        starts = stops - lengths                              # (R,) its first residue
+    else:  # (normalised: gaps, blanks and stops gone)
+        sep = np.flatnonzero(sa == 10)                        # (R + 1,) separators
+        starts = sep[:-1] + 1
+        stops = sep[1:]
+        lengths = stops - starts
     nucleotide = _nucleotide_like(sa, starts, lengths)        # (before U becomes X)
 
     # Records that fail normalisation: empty, or holding a letter outside the alphabet.
