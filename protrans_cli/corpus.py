@@ -588,7 +588,8 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     if not odd:
         # s is every sequence's bytes but its line breaks, each after a separator: the lengths
         # follow from the header and line positions, without a pass over s for the separators
-        lengths = seq_end - heads.end - np.diff(heads.line, append=len(heads.newlines))  # (R,)
+        lines = np.append(heads.line[1:], len(heads.newlines)) - heads.line  # (R,) each record's lines
+        lengths = seq_end - heads.end - lines                 # (R,) its bytes but the newlines
         stops = np.cumsum(lengths + 1)                        # (R,) one past each record's last residue
         starts = stops - lengths                              # (R,) its first residue
     else:  # (normalised: gaps, blanks and stops gone)
@@ -647,9 +648,9 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     like = np.flatnonzero(nucleotide & keep)
     result.nucleotide_like = len(like)
     result.nucleotide_ids = [heads.id_at(i) for i in like[:NAMED].tolist()]  # (the first few, for the warning)
-    spaced, doc_end, lines_out, windows = _spaced(sa, starts, stops, lengths, kept, cfg)
+    text, doc_end, lines_out, windows = _spaced(sa, starts, stops, lengths, kept, cfg)
     valid, dest = _destinations(heads, kept, cfg)
-    result.outputs = _block_outputs(spaced, starts, stops, kept, doc_end, valid, dest, n, lines_out, cfg)
+    result.outputs = _block_outputs(text, starts, stops, kept, doc_end, valid, dest, n, lines_out, cfg)
     result.lines_out = lines_out
     _count_written(result, starts[kept], lengths[kept], doc_end, valid, windows, rare_positions, cfg)
     return result
@@ -681,7 +682,9 @@ def _joined_sequences(heads: _Headers, seq_end: np.ndarray) -> tuple[bytes, byte
     segments = np.empty(2 * n, dtype=np.int64)                # header, sequence, header, ...
     segments[0::2] = header_end - header_start
     segments[1::2] = seq_end - header_end
-    take = np.repeat(np.tile(np.array([False, True]), n), segments)
+    alternate = np.zeros(2 * n, dtype=bool)
+    alternate[1::2] = True
+    take = np.repeat(alternate, segments)
     take[newlines] = False
     take[header_end] = True
     if header_end[-1] == len(arr) - 1:  # the last record has no sequence line
@@ -793,11 +796,13 @@ def _duplicate_rejects(drops: np.ndarray, keep: np.ndarray, reasons: dict, detai
 
 def _spaced(sa: np.ndarray, starts: np.ndarray, stops: np.ndarray, lengths: np.ndarray, kept: np.ndarray,
             cfg: _BlockConfig):
-    """(spaced, doc_end, lines_out, windows): the spaced text of the whole buffer, where each kept
+    """(text, doc_end, lines_out, windows): the spaced text of the whole buffer, where each kept
     protein's text ends, the lines written, and the line lengths of every cropped protein."""
     # Spaced text for the whole buffer at once: (residue, ' ') byte pairs as little-endian
-    # uint16, then each line's last space becomes '\n'.
-    spaced = np.empty(len(sa), dtype=np.uint16)
+    # uint16, then each line's last space becomes '\n'. (A bytearray: _block_outputs makes the
+    # usual block's output from it without a copy to bytes first.)
+    text = bytearray(2 * len(sa))
+    spaced = np.frombuffer(text, dtype=np.uint16)
     spaced[:] = sa
     spaced |= 0x2000
     ends = stops[kept]                                        # (K,) one past each protein's last residue
@@ -817,7 +822,7 @@ def _spaced(sa: np.ndarray, starts: np.ndarray, stops: np.ndarray, lengths: np.n
             lines_out += num_windows - 1
             windows.append(np.diff(win_ends, prepend=a))
     spaced[doc_end - 1] = (spaced[doc_end - 1] & 0xFF) | 0x0A00
-    return spaced, doc_end, lines_out, windows
+    return text, doc_end, lines_out, windows
 
 
 def _destinations(heads: _Headers, kept: np.ndarray, cfg: _BlockConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -839,13 +844,13 @@ def _destinations(heads: _Headers, kept: np.ndarray, cfg: _BlockConfig) -> tuple
     return valid, dest
 
 
-def _block_outputs(spaced: np.ndarray, starts: np.ndarray, stops: np.ndarray, kept: np.ndarray,
+def _block_outputs(spaced_text: bytearray, starts: np.ndarray, stops: np.ndarray, kept: np.ndarray,
                    doc_end: np.ndarray, valid: np.ndarray, dest: np.ndarray, n: int, lines_out: int,
                    cfg: _BlockConfig) -> dict:
     """Shard index (-1 validation) -> the text (or _Spill) of its proteins, each followed by an
-    empty line, compressed as the output is."""
+    empty line, compressed as the output is (`spaced_text`: _spaced's)."""
     outputs = {}
-    text = memoryview(spaced).cast("B")
+    text = memoryview(spaced_text)
     kept_starts = 2 * starts[kept]
     kept_ends = 2 * doc_end
     groups = range(-1, cfg.num_shards)
@@ -856,8 +861,10 @@ def _block_outputs(spaced: np.ndarray, starts: np.ndarray, stops: np.ndarray, ke
         # The usual block: every record goes to one file, uncropped. The separators between
         # proteins become ('\n', NUL) pairs and one replace drops the NULs: twice as fast as
         # joining a slice per protein (s holds no NUL here: every record passed the alphabet).
+        spaced = np.frombuffer(spaced_text, dtype=np.uint16)
         spaced[stops] = 0x000A
-        out = spaced[1:].tobytes().replace(b"\x00", b"")
+        spaced[0] = 0  # (the separator before the first protein, ('\n', ' '): two NULs)
+        out = spaced_text.replace(b"\x00", b"")
         out = compress_bytes(out, cfg.train_compression, FAST_LEVELS.get(cfg.train_compression))
         outputs[0] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
         groups = ()
