@@ -600,6 +600,45 @@ def test_bulk_path_matches_per_record_reference(tmp_path, block_bytes, threads, 
     assert stats.residues_out == len(expected.replace(b" ", b"").replace(b"\n", b""))
 
 
+@pytest.mark.parametrize("block_bytes, threads", [(1024, 1), (1500, 1), (4 << 20, 1), (2000, 2)])
+def test_clean_blocks_measure_their_records_from_the_line_layout(tmp_path, block_bytes, threads):
+    """A block of plain upper-case sequences is measured from its header and line positions, not
+    by a scan of the joined sequences: every layout a FASTA has (wrapped, unwrapped, blank lines,
+    a header with no sequence line, amid the file or as its last line, with or without a final
+    newline) gives the per-record corpus, its counts, and the line of every empty record."""
+    rng = random.Random(block_bytes)
+    parts, empty_lines, line = [], [], 1
+    for i in range(300):
+        length = rng.choice([0, 1, 2, 59, 60, 61, 120, 333])
+        seq = "".join(rng.choice("ACDEFGHIKLMNPQRSTVWYX") for _ in range(length))
+        width = rng.choice([1, 7, 60, 0])
+        lines = [seq[k:k + width] for k in range(0, len(seq), width)] if width else ([seq] if seq else [])
+        if lines and rng.random() < 0.2:
+            lines.insert(rng.randrange(len(lines) + 1), "")  # a blank line inside or after the sequence
+        if not length:
+            empty_lines.append((f"r{i}", line))
+        parts.append("\n".join([f">r{i} desc"] + lines) + "\n")
+        line += 1 + len(lines)
+    parts.append(">last")  # a last header with no sequence line and no final newline
+    empty_lines.append(("last", line))
+    fasta = tmp_path / "clean.fa"
+    fasta.write_text("".join(parts))
+    out, rejects = tmp_path / "c.txt", tmp_path / "r.tsv"
+    stats = build_corpus([fasta], CorpusOptions(output=str(out), rejects=str(rejects), block_bytes=block_bytes,
+                                                threads=threads))
+    expected = reference_corpus([fasta])
+    assert_same_text(out.read_bytes(), expected)
+    assert stats.records_in == 301
+    assert stats.proteins_out == expected.count(b"\n\n") == 301 - len(empty_lines)
+    assert stats.residues_out == len(expected.replace(b" ", b"").replace(b"\n", b""))
+    rows = [row.split("\t") for row in rejects.read_text().splitlines()[1:]]
+    assert [(row[0], row[1], int(row[4])) for row in rows] == [(rid, "empty", n) for rid, n in empty_lines]
+    lengths = sorted(len(doc.split()) for doc in expected.decode().split("\n\n")[:-1])
+    percentiles = stats.length_percentiles()
+    assert (percentiles["p0"], percentiles["p50"], percentiles["p100"]) == \
+        (lengths[0], lengths[-(-len(lengths) // 2) - 1], lengths[-1])
+
+
 @pytest.mark.parametrize("block_bytes, threads", [(1024, 1), (4 << 20, 2)])
 def test_nucleotide_records_are_counted_as_the_per_record_rule_does(tmp_path, run_cli, block_bytes, threads):
     """A genome's .fna given to prep: A, C, G, T and N are amino acids too, so a DNA or RNA FASTA
