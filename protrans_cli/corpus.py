@@ -520,7 +520,7 @@ def _spill(text: bytes, directory: str) -> _Spill:
 class _BlockResult:
     records: int = 0
     lines: int = 0
-    outputs: dict[int, bytes] = field(default_factory=dict)  # shard index -> text; -1 validation
+    outputs: dict[int, bytes] = field(default_factory=dict)  # shard index -> text (or a bytearray); -1 validation
     rejected: dict[str, int] = field(default_factory=dict)
     # line numbers here count from 1 at the block's first line
     rejects: list[tuple[str, str, str, int]] = field(default_factory=list)  # id, reason, detail, line
