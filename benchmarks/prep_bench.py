@@ -9,7 +9,8 @@ prints the throughput in MB/s of input of
   - the baseline: Bio.SeqIO.FastaIO.SimpleFastaParser + " ".join(seq) + write, one thread;
   - build_corpus with each --threads value (the same output, byte for byte, is checked);
 their ratio (wall time: each one's best round; CPU time: each one's least CPU time), and the
-peak RSS of each run, measured in a fresh process: its own peak plus threads x the largest worker's peak (an upper bound: forked workers share pages with it).
+peak RSS of each run, measured in a fresh process: its own peak plus threads x the largest
+worker's peak (an upper bound: forked workers share pages with it).
 Every child loads its modules from bytecode, as an installed package does (_children.bytecode_env).
 """
 
