@@ -10,6 +10,7 @@ import contextlib
 import errno
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -124,28 +125,38 @@ def _shown(message: str, newlines: bool = False) -> str:
 
 
 @contextlib.contextmanager
-def naming(path, name: str):
+def naming(path, name: str | None = None):
     """Inside, messages say `name` where they would name `path`: a temporary file the user never
     sees (predict --fasta's embeddings), gone when the command ends. An error raised inside is
-    renamed on its way out too."""
+    renamed on its way out too. `path` may be a dict of several ({path: name}; esm-extract's
+    flags): all are renamed in one pass, so that no name is renamed again, though it holds its
+    own path or another's ("--invalid-policy skip" -> "protrans embed --invalid-policy skip" read
+    "protrans embed protrans embed ... --invalid-policy skip", a context each renaming the error)."""
     from protrans_cli.errors import ProtransError
 
-    state.names[str(path)] = name
+    ours = {str(key): value for key, value in path.items()} if isinstance(path, dict) else {str(path): name}
+    before = dict(state.names)
+    state.names.update(ours)
     try:
         yield
-    except ProtransError as exc:
-        exc.message = _named(exc.message)
+    except ProtransError as exc:  # (by this block's names alone: an enclosing block renames it by its own)
+        exc.message = _named(exc.message, ours)
         if exc.path is not None:
-            exc.path = _named(str(exc.path))
+            exc.path = _named(str(exc.path), ours)
         raise
     finally:
-        state.names.pop(str(path), None)
+        state.names.clear()
+        state.names.update(before)
 
 
-def _named(message: str) -> str:
-    for path, name in state.names.items():
-        message = message.replace(path, name)
-    return message
+def _named(message: str, names: dict | None = None) -> str:
+    """`message` with each path of `names` (the open `naming` blocks' by default) said by its name,
+    in one pass: the longest path first where two begin at one place, and no name read again."""
+    names = state.names if names is None else names
+    if not names:
+        return message
+    pattern = "|".join(re.escape(path) for path in sorted(names, key=len, reverse=True))
+    return re.sub(pattern, lambda found: names[found.group(0)], message)
 
 
 def error(message: str) -> None:

@@ -635,3 +635,31 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_run
     assert r.exit_code in (1, 2) and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "esm2_tiny", "in.fa", "locked"]
     assert not any((tmp_path / "locked").iterdir())
+
+
+@pytest.mark.parametrize("record, problem", [("", "empty sequence"), ("MK1T", "invalid character '1' at residue 3")])
+def test_a_bad_record_names_embeds_skip_once(run_cli, tmp_path, model_dir, record, problem):
+    """embed's advice for a bad record, `--invalid-policy skip`, is said as protrans embed's once: the
+    rule's name holds the flag, and each of a dozen renaming blocks renamed it again ("protrans embed
+    protrans embed ... x8 --invalid-policy skip")."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(f">P1\nMKT\n>EX0291\n{record}\n")
+    r = run_cli("esm-extract", model_dir, fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {fasta}:3, record 'EX0291': {problem} (protrans embed "
+                                             "--invalid-policy skip leaves such records out)\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_of_embeds_flags_is_renamed_once_in_esm_extracts_terms():
+    """Every rule of `_FLAGS` on an error and a warning that names all of embed's flags at once: each
+    said once in esm-extract's terms, none renamed twice (a rule's name may hold its own flag)."""
+    from protrans_cli import console
+    from protrans_cli.errors import InputError
+    from protrans_cli.esm_extract import _FLAGS, _in_esm_extract_terms
+
+    message = " | ".join(_FLAGS)
+    with pytest.raises(InputError) as raised, _in_esm_extract_terms():
+        assert console._named(message) == " | ".join(_FLAGS.values())
+        raise InputError(message)
+    assert raised.value.message == " | ".join(_FLAGS.values())
+    assert "protrans embed protrans embed" not in raised.value.message and not console.state.names
