@@ -698,6 +698,24 @@ def test_a_protein_exactly_as_long_as_the_model_accepts_is_finetuned_on(data, ru
     assert metrics["test"]["ss3"]["n_proteins"] == 4 and metrics["test"]["ss3"]["n"] >= limit, metrics["test"]
 
 
+@pytest.mark.parametrize("how", ["pipe", "stdin"])
+def test_a_piped_test_set_is_named_test(data, run_cli, tmp_path, how):
+    """`--test <(zcat test.csv.gz)`: its scores were named after the descriptor the shell picked
+    ("63 ss3: Q3 ...", metrics/63.json, another number each run); a piped set is "test" now."""
+    labels = (data / "test.csv").read_bytes()
+    assert len(labels) < 65536  # (what a pipe holds without a reader)
+    read_end, write_end = os.pipe()
+    os.write(write_end, labels)
+    os.close(write_end)
+    given, stdin = (f"/dev/fd/{read_end}", None) if how == "pipe" else ("-", labels)
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--test", given,
+                "-o", tmp_path / "out", "--max-epochs", "1", *FAST, input=stdin)
+    os.close(read_end)
+    assert r.exit_code == 0, r.stderr
+    assert set(json.loads((tmp_path / "out" / "head" / "metrics.json").read_text())) == {"valid", "test"}
+    assert str(read_end) + " ss3" not in r.stderr and "- ss3" not in r.stderr
+
+
 def test_one_protein_and_stdin_twice_are_refused_naming_the_file(data, run_cli, tmp_path):
     _netsurfp(tmp_path / "one.csv", _seqs(np.random.default_rng(6), 1))
     r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "one.csv", "-o", tmp_path / "out", *FAST)

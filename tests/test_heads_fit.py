@@ -4355,6 +4355,22 @@ def _piped(data: bytes) -> str:
     return f"/dev/fd/{read_end}"
 
 
+def test_a_piped_test_set_is_named_test(run_cli, loc_data, tmp_path):
+    """`--test test.h5 <(zcat test.fasta.gz)`: its scores were named "labels" (metrics.json, the
+    report), and finetune's after the descriptor ("63"); a test set of no file name is "test"."""
+    from protrans_cli.heads.labels import name_of_test_set
+
+    assert [name_of_test_set(p, "x") for p in ("-", "<stdin>", "/proc/self/fd/12", "/data/fd/63")] == \
+        ["test", "test", "test", "x"]
+    head = tmp_path / "h"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", _piped((loc_data / "test.fasta").read_bytes()), "--max-epochs", "2",
+                "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert set(json.loads((head / "metrics.json").read_text())) == {"valid", "test"}
+    assert "labels loc" not in r.stderr, r.stderr
+
+
 def test_a_piped_mask_read_for_several_label_files_is_refused(run_cli, ss_data, tmp_path):
     """`--mask <(zcat mask.fasta.gz)` with --test: the training labels' read took the pipe's bytes
     and the test set was scored without the mask ("which holds none of its ids"), exit 0; a named

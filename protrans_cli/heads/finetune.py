@@ -43,8 +43,8 @@ from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_r
                                     evaluation_records, held_out_positions, load_checked_state, no_training_records,
                                     note_dual_labels, piped_files, refuse_piped_mask, refuse_piped_resume,
                                     refuse_unused_mask_columns, warn_unused_fraction, write_metrics)
-from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
-                                      refuse_residue_labels, unmasked_flip_warning)
+from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, name_of_test_set, read_labels,
+                                      read_sequences, refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
 from protrans_cli.io.files import disk_full
 from protrans_cli.io.h5 import PER_RESIDUE
@@ -523,7 +523,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     for path in tests:
         label_set = read(path, task, evaluation=True)
         records = evaluation_records(label_set, TEST, path, "finetune").records
-        name = _unique_name(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
+        name = _unique_name(name_of_test_set(path, Path(str(path)).name.split(".")[0] or "test"),
+                            [s[0] for s in eval_sets])
         eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
         sources.append((eval_sets[-1][1], path))
     if not tests and TEST in declared:

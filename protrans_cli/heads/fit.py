@@ -39,8 +39,8 @@ from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFai
                                  whole_number)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
-from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
-                                      unmasked_flip_warning)
+from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, name_of_test_set,
+                                      read_labels, unmasked_flip_warning)
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
@@ -474,6 +474,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         if same_file(emb, embeddings):
             same_file_reports.append(test_report)
         # (with --folds "cv" is taken: a test set of labels cv.csv replaced the cross-validation's scores)
+        name = name_of_test_set(lab, name)  # (`--test EMB <(zcat labels.gz)` was named "labels")
         eval_sets.append((_unique_name(name, [s[0] for s in eval_sets] + (["cv"] if folds is not None else [])),
                           data, str(emb), str(lab)))
     if config.mask_path is not None and not any(masked):

@@ -99,6 +99,18 @@ class LabelRecord:
     id_from_sequence: bool = False  # the id was made from the sequence checksum
 
 
+def _by_descriptor(path) -> bool:
+    """Whether `path` is a pipe's descriptor (`<(zcat x.gz)`: /dev/fd/63, a number the shell picked)."""
+    return re.fullmatch(r"/(dev/fd|proc/(self|\d+)/fd)/\d+", str(path)) is not None
+
+
+def name_of_test_set(path, name: str) -> str:
+    """What a --test set of labels from `path` is called (its metrics files, metrics.json's key):
+    `name`, from its file's name, or "test" for one with no name of its own: stdin, or a pipe
+    (`--test <(zcat x.gz)`, /dev/fd/63, was "63": a number the shell picked, another each run)."""
+    return "test" if str(path) in ("-", "<stdin>") or _by_descriptor(path) else name
+
+
 @dataclass
 class LabelSet:
     path: str
@@ -112,7 +124,7 @@ class LabelSet:
         # (`--labels -` is read as "<stdin>": `predict --metrics DIR` wrote DIR/<stdin>.json, a name
         # a shell has to quote and Windows refuses; `--labels <(zcat x.gz)`, /dev/fd/63, wrote
         # DIR/63.json)
-        if re.fullmatch(r"/(dev/fd|proc/(self|\d+)/fd)/\d+", str(self.path)):
+        if _by_descriptor(self.path):
             return "labels"
         name = Path(self.path).name.strip("<>")
         for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".tsv", ".txt", ".fasta", ".fa"):
