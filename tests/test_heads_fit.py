@@ -4371,6 +4371,24 @@ def test_a_piped_test_set_is_named_test(run_cli, loc_data, tmp_path):
     assert "labels loc" not in r.stderr, r.stderr
 
 
+def test_predict_fasta_with_a_model_of_another_width_says_to_leave_m_out(run_cli, loc_data, tmp_path):
+    """`predict HEAD --fasta x.fa -m OTHER`: OTHER's 8-d embeddings against a head of onehot's 21 were
+    refused with "embed with -m onehot, or give the sequences with --fasta", which were given."""
+    import shutil
+
+    model = tmp_path / "esm2_tiny"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "esm_reference"), model,
+                    ignore=shutil.ignore_patterns("reference.safetensors", "input.fa", "*.md"))
+    head = tmp_path / "h"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "2", "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0
+    r = run_cli("predict", head, "--fasta", loc_data / "test.fasta", "-m", model, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 2 and r.stderr.splitlines()[-1] == (
+        f"protrans: error: -m {model} gives 8-d embeddings; the head was fit on 21-d embeddings of onehot: give -m a "
+        "copy of that model, or leave -m out (--fasta embeds with the head's own)"), r.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_a_piped_mask_read_for_several_label_files_is_refused(run_cli, ss_data, tmp_path):
     """`--mask <(zcat mask.fasta.gz)` with --test: the training labels' read took the pipe's bytes
     and the test set was scored without the mask ("which holds none of its ids"), exit 0; a named

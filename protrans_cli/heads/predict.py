@@ -167,9 +167,33 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
                                          allow_model_mismatch=allow_model_mismatch)
     readable, ids = fasta_ids(fasta, directory)
-    return embed_fasta(readable, ids, directory, options, fasta,
-                       f"for the {config.get('task', {}).get('name', config['kind'])} head",
-                       recorded_in=None if model is not None else head_dir), ids
+    embeddings = embed_fasta(readable, ids, directory, options, fasta,
+                             f"for the {config.get('task', {}).get('name', config['kind'])} head",
+                             recorded_in=None if model is not None else head_dir)
+    if model is not None:
+        _of_the_heads_width(embeddings, config, model)
+    return embeddings, ids
+
+
+def _of_the_heads_width(embeddings, config: dict, model: str) -> None:
+    """`predict --fasta -m MODEL`: embeddings of another width than the head's are refused as the
+    user's -m (the check of an embeddings file advised "embed with -m HEAD_MODEL, or give the
+    sequences with --fasta", which were given), as predict_sequences refuses its model=."""
+    from protrans_cli.heads.model import head_input_kind
+    from protrans_cli.heads.tasks import Task
+
+    task = Task.from_json(config["task"])
+    with EmbeddingsReader(embeddings) as reader:
+        source = _source_kind(reader, head_input_kind(config, task), task)
+        if (len(reader._stacked) == 0 if reader.layout == "stacked" else not reader.keys(source)):
+            return  # (every protein left out: check_compatible's case)
+        width = reader.dim(source)
+    if width != int(config["input_dim"]):
+        recorded = config.get("embedding", {}).get("model") or "an unknown model"
+        given = option(f"-m {model}", f"model={model!r}")
+        raise UsageError(f"{given} gives {width}-d embeddings; the head was fit on {config['input_dim']}-d embeddings "
+                         f"of {recorded}: give {option('-m', 'model=')} a copy of that model, or leave "
+                         f"{option('-m', 'model')} out (--fasta embeds with the head's own)")
 
 
 def fasta_ids(fasta, directory) -> tuple[Path | str, list[str]]:
