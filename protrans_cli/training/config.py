@@ -230,12 +230,18 @@ class TrainConfig:
             # (it said "the corpus cannot be stdin ... once per epoch" of a --corpus given as a file)
             raise UsageError(f"{setting_name('val_corpus')} cannot be stdin ('-'): it is read before training "
                              "and at every evaluation; give it as a file")
-        for path in (*self.corpus, *self.val_corpus):
-            # a pipe (<(zcat ...), a FIFO) is read once by the corpus check, and the next open waited for
-            # a writer for ever
-            if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
-                raise UsageError(f"{path}: the corpus must be a regular file (not a pipe or a device): training "
-                                 "reads it more than once")
+        import stat
+
+        for setting, paths, reads in (("corpus", self.corpus, "training reads it once per epoch"),
+                                      ("val_corpus", self.val_corpus, "it is read before training and at every "
+                                                                      "evaluation")):
+            for path in paths:
+                # a pipe (<(zcat ...), a FIFO) is read once by the corpus check, and the next open waited
+                # for a writer for ever (said as "the corpus must be a regular file" of --val-corpus too)
+                if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+                    what = ("a pipe, which can be read once" if stat.S_ISFIFO(os.stat(path).st_mode)
+                            else "not a regular file")
+                    raise UsageError(f"{setting_name(setting)} {path} is {what}, and {reads}: give it as a file")
         if self.strategy == "none" and world_size > 1:
             # Each rank would train its own copy on its share of every batch, never synchronised.
             raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "
