@@ -10,6 +10,7 @@ import io
 import lzma
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -132,6 +133,11 @@ def test_atomic_file_commit_abort_and_compression(tmp_path):
     # a file where the directory should be was reported as missing
     with pytest.raises(UsageError, match=r"a.txt.gz: is not a directory, so no output can go inside it"):
         AtomicFile(tmp_path / "a.txt.gz" / "x.txt")
+    # a link to a folder that is gone was "output directory does not exist", of a name `ls` shows
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(UsageError, match=rf"link: is a broken symbolic link \(to {re.escape(str(tmp_path / 'gone'))}, "
+                                         r"which does not exist\), so no output can go inside it"):
+        AtomicFile(tmp_path / "link" / "x.h5")
 
 
 @pytest.mark.parametrize("suffix,magic", [(".gz", b"\x1f\x8b"), (".bz2", b"BZh"), (".xz", b"\xfd7zXZ\x00"),

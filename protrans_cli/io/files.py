@@ -1055,6 +1055,9 @@ def output_directory(path) -> Path:
     if not directory.is_dir():
         if directory.exists():
             raise UsageError("is not a directory, so no output can go inside it", path=str(directory))
+        if directory.is_symlink():  # (said as "output directory does not exist", of a name that is there)
+            raise UsageError(f"is a broken symbolic link (to {os.readlink(directory)}, which does not exist), so no "
+                             "output can go inside it", path=str(directory))
         raise UsageError("output directory does not exist (it is not created)", path=str(directory))
     if not os.path.lexists(path) and not os.access(directory, os.W_OK | os.X_OK):
         # (a read-only mount, or another user's folder: found when the output was written, after
