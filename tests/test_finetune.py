@@ -353,8 +353,8 @@ def test_an_output_link_is_written_through(finetuned, data, run_cli, tmp_path):
 
 
 def test_an_empty_output_folder_is_taken_as_a_new_one(data, run_cli, tmp_path):
-    """Snakemake's directory() outputs, CWL and `mkdir -p {output}` make -o's folder before the
-    job: finetune refused it, "exists (--force replaces it)". An empty one gets the output."""
+    """A rule's `mkdir -p {output}` or a workflow engine makes -o's folder before the job:
+    finetune refused it, "exists (--force replaces it)". An empty one gets the output."""
     (tmp_path / "ft").mkdir()
     r = run_cli("-q", "finetune", "ss3", "--labels", data / "train.csv", "-m", data / "bert", "--max-epochs", "1",
                 *FAST, "-o", tmp_path / "ft")

@@ -5414,8 +5414,8 @@ def test_search_keeps_an_existing_head_without_force_and_files_it_did_not_write_
 
 
 def test_an_empty_output_folder_is_taken_as_a_new_one(run_cli, loc_data, tmp_path):
-    """Snakemake's directory() outputs, CWL and `mkdir -p {output}` make -o's folder before the
-    job: fit and fit --search refused it, "exists (--force replaces it)", as a head. An empty
+    """A rule's `mkdir -p {output}` or a workflow engine makes -o's folder before the job: fit and
+    fit --search refused it, "exists (--force replaces it)", as a head. An empty
     folder, or a link to one (a staged work folder), gets the head; the link stays a link."""
     base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
             "--max-epochs", "1", "--no-plots", "--bootstrap", "10")
@@ -5431,6 +5431,29 @@ def test_an_empty_output_folder_is_taken_as_a_new_one(run_cli, loc_data, tmp_pat
     # (a head there now: the same fit again is refused, as before)
     r = run_cli(*base, "-o", tmp_path / "plain")
     assert r.exit_code == 2 and "exists (--force replaces it)" in r.stderr, r.stderr
+
+
+def test_an_output_folder_that_is_a_mount_point_is_refused_before_the_fit(run_cli, loc_data, tmp_path, monkeypatch):
+    """A container's bind mount as -o (empty, or a head there with --force): the head is written
+    beside it and moved into its place at the end, which a mount point cannot take; fit trained to
+    the end and then failed, "cannot replace this folder ... Device or resource busy". Refused first."""
+    from protrans_cli.io import files
+
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real = files.os.path.ismount
+    monkeypatch.setattr(files.os.path, "ismount", lambda p: str(p) == str(mount) or real(p))
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "--bootstrap", "10", "-o", mount)
+    for extra, held in (((), []), (("--force",), ["config.json", "weights.safetensors"])):
+        for name in held:  # (then a head's files there, with --force)
+            (mount / name).write_bytes(b"{}")
+        r = run_cli(*base, *extra)
+        assert r.exit_code == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"protrans: error: {mount}: is a mount point: the output folder is written beside it and moved into its "
+            "place at the end, which a mount point cannot take; give -o a folder inside it"), r.stderr
+        assert sorted(p.name for p in mount.iterdir()) == held and [p.name for p in tmp_path.iterdir()] == ["mnt"]
 
 
 def test_an_interrupted_search_says_where_its_trials_are_kept_and_how_to_continue(run_cli, loc_data, tmp_path,

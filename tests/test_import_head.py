@@ -141,7 +141,7 @@ def test_cli_import_then_predict_fasta_with_a_model(published, run_cli, tmp_path
 def test_refusals(published, run_cli, tmp_path):
     root, net = published
     ckpt = root / "secstruct_checkpoint.pt"
-    (tmp_path / "h").mkdir()  # (empty, as Snakemake's directory() and CWL make it: taken as new, was "exists")
+    (tmp_path / "h").mkdir()  # (empty, as `mkdir -p {output}` makes it: taken as new, was "exists")
     assert run_cli("import-head", ckpt, "-o", tmp_path / "h").exit_code == 0
     r = run_cli("import-head", ckpt, "-o", tmp_path / "h")
     assert r.exit_code == 2 and "exists (--force replaces it)" in r.stderr

@@ -176,14 +176,28 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
 
 
 def empty_folder(path) -> bool:
-    """Whether `path` is a folder (or a link to one) with nothing in it: what Snakemake's directory()
-    and CWL make for an output folder before the job runs. A command that writes a folder of its own
-    takes it as a new one: it was "exists (--force replaces it)"."""
+    """Whether `path` is a folder (or a link to one) with nothing in it: one made before the job
+    (a rule's `mkdir -p {output}`, a workflow engine's or a container's output folder). A command
+    that writes a folder of its own takes it as a new one: it was "exists (--force replaces it)".
+    An empty mount point is refused here, as check_replaceable refuses a full one."""
     try:
         with os.scandir(path) as entries:
-            return next(entries, None) is None
+            empty = next(entries, None) is None
     except OSError:  # (none, a file, or unreadable: the command's own checks say what is wrong)
         return False
+    if empty:
+        _refuse_mount_point(path)
+    return empty
+
+
+def _refuse_mount_point(directory) -> None:
+    """An output folder is made beside its place and moved into it at the end, which a mount point
+    (a container's bind mount of an output folder) cannot take: the command failed there, "cannot
+    replace this folder ... Device or resource busy", after all its work. Refused before it."""
+    if os.path.ismount(os.path.realpath(directory)):
+        raise UsageError(f"is a mount point: the output folder is written beside it and moved into its place at the "
+                         f"end, which a mount point cannot take; give {option('-o', 'out_dir')} a folder inside it",
+                         path=str(directory))
 
 
 def link_to_nothing(path) -> str | None:
@@ -218,6 +232,7 @@ def check_replaceable(directory, what: str, ours) -> None:
     if holds_working_directory(directory):
         raise UsageError(f"{directory}: {force_option()} would delete the current directory with everything in it; "
                          f"give {what} a folder of its own")
+    _refuse_mount_point(directory)
     try:
         foreign = sorted(e.name for e in Path(directory).iterdir() if not ours(e))
     except OSError:
