@@ -27,6 +27,7 @@ class _State:
     held: int = 0  # open recordings that hold their messages back
     names: dict = field(default_factory=dict)  # a path -> what messages call it (`naming`)
     last_error: str | None = None  # the last `error` line said (for torchrun's summary)
+    peer_stopped: bool = False  # that line is of an errors.PeerStopped (another process's failure the cause)
     command_line: bool = False  # messages are read at the command line (cli.main): `errors.option`
     said: set | None = None  # the warnings said inside `said_once`, which are not said again
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protrans_cli.errors import RuntimeFailure, again_with_resume
+from protrans_cli.errors import PeerStopped, RuntimeFailure, again_with_resume
 from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io import disk
 from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
@@ -180,9 +180,9 @@ def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist,
     try:
         summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
     except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
-        raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
-                             f"what this one computed is in {interrupted_output(output)}: {again_with_resume()} "
-                             "to finish") from None
+        raise PeerStopped(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
+                          f"what this one computed is in {interrupted_output(output)}: {again_with_resume()} "
+                          "to finish") from None
     # The other ranks wait while rank 0 merges: one that left at once tore its process group
     # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
     # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
@@ -202,8 +202,8 @@ def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist,
         try:
             dist.barrier()
         except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before
-            raise RuntimeFailure(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
-                                 f"every protein is computed: {again_with_resume()} to merge them") from None
+            raise PeerStopped(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
+                              f"every protein is computed: {again_with_resume()} to merge them") from None
 
 
 def _shard_files(output) -> list[str]:

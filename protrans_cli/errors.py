@@ -170,6 +170,11 @@ class RuntimeFailure(ProtransError):
     """A job that failed while running (exit 1)."""
 
 
+class PeerStopped(RuntimeFailure):
+    """This process of a torchrun run stopped because another one did: the other's error is the
+    cause (torchrun's summary is told so: cli._tell_torchrun)."""
+
+
 def a_or_an(word: str) -> str:
     """`word` after its indefinite article, as it is read aloud: "an electra", "an albert", "an esm",
     "an xlnet" (ex-el-net), "an FNN" (ef-), "a t5", "a bert" ("a electra pretraining model" was written);

@@ -2691,7 +2691,7 @@ def test_strategy_auto_shards_a_model_of_fsdp_min_params_or_more():
 def test_a_collective_failing_because_another_rank_stopped_is_one_line_naming_this_rank(monkeypatch):
     """gloo's and NCCL's words for a peer that is gone (gloo writes "Connection closed by peer"
     with a capital) become one line under torchrun; any other error, or one process, as it is."""
-    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.errors import PeerStopped
     from protrans_cli.training import dist
 
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
@@ -2702,7 +2702,7 @@ def test_a_collective_failing_because_another_rank_stopped_is_one_line_naming_th
         raise gloo
     assert alone.value is gloo  # (one process: no peers to speak of)
     monkeypatch.setattr(dist, "_info", dist.DistInfo(rank=1, world_size=2, initialised=True))
-    with pytest.raises(RuntimeFailure) as stopped, dist.peers_stopping("this one stopped too"):
+    with pytest.raises(PeerStopped) as stopped, dist.peers_stopping("this one stopped too"):  # (torchrun: not the cause)
         raise gloo
     assert stopped.value.message == ("rank 1: another process of this torchrun run stopped (its error is above, or "
                                      "in its node's log); this one stopped too")
@@ -2824,7 +2824,7 @@ def test_torchruns_root_cause_is_the_rank_with_the_error_not_one_stopped_by_it(t
     failures = {}
     for rank, line in lines.items():
         monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / f"{rank}.json"))
-        cli._tell_torchrun(line)
+        cli._tell_torchrun(line, peer_stopped=rank == 0)  # (rank 0's line: an errors.PeerStopped)
         failures[rank] = ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=1,
                                         error_file=str(tmp_path / f"{rank}.json"))
     rank, failure = ChildFailedError("protrans", failures).get_first_failure()

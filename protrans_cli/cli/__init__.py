@@ -19,7 +19,7 @@ import warnings
 import click
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import EXIT_INTERRUPTED, ProtransError
+from protrans_cli.errors import EXIT_INTERRUPTED, PeerStopped, ProtransError
 
 # An input file argument: click checks nothing (a directory or an unreadable file would be a
 # three-line usage error, exit 2); the reader says what is wrong in one line, exit 1. `-` is stdin.
@@ -542,6 +542,7 @@ def main(argv=None):
     _forget_stops()  # an earlier call in this process (tests, notebooks) is not this one
     console.state.complete = None
     console.state.last_error = None
+    console.state.peer_stopped = False
     # (-q, -v and --debug are this call's: an in-process caller's library calls after it keep
     # the caller's own, where `main(["-q", ...])` in a notebook left every later call quiet; and
     # their messages name settings as a library call takes them, not by this command's flags)
@@ -572,7 +573,7 @@ def main(argv=None):
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         if argv is None and code not in (0, *map(_exit_code, _ENDINGS)):
-            _tell_torchrun(console.state.last_error)
+            _tell_torchrun(console.state.last_error, console.state.peer_stopped)
         h5 = sys.modules.get("protrans_cli.io.h5")
         if argv is None and h5 is not None and h5.abandoned_files():
             # A write failed inside HDF5 and the file was left open: HDF5's own teardown at exit
@@ -618,17 +619,13 @@ def main(argv=None):
                 signal.signal(signal.SIGINT, previous_int)
 
 
-# The lines of a rank that stops because another one did (training.dist.same_on_every_rank, peers_stopping;
-# embed_dist._finish_ranks): the other rank's line is the cause.
-_PEER_STOPPED = ("stopped before starting (their error is", "another process of this torchrun run stopped")
-
-
-def _tell_torchrun(line: str | None) -> None:
+def _tell_torchrun(line: str | None, peer_stopped: bool = False) -> None:
     """Under torchrun, this process's error line into the file torchrun reads it from
     (TORCHELASTIC_ERROR_FILE, as torch.distributed.elastic's @record writes it): the summary that
     ends a failed torchrun run showed, for every rank, "traceback : To enable traceback see:
     https://pytorch.org/docs/stable/elastic/errors.html" and no error, and its "Root Cause" now
-    names the rank that failed first and its line. Not for a stop by a signal, nor a traceback."""
+    names the rank that failed first and its line. Not for a stop by a signal, nor a traceback.
+    `peer_stopped`: the line is of an errors.PeerStopped, this process stopped because another did."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path or not line:
         return
@@ -638,7 +635,7 @@ def _tell_torchrun(line: str | None) -> None:
     # torchrun's Root Cause is the rank of the earliest timestamp, in whole seconds, rank 0 on a tie:
     # a rank stopping because another did (within the same second) was named the root cause, and the
     # rank with the real error ("missing.fa: no such file") only under Failures. A second later here.
-    when = int(time.time()) + any(words in line for words in _PEER_STOPPED)
+    when = int(time.time()) + peer_stopped
     try:
         with open(path, "w", encoding="utf-8") as fh:  # (the "message" object torch's own ErrorHandler writes)
             json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
@@ -688,6 +685,7 @@ def _main(console, argv):
     except ProtransError as exc:
         if console.state.debug:
             raise
+        console.state.peer_stopped = isinstance(exc, PeerStopped)
         console.error(exc.format())
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, _Stopped) as exc:

@@ -219,10 +219,10 @@ def same_on_every_rank(values: dict, *, failure: BaseException | None = None, re
     if failure is not None:
         raise failure
     if failed:
-        from protrans_cli.errors import RuntimeFailure
+        from protrans_cli.errors import PeerStopped
 
-        raise RuntimeFailure(f"rank(s) {', '.join(map(str, failed))} stopped before starting (their error is "
-                             "in their node's log): no rank runs")
+        raise PeerStopped(f"rank(s) {', '.join(map(str, failed))} stopped before starting (their error is "
+                          "in their node's log): no rank runs")
     first = everyone[0]
     differences = []
     for rank, theirs in enumerate(everyone[1:], start=1):
@@ -259,10 +259,10 @@ def peers_stopping(what: str):
     except RuntimeError as exc:
         if not (_info.initialised and _info.world_size > 1 and peer_gone(exc)):
             raise
-        from protrans_cli.errors import RuntimeFailure
+        from protrans_cli.errors import PeerStopped
 
-        raise RuntimeFailure(f"rank {_info.rank}: another process of this torchrun run stopped (its error is "
-                             f"above, or in its node's log); {what}") from exc
+        raise PeerStopped(f"rank {_info.rank}: another process of this torchrun run stopped (its error is "
+                          f"above, or in its node's log); {what}") from exc
 
 
 def cleanup() -> None:
