@@ -338,8 +338,7 @@ def progress(iterable=None, *, total=None, desc=None, unit="it", **kwargs):
     # (only here: tqdm.auto, asyncio behind it, is 0.04 s of a 0.2 s prep or export with stderr a log)
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
-                disable=not show_progress(), dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
 def _progress_interval() -> float:
