@@ -362,6 +362,31 @@ def test_an_empty_output_folder_is_taken_as_a_new_one(data, run_cli, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["finetune.json", "head", "model"]
 
 
+def test_the_trained_model_is_let_go_before_the_saved_one_is_loaded_to_score(data, run_cli, tmp_path, monkeypatch):
+    """The sets are scored with the saved model, loaded anew: the trained encoder (and its merged
+    copy) stayed in memory meanwhile, twice the model on the GPU, where a finetune that fitted ran
+    out of memory after all its epochs (and at each --resume). Gone by then, the scores the same."""
+    import gc
+
+    from protrans_cli import models
+    from protrans_cli.heads.finetune import FineTuned
+
+    held = []
+    real = models.load_model
+
+    def load_model(*args, **kwargs):
+        tuned = [o for o in gc.get_objects() if isinstance(o, FineTuned)]
+        held.append(sum(p.numel() for t in tuned for p in t.encoder.parameters() if p.device.type != "meta"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    r = run_cli("-q", "finetune", "ss3", "--labels", data / "train.csv", "-m", data / "bert", "--max-epochs", "1",
+                *FAST, "-o", tmp_path / "ft")
+    assert r.exit_code == 0, r.stderr
+    assert held[-1] == 0, held  # (the last load: the saved model's, to score the sets)
+    assert json.loads((tmp_path / "ft" / "head" / "metrics.json").read_text())
+
+
 def test_a_second_finetune_on_one_output_is_refused(data, run_cli, tmp_path):
     from protrans_cli.heads.finetune import partial_path
     from protrans_cli.io.files import folder_lock

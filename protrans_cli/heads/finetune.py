@@ -738,8 +738,14 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     # every set scored by embedding it with the saved model (embed's own code: load_model and
     # TransformerEmbedder) and fit's head evaluation on those rows
     # (on the training device: a GPU run embedded every set on the CPU, hours for ProtT5-XL)
-    saved = TransformerEmbedder(load_model(tmp / "model", device="cpu"), (layer,), device, "float32")
     reads_residues = model.reads_residues
+    # The trained encoder and its merged copy are written: their memory is let go first. Both were
+    # held while the saved model was loaded and scored, twice the model on the device (and three
+    # times on the host): a finetune that fitted its GPU ran out of memory here after all its
+    # epochs, and again at each --resume. (The head, trained state and optimizer are small.)
+    del merged
+    model.encoder.to("meta")
+    saved = TransformerEmbedder(load_model(tmp / "model", device="cpu"), (layer,), device, "float32")
     summary = {}
     for name, data, desc in eval_sets:
         rows = embedded_rows(saved, data.sequences, config.max_residues, pooled=not reads_residues)
