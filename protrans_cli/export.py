@@ -1100,7 +1100,9 @@ def info(path, *, residues: bool = False) -> dict:
             # (a stacked run's OUTPUT.partial: a dataset a protein until the run completes)
             facts["layout"] = "stacked (its proteins one dataset each until the run completes)"
         facts["kinds"] = list(reader.kinds)
-        facts["proteins"] = {kind: len(reader.keys(kind)) for kind in reader.kinds}
+        # (a stacked file's rows, not its ids: reading, checking and escaping a million ids took 7 s)
+        facts["proteins"] = {kind: len(reader._stacked) if reader.layout == "stacked" else len(reader.keys(kind))
+                             for kind in reader.kinds}
         if reader.subgroups:  # (not proteins, and the datasets in them are not read: said, not left out silently)
             facts["groups_not_read"] = sorted(reader.subgroups)
         elif reader.layout == "grouped" and not own:
