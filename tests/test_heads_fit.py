@@ -1674,6 +1674,38 @@ def test_predict_lets_go_of_a_slice_before_it_reads_the_next(run_cli, ss_data, t
     assert len(seen) > 3 and seen == [0] * len(seen), seen
 
 
+def test_predict_opens_each_protein_of_a_grouped_file_once(run_cli, loc_data, tmp_path, monkeypatch):
+    """An FNN head over a grouped per-protein file: each protein's dataset is opened once, for its
+    attributes and its vector together (it was opened twice, once as every protein was listed and
+    once for its row: 2.2 ms a protein, 223 s for 100,000), a slice at a time; the CSV is the one
+    written by listing every protein first (as predict still does with an order to follow)."""
+    from protrans_cli.heads import predict as predict_module
+
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", head).exit_code == 0
+    monkeypatch.setattr(predict_module, "CHUNK_PROTEINS", 7)  # several slices, the last one short
+    listed = tmp_path / "listed.csv"  # (an order to follow: every protein listed first, as before)
+    with EmbeddingsReader(loc_data / "test.h5") as reader:
+        predict_module.predict(head, loc_data / "test.h5", listed, threads=1, order=reader.ids())
+    opened = []
+    h5o_open = h5py.h5o.open
+
+    def counted(loc, name, *args, **kwargs):
+        opened.append(name)
+        return h5o_open(loc, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.h5o, "open", counted)
+    out = tmp_path / "sliced.csv"
+    assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", out).exit_code == 0
+    with h5py.File(loc_data / "test.h5") as h5:
+        keys = [key.encode() for key in h5["per_protein"]]
+    opens = [name for name in opened if name in keys]
+    # (and the first one or two more times: the file's width is read from it as the file is checked)
+    assert len(keys) == 45 and set(opens) == set(keys) and len(opens) <= len(keys) + 2, sorted(opens)
+    assert out.read_text() == listed.read_text()
+
+
 def test_value_task_regression_from_a_flip_csv(run_cli, tmp_path):
     """FLIP's per-protein regression splits: fit learns a value that follows the composition."""
     rng = np.random.default_rng(3)

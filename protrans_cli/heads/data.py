@@ -577,7 +577,7 @@ def _residue_count(record) -> int | None:
 
 
 def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str, *,
-              layers_recorded: bool = True) -> np.ndarray:
+              layers_recorded: bool = True, obj=None) -> np.ndarray:
     """One dataset's rows at `layer` ((L, D) for base_ndim 2, (D,) for 1), its shape checked
     against `expected` ((L, D) or (D,); None where a size is not known) BEFORE anything is read.
     A dataset's shape is only a claim: a few KB of HDF5 (an unwritten or compressed dataset) can
@@ -587,10 +587,12 @@ def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path
     The shape comes from h5py's low-level calls, and a one-layer float dataset is read through
     them too (`read_array`: h5py's dictionary interface cost about twice as much per protein).
     `layers_recorded`: the file says which layers it holds (embed's `layers` attribute); in another
-    tool's file `layer` indexes the layer axis, and must exist there."""
+    tool's file `layer` indexes the layer axis, and must exist there. `obj`: the key's low-level
+    object, where the caller has opened it with `open_local(..., data=True)` (its attributes read)."""
     import h5py
 
-    obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
+    if obj is None:
+        obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
     shape = tuple(obj.shape) if isinstance(obj, h5py.h5d.DatasetID) else ()
     if isinstance(obj, h5py.h5d.DatasetID) and obj.dtype.kind not in "fiub":
         # (text was converted where it held numbers, and was a traceback where it did not;

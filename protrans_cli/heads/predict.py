@@ -34,10 +34,10 @@ from protrans_cli.io.files import (atomic_output, default_permissions, display_n
                                    output_directory, StagedRename, bare_name, named_delimiter, staged_outputs,
                                    through_link)
 from protrans_cli.io.disk import ensure_room
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id,
-                                escape_key, h5_file, input_prefix_of, is_write_failure, one_protein_twice,
-                                pooling_kind, prefix_words, same_weights, stored_length, three_di_words,
-                                truncated_by, truncated_from, write_failure_reason)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, _LowAttrs, _low_attribute_id, abandon,
+                                dataset_attrs, dataset_id, escape_key, h5_file, input_prefix_of, is_write_failure,
+                                one_protein_twice, open_local, pooling_kind, prefix_words, same_weights, stored_length,
+                                three_di_words, truncated_by, truncated_from, unescape_key, write_failure_reason)
 from protrans_cli.residues import THREE_DI_PREFIX
 from protrans_cli.threads import torch_threads
 
@@ -527,10 +527,20 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         # proteins listed slice by slice (a list of them all took about 1 KB a protein, and
         # each slice looked its rows up in a dictionary of every id: 50 M proteins, hours).
         streamed = reader.layout == "stacked" and order is None
+        # A grouped file's per-protein vectors for an FNN head, in file order: each dataset opened
+        # once, for its attributes and its row together, a slice at a time (listing every protein
+        # first, then opening each again for its row, took twice the HDF5 calls: 100,000 proteins 223 s)
+        visited = (not streamed and order is None and reads == PER_PROTEIN
+                   and _source_kind(reader, reads) == PER_PROTEIN)
         if streamed:
             _source_kind(reader, reads, task)  # (a per-residue head: refused, naming --layout grouped)
             reader._stacked.check_unique()  # (two rows of one id: both were predicted under it)
             count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
+        elif visited:  # (counted, and its truncated proteins found, as the slices are read)
+            count, truncated = 0, []
+            # (the layer and width looked up once: reader.dim opens a dataset and lists every key)
+            grouped = (reader.keys(PER_PROTEIN), stored_layer_index(reader, head_layer(config)),
+                       "layers" in reader.attrs, reader.dim(PER_PROTEIN))
         else:
             items, truncated = _all_items(reader, reads)
             count = len(items)
@@ -540,9 +550,13 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     if subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
         console.warn(f"{embeddings}: {len(subgroups)} group(s) at the top of this flat file are not read, and the "
                      f"datasets in them get no prediction: {some_ids(sorted(subgroups))}")
-    if truncated:  # a prediction of the first residues only, or from their mean: never silent
-        console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by {cut_by}; their predictions "
-                     f"are of the residues kept only: {some_ids(truncated)}")
+    def warn_truncated():  # a prediction of the first residues only, or from their mean: never silent
+        if truncated:
+            console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by {cut_by}; their predictions "
+                         f"are of the residues kept only: {some_ids(truncated)}")
+
+    if not visited:  # (else once the slices are read: only then are they known)
+        warn_truncated()
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
         # with why, as embed says it (under --fasta the file is a temporary one, removed as the
         # command ends: the ids alone left the reasons nowhere to read, and its 'failed' attribute
@@ -579,11 +593,17 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                 stream.write(_csv_line(header, delimiter))
             # A slice of the proteins at a time, written as it is predicted: memory stays bounded
             # (embeddings read and probabilities held) whatever the size of the file.
-            parts = (_stacked_slices(embeddings, count, CHUNK_PROTEINS) if streamed
-                     else ((part, None) for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE
-                                                            else CHUNK_PROTEINS, reads == PER_RESIDUE)))
-            for part, rows in parts:
-                data = head_data(embeddings, part, task, reads, layer=layer, rows=rows)
+            if streamed:
+                parts = ((part, head_data(embeddings, part, task, reads, layer=layer, rows=rows))
+                         for part, rows in _stacked_slices(embeddings, count, CHUNK_PROTEINS))
+            elif visited:
+                parts = _grouped_slices(embeddings, *grouped, CHUNK_PROTEINS, truncated)
+            else:
+                parts = ((part, head_data(embeddings, part, task, reads, layer=layer))
+                         for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE else CHUNK_PROTEINS,
+                                             reads == PER_RESIDUE))
+            for part, data in parts:
+                count += len(part) if visited else 0
                 probs = predict_data(ensemble, task, data, max_residues=max_residues)
                 if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
                     kept = kept_for_scoring(task, probs)
@@ -611,6 +631,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                 # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
                 # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
                 data = probs = None
+            if visited:
+                warn_truncated()
     return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
 
 
@@ -638,6 +660,52 @@ def _stacked_slices(path, count: int, size: int):
             ids, lengths = view._read("ids", np.s_[start:end]), view._read("lengths", np.s_[start:end])
         yield ([Matched(str(ident), escape_key(str(ident)), int(length), {}) for ident, length in zip(ids, lengths)],
                np.arange(start, end))
+
+
+def _grouped_slices(path, keys: list[str], index: int, recorded: bool, dim: int, size: int, truncated: list[str]):
+    """(items, their ProteinData) of the per-protein datasets `keys` of a grouped (or flat) file,
+    `size` at a time in their order, each dataset opened once for its attributes and its row
+    (`_read_grouped`); `index`: the stored layer read (`stored_layer_index`), `recorded`: the file
+    records its layers, `dim`: its width, as `ProteinData` takes them. The proteins `embed --long-policy truncate` cut short are added to
+    `truncated`, as `_all_items` lists them; two datasets naming one protein are refused, as there."""
+    first: dict[str, str] = {}
+    for start in range(0, len(keys), size):
+        # (made by a function of its own: this frame holds no slice's rows while the caller predicts it)
+        yield _read_grouped(path, keys[start:start + size], index, recorded, dim, truncated, first)
+
+
+def _read_grouped(path, keys: list[str], index: int, recorded: bool, dim: int, truncated: list[str],
+                  first: dict[str, str]):
+    import h5py
+
+    from protrans_cli.heads.data import ProteinData, read_rows, refuse_non_finite
+
+    items, rows = [], []
+    with EmbeddingsReader(path) as reader:
+        group = reader._group(PER_PROTEIN)
+        for key in keys:
+            obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
+            if not isinstance(obj, h5py.h5d.DatasetID):  # a group among the proteins: none (as _all_items has it)
+                continue
+            attrs = _LowAttrs(obj)
+            # (dataset_id through the low-level calls: embed's `id`, bio_embeddings' `original_id`, else the key)
+            ident = _low_attribute_id(obj) or unescape_key(key)
+            if (other := first.setdefault(ident, key)) != key:
+                raise one_protein_twice(reader.path, ident, other, key)
+            # A vector's `length` is read only where it is named (a truncated protein's): nothing else
+            # here uses it (0: not known), and its reads were a fifth of the visit
+            length = 0
+            if (cut := truncated_from(attrs)) is not None:
+                length = stored_length(attrs, obj.shape, per_residue=False) or 0
+                truncated.append(f"{ident} ({length} of {cut})")
+            items.append(Matched(ident, key, length, {}))
+            rows.append(read_rows(group, key, 1, index, (dim,), str(path), ident, layers_recorded=recorded, obj=obj))
+    x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+    rows = None
+    refuse_non_finite(str(path), x, items, np.arange(len(items)), per_residue=False)
+    data = ProteinData.in_memory(x)  # (as ProteinData reads them: the same rows, checked the same way)
+    data.path, data.items, data.lengths = str(path), items, np.array([m.length for m in items], dtype=np.int64)
+    return items, data
 
 
 def _slices(items: list[Matched], budget: int, by_residues: bool):
