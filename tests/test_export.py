@@ -1684,6 +1684,19 @@ def test_info_keeps_a_failed_id_with_a_line_separator_on_its_line(tmp_path, run_
     assert "\u2028" not in text and "\u202e" not in text
 
 
+def _dataset_reads(monkeypatch) -> list[str]:
+    """The names of the datasets read from here on (h5py's Dataset.__getitem__), one per read."""
+    reads = []
+    read = h5py.Dataset.__getitem__
+
+    def counted(self, selection, *args, **kwargs):
+        reads.append(self.name)
+        return read(self, selection, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
+    return reads
+
+
 def test_a_stacked_file_is_exported_a_block_of_rows_at_a_time(tmp_path, run_cli, monkeypatch):
     """A stacked file's vectors are read a block of rows at a time, not a row a protein (an h5py
     read each: about 60 us a protein, most of an export of a million), in the file's order and in an
@@ -1694,14 +1707,7 @@ def test_a_stacked_file_is_exported_a_block_of_rows_at_a_time(tmp_path, run_cli,
     _write(tmp_path / "s.h5", proteins, kinds=("per_protein",), layout="stacked", dtype=np.float16)
     _write(tmp_path / "g.h5", proteins, kinds=("per_protein",), dtype=np.float16)
     monkeypatch.setattr(stacked, "BLOCK_ROWS", 64)
-    reads = []
-    read = h5py.Dataset.__getitem__
-
-    def counted(self, selection, *args, **kwargs):
-        reads.append(self.name)
-        return read(self, selection, *args, **kwargs)
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
+    reads = _dataset_reads(monkeypatch)
     reversed_ids = tmp_path / "reversed.txt"
     reversed_ids.write_text("".join(f"{ident}\n" for ident in reversed(proteins)))
     odd_ids = tmp_path / "odd.txt"
@@ -1723,14 +1729,7 @@ def test_info_counts_a_stacked_files_proteins_by_its_rows_not_its_ids(tmp_path, 
     """`info` of a stacked file reads no column (its rows are its proteins): it read, checked and
     escaped every id to count them, 7 s for a million proteins where it is to answer at once."""
     _write(tmp_path / "s.h5", _proteins(40), kinds=("per_protein",), layout="stacked")
-    reads = []
-    read = h5py.Dataset.__getitem__
-
-    def counted(self, selection, *args, **kwargs):
-        reads.append(self.name)
-        return read(self, selection, *args, **kwargs)
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
+    reads = _dataset_reads(monkeypatch)
     done = run_cli("info", tmp_path / "s.h5", "--json")
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["proteins"] == {"per_protein": 40}
