@@ -666,8 +666,9 @@ def _grouped_slices(path, keys: list[str], index: int, recorded: bool, dim: int,
     """(items, their ProteinData) of the per-protein datasets `keys` of a grouped (or flat) file,
     `size` at a time in their order, each dataset opened once for its attributes and its row
     (`_read_grouped`); `index`: the stored layer read (`stored_layer_index`), `recorded`: the file
-    records its layers, `dim`: its width, as `ProteinData` takes them. The proteins `embed --long-policy truncate` cut short are added to
-    `truncated`, as `_all_items` lists them; two datasets naming one protein are refused, as there."""
+    records its layers, `dim`: its width, as `ProteinData` takes them. The proteins `embed
+    --long-policy truncate` cut short are added to `truncated`, as `_all_items` lists them; two
+    datasets naming one protein are refused, as there."""
     first: dict[str, str] = {}
     for start in range(0, len(keys), size):
         # (made by a function of its own: this frame holds no slice's rows while the caller predicts it)
