@@ -610,6 +610,24 @@ def test_matrix_of_vectors_another_writer_changed_reads_them_one_by_one(tmp_path
         r.matrix()
 
 
+def test_dim_stops_at_the_first_dataset_without_listing_every_key(tmp_path, monkeypatch):
+    """dim() listed every key of the group to read the first one's width: seconds a call on a file
+    of millions of proteins (predict asks twice a file). It still passes over a group among them."""
+    import protrans_cli.io.h5 as h5
+
+    _write(tmp_path / "g.h5", [f"P{i:03d}" for i in range(40)], kinds=(PER_PROTEIN,))
+    with h5py.File(tmp_path / "g.h5", "a") as f:
+        f.create_dataset("per_protein/0grp/x", data=np.zeros(7, np.float32))  # (sorts first)
+    seen = []
+    iterate = h5.iterate_links
+    monkeypatch.setattr(h5, "iterate_links", lambda gid, callback, **kw: iterate(
+        gid, lambda *a: seen.append(a[0]) or callback(*a), **kw))
+    with EmbeddingsReader(tmp_path / "g.h5") as r:
+        seen.clear()
+        assert r.dim(PER_PROTEIN) == 4
+        assert seen == [b"0grp", b"P000"]
+
+
 def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are(tmp_path):
     # An empty file read as "holds no per_residue embeddings" for a per-protein head (the kind was a guess).
     h5py.File(tmp_path / "empty.h5", "w").close()

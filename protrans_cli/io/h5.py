@@ -678,12 +678,21 @@ class EmbeddingsReader:
         if self._stacked is not None:
             self._check_kind(kind)
             return int(self._stacked.data.shape[-1])
-        group = self._group(kind)
-        for key in self.keys(kind):
-            obj = open_local(group, key.encode("utf-8"))
-            if isinstance(obj, h5py.h5d.DatasetID):  # (a group among them is no protein: see items)
-                self.check_declared_width(key, obj.shape)
-                return int(obj.shape[-1])
+        group, skip, found = self._group(kind), {name.encode("utf-8") for name in self.subgroups}, []
+
+        def dataset(name):  # (a group among them is no protein: see items)
+            obj = h5py.h5o.open(group.id, name) if name not in skip else None
+            if isinstance(obj, h5py.h5d.DatasetID):
+                found.append((name, obj))  # (decoded once _link_names has refused a name not UTF-8)
+                return True
+
+        # The first dataset in the keys' order, the listing stopped there: listing every key (as
+        # keys() does) took seconds on a file of millions of proteins, and predict asks twice a file
+        _link_names(group, until=dataset)
+        if found:
+            name, obj = found[0]
+            self.check_declared_width(name.decode("utf-8"), obj.shape)
+            return int(obj.shape[-1])
         # (an empty file from another tool: no kind to name; its `kind` was a guess)
         raise InputError(f"holds no {'' if self._kind_guessed else kind + ' '}embeddings", path=self.path)
 
@@ -787,22 +796,25 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
     _CRASH_GUARD.settle()  # (the last name was not a dataset)
 
 
-def _link_names(group) -> list[bytes]:
+def _link_names(group, until=None) -> list[bytes]:
     """The names of a group's members, in the order they were made where the group records it
     (another tool's file written with track_order: biotrainer's positions in input order), else
     by name; each refused unless a hard link (`local_link`). embed's own files record creation
     order too (for their new-style groups), but that order is the order of computation (longest
-    first, and another after a resume or a torchrun merge): they are listed by name, as before."""
+    first, and another after a resume or a torchrun merge): they are listed by name, as before.
+    `until(name)`: the listing stops at the first name it is true of, the last one returned (the
+    members after it are neither listed nor checked)."""
     import h5py
 
     names: list[bytes] = []
+    take = names.append if until is None else (lambda name: names.append(name) or (True if until(name) else None))
     gid = group.id if not isinstance(group.id, h5py.h5f.FileID) else h5py.h5g.open(group.id, b"/")
     tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
     if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
         tracked = False
     _CRASH_GUARD.note("iterate", _label(group))
     try:
-        hard_links(group, names.append, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME)
+        hard_links(group, take, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME)
     finally:
         _CRASH_GUARD.settle()
     for name in names:
@@ -817,17 +829,17 @@ def _link_names(group) -> list[bytes]:
 
 def hard_links(group, take, **kwargs) -> None:
     """`take(name)` for each member of `group` stored in the file itself, in the order
-    `kwargs` (idx_type, order) ask of h5py's iteration; a link to elsewhere (soft, external) is
-    refused once the iteration is over (`_refuse_link`)."""
+    `kwargs` (idx_type, order) ask of h5py's iteration, until `take` returns other than None; a
+    link to elsewhere (soft, external) met on the way is refused once the iteration is over
+    (`_refuse_link`)."""
     import h5py
 
     outside: list[bytes] = []
 
     def add(name, info):  # (None returned: on to the next; an exception raised here reaches the caller as itself)
         if info.type == h5py.h5l.TYPE_HARD:
-            take(name)
-        else:
-            outside.append(name)
+            return take(name)
+        outside.append(name)
 
     iterate_links(group.id, add, info=True, **kwargs)
     if outside:
