@@ -6119,6 +6119,31 @@ def _onehot_protein_head(folder):
     return folder / "head"
 
 
+def test_predict_takes_the_ids_of_embeds_own_grouped_file_from_its_keys(tmp_path, monkeypatch):
+    """predict on embed's own grouped file reads no protein's `id` attribute (every key is its id's,
+    escaped): the ids that escape ('/', '%', '.', '..', a leading dot) come out in the CSV as the
+    attributes give them, the same CSV as with an order to follow (read through the attributes)."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads import predict as predict_module
+
+    head = _onehot_protein_head(tmp_path)
+    ids = ["a/b", "%41", "..", ".", ".hidden", "sp|P1|X", "50%/x.y"]
+    (tmp_path / "q.fa").write_text("".join(f">{ident} q\nMKVLA{'KW'[i % 2] * 6}\n" for i, ident in enumerate(ids)))
+    embed(tmp_path / "q.fa", tmp_path / "q.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    with EmbeddingsReader(tmp_path / "q.h5") as reader:
+        order = reader.ids("per_protein")
+        assert sorted(order) == sorted(ids) and reader.keys("per_protein") != order  # (some keys escaped)
+    predict_module.predict(head, tmp_path / "q.h5", tmp_path / "ordered.csv", threads=1, order=order)
+    read = []
+    exists = h5py.h5a.exists
+    monkeypatch.setattr(h5py.h5a, "exists", lambda obj, name, *a, **kw: read.append(name) or exists(obj, name, *a, **kw))
+    predict_module.predict(head, tmp_path / "q.h5", tmp_path / "out.csv", threads=1)
+    assert b"id" not in read and b"original_id" not in read
+    rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[0] for row in rows) == sorted(ids)
+    assert sorted(rows) == sorted((tmp_path / "ordered.csv").read_text().splitlines()[1:])
+
+
 def test_predict_sequences_takes_the_invalid_policy_of_predict_fasta(tmp_path, capsys):
     # (one sequence with an inner '*' or a digit failed the whole call, with an error that named
     # "--invalid-policy skip", which predict_sequences did not take; predict --fasta and

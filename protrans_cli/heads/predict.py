@@ -538,7 +538,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
         elif visited:  # (counted, and its truncated proteins found, as the slices are read)
             count, truncated = 0, []
-            # (the layer and width looked up once: reader.dim opens a dataset and lists every key)
+            # (the layer and width looked up once: reader.dim opens a dataset)
             grouped = (reader.keys(PER_PROTEIN), stored_layer_index(reader, head_layer(config)),
                        "layers" in reader.attrs, reader.dim(PER_PROTEIN))
         else:
@@ -683,14 +683,15 @@ def _read_grouped(path, keys: list[str], index: int, recorded: bool, dim: int, t
 
     items, rows = [], []
     with EmbeddingsReader(path) as reader:
-        group = reader._group(PER_PROTEIN)
+        group, own = reader._group(PER_PROTEIN), "layout" in reader.attrs
         for key in keys:
             obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
             if not isinstance(obj, h5py.h5d.DatasetID):  # a group among the proteins: none (as _all_items has it)
                 continue
             attrs = _LowAttrs(obj)
-            # (dataset_id through the low-level calls: embed's `id`, bio_embeddings' `original_id`, else the key)
-            ident = _low_attribute_id(obj) or unescape_key(key)
+            # (dataset_id through the low-level calls: embed's `id`, bio_embeddings' `original_id`, else the key;
+            # in embed's own file every key is its id's, escaped, as EmbeddingsReader._own_matrix reads them)
+            ident = unescape_key(key) if own else _low_attribute_id(obj) or unescape_key(key)
             if (other := first.setdefault(ident, key)) != key:
                 raise one_protein_twice(reader.path, ident, other, key)
             # A vector's `length` is read only where it is named (a truncated protein's): nothing else
