@@ -300,6 +300,51 @@ def _processes_naming(text: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_a_schedulers_warning_signal_to_one_rank_stops_all_after_one_step_with_exit_0(tmp_path):
+    """Slurm's `--signal=USR1@N` reaches the ranks (not always all at once): SIGUSR1 killed the rank
+    it reached, and torchrun ended the others. It is a planned stop now, told to every rank in the
+    step's exchange as --time-limit's is: all stop after the same step, one checkpoint, exit 0."""
+    import signal
+    import time
+
+    out = tmp_path / "warned"
+    steps = ["--num-steps", "40"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    ranks = []
+    for pid in _processes_naming(str(out)):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if b"\0RANK=1\0" in b"\0" + fh.read():
+                    ranks.append(pid)
+        except OSError:
+            pass
+    assert len(ranks) == 1, ranks
+    os.kill(ranks[0], signal.SIGUSR1)  # rank 1 only: rank 0 learns of it in the step's exchange
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    stopped = [r["step"] for r in read_metrics(metrics)][-1]
+    assert 3 <= stopped < 40, stderr[-2000:]
+    assert f"a scheduler's warning signal (the job's time is nearly up): stopped after step {stopped} of 40" in stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:08d}"]
+    assert not (out / "complete.json").exists()
+    _torchrun("-o", out, *steps, "--resume")
+    losses = [r["loss"] for r in read_metrics(metrics)]
+    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=40,
+                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
+                      log_every=1, threads=1, save_every=100,
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_sigkill_to_torchrun_stops_its_ranks_with_a_checkpoint_and_resume_matches(tmp_path):
     """`kill -9` of the launcher alone: its ranks used to train on to the end as orphans; each now

@@ -2367,6 +2367,83 @@ def test_a_hang_up_sent_to_the_whole_job_is_one_warning_and_one_line_in_its_log(
                     f"{run_dir / 'checkpoints' / f'step_{reached:08d}'}; continue with the same command and --resume"]
 
 
+_WARNINGS = [getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name)]
+
+
+@pytest.mark.parametrize("signum", _WARNINGS, ids=lambda s: signal.Signals(s).name)
+def test_a_schedulers_warning_signal_stops_after_the_step_with_a_checkpoint_as_planned(tmp_path, monkeypatch, capsys,
+                                                                                      signum):
+    """Slurm's `--signal=USR1@120` (Lightning's and many lab templates' way) warns the job before
+    its time limit: SIGUSR1's default action killed the run on the spot, every step since its last
+    checkpoint lost. It is a planned stop now, as --time-limit's: the step under way finished, its
+    checkpoint saved, train() returns (the CLI exits 0); --resume goes on as if uninterrupted."""
+    from protrans_cli.training import loop
+
+    kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
+    whole = train(_config(tmp_path / "whole", **kw))
+    append = loop.append_metrics
+
+    def append_and_signal(path, record):  # the signal arrives in the middle of step 4
+        append(path, record)
+        if record.get("step") == 3:
+            signal.raise_signal(signum)
+
+    monkeypatch.setattr(loop, "append_metrics", append_and_signal)
+    before = signal.getsignal(signum)
+    result = train(_config(tmp_path / "parts", **kw))
+    assert signal.getsignal(signum) is before
+    assert not result.completed and result.step == 3 and result.stopped_by == signal.Signals(signum).name
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protrans: warning:")]
+    assert warned == [f"protrans: warning: {signal.Signals(signum).name}, the scheduler's warning that the job's time "
+                      "is nearly up: stopping after this step to save a checkpoint"]
+    run_dir = tmp_path / "parts" / "run_bert"
+    assert _checkpoints(run_dir) == ["step_00000003"] and not (run_dir / "complete.json").exists()
+    monkeypatch.setattr(loop, "append_metrics", append)
+    rest = train(_config(tmp_path / "parts", **kw), resume=True)
+    assert rest.completed and rest.step == 10
+    assert [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")] == whole.losses  # bit for bit on CPU
+
+
+@pytest.mark.skipif(not _WARNINGS, reason="no SIGUSR1 on this platform")
+def test_slurms_warning_signal_to_the_whole_job_step_exits_0_with_a_checkpoint(tmp_path, run_cli):
+    """`#SBATCH --signal=USR1@120` sends SIGUSR1 to every process of the job step, DataLoader workers
+    included: the run (and each worker) died of it at once (exit -10). Now the workers leave it to
+    the trainer, which saves a checkpoint at the step under way and exits 0, as --time-limit's
+    planned stop does, so that a requeue script's `&& { [ -e RUN/complete.json ] || scontrol
+    requeue ...; }` requeues it; --resume then ends as the uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    args = ["train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "30", "--max-length", "64",
+            "--global-batch-size", "16", "--micro-batch-size", "8", "--log-every", "1", "--save-every", "1000",
+            "-j", "1", "--num-workers", "2"]
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    metrics = run_dir / "metrics.jsonl"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", *args, "-o", str(run_dir)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT,
+                                start_new_session=True)
+    deadline = time.time() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGUSR1)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    reached = [r["step"] for r in read_metrics(metrics)][-1]
+    assert 3 <= reached < 30 and _checkpoints(run_dir) == [f"step_{reached:08d}"]
+    assert not (run_dir / "complete.json").exists()
+    said = [line for line in log.read_text().splitlines() if line.startswith("protrans:")]
+    assert said == ["protrans: warning: SIGUSR1, the scheduler's warning that the job's time is nearly up: stopping "
+                    "after this step to save a checkpoint"]
+    assert (f"train: SIGUSR1 (the job's time is nearly up): stopped after step {reached} of 30, its checkpoint saved; "
+            "continue with --resume") in log.read_text()
+    assert run_cli(*args, "-o", run_dir, "--resume").exit_code == 0
+    assert run_cli(*args, "-o", tmp_path / "whole").exit_code == 0
+    assert [r["loss"] for r in read_metrics(metrics)] == [r["loss"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl")]
+
+
 def test_a_second_ctrl_c_stops_at_once_without_the_checkpoint(tmp_path, monkeypatch, capsys):
     """The first Ctrl-C's warning says "Ctrl-C again stops at once, losing the steps since the last
     one": the second raises KeyboardInterrupt right there (the caller's SIGINT handler back in

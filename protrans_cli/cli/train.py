@@ -353,6 +353,10 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
             console.info(f"train: --time-limit {config.time_limit}: stopped after step {result.step} of "
                          f"{config.total_steps}, its checkpoint saved (the next step and its checkpoint would "
                          "have ended later); continue with --resume")
+        elif result.stopped_by in ("SIGUSR1", "SIGUSR2", "warning"):
+            by = "a scheduler's warning signal" if result.stopped_by == "warning" else result.stopped_by
+            console.info(f"train: {by} (the job's time is nearly up): stopped after step {result.step} of "
+                         f"{config.total_steps}, its checkpoint saved; continue with --resume")
         else:
             console.info(f"train: stopped after step {result.step}; continue with --resume")
 

@@ -794,8 +794,8 @@ class CorpusStream:
 
 
 def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
-    """DataLoader workers leave Ctrl-C/SIGTERM/SIGHUP to the main process, which finishes its step
-    and saves a checkpoint (a worker dying first would abort that: a hang-up, like Ctrl-C, reaches
+    """DataLoader workers leave Ctrl-C/SIGTERM/SIGHUP (and SIGUSR1/SIGUSR2) to the main process, which
+    finishes its step and saves a checkpoint (a worker dying first would abort that: a hang-up, like Ctrl-C, reaches
     the whole process group); they exit with it, and die with it when it is killed (a worker
     ignores SIGTERM, so one whose trainer was SIGKILLed stayed alive under PID 1, reading the
     corpus for nobody): prep's workers' way."""
@@ -807,6 +807,11 @@ def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # a scheduler's warning (Slurm's --signal=USR1@N reaches every process of the job), whose
+    # default action killed the worker and so the run, before its checkpoint
+    for name in ("SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     _die_with_parent(parent_pid)
 
 

@@ -65,7 +65,9 @@ class TrainResult:
     losses: list[float | None] = field(default_factory=list)
     last_checkpoint: Path | None = None
     lr_suggestion: float | None = None
-    # why a run that is not complete stopped: "stop_after" or "time_limit" (a signal raises instead)
+    # why a run that is not complete stopped: "stop_after", "time_limit", or a scheduler's warning
+    # signal's name ("SIGUSR1", "SIGUSR2"; StopRequest.WARNINGS; "warning": another rank's), another
+    # signal raises instead
     stopped_by: str | None = None
     # --keep-best: the checkpoint with the lowest eval loss so far, and that loss
     best_checkpoint: Path | None = None
@@ -132,8 +134,13 @@ class StopRequest:
     terminal hung up: a dropped ssh connection; torchrun passes its own on to the ranks) during
     training: finish the step under way, save a checkpoint there, then stop as the signal would
     have, so that `--resume` loses nothing. A second Ctrl-C stops at once (the warning offers
-    it, except after a hang-up, which left no terminal to press it on). Active in the main thread
-    only."""
+    it, except after a hang-up, which left no terminal to press it on). SIGUSR1 and SIGUSR2, a
+    scheduler's warning that the job's time is nearly up (Slurm's `--signal=USR1@120`), whose
+    default action killed the run on the spot: the same stop, but planned, as --time-limit's
+    (`warned`: the run returns, exit 0). Active in the main thread only."""
+
+    # (SIGUSR2 too: lab templates and Slurm's own examples use either)
+    WARNINGS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
     def __init__(self):
         self.signum: int | None = None
@@ -144,7 +151,8 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
+            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
+                        *self.WARNINGS):
                 previous = signal.getsignal(sig)
                 if previous == signal.SIG_IGN:  # ignored by the caller (nohup, a script's `&`): it stays so
                     continue
@@ -152,8 +160,14 @@ class StopRequest:
                 signal.signal(sig, self._handle)
         return self
 
+    @property
+    def warned(self) -> bool:
+        """Whether the stop asked for is a scheduler's warning (a planned stop, not a failure)."""
+        return self.signum in self.WARNINGS
+
     def __exit__(self, exc_type, *exc):
-        if exc_type is None and self.signum is not None and self._previous:
+        # (a warning once the run ended or stopped: its work is saved, nothing to say or fail for)
+        if exc_type is None and self.signum is not None and self._previous and not self.warned:
             # A signal the run did not stop for (it came while the final model was written, or
             # after): the run ended with its work saved, and the exit still says that a signal
             # stopped it. (One after "done" was printed exited 0, the signal swallowed: seen in
@@ -176,6 +190,8 @@ class StopRequest:
                 hung_up = signum == getattr(signal, "SIGHUP", None)
                 console.warn("the run has done its steps: stopping once its final model is written"
                              if self.finishing else
+                             f"{signal.Signals(signum).name}, the scheduler's warning that the job's time is nearly "
+                             "up: stopping after this step to save a checkpoint" if signum in self.WARNINGS else
                              "the terminal hung up: stopping after this step to save a checkpoint" if hung_up else
                              "stopping after this step to save a checkpoint "
                              f"({again} stops at once, losing the steps since the last one)")
@@ -1121,9 +1137,13 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
             time_up = deadline is not None and _out_of_time(deadline, config, step + 1, total_steps)
+            # A scheduler's warning (SIGUSR1) is a planned stop, as --time-limit's: exchanged as one,
+            # so that a SIGTERM on any rank still stops every rank as a signal.
+            warned = stop is not None and stop.warned
             try:
                 stats = train_step(run, optimizer, batch.micro_batches,
-                                   stop_requested=stop is not None and stop.signum is not None, time_up=time_up)
+                                   stop_requested=stop is not None and stop.signum is not None and not warned,
+                                   time_up=time_up or warned)
             except NonFiniteGradient as exc:
                 raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
@@ -1181,7 +1201,9 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                                         f"{record['tokens_per_s']:.0f} tokens/s{last_eval}", refresh=False)
             # One process stops after the step under way; several after the step whose exchange
             # told them all.
-            stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
+            signalled_here = not info.initialised and stop is not None and stop.signum is not None
+            stop_now = stop_now or signalled_here
+            time_stop = time_stop or (signalled_here and stop.warned)  # (a warning is a planned stop)
             if step % config.save_every == 0 or last or stop_now:
                 # --keep-best's candidates: the checkpoints of --save-every and of the last step, each
                 # evaluated (config.validate); a stop's elsewhere is not one, so that a resumed run
@@ -1209,9 +1231,12 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     bar.close()
                 if info.is_main and deadline is None:  # a stopped run has its loss curve so far too
                     plot_metrics(metrics_path, run.run_dir / "loss_curve.png")  # (a deadline's: drawn with its checkpoint)
-                if time_stop and (stop is None or stop.signum is None):
-                    # --time-limit (on this rank or another: the step's exchange told them all)
-                    result.step, result.stopped_by = step, "time_limit"
+                if time_stop and (stop is None or stop.signum is None or stop.warned):
+                    # --time-limit or a scheduler's warning (on this rank or another: the step's
+                    # exchange told them all; a rank without a deadline learnt of a warning)
+                    result.step = step
+                    result.stopped_by = (signal.Signals(stop.signum).name if stop is not None and stop.warned
+                                         else "time_limit" if deadline is not None else "warning")
                     if stop is not None:  # (a signal from here on: StopRequest.__exit__)
                         stop.late_detail = (f"the signal came as {option('--time-limit', 'time_limit')} stopped the "
                                             f"run at step {step}; checkpoint {result.last_checkpoint}; "
