@@ -911,7 +911,9 @@ def _count(reasons: dict[int, str]) -> dict[str, int]:
     return dict(collections.Counter(reasons.values()))
 
 
-_STOP_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+# (and a scheduler's warning, SIGUSR1/SIGUSR2, which the CLI stops for as for SIGTERM)
+_STOP_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                 if hasattr(signal, name)}
 
 
 @contextlib.contextmanager

@@ -479,7 +479,9 @@ def _command_whose_signal_python_drops(name: str):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
-@pytest.mark.parametrize("name, code, message", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+@pytest.mark.parametrize("name, code, message", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted"),
+                                                 # (Slurm's --signal=USR1@N: it killed the command on the spot)
+                                                 ("SIGUSR1", 138, "warned by SIGUSR1 (the job's time is nearly up)")])
 def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, capsys, name, code, message):
     """Raised while a weakref callback ran, the handler's exception was dropped ("Exception ignored
     in ..."): `fit` (SIGTERM) and `predict` (Ctrl-C, one try in five) then ended normally, exit 0."""
@@ -500,6 +502,7 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
     # one line), and the hook is put back for an in-process caller
     assert seen == [] and sys.unraisablehook == seen.append
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
     monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: 0)
     with pytest.raises(SystemExit) as caught:  # the next call in this process is not stopped
         cli_module.main(["prep", "x.fa"])

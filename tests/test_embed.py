@@ -2475,10 +2475,13 @@ main(sys.argv[2:])
 """
 
 
-@pytest.mark.parametrize("signame,code,word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+@pytest.mark.parametrize("signame,code,word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated"),
+                                               ("SIGUSR1", 138, "warned by SIGUSR1 (the job's time is nearly up)")])
 def test_signal_after_first_batch_leaves_a_resumable_partial_and_one_line(tmp_path, signame, code, word):
     """Ctrl-C or SIGTERM (a scheduler, `timeout`) once a batch is written: exit 130/143, exactly one
-    error line naming the partial file, and --resume then equals an uninterrupted run."""
+    error line naming the partial file, and --resume then equals an uninterrupted run. So does
+    Slurm's warning before the time limit (`--signal=USR1@120`), which killed embed on the spot,
+    without the line that says how to finish (exit 138 now: the output is not complete)."""
     import os
     import signal
     import subprocess

@@ -267,8 +267,13 @@ _help_needs_stdout(cli)  # (the group's own --help and --version)
 # connection that dropped under a command run without nohup or tmux, which SIGHUP killed on the
 # spot: train lost every step since its last checkpoint). (Windows has no SIGHUP.)
 _SIGHUP = getattr(signal, "SIGHUP", None)
+# And SIGUSR1/SIGUSR2, a scheduler's warning that the job's time is nearly up (Slurm's
+# `--signal=USR1@120`, submitit's USR2), whose default action killed a command on the spot, its
+# cleanup and its "run ... --resume" line skipped (train takes them as a planned stop of its own).
+_WARNINGS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 _ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
-            **({_SIGHUP: "hung up"} if _SIGHUP is not None else {})}
+            **({_SIGHUP: "hung up"} if _SIGHUP is not None else {}),
+            **{s: f"warned by {signal.Signals(s).name} (the job's time is nearly up)" for s in _WARNINGS}}
 
 
 def _exit_code(signum: int) -> int:
@@ -557,6 +562,10 @@ def main(argv=None):
     previous_hup = signal.getsignal(_SIGHUP) if installed and _SIGHUP is not None else None
     if previous_hup == signal.SIG_DFL:
         signal.signal(_SIGHUP, _on_sigterm(os.getpid()))
+    # (a scheduler's warning: likewise only where it would kill the process now)
+    warnings_taken = [s for s in _WARNINGS if installed and signal.getsignal(s) == signal.SIG_DFL]
+    for s in warnings_taken:
+        signal.signal(s, _on_sigterm(os.getpid()))
     # (Ctrl-C: only where it raises KeyboardInterrupt now; an ignored SIGINT stays ignored)
     previous_int = signal.getsignal(signal.SIGINT) if installed else None
     if previous_int is signal.default_int_handler:
@@ -596,8 +605,10 @@ def main(argv=None):
             # handlers Python set, and a scheduler's SIGTERM then killed a finished run (143);
             # one that hangs there still gets the scheduler's SIGKILL.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            if previous_hup == signal.SIG_DFL:  # (likewise a hang-up)
+            if previous_hup == signal.SIG_DFL:  # (likewise a hang-up, and a scheduler's warning)
                 signal.signal(_SIGHUP, signal.SIG_IGN)
+            for s in warnings_taken:
+                signal.signal(s, signal.SIG_IGN)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, _exit_now(code))
                 # Python's finalization, after the atexit callbacks, resets the handlers Python
@@ -615,6 +626,8 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if previous_hup == signal.SIG_DFL:
                 signal.signal(_SIGHUP, previous_hup)
+            for s in warnings_taken:
+                signal.signal(s, signal.SIG_DFL)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_int)
 

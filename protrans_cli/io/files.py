@@ -1918,7 +1918,8 @@ def exchange_paths(a, b) -> bool:
 
 @contextlib.contextmanager
 def signals_held():
-    """SIGINT, SIGTERM and SIGHUP wait until the block ends (the renames of a job's several outputs:
+    """SIGINT, SIGTERM and SIGHUP (and SIGUSR1/SIGUSR2, a scheduler's warning: the CLI stops for them as
+    for SIGTERM) wait until the block ends (the renames of a job's several outputs:
     a signal between two of them would leave a mix of new and old files). Python-level
     handlers that only note the signal, then the previous ones, to which a noted signal is sent
     again: a thread mask would not do, since the kernel hands a process signal to any thread
@@ -1931,7 +1932,8 @@ def signals_held():
         return
     noted: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))}
+                for s in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
+                          *(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n)))}
     try:
         yield
     finally:
@@ -1995,7 +1997,9 @@ def signals_end_wait(what: str):
     import threading
 
     ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143),
-            **({signal.SIGHUP: ("hung up", 129)} if hasattr(signal, "SIGHUP") else {})}
+            **({signal.SIGHUP: ("hung up", 129)} if hasattr(signal, "SIGHUP") else {}),
+            **{getattr(signal, n): (f"warned by {n} (the job's time is nearly up)", 128 + getattr(signal, n))
+               for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n)}}
     # A signal reaches the wakeup fd only through a handler set in Python (not one that is
     # SIG_DFL, which kills the process anyway, or SIG_IGN); only the main thread can set the fd.
     # (Windows: the wakeup fd must be a socket, and select() takes no pipe)
