@@ -139,7 +139,7 @@ class StopRequest:
     default action killed the run on the spot: the same stop, but planned, as --time-limit's
     (`warned`: the run returns, exit 0). Active in the main thread only."""
 
-    # (SIGUSR2 too: lab templates and Slurm's own examples use either)
+    # (SIGUSR2 too: submitit's job scripts ask for `--signal=USR2@90`, Lightning's for USR1)
     WARNINGS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
     def __init__(self):
