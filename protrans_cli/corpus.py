@@ -42,8 +42,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, at_least, expect_options, given, one_of,
-                                 option, plain_numbers, seed_in_range)
+from protrans_cli.errors import (STOP_SIGNALS, WARNING_SIGNALS, InputError, RuntimeFailure, UsageError, at_least,
+                                 expect_options, given, one_of, option, plain_numbers, seed_in_range)
 from protrans_cli.io.fasta import NUL_HEADER, decode_word, not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
@@ -912,8 +912,7 @@ def _count(reasons: dict[int, str]) -> dict[str, int]:
 
 
 # (and a scheduler's warning, SIGUSR1/SIGUSR2, which the CLI stops for as for SIGTERM)
-_STOP_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
-                 if hasattr(signal, name)}
+_STOP_SIGNALS = {*STOP_SIGNALS, *WARNING_SIGNALS}
 
 
 @contextlib.contextmanager

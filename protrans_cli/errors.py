@@ -7,11 +7,19 @@ Library code raises these; the CLI turns them into one line on stderr and an exi
 from __future__ import annotations
 
 import contextlib
+import signal
 
 EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# The signals a command stops for, cleaning up first (their default action killed it on the spot):
+# Ctrl-C, SIGTERM (a scheduler, torchrun, `timeout`), SIGHUP (a terminal that hung up) ...
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+# ... and a scheduler's warning that the job's time is nearly up (Slurm's `--signal=USR1@120`;
+# submitit's job scripts ask for USR2@90): train takes it as a planned stop, as --time-limit's
+WARNING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
 
 class ProtransError(Exception):

@@ -19,7 +19,7 @@ import warnings
 import click
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import EXIT_INTERRUPTED, PeerStopped, ProtransError
+from protrans_cli.errors import EXIT_INTERRUPTED, WARNING_SIGNALS, PeerStopped, ProtransError
 
 # An input file argument: click checks nothing (a directory or an unreadable file would be a
 # three-line usage error, exit 2); the reader says what is wrong in one line, exit 1. `-` is stdin.
@@ -270,7 +270,7 @@ _SIGHUP = getattr(signal, "SIGHUP", None)
 # And SIGUSR1/SIGUSR2, a scheduler's warning that the job's time is nearly up (Slurm's
 # `--signal=USR1@120`, submitit's USR2), whose default action killed a command on the spot, its
 # cleanup and its "run ... --resume" line skipped (train takes them as a planned stop of its own).
-_WARNINGS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+_WARNINGS = WARNING_SIGNALS
 _ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
             **({_SIGHUP: "hung up"} if _SIGHUP is not None else {}),
             **{s: f"warned by {signal.Signals(s).name} (the job's time is nearly up)" for s in _WARNINGS}}

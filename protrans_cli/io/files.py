@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, force_option, given, option
+from protrans_cli.errors import (STOP_SIGNALS, WARNING_SIGNALS, InputError, RuntimeFailure, UsageError, force_option,
+                                 given, option)
 from protrans_cli.io import disk
 
 _MAGIC = [
@@ -1932,8 +1933,7 @@ def signals_held():
         return
     noted: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
-                          *(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n)))}
+                for s in (*STOP_SIGNALS, *WARNING_SIGNALS)}
     try:
         yield
     finally:
@@ -1998,8 +1998,8 @@ def signals_end_wait(what: str):
 
     ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143),
             **({signal.SIGHUP: ("hung up", 129)} if hasattr(signal, "SIGHUP") else {}),
-            **{getattr(signal, n): (f"warned by {n} (the job's time is nearly up)", 128 + getattr(signal, n))
-               for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n)}}
+            **{s: (f"warned by {signal.Signals(s).name} (the job's time is nearly up)", 128 + s)
+               for s in WARNING_SIGNALS}}
     # A signal reaches the wakeup fd only through a handler set in Python (not one that is
     # SIG_DFL, which kills the process anyway, or SIG_IGN); only the main thread can set the fd.
     # (Windows: the wakeup fd must be a socket, and select() takes no pipe)

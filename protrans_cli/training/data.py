@@ -52,7 +52,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError, ProtransError, UsageError
+from protrans_cli.errors import WARNING_SIGNALS, InputError, ProtransError, UsageError
 from protrans_cli.residues import ALPHABET, STANDARD
 
 
@@ -809,9 +809,8 @@ def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # a scheduler's warning (Slurm's --signal=USR1@N reaches every process of the job), whose
     # default action killed the worker and so the run, before its checkpoint
-    for name in ("SIGUSR1", "SIGUSR2"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for s in WARNING_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     _die_with_parent(parent_pid)
 
 

@@ -36,8 +36,8 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, a_or_an, described,
-                                 expect_options, first_line, option, resume_option)
+from protrans_cli.errors import (WARNING_SIGNALS, InputError, ModelError, ProtransError, RuntimeFailure, UsageError,
+                                 a_or_an, described, expect_options, first_line, option, resume_option)
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -139,8 +139,7 @@ class StopRequest:
     default action killed the run on the spot: the same stop, but planned, as --time-limit's
     (`warned`: the run returns, exit 0). Active in the main thread only."""
 
-    # (SIGUSR2 too: submitit's job scripts ask for `--signal=USR2@90`, Lightning's for USR1)
-    WARNINGS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+    WARNINGS = WARNING_SIGNALS
 
     def __init__(self):
         self.signum: int | None = None
