@@ -1706,6 +1706,33 @@ def test_predict_opens_each_protein_of_a_grouped_file_once(run_cli, loc_data, tm
     assert out.read_text() == listed.read_text()
 
 
+def test_predict_opens_a_flat_file_once_whatever_its_slices(run_cli, loc_data, tmp_path, monkeypatch):
+    """A flat file (bio_embeddings' and the ProtTrans script's layout: a dataset per protein at the
+    root) is opened, its root listed, twice whatever the number of slices predict reads it in
+    (once to check it, once for the slices): a reader a slice listed the root of a 1,000,000-protein
+    file 21 times, and looked up what each member is every time; the CSV is the grouped file's."""
+    from protrans_cli.heads import predict as predict_module
+    from protrans_cli.io import h5 as h5_module
+
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", head).exit_code == 0
+    flat = tmp_path / "flat.h5"  # (another tool's: no attributes, its kind guessed from the shapes)
+    with h5py.File(loc_data / "test.h5") as src, h5py.File(flat, "w") as dst:
+        for key in src["per_protein"]:
+            dst[key] = src["per_protein"][key][()]
+    monkeypatch.setattr(predict_module, "CHUNK_PROTEINS", 7)  # 7 slices, the last one short
+    whole = tmp_path / "grouped.csv"  # (the same vectors, in the same slices, from the grouped file)
+    assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", whole).exit_code == 0
+    opened = []
+    init = h5_module.EmbeddingsReader.__init__
+    monkeypatch.setattr(h5_module.EmbeddingsReader, "__init__", lambda self, path: opened.append(path) or init(self, path))
+    sliced = tmp_path / "sliced.csv"
+    assert run_cli("predict", head, "--embeddings", flat, "-o", sliced, "--allow-model-mismatch").exit_code == 0
+    assert len(whole.read_text().splitlines()) == 46 and sliced.read_text() == whole.read_text()
+    assert len(opened) == 2, opened
+
+
 def test_value_task_regression_from_a_flip_csv(run_cli, tmp_path):
     """FLIP's per-protein regression splits: fit learns a value that follows the composition."""
     rng = np.random.default_rng(3)

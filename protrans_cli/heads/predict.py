@@ -597,7 +597,9 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                 parts = ((part, head_data(embeddings, part, task, reads, layer=layer, rows=rows))
                          for part, rows in _stacked_slices(embeddings, count, CHUNK_PROTEINS))
             elif visited:
-                parts = _grouped_slices(embeddings, *grouped, CHUNK_PROTEINS, truncated)
+                # (closed with the outputs: the reader it holds is let go on an error too)
+                parts = stack.enter_context(contextlib.closing(
+                    _grouped_slices(embeddings, *grouped, CHUNK_PROTEINS, truncated)))
             else:
                 parts = ((part, head_data(embeddings, part, task, reads, layer=layer))
                          for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE else CHUNK_PROTEINS,
@@ -670,38 +672,40 @@ def _grouped_slices(path, keys: list[str], index: int, recorded: bool, dim: int,
     --long-policy truncate` cut short are added to `truncated`, as `_all_items` lists them; two
     datasets naming one protein are refused, as there."""
     first: dict[str, str] = {}
-    for start in range(0, len(keys), size):
-        # (made by a function of its own: this frame holds no slice's rows while the caller predicts it)
-        yield _read_grouped(path, keys[start:start + size], index, recorded, dim, truncated, first)
+    # One reader for every slice: opening one lists the root of a flat file (and, in another tool's, looks up
+    # what each member is), so a reader a slice made predict's cost grow as the square of its proteins
+    with EmbeddingsReader(path) as reader:
+        for start in range(0, len(keys), size):
+            # (made by a function of its own: this frame holds no slice's rows while the caller predicts it)
+            yield _read_grouped(reader, keys[start:start + size], index, recorded, dim, truncated, first)
 
 
-def _read_grouped(path, keys: list[str], index: int, recorded: bool, dim: int, truncated: list[str],
-                  first: dict[str, str]):
+def _read_grouped(reader: EmbeddingsReader, keys: list[str], index: int, recorded: bool, dim: int,
+                  truncated: list[str], first: dict[str, str]):
     import h5py
 
     from protrans_cli.heads.data import ProteinData, read_rows, refuse_non_finite
 
-    items, rows = [], []
-    with EmbeddingsReader(path) as reader:
-        group, own = reader._group(PER_PROTEIN), "layout" in reader.attrs
-        for key in keys:
-            obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
-            if not isinstance(obj, h5py.h5d.DatasetID):  # a group among the proteins: none (as _all_items has it)
-                continue
-            attrs = _LowAttrs(obj)
-            # (dataset_id through the low-level calls: embed's `id`, bio_embeddings' `original_id`, else the key;
-            # in embed's own file every key is its id's, escaped, as EmbeddingsReader._own_matrix reads them)
-            ident = unescape_key(key) if own else _low_attribute_id(obj) or unescape_key(key)
-            if (other := first.setdefault(ident, key)) != key:
-                raise one_protein_twice(reader.path, ident, other, key)
-            # A vector's `length` is read only where it is named (a truncated protein's): nothing else
-            # here uses it (0: not known), and its reads were a fifth of the visit
-            length = 0
-            if (cut := truncated_from(attrs)) is not None:
-                length = stored_length(attrs, obj.shape, per_residue=False) or 0
-                truncated.append(f"{ident} ({length} of {cut})")
-            items.append(Matched(ident, key, length, {}))
-            rows.append(read_rows(group, key, 1, index, (dim,), str(path), ident, layers_recorded=recorded, obj=obj))
+    items, rows, path = [], [], reader.path
+    group, own = reader._group(PER_PROTEIN), "layout" in reader.attrs
+    for key in keys:
+        obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
+        if not isinstance(obj, h5py.h5d.DatasetID):  # a group among the proteins: none (as _all_items has it)
+            continue
+        attrs = _LowAttrs(obj)
+        # (dataset_id through the low-level calls: embed's `id`, bio_embeddings' `original_id`, else the key;
+        # in embed's own file every key is its id's, escaped, as EmbeddingsReader._own_matrix reads them)
+        ident = unescape_key(key) if own else _low_attribute_id(obj) or unescape_key(key)
+        if (other := first.setdefault(ident, key)) != key:
+            raise one_protein_twice(reader.path, ident, other, key)
+        # A vector's `length` is read only where it is named (a truncated protein's): nothing else
+        # here uses it (0: not known), and its reads were a fifth of the visit
+        length = 0
+        if (cut := truncated_from(attrs)) is not None:
+            length = stored_length(attrs, obj.shape, per_residue=False) or 0
+            truncated.append(f"{ident} ({length} of {cut})")
+        items.append(Matched(ident, key, length, {}))
+        rows.append(read_rows(group, key, 1, index, (dim,), str(path), ident, layers_recorded=recorded, obj=obj))
     x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
     rows = None
     refuse_non_finite(str(path), x, items, np.arange(len(items)), per_residue=False)
