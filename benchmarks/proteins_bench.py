@@ -1,5 +1,6 @@
-"""Commands on a per-protein file of many proteins (UniRef50-sized runs), in both layouts that
-hold per-protein vectors a protein each (grouped) or in one array (stacked): seconds and peak
+"""Commands on a per-protein file of many proteins (UniRef50-sized runs), in the three layouts
+that hold per-protein vectors a protein each (grouped; flat, one dataset per protein at the root as
+bio_embeddings and the ProtTrans script write them) or in one array (stacked): seconds and peak
 resident MB of info, export (.npz, .tsv), knn (1,000 queries), merge of two halves, fit of a
 per-protein head (labels for --labels proteins), predict, and the writer itself.
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--labels", type=int, default=20000, help="proteins with a label for fit")
-    parser.add_argument("--layouts", default="grouped,stacked")
+    parser.add_argument("--layouts", default="grouped,flat,stacked")
     parser.add_argument("--skip", default="", help="commands left out, comma-separated (e.g. tsv,fit)")
     parser.add_argument("--tmpdir", default=None)
     args = parser.parse_args()
