@@ -1203,7 +1203,7 @@ def _first_shape(reader, kind: str):
     (None, None) for a file without one."""
     import h5py
 
-    from protrans_cli.io.h5 import open_local
+    from protrans_cli.io.h5 import open_local, width_of
 
     if reader.layout == "stacked":
         data = reader._stacked.data
@@ -1212,6 +1212,7 @@ def _first_shape(reader, kind: str):
     for key in reader.keys(kind):
         obj = open_local(group, key.encode("utf-8"))
         if isinstance(obj, h5py.h5d.DatasetID):
+            width_of(obj.shape, reader.path, key)  # (a scalar: refused, naming it)
             return tuple(obj.shape), obj.dtype
     return None, None
 

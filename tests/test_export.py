@@ -643,6 +643,26 @@ def test_info_of_attributes_of_another_type_is_no_traceback(tmp_path, run_cli):
         assert done.exit_code == 0, done.stderr
 
 
+def test_a_scalar_as_the_first_dataset_is_one_line_naming_it(tmp_path, run_cli):
+    """Another tool's flat file whose first dataset is a scalar (metadata among the vectors): the
+    file's width was read from it, an IndexError traceback ("tuple index out of range") in info
+    and in predict (EmbeddingsReader.dim)."""
+    from protrans_cli.errors import InputError
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        f["a_version"] = 3.0
+        for i in range(3):
+            f[f"p{i}"] = np.ones(8, np.float32)
+    expected = (f"{tmp_path / 'e.h5'}, record 'a_version': holds a scalar where embeddings are read, so the file's "
+                "width is unknown (a damaged file, or not embeddings: leave it out of the file)")
+    done = run_cli("info", tmp_path / "e.h5")
+    assert done.exit_code == 1 and done.stderr.strip().splitlines()[-1] == f"protrans: error: {expected}", done.stderr
+    with EmbeddingsReader(tmp_path / "e.h5") as reader, pytest.raises(InputError) as caught:
+        reader.dim()
+    assert caught.value.format() == expected
+
+
 def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_residues(tmp_path, run_cli,
                                                                                          monkeypatch):
     """What `info` tells a person of an embed output (two layers, resumed once), of a stacked file

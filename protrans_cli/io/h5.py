@@ -705,7 +705,7 @@ class EmbeddingsReader:
         if found:
             name, obj = found[0]
             self.check_declared_width(name.decode("utf-8"), obj.shape)
-            return int(obj.shape[-1])
+            return width_of(obj.shape, self.path, name.decode("utf-8"))
         # (an empty file from another tool: no kind to name; its `kind` was a guess)
         raise InputError(f"holds no {'' if self._kind_guessed else kind + ' '}embeddings", path=self.path)
 
@@ -801,6 +801,16 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
         _CRASH_GUARD.settle()  # (the consumer's time between records is not HDF5's)
         yield ident, checksum
     _CRASH_GUARD.settle()  # (the last name was not a dataset)
+
+
+def width_of(shape, path, key: str) -> int:
+    """The width (last axis) of the first dataset of a kind, as `dim` and `info` take it; a 0-d one
+    (a scalar: another tool's metadata among the proteins, or a damaged file) is refused naming
+    it: it was an IndexError traceback ("tuple index out of range") from predict and info."""
+    if not len(shape):
+        raise InputError("holds a scalar where embeddings are read, so the file's width is unknown (a damaged file, "
+                         "or not embeddings: leave it out of the file)", path=str(path), record=unescape_key(key))
+    return int(shape[-1])
 
 
 def _link_names(group, until=None) -> list[bytes]:
