@@ -6280,6 +6280,23 @@ def test_predict_says_why_each_protein_embed_left_out_has_no_prediction(run_cli,
     assert f"{h5}: 3 protein(s) have no embedding (the file's 'failed' attribute) and get no prediction" in r.stderr
 
 
+def test_predict_on_a_per_protein_file_embed_left_every_protein_out_writes_an_empty_table(run_cli, tmp_path):
+    """A per-protein head over embed's grouped file that holds no protein (every one left out by
+    --invalid-policy skip, a --fasta of such records too): predict read the file's width from a
+    first protein there is none of, "holds no per_protein embeddings", exit 1. Each one left out
+    is named with why, and the table has its header alone."""
+    head = _onehot_protein_head(tmp_path)
+    fasta, h5, out = tmp_path / "q.fa", tmp_path / "q.h5", tmp_path / "p.csv"
+    fasta.write_text(">b\nMK*LA\n>d\nMJK\n")
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-protein", "--invalid-policy", "skip", "-o", h5).exit_code == 0
+    for given in (("--embeddings", h5), ("--fasta", fasta, "--invalid-policy", "skip")):
+        r = run_cli("predict", head, *given, "-o", out)
+        assert r.exit_code == 0, r.stderr
+        assert "2 protein(s) have no embedding" in r.stderr and "wrote predictions for 0 proteins" in r.stderr
+        assert out.read_text().splitlines() == ["id,label,label:A,label:B"]
+        out.unlink()
+
+
 def test_a_library_calls_id_with_a_nul_byte_is_said_to_be_the_id_not_a_damaged_files_header(tmp_path, capsys):
     """A dict key holding a NUL byte was "the header holds a NUL byte (a damaged file?)": there is
     no file, the header is the caller's key. embed_sequences and predict_sequences say the id; the

@@ -538,9 +538,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
         elif visited:  # (counted, and its truncated proteins found, as the slices are read)
             count, truncated = 0, []
-            # (the layer and width looked up once: reader.dim opens a dataset)
-            grouped = (reader.keys(PER_PROTEIN), stored_layer_index(reader, head_layer(config)),
-                       "layers" in reader.attrs, reader.dim(PER_PROTEIN))
+            # (the layer and width looked up once: reader.dim opens a dataset; a file whose every
+            # protein embed left out has none, and an empty CSV, as check_compatible lets it through:
+            # it was "holds no per_protein embeddings", exit 1)
+            keys = reader.keys(PER_PROTEIN)
+            grouped = (keys, stored_layer_index(reader, head_layer(config)), "layers" in reader.attrs,
+                       reader.dim(PER_PROTEIN) if keys else 0)
         else:
             items, truncated = _all_items(reader, reads)
             count = len(items)
