@@ -11,7 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, given, option, resume_option, torch_load_problem
+from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, first_line, given, option, resume_option,
+                                 torch_load_problem)
 
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"
