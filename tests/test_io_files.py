@@ -1534,3 +1534,28 @@ def test_torch_file_tells_every_file_torch_writes_from_other_zips_and_pickles(tm
         assert not torch_file(archive.getvalue()), member
         assert binary_kind(archive.getvalue()).startswith("the file is a zip archive (extract the file to read: unzip")
     assert not torch_file(pickle.dumps({"w": [0.0] * 3}, protocol=2)) and not torch_file(saved()[:28])
+
+
+def test_a_bind_mount_of_the_same_file_system_is_a_mount_point(tmp_path, monkeypatch):
+    """`mount --bind a b`, or a container's volume of a folder on the disk its root is on, has its
+    parent's device, so os.path.ismount says no: fit, finetune, search and import-head trained to the
+    end and then failed to move their folder into its place ("Device or resource busy"). The mount
+    table names it (a space in its name written \\040), and the folder is refused before the work."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.io import files
+
+    mount = tmp_path / "out dir"
+    mount.mkdir()
+    (tmp_path / "plain").mkdir()
+    table = tmp_path / "mountinfo"
+    escaped = os.fsencode(mount).replace(b" ", b"\\040")
+    table.write_bytes(b"22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+                      b"95 22 8:1 /srv/a " + escaped + b" rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    monkeypatch.setattr(files, "MOUNTINFO", str(table))
+    assert files.is_mount_point(str(mount)) and not os.path.ismount(mount)
+    assert not files.is_mount_point(str(tmp_path / "plain"))
+    with pytest.raises(UsageError, match="is a mount point"):
+        files.empty_folder(mount)
+    assert files.empty_folder(tmp_path / "plain")
+    monkeypatch.setattr(files, "MOUNTINFO", str(tmp_path / "none"))  # (no /proc: ismount's answer alone)
+    assert not files.is_mount_point(str(mount))

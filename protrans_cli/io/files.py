@@ -195,10 +195,30 @@ def _refuse_mount_point(directory) -> None:
     """An output folder is made beside its place and moved into it at the end, which a mount point
     (a container's bind mount of an output folder) cannot take: the command failed there, "cannot
     replace this folder ... Device or resource busy", after all its work. Refused before it."""
-    if os.path.ismount(os.path.realpath(directory)):
+    if is_mount_point(os.path.realpath(directory)):
         raise UsageError(f"is a mount point: the output folder is written beside it and moved into its place at the "
                          f"end, which a mount point cannot take; give {option('-o', 'out_dir')} a folder inside it",
                          path=str(directory))
+
+
+# Linux's table of this process's mounts: one line a mount, its mount point the fifth field, with
+# space, tab, newline and backslash written as octal escapes (\040 ...)
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether `path` (resolved) is a mount point: os.path.ismount's test (another device than its
+    parent's), and on Linux the mount table too, for a bind mount of a folder of the same file system
+    (`mount --bind`, a container's volume from the disk its root is on), which ismount cannot tell."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open(MOUNTINFO, "rb") as table:
+            points = {fields[4] for fields in map(bytes.split, table) if len(fields) > 4}
+    except OSError:  # (not Linux, or no /proc)
+        return False
+    octal = re.compile(rb"\\([0-7]{3})")
+    return os.fsencode(path) in {octal.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), point) for point in points}
 
 
 def link_to_nothing(path) -> str | None:
