@@ -113,11 +113,18 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         if not force:
             raise UsageError(f"{out} exists and is not empty (use {force_option()} to replace it)")
         # only a quickstart folder (its own names, and temporaries named after them) is replaced
-        check_replaceable(out, "quickstart", _own_entry)
+        check_replaceable(out, "quickstart", _own_entry, in_place=True)
         if out.is_symlink():  # (rmtree refuses a link: "Cannot call rmtree on a symbolic link", no name)
             raise UsageError(f"{out} is a symbolic link to {out.resolve()}: {force_option()} replaces a folder, not a "
                              f"link (give {given('-o', 'output', str(out.resolve()))})")
-        shutil.rmtree(out)
+        # Emptied, not removed and made anew: a mount point (a container's volume) cannot be removed
+        # (rmtree failed on it, "Device or resource busy", the last run's results gone), and the
+        # folder keeps its owner, mode and ACLs
+        for entry in out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     for sub in SUBFOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     s = QuickstartSummary(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
@@ -256,3 +257,29 @@ def test_steps_keep_debug_and_verbose(tmp_path):
             assert (console.state.verbosity, console.state.debug) == (verbosity, debug), flags
     finally:
         console.configure()
+
+
+def test_force_on_a_mount_point_empties_it_in_place(run_cli, tmp_path, monkeypatch):
+    """A container's volume as -o, run a second time with --force: refused as a mount point "written
+    beside it and moved into its place", which quickstart is not (it writes in place; removing the
+    folder itself fails on a mount point). It is emptied and written in, the folder itself kept."""
+    from protrans_cli import quickstart
+    from protrans_cli.io import files
+
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "commands.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "mountinfo").write_bytes(b"95 22 8:1 /srv " + os.fsencode(out) + b" rw - ext4 /dev/sda1 rw\n")
+    monkeypatch.setattr(files, "MOUNTINFO", str(tmp_path / "mountinfo"))
+    inode, seen = out.stat().st_ino, []
+
+    def first_step(step, args, summary):  # (the steps themselves: test_quickstart_end_to_end)
+        seen.append(sorted(p.name for p in out.iterdir()))
+        raise quickstart.UsageError("stop here")
+
+    monkeypatch.setattr(quickstart, "_run", first_step)
+    result = run_cli("quickstart", "-o", out, "--force")
+    assert "stop here" in result.stderr, result.stderr
+    assert seen == [sorted(quickstart.SUBFOLDERS)] and out.stat().st_ino == inode
+    assert not (out / "model" / "config.json").exists()

@@ -245,15 +245,17 @@ def holds_working_directory(directory) -> bool:
     return target == cwd or target in cwd.parents
 
 
-def check_replaceable(directory, what: str, ours) -> None:
+def check_replaceable(directory, what: str, ours, *, in_place: bool = False) -> None:
     """Before --force deletes `directory` as a whole: never the current directory or one above
     it, and only a folder holding nothing but `what`'s own output (`ours(entry)` for each of its
     entries). `quickstart -o project --force` deleted a project's own files with it, and `-o .`
-    emptied the working directory."""
+    emptied the working directory. A mount point is refused unless the command empties the folder
+    and writes in place (`in_place`: quickstart), rather than writing beside it."""
     if holds_working_directory(directory):
         raise UsageError(f"{directory}: {force_option()} would delete the current directory with everything in it; "
                          f"give {what} a folder of its own")
-    _refuse_mount_point(directory)
+    if not in_place:
+        _refuse_mount_point(directory)
     try:
         foreign = sorted(e.name for e in Path(directory).iterdir() if not ours(e))
     except OSError:
