@@ -1674,6 +1674,19 @@ def test_predict_lets_go_of_a_slice_before_it_reads_the_next(run_cli, ss_data, t
     assert len(seen) > 3 and seen == [0] * len(seen), seen
 
 
+def _h5o_opens_listed(monkeypatch) -> list:
+    """The names h5py.h5o.open is asked to open from now on, in order (a list it fills)."""
+    opened = []
+    h5o_open = h5py.h5o.open
+
+    def counted(loc, name, *args, **kwargs):
+        opened.append(name)
+        return h5o_open(loc, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.h5o, "open", counted)
+    return opened
+
+
 def test_predict_opens_each_protein_of_a_grouped_file_once(run_cli, loc_data, tmp_path, monkeypatch):
     """An FNN head over a grouped per-protein file: each protein's dataset is opened once, for its
     attributes and its vector together (it was opened twice, once as every protein was listed and
@@ -1688,14 +1701,7 @@ def test_predict_opens_each_protein_of_a_grouped_file_once(run_cli, loc_data, tm
     listed = tmp_path / "listed.csv"  # (an order to follow: every protein listed first, as before)
     with EmbeddingsReader(loc_data / "test.h5") as reader:
         predict_module.predict(head, loc_data / "test.h5", listed, threads=1, order=reader.ids())
-    opened = []
-    h5o_open = h5py.h5o.open
-
-    def counted(loc, name, *args, **kwargs):
-        opened.append(name)
-        return h5o_open(loc, name, *args, **kwargs)
-
-    monkeypatch.setattr(h5py.h5o, "open", counted)
+    opened = _h5o_opens_listed(monkeypatch)
     out = tmp_path / "sliced.csv"
     assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", out).exit_code == 0
     with h5py.File(loc_data / "test.h5") as h5:
@@ -1743,14 +1749,7 @@ def test_fit_opens_no_dataset_of_an_unlabelled_protein(run_cli, loc_data, tmp_pa
     records = list(read_fasta(loc_data / "train.fasta"))
     labels = tmp_path / "some.fasta"
     labels.write_text("".join(f">{r.description}\n{r.sequence}\n" for r in records[:60]))
-    opened = []
-    h5o_open = h5py.h5o.open
-
-    def counted(loc, name, *args, **kwargs):
-        opened.append(name)
-        return h5o_open(loc, name, *args, **kwargs)
-
-    monkeypatch.setattr(h5py.h5o, "open", counted)
+    opened = _h5o_opens_listed(monkeypatch)
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", labels, "--max-epochs", "1",
                 "-j", "1", "--bootstrap", "10", "-o", tmp_path / "loc")
     assert r.exit_code == 0, r.stderr

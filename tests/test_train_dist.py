@@ -253,21 +253,13 @@ def test_every_family_trains_under_torchrun(tmp_path, family):
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])  # (SIGHUP: the terminal of its ssh login hung up)
 def test_sigterm_to_torchrun_saves_one_checkpoint_of_all_ranks_and_resume_matches(tmp_path, signame):
     import signal
-    import time
 
     if not hasattr(signal, signame):
         pytest.skip(f"no {signame} on this platform")
 
     out = tmp_path / "stopped"
     steps = ["--num-steps", "40"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
-        time.sleep(0.05)
+    proc, metrics = _two_ranks_past_step_3(out, steps)
     proc.send_signal(getattr(signal, signame))  # what a scheduler's pre-emption does; torchrun passes it on
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0
@@ -278,11 +270,31 @@ def test_sigterm_to_torchrun_saves_one_checkpoint_of_all_ranks_and_resume_matche
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:08d}"]
     _torchrun("-o", out, *steps, "--resume")
     losses = [r["loss"] for r in read_metrics(metrics)]
-    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=40,
+    np.testing.assert_allclose(losses, _one_process_losses(tmp_path / "one"), rtol=1e-5)
+
+
+def _two_ranks_past_step_3(out, steps: list[str]):
+    """A 2-rank torchrun train of ARGS into `out`, under way: (its Popen, metrics.jsonl) once 3 steps are logged."""
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    return proc, metrics
+
+
+def _one_process_losses(out) -> list:
+    """The losses of ARGS' run of 40 steps in one process (what a stopped and resumed torchrun run must equal)."""
+    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(out), num_steps=40,
                       max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
                       log_every=1, threads=1, save_every=100,
                       model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
-    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
+    return train(cfg).losses
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -306,18 +318,10 @@ def test_a_schedulers_warning_signal_to_one_rank_stops_all_after_one_step_with_e
     it reached, and torchrun ended the others. It is a planned stop now, told to every rank in the
     step's exchange as --time-limit's is: all stop after the same step, one checkpoint, exit 0."""
     import signal
-    import time
 
     out = tmp_path / "warned"
     steps = ["--num-steps", "40"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
-        time.sleep(0.05)
+    proc, metrics = _two_ranks_past_step_3(out, steps)
     ranks = []
     for pid in _processes_naming(str(out)):
         try:
@@ -337,11 +341,7 @@ def test_a_schedulers_warning_signal_to_one_rank_stops_all_after_one_step_with_e
     assert not (out / "complete.json").exists()
     _torchrun("-o", out, *steps, "--resume")
     losses = [r["loss"] for r in read_metrics(metrics)]
-    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=40,
-                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
-                      log_every=1, threads=1, save_every=100,
-                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
-    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
+    np.testing.assert_allclose(losses, _one_process_losses(tmp_path / "one"), rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -376,11 +376,7 @@ def test_sigkill_to_torchrun_stops_its_ranks_with_a_checkpoint_and_resume_matche
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:08d}"]
     _torchrun("-o", out, *steps, "--resume")
     losses = [r["loss"] for r in read_metrics(metrics)]
-    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=40,
-                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
-                      log_every=1, threads=1, save_every=100,
-                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
-    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
+    np.testing.assert_allclose(losses, _one_process_losses(tmp_path / "one"), rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -2259,6 +2259,24 @@ def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path
         train(_config(tmp_path, "esm", num_steps=4, save_every=2), resume=True)
 
 
+def _signal_in_step_4(tmp_path, monkeypatch, signum):
+    """(the settings of a 10-step run, its uninterrupted result, the real append_metrics), `signum`
+    raised in the middle of step 4 (after step 3's metrics line) of the next run of those settings."""
+    from protrans_cli.training import loop
+
+    kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
+    whole = train(_config(tmp_path / "whole", **kw))
+    append = loop.append_metrics
+
+    def append_and_signal(path, record):
+        append(path, record)
+        if record.get("step") == 3:
+            signal.raise_signal(signum)
+
+    monkeypatch.setattr(loop, "append_metrics", append_and_signal)
+    return kw, whole, append
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM,
                                     *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])])  # (a terminal that hung up)
 def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_nothing(tmp_path, monkeypatch, capsys,
@@ -2271,16 +2289,7 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
     def previous_handler(sig, frame):  # what the CLI installs: it turns SIGTERM into exit 143, SIGHUP into 129
         raise Stopped(sig)
 
-    kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
-    whole = train(_config(tmp_path / "whole", **kw))
-    append = loop.append_metrics
-
-    def append_and_signal(path, record):  # the signal arrives in the middle of step 4
-        append(path, record)
-        if record.get("step") == 3:
-            signal.raise_signal(signum)
-
-    monkeypatch.setattr(loop, "append_metrics", append_and_signal)
+    kw, whole, append = _signal_in_step_4(tmp_path, monkeypatch, signum)
     old = signal.signal(signum, previous_handler)
     try:
         with pytest.raises(Stopped):
@@ -2379,16 +2388,7 @@ def test_a_schedulers_warning_signal_stops_after_the_step_with_a_checkpoint_as_p
     checkpoint saved, train() returns (the CLI exits 0); --resume goes on as if uninterrupted."""
     from protrans_cli.training import loop
 
-    kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
-    whole = train(_config(tmp_path / "whole", **kw))
-    append = loop.append_metrics
-
-    def append_and_signal(path, record):  # the signal arrives in the middle of step 4
-        append(path, record)
-        if record.get("step") == 3:
-            signal.raise_signal(signum)
-
-    monkeypatch.setattr(loop, "append_metrics", append_and_signal)
+    kw, whole, append = _signal_in_step_4(tmp_path, monkeypatch, signum)
     before = signal.getsignal(signum)
     result = train(_config(tmp_path / "parts", **kw))
     assert signal.getsignal(signum) is before
