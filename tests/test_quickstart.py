@@ -283,3 +283,24 @@ def test_force_on_a_mount_point_empties_it_in_place(run_cli, tmp_path, monkeypat
     assert "stop here" in result.stderr, result.stderr
     assert seen == [sorted(quickstart.SUBFOLDERS)] and out.stat().st_ino == inode
     assert not (out / "model" / "config.json").exists()
+
+
+def test_a_schedulers_warning_in_train_stops_quickstart_there(tmp_path, run_cli, monkeypatch):
+    """SIGUSR1 (Slurm's --signal warning) during the train step: train stops after its step with a
+    checkpoint and exits 0, as it should alone; quickstart went on to the labels and the onehot
+    embeds, then failed at the first embed with the model ("a training run without its final model",
+    exit 1). It stops there as for the warning in any other step: one line, exit 138."""
+    import signal
+
+    import protrans_cli.training.loop as loop
+
+    def warned(config, **kwargs):  # (the stop itself: test_train_loop's signal tests)
+        return loop.TrainResult(run_dir=config.output_dir, step=3, completed=False, stopped_by="SIGUSR1")
+
+    monkeypatch.setattr(loop, "train", warned)
+    result = run_cli("quickstart", "-o", tmp_path / "q")
+    assert result.exit_code == 128 + signal.SIGUSR1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "protrans: error: warned by SIGUSR1 (the job's time is nearly up): quickstart stopped in step 'train';")
+    assert "--resume" not in result.stderr  # (train's own advice: quickstart has none)
+    assert not any((tmp_path / "q" / "fasta").iterdir())  # (no step after it ran)
