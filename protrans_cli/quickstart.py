@@ -64,7 +64,7 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
     console.info(f"\n[{step}] $ {line}")
     again = option("run quickstart again with --force", "call run_quickstart again with force=True")
     start = time.perf_counter()
-    ended: dict = {}  # (the train command's result, where it keeps one)
+    ended: dict = {"train_result": None}  # (the train command keeps its result here, asked so)
     try:
         rc = cli.main(args=_global_flags() + args, prog_name="protrans", standalone_mode=False, obj=ended)
     except click.ClickException as exc:  # a usage error inside a step is a bug of this script

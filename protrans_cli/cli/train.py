@@ -348,9 +348,10 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         if not _rank_zero():  # rank 0's line says what was kept; the other ranks printed a bare "terminated"
             raise SystemExit(stop.code) from None
         raise stop from None
-    # (quickstart's train step: how the run ended, which its exit status, 0 for a warning's stop, does not say;
-    # the caller says what an incomplete run means there, which has no --resume)
-    if isinstance(obj := getattr(click.get_current_context(silent=True), "obj", None), dict):
+    # (quickstart's train step, which asks for it: how the run ended, which its exit status, 0 for a warning's
+    # stop, does not say; the caller says what an incomplete run means there, which has no --resume)
+    obj = getattr(click.get_current_context(silent=True), "obj", None)
+    if isinstance(obj, dict) and "train_result" in obj:
         obj["train_result"] = result
         return
     if not result.completed and _rank_zero():
