@@ -36,8 +36,8 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import (WARNING_SIGNALS, InputError, ModelError, ProtransError, RuntimeFailure, UsageError,
-                                 a_or_an, described, expect_options, first_line, option, resume_option)
+from protrans_cli.errors import (STOP_SIGNALS, WARNING_SIGNALS, InputError, ModelError, ProtransError, RuntimeFailure,
+                                 UsageError, a_or_an, described, expect_options, first_line, option, resume_option)
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -150,8 +150,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
-                        *self.WARNINGS):
+            for sig in (*STOP_SIGNALS, *self.WARNINGS):
                 previous = signal.getsignal(sig)
                 if previous == signal.SIG_IGN:  # ignored by the caller (nohup, a script's `&`): it stays so
                     continue
