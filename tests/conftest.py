@@ -8,6 +8,7 @@ entry point in-process (error mapping and exit codes included).
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 
 import click
@@ -16,6 +17,14 @@ from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+
+# A suite started in the background of a non-interactive shell (`pytest ... &` in a script, CI's
+# `bash -c '... &'`) inherits SIGINT ignored, as POSIX shells start such commands; protrans keeps an
+# ignored SIGINT ignored (as for nohup), so the tests of Ctrl-C, in this process and in the processes
+# they start (which inherit an ignored signal), would test nothing of it: 16 failed. Ctrl-C as a
+# terminal has it, for every test (tests of an ignored signal set it themselves).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def heavy_imports_of(argvs: list[list[str]], modules: tuple[str, ...]):
