@@ -381,6 +381,35 @@ def test_workers_yield_the_same_batches_as_one_process():
     assert workers == direct
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="no signal masks (Windows)")
+def test_workers_are_forked_with_the_stop_signals_blocked_until_they_ignore_them(tmp_path, monkeypatch):
+    """A SIGTERM or hang-up sent to the process group between a worker's fork and its own set-up
+    ran the trainer's handler, inherited, in the worker (its warning printed again). Workers start
+    with the stop signals blocked and unblock them once they ignore them; the main process's mask
+    is as it was."""
+    import json
+    import signal
+
+    from protrans_cli.errors import STOP_SIGNALS, WARNING_SIGNALS
+    from protrans_cli.training import data
+
+    seen, real = tmp_path / "masks.json", data._ignore_stop_signals
+
+    def recorded(worker_id, parent_pid=None):
+        blocked = lambda: sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))  # noqa: E731
+        before = blocked()
+        real(worker_id, parent_pid)
+        seen.write_text(json.dumps([before, blocked(), int(signal.getsignal(signal.SIGTERM))]))
+
+    monkeypatch.setattr(data, "_ignore_stop_signals", recorded)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert list(data.step_batches(_stream(max_epochs=1), num_workers=1))
+    before, after, sigterm = json.loads(seen.read_text())
+    stops = {int(s) for s in (*STOP_SIGNALS, *WARNING_SIGNALS)}
+    assert stops <= set(before) and not stops & set(after) and sigterm == int(signal.SIG_IGN)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+
+
 def test_workers_run_whatever_the_default_start_method(tmp_path):
     """Python 3.14 made forkserver the default start method on Linux (macOS has spawn): the
     DataLoader pickled the stream's dataset, a local class, and train --num-workers failed with

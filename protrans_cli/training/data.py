@@ -52,7 +52,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import WARNING_SIGNALS, InputError, ProtransError, UsageError
+from protrans_cli.errors import STOP_SIGNALS, WARNING_SIGNALS, InputError, ProtransError, UsageError
 from protrans_cli.residues import ALPHABET, STANDARD
 
 
@@ -811,6 +811,10 @@ def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
     # default action killed the worker and so the run, before its checkpoint
     for s in WARNING_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    # (forked with them blocked, step_batches: one sent to the group before this point waited, and is
+    # ignored here instead of running the trainer's handler, inherited, in the worker)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, *WARNING_SIGNALS})
     _die_with_parent(parent_pid)
 
 
@@ -889,7 +893,13 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     # for good. Put back once the workers are gone (and torch's flag, so a later loader of the
     # caller's installs its own again).
     sigchld = _SigchldRestore()
-    iterator = iter(loader)
+    from protrans_cli.corpus import _stop_signals_held
+
+    # The workers are forked here with the stop signals blocked (prep's way): one sent to the group
+    # between a fork and the worker's _ignore_stop_signals ran the trainer's handler in the worker
+    # (its warning printed once more); in the main process they come once the forks are done.
+    with _stop_signals_held():
+        iterator = iter(loader)
     # A library caller that stops iterating without closing this generator left the workers to
     # multiprocessing's exit handler, which waits for them forever (they ignore SIGTERM): shut
     # down at exit too, before that handler (atexit runs the later registration first; not
