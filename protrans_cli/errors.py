@@ -20,6 +20,16 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 # ... and a scheduler's warning that the job's time is nearly up (Slurm's `--signal=USR1@120`;
 # submitit's job scripts ask for USR2@90): train takes it as a planned stop, as --time-limit's
 WARNING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+# What a stop by each is called in its error line ("protrans: error: terminated: ...")
+STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+              **({signal.SIGHUP: "hung up"} if hasattr(signal, "SIGHUP") else {}),
+              **{s: f"warned by {signal.Signals(s).name} (the job's time is nearly up)" for s in WARNING_SIGNALS}}
+
+
+def signal_exit_code(signum: int) -> int:
+    """The exit status of a stop by `signum`: 128 + its number, as a shell reports a death by it
+    (Ctrl-C: EXIT_INTERRUPTED, 130)."""
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
 
 
 class ProtransError(Exception):

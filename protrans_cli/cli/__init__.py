@@ -19,7 +19,8 @@ import warnings
 import click
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import EXIT_INTERRUPTED, WARNING_SIGNALS, PeerStopped, ProtransError
+from protrans_cli.errors import (EXIT_INTERRUPTED, STOP_WORDS, WARNING_SIGNALS, PeerStopped, ProtransError,
+                                 signal_exit_code)
 
 # An input file argument: click checks nothing (a directory or an unreadable file would be a
 # three-line usage error, exit 2); the reader says what is wrong in one line, exit 1. `-` is stdin.
@@ -271,13 +272,6 @@ _SIGHUP = getattr(signal, "SIGHUP", None)
 # `--signal=USR1@120`, submitit's USR2), whose default action killed a command on the spot, its
 # cleanup and its "run ... --resume" line skipped (train takes them as a planned stop of its own).
 _WARNINGS = WARNING_SIGNALS
-_ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
-            **({_SIGHUP: "hung up"} if _SIGHUP is not None else {}),
-            **{s: f"warned by {signal.Signals(s).name} (the job's time is nearly up)" for s in _WARNINGS}}
-
-
-def _exit_code(signum: int) -> int:
-    return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
 
 
 class _Terminated(KeyboardInterrupt):
@@ -298,9 +292,9 @@ class _Stopped(Exception):
     reach; `detail` says what was kept and how to continue."""
 
     def __init__(self, signum: int, detail: str | None = None):
-        super().__init__(_ENDINGS.get(signum, "terminated") + (f": {detail}" if detail else ""))
+        super().__init__(STOP_WORDS.get(signum, "terminated") + (f": {detail}" if detail else ""))
         self.signum = signum
-        self.code = _exit_code(signum)
+        self.code = signal_exit_code(signum)
 
 
 def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
@@ -581,7 +575,7 @@ def main(argv=None):
         _main(console, argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if argv is None and code not in (0, *map(_exit_code, _ENDINGS)):
+        if argv is None and code not in (0, *map(signal_exit_code, STOP_WORDS)):
             _tell_torchrun(console.state.last_error, console.state.peer_stopped)
         h5 = sys.modules.get("protrans_cli.io.h5")
         if argv is None and h5 is not None and h5.abandoned_files():
@@ -678,8 +672,8 @@ def _main(console, argv):
         rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
     except click.exceptions.Abort as exc:
         signum = _signum_of(exc.__cause__ or exc.__context__)
-        console.error(_ENDINGS[signum])
-        sys.exit(_exit_code(signum))
+        console.error(STOP_WORDS[signum])
+        sys.exit(signal_exit_code(signum))
     except _NO_ARGS_IS_HELP as exc:
         # `protrans` alone (click 8.2+ raises this usage error, whose message is the help page):
         # the page as it is, on stderr, exit 2, not squeezed into one error line
@@ -703,8 +697,8 @@ def _main(console, argv):
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, _Stopped) as exc:
         signum = _signum_of(exc)
-        console.error(str(exc) if isinstance(exc, _Stopped) else _ENDINGS[signum])
-        sys.exit(_exit_code(signum))
+        console.error(str(exc) if isinstance(exc, _Stopped) else STOP_WORDS[signum])
+        sys.exit(signal_exit_code(signum))
     except MemoryError as exc:  # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
         if console.state.debug:
             raise
@@ -737,14 +731,14 @@ def _main(console, argv):
         if (signal_exc is None and not noted) or console.state.debug:
             raise
         signum = _signum_of(signal_exc) if signal_exc is not None else (_TERMINATED or [signal.SIGINT])[0]
-        console.error(_ENDINGS[signum])
-        sys.exit(_exit_code(signum))
+        console.error(STOP_WORDS[signum])
+        sys.exit(signal_exit_code(signum))
     if _LATE and not rc and not _TERMINATED and not _INTERRUPTED:
         late = next((s for s in _LATE if s != signal.SIGINT), signal.SIGINT)  # (SIGTERM or SIGHUP before Ctrl-C)
-        console.warn(f"{_ENDINGS[late]} once the output was complete ({console.state.complete}): nothing was lost")
+        console.warn(f"{STOP_WORDS[late]} once the output was complete ({console.state.complete}): nothing was lost")
     if _TERMINATED and not rc:  # the SIGTERM's (SIGHUP's) exception was swallowed on its way out
-        console.error(_ENDINGS[_TERMINATED[0]])
-        sys.exit(_exit_code(_TERMINATED[0]))
+        console.error(STOP_WORDS[_TERMINATED[0]])
+        sys.exit(signal_exit_code(_TERMINATED[0]))
     if _INTERRUPTED and not rc:  # the same for Ctrl-C
         console.error("interrupted")
         sys.exit(EXIT_INTERRUPTED)

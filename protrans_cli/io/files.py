@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from protrans_cli.errors import (STOP_SIGNALS, WARNING_SIGNALS, InputError, RuntimeFailure, UsageError, force_option,
-                                 given, option)
+from protrans_cli.errors import (STOP_SIGNALS, STOP_WORDS, WARNING_SIGNALS, InputError, RuntimeFailure, UsageError,
+                                 force_option, given, option, signal_exit_code)
 from protrans_cli.io import disk
 
 _MAGIC = [
@@ -2018,10 +2018,7 @@ def signals_end_wait(what: str):
     import signal
     import threading
 
-    ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143),
-            **({signal.SIGHUP: ("hung up", 129)} if hasattr(signal, "SIGHUP") else {}),
-            **{s: (f"warned by {signal.Signals(s).name} (the job's time is nearly up)", 128 + s)
-               for s in WARNING_SIGNALS}}
+    ends = {s: (word, signal_exit_code(s)) for s, word in STOP_WORDS.items()}
     # A signal reaches the wakeup fd only through a handler set in Python (not one that is
     # SIG_DFL, which kills the process anyway, or SIG_IGN); only the main thread can set the fd.
     # (Windows: the wakeup fd must be a socket, and select() takes no pipe)
