@@ -824,7 +824,11 @@ def _link_names(group, until=None) -> list[bytes]:
     import h5py
 
     names: list[bytes] = []
-    take = names.append if until is None else (lambda name: names.append(name) or (True if until(name) else None))
+
+    def take(name):  # (None: on to the next name; True: the listing stops here)
+        names.append(name)
+        return True if until is not None and until(name) else None
+
     gid = group.id if not isinstance(group.id, h5py.h5f.FileID) else h5py.h5g.open(group.id, b"/")
     tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
     if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
