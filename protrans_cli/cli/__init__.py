@@ -268,10 +268,6 @@ _help_needs_stdout(cli)  # (the group's own --help and --version)
 # connection that dropped under a command run without nohup or tmux, which SIGHUP killed on the
 # spot: train lost every step since its last checkpoint). (Windows has no SIGHUP.)
 _SIGHUP = getattr(signal, "SIGHUP", None)
-# And SIGUSR1/SIGUSR2, a scheduler's warning that the job's time is nearly up (Slurm's
-# `--signal=USR1@120`, submitit's USR2), whose default action killed a command on the spot, its
-# cleanup and its "run ... --resume" line skipped (train takes them as a planned stop of its own).
-_WARNINGS = WARNING_SIGNALS
 
 
 class _Terminated(KeyboardInterrupt):
@@ -556,8 +552,9 @@ def main(argv=None):
     previous_hup = signal.getsignal(_SIGHUP) if installed and _SIGHUP is not None else None
     if previous_hup == signal.SIG_DFL:
         signal.signal(_SIGHUP, _on_sigterm(os.getpid()))
-    # (a scheduler's warning: likewise only where it would kill the process now)
-    warnings_taken = [s for s in _WARNINGS if installed and signal.getsignal(s) == signal.SIG_DFL]
+    # (a scheduler's warning, SIGUSR1/SIGUSR2, whose default action killed a command on the spot, its cleanup
+    # and its "run ... --resume" line skipped: likewise only where it would kill the process now)
+    warnings_taken = [s for s in WARNING_SIGNALS if installed and signal.getsignal(s) == signal.SIG_DFL]
     for s in warnings_taken:
         signal.signal(s, _on_sigterm(os.getpid()))
     # (Ctrl-C: only where it raises KeyboardInterrupt now; an ignored SIGINT stays ignored)
