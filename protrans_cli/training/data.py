@@ -52,7 +52,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import STOP_SIGNALS, WARNING_SIGNALS, InputError, ProtransError, UsageError
+from protrans_cli.errors import InputError, ProtransError, UsageError
 from protrans_cli.residues import ALPHABET, STANDARD
 
 
@@ -801,20 +801,16 @@ def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
     corpus for nobody): prep's workers' way."""
     import signal
 
-    from protrans_cli.corpus import _die_with_parent
+    from protrans_cli.corpus import _STOP_SIGNALS, _die_with_parent
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # a scheduler's warning (Slurm's --signal=USR1@N reaches every process of the job), whose
-    # default action killed the worker and so the run, before its checkpoint
-    for s in WARNING_SIGNALS:
+    # (a scheduler's warning among them: Slurm's --signal=USR1@N reaches every process of the job,
+    # and its default action killed the worker and so the run, before its checkpoint)
+    for s in _STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     # (forked with them blocked, step_batches: one sent to the group before this point waited, and is
     # ignored here instead of running the trainer's handler, inherited, in the worker)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, *WARNING_SIGNALS})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent_pid)
 
 

@@ -66,7 +66,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     lr_suggestion: float | None = None
     # why a run that is not complete stopped: "stop_after", "time_limit", or a scheduler's warning
-    # signal's name ("SIGUSR1", "SIGUSR2"; StopRequest.WARNINGS; "warning": another rank's), another
+    # signal's name ("SIGUSR1", "SIGUSR2"; errors.WARNING_SIGNALS; "warning": another rank's), another
     # signal raises instead
     stopped_by: str | None = None
     # --keep-best: the checkpoint with the lowest eval loss so far, and that loss
@@ -139,8 +139,6 @@ class StopRequest:
     default action killed the run on the spot: the same stop, but planned, as --time-limit's
     (`warned`: the run returns, exit 0). Active in the main thread only."""
 
-    WARNINGS = WARNING_SIGNALS
-
     def __init__(self):
         self.signum: int | None = None
         self.finishing = False  # every step is done: the final model is being written
@@ -150,7 +148,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (*STOP_SIGNALS, *self.WARNINGS):
+            for sig in (*STOP_SIGNALS, *WARNING_SIGNALS):
                 previous = signal.getsignal(sig)
                 if previous == signal.SIG_IGN:  # ignored by the caller (nohup, a script's `&`): it stays so
                     continue
@@ -161,7 +159,7 @@ class StopRequest:
     @property
     def warned(self) -> bool:
         """Whether the stop asked for is a scheduler's warning (a planned stop, not a failure)."""
-        return self.signum in self.WARNINGS
+        return self.signum in WARNING_SIGNALS
 
     def __exit__(self, exc_type, *exc):
         # (a warning once the run ended or stopped: its work is saved, nothing to say or fail for)
@@ -189,7 +187,7 @@ class StopRequest:
                 console.warn("the run has done its steps: stopping once its final model is written"
                              if self.finishing else
                              f"{signal.Signals(signum).name}, the scheduler's warning that the job's time is nearly "
-                             "up: stopping after this step to save a checkpoint" if signum in self.WARNINGS else
+                             "up: stopping after this step to save a checkpoint" if signum in WARNING_SIGNALS else
                              "the terminal hung up: stopping after this step to save a checkpoint" if hung_up else
                              "stopping after this step to save a checkpoint "
                              f"({again} stops at once, losing the steps since the last one)")
