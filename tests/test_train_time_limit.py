@@ -401,6 +401,30 @@ def test_a_signal_on_another_rank_stops_every_rank_as_a_signal_not_as_the_time_l
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003"]
 
 
+def test_another_ranks_warning_stops_a_rank_with_a_time_limit_as_the_warning(tmp_path, monkeypatch):
+    """A scheduler's warning (SIGUSR1) on one torchrun rank reaches the others in the step's
+    exchange as a planned stop. A rank given --time-limit took it for its own time limit and said
+    "--time-limit 1h: stopped after step 3" an hour early; it is the warning's stop now. Here one
+    process, its exchange bringing another rank's warning at step 3."""
+    from protrans_cli.training import loop
+
+    real = loop._shared_counts
+    calls = []
+
+    def another_rank_warned(micro_batches, info, *flags):
+        counts = list(real(micro_batches, info, *flags))
+        calls.append(1)
+        if len(calls) == 3:
+            counts[3] = True  # a warning on another rank (no signal, no time out here)
+        return tuple(counts)
+
+    monkeypatch.setattr(loop, "_shared_counts", another_rank_warned)
+    monkeypatch.setattr(timelimit, "process_age", lambda: 0.0)  # an hour is plenty
+    result = train(_config(tmp_path / "run", time_limit="1h"))
+    assert not result.completed and result.step == 3 and result.stopped_by == "warning"
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003"]
+
+
 def test_a_new_phase_scales_the_measured_steps_and_each_evaluation_is_timed(tmp_path, monkeypatch):
     """Within a run: at a phase of four times the tokens a step (twice the length, twice the
     batch) the steps measured stand for steps four times as long, and every evaluation's time is

@@ -1139,12 +1139,13 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             try:
                 stats = train_step(run, optimizer, batch.micro_batches,
                                    stop_requested=stop is not None and stop.signum is not None and not warned,
-                                   time_up=time_up or warned)
+                                   time_up=time_up, warned=warned)
             except NonFiniteGradient as exc:
                 raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
-            # --time-limit's alone (on this rank or another), no rank having had a signal
-            time_stop = stats.pop("time_up")
+            # a planned stop (--time-limit's or a warning, on this rank or another), no rank
+            # having had a signal; and whether any rank had a warning
+            time_stop, warned_any = stats.pop("time_up"), stats.pop("warned")
             with warnings.catch_warnings():  # a skipped fp16 step moves the schedule on too
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
                 scheduler.step()
@@ -1231,12 +1232,14 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     # --time-limit or a scheduler's warning (on this rank or another: the step's
                     # exchange told them all; a rank without a deadline learnt of a warning)
                     result.step = step
+                    # (a rank with --time-limit that learnt of another rank's warning: the warning's)
                     result.stopped_by = (signal.Signals(stop.signum).name if stop is not None and stop.warned
-                                         else "time_limit" if deadline is not None else "warning")
+                                         else "warning" if warned_any or deadline is None else "time_limit")
                     if stop is not None:  # (a signal from here on: StopRequest.__exit__)
-                        stop.late_detail = (f"the signal came as {option('--time-limit', 'time_limit')} stopped the "
-                                            f"run at step {step}; checkpoint {result.last_checkpoint}; "
-                                            f"{continue_advice()}")
+                        by = (option("--time-limit", "time_limit") if result.stopped_by == "time_limit"
+                              else "a scheduler's warning signal")
+                        stop.late_detail = (f"the signal came as {by} stopped the run at step {step}; checkpoint "
+                                            f"{result.last_checkpoint}; {continue_advice()}")
                     return result
                 stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
                                       f"{result.last_checkpoint}; {continue_advice()}")
@@ -1333,12 +1336,15 @@ def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> 
                                     exports=step + 1 == total_steps)
 
 
-def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False, time_up: bool = False) -> dict:
+def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False, time_up: bool = False,
+               warned: bool = False) -> dict:
     """One optimizer step over this rank's micro-batches; returns summed statistics, under
-    "stop" whether any rank was asked to stop (a signal, `stop_requested`, or --time-limit,
-    `time_up`: told to all ranks within the step's one exchange, so that they all stop after the
-    same step), and under "time_up" whether that was --time-limit's alone (no rank had a signal:
-    a signal on one rank stops every rank as a signal, none of them as the time limit)."""
+    "stop" whether any rank was asked to stop (a signal, `stop_requested`; --time-limit,
+    `time_up`; a scheduler's warning signal, `warned`: told to all ranks within the step's one
+    exchange, so that they all stop after the same step), under "time_up" whether that was a
+    planned stop, --time-limit's or a warning's, alone (no rank had a signal: a signal on one
+    rank stops every rank as a signal, none of them as the time limit), and under "warned"
+    whether any rank had a warning."""
     config, info = run.config, run.info
     device = info.device
     # Counted on the host before the transfer: no device synchronisation inside the step.
@@ -1346,8 +1352,10 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     micro_batches = [_to_device(b, device) for b in micro_batches]
     # Predicted tokens of the whole step on every rank (the loss denominator), and whether any
     # rank was asked to stop, in the step's one exchange.
-    total_predicted, signalled, out_of_time = _shared_counts(micro_batches, info, stop_requested, time_up)
-    stop, time_up = signalled or out_of_time, out_of_time and not signalled
+    total_predicted, signalled, out_of_time, warned = _shared_counts(micro_batches, info, stop_requested, time_up,
+                                                                     warned)
+    stop = signalled or out_of_time or warned
+    time_up = (out_of_time or warned) and not signalled
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     loss_scale = run.loss_scale.scale if run.loss_scale is not None else 1.0
@@ -1383,7 +1391,7 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
         if run.loss_scale.diverged:
             raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0), fp16=True)
         share = 1.0 / info.world_size  # (summed over ranks: one skipped step)
-        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "time_up": time_up,
+        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "time_up": time_up, "warned": warned,
                 "skipped_steps": (share, share)}
     if not finite:
         raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
@@ -1392,7 +1400,8 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     # else no rank predicted a token (short proteins, a small batch): the gradient is zero, and a
     # step would still decay the weights and move them by the optimizer's momentum
     optimizer.zero_grad(set_to_none=True)
-    stats = {"loss": (host[0], total_predicted / info.world_size), "tokens": tokens, "stop": stop, "time_up": time_up}
+    stats = {"loss": (host[0], total_predicted / info.world_size), "tokens": tokens, "stop": stop, "time_up": time_up,
+             "warned": warned}
     if total_predicted:
         stats["grad_norm"] = host[-1]
     if run.loss_scale is not None:
@@ -1482,22 +1491,23 @@ def _no_sync(run: _Run, sync: bool):
     return contextlib.nullcontext()
 
 
-def _shared_counts(micro_batches: list[dict], info, flag: bool, second: bool = False) -> tuple[float, bool, bool]:
-    """The predicted tokens of `micro_batches` on every rank, and whether any rank's `flag` is
-    set, and any rank's `second`, in one exchange (none in one process). A second loss term that is a mean over
+def _shared_counts(micro_batches: list[dict], info, *flags: bool) -> tuple:
+    """The predicted tokens of `micro_batches` on every rank, then for each of `flags` whether
+    any rank's is set, in one exchange (none in one process). A second loss term that is a mean over
     something else (ELECTRA's detection over real tokens, ALBERT's sentence order over
     proteins) gets its weight over all of them as each batch's `step_ratio`. A batch's
     `num_segments` (Transformer-XL's model calls) becomes the most of any batch on any rank."""
     predicted = float(sum(b["num_predicted"] for b in micro_batches))
     aux = float(sum(b.get("num_aux", 0) for b in micro_batches))
-    flags, seconds = float(flag), float(second)
+    counted = [float(flag) for flag in flags]
     if info.initialised:
         # (and each rank's most model calls per micro-batch, in a slot of its own, as the sum
         # carries no maximum: Transformer-XL's segments, which FSDP needs alike on every rank)
         calls = [0.0] * info.world_size
         calls[info.rank] = float(max((b.get("num_segments", 0) for b in micro_batches), default=0))
-        counts = torch.tensor([predicted, aux, flags, seconds, *calls], dtype=torch.float64, device=info.device)
-        predicted, aux, flags, seconds, *calls = dist.all_reduce_sum(counts).tolist()
+        counts = torch.tensor([predicted, aux, *counted, *calls], dtype=torch.float64, device=info.device)
+        predicted, aux, *rest = dist.all_reduce_sum(counts).tolist()
+        counted, calls = rest[:len(flags)], rest[len(flags):]
         for batch in micro_batches:
             if "num_segments" in batch:
                 batch["num_segments"] = int(max(calls))
@@ -1508,7 +1518,7 @@ def _shared_counts(micro_batches: list[dict], info, flag: bool, second: bool = F
         predicted = predicted or aux
         for batch in micro_batches:
             batch["step_ratio"] = predicted / aux
-    return predicted, flags > 0, seconds > 0
+    return (predicted, *(count > 0 for count in counted))
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -1556,7 +1566,7 @@ def evaluate(run: _Run, phase) -> float:
     # Weighted over the whole evaluation as a step is (per micro-batch, the eval loss of a
     # two-term objective moved with the micro-batch size). Every rank takes part in this
     # exchange, one whose reading failed too; then none evaluates.
-    denominator, failed, _ = _shared_counts(micro_batches, info, not micro_batches)
+    denominator, failed = _shared_counts(micro_batches, info, not micro_batches)
     try:
         for batch in micro_batches if not failed else []:
             batch = _to_device(batch, info.device)
