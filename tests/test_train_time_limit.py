@@ -376,25 +376,31 @@ def test_the_process_group_waits_as_long_as_dist_timeout_says(monkeypatch):
         TrainConfig(dist_timeout="10").check_values()
 
 
+def _third_exchange_sets(monkeypatch, slot: int) -> None:
+    """The step's exchange (_shared_counts: predicted tokens, then signal, time up, warning) of
+    the third step returns `slot` set, as when another torchrun rank set it."""
+    from protrans_cli.training import loop
+
+    real = loop._shared_counts
+    calls = []
+
+    def another_rank(micro_batches, info, *flags):
+        counts = list(real(micro_batches, info, *flags))
+        calls.append(1)
+        if len(calls) == 3:
+            counts[slot] = True
+        return tuple(counts)
+
+    monkeypatch.setattr(loop, "_shared_counts", another_rank)
+
+
 def test_a_signal_on_another_rank_stops_every_rank_as_a_signal_not_as_the_time_limit(tmp_path, monkeypatch):
     """Under torchrun a signal on one rank reaches the others through the step's exchange. With
     --time-limit given, the ranks without the signal took the stop for the time limit's: they
     printed "--time-limit ...: stopped after step N" and exited 0 while the signalled rank exited
     143 (seen with two torchrun ranks, SIGTERM to rank 1 only). Here one process, its exchange
     bringing another rank's signal at step 3."""
-    from protrans_cli.training import loop
-
-    real = loop._shared_counts
-    calls = []
-
-    def another_rank_signalled(micro_batches, info, flag, *rest):
-        counts = list(real(micro_batches, info, flag, *rest))
-        calls.append(1)
-        if len(calls) == 3:
-            counts[1] = True  # a signal on another rank (none here, no time out either)
-        return tuple(counts)
-
-    monkeypatch.setattr(loop, "_shared_counts", another_rank_signalled)
+    _third_exchange_sets(monkeypatch, 1)  # a signal on another rank (none here, no time out either)
     monkeypatch.setattr(timelimit, "process_age", lambda: 0.0)  # an hour is plenty
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path / "run", time_limit="1h"))
@@ -406,19 +412,7 @@ def test_another_ranks_warning_stops_a_rank_with_a_time_limit_as_the_warning(tmp
     exchange as a planned stop. A rank given --time-limit took it for its own time limit and said
     "--time-limit 1h: stopped after step 3" an hour early; it is the warning's stop now. Here one
     process, its exchange bringing another rank's warning at step 3."""
-    from protrans_cli.training import loop
-
-    real = loop._shared_counts
-    calls = []
-
-    def another_rank_warned(micro_batches, info, *flags):
-        counts = list(real(micro_batches, info, *flags))
-        calls.append(1)
-        if len(calls) == 3:
-            counts[3] = True  # a warning on another rank (no signal, no time out here)
-        return tuple(counts)
-
-    monkeypatch.setattr(loop, "_shared_counts", another_rank_warned)
+    _third_exchange_sets(monkeypatch, 3)  # a warning on another rank (no signal, no time out here)
     monkeypatch.setattr(timelimit, "process_age", lambda: 0.0)  # an hour is plenty
     result = train(_config(tmp_path / "run", time_limit="1h"))
     assert not result.completed and result.step == 3 and result.stopped_by == "warning"
