@@ -410,6 +410,19 @@ def test_workers_are_forked_with_the_stop_signals_blocked_until_they_ignore_them
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
 
 
+def _stream_in_a_subprocess(tmp_path, **kw) -> str:
+    """Python lines that build `stream`, the same as `_stream(**kw)`, in a fresh process that imports neither
+    this module nor transformers (the layout comes pickled): importing them was most of each process's time."""
+    import pickle
+
+    args = dict(max_length=40, global_batch_size=16, micro_batch_size=4, bucket_batches=4, seed=3)
+    args.update(kw)
+    (tmp_path / "layout.pickle").write_bytes(pickle.dumps(_layout("bert")))
+    return (f"import pickle\nfrom protrans_cli.training.data import CorpusStream\n"
+            f"stream = lambda: CorpusStream([{LEARNABLE!r}], pickle.loads(open({str(tmp_path / 'layout.pickle')!r}, "
+            f"'rb').read()), **{args!r})\n")
+
+
 def test_workers_run_whatever_the_default_start_method(tmp_path):
     """Python 3.14 made forkserver the default start method on Linux (macOS has spawn): the
     DataLoader pickled the stream's dataset, a local class, and train --num-workers failed with
@@ -417,14 +430,14 @@ def test_workers_run_whatever_the_default_start_method(tmp_path):
     import subprocess
     import sys
 
-    code = f"""
-import multiprocessing, sys
+    code = """
+import multiprocessing
 multiprocessing.set_start_method("forkserver")
-sys.path.insert(0, {str(DATA.parent)!r})
-from test_train_units import _indices, _stream
+""" + _stream_in_a_subprocess(tmp_path, max_epochs=1) + """
 from protrans_cli.training.data import step_batches
-direct = [_indices(sb) for sb in _stream(max_epochs=1)]
-workers = [_indices(sb) for sb in step_batches(_stream(max_epochs=1), num_workers=2)]
+indices = lambda step_batch: sorted(s.index for mb in step_batch.micro_batches for s in mb)
+direct = [indices(sb) for sb in stream()]
+workers = [indices(sb) for sb in step_batches(stream(), num_workers=2)]
 assert workers == direct and len(direct) > 5, (len(workers), len(direct))
 print("same")
 """
@@ -441,13 +454,12 @@ def test_a_library_caller_that_stops_early_exits_and_workers_die_with_their_pare
     import sys
     import time
 
-    code = f"""
+    code = """
 import os, sys, tempfile
 scratch = tempfile.TemporaryDirectory()  # a weakref.finalize made first: one at exit fired too late
-sys.path.insert(0, {str(DATA.parent)!r})
-from test_train_units import _stream
+""" + _stream_in_a_subprocess(tmp_path, max_epochs=50) + """
 from protrans_cli.training.data import step_batches
-batches = step_batches(_stream(max_epochs=50), num_workers=2)
+batches = step_batches(stream(), num_workers=2)
 next(batches)
 print(os.getpid(), flush=True)
 if sys.argv[1] == "hang":
