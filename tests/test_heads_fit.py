@@ -4588,17 +4588,19 @@ def test_no_plots_writes_every_number_and_no_png(run_cli, loc_data, tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys\nfrom protrans_cli.cli import main\n"
-              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-              "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n")
+    # (fit, then predict, in one process: a second process cost as much as the two commands)
+    script = ("import json, sys\nfrom protrans_cli.cli import main\n"
+              "for args in json.loads(sys.argv[1]):\n"
+              "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args[0], e.code)\n"
+              "    assert 'matplotlib' not in sys.modules, f'matplotlib imported by {args[0]}'\n")
     head = tmp_path / "loc"
     common = ["--embeddings", str(loc_data / "train.h5"), "--labels", str(loc_data / "train.fasta"),
               "--max-epochs", "5", "-j", "1", "--bootstrap", "50"]
-    for args in (["fit", "loc", *common, "-o", str(head), "--no-plots"],
-                 ["predict", str(head), "--embeddings", str(loc_data / "test.h5"), "--labels",
-                  str(loc_data / "test.fasta"), "--metrics", str(tmp_path / "m"), "--no-plots"]):
-        r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+    commands = [["fit", "loc", *common, "-o", str(head), "--no-plots"],
+                ["predict", str(head), "--embeddings", str(loc_data / "test.h5"), "--labels",
+                 str(loc_data / "test.fasta"), "--metrics", str(tmp_path / "m"), "--no-plots"]]
+    r = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     assert not list(head.rglob("*.png")) and not list((tmp_path / "m").rglob("*.png"))
     assert json.loads((head / "metrics.json").read_text())["valid"]["loc"]["n"] > 0
     _assert_loc_test_scores(tmp_path / "m" / "test.json")
