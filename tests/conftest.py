@@ -222,6 +222,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_collection_finish(session):
+    """The objects of the imports so far (torch, transformers, every test module: a few million) are
+    moved out of the garbage collector's sight: each full collection walked them all, a tenth of a
+    second each, and embed's retry after an out-of-memory error collects on purpose. Objects made
+    later, the tests' own, are collected as before."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A test that abandons an HDF5 file after a failed write (io.h5.abandon) registers the exit
     handler that ends a library caller's process without HDF5's teardown, with status 1: pytest
