@@ -1563,18 +1563,19 @@ def test_a_decayed_run_resumed_for_more_steps_says_its_lr_goes_back_up(tmp_path,
     """Lengthened after it had decayed, a run's lr rises at once (the schedule decays over the new
     length): said with both lrs, where it went on without a word (found in review). A run
     lengthened during its warmup, or resumed at its own length, says nothing."""
+    # (the resumed runs stop soon after the resume, with stop_after: what is said, is said as they resume)
     train(_config(tmp_path, num_steps=20, save_every=10))
     capsys.readouterr()
-    train(_config(tmp_path, num_steps=40, save_every=10), resume=True)
+    train(_config(tmp_path, num_steps=40, save_every=10, stop_after=25), resume=True)
     err = capsys.readouterr().err
     assert "the schedule now spans 40 steps (step_00000020's run had 20): the learning rate goes back up" in err, err
     rows = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run_bert" / "metrics.jsonl")}
     assert f"from {rows[20]:.3g} at step 20" in err and rows[25] > rows[20]
 
     train(_config(tmp_path / "warm", num_steps=20, warmup_steps=10, stop_after=5, save_every=100))
-    train(_config(tmp_path / "warm", num_steps=40, warmup_steps=10, save_every=100), resume=True)
+    train(_config(tmp_path / "warm", num_steps=40, warmup_steps=10, save_every=100, stop_after=6), resume=True)
     train(_config(tmp_path / "same", num_steps=20, stop_after=10, save_every=100))
-    train(_config(tmp_path / "same", num_steps=20, save_every=100), resume=True)
+    train(_config(tmp_path / "same", num_steps=20, save_every=100, stop_after=11), resume=True)
     assert "the schedule now spans" not in capsys.readouterr().err
 
 class _RunsCode:  # a pickle that would run code when loaded
