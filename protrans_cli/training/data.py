@@ -827,13 +827,12 @@ class _SigchldRestore:
         self.active = (hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread()
                        and getattr(signal_handling, "_SIGCHLD_handler_set", None) is False)
         self.previous = signal.getsignal(signal.SIGCHLD) if self.active else None
+        # (kept for restore, which imports nothing: it also runs as the generator is finalised at
+        # the interpreter's exit, where an import fails, "Exception ignored ... import of signal halted")
+        self._modules = (signal, threading, signal_handling)
 
     def restore(self) -> None:
-        import signal
-        import threading
-
-        from torch.utils.data._utils import signal_handling
-
+        signal, threading, signal_handling = self._modules
         # (None: a handler not set from Python, left as is; another thread, a generator closed by
         # the garbage collector there, cannot set a handler)
         if self.active and self.previous is not None and threading.current_thread() is threading.main_thread():
