@@ -1398,6 +1398,21 @@ def test_groups_at_the_top_of_another_tools_file_are_said_by_export_and_info(tmp
     assert facts["groups_not_read"] == ["Q8WZ42"] and facts["proteins"] == {"per_residue": 1}
 
 
+def test_a_named_datatype_at_the_top_of_another_tools_file_is_no_group_and_no_protein(tmp_path, run_cli):
+    """A datatype committed at the top of a hand-written file (h5py's `f["t"] = np.dtype(...)`) is
+    neither a protein nor a group of them: export and info said "1 group(s) at the top of this flat
+    file are not read, and the datasets in them are not exported", of a member holding none."""
+    with h5py.File(tmp_path / "hand.h5", "w") as f:
+        f["residue_type"] = np.dtype("float32")
+        f["P69905"] = np.zeros((4, 2), dtype=np.float32)
+    done = run_cli("export", tmp_path / "hand.h5", "-o", tmp_path / "t.tsv")
+    assert done.exit_code == 0, done.stderr
+    assert "group" not in done.stderr, done.stderr
+    assert {r[0] for r in _table((tmp_path / "t.tsv").read_text(), "\t")[1:]} == {"P69905"}
+    facts = json.loads(run_cli("info", tmp_path / "hand.h5", "--json").stdout)
+    assert "groups_not_read" not in facts and facts["proteins"] == {"per_residue": 1}
+
+
 def test_info_of_another_tools_grouped_file_counts_its_datasets_not_its_groups(tmp_path, run_cli):
     """`f["per_protein/P1/a"] = v` (an id with '/', by hand) makes a group among the proteins: info
     counted it as one (3 per-protein, where --ids and export listed 2) and said nothing of it."""

@@ -321,6 +321,7 @@ class EmbeddingsReader:
             self.file.close()
             raise
         self.subgroups: list[str] = []
+        self._not_datasets: list[str] = []  # the subgroups, and named datatypes (h5py's f["t"] = np.dtype(...))
         # {id: key} of proteins found by their sequence, not their id (export --ids FASTA, as fit finds
         # them): another tool's file keyed by sequence, bio_embeddings', holds one of several ids a sequence
         self.aliases: dict[str, str] = {}
@@ -361,9 +362,11 @@ class EmbeddingsReader:
                 import h5py
 
                 root_id = h5py.h5g.open(self.file.id, b"/")
-                self.subgroups = [k for k in root if h5py.h5o.get_info(root_id, k.encode("utf-8")).type
-                                  != h5py.h5o.TYPE_DATASET]
-                first = next((self.file[k] for k in root if k not in self.subgroups), None)
+                types = {k: h5py.h5o.get_info(root_id, k.encode("utf-8")).type for k in root}
+                self._not_datasets = [k for k in root if types[k] != h5py.h5o.TYPE_DATASET]
+                # (a named datatype is neither a protein nor a group of them: not said as a group)
+                self.subgroups = [k for k in self._not_datasets if types[k] == h5py.h5o.TYPE_GROUP]
+                first = next((self.file[k] for k in root if types[k] == h5py.h5o.TYPE_DATASET), None)
                 kind = PER_PROTEIN if first is not None and first.ndim == 1 else PER_RESIDUE
                 self._kind_guessed = first is None
             self.kinds = (kind,)
@@ -437,8 +440,8 @@ class EmbeddingsReader:
         if self._stacked is not None:
             return [escape_key(ident) for ident in self.ids(kind)]
         keys = [name.decode("utf-8") for name in _link_names(self._group(kind))]
-        if self.subgroups:
-            skip = set(self.subgroups)
+        if self._not_datasets:
+            skip = set(self._not_datasets)
             keys = [k for k in keys if k not in skip]
         return keys
 
@@ -462,7 +465,7 @@ class EmbeddingsReader:
             import h5py
 
             group, declared, owned, loose, ambiguous = self._group(kind), {}, set(), {}, set()
-            skip = set(self.subgroups)
+            skip = set(self._not_datasets)
             for name in _link_names(group):
                 key = name.decode("utf-8")
                 if key in skip:
@@ -688,7 +691,7 @@ class EmbeddingsReader:
         if self._stacked is not None:
             self._check_kind(kind)
             return int(self._stacked.data.shape[-1])
-        group, skip, found = self._group(kind), {name.encode("utf-8") for name in self.subgroups}, []
+        group, skip, found = self._group(kind), {name.encode("utf-8") for name in self._not_datasets}, []
 
         def dataset(name):  # (a group among them is no protein: see items)
             obj = h5py.h5o.open(group.id, name) if name not in skip else None
