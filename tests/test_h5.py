@@ -566,6 +566,20 @@ def test_members_of_another_tools_flat_file_told_apart_by_their_headers(tmp_path
     assert not {"0grp", "1type", "P2", "P3"} & set(looked_up), looked_up
 
 
+def test_a_named_datatype_named_as_a_kind_is_no_kind_group(tmp_path):
+    """A named datatype at the top of another tool's flat file, named per_protein (h5py's
+    `f["per_protein"] = np.dtype(...)`), was taken for the per-protein group: every reader of the
+    file (export, info, predict, fit) stopped with h5py's AttributeError traceback. It is no
+    protein and no group: the file is flat, its datasets its proteins."""
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f["per_protein"] = np.dtype("f4")
+        f.create_dataset("P1", data=np.arange(4, dtype=np.float32))
+    with EmbeddingsReader(tmp_path / "n.h5") as r:
+        assert r.layout == "flat" and r.kinds == (PER_PROTEIN,) and r.subgroups == []
+        assert r.keys() == ["P1"] and r.ids() == ["P1"] and r.dim() == 4
+        assert r.matrix()[0] == ["P1"]
+
+
 def test_a_group_among_a_grouped_files_proteins_is_not_a_protein(tmp_path):
     """A group inside /per_protein (another tool's "P1/1-100" written through h5py, or a user's
     addition): ids() passed over it, but items(), matrix() and dim() met it and failed with a

@@ -332,7 +332,9 @@ class EmbeddingsReader:
             self.layout, self.kinds = "stacked", (PER_PROTEIN,)
             return
         present = set(root)
-        groups = [k for k in KINDS if k in present and not _is_dataset(self.file[k])]
+        # (a group by that name: a named datatype called per_protein, h5py's f["per_protein"] = np.dtype(...), is
+        # none, and read as the kind's group it was an AttributeError traceback from h5py)
+        groups = [k for k in KINDS if k in present and _is_group(self.file[k])]
         if not groups and CONTACTS in present and self.attrs.get("kinds") == CONTACTS:
             self.file.close()
             raise InputError("holds contact maps (protrans contacts), not embeddings: read them with h5py "
@@ -773,10 +775,10 @@ def truncated_attr(raw) -> dict[str, int]:
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
 
 
-def _is_dataset(obj) -> bool:
+def _is_group(obj) -> bool:
     import h5py
 
-    return isinstance(obj, h5py.Dataset)
+    return isinstance(obj, h5py.Group)
 
 
 def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) -> Iterator[tuple[str, str | None]]:
