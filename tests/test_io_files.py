@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import contextlib
 import errno
 import gzip
 import io
@@ -1070,7 +1069,7 @@ ESM2 = Path(__file__).parent / "data" / "esm_reference"
 
 
 @pytest.mark.parametrize("command", ["fit", "finetune", "import-head", "predict --metrics"])
-def test_a_link_to_nothing_where_a_folder_goes_is_refused_before_any_work(run_cli, tmp_path, command):
+def test_a_link_to_nothing_where_a_folder_goes_is_refused_before_any_work(run_cli, tmp_path, monkeypatch, command):
     """-o a link to nothing (fit, finetune, import-head) trained or imported the head first, then
     failed to rename it into place: ".HEAD.<host>.<pid>-XXXX.tmp: Not a directory", naming a hidden
     temporary; `predict --metrics` of one made every prediction, then said "File exists". Each is
@@ -1086,8 +1085,8 @@ def test_a_link_to_nothing_where_a_folder_goes_is_refused_before_any_work(run_cl
             "import-head": ["import-head", "ck.pt", "-o", link],
             "predict --metrics": ["predict", "head", "--embeddings", "e.h5", "--labels", "l.fa", "-o", "p.csv",
                                   "--metrics", link]}[command]
-    with contextlib.chdir(tmp_path):
-        r = run_cli(*argv)
+    monkeypatch.chdir(tmp_path)  # (not contextlib.chdir: Python 3.11+, and 3.10 is supported)
+    r = run_cli(*argv)
     said = ("so no folder can be made there (make that folder, or choose another path)" if command.startswith("predict")
             else "(make that folder, or choose another -o)")
     assert r.exit_code == 2 and r.stderr == (f"protrans: error: {link}: is a link to {tmp_path / 'nowhere'}, which "
