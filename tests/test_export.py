@@ -1398,6 +1398,23 @@ def test_groups_at_the_top_of_another_tools_file_are_said_by_export_and_info(tmp
     assert facts["groups_not_read"] == ["Q8WZ42"] and facts["proteins"] == {"per_residue": 1}
 
 
+def test_another_tools_flat_file_with_a_kind_attribute_counts_only_its_datasets(tmp_path, run_cli):
+    """Another tool's flat file that says its kind (`f.attrs["kind"] = "per_protein"`, as embed's
+    own flat files do, but no `layout`): its members were not typed, so info counted a group and a
+    named datatype at its top as proteins (3 where export wrote 1) and said nothing of the group."""
+    with h5py.File(tmp_path / "hand.h5", "w") as f:
+        f.attrs["kind"] = "per_protein"
+        f["P69905"] = np.zeros(2, dtype=np.float32)
+        f["Q8WZ42/1-300"] = np.ones(2, dtype=np.float32)
+        f["residue_type"] = np.dtype("float32")
+    facts = json.loads(run_cli("info", tmp_path / "hand.h5", "--json").stdout)
+    assert facts["proteins"] == {"per_protein": 1} and facts["groups_not_read"] == ["Q8WZ42"], facts
+    done = run_cli("export", tmp_path / "hand.h5", "--per-protein", "-o", tmp_path / "t.tsv")
+    assert done.exit_code == 0, done.stderr
+    assert "1 group(s) at the top of this flat file are not read" in done.stderr
+    assert {r[0] for r in _table((tmp_path / "t.tsv").read_text(), "\t")[1:]} == {"P69905"}
+
+
 def test_a_named_datatype_at_the_top_of_another_tools_file_is_no_group_and_no_protein(tmp_path, run_cli):
     """A datatype committed at the top of a hand-written file (h5py's `f["t"] = np.dtype(...)`) is
     neither a protein nor a group of them: export and info said "1 group(s) at the top of this flat

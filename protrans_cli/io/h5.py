@@ -357,7 +357,11 @@ class EmbeddingsReader:
             self.layout = "flat"
             kind = self.attrs.get("kind")
             # (an array there, in another tool's file, was a numpy traceback: "truth value ... ambiguous")
-            if not isinstance(kind, str) or kind not in KINDS:  # a file from another tool: guess from the shapes
+            known = isinstance(kind, str) and kind in KINDS
+            # A file from another tool (no `layout`: embed writes one in every file), its kind attribute
+            # given or not (with one, its groups and named datatypes were counted as proteins by keys()
+            # and info, though ids() and items() passed over them)
+            if not known or "layout" not in self.attrs:
                 # (what each member is, read from its object header in one low-level call: h5py's
                 # get(k, getclass=True) cost 3x as much, paid by every reader of a file of a million
                 # proteins, 4 in a fit; links out of the file are refused above)
@@ -368,9 +372,10 @@ class EmbeddingsReader:
                 self._not_datasets = [k for k in root if types[k] != h5py.h5o.TYPE_DATASET]
                 # (a named datatype is neither a protein nor a group of them: not said as a group)
                 self.subgroups = [k for k in self._not_datasets if types[k] == h5py.h5o.TYPE_GROUP]
-                first = next((self.file[k] for k in root if types[k] == h5py.h5o.TYPE_DATASET), None)
-                kind = PER_PROTEIN if first is not None and first.ndim == 1 else PER_RESIDUE
-                self._kind_guessed = first is None
+                if not known:  # guessed from the shapes
+                    first = next((self.file[k] for k in root if types[k] == h5py.h5o.TYPE_DATASET), None)
+                    kind = PER_PROTEIN if first is not None and first.ndim == 1 else PER_RESIDUE
+                    self._kind_guessed = first is None
             self.kinds = (kind,)
 
     def __enter__(self):
