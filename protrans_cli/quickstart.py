@@ -62,25 +62,25 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
     line = "protrans " + " ".join(shlex.quote(a) for a in args)
     summary.commands.append(line)
     console.info(f"\n[{step}] $ {line}")
-    again = option("run quickstart again with --force", "call run_quickstart again with force=True")
+    # (what a stop in this step says, the step's own advice, "the same command and --resume", not quickstart's)
+    stopped_here = (f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
+                    f"{option('run quickstart again with --force', 'call run_quickstart again with force=True')} "
+                    "to start over")
     start = time.perf_counter()
     ended: dict = {"train_result": None}  # (the train command keeps its result here, asked so)
     try:
         rc = cli.main(args=_global_flags() + args, prog_name="protrans", standalone_mode=False, obj=ended)
     except click.ClickException as exc:  # a usage error inside a step is a bug of this script
         raise UsageError(f"quickstart step {step!r} was refused: {exc.format_message()}") from None
-    except _Stopped as exc:  # the step's own advice ("the same command and --resume") is not quickstart's
-        raise _Stopped(exc.signum, f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
-                                   f"{again} to start over") from None
+    except _Stopped as exc:
+        raise _Stopped(exc.signum, stopped_here) from None
     if isinstance(rc, int) and rc != 0:
         raise UsageError(f"quickstart step {step!r} exited with {rc}")
     if (result := ended.get("train_result")) is not None and not result.completed:
         # A scheduler's warning (SIGUSR1/SIGUSR2) is a planned stop for train, exit 0 with a checkpoint: here
         # the next steps went on without a model, the time nearly up, and failed at the first embed by it
         # (exit 1, "a training run without its final model"). Quickstart stops as for the warning in any step.
-        signum = getattr(signal, str(result.stopped_by), signal.SIGTERM)
-        raise _Stopped(signum, f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
-                               f"{again} to start over")
+        raise _Stopped(getattr(signal, str(result.stopped_by), signal.SIGTERM), stopped_here)
     summary.seconds[step] = summary.seconds.get(step, 0.0) + time.perf_counter() - start
 
 
