@@ -141,9 +141,11 @@ def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[t
     except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
         if not _is_oom_safe(exc):
             raise
-        _free_memory()
     else:
         return _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
+    # Out of the except block: its traceback held the failed pass's frames, and with them its
+    # activations, so the cache emptied there kept their memory through the retry.
+    _free_memory()
     if len(sequences) > 1:
         if on_split:
             on_split(len(sequences))
@@ -159,8 +161,8 @@ def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[t
         except Exception as exc:  # noqa: BLE001
             if not _is_oom_safe(exc):
                 raise
-            _free_memory()
-            reason += "; out of memory on the CPU too"
+        _free_memory()  # (out of the except block, as above)
+        reason += "; out of memory on the CPU too"
     return [reason]
 
 
@@ -171,14 +173,15 @@ def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
     redo = [i for i, r in enumerate(results) if isinstance(r, NonFinite) and r.compute]
     if not redo or getattr(embedder, "compute_dtype", "float32") == "float32" or not hasattr(embedder, "in_float32"):
         return results
-    results = list(results)
+    results, again = list(results), None
     try:
         with embedder.in_float32() as exact:
             again = _embed_or_split(exact, [sequences[i] for i in redo], cpu_fallback, on_split, want)
     except Exception as exc:  # noqa: BLE001 - casting the weights to float32 ran out of memory
         if not _is_oom_safe(exc):
             raise
-        _free_memory()
+    if again is None:
+        _free_memory()  # (out of the except block, as in _embed_or_split)
         for i in redo:
             results[i] = f"{results[i].reason}; out of memory for a float32 retry"
         return results

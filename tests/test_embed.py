@@ -1721,6 +1721,68 @@ def test_a_cpu_fallback_out_of_memory_too_leaves_the_protein_failed_with_both_re
         embed_with_retry(tight, ["W" * 20], cpu_fallback=True)
 
 
+def test_the_failed_batch_is_released_before_the_gpu_cache_is_emptied(monkeypatch):
+    """Out of memory, the cache is emptied for the retry once the failed pass's tensors are gone:
+    emptied inside the except block, the traceback's frames still held them (a forward pass's
+    activations) and their memory stayed with PyTorch through the split retry, on the GPU and
+    again after the CPU twin ran out too."""
+    import weakref
+
+    import torch
+
+    class Holding(OneHotEmbedder):
+        device = "cuda"
+
+        def __init__(self, budget, twin=None):
+            super().__init__()
+            self.budget, self.twin, self.held = budget, twin, []
+
+        def embed_batch(self, seqs, pooled=False):
+            if sum(map(len, seqs)) > self.budget:
+                activations = torch.zeros(1024)  # (what a failed forward pass leaves in its frames)
+                self.held.append(weakref.ref(activations))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().embed_batch(seqs, pooled=pooled)
+
+        def on_cpu(self):
+            return self.twin
+
+    alive = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive.append(sum(r() is not None for r in gpu.held
+                                                                              + twin.held)))
+    twin = Holding(budget=0)
+    gpu = Holding(budget=4, twin=twin)
+    got = embed_with_retry(gpu, ["MKV", "ACD", "W" * 6], cpu_fallback=True)
+    assert got[2] == "out of memory on cuda (6 residues); out of memory on the CPU too"
+    assert [g[0][0].shape[0] for g in got[:2]] == [3, 3]
+    # the 3-protein batch, then its 2-protein half, then the 6 residues on the GPU and on the CPU
+    assert len(alive) == 4 and alive == [0, 0, 0, 0]
+
+    import contextlib
+
+    from protrans_cli.embedders import NonFinite
+
+    class Overflowing(Holding):  # float16 output not finite; no room for the float32 weights
+        compute_dtype = "float16"
+
+        def embed_arrays(self, seqs, *, rows=True, means=False, dtype="float32"):
+            return [NonFinite("NaN or infinity in the model's float16 output", True) for _ in seqs]
+
+        @contextlib.contextmanager
+        def in_float32(self):
+            weights = torch.zeros(1024)  # (a cast half made)
+            self.held.append(weakref.ref(weights))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            yield self
+
+    alive.clear()
+    gpu = Overflowing(budget=100, twin=twin)
+    assert embed_with_retry(gpu, ["MKV"]) == ["NaN or infinity in the model's float16 output; out of memory for a "
+                                              "float32 retry"]
+    assert alive == [0]
+
+
 @pytest.mark.parametrize("window", [100, 1])  # the copy in the same window, or copied from the file
 def test_proteins_computed_on_the_cpu_say_so_and_their_copies_too(tmp_path, window):
     import h5py
