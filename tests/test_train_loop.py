@@ -1313,6 +1313,25 @@ def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_pa
     assert (resumed / "train_config.json").is_file()
 
 
+def test_a_gpu_out_of_memory_in_a_step_is_one_line(tmp_path, run_cli, monkeypatch):
+    """A step that runs out of GPU memory (simulated: torch's OutOfMemoryError, a RuntimeError and
+    no MemoryError) was a traceback of the step's whole call stack: one line now, torch's own (what
+    it tried to allocate, and how much the GPU has), exit 1, the half-made run directory removed."""
+    from protrans_cli.training import loop
+
+    says = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 14.75 GiB of which "
+            "1.06 GiB is free.")
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError(says)
+
+    monkeypatch.setattr(loop, "train_step", no_room)
+    res = run_cli("-q", "train", "--corpus", LEARNABLE, "--num-steps", 2, "--max-length", 32, "--global-batch-size", 4,
+                  "--micro-batch-size", 4, "-j", 1, "-o", tmp_path / "run")
+    assert res.exit_code == 1 and res.stderr.strip() == f"protrans: error: {says}", res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
     (tmp_path / "empty.txt").write_text("\n\n")
     cases = [(tmp_path / "missing.txt", "missing.txt: no such file"),

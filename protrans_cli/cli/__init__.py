@@ -664,6 +664,14 @@ def _bytes_as_bytes(message: str) -> str:
     return _SURROGATE_ESCAPE.sub(r"\1\\x\2", message)
 
 
+def _torch_out_of_memory() -> tuple:
+    """torch's out-of-memory error where torch is loaded (evaluated only when an exception gets
+    that far): a GPU's (train's step, a head's fit, knn's search on a GPU) is a RuntimeError, not
+    a MemoryError, and was a traceback."""
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    return (oom,) if isinstance(oom, type) else ()
+
+
 def _main(console, argv):
     try:
         rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
@@ -696,14 +704,16 @@ def _main(console, argv):
         signum = _signum_of(exc)
         console.error(str(exc) if isinstance(exc, _Stopped) else STOP_WORDS[signum])
         sys.exit(signal_exit_code(signum))
-    except MemoryError as exc:  # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
+    except (MemoryError, *_torch_out_of_memory()) as exc:
+        # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
         if console.state.debug:
             raise
         # (a DataLoader worker's is "Caught MemoryError in DataLoader worker process 0." and its
         # whole traceback: the original message is its last line)
         text = str(exc).strip().splitlines()
         text = text[-1].removeprefix("MemoryError: ") if text and text[0].startswith("Caught ") else " ".join(text)
-        console.error(f"out of memory ({text or 'MemoryError'})")
+        # (a GPU's, "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ...", says it already)
+        console.error(text if text and not isinstance(exc, MemoryError) else f"out of memory ({text or 'MemoryError'})")
         sys.exit(1)
     except BrokenPipeError:
         _quiet_broken_pipe()
