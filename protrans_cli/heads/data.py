@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -59,7 +60,7 @@ class MatchReport:
     wrong_sequence: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # embedded truncated (--long-policy truncate)
     truncated_used: list[str] = field(default_factory=list)  # the same, per protein: matched, with a note
-    unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
+    unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched (a StackedKeys)
     key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
     # of wrong_length, per residue: records whose own sequence has the embedding's rows, so their
@@ -196,6 +197,46 @@ def _source_kind(reader: EmbeddingsReader, kind: str, task: Task | None = None) 
     raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
 
 
+class StackedKeys:
+    """The keys of a stacked file's proteins but `but` (keys): match_labels' keys of the file and
+    its report's `unlabelled`, looked up in the file's index of its ids (StackedView.row_of), not a
+    set of every key (fit on a labelled part of a file of 1,000,000 proteins held about 600 bytes
+    a protein of them all). Usable once the file is closed (fit reports them after training)."""
+
+    def __init__(self, view, but=frozenset(), rows: int | None = None):
+        self.view, self.rows = view, len(view) if rows is None else rows
+        view.index()  # (built while the file is open)
+        self.but = frozenset(k for k in but if self._in_file(k))
+
+    def _in_file(self, key) -> bool:
+        return (key is not None and escape_key(ident := unescape_key(key)) == key
+                and self.view.row_of(ident) is not None)
+
+    def __contains__(self, key) -> bool:
+        return key not in self.but and self._in_file(key)
+
+    def ids(self) -> Iterator[str]:
+        """The ids of the keys, sorted (as `sorted(unescape_key(k) for k in self)`)."""
+        return (ident for ident in self.view.sorted_ids() if escape_key(ident) not in self.but)
+
+    def __iter__(self) -> Iterator[str]:
+        return (escape_key(ident) for ident in self.ids())
+
+    def __len__(self) -> int:
+        return self.rows - len(self.but)
+
+    def __sub__(self, keys) -> StackedKeys:
+        left = StackedKeys(self.view, keys, self.rows)
+        left.but |= self.but
+        return left
+
+    def __and__(self, other):
+        # (of one file: the keys neither leaves out; of a set, the set's keys among these)
+        return self - other.but if isinstance(other, StackedKeys) else {k for k in other if k in self}
+
+    __rand__ = __and__
+
+
 class _SequenceKeys:
     """The keys of a file's proteins by sequence checksum, gathered on first use, and the key a
     label record whose id is not in the file finds by its sequence (match_labels' rule)."""
@@ -309,7 +350,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     if task.kind != PER_RESIDUE:
         refuse_residue_labels(label_set, task.name)
     source = _source_kind(reader, kind or task.kind, task)
-    keys = set(reader.keys(source))
+    # (a stacked file's keys, every protein's, are looked up in the file, not held in a set)
+    keys = StackedKeys(reader._stacked) if reader.layout == "stacked" else set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_sequence = _SequenceKeys(reader, keys, source)
     failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
@@ -524,12 +566,17 @@ def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str,
     where they are left out, not counted here as without a label."""
     if not reports:
         return
-    left = set.intersection(*(r.unlabelled for r in reports)) - set(set_aside)
+    left = reports[0].unlabelled
+    for report in reports[1:]:
+        left = left & report.unlabelled
+    left = left - set(set_aside)
     if left:
         names = {k: v for r in reports for k, v in r.key_ids.items()}  # md5 keys: their original ids
-        ids = sorted(names.get(k) or unescape_key(k) for k in left)
-        console.info(f"{embeddings}: {len(ids)} protein(s) have no label in {labels} and are {what} "
-                     f"({some_ids(ids)})")
+        # (a stacked file's: the first few of its sorted ids, not all of them sorted)
+        ids = islice(left.ids(), 5) if isinstance(left, StackedKeys) else sorted(
+            names.get(k) or unescape_key(k) for k in left)
+        console.info(f"{embeddings}: {len(left)} protein(s) have no label in {labels} and are {what} "
+                     f"({some_ids(ids, count=len(left))})")
 
 
 def recorded_layers(reader: EmbeddingsReader) -> tuple[list[int] | None, int | None]:
@@ -927,8 +974,7 @@ class ProteinData:
             if stacked and items:  # one (N, D) array: the rows picked from it
                 _check_stacked_layer(reader._stacked.data.shape, layer, self.path, recorded)
                 if picked is None:
-                    at = reader._stacked.rows()
-                    picked = [at[unescape_key(item.key)] for item in items]
+                    picked = [reader._stacked.row_of(unescape_key(item.key)) for item in items]
                 rows = list(reader._stacked.take(picked, layer))
             for item in items if not stacked else ():
                 if source == PER_RESIDUE:

@@ -735,11 +735,13 @@ def _refuse_duplicate_ids(label_set: LabelSet) -> None:
         raise InputError(f"duplicate id{where}{others}", path=label_set.path, line=first.line, record=first.id)
 
 
-def some_ids(items, n: int = 5) -> str:
-    """`a, b, c and 12 more`: the first `n` ids (a long one shortened, `errors.brief`)."""
+def some_ids(items, n: int = 5, count: int | None = None) -> str:
+    """`a, b, c and 12 more`: the first `n` ids (a long one shortened, `errors.brief`); `count`:
+    how many there are, where `items` holds the first few only."""
     items = list(items)
+    count = len(items) if count is None else count
     named = ", ".join(brief(item) for item in items[:n])
-    return named + (f" and {len(items) - n} more" if len(items) > n else "")
+    return named + (f" and {count - n} more" if count > n else "")
 
 
 def some_failed(failures, n: int = 3) -> str:

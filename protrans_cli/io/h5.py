@@ -505,7 +505,7 @@ class EmbeddingsReader:
         kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
-            return escape_key(ident) if ident in self._stacked.rows() else None
+            return escape_key(ident) if self._stacked.row_of(ident) is not None else None
         key = self._key_for(ident, kind)
         if key is not None and not self._is_dataset(kind, key):
             return None  # a group among the proteins is none (items() passes over it too)
@@ -661,8 +661,10 @@ class EmbeddingsReader:
         kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
-            record = self._stacked.record(self._stacked.rows()[unescape_key(key)])
-            return record.get("length"), record.get("truncated_from"), record.get("checksum")
+            row = self._stacked.row_of(unescape_key(key))
+            if row is None:
+                raise KeyError(key)
+            return self._stacked.facts(row)
         return dataset_facts(self._group(kind), key, per_residue=kind == PER_RESIDUE)
 
     def checksum_of(self, key: str, kind: str | None = None) -> str | None:
