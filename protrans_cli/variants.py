@@ -544,7 +544,8 @@ class VariantScorer:
                     # the logits before a token predict it
                     rows = logits[b, (token_at - 1).to(logits.device)].float().log_softmax(-1)
                     picked = rows.gather(1, ids[token_at].to(rows.device)[:, None])
-                    totals[part[b]] = float(picked.double().sum())
+                    # (summed in float64 on the host: Apple's GPU (MPS) has no float64)
+                    totals[part[b]] = float(picked.cpu().double().sum())
             del logits
             if bar is not None:
                 bar.update(sum(len(sequences[k]) for k in part))

@@ -364,3 +364,46 @@ def log_progress_lines(monkeypatch):
     monkeypatch.setattr(console.LogProgress, "write_line",
                         lambda self, now: (seen.append((self.n, self.n - self.initial)), write_line(self, now))[1])
     return seen
+
+
+# What a tensor on Apple's GPU (MPS) refuses, for the paths no machine here can run there: MPS has
+# no float64 ("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support
+# float64"), and a device tensor is no numpy array ("can't convert mps:0 device type tensor to
+# numpy. Use Tensor.cpu() ..."). `.cpu()`, `.to("cpu")`, `.item()`, `.tolist()` and float() give
+# host values, as they do there.
+_MPS_LIKE = None
+
+
+def mps_like(tensor):
+    """`tensor` as a tensor on the MPS device: results of ops on it stay such tensors, and an op
+    that makes or converts one to float64, or .numpy() of one, raises TypeError as MPS does."""
+    global _MPS_LIKE
+    import torch
+
+    if _MPS_LIKE is None:
+        def on_host(value):
+            return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
+
+        def to_cpu(args, kwargs) -> bool:
+            where = [a for a in args[1:] if isinstance(a, (str, torch.device))] + [kwargs.get("device")]
+            return any(w is not None and torch.device(w).type == "cpu" for w in where)
+
+        class MPSLike(torch.Tensor):
+            @classmethod
+            def __torch_function__(cls, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is torch.Tensor.numpy:
+                    raise TypeError("can't convert mps:0 device type tensor to numpy. Use Tensor.cpu() to copy "
+                                    "the tensor to host memory first.")
+                if func is torch.Tensor.cpu or (func is torch.Tensor.to and to_cpu(args, kwargs)):
+                    with torch._C.DisableTorchFunctionSubclass():
+                        return on_host(func(*args, **kwargs))
+                result = super().__torch_function__(func, types, args, kwargs)
+                for value in result if isinstance(result, (tuple, list)) else (result,):
+                    if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+                        raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't "
+                                        "support float64. Please use float32 instead.")
+                return result
+
+        _MPS_LIKE = MPSLike
+    return tensor.as_subclass(_MPS_LIKE)

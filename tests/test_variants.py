@@ -1032,6 +1032,28 @@ def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models):
     assert calls and max(calls) <= 3
 
 
+def test_scores_on_apple_gpu_where_there_is_no_float64(tiny_models):
+    """Apple's GPU (MPS) has no float64 and no numpy view of its tensors (tests/conftest.py's
+    mps_like refuses both as MPS does): a causal LM's log-likelihood was summed in float64 where
+    the logits are, so `protrans variants --scoring log-likelihood` on a Mac ended in a TypeError
+    traceback. Every scoring gives there what it gives on the CPU."""
+    from types import SimpleNamespace
+
+    from conftest import mps_like
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    variants = [parse_variant(text, SEQ[:20]) for text in ("K2A", "T3W:Q9E", "S13P", "WT")]
+    for family, scorings in (("transfo_xl", ["log-likelihood"]),
+                             ("esm", ["masked-marginals", "wt-marginals", "pseudo-ppl"])):
+        scorer = VariantScorer(load_model(tiny_models[family], masked_lm=True), progress=False)
+        want = [scorer.score(SEQ[:20], variants, scoring) for scoring in scorings]
+        model = scorer.model
+        scorer.model = lambda _model=model, **inputs: SimpleNamespace(logits=mps_like(_model(**inputs).logits))
+        for scoring, expected in zip(scorings, want):
+            np.testing.assert_array_equal(scorer.score(SEQ[:20], variants, scoring), expected)
+
+
 @pytest.mark.parametrize("scoring", ["masked-marginals", "pseudo-ppl"])
 def test_an_interrupted_run_goes_on_with_resume_to_the_uninterrupted_table(run_cli, tmp_path, tiny_models,
                                                                              monkeypatch, scoring):
