@@ -418,16 +418,20 @@ class VariantScorer:
         try:
             with torch.inference_mode():
                 return self.model(**inputs).logits
-        except torch.OutOfMemoryError:
-            pass
+        except RuntimeError as exc:  # (Apple's GPU says so in a plain RuntimeError, not torch.OutOfMemoryError)
+            from protrans_cli.embed_retry import is_out_of_memory
+
+            if not is_out_of_memory(exc):
+                raise
         # (out of the except block: its traceback held the failed pass's frames, and with them its
         # activations, through the retry)
         del inputs
         if len(rows) == 1:
             raise RuntimeFailure(f"{self.loaded.name}: out of memory scoring one sequence of {tokens} tokens (give "
                                  "--max-length and --long-policy window for shorter windows)")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        from protrans_cli.embed_retry import _free_memory
+
+        _free_memory()  # (the device's cached blocks too: CUDA's or MPS's)
         self.max_tokens = max(1, min(self.max_tokens, tokens // 2))
         width, parts, i = tokens // len(rows), [], 0
         while i < len(rows):  # (in passes of what max_tokens allows now: a pass may lower it again)

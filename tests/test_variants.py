@@ -1054,6 +1054,33 @@ def test_scores_on_apple_gpu_where_there_is_no_float64(tiny_models):
             np.testing.assert_array_equal(scorer.score(SEQ[:20], variants, scoring), expected)
 
 
+def test_apple_gpu_out_of_memory_halves_the_pass_as_a_cuda_one(tiny_models):
+    """MPS reports running out of memory as a RuntimeError ("MPS backend out of memory ..."), not
+    torch.OutOfMemoryError as CUDA does: a pass too big for a Mac's GPU was a traceback instead of
+    being split in halves. It is split as on CUDA, with the same numbers."""
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    variants = all_singles(SEQ[:12])
+    want = scorer.score(SEQ[:12], variants)
+    model, calls = scorer.model, []
+
+    def limited(**inputs):
+        calls.append(len(inputs["input_ids"]))
+        if len(inputs["input_ids"]) > 3:
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 17.90 GiB, other allocations: 1.02 GiB, "
+                               "max allowed: 18.13 GiB). Tried to allocate 256.00 MiB on private pool.")
+        return model(**inputs)
+
+    scorer.model = limited
+    np.testing.assert_allclose(scorer.score(SEQ[:12], variants), want, atol=1e-6)
+    assert max(calls) > 3 and scorer.max_tokens < 4 * 14
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):  # (another RuntimeError is no out of memory)
+        scorer.model = lambda **inputs: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+        scorer.score(SEQ[:12], variants)
+
+
 @pytest.mark.parametrize("scoring", ["masked-marginals", "pseudo-ppl"])
 def test_an_interrupted_run_goes_on_with_resume_to_the_uninterrupted_table(run_cli, tmp_path, tiny_models,
                                                                              monkeypatch, scoring):
