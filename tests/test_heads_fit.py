@@ -2136,6 +2136,33 @@ def test_a_gpu_running_out_of_memory_in_fit_is_one_line(run_cli, monkeypatch, ss
         run_cli(*args)
 
 
+@pytest.mark.parametrize("task", ["ss3", "loc"])
+def test_fit_and_predict_on_apple_gpu_where_there_is_no_float64(run_cli, monkeypatch, ss_data, loc_data, tmp_path,
+                                                               task):
+    """fit and predict on Apple's GPU (MPS: no float64, no numpy view of a device tensor; the
+    batches made such tensors by tests/conftest.py's mps_like) train and predict as on the CPU:
+    a per-residue CNN head and a per-protein FNN one, its class weights and metrics included."""
+    from conftest import mps_like
+    from protrans_cli.heads.data import Batch
+
+    data, labels = ((ss_data / "train.h5", ss_data / "train.csv") if task == "ss3" else
+                    (loc_data / "train.h5", loc_data / "train.fasta"))
+    fit = ["fit", "ss3" if task == "ss3" else "loc", "--embeddings", data, "--labels", labels, "--max-epochs", "2",
+           "--class-weights", "--seed", "3"]
+    predict = ["--embeddings", data, "-o", "-"]
+    r = run_cli(*fit, "-o", tmp_path / "cpu")
+    assert r.exit_code == 0, r.stderr
+    want = run_cli("predict", tmp_path / "cpu", *predict).stdout
+    monkeypatch.setattr(Batch, "to", lambda self, device: Batch(
+        mps_like(self.x), None if self.mask is None else mps_like(self.mask),
+        {k: mps_like(v) for k, v in self.targets.items()}, self.index))
+    r = run_cli(*fit, "-o", tmp_path / "mps")
+    assert r.exit_code == 0, r.stderr
+    assert (json.loads((tmp_path / "mps" / "metrics.json").read_text())
+            == json.loads((tmp_path / "cpu" / "metrics.json").read_text()))
+    assert run_cli("predict", tmp_path / "mps", *predict).stdout == want
+
+
 def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     same = tmp_path / "same.h5"
