@@ -370,7 +370,7 @@ def log_progress_lines(monkeypatch):
 # no float64 ("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support
 # float64"), and a device tensor is no numpy array ("can't convert mps:0 device type tensor to
 # numpy. Use Tensor.cpu() ..."). `.cpu()`, `.to("cpu")`, `.item()`, `.tolist()` and float() give
-# host values, as they do there.
+# host values, as they do there; `.to("mps")` keeps it where it is (a CPU build has no MPS device).
 _MPS_LIKE = None
 
 
@@ -384,9 +384,9 @@ def mps_like(tensor):
         def on_host(value):
             return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
 
-        def to_cpu(args, kwargs) -> bool:
+        def moved_to(args, kwargs) -> str | None:
             where = [a for a in args[1:] if isinstance(a, (str, torch.device))] + [kwargs.get("device")]
-            return any(w is not None and torch.device(w).type == "cpu" for w in where)
+            return next((torch.device(w).type for w in where if w is not None), None)
 
         class MPSLike(torch.Tensor):
             @classmethod
@@ -395,9 +395,14 @@ def mps_like(tensor):
                 if func is torch.Tensor.numpy:
                     raise TypeError("can't convert mps:0 device type tensor to numpy. Use Tensor.cpu() to copy "
                                     "the tensor to host memory first.")
-                if func is torch.Tensor.cpu or (func is torch.Tensor.to and to_cpu(args, kwargs)):
+                if func is torch.Tensor.cpu or (func is torch.Tensor.to and moved_to(args, kwargs) == "cpu"):
                     with torch._C.DisableTorchFunctionSubclass():
                         return on_host(func(*args, **kwargs))
+                if func is torch.Tensor.to and moved_to(args, kwargs) == "mps":  # (there already: a dtype at most)
+                    args = [a for a in args if not isinstance(a, (str, torch.device))]
+                    kwargs = {k: v for k, v in kwargs.items() if k != "device"}
+                    if len(args) == 1 and not kwargs:
+                        return args[0]
                 result = super().__torch_function__(func, types, args, kwargs)
                 for value in result if isinstance(result, (tuple, list)) else (result,):
                     if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
