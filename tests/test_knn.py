@@ -1297,3 +1297,27 @@ def test_knn_from_python_needs_the_query_embeddings_or_a_fasta_exactly_one(tmp_p
                                              r"\(fasta\), one of them"):
             knn(query, tmp_path / "r.h5", tmp_path / "k.tsv", fasta=fasta)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_distances_on_apple_gpu_are_the_cpus(metric):
+    """knn's matrix products on Apple's GPU (MPS: no float64, no numpy view of a device tensor;
+    tests/conftest.py's mps_like stands for its tensors) rank and measure as on the CPU, ties at
+    the cut and a query's own protein left out included."""
+    import types
+
+    import torch
+
+    from conftest import mps_like
+    from protrans_cli.knn import _search
+
+    rng = np.random.default_rng(0)
+    ref, q = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(20, 8)).astype(np.float32)
+    ref[5] = ref[6] = ref[7]  # (a tie)
+    own = [3] * 10 + [-1] * 10
+    want = _search(torch, q, ref, 40, metric, own)
+    on_mps = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    on_mps.from_numpy = lambda a: mps_like(torch.from_numpy(a))
+    got = _search(on_mps, q, ref, 40, metric, own, torch.device("mps"))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
