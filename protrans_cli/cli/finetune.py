@@ -57,7 +57,9 @@ from protrans_cli.cli.fit import mask_options
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000,
               help="Bootstrap resamples for the 95% CI (at least 10).")
 @click.option("-j", "--threads", type=int, default=None, help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (a GPU runs under bf16 autocast).")
+@click.option("--device", default="auto",
+              help="auto, cpu, cuda, cuda:N or mps (bf16 autocast on a CUDA GPU with bfloat16 hardware; float32 "
+                   "elsewhere, Apple's GPU included).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run kept in OUTPUT.partial (saved every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
 def command(task, model, labels, fasta, output, valid, tests, label_format, mask_path, mask_columns, class_weights,
