@@ -414,6 +414,19 @@ def described(exc: BaseException) -> str:
     return first if first.startswith(name) else f"{name}: {first}"
 
 
+def gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a GPU running out of memory: torch's OutOfMemoryError (CUDA's), or on
+    Apple's GPU the plain RuntimeError whose message starts "MPS backend out of memory" (torch's
+    MPS allocator raises no OutOfMemoryError); never another RuntimeError. torch is only looked
+    at if it was imported."""
+    import sys
+
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("MPS backend out of memory")
+
+
 def compile_failure(exc: BaseException) -> BaseException | None:
     """The compiler's own exception when `exc` is (or was raised from) a kernel torch.compile
     could not build (`--compile`, FlexAttention on CUDA: a C++ or Triton compile error, a missing

@@ -1432,6 +1432,66 @@ def _stopped_after(monkeypatch, *, member: int, epoch: int):
         monkeypatch.setattr(FitState, "save_epoch", save_epoch)
 
 
+def _no_gpu_memory_after(monkeypatch, epoch: int, error: BaseException):
+    """`error` raised right after the state of `epoch` is saved (a GPU out of memory in the next)."""
+    from protrans_cli.heads.fit import FitState
+
+    save_epoch = FitState.save_epoch
+
+    def save_then_fail(self, current):
+        save_epoch(self, current)
+        if current["epoch"] == epoch:
+            raise error
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_fail)
+    return save_epoch
+
+
+def test_a_gpu_out_of_memory_in_fit_says_what_to_change(ss_data, tmp_path, monkeypatch, run_cli):
+    """fit running out of GPU memory said torch's line alone ("CUDA out of memory. Tried to allocate
+    ..."), nothing of what to lower: fit's own options now, and the advice holds: the epochs saved
+    go on with --resume on the CPU."""
+    from protrans_cli.heads.fit import FitState, partial_path
+
+    says = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of which 1.06 GiB "
+            "is free.")
+    save_epoch = _no_gpu_memory_after(monkeypatch, 1, torch.OutOfMemoryError(says))
+    args = ("-q", "fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+            "--max-epochs", "2", *FAST, "-o", tmp_path / "ss3")
+    r = run_cli(*args)
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"protrans: error: {says[:-1]}; lower --batch-size (FNN heads) or --max-residues (CNN, light-attention "
+        "heads), with --force to start over, or go on with --resume on --device cpu"), r.stderr
+    assert (partial_path(tmp_path / "ss3") / "state.pt").is_file()
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    r = run_cli(*args, "--resume", "--device", "cpu")
+    assert r.exit_code == 0 and (tmp_path / "ss3" / "weights.safetensors").is_file(), r.stderr
+
+
+def test_apples_gpu_out_of_memory_is_one_line_too(ss_data, tmp_path, monkeypatch, run_cli):
+    """On Apple's GPU torch's out of memory is a plain RuntimeError, "MPS backend out of memory
+    (...)", not its OutOfMemoryError: it was a traceback. The same one line now, with fit's remedy;
+    any other RuntimeError (a bug) is still not taken for one."""
+    from protrans_cli.heads.fit import FitState
+
+    says = ("MPS backend out of memory (MPS allocated: 17.36 GB, other allocations: 613.56 MB, max allowed: "
+            "18.13 GB). Tried to allocate 192.00 MB on private pool.")
+    # (torch's last sentence is left out, as CUDA's allocator advice is: the line says this command's remedy)
+    advice = (" Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable upper limit for memory allocations (may cause system "
+              "failure).")
+    args = ("-q", "fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+            "--max-epochs", "2", *FAST)
+    save_epoch = _no_gpu_memory_after(monkeypatch, 1, RuntimeError(says + advice))
+    r = run_cli(*args, "-o", tmp_path / "a")
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"protrans: error: {says[:-1]}; lower --batch-size (FNN heads) or --max-residues (CNN, light-attention "
+        "heads), with --force to start over, or go on with --resume on --device cpu"), r.stderr
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    _no_gpu_memory_after(monkeypatch, 1, RuntimeError("mat1 and mat2 shapes cannot be multiplied (out of memory)"))
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        run_cli(*args, "-o", tmp_path / "b")
+
+
 def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_data, tmp_path, monkeypatch, run_cli):
     from safetensors.torch import load_file
 

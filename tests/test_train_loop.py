@@ -1316,20 +1316,53 @@ def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_pa
 def test_a_gpu_out_of_memory_in_a_step_is_one_line(tmp_path, run_cli, monkeypatch):
     """A step that runs out of GPU memory (simulated: torch's OutOfMemoryError, a RuntimeError and
     no MemoryError) was a traceback of the step's whole call stack: one line now, torch's own (what
-    it tried to allocate, and how much the GPU has), exit 1, the half-made run directory removed."""
+    it tried to allocate, and how much the GPU has; not the 600 characters of each process's memory
+    and allocator advice), then what to change: the step, a micro-batch size that still divides the
+    global batch, activation checkpointing, and what --resume continues from. Exit 1; the half-made
+    run directory removed, a run with a checkpoint kept."""
     from protrans_cli.training import loop
 
     says = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 14.75 GiB of which "
-            "1.06 GiB is free.")
+            "1.06 GiB is free. Including non-PyTorch memory, this process has 13.68 GiB memory in use.")
+    advice = (" Of the allocated memory 13.50 GiB is allocated by PyTorch, and 27.88 MiB is reserved by PyTorch but "
+              "unallocated. If reserved but unallocated memory is large try setting "
+              "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory "
+              "Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+    step = loop.train_step
+    steps = []
 
-    def no_room(*args, **kwargs):
-        raise torch.OutOfMemoryError(says)
+    def no_room_at(fails):
+        def train_step(*args, **kwargs):
+            steps.append(None)
+            if len(steps) == fails:
+                raise torch.OutOfMemoryError(says + advice)
+            return step(*args, **kwargs)
+        return train_step
 
-    monkeypatch.setattr(loop, "train_step", no_room)
-    res = run_cli("-q", "train", "--corpus", LEARNABLE, "--num-steps", 2, "--max-length", 32, "--global-batch-size", 4,
+    monkeypatch.setattr(loop, "train_step", no_room_at(1))
+    res = run_cli("-q", "train", "--corpus", LEARNABLE, "--num-steps", 2, "--max-length", 32, "--global-batch-size", 12,
                   "--micro-batch-size", 4, "-j", 1, "-o", tmp_path / "run")
-    assert res.exit_code == 1 and res.stderr.strip() == f"protrans: error: {says}", res.stderr
+    assert res.exit_code == 1 and res.stderr.strip() == (
+        f"protrans: error: {says[:-1]}; step 1 (max length 32, 4 proteins a forward pass): lower --micro-batch-size "
+        "from 4 to 3 (the global batch stays 12, by more accumulation steps) or add --activation-checkpointing; no "
+        "checkpoint was written yet; a shorter --max-length is a new run"), res.stderr
     assert not (tmp_path / "run").exists()
+
+    steps.clear()
+    monkeypatch.setattr(loop, "train_step", no_room_at(2))
+    res = run_cli("-q", "train", "--corpus", LEARNABLE, "--num-steps", 3, "--max-length", 32, "--global-batch-size", 4,
+                  "--micro-batch-size", 2, "--save-every", 1, "-j", 1, "-o", tmp_path / "run")
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert res.exit_code == 1 and res.stderr.strip() == (
+        f"protrans: error: {says[:-1]}; step 2 (max length 32, 2 proteins a forward pass): lower --micro-batch-size "
+        "from 2 to 1 (the global batch stays 4, by more accumulation steps) or add --activation-checkpointing; "
+        f"--resume continues from the last checkpoint, {kept[-1]}, with either; a shorter --max-length is a new "
+        "run"), res.stderr
+    monkeypatch.setattr(loop, "train_step", step)  # the advice taken: the run goes on from its checkpoint
+    res = run_cli("-q", "train", "--corpus", LEARNABLE, "--num-steps", 3, "--max-length", 32, "--global-batch-size", 4,
+                  "--micro-batch-size", 1, "--activation-checkpointing", "--save-every", 1, "-j", 1,
+                  "-o", tmp_path / "run", "--resume")
+    assert res.exit_code == 0, res.stderr
 
 
 def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):

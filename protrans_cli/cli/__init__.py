@@ -20,7 +20,7 @@ import click
 
 from protrans_cli._version import __version__
 from protrans_cli.errors import (EXIT_INTERRUPTED, STOP_WORDS, WARNING_SIGNALS, PeerStopped, ProtransError,
-                                 signal_exit_code)
+                                 gpu_out_of_memory, signal_exit_code)
 
 # An input file argument: click checks nothing (a directory or an unreadable file would be a
 # three-line usage error, exit 2); the reader says what is wrong in one line, exit 1. `-` is stdin.
@@ -664,12 +664,49 @@ def _bytes_as_bytes(message: str) -> str:
     return _SURROGATE_ESCAPE.sub(r"\1\\x\2", message)
 
 
-def _torch_out_of_memory() -> tuple:
-    """torch's out-of-memory error where torch is loaded (evaluated only when an exception gets
-    that far): a GPU's (train's step, a head's fit, knn's search on a GPU) is a RuntimeError, not
-    a MemoryError, and was a traceback."""
-    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
-    return (oom,) if isinstance(oom, type) else ()
+# What to change when a command's GPU runs out of memory, in that command's own options: torch's
+# message says what it tried to allocate, not what to lower. train's step says its own (the exception's
+# `protrans_detail`: the step, a micro-batch size that fits the global batch, the checkpoint kept); this
+# line is train's elsewhere (building the model, an evaluation). embed and variants split a batch that
+# does not fit themselves, contacts too (what reaches here is the model itself not fitting).
+_LESS_GPU_MEMORY = {
+    "train": "lower --micro-batch-size (the global batch stays, by more accumulation steps) or add "
+             "--activation-checkpointing (--resume takes either), or train with a shorter --max-length (a new run)",
+    "fit": "lower --batch-size (FNN heads) or --max-residues (CNN, light-attention heads), with --force to start "
+           "over, or go on with --resume on --device cpu",
+    "finetune": "add --activation-checkpointing or use --device cpu (--resume continues with either), or lower "
+                "--max-residues with --force to start over (a larger --accumulate keeps each step's proteins)",
+    "predict": "lower --max-residues (CNN, light-attention heads), or predict on --device cpu",
+    "knn": "search on --device cpu (a GPU holds the whole reference)",
+    "contacts": "use --device cpu or a smaller model (-m); --resume keeps the proteins already written",
+}
+_TORCH_WORDS = 240  # characters of torch's own message kept, in whole sentences
+
+
+def _gpu_out_of_memory_line(exc: BaseException, argv) -> str:
+    """The one line for a GPU out of memory (a RuntimeError, not a MemoryError: it was a traceback):
+    torch's own sentences that fit in _TORCH_WORDS characters (CUDA's runs to 600, with allocator advice:
+    the first ones say what it tried to allocate, the GPU's capacity, what was free and what this process
+    held), then what to change in this command."""
+    words = " ".join(str(exc).split()) or type(exc).__name__
+    if len(words) > _TORCH_WORDS:
+        kept = ""
+        for sentence in re.split(r"(?<=\.) ", words):
+            if kept and len(kept) + 1 + len(sentence) > _TORCH_WORDS:
+                break
+            kept = f"{kept} {sentence}" if kept else sentence
+        words = kept
+    command = _command_name(argv)
+    # (train's step's own, in train's options: not quickstart's, whose train step has none of them)
+    hint = (getattr(exc, "protrans_detail", None) if command == "train" else None) or _LESS_GPU_MEMORY.get(command)
+    return f"{words.rstrip('.')}; {hint}" if hint else words
+
+
+def _command_name(argv) -> str | None:
+    """The command of a command line: its first word that is not an option (protrans' own
+    options, -q, -v, --debug, take no value)."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((str(a) for a in args if not str(a).startswith("-")), None)
 
 
 def _main(console, argv):
@@ -704,16 +741,14 @@ def _main(console, argv):
         signum = _signum_of(exc)
         console.error(str(exc) if isinstance(exc, _Stopped) else STOP_WORDS[signum])
         sys.exit(signal_exit_code(signum))
-    except (MemoryError, *_torch_out_of_memory()) as exc:
-        # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
+    except MemoryError as exc:  # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
         if console.state.debug:
             raise
         # (a DataLoader worker's is "Caught MemoryError in DataLoader worker process 0." and its
         # whole traceback: the original message is its last line)
         text = str(exc).strip().splitlines()
         text = text[-1].removeprefix("MemoryError: ") if text and text[0].startswith("Caught ") else " ".join(text)
-        # (a GPU's, "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ...", says it already)
-        console.error(text if text and not isinstance(exc, MemoryError) else f"out of memory ({text or 'MemoryError'})")
+        console.error(f"out of memory ({text or 'MemoryError'})")
         sys.exit(1)
     except BrokenPipeError:
         _quiet_broken_pipe()
@@ -726,6 +761,9 @@ def _main(console, argv):
         console.error(f"{name}{exc.strerror or str(exc) or type(exc).__name__}")  # never an empty line
         sys.exit(1)
     except Exception as exc:
+        if gpu_out_of_memory(exc) and not console.state.debug:
+            console.error(_gpu_out_of_memory_line(exc, argv))
+            sys.exit(1)
         # Ctrl-C, SIGTERM or SIGHUP inside an import that a library turned into another error (an
         # ImportError "during handling of KeyboardInterrupt"): a stop, not a bug to show.
         # (A noted SIGTERM, SIGHUP or Ctrl-C counts too: the failure is its consequence.)

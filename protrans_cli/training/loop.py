@@ -37,7 +37,8 @@ import torch
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
 from protrans_cli.errors import (STOP_SIGNALS, WARNING_SIGNALS, InputError, ModelError, ProtransError, RuntimeFailure,
-                                 UsageError, a_or_an, described, expect_options, first_line, option, resume_option)
+                                 UsageError, a_or_an, described, expect_options, first_line, gpu_out_of_memory, option,
+                                 resume_option)
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -1142,6 +1143,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                                    time_up=time_up, warned=warned)
             except NonFiniteGradient as exc:
                 raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
+            except RuntimeError as exc:  # (torch's own exception, for a caller that catches it: what to change added)
+                if gpu_out_of_memory(exc):
+                    exc.protrans_detail = _less_memory(config, phase_index, step + 1, info.world_size, run.strategy)
+                raise
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
             # a planned stop (--time-limit's or a warning, on this rank or another), no rank
             # having had a signal; and whether any rank had a warning
@@ -1451,6 +1456,40 @@ def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False) -
                    f"may overflow in this model's activations: {fp32} (or bf16 on a GPU that has it)")
     return RuntimeFailure(f"step {step}: the gradient is not finite (loss {loss:.4g}), so the step was not "
                           f"applied and the run stopped; {advice}, or check the corpus")
+
+
+def _less_memory(config: TrainConfig, phase_index: int, step: int, world_size: int, strategy: str) -> str:
+    """What to change when `step` ran out of GPU memory, for the CLI's one line (torch's message says
+    what it tried to allocate, not which setting to lower): a smaller micro-batch that still divides
+    the global batch (the same steps, by more accumulation), activation checkpointing, FSDP for DDP's
+    processes, and what a --resume continues from (each may change on it; the maximum length may not)."""
+    from protrans_cli.training.checkpoint import list_checkpoints
+
+    phase = config.resolved_phases()[phase_index]
+    given = config.phases[phase_index].micro_batch_size if config.phases else None
+    share = phase.global_batch_size // world_size
+    smaller = max((d for d in range(1, phase.micro_batch_size) if share % d == 0), default=None)
+    phased = option("--phase", "phases")
+    what = (f"the phase's micro-batch size (MICRO of {phased} {config.phases[phase_index].spec(phase)})"
+            if given is not None else option("--micro-batch-size", "micro_batch_size"))
+    changes = [f"lower {what} from {phase.micro_batch_size} to {smaller} (the global batch stays "
+               f"{phase.global_batch_size}, by more accumulation steps)"] if smaller else []
+    if not config.activation_checkpointing:
+        changes.append(f"add {option('--activation-checkpointing', 'activation_checkpointing=True')}")
+    if strategy == "ddp":  # (each process holds the whole model and optimizer state)
+        fsdp = option("--strategy fsdp", "strategy='fsdp'")
+        changes.append(f"use {fsdp} (each of the {world_size} processes then holds a share of the weights and "
+                       "optimizer state)")
+    kept = list_checkpoints(config.output_dir)
+    after = (f"{resume_option()} continues from the last checkpoint, {kept[-1].name}, with "
+             f"{('it', 'either', 'any of them')[len(changes) - 1]}" if kept and changes
+             else "no checkpoint was written yet" if not kept else f"the last checkpoint is {kept[-1].name}")
+    shorter = f"a shorter {f'LEN of {phased}' if config.phases else option('--max-length', 'max_length')} is a new run"
+    passes = (f"micro-batches of up to {phase.micro_batch_size * phase.max_length} padded tokens"
+              if config.token_micro_batches
+              else f"{phase.micro_batch_size} protein{'s' if phase.micro_batch_size > 1 else ''} a forward pass")
+    return (f"step {step} (max length {phase.max_length}, {passes}): "
+            + " or ".join(changes) + ("; " if changes else "") + f"{after}; {shorter}")
 
 
 def unused_parameters(loss_module: LossModule, run: _Run) -> list[str]:
