@@ -417,8 +417,9 @@ def described(exc: BaseException) -> str:
 def gpu_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is a GPU running out of memory: torch's OutOfMemoryError (CUDA's), or on
     Apple's GPU the plain RuntimeError whose message starts "MPS backend out of memory" (torch's
-    MPS allocator raises no OutOfMemoryError); never another RuntimeError. torch is only looked
-    at if it was imported."""
+    MPS allocator raises no OutOfMemoryError); never another RuntimeError (embed_retry's
+    is_out_of_memory, which only decides whether to retry smaller, takes any that says out of
+    memory). torch is only looked at if it was imported."""
     import sys
 
     oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)

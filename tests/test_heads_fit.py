@@ -2168,34 +2168,6 @@ def test_running_out_of_memory_is_one_line(run_cli, monkeypatch, ss_data, one_ep
     assert r.exit_code == 1 and r.stderr.strip() == f"protrans: error: out of memory ({numpy_says})"
 
 
-@pytest.mark.parametrize("device", ["mps", "cuda"])
-def test_a_gpu_running_out_of_memory_in_fit_is_one_line(run_cli, monkeypatch, ss_data, tmp_path, device):
-    """fit has no smaller pass to retry: a GPU out of memory ends it, and that was a traceback
-    (CUDA's torch.OutOfMemoryError; Apple's GPU says "MPS backend out of memory" in a plain
-    RuntimeError). One line now with torch's message, exit 1, no head written; another
-    RuntimeError is still a bug's traceback."""
-    import protrans_cli.heads.fit as fit_module
-
-    says = {"mps": "MPS backend out of memory (MPS allocated: 17.90 GiB, other allocations: 1.02 GiB, max allowed: "
-                   "18.13 GiB). Tried to allocate 256.00 MiB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 "
-                   "to disable upper limit for memory allocations (may cause system failure).",
-            "cuda": "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of which "
-                    "1.02 GiB is free."}[device]
-
-    def no_memory(*args, **kwargs):
-        raise (RuntimeError if device == "mps" else torch.OutOfMemoryError)(says)
-
-    monkeypatch.setattr(fit_module, "_loss", no_memory)
-    args = ("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
-            "-o", tmp_path / "head", "--max-epochs", "1")
-    r = run_cli(*args)
-    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == f"protrans: error: out of memory ({says})"
-    assert "Traceback" not in r.stderr and not (tmp_path / "head").exists()
-    monkeypatch.setattr(fit_module, "_loss", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
-    with pytest.raises(RuntimeError, match="^shape mismatch$"):
-        run_cli(*args)
-
-
 @pytest.mark.parametrize("task", ["ss3", "loc"])
 def test_fit_and_predict_on_apple_gpu_where_there_is_no_float64(run_cli, monkeypatch, ss_data, loc_data, tmp_path,
                                                                task):

@@ -773,10 +773,6 @@ def _main(console, argv):
         if compile_failure and not console.state.debug:
             console.error(compile_failure)
             sys.exit(1)
-        device_memory = _device_out_of_memory(exc) if signal_exc is None and not noted else None
-        if device_memory and not console.state.debug:
-            console.error(f"out of memory ({device_memory})")
-            sys.exit(1)
         if (signal_exc is None and not noted) or console.state.debug:
             raise
         signum = _signum_of(signal_exc) if signal_exc is not None else (_TERMINATED or [signal.SIGINT])[0]
@@ -793,18 +789,6 @@ def _main(console, argv):
         sys.exit(EXIT_INTERRUPTED)
     # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
     sys.exit(rc if isinstance(rc, int) else 0)
-
-
-def _device_out_of_memory(exc: BaseException) -> str | None:
-    """torch's message of a GPU that ran out of memory where no command splits the work (fit,
-    predict, finetune, knn: embed, contacts and variants split it), as one line; None for anything
-    else. CUDA's is a torch.OutOfMemoryError; Apple's GPU (MPS) says "MPS backend out of memory"
-    in a plain RuntimeError. Either was a traceback (MemoryError, the host's, is one line above)."""
-    if "torch" not in sys.modules:  # (no tensor made, no device memory: nothing to import torch for)
-        return None
-    from protrans_cli.embed_retry import is_out_of_memory
-
-    return (" ".join(str(exc).split()) or type(exc).__name__) if is_out_of_memory(exc) else None
 
 
 def _compile_failure(exc: BaseException) -> str | None:
