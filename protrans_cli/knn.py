@@ -78,12 +78,19 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
     """(ids, (N, D) float32) of a file's per-protein vectors at `layer`."""
     with EmbeddingsReader(path) as reader:
         _refuse_residues_only(reader, what, path)
-        ids, matrix = reader.matrix(PER_PROTEIN)
+        stacked = reader._stacked
+        # (a stacked file's ids without the id -> row dict, its vectors read as float32 a block at a
+        # time: the stored array whole and its float32 copy held 1.5x the vectors' float32 bytes)
+        ids, matrix = (stacked.listed_ids(), stacked.data) if stacked is not None else reader.matrix(PER_PROTEIN)
         attrs = dict(reader.attrs)
+        at = None
         if matrix.ndim == 3:  # several layers stored: (N, n_layers, D)
-            matrix = matrix[:, layer_on_axis(reader, layer, matrix.shape[1]), :]
+            at = layer_on_axis(reader, layer, matrix.shape[1])
+            matrix = matrix[:, at, :] if stacked is None else matrix
         elif layer != -1:
             layer_on_axis(reader, layer, None)  # (one layer stored: the one asked for, or an error naming it)
+        if stacked is not None:
+            matrix = stacked.take(np.arange(len(stacked)), at)
     if matrix.ndim != 2:
         raise InputError(f"{what}: per-protein vectors of shape {matrix.shape[1:]}, not (D,)", path=str(path))
     vectors = np.ascontiguousarray(matrix, dtype=np.float32)

@@ -995,3 +995,29 @@ def test_matching_labels_to_part_of_a_stacked_file_holds_no_set_of_its_every_key
         labels.write_text("id,label\nP7,A\np7,A\np77777,B\n")
         _, report = match_labels(read_labels(labels), reader, task, on_mismatch="missing")
         assert report.missing == ["p7", "p77777"] and report.near_misses == [("p77777", "P77777")]
+
+
+def test_knn_reads_a_stacked_reference_without_its_id_dict_or_a_copy_of_the_stored_array(tmp_path):
+    """knn --reference (and project) on a stacked file held the id -> row dict beside the ids
+    and the stored array whole beside its float32 copy: the ids are read as a list (their
+    uniqueness checked by hash) and the vectors into float32 a block at a time, the same."""
+    import tracemalloc
+
+    from protrans_cli.knn import _vectors
+
+    n = 100_000
+    out = tmp_path / "many.h5"
+    _many_rows(out, n)
+    with h5py.File(out, "a") as f:  # (rows that differ, stored as float16)
+        stored = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float16)
+        del f["per_protein"]
+        f.create_dataset("per_protein", data=stored)
+    tracemalloc.start()
+    try:
+        ids, vectors, _ = _vectors(out, -1, "reference")
+        peak = tracemalloc.get_traced_memory()[1] - vectors.nbytes
+    finally:
+        tracemalloc.stop()
+    assert peak / n < 150, peak / n  # (about 107: the ids' list and their hashes; 300 with the dict and array)
+    assert ids == [f"P{i}" for i in range(n)] and vectors.dtype == np.float32
+    assert np.array_equal(vectors, stored.astype(np.float32))

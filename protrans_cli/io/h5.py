@@ -564,7 +564,7 @@ class EmbeddingsReader:
             raise InputError("matrix() stacks per-protein vectors; per-residue arrays differ in length",
                              path=self.path)
         if self._stacked is not None:
-            return self._stacked.ids(), self._stacked.data[()]
+            return self._stacked.listed_ids(), self._stacked.data[()]  # (no id -> row dict beside the array)
         if "layout" in self.attrs:  # embed's own file
             found = self._own_matrix(kind)
             if found is not None:
