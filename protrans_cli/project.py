@@ -327,12 +327,17 @@ def map_quality(vectors: np.ndarray, coords: np.ndarray, *, metric: str = "eucli
     for start in range(0, len(chosen), per_slice):
         rows = chosen[start:start + per_slice]
         q = _rows(vectors, rows, metric)
-        high = high_norms[None, :] - 2.0 * _product(q, vectors, metric) + high_norms[rows, None]
-        near_low = low_norms[None, :] - 2.0 * (low[rows] @ low.T) + low_norms[rows, None]
-        for distances in (high, near_low):
+        # In place, and the k columns copied out of argpartition's (rows, N) indices: the
+        # expressions' temporaries and the two index arrays held six times the 128 MiB. The same
+        # sums in the same order (a - 2b is a + -2b, exactly), so the same numbers.
+        high, near_low = _product(q, vectors, metric), low[rows] @ low.T
+        for distances, norms in ((high, high_norms), (near_low, low_norms)):
+            distances *= -2.0
+            distances += norms[None, :]
+            distances += norms[rows, None]
             distances[np.arange(len(rows)), rows] = np.inf  # (itself)
-        high_k = np.argpartition(high, k - 1, axis=1)[:, :k]
-        low_k = np.argpartition(near_low, k - 1, axis=1)[:, :k]
+        high_k = np.argpartition(high, k - 1, axis=1)[:, :k].copy()
+        low_k = np.argpartition(near_low, k - 1, axis=1)[:, :k].copy()
         for a, b in zip(high_k, low_k):
             kept += len(np.intersect1d(a, b, assume_unique=True)) / k
         if labelled is not None:
