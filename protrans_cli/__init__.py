@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os as _os
+import time as _time
 
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, UsageError
@@ -21,6 +22,12 @@ from protrans_cli.errors import InputError, ModelError, ProtransError, UsageErro
 # import). io.files.stop_with_launcher tells a launcher that died since by a parent that changed;
 # a parent of PID 1 alone is no sign (torchrun is PID 1 as a container's command).
 _PARENT_AT_IMPORT = _os.getppid()
+
+
+# When the package was first imported, as a command starts: where the process's own start cannot be
+# read (macOS, no /proc), a --time-limit counts from here (training.timelimit.process_age), not from
+# the model's building, after seconds of imports and more of loading.
+_IMPORTED_AT = _time.monotonic()
 
 
 def _note_parent() -> None:  # (a rank forked from a process that had imported the package: its own parent)

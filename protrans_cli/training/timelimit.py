@@ -122,8 +122,8 @@ def slurm_limit(environ=None, *, now=time.time, started_ago: float | None = None
 
 
 def process_age() -> float:
-    """Seconds since this process started (Linux: /proc), 0 where that cannot be read: a time
-    limit then counts from when it is asked for."""
+    """Seconds since this process started (Linux: /proc); where that cannot be read (macOS: no
+    /proc), since protrans_cli was first imported, which a command does as it starts."""
     try:
         with open("/proc/self/stat", encoding="utf-8") as f:
             stat = f.read()
@@ -132,7 +132,9 @@ def process_age() -> float:
         # field 22, starttime in clock ticks since boot (after the command name, which may hold spaces)
         started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return 0.0
+        from protrans_cli import _IMPORTED_AT
+
+        return max(0.0, time.monotonic() - _IMPORTED_AT)
     return max(0.0, uptime - started)
 
 
