@@ -1003,9 +1003,15 @@ def test_all_singles_of_several_records_score_each_against_its_own(run_cli, tmp_
             (row["mutant"], row["s"]) for row in alone]
 
 
-def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models):
-    """A GPU out of memory (simulated: passes of more than 3 rows fail) retries the halves, gives
-    the same numbers, and lowers --max-tokens so that later passes do not fail first again."""
+@pytest.mark.parametrize("no_room", [
+    torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+    # (Apple's GPU: a plain RuntimeError, which was a traceback instead of a split pass)
+    RuntimeError("MPS backend out of memory (MPS allocated: 17.90 GiB, other allocations: 1.02 GiB, max allowed: "
+                 "18.13 GiB). Tried to allocate 256.00 MiB on private pool.")], ids=["cuda", "mps"])
+def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models, no_room):
+    """A GPU out of memory (simulated: passes of more than 3 rows fail; CUDA's torch.OutOfMemoryError,
+    or MPS's RuntimeError) retries the halves, gives the same numbers, and lowers --max-tokens so that
+    later passes do not fail first again; another RuntimeError is no out of memory."""
     from protrans_cli.models import load_model
     from protrans_cli.variants import VariantScorer
 
@@ -1017,7 +1023,7 @@ def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models):
     def limited(**inputs):
         calls.append(len(inputs["input_ids"]))
         if len(inputs["input_ids"]) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise no_room
         return model(**inputs)
 
     scorer.model = limited
@@ -1030,6 +1036,9 @@ def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models):
                                              progress=False).score(SEQ[:30], variants, "wt-marginals"), atol=1e-6)
     np.testing.assert_allclose(scorer.score(SEQ[:30], variants), want, atol=1e-6)
     assert calls and max(calls) <= 3
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        scorer.model = lambda **inputs: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+        scorer.score(SEQ[:30], variants)
 
 
 def test_scores_on_apple_gpu_where_there_is_no_float64(tiny_models):
@@ -1052,33 +1061,6 @@ def test_scores_on_apple_gpu_where_there_is_no_float64(tiny_models):
         scorer.model = lambda _model=model, **inputs: SimpleNamespace(logits=mps_like(_model(**inputs).logits))
         for scoring, expected in zip(scorings, want):
             np.testing.assert_array_equal(scorer.score(SEQ[:20], variants, scoring), expected)
-
-
-def test_apple_gpu_out_of_memory_halves_the_pass_as_a_cuda_one(tiny_models):
-    """MPS reports running out of memory as a RuntimeError ("MPS backend out of memory ..."), not
-    torch.OutOfMemoryError as CUDA does: a pass too big for a Mac's GPU was a traceback instead of
-    being split in halves. It is split as on CUDA, with the same numbers."""
-    from protrans_cli.models import load_model
-    from protrans_cli.variants import VariantScorer
-
-    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
-    variants = all_singles(SEQ[:12])
-    want = scorer.score(SEQ[:12], variants)
-    model, calls = scorer.model, []
-
-    def limited(**inputs):
-        calls.append(len(inputs["input_ids"]))
-        if len(inputs["input_ids"]) > 3:
-            raise RuntimeError("MPS backend out of memory (MPS allocated: 17.90 GiB, other allocations: 1.02 GiB, "
-                               "max allowed: 18.13 GiB). Tried to allocate 256.00 MiB on private pool.")
-        return model(**inputs)
-
-    scorer.model = limited
-    np.testing.assert_allclose(scorer.score(SEQ[:12], variants), want, atol=1e-6)
-    assert max(calls) > 3 and scorer.max_tokens < 4 * 14
-    with pytest.raises(RuntimeError, match="^shape mismatch$"):  # (another RuntimeError is no out of memory)
-        scorer.model = lambda **inputs: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
-        scorer.score(SEQ[:12], variants)
 
 
 @pytest.mark.parametrize("scoring", ["masked-marginals", "pseudo-ppl"])
