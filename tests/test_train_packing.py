@@ -426,3 +426,21 @@ def test_a_gpu_before_ampere_never_calls_the_varlen_kernel(monkeypatch, capabili
         assert packing.varlen_available("cuda:1") is fused
         assert packing.varlen_available("cpu") is False
 
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (9, 4), (11, 0)])  # MI250X (gfx90a), MI300X (gfx942), RDNA3
+def test_an_amd_gpu_never_calls_the_varlen_kernel(monkeypatch, capability):
+    """A ROCm build of PyTorch presents an AMD GPU as `cuda`, with its gfx version for a compute
+    capability (9.0 on an MI250X), which passed the 8.0 test. Its varlen kernel (AOTriton) returns
+    the log-sum-exp in another shape than torch.compile's fake of varlen_attn, so inductor's size
+    check ended `train --packing` (BERT's blocks compiled by default on a GPU) at its first step;
+    packed rows take the padded call there (embed's default --packing stays off)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    for half in (torch.float16, torch.bfloat16):
+        q = SimpleNamespace(is_cuda=True, dtype=half, device=torch.device("cuda", 0))
+        assert packing._fused(q, 0.0) is False
+    assert packing.varlen_available("cuda:0") is False

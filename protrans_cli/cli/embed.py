@@ -88,8 +88,8 @@ def command_line(argv: list[str]) -> str:
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
 @click.option("--packing/--no-packing", default=None,
               help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
-                   "inside each protein (one fused varlen kernel on a CUDA GPU); T5 with --attention flex "
-                   "(a block mask of the row's proteins).  [default: on for the first families on a CUDA GPU "
+                   "inside each protein (one fused varlen kernel on an NVIDIA GPU); T5 with --attention flex "
+                   "(a block mask of the row's proteins).  [default: on for the first families on an NVIDIA GPU "
                    "with the varlen kernel, and for T5 under FlexAttention in bfloat16, with batches of 32000 "
                    "tokens or more (measured faster there); off elsewhere]")
 @click.option("--sdpa-kernels", type=click.Choice(list(SDPA_KERNELS)), default="auto",

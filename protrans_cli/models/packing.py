@@ -5,9 +5,9 @@ where each protein starts; position ids restart at every protein, and attention 
 from one protein to another, so every protein gets what it would get alone. `train --packing`
 (masked-LM objectives) and `embed --packing` use it for the families marked `packable`.
 
-On a CUDA device with PyTorch's `torch.nn.attention.varlen.varlen_attn` (Flash Attention over
+On an NVIDIA GPU with PyTorch's `torch.nn.attention.varlen.varlen_attn` (Flash Attention over
 cumulative lengths) a layer's attention over the whole row is one call and no padded position is
-computed. Elsewhere (CPU, older PyTorch, attention dropout) the proteins are gathered into a
+computed. Elsewhere (CPU, AMD GPUs, older PyTorch, attention dropout) the proteins are gathered into a
 padded batch for one `scaled_dot_product_attention` call: the same numbers, as a reference and
 as a fallback.
 
@@ -54,7 +54,16 @@ def _flash_capable(index) -> bool:
     ("FlashAttention only supports Ampere GPUs or newer") at run time, and inside a compiled block
     (train compiles BERT's and RoBERTa's on a GPU by default) no `except` around the call sees
     that: the error ended the run instead of falling back. A constant to torch.compile (a
-    device's capability does not change)."""
+    device's capability does not change).
+
+    Never on a ROCm build of PyTorch (an AMD GPU is a `cuda` device there). Its capability is the
+    gfx version (MI250X's gfx90a says 9.0, MI300X's gfx942 9.4: every AMD GPU passed, those
+    AOTriton has no kernel for too), and its varlen kernel (AOTriton) returns the log-sum-exp as
+    (proteins, heads, longest), not the (heads, tokens) torch.compile's model of varlen_attn
+    gives it (pytorch/pytorch#187872): inductor's size check ended `train --packing` (compiled by
+    default) at its first step. Packed rows run the padded call there, the same numbers."""
+    if torch.version.hip:
+        return False
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
