@@ -60,6 +60,8 @@ def describe(check_compile: bool = False) -> dict:
     from protrans_cli.spm_reader import reader_problem
     from protrans_cli.threads import available_cores
 
+    hip = getattr(torch.version, "hip", None)
+    dnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     info = {
         "protrans": __version__,
         "python": platform.python_version(),
@@ -70,7 +72,11 @@ def describe(check_compile: bool = False) -> dict:
         # why the published ProtT5, ProtXLNet and ProtAlbert tokenizers cannot load here, or None
         "sentencepiece_reader": reader_problem(),
         "torch_cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        # a ROCm build (AMD GPUs, which are `cuda` devices there) has no CUDA version, and its
+        # torch.backends.cudnn is MIOpen
+        "torch_hip": hip,
+        "cudnn": None if hip else dnn,
+        "miopen": dnn if hip else None,
         # what the commands use: the cores this process may run on, and -j's default from them
         # (PROTRANS_THREADS, else at most 4), not torch's own default
         "cpu": {"cores": available_cores(), "machine_cores": os.cpu_count(), "threads": _default_threads()},
@@ -85,6 +91,8 @@ def describe(check_compile: bool = False) -> dict:
         free, total = torch.cuda.mem_get_info(i)
         info["cuda_devices"].append({
             "index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
+            # an AMD GPU's architecture (gfx90a: MI250X), which its "compute capability" (9.0) stands for
+            "arch": getattr(props, "gcnArchName", None) if hip else None,
             "memory_gib": round(total / 2**30, 1), "free_gib": round(free / 2**30, 1),
             # what embed and train choose (bfloat16 in hardware, compute capability 8.0+), for
             # every device: is_bf16_supported() counts emulation (a T4 said yes, and runs float16)
@@ -161,7 +169,9 @@ def format_lines(info: dict) -> list[str]:
     missing = [k for k, v in info["packages"].items() if not v]
     lines = [f"protrans: {info['protrans']}", f"python: {info['python']} ({info['platform']})",
              f"packages: {packages}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
-             f"torch build: CUDA {info['torch_cuda'] or 'none (CPU build)'}, cuDNN {info['cudnn'] or 'none'}",
+             (f"torch build: ROCm (HIP {info['torch_hip']}), MIOpen {info.get('miopen') or 'none'}"
+              if info.get("torch_hip") else
+              f"torch build: CUDA {info['torch_cuda'] or 'none (CPU build)'}, cuDNN {info['cudnn'] or 'none'}"),
              f"cpu: {info['cpu']['cores']} cores for this process (of {info['cpu']['machine_cores']}); "
              + (f"commands use {console.counted(info['cpu']['threads'], 'thread')} unless -j says otherwise"
                 if isinstance(info["cpu"]["threads"], int) else f"-j's default: {info['cpu']['threads']}")]
@@ -171,7 +181,8 @@ def format_lines(info: dict) -> list[str]:
     elif not info["cuda_devices"]:
         lines.append("cuda: no device (embed and train run on the CPU in float32)")
     for d in info["cuda_devices"]:
-        lines.append(f"cuda:{d['index']}: {d['name']}, compute capability {d['capability']}, "
+        kind = f"architecture {d['arch']}" if d.get("arch") else f"compute capability {d['capability']}"
+        lines.append(f"cuda:{d['index']}: {d['name']}, {kind}, "
                      f"{d['memory_gib']} GiB ({d['free_gib']} free)"
                      + ("" if d["bf16"] is None else f", bfloat16 {'yes' if d['bf16'] else 'no (float16 instead)'}"))
         if d.get("varlen_cudnn"):
@@ -182,7 +193,9 @@ def format_lines(info: dict) -> list[str]:
                      f"{info['sentencepiece_reader']}")
     k = info["kernels"]
     yes = {True: "yes", False: "no"}
-    lines.append(f"varlen attention in this PyTorch (--packing's fused kernel on CUDA): {yes[k['varlen_attention']]}")
+    lines.append(f"varlen attention in this PyTorch (--packing's fused kernel on CUDA): {yes[k['varlen_attention']]}"
+                 + (" (not used on AMD GPUs: packed rows run the padded call)"
+                    if info.get("torch_hip") and k["varlen_attention"] else ""))
     lines.append(f"FlexAttention (embed --attention flex): {yes[k['flex_attention']]}; "
                  f"Triton (its compiled kernel on CUDA): {yes[k['triton']]}")
     for key, uses in (("compile_cpu", "--compile"), ("compile_cuda", "--compile, --attention flex")):

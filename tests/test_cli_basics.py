@@ -755,6 +755,36 @@ def test_env_reports_versions_devices_and_fast_paths(run_cli):
         assert "cuda: no device" in text
 
 
+
+def test_env_names_rocm_and_miopen_on_an_amd_gpu(monkeypatch):
+    """A ROCm build of PyTorch has no CUDA version and its torch.backends.cudnn is MIOpen: `protrans
+    env` said "torch build: CUDA none (CPU build), cuDNN 3003000" beside the AMD GPU it listed, and
+    that GPU's "compute capability 9.4" (its gfx942 architecture). Simulated here: a ROCm MI300X."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from protrans_cli import environment
+
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 3003000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
+        name="AMD Instinct MI300X", major=9, minor=4, gcnArchName="gfx942:sramecc+:xnack-"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (190 * 2**30, 192 * 2**30))
+    info = environment.describe()
+    assert (info["torch_cuda"], info["torch_hip"], info["cudnn"], info["miopen"]) == (None, "6.2.41133", None, 3003000)
+    assert info["cuda_devices"][0]["arch"] == "gfx942:sramecc+:xnack-" and info["cuda_devices"][0]["bf16"] is True
+    text = "\n".join(environment.format_lines(info))
+    assert "torch build: ROCm (HIP 6.2.41133), MIOpen 3003000" in text
+    assert "CPU build" not in text and "cuDNN" not in text
+    assert "cuda:0: AMD Instinct MI300X, architecture gfx942:sramecc+:xnack-, 192.0 GiB (190.0 free)" in text
+    if info["kernels"]["varlen_attention"]:  # (PyTorch 2.9+) there, but --packing does not call it on ROCm
+        assert "(not used on AMD GPUs: packed rows run the padded call)" in text
+
 def test_env_imports_no_model_code():
     """`protrans env` loads no model: reading the hub's offline switch, the sentencepiece reader's
     state and whether varlen attention exists imported protrans_cli.models, every family and
