@@ -755,7 +755,6 @@ def test_env_reports_versions_devices_and_fast_paths(run_cli):
         assert "cuda: no device" in text
 
 
-
 def test_env_names_rocm_and_miopen_on_an_amd_gpu(monkeypatch):
     """A ROCm build of PyTorch has no CUDA version and its torch.backends.cudnn is MIOpen: `protrans
     env` said "torch build: CUDA none (CPU build), cuDNN 3003000" beside the AMD GPU it listed, and
@@ -784,6 +783,7 @@ def test_env_names_rocm_and_miopen_on_an_amd_gpu(monkeypatch):
     assert "cuda:0: AMD Instinct MI300X, architecture gfx942:sramecc+:xnack-, 192.0 GiB (190.0 free)" in text
     if info["kernels"]["varlen_attention"]:  # (PyTorch 2.9+) there, but --packing does not call it on ROCm
         assert "(not used on AMD GPUs: packed rows run the padded call)" in text
+
 
 def test_env_imports_no_model_code():
     """`protrans env` loads no model: reading the hub's offline switch, the sentencepiece reader's

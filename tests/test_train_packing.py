@@ -427,7 +427,6 @@ def test_a_gpu_before_ampere_never_calls_the_varlen_kernel(monkeypatch, capabili
         assert packing.varlen_available("cpu") is False
 
 
-
 @pytest.mark.parametrize("capability", [(9, 0), (9, 4), (11, 0)])  # MI250X (gfx90a), MI300X (gfx942), RDNA3
 def test_an_amd_gpu_never_calls_the_varlen_kernel(monkeypatch, capability):
     """A ROCm build of PyTorch presents an AMD GPU as `cuda`, with its gfx version for a compute
