@@ -1365,6 +1365,26 @@ def test_a_gpu_out_of_memory_in_a_step_is_one_line(tmp_path, run_cli, monkeypatc
     assert res.exit_code == 0, res.stderr
 
 
+def test_a_gpu_out_of_memory_suggests_a_micro_batch_size_every_phase_taking_it_accepts(tmp_path):
+    """The micro-batch size a phase without its own shares with the others: the smaller one the
+    out-of-memory line suggested divided the failing phase's global batch alone (6 of phase 2's 24),
+    and --resume with it was refused by phase 1 (32 is not divisible by 6). It divides each one's now."""
+    from protrans_cli.training.loop import _less_memory
+
+    config = TrainConfig(corpus=["c.txt"], output_dir=str(tmp_path / "run"), micro_batch_size=8,
+                         phases=[Phase(64, 10, 32), Phase(128, 10, 24), Phase(256, 10, 24, 6)])
+    said = _less_memory(config, 1, 15, 1, "none")
+    assert "micro_batch_size from 8 to 4 (the global batch stays 24" in said, said  # (Python's names: no CLI here)
+    config.micro_batch_size = 4
+    config.validate()  # (the advice taken: every phase accepts it)
+    # a phase's own micro-batch size (MICRO of --phase) is that phase's alone
+    assert "the phase's micro-batch size (MICRO of phases 256:10:24:6) from 6 to 4" in _less_memory(
+        config, 2, 25, 1, "none")
+    # with 2 processes, of each one's share (16 and 12): 4 there too
+    config.micro_batch_size = 8
+    assert "from 8 to 4 (the global batch stays 24" in _less_memory(config, 1, 15, 2, "ddp")
+
+
 def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
     (tmp_path / "empty.txt").write_text("\n\n")
     cases = [(tmp_path / "missing.txt", "missing.txt: no such file"),

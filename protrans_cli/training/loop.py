@@ -1465,9 +1465,14 @@ def _less_memory(config: TrainConfig, phase_index: int, step: int, world_size: i
     processes, and what a --resume continues from (each may change on it; the maximum length may not)."""
     from protrans_cli.training.checkpoint import list_checkpoints
 
-    phase = config.resolved_phases()[phase_index]
+    phases = config.resolved_phases()
+    phase = phases[phase_index]
     given = config.phases[phase_index].micro_batch_size if config.phases else None
-    share = phase.global_batch_size // world_size
+    # (--micro-batch-size is every phase's without a MICRO of its own: --resume refuses one that does
+    # not divide each one's share of its global batch, a phase already done included)
+    sharing = [phase] if given is not None else [
+        p for i, p in enumerate(phases) if not config.phases or config.phases[i].micro_batch_size is None]
+    share = math.gcd(*(p.global_batch_size // world_size for p in sharing))
     smaller = max((d for d in range(1, phase.micro_batch_size) if share % d == 0), default=None)
     phased = option("--phase", "phases")
     what = (f"the phase's micro-batch size (MICRO of {phased} {config.phases[phase_index].spec(phase)})"
