@@ -543,14 +543,19 @@ class StackedView:
                                  "by protrans embed)", path=self.path)
         return self._rows
 
+    def _utf8_blocks(self, name: str) -> list[np.ndarray]:
+        """A text column as UTF-8 bytes (numpy's fixed width: a few bytes a protein, not a Python
+        string's 50 or more), one array a block of rows."""
+        return [np.array([t.encode("utf-8") for t in self._text(name, np.s_[start:start + BLOCK_ROWS])], dtype=bytes)
+                for start in range(0, len(self), BLOCK_ROWS)]
+
     def index(self) -> tuple | None:
         """`row_of`'s index of the ids (built once, read a block at a time): (the ids as UTF-8
         bytes in one sorted array, their rows or None where that is row order); None where a long
         id (as wide a row for every id) made it `rows`' dict instead. Two rows of one id are
         refused as `rows` refuses them."""
         if self._index is None and self._rows is None:
-            blocks = [np.array([i.encode("utf-8") for i in self._text("ids", np.s_[start:start + BLOCK_ROWS])],
-                               dtype=bytes) for start in range(0, len(self), BLOCK_ROWS)]
+            blocks = self._utf8_blocks("ids")
             if any(b.dtype.itemsize > 255 for b in blocks):
                 self.rows()
             else:
@@ -590,9 +595,7 @@ class StackedView:
         from those three columns alone, the checksums held as bytes (`record`'s every column as
         Python strings held about 330 bytes a protein)."""
         if self._checksums is None:
-            self._checksums = np.concatenate(
-                [np.array([c.encode("utf-8") for c in self._text("checksums", np.s_[start:start + BLOCK_ROWS])],
-                          dtype=bytes) for start in range(0, len(self), BLOCK_ROWS)] or [np.array([], dtype="S1")])
+            self._checksums = np.concatenate(self._utf8_blocks("checksums") or [np.array([], dtype="S1")])
         checksum = self._checksums[i]
         return (int(self.column("lengths")[i]) or None, int(self.column("truncated_from")[i]) or None,
                 checksum.decode("utf-8") if checksum else None)
