@@ -22,6 +22,11 @@ from protrans_cli.errors import ModelError
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a failed pass is worth retrying smaller (embed, contacts, variants): any RuntimeError
+    that says it ran out of memory (MPS's, a CUDA library's "CUDA error: out of memory", the CPU
+    twin's "can't allocate memory"). Broader than errors.gpu_out_of_memory, the CLI's test for its
+    one-line message, which takes torch's OutOfMemoryError and MPS's alone: a wrong guess here costs
+    a retry, there it would hide a traceback."""
     import torch
 
     if isinstance(exc, torch.cuda.OutOfMemoryError):
