@@ -680,19 +680,19 @@ _LESS_GPU_MEMORY = {
     "knn": "search on --device cpu (a GPU holds the whole reference)",
     "contacts": "use --device cpu or a smaller model (-m); --resume keeps the proteins already written",
 }
-_TORCH_WORDS = 240  # characters of torch's own message kept, in whole sentences
+_TORCH_CHARACTERS = 240  # characters of torch's own message kept, in whole sentences
 
 
 def _gpu_out_of_memory_line(exc: BaseException, argv) -> str:
     """The one line for a GPU out of memory (a RuntimeError, not a MemoryError: it was a traceback):
-    torch's own sentences that fit in _TORCH_WORDS characters (CUDA's runs to 600, with allocator advice:
-    the first ones say what it tried to allocate, the GPU's capacity, what was free and what this process
-    held), then what to change in this command."""
+    torch's own sentences that fit in _TORCH_CHARACTERS (CUDA's message runs to 600, with allocator
+    advice: the first ones say what it tried to allocate, the GPU's capacity, what was free and what
+    this process held), then what to change in this command."""
     words = " ".join(str(exc).split()) or type(exc).__name__
-    if len(words) > _TORCH_WORDS:
+    if len(words) > _TORCH_CHARACTERS:
         kept = ""
         for sentence in re.split(r"(?<=\.) ", words):
-            if kept and len(kept) + 1 + len(sentence) > _TORCH_WORDS:
+            if kept and len(kept) + 1 + len(sentence) > _TORCH_CHARACTERS:
                 break
             kept = f"{kept} {sentence}" if kept else sentence
         words = kept
