@@ -1021,3 +1021,16 @@ def test_knn_reads_a_stacked_reference_without_its_id_dict_or_a_copy_of_the_stor
     assert peak / n < 150, peak / n  # (about 107: the ids' list and their hashes; 300 with the dict and array)
     assert ids == [f"P{i}" for i in range(n)] and vectors.dtype == np.float32
     assert np.array_equal(vectors, stored.astype(np.float32))
+
+
+def test_an_id_that_is_not_utf8_text_is_in_no_stacked_file(tmp_path):
+    """A stacked file's ids are looked up by their UTF-8 bytes: an id holding a byte that is not
+    UTF-8 (a lone surrogate, as Python decodes such a byte of a command line or file name) was a
+    UnicodeEncodeError traceback from get and key_for, where the id -> row dict said "no such
+    protein". It is in no file (every stored id is UTF-8); the ids around it are still found."""
+    out = tmp_path / "s.h5"
+    _many_rows(out, 3)
+    with EmbeddingsReader(out) as reader:
+        assert reader.key_for("P\udcff") is None and reader.key_for("P1") == "P1"
+        with pytest.raises(InputError, match="no per_protein embedding for this id"):
+            reader._stacked.get("P\udcff")

@@ -576,7 +576,8 @@ class StackedView:
         if self.index() is None:
             return self._rows.get(ident)
         ids, order = self._index
-        key = ident.encode("utf-8")
+        # (a lone surrogate, a byte that is not UTF-8 as Python decodes one: bytes no stored id has)
+        key = ident.encode("utf-8", "surrogatepass")
         at = int(np.searchsorted(ids, key))
         if at == len(ids) or ids[at] != key:
             return None
