@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Iterator
 
 import numpy as np
