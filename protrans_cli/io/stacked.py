@@ -653,13 +653,13 @@ class StackedView:
             at = stop
         return out
 
-    def record(self, i: int, columns: dict | None = None) -> dict:
+    def record(self, i: int, columns: dict) -> dict:
         """Row `i`'s attributes as the other layouts' datasets carry them (the optional ones
-        only where they apply); `columns`: a block's, else the whole columns (read once). A
-        length of 0 or an empty checksum is what stack_file writes for one not recorded
-        (`import-esm` without --fasta): no attribute, as in the other layouts (they were a
-        `length` of 0 and a `checksum` of "", and `info --residues` counted 0 residues)."""
-        get = (lambda name: columns[name][i]) if columns is not None else (lambda name: self.column(name)[i])
+        only where they apply), from `columns`, a block's (`blocks`). A length of 0 or an empty
+        checksum is what stack_file writes for one not recorded (`import-esm` without --fasta): no
+        attribute, as in the other layouts (they were a `length` of 0 and a `checksum` of "", and
+        `info --residues` counted 0 residues)."""
+        get = (lambda name: columns[name][i])
         attrs = {"id": get("ids"), "header": get("headers")}
         length, checksum = int(get("lengths")), get("checksums")
         if length:
