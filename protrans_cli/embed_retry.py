@@ -18,18 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from protrans_cli.embedders import NonFinite, mps_available
-from protrans_cli.errors import ModelError
+from protrans_cli.errors import ModelError, gpu_out_of_memory
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether a failed pass is worth retrying smaller (embed, contacts, variants): any RuntimeError
     that says it ran out of memory (MPS's, a CUDA library's "CUDA error: out of memory", the CPU
-    twin's "can't allocate memory"). Broader than errors.gpu_out_of_memory, the CLI's test for its
-    one-line message, which takes torch's OutOfMemoryError and MPS's alone: a wrong guess here costs
-    a retry, there it would hide a traceback."""
+    twin's "can't allocate memory"), and whatever errors.gpu_out_of_memory takes (MPS's "Invalid
+    buffer size" too). Broader than that test, the CLI's for its one-line message, which takes
+    torch's OutOfMemoryError and MPS's alone: a wrong guess here costs a retry, there it would hide
+    a traceback."""
     import torch
 
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or gpu_out_of_memory(exc):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

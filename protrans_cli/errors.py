@@ -416,7 +416,7 @@ def described(exc: BaseException) -> str:
 
 def gpu_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is a GPU running out of memory: torch's OutOfMemoryError (CUDA's), or on
-    Apple's GPU the plain RuntimeError whose message starts "MPS backend out of memory" (torch's
+    Apple's GPU the plain RuntimeError whose message starts with one of MPS_OUT_OF_MEMORY (torch's
     MPS allocator raises no OutOfMemoryError); never another RuntimeError (embed_retry's
     is_out_of_memory, which only decides whether to retry smaller, takes any that says out of
     memory). torch is only looked at if it was imported."""
@@ -425,7 +425,13 @@ def gpu_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
     if isinstance(oom, type) and isinstance(exc, oom):
         return True
-    return isinstance(exc, RuntimeError) and str(exc).startswith("MPS backend out of memory")
+    return isinstance(exc, RuntimeError) and str(exc).startswith(MPS_OUT_OF_MEMORY)
+
+
+# How torch's MPS allocator says it has no room, in a plain RuntimeError: past its memory limit, or
+# one tensor larger than the GPU's largest buffer ("Invalid buffer size: 19.45 GB": a long protein's
+# attention scores on a 16 GB Mac; pytorch/pytorch#141909)
+MPS_OUT_OF_MEMORY = ("MPS backend out of memory", "Invalid buffer size")
 
 
 def compile_failure(exc: BaseException) -> BaseException | None:

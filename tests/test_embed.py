@@ -1679,6 +1679,28 @@ class _FakeOOM(OneHotEmbedder):
         return OneHotEmbedder() if self.cpu_ok else None
 
 
+def test_apples_gpu_without_a_buffer_that_large_splits_the_batch_as_out_of_memory(monkeypatch):
+    """On Apple's GPU one tensor larger than its largest buffer (a long protein's attention scores on
+    a 16 GB Mac) is a plain RuntimeError, "Invalid buffer size: 19.45 GB" (pytorch/pytorch#141909),
+    not "out of memory": it ended embed with a traceback. The batch is split as for out of memory,
+    and a protein that alone does not fit is recorded as failed."""
+    import torch
+
+    class TooLarge(_FakeOOM):
+        device = "mps"
+
+        def embed_batch(self, seqs, pooled=False):
+            if sum(map(len, seqs)) > self.budget:
+                raise RuntimeError("Invalid buffer size: 19.45 GB")
+            return OneHotEmbedder.embed_batch(self, seqs, pooled=pooled)
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    seqs = ["MKV" * 3, "W" * 20, "K"]
+    got = embed_with_retry(TooLarge(budget=10), seqs, cpu_fallback=False)
+    np.testing.assert_array_equal(got[0][0][0], onehot_reference(seqs[0]))
+    assert isinstance(got[1], str) and "out of memory" in got[1] and not isinstance(got[2], str)
+
+
 def test_oom_splits_batches_then_falls_back_to_cpu():
     seqs = ["MKV" * 3, "ACD" * 2, "W" * 20, "K"]
     splits, calls = [], []

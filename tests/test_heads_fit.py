@@ -1487,6 +1487,14 @@ def test_apples_gpu_out_of_memory_is_one_line_too(ss_data, tmp_path, monkeypatch
         f"protrans: error: {says[:-1]}; lower --batch-size (FNN heads) or --max-residues (CNN, light-attention "
         "heads), with --force to start over, or go on with --resume on --device cpu"), r.stderr
     monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    # (one tensor past the GPU's largest buffer, as a long protein's attention on a 16 GB Mac: pytorch#141909)
+    _no_gpu_memory_after(monkeypatch, 1, RuntimeError("Invalid buffer size: 19.45 GB"))
+    r = run_cli(*args, "-o", tmp_path / "c")
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        "protrans: error: out of memory on Apple's GPU, one tensor larger than its largest buffer (Invalid buffer "
+        "size: 19.45 GB); lower --batch-size (FNN heads) or --max-residues (CNN, light-attention heads), with --force "
+        "to start over, or go on with --resume on --device cpu"), r.stderr
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
     _no_gpu_memory_after(monkeypatch, 1, RuntimeError("mat1 and mat2 shapes cannot be multiplied (out of memory)"))
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
         run_cli(*args, "-o", tmp_path / "b")

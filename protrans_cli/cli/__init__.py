@@ -696,6 +696,8 @@ def _gpu_out_of_memory_line(exc: BaseException, argv) -> str:
                 break
             kept = f"{kept} {sentence}" if kept else sentence
         words = kept
+    if words.startswith("Invalid buffer size"):  # (MPS: one tensor past the GPU's largest buffer, said as no room)
+        words = f"out of memory on Apple's GPU, one tensor larger than its largest buffer ({words})"
     command = _command_name(argv)
     # (train's step's own, in train's options: not quickstart's, whose train step has none of them)
     hint = (getattr(exc, "protrans_detail", None) if command == "train" else None) or _LESS_GPU_MEMORY.get(command)
