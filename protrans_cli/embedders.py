@@ -674,8 +674,8 @@ def check_device(device) -> None:
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
-    """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support) when there is one,
-    else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
+    """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support, fp32 where fp16 is slow:
+    fast_fp16) when there is one, else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
     import torch
 
     check_device(device)
@@ -696,7 +696,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
         raise UsageError(f"{named}: no MPS device is available (try {cpu})")
     if dtype == "auto":
         if device.startswith("cuda"):
-            dtype = "bfloat16" if native_bf16(device) else "float16"
+            dtype = "bfloat16" if native_bf16(device) else "float16" if fast_fp16(device) else "float32"
         elif device.startswith("mps"):
             dtype = "float16"
         else:
@@ -718,6 +718,25 @@ def native_bf16(device) -> bool:
         return True
     index = torch.device(device).index
     return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)[0] >= 8
+
+
+def fast_fp16(device) -> bool:
+    """Whether this CUDA device (one without bfloat16 hardware: native_bf16) computes float16 faster
+    than float32: tensor cores (V100, T4, RTX 20xx) or paired half arithmetic (P100: 6.0; Jetson
+    5.3 and 6.2). Not compute capability 6.1 (GTX 10xx, Titan Xp, Tesla P40/P4: float16 at 1/64 of
+    float32's rate), 5.0 or 5.2, and not the GTX 16xx (7.5 with its tensor cores removed: float16
+    matrix products at a few percent of float32's, pytorch/pytorch#121957): `auto` computes in
+    float32 there."""
+    import torch
+
+    if torch.version.hip:
+        return True
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    capability = torch.cuda.get_device_capability(index)
+    if capability in ((5, 3), (6, 0), (6, 2)) or capability >= (7, 0) and capability != (7, 5):
+        return True
+    return capability == (7, 5) and "GTX 16" not in torch.cuda.get_device_name(index)
 
 
 def mps_available() -> bool:

@@ -56,7 +56,7 @@ def describe(check_compile: bool = False) -> dict:
     # (nothing from protrans_cli.models: that package imports transformers and every model family)
     from protrans_cli import __version__
     from protrans_cli.attention import varlen_attn
-    from protrans_cli.embedders import mps_available, native_bf16
+    from protrans_cli.embedders import fast_fp16, mps_available, native_bf16
     from protrans_cli.spm_reader import reader_problem
     from protrans_cli.threads import available_cores
 
@@ -97,6 +97,8 @@ def describe(check_compile: bool = False) -> dict:
             # what embed and train choose (bfloat16 in hardware, compute capability 8.0+), for
             # every device: is_bf16_supported() counts emulation (a T4 said yes, and runs float16)
             "bf16": native_bf16(f"cuda:{i}"),
+            # and where it has none, whether float16 is faster than float32 (else auto is float32)
+            "fast_fp16": fast_fp16(f"cuda:{i}"),
             # PyTorch 2.14+: varlen_attn (packed batches) takes cuDNN's ragged attention on this
             # device unless --sdpa-kernels auto (the default) keeps it on Flash; None: no choice
             "varlen_cudnn": _varlen_picks_cudnn(i),
@@ -184,7 +186,9 @@ def format_lines(info: dict) -> list[str]:
         kind = f"architecture {d['arch']}" if d.get("arch") else f"compute capability {d['capability']}"
         lines.append(f"cuda:{d['index']}: {d['name']}, {kind}, "
                      f"{d['memory_gib']} GiB ({d['free_gib']} free)"
-                     + ("" if d["bf16"] is None else f", bfloat16 {'yes' if d['bf16'] else 'no (float16 instead)'}"))
+                     + ("" if d["bf16"] is None else ", bfloat16 yes" if d["bf16"] else
+                        ", bfloat16 no (float16 instead)" if d.get("fast_fp16", True) else
+                        ", bfloat16 no, float16 slow (float32 instead)"))
         if d.get("varlen_cudnn"):
             lines.append(f"cuda:{d['index']}: packed attention (varlen_attn) is cuDNN's by PyTorch's choice here; "
                          "--sdpa-kernels auto (the default) keeps it on Flash Attention")

@@ -987,6 +987,16 @@ def test_env_says_bfloat16_as_the_commands_choose_it_for_every_device(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.version, "hip", None)
     assert [d["bf16"] for d in describe()["cuda_devices"]] == [False, True]
+    # (a GTX 1660: no bfloat16, and float16 slow without tensor cores: auto computes in float32)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name=("NVIDIA GeForce GTX 1660 SUPER", "GPU")[i],
+                                                        major=capability[i][0], minor=capability[i][1]))
+    from protrans_cli.environment import format_lines
+
+    info = describe()
+    assert [(d["bf16"], d["fast_fp16"]) for d in info["cuda_devices"]] == [(False, False), (True, True)]
+    assert any(line.startswith("cuda:0: NVIDIA GeForce GTX 1660 SUPER, compute capability 7.5")
+               and line.endswith("bfloat16 no, float16 slow (float32 instead)") for line in format_lines(info))
 
 
 def test_env_says_where_pytorch_would_run_packed_attention_on_cudnn(monkeypatch):

@@ -1630,12 +1630,44 @@ def test_a_cuda_index_the_machine_lacks_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None)
     capability = {1: (8, 0), 0: (7, 5)}  # device 1 an A100, device 0 a T4: bfloat16 is emulated on a T4
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: ("Tesla T4", "NVIDIA A100")[index])
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert resolve_device("cuda:1") == ("cuda:1", "bfloat16")
     assert resolve_device("cuda:0") == ("cuda:0", "float16")
     assert resolve_device("cuda") == ("cuda", "float16")
     with pytest.raises(UsageError, match=r"^device='cuda:2': this machine has 2 CUDA device\(s\), numbered from 0"):
         resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("capability, name, dtype, precision", [
+    ((8, 0), "NVIDIA A100-SXM4-80GB", "bfloat16", "bf16"),
+    ((7, 0), "Tesla V100-SXM2-32GB", "float16", "fp16"),
+    ((7, 5), "Tesla T4", "float16", "fp16"),
+    ((6, 0), "Tesla P100-PCIE-16GB", "float16", "fp16"),
+    # float16 at 1/64 of float32's rate (compute capability 6.1), or without the tensor cores (GTX 16xx)
+    ((6, 1), "NVIDIA GeForce GTX 1080 Ti", "float32", "fp32"),
+    ((6, 1), "Tesla P40", "float32", "fp32"),
+    ((7, 5), "NVIDIA GeForce GTX 1660 SUPER", "float32", "fp32"),
+    ((5, 2), "NVIDIA GeForce GTX TITAN X", "float32", "fp32"),
+    ((6, 2), "NVIDIA Tegra X2", "float16", "fp16")])
+def test_auto_precision_is_float32_on_a_gpu_whose_float16_is_slow(monkeypatch, capability, name, dtype, precision):
+    """--dtype auto (embed, contacts, variants) and train's --precision auto on a GPU without bfloat16
+    hardware took float16 whatever the GPU: on a GTX 10xx, Titan Xp or Tesla P40 (compute capability 6.1)
+    float16 runs at 1/64 of float32's rate, on a GTX 16xx (7.5 without tensor cores) its matrix
+    products at a few percent: float32 there now; float16 where it is fast (V100, T4, P100)."""
+    torch = pytest.importorskip("torch")
+    from protrans_cli.embed import resolve_device
+    from protrans_cli.training.config import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+    assert resolve_device("auto") == ("cuda", dtype) and resolve_device("cuda:0") == ("cuda:0", dtype)
+    assert resolve_precision("auto", torch.device("cuda")) == precision
+    assert resolve_device("cuda", "float16") == ("cuda", "float16")  # (asked for: as asked)
 
 
 def test_interrupted_torchrun_rank_points_at_its_shard(run_cli, tmp_path, monkeypatch):

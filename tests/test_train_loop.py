@@ -3492,6 +3492,7 @@ def test_precision_auto_means_fp16_on_a_gpu_without_bfloat16(monkeypatch):
 
     assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(embedders, "native_bf16", lambda device: False)
+    monkeypatch.setattr(embedders, "fast_fp16", lambda device: True)
     assert resolve_precision("auto", "cuda") == "fp16"
     monkeypatch.setattr(embedders, "native_bf16", lambda device: True)
     assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"

@@ -26,7 +26,7 @@ from protrans_cli.cli import INPUT_FILE, completion
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
-                   "float32 on the CPU.")
+                   "float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx).")
 @click.option("--max-tokens", type=int, default=None,
               help="Padded tokens per batch (longest protein x proteins).  [default: 1024 on the CPU, 4096 on a "
                    "GPU, as esm-extract]")

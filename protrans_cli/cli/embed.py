@@ -67,7 +67,7 @@ def command_line(argv: list[str]) -> str:
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without "
-                   "(V100, T4), float32 on the CPU.")
+                   "(V100, T4), float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx).")
 @click.option("--max-tokens", type=int, default=None,
               help="Padded tokens per batch (longest sequence x sequences).  [default: 512 on the CPU; on a GPU 4000 to 32000 by the memory free after loading the model and the model's memory per token]")
 @click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")

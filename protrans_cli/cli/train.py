@@ -95,7 +95,8 @@ def _extra_arguments(ctx) -> str:
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="auto: bf16 autocast on a GPU with bfloat16 hardware, fp16 autocast with loss scaling on "
-                   "one without (V100, T4), fp32 on the CPU.  [default: auto]")
+                   "one without (V100, T4), fp32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, "
+                   "GTX 16xx).  [default: auto]")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
 @click.option("--dist-timeout", default=None, metavar="DURATION",

@@ -52,7 +52,8 @@ from protrans_cli.cli import INPUT_FILE, completion, given_option
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
-                   "float32 on the CPU. Log-probabilities are taken in float32.")
+                   "float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx). "
+                   "Log-probabilities are taken in float32.")
 @click.option("--max-tokens", type=int, default=None,
               help="Tokens per forward pass.  [default: 4096 on the CPU, 16384 on a GPU]")
 @click.option("--max-length", type=int, default=None,

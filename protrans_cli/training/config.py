@@ -576,15 +576,16 @@ CONFIG_ONLY = frozenset({"adam_beta1", "adam_beta2", "adam_eps", "bucket_batches
 def resolve_precision(precision: str, device) -> str:
     """What `precision` means on `device` (a torch.device or its type): auto is bf16 autocast on a
     CUDA GPU that computes bfloat16 in hardware, fp16 autocast with loss scaling on one that
-    does not (V100, T4), fp32 elsewhere."""
+    does not (V100, T4), fp32 on one whose float16 is slower than its float32 (GTX 10xx, P40,
+    GTX 16xx: embedders.fast_fp16) and elsewhere."""
     if precision != "auto":
         return precision
     kind = getattr(device, "type", device)
     if kind != "cuda":
         return "fp32"
-    from protrans_cli.embedders import native_bf16
+    from protrans_cli.embedders import fast_fp16, native_bf16
 
-    return "bf16" if native_bf16(device) else "fp16"
+    return "bf16" if native_bf16(device) else "fp16" if fast_fp16(device) else "fp32"
 
 
 def _no_duplicate_keys(pairs):
