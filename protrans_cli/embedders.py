@@ -686,6 +686,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
             device = "mps"
         else:
             device = "cpu"
+            warn_unused_gpu()
     named, cpu = given("--device", "device", device), given("--device", "device", "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"{named}: no CUDA device is available (try {cpu})")
@@ -737,6 +738,39 @@ def fast_fp16(device) -> bool:
     if capability in ((5, 3), (6, 0), (6, 2)) or capability >= (7, 0) and capability != (7, 5):
         return True
     return capability == (7, 5) and "GTX 16" not in torch.cuda.get_device_name(index)
+
+
+_GPU_NODES = (("/dev/nvidia0", "CUDA_VISIBLE_DEVICES", "an NVIDIA GPU"),
+              ("/dev/kfd", "HIP_VISIBLE_DEVICES", "an AMD GPU"))
+_warned_unused_gpu = False
+
+
+def warn_unused_gpu(remedy: str | None = None) -> None:
+    """Once a process: say so where the machine has a GPU (its device file) that torch cannot use,
+    so the work runs on the CPU, many times slower, where it said nothing: a CPU build of torch
+    (what `pip install torch==X` gives where no CUDA index is named), or a CUDA build whose driver
+    is too old. Not where CUDA_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES) hides the GPUs on purpose."""
+    import os
+
+    import torch
+
+    global _warned_unused_gpu
+    if _warned_unused_gpu:
+        return
+    found = next((what for node, hidden, what in _GPU_NODES
+                  if os.path.exists(node) and os.environ.get(hidden, "x").strip() not in ("", "-1")), None)
+    if found is None:
+        return
+    _warned_unused_gpu = True
+    from protrans_cli import console
+
+    if torch.version.cuda is None and torch.version.hip is None:
+        why = f"this torch ({torch.__version__}) is a CPU build"
+    else:
+        why = f"this torch ({torch.__version__}) cannot start it (a driver older than the build's? `protrans env`)"
+    console.warn(f"this machine has {found}, but {why}: computing on the CPU, many times slower; install a GPU "
+                 "build of torch (pytorch.org/get-started), or "
+                 + (remedy or f"give {given('--device', 'device', 'cpu')}") + " to say the CPU is meant")
 
 
 def mps_available() -> bool:

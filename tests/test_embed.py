@@ -1670,6 +1670,43 @@ def test_auto_precision_is_float32_on_a_gpu_whose_float16_is_slow(monkeypatch, c
     assert resolve_device("cuda", "float16") == ("cuda", "float16")  # (asked for: as asked)
 
 
+def test_a_gpu_that_torch_cannot_use_is_said_once(monkeypatch, tmp_path, capsys):
+    """--device auto on a machine with an NVIDIA GPU and a CPU build of torch (what `pip install
+    torch==X` gives without a CUDA index) ran on the CPU, many times slower, and said nothing: it says
+    so now, once a process, naming the way out; not where CUDA_VISIBLE_DEVICES hides the GPUs on
+    purpose, nor with --device cpu."""
+    torch = pytest.importorskip("torch")
+    import protrans_cli.embedders as embedders
+    from protrans_cli.embed import resolve_device
+
+    node = tmp_path / "nvidia0"
+    node.write_text("")
+    monkeypatch.setattr(embedders, "_GPU_NODES", ((str(node), "CUDA_VISIBLE_DEVICES", "an NVIDIA GPU"),))
+    monkeypatch.setattr(embedders, "_warned_unused_gpu", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(embedders, "mps_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert resolve_device("auto") == ("cpu", "float32") and capsys.readouterr().err == ""  # (hidden on purpose)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert resolve_device("cpu") == ("cpu", "float32") and capsys.readouterr().err == ""  # (the CPU asked for)
+    assert resolve_device("auto") == ("cpu", "float32")
+    err = capsys.readouterr().err
+    assert "this machine has an NVIDIA GPU, but this torch" in err and "is a CPU build: computing on the CPU" in err
+    assert "device='cpu'" in err or "--device cpu" in err
+    resolve_device("auto")
+    assert capsys.readouterr().err == ""  # (once a process)
+    monkeypatch.setattr(embedders, "_warned_unused_gpu", False)
+    monkeypatch.setattr(torch.version, "cuda", "12.6")  # (a CUDA build that cannot start: an old driver)
+    embedders.warn_unused_gpu("hide it (CUDA_VISIBLE_DEVICES=)")
+    err = capsys.readouterr().err
+    assert "cannot start it" in err and "hide it (CUDA_VISIBLE_DEVICES=) to say the CPU is meant" in err
+    node.unlink()  # (no GPU on the machine: nothing to say)
+    monkeypatch.setattr(embedders, "_warned_unused_gpu", False)
+    assert resolve_device("auto") == ("cpu", "float32") and capsys.readouterr().err == ""
+
+
 def test_interrupted_torchrun_rank_points_at_its_shard(run_cli, tmp_path, monkeypatch):
     """Under torchrun each rank writes OUTPUT.shard-RRR-of-NNN.partial: an interrupted rank names
     its own shard and the --resume that continues it, as a single process names OUTPUT.partial."""

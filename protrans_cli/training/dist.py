@@ -59,6 +59,10 @@ def setup(timeout: float | None = None) -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        if rank == 0:
+            from protrans_cli.embedders import warn_unused_gpu
+
+            warn_unused_gpu("hide it (CUDA_VISIBLE_DEVICES=)")
     initialised = started = False
     if world_size > 1:
         import torch.distributed as dist
