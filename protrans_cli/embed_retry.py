@@ -28,9 +28,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     buffer size" too). Broader than that test, the CLI's for its one-line message, which takes
     torch's OutOfMemoryError and MPS's alone: a wrong guess here costs a retry, there it would hide
     a traceback."""
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or gpu_out_of_memory(exc):
+    if gpu_out_of_memory(exc):  # (torch's OutOfMemoryError, CUDA's, among them)
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

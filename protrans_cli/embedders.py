@@ -675,7 +675,8 @@ def check_device(device) -> None:
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support, fp32 where fp16 is slow:
-    fast_fp16) when there is one, else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
+    fast_fp16) when there is one, else the CPU in float32. Half precision on the CPU is refused: it
+    is slow and inexact there."""
     import torch
 
     check_device(device)
@@ -717,8 +718,15 @@ def native_bf16(device) -> bool:
 
     if torch.version.hip:
         return True
+    return torch.cuda.get_device_capability(_cuda_index(device))[0] >= 8
+
+
+def _cuda_index(device) -> int:
+    """The index of CUDA device `device` ("cuda": the current one)."""
+    import torch
+
     index = torch.device(device).index
-    return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)[0] >= 8
+    return torch.cuda.current_device() if index is None else index
 
 
 def fast_fp16(device) -> bool:
@@ -732,8 +740,7 @@ def fast_fp16(device) -> bool:
 
     if torch.version.hip:
         return True
-    index = torch.device(device).index
-    index = torch.cuda.current_device() if index is None else index
+    index = _cuda_index(device)
     capability = torch.cuda.get_device_capability(index)
     if capability in ((5, 3), (6, 0), (6, 2)) or capability >= (7, 0) and capability != (7, 5):
         return True
