@@ -1834,15 +1834,19 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         rejects = _output(options.rejects, follow_link=True) if options.rejects else None
         summary = _output(options.stats, follow_link=True) if options.stats else None
         if threads > 1:
-            spill_dir = str(make_temporary(_spill_base(options) or tempfile.gettempdir(), "protrans-prep.", "",
-                                           folder=True))
+            # (signals held until the name is kept: a SIGHUP or SIGTERM between the folder's making and
+            # the assignment left it behind, the finally below seeing None)
+            with signals_held():
+                spill_dir = str(make_temporary(_spill_base(options) or tempfile.gettempdir(), "protrans-prep.", "",
+                                               folder=True))
             cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
         if rejects:
             rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
         paths = inputs
         names = [display_name(p) for p in inputs]  # (--dedup reads copies of stdin and pipes)
         if options.dedup:
-            tmp = make_temporary(_scratch_base(options), ".protrans-dedup.", "", folder=True)
+            with signals_held():  # (as the spill folder's above)
+                tmp = make_temporary(_scratch_base(options), ".protrans-dedup.", "", folder=True)
             # Read twice: stdin, pipes and process substitutions (<(zcat ...)) are copied first.
             paths = [p if p != "-" and os.path.isfile(p) else str(_spool(tmp, p, k)) for k, p in enumerate(inputs)]
             size = sum(os.path.getsize(p) for p in paths)
