@@ -103,6 +103,65 @@ def test_grouped_layout_round_trip(tmp_path):
         assert r.dim() == 4
 
 
+@pytest.mark.parametrize("layout, kinds", [("grouped", (PER_RESIDUE, PER_PROTEIN)), ("flat", (PER_PROTEIN,)),
+                                           ("stacked", (PER_PROTEIN,))])
+def test_a_reader_pickles_to_one_that_reads_the_same_file(tmp_path, layout, kinds):
+    # A torch Dataset holding a reader, in DataLoader workers under spawn (macOS) or forkserver
+    # (Python 3.14 on Linux), is pickled: "TypeError: h5py objects cannot be pickled" in every worker
+    import pickle
+
+    out = tmp_path / "e.h5"
+    arrays = _write(out, ["a/1", "b"], kinds=kinds, layout=layout)
+    with EmbeddingsReader(out) as r:
+        r.ids(PER_PROTEIN)  # (what the reader has learnt travels with it)
+        copy = pickle.loads(pickle.dumps(r))
+        try:
+            assert copy.layout == r.layout and copy.kinds == r.kinds and copy.attrs == r.attrs
+            assert copy.ids(PER_PROTEIN) == r.ids(PER_PROTEIN)
+            for ident in arrays:
+                np.testing.assert_array_equal(copy.get(ident, PER_PROTEIN), r.get(ident, PER_PROTEIN))
+            np.testing.assert_array_equal(copy.matrix()[1], r.matrix()[1])
+        finally:
+            copy.close()
+        assert r.get("b", PER_PROTEIN).shape == (4,)  # (the original still reads)
+        state = pickle.dumps(r)
+    with pytest.raises(UsageError, match="closed"):  # (a closed reader opens nothing elsewhere)
+        pickle.dumps(r)
+    _write(out, ["a/1", "b", "c"], kinds=kinds, layout=layout)  # (replaced in between)
+    with pytest.raises(InputError, match=r"e\.h5: changed since the EmbeddingsReader was sent"):
+        pickle.loads(state)
+    os.unlink(out)
+    with pytest.raises(InputError, match="removed since the EmbeddingsReader was sent"):
+        pickle.loads(state)
+
+
+def test_a_dataset_holding_a_reader_runs_in_spawned_dataloader_workers(tmp_path):
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "e.h5"
+    arrays = _write(out, ["a/1", "b", "c"])
+    with EmbeddingsReader(out) as r:
+        rows = list(torch.utils.data.DataLoader(_Residues(r), batch_size=None, num_workers=1,
+                                                multiprocessing_context="spawn"))
+    assert len(rows) == 3
+    for ident, got in zip(sorted(arrays), rows):
+        np.testing.assert_array_equal(got.numpy(), arrays[ident])
+
+
+class _Residues:
+    """A map-style Dataset of a reader's per-residue arrays (module level: spawn pickles it)."""
+
+    def __init__(self, reader):
+        self.reader, self.ids = reader, sorted(reader.ids(PER_RESIDUE))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        import torch
+
+        return torch.from_numpy(self.reader.get(self.ids[i], PER_RESIDUE))
+
+
 def test_flat_layout_is_what_prottrans_tools_read(tmp_path):
     out = tmp_path / "flat.h5"
     arrays = _write(out, ["x", "sp|y/2"], kinds=(PER_PROTEIN,), layout="flat", storage_dtype="float16")

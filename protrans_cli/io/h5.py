@@ -384,6 +384,40 @@ class EmbeddingsReader:
     def __exit__(self, *exc):
         self.close()
 
+    # A reader sent to another process: a torch Dataset holding one, in DataLoader workers under
+    # spawn (macOS's start method) or forkserver (Python 3.14's on Linux), or a multiprocessing
+    # Pool's task. h5py objects cannot be pickled ("TypeError: h5py objects cannot be pickled"
+    # in every worker), so the reader travels as its path and what it has learnt of the file, and
+    # opens the file again where it lands, refusing a file that changed in between.
+    _NOT_PICKLED = ("file", "_stacked", "_groups")
+
+    def __getstate__(self) -> dict:
+        self._check_open()
+        state = {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
+        state["_identity"] = _file_identity(self.path)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        identity = state.pop("_identity")
+        self.__dict__.update(state)
+        self._groups = {}
+        try:
+            now = _file_identity(self.path)
+            if now != identity:
+                raise InputError("changed since the EmbeddingsReader was sent to this process (written or replaced "
+                                 "in between): open it again", path=self.path)
+            self.file = h5_file(self.path, "r")
+        except FileNotFoundError:
+            raise InputError(missing_file(self.path) + " (removed since the EmbeddingsReader was sent to this "
+                             "process)", path=self.path) from None
+        except OSError as exc:
+            raise InputError(f"not a readable HDF5 file ({first_line(exc)})", path=self.path) from None
+        try:
+            self._stacked = _stacked_view(self.file, self.path) if self.layout == "stacked" else None
+        except BaseException:
+            self.file.close()
+            raise
+
     def close(self):
         self.file.close()
 
@@ -728,6 +762,12 @@ class EmbeddingsReader:
         """The settings of every run that wrote the file, oldest first (the `runs` attribute)."""
         self._check_open()  # (h5py's KeyError "invalid identifier type to function" once closed)
         return recorded_runs(self.file)
+
+
+def _file_identity(path: str) -> tuple:
+    """What tells one state of a file from another: its device, inode, size and modification time."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _stacked_view(f, path: str):
