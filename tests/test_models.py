@@ -197,6 +197,32 @@ def test_offline_missing_hub_model_is_one_line_model_error():
     assert "--revision" not in message
 
 
+def test_offline_an_esm_short_name_names_fair_esms_download_of_the_same_weights(run_cli, tmp_path, monkeypatch):
+    """A node that ran fair-esm keeps its weights in torch hub's checkpoints folder
+    (esm.pretrained's MODEL.pt): `-m esm2_t6_8M_UR50D` offline said to download what is there."""
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(ModelError) as info:
+        load_model("esm2_t6_8M_UR50D")
+    assert "import-model" not in str(info.value)  # (no such file there: the download advice alone)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    pt = tmp_path / "hub" / "checkpoints" / "esm2_t6_8M_UR50D.pt"
+    pt.write_bytes(b"PK\x03\x04 not read")
+    with pytest.raises(ModelError) as info:
+        load_model("esm2_t6_8M_UR50D")
+    assert str(info.value).endswith(f"; or convert fair-esm's download of the same weights, here: protrans "
+                                    f"import-model {pt} -o DIR, then model=DIR")
+    with pytest.raises(ModelError) as info:
+        load_model("prot_bert")  # (not an ESM model: fair-esm has no file of it)
+    assert "import-model" not in str(info.value)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">p\nMKTAYIAK\n")
+    r = run_cli("embed", fasta, "-m", "esm2_t6_8M_UR50D", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and r.stderr.rstrip().endswith(f"import-model {pt} -o DIR, then -m DIR"), r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
 def test_no_network_without_hf_hub_offline_uses_the_cache_at_once(monkeypatch):
     """A cluster node without network and without HF_HUB_OFFLINE: every hub request retried for
     about half a minute (two minutes to load a cached model). One TCP probe of the hub's host

@@ -954,7 +954,25 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
     return (f"cannot load model {name!r}: no local directory of that name, and {missing} "
             f"not in the local Hugging Face cache and {why}; "
             f"download it where there is network ({get}) "
-            f"and pass the directory: {_give(flag)}DIR")
+            f"and pass the directory: {_give(flag)}DIR{_fair_esm_download(name, flag) if not what else ''}")
+
+
+def _fair_esm_download(name: str, flag: str) -> str:
+    """Where fair-esm's own download of an ESM short name's weights lies (`esm.pretrained` keeps
+    MODEL.pt in torch hub's checkpoints folder, ~/.cache/torch/hub/checkpoints): the way to use it
+    without network, or "". A node that ran fair-esm has the weights, and was told to download them."""
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    checkpoint = CHECKPOINTS.get(name)
+    if checkpoint is None or checkpoint.family != "esm":
+        return ""
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+    if not path.is_file():
+        return ""
+    return (f"; or convert fair-esm's download of the same weights, here: protrans import-model {path} -o DIR, "
+            f"then {_give(flag)}DIR")
 
 
 def _is_head(directory) -> bool:
