@@ -53,16 +53,9 @@ with `--repr_layers -3 -2 -1` mapped to 0..N as the script maps them, and the ro
 esm-extract cannot read lowercase letters (fair-esm's tokenizer raises KeyError), so that protein
 is given to it upper-cased, as `protrans embed` reads it.
 
-Parameter names, fair-esm -> transformers (`esm.` prefix of EsmForMaskedLM): embed_tokens ->
-embeddings.word_embeddings; layers.N -> encoder.layer.N with self_attn.{q,k,v}_proj ->
-attention.self.{query,key,value}, self_attn.out_proj -> attention.output.dense,
-self_attn_layer_norm -> attention.LayerNorm, fc1 -> intermediate.dense, fc2 -> output.dense,
-final_layer_norm -> LayerNorm; emb_layer_norm_after -> encoder.emb_layer_norm_after;
-ESM-1b's embed_positions -> embeddings.position_embeddings, emb_layer_norm_before ->
-embeddings.layer_norm;
-contact_head -> contact_head; lm_head.weight (tied) -> lm_head.decoder.weight, the rest of
-lm_head unchanged; rot_emb.inv_freq is not stored (both compute it). The script checks that the
-converted model's hidden states equal fair-esm's before writing anything.
+The conversion is `protrans import-model`'s (protrans_cli/models/fair_esm.py: `hf_name` maps the
+parameter names, `transformers_config` the architecture). The script checks that the converted
+model's hidden states equal fair-esm's before writing anything.
 
 fair-esm 2.0.0 (the PyPI release) needs no dependencies beyond torch:
 
@@ -89,6 +82,8 @@ import random
 import sys
 import tempfile
 from pathlib import Path
+
+from protrans_cli.models.fair_esm import ESM1B, ESM2, Architecture, hf_name, to_transformers, write_tokenizer
 
 LAYERS, DIM, HEADS = 2, 8, 2
 SEED = 0
@@ -117,35 +112,6 @@ def proteins() -> dict[str, str]:
         "mixed_40": seq(40),
         "long": seq(LONG),
     }
-
-
-def hf_name(name: str) -> str | None:
-    """fair-esm ESM2 or ESM-1b parameter name -> transformers EsmForMaskedLM's (None: not stored)."""
-    if name == "embed_tokens.weight":
-        return "esm.embeddings.word_embeddings.weight"
-    if name == "embed_positions.weight":
-        return "esm.embeddings.position_embeddings.weight"
-    if name.startswith("emb_layer_norm_before."):
-        return "esm.embeddings.layer_norm." + name.split(".", 1)[1]
-    if name.startswith("emb_layer_norm_after."):
-        return "esm.encoder." + name
-    if name.startswith("contact_head."):
-        return "esm." + name
-    if name == "lm_head.weight":
-        return "lm_head.decoder.weight"
-    if name.startswith("lm_head."):
-        return name
-    _, n, rest = name.split(".", 2)
-    if rest.endswith("rot_emb.inv_freq"):
-        return None
-    renames = {"self_attn.q_proj.": "attention.self.query.", "self_attn.k_proj.": "attention.self.key.",
-               "self_attn.v_proj.": "attention.self.value.", "self_attn.out_proj.": "attention.output.dense.",
-               "self_attn_layer_norm.": "attention.LayerNorm.", "fc1.": "intermediate.dense.",
-               "fc2.": "output.dense.", "final_layer_norm.": "LayerNorm."}
-    for old, new in renames.items():
-        if rest.startswith(old):
-            return f"esm.encoder.layer.{n}.{new}{rest[len(old):]}"
-    raise KeyError(name)
 
 
 def double_mutant(wild_type: str, sites=DOUBLE_SITES) -> str:
@@ -307,7 +273,6 @@ def main() -> None:
     import transformers
     from esm.version import version as esm_version
     from safetensors.torch import save_file
-    from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     if args.add_variants:
@@ -317,18 +282,10 @@ def main() -> None:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = EsmConfig(
-        vocab_size=len(alphabet), mask_token_id=alphabet.mask_idx, pad_token_id=alphabet.padding_idx,
-        hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=4 * DIM,
-        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        max_position_embeddings=1026, layer_norm_eps=1e-5,
-        position_embedding_type="absolute" if esm1b else "rotary",
-        emb_layer_norm_before=esm1b, token_dropout=True, architectures=["EsmForMaskedLM"])
-    hf = EsmForMaskedLM(config).eval()
-    weights = {hf_name(n): t for n, t in model.state_dict().items() if hf_name(n) is not None}
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
-    allowed = {"esm.embeddings.position_ids"} if esm1b else {"esm.rotary_embeddings.inv_freq"}
-    assert not unexpected and set(missing) <= allowed, (missing, unexpected)
+    # (the conversion `protrans import-model` makes of fair-esm's files: protrans_cli/models/fair_esm.py)
+    arch = Architecture(kind=ESM1B if esm1b else ESM2, layers=LAYERS, dim=DIM, heads=HEADS, ffn=4 * DIM,
+                        token_dropout=True, max_positions=1026, emb_layer_norm_before=esm1b)
+    hf = to_transformers(model.state_dict(), arch)
 
     records = proteins()
     with tempfile.TemporaryDirectory() as tmp:
@@ -366,8 +323,8 @@ def main() -> None:
     meta = {"fair_esm": esm_version, "arch": args.arch, "transformers": transformers.__version__, "torch": torch.__version__,
             **variant_meta}
     hf.save_pretrained(out_dir)
-    (out_dir / "vocab.txt").write_text("\n".join(alphabet.all_toks) + "\n")
-    EsmTokenizer(str(out_dir / "vocab.txt")).save_pretrained(out_dir)
+    write_tokenizer(out_dir)
+    assert (out_dir / "vocab.txt").read_text().split() == alphabet.all_toks
     save_file({k: v.contiguous() for k, v in ref.items()}, out_dir / "reference.safetensors", metadata=meta)
     print(f"wrote {out_dir} (fair-esm {esm_version}, transformers {transformers.__version__}, "
           f"torch {torch.__version__})")

@@ -425,13 +425,15 @@ def test_a_weights_file_given_as_the_model_is_named_not_looked_up_on_the_hub(run
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
     assert result.stderr == (f"protrans: error: {fair}: fair-esm's weights of esm2_t6_8M_UR50D (a PyTorch file, "
                              "which is not loaded); give the short name esm2_t6_8M_UR50D: the same weights converted "
-                             "for transformers (facebook/esm2_t6_8M_UR50D)\n"), result.stderr
+                             f"for transformers (facebook/esm2_t6_8M_UR50D), or convert the file with `protrans "
+                             f"import-model {fair} -o DIR`\n"), result.stderr
     other = tmp_path / "my_model.pt"  # (weights of no known name: what a model is)
     other.write_bytes(b"\0" * 16)
     result = run_cli("embed", fasta, "-m", other, "-o", tmp_path / "x.h5")
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"protrans: error: {other}: a PyTorch weights file (such as fair-esm's), which "
-                                    "is not loaded; give the transformers model of the same weights"), result.stderr
+                                    f"is not loaded; convert a fair-esm checkpoint with `protrans import-model {other} "
+                                    "-o DIR`, or give the transformers model of the same weights"), result.stderr
     assert not (tmp_path / "x.h5").exists()
 
 

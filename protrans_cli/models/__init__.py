@@ -235,16 +235,21 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
 def _pytorch_file_advice(path: Path) -> str:
     """What to give instead of a PyTorch weights file: fair-esm's `esm2_t33_650M_UR50D.pt` (or
     its `-contact-regression.pt`, which the transformers model holds) by the short name of the
-    same weights, converted (what a script written around esm-extract's MODEL_LOCATION needs)."""
+    same weights, converted (what a script written around esm-extract's MODEL_LOCATION needs), or
+    the file converted by `protrans import-model` (offline, or a model of one's own)."""
     stem = path.stem.removesuffix("-contact-regression")
+    model_file = path.with_name(stem + path.suffix) if stem != path.stem else path
+    convert = option(f"`protrans import-model {model_file} -o DIR`",
+                     f"protrans_cli.models.fair_esm.import_fair_esm({str(model_file)!r}, DIR)")
     if stem in CHECKPOINTS:
         what = "contact regression" if stem != path.stem else "weights"
         return (f"fair-esm's {what} of {stem} (a PyTorch file, which is not loaded); give the short name "
                 f"{stem}: the same weights converted for transformers ({CHECKPOINTS[stem].hub_id}"
-                f"{', its contact head included' if stem != path.stem else ''})")
-    return ("a PyTorch weights file (such as fair-esm's), which is not loaded; give the transformers model of the "
-            "same weights: a directory with config.json, a hub id or a short name "
-            f"({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
+                f"{', its contact head included' if stem != path.stem else ''}), or convert the file with "
+                f"{convert}")
+    return (f"a PyTorch weights file (such as fair-esm's), which is not loaded; convert a fair-esm checkpoint with "
+            f"{convert}, or give the transformers model of the same weights: a directory with config.json, a hub id "
+            f"or a short name ({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
 
 
 def _keyword(flag: str) -> str:

@@ -1,0 +1,266 @@
+"""`protrans import-model`: fair-esm `.pt` checkpoints (ESM-2, ESM-1b) as transformers model directories.
+
+The checkpoints are made here from the tiny models of tests/data/esm_reference (ESM-2) and
+esm1b_reference (ESM-1b), their weights renamed back to fair-esm's and saved as fair-esm's files
+are (`{"model": ..., "cfg": {"model": Namespace(...)}}`, `{"model": ..., "args": Namespace(
+arch="roberta_large", ...)}`, the contact regression in NAME-contact-regression.pt); the converted
+models must give esm-extract's rows and fair-esm's contacts in their reference.safetensors.
+tests/data/fair_esm_dictconfig.pt (scripts/make_fair_esm_fixture.py) holds a real omegaconf
+DictConfig as its config; omegaconf is not needed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+
+DATA = Path(__file__).parent / "data"
+REFERENCES = {"esm2": DATA / "esm_reference", "esm1b": DATA / "esm1b_reference"}
+LAYERS, DIM, HEADS = 2, 8, 2
+SHORT = ("rare", "one", "lower", "mixed_40")  # (the reference's long protein needs --long-policy)
+REGRESSION = ("contact_head.regression.weight", "contact_head.regression.bias")
+
+
+def fair_esm_names(esm1b: bool, layers: int = LAYERS) -> list[str]:
+    """The parameter names of fair-esm's ESM2 (or ProteinBertModel roberta_large) as its files hold them."""
+    names = ["embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias", *REGRESSION,
+             "lm_head.weight", "lm_head.bias", "lm_head.dense.weight", "lm_head.dense.bias",
+             "lm_head.layer_norm.weight", "lm_head.layer_norm.bias"]
+    if esm1b:
+        names += ["embed_positions.weight", "emb_layer_norm_before.weight", "emb_layer_norm_before.bias"]
+    for n in range(layers):
+        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                     "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"):
+            names += [f"layers.{n}.{part}.weight", f"layers.{n}.{part}.bias"]
+    return names
+
+
+def fair_esm_state(arch: str) -> dict:
+    """The tiny model's weights under fair-esm's names (and prefixes), rotary inv_freq included
+    as fair-esm's ESM-2 stores it."""
+    from transformers import EsmForMaskedLM
+
+    from protrans_cli.models.fair_esm import hf_name
+
+    esm1b = arch == "esm1b"
+    hf = EsmForMaskedLM.from_pretrained(REFERENCES[arch]).state_dict()
+    state = {}
+    for name in fair_esm_names(esm1b):
+        prefix = "encoder." if name.startswith(("lm_head.", "contact_head.")) else "encoder.sentence_encoder."
+        state[prefix + name] = hf[hf_name(name)].clone()
+    if not esm1b:
+        head_dim = DIM // HEADS
+        for n in range(LAYERS):
+            state[f"encoder.sentence_encoder.layers.{n}.self_attn.rot_emb.inv_freq"] = \
+                1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    return state
+
+
+def save_fair_esm(path: Path, arch: str, *, regression: bool = True, config=True) -> Path:
+    """A fair-esm checkpoint of the tiny `arch` at `path` (and its contact regression beside it)."""
+    state = fair_esm_state(arch)
+    head = {k: state.pop("encoder." + k) for k in REGRESSION}
+    if arch == "esm1b":
+        args = argparse.Namespace(arch="roberta_large", encoder_layers=LAYERS, encoder_embed_dim=DIM,
+                                  encoder_ffn_embed_dim=4 * DIM, encoder_attention_heads=HEADS,
+                                  max_positions=1024, token_dropout=True, dropout=0.1)
+        data = {"model": state, "args": args}
+    else:
+        cfg = argparse.Namespace(encoder_layers=LAYERS, encoder_embed_dim=DIM, encoder_ffn_embed_dim=4 * DIM,
+                                 encoder_attention_heads=HEADS, token_dropout=True, _name="ESM2")
+        data = {"model": state, "cfg": {"model": cfg, "task": argparse.Namespace(_name="masked_lm")}}
+    if not config:
+        data = {"model": state}
+    torch.save(data, path)
+    if regression:
+        torch.save({"model": head}, path.with_name(path.stem + "-contact-regression.pt"))
+    return path
+
+
+def _rows(run_cli, tmp_path, model_dir, arch) -> dict:
+    out, fasta = tmp_path / f"{arch}.h5", tmp_path / "short.fa"
+    fasta.write_text("".join(f">{i}\n{_sequence(arch, i)}\n" for i in SHORT))
+    r = run_cli("embed", fasta, "-m", model_dir, "-o", out, "--device", "cpu", "-j", "1",
+                "--layer", "-1", "--layer", "0")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        return {i: a for i, a, _ in reader.items(PER_RESIDUE)}
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCES))
+def test_converted_model_gives_esm_extract_rows(run_cli, tmp_path, arch):
+    """embed with the converted model: esm-extract's rows (fair-esm's own model) to 1e-5."""
+    from safetensors.numpy import load_file
+
+    ckpt = save_fair_esm(tmp_path / f"{arch}_t2_tiny.pt", arch)
+    out = tmp_path / "converted"
+    r = run_cli("import-model", ckpt, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    kind = "ESM-1b" if arch == "esm1b" else "ESM-2"
+    assert r.stderr == f"imported {kind} (2 layers, 8 dimensions, 2 heads, contact head: yes) into {out}\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # (no partial left)
+    ref = load_file(REFERENCES[arch] / "reference.safetensors")
+    rows = _rows(run_cli, tmp_path, out, arch)
+    for ident in SHORT:
+        got = rows[ident]  # (2, L, D): layers -1 and 0 as asked
+        np.testing.assert_allclose(got[0], ref[f"rows/{ident}/{LAYERS}"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got[1], ref[f"rows/{ident}/0"], atol=1e-5, rtol=0)
+    from safetensors.torch import load_file as load_tensors
+
+    embed = load_tensors(out / "model.safetensors")["esm.embeddings.word_embeddings.weight"]
+    # ESM-1b's <mask> row zeroed as fair-esm's loader zeroes it ("for token drop"); ESM-2's kept
+    assert (embed[32] == 0).all() == (arch == "esm1b")
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCES))
+def test_contact_regression_beside_the_file_gives_fair_esm_contacts(run_cli, tmp_path, arch):
+    from safetensors.numpy import load_file
+
+    ckpt = save_fair_esm(tmp_path / f"{arch}_t2_tiny.pt", arch)
+    assert run_cli("import-model", ckpt, "-o", tmp_path / "m").exit_code == 0
+    fasta = tmp_path / "few.fa"
+    fasta.write_text(">mixed_20\n" + _sequence(arch, "mixed_20") + "\n")
+    r = run_cli("contacts", fasta, "-m", tmp_path / "m", "-o", tmp_path / "c.h5", "--storage-dtype", "float32")
+    assert r.exit_code == 0, r.stderr
+    import h5py
+
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        (key,) = list(f["contacts"])
+        got = f["contacts"][key][()]
+    np.testing.assert_allclose(got, load_file(REFERENCES[arch] / "reference.safetensors")["contacts/mixed_20"],
+                               atol=1e-5, rtol=0)
+
+
+def _sequence(arch: str, ident: str) -> str:
+    lines = (REFERENCES[arch] / "input.fa").read_text().split(">")
+    return next(block.split("\n", 1)[1].replace("\n", "") for block in lines if block.startswith(ident + "\n"))
+
+
+def test_without_regression_file_the_model_has_no_contact_head(run_cli, tmp_path):
+    """As fair-esm's ESM-1v: no regression file, no head (contacts refuses the model rather than
+    drawing maps from transformers' initial head)."""
+    ckpt = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2", regression=False)
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "contact head: no" in r.stderr
+    fasta = tmp_path / "one.fa"
+    fasta.write_text(">p\nMKTAYIAK\n")
+    r = run_cli("contacts", fasta, "-m", tmp_path / "m", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and "no contact head" in r.stderr
+
+
+def test_state_dict_alone_is_read_from_its_shapes(run_cli, tmp_path):
+    """`{"model": ...}` without cfg or args (a fine-tuned model saved alone): layers, widths and the
+    heads (from the contact regression: one weight per layer and head) from the tensors."""
+    ckpt = save_fair_esm(tmp_path / "tuned.pt", "esm2", config=False)
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "imported ESM-2 (2 layers, 8 dimensions, 2 heads, contact head: yes)" in r.stderr
+
+
+def test_dictconfig_fixture_is_read_without_omegaconf(run_cli, tmp_path):
+    """A real omegaconf DictConfig as cfg["model"] (scripts/make_fair_esm_fixture.py): its values are
+    read from the stand-ins (the heads, 2, are in the config alone: no regression file, and 8
+    dimensions are in no published table)."""
+    import sys
+
+    assert "omegaconf" not in sys.modules
+    r = run_cli("import-model", DATA / "fair_esm_dictconfig.pt", "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "imported ESM-2 (2 layers, 8 dimensions, 2 heads, contact head: no)" in r.stderr
+    assert "omegaconf" not in sys.modules
+
+
+class Pwned:
+    """A class whose unpickling would write a file (its __setstate__) if it were ever run."""
+
+    marker = None
+
+    def __setstate__(self, state):
+        Path(state["path"]).write_text("pwned")
+
+
+class System:
+    """Unpickles as os.system(command)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_pickled_code_never_runs(run_cli, tmp_path):
+    marker = tmp_path / "PWNED"
+    ckpt = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2")
+    data = torch.load(ckpt, weights_only=False)
+    evil = Pwned()
+    evil.path = str(marker)  # (pickled state: {"path": ...}, given to __setstate__ on load)
+    data["cfg"]["model"].extra = evil
+    torch.save(data, ckpt)
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr  # (the stand-in took the state and did nothing)
+    assert not marker.exists()
+
+    data["cfg"]["model"].extra = System(f"touch {marker}")
+    torch.save(data, ckpt)
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m2")
+    assert r.exit_code == 1 and not marker.exists() and not (tmp_path / "m2").exists()
+    assert r.stderr.count("\n") == 1 and "esm2_tiny.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def _refusal(run_cli, tmp_path, path, *expected, code=1):
+    out = tmp_path / "out"
+    r = run_cli("import-model", path, "-o", out)
+    assert r.exit_code == code, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    for text in expected:
+        assert text in r.stderr, r.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    return r.stderr
+
+
+def test_bad_inputs_one_line_each(run_cli, tmp_path):
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint\n")
+    _refusal(run_cli, tmp_path, text, "text.pt", "not a torch checkpoint")
+    good = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:2000])
+    _refusal(run_cli, tmp_path, cut, "cut.pt", "cannot read the checkpoint")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
+    _refusal(run_cli, tmp_path, tmp_path / "other.pt", "other.pt", "has no `model` state dict")
+    torch.save({"model": fair_esm_state("esm1b"), "args": argparse.Namespace(arch="msa_transformer")},
+               tmp_path / "msa.pt")
+    _refusal(run_cli, tmp_path, tmp_path / "msa.pt", "msa.pt", "msa_transformer", "MSA Transformer")
+    h5 = tmp_path / "e.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    _refusal(run_cli, tmp_path, h5, "e.h5", "an HDF5 file")
+    (tmp_path / "folder").mkdir()
+    _refusal(run_cli, tmp_path, tmp_path / "folder", "folder", "is a directory")
+    _refusal(run_cli, tmp_path, tmp_path / "esm2_tiny-contact-regression.pt", "give esm2_tiny.pt")
+    _refusal(run_cli, tmp_path, tmp_path / "absent.pt", "absent.pt", "no such file")
+
+
+def test_existing_output_needs_force(run_cli, tmp_path):
+    ckpt = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2")
+    assert run_cli("import-model", ckpt, "-o", tmp_path / "m").exit_code == 0
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 2 and "--force" in r.stderr
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m", "--force")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_embed_with_a_pt_file_names_import_model(run_cli, tmp_path):
+    ckpt = save_fair_esm(tmp_path / "mine.pt", "esm2")
+    fasta = tmp_path / "one.fa"
+    fasta.write_text(">p\nMKTAYIAK\n")
+    r = run_cli("embed", fasta, "-m", ckpt, "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and f"protrans import-model {ckpt} -o" in r.stderr, r.stderr
