@@ -165,6 +165,19 @@ def test_state_dict_alone_is_read_from_its_shapes(run_cli, tmp_path):
     assert "imported ESM-2 (2 layers, 8 dimensions, 2 heads, contact head: yes)" in r.stderr
 
 
+def test_half_precision_file_stays_half(run_cli, tmp_path):
+    from safetensors import safe_open
+
+    ckpt = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2")
+    data = torch.load(ckpt, weights_only=False)
+    data["model"] = {k: v.half() for k, v in data["model"].items()}
+    torch.save(data, ckpt)
+    assert run_cli("import-model", ckpt, "-o", tmp_path / "m").exit_code == 0
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if "inv_freq" not in k} == {"F16"}
+    assert '"dtype": "float16"' in (tmp_path / "m" / "config.json").read_text()
+
+
 def test_dictconfig_fixture_is_read_without_omegaconf(run_cli, tmp_path):
     """A real omegaconf DictConfig as cfg["model"] (scripts/make_fair_esm_fixture.py): its values are
     read from the stand-ins (the heads, 2, are in the config alone: no regression file, and 8

@@ -139,6 +139,10 @@ def to_transformers(state: dict, arch: Architecture):
     from transformers import EsmForMaskedLM
 
     hf = EsmForMaskedLM(transformers_config(arch)).eval()
+    dtype = state["embed_tokens.weight"].dtype
+    if dtype.is_floating_point and dtype != hf.dtype:  # (a half-precision file stays half: not twice its size)
+        hf = hf.to(dtype)
+        hf.config.dtype = dtype
     weights = {hf_name(n): t for n, t in state.items() if hf_name(n) is not None}
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     allowed = {"esm.embeddings.position_ids", "esm.rotary_embeddings.inv_freq", "lm_head.decoder.weight"}
