@@ -277,3 +277,43 @@ def test_embed_with_a_pt_file_names_import_model(run_cli, tmp_path):
     fasta.write_text(">p\nMKTAYIAK\n")
     r = run_cli("embed", fasta, "-m", ckpt, "-o", tmp_path / "e.h5")
     assert r.exit_code == 1 and f"protrans import-model {ckpt} -o" in r.stderr, r.stderr
+
+
+def test_esm_extract_converts_a_pt_path_for_the_run(run_cli, tmp_path, monkeypatch):
+    """fair-esm's esm-extract takes MODEL.pt: so does the drop-in, through a temporary model directory
+    that is gone afterwards; its files hold esm-extract's rows and means."""
+    import tempfile
+
+    from safetensors.numpy import load_file
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    ckpt = save_fair_esm(tmp_path / "esm2_t2_tiny.pt", "esm2")
+    fasta = tmp_path / "short.fa"
+    fasta.write_text("".join(f">{i}\n{_sequence('esm2', i)}\n" for i in SHORT))
+    r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", "--repr_layers", "0", "2", "--include", "mean",
+                "per_tok")
+    assert r.exit_code == 0, r.stderr
+    assert f"converting {ckpt} for this run (`protrans import-model {ckpt} -o DIR`" in r.stderr
+    def converted():  # (torch's compiler caches may be made there too)
+        return [p for p in scratch.iterdir() if p.name.startswith("protrans-import-model")]
+
+    assert converted() == []
+    ref = load_file(REFERENCES["esm2"] / "reference.safetensors")
+    for ident in SHORT:
+        got = torch.load(tmp_path / "out" / f"{ident}.pt", weights_only=True)
+        for layer in (0, 2):
+            np.testing.assert_allclose(got["representations"][layer].numpy(), ref[f"rows/{ident}/{layer}"],
+                                       atol=1e-5, rtol=0)
+            np.testing.assert_allclose(got["mean_representations"][layer].numpy(), ref[f"mean/{ident}/{layer}"],
+                                       atol=1e-5, rtol=0)
+
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[:2000])
+    r = run_cli("esm-extract", cut, fasta, tmp_path / "out2", "--include", "mean")
+    assert r.exit_code == 1 and "cut.pt: cannot read the checkpoint" in r.stderr, r.stderr
+    assert not (tmp_path / "out2").exists() and converted() == []
+    r = run_cli("esm-extract", tmp_path / "esm2_t2_tiny-contact-regression.pt", fasta, tmp_path / "out2",
+                "--include", "mean")
+    assert r.exit_code == 1 and "give esm2_t2_tiny.pt" in r.stderr, r.stderr

@@ -78,8 +78,10 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     torch.save of {"label", "representations", "mean_representations",
     "bos_representations", "contacts"} (the included ones) as float32 tensors by
     layer. MODEL_LOCATION is any model embed takes (-m): a short name (see
-    `protrans models`), hub id or model directory; fair-esm's .pt weights are
-    not read (for esm2_t33_650M_UR50D.pt give esm2_t33_650M_UR50D).
+    `protrans models`), hub id or model directory. A fair-esm .pt file (ESM-2,
+    ESM-1b, ESM-1v) is converted for the run into a temporary model directory,
+    as `protrans import-model` converts it once (read weights-only: nothing in
+    it runs).
 
     Differences: the file is named after the protein's id (its header up to the
     first space, a '/' as %2F), not the whole header line as esm-extract names
@@ -97,6 +99,24 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     protrans esm-extract esm1b_t33_650M_UR50S proteins.fasta maps/ \\
         --include contacts --nogpu
     """
+    import contextlib
+    import os
+
+    from protrans_cli import console
+
+    with contextlib.ExitStack() as stack:
+        if str(model_location).endswith(".pt") and os.path.isfile(model_location):  # (fair-esm's test of a path)
+            from protrans_cli.models.fair_esm import converted
+
+            console.info(f"esm-extract: converting {model_location} for this run (`protrans import-model "
+                         f"{model_location} -o DIR` converts it once, for MODEL_LOCATION DIR)")
+            model_location = stack.enter_context(converted(model_location))
+        _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
+             nogpu, dtype)
+
+
+def _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length, nogpu,
+         dtype):
     import shlex
     import sys
 

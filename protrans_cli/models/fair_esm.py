@@ -31,6 +31,7 @@ target, loaded back through `load_model` and compared before it takes the target
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -463,6 +464,27 @@ def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedMode
             raise RuntimeFailure(f"cannot write the model: {reason}", path=str(out_dir)) from None
         raise
     return ImportedModel(out_dir, arch.kind, arch.layers, arch.dim, arch.heads, contact_head)
+
+
+@contextmanager
+def converted(checkpoint):
+    """The fair-esm checkpoint converted into a temporary model directory (under TMPDIR), removed
+    on leaving: what `protrans esm-extract MODEL.pt` runs from, as fair-esm's reads a `.pt` path."""
+    import shutil
+    import tempfile
+
+    from protrans_cli.errors import RuntimeFailure
+
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="protrans-import-model."))
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot make a temporary folder to convert the checkpoint into: "
+                             f"{exc.strerror or exc} (TMPDIR names another)", path=str(checkpoint)) from None
+    try:
+        import_fair_esm(checkpoint, folder / Path(checkpoint).stem)
+        yield folder / Path(checkpoint).stem
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _verify(directory: Path, hf, contact_head: bool) -> None:
