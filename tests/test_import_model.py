@@ -78,6 +78,8 @@ def save_fair_esm(path: Path, arch: str, *, regression: bool = True, config=True
         data = {"model": state, "cfg": {"model": cfg, "task": argparse.Namespace(_name="masked_lm")}}
     if not config:
         data = {"model": state}
+    elif config == "fairseq":  # (fairseq's checkpoints hold both keys, the one not used None)
+        data = {**data, "args": data.get("args"), "cfg": data.get("cfg")}
     torch.save(data, path)
     if regression:
         torch.save({"model": head}, path.with_name(path.stem + "-contact-regression.pt"))
@@ -178,6 +180,14 @@ def test_half_precision_file_stays_half(run_cli, tmp_path):
     assert '"dtype": "float16"' in (tmp_path / "m" / "config.json").read_text()
 
 
+@pytest.mark.parametrize("arch", sorted(REFERENCES))
+def test_fairseq_checkpoint_with_args_or_cfg_none(run_cli, tmp_path, arch):
+    ckpt = save_fair_esm(tmp_path / f"{arch}.pt", arch, config="fairseq")
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert f"imported {'ESM-1b' if arch == 'esm1b' else 'ESM-2'} (2 layers" in r.stderr
+
+
 def test_dictconfig_fixture_is_read_without_omegaconf(run_cli, tmp_path):
     """A real omegaconf DictConfig as cfg["model"] (scripts/make_fair_esm_fixture.py): its values are
     read from the stand-ins (the heads, 2, are in the config alone: no regression file, and 8
@@ -253,6 +263,13 @@ def test_bad_inputs_one_line_each(run_cli, tmp_path):
     torch.save({"model": fair_esm_state("esm1b"), "args": argparse.Namespace(arch="msa_transformer")},
                tmp_path / "msa.pt")
     _refusal(run_cli, tmp_path, tmp_path / "msa.pt", "msa.pt", "msa_transformer", "MSA Transformer")
+    torch.save({"model": fair_esm_state("esm1b"), "cfg": {"model": argparse.Namespace(encoder_layers=LAYERS)}},
+               tmp_path / "mixed.pt")
+    _refusal(run_cli, tmp_path, tmp_path / "mixed.pt", "mixed.pt", "holds embed_positions")
+    state = fair_esm_state("esm2")
+    state["encoder.sentence_encoder.layers.1.fc2.weight"] = torch.zeros(8, 16)  # (layer 0's fc1 makes 32)
+    torch.save({"model": state}, tmp_path / "shapes.pt")
+    _refusal(run_cli, tmp_path, tmp_path / "shapes.pt", "shapes.pt", "do not make one ESM-2 model")
     h5 = tmp_path / "e.h5"
     h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     _refusal(run_cli, tmp_path, h5, "e.h5", "an HDF5 file")

@@ -30,6 +30,7 @@ target, loaded back through `load_model` and compared before it takes the target
 
 from __future__ import annotations
 
+import collections
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 # dict it made only when it is a real dict
 _INERT = {"builtins.dict": dict, "builtins.list": list, "builtins.int": int, "builtins.float": float,
           "builtins.str": str, "builtins.bool": bool, "builtins.tuple": tuple, "builtins.set": set,
-          "builtins.frozenset": frozenset, "collections.defaultdict": None}
+          "builtins.frozenset": frozenset, "collections.defaultdict": collections.defaultdict}
 
 
 @dataclass
@@ -199,9 +200,7 @@ def _stand_in(global_name: str):
     """The stand-in registered under `global_name` (a class of its own, so that each name's
     objects can be told apart)."""
     if global_name in _INERT:
-        from collections import defaultdict
-
-        return _INERT[global_name] or defaultdict
+        return _INERT[global_name]
     return type(global_name.rsplit(".", 1)[-1], (_StandIn,), {"global_name": global_name})
 
 
@@ -239,7 +238,8 @@ def load_checkpoint(path) -> dict:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
             stand_ins = [(_stand_in(name), name) for name in names]
             with torch.serialization.safe_globals(stand_ins):
-                data = torch.load(str(path), map_location="cpu", weights_only=True)
+                # (a zip archive mapped, not read into memory: the weights are copied into the model once)
+                data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
     except Exception as exc:  # noqa: BLE001 - a cut or damaged file, or one refused weights-only
         raise InputError(f"cannot read the checkpoint ({_reason(exc)}); nothing in it was run",
                          path=str(path)) from None
@@ -315,7 +315,9 @@ def read_fair_esm(path) -> tuple[Architecture, dict]:
         stem = path.name.removesuffix(REGRESSION_SUFFIX)
         raise InputError(f"the contact regression of a model, not the model: give {stem}.pt (this file is read "
                          "from beside it)", path=str(path))
-    if "cfg" in data:
+    # (fairseq's checkpoints hold both keys, the one not used None; fair-esm reads ESM-2's cfg and
+    # ESM-1b's and ESM-1v's args)
+    if data.get("args") is None and data.get("cfg") is not None:
         cfg = plain(data["cfg"])
         config = plain(cfg.get("model")) if isinstance(cfg, dict) else None
         config = config if isinstance(config, dict) else {}
@@ -324,7 +326,7 @@ def read_fair_esm(path) -> tuple[Architecture, dict]:
             raise InputError("an ESMFold checkpoint; import-model converts ESM-2, ESM-1b and ESM-1v language "
                              "models only", path=str(path))
         kind = ESM2
-    elif "args" in data:
+    elif data.get("args") is not None:
         config = plain(data["args"])
         config = config if isinstance(config, dict) else {}
         arch = _setting(config, "arch")
@@ -340,6 +342,9 @@ def read_fair_esm(path) -> tuple[Architecture, dict]:
         config = {}
         kind = ESM2 if "embed_positions.weight" not in state else (
             ESM1B if any(n.startswith("emb_layer_norm_before.") for n in state) else ESM1V)
+    if kind == ESM2 and "embed_positions.weight" in state:  # (to_transformers would find it left over)
+        raise InputError("its config is ESM-2's but it holds embed_positions, a learned position table (ESM-1b's and "
+                         "ESM-1v's): not a fair-esm ESM-2 state dict", path=str(path))
     for name in list(state):
         try:
             hf_name(name)
@@ -439,7 +444,11 @@ def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedMode
         model_dir = (out_dir / "config.json").is_file()
         check_replaceable(out_dir, "import-model", lambda entry: model_dir)
     arch, state = read_fair_esm(checkpoint)
-    hf = to_transformers(state, arch)
+    try:
+        hf = to_transformers(state, arch)
+    except (RuntimeError, AssertionError) as exc:  # (a tensor of another shape than its model's, one missing)
+        raise InputError(f"its tensors do not make one {arch.kind} model of {arch.layers} layers, {arch.dim} "
+                         f"dimensions: {first_line(exc)[:300]}", path=str(checkpoint)) from None
     contact_head = "contact_head.regression.weight" in state
     del state
     folder_can_be_made(out_dir.parent)
