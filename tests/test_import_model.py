@@ -277,6 +277,8 @@ def test_bad_inputs_one_line_each(run_cli, tmp_path):
     _refusal(run_cli, tmp_path, tmp_path / "folder", "folder", "is a directory")
     _refusal(run_cli, tmp_path, tmp_path / "esm2_tiny-contact-regression.pt", "give esm2_tiny.pt")
     _refusal(run_cli, tmp_path, tmp_path / "absent.pt", "absent.pt", "no such file")
+    _refusal(run_cli, tmp_path, "-", "not stdin", code=2)  # (README: read in place, exit 2)
+    assert "`import-model`'s, which are read in place" in (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_existing_output_needs_force(run_cli, tmp_path):
