@@ -180,6 +180,22 @@ def test_half_precision_file_stays_half(run_cli, tmp_path):
     assert '"dtype": "float16"' in (tmp_path / "m" / "config.json").read_text()
 
 
+def test_torch_legacy_format_is_read_too(run_cli, tmp_path):
+    """A checkpoint in torch's format before 1.6 (no zip archive), whose globals torch does not list:
+    learnt one refusal at a time, each read as a stand-in (a class that would write a file included)."""
+    ckpt = save_fair_esm(tmp_path / "esm1b_old.pt", "esm1b")
+    data = torch.load(ckpt, weights_only=False)
+    evil = Pwned()
+    evil.path = str(tmp_path / "PWNED")
+    data["args"].extra = [evil, {"getattr": getattr}]
+    torch.save(data, ckpt, _use_new_zipfile_serialization=False)
+    assert ckpt.read_bytes()[:1] == b"\x80"
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "imported ESM-1b (2 layers, 8 dimensions, 2 heads, contact head: yes)" in r.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
 @pytest.mark.parametrize("arch", sorted(REFERENCES))
 def test_fairseq_checkpoint_with_args_or_cfg_none(run_cli, tmp_path, arch):
     ckpt = save_fair_esm(tmp_path / f"{arch}.pt", arch, config="fairseq")

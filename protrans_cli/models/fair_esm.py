@@ -31,6 +31,7 @@ target, loaded back through `load_model` and compared before it takes the target
 from __future__ import annotations
 
 import collections
+import pickle
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -232,14 +233,26 @@ def load_checkpoint(path) -> dict:
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):
         raise InputError("not a torch checkpoint (neither the zip archive torch.save writes nor a pickle)",
                          path=str(path))
+    zipped = head.startswith(b"PK")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-            stand_ins = [(_stand_in(name), name) for name in names]
-            with torch.serialization.safe_globals(stand_ins):
-                # (a zip archive mapped, not read into memory: the weights are copied into the model once)
-                data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
+            # (torch lists the globals of a zip archive only; those of torch's older format are
+            # learnt from its refusals, one at a time)
+            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) if zipped else set()
+            for _ in range(_MOST_GLOBALS):
+                try:
+                    with torch.serialization.safe_globals([(_stand_in(name), name) for name in sorted(names)]):
+                        # (a zip archive mapped, not read into memory: the weights are copied into the model once)
+                        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
+                    break
+                except pickle.UnpicklingError as exc:
+                    name = _refused_global(exc)
+                    if zipped or name is None or name in names:
+                        raise
+                    names.add(name)
+            else:
+                raise ValueError(f"it pickles more than {_MOST_GLOBALS} classes and functions")
     except Exception as exc:  # noqa: BLE001 - a cut or damaged file, or one refused weights-only
         raise InputError(f"cannot read the checkpoint ({_reason(exc)}); nothing in it was run",
                          path=str(path)) from None
@@ -247,6 +260,19 @@ def load_checkpoint(path) -> dict:
         raise InputError(f"holds a {type(data).__name__}, not a fair-esm checkpoint (a dict with `model`)",
                          path=str(path))
     return data
+
+
+_MOST_GLOBALS = 200
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The global torch's weights-only unpickler refused ("Unsupported global: GLOBAL argparse.Namespace
+    was not an allowed global"; a builtin named without its module), or None for another refusal."""
+    match = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+    if match is None:
+        return None
+    name = match.group(1)
+    return name if "." in name else f"builtins.{name}"
 
 
 def _reason(exc: BaseException) -> str:
