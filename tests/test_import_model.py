@@ -352,3 +352,36 @@ def test_esm_extract_converts_a_pt_path_for_the_run(run_cli, tmp_path, monkeypat
     r = run_cli("esm-extract", tmp_path / "esm2_t2_tiny-contact-regression.pt", fasta, tmp_path / "out2",
                 "--include", "mean")
     assert r.exit_code == 1 and "give esm2_t2_tiny.pt" in r.stderr, r.stderr
+
+
+def test_esm_extract_reads_a_short_names_weights_from_fair_esms_download(run_cli, tmp_path, monkeypatch):
+    """fair-esm's esm-extract finds a short name's weights in torch hub's checkpoints folder, where
+    it downloaded them, and runs there without network; the drop-in failed offline ("not in the
+    local Hugging Face cache") with the same file on the node. The Hugging Face cache is read first."""
+    import tempfile
+
+    import torch.hub
+    from safetensors.numpy import load_file
+
+    from protrans_cli.models import fair_esm
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    fasta = tmp_path / "short.fa"
+    fasta.write_text("".join(f">{i}\n{_sequence('esm2', i)}\n" for i in SHORT))
+    r = run_cli("esm-extract", "esm2_t6_8M_UR50D", fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == 1 and "not in the local Hugging Face cache" in r.stderr, r.stderr  # (no file there)
+    download = save_fair_esm(tmp_path / "hub" / "checkpoints" / "esm2_t6_8M_UR50D.pt", "esm2")
+    r = run_cli("esm-extract", "esm2_t6_8M_UR50D", fasta, tmp_path / "out", "--repr_layers", "2", "--include", "mean")
+    assert r.exit_code == 0, r.stderr
+    assert (f"esm2_t6_8M_UR50D is not in the Hugging Face cache; converting fair-esm's download of it, {download}, "
+            "for this run") in r.stderr
+    ref = load_file(REFERENCES["esm2"] / "reference.safetensors")
+    for ident in SHORT:
+        got = torch.load(tmp_path / "out" / f"{ident}.pt", weights_only=True)
+        np.testing.assert_allclose(got["mean_representations"][2].numpy(), ref[f"mean/{ident}/2"], atol=1e-5, rtol=0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("protrans-import-model")]
+    monkeypatch.setattr(fair_esm, "hub_cached", lambda name: True)  # (the Hugging Face model, as before)
+    r = run_cli("esm-extract", "esm2_t6_8M_UR50D", fasta, tmp_path / "out2", "--include", "mean")
+    assert "converting" not in r.stderr and "not in the local Hugging Face cache" in r.stderr, r.stderr

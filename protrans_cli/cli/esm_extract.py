@@ -81,7 +81,8 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     `protrans models`), hub id or model directory. A fair-esm .pt file (ESM-2,
     ESM-1b, ESM-1v) is converted for the run into a temporary model directory,
     as `protrans import-model` converts it once (read weights-only: nothing in
-    it runs).
+    it runs); so is fair-esm's download of a short name's weights in torch
+    hub's checkpoints folder where the Hugging Face cache lacks the model.
 
     Differences: the file is named after the protein's id (its header up to the
     first space, a '/' as %2F), not the whole header line as esm-extract names
@@ -111,8 +112,25 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
             console.info(f"esm-extract: converting {model_location} for this run (`protrans import-model "
                          f"{model_location} -o DIR` converts it once, for MODEL_LOCATION DIR)")
             model_location = stack.enter_context(converted(model_location))
+        elif (download := _fair_esm_download(model_location)) is not None:
+            # (fair-esm's esm-extract reads a short name's weights from there without network)
+            from protrans_cli.models.fair_esm import converted
+
+            console.info(f"esm-extract: {model_location} is not in the Hugging Face cache; converting fair-esm's "
+                         f"download of it, {download}, for this run (`protrans import-model {download} -o DIR` "
+                         "converts it once, for MODEL_LOCATION DIR)")
+            model_location = stack.enter_context(converted(download))
         _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
              nogpu, dtype)
+
+
+def _fair_esm_download(model_location):
+    """fair-esm's download of a short name's weights in torch hub's folder, where the Hugging Face
+    cache lacks the model (fair-esm's esm-extract reads it from there), else None."""
+    from protrans_cli.models.fair_esm import hub_cached, torch_hub_file
+
+    download = torch_hub_file(str(model_location))
+    return download if download is not None and not hub_cached(str(model_location)) else None
 
 
 def _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length, nogpu,

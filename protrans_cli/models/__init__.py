@@ -963,18 +963,13 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
 
 
 def _fair_esm_download(name: str, flag: str) -> str:
-    """Where fair-esm's own download of an ESM short name's weights lies (`esm.pretrained` keeps
-    MODEL.pt in torch hub's checkpoints folder, ~/.cache/torch/hub/checkpoints): the way to use it
-    without network, or "". A node that ran fair-esm has the weights, and was told to download them."""
-    from protrans_cli.models.checkpoints import CHECKPOINTS
+    """The way to use fair-esm's own download of an ESM short name's weights without network
+    (fair_esm.torch_hub_file), or "". A node that ran fair-esm has the weights, and was told to
+    download them."""
+    from protrans_cli.models.fair_esm import torch_hub_file
 
-    checkpoint = CHECKPOINTS.get(name)
-    if checkpoint is None or checkpoint.family != "esm":
-        return ""
-    import torch.hub
-
-    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
-    if not path.is_file():
+    path = torch_hub_file(name)
+    if path is None:
         return ""
     return (f"; or convert fair-esm's download of the same weights, here: protrans import-model {path} -o DIR, "
             f"then {_give(flag)}DIR")

@@ -501,6 +501,31 @@ def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedMode
     return ImportedModel(out_dir, arch.kind, arch.layers, arch.dim, arch.heads, contact_head)
 
 
+def torch_hub_file(name: str) -> Path | None:
+    """fair-esm's own download of the weights of the ESM short name `name`, where there is one:
+    `esm.pretrained` keeps MODEL.pt in torch hub's checkpoints folder (~/.cache/torch/hub/
+    checkpoints, or $TORCH_HOME/hub/checkpoints), named as protrans's short names are. None for
+    another name or where no such file is."""
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    checkpoint = CHECKPOINTS.get(name)
+    if checkpoint is None or checkpoint.family != "esm":
+        return None
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+    return path if path.is_file() else None
+
+
+def hub_cached(name: str) -> bool:
+    """Whether the local Hugging Face cache holds the config of the short name `name`'s hub model."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    return isinstance(try_to_load_from_cache(CHECKPOINTS[name].hub_id, "config.json"), str)
+
+
 @contextmanager
 def converted(checkpoint):
     """The fair-esm checkpoint converted into a temporary model directory (under TMPDIR), removed
