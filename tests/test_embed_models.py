@@ -2012,7 +2012,8 @@ def test_a_peft_adapter_directory_is_one_line_saying_to_merge_it(run_cli, tmp_pa
         assert result.exit_code == 1, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"protrans: error: {model_dir}: a PEFT adapter"), lines
-        assert "of the base model facebook/esm2_t6_8M_UR50D" in lines[0] and "merge_and_unload" in lines[0]
+        assert "of the base model facebook/esm2_t6_8M_UR50D" in lines[0] and "merge_and_unload" not in lines[0]
+        assert f"`protrans import-model {model_dir} -o DIR` (--base MODEL for a local copy of the base)" in lines[0]
         assert f"give {args[2 if args[0] == 'embed' else 1]} that directory" in lines[0]
     assert not out.exists() and not out.with_name("x.h5.partial").exists() and not (tmp_path / "run").exists()
 

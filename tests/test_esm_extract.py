@@ -305,7 +305,8 @@ def test_a_fair_esm_checkpoint_as_model_location_names_the_model_to_give(run_cli
                              "and give the directory as MODEL_LOCATION"),
     ("run", 1, "its latest checkpoint, run/checkpoints/step_2, is a model directory (give it as MODEL_LOCATION)"),
     ("run/checkpoints", 1, "each step_N inside is one; give run/checkpoints/step_2 for the latest"),
-    ("adapter", 1, "save that with its tokenizer (save_pretrained) and give that directory as MODEL_LOCATION"),
+    ("adapter", 1, "merge a LoRA adapter into its base model with `protrans import-model adapter -o DIR` (--base MODEL "
+                 "for a local copy of the base) and give that directory as MODEL_LOCATION"),
     ("no_weights", 1, "no_weights: the model directory has no weights file"),
     ("onehot", 2, "MODEL_LOCATION onehot is embed's one-hot encoding"),
 ])

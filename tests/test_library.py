@@ -1199,9 +1199,10 @@ NAMED_AS_GIVEN = [
      "give model={t}/models--acme--pl/snapshots/c1 (the model's files), or model=acme/pl where this is the cache",
      lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _hub_folder(t), "-o", t / "e.h5"],
      "give -m {t}/models--acme--pl/snapshots/c1 (the model's files), or -m acme/pl where this is the cache"),
-    ("a PEFT adapter", lambda t, d: load_model(_adapter(t)), "(save_pretrained) and give that directory as model",
+    ("a PEFT adapter", lambda t, d: load_model(_adapter(t)), "import_adapter('{t}/lora', DIR) and give that directory as model",
      lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _adapter(t), "-o", t / "e.h5"],
-     "(save_pretrained) and give -m that directory"),
+     "`protrans import-model {t}/lora -o DIR` (--base MODEL for a local copy of the base) and give -m that "
+     "directory"),
     ("a layer a model lacks", lambda t, d: build_embedder(EmbedOptions(model=_bert(t), layers=(99,), device="cpu")),
      "layer 99 does not exist: ",
      lambda t, d: ["embed", _written(t / "q.fa", ">a\nMK\n"), "-m", _bert(t), "--layer", "99", "--device", "cpu",

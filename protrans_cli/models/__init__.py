@@ -301,10 +301,12 @@ def _adapter_problem(path: Path, flag: str) -> str | None:
         return None
     base = json_object(config).get("base_model_name_or_path")
     of = f" of the base model {base}" if isinstance(base, str) and base else ""
-    return (f"a PEFT adapter ({config.name}: LoRA or other adapter weights{of}), which is not loaded: merge it "
-            "into its base model (peft's PeftModel.from_pretrained(base, DIR).merge_and_unload()), save that "
-            f"with its tokenizer (save_pretrained) and "
-            + option(f"give {flag} that directory", f"give that directory as {_keyword(flag)}"))
+    # (merged by protrans itself: the advice was to install peft and merge with its Python API)
+    merge = option(f"`protrans import-model {path} -o DIR` (--base MODEL for a local copy of the base)",
+                   f"protrans_cli.models.peft_merge.import_adapter({str(path)!r}, DIR)")
+    return (f"a PEFT adapter ({config.name}: LoRA or other adapter weights{of}), which is not loaded: merge a LoRA "
+            f"adapter into its base model with {merge} and " + option(f"give {flag} that directory",
+                                                                      f"give that directory as {_keyword(flag)}"))
 
 
 def _parse_dtype(dtype):
