@@ -142,3 +142,12 @@ def test_embed_with_an_adapter_names_import_model(run_cli, tmp_path):
     r = run_cli("embed", fasta, "-m", PEFT / "esm_qv", "-o", tmp_path / "e.h5")
     assert r.exit_code == 1 and f"protrans import-model {PEFT / 'esm_qv'} -o DIR" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_half_precision_encoder_only_base_stays_so(run_cli, tmp_path):
+    """ProtT5-XL's `-enc` half (T5EncoderModel, float16, no decoder to load as the masked LM): the merged
+    directory is that encoder, in float16, not refused for its missing head nor written twice the size."""
+    r = run_cli("import-model", PEFT / "t5_qv", "--base", DATA / "tf4_reference" / "t5_enc_half", "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architectures"] == ["T5EncoderModel"] and config["dtype"] == "float16"
