@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protrans_cli.errors import InputError, UsageError, expect_path, first_line, force_option, option
+from protrans_cli.errors import InputError, UsageError, expect_path, first_line
 
 ESM2, ESM1B, ESM1V = "ESM-2", "ESM-1b", "ESM-1v"
 REGRESSION_SUFFIX = "-contact-regression.pt"
@@ -451,24 +451,14 @@ def _architecture(path: Path, kind: str, config: dict, state: dict) -> Architect
 def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedModel:
     """Write the transformers model directory `out_dir` from the fair-esm checkpoint file
     `checkpoint` (and its `-contact-regression.pt` beside it, where there is one)."""
-    from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io.files import (check_replaceable, default_permissions, empty_folder, folder_can_be_made,
-                                       input_inside, make_temporary, own_folder_output, replace_directory)
+    from protrans_cli.models.imported import model_output, read_back, write_model_directory
 
     expect_path(checkpoint, "checkpoint")
     expect_path(out_dir, "out_dir")
     if str(checkpoint) == "-":
         raise UsageError("the checkpoint is read in place: give a file, not stdin")
     checkpoint = Path(checkpoint)
-    out_dir = own_folder_output(out_dir, "a model directory", "esm2_650M")
-    if out_dir.exists() and not empty_folder(out_dir):
-        if not force:
-            raise UsageError(f"{out_dir} exists ({force_option()} replaces it)")
-        if input_inside(out_dir, [checkpoint]) is not None:
-            raise UsageError(f"{out_dir} holds the checkpoint {checkpoint}: {force_option()} would delete it (choose "
-                             f"another {option('-o', 'out_dir')})")
-        model_dir = (out_dir / "config.json").is_file()
-        check_replaceable(out_dir, "import-model", lambda entry: model_dir)
+    out_dir = model_output(out_dir, checkpoint, "checkpoint", "esm2_650M", force)
     arch, state = read_fair_esm(checkpoint)
     try:
         hf = to_transformers(state, arch)
@@ -477,27 +467,16 @@ def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedMode
                          f"dimensions: {first_line(exc)[:300]}", path=str(checkpoint)) from None
     contact_head = "contact_head.regression.weight" in state
     del state
-    folder_can_be_made(out_dir.parent)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.partial.", "", folder=True)
-    try:
-        from protrans_cli.models import _quiet_transformers
 
-        with _quiet_transformers():  # (its "Writing model shards" bar, unless protrans shows bars)
-            hf.save_pretrained(str(tmp))
-            write_tokenizer(tmp)
-        _verify(tmp, hf, contact_head)
-        default_permissions(tmp)
-        replace_directory(tmp, out_dir)
-    except BaseException as exc:
-        import shutil
+    def save(folder):
+        hf.save_pretrained(str(folder))
+        write_tokenizer(folder)
 
-        from protrans_cli.io.files import disk_full
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (reason := disk_full(exc)) is not None:
-            raise RuntimeFailure(f"cannot write the model: {reason}", path=str(out_dir)) from None
-        raise
+    # (the contact head's weights compared where there is one: without, the model has the head
+    # transformers initialises, which neither holds)
+    write_model_directory(out_dir, save, lambda folder: read_back(
+        folder, hf, masked_lm=True, skip=lambda name: not contact_head and ".contact_head." in name,
+        hint=" (a transformers version that lays out EsmForMaskedLM otherwise?)"))
     return ImportedModel(out_dir, arch.kind, arch.layers, arch.dim, arch.heads, contact_head)
 
 
@@ -545,21 +524,3 @@ def converted(checkpoint):
         yield folder / Path(checkpoint).stem
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _verify(directory: Path, hf, contact_head: bool) -> None:
-    """The written directory loads through load_model (transformers' from_pretrained) into the
-    weights converted, every one of them (the contact head's where there is one: without, the
-    model has the head transformers initialises, which neither holds)."""
-    import torch
-
-    from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.models import load_model
-
-    loaded = load_model(str(directory), masked_lm=True).model.state_dict()
-    for name, tensor in hf.state_dict().items():
-        if name.endswith(("position_ids", "inv_freq")) or (not contact_head and ".contact_head." in name):
-            continue
-        if name not in loaded or not torch.equal(loaded[name].to(tensor.dtype), tensor):
-            raise RuntimeFailure(f"the converted model read back differs in {name} (a transformers version that "
-                                 "lays out EsmForMaskedLM otherwise?)", path=str(directory))

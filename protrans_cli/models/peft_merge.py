@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, first_line, force_option, option
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, first_line, option
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -280,22 +280,12 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
     """Write the model directory `out_dir`: the base model with the peft LoRA adapter in the
     directory `adapter` merged into it. `base`: the base model (a short name, hub id or local
     directory) in place of the adapter config's base_model_name_or_path."""
-    from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io.files import (check_replaceable, default_permissions, empty_folder, folder_can_be_made,
-                                       input_inside, make_temporary, own_folder_output, replace_directory)
+    from protrans_cli.models.imported import model_output, read_back, write_model_directory
 
     expect_path(adapter, "adapter")
     expect_path(out_dir, "out_dir")
     adapter = Path(adapter)
-    out_dir = own_folder_output(out_dir, "a model directory", "esm2_merged")
-    if out_dir.exists() and not empty_folder(out_dir):
-        if not force:
-            raise UsageError(f"{out_dir} exists ({force_option()} replaces it)")
-        if input_inside(out_dir, [adapter]) is not None:
-            raise UsageError(f"{out_dir} holds the adapter {adapter}: {force_option()} would delete it (choose "
-                             f"another {option('-o', 'out_dir')})")
-        model_dir = (out_dir / "config.json").is_file()
-        check_replaceable(out_dir, "import-model", lambda entry: model_dir)
+    out_dir = model_output(out_dir, adapter, "adapter", "esm2_merged", force)
     config = read_config(adapter)
     weights_path, tensors = read_weights(adapter)
     if base is None:
@@ -307,40 +297,8 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
     result = merge(loaded.model, config, weights_path, tensors)
     del tensors
     result.base = str(base)
-    folder_can_be_made(out_dir.parent)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.partial.", "", folder=True)
-    try:
-        from protrans_cli.models import _quiet_transformers
-
-        with _quiet_transformers():  # (its "Writing model shards" bar, unless protrans shows bars)
-            loaded.family.save_pretrained(loaded.model, loaded.tokenizer, tmp)
-        _verify(tmp, loaded.model, masked_lm)
-        default_permissions(tmp)
-        replace_directory(tmp, out_dir)
-    except BaseException as exc:
-        import shutil
-
-        from protrans_cli.io.files import disk_full
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (reason := disk_full(exc)) is not None:
-            raise RuntimeFailure(f"cannot write the model: {reason}", path=str(out_dir)) from None
-        raise
+    write_model_directory(out_dir,
+                          lambda folder: loaded.family.save_pretrained(loaded.model, loaded.tokenizer, folder),
+                          lambda folder: read_back(folder, loaded.model, masked_lm=masked_lm))
     result.out_dir = out_dir
     return result
-
-
-def _verify(directory: Path, model, masked_lm: bool) -> None:
-    """The written directory loads through load_model into the merged weights, every one of them."""
-    import torch
-
-    from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.models import load_model
-
-    loaded = load_model(str(directory), masked_lm=masked_lm, dtype=model.dtype).model.state_dict()
-    for name, tensor in model.state_dict().items():
-        if name.endswith(("position_ids", "inv_freq")):
-            continue
-        if name not in loaded or not torch.equal(loaded[name].to(tensor.dtype), tensor):
-            raise RuntimeFailure(f"the merged model read back differs in {name}", path=str(directory))
