@@ -240,6 +240,9 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
             raise InputError(f"not an esm-extract output: {other}", path=str(path)) from None
         if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
             why = "it holds objects other than tensors and plain values, which import-esm never unpickles"
+            if re.search(r"GLOBAL (argparse\.Namespace|omegaconf\.)", str(exc)):  # (the config fair-esm pickles)
+                why += (f"; it looks like a fair-esm model checkpoint, which protrans import-model {path} -o DIR "
+                        "converts into a model directory")
         elif isinstance(exc, OSError) and not isinstance(exc, EOFError):
             why = f"cannot be read ({exc.strerror or exc})"
         else:

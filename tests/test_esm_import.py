@@ -218,6 +218,9 @@ def test_a_pickle_with_other_objects_is_refused_unread(run_cli, tmp_path, extrac
     r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5")
     assert r.exit_code == 1 and "evil.pt: not an esm-extract output" in r.stderr
     assert "never unpickles" in r.stderr and r.stderr.count("\n") == 1
+    # (a Namespace is what fair-esm's model files pickle: the other import command is named)
+    assert f"it looks like a fair-esm model checkpoint, which protrans import-model {folder / 'evil.pt'} -o DIR" \
+        in r.stderr
     (folder / "evil.pt").write_bytes(b"not torch at all")
     r = run_cli("import-esm", folder / "evil.pt", "-o", tmp_path / "e.h5")
     assert r.exit_code == 1 and "evil.pt: not an esm-extract output" in r.stderr

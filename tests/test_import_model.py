@@ -385,3 +385,15 @@ def test_esm_extract_reads_a_short_names_weights_from_fair_esms_download(run_cli
     monkeypatch.setattr(fair_esm, "hub_cached", lambda name: True)  # (the Hugging Face model, as before)
     r = run_cli("esm-extract", "esm2_t6_8M_UR50D", fasta, tmp_path / "out2", "--include", "mean")
     assert "converting" not in r.stderr and "not in the local Hugging Face cache" in r.stderr, r.stderr
+
+
+def test_esm_extract_outputs_given_to_import_model_name_import_esm(run_cli, tmp_path):
+    """import-model and import-esm read .pt files of fair-esm's: a protein's embeddings (esm-extract's
+    ID.pt) given to the model import is said to be one, with the command that reads them."""
+    folder = tmp_path / "reps"
+    folder.mkdir()
+    torch.save({"label": "P1 first", "mean_representations": {2: torch.zeros(8)}}, folder / "P1.pt")
+    _refusal(run_cli, tmp_path, folder / "P1.pt", "an esm-extract output (one protein's embeddings), not a model: "
+             f"protrans import-esm {folder} -o OUT.h5 reads a folder of them")
+    _refusal(run_cli, tmp_path, folder, "is a directory, expected a fair-esm checkpoint file",
+             f"if it holds esm-extract's outputs (one .pt a protein), protrans import-esm {folder} -o OUT.h5")

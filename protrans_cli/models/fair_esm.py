@@ -218,9 +218,14 @@ def load_checkpoint(path) -> dict:
         with open(path, "rb") as stream:
             head = stream.read(8)
     except IsADirectoryError:
+        hint = ""
+        if (path / "config.json").is_file():
+            hint = "; it is a model directory already: give it to -m as it is"
+        elif any(path.glob("*.pt")) and not any(path.glob("*-contact-regression.pt")):
+            hint = (f"; if it holds esm-extract's outputs (one .pt a protein), protrans import-esm {path} -o OUT.h5 "
+                    "reads them")
         raise InputError("is a directory, expected a fair-esm checkpoint file (such as esm2_t33_650M_UR50D.pt)"
-                         + ("; it is a model directory already: give it to -m as it is"
-                            if (path / "config.json").is_file() else ""), path=str(path)) from None
+                         + hint, path=str(path)) from None
     except FileNotFoundError:
         from protrans_cli.io.files import missing_file
 
@@ -333,6 +338,10 @@ def read_fair_esm(path) -> tuple[Architecture, dict]:
     data = load_checkpoint(path)
     model = data.get("model")
     if not isinstance(model, dict) or not model:
+        if isinstance(data.get("label"), str) and ("representations" in data or "mean_representations" in data):
+            # (one protein's embeddings, which the other import command reads: the two names are near)
+            raise InputError("an esm-extract output (one protein's embeddings), not a model: protrans import-esm "
+                             f"{path.parent} -o OUT.h5 reads a folder of them", path=str(path))
         raise InputError("has no `model` state dict: not a fair-esm checkpoint", path=str(path))
     if not all(isinstance(t, torch.Tensor) for t in model.values()):
         raise InputError("its `model` holds objects other than tensors: not a fair-esm state dict", path=str(path))
