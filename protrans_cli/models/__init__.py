@@ -25,7 +25,7 @@ from typing import Any
 from protrans_cli.environment import _offline
 from protrans_cli.errors import ModelError, UsageError, described, first_line, option
 from protrans_cli.io.files import json_object, starts_like_hdf5
-from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
+from protrans_cli.models import albert, bert, electra, esm, esmc, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
 from protrans_cli.threads import SharedSetting
@@ -33,11 +33,13 @@ from protrans_cli.threads import SharedSetting
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (bert.FAMILY, roberta.FAMILY, albert.FAMILY, electra.FAMILY, t5.FAMILY, xlnet.FAMILY,
-              transfo_xl.FAMILY, esm.FAMILY)
+              transfo_xl.FAMILY, esm.FAMILY, esmc.FAMILY)
 }
 
 # transformers 5 has no Transformer-XL: make AutoConfig/AutoModel know the project's one.
 transfo_xl.register_auto_classes()
+# ESM C's weights are no transformers model (models/esmc.py implements it): the same.
+esmc.register_auto_classes()
 
 __all__ = [
     "FAMILIES", "CHECKPOINTS", "DEFAULT_CHECKPOINT", "Checkpoint", "Family", "Preset", "LoadedModel",
@@ -229,6 +231,8 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
         raise ModelError(f"{name}: no such file; {_pytorch_file_advice(path)}")
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
+    if (advice := esmc.short_name_advice(name)) is not None:  # (its hub repository holds no config.json)
+        raise ModelError(f"{name}: {advice}")
     return name, None, False
 
 
