@@ -108,9 +108,10 @@ def test_save_and_load_round_trip_without_remote_code(tmp_path, imported):
     with trust_remote_code off, and gives the same outputs."""
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    import protrans_cli.models  # noqa: F401 - registers the classes
+    from protrans_cli.models import FAMILIES  # (importing it registers the classes)
     from protrans_cli.models.esmc import EsmCForMaskedLM, EsmCModel
 
+    assert "esmc" in FAMILIES
     model = EsmCForMaskedLM.from_pretrained(imported, dtype=torch.float32).eval()
     model.save_pretrained(tmp_path / "again")
     again = AutoModelForMaskedLM.from_pretrained(tmp_path / "again", trust_remote_code=False).eval()

@@ -1113,6 +1113,7 @@ DOCUMENTED_TARGETS = {
     "albert": ("attention.query", "attention.key", "attention.value", "attention.dense"),
     "t5": ("SelfAttention.q", "SelfAttention.k", "SelfAttention.v", "SelfAttention.o"),
     "esm": ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "esmc": ("attn.layernorm_qkv.1", "attn.out_proj"),
 }
 
 

@@ -28,7 +28,7 @@ def _tiny(family, seed=0):
 
 
 def test_registry_order_and_lookup():
-    assert NAMES == ["bert", "roberta", "albert", "electra", "t5", "xlnet", "transfo_xl", "esm"]
+    assert NAMES == ["bert", "roberta", "albert", "electra", "t5", "xlnet", "transfo_xl", "esm", "esmc"]
     assert get_family("bert") is FAMILIES["bert"]
     with pytest.raises(UsageError, match="known: bert"):
         get_family("gpt7")
@@ -1026,7 +1026,7 @@ def test_a_model_built_by_its_own_code_says_that_code_never_runs(tmp_path):
     message = str(caught.value)
     assert message == (f"{tmp_path}: a model built by its own code (its config.json's auto_map), which protrans never "
                        f"runs; unsupported model type 'ESMplusplus' (supported: bert, roberta, albert, electra, t5, "
-                       "xlnet, protrans-transfo-xl, esm)"), message
+                       "xlnet, protrans-transfo-xl, esm, protrans_esmc)"), message
     assert not marker.exists()
 
 

@@ -25,7 +25,7 @@ def test_json_lists_every_family_preset_and_checkpoint(run_cli):
     layouts = {f["name"]: f["input_layout"] for f in data["families"]}
     assert layouts["bert"] == "[CLS] M K T [SEP]"
     assert layouts["t5"] == "M K T </s>"
-    assert layouts["esm"] == "<cls> MKT <eos>"
+    assert layouts["esm"] == layouts["esmc"] == "<cls> MKT <eos>"
     assert layouts["xlnet"].startswith("M K T <sep> <cls>")
     packs = {f["name"]: f["packing"] for f in data["families"]}
     assert packs == {name: name in ("bert", "roberta", "albert", "electra", "esm") for name in FAMILIES}

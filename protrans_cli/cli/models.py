@@ -91,8 +91,10 @@ def _print_tables(data: dict, family: str | None = None) -> None:
     if data.get("checkpoints") == []:
         # (a family nobody published a checkpoint of: a table of headers alone was printed; the name
         # comes from --family, not the presets table, which --checkpoints alone leaves out)
-        out.print("Published checkpoints: none listed" + (
-            f" for {family} (train one: protrans train --family {family})" if family else " for this family"))
+        # (ESM C's are published, but as weights that import-model converts: models/esmc.py)
+        hint = ("convert EvolutionaryScale's weights: protrans import-model, docs/models.md#esm-c" if family == "esmc"
+                else f"train one: protrans train --family {family}")
+        out.print("Published checkpoints: none listed" + (f" for {family} ({hint})" if family else " for this family"))
     elif "checkpoints" in data:
         table = Table(title="Published checkpoints (protrans embed -m NAME)", title_justify="left")
         for col in ("name", "hub id", "family", "parameters", "dim", "layers"):
