@@ -542,6 +542,19 @@ def test_a_model_type_transformers_does_not_know_is_named_with_the_supported_one
     assert "out of date" not in message and "esm" in message and len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize("architecture, family", [("BertForMaskedLM", "bert"), ("BertModel", "bert"),
+                                                  ("T5EncoderModel", "t5"), ("T5ForConditionalGeneration", "t5"),
+                                                  ("XLNetLMHeadModel", "xlnet"), ("EsmForMaskedLM", "esm"),
+                                                  ("EsmCForMaskedLM", None), ("BertGenerationEncoder", None)])
+def test_a_config_without_model_type_is_read_by_the_family_its_architecture_names(architecture, family):
+    """(ProtBert's config.json has no model_type.) The class name less its task names the family
+    whole: by prefix, ESM C's EsmCForMaskedLM was read as ESM-2's and BertGenerationEncoder as BERT's."""
+    from protrans_cli.models import _family_by_architecture
+
+    found = _family_by_architecture([architecture])
+    assert (found.name if found else None) == family
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", '"x"', "null", "3", '{"model_type": ["bert"]}', '{"architectures": [5]}',
                                   '{"architectures": 5}'])
 def test_a_config_json_that_is_not_an_object_of_settings_is_one_line(tmp_path, text):

@@ -17,8 +17,8 @@ from protrans_cli.cli import INPUT_FILE
 @click.command("import-model", context_settings={"show_default": True})
 @click.argument("checkpoint", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Model directory to write (transformers' EsmForMaskedLM, as the published facebook/esm2_* are; "
-                   "for ESM C, protrans's own ESM C model).")
+              help="Model directory to write: EsmForMaskedLM for a fair-esm file (as the published facebook/esm2_* "
+                   "are), protrans's ESM C model for ESM C's, the base model's class for an adapter.")
 @click.option("--base", metavar="MODEL",
               help="With a peft adapter: its base model (short name, hub id or local directory) in place of "
                    "adapter_config.json's base_model_name_or_path.")

@@ -83,8 +83,11 @@ def _family_by_architecture(architectures) -> Family | None:
     for arch in architectures:
         if not isinstance(arch, str):
             continue
+        # The class name less its task ("BertForMaskedLM", "T5EncoderModel": bert, t5), the whole of a
+        # model type: a prefix matched ESM C's EsmCForMaskedLM to ESM-2's family (esm)
+        base = re.sub(r"(for[a-z]+|encodermodel|lmheadmodel|pretrainedmodel|model)$", "", arch.lower())
         for family in FAMILIES.values():
-            if any(arch.lower().startswith(t.replace("-", "").replace("_", "")) for t in family.model_types):
+            if any(base == t.replace("-", "").replace("_", "") for t in family.model_types):
                 return family
     return None
 
