@@ -235,15 +235,6 @@ PRESETS = {
 }
 
 
-def write_tokenizer(directory) -> None:
-    """EsmTokenizer's files (vocab.txt, tokenizer_config.json) over ESM C's vocabulary."""
-    from transformers import EsmTokenizer
-
-    vocab = Path(directory) / "vocab.txt"
-    vocab.write_text("\n".join(ESMC_VOCAB) + "\n", encoding="utf-8")
-    EsmTokenizer(str(vocab), model_max_length=1_000_000).save_pretrained(str(directory))
-
-
 class EsmCFamily(Family):
     name = "esmc"
     model_types = (MODEL_TYPE,)
@@ -423,7 +414,7 @@ def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None 
 
     def save(folder):
         model.save_pretrained(str(folder))
-        write_tokenizer(folder)
+        FAMILY.build_tokenizer().save_pretrained(str(folder))  # (vocab.txt, tokenizer_config.json)
 
     write_model_directory(out_dir, save, lambda folder: read_back(folder, model, masked_lm=True))
     return ImportedEsmC(out_dir, config.num_hidden_layers, config.hidden_size, config.num_attention_heads)
