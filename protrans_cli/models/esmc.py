@@ -296,7 +296,8 @@ def short_name_advice(name: str) -> str | None:
         if name in (short, repo):
             return (f"ESM C's weights are not a transformers model: download them with `hf download {repo} {file} "
                     f"--local-dir D`, convert them with `protrans import-model D/{file} -o {short}`, then give "
-                    f"-m {short} (the directory); the weights are under EvolutionaryScale's license, accepted on the hub")
+                    f"-m {short} (the directory); the weights are under EvolutionaryScale's license, accepted on "
+                    "the hub")
     return None
 
 
