@@ -138,6 +138,27 @@ def test_short_name_says_how_to_get_the_weights(run_cli, tmp_path, name):
     assert not (tmp_path / "a.h5").exists()
 
 
+def test_short_name_with_the_weights_in_the_hugging_face_cache_names_the_cached_file(run_cli, tmp_path, monkeypatch):
+    """`hf download EvolutionaryScale/esmc-300m-2024-12` puts the .pth in the cache: the advice to
+    download it again is replaced by the import of the file there."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--EvolutionaryScale--esmc-300m-2024-12" / "snapshots" / ("a" * 40)
+    (snapshot / "data" / "weights").mkdir(parents=True)
+    (snapshot / "data" / "weights" / "esmc_300m_2024_12_v0.pth").write_bytes(b"PK not read")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKT\n")
+    r = run_cli("embed", fasta, "-m", "esmc_300m", "-o", tmp_path / "a.h5")
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    pth = snapshot / "data" / "weights" / "esmc_300m_2024_12_v0.pth"
+    assert (f"the Hugging Face cache holds them: convert them with `protrans import-model {pth} -o esmc_300m`, "
+            "then give -m esmc_300m (the directory)") in r.stderr, r.stderr
+    assert "hf download" not in r.stderr
+
+
 def test_a_pth_missing_a_block_tensor_is_one_line(run_cli, tmp_path):
     state = torch.load(PTH, weights_only=True)
     del state["transformer.blocks.1.ffn.3.weight"]

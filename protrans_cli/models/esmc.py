@@ -291,14 +291,29 @@ FAMILY = EsmCFamily()
 
 def short_name_advice(name: str) -> str | None:
     """What to do for `-m esmc_300m` (or the hub repository's id): its weights are no transformers
-    model, so they are downloaded and converted first. None for any other name."""
+    model, so they are converted first (downloaded first where the Hugging Face cache lacks them:
+    `hf download` of the repository puts the file there). None for any other name."""
     for short, (repo, file) in PUBLISHED.items():
         if name in (short, repo):
+            then = f"then give -m {short} (the directory)"
+            if (cached := _cached(repo, file)) is not None:
+                return (f"ESM C's weights are not a transformers model; the Hugging Face cache holds them: convert "
+                        f"them with `protrans import-model {cached} -o {short}`, {then}")
             return (f"ESM C's weights are not a transformers model: download them with `hf download {repo} {file} "
-                    f"--local-dir D`, convert them with `protrans import-model D/{file} -o {short}`, then give "
-                    f"-m {short} (the directory); the weights are under EvolutionaryScale's license, accepted on "
-                    "the hub")
+                    f"--local-dir D`, convert them with `protrans import-model D/{file} -o {short}`, {then}; the "
+                    "weights are under EvolutionaryScale's license, accepted on the hub")
     return None
+
+
+def _cached(repo: str, file: str) -> str | None:
+    """The weights file of a hub repository in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo, file)
+    except Exception:  # noqa: BLE001 - advice only: an unreadable cache is a cache without the file
+        return None
+    return path if isinstance(path, str) else None
 
 
 # ---------------------------------------------------------------------------------------------
