@@ -234,7 +234,7 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
         raise ModelError(f"{name}: no such file; {_pytorch_file_advice(path)}")
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
-    if (advice := esmc.short_name_advice(name)) is not None:  # (its hub repository holds no config.json)
+    if (advice := esmc.short_name_advice(name, _give(flag))) is not None:  # (its hub repository holds no config.json)
         raise ModelError(f"{name}: {advice}")
     return name, None, False
 

@@ -289,13 +289,14 @@ class EsmCFamily(Family):
 FAMILY = EsmCFamily()
 
 
-def short_name_advice(name: str) -> str | None:
+def short_name_advice(name: str, give: str = "-m ") -> str | None:
     """What to do for `-m esmc_300m` (or the hub repository's id): its weights are no transformers
     model, so they are converted first (downloaded first where the Hugging Face cache lacks them:
-    `hf download` of the repository puts the file there). None for any other name."""
+    `hf download` of the repository puts the file there). None for any other name. `give`: what
+    goes before the directory's name (`-m `, or a library call's `model=`)."""
     for short, (repo, file) in PUBLISHED.items():
         if name in (short, repo):
-            then = f"then give -m {short} (the directory)"
+            then = f"then give {give}{short} (the directory)"
             if (cached := _cached(repo, file)) is not None:
                 return (f"ESM C's weights are not a transformers model; the Hugging Face cache holds them: convert "
                         f"them with `protrans import-model {cached} -o {short}`, {then}")
