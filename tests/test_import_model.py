@@ -344,6 +344,9 @@ def test_esm_extract_converts_a_pt_path_for_the_run(run_cli, tmp_path, monkeypat
             np.testing.assert_allclose(got["mean_representations"][layer].numpy(), ref[f"mean/{ident}/{layer}"],
                                        atol=1e-5, rtol=0)
 
+    r = run_cli("esm-extract", ckpt, tmp_path / "missing.fa", tmp_path / "out2", "--include", "mean")
+    assert r.exit_code == 1 and "missing.fa: no such file" in r.stderr, r.stderr
+    assert "converting" not in r.stderr  # (said before minutes of converting a 650M model, not after)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(ckpt.read_bytes()[:2000])
     r = run_cli("esm-extract", cut, fasta, tmp_path / "out2", "--include", "mean")

@@ -106,20 +106,23 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     from protrans_cli import console
 
     with contextlib.ExitStack() as stack:
-        if str(model_location).endswith(".pt") and os.path.isfile(model_location):  # (fair-esm's test of a path)
+        # A fair-esm file (fair-esm's test of a path), or fair-esm's download of a short name's weights
+        # where the Hugging Face cache lacks the model (fair-esm's esm-extract reads it from there
+        # without network): converted for this run
+        source = model_location if str(model_location).endswith(".pt") and os.path.isfile(model_location) else \
+            _fair_esm_download(model_location)
+        if source is not None:
+            from protrans_cli.esm_extract import _check_fasta, _output_folder
             from protrans_cli.models.fair_esm import converted
 
-            console.info(f"esm-extract: converting {model_location} for this run (`protrans import-model "
-                         f"{model_location} -o DIR` converts it once, for MODEL_LOCATION DIR)")
-            model_location = stack.enter_context(converted(model_location))
-        elif (download := _fair_esm_download(model_location)) is not None:
-            # (fair-esm's esm-extract reads a short name's weights from there without network)
-            from protrans_cli.models.fair_esm import converted
-
-            console.info(f"esm-extract: {model_location} is not in the Hugging Face cache; converting fair-esm's "
-                         f"download of it, {download}, for this run (`protrans import-model {download} -o DIR` "
-                         "converts it once, for MODEL_LOCATION DIR)")
-            model_location = stack.enter_context(converted(download))
+            # (the FASTA and the folder first: a mistyped name was said after minutes of converting)
+            _check_fasta(fasta_file)
+            _output_folder(output_dir)
+            what = (f"converting {source}" if source == model_location else f"{model_location} is not in the Hugging "
+                    f"Face cache; converting fair-esm's download of it, {source},")
+            console.info(f"esm-extract: {what} for this run (`protrans import-model {source} -o DIR` converts it once, "
+                         "for MODEL_LOCATION DIR)")
+            model_location = stack.enter_context(converted(source))
         _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
              nogpu, dtype)
 
