@@ -405,7 +405,7 @@ def test_shell_completion_of_families_presets_and_models_reads_the_catalog_only(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "plain,electra plain,esm",
+        "plain,electra plain,esm plain,esmc",
         "plain,esm2_t30_150M plain,esm2_t33_650M plain,esm2_t36_3B",
         "plain,xlnet",
         "plain,prot_t5_xl_half",
