@@ -76,7 +76,7 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     2021, ESM's variant-prediction/predict.py), higher = more like what the model expects.
     Multi-site variants add their sites' log-odds (the marginals). Stops (*) and rows with no
     variant (empty, NA) get no score; WT and synonymous rows score 0. Every mutation is checked
-    against the wild type before a model is loaded. ESM, ProtBert, ProtAlbert, RoBERTa-style BERT,
+    against the wild type before a model is loaded. ESM, ESM C (imported), ProtBert, ProtAlbert, RoBERTa-style BERT,
     ELECTRA generators, ProtT5 with its decoder (a masked site read from the decoder rebuilding
     the protein) and ProtXLNet (a site hidden from every position); Transformer-XL (causal) takes
     --scoring log-likelihood.
