@@ -214,6 +214,9 @@ class EmbedSummary:
     failed: dict[str, str] = field(default_factory=dict)
     truncated: list[str] = field(default_factory=list)  # ids this run stored truncated (--long-policy truncate)
     max_length: int | None = None  # the length limit applied: max_length, else the model's (None: none)
+    device: str = ""             # where the model ran ("cpu", "cuda:0"; rank 0's under torchrun)
+    compute_dtype: str = ""      # what it computed in ("float32", "bfloat16", ...)
+    world_size: int = 1          # torchrun ranks that embedded
 
     @property
     def residues_per_second(self) -> float:
@@ -1394,6 +1397,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)
     max_length = summary.max_length = resolve_max_length(options, model_max)
+    summary.device, summary.compute_dtype = str(embedder.device), embedder.compute_dtype
+    summary.world_size = dist.world_size
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     _warn_cls_not_trained(embedder, options, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)

@@ -1502,6 +1502,9 @@ def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path)
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "cli.h5")
     assert "embedded 6 proteins (81 residues," in result.stderr
     assert "; 1 protein shares the sequence of another (copied, not computed again)" in result.stderr
+    # where it ran and in what, as the file's attributes say ("is it on the GPU?")
+    assert re.search(r"residues/s on cpu, float32\) into ", result.stderr), result.stderr
+    assert (summary.device, summary.compute_dtype, summary.world_size) == ("cpu", "float32", 1)
 
 
 def test_the_summary_counts_proteins_that_share_a_sequence_unambiguously(run_cli, tmp_path):
@@ -2136,6 +2139,7 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "embedded 6 proteins" in proc.stderr  # totals over both ranks, reported once
+    assert "residues/s on 2 ranks on cpu, float32) into" in proc.stderr, proc.stderr
     assert proc.stderr.count("--packing ignored") == 1  # what the set-up says, said by rank 0 alone
     assert proc.stderr.count("embedded ") == 1
     merged = read_all(out)

@@ -155,8 +155,12 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         return
     console.output_complete(str(output))
     rate = summary.residues_per_second
+    # (where it ran: "is it on the GPU?" is the question a slow run raises; a script's --device cpu)
+    where = (f"{summary.world_size} ranks on {summary.device.split(':')[0]}" if summary.world_size > 1
+             else summary.device)
     console.info(f"embedded {console.counted(summary.num_embedded, 'protein')} "
-                 f"({summary.num_residues:,} residues, {rate:,.0f} residues/s) into {output}"
+                 f"({summary.num_residues:,} residues, {rate:,.0f} residues/s on {where}, {summary.compute_dtype}) "
+                 f"into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else "")
                  # (proteins, not sequences: three copies of one sequence are 2 proteins that share
                  # another's sequence, where "2 identical sequences computed once" read as 2 sequences)
