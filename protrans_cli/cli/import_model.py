@@ -60,12 +60,12 @@ def command(checkpoint, output, base, force):
         return
     if base is not None:
         raise UsageError("--base is for a peft adapter directory (one holding adapter_config.json); "
-                               f"{checkpoint} is not one")
+                         f"{checkpoint} is not one")
     from protrans_cli.models import esmc
+    from protrans_cli.models.fair_esm import import_fair_esm
+    from protrans_cli.models.imported import describe
 
     if str(checkpoint) != "-" and (state := esmc.read_esmc(checkpoint)) is not None:
-        console.info(esmc.describe(esmc.import_esmc(checkpoint, output, force=force, state=state)))
+        console.info(describe(esmc.import_esmc(checkpoint, output, force=force, state=state)))
         return
-    from protrans_cli.models.fair_esm import describe, import_fair_esm
-
     console.info(describe(import_fair_esm(checkpoint, output, force=force)))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from protrans_cli.errors import InputError, UsageError, expect_path, first_line
 from protrans_cli.models.base import Family, load_checked
+from protrans_cli.models.imported import ImportedModel
 
 MODEL_TYPE = "protrans_esmc"
 # esm/utils/constants/esm3.py SEQUENCE_VOCAB: ESM-2's ids, "|" (chain break) at 31
@@ -356,19 +356,6 @@ def hf_name(name: str) -> str:
     raise KeyError(name)
 
 
-@dataclass
-class ImportedEsmC:
-    out_dir: Path
-    layers: int
-    dim: int
-    heads: int
-
-
-def describe(imported: ImportedEsmC) -> str:
-    return (f"imported ESM C ({imported.layers} layers, {imported.dim} dimensions, {imported.heads} heads) into "
-            f"{imported.out_dir}")
-
-
 def esmc_config(path: Path, state: dict) -> EsmCConfig:
     """The config of ESMC's state dict `state`, its sizes from the tensors' shapes; InputError
     naming the file where they are not those of an ESM C."""
@@ -392,7 +379,7 @@ def esmc_config(path: Path, state: dict) -> EsmCConfig:
                       intermediate_size=inner, architectures=["EsmCForMaskedLM"])
 
 
-def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None = None) -> ImportedEsmC:
+def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None = None) -> ImportedModel:
     """Write the model directory `out_dir` (EsmCForMaskedLM and its tokenizer) from ESM C's
     weights file `checkpoint` (`state`: its contents, where the caller has read them)."""
     from protrans_cli.models.fair_esm import load_checkpoint
@@ -434,4 +421,4 @@ def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None 
         FAMILY.build_tokenizer().save_pretrained(str(folder))  # (vocab.txt, tokenizer_config.json)
 
     write_model_directory(out_dir, save, lambda folder: read_back(folder, model, masked_lm=True))
-    return ImportedEsmC(out_dir, config.num_hidden_layers, config.hidden_size, config.num_attention_heads)
+    return ImportedModel(out_dir, "ESM C", config.num_hidden_layers, config.hidden_size, config.num_attention_heads)

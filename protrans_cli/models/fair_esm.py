@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protrans_cli.errors import InputError, UsageError, expect_path, first_line
+from protrans_cli.models.imported import ImportedModel
 
 ESM2, ESM1B, ESM1V = "ESM-2", "ESM-1b", "ESM-1v"
 REGRESSION_SUFFIX = "-contact-regression.pt"
@@ -56,21 +57,6 @@ _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 _INERT = {"builtins.dict": dict, "builtins.list": list, "builtins.int": int, "builtins.float": float,
           "builtins.str": str, "builtins.bool": bool, "builtins.tuple": tuple, "builtins.set": set,
           "builtins.frozenset": frozenset, "collections.defaultdict": collections.defaultdict}
-
-
-@dataclass
-class ImportedModel:
-    out_dir: Path
-    kind: str          # ESM-2, ESM-1b or ESM-1v
-    layers: int
-    dim: int
-    heads: int
-    contact_head: bool
-
-
-def describe(imported: ImportedModel) -> str:
-    return (f"imported {imported.kind} ({imported.layers} layers, {imported.dim} dimensions, {imported.heads} "
-            f"heads, contact head: {'yes' if imported.contact_head else 'no'}) into {imported.out_dir}")
 
 
 @dataclass

@@ -6,9 +6,28 @@ and no partial folder."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from protrans_cli.errors import UsageError, force_option, option
+
+
+@dataclass
+class ImportedModel:
+    """What an import of a checkpoint wrote (the command's summary line: `describe`)."""
+
+    out_dir: Path
+    kind: str          # ESM-2, ESM-1b, ESM-1v, ESM C
+    layers: int
+    dim: int
+    heads: int
+    contact_head: bool | None = None  # None: a kind that has none (ESM C)
+
+
+def describe(imported: ImportedModel) -> str:
+    head = "" if imported.contact_head is None else f", contact head: {'yes' if imported.contact_head else 'no'}"
+    return (f"imported {imported.kind} ({imported.layers} layers, {imported.dim} dimensions, {imported.heads} "
+            f"heads{head}) into {imported.out_dir}")
 
 
 def model_output(out_dir, source: Path, what: str, example: str, force: bool) -> Path:
