@@ -767,3 +767,14 @@ def stamp_versions(directory) -> None:
         # protrans's own classes wrote it)
         data.pop("auto_map", None)
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def register_auto_classes(model_type: str, config_class, model_class, head: str, head_class) -> None:
+    """Make AutoConfig, AutoModel and the head's Auto class (`head`: "AutoModelForMaskedLM", ...)
+    know a model the project implements itself (Transformer-XL, ESM C), so that its saved
+    directories load through `from_pretrained` without `trust_remote_code`. Idempotent."""
+    import transformers
+
+    transformers.AutoConfig.register(model_type, config_class, exist_ok=True)
+    transformers.AutoModel.register(config_class, model_class, exist_ok=True)
+    getattr(transformers, head).register(config_class, head_class, exist_ok=True)

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from protrans_cli.errors import InputError, UsageError, expect_path, first_line
+from protrans_cli.errors import InputError, first_line
 from protrans_cli.models.base import Family, load_checked
 from protrans_cli.models.imported import ImportedModel
 
@@ -211,20 +211,11 @@ class EsmCForMaskedLM(EsmCPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-_REGISTERED = False
-
-
 def register_auto_classes() -> None:
-    """Tell AutoConfig/AutoModel/AutoModelForMaskedLM about ESM C (idempotent)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+    """Tell AutoConfig, AutoModel and AutoModelForMaskedLM about ESM C (base.register_auto_classes)."""
+    from protrans_cli.models.base import register_auto_classes as register
 
-    AutoConfig.register(MODEL_TYPE, EsmCConfig, exist_ok=True)
-    AutoModel.register(EsmCConfig, EsmCModel, exist_ok=True)
-    AutoModelForMaskedLM.register(EsmCConfig, EsmCForMaskedLM, exist_ok=True)
-    _REGISTERED = True
+    register(MODEL_TYPE, EsmCConfig, EsmCModel, "AutoModelForMaskedLM", EsmCForMaskedLM)
 
 
 PRESETS = {
@@ -383,14 +374,9 @@ def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None 
     """Write the model directory `out_dir` (EsmCForMaskedLM and its tokenizer) from ESM C's
     weights file `checkpoint` (`state`: its contents, where the caller has read them)."""
     from protrans_cli.models.fair_esm import load_checkpoint
-    from protrans_cli.models.imported import model_output, read_back, write_model_directory
+    from protrans_cli.models.imported import checkpoint_output, read_back, write_model_directory
 
-    expect_path(checkpoint, "checkpoint")
-    expect_path(out_dir, "out_dir")
-    if str(checkpoint) == "-":
-        raise UsageError("the checkpoint is read in place: give a file, not stdin")
-    checkpoint = Path(checkpoint)
-    out_dir = model_output(out_dir, checkpoint, "checkpoint", "esmc_300m", force)
+    checkpoint, out_dir = checkpoint_output(checkpoint, out_dir, "esmc_300m", force)
     state = load_checkpoint(checkpoint) if state is None else state
     if not is_esmc_state(state) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise InputError("not an ESM C state dict (embed.weight, transformer.blocks.N..., sequence_head... "

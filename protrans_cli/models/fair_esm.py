@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protrans_cli.errors import InputError, UsageError, expect_path, first_line
+from protrans_cli.errors import InputError, first_line
 from protrans_cli.models.imported import ImportedModel
 
 ESM2, ESM1B, ESM1V = "ESM-2", "ESM-1b", "ESM-1v"
@@ -446,14 +446,9 @@ def _architecture(path: Path, kind: str, config: dict, state: dict) -> Architect
 def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedModel:
     """Write the transformers model directory `out_dir` from the fair-esm checkpoint file
     `checkpoint` (and its `-contact-regression.pt` beside it, where there is one)."""
-    from protrans_cli.models.imported import model_output, read_back, write_model_directory
+    from protrans_cli.models.imported import checkpoint_output, read_back, write_model_directory
 
-    expect_path(checkpoint, "checkpoint")
-    expect_path(out_dir, "out_dir")
-    if str(checkpoint) == "-":
-        raise UsageError("the checkpoint is read in place: give a file, not stdin")
-    checkpoint = Path(checkpoint)
-    out_dir = model_output(out_dir, checkpoint, "checkpoint", "esm2_650M", force)
+    checkpoint, out_dir = checkpoint_output(checkpoint, out_dir, "esm2_650M", force)
     arch, state = read_fair_esm(checkpoint)
     try:
         hf = to_transformers(state, arch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protrans_cli.errors import UsageError, force_option, option
+from protrans_cli.errors import UsageError, expect_path, force_option, option
 
 
 @dataclass
@@ -46,6 +46,16 @@ def model_output(out_dir, source: Path, what: str, example: str, force: bool) ->
         model_dir = (out_dir / "config.json").is_file()
         check_replaceable(out_dir, "import-model", lambda entry: model_dir)
     return out_dir
+
+
+def checkpoint_output(checkpoint, out_dir, example: str, force: bool) -> tuple[Path, Path]:
+    """A checkpoint file's path (read in place: not stdin) and `out_dir` checked (model_output)."""
+    expect_path(checkpoint, "checkpoint")
+    expect_path(out_dir, "out_dir")
+    if str(checkpoint) == "-":
+        raise UsageError("the checkpoint is read in place: give a file, not stdin")
+    checkpoint = Path(checkpoint)
+    return checkpoint, model_output(out_dir, checkpoint, "checkpoint", example, force)
 
 
 def write_model_directory(out_dir: Path, save, verify) -> None:

@@ -278,20 +278,11 @@ class TransfoXLLMHeadModel(TransfoXLPreTrainedModel):
                                mems=out.mems, hidden_states=out.hidden_states)
 
 
-_REGISTERED = False
-
-
 def register_auto_classes() -> None:
-    """Tell AutoConfig/AutoModel/AutoModelForCausalLM about this model (idempotent)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    """Tell AutoConfig, AutoModel and AutoModelForCausalLM about this model (base.register_auto_classes)."""
+    from protrans_cli.models.base import register_auto_classes as register
 
-    AutoConfig.register(MODEL_TYPE, TransfoXLConfig, exist_ok=True)
-    AutoModel.register(TransfoXLConfig, TransfoXLModel, exist_ok=True)
-    AutoModelForCausalLM.register(TransfoXLConfig, TransfoXLLMHeadModel, exist_ok=True)
-    _REGISTERED = True
+    register(MODEL_TYPE, TransfoXLConfig, TransfoXLModel, "AutoModelForCausalLM", TransfoXLLMHeadModel)
 
 
 PRESETS = {
