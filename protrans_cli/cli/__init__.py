@@ -42,7 +42,7 @@ COMMANDS = {
     "contacts": ("protrans_cli.cli.contacts", "Residue-residue contact maps from ESM's contact head, into HDF5."),
     "variants": ("protrans_cli.cli.variants", "Zero-shot variant effects (masked marginals) from a masked language model."),
     "import-head": ("protrans_cli.cli.import_head", "Import a published prediction head (no training)."),
-    "import-model": ("protrans_cli.cli.import_model", "Convert a fair-esm .pt checkpoint, or merge a peft LoRA adapter, into a model directory."),
+    "import-model": ("protrans_cli.cli.import_model", "Convert a fair-esm or ESM C checkpoint, or merge a peft LoRA adapter, into a model directory."),
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),
     "project": ("protrans_cli.cli.project", "A map of embedding space (PCA, t-SNE, UMAP) as a table, picture and page."),
     "export": ("protrans_cli.cli.export", "An embeddings file as a TSV/CSV table, NumPy arrays (.npz) or esm-extract .pt files."),

@@ -968,10 +968,10 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
     return (f"cannot load model {name!r}: no local directory of that name, and {missing} "
             f"not in the local Hugging Face cache and {why}; "
             f"download it where there is network ({get}) "
-            f"and pass the directory: {_give(flag)}DIR{_fair_esm_download(name, flag) if not what else ''}")
+            f"and pass the directory: {_give(flag)}DIR{_fair_esm_advice(name, flag) if not what else ''}")
 
 
-def _fair_esm_download(name: str, flag: str) -> str:
+def _fair_esm_advice(name: str, flag: str) -> str:
     """The way to use fair-esm's own download of an ESM short name's weights without network
     (fair_esm.torch_hub_file), or "". A node that ran fair-esm has the weights, and was told to
     download them."""

@@ -42,7 +42,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from protrans_cli.errors import InputError, first_line
 from protrans_cli.models.base import Family, load_checked
-from protrans_cli.models.imported import ImportedModel
+from protrans_cli.models.imported import ImportedModel, hub_file
 
 MODEL_TYPE = "protrans_esmc"
 # esm/utils/constants/esm3.py SEQUENCE_VOCAB: ESM-2's ids, "|" (chain break) at 31
@@ -288,24 +288,13 @@ def short_name_advice(name: str, give: str = "-m ") -> str | None:
     for short, (repo, file) in PUBLISHED.items():
         if name in (short, repo):
             then = f"then give {give}{short} (the directory)"
-            if (cached := _cached(repo, file)) is not None:
+            if (cached := hub_file(repo, file)) is not None:
                 return (f"ESM C's weights are not a transformers model; the Hugging Face cache holds them: convert "
                         f"them with `protrans import-model {cached} -o {short}`, {then}")
             return (f"ESM C's weights are not a transformers model: download them with `hf download {repo} {file} "
                     f"--local-dir D`, convert them with `protrans import-model D/{file} -o {short}`, {then}; the "
                     "weights are under EvolutionaryScale's license, accepted on the hub")
     return None
-
-
-def _cached(repo: str, file: str) -> str | None:
-    """The weights file of a hub repository in the local Hugging Face cache, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(repo, file)
-    except Exception:  # noqa: BLE001 - advice only: an unreadable cache is a cache without the file
-        return None
-    return path if isinstance(path, str) else None
 
 
 # ---------------------------------------------------------------------------------------------

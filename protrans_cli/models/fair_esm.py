@@ -488,11 +488,10 @@ def torch_hub_file(name: str) -> Path | None:
 
 def hub_cached(name: str) -> bool:
     """Whether the local Hugging Face cache holds the config of the short name `name`'s hub model."""
-    from huggingface_hub import try_to_load_from_cache
-
     from protrans_cli.models.checkpoints import CHECKPOINTS
+    from protrans_cli.models.imported import hub_file
 
-    return isinstance(try_to_load_from_cache(CHECKPOINTS[name].hub_id, "config.json"), str)
+    return hub_file(CHECKPOINTS[name].hub_id, "config.json") is not None
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """What `protrans import-model` writes, whatever it converts (a fair-esm checkpoint: fair_esm.py;
-a peft LoRA adapter: peft_merge.py): a model directory written beside its target, read back
+ESM C's weights: esmc.py; a peft LoRA adapter: peft_merge.py): a model directory written beside its target, read back
 through `load_model` (transformers' from_pretrained) and compared weight by weight, and only then
 put in the target's place. A refused, failing or interrupted import leaves the target as it was
 and no partial folder."""
@@ -28,6 +28,18 @@ def describe(imported: ImportedModel) -> str:
     head = "" if imported.contact_head is None else f", contact head: {'yes' if imported.contact_head else 'no'}"
     return (f"imported {imported.kind} ({imported.layers} layers, {imported.dim} dimensions, {imported.heads} "
             f"heads{head}) into {imported.out_dir}")
+
+
+def hub_file(repo: str, filename: str) -> str | None:
+    """The path of a hub repository's file in the local Hugging Face cache, or None (not there, or
+    a cache that cannot be read: where to convert from is advice, never an error of its own)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo, filename)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+    return path if isinstance(path, str) else None
 
 
 def model_output(out_dir, source: Path, what: str, example: str, force: bool) -> Path:
