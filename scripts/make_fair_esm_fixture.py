@@ -24,20 +24,19 @@ REFERENCE = ROOT / "tests" / "data" / "esm_reference"
 
 
 def main() -> None:
+    import sys
+
     import torch
     from omegaconf import OmegaConf
     from transformers import EsmForMaskedLM
 
     from protrans_cli.models.fair_esm import hf_name
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_import_model import REGRESSION, fair_esm_names  # (the tests' list of fair-esm's parameter names)
+
     hf = EsmForMaskedLM.from_pretrained(REFERENCE).state_dict()
-    names = ["embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias", "lm_head.weight",
-             "lm_head.bias", "lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
-             "lm_head.layer_norm.bias"]
-    for n in range(2):
-        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                     "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"):
-            names += [f"layers.{n}.{part}.weight", f"layers.{n}.{part}.bias"]
+    names = [n for n in fair_esm_names(esm1b=False, layers=2) if n not in REGRESSION]  # (no contact head)
     state = {("encoder." if n.startswith("lm_head.") else "encoder.sentence_encoder.") + n: hf[hf_name(n)].clone()
              for n in names}
     cfg = OmegaConf.create({
