@@ -10,6 +10,10 @@ from __future__ import annotations
 # embed (and predict, knn --fasta)
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
 INVALID_POLICIES = ("error", "skip")
+# A complex is one record whose chains are separated by ':' (ColabFold's and ESMFold's input);
+# --chains says what the model sees of it. ESMFold joins chains with 25 glycines.
+CHAIN_POLICIES = ("error", "linker", "separate")
+DEFAULT_LINKER_LENGTH = 25
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_WINDOW = 100_000  # proteins held at a time: ~60 MB of UniRef50 records, long enough sorted runs
 

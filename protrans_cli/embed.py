@@ -45,7 +45,8 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
-from protrans_cli.choices import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
+from protrans_cli.choices import (CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, DEFAULT_WINDOW, DTYPES, INVALID_POLICIES,
+                                  LONG_POLICIES)
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, at_least,
                                  expect_options, expect_path, force_option, given, one_of, option, resume_option)
 from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
@@ -88,6 +89,8 @@ class EmbedOptions:
     long_policy: str = "error"
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP  # residues shared by neighbouring windows (chunk policy)
     invalid_policy: str = "error"        # a sequence normalise refuses (J, an inner '*', empty): error | skip
+    chains: str = "error"                # a ':' (chain break of a complex): error | linker | separate
+    linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between chains under chains='linker'
     three_di: bool = False               # the sequences are Foldseek 3Di strings (ProstT5), not amino acids
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
@@ -153,6 +156,7 @@ class EmbedOptions:
                                 if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         at_least(self.window, 1, "--window", keyword="window")
         one_of(self.pooling, POOLINGS, "--pooling", keyword="pooling")
+        check_chains(self)
         if self.pooling == "cls":
             cls = given("--pooling", "pooling", "cls")
             if self.model == ONEHOT:
@@ -221,6 +225,57 @@ class EmbedSummary:
     @property
     def residues_per_second(self) -> float:
         return self.num_residues / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_chains(options) -> None:
+    """--chains and --linker-length (embed's and contacts' options; UsageError)."""
+    one_of(options.chains, getattr(options, "chain_policies", CHAIN_POLICIES), "--chains", keyword="chains")
+    at_least(options.linker_length, 0, "--linker-length", keyword="linker_length")
+    if options.chains != "error" and options.long_policy == "truncate":
+        raise UsageError(f"{given('--long-policy', 'long_policy', 'truncate')} with "
+                         f"{given('--chains', 'chains', options.chains)}: a complex cut short loses whole chains "
+                         f"(use skip{', chunk' if 'chunk' in getattr(options, 'long_policies', LONG_POLICIES) else ''}"
+                         " or error)")
+    if options.chains != "error" and getattr(options, "pooling", "mean") == "cls":
+        raise UsageError(f"{given('--pooling', 'pooling', 'cls')} with {given('--chains', 'chains', options.chains)}: "
+                         "a complex's vector is the mean of its chains' residues")
+
+
+def chain_lengths(sequence: str) -> list[int]:
+    """The residues of each chain of a sequence (one chain without ':')."""
+    return [len(c) for c in sequence.split(":")]
+
+
+def model_length(sequence: str, chains: str = "error", linker_length: int = DEFAULT_LINKER_LENGTH) -> int:
+    """The residues the model sees at once: a complex's joined chains with their linkers (linker),
+    its longest chain (separate), else the sequence's length. --max-length applies to this."""
+    if ":" not in sequence:
+        return len(sequence)
+    lengths = chain_lengths(sequence)
+    if chains == "separate":
+        return max(lengths)
+    return sum(lengths) + linker_length * (len(lengths) - 1)
+
+
+def model_text(sequence: str, chains: str = "error", linker_length: int = DEFAULT_LINKER_LENGTH) -> str:
+    """What the model reads of a sequence: a complex's chains joined by glycines (linker) or
+    concatenated (separate: cut at the chain boundaries by the caller), else the sequence."""
+    if ":" not in sequence:
+        return sequence
+    return ("G" * linker_length if chains == "linker" else "").join(sequence.split(":"))
+
+
+def without_linker(rows: np.ndarray, lengths, linker_length: int, axes=(1,)) -> np.ndarray:
+    """`rows` (..., joined, ...) with the linkers' positions removed along `axes`: one row per
+    residue of the chains, in order."""
+    keep, start = [], 0
+    for n in lengths:
+        keep.extend(range(start, start + n))
+        start += n + linker_length
+    keep = np.asarray(keep, dtype=np.intp)
+    for axis in axes:
+        rows = np.take(rows, keep, axis=axis)
+    return rows
 
 
 def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=None) -> Embedder:
@@ -421,6 +476,16 @@ class _Unit:
     proteins: list[_Protein]
     windows: list[tuple[int, int]] | None = None  # chunk policy: (start, end) residue windows
     copy_of: str | None = None                 # written earlier under this id: copied, not computed
+    # A complex (chains joined by ':'): what the model reads (`model_text`: the linker joins the
+    # chains, or they are concatenated and each chain is its own window), its chain lengths, and
+    # the linker's length whose rows are dropped (None: no linker)
+    text: str | None = None
+    chains: tuple[int, ...] | None = None
+    linker: int | None = None
+
+    @property
+    def model_input(self) -> str:
+        return self.sequence if self.text is None else self.text
 
 
 def _digest64(text: str) -> int:
@@ -428,8 +493,38 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+def _normalise_record(raw, alphabet: str | None, chains: str) -> str:
+    """A record's normalised sequence; a complex's chains each normalised and joined by ':'
+    (`chains` linker or separate), a ':' refused under `chains` error."""
+    text = raw if isinstance(raw, str) else bytes(raw).decode("latin-1")
+    if ":" not in text:
+        seq = normalise(raw, rare="keep")
+        if alphabet is not None:
+            _check_alphabet(seq, alphabet)
+        return seq
+    if chains == "error":
+        linker, separate = option("--chains linker", "chains='linker'"), option("--chains separate",
+                                                                                 "chains='separate'")
+        raise SequenceRejected(REASON_INVALID, f"':' at residue {text.index(':') + 1} is a chain break (a complex's "
+                               f"chains, as ColabFold and ESMFold write them): {linker} or {separate} embeds it")
+    parts = text.split(":")
+    out = []
+    for i, part in enumerate(parts, 1):
+        if not part.strip():
+            raise SequenceRejected(REASON_INVALID, f"chain {i} of {len(parts)} is empty (a ':' at the start or the end, "
+                                   "or '::')")
+        try:
+            seq = normalise(part, rare="keep")
+            if alphabet is not None:
+                _check_alphabet(seq, alphabet)
+        except SequenceRejected as exc:
+            raise SequenceRejected(exc.reason, f"chain {i} of {len(parts)}: {exc.detail}") from None
+        out.append(seq)
+    return ":".join(out)
+
+
 def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
-             part: tuple[int, int] | None = None) -> Iterator[_Protein]:
+             part: tuple[int, int] | None = None, chains: str = "error") -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>).
     `skip_invalid`: a sequence normalise refuses is yielded with its reason in `rejected`
     (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run). `alphabet`: the
@@ -441,9 +536,7 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
                 if "\x00" in rec.description:  # (a damaged file: prep leaves the record out too)
                     # (embed_sequences' headers are the caller's ids, a Python key: no file to be damaged)
                     raise SequenceRejected(REASON_INVALID, "the id holds a NUL byte" if name == _GIVEN else NUL_HEADER)
-                seq = normalise(rec.sequence, rare="keep")
-                if alphabet is not None:
-                    _check_alphabet(seq, alphabet)
+                seq = _normalise_record(rec.sequence, alphabet, chains)
             except SequenceRejected as exc:
                 if part is not None and not in_part(rec.id, "", part):
                     continue
@@ -481,10 +574,11 @@ def _check_alphabet(seq: str, alphabet: str) -> None:
 
 
 def read_windows(source, name: str, size: int, skip_invalid: bool = False,
-                 alphabet: str | None = None, part: tuple[int, int] | None = None) -> Iterator[list[_Protein]]:
+                 alphabet: str | None = None, part: tuple[int, int] | None = None,
+                 chains: str = "error") -> Iterator[list[_Protein]]:
     """The records (of `part`) in consecutive lists of at most `size`: all the pipeline holds at a time."""
     window: list[_Protein] = []
-    for prot in _records(source, name, skip_invalid, alphabet, part):
+    for prot in _records(source, name, skip_invalid, alphabet, part, chains):
         window.append(prot)
         if len(window) >= size:
             yield window
@@ -519,7 +613,8 @@ _SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announc
 
 
 def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
-               part: tuple[int, int] | None = None) -> InputScan:
+               part: tuple[int, int] | None = None, chains: str = "error",
+               linker_length: int = DEFAULT_LINKER_LENGTH) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
@@ -532,7 +627,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     # copies fall in), but only the part's records are counted. A part may hold no record at
     # all (N near or above the number of records): its file is empty, and merge still has it.
     whole = hashlib.blake2b(digest_size=16)  # (with `part`: of the whole input's ids and sequences)
-    for prot in _records(source, name, skip_invalid, alphabet):
+    for prot in _records(source, name, skip_invalid, alphabet, chains=chains):
         id_digest, seq_digest = _digest64(prot.id), _digest64(prot.sequence)  # (each once: `in_part`'s too)
         ids.append(id_digest)  # (a skipped record's id is the output's too: not twice)
         if part is not None:
@@ -544,7 +639,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
             continue
         seqs.append(seq_digest)
         residues += len(prot.sequence)
-        longest = max(longest, len(prot.sequence))
+        longest = max(longest, model_length(prot.sequence, chains, linker_length))
         if alphabet is None and looks_nucleotide(prot.sequence):  # (3Di strings are no amino acids either)
             nucleotide.add(prot.id)
         if prot.gapped:
@@ -722,7 +817,10 @@ def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str 
     if not options.max_length:
         other = "another" if default else "a smaller"
         remedy += f", with {option('--max-length N', 'max_length=N')} for {other} limit"
-    return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add {remedy})",
+    measure = model_length(prot.sequence, getattr(options, "chains", "error"), getattr(options, "linker_length", 0))
+    what = ("" if ":" not in prot.sequence else " in its longest chain" if options.chains == "separate"
+            else " with the linkers")
+    return InputError(f"{measure} residues{what}, longer than {limit} (add {remedy})",
                       path=name, line=prot.line, record=prot.id)
 
 
@@ -739,30 +837,54 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
         if prot.rejected is not None:
             record_failure(prot.id, prot.rejected)
             continue
-        seq, windows = prot.sequence, None
-        if max_length is not None and len(seq) > max_length:
+        seq, windows, text, lengths = prot.sequence, None, None, None
+        chains = getattr(options, "chains", "error")
+        if ":" in seq:  # (only read where chains is linker or separate)
+            lengths = tuple(chain_lengths(seq))
+            text = model_text(seq, chains, options.linker_length)
+        measure = model_length(seq, chains, getattr(options, "linker_length", 0))
+        if max_length is not None and measure > max_length:
             policy = options.long_policy
             if policy == "error":
                 raise _too_long(prot, max_length, options, name)
             if policy == "skip":
                 limit = (f"--max-length {max_length}" if options.max_length
                          else f"the {max_length} residues the model accepts")
-                record_failure(prot.id, f"skipped: {len(seq)} residues > {limit}")
+                what = ("residues in its longest chain" if lengths and chains == "separate" else
+                        "residues with the linkers" if lengths else "residues")
+                record_failure(prot.id, f"skipped: {measure} {what} > {limit}")
                 continue
             if policy == "truncate":
                 seq = seq[:max_length]  # its length goes into the file (truncated_from)
+            elif lengths and chains == "separate":  # windows inside each chain, none across a chain break
+                windows = _chain_windows(lengths, max_length, options.chunk_overlap)
             else:
-                windows = chunk_windows(len(seq), max_length, options.chunk_overlap)
+                windows = chunk_windows(len(text or seq), max_length, options.chunk_overlap)
+        if lengths and chains == "separate" and windows is None:
+            windows = _chain_windows(lengths, None, 0)
         # Keyed by the whole sequence, as mark_copies keys the windows': keyed by a truncated one,
         # proteins that only share a kept prefix counted as identical within a window and not
         # across windows, and the summary's figure changed with --window.
         unit = by_sequence.get(prot.sequence)
         if unit is None:
-            by_sequence[prot.sequence] = _Unit(seq, [prot], windows)
+            by_sequence[prot.sequence] = _Unit(seq, [prot], windows, text=text, chains=lengths,
+                                               linker=options.linker_length if lengths and chains == "linker"
+                                               else None)
         else:
             unit.proteins.append(prot)
             duplicates += 1
     return list(by_sequence.values()), duplicates
+
+
+def _chain_windows(lengths, max_length: int | None, overlap: int) -> list[tuple[int, int]]:
+    """Windows over a complex's concatenated chains (--chains separate): each chain alone, or
+    its chunk windows when it is longer than `max_length`; no window spans two chains."""
+    windows, start = [], 0
+    for n in lengths:
+        inner = [(0, n)] if max_length is None else chunk_windows(n, max_length, overlap)
+        windows += [(start + s, start + e) for s, e in inner]
+        start += n
+    return windows
 
 
 def mark_copies(units: list[_Unit], scan: InputScan, written: dict[bytes, str]) -> int:
@@ -1109,7 +1231,8 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         dist = _setup_distributed(options.device) if distributed else _Dist()
         try:
             try:
-                scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet, options.part_of), None
+                scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet, options.part_of,
+                                          options.chains, options.linker_length), None
             except Exception as exc:  # noqa: BLE001 - any failure, raised once every rank has taken part:
                 if not ranked:       # the others stop too (they would wait for it at the barriers for hours)
                     raise
@@ -1357,6 +1480,9 @@ def _file_attrs(embedder, options, max_length) -> dict:
         "max_length": max_length or 0, "long_policy": options.long_policy,
         # Only where it changes the rows, so that --resume compares it only then.
         "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,
+        # what the model saw of a complex (':' in a record), and the glycines joining its chains
+        "chains": options.chains,
+        "linker_length": options.linker_length if options.chains == "linker" else None,
         # "K/N" of --part, "" for the whole input: --resume compares it (a part extended by a run
         # over the whole input, or by another part, would hold what its name does not say)
         "part": options.part or "",
@@ -1430,7 +1556,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                    source, name, options.window, options.skip_invalid, options.alphabet, options.part_of)
+                    source, name, options.window, options.skip_invalid, options.alphabet, options.part_of,
+                    options.chains)
                     for p in window),
                     seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
@@ -1540,7 +1667,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     try:
         with writer, _Background(lambda work, *args: work(*args)) as background:
             for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
-                                       options.part_of):
+                                       options.part_of, options.chains):
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
                 if truncating and done_here:
@@ -1557,10 +1684,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 for unit in mine:
                     if unit.copy_of:
                         continue
+                    text = unit.model_input
                     if unit.windows is None:
-                        pieces.append(_Piece(unit, 0, unit.sequence))
+                        pieces.append(_Piece(unit, 0, text))
                     else:
-                        pieces += [_Piece(unit, i, unit.sequence[s:e]) for i, (s, e) in enumerate(unit.windows)]
+                        pieces += [_Piece(unit, i, text[s:e]) for i, (s, e) in enumerate(unit.windows)]
                 # The bar counts every residue of the input once: what needs no computation
                 # (done, skipped, invalid) at once, what this rank computes as it goes (each
                 # protein its whole length, truncated or not, and its copies in the window), the
@@ -1576,7 +1704,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                     # Means computed beside the model, rows converted to the storage dtype there;
                     # windows of a chunked protein bring float32 rows, stitched and averaged
                     # once all of them are in.
-                    whole = all(p.unit.windows is None for p in batch)
+                    whole = all(p.unit.windows is None and p.unit.linker is None for p in batch)
                     want = _Want(rows=options.per_residue or not whole, means=options.per_protein and whole,
                                  dtype=options.storage_dtype if whole else "float32")
                     results = embed_with_retry(embedder, [p.sequence for p in batch], want=want,
@@ -1703,7 +1831,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
 
     left = found = 0
     for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
-                               options.part_of):
+                               options.part_of, options.chains):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             found += checksum is not None
@@ -1714,7 +1842,8 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
                 # (a protein skipped before counts as done only if its sequence is skipped again:
                 # one shortened since is embedded)
                 left += not (prot.id in settled and max_length is not None and len(prot.sequence) > max_length)
-                if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
+                if max_length is not None and options.long_policy == "error" \
+                        and model_length(prot.sequence, options.chains, options.linker_length) > max_length:
                     raise _too_long(prot, max_length, options, name)
             elif checksum and checksum != checksum64(sequence_checksum(_kept(prot.sequence, max_length, options))):
                 where = partial_path(output) if partial_path(output).exists() else output
@@ -1753,12 +1882,14 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         if any(g is None for g in got):
             return
         del pending[key]
-        rows = stitch_windows(unit.windows, [g[0] for g in got], len(unit.sequence), causal=causal)
+        rows = stitch_windows(unit.windows, [g[0] for g in got], len(unit.model_input), causal=causal)
         mean = None
         redone = [g.how for g in got if isinstance(g, Recomputed)]
         # (a window of a chunked protein recomputed alone: its other windows' rows are the file's
         # compute dtype, which the attribute says)
         how = {f"{h} ({redone.count(h)} of {len(got)} windows)" if len(redone) < len(got) else h for h in redone}
+    if unit.linker is not None:  # a complex joined by a linker: its rows go, the mean is the chains' residues'
+        rows, mean = without_linker(rows, unit.chains, unit.linker), None
     if mean is None and PER_PROTEIN in writer.kinds:
         mean = mean_rows(rows)  # (n_layers, D), squeezed below with the rows
     problem = _storage_problem(rows, mean, writer.storage_dtype)
@@ -1791,17 +1922,19 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
         # Each protein's own: proteins that share a truncated prefix (or a protein whose whole
         # sequence is another's kept prefix) are computed once but were cut from other lengths.
         extra = {}
-        if unit.windows is not None:
+        if unit.windows is not None and len(unit.windows) > len(unit.chains or ()):
             extra = {"chunks": len(unit.windows)}
         elif len(prot.sequence) > len(unit.sequence):
             extra = {"truncated_from": len(prot.sequence)}
             summary.truncated.append(prot.id)
         if computed:
             extra["computed"] = computed
+        if unit.chains is not None:  # a complex: its residues (no ':') and each chain's
+            extra.update(length=sum(unit.chains), chains=np.asarray(unit.chains, dtype=np.int64))
         writer.write(prot.id, prot.header, unit.sequence, per_residue=per_residue, per_protein=per_protein,
                      extra_attrs=extra)
         summary.num_embedded += 1
-        summary.num_residues += len(unit.sequence)  # every protein written, copies of a sequence too
+        summary.num_residues += len(unit.sequence) - unit.sequence.count(":")  # every protein written, copies of a sequence too
 
 
 def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) -> None:

@@ -13,7 +13,8 @@ import sys
 import click
 
 from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
-from protrans_cli.choices import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
+from protrans_cli.choices import (CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, DEFAULT_WINDOW, DTYPES, INVALID_POLICIES,
+                                  LONG_POLICIES)
 from protrans_cli.cli import INPUT_FILE, completion
 
 
@@ -78,6 +79,12 @@ def command_line(argv: list[str]) -> str:
               help="Proteins over --max-length: fail, skip (recorded as failed), truncate, or chunk into "
                    "overlapping windows stitched back together.")
 @click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")
+@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
+              help="A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
+                   "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
+                   "the linker's rows dropped; separate: embed each chain alone, rows concatenated.")
+@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
+              help="Glycines between the chains of a complex under --chains linker.")
 @click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default="error",
               help="Sequences that cannot be embedded (a J, an inner '*', no residues): fail before any "
                    "work, or skip them (recorded as failed, with the reason).")
@@ -117,7 +124,7 @@ def command_line(argv: list[str]) -> str:
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, model, revision, per_residue, per_protein, pooling, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
+            chains, linker_length, invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
             part, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
@@ -140,7 +147,8 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         layers=tuple(layers) or (-1,), pooling=pooling, layout=layout, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
-        long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
+        long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy, chains=chains,
+        linker_length=linker_length,
         three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=command_line(sys.argv[1:]),

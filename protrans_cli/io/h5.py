@@ -66,7 +66,8 @@ FLUSH_SECONDS = 1.0
 # File attributes that must agree between a partial file and the run that resumes it (one
 # missing from an older file is not compared).
 RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
-                "max_length", "long_policy", "chunk_overlap", "part", "weights_fingerprint")
+                "max_length", "long_policy", "chunk_overlap", "part", "weights_fingerprint", "chains",
+                "linker_length")
 
 # Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
 # run's; the `runs` attribute lists every run's, oldest first.

@@ -1,0 +1,157 @@
+"""Protein complexes in `protrans embed` (`--chains`): chains joined by ':' in one record, embedded
+with ESMFold's glycine linker (its rows dropped) or chain by chain, compared with a plain
+transformers forward pass of the joined sequence or of each chain alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA, save_tiny_model
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+
+torch = pytest.importorskip("torch")
+from protrans_cli.models import FAMILIES  # noqa: E402
+from test_embed_models import reference_rows  # noqa: E402
+
+COMPLEXES = DATA / "embed" / "complexes.fa"
+HEAVY, LIGHT = "MKTAYIAKQRQISFVKSHFSRQ", "GSHMLEDPVDAFQ"
+TRIMER = ("ACDEFGHIK", "LMNPQRSTVWY", "MKV")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return {name: save_tiny_model(tmp_path_factory, name) for name in ("esm", "t5")}
+
+
+def _embed(run_cli, model, out, *extra):
+    r = run_cli("embed", COMPLEXES, "-m", model, "-o", out, "--device", "cpu", "-j", "1", "--max-tokens", "128",
+                *extra)
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        res = {i: a for i, a, _ in reader.items(PER_RESIDUE)}
+        prot = {i: a for i, a, _ in reader.items(PER_PROTEIN)}
+        attrs = {i: dict(reader.file[PER_RESIDUE][i].attrs) for i in res}
+        file_attrs = dict(reader.attrs)
+    return res, prot, attrs, file_attrs
+
+
+def _linked(family, model, chains, n):
+    rows = reference_rows(family, model, ("G" * n).join(chains))[0]
+    keep, start = [], 0
+    for c in chains:
+        keep += range(start, start + len(c))
+        start += len(c) + n
+    return rows[keep]
+
+
+@pytest.mark.parametrize("family_name", ["esm", "t5"])
+@pytest.mark.parametrize("linker", [25, 10, 0])
+def test_linker_rows_are_the_joined_forward_without_the_linker(run_cli, tmp_path, tiny, family_name, linker):
+    family, model = FAMILIES[family_name], tiny[family_name]
+    extra = ("--chains", "linker") + (() if linker == 25 else ("--linker-length", str(linker)))
+    res, prot, attrs, file_attrs = _embed(run_cli, model, tmp_path / "e.h5", *extra)
+    for ident, chains in (("heavy_light", (HEAVY, LIGHT)), ("trimer", TRIMER)):
+        ref = _linked(family, model, chains, linker)
+        assert res[ident].shape == (sum(map(len, chains)), ref.shape[-1])
+        np.testing.assert_allclose(res[ident], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(prot[ident], ref.mean(0), atol=1e-5, rtol=0)
+        assert list(attrs[ident]["chains"]) == [len(c) for c in chains]
+        assert attrs[ident]["length"] == sum(map(len, chains))
+    # "A:B" and "AB" are different proteins: both written, "AB" a plain forward of one chain
+    np.testing.assert_allclose(res["joined"], reference_rows(family, model, HEAVY + LIGHT)[0], atol=1e-5, rtol=0)
+    assert "chains" not in attrs["joined"] and attrs["joined"]["checksum"] != attrs["heavy_light"]["checksum"]
+    if linker:
+        assert not np.allclose(res["joined"], res["heavy_light"], atol=1e-3)
+    np.testing.assert_array_equal(res["copy"], res["heavy_light"])  # the same complex: computed once, copied
+    assert file_attrs["chains"] == "linker" and file_attrs["linker_length"] == linker
+
+
+@pytest.mark.parametrize("family_name", ["esm", "t5"])
+def test_separate_rows_are_each_chain_alone(run_cli, tmp_path, tiny, family_name):
+    family, model = FAMILIES[family_name], tiny[family_name]
+    res, prot, attrs, file_attrs = _embed(run_cli, model, tmp_path / "e.h5", "--chains", "separate")
+    for ident, chains in (("heavy_light", (HEAVY, LIGHT)), ("trimer", TRIMER)):
+        ref = np.concatenate([reference_rows(family, model, c)[0] for c in chains])
+        np.testing.assert_allclose(res[ident], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(prot[ident], ref.mean(0), atol=1e-5, rtol=0)
+        assert list(attrs[ident]["chains"]) == [len(c) for c in chains] and "chunks" not in attrs[ident]
+    assert file_attrs["chains"] == "separate" and "linker_length" not in file_attrs
+
+
+def test_separate_chunks_inside_a_chain_only(run_cli, tmp_path, tiny):
+    """A chain longer than --max-length gets windows of its own; no window crosses a chain break."""
+    family, model = FAMILIES["esm"], tiny["esm"]
+    res, _, attrs, _ = _embed(run_cli, model, tmp_path / "e.h5", "--chains", "separate", "--max-length", "12",
+                              "--long-policy", "chunk", "--chunk-overlap", "4")
+    trimer = res["trimer"]
+    np.testing.assert_allclose(trimer[:9], reference_rows(family, model, TRIMER[0])[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(trimer[9:20], reference_rows(family, model, TRIMER[1])[0], atol=1e-5, rtol=0)
+    # the heavy chain (22) in windows (0, 12) (8, 20) (10, 22); the light chain (13) in (0, 12) (1, 13)
+    assert attrs["heavy_light"]["chunks"] == 5 and "chunks" not in attrs["trimer"]
+    light = res["heavy_light"][len(HEAVY):]
+    np.testing.assert_allclose(light[:6], reference_rows(family, model, LIGHT[:12])[0][:6], atol=1e-5, rtol=0)
+
+
+def test_linker_max_length_counts_the_linker(run_cli, tmp_path, tiny):
+    out = tmp_path / "e.h5"
+    r = run_cli("embed", COMPLEXES, "-m", tiny["esm"], "-o", out, "--device", "cpu", "--chains", "linker",
+                "--max-length", "40")
+    assert r.exit_code == 1
+    assert "60 residues with the linkers, longer than --max-length 40" in r.stderr and "'heavy_light'" in r.stderr
+    r = run_cli("embed", COMPLEXES, "-m", tiny["esm"], "-o", out, "--device", "cpu", "--chains", "linker",
+                "--max-length", "40", "--long-policy", "skip")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        assert sorted(reader.failed()) == ["copy", "heavy_light", "trimer"]
+        assert sorted(reader.ids()) == ["joined"]
+
+
+def test_a_colon_is_refused_by_default_naming_chains(run_cli, tmp_path):
+    r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and not (tmp_path / "e.h5").exists()
+    line = r.stderr.strip().splitlines()[-1]
+    assert "complexes.fa:1," in line and "'heavy_light'" in line and "chain break" in line
+    assert "--chains linker" in line and "--chains separate" in line and "residue 23" in line
+
+
+@pytest.mark.parametrize("sequence", [":MKV", "MKV:", "MK::V"])
+def test_an_empty_chain_is_an_error_or_skipped(run_cli, tmp_path, sequence):
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(f">bad\n{sequence}\n>good\nMKV:ACD\n")
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "e.h5", "--chains", "separate")
+    assert r.exit_code == 1 and "'bad'" in r.stderr and "is empty" in r.stderr
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "e.h5", "--chains", "separate",
+                "--invalid-policy", "skip")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(tmp_path / "e.h5") as reader:
+        assert list(reader.ids()) == ["good"] and "empty" in reader.failed()["bad"]
+        assert reader.get("good", PER_RESIDUE).shape[0] == 6
+
+
+@pytest.mark.parametrize("args", [["--chains", "linker", "--linker-length", "-1"],
+                                  ["--chains", "linker", "--max-length", "30", "--long-policy", "truncate"],
+                                  ["--chains", "separate", "--max-length", "30", "--long-policy", "truncate"]])
+def test_usage_errors(run_cli, tmp_path, args):
+    r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", tmp_path / "e.h5", *args)
+    assert r.exit_code == 2 and not (tmp_path / "e.h5").exists(), r.stderr
+
+
+def test_resume_with_another_policy_is_refused(run_cli, tmp_path):
+    out = tmp_path / "e.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", out, "--chains", "linker").exit_code == 0
+    for args in (["--chains", "separate"], ["--chains", "linker", "--linker-length", "5"]):
+        r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", out, "--resume", *args)
+        assert r.exit_code != 0 and ("chains" in r.stderr or "linker_length" in r.stderr), r.stderr
+    r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", out, "--resume", "--chains", "linker")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_embed_sequences_takes_complexes():
+    from protrans_cli import EmbedOptions, embed_sequences
+
+    got = embed_sequences({"c": "MKV:AC", "p": "MKVAC"}, EmbedOptions(model="onehot", chains="separate"),
+                          kind=PER_RESIDUE)
+    np.testing.assert_array_equal(got["c"], got["p"])  # onehot: no context, the rows agree
+    with pytest.raises(Exception, match="chains='linker'"):
+        embed_sequences(["MKV:AC"], EmbedOptions(model="onehot"), kind=PER_RESIDUE)
