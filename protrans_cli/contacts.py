@@ -61,6 +61,8 @@ class ContactOptions:
     max_length: int | None = None        # residues; None: 1,022 (ESM's training crops)
     long_policy: str = "error"           # error | skip | truncate
     invalid_policy: str = "error"        # error | skip
+    chains: str = "error"                # a ':' (chain break of a complex): error | linker
+    linker_length: int = 25              # glycines between the chains under chains='linker' (ESMFold's)
     storage_dtype: str = "float16"       # float16 | float32
     compression: str | None = None       # None | gzip | lzf
     resume: bool = False
@@ -71,6 +73,7 @@ class ContactOptions:
 
     # (what embed's readers and checks ask of their options)
     long_policies = LONG_POLICIES
+    chain_policies = ("error", "linker")  # (no map between chains embedded alone)
     default_limit = "the default --max-length {n} (the crops ESM was trained on)"
     alphabet = None
     part_of = None
@@ -92,6 +95,9 @@ class ContactOptions:
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", "a contact map is not stitched from windows",
                keyword="long_policy")
         one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")
+        from protrans_cli.embed import check_chains
+
+        check_chains(self)
         if self.max_length is not None:
             at_least(self.max_length, 1, "--max-length", keyword="max_length")
         if self.max_tokens is not None:
@@ -482,7 +488,7 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
     from protrans_cli.threads import torch_threads
 
     start = time.perf_counter()
-    scan = scan_input(source, name, options.skip_invalid)
+    scan = scan_input(source, name, options.skip_invalid, chains=options.chains, linker_length=options.linker_length)
     summary = ContactSummary(output=output, num_records=scan.num_records)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
@@ -514,6 +520,8 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
                  "command_line": options.command_line or f"protrans_cli.contacts called from "
                                                          f"{shlex.join(sys.argv) or 'python'}",
                  "max_length": max_length, "long_policy": options.long_policy,
+                 "chains": options.chains,
+                 "linker_length": options.linker_length if options.chains == "linker" else None,
                  "contacts": CONTACTS_DESCRIPTION}
         if loaded.weights_fingerprint:  # (a local directory: no commit tells a retrained model)
             attrs["weights_fingerprint"] = loaded.weights_fingerprint
@@ -525,7 +533,8 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
             for path in (partial_path(output), output):
                 if path.exists():
                     done = _done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                        source, name, options.window, options.skip_invalid) for p in window), seal=path != output)
+                        source, name, options.window, options.skip_invalid, chains=options.chains) for p in window),
+                        seal=path != output)
                     break
             if len(done):
                 left, found = _check_before_compute(source, name, options, max_length, done, output)
@@ -549,14 +558,15 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
 
 
 def _compute(source, name, options, predictor, writer, done, max_length, summary, total_residues) -> None:
-    from protrans_cli.embed import read_windows
+    from protrans_cli.embed import model_text, read_windows
 
     max_tokens = options.max_tokens or (CPU_MAX_TOKENS if str(predictor.device) == "cpu" else GPU_MAX_TOKENS)
     bar = console.progress(total=total_residues, desc="contacts", unit="res")
     try:
-        for window in read_windows(source, name, options.window, options.skip_invalid):
+        for window in read_windows(source, name, options.window, options.skip_invalid, chains=options.chains):
             skip = done.members(window)
             todo: dict[str, list] = {}  # kept sequence -> its proteins (identical sequences computed once)
+            texts: dict[str, str] = {}  # kept sequence -> what the model reads (a complex's chains with linkers)
             for prot in window:
                 if prot.id in skip:
                     console.skip(bar, len(prot.sequence))  # (not this run's work: out of a log line's rate)
@@ -565,24 +575,29 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
                     writer.record_failure(prot.id, prot.rejected)
                     continue
                 kept = prot.sequence
-                if len(kept) > max_length:
+                text = model_text(kept, options.chains, options.linker_length)
+                if len(text) > max_length:
+                    what = " with the linkers" if ":" in kept else ""
                     if options.long_policy == "skip":
-                        writer.record_failure(prot.id, f"skipped: {len(kept)} residues, longer than --max-length "
-                                                       f"{max_length} (--long-policy skip)")
+                        writer.record_failure(prot.id, f"skipped: {len(text)} residues{what}, longer than "
+                                                       f"--max-length {max_length} (--long-policy skip)")
                         bar.update(len(kept))
                         continue
                     if options.long_policy == "error":  # (checked before any computation; a file changed since)
-                        raise InputError(f"{len(kept)} residues, longer than {max_length}", path=name,
+                        raise InputError(f"{len(text)} residues{what}, longer than {max_length}", path=name,
                                          record=prot.id)
-                    kept = kept[:max_length]
+                    kept = text = kept[:max_length]  # (not a complex: chains refuses truncate)
                 todo.setdefault(kept, []).append(prot)
-            for batch in _batches(list(todo), max_tokens, options.max_batch_size):
-                results, computed = _redo_in_float32(predictor, batch, _predict_or_split(predictor, batch))
+                texts[kept] = text
+            for batch in _batches(list(todo), max_tokens, options.max_batch_size, texts):
+                inputs = [texts[seq] for seq in batch]
+                results, computed = _redo_in_float32(predictor, inputs, _predict_or_split(predictor, inputs))
                 writer.ensure_room(sum(r.size * writer.storage_dtype.itemsize for r in results
                                        if not isinstance(r, str)))
                 for j, (seq, result) in enumerate(zip(batch, results)):
                     for prot in todo[seq]:
-                        _write(writer, prot, seq, result, summary, predictor.compute_dtype, computed.get(j))
+                        _write(writer, prot, seq, result, summary, predictor.compute_dtype, computed.get(j),
+                               linker=options.linker_length)
                     bar.update(sum(len(p.sequence) for p in todo[seq]))
                 writer.flush()
     finally:
@@ -621,7 +636,7 @@ def _redo_in_float32(predictor: ContactPredictor, batch: list[str], results: lis
 
 
 def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtype: str,
-           computed: str | None = None) -> None:
+           computed: str | None = None, linker: int = 0) -> None:
     if isinstance(result, str):
         writer.record_failure(prot.id, result)
         return
@@ -632,21 +647,28 @@ def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtyp
     extra = {"truncated_from": len(prot.sequence)} if len(prot.sequence) > len(seq) else {}
     if computed:  # (as embed records a protein computed in float32)
         extra["computed"] = computed
+    if ":" in seq:  # a complex joined by its linker: the linker's rows and columns go (--chains linker)
+        from protrans_cli.embed import chain_lengths, without_linker
+
+        lengths = chain_lengths(seq)
+        result = without_linker(result, lengths, linker, axes=(0, 1))
+        extra.update(length=sum(lengths), chains=np.asarray(lengths, dtype=np.int64))
     # (symmetric as computed; made exactly so in the stored dtype)
     stored = ((result + result.T) / 2).astype(writer.storage_dtype)
     writer.write(prot.id, prot.header, seq, contacts=stored, extra_attrs=extra)
     summary.num_written += 1
-    summary.num_residues += len(seq)
+    summary.num_residues += len(seq) - seq.count(":")
 
 
-def _batches(sequences: list[str], max_tokens: int, max_batch_size: int) -> list[list[str]]:
+def _batches(sequences: list[str], max_tokens: int, max_batch_size: int, texts: dict | None = None) -> list[list[str]]:
     """embed's batches (make_batches): longest first; a batch's padded tokens (longest + 2 special
     tokens, times its count) within `max_tokens`, at most `max_batch_size` proteins; a protein over
-    the budget alone."""
+    the budget alone. `texts`: what the model reads of each sequence where it differs (a complex)."""
     from protrans_cli.embed import _Piece, _Unit, make_batches
 
-    pieces = [_Piece(_Unit(seq, []), 0, seq) for seq in sequences]
-    return [[piece.sequence for piece in batch] for batch in make_batches(pieces, max_tokens, max_batch_size)]
+    texts = texts or {}
+    pieces = [_Piece(_Unit(seq, []), 0, texts.get(seq, seq)) for seq in sequences]
+    return [[piece.unit.sequence for piece in batch] for batch in make_batches(pieces, max_tokens, max_batch_size)]
 
 
 def _predict_or_split(predictor: ContactPredictor, batch: list[str]) -> list:

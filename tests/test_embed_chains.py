@@ -155,3 +155,48 @@ def test_embed_sequences_takes_complexes():
     np.testing.assert_array_equal(got["c"], got["p"])  # onehot: no context, the rows agree
     with pytest.raises(Exception, match="chains='linker'"):
         embed_sequences(["MKV:AC"], EmbedOptions(model="onehot"), kind=PER_RESIDUE)
+
+
+@pytest.mark.parametrize("linker", [25, 3])
+def test_contacts_linker_is_the_joined_map_without_the_linker(run_cli, tmp_path, linker):
+    """The (L, L) map of a complex: transformers' predict_contacts over the chains joined by
+    glycines, the linker's rows and columns removed (the inter-chain block kept)."""
+    import h5py
+    from transformers import EsmForMaskedLM, EsmTokenizer
+
+    model = DATA / "esm_reference"
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", COMPLEXES, "-m", model, "-o", out, "--chains", "linker", "--linker-length", str(linker),
+                "--storage-dtype", "float32", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    hf = EsmForMaskedLM.from_pretrained(str(model), attn_implementation="eager").eval()
+    tok = EsmTokenizer.from_pretrained(str(model))
+    with h5py.File(out, "r") as f:
+        got = {f["contacts"][k].attrs["id"]: (f["contacts"][k][()], dict(f["contacts"][k].attrs)) for k in f["contacts"]}
+        assert f.attrs["chains"] == "linker" and f.attrs["linker_length"] == linker
+    for ident, chains in (("heavy_light", (HEAVY, LIGHT)), ("trimer", TRIMER), ("joined", (HEAVY + LIGHT,))):
+        enc = tok([("G" * linker).join(chains)], return_tensors="pt")
+        with torch.no_grad():
+            ref = hf.predict_contacts(enc["input_ids"], enc["attention_mask"]).numpy()[0]
+        keep, start = [], 0
+        for c in chains:
+            keep += range(start, start + len(c))
+            start += len(c) + linker
+        ref = ref[np.ix_(keep, keep)]
+        contacts, attrs = got[ident]
+        np.testing.assert_allclose(contacts, ref, atol=1e-5, rtol=0, err_msg=ident)
+        assert attrs["length"] == len(keep)
+        if len(chains) > 1:
+            assert list(attrs["chains"]) == [len(c) for c in chains]
+    np.testing.assert_array_equal(got["copy"][0], got["heavy_light"][0])
+
+
+def test_contacts_refuses_a_colon_and_separate(run_cli, tmp_path):
+    model = DATA / "esm_reference"
+    r = run_cli("contacts", COMPLEXES, "-m", model, "-o", tmp_path / "c.h5", "--device", "cpu")
+    assert r.exit_code == 1 and "--chains linker" in r.stderr and "'heavy_light'" in r.stderr
+    r = run_cli("contacts", COMPLEXES, "-m", model, "-o", tmp_path / "c.h5", "--chains", "separate")
+    assert r.exit_code == 2
+    r = run_cli("contacts", COMPLEXES, "-m", model, "-o", tmp_path / "c.h5", "--chains", "linker",
+                "--linker-length", "-2")
+    assert r.exit_code == 2 and not (tmp_path / "c.h5").exists()

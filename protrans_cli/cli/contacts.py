@@ -38,6 +38,12 @@ from protrans_cli.cli import INPUT_FILE, completion
               default="error",
               help="Proteins over --max-length: fail before any work, skip (recorded as failed), or keep the "
                    "map of their first residues (as esm-extract does; recorded as truncated_from).")
+@click.option("--chains", type=click.Choice(["error", "linker"]), default="error",
+              help="A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
+                   "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way); the "
+                   "map covers every residue of the chains, inter-chain contacts included, without the linker.")
+@click.option("--linker-length", type=int, default=25, show_default=True,
+              help="Glycines between the chains of a complex under --chains linker.")
 @click.option("--invalid-policy", type=click.Choice(["error", "skip"]), default="error",
               help="Sequences that cannot be read (a J, an inner '*', no residues): fail before any work, or "
                    "skip them (recorded as failed).")
@@ -47,7 +53,7 @@ from protrans_cli.cli import INPUT_FILE, completion
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, model, revision, storage_dtype, compression, device, dtype, max_tokens, max_batch_size,
-            max_length, long_policy, invalid_policy, resume, force, threads):
+            max_length, long_policy, chains, linker_length, invalid_policy, resume, force, threads):
     """Residue-residue contact maps from ESM's contact head, into HDF5.
 
     Each protein's (L, L) map of contact probabilities (C-beta within 8 A) under
@@ -72,7 +78,7 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     options = ContactOptions(
         model=model, revision=revision, device=device, dtype=dtype, max_tokens=max_tokens,
         max_batch_size=max_batch_size, max_length=max_length, long_policy=long_policy,
-        invalid_policy=invalid_policy, storage_dtype=storage_dtype,
+        invalid_policy=invalid_policy, chains=chains, linker_length=linker_length, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, resume=resume, force=force,
         threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]))
     with finished_with_resume(force, lambda exc: partial_path(output)):
