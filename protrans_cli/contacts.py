@@ -488,7 +488,8 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
     from protrans_cli.threads import torch_threads
 
     start = time.perf_counter()
-    scan = scan_input(source, name, options.skip_invalid, chains=options.chains, linker_length=options.linker_length)
+    scan = scan_input(source, name, options.skip_invalid, chains=options.chains, linker_length=options.linker_length,
+                      offered=("linker",))
     summary = ContactSummary(output=output, num_records=scan.num_records)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
@@ -563,7 +564,8 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
     max_tokens = options.max_tokens or (CPU_MAX_TOKENS if str(predictor.device) == "cpu" else GPU_MAX_TOKENS)
     bar = console.progress(total=total_residues, desc="contacts", unit="res")
     try:
-        for window in read_windows(source, name, options.window, options.skip_invalid, chains=options.chains):
+        for window in read_windows(source, name, options.window, options.skip_invalid, chains=options.chains,
+                                   offered=("linker",)):
             skip = done.members(window)
             todo: dict[str, list] = {}  # kept sequence -> its proteins (identical sequences computed once)
             texts: dict[str, str] = {}  # kept sequence -> what the model reads (a complex's chains with linkers)

@@ -493,9 +493,10 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _normalise_record(raw, alphabet: str | None, chains: str) -> str:
+def _normalise_record(raw, alphabet: str | None, chains: str, offered=("linker", "separate")) -> str:
     """A record's normalised sequence; a complex's chains each normalised and joined by ':'
-    (`chains` linker or separate), a ':' refused under `chains` error."""
+    (`chains` linker or separate), a ':' refused under `chains` error (naming the `offered`
+    policies: contacts has no separate)."""
     text = raw if isinstance(raw, str) else bytes(raw).decode("latin-1")
     if ":" not in text:
         seq = normalise(raw, rare="keep")
@@ -503,10 +504,9 @@ def _normalise_record(raw, alphabet: str | None, chains: str) -> str:
             _check_alphabet(seq, alphabet)
         return seq
     if chains == "error":
-        linker, separate = option("--chains linker", "chains='linker'"), option("--chains separate",
-                                                                                 "chains='separate'")
+        remedy = " or ".join(option(f"--chains {p}", f"chains={p!r}") for p in offered)
         raise SequenceRejected(REASON_INVALID, f"':' at residue {text.index(':') + 1} is a chain break (a complex's "
-                               f"chains, as ColabFold and ESMFold write them): {linker} or {separate} embeds it")
+                               f"chains, as ColabFold and ESMFold write them): {remedy} reads it")
     parts = text.split(":")
     out = []
     for i, part in enumerate(parts, 1):
@@ -524,7 +524,8 @@ def _normalise_record(raw, alphabet: str | None, chains: str) -> str:
 
 
 def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
-             part: tuple[int, int] | None = None, chains: str = "error") -> Iterator[_Protein]:
+             part: tuple[int, int] | None = None, chains: str = "error",
+             offered=("linker", "separate")) -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>).
     `skip_invalid`: a sequence normalise refuses is yielded with its reason in `rejected`
     (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run). `alphabet`: the
@@ -536,7 +537,7 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
                 if "\x00" in rec.description:  # (a damaged file: prep leaves the record out too)
                     # (embed_sequences' headers are the caller's ids, a Python key: no file to be damaged)
                     raise SequenceRejected(REASON_INVALID, "the id holds a NUL byte" if name == _GIVEN else NUL_HEADER)
-                seq = _normalise_record(rec.sequence, alphabet, chains)
+                seq = _normalise_record(rec.sequence, alphabet, chains, offered)
             except SequenceRejected as exc:
                 if part is not None and not in_part(rec.id, "", part):
                     continue
@@ -575,10 +576,10 @@ def _check_alphabet(seq: str, alphabet: str) -> None:
 
 def read_windows(source, name: str, size: int, skip_invalid: bool = False,
                  alphabet: str | None = None, part: tuple[int, int] | None = None,
-                 chains: str = "error") -> Iterator[list[_Protein]]:
+                 chains: str = "error", offered=("linker", "separate")) -> Iterator[list[_Protein]]:
     """The records (of `part`) in consecutive lists of at most `size`: all the pipeline holds at a time."""
     window: list[_Protein] = []
-    for prot in _records(source, name, skip_invalid, alphabet, part, chains):
+    for prot in _records(source, name, skip_invalid, alphabet, part, chains, offered):
         window.append(prot)
         if len(window) >= size:
             yield window
@@ -614,7 +615,7 @@ _SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announc
 
 def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
                part: tuple[int, int] | None = None, chains: str = "error",
-               linker_length: int = DEFAULT_LINKER_LENGTH) -> InputScan:
+               linker_length: int = DEFAULT_LINKER_LENGTH, offered=("linker", "separate")) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
@@ -627,7 +628,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     # copies fall in), but only the part's records are counted. A part may hold no record at
     # all (N near or above the number of records): its file is empty, and merge still has it.
     whole = hashlib.blake2b(digest_size=16)  # (with `part`: of the whole input's ids and sequences)
-    for prot in _records(source, name, skip_invalid, alphabet, chains=chains):
+    for prot in _records(source, name, skip_invalid, alphabet, chains=chains, offered=offered):
         id_digest, seq_digest = _digest64(prot.id), _digest64(prot.sequence)  # (each once: `in_part`'s too)
         ids.append(id_digest)  # (a skipped record's id is the output's too: not twice)
         if part is not None:

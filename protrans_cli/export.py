@@ -1029,7 +1029,7 @@ def _rows_of(reader, plan: _Plan, ident: str) -> int:
 
 _SHOWN_ATTRIBUTES = ("model", "revision", "commit", "weights_fingerprint", "family", "layers", "num_hidden_states",
                      "input_prefix", "pooling", "compute_dtype", "storage_dtype", "device", "embedding_dim", "max_length",
-                     "long_policy", "chunk_overlap", "part", "packing", "compiled", "attention",
+                     "long_policy", "chunk_overlap", "chains", "linker_length", "part", "packing", "compiled", "attention",
                      "imported_from", "protrans_version", "command_line")
 
 
@@ -1317,6 +1317,10 @@ def info_lines(facts: dict) -> list[str]:
         shown = f"{limit:,}" if isinstance(limit, (int, float)) else str(limit)  # (text: another writer's, a traceback)
         lines.append(("long proteins", f"{facts['long_policy']} beyond {shown} residues" if limit
                       else f"{facts['long_policy']} (no limit)"))
+    if facts.get("chains") and facts["chains"] != "error":  # (complexes: what the model saw of their chains)
+        linker = facts.get("linker_length")
+        lines.append(("complexes", f"{facts['chains']} ({linker} glycines between chains)"
+                      if facts["chains"] == "linker" and linker is not None else str(facts["chains"])))
     if "truncated" in facts:
         lines.append(("truncated", _first_few(facts["truncated"], lambda length: f"{length:,} residues")))
     if facts.get("part"):

@@ -40,7 +40,8 @@ _ALSO_SAME = ("input_prefix", "embedding_dim")
 # Compared where both parts record it: `layers` counts from it (layer -1 of 33 hidden states is
 # another layer than -1 of 34: two import-esm files without -m, of --repr_layers 32 and 33)
 # `weights_fingerprint`: a local model directory's weights (no commit tells a model retrained there)
-_SAME_WHERE_RECORDED = ("num_hidden_states", "weights_fingerprint")
+# (chains: a part from before --chains was embedded as chains="error" is)
+_SAME_WHERE_RECORDED = ("num_hidden_states", "weights_fingerprint", "chains")
 # A protein without a sequence checksum. (numpy's "S16" items drop trailing NUL bytes: every
 # digest is compared as numpy gives it back, _key(), and no checksum reads back as b"")
 _NO_SUM = bytes(16)

@@ -79,6 +79,13 @@ def test_separate_rows_are_each_chain_alone(run_cli, tmp_path, tiny, family_name
     assert file_attrs["chains"] == "separate" and "linker_length" not in file_attrs
 
 
+def test_info_says_the_chains_policy(run_cli, tmp_path):
+    out = tmp_path / "e.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", out, "--chains", "linker").exit_code == 0
+    r = run_cli("info", out)
+    assert r.exit_code == 0 and "complexes:" in r.stdout and "linker (25 glycines between chains)" in r.stdout
+
+
 def test_separate_chunks_inside_a_chain_only(run_cli, tmp_path, tiny):
     """A chain longer than --max-length gets windows of its own; no window crosses a chain break."""
     family, model = FAMILIES["esm"], tiny["esm"]
@@ -131,7 +138,9 @@ def test_an_empty_chain_is_an_error_or_skipped(run_cli, tmp_path, sequence):
 
 @pytest.mark.parametrize("args", [["--chains", "linker", "--linker-length", "-1"],
                                   ["--chains", "linker", "--max-length", "30", "--long-policy", "truncate"],
-                                  ["--chains", "separate", "--max-length", "30", "--long-policy", "truncate"]])
+                                  ["--chains", "separate", "--max-length", "30", "--long-policy", "truncate"],
+                                  ["--chains", "separate", "--pooling", "cls", "--per-protein"],
+                                  ["--chains", "bogus"]])
 def test_usage_errors(run_cli, tmp_path, args):
     r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", tmp_path / "e.h5", *args)
     assert r.exit_code == 2 and not (tmp_path / "e.h5").exists(), r.stderr
@@ -194,9 +203,53 @@ def test_contacts_linker_is_the_joined_map_without_the_linker(run_cli, tmp_path,
 def test_contacts_refuses_a_colon_and_separate(run_cli, tmp_path):
     model = DATA / "esm_reference"
     r = run_cli("contacts", COMPLEXES, "-m", model, "-o", tmp_path / "c.h5", "--device", "cpu")
-    assert r.exit_code == 1 and "--chains linker" in r.stderr and "'heavy_light'" in r.stderr
+    assert r.exit_code == 1 and "--chains linker reads it" in r.stderr and "'heavy_light'" in r.stderr
+    assert "separate" not in r.stderr
     r = run_cli("contacts", COMPLEXES, "-m", model, "-o", tmp_path / "c.h5", "--chains", "separate")
     assert r.exit_code == 2
     r = run_cli("contacts", COMPLEXES, "-m", model, "-o", tmp_path / "c.h5", "--chains", "linker",
                 "--linker-length", "-2")
     assert r.exit_code == 2 and not (tmp_path / "c.h5").exists()
+
+
+def _all(path):
+    with EmbeddingsReader(path) as reader:
+        return {i: (a, dict(reader.file[PER_RESIDUE][i].attrs)) for i, a, _ in reader.items(PER_RESIDUE)}
+
+
+def test_parts_merged_equal_one_run(run_cli, tmp_path, tiny):
+    args = ("-m", tiny["esm"], "--device", "cpu", "--chains", "linker", "--linker-length", "7")
+    assert run_cli("embed", COMPLEXES, "-o", tmp_path / "whole.h5", *args).exit_code == 0
+    for k in (1, 2):
+        r = run_cli("embed", COMPLEXES, "-o", tmp_path / f"p{k}.h5", "--part", f"{k}/2", *args)
+        assert r.exit_code == 0, r.stderr
+    r = run_cli("merge", tmp_path / "p1.h5", tmp_path / "p2.h5", "-o", tmp_path / "merged.h5")
+    assert r.exit_code == 0, r.stderr
+    whole, merged = _all(tmp_path / "whole.h5"), _all(tmp_path / "merged.h5")
+    assert whole.keys() == merged.keys()
+    for ident, (rows, attrs) in whole.items():
+        np.testing.assert_allclose(merged[ident][0], rows, atol=1e-6, rtol=0)
+        assert list(merged[ident][1].get("chains", [])) == list(attrs.get("chains", []))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    args = ["embed", str(COMPLEXES), "-m", "onehot", "--chains", "separate"]
+    single = subprocess.run([sys.executable, "-m", "protrans_cli", *args, "-o", str(tmp_path / "one.h5")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "protrans_cli", *args, "-o", str(tmp_path / "two.h5")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = _all(tmp_path / "one.h5"), _all(tmp_path / "two.h5")
+    assert one.keys() == two.keys()
+    for ident, (rows, attrs) in one.items():
+        np.testing.assert_array_equal(two[ident][0], rows)
+        assert list(two[ident][1].get("chains", [])) == list(attrs.get("chains", []))
