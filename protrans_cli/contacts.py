@@ -559,7 +559,7 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
 
 
 def _compute(source, name, options, predictor, writer, done, max_length, summary, total_residues) -> None:
-    from protrans_cli.embed import model_text, read_windows
+    from protrans_cli.embed import model_text, read_windows, residue_count
 
     max_tokens = options.max_tokens or (CPU_MAX_TOKENS if str(predictor.device) == "cpu" else GPU_MAX_TOKENS)
     bar = console.progress(total=total_residues, desc="contacts", unit="res")
@@ -571,7 +571,7 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
             texts: dict[str, str] = {}  # kept sequence -> what the model reads (a complex's chains with linkers)
             for prot in window:
                 if prot.id in skip:
-                    console.skip(bar, len(prot.sequence))  # (not this run's work: out of a log line's rate)
+                    console.skip(bar, residue_count(prot.sequence))  # (not this run's work: out of a log line's rate)
                     continue
                 if prot.rejected is not None:
                     writer.record_failure(prot.id, prot.rejected)
@@ -583,7 +583,7 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
                     if options.long_policy == "skip":
                         writer.record_failure(prot.id, f"skipped: {len(text)} residues{what}, longer than "
                                                        f"--max-length {max_length} (--long-policy skip)")
-                        bar.update(len(kept))
+                        bar.update(residue_count(kept))
                         continue
                     if options.long_policy == "error":  # (checked before any computation; a file changed since)
                         raise InputError(f"{len(text)} residues{what}, longer than {max_length}", path=name,
@@ -600,7 +600,7 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
                     for prot in todo[seq]:
                         _write(writer, prot, seq, result, summary, predictor.compute_dtype, computed.get(j),
                                linker=options.linker_length)
-                    bar.update(sum(len(p.sequence) for p in todo[seq]))
+                    bar.update(sum(residue_count(p.sequence) for p in todo[seq]))
                 writer.flush()
     finally:
         bar.close()

@@ -257,6 +257,11 @@ def model_length(sequence: str, chains: str = "error", linker_length: int = DEFA
     return sum(lengths) + linker_length * (len(lengths) - 1)
 
 
+def residue_count(sequence: str) -> int:
+    """The residues of a sequence, a complex's ':'s not counted (its rows)."""
+    return len(sequence) - sequence.count(":")
+
+
 def model_text(sequence: str, chains: str = "error", linker_length: int = DEFAULT_LINKER_LENGTH) -> str:
     """What the model reads of a sequence: a complex's chains joined by glycines (linker) or
     concatenated (separate: cut at the chain boundaries by the caller), else the sequence."""
@@ -639,7 +644,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
         if prot.rejected is not None:
             continue
         seqs.append(seq_digest)
-        residues += len(prot.sequence)
+        residues += residue_count(prot.sequence)
         longest = max(longest, model_length(prot.sequence, chains, linker_length))
         if alphabet is None and looks_nucleotide(prot.sequence):  # (3Di strings are no amino acids either)
             nucleotide.add(prot.id)
@@ -970,7 +975,7 @@ def _input_residues(piece: _Piece) -> int:
     overlaps twice)."""
     unit = piece.unit
     if unit.windows is None:
-        return sum(len(p.sequence) for p in unit.proteins)
+        return sum(residue_count(p.sequence) for p in unit.proteins)
     start, end = unit.windows[piece.index]
     covered = unit.windows[piece.index - 1][1] if piece.index else 0
     return (end - max(start, covered)) * len(unit.proteins)
@@ -1694,9 +1699,9 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 # (done, skipped, invalid) at once, what this rank computes as it goes (each
                 # protein its whole length, truncated or not, and its copies in the window), the
                 # rest (copies of earlier windows, other ranks' shares) when the window ends.
-                to_count = sum(len(p.sequence) for p in window)
-                resumed = sum(len(p.sequence) for p in window if p.id in done_here)
-                settled = sum(len(p.sequence) for p in window if p.id not in done_here and p.id in failures)
+                to_count = sum(residue_count(p.sequence) for p in window)
+                resumed = sum(residue_count(p.sequence) for p in window if p.id in done_here)
+                settled = sum(residue_count(p.sequence) for p in window if p.id not in done_here and p.id in failures)
                 to_count -= resumed + settled
                 console.skip(bar, resumed)  # (not this run's work: out of a log line's rate)
                 bar.update(settled)
@@ -1842,7 +1847,8 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
             if checksum is None:
                 # (a protein skipped before counts as done only if its sequence is skipped again:
                 # one shortened since is embedded)
-                left += not (prot.id in settled and max_length is not None and len(prot.sequence) > max_length)
+                left += not (prot.id in settled and max_length is not None
+                             and model_length(prot.sequence, options.chains, options.linker_length) > max_length)
                 if max_length is not None and options.long_policy == "error" \
                         and model_length(prot.sequence, options.chains, options.linker_length) > max_length:
                     raise _too_long(prot, max_length, options, name)
@@ -1935,7 +1941,7 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
         writer.write(prot.id, prot.header, unit.sequence, per_residue=per_residue, per_protein=per_protein,
                      extra_attrs=extra)
         summary.num_embedded += 1
-        summary.num_residues += len(unit.sequence) - unit.sequence.count(":")  # every protein written, copies of a sequence too
+        summary.num_residues += residue_count(unit.sequence)  # every protein written, copies of a sequence too
 
 
 def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) -> None:

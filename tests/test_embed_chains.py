@@ -28,6 +28,7 @@ def _embed(run_cli, model, out, *extra):
     r = run_cli("embed", COMPLEXES, "-m", model, "-o", out, "--device", "cpu", "-j", "1", "--max-tokens", "128",
                 *extra)
     assert r.exit_code == 0, r.stderr
+    assert "embedded 4 proteins (128 residues" in r.stderr  # the chains' residues: no ':', no linker
     with EmbeddingsReader(out) as reader:
         res = {i: a for i, a, _ in reader.items(PER_RESIDUE)}
         prot = {i: a for i, a, _ in reader.items(PER_PROTEIN)}
@@ -253,3 +254,21 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     for ident, (rows, attrs) in one.items():
         np.testing.assert_array_equal(two[ident][0], rows)
         assert list(two[ident][1].get("chains", [])) == list(attrs.get("chains", []))
+
+
+def test_resume_refuses_a_complex_turned_into_one_chain(run_cli, tmp_path):
+    out, fasta = tmp_path / "e.h5", tmp_path / "x.fa"
+    fasta.write_text(">c\nMKV:ACD\n")
+    assert run_cli("embed", fasta, "-m", "onehot", "-o", out, "--chains", "separate").exit_code == 0
+    fasta.write_text(">c\nMKVACD\n>d\nMKV\n")
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--chains", "separate", "--resume")
+    assert r.exit_code == 1 and "another sequence under this id" in r.stderr and "'c'" in r.stderr
+
+
+def test_contacts_resume_with_another_linker_is_refused(run_cli, tmp_path):
+    model, out = DATA / "esm_reference", tmp_path / "c.h5"
+    args = ("contacts", COMPLEXES, "-m", model, "-o", out, "--device", "cpu", "--chains", "linker")
+    assert run_cli(*args).exit_code == 0
+    r = run_cli(*args, "--linker-length", "5", "--resume")
+    assert r.exit_code != 0 and "linker_length" in r.stderr, r.stderr
+    assert run_cli(*args, "--resume").exit_code == 0
