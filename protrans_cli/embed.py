@@ -502,12 +502,14 @@ def _normalise_record(raw, alphabet: str | None, chains: str, offered=("linker",
     """A record's normalised sequence; a complex's chains each normalised and joined by ':'
     (`chains` linker or separate), a ':' refused under `chains` error (naming the `offered`
     policies: contacts has no separate)."""
-    text = raw if isinstance(raw, str) else bytes(raw).decode("latin-1")
-    if ":" not in text:
+    if not isinstance(raw, (str, bytes, bytearray)):
+        raw = bytes(raw)
+    if (":" if isinstance(raw, str) else b":") not in raw:  # (no copy of every sequence to look)
         seq = normalise(raw, rare="keep")
         if alphabet is not None:
             _check_alphabet(seq, alphabet)
         return seq
+    text = raw if isinstance(raw, str) else raw.decode("latin-1")
     if chains == "error":
         remedy = " or ".join(option(f"--chains {p}", f"chains={p!r}") for p in offered)
         raise SequenceRejected(REASON_INVALID, f"':' at residue {text.index(':') + 1} is a chain break (a complex's "
