@@ -21,7 +21,7 @@ TRIMER = ("ACDEFGHIK", "LMNPQRSTVWY", "MKV")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return {name: save_tiny_model(tmp_path_factory, name) for name in ("esm", "t5")}
+    return {name: save_tiny_model(tmp_path_factory, name) for name in ("esm", "t5", "bert")}
 
 
 def _embed(run_cli, model, out, *extra):
@@ -46,7 +46,7 @@ def _linked(family, model, chains, n):
     return rows[keep]
 
 
-@pytest.mark.parametrize("family_name", ["esm", "t5"])
+@pytest.mark.parametrize("family_name", ["esm", "t5", "bert"])
 @pytest.mark.parametrize("linker", [25, 10, 0])
 def test_linker_rows_are_the_joined_forward_without_the_linker(run_cli, tmp_path, tiny, family_name, linker):
     family, model = FAMILIES[family_name], tiny[family_name]
@@ -68,7 +68,7 @@ def test_linker_rows_are_the_joined_forward_without_the_linker(run_cli, tmp_path
     assert file_attrs["chains"] == "linker" and file_attrs["linker_length"] == linker
 
 
-@pytest.mark.parametrize("family_name", ["esm", "t5"])
+@pytest.mark.parametrize("family_name", ["esm", "t5", "bert"])
 def test_separate_rows_are_each_chain_alone(run_cli, tmp_path, tiny, family_name):
     family, model = FAMILIES[family_name], tiny[family_name]
     res, prot, attrs, file_attrs = _embed(run_cli, model, tmp_path / "e.h5", "--chains", "separate")
