@@ -171,18 +171,42 @@ def test_torchrun_summary_quotes_each_ranks_error_line(tmp_path):
     assert "To enable traceback see" not in proc.stderr
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["embed", "train"])
-def test_a_bad_file_locking_setting_is_said_by_every_rank_as_a_usage_error(tmp_path, monkeypatch, command):
+def test_a_bad_file_locking_setting_is_said_by_every_rank_as_a_usage_error(tmp_path, command):
     # Rank 0 alone takes the output's lock, and read PROTRANS_FILE_LOCKING there: rank 1 of embed
     # said "protrans: error: terminated" (exit 143, torchrun's SIGTERM), rank 1 of train "rank(s) 0
     # stopped before starting" (exit 1), where every other usage error is said alike by every rank.
-    monkeypatch.setenv("PROTRANS_FILE_LOCKING", "maybe")
+    # Under torchrun the first rank to say it exits and torchrun's SIGTERM may stop the other before
+    # its own check (a race no code removes), so rank 1 runs alone here, as torchrun starts it: it
+    # must say the usage error itself, at once (a usage error never waits for the peers; one read
+    # after the rendezvous, or by rank 0 alone, left it waiting for a rank 0 that never comes).
     out = tmp_path / "out"
-    args = {"embed": f"embed {FASTA} -m onehot --per-protein -o {out}.h5",
-            "train": f"train --family bert --corpus {LEARNABLE} --num-steps 2 --micro-batch-size 4 -j 1 -o {out}"}
-    proc = _torchrun_per_rank(f'exec "$PY" -m protrans_cli {args[command]}', timeout=120)
-    said = "traceback : protrans: error: PROTRANS_FILE_LOCKING must be BEST_EFFORT"
-    assert proc.stderr.count(said) == 2 and proc.stderr.count("exitcode  : 2 ") == 2, proc.stderr[-3000:]
-    assert "terminated" not in proc.stderr and "stopped before starting" not in proc.stderr
+    args = {"embed": ["embed", FASTA, "-m", "onehot", "--per-protein", "-o", f"{out}.h5"],
+            "train": ["train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "2",
+                      "--micro-batch-size", "4", "-j", "1", "-o", str(out)]}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC_")}
+    env.update(PROTRANS_FILE_LOCKING="maybe", RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1",
+               PROTRANS_NO_PROGRESS="1")
+    # (a rank 1 waiting for its peer would outlive the timeout: TimeoutExpired fails the test)
+    proc = subprocess.run([sys.executable, "-m", "protrans_cli", *args[command]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=90)
+    said = "protrans: error: PROTRANS_FILE_LOCKING must be BEST_EFFORT"
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-3000:]
+    assert "waiting for the other processes" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    # Both ranks under torchrun: whichever is first says it (exit 2), torchrun fails, nothing is written.
+    proc = _torchrun_per_rank(f'PROTRANS_FILE_LOCKING=maybe exec "$PY" -m protrans_cli {" ".join(args[command])}',
+                              timeout=120)
+    assert proc.returncode != 0
+    assert f"traceback : {said}" in proc.stderr and "exitcode  : 2 " in proc.stderr, proc.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []

@@ -39,6 +39,7 @@ from protrans_cli.attention import sdpa_kernels
 from protrans_cli.errors import (STOP_SIGNALS, WARNING_SIGNALS, InputError, ModelError, ProtransError, RuntimeFailure,
                                  UsageError, a_or_an, described, expect_options, first_line, gpu_out_of_memory, option,
                                  resume_option)
+from protrans_cli.io.files import file_locking
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -227,6 +228,9 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
         raise UsageError(f"resume is True (the run's latest checkpoint), a checkpoint's path, or None (a new run), "
                          f"got {type(resume).__name__} {resume!r:.40}")
     family = given_family(family)
+    # (a bad PROTRANS_FILE_LOCKING before the process group: a usage error never waits for peers, and a
+    # rank started alone said it only after the rendezvous timed out; run_lock reads it again)
+    file_locking()
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         # (gradients on whatever the caller set: torch.set_grad_enabled(False) in an inference notebook)

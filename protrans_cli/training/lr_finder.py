@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, whole_number
-from protrans_cli.io.files import atomic_output
+from protrans_cli.io.files import atomic_output, file_locking
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -29,6 +29,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     expect_options(config, TrainConfig, "config")
     _check_range(min_lr, max_lr, num_steps)
     family = given_family(family)
+    file_locking()  # (before the process group, as train: a usage error never waits for peers)
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         # The run directory's lock, as a run takes it (a range test and a run on one directory
