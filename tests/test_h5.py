@@ -147,6 +147,126 @@ def test_a_dataset_holding_a_reader_runs_in_spawned_dataloader_workers(tmp_path)
         np.testing.assert_array_equal(got.numpy(), arrays[ident])
 
 
+def _shared_lock_held(path) -> bool:
+    """Whether another open file description holds a lock on `path` (an open reader's HDF5 shared
+    lock makes an exclusive one fail)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _others_lock(fd)
+    finally:
+        os.close(fd)
+
+
+def _others_lock(fd) -> bool:
+    """Whether an open file description other than `fd`'s holds a lock on its file (flock's locks
+    belong to open file descriptions: asked through the one that holds the only lock, an
+    exclusive lock is granted, replacing it)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _in_a_fork(work) -> str:
+    """`work()`'s text (or its exception's) from a forked child, which ends by os._exit as
+    multiprocessing's and DataLoader's workers do."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            said = work()
+        except BaseException as exc:
+            said = f"{type(exc).__name__}: {exc}"
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    return said
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+@pytest.mark.parametrize("layout, kinds", [("grouped", (PER_RESIDUE, PER_PROTEIN)), ("flat", (PER_PROTEIN,)),
+                                           ("stacked", (PER_PROTEIN,))])
+def test_a_reader_forked_into_another_process_opens_the_file_again_there(tmp_path, layout, kinds):
+    # Under fork (DataLoader workers, Linux's default start method before Python 3.14) the child read
+    # through the parent's HDF5 handle, with a copy of HDF5's state and metadata cache of the parent's
+    out = tmp_path / "e.h5"
+    _write(out, ["a/1", "b", "c"], kinds=kinds, layout=layout)
+    with EmbeddingsReader(out) as r:
+        expected = {ident: r.get(ident, PER_PROTEIN) for ident in r.ids(PER_PROTEIN)}  # (read once: groups cached)
+        theirs = r.file.id.get_vfd_handle()
+        assert _shared_lock_held(out)
+
+        def read_every_protein():
+            got = {ident: r.get(ident, PER_PROTEIN) for ident in r.ids(PER_PROTEIN)}
+            assert sorted(got) == sorted(expected)
+            assert all(np.array_equal(got[i], expected[i]) for i in expected)
+            # its own open of the file (HDF5's shared lock on its own open file description, beside the
+            # parent's): through the parent's, inherited, an exclusive lock was granted
+            assert _others_lock(r.file.id.get_vfd_handle())
+            r.close()
+            return "read"
+
+        assert [_in_a_fork(read_every_protein) for _ in range(2)] == ["read", "read"]
+
+        def close_unused():
+            r.close()  # (a copy never used in the child)
+            try:
+                r.ids()
+            except UsageError as exc:
+                return str(exc)
+            return "still open"
+
+        assert "this EmbeddingsReader is closed" in _in_a_fork(close_unused)
+        assert _shared_lock_held(out)  # the parent's lock, and its reads, are the parent's still
+        assert r.file.id.get_vfd_handle() == theirs
+        np.testing.assert_array_equal(np.stack([r.get(i, PER_PROTEIN) for i in expected]),
+                                      np.stack(list(expected.values())))
+        _write(tmp_path / "other.h5", ["x"], kinds=kinds, layout=layout)
+        os.replace(tmp_path / "other.h5", out)  # (replaced after the parent opened it)
+        assert "e.h5: changed since the EmbeddingsReader was opened in the process" in _in_a_fork(r.ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_dataset_holding_a_reader_runs_in_forked_dataloader_workers(tmp_path):
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "e.h5"
+    _write(out, [f"p{i}" for i in range(8)])
+    with EmbeddingsReader(out) as r:
+        expected = {ident: r.get(ident, PER_RESIDUE) for ident in r.ids(PER_RESIDUE)}
+        loader = torch.utils.data.DataLoader(_ResiduesAndHandles(r), batch_size=None, num_workers=2,
+                                             multiprocessing_context="fork")
+        got = list(loader)
+        assert [rows.numpy().tolist() for rows, _, _ in got] == [expected[i].tolist() for i in sorted(expected)]
+        assert len({pid for _, pid, _ in got} - {os.getpid()}) == 2  # (both workers read)
+        assert all(others for _, _, others in got)  # each through its own open of the file
+        assert _shared_lock_held(out)
+        np.testing.assert_array_equal(r.get("p3", PER_RESIDUE), expected["p3"])
+
+
+class _ResiduesAndHandles:
+    """A reader's per-residue arrays, each with the worker's pid and whether the reader's open file
+    description is its own (another holds a lock on the file: the parent's)."""
+
+    def __init__(self, reader):
+        self.reader, self.ids = reader, sorted(reader.ids(PER_RESIDUE))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        import torch
+
+        rows = torch.from_numpy(self.reader.get(self.ids[i], PER_RESIDUE))
+        return rows, os.getpid(), _others_lock(self.reader.file.id.get_vfd_handle())
+
+
 class _Residues:
     """A map-style Dataset of a reader's per-residue arrays (module level: spawn pickles it)."""
 

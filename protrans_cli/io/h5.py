@@ -302,6 +302,8 @@ class EmbeddingsReader:
                 raise InputError(f"not an HDF5 file{hint or f' ({what})'}", path=self.path) from None
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
+        # (the process that opened it, and the file it opened: see _check_open)
+        self._opened_pid, self._opened_identity = os.getpid(), _file_identity(self.path)
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
         # (an array or a number there, in a damaged or hand-made file, was a numpy traceback where
         # it was compared: "The truth value of an array ... is ambiguous")
@@ -390,7 +392,7 @@ class EmbeddingsReader:
     # Pool's task. h5py objects cannot be pickled ("TypeError: h5py objects cannot be pickled"
     # in every worker), so the reader travels as its path and what it has learnt of the file, and
     # opens the file again where it lands, refusing a file that changed in between.
-    _NOT_PICKLED = ("file", "_stacked", "_groups")
+    _NOT_PICKLED = ("file", "_stacked", "_groups", "_opened_pid", "_opened_identity")
 
     def __getstate__(self) -> dict:
         self._check_open()
@@ -401,26 +403,33 @@ class EmbeddingsReader:
     def __setstate__(self, state: dict) -> None:
         identity = state.pop("_identity")
         self.__dict__.update(state)
-        self._groups = {}
+        self._open_here(identity)
+
+    def _open_here(self, identity: tuple, since: str = "was sent to this process") -> None:
+        """Open the file in this process (an unpickled reader, or one forked from the process that
+        opened it), refusing one that is no longer the file `identity` describes."""
         try:
             now = _file_identity(self.path)
             if now != identity:
-                raise InputError("changed since the EmbeddingsReader was sent to this process (written or replaced "
-                                 "in between): open it again", path=self.path)
-            self.file = h5_file(self.path, "r")
+                raise InputError(f"changed since the EmbeddingsReader {since} (written or replaced in between): "
+                                 "open it again", path=self.path)
+            f = h5_file(self.path, "r")
         except FileNotFoundError:
-            raise InputError(missing_file(self.path) + " (removed since the EmbeddingsReader was sent to this "
-                             "process)", path=self.path) from None
+            raise InputError(missing_file(self.path) + f" (removed since the EmbeddingsReader {since})",
+                             path=self.path) from None
         except OSError as exc:
             raise InputError(f"not a readable HDF5 file ({first_line(exc)})", path=self.path) from None
         try:
-            self._stacked = _stacked_view(self.file, self.path) if self.layout == "stacked" else None
+            stacked = _stacked_view(f, self.path) if self.layout == "stacked" else None
         except BaseException:
-            self.file.close()
+            f.close()
             raise
+        self.file, self._stacked, self._groups = f, stacked, {}
+        self._opened_pid, self._opened_identity = os.getpid(), identity
 
     def close(self):
         self.file.close()
+        self._opened_pid = None  # (nothing to open again in a process forked from this one)
 
     def _default_kind(self, kind: str | None) -> str:
         """`kind` as given, or None: the file's one kind, per_residue when it holds both (a
@@ -433,7 +442,19 @@ class EmbeddingsReader:
 
     def _check_open(self) -> None:
         """A reader used after its `with` block: h5py's bare "ValueError: Invalid location
-        identifier" (the first method every public one calls: `_default_kind`, `_check_kind`)."""
+        identifier" (the first method every public one calls: `_default_kind`, `_check_kind`). An open
+        reader forked into another process opens the file there.
+
+        A reader copied by fork (DataLoader workers under Linux's default start method before Python
+        3.14, a multiprocessing Pool's under fork) held the parent's open HDF5 file, each process
+        reading it through its own copy of HDF5's state and metadata cache. The copy's file is
+        closed in the child first: HDF5 hands any open of a file it has open (same device and inode)
+        the open one, so the new open was the inherited handle again. That close is the child's
+        alone: read-only, HDF5 writes nothing, and it releases no lock (it closes the child's
+        descriptor, and flock belongs to the open file description, which the parent's keeps)."""
+        if self._opened_pid not in (None, os.getpid()):
+            self.file.close()
+            self._open_here(self._opened_identity, "was opened in the process this one was forked from")
         if not self.file:
             raise UsageError(f"{self.path}: this EmbeddingsReader is closed: use it inside its with block")
 
