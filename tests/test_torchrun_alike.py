@@ -180,7 +180,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["embed", "train"])
+@pytest.mark.parametrize("command", ["embed", "train", "find-lr"])
 def test_a_bad_file_locking_setting_is_said_by_every_rank_as_a_usage_error(tmp_path, command):
     # Rank 0 alone takes the output's lock, and read PROTRANS_FILE_LOCKING there: rank 1 of embed
     # said "protrans: error: terminated" (exit 143, torchrun's SIGTERM), rank 1 of train "rank(s) 0
@@ -192,7 +192,9 @@ def test_a_bad_file_locking_setting_is_said_by_every_rank_as_a_usage_error(tmp_p
     out = tmp_path / "out"
     args = {"embed": ["embed", FASTA, "-m", "onehot", "--per-protein", "-o", f"{out}.h5"],
             "train": ["train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "2",
-                      "--micro-batch-size", "4", "-j", "1", "-o", str(out)]}
+                      "--micro-batch-size", "4", "-j", "1", "-o", str(out)],
+            "find-lr": ["train", "--find-lr", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "10",
+                        "--micro-batch-size", "4", "-j", "1", "-o", str(out)]}
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC_")}
     env.update(PROTRANS_FILE_LOCKING="maybe", RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1",
