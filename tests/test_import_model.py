@@ -306,6 +306,51 @@ def test_existing_output_needs_force(run_cli, tmp_path):
     assert r.exit_code == 0, r.stderr
 
 
+@pytest.mark.parametrize("kind", ["esm2", "esm1b", "esmc"])
+def test_conversion_builds_no_model_with_weights_of_its_own(run_cli, tmp_path, monkeypatch, kind):
+    """The converted model is built with its parameters on the meta device and given the
+    checkpoint's tensors themselves: one built with (randomly initialised) weights of its own held
+    the weights twice over. Every model the import builds, the one read back included, is recorded
+    as its construction ends (post_init)."""
+    from transformers import PreTrainedModel
+
+    built = []
+    post_init = PreTrainedModel.post_init
+
+    def recording(self):
+        post_init(self)
+        built.append((type(self).__name__, {p.device.type for p in self.parameters()}))
+
+    ckpt = DATA / "esmc_reference" / "esmc_tiny.pth" if kind == "esmc" else save_fair_esm(tmp_path / f"{kind}.pt", kind)
+    monkeypatch.setattr(PreTrainedModel, "post_init", recording)
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    top = "EsmCForMaskedLM" if kind == "esmc" else "EsmForMaskedLM"
+    assert [name for name, _ in built].count(top) >= 2  # (the converted model, the one read back)
+    assert all(devices == {"meta"} for _, devices in built), built
+
+
+def test_a_weight_read_back_otherwise_fails_the_import(run_cli, tmp_path, monkeypatch):
+    """The converted model is freed before the directory is read back: the check compares the
+    weights read back with digests of the converted ones, and still names the first that differs."""
+    import protrans_cli.models
+
+    load_model = protrans_cli.models.load_model
+
+    def altered(*args, **kwargs):
+        loaded = load_model(*args, **kwargs)
+        with torch.no_grad():
+            loaded.model.esm.encoder.layer[1].intermediate.dense.weight[0, 0] += 1e-6
+        return loaded
+
+    monkeypatch.setattr(protrans_cli.models, "load_model", altered)
+    ckpt = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2")
+    r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    assert r.exit_code == 1
+    assert "the model read back differs in esm.encoder.layer.1.intermediate.dense.weight" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, "esm2_tiny-contact-regression.pt"])
+
+
 def test_embed_with_a_pt_file_names_import_model(run_cli, tmp_path):
     ckpt = save_fair_esm(tmp_path / "mine.pt", "esm2")
     fasta = tmp_path / "one.fa"

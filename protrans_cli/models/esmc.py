@@ -363,7 +363,8 @@ def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None 
     """Write the model directory `out_dir` (EsmCForMaskedLM and its tokenizer) from ESM C's
     weights file `checkpoint` (`state`: its contents, where the caller has read them)."""
     from protrans_cli.models.fair_esm import load_checkpoint
-    from protrans_cli.models.imported import checkpoint_output, read_back, write_model_directory
+    from protrans_cli.models.imported import assign, checkpoint_output, empty_parameters, left_on_meta, \
+        write_checked
 
     checkpoint, out_dir = checkpoint_output(checkpoint, out_dir, "esmc_300m", force)
     state = load_checkpoint(checkpoint) if state is None else state
@@ -378,22 +379,24 @@ def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None 
             raise InputError(f"holds the tensor {name}, which ESM C has not: not an ESM C state dict",
                              path=str(checkpoint)) from None
     config = esmc_config(checkpoint, state)
-    model = EsmCForMaskedLM(config).eval()
+    with empty_parameters():  # (the checkpoint's tensors themselves become its weights)
+        model = EsmCForMaskedLM(config).eval()
     dtype = state["embed.weight"].dtype
     if dtype.is_floating_point and dtype != model.dtype:  # (a bfloat16 file stays bfloat16)
         model = model.to(dtype)
         model.config.dtype = dtype
     try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        assert not missing and not unexpected, (missing, unexpected)
+        missing, unexpected = assign(model, weights, model.dtype)
+        assert not missing and not unexpected and not left_on_meta(model), (missing, unexpected)
     except (RuntimeError, AssertionError) as exc:  # (a tensor of another shape, one missing)
         raise InputError(f"its tensors do not make one ESM C of {config.num_hidden_layers} layers, "
                          f"{config.hidden_size} dimensions: {first_line(exc)[:300]}", path=str(checkpoint)) from None
     del state, weights
 
-    def save(folder):
+    def save(model, folder):
         model.save_pretrained(str(folder))
         FAMILY.build_tokenizer().save_pretrained(str(folder))  # (vocab.txt, tokenizer_config.json)
 
-    write_model_directory(out_dir, save, lambda folder: read_back(folder, model, masked_lm=True))
+    holder, model = [model], None  # (freed once written, before the directory is read back)
+    write_checked(out_dir, holder, save, masked_lm=True)
     return ImportedModel(out_dir, "ESM C", config.num_hidden_layers, config.hidden_size, config.num_attention_heads)

@@ -122,18 +122,22 @@ def transformers_config(arch: Architecture):
 
 
 def to_transformers(state: dict, arch: Architecture):
-    """transformers' EsmForMaskedLM holding the fair-esm state dict `state` (names as fair-esm's
-    model has them, prefixes dropped). AssertionError where a weight the model needs is missing
-    or one is left over (the caller has checked the names and shapes)."""
+    """transformers' EsmForMaskedLM holding the fair-esm state dict `state`'s tensors themselves
+    (names as fair-esm's model has them, prefixes dropped; built without weights of its own:
+    imported.empty_parameters). AssertionError where a weight the model needs is missing or one is
+    left over (the caller has checked the names and shapes)."""
     from transformers import EsmForMaskedLM
 
-    hf = EsmForMaskedLM(transformers_config(arch)).eval()
+    from protrans_cli.models.imported import assign, empty_parameters, left_on_meta
+
+    with empty_parameters():
+        hf = EsmForMaskedLM(transformers_config(arch)).eval()
     dtype = state["embed_tokens.weight"].dtype
     if dtype.is_floating_point and dtype != hf.dtype:  # (a half-precision file stays half: not twice its size)
         hf = hf.to(dtype)
         hf.config.dtype = dtype
     weights = {hf_name(n): t for n, t in state.items() if hf_name(n) is not None}
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    missing, unexpected = assign(hf, weights, hf.dtype)
     allowed = {"esm.embeddings.position_ids", "esm.rotary_embeddings.inv_freq", "lm_head.decoder.weight"}
     allowed |= {n for n in missing if ".rotary_embeddings." in n}
     if "contact_head.regression.weight" not in state:
@@ -143,6 +147,7 @@ def to_transformers(state: dict, arch: Architecture):
         # (not saved: transformers' initial head would read as a fitted one, and `protrans
         # contacts` would draw noise from it; without it, contacts says the model has none)
         hf.esm.contact_head = None
+    assert not left_on_meta(hf), left_on_meta(hf)
     return hf
 
 
@@ -446,7 +451,7 @@ def _architecture(path: Path, kind: str, config: dict, state: dict) -> Architect
 def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedModel:
     """Write the transformers model directory `out_dir` from the fair-esm checkpoint file
     `checkpoint` (and its `-contact-regression.pt` beside it, where there is one)."""
-    from protrans_cli.models.imported import checkpoint_output, read_back, write_model_directory
+    from protrans_cli.models.imported import checkpoint_output, write_checked
 
     checkpoint, out_dir = checkpoint_output(checkpoint, out_dir, "esm2_650M", force)
     arch, state = read_fair_esm(checkpoint)
@@ -458,15 +463,17 @@ def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedMode
     contact_head = "contact_head.regression.weight" in state
     del state
 
-    def save(folder):
-        hf.save_pretrained(str(folder))
+    def save(model, folder):
+        model.save_pretrained(str(folder))
         write_tokenizer(folder)
 
-    # (the contact head's weights compared where there is one: without, the model has the head
-    # transformers initialises, which neither holds)
-    write_model_directory(out_dir, save, lambda folder: read_back(
-        folder, hf, masked_lm=True, skip=lambda name: not contact_head and ".contact_head." in name,
-        hint=" (a transformers version that lays out EsmForMaskedLM otherwise?)"))
+    # (the model handed over: freed once written, before the directory is read back; the contact
+    # head's weights compared where there is one: without, the model has the head transformers
+    # initialises, which neither holds)
+    holder, hf = [hf], None
+    write_checked(out_dir, holder, save, masked_lm=True,
+                  skip=lambda name: not contact_head and ".contact_head." in name,
+                  hint=" (a transformers version that lays out EsmForMaskedLM otherwise?)")
     return ImportedModel(out_dir, arch.kind, arch.layers, arch.dim, arch.heads, contact_head)
 
 

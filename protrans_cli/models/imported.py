@@ -2,10 +2,16 @@
 ESM C's weights: esmc.py; a peft LoRA adapter: peft_merge.py): a model directory written beside its target, read back
 through `load_model` (transformers' from_pretrained) and compared weight by weight, and only then
 put in the target's place. A refused, failing or interrupted import leaves the target as it was
-and no partial folder."""
+and no partial folder.
+
+The weights are held once: a converted model is built with its parameters on the meta device
+(`empty_parameters`: no memory, no random initialisation) and given the checkpoint's tensors
+themselves (`assign`: a file torch.load maps stays mapped); it is written, each weight's digest
+taken, and freed before the directory is read back and compared with the digests."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +76,43 @@ def checkpoint_output(checkpoint, out_dir, example: str, force: bool) -> tuple[P
     return checkpoint, model_output(out_dir, checkpoint, "checkpoint", example, force)
 
 
+@contextmanager
+def empty_parameters():
+    """Modules constructed inside hold their parameters on the meta device: no memory and no
+    random initialisation for weights that `assign` replaces (buffers are made as usual: position
+    ids and rotary frequencies are computed, not read)."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def assign(model, weights: dict, dtype) -> tuple[list, list]:
+    """`model`'s (built under empty_parameters) parameters and buffers replaced by the tensors of
+    `weights` themselves, not copies (in `dtype` where a floating-point one is in another), and
+    its tied weights tied again; load_state_dict's missing and unexpected names. RuntimeError for a
+    tensor of another shape than the model's."""
+    weights = {name: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for name, t in weights.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    model.tie_weights()
+    return missing, unexpected
+
+
+def left_on_meta(model) -> list[str]:
+    """The names of `model`'s parameters and buffers that hold no weights (left on the meta device)."""
+    return [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+
+
 def write_model_directory(out_dir: Path, save, verify) -> None:
     """`save(folder)` into a new folder beside `out_dir`, `verify(folder)`, then the folder takes
     `out_dir`'s place; removed on any failure (a full disk: one line)."""
@@ -96,18 +139,51 @@ def write_model_directory(out_dir: Path, save, verify) -> None:
         raise
 
 
-def read_back(directory: Path, model, *, masked_lm: bool, skip=lambda name: False, hint: str = "") -> None:
-    """The written `directory` loads through load_model into `model`'s weights, every one of them
-    but those `skip(name)` passes over (position ids and rotary frequencies are computed, not
-    weights); RuntimeFailure naming the first that differs (`hint`: a likely cause, for the message)."""
+def digest(tensor) -> tuple:
+    """A weight's dtype, shape and a digest of its bytes (equal bytes: an equal weight)."""
+    import hashlib
+
     import torch
 
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return tensor.dtype, tuple(tensor.shape), hashlib.blake2b(data, digest_size=16).digest()
+
+
+def digests(model, skip=lambda name: False) -> dict:
+    """`model`'s weights as {name: digest}, every one but those `skip(name)` passes over and the
+    computed position ids and rotary frequencies: what the model read back is compared with once
+    the model is freed."""
+    return {name: digest(tensor) for name, tensor in model.state_dict().items()
+            if not name.endswith(("position_ids", "inv_freq")) and not skip(name)}
+
+
+def write_checked(out_dir: Path, holder: list, save, *, masked_lm: bool, skip=lambda name: False,
+                  hint: str = "") -> None:
+    """The model in `holder` (a list of one: its last reference, which this empties) written by
+    `save(model, folder)` beside `out_dir` (write_model_directory), its weights' digests taken
+    and the model freed, then the folder read back through load_model and compared (read_back):
+    one model in memory at a time."""
+    expected, dtype = {}, []
+
+    def written(folder):
+        model = holder.pop()
+        save(model, folder)
+        expected.update(digests(model, skip))
+        dtype.append(model.dtype)
+        del model  # (with the caller's reference gone, the weights are freed here)
+
+    write_model_directory(out_dir, written, lambda folder: read_back(folder, expected, dtype[0], masked_lm=masked_lm,
+                                                                     hint=hint))
+
+
+def read_back(directory: Path, expected: dict, dtype, *, masked_lm: bool, hint: str = "") -> None:
+    """The written `directory` loads through load_model (in `dtype`) into the weights `expected`
+    holds the digests of; RuntimeFailure naming the first that differs (`hint`: a likely cause,
+    for the message)."""
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.models import load_model
 
-    loaded = load_model(str(directory), masked_lm=masked_lm, dtype=model.dtype).model.state_dict()
-    for name, tensor in model.state_dict().items():
-        if name.endswith(("position_ids", "inv_freq")) or skip(name):
-            continue
-        if name not in loaded or not torch.equal(loaded[name].to(tensor.dtype), tensor):
+    loaded = load_model(str(directory), masked_lm=masked_lm, dtype=dtype).model.state_dict()
+    for name, wanted in expected.items():
+        if (name not in loaded or digest(loaded[name].to(wanted[0])) != wanted):
             raise RuntimeFailure(f"the model read back differs in {name}{hint}", path=str(directory))

@@ -280,7 +280,7 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
     """Write the model directory `out_dir`: the base model with the peft LoRA adapter in the
     directory `adapter` merged into it. `base`: the base model (a short name, hub id or local
     directory) in place of the adapter config's base_model_name_or_path."""
-    from protrans_cli.models.imported import model_output, read_back, write_model_directory
+    from protrans_cli.models.imported import model_output, write_checked
 
     expect_path(adapter, "adapter")
     expect_path(out_dir, "out_dir")
@@ -297,8 +297,8 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
     result = merge(loaded.model, config, weights_path, tensors)
     del tensors
     result.base = str(base)
-    write_model_directory(out_dir,
-                          lambda folder: loaded.family.save_pretrained(loaded.model, loaded.tokenizer, folder),
-                          lambda folder: read_back(folder, loaded.model, masked_lm=masked_lm))
+    holder, loaded.model = [loaded.model], None  # (freed once written, before the directory is read back)
+    write_checked(out_dir, holder, lambda model, folder: loaded.family.save_pretrained(model, loaded.tokenizer, folder),
+                  masked_lm=masked_lm)
     result.out_dir = out_dir
     return result
