@@ -163,6 +163,8 @@ def write_checked(out_dir: Path, holder: list, save, *, masked_lm: bool, skip=la
     `save(model, folder)` beside `out_dir` (write_model_directory), its weights' digests taken
     and the model freed, then the folder read back through load_model and compared (read_back):
     one model in memory at a time."""
+    import gc
+
     expected, dtype = {}, []
 
     def written(folder):
@@ -170,7 +172,10 @@ def write_checked(out_dir: Path, holder: list, save, *, masked_lm: bool, skip=la
         save(model, folder)
         expected.update(digests(model, skip))
         dtype.append(model.dtype)
-        del model  # (with the caller's reference gone, the weights are freed here)
+        del model
+        # (with the caller's reference gone, the weights are freed here: a transformers model
+        # holds reference cycles, which wait for the collector, and load_model may run before it)
+        gc.collect()
 
     write_model_directory(out_dir, written, lambda folder: read_back(folder, expected, dtype[0], masked_lm=masked_lm,
                                                                      hint=hint))
