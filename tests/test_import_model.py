@@ -330,6 +330,46 @@ def test_conversion_builds_no_model_with_weights_of_its_own(run_cli, tmp_path, m
     assert all(devices == {"meta"} for _, devices in built), built
 
 
+def test_the_converted_model_is_freed_before_the_directory_is_read_back(run_cli, tmp_path, monkeypatch):
+    """One model in memory at a time: when load_model reads the written directory back, the
+    converted model and the checkpoint's tensors it was given are gone, and the file torch.load
+    mapped is no longer mapped (its mapping is held in reference cycles of torch.load's until the
+    collector runs: the collector is left here to run when it may, as in a long import)."""
+    import gc
+    import weakref
+
+    import protrans_cli.models
+    import protrans_cli.models.imported as imported
+
+    maps = Path("/proc/self/maps")
+    ckpt = save_fair_esm(tmp_path / "esm2_tiny.pt", "esm2")
+    given, alive, mapped = [], [], []
+    assign, load_model = imported.assign, protrans_cli.models.load_model
+
+    def recording(model, weights, dtype):
+        given.extend(weakref.ref(t) for t in [model, *weights.values()])
+        if maps.exists():
+            mapped.append(str(ckpt) in maps.read_text())
+        return assign(model, weights, dtype)
+
+    def loading(*args, **kwargs):
+        alive.append(sum(ref() is not None for ref in given))
+        if maps.exists():
+            mapped.append(str(ckpt) in maps.read_text())
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(imported, "assign", recording)
+    monkeypatch.setattr(protrans_cli.models, "load_model", loading)
+    gc.disable()
+    try:
+        r = run_cli("import-model", ckpt, "-o", tmp_path / "m")
+    finally:
+        gc.enable()
+    assert r.exit_code == 0, r.stderr
+    assert len(given) > 20 and alive == [0]
+    assert mapped in ([True, False], [])  # (mapped while converted; Linux only)
+
+
 def test_a_weight_read_back_otherwise_fails_the_import(run_cli, tmp_path, monkeypatch):
     """The converted model is freed before the directory is read back: the check compares the
     weights read back with digests of the converted ones, and still names the first that differs."""

@@ -173,8 +173,9 @@ def write_checked(out_dir: Path, holder: list, save, *, masked_lm: bool, skip=la
         expected.update(digests(model, skip))
         dtype.append(model.dtype)
         del model
-        # (with the caller's reference gone, the weights are freed here: a transformers model
-        # holds reference cycles, which wait for the collector, and load_model may run before it)
+        # (with the caller's reference gone, the weights are freed here; the mapping of a file
+        # torch.load mapped is held in reference cycles of torch.load's until the collector runs,
+        # which might be after load_model has read the directory back: both copies at once)
         gc.collect()
 
     write_model_directory(out_dir, written, lambda folder: read_back(folder, expected, dtype[0], masked_lm=masked_lm,
