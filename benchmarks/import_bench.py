@@ -90,8 +90,8 @@ _CHILD = ("import atexit, runpy, sys\n"
 
 def run_import(checkpoint: Path, out: Path, work: Path) -> tuple[float, int]:
     """Seconds and peak resident bytes of `protrans import-model checkpoint -o out` in a process
-    of its own. (Its peak from /proc's VmHWM, not from ru_maxrss: a child's ru_maxrss was seen
-    to carry the peak of an earlier child of this process, the checkpoint's writer.)"""
+    of its own (its peak: /proc's VmHWM, the high-water mark of that process's own memory, read
+    as it exits)."""
     env = bytecode_env(work)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     peak = work / "peak.txt"
@@ -119,8 +119,7 @@ def main() -> None:
         work = Path(tmp)
         checkpoint = work / f"esm2_{args.size}.pt"
         t = time.perf_counter()
-        # (written by a process of its own: a child of a process that once held the weights is
-        # charged that process's peak, exec or not)
+        # (written by a process of its own: this one never holds the weights)
         subprocess.run([sys.executable, __file__, "--write", str(checkpoint), "--size", args.size, "--dtype",
                         args.dtype], check=True)
         size = checkpoint.stat().st_size
