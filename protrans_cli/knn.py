@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protrans_cli import console
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, one_of, option, whole_number
 from protrans_cli.io.files import display_name, named_delimiter, tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader, same_weights
@@ -200,10 +201,12 @@ def _check_pair(query, reference, q, ref, q_attrs: dict, r_attrs: dict, metric: 
 def reference_embed_options(reference, *, layer: int = -1, model: str | None = None, device: str = "auto",
                             threads: int | None = None, long_policy: str | None = None,
                             max_length: int | None = None, chunk_overlap: int | None = None,
-                            invalid_policy: str = "error", allow_model_mismatch: bool = False):
+                            invalid_policy: str = "error", chains: str = "error",
+                            linker_length: int | None = None, allow_model_mismatch: bool = False):
     """EmbedOptions that embed query sequences as the reference's per-protein vectors were made:
     its `model` attribute (or `model`, e.g. a local copy), the layer of it `layer` picks, and its
-    long-protein policy, length and overlap unless given (as `predict --fasta` does a head's)."""
+    long-protein policy, length and overlap unless given (as `predict --fasta` does a head's);
+    `chains`, `linker_length`: complexes, as embed's (default: refused)."""
     from protrans_cli.esm_import import SOURCE as ESM_EXTRACT  # (the model import-esm records when not told it)
     from protrans_cli.heads.data import stored_layer_index
     from protrans_cli.heads.predict import recorded_embed_options
@@ -233,7 +236,9 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
     return recorded_embed_options(recorded, "the reference's embeddings", model=name, layer=model_layer,
                                   per_residue=False, device=device, threads=threads, long_policy=long_policy,
                                   max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
-                                  same_model=model is None, allow_model_mismatch=allow_model_mismatch)
+                                  chains=chains, linker_length=DEFAULT_LINKER_LENGTH if linker_length is None
+                                  else linker_length, same_model=model is None,
+                                  allow_model_mismatch=allow_model_mismatch)
 
 
 def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device: str = "cpu") -> Neighbours:
@@ -412,14 +417,16 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         exclude_self: bool = False, labels=None, label_format: str = "auto", score=None,
         allow_model_mismatch: bool = False, threads: int | None = None, n_bootstrap: int = 1000,
         fasta=None, model: str | None = None, device: str = "auto", long_policy: str | None = None,
-        max_length: int | None = None, chunk_overlap: int | None = None, invalid_policy: str | None = None) -> Transfer:
+        max_length: int | None = None, chunk_overlap: int | None = None, invalid_policy: str | None = None,
+        chains: str | None = None, linker_length: int | None = None) -> Transfer:
     """Write the k nearest reference proteins of every query as TSV (query, rank, neighbour,
     distance, and the neighbour's label columns with `labels`); with `score` (the queries'
     labels) score the labels transferred (the vote of the k neighbours) per column.
 
     `fasta` (with `query` None): query sequences, embedded first (into a temporary file) with
     the reference's model (`model` replaces it), layer and long-protein policy
-    (reference_embed_options); rows follow the FASTA's order."""
+    (reference_embed_options); rows follow the FASTA's order. `chains`, `linker_length`:
+    complexes among the sequences, as embed's (default: refused)."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
     from protrans_cli.heads.predict import check_fasta_values
@@ -439,6 +446,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         for value, flag, keyword in ((model, "-m", "model"), (long_policy, "--long-policy", "long_policy"),
                                      (max_length, "--max-length", "max_length"),
                                      (chunk_overlap, "--chunk-overlap", "chunk_overlap"),
+                                     (chains, "--chains", "chains"), (linker_length, "--linker-length", "linker_length"),
                                      (invalid_policy, "--invalid-policy", "invalid_policy")):
             if value is not None:
                 raise UsageError(option(f"{flag} goes with --fasta (QUERY.h5 was embedded already)",
@@ -463,6 +471,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         options = reference_embed_options(reference, layer=layer, model=model, device=device, threads=threads,
                                           long_policy=long_policy, max_length=max_length,
                                           chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error",
+                                          chains=chains or "error", linker_length=linker_length,
                                           allow_model_mismatch=allow_model_mismatch)
         ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,

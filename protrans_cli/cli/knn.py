@@ -52,7 +52,8 @@ from protrans_cli.cli.predict import fasta_embedding_options
 @click.option("--device", default="auto", show_default=True,
               help="Where the distances are computed (a GPU holds the reference), and with --fasta the "
                    "queries embedded: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-def command(query, reference, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, k, metric,
+def command(query, reference, fasta, model, max_length, long_policy, chunk_overlap, chains, linker_length,
+            invalid_policy, k, metric,
             labels, score, label_format, exclude_self, layer, allow_model_mismatch, output, n_bootstrap, threads,
             device):
     """Nearest neighbours in embedding space; transfers and scores labels.
@@ -87,7 +88,8 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
     knn(query, reference, output, k=k, metric=metric, layer=layer, exclude_self=exclude_self, labels=labels,
         label_format=label_format, score=score, allow_model_mismatch=allow_model_mismatch, threads=threads,
         n_bootstrap=n_bootstrap, fasta=fasta, model=model, device=device, long_policy=long_policy,
-        max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
+        max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy, chains=chains,
+        linker_length=linker_length)
     from protrans_cli import console
 
     console.output_complete(output)

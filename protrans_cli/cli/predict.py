@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import FORMATS, INVALID_POLICIES, LONG_POLICIES
+from protrans_cli.choices import CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, FORMATS, INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 
 
 def fasta_embedding_options(recorded: str, skipped: str):
-    """--max-length, --long-policy, --chunk-overlap, --invalid-policy: how --fasta sequences are
-    embedded (predict's and knn's), each defaulting to what `recorded` (the embeddings whose
+    """--max-length, --long-policy, --chunk-overlap, --chains, --linker-length, --invalid-policy: how
+    --fasta sequences are embedded (predict's and knn's), each defaulting to what `recorded` (the embeddings whose
     settings are followed) records; `skipped`: what a skipped protein gets ("no prediction")."""
     options = [
         click.option("--max-length", type=int, default=None,
@@ -28,6 +28,13 @@ def fasta_embedding_options(recorded: str, skipped: str):
         click.option("--chunk-overlap", type=int, default=None,
                      help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  "
                           f"[default: as {recorded} where they were chunked, else 64]"),
+        click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default=None,
+                     help="With --fasta: a complex (chains separated by ':' in one record) is refused, or embedded "
+                          "as embed --chains does: linker (joined by --linker-length glycines) or separate (each "
+                          "chain alone).  [default: error]"),
+        click.option("--linker-length", type=int, default=None,
+                     help=f"With --fasta and --chains linker: glycines between the chains.  "
+                          f"[default: {DEFAULT_LINKER_LENGTH}]"),
         click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
                      help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, "
                           f"or are skipped ({skipped}, with a warning), as embed does.  [default: error]"),
@@ -81,7 +88,8 @@ def fasta_embedding_options(recorded: str, skipped: str):
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="With --metrics: write a confusion (or scatter) PNG per output next to its JSON.")
-def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, output, probabilities,
+def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, chains, linker_length,
+            invalid_policy, output, probabilities,
             head_output, labels, metrics_dir, label_format, mask_path, mask_columns, skip_mismatched,
             only_embedded, allow_model_mismatch, max_residues, threads, device, plots):
     """Apply a trained head to embeddings.
@@ -100,7 +108,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     if model is not None and fasta is None:
         raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
     for given, flag in ((max_length, "--max-length"), (long_policy, "--long-policy"),
-                        (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):
+                        (chunk_overlap, "--chunk-overlap"), (chains, "--chains"), (linker_length, "--linker-length"),
+                        (invalid_policy, "--invalid-policy")):
         if given is not None and fasta is None:
             raise UsageError(f"{flag} goes with --fasta (--embeddings were already made)")
     # (--label-format by where it came from: auto, the default's value, given, was taken)
@@ -198,6 +207,9 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
                                                long_policy=long_policy, max_length=max_length,
                                                chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error",
+                                               chains=chains or "error",
+                                               linker_length=DEFAULT_LINKER_LENGTH if linker_length is None
+                                               else linker_length,
                                                allow_model_mismatch=allow_model_mismatch)
             from protrans_cli import console
             from protrans_cli.io.files import display_name

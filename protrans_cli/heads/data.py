@@ -52,6 +52,14 @@ class Matched:
 
 
 @dataclass
+class ChainRows(Matched):
+    """One chain of a complex (embed --chains) read as a protein of its own: the rows
+    [start, start + length) of the dataset `key`, which holds `whole` rows (every chain's)."""
+    start: int = 0
+    whole: int = 0
+
+
+@dataclass
 class MatchReport:
     matched: int = 0
     by_checksum: int = 0
@@ -783,6 +791,11 @@ class ResidueData:
         else (several layers, another shape or dtype) through `_read`, as before."""
         import h5py
 
+        if isinstance(item, ChainRows):  # (a complex's chain: its dataset read whole, this chain's rows kept)
+            rows = np.empty((item.whole, out.shape[1]), dtype=np.float32)
+            self._read_into(group, Matched(item.id, item.key, item.whole, {}), rows)
+            out[...] = rows[item.start:item.start + item.length]
+            return
         obj = open_local(group, item.key.encode("utf-8"), data=True)
         if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == out.shape and obj.dtype in PLAIN_FLOAT_DTYPES
                 and out.flags.c_contiguous and out.dtype == np.float32

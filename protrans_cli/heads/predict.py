@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import (ModelError, RuntimeFailure, UsageError, at_least, expect_path, first_line, option,
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_path, first_line, option,
                                  whole_number)
-from protrans_cli.heads.data import (Matched, _source_kind, embed_layer, head_data, match_labels, report_unlabelled,
+from protrans_cli.heads.data import (ChainRows, Matched, _source_kind, embed_layer, head_data, match_labels, report_unlabelled,
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
@@ -38,6 +38,7 @@ from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, _Low
                                 dataset_attrs, dataset_id, escape_key, h5_file, input_prefix_of, is_write_failure,
                                 one_protein_twice, open_local, pooling_kind, prefix_words, same_weights, stored_length,
                                 three_di_words, truncated_by, truncated_from, unescape_key, write_failure_reason)
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.residues import THREE_DI_PREFIX
 from protrans_cli.threads import torch_threads
 
@@ -122,9 +123,11 @@ def head_layer(config: dict) -> int:
     return layer
 
 
-def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list[str]]:
+def _all_items(reader: EmbeddingsReader, kind: str,
+               chains: dict | None = None) -> tuple[list[Matched], list[str]]:
     """Every protein of the file (`kind`: what the head reads), and the ids of those `embed
-    --long-policy truncate` cut short."""
+    --long-policy truncate` cut short. `chains`, where given, gets each complex's chain lengths
+    (embed --chains: its `chains` attribute) by key."""
     source = _source_kind(reader, kind)
     if reader.layout == "stacked":  # (one row a protein, its facts in columns)
         view = reader._stacked
@@ -143,6 +146,12 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
         items.append(Matched(str(ident), key, length, {}))
         if (cut := truncated_from(attrs)) is not None:
             truncated.append(f"{ident} ({length} of {cut})")
+        if chains is not None and source == PER_RESIDUE and "chains" in attrs:
+            lengths = tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
+            if sum(lengths) != length or min(lengths, default=0) < 1:
+                raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) does not add up to its "
+                                 f"{length} rows (a damaged file)", path=str(reader.path), record=str(ident))
+            chains[key] = lengths
     # Two datasets naming one protein (another tool's `original_id`s sharing a first word):
     # predictions were written twice under one id, and --probabilities failed with a traceback.
     first: dict[str, str] = {}
@@ -155,16 +164,19 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
 
 def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",
                    threads: int | None = None, long_policy: str | None = None, max_length: int | None = None,
-                   chunk_overlap: int | None = None, invalid_policy: str = "error",
+                   chunk_overlap: int | None = None, invalid_policy: str = "error", chains: str = "error",
+                   linker_length: int = DEFAULT_LINKER_LENGTH,
                    allow_model_mismatch: bool = False) -> tuple[Path, list[str]]:
     """Embed a FASTA the way the head's training embeddings were made (its recorded model and
     layer, per residue or per protein as the head needs, and long-protein policy): (HDF5 file in
     `directory`, the FASTA's ids in input order). `model` replaces the recorded model (e.g. the
     same weights elsewhere); `long_policy`, `max_length`, `chunk_overlap` the recorded policy
-    (a head that records none: error, at the model's own limit, as embed does)."""
+    (a head that records none: error, at the model's own limit, as embed does); `chains`,
+    `linker_length`: complexes, as embed's (default: refused)."""
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
                                          long_policy=long_policy, max_length=max_length,
                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
+                                         chains=chains, linker_length=linker_length,
                                          allow_model_mismatch=allow_model_mismatch)
     readable, ids = fasta_ids(fasta, directory)
     embeddings = embed_fasta(readable, ids, directory, options, fasta,
@@ -269,8 +281,8 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
 
 def head_embed_options(head_dir, *, model: str | None = None, device: str = "auto", threads: int | None = None,
                        long_policy: str | None = None, max_length: int | None = None,
-                       chunk_overlap: int | None = None, invalid_policy: str = "error",
-                       allow_model_mismatch: bool = False):
+                       chunk_overlap: int | None = None, invalid_policy: str = "error", chains: str = "error",
+                       linker_length: int = DEFAULT_LINKER_LENGTH, allow_model_mismatch: bool = False):
     """(EmbedOptions, the head's config): how to embed proteins the way the head's training
     embeddings were made (embed_for_head; heads.arrays.predict_sequences)."""
     from protrans_cli.heads.model import CONFIG, head_input_kind
@@ -302,8 +314,9 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,
                                      layer=head_layer(config), per_residue=kind == PER_RESIDUE, device=device,
                                      threads=threads, long_policy=long_policy, max_length=max_length,
-                                     chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
-                                     same_model=model is None, allow_model_mismatch=allow_model_mismatch)
+                                     chunk_overlap=chunk_overlap, invalid_policy=invalid_policy, chains=chains,
+                                     linker_length=linker_length, same_model=model is None,
+                                     allow_model_mismatch=allow_model_mismatch)
     return options, config
 
 
@@ -342,7 +355,8 @@ def check_fasta_values(max_length=None, chunk_overlap=None, threads=None) -> Non
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
                            device: str = "auto", threads: int | None = None, long_policy: str | None = None,
                            max_length: int | None = None, chunk_overlap: int | None = None,
-                           invalid_policy: str = "error", same_model: bool = False,
+                           invalid_policy: str = "error", chains: str = "error",
+                           linker_length: int = DEFAULT_LINKER_LENGTH, same_model: bool = False,
                            allow_model_mismatch: bool = False):
     """EmbedOptions that embed proteins as the embeddings whose settings `recorded` holds (a
     head's config "embedding", an embeddings file's attributes) were made: their long-protein
@@ -351,7 +365,7 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     one, not a caller's): the hub commit (else revision) the embeddings were made from, so that a
     hub model updated since is not used in its place, and a local directory whose weights differ
     from the recorded `weights_fingerprint` (retrained since) refused unless `allow_model_mismatch`
-    (before any protein is embedded). Validated."""
+    (before any protein is embedded). `chains`, `linker_length`: complexes, as embed's. Validated."""
     from protrans_cli.embed import EmbedOptions
 
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
@@ -389,7 +403,8 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     pooling = pooling_kind(recorded.get("pooling")) if not per_residue else "mean"
     options = EmbedOptions(model=model, revision=revision, per_residue=per_residue, per_protein=not per_residue,
                            pooling=pooling, layers=(layer,), device=device, threads=threads,
-                           invalid_policy=invalid_policy, three_di=three_di, **long)
+                           invalid_policy=invalid_policy, three_di=three_di, chains=chains,
+                           linker_length=linker_length, **long)
     # (before the FASTA is read: `--max-length 0` or `--device gpu` was refused only once a whole
     # proteome had been read, or spooled from stdin)
     options.validate()
@@ -515,6 +530,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     torch.set_num_threads(resolve_threads(threads, small_work=reads != PER_RESIDUE))
     ensemble.to(head_device(device))
     check_head_output(task, output)
+    # A complex's chain lengths by key (embed --chains): a per-residue head reads each chain as a
+    # protein of its own (a CNN slid across a chain break, mixing the two chains' residues); a
+    # per-protein head (Light Attention too) reads the complex whole
+    chains: dict[str, tuple[int, ...]] = {}
     # (before the embeddings are read: a wrong call refused after minutes of reading a large file)
     if probabilities is not None and task.kind != PER_RESIDUE:
         raise UsageError(f"{option('--probabilities', 'probabilities')} is for per-residue heads; a per-protein "
@@ -545,7 +564,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             grouped = (keys, stored_layer_index(reader, head_layer(config)), "layers" in reader.attrs,
                        reader.dim(PER_PROTEIN) if keys else 0)
         else:
-            items, truncated = _all_items(reader, reads)
+            items, truncated = _all_items(reader, reads, chains if task.kind == PER_RESIDUE else None)
             count = len(items)
         failed = reader.failed()
         subgroups = reader.subgroups
@@ -604,12 +623,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                 parts = stack.enter_context(contextlib.closing(
                     _grouped_slices(embeddings, *grouped, CHUNK_PROTEINS, truncated)))
             else:
-                parts = ((part, head_data(embeddings, part, task, reads, layer=layer))
+                parts = ((part, head_data(embeddings, chain_items(part, chains), task, reads, layer=layer))
                          for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE else CHUNK_PROTEINS,
                                              reads == PER_RESIDUE))
             for part, data in parts:
                 count += len(part) if visited else 0
-                probs = predict_data(ensemble, task, data, max_residues=max_residues)
+                probs = joined_chains(predict_data(ensemble, task, data, max_residues=max_residues), part, chains)
                 if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
                     kept = kept_for_scoring(task, probs)
                     for j, item in enumerate(part):
@@ -619,11 +638,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                 if per_residue:
                     # (the id escaped, `\n` `\x1b`: an id from an embeddings file, unlike a FASTA's, may
                     # hold a line break, which wrote a forged record: `a\n>X\nCCC` gave proteins a and X)
+                    # (a complex's states with a ':' between its chains, as its record has them)
                     stream.write(b"".join(b">" + console.printable(item.id).encode() + b"\n"
-                                          + table[p.argmax(-1)].tobytes() + b"\n"
-                                          for item, p in zip(part, probs[chosen])))
+                                          + chain_breaks(table[p.argmax(-1)].tobytes(), chains.get(item.key))
+                                          + b"\n" for item, p in zip(part, probs[chosen])))
                     if writer is not None:
-                        writer.add(part, probs)
+                        writer.add(part, probs, chains)
                 else:
                     for i, item in enumerate(part):
                         row = [item.id]
@@ -639,6 +659,61 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             if visited:
                 warn_truncated()
     return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
+
+
+def _chains_of(embeddings, items: list[Matched]) -> dict:
+    """The chain lengths of those of `items` that are complexes (embed --chains), by key."""
+    chains: dict = {}
+    with EmbeddingsReader(embeddings) as reader:
+        if reader.layout == "stacked" or PER_RESIDUE not in reader.kinds:
+            return chains
+        group = reader._group(PER_RESIDUE)
+        for item in items:
+            attrs, _ = dataset_attrs(group, item.key)
+            if "chains" in attrs:
+                lengths = tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
+                if sum(lengths) == item.length:  # (one that does not add up: read whole, as before)
+                    chains[item.key] = lengths
+    return chains
+
+
+def chain_items(items: list[Matched], chains: dict) -> list[Matched]:
+    """`items` with each complex (its chain lengths in `chains`, by key) replaced by its chains,
+    each read as a protein of its own (ChainRows), in chain order."""
+    if not chains:
+        return items
+    out: list[Matched] = []
+    for item in items:
+        start = 0
+        for n in chains.get(item.key) or ():
+            out.append(ChainRows(item.id, item.key, n, {}, start=start, whole=item.length))
+            start += n
+        if item.key not in chains:
+            out.append(item)
+    return out
+
+
+def joined_chains(probs: dict, items: list[Matched], chains: dict) -> dict:
+    """predict_data's probabilities of `chain_items(items, chains)` with each complex's chains
+    joined again in chain order: one (L, C) array an item of `items`."""
+    if not chains:
+        return probs
+    joined = {}
+    for name, values in probs.items():
+        pieces, rows = iter(values), []
+        for item in items:
+            lengths = chains.get(item.key)
+            rows.append(next(pieces) if lengths is None else np.concatenate([next(pieces) for _ in lengths]))
+        joined[name] = rows
+    return joined
+
+
+def chain_breaks(states: bytes, lengths) -> bytes:
+    """A complex's per-residue states with a ':' between its chains (`lengths`; None: one chain)."""
+    if not lengths:
+        return states
+    ends = np.cumsum([0, *lengths])
+    return b":".join(states[a:b] for a, b in zip(ends[:-1], ends[1:]))
 
 
 CHUNK_RESIDUES = 2_000_000  # heads reading per-residue rows: residues at a time (< 100 MB of ss3+ss8 probabilities)
@@ -761,7 +836,7 @@ class _ProbabilityWriter:
             self.h5.create_group(o.name)
         return self
 
-    def add(self, items, probs) -> None:
+    def add(self, items, probs, chains: dict | None = None) -> None:
         ensure_room(self.tmp, sum(p.size * 4 for o in self.task.outputs for p in probs[o.name]),
                     "the file was not written", shown=self.target)
         try:
@@ -770,6 +845,8 @@ class _ProbabilityWriter:
                 for item, p in zip(items, probs[o.name]):
                     ds = group.create_dataset(escape_key(item.id), data=p.astype(np.float32))  # (L, C)
                     ds.attrs["id"] = item.id
+                    if chains and (lengths := chains.get(item.key)):  # (a complex: its rows are its chains')
+                        ds.attrs["chains"] = np.asarray(lengths, dtype=np.int64)
                     # (closed here: HDF5 writes the data as it closes, and h5py only printed an
                     # error there, so a file missing rows could be completed and put in place)
                     ds.id.close()
@@ -947,8 +1024,10 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
         predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
         ensemble.to(head_device(device))
-        data = head_data(embeddings, items, task, reads, layer=head_layer(config))
-        predicted = kept_for_scoring(task, predict_data(ensemble, task, data, max_residues=max_residues))
+        chains = _chains_of(embeddings, items) if task.kind == PER_RESIDUE else {}  # (read by chain, as predict reads them)
+        data = head_data(embeddings, chain_items(items, chains), task, reads, layer=head_layer(config))
+        predicted = kept_for_scoring(task, joined_chains(predict_data(ensemble, task, data, max_residues=max_residues),
+                                                         items, chains))
     report_unlabelled(embeddings, labels, [report], "not scored")
     # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`
     # printed different CIs for the same predictions on the same set.
