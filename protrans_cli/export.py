@@ -16,6 +16,9 @@ all. Formats:
   lengths, D) per residue with `offsets` (N + 1,) and `lengths` (N,): protein i is
   `embeddings[offsets[i]:offsets[i + 1]]`; `metadata`, a JSON text of where the arrays came
   from. Written a protein at a time, so memory stays at one protein whatever the file's size.
+  A file of complexes (embed --chains linker/separate) adds `chain_counts` (N,) and `chains`
+  (sum of chain_counts,): protein i's chain lengths are `chains[c[i]:c[i + 1]]`, c the cumulative
+  sum of chain_counts starting at 0 (a protein of one chain: one count, its residues).
 
 - esm (`--format esm`): a folder of fair-esm `esm-extract` files, one `<id>.pt` a protein
   holding `{"label": header line, "representations": {layer: (L, D)}, "mean_representations":
@@ -995,7 +998,7 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
     metadata = {"source": os.path.abspath(str(path)), "kind": kind, "layout": reader.layout,
                 "exported_by": f"protrans {__version__}"}
     for name in ("model", "revision", "commit", "family", "layers", "num_hidden_states", "pooling",
-                 "compute_dtype", "storage_dtype", "protrans_version", "command_line"):
+                 "compute_dtype", "storage_dtype", "chains", "linker_length", "protrans_version", "command_line"):
         if name in reader.attrs:
             value = reader.attrs[name]
             metadata[name] = value.tolist() if isinstance(value, np.ndarray) else value
@@ -1005,6 +1008,9 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
     rows = 0
     with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         _index_members(archive, plan.order, lengths, metadata)
+        if (chains := _chain_members(reader, plan)) is not None:  # (complexes: each protein's chain lengths)
+            _member(archive, "chain_counts", chains[0])
+            _member(archive, "chains", chains[1])
         with archive.open("embeddings.npy", "w", force_zip64=True) as member:
             member.write(_npy_header(plan.dtype, shape))
             for i, ident in enumerate(console.progress(plan.order, desc="export", unit="protein")):
@@ -1016,6 +1022,23 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
                 member.write(array.tobytes())
                 rows += 1 if per_protein else len(array)
     return rows
+
+
+def _chain_members(reader, plan: _Plan) -> tuple[np.ndarray, np.ndarray] | None:
+    """(chain_counts, chains) of the module docstring for a file of complexes (its `chains`
+    attribute linker or separate: each complex's dataset has a `chains` attribute), else None."""
+    from protrans_cli.io.h5 import PER_RESIDUE, dataset_attrs, stored_length
+
+    if _text(reader.attrs.get("chains")) in (None, "error") or reader.layout == "stacked":
+        return None
+    group, counts, chains = reader._group(plan.kind), [], []
+    for ident in plan.order:
+        attrs, shape = dataset_attrs(group, reader.key_for(ident, plan.kind))
+        lengths = ([int(n) for n in np.atleast_1d(attrs["chains"])] if "chains" in attrs
+                   else [stored_length(attrs, shape, per_residue=plan.kind == PER_RESIDUE) or 0])
+        counts.append(len(lengths))
+        chains += lengths
+    return np.array(counts, dtype=np.int64), np.array(chains, dtype=np.int64)
 
 
 def _rows_of(reader, plan: _Plan, ident: str) -> int:

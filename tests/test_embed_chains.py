@@ -272,3 +272,33 @@ def test_contacts_resume_with_another_linker_is_refused(run_cli, tmp_path):
     r = run_cli(*args, "--linker-length", "5", "--resume")
     assert r.exit_code != 0 and "linker_length" in r.stderr, r.stderr
     assert run_cli(*args, "--resume").exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["per_residue", "per_protein"])
+def test_export_npz_keeps_each_complexs_chains(run_cli, tmp_path, kind):
+    """An .npz of a complexes file gives each protein's chain lengths (`chain_counts`, `chains`)
+    and the file's policy in its metadata: the ':'s of the records are not lost."""
+    import json
+
+    h5, out = tmp_path / "e.h5", tmp_path / "e.npz"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "linker", "--linker-length", "5").exit_code == 0
+    flag = "--" + kind.replace("_", "-")
+    r = run_cli("export", h5, "-o", out, flag)
+    assert r.exit_code == 0, r.stderr
+    with np.load(out) as npz:
+        ids, counts, chains = list(npz["ids"]), npz["chain_counts"], npz["chains"]
+        metadata = json.loads(str(npz["metadata"]))
+        if kind == "per_residue":
+            assert list(npz["lengths"]) == [35, 35, 35, 23]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    got = {ident: list(chains[starts[i]:starts[i + 1]]) for i, ident in enumerate(ids)}
+    assert got == {"heavy_light": [len(HEAVY), len(LIGHT)], "copy": [len(HEAVY), len(LIGHT)],
+                   "joined": [len(HEAVY + LIGHT)], "trimer": [len(c) for c in TRIMER]}
+    assert metadata["chains"] == "linker" and metadata["linker_length"] == 5
+    # a file without complexes: no such members
+    plain = tmp_path / "plain.fa"
+    plain.write_text(f">a\n{HEAVY}\n")
+    assert run_cli("embed", plain, "-m", "onehot", "-o", tmp_path / "p.h5").exit_code == 0
+    assert run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.npz", flag).exit_code == 0
+    with np.load(tmp_path / "p.npz") as npz:
+        assert "chains" not in npz.files and "chain_counts" not in npz.files
