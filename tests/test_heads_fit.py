@@ -6160,13 +6160,14 @@ def test_cli_predict_hands_every_option_to_the_library(run_cli, tmp_path, monkey
     # --fasta: embedded as asked, then predicted in the FASTA's order; a --model of its own is another model
     calls.clear()
     r = run_cli("predict", f"{t}/head", "--fasta", f"{t}/q.fasta", "--model", "onehot", "--max-length", "50",
-                "--long-policy", "chunk", "--chunk-overlap", "8", "--invalid-policy", "skip", *shared)
+                "--long-policy", "chunk", "--chunk-overlap", "8", "--invalid-policy", "skip", "--chains", "linker",
+                "--linker-length", "7", *shared)
     assert r.exit_code == 0, r.stderr
     assert calls["check_labels_first"] == (({}, f"{t}/l.csv"), labels)
     args, kwargs = calls["embed_for_head"]
     assert (args[:2], kwargs) == ((f"{t}/head", f"{t}/q.fasta"), dict(
         model="onehot", device="cpu", threads=2, long_policy="chunk", max_length=50, chunk_overlap=8,
-        invalid_policy="skip", allow_model_mismatch=False))
+        invalid_policy="skip", chains="linker", linker_length=7, allow_model_mismatch=False))
     assert calls["predict"][1]["order"] == ["b", "a"] and calls["predict"][1]["allow_model_mismatch"] is True
     assert calls["scored_labels"][1]["allow_model_mismatch"] is True
 
