@@ -516,8 +516,12 @@ class VariantScorer:
             raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; XLNet predicts a residue "
                              "only from the others (use masked-marginals or pseudo-ppl)")
 
-    def pseudo_log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:
-        """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence)."""
+    def pseudo_log_likelihood(self, sequences: list[str], *, bar=None, masked: bool = True) -> np.ndarray:
+        """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence).
+        `masked` False: each residue's log-probability read from one unmasked pass (the wild-type
+        marginals: fast, but the model sees the residue it predicts, so biased high; masked LMs
+        without a T5 decoder or XLNet's permutation)."""
+        self._refuse_reading(masked)
         sequences = [checked_sequence(s) for s in _sequence_list(sequences, "pseudo_log_likelihood")]
         totals = np.zeros(len(sequences))
         # (a few sequences at a time: every site's (V,) row of them all was held at once, 0.4 GB for
@@ -525,7 +529,7 @@ class VariantScorer:
         for first in range(0, len(sequences), MUTANTS_PER_UNIT):
             part = sequences[first:first + MUTANTS_PER_UNIT]
             sites = [(s, p) for s, seq in enumerate(part) for p in range(len(seq))]
-            log_probs = self.site_log_probs(part, sites, masked=True, bar=bar)
+            log_probs = self.site_log_probs(part, sites, masked=masked, bar=bar)
             ids = np.array([self.token_id(part[s][p]) for s, p in sites])
             picked = log_probs[np.arange(len(sites)), ids].astype(np.float64)
             np.add.at(totals, first + np.array([s for s, _ in sites]), picked)
@@ -1222,17 +1226,21 @@ class UnitStore:
 
     MARKER = "protrans-variants.json"
 
-    def __init__(self, folder: Path, *, resume: bool):
+    def __init__(self, folder: Path, *, resume: bool, command: str = "variants"):
+        """`command`: the protrans command whose work the folder keeps (variants, perplexity): its
+        marker file's name and the messages say it; another command's folder is refused."""
         from protrans_cli.io.files import link_to_nothing, odd_kind
 
         self.folder = Path(folder)
+        self.command = command
+        self.MARKER = f"protrans-{command}.json"
         if (nothing := link_to_nothing(self.folder)) is not None:
             # (was "cannot create FILE.partial: File exists", once the model had scored the first unit)
-            raise UsageError(f"{self.folder} {nothing}, and is not the work of a protrans variants run: move it "
+            raise UsageError(f"{self.folder} {nothing}, and is not the work of a protrans {command} run: move it "
                              f"away, or choose another {option('-o', 'output')}")
         if self.folder.exists():
             if not (self.folder / self.MARKER).is_file():
-                raise UsageError(f"{self.folder} exists and is not the work of a protrans variants run: move it "
+                raise UsageError(f"{self.folder} exists and is not the work of a protrans {command} run: move it "
                                  f"away, or choose another {option('-o', 'output')}")
             if not resume:
                 raise UsageError(f"{self.folder} holds the work of an interrupted run: {resume_option()} goes on with "
@@ -1246,11 +1254,11 @@ class UnitStore:
                                      "afresh)", path=str(unit))
             self.kept = len(list(self.folder.glob("*.npy")))
             if self.kept:
-                console.info(f"variants: {resume_option()}: {console.counted(self.kept, 'unit')} of work kept in "
+                console.info(f"{command}: {resume_option()}: {console.counted(self.kept, 'unit')} of work kept in "
                              f"{self.folder}")
         else:
             if resume:
-                console.info(f"variants: {resume_option()}: no {self.folder}: nothing kept, everything computed")
+                console.info(f"{command}: {resume_option()}: no {self.folder}: nothing kept, everything computed")
             self.kept = 0
 
     def _create(self) -> None:
@@ -1261,7 +1269,7 @@ class UnitStore:
             return
         try:
             self.folder.mkdir(exist_ok=True)
-            (self.folder / self.MARKER).write_text(json.dumps({"format": "protrans-variants-units"}) + "\n",
+            (self.folder / self.MARKER).write_text(json.dumps({"format": f"protrans-{self.command}-units"}) + "\n",
                                                    encoding="utf-8")
         except OSError as exc:
             raise RuntimeFailure(f"cannot create {self.folder}: {exc.strerror}") from None

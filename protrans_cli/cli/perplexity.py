@@ -1,0 +1,84 @@
+"""`protrans perplexity`: per-protein (pseudo-)perplexity of a FASTA under a language model.
+
+    protrans perplexity designs.fa -m esm2_t33_650M_UR50D -o scores.tsv
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.cli import INPUT_FILE, completion
+
+
+@click.command("perplexity", context_settings={"show_default": True})
+@click.argument("fasta", type=INPUT_FILE)
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="The table to write, a row a protein (TSV; CSV for a .csv name; .gz compresses); - for stdout.")
+@click.option("-m", "--model", default="esm2_t33_650M_UR50D", shell_complete=completion.weights,
+              help="A language model with its head: short name (see `protrans models`), model directory or hub id.")
+@click.option("--method", type=click.Choice(["pseudo", "causal", "wt-marginals"]), default=None,
+              help="pseudo: each residue masked in turn (one pass per residue: slow); causal: a causal LM's "
+                   "(Transformer-XL) likelihood, each residue given those before it; wt-marginals: every residue "
+                   "read from one unmasked pass (fast, but biased: the model sees the residue it predicts; not for "
+                   "T5 or XLNet).  [default: pseudo for a masked LM, causal for a causal one]")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
+@click.option("--device", default="auto",
+              help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
+                   "float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx). "
+                   "Log-probabilities are taken in float32.")
+@click.option("--max-tokens", type=int, default=None,
+              help="Tokens per forward pass.  [default: 4096 on the CPU, 16384 on a GPU]")
+@click.option("--max-length", type=int, default=None,
+              help="Residues read at once; longer proteins follow --long-policy.  [default: what the model was "
+                   "trained on or holds: 1022 for ESM]")
+@click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window", "skip"]),
+              default="error",
+              help="A protein over --max-length: fail before any work, read each residue in a window of "
+                   "--max-length residues centred on it (masked LMs), or leave it out with a warning.")
+@click.option("--invalid-policy", type=click.Choice(["error", "skip"]), default="error",
+              help="Sequences that cannot be read (a J, an inner '*', no residues): fail before any work, or "
+                   "leave them out with a warning.")
+@click.option("--resume", is_flag=True,
+              help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
+@click.option("-j", "--threads", type=int, default=None,
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
+def command(fasta, output, model, method, revision, device, dtype, max_tokens, max_length, long_policy,
+            invalid_policy, resume, threads):
+    """Per-protein (pseudo-)perplexity of a FASTA under a language model.
+
+    Writes a row a protein: id, length, log_likelihood (the sum over its residues of the natural
+    log-probability of each), mean_log_likelihood, perplexity = exp(-mean) and the method; and on
+    stderr the corpus perplexity, exp(-sum of log-likelihoods / sum of residues), the figure to
+    compare models by on held-out proteins. Lower is better. Masked LMs (ESM, ProtBert,
+    ProtAlbert, ProtT5 with its decoder, ProtXLNet, ...) read each residue masked in turn
+    (pseudo-perplexity); Transformer-XL (causal) reads left to right. Identical sequences are
+    computed once; FASTA `-` is stdin, .gz is read.
+
+    \b
+    protrans perplexity designs.fa -m esm2_t33_650M_UR50D -o scores.tsv
+    protrans perplexity heldout.fa -m runs/my_model --method pseudo > heldout.tsv
+    """
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.perplexity import PerplexityOptions, run_perplexity
+    from protrans_cli.threads import resolve_threads
+    from protrans_cli.variants import partial_folder
+
+    options = PerplexityOptions(model=model, method=method, revision=revision, device=device, dtype=dtype,
+                                max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
+                                invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads))
+    kept = partial_folder(output) if output not in (None, "-") else None
+    try:
+        run_perplexity(fasta, output, options)
+    except KeyboardInterrupt as exc:
+        from protrans_cli.cli import stopped
+
+        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to go on"
+                      if kept is not None and kept.exists() else None) from None
+    except RuntimeFailure as exc:
+        # (a table that could not be written, a full disk: the scores stay kept for --resume)
+        if kept is None or not kept.is_dir() or "cannot write" not in exc.message or "--resume" in exc.message:
+            raise
+        raise RuntimeFailure(f"{exc.message}; what was computed is in {kept}: run the same command with --resume "
+                             "once the problem is solved", path=exc.path, record=exc.record, line=exc.line) from None
