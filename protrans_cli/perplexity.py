@@ -140,7 +140,8 @@ def read_proteins(fasta, *, skip_invalid: bool = False) -> tuple[list[tuple[str,
         raise InputError("no FASTA records", path=name)
     if skipped:
         console.warn(f"{name}: {console.counted(len(skipped), 'record')} that cannot be read left out "
-                     f"(--invalid-policy skip): {console.some_named(len(skipped), skipped[:console.NAMED])}")
+                     f"({option('--invalid-policy skip', 'invalid_policy=' + repr('skip'))}): "
+                     f"{console.some_named(len(skipped), skipped[:console.NAMED])}")
     _warn_nucleotide(proteins, name)
     _warn_gapped([p for p in proteins if p[0] in gapped], name)
     return proteins, skipped
@@ -186,6 +187,9 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     if not to_stdout:
         console.output_complete(str(output))
     left_out = f"; {console.counted(len(summary.skipped), 'protein')} left out" if summary.skipped else ""
+    if not summary.residues:
+        console.warn(f"perplexity: no protein scored{left_out}: the table holds its header alone")
+        return summary
     console.info(f"perplexity: {console.counted(summary.proteins, 'protein')}, {summary.residues:,} residues: "
                  f"corpus perplexity {summary.perplexity:.4f} (mean log-likelihood {summary.mean_log_likelihood:.4f} "
                  f"a residue; {summary.method}, {summary.model}){left_out}")
@@ -221,7 +225,8 @@ def _score(proteins, options: PerplexityOptions, store, name: str):
             kept.append((ident, seq))
         if skipped:
             console.warn(f"{console.counted(len(skipped), 'protein')} over {scorer.max_length:,} residues left out "
-                         f"(--long-policy skip): {console.some_named(len(skipped), skipped[:console.NAMED])}")
+                         f"({option('--long-policy skip', 'long_policy=' + repr('skip'))}): "
+                         f"{console.some_named(len(skipped), skipped[:console.NAMED])}")
         distinct = sorted({seq for _, seq in kept}, key=lambda s: (len(s), s))
         units = store.for_model(loaded, scorer) if store is not None else None
         likelihood = {"causal": scorer.log_likelihood, "pseudo": scorer.pseudo_log_likelihood,

@@ -1096,7 +1096,7 @@ def test_a_link_to_nothing_where_a_folder_goes_is_refused_before_any_work(run_cl
 
 
 def _output_lock_run(command: str, tmp_path: Path) -> tuple[list[str], Path]:
-    """A command line of `command` (one of the five that lock their -o with .OUT.lock), its inputs
+    """A command line of `command` (one of the six that lock their -o with .OUT.lock), its inputs
     made in tmp_path/in, and its -o."""
     import torch
 
@@ -1107,6 +1107,9 @@ def _output_lock_run(command: str, tmp_path: Path) -> tuple[list[str], Path]:
     if command == "variants":
         out = tmp_path / "v.csv"
         return ["variants", "--all-singles", "--sequence", "MKTAYIAKQR", "-m", str(ESM2), "-o", str(out)], out
+    if command == "perplexity":
+        out = tmp_path / "p.tsv"
+        return ["perplexity", str(fasta), "-m", str(ESM2), "-o", str(out)], out
     out = tmp_path / "o.h5"
     if command == "merge":
         from protrans_cli import EmbedOptions, embed
@@ -1121,7 +1124,7 @@ def _output_lock_run(command: str, tmp_path: Path) -> tuple[list[str], Path]:
     return [command, str(fasta), *model, "-o", str(out)], out
 
 
-@pytest.mark.parametrize("command", ["embed", "contacts", "merge", "import-esm", "variants"])
+@pytest.mark.parametrize("command", ["embed", "contacts", "merge", "import-esm", "variants", "perplexity"])
 def test_a_fifo_named_like_the_lock_file_is_refused_in_one_line_not_waited_on(tmp_path, command):
     """A named pipe called .OUT.lock (the hidden lock beside -o OUT) hung each of the five commands
     that lock their output for ever: opening it waited for a writer. One line naming it now,

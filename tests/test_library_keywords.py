@@ -43,6 +43,12 @@ def _variants(**kw):
     return lambda tmp: run_variants(tmp / "out.csv", VariantOptions(**kw), sequence="MKT", fasta=None)
 
 
+def _perplexity(**kw):
+    from protrans_cli.perplexity import PerplexityOptions, run_perplexity
+
+    return lambda tmp: run_perplexity(tmp / "in.fa", tmp / "out.tsv", PerplexityOptions(**kw))
+
+
 def _knn(**kw):
     from protrans_cli.knn import knn
 
@@ -118,6 +124,8 @@ def _call(name, **kw):
     (_variants(max_length=0), "max_length must be at least 1, got 0"),
     (_variants(max_tokens=0), "max_tokens must be at least 1, got 0"),
     (_variants(threads=0), "threads must be at least 1, got 0"),
+    (_perplexity(max_length=0), "max_length must be at least 1, got 0"),
+    (_perplexity(max_tokens=0), "max_tokens must be at least 1, got 0"),
     (_call("predict", max_residues=0), "max_residues must be at least 1, got 0"),
     (_knn(k=0), "k must be at least 1, got 0"),
     (_knn(n_bootstrap=5), "n_bootstrap must be at least 10"),
@@ -238,6 +246,10 @@ CHOICES = [
      "log-likelihood, got 'masked'", "--scoring"),
     (_variants(long_policy="chunk"), "long_policy must be one of error, window, got 'chunk'", "--long-policy"),
     (_variants(dtype="fp8"), f"dtype must be one of {DTYPES}, got 'fp8'", "--dtype"),
+    (_perplexity(method="pll"), "method must be one of pseudo, causal, wt-marginals, got 'pll'", "--method"),
+    (_perplexity(long_policy="chunk"), "long_policy must be one of error, window, skip, got 'chunk'", "--long-policy"),
+    (_perplexity(invalid_policy="keep"), "invalid_policy must be one of error, skip, got 'keep'",
+     "--invalid-policy"),
     (_knn(metric="manhattan"), "metric must be one of euclidean, cosine, got 'manhattan'", "--metric"),
     (_project(method="mds"), "method must be one of pca, tsne, umap, got 'mds'", "--method"),
     (_project(metric="manhattan"), "metric must be one of euclidean, cosine, got 'manhattan'", "--metric"),

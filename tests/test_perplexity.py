@@ -226,6 +226,12 @@ def test_bad_input_is_refused_in_one_line_and_leaves_no_output(run_cli, tmp_path
     r = run_cli("perplexity", bad, "-m", model, "-o", out, "--invalid-policy", "skip")
     assert r.exit_code == 0, r.stderr
     assert [row["id"] for row in _table(out.read_text())] == ["a"] and "left out" in r.stderr
+    only_bad = tmp_path / "only_bad.fa"
+    only_bad.write_text(">b\nMKJV\n")
+    r = run_cli("perplexity", only_bad, "-m", model, "--invalid-policy", "skip")
+    assert r.exit_code == 0 and r.stdout.splitlines() == ["id\tlength\tlog_likelihood\tmean_log_likelihood\t"
+                                                          "perplexity\tmethod"]
+    assert "no protein scored" in r.stderr
     r = run_cli("perplexity", bad, "-m", model, "--resume")
     assert r.exit_code == 2 and "stdout keeps none" in r.stderr
     r = run_cli("perplexity", bad, "-m", model, "-o", bad)
