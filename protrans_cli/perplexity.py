@@ -31,6 +31,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from protrans_cli import console
 from protrans_cli.errors import InputError, UsageError, at_least, expect_options, one_of, option
 
@@ -38,6 +40,7 @@ METHODS = ("pseudo", "causal", "wt-marginals")
 LONG_POLICIES = ("error", "window", "skip")
 INVALID_POLICIES = ("error", "skip")
 COLUMNS = ("id", "length", "log_likelihood", "mean_log_likelihood", "perplexity", "method")
+RESIDUE_COLUMNS = ("id", "position", "residue", "log_probability")
 RESIDUES_PER_UNIT = 4096   # residues of distinct proteins one unit of work scores (and --resume keeps)
 PROTEINS_PER_UNIT = 64     # proteins one unit scores at most
 
@@ -57,6 +60,7 @@ class PerplexityOptions:
     invalid_policy: str = "error"        # error | skip
     resume: bool = False                 # go on with OUTPUT.partial/, what an interrupted run kept
     threads: int | None = None
+    per_residue: str | Path | None = None  # a long table of each residue's log-probability ("-": stdout)
 
     def validate(self) -> None:
         from protrans_cli.embed import DTYPES
@@ -80,6 +84,9 @@ class PerplexityOptions:
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         if self.threads is not None:
             check_threads(self.threads)
+        if self.per_residue is not None and (not isinstance(self.per_residue, (str, Path)) or not str(self.per_residue)):
+            raise UsageError(f"per_residue is the path of a table (or '-' for stdout), got "
+                             f"{type(self.per_residue).__name__} {self.per_residue!r:.40}")
 
 
 @dataclass
@@ -150,10 +157,13 @@ def read_proteins(fasta, *, skip_invalid: bool = False) -> tuple[list[tuple[str,
 def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) -> PerplexitySummary:
     """Score every protein of `fasta` under `options.model` and write one row a protein (id, length,
     log_likelihood, mean_log_likelihood, perplexity, method) to `output` (TSV; CSV for a .csv name;
-    `-`/None: stdout), atomically. Identical sequences are computed once. Returns the summary,
-    whose corpus perplexity is also said on stderr."""
+    `-`/None: stdout), atomically. Identical sequences are computed once. `options.per_residue`:
+    also a long table, a row a residue (id, position from 1, residue, log_probability: the natural
+    log-probability whose sum is the protein's log_likelihood), from the same passes, written with
+    the main table (both or neither). Returns the summary, whose corpus perplexity is also said on
+    stderr."""
     from protrans_cli.io.files import (display_name, input_named_by, output_directory, output_lock, special_output,
-                                       through_link)
+                                       staged_outputs, through_link)
     from protrans_cli.variants import UnitStore, partial_folder
 
     options = options or PerplexityOptions()
@@ -172,6 +182,9 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     special = special_output(output) if not to_stdout else None
     if special and options.resume:
         raise UsageError(f"{resume_beside}; {output} {special}, which keeps none")
+    per_residue = options.per_residue
+    if per_residue is not None:
+        _check_per_residue(per_residue, output, to_stdout, fasta)
     proteins, skipped = read_proteins(fasta, skip_invalid=options.invalid_policy == "skip")
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
@@ -179,13 +192,22 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
            f"{option('-o', 'output')}"
     with output_lock(target, busy) if to_file else contextlib.nullcontext():
         store = UnitStore(partial_folder(target), resume=options.resume, command="perplexity") if to_file else None
-        summary, rows = _score(proteins, options, store, display_name(fasta))
+        summary, rows, residue_rows = _score(proteins, options, store, display_name(fasta))
         summary.skipped = skipped + summary.skipped
-        _write_table(output, rows)
+        # (written out first, then renamed together: an interruption between the two left a new
+        # table beside an old per-residue one; the one on stdout, if any, last, once the file's
+        # table is written out)
+        tables = [(output, COLUMNS, rows)] + ([(per_residue, RESIDUE_COLUMNS, residue_rows)]
+                                              if per_residue is not None else [])
+        with staged_outputs() as staged:
+            for path, columns, table in sorted(tables, key=lambda t: t[0] is None or str(t[0]) == "-"):
+                _write_table(path, columns, table, staged=staged)
         if store is not None:
             store.remove()
     if not to_stdout:
         console.output_complete(str(output))
+    if per_residue is not None and str(per_residue) != "-":
+        console.output_complete(str(per_residue))
     left_out = f"; {console.counted(len(summary.skipped), 'protein')} left out" if summary.skipped else ""
     if not summary.residues:
         console.warn(f"perplexity: no protein scored{left_out}: the table holds its header alone")
@@ -196,12 +218,31 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     return summary
 
 
+def _check_per_residue(per_residue, output, to_stdout: bool, fasta) -> None:
+    """UsageError for a per-residue table that cannot be written beside `output`."""
+    from protrans_cli.io.files import input_named_by, output_directory, same_file
+
+    flag = option("--per-residue", "per_residue")
+    if str(per_residue) == "-":
+        if to_stdout:
+            raise UsageError(f"{option('--per-residue -', 'per_residue=' + repr('-'))} writes to stdout, where the "
+                             f"main table goes: give {option('-o FILE', 'an output file')} for it, or a file for "
+                             f"{flag}")
+        return
+    if not to_stdout and (str(per_residue) == str(output) or same_file(per_residue, output)):
+        raise UsageError(f"{flag} {per_residue} is also {option('-o', 'the output')}: give the two tables two names")
+    if input_named_by(per_residue, [fasta]):
+        raise UsageError(f"{per_residue} is also an input: writing it would replace it (choose another {flag})")
+    output_directory(per_residue)
+
+
 def _score(proteins, options: PerplexityOptions, store, name: str):
-    """(summary, rows): the model loaded, each distinct sequence scored once (in units kept by `store`)."""
+    """(summary, rows, residue rows): the model loaded, each distinct sequence scored once (in units
+    kept by `store`, each the per-residue log-probabilities of its sequences one after another)."""
     from protrans_cli.embedders import resolve_device
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import VariantScorer, _run_unit, _totals_check, _unit_key
+    from protrans_cli.variants import VariantScorer, _run_unit, _unit_key, site_sums
 
     device, dtype = resolve_device(options.device, options.dtype)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
@@ -229,34 +270,47 @@ def _score(proteins, options: PerplexityOptions, store, name: str):
                          f"{console.some_named(len(skipped), skipped[:console.NAMED])}")
         distinct = sorted({seq for _, seq in kept}, key=lambda s: (len(s), s))
         units = store.for_model(loaded, scorer) if store is not None else None
-        likelihood = {"causal": scorer.log_likelihood, "pseudo": scorer.pseudo_log_likelihood,
-                      "wt-marginals": lambda c, bar: scorer.pseudo_log_likelihood(c, bar=bar, masked=False)}[method]
+        per_site = {"causal": scorer.causal_residue_log_probs, "pseudo": scorer.residue_log_probs,
+                    "wt-marginals": lambda c, bar: scorer.residue_log_probs(c, bar=bar, masked=False)}[method]
         total = sum(len(s) for s in distinct)
         bar = console.progress(total=total, desc="scoring", unit="residue") if scorer.progress and total > 1 else None
-        values: dict[str, float] = {}
+        sites: dict[str, np.ndarray] = {}
         try:
             for chunk in _units(distinct):
-                got = _run_unit(units or _compute, _unit_key(f"perplexity-{method}", "", chunk),
-                                lambda c=chunk: likelihood(c, bar=bar), bar, sum(len(s) for s in chunk),
-                                _totals_check(len(chunk)))
-                values.update(zip(chunk, got.tolist()))
+                size = sum(len(s) for s in chunk)
+                # (a unit keeps each residue's value, the sequences' one after another: the totals are
+                # their sums, and the per-residue table reads them; "residues-" names this format, a
+                # unit of totals of an earlier version is not read as one)
+                got = _run_unit(units or _compute, _unit_key(f"perplexity-residues-{method}", "", chunk),
+                                lambda c=chunk: np.concatenate(per_site(c, bar=bar)), bar, size,
+                                _residues_check(size))
+                sites.update(zip(chunk, np.split(got, np.cumsum([len(s) for s in chunk])[:-1])))
         finally:
             if bar is not None:
                 bar.close()
+    totals = dict(zip(sites, site_sums(list(sites.values())).tolist()))
     summary = PerplexitySummary(model=loaded.name, method=method, skipped=skipped)
-    rows = []
+    rows, residue_rows = [], []
     for ident, seq in kept:
-        ll = values[seq]
+        ll = totals[seq]
         mean = ll / len(seq)
         rows.append([ident, str(len(seq)), f"{ll:.6f}", f"{mean:.6f}", f"{perplexity_of(ll, len(seq)):.6f}", method])
+        if options.per_residue is not None:
+            residue_rows.extend([ident, str(p), letter, f"{value:.6f}"]
+                                for p, (letter, value) in enumerate(zip(seq, sites[seq].tolist()), start=1))
         summary.proteins += 1
         summary.residues += len(seq)
         summary.log_likelihood += ll
-    return summary, rows
+    return summary, rows, residue_rows
 
 
 def _compute(key, compute, check=None):
     return compute()
+
+
+def _residues_check(residues: int):
+    """A kept unit: the (residues,) float64 log-probabilities of its sequences' residues."""
+    return lambda v: v.dtype == np.float64 and v.shape == (residues,)
 
 
 def _units(distinct: list[str]) -> list[list[str]]:
@@ -274,14 +328,14 @@ def _units(distinct: list[str]) -> list[list[str]]:
     return units
 
 
-def _write_table(output, rows) -> None:
+def _write_table(output, columns, rows, *, staged: list | None = None) -> None:
     from protrans_cli.io.files import atomic_output, named_delimiter
 
     delimiter = named_delimiter(output) or "\t"
-    with atomic_output(output, "wb", follow_link=True) as stream:
+    with atomic_output(output, "wb", follow_link=True, staged=staged) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows)
         text.flush()
         text.detach()
@@ -292,5 +346,5 @@ def perplexity_of(log_likelihood: float, residues: int) -> float:
     return math.exp(-log_likelihood / residues)
 
 
-__all__ = ["METHODS", "PerplexityOptions", "PerplexitySummary", "methods_of", "perplexity_of", "read_proteins",
+__all__ = ["METHODS", "RESIDUE_COLUMNS", "PerplexityOptions", "PerplexitySummary", "methods_of", "perplexity_of", "read_proteins",
            "run_perplexity"]

@@ -520,29 +520,41 @@ class VariantScorer:
         """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence).
         `masked` False: each residue's log-probability read from one unmasked pass (the wild-type
         marginals: fast, but the model sees the residue it predicts, so biased high; masked LMs
-        without a T5 decoder or XLNet's permutation)."""
+        without a T5 decoder or XLNet's permutation). The sums of `residue_log_probs`."""
+        sequences = _sequence_list(sequences, "pseudo_log_likelihood")  # (refused under its own name)
+        return site_sums(self.residue_log_probs(sequences, bar=bar, masked=masked))
+
+    def residue_log_probs(self, sequences: list[str], *, bar=None, masked: bool = True) -> list[np.ndarray]:
+        """Each sequence's (length,) float64 log p(residue | the rest), each residue masked in turn
+        (`masked` False: read from one unmasked pass, see pseudo_log_likelihood)."""
         self._refuse_reading(masked)
-        sequences = [checked_sequence(s) for s in _sequence_list(sequences, "pseudo_log_likelihood")]
-        totals = np.zeros(len(sequences))
+        sequences = [checked_sequence(s) for s in _sequence_list(sequences, "residue_log_probs")]
+        out: list[np.ndarray] = []
         # (a few sequences at a time: every site's (V,) row of them all was held at once, 0.4 GB for
         # 10,000 mutants of 300 residues)
         for first in range(0, len(sequences), MUTANTS_PER_UNIT):
             part = sequences[first:first + MUTANTS_PER_UNIT]
             sites = [(s, p) for s, seq in enumerate(part) for p in range(len(seq))]
             log_probs = self.site_log_probs(part, sites, masked=masked, bar=bar)
-            ids = np.array([self.token_id(part[s][p]) for s, p in sites])
-            picked = log_probs[np.arange(len(sites)), ids].astype(np.float64)
-            np.add.at(totals, first + np.array([s for s, _ in sites]), picked)
-        return totals
+            ids = np.array([self.token_id(part[s][p]) for s, p in sites], dtype=np.int64)
+            picked = log_probs[np.arange(len(sites)), ids].astype(np.float64) if sites else np.zeros(0)
+            out.extend(np.split(picked, np.cumsum([len(seq) for seq in part])[:-1]))
+        return out
 
     def log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:
         """A causal LM's log-likelihood of each sequence, sum over residues of log p(residue | those
-        before it) (float64 per sequence); sequences of one length share passes."""
+        before it) (float64 per sequence): the sums of `causal_residue_log_probs`."""
+        sequences = _sequence_list(sequences, "log_likelihood")  # (refused under its own name)
+        return site_sums(self.causal_residue_log_probs(sequences, bar=bar))
+
+    def causal_residue_log_probs(self, sequences: list[str], *, bar=None) -> list[np.ndarray]:
+        """A causal LM's (length,) float64 log p(residue | those before it) of each sequence;
+        sequences of one length share passes."""
         torch = self._torch
-        sequences = [checked_sequence(s) for s in _sequence_list(sequences, "log_likelihood")]
+        sequences = [checked_sequence(s) for s in _sequence_list(sequences, "causal_residue_log_probs")]
         for seq in sequences:
             self.check_length(seq)  # (over --max-length: refused, a causal LM is not read in windows)
-        totals = np.zeros(len(sequences))
+        out: list[np.ndarray | None] = [None] * len(sequences)
         for batch in self._batches(sequences, [(k,) for k in range(len(sequences))]):
             part = [k for k, in batch]
             encoded = [self._encode_window(sequences[k], 0) for k in part]
@@ -552,12 +564,12 @@ class VariantScorer:
                     # the logits before a token predict it
                     rows = logits[b, (token_at - 1).to(logits.device)].float().log_softmax(-1)
                     picked = rows.gather(1, ids[token_at].to(rows.device)[:, None])
-                    # (summed in float64 on the host: Apple's GPU (MPS) has no float64)
-                    totals[part[b]] = float(picked.cpu().double().sum())
+                    # (float64 on the host: Apple's GPU (MPS) has no float64)
+                    out[part[b]] = picked[:, 0].cpu().numpy().astype(np.float64)
             del logits
             if bar is not None:
                 bar.update(sum(len(sequences[k]) for k in part))
-        return totals
+        return out
 
     def _likelihood_scores(self, sequence, variants, scorable, scores, store):
         """pseudo-ppl (a masked LM) or log-likelihood (a causal one): each distinct mutant's less the
@@ -596,6 +608,13 @@ MUTANTS_PER_UNIT = 64   # mutants whose pseudo-log-likelihoods one unit computes
 
 def _compute(key, compute, check=None):
     return compute()
+
+
+def site_sums(per_site: list[np.ndarray]) -> np.ndarray:
+    """(len(per_site),) float64: each array's values added in order, left to right (the sums a
+    likelihood's units keep, the same to the last bit however the values were grouped)."""
+    return np.array([float(np.add.accumulate(values)[-1]) if len(values) else 0.0 for values in per_site],
+                    dtype=np.float64)
 
 
 def _log_probs_check(rows: int, width: int | None):

@@ -40,6 +40,10 @@ def _table(text: str, delimiter: str = "\t") -> list[dict]:
 
 def _plain_pll(model_dir, family_name: str, sequence: str) -> float:
     """Mask residue i, log_softmax at it, pick the true token, sum: plain transformers."""
+    return sum(_plain_pll_sites(model_dir, family_name, sequence))
+
+
+def _plain_pll_sites(model_dir, family_name: str, sequence: str) -> list[float]:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -48,17 +52,21 @@ def _plain_pll(model_dir, family_name: str, sequence: str) -> float:
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     residue_ids = tokenizer.convert_tokens_to_ids(list(sequence))
     start = next(i for i in range(ids.shape[1]) if ids[0, i:i + len(sequence)].tolist() == residue_ids)
-    total = 0.0
+    sites = []
     with torch.no_grad():
         for i in range(len(sequence)):
             masked = ids.clone()
             masked[0, start + i] = tokenizer.mask_token_id
             lp = model(input_ids=masked).logits[0, start + i].log_softmax(-1)
-            total += float(lp[residue_ids[i]])
-    return total
+            sites.append(float(lp[residue_ids[i]]))
+    return sites
 
 
 def _plain_unmasked(model_dir, sequence: str) -> float:
+    return sum(_plain_unmasked_sites(model_dir, sequence))
+
+
+def _plain_unmasked_sites(model_dir, sequence: str) -> list[float]:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -67,7 +75,34 @@ def _plain_unmasked(model_dir, sequence: str) -> float:
     residue_ids = tokenizer.convert_tokens_to_ids(list(sequence))
     with torch.no_grad():
         lp = model(input_ids=ids).logits[0, 1:1 + len(sequence)].log_softmax(-1)
-    return float(sum(lp[i, t] for i, t in enumerate(residue_ids)))
+    return [float(lp[i, t]) for i, t in enumerate(residue_ids)]
+
+
+def _plain_causal_sites(model_dir, sequence: str) -> list[float]:
+    """AutoModelForCausalLM: the logits before each residue's token, over `<s> residues </s>`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    ids = tokenizer(" ".join(sequence), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        lp = model(input_ids=ids).logits[0].log_softmax(-1)
+    return [float(lp[t - 1, ids[0, t]]) for t in range(1, len(sequence) + 1)]
+
+
+def _check_per_residue(rows, sites: list[dict], want: dict, tolerance: float):
+    """The per-residue table: each protein's residues in input order, 1-based, each value the plain
+    reference's, and their sum the protein's log_likelihood of the main table."""
+    assert [(r["id"], int(r["position"]), r["residue"]) for r in sites] == [
+        (row["id"], p, letter) for row in rows for p, letter in enumerate(SEQS[row["id"]], start=1)]
+    for row in rows:
+        seq = SEQS[row["id"]]
+        values = [float(r["log_probability"]) for r in sites if r["id"] == row["id"]]
+        np_values = torch.tensor(values, dtype=torch.float64)
+        assert torch.allclose(np_values, torch.tensor(want[seq], dtype=torch.float64), rtol=0, atol=tolerance), (
+            row["id"], values, want[seq])
+        # (the table's values rounded to 6 decimals: their sum within half a unit of that a residue)
+        assert sum(values) == pytest.approx(float(row["log_likelihood"]), abs=5e-7 * len(seq) + 1e-6)
 
 
 def _check_rows(rows, want: dict, method: str, tolerance: float):
@@ -91,17 +126,17 @@ def test_pseudo_perplexity_equals_a_plain_transformers_loop(run_cli, tmp_path, t
     model = tiny_models[family_name]
     fasta = _fasta(tmp_path / "in.fa")
     calls = []
-    original = VariantScorer.pseudo_log_likelihood
+    original = VariantScorer.residue_log_probs
 
     def counting(self, sequences, **kwargs):
         calls.extend(sequences)
         return original(self, sequences, **kwargs)
 
-    VariantScorer.pseudo_log_likelihood = counting
+    VariantScorer.residue_log_probs = counting
     try:
         r = run_cli("perplexity", fasta, "-m", model)
     finally:
-        VariantScorer.pseudo_log_likelihood = original
+        VariantScorer.residue_log_probs = original
     assert r.exit_code == 0, r.stderr
     assert sorted(calls) == sorted(set(SEQS.values()))  # p3 is p1: computed once
     want = {seq: _plain_pll(model, family_name, seq) for seq in set(SEQS.values())}
@@ -256,17 +291,18 @@ def test_long_proteins_error_skip_or_window(run_cli, tmp_path, tiny_models):
 
 
 def test_an_interrupted_run_goes_on_with_resume_to_the_same_table(run_cli, tmp_path, tiny_models, monkeypatch):
-    """A Ctrl-C after two units: exit 130 naming --resume, no table, the units kept in
-    OUT.partial/; --resume computes the rest only and writes the uninterrupted table."""
+    """A Ctrl-C after two units: exit 130 naming --resume, no table (nor per-residue table), the
+    units kept in OUT.partial/; --resume computes the rest only and writes the uninterrupted tables
+    (the kept units hold each residue's value: a --per-residue given on the resume alone is whole)."""
     import protrans_cli.perplexity as perplexity
     from protrans_cli.variants import VariantScorer
 
     monkeypatch.setattr(perplexity, "PROTEINS_PER_UNIT", 1)
     model = tiny_models["esm"]
     fasta = _fasta(tmp_path / "in.fa")
-    whole = run_cli("perplexity", fasta, "-m", model, "-o", tmp_path / "w.tsv")
+    whole = run_cli("perplexity", fasta, "-m", model, "-o", tmp_path / "w.tsv", "--per-residue", tmp_path / "ws.tsv")
     assert whole.exit_code == 0, whole.stderr
-    original = VariantScorer.pseudo_log_likelihood
+    original = VariantScorer.residue_log_probs
     calls = []
 
     def counting(self, *args, **kwargs):
@@ -275,20 +311,22 @@ def test_an_interrupted_run_goes_on_with_resume_to_the_same_table(run_cli, tmp_p
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(VariantScorer, "pseudo_log_likelihood", counting)
+    monkeypatch.setattr(VariantScorer, "residue_log_probs", counting)
     out = tmp_path / "o.tsv"
     interrupt = True
-    r = run_cli("perplexity", fasta, "-m", model, "-o", out)
+    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--per-residue", tmp_path / "s.tsv")
     assert r.exit_code == 130 and "--resume" in r.stderr and "o.tsv.partial" in r.stderr
+    assert not (tmp_path / "s.tsv").exists()
     assert not out.exists() and len(list((tmp_path / "o.tsv.partial").glob("*.npy"))) == 2
     interrupt = False
     r = run_cli("perplexity", fasta, "-m", model, "-o", out)
     assert r.exit_code == 2 and "--resume goes on with it" in r.stderr
     calls.clear()
-    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--resume")
+    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--resume", "--per-residue", tmp_path / "s.tsv")
     assert r.exit_code == 0, r.stderr
     assert "2 units of work kept" in r.stderr and len(calls) == 1  # 3 distinct sequences, 2 kept
     assert out.read_text() == (tmp_path / "w.tsv").read_text()
+    assert (tmp_path / "s.tsv").read_text() == (tmp_path / "ws.tsv").read_text()
     assert not (tmp_path / "o.tsv.partial").exists()
     # a variants run's folder is not perplexity's work
     (tmp_path / "v.tsv.partial").mkdir()
@@ -309,3 +347,120 @@ def test_help_lists_the_command_and_its_help_imports_no_torch(run_cli):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "--method [pseudo|causal|wt-marginals]" in done.stdout, done.stdout + done.stderr
     assert done.stderr.strip().endswith("False"), done.stderr
+
+
+@pytest.mark.parametrize("method", ["pseudo", "wt-marginals", "causal"])
+def test_per_residue_log_probabilities_are_the_plain_loops_and_sum_to_the_table(run_cli, tmp_path, tiny_models,
+                                                                                 method):
+    """--per-residue: a row a residue in input order (p3, p1's sequence, computed once but written
+    under its own id), each value the plain transformers reference's for the method, summing to
+    the protein's log_likelihood; computed from the same passes (no call beyond the table's)."""
+    from protrans_cli.variants import VariantScorer
+
+    family = "transfo_xl" if method == "causal" else "esm"
+    model = tiny_models[family]
+    fasta = _fasta(tmp_path / "in.fa")
+    name = "causal_residue_log_probs" if method == "causal" else "residue_log_probs"
+    original = getattr(VariantScorer, name)
+    calls = []
+
+    def counting(self, sequences, **kwargs):
+        calls.extend(sequences)
+        return original(self, sequences, **kwargs)
+
+    setattr(VariantScorer, name, counting)
+    try:
+        r = run_cli("perplexity", fasta, "-m", model, "--method", method, "-o", tmp_path / "o.tsv",
+                    "--per-residue", tmp_path / "sites.csv")
+    finally:
+        setattr(VariantScorer, name, original)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(calls) == sorted(set(SEQS.values()))
+    reference = {"pseudo": lambda s: _plain_pll_sites(model, "esm", s),
+                 "wt-marginals": lambda s: _plain_unmasked_sites(model, s),
+                 "causal": lambda s: _plain_causal_sites(model, s)}[method]
+    want = {seq: reference(seq) for seq in set(SEQS.values())}
+    rows = _table((tmp_path / "o.tsv").read_text())
+    text = (tmp_path / "sites.csv").read_text()
+    assert text.splitlines()[0] == "id,position,residue,log_probability"  # (a .csv name: commas)
+    _check_per_residue(rows, _table(text, ","), want, 1e-4 if method == "causal" else 1e-5)
+    # on stdout when the main table goes to a file; a usage error when both would
+    r = run_cli("perplexity", fasta, "-m", model, "--method", method, "-o", tmp_path / "o2.tsv", "--per-residue", "-")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == text.replace(",", "\t")
+    assert (tmp_path / "o2.tsv").read_text() == (tmp_path / "o.tsv").read_text()
+
+
+def test_per_residue_refusals_leave_no_output(run_cli, tmp_path, tiny_models):
+    model = tiny_models["esm"]
+    fasta = _fasta(tmp_path / "in.fa")
+    out = tmp_path / "o.tsv"
+    r = run_cli("perplexity", fasta, "-m", model, "--per-residue", "-")
+    assert r.exit_code == 2 and "--per-residue -" in r.stderr and "stdout" in r.stderr and not r.stdout, r.stderr
+    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--per-residue", out)
+    assert r.exit_code == 2 and "is also -o" in r.stderr and not out.exists(), r.stderr
+    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--per-residue", fasta)
+    assert r.exit_code == 2 and "is also an input" in r.stderr and not out.exists(), r.stderr
+    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--per-residue", tmp_path / "no" / "such" / "s.tsv")
+    assert r.exit_code != 0 and not out.exists(), r.stderr
+    from protrans_cli.errors import UsageError
+    from protrans_cli.perplexity import PerplexityOptions
+
+    with pytest.raises(UsageError, match="per_residue"):
+        PerplexityOptions(model=str(model), per_residue=3).validate()
+
+
+def test_the_scorers_likelihoods_are_the_sums_of_its_per_residue_values(tiny_models):
+    """One code path: pseudo_log_likelihood and log_likelihood are the sums, in order, of
+    residue_log_probs and causal_residue_log_probs (what variants' pseudo-ppl units keep)."""
+    import numpy as np
+
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    seqs = [SEQS["p2"], SEQS["p4"]]
+    for family, sums, sites in (("esm", "pseudo_log_likelihood", "residue_log_probs"),
+                                ("transfo_xl", "log_likelihood", "causal_residue_log_probs")):
+        scorer = VariantScorer(load_model(str(tiny_models[family]), masked_lm=True), progress=False)
+        per_site = getattr(scorer, sites)(seqs)
+        assert [len(v) for v in per_site] == [len(s) for s in seqs]
+        assert all(v.dtype == np.float64 for v in per_site)
+        totals = getattr(scorer, sums)(seqs)
+        assert totals.dtype == np.float64
+        assert totals.tolist() == [sum(v.tolist()) for v in per_site]  # (in order: to the last bit)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_on_a_gpu_the_tables_are_the_cpus_within_its_precision(tmp_path, dtype):
+    """Perplexity on cuda (pseudo and wt-marginals, with --per-residue) against the CPU's float32
+    tables for a tiny ESM-2: bfloat16 to 0.1 a residue (variants' GPU test's tolerance), float32
+    to 1e-4."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from pathlib import Path
+
+    from protrans_cli.perplexity import PerplexityOptions, run_perplexity
+
+    reference = Path(__file__).parent / "data" / "esm_reference"
+    lines = (reference / "input.fa").read_text().split()
+    proteins = {lines[i][1:]: lines[i + 1] for i in range(0, len(lines), 2) if lines[i][1:] != "long"}
+    fasta = _fasta(tmp_path / "in.fa", proteins)
+    tolerance = 0.1 if dtype == "bfloat16" else 1e-4
+    for method in ("pseudo", "wt-marginals"):
+        tables = {}
+        for where, device, compute in (("cpu", "cpu", "float32"), ("gpu", "cuda", dtype)):
+            out, sites = tmp_path / f"{where}-{method}.tsv", tmp_path / f"{where}-{method}-sites.tsv"
+            options = PerplexityOptions(model=str(reference), method=method, device=device, dtype=compute,
+                                        per_residue=str(sites))
+            run_perplexity(fasta, out, options)
+            tables[where] = _table(out.read_text()), _table(sites.read_text())
+        (cpu_rows, cpu_sites), (gpu_rows, gpu_sites) = tables["cpu"], tables["gpu"]
+        assert [r["id"] for r in gpu_rows] == [r["id"] for r in cpu_rows] == list(proteins)
+        assert [(r["id"], r["position"]) for r in gpu_sites] == [(r["id"], r["position"]) for r in cpu_sites]
+        for a, b in zip(gpu_sites, cpu_sites):
+            assert float(a["log_probability"]) == pytest.approx(float(b["log_probability"]), abs=tolerance), (method, a)
+        for a, b in zip(gpu_rows, cpu_rows):
+            assert float(a["mean_log_likelihood"]) == pytest.approx(float(b["mean_log_likelihood"]), abs=tolerance)
+            assert float(a["log_likelihood"]) == pytest.approx(float(b["log_likelihood"]),
+                                                               abs=tolerance * int(b["length"]))

@@ -14,6 +14,10 @@ from protrans_cli.cli import INPUT_FILE, completion
 @click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="The table to write, a row a protein (TSV; CSV for a .csv name; .gz compresses); - for stdout.")
+@click.option("--per-residue", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Also write a row a residue: id, position (from 1), residue, log_probability (its natural "
+                   "log-probability under --method; a protein's sum is its log_likelihood), from the same passes "
+                   "(TSV; CSV for a .csv name); - for stdout when -o names a file.")
 @click.option("-m", "--model", default="esm2_t33_650M_UR50D", shell_complete=completion.weights,
               help="A language model with its head: short name (see `protrans models`), model directory or hub id.")
 @click.option("--method", type=click.Choice(["pseudo", "causal", "wt-marginals"]), default=None,
@@ -44,7 +48,7 @@ from protrans_cli.cli import INPUT_FILE, completion
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-def command(fasta, output, model, method, revision, device, dtype, max_tokens, max_length, long_policy,
+def command(fasta, output, per_residue, model, method, revision, device, dtype, max_tokens, max_length, long_policy,
             invalid_policy, resume, threads):
     """Per-protein (pseudo-)perplexity of a FASTA under a language model.
 
@@ -54,11 +58,13 @@ def command(fasta, output, model, method, revision, device, dtype, max_tokens, m
     compare models by on held-out proteins. Lower is better. Masked LMs (ESM, ProtBert,
     ProtAlbert, ProtT5 with its decoder, ProtXLNet, ...) read each residue masked in turn
     (pseudo-perplexity); Transformer-XL (causal) reads left to right. Identical sequences are
-    computed once; FASTA `-` is stdin, .gz is read.
+    computed once; FASTA `-` is stdin, .gz is read. --per-residue FILE shows where a protein is
+    unlikely: each residue's log-probability, a row a residue.
 
     \b
     protrans perplexity designs.fa -m esm2_t33_650M_UR50D -o scores.tsv
     protrans perplexity heldout.fa -m runs/my_model --method pseudo > heldout.tsv
+    protrans perplexity designs.fa -m esm2_t6_8M_UR50D -o scores.tsv --per-residue sites.tsv
     """
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.perplexity import PerplexityOptions, run_perplexity
@@ -67,7 +73,8 @@ def command(fasta, output, model, method, revision, device, dtype, max_tokens, m
 
     options = PerplexityOptions(model=model, method=method, revision=revision, device=device, dtype=dtype,
                                 max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
-                                invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads))
+                                invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads),
+                                per_residue=per_residue)
     kept = partial_folder(output) if output not in (None, "-") else None
     try:
         run_perplexity(fasta, output, options)
