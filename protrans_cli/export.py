@@ -463,6 +463,11 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
     console.output_complete(folder)
     for _, plan in plans:
         plan.warn_non_finite()
+    if holds_complexes(reader) and any(p.kind == PER_RESIDUE and not p.pooled for _, p in plans):
+        # (fair-esm has no chain breaks: written as the rows stand, said once, as the .npz keeps them)
+        console.info(f"{reader.path} holds complexes (embed --chains {_text(reader.attrs.get('chains'))}): "
+                     "esm-extract's files have no chain breaks, so a complex's representations are its chains' "
+                     "residues in order, its chain lengths not written (an .npz export keeps them)")
     dim = plans[0][1].dim if plans else 0
     console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(f for f, _ in plans)}; {dim} "
                  f"dimensions, layer"
@@ -600,6 +605,8 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
             return [first] + [one(ident, o, len(first)) for o in outputs[1:]]
 
         columns = [f"{o}:{c}" for o in outputs for c in classes[o]]
+        # complexes (predict on embed --chains' file: a `chains` attribute on each complex's dataset)
+        chains = _probability_chains(f[outputs[0]], order, path)
         rows = 0
         with atomic_output(output, follow_link=True) as stream:
             if fmt == "npz":
@@ -607,6 +614,10 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
                 metadata = {"source": os.path.abspath(str(path)), "task": facts.get("task"), "classes": classes}
                 with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
                     _index_members(archive, order, lengths, metadata)
+                    if chains is not None:  # (as an embeddings file's .npz has them)
+                        every = [chains.get(i) or [int(n)] for i, n in zip(order, lengths)]
+                        _member(archive, "chain_counts", np.array([len(c) for c in every], dtype=np.int64))
+                        _member(archive, "chains", np.array([n for c in every for n in c], dtype=np.int64))
                     for o in outputs:  # (an output at a time: a member is written whole)
                         with archive.open(o + ".npy", "w", force_zip64=True) as member:
                             member.write(_npy_header(np.dtype(np.float32), (int(lengths.sum()), len(classes[o]))))
@@ -618,13 +629,23 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
             else:
                 sep = "\t" if fmt == "tsv" else ","
                 numbers = sep.join([_number_format(np.dtype(np.float32), digits)] * len(columns))
-                stream.write((sep.join(["id", "position", *(_field(c, fmt) for c in columns)]) + "\n").encode())
+                places = ["chain", "chain_position"] if chains is not None else []
+                stream.write((sep.join(["id", "position", *places, *(_field(c, fmt) for c in columns)]) + "\n").encode())
                 for ident in console.progress(order, desc="export", unit="protein"):
                     _stop_if_signalled()
                     table = np.concatenate(arrays(ident), axis=1)
                     name = _field(ident, fmt)
-                    stream.write("".join(f"{name}{sep}{i + 1}{sep}{numbers % tuple(row)}\n"
-                                         for i, row in enumerate(table.tolist())).encode("utf-8"))
+                    if chains is None:
+                        stream.write("".join(f"{name}{sep}{i + 1}{sep}{numbers % tuple(row)}\n"
+                                             for i, row in enumerate(table.tolist())).encode("utf-8"))
+                    else:
+                        lengths = chains.get(ident) or [len(table)]
+                        if sum(lengths) != len(table):
+                            raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) does not add up "
+                                             f"to its {len(table)} rows (damaged)", path=str(path), record=ident)
+                        stream.write("".join(f"{name}{sep}{i + 1}{sep}{c}{sep}{k}{sep}{numbers % tuple(row)}\n"
+                                             for i, ((c, k), row) in enumerate(zip(_chain_places(lengths),
+                                                                                   table.tolist()))).encode("utf-8"))
                     rows += len(table)
             _stop_if_signalled()
     shown = "stdout" if output is None or str(output) == "-" else str(output)
@@ -634,6 +655,23 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
     console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(outputs)} probabilities, "
                  f"{rows:,} residues) into {shown}")
     return Exported(len(order), rows, "probabilities", len(columns), fmt)
+
+
+def _probability_chains(group, order: list[str], path) -> dict[str, list[int]] | None:
+    """{id: chain lengths} of the complexes among a probabilities file's proteins `order` (their
+    datasets' `chains` attribute, predict's on a file of embed --chains), None where none is."""
+    from protrans_cli.io.h5 import dataset_attrs, escape_key
+
+    chains = {}
+    for ident in order:
+        attrs, _ = dataset_attrs(group, escape_key(ident))
+        if "chains" in attrs:
+            lengths = [int(n) for n in np.atleast_1d(attrs["chains"])]
+            if min(lengths, default=0) < 1:
+                raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) holds no chain, or an "
+                                 "empty one (damaged)", path=str(path), record=ident)
+            chains[ident] = lengths
+    return chains or None
 
 
 def _class_names(recorded) -> list[str]:
@@ -814,6 +852,9 @@ class _Plan:
             if self.dtype.kind != "f":
                 raise InputError(f"holds {self.dtype} arrays, not floating-point embeddings", path=reader.path)
         self.dim = int(shape[-1])
+        # a file of complexes (embed --chains linker or separate), read per residue: its tables say
+        # each row's chain (a stacked file holds per-protein vectors only)
+        self.complexes = not self.per_protein and not pooled and holds_complexes(reader)
         self.non_finite: list[str] = []  # proteins whose pooled mean is not finite (rows of inf or NaN)
         if pooled:
             self.dtype = np.dtype(np.float32)
@@ -885,16 +926,34 @@ class _Plan:
 
         if self.sequences is None:
             return None
-        try:
-            letters = normalise(self.sequences[ident], rare="keep")
+        sequence = self.sequences[ident]
+        try:  # (a complex's chains each, their ':'s dropped as embed drops them: no row is a ':')
+            letters = "".join(normalise(chain, rare="keep") for chain in sequence.split(":"))
         except SequenceRejected:
-            letters = self.sequences[ident].upper()
+            letters = sequence.upper().replace(":", "")
         # more letters than rows: a protein embed truncated (its first rows), else another sequence
         # (a file without checksums: the residue column named the rows after a longer sequence's)
         if len(letters) < rows or (len(letters) > rows and self._cut(ident) is None):
             raise InputError(f"{rows} residue rows, where the FASTA's sequence has {len(letters)} residues",
                              path=self.reader.path, record=ident)
         return letters[:rows]
+
+    def chains(self, ident: str, rows: int) -> list[int] | None:
+        """The chain lengths of the protein's rows where the file holds complexes (`complexes`:
+        its `chains` attribute linker or separate): a complex's `chains` attribute, one chain of
+        all its rows for any other protein; None for a file without complexes."""
+        if not self.complexes:
+            return None
+        from protrans_cli.io.h5 import dataset_attrs
+
+        attrs, _ = dataset_attrs(self.reader._group(self.kind), self.reader.key_for(ident, self.kind))
+        if "chains" not in attrs:
+            return [rows]
+        lengths = [int(n) for n in np.atleast_1d(attrs["chains"])]
+        if sum(lengths) != rows or min(lengths, default=0) < 1:
+            raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) does not add up to its {rows} "
+                             "residue rows (damaged)", path=self.reader.path, record=ident)
+        return lengths
 
     def _cut(self, ident: str) -> int | None:
         """The full length of a protein embed truncated (`truncated_from`), else None."""
@@ -928,7 +987,9 @@ def _write_table(stream, plan: _Plan, kind: str, fmt: str, digits: int | None) -
     dims = [f"dim_{i}" for i in range(plan.dim)]
     per_protein = kind == PER_PROTEIN
     residue_column = not per_protein and plan.sequences is not None
-    head = ["id", *([] if per_protein else ["position"]), *(["residue"] if residue_column else []), *dims]
+    chain_columns = not per_protein and plan.complexes  # (a file of complexes: each row's chain and place in it)
+    head = ["id", *([] if per_protein else ["position"]), *(["residue"] if residue_column else []),
+            *(["chain", "chain_position"] if chain_columns else []), *dims]
     stream.write((sep.join(head) + "\n").encode())
     rows = 0
     for ident in console.progress(plan.order, desc="export", unit="protein"):
@@ -940,16 +1001,30 @@ def _write_table(stream, plan: _Plan, kind: str, fmt: str, digits: int | None) -
             rows += 1
         else:
             letters = plan.residues(ident, len(array)) if residue_column else None
+            places = _chain_places(plan.chains(ident, len(array))) if chain_columns else None
             lines = []
             for i, row in enumerate(array.tolist()):
                 cells = [name, str(i + 1)]
                 if letters is not None:
                     cells.append(letters[i])
+                if places is not None:
+                    cells += places[i]
                 lines.append(sep.join(cells) + sep + numbers % tuple(row))
             text = "".join(line + "\n" for line in lines)
             rows += len(array)
         stream.write(text.encode("utf-8"))
     return rows
+
+
+def holds_complexes(reader) -> bool:
+    """Whether an embeddings file may hold complexes (its `chains` attribute linker or separate:
+    embed --chains; a complex's datasets then carry their chain lengths)."""
+    return _text(reader.attrs.get("chains")) not in (None, "error") and reader.layout != "stacked"
+
+
+def _chain_places(lengths) -> list[tuple[str, str]]:
+    """(chain, position in the chain), both 1-based as text, of each row of chains of `lengths`."""
+    return [(str(c), str(i)) for c, n in enumerate(lengths, 1) for i in range(1, n + 1)]
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -1029,7 +1104,7 @@ def _chain_members(reader, plan: _Plan) -> tuple[np.ndarray, np.ndarray] | None:
     attribute linker or separate: each complex's dataset has a `chains` attribute), else None."""
     from protrans_cli.io.h5 import PER_RESIDUE, dataset_attrs, stored_length
 
-    if _text(reader.attrs.get("chains")) in (None, "error") or reader.layout == "stacked":
+    if not holds_complexes(reader):
         return None
     group, counts, chains = reader._group(plan.kind), [], []
     for ident in plan.order:

@@ -302,3 +302,48 @@ def test_export_npz_keeps_each_complexs_chains(run_cli, tmp_path, kind):
     assert run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.npz", flag).exit_code == 0
     with np.load(tmp_path / "p.npz") as npz:
         assert "chains" not in npz.files and "chain_counts" not in npz.files
+
+
+def test_export_table_says_each_residues_chain(run_cli, tmp_path):
+    """A per-residue table of a complexes file has `chain` and `chain_position` (1-based) beside
+    `position`; with a FASTA its residue column holds the chains' letters (no ':' row). A file of
+    no complexes, and a per-protein table, keep their columns."""
+    import csv
+
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "linker").exit_code == 0
+    r = run_cli("export", h5, "-o", tmp_path / "e.tsv", "--per-residue", "--ids", COMPLEXES)
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.reader(open(tmp_path / "e.tsv"), delimiter="\t"))
+    assert rows[0][:6] == ["id", "position", "residue", "chain", "chain_position", "dim_0"]
+    by_id: dict = {}
+    for row in rows[1:]:
+        by_id.setdefault(row[0], []).append(row[1:5])
+    for ident, chains in (("heavy_light", (HEAVY, LIGHT)), ("copy", (HEAVY, LIGHT)), ("trimer", TRIMER),
+                          ("joined", (HEAVY + LIGHT,))):
+        expected = [[letter, str(c), str(k)] for c, chain in enumerate(chains, 1) for k, letter in enumerate(chain, 1)]
+        assert by_id[ident] == [[str(i), *e] for i, e in enumerate(expected, 1)], ident
+    with EmbeddingsReader(h5) as reader:
+        rows_of = {i: a for i, a, _ in reader.items(PER_RESIDUE)}
+    got = np.array([[float(x) for x in row[5:]] for row in rows[1:] if row[0] == "trimer"])
+    np.testing.assert_array_equal(got, rows_of["trimer"])
+    # per protein: no chain columns; a file of no complexes: the columns it always had
+    assert run_cli("export", h5, "-o", tmp_path / "p.tsv").exit_code == 0
+    assert open(tmp_path / "p.tsv").readline().startswith("id\tdim_0\t")
+    plain = tmp_path / "plain.fa"
+    plain.write_text(f">a\n{HEAVY}\n")
+    assert run_cli("embed", plain, "-m", "onehot", "-o", tmp_path / "q.h5").exit_code == 0
+    assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.csv", "--per-residue").exit_code == 0
+    assert open(tmp_path / "q.csv").readline().startswith("id,position,dim_0,")
+
+
+def test_export_esm_notes_the_chain_breaks_are_lost(run_cli, tmp_path):
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "separate").exit_code == 0
+    r = run_cli("export", h5, "--format", "esm", "-o", tmp_path / "esm")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("no chain breaks") == 1 and "an .npz export keeps them" in r.stderr
+    entry = torch.load(tmp_path / "esm" / "trimer.pt", weights_only=True)
+    assert entry["representations"][0].shape == (23, 21)  # (the chains' rows, in order)
+    r = run_cli("export", h5, "--format", "esm", "-o", tmp_path / "esm2", "--per-protein")
+    assert r.exit_code == 0 and "no chain breaks" not in r.stderr  # (vectors: no rows to place)

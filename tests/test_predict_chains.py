@@ -181,3 +181,64 @@ def test_chains_read_from_the_file_equal_the_cached_rows(tmp_path, run_cli):
                 start = getattr(piece, "start", 0)
                 np.testing.assert_array_equal(batch.x[row, :piece.length].numpy(),
                                               whole[piece.id][start:start + piece.length])
+
+
+def test_predict_sequences_takes_chains(ss3_head, tmp_path, run_cli):
+    """The Python API reads complexes as predict --fasta does: each chain a protein of its own,
+    labels with the record's ':'s, probabilities of all the chains' rows; the same as predict
+    --fasta writes, and as the chains predicted as separate proteins."""
+    from protrans_cli import predict_sequences
+    from protrans_cli.errors import InputError
+
+    sequences = {"heavy_light": f"{HEAVY}:{LIGHT}", "trimer": ":".join(TRIMER), "joined": HEAVY + LIGHT}
+    with pytest.raises(InputError, match="chains"):
+        predict_sequences(ss3_head, sequences, threads=1)
+    alone = predict_sequences(ss3_head, {"h": HEAVY, "l": LIGHT, **{f"t{i}": c for i, c in enumerate(TRIMER)}},
+                              threads=1)
+    assert run_cli("predict", ss3_head, "--fasta", COMPLEXES, "-o", tmp_path / "p.fa", "--chains", "separate",
+                   "--probabilities", tmp_path / "p.h5").exit_code == 0
+    written, probs = _states(tmp_path / "p.fa"), _probabilities(tmp_path / "p.h5")
+    for chains in ("separate", "linker"):
+        got = predict_sequences(ss3_head, sequences, chains=chains, linker_length=5, threads=1)
+        hl = got["heavy_light"]["ss3"]
+        assert hl.labels == f"{alone['h']['ss3'].labels}:{alone['l']['ss3'].labels}" == written["heavy_light"]
+        np.testing.assert_allclose(hl.probabilities, np.concatenate([alone["h"]["ss3"].probabilities,
+                                                                     alone["l"]["ss3"].probabilities]), atol=1e-6)
+        np.testing.assert_allclose(hl.probabilities, probs["heavy_light"][0], atol=1e-6)
+        assert got["trimer"]["ss3"].labels == ":".join(alone[f"t{i}"]["ss3"].labels for i in range(3))
+        assert got["joined"]["ss3"].labels == written["joined"] and ":" not in written["joined"]
+    as_list = predict_sequences(ss3_head, list(sequences.values()), chains="separate", threads=1)
+    assert [r["ss3"].labels for r in as_list] == [written[k] for k in sequences]
+
+
+def test_export_of_probabilities_keeps_the_chains(run_cli, ss3_head, tmp_path):
+    """A probabilities file of complexes exports with each row's chain and place in it (a table),
+    or each protein's chain lengths (an .npz), as an embeddings file does."""
+    h5 = tmp_path / "c.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "separate").exit_code == 0
+    assert run_cli("predict", ss3_head, "--embeddings", h5, "--probabilities", tmp_path / "p.h5").exit_code == 0
+    r = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.tsv")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.reader(open(tmp_path / "p.tsv"), delimiter="\t"))
+    assert rows[0][:4] == ["id", "position", "chain", "chain_position"] and rows[0][4].startswith("ss3:")
+    trimer = [(int(r[1]), int(r[2]), int(r[3])) for r in rows[1:] if r[0] == "trimer"]
+    expected = [(c, k) for c, chain in enumerate(TRIMER, 1) for k in range(1, len(chain) + 1)]
+    assert trimer == [(i, c, k) for i, (c, k) in enumerate(expected, 1)]
+    assert {(r[2], r[3]) for r in rows[1:] if r[0] == "joined"} == {("1", str(k)) for k in range(1, 36)}
+    probs = _probabilities(tmp_path / "p.h5")
+    table = np.array([[float(x) for x in r[4:]] for r in rows[1:] if r[0] == "trimer"])
+    np.testing.assert_allclose(table, probs["trimer"][0], rtol=1e-6)
+    assert run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.npz").exit_code == 0
+    with np.load(tmp_path / "p.npz") as npz:
+        starts = np.concatenate([[0], np.cumsum(npz["chain_counts"])])
+        got = {i: list(npz["chains"][starts[k]:starts[k + 1]]) for k, i in enumerate(npz["ids"])}
+    assert got == {"heavy_light": [22, 13], "copy": [22, 13], "joined": [35], "trimer": [9, 11, 3]}
+    # probabilities of proteins of one chain: the columns as before
+    plain = tmp_path / "plain.fa"
+    plain.write_text(f">a\n{HEAVY}\n")
+    assert run_cli("predict", ss3_head, "--fasta", plain, "--probabilities", tmp_path / "q.h5").exit_code == 0
+    assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.tsv").exit_code == 0
+    assert open(tmp_path / "q.tsv").readline().startswith("id\tposition\tss3:")
+    assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.npz").exit_code == 0
+    with np.load(tmp_path / "q.npz") as npz:
+        assert "chains" not in npz.files

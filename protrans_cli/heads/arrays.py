@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import UsageError, expect_path, whole_number
 from protrans_cli.io.h5 import PER_RESIDUE
 from protrans_cli.threads import torch_threads
@@ -79,7 +80,8 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
 
 
 def predict_sequences(head_dir, sequences, *, model: str | None = None, device: str = "auto",
-                      threads: int | None = None, invalid_policy: str = "error"):
+                      threads: int | None = None, invalid_policy: str = "error", chains: str = "error",
+                      linker_length: int = DEFAULT_LINKER_LENGTH):
     """Embed `sequences` ({id: sequence}, or a list) with the model and layer the head was fit on
     (as `protrans predict --fasta` does: its recorded model, per residue or per protein as the
     head needs, and its training embeddings' long-protein policy; `model` replaces the recorded
@@ -87,7 +89,11 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     or a list in order. A protein that could not be embedded is left out (None in a list), with
     a warning naming it, as `embed_sequences` leaves it out. `invalid_policy` is predict --fasta's
     --invalid-policy: a sequence that cannot be embedded (a J, an inner '*', no residues) is an
-    error ("error"), or left out so ("skip")."""
+    error ("error"), or left out so ("skip"). `chains`, `linker_length`: complexes (chains joined
+    by ':' in one sequence), as predict --fasta's --chains and --linker-length (default "error": a
+    ':' is refused); a per-residue head reads each chain of a complex as a protein of its own, and
+    its `labels` have a ':' between the chains, as its sequence has them (its `probabilities` are
+    the (L, C) rows of all its chains, in order)."""
     from protrans_cli.embed import embed_sequences
     from protrans_cli.heads.model import head_input_kind
     from protrans_cli.heads.predict import head_embed_options
@@ -96,7 +102,7 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     # (the error for one such sequence said "--invalid-policy skip leaves such records out", which
     # this call did not take: one bad sequence failed the whole call)
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
-                                         invalid_policy=invalid_policy)
+                                         invalid_policy=invalid_policy, chains=chains, linker_length=linker_length)
     embedded = embed_sequences(sequences, options, kind=head_input_kind(config))  # (checked by head_embed_options)
     # (another model's width was "protein 0: an embedding of shape (32,), the head takes ...":
     # the protein blamed for what the model given makes of every protein)
@@ -107,14 +113,58 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
         raise UsageError(f"{options.model} gives {width}-d embeddings; the head was fit on {config['input_dim']}-d "
                          f"embeddings of {recorded}" + (": give model= a copy of that model, or leave model out"
                                                         if model is not None else ""))
-    if isinstance(embedded, list):
-        kept = [i for i, a in enumerate(embedded) if a is not None]
-        found = predict_embeddings(head_dir, [embedded[i] for i in kept], device=device, threads=threads)
-        results: list = [None] * len(embedded)
-        for i, result in zip(kept, found):
-            results[i] = result
-        return results
-    return predict_embeddings(head_dir, embedded, device=device, threads=threads)
+    as_list = isinstance(embedded, list)
+    pairs = list(enumerate(embedded)) if as_list else list(embedded.items())
+    kept = [(ident, array) for ident, array in pairs if array is not None]
+    # a per-residue head reads each chain of a complex as a protein of its own (as predict does)
+    lengths = _chain_lengths(sequences, kept, options) if _per_residue_task(config) else {}
+    pieces = [piece for ident, array in kept for piece in _split(array, lengths.get(ident))]
+    found = iter(predict_embeddings(head_dir, pieces, device=device, threads=threads))
+    predicted = {ident: _joined([next(found) for _ in lengths.get(ident) or (None,)]) for ident, _ in kept}
+    if as_list:
+        return [predicted.get(i) for i in range(len(embedded))]
+    return predicted
+
+
+def _per_residue_task(config: dict) -> bool:
+    from protrans_cli.heads.tasks import Task
+
+    return Task.from_json(config["task"]).kind == PER_RESIDUE
+
+
+def _chain_lengths(sequences, kept, options) -> dict:
+    """{id: chain lengths} of the complexes (a ':' in the sequence) among the embedded `kept`
+    (id, rows): each chain's residues as embed reads them."""
+    from protrans_cli.embed import _normalise_record
+
+    if options.chains == "error":
+        return {}
+    lengths = {}
+    for ident, array in kept:
+        sequence = sequences[ident]
+        if (":" if isinstance(sequence, str) else b":") in sequence:
+            chains = [len(c) for c in _normalise_record(sequence, None, options.chains).split(":")]
+            if sum(chains) == len(array):  # (its rows are its chains': embed dropped any linker)
+                lengths[ident] = chains
+    return lengths
+
+
+def _split(array, lengths) -> list:
+    """A complex's rows as one array a chain (`lengths`; None: the protein's rows whole)."""
+    if not lengths:
+        return [array]
+    ends = np.cumsum([0, *lengths])
+    return [array[a:b] for a, b in zip(ends[:-1], ends[1:])]
+
+
+def _joined(parts: list[dict]) -> dict:
+    """The Predictions of a complex's chains (one {output: Prediction} a chain) as one: labels with
+    a ':' between the chains, probabilities of all the chains' residues in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: Prediction(":".join(p[name].labels for p in parts),
+                             np.concatenate([p[name].probabilities for p in parts]), parts[0][name].classes)
+            for name in parts[0]}
 
 
 def _checked(ident, array, width: int, per_residue: bool, *, pooled_here: bool = False) -> np.ndarray:
