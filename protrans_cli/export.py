@@ -1332,7 +1332,7 @@ def _residue_counts(reader) -> dict:
     else:
         from protrans_cli.io.h5 import _whole_number, dataset_attrs, stored_length, truncated_from
 
-        group, values, truncated, chunked = reader._group(kind), [], 0, 0
+        group, values, truncated, chunked, complexes = reader._group(kind), [], 0, 0, 0
         for key in console.progress(reader.keys(kind), desc="lengths", unit="protein"):
             attrs, shape = dataset_attrs(group, key)
             length = stored_length(attrs, shape, per_residue=kind == PER_RESIDUE)
@@ -1341,12 +1341,16 @@ def _residue_counts(reader) -> dict:
             values.append(length)
             truncated += truncated_from(attrs) is not None
             chunked += bool(_whole_number(attrs, "chunks"))
+            complexes += "chains" in attrs  # (embed --chains: a complex's chain lengths; read here anyway)
         lengths = np.asarray(values, dtype=np.int64)
     if not len(lengths):
         return {"counted": 0}
-    return {"counted": int(len(lengths)), "total": int(lengths.sum()), "mean": round(float(lengths.mean()), 1),
-            "shortest": int(lengths.min()), "longest": int(lengths.max()), "truncated": truncated,
-            "chunked": chunked}
+    counts = {"counted": int(len(lengths)), "total": int(lengths.sum()), "mean": round(float(lengths.mean()), 1),
+              "shortest": int(lengths.min()), "longest": int(lengths.max()), "truncated": truncated,
+              "chunked": chunked}
+    if holds_complexes(reader):  # (a stacked file records no chains: not counted there)
+        counts["complexes"] = complexes
+    return counts
 
 
 def file_ids(path) -> list[str]:
@@ -1417,8 +1421,11 @@ def info_lines(facts: dict) -> list[str]:
                       else f"{facts['long_policy']} (no limit)"))
     if facts.get("chains") and facts["chains"] != "error":  # (complexes: what the model saw of their chains)
         linker = facts.get("linker_length")
-        lines.append(("complexes", f"{facts['chains']} ({linker} glycines between chains)"
-                      if facts["chains"] == "linker" and linker is not None else str(facts["chains"])))
+        counted = facts.get("residues", {})  # (--residues: every protein's attributes read, complexes counted)
+        of = (f", {counted['complexes']:,} of {console.counted(counted['counted'], 'protein')}"
+              if "complexes" in counted else "")
+        lines.append(("complexes", (f"{facts['chains']} ({linker} glycines between chains)"
+                                    if facts["chains"] == "linker" and linker is not None else str(facts["chains"])) + of))
     if "truncated" in facts:
         lines.append(("truncated", _first_few(facts["truncated"], lambda length: f"{length:,} residues")))
     if facts.get("part"):

@@ -85,6 +85,18 @@ def test_info_says_the_chains_policy(run_cli, tmp_path):
     assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", out, "--chains", "linker").exit_code == 0
     r = run_cli("info", out)
     assert r.exit_code == 0 and "complexes:" in r.stdout and "linker (25 glycines between chains)" in r.stdout
+    assert " of " not in r.stdout.split("complexes:")[1].splitlines()[0]  # (no count without a pass over them)
+    # --residues reads every protein's attributes: the complexes are counted there
+    r = run_cli("info", out, "--residues")
+    assert "linker (25 glycines between chains), 3 of 4 proteins" in r.stdout, r.stdout
+    import json
+
+    assert json.loads(run_cli("info", out, "--residues", "--json").stdout)["residues"]["complexes"] == 3
+    plain = tmp_path / "plain.fa"
+    plain.write_text(f">a\n{HEAVY}\n")
+    assert run_cli("embed", plain, "-m", "onehot", "-o", tmp_path / "p.h5").exit_code == 0
+    r = run_cli("info", tmp_path / "p.h5", "--residues", "--json")
+    assert "complexes" not in json.loads(r.stdout)["residues"]
 
 
 def test_separate_chunks_inside_a_chain_only(run_cli, tmp_path, tiny):
