@@ -9,7 +9,8 @@ embedding is of that sequence); nothing is computed, and the output is written w
 all. Formats:
 
 - TSV/CSV: per protein `id, dim_0 .. dim_{D-1}`; per residue `id, position[, residue], dim_...`
-  (position 1-based; the residue column when a FASTA gives the sequences). Numbers are written
+  (position 1-based; the residue column when a FASTA gives the sequences; a file of complexes,
+  embed --chains linker/separate, adds `chain, chain_position`, both 1-based). Numbers are written
   with the digits that give back the stored value exactly (9 for float32, 5 for float16)
   unless `digits` says fewer.
 - NPZ (numpy.load, no pickle): `ids` (N,), `embeddings` (N, D) per protein or (sum of
@@ -28,14 +29,17 @@ all. Formats:
   default (esm-extract's `--include mean per_tok`). The file is named after the id (escaped as
   HDF5 keys are: `/` as %2F; a leading `.` too), not the whole header line as esm-extract does (a header with a
   `/` made it write into folders). The folder is written beside its name and renamed into
-  place when complete; `import-esm` reads it back.
+  place when complete; `import-esm` reads it back. It has no chain breaks: a complex's rows are
+  written as they stand, and a note says so once.
 
 A `predict --probabilities` file (a group per output of (L, C) probabilities) exports the same
-way: a row a residue, `id, position, <output>:<class> ...`, or an .npz with an array per output.
+way: a row a residue, `id, position[, chain, chain_position], <output>:<class> ...`, or an .npz with an
+array per output (and `chain_counts`/`chains` where its datasets carry `chains`: complexes).
 
 `info` reads the file's attributes, counts its proteins from their names and opens one dataset
 for the dimension and dtype, so it answers at once for a file of millions of proteins; the
-residue counts (`residues=True`) read every protein's length.
+residue counts (`residues=True`) read every protein's length (and count the complexes, whose
+`chains` attribute that pass reads).
 """
 
 from __future__ import annotations

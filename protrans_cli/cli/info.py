@@ -18,7 +18,8 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("--ids", "list_ids", is_flag=True,
               help="Only the ids, one a line (per-protein where the file has them), in key order.")
 @click.option("--residues", is_flag=True,
-              help="Also count the residues (reads every protein's length: about 80 us a protein).")
+              help="Also count the residues, and the complexes of an embed --chains file (reads every protein's length: "
+                   "about 80 us a protein).")
 def command(files, as_json, list_ids, residues):
     """What an embeddings file holds: model, layout, proteins, dimension, dtype, layers,
     failed proteins, and whether its run finished (also contact-map and probabilities files).
