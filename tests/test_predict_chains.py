@@ -242,3 +242,34 @@ def test_export_of_probabilities_keeps_the_chains(run_cli, ss3_head, tmp_path):
     assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.npz").exit_code == 0
     with np.load(tmp_path / "q.npz") as npz:
         assert "chains" not in npz.files
+
+
+def test_labels_with_colons_match_a_complexs_chains(run_cli, ss3_head, tmp_path):
+    """Per-residue labels written with ':' between a complex's chains (as predict writes its
+    states) match the complex's rows, the ':'s removed, its chain lengths checked against the
+    embedding's `chains`; a mismatch is one line naming the record."""
+    h5 = tmp_path / "c.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "separate").exit_code == 0
+    assert run_cli("predict", ss3_head, "--embeddings", h5, "-o", tmp_path / "states.fa").exit_code == 0
+    states = _states(tmp_path / "states.fa")
+    assert ":" in states["trimer"]
+    # the head's own states as labels: every residue right, chains and all
+    r = run_cli("predict", ss3_head, "--embeddings", h5, "--labels", tmp_path / "states.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "ss3: Q3 1.0000" in r.stderr and "128 positions in 4 proteins" in r.stderr, r.stderr
+
+    def refused(ident: str, text: str) -> str:
+        labels = tmp_path / f"{ident}.fa"
+        labels.write_text(f">{ident}\n{text}\n")
+        r = run_cli("predict", ss3_head, "--embeddings", h5, "--labels", labels)
+        assert r.exit_code == 1, r.stdout + r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert f"'{ident}'" in line, line
+        return line
+
+    hl = states["heavy_light"].replace(":", "")
+    line = refused("heavy_light", hl[:20] + ":" + hl[20:])
+    assert "chains of 20, 15 residues" in line and "chains are of 22, 13" in line
+    joined = states["joined"]
+    assert "is of one chain" in refused("joined", joined[:22] + ":" + joined[22:])
+    assert "empty chain" in refused("trimer", ":" + states["trimer"])

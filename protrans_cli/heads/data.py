@@ -379,8 +379,10 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     matched: list[Matched] = []
     passed_over: set[str] = set()  # keys whose label records were refused, the protein being theirs
     for record in label_set.records:
+        label_chains = None  # a complex's chain lengths, where its labels have ':'s between its chains
         with located(label_set.path):
             if task.kind == PER_RESIDUE:
+                record, label_chains = _label_chains(record)
                 targets = task.residue_targets(record, unlabelled)
                 label_length = len(next(iter(targets.values())))
             else:
@@ -436,6 +438,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                 report.extra_rows.append(length - label_length)
             passed_over.add(key)
             continue
+        if label_chains is not None:
+            _check_chains(reader, source, key, label_chains, record, label_set.path)
         if length is None:
             length = label_length or 0
         report.by_checksum += via_checksum
@@ -495,6 +499,47 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                              "or score", path=label_set.path)
         raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
+
+
+def _label_chains(record) -> tuple:
+    """(the record without ':'s in its per-residue labels, its chain lengths) where its labels have
+    a ':' between a complex's chains (as predict writes a complex's states), else (record, None).
+    Every label string must break at the same places; an empty chain is refused."""
+    import dataclasses
+
+    texts = {name: text for name, text in record.labels.items() if isinstance(text, str)}
+    if not any(":" in text for text in texts.values()):
+        return record, None
+    lengths, first = None, None
+    for name, text in texts.items():
+        these = tuple(len(part) for part in text.split(":"))
+        if lengths is None:
+            lengths, first = these, name
+        elif these != lengths:
+            raise InputError(f"its {name} labels break into chains (':') otherwise than its {first} labels "
+                             f"({', '.join(map(str, these))} vs {', '.join(map(str, lengths))} residues)",
+                             record=record.id, line=record.line)
+    if min(lengths) == 0:
+        raise InputError("an empty chain in its labels (a ':' at the start or the end, or '::')",
+                         record=record.id, line=record.line)
+    return dataclasses.replace(record, labels={name: text.replace(":", "") if isinstance(text, str) else text
+                                               for name, text in record.labels.items()}), lengths
+
+
+def _check_chains(reader, source: str, key: str, lengths: tuple, record, path) -> None:
+    """Labels with ':'s between a complex's chains (`lengths`) match its embedding's chains (its
+    `chains` attribute, embed --chains'); a mismatch is an error naming the record."""
+    from protrans_cli.io.h5 import dataset_attrs
+
+    attrs = dataset_attrs(reader._group(source), key)[0] if reader.layout != "stacked" else {}
+    stored = tuple(int(n) for n in np.atleast_1d(attrs["chains"])) if "chains" in attrs else None
+    if stored != tuple(lengths):
+        shown = ", ".join(map(str, lengths))
+        embedded = (f"its embedding's chains are of {', '.join(map(str, stored))}" if stored is not None else
+                    f"its embedding in {reader.path} is of one chain (no chains attribute: embed it with "
+                    f"{option('--chains linker', 'chains=linker')} or {option('--chains separate', 'chains=separate')})")
+        raise InputError(f"its labels have chains of {shown} residues (':' between them), where {embedded}",
+                         path=str(path), record=record.id, line=record.line)
 
 
 def has_label(targets: dict) -> bool:

@@ -686,7 +686,10 @@ def chain_items(items: list[Matched], chains: dict) -> list[Matched]:
     for item in items:
         start = 0
         for n in chains.get(item.key) or ():
-            out.append(ChainRows(item.id, item.key, n, {}, start=start, whole=item.length))
+            # (each chain its labels' slice, where scored: a chain without them was a KeyError in
+            # the batches of `predict --labels` on a complex)
+            targets = {name: codes[start:start + n] for name, codes in (item.targets or {}).items()}
+            out.append(ChainRows(item.id, item.key, n, targets, start=start, whole=item.length))
             start += n
         if item.key not in chains:
             out.append(item)
