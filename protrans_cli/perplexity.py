@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError, at_least, expect_options, one_of, option
+from protrans_cli.errors import InputError, UsageError, expect_options, one_of, option
 
 METHODS = ("pseudo", "causal", "wt-marginals")
 LONG_POLICIES = ("error", "window", "skip")
@@ -63,9 +63,8 @@ class PerplexityOptions:
     per_residue: str | Path | None = None  # a long table of each residue's log-probability ("-": stdout)
 
     def validate(self) -> None:
-        from protrans_cli.embed import DTYPES
-        from protrans_cli.embedders import check_device
         from protrans_cli.threads import check_threads
+        from protrans_cli.variants import check_scoring
 
         if not isinstance(self.model, (str, Path)) or not str(self.model):
             raise UsageError(f"model is the name of one model, got {type(self.model).__name__} {self.model!r:.40}")
@@ -76,12 +75,7 @@ class PerplexityOptions:
             one_of(self.method, METHODS, "--method", keyword="method")
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
         one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")
-        if self.max_length is not None:
-            at_least(self.max_length, 1, "--max-length", keyword="max_length")
-        if self.max_tokens is not None:
-            at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
-        check_device(self.device)
-        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
+        check_scoring(self)
         if self.threads is not None:
             check_threads(self.threads)
         if self.per_residue is not None and (not isinstance(self.per_residue, (str, Path)) or not str(self.per_residue)):

@@ -703,6 +703,20 @@ def covering_window(position: int, length: int, window: int) -> int:
     return max((s for s in starts if s <= position < s + window), key=lambda s: min(position - s, s + window - 1 - position))
 
 
+def check_scoring(options) -> None:
+    """What variants' and perplexity's options share (UsageError): --max-length, --max-tokens,
+    --device and --dtype."""
+    from protrans_cli.embed import DTYPES
+    from protrans_cli.embedders import check_device
+
+    if options.max_length is not None:
+        at_least(options.max_length, 1, "--max-length", keyword="max_length")
+    if options.max_tokens is not None:
+        at_least(options.max_tokens, 1, "--max-tokens", keyword="max_tokens")
+    check_device(options.device)
+    one_of(options.dtype, DTYPES, "--dtype", keyword="dtype")
+
+
 # --- the command -----------------------------------------------------------------------------
 
 @dataclass
@@ -728,8 +742,6 @@ class VariantOptions:
     threads: int | None = None
 
     def validate(self) -> None:
-        from protrans_cli.embed import DTYPES
-        from protrans_cli.embedders import check_device
         from protrans_cli.threads import check_threads
 
         if isinstance(self.models, str) or isinstance(self.strategies, str):
@@ -748,12 +760,7 @@ class VariantOptions:
         if len(set(self.strategies)) != len(self.strategies) or len(set(self.models)) != len(self.models):
             raise UsageError("a model or a scoring is given twice")
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
-        if self.max_length is not None:
-            at_least(self.max_length, 1, "--max-length", keyword="max_length")
-        if self.max_tokens is not None:
-            at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
-        check_device(self.device)
-        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
+        check_scoring(self)
         if self.column is not None and len(self.models) * len(self.strategies) > 1:
             raise UsageError(f"{option('--column', 'column')} names the one score column of one model and one "
                              "scoring; with several, the columns are MODEL_SCORING")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli.variants import scoring_options
 
 
 @click.command("perplexity", context_settings={"show_default": True})
@@ -25,18 +26,7 @@ from protrans_cli.cli import INPUT_FILE, completion
                    "(Transformer-XL) likelihood, each residue given those before it; wt-marginals: every residue "
                    "read from one unmasked pass (fast, but biased: the model sees the residue it predicts; not for "
                    "T5 or XLNet).  [default: pseudo for a masked LM, causal for a causal one]")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
-@click.option("--device", default="auto",
-              help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
-                   "float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx). "
-                   "Log-probabilities are taken in float32.")
-@click.option("--max-tokens", type=int, default=None,
-              help="Tokens per forward pass.  [default: 4096 on the CPU, 16384 on a GPU]")
-@click.option("--max-length", type=int, default=None,
-              help="Residues read at once; longer proteins follow --long-policy.  [default: what the model was "
-                   "trained on or holds: 1022 for ESM]")
+@scoring_options
 @click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window", "skip"]),
               default="error",
               help="A protein over --max-length: fail before any work, read each residue in a window of "

@@ -11,6 +11,27 @@ import click
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 
 
+def scoring_options(command):
+    """The options of a command that reads residue probabilities from a model (variants,
+    perplexity): its revision, device, compute dtype, tokens per pass and residues read at once."""
+    for decorator in reversed([
+        click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model."),
+        click.option("--device", default="auto",
+                     help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
+                          "float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx). "
+                          "Log-probabilities are taken in float32."),
+        click.option("--max-tokens", type=int, default=None,
+                     help="Tokens per forward pass.  [default: 4096 on the CPU, 16384 on a GPU]"),
+        click.option("--max-length", type=int, default=None,
+                     help="Residues read at once; longer proteins follow --long-policy.  [default: what the model "
+                          "was trained on or holds: 1022 for ESM]"),
+    ]):
+        command = decorator(command)
+    return command
+
+
 @click.command("variants", context_settings={"show_default": True})
 @click.argument("variants_file", metavar="[VARIANTS]", required=False, type=INPUT_FILE)
 @click.option("--sequence", default=None, help="The wild-type sequence (or --fasta).")
@@ -47,18 +68,7 @@ from protrans_cli.cli import INPUT_FILE, completion, given_option
               help="A measured column (e.g. DMS_score): print Spearman's rho of each score against it.")
 @click.option("--column", default=None, help="Name of the score column (one model and one scoring).  "
                                              "[default: MODEL_SCORING]")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
-@click.option("--device", default="auto",
-              help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
-                   "float32 on the CPU and on GPUs whose float16 is slow (GTX 10xx, P40, GTX 16xx). "
-                   "Log-probabilities are taken in float32.")
-@click.option("--max-tokens", type=int, default=None,
-              help="Tokens per forward pass.  [default: 4096 on the CPU, 16384 on a GPU]")
-@click.option("--max-length", type=int, default=None,
-              help="Residues read at once; longer proteins follow --long-policy.  [default: what the model was "
-                   "trained on or holds: 1022 for ESM]")
+@scoring_options
 @click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window"]), default="error",
               help="A wild type over --max-length: fail before any work, or read each site in a window of "
                    "--max-length residues centred on it (as ProteinGym scores long proteins).")
