@@ -54,7 +54,7 @@ def command(fasta, output, per_residue, model, method, revision, device, dtype, 
     \b
     protrans perplexity designs.fa -m esm2_t33_650M_UR50D -o scores.tsv
     protrans perplexity heldout.fa -m runs/my_model --method pseudo > heldout.tsv
-    protrans perplexity designs.fa -m esm2_t6_8M_UR50D -o scores.tsv --per-residue sites.tsv
+    protrans perplexity designs.fa -o scores.tsv --per-residue sites.tsv
     """
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.perplexity import PerplexityOptions, run_perplexity
