@@ -49,6 +49,7 @@ COMMANDS = {
     "export": ("protrans_cli.cli.export", "An embeddings file as a TSV/CSV table, NumPy arrays (.npz) or esm-extract .pt files."),
     "info": ("protrans_cli.cli.info", "What an embeddings, contact-map or probabilities file holds (model, proteins, layers, ...)."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, biotrainer, DeepLoc, CSV) to FASTA for embed."),
+    "from-structure": ("protrans_cli.cli.from_structure", "PDB/mmCIF files to FASTA for embed (a letter a modelled residue), with a row-to-residue map."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),
     "env": ("protrans_cli.cli.env", "Versions, devices and which fast paths run here (for bug reports)."),
 }

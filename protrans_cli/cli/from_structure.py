@@ -1,0 +1,63 @@
+"""`protrans from-structure`: PDB or mmCIF files to the FASTA that `protrans embed` needs, one
+letter per residue modelled, and the map from each embedding row to its residue.
+
+    protrans from-structure 1abc.cif.gz --residues 1abc.map.tsv -o 1abc.fa
+    protrans from-structure models/*.pdb --complex | protrans embed - -m onehot --chains separate -o x.h5
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.cli import INPUT_FILE
+
+
+@click.command("from-structure", context_settings={"show_default": True})
+@click.argument("structures", nargs=-1, required=True, type=INPUT_FILE)
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="FASTA to write ('-' = stdout; .gz/.bz2/.xz/.zst compress).")
+@click.option("--residues", "residues_map", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              metavar="MAP.tsv",
+              help="Also write each record's rows: id, row, chain, residue number, insertion code, residue name.")
+@click.option("--chain", "chains", default=None, metavar="A,B",
+              help="Only these chains (a --complex joins them in this order).  [default: every protein chain]")
+@click.option("--complex", "complex_", is_flag=True,
+              help="One record a structure, its chains joined by ':' (embed --chains linker|separate).")
+def command(structures, output, residues_map, chains, complex_):
+    """Convert structure files (PDB, mmCIF; .gz too) to FASTA for embed, residue by residue.
+
+    A residue is an amino acid of the first model that has a CA atom, in file order: missing
+    loops leave no letter, insertion codes are residues of their own, modified residues (MSE)
+    take their parent's letter; waters and ligands are left out. Records are FILE_CHAIN (FILE
+    without its suffixes), or FILE with --complex.
+
+    \b
+    protrans from-structure 1abc.cif.gz --residues 1abc.map.tsv -o 1abc.fa
+    protrans embed 1abc.fa -m prot_t5_xl_half --per-residue -o 1abc.h5
+    """
+    from protrans_cli import console
+    from protrans_cli.errors import UsageError
+    from protrans_cli.io.files import input_named_by, output_directory, same_file
+    from protrans_cli.structures import StructureOptions, from_structures
+
+    if residues_map is not None and output in (None, "-") and residues_map == "-":
+        raise UsageError("the FASTA and --residues cannot both go to stdout: give one of them a file name")
+    for target in (output, residues_map):
+        if target not in (None, "-"):
+            output_directory(target)
+            source = input_named_by(target, structures)
+            if source:
+                raise UsageError(f"{target} is also an input: writing it would replace {source} (choose another name)")
+    if residues_map not in (None, "-") and output not in (None, "-") and (
+            residues_map == output or same_file(residues_map, output)):
+        raise UsageError(f"--residues {residues_map} is the FASTA's own -o: choose another name")
+    options = StructureOptions(chains=None if chains is None else tuple(c.strip() for c in chains.split(",")),
+                               complex=complex_)
+    records = from_structures(structures, output, residues_map, options)
+    shown = "standard output" if output in (None, "-") else str(output)
+    console.output_complete(shown)
+    residues = sum(len(r.residues) for r in records)
+    console.info(f"wrote {console.counted(len(records), 'record')} ({console.counted(residues, 'residue')}) "
+                 f"of {console.counted(len(structures), 'structure')} to {shown}"
+                 + (f", their residues to {'standard output' if residues_map == '-' else residues_map}"
+                    if residues_map else ""))
