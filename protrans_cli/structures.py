@@ -159,6 +159,8 @@ def read_structure(path, name: str | None = None) -> Structure:
         raise InputError("not a structure file: no ATOM or HETATM records (PDB) and no data_ block (mmCIF)" + hint,
                          path=shown)
     ident = structure_ident(path) if str(path) != "-" else _entry_id(text, fmt)
+    if fmt == "mmcif" and "_atom_site." not in text:
+        raise InputError("holds no atoms: an mmCIF file without an _atom_site table", path=shown)
     from Bio.PDB import MMCIFParser, PDBParser
 
     parser = MMCIFParser(QUIET=True, PERMISSIVE=True) if fmt == "mmcif" else PDBParser(QUIET=True, PERMISSIVE=True)
@@ -168,6 +170,8 @@ def read_structure(path, name: str | None = None) -> Structure:
             parsed = parser.get_structure(ident, io.StringIO(text))
     except Exception as exc:  # (Biopython's errors are of many types: KeyError, ValueError, its own)
         words = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, KeyError):  # (MMCIF2Dict's: the field's name alone)
+            words = f"no {words.strip(chr(39))} field"
         raise InputError(f"Biopython cannot parse it as {'mmCIF' if fmt == 'mmcif' else 'PDB'}: {words}",
                          path=shown) from None
     models = list(parsed)

@@ -24,7 +24,7 @@ def test_cli_reference_is_current():
 def test_every_command_has_a_guide():
     from protrans_cli.cli import COMMANDS
 
-    guides = {"fit": "heads", "finetune": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed",
+    guides = {"fit": "heads", "finetune": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed", "from-structure": "embed",
               "import-esm": "embed", "esm-extract": "embed", "contacts": "embed", "import-head": "heads",
               "knn": "heads", "export": "formats", "info": "formats", "import-model": "models"}
     for name in COMMANDS:

@@ -1,0 +1,169 @@
+"""protrans from-structure: PDB/mmCIF files to FASTA and the row-to-residue map.
+
+The fixtures (tests/data/structures/two_chains.pdb and .cif, the same atoms) are written by hand:
+chain A is MET 1, ALA 2 (its CA in altlocs A and B), MSE 3 (HETATM, peptide-bonded), GLY 5 (no 4),
+SER 5A (an insertion code), LYS 6, UNK 7; chain B is VAL 10, LEU 11, TRP 12; then, in chain A, a
+free GLU (HETATM, bonded to nothing), a calcium ion whose atom is named CA, a sulfate and waters;
+a second model holds a chain C, which is not read. The expected outputs are spelled out here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+
+from conftest import DATA
+
+STRUCTURES = DATA / "structures"
+PDB = STRUCTURES / "two_chains.pdb"
+CIF = STRUCTURES / "two_chains.cif"
+
+A_ROWS = [("A", "1", "", "MET", "M"), ("A", "2", "", "ALA", "A"), ("A", "3", "", "MSE", "M"),
+          ("A", "5", "", "GLY", "G"), ("A", "5", "A", "SER", "S"), ("A", "6", "", "LYS", "K"),
+          ("A", "7", "", "UNK", "X")]
+B_ROWS = [("B", "10", "", "VAL", "V"), ("B", "11", "", "LEU", "L"), ("B", "12", "", "TRP", "W")]
+HEADER = "id\trow\tchain\tresidue_number\tinsertion_code\tresidue_name\tresidue"
+
+
+def _map(ident_rows):
+    lines = [HEADER]
+    for ident, rows in ident_rows:
+        lines += ["\t".join((ident, str(i), *row)) for i, row in enumerate(rows)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("path", [PDB, CIF], ids=["pdb", "mmcif"])
+def test_one_record_a_chain_and_the_map(run_cli, tmp_path, path):
+    out, table = tmp_path / "x.fa", tmp_path / "x.tsv"
+    r = run_cli("from-structure", path, "-o", out, "--residues", table)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_text() == (f">two_chains_A file={path} chain=A residues=7\nMAMGSKX\n"
+                               f">two_chains_B file={path} chain=B residues=3\nVLW\n")
+    assert table.read_text() == _map([("two_chains_A", A_ROWS), ("two_chains_B", B_ROWS)])
+    assert "wrote 2 records (10 residues) of 1 structure" in r.stderr
+
+
+@pytest.mark.parametrize("path", [PDB, CIF], ids=["pdb", "mmcif"])
+def test_complex_joins_the_chains_and_counts_rows_across_them(run_cli, tmp_path, path):
+    table = tmp_path / "x.tsv"
+    r = run_cli("from-structure", path, "--complex", "--residues", table)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f">two_chains file={path} chains=A:B residues=7:3\nMAMGSKX:VLW\n"
+    assert table.read_text() == _map([("two_chains", A_ROWS + B_ROWS)])
+
+
+def test_chain_selects_and_orders_a_complex(run_cli, tmp_path):
+    r = run_cli("from-structure", PDB, "--chain", "B")
+    assert r.exit_code == 0 and r.stdout == f">two_chains_B file={PDB} chain=B residues=3\nVLW\n"
+    table = tmp_path / "m.tsv"
+    r = run_cli("from-structure", CIF, "--chain", "B,A", "--complex", "--residues", table)
+    assert r.exit_code == 0 and r.stdout == f">two_chains file={CIF} chains=B:A residues=3:7\nVLW:MAMGSKX\n"
+    assert table.read_text() == _map([("two_chains", B_ROWS + A_ROWS)])
+
+
+def test_unknown_chain_names_the_file_and_its_chains(run_cli, tmp_path):
+    out = tmp_path / "x.fa"
+    r = run_cli("from-structure", PDB, "--chain", "A,C", "-o", out)
+    assert r.exit_code == 1 and not out.exists()
+    assert r.stderr.strip().splitlines() == [f"protrans: error: {PDB}: no protein chain C (its protein chains: A, B)"]
+    r = run_cli("from-structure", PDB, "--chain", "A,A")
+    assert r.exit_code == 2 and "chains names chain A twice" in r.stderr
+
+
+def test_gzip_and_the_format_from_the_content(run_cli, tmp_path):
+    gz = tmp_path / "9abc.pdb.gz"
+    gz.write_bytes(gzip.compress(PDB.read_bytes()))
+    disguised = tmp_path / "model.pdb"  # an mmCIF file under a PDB name
+    shutil.copy(CIF, disguised)
+    r = run_cli("from-structure", gz, disguised, "--complex")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == (f">9abc file={gz} chains=A:B residues=7:3\nMAMGSKX:VLW\n"
+                        f">model file={disguised} chains=A:B residues=7:3\nMAMGSKX:VLW\n")
+
+
+def test_stdin_takes_the_entry_id(run_cli):
+    r = run_cli("from-structure", "-", "--complex", input=CIF.read_bytes())
+    assert r.exit_code == 0 and r.stdout.startswith(">9TST file=<stdin> chains=A:B residues=7:3\n")
+    r = run_cli("from-structure", "-", "--chain", "B", input=PDB.read_bytes())
+    assert r.exit_code == 0 and r.stdout.startswith(">9TST_B ")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b">x\nMKV\n", "not a structure file: no ATOM or HETATM records (PDB) and no data_ block (mmCIF) "
+                   "(a FASTA: protrans embed reads it as it is)"),
+    (b"\x00\x01binary", "is a binary file (it holds NUL bytes), not a structure file (PDB or mmCIF)"),
+    (b"HETATM    1  O   HOH A   1       0.000   0.000   0.000  1.00 20.00           O\n",
+     "holds no protein chain (no amino acid with a CA atom in its first model)"),
+    (b"ATOM      1  CA  ALA A   1     abc     0.000   0.000  1.00 20.00           C\n",
+     "Biopython cannot parse it as PDB: Invalid or missing coordinate(s) at line 1."),
+    (b"data_x\nloop_\n_atom_site.id\n_atom_site.Cartn_x\n1 2\n",
+     "Biopython cannot parse it as mmCIF: no _atom_site.label_atom_id field"),
+    (b"data_x\n_cell.length_a 10\n", "holds no atoms: an mmCIF file without an _atom_site table"),
+], ids=["fasta", "binary", "water-only", "bad-pdb", "bad-mmcif", "no-atoms"])
+def test_bad_files_are_one_line_naming_the_file(run_cli, tmp_path, content, message):
+    bad = tmp_path / "bad.pdb"
+    bad.write_bytes(content)
+    out = tmp_path / "x.fa"
+    out.write_text("kept\n")
+    r = run_cli("from-structure", PDB, bad, "-o", out, "--residues", tmp_path / "m.tsv")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [f"protrans: error: {bad}: {message}"]
+    assert out.read_text() == "kept\n" and not (tmp_path / "m.tsv").exists()  # nothing half-written
+
+
+def test_the_same_id_twice_and_outputs_that_collide(run_cli, tmp_path):
+    r = run_cli("from-structure", PDB, CIF)
+    assert r.exit_code == 1 and f"{CIF}: gives the record id 'two_chains_A', as {PDB} does" in r.stderr
+    r = run_cli("from-structure", PDB, "--residues", "-")
+    assert r.exit_code == 2 and "cannot both go to stdout" in r.stderr
+    r = run_cli("from-structure", PDB, "-o", tmp_path / "a", "--residues", tmp_path / "a")
+    assert r.exit_code == 2 and "is the FASTA's own -o" in r.stderr
+
+
+def test_library_records_carry_the_residues():
+    from protrans_cli.structures import StructureOptions, read_structure, structure_records
+
+    structure = read_structure(CIF)
+    assert structure.format == "mmcif" and [c.id for c in structure.chains] == ["A", "B"]
+    (record,) = structure_records([structure], StructureOptions(complex=True))
+    assert record.sequence == "MAMGSKX:VLW"
+    assert [(r.chain, str(r.number), r.icode, r.name, r.letter) for r in record.residues] == A_ROWS + B_ROWS
+
+
+def test_the_complex_embeds_to_one_row_a_mapped_residue(run_cli, tmp_path):
+    """from-structure --complex | embed - --chains separate: the rows are the map's, in its order."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("torch")
+    from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+
+    table = tmp_path / "m.tsv"
+    fasta = run_cli("from-structure", PDB, "--complex", "--residues", table)
+    assert fasta.exit_code == 0, fasta.stderr
+    out = tmp_path / "e.h5"
+    r = run_cli("embed", "-", "-m", "onehot", "--chains", "separate", "-o", out, input=fasta.stdout.encode())
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        rows = {i: a for i, a, _ in reader.items(PER_RESIDUE)}
+    mapped = [line.split("\t") for line in table.read_text().splitlines()[1:]]
+    assert list(rows) == ["two_chains"] and rows["two_chains"].shape[0] == len(mapped) == 10
+    # one-hot rows: each row's hot column is its residue's letter, as the map says
+    hot = np.asarray(rows["two_chains"]).argmax(1)
+    letters = {m[6] for m in mapped}
+    assert len({(m[6], h) for m, h in zip(mapped, hot)}) == len(letters) == len(set(hot))
+
+
+def test_a_point_mutation_counts_once_as_its_first_alternative(run_cli, tmp_path):
+    """Residue 1 is GLY in altloc A and ALA in altloc B (more occupied): Biopython selects the last
+    one read; the first is written, once."""
+    atoms = [("N", "A", "GLY", 0.0), ("CA", "A", "GLY", 1.46), ("N", "B", "ALA", 0.0), ("CA", "B", "ALA", 1.46),
+             ("N", " ", "LYS", 3.83), ("CA", " ", "LYS", 5.29)]
+    lines = [f"ATOM  {i:>5}  {name:<3}{alt}{res} A{1 + (res == 'LYS'):>4}    {x:8.3f}   0.000   0.000"
+             f"{0.3 if alt == 'A' else 0.7 if alt == 'B' else 1.0:6.2f} 20.00           {name[0]}"
+             for i, (name, alt, res, x) in enumerate(atoms, 1)]
+    pdb = tmp_path / "pm.pdb"
+    pdb.write_text("\n".join(lines) + "\nEND\n")
+    r = run_cli("from-structure", pdb, "--residues", tmp_path / "m.tsv")
+    assert r.exit_code == 0 and r.stdout.splitlines()[1] == "GK", r.stdout + r.stderr
+    assert [line.split("\t")[5] for line in (tmp_path / "m.tsv").read_text().splitlines()[1:]] == ["GLY", "LYS"]
