@@ -511,9 +511,10 @@ def _normalise_record(raw, alphabet: str | None, chains: str, offered=("linker",
         return seq
     text = raw if isinstance(raw, str) else raw.decode("latin-1")
     if chains == "error":
-        remedy = " or ".join(option(f"--chains {p}", f"chains={p!r}") for p in offered)
+        remedy = (" or ".join(option(f"--chains {p}", f"chains={p!r}") for p in offered) + " reads it" if offered
+                  else "this command reads one chain a record (give each chain a record of its own)")
         raise SequenceRejected(REASON_INVALID, f"':' at residue {text.index(':') + 1} is a chain break (a complex's "
-                               f"chains, as ColabFold and ESMFold write them): {remedy} reads it")
+                               f"chains, as ColabFold and ESMFold write them): {remedy}")
     parts = text.split(":")
     out = []
     for i, part in enumerate(parts, 1):

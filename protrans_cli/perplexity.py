@@ -126,7 +126,7 @@ def read_proteins(fasta, *, skip_invalid: bool = False) -> tuple[list[tuple[str,
     name = display_name(fasta)
     proteins, skipped, gapped = [], [], set()
     first_line: dict[str, int] = {}
-    for prot in _records(fasta, name, skip_invalid):
+    for prot in _records(fasta, name, skip_invalid, offered=()):  # (no --chains: a complex is refused)
         if prot.id in first_line:
             raise InputError(f"duplicate id (first seen on line {first_line[prot.id]}); ids must be unique because "
                              "they are the keys of the output", path=name, line=prot.line, record=prot.id)
