@@ -25,20 +25,22 @@ STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdbx")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 # A C and the next residue's N closer than this are a peptide bond (1.33 A; 2.0 allows for poor models).
 PEPTIDE_BOND = 2.0
-MAP_HEADER = ("id", "row", "chain", "residue_number", "insertion_code", "residue_name", "residue")
+MAP_HEADER = ("id", "row", "chain", "residue_number", "insertion_code", "residue_name", "residue", "b_factor")
 _NOT_IN_AN_ID = re.compile(r"[\x00-\x20\x7f]")
 
 
 @dataclasses.dataclass(frozen=True)
 class Residue:
     """One residue modelled: its chain, author number, insertion code ('' for none), name as in the
-    file (MSE) and one-letter code (M; X for an amino acid of unknown parent)."""
+    file (MSE) and one-letter code (M; X for an amino acid of unknown parent), and its CA atom's
+    B-factor (the per-residue confidence, pLDDT, in AlphaFold DB, ColabFold and ESMFold models)."""
 
     chain: str
     number: int
     icode: str
     name: str
     letter: str
+    b_factor: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +223,8 @@ def _chain(chain) -> Chain:
                 i + 1 < len(candidates) and _bonded(residue, candidates[i + 1][0])):
             het, number, icode = residue.id
             kept.append(Residue(chain=str(chain.id).strip(), number=int(number), icode=icode.strip(),
-                                name=residue.get_resname().strip(), letter=letter))
+                                name=residue.get_resname().strip(), letter=letter,
+                                b_factor=float(residue["CA"].get_bfactor())))
     return Chain(id=str(chain.id).strip(), residues=tuple(kept))
 
 
@@ -271,13 +274,14 @@ def write_structure_fasta(records, stream) -> None:
 
 def write_residue_map(records, stream) -> None:
     """The TSV of each record's rows (a binary stream): id, row (0-based, the embedding's row),
-    chain, residue_number, insertion_code, residue_name (as in the file), residue (one letter)."""
+    chain, residue_number, insertion_code, residue_name (as in the file), residue (one letter),
+    b_factor (the CA atom's: pLDDT in a predicted model)."""
     from protrans_cli.io.files import tsv_quoted
 
     stream.write(("\t".join(MAP_HEADER) + "\n").encode())
     for record in records:
         for row, r in enumerate(record.residues):
-            fields = (record.id, str(row), r.chain, str(r.number), r.icode, r.name, r.letter)
+            fields = (record.id, str(row), r.chain, str(r.number), r.icode, r.name, r.letter, f"{r.b_factor:.2f}")
             stream.write(("\t".join(tsv_quoted(f) for f in fields) + "\n").encode())
 
 

@@ -20,11 +20,13 @@ STRUCTURES = DATA / "structures"
 PDB = STRUCTURES / "two_chains.pdb"
 CIF = STRUCTURES / "two_chains.cif"
 
-A_ROWS = [("A", "1", "", "MET", "M"), ("A", "2", "", "ALA", "A"), ("A", "3", "", "MSE", "M"),
-          ("A", "5", "", "GLY", "G"), ("A", "5", "A", "SER", "S"), ("A", "6", "", "LYS", "K"),
-          ("A", "7", "", "UNK", "X")]
-B_ROWS = [("B", "10", "", "VAL", "V"), ("B", "11", "", "LEU", "L"), ("B", "12", "", "TRP", "W")]
-HEADER = "id\trow\tchain\tresidue_number\tinsertion_code\tresidue_name\tresidue"
+# (the last field: the CA atom's B-factor, the first altloc's for ALA 2 (80.25, not its B's 10.00);
+# each CA's differs from its residue's other atoms' 20.00)
+A_ROWS = [("A", "1", "", "MET", "M", "91.50"), ("A", "2", "", "ALA", "A", "80.25"), ("A", "3", "", "MSE", "M", "77.00"),
+          ("A", "5", "", "GLY", "G", "66.10"), ("A", "5", "A", "SER", "S", "55.55"), ("A", "6", "", "LYS", "K", "44.00"),
+          ("A", "7", "", "UNK", "X", "33.30")]
+B_ROWS = [("B", "10", "", "VAL", "V", "95.00"), ("B", "11", "", "LEU", "L", "90.10"), ("B", "12", "", "TRP", "W", "85.20")]
+HEADER = "id\trow\tchain\tresidue_number\tinsertion_code\tresidue_name\tresidue\tb_factor"
 
 
 def _map(ident_rows):
@@ -129,7 +131,8 @@ def test_library_records_carry_the_residues():
     assert structure.format == "mmcif" and [c.id for c in structure.chains] == ["A", "B"]
     (record,) = structure_records([structure], StructureOptions(complex=True))
     assert record.sequence == "MAMGSKX:VLW"
-    assert [(r.chain, str(r.number), r.icode, r.name, r.letter) for r in record.residues] == A_ROWS + B_ROWS
+    assert [(r.chain, str(r.number), r.icode, r.name, r.letter, f"{r.b_factor:.2f}")
+            for r in record.residues] == A_ROWS + B_ROWS
 
 
 def test_the_complex_embeds_to_one_row_a_mapped_residue(run_cli, tmp_path):

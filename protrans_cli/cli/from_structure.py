@@ -18,7 +18,8 @@ from protrans_cli.cli import INPUT_FILE
               help="FASTA to write ('-' = stdout; .gz/.bz2/.xz/.zst compress).")
 @click.option("--residues", "residues_map", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               metavar="MAP.tsv",
-              help="Also write each record's rows: id, row, chain, residue number, insertion code, residue name.")
+              help="Also write each record's rows: id, row, chain, residue number, insertion code, residue name, "
+                   "letter, the CA's B-factor (pLDDT in a predicted model).")
 @click.option("--chain", "chains", default=None, metavar="A,B",
               help="Only these chains (a --complex joins them in this order).  [default: every protein chain]")
 @click.option("--complex", "complex_", is_flag=True,
