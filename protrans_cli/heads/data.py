@@ -32,8 +32,9 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, located, option
 from protrans_cli.heads.labels import LabelSet, by_accession, refuse_residue_labels, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_id, h5_file,
-                                open_local, escape_key, read_array, sequence_checksum, truncated_by, unescape_key)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_attrs,
+                                dataset_id, h5_file, open_local, escape_key, read_array, sequence_checksum, truncated_by,
+                                unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -932,6 +933,83 @@ class ResidueData:
                               np.arange(len(index)) * longest)
         return Batch(torch.from_numpy(x), torch.from_numpy(mask),
                      {k: torch.from_numpy(v) for k, v in targets.items()}, index)
+
+
+def chains_of(embeddings, items: list[Matched]) -> dict:
+    """The chain lengths of those of `items` that are complexes (embed --chains), by key."""
+    chains: dict = {}
+    with EmbeddingsReader(embeddings) as reader:
+        if reader.layout == "stacked" or PER_RESIDUE not in reader.kinds:
+            return chains
+        group = reader._group(PER_RESIDUE)
+        for item in items:
+            attrs, _ = dataset_attrs(group, item.key)
+            if "chains" in attrs:
+                lengths = tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
+                if sum(lengths) == item.length:  # (one that does not add up: read whole, as before)
+                    chains[item.key] = lengths
+    return chains
+
+
+def chain_items(items: list[Matched], chains: dict) -> list[Matched]:
+    """`items` with each complex (its chain lengths in `chains`, by key) replaced by its chains,
+    each read as a protein of its own (ChainRows), in chain order."""
+    if not chains:
+        return items
+    out: list[Matched] = []
+    for item in items:
+        start = 0
+        for n in chains.get(item.key) or ():
+            # (each chain its labels' slice, where scored: a chain without them was a KeyError in
+            # the batches of `predict --labels` on a complex)
+            targets = {name: codes[start:start + n] for name, codes in (item.targets or {}).items()}
+            # (its checksums kept: the chains of a complex, and of its twins, stay on one side of
+            # fit's hold-out and in one fold, grouped by sequence)
+            out.append(ChainRows(item.id, item.key, n, targets, checksum=item.checksum,
+                                 label_checksum=item.label_checksum, start=start, whole=item.length))
+            start += n
+        if item.key not in chains:
+            out.append(item)
+    return out
+
+
+def joined_chains(probs: dict, items: list[Matched], chains: dict) -> dict:
+    """predict_data's probabilities of `chain_items(items, chains)` with each complex's chains
+    joined again in chain order: one (L, C) array an item of `items`."""
+    if not chains:
+        return probs
+    joined = {}
+    for name, values in probs.items():
+        pieces, rows = iter(values), []
+        for item in items:
+            lengths = chains.get(item.key)
+            rows.append(next(pieces) if lengths is None else np.concatenate([next(pieces) for _ in lengths]))
+        joined[name] = rows
+    return joined
+
+
+def whole_items(items: list[Matched]) -> tuple[list[Matched], dict]:
+    """`chain_items`' inverse: (the proteins, each complex's chains joined again with its targets
+    in chain order; their chain lengths by key), where `items` hold each complex's chains one after
+    another, as chain_items gives them (and `subset` keeps them: its positions sorted)."""
+    if not any(isinstance(item, ChainRows) for item in items):
+        return items, {}
+    out: list[Matched] = []
+    chains: dict = {}
+    pieces: list[ChainRows] = []
+    for item in items + [None]:
+        if pieces and (item is None or not isinstance(item, ChainRows) or item.start == 0):
+            first = pieces[0]
+            targets = {name: np.concatenate([p.targets[name] for p in pieces]) for name in first.targets}
+            out.append(Matched(first.id, first.key, first.whole, targets, checksum=first.checksum,
+                               label_checksum=first.label_checksum))
+            chains[first.key] = tuple(p.length for p in pieces)
+            pieces = []
+        if isinstance(item, ChainRows):
+            pieces.append(item)
+        elif item is not None:
+            out.append(item)
+    return out, chains
 
 
 def refuse_non_finite(path: str, rows: np.ndarray, items: list[Matched], starts, per_residue: bool = True) -> None:

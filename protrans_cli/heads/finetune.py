@@ -204,13 +204,20 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
         sequences = read_sequences(fasta) if fasta is not None else {}
     missing = []
     for record in label_set.records:
+        source = path  # (where its sequence comes from)
         if record.id in sequences:
+            source = fasta
             if record.sequence and record.sequence.upper() != sequences[record.id].upper():
                 raise InputError(f"{option(f'--fasta {fasta}', f'fasta {fasta}')} gives another sequence for this id",
                                  path=str(path), record=record.id)
             record.sequence = sequences[record.id]
         if not record.sequence:
             missing.append(record.id)
+        elif ":" in record.sequence:
+            # (the tokenizer read the ':' as a residue of its own, and the labels counted one short)
+            raise InputError(f"its sequence is a complex (chains joined by ':'), and finetune has no "
+                             f"{option('--chains', 'chains')} option (embed, fit and predict read complexes): "
+                             "give each chain as a record of its own", path=str(source), record=record.id)
     if missing:
         where = f"neither the file nor --fasta {fasta} gives" if fasta is not None else \
             "the file gives no sequences (give them with --fasta SEQS.fa)"

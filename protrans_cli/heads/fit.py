@@ -37,8 +37,9 @@ from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFai
                                  expect_path, first_line, force_option, given, located, one_of, option, plain_numbers,
                                  resume_option, same_settings_with_resume, seed_in_range, torch_load_problem,
                                  whole_number)
-from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, embed_layer, load_data,
-                                     report_unlabelled, stored_layer_index, subset, warn_unfinished)
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ChainRows, ProteinData, TrainingSet, chain_items, chains_of,
+                                     embed_layer, head_data, joined_chains, match_labels, report_unlabelled,
+                                     stored_layer_index, subset, warn_unfinished, whole_items)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, name_of_test_set,
                                       read_labels, unmasked_flip_warning)
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
@@ -439,9 +440,10 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         # (the label file's validation records are among train: _read_train)
         folds = cv_folds(config, task, train, labels)
         valid_data = None
-        valid_desc = (f"{config.folds}-fold cross-validation of the {len(train.items):,} training proteins (seed "
-                      f"{config.seed}; folds of {min(map(len, folds)):,}"
-                      + (f" to {max(map(len, folds)):,}" if max(map(len, folds)) > min(map(len, folds)) else "")
+        sizes = [_protein_count(train.items, fold) for fold in folds]
+        valid_desc = (f"{config.folds}-fold cross-validation of the {_protein_count(train.items):,} training proteins "
+                      f"(seed {config.seed}; folds of {min(sizes):,}"
+                      + (f" to {max(sizes):,}" if max(sizes) > min(sizes) else "")
                       + " proteins" + (", stratified by class" if _stratum_output(task) else "")
                       + ("; proteins of one sequence in one fold" if _grouped(train) else "") + ")")
     elif valid is not None:
@@ -620,7 +622,8 @@ def _hold_out(config: FitConfig, train, labels):
     # held out together: one on each side put its own twin in the validation set (CB513: 12 of the
     # 51 held out), and early stopping chose the epoch that best recalled training proteins.
     # Without repeats the groups are the proteins, and the split is the one drawn before.
-    total = len(train.items)
+    units = _proteins(train.items)
+    total = len(units)
     n_valid = max(1, int(round(config.valid_fraction * total)))
     if total - n_valid < 1:
         if total >= 2:  # (the fraction leaves nothing to train on, not the proteins)
@@ -628,34 +631,57 @@ def _hold_out(config: FitConfig, train, labels):
                              f"{n_valid} of the {total} training proteins, leaving none to train on: give a smaller "
                              "fraction")
         raise InputError("too few training proteins to hold out a validation set", path=str(labels))
-    for groups in (_sequence_groups(train), [[i] for i in range(total)]):
+    for groups in (_sequence_groups(train, units), [[i] for i in range(total)]):
         # (the second, protein by protein, only where the groups leave nothing to train on: a
         # file whose proteins share one sequence but not their rows)
         valid_idx, train_idx = held_out_positions(groups, n_valid, config.seed)
         if train_idx:
             break
-    valid_data, train = subset(train, valid_idx), subset(train, train_idx)
-    held_out = sorted(m.id for m in valid_data.items)
+    # (positions of the proteins' items: a complex's chains, read as proteins of their own, go together)
+    valid_data = subset(train, [i for u in valid_idx for i in units[u]])
+    train = subset(train, [i for u in train_idx for i in units[u]])
+    held_out = sorted(m.id for m in whole_items(valid_data.items)[0])
     valid_desc = (f"{console.counted(len(valid_idx), 'protein')} held out of train (seed {config.seed}; "
-                  f"{len(train.items):,} left to "
+                  f"{len(train_idx):,} left to "
                   "train on" + ("; proteins of one sequence on one side)" if len(groups) < total else ")"))
     return train, valid_data, held_out, valid_desc
 
 
-def _sequence_groups(train) -> list[list[int]]:
-    """Positions in train grouped by sequence (the checksum embed stored; in a file without, that
-    of the label record's sequence; by key where neither gives one), in order."""
+def _sequence_groups(train, units: list[list[int]] | None = None) -> list[list[int]]:
+    """Proteins (their positions in `units`, `_proteins(train.items)`) grouped by sequence (the
+    checksum embed stored; in a file without, that of the label record's sequence; by key where
+    neither gives one), in order."""
     # (a file of another tool's that stores no checksums split the two records of one sequence
     # over the folds, 19 of 30 twins, each scored out of fold by a member trained on its twin)
     grouped: dict = {}
-    for i, m in enumerate(train.items):
+    for u, positions in enumerate(_proteins(train.items) if units is None else units):
+        m = train.items[positions[0]]
         checksum = m.checksum if m.checksum is not None else m.label_checksum
-        grouped.setdefault(checksum if checksum is not None else ("key", m.key), []).append(i)
+        grouped.setdefault(checksum if checksum is not None else ("key", m.key), []).append(u)
     return list(grouped.values())
 
 
+def _proteins(items: list) -> list[list[int]]:
+    """The positions in `items` of each protein, in order: one each, a complex's chains (read as
+    proteins of their own, one after another: `_load`) together."""
+    units: list[list[int]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, ChainRows) and item.start > 0 and units:
+            units[-1].append(i)
+        else:
+            units.append([i])
+    return units
+
+
+def _protein_count(items: list, positions=None) -> int:
+    """How many proteins `items` (those at `positions`) hold, a complex's chains counted once."""
+    picked = items if positions is None else [items[i] for i in positions]
+    return sum(not (isinstance(item, ChainRows) and item.start > 0) for item in picked)
+
+
 def _grouped(train) -> bool:
-    return len(_sequence_groups(train)) < len(train.items)
+    units = _proteins(train.items)
+    return len(_sequence_groups(train, units)) < len(units)
 
 
 def _stratum_output(task: Task):
@@ -673,9 +699,10 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
     folds in turn (a rare class in every fold where it has the proteins); a value task is dealt
     in order of value (each fold spans the range); per residue the proteins are shuffled."""
     k = config.folds
-    groups = _sequence_groups(train)
+    units = _proteins(train.items)
+    groups = _sequence_groups(train, units)
     if len(groups) < k:
-        what = "proteins of distinct sequence" if len(groups) < len(train.items) else "proteins"
+        what = "proteins of distinct sequence" if len(groups) < len(units) else "proteins"
         raise InputError(f"{given('--folds', 'folds', k)} needs at least {k:,} training {what}, the set has "
                          f"{len(groups):,}",
                          path=str(labels))
@@ -684,10 +711,10 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
     output = _stratum_output(task)
     if output is not None:
         # (a protein without this label, IGNORE, is a stratum of its own)
-        stratum = [int(train.items[groups[g][0]].targets[output.name]) for g in range(len(groups))]
+        stratum = [int(train.items[units[groups[g][0]][0]].targets[output.name]) for g in range(len(groups))]
         order = sorted(order, key=lambda g: stratum[g])  # stable: shuffled within each class
     elif task.kind != PER_RESIDUE and task.outputs[0].is_value:
-        value = [float(train.items[groups[g][0]].targets[task.outputs[0].name]) for g in range(len(groups))]
+        value = [float(train.items[units[groups[g][0]][0]].targets[task.outputs[0].name]) for g in range(len(groups))]
         order = sorted(order, key=lambda g: (np.isnan(value[g]), value[g]))
         # each run of K neighbouring values in a random order: another --seed, other folds
         order = [g for start in range(0, len(order), k) for g in rng.permutation(order[start:start + k])]
@@ -703,7 +730,8 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
         counts[j] += len(groups[g])
         cursor = j + 1
     fold_of = rng.permutation(k)[fold_of]  # (which fold is numbered first is drawn too)
-    return [np.array(sorted(i for g in np.flatnonzero(fold_of == j) for i in groups[g]), dtype=np.int64)
+    return [np.array(sorted(i for g in np.flatnonzero(fold_of == j) for u in groups[g] for i in units[u]),
+                     dtype=np.int64)
             for j in range(k)]
 
 
@@ -765,12 +793,13 @@ def _warn_overlap(train, eval_sets: list) -> None:
 
 def _warn_shared(other: "TrainingSet", name: str, data, where: str, consequence: str) -> None:
     """One warning counting `data`'s proteins that are in `other` (by id or by sequence)."""
-    same_id, same_sequence = other.overlap(data.items)
+    proteins = whole_items(data.items)[0]  # (a complex read chain by chain counted once)
+    same_id, same_sequence = other.overlap(proteins)
     both = same_id + same_sequence
     if both:
         found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
                           + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
-        console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in {where} too ({found}: "
+        console.warn(f"{name}: {len(both)} of its {len(proteins)} proteins are in {where} too ({found}: "
                      f"{', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); {consequence}")
 
 
@@ -863,11 +892,14 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
                             # none here: each member's are training.class_weights_per_member)
                             "class_weights": None if weights is None or sets.folds is not None else
                             {k: v.tolist() for k, v in weights.items()}},
-        "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(sets.train.items),
+        "training": {"embeddings": str(embeddings), "labels": str(labels),
+                     "proteins": _protein_count(sets.train.items),
                      "validation": sets.valid_desc, "notes": sets.train_labels.notes,
                      **({"held_out": sets.held_out} if sets.held_out is not None else {}),
                      # --folds: the ids of each fold (member k was validated on fold k, trained on the rest)
-                     **({"folds": [[sets.train.items[i].id for i in f] for f in sets.folds]}
+                     # (a complex once, not once a chain)
+                     **({"folds": [[m.id for m in whole_items([sets.train.items[i] for i in f])[0]]
+                                   for f in sets.folds]}
                         if sets.folds is not None else {}),
                      # (--folds --class-weights: member k's, counted on the folds it trained on)
                      **({"class_weights_per_member": [
@@ -1260,10 +1292,19 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
 
 
 def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task, *, evaluating: bool = False):
-    """The embeddings of the labelled proteins, read as the fit's settings say."""
-    return load_data(embeddings, label_set, task, kind=input_kind(task, config.architecture),
-                     on_mismatch=config.on_mismatch, layer=config.layer, cache_bytes=config.cache_bytes,
-                     evaluating=evaluating)
+    """The embeddings of the labelled proteins, read as the fit's settings say. A per-residue head
+    reads each chain of a complex (embed --chains) as a protein of its own, its labels' slice its
+    targets, as predict reads it: a CNN slid across the chain break, mixing the chains' residues,
+    in training and in the scores, where predict does not. Its chains follow one another in the
+    data's items (ChainRows, with the complex's checksums: one group in the hold-out and folds);
+    evaluation scores the complex whole (`_predicted_proteins`)."""
+    kind = input_kind(task, config.architecture)
+    with EmbeddingsReader(embeddings) as reader:
+        items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=config.on_mismatch,
+                                     evaluating=evaluating)
+    if task.kind == PER_RESIDUE and kind == PER_RESIDUE:
+        items = chain_items(items, chains_of(embeddings, items))
+    return head_data(embeddings, items, task, kind, layer=config.layer, cache_bytes=config.cache_bytes), report
 
 
 def _fork_rng(torch, device):
@@ -1519,8 +1560,17 @@ def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_
 
 def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residues: int = 8192, seed: int = 0) -> dict:
     """{output: metrics dict} of an ensemble on matched data."""
+    items, kept = _predicted_proteins(ensemble, task, data, max_residues)
+    return score_predictions(task, items, kept, n_boot=n_boot, seed=seed)
+
+
+def _predicted_proteins(ensemble, task: Task, data, max_residues: int) -> tuple[list, dict]:
+    """(the proteins of `data`, `kept_for_scoring` of their predictions): a complex read chain by
+    chain (`_load`) is scored as one protein of all its chains' residues, as `predict --labels`
+    scores it."""
     probs = predict_data(ensemble, task, data, max_residues=max_residues)
-    return score_predictions(task, data.items, kept_for_scoring(task, probs), n_boot=n_boot, seed=seed)
+    items, chains = whole_items(data.items)
+    return items, kept_for_scoring(task, joined_chains(probs, items, chains))
 
 
 def score_out_of_fold(ensemble, task: Task, train, folds: list[np.ndarray], *, n_boot: int = 1000,
@@ -1534,13 +1584,12 @@ def score_out_of_fold(ensemble, task: Task, train, folds: list[np.ndarray], *, n
     per_fold = []
     for member, positions in zip(ensemble.members, folds):
         part = subset(train, positions)
-        probs = predict_data(Ensemble([member], task), task, part, max_residues=max_residues)
-        items += part.items
-        fold_kept = kept_for_scoring(task, probs)
+        part_items, fold_kept = _predicted_proteins(Ensemble([member], task), task, part, max_residues)
+        items += part_items
         for name, values in fold_kept.items():
             kept[name] += values
         # (each fold's own score, without its CI: the spread over the folds, as biotrainer reports it)
-        per_fold.append(score_predictions(task, part.items, fold_kept, n_boot=MIN_RESAMPLES, seed=seed))
+        per_fold.append(score_predictions(task, part_items, fold_kept, n_boot=MIN_RESAMPLES, seed=seed))
     result = score_predictions(task, items, kept, n_boot=n_boot, seed=seed)
     for output in task.outputs:
         score = "spearman" if output.is_value else "accuracy"

@@ -27,8 +27,8 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_path, first_line, option,
                                  whole_number)
-from protrans_cli.heads.data import (ChainRows, Matched, _source_kind, embed_layer, head_data, match_labels, report_unlabelled,
-                                     stored_layer_index)
+from protrans_cli.heads.data import (Matched, _source_kind, chain_items, chains_of, embed_layer, head_data, joined_chains,
+                                     match_labels, report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, StagedRename, bare_name, named_delimiter, staged_outputs,
@@ -661,56 +661,6 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
 
 
-def _chains_of(embeddings, items: list[Matched]) -> dict:
-    """The chain lengths of those of `items` that are complexes (embed --chains), by key."""
-    chains: dict = {}
-    with EmbeddingsReader(embeddings) as reader:
-        if reader.layout == "stacked" or PER_RESIDUE not in reader.kinds:
-            return chains
-        group = reader._group(PER_RESIDUE)
-        for item in items:
-            attrs, _ = dataset_attrs(group, item.key)
-            if "chains" in attrs:
-                lengths = tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
-                if sum(lengths) == item.length:  # (one that does not add up: read whole, as before)
-                    chains[item.key] = lengths
-    return chains
-
-
-def chain_items(items: list[Matched], chains: dict) -> list[Matched]:
-    """`items` with each complex (its chain lengths in `chains`, by key) replaced by its chains,
-    each read as a protein of its own (ChainRows), in chain order."""
-    if not chains:
-        return items
-    out: list[Matched] = []
-    for item in items:
-        start = 0
-        for n in chains.get(item.key) or ():
-            # (each chain its labels' slice, where scored: a chain without them was a KeyError in
-            # the batches of `predict --labels` on a complex)
-            targets = {name: codes[start:start + n] for name, codes in (item.targets or {}).items()}
-            out.append(ChainRows(item.id, item.key, n, targets, start=start, whole=item.length))
-            start += n
-        if item.key not in chains:
-            out.append(item)
-    return out
-
-
-def joined_chains(probs: dict, items: list[Matched], chains: dict) -> dict:
-    """predict_data's probabilities of `chain_items(items, chains)` with each complex's chains
-    joined again in chain order: one (L, C) array an item of `items`."""
-    if not chains:
-        return probs
-    joined = {}
-    for name, values in probs.items():
-        pieces, rows = iter(values), []
-        for item in items:
-            lengths = chains.get(item.key)
-            rows.append(next(pieces) if lengths is None else np.concatenate([next(pieces) for _ in lengths]))
-        joined[name] = rows
-    return joined
-
-
 def chain_breaks(states: bytes, lengths) -> bytes:
     """A complex's per-residue states with a ':' between its chains (`lengths`; None: one chain)."""
     if not lengths:
@@ -1027,7 +977,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
         predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
         ensemble.to(head_device(device))
-        chains = _chains_of(embeddings, items) if task.kind == PER_RESIDUE else {}  # (read by chain, as predict reads them)
+        chains = chains_of(embeddings, items) if task.kind == PER_RESIDUE else {}  # (read by chain, as predict reads them)
         data = head_data(embeddings, chain_items(items, chains), task, reads, layer=head_layer(config))
         predicted = kept_for_scoring(task, joined_chains(predict_data(ensemble, task, data, max_residues=max_residues),
                                                          items, chains))
