@@ -71,6 +71,11 @@ def test_fit_reads_a_complex_chain_by_chain(sets, tmp_path):
     assert [h["train_loss"] for h in got.history] == [h["train_loss"] for h in ref.history]
     for name, w in weights["complex"].items():
         torch.testing.assert_close(w, weights["chains"][name], rtol=0, atol=0)
+    # streamed from the file (no cache: each chain's rows cut from its complex's dataset as read)
+    streamed = _fit(sets, "complex", tmp_path / "streamed", cache_bytes=0)
+    assert [h["train_loss"] for h in streamed.history] == [h["train_loss"] for h in got.history]
+    for name, w in load_file(str(tmp_path / "streamed" / "weights.safetensors")).items():
+        torch.testing.assert_close(w, weights["complex"][name], rtol=0, atol=0)
     # the chains joined into one sequence (a CNN sliding across the break): another training
     assert any(not torch.equal(w, weights["joined"][name]) for name, w in weights["complex"].items())
 
