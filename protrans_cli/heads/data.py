@@ -530,8 +530,6 @@ def _label_chains(record) -> tuple:
 def _check_chains(reader, source: str, key: str, lengths: tuple, record, path) -> None:
     """Labels with ':'s between a complex's chains (`lengths`) match its embedding's chains (its
     `chains` attribute, embed --chains'); a mismatch is an error naming the record."""
-    from protrans_cli.io.h5 import dataset_attrs
-
     attrs = dataset_attrs(reader._group(source), key)[0] if reader.layout != "stacked" else {}
     stored = tuple(int(n) for n in np.atleast_1d(attrs["chains"])) if "chains" in attrs else None
     if stored != tuple(lengths):
