@@ -1166,11 +1166,16 @@ def _target_array(values: list) -> np.ndarray:
 def load_data(embeddings, label_set: LabelSet, task: Task, *, kind: str | None = None, on_mismatch: str = "error",
               layer: int = -1, cache_bytes: int = DEFAULT_CACHE_BYTES, evaluating: bool = False):
     """Match labels to an embeddings file and return ResidueData or ProteinData, plus the report.
-    `kind`: what the head reads (`tasks.input_kind`; default the task's kind)."""
+    `kind`: what the head reads (`tasks.input_kind`; default the task's kind). A per-residue head
+    reads each chain of a complex (embed --chains) as a protein of its own, its labels' slice its
+    targets, as predict reads it (a CNN slid across the chain break mixed the chains' residues);
+    its chains follow one another in the items (ChainRows, with the complex's checksums)."""
     kind = kind or task.kind
     with EmbeddingsReader(embeddings) as reader:
         items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=on_mismatch,
                                      evaluating=evaluating)
+    if task.kind == PER_RESIDUE and kind == PER_RESIDUE:
+        items = chain_items(items, chains_of(embeddings, items))
     return head_data(embeddings, items, task, kind, layer=layer, cache_bytes=cache_bytes), report
 
 

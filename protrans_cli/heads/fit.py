@@ -37,9 +37,9 @@ from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFai
                                  expect_path, first_line, force_option, given, located, one_of, option, plain_numbers,
                                  resume_option, same_settings_with_resume, seed_in_range, torch_load_problem,
                                  whole_number)
-from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ChainRows, ProteinData, TrainingSet, chain_items, chains_of,
-                                     embed_layer, head_data, joined_chains, match_labels, report_unlabelled,
-                                     stored_layer_index, subset, warn_unfinished, whole_items)
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ChainRows, ProteinData, TrainingSet, embed_layer,
+                                     joined_chains, load_data, report_unlabelled, stored_layer_index, subset,
+                                     warn_unfinished, whole_items)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, name_of_test_set,
                                       read_labels, unmasked_flip_warning)
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
@@ -1292,19 +1292,12 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
 
 
 def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task, *, evaluating: bool = False):
-    """The embeddings of the labelled proteins, read as the fit's settings say. A per-residue head
-    reads each chain of a complex (embed --chains) as a protein of its own, its labels' slice its
-    targets, as predict reads it: a CNN slid across the chain break, mixing the chains' residues,
-    in training and in the scores, where predict does not. Its chains follow one another in the
-    data's items (ChainRows, with the complex's checksums: one group in the hold-out and folds);
-    evaluation scores the complex whole (`_predicted_proteins`)."""
-    kind = input_kind(task, config.architecture)
-    with EmbeddingsReader(embeddings) as reader:
-        items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=config.on_mismatch,
-                                     evaluating=evaluating)
-    if task.kind == PER_RESIDUE and kind == PER_RESIDUE:
-        items = chain_items(items, chains_of(embeddings, items))
-    return head_data(embeddings, items, task, kind, layer=config.layer, cache_bytes=config.cache_bytes), report
+    """The embeddings of the labelled proteins, read as the fit's settings say (load_data: a
+    complex's chains as proteins of their own for a per-residue head, one group in the hold-out and
+    folds; evaluation scores the complex whole, `_predicted_proteins`)."""
+    return load_data(embeddings, label_set, task, kind=input_kind(task, config.architecture),
+                     on_mismatch=config.on_mismatch, layer=config.layer, cache_bytes=config.cache_bytes,
+                     evaluating=evaluating)
 
 
 def _fork_rng(torch, device):
