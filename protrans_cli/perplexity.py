@@ -236,7 +236,7 @@ def _score(proteins, options: PerplexityOptions, store, name: str):
     from protrans_cli.embedders import resolve_device
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import VariantScorer, _run_unit, _unit_key, site_sums
+    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _unit_key, site_sums
 
     device, dtype = resolve_device(options.device, options.dtype)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
@@ -296,10 +296,6 @@ def _score(proteins, options: PerplexityOptions, store, name: str):
         summary.residues += len(seq)
         summary.log_likelihood += ll
     return summary, rows, residue_rows
-
-
-def _compute(key, compute, check=None):
-    return compute()
 
 
 def _residues_check(residues: int):
