@@ -121,6 +121,15 @@ def _extra_arguments(ctx) -> str:
 @click.option("--tensorboard/--no-tensorboard", "tensorboard", default=None,
               help="Also log metrics.jsonl's lines as TensorBoard scalars in RUN/tensorboard/ (needs the "
                    "tensorboard package: pip install tensorboard).  [default: off]")
+@click.option("--wandb/--no-wandb", "wandb", default=None,
+              help="Also log metrics.jsonl's lines to Weights & Biases (rank 0; files in RUN/wandb/; --resume "
+                   "continues the same W&B run; WANDB_MODE=offline and the other WANDB_* variables apply; needs "
+                   "the wandb package: pip install wandb). A failure of W&B is a warning: training goes on.  "
+                   "[default: off]")
+@click.option("--wandb-project", default=None, metavar="NAME",
+              help="The W&B project of --wandb.  [default: $WANDB_PROJECT, else protrans]")
+@click.option("--wandb-name", default=None, metavar="NAME",
+              help="The W&B run name of --wandb.  [default: the run directory's name]")
 @click.option("--eval-every", type=int, default=None, help="Steps between eval losses (0: at the end).  [default: 0]")
 @click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
 @click.option("--pad-multiple", type=int, default=None, metavar="N",
@@ -303,7 +312,8 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         # given, not true: --eval-every 0, the default's value, was taken without a word, where
         # --no-keep-best and --no-tensorboard say what the range test does anyway)
         unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
-                                                              "keep_last", "keep_best", "tensorboard")
+                                                              "keep_last", "keep_best", "tensorboard",
+                                                              "wandb", "wandb_project", "wandb_name")
                   if given_option(name) and flags[name] is not False]
         if unused and _rank_zero():
             console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "

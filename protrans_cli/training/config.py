@@ -137,6 +137,9 @@ class TrainConfig:
     # logging / checkpoints
     log_every: int = 10
     tensorboard: bool = False      # metrics.jsonl's lines also as TensorBoard scalars under RUN/tensorboard/
+    wandb: bool = False            # metrics.jsonl's lines also to Weights & Biases (files under RUN/wandb/)
+    wandb_project: str | None = None  # None: $WANDB_PROJECT, else "protrans"
+    wandb_name: str | None = None  # None: the run directory's name
     eval_every: int = 0            # 0: evaluate only at the end (when a val corpus is given)
     num_eval_batches: int = 20
     save_every: int = 1000

@@ -52,8 +52,8 @@ from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, 
                                         check_validation_corpus, corpus_fingerprint, corpus_overlaps,
                                         count_proteins, evaluation_step_size, next_phase_state, position_in_corpus,
                                         step_batches)
-from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, plot_metrics,
-                                           require_tensorboard, truncate_metrics)
+from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, open_wandb, plot_metrics,
+                                           require_tensorboard, require_wandb, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
 from protrans_cli.training.optim import LossScale, LRLambda, build_optimizer, build_scheduler
 
@@ -385,6 +385,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     config.validate(info.world_size, evaluates=evaluates)
     if config.tensorboard and evaluates:  # (not for --find-lr, which logs no metrics)
         require_tensorboard()
+    if config.wandb and evaluates:
+        require_wandb()
     if not config.init_from:
         # The family, its preset and the objective are settings, checked before the corpus is read:
         # `--family bertt` with a corpus too small for one batch (or a missing shard) was said as the
@@ -1019,22 +1021,32 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
                      "it trains to the end")
 
     metrics_path = run.run_dir / "metrics.jsonl"
-    board = None
+    board = wandb_log = None
     if info.is_main:
-        run.save_config(run.run_dir / ckpt.CONFIG_FILE)
+        _, resolved = run.save_config(run.run_dir / ckpt.CONFIG_FILE)
         ckpt.record_complete(run.run_dir, None)  # (until this invocation's last step: a lengthened run is not)
         truncate_metrics(metrics_path, step)
         board = open_tensorboard(run.run_dir, step, config.tensorboard)
         if board is not None:
             dist.print0(f"train: TensorBoard scalars in {board.folder} (tensorboard --logdir {run.run_dir})")
+        # (the settings as the run resolved them, a plain dict: W&B's config of the run)
+        wandb_log = open_wandb(run.run_dir, step, config, {**dataclasses.asdict(config), **resolved}, metrics_path)
+        if wandb_log is not None:
+            dist.print0(f"train: logging to W&B project {wandb_log.project}, run {wandb_log.name} (id "
+                        f"{wandb_log.id}; files in {wandb_log.folder})")
+    exit_code = 1
     try:
         result = _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
-                              state, metrics_path, board)
+                              state, metrics_path, board, wandb_log)
         if result.last_checkpoint is None and where is not None:
             # (a resumed run that saved none: `train(config, resume=True)` on a complete run
             # said last_checkpoint=None beside the checkpoint it had resumed from)
             result.last_checkpoint = Path(where)
+        exit_code = 0
         return result
+    except KeyboardInterrupt as exc:  # (Ctrl-C, or the CLI's SIGTERM and SIGHUP: the exit status it gives them)
+        exit_code = 128 + int(getattr(exc, "signum", signal.SIGINT))
+        raise
     except ProtransError:
         # (a diverged step, a corpus error met mid-run, a checkpoint that cannot be written) The
         # curve up to the failure, as a stopped or completed run draws it: a diverged run's is
@@ -1046,10 +1058,12 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     finally:
         if board is not None:
             board.close()
+        if wandb_log is not None:  # (the W&B run marked failed with the exit status, or finished)
+            wandb_log.finish(exit_code)
 
 
 def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int, step: int, data_phase: int,
-                 data_state, state, metrics_path: Path, board) -> TrainResult:
+                 data_state, state, metrics_path: Path, board, wandb_log=None) -> TrainResult:
     """The steps of `_loop` from its start (or checkpoint) to the end of the run or a stop."""
     config, info = run.config, run.info
     result = TrainResult(run.run_dir, step, False)
@@ -1200,6 +1214,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     append_metrics(metrics_path, record)
                     if board is not None:
                         board.add(record)
+                    if wandb_log is not None:
+                        wandb_log.add(record)
                     # (no loss: every fp16 step of the interval overflowed and was skipped)
                     shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
                     # (on a terminal the bar's, in a log the progress line's: console.progress)

@@ -4,6 +4,7 @@ and the statistics summed between two logging steps."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -159,6 +160,166 @@ def require_tensorboard() -> None:
 
         raise UsageError("--tensorboard needs the tensorboard package, which is not installed: "
                          "pip install tensorboard (or leave --tensorboard out: metrics.jsonl has the same lines)")
+
+
+WANDB_RUN_FILE = "wandb_run.json"  # RUN/wandb_run.json: the W&B run this directory logs to
+
+
+def _read_wandb_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / WANDB_RUN_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # (none, or damaged: a new W&B run)
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+            and isinstance(record.get("last_step"), int)):
+        return None
+    return record
+
+
+def _write_wandb_record(run_dir: Path, record: dict) -> None:
+    from protrans_cli.io.files import atomic_output
+
+    with atomic_output(Path(run_dir) / WANDB_RUN_FILE) as out:
+        out.write((json.dumps(record, indent=1) + "\n").encode())
+
+
+def _new_wandb_id() -> str:
+    """A run id as W&B makes them: 8 characters of [a-z0-9]."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+class WandbLog:
+    """metrics.jsonl's lines logged to Weights & Biases (rank 0, `--wandb`), with the names the
+    TensorBoard scalars have (`train/loss`, ..., `eval/loss`) at the line's step. The W&B run is
+    started with the first line (a run that fails before it leaves nothing), its files under
+    RUN/wandb/ (unless WANDB_DIR says elsewhere), and its id kept in RUN/wandb_run.json with the
+    last step it was sent, so that `--resume` continues the same W&B run. W&B refuses a step that
+    goes back: a run resumed from a checkpoint older than the last step W&B has, or after a run
+    without --wandb went back there, starts a new W&B run, named NAME-resumed-STEP, and sends it
+    metrics.jsonl's lines up to its checkpoint first: each W&B run holds one uninterrupted
+    curve. Any failure of W&B (not logged in, the network) is a warning, after which training goes
+    on without it."""
+
+    def __init__(self, run_dir: Path, start_step: int, *, project: str, name: str, config: dict,
+                 earlier: list[dict] | None = None):
+        self.run_dir, self.start_step, self.project, self.config = Path(run_dir), start_step, project, config
+        self.run = None
+        self.failed = False
+        record = _read_wandb_record(self.run_dir)
+        same = (start_step > 0 and record is not None and record.get("project") == project
+                and not record.get("abandoned") and record["last_step"] <= start_step)
+        if same:
+            # (the lines metrics.jsonl has that W&B was not sent: a resume without --wandb between)
+            self.id, self.name, self.notes = record["id"], record.get("name") or name, None
+            self.replay = [row for row in earlier or () if record["last_step"] < row.get("step", 0) <= start_step]
+        else:
+            self.id, self.name, self.notes = _new_wandb_id(), name, None
+            self.replay = [row for row in earlier or () if row.get("step", 0) <= start_step] if start_step else []
+            if start_step and record is not None:
+                self.name = f"{name}-resumed-{start_step}"
+                self.notes = (f"resumed from step {start_step} of {run_dir}; W&B run {record['id']} had steps after it "
+                              f"(up to {record['last_step']}) that this run trains again: its lines up to step "
+                              f"{start_step} are metrics.jsonl's")
+        self.last_step = record["last_step"] if same else 0
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.environ.get("WANDB_DIR") or self.run_dir) / "wandb"
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        from protrans_cli import console
+
+        self.failed = True
+        said = (str(exc).strip().splitlines() or [""])[0]
+        console.warn(f"--wandb: {what} failed ({type(exc).__name__}{': ' + said if said else ''}): training goes on "
+                     "without W&B (metrics.jsonl has every line)")
+
+    def _open(self) -> bool:
+        if self.run is not None or self.failed:
+            return self.run is not None
+        try:
+            import wandb
+
+            kw = {} if os.environ.get("WANDB_DIR") else {"dir": str(self.run_dir)}
+            self.run = wandb.init(project=self.project, name=self.name, id=self.id, resume="allow",
+                                  config=self.config, notes=self.notes, **kw)
+            if self.run is None:  # (WANDB_MODE=disabled returns a run that logs nothing; None from a stub)
+                raise RuntimeError("wandb.init returned no run")
+        except Exception as exc:  # (not logged in, no network, a bad WANDB_* setting)
+            self._warn("wandb.init", exc)
+            self.run = None
+            return False
+        self.record_step(max(self.last_step, max((r["step"] for r in self.replay), default=0)))
+        for row in self.replay:
+            self._log(row)
+        self.replay = []
+        return self.run is not None
+
+    def record_step(self, step: int) -> None:
+        """Written before the line is sent: a W&B run that was sent step N is never resumed
+        from an earlier checkpoint (W&B would refuse its steps)."""
+        self.last_step = max(self.last_step, step)
+        _write_wandb_record(self.run_dir, {"id": self.id, "name": self.name, "project": self.project,
+                                           "last_step": self.last_step})
+
+    def _log(self, record: dict) -> None:
+        values = {TensorBoardLog.tag(k): v for k, v in record.items()
+                  if k not in ("step", "phase") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        try:
+            self.run.log(values, step=record["step"])
+        except Exception as exc:
+            self._warn(f"logging step {record['step']}", exc)
+            self.finish(1)
+
+    def add(self, record: dict) -> None:
+        if not self._open():
+            return
+        self.record_step(record["step"])
+        self._log(record)
+
+    def finish(self, exit_code: int = 0) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:
+                self._warn("wandb.finish", exc)
+
+
+def open_wandb(run_dir: Path, step: int, config, run_config: dict, metrics_path: Path) -> WandbLog | None:
+    """The run's WandbLog (config.wandb: --wandb), starting at `step`, its W&B config
+    `run_config`. Without --wandb, a W&B run that was sent steps after `step` is marked
+    abandoned in RUN/wandb_run.json: a later run with --wandb starts a new one."""
+    run_dir = Path(run_dir)
+    if not config.wandb:
+        record = _read_wandb_record(run_dir)
+        if record is not None and record["last_step"] > step and not record.get("abandoned"):
+            _write_wandb_record(run_dir, {**record, "abandoned": True})
+        return None
+    project = config.wandb_project or os.environ.get("WANDB_PROJECT") or "protrans"
+    name = config.wandb_name or run_dir.resolve().name
+    earlier = read_metrics(metrics_path) if step and Path(metrics_path).is_file() else []
+    return WandbLog(run_dir, step, project=project, name=name, config=run_config, earlier=earlier)
+
+
+def wandb_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+def require_wandb() -> None:
+    """--wandb without the package: a usage error before any model is built."""
+    if not wandb_installed():
+        from protrans_cli.errors import UsageError
+
+        raise UsageError("--wandb needs the wandb package, which is not installed: pip install wandb "
+                         "(or protrans[wandb]; or leave --wandb out: metrics.jsonl has the same lines)")
 
 
 def read_metrics(path) -> list[dict]:

@@ -122,7 +122,7 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
 
 
 # What a run writes at the root of its directory besides checkpoints and the final model.
-_RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "loss_curve.png", BEST_FILE, COMPLETE_FILE)
+_RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "loss_curve.png", BEST_FILE, COMPLETE_FILE, "wandb_run.json")
 _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
