@@ -117,6 +117,17 @@ def test_a_resume_behind_what_wandb_saw_starts_a_new_run_with_the_whole_curve(tm
         assert fake_wandb.finished[again["id"]] == 0
 
 
+def test_wandb_turned_on_at_a_resume_gets_the_lines_before_it(tmp_path, fake_wandb):
+    out = tmp_path / "run"
+    train(TrainConfig(**dict(KW, wandb=False), output_dir=str(out), stop_after=4))
+    assert not (out / "wandb_run.json").exists() and not fake_wandb.inits
+    train(TrainConfig(**KW, output_dir=str(out)), resume=True)
+    (init,) = fake_wandb.inits
+    assert init["name"] == "run" and init["notes"] is None
+    assert fake_wandb.logs[init["id"]] == _expected(read_metrics(out / "metrics.jsonl"))
+    assert [s for s, _ in fake_wandb.logs[init["id"]]] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_failed_run_finishes_its_wandb_run_with_the_failure(tmp_path, fake_wandb, monkeypatch):
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.training import loop
@@ -218,3 +229,14 @@ def test_a_real_offline_wandb_run(tmp_path):
     done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "wandb_run.json").read_text()) == {**record, "last_step": 3}
+
+
+def test_find_lr_ignores_wandb_with_a_word_and_needs_no_package(tmp_path, run_cli, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    res = run_cli("train", "--corpus", LEARNABLE, "--find-lr", "--max-length", 32, "-j", 1, "--num-steps", 10,
+                  "--wandb", "--wandb-project", "p", "-o", tmp_path / "a")
+    assert res.exit_code == 0, res.stderr
+    assert "--find-lr trains no run: --wandb, --wandb-project ignored" in res.stderr, res.stderr
