@@ -359,3 +359,26 @@ def test_export_esm_notes_the_chain_breaks_are_lost(run_cli, tmp_path):
     assert entry["representations"][0].shape == (23, 21)  # (the chains' rows, in order)
     r = run_cli("export", h5, "--format", "esm", "-o", tmp_path / "esm2", "--per-protein")
     assert r.exit_code == 0 and "no chain breaks" not in r.stderr  # (vectors: no rows to place)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
+@pytest.mark.parametrize("policy", ["linker", "separate"])
+def test_complexes_on_the_gpu_match_the_fp32_reference(run_cli, tmp_path, tiny, policy, packing):
+    """The GPU's paths (bfloat16, packed rows or padded batches) drop a linker's rows and stitch a
+    complex's chains as the CPU does: its rows equal the plain fp32 forward's to bf16 accuracy."""
+    family, model = FAMILIES["esm"], tiny["esm"]
+    out = tmp_path / "g.h5"
+    r = run_cli("embed", COMPLEXES, "-m", model, "-o", out, "--chains", policy, packing)
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        assert str(reader.attrs["device"]).startswith("cuda")
+        res = {i: a for i, a, _ in reader.items(PER_RESIDUE)}
+        prot = {i: a for i, a, _ in reader.items(PER_PROTEIN)}
+    for ident, chains in (("heavy_light", (HEAVY, LIGHT)), ("trimer", TRIMER)):
+        ref = (_linked(family, model, chains, 25) if policy == "linker"
+               else np.concatenate([reference_rows(family, model, c)[0] for c in chains]))
+        assert res[ident].shape == ref.shape
+        err = np.linalg.norm(res[ident] - ref) / np.linalg.norm(ref)
+        assert err < 2e-2, (ident, err)
+        np.testing.assert_allclose(prot[ident], res[ident].mean(0), rtol=1e-2, atol=1e-2)
