@@ -170,3 +170,10 @@ def test_a_point_mutation_counts_once_as_its_first_alternative(run_cli, tmp_path
     r = run_cli("from-structure", pdb, "--residues", tmp_path / "m.tsv")
     assert r.exit_code == 0 and r.stdout.splitlines()[1] == "GK", r.stdout + r.stderr
     assert [line.split("\t")[5] for line in (tmp_path / "m.tsv").read_text().splitlines()[1:]] == ["GLY", "LYS"]
+
+
+@pytest.mark.parametrize("path", [PDB, CIF], ids=["pdb", "mmcif"])
+def test_embed_given_a_structure_names_this_command(run_cli, tmp_path, path):
+    r = run_cli("embed", path, "-m", "onehot", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 1 and "structure: protrans from-structure FILE writes the FASTA" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.h5").exists()

@@ -73,9 +73,11 @@ _LOOK_ALIKES = [
      "the file is an A3M alignment that begins with a '#' line (ColabFold, HH-suite): remove that line "
      "(sed 1d FILE) and its rows read as FASTA"),
     (re.compile(rb"@[^ \t\r\n]"), "the file looks like FASTQ ('@' read headers): protein FASTA has '>' headers"),
+    # (from-structure: a letter a modelled residue, so that per-residue rows sit on the structure's residues)
     (re.compile(rb"(HEADER|ATOM  |HETATM|REMARK|CRYST1|MODEL |TITLE |COMPND|EXPDTA)"), "the file is a PDB "
-     "structure: give its sequence as FASTA (RCSB's FASTA download, or its SEQRES records)"),
-    (re.compile(rb"data_"), "the file is an mmCIF structure: give its sequence as FASTA (RCSB's FASTA download)"),
+     "structure: protrans from-structure FILE writes the FASTA of its modelled residues"),
+    (re.compile(rb"data_"), "the file is an mmCIF structure: protrans from-structure FILE writes the FASTA of its "
+     "modelled residues"),
     (re.compile(rb"LOCUS "), "the file is a GenBank record: give its proteins (the CDS /translation) as FASTA"),
     (re.compile(rb"ID   "), "the file is a UniProt or EMBL flat file: give its proteins as FASTA"),
     (re.compile(rb"(?:[A-Za-z*] )+[A-Za-z*][ \t]*(?:\r?\n|\Z)"),
