@@ -33,6 +33,8 @@ CASES = [
     ("heads_bench.py", "--proteins 20 --dim 8 --threads 1 --epochs 1", r"extrapolated_full_s_per_epoch\s+\d"),
     ("prep_bench.py", "--size-mb 1 --threads 1 --repeat 1 --workdir {tmp}", r"ratio\s+" + RATIO + r".*identical output: True"),
     ("train_resume_bench.py", "--megabytes 1 --shards 2 --tmpdir {tmp}", r"ratio \(re-read / cursor\): " + RATIO),
+    # (against the file's size: import-model's peak memory is the weights held once plus start-up)
+    ("import_bench.py", "--size 8M --tmpdir {tmp}", r"peak resident \d+(\.\d+)? GB = " + RATIO + " the file"),
     # (no baseline: how commands scale with the proteins of a file, each layout; it prints figures)
     ("proteins_bench.py", "--num-proteins 60 --labels 30 --tmpdir {tmp}", r"stacked N=60 predict: \d+(\.\d+)? s"),
 ]
