@@ -135,7 +135,7 @@ def test_held_out_and_folds_keep_a_complexs_chains_together(sets, tmp_path):
     assert sorted(i for fold in recorded for i in fold) == [f"train{k:02d}" for k in range(14)]
 
 
-def test_finetune_refuses_a_complex(tmp_path):
+def test_finetune_refuses_a_complex_by_default(tmp_path):
     from protrans_cli.errors import InputError
     from protrans_cli.heads.finetune import read_sequence_data
     from protrans_cli.heads.tasks import get_task
@@ -144,6 +144,7 @@ def test_finetune_refuses_a_complex(tmp_path):
     labels.write_text(">a\nHHH:CC\n")
     fasta = tmp_path / "s.fa"
     fasta.write_text(">a\nAEL:GP\n")
-    # (one line naming the file the sequence came from, the record, and the option it lacks)
-    with pytest.raises(InputError, match=r"s\.fa, record 'a': its sequence is a complex .*has no chains option"):
+    # (one line naming the file the sequence came from, the record, and the options that read it)
+    with pytest.raises(InputError, match=r"s\.fa, record 'a': ':' at residue 4 is a chain break .*"
+                                         r"chains='linker' or chains='separate' reads it"):
         read_sequence_data(labels, get_task("ss3"), fasta=fasta)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
+from protrans_cli.choices import (ARCHITECTURES, CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, DUAL_POLICIES, FORMATS,
+                                  TASK_NAMES)
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.cli.fit import mask_options
 
@@ -31,6 +32,13 @@ from protrans_cli.cli.fit import mask_options
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
 @mask_options
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
+              help="A complex: one record whose chains are separated by ':'. error: refuse it; linker: the model "
+                   "reads the chains joined by --linker-length glycines, the linker's rows dropped; separate: "
+                   "each chain alone, rows concatenated (as embed --chains). A per-residue head reads each chain "
+                   "alone; predict --fasta with the head reads complexes the same way.")
+@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH,
+              help="Glycines between the chains of a complex under --chains linker.")
 @click.option("--lora-rank", type=int, default=4, help="LoRA rank (Schmirler et al. 2024: 4).")
 @click.option("--lora-alpha", type=float, default=8.0, help="LoRA alpha; the update is scaled by alpha / rank.")
 @click.option("--lora-dropout", type=float, default=0.0, help="Dropout on the adapters' input.")
@@ -63,7 +71,8 @@ from protrans_cli.cli.fit import mask_options
 @click.option("--resume", is_flag=True, help="Continue the interrupted run kept in OUTPUT.partial (saved every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
 def command(task, model, labels, fasta, output, valid, tests, label_format, mask_path, mask_columns, class_weights,
-            lora_rank, lora_alpha, lora_dropout, lr, weight_decay, max_epochs, patience, max_residues, accumulate,
+            chains, linker_length, lora_rank, lora_alpha, lora_dropout, lr, weight_decay, max_epochs, patience,
+            max_residues, accumulate,
             activation_checkpointing, seed, valid_fraction, architecture, hidden,
             kernel, dropout, dual, layer, n_bootstrap, threads, device, resume, force):
     """Fine-tune a protein LM with LoRA together with a prediction head.
@@ -85,7 +94,8 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
                             valid_fraction=valid_fraction, architecture=architecture, hidden=hidden, kernel=kernel,
                             dropout=dropout, dual=dual, layer=layer, n_bootstrap=n_bootstrap,
                             label_format=label_format, mask_path=mask_path, mask_columns=tuple(mask_columns),
-                            class_weights=class_weights, device=device, threads=threads, resume=resume, force=force)
+                            class_weights=class_weights, chains=chains, linker_length=linker_length, device=device,
+                            threads=threads, resume=resume, force=force)
     try:
         finetune(config, labels, output, fasta=fasta, valid=valid, tests=list(tests))
     except KeyboardInterrupt as exc:

@@ -14,10 +14,12 @@ from protrans_cli.choices import CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, FORMATS,
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 
 
-def fasta_embedding_options(recorded: str, skipped: str):
+def fasta_embedding_options(recorded: str, skipped: str, records_chains: bool = False):
     """--max-length, --long-policy, --chunk-overlap, --chains, --linker-length, --invalid-policy: how
     --fasta sequences are embedded (predict's and knn's), each defaulting to what `recorded` (the embeddings whose
-    settings are followed) records; `skipped`: what a skipped protein gets ("no prediction")."""
+    settings are followed) records; `skipped`: what a skipped protein gets ("no prediction");
+    `records_chains`: --chains and --linker-length too (a finetune's head records its own)."""
+    chains_default = f"as {recorded} where recorded (a finetune's --chains), else " if records_chains else ""
     options = [
         click.option("--max-length", type=int, default=None,
                      help=f"With --fasta: residues; longer proteins follow --long-policy.  [default: as {recorded}, "
@@ -31,10 +33,10 @@ def fasta_embedding_options(recorded: str, skipped: str):
         click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default=None,
                      help="With --fasta: a complex (chains separated by ':' in one record) is refused, or embedded "
                           "as embed --chains does: linker (joined by --linker-length glycines) or separate (each "
-                          "chain alone).  [default: error]"),
+                          f"chain alone).  [default: {chains_default}error]"),
         click.option("--linker-length", type=int, default=None,
                      help=f"With --fasta and --chains linker: glycines between the chains.  "
-                          f"[default: {DEFAULT_LINKER_LENGTH}]"),
+                          f"[default: {chains_default}{DEFAULT_LINKER_LENGTH}]"),
         click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
                      help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, "
                           f"or are skipped ({skipped}, with a warning), as embed does.  [default: error]"),
@@ -56,7 +58,7 @@ def fasta_embedding_options(recorded: str, skipped: str):
                    "trained on (into a temporary file); predictions follow the FASTA's order.")
 @click.option("-m", "--model", default=None, shell_complete=completion.models,
               help="With --fasta: the embedding model, when not the one the head records (e.g. a local copy).")
-@fasta_embedding_options("the head's training embeddings", "no prediction")
+@fasta_embedding_options("the head's training embeddings", "no prediction", records_chains=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads; TSV for a .tsv name); "
                    "'-' = stdout; .gz/.bz2/.xz/.zst compress.  [default: stdout, unless only --labels is given]")
@@ -207,9 +209,7 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
                                                long_policy=long_policy, max_length=max_length,
                                                chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error",
-                                               chains=chains or "error",
-                                               linker_length=DEFAULT_LINKER_LENGTH if linker_length is None
-                                               else linker_length,
+                                               chains=chains, linker_length=linker_length,
                                                allow_model_mismatch=allow_model_mismatch)
             from protrans_cli import console
             from protrans_cli.io.files import display_name

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import UsageError, expect_path, whole_number
 from protrans_cli.io.h5 import PER_RESIDUE
 from protrans_cli.threads import torch_threads
@@ -80,8 +79,8 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
 
 
 def predict_sequences(head_dir, sequences, *, model: str | None = None, device: str = "auto",
-                      threads: int | None = None, invalid_policy: str = "error", chains: str = "error",
-                      linker_length: int = DEFAULT_LINKER_LENGTH):
+                      threads: int | None = None, invalid_policy: str = "error", chains: str | None = None,
+                      linker_length: int | None = None):
     """Embed `sequences` ({id: sequence}, or a list) with the model and layer the head was fit on
     (as `protrans predict --fasta` does: its recorded model, per residue or per protein as the
     head needs, and its training embeddings' long-protein policy; `model` replaces the recorded
@@ -90,8 +89,8 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     a warning naming it, as `embed_sequences` leaves it out. `invalid_policy` is predict --fasta's
     --invalid-policy: a sequence that cannot be embedded (a J, an inner '*', no residues) is an
     error ("error"), or left out so ("skip"). `chains`, `linker_length`: complexes (chains joined
-    by ':' in one sequence), as predict --fasta's --chains and --linker-length (default "error": a
-    ':' is refused); a per-residue head reads each chain of a complex as a protein of its own, and
+    by ':' in one sequence), as predict --fasta's --chains and --linker-length (default: as the
+    head records them, a finetune's --chains; else a ':' is refused); a per-residue head reads each chain of a complex as a protein of its own, and
     its `labels` have a ':' between the chains, as its sequence has them (its `probabilities` are
     the (L, C) rows of all its chains, in order)."""
     from protrans_cli.embed import embed_sequences

@@ -13,7 +13,8 @@ stopping rule -> OUT/model (the adapters merged into the weights, an ordinary mo
 OUT/head (a head directory in fit's format whose embedding model is OUT/model, so that
 `protrans predict OUT/head --fasta x.fa` works), OUT/finetune.json; the test sets are embedded with
 the saved OUT/model and scored by fit's metrics code. Written to a temporary folder renamed into
-place at the end; OUT.partial/state.pt after every epoch lets --resume continue.
+place at the end; OUT.partial/state.pt after every epoch lets --resume continue. Complexes (chains
+joined by ':') with --chains linker|separate, read as embed --chains reads them (FineTuned).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from torch import nn
 
 from protrans_cli import console
 from protrans_cli._version import __version__
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, force_option, given, located,
                                  option, resume_option, same_settings_with_resume, seed_in_range)
-from protrans_cli.heads.data import Batch, Matched, ResidueData, has_label
+from protrans_cli.embed import chain_lengths, residue_count
+from protrans_cli.heads.data import Batch, Matched, ResidueData, _label_chains, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
                                     _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
@@ -79,6 +82,8 @@ class FinetuneConfig:
     mask_path: str | None = None  # FLIP mask FASTA (fit's --mask)
     mask_columns: tuple[str, ...] = ("disorder",)  # NetSurfP columns whose 1.0 marks evaluated residues
     class_weights: bool = False  # weight the loss by inverse class frequency in train (fit's)
+    chains: str = "error"  # a complex (chains joined by ':'): refused, or read as embed --chains reads it
+    linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between chains under chains='linker'
     device: str = "auto"
     threads: int | None = None
     resume: bool = False
@@ -99,6 +104,11 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{_flag(name)} must be {text}, got {value}")
+        from types import SimpleNamespace
+
+        from protrans_cli.embed import check_chains
+
+        check_chains(SimpleNamespace(chains=self.chains, linker_length=self.linker_length, long_policy="error"))
         if self.kernel is not None and (self.kernel < 1 or self.kernel % 2 != 1):
             raise UsageError(f"{_flag('kernel')} must be odd (every residue keeps its position), got {self.kernel}")
         # (as fit's: numpy's generator of the hold-out and torch's seed take 0 .. 2**64 - 1; -1 was a
@@ -138,14 +148,20 @@ class SequenceData:
     """Labelled proteins as sequences: `items` (fit's Matched, key = id), `sequences`, and batches
     by padded residue budget (fit's ResidueData.plan) whose `x` is the list of sequences."""
 
-    def __init__(self, items: list[Matched], sequences: list[str], per_residue: bool):
+    def __init__(self, items: list[Matched], sequences: list[str], per_residue: bool, chains: str = "error",
+                 linker_length: int = DEFAULT_LINKER_LENGTH):
+        from protrans_cli.embed import model_length
+
         self.items, self.sequences, self.per_residue = items, sequences, per_residue
-        self.lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        self.chains, self.linker_length = chains, linker_length
+        # (the residues the model reads at once, which the batches' budget counts: a complex's
+        # chains with their linkers, or its longest chain under separate)
+        self.lengths = np.array([model_length(s, chains, linker_length) for s in sequences], dtype=np.int64)
 
     def subset(self, positions) -> "SequenceData":
         positions = np.sort(np.asarray(positions, dtype=np.int64))
         return SequenceData([self.items[i] for i in positions], [self.sequences[i] for i in positions],
-                            self.per_residue)
+                            self.per_residue, self.chains, self.linker_length)
 
     @property
     def targets(self) -> dict:
@@ -157,7 +173,7 @@ class SequenceData:
     def batches(self, max_residues: int = 4096, shuffle: bool = False, rng=None, **_):
         for index in ResidueData.plan(self, max_residues, shuffle, rng):
             seqs = [self.sequences[i] for i in index]
-            longest = max(len(s) for s in seqs)
+            longest = max(residue_count(s) for s in seqs)  # (a complex's rows: its chains' residues)
             if self.per_residue:
                 targets = {name: np.full((len(index), longest), IGNORE, dtype=np.int64) for name in self.items[0].targets}
                 for row, i in enumerate(index):
@@ -167,7 +183,7 @@ class SequenceData:
                 targets = {name: values[index] for name, values in self.targets.items()}
             mask = torch.zeros(len(index), longest, dtype=torch.bool)  # (B, L)
             for row, s in enumerate(seqs):
-                mask[row, :len(s)] = True
+                mask[row, :residue_count(s)] = True
             yield _SequenceBatch(seqs, mask, {k: torch.from_numpy(v) for k, v in targets.items()}, index)
 
 
@@ -202,8 +218,9 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
     note_dual_labels(label_set, task.name, task.dual)
     if sequences is None:
         sequences = read_sequences(fasta) if fasta is not None else {}
+    chains = getattr(config, "chains", "error")
     missing = []
-    for record in label_set.records:
+    for position, record in enumerate(label_set.records):
         source = path  # (where its sequence comes from)
         if record.id in sequences:
             source = fasta
@@ -211,13 +228,20 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
                 raise InputError(f"{option(f'--fasta {fasta}', f'fasta {fasta}')} gives another sequence for this id",
                                  path=str(path), record=record.id)
             record.sequence = sequences[record.id]
+        if task.kind == PER_RESIDUE:
+            # (per-residue labels with ':' between a complex's chains, as predict writes its states
+            # and fit reads them: the ':'s removed, the chain lengths checked against the sequence's)
+            record, label_chains = _label_chains(record)
+            label_set.records[position] = record
+            if label_chains is not None and record.sequence and tuple(chain_lengths(record.sequence)) != label_chains:
+                raise InputError(f"its labels have chains of {', '.join(map(str, label_chains))} residues (':' "
+                                 f"between them), where its sequence's are of "
+                                 f"{', '.join(map(str, chain_lengths(record.sequence)))}", path=str(path),
+                                 record=record.id)
         if not record.sequence:
             missing.append(record.id)
         elif ":" in record.sequence:
-            # (the tokenizer read the ':' as a residue of its own, and the labels counted one short)
-            raise InputError(f"its sequence is a complex (chains joined by ':'), and finetune has no "
-                             f"{option('--chains', 'chains')} option (embed, fit and predict read complexes): "
-                             "give each chain as a record of its own", path=str(source), record=record.id)
+            _check_complex(record, chains, task.kind == PER_RESIDUE, source, path)
     if missing:
         where = f"neither the file nor --fasta {fasta} gives" if fasta is not None else \
             "the file gives no sequences (give them with --fasta SEQS.fa)"
@@ -226,7 +250,21 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
     return label_set
 
 
-def to_data(task: Task, records, path, *, evaluating: bool = False) -> SequenceData:
+def _check_complex(record, chains: str, per_residue: bool, source, path) -> None:
+    """A sequence with ':' between a complex's chains: refused without --chains (the tokenizer read
+    the ':' as a residue of its own, and the labels counted one short), an empty chain refused."""
+    sequence = record.sequence
+    if chains == "error":
+        remedy = " or ".join(option(f"--chains {p}", f"chains={p!r}") for p in ("linker", "separate"))
+        raise InputError(f"':' at residue {sequence.index(':') + 1} is a chain break (a complex's chains, as "
+                         f"ColabFold and ESMFold write them): {remedy} reads it", path=str(source), record=record.id)
+    if min(chain_lengths(sequence)) == 0:
+        raise InputError("an empty chain in its sequence (a ':' at the start or the end, or '::')",
+                         path=str(source), record=record.id)
+
+
+def to_data(task: Task, records, path, *, evaluating: bool = False, chains: str = "error",
+            linker_length: int = DEFAULT_LINKER_LENGTH) -> SequenceData:
     """Targets of each record (fit's Task code), records without any label left out."""
     per_residue = task.kind == PER_RESIDUE
     unlabelled = task.check_label_states(records, str(path), evaluating=evaluating) if per_residue else frozenset()
@@ -234,18 +272,18 @@ def to_data(task: Task, records, path, *, evaluating: bool = False) -> SequenceD
     with located(path):
         for r in records:
             targets = task.residue_targets(r, unlabelled) if per_residue else task.protein_targets(r)
-            if per_residue:
-                if len(next(iter(targets.values()))) != len(r.sequence):
-                    raise InputError(f"{len(next(iter(targets.values())))} labels for {len(r.sequence)} residues",
-                                     path=str(path), record=r.id)
+            if per_residue:  # (a complex's labels: its chains' residues, the ':'s not counted)
+                if len(next(iter(targets.values()))) != residue_count(r.sequence):
+                    raise InputError(f"{len(next(iter(targets.values())))} labels for {residue_count(r.sequence)} "
+                                     "residues", path=str(path), record=r.id)
             # (fit's rule: a class index other than IGNORE, a value other than NaN; a value of
             # exactly -100 compared equal to IGNORE and its protein was left out)
             if has_label(targets):
-                items.append(Matched(r.id, r.id, len(r.sequence), targets))
+                items.append(Matched(r.id, r.id, residue_count(r.sequence), targets))
                 seqs.append(r.sequence)
     if not items:
         raise InputError("no labelled proteins", path=str(path))
-    return SequenceData(items, seqs, per_residue)
+    return SequenceData(items, seqs, per_residue, chains, linker_length)
 
 
 def _check_lengths(sources, limit: int | None) -> None:
@@ -254,9 +292,9 @@ def _check_lengths(sources, limit: int | None) -> None:
     if limit is None:
         return
     for data, path in sources:
-        for item, sequence in zip(data.items, data.sequences):
-            if len(sequence) > limit:
-                raise InputError(f"{len(sequence):,} residues, longer than the {limit:,} residues the model accepts "
+        for item, sequence, length in zip(data.items, data.sequences, data.lengths):
+            if length > limit:  # (a complex: what the model reads at once, embed's model_length)
+                raise InputError(f"{length:,} residues, longer than the {limit:,} residues the model accepts "
                                  "(finetune neither truncates nor chunks: leave such proteins out)", path=str(path),
                                  record=item.id)
 
@@ -280,32 +318,72 @@ def _hold_out(config: FinetuneConfig, train: SequenceData, labels):
 
 # --- the model: encoder with adapters + head ---------------------------------------------------
 
+def model_pieces(sequences, chains: str, linker_length: int) -> tuple[list[str], list[list[tuple[int, int, int]]]]:
+    """(the texts the model reads, for each sequence its pieces (text, first row, rows) in order):
+    a complex's chains joined by `linker_length` glycines, the linkers' rows not among its pieces
+    (chains linker), or each chain a text of its own (separate), as embed --chains reads it."""
+    texts, pieces = [], []
+    for s in sequences:
+        if ":" not in s:
+            pieces.append([(len(texts), 0, len(s))])
+            texts.append(s)
+        elif chains == "separate":
+            pieces.append([])
+            for chain in s.split(":"):
+                pieces[-1].append((len(texts), 0, len(chain)))
+                texts.append(chain)
+        elif chains == "linker":
+            pieces.append([])
+            start = 0
+            for n in chain_lengths(s):
+                pieces[-1].append((len(texts), start, n))
+                start += n + linker_length
+            texts.append(("G" * linker_length).join(s.split(":")))
+        else:  # (read_sequence_data refuses them first)
+            raise ValueError(f"a complex with chains={chains!r}")
+    return texts, pieces
+
+
 class FineTuned(nn.Module):
     """Called like a head (`model(sequences, mask) -> {output: logits}`) on top of an encoder with
-    adapters; embed's TransformerEmbedder gives the family's input conventions and residue rows."""
+    adapters; embed's TransformerEmbedder gives the family's input conventions and residue rows.
+    A complex (chains joined by ':') is read as embed --chains reads it (`chains`): its chains
+    joined by `linker_length` glycines whose rows are then dropped (linker), or each chain alone
+    (separate), its rows the chains' residues in chain order; a per-residue task's head reads
+    each chain as a protein of its own (`per_chain`), as predict and fit give it a complex."""
 
-    def __init__(self, embedder, head, reads_residues: bool, autocast: str | None = None):
+    def __init__(self, embedder, head, reads_residues: bool, autocast: str | None = None, *, chains: str = "error",
+                 linker_length: int = DEFAULT_LINKER_LENGTH, per_chain: bool = False):
         super().__init__()
         self.embedder = embedder  # (tokeniser, family, layer; its model is self.encoder)
         self.encoder = embedder.model
         self.head = head
         self.reads_residues = reads_residues
         self.autocast = autocast
+        self.chains, self.linker_length, self.per_chain = chains, linker_length, per_chain
 
     def residue_rows(self, sequences):
         """(x (B, L, D) float32 with exactly one row per residue, mask (B, L) bool), embed's rows."""
         emb = self.embedder
-        inputs, mask = emb.family_impl.encode(emb.tokenizer, list(sequences), emb._multiple(sequences))
+        texts, pieces = model_pieces(sequences, self.chains, self.linker_length)
+        inputs, mask = emb.family_impl.encode(emb.tokenizer, texts, emb._multiple(texts))
         device = next(self.head.parameters()).device
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
+        mask = mask.to(device=device, dtype=torch.bool)  # (T, S)
         ctx = (torch.autocast(device.type, dtype=getattr(torch, self.autocast)) if self.autocast
                else contextlib.nullcontext())
         with ctx:
-            states = emb.family_impl.hidden_states(self.encoder, inputs, list(emb.layers))[0]  # (B, T, D)
-        lengths = mask.sum(dim=1)  # (B,)
+            states = emb.family_impl.hidden_states(self.encoder, inputs, list(emb.layers))[0]  # (T, S, D)
+        rows = states[mask].float()  # (sum of the texts' residues, D)
+        if len(texts) != len(sequences) or any(len(p) > 1 for p in pieces):
+            # a complex: its residues' rows in chain order, the linkers' left out (indexing: the
+            # gradients flow back to the encoder as through the rows themselves)
+            offsets = np.concatenate([[0], np.cumsum(mask.sum(dim=1).cpu().numpy())])
+            keep = np.concatenate([np.arange(offsets[t] + first, offsets[t] + first + n)
+                                   for parts in pieces for t, first, n in parts])
+            rows = rows[torch.from_numpy(keep).to(device)]
+        lengths = torch.tensor([sum(n for _, _, n in parts) for parts in pieces], device=device)  # (B,)
         longest = int(lengths.max())
-        rows = states[mask].float()  # (sum L_i, D)
         residue = torch.arange(longest, device=device)[None, :] < lengths[:, None]  # (B, L)
         x = rows.new_zeros(len(sequences), longest, rows.shape[-1])
         x[residue] = rows
@@ -313,10 +391,28 @@ class FineTuned(nn.Module):
 
     def forward(self, sequences, mask=None):
         x, residue = self.residue_rows(sequences)
+        if self.reads_residues and self.per_chain and any(":" in s for s in sequences):
+            return self._by_chain(sequences, x, residue)
         if self.reads_residues:
             return self.head(x, residue)
         pooled = (x * residue[..., None]).sum(dim=1) / residue.sum(dim=1, keepdim=True)  # (B, D)
         return self.head(pooled, None)
+
+    def _by_chain(self, sequences, x, residue):
+        """The head on each chain of a complex as a protein of its own (a CNN slid across a chain
+        break mixed the two chains' residues), its outputs put back in the complex's rows."""
+        lengths = [n for s in sequences for n in chain_lengths(s)]
+        longest = max(lengths)
+        counts = torch.tensor(lengths, device=x.device)
+        chain_mask = torch.arange(longest, device=x.device)[None, :] < counts[:, None]  # (C, Lc)
+        chain_x = x.new_zeros(len(lengths), longest, x.shape[-1])
+        chain_x[chain_mask] = x[residue]  # (the rows in order: sequence by sequence, chain by chain)
+        out = {}
+        for name, values in self.head(chain_x, chain_mask).items():  # (C, Lc, ...)
+            joined = values.new_zeros((*residue.shape, *values.shape[2:]))
+            joined[residue] = values[chain_mask]
+            out[name] = joined
+        return out
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -370,6 +466,9 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests, stdin: str
     trained, the inputs as the files they name and those files' size and modification time
     (fit's _identity), and a local model directory's files likewise."""
     settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
+    if settings.get("chains") == "error":  # (a state saved before finetune read complexes resumes as before)
+        settings.pop("chains")
+        settings.pop("linker_length", None)
     model_dir = _model_dir(config.model)
     if model_dir is not None:
         settings["model"] = os.path.realpath(model_dir)
@@ -508,17 +607,18 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         raise no_training_records(labels, declared)
     with located(labels):
         task = task.with_classes_from(train_records)
-    train = to_data(task, train_records, labels)
+    data_of = functools.partial(to_data, chains=config.chains, linker_length=config.linker_length)
+    train = data_of(task, train_records, labels)
     if task.kind != PER_RESIDUE:  # (fit's rule: an output no training protein has a label for is left out)
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
         warn_unused_fraction(config.valid_fraction)  # (as fit warns)
         valid_set = read(valid, task, evaluation=True)
         records = evaluation_records(valid_set, VALID, valid, "finetune").records
-        valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)
+        valid_data, valid_desc = data_of(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
         warn_unused_fraction(config.valid_fraction, labels)
-        valid_data = to_data(task, _only(train_set, {VALID}).records, labels, evaluating=True)
+        valid_data = data_of(task, _only(train_set, {VALID}).records, labels, evaluating=True)
         valid_desc = f"{labels} (its validation records)"
     else:
         train, valid_data, valid_desc = _hold_out(config, train, labels)
@@ -532,10 +632,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         records = evaluation_records(label_set, TEST, path, "finetune").records
         name = _unique_name(name_of_test_set(path, Path(str(path)).name.split(".")[0] or "test"),
                             [s[0] for s in eval_sets])
-        eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
+        eval_sets.append((name, data_of(task, records, path, evaluating=True), str(path)))
         sources.append((eval_sets[-1][1], path))
     if not tests and TEST in declared:
-        eval_sets.append(("test", to_data(task, _only(train_set, {TEST}).records, labels, evaluating=True),
+        eval_sets.append(("test", data_of(task, _only(train_set, {TEST}).records, labels, evaluating=True),
                           f"{labels} (SET=test)"))
         sources.append((eval_sets[-1][1], labels))
     if config.mask_path is not None and not any(masked):
@@ -569,7 +669,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
             checkpoint_blocks(embedder.model)
         head = build_head(task, embedder.embedding_dim, architecture=architecture, hidden=config.hidden,
                           kernel=config.kernel, dropout=config.dropout)
-        model = FineTuned(embedder, head, reads_residues, autocast).to(device)
+        model = FineTuned(embedder, head, reads_residues, autocast, chains=config.chains,
+                          linker_length=config.linker_length, per_chain=task.kind == PER_RESIDUE).to(device)
         if weights is not None:
             weights = {k: v.to(device) for k, v in weights.items()}
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -715,6 +816,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     embedding = {"model": str(out_dir / "model"), "family": embedder.family, "layers": [layer],
                  "embedding_dim": int(embedder.embedding_dim), "input_prefix": embedder.input_prefix,
                  "finetuned_from": config.model}
+    if config.chains != "error":  # (how it read complexes: predict --fasta reads them so by default)
+        embedding.update(chains=config.chains, linker_length=config.linker_length)
     saved_weights = weights_fingerprint(tmp / "model")  # (of the files' contents: the same once OUT/model)
     if saved_weights:  # (predict: a model saved over OUT/model since is not the one the head was trained with)
         embedding["weights_fingerprint"] = saved_weights
@@ -755,7 +858,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     saved = TransformerEmbedder(load_model(tmp / "model", device="cpu"), (layer,), device, "float32")
     summary = {}
     for name, data, desc in eval_sets:
-        rows = embedded_rows(saved, data.sequences, config.max_residues, pooled=not reads_residues)
+        rows = embedded_rows(saved, data.sequences, config.max_residues, pooled=not reads_residues,
+                             chains=config.chains, linker_length=config.linker_length)
         result = evaluate_data(ensemble, task, rows_data(rows, data, reads_residues), n_boot=config.n_bootstrap,
                                max_residues=config.max_residues, seed=config.seed)
         summary[name] = write_metrics(head_dir / "metrics", name, result, str(out_dir / "model"), desc, plots=False)
@@ -773,8 +877,15 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     return summary
 
 
-def embedded_rows(embedder, sequences: list[str], max_residues: int, *, pooled: bool) -> list[np.ndarray]:
-    """embed's arrays of the last (or chosen) layer: (L, D) per sequence, or (D,) with `pooled`."""
+def embedded_rows(embedder, sequences: list[str], max_residues: int, *, pooled: bool, chains: str = "error",
+                  linker_length: int = DEFAULT_LINKER_LENGTH) -> list[np.ndarray]:
+    """embed's arrays of the last (or chosen) layer: (L, D) per sequence, or (D,) with `pooled`; a
+    complex's rows its chains' residues as embed --chains `chains` gives them, its vector their mean."""
+    if any(":" in s for s in sequences):
+        texts, pieces = model_pieces(sequences, chains, linker_length)
+        arrays = embedded_rows(embedder, texts, max_residues, pooled=False)
+        rows = [np.concatenate([arrays[t][first:first + n] for t, first, n in parts]) for parts in pieces]
+        return [r.mean(axis=0) if pooled else r for r in rows]
     order = np.argsort([len(s) for s in sequences], kind="stable")
     rows: dict[int, np.ndarray] = {}
     batch: list[int] = []
@@ -799,6 +910,19 @@ def rows_data(rows: list[np.ndarray], data: SequenceData, reads_residues: bool):
     from protrans_cli.heads.data import ProteinData
 
     if reads_residues:
+        if data.per_residue and any(":" in s for s in data.sequences):
+            # (a per-residue head reads each chain of a complex as a protein of its own, as fit's
+            # and predict's; scored as one protein of all its chains' residues: evaluate_data)
+            from protrans_cli.heads.data import chain_items
+
+            chains = {item.key: tuple(chain_lengths(s)) for item, s in zip(data.items, data.sequences) if ":" in s}
+            pieces = []
+            for item, r in zip(data.items, rows):
+                starts = np.cumsum((0, *chains.get(item.key, (len(r),))))
+                pieces += [r[a:b] for a, b in zip(starts[:-1], starts[1:])]
+            out = ResidueData.in_memory([r.astype(np.float32) for r in pieces], int(rows[0].shape[-1]))
+            out.items = chain_items(data.items, chains)
+            return out
         out = ResidueData.in_memory([r.astype(np.float32) for r in rows], int(rows[0].shape[-1]))
         out.items = data.items
         if not data.per_residue:

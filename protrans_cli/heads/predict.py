@@ -164,15 +164,16 @@ def _all_items(reader: EmbeddingsReader, kind: str,
 
 def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",
                    threads: int | None = None, long_policy: str | None = None, max_length: int | None = None,
-                   chunk_overlap: int | None = None, invalid_policy: str = "error", chains: str = "error",
-                   linker_length: int = DEFAULT_LINKER_LENGTH,
+                   chunk_overlap: int | None = None, invalid_policy: str = "error", chains: str | None = None,
+                   linker_length: int | None = None,
                    allow_model_mismatch: bool = False) -> tuple[Path, list[str]]:
     """Embed a FASTA the way the head's training embeddings were made (its recorded model and
     layer, per residue or per protein as the head needs, and long-protein policy): (HDF5 file in
     `directory`, the FASTA's ids in input order). `model` replaces the recorded model (e.g. the
     same weights elsewhere); `long_policy`, `max_length`, `chunk_overlap` the recorded policy
     (a head that records none: error, at the model's own limit, as embed does); `chains`,
-    `linker_length`: complexes, as embed's (default: refused)."""
+    `linker_length`: complexes, as embed's (default: as the head records them, a finetune's
+    --chains; else refused)."""
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
                                          long_policy=long_policy, max_length=max_length,
                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
@@ -281,8 +282,8 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
 
 def head_embed_options(head_dir, *, model: str | None = None, device: str = "auto", threads: int | None = None,
                        long_policy: str | None = None, max_length: int | None = None,
-                       chunk_overlap: int | None = None, invalid_policy: str = "error", chains: str = "error",
-                       linker_length: int = DEFAULT_LINKER_LENGTH, allow_model_mismatch: bool = False):
+                       chunk_overlap: int | None = None, invalid_policy: str = "error", chains: str | None = None,
+                       linker_length: int | None = None, allow_model_mismatch: bool = False):
     """(EmbedOptions, the head's config): how to embed proteins the way the head's training
     embeddings were made (embed_for_head; heads.arrays.predict_sequences)."""
     from protrans_cli.heads.model import CONFIG, head_input_kind
@@ -355,8 +356,8 @@ def check_fasta_values(max_length=None, chunk_overlap=None, threads=None) -> Non
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
                            device: str = "auto", threads: int | None = None, long_policy: str | None = None,
                            max_length: int | None = None, chunk_overlap: int | None = None,
-                           invalid_policy: str = "error", chains: str = "error",
-                           linker_length: int = DEFAULT_LINKER_LENGTH, same_model: bool = False,
+                           invalid_policy: str = "error", chains: str | None = None,
+                           linker_length: int | None = None, same_model: bool = False,
                            allow_model_mismatch: bool = False):
     """EmbedOptions that embed proteins as the embeddings whose settings `recorded` holds (a
     head's config "embedding", an embeddings file's attributes) were made: their long-protein
@@ -365,8 +366,20 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     one, not a caller's): the hub commit (else revision) the embeddings were made from, so that a
     hub model updated since is not used in its place, and a local directory whose weights differ
     from the recorded `weights_fingerprint` (retrained since) refused unless `allow_model_mismatch`
-    (before any protein is embedded). `chains`, `linker_length`: complexes, as embed's. Validated."""
+    (before any protein is embedded). `chains`, `linker_length`: complexes, as embed's; None: as
+    `recorded` reads them (a finetune's head records its --chains and --linker-length: its model
+    was trained on complexes read so), else refused. Validated."""
     from protrans_cli.embed import EmbedOptions
+
+    if chains is None and recorded.get("chains") not in (None, "error"):
+        chains = str(recorded["chains"])
+        if linker_length is None and recorded.get("linker_length") is not None:
+            linker_length = int(recorded["linker_length"])
+        console.info(f"complexes: --chains {chains}"
+                     + (f" --linker-length {DEFAULT_LINKER_LENGTH if linker_length is None else linker_length}"
+                        if chains == "linker" else "") + f", as in {source}")
+    chains = chains or "error"
+    linker_length = DEFAULT_LINKER_LENGTH if linker_length is None else linker_length
 
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
     # say what to do with it: the recorded policy, at its length, unless replaced.
