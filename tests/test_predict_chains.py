@@ -273,3 +273,27 @@ def test_labels_with_colons_match_a_complexs_chains(run_cli, ss3_head, tmp_path)
     joined = states["joined"]
     assert "is of one chain" in refused("joined", joined[:22] + ":" + joined[22:])
     assert "empty chain" in refused("trimer", ":" + states["trimer"])
+
+
+def test_predict_fasta_reads_complexes_as_the_heads_training_embeddings_did(run_cli, tmp_path):
+    """A head fit on embeddings of complexes (embed --chains separate) records the policy, and
+    predict --fasta reads complexes so without --chains (saying so), as finetune's heads do."""
+    import json
+
+    h5 = tmp_path / "train.h5"
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "separate", "--per-residue").exit_code == 0
+    labels = tmp_path / "labels.csv"
+    rows = {"heavy_light": "MKTAYIAKQRQISFVKSHFSRQ:GSHMLEDPVDAFQ", "joined": "MKTAYIAKQRQISFVKSHFSRQGSHMLEDPVDAFQ",
+            "trimer": "ACDEFGHIK:LMNPQRSTVWY:MKV", "copy": "MKTAYIAKQRQISFVKSHFSRQ:GSHMLEDPVDAFQ"}
+    labels.write_text("id,ss3\n" + "".join(f"{i},{''.join('H' if c in 'AELMQKR' else 'C' for c in s.replace(':', ''))}\n"
+                                           for i, s in rows.items()))
+    head = tmp_path / "head"
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", labels, "-o", head, "--max-epochs", "1",
+                "--valid-fraction", "0.25", "--bootstrap", "10")
+    assert r.exit_code == 0, r.stderr
+    recorded = json.loads((head / "config.json").read_text())["embedding"]
+    assert recorded["chains"] == "separate" and "linker_length" not in recorded
+    r = run_cli("predict", head, "--fasta", COMPLEXES, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "complexes: --chains separate, as in the head's training embeddings" in r.stderr
+    assert _states(tmp_path / "p.fa")["trimer"].count(":") == 2

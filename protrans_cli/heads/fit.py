@@ -568,13 +568,14 @@ def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list,
 def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
     """What config.json records of the training embeddings, and the model layer learned from."""
     with EmbeddingsReader(embeddings) as reader:
-        # (the long-protein policy too: `predict --fasta` embeds long proteins as these were)
+        # (the long-protein policy too: `predict --fasta` embeds long proteins as these were; and what
+        # the model saw of a complex, embed --chains: `predict --fasta` reads complexes so by default)
         # (and the hub revision and commit: `predict --fasta` embeds with the weights these came from;
         # a local directory's weights_fingerprint: predict and `predict --fasta` refuse other weights there)
         embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "revision", "commit", "family", "layers",
                                                                   "pooling", "storage_dtype", "embedding_dim",
                                                                   "max_length", "long_policy", "chunk_overlap",
-                                                                  "weights_fingerprint")
+                                                                  "weights_fingerprint", "chains", "linker_length")
                           if k in reader.attrs and reader.attrs[k] is not None
                           and not (isinstance(reader.attrs[k], str) and reader.attrs[k] == "")}
         # the token embed put before every protein (ProstT5's <AA2fold>): "" for none, as in
