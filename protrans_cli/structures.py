@@ -5,6 +5,8 @@ not SEQRES's or UniProt's (missing loops, expression tags, insertion codes, numb
 `read_structure` takes the first model's amino acids that have a CA atom, in file order, and
 `structure_records` makes the FASTA records `protrans embed` reads, each residue of each row known
 (chain, author residue number, insertion code, residue name), which `write_residue_map` writes.
+`structure_sources` expands folders and tar archives (AlphaFold DB's proteome downloads, streamed)
+into the structures to read, and `read_structures` parses them in worker processes, in order.
 
     from protrans_cli.structures import StructureOptions, from_structures
     records = from_structures(["1abc.cif.gz"], "1abc.fa", residues_map="1abc.map.tsv",
@@ -90,12 +92,17 @@ class StructureRecord:
 @dataclasses.dataclass
 class StructureOptions:
     """`chains`: the chains to take (None: every protein chain), a complex's in this order;
-    `complex`: one record a structure, its chains joined by ':' (else one record a chain)."""
+    `complex`: one record a structure, its chains joined by ':' (else one record a chain);
+    `threads`: worker processes that parse the files (1: this process)."""
 
     chains: tuple[str, ...] | None = None
     complex: bool = False
+    threads: int = 1  # worker processes parsing the files (the output is the same whatever the count)
 
     def __post_init__(self):
+        from protrans_cli.threads import check_threads
+
+        self.threads = check_threads(self.threads, "threads")
         if self.chains is not None:
             self.chains = tuple(self.chains)
             if not self.chains or any(not c for c in self.chains):
@@ -143,11 +150,19 @@ def read_structure(path, name: str | None = None) -> Structure:
     """The protein chains of a PDB or mmCIF file (`-` for stdin; compressed ones read as they are),
     its format told by its content. Raises InputError naming the file for anything that is not a
     structure file, one Biopython cannot parse, and one without an amino acid."""
-    from protrans_cli.io.files import binary_kind, display_name, kind_refusal, open_input
+    from protrans_cli.io.files import display_name, open_input
 
     shown = name or display_name(path)
     with open_input(path, shown) as stream:
         data = stream.read()
+    return parse_structure(data, shown, structure_ident(path) if str(path) != "-" else None)
+
+
+def parse_structure(data: bytes, shown: str, ident: str | None = None) -> Structure:
+    """read_structure of a file's bytes (decompressed), `shown` naming it in errors (a tar
+    member's ARCHIVE:MEMBER); `ident` None takes the entry id (as from stdin)."""
+    from protrans_cli.io.files import binary_kind, kind_refusal
+
     kind = binary_kind(data[:4096])
     if kind is not None:
         raise InputError(kind_refusal(kind, "a structure file", "PDB or mmCIF"), path=shown)
@@ -160,7 +175,7 @@ def read_structure(path, name: str | None = None) -> Structure:
         hint = " (a FASTA: protrans embed reads it as it is)" if text.lstrip().startswith(">") else ""
         raise InputError("not a structure file: no ATOM or HETATM records (PDB) and no data_ block (mmCIF)" + hint,
                          path=shown)
-    ident = structure_ident(path) if str(path) != "-" else _entry_id(text, fmt)
+    ident = ident if ident is not None else _entry_id(text, fmt)
     if fmt == "mmcif" and "_atom_site." not in text:
         raise InputError("holds no atoms: an mmCIF file without an _atom_site table", path=shown)
     from Bio.PDB import MMCIFParser, PDBParser
@@ -234,6 +249,260 @@ def _bonded(before, after) -> bool:
     return float(before["C"] - after["N"]) < PEPTIDE_BOND
 
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_MMCIF_SUFFIXES = (".cif", ".mmcif", ".pdbx")
+
+
+def _structure_suffix(name: str) -> str | None:
+    """The structure suffix of a file name (`.cif` of `x.CIF.gz`), None for any other name."""
+    lower = name.lower()
+    for compression in ("", *COMPRESSION_SUFFIXES):
+        if compression and not lower.endswith(compression):
+            continue
+        stem = lower[:len(lower) - len(compression)]
+        for suffix in STRUCTURE_SUFFIXES:
+            if stem.endswith(suffix) and len(stem) > len(suffix):
+                return suffix
+    return None
+
+
+def is_archive(path) -> bool:
+    """Whether `path` names a tar archive (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), by its name."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _mmcif_taken(names) -> tuple[list[str], int]:
+    """`names` less each PDB-format file of which an mmCIF one of the same stem in the same folder
+    is there too (AlphaFold DB's archives hold AF-X-F1-model_v4.cif.gz and .pdb.gz of each model),
+    in their order; and how many were left out."""
+    def key(name):
+        return (str(Path(name).parent), structure_ident(name))
+
+    cif = {key(n) for n in names if _structure_suffix(Path(n).name) in _MMCIF_SUFFIXES}
+    kept = [n for n in names if _structure_suffix(Path(n).name) in _MMCIF_SUFFIXES or key(n) not in cif]
+    return kept, len(names) - len(kept)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One structure to read: a file (`path`), or bytes read in the main process (`data`: an
+    archive member's, compressed as it is; stdin's, decompressed)."""
+
+    shown: str
+    ident: str | None
+    path: str | None = None
+    data: bytes | None = None
+    decompressed: bool = False
+
+
+@dataclasses.dataclass
+class StructureSources:
+    """The structures that FILES name: a file as it is (`-`: stdin), a folder's structure files
+    (recursively, in sorted path order), a tar archive's structure members (in archive order);
+    in folders and archives a model given as both mmCIF and PDB is read from its mmCIF.
+    `notes` says what was left out."""
+
+    items: list  # ("file", path) | ("archive", path, member names)
+    count: int
+    notes: list[str]
+
+    def jobs(self):
+        """The _Jobs in order, an archive's members read (streamed, not extracted) as they come."""
+        for item in self.items:
+            if item[0] == "file" and item[1] == "-":  # (read here, not in a worker)
+                from protrans_cli.io.files import open_input
+
+                with open_input("-", "<stdin>") as stream:
+                    yield _Job(shown="<stdin>", ident=None, data=stream.read(), decompressed=True)
+            elif item[0] == "file":
+                yield _Job(shown=item[1], ident=structure_ident(item[1]), path=item[1])
+            else:
+                yield from _archive_jobs(item[1], item[2])
+
+
+def structure_sources(paths) -> StructureSources:
+    """Expand FILES (paths, folders, tar archives) into the structures to read (StructureSources).
+    A folder or archive without a structure file is an InputError naming it."""
+    import os
+
+    items, count, notes = [], 0, []
+    for path in (str(p) for p in paths):
+        if path != "-" and os.path.isdir(path):
+            found, other = [], 0
+            for folder, dirs, files in os.walk(path, onerror=_walk_error):
+                dirs.sort()
+                for name in files:
+                    if _structure_suffix(name):
+                        found.append(os.path.join(folder, name))
+                    else:
+                        other += 1
+            found.sort()
+            found, replaced = _mmcif_taken(found)
+            if not found:
+                raise InputError("holds no structure file (.pdb, .ent, .cif, .mmcif; .gz too)"
+                                 + (f": {other} other file{'s' if other != 1 else ''}" if other else ""), path=path)
+            items.extend(("file", f) for f in found)
+            count += len(found)
+            notes.extend(_left_out(path, "file", other, replaced))
+        elif path != "-" and is_archive(path):
+            members, other = _archive_members(path)
+            members, replaced = _mmcif_taken(members)
+            if not members:
+                raise InputError("holds no structure file (.pdb, .ent, .cif, .mmcif; .gz too)"
+                                 + (f": {other} other member{'s' if other != 1 else ''}" if other else ""), path=path)
+            items.append(("archive", path, members))
+            count += len(members)
+            notes.extend(_left_out(path, "member", other, replaced))
+        else:
+            items.append(("file", path))
+            count += 1
+    return StructureSources(items=items, count=count, notes=notes)
+
+
+def _walk_error(exc: OSError):
+    raise InputError(f"cannot list the folder: {exc.strerror or exc}", path=exc.filename) from None
+
+
+def _left_out(where: str, noun: str, other: int, replaced: int) -> list[str]:
+    notes = []
+    if other:
+        notes.append(f"{where}: left out {other} {noun}{'s' if other != 1 else ''} that {'are' if other != 1 else 'is'} "
+                     "not a structure file (.pdb, .ent, .cif, .mmcif; .gz too)")
+    if replaced:
+        notes.append(f"{where}: read {replaced} model{'s' if replaced != 1 else ''} from {'their' if replaced != 1 else 'its'} "
+                     "mmCIF file, not the PDB file of the same name beside it")
+    return notes
+
+
+def _open_archive(path):
+    import tarfile
+
+    try:
+        return tarfile.open(path, "r:*")
+    except FileNotFoundError:
+        from protrans_cli.io.files import missing_file
+
+        raise InputError(missing_file(path), path=path) from None
+    except PermissionError:
+        raise InputError("permission denied", path=path) from None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InputError(f"cannot read it as a tar archive: {_words(exc)}", path=path) from None
+
+
+def _words(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _archive_members(path) -> tuple[list[str], int]:
+    """The names of an archive's structure members, in order, and how many other files it holds
+    (its headers read, not its members' data, where the archive is not compressed)."""
+    import tarfile
+
+    found, other = [], 0
+    with _open_archive(path) as archive:
+        try:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                if _structure_suffix(Path(member.name).name):
+                    found.append(member.name)
+                else:
+                    other += 1
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise InputError(f"cannot read it as a tar archive: {_words(exc)}", path=path) from None
+    return found, other
+
+
+def _archive_jobs(path, members):
+    """The _Jobs of `members` of the archive, each member's bytes read (decompressed, where a
+    member is .gz) as the archive is streamed."""
+    import tarfile
+
+    wanted = set(members)
+    with _open_archive(path) as archive:
+        while True:
+            try:
+                member = archive.next()
+                if member is None:
+                    return
+                if not (member.isfile() and member.name in wanted):
+                    continue
+                shown = f"{path}:{member.name}"
+                data = archive.extractfile(member).read()
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise InputError(f"cannot read it as a tar archive: {_words(exc)}", path=path) from None
+            yield _Job(shown=shown, ident=structure_ident(member.name), data=data)
+
+
+def _read_job(job: _Job):
+    """A _Job's Structure, or ("error", message, shown) (a worker's answer, pickled)."""
+    try:
+        if job.data is None:
+            from protrans_cli.io.files import open_input
+
+            with open_input(job.path, job.shown) as stream:
+                data = stream.read()
+        else:
+            data = job.data if job.decompressed else _decompressed(job.data, job.shown)
+        return parse_structure(data, job.shown, job.ident)
+    except InputError as exc:
+        return ("error", exc.message, exc.path)
+
+
+def _decompressed(data: bytes, shown: str) -> bytes:
+    from protrans_cli.io.files import _decompressor, _NamedErrors, sniff_compression
+
+    kind = sniff_compression(data[:8])
+    if kind is None:
+        return data
+    return io.BufferedReader(_NamedErrors(_decompressor(io.BytesIO(data), kind), shown)).read()
+
+
+def _answer(result) -> Structure:
+    if isinstance(result, tuple):
+        raise InputError(result[1], path=result[2])
+    return result
+
+
+def _worker_signals() -> None:
+    """A worker leaves Ctrl-C (sent to the whole process group) to the main process, which stops
+    the pool: each worker printed KeyboardInterrupt's traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def read_structures(jobs, threads: int = 1):
+    """Yield the Structure of each _Job, in order, parsed in `threads` worker processes (at most
+    4 a worker in flight: memory holds the residues of the structures read, not Biopython's
+    objects nor the whole input). The first bad file in input order is the InputError raised."""
+    if threads <= 1:
+        for job in jobs:
+            yield _answer(_read_job(job))
+        return
+    import collections
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from protrans_cli.errors import RuntimeFailure
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    pool = ProcessPoolExecutor(threads, mp_context=ctx, initializer=_worker_signals)
+    pending: collections.deque = collections.deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(_read_job, job))
+            if len(pending) >= 4 * threads:
+                yield _answer(pending.popleft().result())
+        while pending:
+            yield _answer(pending.popleft().result())
+    except BrokenProcessPool:
+        raise RuntimeFailure("a worker process parsing the structures died (out of memory?): run with fewer -j") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def structure_records(structures, options: StructureOptions | None = None) -> list[StructureRecord]:
     """The FASTA records of `structures`: one a chain (`ID_CHAIN`; `ID` for a chain without a
     name), or with `options.complex` one a structure (`ID`, chains joined by ':'). An id given by
@@ -288,17 +557,23 @@ def write_residue_map(records, stream) -> None:
 def from_structures(paths, output="-", residues_map=None, options: StructureOptions | None = None
                     ) -> list[StructureRecord]:
     """Structure files to a FASTA for `protrans embed` (`output`, '-' for stdout) and, given
-    `residues_map`, the TSV that puts each row of the embedding on its residue. Every file is read
-    and checked before anything is written; both outputs are written atomically."""
+    `residues_map`, the TSV that puts each row of the embedding on its residue. `paths`: files,
+    folders and tar archives (structure_sources), or a StructureSources. Every file is read and
+    checked before anything is written; both outputs are written atomically."""
     from protrans_cli.io.files import atomic_output
 
     options = options or StructureOptions()
-    paths = [str(p) for p in paths]
-    if not paths:
-        raise UsageError("no structure file given")
-    if paths.count("-") > 1:
-        raise UsageError("stdin ('-') can be one input at most")
-    records = structure_records([read_structure(p) for p in paths], options)
+    if isinstance(paths, StructureSources):
+        sources = paths
+    else:
+        paths = [str(p) for p in paths]
+        if not paths:
+            raise UsageError("no structure file given")
+        if paths.count("-") > 1:
+            raise UsageError("stdin ('-') can be one input at most")
+        sources = structure_sources(paths)
+    threads = min(options.threads, sources.count)
+    records = structure_records(read_structures(sources.jobs(), threads), options)
     with atomic_output(output, follow_link=True) as fasta:
         if residues_map is None:
             write_structure_fasta(records, fasta)

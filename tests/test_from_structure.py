@@ -177,3 +177,149 @@ def test_embed_given_a_structure_names_this_command(run_cli, tmp_path, path):
     r = run_cli("embed", path, "-m", "onehot", "-o", tmp_path / "x.h5")
     assert r.exit_code == 1 and "structure: protrans from-structure FILE writes the FASTA" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.h5").exists()
+
+
+# Folders, tar archives (AlphaFold DB's proteome downloads) and -j workers
+
+def _tar(path, members, mode="w"):
+    """A tar archive of (name, bytes) members, in that order (bytes None: a folder member)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _headers(fasta: str):
+    return [line.split()[:2] for line in fasta.splitlines() if line.startswith(">")]
+
+
+def test_a_folder_is_its_structure_files_recursively_in_sorted_order(run_cli, tmp_path):
+    models = tmp_path / "models"
+    (models / "b" / "a").mkdir(parents=True)
+    shutil.copy(PDB, models / "b" / "z.pdb")
+    shutil.copy(CIF, models / "a.cif")
+    (models / "b" / "a" / "y.pdb.gz").write_bytes(gzip.compress(PDB.read_bytes()))
+    (models / "b" / "notes.txt").write_text("not a structure\n")
+    (models / "c.fa").write_text(">x\nMKV\n")
+    r = run_cli("from-structure", models, "--complex")
+    assert r.exit_code == 0, r.stderr
+    assert _headers(r.stdout) == [[">a", f"file={models}/a.cif"], [">y", f"file={models}/b/a/y.pdb.gz"],
+                                  [">z", f"file={models}/b/z.pdb"]]
+    assert r.stdout.count("MAMGSKX:VLW\n") == 3
+    assert f"{models}: left out 2 files that are not a structure file" in r.stderr
+    assert "wrote 3 records (30 residues) of 3 structures" in r.stderr
+
+
+def test_a_folder_takes_the_mmcif_of_a_model_given_twice_and_refuses_one_id_twice(run_cli, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(PDB, models / "m.pdb")
+    shutil.copy(CIF, models / "m.cif")
+    r = run_cli("from-structure", models, "--chain", "A")
+    assert r.exit_code == 0, r.stderr
+    assert _headers(r.stdout) == [[">m_A", f"file={models}/m.cif"]]
+    assert "read 1 model from its mmCIF file, not the PDB file of the same name beside it" in r.stderr
+    (models / "sub").mkdir()
+    shutil.copy(PDB, models / "sub" / "m.pdb")  # (another folder: not the same model)
+    r = run_cli("from-structure", models, "--chain", "A")
+    assert r.exit_code == 1
+    assert f"{models}/sub/m.pdb: gives the record id 'm_A', as {models}/m.cif does" in r.stderr
+
+
+def test_a_folder_without_structure_files_is_an_error_naming_it(run_cli, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "x.fa"
+    r = run_cli("from-structure", PDB, empty, "-o", out)
+    assert r.exit_code == 1 and not out.exists()
+    assert r.stderr.strip().splitlines() == [
+        f"protrans: error: {empty}: holds no structure file (.pdb, .ent, .cif, .mmcif; .gz too)"]
+    (empty / "readme.txt").write_text("x\n")
+    r = run_cli("from-structure", empty)
+    assert r.exit_code == 1 and f"{empty}: holds no structure file (.pdb, .ent, .cif, .mmcif; .gz too): 1 other file" in r.stderr
+
+
+@pytest.mark.parametrize("suffix, mode", [(".tar", "w"), (".tar.gz", "w:gz"), (".tgz", "w:gz")])
+def test_a_tar_archive_is_read_in_order_taking_the_mmcif_of_each_model(run_cli, tmp_path, suffix, mode):
+    # (as AlphaFold DB's proteome archives: each model as .cif.gz and .pdb.gz; here the .pdb.gz first)
+    archive = _tar(tmp_path / f"UP000000625_83333_ECOLI_v4{suffix}", [
+        ("AF-P2-F1-model_v4.pdb.gz", gzip.compress(PDB.read_bytes())),
+        ("AF-P2-F1-model_v4.cif.gz", gzip.compress(CIF.read_bytes())),
+        ("sub", None),
+        ("sub/AF-P1-F1-model_v4.pdb", PDB.read_bytes()),
+        ("README.txt", b"AlphaFold DB\n"),
+    ], mode)
+    out, table = tmp_path / "x.fa", tmp_path / "x.tsv"
+    r = run_cli("from-structure", archive, "--complex", "-o", out, "--residues", table)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_text() == (f">AF-P2-F1-model_v4 file={archive}:AF-P2-F1-model_v4.cif.gz chains=A:B residues=7:3\n"
+                               "MAMGSKX:VLW\n"
+                               f">AF-P1-F1-model_v4 file={archive}:sub/AF-P1-F1-model_v4.pdb chains=A:B residues=7:3\n"
+                               "MAMGSKX:VLW\n")
+    assert table.read_text() == _map([("AF-P2-F1-model_v4", A_ROWS + B_ROWS), ("AF-P1-F1-model_v4", A_ROWS + B_ROWS)])
+    assert f"{archive}: left out 1 member that is not a structure file" in r.stderr
+    assert f"{archive}: read 1 model from its mmCIF file" in r.stderr
+    assert "of 2 structures" in r.stderr
+
+
+def test_a_broken_member_is_named_archive_colon_member(run_cli, tmp_path):
+    archive = _tar(tmp_path / "models.tar.gz", [("AF-P1-F1-model_v4.cif.gz", gzip.compress(CIF.read_bytes())),
+                                                 ("AF-P2-F1-model_v4.cif.gz", gzip.compress(b">x\nMKV\n")),
+                                                 ("AF-P3-F1-model_v4.pdb.gz", gzip.compress(PDB.read_bytes())[:40])], "w:gz")
+    out, table = tmp_path / "x.fa", tmp_path / "x.tsv"
+    for threads in ("1", "2"):
+        r = run_cli("from-structure", archive, "-o", out, "--residues", table, "-j", threads)
+        assert r.exit_code == 1 and not out.exists() and not table.exists()
+        assert r.stderr.strip().splitlines() == [
+            f"protrans: error: {archive}:AF-P2-F1-model_v4.cif.gz: not a structure file: no ATOM or HETATM records (PDB) "
+            "and no data_ block (mmCIF) (a FASTA: protrans embed reads it as it is)"]
+    truncated = tmp_path / "cut.tar"
+    truncated.write_bytes(_tar(tmp_path / "whole.tar", [("a.pdb", PDB.read_bytes() * 3)]).read_bytes()[:1000])
+    r = run_cli("from-structure", truncated)
+    assert r.exit_code == 1 and r.stderr.startswith(f"protrans: error: {truncated}: cannot read it as a tar archive: ")
+    not_tar = tmp_path / "no.tar"
+    not_tar.write_text("hello\n")
+    r = run_cli("from-structure", not_tar)
+    assert r.exit_code == 1 and r.stderr.startswith(f"protrans: error: {not_tar}: cannot read it as a tar archive")
+
+
+def test_workers_give_the_same_output_in_input_order(run_cli, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    text = PDB.read_text().splitlines(keepends=True)
+    for n in range(9):  # (models that differ: chain B's residues cut to n % 3 + 1)
+        kept = [line for line in text if not (line.startswith("ATOM") and line[21] == "B" and int(line[22:26]) > 10 + n % 3)]
+        name = models / f"m{n}.pdb"
+        name.write_text("".join(kept))
+        if n % 2:
+            (models / f"m{n}.cif.gz").write_bytes(gzip.compress(CIF.read_bytes()))
+    archive = _tar(tmp_path / "models.tar", [(p.name, p.read_bytes()) for p in sorted(models.iterdir())])
+    outputs = {}
+    for threads in ("1", "2", "3"):
+        for source in (models, archive):
+            table = tmp_path / f"{threads}.tsv"
+            r = run_cli("from-structure", source, PDB, "-j", threads, "--residues", table)
+            assert r.exit_code == 0, r.stderr
+            outputs.setdefault(source, set()).add((r.stdout.replace(f"{archive}:", f"{models}/"), table.read_text()))
+    assert outputs[models] == outputs[archive] and len(outputs[models]) == 1
+    fasta = next(iter(outputs[models]))[0]
+    assert [h[0] for h in _headers(fasta)][:4] == [">m0_A", ">m0_B", ">m1_A", ">m1_B"]
+    assert f"file={models}/m1.cif.gz" in fasta and "\nVL\n" in fasta and "\nV\n" in fasta
+    r = run_cli("from-structure", PDB, "-", models / "m0.pdb", "-j", "2", "--chain", "B", input=CIF.read_bytes())
+    assert r.exit_code == 0, r.stderr  # (stdin read by the main process, its entry id the record's)
+    assert _headers(r.stdout) == [[">two_chains_B", f"file={PDB}"], [">9TST_B", "file=<stdin>"],
+                                  [">m0_B", f"file={models}/m0.pdb"]]
+    monkeypatch.setenv("PROTRANS_THREADS", "many")
+    r = run_cli("from-structure", models)
+    assert r.exit_code == 2 and "PROTRANS_THREADS must be a whole number" in r.stderr
+    r = run_cli("from-structure", models, "-j", "0")
+    assert r.exit_code == 2 and "--threads must be at least 1" in r.stderr

@@ -24,8 +24,14 @@ from protrans_cli.cli import INPUT_FILE
               help="Only these chains (a --complex joins them in this order).  [default: every protein chain]")
 @click.option("--complex", "complex_", is_flag=True,
               help="One record a structure, its chains joined by ':' (embed --chains linker|separate).")
-def command(structures, output, residues_map, chains, complex_):
+@click.option("-j", "--threads", type=int, default=None,
+              help="Worker processes parsing the files.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
+def command(structures, output, residues_map, chains, complex_, threads):
     """Convert structure files (PDB, mmCIF; .gz too) to FASTA for embed, residue by residue.
+
+    STRUCTURES are files, folders (their structure files, recursively, in sorted order) and tar
+    archives (.tar, .tar.gz: their structure members, in order, read without extracting, as
+    AlphaFold DB's proteome downloads); a model there as both .cif and .pdb is read from the .cif.
 
     A residue is an amino acid of the first model that has a CA atom, in file order: missing
     loops leave no letter, insertion codes are residues of their own, modified residues (MSE)
@@ -39,7 +45,8 @@ def command(structures, output, residues_map, chains, complex_):
     from protrans_cli import console
     from protrans_cli.errors import UsageError
     from protrans_cli.io.files import input_named_by, output_directory, same_file
-    from protrans_cli.structures import StructureOptions, from_structures
+    from protrans_cli.structures import StructureOptions, from_structures, structure_sources
+    from protrans_cli.threads import resolve_threads
 
     if residues_map is not None and output in (None, "-") and residues_map == "-":
         raise UsageError("the FASTA and --residues cannot both go to stdout: give one of them a file name")
@@ -53,12 +60,17 @@ def command(structures, output, residues_map, chains, complex_):
             residues_map == output or same_file(residues_map, output)):
         raise UsageError(f"--residues {residues_map} is the FASTA's own -o: choose another name")
     options = StructureOptions(chains=None if chains is None else tuple(c.strip() for c in chains.split(",")),
-                               complex=complex_)
-    records = from_structures(structures, output, residues_map, options)
+                               complex=complex_, threads=resolve_threads(threads))
+    if list(structures).count("-") > 1:
+        raise UsageError("stdin ('-') can be one input at most")
+    sources = structure_sources(structures)
+    for note in sources.notes:
+        console.info(note)
+    records = from_structures(sources, output, residues_map, options)
     shown = "standard output" if output in (None, "-") else str(output)
     console.output_complete(shown)
     residues = sum(len(r.residues) for r in records)
     console.info(f"wrote {console.counted(len(records), 'record')} ({console.counted(residues, 'residue')}) "
-                 f"of {console.counted(len(structures), 'structure')} to {shown}"
+                 f"of {console.counted(sources.count, 'structure')} to {shown}"
                  + (f", their residues to {'standard output' if residues_map == '-' else residues_map}"
                     if residues_map else ""))
