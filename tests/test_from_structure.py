@@ -318,6 +318,9 @@ def test_workers_give_the_same_output_in_input_order(run_cli, tmp_path, monkeypa
     assert r.exit_code == 0, r.stderr  # (stdin read by the main process, its entry id the record's)
     assert _headers(r.stdout) == [[">two_chains_B", f"file={PDB}"], [">9TST_B", "file=<stdin>"],
                                   [">m0_B", f"file={models}/m0.pdb"]]
+    from protrans_cli.structures import Residue
+
+    assert not hasattr(Residue("A", 1, "", "ALA", "A"), "__dict__")  # (slots: a proteome's residues are held)
     monkeypatch.setenv("PROTRANS_THREADS", "many")
     r = run_cli("from-structure", models)
     assert r.exit_code == 2 and "PROTRANS_THREADS must be a whole number" in r.stderr
