@@ -99,6 +99,7 @@ class StructureOptions:
     chains: tuple[str, ...] | None = None
     complex: bool = False
     threads: int = 1  # worker processes parsing the files (the output is the same whatever the count)
+    progress: bool = False  # a bar (a line a minute in a log) of the files read, for more than one
 
     def __post_init__(self):
         from protrans_cli.threads import check_threads
@@ -574,7 +575,17 @@ def from_structures(paths, output="-", residues_map=None, options: StructureOpti
             raise UsageError("stdin ('-') can be one input at most")
         sources = structure_sources(paths)
     threads = min(options.threads, sources.count)
-    records = structure_records(read_structures(sources.jobs(), threads), options)
+    structures = read_structures(sources.jobs(), threads)
+    if options.progress and sources.count > 1:
+        from protrans_cli import console
+
+        bar = console.progress(structures, total=sources.count, desc="from-structure", unit="file")
+        try:
+            records = structure_records(bar, options)
+        finally:
+            bar.close()
+    else:
+        records = structure_records(structures, options)
     with atomic_output(output, follow_link=True) as fasta:
         if residues_map is None:
             write_structure_fasta(records, fasta)

@@ -318,6 +318,11 @@ def test_workers_give_the_same_output_in_input_order(run_cli, tmp_path, monkeypa
     assert r.exit_code == 0, r.stderr  # (stdin read by the main process, its entry id the record's)
     assert _headers(r.stdout) == [[">two_chains_B", f"file={PDB}"], [">9TST_B", "file=<stdin>"],
                                   [">m0_B", f"file={models}/m0.pdb"]]
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")  # (stderr a log: a line at each file)
+    r = run_cli("from-structure", models, "-j", "2")
+    assert r.exit_code == 0 and "from-structure: 9/9 file (100%)" in r.stderr
+    monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
     from protrans_cli.structures import Residue
 
     assert not hasattr(Residue("A", 1, "", "ALA", "A"), "__dict__")  # (slots: a proteome's residues are held)

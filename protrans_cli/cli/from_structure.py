@@ -60,7 +60,8 @@ def command(structures, output, residues_map, chains, complex_, threads):
             residues_map == output or same_file(residues_map, output)):
         raise UsageError(f"--residues {residues_map} is the FASTA's own -o: choose another name")
     options = StructureOptions(chains=None if chains is None else tuple(c.strip() for c in chains.split(",")),
-                               complex=complex_, threads=resolve_threads(threads))
+                               complex=complex_, threads=resolve_threads(threads),
+                               progress=console.progress_wanted())
     if list(structures).count("-") > 1:
         raise UsageError("stdin ('-') can be one input at most")
     sources = structure_sources(structures)
