@@ -331,3 +331,21 @@ def test_workers_give_the_same_output_in_input_order(run_cli, tmp_path, monkeypa
     assert r.exit_code == 2 and "PROTRANS_THREADS must be a whole number" in r.stderr
     r = run_cli("from-structure", models, "-j", "0")
     assert r.exit_code == 2 and "--threads must be at least 1" in r.stderr
+
+
+def _die(job):
+    import os
+
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_an_error_and_nothing_is_written(run_cli, tmp_path, monkeypatch):
+    from protrans_cli import structures
+
+    monkeypatch.setattr(structures, "_read_job", _die)  # (forked workers: they see it too)
+    out, other = tmp_path / "x.fa", tmp_path / "other.cif"
+    shutil.copy(CIF, other)
+    r = run_cli("from-structure", PDB, other, "-j", "2", "-o", out)
+    assert r.exit_code == 1 and not out.exists()
+    assert r.stderr.strip().splitlines() == [
+        "protrans: error: a worker process parsing the structures died (out of memory?): run with fewer -j"]
