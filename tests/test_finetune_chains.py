@@ -17,6 +17,7 @@ from protrans_cli.models import FAMILIES
 
 torch = pytest.importorskip("torch")
 from test_embed_models import reference_rows  # noqa: E402
+from test_embed_chains import _linked  # noqa: E402
 
 torch.set_num_threads(1)
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -48,15 +49,6 @@ def _model(path, chains: str, linker_length: int = 25, task_name: str = "ss3"):
     head = build_head(task, embedder.embedding_dim)
     return FineTuned(embedder, head, True, chains=chains, linker_length=linker_length,
                      per_chain=task_name == "ss3").eval()
-
-
-def _linked(family, model, chains, n):
-    rows = reference_rows(family, model, ("G" * n).join(chains))[0]
-    keep, start = [], 0
-    for c in chains:
-        keep += range(start, start + len(c))
-        start += len(c) + n
-    return rows[keep]
 
 
 @pytest.mark.parametrize("family_name", ["esm", "bert"])
