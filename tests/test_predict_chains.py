@@ -155,15 +155,18 @@ def test_knn_fasta_takes_chains(run_cli, tmp_path):
     assert float(hits["trimer"][3]) == 0.0  # its own vector, embedded the same way
 
 
-def test_chains_read_from_the_file_equal_the_cached_rows(tmp_path, run_cli):
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_chains_read_from_the_file_equal_the_cached_rows(tmp_path, run_cli, storage):
     """A complex's chains read as proteins of their own: the same rows streamed from the file
-    (no cache) as from the cache, each its slice of the complex's rows."""
+    (no cache) as from the cache, each its slice of the complex's rows (read alone from the file:
+    a hyperslab, converted from float16 where stored so)."""
     from protrans_cli.heads.data import ResidueData
     from protrans_cli.heads.predict import _all_items, chain_items
     from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
     h5 = tmp_path / "c.h5"
-    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "separate").exit_code == 0
+    assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "separate",
+                   "--storage-dtype", storage).exit_code == 0
     chains: dict = {}
     with EmbeddingsReader(h5) as reader:
         items, _ = _all_items(reader, PER_RESIDUE, chains)

@@ -835,20 +835,27 @@ class ResidueData:
         else (several layers, another shape or dtype) through `_read`, as before."""
         import h5py
 
-        if isinstance(item, ChainRows):  # (a complex's chain: its dataset read whole, this chain's rows kept)
-            rows = np.empty((item.whole, out.shape[1]), dtype=np.float32)
-            self._read_into(group, Matched(item.id, item.key, item.whole, {}), rows)
-            out[...] = rows[item.start:item.start + item.length]
-            return
         obj = open_local(group, item.key.encode("utf-8"), data=True)
-        if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == out.shape and obj.dtype in PLAIN_FLOAT_DTYPES
+        chain = isinstance(item, ChainRows)  # (a complex's chain: its rows [start, start + length) of `whole`)
+        shape = (item.whole, out.shape[1]) if chain else out.shape
+        if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == shape and obj.dtype in PLAIN_FLOAT_DTYPES
                 and out.flags.c_contiguous and out.dtype == np.float32
                 and (self.layers_recorded or self.layer in (-1, 0))):  # (else _read refuses the layer)
             if out.size:
                 target = out if obj.dtype == out.dtype else np.empty(out.shape, dtype=obj.dtype)
-                obj.read(h5py.h5s.ALL, h5py.h5s.ALL, target)
+                if chain:  # (its rows alone: each chain read its complex whole, a 2-chain complex twice)
+                    space = obj.get_space()
+                    space.select_hyperslab((item.start, 0), out.shape)
+                    obj.read(h5py.h5s.create_simple(out.shape), space, target)
+                else:
+                    obj.read(h5py.h5s.ALL, h5py.h5s.ALL, target)
                 if target is not out:
                     out[...] = target
+            return
+        if chain:  # (several layers, another dtype: the whole dataset read as _read reads it, the chain's rows kept)
+            rows = np.empty((item.whole, out.shape[1]), dtype=np.float32)
+            self._read_into(group, Matched(item.id, item.key, item.whole, {}), rows)
+            out[...] = rows[item.start:item.start + item.length]
             return
         out[...] = self._read(group, item)
 
