@@ -173,7 +173,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     same weights elsewhere); `long_policy`, `max_length`, `chunk_overlap` the recorded policy
     (a head that records none: error, at the model's own limit, as embed does); `chains`,
     `linker_length`: complexes, as embed's (default: as the head records them, a finetune's
-    --chains; else refused)."""
+    --chains or a fit head's training embeddings'; else refused)."""
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
                                          long_policy=long_policy, max_length=max_length,
                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
@@ -367,8 +367,8 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     hub model updated since is not used in its place, and a local directory whose weights differ
     from the recorded `weights_fingerprint` (retrained since) refused unless `allow_model_mismatch`
     (before any protein is embedded). `chains`, `linker_length`: complexes, as embed's; None: as
-    `recorded` reads them (a finetune's head records its --chains and --linker-length: its model
-    was trained on complexes read so), else refused. Validated."""
+    `recorded` reads them (a finetune's head records its --chains and --linker-length, a fit head
+    its training embeddings': the head learned from complexes read so), else refused. Validated."""
     from protrans_cli.embed import EmbedOptions
 
     if chains is None and recorded.get("chains") not in (None, "error"):
