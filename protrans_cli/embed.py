@@ -297,6 +297,9 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     if options.chunk_overlap != DEFAULT_CHUNK_OVERLAP and options.long_policy != "chunk":
         warn(f"--chunk-overlap {options.chunk_overlap} ignored: it sets the windows of --long-policy chunk, and this "
              f"run's policy is {options.long_policy}")
+    if options.linker_length != DEFAULT_LINKER_LENGTH and options.chains != "linker":
+        warn(f"--linker-length {options.linker_length} ignored: it sets the glycines between a complex's chains "
+             f"under --chains linker, and this run's is {options.chains}")
     if options.pooling != "mean" and not options.per_protein:
         warn(f"--pooling {options.pooling} ignored: it makes the per-protein vectors, and this run writes "
              "per-residue arrays only")

@@ -382,3 +382,12 @@ def test_complexes_on_the_gpu_match_the_fp32_reference(run_cli, tmp_path, tiny, 
         err = np.linalg.norm(res[ident] - ref) / np.linalg.norm(ref)
         assert err < 2e-2, (ident, err)
         np.testing.assert_allclose(prot[ident], res[ident].mean(0), rtol=1e-2, atol=1e-2)
+
+
+def test_a_linker_length_without_the_linker_is_said_to_be_ignored(run_cli, tmp_path):
+    r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", tmp_path / "s.h5", "--chains", "separate",
+                "--linker-length", "10")
+    assert r.exit_code == 0 and "--linker-length 10 ignored" in r.stderr and "this run's is separate" in r.stderr
+    r = run_cli("embed", COMPLEXES, "-m", "onehot", "-o", tmp_path / "l.h5", "--chains", "linker",
+                "--linker-length", "10")
+    assert r.exit_code == 0 and "ignored" not in r.stderr
