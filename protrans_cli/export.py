@@ -664,13 +664,13 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
 def _probability_chains(group, order: list[str], path) -> dict[str, list[int]] | None:
     """{id: chain lengths} of the complexes among a probabilities file's proteins `order` (their
     datasets' `chains` attribute, predict's on a file of embed --chains), None where none is."""
-    from protrans_cli.io.h5 import dataset_attrs, escape_key
+    from protrans_cli.io.h5 import dataset_attrs, escape_key, stored_chains
 
     chains = {}
     for ident in order:
-        attrs, _ = dataset_attrs(group, escape_key(ident))
-        if "chains" in attrs:
-            lengths = [int(n) for n in np.atleast_1d(attrs["chains"])]
+        lengths = stored_chains(dataset_attrs(group, escape_key(ident))[0])
+        if lengths is not None:
+            lengths = list(lengths)
             if min(lengths, default=0) < 1:
                 raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) holds no chain, or an "
                                  "empty one (damaged)", path=str(path), record=ident)
@@ -948,12 +948,12 @@ class _Plan:
         all its rows for any other protein; None for a file without complexes."""
         if not self.complexes:
             return None
-        from protrans_cli.io.h5 import dataset_attrs
+        from protrans_cli.io.h5 import dataset_attrs, stored_chains
 
         attrs, _ = dataset_attrs(self.reader._group(self.kind), self.reader.key_for(ident, self.kind))
-        if "chains" not in attrs:
+        if (stored := stored_chains(attrs)) is None:
             return [rows]
-        lengths = [int(n) for n in np.atleast_1d(attrs["chains"])]
+        lengths = list(stored)
         if sum(lengths) != rows or min(lengths, default=0) < 1:
             raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) does not add up to its {rows} "
                              "residue rows (damaged)", path=self.reader.path, record=ident)
@@ -1106,14 +1106,15 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
 def _chain_members(reader, plan: _Plan) -> tuple[np.ndarray, np.ndarray] | None:
     """(chain_counts, chains) of the module docstring for a file of complexes (its `chains`
     attribute linker or separate: each complex's dataset has a `chains` attribute), else None."""
-    from protrans_cli.io.h5 import PER_RESIDUE, dataset_attrs, stored_length
+    from protrans_cli.io.h5 import PER_RESIDUE, dataset_attrs, stored_chains, stored_length
 
     if not holds_complexes(reader):
         return None
     group, counts, chains = reader._group(plan.kind), [], []
     for ident in plan.order:
         attrs, shape = dataset_attrs(group, reader.key_for(ident, plan.kind))
-        lengths = ([int(n) for n in np.atleast_1d(attrs["chains"])] if "chains" in attrs
+        stored = stored_chains(attrs)
+        lengths = (list(stored) if stored is not None
                    else [stored_length(attrs, shape, per_residue=plan.kind == PER_RESIDUE) or 0])
         counts.append(len(lengths))
         chains += lengths

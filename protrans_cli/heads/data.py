@@ -33,8 +33,8 @@ from protrans_cli.errors import InputError, located, option
 from protrans_cli.heads.labels import LabelSet, by_accession, refuse_residue_labels, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_attrs,
-                                dataset_id, h5_file, open_local, escape_key, read_array, sequence_checksum, truncated_by,
-                                unescape_key)
+                                dataset_id, h5_file, open_local, escape_key, read_array, sequence_checksum, stored_chains,
+                                truncated_by, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -531,7 +531,7 @@ def _check_chains(reader, source: str, key: str, lengths: tuple, record, path) -
     """Labels with ':'s between a complex's chains (`lengths`) match its embedding's chains (its
     `chains` attribute, embed --chains'); a mismatch is an error naming the record."""
     attrs = dataset_attrs(reader._group(source), key)[0] if reader.layout != "stacked" else {}
-    stored = tuple(int(n) for n in np.atleast_1d(attrs["chains"])) if "chains" in attrs else None
+    stored = stored_chains(attrs)
     if stored != tuple(lengths):
         shown = ", ".join(map(str, lengths))
         embedded = (f"its embedding's chains are of {', '.join(map(str, stored))}" if stored is not None else
@@ -948,11 +948,9 @@ def chains_of(embeddings, items: list[Matched]) -> dict:
             return chains
         group = reader._group(PER_RESIDUE)
         for item in items:
-            attrs, _ = dataset_attrs(group, item.key)
-            if "chains" in attrs:
-                lengths = tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
-                if sum(lengths) == item.length:  # (one that does not add up: read whole, as before)
-                    chains[item.key] = lengths
+            lengths = stored_chains(dataset_attrs(group, item.key)[0])
+            if lengths is not None and sum(lengths) == item.length:  # (one that does not add up: read whole, as before)
+                chains[item.key] = lengths
     return chains
 
 

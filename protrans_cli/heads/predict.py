@@ -36,7 +36,8 @@ from protrans_cli.io.files import (atomic_output, default_permissions, display_n
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, _LowAttrs, _low_attribute_id, abandon,
                                 dataset_attrs, dataset_id, escape_key, h5_file, input_prefix_of, is_write_failure,
-                                one_protein_twice, open_local, pooling_kind, prefix_words, same_weights, stored_length,
+                                one_protein_twice, open_local, pooling_kind, prefix_words, same_weights, stored_chains,
+                                stored_length,
                                 three_di_words, truncated_by, truncated_from, unescape_key, write_failure_reason)
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.residues import THREE_DI_PREFIX
@@ -146,8 +147,7 @@ def _all_items(reader: EmbeddingsReader, kind: str,
         items.append(Matched(str(ident), key, length, {}))
         if (cut := truncated_from(attrs)) is not None:
             truncated.append(f"{ident} ({length} of {cut})")
-        if chains is not None and source == PER_RESIDUE and "chains" in attrs:
-            lengths = tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
+        if chains is not None and source == PER_RESIDUE and (lengths := stored_chains(attrs)) is not None:
             if sum(lengths) != length or min(lengths, default=0) < 1:
                 raise InputError(f"its chains attribute ({', '.join(map(str, lengths))}) does not add up to its "
                                  f"{length} rows (a damaged file)", path=str(reader.path), record=str(ident))

@@ -1160,6 +1160,15 @@ def stored_length(attrs, shape, per_residue: bool = True) -> int | None:
     return _whole_number(attrs, "length")
 
 
+
+def stored_chains(attrs) -> tuple[int, ...] | None:
+    """A complex's chain lengths (its `chains` attribute, embed --chains linker or separate), None
+    for a dataset without one (a protein of one chain)."""
+    if "chains" not in attrs:
+        return None
+    return tuple(int(n) for n in np.atleast_1d(attrs["chains"]))
+
+
 def _whole_number(attrs, name: str) -> int | None:
     """An attribute that holds a count (`length`, `truncated_from`), or None where it is missing
     or is not a whole number of at least 0 (a damaged or hostile file's: a traceback before)."""
