@@ -94,6 +94,7 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     its `labels` have a ':' between the chains, as its sequence has them (its `probabilities` are
     the (L, C) rows of all its chains, in order)."""
     from protrans_cli.embed import embed_sequences
+    from protrans_cli.heads.data import by_chain
     from protrans_cli.heads.model import head_input_kind
     from protrans_cli.heads.predict import head_embed_options
 
@@ -117,7 +118,7 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     kept = [(ident, array) for ident, array in pairs if array is not None]
     # a per-residue head reads each chain of a complex as a protein of its own (as predict does)
     lengths = _chain_lengths(sequences, kept, options) if _per_residue_task(config) else {}
-    pieces = [piece for ident, array in kept for piece in _split(array, lengths.get(ident))]
+    pieces = [piece for ident, array in kept for piece in by_chain(array, lengths.get(ident))]
     found = iter(predict_embeddings(head_dir, pieces, device=device, threads=threads))
     predicted = {ident: _joined([next(found) for _ in lengths.get(ident) or (None,)]) for ident, _ in kept}
     if as_list:
@@ -146,14 +147,6 @@ def _chain_lengths(sequences, kept, options) -> dict:
             if sum(chains) == len(array):  # (its rows are its chains': embed dropped any linker)
                 lengths[ident] = chains
     return lengths
-
-
-def _split(array, lengths) -> list:
-    """A complex's rows as one array a chain (`lengths`; None: the protein's rows whole)."""
-    if not lengths:
-        return [array]
-    ends = np.cumsum([0, *lengths])
-    return [array[a:b] for a, b in zip(ends[:-1], ends[1:])]
 
 
 def _joined(parts: list[dict]) -> dict:

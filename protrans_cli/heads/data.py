@@ -954,6 +954,15 @@ def chains_of(embeddings, items: list[Matched]) -> dict:
     return chains
 
 
+def by_chain(values, lengths) -> list:
+    """A complex's rows (or states, labels) cut into its chains of `lengths`, in order; `values`
+    whole in a list of one where `lengths` is None or empty (a protein of one chain)."""
+    if not lengths:
+        return [values]
+    ends = np.cumsum([0, *lengths])
+    return [values[a:b] for a, b in zip(ends[:-1], ends[1:])]
+
+
 def chain_items(items: list[Matched], chains: dict) -> list[Matched]:
     """`items` with each complex (its chain lengths in `chains`, by key) replaced by its chains,
     each read as a protein of its own (ChainRows), in chain order."""

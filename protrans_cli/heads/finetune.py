@@ -913,13 +913,10 @@ def rows_data(rows: list[np.ndarray], data: SequenceData, reads_residues: bool):
         if data.per_residue and any(":" in s for s in data.sequences):
             # (a per-residue head reads each chain of a complex as a protein of its own, as fit's
             # and predict's; scored as one protein of all its chains' residues: evaluate_data)
-            from protrans_cli.heads.data import chain_items
+            from protrans_cli.heads.data import by_chain, chain_items
 
             chains = {item.key: tuple(chain_lengths(s)) for item, s in zip(data.items, data.sequences) if ":" in s}
-            pieces = []
-            for item, r in zip(data.items, rows):
-                starts = np.cumsum((0, *chains.get(item.key, (len(r),))))
-                pieces += [r[a:b] for a, b in zip(starts[:-1], starts[1:])]
+            pieces = [piece for item, r in zip(data.items, rows) for piece in by_chain(r, chains.get(item.key))]
             out = ResidueData.in_memory([r.astype(np.float32) for r in pieces], int(rows[0].shape[-1]))
             out.items = chain_items(data.items, chains)
             return out

@@ -27,7 +27,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_path, first_line, option,
                                  whole_number)
-from protrans_cli.heads.data import (Matched, _source_kind, chain_items, chains_of, embed_layer, head_data, joined_chains,
+from protrans_cli.heads.data import (Matched, _source_kind, by_chain, chain_items, chains_of, embed_layer, head_data, joined_chains,
                                      match_labels, report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
@@ -676,10 +676,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
 
 def chain_breaks(states: bytes, lengths) -> bytes:
     """A complex's per-residue states with a ':' between its chains (`lengths`; None: one chain)."""
-    if not lengths:
-        return states
-    ends = np.cumsum([0, *lengths])
-    return b":".join(states[a:b] for a, b in zip(ends[:-1], ends[1:]))
+    return b":".join(by_chain(states, lengths))
 
 
 CHUNK_RESIDUES = 2_000_000  # heads reading per-residue rows: residues at a time (< 100 MB of ss3+ss8 probabilities)
