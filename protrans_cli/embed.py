@@ -501,6 +501,15 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+def chain_break(text: str, offered=("linker", "separate")) -> str:
+    """What a ':' in a sequence read without --chains is: a chain break, and the `offered`
+    --chains policies that read it (none: the command reads one chain a record)."""
+    remedy = (" or ".join(option(f"--chains {p}", f"chains={p!r}") for p in offered) + " reads it" if offered
+              else "this command reads one chain a record (give each chain a record of its own)")
+    return (f"':' at residue {text.index(':') + 1} is a chain break (a complex's chains, as ColabFold and ESMFold "
+            f"write them): {remedy}")
+
+
 def _normalise_record(raw, alphabet: str | None, chains: str, offered=("linker", "separate")) -> str:
     """A record's normalised sequence; a complex's chains each normalised and joined by ':'
     (`chains` linker or separate), a ':' refused under `chains` error (naming the `offered`
@@ -514,10 +523,7 @@ def _normalise_record(raw, alphabet: str | None, chains: str, offered=("linker",
         return seq
     text = raw if isinstance(raw, str) else raw.decode("latin-1")
     if chains == "error":
-        remedy = (" or ".join(option(f"--chains {p}", f"chains={p!r}") for p in offered) + " reads it" if offered
-                  else "this command reads one chain a record (give each chain a record of its own)")
-        raise SequenceRejected(REASON_INVALID, f"':' at residue {text.index(':') + 1} is a chain break (a complex's "
-                               f"chains, as ColabFold and ESMFold write them): {remedy}")
+        raise SequenceRejected(REASON_INVALID, chain_break(text, offered))
     parts = text.split(":")
     out = []
     for i, part in enumerate(parts, 1):

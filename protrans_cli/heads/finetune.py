@@ -38,7 +38,7 @@ from protrans_cli._version import __version__
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, force_option, given, located,
                                  option, resume_option, same_settings_with_resume, seed_in_range)
-from protrans_cli.embed import chain_lengths, residue_count
+from protrans_cli.embed import chain_break, chain_lengths, residue_count
 from protrans_cli.heads.data import Batch, Matched, ResidueData, _label_chains, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
@@ -255,9 +255,7 @@ def _check_complex(record, chains: str, per_residue: bool, source, path) -> None
     the ':' as a residue of its own, and the labels counted one short), an empty chain refused."""
     sequence = record.sequence
     if chains == "error":
-        remedy = " or ".join(option(f"--chains {p}", f"chains={p!r}") for p in ("linker", "separate"))
-        raise InputError(f"':' at residue {sequence.index(':') + 1} is a chain break (a complex's chains, as "
-                         f"ColabFold and ESMFold write them): {remedy} reads it", path=str(source), record=record.id)
+        raise InputError(chain_break(sequence), path=str(source), record=record.id)
     if min(chain_lengths(sequence)) == 0:
         raise InputError("an empty chain in its sequence (a ':' at the start or the end, or '::')",
                          path=str(source), record=record.id)
