@@ -90,9 +90,10 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     --invalid-policy: a sequence that cannot be embedded (a J, an inner '*', no residues) is an
     error ("error"), or left out so ("skip"). `chains`, `linker_length`: complexes (chains joined
     by ':' in one sequence), as predict --fasta's --chains and --linker-length (default: as the
-    head records them, a finetune's --chains; else a ':' is refused); a per-residue head reads each chain of a complex as a protein of its own, and
-    its `labels` have a ':' between the chains, as its sequence has them (its `probabilities` are
-    the (L, C) rows of all its chains, in order)."""
+    head records them, a finetune's --chains or a fit head's training embeddings'; else a ':' is
+    refused); a per-residue head reads each chain of a complex as a protein of its own, and its
+    `labels` have a ':' between the chains, as its sequence has them (its `probabilities` are the
+    (L, C) rows of all its chains, in order)."""
     from protrans_cli.embed import embed_sequences
     from protrans_cli.heads.data import by_chain
     from protrans_cli.heads.model import head_input_kind

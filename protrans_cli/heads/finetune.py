@@ -38,7 +38,7 @@ from protrans_cli._version import __version__
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, force_option, given, located,
                                  option, resume_option, same_settings_with_resume, seed_in_range)
-from protrans_cli.embed import chain_break, chain_lengths, residue_count
+from protrans_cli.embed import chain_break, chain_lengths, model_text, residue_count
 from protrans_cli.heads.data import Batch, Matched, ResidueData, _label_chains, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
@@ -336,7 +336,7 @@ def model_pieces(sequences, chains: str, linker_length: int) -> tuple[list[str],
             for n in chain_lengths(s):
                 pieces[-1].append((len(texts), start, n))
                 start += n + linker_length
-            texts.append(("G" * linker_length).join(s.split(":")))
+            texts.append(model_text(s, "linker", linker_length))
         else:  # (read_sequence_data refuses them first)
             raise ValueError(f"a complex with chains={chains!r}")
     return texts, pieces
