@@ -1250,8 +1250,6 @@ class UnitStore:
     which wild type (`_unit_key`). A table changed between runs reuses what still applies; nothing
     computed under other settings is ever read, nor a damaged file (computed again)."""
 
-    MARKER = "protrans-variants.json"
-
     def __init__(self, folder: Path, *, resume: bool, command: str = "variants"):
         """`command`: the protrans command whose work the folder keeps (variants, perplexity): its
         marker file's name and the messages say it; another command's folder is refused."""
@@ -1259,13 +1257,13 @@ class UnitStore:
 
         self.folder = Path(folder)
         self.command = command
-        self.MARKER = f"protrans-{command}.json"
+        self.marker = f"protrans-{command}.json"  # (the file that says whose work the folder holds)
         if (nothing := link_to_nothing(self.folder)) is not None:
             # (was "cannot create FILE.partial: File exists", once the model had scored the first unit)
             raise UsageError(f"{self.folder} {nothing}, and is not the work of a protrans {command} run: move it "
                              f"away, or choose another {option('-o', 'output')}")
         if self.folder.exists():
-            if not (self.folder / self.MARKER).is_file():
+            if not (self.folder / self.marker).is_file():
                 raise UsageError(f"{self.folder} exists and is not the work of a protrans {command} run: move it "
                                  f"away, or choose another {option('-o', 'output')}")
             if not resume:
@@ -1291,11 +1289,11 @@ class UnitStore:
         """The folder, made with the first unit (a run that fails before any leaves nothing)."""
         import json
 
-        if (self.folder / self.MARKER).is_file():
+        if (self.folder / self.marker).is_file():
             return
         try:
             self.folder.mkdir(exist_ok=True)
-            (self.folder / self.MARKER).write_text(json.dumps({"format": f"protrans-{self.command}-units"}) + "\n",
+            (self.folder / self.marker).write_text(json.dumps({"format": f"protrans-{self.command}-units"}) + "\n",
                                                    encoding="utf-8")
         except OSError as exc:
             raise RuntimeFailure(f"cannot create {self.folder}: {exc.strerror}") from None
