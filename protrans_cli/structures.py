@@ -188,7 +188,7 @@ def parse_structure(data: bytes, shown: str, ident: str | None = None) -> Struct
             warnings.simplefilter("ignore")
             parsed = parser.get_structure(ident, io.StringIO(text))
     except Exception as exc:  # (Biopython's errors are of many types: KeyError, ValueError, its own)
-        words = " ".join(str(exc).split()) or type(exc).__name__
+        words = _words(exc)
         if isinstance(exc, KeyError):  # (MMCIF2Dict's: the field's name alone)
             words = f"no {words.strip(chr(39))} field"
         raise InputError(f"Biopython cannot parse it as {'mmCIF' if fmt == 'mmcif' else 'PDB'}: {words}",
