@@ -8,13 +8,20 @@ not SEQRES's or UniProt's (missing loops, expression tags, insertion codes, numb
 `structure_sources` expands folders and tar archives (AlphaFold DB's proteome downloads, streamed)
 into the structures to read, and `read_structures` parses them in worker processes, in order.
 
+`from_structures` streams: each structure's records are written (to the outputs' temporaries) as
+it is read, and only the record ids are kept, so its memory is that of the largest structure (and
+of the names of the files and ids), not of the input; it returns a StructureSummary (counts).
+`structure_records` (a list) and `iter_structure_records` (a generator) give the records in memory.
+
     from protrans_cli.structures import StructureOptions, from_structures
-    records = from_structures(["1abc.cif.gz"], "1abc.fa", residues_map="1abc.map.tsv",
+    summary = from_structures(["1abc.cif.gz"], "1abc.fa", residues_map="1abc.map.tsv",
                               options=StructureOptions(complex=True))
+    summary.records, summary.residues
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import re
@@ -92,7 +99,8 @@ class StructureRecord:
 
 @dataclasses.dataclass
 class StructureOptions:
-    """`chains`: the chains to take (None: every protein chain), a complex's in this order;
+    """`chains`: the chains to take (None: every protein chain), a complex's in this order; ''
+    names a chain without a name (a blank chain id, PDB column 22), whose record is `ID`;
     `complex`: one record a structure, its chains joined by ':' (else one record a chain);
     `threads`: worker processes that parse the files (1: this process)."""
 
@@ -106,12 +114,17 @@ class StructureOptions:
 
         self.threads = check_threads(self.threads, "threads")
         if self.chains is not None:
-            self.chains = tuple(self.chains)
-            if not self.chains or any(not c for c in self.chains):
-                raise UsageError(f"chains must name chains, got {','.join(self.chains)!r}")
+            self.chains = tuple(str(c).strip() for c in self.chains)  # (' ' is the blank chain, as '')
+            if not self.chains:
+                raise UsageError("chains must name chains, got none")
             twice = sorted({c for c in self.chains if self.chains.count(c) > 1})
             if twice:
-                raise UsageError(f"chains names chain {', '.join(twice)} twice")
+                raise UsageError(f"chains names chain {', '.join(_chain_name(c) for c in twice)} twice")
+
+
+def _chain_name(chain_id: str) -> str:
+    """A chain's id in a message: `' '` for a chain without a name."""
+    return chain_id or "' '"
 
 
 def structure_ident(path) -> str:
@@ -505,21 +518,23 @@ def read_structures(jobs, threads: int = 1):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def structure_records(structures, options: StructureOptions | None = None) -> list[StructureRecord]:
-    """The FASTA records of `structures`: one a chain (`ID_CHAIN`; `ID` for a chain without a
-    name), or with `options.complex` one a structure (`ID`, chains joined by ':'). An id given by
-    two files, or a chain of options.chains that a structure lacks, is an InputError."""
+def iter_structure_records(structures, options: StructureOptions | None = None):
+    """The FASTA records of `structures`, yielded as each structure comes: one a chain
+    (`ID_CHAIN`; `ID` for a chain without a name), or with `options.complex` one a structure
+    (`ID`, chains joined by ':'). An id given by two files, or a chain of options.chains that a
+    structure lacks, is an InputError (raised when that structure comes). Only the ids given so
+    far (and the file of each) are held, not the records."""
     options = options or StructureOptions()
-    records, seen = [], {}
+    seen: dict[str, str] = {}
     for structure in structures:
         chains = structure.chains
         if options.chains is not None:
             by_id = {c.id: c for c in chains}
             missing = [c for c in options.chains if c not in by_id]
             if missing:
-                has = ", ".join(c.id or "' '" for c in chains)
-                raise InputError(f"no protein chain {', '.join(missing)} (its protein chains: {has})",
-                                 path=structure.path)
+                has = ", ".join(_chain_name(c.id) for c in chains)
+                raise InputError(f"no protein chain {', '.join(_chain_name(c) for c in missing)} "
+                                 f"(its protein chains: {has})", path=structure.path)
             chains = tuple(by_id[c] for c in options.chains)
         if options.complex:
             made = [StructureRecord(structure.ident, structure.path, chains)]
@@ -531,8 +546,13 @@ def structure_records(structures, options: StructureOptions | None = None) -> li
                 raise InputError(f"gives the record id {record.id!r}, as {seen[record.id]} does: rename one of them",
                                  path=structure.path)
             seen[record.id] = structure.path
-        records.extend(made)
-    return records
+        yield from made
+
+
+def structure_records(structures, options: StructureOptions | None = None) -> list[StructureRecord]:
+    """iter_structure_records' records as a list (every residue held: for the records in memory;
+    from_structures writes them without holding them)."""
+    return list(iter_structure_records(structures, options))
 
 
 def write_structure_fasta(records, stream) -> None:
@@ -547,23 +567,91 @@ def write_residue_map(records, stream) -> None:
     """The TSV of each record's rows (a binary stream): id, row (0-based, the embedding's row),
     chain, residue_number, insertion_code, residue_name (as in the file), residue (one letter),
     b_factor (the CA atom's: pLDDT in a predicted model)."""
+    stream.write(("\t".join(MAP_HEADER) + "\n").encode())
+    write_residue_rows(records, stream)
+
+
+def write_residue_rows(records, stream) -> None:
+    """write_residue_map's rows of `records`, without the header."""
     from protrans_cli.io.files import tsv_quoted
 
-    stream.write(("\t".join(MAP_HEADER) + "\n").encode())
     for record in records:
         for row, r in enumerate(record.residues):
             fields = (record.id, str(row), r.chain, str(r.number), r.icode, r.name, r.letter, f"{r.b_factor:.2f}")
             stream.write(("\t".join(tsv_quoted(f) for f in fields) + "\n").encode())
 
 
-def from_structures(paths, output="-", residues_map=None, options: StructureOptions | None = None
-                    ) -> list[StructureRecord]:
-    """Structure files to a FASTA for `protrans embed` (`output`, '-' for stdout) and, given
-    `residues_map`, the TSV that puts each row of the embedding on its residue. `paths`: files,
-    folders and tar archives (structure_sources), or a StructureSources. Every file is read and
-    checked before anything is written; both outputs are written atomically."""
+@dataclasses.dataclass(frozen=True)
+class StructureSummary:
+    """What from_structures wrote: the structures read, the records written and their residues."""
+
+    structures: int
+    records: int
+    residues: int
+
+
+@contextlib.contextmanager
+def _output(path):
+    """The stream an output is written to as the structures are read: the target's atomic
+    temporary (renamed over it when the block exits without an exception), or for stdout ('-',
+    None) a temporary file in TMPDIR, copied to stdout when the block exits without one (nothing
+    is printed if a file is bad, and no record is held in memory)."""
     from protrans_cli.io.files import atomic_output
 
+    if path is not None and str(path) != "-":
+        with atomic_output(path, follow_link=True) as stream:
+            yield stream
+        return
+    import shutil
+    import tempfile
+
+    try:
+        spool = tempfile.TemporaryFile(prefix="protrans-from-structure-")
+    except OSError as exc:
+        raise _spool_error(exc) from None
+    with spool:
+        yield _Spool(spool)
+        try:
+            spool.flush()
+            spool.seek(0)
+        except OSError as exc:
+            raise _spool_error(exc) from None
+        with atomic_output("-") as stdout:
+            shutil.copyfileobj(spool, stdout, 1 << 20)
+
+
+class _Spool:
+    """The temporary file that stdout's output is written to first, its errors naming it (a full
+    TMPDIR said "No space left on device", naming nothing)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, data):
+        try:
+            return self._stream.write(data)
+        except OSError as exc:
+            raise _spool_error(exc) from None
+
+
+def _spool_error(exc: OSError):
+    import tempfile
+
+    from protrans_cli.errors import RuntimeFailure
+
+    return RuntimeFailure("cannot write the temporary file that standard output is written to first "
+                          f"(TMPDIR): {exc.strerror or exc}", path=tempfile.gettempdir())
+
+
+def from_structures(paths, output="-", residues_map=None, options: StructureOptions | None = None
+                    ) -> StructureSummary:
+    """Structure files to a FASTA for `protrans embed` (`output`, '-' for stdout) and, given
+    `residues_map`, the TSV that puts each row of the embedding on its residue. `paths`: files,
+    folders and tar archives (structure_sources), or a StructureSources. Each structure's records
+    are written as it is read, into the outputs' temporaries (stdout's: a temporary file in
+    TMPDIR), and not held: both outputs appear (are renamed, or copied to stdout) only when every
+    file has been read and checked, and a bad file leaves neither, nor any temporary. Returns a
+    StructureSummary (counts); for the records themselves, structure_records."""
     options = options or StructureOptions()
     if isinstance(paths, StructureSources):
         sources = paths
@@ -576,21 +664,25 @@ def from_structures(paths, output="-", residues_map=None, options: StructureOpti
         sources = structure_sources(paths)
     threads = min(options.threads, sources.count)
     structures = read_structures(sources.jobs(), threads)
+    bar = None
     if options.progress and sources.count > 1:
         from protrans_cli import console
 
-        bar = console.progress(structures, total=sources.count, desc="from-structure", unit="file")
-        try:
-            records = structure_records(bar, options)
-        finally:
+        structures = bar = console.progress(structures, total=sources.count, desc="from-structure", unit="file")
+    records = residues = 0
+    try:
+        with contextlib.ExitStack() as outputs:
+            fasta = outputs.enter_context(_output(output))
+            table = None if residues_map is None else outputs.enter_context(_output(residues_map))
+            if table is not None:
+                table.write(("\t".join(MAP_HEADER) + "\n").encode())
+            for record in iter_structure_records(structures, options):
+                write_structure_fasta((record,), fasta)
+                if table is not None:
+                    write_residue_rows((record,), table)
+                records += 1
+                residues += sum(len(c.residues) for c in record.chains)
+    finally:
+        if bar is not None:
             bar.close()
-    else:
-        records = structure_records(structures, options)
-    with atomic_output(output, follow_link=True) as fasta:
-        if residues_map is None:
-            write_structure_fasta(records, fasta)
-        else:
-            with atomic_output(residues_map, follow_link=True) as table:
-                write_structure_fasta(records, fasta)
-                write_residue_map(records, table)
-    return records
+    return StructureSummary(structures=sources.count, records=records, residues=residues)

@@ -67,11 +67,10 @@ def command(structures, output, residues_map, chains, complex_, threads):
     sources = structure_sources(structures)
     for note in sources.notes:
         console.info(note)
-    records = from_structures(sources, output, residues_map, options)
+    summary = from_structures(sources, output, residues_map, options)
     shown = "standard output" if output in (None, "-") else str(output)
     console.output_complete(shown)
-    residues = sum(len(r.residues) for r in records)
-    console.info(f"wrote {console.counted(len(records), 'record')} ({console.counted(residues, 'residue')}) "
+    console.info(f"wrote {console.counted(summary.records, 'record')} ({console.counted(summary.residues, 'residue')}) "
                  f"of {console.counted(sources.count, 'structure')} to {shown}"
                  + (f", their residues to {'standard output' if residues_map == '-' else residues_map}"
                     if residues_map else ""))
