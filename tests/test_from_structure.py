@@ -349,3 +349,87 @@ def test_a_worker_that_dies_is_an_error_and_nothing_is_written(run_cli, tmp_path
     assert r.exit_code == 1 and not out.exists()
     assert r.stderr.strip().splitlines() == [
         "protrans: error: a worker process parsing the structures died (out of memory?): run with fewer -j"]
+
+
+def _models(folder, count):
+    """`count` copies of the PDB fixture, m0.pdb ..., each a structure of its own (ids m0_A, m0_B, ...)."""
+    folder.mkdir()
+    for n in range(count):
+        (folder / f"m{n}.pdb").write_bytes(PDB.read_bytes())
+    return folder
+
+
+def test_records_are_written_as_each_structure_is_read_not_held(tmp_path, monkeypatch):
+    """from_structures writes a structure's records before the next is parsed (the records of the
+    input are never all in memory) and returns counts, not the records."""
+    from protrans_cli import structures
+
+    models = _models(tmp_path / "models", 4)
+    events = []
+    read_job, write_fasta = structures._read_job, structures.write_structure_fasta
+
+    def reading(job):
+        events.append(("read", job.ident))
+        return read_job(job)
+
+    def writing(records, stream):
+        records = list(records)
+        events.extend(("write", r.id) for r in records)
+        write_fasta(records, stream)
+
+    monkeypatch.setattr(structures, "_read_job", reading)
+    monkeypatch.setattr(structures, "write_structure_fasta", writing)
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = structures.from_structures([models], out / "x.fa", out / "x.tsv", structures.StructureOptions(threads=1))
+    assert summary == structures.StructureSummary(structures=4, records=8, residues=40)
+    assert events == [e for n in range(4) for e in (("read", f"m{n}"), ("write", f"m{n}_A"), ("write", f"m{n}_B"))]
+    assert sorted(p.name for p in out.iterdir()) == ["x.fa", "x.tsv"]
+    assert (out / "x.tsv").read_text() == _map([(f"m{n}_{c}", rows) for n in range(4)
+                                                for c, rows in (("A", A_ROWS), ("B", B_ROWS))])
+
+
+def test_a_bad_last_file_leaves_no_output_no_temporary_and_prints_nothing(run_cli, tmp_path, monkeypatch):
+    import tempfile
+
+    models = _models(tmp_path / "models", 3)
+    spool = tmp_path / "tmp"  # (TMPDIR: stdout's output is written to a temporary file there first)
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("from-structure", models, "-o", out / "x.fa", "--residues", out / "x.tsv")
+    assert r.exit_code == 0, r.stderr
+    r_stdout = run_cli("from-structure", models, "--residues", out / "y.tsv")
+    assert r_stdout.exit_code == 0 and r_stdout.stdout.encode() == (out / "x.fa").read_bytes()
+    assert (out / "y.tsv").read_bytes() == (out / "x.tsv").read_bytes()
+    r = run_cli("from-structure", models, "-o", out / "x.fa", "--residues", "-")
+    assert r.exit_code == 0 and r.stdout.encode() == (out / "x.tsv").read_bytes()
+    (models / "z.pdb").write_bytes(b">x\nMKV\n")  # (sorted last)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for args in (("-o", out / "x.fa", "--residues", out / "x.tsv"), ("--residues", out / "new.tsv"),
+                 ("-o", out / "new.fa", "--residues", "-"), ("--complex", "-j", "2")):
+        r = run_cli("from-structure", models, *args)
+        assert r.exit_code == 1 and r.stdout == "", args
+        assert r.stderr.strip().splitlines()[-1].startswith(f"protrans: error: {models / 'z.pdb'}: not a structure file")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (no output, no temporary)
+        assert list(spool.iterdir()) == []
+
+
+def test_a_chain_without_a_name_is_chosen_by_an_empty_chain(run_cli, tmp_path):
+    blank = tmp_path / "1xyz.pdb"  # (chain B's column 22 blank)
+    blank.write_text("".join(line[:21] + " " + line[22:] if line.startswith(("ATOM", "HETATM")) and line[21] == "B"
+                             else line for line in PDB.read_text().splitlines(keepends=True)))
+    r = run_cli("from-structure", blank)
+    assert r.exit_code == 0 and r.stdout == (f">1xyz_A file={blank} chain=A residues=7\nMAMGSKX\n"
+                                             f">1xyz file={blank} chain= residues=3\nVLW\n")
+    for spelling in ("", " "):
+        r = run_cli("from-structure", blank, "--chain", spelling)
+        assert r.exit_code == 0 and r.stdout == f">1xyz file={blank} chain= residues=3\nVLW\n"
+    r = run_cli("from-structure", blank, "--chain", ",A", "--complex")
+    assert r.exit_code == 0 and r.stdout == f">1xyz file={blank} chains=:A residues=3:7\nVLW:MAMGSKX\n"
+    r = run_cli("from-structure", PDB, "--chain", "")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        f"protrans: error: {PDB}: no protein chain ' ' (its protein chains: A, B)"]
+    r = run_cli("from-structure", blank, "--chain", " ,")
+    assert r.exit_code == 2 and "chains names chain ' ' twice" in r.stderr
