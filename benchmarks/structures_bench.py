@@ -12,6 +12,13 @@ writes each one both as PDB (.pdb) and as gzipped mmCIF (.cif.gz), as AlphaFold 
 Then times from_structures (FASTA and --residues map written) on each input with each -j value,
 best of --rounds, checks the outputs are byte for byte the same whatever -j, and prints files/s,
 residues/s and the speed-up over the first -j value.
+
+    python benchmarks/structures_bench.py --memory --models 1000 [--before /tmp/old-protrans]
+
+`--memory`: the peak RSS (VmHWM of a child process, -j 1, FASTA and --residues map
+to files) of from_structures on a folder of N and of 4N models (N = --models), with this checkout's
+code and, given `--before DIR` (a folder holding an older protrans_cli, e.g. `git archive main
+protrans_cli | tar -x -C DIR`), with that code too; and the child's peak after its imports alone.
 """
 
 from __future__ import annotations
@@ -100,13 +107,72 @@ def run(source: Path, threads: int, out: Path) -> float:
     return time.perf_counter() - start
 
 
+# The child of --memory: imports protrans_cli from sys.argv[1] (not this checkout's, for --before),
+# prints its peak RSS (kB) after the imports and after from_structures of the folder sys.argv[2].
+# The peak is /proc's VmHWM where there is one: getrusage's ru_maxrss is carried over exec, so a
+# child's starts at its parent's peak at the fork (this script's, which generated the models).
+CHILD = """
+import resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from protrans_cli.structures import StructureOptions, from_structures
+import Bio.PDB
+
+def peak():
+    try:
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+imported = peak()
+start = time.perf_counter()
+from_structures([sys.argv[2]], sys.argv[3] + "/x.fa", sys.argv[3] + "/x.tsv", StructureOptions(threads=1))
+print(imported, peak(), time.perf_counter() - start)
+"""
+
+
+def peak_rss(code: Path, folder: Path, out: Path) -> tuple[float, float, float]:
+    """(MB after the imports, MB peak, seconds) of a child process running from_structures."""
+    import subprocess
+
+    out.mkdir(exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(code), str(folder), str(out)], check=True,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    imported, peak, seconds = done.stdout.split()
+    return int(imported) / 1024, int(peak) / 1024, float(seconds)
+
+
+def memory(args) -> None:
+    codes = [("this checkout", Path(__file__).resolve().parent.parent)]
+    if args.before:
+        codes.append(("--before", Path(args.before).resolve()))
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = {}
+        for models in (args.models, 4 * args.models):
+            root = Path(tmp) / str(models)
+            root.mkdir()
+            folder, _, residues = generate(root, models, args.atoms)
+            for label, code in codes:
+                out = root / label.strip("-").replace(" ", "_")
+                imported, peak, seconds = peak_rss(code, folder, out)
+                outputs.setdefault(models, set()).add(((out / "x.fa").read_bytes(), (out / "x.tsv").read_bytes()))
+                print(f"{models:6d} models {residues:10,d} residues  {label:14s}: peak {peak:7.1f} MB "
+                      f"({peak - imported:+7.1f} MB over the imports' {imported:.1f}), {seconds:6.1f} s")
+            assert len(outputs[models]) == 1, "the outputs differ between the codes"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--atoms", choices=["ca", "backbone"], default="ca")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="peak RSS of N and 4N models (see the doc)")
+    parser.add_argument("--before", default=None, help="with --memory: a folder holding an older protrans_cli")
     args = parser.parse_args(argv)
+    if args.memory:
+        memory(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder, archive, residues = generate(root, args.models, args.atoms)

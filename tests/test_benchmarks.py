@@ -36,6 +36,8 @@ CASES = [
     # (against the file's size: import-model's peak memory is the weights held once plus start-up)
     ("import_bench.py", "--size 8M --tmpdir {tmp}", r"peak resident \d+(\.\d+)? GB = " + RATIO + " the file"),
     ("structures_bench.py", "--models 6 --rounds 1", r"AFDB-like tar .*-j 2: .* x\d+\.\d+ of -j 1"),
+    # (its memory mode: a child's peak at N and 4N models; no --before here)
+    ("structures_bench.py", "--memory --models 4", r"16 models .* this checkout : peak +\d+\.\d MB"),
     # (no baseline: how commands scale with the proteins of a file, each layout; it prints figures)
     ("proteins_bench.py", "--num-proteins 60 --labels 30 --tmpdir {tmp}", r"stacked N=60 predict: \d+(\.\d+)? s"),
 ]

@@ -21,7 +21,8 @@ from protrans_cli.cli import INPUT_FILE
               help="Also write each record's rows: id, row, chain, residue number, insertion code, residue name, "
                    "letter, the CA's B-factor (pLDDT in a predicted model).")
 @click.option("--chain", "chains", default=None, metavar="A,B",
-              help="Only these chains (a --complex joins them in this order).  [default: every protein chain]")
+              help="Only these chains (a --complex joins them in this order; '' names a chain without a name, "
+                   "whose record is FILE).  [default: every protein chain]")
 @click.option("--complex", "complex_", is_flag=True,
               help="One record a structure, its chains joined by ':' (embed --chains linker|separate).")
 @click.option("-j", "--threads", type=int, default=None,
@@ -36,7 +37,7 @@ def command(structures, output, residues_map, chains, complex_, threads):
     A residue is an amino acid of the first model that has a CA atom, in file order: missing
     loops leave no letter, insertion codes are residues of their own, modified residues (MSE)
     take their parent's letter; waters and ligands are left out. Records are FILE_CHAIN (FILE
-    without its suffixes), or FILE with --complex.
+    without its suffixes; FILE for a chain without a name), or FILE with --complex.
 
     \b
     protrans from-structure 1abc.cif.gz --residues 1abc.map.tsv -o 1abc.fa
@@ -59,7 +60,7 @@ def command(structures, output, residues_map, chains, complex_, threads):
     if residues_map not in (None, "-") and output not in (None, "-") and (
             residues_map == output or same_file(residues_map, output)):
         raise UsageError(f"--residues {residues_map} is the FASTA's own -o: choose another name")
-    options = StructureOptions(chains=None if chains is None else tuple(c.strip() for c in chains.split(",")),
+    options = StructureOptions(chains=None if chains is None else tuple(chains.split(",")),
                                complex=complex_, threads=resolve_threads(threads),
                                progress=console.progress_wanted())
     if list(structures).count("-") > 1:
