@@ -433,3 +433,21 @@ def test_a_chain_without_a_name_is_chosen_by_an_empty_chain(run_cli, tmp_path):
         f"protrans: error: {PDB}: no protein chain ' ' (its protein chains: A, B)"]
     r = run_cli("from-structure", blank, "--chain", " ,")
     assert r.exit_code == 2 and "chains names chain ' ' twice" in r.stderr
+
+
+def test_a_full_tmpdir_for_stdout_is_one_line_naming_it(run_cli, tmp_path, monkeypatch):
+    import errno
+    import io
+    import tempfile
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kwargs: Full())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    r = run_cli("from-structure", PDB)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"protrans: error: {tmp_path}: cannot write the temporary file that standard output is written to first "
+        "(TMPDIR): No space left on device"]
