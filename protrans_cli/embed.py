@@ -283,6 +283,15 @@ def without_linker(rows: np.ndarray, lengths, linker_length: int, axes=(1,)) -> 
     return rows
 
 
+def linker_length_ignored(options) -> str | None:
+    """The warning for a --linker-length that sets nothing (the run's --chains is not linker), or
+    None: embed's, and perplexity's."""
+    if options.linker_length != DEFAULT_LINKER_LENGTH and options.chains != "linker":
+        return (f"--linker-length {options.linker_length} ignored: it sets the glycines between a complex's chains "
+                f"under --chains linker, and this run's is {options.chains}")
+    return None
+
+
 def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=None) -> Embedder:
     """The onehot embedder, or a registry model loaded from a short name, directory or hub id.
     `loaded`: that model already loaded (`models.load_model` of options.model, in the device and
@@ -297,9 +306,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     if options.chunk_overlap != DEFAULT_CHUNK_OVERLAP and options.long_policy != "chunk":
         warn(f"--chunk-overlap {options.chunk_overlap} ignored: it sets the windows of --long-policy chunk, and this "
              f"run's policy is {options.long_policy}")
-    if options.linker_length != DEFAULT_LINKER_LENGTH and options.chains != "linker":
-        warn(f"--linker-length {options.linker_length} ignored: it sets the glycines between a complex's chains "
-             f"under --chains linker, and this run's is {options.chains}")
+    if (ignored := linker_length_ignored(options)) is not None:
+        warn(ignored)
     if options.pooling != "mean" and not options.per_protein:
         warn(f"--pooling {options.pooling} ignored: it makes the per-protein vectors, and this run writes "
              "per-residue arrays only")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import InputError, UsageError, expect_options, one_of, option
 
 METHODS = ("pseudo", "causal", "wt-marginals")
@@ -41,6 +42,9 @@ LONG_POLICIES = ("error", "window", "skip")
 INVALID_POLICIES = ("error", "skip")
 COLUMNS = ("id", "length", "log_likelihood", "mean_log_likelihood", "perplexity", "method")
 RESIDUE_COLUMNS = ("id", "position", "residue", "log_probability")
+# --per-residue under --chains linker or separate: export's chain columns (each from 1)
+CHAIN_COLUMNS = ("id", "position", "residue", "chain", "chain_position", "log_probability")
+OFFERED = ("linker", "separate")  # the --chains policies a ':' of a complex is read under
 RESIDUES_PER_UNIT = 4096   # residues of distinct proteins one unit of work scores (and --resume keeps)
 PROTEINS_PER_UNIT = 64     # proteins one unit scores at most
 
@@ -61,8 +65,11 @@ class PerplexityOptions:
     resume: bool = False                 # go on with OUTPUT.partial/, what an interrupted run kept
     threads: int | None = None
     per_residue: str | Path | None = None  # a long table of each residue's log-probability ("-": stdout)
+    chains: str = "error"                # a ':' (chain break of a complex): error | linker | separate
+    linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between the chains under chains='linker' (ESMFold's)
 
     def validate(self) -> None:
+        from protrans_cli.embed import check_chains
         from protrans_cli.threads import check_threads
         from protrans_cli.variants import check_scoring
 
@@ -76,6 +83,7 @@ class PerplexityOptions:
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
         one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")
         check_scoring(self)
+        check_chains(self)
         if self.threads is not None:
             check_threads(self.threads)
         if self.per_residue is not None and (not isinstance(self.per_residue, (str, Path)) or not str(self.per_residue)):
@@ -115,37 +123,108 @@ def methods_of(scorer) -> tuple[str, ...]:
     return ("pseudo", "wt-marginals")
 
 
-def read_proteins(fasta, *, skip_invalid: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
-    """([(id, sequence)], [skipped ids]) of a FASTA (`-`: stdin; compressed or not) as embed reads it:
-    normalised (rare letters kept, gaps removed with a warning), a duplicate id refused, a sequence
-    that cannot be read refused (or, `skip_invalid`, left out with a warning)."""
-    from protrans_cli.embed import _records
-    from protrans_cli.io.files import display_name
-    from protrans_cli.variants import _warn_gapped, _warn_nucleotide
+@dataclass(frozen=True)
+class _Work:
+    """One reading of the model: `text` (a sequence; a complex's chains joined by their linker),
+    its values kept under `key` (the sequence; for a joined complex its chains, the linker and
+    its length: `A:B` read whole is not `AB`, nor the same chains under another linker), and
+    `chains` (a joined complex's chain lengths: only their residues are scored) with `linker`."""
 
-    name = display_name(fasta)
-    proteins, skipped, gapped = [], [], set()
-    first_line: dict[str, int] = {}
-    for prot in _records(fasta, name, skip_invalid, offered=()):  # (no --chains: a complex is refused)
-        if prot.id in first_line:
-            raise InputError(f"duplicate id (first seen on line {first_line[prot.id]}); ids must be unique because "
-                             "they are the keys of the output", path=name, line=prot.line, record=prot.id)
-        first_line[prot.id] = prot.line
+    key: str
+    text: str
+    chains: tuple | None = None
+    linker: int = 0
+
+    @property
+    def sites(self) -> list[int] | None:
+        """The positions of `text` scored (None: every one): a joined complex's residues, not its linkers'."""
+        from protrans_cli.embed import without_linker
+
+        if self.chains is None:
+            return None
+        return without_linker(np.arange(len(self.text)), self.chains, self.linker, axes=(0,)).tolist()
+
+    @property
+    def size(self) -> int:
+        return len(self.text) if self.chains is None else sum(self.chains)
+
+
+def _works(sequence: str, chains: str, linker_length: int) -> list[_Work]:
+    """What the model reads of a record's sequence: itself; a complex (`chains`) joined by its
+    linker (linker) or each chain alone (separate: a chain is read as the protein of that sequence
+    is, and shares its values)."""
+    from protrans_cli.embed import chain_lengths, model_text
+
+    if ":" not in sequence:
+        return [_Work(sequence, sequence)]
+    if chains == "separate":
+        return [_Work(chain, chain) for chain in sequence.split(":")]
+    return [_Work(f"{sequence} linker {linker_length}", model_text(sequence, "linker", linker_length),
+                  tuple(chain_lengths(sequence)), linker_length)]
+
+
+@dataclass
+class _Scan:
+    """What the first pass over the FASTA keeps: a few numbers and ids, not the proteins."""
+
+    records: int
+    skipped: list          # ids that cannot be read (--invalid-policy skip)
+    longest: int           # the most residues the model reads at once (embed.model_length)
+    residues: int          # residues to score, each distinct reading once (the progress bar's total)
+    repeated: set          # digests of the readings (_Work keys) more than one record needs
+
+
+def _scan(source, name: str, options: PerplexityOptions) -> _Scan:
+    """The first pass, as embed's: every record read and normalised, so that one that cannot be
+    read fails (or is left out) and a duplicate id is refused before the model loads, keeping an
+    8-byte digest of each id and reading (`_raise_duplicate_id` names a duplicate in a second
+    look at the ids alone)."""
+    from array import array
+
+    from protrans_cli.embed import (InputScan, _digest64, _raise_duplicate_id, _records, _warn_gapped,
+                                    _warn_nucleotide, model_length, residue_count)
+    from protrans_cli.residues import looks_nucleotide
+
+    ids, keys, sizes = array("Q"), array("Q"), array("Q")
+    skipped, nucleotide, gapped = [], console.Named(), console.Named()
+    longest = residues = 0
+    for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED):
+        ids.append(_digest64(prot.id))
         if prot.rejected is not None:
             skipped.append(prot.id)
             continue
-        proteins.append((prot.id, prot.sequence))
+        for work in _works(prot.sequence, options.chains, options.linker_length):
+            keys.append(_digest64(work.key))
+            sizes.append(work.size)
+        longest = max(longest, model_length(prot.sequence, options.chains, options.linker_length))
+        residues += residue_count(prot.sequence)
+        if looks_nucleotide(prot.sequence):
+            nucleotide.add(prot.id)
         if prot.gapped:
             gapped.add(prot.id)
-    if not first_line:
+    if not ids:
         raise InputError("no FASTA records", path=name)
+    ordered = np.sort(np.frombuffer(ids, dtype=np.uint64))
+    clash = ordered[1:] == ordered[:-1]
+    if clash.any():
+        _raise_duplicate_id(source, name, set(ordered[1:][clash].tolist()))
+    records = len(ids)
+    del ordered, clash, ids
+    digests = np.frombuffer(keys, dtype=np.uint64)
+    order = np.argsort(digests, kind="stable")
+    ordered = digests[order]
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    distinct = int(np.frombuffer(sizes, dtype=np.uint64)[order][first].sum()) if len(ordered) else 0
+    repeated = set(np.unique(ordered[1:][~first[1:]]).tolist())
     if skipped:
         console.warn(f"{name}: {console.counted(len(skipped), 'record')} that cannot be read left out "
                      f"({option('--invalid-policy skip', 'invalid_policy=' + repr('skip'))}): "
                      f"{console.some_named(len(skipped), skipped[:console.NAMED])}")
-    _warn_nucleotide(proteins, name)
-    _warn_gapped([p for p in proteins if p[0] in gapped], name)
-    return proteins, skipped
+    said = InputScan(records, residues, longest, np.empty(0, dtype=np.uint64), nucleotide=nucleotide, gapped=gapped)
+    _warn_nucleotide(said, name, True)
+    _warn_gapped(said, name, True)
+    return _Scan(records, skipped, longest, distinct, repeated)
 
 
 def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) -> PerplexitySummary:
@@ -153,16 +232,33 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     log_likelihood, mean_log_likelihood, perplexity, method) to `output` (TSV; CSV for a .csv name;
     `-`/None: stdout), atomically. Identical sequences are computed once. `options.per_residue`:
     also a long table, a row a residue (id, position from 1, residue, log_probability: the natural
-    log-probability whose sum is the protein's log_likelihood), from the same passes, written with
-    the main table (both or neither). Returns the summary, whose corpus perplexity is also said on
-    stderr."""
-    from protrans_cli.io.files import (display_name, input_named_by, output_directory, output_lock, special_output,
-                                       staged_outputs, through_link)
+    log-probability whose sum is the protein's log_likelihood; with `options.chains` linker or
+    separate also chain and chain_position, both from 1), from the same passes, written with the
+    main table (both or neither). Returns the summary, whose corpus perplexity is also said on
+    stderr.
+
+    Memory stays at one unit of work (RESIDUES_PER_UNIT residues) and the sequences that more
+    than one record reads, whatever the FASTA's size: a first pass checks every record (and
+    refuses a duplicate id) keeping 8-byte digests, the second reads the records in order, a
+    unit of them at a time, and writes their rows as their unit ends (into the output's hidden
+    temporary, renamed when all are written; a table for stdout into a temporary file, copied out
+    at the end). stdin or a pipe, read twice, is first copied to a file (beside -o FILE, else in
+    the temporary folder). Units are consecutive records, not a sort of the whole input by length:
+    a pass holds copies of one protein (pseudo) or proteins of one length, so a global sort would
+    gain little and hold every sequence."""
+    import shutil
+    import tempfile
+
+    from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored
+    from protrans_cli.io.files import (atomic_output, display_name, input_named_by, output_directory, output_lock,
+                                       special_output, staged_outputs, through_link)
     from protrans_cli.variants import UnitStore, partial_folder
 
     options = options or PerplexityOptions()
     expect_options(options, PerplexityOptions, "options")
     options.validate()
+    if (ignored := linker_length_ignored(options)) is not None:
+        console.warn(ignored)
     to_stdout = output in (None, "-")
     resume_beside = option("--resume goes on with the work kept beside -o FILE",
                            "resume=True goes on with the work kept beside the output file")
@@ -179,23 +275,45 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     per_residue = options.per_residue
     if per_residue is not None:
         _check_per_residue(per_residue, output, to_stdout, fasta)
-    proteins, skipped = read_proteins(fasta, skip_invalid=options.invalid_policy == "skip")
+    name = display_name(fasta)
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
     busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
            f"{option('-o', 'output')}"
-    with output_lock(target, busy) if to_file else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        source = fasta
+        if str(fasta) == "-" or is_stream(fasta):  # (read twice: the check, then the scoring)
+            where = Path(target) if to_file else Path(held.enter_context(tempfile.TemporaryDirectory())) / "input"
+            source = _spool_input(where, fasta)
+            held.callback(source.unlink, missing_ok=True)
+        scan = _scan(source, name, options)
+        held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
         store = UnitStore(partial_folder(target), resume=options.resume, command="perplexity") if to_file else None
-        summary, rows, residue_rows = _score(proteins, options, store, display_name(fasta))
-        summary.skipped = skipped + summary.skipped
-        # (written out first, then renamed together: an interruption between the two left a new
-        # table beside an old per-residue one; the one on stdout, if any, last, once the file's
-        # table is written out)
-        tables = [(output, COLUMNS, rows)] + ([(per_residue, RESIDUE_COLUMNS, residue_rows)]
-                                              if per_residue is not None else [])
-        with staged_outputs() as staged:
-            for path, columns, table in sorted(tables, key=lambda t: t[0] is None or str(t[0]) == "-"):
-                _write_table(path, columns, table, staged=staged)
+        # (the file's table written out first, then the one for stdout, then both renamed together:
+        # an interruption between the two left a new table beside an old per-residue one)
+        tables = [(output, COLUMNS)]
+        if per_residue is not None:
+            tables.append((per_residue, RESIDUE_COLUMNS if options.chains == "error" else CHAIN_COLUMNS))
+        with staged_outputs() as staged, tempfile.TemporaryFile() as spool:
+            with contextlib.ExitStack() as writing:
+                writers = []
+                for path, columns in tables:
+                    stream = spool if str(path) == "-" or path is None else writing.enter_context(
+                        atomic_output(path, "wb", follow_link=True, staged=staged))
+                    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+                    writing.callback(text.detach)  # (the stream is closed by its own block)
+                    writer = csv.writer(text, delimiter=named_delimiter(path) or "\t", lineterminator="\n")
+                    writer.writerow(columns)
+                    writers.append((writer, text))
+                summary = _score(source, name, scan, options, store, writers[0][0],
+                                 writers[1][0] if per_residue is not None else None)
+                for _, text in writers:
+                    text.flush()
+            if spool.tell():
+                spool.seek(0)
+                with atomic_output("-") as out:
+                    shutil.copyfileobj(spool, out, 1 << 20)
+        summary.skipped = scan.skipped + summary.skipped
         if store is not None:
             store.remove()
     if not to_stdout:
@@ -210,6 +328,12 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
                  f"corpus perplexity {summary.perplexity:.4f} (mean log-likelihood {summary.mean_log_likelihood:.4f} "
                  f"a residue; {summary.method}, {summary.model}){left_out}")
     return summary
+
+
+def named_delimiter(path) -> str | None:
+    from protrans_cli.io.files import named_delimiter as delimiter_of
+
+    return None if path is None or str(path) == "-" else delimiter_of(path)
 
 
 def _check_per_residue(per_residue, output, to_stdout: bool, fasta) -> None:
@@ -230,13 +354,44 @@ def _check_per_residue(per_residue, output, to_stdout: bool, fasta) -> None:
     output_directory(per_residue)
 
 
-def _score(proteins, options: PerplexityOptions, store, name: str):
-    """(summary, rows, residue rows): the model loaded, each distinct sequence scored once (in units
-    kept by `store`, each the per-residue log-probabilities of its sequences one after another)."""
+def _too_long(source, name: str, options: PerplexityOptions, scorer, scan: _Scan) -> list[str]:
+    """The ids of the records the model cannot read whole (over --max-length: a complex with its
+    linkers, or its longest chain under separate) under --long-policy skip; under error (or for a
+    causal LM) an InputError naming the first, before any work. Reads the FASTA again only when
+    the first pass found such a record."""
+    from protrans_cli.embed import _records, model_length
+
+    if scorer.max_length is None or scan.longest <= scorer.max_length:
+        return []
+    skipped = []
+    for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED):
+        if prot.rejected is not None or model_length(prot.sequence, options.chains,
+                                                     options.linker_length) <= scorer.max_length:
+            continue
+        if options.long_policy == "skip":
+            skipped.append(prot.id)
+            continue
+        what = ("the protein" if ":" not in prot.sequence else "a chain of the complex"
+                if options.chains == "separate" else "the complex with its linkers")
+        for work in _works(prot.sequence, options.chains, options.linker_length):
+            scorer.check_length(work.text, what, path=name, record=prot.id)
+    if skipped:
+        console.warn(f"{console.counted(len(skipped), 'protein')} over {scorer.max_length:,} residues left out "
+                     f"({option('--long-policy skip', 'long_policy=' + repr('skip'))}): "
+                     f"{console.some_named(len(skipped), skipped[:console.NAMED])}")
+    return skipped
+
+
+def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, rows, residue_rows):
+    """The summary: the model loaded, the records read again in order, each distinct reading scored
+    once (in units kept by `store`, each the per-residue log-probabilities of its readings one
+    after another), and each record's row written to the csv writer `rows` (and its residues' to
+    `residue_rows`) as its unit ends."""
+    from protrans_cli.embed import _digest64, _records, model_length
     from protrans_cli.embedders import resolve_device
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _unit_key, site_sums
+    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _unit_key
 
     device, dtype = resolve_device(options.device, options.dtype)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
@@ -251,84 +406,102 @@ def _score(proteins, options: PerplexityOptions, store, name: str):
             raise UsageError(f"{loaded.name}: {option(f'--method {method}', f'the method {method!r}')} is not one it "
                              f"can read ({'a causal LM' if scorer.causal else 'a masked LM'}); it can: "
                              f"{', '.join(can)}")
-        kept, skipped = [], []
-        for ident, seq in proteins:
-            if options.long_policy == "skip" and scorer.max_length is not None and len(seq) > scorer.max_length:
-                skipped.append(ident)
-                continue
-            scorer.check_length(seq, "the protein", path=name, record=ident)  # (before any work)
-            kept.append((ident, seq))
-        if skipped:
-            console.warn(f"{console.counted(len(skipped), 'protein')} over {scorer.max_length:,} residues left out "
-                         f"({option('--long-policy skip', 'long_policy=' + repr('skip'))}): "
-                         f"{console.some_named(len(skipped), skipped[:console.NAMED])}")
-        distinct = sorted({seq for _, seq in kept}, key=lambda s: (len(s), s))
+        too_long = _too_long(source, name, options, scorer, scan)
         units = store.for_model(loaded, scorer) if store is not None else None
-        per_site = {"causal": scorer.causal_residue_log_probs, "pseudo": scorer.residue_log_probs,
-                    "wt-marginals": lambda c, bar: scorer.residue_log_probs(c, bar=bar, masked=False)}[method]
-        total = sum(len(s) for s in distinct)
-        bar = console.progress(total=total, desc="scoring", unit="residue") if scorer.progress and total > 1 else None
-        sites: dict[str, np.ndarray] = {}
+        summary = PerplexitySummary(model=loaded.name, method=method, skipped=too_long)
+        bar = (console.progress(total=scan.residues, desc="scoring", unit="residue")
+               if scorer.progress and scan.residues > 1 else None)
+
+        def read(works: list[_Work]) -> np.ndarray:
+            texts = [w.text for w in works]
+            if method == "causal":  # (one pass reads all: a linker is context, its values dropped)
+                got = scorer.causal_residue_log_probs(texts)
+                got = [v if w.chains is None else v[w.sites] for v, w in zip(got, works)]
+                if bar is not None:
+                    bar.update(sum(w.size for w in works))
+            else:
+                got = scorer.residue_log_probs(texts, bar=bar, masked=method == "pseudo",
+                                               positions=[w.sites for w in works])
+            return np.concatenate(got)
+
+        kept: dict[str, np.ndarray] = {}     # readings more than one record needs: for the run
+        window: list[tuple[str, str, list[_Work]]] = []  # records waiting for their unit
+        unit: dict[str, _Work] = {}          # the readings of the unit being filled
+
+        def flush() -> None:
+            values: dict[str, np.ndarray] = {}
+            if unit:
+                chunk = sorted(unit.values(), key=lambda w: (len(w.text), w.key))
+                size = sum(w.size for w in chunk)
+                # (a unit keeps each residue's value, the readings' one after another; "residues-"
+                # names this format, a unit of totals of an earlier version is not read as one)
+                got = _run_unit(units or _compute, _unit_key(f"perplexity-residues-{method}", "",
+                                                             [w.key for w in chunk]),
+                                lambda: read(chunk), bar, size, _residues_check(size))
+                for w, v in zip(chunk, np.split(got, np.cumsum([w.size for w in chunk])[:-1])):
+                    values[w.key] = v
+                    if _digest64(w.key) in scan.repeated:
+                        kept[w.key] = v
+            for ident, seq, works in window:
+                _write_rows(ident, seq, np.concatenate([values.get(w.key, kept.get(w.key)) for w in works]), method, options, rows,
+                            residue_rows, summary)
+            window.clear()
+            unit.clear()
+
         try:
-            for chunk in _units(distinct):
-                size = sum(len(s) for s in chunk)
-                # (a unit keeps each residue's value, the sequences' one after another: the totals are
-                # their sums, and the per-residue table reads them; "residues-" names this format, a
-                # unit of totals of an earlier version is not read as one)
-                got = _run_unit(units or _compute, _unit_key(f"perplexity-residues-{method}", "", chunk),
-                                lambda c=chunk: np.concatenate(per_site(c, bar=bar)), bar, size,
-                                _residues_check(size))
-                sites.update(zip(chunk, np.split(got, np.cumsum([len(s) for s in chunk])[:-1])))
+            residues = 0
+            for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains,
+                                 offered=OFFERED):
+                if prot.rejected is not None:
+                    continue
+                if (options.long_policy == "skip" and scorer.max_length is not None
+                        and model_length(prot.sequence, options.chains, options.linker_length) > scorer.max_length):
+                    continue
+                works = _works(prot.sequence, options.chains, options.linker_length)
+                new = {w.key: w for w in works if w.key not in kept and w.key not in unit}
+                grow = sum(w.size for w in new.values())
+                if unit and new and (residues + grow > RESIDUES_PER_UNIT or len(unit) + len(new) > PROTEINS_PER_UNIT):
+                    flush()
+                    residues = 0
+                    new = {w.key: w for w in works if w.key not in kept}
+                    grow = sum(w.size for w in new.values())
+                unit.update(new)
+                residues += grow
+                window.append((prot.id, prot.sequence, works))
+            flush()
         finally:
             if bar is not None:
                 bar.close()
-    totals = dict(zip(sites, site_sums(list(sites.values())).tolist()))
-    summary = PerplexitySummary(model=loaded.name, method=method, skipped=skipped)
-    rows, residue_rows = [], []
-    for ident, seq in kept:
-        ll = totals[seq]
-        mean = ll / len(seq)
-        rows.append([ident, str(len(seq)), f"{ll:.6f}", f"{mean:.6f}", f"{perplexity_of(ll, len(seq)):.6f}", method])
-        if options.per_residue is not None:
-            residue_rows.extend([ident, str(p), letter, f"{value:.6f}"]
-                                for p, (letter, value) in enumerate(zip(seq, sites[seq].tolist()), start=1))
-        summary.proteins += 1
-        summary.residues += len(seq)
-        summary.log_likelihood += ll
-    return summary, rows, residue_rows
+    return summary
+
+
+def _write_rows(ident: str, sequence: str, values: np.ndarray, method: str, options: PerplexityOptions, rows,
+                residue_rows, summary: PerplexitySummary) -> None:
+    """A record's row (and its residues' rows), its figures added to `summary`: `values` its
+    residues' log-probabilities in order (a complex's chains one after another)."""
+    from protrans_cli.variants import site_sums
+
+    residues = len(values)
+    ll = float(site_sums([values])[0])
+    rows.writerow([ident, str(residues), f"{ll:.6f}", f"{ll / residues:.6f}", f"{perplexity_of(ll, residues):.6f}",
+                   method])
+    if residue_rows is not None:
+        letters = sequence.replace(":", "")
+        if options.chains == "error":
+            residue_rows.writerows([ident, str(p), letter, f"{value:.6f}"]
+                                   for p, (letter, value) in enumerate(zip(letters, values.tolist()), start=1))
+        else:  # (export's chain columns: each residue's chain and place in it, both from 1)
+            places = [(c, i) for c, chain in enumerate(sequence.split(":"), 1) for i in range(1, len(chain) + 1)]
+            residue_rows.writerows([ident, str(p), letter, str(c), str(i), f"{value:.6f}"] for p, (letter, (c, i), value)
+                                   in enumerate(zip(letters, places, values.tolist()), start=1))
+    summary.proteins += 1
+    summary.residues += residues
+    summary.log_likelihood += ll
 
 
 def _residues_check(residues: int):
-    """A kept unit: the (residues,) float64 log-probabilities of its sequences' residues."""
+    """A kept unit: the (residues,) float64 log-probabilities of its readings' residues."""
     return lambda v: v.dtype == np.float64 and v.shape == (residues,)
-
-
-def _units(distinct: list[str]) -> list[list[str]]:
-    """The distinct sequences (shortest first) in units of RESIDUES_PER_UNIT residues and
-    PROTEINS_PER_UNIT proteins at most (a longer protein is a unit of its own)."""
-    units, current, residues = [], [], 0
-    for seq in distinct:
-        if current and (residues + len(seq) > RESIDUES_PER_UNIT or len(current) >= PROTEINS_PER_UNIT):
-            units.append(current)
-            current, residues = [], 0
-        current.append(seq)
-        residues += len(seq)
-    if current:
-        units.append(current)
-    return units
-
-
-def _write_table(output, columns, rows, *, staged: list | None = None) -> None:
-    from protrans_cli.io.files import atomic_output, named_delimiter
-
-    delimiter = named_delimiter(output) or "\t"
-    with atomic_output(output, "wb", follow_link=True, staged=staged) as stream:
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
-        writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        text.flush()
-        text.detach()
 
 
 def perplexity_of(log_likelihood: float, residues: int) -> float:
@@ -336,5 +509,5 @@ def perplexity_of(log_likelihood: float, residues: int) -> float:
     return math.exp(-log_likelihood / residues)
 
 
-__all__ = ["METHODS", "RESIDUE_COLUMNS", "PerplexityOptions", "PerplexitySummary", "methods_of", "perplexity_of", "read_proteins",
-           "run_perplexity"]
+__all__ = ["CHAIN_COLUMNS", "COLUMNS", "METHODS", "RESIDUE_COLUMNS", "PerplexityOptions", "PerplexitySummary", "methods_of",
+           "perplexity_of", "run_perplexity"]

@@ -524,21 +524,29 @@ class VariantScorer:
         sequences = _sequence_list(sequences, "pseudo_log_likelihood")  # (refused under its own name)
         return site_sums(self.residue_log_probs(sequences, bar=bar, masked=masked))
 
-    def residue_log_probs(self, sequences: list[str], *, bar=None, masked: bool = True) -> list[np.ndarray]:
+    def residue_log_probs(self, sequences: list[str], *, bar=None, masked: bool = True,
+                          positions: list | None = None) -> list[np.ndarray]:
         """Each sequence's (length,) float64 log p(residue | the rest), each residue masked in turn
-        (`masked` False: read from one unmasked pass, see pseudo_log_likelihood)."""
+        (`masked` False: read from one unmasked pass, see pseudo_log_likelihood). `positions`:
+        for each sequence, the 0-based positions to read (in order; None: every one), and its
+        array has one value per position (a complex joined by a linker: its chains' residues, the
+        linker read as context only)."""
         self._refuse_reading(masked)
         sequences = [checked_sequence(s) for s in _sequence_list(sequences, "residue_log_probs")]
+        if positions is not None and len(positions) != len(sequences):
+            raise UsageError(f"positions holds {len(positions)} list(s) for {len(sequences)} sequence(s): one a sequence")
         out: list[np.ndarray] = []
         # (a few sequences at a time: every site's (V,) row of them all was held at once, 0.4 GB for
         # 10,000 mutants of 300 residues)
         for first in range(0, len(sequences), MUTANTS_PER_UNIT):
             part = sequences[first:first + MUTANTS_PER_UNIT]
-            sites = [(s, p) for s, seq in enumerate(part) for p in range(len(seq))]
+            read = [range(len(seq)) if positions is None or positions[first + s] is None else positions[first + s]
+                    for s, seq in enumerate(part)]
+            sites = [(s, int(p)) for s, places in enumerate(read) for p in places]
             log_probs = self.site_log_probs(part, sites, masked=masked, bar=bar)
             ids = np.array([self.token_id(part[s][p]) for s, p in sites], dtype=np.int64)
             picked = log_probs[np.arange(len(sites)), ids].astype(np.float64) if sites else np.zeros(0)
-            out.extend(np.split(picked, np.cumsum([len(seq) for seq in part])[:-1]))
+            out.extend(np.split(picked, np.cumsum([len(places) for places in read])[:-1]))
         return out
 
     def log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:

@@ -269,12 +269,12 @@ def test_bad_input_is_refused_in_one_line_and_leaves_no_output(run_cli, tmp_path
     assert "no protein scored" in r.stderr
     r = run_cli("perplexity", bad, "-m", model, "--resume")
     assert r.exit_code == 2 and "stdout keeps none" in r.stderr
-    # A complex (embed --chains' ':'): no --chains here, and the error names none (it named embed's)
+    # A complex (':') without --chains: refused in one line naming the policies that read it
     complex_ = tmp_path / "complex.fa"
     complex_.write_text(">ab\nMKT:MKV\n")
     r = run_cli("perplexity", complex_, "-m", model, "-o", tmp_path / "c.tsv")
     assert r.exit_code == 1 and "complex.fa:1, record 'ab'" in r.stderr and "chain break" in r.stderr
-    assert "a record of its own" in r.stderr and "--chains" not in r.stderr and not (tmp_path / "c.tsv").exists()
+    assert "--chains linker or --chains separate reads it" in r.stderr and not (tmp_path / "c.tsv").exists()
     r = run_cli("perplexity", bad, "-m", model, "-o", bad)
     assert r.exit_code == 2 and "is also an input" in r.stderr
 

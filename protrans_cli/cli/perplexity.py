@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import CHAIN_POLICIES, DEFAULT_LINKER_LENGTH
 from protrans_cli.cli import INPUT_FILE, completion
 from protrans_cli.cli.variants import scoring_options
 
@@ -34,12 +35,19 @@ from protrans_cli.cli.variants import scoring_options
 @click.option("--invalid-policy", type=click.Choice(["error", "skip"]), default="error",
               help="Sequences that cannot be read (a J, an inner '*', no residues): fail before any work, or "
                    "leave them out with a warning.")
+@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
+              help="A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
+                   "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
+                   "every residue of the chains scored, the linker read but not scored; separate: score each "
+                   "chain alone, the complex's log-likelihood their sum.")
+@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
+              help="Glycines between the chains of a complex under --chains linker.")
 @click.option("--resume", is_flag=True,
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, per_residue, model, method, revision, device, dtype, max_tokens, max_length, long_policy,
-            invalid_policy, resume, threads):
+            invalid_policy, chains, linker_length, resume, threads):
     """Per-protein (pseudo-)perplexity of a FASTA under a language model.
 
     Writes a row a protein: id, length, log_likelihood (the sum over its residues of the natural
@@ -64,7 +72,7 @@ def command(fasta, output, per_residue, model, method, revision, device, dtype, 
     options = PerplexityOptions(model=model, method=method, revision=revision, device=device, dtype=dtype,
                                 max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                                 invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads),
-                                per_residue=per_residue)
+                                per_residue=per_residue, chains=chains, linker_length=linker_length)
     kept = partial_folder(output) if output not in (None, "-") else None
     try:
         run_perplexity(fasta, output, options)
