@@ -18,6 +18,12 @@ The forward passes are VariantScorer's (protrans_cli.variants): log-probabilitie
 model's whole vocabulary in float32, long proteins under `--long-policy window` read site by site
 in a window centred on each, and the work kept in OUTPUT.partial/ (UnitStore) for `--resume`.
 
+A complex (chains separated by ':', `--chains`): `linker` reads the chains joined by
+`--linker-length` glycines (embed.model_text) and scores the chains' residue sites only (the
+linker is context: a causal LM reads it before the residues after it, wt-marginals in its one
+pass); `separate` scores each chain as the protein of that sequence, the complex's total the sum.
+Either way the protein's length and perplexity count its residues alone.
+
     summary = run_perplexity("designs.fa", "scores.tsv", PerplexityOptions(model="esm2_t6_8M_UR50D"))
     summary.perplexity   # the corpus's: exp(-sum of log-likelihoods / sum of residues)
 """
@@ -302,7 +308,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
                         atomic_output(path, "wb", follow_link=True, staged=staged))
                     text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
                     writing.callback(text.detach)  # (the stream is closed by its own block)
-                    writer = csv.writer(text, delimiter=named_delimiter(path) or "\t", lineterminator="\n")
+                    writer = csv.writer(text, delimiter=_delimiter(path) or "\t", lineterminator="\n")
                     writer.writerow(columns)
                     writers.append((writer, text))
                 summary = _score(source, name, scan, options, store, writers[0][0],
@@ -330,7 +336,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     return summary
 
 
-def named_delimiter(path) -> str | None:
+def _delimiter(path) -> str | None:
     from protrans_cli.io.files import named_delimiter as delimiter_of
 
     return None if path is None or str(path) == "-" else delimiter_of(path)
