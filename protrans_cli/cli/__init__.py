@@ -42,6 +42,7 @@ COMMANDS = {
     "contacts": ("protrans_cli.cli.contacts", "Residue-residue contact maps from ESM's contact head, into HDF5."),
     "variants": ("protrans_cli.cli.variants", "Zero-shot variant effects (masked marginals) from a masked language model."),
     "perplexity": ("protrans_cli.cli.perplexity", "Per-protein (pseudo-)perplexity of a FASTA under a language model."),
+    "generate": ("protrans_cli.cli.generate", "Sample protein sequences from a language model (causal, or a masked LM filling a template)."),
     "import-head": ("protrans_cli.cli.import_head", "Import a published prediction head (no training)."),
     "import-model": ("protrans_cli.cli.import_model", "Convert a fair-esm or ESM C checkpoint, or merge a peft LoRA adapter, into a model directory."),
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),

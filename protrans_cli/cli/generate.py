@@ -1,0 +1,83 @@
+"""`protrans generate`: sample protein sequences from a language model.
+
+    protrans generate -m runs/my_txl -n 100 --top-p 0.95 -o designs.fa
+    protrans generate -m esm2_t33_650M_UR50D --template MKTAY____IAKQR -n 20
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.cli import completion
+
+
+@click.command("generate", context_settings={"show_default": True})
+@click.option("-m", "--model", required=True, shell_complete=completion.weights,
+              help="A language model with its head: short name (see `protrans models`), model directory or hub "
+                   "id. Causal (Transformer-XL, XLNet): sampled left to right; masked (ESM-2, ProtBert, "
+                   "ProtAlbert, ESM C, ...): fills --template.")
+@click.option("-n", "--num-sequences", type=int, default=10, help="Sequences to sample.")
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="The FASTA to write (.gz compresses); - for stdout.")
+@click.option("--prompt", default=None,
+              help="Causal LM: a fixed N-terminal start every sequence begins with.")
+@click.option("--template", default=None,
+              help="Masked LM: the sequence to design, '_' at each position to sample (e.g. MKT____AYIAK); "
+                   "the other residues never change.")
+@click.option("--max-length", type=int, default=300,
+              help="Causal LM: residues at most (the prompt's included); a sequence ends earlier where the "
+                   "model writes its end token.")
+@click.option("--min-length", type=int, default=1, help="Causal LM: residues before the end token may be drawn.")
+@click.option("--iterations", type=int, default=1,
+              help="Masked LM: sweeps after the first fill, each re-drawing every designed position with it "
+                   "masked alone.")
+@click.option("--temperature", type=float, default=1.0,
+              help="Divides the logits: below 1 sharper, above 1 flatter.")
+@click.option("--top-k", type=int, default=None, help="Draw from the k likeliest tokens only (1: greedy).")
+@click.option("--top-p", type=float, default=None,
+              help="Draw from the smallest set of the likeliest tokens whose probability reaches p (nucleus).")
+@click.option("--allow-rare", is_flag=True,
+              help="Also draw U and O where the model has tokens of their own for them (only the 20 canonical "
+                   "amino acids otherwise).")
+@click.option("--seed", type=int, default=0,
+              help="Random seed: the same seed gives the same sequences, whatever --batch-size.")
+@click.option("--batch-size", type=int, default=16, help="Sequences sampled together.")
+@click.option("--id-prefix", "prefix", default="gen_", help="Record ids: PREFIX0001, PREFIX0002, ...")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
+@click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N "
+                                              "or mps.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
+                   "float32 on the CPU. Sampling and log-probabilities are in float32.")
+@click.option("-j", "--threads", type=int, default=None,
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
+def command(model, num_sequences, output, prompt, template, max_length, min_length, iterations, temperature,
+            top_k, top_p, allow_rare, seed, batch_size, prefix, revision, device, dtype, threads):
+    """Sample protein sequences from a language model, as FASTA.
+
+    A causal LM (Transformer-XL, XLNet) writes residues left to right from --prompt (or
+    nothing) until its end token or --max-length. A masked LM designs the '_' positions of
+    --template: each starts masked, they are filled one at a time in a random order, then
+    --iterations sweeps draw each again with it masked alone. Only the 20 canonical amino acids
+    are drawn (--allow-rare: U and O too), under --temperature, --top-k and --top-p.
+
+    Headers: `gen_0001 length=L mean_log_prob=M end=stop|max-length` (causal: M the mean over
+    the residues of log p(residue | those before it), natural log at temperature 1, as
+    `protrans perplexity` reads it) or `gen_0001 length=L designed=D mean_log_prob=M`
+    (template: M the mean over the designed residues of log p(residue | the rest), each masked
+    alone).
+
+    \b
+    protrans generate -m runs/my_txl -n 100 --top-p 0.95 -o designs.fa
+    protrans generate -m runs/my_txl --prompt MKT --temperature 0.8 > designs.fa
+    protrans generate -m esm2_t33_650M_UR50D --template MKTAY____IAKQR -n 20
+    """
+    from protrans_cli.generate import GenerateOptions, run_generate
+    from protrans_cli.threads import resolve_threads
+
+    options = GenerateOptions(model=model, num_sequences=num_sequences, prompt=prompt, template=template,
+                              max_length=max_length, min_length=min_length, iterations=iterations,
+                              temperature=temperature, top_k=top_k, top_p=top_p, allow_rare=allow_rare, seed=seed,
+                              batch_size=batch_size, prefix=prefix, revision=revision, device=device, dtype=dtype,
+                              threads=resolve_threads(threads))
+    run_generate(output, options)

@@ -1,0 +1,542 @@
+"""Sample protein sequences from a language model (`protrans generate`).
+
+Two ways, by the kind of model:
+
+    causal    Transformer-XL (ProtTXL) and XLNet (ProtXLNet): residues drawn left to right, each
+              from the model's distribution given those before it (after `prompt`, a fixed
+              N-terminal start), until the model writes the token its family puts after a
+              protein (Transformer-XL's `</s>`, XLNet's `<sep>`) or `max_length` residues.
+              Transformer-XL keeps its memory (`mems`) of the whole prefix, so a residue costs
+              one token's forward pass (equal to a pass over the whole prefix: the way
+              `protrans perplexity` reads a protein). XLNet reads the prefix and a dummy token
+              that no position sees, predicted by its query stream (transformers'
+              `XLNetLMHeadModel.prepare_inputs_for_generation`, without memory): a pass a
+              residue over the whole prefix.
+    template  masked LMs (ESM-2, ProtBert, ProtAlbert, ESM C, ...): the positions a template
+              marks `_` designed by Gibbs-style sampling. Each starts as the mask token; they are
+              filled one at a time in a random order, each drawn from the model's distribution
+              there with the designed positions filled so far as they are and the rest masked;
+              then `iterations` sweeps draw each designed position again (in a new random order)
+              with it alone masked. The other residues never change.
+
+What may be drawn: the 20 canonical amino acids (special tokens, X, U, Z, O, B masked out of the
+distribution first; `allow_rare` adds U and O where the model reads them as tokens of their own),
+and, for a causal model, its end token once `min_length` residues are there. Then `temperature`
+divides the logits, `top_k` keeps the k likeliest tokens and `top_p` the smallest set whose
+probability reaches p (`filtered_log_probs`).
+
+Reproducible: sequence i draws from a generator of its own seeded by (seed, i), one uniform number
+a draw, so the same seed gives the same sequences whatever the batch size (up to float rounding of
+batched passes, on one device and dtype).
+
+Each FASTA record's header (a model's log-probabilities are natural logarithms at temperature 1,
+over its whole vocabulary, whatever the sampling settings):
+
+    causal:    >gen_0001 length=L mean_log_prob=-x.xxxx end=stop|max-length
+               the mean over the protein's residues (the prompt's included) of log p(residue |
+               those before it): `protrans perplexity --method causal`'s mean_log_likelihood
+    template:  >gen_0001 length=L designed=D mean_log_prob=-x.xxxx
+               the mean over the designed residues of log p(residue | the rest of the sequence),
+               each masked alone (their pseudo-log-likelihood, `protrans perplexity --per-residue`'s
+               values at those positions)
+
+    summary = run_generate("designs.fa", GenerateOptions(model="runs/txl", num_sequences=100, top_p=0.95))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+from protrans_cli import console
+from protrans_cli.errors import UsageError, at_least, expect_options, option, whole_number
+from protrans_cli.residues import STANDARD
+
+DESIGNED = "_"     # a template's position to design
+RARE_TOKENS = "UO"  # drawn with allow_rare, where the model has a token of their own for them
+
+
+@dataclass
+class GenerateOptions:
+    """Everything `protrans generate` can be asked for; the CLI fills it from its options."""
+
+    model: str = ""
+    num_sequences: int = 10
+    prompt: str | None = None            # causal: a fixed N-terminal start
+    template: str | None = None          # masked LM: residues, `_` where to design
+    max_length: int = 300                # causal: residues at most (the prompt's included)
+    min_length: int = 1                  # causal: residues before the end token may be drawn
+    iterations: int = 1                  # template: sweeps after the first fill
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    allow_rare: bool = False
+    seed: int = 0
+    batch_size: int = 16
+    prefix: str = "gen_"                 # the records' ids: PREFIX0001, PREFIX0002, ...
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+
+    def validate(self) -> None:
+        from protrans_cli.embed import DTYPES
+        from protrans_cli.embedders import check_device
+        from protrans_cli.errors import one_of, seed_in_range
+        from protrans_cli.threads import check_threads
+
+        if not isinstance(self.model, str) or not self.model:
+            raise UsageError(f"{option('-m MODEL', 'model')}: give the language model to sample from")
+        for name, flag, low in (("num_sequences", "-n", 1), ("max_length", "--max-length", 1),
+                                ("min_length", "--min-length", 0), ("iterations", "--iterations", 0),
+                                ("batch_size", "--batch-size", 1), ("seed", "--seed", 0)):
+            value = getattr(self, name)
+            if not whole_number(value):
+                raise UsageError(f"{option(flag, name)} must be a whole number, got {value!r:.40}")
+            at_least(value, low, flag, keyword=name)
+        seed_in_range(self.seed, 2**63 - 1)
+        if self.min_length > self.max_length:
+            raise UsageError(f"{option('--min-length', 'min_length')} {self.min_length} is more than "
+                             f"{option('--max-length', 'max_length')} {self.max_length}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
+                or self.temperature <= 0:
+            raise UsageError(f"{option('--temperature', 'temperature')} must be a number above 0, got "
+                             f"{self.temperature!r:.40}")
+        if self.top_k is not None:
+            if not whole_number(self.top_k):
+                raise UsageError(f"{option('--top-k', 'top_k')} must be a whole number, got {self.top_k!r:.40}")
+            at_least(self.top_k, 1, "--top-k", keyword="top_k")
+        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise UsageError(f"{option('--top-p', 'top_p')} must be above 0 and at most 1, got {self.top_p!r:.40}")
+        if self.prompt is not None and self.template is not None:
+            raise UsageError(f"{option('--prompt', 'prompt')} is for a causal LM, {option('--template', 'template')} "
+                             "for a masked one: give one")
+        if self.prompt is not None:
+            self.prompt = checked_letters(self.prompt, "--prompt", "prompt")
+            if len(self.prompt) >= self.max_length:
+                raise UsageError(f"{option('--prompt', 'prompt')} has {len(self.prompt)} residues, not fewer than "
+                                 f"{option('--max-length', 'max_length')} {self.max_length}: nothing is left to draw")
+        if self.template is not None:
+            self.template = checked_letters(self.template, "--template", "template", designed=True)
+            if DESIGNED not in self.template:
+                raise UsageError(f"{option('--template', 'template')} marks no position to design: put '{DESIGNED}' "
+                                 "where residues are to be drawn")
+        if not isinstance(self.prefix, str) or not self.prefix or any(c.isspace() for c in self.prefix):
+            raise UsageError(f"{option('--id-prefix', 'prefix')} must be a word without spaces, got "
+                             f"{self.prefix!r:.40}")
+        check_device(self.device)
+        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
+        if self.threads is not None:
+            check_threads(self.threads)
+
+
+@dataclass
+class Generated:
+    """One sampled protein: its id, residues, header fields and mean log-probability."""
+
+    id: str
+    sequence: str
+    mean_log_prob: float
+    fields: dict = field(default_factory=dict)   # header fields after length (designed=, end=)
+
+    def header(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.fields.items() if k != "end")
+        end = f" end={self.fields['end']}" if "end" in self.fields else ""
+        return f"{self.id} length={len(self.sequence)}{extra} mean_log_prob={self.mean_log_prob:.4f}{end}"
+
+
+def checked_letters(text: str, flag: str, keyword: str, *, designed: bool = False) -> str:
+    """`text` upper-cased, each letter a residue (or `_` in a template): a UsageError naming the
+    first position that is not."""
+    from protrans_cli.residues import ALPHABET
+
+    if not isinstance(text, str) or not text:
+        raise UsageError(f"{option(flag, keyword)} is empty: give residues"
+                         + (f" with '{DESIGNED}' where to design" if designed else ""))
+    allowed = set(ALPHABET) | ({DESIGNED} if designed else set())
+    text = text.upper()
+    for at, letter in enumerate(text, start=1):
+        if letter not in allowed:
+            raise UsageError(f"{option(flag, keyword)}: {letter!r} at position {at} is not a residue letter "
+                             f"({ALPHABET}{', or ' + DESIGNED + ' to design' if designed else ''})")
+    return text
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+
+def filtered_log_probs(logits, allowed=None, *, temperature: float = 1.0, top_k: int | None = None,
+                       top_p: float | None = None):
+    """(..., V) logits -> (..., V) float32 log-probabilities to sample from: tokens not `allowed`
+    (a (..., V) or (V,) bool mask) out, the logits divided by `temperature`, then only the `top_k`
+    likeliest kept, then only the smallest set of the likeliest whose probability reaches `top_p`
+    (the likeliest always kept). What is left out is -inf."""
+    import torch
+
+    scores = logits.float()
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, -math.inf)
+    scores = scores / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    log_probs = scores.log_softmax(-1)
+    if top_p is not None and top_p < 1:
+        ordered, order = log_probs.sort(dim=-1, descending=True)
+        before = ordered.exp().cumsum(-1) - ordered.exp()     # probability of the likelier ones
+        drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        log_probs = log_probs.masked_fill(drop, -math.inf).log_softmax(-1)
+    return log_probs
+
+
+def draw(log_probs, uniforms):
+    """(B, V) log-probabilities and (B,) uniforms in [0, 1) -> (B,) token ids by the inverse of
+    each row's cumulative distribution (float64, on the host)."""
+    import torch
+
+    probs = log_probs.double().exp().cpu()
+    cumulative = probs.cumsum(-1)
+    cumulative = cumulative / cumulative[:, -1:]
+    picked = torch.searchsorted(cumulative, (uniforms.double()[:, None]), right=True)[:, 0]
+    # (a uniform of the last ulp past the top lands past the end: the last token with probability)
+    last = (probs > 0).double().cumsum(-1).argmax(-1)
+    return torch.minimum(picked, last)
+
+
+class Draws:
+    """Uniform numbers for each sequence from its own generator, seeded by (seed, its index)."""
+
+    def __init__(self, seed: int, indices: list[int]):
+        import torch
+
+        self.generators = []
+        for i in indices:
+            g = torch.Generator()
+            g.manual_seed((seed * 1_000_003 + i) % (2**63 - 1))
+            self.generators.append(g)
+
+    def uniforms(self):
+        import torch
+
+        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+
+    def orders(self, count: int) -> list[list[int]]:
+        import torch
+
+        return [torch.randperm(count, generator=g).tolist() for g in self.generators]
+
+
+class Sampler:
+    """A loaded model's tokens and the sampling settings shared by both loops."""
+
+    def __init__(self, loaded, options: GenerateOptions):
+        import torch
+
+        from protrans_cli.variants import VariantScorer
+
+        self.loaded, self.options = loaded, options
+        self.scorer = VariantScorer(loaded, progress=False)
+        self.model, self.family, self.tokenizer = loaded.model, loaded.family, loaded.tokenizer
+        self.device = self.scorer.device
+        self.vocab = self._vocabulary_width()
+        own = {letter: self.scorer.token_id(letter) for letter in STANDARD}
+        if options.allow_rare:  # (a family that reads U as X, or a vocabulary without it: none of its own)
+            other = {self.scorer.token_id("X"), self.tokenizer.unk_token_id, *own.values()}
+            own.update({c: t for c in RARE_TOKENS if (t := self.scorer.token_id(c)) not in other})
+        if options.allow_rare and not set(RARE_TOKENS) & set(own):
+            console.warn(f"{loaded.name} reads U and O as no tokens of their own: "
+                         f"{option('--allow-rare', 'allow_rare')} adds nothing")
+        self.letter_of = {token: letter for letter, token in own.items()}
+        self.allowed = torch.zeros(self.vocab, dtype=torch.bool)
+        self.allowed[list(self.letter_of)] = True
+
+    def _vocabulary_width(self) -> int:
+        width = self.scorer._vocabulary_width()
+        return width if width is not None else len(self.tokenizer)
+
+    def sample(self, logits, allowed, draws: Draws):
+        """(B, V) logits -> (B,) token ids drawn under the settings."""
+        import torch
+
+        o = self.options
+        if allowed.shape[-1] < logits.shape[-1]:  # (a head wider than the tokenizer: padding rows)
+            allowed = torch.cat([allowed, allowed.new_zeros(logits.shape[-1] - allowed.shape[-1])])
+        log_probs = filtered_log_probs(logits, allowed[:logits.shape[-1]].to(logits.device), temperature=o.temperature,
+                                       top_k=o.top_k, top_p=o.top_p)
+        return draw(log_probs, draws.uniforms())
+
+    def forward(self, **inputs):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits
+
+
+# -- causal: Transformer-XL and XLNet ---------------------------------------------------------------
+
+class TransfoXLSteps:
+    """Next-token logits of Transformer-XL from its memory: the whole prefix once, then one token
+    a pass (the memory keeps the whole prefix, not the last mem_len tokens, during generation)."""
+
+    def __init__(self, model):
+        self.model, self.mems = model, None
+
+    @contextlib.contextmanager
+    def whole_memory(self, tokens: int):
+        kept = self.model.config.mem_len
+        self.model.config.mem_len = max(int(kept or 0), tokens)
+        try:
+            yield
+        finally:
+            self.model.config.mem_len = kept
+
+    def start(self, ids, device):
+        return self._pass(ids, device)
+
+    def next(self, ids, token, device):
+        return self._pass(token[:, None], device)
+
+    def _pass(self, ids, device):
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(device), mems=self.mems)
+        self.mems = out.mems
+        return out.logits[:, -1]
+
+
+class XLNetSteps:
+    """Next-token logits of XLNet: the prefix and a dummy token no position sees, read by the
+    query stream at the dummy (transformers' prepare_inputs_for_generation, without memory)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @contextlib.contextmanager
+    def whole_memory(self, tokens: int):
+        yield
+
+    def start(self, ids, device):
+        return self._pass(ids, device)
+
+    def next(self, ids, token, device):
+        return self._pass(ids, device)
+
+    def _pass(self, ids, device):
+        import torch
+
+        batch, width = ids.shape[0], ids.shape[1] + 1
+        inputs = torch.cat([ids, torch.zeros(batch, 1, dtype=ids.dtype)], dim=1)
+        perm_mask = torch.zeros(batch, width, width)
+        perm_mask[:, :, -1] = 1.0
+        target_mapping = torch.zeros(batch, 1, width)
+        target_mapping[:, 0, -1] = 1.0
+        with torch.inference_mode():
+            out = self.model(input_ids=inputs.to(device), perm_mask=perm_mask.to(device),
+                             target_mapping=target_mapping.to(device), use_mems=False)
+        return out.logits[:, -1]
+
+
+def causal_layout(sampler: Sampler) -> tuple[list[int], int | None]:
+    """(the tokens before a protein, the token after it) of the family's layout: Transformer-XL's
+    `<s>` and `</s>`, XLNet's none and `<sep>`."""
+    inputs, mask = sampler.family.encode(sampler.tokenizer, ["A"])
+    ids, at = inputs["input_ids"][0].tolist(), int(mask[0].nonzero()[0, 0])
+    pad = sampler.tokenizer.pad_token_id
+    after = [t for t in ids[at + 1:] if t != pad]
+    return [t for t in ids[:at] if t != pad], (after[0] if after else None)
+
+
+def prompt_log_prob(sampler: Sampler, before: list[int], prompt: list[int]) -> float:
+    """The sum over the prompt's residues of log p(residue | those before it), a pass each (once a
+    run: every sequence starts with it)."""
+    import torch
+
+    total = 0.0
+    for k, token in enumerate(prompt):
+        steps = _steps(sampler)
+        with steps.whole_memory(len(before) + k + 1):
+            logits = steps.start(torch.tensor([before + prompt[:k]], dtype=torch.long), sampler.device)
+        total += float(logits.float().log_softmax(-1)[0, token])
+    return total
+
+
+def _steps(sampler: Sampler):
+    return XLNetSteps(sampler.model) if sampler.scorer.permutation else TransfoXLSteps(sampler.model)
+
+
+def sample_causal(sampler: Sampler, indices: list[int], prompt_lp: float = 0.0) -> list[Generated]:
+    """The sequences `indices` (0-based) drawn left to right in one batch; `prompt_lp`: the
+    prompt's log-probability (`prompt_log_prob`)."""
+    import torch
+
+    o = sampler.options
+    steps = _steps(sampler)
+    before, end = causal_layout(sampler)
+    prompt = o.prompt or ""
+    batch = len(indices)
+    ids = torch.tensor([before + [sampler.scorer.token_id(c) for c in prompt]] * batch, dtype=torch.long)
+    draws = Draws(o.seed, indices)
+    drawn: list[list[int]] = [[] for _ in indices]
+    log_prob = [prompt_lp] * batch
+    active, ended = [True] * batch, [False] * batch
+    residues = len(prompt)
+    with steps.whole_memory(ids.shape[1] + o.max_length):
+        logits = steps.start(ids, sampler.device)
+        while residues < o.max_length and any(active):
+            allowed = sampler.allowed.clone()
+            if end is not None and residues >= o.min_length:
+                allowed[end] = True
+            token = sampler.sample(logits, allowed, draws)
+            step = logits.float().log_softmax(-1).cpu().gather(1, token[:, None])[:, 0].tolist()
+            for b in range(batch):
+                if not active[b]:
+                    continue
+                if end is not None and int(token[b]) == end:
+                    active[b], ended[b] = False, True
+                else:
+                    drawn[b].append(int(token[b]))
+                    log_prob[b] += step[b]
+            residues += 1
+            if residues < o.max_length and any(active):
+                ids = torch.cat([ids, token[:, None]], dim=1)
+                logits = steps.next(ids, token, sampler.device)
+    out = []
+    for b, i in enumerate(indices):
+        sequence = prompt + "".join(sampler.letter_of[t] for t in drawn[b])
+        out.append(Generated(f"{o.prefix}{i + 1:04d}", sequence, log_prob[b] / len(sequence),
+                             {"end": "stop" if ended[b] else "max-length"}))
+    return out
+
+
+# -- masked LMs: Gibbs-style design of a template ---------------------------------------------------
+
+def sample_template(sampler: Sampler, indices: list[int]) -> list[Generated]:
+    """The sequences `indices` (0-based): the template's `_` positions filled one at a time in a
+    random order (the rest masked), then `iterations` sweeps each masked alone; one batch."""
+    import torch
+
+    o = sampler.options
+    template = o.template
+    designed = [p for p, c in enumerate(template) if c == DESIGNED]
+    inputs, mask = sampler.family.encode(sampler.tokenizer, [template.replace(DESIGNED, "A")])
+    batch = len(indices)
+    rows = inputs["input_ids"][0].repeat(batch, 1)
+    extra = {k: v[0].expand(batch, *v.shape[1:]) for k, v in inputs.items() if k != "input_ids"}
+    sites = mask[0].nonzero()[:, 0][designed]                   # the designed positions' tokens
+    mask_id = sampler.scorer.mask_id
+    rows[:, sites] = mask_id
+    draws = Draws(o.seed, indices)
+    every = torch.arange(batch)
+
+    def logits_at(positions):
+        return sampler.forward(input_ids=rows, **extra)[every, positions.to(sampler.device)]
+
+    for sweep in range(1 + o.iterations):
+        orders = draws.orders(len(designed))
+        for t in range(len(designed)):
+            positions = sites[[order[t] for order in orders]]
+            rows[every, positions] = mask_id                   # (a sweep: this one masked alone)
+            rows[every, positions] = sampler.sample(logits_at(positions), sampler.allowed, draws)
+    # the designed residues' pseudo-log-likelihood in the final sequences
+    total = torch.zeros(batch, dtype=torch.float64)
+    for site in sites.tolist():
+        token = rows[:, site].clone()
+        rows[:, site] = mask_id
+        log_probs = logits_at(torch.full((batch,), site)).float().log_softmax(-1).cpu()
+        total += log_probs.gather(1, token[:, None])[:, 0].double()
+        rows[:, site] = token
+    out = []
+    for b, i in enumerate(indices):
+        letters = iter(sampler.letter_of[int(t)] for t in rows[b, sites])
+        sequence = "".join(next(letters) if c == DESIGNED else c for c in template)
+        out.append(Generated(f"{o.prefix}{i + 1:04d}", sequence, float(total[b]) / len(designed),
+                             {"designed": len(designed)}))
+    return out
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def run_generate(output="-", options: GenerateOptions | None = None) -> list[Generated]:
+    """Sample `options.num_sequences` proteins from `options.model` and write them to `output`
+    (FASTA; .gz compresses; `-`/None: stdout), atomically, headers as the module docstring says.
+    Returns the records."""
+    from protrans_cli.embedders import resolve_device
+    from protrans_cli.io.files import output_directory
+    from protrans_cli.models import load_model
+    from protrans_cli.threads import torch_threads
+
+    if options is None:
+        raise UsageError("run_generate needs GenerateOptions(model=...): the model to sample from")
+    expect_options(options, GenerateOptions, "options")
+    options.validate()
+    to_stdout = output in (None, "-")
+    if not to_stdout:
+        output_directory(output)
+    device, dtype = resolve_device(options.device, options.dtype)
+    threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
+    with threads:
+        loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
+        sampler = Sampler(loaded, options)
+        causal = sampler.scorer.causal or sampler.scorer.permutation
+        _check_kind(sampler, causal)
+        total = options.num_sequences
+        bar = console.progress(total=total, desc="generating", unit="sequence") if console.progress_wanted() \
+            and total > 1 else None
+        records: list[Generated] = []
+        try:
+            if causal:
+                before, _ = causal_layout(sampler)
+                prompt = [sampler.scorer.token_id(c) for c in options.prompt or ""]
+                prompt_lp = prompt_log_prob(sampler, before, prompt) if prompt else 0.0
+            for first in range(0, total, options.batch_size):
+                indices = list(range(first, min(total, first + options.batch_size)))
+                records += sample_causal(sampler, indices, prompt_lp) if causal else sample_template(sampler, indices)
+                if bar is not None:
+                    bar.update(len(indices))
+        finally:
+            if bar is not None:
+                bar.close()
+    write_fasta(output, records)
+    if not to_stdout:
+        console.output_complete(str(output))
+    mean_length = sum(len(r.sequence) for r in records) / len(records)
+    mean_lp = sum(r.mean_log_prob for r in records) / len(records)
+    console.info(f"generate: {console.counted(len(records), 'sequence')} from {loaded.name}, mean length "
+                 f"{mean_length:.1f}, mean of mean_log_prob {mean_lp:.4f}")
+    return records
+
+
+def _check_kind(sampler: Sampler, causal: bool) -> None:
+    """UsageError for a start or template the model cannot take, or a template it cannot hold."""
+    o, name = sampler.options, sampler.loaded.name
+    if causal and o.template is not None:
+        raise UsageError(f"{name} is a causal LM: it draws left to right; give {option('--prompt SEQ', 'prompt')} "
+                         f"for a fixed start (or nothing), not {option('--template', 'template')}")
+    if causal:
+        return
+    if sampler.scorer.decoder:
+        raise UsageError(f"{name} is a T5 encoder-decoder: generate designs templates with masked LMs (ESM-2, ProtBert, "
+                         "ProtAlbert, ESM C, ...) and samples from causal ones (Transformer-XL, XLNet)")
+    if o.template is None:
+        raise UsageError(f"{name} is a masked LM: give {option('--template SEQ', 'template')} with '{DESIGNED}' at "
+                         f"each position to design (e.g. MKT____AYIAK)"
+                         + (f", not {option('--prompt', 'prompt')}" if o.prompt is not None else ""))
+    limit = sampler.scorer.model_limit
+    if limit is not None and len(o.template) > limit:
+        raise UsageError(f"{option('--template', 'template')} has {len(o.template)} residues, more than {name} "
+                         f"accepts ({limit} residues, its learned positions)")
+
+
+def write_fasta(output, records: list[Generated]) -> None:
+    """The records as FASTA (a line a sequence), written atomically."""
+    from protrans_cli.io.files import atomic_output
+
+    text = "".join(f">{r.header()}\n{r.sequence}\n" for r in records)
+    with atomic_output(output, "wb", follow_link=True) as stream:
+        stream.write(text.encode("ascii"))
+
+
+__all__ = ["GenerateOptions", "Generated", "draw", "filtered_log_probs", "run_generate"]
