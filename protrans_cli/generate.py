@@ -246,7 +246,7 @@ class Sampler:
             other = {self.scorer.token_id("X"), self.tokenizer.unk_token_id, *own.values()}
             own.update({c: t for c in RARE_TOKENS if (t := self.scorer.token_id(c)) not in other})
         if options.allow_rare and not set(RARE_TOKENS) & set(own):
-            console.warn(f"{loaded.name} reads U and O as no tokens of their own: "
+            console.warn(f"{loaded.name} has no tokens of its own for U and O (it reads them as X or as unknown): "
                          f"{option('--allow-rare', 'allow_rare')} adds nothing")
         self.letter_of = {token: letter for letter, token in own.items()}
         self.allowed = torch.zeros(self.vocab, dtype=torch.bool)

@@ -132,7 +132,7 @@ def test_protrans_alone_shows_the_help_page_on_stderr(run_cli):
     assert lines[0].startswith("Usage: protrans") and any(line.split()[:1] == ["embed"] for line in lines)
 
 
-@pytest.mark.parametrize("command", ["", "prep", "train", "embed", "models", "fit", "finetune", "predict", "merge", "import-esm", "esm-extract", "contacts", "import-head", "variants", "perplexity", "knn",
+@pytest.mark.parametrize("command", ["", "prep", "train", "embed", "models", "fit", "finetune", "predict", "merge", "import-esm", "esm-extract", "contacts", "import-head", "variants", "perplexity", "generate", "knn",
                                      "labels", "from-structure", "quickstart", "env"])
 def test_help_fits_an_80_column_terminal(command):
     """At 80 columns the examples of prep, train and embed (up to 95 characters) and labels'

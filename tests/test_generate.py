@@ -1,0 +1,335 @@
+"""`protrans generate`: sampling against plain transformers forward passes.
+
+The references: AutoModelForCausalLM over the whole prefix `<s> residues` without memory
+(Transformer-XL), XLNetLMHeadModel with transformers' own prepare_inputs_for_generation
+(XLNet), AutoModelForMaskedLM with a site masked (ESM-2): with --top-k 1 (greedy) the sampled
+residue at each step is the argmax of the reference over the residues that may be drawn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import save_tiny_model  # noqa: E402
+
+STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+
+
+@pytest.fixture(scope="module")
+def txl(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory, "transfo_xl")
+
+
+@pytest.fixture(scope="module")
+def xlnet(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory, "xlnet")
+
+
+@pytest.fixture(scope="module")
+def esm(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory, "esm")
+
+
+def _records(text: str) -> list[tuple[str, str]]:
+    lines = text.strip().splitlines()
+    assert len(lines) % 2 == 0 and all(h.startswith(">") for h in lines[::2]), text
+    return [(h[1:], s) for h, s in zip(lines[::2], lines[1::2])]
+
+
+def _fields(header: str) -> dict:
+    ident, *rest = header.split()
+    return {"id": ident, **dict(f.split("=", 1) for f in rest)}
+
+
+def _generate(output="-", **kw):
+    from protrans_cli.generate import GenerateOptions, run_generate
+
+    return run_generate(output, GenerateOptions(device="cpu", **kw))
+
+
+# -- the filter and the draw ---------------------------------------------------------------------
+
+def test_filter_masks_then_tempers_then_keeps_top_k_and_top_p():
+    from protrans_cli.generate import filtered_log_probs
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 3.0])
+    allowed = torch.tensor([True, True, True, True, False])
+    plain = filtered_log_probs(logits, allowed)
+    want = torch.tensor([2.0, 1.0, 0.0, -1.0]).log_softmax(-1)
+    assert torch.allclose(plain[:4], want) and plain[4] == -math.inf
+    hot = filtered_log_probs(logits, allowed, temperature=2.0)
+    assert torch.allclose(hot[:4], (torch.tensor([2.0, 1.0, 0.0, -1.0]) / 2).log_softmax(-1))
+    top2 = filtered_log_probs(logits, allowed, top_k=2)
+    assert torch.allclose(top2[:2], torch.tensor([2.0, 1.0]).log_softmax(-1)) and (top2[2:] == -math.inf).all()
+    greedy = filtered_log_probs(logits, allowed, top_k=1)
+    assert greedy[0] == 0 and (greedy[1:] == -math.inf).all()
+    # probabilities of the allowed four: 0.644, 0.237, 0.087, 0.032: p = 0.7 keeps the first two
+    # (0.644 < 0.7), p = 0.6 the first alone, p = 0.9 three (0.881 < 0.9)
+    probs = torch.tensor([2.0, 1.0, 0.0, -1.0]).softmax(-1)
+    for p, kept in ((0.6, 1), (0.7, 2), (0.9, 3), (1.0, 4)):
+        got = filtered_log_probs(logits, allowed, top_p=p)
+        assert ((got > -math.inf).sum()) == kept, (p, got)
+        assert torch.allclose(got[:kept].exp(), probs[:kept] / probs[:kept].sum())
+    # top-k, then top-p of what is left; a batch of rows
+    both = filtered_log_probs(torch.stack([logits, logits.flip(0)]), allowed, top_k=3, top_p=0.7)
+    assert ((both[0] > -math.inf).tolist()) == [True, True, False, False, False]
+    # (row 1: 3, -1, 0, 1 allowed; top 3: 3, 1, 0, of which 3 alone holds 0.84 >= 0.7)
+    assert ((both[1] > -math.inf).tolist()) == [True, False, False, False, False]
+
+
+def test_draw_inverts_the_cumulative_distribution():
+    from protrans_cli.generate import draw
+
+    log_probs = torch.tensor([[math.log(0.25), -math.inf, math.log(0.75), -math.inf]])
+    picks = [int(draw(log_probs, torch.tensor([u], dtype=torch.float64))[0]) for u in (0.0, 0.2, 0.26, 0.9, 0.999999)]
+    assert picks == [0, 0, 2, 2, 2]
+    # a large sample follows the distribution
+    g = torch.Generator().manual_seed(0)
+    many = draw(log_probs.expand(20000, 4), torch.rand(20000, generator=g, dtype=torch.float64))
+    assert set(many.tolist()) == {0, 2} and abs(float((many == 0).double().mean()) - 0.25) < 0.015
+
+
+# -- causal: Transformer-XL ----------------------------------------------------------------------
+
+def _plain_txl(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # (protrans_cli.models, imported by save_tiny_model, registered the Transformer-XL classes)
+    return AutoTokenizer.from_pretrained(str(model_dir)), AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+
+
+def _greedy_reference(next_logits, tokenizer, end: int, max_length: int, min_length: int, prompt: str = ""):
+    """Greedy decoding with a reference `next_logits(ids) -> (V,)` over the whole prefix each step:
+    the argmax over the 20 canonical residues (and the end token once min_length residues are
+    there). Returns (the residues, whether the end token came, the log-probabilities of the residues)."""
+    letters = {tokenizer.convert_tokens_to_ids(c): c for c in STANDARD}
+    seq, lps = prompt, []
+    while len(seq) < max_length:
+        logits = next_logits(seq)
+        allowed = torch.full_like(logits, -math.inf)
+        allowed[list(letters)] = 0
+        if len(seq) >= min_length:
+            allowed[end] = 0
+        token = int((logits + allowed).argmax())
+        if token == end:
+            return seq, True, lps
+        lps.append(float(logits.log_softmax(-1)[token]))
+        seq += letters[token]
+    return seq, False, lps
+
+
+def test_transfo_xl_greedy_is_the_plain_forward_argmax_step_by_step(txl):
+    """Past the tiny model's mem_len (32): its memory must keep the whole prefix during generation."""
+    tokenizer, model = _plain_txl(txl)
+    assert model.config.mem_len == 32
+    bos, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def next_logits(seq):
+        ids = torch.tensor([[bos] + tokenizer.convert_tokens_to_ids(list(seq))])
+        with torch.no_grad():
+            return model(input_ids=ids).logits[0, -1]
+
+    for prompt, min_length in (("", 45), ("MKTAY", 1)):
+        want, ended, lps = _greedy_reference(next_logits, tokenizer, end, 45, min_length, prompt)
+        records = _generate(model=str(txl), num_sequences=2, top_k=1, max_length=45, min_length=min_length,
+                            prompt=prompt or None, batch_size=2)
+        for r in records:
+            assert r.sequence == want and r.fields["end"] == ("stop" if ended else "max-length")
+        # mean_log_prob: the plain forward's mean log p(residue | those before it), prompt included
+        with torch.no_grad():
+            ids = torch.tensor([[bos] + tokenizer.convert_tokens_to_ids(list(want))])
+            lp = model(input_ids=ids).logits[0].log_softmax(-1)
+        plain = [float(lp[t - 1, ids[0, t]]) for t in range(1, len(want) + 1)]
+        assert records[0].mean_log_prob == pytest.approx(sum(plain) / len(want), abs=1e-4)
+        assert plain[len(prompt):] == pytest.approx(lps, abs=1e-4)
+
+
+def test_transfo_xl_memory_steps_equal_the_whole_prefix_forward(txl):
+    from protrans_cli.generate import TransfoXLSteps
+
+    _, model = _plain_txl(txl)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 24, (3, 50), generator=g)
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits  # (3, 50, V)
+    steps = TransfoXLSteps(model)
+    with steps.whole_memory(50):
+        got = [steps.start(ids[:, :5], "cpu")]
+        for t in range(5, 50):
+            got.append(steps.next(ids[:, :t + 1], ids[:, t], "cpu"))
+    assert model.config.mem_len == 32
+    assert torch.allclose(torch.stack(got[:-1], dim=1), whole[:, 4:49], atol=1e-4)
+    assert torch.allclose(got[-1], whole[:, 49], atol=1e-4)
+
+
+def test_same_seed_same_sequences_whatever_the_batch_size(txl, esm):
+    kw = dict(model=str(txl), num_sequences=5, max_length=30, temperature=1.5, top_p=0.95)
+    one = [(r.id, r.sequence) for r in _generate(seed=7, batch_size=1, **kw)]
+    five = [(r.id, r.sequence) for r in _generate(seed=7, batch_size=5, **kw)]
+    three = [(r.id, r.sequence) for r in _generate(seed=7, batch_size=3, **kw)]
+    other = [(r.id, r.sequence) for r in _generate(seed=8, batch_size=5, **kw)]
+    assert one == five == three and one != other
+    assert [i for i, _ in one] == [f"gen_{n:04d}" for n in range(1, 6)]
+    kw = dict(model=str(esm), num_sequences=4, template="MKT____AYIAK__R", iterations=2)
+    assert [r.sequence for r in _generate(seed=1, batch_size=1, **kw)] == \
+        [r.sequence for r in _generate(seed=1, batch_size=4, **kw)]
+
+
+def test_only_canonical_residues_unless_rare_are_allowed(txl, esm):
+    # a flat distribution (temperature 50): the special tokens, X, U, Z, O and B are all likely
+    for r in _generate(model=str(txl), num_sequences=8, max_length=60, temperature=50.0):
+        assert set(r.sequence) <= set(STANDARD) and len(r.sequence) >= 1
+    drawn = "".join(r.sequence for r in _generate(model=str(esm), num_sequences=8, template="_" * 40,
+                                                  temperature=50.0, iterations=0))
+    assert set(drawn) <= set(STANDARD) and len(drawn) == 320
+    rare = "".join(r.sequence for r in _generate(model=str(esm), num_sequences=8, template="_" * 40,
+                                                 temperature=50.0, iterations=0, allow_rare=True))
+    assert set(rare) <= set(STANDARD + "UO") and set(rare) & set("UO")
+
+
+def test_allow_rare_with_a_model_that_reads_u_as_x_warns(txl, capsys):
+    records = _generate(model=str(txl), num_sequences=4, max_length=40, temperature=50.0, allow_rare=True)
+    assert all(set(r.sequence) <= set(STANDARD) for r in records)
+    assert "adds nothing" in capsys.readouterr().err
+
+
+def test_prompt_is_the_prefix_and_lengths_hold(txl):
+    records = _generate(model=str(txl), num_sequences=6, prompt="mktay", min_length=12, max_length=20,
+                        temperature=2.0)
+    for r in records:
+        assert r.sequence.startswith("MKTAY") and 12 <= len(r.sequence) <= 20
+        assert r.fields["end"] == "stop" or len(r.sequence) == 20
+
+
+# -- causal: XLNet -------------------------------------------------------------------------------
+
+def test_xlnet_greedy_is_transformers_generation_inputs_argmax(xlnet):
+    from transformers import AutoTokenizer, XLNetLMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(xlnet))
+    model = XLNetLMHeadModel.from_pretrained(str(xlnet)).eval()
+    end = tokenizer.sep_token_id
+
+    def next_logits(seq):
+        ids = torch.tensor([tokenizer.convert_tokens_to_ids(list(seq))], dtype=torch.long).reshape(1, len(seq))
+        inputs = model.prepare_inputs_for_generation(ids, use_mems=False)
+        with torch.no_grad():
+            return model(**inputs).logits[0, -1]
+
+    want, ended, lps = _greedy_reference(next_logits, tokenizer, end, 25, 1, "MK")
+    records = _generate(model=str(xlnet), num_sequences=2, top_k=1, max_length=25, prompt="MK")
+    assert [r.sequence for r in records] == [want, want]
+    assert records[0].fields["end"] == ("stop" if ended else "max-length")
+    # mean_log_prob: the reference's log p(residue | those before it), the prompt's included
+    every = [float(next_logits(want[:k]).log_softmax(-1)[tokenizer.convert_tokens_to_ids(want[k])])
+             for k in range(len(want))]
+    assert every[2:] == pytest.approx(lps, abs=1e-4)
+    assert records[0].mean_log_prob == pytest.approx(sum(every) / len(want), abs=1e-4)
+
+
+# -- masked LMs: templates -----------------------------------------------------------------------
+
+def _plain_masked(model_dir):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    return (AutoTokenizer.from_pretrained(str(model_dir)),
+            AutoModelForMaskedLM.from_pretrained(str(model_dir), use_kernels=False).eval())
+
+
+def test_template_keeps_its_residues_and_fills_every_designed_one(esm):
+    template = "MKT____AYIAKQR__SF_"
+    records = _generate(model=str(esm), num_sequences=5, template=template, iterations=2, temperature=1.3)
+    assert len({r.sequence for r in records}) > 1
+    for r in records:
+        assert len(r.sequence) == len(template) and r.fields["designed"] == 7
+        assert all(c == t for c, t in zip(r.sequence, template) if t != "_")
+        assert all(c in STANDARD for c, t in zip(r.sequence, template) if t == "_")
+    # mean_log_prob: the designed residues' pseudo-log-likelihood under a plain masked forward
+    tokenizer, model = _plain_masked(esm)
+    seq = records[0].sequence
+    ids = tokenizer(seq, return_tensors="pt")["input_ids"]
+    lps = []
+    for p in (p for p, t in enumerate(template) if t == "_"):
+        masked = ids.clone()
+        masked[0, p + 1] = tokenizer.mask_token_id
+        with torch.no_grad():
+            lps.append(float(model(input_ids=masked).logits[0, p + 1].log_softmax(-1)[ids[0, p + 1]]))
+    assert records[0].mean_log_prob == pytest.approx(sum(lps) / len(lps), abs=1e-4)
+
+
+def test_template_greedy_is_the_plain_masked_argmax(esm):
+    """One designed position, greedy: the argmax over the canonical residues of the plain masked
+    forward; two positions, greedy with no sweep: the second filled from the first (either order)."""
+    tokenizer, model = _plain_masked(esm)
+    letters = {tokenizer.convert_tokens_to_ids(c): c for c in STANDARD}
+
+    def argmax_at(seq, p):
+        ids = tokenizer(seq.replace("_", "A"), return_tensors="pt")["input_ids"]
+        for q, c in enumerate(seq):
+            if c == "_":
+                ids[0, q + 1] = tokenizer.mask_token_id
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, p + 1]
+        return letters[max(letters, key=lambda t: float(logits[t]))]
+
+    one = "MKTAYIA_QRQISFV"
+    want = one.replace("_", argmax_at(one, 7))
+    assert _generate(model=str(esm), num_sequences=1, template=one, top_k=1, iterations=3)[0].sequence == want
+    two = "MKTA_YIAKQ_RQISF"
+    (first, second) = (4, 10)
+    a = two[:first] + argmax_at(two, first) + two[first + 1:]
+    a = a.replace("_", argmax_at(a, second))
+    b = two[:second] + argmax_at(two, second) + two[second + 1:]
+    b = b.replace("_", argmax_at(b, first))
+    got = {r.sequence for r in _generate(model=str(esm), num_sequences=6, template=two, top_k=1, iterations=0)}
+    assert got <= {a, b} and got
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+def test_cli_writes_fasta_atomically_and_gz(run_cli, tmp_path, txl):
+    import gzip
+
+    out = tmp_path / "designs.fa.gz"
+    r = run_cli("generate", "-m", txl, "-n", "3", "--max-length", "20", "--seed", "4", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    records = _records(gzip.decompress(out.read_bytes()).decode())
+    assert [_fields(h)["id"] for h, _ in records] == ["gen_0001", "gen_0002", "gen_0003"]
+    for h, s in records:
+        f = _fields(h)
+        assert int(f["length"]) == len(s) and float(f["mean_log_prob"]) < 0 and f["end"] in ("stop", "max-length")
+    r2 = run_cli("generate", "-m", txl, "-n", "3", "--max-length", "20", "--seed", "4")
+    assert _records(r2.stdout) == records
+
+
+@pytest.mark.parametrize("args, said", [
+    (["-n", "0"], "-n must be at least 1"),
+    (["--temperature", "0"], "--temperature must be a number above 0"),
+    (["--top-p", "1.5"], "--top-p must be above 0 and at most 1"),
+    (["--top-k", "0"], "--top-k must be at least 1"),
+    (["--min-length", "50", "--max-length", "40"], "--min-length 50 is more than --max-length 40"),
+    (["--prompt", "MKJT"], "'J' at position 3 is not a residue letter"),
+    (["--template", "MK__"], "is a causal LM"),
+    (["--prompt", "MKT", "--template", "MK__"], "give one"),
+])
+def test_cli_refusals_are_usage_errors_and_write_nothing(run_cli, tmp_path, txl, args, said):
+    out = tmp_path / "designs.fa"
+    r = run_cli("generate", "-m", txl, *args, "-o", out)
+    assert r.exit_code == 2 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_cli_masked_lm_needs_a_template(run_cli, tmp_path, esm):
+    out = tmp_path / "designs.fa"
+    out.write_text("kept\n")
+    r = run_cli("generate", "-m", esm, "-o", out)
+    assert r.exit_code == 2 and "--template" in r.stderr, r.stderr
+    r = run_cli("generate", "-m", esm, "--template", "MKTX_BZ")
+    assert r.exit_code == 0 and _records(r.stdout)[0][1][:4] == "MKTX"
+    r = run_cli("generate", "-m", esm, "--template", "MK1_")
+    assert r.exit_code == 2 and "'1' at position 3" in r.stderr
+    assert out.read_text() == "kept\n"
