@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from protrans_cli import console
 from protrans_cli.errors import UsageError, at_least, expect_options, option, whole_number
@@ -81,9 +81,10 @@ class GenerateOptions:
     threads: int | None = None
 
     def validate(self) -> None:
+        """UsageError for a setting that cannot be; `prompt` and `template` upper-cased."""
         from protrans_cli.embed import DTYPES
         from protrans_cli.embedders import check_device
-        from protrans_cli.errors import one_of, seed_in_range
+        from protrans_cli.errors import one_of
         from protrans_cli.threads import check_threads
 
         if not isinstance(self.model, str) or not self.model:
@@ -95,7 +96,6 @@ class GenerateOptions:
             if not whole_number(value):
                 raise UsageError(f"{option(flag, name)} must be a whole number, got {value!r:.40}")
             at_least(value, low, flag, keyword=name)
-        seed_in_range(self.seed, 2**63 - 1)
         if self.min_length > self.max_length:
             raise UsageError(f"{option('--min-length', 'min_length')} {self.min_length} is more than "
                              f"{option('--max-length', 'max_length')} {self.max_length}")
@@ -133,17 +133,19 @@ class GenerateOptions:
 
 @dataclass
 class Generated:
-    """One sampled protein: its id, residues, header fields and mean log-probability."""
+    """One sampled protein: its id, residues and mean log-probability; `designed` (a template's
+    designed positions) or `end` (how a causal LM's protein ended: stop or max-length)."""
 
     id: str
     sequence: str
     mean_log_prob: float
-    fields: dict = field(default_factory=dict)   # header fields after length (designed=, end=)
+    designed: int | None = None
+    end: str | None = None
 
     def header(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in self.fields.items() if k != "end")
-        end = f" end={self.fields['end']}" if "end" in self.fields else ""
-        return f"{self.id} length={len(self.sequence)}{extra} mean_log_prob={self.mean_log_prob:.4f}{end}"
+        designed = f" designed={self.designed}" if self.designed is not None else ""
+        end = f" end={self.end}" if self.end is not None else ""
+        return f"{self.id} length={len(self.sequence)}{designed} mean_log_prob={self.mean_log_prob:.4f}{end}"
 
 
 def checked_letters(text: str, flag: str, keyword: str, *, designed: bool = False) -> str:
@@ -206,23 +208,25 @@ def draw(log_probs, uniforms):
 
 
 class Draws:
-    """Uniform numbers for each sequence from its own generator, seeded by (seed, its index)."""
+    """Uniform numbers for each sequence from a generator of its own, seeded by (seed, its index)."""
 
     def __init__(self, seed: int, indices: list[int]):
+        import numpy as np
         import torch
 
         self.generators = []
         for i in indices:
-            g = torch.Generator()
-            g.manual_seed((seed * 1_000_003 + i) % (2**63 - 1))
-            self.generators.append(g)
+            state = np.random.SeedSequence((seed, i)).generate_state(1, np.uint64)[0]
+            self.generators.append(torch.Generator().manual_seed(int(state)))
 
     def uniforms(self):
+        """(B,) float64: the next draw of each sequence."""
         import torch
 
         return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
 
     def orders(self, count: int) -> list[list[int]]:
+        """A random order of `count` positions for each sequence."""
         import torch
 
         return [torch.randperm(count, generator=g).tolist() for g in self.generators]
@@ -407,7 +411,7 @@ def sample_causal(sampler: Sampler, indices: list[int], prompt_lp: float = 0.0) 
     for b, i in enumerate(indices):
         sequence = prompt + "".join(sampler.letter_of[t] for t in drawn[b])
         out.append(Generated(f"{o.prefix}{i + 1:04d}", sequence, log_prob[b] / len(sequence),
-                             {"end": "stop" if ended[b] else "max-length"}))
+                             end="stop" if ended[b] else "max-length"))
     return out
 
 
@@ -453,7 +457,7 @@ def sample_template(sampler: Sampler, indices: list[int]) -> list[Generated]:
         letters = iter(sampler.letter_of[int(t)] for t in rows[b, sites])
         sequence = "".join(next(letters) if c == DESIGNED else c for c in template)
         out.append(Generated(f"{o.prefix}{i + 1:04d}", sequence, float(total[b]) / len(designed),
-                             {"designed": len(designed)}))
+                             designed=len(designed)))
     return out
 
 

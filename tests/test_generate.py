@@ -138,7 +138,7 @@ def test_transfo_xl_greedy_is_the_plain_forward_argmax_step_by_step(txl):
         records = _generate(model=str(txl), num_sequences=2, top_k=1, max_length=45, min_length=min_length,
                             prompt=prompt or None, batch_size=2)
         for r in records:
-            assert r.sequence == want and r.fields["end"] == ("stop" if ended else "max-length")
+            assert r.sequence == want and r.end == ("stop" if ended else "max-length")
         # mean_log_prob: the plain forward's mean log p(residue | those before it), prompt included
         with torch.no_grad():
             ids = torch.tensor([[bos] + tokenizer.convert_tokens_to_ids(list(want))])
@@ -173,6 +173,7 @@ def test_same_seed_same_sequences_whatever_the_batch_size(txl, esm):
     three = [(r.id, r.sequence) for r in _generate(seed=7, batch_size=3, **kw)]
     other = [(r.id, r.sequence) for r in _generate(seed=8, batch_size=5, **kw)]
     assert one == five == three and one != other
+    assert [(r.id, r.sequence) for r in _generate(seed=7, batch_size=2, **{**kw, "num_sequences": 2})] == one[:2]
     assert [i for i, _ in one] == [f"gen_{n:04d}" for n in range(1, 6)]
     kw = dict(model=str(esm), num_sequences=4, template="MKT____AYIAK__R", iterations=2)
     assert [r.sequence for r in _generate(seed=1, batch_size=1, **kw)] == \
@@ -202,7 +203,7 @@ def test_prompt_is_the_prefix_and_lengths_hold(txl):
                         temperature=2.0)
     for r in records:
         assert r.sequence.startswith("MKTAY") and 12 <= len(r.sequence) <= 20
-        assert r.fields["end"] == "stop" or len(r.sequence) == 20
+        assert r.end == "stop" or len(r.sequence) == 20
 
 
 # -- causal: XLNet -------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def test_xlnet_greedy_is_transformers_generation_inputs_argmax(xlnet):
     want, ended, lps = _greedy_reference(next_logits, tokenizer, end, 25, 1, "MK")
     records = _generate(model=str(xlnet), num_sequences=2, top_k=1, max_length=25, prompt="MK")
     assert [r.sequence for r in records] == [want, want]
-    assert records[0].fields["end"] == ("stop" if ended else "max-length")
+    assert records[0].end == ("stop" if ended else "max-length")
     # mean_log_prob: the reference's log p(residue | those before it), the prompt's included
     every = [float(next_logits(want[:k]).log_softmax(-1)[tokenizer.convert_tokens_to_ids(want[k])])
              for k in range(len(want))]
@@ -245,7 +246,7 @@ def test_template_keeps_its_residues_and_fills_every_designed_one(esm):
     records = _generate(model=str(esm), num_sequences=5, template=template, iterations=2, temperature=1.3)
     assert len({r.sequence for r in records}) > 1
     for r in records:
-        assert len(r.sequence) == len(template) and r.fields["designed"] == 7
+        assert len(r.sequence) == len(template) and r.designed == 7
         assert all(c == t for c, t in zip(r.sequence, template) if t != "_")
         assert all(c in STANDARD for c, t in zip(r.sequence, template) if t == "_")
     # mean_log_prob: the designed residues' pseudo-log-likelihood under a plain masked forward
@@ -315,6 +316,8 @@ def test_cli_writes_fasta_atomically_and_gz(run_cli, tmp_path, txl):
     (["--prompt", "MKJT"], "'J' at position 3 is not a residue letter"),
     (["--template", "MK__"], "is a causal LM"),
     (["--prompt", "MKT", "--template", "MK__"], "give one"),
+    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--prompt", "MKTAY", "--max-length", "5"], "nothing is left to draw"),
 ])
 def test_cli_refusals_are_usage_errors_and_write_nothing(run_cli, tmp_path, txl, args, said):
     out = tmp_path / "designs.fa"
@@ -333,3 +336,15 @@ def test_cli_masked_lm_needs_a_template(run_cli, tmp_path, esm):
     r = run_cli("generate", "-m", esm, "--template", "MK1_")
     assert r.exit_code == 2 and "'1' at position 3" in r.stderr
     assert out.read_text() == "kept\n"
+
+
+def test_t5_and_xlnet_templates_are_refused(tmp_path_factory, xlnet):
+    from protrans_cli.errors import UsageError
+
+    t5 = save_tiny_model(tmp_path_factory, "t5")
+    with pytest.raises(UsageError, match="T5 encoder-decoder"):
+        _generate(model=str(t5), template="MK__")
+    with pytest.raises(UsageError, match="causal LM"):
+        _generate(model=str(xlnet), template="MK__")
+    with pytest.raises(UsageError, match="model to sample from"):
+        _generate(model="")
