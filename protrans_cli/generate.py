@@ -244,7 +244,6 @@ class Sampler:
         self.scorer = VariantScorer(loaded, progress=False)
         self.model, self.family, self.tokenizer = loaded.model, loaded.family, loaded.tokenizer
         self.device = self.scorer.device
-        self.vocab = self._vocabulary_width()
         own = {letter: self.scorer.token_id(letter) for letter in STANDARD}
         if options.allow_rare:  # (a family that reads U as X, or a vocabulary without it: none of its own)
             other = {self.scorer.token_id("X"), self.tokenizer.unk_token_id, *own.values()}
@@ -253,12 +252,8 @@ class Sampler:
             console.warn(f"{loaded.name} has no tokens of its own for U and O (it reads them as X or as unknown): "
                          f"{option('--allow-rare', 'allow_rare')} adds nothing")
         self.letter_of = {token: letter for letter, token in own.items()}
-        self.allowed = torch.zeros(self.vocab, dtype=torch.bool)
+        self.allowed = torch.zeros(len(self.tokenizer), dtype=torch.bool)
         self.allowed[list(self.letter_of)] = True
-
-    def _vocabulary_width(self) -> int:
-        width = self.scorer._vocabulary_width()
-        return width if width is not None else len(self.tokenizer)
 
     def sample(self, logits, allowed, draws: Draws):
         """(B, V) logits -> (B,) token ids drawn under the settings."""
@@ -438,7 +433,7 @@ def sample_template(sampler: Sampler, indices: list[int]) -> list[Generated]:
     def logits_at(positions):
         return sampler.forward(input_ids=rows, **extra)[every, positions.to(sampler.device)]
 
-    for sweep in range(1 + o.iterations):
+    for _ in range(1 + o.iterations):
         orders = draws.orders(len(designed))
         for t in range(len(designed)):
             positions = sites[[order[t] for order in orders]]
@@ -486,15 +481,17 @@ def run_generate(output="-", options: GenerateOptions | None = None) -> list[Gen
         sampler = Sampler(loaded, options)
         causal = sampler.scorer.causal or sampler.scorer.permutation
         _check_kind(sampler, causal)
+        _warn_past_training(sampler, causal)
         total = options.num_sequences
         bar = console.progress(total=total, desc="generating", unit="sequence") if console.progress_wanted() \
             and total > 1 else None
         records: list[Generated] = []
+        prompt_lp = 0.0
         try:
             if causal:
                 before, _ = causal_layout(sampler)
                 prompt = [sampler.scorer.token_id(c) for c in options.prompt or ""]
-                prompt_lp = prompt_log_prob(sampler, before, prompt) if prompt else 0.0
+                prompt_lp = prompt_log_prob(sampler, before, prompt)
             for first in range(0, total, options.batch_size):
                 indices = list(range(first, min(total, first + options.batch_size)))
                 records += sample_causal(sampler, indices, prompt_lp) if causal else sample_template(sampler, indices)
@@ -532,6 +529,17 @@ def _check_kind(sampler: Sampler, causal: bool) -> None:
     if limit is not None and len(o.template) > limit:
         raise UsageError(f"{option('--template', 'template')} has {len(o.template)} residues, more than {name} "
                          f"accepts ({limit} residues, its learned positions)")
+
+
+def _warn_past_training(sampler: Sampler, causal: bool) -> None:
+    """A warning where the sequences may be longer than the proteins the model was trained on."""
+    o, trained = sampler.options, sampler.scorer.max_length
+    length = o.max_length if causal else len(o.template)
+    if trained is not None and length > trained:
+        what = option(f"--max-length {o.max_length}", f"max_length={o.max_length}") if causal else \
+            f"{option('--template', 'template')} of {length} residues"
+        console.warn(f"{what} is more than {sampler.loaded.name} was trained on or holds ({trained} residues): "
+                     "what it writes past that is less reliable")
 
 
 def write_fasta(output, records: list[Generated]) -> None:

@@ -348,3 +348,11 @@ def test_t5_and_xlnet_templates_are_refused(tmp_path_factory, xlnet):
         _generate(model=str(xlnet), template="MK__")
     with pytest.raises(UsageError, match="model to sample from"):
         _generate(model="")
+
+
+def test_a_template_longer_than_training_is_warned_about(capsys):
+    from conftest import ROOT
+
+    template = "M__" + "A" * 1030  # (ESM-2's rotary positions: trained on crops of 1024 tokens)
+    records = _generate(model=str(ROOT / "tests" / "data" / "esm_reference"), template=template, num_sequences=1)
+    assert records[0].sequence[3:] == template[3:] and "more than" in capsys.readouterr().err
