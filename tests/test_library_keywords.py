@@ -49,6 +49,12 @@ def _perplexity(**kw):
     return lambda tmp: run_perplexity(tmp / "in.fa", tmp / "out.tsv", PerplexityOptions(**kw))
 
 
+def _generate(**kw):
+    from protrans_cli.generate import GenerateOptions, run_generate
+
+    return lambda tmp: run_generate(tmp / "out.fa", GenerateOptions(model="m", **kw))
+
+
 def _knn(**kw):
     from protrans_cli.knn import knn
 
@@ -126,6 +132,12 @@ def _call(name, **kw):
     (_variants(threads=0), "threads must be at least 1, got 0"),
     (_perplexity(max_length=0), "max_length must be at least 1, got 0"),
     (_perplexity(max_tokens=0), "max_tokens must be at least 1, got 0"),
+    (_generate(num_sequences=0), "num_sequences must be at least 1, got 0"),
+    (_generate(top_k=0), "top_k must be at least 1, got 0"),
+    (_generate(temperature=0), "temperature must be a number above 0, got 0"),
+    (_generate(min_length=9, max_length=5), "min_length 9 is more than max_length 5"),
+    (_generate(prompt="MKJ"), "prompt: 'J' at position 3 is not a residue letter"),
+    (_generate(threads=0), "threads must be at least 1, got 0"),
     (_call("predict", max_residues=0), "max_residues must be at least 1, got 0"),
     (_knn(k=0), "k must be at least 1, got 0"),
     (_knn(n_bootstrap=5), "n_bootstrap must be at least 10"),
