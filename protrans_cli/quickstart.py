@@ -186,15 +186,31 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
                  "--bootstrap", "200", "-o", p("predictions", "loc_test.knn.tsv")], s)
     # 8. Zero-shot variant effects: every substitution of the first test protein scored by the
     #    trained model (masked marginals; a causal Transformer-XL: the log-likelihood ratio).
+    from protrans_cli.io.fasta import read_fasta
+
+    first_record = next(iter(read_fasta(out / "fasta" / "loc_test.fasta")))
+    first = first_record.id
     scan = None
     if get_family(family).masked_lm_class is not None:
-        from protrans_cli.io.fasta import read_fasta
-
-        first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta"))).id
         scan = out / "predictions" / f"{first}.variants.csv"
         scoring = ["--scoring", "log-likelihood"] if get_family(family).causal else []
         _run("variants", ["variants", "--all-singles", "--fasta", p("fasta", "loc_test.fasta"), "--id", first,
                           "-m", p("model"), *scoring, "-o", str(scan), "--plot", str(scan.with_suffix(".png"))], s)
+
+    # 8b. Sequences from the trained model: a masked LM redesigns ten residues of the first test
+    #     protein's first sixty (a template's `_`, Gibbs sampling); a causal one (Transformer-XL,
+    #     XLNet) draws new proteins left to right. (T5's decoder rebuilds its input: no sampler.)
+    designs = None
+    if get_family(family).masked_lm_class is not None and family != "t5":
+        designs = out / "predictions" / "designs.fasta"
+        if get_family(family).causal or family == "xlnet":
+            how = ["--max-length", "100"]
+        else:
+            from protrans_cli.generate import DESIGNED
+
+            head = first_record.sequence[:60]
+            how = ["--template", head[:20] + DESIGNED * len(head[20:30]) + head[30:]]
+        _run("generate", ["generate", "-m", p("model"), *how, "-n", "5", "--seed", "0", "-o", str(designs)], s)
 
     # 9. A map of the trained model's embedding space: the training and test proteins by PCA,
     #    coloured by their location (a table, a picture and a page to explore in a browser).
@@ -224,6 +240,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     if scan is not None:
         s.outputs["variant effects of one protein (variants)"] = scan
         s.outputs["their landscape"] = scan.with_suffix(".png")
+    if designs is not None:
+        s.outputs["sequences from the model (generate)"] = designs
     write_commands(out, s.commands)
     return s
 

@@ -30,7 +30,7 @@ def _every_output_exists(out, summary):
     for what, path in summary.outputs.items():
         assert path.exists(), f"{what}: {path} missing"
     lines = [x for x in (out / "commands.sh").read_text().splitlines() if x.startswith("protrans ")]
-    assert lines == summary.commands and len(lines) == 24
+    assert lines == summary.commands and len(lines) == 25
     # every substitution of the first test protein, scored by the trained model
     scan = summary.outputs["variant effects of one protein (variants)"]
     first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta")))
@@ -38,6 +38,14 @@ def _every_output_exists(out, summary):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 19 * len(first.sequence) and rows[0]["id"] == first.id
     assert all(math.isfinite(float(row["model_masked_marginals"])) for row in rows)
+    # the designs: ten residues of the first test protein's first sixty drawn by the trained model,
+    # the others kept
+    designs = list(read_fasta(summary.outputs["sequences from the model (generate)"]))
+    assert len(designs) == 5 and all("designed=10" in d.description for d in designs)
+    head = first.sequence[:60]
+    for d in designs:
+        assert len(d.sequence) == 60 and d.sequence[:20] == head[:20] and d.sequence[30:] == head[30:]
+        assert set(d.sequence[20:30]) <= set("ACDEFGHIKLMNPQRSTVWY")
     # the map: every training and test protein once, coloured by location (labels from both files)
     with open(out / "predictions" / "loc.map.tsv") as fh:
         placed = list(csv.DictReader(fh, delimiter="\t"))
