@@ -42,6 +42,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import InputError, UsageError, expect_options, one_of, option
+from protrans_cli.variants import _Work, _works, work_log_probs  # (shared with variants --chains)
 
 METHODS = ("pseudo", "causal", "wt-marginals")
 LONG_POLICIES = ("error", "window", "skip")
@@ -127,46 +128,6 @@ def methods_of(scorer) -> tuple[str, ...]:
     if scorer.decoder or scorer.permutation:
         return ("pseudo",)
     return ("pseudo", "wt-marginals")
-
-
-@dataclass(frozen=True)
-class _Work:
-    """One reading of the model: `text` (a sequence; a complex's chains joined by their linker),
-    its values kept under `key` (the sequence; for a joined complex its chains, the linker and
-    its length: `A:B` read whole is not `AB`, nor the same chains under another linker), and
-    `chains` (a joined complex's chain lengths: only their residues are scored) with `linker`."""
-
-    key: str
-    text: str
-    chains: tuple | None = None
-    linker: int = 0
-
-    @property
-    def sites(self) -> list[int] | None:
-        """The positions of `text` scored (None: every one): a joined complex's residues, not its linkers'."""
-        from protrans_cli.embed import without_linker
-
-        if self.chains is None:
-            return None
-        return without_linker(np.arange(len(self.text)), self.chains, self.linker, axes=(0,)).tolist()
-
-    @property
-    def size(self) -> int:
-        return len(self.text) if self.chains is None else sum(self.chains)
-
-
-def _works(sequence: str, chains: str, linker_length: int) -> list[_Work]:
-    """What the model reads of a record's sequence: itself; a complex (`chains`) joined by its
-    linker (linker) or each chain alone (separate: a chain is read as the protein of that sequence
-    is, and shares its values)."""
-    from protrans_cli.embed import chain_lengths, model_text
-
-    if ":" not in sequence:
-        return [_Work(sequence, sequence)]
-    if chains == "separate":
-        return [_Work(chain, chain) for chain in sequence.split(":")]
-    return [_Work(f"{sequence} linker {linker_length}", model_text(sequence, "linker", linker_length),
-                  tuple(chain_lengths(sequence)), linker_length)]
 
 
 @dataclass
@@ -419,16 +380,7 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
                if scorer.progress and scan.residues > 1 else None)
 
         def read(works: list[_Work]) -> np.ndarray:
-            texts = [w.text for w in works]
-            if method == "causal":  # (one pass reads all: a linker is context, its values dropped)
-                got = scorer.causal_residue_log_probs(texts)
-                got = [v if w.chains is None else v[w.sites] for v, w in zip(got, works)]
-                if bar is not None:
-                    bar.update(sum(w.size for w in works))
-            else:
-                got = scorer.residue_log_probs(texts, bar=bar, masked=method == "pseudo",
-                                               positions=[w.sites for w in works])
-            return np.concatenate(got)
+            return np.concatenate(work_log_probs(scorer, works, method, bar))
 
         kept: dict[str, np.ndarray] = {}     # readings more than one record needs: for the run
         window: list[tuple[str, str, list[_Work]]] = []  # records waiting for their unit

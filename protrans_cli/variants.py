@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, given,
                                  one_of, option, resume_option, whole_number)
 from protrans_cli.heads.tasks import missing_number
@@ -106,7 +107,10 @@ def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     if not whole_number(offset):  # ("1": a TypeError from inside)
         raise UsageError(f"offset is the whole number of the sequence's first residue, got {type(offset).__name__} "
                          f"{offset!r:.40}")
-    return _parse_variant(text, normalise(sequence, rare="keep"), int(offset))
+    # (a complex, chains joined by ':': each chain read so, its positions numbered on across them)
+    wild_type = (":".join(normalise(chain, rare="keep") for chain in sequence.split(":"))
+                 if isinstance(sequence, str) and ":" in sequence else normalise(sequence, rare="keep"))
+    return _parse_variant(text, wild_type, int(offset))
 
 
 def is_missing(text: str) -> bool:
@@ -118,7 +122,12 @@ def is_missing(text: str) -> bool:
 
 
 def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
-    """parse_variant against a wild type already normalised (a table's rows: once, not per row)."""
+    """parse_variant against a wild type already normalised (a table's rows: once, not per row); a
+    complex's (chains joined by ':'): positions count its residues from `offset` on across its
+    chains, the ':'s not counted, and a wrong letter names the chain and its residue there."""
+    chains = sequence.split(":") if ":" in sequence else None
+    if chains is not None:
+        sequence = "".join(chains)
     raw = str(text).strip()
     if is_missing(raw):
         raise VariantError(f"{raw!r}: names no variant (an empty or missing value)")
@@ -142,13 +151,21 @@ def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
         elif _NOT_SUBSTITUTION.search(word):
             raise VariantError(f"{word}: an insertion, deletion or frameshift; masked-LM scores are for substitutions")
         else:
-            raise VariantError(f"{word}: not a substitution such as A24G, A24G:K30R or p.Ala24Gly")
+            raise VariantError(f"{word}: not a substitution such as A24G, A24G:K30R or p.Ala24Gly"
+                               + (f" ({_COMPLEX_NUMBERING})" if chains is not None else ""))
         index = number - offset
         if not 0 <= index < len(sequence):
+            if chains is not None:
+                raise VariantError(f"{word}: position {number} is outside the complex (residues {offset}.."
+                                   f"{len(sequence) + offset - 1} over its {len(chains)} chains: {_COMPLEX_NUMBERING})")
             raise VariantError(f"{word}: position {number} is outside the sequence (residues {offset}.."
                              f"{len(sequence) + offset - 1}; {option('--offset', 'offset')} gives the number of its "
                              "first residue)")
         if sequence[index] != wt:
+            if chains is not None:
+                chain, place = chain_place(index, chains)
+                raise VariantError(f"{word}: residue {number} of the complex, residue {place} of its chain {chain}, "
+                                   f"is {sequence[index]}, not {wt} ({_COMPLEX_NUMBERING})")
             raise VariantError(f"{word}: residue {number} of the wild type is {sequence[index]}, not {wt} (check "
                              f"{option('--offset', 'offset')}, the number of the sequence's first residue: {offset})")
         if mt not in AMINO_ACIDS and mt != "*":
@@ -163,6 +180,20 @@ def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
     return tuple(mutations)
 
 
+# how a complex's mutations are numbered (said with every mistake in one)
+_COMPLEX_NUMBERING = ("a complex's residues are numbered on across its chains, the ':'s not counted, as perplexity "
+                      "--per-residue's position column: chain 2's first residue follows chain 1's last")
+
+
+def chain_place(index: int, chains: list[str]) -> tuple[int, int]:
+    """(chain, residue in it), both from 1, of the complex's residue `index` (0-based, across chains)."""
+    for c, chain in enumerate(chains, 1):
+        if index < len(chain):
+            return c, index + 1
+        index -= len(chain)
+    raise IndexError(index)
+
+
 def all_singles(sequence: str) -> list[Variant]:
     """Every single substitution of `sequence` to another of the 20 amino acids, site by site,
     read as parse_variant and the scorer read it (upper-case, gaps and a final `*` removed): the
@@ -170,7 +201,9 @@ def all_singles(sequence: str) -> list[Variant]:
     score() refused as no substitution of the wild type it scores."""
     from protrans_cli.residues import normalise
 
-    sequence = normalise(sequence, rare="keep")
+    # (a complex, chains joined by ':': every residue of every chain, numbered on across them)
+    sequence = ("".join(normalise(chain, rare="keep") for chain in sequence.split(":"))
+                if isinstance(sequence, str) and ":" in sequence else normalise(sequence, rare="keep"))
     return [(Mutation(i, wt, aa),) for i, wt in enumerate(sequence) for aa in AMINO_ACIDS if aa != wt]
 
 
@@ -443,8 +476,12 @@ class VariantScorer:
     # -- scores -----------------------------------------------------------------------------
 
     def score(self, sequence: str, variants: list[Variant], strategy: str = "masked-marginals", *,
-              store=None) -> np.ndarray:
+              store=None, linked: tuple | None = None) -> np.ndarray:
         """One score per variant (float64; NaN for a variant with a stop, 0 for the wild type).
+        `linked` (chain lengths, linker length): `sequence` is a complex's chains joined by that
+        many residues between each two (embed.model_text, --chains linker; its variants' positions
+        in it, none in a linker): the likelihoods (pseudo-ppl, log-likelihood) count the chains'
+        residues alone, the linker read as context (score_wild_type maps a complex's variants).
 
         The work runs in units (`SITES_PER_UNIT` sites, `MUTANTS_PER_UNIT` mutants of pseudo-ppl),
         each through `store(key, compute, check)` when given: a unit's result is what `compute()`
@@ -481,7 +518,7 @@ class VariantScorer:
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
         if strategy in ("pseudo-ppl", "log-likelihood"):
-            return self._likelihood_scores(sequence, variants, scorable, scores, store)
+            return self._likelihood_scores(sequence, variants, scorable, scores, store, linked)
         masked = strategy == "masked-marginals"
         self._refuse_reading(masked)  # (before any unit: a resumed run refused as a fresh one)
         sites = sorted({m.position for i in scorable for m in variants[i]})
@@ -579,18 +616,26 @@ class VariantScorer:
                 bar.update(sum(len(sequences[k]) for k in part))
         return out
 
-    def _likelihood_scores(self, sequence, variants, scorable, scores, store):
+    def _likelihood_scores(self, sequence, variants, scorable, scores, store, linked=None):
         """pseudo-ppl (a masked LM) or log-likelihood (a causal one): each distinct mutant's less the
-        wild type's."""
+        wild type's (`linked`: a joined complex's, its chains' residues alone, as perplexity reads it)."""
         mutants = {i: mutate(sequence, variants[i]) for i in scorable}
         distinct = sorted(set(mutants.values()) - {sequence})
-        bar = self._bar(len(sequence) * (1 + len(distinct)))
+        size = len(sequence) if linked is None else sum(linked[0])
+        bar = self._bar(size * (1 + len(distinct)))
         pll: dict[str, float] = {}
-        likelihood = self.log_likelihood if self.causal else self.pseudo_log_likelihood
+        if linked is None:
+            likelihood = self.log_likelihood if self.causal else self.pseudo_log_likelihood
+        else:
+            lengths, linker = tuple(int(n) for n in linked[0]), int(linked[1])
+            method = "causal" if self.causal else "pseudo"
+
+            def likelihood(texts, bar=None):
+                return site_sums(work_log_probs(self, [_Work(t, t, lengths, linker) for t in texts], method, bar))
         try:
             for chunk in [[sequence]] + _chunks(distinct, MUTANTS_PER_UNIT):
                 values = _run_unit(store, _unit_key("ll" if self.causal else "pll", sequence, chunk),
-                                   lambda c=chunk: likelihood(c, bar=bar), bar, len(sequence) * len(chunk),
+                                   lambda c=chunk: likelihood(c, bar=bar), bar, size * len(chunk),
                                    _totals_check(len(chunk)))
                 pll.update(zip(chunk, values.tolist()))
         finally:
@@ -608,6 +653,106 @@ class VariantScorer:
 
     def _bar(self, total: int):
         return console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
+
+
+def score_wild_type(scorer: VariantScorer, sequence: str, variants: list[Variant], strategy: str = "masked-marginals",
+                    *, chains: str = "error", linker_length: int = DEFAULT_LINKER_LENGTH, store=None) -> np.ndarray:
+    """VariantScorer.score of one wild type, a complex's (chains joined by ':'; its variants'
+    positions across its chains, as _parse_variant reads them) under `chains`: `linker` scores
+    them in the chains joined by `linker_length` glycines (a site mapped past the linkers before
+    it; the likelihoods count the chains' residues alone); `separate` scores each site in its own
+    chain read alone, a variant over several chains the sum of its chains' scores (the chains it
+    leaves alone add 0). Without ':', score() itself."""
+    import hashlib
+
+    from protrans_cli.embed import chain_lengths, model_text
+
+    if ":" not in sequence:
+        return scorer.score(sequence, variants, strategy, store=store)
+    store = store or _compute
+    parts = sequence.split(":")
+    lengths = chain_lengths(sequence)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()  # (each chain's first residue, across chains)
+
+    def chain_of(position: int) -> int:
+        return int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+
+    if chains == "linker":
+        joined = model_text(sequence, "linker", linker_length)
+        moved = [tuple(Mutation(m.position + chain_of(m.position) * linker_length, m.wt, m.mt) for m in v)
+                 for v in variants]
+        # (units kept under the chains' lengths and the linker's: A:B joined is not the protein of the
+        # same letters, whose likelihood counts the linker too, nor A:B under another linker)
+        tag = hashlib.sha256(f"linker {linker_length} {' '.join(map(str, lengths))}".encode()).hexdigest()[:12]
+        return scorer.score(joined, moved, strategy, linked=(tuple(lengths), linker_length),
+                            store=lambda key, compute, check=None: store(f"complex-{tag}-{key}", compute, check))
+    if chains != "separate":
+        raise UsageError(f"a complex (chains joined by ':') is read under {option('--chains', 'chains')} linker or "
+                         f"separate, not {chains!r}")
+    scores = np.zeros(len(variants))
+    scores[[i for i, v in enumerate(variants) if has_stop(v)]] = np.nan
+    for c, chain in enumerate(parts):
+        mine = [(i, tuple(Mutation(m.position - starts[c], m.wt, m.mt) for m in v if chain_of(m.position) == c))
+                for i, v in enumerate(variants) if not has_stop(v)]
+        mine = [(i, v) for i, v in mine if v]
+        if mine:  # (a chain read alone is the protein of that sequence: its units are that protein's)
+            scores[[i for i, _ in mine]] += scorer.score(chain, [v for _, v in mine], strategy, store=store)
+    return scores
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One reading of the model: `text` (a sequence; a complex's chains joined by their linker),
+    its values kept under `key` (the sequence; for a joined complex its chains, the linker and
+    its length: `A:B` read whole is not `AB`, nor the same chains under another linker), and
+    `chains` (a joined complex's chain lengths: only their residues are scored) with `linker`."""
+
+    key: str
+    text: str
+    chains: tuple | None = None
+    linker: int = 0
+
+    @property
+    def sites(self) -> list[int] | None:
+        """The positions of `text` scored (None: every one): a joined complex's residues, not its linkers'."""
+        from protrans_cli.embed import without_linker
+
+        if self.chains is None:
+            return None
+        return without_linker(np.arange(len(self.text)), self.chains, self.linker, axes=(0,)).tolist()
+
+    @property
+    def size(self) -> int:
+        return len(self.text) if self.chains is None else sum(self.chains)
+
+
+def _works(sequence: str, chains: str, linker_length: int) -> list[_Work]:
+    """What the model reads of a record's sequence: itself; a complex (`chains`) joined by its
+    linker (linker) or each chain alone (separate: a chain is read as the protein of that sequence
+    is, and shares its values)."""
+    from protrans_cli.embed import chain_lengths, model_text
+
+    if ":" not in sequence:
+        return [_Work(sequence, sequence)]
+    if chains == "separate":
+        return [_Work(chain, chain) for chain in sequence.split(":")]
+    return [_Work(f"{sequence} linker {linker_length}", model_text(sequence, "linker", linker_length),
+                  tuple(chain_lengths(sequence)), linker_length)]
+
+
+def work_log_probs(scorer, works: list[_Work], method: str, bar=None) -> list[np.ndarray]:
+    """Each reading's (size,) float64 log-probabilities of its scored residues under `method`
+    (pseudo: each masked in turn; wt-marginals: one unmasked pass; causal: each given those before
+    it, one pass reading the linker as context, its values dropped): perplexity's readings, and
+    the likelihoods of a complex's wild type and mutants under `protrans variants --chains linker`."""
+    texts = [w.text for w in works]
+    if method == "causal":
+        got = scorer.causal_residue_log_probs(texts)
+        got = [v if w.chains is None else v[w.sites] for v, w in zip(got, works)]
+        if bar is not None:
+            bar.update(sum(w.size for w in works))
+        return got
+    return scorer.residue_log_probs(texts, bar=bar, masked=method == "pseudo", positions=[w.sites for w in works])
 
 
 SITES_PER_UNIT = 1024   # sites whose log-probabilities one unit of work computes (and --resume keeps)
@@ -748,8 +893,11 @@ class VariantOptions:
     resume: bool = False                 # go on with OUTPUT.partial/, what an interrupted run kept
     plot: str | None = None              # --all-singles of one wild type: its landscape as a PNG heatmap
     threads: int | None = None
+    chains: str = "error"                # a ':' in a wild type (a complex's chains): error | linker | separate
+    linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between the chains under chains='linker' (ESMFold's)
 
     def validate(self) -> None:
+        from protrans_cli.embed import check_chains
         from protrans_cli.threads import check_threads
 
         if isinstance(self.models, str) or isinstance(self.strategies, str):
@@ -769,6 +917,7 @@ class VariantOptions:
             raise UsageError("a model or a scoring is given twice")
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")
         check_scoring(self)
+        check_chains(self)
         if self.column is not None and len(self.models) * len(self.strategies) > 1:
             raise UsageError(f"{option('--column', 'column')} names the one score column of one model and one "
                              "scoring; with several, the columns are MODEL_SCORING")
@@ -920,15 +1069,18 @@ def _starts_like_fasta(path) -> bool:
 
 
 def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool, *,
-                    rejected: dict | None = None, gapped: set | None = None) -> list[tuple[str, str]]:
+                    rejected: dict | None = None, gapped: set | None = None,
+                    chains: str = "error") -> list[tuple[str, str]]:
     """[(id, sequence)]: `--sequence`, or the FASTA's record(s); one unless `many` (--all-singles).
     `rejected` (--id-column, where only the records a table names are checked): a dict that takes
     each unreadable record's reason instead of an error, and the DNA warning is the caller's.
     `gapped`: a set that takes the ids of wild types that held gap characters, whose warning is
-    then the caller's too."""
+    then the caller's too. `chains` (linker, separate): a wild type holding ':' is a complex, its
+    chains each read so and joined by ':' again; under error such a ':' is refused, naming them."""
+    from protrans_cli.embed import _normalise_record
     from protrans_cli.io.fasta import NUL_HEADER, parse_fasta
     from protrans_cli.io.files import display_name, open_input
-    from protrans_cli.residues import REASON_INVALID, SequenceRejected, normalise
+    from protrans_cli.residues import REASON_INVALID, SequenceRejected
 
     if (sequence is None) == (fasta is None):
         raise UsageError("give the wild type: " + option("--sequence SEQ or --fasta FILE", "sequence or fasta")
@@ -936,7 +1088,10 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     if sequence is not None:
         if record_id is not None:
             raise UsageError(option("--id picks a record of --fasta", "record_id picks a record of fasta"))
-        found = [("sequence", checked_sequence(sequence))]
+        try:
+            found = [("sequence", _normalise_record(sequence, None, chains))]
+        except SequenceRejected as exc:
+            raise InputError(f"the wild-type sequence: {exc}") from None
         _warn_nucleotide(found, "--sequence")
         if _GAP_CHARACTERS.search(sequence):
             from protrans_cli import console
@@ -967,7 +1122,7 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
             try:
                 if "\x00" in record.description:
                     raise SequenceRejected(REASON_INVALID, NUL_HEADER)
-                found.append((record.id, normalise(record.sequence, rare="keep")))
+                found.append((record.id, _normalise_record(record.sequence, None, chains)))
             except SequenceRejected as exc:
                 if rejected is None:
                     raise InputError(str(exc), path=name, line=record.line, record=record.id) from None
@@ -1048,11 +1203,14 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
+    from protrans_cli.embed import linker_length_ignored
     from protrans_cli.io.files import display_name, input_named_by, named_delimiter, output_directory, special_output
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
     options.validate()
+    if (ignored := linker_length_ignored(options)) is not None:
+        console.warn(ignored)
     if isinstance(variants_file, (str, Path)) and str(variants_file) != "-" and _starts_like_fasta(variants_file):
         # (the wild type given where the table goes: "has no 'mutant' column (columns: >wt ...)",
         # or with --all-singles "give a table or --all-singles, one of them", both given). A wrong
@@ -1083,7 +1241,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     rejected = {} if options.id_column is not None else None
     gapped = set() if options.id_column is not None else None
     wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None,
-                                 rejected=rejected, gapped=gapped)
+                                 rejected=rejected, gapped=gapped, chains=options.chains)
     columns = score_columns(options)
     if options.plot is not None:
         if len(wild_types) > 1:
@@ -1180,6 +1338,7 @@ def _plot(table, wild_types, written, options, *, staged: list | None = None) ->
     if options.plot is None:
         return
     ident, sequence = wild_types[0]
+    sequence = sequence.replace(":", "")  # (a complex: its chains' residues, numbered on across them)
     models = ", ".join(model_label(m) for m in options.models)
     save_scan_png(sequence, table.variants, written, options.plot,
                   offset=options.offset, title=f"every substitution of {ident} ({len(sequence)} residues): {models}",
@@ -1204,6 +1363,7 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
                ) -> dict[str, np.ndarray]:
     import gc
 
+    from protrans_cli.embed import model_text
     from protrans_cli.embedders import resolve_device
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
@@ -1223,10 +1383,18 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
             scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                    long_policy=options.long_policy, progress=console.progress_wanted())
             for ident, seq in wild_types:
-                if source is not None:  # (a --fasta record: the file and record named, as embed names them)
-                    scorer.check_length(seq, "the wild type", path=source, record=ident)
+                where = {"path": source, "record": ident} if source is not None else {}
+                # (a --fasta record: the file and record named, as embed names them; a complex: what
+                # the model reads of it, its chains joined with their linkers or each chain alone)
+                what = "the wild type" if source is not None else "the wild-type sequence"
+                if ":" not in seq:
+                    scorer.check_length(seq, what, **where)
+                elif options.chains == "separate":
+                    for chain in seq.split(":"):
+                        scorer.check_length(chain, f"a chain of {what}", **where)
                 else:
-                    scorer.check_length(seq, "the wild-type sequence")
+                    scorer.check_length(model_text(seq, "linker", options.linker_length),
+                                        f"{what} (a complex) with its linkers", **where)
             units = store.for_model(loaded, scorer) if store is not None else None
             for column, name, strategy in columns:
                 if name != model_name:
@@ -1234,7 +1402,9 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
                 values = np.full(len(table.rows), np.nan)
                 for k, (ident, seq) in enumerate(wild_types):
                     mine = rows_of[k]
-                    values[mine] = scorer.score(seq, [table.variants[i] for i in mine], strategy, store=units)
+                    values[mine] = score_wild_type(scorer, seq, [table.variants[i] for i in mine], strategy,
+                                                   chains=options.chains, linker_length=options.linker_length,
+                                                   store=units)
                 results[column] = values
                 console.info(f"variants: {column}: {console.counted(int(np.isfinite(values).sum()), 'variant')} scored with "
                              f"{loaded.name} ({strategy}, {scorer.compute_dtype} on {scorer.device})")

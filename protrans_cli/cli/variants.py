@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.choices import CHAIN_POLICIES, DEFAULT_LINKER_LENGTH
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 
 
@@ -72,13 +73,21 @@ def scoring_options(command):
 @click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window"]), default="error",
               help="A wild type over --max-length: fail before any work, or read each site in a window of "
                    "--max-length residues centred on it (as ProteinGym scores long proteins).")
+@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
+              help="A wild type that is a complex: chains separated by ':' (ColabFold's and ESMFold's input), a "
+                   "mutation's position counted over the complex's residues, the ':'s not (chain 2 numbered on "
+                   "from chain 1's last residue). error: refuse it; linker: the chains joined by --linker-length "
+                   "glycines (ESMFold's way), each site read with the other chains present; separate: each site "
+                   "read in its own chain alone, a variant over several chains the sum of theirs.")
+@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
+              help="Glycines between the chains of a complex under --chains linker.")
 @click.option("--resume", is_flag=True,
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, plot,
             mutation_column, offset, truth_column, column, revision, device, dtype, max_tokens, max_length,
-            long_policy, resume, threads):
+            long_policy, chains, linker_length, resume, threads):
     """Zero-shot variant effects from a masked language model.
 
     Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
@@ -110,7 +119,8 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     options = VariantOptions(models=tuple(models), strategies=tuple(strategies), revision=revision, device=device,
                              dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
-                             id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads))
+                             id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads),
+                             chains=chains, linker_length=linker_length)
     try:
         run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta,
                      record_id=record_id)
