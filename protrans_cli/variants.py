@@ -35,6 +35,12 @@ a site masked by `<extra_id_0>` in the encoder's input, read from the decoder te
 wild type; no wt-marginals) and XLNet (ProtXLNet's permutation LM: the site hidden from every
 position, predicted by the query stream at it; no wt-marginals); Transformer-XL, a causal LM,
 takes `log-likelihood` alone (log p(mutant) - log p(wild type), each residue given those before it).
+
+A complex (a wild type whose chains are joined by ':', `--chains`; score_wild_type): its mutations
+are numbered over its residues across its chains; `linker` scores them in the chains joined by
+`--linker-length` glycines (embed.model_text; the likelihoods over the chains' residues alone, as
+perplexity reads a complex), `separate` each site in its own chain read alone, a variant over
+several chains the sum of its chains' scores.
 """
 
 from __future__ import annotations
@@ -100,8 +106,9 @@ def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     `offset`; read as the scorer reads it: upper-case, gaps and a final `*` removed). Forms: `A24G`,
     several joined by `:` (ProteinGym), `;`, `,` or `+`; HGVS protein notation (`p.Ala24Gly`,
     `p.(Ala24Gly)`, `p.[Ala24Gly;Lys30Arg]`, `p.Ala24=`); the wild type or a synonymous variant
-    (`WT`, `_wt`, `p.=`, `_sy`) is (). A VariantError (an InputError and a ValueError) says what is
-    wrong (an empty or NA text too)."""
+    (`WT`, `_wt`, `p.=`, `_sy`) is (). A complex (chains joined by ':') numbers its residues on
+    across its chains, the ':'s not counted (score it with score_wild_type). A VariantError (an
+    InputError and a ValueError) says what is wrong (an empty or NA text too)."""
     from protrans_cli.residues import normalise
 
     if not whole_number(offset):  # ("1": a TypeError from inside)
