@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli.embed import chain_options
 
 
 @click.command("contacts", context_settings={"show_default": True})
@@ -38,12 +39,10 @@ from protrans_cli.cli import INPUT_FILE, completion
               default="error",
               help="Proteins over --max-length: fail before any work, skip (recorded as failed), or keep the "
                    "map of their first residues (as esm-extract does; recorded as truncated_from).")
-@click.option("--chains", type=click.Choice(["error", "linker"]), default="error",
-              help="A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
-                   "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way); the "
-                   "map covers every residue of the chains, inter-chain contacts included, without the linker.")
-@click.option("--linker-length", type=int, default=25, show_default=True,
-              help="Glycines between the chains of a complex under --chains linker.")
+@chain_options("A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
+               "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way); the "
+               "map covers every residue of the chains, inter-chain contacts included, without the linker.",
+               policies=("error", "linker"))
 @click.option("--invalid-policy", type=click.Choice(["error", "skip"]), default="error",
               help="Sequences that cannot be read (a J, an inner '*', no residues): fail before any work, or "
                    "skip them (recorded as failed).")

@@ -38,6 +38,17 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(words)
 
 
+
+def chain_options(chains_help: str, policies=CHAIN_POLICIES):
+    """--chains (a complex's ':'; `chains_help` says what each policy does in the command) and
+    --linker-length, as every command that reads complexes takes them."""
+    def decorate(command):
+        command = click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
+                               help="Glycines between the chains of a complex under --chains linker.")(command)
+        return click.option("--chains", type=click.Choice(list(policies)), default="error",
+                            help=chains_help)(command)
+    return decorate
+
 @click.command("embed", context_settings={"show_default": True})
 @click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -79,12 +90,9 @@ def command_line(argv: list[str]) -> str:
               help="Proteins over --max-length: fail, skip (recorded as failed), truncate, or chunk into "
                    "overlapping windows stitched back together.")
 @click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")
-@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
-              help="A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
-                   "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
-                   "the linker's rows dropped; separate: embed each chain alone, rows concatenated.")
-@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
-              help="Glycines between the chains of a complex under --chains linker.")
+@chain_options("A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
+               "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
+               "the linker's rows dropped; separate: embed each chain alone, rows concatenated.")
 @click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default="error",
               help="Sequences that cannot be embedded (a J, an inner '*', no residues): fail before any "
                    "work, or skip them (recorded as failed, with the reason).")

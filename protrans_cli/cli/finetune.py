@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import (ARCHITECTURES, CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, DUAL_POLICIES, FORMATS,
-                                  TASK_NAMES)
+from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
 from protrans_cli.cli import INPUT_FILE, completion, given_option
+from protrans_cli.cli.embed import chain_options
 from protrans_cli.cli.fit import mask_options
 
 
@@ -32,13 +32,10 @@ from protrans_cli.cli.fit import mask_options
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
 @mask_options
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
-@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
-              help="A complex: one record whose chains are separated by ':'. error: refuse it; linker: the model "
-                   "reads the chains joined by --linker-length glycines, the linker's rows dropped; separate: "
-                   "each chain alone, rows concatenated (as embed --chains). A per-residue head reads each chain "
-                   "alone; predict --fasta with the head reads complexes the same way.")
-@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH,
-              help="Glycines between the chains of a complex under --chains linker.")
+@chain_options("A complex: one record whose chains are separated by ':'. error: refuse it; linker: the model "
+               "reads the chains joined by --linker-length glycines, the linker's rows dropped; separate: "
+               "each chain alone, rows concatenated (as embed --chains). A per-residue head reads each chain "
+               "alone; predict --fasta with the head reads complexes the same way.")
 @click.option("--lora-rank", type=int, default=4, help="LoRA rank (Schmirler et al. 2024: 4).")
 @click.option("--lora-alpha", type=float, default=8.0, help="LoRA alpha; the update is scaled by alpha / rank.")
 @click.option("--lora-dropout", type=float, default=0.0, help="Dropout on the adapters' input.")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import CHAIN_POLICIES, DEFAULT_LINKER_LENGTH
 from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli.embed import chain_options
 from protrans_cli.cli.variants import scoring_options
 
 
@@ -35,13 +35,10 @@ from protrans_cli.cli.variants import scoring_options
 @click.option("--invalid-policy", type=click.Choice(["error", "skip"]), default="error",
               help="Sequences that cannot be read (a J, an inner '*', no residues): fail before any work, or "
                    "leave them out with a warning.")
-@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
-              help="A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
-                   "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
-                   "every residue of the chains scored, the linker read but not scored; separate: score each "
-                   "chain alone, the complex's log-likelihood their sum.")
-@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
-              help="Glycines between the chains of a complex under --chains linker.")
+@chain_options("A complex: one record whose chains are separated by ':' (ColabFold's and ESMFold's input). "
+               "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
+               "every residue of the chains scored, the linker read but not scored; separate: score each "
+               "chain alone, the complex's log-likelihood their sum.")
 @click.option("--resume", is_flag=True,
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import CHAIN_POLICIES, DEFAULT_LINKER_LENGTH
 from protrans_cli.cli import INPUT_FILE, completion, given_option
+from protrans_cli.cli.embed import chain_options
 
 
 def scoring_options(command):
@@ -73,14 +73,11 @@ def scoring_options(command):
 @click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window"]), default="error",
               help="A wild type over --max-length: fail before any work, or read each site in a window of "
                    "--max-length residues centred on it (as ProteinGym scores long proteins).")
-@click.option("--chains", type=click.Choice(list(CHAIN_POLICIES)), default="error",
-              help="A wild type that is a complex: chains separated by ':' (ColabFold's and ESMFold's input), a "
-                   "mutation's position counted over the complex's residues, the ':'s not (chain 2 numbered on "
-                   "from chain 1's last residue). error: refuse it; linker: the chains joined by --linker-length "
-                   "glycines (ESMFold's way), each site read with the other chains present; separate: each site "
-                   "read in its own chain alone, a variant over several chains the sum of theirs.")
-@click.option("--linker-length", type=int, default=DEFAULT_LINKER_LENGTH, show_default=True,
-              help="Glycines between the chains of a complex under --chains linker.")
+@chain_options("A wild type that is a complex: chains separated by ':' (ColabFold's and ESMFold's input), a "
+               "mutation's position counted over the complex's residues, the ':'s not (chain 2 numbered on "
+               "from chain 1's last residue). error: refuse it; linker: the chains joined by --linker-length "
+               "glycines (ESMFold's way), each site read with the other chains present; separate: each site "
+               "read in its own chain alone, a variant over several chains the sum of theirs.")
 @click.option("--resume", is_flag=True,
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
