@@ -27,4 +27,6 @@ FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "biotrainer", "deep
 TASK_NAMES = ("ss3", "ss8", "ss3+ss8", "loc", "residue", "protein", "value")
 DUAL_POLICIES = ("first", "skip")
 # The networks a task of each kind (io.h5's PER_RESIDUE, PER_PROTEIN) can use; the first is the default.
-ARCHITECTURES = {"per_residue": ("cnn",), "per_protein": ("fnn", "light-attention")}
+# "linear" (the linear probe) is one affine map of each residue's row or of the per-protein vector.
+ARCHITECTURES = {"per_residue": ("cnn", "linear"), "per_protein": ("fnn", "light-attention", "linear")}
+ALL_ARCHITECTURES = tuple(dict.fromkeys(a for options in ARCHITECTURES.values() for a in options))

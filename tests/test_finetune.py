@@ -203,6 +203,26 @@ def test_predict_fasta_on_the_head_scores_what_finetune_reported(finetuned, data
     assert total == metrics["test"]["ss3"]["n"] and right / total == pytest.approx(metrics["test"]["ss3"]["accuracy"])
 
 
+def test_a_per_residue_linear_head_is_finetuned_and_predicts_from_fasta(data, run_cli, tmp_path):
+    """--architecture linear per residue: the head is one affine map of each residue's hidden state
+    (no convolution), and predict --fasta on it scores what finetune reported."""
+    out = tmp_path / "out"
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--test", data / "test.csv",
+                "--architecture", "linear", "--max-epochs", "2", "--lr", "0.01", *FAST, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((out / "head" / "config.json").read_text())
+    assert config["architecture"] == "linear" and config["format_version"] == 3
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(out / "head" / "weights.safetensors"))) == {"members.0.heads.ss3.weight",
+                                                                        "members.0.heads.ss3.bias"}
+    from protrans_cli.heads.labels import read_labels
+
+    right, total = _predicted_q3(run_cli, out / "head", read_labels(data / "test.csv").records, tmp_path)
+    metrics = json.loads((out / "head" / "metrics.json").read_text())
+    assert total == metrics["test"]["ss3"]["n"] and right / total == pytest.approx(metrics["test"]["ss3"]["accuracy"])
+
+
 def test_the_held_out_ids_are_recorded_and_are_the_validation_set(finetuned, data, run_cli, tmp_path):
     """--valid-fraction's proteins are in the head's config.json, as fit records them: predicting
     exactly those gives the validation score finetune reported."""
@@ -543,7 +563,7 @@ def loc_fasta(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("architecture", ["fnn", "light-attention"])
+@pytest.mark.parametrize("architecture", ["fnn", "light-attention", "linear"])
 def test_loc_two_outputs_membrane_unknown_left_out(data, loc_fasta, run_cli, tmp_path, architecture):
     out = tmp_path / "loc"
     r = run_cli("finetune", "loc", "-m", data / "bert", "--labels", loc_fasta / "train.fasta", "--test",

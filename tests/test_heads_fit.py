@@ -2327,11 +2327,11 @@ def test_a_head_config_nested_too_deeply_is_one_line(run_cli, ss_data, one_epoch
     (lambda c: c["hyperparameters"].update(kernel=-7), "kernel -7 is not a positive whole number"),
     (lambda c: c["task"]["outputs"][0].update(classes=["Helix", "E", "C"]), "per-residue classes are single letters"),
     (lambda c: c["task"]["outputs"][0].update(classes=["H", "E", "H"]), "output 'ss3' names a class twice"),
-    (lambda c: c.update(format_version=3), "format_version 3: this protrans reads heads of formats up to 2 (a later "
+    (lambda c: c.update(format_version=4), "format_version 4: this protrans reads heads of formats up to 3 (a later "
                                            "protrans wrote it: upgrade protrans)"),
     # (a string was said to be "of a later protrans")
     (lambda c: c.update(format_version="1"), "format_version '1' is not a whole number"),
-    (lambda c: c.update(architecture="light-attention"), "architecture 'light-attention' is not one of cnn"),
+    (lambda c: c.update(architecture="light-attention"), "architecture 'light-attention' is not one of cnn, linear"),
 ])
 def test_a_hand_edited_head_config_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path, edit, said):
     """Values predict reads besides the network (the embedding, the layer, the classes it writes)

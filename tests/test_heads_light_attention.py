@@ -304,7 +304,7 @@ def test_an_architecture_its_task_cannot_take_is_said_as_load_head_says_it_by_pr
         predict_sequences(head, {"a": "MKV"})
     assert caught.value.path == str(head / "config.json")
     assert caught.value.message == ("head config is incomplete or unreadable (architecture 'cnn' is not one of "
-                                    "fnn, light-attention (a per_protein task))")
+                                    "fnn, light-attention, linear (a per_protein task))")
 
 
 def test_a_training_batch_of_one_is_normalised_as_evaluation_normalises_it():

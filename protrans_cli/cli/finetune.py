@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
+from protrans_cli.choices import ALL_ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.cli.embed import chain_options
 from protrans_cli.cli.fit import mask_options
@@ -51,8 +51,9 @@ from protrans_cli.cli.fit import mask_options
                    "for about a third more time (a larger model or batch on one GPU); the same numbers.")
 @click.option("--seed", type=int, default=0, help="Seed of the adapters, the head, the batches and the hold-out.")
 @click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given: round(share x proteins), at least one, never all.")
-@click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
-              default=None, help="The head's network, as fit's.  [default: cnn per residue, fnn per protein]")
+@click.option("--architecture", type=click.Choice(list(ALL_ARCHITECTURES)),
+              default=None, help="The head's network, as fit's (linear: one affine map, which takes no --hidden, "
+                                 "--kernel or --dropout).  [default: cnn per residue, fnn per protein]")
 @click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")
 @click.option("--kernel", type=int, default=None, help="Convolution width (odd).  [default: 7, light-attention 9]")
 @click.option("--dropout", type=float, default=0.25, help="The head's dropout.")

@@ -6,13 +6,15 @@
         --test test.h5 deeploc_test_set.fasta --ensemble 3 -o heads/loc
     protrans fit loc --architecture light-attention --embeddings val_residues.h5 \
         --labels deeploc_our_val_set.fasta -o heads/loc_la    # per-residue embeddings
+    protrans fit ss3 --architecture linear --embeddings train.h5 --labels Train_HHblits.csv.gz \
+        -o heads/ss3_probe    # the linear probe: are the embeddings any good?
 """
 
 from __future__ import annotations
 
 import click
 
-from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
+from protrans_cli.choices import ALL_ARCHITECTURES, DUAL_POLICIES, FORMATS, TASK_NAMES
 from protrans_cli.cli import INPUT_FILE, given_option, is_option
 
 _PAIR = (INPUT_FILE, INPUT_FILE)
@@ -61,10 +63,11 @@ def mask_options(command):
               help="Stop after this many epochs improving neither validation accuracy nor loss.  "
                    "[default: 5 per residue, 10 per protein]")
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
+@click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay (the linear probe's L2 penalty).")
 @click.option("--max-residues", type=int, default=8192,
-              help="Heads that read per-residue embeddings (CNN, light-attention): padded residues per batch.")
-@click.option("--batch-size", type=int, default=64, help="FNN heads: proteins per batch.")
+              help="Heads that read per-residue embeddings (CNN, light-attention, linear per residue): padded "
+                   "residues per batch.")
+@click.option("--batch-size", type=int, default=64, help="FNN and per-protein linear heads: proteins per batch.")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--ensemble", type=int, default=1, help="Members trained from seeds SEED, SEED+1, ...; "
               "predictions average their probabilities.")
@@ -79,18 +82,20 @@ def mask_options(command):
                    "the one with the best validation (or cv) score.")
 @click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split (or folds).")
 @click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given: round(share x proteins), at least one, never all.")
-@click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
+@click.option("--architecture", type=click.Choice(list(ALL_ARCHITECTURES)),
               default=None,
               help="The head's network: per-residue tasks take the CNN; per-protein tasks the FNN on the mean "
                    "embedding, or light-attention, which reads per-residue embeddings and pools them by attention "
-                   "(Stärk et al. 2021).  [default: cnn per residue, fnn per protein]")
+                   "(Stärk et al. 2021); every task takes linear, the linear probe: one affine map of each "
+                   "residue's row or of the protein's (standardised) vector, logistic or linear regression "
+                   "(no --hidden, --kernel, --dropout).  [default: cnn per residue, fnn per protein]")
 @click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")
 @click.option("--kernel", type=int, default=None,
               help="Convolution width (odd) of the CNN or light-attention.  [default: 7 for the CNN, 9 for "
                    "light-attention]")
 @click.option("--dropout", type=float, default=0.25, help="Dropout after the first layer.")
 @click.option("--standardise/--no-standardise", default=True,
-              help="FNN heads: z-score inputs with the training mean and standard deviation.")
+              help="FNN and per-protein linear heads: z-score inputs with the training mean and standard deviation.")
 @click.option("--dual", type=click.Choice(list(DUAL_POLICIES)), default="first",
               help="loc: DeepLoc's Cytoplasm-Nucleus counts as Cytoplasm (first) or is left out (skip).")
 @click.option("--layer", type=int, default=-1, help="Layer to use when the embeddings hold several.")
@@ -104,7 +109,8 @@ def mask_options(command):
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI (at least 10).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a head that reads "
-                   "per-residue embeddings (CNN, light-attention) and 1 for an FNN]")
+                   "per-residue embeddings (CNN, light-attention, linear per residue) and 1 for an FNN or a "
+                   "per-protein linear head]")
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted fit kept in OUTPUT.partial (saved after every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
@@ -198,29 +204,35 @@ def _search_grid(ctx, specs) -> dict:
 
 
 # Options of one kind of head: given for another, they change nothing (said, as train says of its
-# own; heads.tasks.UNUSED_OPTIONS names them per architecture, and --resume does not compare them).
+# own; heads.tasks.unused_options names them per architecture, and --resume does not compare them).
 _FLAGS = {"max_residues": "--max-residues", "kernel": "--kernel", "batch_size": "--batch-size",
-          "standardise": "--standardise/--no-standardise"}
+          "standardise": "--standardise/--no-standardise", "hidden": "--hidden", "dropout": "--dropout"}
 
 
 def _warn_unused(ctx, task: str, architecture: str | None, searched: list | None = None) -> None:
     """`searched`: the architectures of --search architecture=...: an option is said to do nothing
     only where none of them reads it (`--kernel 5` with fnn,light-attention was said to do nothing)."""
     from protrans_cli import console
-    from protrans_cli.heads.tasks import UNUSED_OPTIONS, architecture_for, get_task
+    from protrans_cli.heads.tasks import architecture_for, get_task, unused_options
+    from protrans_cli.io.h5 import PER_RESIDUE
 
     # (a wrong pairing: exit 2, here as in fit)
-    architectures = [architecture_for(get_task(task), a) for a in (searched or [architecture])]
+    the_task = get_task(task)
+    architectures = [architecture_for(the_task, a) for a in (searched or [architecture])]
     architecture = architectures[0]
-    given = [_FLAGS[name] for name in UNUSED_OPTIONS[architecture]
-             if all(name in UNUSED_OPTIONS[a] for a in architectures)
+    given = [_FLAGS[name] for name in unused_options(the_task, architecture)
+             if all(name in unused_options(the_task, a) for a in architectures)
              and given_option(name, ctx)]
     if given:
         one = len(given) == 1
-        console.warn(f"{', '.join(given)} {'does' if one else 'do'} nothing for "
-                     + ("an FNN head (the CNN and light-attention heads " if architecture == "fnn"
-                        else f"a {architecture.replace('cnn', 'CNN')} head (FNN heads ")
-                     + f"take {'it' if one else 'them'}): ignored")
+        if architecture == "linear":
+            what = ("a linear head (one affine map of each residue's row)" if the_task.kind == PER_RESIDUE
+                    else "a linear head (one affine map of the protein's vector)")
+        else:
+            what = ("an FNN head (the CNN and light-attention heads " if architecture == "fnn"
+                    else f"a {architecture.replace('cnn', 'CNN')} head (FNN heads ") \
+                + f"take {'it' if one else 'them'})"
+        console.warn(f"{', '.join(given)} {'does' if one else 'do'} nothing for {what}: ignored")
 
 
 def _cache_bytes(cache_gb: float) -> int:

@@ -82,10 +82,12 @@ def fasta_embedding_options(recorded: str, skipped: str, records_chains: bool = 
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Use embeddings from another model than the head was trained on (same dimension).")
 @click.option("--max-residues", type=int, default=8192,
-              help="Heads that read per-residue embeddings (CNN, light-attention): padded residues per batch.")
+              help="Heads that read per-residue embeddings (CNN, light-attention, linear per residue): padded "
+                   "residues per batch.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a head that reads "
-                   "per-residue embeddings (CNN, light-attention) and 1 for an FNN]")
+                   "per-residue embeddings (CNN, light-attention, linear per residue) and 1 for an FNN or a "
+                   "per-protein linear head]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
@@ -231,16 +233,18 @@ def _warn_unused_max_residues(head) -> None:
     from pathlib import Path
 
     from protrans_cli import console
-    from protrans_cli.heads.model import CONFIG, head_input_kind
+    from protrans_cli.heads.model import CONFIG, head_architecture, head_input_kind
     from protrans_cli.io.files import json_object
     from protrans_cli.io.h5 import PER_RESIDUE
 
     try:
-        reads = head_input_kind(json_object(Path(head) / CONFIG))
+        config = json_object(Path(head) / CONFIG)
+        reads = head_input_kind(config)
+        what = "an FNN head" if head_architecture(config) == "fnn" else "a per-protein linear head"
     except (ValueError, KeyError, TypeError, IndexError):
         return  # (not a readable head: loading it says why)
     if reads != PER_RESIDUE:
-        console.warn("--max-residues does nothing for an FNN head (the CNN and light-attention heads take it): "
+        console.warn(f"--max-residues does nothing for {what} (the CNN and light-attention heads take it): "
                      "ignored")
 
 

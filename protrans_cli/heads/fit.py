@@ -45,7 +45,7 @@ from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
-                                     architecture_for, get_task, input_kind)
+                                     architecture_for, get_task, input_kind, unused_options)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    empty_folder, folder_can_be_made, folder_lock, folder_made, input_inside,
                                    make_temporary, odd_kind, own_folder_output, remove_dead_temporaries,
@@ -89,7 +89,8 @@ class FitConfig:
     seed: int = 0
     valid_fraction: float = 0.1  # held out of train when no validation set is given
     # The network: None is the task's default, "cnn" per residue, "fnn" per protein; a per-protein
-    # task may take "light-attention" (Stärk et al. 2021), which reads per-residue embeddings.
+    # task may take "light-attention" (Stärk et al. 2021), which reads per-residue embeddings; any
+    # task "linear" (the linear probe: one affine map of each residue's row or of the protein's vector).
     architecture: str | None = None
     hidden: int = 32
     kernel: int | None = None  # None: 7 (the CNN; recorded for the FNN too, which has none), 9 (Light Attention)
@@ -106,7 +107,8 @@ class FitConfig:
     force: bool = False  # replace an existing head directory
     device: str = "auto"  # cuda when there is one, else cpu; or cpu, cuda, cuda:N, mps
     resume: bool = False  # continue the interrupted fit kept in OUTPUT.partial
-    standardise: bool = True  # FNN heads: z-score inputs with the training mean/std (Light Attention: raw rows)
+    # FNN and per-protein linear heads: z-score inputs with the training mean/std (Light Attention: raw rows)
+    standardise: bool = True
     plots: bool = True  # curves.png and metrics/<set>.<output>.png (False: no matplotlib at all)
 
     def __post_init__(self):
@@ -888,7 +890,8 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
                             "lr": config.lr, "weight_decay": config.weight_decay,
                             "max_epochs": config.max_epochs, "patience": config.patience,
                             "max_residues": config.max_residues, "batch_size": config.batch_size,
-                            "standardise": config.standardise and config.architecture == "fnn",
+                            "standardise": config.standardise
+                            and input_kind(task, config.architecture) != PER_RESIDUE,
                             # (--folds: no member trained with the weights of all of train, so
                             # none here: each member's are training.class_weights_per_member)
                             "class_weights": None if weights is None or sets.folds is not None else
@@ -977,7 +980,9 @@ def _changed(saved: dict, now: dict) -> list[str]:
     if saved.get("architecture") == now.get("architecture"):
         # (options of another kind of head change nothing, as fit warns: `--kernel 5` given to an
         # FNN, then left out of --resume as the warning suggests, was refused "other settings")
-        keys -= set(UNUSED_OPTIONS.get(now.get("architecture"), ()))
+        task = now.get("task")
+        keys -= set(unused_options(task, now["architecture"]) if task in TASKS
+                    else UNUSED_OPTIONS.get(now.get("architecture"), ()))
     if not recorded_files(saved):
         # (a state or head of a version before the files were recorded: compared by name, as
         # that version did; counted as changed, it was refused "made with other settings or

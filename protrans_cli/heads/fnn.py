@@ -13,20 +13,9 @@ import torch
 from torch import nn
 
 
-class ProteinFNN(nn.Module):
-    def __init__(self, input_dim: int, outputs: dict[str, int], hidden: int = 32, dropout: float = 0.25):
-        super().__init__()
-        self.register_buffer("shift", torch.zeros(input_dim))
-        self.register_buffer("scale", torch.ones(input_dim))
-        self.features = nn.Linear(input_dim, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in outputs.items()})
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, D) -> {name: (B, C)}; `mask` is accepted for a uniform interface and unused."""
-        x = (x - self.shift) / self.scale  # (B, D)
-        h = torch.relu(self.dropout(self.features(x)))  # (B, hidden)
-        return {name: head(h) for name, head in self.heads.items()}
+class Standardised(nn.Module):
+    """A module whose input is standardised with `shift` and `scale` buffers (its subclass registers
+    them): the FNN and the per-protein linear head."""
 
     def standardise_with(self, x: torch.Tensor) -> None:
         """Set shift/scale to the mean and standard deviation of the training inputs x (N, D). A
@@ -47,6 +36,22 @@ class ProteinFNN(nn.Module):
         if isinstance(state_dict.get(key), torch.Tensor):
             state_dict[key] = _kept(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ProteinFNN(Standardised):
+    def __init__(self, input_dim: int, outputs: dict[str, int], hidden: int = 32, dropout: float = 0.25):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(input_dim))
+        self.register_buffer("scale", torch.ones(input_dim))
+        self.features = nn.Linear(input_dim, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in outputs.items()})
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, D) -> {name: (B, C)}; `mask` is accepted for a uniform interface and unused."""
+        x = (x - self.shift) / self.scale  # (B, D)
+        h = torch.relu(self.dropout(self.features(x)))  # (B, hidden)
+        return {name: head(h) for name, head in self.heads.items()}
 
 
 def _kept(std: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from protrans_cli.errors import InputError, ModelError, UsageError, first_line
 from protrans_cli.heads.cnn import ResidueCNN
 from protrans_cli.heads.fnn import ProteinFNN
 from protrans_cli.heads.light_attention import LightAttention
+from protrans_cli.heads.linear import LinearHead
 from protrans_cli.heads.tasks import ARCHITECTURES, Task, architecture_for, input_kind
 from protrans_cli.io.h5 import PER_RESIDUE
 
@@ -27,8 +28,9 @@ WEIGHTS = "weights.safetensors"
 # 1 for CNN and FNN heads (as every head before), 2 for a Light Attention head, which a
 # protrans of format 1 would build as an FNN (it knows no `architecture`) and fail on obscurely:
 # it refuses format 2 instead, "a later protrans wrote it: upgrade protrans".
-FORMAT_VERSION = 2
-_FORMATS = {"cnn": 1, "fnn": 1, "light-attention": 2}
+# A linear head is format 3: a protrans of format 2 knows no "linear" and says the config is unreadable.
+FORMAT_VERSION = 3
+_FORMATS = {"cnn": 1, "fnn": 1, "light-attention": 2, "linear": 3}
 _MAX_OUTPUT_NAME = 64  # (a task's outputs: ss3, ss8, loc, membrane, label, value)
 
 
@@ -40,11 +42,14 @@ def head_format(architecture: str) -> int:
 def build_head(task: Task, input_dim: int, *, architecture: str | None = None, hidden: int = 32, kernel: int = 7,
                dropout: float = 0.25) -> nn.Module:
     """A new head, float32 whatever torch's default dtype (heads are float32 everywhere).
-    `architecture` None: the task's default (the CNN per residue, the FNN per protein)."""
+    `architecture` None: the task's default (the CNN per residue, the FNN per protein). The linear
+    head takes none of hidden, kernel, dropout."""
     outputs = {o.name: 1 if o.is_value else len(o.classes) for o in task.outputs}
     architecture = architecture_for(task, architecture)
     if architecture == "cnn":
         return ResidueCNN(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout).float()
+    if architecture == "linear":
+        return LinearHead(input_dim, outputs, per_residue=task.kind == PER_RESIDUE).float()
     if architecture == "light-attention":
         return LightAttention(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout).float()
     return ProteinFNN(input_dim, outputs, hidden=hidden, dropout=dropout).float()

@@ -214,7 +214,7 @@ def _check_trials(config, grid: dict, trials: list[dict], embeddings, valid, tes
     only a grid can get wrong: a searched setting no trial's head reads (the trials would be the
     same), an architecture whose input (per-residue rows) an embeddings file lacks."""
     from protrans_cli.heads.data import _source_kind
-    from protrans_cli.heads.tasks import UNUSED_OPTIONS, architecture_for, get_task, input_kind
+    from protrans_cli.heads.tasks import architecture_for, get_task, input_kind, unused_options
     from protrans_cli.io.h5 import EmbeddingsReader, PER_RESIDUE
 
     task = get_task(config.task, dual=config.dual)
@@ -224,7 +224,7 @@ def _check_trials(config, grid: dict, trials: list[dict], embeddings, valid, tes
             and any(o.is_value for o in task.outputs):
         raise UsageError("--class-weights is for classification; the value task is a regression")
     for key in grid:
-        if all(key in UNUSED_OPTIONS[a] for a in architectures):
+        if all(key in unused_options(task, a) for a in architectures):
             kinds = " or ".join(sorted(architectures)).replace("fnn", "FNN").replace("cnn", "CNN")
             raise UsageError(f"--search {key.replace('_', '-')}: {a_or_an(kinds)} head does not read it, so the trials "
                              "would be the same head: leave it out")

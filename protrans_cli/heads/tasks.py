@@ -1,10 +1,11 @@
 """Tasks: what a head predicts. A task = label reader output -> class indices, its outputs' class
-orders, which heads can learn it (the CNN per residue; the FNN or Light Attention per protein) and
-the metric it reports.
+orders, which heads can learn it (the CNN per residue; the FNN or Light Attention per protein; the
+linear probe for either) and the metric it reports.
 
 A task's `kind` is what it predicts (one label per residue, or per protein): targets, metrics
 and the output format follow it. What the head *reads* follows its architecture (`input_kind`):
-the CNN and Light Attention read per-residue embeddings, the FNN one vector per protein.
+the CNN and Light Attention read per-residue embeddings, the FNN one vector per protein, the linear
+head what its task predicts.
 
 Built-in tasks and their label orders (the index of a letter in these tuples is the class index
 stored in a head's config.json, so they must never be reordered):
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from protrans_cli.choices import ARCHITECTURES, DUAL_POLICIES
+from protrans_cli.choices import ALL_ARCHITECTURES, ARCHITECTURES, DUAL_POLICIES
 from protrans_cli.errors import InputError, UsageError, given, one_of
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
 
@@ -343,12 +344,23 @@ def _as_value(label, record) -> float:
     return value
 
 
-_READS_RESIDUES = frozenset({"cnn", "light-attention"})
-DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN has none; heads record 7 for it, as before)
+_READS_RESIDUES = frozenset({"cnn", "light-attention"})  # (and "linear" for a per-residue task)
+DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN and the linear head have none; heads record 7)
 # The FitConfig fields another kind of head takes, which a head of this architecture does not
-# read (fit's CLI warns when they are given; a --resume does not compare them).
+# read (fit's CLI warns when they are given; a --resume does not compare them). The linear head's
+# depend on what it reads: unused_options.
 UNUSED_OPTIONS = {"fnn": ("max_residues", "kernel"), "cnn": ("batch_size", "standardise"),
                   "light-attention": ("batch_size", "standardise")}
+_LINEAR_UNUSED = {PER_RESIDUE: ("batch_size", "standardise", "kernel", "hidden", "dropout"),
+                  PER_PROTEIN: ("max_residues", "kernel", "hidden", "dropout")}
+
+
+def unused_options(task: Task | str, architecture: str) -> tuple[str, ...]:
+    """The FitConfig fields a head of `architecture` for `task` (a Task or its name) does not read."""
+    if architecture == "linear":
+        kind = task.kind if isinstance(task, Task) else TASKS[task].kind
+        return _LINEAR_UNUSED[kind]
+    return UNUSED_OPTIONS.get(architecture, ())
 
 
 def architecture_for(task: Task, architecture: str | None = None) -> str:
@@ -358,21 +370,25 @@ def architecture_for(task: Task, architecture: str | None = None) -> str:
     if architecture is None:
         return allowed[0]
     if architecture not in allowed:
-        if architecture in (a for options in ARCHITECTURES.values() for a in options):
+        if architecture in ALL_ARCHITECTURES:
             what = "per-residue" if task.kind == PER_RESIDUE else "per-protein"
             raise UsageError(f"{given('--architecture', 'architecture', architecture)}: {task.name} is a {what} "
                              "task, whose head is "
                              + " or ".join(allowed) + (" (light-attention and fnn are for per-protein tasks)"
                                                        if task.kind == PER_RESIDUE else ""))
-        one_of(architecture, [a for options in ARCHITECTURES.values() for a in options], "--architecture",
+        one_of(architecture, ALL_ARCHITECTURES, "--architecture",
                keyword="architecture")
     return architecture
 
 
 def input_kind(task: Task, architecture: str | None = None) -> str:
     """What a head of `architecture` for `task` reads: PER_RESIDUE (the CNN, Light Attention,
-    which pools the residues itself) or PER_PROTEIN (the FNN, on a mean-pooled vector)."""
-    return PER_RESIDUE if architecture_for(task, architecture) in _READS_RESIDUES else PER_PROTEIN
+    which pools the residues itself) or PER_PROTEIN (the FNN, on a mean-pooled vector); the
+    linear head reads what its task predicts (each residue's row, or the per-protein vector)."""
+    architecture = architecture_for(task, architecture)
+    if architecture == "linear":
+        return task.kind
+    return PER_RESIDUE if architecture in _READS_RESIDUES else PER_PROTEIN
 
 
 def warn_unused_dual(name: str) -> None:
