@@ -29,4 +29,4 @@ DUAL_POLICIES = ("first", "skip")
 # The networks a task of each kind (io.h5's PER_RESIDUE, PER_PROTEIN) can use; the first is the default.
 # "linear" (the linear probe) is one affine map of each residue's row or of the per-protein vector.
 ARCHITECTURES = {"per_residue": ("cnn", "linear"), "per_protein": ("fnn", "light-attention", "linear")}
-ALL_ARCHITECTURES = tuple(dict.fromkeys(a for options in ARCHITECTURES.values() for a in options))
+ALL_ARCHITECTURES = ("cnn", "fnn", "light-attention", "linear")  # (each once: --architecture's choices)

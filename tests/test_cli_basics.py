@@ -378,12 +378,13 @@ def test_every_commands_help_and_tab_completion_import_no_numpy():
 def test_the_light_choices_are_the_tasks_and_kinds_of_the_heads():
     """fit's and finetune's TASK choices (protrans_cli.choices, for --help and completion without
     numpy) are the tasks the heads know, in their order; the architectures' keys are the layouts."""
-    from protrans_cli.choices import ARCHITECTURES, TASK_NAMES
+    from protrans_cli.choices import ALL_ARCHITECTURES, ARCHITECTURES, TASK_NAMES
     from protrans_cli.heads.tasks import TASKS
     from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
 
     assert TASK_NAMES == tuple(TASKS)
     assert set(ARCHITECTURES) == {PER_RESIDUE, PER_PROTEIN}
+    assert sorted(ALL_ARCHITECTURES) == sorted({a for options in ARCHITECTURES.values() for a in options})
 
 
 def test_shell_completion_of_families_presets_and_models_reads_the_catalog_only():

@@ -681,11 +681,11 @@ SWEEP = [
     (_heads("mismatch"), "e.h5: embeddings come from model 'a', the head was trained on 'b' "
      "(allow_model_mismatch=True overrides)", "e.h5: embeddings come from model 'a', the head was trained on 'b' "
      "(--allow-model-mismatch overrides)"),
-    (_heads("architecture", "ss3", "fnn"), "architecture='fnn': ss3 is a per-residue task, whose head is cnn",
-     "--architecture fnn: ss3 is a per-residue task, whose head is cnn"),
+    (_heads("architecture", "ss3", "fnn"), "architecture='fnn': ss3 is a per-residue task, whose head is cnn or linear",
+     "--architecture fnn: ss3 is a per-residue task, whose head is cnn or linear"),
     # (no flag: a name the command's click choices keep out, in one_of's words)
-    (_heads("architecture", "ss3", "rnn"), "architecture must be one of cnn, fnn, light-attention, got 'rnn'",
-     "--architecture must be one of cnn, fnn, light-attention, got 'rnn'"),
+    (_heads("architecture", "ss3", "rnn"), "architecture must be one of cnn, fnn, light-attention, linear, got 'rnn'",
+     "--architecture must be one of cnn, fnn, light-attention, linear, got 'rnn'"),
     (_heads("task", "locc"), *[f"task must be one of {', '.join(TASKS)}, got 'locc'"] * 2),
     (_heads("labels", "xml"), "label_format must be one of auto, ", "--label-format must be one of auto, "),
     # project

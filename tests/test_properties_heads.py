@@ -35,8 +35,10 @@ torch.set_num_threads(1)
 @st.composite
 def heads(draw):
     """(an ensemble of 1-2 members of random weights in eval mode, whether it reads residues)."""
-    architecture = draw(st.sampled_from(["cnn", "fnn", "light-attention"]))
-    task = get_task("ss3" if architecture == "cnn" else "loc")
+    # (the linear head per residue, for ss3, and per protein, for loc)
+    choice = draw(st.sampled_from(["cnn", "fnn", "light-attention", "linear ss3", "linear loc"]))
+    architecture = choice.split()[0]
+    task = get_task("ss3" if choice in ("cnn", "linear ss3") else "loc")
     dim = draw(st.integers(1, 8))
     kernel = draw(st.sampled_from([1, 3, 5, 7, 9, 11]))
     torch.manual_seed(draw(st.integers(0, 2**16)))
@@ -47,10 +49,10 @@ def heads(draw):
         if architecture == "light-attention":  # running statistics other than BatchNorm's 0 and 1
             member.norm.running_mean.normal_()
             member.norm.running_var.uniform_(0.5, 2.0)
-        if architecture == "fnn":
+        if architecture == "fnn" or choice == "linear loc":
             member.shift.normal_()
             member.scale.uniform_(0.5, 2.0)
-    return Ensemble(members, task).eval(), architecture != "fnn", dim
+    return Ensemble(members, task).eval(), architecture != "fnn" and choice != "linear loc", dim
 
 
 @fewer(50)
