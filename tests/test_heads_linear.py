@@ -187,8 +187,9 @@ def test_fit_value_linear_is_linear_regression(tmp_path):
 
 def test_fit_loc_linear_predict_and_options(run_cli, tmp_path):
     """loc (two outputs) with the probe through the CLI: predict reads it back; the CNN's
-    --max-residues and the FNN's --hidden, --dropout are said to do nothing for it; a search over
-    --hidden alone is refused; predict --max-residues names the head."""
+    --max-residues and the FNN's --hidden, --dropout are said to do nothing for it, and --resume
+    does not compare them; a search over --hidden alone is refused; predict --max-residues names
+    the head."""
     rng = np.random.default_rng(3)
     from protrans_cli.heads.tasks import LOCATIONS
 
@@ -209,6 +210,10 @@ def test_fit_loc_linear_predict_and_options(run_cli, tmp_path):
     assert ("--max-residues, --hidden, --dropout do nothing for a linear head (one affine map of the protein's "
             "vector): ignored") in r.stderr
     assert json.loads((tmp_path / "head" / "metrics.json").read_text())["test"]["loc"]["accuracy"] > 0.9
+    # (options it does not read are not compared by --resume: the finished head is taken as it is)
+    r = run_cli(*base, "--architecture", "linear", "--test", tmp_path / "test.h5", tmp_path / "test.fasta",
+                "--resume", "-o", tmp_path / "head")
+    assert r.exit_code == 0 and "other settings" not in r.stderr, r.stderr
     r = run_cli("predict", tmp_path / "head", "--embeddings", tmp_path / "test.h5", "--max-residues", "10",
                 "-o", tmp_path / "p.csv")
     assert r.exit_code == 0, r.stderr
