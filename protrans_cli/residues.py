@@ -74,7 +74,10 @@ def _shown_byte(data: bytes, at: int) -> str:
 
 
 def looks_nucleotide(seq: str) -> bool:
-    """Whether a normalised sequence (rare residues kept) reads as DNA or RNA, not a protein."""
+    """Whether a normalised sequence (rare residues kept) reads as DNA or RNA, not a protein; a
+    complex's chains (joined by ':') are read together (the ':' made every complex a protein)."""
+    if ":" in seq:
+        seq = seq.replace(":", "")
     return len(seq) >= NUCLEOTIDE_MIN_LENGTH and NUCLEOTIDE_LETTERS.issuperset(seq)
 
 

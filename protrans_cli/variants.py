@@ -109,15 +109,10 @@ def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     (`WT`, `_wt`, `p.=`, `_sy`) is (). A complex (chains joined by ':') numbers its residues on
     across its chains, the ':'s not counted (score it with score_wild_type). A VariantError (an
     InputError and a ValueError) says what is wrong (an empty or NA text too)."""
-    from protrans_cli.residues import normalise
-
     if not whole_number(offset):  # ("1": a TypeError from inside)
         raise UsageError(f"offset is the whole number of the sequence's first residue, got {type(offset).__name__} "
                          f"{offset!r:.40}")
-    # (a complex, chains joined by ':': each chain read so, its positions numbered on across them)
-    wild_type = (":".join(normalise(chain, rare="keep") for chain in sequence.split(":"))
-                 if isinstance(sequence, str) and ":" in sequence else normalise(sequence, rare="keep"))
-    return _parse_variant(text, wild_type, int(offset))
+    return _parse_variant(text, _wild_type(sequence), int(offset))
 
 
 def is_missing(text: str) -> bool:
@@ -206,12 +201,20 @@ def all_singles(sequence: str) -> list[Variant]:
     read as parse_variant and the scorer read it (upper-case, gaps and a final `*` removed): the
     letters as given made "m1A" of "mkt", "-4A" of "MKT-A" and "*9A" of a final stop, which
     score() refused as no substitution of the wild type it scores."""
+    # (a complex, chains joined by ':': every residue of every chain, numbered on across them)
+    sequence = _wild_type(sequence).replace(":", "")
+    return [(Mutation(i, wt, aa),) for i, wt in enumerate(sequence) for aa in AMINO_ACIDS if aa != wt]
+
+
+def _wild_type(sequence) -> str:
+    """A wild type as the scorer reads it (residues.normalise, rare letters kept); a complex's
+    chains each so, joined by ':' (an empty chain named, as embed names it)."""
+    from protrans_cli.embed import _normalise_record
     from protrans_cli.residues import normalise
 
-    # (a complex, chains joined by ':': every residue of every chain, numbered on across them)
-    sequence = ("".join(normalise(chain, rare="keep") for chain in sequence.split(":"))
-                if isinstance(sequence, str) and ":" in sequence else normalise(sequence, rare="keep"))
-    return [(Mutation(i, wt, aa),) for i, wt in enumerate(sequence) for aa in AMINO_ACIDS if aa != wt]
+    if isinstance(sequence, str) and ":" in sequence:
+        return _normalise_record(sequence, None, "linker")
+    return normalise(sequence, rare="keep")
 
 
 def has_stop(variant: Variant) -> bool:

@@ -100,6 +100,8 @@ def test_a_rejected_sequence_is_a_library_error_and_still_a_value_error():
     ("ACGT" * 7 + "A", False),                # 29 letters: a peptide may be so
     ("ACGT" * 8 + "M", False),                # one amino acid that is no nucleotide letter
     ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", False),
+    ("ACGT" * 4 + ":" + "ACGT" * 4, True),    # a complex of nucleotide chains (embed/perplexity/variants --chains)
+    ("ACGT" * 4 + ":" + "MKTAYIAKQR", False),
 ])
 def test_looks_nucleotide(seq, expected):
     assert looks_nucleotide(seq) is expected

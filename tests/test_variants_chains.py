@@ -250,3 +250,16 @@ def test_resume_of_a_complex_reads_the_units_it_kept(run_cli, tmp_path, tiny, mo
     r = run_cli(*args, "--resume")
     assert r.exit_code == 0, r.stderr
     assert not computed and out.read_text() == first and not partial.exists()
+
+
+def test_a_complex_with_an_empty_chain_is_named_by_the_library_too():
+    """parse_variant and all_singles read a complex's chains as embed does: an empty chain is named
+    (they said "empty sequence")."""
+    from protrans_cli.residues import SequenceRejected
+    from protrans_cli.variants import all_singles, parse_variant
+
+    for call in (lambda: parse_variant("A1G", "AB:"), lambda: all_singles(":AB")):
+        with pytest.raises(SequenceRejected, match=r"chain \d of 2 is empty"):
+            call()
+    assert parse_variant("A3G", "mk:ab") == parse_variant("A3G", "MK:AB")
+    assert len(all_singles("MK:AC")) == 4 * 19
