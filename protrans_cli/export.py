@@ -1163,8 +1163,15 @@ def info(path, *, residues: bool = False) -> dict:
     an unfinished run's; with `residues`, the residues (read from every protein's length)."""
     from protrans_cli.io.h5 import EmbeddingsReader
 
-    expect_path(path, "info: path", " (one file)", "; call info for each file")
+    expect_path(path, "info: path", " (one file or directory)", "; call info for each file")
     path = str(path)
+    if os.path.isdir(path):  # a head, model, train run or checkpoint directory
+        from protrans_cli.dir_info import directory_info
+
+        if residues:
+            raise UsageError(f"{path}: {option('--residues', 'residues=True')} counts an embeddings file's residues; "
+                             "this is a directory")
+        return directory_info(path)
     facts: dict = {"file": path}
     try:
         facts["bytes"] = os.path.getsize(path)
@@ -1382,6 +1389,10 @@ def _size(count: int) -> str:
 
 def info_lines(facts: dict) -> list[str]:
     """`info`'s facts as aligned lines for people."""
+    if "directory" in facts:
+        from protrans_cli.dir_info import directory_lines
+
+        return directory_lines(facts)
     lines: list[tuple[str, str]] = [("file", facts["file"] + (f" ({_size(facts['bytes'])})" if "bytes" in facts else ""))]
     lines.append(("status", facts["status"]))
     lines.append(("written by", facts.get("written_by", "")))

@@ -48,7 +48,7 @@ COMMANDS = {
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),
     "project": ("protrans_cli.cli.project", "A map of embedding space (PCA, t-SNE, UMAP) as a table, picture and page."),
     "export": ("protrans_cli.cli.export", "An embeddings file as a TSV/CSV table, NumPy arrays (.npz) or esm-extract .pt files."),
-    "info": ("protrans_cli.cli.info", "What an embeddings, contact-map or probabilities file holds (model, proteins, layers, ...)."),
+    "info": ("protrans_cli.cli.info", "What an embeddings, contact-map or probabilities file, or a head, model or run folder holds."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, biotrainer, DeepLoc, CSV) to FASTA for embed."),
     "from-structure": ("protrans_cli.cli.from_structure", "PDB/mmCIF files to FASTA for embed (a letter a modelled residue), with a row-to-residue map."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),

@@ -1,6 +1,7 @@
-"""`protrans info`: what an embeddings or contact-map file holds.
+"""`protrans info`: what an embeddings or contact-map file holds, or a head, model or train run folder.
 
     protrans info proteome.h5
+    protrans info heads/ss3 runs/bert_small
     protrans info proteome.h5 --json | jq .proteins
     protrans info proteome.h5 --ids > embedded.txt
 """
@@ -27,9 +28,16 @@ def command(files, as_json, list_ids, residues):
     Reads attributes and names only (one dataset opened), so it answers at once for a file of
     millions of proteins; --residues reads every protein's length.
 
+    A folder: a head (fit, finetune, import-head: task, classes, architecture, the embeddings
+    it was trained on, its validation and test figures), a model directory (family,
+    architecture, parameters, sizes, vocabulary, positions, stored dtype: read from config.json
+    and the safetensors headers, no weights loaded, nothing unpickled), a train run (its model,
+    last logged step and loss, tokens, checkpoints) or one of its checkpoints.
+
     \b
     protrans info proteome.h5
     protrans info out/*.h5 --json
+    protrans info heads/ss3 runs/bert_small/checkpoints/step_00001000
     protrans info proteome.h5 --ids | grep -c .
     """
     from protrans_cli.errors import UsageError
@@ -40,7 +48,14 @@ def command(files, as_json, list_ids, residues):
         raise UsageError(HDF5_FROM_STDIN)
     if list_ids and (as_json or residues):
         raise UsageError("--ids lists ids alone: leave out --json and --residues")
+    import os
     import sys
+
+    if list_ids or residues:
+        for path in files:
+            if os.path.isdir(path):
+                flag = "--ids" if list_ids else "--residues"
+                raise UsageError(f"{path}: {flag} reads an embeddings file; this is a directory (leave out {flag})")
 
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.export import file_ids, info, info_lines

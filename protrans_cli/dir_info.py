@@ -1,0 +1,442 @@
+"""`protrans info DIR`: what a folder protrans wrote (or downloaded) holds, read without torch.
+
+    from protrans_cli.dir_info import directory_info, directory_lines
+    facts = directory_info("heads/ss3")        # a head: task, classes, architecture, metrics
+    facts = directory_info("runs/bert_small")  # a train run: its model, last step, loss, tokens
+    print("\\n".join(directory_lines(facts)))
+
+Four kinds of folder: a prediction head (`fit`, `finetune`, `import-head`: config.json with a task),
+a model directory (config.json with a model_type: `train`'s final model, `import-model`'s, a
+downloaded checkpoint), a `protrans train` run directory (train_config.json or checkpoints/step_N/,
+with its final model at the root once written) and one of a run's checkpoints (step_N/).
+
+Only JSON is read: config.json, metrics.json, train_config.json, metrics.jsonl, and the JSON header
+of each safetensors file (its first 8 bytes give the header's length; the header gives every
+tensor's dtype and shape), so a 3B model is described without reading its weights. Nothing is
+unpickled: a pytorch_model.bin is named with its size, never loaded, and a checkpoint's
+training_state.pt neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+from protrans_cli.errors import InputError, brief
+
+# The model_types of each model family (protrans_cli.models' FAMILIES, which imports torch;
+# tests/test_dir_info.py checks that the two agree).
+FAMILY_MODEL_TYPES = {
+    "bert": ("bert",), "roberta": ("roberta",), "albert": ("albert",), "electra": ("electra",), "t5": ("t5",),
+    "xlnet": ("xlnet",), "transfo_xl": ("protrans-transfo-xl",), "esm": ("esm",), "esmc": ("protrans_esmc",),
+}
+# safetensors' dtype names as torch names them
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+           "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+           "BOOL": "bool"}
+_MAX_HEADER = 100 * 1024 * 1024  # (safetensors' own limit on a header)
+_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+# (config.json's names for a size, by family: BERT-likes, T5/XLNet/Transformer-XL)
+_SIZES = {"hidden_size": ("hidden_size", "d_model"), "layers": ("num_hidden_layers", "num_layers", "n_layer"),
+          "heads": ("num_attention_heads", "num_heads", "n_head"),
+          "max_positions": ("max_position_embeddings", "n_positions")}
+STATE_FILE = "training_state.pt"  # (training.rundir's names: that module is not imported for them)
+TRAIN_CONFIG = "train_config.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def directory_info(path) -> dict:
+    """The facts of the folder `path` (kind: head, model, run or checkpoint); an InputError naming
+    what info reads for any other folder."""
+    path = Path(path)
+    config = _json(path / "config.json")
+    if isinstance(config, dict) and "task" in config and "hyperparameters" in config:
+        return _head(path, config)
+    step = _STEP_DIR.match(path.name)
+    if step and (path / STATE_FILE).is_file():
+        facts = {"directory": str(path), "kind": "checkpoint", "step": int(step.group(1))}
+        facts.update(_model(path, config if isinstance(config, dict) else {}))
+        facts.update(_run(path, checkpoint=True))
+        return facts
+    if (path / TRAIN_CONFIG).is_file() or _checkpoints(path):
+        facts = {"directory": str(path), "kind": "run"}
+        if isinstance(config, dict) and isinstance(config.get("model_type"), str):
+            facts.update(_model(path, config))
+        else:
+            facts["model"] = "not written yet (the run has not finished: its checkpoints hold the model so far)"
+        facts.update(_run(path))
+        return facts
+    if isinstance(config, dict) and isinstance(config.get("model_type"), str):
+        facts = {"directory": str(path), "kind": "model"}
+        facts.update(_model(path, config))
+        return facts
+    if (path / "head" / "config.json").is_file() and ((path / "finetune.json").is_file() or (path / "model").is_dir()):
+        raise InputError(f"a finetune output: its head is {path / 'head'}"
+                         + (f" and its model {path / 'model'}" if (path / "model").is_dir() else "")
+                         + " (give info either)", path=str(path))
+    raise InputError("not a folder info reads: info describes an embeddings, contact-map or probabilities file, "
+                     "a head directory (fit, finetune, import-head), a model directory (config.json with a "
+                     "model_type) or a train run directory", path=str(path))
+
+
+def _json(path: Path):
+    """The JSON a file holds; None where it is missing or unreadable."""
+    try:
+        if not path.is_file():  # (a FIFO or a link to a device is not read)
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """A run's complete checkpoints (with their training state), oldest first."""
+    root = run / "checkpoints"
+    try:
+        found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    except OSError:
+        return []
+    return sorted((step, p) for step, p in found if (p / STATE_FILE).is_file())
+
+
+# --- a head ---
+
+def _head(path: Path, config: dict) -> dict:
+    facts: dict = {"directory": str(path), "kind": "head"}
+    task = config.get("task") if isinstance(config.get("task"), dict) else {}
+    facts["task"] = task.get("name")
+    facts["predicts"] = config.get("kind", task.get("kind"))
+    outputs = {}
+    for output in task.get("outputs", []) if isinstance(task.get("outputs"), list) else []:
+        if isinstance(output, dict):
+            outputs[str(output.get("name"))] = ("value" if output.get("kind") == "value"
+                                                else list(output.get("classes") or []))
+    facts["outputs"] = outputs
+    facts["architecture"] = config.get("architecture") or ("cnn" if facts["predicts"] == "per_residue" else "fnn")
+    for key in ("input_dim", "layer", "ensemble", "format_version", "protrans_version"):
+        if key in config:
+            facts[key] = config[key]
+    training = config.get("training") if isinstance(config.get("training"), dict) else {}
+    if training.get("folds"):
+        facts["folds"] = len(training["folds"])
+    embedding = config.get("embedding") if isinstance(config.get("embedding"), dict) else {}
+    facts["embedding"] = {k: embedding[k] for k in ("model", "family", "revision", "commit", "layers", "pooling",
+                                                     "embedding_dim", "storage_dtype", "chains", "linker_length",
+                                                     "long_policy", "max_length", "finetuned_from")
+                          if embedding.get(k) not in (None, "")}
+    for key in ("embeddings", "labels", "proteins", "validation"):
+        if training.get(key) is not None:
+            facts.setdefault("training", {})[key] = training[key]
+    weights = path / "weights.safetensors"
+    facts["weights"] = _bytes(weights) if weights.is_file() else None
+    metrics = _json(path / "metrics.json")
+    if isinstance(metrics, dict):
+        facts["metrics"] = {name: {output: _headline(m) for output, m in per_set.items() if isinstance(m, dict)}
+                            for name, per_set in metrics.items() if isinstance(per_set, dict)}
+    return facts
+
+
+def _headline(m: dict) -> dict:
+    """An output's headline numbers of a metrics.json set."""
+    keys = ("metric", m.get("metric"), "ci95", "mcc", "spearman", "pearson", "n", "n_proteins")
+    return {k: m[k] for k in dict.fromkeys(keys) if isinstance(k, str) and k in m}
+
+
+# --- a model ---
+
+def _model(path: Path, config: dict) -> dict:
+    facts: dict = {}
+    model_type = config.get("model_type")
+    facts["model_type"] = model_type
+    facts["family"] = family_of(config)
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures:
+        facts["architecture"] = ", ".join(map(str, architectures))
+    for name, keys in _SIZES.items():
+        for key in keys:
+            if isinstance(config.get(key), int) and not isinstance(config.get(key), bool):
+                facts[name] = config[key]
+                break
+    if isinstance(config.get("vocab_size"), int):
+        facts["vocab_size"] = config["vocab_size"]
+    dtype = config.get("dtype", config.get("torch_dtype"))
+    if isinstance(dtype, str):
+        facts["config_dtype"] = dtype
+    facts.update(_weights(path))
+    generator = path / "generator"
+    if isinstance(_json(generator / "config.json"), dict) and (generator / "model.safetensors").is_file():
+        facts["generator_parameters"] = _weights(generator).get("parameters", 0)
+    return facts
+
+
+def family_of(config: dict) -> str | None:
+    """The family a model's config.json belongs to (by model_type, then architectures), as
+    protrans_cli.models.family_for_config tells it; None for a model of no family."""
+    for name, types in FAMILY_MODEL_TYPES.items():
+        if config.get("model_type") in types:
+            return name
+    architectures = config.get("architectures")
+    for arch in architectures if isinstance(architectures, list) else []:
+        if not isinstance(arch, str):
+            continue
+        base = re.sub(r"(for[a-z]+|encodermodel|lmheadmodel|pretrainedmodel|model)$", "", arch.lower())
+        for name, types in FAMILY_MODEL_TYPES.items():
+            if any(base == t.replace("-", "").replace("_", "") for t in types):
+                return name
+    return None
+
+
+def _weights(path: Path) -> dict:
+    """Parameters and stored dtypes from the safetensors headers (one file, or the shards an
+    index names); a pickled checkpoint's name and size alone."""
+    index = _json(path / "model.safetensors.index.json")
+    if isinstance(index, dict) and isinstance(index.get("weight_map"), dict):
+        files = sorted({str(f) for f in index["weight_map"].values()})
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        pickles = [name for name in _PICKLES if (path / name).is_file()]
+        if pickles:
+            shards = sorted(p.name for p in path.glob("pytorch_model-*.bin"))
+            total = sum(_bytes(path / n) for n in (pickles + shards) if n.endswith((".bin", ".pt", ".pth")))
+            return {"weights": f"a pickle ({', '.join(pickles[:1] + shards[:2])}{', ...' if len(shards) > 2 else ''}; "
+                               "not read: protrans never unpickles)", "weights_bytes": total}
+        return {"weights": "none (no model.safetensors or pytorch_model.bin)"}
+    parameters, by_dtype, total = 0, {}, 0
+    for name in files:
+        header = safetensors_header(path / name)
+        total += _bytes(path / name)
+        for key, entry in header.items():
+            if key == "__metadata__" or not isinstance(entry, dict):
+                continue
+            count = math.prod(entry.get("shape") or [])
+            parameters += count
+            dtype = _DTYPES.get(entry.get("dtype"), str(entry.get("dtype")).lower())
+            by_dtype[dtype] = by_dtype.get(dtype, 0) + count
+    return {"weights": ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else ""),
+            "weights_bytes": total, "parameters": parameters,
+            "stored_dtype": {k: v for k, v in sorted(by_dtype.items(), key=lambda kv: -kv[1])}}
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file: {tensor name: {dtype, shape, data_offsets}} and
+    `__metadata__` (8 bytes of little-endian length, then the header; no tensor is read)."""
+    try:
+        with open(path, "rb") as stream:
+            if not os.path.isfile(path):
+                raise OSError("not a regular file")
+            size = os.fstat(stream.fileno()).st_size
+            head = stream.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(_MAX_HEADER, size - 8):
+                raise ValueError(f"its header claims {length:,} bytes of a {size:,}-byte file")
+            header = json.loads(stream.read(length).decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError("is missing (a model directory's index names it)", path=str(path)) from None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"not a readable safetensors file ({brief(exc)})", path=str(path)) from None
+    if not isinstance(header, dict):
+        raise InputError("not a readable safetensors file (its header is not a JSON object)", path=str(path))
+    return header
+
+
+def _bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# --- a train run ---
+
+def _run(path: Path, *, checkpoint: bool = False) -> dict:
+    facts: dict = {}
+    cfg = _json(path / TRAIN_CONFIG)
+    if isinstance(cfg, dict):
+        facts["training"] = {k: cfg[k] for k in ("family", "preset", "objective", "num_steps", "max_length",
+                                                  "global_batch_size", "lr") if cfg.get(k) is not None}
+    if checkpoint:
+        return facts
+    checkpoints = _checkpoints(path)
+    if checkpoints:
+        facts["checkpoints"] = [step for step, _ in checkpoints]
+    rows = _metrics_rows(path / "metrics.jsonl")
+    if rows:
+        last = rows[-1]
+        facts["last_logged"] = {k: last[k] for k in ("step", "epoch", "loss", "eval_loss", "lr", "accuracy")
+                                if last.get(k) is not None and not (isinstance(last[k], float) and math.isnan(last[k]))}
+        facts["tokens"] = sum(int(r["tokens"]) for r in rows if isinstance(r.get("tokens"), (int, float)))
+    complete = _json(path / "complete.json")
+    best = _json(path / "best_checkpoint.json")
+    if isinstance(complete, dict) and "step" in complete:
+        facts["status"] = f"complete (step {complete['step']})"
+    else:
+        facts["status"] = "not complete (stopped, running or failed: train --resume continues it)"
+    if isinstance(best, dict) and "step" in best:
+        facts["best"] = {k: best[k] for k in ("step", "eval_loss", "checkpoint") if k in best}
+    return facts
+
+
+def _metrics_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's lines (a damaged line left out: info describes, the run reads it strictly)."""
+    try:
+        if not path.is_file():
+            return []
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+# --- as lines ---
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+def _number(n: int) -> str:
+    """A parameter count as people say it (84,862; 1.2M; 2.8B)."""
+    if n < 100_000:
+        return f"{n:,}"
+    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+def directory_lines(facts: dict) -> list[str]:
+    """directory_info's facts as aligned lines for people."""
+    kind = facts["kind"]
+    names = {"head": "prediction head (fit, finetune or import-head)", "model": "model directory (Hugging Face)",
+             "run": "protrans train run", "checkpoint": f"train run checkpoint (step {facts.get('step')})"}
+    lines: list[tuple[str, str]] = [("directory", facts["directory"]), ("kind", names[kind])]
+    if kind == "head":
+        lines += _head_lines(facts)
+    else:
+        if kind == "run":
+            lines.append(("status", facts["status"]))
+        lines += _model_lines(facts)
+        lines += _run_lines(facts)
+    width = max(len(k) for k, _ in lines)
+    return [f"{k.ljust(width)}  {v}" for k, v in lines]
+
+
+def _head_lines(facts: dict) -> list[tuple[str, str]]:
+    lines = [("task", f"{facts.get('task')} ({str(facts.get('predicts')).replace('_', '-')})")]
+    for name, classes in facts.get("outputs", {}).items():
+        lines.append((f"output {name}", "a value" if classes == "value" else
+                      f"{len(classes)} classes: {' '.join(map(str, classes[:20]))}{' ...' if len(classes) > 20 else ''}"))
+    arch = f"{facts['architecture']}, input dimension {facts.get('input_dim')}"
+    members = facts.get("ensemble")
+    if members:
+        arch += f", {members} member(s)" + (f" ({facts['folds']} folds)" if facts.get("folds") else "")
+    lines.append(("architecture", arch))
+    emb = facts.get("embedding", {})
+    if emb:
+        what = str(emb.get("model", "a model not recorded"))
+        extra = [f"{k} {emb[k]}" for k in ("family", "pooling", "storage_dtype") if emb.get(k)]
+        lines.append(("embeddings of", what + (f" ({', '.join(extra)})" if extra else "")))
+    lines.append(("layer", str(facts.get("layer"))))
+    if emb.get("chains"):
+        lines.append(("complexes", str(emb["chains"]) + (f" ({emb['linker_length']} glycines between chains)"
+                                                          if emb["chains"] == "linker" and "linker_length" in emb else "")))
+    training = facts.get("training", {})
+    if training:
+        lines.append(("trained on", f"{training.get('embeddings')} with {training.get('labels')}"
+                      + (f", {training['proteins']:,} proteins" if isinstance(training.get("proteins"), int) else "")))
+        if training.get("validation"):
+            lines.append(("validation", str(training["validation"])))
+    for name, outputs in facts.get("metrics", {}).items():
+        for output, m in outputs.items():
+            metric = m.get("metric")
+            value = m.get(metric) if metric else None
+            shown = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} n/a"
+            ci = m.get("ci95")
+            if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+                shown += f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+            if isinstance(m.get("mcc"), (int, float)):
+                shown += f", MCC {m['mcc']:.3f}"
+            count = m.get("n_proteins")
+            lines.append((f"{name} {output}", shown + (f", {count:,} proteins" if isinstance(count, int) else "")))
+    if facts.get("weights") is not None:
+        lines.append(("weights", f"weights.safetensors ({_size(facts['weights'])})"))
+    return lines
+
+
+def _model_lines(facts: dict) -> list[tuple[str, str]]:
+    if "model_type" not in facts:
+        return [("model", str(facts.get("model", "")))]
+    lines = [("family", f"{facts.get('family') or 'none of protrans (it cannot embed with it)'} "
+                        f"(model_type {facts['model_type']})")]
+    if facts.get("architecture"):
+        lines.append(("architecture", facts["architecture"]))
+    if "parameters" in facts:
+        count = facts["parameters"]
+        lines.append(("parameters", _number(count) + (f" ({count:,})" if count >= 100_000 else "")))
+        if "generator_parameters" in facts:
+            lines.append(("generator", f"{_number(facts['generator_parameters'])} parameters (generator/, "
+                                       "ELECTRA's, not counted above)"))
+    sizes = [f"{facts[k]} {label}" for k, label in (("layers", "layers"), ("hidden_size", "hidden"),
+                                                     ("heads", "heads")) if k in facts]
+    if sizes:
+        lines.append(("size", ", ".join(sizes)))
+    if "vocab_size" in facts:
+        lines.append(("vocabulary", f"{facts['vocab_size']:,} tokens"))
+    lengths = []
+    if "max_positions" in facts:
+        lengths.append(f"{facts['max_positions']:,} positions")
+    trained = facts.get("training", {}).get("max_length")
+    if trained:
+        lengths.append(f"trained at {trained:,} tokens a sequence")
+    if lengths:
+        lines.append(("length", ", ".join(lengths)))
+    if facts.get("stored_dtype"):
+        lines.append(("dtype", "stored as " + ", ".join(facts["stored_dtype"])
+                      + (f" (config says {facts['config_dtype']})" if facts.get("config_dtype") else "")))
+    elif facts.get("config_dtype"):
+        lines.append(("dtype", f"{facts['config_dtype']} (config)"))
+    weights = str(facts.get("weights"))
+    if facts.get("weights_bytes"):
+        weights += f" ({_size(facts['weights_bytes'])})"
+    lines.append(("weights", weights))
+    return lines
+
+
+def _run_lines(facts: dict) -> list[tuple[str, str]]:
+    lines = []
+    training = facts.get("training", {})
+    if training:
+        shown = [f"{k.replace('_', ' ')} {training[k]}" for k in ("family", "preset", "objective", "num_steps",
+                                                                 "global_batch_size", "lr") if k in training]
+        lines.append(("trained with", ", ".join(shown)))
+    if facts.get("last_logged"):
+        last = facts["last_logged"]
+        shown = [f"step {last['step']:,}" if isinstance(last.get("step"), int) else f"step {last.get('step')}"]
+        for key in ("loss", "eval_loss", "accuracy"):
+            if isinstance(last.get(key), (int, float)):
+                shown.append(f"{key.replace('_', ' ')} {last[key]:.4f}")
+        lines.append(("last logged", ", ".join(shown)))
+    if "tokens" in facts:
+        lines.append(("tokens", f"{facts['tokens']:,} trained on (metrics.jsonl)"))
+    if facts.get("checkpoints"):
+        steps = facts["checkpoints"]
+        lines.append(("checkpoints", f"{len(steps)}: steps " + ", ".join(f"{s:,}" for s in steps[-5:])
+                      + (" (the last 5)" if len(steps) > 5 else "")))
+    if facts.get("best"):
+        lines.append(("best", f"step {facts['best'].get('step')}, eval loss {facts['best'].get('eval_loss')}"))
+    return lines
