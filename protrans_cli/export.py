@@ -1160,7 +1160,8 @@ def _running_partial(path: str) -> dict | None:
 def info(path, *, residues: bool = False) -> dict:
     """What the embeddings (or contact maps) file `path` holds: layout, kinds, proteins per kind,
     dimension, stored dtype, the file attributes embed writes, failed proteins, whether it is
-    an unfinished run's; with `residues`, the residues (read from every protein's length)."""
+    an unfinished run's; with `residues`, the residues (read from every protein's length). A
+    directory: a head's, a model's, a train run's or a checkpoint's facts (dir_info.directory_info)."""
     from protrans_cli.io.h5 import EmbeddingsReader
 
     expect_path(path, "info: path", " (one file or directory)", "; call info for each file")

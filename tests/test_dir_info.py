@@ -1,0 +1,246 @@
+"""`protrans info DIR`: a head, a model directory, a train run and one of its checkpoints described
+from their JSON and safetensors headers (no torch, nothing unpickled); any other folder refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import _Entry, heavy_imports_of, save_tiny_model
+
+TRAIN = Path(__file__).parent / "data" / "train"
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A per-protein head of 4-d inputs, two members, fitted in a second."""
+    from protrans_cli.heads.fit import FitConfig, fit
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    root = tmp_path_factory.mktemp("head")
+    rng = np.random.default_rng(0)
+    emb, labels = root / "train.h5", root / "train.csv"
+    with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
+        for i in range(20):
+            w.write(f"p{i}", f"p{i}", "MKV", per_protein=rng.normal(size=4) + (i % 2))
+    labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[i % 2]}\n" for i in range(20)))
+    fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=50, ensemble=2), emb, labels, root / "head")
+    return root / "head"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step `protrans train` run with a checkpoint at each step."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    res = CliRunner().invoke(_Entry("protrans"), ["train", "--corpus", str(TRAIN / "learnable.txt"), "--max-length", "32",
+                                                  "--global-batch-size", "4", "--micro-batch-size", "4", "--save-every",
+                                                  "1", "-j", "1", "--num-steps", "2", "-o", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _info(run_cli, *args) -> dict:
+    res = run_cli("info", *args, "--json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def _reference_parameters(directory: Path) -> tuple[int, dict]:
+    """Parameters and their count per dtype by safetensors' own reader (no header parsing of ours)."""
+    from safetensors import safe_open
+
+    total, by_dtype = 0, {}
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            total += tensor.numel()
+            name = str(tensor.dtype).removeprefix("torch.")
+            by_dtype[name] = by_dtype.get(name, 0) + tensor.numel()
+    return total, by_dtype
+
+
+def test_family_model_types_are_the_registry_s():
+    from protrans_cli.dir_info import FAMILY_MODEL_TYPES
+    from protrans_cli.models import FAMILIES
+
+    assert FAMILY_MODEL_TYPES == {name: tuple(f.model_types) for name, f in FAMILIES.items()}
+
+
+def test_a_head_directory(run_cli, head):
+    config = json.loads((head / "config.json").read_text())
+    facts = _info(run_cli, head)
+    assert facts["kind"] == "head" and facts["task"] == "protein" and facts["predicts"] == "per_protein"
+    assert facts["outputs"] == {"label": ["A", "B"]}
+    assert facts["architecture"] == "fnn" and facts["input_dim"] == 4 and facts["ensemble"] == 2
+    assert facts["layer"] == config["layer"]
+    assert facts["training"]["proteins"] == config["training"]["proteins"]
+    metrics = json.loads((head / "metrics.json").read_text())
+    assert facts["metrics"]["valid"]["label"]["accuracy"] == metrics["valid"]["label"]["accuracy"]
+    assert facts["weights"] == (head / "weights.safetensors").stat().st_size
+    text = run_cli("info", head).stdout
+    assert "output label   2 classes: A B\n" in text
+    assert "architecture   fnn, input dimension 4, 2 member(s)\n" in text
+    assert f"valid label    accuracy {metrics['valid']['label']['accuracy']:.4f}" in text
+
+
+def test_a_head_records_the_embeddings_it_was_trained_on(run_cli, head, tmp_path):
+    import shutil
+
+    copy = tmp_path / "head"
+    shutil.copytree(head, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["embedding"].update(model="Rostlab/prot_t5_xl_half_uniref50-enc", family="t5", pooling="mean",
+                               chains="linker", linker_length=25)
+    (copy / "config.json").write_text(json.dumps(config))
+    facts = _info(run_cli, copy)
+    assert facts["embedding"]["model"] == "Rostlab/prot_t5_xl_half_uniref50-enc"
+    assert facts["embedding"]["chains"] == "linker"
+    text = run_cli("info", copy).stdout
+    assert "embeddings of  Rostlab/prot_t5_xl_half_uniref50-enc (family t5, pooling mean" in text
+    assert "complexes      linker (25 glycines between chains)\n" in text
+
+
+@pytest.mark.parametrize("family", ["bert", "t5", "xlnet", "transfo_xl", "esm", "esmc", "electra", "albert", "roberta"])
+def test_a_model_directory_of_each_family(run_cli, tmp_path_factory, family):
+    directory = save_tiny_model(tmp_path_factory, family)
+    config = json.loads((directory / "config.json").read_text())
+    facts = _info(run_cli, directory)
+    parameters, by_dtype = _reference_parameters(directory)
+    assert facts["kind"] == "model" and facts["family"] == family and facts["model_type"] == config["model_type"]
+    assert facts["architecture"] == config["architectures"][0]
+    assert facts["parameters"] == parameters and facts["stored_dtype"] == by_dtype
+    assert (facts["hidden_size"], facts["layers"], facts["heads"]) == (32, 2, 4)
+    assert facts["vocab_size"] == config["vocab_size"]
+    assert facts["weights_bytes"] == (directory / "model.safetensors").stat().st_size
+    if family == "electra":
+        assert facts["generator_parameters"] == _reference_parameters(directory / "generator")[0]
+
+
+def test_parameters_agree_with_transformers(run_cli, tmp_path_factory):
+    """The count from the safetensors header is the loaded model's (a plain transformers model)."""
+    from transformers import AutoModelForMaskedLM
+
+    directory = save_tiny_model(tmp_path_factory, "bert")
+    model = AutoModelForMaskedLM.from_pretrained(directory)
+    assert _info(run_cli, directory)["parameters"] == model.num_parameters()
+
+
+def test_a_sharded_model_counts_every_shard(run_cli, tmp_path_factory):
+    """model.safetensors.index.json: the parameters of all the shards it names, each once."""
+    from safetensors.torch import load_file, save_file
+
+    directory = save_tiny_model(tmp_path_factory, "esm")
+    whole = load_file(directory / "model.safetensors")
+    (directory / "model.safetensors").unlink()
+    keys = sorted(whole)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: whole[k].half() for k in names}, str(directory / name))
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}))
+    facts = _info(run_cli, directory)
+    assert facts["parameters"] == sum(t.numel() for t in whole.values())
+    assert facts["stored_dtype"] == {"float16": facts["parameters"]}
+    assert facts["weights"] == ", ".join(shards)
+
+
+def test_a_3b_model_is_described_from_its_header_alone(run_cli, tmp_path):
+    """A sparse file holding a header of 3B bfloat16 parameters and no data: only the header is read."""
+    directory = tmp_path / "big"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5EncoderModel"],
+                                                       "d_model": 2560, "num_layers": 36, "num_heads": 32,
+                                                       "vocab_size": 128, "torch_dtype": "bfloat16"}))
+    header, offset, total = {"__metadata__": {"format": "pt"}}, 0, 0
+    for i in range(500):
+        shape = [2560, 2344]
+        size = 2 * math.prod(shape)
+        header[f"encoder.block.{i}.weight"] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+        total += math.prod(shape)
+    raw = json.dumps(header).encode()
+    with open(directory / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    facts = _info(run_cli, directory)
+    assert facts["parameters"] == total == 3_000_320_000 and facts["stored_dtype"] == {"bfloat16": total}
+    assert facts["family"] == "t5" and facts["layers"] == 36
+    assert "parameters    3.00B (3,000,320,000)\n" in run_cli("info", directory).stdout
+
+
+def test_a_damaged_safetensors_header_is_one_line(run_cli, tmp_path_factory):
+    directory = save_tiny_model(tmp_path_factory, "esm")
+    (directory / "model.safetensors").write_bytes(struct.pack("<Q", 10 ** 12) + b"{}")
+    res = run_cli("info", directory)
+    assert res.exit_code == 1
+    assert res.stderr.count("\n") == 1 and "model.safetensors: not a readable safetensors file" in res.stderr
+
+
+def test_a_pickled_checkpoint_is_named_never_loaded(run_cli, tmp_path, monkeypatch):
+    import torch
+
+    def refused(*_, **__):
+        raise AssertionError("info unpickled a checkpoint")
+
+    monkeypatch.setattr(torch, "load", refused)
+    directory = tmp_path / "old"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"],
+                                                       "hidden_size": 1024, "num_hidden_layers": 30}))
+    (directory / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle" * 100)
+    facts = _info(run_cli, directory)
+    assert "a pickle (pytorch_model.bin; not read" in facts["weights"] and facts["weights_bytes"] == 2100
+    assert "parameters" not in facts
+    assert "weights       a pickle (pytorch_model.bin; not read" in run_cli("info", directory).stdout
+
+
+def test_a_train_run_and_its_checkpoint(run_cli, run):
+    facts = _info(run_cli, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert facts["kind"] == "run" and facts["family"] == "bert" and facts["status"] == "complete (step 2)"
+    assert facts["checkpoints"] == [1, 2]
+    assert facts["last_logged"]["step"] == 2 and facts["last_logged"]["loss"] == rows[-1]["loss"]
+    assert facts["tokens"] == sum(r["tokens"] for r in rows)
+    assert facts["training"]["max_length"] == 32 and facts["training"]["num_steps"] == 2
+    assert facts["parameters"] == _reference_parameters(run)[0]
+    text = run_cli("info", run).stdout
+    assert "last logged   step 2, loss " in text and "trained at 32 tokens a sequence" in text
+    step = run / "checkpoints" / "step_00000001"
+    facts = _info(run_cli, step)
+    assert facts["kind"] == "checkpoint" and facts["step"] == 1 and facts["parameters"] == _reference_parameters(step)[0]
+
+
+def test_an_unfinished_run_has_no_model_yet(run_cli, run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for name in ("config.json", "model.safetensors", "complete.json"):
+        (copy / name).unlink()
+    facts = _info(run_cli, copy)
+    assert facts["kind"] == "run" and facts["status"].startswith("not complete") and "parameters" not in facts
+    assert "model         not written yet" in run_cli("info", copy).stdout
+
+
+def test_another_folder_is_refused_in_one_line(run_cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    res = run_cli("info", tmp_path)
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "not a folder info reads: info describes an embeddings" in res.stderr
+    for flag in ("--ids", "--residues"):
+        res = run_cli("info", tmp_path, flag)
+        assert res.exit_code == 2 and f"{flag} reads an embeddings file; this is a directory" in res.stderr
+
+
+def test_info_of_a_model_and_a_head_imports_no_torch(tmp_path_factory, head):
+    directory = save_tiny_model(tmp_path_factory, "bert")
+    out = heavy_imports_of([["info", str(directory)], ["info", str(head), "--json"]],
+                           ("torch", "transformers", "protrans_cli.models", "safetensors"))
+    assert out.returncode == 0, out.stderr
