@@ -142,7 +142,7 @@ def _head(path: Path, config: dict) -> dict:
 
 def _headline(m: dict) -> dict:
     """An output's headline numbers of a metrics.json set."""
-    keys = ("metric", m.get("metric"), "ci95", "mcc", "spearman", "pearson", "n", "n_proteins")
+    keys = ("metric", "kind", "accuracy", "ci95", "mcc", "spearman", "pearson", "n", "n_proteins")
     return {k: m[k] for k in dict.fromkeys(keys) if isinstance(k, str) and k in m}
 
 
@@ -364,7 +364,8 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
     for name, outputs in facts.get("metrics", {}).items():
         for output, m in outputs.items():
             metric = m.get("metric")
-            value = m.get(metric) if metric else None
+            # (heads.metrics.headline's number: accuracy under Q3, Q10, ...; Spearman's rho of a value)
+            value = m.get("spearman") if m.get("kind") == "value" else m.get("accuracy")
             shown = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} n/a"
             ci = m.get("ci95")
             if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):

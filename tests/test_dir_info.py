@@ -244,3 +244,19 @@ def test_info_of_a_model_and_a_head_imports_no_torch(tmp_path_factory, head):
     out = heavy_imports_of([["info", str(directory)], ["info", str(head), "--json"]],
                            ("torch", "transformers", "protrans_cli.models", "safetensors"))
     assert out.returncode == 0, out.stderr
+
+
+def test_a_head_s_headline_figure_is_its_accuracy_or_spearman_whatever_the_metric_s_name(run_cli, head, tmp_path):
+    """metrics.json keeps Q3's (Q8's, Q10's) figure under `accuracy` and a value output's under
+    `spearman`: info said "Q3 n/a" for every secondary-structure head."""
+    import shutil
+
+    copy = tmp_path / "ss3"
+    shutil.copytree(head, copy)
+    (copy / "metrics.json").write_text(json.dumps({"cb513": {
+        "ss3": {"metric": "Q3", "accuracy": 0.8123, "ci95": [0.8, 0.82], "mcc": 0.71, "n": 900, "n_proteins": 5},
+        "stability": {"kind": "value", "metric": "Spearman", "spearman": 0.456, "ci95": [0.4, 0.5], "pearson": 0.5,
+                      "n": 5, "n_proteins": 5}}}))
+    text = run_cli("info", copy).stdout
+    assert "cb513 ss3        Q3 0.8123 (95% CI 0.8000-0.8200), MCC 0.710, 5 proteins\n" in text
+    assert "cb513 stability  Spearman 0.4560 (95% CI 0.4000-0.5000), 5 proteins\n" in text
