@@ -41,6 +41,11 @@ over its whole vocabulary, whatever the sampling settings):
                values at those positions)
 
     summary = run_generate("designs.fa", GenerateOptions(model="runs/txl", num_sequences=100, top_p=0.95))
+    summary.sequences, summary.mean_length, summary.mean_log_prob
+
+Each batch's records are written as it ends; with `-o FILE` the finished batches are also kept in
+FILE.partial/ until FILE is written, so that `resume=True` (`--resume`) goes on after an
+interruption to the bytes an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class GenerateOptions:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
+    resume: bool = False                 # -o FILE: go on with FILE.partial/, what an interrupted run kept
 
     def validate(self) -> None:
         """UsageError for a setting that cannot be; `prompt` and `template` upper-cased."""
@@ -125,6 +131,8 @@ class GenerateOptions:
         if not isinstance(self.prefix, str) or not self.prefix or any(c.isspace() for c in self.prefix):
             raise UsageError(f"{option('--id-prefix', 'prefix')} must be a word without spaces, got "
                              f"{self.prefix!r:.40}")
+        if not isinstance(self.resume, bool):
+            raise UsageError(f"resume is True or False, got {self.resume!r:.40}")
         check_device(self.device)
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         if self.threads is not None:
@@ -458,23 +466,185 @@ def sample_template(sampler: Sampler, indices: list[int]) -> list[Generated]:
 
 # -- the command ------------------------------------------------------------------------------------
 
-def run_generate(output="-", options: GenerateOptions | None = None) -> list[Generated]:
+# the options a record depends on (besides the model, device and dtype), each with its flag: a
+# --resume under other values is refused naming the first that differs (-n may change: sequence i
+# is the same whatever the count; --batch-size may not, a batched pass rounds by its batch)
+CAUSAL_SETTINGS = (("prompt", "--prompt"), ("max_length", "--max-length"), ("min_length", "--min-length"))
+TEMPLATE_SETTINGS = (("template", "--template"), ("iterations", "--iterations"))
+SETTINGS = (("model", "-m"), ("revision", "--revision"), ("seed", "--seed"), ("temperature", "--temperature"),
+            ("top_k", "--top-k"), ("top_p", "--top-p"), ("allow_rare", "--allow-rare"), ("prefix", "--id-prefix"),
+            ("batch_size", "--batch-size"))
+SETTINGS_FILE = "generate-settings.json"  # (in OUTPUT.partial/: what its units were drawn under)
+
+
+@dataclass
+class GenerateSummary:
+    """What a run wrote: its sequences' count and sums (not the records, unless asked for)."""
+
+    model: str
+    sequences: int = 0
+    residues: int = 0
+    stopped: int = 0                     # causal: ended by the model's end token
+    log_prob_sum: float = 0.0            # the sum of the records' mean_log_prob
+    records: list | None = None          # every Generated, with run_generate(keep_records=True)
+
+    @property
+    def mean_length(self) -> float:
+        return self.residues / self.sequences if self.sequences else float("nan")
+
+    @property
+    def mean_log_prob(self) -> float:
+        return self.log_prob_sum / self.sequences if self.sequences else float("nan")
+
+
+def settings_of(options: GenerateOptions, device: str | None = None, dtype: str | None = None) -> dict:
+    """The options a run's records depend on, for OUTPUT.partial/'s settings file; with the device
+    type and compute dtype once the model is loaded."""
+    kind = TEMPLATE_SETTINGS if options.template is not None else CAUSAL_SETTINGS
+    values = {name: getattr(options, name) for name, _ in (*SETTINGS, *kind)}
+    return values if device is None else {**values, "device": device, "dtype": dtype}
+
+
+def _flag_of(name: str) -> str:
+    named = dict((*SETTINGS, *CAUSAL_SETTINGS, *TEMPLATE_SETTINGS, ("device", "--device"), ("dtype", "--dtype")))
+    return named.get(name, name)
+
+
+def check_kept_settings(folder, settings: dict) -> None:
+    """UsageError where `folder` (OUTPUT.partial/) was drawn under settings other than these,
+    naming the first that differs: its units would not be this run's sequences."""
+    import json
+
+    path = folder / SETTINGS_FILE
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # (none yet, or damaged: the units' names still hold every setting)
+    if not isinstance(kept, dict):
+        return
+    for name, value in settings.items():
+        if name in kept and kept[name] != value:
+            flag = _flag_of(name)
+            raise UsageError(f"{folder} holds sequences drawn with {option(flag, name)} {kept[name]!r}, not {value!r}: "
+                             f"{option('--resume', 'resume=True')} goes on only with the same options (delete it "
+                             "to start afresh)")
+        if name not in kept:
+            raise UsageError(f"{folder} holds sequences drawn without {option(flag := _flag_of(name), name)} "
+                             f"(this run: {value!r}): {option('--resume', 'resume=True')} goes on only with the same "
+                             "options (delete it to start afresh)")
+    extra = sorted(set(kept) - set(settings) - ({"device", "dtype"} if "device" not in settings else set()))
+    if extra:
+        raise UsageError(f"{folder} holds sequences drawn with {option(_flag_of(extra[0]), extra[0])} "
+                         f"{kept[extra[0]]!r} (this run has none): {option('--resume', 'resume=True')} goes on only "
+                         "with the same options (delete it to start afresh)")
+
+
+def _batch_text(records: list[Generated]) -> str:
+    return "".join(f">{r.header()}\n{r.sequence}\n" for r in records)
+
+
+def _parsed(text: str) -> list[Generated]:
+    """A kept batch's FASTA text back as its records (for the summary)."""
+    out = []
+    lines = text.splitlines()
+    for header, sequence in zip(lines[::2], lines[1::2]):
+        ident, *fields = header[1:].split()
+        values = dict(f.split("=", 1) for f in fields)
+        out.append(Generated(ident, sequence, float(values["mean_log_prob"]),
+                             designed=int(values["designed"]) if "designed" in values else None,
+                             end=values.get("end")))
+    return out
+
+
+def _batch_check(indices: list[int], prefix: str):
+    """A kept batch: the ASCII FASTA of exactly its records, ids in order."""
+    import numpy as np
+
+    def check(value) -> bool:
+        if value.dtype != np.uint8 or value.ndim != 1:
+            return False
+        try:
+            lines = value.tobytes().decode("ascii").splitlines()
+        except UnicodeDecodeError:
+            return False
+        return len(lines) == 2 * len(indices) and [line.split(" ", 1)[0] for line in lines[::2]] == \
+            [f">{prefix}{i + 1:04d}" for i in indices]
+
+    return check
+
+
+def run_generate(output="-", options: GenerateOptions | None = None, *,
+                 keep_records: bool = False) -> GenerateSummary:
     """Sample `options.num_sequences` proteins from `options.model` and write them to `output`
     (FASTA; .gz compresses; `-`/None: stdout), atomically, headers as the module docstring says.
-    Returns the records."""
+    Returns the summary (its `records` every Generated with `keep_records`, else None).
+
+    Memory stays at one batch whatever `num_sequences`: each batch's records are written as it
+    ends (into the output's hidden temporary, renamed when all are written; for stdout into a
+    temporary file, copied out at the end). With `-o FILE` each finished batch is also kept in
+    FILE.partial/ (UnitStore) until FILE is written: `options.resume` goes on from them after an
+    interruption, to the same bytes as an uninterrupted run (refused where an option the records
+    depend on differs, `check_kept_settings`)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     from protrans_cli.embedders import resolve_device
-    from protrans_cli.io.files import output_directory
-    from protrans_cli.models import load_model
-    from protrans_cli.threads import torch_threads
+    from protrans_cli.io.files import atomic_output, output_directory, output_lock, special_output, through_link
+    from protrans_cli.variants import UnitStore, _compute, _run_unit, _unit_key, partial_folder
 
     if options is None:
         raise UsageError("run_generate needs GenerateOptions(model=...): the model to sample from")
     expect_options(options, GenerateOptions, "options")
     options.validate()
     to_stdout = output in (None, "-")
+    resume_beside = option("--resume goes on with the work kept beside -o FILE",
+                           "resume=True goes on with the work kept beside the output file")
     if not to_stdout:
         output_directory(output)
+    elif options.resume:
+        raise UsageError(f"{resume_beside}; stdout keeps none")
+    special = special_output(output) if not to_stdout else None
+    if special and options.resume:
+        raise UsageError(f"{resume_beside}; {output} {special}, which keeps none")
+    to_file = not to_stdout and not special
+    target = through_link(Path(output)) if to_file else output
+    busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
+           f"{option('-o', 'output')}"
     device, dtype = resolve_device(options.device, options.dtype)
+    with contextlib.ExitStack() as held:
+        held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
+        if to_file and options.resume and partial_folder(target).is_dir():
+            check_kept_settings(partial_folder(target), settings_of(options))  # (before the model loads)
+        store = UnitStore(partial_folder(target), resume=options.resume, command="generate") if to_file else None
+        with tempfile.TemporaryFile() as spool:
+            with atomic_output(output, "wb", follow_link=True) if not to_stdout else contextlib.nullcontext(spool) \
+                    as stream:
+                summary = _sample_all(options, device, dtype, store, stream, keep_records,
+                                      (_compute, _run_unit, _unit_key))
+            if spool.tell():
+                spool.seek(0)
+                with atomic_output("-") as out:
+                    shutil.copyfileobj(spool, out, 1 << 20)
+        if store is not None:
+            store.remove()
+    if not to_stdout:
+        console.output_complete(str(output))
+    ended = f", {summary.stopped:,} ended by the model" if options.template is None else ""
+    console.info(f"generate: {console.counted(summary.sequences, 'sequence')} from {summary.model}, mean length "
+                 f"{summary.mean_length:.1f}{ended}, mean of mean_log_prob {summary.mean_log_prob:.4f}")
+    return summary
+
+
+def _sample_all(options: GenerateOptions, device, dtype, store, stream, keep_records: bool, unit_tools):
+    """The summary: the model loaded, every batch sampled (or read from `store`'s kept units) and
+    its records written to `stream` as it ends."""
+    import numpy as np
+
+    from protrans_cli.models import load_model
+    from protrans_cli.threads import torch_threads
+
+    _compute, _run_unit, _unit_key = unit_tools
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
         loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
@@ -482,32 +652,69 @@ def run_generate(output="-", options: GenerateOptions | None = None) -> list[Gen
         causal = sampler.scorer.causal or sampler.scorer.permutation
         _check_kind(sampler, causal)
         _warn_past_training(sampler, causal)
+        settings = settings_of(options, sampler.device.type, str(sampler.scorer.compute_dtype))
+        units = None
+        if store is not None:
+            if options.resume:
+                check_kept_settings(store.folder, settings)
+            units = store.for_model(loaded, sampler.scorer)
         total = options.num_sequences
         bar = console.progress(total=total, desc="generating", unit="sequence") if console.progress_wanted() \
             and total > 1 else None
-        records: list[Generated] = []
-        prompt_lp = 0.0
-        try:
-            if causal:
+        summary = GenerateSummary(model=loaded.name, records=[] if keep_records else None)
+        prompt_lp = None
+        # (a unit's name holds every setting its records depend on: one drawn otherwise is never read)
+        digest = _unit_key("generate-settings", "", [f"{k}={v!r}" for k, v in sorted(settings.items())])
+
+        def batch(indices: list[int]):
+            nonlocal prompt_lp
+            if causal and prompt_lp is None:
                 before, _ = causal_layout(sampler)
                 prompt = [sampler.scorer.token_id(c) for c in options.prompt or ""]
                 prompt_lp = prompt_log_prob(sampler, before, prompt)
+            records = sample_causal(sampler, indices, prompt_lp) if causal else sample_template(sampler, indices)
+            return np.frombuffer(_batch_text(records).encode("ascii"), dtype=np.uint8)
+
+        try:
             for first in range(0, total, options.batch_size):
                 indices = list(range(first, min(total, first + options.batch_size)))
-                records += sample_causal(sampler, indices, prompt_lp) if causal else sample_template(sampler, indices)
+                if units is not None:
+                    _settings_file(store, settings)
+                key = _unit_key(f"generate-{digest}", "", [indices[0], indices[-1]])
+                value = _run_unit(units or _compute, key, lambda: batch(indices), bar, len(indices),
+                                  _batch_check(indices, options.prefix))
+                stream.write(value.tobytes())
+                for record in _parsed(value.tobytes().decode("ascii")):
+                    summary.sequences += 1
+                    summary.residues += len(record.sequence)
+                    summary.stopped += record.end == "stop"
+                    summary.log_prob_sum += record.mean_log_prob
+                    if summary.records is not None:
+                        summary.records.append(record)
                 if bar is not None:
                     bar.update(len(indices))
         finally:
             if bar is not None:
                 bar.close()
-    write_fasta(output, records)
-    if not to_stdout:
-        console.output_complete(str(output))
-    mean_length = sum(len(r.sequence) for r in records) / len(records)
-    mean_lp = sum(r.mean_log_prob for r in records) / len(records)
-    console.info(f"generate: {console.counted(len(records), 'sequence')} from {loaded.name}, mean length "
-                 f"{mean_length:.1f}, mean of mean_log_prob {mean_lp:.4f}")
-    return records
+    return summary
+
+
+def _settings_file(store, settings: dict) -> None:
+    """OUTPUT.partial/'s settings file, written with the folder (before its first unit)."""
+    import json
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.files import atomic_output
+
+    path = store.folder / SETTINGS_FILE
+    if path.is_file():
+        return
+    store._create()
+    try:
+        with atomic_output(path) as out:
+            out.write((json.dumps(settings, sort_keys=True) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _check_kind(sampler: Sampler, causal: bool) -> None:
@@ -542,13 +749,4 @@ def _warn_past_training(sampler: Sampler, causal: bool) -> None:
                      "what it writes past that is less reliable")
 
 
-def write_fasta(output, records: list[Generated]) -> None:
-    """The records as FASTA (a line a sequence), written atomically."""
-    from protrans_cli.io.files import atomic_output
-
-    text = "".join(f">{r.header()}\n{r.sequence}\n" for r in records)
-    with atomic_output(output, "wb", follow_link=True) as stream:
-        stream.write(text.encode("ascii"))
-
-
-__all__ = ["GenerateOptions", "Generated", "draw", "filtered_log_probs", "run_generate"]
+__all__ = ["GenerateOptions", "GenerateSummary", "Generated", "draw", "filtered_log_probs", "run_generate"]

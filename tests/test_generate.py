@@ -48,7 +48,7 @@ def _fields(header: str) -> dict:
 def _generate(output="-", **kw):
     from protrans_cli.generate import GenerateOptions, run_generate
 
-    return run_generate(output, GenerateOptions(device="cpu", **kw))
+    return run_generate(output, GenerateOptions(device="cpu", **kw), keep_records=True).records
 
 
 # -- the filter and the draw ---------------------------------------------------------------------
@@ -305,6 +305,83 @@ def test_cli_writes_fasta_atomically_and_gz(run_cli, tmp_path, txl):
         assert int(f["length"]) == len(s) and float(f["mean_log_prob"]) < 0 and f["end"] in ("stop", "max-length")
     r2 = run_cli("generate", "-m", txl, "-n", "3", "--max-length", "20", "--seed", "4")
     assert _records(r2.stdout) == records
+
+
+@pytest.mark.parametrize("kind", ["causal", "template"])
+def test_an_interrupted_run_goes_on_with_resume_to_the_same_bytes(run_cli, tmp_path, txl, esm, monkeypatch, kind):
+    """A Ctrl-C in the third batch: exit 130 naming --resume, no FASTA, two batches kept in
+    OUT.partial/; without --resume the folder is refused, under another seed or top-p too (one
+    line naming it); --resume samples the last two batches only and writes the uninterrupted
+    run's bytes (7 sequences, batches of 2)."""
+    import protrans_cli.generate as generate
+
+    args = ["-m", txl, "--max-length", "30", "--temperature", "1.5", "--top-p", "0.95"] if kind == "causal" else \
+        ["-m", esm, "--template", "MKT____AYIAK__R", "--iterations", "1"]
+    args += ["-n", "7", "--batch-size", "2", "--seed", "5"]
+    whole = tmp_path / "whole.fa"
+    r = run_cli("generate", *args, "-o", whole)
+    assert r.exit_code == 0, r.stderr
+    name = "sample_causal" if kind == "causal" else "sample_template"
+    original, calls = getattr(generate, name), []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3 and interrupt:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(generate, name, counting)
+    out = tmp_path / "o.fa"
+    interrupt = True
+    r = run_cli("generate", *args, "-o", out)
+    assert r.exit_code == 130 and "--resume" in r.stderr and "o.fa.partial" in r.stderr, r.stderr
+    assert not out.exists() and len(list((tmp_path / "o.fa.partial").glob("*.npy"))) == 2
+    interrupt = False
+    r = run_cli("generate", *args, "-o", out)
+    assert r.exit_code == 2 and "--resume goes on with it" in r.stderr
+    for changed, flag in ((["--seed", "6"], "--seed"), (["--batch-size", "3"], "--batch-size")):
+        r = run_cli("generate", *args, *changed, "-o", out, "--resume")
+        assert r.exit_code == 2 and f"with {flag} " in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("generate", *args, "-o", "-", "--resume")
+    assert r.exit_code == 2 and "stdout keeps none" in r.stderr
+    calls.clear()
+    r = run_cli("generate", *args, "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert "2 units of work kept" in r.stderr and len(calls) == 2
+    assert out.read_bytes() == whole.read_bytes()
+    assert not (tmp_path / "o.fa.partial").exists()
+
+
+def test_a_partial_folder_is_kept_to_the_end_and_a_long_run_holds_no_records(tmp_path, txl, monkeypatch):
+    """Each batch reaches the output's temporary as it ends (a failure in the last batch leaves
+    the earlier ones in OUT.partial/, the FASTA unwritten); the summary holds no records unless
+    asked."""
+    import protrans_cli.generate as generate
+    from protrans_cli.generate import GenerateOptions, run_generate
+
+    opts = dict(model=str(txl), num_sequences=5, batch_size=2, max_length=20, device="cpu")
+    summary = run_generate(tmp_path / "a.fa", GenerateOptions(**opts))
+    assert summary.records is None and summary.sequences == 5
+    text = (tmp_path / "a.fa").read_text()
+    assert summary.residues == sum(len(s) for _, s in _records(text))
+    assert summary.mean_log_prob == pytest.approx(
+        sum(float(_fields(h)["mean_log_prob"]) for h, _ in _records(text)) / 5)
+    original, calls = generate.sample_causal, []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return original(*a, **kw)
+
+    monkeypatch.setattr(generate, "sample_causal", failing)
+    with pytest.raises(RuntimeError):
+        run_generate(tmp_path / "b.fa", GenerateOptions(**opts))
+    assert not (tmp_path / "b.fa").exists() and not list(tmp_path.glob(".b.fa*"))
+    assert len(list((tmp_path / "b.fa.partial").glob("*.npy"))) == 2
+    monkeypatch.setattr(generate, "sample_causal", original)
+    run_generate(tmp_path / "b.fa", GenerateOptions(**opts, resume=True))
+    assert (tmp_path / "b.fa").read_bytes() == text.encode()
 
 
 @pytest.mark.parametrize("args, said", [

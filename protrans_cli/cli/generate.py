@@ -49,10 +49,13 @@ from protrans_cli.cli import completion
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
                    "float32 on the CPU. Sampling and log-probabilities are in float32.")
+@click.option("--resume", is_flag=True,
+              help="Go on with the sequences an interrupted run kept in OUTPUT.partial/ (-o FILE only; the same "
+                   "options, -n may grow).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(model, num_sequences, output, prompt, template, max_length, min_length, iterations, temperature,
-            top_k, top_p, allow_rare, seed, batch_size, prefix, revision, device, dtype, threads):
+            top_k, top_p, allow_rare, seed, batch_size, prefix, revision, device, dtype, resume, threads):
     """Sample protein sequences from a language model, as FASTA.
 
     A causal LM (Transformer-XL, XLNet) writes residues left to right from --prompt (or
@@ -71,13 +74,29 @@ def command(model, num_sequences, output, prompt, template, max_length, min_leng
     protrans generate -m runs/my_txl -n 100 --top-p 0.95 -o designs.fa
     protrans generate -m runs/my_txl --prompt MKT --temperature 0.8 > designs.fa
     protrans generate -m esm2_t33_650M_UR50D --template MKTAY____IAKQR -n 20
+    protrans generate -m runs/my_txl -n 100000 -o big.fa --resume   # after a Ctrl-C
     """
+    from protrans_cli.errors import RuntimeFailure
     from protrans_cli.generate import GenerateOptions, run_generate
     from protrans_cli.threads import resolve_threads
+    from protrans_cli.variants import partial_folder
 
     options = GenerateOptions(model=model, num_sequences=num_sequences, prompt=prompt, template=template,
                               max_length=max_length, min_length=min_length, iterations=iterations,
                               temperature=temperature, top_k=top_k, top_p=top_p, allow_rare=allow_rare, seed=seed,
                               batch_size=batch_size, prefix=prefix, revision=revision, device=device, dtype=dtype,
-                              threads=resolve_threads(threads))
-    run_generate(output, options)
+                              resume=resume, threads=resolve_threads(threads))
+    kept = partial_folder(output) if output not in (None, "-") else None
+    try:
+        run_generate(output, options)
+    except KeyboardInterrupt as exc:
+        from protrans_cli.cli import stopped
+
+        raise stopped(exc, f"the sequences drawn are in {kept}; run the same command with --resume to go on"
+                      if kept is not None and kept.exists() else None) from None
+    except RuntimeFailure as exc:
+        # (a FASTA that could not be written, a full disk: the sequences stay kept for --resume)
+        if kept is None or not kept.is_dir() or "cannot write" not in exc.message or "--resume" in exc.message:
+            raise
+        raise RuntimeFailure(f"{exc.message}; the sequences drawn are in {kept}: run the same command with --resume "
+                             "once the problem is solved", path=exc.path, record=exc.record, line=exc.line) from None
