@@ -433,3 +433,79 @@ def test_a_template_longer_than_training_is_warned_about(capsys):
     template = "M__" + "A" * 1030  # (ESM-2's rotary positions: trained on crops of 1024 tokens)
     records = _generate(model=str(ROOT / "tests" / "data" / "esm_reference"), template=template, num_sequences=1)
     assert records[0].sequence[3:] == template[3:] and "more than" in capsys.readouterr().err
+
+
+# -- on a GPU ------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_on_a_gpu_both_ways_sample_and_greedy_is_the_cpus(tmp_path_factory, tmp_path, dtype):
+    """On cuda: a Transformer-XL and a masked LM's template sample well-formed records in bfloat16
+    and float32; greedy (--top-k 1) float32 on cuda writes the CPU's sequences (mean_log_prob to
+    1e-3); the Transformer-XL's memory steps on cuda give the whole-prefix forward's
+    log-probabilities (float32 on the CPU) to 0.1 in bfloat16 (perplexity's GPU tolerance), 1e-3
+    in float32; a run resumed on cuda gives the uninterrupted run's bytes."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from protrans_cli.generate import GenerateOptions, TransfoXLSteps, run_generate
+    from protrans_cli.models import load_model
+
+    txl = save_tiny_model(tmp_path_factory, "transfo_xl")
+    esm = save_tiny_model(tmp_path_factory, "esm")
+    template = "MKT____AYIAK__R"
+    for kw in (dict(model=str(txl), max_length=40, top_p=0.95), dict(model=str(esm), template=template)):
+        records = run_generate(tmp_path / "s.fa", GenerateOptions(num_sequences=6, batch_size=4, device="cuda",
+                                                                  dtype=dtype, **kw), keep_records=True).records
+        assert [r.id for r in records] == [f"gen_{n:04d}" for n in range(1, 7)]
+        for r in records:
+            assert set(r.sequence) <= set(STANDARD) and math.isfinite(r.mean_log_prob) and r.mean_log_prob < 0
+            if "template" in kw:
+                assert all(c == t for c, t in zip(r.sequence, template) if t != "_")
+            else:
+                assert 1 <= len(r.sequence) <= 40
+    if dtype == "float32":
+        for kw in (dict(model=str(txl), max_length=45, min_length=45), dict(model=str(esm), template=template)):
+            got = {}
+            for device in ("cpu", "cuda"):
+                got[device] = _generate(num_sequences=3, top_k=1, **kw) if device == "cpu" else \
+                    run_generate("-", GenerateOptions(num_sequences=3, top_k=1, device="cuda", dtype="float32", **kw),
+                                 keep_records=True).records
+            assert [r.sequence for r in got["cuda"]] == [r.sequence for r in got["cpu"]]
+            for a, b in zip(got["cuda"], got["cpu"]):
+                assert a.mean_log_prob == pytest.approx(b.mean_log_prob, abs=1e-3)
+        # resumed on cuda: the same bytes (the kept batches are this device's)
+        opts = dict(model=str(txl), num_sequences=5, batch_size=2, max_length=30, device="cuda", dtype=dtype)
+        run_generate(tmp_path / "w.fa", GenerateOptions(**opts))
+        import protrans_cli.generate as generate
+
+        original, calls = generate.sample_causal, []
+
+        def failing(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return original(*a, **k)
+
+        generate.sample_causal = failing
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_generate(tmp_path / "r.fa", GenerateOptions(**opts))
+        finally:
+            generate.sample_causal = original
+        run_generate(tmp_path / "r.fa", GenerateOptions(**opts, resume=True))
+        assert (tmp_path / "r.fa").read_bytes() == (tmp_path / "w.fa").read_bytes()
+    # memory steps on cuda against the whole-prefix forward in float32 on the CPU
+    _, plain = _plain_txl(txl)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 24, (3, 50), generator=g)
+    with torch.no_grad():
+        whole = plain(input_ids=ids).logits.float().log_softmax(-1)
+    model = load_model(str(txl), device=torch.device("cuda"), dtype=getattr(torch, dtype), masked_lm=True).model
+    steps = TransfoXLSteps(model)
+    with steps.whole_memory(50):
+        got = [steps.start(ids[:, :5], "cuda")]
+        for t in range(5, 50):
+            got.append(steps.next(ids[:, :t + 1], ids[:, t], "cuda"))
+    got = torch.stack(got, dim=1).float().log_softmax(-1).cpu()
+    tolerance = 0.1 if dtype == "bfloat16" else 1e-3
+    assert torch.allclose(got, whole[:, 4:], atol=tolerance), float((got - whole[:, 4:]).abs().max())
