@@ -165,7 +165,7 @@ step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
 # the GPU tests of what has never run on a GPU (knn's search, contacts and variants in bfloat16; since
-# 2026-12-03; perplexity's tables in bfloat16 and float32 against the CPU's, since 2026-12-07;
+# 2026-12-03; perplexity's tables in bfloat16 and float32 against the CPU's, and generate on cuda, since 2026-12-07;
 # STEPS="tests_new"), contacts' memory against transformers' predict_contacts at ESM-2
 # 650M's shape, and variants against predict.py's strategy at that shape (one residue masked a pass)
 step tests_new 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_knn.py tests/test_contacts.py \

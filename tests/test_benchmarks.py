@@ -27,6 +27,8 @@ CASES = [
     ("contacts_bench.py", "--preset tiny --lengths 30 40 --batch 2 --repeats 1", r"speed ratio[\s\S]*" + RATIO),
     ("variants_bench.py", "--preset tiny --length 40 --sites 2 --mutants 2 --threads 1",
      r"masked-marginals.*" + RATIO),
+    ("generate_bench.py", "--preset tiny --num-sequences 2 --length 20 --threads 1", r"identical sequences: 2/2\s+"
+     r"protrans / naive: " + RATIO),
     ("embed_writer_bench.py", "--num-proteins 20 --dim 8 --repeats 1", r"device / host: " + RATIO),
     ("export_bench.py", "--num-proteins 20 --dim 8 --residues 10 --tmpdir {tmp}", r"per_protein tsv: .*" + RATIO),
     ("h5_bench.py", "--num-proteins 20 --dim 8 --repeats 1 --tmpdir {tmp}", r"merge protrans / dictionary: " + RATIO),
