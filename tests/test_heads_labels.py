@@ -24,7 +24,8 @@ def test_netsurfp_spaced_header_masks_and_ids():
     assert ls.format == "netsurfp"
     first, second = ls.records
     assert first.sequence == "MKVLAAG"
-    assert first.labels == {"ss3": "CEEHHHC", "ss8": "CBEHGIS"}
+    # (disorder 0.0 -> D, 1.0 -> O; cb513_mask 0.0 -> `-`: the disorder task's labels)
+    assert first.labels == {"ss3": "CEEHHHC", "ss8": "CBEHGIS", "disorder": "DOOO--O"}
     assert first.mask.tolist() == [False, True, True, True, True, True, True]  # disorder only by default
     assert first.id == "seq-" + sequence_checksum("MKVLAAG")[4:16]
     assert first.id_from_sequence and second.mask.all()
@@ -671,7 +672,7 @@ def test_misplaced_columns_and_labels_are_named_not_misread(tmp_path):
     with pytest.raises(InputError, match=r"n.csv:2: has 4 fields, the header has 3"):
         read_labels(tmp_path / "n.csv")
     (tmp_path / "n2.csv").write_text("input,dssp3,disorder\nM K,C C,1.0 1.0,\n")  # a trailing comma: harmless
-    assert read_labels(tmp_path / "n2.csv").records[0].labels == {"ss3": "CC"}
+    assert read_labels(tmp_path / "n2.csv").records[0].labels == {"ss3": "CC", "disorder": "OO"}
 
 
 def test_an_empty_class_label_is_no_label_not_a_class(tmp_path):
@@ -879,7 +880,7 @@ def test_a_generic_task_on_labels_of_a_named_task_names_the_task_that_reads_them
     # `fit residue` on a NetSurfP CSV, `fit protein` on a DeepLoc FASTA: the error said only
     # "has no plain labels", not which labels the file holds nor which task reads them.
     for name, labels, said in [
-            ("residue", "netsurfp_input_spaced_header.csv", "(it holds ss3, ss8: the ss3, ss8 or ss3+ss8 task reads them)"),
+            ("residue", "netsurfp_input_spaced_header.csv", "(it holds disorder, ss3, ss8: the ss3, ss8, ss3+ss8 or disorder task reads them)"),
             ("protein", "deeploc_dual_label_trailing_space.fasta", "(it holds loc, membrane: the loc task reads them)")]:
         with pytest.raises(InputError, match=re.escape(said)):
             get_task(name).with_classes_from(read_labels(HEADS / labels).records)

@@ -84,6 +84,10 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
 
     if given_option("dual"):
         warn_unused_dual(task)  # (changed nothing, without a word)
+    if given_option("mask_columns"):
+        from protrans_cli.heads.tasks import resolve_mask_columns
+
+        resolve_mask_columns(task, tuple(mask_columns))  # (--mask-column disorder for the disorder task: exit 2)
 
     config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             lora_dropout=lora_dropout, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs,

@@ -38,7 +38,8 @@ def mask_options(command):
     """--mask and --mask-column (fit's and finetune's): which residues are trained and evaluated."""
     command = click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
                            help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to "
-                                "combine.")(command)
+                                "combine. The disorder task's labels are the disorder column: its default is no "
+                                "column (cb513_mask 0.0 is left out where a file has it), and disorder is refused.")(command)
     return click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
                         help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")(command)
 
@@ -122,7 +123,7 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
             valid_fraction,
             architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb,
             n_bootstrap, threads, device, resume, force, plots):
-    """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
+    """Train a prediction head (ss3/ss8/ss3+ss8/disorder/loc/residue/protein/value) on embeddings.
 
     \b
     protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\
@@ -149,6 +150,10 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
                        resume=resume, plots=plots)
     # The values first: `--kernel -1` for an FNN head was warned of as ignored, then refused.
     config.check()
+    if given_option("mask_columns", ctx):
+        from protrans_cli.heads.tasks import resolve_mask_columns
+
+        resolve_mask_columns(task, tuple(mask_columns))  # (--mask-column disorder for the disorder task: exit 2)
     _warn_unused(ctx, task, architecture, grid.get("architecture"))
     if given_option("dual", ctx):
         from protrans_cli.heads.tasks import warn_unused_dual

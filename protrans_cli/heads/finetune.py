@@ -48,7 +48,8 @@ from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_r
                                     refuse_unused_mask_columns, warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, name_of_test_set, read_labels,
                                       read_sequences, refuse_residue_labels, unmasked_flip_warning)
-from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
+from protrans_cli.heads.tasks import (DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind,
+                                     resolve_mask_columns)
 from protrans_cli.io.files import disk_full
 from protrans_cli.io.h5 import PER_RESIDUE
 
@@ -563,6 +564,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 
     config.check()
     task = get_task(config.task, dual=config.dual)
+    # (as fit: the disorder task's labels are the disorder column, the default mask; none instead)
+    config = replace(config, mask_columns=resolve_mask_columns(
+        config.task, mask_column_names(config.mask_columns, "FinetuneConfig.mask_columns"), given=False,
+        flag=option("--mask-column", "mask_columns")))
     tests = list(tests)
     if [str(p) for p in (labels, fasta, valid, *tests)].count("-") > 1:
         # (the first read took it all: "<stdin>: is empty")
@@ -639,7 +644,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if config.mask_path is not None and not any(masked):
         raise UsageError(f"{option(f'--mask {config.mask_path}', f'mask_path {config.mask_path}')}: none of the "
                          "label files is FLIP-style labels whose ids it holds, the only ones a mask file applies to")
-    refuse_unused_mask_columns(config.mask_columns, formats)  # (as fit)
+    refuse_unused_mask_columns(config.mask_columns, formats, config.task)  # (as fit)
     # (as fit: a --test that is the training file, or the validation set, was scored without a word)
     _warn_overlap(train, [(name, data, desc, None) for name, data, desc in eval_sets])
     if any(o.is_value for o in task.outputs):

@@ -45,7 +45,8 @@ from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
-                                     architecture_for, get_task, input_kind, unused_options)
+                                     architecture_for, default_mask_columns, get_task, input_kind,
+                                     resolve_mask_columns, unused_options)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    empty_folder, folder_can_be_made, folder_lock, folder_made, input_inside,
                                    make_temporary, odd_kind, own_folder_output, remove_dead_temporaries,
@@ -181,6 +182,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     config.check()
     # (one column given as a str: that column, also in config.json, which predict reads back)
     config = replace(config, mask_columns=mask_column_names(config.mask_columns, "FitConfig.mask_columns"))
+    # (the disorder task: its labels are the disorder column, FitConfig's default mask; none instead)
+    config = replace(config, mask_columns=resolve_mask_columns(config.task, config.mask_columns, given=False,
+                                                               flag=option("--mask-column", "mask_columns")))
     _check_pairs(valid, tests)
     for name, value in (("embeddings", embeddings), ("labels", labels), ("out_dir", out_dir)):
         # (a list of files was a TypeError, None as out_dir too, None as embeddings "None: no such file")
@@ -305,12 +309,14 @@ def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests
     return own_folder_output(out_dir, "a head directory", "heads/ss3")
 
 
-def refuse_unused_mask_columns(mask_columns, formats: list[str]) -> None:
-    """--mask-column other than the default where none of the label files (their `formats`, file
-    by file) is a NetSurfP CSV, the only ones whose columns it picks (fit's and finetune's): read
-    without it, another format's labels were trained on in full, without a word."""
+def refuse_unused_mask_columns(mask_columns, formats: list[str], task_name: str | None = None) -> None:
+    """--mask-column other than the default (the task's: default_mask_columns) where none of the
+    label files (their `formats`, file by file) is a NetSurfP CSV, the only ones whose columns it
+    picks (fit's and finetune's): read without it, another format's labels were trained on in
+    full, without a word."""
     names = tuple(mask_column_names(mask_columns))
-    if names != FitConfig.mask_columns and "netsurfp" not in formats:
+    default = FitConfig.mask_columns if task_name is None else default_mask_columns(task_name)
+    if names != default and "netsurfp" not in formats:
         named = option(f"--mask-column {' --mask-column '.join(names)}", f"mask_columns={names}")
         raise UsageError(f"{named}: none of the label files is a NetSurfP CSV ({', '.join(sorted(set(formats)))}), "
                          "the only ones whose columns it picks")
@@ -485,7 +491,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         # (training labels in another format were read without it, for a FLIP --valid/--test)
         raise UsageError(f"{option(f'--mask {config.mask_path}', f'mask_path {config.mask_path}')}: none of the "
                          "label files is FLIP-style labels whose ids it holds, the only ones a mask file applies to")
-    refuse_unused_mask_columns(config.mask_columns, formats)
+    refuse_unused_mask_columns(config.mask_columns, formats, config.task)
     # (records of the label file in a split no step reads have a label: not reported as without one)
     unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
     set_aside = {escape_key(r.id) for r in train_labels.records if r.split in unused}

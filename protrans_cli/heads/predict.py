@@ -30,6 +30,7 @@ from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageEr
 from protrans_cli.heads.data import (Matched, _source_kind, by_chain, chain_items, chains_of, embed_layer, head_data, joined_chains,
                                      match_labels, report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
+from protrans_cli.heads.tasks import resolve_mask_columns
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, StagedRename, bare_name, named_delimiter, staged_outputs,
                                    through_link)
@@ -895,7 +896,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
         # The head's own (`fit --mask-column disorder --mask-column cb513_mask`): predict scored
         # CB513 on disorder alone, 140,486 positions where fit --test had 83,427, without a word
         mask_columns = fitted
-    elif (mask_columns := mask_column_names(mask_columns)) != fitted:
+    elif (mask_columns := resolve_mask_columns(task.name, mask_column_names(mask_columns))) != fitted:
         console.info(f"scoring with --mask-column {' '.join(mask_columns) or '(none)'}; the head was fit with "
                      f"{' '.join(fitted) or 'no mask column'}")
     with EmbeddingsReader(embeddings) as reader:

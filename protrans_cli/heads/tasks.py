@@ -13,6 +13,7 @@ stored in a head's config.json, so they must never be reordered):
     ss3      per residue  H E C                      (Q3)
     ss8      per residue  H G I E B T S C            (Q8)
     ss3+ss8  per residue  both outputs from one CNN  (Q3, Q8)
+    disorder per residue  D O (disordered, ordered)  (accuracy; MCC beside it: ~6% of residues are D)
     loc      per protein  10 DeepLoc locations (below) (Q10) + membrane M S (Q2; U is left out)
     residue  per residue  any one-letter labels; classes = sorted letters of the training labels
     protein  per protein  any labels; classes = sorted labels of the training set
@@ -22,6 +23,12 @@ stored in a head's config.json, so they must never be reordered):
 DeepLoc's dual label `Cytoplasm-Nucleus` is counted as `Cytoplasm` by default (the choice the
 bio_embeddings DeepLoc annotations made for the same 23 proteins); `dual="skip"` leaves those
 proteins out of the location loss and metric instead. Adding a task is one more `Task(...)` here.
+
+The disorder task reads NetSurfP-2.0's `disorder` column (0.0 -> D: the residue is missing from the
+structure; 1.0 -> O: observed), which the other tasks take as their default mask: for it that
+column is the label, so its default mask is none (default_mask_columns), and `cb513_mask` = 0.0
+leaves a residue out where a file has that column (the labels reader writes `-` there). A
+FLIP/biotrainer/table file of D/O letters reads as its `label` too.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ IGNORE = -100  # target value for residues/proteins left out of loss and metrics
 
 SS3 = ("H", "E", "C")
 SS8 = ("H", "G", "I", "E", "B", "T", "S", "C")
+DISORDER = ("D", "O")  # disordered (NetSurfP's disorder 0.0), ordered (1.0)
+NOT_LABELLED = "-"  # a disorder letter for a residue left out (NetSurfP's cb513_mask 0.0)
 LOCATIONS = ("Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Extracellular", "Golgi.apparatus",
              "Lysosome/Vacuole", "Mitochondrion", "Nucleus", "Peroxisome", "Plastid")
 MEMBRANE = ("M", "S")
@@ -106,6 +115,8 @@ class Task:
                 lookup[ord(letter)] = code
             codes = lookup[raw]  # (L,)
             evaluated = np.ones(len(codes), dtype=bool) if record.mask is None else record.mask
+            if output.name == "disorder":
+                evaluated = evaluated & (raw != ord(NOT_LABELLED))
             bad = {letters[i] for i in np.flatnonzero((codes == IGNORE) & evaluated)[:50]}
             if bad:
                 known = "".join(output.classes) + (f", or 8-state {''.join(SS8)}" if output.name == "ss3" else "")
@@ -169,6 +180,14 @@ class Task:
         elif output.name == "label":
             if "label" in labels:
                 return labels["label"]
+        elif output.name == "disorder":
+            source = labels.get("disorder", labels.get("label"))
+            if source is not None:
+                return source.upper()
+            # (a PISCES CSV, or a NetSurfP CSV without its disorder column)
+            raise InputError(f"has no disorder labels (it has {', '.join(labels) or 'none'}): the disorder task reads "
+                             "a NetSurfP CSV's disorder column, or D/O letters in a FLIP, biotrainer or table file",
+                             record=record.id, line=record.line)
         raise InputError(f"has no labels for {output.name} (it has {', '.join(labels) or 'none'})",
                          record=record.id, line=record.line)
 
@@ -292,6 +311,7 @@ TASKS: dict[str, Task] = {
     "ss3": Task("ss3", PER_RESIDUE, (_O_SS3,)),
     "ss8": Task("ss8", PER_RESIDUE, (_O_SS8,)),
     "ss3+ss8": Task("ss3+ss8", PER_RESIDUE, (_O_SS3, _O_SS8)),
+    "disorder": Task("disorder", PER_RESIDUE, (Output("disorder", DISORDER, "accuracy"),)),
     "loc": Task("loc", PER_PROTEIN, (Output("loc", LOCATIONS, "Q10"), Output("membrane", MEMBRANE, "Q2"))),
     "residue": Task("residue", PER_RESIDUE, (Output("label", (), "accuracy"),), generic=True),
     "protein": Task("protein", PER_PROTEIN, (Output("label", (), "accuracy"),), generic=True),
@@ -300,6 +320,28 @@ TASKS: dict[str, Task] = {
 
 
 _LISTED = 20  # classes an error lists before "and N more"
+
+DEFAULT_MASK_COLUMNS = ("disorder",)  # (FitConfig's and FinetuneConfig's mask_columns: the task's default)
+
+
+def default_mask_columns(task_name: str) -> tuple[str, ...]:
+    """The NetSurfP columns a task is masked by unless told: `disorder` (the residues observed in the
+    structure, what ProtTrans evaluated on), none for the disorder task, whose labels that column holds."""
+    return () if task_name == "disorder" else DEFAULT_MASK_COLUMNS
+
+
+def resolve_mask_columns(task_name: str, columns: tuple[str, ...], *, given: bool = True,
+                         flag: str = "--mask-column") -> tuple[str, ...]:
+    """The mask columns a fit of `task_name` uses: the task's default for DEFAULT_MASK_COLUMNS when
+    not `given` (the CLI's default, or FitConfig's); the disorder task refuses its own label column."""
+    if task_name != "disorder":
+        return columns
+    if not given and tuple(columns) == DEFAULT_MASK_COLUMNS:
+        return default_mask_columns(task_name)
+    if "disorder" in columns:
+        raise UsageError(f"{flag} disorder: the disorder column is the disorder task's label, not a mask "
+                         "(its default mask is none; cb513_mask applies where a file has it)")
+    return columns
 
 
 # A missing number as the tools that write label tables write it: pandas (NaN, <NA>, None),

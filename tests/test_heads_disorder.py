@@ -1,0 +1,133 @@
+"""The `disorder` task: NetSurfP-2.0's disorder column as per-residue labels (0.0 -> D, 1.0 -> O),
+not masked by itself (cb513_mask still leaves residues out), MCC beside accuracy, D/O predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.heads.labels import read_labels
+from protrans_cli.heads.tasks import DISORDER, IGNORE, get_task
+
+torch.set_num_threads(1)
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+DISORDERED = set("PGSEK")  # the rule: these residues are disordered, so a one-hot CNN can learn it
+FAST = ["--max-residues", "300", "--lr", "0.02", "-j", "1", "--bootstrap", "100"]
+
+
+def _netsurfp(path, seqs, *, cb513=None):
+    """A NetSurfP CSV; `cb513`: per protein the residues whose cb513_mask is 0.0 (None: no column)."""
+    with open(path, "w", newline="") as fh:
+        fh.write("input, dssp3, dssp8, disorder" + (", cb513_mask" if cb513 is not None else "") + "\n")
+        writer = csv.writer(fh)
+        for i, seq in enumerate(seqs):
+            row = [" ".join(seq), " ".join("C" * len(seq)), " ".join("C" * len(seq)),
+                   " ".join("0.0" if c in DISORDERED else "1.0" for c in seq)]
+            if cb513 is not None:
+                row.append(" ".join("0.0" if j in cb513[i] else "1.0" for j in range(len(seq))))
+            writer.writerow(row)
+
+
+def _truth(seq, hidden=()):
+    return "".join("-" if j in hidden else ("D" if c in DISORDERED else "O") for j, c in enumerate(seq))
+
+
+def test_labels_are_read_from_the_disorder_column(tmp_path):
+    path = tmp_path / "x.csv"
+    _netsurfp(path, ["MPKAG", "SAAV"], cb513=[{1}, set()])
+    records = read_labels(path, mask_columns=()).records
+    assert [r.labels["disorder"] for r in records] == ["O-DOD", "DOOO"]
+    assert all(r.mask.all() for r in records)  # no mask column: nothing masked but by cb513_mask
+    targets = get_task("disorder").residue_targets(records[0])["disorder"]
+    d, o = DISORDER.index("D"), DISORDER.index("O")
+    assert DISORDER == ("D", "O") and targets.tolist() == [o, IGNORE, d, o, d]
+    # a file without cb513_mask: every residue labelled
+    _netsurfp(tmp_path / "y.csv", ["MPKAG"])
+    assert read_labels(tmp_path / "y.csv", mask_columns=()).records[0].labels["disorder"] == "ODDOD"
+
+
+def test_pisces_has_no_disorder_and_is_refused():
+    from pathlib import Path
+
+    records = read_labels(Path(__file__).parent / "data" / "heads" / "pisces_small.csv").records
+    with pytest.raises(InputError, match="has no disorder labels .*NetSurfP CSV's disorder column"):
+        get_task("disorder").residue_targets(records[0])
+
+
+def test_the_disorder_column_as_a_mask_is_refused(run_cli, tmp_path):
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    _netsurfp(tmp_path / "x.csv", ["MPKAG"])
+    r = run_cli("fit", "disorder", "--embeddings", tmp_path / "x.h5", "--labels", tmp_path / "x.csv",
+                "--mask-column", "disorder", "-o", tmp_path / "head")
+    assert r.exit_code == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--mask-column disorder: the disorder column is the disorder " \
+        "task's label, not a mask" in r.stderr
+    with pytest.raises(UsageError, match="mask_columns disorder: the disorder column is"):
+        fit(FitConfig(task="disorder", mask_columns=("disorder", "cb513_mask")), tmp_path / "x.h5",
+            tmp_path / "x.csv", tmp_path / "head")
+
+
+@pytest.fixture(scope="module")
+def disorder_data(tmp_path_factory):
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads.labels import write_embed_fasta
+
+    root = tmp_path_factory.mktemp("disorder")
+    rng = np.random.default_rng(0)
+    seqs = {}
+    for name, n in (("train", 60), ("test", 20)):
+        seqs[name] = ["".join(rng.choice(list(AA), size=rng.integers(15, 45))) for _ in range(n)]
+        hidden = [set(range(5)) for _ in seqs[name]]  # cb513_mask 0.0 on each protein's first 5 residues
+        _netsurfp(root / f"{name}.csv", seqs[name], cb513=hidden)
+        with open(root / f"{name}.fa", "wb") as fh:
+            write_embed_fasta(read_labels(root / f"{name}.csv"), fh)
+        embed(root / f"{name}.fa", root / f"{name}.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    return root, seqs
+
+
+def test_fit_and_predict_disorder(run_cli, disorder_data, tmp_path):
+    from sklearn.metrics import matthews_corrcoef
+
+    root, seqs = disorder_data
+    head = tmp_path / "head"
+    r = run_cli("fit", "disorder", "--embeddings", root / "train.h5", "--labels", root / "train.csv",
+                "--test", root / "test.h5", root / "test.csv", "--class-weights", "--max-epochs", "15", *FAST,
+                "--no-plots", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((head / "config.json").read_text())
+    assert config["task"]["outputs"][0]["classes"] == ["D", "O"]
+    assert config["config"]["mask_columns"] == []  # the disorder column is no mask of the disorder task
+    m = json.loads((head / "metrics.json").read_text())["test"]["disorder"]
+    truth = "".join(_truth(s, range(5)) for s in seqs["test"])
+    assert m["n"] == sum(c != "-" for c in truth)  # D residues counted; cb513_mask 0.0 ones not
+    assert m["mcc"] > 0.9 and "MCC" in r.stderr
+
+    out, probs = tmp_path / "pred.fa", tmp_path / "probs.h5"
+    r = run_cli("predict", head, "--embeddings", root / "test.h5", "--labels", root / "test.csv",
+                "-o", out, "--probabilities", probs)
+    assert r.exit_code == 0, r.stderr
+    lines = out.read_text().splitlines()
+    pred = dict(zip([line[1:] for line in lines[::2]], lines[1::2]))
+    assert set("".join(pred.values())) == {"D", "O"}
+    labels = {rec.id: rec.labels["disorder"] for rec in read_labels(root / "test.csv", mask_columns=()).records}
+    t = "".join(labels[i] for i in pred)
+    p = "".join(pred[i] for i in pred)
+    keep = [j for j, c in enumerate(t) if c != "-"]
+    # metrics.json's MCC against scikit-learn's on the letters predict wrote
+    assert m["mcc"] == pytest.approx(matthews_corrcoef([t[j] for j in keep], [p[j] for j in keep]), abs=1e-9)
+    with h5py.File(probs) as h5:
+        assert h5.attrs["classes_disorder"] == "DO"
+        for ds in h5["disorder"].values():
+            assert "".join(DISORDER[i] for i in ds[()].argmax(1)) == pred[ds.attrs["id"]]
+
+    r = run_cli("predict", head, "--embeddings", root / "test.h5", "--labels", root / "test.csv",
+                "--mask-column", "disorder", "-o", tmp_path / "again.fa")
+    assert r.exit_code == 2 and "the disorder column is the disorder task's label" in r.stderr
