@@ -53,6 +53,15 @@ def test_labels_are_read_from_the_disorder_column(tmp_path):
     assert read_labels(tmp_path / "y.csv", mask_columns=()).records[0].labels["disorder"] == "ODDOD"
 
 
+def test_d_o_letters_of_a_flip_file_are_read(tmp_path):
+    (tmp_path / "f.fasta").write_text(">a SET=train VALIDATION=False\nDDOX\n")
+    record = read_labels(tmp_path / "f.fasta").records[0]
+    with pytest.raises(InputError, match="label letter\\(s\\) 'X' are not disorder classes \\(DO\\)"):
+        get_task("disorder").residue_targets(record)
+    record.labels["label"] = "DDOo"
+    assert get_task("disorder").residue_targets(record)["disorder"].tolist() == [0, 0, 1, 1]
+
+
 def test_pisces_has_no_disorder_and_is_refused():
     from pathlib import Path
 
