@@ -74,7 +74,7 @@ def command(model, num_sequences, output, prompt, template, max_length, min_leng
     protrans generate -m runs/my_txl -n 100 --top-p 0.95 -o designs.fa
     protrans generate -m runs/my_txl --prompt MKT --temperature 0.8 > designs.fa
     protrans generate -m esm2_t33_650M_UR50D --template MKTAY____IAKQR -n 20
-    protrans generate -m runs/my_txl -n 100000 -o big.fa --resume   # after a Ctrl-C
+    protrans generate -m runs/my_txl -n 100000 -o big.fa --resume  # after Ctrl-C
     """
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.generate import GenerateOptions, run_generate
