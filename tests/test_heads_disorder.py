@@ -118,6 +118,12 @@ def test_fit_and_predict_disorder(run_cli, disorder_data, tmp_path):
     truth = "".join(_truth(s, range(5)) for s in seqs["test"])
     assert m["n"] == sum(c != "-" for c in truth)  # D residues counted; cb513_mask 0.0 ones not
     assert m["mcc"] > 0.9 and "MCC" in r.stderr
+    # the kept epoch goes by validation MCC (accuracy kept the epochs that said O everywhere)
+    assert "best validation epoch" in r.stderr and "(mean MCC " in r.stderr
+    history = [json.loads(line) for line in (head / "metrics.jsonl").read_text().splitlines()]
+    best = max(line["valid_disorder"] for line in history)  # (MCC: a tie goes to the lower loss)
+    kept = int(r.stderr.split("best validation epoch ")[1].split()[0])
+    assert f"(mean MCC {best:.4f})" in r.stderr and history[kept - 1]["valid_disorder"] == best
 
     out, probs = tmp_path / "pred.fa", tmp_path / "probs.h5"
     r = run_cli("predict", head, "--embeddings", root / "test.h5", "--labels", root / "test.csv",
@@ -140,3 +146,59 @@ def test_fit_and_predict_disorder(run_cli, disorder_data, tmp_path):
     r = run_cli("predict", head, "--embeddings", root / "test.h5", "--labels", root / "test.csv",
                 "--mask-column", "disorder", "-o", tmp_path / "again.fa")
     assert r.exit_code == 2 and "the disorder column is the disorder task's label" in r.stderr
+
+
+def test_validation_scores_disorder_by_mcc_and_a_search_chooses_by_it():
+    """An all-O head is 95% accurate and of MCC 0 on a set with 5% D: what early stopping, the kept
+    epoch and `--search` go by for the disorder task is MCC (Output.select), for ss3 accuracy."""
+    import numpy as np
+    import torch
+
+    from protrans_cli.heads.fit import FitConfig, _validate
+    from protrans_cli.heads.search import _score
+    from protrans_cli.heads.tasks import IGNORE, Task, get_task
+
+    task = get_task("disorder")
+    assert [o.select for o in task.outputs] == ["mcc"] and get_task("ss3").outputs[0].select == "accuracy"
+    assert Task.from_json(task.to_json()) == task  # (a head's config.json keeps it)
+    assert "select" not in get_task("ss3").to_json()["outputs"][0]  # (other heads' config.json as before)
+
+    targets = torch.ones(1, 100, dtype=torch.long)  # O
+    targets[0, :5] = 0  # D
+    targets[0, 98:] = IGNORE
+
+    class Batch:
+        x, mask = torch.zeros(1, 100, 3), torch.ones(1, 100, dtype=torch.bool)
+
+        def __init__(self):
+            self.targets = {"disorder": targets}
+
+        def to(self, device):
+            return self
+
+    class AllOrdered(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, mask):
+            return {"disorder": torch.tensor([-1.0, 1.0]).expand(1, 100, 2) + 0 * self.w}
+
+    import protrans_cli.heads.fit as fit_module
+    original = fit_module._batches
+    fit_module._batches = lambda data, config, shuffle, rng=None: [Batch()]
+    try:
+        _, scores = _validate(AllOrdered(), task, None, FitConfig(task="disorder"))
+        _, ss_scores = _validate(AllOrdered(), replace_outputs(task), None, FitConfig(task="disorder"))
+    finally:
+        fit_module._batches = original
+    assert scores == {"disorder": 0.0} and np.isclose(ss_scores["disorder"], 93 / 98)
+    metrics = {"valid": {"disorder": {"accuracy": 0.95, "mcc": 0.1}}}
+    assert _score(metrics, "valid", frozenset({"disorder"})) == 0.1 and _score(metrics, "valid") == 0.95
+
+
+def replace_outputs(task):
+    """The task with its outputs kept by accuracy."""
+    from dataclasses import replace
+
+    return replace(task, outputs=tuple(replace(o, select="accuracy") for o in task.outputs))

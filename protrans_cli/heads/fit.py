@@ -42,8 +42,8 @@ from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ChainRows, ProteinData
                                      warn_unfinished, whole_items)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, name_of_test_set,
                                       read_labels, unmasked_flip_warning)
-from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
-                                        save_confusion_png, save_scatter_png, spearman, summary_line)
+from protrans_cli.heads.metrics import (confusion_matrix, dumps as metrics_json, evaluate, evaluate_values, mcc,
+                                        print_report, save_confusion_png, save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, default_mask_columns, get_task, input_kind,
                                      resolve_mask_columns, unused_options)
@@ -1516,6 +1516,9 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
     loss_counts = {o.name: 0 for o in task.outputs}
     correct = {o.name: 0 for o in task.outputs}
     total = {o.name: 0 for o in task.outputs}
+    # outputs kept by MCC (Output.select): their confusion matrices
+    confusion = {o.name: np.zeros((len(o.classes), len(o.classes)), dtype=np.int64) for o in task.outputs
+                 if o.select == "mcc"}
     values = {o.name: ([], []) for o in task.outputs if o.is_value}  # predicted z, true z
     with torch.no_grad():
         for batch in _batches(data, config, False):
@@ -1534,11 +1537,15 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
                     values[name][1].append(t[keep].cpu().numpy())
                     continue
                 keep = t != IGNORE
-                correct[name] += int((z.argmax(-1)[keep] == t[keep]).sum())
+                predicted = z.argmax(-1)[keep]
+                correct[name] += int((predicted == t[keep]).sum())
                 total[name] += int(keep.sum())
+                if name in confusion:
+                    confusion[name] += confusion_matrix(t[keep].cpu().numpy(), predicted.cpu().numpy(),
+                                                        len(confusion[name]))
     # An output with nothing to score in the validation set is left out (not a 0 averaged into
     # the early-stopping score).
-    scores = {k: correct[k] / total[k] for k in correct if total[k]}
+    scores = {k: (mcc(confusion[k]) if k in confusion else correct[k] / total[k]) for k in correct if total[k]}
     for name, (predicted, true) in values.items():  # value outputs: Spearman's rho, as evaluated
         if predicted and sum(len(p) for p in predicted) >= 2:
             rho = spearman(np.concatenate(predicted), np.concatenate(true))
@@ -1669,8 +1676,9 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
 
 
 def _metric_names(task: Task) -> str:
-    """The outputs' headline metrics, once each: "Q3/Q8", "Spearman", "Q10/Q2"."""
-    return "/".join(dict.fromkeys(o.metric for o in task.outputs))
+    """The outputs' validation scores (what the kept epoch goes by), once each: "Q3/Q8",
+    "Spearman", "Q10/Q2", "MCC" (Output.select)."""
+    return "/".join(dict.fromkeys("MCC" if o.select == "mcc" else o.metric for o in task.outputs))
 
 
 def _plot_curves(history: list[dict], task: Task, path: Path) -> None:

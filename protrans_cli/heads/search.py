@@ -93,11 +93,12 @@ def _words(settings: dict) -> str:
     return " ".join(f"{key.replace('_', '-')}={value}" for key, value in settings.items())
 
 
-def _score(metrics: dict, set_name: str) -> float:
-    """Mean over outputs of the headline metric of `set_name` (nan-free; -inf with nothing scored)."""
+def _score(metrics: dict, set_name: str, by_mcc: frozenset = frozenset()) -> float:
+    """Mean over outputs of the headline metric of `set_name` (MCC for the outputs `by_mcc`, those
+    kept by it in training, Output.select: disorder's; nan-free; -inf with nothing scored)."""
     values = []
-    for headline in (metrics.get(set_name) or {}).values():
-        value = headline.get("accuracy", headline.get("spearman"))
+    for output, headline in (metrics.get(set_name) or {}).items():
+        value = headline.get("mcc") if output in by_mcc else headline.get("accuracy", headline.get("spearman"))
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             values.append(float(value))
     return sum(values) / len(values) if values else float("-inf")
@@ -158,6 +159,9 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     # stdin empty: "<stdin>: is empty", after the first had trained)
     piped = stdin_if_named(label_files(labels, valid, tests))
     set_name = "cv" if config.folds else "valid"
+    from protrans_cli.heads.tasks import get_task
+
+    by_mcc = frozenset(o.name for o in get_task(config.task).outputs if o.select == "mcc")
     console.info(f"search: {len(trials)} trials ({' x '.join(str(len(v)) for v in grid.values())}: "
                  + ", ".join(key.replace("_", "-") for key in grid) + f"), chosen by the {set_name} score")
     done: list[dict] = []
@@ -169,7 +173,7 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
                 replay_stdin(trial, piped)
             trial.enter_context(console.interim_outputs())  # (a trial's head is not the search's output)
             result = fit(replace(config, **settings), embeddings, labels, folder / name, valid=valid, tests=tests)
-        score = _score(result.metrics, set_name)
+        score = _score(result.metrics, set_name, by_mcc)
         done.append({"trial": name, "settings": settings, "score": score, "set": set_name,
                      "metrics": result.metrics.get(set_name)})
         console.info(f"search: {name}: {_said(score, set_name)}")
