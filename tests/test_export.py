@@ -1351,7 +1351,7 @@ def test_library_arguments_of_the_wrong_type_are_one_usage_error_naming_the_argu
         (lambda: export(tmp_path / "e.h5", digits="3"), r"^export: digits must be an int or None, got str '3'$"),
         (lambda: export(tmp_path / "e.h5", all_layers="no"), r"^export: all_layers must be a bool, got str 'no'$"),
         (lambda: export(tmp_path / "e.h5", ids=["a"]), r"^export: ids must be a path, got list \['a'\]$"),
-        (lambda: info([tmp_path / "e.h5"]), r"^info: path must be a path \(one file\), got list \["),
+        (lambda: info([tmp_path / "e.h5"]), r"^info: path must be a path \(one file or directory\), got list \["),
         (lambda: file_ids([tmp_path / "e.h5"]), r"^file_ids: path must be a path \(one file\), got list \["),
     ]
     for call, message in cases:
