@@ -231,7 +231,7 @@ def check_chains(options) -> None:
     """--chains and --linker-length (embed's and contacts' options; UsageError)."""
     one_of(options.chains, getattr(options, "chain_policies", CHAIN_POLICIES), "--chains", keyword="chains")
     at_least(options.linker_length, 0, "--linker-length", keyword="linker_length")
-    if options.chains != "error" and options.long_policy == "truncate":
+    if options.chains != "error" and getattr(options, "long_policy", "error") == "truncate":
         raise UsageError(f"{given('--long-policy', 'long_policy', 'truncate')} with "
                          f"{given('--chains', 'chains', options.chains)}: a complex cut short loses whole chains "
                          f"(use skip{', chunk' if 'chunk' in getattr(options, 'long_policies', LONG_POLICIES) else ''}"

@@ -55,6 +55,7 @@ import math
 from dataclasses import dataclass
 
 from protrans_cli import console
+from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import UsageError, at_least, expect_options, option, whole_number
 from protrans_cli.residues import STANDARD
 
@@ -69,7 +70,10 @@ class GenerateOptions:
     model: str = ""
     num_sequences: int = 10
     prompt: str | None = None            # causal: a fixed N-terminal start
-    template: str | None = None          # masked LM: residues, `_` where to design
+    template: str | None = None          # masked LM: residues, `_` where to design (':' between chains)
+    templates: str | None = None         # masked LM: a FASTA of templates, each designed num_sequences times
+    chains: str = "error"                # a template's ':' (a complex): error | linker | separate
+    linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between the chains under chains='linker'
     max_length: int = 300                # causal: residues at most (the prompt's included)
     min_length: int = 1                  # causal: residues before the end token may be drawn
     iterations: int = 1                  # template: sweeps after the first fill
@@ -79,7 +83,7 @@ class GenerateOptions:
     allow_rare: bool = False
     seed: int = 0
     batch_size: int = 16
-    prefix: str = "gen_"                 # the records' ids: PREFIX0001, PREFIX0002, ...
+    prefix: str | None = None            # ids: PREFIX0001, ... (None: gen_); templates: PREFIXRECORDID_0001 (None: none)
     revision: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -87,8 +91,11 @@ class GenerateOptions:
     resume: bool = False                 # -o FILE: go on with FILE.partial/, what an interrupted run kept
 
     def validate(self) -> None:
-        """UsageError for a setting that cannot be; `prompt` and `template` upper-cased."""
-        from protrans_cli.embed import DTYPES
+        """UsageError for a setting that cannot be; `prompt` and `template` upper-cased, `prefix`
+        resolved (None: gen_, or nothing with `templates`)."""
+        import os
+
+        from protrans_cli.embed import DTYPES, check_chains
         from protrans_cli.embedders import check_device
         from protrans_cli.errors import one_of
         from protrans_cli.threads import check_threads
@@ -118,17 +125,32 @@ class GenerateOptions:
         if self.prompt is not None and self.template is not None:
             raise UsageError(f"{option('--prompt', 'prompt')} is for a causal LM, {option('--template', 'template')} "
                              "for a masked one: give one")
+        if self.templates is not None:
+            if self.template is not None or self.prompt is not None:
+                other = ("--template", "template") if self.template is not None else ("--prompt", "prompt")
+                raise UsageError(f"{option('--templates FILE', 'templates')} and {option(*other)}: give one")
+            if not isinstance(self.templates, (str, os.PathLike)) or not str(self.templates):
+                raise UsageError(f"templates is the path of a FASTA of templates, got "
+                                 f"{type(self.templates).__name__} {self.templates!r:.40}")
+        check_chains(self)
+        if self.prompt is not None and isinstance(self.prompt, str) and ":" in self.prompt:
+            raise UsageError(f"{option('--prompt', 'prompt')}: ':' at position {self.prompt.index(':') + 1}: a causal "
+                             "LM draws one chain left to right; a complex's chains are designed by a masked LM from "
+                             f"{option('--template', 'template')} with {option('--chains', 'chains')}")
         if self.prompt is not None:
             self.prompt = checked_letters(self.prompt, "--prompt", "prompt")
             if len(self.prompt) >= self.max_length:
                 raise UsageError(f"{option('--prompt', 'prompt')} has {len(self.prompt)} residues, not fewer than "
                                  f"{option('--max-length', 'max_length')} {self.max_length}: nothing is left to draw")
         if self.template is not None:
-            self.template = checked_letters(self.template, "--template", "template", designed=True)
-            if DESIGNED not in self.template:
-                raise UsageError(f"{option('--template', 'template')} marks no position to design: put '{DESIGNED}' "
-                                 "where residues are to be drawn")
-        if not isinstance(self.prefix, str) or not self.prefix or any(c.isspace() for c in self.prefix):
+            self.template = checked_template(self.template, self.chains, option("--template", "template"),
+                                             UsageError)
+        if self.prefix is None:
+            self.prefix = "" if self.templates is not None else "gen_"
+        elif not isinstance(self.prefix, str) or not self.prefix:
+            raise UsageError(f"{option('--id-prefix', 'prefix')} must be a word without spaces, got "
+                             f"{self.prefix!r:.40}")
+        if not isinstance(self.prefix, str) or any(c.isspace() for c in self.prefix):
             raise UsageError(f"{option('--id-prefix', 'prefix')} must be a word without spaces, got "
                              f"{self.prefix!r:.40}")
         if not isinstance(self.resume, bool):
@@ -153,7 +175,12 @@ class Generated:
     def header(self) -> str:
         designed = f" designed={self.designed}" if self.designed is not None else ""
         end = f" end={self.end}" if self.end is not None else ""
-        return f"{self.id} length={len(self.sequence)}{designed} mean_log_prob={self.mean_log_prob:.4f}{end}"
+        return f"{self.id} length={self.residues}{designed} mean_log_prob={self.mean_log_prob:.4f}{end}"
+
+    @property
+    def residues(self) -> int:
+        """The sequence's residues (a complex's ':'s not counted)."""
+        return len(self.sequence) - self.sequence.count(":")
 
 
 def checked_letters(text: str, flag: str, keyword: str, *, designed: bool = False) -> str:
@@ -171,6 +198,87 @@ def checked_letters(text: str, flag: str, keyword: str, *, designed: bool = Fals
             raise UsageError(f"{option(flag, keyword)}: {letter!r} at position {at} is not a residue letter "
                              f"({ALPHABET}{', or ' + DESIGNED + ' to design' if designed else ''})")
     return text
+
+
+def checked_template(text, chains: str, where: str, error=UsageError, **located) -> str:
+    """A template upper-cased: residue letters and `_` (at least one), chains separated by ':'
+    under `chains` linker or separate (none empty); else `error` (`where` names it: the option, or
+    with `located` a templates file's record), or a UsageError for a ':' under chains error (the
+    remedy is an option)."""
+    from protrans_cli.embed import chain_break
+    from protrans_cli.residues import ALPHABET
+
+    if not isinstance(text, str) or not text:
+        raise error(f"{where} is empty: give residues with '{DESIGNED}' where to design", **located)
+    text = text.upper()
+    if ":" in text and chains == "error":
+        raise UsageError(f"{where}: {chain_break(text)}", **located)
+    allowed = set(ALPHABET) | {DESIGNED, ":"}
+    for at, letter in enumerate(text, start=1):
+        if letter not in allowed:
+            raise error(f"{where}: {letter!r} at position {at} is not a residue letter ({ALPHABET}, or "
+                        f"{DESIGNED} to design{', : between chains' if chains != 'error' else ''})", **located)
+    parts = text.split(":")
+    for i, part in enumerate(parts, start=1):
+        if not part:
+            raise error(f"{where}: chain {i} of {len(parts)} is empty (a ':' at the start or the end, or '::')",
+                        **located)
+    if DESIGNED not in text:
+        raise error(f"{where} marks no position to design: put '{DESIGNED}' where residues are to be drawn",
+                    **located)
+    return text
+
+
+@dataclass
+class Design:
+    """One template and how its designs are named and seeded: `record` None (--template, or a
+    causal LM's sequences): PREFIX0001, ..., sequence i seeded by (seed, i); a templates file's
+    record: PREFIXRECORD_0001, ..., design k seeded by (seed, the record id's 64-bit digest, k)."""
+
+    template: str | None
+    prefix: str
+    record: str | None = None
+
+    def ident(self, i: int) -> str:
+        return f"{self.prefix}{i + 1:04d}" if self.record is None else f"{self.prefix}{self.record}_{i + 1:04d}"
+
+    @property
+    def stream(self) -> int | None:
+        """The record id's key in the seeds (None: --template's, a causal LM's)."""
+        import hashlib
+
+        if self.record is None:
+            return None
+        return int.from_bytes(hashlib.blake2b(self.record.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                              "little")
+
+
+def read_templates(options: GenerateOptions) -> tuple[list[Design], str]:
+    """The templates file's records as Designs (each checked, ids unique), and a digest of their
+    ids and templates in order (what --resume's settings check compares)."""
+    import hashlib
+
+    from protrans_cli.errors import InputError
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.io.files import display_name
+
+    path = options.templates
+    name = display_name(path)
+    designs, seen = [], {}
+    digest = hashlib.sha256()
+    for rec in read_fasta(path):
+        if rec.id in seen:
+            raise InputError(f"the id is also that of the record at line {seen[rec.id]}: each template's designs are "
+                             "named and seeded by its id", path=name, record=rec.id, line=rec.line)
+        seen[rec.id] = rec.line
+        where = "the template"
+        template = checked_template("".join(rec.sequence.split()), options.chains, where, InputError, path=name,
+                                    record=rec.id, line=rec.line)
+        designs.append(Design(template, options.prefix, rec.id))
+        digest.update(f"{rec.id}\t{template}\n".encode("utf-8", "surrogatepass"))
+    if not designs:
+        raise InputError("holds no templates (no FASTA records)", path=name)
+    return designs, digest.hexdigest()[:32]
 
 
 # -- sampling ---------------------------------------------------------------------------------------
@@ -216,15 +324,17 @@ def draw(log_probs, uniforms):
 
 
 class Draws:
-    """Uniform numbers for each sequence from a generator of its own, seeded by (seed, its index)."""
+    """Uniform numbers for each sequence from a generator of its own, seeded by (seed, its index),
+    or (seed, `stream`, its index): a templates file's record's designs (Design.stream)."""
 
-    def __init__(self, seed: int, indices: list[int]):
+    def __init__(self, seed: int, indices: list[int], stream: int | None = None):
         import numpy as np
         import torch
 
         self.generators = []
         for i in indices:
-            state = np.random.SeedSequence((seed, i)).generate_state(1, np.uint64)[0]
+            key = (seed, i) if stream is None else (seed, stream, i)
+            state = np.random.SeedSequence(key).generate_state(1, np.uint64)[0]
             self.generators.append(torch.Generator().manual_seed(int(state)))
 
     def uniforms(self):
@@ -420,22 +530,54 @@ def sample_causal(sampler: Sampler, indices: list[int], prompt_lp: float = 0.0) 
 
 # -- masked LMs: Gibbs-style design of a template ---------------------------------------------------
 
-def sample_template(sampler: Sampler, indices: list[int]) -> list[Generated]:
-    """The sequences `indices` (0-based): the template's `_` positions filled one at a time in a
-    random order (the rest masked), then `iterations` sweeps each masked alone; one batch."""
+def sample_template(sampler: Sampler, indices: list[int], design: Design | None = None) -> list[Generated]:
+    """The designs `indices` (0-based) of `design`'s template (None: --template's), one batch: the
+    `_` positions filled one at a time in a random order (the rest masked), then `iterations`
+    sweeps each masked alone. A complex (chains split by ':'): under chains linker the model reads
+    the chains joined by the linker's glycines (never designed) and each `_` is designed with
+    every chain present; under separate each chain's `_` with that chain alone, the chains in turn
+    drawing from the same generators. The records keep the ':'s, not the linker."""
+    from protrans_cli.embed import chain_lengths
+    from protrans_cli.variants import _works
+
+    o = sampler.options
+    design = design if design is not None else Design(o.template, o.prefix)
+    template = design.template
+    draws = Draws(o.seed, indices, design.stream)
+    batch = len(indices)
+    letters: list[list[str]] = [[] for _ in indices]
+    total = [0.0] * batch
+    designed = template.count(DESIGNED)
+    for work in _works(template, o.chains, o.linker_length):
+        filled, log_prob = _design_text(sampler, work.text, draws, batch) if DESIGNED in work.text else \
+            ([work.text] * batch, [0.0] * batch)
+        sites = work.sites
+        for b in range(batch):
+            letters[b].extend(filled[b] if sites is None else (filled[b][s] for s in sites))
+            total[b] += log_prob[b]
+    out = []
+    for b, i in enumerate(indices):
+        residues, chains, start = "".join(letters[b]), [], 0
+        for n in chain_lengths(template):
+            chains.append(residues[start:start + n])
+            start += n
+        out.append(Generated(design.ident(i), ":".join(chains), total[b] / designed, designed=designed))
+    return out
+
+
+def _design_text(sampler: Sampler, text: str, draws: Draws, batch: int) -> tuple[list[str], list[float]]:
+    """`text` (what the model reads: residues, `_` to design) with its `_` drawn, for each of the
+    batch's sequences, and the sum of the designed residues' pseudo-log-likelihoods."""
     import torch
 
     o = sampler.options
-    template = o.template
-    designed = [p for p, c in enumerate(template) if c == DESIGNED]
-    inputs, mask = sampler.family.encode(sampler.tokenizer, [template.replace(DESIGNED, "A")])
-    batch = len(indices)
+    designed = [p for p, c in enumerate(text) if c == DESIGNED]
+    inputs, mask = sampler.family.encode(sampler.tokenizer, [text.replace(DESIGNED, "A")])
     rows = inputs["input_ids"][0].repeat(batch, 1)
     extra = {k: v[0].expand(batch, *v.shape[1:]) for k, v in inputs.items() if k != "input_ids"}
     sites = mask[0].nonzero()[:, 0][designed]                   # the designed positions' tokens
     mask_id = sampler.scorer.mask_id
     rows[:, sites] = mask_id
-    draws = Draws(o.seed, indices)
     every = torch.arange(batch)
 
     def logits_at(positions):
@@ -455,13 +597,11 @@ def sample_template(sampler: Sampler, indices: list[int]) -> list[Generated]:
         log_probs = logits_at(torch.full((batch,), site)).float().log_softmax(-1).cpu()
         total += log_probs.gather(1, token[:, None])[:, 0].double()
         rows[:, site] = token
-    out = []
-    for b, i in enumerate(indices):
-        letters = iter(sampler.letter_of[int(t)] for t in rows[b, sites])
-        sequence = "".join(next(letters) if c == DESIGNED else c for c in template)
-        out.append(Generated(f"{o.prefix}{i + 1:04d}", sequence, float(total[b]) / len(designed),
-                             designed=len(designed)))
-    return out
+    filled = []
+    for b in range(batch):
+        drawn = iter(sampler.letter_of[int(t)] for t in rows[b, sites])
+        filled.append("".join(next(drawn) if c == DESIGNED else c for c in text))
+    return filled, total.tolist()
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -497,16 +637,28 @@ class GenerateSummary:
         return self.log_prob_sum / self.sequences if self.sequences else float("nan")
 
 
-def settings_of(options: GenerateOptions, device: str | None = None, dtype: str | None = None) -> dict:
+def settings_of(options: GenerateOptions, device: str | None = None, dtype: str | None = None,
+                templates: str | None = None) -> dict:
     """The options a run's records depend on, for OUTPUT.partial/'s settings file; with the device
-    type and compute dtype once the model is loaded."""
-    kind = TEMPLATE_SETTINGS if options.template is not None else CAUSAL_SETTINGS
-    values = {name: getattr(options, name) for name, _ in (*SETTINGS, *kind)}
+    type and compute dtype once the model is loaded. `templates`: the templates file's digest
+    (read_templates), in place of the template; --chains where a complex is read (not error), and
+    --linker-length under linker."""
+    masked = options.template is not None or options.templates is not None
+    values = {name: getattr(options, name) for name, _ in (*SETTINGS, *(TEMPLATE_SETTINGS if masked else
+                                                                        CAUSAL_SETTINGS))}
+    if options.templates is not None:
+        del values["template"]
+        values["templates"] = templates
+    if masked and options.chains != "error":
+        values["chains"] = options.chains
+        if options.chains == "linker":
+            values["linker_length"] = options.linker_length
     return values if device is None else {**values, "device": device, "dtype": dtype}
 
 
 def _flag_of(name: str) -> str:
-    named = dict((*SETTINGS, *CAUSAL_SETTINGS, *TEMPLATE_SETTINGS, ("device", "--device"), ("dtype", "--dtype")))
+    named = dict((*SETTINGS, *CAUSAL_SETTINGS, *TEMPLATE_SETTINGS, ("device", "--device"), ("dtype", "--dtype"),
+                  ("templates", "--templates"), ("chains", "--chains"), ("linker_length", "--linker-length")))
     return named.get(name, name)
 
 
@@ -556,7 +708,7 @@ def _parsed(text: str) -> list[Generated]:
     return out
 
 
-def _batch_check(indices: list[int], prefix: str):
+def _batch_check(ids: list[str]):
     """A kept batch: the ASCII FASTA of exactly its records, ids in order."""
     import numpy as np
 
@@ -567,8 +719,8 @@ def _batch_check(indices: list[int], prefix: str):
             lines = value.tobytes().decode("ascii").splitlines()
         except UnicodeDecodeError:
             return False
-        return len(lines) == 2 * len(indices) and [line.split(" ", 1)[0] for line in lines[::2]] == \
-            [f">{prefix}{i + 1:04d}" for i in indices]
+        return len(lines) == 2 * len(ids) and [line.split(" ", 1)[0] for line in lines[::2]] == \
+            [f">{i}" for i in ids]
 
     return check
 
@@ -611,16 +763,25 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     target = through_link(Path(output)) if to_file else output
     busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
            f"{option('-o', 'output')}"
+    from protrans_cli.embed import linker_length_ignored
+
+    if (options.template is not None or options.templates is not None) \
+            and (ignored := linker_length_ignored(options)) is not None:
+        console.warn(ignored)
+    if options.templates is not None:
+        designs, digest = read_templates(options)  # (before the model loads)
+    else:
+        designs, digest = [Design(options.template, options.prefix)], None
     device, dtype = resolve_device(options.device, options.dtype)
     with contextlib.ExitStack() as held:
         held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
         if to_file and options.resume and partial_folder(target).is_dir():
-            check_kept_settings(partial_folder(target), settings_of(options))  # (before the model loads)
+            check_kept_settings(partial_folder(target), settings_of(options, templates=digest))  # (before the load)
         store = UnitStore(partial_folder(target), resume=options.resume, command="generate") if to_file else None
         with tempfile.TemporaryFile() as spool:
             with atomic_output(output, "wb", follow_link=True) if not to_stdout else contextlib.nullcontext(spool) \
                     as stream:
-                summary = _sample_all(options, device, dtype, store, stream, keep_records,
+                summary = _sample_all(options, designs, digest, device, dtype, store, stream, keep_records,
                                       (_compute, _run_unit, _unit_key))
             if spool.tell():
                 spool.seek(0)
@@ -630,15 +791,17 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
             store.remove()
     if not to_stdout:
         console.output_complete(str(output))
-    ended = f", {summary.stopped:,} ended by the model" if options.template is None else ""
+    ended = f", {summary.stopped:,} ended by the model" if designs[0].template is None else ""
     console.info(f"generate: {console.counted(summary.sequences, 'sequence')} from {summary.model}, mean length "
                  f"{summary.mean_length:.1f}{ended}, mean of mean_log_prob {summary.mean_log_prob:.4f}")
     return summary
 
 
-def _sample_all(options: GenerateOptions, device, dtype, store, stream, keep_records: bool, unit_tools):
+def _sample_all(options: GenerateOptions, designs: list[Design], templates: str | None, device, dtype, store,
+                stream, keep_records: bool, unit_tools):
     """The summary: the model loaded, every batch sampled (or read from `store`'s kept units) and
-    its records written to `stream` as it ends."""
+    its records written to `stream` as it ends. A batch holds one design's (template's) sequences;
+    `templates`: the templates file's digest (None: one --template, or a causal LM)."""
     import numpy as np
 
     from protrans_cli.models import load_model
@@ -650,15 +813,15 @@ def _sample_all(options: GenerateOptions, device, dtype, store, stream, keep_rec
         loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
         sampler = Sampler(loaded, options)
         causal = sampler.scorer.causal or sampler.scorer.permutation
-        _check_kind(sampler, causal)
-        _warn_past_training(sampler, causal)
-        settings = settings_of(options, sampler.device.type, str(sampler.scorer.compute_dtype))
+        _check_kind(sampler, causal, designs)
+        _warn_past_training(sampler, causal, designs)
+        settings = settings_of(options, sampler.device.type, str(sampler.scorer.compute_dtype), templates)
         units = None
         if store is not None:
             if options.resume:
                 check_kept_settings(store.folder, settings)
             units = store.for_model(loaded, sampler.scorer)
-        total = options.num_sequences
+        total = options.num_sequences * len(designs)
         bar = console.progress(total=total, desc="generating", unit="sequence") if console.progress_wanted() \
             and total > 1 else None
         summary = GenerateSummary(model=loaded.name, records=[] if keep_records else None)
@@ -666,33 +829,36 @@ def _sample_all(options: GenerateOptions, device, dtype, store, stream, keep_rec
         # (a unit's name holds every setting its records depend on: one drawn otherwise is never read)
         digest = _unit_key("generate-settings", "", [f"{k}={v!r}" for k, v in sorted(settings.items())])
 
-        def batch(indices: list[int]):
+        def batch(design: Design, indices: list[int]):
             nonlocal prompt_lp
             if causal and prompt_lp is None:
                 before, _ = causal_layout(sampler)
                 prompt = [sampler.scorer.token_id(c) for c in options.prompt or ""]
                 prompt_lp = prompt_log_prob(sampler, before, prompt)
-            records = sample_causal(sampler, indices, prompt_lp) if causal else sample_template(sampler, indices)
+            records = sample_causal(sampler, indices, prompt_lp) if causal else \
+                sample_template(sampler, indices, design)
             return np.frombuffer(_batch_text(records).encode("ascii"), dtype=np.uint8)
 
         try:
-            for first in range(0, total, options.batch_size):
-                indices = list(range(first, min(total, first + options.batch_size)))
-                if units is not None:
-                    _settings_file(store, settings)
-                key = _unit_key(f"generate-{digest}", "", [indices[0], indices[-1]])
-                value = _run_unit(units or _compute, key, lambda: batch(indices), bar, len(indices),
-                                  _batch_check(indices, options.prefix))
-                stream.write(value.tobytes())
-                for record in _parsed(value.tobytes().decode("ascii")):
-                    summary.sequences += 1
-                    summary.residues += len(record.sequence)
-                    summary.stopped += record.end == "stop"
-                    summary.log_prob_sum += record.mean_log_prob
-                    if summary.records is not None:
-                        summary.records.append(record)
-                if bar is not None:
-                    bar.update(len(indices))
+            for r, design in enumerate(designs):
+                for first in range(0, options.num_sequences, options.batch_size):
+                    indices = list(range(first, min(options.num_sequences, first + options.batch_size)))
+                    if units is not None:
+                        _settings_file(store, settings)
+                    key = _unit_key(f"generate-{digest}", "", [indices[0], indices[-1]] if templates is None
+                                    else [r, design.record, indices[0], indices[-1]])
+                    value = _run_unit(units or _compute, key, lambda: batch(design, indices), bar, len(indices),
+                                      _batch_check([design.ident(i) for i in indices]))
+                    stream.write(value.tobytes())
+                    for record in _parsed(value.tobytes().decode("ascii")):
+                        summary.sequences += 1
+                        summary.residues += record.residues
+                        summary.stopped += record.end == "stop"
+                        summary.log_prob_sum += record.mean_log_prob
+                        if summary.records is not None:
+                            summary.records.append(record)
+                    if bar is not None:
+                        bar.update(len(indices))
         finally:
             if bar is not None:
                 bar.close()
@@ -717,34 +883,46 @@ def _settings_file(store, settings: dict) -> None:
         raise RuntimeFailure(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _check_kind(sampler: Sampler, causal: bool) -> None:
+def _check_kind(sampler: Sampler, causal: bool, designs: list[Design]) -> None:
     """UsageError for a start or template the model cannot take, or a template it cannot hold."""
+    from protrans_cli.embed import model_length
+
     o, name = sampler.options, sampler.loaded.name
-    if causal and o.template is not None:
+    if causal and (o.template is not None or o.templates is not None):
+        given = option('--templates', 'templates') if o.templates is not None else option('--template', 'template')
         raise UsageError(f"{name} is a causal LM: it draws left to right; give {option('--prompt SEQ', 'prompt')} "
-                         f"for a fixed start (or nothing), not {option('--template', 'template')}")
+                         f"for a fixed start (or nothing), not {given}")
     if causal:
         return
     if sampler.scorer.decoder:
         raise UsageError(f"{name} is a T5 encoder-decoder: generate designs templates with masked LMs (ESM-2, ProtBert, "
                          "ProtAlbert, ESM C, ...) and samples from causal ones (Transformer-XL, XLNet)")
-    if o.template is None:
+    if o.template is None and o.templates is None:
         raise UsageError(f"{name} is a masked LM: give {option('--template SEQ', 'template')} with '{DESIGNED}' at "
-                         f"each position to design (e.g. MKT____AYIAK)"
+                         f"each position to design (e.g. MKT____AYIAK), or {option('--templates FILE', 'templates')}"
                          + (f", not {option('--prompt', 'prompt')}" if o.prompt is not None else ""))
     limit = sampler.scorer.model_limit
-    if limit is not None and len(o.template) > limit:
-        raise UsageError(f"{option('--template', 'template')} has {len(o.template)} residues, more than {name} "
-                         f"accepts ({limit} residues, its learned positions)")
+    for design in designs:
+        length = model_length(design.template, o.chains, o.linker_length)
+        if limit is not None and length > limit:
+            what = option('--template', 'template') if design.record is None else \
+                f"{option('--templates', 'templates')} record {design.record!r:.60}"
+            reads = " (the chains with their linkers)" if o.chains == "linker" and ":" in design.template else \
+                " (its longest chain)" if ":" in design.template else ""
+            raise UsageError(f"{what} has {length} residues{reads}, more than {name} accepts ({limit} residues, its "
+                             "learned positions)")
 
 
-def _warn_past_training(sampler: Sampler, causal: bool) -> None:
+def _warn_past_training(sampler: Sampler, causal: bool, designs: list[Design]) -> None:
     """A warning where the sequences may be longer than the proteins the model was trained on."""
+    from protrans_cli.embed import model_length
+
     o, trained = sampler.options, sampler.scorer.max_length
-    length = o.max_length if causal else len(o.template)
+    length = o.max_length if causal else max(model_length(d.template, o.chains, o.linker_length) for d in designs)
     if trained is not None and length > trained:
         what = option(f"--max-length {o.max_length}", f"max_length={o.max_length}") if causal else \
-            f"{option('--template', 'template')} of {length} residues"
+            (f"{option('--template', 'template')} of {length} residues" if o.templates is None else
+             f"a template of {length} residues")
         console.warn(f"{what} is more than {sampler.loaded.name} was trained on or holds ({trained} residues): "
                      "what it writes past that is less reliable")
 

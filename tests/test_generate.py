@@ -290,6 +290,182 @@ def test_template_greedy_is_the_plain_masked_argmax(esm):
     assert got <= {a, b} and got
 
 
+# -- complexes and many templates -----------------------------------------------------------------
+
+def _stream(seed: int, i: int, record: str | None = None):
+    """Sequence i's generator as the docs derive it: numpy SeedSequence((seed, i)) (a templates
+    file's record: (seed, blake2b-64 of its id, little-endian, i)), its first 64-bit state word."""
+    import hashlib
+
+    import numpy as np
+
+    key = (seed, i) if record is None else \
+        (seed, int.from_bytes(hashlib.blake2b(record.encode(), digest_size=8).digest(), "little"), i)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
+
+
+def _greedy_fill(tokenizer, model, text: str, g, iterations: int):
+    """A plain reference of a greedy design of `text`'s `_` (what the model reads), drawing its
+    orders from `g` as the docs say (a random permutation a sweep, one uniform a draw): each
+    position in turn the argmax over the canonical residues of a plain masked forward with the
+    positions not yet filled masked (sweeps: it alone masked). Returns (the text filled, the
+    designed residues' log-probabilities each masked alone)."""
+    letters = {tokenizer.convert_tokens_to_ids(c): c for c in STANDARD}
+    ids = tokenizer(text.replace("_", "A"), return_tensors="pt")["input_ids"]
+    designed = [p for p, c in enumerate(text) if c == "_"]
+    for p in designed:
+        ids[0, p + 1] = tokenizer.mask_token_id
+    for _ in range(1 + iterations):
+        order = torch.randperm(len(designed), generator=g).tolist()
+        for t in order:
+            p = designed[t] + 1
+            ids[0, p] = tokenizer.mask_token_id
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, p]
+            ids[0, p] = max(letters, key=lambda tok: float(logits[tok]))
+            torch.rand(1, generator=g, dtype=torch.float64)
+    lps = []
+    for p in designed:
+        masked = ids.clone()
+        masked[0, p + 1] = tokenizer.mask_token_id
+        with torch.no_grad():
+            lps.append(float(model(input_ids=masked).logits[0, p + 1].log_softmax(-1)[ids[0, p + 1]]))
+    filled = "".join(letters[int(t)] if c == "_" else c for t, c in zip(ids[0, 1:-1], text))
+    return filled, lps
+
+
+def test_complex_linker_greedy_is_the_plain_joined_reference(esm):
+    """--chains linker, greedy with a sweep: the plain reference over the chains joined by the
+    glycines (filled in the seeded orders), the linker dropped, the ':'s kept; mean_log_prob the
+    designed residues' pseudo-log-likelihood with every chain present."""
+    tokenizer, model = _plain_masked(esm)
+    template = "MKT_AYI_AK:GSW__LVKR:PE_"
+    records = _generate(model=str(esm), num_sequences=3, template=template, chains="linker", linker_length=4,
+                        top_k=1, iterations=1, seed=3, batch_size=2)
+    assert [r.id for r in records] == ["gen_0001", "gen_0002", "gen_0003"]
+    for i, r in enumerate(records):
+        joined, lps = _greedy_fill(tokenizer, model, "GGGG".join(template.split(":")), _stream(3, i), 1)
+        chains = [joined[:10], joined[14:23], joined[27:]]
+        assert r.sequence == ":".join(chains) and r.designed == 5
+        assert r.mean_log_prob == pytest.approx(sum(lps) / 5, abs=1e-4)
+    # a flat distribution: the template's residues and layout kept, no linker in the output
+    for r in _generate(model=str(esm), num_sequences=6, template=template, chains="linker", temperature=50.0):
+        assert [len(c) for c in r.sequence.split(":")] == [10, 9, 3]
+        assert all(c == t for c, t in zip(r.sequence, template) if t != "_")
+        assert all(c in STANDARD for c, t in zip(r.sequence, template) if t == "_")
+
+
+def test_complex_separate_designs_each_chain_alone_from_one_stream(esm):
+    """--chains separate: chain 1's designs are --template CHAIN1's with the same seed (sampled);
+    the next chain's go on drawing from the same generator (greedy: the plain reference of each
+    chain alone, orders from one stream); a chain without '_' is kept and draws nothing."""
+    template = "MKT__AYIA:WWLKQ:GS_LVKR_E"
+    chain1 = _generate(model=str(esm), num_sequences=4, template="MKT__AYIA", temperature=1.3, seed=9)
+    both = _generate(model=str(esm), num_sequences=4, template=template, chains="separate", temperature=1.3, seed=9)
+    assert [r.sequence.split(":")[0] for r in both] == [r.sequence for r in chain1]
+    assert all(r.sequence.split(":")[1] == "WWLKQ" and r.designed == 4 for r in both)
+    tokenizer, model = _plain_masked(esm)
+    greedy = _generate(model=str(esm), num_sequences=2, template=template, chains="separate", top_k=1, seed=9)
+    for i, r in enumerate(greedy):
+        g = _stream(9, i)
+        a, lps_a = _greedy_fill(tokenizer, model, "MKT__AYIA", g, 1)
+        b, lps_b = _greedy_fill(tokenizer, model, "GS_LVKR_E", g, 1)
+        assert r.sequence == f"{a}:WWLKQ:{b}"
+        assert r.mean_log_prob == pytest.approx(sum(lps_a + lps_b) / 4, abs=1e-4)
+
+
+def test_templates_file_designs_each_record_whatever_the_others(tmp_path, esm):
+    records = {"cdr": "MKT___AYIAK", "pair": "GS_LV:KR__E"}
+    forward, backward = tmp_path / "f.fa", tmp_path / "b.fa"
+    forward.write_text("".join(f">{k} a template\n{v.lower()}\n" for k, v in records.items()))
+    backward.write_text("".join(f">{k}\n{v}\n" for k, v in reversed(records.items())))
+    kw = dict(model=str(esm), num_sequences=3, chains="linker", temperature=1.3, seed=2)
+    one = _generate(templates=str(forward), batch_size=2, **kw)
+    two = _generate(templates=str(backward), batch_size=3, **kw)
+    assert [r.id for r in one] == ["cdr_0001", "cdr_0002", "cdr_0003", "pair_0001", "pair_0002", "pair_0003"]
+    assert sorted((r.id, r.sequence) for r in one) == sorted((r.id, r.sequence) for r in two)
+    assert len({r.sequence for r in one}) == 6
+    for r in one:
+        template = records[r.id.rsplit("_", 1)[0]]
+        assert len(r.sequence) == len(template) and all(c == t for c, t in zip(r.sequence, template) if t != "_")
+    # a record alone: the same designs; --id-prefix goes before the record's id
+    alone = tmp_path / "a.fa"
+    alone.write_text(">pair\nGS_LV:KR__E\n")
+    got = _generate(templates=str(alone), prefix="r2_", **kw)
+    assert [(r.id, r.sequence) for r in got] == [("r2_" + r.id, r.sequence) for r in one[3:]]
+    # seeded by (seed, the id's digest, k): the greedy orders of the plain reference
+    tokenizer, model = _plain_masked(esm)
+    greedy = _generate(templates=str(alone), model=str(esm), num_sequences=2, top_k=1, seed=2, chains="separate")
+    for k, r in enumerate(greedy):
+        g = _stream(2, k, "pair")
+        assert r.sequence == ":".join(_greedy_fill(tokenizer, model, c, g, 1)[0] for c in ("GS_LV", "KR__E"))
+
+
+def test_templates_resume_checks_the_file(run_cli, tmp_path, esm, monkeypatch):
+    """Interrupted in its third batch (two records, -n 3, batches of 2: four batches), --resume
+    gives the uninterrupted bytes; a changed templates file or --linker-length is refused."""
+    import protrans_cli.generate as generate
+
+    templates = tmp_path / "t.fa"
+    templates.write_text(">x\nMKT__AY:GS_L\n>y\nAAW_KLV:PP_\n")
+    args = ["-m", esm, "--templates", templates, "--chains", "linker", "--linker-length", "5", "-n", "3",
+            "--batch-size", "2", "--seed", "4"]
+    whole = tmp_path / "whole.fa"
+    assert run_cli("generate", *args, "-o", whole).exit_code == 0
+    original, calls = generate.sample_template, []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(generate, "sample_template", counting)
+    out = tmp_path / "o.fa"
+    r = run_cli("generate", *args, "-o", out)
+    assert r.exit_code == 130 and "--resume" in r.stderr
+    monkeypatch.setattr(generate, "sample_template", original)
+    changed = tmp_path / "c.fa"
+    changed.write_text(">x\nMKT__AY:GS_L\n>y\nAAW_KLV:PPA_\n")
+    for other, flag in ((["--templates", changed], "--templates"), (["--linker-length", "6"], "--linker-length")):
+        r = run_cli("generate", *args, *other, "-o", out, "--resume")
+        assert r.exit_code == 2 and f"with {flag} " in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("generate", *args, "-o", out, "--resume")
+    assert r.exit_code == 0 and "2 units of work kept" in r.stderr, r.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert [_fields(h)["id"] for h, _ in _records(whole.read_text())] == \
+        ["x_0001", "x_0002", "x_0003", "y_0001", "y_0002", "y_0003"]
+    assert all(_fields(h)["length"] == str(len(s) - 1) for h, s in _records(whole.read_text()))
+
+
+@pytest.mark.parametrize("args, said, code", [
+    (["--template", "MK_A:GSL"], "':' at residue 5 is a chain break", 2),
+    (["--template", "MK_A:GSL"], "--chains linker or --chains separate reads it", 2),
+    (["--template", "MK_A::GSL", "--chains", "linker"], "chain 2 of 3 is empty", 2),
+    (["--template", "MK_A:GSL", "--templates", "T"], "--templates FILE and --template: give one", 2),
+    (["--templates", "T"], "record 'b': the template: ':' at residue 3 is a chain break", 2),
+    (["--templates", "T", "--chains", "separate"], "record 'c': the template: 'J' at position 2", 1),
+    (["--templates", "D", "--chains", "linker"], "also that of the record at line 1", 1),
+])
+def test_cli_complex_and_templates_refusals(run_cli, tmp_path, esm, args, said, code):
+    (tmp_path / "T").write_text(">a\nMK__\n>b\nGS:L_\n>c\nMJ_\n")
+    (tmp_path / "D").write_text(">a\nMK__\n>a\nGS:L_\n")
+    args = [str(tmp_path / a) if a in ("T", "D") else a for a in args]
+    out = tmp_path / "designs.fa"
+    r = run_cli("generate", "-m", esm, *args, "-o", out)
+    assert r.exit_code == code and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_cli_causal_refuses_a_complex_prompt_and_templates(run_cli, tmp_path, txl):
+    r = run_cli("generate", "-m", txl, "--prompt", "MKT:GS")
+    assert r.exit_code == 2 and "a causal LM draws one chain left to right" in r.stderr \
+        and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    (tmp_path / "t.fa").write_text(">a\nMK__\n")
+    r = run_cli("generate", "-m", txl, "--templates", tmp_path / "t.fa")
+    assert r.exit_code == 2 and "is a causal LM" in r.stderr and "not --templates" in r.stderr, r.stderr
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 def test_cli_writes_fasta_atomically_and_gz(run_cli, tmp_path, txl):
