@@ -17,7 +17,12 @@ Two ways, by the kind of model:
               filled one at a time in a random order, each drawn from the model's distribution
               there with the designed positions filled so far as they are and the rest masked;
               then `iterations` sweeps draw each designed position again (in a new random order)
-              with it alone masked. The other residues never change.
+              with it alone masked. The other residues never change. A complex (chains split
+              by ':', `chains`): linker: the model reads the chains joined by `linker_length`
+              glycines (never designed, dropped from the record), every `_` drawn with all chains
+              present; separate: each chain's `_` with that chain alone, the chains in turn from
+              the sequence's one generator. The records keep the ':'s. `templates`: a FASTA of
+              templates, each designed `num_sequences` times (ids PREFIXRECORDID_0001, ...).
 
 What may be drawn: the 20 canonical amino acids (special tokens, X, U, Z, O, B masked out of the
 distribution first; `allow_rare` adds U and O where the model reads them as tokens of their own),
@@ -25,9 +30,10 @@ and, for a causal model, its end token once `min_length` residues are there. The
 divides the logits, `top_k` keeps the k likeliest tokens and `top_p` the smallest set whose
 probability reaches p (`filtered_log_probs`).
 
-Reproducible: sequence i draws from a generator of its own seeded by (seed, i), one uniform number
-a draw, so the same seed gives the same sequences whatever the batch size (up to float rounding of
-batched passes, on one device and dtype).
+Reproducible: sequence i draws from a generator of its own seeded by (seed, i) (a templates file's
+record's design k: (seed, the record id's 64-bit digest, k), whatever the other records), one
+uniform number a draw, so the same seed gives the same sequences whatever the batch size (up to
+float rounding of batched passes, on one device and dtype).
 
 Each FASTA record's header (a model's log-probabilities are natural logarithms at temperature 1,
 over its whole vocabulary, whatever the sampling settings):
@@ -35,7 +41,7 @@ over its whole vocabulary, whatever the sampling settings):
     causal:    >gen_0001 length=L mean_log_prob=-x.xxxx end=stop|max-length
                the mean over the protein's residues (the prompt's included) of log p(residue |
                those before it): `protrans perplexity --method causal`'s mean_log_likelihood
-    template:  >gen_0001 length=L designed=D mean_log_prob=-x.xxxx
+    template:  >gen_0001 length=L designed=D mean_log_prob=-x.xxxx   (L: residues, not ':'s)
                the mean over the designed residues of log p(residue | the rest of the sequence),
                each masked alone (their pseudo-log-likelihood, `protrans perplexity --per-residue`'s
                values at those positions)
