@@ -26,7 +26,8 @@ def test_every_command_has_a_guide():
 
     guides = {"fit": "heads", "finetune": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed", "from-structure": "embed",
               "import-esm": "embed", "esm-extract": "embed", "contacts": "embed", "import-head": "heads",
-              "knn": "heads", "export": "formats", "info": "formats", "import-model": "models"}
+              "knn": "heads", "export": "formats", "info": "formats", "import-model": "models",
+              "translate": "models"}
     for name in COMMANDS:
         page = ROOT / "docs" / f"{guides.get(name, name)}.md"
         assert page.exists(), f"docs/{page.name} (guide for `protrans {name}`) is missing"

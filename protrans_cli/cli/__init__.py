@@ -43,6 +43,7 @@ COMMANDS = {
     "variants": ("protrans_cli.cli.variants", "Zero-shot variant effects (masked marginals) from a masked language model."),
     "perplexity": ("protrans_cli.cli.perplexity", "Per-protein (pseudo-)perplexity of a FASTA under a language model."),
     "generate": ("protrans_cli.cli.generate", "Sample protein sequences from a language model (causal, or a masked LM filling a template)."),
+    "translate": ("protrans_cli.cli.translate", "ProstT5's translations: amino acids to Foldseek 3Di strings, and back (inverse folding)."),
     "import-head": ("protrans_cli.cli.import_head", "Import a published prediction head (no training)."),
     "import-model": ("protrans_cli.cli.import_model", "Convert a fair-esm or ESM C checkpoint, or merge a peft LoRA adapter, into a model directory."),
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),

@@ -1,0 +1,376 @@
+"""ProstT5's translations (`protrans translate`): amino acids to Foldseek 3Di strings, and 3Di
+strings to amino acids (inverse folding).
+
+ProstT5 (Heinzinger et al. 2024, Rostlab/ProstT5) is ProtT5-XL fine-tuned to translate between
+a protein's amino acids and Foldseek's 3Di structure alphabet (20 states, one a residue). Its
+encoder reads the source as its model card lays it out: `<AA2fold>` before upper-case amino acids
+(to 3Di) or `<fold2AA>` before lower-case 3Di letters (to amino acids), spaced, then `</s>`: the
+family's `encode` with the prefix, as `protrans embed` and `embed --3di` read them. Its decoder
+writes the target with transformers' `model.generate`:
+
+- exactly one letter a residue: a logits processor (`TargetAlphabet`) lets the decoder write only
+  the target alphabet's 20 tokens (lower-case 3Di tokens, or the 20 amino acids) until the
+  protein's length, then only `</s>`; generation stops at the batch's longest protein;
+- greedy by default (deterministic; the same letters whatever the batching, in float32). The
+  model card samples (AA -> 3Di: do_sample, num_beams 3, top_p 0.95, temperature 1.2, top_k 6,
+  repetition_penalty 1.2; 3Di -> AA: do_sample, top_p 0.85, temperature 1.0, top_k 3,
+  repetition_penalty 1.2): `sample=True` with those settings reproduces it; `num_beams` runs beam
+  search; `num_sequences` > 1 (sampling or beams) writes several designs a protein.
+
+Output: FASTA, a record a protein (`ID_k` for design k of several), 3Di strings upper-case (as
+Foldseek's databases hold them), headers `ID 3Di predicted by MODEL` or `ID designed from 3Di by
+MODEL`, written atomically. Records are read `window` at a time, sorted by length within it and
+batched by a padded-token budget (`max_tokens`, counted with every beam and design), and written in
+input order. No --resume: a run writes its output whole or not at all.
+
+    summary = translate("proteins.fa", "proteins.3di.fa", TranslateOptions(model="prostt5", to="3di"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+from protrans_cli import console
+from protrans_cli.errors import InputError, ModelError, UsageError, at_least, expect_options, one_of, option, whole_number
+
+TARGETS = ("3di", "aa")
+AA_PREFIX = "<AA2fold>"
+CPU_MAX_TOKENS = 2048
+GPU_MAX_TOKENS = 8192  # (not measured with ProstT5's weights: none here; a guess for a 3B decoder's cache)
+
+
+@dataclass
+class TranslateOptions:
+    """Everything `protrans translate` can be asked for; the CLI fills it from its options."""
+
+    model: str = "prostt5"
+    to: str | None = None                # "3di" (amino acids in) or "aa" (3Di strings in)
+    num_beams: int = 1
+    sample: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
+    num_sequences: int = 1               # designs a protein (sampling, or at most num_beams beams)
+    seed: int = 0
+    invalid_policy: str = "error"        # a record that cannot be read: fail, or leave it out
+    max_tokens: int | None = None        # padded tokens a batch, beams and designs counted
+    max_batch_size: int = 64
+    window: int = 10000                  # records read, sorted and translated at a time
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+
+    def validate(self) -> None:
+        from protrans_cli.embed import DTYPES
+        from protrans_cli.embedders import check_device
+        from protrans_cli.threads import check_threads
+
+        if not isinstance(self.model, str) or not self.model:
+            raise UsageError(f"{option('-m MODEL', 'model')}: give the translation model (prostt5)")
+        if self.model == "onehot":
+            raise UsageError(f"{option('-m onehot', 'model=' + repr('onehot'))} is an encoding, not a model: "
+                             f"translating needs ProstT5 ({option('-m prostt5', 'model=' + repr('prostt5'))})")
+        if self.to is None:
+            raise UsageError(f"{option('--to', 'to')} is required: 3di (amino acids in, 3Di strings out) or aa "
+                             "(3Di strings in, amino acids out)")
+        one_of(self.to, TARGETS, "--to", keyword="to")
+        one_of(self.invalid_policy, ("error", "skip"), "--invalid-policy", keyword="invalid_policy")
+        for name, flag, low in (("num_beams", "--num-beams", 1), ("num_sequences", "-n", 1), ("seed", "--seed", 0),
+                                ("max_batch_size", "--max-batch-size", 1), ("window", "--window", 1)):
+            value = getattr(self, name)
+            if not whole_number(value):
+                raise UsageError(f"{option(flag, name)} must be a whole number, got {value!r:.40}")
+            at_least(value, low, flag, keyword=name)
+        if self.max_tokens is not None:
+            if not whole_number(self.max_tokens):
+                raise UsageError(f"{option('--max-tokens', 'max_tokens')} must be a whole number, got "
+                                 f"{self.max_tokens!r:.40}")
+            at_least(self.max_tokens, 1, "--max-tokens", keyword="max_tokens")
+        if self.top_k is not None:
+            if not whole_number(self.top_k):
+                raise UsageError(f"{option('--top-k', 'top_k')} must be a whole number, got {self.top_k!r:.40}")
+            at_least(self.top_k, 1, "--top-k", keyword="top_k")
+        for name, flag, value in (("temperature", "--temperature", self.temperature),
+                                  ("repetition_penalty", "--repetition-penalty", self.repetition_penalty)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise UsageError(f"{option(flag, name)} must be a number above 0, got {value!r:.40}")
+        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise UsageError(f"{option('--top-p', 'top_p')} must be above 0 and at most 1, got {self.top_p!r:.40}")
+        if not isinstance(self.sample, bool):
+            raise UsageError(f"sample is True or False, got {self.sample!r:.40}")
+        if not self.sample:
+            moved = [flag for flag, value, default in (("--temperature", self.temperature, 1.0),
+                                                       ("--top-p", self.top_p, None), ("--top-k", self.top_k, None))
+                     if value != default]
+            if moved:
+                raise UsageError(f"{option(moved[0], moved[0][2:].replace('-', '_'))} shapes sampling: give "
+                                 f"{option('--sample', 'sample=True')} with it (decoding is greedy or beam search "
+                                 "otherwise)")
+            if self.num_sequences > self.num_beams:
+                raise UsageError(f"{option('-n', 'num_sequences')} {self.num_sequences} designs a protein need "
+                                 f"{option('--sample', 'sample=True')} or at least as many "
+                                 f"{option('--num-beams', 'num_beams')} (greedy decoding writes one)")
+        check_device(self.device)
+        one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
+        if self.threads is not None:
+            check_threads(self.threads)
+
+
+@dataclass
+class TranslateSummary:
+    model: str
+    to: str
+    proteins: int = 0
+    residues: int = 0
+    records: int = 0          # written (proteins x designs)
+    skipped: int = 0          # left out under invalid_policy skip
+    seconds: float = 0.0
+    device: str = ""
+    compute_dtype: str = ""
+
+
+class Translator:
+    """A loaded ProstT5-like model (`load_model(name, masked_lm=True)`: T5ForConditionalGeneration)
+    translating lists of sequences `to` "3di" or "aa" (`translate_batch`)."""
+
+    def __init__(self, loaded, to: str):
+        from protrans_cli.models.base import three_di_input
+
+        one_of(to, TARGETS, "--to", keyword="to")
+        self.loaded, self.to = loaded, to
+        check_translation_model(loaded)
+        amino, three_di = loaded.family, three_di_input(loaded.family)
+        # the source read as the model card lays it out, the target's 20 tokens as the decoder writes them
+        self.source = amino if to == "3di" else three_di
+        self.alphabet, self.target_ids = target_tokens(three_di if to == "3di" else amino, loaded.tokenizer)
+        self.eos = int(loaded.tokenizer.eos_token_id)
+        self.device = loaded.device
+
+    def translate_batch(self, sequences: list[str], options: TranslateOptions) -> list[list[str]]:
+        """For each sequence, `options.num_sequences` translations of exactly its length."""
+        import torch
+
+        inputs, mask = self.source.encode(self.loaded.tokenizer, sequences)
+        lengths = mask.sum(1)
+        if lengths.tolist() != [len(s) for s in sequences]:  # (encode checks it; a translation is one a residue)
+            raise UsageError(f"{self.loaded.name}: its tokenizer does not read one token a residue")
+        processor = TargetAlphabet(self.target_ids, self.eos, lengths.to(self.device))
+        kwargs = generate_kwargs(options, int(lengths.max()))
+        with torch.no_grad():
+            out = self.loaded.model.generate(input_ids=inputs["input_ids"].to(self.device),
+                                             attention_mask=inputs["attention_mask"].to(self.device),
+                                             logits_processor=[processor], **kwargs)
+        out = out[:, 1:].cpu()  # (the decoder's start token first)
+        letters = {int(t): c for t, c in zip(self.target_ids, self.alphabet)}
+        n = options.num_sequences
+        result = []
+        for i, length in enumerate(lengths.tolist()):
+            designs = []
+            for k in range(n):
+                row = out[i * n + k, :length].tolist()
+                bad = next((t for t in row if t not in letters), None)
+                if bad is not None:  # (the processor allows nothing else: a transformers that ignored it)
+                    raise ModelError(f"{self.loaded.name}: generate wrote token {bad}, not a "
+                                     f"{'3Di' if self.to == '3di' else 'amino-acid'} letter")
+                designs.append("".join(letters[t] for t in row))
+            result.append(designs)
+        return result
+
+
+def generate_kwargs(options: TranslateOptions, longest: int) -> dict:
+    """`model.generate`'s keyword arguments: as many new tokens as the longest protein has residues
+    (TargetAlphabet ends each shorter one with `</s>` at its own length), then the decoding
+    settings (the sampling ones only when sampling: greedy ignores them, with a warning)."""
+    kwargs = dict(max_new_tokens=longest, min_new_tokens=None, num_beams=options.num_beams,
+                  num_return_sequences=options.num_sequences, do_sample=options.sample,
+                  repetition_penalty=options.repetition_penalty)
+    if options.sample:
+        kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if options.num_beams > 1:
+        kwargs.update(early_stopping=True)
+    return kwargs
+
+
+class TargetAlphabet:
+    """A logits processor for `generate`: row r (of the batch's proteins, each repeated for its
+    beams or designs) may write only `allowed` (the target alphabet's token ids) before its
+    protein's length, then only `eos` (at score 0: a beam's score is that of its letters alone)."""
+
+    def __init__(self, allowed: list[int], eos: int, lengths):
+        import torch
+
+        self.allowed = torch.tensor(allowed, dtype=torch.long, device=lengths.device)
+        self.eos = eos
+        self.lengths = lengths
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        rows = input_ids.shape[0]
+        written = input_ids.shape[1] - 1  # (the decoder start token first)
+        lengths = self.lengths.repeat_interleave(rows // len(self.lengths))  # (B * expand,)
+        keep = torch.full_like(scores, float("-inf"))
+        keep[:, self.allowed] = scores[:, self.allowed]
+        done = lengths.to(scores.device) <= written
+        if bool(done.any()):
+            keep[done] = float("-inf")
+            keep[done, self.eos] = 0.0
+        return keep
+
+
+def target_tokens(family, tokenizer) -> tuple[str, list[int]]:
+    """The 20 letters (STANDARD) and the token id `family` reads each as: the decoder's target
+    tokens (lower-case 3Di tokens through three_di_input, or the amino acids)."""
+    from protrans_cli.residues import STANDARD
+
+    inputs, mask = family.encode(tokenizer, [STANDARD])
+    ids = inputs["input_ids"][0][mask[0]].tolist()
+    return STANDARD, [int(i) for i in ids]
+
+
+def check_translation_model(loaded) -> None:
+    """UsageError unless `loaded` is an encoder-decoder with its decoder (T5ForConditionalGeneration)
+    whose vocabulary holds ProstT5's prefixes and a token for every lower-case 3Di letter."""
+    from protrans_cli.models.base import THREE_DI_PREFIX, three_di_input, unknown_residues
+
+    prostt5 = option("-m prostt5", "model='prostt5'")
+    model = loaded.model
+    if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "generate") \
+            or getattr(model, "decoder", None) is None:
+        raise UsageError(f"{loaded.name}: not an encoder-decoder with its decoder ({type(model).__name__}): "
+                         f"translating needs ProstT5's, e.g. {prostt5}")
+    try:
+        vocab = loaded.tokenizer.get_vocab()
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        vocab = {}
+    missing = [p for p in (AA_PREFIX, THREE_DI_PREFIX) if p not in vocab]
+    if missing:
+        raise UsageError(f"{loaded.name}: its vocabulary has no {' or '.join(missing)}: not a translation model "
+                         f"between amino acids and 3Di strings (ProstT5 is: {prostt5})")
+    lacking = unknown_residues(three_di_input(loaded.family), loaded.tokenizer)
+    if lacking:
+        raise UsageError(f"{loaded.name}: its vocabulary has no token for the 3Di letter(s) "
+                         f"{', '.join(m.lower() for m in lacking)}")
+
+
+def header(ident: str, k: int, n: int, to: str, model: str) -> str:
+    name = ident if n == 1 else f"{ident}_{k + 1}"
+    what = f"3Di predicted by {model}" if to == "3di" else f"designed from 3Di by {model}"
+    return f">{name} {what}" + (f" (design {k + 1} of {n})" if n > 1 else "")
+
+
+def _batches(order: list[int], lengths: list[int], budget: int, max_batch: int, expand: int):
+    """Consecutive runs of `order` (indices sorted by length, longest first) whose padded tokens
+    (longest x proteins x expand, the source's specials counted) stay within `budget`."""
+    batch: list[int] = []
+    for i in order:
+        longest = lengths[batch[0]] if batch else lengths[i]
+        if batch and ((len(batch) + 1) * (longest + 2) * expand > budget or len(batch) >= max_batch):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def translate(fasta, output="-", options: TranslateOptions | None = None) -> TranslateSummary:
+    """Translate every record of `fasta` (a path, `-` for stdin; .gz read) `options.to` 3Di or
+    amino acids with `options.model`, and write the FASTA `output` (`-`/None: stdout; .gz
+    compresses) atomically: nothing is written unless every record was translated."""
+    import time
+
+    import torch
+
+    from protrans_cli.embed import read_windows
+    from protrans_cli.embedders import resolve_device
+    from protrans_cli.io.files import atomic_output, display_name, input_named_by, output_directory
+    from protrans_cli.models import load_model
+    from protrans_cli.residues import THREE_DI
+    from protrans_cli.threads import torch_threads
+
+    if options is None:
+        raise UsageError("translate needs TranslateOptions(to='3di' or 'aa')")
+    expect_options(options, TranslateOptions, "options")
+    options.validate()
+    to_stdout = output in (None, "-")
+    if not to_stdout:
+        if input_named_by(output, [fasta]):
+            raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
+                             f"{option('-o', 'output')})")
+        output_directory(output)
+    name = display_name(fasta)
+    alphabet = THREE_DI if options.to == "aa" else None
+    skip = options.invalid_policy == "skip"
+    device, dtype = resolve_device(options.device, options.dtype)
+    threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
+    started = time.perf_counter()
+    with threads:
+        try:
+            loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision,
+                                masked_lm=True)
+        except ModelError as exc:
+            from protrans_cli.models import FAMILIES
+
+            if not any(f.masked_lm_lacking and f.masked_lm_lacking in exc.message for f in FAMILIES.values()):
+                raise
+            # (ProtT5's -enc checkpoints: "scoring residues needs the decoder" is variants' wording)
+            raise UsageError(f"{options.model}: an encoder saved without its decoder: translating needs "
+                             f"ProstT5's encoder and decoder ({option('-m prostt5', 'model=' + repr('prostt5'))})"
+                             ) from None
+        translator = Translator(loaded, options.to)
+        summary = TranslateSummary(model=loaded.name, to=options.to, device=str(loaded.device),
+                                   compute_dtype=str(loaded.dtype).removeprefix("torch."))
+        cuda = loaded.device.type == "cuda"
+        budget = options.max_tokens or (GPU_MAX_TOKENS if cuda else CPU_MAX_TOKENS)
+        expand = max(options.num_beams, options.num_sequences)
+        bar = console.progress(desc="translating", unit="protein") if console.progress_wanted() else None
+        seeded = torch.random.fork_rng(devices=[loaded.device] if cuda else [])
+        try:
+            with seeded, atomic_output(output, "wb", follow_link=True) as stream:
+                torch.manual_seed(options.seed)
+                for window in read_windows(fasta, name, options.window, skip, alphabet, offered=()):
+                    kept = [p for p in window if p.rejected is None]
+                    for p in window:
+                        if p.rejected is not None:
+                            summary.skipped += 1
+                            console.warn(f"{name}: record {p.id!r} left out: {p.rejected}")
+                    lengths = [len(p.sequence) for p in kept]
+                    order = sorted(range(len(kept)), key=lambda i: -lengths[i])
+                    done: dict[int, list[str]] = {}
+                    for batch in _batches(order, lengths, budget, options.max_batch_size, expand):
+                        for i, designs in zip(batch, translator.translate_batch([kept[i].sequence for i in batch],
+                                                                                 options)):
+                            done[i] = designs
+                        if bar is not None:
+                            bar.update(len(batch))
+                    text = []
+                    for i, prot in enumerate(kept):
+                        for k, letters in enumerate(done[i]):
+                            text.append(f"{header(prot.id, k, options.num_sequences, options.to, loaded.name)}\n"
+                                        f"{letters}\n")
+                            summary.records += 1
+                        summary.proteins += 1
+                        summary.residues += lengths[i]
+                    stream.write("".join(text).encode("utf-8"))
+                if not summary.proteins:
+                    raise InputError("no FASTA records" + (" left after --invalid-policy skip" if summary.skipped
+                                                            else ""), path=name)
+        finally:
+            if bar is not None:
+                bar.close()
+    summary.seconds = time.perf_counter() - started
+    if not to_stdout:
+        console.output_complete(str(output))
+    what = "3Di strings predicted" if options.to == "3di" else "amino-acid sequences designed"
+    console.info(f"translate: {console.counted(summary.records, 'record')} ({what}) for "
+                 f"{console.counted(summary.proteins, 'protein')}, {summary.residues:,} residues, with "
+                 f"{summary.model} on {summary.device} ({summary.compute_dtype})"
+                 + (f"; {console.counted(summary.skipped, 'record')} left out" if summary.skipped else ""))
+    return summary
