@@ -81,6 +81,18 @@ def test_greedy_translation_equals_a_plain_generate_call(run_cli, tmp_path, pros
             assert len(letters) == len(seq) and set(letters) <= set(STANDARD)
             assert letters == reference[pid][0], pid
     assert outputs[0] == outputs[1]
+    # the restriction is no no-op: this random decoder, unrestricted, writes sentinels and the like
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = T5ForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    pid, seq = next(iter(records.items()))
+    prefix = "<AA2fold> " if to == "3di" else "<fold2AA> "
+    with torch.no_grad():
+        free = model.generate(**tokenizer([prefix + " ".join(seq.lower() if to == "aa" else seq)], return_tensors="pt"),
+                              max_new_tokens=len(seq))
+    target = set(tokenizer.convert_tokens_to_ids(list(STANDARD.lower() if to == "3di" else STANDARD)))
+    assert not set(free[0, 1:].tolist()) <= target
     assert len({v[1] for v in _read(tmp_path / "out0.fa").values()}) > 1  # not one letter for everything
 
 
