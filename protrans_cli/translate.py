@@ -335,7 +335,14 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
         try:
             with seeded, atomic_output(output, "wb", follow_link=True) as stream:
                 torch.manual_seed(options.seed)
+                seen: dict[str, int] = {}  # id -> its line: an output's ids are Foldseek's keys
                 for window in read_windows(fasta, name, options.window, skip, alphabet, offered=()):
+                    for p in window:
+                        if p.id in seen:
+                            raise InputError(f"duplicate id (first seen on line {seen[p.id]}); ids must be unique "
+                                             "because they name the output's records", path=name, line=p.line,
+                                             record=p.id)
+                        seen[p.id] = p.line
                     kept = [p for p in window if p.rejected is None]
                     for p in window:
                         if p.rejected is not None:

@@ -165,6 +165,11 @@ def test_refusals(run_cli, tmp_path, prostt5_like):
     assert result.exit_code == 1 and "'X' at residue 3 is not a 3Di letter" in result.stderr, result.stderr
     assert "bad.fa" in result.stderr and "x" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+    twice = tmp_path / "twice.fa"
+    twice.write_text(">a\nMKT\n>b\nMSE\n>a\nGAV\n")
+    result = run_cli("translate", twice, "-m", model_dir, "--to", "3di", "-o", out, "--device", "cpu", "-j", "1")
+    assert result.exit_code == 1 and "duplicate id (first seen on line 1)" in result.stderr, result.stderr
+    assert "twice.fa:5, record 'a'" in result.stderr and not out.exists()
     result = run_cli("translate", bad, "-m", model_dir, "--to", "aa", "-o", out, "--invalid-policy", "skip",
                      "--device", "cpu", "-j", "1")
     assert result.exit_code == 0, result.stderr
