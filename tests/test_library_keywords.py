@@ -55,6 +55,12 @@ def _generate(**kw):
     return lambda tmp: run_generate(tmp / "out.fa", GenerateOptions(model="m", **kw))
 
 
+def _translate(**kw):
+    from protrans_cli.translate import TranslateOptions, translate
+
+    return lambda tmp: translate(tmp / "in.fa", tmp / "out.fa", TranslateOptions(**{"to": "3di", **kw}))
+
+
 def _knn(**kw):
     from protrans_cli.knn import knn
 
@@ -138,6 +144,11 @@ def _call(name, **kw):
     (_generate(min_length=9, max_length=5), "min_length 9 is more than max_length 5"),
     (_generate(prompt="MKJ"), "prompt: 'J' at position 3 is not a residue letter"),
     (_generate(threads=0), "threads must be at least 1, got 0"),
+    (_translate(to=None), "to is required: 3di"),
+    (_translate(num_sequences=0), "num_sequences must be at least 1, got 0"),
+    (_translate(temperature=0.5), "temperature shapes sampling: give sample=True with it"),
+    (_translate(num_sequences=2), "num_sequences 2 designs a protein need sample=True or at least as many num_beams"),
+    (_translate(model="onehot"), "model='onehot' is an encoding, not a model"),
     (_call("predict", max_residues=0), "max_residues must be at least 1, got 0"),
     (_knn(k=0), "k must be at least 1, got 0"),
     (_knn(n_bootstrap=5), "n_bootstrap must be at least 10"),
