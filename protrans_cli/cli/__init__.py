@@ -327,6 +327,30 @@ def finished_with_resume(force: bool, kept_of):
                         line=exc.line) from None
 
 
+@contextlib.contextmanager
+def kept_in_partial(output, what: str = "what was computed is in"):
+    """Around a run that keeps its finished work beside `-o FILE` in FILE.partial/ (variants'
+    UnitStore: variants, perplexity, generate): a Ctrl-C, SIGTERM or SIGHUP, or an output that
+    could not be written (a full disk), says where the work is ("`what` FILE.partial") and to run
+    the same command with --resume (when the folder exists)."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.variants import partial_folder
+
+    kept = partial_folder(output) if output not in (None, "-") else None
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise stopped(exc, f"{what} {kept}; run {_SAME_WITH_RESUME} to go on"
+                      if kept is not None and kept.exists() else None) from None
+    except RuntimeFailure as exc:
+        # (a table, FASTA or heatmap that could not be written: the work stays kept for --resume,
+        # and the same command without it is refused, "holds the work of an interrupted run")
+        if kept is None or not kept.is_dir() or "cannot write" not in exc.message or "--resume" in exc.message:
+            raise
+        raise RuntimeFailure(f"{exc.message}; {what} {kept}: run {_SAME_WITH_RESUME} once the problem is solved",
+                             path=exc.path, record=exc.record, line=exc.line) from None
+
+
 def refuse_if_every_protein_failed(failed: dict, written: int, resumed: int, what: str, output) -> None:
     """Exit 1 when a run wrote nothing because every protein it computed failed (out of memory,
     NaN or infinity): the empty file is no result a pipeline's next step (or a scheduler's

@@ -93,27 +93,14 @@ def command(model, num_sequences, output, prompt, template, templates, max_lengt
     protrans generate -m esm2_t33_650M_UR50D --templates loops.fa -n 50 -o d.fa
     protrans generate -m runs/my_txl -n 100000 -o big.fa --resume  # after Ctrl-C
     """
-    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.cli import kept_in_partial
     from protrans_cli.generate import GenerateOptions, run_generate
     from protrans_cli.threads import resolve_threads
-    from protrans_cli.variants import partial_folder
 
     options = GenerateOptions(model=model, num_sequences=num_sequences, prompt=prompt, template=template,
                               templates=templates, chains=chains, linker_length=linker_length, max_length=max_length, min_length=min_length, iterations=iterations,
                               temperature=temperature, top_k=top_k, top_p=top_p, allow_rare=allow_rare, seed=seed,
                               batch_size=batch_size, prefix=prefix, revision=revision, device=device, dtype=dtype,
                               resume=resume, threads=resolve_threads(threads))
-    kept = partial_folder(output) if output not in (None, "-") else None
-    try:
+    with kept_in_partial(output, "the sequences drawn are in"):
         run_generate(output, options)
-    except KeyboardInterrupt as exc:
-        from protrans_cli.cli import stopped
-
-        raise stopped(exc, f"the sequences drawn are in {kept}; run the same command with --resume to go on"
-                      if kept is not None and kept.exists() else None) from None
-    except RuntimeFailure as exc:
-        # (a FASTA that could not be written, a full disk: the sequences stay kept for --resume)
-        if kept is None or not kept.is_dir() or "cannot write" not in exc.message or "--resume" in exc.message:
-            raise
-        raise RuntimeFailure(f"{exc.message}; the sequences drawn are in {kept}: run the same command with --resume "
-                             "once the problem is solved", path=exc.path, record=exc.record, line=exc.line) from None

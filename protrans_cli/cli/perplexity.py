@@ -61,26 +61,13 @@ def command(fasta, output, per_residue, model, method, revision, device, dtype, 
     protrans perplexity heldout.fa -m runs/my_model --method pseudo > heldout.tsv
     protrans perplexity designs.fa -o scores.tsv --per-residue sites.tsv
     """
-    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.cli import kept_in_partial
     from protrans_cli.perplexity import PerplexityOptions, run_perplexity
     from protrans_cli.threads import resolve_threads
-    from protrans_cli.variants import partial_folder
 
     options = PerplexityOptions(model=model, method=method, revision=revision, device=device, dtype=dtype,
                                 max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                                 invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads),
                                 per_residue=per_residue, chains=chains, linker_length=linker_length)
-    kept = partial_folder(output) if output not in (None, "-") else None
-    try:
+    with kept_in_partial(output):
         run_perplexity(fasta, output, options)
-    except KeyboardInterrupt as exc:
-        from protrans_cli.cli import stopped
-
-        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to go on"
-                      if kept is not None and kept.exists() else None) from None
-    except RuntimeFailure as exc:
-        # (a table that could not be written, a full disk: the scores stay kept for --resume)
-        if kept is None or not kept.is_dir() or "cannot write" not in exc.message or "--resume" in exc.message:
-            raise
-        raise RuntimeFailure(f"{exc.message}; what was computed is in {kept}: run the same command with --resume "
-                             "once the problem is solved", path=exc.path, record=exc.record, line=exc.line) from None

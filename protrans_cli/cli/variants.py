@@ -102,7 +102,7 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
         --truth-column DMS_score -o scored.csv
     protrans variants --all-singles --sequence MKTAYIAKQRQ -m esm2_t6_8M_UR50D
     """
-    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.cli import kept_in_partial
     from protrans_cli.threads import resolve_threads
     from protrans_cli.variants import VariantOptions, run_variants
 
@@ -118,26 +118,9 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
                              id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads),
                              chains=chains, linker_length=linker_length)
-    try:
+    with kept_in_partial(output):
         run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta,
                      record_id=record_id)
-    except KeyboardInterrupt as exc:
-        from protrans_cli.cli import stopped
-        from protrans_cli.variants import partial_folder
-
-        kept = partial_folder(output) if output not in (None, "-") else None
-        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to go on"
-                      if kept is not None and kept.exists() else None) from None
-    except RuntimeFailure as exc:
-        # (a table or heatmap that could not be written, a full disk: the scores stay kept for --resume,
-        # and the same command without it is refused, "holds the work of an interrupted run")
-        from protrans_cli.variants import partial_folder
-
-        kept = partial_folder(output) if output not in (None, "-") else None
-        if kept is None or not kept.is_dir() or "cannot write" not in exc.message or "--resume" in exc.message:
-            raise
-        raise RuntimeFailure(f"{exc.message}; what was computed is in {kept}: run the same command with --resume "
-                             "once the problem is solved", path=exc.path, record=exc.record, line=exc.line) from None
     if output not in (None, "-"):
         from protrans_cli import console
 
