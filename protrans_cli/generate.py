@@ -748,23 +748,15 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     from pathlib import Path
 
     from protrans_cli.embedders import resolve_device
-    from protrans_cli.io.files import atomic_output, output_directory, output_lock, special_output, through_link
-    from protrans_cli.variants import UnitStore, _compute, _run_unit, _unit_key, partial_folder
+    from protrans_cli.io.files import atomic_output, output_lock, through_link
+    from protrans_cli.variants import UnitStore, _compute, _run_unit, _unit_key, partial_folder, resumable_output
 
     if options is None:
         raise UsageError("run_generate needs GenerateOptions(model=...): the model to sample from")
     expect_options(options, GenerateOptions, "options")
     options.validate()
     to_stdout = output in (None, "-")
-    resume_beside = option("--resume goes on with the work kept beside -o FILE",
-                           "resume=True goes on with the work kept beside the output file")
-    if not to_stdout:
-        output_directory(output)
-    elif options.resume:
-        raise UsageError(f"{resume_beside}; stdout keeps none")
-    special = special_output(output) if not to_stdout else None
-    if special and options.resume:
-        raise UsageError(f"{resume_beside}; {output} {special}, which keeps none")
+    special = resumable_output(output, options.resume, (options.templates,))
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
     busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \

@@ -217,9 +217,8 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     import tempfile
 
     from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored
-    from protrans_cli.io.files import (atomic_output, display_name, input_named_by, output_directory, output_lock,
-                                       special_output, staged_outputs, through_link)
-    from protrans_cli.variants import UnitStore, partial_folder
+    from protrans_cli.io.files import atomic_output, display_name, output_lock, staged_outputs, through_link
+    from protrans_cli.variants import UnitStore, partial_folder, resumable_output
 
     options = options or PerplexityOptions()
     expect_options(options, PerplexityOptions, "options")
@@ -227,18 +226,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     if (ignored := linker_length_ignored(options)) is not None:
         console.warn(ignored)
     to_stdout = output in (None, "-")
-    resume_beside = option("--resume goes on with the work kept beside -o FILE",
-                           "resume=True goes on with the work kept beside the output file")
-    if not to_stdout:
-        if input_named_by(output, [fasta]):
-            raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
-                             f"{option('-o', 'output')})")
-        output_directory(output)
-    elif options.resume:
-        raise UsageError(f"{resume_beside}; stdout keeps none")
-    special = special_output(output) if not to_stdout else None
-    if special and options.resume:
-        raise UsageError(f"{resume_beside}; {output} {special}, which keeps none")
+    special = resumable_output(output, options.resume, (fasta,))
     per_residue = options.per_residue
     if per_residue is not None:
         _check_per_residue(per_residue, output, to_stdout, fasta)

@@ -1208,13 +1208,35 @@ def _resume_beside() -> str:
                   "resume=True goes on with the work kept beside the output file")
 
 
+def resumable_output(output, resume: bool, inputs=()) -> str | None:
+    """The checks of an output whose finished work is kept beside it for --resume (UnitStore:
+    variants, perplexity, generate), before any work: an input it would replace, its folder,
+    and --resume for stdout or a special file (a device or pipe, `-o >(gzip > x.gz)`,
+    /dev/stdout: its folder, /dev/fd or /dev, cannot hold FILE.partial/), which keep none.
+    Returns io.files.special_output(output) (None for a regular file or stdout)."""
+    from protrans_cli.io.files import input_named_by, output_directory, special_output
+
+    if output in (None, "-"):
+        if resume:
+            raise UsageError(f"{_resume_beside()}; stdout keeps none")
+        return None
+    if input_named_by(output, [p for p in inputs if p is not None]):
+        raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
+                         f"{option('-o', 'output')})")
+    output_directory(output)
+    special = special_output(output)
+    if special and resume:
+        raise UsageError(f"{_resume_beside()}; {output} {special}, which keeps none")
+    return special
+
+
 def run_variants(output, options: VariantOptions, *, variants_file=None, sequence: str | None = None,
                  fasta=None, record_id: str | None = None) -> dict:
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
     from protrans_cli.embed import linker_length_ignored
-    from protrans_cli.io.files import display_name, input_named_by, named_delimiter, output_directory, special_output
+    from protrans_cli.io.files import display_name, input_named_by, named_delimiter, output_directory
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
@@ -1231,18 +1253,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
                          f"{option('--all-singles', 'all_singles=True')}, one of them")
     if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":
         raise UsageError(f"the variants table and {option('--fasta', 'fasta')} cannot both be read from stdin (-)")
-    if output not in (None, "-") and input_named_by(output, [p for p in (variants_file, fasta) if p is not None]):
-        raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
-                         f"{option('-o', 'output')})")
-    if output not in (None, "-"):
-        output_directory(output)  # (before the scoring, not when its result is written)
-    elif options.resume:
-        raise UsageError(f"{_resume_beside()}; stdout keeps none")
-    # (a device or pipe, `-o >(gzip > x.gz)` or /dev/stdout, keeps no work as stdout keeps none: its
-    # folder, /dev/fd or /dev, cannot hold FILE.partial/, refused after the model's load)
-    special = special_output(output) if output not in (None, "-") else None
-    if special and options.resume:
-        raise UsageError(f"{_resume_beside()}; {output} {special}, which keeps none")
+    special = resumable_output(output, options.resume, (variants_file, fasta))
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError(option("--id-column names each row's wild type among the records of --fasta (without --id)",
                                 "id_column names each row's wild type among the records of fasta (without record_id)"))

@@ -457,6 +457,15 @@ def test_cli_complex_and_templates_refusals(run_cli, tmp_path, esm, args, said, 
     assert not out.exists()
 
 
+def test_the_templates_file_is_not_the_output(run_cli, tmp_path, esm):
+    """-o naming the --templates file would replace the designs' source with the designs."""
+    templates = tmp_path / "T.fa"
+    templates.write_text(">a\nMK__\n")
+    r = run_cli("generate", "-m", esm, "--templates", templates, "-o", templates)
+    assert r.exit_code == 2 and "is also an input: writing it would replace it" in r.stderr, r.stderr
+    assert templates.read_text() == ">a\nMK__\n"
+
+
 def test_cli_causal_refuses_a_complex_prompt_and_templates(run_cli, tmp_path, txl):
     r = run_cli("generate", "-m", txl, "--prompt", "MKT:GS")
     assert r.exit_code == 2 and "a causal LM draws one chain left to right" in r.stderr \
