@@ -304,7 +304,8 @@ def _metrics_rows(path: Path) -> list[dict]:
 
 # --- as lines ---
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """A byte count as people read it: 612 bytes, 39.3 KB, 6.1 GB (powers of 1000)."""
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if count < 1000 or unit == "TB":
             return f"{count:,} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
@@ -375,7 +376,7 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
             count = m.get("n_proteins")
             lines.append((f"{name} {output}", shown + (f", {count:,} proteins" if isinstance(count, int) else "")))
     if facts.get("weights") is not None:
-        lines.append(("weights", f"weights.safetensors ({_size(facts['weights'])})"))
+        lines.append(("weights", f"weights.safetensors ({size_text(facts['weights'])})"))
     return lines
 
 
@@ -413,7 +414,7 @@ def _model_lines(facts: dict) -> list[tuple[str, str]]:
         lines.append(("dtype", f"{facts['config_dtype']} (config)"))
     weights = str(facts.get("weights"))
     if facts.get("weights_bytes"):
-        weights += f" ({_size(facts['weights_bytes'])})"
+        weights += f" ({size_text(facts['weights_bytes'])})"
     lines.append(("weights", weights))
     return lines
 

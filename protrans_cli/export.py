@@ -1380,21 +1380,13 @@ def file_ids(path) -> list[str]:
         return _order(reader, _chosen_kind(reader, None), None, path)
 
 
-def _size(count: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:,} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1000
-    return ""
-
-
 def info_lines(facts: dict) -> list[str]:
     """`info`'s facts as aligned lines for people."""
-    if "directory" in facts:
-        from protrans_cli.dir_info import directory_lines
+    from protrans_cli.dir_info import directory_lines, size_text
 
+    if "directory" in facts:
         return directory_lines(facts)
-    lines: list[tuple[str, str]] = [("file", facts["file"] + (f" ({_size(facts['bytes'])})" if "bytes" in facts else ""))]
+    lines: list[tuple[str, str]] = [("file", facts["file"] + (f" ({size_text(facts['bytes'])})" if "bytes" in facts else ""))]
     lines.append(("status", facts["status"]))
     lines.append(("written by", facts.get("written_by", "")))
     if "proteins_done" in facts:  # a running embed's file: what its ledger says, nothing more is readable
