@@ -238,25 +238,38 @@ def target_tokens(family, tokenizer) -> tuple[str, list[int]]:
 def check_translation_model(loaded) -> None:
     """UsageError unless `loaded` is an encoder-decoder with its decoder (T5ForConditionalGeneration)
     whose vocabulary holds ProstT5's prefixes and a token for every lower-case 3Di letter."""
+    model = loaded.model
+    check_translation_tokens(loaded.name, loaded.family, model.config, loaded.tokenizer)
+    if not hasattr(model, "generate") or getattr(model, "decoder", None) is None:
+        raise UsageError(f"{loaded.name}: not an encoder-decoder with its decoder ({type(model).__name__}): "
+                         f"translating needs ProstT5's, e.g. {_PROSTT5}")
+
+
+_PROSTT5 = option("-m prostt5", "model='prostt5'")
+
+
+def check_translation_tokens(name: str, family, config, tokenizer) -> None:
+    """check_translation_model's part that needs no weights (load_model's `before_weights`): an
+    encoder-decoder config, ProstT5's prefixes and a token for every lower-case 3Di letter."""
     from protrans_cli.models.base import THREE_DI_PREFIX, three_di_input, unknown_residues
 
-    prostt5 = option("-m prostt5", "model='prostt5'")
-    model = loaded.model
-    if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "generate") \
-            or getattr(model, "decoder", None) is None:
-        raise UsageError(f"{loaded.name}: not an encoder-decoder with its decoder ({type(model).__name__}): "
-                         f"translating needs ProstT5's, e.g. {prostt5}")
+    if not getattr(config, "is_encoder_decoder", False):
+        if getattr(config, "model_type", None) == "t5":  # (ProtT5's -enc checkpoints; T5EncoderModel's config)
+            raise UsageError(f"{name}: an encoder saved without its decoder: translating needs ProstT5's encoder "
+                             f"and decoder ({_PROSTT5})")
+        raise UsageError(f"{name}: not an encoder-decoder ({getattr(config, 'model_type', None) or 'its config'}): "
+                         f"translating needs ProstT5's, e.g. {_PROSTT5}")
     try:
-        vocab = loaded.tokenizer.get_vocab()
+        vocab = tokenizer.get_vocab()
     except (AttributeError, TypeError, ValueError, NotImplementedError):
         vocab = {}
     missing = [p for p in (AA_PREFIX, THREE_DI_PREFIX) if p not in vocab]
     if missing:
-        raise UsageError(f"{loaded.name}: its vocabulary has no {' or '.join(missing)}: not a translation model "
-                         f"between amino acids and 3Di strings (ProstT5 is: {prostt5})")
-    lacking = unknown_residues(three_di_input(loaded.family), loaded.tokenizer)
+        raise UsageError(f"{name}: its vocabulary has no {' or '.join(missing)}: not a translation model "
+                         f"between amino acids and 3Di strings (ProstT5 is: {_PROSTT5})")
+    lacking = unknown_residues(three_di_input(family), tokenizer)
     if lacking:
-        raise UsageError(f"{loaded.name}: its vocabulary has no token for the 3Di letter(s) "
+        raise UsageError(f"{name}: its vocabulary has no token for the 3Di letter(s) "
                          f"{', '.join(m.lower() for m in lacking)}")
 
 
@@ -314,7 +327,7 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
     with threads:
         try:
             loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision,
-                                masked_lm=True)
+                                masked_lm=True, before_weights=check_translation_tokens)
         except ModelError as exc:
             from protrans_cli.models import FAMILIES
 

@@ -125,6 +125,21 @@ def test_beam_search_and_sampling(run_cli, tmp_path, prostt5_like):
     assert len({draws[0][f"s1_{k}"][1] for k in (1, 2, 3)}) > 1  # designs differ
 
 
+def test_a_model_that_cannot_translate_is_refused_before_its_weights_are_read(run_cli, tmp_path, prostt5_like,
+                                                                             monkeypatch):
+    """A ProtT5 or an ESM-2 given to translate was refused after a whole load (a 3B ProtT5: 11 GB
+    read for a one-line refusal): its config and tokenizer say it first (load_model's before_weights)."""
+    from protrans_cli.models import FAMILIES
+
+    _, models = prostt5_like
+    for family in FAMILIES.values():
+        monkeypatch.setattr(family, "load_masked_lm", lambda *a, **k: pytest.fail("the weights were read"))
+    fasta = _fasta(tmp_path / "in.fa", {"a": "MKTAY"})
+    for bad_model in (models["t5"], models["esm"]):
+        result = run_cli("translate", fasta, "-m", bad_model, "--to", "3di", "-o", tmp_path / "o.fa", "--device", "cpu")
+        assert result.exit_code == 2 and "translat" in result.stderr, result.stderr
+
+
 def test_refusals(run_cli, tmp_path, prostt5_like):
     model_dir, models = prostt5_like
     fasta = _fasta(tmp_path / "in.fa", {"a": "MKTAY"})
@@ -137,7 +152,7 @@ def test_refusals(run_cli, tmp_path, prostt5_like):
     assert result.exit_code == 2 and "--to is required" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     for bad_model, words in ((models["t5"], "its vocabulary has no <AA2fold> or <fold2AA>: not a translation model"),
-                             (models["esm"], "not an encoder-decoder with its decoder")):
+                             (models["esm"], "not an encoder-decoder (esm): translating needs ProstT5's")):
         result = run("--to", "3di", model=bad_model)
         assert result.exit_code == 2 and words in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

@@ -462,7 +462,7 @@ def _family_of(name: str, config) -> Family:
 
 
 def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None,
-               masked_lm: bool = False) -> LoadedModel:
+               masked_lm: bool = False, before_weights=None) -> LoadedModel:
     """Load a short name, a local model directory or a hub id for embedding.
 
     The family comes from the checkpoint's config (model_type), the tokenizer and encoder
@@ -471,6 +471,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     A model that cannot be found (offline, not cached, no such repo) is a one-line ModelError.
     `masked_lm`: the encoder with its masked-LM head (`Family.load_masked_lm`), for scoring
     residues (`protrans variants`), in place of the encoder alone.
+    `before_weights(name, family, config, tokenizer)`: a check of the config and tokenizer that raises
+    before the weights are read (translate refuses a model without ProstT5's tokens at once, not
+    after reading a 3B ProtT5's 11 GB).
     """
     import torch
 
@@ -551,6 +554,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                                                 revision=revision))
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None),
                          directory=target if is_dir else None)
+        if before_weights is not None:
+            before_weights(name, family, source.config, tokenizer)
         try:
             # (on the CPU; the caller's random numbers are put back: BERT's encoder initialised
             # the pooler that an MLM checkpoint lacks from them, so a notebook seeded before
