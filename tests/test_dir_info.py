@@ -242,7 +242,7 @@ def test_another_folder_is_refused_in_one_line(run_cli, tmp_path):
 def test_info_of_a_model_and_a_head_imports_no_torch(tmp_path_factory, head):
     directory = save_tiny_model(tmp_path_factory, "bert")
     out = heavy_imports_of([["info", str(directory)], ["info", str(head), "--json"]],
-                           ("torch", "transformers", "protrans_cli.models", "safetensors"))
+                           ("torch", "transformers", "protrans_cli.models", "safetensors", "h5py", "numpy"))
     assert out.returncode == 0, out.stderr
 
 

@@ -58,8 +58,17 @@ def command(files, as_json, list_ids, residues):
                 raise UsageError(f"{path}: {flag} reads an embeddings file; this is a directory (leave out {flag})")
 
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.export import file_ids, info, info_lines
     from protrans_cli.io.files import atomic_output
+
+    if not list_ids and all(os.path.isdir(path) for path in files):
+        # heads, models, runs: described from their JSON files and safetensors headers, without
+        # export's numpy and h5py (a third of a second of imports)
+        from protrans_cli.dir_info import directory_info as info_of, directory_lines as info_lines
+    else:
+        from protrans_cli.export import file_ids, info, info_lines
+
+        def info_of(path):
+            return info(path, residues=residues)
 
     if sys.stdout is None:  # `>&-` (sys.stdout.write was an AttributeError traceback)
         raise RuntimeFailure("standard output is closed: info writes there")
@@ -69,7 +78,7 @@ def command(files, as_json, list_ids, residues):
             if list_ids:
                 out.write(_encoded("".join(ident + "\n" for ident in file_ids(path))))
                 continue
-            facts = info(path, residues=residues)
+            facts = info_of(path)
             if as_json:
                 import json
 
