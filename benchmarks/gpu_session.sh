@@ -169,7 +169,8 @@ step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_model
 # STEPS="tests_new"), contacts' memory against transformers' predict_contacts at ESM-2
 # 650M's shape, and variants against predict.py's strategy at that shape (one residue masked a pass)
 step tests_new 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_knn.py tests/test_contacts.py \
-    tests/test_variants.py tests/test_perplexity.py tests/test_embed_chains.py tests/test_generate.py
+    tests/test_variants.py tests/test_perplexity.py tests/test_embed_chains.py tests/test_generate.py \
+    tests/test_translate.py
 step contacts_bench 90 $PY benchmarks/contacts_bench.py --preset esm2_t33_650M --lengths 300 1022 --batch 2 --device cuda
 step variants_bench 90 $PY benchmarks/variants_bench.py --preset esm2_t33_650M --length 300 --device cuda
 

@@ -189,3 +189,28 @@ def test_refusals(run_cli, tmp_path, prostt5_like):
                      "--device", "cpu", "-j", "1")
     assert result.exit_code == 0, result.stderr
     assert list(_read(out)) == ["ok"] and "'x' left out" in result.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_on_a_gpu_greedy_translation_is_the_cpus(run_cli, tmp_path, prostt5_like, dtype):
+    """On cuda: both directions write one target letter a residue in bfloat16 and float32, and
+    greedy float32 on the GPU equals greedy on the CPU (a random decoder's near ties may flip in
+    bfloat16: there only the form is checked)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model_dir, _ = prostt5_like
+    for to, records in (("3di", PROTEINS), ("aa", STATES)):
+        fasta = _fasta(tmp_path / f"{to}.fa", records)
+        texts = {}
+        for device, precision in (("cpu", "float32"), ("cuda", dtype)):
+            out = tmp_path / f"{to}.{device}.fa"
+            result = run_cli("translate", fasta, "-m", model_dir, "--to", to, "-o", out, "--device", device,
+                             "--dtype", precision)
+            assert result.exit_code == 0, result.stderr
+            texts[device] = _read(out)
+        for pid, seq in records.items():
+            letters = texts["cuda"][pid][1]
+            assert len(letters) == len(seq) and set(letters) <= set(STANDARD)
+        if dtype == "float32":
+            assert {k: v[1] for k, v in texts["cuda"].items()} == {k: v[1] for k, v in texts["cpu"].items()}
