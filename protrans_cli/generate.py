@@ -278,8 +278,11 @@ def read_templates(options: GenerateOptions) -> tuple[list[Design], str]:
                              "named and seeded by its id", path=name, record=rec.id, line=rec.line)
         seen[rec.id] = rec.line
         where = "the template"
-        template = checked_template("".join(rec.sequence.split()), options.chains, where, InputError, path=name,
-                                    record=rec.id, line=rec.line)
+        text = "".join(rec.sequence.split())
+        if text.endswith("*"):  # a translated ORF's stop, as every other FASTA reader takes it (not designed)
+            text = text[:-1]
+        template = checked_template(text, options.chains, where, InputError, path=name, record=rec.id,
+                                    line=rec.line)
         designs.append(Design(template, options.prefix, rec.id))
         digest.update(f"{rec.id}\t{template}\n".encode("utf-8", "surrogatepass"))
     if not designs:

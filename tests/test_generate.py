@@ -694,3 +694,24 @@ def test_on_a_gpu_both_ways_sample_and_greedy_is_the_cpus(tmp_path_factory, tmp_
     got = torch.stack(got, dim=1).float().log_softmax(-1).cpu()
     tolerance = 0.1 if dtype == "bfloat16" else 1e-3
     assert torch.allclose(got, whole[:, 4:], atol=tolerance), float((got - whole[:, 4:]).abs().max())
+
+
+def test_a_templates_files_final_stop_is_read_as_other_commands_read_it(run_cli, tmp_path, esm):
+    """A record ending in '*' (a translated ORF's stop, which embed, perplexity and variants drop)
+    is the template without it (it was refused: "'*' at position 6 is not a residue letter");
+    the designs and their lengths are those of the template written without the '*'; an inner
+    '*' is still refused."""
+    starred, plain = tmp_path / "s.fa", tmp_path / "p.fa"
+    starred.write_text(">a\nmk__ay*\n>b\nGS_L:_W*\n")
+    plain.write_text(">a\nMK__AY\n>b\nGS_L:_W\n")
+    args = ["-m", esm, "-n", "2", "--chains", "linker", "--seed", "3"]
+    one, two = tmp_path / "one.fa", tmp_path / "two.fa"
+    r = run_cli("generate", *args, "--templates", starred, "-o", one)
+    assert r.exit_code == 0, r.stderr
+    assert run_cli("generate", *args, "--templates", plain, "-o", two).exit_code == 0
+    assert one.read_text() == two.read_text()
+    assert [_fields(h)["length"] for h, _ in _records(one.read_text())] == ["6", "6", "6", "6"]
+    inner = tmp_path / "i.fa"
+    inner.write_text(">c\nMK*_AY\n")
+    r = run_cli("generate", *args, "--templates", inner, "-o", tmp_path / "three.fa")
+    assert r.exit_code == 1 and "record 'c': the template: '*' at position 3" in r.stderr, r.stderr
