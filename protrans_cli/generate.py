@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from protrans_cli import console
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
-from protrans_cli.errors import UsageError, at_least, expect_options, option, whole_number
+from protrans_cli.errors import UsageError, at_least, expect_options, expect_path, option, whole_number
 from protrans_cli.residues import STANDARD
 
 DESIGNED = "_"     # a template's position to design
@@ -758,6 +758,8 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
         raise UsageError("run_generate needs GenerateOptions(model=...): the model to sample from")
     expect_options(options, GenerateOptions, "options")
     options.validate()
+    if output is not None:
+        expect_path(output, "output", " (one FASTA file, or '-' for stdout)")
     to_stdout = output in (None, "-")
     special = resumable_output(output, options.resume, (options.templates,))
     to_file = not to_stdout and not special

@@ -33,7 +33,8 @@ import math
 from dataclasses import dataclass
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, UsageError, at_least, expect_options, one_of, option, whole_number
+from protrans_cli.errors import (InputError, ModelError, UsageError, at_least, expect_options, expect_path, one_of,
+                                  option, whole_number)
 
 TARGETS = ("3di", "aa")
 AA_PREFIX = "<AA2fold>"
@@ -312,6 +313,9 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
         raise UsageError("translate needs TranslateOptions(to='3di' or 'aa')")
     expect_options(options, TranslateOptions, "options")
     options.validate()
+    expect_path(fasta, "fasta", " (one FASTA file, or '-' for stdin)")
+    if output is not None:
+        expect_path(output, "output", " (one FASTA file, or '-' for stdout)")
     to_stdout = output in (None, "-")
     if not to_stdout:
         if input_named_by(output, [fasta]):

@@ -1390,3 +1390,37 @@ def test_a_library_call_refused_is_told_its_settings_and_the_command_line_its_fl
     with pytest.raises(ProtransError) as caught:
         call(tmp_path)
     assert str(caught.value).startswith(at_command_line.format(tmp=tmp_path)), str(caught.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda tmp: _translate_paths(3, tmp / "o.fa"),
+     "fasta must be a path (one FASTA file, or '-' for stdin), got int 3"),
+    (lambda tmp: _translate_paths([tmp / "in.fa"], tmp / "o.fa"), "fasta must be a path (one FASTA file, or '-' "
+                                                                   "for stdin), got list ["),
+    (lambda tmp: _translate_paths(tmp / "in.fa", 3),
+     "output must be a path (one FASTA file, or '-' for stdout), got int 3"),
+    (lambda tmp: _generate_to(3), "output must be a path (one FASTA file, or '-' for stdout), got int 3"),
+    (lambda tmp: _generate_to([tmp / "o.fa"]), "output must be a path (one FASTA file, or '-' for stdout), got list ["),
+])
+def test_generate_and_translate_files_that_are_no_paths_are_named(tmp_path, call, message):
+    """translate's fasta and output and run_generate's output given a number or a list were a
+    TypeError from pathlib ("expected str, bytes or os.PathLike object, not int"), the keyword
+    unnamed; now one UsageError naming it, before the model loads and with nothing written."""
+    (tmp_path / "in.fa").write_text(">a\nMKT\n")
+    with pytest.raises(UsageError) as caught:
+        call(tmp_path)
+    said = str(caught.value)
+    assert said.startswith(message) and not FLAG.search(said), said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
+
+
+def _translate_paths(fasta, output):
+    from protrans_cli.translate import TranslateOptions, translate
+
+    return translate(fasta, output, TranslateOptions(to="3di", model="no/such/model"))
+
+
+def _generate_to(output):
+    from protrans_cli.generate import GenerateOptions, run_generate
+
+    return run_generate(output, GenerateOptions(model="no/such/model", template="MK__"))
