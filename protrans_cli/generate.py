@@ -734,6 +734,29 @@ def _batch_check(ids: list[str]):
     return check
 
 
+def ignored_options(options: GenerateOptions) -> list[str]:
+    """The warnings for settings that set nothing in this run (a value other than the default):
+    a template's length is its own (--max-length, --min-length are a causal LM's), --iterations
+    sweeps a template (nothing for a causal LM), --linker-length is --chains linker's."""
+    from protrans_cli.embed import linker_length_ignored
+
+    defaults = GenerateOptions()
+    template = options.template is not None or options.templates is not None
+    said = []
+    if template:
+        for name, flag in (("max_length", "--max-length"), ("min_length", "--min-length")):
+            if getattr(options, name) != getattr(defaults, name):
+                said.append(f"{option(f'{flag} {getattr(options, name)}', f'{name}={getattr(options, name)}')} "
+                            "ignored: it bounds what a causal LM draws, and a template's length is its own")
+        if (linker := linker_length_ignored(options)) is not None:
+            said.append(linker)
+    elif options.iterations != defaults.iterations:
+        said.append(f"{option(f'--iterations {options.iterations}', f'iterations={options.iterations}')} ignored: "
+                    "it sweeps a template's designed positions again (a masked LM's --template); a causal LM draws "
+                    "each residue once")
+    return said
+
+
 def run_generate(output="-", options: GenerateOptions | None = None, *,
                  keep_records: bool = False) -> GenerateSummary:
     """Sample `options.num_sequences` proteins from `options.model` and write them to `output`
@@ -766,10 +789,7 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     target = through_link(Path(output)) if to_file else output
     busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
            f"{option('-o', 'output')}"
-    from protrans_cli.embed import linker_length_ignored
-
-    if (options.template is not None or options.templates is not None) \
-            and (ignored := linker_length_ignored(options)) is not None:
+    for ignored in ignored_options(options):
         console.warn(ignored)
     if options.templates is not None:
         designs, digest = read_templates(options)  # (before the model loads)

@@ -715,3 +715,17 @@ def test_a_templates_files_final_stop_is_read_as_other_commands_read_it(run_cli,
     inner.write_text(">c\nMK*_AY\n")
     r = run_cli("generate", *args, "--templates", inner, "-o", tmp_path / "three.fa")
     assert r.exit_code == 1 and "record 'c': the template: '*' at position 3" in r.stderr, r.stderr
+
+
+def test_settings_that_set_nothing_are_said(run_cli, tmp_path, esm, txl):
+    """--max-length/--min-length with a template (its length is its own) and --iterations for a
+    causal LM were ignored without a word, as --linker-length without --chains linker is not."""
+    r = run_cli("generate", "-m", esm, "--template", "MK__A", "--max-length", "50", "--min-length", "3", "-n", "1",
+                "-o", tmp_path / "a.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "--max-length 50 ignored: it bounds what a causal LM draws" in r.stderr
+    assert "--min-length 3 ignored" in r.stderr
+    r = run_cli("generate", "-m", txl, "--iterations", "3", "--max-length", "4", "-n", "1", "-o", tmp_path / "b.fa")
+    assert r.exit_code == 0 and "--iterations 3 ignored: it sweeps a template's designed positions" in r.stderr
+    r = run_cli("generate", "-m", esm, "--template", "MK__A", "--iterations", "3", "-n", "1", "-o", tmp_path / "c.fa")
+    assert r.exit_code == 0 and "ignored" not in r.stderr, r.stderr
