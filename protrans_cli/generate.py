@@ -769,12 +769,10 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     FILE.partial/ (UnitStore) until FILE is written: `options.resume` goes on from them after an
     interruption, to the same bytes as an uninterrupted run (refused where an option the records
     depend on differs, `check_kept_settings`)."""
-    import shutil
-    import tempfile
     from pathlib import Path
 
     from protrans_cli.embedders import resolve_device
-    from protrans_cli.io.files import atomic_output, output_lock, through_link
+    from protrans_cli.io.files import output_lock, streamed_output, through_link
     from protrans_cli.variants import UnitStore, _compute, _run_unit, _unit_key, partial_folder, resumable_output
 
     if options is None:
@@ -801,15 +799,9 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
         if to_file and options.resume and partial_folder(target).is_dir():
             check_kept_settings(partial_folder(target), settings_of(options, templates=digest))  # (before the load)
         store = UnitStore(partial_folder(target), resume=options.resume, command="generate") if to_file else None
-        with tempfile.TemporaryFile() as spool:
-            with atomic_output(output, "wb", follow_link=True) if not to_stdout else contextlib.nullcontext(spool) \
-                    as stream:
-                summary = _sample_all(options, designs, digest, device, dtype, store, stream, keep_records,
-                                      (_compute, _run_unit, _unit_key))
-            if spool.tell():
-                spool.seek(0)
-                with atomic_output("-") as out:
-                    shutil.copyfileobj(spool, out, 1 << 20)
+        with streamed_output(output) as stream:  # (stdout's: a file in TMPDIR, copied out at the end)
+            summary = _sample_all(options, designs, digest, device, dtype, store, stream, keep_records,
+                                  (_compute, _run_unit, _unit_key))
         if store is not None:
             store.remove()
     if not to_stdout:

@@ -213,11 +213,10 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     the temporary folder). Units are consecutive records, not a sort of the whole input by length:
     a pass holds copies of one protein (pseudo) or proteins of one length, so a global sort would
     gain little and hold every sequence."""
-    import shutil
     import tempfile
 
     from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored
-    from protrans_cli.io.files import atomic_output, display_name, output_lock, staged_outputs, through_link
+    from protrans_cli.io.files import display_name, output_lock, staged_outputs, streamed_output, through_link
     from protrans_cli.variants import UnitStore, partial_folder, resumable_output
 
     options = options or PerplexityOptions()
@@ -249,25 +248,20 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
         tables = [(output, COLUMNS)]
         if per_residue is not None:
             tables.append((per_residue, RESIDUE_COLUMNS if options.chains == "error" else CHAIN_COLUMNS))
-        with staged_outputs() as staged, tempfile.TemporaryFile() as spool:
-            with contextlib.ExitStack() as writing:
-                writers = []
-                for path, columns in tables:
-                    stream = spool if str(path) == "-" or path is None else writing.enter_context(
-                        atomic_output(path, "wb", follow_link=True, staged=staged))
-                    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
-                    writing.callback(text.detach)  # (the stream is closed by its own block)
-                    writer = csv.writer(text, delimiter=_delimiter(path) or "\t", lineterminator="\n")
-                    writer.writerow(columns)
-                    writers.append((writer, text))
-                summary = _score(source, name, scan, options, store, writers[0][0],
-                                 writers[1][0] if per_residue is not None else None)
-                for _, text in writers:
-                    text.flush()
-            if spool.tell():
-                spool.seek(0)
-                with atomic_output("-") as out:
-                    shutil.copyfileobj(spool, out, 1 << 20)
+        with staged_outputs() as staged, contextlib.ExitStack() as writing:
+            writers = {}
+            # (the table for stdout entered first, so copied out last, once the file's is written)
+            for path, columns in sorted(tables, key=lambda t: t[0] not in (None, "-")):
+                stream = writing.enter_context(streamed_output(path, staged=staged))
+                text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+                writing.callback(text.detach)  # (the stream is closed by its own block)
+                writer = csv.writer(text, delimiter=_delimiter(path) or "\t", lineterminator="\n")
+                writer.writerow(columns)
+                writers[columns] = (writer, text)
+            summary = _score(source, name, scan, options, store, writers[tables[0][1]][0],
+                             writers[tables[1][1]][0] if per_residue is not None else None)
+            for _, text in writers.values():
+                text.flush()
         summary.skipped = scan.skipped + summary.skipped
         if store is not None:
             store.remove()

@@ -590,59 +590,6 @@ class StructureSummary:
     residues: int
 
 
-@contextlib.contextmanager
-def _output(path):
-    """The stream an output is written to as the structures are read: the target's atomic
-    temporary (renamed over it when the block exits without an exception), or for stdout ('-',
-    None) a temporary file in TMPDIR, copied to stdout when the block exits without one (nothing
-    is printed if a file is bad, and no record is held in memory)."""
-    from protrans_cli.io.files import atomic_output
-
-    if path is not None and str(path) != "-":
-        with atomic_output(path, follow_link=True) as stream:
-            yield stream
-        return
-    import shutil
-    import tempfile
-
-    try:
-        spool = tempfile.TemporaryFile(prefix="protrans-from-structure-")
-    except OSError as exc:
-        raise _spool_error(exc) from None
-    with spool:
-        yield _Spool(spool)
-        try:
-            spool.flush()
-            spool.seek(0)
-        except OSError as exc:
-            raise _spool_error(exc) from None
-        with atomic_output("-") as stdout:
-            shutil.copyfileobj(spool, stdout, 1 << 20)
-
-
-class _Spool:
-    """The temporary file that stdout's output is written to first, its errors naming it (a full
-    TMPDIR said "No space left on device", naming nothing)."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, data):
-        try:
-            return self._stream.write(data)
-        except OSError as exc:
-            raise _spool_error(exc) from None
-
-
-def _spool_error(exc: OSError):
-    import tempfile
-
-    from protrans_cli.errors import RuntimeFailure
-
-    return RuntimeFailure("cannot write the temporary file that standard output is written to first "
-                          f"(TMPDIR): {exc.strerror or exc}", path=tempfile.gettempdir())
-
-
 def from_structures(paths, output="-", residues_map=None, options: StructureOptions | None = None
                     ) -> StructureSummary:
     """Structure files to a FASTA for `protrans embed` (`output`, '-' for stdout) and, given
@@ -652,6 +599,8 @@ def from_structures(paths, output="-", residues_map=None, options: StructureOpti
     TMPDIR), and not held: both outputs appear (are renamed, or copied to stdout) only when every
     file has been read and checked, and a bad file leaves neither, nor any temporary. Returns a
     StructureSummary (counts); for the records themselves, structure_records."""
+    from protrans_cli.io.files import streamed_output
+
     options = options or StructureOptions()
     if isinstance(paths, StructureSources):
         sources = paths
@@ -672,8 +621,8 @@ def from_structures(paths, output="-", residues_map=None, options: StructureOpti
     records = residues = 0
     try:
         with contextlib.ExitStack() as outputs:
-            fasta = outputs.enter_context(_output(output))
-            table = None if residues_map is None else outputs.enter_context(_output(residues_map))
+            fasta = outputs.enter_context(streamed_output(output))
+            table = None if residues_map is None else outputs.enter_context(streamed_output(residues_map))
             if table is not None:
                 table.write(("\t".join(MAP_HEADER) + "\n").encode())
             for record in iter_structure_records(structures, options):

@@ -1648,6 +1648,53 @@ def _named_if_full(exc: OSError, where: str) -> Exception:
 
 
 @contextlib.contextmanager
+def streamed_output(path, *, staged: list | None = None) -> Iterator[BinaryIO]:
+    """The stream an output is written to as the work goes (from-structure, perplexity, generate:
+    nothing held until the end): `path`'s atomic temporary (atomic_output, renamed over it when the
+    block exits without an exception, or left to `staged`), or for stdout (`-`, None) a temporary
+    file in TMPDIR, copied to stdout when the block exits without one, so that a run that fails
+    prints nothing. A full TMPDIR is one line naming it ("No space left on device" named nothing)."""
+    if path is not None and str(path) != "-":
+        with atomic_output(path, follow_link=True, staged=staged) as stream:
+            yield stream
+        return
+    try:
+        spool = tempfile.TemporaryFile(prefix="protrans-stdout-")
+    except OSError as exc:
+        raise _spool_error(exc) from None
+    with spool:
+        yield _Spool(spool)
+        try:
+            spool.flush()
+            spool.seek(0)
+        except OSError as exc:
+            raise _spool_error(exc) from None
+        with atomic_output("-") as stdout:
+            shutil.copyfileobj(spool, stdout, 1 << 20)
+
+
+class _Spool:
+    """The temporary file that stdout's output is written to first, its write errors naming it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, data):
+        try:
+            return self._stream.write(data)
+        except OSError as exc:
+            raise _spool_error(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _spool_error(exc: OSError) -> RuntimeFailure:
+    return RuntimeFailure("cannot write the temporary file that standard output is written to first "
+                          f"(TMPDIR): {exc.strerror or exc}", path=tempfile.gettempdir())
+
+
+@contextlib.contextmanager
 def stdout_text(command: str) -> Iterator:
     """sys.stdout for a command that prints its text there (models, env): a closed one (`>&-`) is
     one line saying so (it was an AttributeError traceback), and a full device names it (`>
