@@ -1663,7 +1663,7 @@ def streamed_output(path, *, staged: list | None = None) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise _spool_error(exc) from None
     with spool:
-        yield _Spool(spool)
+        yield NamedWrites(spool, _spool_error)  # (the temporary file's write errors name it)
         try:
             spool.flush()
             spool.seek(0)
@@ -1671,22 +1671,6 @@ def streamed_output(path, *, staged: list | None = None) -> Iterator[BinaryIO]:
             raise _spool_error(exc) from None
         with atomic_output("-") as stdout:
             shutil.copyfileobj(spool, stdout, 1 << 20)
-
-
-class _Spool:
-    """The temporary file that stdout's output is written to first, its write errors naming it."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, data):
-        try:
-            return self._stream.write(data)
-        except OSError as exc:
-            raise _spool_error(exc) from None
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 def _spool_error(exc: OSError) -> RuntimeFailure:
@@ -1711,27 +1695,35 @@ def stdout_text(command: str) -> Iterator:
         raise named from None
 
 
-class NamedStdout:
-    """stdout whose own full-disk errors name it (`> /dev/full`: "No space left on device" named
-    nothing), while other files' errors inside the same `with` keep theirs."""
+class NamedWrites:
+    """A stream whose own write and flush errors are said as `named(exc)` says them, while other
+    files' errors inside the same `with` keep theirs."""
 
-    def __init__(self, stream):
-        self._stream = stream
+    def __init__(self, stream, named):
+        self._stream, self._named = stream, named
 
     def write(self, data):
         try:
             return self._stream.write(data)
         except OSError as exc:
-            raise _named_if_full(exc, "standard output") from None
+            raise self._named(exc) from None
 
     def flush(self):
         try:
             self._stream.flush()
         except OSError as exc:
-            raise _named_if_full(exc, "standard output") from None
+            raise self._named(exc) from None
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+class NamedStdout(NamedWrites):
+    """stdout whose own full-disk errors name it (`> /dev/full`: "No space left on device" named
+    nothing)."""
+
+    def __init__(self, stream):
+        super().__init__(stream, lambda exc: _named_if_full(exc, "standard output"))
 
 
 def utf8_text(text: str) -> str:
