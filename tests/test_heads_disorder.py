@@ -1,5 +1,6 @@
 """The `disorder` task: NetSurfP-2.0's disorder column as per-residue labels (0.0 -> D, 1.0 -> O),
-not masked by itself (cb513_mask still leaves residues out), MCC beside accuracy, D/O predictions."""
+not masked by itself (`--mask-column cb513_mask` leaves CB513's other residues out, as for any task),
+MCC beside accuracy and the kept epoch by MCC, D/O predictions."""
 
 from __future__ import annotations
 
@@ -43,11 +44,15 @@ def test_labels_are_read_from_the_disorder_column(tmp_path):
     path = tmp_path / "x.csv"
     _netsurfp(path, ["MPKAG", "SAAV"], cb513=[{1}, set()])
     records = read_labels(path, mask_columns=()).records
-    assert [r.labels["disorder"] for r in records] == ["O-DOD", "DOOO"]
-    assert all(r.mask.all() for r in records)  # no mask column: nothing masked but by cb513_mask
-    targets = get_task("disorder").residue_targets(records[0])["disorder"]
+    assert [r.labels["disorder"] for r in records] == ["ODDOD", "DOOO"]
+    assert all(r.mask.all() for r in records)  # no mask column: every residue labelled and scored
     d, o = DISORDER.index("D"), DISORDER.index("O")
-    assert DISORDER == ("D", "O") and targets.tolist() == [o, IGNORE, d, o, d]
+    assert DISORDER == ("D", "O")
+    assert get_task("disorder").residue_targets(records[0])["disorder"].tolist() == [o, d, d, o, d]
+    # cb513_mask, asked for, leaves its 0.0 residues out (it was applied whether asked or not)
+    masked = read_labels(path, mask_columns=("cb513_mask",)).records[0]
+    assert masked.labels["disorder"] == "ODDOD" and masked.mask.tolist() == [True, False, True, True, True]
+    assert get_task("disorder").residue_targets(masked)["disorder"].tolist() == [o, IGNORE, d, o, d]
     # a file without cb513_mask: every residue labelled
     _netsurfp(tmp_path / "y.csv", ["MPKAG"])
     assert read_labels(tmp_path / "y.csv", mask_columns=()).records[0].labels["disorder"] == "ODDOD"
@@ -109,11 +114,11 @@ def test_fit_and_predict_disorder(run_cli, disorder_data, tmp_path):
     head = tmp_path / "head"
     r = run_cli("fit", "disorder", "--embeddings", root / "train.h5", "--labels", root / "train.csv",
                 "--test", root / "test.h5", root / "test.csv", "--class-weights", "--max-epochs", "15", *FAST,
-                "--no-plots", "-o", head)
+                "--mask-column", "cb513_mask", "--no-plots", "-o", head)
     assert r.exit_code == 0, r.stderr
     config = json.loads((head / "config.json").read_text())
     assert config["task"]["outputs"][0]["classes"] == ["D", "O"]
-    assert config["config"]["mask_columns"] == []  # the disorder column is no mask of the disorder task
+    assert config["config"]["mask_columns"] == ["cb513_mask"]  # asked for; the disorder column is no mask of it
     m = json.loads((head / "metrics.json").read_text())["test"]["disorder"]
     truth = "".join(_truth(s, range(5)) for s in seqs["test"])
     assert m["n"] == sum(c != "-" for c in truth)  # D residues counted; cb513_mask 0.0 ones not
@@ -132,10 +137,10 @@ def test_fit_and_predict_disorder(run_cli, disorder_data, tmp_path):
     lines = out.read_text().splitlines()
     pred = dict(zip([line[1:] for line in lines[::2]], lines[1::2]))
     assert set("".join(pred.values())) == {"D", "O"}
-    labels = {rec.id: rec.labels["disorder"] for rec in read_labels(root / "test.csv", mask_columns=()).records}
-    t = "".join(labels[i] for i in pred)
+    masked = {rec.id: rec for rec in read_labels(root / "test.csv", mask_columns=("cb513_mask",)).records}
+    t = "".join(masked[i].labels["disorder"] for i in pred)
     p = "".join(pred[i] for i in pred)
-    keep = [j for j, c in enumerate(t) if c != "-"]
+    keep = np.flatnonzero(np.concatenate([masked[i].mask for i in pred]))
     # metrics.json's MCC against scikit-learn's on the letters predict wrote
     assert m["mcc"] == pytest.approx(matthews_corrcoef([t[j] for j in keep], [p[j] for j in keep]), abs=1e-9)
     with h5py.File(probs) as h5:

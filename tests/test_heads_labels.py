@@ -24,8 +24,8 @@ def test_netsurfp_spaced_header_masks_and_ids():
     assert ls.format == "netsurfp"
     first, second = ls.records
     assert first.sequence == "MKVLAAG"
-    # (disorder 0.0 -> D, 1.0 -> O; cb513_mask 0.0 -> `-`: the disorder task's labels)
-    assert first.labels == {"ss3": "CEEHHHC", "ss8": "CBEHGIS", "disorder": "DOOO--O"}
+    # (disorder 0.0 -> D, 1.0 -> O: the disorder task's labels; cb513_mask is a mask when asked for)
+    assert first.labels == {"ss3": "CEEHHHC", "ss8": "CBEHGIS", "disorder": "DOOOOOO"}
     assert first.mask.tolist() == [False, True, True, True, True, True, True]  # disorder only by default
     assert first.id == "seq-" + sequence_checksum("MKVLAAG")[4:16]
     assert first.id_from_sequence and second.mask.all()

@@ -6,7 +6,7 @@ Formats (detected from the content, or named with `fmt=`):
   space-separated per-residue tokens; the header says `input` or `seq` for the sequence, with or
   without leading spaces; `disorder` (1.0 = observed, ordered residue) and `cb513_mask` are masks.
   The `disorder` column is also read as the labels `disorder` (the disorder task's): `O` for 1.0,
-  `D` for 0.0, and `-` (not labelled) where the file's `cb513_mask` is 0.0.
+  `D` for 0.0 (`--mask-column cb513_mask` leaves CB513's other residues out, as for every task).
   These files carry no ids, so each record gets a stable id made from its sequence checksum,
   `seq-<first 12 hex of md5>`, with `-2`, `-3`, ... for repeats of the same sequence in file order
   (CB513 holds 79 repeated sequences).
@@ -371,7 +371,6 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
                          path=name, line=header_line)
     mask_cols = [header.index(c) for c in mask_columns]
     disorder_col = header.index("disorder") if "disorder" in header else None
-    cb513_col = header.index("cb513_mask") if "cb513_mask" in header else None
     records: list[LabelRecord] = []
     seen: dict[str, int] = {}
     for lineno, row in rows:
@@ -404,7 +403,7 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
                 raise InputError(f"{col_name} holds {exc.args[0]!r}: a mask value is 1 (evaluated) or 0", path=name,
                                  line=lineno, record=ident) from None
         if disorder_col is not None:  # (after the masks: a bad value of a mask column is named as the mask's)
-            labels["disorder"] = _disorder_letters(row, disorder_col, cb513_col, length, name, lineno, ident)
+            labels["disorder"] = _disorder_letters(row, disorder_col, length, name, lineno, ident)
         records.append(LabelRecord(ident, seq, labels, mask, None, lineno, id_from_sequence=True))
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
              f"residue mask: {' and '.join(mask_columns)} = 1.0 (the residues trained on and scored)" if mask_columns
@@ -412,26 +411,19 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
     return LabelSet(name, "netsurfp", records, notes)
 
 
-def _disorder_letters(row, disorder_col: int, cb513_col: int | None, length: int, name: str, lineno: int,
-                      ident: str) -> str:
+def _disorder_letters(row, disorder_col: int, length: int, name: str, lineno: int, ident: str) -> str:
     """A NetSurfP row's disorder column as letters: O (1.0, observed), D (0.0, missing from the
-    structure), `-` where its cb513_mask is 0.0 (not labelled: the disorder task leaves it out)."""
-    columns = [("disorder", disorder_col)] + ([("cb513_mask", cb513_col)] if cb513_col is not None else [])
-    flags = []
-    for col_name, idx in columns:
-        tokens = row[idx].split()
-        if len(tokens) != length:
-            raise InputError(f"{col_name} has {len(tokens)} values for {length} residues", path=name, line=lineno,
-                             record=ident)
-        try:
-            flags.append(_is_one(tokens))
-        except ValueError as exc:
-            raise InputError(f"{col_name} holds {exc.args[0]!r}: a value is 1 or 0", path=name, line=lineno,
-                             record=ident) from None
-    letters = np.where(flags[0], ord("O"), ord("D")).astype(np.uint8)
-    if len(flags) > 1:
-        letters[~flags[1]] = ord("-")
-    return letters.tobytes().decode("ascii")
+    structure)."""
+    tokens = row[disorder_col].split()
+    if len(tokens) != length:
+        raise InputError(f"disorder has {len(tokens)} values for {length} residues", path=name, line=lineno,
+                         record=ident)
+    try:
+        observed = _is_one(tokens)
+    except ValueError as exc:
+        raise InputError(f"disorder holds {exc.args[0]!r}: a value is 1 or 0", path=name, line=lineno,
+                         record=ident) from None
+    return np.where(observed, ord("O"), ord("D")).astype(np.uint8).tobytes().decode("ascii")
 
 
 def _is_one(tokens: list[str]) -> np.ndarray:

@@ -26,8 +26,8 @@ proteins out of the location loss and metric instead. Adding a task is one more 
 
 The disorder task reads NetSurfP-2.0's `disorder` column (0.0 -> D: the residue is missing from the
 structure; 1.0 -> O: observed), which the other tasks take as their default mask: for it that
-column is the label, so its default mask is none (default_mask_columns), and `cb513_mask` = 0.0
-leaves a residue out where a file has that column (the labels reader writes `-` there). A
+column is the label, so its default mask is none (default_mask_columns); `--mask-column
+cb513_mask` leaves CB513's residues outside its segments out, as for any task. A
 FLIP/biotrainer/table file of D/O letters reads as its `label` too.
 """
 
@@ -346,7 +346,7 @@ def resolve_mask_columns(task_name: str, columns: tuple[str, ...], *, given: boo
         return default_mask_columns(task_name)
     if "disorder" in columns:
         raise UsageError(f"{flag} disorder: the disorder column is the disorder task's label, not a mask "
-                         "(its default mask is none; cb513_mask applies where a file has it)")
+                         "(its default mask is none; --mask-column cb513_mask is one it takes)")
     return columns
 
 
