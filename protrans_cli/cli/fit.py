@@ -39,7 +39,7 @@ def mask_options(command):
     command = click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
                            help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to "
                                 "combine. The disorder task's labels are the disorder column: its default is no "
-                                "column (cb513_mask 0.0 is left out where a file has it), and disorder is refused.")(command)
+                                "column (--mask-column cb513_mask when asked), and disorder is refused.")(command)
     return click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
                         help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")(command)
 
