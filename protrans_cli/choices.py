@@ -24,7 +24,7 @@ INCLUDES = ("mean", "per_tok", "bos", "contacts")
 FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "biotrainer", "deeploc", "table")
 
 # fit's and finetune's TASK: the names of heads.tasks.TASKS, in its order
-TASK_NAMES = ("ss3", "ss8", "ss3+ss8", "disorder", "loc", "residue", "protein", "value")
+TASK_NAMES = ("ss3", "ss8", "ss3+ss8", "disorder", "ss3+ss8+disorder", "loc", "residue", "protein", "value")
 DUAL_POLICIES = ("first", "skip")
 # The networks a task of each kind (io.h5's PER_RESIDUE, PER_PROTEIN) can use; the first is the default.
 # "linear" (the linear probe) is one affine map of each residue's row or of the per-protein vector.

@@ -370,7 +370,7 @@ def test_every_commands_help_and_tab_completion_import_no_numpy():
             "print([m for m in ('numpy', 'h5py', 'torch') if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-3:] == ["ss3 ss8 ss3+ss8 disorder loc residue protein value",
+    assert out.stdout.splitlines()[-3:] == ["ss3 ss8 ss3+ss8 disorder ss3+ss8+disorder loc residue protein value",
                                             "auto float32 bfloat16 float16", "[]"]
     assert all(f"protrans {name}" in out.stdout for name in COMMANDS)  # (every help page printed)
 
@@ -666,7 +666,7 @@ def test_a_stop_that_a_library_turned_into_another_error_is_still_a_stop(monkeyp
     (["nosuch"], "No such command 'nosuch' (see 'protrans --help')"),
     (["embed", "x.fa", "-o", "y.h5", "--max-tokens", "abc"],
      "Invalid value for '--max-tokens': 'abc' is not a valid integer (see 'protrans embed --help')"),
-    (["fit"], "Missing argument '{ss3|ss8|ss3+ss8|disorder|loc|residue|protein|value}'. Choose from: ss3, ss8,"),
+    (["fit"], "Missing argument '{ss3|ss8|ss3+ss8|disorder|ss3+ss8+disorder|loc|residue|protein|value}'. Choose from: ss3, ss8,"),
 ])
 def test_click_usage_errors_are_one_line(run_cli, args, message):
     """click's own usage errors took four lines (usage, a "Try" line, a blank line, "Error: ..."),
@@ -678,7 +678,7 @@ def test_click_usage_errors_are_one_line(run_cli, args, message):
 
 
 @pytest.mark.parametrize("args,shown", [
-    (["fit", "s\udcff"], "Invalid value for '{ss3|ss8|ss3+ss8|disorder|loc|residue|protein|value}': 's\\xff' is not one of"),
+    (["fit", "s\udcff"], "Invalid value for '{ss3|ss8|ss3+ss8|disorder|ss3+ss8+disorder|loc|residue|protein|value}': 's\\xff' is not one of"),
     (["embed", "x.fa", "--layout", "g\udc80\udcff"], "Invalid value for '--layout': 'g\\x80\\xff' is not one of"),
     (["e\udcff"], "No such command 'e\\xff' (see 'protrans --help')"),
     # a backslash the user typed stays one: 'e\\udcff' is the text e, backslash, udcff

@@ -880,7 +880,7 @@ def test_a_generic_task_on_labels_of_a_named_task_names_the_task_that_reads_them
     # `fit residue` on a NetSurfP CSV, `fit protein` on a DeepLoc FASTA: the error said only
     # "has no plain labels", not which labels the file holds nor which task reads them.
     for name, labels, said in [
-            ("residue", "netsurfp_input_spaced_header.csv", "(it holds disorder, ss3, ss8: the ss3, ss8, ss3+ss8 or disorder task reads them)"),
+            ("residue", "netsurfp_input_spaced_header.csv", "(it holds disorder, ss3, ss8: the ss3, ss8, ss3+ss8, disorder or ss3+ss8+disorder task reads them)"),
             ("protein", "deeploc_dual_label_trailing_space.fasta", "(it holds loc, membrane: the loc task reads them)")]:
         with pytest.raises(InputError, match=re.escape(said)):
             get_task(name).with_classes_from(read_labels(HEADS / labels).records)

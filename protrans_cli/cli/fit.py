@@ -39,7 +39,9 @@ def mask_options(command):
     command = click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
                            help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to "
                                 "combine. The disorder task's labels are the disorder column: its default is no "
-                                "column (--mask-column cb513_mask when asked), and disorder is refused.")(command)
+                                "column (--mask-column cb513_mask when asked), and disorder is refused. "
+                                "ss3+ss8+disorder: these mask ss3 and ss8; its disorder output takes the ones other "
+                                "than disorder.")(command)
     return click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
                         help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")(command)
 
@@ -123,7 +125,8 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
             valid_fraction,
             architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb,
             n_bootstrap, threads, device, resume, force, plots):
-    """Train a prediction head (ss3/ss8/ss3+ss8/disorder/loc/residue/protein/value) on embeddings.
+    """Train a prediction head (ss3/ss8/ss3+ss8/disorder/ss3+ss8+disorder/loc/residue/protein/value)
+    on embeddings.
 
     \b
     protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\

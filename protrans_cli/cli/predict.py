@@ -65,7 +65,8 @@ def fasta_embedding_options(recorded: str, skipped: str, records_chains: bool = 
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Per-residue heads: also write per-residue class probabilities to this HDF5 file.")
 @click.option("--head-output", "head_output", default=None,
-              help="Per-residue heads with several outputs (ss3+ss8): the one whose states are written.  "
+              help="Per-residue heads with several outputs (ss3+ss8, ss3+ss8+disorder): the one whose states "
+                   "are written.  "
                    "[default: the first]")
 @click.option("--labels", type=INPUT_FILE, metavar="FILE", default=None,
               help="Also score the head against these labels.")

@@ -99,6 +99,12 @@ class LabelRecord:
     split: str | None = None  # train / valid / test when the file says so
     line: int | None = None  # where the record starts, for messages
     id_from_sequence: bool = False  # the id was made from the sequence checksum
+    # An output's own mask where it is not `mask` (tasks.mask_for; None: every residue): a NetSurfP
+    # disorder column among the mask columns masks ss3/ss8, not the disorder output it labels
+    output_masks: dict[str, np.ndarray | None] = field(default_factory=dict)
+    # labels a column could not be read as, by output: the error, raised where they are used
+    # (a bad value in NetSurfP's disorder column, read under `fit ss3 --mask-column cb513_mask`)
+    unreadable: dict[str, Exception] = field(default_factory=dict)
 
 
 def _by_descriptor(path) -> bool:
@@ -392,19 +398,30 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
                                  "separated by spaces", path=name, line=lineno, record=ident)
             labels[col.replace("dssp", "ss")] = joined
         mask = np.ones(length, dtype=bool)
+        others = None  # the mask columns other than disorder: the disorder output's mask (None: none)
         for col_name, idx in zip(mask_columns, mask_cols):
             tokens = row[idx].split()
             if len(tokens) != length:
                 raise InputError(f"{col_name} has {len(tokens)} values for {length} residues",
                                  path=name, line=lineno, record=ident)
             try:
-                mask &= _is_one(tokens)
+                column = _is_one(tokens)
+                mask &= column
+                if col_name != "disorder":
+                    others = column if others is None else others & column
             except ValueError as exc:
                 raise InputError(f"{col_name} holds {exc.args[0]!r}: a mask value is 1 (evaluated) or 0", path=name,
                                  line=lineno, record=ident) from None
+        record = LabelRecord(ident, seq, labels, mask, None, lineno, id_from_sequence=True)
         if disorder_col is not None:  # (after the masks: a bad value of a mask column is named as the mask's)
-            labels["disorder"] = _disorder_letters(row, disorder_col, length, name, lineno, ident)
-        records.append(LabelRecord(ident, seq, labels, mask, None, lineno, id_from_sequence=True))
+            try:
+                labels["disorder"] = _disorder_letters(row, disorder_col, length, name, lineno, ident)
+            except InputError as exc:  # (refused where the disorder labels are read: Task._residue_letters)
+                record.unreadable["disorder"] = exc
+            if "disorder" in mask_columns:
+                # the disorder output's mask: the other mask columns (its labels are this one)
+                record.output_masks["disorder"] = others
+        records.append(record)
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
              f"residue mask: {' and '.join(mask_columns)} = 1.0 (the residues trained on and scored)" if mask_columns
              else "residue mask: none (every residue is trained on and scored)"]

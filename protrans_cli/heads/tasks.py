@@ -14,6 +14,7 @@ stored in a head's config.json, so they must never be reordered):
     ss8      per residue  H G I E B T S C            (Q8)
     ss3+ss8  per residue  both outputs from one CNN  (Q3, Q8)
     disorder per residue  D O (disordered, ordered)  (accuracy; MCC beside it: ~6% of residues are D)
+    ss3+ss8+disorder  per residue  the three outputs from one CNN, as NetSurfP's (Q3, Q8, accuracy/MCC)
     loc      per protein  10 DeepLoc locations (below) (Q10) + membrane M S (Q2; U is left out)
     residue  per residue  any one-letter labels; classes = sorted letters of the training labels
     protein  per protein  any labels; classes = sorted labels of the training set
@@ -29,6 +30,12 @@ structure; 1.0 -> O: observed), which the other tasks take as their default mask
 column is the label, so its default mask is none (default_mask_columns); `--mask-column
 cb513_mask` leaves CB513's residues outside its segments out, as for any task. A
 FLIP/biotrainer/table file of D/O letters reads as its `label` too.
+
+Masks are per output (LabelRecord.mask_for): a column is never the mask of the output whose labels
+it holds. ss3+ss8+disorder's ss outputs are masked by the mask columns (`disorder` by default) and
+its disorder output by the others only (none by default; cb513_mask when asked), so the disorder
+output learns the residues the ss outputs leave out. Its disorder labels come from NetSurfP's
+column only (a file's single `label` letters are ss or disorder, not both).
 """
 
 from __future__ import annotations
@@ -56,6 +63,14 @@ _SS8_TO_SS3 = str.maketrans({"H": "H", "G": "H", "I": "H", "E": "E", "B": "E", "
 # Coil is written `C` in NetSurfP and FLIP; DSSP's own `-` and some files' `L` mean the same.
 _COIL_ALIASES = str.maketrans({"-": "C", "L": "C", " ": "C"})
 _EIGHT_STATE_ONLY = set("GIBTS")  # letters of 8-state labels that 3-state ones never hold
+
+
+def mask_for(record, output: str):
+    """The residue mask of a record's `output` (None: every residue): the record's mask, or the one
+    its reader made for that output (LabelRecord.output_masks: NetSurfP's disorder output, never
+    masked by its own label column)."""
+    masks = getattr(record, "output_masks", None) or {}
+    return masks[output] if output in masks else record.mask
 
 
 def ss8_to_ss3(ss8: str) -> str:
@@ -110,15 +125,17 @@ class Task:
             if output.name in unlabelled:
                 continue
             letters = self._residue_letters(record, output)
-            if record.mask is not None and len(record.mask) != len(letters):
-                raise InputError(f"mask has {len(record.mask)} positions, labels {len(letters)}", record=record.id)
+            # (the output's own: NetSurfP's disorder column masks ss3/ss8 and is the disorder output's labels)
+            mask = mask_for(record, output.name)
+            if mask is not None and len(mask) != len(letters):
+                raise InputError(f"mask has {len(mask)} positions, labels {len(letters)}", record=record.id)
             index = {c: i for i, c in enumerate(output.classes)}
             raw = np.frombuffer(letters.encode("latin-1", "replace"), dtype=np.uint8)
             lookup = np.full(256, IGNORE, dtype=np.int64)
             for letter, code in index.items():
                 lookup[ord(letter)] = code
             codes = lookup[raw]  # (L,)
-            evaluated = np.ones(len(codes), dtype=bool) if record.mask is None else record.mask
+            evaluated = np.ones(len(codes), dtype=bool) if mask is None else mask
             if output.name == "disorder":
                 evaluated = evaluated & (raw != ord(NOT_LABELLED))
             bad = {letters[i] for i in np.flatnonzero((codes == IGNORE) & evaluated)[:50]}
@@ -185,13 +202,19 @@ class Task:
             if "label" in labels:
                 return labels["label"]
         elif output.name == "disorder":
-            source = labels.get("disorder", labels.get("label"))
+            if "disorder" in getattr(record, "unreadable", {}):
+                # (a NetSurfP disorder column with a value that is not 0 or 1: refused where it is read
+                # as labels, not where the column is neither mask nor label)
+                raise record.unreadable["disorder"]
+            # (beside ss outputs, a file's one `label` column is theirs: not disorder letters too)
+            source = labels.get("disorder", labels.get("label") if len(self.outputs) == 1 else None)
             if source is not None:
                 return source.upper()
             # (a PISCES CSV, or a NetSurfP CSV without its disorder column)
-            raise InputError(f"has no disorder labels (it has {', '.join(labels) or 'none'}): the disorder task reads "
-                             "a NetSurfP CSV's disorder column, or D/O letters in a FLIP, biotrainer or table file",
-                             record=record.id, line=record.line)
+            reads = ("a NetSurfP CSV's disorder column, or D/O letters in a FLIP, biotrainer or table file"
+                     if len(self.outputs) == 1 else "them from a NetSurfP CSV's disorder column")
+            raise InputError(f"has no disorder labels (it has {', '.join(labels) or 'none'}): the {self.name} task "
+                             f"reads {reads}", record=record.id, line=record.line)
         raise InputError(f"has no labels for {output.name} (it has {', '.join(labels) or 'none'})",
                          record=record.id, line=record.line)
 
@@ -312,12 +335,14 @@ class Task:
 
 _O_SS3 = Output("ss3", SS3, "Q3")
 _O_SS8 = Output("ss8", SS8, "Q8")
+_O_DISORDER = Output("disorder", DISORDER, "accuracy", select="mcc")
 
 TASKS: dict[str, Task] = {
     "ss3": Task("ss3", PER_RESIDUE, (_O_SS3,)),
     "ss8": Task("ss8", PER_RESIDUE, (_O_SS8,)),
     "ss3+ss8": Task("ss3+ss8", PER_RESIDUE, (_O_SS3, _O_SS8)),
-    "disorder": Task("disorder", PER_RESIDUE, (Output("disorder", DISORDER, "accuracy", select="mcc"),)),
+    "disorder": Task("disorder", PER_RESIDUE, (_O_DISORDER,)),
+    "ss3+ss8+disorder": Task("ss3+ss8+disorder", PER_RESIDUE, (_O_SS3, _O_SS8, _O_DISORDER)),
     "loc": Task("loc", PER_PROTEIN, (Output("loc", LOCATIONS, "Q10"), Output("membrane", MEMBRANE, "Q2"))),
     "residue": Task("residue", PER_RESIDUE, (Output("label", (), "accuracy"),), generic=True),
     "protein": Task("protein", PER_PROTEIN, (Output("label", (), "accuracy"),), generic=True),
