@@ -5,12 +5,13 @@
     facts = directory_info("runs/bert_small")  # a train run: its model, last step, loss, tokens
     print("\\n".join(directory_lines(facts)))
 
-Four kinds of folder: a prediction head (`fit`, `finetune`, `import-head`: config.json with a task),
+Five kinds of folder: a prediction head (`fit`, `finetune`, `import-head`: config.json with a task),
 a model directory (config.json with a model_type: `train`'s final model, `import-model`'s, a
 downloaded checkpoint), a `protrans train` run directory (train_config.json or checkpoints/step_N/,
-with its final model at the root once written) and one of a run's checkpoints (step_N/).
+with its final model at the root once written), one of a run's checkpoints (step_N/) and a
+`protrans finetune` output (finetune.json, head/ and model/: the two described together).
 
-Only JSON is read: config.json, metrics.json, train_config.json, metrics.jsonl, and the JSON header
+Only JSON is read: config.json, metrics.json, train_config.json, metrics.jsonl, finetune.json, and the JSON header
 of each safetensors file (its first 8 bytes give the header's length; the header gives every
 tensor's dtype and shape), so a 3B model is described without reading its weights. Nothing is
 unpickled: a pytorch_model.bin is named with its size, never loaded, and a checkpoint's
@@ -75,9 +76,7 @@ def directory_info(path) -> dict:
         facts.update(_model(path, config))
         return facts
     if (path / "head" / "config.json").is_file() and ((path / "finetune.json").is_file() or (path / "model").is_dir()):
-        raise InputError(f"a finetune output: its head is {path / 'head'}"
-                         + (f" and its model {path / 'model'}" if (path / "model").is_dir() else "")
-                         + " (give info either)", path=str(path))
+        return _finetune(path)
     raise InputError("not a folder info reads: info describes an embeddings, contact-map or probabilities file, "
                      "a head directory (fit, finetune, import-head), a model directory (config.json with a "
                      "model_type) or a train run directory", path=str(path))
@@ -144,6 +143,39 @@ def _headline(m: dict) -> dict:
     """An output's headline numbers of a metrics.json set."""
     keys = ("metric", "kind", "accuracy", "ci95", "mcc", "spearman", "pearson", "n", "n_proteins")
     return {k: m[k] for k in dict.fromkeys(keys) if isinstance(k, str) and k in m}
+
+
+# --- a finetune output ---
+
+def _finetune(path: Path) -> dict:
+    """A `protrans finetune` OUT: finetune.json's record (base model, LoRA, epochs), OUT/head as a
+    head and OUT/model as a model."""
+    facts: dict = {"directory": str(path), "kind": "finetune"}
+    record = _json(path / "finetune.json")
+    record = record if isinstance(record, dict) else {}
+    head_config = _json(path / "head" / "config.json")
+    head = _head(path / "head", head_config) if isinstance(head_config, dict) else {}
+    embedding = head.get("embedding", {})
+    base = record.get("model") or embedding.get("finetuned_from")
+    if base:
+        facts["finetuned_from"] = base
+    if isinstance(record.get("lora"), dict):
+        facts["lora"] = {k: record["lora"][k] for k in ("rank", "alpha", "dropout", "targets") if k in record["lora"]}
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    facts["training"] = {k: config[k] for k in ("lr", "weight_decay", "max_epochs", "patience", "accumulate", "seed")
+                         if config.get(k) is not None}
+    history = record.get("history")
+    if isinstance(history, list):
+        facts["training"]["epochs"] = len(history)
+    if isinstance(record.get("best_epoch"), int):
+        facts["training"]["best_epoch"] = record["best_epoch"]
+    facts["head"] = head or "missing (no readable head/config.json)"
+    model_config = _json(path / "model" / "config.json")
+    if isinstance(model_config, dict) and isinstance(model_config.get("model_type"), str):
+        facts["model"] = _model(path / "model", model_config)
+    else:
+        facts["model"] = "missing (no model/config.json: `predict --fasta` with the head cannot embed)"
+    return facts
 
 
 # --- a model ---
@@ -324,10 +356,13 @@ def directory_lines(facts: dict) -> list[str]:
     """directory_info's facts as aligned lines for people."""
     kind = facts["kind"]
     names = {"head": "prediction head (fit, finetune or import-head)", "model": "model directory (Hugging Face)",
-             "run": "protrans train run", "checkpoint": f"train run checkpoint (step {facts.get('step')})"}
+             "run": "protrans train run", "checkpoint": f"train run checkpoint (step {facts.get('step')})",
+             "finetune": "protrans finetune output (head/ and model/)"}
     lines: list[tuple[str, str]] = [("directory", facts["directory"]), ("kind", names[kind])]
     if kind == "head":
         lines += _head_lines(facts)
+    elif kind == "finetune":
+        lines += _finetune_lines(facts)
     else:
         if kind == "run":
             lines.append(("status", facts["status"]))
@@ -358,7 +393,10 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
                                                           if emb["chains"] == "linker" and "linker_length" in emb else "")))
     training = facts.get("training", {})
     if training:
-        lines.append(("trained on", f"{training.get('embeddings')} with {training.get('labels')}"
+        # (a finetune head's embeddings were made in training: it records none)
+        source = (f"{training['embeddings']} with " if training.get("embeddings") is not None
+                  else "sequences embedded while fine-tuned, " if emb.get("finetuned_from") else "None with ")
+        lines.append(("trained on", f"{source}{training.get('labels')}"
                       + (f", {training['proteins']:,} proteins" if isinstance(training.get("proteins"), int) else "")))
         if training.get("validation"):
             lines.append(("validation", str(training["validation"])))
@@ -377,6 +415,39 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
             lines.append((f"{name} {output}", shown + (f", {count:,} proteins" if isinstance(count, int) else "")))
     if facts.get("weights") is not None:
         lines.append(("weights", f"weights.safetensors ({size_text(facts['weights'])})"))
+    return lines
+
+
+def _finetune_lines(facts: dict) -> list[tuple[str, str]]:
+    lines = []
+    if facts.get("finetuned_from"):
+        lines.append(("fine-tuned", str(facts["finetuned_from"])))
+    lora = facts.get("lora", {})
+    if lora:
+        shown = [f"{k} {lora[k]}" for k in ("rank", "alpha", "dropout") if k in lora]
+        targets = lora.get("targets")
+        if isinstance(targets, list) and targets:
+            shown.append("on " + " ".join(map(str, targets)))
+        lines.append(("LoRA", ", ".join(shown)))
+    training = facts.get("training", {})
+    if "epochs" in training:
+        lines.append(("epochs", f"{training['epochs']} trained" + (f" (of at most {training['max_epochs']})"
+                                                                  if "max_epochs" in training else "")
+                      + (f", the best {training['best_epoch']}" if "best_epoch" in training else "")))
+    if "lr" in training:
+        lines.append(("trained with", ", ".join(f"{k.replace('_', ' ')} {training[k]}"
+                                                for k in ("lr", "weight_decay", "accumulate", "seed") if k in training)))
+    head = facts.get("head")
+    if isinstance(head, dict):
+        # (the head's own lines, less its embeddings' model, which is OUT/model, and its file)
+        lines += [(k, v) for k, v in _head_lines(head) if k not in ("embeddings of", "weights")]
+    else:
+        lines.append(("head", str(head)))
+    model = facts.get("model")
+    if isinstance(model, dict):
+        lines += [("model " + k if k != "model" else k, v) for k, v in _model_lines(model)]
+    else:
+        lines.append(("model", str(model)))
     return lines
 
 

@@ -46,6 +46,23 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A 2-epoch `protrans finetune` of a tiny BERT on 20 synthetic ss3 proteins."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+    from test_heads_fit import _netsurfp, _seqs
+
+    model = save_tiny_model(tmp_path_factory, "bert")
+    root = tmp_path_factory.mktemp("ft")
+    rng = np.random.default_rng(0)
+    _netsurfp(root / "train.csv", _seqs(rng, 20))
+    _netsurfp(root / "test.csv", _seqs(rng, 5))
+    config = FinetuneConfig(task="ss3", model=str(model), max_epochs=2, patience=5, lr=0.01, lora_rank=2,
+                            max_residues=600, threads=1, n_bootstrap=20, device="cpu")
+    finetune(config, root / "train.csv", root / "out", tests=[root / "test.csv"])
+    return root / "out"
+
+
 def _info(run_cli, *args) -> dict:
     res = run_cli("info", *args, "--json")
     assert res.exit_code == 0, res.output
@@ -260,3 +277,32 @@ def test_a_head_s_headline_figure_is_its_accuracy_or_spearman_whatever_the_metri
     text = run_cli("info", copy).stdout
     assert "cb513 ss3        Q3 0.8123 (95% CI 0.8000-0.8200), MCC 0.710, 5 proteins\n" in text
     assert "cb513 stability  Spearman 0.4560 (95% CI 0.4000-0.5000), 5 proteins\n" in text
+
+
+def test_a_finetune_output_is_described_whole(run_cli, finetuned):
+    """info refused a finetune's OUT (pointing at head/ and model/): it describes what finetune
+    wrote there, as finetune.json, OUT/head and OUT/model record it."""
+    record = json.loads((finetuned / "finetune.json").read_text())
+    facts = _info(run_cli, finetuned)
+    assert facts["kind"] == "finetune" and facts["finetuned_from"] == record["model"]
+    assert facts["lora"] == {"rank": 2, "alpha": 8.0, "dropout": 0.0, "targets": record["lora"]["targets"]}
+    assert facts["training"]["epochs"] == len(record["history"]) == 2
+    assert facts["training"]["best_epoch"] == record["best_epoch"] and facts["training"]["lr"] == 0.01
+    assert facts["head"] == _info(run_cli, finetuned / "head")
+    model = _info(run_cli, finetuned / "model")
+    assert facts["model"] == {k: v for k, v in model.items() if k not in ("directory", "kind")}
+    assert facts["model"]["family"] == "bert"
+    assert facts["model"]["parameters"] == _reference_parameters(finetuned / "model")[0]
+    q3 = record["metrics"]["test"]["ss3"]["accuracy"]
+    text = run_cli("info", finetuned).stdout
+    for line in (f"fine-tuned          {record['model']}\n", "LoRA                rank 2, alpha 8.0, dropout 0.0, on ",
+                 "epochs              2 trained (of at most 2), the best ", "task                ss3 (per-residue)\n",
+                 f"test ss3            Q3 {q3:.4f} (95% CI ", "model family        bert (model_type bert)\n",
+                 "trained on          sequences embedded while fine-tuned, "):
+        assert line in text, (line, text)
+    assert "model parameters    " in text and "embeddings of" not in text and "None with" not in text
+    # OUT/head alone says how its head was trained too
+    assert "trained on     sequences embedded while fine-tuned, " in run_cli("info", finetuned / "head").stdout
+    out = heavy_imports_of([["info", str(finetuned)], ["info", str(finetuned), "--json"]],
+                           ("torch", "transformers", "protrans_cli.models", "safetensors", "h5py", "numpy"))
+    assert out.returncode == 0, out.stderr

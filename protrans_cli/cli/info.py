@@ -1,4 +1,4 @@
-"""`protrans info`: what an embeddings or contact-map file holds, or a head, model or train run folder.
+"""`protrans info`: what an embeddings or contact-map file holds, or a head, model, train run or finetune folder.
 
     protrans info proteome.h5
     protrans info heads/ss3 runs/bert_small
@@ -32,7 +32,8 @@ def command(files, as_json, list_ids, residues):
     it was trained on, its validation and test figures), a model directory (family,
     architecture, parameters, sizes, vocabulary, positions, stored dtype: read from config.json
     and the safetensors headers, no weights loaded, nothing unpickled), a train run (its model,
-    last logged step and loss, tokens, checkpoints) or one of its checkpoints.
+    last logged step and loss, tokens, checkpoints), one of its checkpoints, or a finetune
+    output (base model, LoRA settings, epochs, then its head and its model as above).
 
     \b
     protrans info proteome.h5
