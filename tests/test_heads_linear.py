@@ -225,3 +225,33 @@ def test_fit_loc_linear_predict_and_options(run_cli, tmp_path):
     r = run_cli(*base, "--search", "architecture=fnn,linear", "--search", "hidden=8,16", "--max-epochs", "2",
                 "-o", tmp_path / "search")
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("architecture, recorded", [("linear", {"hidden": None, "kernel": None, "dropout": None}),
+                                                    ("fnn", {"hidden": 8, "kernel": None, "dropout": 0.1})])
+def test_a_head_records_only_the_sizes_its_network_has_and_older_heads_still_load(tmp_path, architecture, recorded):
+    """A linear head recorded `"hidden": 32, "kernel": 7` and an FNN `"kernel": 7`, sizes neither
+    network has: they are null now. A head written before (the values recorded) loads as before and
+    gives the same probabilities; a CNN-only size missing from an FNN's config is not needed."""
+    sets = _protein_sets(tmp_path, sizes=(("train", 60), ("test", 20)))
+    config = FitConfig(task="protein", architecture=architecture, hidden=8, kernel=5, dropout=0.1, max_epochs=2,
+                       threads=1, n_bootstrap=10, plots=False)
+    fit(config, tmp_path / "train.h5", tmp_path / "train.csv", tmp_path / "head")
+    head_config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert {k: head_config["hyperparameters"][k] for k in recorded} == recorded
+    assert head_config["format_version"] == (3 if architecture == "linear" else 1)
+    x = torch.from_numpy(sets["test"][1])
+    ensemble, _, _ = load_head(tmp_path / "head")
+    want = ensemble.probabilities(x, None)["label"]
+    old = json.loads(json.dumps(head_config))
+    old["hyperparameters"].update(hidden=8 if architecture == "fnn" else 32, kernel=7, dropout=0.1 if architecture ==
+                                  "fnn" else 0.25)
+    (tmp_path / "head" / "config.json").write_text(json.dumps(old))
+    ensemble, _, _ = load_head(tmp_path / "head")
+    torch.testing.assert_close(ensemble.probabilities(x, None)["label"], want, rtol=0, atol=0)
+    if architecture == "linear":  # (and none of the three at all)
+        for key in recorded:
+            del old["hyperparameters"][key]
+        (tmp_path / "head" / "config.json").write_text(json.dumps(old))
+        ensemble, _, _ = load_head(tmp_path / "head")
+        torch.testing.assert_close(ensemble.probabilities(x, None)["label"], want, rtol=0, atol=0)

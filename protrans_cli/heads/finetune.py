@@ -801,7 +801,7 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
            held_out: list[str] | None = None) -> dict:
     from protrans_cli.heads.lora import merged_copy
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.heads.model import Ensemble, head_format, save_head
+    from protrans_cli.heads.model import Ensemble, head_format, network_hyperparameters, save_head
     from protrans_cli.io.files import default_permissions
     from protrans_cli.embedders import TransformerEmbedder
     from protrans_cli.models import _quiet_transformers, load_model, weights_fingerprint
@@ -829,7 +829,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
         "task": task.to_json(), "kind": task.kind, "architecture": config.architecture,
         "input_dim": int(embedder.embedding_dim), "embedding": embedding, "layer": layer,
         "ensemble": 1, "seeds": [config.seed],
-        "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
+        "hyperparameters": {**network_hyperparameters(task, config.architecture, hidden=config.hidden,
+                                                      kernel=config.kernel, dropout=config.dropout),
                             "lr": config.lr, "weight_decay": config.weight_decay, "max_epochs": config.max_epochs,
                             "patience": config.patience, "max_residues": config.max_residues,
                             "batch_size": None, "standardise": False,

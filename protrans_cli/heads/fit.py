@@ -94,7 +94,7 @@ class FitConfig:
     # task "linear" (the linear probe: one affine map of each residue's row or of the protein's vector).
     architecture: str | None = None
     hidden: int = 32
-    kernel: int | None = None  # None: 7 (the CNN; recorded for the FNN too, which has none), 9 (Light Attention)
+    kernel: int | None = None  # None: 7 (the CNN), 9 (Light Attention); the FNN and linear heads have none
     dropout: float = 0.25
     dual: str = "first"  # loc: Cytoplasm-Nucleus -> Cytoplasm ("first") or left out ("skip")
     layer: int = -1  # which layer when the embeddings hold several
@@ -883,7 +883,7 @@ def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval
 def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprint: dict, embeddings,
                  labels) -> dict:
     """The head's config.json."""
-    from protrans_cli.heads.model import head_format
+    from protrans_cli.heads.model import head_format, network_hyperparameters
 
     return {
         "format": "protrans-head", "format_version": head_format(config.architecture), "protrans_version": __version__,
@@ -892,7 +892,9 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
         "task": task.to_json(), "kind": task.kind, "architecture": config.architecture,
         "input_dim": int(sets.train.dim), "embedding": sets.embedding_info, "layer": sets.model_layer,
         "ensemble": config.ensemble, "seeds": [config.seed + i for i in range(config.ensemble)],
-        "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
+        # (hidden, kernel, dropout: null where the architecture has none)
+        "hyperparameters": {**network_hyperparameters(task, config.architecture, hidden=config.hidden,
+                                                      kernel=config.kernel, dropout=config.dropout),
                             "lr": config.lr, "weight_decay": config.weight_decay,
                             "max_epochs": config.max_epochs, "patience": config.patience,
                             "max_residues": config.max_residues, "batch_size": config.batch_size,

@@ -19,7 +19,7 @@ from protrans_cli.heads.cnn import ResidueCNN
 from protrans_cli.heads.fnn import ProteinFNN
 from protrans_cli.heads.light_attention import LightAttention
 from protrans_cli.heads.linear import LinearHead
-from protrans_cli.heads.tasks import ARCHITECTURES, Task, architecture_for, input_kind
+from protrans_cli.heads.tasks import ARCHITECTURES, Task, architecture_for, input_kind, unused_options
 from protrans_cli.io.h5 import PER_RESIDUE
 
 CONFIG = "config.json"
@@ -37,6 +37,21 @@ _MAX_OUTPUT_NAME = 64  # (a task's outputs: ss3, ss8, loc, membrane, label, valu
 def head_format(architecture: str) -> int:
     """The format_version a head of `architecture` is written with (the oldest that reads it)."""
     return _FORMATS[architecture]
+
+
+_NETWORK = ("hidden", "kernel", "dropout")  # (build_head's sizes, as config.json's hyperparameters record them)
+
+
+def network_hyperparameters(task: Task, architecture: str, *, hidden, kernel, dropout) -> dict:
+    """hidden, kernel and dropout as a head's config.json records them: null where the head of
+    `architecture` has none (a linear head has none of them, an FNN no kernel). Heads recorded the
+    option's value (a linear head its unused `"hidden": 32, "kernel": 7`, an FNN `"kernel": 7`),
+    as if the network had them; those heads are read as before (load_head builds a network from
+    the values its architecture takes). Null rather than left out: a protrans of the same
+    format_version before this reads every key, and builds these heads with null as well."""
+    given = {"hidden": hidden, "kernel": kernel, "dropout": dropout}
+    unused = set(unused_options(task, architecture))
+    return {name: None if name in unused else given[name] for name in _NETWORK}
 
 
 def build_head(task: Task, input_dim: int, *, architecture: str | None = None, hidden: int = 32, kernel: int = 7,
@@ -206,8 +221,12 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         # (on the meta device the layers' initialisation draws nothing from the caller's
         # generator either: predict moved a notebook's seeded torch RNG along)
         with torch.device("meta"):
-            members = [build_head(task, config["input_dim"], architecture=architecture, hidden=hp["hidden"],
-                                  kernel=hp["kernel"], dropout=hp["dropout"]) for _ in range(stored)]
+            # (what the architecture takes, which must be there; a value recorded for what it has
+            # not, as heads did, is not read)
+            unused = set(unused_options(task, architecture))
+            sizes = {name: hp[name] for name in _NETWORK if name not in unused}
+            members = [build_head(task, config["input_dim"], architecture=architecture, **sizes)
+                       for _ in range(stored)]
     except RecursionError:  # thousands of nested brackets: a traceback from the JSON parser
         raise ModelError("head config is unreadable (nested too deeply)", path=str(directory / CONFIG)) from None
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:  # (a negative kernel: RuntimeError)

@@ -418,7 +418,7 @@ def _as_value(label, record) -> float:
 
 
 _READS_RESIDUES = frozenset({"cnn", "light-attention"})  # (and "linear" for a per-residue task)
-DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN and the linear head have none; heads record 7)
+DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN and the linear head have none: null in their config)
 # The FitConfig fields another kind of head takes, which a head of this architecture does not
 # read (fit's CLI warns when they are given; a --resume does not compare them). The linear head's
 # depend on what it reads: unused_options.
