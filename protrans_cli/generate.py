@@ -209,8 +209,8 @@ def checked_letters(text: str, flag: str, keyword: str, *, designed: bool = Fals
 def checked_template(text, chains: str, where: str, error=UsageError, **located) -> str:
     """A template upper-cased: residue letters and `_` (at least one), chains separated by ':'
     under `chains` linker or separate (none empty); else `error` (`where` names it: the option, or
-    with `located` a templates file's record), or a UsageError for a ':' under chains error (the
-    remedy is an option)."""
+    with `located` a templates file's record), a ':' under chains error too (the option's value
+    a usage error, the file's record bad input, as every command has them)."""
     from protrans_cli.embed import chain_break
     from protrans_cli.residues import ALPHABET
 
@@ -218,7 +218,7 @@ def checked_template(text, chains: str, where: str, error=UsageError, **located)
         raise error(f"{where} is empty: give residues with '{DESIGNED}' where to design", **located)
     text = text.upper()
     if ":" in text and chains == "error":
-        raise UsageError(f"{where}: {chain_break(text)}", **located)
+        raise error(f"{where}: {chain_break(text)}", **located)
     allowed = set(ALPHABET) | {DESIGNED, ":"}
     for at, letter in enumerate(text, start=1):
         if letter not in allowed:

@@ -1101,7 +1101,8 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
         try:
             found = [("sequence", _normalise_record(sequence, None, chains))]
         except SequenceRejected as exc:
-            raise InputError(f"the wild-type sequence: {exc}") from None
+            # (an option's value: a usage error, as generate's --template; a --fasta record's is bad input)
+            raise UsageError(f"the wild-type sequence: {exc}") from None
         _warn_nucleotide(found, "--sequence")
         if _GAP_CHARACTERS.search(sequence):
             from protrans_cli import console

@@ -443,7 +443,7 @@ def test_templates_resume_checks_the_file(run_cli, tmp_path, esm, monkeypatch):
     (["--template", "MK_A:GSL"], "--chains linker or --chains separate reads it", 2),
     (["--template", "MK_A::GSL", "--chains", "linker"], "chain 2 of 3 is empty", 2),
     (["--template", "MK_A:GSL", "--templates", "T"], "--templates FILE and --template: give one", 2),
-    (["--templates", "T"], "record 'b': the template: ':' at residue 3 is a chain break", 2),
+    (["--templates", "T"], "record 'b': the template: ':' at residue 3 is a chain break", 1),  # (a file's record)
     (["--templates", "T", "--chains", "separate"], "record 'c': the template: 'J' at position 2", 1),
     (["--templates", "D", "--chains", "linker"], "also that of the record at line 1", 1),
 ])

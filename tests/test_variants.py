@@ -359,7 +359,8 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
         (tmp_path / sub / "esm").mkdir(parents=True)
     nothing = tmp_path / "no_such_model"
     cases = [
-        ((table, "--sequence", "MKTA1Y", "-m", nothing), 1, "the wild-type sequence: invalid character '1' at residue 5"),
+        # (an option's value: a usage error; the same in a --fasta record, bad input)
+        ((table, "--sequence", "MKTA1Y", "-m", nothing), 2, "the wild-type sequence: invalid character '1' at residue 5"),
         ((table, "--fasta", fasta, "--id", "zz", "-m", nothing), 1, "wt.fa: holds no record 'zz'"),
         ((table, "--fasta", tmp_path / "bad.fa", "-m", nothing), 1,
          "bad.fa:1, record 'b': invalid character '1' at residue 3"),

@@ -173,8 +173,14 @@ def test_all_singles_of_a_complex_scan_every_residue_of_every_chain(run_cli, tmp
 
 def test_a_complex_without_chains_and_wrong_mutations_are_refused_in_one_line_before_any_model(run_cli, tmp_path):
     missing = tmp_path / "no-model"  # (never loaded: each is refused first)
+    # a ':' without --chains: in --sequence a usage error (exit 2, as generate's --template), in a
+    # --fasta record bad input (exit 1)
     r = run_cli("variants", "--all-singles", "--sequence", COMPLEX, "-m", missing)
-    assert r.exit_code == 1 and "--chains linker or --chains separate" in r.stderr
+    assert r.exit_code == 2 and "--chains linker or --chains separate" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "complex.fa").write_text(f">ab\n{COMPLEX}\n")
+    r = run_cli("variants", "--all-singles", "--fasta", tmp_path / "complex.fa", "-m", missing)
+    assert r.exit_code == 1 and "--chains linker or --chains separate" in r.stderr and "record 'ab'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     cases = {f"K{N + 2}A": f"residue {N + 2} of the complex, residue 2 of its chain 2, is S, not K",
              f"Q{N + len(LIGHT) + 1}A": f"position {N + len(LIGHT) + 1} is outside the complex (residues 1.."
@@ -187,7 +193,7 @@ def test_a_complex_without_chains_and_wrong_mutations_are_refused_in_one_line_be
         assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("variants", _variants(tmp_path, ["K2A"]), "--sequence", f"{HEAVY}::{LIGHT}", "-m", missing,
                 "--chains", "linker")
-    assert r.exit_code == 1 and "chain 2 of 3 is empty" in r.stderr
+    assert r.exit_code == 2 and "chain 2 of 3 is empty" in r.stderr
     r = run_cli("variants", _variants(tmp_path, ["K2A"]), "--sequence", COMPLEX, "-m", missing, "--chains", "linker",
                 "--linker-length", "-1")
     assert r.exit_code == 2 and "--linker-length" in r.stderr
