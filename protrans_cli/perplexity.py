@@ -177,13 +177,7 @@ def _scan(source, name: str, options: PerplexityOptions) -> _Scan:
         _raise_duplicate_id(source, name, set(ordered[1:][clash].tolist()))
     records = len(ids)
     del ordered, clash, ids
-    digests = np.frombuffer(keys, dtype=np.uint64)
-    order = np.argsort(digests, kind="stable")
-    ordered = digests[order]
-    first = np.ones(len(ordered), dtype=bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    distinct = int(np.frombuffer(sizes, dtype=np.uint64)[order][first].sum()) if len(ordered) else 0
-    repeated = set(np.unique(ordered[1:][~first[1:]]).tolist())
+    distinct, repeated = _distinct(keys, sizes)
     if skipped:
         console.warn(f"{name}: {console.counted(len(skipped), 'record')} that cannot be read left out "
                      f"({option('--invalid-policy skip', 'invalid_policy=' + repr('skip'))}): "
@@ -192,6 +186,18 @@ def _scan(source, name: str, options: PerplexityOptions) -> _Scan:
     _warn_nucleotide(said, name, True)
     _warn_gapped(said, name, True)
     return _Scan(records, skipped, longest, distinct, repeated)
+
+
+def _distinct(keys, sizes) -> tuple[int, set]:
+    """The residues of the distinct readings (`keys`: their digests, `sizes`: their residues, one
+    a reading a record needs) and the digests of those more than one record needs."""
+    digests = np.frombuffer(keys, dtype=np.uint64)
+    order = np.argsort(digests, kind="stable")
+    ordered = digests[order]
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    distinct = int(np.frombuffer(sizes, dtype=np.uint64)[order][first].sum()) if len(ordered) else 0
+    return distinct, set(np.unique(ordered[1:][~first[1:]]).tolist())
 
 
 def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) -> PerplexitySummary:
@@ -307,15 +313,24 @@ def _too_long(source, name: str, options: PerplexityOptions, scorer, scan: _Scan
     """The ids of the records the model cannot read whole (over --max-length: a complex with its
     linkers, or its longest chain under separate) under --long-policy skip; under error (or for a
     causal LM) an InputError naming the first, before any work. Reads the FASTA again only when
-    the first pass found such a record."""
-    from protrans_cli.embed import _records, model_length
+    the first pass found such a record; records skipped, `scan.residues` (the progress bar's
+    total) becomes the residues of the others' distinct readings (it counted theirs too, and
+    the bar stopped short of its total)."""
+    from array import array
+
+    from protrans_cli.embed import _digest64, _records, model_length
 
     if scorer.max_length is None or scan.longest <= scorer.max_length:
         return []
     skipped = []
+    keys, sizes = array("Q"), array("Q")  # (the readings of the records scored)
     for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED):
-        if prot.rejected is not None or model_length(prot.sequence, options.chains,
-                                                     options.linker_length) <= scorer.max_length:
+        if prot.rejected is not None:
+            continue
+        if model_length(prot.sequence, options.chains, options.linker_length) <= scorer.max_length:
+            for work in _works(prot.sequence, options.chains, options.linker_length):
+                keys.append(_digest64(work.key))
+                sizes.append(work.size)
             continue
         if options.long_policy == "skip":
             skipped.append(prot.id)
@@ -325,6 +340,7 @@ def _too_long(source, name: str, options: PerplexityOptions, scorer, scan: _Scan
         for work in _works(prot.sequence, options.chains, options.linker_length):
             scorer.check_length(work.text, what, path=name, record=prot.id)
     if skipped:
+        scan.residues = _distinct(keys, sizes)[0]
         console.warn(f"{console.counted(len(skipped), 'protein')} over {scorer.max_length:,} residues left out "
                      f"({option('--long-policy skip', 'long_policy=' + repr('skip'))}): "
                      f"{console.some_named(len(skipped), skipped[:console.NAMED])}")

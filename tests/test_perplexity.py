@@ -296,6 +296,28 @@ def test_long_proteins_error_skip_or_window(run_cli, tmp_path, tiny_models):
     assert math.isfinite(float(rows["long"]["log_likelihood"]))
 
 
+def test_the_progress_bar_counts_the_residues_scored_not_those_left_out(run_cli, tmp_path, tiny_models, monkeypatch):
+    """--long-policy skip: the bar's total counted the proteins left out too, and it ended short of
+    it (8 of 8 + 40 residues); an identical sequence is one reading, counted once."""
+    from protrans_cli import console
+
+    bars = []
+    real = console.progress
+
+    def recorded(*args, **kwargs):
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(console, "progress", recorded)
+    monkeypatch.setattr(console, "progress_wanted", lambda: True)
+    fasta = _fasta(tmp_path / "in.fa", {"short": "MKTAYIAK", "again": "MKTAYIAK", "other": "GSLEK",
+                                        "long": SEQS["p1"]})
+    r = run_cli("perplexity", fasta, "-m", tiny_models["esm"], "--max-length", "10", "--long-policy", "skip")
+    assert r.exit_code == 0 and [row["id"] for row in _table(r.stdout)] == ["short", "again", "other"], r.stderr
+    (bar,) = [b for b in bars if getattr(b, "desc", None) == "scoring"]
+    assert bar.total == bar.n == 8 + 5
+
+
 def test_an_interrupted_run_goes_on_with_resume_to_the_same_table(run_cli, tmp_path, tiny_models, monkeypatch):
     """A Ctrl-C after two units: exit 130 naming --resume, no table (nor per-residue table), the
     units kept in OUT.partial/; --resume computes the rest only and writes the uninterrupted tables
