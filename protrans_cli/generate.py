@@ -665,18 +665,22 @@ def settings_of(options: GenerateOptions, device: str | None = None, dtype: str 
     return values if device is None else {**values, "device": device, "dtype": dtype}
 
 
-def _flag_of(name: str) -> str:
+def _generate_flag(name: str) -> str:
     named = dict((*SETTINGS, *CAUSAL_SETTINGS, *TEMPLATE_SETTINGS, ("device", "--device"), ("dtype", "--dtype"),
                   ("templates", "--templates"), ("chains", "--chains"), ("linker_length", "--linker-length")))
     return named.get(name, name)
 
 
-def check_kept_settings(folder, settings: dict) -> None:
+def check_kept_settings(folder, settings: dict, *, file: str = SETTINGS_FILE, flag_of=None,
+                        held: str = "sequences drawn") -> None:
     """UsageError where `folder` (OUTPUT.partial/) was drawn under settings other than these,
-    naming the first that differs: its units would not be this run's sequences."""
+    naming the first that differs: its units would not be this run's sequences. `file`, `flag_of`
+    (a setting's name -> its flag) and `held` (what the units are) for another command's
+    (translate's) settings."""
     import json
 
-    path = folder / SETTINGS_FILE
+    _flag_of = flag_of or _generate_flag
+    path = folder / file
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -686,16 +690,16 @@ def check_kept_settings(folder, settings: dict) -> None:
     for name, value in settings.items():
         if name in kept and kept[name] != value:
             flag = _flag_of(name)
-            raise UsageError(f"{folder} holds sequences drawn with {option(flag, name)} {kept[name]!r}, not {value!r}: "
+            raise UsageError(f"{folder} holds {held} with {option(flag, name)} {kept[name]!r}, not {value!r}: "
                              f"{option('--resume', 'resume=True')} goes on only with the same options (delete it "
                              "to start afresh)")
         if name not in kept:
-            raise UsageError(f"{folder} holds sequences drawn without {option(flag := _flag_of(name), name)} "
+            raise UsageError(f"{folder} holds {held} without {option(flag := _flag_of(name), name)} "
                              f"(this run: {value!r}): {option('--resume', 'resume=True')} goes on only with the same "
                              "options (delete it to start afresh)")
     extra = sorted(set(kept) - set(settings) - ({"device", "dtype"} if "device" not in settings else set()))
     if extra:
-        raise UsageError(f"{folder} holds sequences drawn with {option(_flag_of(extra[0]), extra[0])} "
+        raise UsageError(f"{folder} holds {held} with {option(_flag_of(extra[0]), extra[0])} "
                          f"{kept[extra[0]]!r} (this run has none): {option('--resume', 'resume=True')} goes on only "
                          "with the same options (delete it to start afresh)")
 
@@ -880,14 +884,14 @@ def _sample_all(options: GenerateOptions, designs: list[Design], templates: str 
     return summary
 
 
-def _settings_file(store, settings: dict) -> None:
+def _settings_file(store, settings: dict, file: str = SETTINGS_FILE) -> None:
     """OUTPUT.partial/'s settings file, written with the folder (before its first unit)."""
     import json
 
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.io.files import atomic_output
 
-    path = store.folder / SETTINGS_FILE
+    path = store.folder / file
     if path.is_file():
         return
     store._create()

@@ -16,12 +16,32 @@ writes the target with transformers' `model.generate`:
   repetition_penalty 1.2; 3Di -> AA: do_sample, top_p 0.85, temperature 1.0, top_k 3,
   repetition_penalty 1.2): `sample=True` with those settings reproduces it; `num_beams` runs beam
   search; `num_sequences` > 1 (sampling or beams) writes several designs a protein.
+- sampling without beams is drawn here (`RowSampler`, a logits processor after the repetition
+  penalty and TargetAlphabet, under greedy `generate`): record r's design k draws from a
+  generator of its own seeded by (seed, r's id's 64-bit digest, k), one uniform number a letter,
+  under temperature, then top-k, then top-p (transformers' order), so a record's designs are the
+  same whatever the batching or the other records (up to float rounding of batched passes).
+  Beam sampling (`sample` with `num_beams` > 1, the model card's AA -> 3Di) is transformers' own:
+  its beams draw from torch's generator together, seeded a batch at a time by (seed, the
+  batch's ids): reproducible for the same batching, not whatever the batching.
+
+Identical sequences (as the encoder reads them: upper-case, rare amino acids as X; 3Di
+lower-case) are translated once a run under greedy decoding and beam search (they would get the
+same letters), written under each record; under sampling each record draws its own (records with
+one sequence get designs of their own, as their ids seed them). The translations of the distinct
+sequences are held to the end of the run (about the output's size).
 
 Output: FASTA, a record a protein (`ID_k` for design k of several), 3Di strings upper-case (as
 Foldseek's databases hold them), headers `ID 3Di predicted by MODEL` or `ID designed from 3Di by
-MODEL`, written atomically. Records are read `window` at a time, sorted by length within it and
-batched by a padded-token budget (`max_tokens`, counted with every beam and design), and written in
-input order. No --resume: a run writes its output whole or not at all.
+MODEL`. Records are read `window` at a time, sorted by length within it and batched by a
+padded-token budget (`max_tokens`, counted with every beam and design), and written in input
+order as each window's last batch ends, into the output's hidden temporary (renamed over it when
+every record is written; stdout's: a temporary file copied out at the end, so that a failed run
+prints nothing). With `-o FILE` each finished batch is also kept in FILE.partial/ (variants'
+UnitStore, named by the model, device type, compute dtype, the settings the letters depend on
+and the batch's sequences) until FILE is written: `resume=True` (`--resume`) goes on after an
+interruption to the bytes an uninterrupted run writes; one under another setting the letters
+depend on (SETTINGS) is refused naming it.
 
     summary = translate("proteins.fa", "proteins.3di.fa", TranslateOptions(model="prostt5", to="3di"))
 """
@@ -64,6 +84,7 @@ class TranslateOptions:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
+    resume: bool = False                 # -o FILE: go on with FILE.partial/, what an interrupted run kept
 
     def validate(self) -> None:
         from protrans_cli.embed import DTYPES
@@ -102,8 +123,9 @@ class TranslateOptions:
                 raise UsageError(f"{option(flag, name)} must be a number above 0, got {value!r:.40}")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise UsageError(f"{option('--top-p', 'top_p')} must be above 0 and at most 1, got {self.top_p!r:.40}")
-        if not isinstance(self.sample, bool):
-            raise UsageError(f"sample is True or False, got {self.sample!r:.40}")
+        for name in ("sample", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} is True or False, got {getattr(self, name)!r:.40}")
         if not self.sample:
             moved = [flag for flag, value, default in (("--temperature", self.temperature, 1.0),
                                                        ("--top-p", self.top_p, None), ("--top-k", self.top_k, None))
@@ -130,6 +152,7 @@ class TranslateSummary:
     residues: int = 0
     records: int = 0          # written (proteins x designs)
     skipped: int = 0          # left out under invalid_policy skip
+    repeated: int = 0         # records whose sequence an earlier record had: translated once
     seconds: float = 0.0
     device: str = ""
     compute_dtype: str = ""
@@ -152,28 +175,41 @@ class Translator:
         self.eos = int(loaded.tokenizer.eos_token_id)
         self.device = loaded.device
 
-    def translate_batch(self, sequences: list[str], options: TranslateOptions) -> list[list[str]]:
-        """For each sequence, `options.num_sequences` translations of exactly its length."""
+    def translate_batch(self, sequences: list[str], options: TranslateOptions,
+                        ids: list[str] | None = None) -> list[list[str]]:
+        """For each sequence, `options.num_sequences` translations of exactly its length. Sampling
+        without beams draws each row's letters from a generator of its own, seeded by (seed, the
+        record id's 64-bit digest, the design's number) (`ids`, needed then): the same letters
+        whatever the batch (up to float rounding of batched passes)."""
         import torch
 
         inputs, mask = self.source.encode(self.loaded.tokenizer, sequences)
         lengths = mask.sum(1)
         if lengths.tolist() != [len(s) for s in sequences]:  # (encode checks it; a translation is one a residue)
             raise UsageError(f"{self.loaded.name}: its tokenizer does not read one token a residue")
-        processor = TargetAlphabet(self.target_ids, self.eos, lengths.to(self.device))
+        n = options.num_sequences
+        input_ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        processors = []
+        if row_sampling(options):
+            if ids is None or len(ids) != len(sequences):
+                raise UsageError("translate_batch: sampling draws by record: give the ids")
+            # (generate's own sampling draws from torch's one generator, in the batch's order: the
+            # letters depended on the batching; here greedy decoding takes the one letter drawn)
+            input_ids, attention, lengths = (t.repeat_interleave(n, 0) for t in (input_ids, attention, lengths))
+            processors.append(RowSampler(RecordDraws(options.seed, [record_stream(i) for i in ids], n), options))
+        processors.insert(0, TargetAlphabet(self.target_ids, self.eos, lengths.to(self.device)))
         kwargs = generate_kwargs(options, int(lengths.max()))
         with torch.no_grad():
-            out = self.loaded.model.generate(input_ids=inputs["input_ids"].to(self.device),
-                                             attention_mask=inputs["attention_mask"].to(self.device),
-                                             logits_processor=[processor], **kwargs)
+            out = self.loaded.model.generate(input_ids=input_ids.to(self.device),
+                                             attention_mask=attention.to(self.device),
+                                             logits_processor=processors, **kwargs)
         out = out[:, 1:].cpu()  # (the decoder's start token first)
         letters = {int(t): c for t, c in zip(self.target_ids, self.alphabet)}
-        n = options.num_sequences
         result = []
-        for i, length in enumerate(lengths.tolist()):
+        for i, sequence in enumerate(sequences):
             designs = []
             for k in range(n):
-                row = out[i * n + k, :length].tolist()
+                row = out[i * n + k, :len(sequence)].tolist()
                 bad = next((t for t in row if t not in letters), None)
                 if bad is not None:  # (the processor allows nothing else: a transformers that ignored it)
                     raise ModelError(f"{self.loaded.name}: generate wrote token {bad}, not a "
@@ -183,14 +219,67 @@ class Translator:
         return result
 
 
+def row_sampling(options: TranslateOptions) -> bool:
+    """Sampling drawn by RowSampler, a generator a record's design (--sample without beams); beam
+    sampling is transformers' own (its beams draw together), seeded a batch at a time."""
+    return options.sample and options.num_beams == 1
+
+
+def record_stream(ident: str) -> int:
+    """A record id's 64-bit digest: its key in the seeds (as generate's --templates records')."""
+    from protrans_cli.generate import Design
+
+    return Design(None, "", record=ident).stream
+
+
+class RecordDraws:
+    """generate.Draws for rows of several records: record r's design k draws from a generator
+    seeded by (seed, its id's digest, k)."""
+
+    def __init__(self, seed: int, streams: list[int], n: int):
+        from protrans_cli.generate import Draws
+
+        self.generators = [g for stream in streams for g in Draws(seed, list(range(n)), stream).generators]
+
+    def uniforms(self):
+        import torch
+
+        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+
+
+class RowSampler:
+    """A logits processor for greedy `generate`: each row's next token drawn from the scores the
+    processors before it left (repetition penalty, TargetAlphabet), under --temperature, then
+    --top-k, then --top-p (the order transformers applies them; generate.filtered_log_probs), by
+    a uniform number from the row's own generator; every other token -inf, so greedy decoding
+    takes the one drawn."""
+
+    def __init__(self, draws: RecordDraws, options: TranslateOptions):
+        self.draws = draws
+        self.temperature, self.top_k, self.top_p = options.temperature, options.top_k, options.top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        from protrans_cli.generate import draw, filtered_log_probs
+
+        log_probs = filtered_log_probs(scores, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        picked = draw(log_probs, self.draws.uniforms()).to(scores.device)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0], device=scores.device), picked] = 0.0
+        return out
+
+
 def generate_kwargs(options: TranslateOptions, longest: int) -> dict:
     """`model.generate`'s keyword arguments: as many new tokens as the longest protein has residues
     (TargetAlphabet ends each shorter one with `</s>` at its own length), then the decoding
-    settings (the sampling ones only when sampling: greedy ignores them, with a warning)."""
+    settings (the sampling ones only for transformers' beam sampling: greedy ignores them, with a
+    warning; RowSampler's rows are greedy over the one letter it drew, a row a design)."""
+    own = row_sampling(options)
     kwargs = dict(max_new_tokens=longest, min_new_tokens=None, num_beams=options.num_beams,
-                  num_return_sequences=options.num_sequences, do_sample=options.sample,
+                  num_return_sequences=1 if own else options.num_sequences, do_sample=options.sample and not own,
                   repetition_penalty=options.repetition_penalty)
-    if options.sample:
+    if options.sample and not own:
         kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -294,20 +383,77 @@ def _batches(order: list[int], lengths: list[int], budget: int, max_batch: int, 
         yield batch
 
 
+# the options a translation depends on, each with its flag: a --resume under other values is
+# refused naming the first that differs (the sampling ones only when sampling; --max-tokens,
+# --max-batch-size and --window may change: a kept batch is named by its records, so one batched
+# otherwise is computed again, never mixed in)
+SETTINGS = (("model", "-m"), ("revision", "--revision"), ("to", "--to"), ("num_beams", "--num-beams"),
+            ("sample", "--sample"), ("repetition_penalty", "--repetition-penalty"), ("num_sequences", "-n"))
+SAMPLING_SETTINGS = (("seed", "--seed"), ("temperature", "--temperature"), ("top_k", "--top-k"),
+                     ("top_p", "--top-p"))
+SETTINGS_FILE = "translate-settings.json"  # (in OUTPUT.partial/: what its batches were translated under)
+
+
+def settings_of(options: TranslateOptions, device: str | None = None, dtype: str | None = None) -> dict:
+    """The options the letters depend on, for OUTPUT.partial/'s settings file; with the device
+    type and compute dtype once the model is loaded."""
+    values = {name: getattr(options, name) for name, _ in (*SETTINGS, *(SAMPLING_SETTINGS if options.sample else ()))}
+    return values if device is None else {**values, "device": device, "dtype": dtype}
+
+
+def _flag_of(name: str) -> str:
+    return dict((*SETTINGS, *SAMPLING_SETTINGS, ("device", "--device"), ("dtype", "--dtype"))).get(name, name)
+
+
+def _check_kept(folder, settings: dict) -> None:
+    from protrans_cli.generate import check_kept_settings
+
+    check_kept_settings(folder, settings, file=SETTINGS_FILE, flag_of=_flag_of, held="translations made")
+
+
+def _unit_check(lengths: list[int], n: int, alphabet: str):
+    """A kept batch: one line a design (n a protein, in order) of exactly its protein's length,
+    in the target's letters."""
+    import numpy as np
+
+    letters = set(alphabet)
+
+    def check(value) -> bool:
+        if value.dtype != np.uint8 or value.ndim != 1:
+            return False
+        try:
+            lines = value.tobytes().decode("ascii").split("\n")
+        except UnicodeDecodeError:
+            return False
+        return len(lines) == n * len(lengths) and all(
+            len(line) == lengths[i // n] and set(line) <= letters for i, line in enumerate(lines))
+
+    return check
+
+
 def translate(fasta, output="-", options: TranslateOptions | None = None) -> TranslateSummary:
     """Translate every record of `fasta` (a path, `-` for stdin; .gz read) `options.to` 3Di or
     amino acids with `options.model`, and write the FASTA `output` (`-`/None: stdout; .gz
-    compresses) atomically: nothing is written unless every record was translated."""
+    compresses), in input order, a window's records as its last batch ends (into the output's
+    hidden temporary, renamed when all are written; for stdout into a temporary file, copied out
+    at the end: nothing is written unless every record was translated). With `-o FILE` each
+    finished batch is also kept in FILE.partial/ until FILE is written: `options.resume` goes on
+    from them after an interruption, to the bytes an uninterrupted run writes (refused where an
+    option the letters depend on differs). Greedy and beam search translate a sequence (as the
+    encoder reads it) once a run, written under each record that holds it; sampling draws each
+    record's designs from its own generators (by its id), so records with one sequence get
+    designs of their own."""
     import time
+    from pathlib import Path
 
     import torch
 
     from protrans_cli.embed import read_windows
     from protrans_cli.embedders import resolve_device
-    from protrans_cli.io.files import atomic_output, display_name, input_named_by, output_directory
+    from protrans_cli.io.files import display_name, output_lock, streamed_output, through_link
     from protrans_cli.models import load_model
-    from protrans_cli.residues import THREE_DI
     from protrans_cli.threads import torch_threads
+    from protrans_cli.variants import UnitStore, partial_folder, resumable_output
 
     if options is None:
         raise UsageError("translate needs TranslateOptions(to='3di' or 'aa')")
@@ -317,18 +463,20 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
     if output is not None:
         expect_path(output, "output", " (one FASTA file, or '-' for stdout)")
     to_stdout = output in (None, "-")
-    if not to_stdout:
-        if input_named_by(output, [fasta]):
-            raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
-                             f"{option('-o', 'output')})")
-        output_directory(output)
+    special = resumable_output(output, options.resume, (fasta,))
+    to_file = not to_stdout and not special
+    target = through_link(Path(output)) if to_file else output
+    busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
+           f"{option('-o', 'output')}"
     name = display_name(fasta)
-    alphabet = THREE_DI if options.to == "aa" else None
-    skip = options.invalid_policy == "skip"
     device, dtype = resolve_device(options.device, options.dtype)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     started = time.perf_counter()
-    with threads:
+    with threads, contextlib.ExitStack() as held:
+        held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
+        if to_file and options.resume and partial_folder(target).is_dir():
+            _check_kept(partial_folder(target), settings_of(options))  # (before the load)
+        store = UnitStore(partial_folder(target), resume=options.resume, command="translate") if to_file else None
         try:
             loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision,
                                 masked_lm=True, before_weights=check_translation_tokens)
@@ -344,51 +492,24 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
         translator = Translator(loaded, options.to)
         summary = TranslateSummary(model=loaded.name, to=options.to, device=str(loaded.device),
                                    compute_dtype=str(loaded.dtype).removeprefix("torch."))
-        cuda = loaded.device.type == "cuda"
-        budget = options.max_tokens or (GPU_MAX_TOKENS if cuda else CPU_MAX_TOKENS)
-        expand = max(options.num_beams, options.num_sequences)
+        settings = settings_of(options, loaded.device.type, summary.compute_dtype)
+        units = None
+        if store is not None:
+            if options.resume:
+                _check_kept(store.folder, settings)
+            # (UnitStore names a unit by the model, its files, the device type and compute dtype)
+            units = store.for_model(loaded, _StoreKey(loaded.device, summary.compute_dtype))
         bar = console.progress(desc="translating", unit="protein") if console.progress_wanted() else None
-        seeded = torch.random.fork_rng(devices=[loaded.device] if cuda else [])
+        seeded = torch.random.fork_rng(devices=[loaded.device] if loaded.device.type == "cuda" else [])
         try:
-            with seeded, atomic_output(output, "wb", follow_link=True) as stream:
-                torch.manual_seed(options.seed)
-                seen: dict[str, int] = {}  # id -> its line: an output's ids are Foldseek's keys
-                for window in read_windows(fasta, name, options.window, skip, alphabet, offered=()):
-                    for p in window:
-                        if p.id in seen:
-                            raise InputError(f"duplicate id (first seen on line {seen[p.id]}); ids must be unique "
-                                             "because they name the output's records", path=name, line=p.line,
-                                             record=p.id)
-                        seen[p.id] = p.line
-                    kept = [p for p in window if p.rejected is None]
-                    for p in window:
-                        if p.rejected is not None:
-                            summary.skipped += 1
-                            console.warn(f"{name}: record {p.id!r} left out: {p.rejected}")
-                    lengths = [len(p.sequence) for p in kept]
-                    order = sorted(range(len(kept)), key=lambda i: -lengths[i])
-                    done: dict[int, list[str]] = {}
-                    for batch in _batches(order, lengths, budget, options.max_batch_size, expand):
-                        for i, designs in zip(batch, translator.translate_batch([kept[i].sequence for i in batch],
-                                                                                 options)):
-                            done[i] = designs
-                        if bar is not None:
-                            bar.update(len(batch))
-                    text = []
-                    for i, prot in enumerate(kept):
-                        for k, letters in enumerate(done[i]):
-                            text.append(f"{header(prot.id, k, options.num_sequences, options.to, loaded.name)}\n"
-                                        f"{letters}\n")
-                            summary.records += 1
-                        summary.proteins += 1
-                        summary.residues += lengths[i]
-                    stream.write("".join(text).encode("utf-8"))
-                if not summary.proteins:
-                    raise InputError("no FASTA records" + (" left after --invalid-policy skip" if summary.skipped
-                                                            else ""), path=name)
+            with seeded, streamed_output(output) as stream:  # (stdout's: a file in TMPDIR, copied out at the end)
+                _translate_all(fasta, name, read_windows, translator, options, settings, store, units, stream,
+                               summary, bar)
         finally:
             if bar is not None:
                 bar.close()
+        if store is not None:
+            store.remove()
     summary.seconds = time.perf_counter() - started
     if not to_stdout:
         console.output_complete(str(output))
@@ -396,5 +517,109 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
     console.info(f"translate: {console.counted(summary.records, 'record')} ({what}) for "
                  f"{console.counted(summary.proteins, 'protein')}, {summary.residues:,} residues, with "
                  f"{summary.model} on {summary.device} ({summary.compute_dtype})"
-                 + (f"; {console.counted(summary.skipped, 'record')} left out" if summary.skipped else ""))
+                 + (f"; {console.counted(summary.skipped, 'record')} left out" if summary.skipped else "")
+                 + (f"; {console.counted(summary.repeated, 'record')} repeating an earlier record's sequence "
+                    "(translated once)" if summary.repeated else ""))
     return summary
+
+
+class _StoreKey:
+    """What UnitStore.for_model reads of a scorer: the device and compute dtype (translate has
+    no length limit or policy)."""
+
+    max_length = long_policy = None
+
+    def __init__(self, device, compute_dtype: str):
+        self.device, self.compute_dtype = device, compute_dtype
+
+
+def _translate_all(fasta, name: str, read_windows, translator: Translator, options: TranslateOptions,
+                   settings: dict, store, units, stream, summary: TranslateSummary, bar) -> None:
+    """Every window read, its records' batches translated (or read from `store`'s kept units) and
+    its records written to `stream` in input order."""
+    import hashlib
+
+    import numpy as np
+
+    from protrans_cli.generate import _settings_file
+    from protrans_cli.residues import THREE_DI
+    from protrans_cli.variants import _compute, _run_unit, _unit_key
+
+    alphabet = THREE_DI if options.to == "aa" else None
+    skip = options.invalid_policy == "skip"
+    cuda = translator.device.type == "cuda"
+    budget = options.max_tokens or (GPU_MAX_TOKENS if cuda else CPU_MAX_TOKENS)
+    expand = max(options.num_beams, options.num_sequences)
+    n = options.num_sequences
+    by_record = options.sample  # (sampling: a record's own draws; else a sequence's translation, once a run)
+    normalise = translator.source.normalise
+    # (a unit's name holds every setting its letters depend on: one made otherwise is never read)
+    digest = _unit_key("translate-settings", "", [f"{k}={v!r}" for k, v in sorted(settings.items())])
+    known: dict[str, list[str]] = {}  # greedy, beams: a source as the encoder reads it -> its translations
+    seen: dict[str, int] = {}  # id -> its line: an output's ids are Foldseek's keys
+    for window in read_windows(fasta, name, options.window, skip, alphabet, offered=()):
+        for p in window:
+            if p.id in seen:
+                raise InputError(f"duplicate id (first seen on line {seen[p.id]}); ids must be unique "
+                                 "because they name the output's records", path=name, line=p.line, record=p.id)
+            seen[p.id] = p.line
+        kept = [p for p in window if p.rejected is None]
+        for p in window:
+            if p.rejected is not None:
+                summary.skipped += 1
+                console.warn(f"{name}: record {p.id!r} left out: {p.rejected}")
+        keys = [p.id if by_record else normalise(p.sequence) for p in kept]
+        done: dict[str, list[str]] = {} if by_record else known
+        todo, queued = [], set()
+        for i, key in enumerate(keys):
+            if key not in done and key not in queued:
+                todo.append(i)
+                queued.add(key)
+        summary.repeated += 0 if by_record else len(kept) - len(todo)
+        lengths = [len(p.sequence) for p in kept]
+        order = sorted(todo, key=lambda i: -lengths[i])
+        for batch in _batches(order, lengths, budget, options.max_batch_size, expand):
+            ids = [kept[i].id for i in batch]
+            sequences = [kept[i].sequence for i in batch]
+            sources = [keys[i] for i in batch] if not by_record else \
+                [f"{kept[i].id}\t{normalise(kept[i].sequence)}" for i in batch]
+
+            def compute(ids=ids, sequences=sequences):
+                if options.sample and not row_sampling(options):
+                    # transformers' beam sampling draws from torch's generator: seeded by the batch's records
+                    ident = hashlib.blake2b("\n".join(ids).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                    torch_seed(options.seed, int.from_bytes(ident, "little"))
+                designs = translator.translate_batch(sequences, options, ids)
+                if bar is not None:
+                    bar.update(len(ids))
+                return np.frombuffer("\n".join(d for ds in designs for d in ds).encode("ascii"), dtype=np.uint8)
+
+            if units is not None:
+                _settings_file(store, settings, SETTINGS_FILE)
+            key = _unit_key(f"translate-{digest}", "", sources)
+            value = _run_unit(units or _compute, key, compute, bar, len(batch),
+                              _unit_check([lengths[i] for i in batch], n, translator.alphabet))
+            lines = value.tobytes().decode("ascii").split("\n")
+            for j, i in enumerate(batch):
+                done[keys[i]] = lines[j * n:(j + 1) * n]
+        text = []
+        for i, prot in enumerate(kept):
+            for k, letters in enumerate(done[keys[i]]):
+                text.append(f"{header(prot.id, k, n, options.to, translator.loaded.name)}\n{letters}\n")
+                summary.records += 1
+            summary.proteins += 1
+            summary.residues += lengths[i]
+        stream.write("".join(text).encode("utf-8"))
+        if bar is not None and len(kept) > len(todo):
+            console.skip(bar, len(kept) - len(todo))  # (repeats: not translated again)
+    if not summary.proteins:
+        raise InputError("no FASTA records" + (" left after --invalid-policy skip" if summary.skipped else ""),
+                         path=name)
+
+
+def torch_seed(seed: int, stream: int) -> None:
+    """torch's generators (CPU and CUDA) seeded by (seed, stream)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(int(np.random.SeedSequence((seed, stream)).generate_state(1, np.uint64)[0]))

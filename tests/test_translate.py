@@ -214,3 +214,195 @@ def test_on_a_gpu_greedy_translation_is_the_cpus(run_cli, tmp_path, prostt5_like
             assert len(letters) == len(seq) and set(letters) <= set(STANDARD)
         if dtype == "float32":
             assert {k: v[1] for k, v in texts["cuda"].items()} == {k: v[1] for k, v in texts["cpu"].items()}
+
+
+MANY = {"a1": "MKTAYIAKQRQISFVKSHFSRQ", "a2": "MSEQ", "a3": "GAVLIPFWYCMSTNQDEKRH", "a4": "MKXAU", "a5": "PEPTIDE",
+        "a6": "WWYYKKLL"}
+
+
+@pytest.mark.parametrize("mode", [[], ["--sample", "--top-k", "5", "--seed", "3"]], ids=["greedy", "sample"])
+def test_an_interrupted_run_goes_on_with_resume_to_the_same_bytes(run_cli, tmp_path, prostt5_like, monkeypatch,
+                                                                   mode):
+    """A Ctrl-C in the second of three batches: exit 130 naming --resume and OUT.partial, no
+    FASTA, one batch kept; without --resume the folder is refused, under another setting the
+    letters depend on too (one line naming the option); --resume to stdout is refused; --resume
+    translates the last two batches only and writes the uninterrupted run's bytes."""
+    from protrans_cli.translate import Translator
+
+    model_dir, _ = prostt5_like
+    fasta = _fasta(tmp_path / "in.fa", MANY)
+    args = [fasta, "-m", model_dir, "--to", "3di", "--max-batch-size", "2", "--device", "cpu", "-j", "1", *mode]
+    whole = tmp_path / "whole.fa"
+    r = run_cli("translate", *args, "-o", whole)
+    assert r.exit_code == 0, r.stderr
+    original, calls = Translator.translate_batch, []
+    interrupt = True
+
+    def counting(self, sequences, options, ids=None):
+        calls.append(list(sequences))
+        if len(calls) == 2 and interrupt:
+            raise KeyboardInterrupt
+        return original(self, sequences, options, ids)
+
+    monkeypatch.setattr(Translator, "translate_batch", counting)
+    out = tmp_path / "o.fa"
+    r = run_cli("translate", *args, "-o", out)
+    assert r.exit_code == 130 and "--resume" in r.stderr and "o.fa.partial" in r.stderr, r.stderr
+    assert not out.exists() and len(list((tmp_path / "o.fa.partial").glob("*.npy"))) == 1
+    assert (tmp_path / "o.fa.partial" / "translate-settings.json").is_file()
+    interrupt = False
+    r = run_cli("translate", *args, "-o", out)
+    assert r.exit_code == 2 and "--resume goes on with it" in r.stderr, r.stderr
+    changed = [(["--num-beams", "2"], "--num-beams"), (["--repetition-penalty", "1.2"], "--repetition-penalty")]
+    changed += [(["--seed", "4"], "--seed")] if mode else [(["--sample"], "--sample")]
+    for other, flag in changed:
+        r = run_cli("translate", *args, *other, "-o", out, "--resume")
+        assert r.exit_code == 2 and f"with {flag} " in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "translations made" in r.stderr
+    r = run_cli("translate", *args, "-o", "-", "--resume")
+    assert r.exit_code == 2 and "stdout keeps none" in r.stderr
+    calls.clear()
+    r = run_cli("translate", *args, "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert "1 unit of work kept" in r.stderr and len(calls) == 2, (r.stderr, calls)
+    assert out.read_bytes() == whole.read_bytes()
+    assert not (tmp_path / "o.fa.partial").exists()
+
+
+def test_a_failure_keeps_the_finished_batches_and_stdout_gets_nothing(run_cli, tmp_path, prostt5_like, monkeypatch):
+    """A failure in the third batch: the two finished ones stay in OUT.partial/, the FASTA is
+    unwritten; to stdout nothing is printed."""
+    from protrans_cli.translate import Translator
+
+    model_dir, _ = prostt5_like
+    fasta = _fasta(tmp_path / "in.fa", MANY)
+    original, calls = Translator.translate_batch, []
+
+    def failing(self, sequences, options, ids=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("injected")
+        return original(self, sequences, options, ids)
+
+    monkeypatch.setattr(Translator, "translate_batch", failing)
+    out = tmp_path / "o.fa"
+    args = [fasta, "-m", model_dir, "--to", "3di", "--max-batch-size", "2", "--device", "cpu", "-j", "1"]
+    from protrans_cli.translate import TranslateOptions, translate
+
+    with pytest.raises(MemoryError):
+        translate(fasta, out, TranslateOptions(model=str(model_dir), to="3di", max_batch_size=2, device="cpu"))
+    assert not out.exists() and len(list((tmp_path / "o.fa.partial").glob("*.npy"))) == 2
+    calls.clear()
+    r = run_cli("translate", *args, "-o", "-")
+    assert r.exit_code != 0 and r.stdout == ""
+
+
+def test_a_repeated_sequence_is_translated_once_and_written_under_each_id(run_cli, tmp_path, prostt5_like,
+                                                                          monkeypatch):
+    """Greedy and beams: records whose sequences the encoder reads alike (case, U read as X) are
+    translated once, the letters written under each id in input order, the same as a run over
+    the distinct records; --sample: each record draws its own (not merged)."""
+    from protrans_cli.translate import TranslateOptions, Translator, translate
+
+    model_dir, _ = prostt5_like
+    records = {"a": "MKTAYIAKQ", "b": "MSEQ", "c": "mktayiakq", "d": "MKXAU", "e": "MKXAX", "f": "MKTAYIAKQ"}
+    fasta = _fasta(tmp_path / "in.fa", records)
+    original, seen = Translator.translate_batch, []
+
+    def spying(self, sequences, options, ids=None):
+        seen.extend(sequences)
+        return original(self, sequences, options, ids)
+
+    monkeypatch.setattr(Translator, "translate_batch", spying)
+    for beams in ("1", "2"):
+        seen.clear()
+        out = tmp_path / f"o{beams}.fa"
+        r = run_cli("translate", fasta, "-m", model_dir, "--to", "3di", "--num-beams", beams,
+                    "--max-batch-size", "1", "-o", out, "--device", "cpu", "-j", "1")
+        assert r.exit_code == 0, r.stderr
+        assert sorted(s.upper().replace("U", "X") for s in seen) == ["MKTAYIAKQ", "MKXAX", "MSEQ"], seen
+        assert "3 records repeating an earlier record's sequence (translated once)" in r.stderr, r.stderr
+        # across windows (two records read at a time) too: once a run
+        seen.clear()
+        translate(fasta, tmp_path / "w.fa", TranslateOptions(model=str(model_dir), to="3di", num_beams=int(beams),
+                                                             window=2, device="cpu"))
+        assert len(seen) == 3 and (tmp_path / "w.fa").read_bytes() == out.read_bytes()
+        got = _read(out)
+        assert list(got) == list(records)
+        assert got["a"][1] == got["c"][1] == got["f"][1] and got["d"][1] == got["e"][1]
+        assert got["c"][0] == f"c 3Di predicted by {model_dir}"
+        distinct = _fasta(tmp_path / "distinct.fa", {k: records[k] for k in ("a", "b", "d")})
+        r = run_cli("translate", distinct, "-m", model_dir, "--to", "3di", "--num-beams", beams, "-o", "-",
+                    "--device", "cpu", "-j", "1")
+        assert r.exit_code == 0, r.stderr
+        assert {k: v[1] for k, v in _read_text(r.stdout).items()} == {k: got[k][1] for k in ("a", "b", "d")}
+    seen.clear()
+    r = run_cli("translate", fasta, "-m", model_dir, "--to", "3di", "--sample", "-o", tmp_path / "s.fa",
+                "--device", "cpu", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    assert len(seen) == len(records) and "repeating" not in r.stderr
+
+
+def _read_text(text):
+    lines = text.splitlines()
+    return {h[1:].split()[0]: (h[1:], s) for h, s in zip(lines[::2], lines[1::2])}
+
+
+@pytest.mark.parametrize("to,records", [("3di", PROTEINS), ("aa", STATES)], ids=["aa_to_3di", "3di_to_aa"])
+def test_sampling_is_the_same_whatever_the_batching_and_equals_a_plain_loop(run_cli, tmp_path, prostt5_like, to,
+                                                                            records):
+    """--sample: a record's designs are the same in batches of one, in one batch, and among other
+    records in another order; each equals a plain decoder loop here (the whole prefix read again
+    each step, no cache): repetition penalty, the 20 letters, temperature, top-k, top-p, then the
+    record's own generator's uniform number (seed, id digest, design)."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from protrans_cli.threads import torch_threads
+
+    model_dir, _ = prostt5_like
+    settings = ["--sample", "-n", "2", "--temperature", "1.3", "--top-k", "6", "--top-p", "0.9",
+                "--repetition-penalty", "1.2", "--seed", "11"]
+    texts = []
+    for i, (batch, subset) in enumerate((("1", list(records)), ("64", list(records)),
+                                          ("64", list(reversed(records))[:2]))):
+        fasta = _fasta(tmp_path / f"in{i}.fa", {k: records[k] for k in subset})
+        r = run_cli("translate", fasta, "-m", model_dir, "--to", to, *settings, "--max-batch-size", batch, "-o", "-",
+                    "--device", "cpu", "-j", "1")
+        assert r.exit_code == 0, r.stderr
+        texts.append({k: v[1] for k, v in _read_text(r.stdout).items()})
+    assert texts[0] == texts[1]
+    assert all(texts[0][k] == v for k, v in texts[2].items())
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = T5ForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    letters = STANDARD.lower() if to == "3di" else STANDARD
+    allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    allowed[tokenizer.convert_tokens_to_ids(list(letters))] = True
+    with torch_threads(1):
+        _plain_loop(model, tokenizer, allowed, list(records.items())[:2], to, texts[0])
+
+
+def _plain_loop(model, tokenizer, allowed, records, to, got):
+    import numpy as np
+
+    from protrans_cli.generate import draw, filtered_log_probs
+    from protrans_cli.translate import record_stream
+
+    for pid, seq in records:  # (a step a residue, the whole prefix each time: two will do)
+        source = ("<AA2fold> " + " ".join(seq.upper().replace("U", "X")) if to == "3di"
+                  else "<fold2AA> " + " ".join(seq.lower()))
+        ids = tokenizer([source], return_tensors="pt")
+        with torch.no_grad():
+            ids["encoder_outputs"] = model.get_encoder()(**ids)
+        for k in range(2):
+            state = np.random.SeedSequence((11, record_stream(pid), k)).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(state))
+            decoder = [model.config.decoder_start_token_id]
+            for _ in range(len(seq)):
+                with torch.no_grad():
+                    scores = model(**ids, decoder_input_ids=torch.tensor([decoder])).logits[0, -1].clone()
+                for t in set(decoder):
+                    scores[t] = scores[t] * 1.2 if scores[t] < 0 else scores[t] / 1.2
+                log_probs = filtered_log_probs(scores[None], allowed[None], temperature=1.3, top_k=6, top_p=0.9)
+                decoder.append(int(draw(log_probs, torch.rand(1, generator=generator, dtype=torch.float64))[0]))
+            want = "".join(tokenizer.convert_ids_to_tokens(decoder[1:])).upper()
+            assert got[f"{pid}_{k + 1}"] == want, (pid, k)

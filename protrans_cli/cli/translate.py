@@ -46,11 +46,14 @@ from protrans_cli.cli import INPUT_FILE, completion
               help="Padded tokens a batch, every beam and design counted.  [default: 2048 on the CPU, 8192 on "
                    "a GPU]")
 @click.option("--max-batch-size", type=int, default=64, help="Proteins a batch at most.")
+@click.option("--resume", is_flag=True,
+              help="Go on with the batches an interrupted run kept in OUTPUT.partial/ (-o FILE only; the same "
+                   "options).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, to, model, output, num_beams, sample, temperature, top_k, top_p, repetition_penalty,
             num_sequences, seed, invalid_policy, revision, device, dtype, max_tokens, max_batch_size,
-            threads):
+            resume, threads):
     """ProstT5's translations: amino acids to Foldseek 3Di strings, and back.
 
     --to 3di predicts a 3Di string from each sequence alone (for Foldseek searches of proteins
@@ -63,12 +66,19 @@ def command(fasta, to, model, output, num_beams, sample, temperature, top_k, top
 
     Writes FASTA in input order, headers `ID 3Di predicted by MODEL` or `ID designed from 3Di by
     MODEL`; 3Di upper-case, as Foldseek's databases hold it. FASTA `-` is stdin, .gz is read.
-    The output is written whole or not at all (no --resume).
+    Greedy and beam search translate a repeated sequence once (written under each id); --sample
+    draws each record's designs from generators seeded by --seed, its id and the design's number:
+    the same letters whatever the batching (beam sampling, --sample --num-beams, draws a batch
+    at a time: its letters depend on the batching). With -o FILE finished batches are kept in
+    FILE.partial/ until FILE is written: after an interruption, the same command with --resume
+    goes on from them to the same bytes.
 
     \b
     protrans translate proteins.fa -m prostt5 --to 3di -o proteins.3di.fa
     protrans translate structures.3di.fa --to aa --sample -n 10 -o designs.fa
+    protrans translate proteome.fa --to 3di -o proteome.3di.fa --resume  # after Ctrl-C
     """
+    from protrans_cli.cli import kept_in_partial
     from protrans_cli.threads import resolve_threads
     from protrans_cli.translate import TranslateOptions, translate
 
@@ -76,5 +86,6 @@ def command(fasta, to, model, output, num_beams, sample, temperature, top_k, top
                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
                                num_sequences=num_sequences, seed=seed, invalid_policy=invalid_policy,
                                max_tokens=max_tokens, max_batch_size=max_batch_size, revision=revision,
-                               device=device, dtype=dtype, threads=resolve_threads(threads))
-    translate(fasta, output, options)
+                               device=device, dtype=dtype, resume=resume, threads=resolve_threads(threads))
+    with kept_in_partial(output, "the translations made are in"):
+        translate(fasta, output, options)
