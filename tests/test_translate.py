@@ -220,7 +220,8 @@ MANY = {"a1": "MKTAYIAKQRQISFVKSHFSRQ", "a2": "MSEQ", "a3": "GAVLIPFWYCMSTNQDEKR
         "a6": "WWYYKKLL"}
 
 
-@pytest.mark.parametrize("mode", [[], ["--sample", "--top-k", "5", "--seed", "3"]], ids=["greedy", "sample"])
+@pytest.mark.parametrize("mode", [[], ["--sample", "--top-k", "5", "--seed", "3"],
+                                  ["--sample", "--num-beams", "2", "--seed", "3"]], ids=["greedy", "sample", "beam_sample"])
 def test_an_interrupted_run_goes_on_with_resume_to_the_same_bytes(run_cli, tmp_path, prostt5_like, monkeypatch,
                                                                    mode):
     """A Ctrl-C in the second of three batches: exit 130 naming --resume and OUT.partial, no
@@ -253,7 +254,7 @@ def test_an_interrupted_run_goes_on_with_resume_to_the_same_bytes(run_cli, tmp_p
     interrupt = False
     r = run_cli("translate", *args, "-o", out)
     assert r.exit_code == 2 and "--resume goes on with it" in r.stderr, r.stderr
-    changed = [(["--num-beams", "2"], "--num-beams"), (["--repetition-penalty", "1.2"], "--repetition-penalty")]
+    changed = [(["--num-beams", "3"], "--num-beams"), (["--repetition-penalty", "1.2"], "--repetition-penalty")]
     changed += [(["--seed", "4"], "--seed")] if mode else [(["--sample"], "--sample")]
     for other, flag in changed:
         r = run_cli("translate", *args, *other, "-o", out, "--resume")
