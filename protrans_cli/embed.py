@@ -103,6 +103,9 @@ class EmbedOptions:
     threads: int | None = None
     command_line: str | None = None
     part: str | None = None              # "K/N": only part K of N of the input (a job array's share)
+    # earlier outputs of the same model and settings whose proteins are copied, by sequence, into
+    # this output instead of computed (embed_reuse.py)
+    reuse: tuple = ()
 
     @property
     def part_of(self) -> tuple[int, int] | None:
@@ -212,6 +215,7 @@ class EmbedSummary:
     num_records: int = 0
     num_embedded: int = 0        # proteins written by this run
     num_resumed: int = 0         # already in the output (--resume)
+    num_reused: int = 0          # copied from --reuse files, not computed (not in num_embedded)
     num_duplicates: int = 0      # proteins whose sequence another id already carried
     num_residues: int = 0        # residues written by this run (identical sequences computed once count for each id)
     seconds: float = 0.0         # from the first batch to the file's completion (model loading excluded)
@@ -498,6 +502,7 @@ class _Unit:
     text: str | None = None
     chains: tuple[int, ...] | None = None
     linker: int | None = None
+    reused: int | None = None                  # held by a --reuse file: its index there (embed_reuse.Reuse)
 
     @property
     def model_input(self) -> str:
@@ -1197,6 +1202,12 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              f"model's files (choose another {option('-o', 'output')})")
     refuse_other_format_name(output, "-o", "the embeddings", keyword="output")
+    if options.reuse:
+        from protrans_cli.embed_reuse import check_reuse_paths
+
+        if distributed and _torchrun_rank()[1] > 1:
+            raise UsageError("--reuse under torchrun is not supported: run the reusing embed in one process")
+        options.reuse = check_reuse_paths(options.reuse, output)
     if options.resume and options.force:
         raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
                                 "give resume=True (keep output's proteins) or force=True (replace output), not both"))
@@ -1567,6 +1578,14 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                                    **({"revision": lambda old, new: True}
                                       if _model_directory(options.model) is not None else {})})
 
+    # the --reuse files, checked (made as this run makes its rows) and indexed by sequence before
+    # anything is read back or computed; their arrays are read as the writer reaches them
+    reuse = None
+    if options.reuse:
+        from protrans_cli.embed_reuse import Reuse
+
+        reuse = Reuse.open(options.reuse, writer_kw)
+
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
     done = _Done.empty()
@@ -1686,6 +1705,13 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for unit in units:
             _deliver_copy(unit, writer, summary)
 
+    def write_reused(units):
+        for unit in units:
+            arrays, how = reuse.arrays(unit.reused)
+            writer.ensure_room(sum(a.nbytes for a in arrays.values()), what="the reused proteins")
+            _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), how, reused=True)
+        writer.flush_due()
+
     start = time.perf_counter()  # rates count the embedding itself, not loading the model
     bar = console.progress(total=scan.num_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
                            unit="res", unit_scale=True)
@@ -1704,11 +1730,20 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 units, duplicates = plan_units(window, options, max_length, done_here, failures.__setitem__, name)
                 summary.num_duplicates += duplicates + mark_copies(units, scan, written)
                 mine = shard_units(units, dist.rank, dist.world_size, pinned)
+                reused = []
+                if reuse is not None:  # (a copy of an earlier window's protein is copied from the output)
+                    fresh = [u for u in mine if not u.copy_of]
+                    for unit, at in zip(fresh, reuse.find([u.sequence for u in fresh])):
+                        if at is not None:
+                            unit.reused = at
+                            reused.append(unit)
+                    if reused:
+                        background.submit(write_reused, reused)
                 # Queued behind the previous windows' batches, so a copy's source is already written.
                 background.submit(write_copies, [u for u in mine if u.copy_of], failures)
                 pieces = []
                 for unit in mine:
-                    if unit.copy_of:
+                    if unit.copy_of or unit.reused is not None:
                         continue
                     text = unit.model_input
                     if unit.windows is None:
@@ -1722,8 +1757,9 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 to_count = sum(residue_count(p.sequence) for p in window)
                 resumed = sum(residue_count(p.sequence) for p in window if p.id in done_here)
                 settled = sum(residue_count(p.sequence) for p in window if p.id not in done_here and p.id in failures)
-                to_count -= resumed + settled
-                console.skip(bar, resumed)  # (not this run's work: out of a log line's rate)
+                taken = sum(residue_count(p.sequence) for u in reused for p in u.proteins)
+                to_count -= resumed + settled + taken
+                console.skip(bar, resumed + taken)  # (not this run's work: out of a log line's rate)
                 bar.update(settled)
                 del window, units
                 for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
@@ -1746,6 +1782,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 bar.update(to_count)
     finally:
         bar.close()
+        if reuse is not None:
+            reuse.close()
     if splits:
         console.warn(f"ran out of memory {len(splits)} time(s); those batches were split "
                      "(a smaller --max-tokens avoids the retries)")
@@ -1944,7 +1982,7 @@ def _storage_problem(rows, mean, storage: np.dtype) -> str | None:
 
 
 def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein,
-                computed: str | None = None) -> None:
+                computed: str | None = None, *, reused: bool = False) -> None:
     for prot in unit.proteins:
         # Each protein's own: proteins that share a truncated prefix (or a protein whose whole
         # sequence is another's kept prefix) are computed once but were cut from other lengths.
@@ -1960,6 +1998,9 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
             extra.update(length=sum(unit.chains), chains=np.asarray(unit.chains, dtype=np.int64))
         writer.write(prot.id, prot.header, unit.sequence, per_residue=per_residue, per_protein=per_protein,
                      extra_attrs=extra)
+        if reused:  # (copied from a --reuse file: not this run's computation, nor in its rate)
+            summary.num_reused += 1
+            continue
         summary.num_embedded += 1
         summary.num_residues += residue_count(unit.sequence)  # every protein written, copies of a sequence too
 

@@ -122,6 +122,9 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
                    "sdpa elsewhere.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT (without it, or --resume, an existing OUTPUT is refused).")
+@click.option("--reuse", "reuse", multiple=True, metavar="FILE", type=click.Path(),
+              help="An earlier output of the same model and settings: proteins whose sequence it holds "
+                   "are copied from it, under this input's ids, not computed (repeat for several).")
 @click.option("--part", default=None, metavar="K/N",
               help="Embed only part K of N of the input (its proteins chosen by sequence digest; the same in "
                    "every run): a job array's share without splitting the FASTA; join the parts with "
@@ -133,7 +136,7 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
 def command(fasta, output, model, revision, per_residue, per_protein, pooling, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
             chains, linker_length, invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
-            part, window, threads):
+            reuse, part, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -160,7 +163,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=command_line(sys.argv[1:]),
-        part=part,
+        part=part, reuse=tuple(reuse),
     )
     # (the merge's OUTPUT.partial, with torchrun: the exception's `kept`)
     with finished_with_resume(force, lambda exc: getattr(exc, "kept", None) or interrupted_output(output)):
@@ -178,6 +181,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                  f"({summary.num_residues:,} residues, {rate:,.0f} residues/s on {where}, {summary.compute_dtype}) "
                  f"into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else "")
+                 + (f"; {summary.num_reused:,} copied from --reuse" if summary.num_reused else "")
                  # (proteins, not sequences: three copies of one sequence are 2 proteins that share
                  # another's sequence, where "2 identical sequences computed once" read as 2 sequences)
                  + (f"; {console.counted(summary.num_duplicates, 'protein')} "
@@ -194,5 +198,6 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     console.list_failed(summary.failed, "embedding")
     from protrans_cli.cli import refuse_if_every_protein_failed
 
-    refuse_if_every_protein_failed(summary.failed, summary.num_embedded, summary.num_resumed, "embedding", output)
+    refuse_if_every_protein_failed(summary.failed, summary.num_embedded + summary.num_reused, summary.num_resumed,
+                                   "embedding", output)
 

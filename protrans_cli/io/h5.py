@@ -2756,10 +2756,14 @@ def same_weights(recorded, now) -> bool:
     return before is not None and before == weights_fingerprint_of(now)
 
 
-def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
+def _check_resumable(path, run_attrs: dict, equal: dict | None = None, *, reuse: bool = False) -> None:
     """Refuse to resume into a file written with other settings (its rows would not match).
     `equal` maps an attribute to `f(old, new) -> bool` where equal text is not the test (the
-    `model` attribute: a directory given by another relative path is the same model)."""
+    `model` attribute: a directory given by another relative path is the same model). `reuse`:
+    the test of `embed --reuse FILE` (its rows copied into this run's output): the same settings
+    but its layout, kinds and part, which the caller checks (embed_reuse.py), in its words."""
+    lead = "cannot reuse its proteins" if reuse else "cannot resume"
+    remedy_text = "leave out this --reuse" if reuse else "write to a new file"
     try:
         with h5_file(path, "r") as f:
             old = {k: f.attrs[k] for k in f.attrs.keys()}
@@ -2770,9 +2774,11 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
     # model are not this run's. Resuming added this run's datasets (or groups) beside its own and
     # relabelled it with this run's model.
     if "layout" not in old or "kinds" not in old:
-        raise UsageError("cannot resume: not an output of protrans embed (no 'layout' or 'kinds' attribute; "
-                         "a file from another tool?); it is left as it is: write to a new file", path=str(path))
+        raise UsageError(f"{lead}: not an output of protrans embed (no 'layout' or 'kinds' attribute; "
+                         f"a file from another tool?); it is left as it is: {remedy_text}", path=str(path))
     for key in RESUME_ATTRS:
+        if reuse and key in ("layout", "kinds", "part"):
+            continue
         if key in old and key in run_attrs and run_attrs[key] is not None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
             same = (equal or {}).get(key, lambda a, b: a == b)
@@ -2788,16 +2794,16 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                                               + f" = {int(v)}" for v in now) + ")"
                 was = f"{key}={before!r}"
                 if key == "weights_fingerprint":  # (a local model directory: the same path, other weights)
-                    raise UsageError(f"cannot resume: the model directory {_comparable(run_attrs.get('model'))} "
+                    raise UsageError(f"{lead}: the model directory {_comparable(run_attrs.get('model'))} "
                                      f"holds other weights than the file was written with (weights_fingerprint "
                                      f"{before}, now {now}: retrained or replaced since?); its rows would mix two "
-                                     "models: use the same weights, or write to a new file", path=str(path))
+                                     f"models: use the same weights, or {remedy_text}", path=str(path))
                 if key == "max_length" and before == 0:  # (stored 0: a model that takes any length)
                     was = "no max_length (the model takes any length)"
                 elif key == "max_length" and now == 0:
                     shown = "none (the model takes any length)"
-                raise UsageError(f"cannot resume: the file was written with {was}, "
-                                 f"this run uses {key}={shown} (use the same settings, or write to a new file)",
+                raise UsageError(f"{lead}: the file was written with {was}, "
+                                 f"this run uses {key}={shown} (use the same settings, or {remedy_text})",
                                  path=str(path))
     # A token before every protein (ProstT5's <AA2fold>) changes every row. It is recorded only
     # where there is one, and no file written before embed put one in records it: a missing
@@ -2808,7 +2814,7 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
         was = f"input_prefix={before!r}" if before else "no token before each protein (as every earlier file)"
         shown = f"{now!r} before every protein" if now else "none"
         held = three_di_words(before, now)
-        remedy = (f"the file holds embeddings of {held}: give the same sequences as it, or write to a new file"
-                  if held else "write to a new file")
-        raise UsageError(f"cannot resume: the file was written with {was}, this run puts input_prefix={shown} "
+        remedy = (f"the file holds embeddings of {held}: give the same sequences as it, or {remedy_text}"
+                  if held else remedy_text)
+        raise UsageError(f"{lead}: the file was written with {was}, this run puts input_prefix={shown} "
                          f"(its rows would differ from the file's: {remedy})", path=str(path))
