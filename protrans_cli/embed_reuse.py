@@ -27,10 +27,9 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.h5 import (KINDS, PER_PROTEIN, PER_RESIDUE, escape_key, partial_path, sequence_checksum,
-                                stored_proteins)
+from protrans_cli.io.h5 import KINDS, PER_PROTEIN, PER_RESIDUE, partial_path, sequence_checksum
 
-_SAY_INDEX_BYTES = 64 << 20  # files whose indexing is announced (about 120 us a protein)
+_SAY_INDEX_BYTES = 64 << 20  # files whose indexing is announced (about 150 us a protein)
 
 
 def check_reuse_paths(paths, output: Path) -> tuple[Path, ...]:
@@ -124,31 +123,32 @@ class Reuse:
     def arrays(self, index: int) -> tuple[dict, str | None]:
         """The stored arrays (by kind, as stored: no conversion) and the `computed` attribute of
         the reusable protein `index`."""
-        from protrans_cli.io.h5 import h5_file
+        from protrans_cli.io.h5 import _read_text_attr, h5_file, open_local, read_array
 
         owner = int(self.owners[index])
         if self.files[owner] is None:
-            self.files[owner] = h5_file(self.paths[owner], "r")
-        f, layout = self.files[owner], self.layouts[owner]
+            f = h5_file(self.paths[owner], "r")
+            self.files[owner] = (f, [f if self.layouts[owner] == "flat" else f[kind] for kind in self.kinds])
+        f, groups = self.files[owner]
         start, end = self.offsets[index]
-        name = self.names[start:end].decode("utf-8")
+        name = self.names[start:end]
         arrays, computed = {}, None
-        try:
-            for kind in self.kinds:
-                source = (f if layout == "flat" else f[kind])[name]
-                arrays[kind] = source[()]
-                if computed is None and "computed" in source.attrs:
-                    value = source.attrs["computed"]
-                    computed = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        try:  # (through h5py's low-level calls: its dictionary interface cost about 500 us a protein)
+            for kind, group in zip(self.kinds, groups):
+                obj = open_local(group, name, data=True)
+                arrays[kind] = read_array(group, name.decode("utf-8"), obj)
+                if computed is None:
+                    computed = _read_text_attr(obj, b"computed")
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
-            raise InputError(f"cannot read the protein stored as {name!r} for --reuse: {exc} (changed or damaged "
-                             "since the run began?)", path=str(self.paths[owner]), record=name) from None
+            raise InputError(f"cannot read the protein stored as {name.decode('utf-8', 'replace')!r} for --reuse: {exc} (changed or damaged "
+                             "since the run began?)", path=str(self.paths[owner]),
+                             record=name.decode("utf-8", "replace")) from None
         return arrays, computed
 
     def close(self) -> None:
-        for i, f in enumerate(self.files):
-            if f is not None:
-                f.close()
+        for i, held in enumerate(self.files):
+            if held is not None:
+                held[0].close()
                 self.files[i] = None
 
 
@@ -184,7 +184,7 @@ def _index_file(f, path: Path, layout: str, kinds: tuple[str, ...]) -> tuple[np.
     """(digests of the sequence checksums, dataset names joined, their lengths) of the proteins of
     an open file that hold every kind in `kinds` (a protein a run was killed in the middle of
     may lack one); proteins without a checksum are left out. About 50 bytes a protein."""
-    from protrans_cli.io.h5 import UNREADABLE, digest128
+    from protrans_cli.io.h5 import UNREADABLE, _link_names, digest128
 
     empty = np.empty(0, "S16"), b"", np.empty(0, np.int64)
     try:
@@ -192,20 +192,20 @@ def _index_file(f, path: Path, layout: str, kinds: tuple[str, ...]) -> tuple[np.
         if any(group is None for group in groups):
             return empty
         sums, names, lengths, keys = [], [], [], []  # (the first kind's proteins, a block at a time)
-        pairs = stored_proteins(groups[0], prefixes=True)
+        pairs = _checksums(groups[0])
         for block in iter(lambda: list(itertools.islice(pairs, 4096)), []):
-            block = [(escape_key(ident).encode("utf-8"), checksum) for ident, checksum in block
+            block = [(name, checksum) for name, checksum in block
                      if isinstance(checksum, str) and checksum.startswith("md5:") and len(checksum) == 36]
             sums.append(np.array([bytes.fromhex(c[4:]) for _, c in block], dtype="S16"))
             names.append(b"".join(n for n, _ in block))
             lengths.append(np.array([len(n) for n, _ in block], dtype=np.int64))
-            keys.append(np.array([digest128(n.decode("utf-8")) for n, _ in block], dtype="S16"))
+            keys.append(np.array([digest128(n.decode("utf-8", "surrogateescape")) for n, _ in block], dtype="S16"))
         if not sums:
             return empty
         sums, names, lengths, keys = np.concatenate(sums), b"".join(names), np.concatenate(lengths), np.concatenate(keys)
         keep = np.ones(len(sums), dtype=bool)
         for group in groups[1:]:  # (a protein is complete when every kind this run writes holds it)
-            other = np.array([digest128(escape_key(ident)) for ident, _ in stored_proteins(group, checksums=False)],
+            other = np.array([digest128(n.decode("utf-8", "surrogateescape")) for n in _link_names(group)],
                              dtype="S16")
             keep &= np.isin(keys, other)
     except UNREADABLE as exc:
@@ -215,3 +215,17 @@ def _index_file(f, path: Path, layout: str, kinds: tuple[str, ...]) -> tuple[np.
         names = b"".join(names[starts[i]:starts[i + 1]] for i in np.flatnonzero(keep))
         sums, lengths = sums[keep], lengths[keep]
     return sums, names, lengths
+
+
+def _checksums(group):
+    """(dataset name, its `checksum` attribute or None) of every dataset of a group of a finished
+    output, through h5py's low-level calls: the names are what `arrays` opens, and the id
+    attribute is not read (about half the cost of `stored_proteins`)."""
+    import h5py
+
+    from protrans_cli.io.h5 import _link_names, _read_text_attr
+
+    for name in _link_names(group):
+        obj = h5py.h5o.open(group.id, name)
+        if isinstance(obj, h5py.h5d.DatasetID):
+            yield name, _read_text_attr(obj, b"checksum")

@@ -160,3 +160,24 @@ def test_files_that_cannot_be_reused_are_refused_before_computing(tmp_path, run_
     assert r.exit_code == 1 and "missing.h5" in r.stderr
     with pytest.raises(UsageError, match="names it twice"):
         embed(fasta, out, EmbedOptions(model="onehot", reuse=(tmp_path / "half.h5", str(tmp_path / "half.h5"))))
+
+
+@pytest.mark.parametrize("policy", ["truncate", "chunk"])
+def test_long_proteins_are_reused_as_a_fresh_run_writes_them(tmp_path, policy):
+    """Matched by what the model sees: a truncated protein by its kept prefix (a whole protein of
+    exactly that prefix too), a chunked one by its whole sequence; attributes as a fresh run's."""
+    kw = dict(model="onehot", max_length=8, long_policy=policy, chunk_overlap=2)
+    embed(_fasta(tmp_path / "old.fa", {"A": "MKTAYIAKQRQ", "B": "ACDEFGHI", "C": "GSHMLEDPVDAFQ"}),
+          tmp_path / "old.h5", EmbedOptions(**kw))
+    fasta = _fasta(tmp_path / "new.fa", {"x": "MKTAYIAKQRQ", "y": "ACDEFGHIKLM", "z": "GSHMLEDPVDAFQ", "w": "MMM"})
+    embed(fasta, tmp_path / "fresh.h5", EmbedOptions(**kw))
+    summary = embed(fasta, tmp_path / "new.h5", EmbedOptions(**kw, reuse=(tmp_path / "old.h5",)))
+    # truncate: y's first 8 residues are B; chunk: y is another sequence
+    assert summary.num_reused == {"truncate": 3, "chunk": 2}[policy]
+    got, got_attrs = _contents(tmp_path / "new.h5")
+    fresh, fresh_attrs = _contents(tmp_path / "fresh.h5")
+    assert [k for k, v in got_attrs.items() if not np.array_equal(v, fresh_attrs.get(k))] == []
+    for kind in got:
+        for ident in ("x", "y", "z", "w"):
+            np.testing.assert_array_equal(got[kind][ident][0], fresh[kind][ident][0])
+            assert got[kind][ident][1] == fresh[kind][ident][1]
