@@ -181,3 +181,12 @@ def test_long_proteins_are_reused_as_a_fresh_run_writes_them(tmp_path, policy):
         for ident in ("x", "y", "z", "w"):
             np.testing.assert_array_equal(got[kind][ident][0], fresh[kind][ident][0])
             assert got[kind][ident][1] == fresh[kind][ident][1]
+
+
+def test_reuse_under_torchrun_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    fasta = _fasta(tmp_path / "a.fa", {"x": "MKTAYIAKQRQ"})
+    embed(fasta, tmp_path / "old.h5", EmbedOptions(model="onehot"))
+    monkeypatch.setattr(embed_module, "_torchrun_rank", lambda: (0, 2))
+    with pytest.raises(UsageError, match="--reuse under torchrun is not supported"):
+        embed(fasta, tmp_path / "out.h5", EmbedOptions(model="onehot", reuse=(tmp_path / "old.h5",)))
+    assert not (tmp_path / "out.h5").exists()
