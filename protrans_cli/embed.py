@@ -215,8 +215,12 @@ class EmbedSummary:
     num_records: int = 0
     num_embedded: int = 0        # proteins written by this run
     num_resumed: int = 0         # already in the output (--resume)
-    num_reused: int = 0          # copied from --reuse files, not computed (not in num_embedded)
-    num_duplicates: int = 0      # proteins whose sequence another id already carried
+    # copied from --reuse files, not computed (not in num_embedded): with the later copies of
+    # such a protein (a repeated sequence), whichever window they are in
+    num_reused: int = 0
+    # proteins whose sequence another id already carried (computed or reused: a share of
+    # num_embedded + num_reused, not beside them)
+    num_duplicates: int = 0
     num_residues: int = 0        # residues written by this run (identical sequences computed once count for each id)
     seconds: float = 0.0         # from the first batch to the file's completion (model loading excluded)
     failed: dict[str, str] = field(default_factory=dict)
@@ -1205,8 +1209,6 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if options.reuse:
         from protrans_cli.embed_reuse import check_reuse_paths
 
-        if distributed and _torchrun_rank()[1] > 1:
-            raise UsageError("--reuse under torchrun is not supported: run the reusing embed in one process")
         options.reuse = check_reuse_paths(options.reuse, output)
     if options.resume and options.force:
         raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
@@ -1699,11 +1701,15 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for prot in proteins:
             writer.note_truncated(prot.id, len(prot.sequence))
 
+    # repeated sequences only: the ids of the proteins copied from a --reuse file, whose later
+    # windows' copies (copied from the output) are reused proteins too, not this run's computation
+    reused_ids: set[str] = set()
+
     def write_copies(units, failures):
         for ident, reason in failures.items():
             writer.record_failure(ident, reason)
         for unit in units:
-            _deliver_copy(unit, writer, summary)
+            _deliver_copy(unit, writer, summary, reused=unit.copy_of in reused_ids)
 
     def write_reused(units):
         for unit in units:
@@ -1737,6 +1743,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                         if at is not None:
                             unit.reused = at
                             reused.append(unit)
+                            if scan.may_repeat(unit.proteins[0].sequence):  # (as mark_copies keys them)
+                                reused_ids.add(unit.proteins[0].id)
                     if reused:
                         background.submit(write_reused, reused)
                 # Queued behind the previous windows' batches, so a copy's source is already written.
@@ -1757,7 +1765,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 to_count = sum(residue_count(p.sequence) for p in window)
                 resumed = sum(residue_count(p.sequence) for p in window if p.id in done_here)
                 settled = sum(residue_count(p.sequence) for p in window if p.id not in done_here and p.id in failures)
-                taken = sum(residue_count(p.sequence) for u in reused for p in u.proteins)
+                taken = sum(residue_count(p.sequence) for u in reused for p in u.proteins) + sum(
+                    residue_count(p.sequence) for u in mine if u.copy_of in reused_ids for p in u.proteins)
                 to_count -= resumed + settled + taken
                 console.skip(bar, resumed + taken)  # (not this run's work: out of a log line's rate)
                 bar.update(settled)
@@ -2005,9 +2014,10 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
         summary.num_residues += residue_count(unit.sequence)  # every protein written, copies of a sequence too
 
 
-def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) -> None:
+def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, *, reused: bool = False) -> None:
     """A sequence computed in an earlier window: its stored arrays (already in the storage dtype,
-    so the copy is exact) go under this unit's ids; a failure is recorded for them alike."""
+    so the copy is exact) go under this unit's ids; a failure is recorded for them alike.
+    `reused`: the earlier protein was copied from a --reuse file (so is this one, in the summary)."""
     from protrans_cli.io.h5 import escape_key
 
     reason = writer.failed.get(unit.copy_of)
@@ -2021,7 +2031,7 @@ def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) 
         source = group[escape_key(unit.copy_of)]
         arrays[kind] = source[()]
         computed = source.attrs.get("computed", computed)
-    _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), computed)
+    _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), computed, reused=reused)
 
 
 class _CallableModule(types.ModuleType):

@@ -178,7 +178,8 @@ def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist,
     the shards into the output while the others wait for it. `cut_before`: the proteins an
     earlier run stored truncated (not this run's, in its summary)."""
     try:
-        summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
+        summary.num_embedded, summary.num_residues, summary.num_reused = dist.sum_counts(
+            summary.num_embedded, summary.num_residues, summary.num_reused)
     except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
         raise PeerStopped(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
                           f"what this one computed is in {interrupted_output(output)}: {again_with_resume()} "

@@ -183,10 +183,75 @@ def test_long_proteins_are_reused_as_a_fresh_run_writes_them(tmp_path, policy):
             assert got[kind][ident][1] == fresh[kind][ident][1]
 
 
-def test_reuse_under_torchrun_is_refused_before_anything_starts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("window", [1, 100])
+def test_a_repeat_of_a_reused_sequence_counts_as_reused_in_whichever_window(tmp_path, monkeypatch, window):
+    """z repeats x, whose sequence is reused: in x's window z is copied with it, in a later window
+    from the output; either way a reused protein (not this run's computation, nor in its residues)
+    that shares another's sequence. It counted as embedded in a later window."""
+    embed(_fasta(tmp_path / "old.fa", {"A": "MKTAYIAKQRQ"}), tmp_path / "old.h5", EmbedOptions(model="onehot"))
+    seen = _spy(monkeypatch)
+    fasta = _fasta(tmp_path / "new.fa", {"x": "MKTAYIAKQRQ", "y": "ACDEFGHIK", "z": "MKTAYIAKQRQ"})
+    summary = embed(fasta, tmp_path / "new.h5", EmbedOptions(model="onehot", window=window,
+                                                             reuse=(tmp_path / "old.h5",)))
+    assert seen == ["ACDEFGHIK"]
+    assert (summary.num_reused, summary.num_embedded, summary.num_duplicates) == (2, 1, 1)
+    assert summary.num_residues == len("ACDEFGHIK")
+    got, _ = _contents(tmp_path / "new.h5")
+    old, _ = _contents(tmp_path / "old.h5")
+    for kind in (PER_RESIDUE, PER_PROTEIN):
+        for ident in ("x", "z"):
+            np.testing.assert_array_equal(got[kind][ident][0], old[kind]["A"][0])
+
+
+def test_reuse_leaves_the_callers_options_as_validate_does(tmp_path):
+    """embed() keeps the checked paths in the options it was given (validate() normalises `part`
+    and `layers` there alike): a str list becomes a tuple of Paths, and the run is the same again."""
+    from pathlib import Path
+
     fasta = _fasta(tmp_path / "a.fa", {"x": "MKTAYIAKQRQ"})
     embed(fasta, tmp_path / "old.h5", EmbedOptions(model="onehot"))
-    monkeypatch.setattr(embed_module, "_torchrun_rank", lambda: (0, 2))
-    with pytest.raises(UsageError, match="--reuse under torchrun is not supported"):
-        embed(fasta, tmp_path / "out.h5", EmbedOptions(model="onehot", reuse=(tmp_path / "old.h5",)))
-    assert not (tmp_path / "out.h5").exists()
+    options = EmbedOptions(model="onehot", reuse=[str(tmp_path / "old.h5")], force=True)
+    assert embed(fasta, tmp_path / "out.h5", options).num_reused == 1
+    assert options.reuse == (Path(tmp_path / "old.h5"),)
+    assert embed(fasta, tmp_path / "out.h5", options).num_reused == 1
+
+
+@pytest.mark.slow
+def test_reuse_under_torchrun_equals_one_process(tmp_path):
+    """Two gloo ranks, each copying the reused proteins of its own share (a repeated sequence is
+    pinned to one rank, which copies its later windows' repeats from its shard): the merged file is
+    a one-process --reuse run's, arrays and attributes, and the summary counts every rank's."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from protrans_cli.io.fasta import read_fasta
+    from test_embed import assert_same_content, file_content, generated_fasta
+
+    fasta = generated_fasta(tmp_path / "g.fa", 120, long_every=9)
+    records = list(read_fasta(fasta))
+    # the earlier file holds every third sequence (repeated ones among them) under other ids
+    _fasta(tmp_path / "old.fa", {f"old{i}": r.sequence for i, r in enumerate(records[::3])})
+    kw = dict(model="onehot", max_length=50, long_policy="chunk", chunk_overlap=8, window=13)
+    embed(tmp_path / "old.fa", tmp_path / "old.h5", EmbedOptions(**kw))
+    single = embed(fasta, tmp_path / "single.h5", EmbedOptions(**kw, reuse=(tmp_path / "old.h5",)))
+    old = {r.sequence for r in records[::3]}
+    assert single.num_reused == sum(r.sequence in old for r in records) > 40
+    assert single.num_embedded + single.num_reused == 120 and single.num_duplicates > 0
+    out = tmp_path / "dist.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot", "--window", "13", "--max-length", "50",
+           "--long-policy", "chunk", "--chunk-overlap", "8", "-o", str(out), "--reuse", str(tmp_path / "old.h5")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("embedded ") == 1  # rank 0 reports, every rank's counts
+    assert re.search(rf"embedded {single.num_embedded} proteins .*; {single.num_reused} copied from --reuse; "
+                     rf"{single.num_duplicates} proteins share the sequence of another", proc.stderr), proc.stderr
+    assert_same_content(file_content(tmp_path / "single.h5"), file_content(out))
+    one_attrs, both_attrs = _contents(tmp_path / "single.h5")[1], _contents(out)[1]  # (file attributes)
+    assert sorted(both_attrs) == sorted(one_attrs)
+    assert [k for k, v in both_attrs.items() if not np.array_equal(v, one_attrs[k])] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "g.fa", "old.fa", "old.h5", "single.h5"]
