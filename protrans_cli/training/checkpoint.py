@@ -12,6 +12,8 @@ save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embe
                                  (read back with torch.load(weights_only=True))
   train_config.json              the config of the run (as given, and what its automatic settings meant)
                                  (with --keep-best, training_state.pt also holds the best so far)
+  README.md                      a model card (training/card.py): the model, its training, its
+                                 results, how to use it
   SHA256SUMS                     the sha256 of every other file (`sha256sum -c SHA256SUMS`
                                  checks it by hand); --resume checks it before reading
 It is written into a hidden temporary directory and renamed into place, so a crash never
@@ -39,6 +41,8 @@ from protrans_cli.io.files import (default_permissions, disk_full, refuse_specia
 # (a run directory's layout, read without torch: `protrans train` refuses what it holds before importing torch)
 from protrans_cli.training.rundir import (BEST_FILE, COMPLETE_FILE, CONFIG_FILE, STATE_FILE, _damaged, checkpoint_step,
                                           list_checkpoints, run_dir_in_use, run_dir_option)
+from protrans_cli.training.card import may_write as may_write_card
+from protrans_cli.training.card import write_card
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
@@ -238,12 +242,14 @@ def _no_room(folder: Path) -> str | None:
 
 
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
-                    keep_last: int | None = None, resolved: dict | None = None, best: dict | None = None) -> Path:
+                    keep_last: int | None = None, resolved: dict | None = None, best: dict | None = None,
+                    card: str | None = None) -> Path:
     """Write one checkpoint atomically (call on rank 0 with full, unsharded weights); then record
     `best` (--keep-best's {"step", "eval_loss"}, this checkpoint's possibly: record_best) and prune
     all but the last `keep_last` and the best. In that order: the record never names a checkpoint
     not yet written, nor one already pruned (a kill between the two left it naming the best before,
-    pruned once this one became the best)."""
+    pruned once this one became the best). `card`: its README.md (training/card.py), written with
+    the rest, so that it appears with the checkpoint."""
     from safetensors.torch import save_model
 
     directory = Path(directory)
@@ -264,6 +270,8 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
             save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
         config.save(tmp / CONFIG_FILE, resolved=resolved)
+        if card is not None:
+            write_card(tmp, card)
         _write_sums(tmp)
         default_permissions(tmp)  # safetensors writes 0600
         # (it exists where a folder of this step lost its training_state.pt and the run went --resume-from
@@ -922,8 +930,10 @@ def record_complete(run_dir, step: int | None) -> None:
         out.write((json.dumps({"step": step}, indent=2) + "\n").encode())
 
 
-def export_model(run_dir, *, family, model, tokenizer) -> None:
-    """The final model as an HF directory at the root of the run (file by file, atomically)."""
+def export_model(run_dir, *, family, model, tokenizer, card: str | None = None) -> None:
+    """The final model as an HF directory at the root of the run (file by file, atomically);
+    `card`: its README.md (training/card.py), moved in with the other files, unless the run
+    directory holds a README.md that is not protrans's own (the user's: kept as it is)."""
     run_dir = Path(run_dir)
     tmp = _temporary(run_dir / "final")
     if tmp.exists():
@@ -932,6 +942,8 @@ def export_model(run_dir, *, family, model, tokenizer) -> None:
     try:
         with _quiet_transformers():
             family.save_pretrained(model, tokenizer, tmp)
+        if card is not None and may_write_card(run_dir):
+            write_card(tmp, card)
         default_permissions(tmp)  # safetensors writes 0600
         for item in sorted(tmp.iterdir()):
             target = run_dir / item.name

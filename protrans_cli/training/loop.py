@@ -1292,7 +1292,9 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         # (a run killed between its last checkpoint's rename and the pruning after it resumes
         # here, with no save left to prune: the checkpoints kept are --keep-last all the same)
         ckpt.prune_checkpoints(run.run_dir, config.keep_last, keep_step=best and best["step"])
-        ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
+        final = _full_model(run)
+        ckpt.export_model(run.run_dir, family=run.family, model=final, tokenizer=run.tokenizer,
+                          card=_card(run, final, step))
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
         ckpt.record_complete(run.run_dir, step)  # (last: a job script's sign that nothing is left to do)
     else:
@@ -1720,9 +1722,23 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
                                          config=as_given, keep_last=run.config.keep_last, resolved=resolved,
-                                         best=best)
+                                         best=best, card=_card(run, model, step, checkpoint=True))
     dist.barrier()
     return directory
+
+
+def _card(run: _Run, model, step: int, checkpoint: bool = False) -> str | None:
+    """The README.md model card of the model saved at `step` (training/card.py); None, with a
+    warning, where it cannot be made: the weights are what a save must not lose."""
+    from protrans_cli.training.card import train_card
+
+    try:
+        return train_card(family=run.family, model=model, tokenizer=run.tokenizer, config=run.config,
+                          resolved=run.save_config()[1], step=step, run_dir=run.run_dir,
+                          world_size=run.info.world_size, strategy=run.strategy, checkpoint=checkpoint)
+    except Exception as exc:  # pragma: no cover - a bug in the card: the model is saved without it
+        console.warn(f"no model card (README.md) for step {step}: {first_line(exc)}")
+        return None
 
 
 def _gather_objects(obj) -> list:

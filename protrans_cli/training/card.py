@@ -1,0 +1,315 @@
+"""README.md model cards for the model directories `protrans train` writes (the run's final model
+at the root of the run directory, and every checkpoint), in the form the Hugging Face Hub shows:
+YAML front matter (library_name, tags, pipeline_tag) and sections on the model, its training, its
+results and how to use it, written from the run's resolved config and its own metrics.jsonl.
+Nothing is looked up on the network; what the run did not record is left out, not guessed.
+
+The card marks itself (`MARK`, an HTML comment the Hub does not show): a README.md without the
+mark is the user's own and is never replaced (`may_write`). The usage snippet mirrors the family's
+`encode` (spacing, rare residues, special-token rows dropped) and is written only where a probe
+sequence tokenized its way gives exactly the ids `encode` gives (`snippet`): no convention made up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+CARD_FILE = "README.md"
+MARK = "<!-- protrans model card: written by protrans; remove this line to keep protrans from replacing the file -->"
+# a probe of every residue letter, the rare ones included (U, Z, O, B: X for most families)
+_PROBE = "MKTAYIAKQRQISFVKSHFSRQACDEGLNPWUZOBX"
+
+# the Hub's pipeline for a family's pretraining objective (none for a permutation LM or ELECTRA's pair)
+_PIPELINES = {"mlm": "fill-mask", "t5": "text2text-generation", "t5_span": "text2text-generation",
+              "clm": "text-generation"}
+# objectives whose loss is the mean cross-entropy per predicted token, so exp(loss) is a perplexity
+_PERPLEXITY = ("mlm", "t5", "t5_span", "plm", "clm")
+# keyword arguments of a family's load_encoder beyond the model directory (models/esm.py)
+_ENCODER_KWARGS = {"esm": "add_pooling_layer=False"}
+
+
+def may_write(directory) -> bool:
+    """Whether protrans may write its card into `directory`: no README.md there, or one of its own."""
+    path = Path(directory) / CARD_FILE
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return False
+    if not path.exists():
+        return True
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return MARK in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def write_card(directory, text: str) -> None:
+    """The card as `directory`/README.md (a directory being written: its rename makes it appear)."""
+    Path(directory, CARD_FILE).write_text(text, encoding="utf-8")
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _number(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _heads(config) -> int | None:
+    for key in ("num_attention_heads", "num_heads", "n_head"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def architecture(family, config) -> str | None:
+    """`layers x hidden x heads` (T5: encoder + decoder layers), None where the config does not say."""
+    try:
+        layers, hidden = family.num_layers(config), family.embedding_dim(config)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    decoder = getattr(config, "num_decoder_layers", None) if family.name == "t5" else None
+    heads = _heads(config)
+    text = f"{layers} + {decoder} (encoder + decoder) layers" if decoder else f"{layers} layers"
+    text += f" x hidden {hidden}"
+    return text + (f" x {heads} attention heads" if heads else "")
+
+
+def _encoder_params(family, config) -> int | None:
+    from protrans_cli.models.base import _count_on_meta
+
+    try:
+        return _count_on_meta(lambda: family.encoder_model(config))
+    except Exception:  # (a family whose encoder cannot be built on the meta device: the line is left out)
+        return None
+
+
+def snippet(family, tokenizer) -> str | None:
+    """Python that reads the model directory with plain transformers and gives the per-residue
+    rows `protrans embed` gives; None where the family's encoder is not a transformers class or
+    its tokenizer does not lay proteins out as the snippet does."""
+    try:
+        encoder = family.encoder_class
+    except Exception:
+        return None
+    if not (encoder.__module__ or "").startswith("transformers.") or not _snippet_ids_match(family, tokenizer):
+        return None
+    name = encoder.__name__
+    tok_kwargs = "".join(f", {k}={v!r}" for k, v in family.tokenizer_kwargs.items())
+    model_kwargs = "".join(f", {k}" for k in filter(None, [_ENCODER_KWARGS.get(family.name)]))
+    lines = ["import re", "", "import torch", f"from transformers import AutoTokenizer, {name}", "",
+             'model_dir = "."  # this folder (or its Hub id once uploaded)',
+             f"tokenizer = AutoTokenizer.from_pretrained(model_dir{tok_kwargs})",
+             f"model = {name}.from_pretrained(model_dir{model_kwargs}).eval()", "",
+             'sequence = "MKTAYIAKQRQISFVKSHFSRQ"']
+    text = "sequence.upper()"
+    if family.rare_to == "X":
+        lines.append("# rare residues U, Z, O, B read as X, as in training")
+        text = f're.sub("[UZOB]", "X", {text})'
+    if family.spaced:
+        lines.append("# one residue per word, separated by spaces")
+        text = f'" ".join({text})'
+    lines += [f"text = {text}",
+              "inputs = tokenizer(text, return_tensors=\"pt\", return_special_tokens_mask=True)",
+              'special = inputs["special_tokens_mask"][0].bool()',
+              "with torch.no_grad():",
+              "    hidden = model(" + ", ".join(f'{k}=inputs["{k}"]' for k in family.input_names)
+              + ").last_hidden_state[0]",
+              "per_residue = hidden[~special]  # (len(sequence), hidden size): the special tokens' rows dropped",
+              "per_protein = per_residue.mean(0)  # protrans embed's default pooling"]
+    return "\n".join(lines)
+
+
+def _snippet_ids_match(family, tokenizer) -> bool:
+    """Whether the snippet's tokenization of a probe gives the ids and residue rows of `encode`."""
+    try:
+        seq = _PROBE.upper()
+        if family.rare_to == "X":
+            seq = re.sub("[UZOB]", "X", seq)
+        text = " ".join(seq) if family.spaced else seq
+        enc = tokenizer(text, return_special_tokens_mask=True)
+        inputs, mask = family.encode(tokenizer, [_PROBE])
+        ids = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
+        rows = mask[0][inputs["attention_mask"][0].bool()].tolist()
+        return enc["input_ids"] == ids and [not s for s in enc["special_tokens_mask"]] == rows
+    except Exception:
+        return False
+
+
+def _metrics_until(run_dir, step: int) -> list[dict]:
+    from protrans_cli.training.metrics import read_metrics
+
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        rows = read_metrics(path) if path.is_file() else []
+    except Exception:
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= step]
+
+
+def _corpus_names(paths) -> str:
+    return ", ".join("standard input" if p == "-" else f"`{os.path.basename(p)}`" for p in paths)
+
+
+def _init_from(name: str) -> str:
+    return f"`{os.path.basename(os.path.normpath(name))}`" if os.path.exists(name) else f"`{name}`"
+
+
+def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, run_dir, world_size: int = 1,
+               strategy: str | None = None, checkpoint: bool = False) -> str:
+    """The card of a training run's model at `step`: the final model, or with `checkpoint` one
+    of its checkpoints. `config`: the run's TrainConfig (resolved); `resolved`: what its
+    automatic settings meant (train_config.json's "resolved")."""
+    import transformers
+
+    from protrans_cli import __version__
+
+    model_config = model.config
+    objective = config.objective or family.objective
+    phases = config.resolved_phases()
+    total = sum(p.num_steps for p in phases)
+    uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
+    code = snippet(family, tokenizer)
+
+    front = ["---"]
+    if uses_transformers:
+        front.append("library_name: transformers")
+    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}", f"- {objective}"]
+    if uses_transformers and objective in _PIPELINES:
+        front.append(f"pipeline_tag: {_PIPELINES[objective]}")
+    front += ["---", MARK, ""]
+
+    title = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
+    what = f"checkpoint at step {_count(step)} of {_count(total)}" if checkpoint else "final model"
+    out = [f"# {title}" + (f" (step {step})" if checkpoint else ""), "",
+           f"A protein language model, {family.description or family.name}: the {what} of a run of "
+           f"`protrans train` (protrans {__version__})"
+           + (f", continued from {_init_from(config.init_from)}." if config.init_from else ", trained from scratch."),
+           "", "## Model", ""]
+    out.append(f"- Family: {family.name} (`{type(model).__name__}`"
+               + (f"; embeddings from `{family.encoder_class.__name__}`" if uses_transformers else "") + ")")
+    if config.preset and not config.init_from:
+        overrides = ", ".join(f"{k}={v}" for k, v in sorted(config.model_overrides.items()))
+        out.append(f"- Preset: {config.preset}" + (f" with {overrides}" if overrides else ""))
+    if arch := architecture(family, model_config):
+        out.append(f"- Architecture: {arch}")
+    params = sum(p.numel() for p in model.parameters())
+    encoder = _encoder_params(family, model_config)
+    out.append(f"- Parameters: {_count(params)}" + (f" ({_count(encoder)} in the encoder that embeddings come from)"
+                                                    if encoder and encoder != params else ""))
+    vocab = getattr(model_config, "vocab_size", None)
+    if isinstance(vocab, int):
+        out.append(f"- Vocabulary: {_count(vocab)} tokens")
+
+    rows = _metrics_until(run_dir, step)
+    out += ["", "## Training", "", f"- Objective: {objective}"
+            + (f" ({config.mask_prob:.0%} of the residues masked)" if objective in ("mlm", "electra") else "")]
+    corpus = resolved.get("corpus") or config.corpus
+    seen = 0
+    start = 0
+    for p in phases:
+        seen += max(0, min(step, start + p.num_steps) - start) * p.global_batch_size
+        start += p.num_steps
+    tokens = sum(r["tokens"] for r in rows if isinstance(r.get("tokens"), int))
+    out.append(f"- Corpus: {_corpus_names(corpus)}; {_count(seen)} proteins seen"
+               + (f", {_count(tokens)} tokens" if tokens else ""))
+    out.append(f"- Steps: {_count(step)} of {_count(total)}")
+    if len(phases) > 1:
+        out.append("- Phases (max length: steps x global batch): "
+                   + "; ".join(f"{p.max_length}: {_count(p.num_steps)} x {p.global_batch_size}" for p in phases))
+    else:
+        out.append(f"- Global batch: {phases[0].global_batch_size} proteins; max length {phases[0].max_length} tokens")
+    opt = f"- Optimizer: {config.optimizer}"
+    if config.optimizer in ("adamw", "lamb"):
+        opt += f" (betas {config.adam_beta1:g}/{config.adam_beta2:g}, eps {config.adam_eps:g}"
+        opt += f", weight decay {config.weight_decay:g})"
+    out.append(opt + (f"; gradient clipping at norm {config.grad_clip:g}" if config.grad_clip else ""))
+    warmup = resolved.get("warmup_steps", config.warmup_steps)
+    schedule = {"linear": f"linear decay to {config.min_lr_ratio:g} of the peak",
+                "cosine": f"cosine decay to {config.min_lr_ratio:g} of the peak",
+                "inverse_sqrt": "inverse square-root decay", "constant": "constant"}.get(config.schedule,
+                                                                                       config.schedule)
+    out.append(f"- Learning rate: {config.lr:g} peak" + (f", {_count(warmup)} warmup steps" if warmup else "")
+               + f", {schedule}")
+    precision = resolved.get("precision", config.precision)
+    out.append(f"- Precision: {precision}; {world_size} process{'es' if world_size != 1 else ''}"
+               + (f", strategy {strategy}" if strategy and world_size > 1 else ""))
+    out.append(f"- Seed: {config.seed}")
+    out.append(f"- Software: protrans {__version__}, transformers {transformers.__version__}")
+
+    losses = [r for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    evals = [r for r in rows if isinstance(r.get("eval_loss"), (int, float)) and math.isfinite(r["eval_loss"])]
+    if losses or evals:
+        out += ["", "## Results", ""]
+        if losses:
+            out.append(f"- Training loss: {_number(losses[-1]['loss'])} (step {losses[-1]['step']})")
+        if evals:
+            e = evals[-1]
+            line = f"- Eval loss: {_number(e['eval_loss'])} (step {e['step']}"
+            if objective in _PERPLEXITY and not (objective == "mlm" and config.sop):
+                line += f"; perplexity {_number(math.exp(min(e['eval_loss'], 700)))}"
+            val = resolved.get("val_corpus") or config.val_corpus
+            out.append(line + ")" + (f" on {_corpus_names(val)}" if val else ""))
+
+    out += _use(family, tokenizer, "of this model")
+    if not code:
+        out += ["", "This model loads through protrans (`protrans_cli.models.load_model`), which holds its "
+                    "model code or its input convention."]
+    return "\n".join(front + out) + "\n"
+
+
+def _hub_id(name: str) -> str | None:
+    """The Hub id of a model named as `-m` takes it: a short name's, or an `owner/name` that is no
+    local path; None for a local directory (a card's base_model names Hub models only)."""
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    if name in CHECKPOINTS:
+        return CHECKPOINTS[name].hub_id
+    if not os.path.exists(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return name
+    return None
+
+
+def _use(family, tokenizer, what: str) -> list[str]:
+    code = snippet(family, tokenizer)
+    out = ["", "## Use", "", f"Per-residue and per-protein embeddings {what} with protrans:", "", "```bash",
+           "protrans embed -m . proteins.fasta -o embeddings.h5", "```"]
+    if code:
+        out += ["", "With transformers alone (what `protrans embed` computes, for one protein):", "",
+                "```python", code, "```"]
+    return out
+
+
+def finetune_card(*, family, tokenizer, model, config, task, proteins: int) -> str:
+    """The shorter card of `protrans finetune`'s merged model (OUT/model): the base model and
+    what was done to it. `config`: the FinetuneConfig; `task`: its heads.tasks.Task."""
+    from protrans_cli import __version__
+
+    base = _hub_id(config.model)
+    uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
+    front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
+    if base:
+        front.append(f"base_model: {base}")
+    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}", "- lora",
+              "---", MARK, ""]
+    shown = base or os.path.basename(os.path.normpath(config.model)) or config.model
+    out = ["# Fine-tuned encoder", "",
+           f"The encoder of `{shown}` ({family.description or family.name}) fine-tuned by `protrans finetune` "
+           f"(protrans {__version__}) together with a {task.kind.replace('_', '-')} head for the {task.name} task, "
+           "its LoRA adapters merged into the weights: an ordinary model directory of the base model's "
+           "architecture and tokenizer (the head is saved beside it, in ../head).", "",
+           "## Fine-tuning", "",
+           f"- Base model: `{config.model}`",
+           f"- LoRA: rank {config.lora_rank}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}"
+           + (f" on {', '.join(family.lora_targets)}" if family.lora_targets else ""),
+           f"- Task: {task.name} ({task.kind.replace('_', '-')}), {proteins:,} training proteins",
+           f"- Optimizer: AdamW, lr {config.lr:g}, weight decay {config.weight_decay:g}, "
+           f"at most {config.max_epochs} epochs (patience {config.patience})",
+           f"- Seed: {config.seed}",
+           f"- Parameters: {sum(p.numel() for p in model.parameters()):,}"]
+    out += _use(family, tokenizer, "of the fine-tuned encoder")
+    return "\n".join(front + out) + "\n"

@@ -1,0 +1,161 @@
+"""The README.md model card of the model directories `protrans train` writes (training/card.py):
+its front matter parses, its figures are the run's own, its transformers snippet runs and gives
+`protrans embed`'s rows, it is rewritten on --resume, and a user's own README.md is kept."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import DATA
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+from protrans_cli.training.card import MARK
+from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.loop import train
+from protrans_cli.training.metrics import read_metrics
+
+LEARNABLE = str(DATA / "train" / "learnable.txt")
+
+torch.set_num_threads(1)
+
+
+def _config(tmp_path, family, **kw):
+    args = dict(family=family, corpus=[LEARNABLE], val_corpus=[LEARNABLE], output_dir=str(tmp_path / f"run_{family}"),
+                num_steps=6, max_length=64, global_batch_size=8, micro_batch_size=8, lr=3e-3, warmup_steps=2,
+                log_every=3, save_every=3, threads=1, bucket_batches=2, num_eval_batches=1)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def _front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def _python_block(text: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_the_card_holds_the_runs_figures_and_its_snippet_gives_embeds_rows(tmp_path, family, run_cli, monkeypatch):
+    result = train(_config(tmp_path, family))
+    run = result.run_dir
+    text = (run / "README.md").read_text()
+    front = _front_matter(text)
+    assert front["library_name"] == "transformers"
+    assert {"protein language model", family} <= set(front["tags"])
+    assert front["pipeline_tag"] == {"bert": "fill-mask", "t5": "text2text-generation"}[family]
+    assert MARK in text and "TODO" not in text
+    # the figures are the run's: its config and its metrics.jsonl
+    rows = read_metrics(run / "metrics.jsonl")
+    assert "- Steps: 6 of 6\n" in text
+    assert "- Global batch: 8 proteins; max length 64 tokens\n" in text
+    assert "- Learning rate: 0.003 peak, 2 warmup steps, linear decay to 0.1 of the peak\n" in text
+    assert "- Corpus: `learnable.txt`; 48 proteins seen, " + f"{sum(r['tokens'] for r in rows):,} tokens\n" in text
+    assert f"- Training loss: {rows[-1]['loss']:.4g} (step 6)\n" in text
+    eval_loss = rows[-1]["eval_loss"]
+    assert f"- Eval loss: {eval_loss:.4g} (step 6; perplexity {math.exp(eval_loss):.4g}) on `learnable.txt`\n" in text
+    from protrans_cli.models import load_model
+
+    loaded = load_model(run)
+    params = sum(p.numel() for p in loaded.family.load_pretraining_model(run).parameters())
+    assert f"- Parameters: {params:,}" in text
+    # each checkpoint has its own card, of its step (inside the SHA256SUMS of the checkpoint)
+    ckpt = run / "checkpoints" / "step_00000003"
+    ckpt_text = (ckpt / "README.md").read_text()
+    assert "(step 3)" in ckpt_text and "- Steps: 3 of 6\n" in ckpt_text
+    assert f"- Training loss: {rows[0]['loss']:.4g} (step 3)\n" in ckpt_text
+    assert "README.md" in (ckpt / "SHA256SUMS").read_text()
+    # THE SNIPPET RUNS, in the model directory, offline, and gives embed's per-residue rows
+    _snippet_gives_embeds_rows(run, text, tmp_path, run_cli, monkeypatch)
+
+
+def _snippet_gives_embeds_rows(run, text, tmp_path, run_cli, monkeypatch):
+    from protrans_cli.models import load_model
+
+    loaded = load_model(run)
+    code = _python_block(text)
+    monkeypatch.chdir(run)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    sequence, per_residue = scope["sequence"], scope["per_residue"].numpy()
+    assert per_residue.shape == (len(sequence), loaded.family.embedding_dim(loaded.model.config))
+    fasta, out = tmp_path / "q.fa", tmp_path / "q.h5"
+    fasta.write_text(f">q\n{sequence}\n")
+    res = run_cli("embed", fasta, "-m", run, "-o", out, "--per-residue")
+    assert res.exit_code == 0, res.stderr
+    with EmbeddingsReader(out) as r:
+        (ident,) = r.ids(PER_RESIDUE)
+        embedded = np.asarray(r.get(ident, PER_RESIDUE), dtype=np.float32)
+    np.testing.assert_allclose(per_residue, embedded, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["esm", "xlnet", "electra", "albert", "roberta"])
+def test_every_transformers_familys_snippet_gives_embeds_rows(tmp_path, family, run_cli, monkeypatch):
+    result = train(_config(tmp_path, family, num_steps=3, val_corpus=[], save_every=100))
+    text = (result.run_dir / "README.md").read_text()
+    assert _front_matter(text)["library_name"] == "transformers"
+    _snippet_gives_embeds_rows(result.run_dir, text, tmp_path, run_cli, monkeypatch)
+
+
+@pytest.mark.parametrize("family", ["transfo_xl", "esmc"])
+def test_a_family_with_protrans_model_code_gets_no_transformers_snippet(tmp_path, family):
+    result = train(_config(tmp_path, family, num_steps=2, val_corpus=[], save_every=100, log_every=1))
+    text = (result.run_dir / "README.md").read_text()
+    front = _front_matter(text)
+    assert "library_name" not in front and family in front["tags"]
+    assert "```python" not in text and "protrans embed -m ." in text
+
+def test_the_snippet_maps_rare_residues_as_the_family_does(tmp_path, monkeypatch):
+    result = train(_config(tmp_path, "bert", num_steps=3, val_corpus=[]))
+    text = (result.run_dir / "README.md").read_text()
+    assert "## Results" in text and "Eval loss" not in text  # (no val corpus: no eval line)
+    code = _python_block(text).replace('sequence = "MKTAYIAKQRQISFVKSHFSRQ"', 'sequence = "MKUZOBAK"')
+    monkeypatch.chdir(result.run_dir)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    from protrans_cli.models import load_model
+
+    loaded = load_model(result.run_dir)
+    inputs, mask = loaded.family.encode(loaded.tokenizer, ["MKUZOBAK"])
+    (hidden,) = loaded.family.hidden_states(loaded.model, inputs, [-1])
+    torch.testing.assert_close(scope["per_residue"], hidden[0][mask[0]], atol=1e-5, rtol=0)
+
+
+def test_a_resumed_run_rewrites_its_card_and_a_users_readme_is_kept(tmp_path):
+    part = train(_config(tmp_path, "bert", stop_after=3))
+    run = part.run_dir
+    assert not (run / "README.md").exists()  # (no final model yet: the checkpoint has the card)
+    assert (run / "checkpoints" / "step_00000003" / "README.md").is_file()
+    whole = train(_config(tmp_path, "bert"), resume=True)
+    assert whole.completed
+    text = (run / "README.md").read_text()
+    assert text.count(MARK) == 1 and text.count("## Training") == 1 and "- Steps: 6 of 6\n" in text
+    # lengthened by --resume: protrans's own card is replaced, not added to
+    train(_config(tmp_path, "bert", num_steps=9), resume=True)
+    text = (run / "README.md").read_text()
+    assert text.count(MARK) == 1 and "- Steps: 9 of 9\n" in text
+    assert "- Steps: 9 of 9\n" in (run / "checkpoints" / "step_00000009" / "README.md").read_text()
+    # the user's own README.md (no mark) is never replaced
+    (run / "README.md").write_text("# my model\n")
+    train(_config(tmp_path, "bert", num_steps=12), resume=True)
+    assert (run / "README.md").read_text() == "# my model\n"
+    assert json.loads((run / "complete.json").read_text())["step"] == 12
+    assert "- Steps: 12 of 12\n" in (run / "checkpoints" / "step_00000012" / "README.md").read_text()
+
+
+def test_a_new_run_in_a_folder_with_the_users_readme_keeps_it(tmp_path):
+    run = tmp_path / "run_bert"
+    run.mkdir()
+    (run / "README.md").write_text("notes\n")
+    train(_config(tmp_path, "bert", num_steps=3, val_corpus=[]))
+    assert (run / "README.md").read_text() == "notes\n"
+    assert (run / "config.json").is_file()
