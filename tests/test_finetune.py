@@ -182,6 +182,35 @@ def test_finetune_learns_a_synthetic_task(finetuned):
     assert config["embedding"]["weights_fingerprint"] == weights_fingerprint(finetuned / "model")
 
 
+
+def test_the_merged_model_has_a_card_whose_snippet_gives_embeds_rows(finetuned, data, run_cli, tmp_path, monkeypatch):
+    import re
+
+    import yaml
+
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    text = (finetuned / "model" / "README.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "transformers" and "base_model" not in front  # (a local base: no Hub id)
+    assert {"protein language model", "bert", "lora"} <= set(front["tags"])
+    report = json.loads((finetuned / "head" / "config.json").read_text())
+    assert f"- Base model: `{data / 'bert'}`\n" in text
+    assert f"- Task: ss3 (per-residue), {report['training']['proteins']:,} training proteins\n" in text
+    assert "- LoRA: rank 4, alpha 8, dropout 0" in text
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    monkeypatch.chdir(finetuned / "model")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    fasta, out = tmp_path / "q.fa", tmp_path / "q.h5"
+    fasta.write_text(f">q\n{scope['sequence']}\n")
+    res = run_cli("embed", fasta, "-m", finetuned / "model", "-o", out, "--per-residue")
+    assert res.exit_code == 0, res.stderr
+    with EmbeddingsReader(out) as r:
+        (ident,) = r.ids("per_residue")
+        embedded = np.asarray(r.get(ident, "per_residue"), dtype=np.float32)
+    np.testing.assert_allclose(scope["per_residue"].numpy(), embedded, atol=1e-5)
+
 def _predicted_q3(run_cli, head, records, tmp_path) -> tuple[int, int]:
     """`predict HEAD --fasta` of `records` (label records with sequences): (right, total) residues."""
     with open(tmp_path / "q.fa", "w") as fh:
