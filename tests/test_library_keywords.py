@@ -1238,9 +1238,12 @@ LEFTOVERS = [
      "another -o (or move the model away)"),
     (lambda tmp: (_stopped_run(tmp), _train_into("r")(tmp)), ANOTHER_RUN + "resume=True to continue it, or choose "
      "another output_dir", ANOTHER_RUN + "--resume to continue it, or choose another -o"),
-    (_diverged_in, NOT_FINITE + "start a new run from the last checkpoint, {tmp}/r/checkpoints/step_00000001, with "
-     "init_from and a lower lr, or check the corpus", NOT_FINITE + "start a new run from the last checkpoint, "
-     "{tmp}/r/checkpoints/step_00000001, with --init-from and a lower --lr, or check the corpus"),
+    (_diverged_in, NOT_FINITE + "continue from the last checkpoint, {tmp}/r/checkpoints/step_00000001, past this "
+     "step's batch with resume=True, skip_data=6 (or more: PaLM skipped 200-500 batches around a spike), or "
+     "skip_nonfinite N skips such steps, or start a new run from it with init_from and a lower lr, or check the corpus",
+     NOT_FINITE + "continue from the last checkpoint, {tmp}/r/checkpoints/step_00000001, past this step's batch with "
+     "--resume --skip-data 6 (or more: PaLM skipped 200-500 batches around a spike), or --skip-nonfinite N skips such "
+     "steps, or start a new run from it with --init-from and a lower --lr, or check the corpus"),
     (lambda tmp: _diverged_in(tmp, kept=False), NOT_FINITE + "no checkpoint was written yet: lower lr or lengthen "
      "warmup_steps; " + OVERFLOWS + "precision='fp32' (or bf16 on a GPU that has it), or check the corpus",
      NOT_FINITE + "no checkpoint was written yet: lower --lr or lengthen --warmup-steps; " + OVERFLOWS + "--precision "

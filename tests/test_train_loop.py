@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import itertools
 import json
 import math
 import os
@@ -3151,9 +3152,167 @@ def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_p
     if save_every == 2:
         from protrans_cli.training.checkpoint import checkpoint_dir
 
-        assert f"from the last checkpoint, {checkpoint_dir(cfg.output_dir, 4)}, with init_from and a lower lr" in message
+        assert (f"continue from the last checkpoint, {checkpoint_dir(cfg.output_dir, 4)}, past this step's batch with "
+                "resume=True, skip_data=1 (or more: PaLM skipped 200-500 batches around a spike), or skip_nonfinite N "
+                "skips such steps, or start a new run from it with init_from and a lower lr") in message
     else:
-        assert "no checkpoint was written yet: lower lr or lengthen warmup_steps" in message  # (a call's words)
+        assert ("no checkpoint was written yet: lower lr or lengthen warmup_steps, or skip_nonfinite N skips such "
+                "steps") in message  # (a call's words)
+
+
+def _nan_in_a_gradient_at(steps, monkeypatch) -> None:
+    """A NaN written into a real gradient at the `steps`-th clippings from now on (1-based), so that
+    the step's gradient norm is NaN and an optimizer step would put NaN into the weights."""
+    import protrans_cli.training.loop as loop
+
+    real = getattr(torch.nn.utils.clip_grad_norm_, "__wrapped__", torch.nn.utils.clip_grad_norm_)
+    calls = []
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        calls.append(1)
+        if len(calls) in steps:
+            next(p for p in parameters if p.grad is not None).grad.view(-1)[0] = float("nan")
+        return real(parameters, max_norm, *args, **kwargs)
+
+    clip.__wrapped__ = real
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip)
+
+
+def _weights(checkpoint) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(checkpoint) / "model.safetensors")
+
+
+def _state(checkpoint) -> dict:
+    return torch.load(Path(checkpoint) / "training_state.pt", map_location="cpu", weights_only=True)
+
+
+def test_skip_nonfinite_skips_the_step_without_touching_weights_or_optimizer_and_the_run_finishes(tmp_path,
+                                                                                                  monkeypatch, capsys):
+    """--skip-nonfinite 1 and a NaN in a gradient at step 3: the run completes; the checkpoint of
+    step 3 holds step 2's weights and optimizer moments (nothing applied), the schedule and the
+    data moved on; metrics.jsonl says the step was skipped, a warning names it; later steps train."""
+    from protrans_cli.training.checkpoint import checkpoint_dir
+
+    _nan_in_a_gradient_at({3}, monkeypatch)
+    cfg = _config(tmp_path, num_steps=6, log_every=1, save_every=1, keep_last=10, skip_nonfinite=1)
+    result = train(cfg)
+    assert result.completed and result.step == 6
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [(r["step"], r["skipped_steps"]) for r in rows] == [(1, 0), (2, 0), (3, 1.0), (4, 0), (5, 0), (6, 0)]
+    assert rows[2]["loss"] is None and rows[2]["grad_norm"] is None
+    assert all(math.isfinite(r["loss"]) for r in rows if r["step"] != 3)
+    assert "step 3: the gradient is not finite (loss " in capsys.readouterr().err
+    two, three, four = (checkpoint_dir(cfg.output_dir, k) for k in (2, 3, 4))
+    w2, w3, w4 = _weights(two), _weights(three), _weights(four)
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)  # step 3 not applied
+    assert all(torch.isfinite(v).all() for v in w4.values()) and any(not torch.equal(w3[k], w4[k]) for k in w3)
+    s2, s3 = _state(two), _state(three)
+    moments = [(a["exp_avg"], b["exp_avg"]) for a, b in zip(s2["optimizer"]["state"].values(),
+                                                          s3["optimizer"]["state"].values())]
+    assert moments and all(torch.equal(a, b) for a, b in moments)
+    assert s3["scheduler"]["last_epoch"] == 3 and s3["data_state"] != s2["data_state"]
+    assert "nonfinite_steps" not in s2 and s3["nonfinite_steps"] == 1 and _state(checkpoint_dir(cfg.output_dir, 6))[
+        "nonfinite_steps"] == 1
+
+
+def test_skip_nonfinite_stops_once_more_steps_than_allowed_are_not_finite(tmp_path, monkeypatch):
+    from protrans_cli.errors import RuntimeFailure
+
+    _nan_in_a_gradient_at({2, 4}, monkeypatch)
+    with pytest.raises(RuntimeFailure) as caught:
+        train(_config(tmp_path, num_steps=6, skip_nonfinite=1, save_every=3))
+    message = caught.value.message
+    assert message.startswith("step 4: the gradient is not finite (loss "), message
+    assert "(1 such step skipped before it, as many as skip_nonfinite 1 allows)" in message
+    assert ("continue from the last checkpoint, " + str(tmp_path / "run_bert" / "checkpoints" / "step_00000003")
+            + ", past this step's batch with resume=True, skip_data=1 (or more") in message
+    assert "a higher skip_nonfinite skips more such steps" in message
+
+
+def test_the_count_of_skipped_steps_goes_on_across_a_resume(tmp_path, monkeypatch):
+    """One step skipped before the checkpoint, the one allowed: a NaN after the resume stops the run."""
+    from protrans_cli.errors import RuntimeFailure
+
+    cfg = _config(tmp_path, num_steps=6, skip_nonfinite=1)
+    _nan_in_a_gradient_at({2}, monkeypatch)
+    assert train(dataclasses.replace(cfg, stop_after=3)).stopped_by == "stop_after"
+    _nan_in_a_gradient_at({2}, monkeypatch)  # the 5th step of the run
+    with pytest.raises(RuntimeFailure, match=r"^step 5: .* \(1 such step skipped before it"):
+        train(cfg, resume=True)
+
+
+def _batches_trained(monkeypatch) -> list:
+    """The input ids of each step's micro-batches, as train_step is given them from now on."""
+    import protrans_cli.training.loop as loop
+
+    real, seen = loop.train_step, []
+
+    def spy(run, optimizer, micro_batches, *args, **kwargs):
+        seen.append([b["input_ids"].clone() for b in micro_batches])
+        return real(run, optimizer, micro_batches, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    return seen
+
+
+def test_skip_data_trains_the_batches_an_uninterrupted_run_trains_after_the_skipped_ones(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Resumed at step 4 with --skip-data 15, steps 5-12 train the batches the uninterrupted run
+    trains at steps 20-27 (masks included), past an epoch's end (18 batches of 16 of its 300
+    proteins); the position is in the next checkpoint, so that a plain --resume from it goes on
+    exactly; the pass is recorded."""
+    reference = _batches_trained(monkeypatch)
+    train(_config(tmp_path, num_steps=27, output_dir=str(tmp_path / "a")))
+    assert len(reference) == 27
+    cfg = _config(tmp_path, num_steps=12, output_dir=str(tmp_path / "b"), save_every=2)
+    train(dataclasses.replace(cfg, stop_after=4))
+    seen = _batches_trained(monkeypatch)
+    result = train(dataclasses.replace(cfg, stop_after=8), resume=True, skip_data=15)
+    assert result.step == 8
+    assert "skip_data 15: passed over the data of 15 steps (240 proteins, not trained) after step 4: step 5 trains " \
+           "the batch that step 20 would have (the data position moved on by 1 epoch)" in capsys.readouterr().err
+    state = _state(result.last_checkpoint)
+    assert state["skipped_data"] == [{"after_step": 4, "steps": 15, "proteins": 240}] and state["step"] == 8
+    train(cfg, resume=True)
+    assert len(seen) == 8
+    for got, want in zip(seen, reference[19:27]):
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    rows = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [5, 10, 12]
+
+
+def test_passed_over_moves_the_stream_as_its_batches_would(tmp_path):
+    """CorpusStream.passed_over(n) is the state after the n-th batch, without making any."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.data import CorpusStream, TokenLayout
+
+    family = get_family("bert")
+    layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
+
+    def stream(state=None):
+        return CorpusStream([LEARNABLE], layout, max_length=64, global_batch_size=16, micro_batch_size=8,
+                            bucket_batches=4, state=state)
+
+    batches = list(itertools.islice(iter(stream()), 40))
+    for n in (0, 1, 3, 4, 5, 17, 40):
+        want = batches[n - 1].state_after if n else stream().state
+        assert stream().passed_over(n) == want, n
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_skip_data_without_a_checkpoint_to_resume_is_refused(tmp_path, run_cli, resume):
+    cfg = _config(tmp_path, num_steps=4)
+    with pytest.raises(UsageError, match="skip_data goes with resume" if not resume else "no checkpoint yet, so "
+                       "skip_data has no data position"):
+        train(cfg, resume=resume or None, skip_data=2)
+    args = ["train", "--corpus", LEARNABLE, "-o", str(tmp_path / "c"), "--skip-data", "2"]
+    done = run_cli(*args, *(["--resume"] if resume else []))
+    assert done.exit_code == 2
+    assert ("--skip-data goes with --resume or --resume-from" if not resume else
+            "no checkpoint yet, so --skip-data has no data position to move on from") in done.stderr
 
 
 def test_fp16_steps_that_overflow_down_to_a_loss_scale_below_1_stop_saying_float16_overflows(tmp_path, monkeypatch):

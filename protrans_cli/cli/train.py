@@ -89,6 +89,10 @@ def _extra_arguments(ctx) -> str:
               help="Linear warmup to --lr.  [default: a tenth of the steps, at most 2000]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Decay after warmup.  [default: linear]")
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
+@click.option("--skip-nonfinite", type=int, default=None, metavar="N",
+              help="Skip (not apply) up to N steps whose gradient is not finite, each warned and counted in "
+                   "metrics.jsonl's skipped_steps, over the whole run; the next one stops it.  [default: 0: the "
+                   "first stops it]")
 @click.option("--mask-prob", type=float, default=None, help="Fraction of residues masked.  [default: 0.15]")
 @click.option("--sop/--no-sop", default=None,
               help="ALBERT: add sentence-order prediction (a protein split in two, halves swapped half the time).  [default: off]")
@@ -158,13 +162,16 @@ def _extra_arguments(ctx) -> str:
 @click.option("--accept-corpus-change", is_flag=True,
               help="With --resume: go on although a corpus file changed since the checkpoint (a damaged shard "
                    "replaced by a whole copy); warns.")
+@click.option("--skip-data", type=click.IntRange(min=0), default=0, metavar="N",
+              help="With --resume or --resume-from: first pass over the data of the next N steps, untrained "
+                   "(the batches around a loss spike); the step count stays the checkpoint's.")
 @click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training "
               "(100 steps, or --num-steps).")
 @click.option("--list-presets", is_flag=True, help="List families and presets with parameter counts, then exit.")
 @click.option("-j", "--threads", type=int, default=None, help="CPU threads per process.  [default: the config file's threads, else "
                    "$PROTRANS_THREADS, else min(cores, 4)]")
-def command(config_file, model_set, phases, resume, resume_from, accept_corpus_change, find_lr, list_presets,
-            threads, **flags):
+def command(config_file, model_set, phases, resume, resume_from, accept_corpus_change, skip_data, find_lr,
+            list_presets, threads, **flags):
     """Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun).
 
     \b
@@ -296,7 +303,7 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
                      "LEN:STEPS:GLOBAL:MICRO")
     if find_lr:  # (before the corpus: `--find-lr --resume -o RUN` said "no training corpus")
         ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
-                                            ("--stop-after", flags.get("stop_after")),
+                                            ("--skip-data", skip_data), ("--stop-after", flags.get("stop_after")),
                                             ("--time-limit", flags.get("time_limit"))) if given]
         if ignored:
             raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
@@ -307,6 +314,9 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         raise UsageError("give --resume or --resume-from, not both")
     if accept_corpus_change and not (resume or resume_from):
         raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
+    if skip_data and not (resume or resume_from):
+        raise UsageError("--skip-data goes with --resume or --resume-from: it passes over the data the steps after "
+                         "a checkpoint would read (a new run has none to go past)")
     if find_lr:
         # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file;
         # given, not true: --eval-every 0, the default's value, was taken without a word, where
@@ -351,7 +361,7 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     try:
         result = train(config, resume=resume_from or resume or None,
                        saved_as={k: v for k, v in saved_as.items() if not flags.get(k)},
-                       accept_corpus_change=accept_corpus_change)
+                       accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM/SIGHUP: the one error line says what was kept
         from protrans_cli.cli import stopped
 

@@ -122,6 +122,9 @@ class TrainConfig:
     schedule: str = "linear"
     min_lr_ratio: float = 0.1      # linear and cosine decay end at lr * min_lr_ratio (inverse_sqrt: no floor)
     grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
+    # steps whose gradient is not finite that are skipped (not applied) before the run stops as
+    # diverged; 0: it stops at the first. Counted over the whole run (checkpoints keep the count).
+    skip_nonfinite: int = 0
     # engine
     seed: int = 0
     precision: str = "auto"        # auto: bf16 autocast on a GPU that has it, else fp16 (loss scaling); fp32 on CPU
@@ -285,7 +288,7 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be a number, got {value!r}")
             if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{setting_name(name)} must be {text}, got {value}")
-        for name, least in (("segment_length", 1), ("fsdp_min_params", 0)):
+        for name, least in (("segment_length", 1), ("fsdp_min_params", 0), ("skip_nonfinite", 0)):
             if getattr(self, name) < least:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
         # torch.manual_seed takes 64 bits, unsigned: a larger seed was a traceback ("Overflow when

@@ -632,10 +632,27 @@ class CorpusStream:
 
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        # (the global batches this rank sees, split between its workers)
+        for counter, (batch, buffer, state, after) in enumerate(self._planned()):
+            if counter % num_workers == worker:
+                yield self._step_batch(batch, buffer, state, after)
+
+    def passed_over(self, steps: int) -> StreamState:
+        """The position after the next `steps` global batches, which are read (their proteins'
+        text, as the stream reads it to plan its buffers) but neither cropped, tokenized nor
+        collated: `train --skip-data`'s way past the batches around a loss spike."""
+        state = self.state
+        with contextlib.closing(self._planned()) as planned:
+            for _, (_, _, _, after) in zip(range(steps), planned):
+                state = after
+        return state
+
+    def _planned(self):
+        """(batch, buffer, state, the state after the batch) of every global batch from
+        `self.state` on, the batch as buffer positions (`_plan_buffer`), not yet made into samples."""
         state = StreamState.from_dict(self.state.to_dict())
         if self.shuffle and state.plan >= 2 and state.width is None:
             state = dataclasses.replace(state, width=self._bucket_width(state))
-        counter = 0  # global batches seen by this rank, to split them between workers
         buffer_size = self.global_batch_size * self.bucket_batches
         while self.max_epochs is None or state.epoch < self.max_epochs:
             produced = 0
@@ -674,9 +691,7 @@ class CorpusStream:
                 for b in range(state.batches_done, len(batches)):
                     produced += 1
                     after = following if b + 1 == len(batches) else dataclasses.replace(state, batches_done=b + 1, at=at)
-                    if counter % num_workers == worker:
-                        yield self._step_batch(batches[b], buffer, state, after)
-                    counter += 1
+                    yield batches[b], buffer, state, after
                 state = following
                 if ended:
                     break

@@ -217,16 +217,19 @@ class StopRequest:
 
 @torch_threads()  # puts the caller's torch thread count back
 def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | None = None,
-          accept_corpus_change: bool = False) -> TrainResult:
+          accept_corpus_change: bool = False, skip_data: int = 0) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path).
     `saved_as`: settings to write into train_config.json instead of the config's (the CLI's
     corpus paths as the run recorded them, where this invocation found the files elsewhere).
     `accept_corpus_change`: resume although a corpus file changed since the checkpoint (a
-    damaged shard replaced by a whole copy), with a warning."""
+    damaged shard replaced by a whole copy), with a warning. `skip_data`: with `resume`, pass
+    over the data of that many steps before the first one trained (the batches around a loss
+    spike, as PaLM did): the step count stays the checkpoint's, the data position moves on."""
     expect_options(config, TrainConfig, "config")
     if not (resume is None or isinstance(resume, (bool, str, os.PathLike))):  # (resume=1: a TypeError from os.path)
         raise UsageError(f"resume is True (the run's latest checkpoint), a checkpoint's path, or None (a new run), "
                          f"got {type(resume).__name__} {resume!r:.40}")
+    _check_skip_data(skip_data, resume)
     family = given_family(family)
     # (a bad PROTRANS_FILE_LOCKING before the process group: a usage error never waits for peers, and a
     # rank started alone said it only after the rendezvous timed out; run_lock reads it again)
@@ -265,6 +268,10 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
             dist.same_on_every_rank(settings, failure=failure,
                                     remedy="Start every node with the same command, with the run "
                                            "directory on a file system every node sees.")
+            if resume is True and not ckpt.list_checkpoints(config.output_dir) and skip_data:
+                # (a pass over the data after a checkpoint: without one there is nothing it goes past)
+                raise UsageError(f"{config.output_dir}: no checkpoint yet, so {option('--skip-data', 'skip_data')} "
+                                 "has no data position to move on from; start the run without it")
             if resume is True and not ckpt.list_checkpoints(config.output_dir):
                 # A job script that always passes --resume (a requeued job) must start the
                 # first time, and again after a kill before the first save.
@@ -276,9 +283,19 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 run = build_run(config, info, family, resume=resume)
                 run.given.update(saved_as or {})
                 with StopRequest() as stop:
-                    return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
+                    return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     finally:
         dist.cleanup()
+
+
+def _check_skip_data(skip_data, resume) -> None:
+    """A UsageError for a `skip_data` that is not a count, or given without a resume."""
+    flag = option("--skip-data", "skip_data")
+    if isinstance(skip_data, bool) or not isinstance(skip_data, (int, np.integer)) or skip_data < 0:
+        raise UsageError(f"{flag} must be a number of steps, 0 or more, got {skip_data!r:.40}")
+    if skip_data and not resume:
+        raise UsageError(f"{flag} goes with {option('--resume or --resume-from', 'resume')}: it passes over the data "
+                         "the steps after a checkpoint would read (a new run has none to go past)")
 
 
 def continue_advice() -> str:
@@ -985,7 +1002,8 @@ def _warn_if_lr_rises(where, saved_shape: dict, fn: LRLambda, step: int, peak: f
                      f"({fn.schedule} decay over the longer run)")
 
 
-def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_change: bool = False) -> TrainResult:
+def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_change: bool = False,
+          skip_data: int = 0) -> TrainResult:
     config, info = run.config, run.info
     phases = config.resolved_phases()
     total_steps = config.total_steps
@@ -1037,7 +1055,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     exit_code = 1
     try:
         result = _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
-                              state, metrics_path, board, wandb_log)
+                              state, metrics_path, board, wandb_log, skip_data=int(skip_data))
         if result.last_checkpoint is None and where is not None:
             # (a resumed run that saved none: `train(config, resume=True)` on a complete run
             # said last_checkpoint=None beside the checkpoint it had resumed from)
@@ -1063,10 +1081,15 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
 
 
 def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int, step: int, data_phase: int,
-                 data_state, state, metrics_path: Path, board, wandb_log=None) -> TrainResult:
-    """The steps of `_loop` from its start (or checkpoint) to the end of the run or a stop."""
+                 data_state, state, metrics_path: Path, board, wandb_log=None, *, skip_data: int = 0) -> TrainResult:
+    """The steps of `_loop` from its start (or checkpoint) to the end of the run or a stop;
+    `skip_data`: the steps' worth of data passed over first (train's)."""
     config, info = run.config, run.info
     result = TrainResult(run.run_dir, step, False)
+    # --skip-nonfinite: the steps skipped so far for a gradient that was not finite (the whole
+    # run's: a checkpoint keeps the count), and --skip-data's passes over the data so far
+    history = {"nonfinite_steps": int(state.get("nonfinite_steps", 0)) if state is not None else 0,
+               "skipped_data": list(state.get("skipped_data", [])) if state is not None else []}
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = Accumulator()
     t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
@@ -1143,6 +1166,9 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
                     + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each"
                        if "micro_batch_tokens" in sizing else ""))
+        if skip_data:
+            _pass_over_data(stream, skip_data, step, history["skipped_data"])
+            data_state, skip_data = stream.state, 0
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
             try:
@@ -1158,13 +1184,22 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             try:
                 stats = train_step(run, optimizer, batch.micro_batches,
                                    stop_requested=stop is not None and stop.signum is not None and not warned,
-                                   time_up=time_up, warned=warned)
+                                   time_up=time_up, warned=warned,
+                                   skip_nonfinite=history["nonfinite_steps"] < config.skip_nonfinite)
             except NonFiniteGradient as exc:
-                raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
+                raise _diverged(config, step + 1, exc.loss, exc.fp16, skipped=history["nonfinite_steps"]) from None
             except RuntimeError as exc:  # (torch's own exception, for a caller that catches it: what to change added)
                 if gpu_out_of_memory(exc):
                     exc.protrans_detail = _less_memory(config, phase_index, step + 1, info.world_size, run.strategy)
                 raise
+            if (bad_loss := stats.pop("nonfinite", None)) is not None:
+                # (every rank alike: the gradient norm is of the gradients DDP averaged or FSDP's
+                # reduced norm, so a NaN on one rank is every rank's)
+                history["nonfinite_steps"] += 1
+                if info.is_main:
+                    console.warn(f"step {step + 1}: the gradient is not finite (loss {bad_loss:.4g}): the step was "
+                                 f"skipped, not applied ({history['nonfinite_steps']} of "
+                                 f"{option('--skip-nonfinite', 'skip_nonfinite')} {config.skip_nonfinite})")
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
             # a planned stop (--time-limit's or a warning, on this rank or another), no rank
             # having had a signal; and whether any rank had a warning
@@ -1238,7 +1273,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     result.note_best(best)
                 saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
-                                               seconds=saving - t_log - paused, best=best)
+                                               seconds=saving - t_log - paused, best=best, history=history)
                 if deadline is not None and info.is_main and not last:
                     # Under --time-limit the curve is drawn with each checkpoint, inside the time
                     # the deadline measures for a save: drawn after the stop's checkpoint (the
@@ -1364,14 +1399,16 @@ def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> 
 
 
 def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False, time_up: bool = False,
-               warned: bool = False) -> dict:
+               warned: bool = False, skip_nonfinite: bool = False) -> dict:
     """One optimizer step over this rank's micro-batches; returns summed statistics, under
     "stop" whether any rank was asked to stop (a signal, `stop_requested`; --time-limit,
     `time_up`; a scheduler's warning signal, `warned`: told to all ranks within the step's one
     exchange, so that they all stop after the same step), under "time_up" whether that was a
     planned stop, --time-limit's or a warning's, alone (no rank had a signal: a signal on one
     rank stops every rank as a signal, none of them as the time limit), and under "warned"
-    whether any rank had a warning."""
+    whether any rank had a warning. `skip_nonfinite`: a gradient that is not finite (not a
+    float16 overflow, which the loss scale skips) is not applied and the step returns its loss
+    under "nonfinite" rather than raising NonFiniteGradient (--skip-nonfinite)."""
     config, info = run.config, run.info
     device = info.device
     # Counted on the host before the transfer: no device synchronisation inside the step.
@@ -1420,6 +1457,12 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
         share = 1.0 / info.world_size  # (summed over ranks: one skipped step)
         return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "time_up": time_up, "warned": warned,
                 "skipped_steps": (share, share)}
+    if not finite and skip_nonfinite:
+        # as a float16 overflow: nothing applied, the statistics (a NaN loss) left out of the line
+        optimizer.zero_grad(set_to_none=True)
+        share = 1.0 / info.world_size
+        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "time_up": time_up, "warned": warned,
+                "skipped_steps": (share, share), "nonfinite": host[0] / max(total_predicted / info.world_size, 1.0)}
     if not finite:
         raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
     if total_predicted:
@@ -1431,7 +1474,7 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
              "warned": warned}
     if total_predicted:
         stats["grad_norm"] = host[-1]
-    if run.loss_scale is not None:
+    if run.loss_scale is not None or config.skip_nonfinite:
         stats["skipped_steps"] = (0.0, 1.0 / info.world_size)  # (summed over ranks: the fraction of steps)
     for k, name in enumerate(names):
         stats[name] = (host[1 + 2 * k], host[2 + 2 * k])
@@ -1461,23 +1504,49 @@ def _met_in_training(exc: InputError, config: TrainConfig, step: int) -> InputEr
                       record=exc.record, line=exc.line)
 
 
-def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False) -> RuntimeFailure:
+def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False, skipped: int = 0) -> RuntimeFailure:
     """The one line for a step whose gradient is not finite: which step, its loss, and where to go
-    on from (the run's settings cannot change under --resume, so a lower --lr is a new run)."""
-    from protrans_cli.training.checkpoint import list_checkpoints
+    on from: the last checkpoint past this step's batch (--skip-data, which keeps the optimizer
+    state and the schedule), --skip-nonfinite, or a new run with a lower --lr (the run's settings
+    cannot change under --resume). `skipped`: the steps --skip-nonfinite skipped before this one."""
+    from protrans_cli.training.checkpoint import checkpoint_step, list_checkpoints
 
     kept = list_checkpoints(config.output_dir)
     # (in the reader's words, `option`: a library caller was told --init-from, --lr and --precision)
     lr = option("--lr", "lr")
-    advice = (f"start a new run from the last checkpoint, {kept[-1]}, with {option('--init-from', 'init_from')} and "
-              f"a lower {lr}" if kept
-              else f"no checkpoint was written yet: lower {lr} or lengthen {option('--warmup-steps', 'warmup_steps')}")
+    limit = option("--skip-nonfinite", "skip_nonfinite")
+    # --skip-data: the batches from the checkpoint's step to this one, this one's included
+    past = step - (checkpoint_step(kept[-1]) or 0) if kept else 0
+    resume = option(f"--resume --skip-data {past}", f"resume=True, skip_data={past}")
+    # (float16's overflows are skipped by the loss scale: --skip-nonfinite counts the other steps)
+    skip = "" if fp16 else (f", or {limit} N skips such steps" if not config.skip_nonfinite
+                            else f", or a higher {limit} skips more such steps")
+    advice = (f"continue from the last checkpoint, {kept[-1]}, past this step's batch with {resume} (or more: "
+              f"PaLM skipped 200-500 batches around a spike){skip}, or start a new run from it with "
+              f"{option('--init-from', 'init_from')} and a lower {lr}" if kept
+              else f"no checkpoint was written yet: lower {lr} or lengthen {option('--warmup-steps', 'warmup_steps')}"
+                   + skip)
     if fp16:  # skipped steps down to a loss scale below 1: float16 itself overflows (T5 is known to)
         fp32 = option("--precision fp32", "precision='fp32'")
         advice += ("; the steps before it were skipped as float16 overflows, down to a loss scale below 1: float16 "
                    f"may overflow in this model's activations: {fp32} (or bf16 on a GPU that has it)")
+    beyond = (f" ({console.counted(skipped, 'such step')} skipped before it, as many as {limit} "
+              f"{config.skip_nonfinite} allows)" if config.skip_nonfinite and not fp16 else "")
     return RuntimeFailure(f"step {step}: the gradient is not finite (loss {loss:.4g}), so the step was not "
-                          f"applied and the run stopped; {advice}, or check the corpus")
+                          f"applied and the run stopped{beyond}; {advice}, or check the corpus")
+
+
+def _pass_over_data(stream, steps: int, step: int, record: list) -> None:
+    """--skip-data: `stream` moved past the data of the next `steps` steps, untrained (the step
+    count stays), the pass appended to `record` (kept in the run's later checkpoints)."""
+    before = stream.state
+    stream.state = stream.passed_over(steps)
+    record.append({"after_step": step, "steps": steps, "proteins": steps * stream.global_batch_size})
+    epochs = stream.state.epoch - before.epoch
+    dist.print0(f"train: {option('--skip-data', 'skip_data')} {steps}: passed over the data of "
+                f"{console.counted(steps, 'step')} ({steps * stream.global_batch_size:,} proteins, not trained) "
+                f"after step {step}: step {step + 1} trains the batch that step {step + steps + 1} would have"
+                + (f" (the data position moved on by {console.counted(epochs, 'epoch')})" if epochs else ""))
 
 
 def _less_memory(config: TrainConfig, phase_index: int, step: int, world_size: int, strategy: str) -> str:
@@ -1692,7 +1761,7 @@ def _full_model(run: _Run):
 
 
 def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Accumulator, *,
-          seconds: float = 0.0, best: dict | None = None) -> Path | None:
+          seconds: float = 0.0, best: dict | None = None, history: dict | None = None) -> Path | None:
     """A checkpoint of the run at `step`; `seconds`: the training time of the metrics interval
     under way (its tokens are in `log`), so the resumed run's first line keeps their rate.
     `best`: --keep-best's best checkpoint so far ({"step", "eval_loss"}, this one's possibly),
@@ -1718,6 +1787,8 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
             state["loss_scale"] = run.loss_scale.state_dict()
         if best is not None:
             state["best"] = best
+        # --skip-nonfinite's count and --skip-data's passes (where there are any)
+        state.update({key: value for key, value in (history or {}).items() if value})
         as_given, resolved = run.save_config()
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
