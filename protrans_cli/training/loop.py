@@ -264,7 +264,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
             # a rank that failed above raises its error here, and the others stop too rather than
             # wait for it at their first collective.
             # (one process compares nothing: its settings, corpus files read included, are not made)
-            settings = _rank_settings(config, resume) if info.world_size > 1 else {}
+            settings = _rank_settings(config, resume, skip_data) if info.world_size > 1 else {}
             dist.same_on_every_rank(settings, failure=failure,
                                     remedy="Start every node with the same command, with the run "
                                            "directory on a file system every node sees.")
@@ -358,7 +358,7 @@ def _check_resume_settings(config: TrainConfig, resume, family, info) -> Path | 
     return where
 
 
-def _rank_settings(config: TrainConfig, resume) -> dict:
+def _rank_settings(config: TrainConfig, resume, skip_data: int = 0) -> dict:
     """What every rank of a torchrun job must agree on: the settings that shape the batches, the
     model and the schedule (not -j or --num-workers), the corpus files by size and content (each
     node may hold its own copy: not by path), and the checkpoint a resume starts from as this
@@ -381,6 +381,7 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
         values["resume from"] = found[-1].name if found else None
     else:
         values["resume from"] = str(resume) if resume else None
+    values["skip data (steps)"] = skip_data  # (each rank passes over the data alike)
     return values
 
 
