@@ -232,6 +232,61 @@ def test_torchrun_fp16_with_loss_scaling_matches_one_process(tmp_path, strategy)
     np.testing.assert_allclose([r["loss"] for r in rows], _single(tmp_path, precision="fp16"), rtol=1e-4)
 
 
+_NAN_ON_ONE_RANK = """
+import os
+if os.environ.get("RANK") == os.environ.get("PROTRANS_TEST_NAN_RANK"):
+    import torch
+    from protrans_cli.training import loop
+
+    forward, calls = loop.LossModule.forward, []
+
+    def poisoned(self, batch):
+        sum_loss, count, metrics = forward(self, batch)
+        calls.append(1)
+        at = int(os.environ["PROTRANS_TEST_NAN_CALL"])
+        return (sum_loss * float("nan") if len(calls) == at else sum_loss), count, metrics
+
+    loop.LossModule.forward = poisoned
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_skip_nonfinite_under_torchrun_skips_a_step_poisoned_on_one_rank_on_every_rank(tmp_path, monkeypatch,
+                                                                                       strategy):
+    """A NaN loss on rank 1 alone at step 3: the gradient norm both ranks check is of the shared
+    gradients, so both skip the step, and the run's losses are those of one process that skipped it."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_NAN_ON_ONE_RANK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PROTRANS_TEST_NAN_RANK", "1")
+    # step 3's first micro-batch: 2 a step on each rank, after DDP's probe for unused parameters (one forward)
+    monkeypatch.setenv("PROTRANS_TEST_NAN_CALL", "6" if strategy == "ddp" else "5")
+    out = tmp_path / strategy
+    _torchrun("-o", out, "--strategy", strategy, "--skip-nonfinite", "1")
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1.0, 0, 0, 0] and rows[2]["loss"] is None
+    import torch
+
+    from protrans_cli.training import loop
+
+    real, clips = torch.nn.utils.clip_grad_norm_, []
+
+    def clip(parameters, max_norm, *args, **kwargs):  # one process: a NaN gradient at step 3
+        parameters = list(parameters)
+        clips.append(1)
+        if len(clips) == 3:
+            parameters[0].grad.view(-1)[0] = float("nan")
+        return real(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip)
+    single = _single(tmp_path, skip_nonfinite=1)
+    assert single[2] is None
+    np.testing.assert_allclose([r["loss"] for i, r in enumerate(rows) if i != 2],
+                               [x for i, x in enumerate(single) if i != 2], rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["albert", "electra", "t5", "xlnet", "transfo_xl", "esm", "roberta"])
 def test_every_family_trains_under_torchrun(tmp_path, family):
