@@ -3302,6 +3302,13 @@ def test_passed_over_moves_the_stream_as_its_batches_would(tmp_path):
         assert stream().passed_over(n) == want, n
 
 
+def test_skip_data_on_a_complete_run_says_it_passed_over_nothing(tmp_path, capsys):
+    cfg = _config(tmp_path, num_steps=2)
+    train(cfg)
+    assert train(cfg, resume=True, skip_data=5).step == 2
+    assert "skip_data 5 ignored: the run has no step left after step 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_skip_data_without_a_checkpoint_to_resume_is_refused(tmp_path, run_cli, resume):
     cfg = _config(tmp_path, num_steps=4)

@@ -1320,6 +1320,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
 
     if bar is not None:
         bar.close()
+    if skip_data and info.is_main:  # (a complete run resumed: no step left to pass over the data of)
+        console.warn(f"{option('--skip-data', 'skip_data')} {skip_data} ignored: the run has no step left after "
+                     f"step {step} (lengthen it with {option('--num-steps', 'num_steps')} or a phase's steps to "
+                     "train past the data)")
     if final_eval is not None and info.is_main:
         console.info(f"train: eval loss {final_eval:.4f}")
     if stop is not None:
