@@ -856,6 +856,8 @@ def _sample_all(options: GenerateOptions, designs: list[Design], templates: str 
                 prompt_lp = prompt_log_prob(sampler, before, prompt)
             records = sample_causal(sampler, indices, prompt_lp) if causal else \
                 sample_template(sampler, indices, design)
+            if bar is not None:  # (a kept batch: _run_unit skips the bar by it, out of the rate)
+                bar.update(len(indices))
             return np.frombuffer(_batch_text(records).encode("ascii"), dtype=np.uint8)
 
         try:
@@ -876,8 +878,6 @@ def _sample_all(options: GenerateOptions, designs: list[Design], templates: str 
                         summary.log_prob_sum += record.mean_log_prob
                         if summary.records is not None:
                             summary.records.append(record)
-                    if bar is not None:
-                        bar.update(len(indices))
         finally:
             if bar is not None:
                 bar.close()
