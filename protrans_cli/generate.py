@@ -476,10 +476,23 @@ def causal_layout(sampler: Sampler) -> tuple[list[int], int | None]:
 
 
 def prompt_log_prob(sampler: Sampler, before: list[int], prompt: list[int]) -> float:
-    """The sum over the prompt's residues of log p(residue | those before it), a pass each (once a
-    run: every sequence starts with it)."""
+    """The sum over the prompt's residues of log p(residue | those before it) (once a run: every
+    sequence starts with it). Transformer-XL: one pass over the tokens before the prompt and the
+    prompt's but its last (causal, the whole of it in one segment: each position's logits are the
+    next token's given those before it, as a pass over that prefix alone gives them). XLNet: a
+    pass a residue, over its prefix and a dummy token, as the residues are drawn (its content
+    stream reads the whole prefix both ways, so no one pass gives these contexts)."""
     import torch
 
+    if not prompt:
+        return 0.0
+    if not sampler.scorer.permutation and before:
+        steps = TransfoXLSteps(sampler.model)
+        ids = torch.tensor([before + prompt[:-1]], dtype=torch.long)
+        with steps.whole_memory(ids.shape[1]), torch.inference_mode():
+            logits = sampler.model(input_ids=ids.to(sampler.device)).logits[0, len(before) - 1:]
+        log_probs = logits.float().log_softmax(-1).cpu()
+        return float(log_probs.gather(1, torch.tensor(prompt)[:, None]).double().sum())
     total = 0.0
     for k, token in enumerate(prompt):
         steps = _steps(sampler)

@@ -166,6 +166,36 @@ def test_transfo_xl_memory_steps_equal_the_whole_prefix_forward(txl):
     assert torch.allclose(got[-1], whole[:, 49], atol=1e-4)
 
 
+def test_transfo_xl_prompt_log_prob_in_one_pass_is_the_plain_forwards(txl, monkeypatch):
+    """A prompt past mem_len (32): its log-probability from one pass equals the sum of the plain
+    forward's log p(residue | those before it) over its residues, each from a pass over that prefix
+    alone (what a pass a residue computed), and the header's mean holds it whatever --batch-size."""
+    from protrans_cli.generate import GenerateOptions, Sampler, causal_layout, prompt_log_prob
+    from protrans_cli.models import load_model
+
+    tokenizer, model = _plain_txl(txl)
+    g = torch.Generator().manual_seed(7)
+    prompt = "".join(STANDARD[i] for i in torch.randint(0, 20, (60,), generator=g))
+    bos = tokenizer.bos_token_id
+    tokens = tokenizer.convert_tokens_to_ids(list(prompt))
+    want = 0.0
+    for k, token in enumerate(tokens):
+        with torch.no_grad():
+            want += float(model(input_ids=torch.tensor([[bos] + tokens[:k]])).logits[0, -1].log_softmax(-1)[token])
+    sampler = Sampler(load_model(str(txl), device="cpu", masked_lm=True), GenerateOptions(model=str(txl), prompt=prompt,
+                                                                                          max_length=70))
+    calls = []
+    real = sampler.model.forward
+    monkeypatch.setattr(sampler.model, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    before, _ = causal_layout(sampler)
+    assert prompt_log_prob(sampler, before, tokens) == pytest.approx(want, abs=1e-4) and len(calls) == 1
+    assert prompt_log_prob(sampler, before, []) == 0.0
+    monkeypatch.undo()
+    one, four = (_generate(model=str(txl), num_sequences=4, prompt=prompt, max_length=62, min_length=62,
+                           batch_size=b) for b in (1, 4))
+    assert [(r.sequence, r.mean_log_prob) for r in one] == [(r.sequence, r.mean_log_prob) for r in four]
+
+
 def test_same_seed_same_sequences_whatever_the_batch_size(txl, esm):
     kw = dict(model=str(txl), num_sequences=5, max_length=30, temperature=1.5, top_p=0.95)
     one = [(r.id, r.sequence) for r in _generate(seed=7, batch_size=1, **kw)]
