@@ -336,12 +336,13 @@ class Draws:
     """Uniform numbers for each sequence from a generator of its own, seeded by (seed, its index),
     or (seed, `stream`, its index): a templates file's record's designs (Design.stream)."""
 
-    def __init__(self, seed: int, indices: list[int], stream: int | None = None):
+    def __init__(self, seed: int, indices: list[int], stream: int | None | list = None):
         import numpy as np
         import torch
 
+        streams = stream if isinstance(stream, list) else [stream] * len(indices)  # (a list: each index's)
         self.generators = []
-        for i in indices:
+        for i, stream in zip(indices, streams):
             key = (seed, i) if stream is None else (seed, stream, i)
             state = np.random.SeedSequence(key).generate_state(1, np.uint64)[0]
             self.generators.append(torch.Generator().manual_seed(int(state)))
@@ -552,77 +553,102 @@ def sample_causal(sampler: Sampler, indices: list[int], prompt_lp: float = 0.0) 
 
 # -- masked LMs: Gibbs-style design of a template ---------------------------------------------------
 
-def sample_template(sampler: Sampler, indices: list[int], design: Design | None = None) -> list[Generated]:
+def sample_template(sampler: Sampler, indices: list[int], design: Design | list | None = None) -> list[Generated]:
     """The designs `indices` (0-based) of `design`'s template (None: --template's), one batch: the
     `_` positions filled one at a time in a random order (the rest masked), then `iterations`
     sweeps each masked alone. A complex (chains split by ':'): under chains linker the model reads
     the chains joined by the linker's glycines (never designed) and each `_` is designed with
     every chain present; under separate each chain's `_` with that chain alone, the chains in turn
-    drawing from the same generators. The records keep the ':'s, not the linker."""
+    drawing from the same generators. The records keep the ':'s, not the linker. `design` a list:
+    each index's Design, templates of one `template_shape` (a batch of several templates: each
+    row's sites, generator and draws its own, as in a batch of its template alone)."""
     from protrans_cli.embed import chain_lengths
     from protrans_cli.variants import _works
 
     o = sampler.options
     design = design if design is not None else Design(o.template, o.prefix)
-    template = design.template
-    draws = Draws(o.seed, indices, design.stream)
+    row_designs = design if isinstance(design, list) else [design] * len(indices)
+    draws = Draws(o.seed, indices, [d.stream for d in row_designs])
     batch = len(indices)
     letters: list[list[str]] = [[] for _ in indices]
     total = [0.0] * batch
-    designed = template.count(DESIGNED)
-    for work in _works(template, o.chains, o.linker_length):
-        filled, log_prob = _design_text(sampler, work.text, draws, batch) if DESIGNED in work.text else \
-            ([work.text] * batch, [0.0] * batch)
-        sites = work.sites
-        for b in range(batch):
+    works = [_works(d.template, o.chains, o.linker_length) for d in row_designs]
+    if len({template_shape(d.template, o.chains, o.linker_length) for d in row_designs}) > 1:
+        raise ValueError("sample_template: a batch's templates must be of one shape (template_shape)")
+    for row_works in zip(*works):
+        texts = [w.text for w in row_works]
+        filled, log_prob = _design_text(sampler, texts, draws, batch) if DESIGNED in texts[0] else \
+            (texts, [0.0] * batch)
+        for b, work in enumerate(row_works):
+            sites = work.sites
             letters[b].extend(filled[b] if sites is None else (filled[b][s] for s in sites))
             total[b] += log_prob[b]
     out = []
     for b, i in enumerate(indices):
+        template = row_designs[b].template
         residues, chains, start = "".join(letters[b]), [], 0
         for n in chain_lengths(template):
             chains.append(residues[start:start + n])
             start += n
-        out.append(Generated(design.ident(i), ":".join(chains), total[b] / designed, designed=designed))
+        designed = template.count(DESIGNED)
+        out.append(Generated(row_designs[b].ident(i), ":".join(chains), total[b] / designed, designed=designed))
     return out
 
 
-def _design_text(sampler: Sampler, text: str, draws: Draws, batch: int) -> tuple[list[str], list[float]]:
-    """`text` (what the model reads: residues, `_` to design) with its `_` drawn, for each of the
-    batch's sequences, and the sum of the designed residues' pseudo-log-likelihoods."""
+def template_shape(template: str, chains: str, linker_length: int) -> tuple:
+    """What the model reads of a template, as a batch must share it: each reading's length and
+    designed positions' count (templates of one shape are designed in one batch, each row its own)."""
+    from protrans_cli.variants import _works
+
+    return tuple((len(w.text), w.text.count(DESIGNED)) for w in _works(template, chains, linker_length))
+
+
+def _design_text(sampler: Sampler, text: str | list[str], draws: Draws, batch: int) -> tuple[list[str], list[float]]:
+    """`text` (what the model reads: residues, `_` to design; a list: each sequence's, of one
+    length and designed count) with its `_` drawn, for each of the batch's sequences, and the sum
+    of the designed residues' pseudo-log-likelihoods."""
     import torch
 
     o = sampler.options
-    designed = [p for p, c in enumerate(text) if c == DESIGNED]
-    inputs, mask = sampler.family.encode(sampler.tokenizer, [text.replace(DESIGNED, "A")])
-    rows = inputs["input_ids"][0].repeat(batch, 1)
+    texts = text if isinstance(text, list) else [text] * batch
+    encoded = {}
+    for t in texts:  # (each distinct text encoded alone, as a batch of one template encodes it)
+        if t not in encoded:
+            encoded[t] = sampler.family.encode(sampler.tokenizer, [t.replace(DESIGNED, "A")])
+    inputs, _ = encoded[texts[0]]
+    if len({tuple(enc[0]["input_ids"].shape) for enc in encoded.values()}) > 1:
+        raise ValueError("_design_text: a batch's texts must encode to one length")
+    rows = torch.cat([encoded[t][0]["input_ids"][:1] for t in texts])
     extra = {k: v[0].expand(batch, *v.shape[1:]) for k, v in inputs.items() if k != "input_ids"}
-    sites = mask[0].nonzero()[:, 0][designed]                   # the designed positions' tokens
+    sites = torch.stack([encoded[t][1][0].nonzero()[:, 0][[p for p, c in enumerate(t) if c == DESIGNED]]
+                         for t in texts])                     # (B, D): each row's designed positions' tokens
+    count = sites.shape[1]
     mask_id = sampler.scorer.mask_id
-    rows[:, sites] = mask_id
     every = torch.arange(batch)
+    rows[every[:, None], sites] = mask_id
 
     def logits_at(positions):
         return sampler.forward(input_ids=rows, **extra)[every, positions.to(sampler.device)]
 
     for _ in range(1 + o.iterations):
-        orders = draws.orders(len(designed))
-        for t in range(len(designed)):
-            positions = sites[[order[t] for order in orders]]
+        orders = draws.orders(count)
+        for t in range(count):
+            positions = sites[every, torch.tensor([order[t] for order in orders], dtype=torch.long)]
             rows[every, positions] = mask_id                   # (a sweep: this one masked alone)
             rows[every, positions] = sampler.sample(logits_at(positions), sampler.allowed, draws)
     # the designed residues' pseudo-log-likelihood in the final sequences
     total = torch.zeros(batch, dtype=torch.float64)
-    for site in sites.tolist():
-        token = rows[:, site].clone()
-        rows[:, site] = mask_id
-        log_probs = logits_at(torch.full((batch,), site)).float().log_softmax(-1).cpu()
+    for j in range(count):
+        positions = sites[:, j]
+        token = rows[every, positions].clone()
+        rows[every, positions] = mask_id
+        log_probs = logits_at(positions).float().log_softmax(-1).cpu()
         total += log_probs.gather(1, token[:, None])[:, 0].double()
-        rows[:, site] = token
+        rows[every, positions] = token
     filled = []
     for b in range(batch):
-        drawn = iter(sampler.letter_of[int(t)] for t in rows[b, sites])
-        filled.append("".join(next(drawn) if c == DESIGNED else c for c in text))
+        drawn = iter(sampler.letter_of[int(t)] for t in rows[b, sites[b]])
+        filled.append("".join(next(drawn) if c == DESIGNED else c for c in texts[b]))
     return filled, total.tolist()
 
 
@@ -832,8 +858,9 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
 def _sample_all(options: GenerateOptions, designs: list[Design], templates: str | None, device, dtype, store,
                 stream, keep_records: bool, unit_tools):
     """The summary: the model loaded, every batch sampled (or read from `store`'s kept units) and
-    its records written to `stream` as it ends. A batch holds one design's (template's) sequences;
-    `templates`: the templates file's digest (None: one --template, or a causal LM)."""
+    its records written to `stream` as it ends. A batch holds one design's (template's) sequences,
+    or a templates file's consecutive records' of one shape (`_batches`); `templates`: the
+    templates file's digest (None: one --template, or a causal LM)."""
     import numpy as np
 
     from protrans_cli.models import load_model
@@ -861,7 +888,7 @@ def _sample_all(options: GenerateOptions, designs: list[Design], templates: str 
         # (a unit's name holds every setting its records depend on: one drawn otherwise is never read)
         digest = _unit_key("generate-settings", "", [f"{k}={v!r}" for k, v in sorted(settings.items())])
 
-        def batch(design: Design, indices: list[int]):
+        def batch(design, indices: list[int]):
             nonlocal prompt_lp
             if causal and prompt_lp is None:
                 before, _ = causal_layout(sampler)
@@ -874,27 +901,62 @@ def _sample_all(options: GenerateOptions, designs: list[Design], templates: str 
             return np.frombuffer(_batch_text(records).encode("ascii"), dtype=np.uint8)
 
         try:
-            for r, design in enumerate(designs):
-                for first in range(0, options.num_sequences, options.batch_size):
-                    indices = list(range(first, min(options.num_sequences, first + options.batch_size)))
-                    if units is not None:
-                        _settings_file(store, settings)
-                    key = _unit_key(f"generate-{digest}", "", [indices[0], indices[-1]] if templates is None
-                                    else [r, design.record, indices[0], indices[-1]])
-                    value = _run_unit(units or _compute, key, lambda: batch(design, indices), bar, len(indices),
-                                      _batch_check([design.ident(i) for i in indices]))
-                    stream.write(value.tobytes())
-                    for record in _parsed(value.tobytes().decode("ascii")):
-                        summary.sequences += 1
-                        summary.residues += record.residues
-                        summary.stopped += record.end == "stop"
-                        summary.log_prob_sum += record.mean_log_prob
-                        if summary.records is not None:
-                            summary.records.append(record)
+            for rows in _batches(options, designs, templates is not None and not causal):
+                indices = [i for _, _, i in rows]
+                row_designs = [d for _, d, _ in rows]
+                design = row_designs[0] if len({r for r, _, _ in rows}) == 1 else row_designs
+                if units is not None:
+                    _settings_file(store, settings)
+                # (a batch of one template's designs: its first and last; of several: each one's)
+                spans = [[r, d.record, i, i] for r, d, i in rows[:1]]
+                for r, d, i in rows[1:]:
+                    if r == spans[-1][0]:
+                        spans[-1][3] = i
+                    else:
+                        spans.append([r, d.record, i, i])
+                key = _unit_key(f"generate-{digest}", "", [indices[0], indices[-1]] if templates is None
+                                else [item for span in spans for item in span])
+                value = _run_unit(units or _compute, key, lambda: batch(design, indices), bar, len(indices),
+                                  _batch_check([d.ident(i) for d, i in zip(row_designs, indices)]))
+                stream.write(value.tobytes())
+                for record in _parsed(value.tobytes().decode("ascii")):
+                    summary.sequences += 1
+                    summary.residues += record.residues
+                    summary.stopped += record.end == "stop"
+                    summary.log_prob_sum += record.mean_log_prob
+                    if summary.records is not None:
+                        summary.records.append(record)
         finally:
             if bar is not None:
                 bar.close()
     return summary
+
+
+def _batches(options: GenerateOptions, designs: list[Design], mix: bool):
+    """The run's batches in the output's order, each a list of (design's number, Design, index):
+    `--batch-size` sequences at most, of one design; with `mix` (a templates file) the designs of
+    consecutive records of one `template_shape` go on filling a batch (a record's designs are
+    drawn by its own generators: a batch of several records writes what batches of each alone do)."""
+    n, size = options.num_sequences, options.batch_size
+    if not mix:
+        for r, design in enumerate(designs):
+            for first in range(0, n, size):
+                yield [(r, design, i) for i in range(first, min(n, first + size))]
+        return
+    rows, shape = [], None
+    for r, design in enumerate(designs):
+        this = template_shape(design.template, options.chains, options.linker_length)
+        if rows and this != shape:
+            yield rows
+            rows = []
+        shape = this
+        for i in range(n):
+            rows.append((r, design, i))
+            if len(rows) == size:
+                yield rows
+                rows = []
+    if rows:
+        yield rows
 
 
 def _settings_file(store, settings: dict, file: str = SETTINGS_FILE) -> None:

@@ -431,6 +431,61 @@ def test_templates_file_designs_each_record_whatever_the_others(tmp_path, esm):
         assert r.sequence == ":".join(_greedy_fill(tokenizer, model, c, g, 1)[0] for c in ("GS_LV", "KR__E"))
 
 
+def test_templates_of_one_shape_share_batches_and_write_what_each_alone_writes(tmp_path, esm, monkeypatch):
+    """Consecutive records of one shape (lengths and designed counts as the model reads them) fill
+    a batch together (-n 2, batches of 3: a a b | b c c | d d | e e, d of another shape): each
+    record's designs are those of a run of it alone, byte for byte; greedy, each row is the plain
+    reference in its own seeded orders; an interruption and --resume give the same bytes."""
+    import protrans_cli.generate as generate
+
+    records = {"a": "MK__AYIA_R", "b": "G_SLVKR__E", "c": "__TAYIAKQ_", "d": "MKT_AY", "e": "PPL_KQW_A_"}
+    templates = tmp_path / "t.fa"
+    templates.write_text("".join(f">{k}\n{v}\n" for k, v in records.items()))
+    original, batches = generate.sample_template, []
+
+    def counting(sampler, indices, design=None):
+        batches.append([d.record for d in design] if isinstance(design, list) else [design.record] * len(indices))
+        return original(sampler, indices, design)
+
+    monkeypatch.setattr(generate, "sample_template", counting)
+    kw = dict(model=str(esm), num_sequences=2, batch_size=3, temperature=1.4, iterations=1, seed=3)
+    from protrans_cli.generate import GenerateOptions, run_generate
+
+    run_generate(tmp_path / "all.fa", GenerateOptions(device="cpu", templates=str(templates), **kw))
+    assert batches == [["a", "a", "b"], ["b", "c", "c"], ["d", "d"], ["e", "e"]]
+    alone = []
+    for k, v in records.items():
+        (tmp_path / f"{k}.fa").write_text(f">{k}\n{v}\n")
+        run_generate(tmp_path / f"{k}.out.fa", GenerateOptions(device="cpu", templates=str(tmp_path / f"{k}.fa"), **kw))
+        alone.append((tmp_path / f"{k}.out.fa").read_text())
+    assert (tmp_path / "all.fa").read_text() == "".join(alone)
+    # interrupted in its third batch: two kept (one of them of two records), --resume the same bytes
+    calls = []
+
+    def failing(sampler, indices, design=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(sampler, indices, design)
+
+    monkeypatch.setattr(generate, "sample_template", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(tmp_path / "r.fa", GenerateOptions(device="cpu", templates=str(templates), **kw))
+    assert len(list((tmp_path / "r.fa.partial").glob("*.npy"))) == 2
+    calls.clear()
+    monkeypatch.setattr(generate, "sample_template", counting)
+    batches.clear()
+    run_generate(tmp_path / "r.fa", GenerateOptions(device="cpu", templates=str(templates), resume=True, **kw))
+    assert len(batches) == 2 and (tmp_path / "r.fa").read_bytes() == (tmp_path / "all.fa").read_bytes()
+    # greedy in a shared batch: each row the plain reference in its own orders
+    tokenizer, model = _plain_masked(esm)
+    greedy = _generate(templates=str(templates), model=str(esm), num_sequences=2, batch_size=3, top_k=1, seed=3)
+    for r in greedy[:6]:
+        record, k = r.id.rsplit("_", 1)
+        want, lps = _greedy_fill(tokenizer, model, records[record], _stream(3, int(k) - 1, record), 1)
+        assert r.sequence == want and r.mean_log_prob == pytest.approx(sum(lps) / len(lps), abs=1e-4)
+
+
 def test_templates_resume_checks_the_file(run_cli, tmp_path, esm, monkeypatch):
     """Interrupted in its third batch (two records, -n 3, batches of 2: four batches), --resume
     gives the uninterrupted bytes; a changed templates file or --linker-length is refused."""
