@@ -60,6 +60,9 @@ def _extra_arguments(ctx) -> str:
 @click.command("train", cls=_TrainCommand)
 @click.option("--config", "config_file", type=INPUT_FILE, metavar="FILE",
               help="JSON or TOML file with any settings below (flag names with _ for -).")
+@click.option("--recipe", default=None, metavar="NAME",
+              help="A published model's pretraining settings (--list-recipes) as the config; flags "
+                   "override them. Not with --config.")
 @click.option("--family", default=None, shell_complete=completion.families, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
 @click.option("--preset", default=None, shell_complete=completion.presets, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
 @click.option("--init-from", default=None, metavar="MODEL", shell_complete=completion.weights,
@@ -168,10 +171,12 @@ def _extra_arguments(ctx) -> str:
 @click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training "
               "(100 steps, or --num-steps).")
 @click.option("--list-presets", is_flag=True, help="List families and presets with parameter counts, then exit.")
+@click.option("--list-recipes", is_flag=True, help="List the shipped recipes (--recipe) and their sources, "
+              "then exit.")
 @click.option("-j", "--threads", type=int, default=None, help="CPU threads per process.  [default: the config file's threads, else "
                    "$PROTRANS_THREADS, else min(cores, 4)]")
-def command(config_file, model_set, phases, resume, resume_from, accept_corpus_change, skip_data, find_lr,
-            list_presets, threads, **flags):
+def command(config_file, recipe, model_set, phases, resume, resume_from, accept_corpus_change, skip_data, find_lr,
+            list_presets, list_recipes, threads, **flags):
     """Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun).
 
     \b
@@ -180,7 +185,7 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     protrans train --config prot_t5.toml --phase 512:150000 \\
         --phase 2048:150000:256:2 -o runs/t5
     torchrun --nproc-per-node 8 -m protrans_cli train \\
-        --config prot_bert.toml -o runs/prot_bert
+        --recipe prot_bert --corpus 'corpus.*.txt.gz' -o runs/prot_bert
     """
     from protrans_cli import console
     from protrans_cli.errors import UsageError
@@ -190,6 +195,13 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     if list_presets:
         _print_presets(flags.get("family"))
         return
+    if list_recipes:
+        _print_recipes()
+        return
+    if recipe is not None and config_file:
+        # (one file of settings: which of the two would win for a key both set is a guess)
+        raise UsageError(f"--recipe {recipe} cannot go with --config {config_file}: give flags over the "
+                         "recipe, or copy the recipe (docs/train.md, Recipes) into your config file")
     if resume_from:
         # before anything else: a mistyped path failed only after the model was built (minutes
         # for a ProtT5-XL-sized preset)
@@ -246,7 +258,13 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
             raise UsageError(f"{own.parent} holds no run to resume (no train_config.json): {hint}")
         else:
             own = None
-    config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
+    if recipe is not None:
+        from protrans_cli.training import recipes
+
+        config = recipes.load(recipe)
+        config_file = recipes.path(recipe)
+    else:
+        config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
     saved_as = {}
     if own is not None and config.stop_after is not None:
         # Versions before 2026-11-30 saved the first invocation's --stop-after in the run's
@@ -443,6 +461,20 @@ def _rank_zero() -> bool:
     import os
 
     return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def _print_recipes() -> None:
+    """One row per shipped recipe on stdout: name, the published model it trains, its source;
+    then (stderr) the folder of the files, to copy one as a config file of your own."""
+    from protrans_cli import console
+    from protrans_cli.training import recipes
+
+    rows = [(name, about.model, about.source) for name in recipes.names() for about in [recipes.get(name)]]
+    head = ("recipe", "model", "source")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(2)]
+    for row in [head, *rows]:
+        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+    console.info(f"train: the recipe files (TOML, their sources in their comments): {recipes.folder()}")
 
 
 def _print_presets(family: str | None) -> None:

@@ -88,6 +88,9 @@ class TrainConfig:
     # continued, domain-adaptive pretraining. family and preset then come from that model.
     init_from: str | None = None
     objective: str | None = None  # None: the family's objective
+    # the shipped recipe (protrans_cli/recipes/NAME.toml, `train --recipe`) the settings started
+    # from: recorded in train_config.json, it sets nothing itself
+    recipe: str | None = None
     # data
     corpus: list[str] = field(default_factory=list)
     val_corpus: list[str] = field(default_factory=list)

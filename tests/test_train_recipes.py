@@ -1,0 +1,105 @@
+"""`protrans train --recipe NAME`: the published pretraining recipes shipped as package data
+(protrans_cli/recipes/*.toml), read as `--config` reads a file."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from conftest import DATA
+from protrans_cli.errors import UsageError
+from protrans_cli.models import get_family
+from protrans_cli.training import recipes
+from protrans_cli.training.config import TrainConfig, grad_accum_steps
+
+LEARNABLE = str(DATA / "train" / "learnable.txt")
+SHIPPED = ["esm2_t33_650M", "prot_bert", "prot_bert_bfd", "prot_t5_xl_bfd"]
+# a model small enough to train 2 steps in a second, whatever the recipe's preset
+SHRINK = {"bert": ["num_hidden_layers=1", "hidden_size=16", "num_attention_heads=2", "intermediate_size=32"]}
+
+
+def test_the_recipes_are_package_data():
+    folder = resources.files("protrans_cli") / "recipes"
+    assert sorted(f.name for f in folder.iterdir() if f.name.endswith(".toml")) == [f"{n}.toml" for n in SHIPPED]
+    assert recipes.names() == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_recipe_reads_and_passes_a_users_files_checks(name):
+    config = recipes.load(name)
+    # (the same path as `--config FILE`: TrainConfig.from_file, then the checks of every value)
+    assert config == TrainConfig.from_file(recipes.path(name)).override(recipe=name)
+    config.check_values()
+    assert config.recipe == name
+    assert config.corpus == [] and config.val_corpus == []  # (the corpus is the user's)
+    family = get_family(config.family)
+    assert config.preset in family.presets
+    for phase in config.resolved_phases():
+        grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, 1)  # one GPU: it divides
+    about = recipes.get(name)
+    assert about.model and about.source
+    # every file starts by citing its source, and lists what it left out
+    assert about.text.startswith("# model: ") and "Unverified" in about.text
+
+
+def test_the_recipes_numbers_are_those_of_their_sources():
+    """The numbers each file takes from its source (the authors' model cards, the ESM-2
+    supplementary as quoted): changed by mistake, the file no longer says what it cites."""
+    bert = recipes.load("prot_bert")
+    assert (bert.optimizer, bert.lr, bert.weight_decay, bert.warmup_steps, bert.schedule) == ("lamb", 0.002, 0.01,
+                                                                                            40000, "linear")
+    assert [(p.max_length, p.num_steps, p.global_batch_size) for p in bert.phases] == [(512, 300000, 15000),
+                                                                                      (2048, 100000, 2500)]
+    bfd = recipes.load("prot_bert_bfd")
+    assert (bfd.optimizer, bfd.lr, bfd.weight_decay, bfd.warmup_steps) == ("lamb", 0.002, 0.01, 140000)
+    assert [(p.max_length, p.num_steps, p.global_batch_size) for p in bfd.phases] == [(512, 800000, 32000),
+                                                                                     (2048, 200000, 6000)]
+    t5 = recipes.load("prot_t5_xl_bfd")
+    assert (t5.preset, t5.optimizer, t5.schedule, t5.max_length, t5.num_steps, t5.global_batch_size) == (
+        "prot_t5_xl", "adafactor", "inverse_sqrt", 512, 1200000, 4000)
+    esm = recipes.load("esm2_t33_650M")
+    assert (esm.preset, esm.num_steps) == ("esm2_t33_650M", 500000)
+
+
+def test_an_unknown_recipe_names_the_known_ones():
+    with pytest.raises(UsageError, match="no such recipe; the recipes are esm2_t33_650M, prot_bert"):
+        recipes.load("prot_bret")
+
+
+def test_list_recipes(run_cli):
+    res = run_cli("train", "--list-recipes")
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["recipe", "model", "source"]
+    assert [line.split()[0] for line in lines[1:]] == SHIPPED
+    assert "ProtBert (Rostlab/prot_bert)" in lines[2] and "TPAMI 2022" in lines[2]
+    assert "recipes" in res.stderr  # (where the files are, to copy one)
+
+
+def test_recipe_with_config_is_refused(tmp_path, run_cli):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('lr = 0.001\n')
+    res = run_cli("train", "--recipe", "prot_bert", "--config", cfg, "--corpus", LEARNABLE)
+    assert res.exit_code == 2
+    assert "--recipe prot_bert cannot go with --config" in res.stderr
+    res = run_cli("train", "--recipe", "nope", "--corpus", LEARNABLE)
+    assert res.exit_code == 2 and "--recipe nope: no such recipe" in res.stderr
+
+
+def test_a_recipe_trains_with_flags_over_it_and_the_run_records_it(tmp_path, run_cli):
+    """Flags override the recipe (phases, lr, the model's sizes); train_config.json records
+    the recipe's name beside the settings the run had, and reads back."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--recipe", "prot_bert", "--corpus", LEARNABLE, "-o", out,
+                  "--phase", "32:1:4:2", "--phase", "48:1:4:4", "--lr", "0.001",
+                  *[a for s in SHRINK["bert"] for a in ("--set", s)], "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["recipe"] == "prot_bert"
+    assert saved["lr"] == 0.001  # the flag's
+    assert (saved["optimizer"], saved["warmup_steps"], saved["preset"]) == ("lamb", 40000, "prot_bert")  # the recipe's
+    assert [p["max_length"] for p in saved["phases"]] == [32, 48]
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    assert TrainConfig.from_file(out / "train_config.json").recipe == "prot_bert"
