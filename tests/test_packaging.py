@@ -23,6 +23,7 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     for f in ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta"):
         assert f"protrans_cli/example_data/{f}" in names
     assert "protrans_cli/catalog.json" in names  # (what `protrans models` reads)
+    assert "protrans_cli/recipes/prot_bert.toml" in names  # (what `train --recipe` reads)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # (MIT: the notice travels with it)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
@@ -51,6 +52,9 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     listing = subprocess.run([str(venv / "bin" / "protrans"), "models", "--json"], cwd=tmp_path,
                              capture_output=True, text=True, check=True, env=env).stdout
     assert '"prot_t5_xl_half"' in listing
+    recipes = subprocess.run([str(venv / "bin" / "protrans"), "train", "--list-recipes"], cwd=tmp_path,
+                             capture_output=True, text=True, check=True, env=env)
+    assert "prot_bert " in recipes.stdout and str(venv) in recipes.stderr
 
 
 def test_changelog_has_an_entry_for_the_packaged_version():
