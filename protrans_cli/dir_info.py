@@ -306,6 +306,14 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
         facts["tokens"] = sum(int(r["tokens"]) for r in rows if isinstance(r.get("tokens"), (int, float)))
     complete = _json(path / "complete.json")
     best = _json(path / "best_checkpoint.json")
+    counted = complete.get("tokens") if isinstance(complete, dict) else None
+    if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
+        # the run's own count, every step's (a checkpoint's steps after the last line included)
+        facts["tokens"] = counted
+    elif "tokens" in facts and not (isinstance(complete, dict) and complete.get("step") == last.get("step")):
+        # (an older complete run's last line is its last step; a stopped run's lines may end
+        # before its last checkpoint's step, whose tokens after them no file here tells)
+        facts["tokens_up_to"] = last.get("step")
     if isinstance(complete, dict) and "step" in complete:
         facts["status"] = f"complete (step {complete['step']})"
     else:
@@ -505,7 +513,9 @@ def _run_lines(facts: dict) -> list[tuple[str, str]]:
                 shown.append(f"{key.replace('_', ' ')} {last[key]:.4f}")
         lines.append(("last logged", ", ".join(shown)))
     if "tokens" in facts:
-        lines.append(("tokens", f"{facts['tokens']:,} trained on (metrics.jsonl)"))
+        up_to = facts.get("tokens_up_to")
+        lines.append(("tokens", f"{facts['tokens']:,} trained on"
+                      + (f" up to step {up_to:,} (metrics.jsonl's last line)" if isinstance(up_to, int) else "")))
     if facts.get("checkpoints"):
         steps = facts["checkpoints"]
         lines.append(("checkpoints", f"{len(steps)}: steps " + ", ".join(f"{s:,}" for s in steps[-5:])

@@ -2000,6 +2000,7 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
 @pytest.mark.parametrize("change", [
     dict(optimizer="lamb"), dict(lr=1e-3), dict(weight_decay=0.0), dict(adam_beta1=0.8), dict(adam_beta2=0.999),
     dict(adam_eps=1e-6), dict(warmup_steps=5), dict(schedule="cosine"), dict(min_lr_ratio=0.0), dict(grad_clip=0.5),
+    dict(decay_fraction=0.5),
     dict(mask_prob=0.2), dict(bucket_batches=8), dict(seed=1), dict(precision="bf16"), dict(max_length=128),
     dict(global_batch_size=32), dict(model_overrides={"hidden_dropout_prob": 0.0}),
 ])
@@ -2788,7 +2789,7 @@ def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
     ('{"corpus": "c.txt", "lr": Infinity}', r"--lr \(lr\) must be positive, got inf"),
     ('{"corpus": "c.txt", "weight_decay": NaN}', r"weight_decay\) must be 0 or more, got nan"),
     ('{"corpus": "c.txt", "grad_clip": NaN}', r"grad_clip\) must be 0 or more \(0: no clipping\), got nan"),
-    ('{"corpus": "c.txt", "min_lr_ratio": -5.0}', r"min_lr_ratio must be in \[0, 1\]"),
+    ('{"corpus": "c.txt", "min_lr_ratio": -5.0}', r"--min-lr-ratio \(min_lr_ratio\) must be in \[0, 1\]"),
     ('{"corpus": "c.txt", "adam_beta1": 1.5}', r"adam_beta1 must be in \[0, 1\)"),
     # (a beta of exactly 1: Adam's bias correction 1 - beta**t is 0, and the first step is NaN)
     ('{"corpus": "c.txt", "adam_beta2": 1.0}', r"adam_beta2 must be in \[0, 1\), got 1.0"),
@@ -2838,6 +2839,44 @@ def test_metrics_of_a_stopped_and_resumed_run_are_the_uninterrupted_runs(tmp_pat
         with pytest.raises(UsageError, match=f"--stop-after {stop} .* is not after .*step_00000003's step 3: "
                                              "nothing to train"):
             train(_config(tmp_path / "again", stop_after=stop, **kw), resume=True)
+
+
+def test_tokens_of_every_step_are_counted_past_the_last_metrics_line_and_wsd_resumes_exactly(tmp_path, run_cli):
+    """A checkpoint between metrics lines (step 5 of 7, lines every 3): its card, the stopped
+    run's training state and, once resumed, complete.json, the final card and `protrans info`
+    count every step's tokens, as a run logging each step does (the cards summed metrics.jsonl's
+    lines and left out steps 4-5). The run decays warmup-stable-decay, and resumed inside its
+    decay (decay_fraction 0.4 of 7: from step 4) it trains and schedules as the whole run."""
+    from protrans_cli.training.optim import LRLambda
+
+    kw = dict(num_steps=7, warmup_steps=2, schedule="wsd", decay_fraction=0.4, min_lr_ratio=0.05)
+    every = read_metrics(train(_config(tmp_path / "every", log_every=1, **kw)).run_dir / "metrics.jsonl")
+    per_step = [r["tokens"] for r in every]
+    assert len(per_step) == 7 and len(set(per_step)) > 1
+    assert [r["lr"] for r in every] == pytest.approx([3e-3 * LRLambda("wsd", 2, 7, 0.05, 0.4)(s) for s in range(7)])
+    assert [r["lr"] for r in every][2:5] == [3e-3] * 3 and every[6]["lr"] < every[5]["lr"] < 3e-3
+    whole = train(_config(tmp_path / "whole", log_every=3, save_every=5, **kw))
+    run = tmp_path / "parts" / "run_bert"
+    train(_config(tmp_path / "parts", log_every=3, save_every=5, stop_after=5, **kw))
+    state = torch.load(run / "checkpoints" / "step_00000005" / "training_state.pt", weights_only=True)
+    assert state["tokens"] == sum(per_step[:5])
+    card = (run / "checkpoints" / "step_00000005" / "README.md").read_text()
+    assert f"proteins seen, {sum(per_step[:5]):,} tokens\n" in card
+    # the stopped run: metrics.jsonl's lines end at step 3, as `info` says
+    assert run_cli("info", run, "--json").exit_code == 0
+    facts = json.loads(run_cli("info", run, "--json").stdout)
+    assert facts["tokens"] == sum(per_step[:3]) and facts["tokens_up_to"] == 3
+    assert f"{sum(per_step[:3]):,} trained on up to step 3 (metrics.jsonl's last line)" in run_cli("info", run).stdout
+    parts = train(_config(tmp_path / "parts", log_every=3, save_every=5, **kw), resume=True)
+    assert parts.completed and parts.losses == whole.losses[1:] and len(whole.losses) == 3
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [(r["step"], r["lr"]) for r in rows] == [(r["step"], r["lr"]) for r in read_metrics(
+        whole.run_dir / "metrics.jsonl")] == [(s, every[s - 1]["lr"]) for s in (3, 6, 7)]
+    assert json.loads((run / "complete.json").read_text()) == {"step": 7, "tokens": sum(per_step)}
+    assert f"proteins seen, {sum(per_step):,} tokens\n" in (run / "README.md").read_text()
+    facts = json.loads(run_cli("info", run, "--json").stdout)
+    assert facts["tokens"] == sum(per_step) and "tokens_up_to" not in facts
+    assert f"tokens        {sum(per_step):,} trained on\n" in run_cli("info", run).stdout
 
 
 def _board(run_dir) -> dict[str, list[tuple[int, float]]]:

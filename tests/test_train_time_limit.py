@@ -190,7 +190,9 @@ def test_a_run_out_of_time_stops_with_a_checkpoint_and_resumes_as_the_uninterrup
     np.testing.assert_allclose([r["loss"] for r in read_metrics(run / "metrics.jsonl")], whole.losses, rtol=1e-6)
     # What tells a job script (both exit 0) a finished run from a stopped one: RUN/complete.json,
     # written last; the final model's files do not (a finished run lengthened keeps the old ones)
-    assert json.loads((run / "complete.json").read_text()) == {"step": 12}
+    # (with the run's tokens, every step's: those of its metrics lines, the last step's included)
+    assert json.loads((run / "complete.json").read_text()) == {
+        "step": 12, "tokens": sum(r["tokens"] for r in read_metrics(run / "metrics.jsonl"))}
     monkeypatch.setattr(timelimit, "process_age", lambda: 3660.0)
     longer = train(_config(run, num_steps=14, time_limit="1h"), resume=True)
     assert (longer.completed, longer.step) == (False, 13) and (run / "config.json").exists()

@@ -120,7 +120,8 @@ def test_settings_take_the_bounds_of_their_range_and_refuse_what_lies_beyond():
                 fsdp_min_params=0).check_values()
     TrainConfig(corpus=["c.txt"], sop=True, model_overrides={"type_vocab_size": 2}).check_values()
     for settings, said in (
-            (dict(min_lr_ratio=1.01), r"^min_lr_ratio must be in \[0, 1\]"),
+            (dict(min_lr_ratio=1.01), r"^--min-lr-ratio \(min_lr_ratio\) must be in \[0, 1\]"),
+            (dict(decay_fraction=0.0), r"^--decay-fraction \(decay_fraction\) must be in \(0, 1\]"),
             (dict(plm_prob=1.5), r"^plm_prob must be above 0 and at most 1, got 1.5$"),
             (dict(segment_length=0), r"^segment_length must be at least 1, got 0$"),
             (dict(sop=True, model_overrides={"type_vocab_size": 1}), r"^--set type_vocab_size=1 \(model_overrides\): "
@@ -1377,8 +1378,23 @@ def test_schedules():
     assert LRLambda("constant", 0, 110, 0.1)(0) == 1.0
 
 
+def test_wsd_holds_the_peak_then_decays_over_its_last_fraction():
+    """Warmup-stable-decay: 10 warmup steps of 110, the peak to step 88 (110 - 0.2 x 110), then
+    down to lr x min_lr_ratio one step after the last (as linear's), linearly or as 1 - sqrt."""
+    wsd = LRLambda("wsd", 10, 110, 0.1, 0.2)
+    assert wsd(0) == pytest.approx(0.1) and wsd(9) == pytest.approx(1.0)  # warmup's end
+    assert [wsd(s) for s in (10, 50, 87, 88)] == [1.0] * 4  # stable, to the decay's start
+    assert wsd(99) == pytest.approx(1 - 0.9 * 11 / 22) and wsd(109) == pytest.approx(1 - 0.9 * 21 / 22)
+    assert wsd(110) == pytest.approx(0.1) and wsd(500) == pytest.approx(0.1)  # the floor, and past the end
+    root = LRLambda("wsd_sqrt", 10, 110, 0.0, 0.2)
+    assert root(88) == 1.0 and root(93) == pytest.approx(1 - (5 / 22) ** 0.5) and root(110) == pytest.approx(0.0)
+    # the decay never reaches into the warmup, and takes at least one step
+    assert LRLambda("wsd", 10, 12, 0.5, 1.0)(10) == 1.0 and LRLambda("wsd", 10, 12, 0.5, 1.0)(11) == pytest.approx(0.75)
+    assert LRLambda("wsd", 0, 10, 0.0, 0.01)(9) == 1.0 and LRLambda("wsd", 0, 10, 0.0, 0.01)(10) == 0.0
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "wsd", "wsd_sqrt"])
 def test_a_runs_scheduler_decays_to_its_min_lr_ratio_by_hand(schedule):
     """The scheduler a run builds from its settings (build_scheduler), step by step against the
     schedule written out by hand: --warmup-steps 2 of 10 steps, then the decay to lr x min_lr_ratio
@@ -1387,7 +1403,8 @@ def test_a_runs_scheduler_decays_to_its_min_lr_ratio_by_hand(schedule):
 
     from protrans_cli.training.optim import build_scheduler
 
-    config = TrainConfig(family="bert", lr=1e-3, schedule=schedule, warmup_steps=2, min_lr_ratio=0.25)
+    config = TrainConfig(family="bert", lr=1e-3, schedule=schedule, warmup_steps=2, min_lr_ratio=0.25,
+                         decay_fraction=0.5)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
     scheduler = build_scheduler(optimizer, config, 10)
     seen = []
@@ -1399,6 +1416,9 @@ def test_a_runs_scheduler_decays_to_its_min_lr_ratio_by_hand(schedule):
     def by_hand(step):
         if step < 2:
             return (step + 1) / 2
+        if schedule.startswith("wsd"):  # (decay_fraction 0.5 of 10: the peak to step 5, the floor at 10)
+            progress = max(0.0, min(1.0, (step - 5) / 5))
+            return 0.25 + 0.75 * (1 - (progress if schedule == "wsd" else math.sqrt(progress)))
         progress = min(1.0, (step - 2) / 8)
         decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
         return 0.25 + 0.75 * decay
@@ -1709,7 +1729,8 @@ def test_messages_name_the_flag_a_setting_really_has():
     flagged = fields & _long_flags(command)
     assert flagged == fields - CONFIG_ONLY, "update CONFIG_ONLY in training/config.py"
     assert setting_name("warmup_steps") == "--warmup-steps (warmup_steps)"
-    assert setting_name("min_lr_ratio") == "min_lr_ratio"
+    assert setting_name("min_lr_ratio") == "--min-lr-ratio (min_lr_ratio)"
+    assert setting_name("adam_eps") == "adam_eps"
 
 
 def test_fit_messages_name_existing_flags():

@@ -90,7 +90,13 @@ def _extra_arguments(ctx) -> str:
 @click.option("--weight-decay", type=float, default=None, help="[default: 0.01]")
 @click.option("--warmup-steps", type=int, default=None,
               help="Linear warmup to --lr.  [default: a tenth of the steps, at most 2000]")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Decay after warmup.  [default: linear]")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
+              help="Decay after warmup; wsd, wsd_sqrt: the peak lr held, then decayed over the last "
+                   "--decay-fraction of the steps (linearly, or as 1 - sqrt).  [default: linear]")
+@click.option("--min-lr-ratio", type=float, default=None,
+              help="linear, cosine and wsd decay to lr x this (ESM-2: 0.1).  [default: 0.1]")
+@click.option("--decay-fraction", type=float, default=None,
+              help="wsd, wsd_sqrt: the last fraction of the steps that decays.  [default: 0.2]")
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
 @click.option("--skip-nonfinite", type=int, default=None, metavar="N",
               help="Skip (not apply) up to N steps whose gradient is not finite, each warned and counted in "

@@ -160,10 +160,12 @@ def _init_from(name: str) -> str:
 
 
 def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, run_dir, world_size: int = 1,
-               strategy: str | None = None, checkpoint: bool = False) -> str:
+               strategy: str | None = None, checkpoint: bool = False, tokens: int | None = None) -> str:
     """The card of a training run's model at `step`: the final model, or with `checkpoint` one
     of its checkpoints. `config`: the run's TrainConfig (resolved); `resolved`: what its
-    automatic settings meant (train_config.json's "resolved")."""
+    automatic settings meant (train_config.json's "resolved"); `tokens`: the real tokens trained
+    up to `step` (the run's count; None: the sum of metrics.jsonl's lines up to it, which
+    leaves out the steps after the last line)."""
     import transformers
 
     from protrans_cli import __version__
@@ -214,7 +216,8 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
     for p in phases:
         seen += max(0, min(step, start + p.num_steps) - start) * p.global_batch_size
         start += p.num_steps
-    tokens = sum(r["tokens"] for r in rows if isinstance(r.get("tokens"), int))
+    if tokens is None:
+        tokens = sum(r["tokens"] for r in rows if isinstance(r.get("tokens"), int))
     out.append(f"- Corpus: {_corpus_names(corpus)}; {_count(seen)} proteins seen"
                + (f", {_count(tokens)} tokens" if tokens else ""))
     out.append(f"- Steps: {_count(step)} of {_count(total)}")
@@ -229,8 +232,11 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
         opt += f", weight decay {config.weight_decay:g})"
     out.append(opt + (f"; gradient clipping at norm {config.grad_clip:g}" if config.grad_clip else ""))
     warmup = resolved.get("warmup_steps", config.warmup_steps)
+    stable = f"constant, then over the last {config.decay_fraction:.0%} of the steps"
     schedule = {"linear": f"linear decay to {config.min_lr_ratio:g} of the peak",
                 "cosine": f"cosine decay to {config.min_lr_ratio:g} of the peak",
+                "wsd": f"{stable} linear decay to {config.min_lr_ratio:g} of the peak (warmup-stable-decay)",
+                "wsd_sqrt": f"{stable} 1 - sqrt decay to {config.min_lr_ratio:g} of the peak (warmup-stable-decay)",
                 "inverse_sqrt": "inverse square-root decay", "constant": "constant"}.get(config.schedule,
                                                                                        config.schedule)
     out.append(f"- Learning rate: {config.lr:g} peak" + (f", {_count(warmup)} warmup steps" if warmup else "")

@@ -669,8 +669,8 @@ def check_vocabulary(directory, tokenizer) -> None:
 RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_overrides", "corpus", "max_length",
                    "global_batch_size", "bucket_batches", "mask_prob", "sop", "noise_density", "mean_span_length",
                    "plm_prob", "electra_disc_weight", "segment_length", "optimizer", "lr", "weight_decay",
-                   "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip",
-                   "seed", "precision")
+                   "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction",
+                   "grad_clip", "seed", "precision")
 
 
 _PHASES_SHOWN = "phases (LEN:GLOBAL_BATCH)"
@@ -914,12 +914,14 @@ def record_best(run_dir, best: dict | None) -> None:
         out.write((json.dumps(record, indent=2) + "\n").encode())
 
 
-def record_complete(run_dir, step: int | None) -> None:
+def record_complete(run_dir, step: int | None, *, tokens: int | None = None) -> None:
     """RUN/complete.json, written atomically once the run's final model is (`step`: its last
     step), removed (`step` None) as an invocation starts training: a job script tells a finished
     run from one that --stop-after or --time-limit stopped (both exit 0, so that chained jobs
     go on) by this file alone (`[ -e RUN/complete.json ] || scontrol requeue $SLURM_JOB_ID`). The
-    final model's files do not tell: a finished run lengthened by --resume keeps the old ones."""
+    final model's files do not tell: a finished run lengthened by --resume keeps the old ones.
+    `tokens`: the real tokens the run trained (metrics.jsonl's count, every step's), recorded
+    with the step for `protrans info`."""
     from protrans_cli.io.files import atomic_output
 
     path = Path(run_dir) / COMPLETE_FILE
@@ -927,7 +929,8 @@ def record_complete(run_dir, step: int | None) -> None:
         path.unlink(missing_ok=True)
         return
     with atomic_output(path) as out:
-        out.write((json.dumps({"step": step}, indent=2) + "\n").encode())
+        out.write((json.dumps({"step": step, **({} if tokens is None else {"tokens": tokens})}, indent=2)
+                   + "\n").encode())
 
 
 def export_model(run_dir, *, family, model, tokenizer, card: str | None = None) -> None:

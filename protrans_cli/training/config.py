@@ -27,7 +27,7 @@ RESOLVED = "resolved"  # the key of a saved config that records what its automat
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
 OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
-SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant", "wsd", "wsd_sqrt")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed, and rank r seeds seed + r
@@ -123,7 +123,9 @@ class TrainConfig:
     adam_eps: float = 1e-8
     warmup_steps: int | None = None  # None: a tenth of the run, at most 2000 (resolved_warmup_steps)
     schedule: str = "linear"
-    min_lr_ratio: float = 0.1      # linear and cosine decay end at lr * min_lr_ratio (inverse_sqrt: no floor)
+    min_lr_ratio: float = 0.1      # linear, cosine and wsd decay end at lr * min_lr_ratio (inverse_sqrt: no floor)
+    # wsd, wsd_sqrt (warmup-stable-decay): the last fraction of the steps that decays from the peak
+    decay_fraction: float = 0.2
     grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
     # steps whose gradient is not finite that are skipped (not applied) before the run stops as
     # diverged; 0: it stops at the first. Counted over the whole run (checkpoints keep the count).
@@ -568,6 +570,7 @@ _FLOAT_RULES = {
     "adam_beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
     "adam_eps": ("positive", lambda v: v > 0),
     "min_lr_ratio": ("in [0, 1] (the decay ends at lr x min_lr_ratio)", lambda v: 0 <= v <= 1),
+    "decay_fraction": ("in (0, 1] (the fraction of the steps that decays)", lambda v: 0 < v <= 1),
     "mask_prob": ("between 0 and 1", lambda v: 0 < v < 1),
     "noise_density": ("between 0 and 1", lambda v: 0 < v < 1),
     "mean_span_length": ("at least 1", lambda v: v >= 1),
@@ -578,7 +581,7 @@ _FLOAT_RULES = {
 # (`phases` and `model_overrides` have `--phase` and `--set`). tests/test_train_units.py checks
 # this against the click options.
 CONFIG_ONLY = frozenset({"adam_beta1", "adam_beta2", "adam_eps", "bucket_batches", "electra_disc_weight",
-                         "fsdp_min_params", "mean_span_length", "min_lr_ratio", "noise_density",
+                         "fsdp_min_params", "mean_span_length", "noise_density",
                          "num_eval_batches", "plm_prob", "segment_length", "phases", "model_overrides"})
 
 

@@ -53,7 +53,7 @@ from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, 
                                         count_proteins, evaluation_step_size, next_phase_state, position_in_corpus,
                                         step_batches)
 from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, open_wandb, plot_metrics,
-                                           require_tensorboard, require_wandb, truncate_metrics)
+                                           read_metrics, require_tensorboard, require_wandb, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
 from protrans_cli.training.optim import LossScale, LRLambda, build_optimizer, build_scheduler
 
@@ -992,7 +992,8 @@ def _warn_if_lr_rises(where, saved_shape: dict, fn: LRLambda, step: int, peak: f
     not refused: a longer decay is what lengthening a run means."""
     try:
         before = LRLambda(**{key: saved_shape[key] for key in ("schedule", "warmup_steps", "total_steps",
-                                                                 "min_ratio")})
+                                                                 "min_ratio")},
+                          decay_fraction=saved_shape.get("decay_fraction", 0.2))
         last, was, now = peak * before(step - 1), peak * before(step), peak * fn(step)
     except (KeyError, TypeError, UsageError):  # (a checkpoint whose schedule was saved otherwise)
         return
@@ -1092,6 +1093,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     history = {"nonfinite_steps": int(state.get("nonfinite_steps", 0)) if state is not None else 0,
                "skipped_data": list(state.get("skipped_data", [])) if state is not None else []}
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
+    # The real tokens trained (metrics.jsonl's count) up to the last metrics line, the whole run's:
+    # a checkpoint keeps them with the interval under way, so that its card, the final card and
+    # complete.json count the steps after a run's last line too (rank 0's; the others' are unused)
+    logged_tokens = _tokens_logged_before(state, metrics_path) if info.is_main else 0
     log = Accumulator()
     t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
     began, first_step, run_tokens = time.perf_counter(), step, 0  # (this process's part, for the summary)
@@ -1224,6 +1229,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 now = time.perf_counter()
                 tokens = reduced.pop("tokens")
                 run_tokens += tokens
+                logged_tokens += int(round(tokens))
                 # tokens/s of the training steps alone: evaluations and checkpoint saves excluded
                 seconds = max(now - t_log - paused, 1e-9)
                 # epoch: the pass over the corpus the step's batch came from, counted from 1 (a
@@ -1274,7 +1280,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     result.note_best(best)
                 saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
-                                               seconds=saving - t_log - paused, best=best, history=history)
+                                               seconds=saving - t_log - paused, best=best, history=history,
+                                               tokens=logged_tokens)
                 if deadline is not None and info.is_main and not last:
                     # Under --time-limit the curve is drawn with each checkpoint, inside the time
                     # the deadline measures for a save: drawn after the stop's checkpoint (the
@@ -1334,9 +1341,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         ckpt.prune_checkpoints(run.run_dir, config.keep_last, keep_step=best and best["step"])
         final = _full_model(run)
         ckpt.export_model(run.run_dir, family=run.family, model=final, tokenizer=run.tokenizer,
-                          card=_card(run, final, step))
+                          card=_card(run, final, step, tokens=logged_tokens))
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
-        ckpt.record_complete(run.run_dir, step)  # (last: a job script's sign that nothing is left to do)
+        # (the last step always writes a line: logged_tokens is the whole run's)
+        ckpt.record_complete(run.run_dir, step, tokens=logged_tokens)  # (last: a job script's sign that nothing is left to do)
     else:
         _full_model(run)  # FSDP gathers collectively: every rank takes part
     dist.barrier()
@@ -1766,13 +1774,17 @@ def _full_model(run: _Run):
 
 
 def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Accumulator, *,
-          seconds: float = 0.0, best: dict | None = None, history: dict | None = None) -> Path | None:
+          seconds: float = 0.0, best: dict | None = None, history: dict | None = None,
+          tokens: int = 0) -> Path | None:
     """A checkpoint of the run at `step`; `seconds`: the training time of the metrics interval
     under way (its tokens are in `log`), so the resumed run's first line keeps their rate.
     `best`: --keep-best's best checkpoint so far ({"step", "eval_loss"}, this one's possibly),
-    saved in the training state, kept from pruning and recorded in RUN/best_checkpoint.json."""
+    saved in the training state, kept from pruning and recorded in RUN/best_checkpoint.json.
+    `tokens`: the run's tokens up to its last metrics line (rank 0's count); the checkpoint's
+    "tokens" adds those of the interval under way."""
     info = run.info
     log_state = {**log.state(), "seconds": max(0.0, seconds)}  # collective: every rank takes part
+    tokens += int(round(log_state["tokens"]))
     model = _full_model(run)
     if run.strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -1787,7 +1799,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
     if info.is_main:
         state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(), "corpus": run.corpus_id,
                  "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
-                 "world_size": info.world_size, "log": log_state}
+                 "world_size": info.world_size, "log": log_state, "tokens": tokens}
         if run.loss_scale is not None:
             state["loss_scale"] = run.loss_scale.state_dict()
         if best is not None:
@@ -1798,20 +1810,36 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
                                          config=as_given, keep_last=run.config.keep_last, resolved=resolved,
-                                         best=best, card=_card(run, model, step, checkpoint=True))
+                                         best=best, card=_card(run, model, step, checkpoint=True, tokens=tokens))
     dist.barrier()
     return directory
 
 
-def _card(run: _Run, model, step: int, checkpoint: bool = False) -> str | None:
-    """The README.md model card of the model saved at `step` (training/card.py); None, with a
-    warning, where it cannot be made: the weights are what a save must not lose."""
+def _tokens_logged_before(state: dict | None, metrics_path: Path) -> int:
+    """The tokens of the metrics lines up to a checkpoint (0 for a new run): its "tokens" less
+    those of the interval it kept; a checkpoint from before it kept "tokens" (2026-12-07): the
+    lines of metrics.jsonl up to its step (truncated to it as the run resumed)."""
+    if state is None:
+        return 0
+    pending = int(round((state.get("log") or {}).get("tokens", 0)))
+    if ckpt.is_count(state.get("tokens")):
+        return max(0, state["tokens"] - pending)
+    rows = read_metrics(metrics_path) if metrics_path.is_file() else []
+    return sum(int(r["tokens"]) for r in rows if isinstance(r.get("tokens"), (int, float))
+               and isinstance(r.get("step"), int) and r["step"] <= state["step"])
+
+
+def _card(run: _Run, model, step: int, checkpoint: bool = False, tokens: int | None = None) -> str | None:
+    """The README.md model card of the model saved at `step` (training/card.py), `tokens` the
+    run's real tokens up to it; None, with a warning, where it cannot be made: the weights are
+    what a save must not lose."""
     from protrans_cli.training.card import train_card
 
     try:
         return train_card(family=run.family, model=model, tokenizer=run.tokenizer, config=run.config,
                           resolved=run.save_config()[1], step=step, run_dir=run.run_dir,
-                          world_size=run.info.world_size, strategy=run.strategy, checkpoint=checkpoint)
+                          world_size=run.info.world_size, strategy=run.strategy, checkpoint=checkpoint,
+                          tokens=tokens)
     except Exception as exc:  # pragma: no cover - a bug in the card: the model is saved without it
         console.warn(f"no model card (README.md) for step {step}: {first_line(exc)}")
         return None

@@ -198,16 +198,21 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
 
 
 class LRLambda:
-    """Multiplier of the peak lr at a step: linear warmup, then linear/cosine/inverse-sqrt decay.
+    """Multiplier of the peak lr at a step: linear warmup, then linear/cosine/inverse-sqrt decay,
+    none (constant), or warmup-stable-decay (wsd, wsd_sqrt): the peak held until the last
+    `decay_fraction` of the steps, which decay to `min_ratio` (linearly, or as 1 - sqrt(progress)),
+    so that a run can be lengthened or branched from a checkpoint before its decay.
 
     A class (not a closure) so that the scheduler's state_dict can be saved and restored.
     """
 
-    def __init__(self, schedule: str, warmup_steps: int, total_steps: int, min_ratio: float):
+    def __init__(self, schedule: str, warmup_steps: int, total_steps: int, min_ratio: float,
+                 decay_fraction: float = 0.2):
         self.schedule = schedule
         self.warmup_steps = max(0, warmup_steps)
         self.total_steps = max(1, total_steps)
         self.min_ratio = min_ratio
+        self.decay_fraction = decay_fraction
 
     def __call__(self, step: int) -> float:
         if self.warmup_steps and step < self.warmup_steps:
@@ -216,6 +221,18 @@ class LRLambda:
             return 1.0
         if self.schedule == "inverse_sqrt":
             return math.sqrt(max(1, self.warmup_steps)) / math.sqrt(max(step + 1, 1))
+        if self.schedule in ("wsd", "wsd_sqrt"):
+            # The decay: the last decay_fraction of the run (at least one step, never into the
+            # warmup), from the peak at its first step to the floor one step after the last, as
+            # linear's and cosine's.
+            decay = min(max(1, round(self.decay_fraction * self.total_steps)),
+                        max(1, self.total_steps - self.warmup_steps))
+            start = self.total_steps - decay
+            if step <= start:
+                return 1.0
+            progress = min(1.0, (step - start) / decay)
+            fall = progress if self.schedule == "wsd" else math.sqrt(progress)
+            return 1.0 - (1.0 - self.min_ratio) * fall
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         if self.schedule == "linear":
@@ -226,7 +243,8 @@ class LRLambda:
 
 
 def build_scheduler(optimizer, config, total_steps: int):
-    fn = LRLambda(config.schedule, config.resolved_warmup_steps, total_steps, config.min_lr_ratio)
+    fn = LRLambda(config.schedule, config.resolved_warmup_steps, total_steps, config.min_lr_ratio,
+                  config.decay_fraction)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
