@@ -55,6 +55,10 @@ def test_import_model_command_converts_the_pth(run_cli, tmp_path):
     r = run_cli("import-model", PTH, "-o", tmp_path / "esmc")
     assert r.exit_code == 0, r.stderr
     assert "imported ESM C (2 layers, 128 dimensions, 2 heads)" in r.stderr
+    # its card: protrans's own model class, so no transformers snippet and no library_name
+    card = (tmp_path / "esmc" / "README.md").read_text()
+    assert f"ESM C from EvolutionaryScale's weights `{PTH.name}`" in card and "- Architecture: 2 layers" in card
+    assert "library_name" not in card and "```python" not in card and "protrans embed -m ." in card
     config = json.loads((tmp_path / "esmc" / "config.json").read_text())
     assert config["model_type"] == "protrans_esmc" and config["architectures"] == ["EsmCForMaskedLM"]
 

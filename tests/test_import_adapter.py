@@ -59,6 +59,19 @@ def test_summary_line_names_ranks_and_the_task_head_left_out(run_cli, tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["architectures"] == ["EsmForMaskedLM"]
 
 
+def test_the_merged_model_card_names_the_base_and_the_adapter(run_cli, tmp_path):
+    from protrans_cli.models import load_model
+
+    out = tmp_path / "m"
+    assert run_cli("import-model", PEFT / "esm_classifier", "--base", ESM, "-o", out).exit_code == 0
+    card = (out / "README.md").read_text()
+    assert f"`{ESM}` with the peft LoRA adapter `esm_classifier` merged into its weights" in card
+    assert f"- Base model: `{ESM}`" in card and "- Left out: classifier (a task head the base lacks)" in card
+    assert "base_model:" not in card  # (a local base: no Hub id to name)
+    params = sum(p.numel() for p in load_model(out, masked_lm=True).model.parameters())
+    assert f"- Parameters: {params:,}\n" in card and "- lora\n" in card
+
+
 def test_base_read_from_adapter_config_when_a_local_path(run_cli, tmp_path):
     adapter = tmp_path / "lora"
     shutil.copytree(PEFT / "esm_qv", adapter)

@@ -306,6 +306,35 @@ def test_existing_output_needs_force(run_cli, tmp_path):
     assert r.exit_code == 0, r.stderr
 
 
+def test_the_imported_model_carries_a_card_and_a_users_readme_is_kept(run_cli, tmp_path):
+    """README.md: what it was converted from, the family, the parameters (those transformers'
+    own EsmForMaskedLM loads from the directory) and the transformers snippet; a README.md of the
+    user's own in the folder --force replaces is kept, protrans's own is rewritten."""
+    from transformers import EsmForMaskedLM
+
+    from protrans_cli.training.card import MARK
+
+    ckpt = save_fair_esm(tmp_path / "esm2_t2_tiny.pt", "esm2")
+    out = tmp_path / "m"
+    assert run_cli("import-model", ckpt, "-o", out).exit_code == 0
+    card = (out / "README.md").read_text()
+    params = sum(p.numel() for p in EsmForMaskedLM.from_pretrained(out).parameters())
+    assert MARK in card and "library_name: transformers" in card and "- esm\n" in card
+    assert "ESM-2 from fair-esm's checkpoint `esm2_t2_tiny.pt`" in card
+    assert f"- Parameters: {params:,}\n" in card and "- Architecture: 2 layers x hidden 8 x 2 attention heads" in card
+    assert "- Contact head: from `esm2_t2_tiny-contact-regression.pt`" in card
+    assert "protrans embed -m . proteins.fasta" in card and "from transformers import AutoTokenizer, EsmModel" in card
+    (out / "README.md").write_text(card.replace("tiny", "small"))  # (still protrans's: rewritten)
+    assert run_cli("import-model", ckpt, "-o", out, "--force").exit_code == 0
+    assert (out / "README.md").read_text() == card
+    (out / "README.md").write_text("# my ESM-2\n")
+    assert run_cli("import-model", ckpt, "-o", out, "--force").exit_code == 0
+    assert (out / "README.md").read_text() == "# my ESM-2\n"
+    bare = save_fair_esm(tmp_path / "esm2_bare.pt", "esm2", regression=False)
+    assert run_cli("import-model", bare, "-o", tmp_path / "bare").exit_code == 0
+    assert "- Contact head: none" in (tmp_path / "bare" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("kind", ["esm2", "esm1b", "esmc"])
 def test_conversion_builds_no_model_with_weights_of_its_own(run_cli, tmp_path, monkeypatch, kind):
     """The converted model is built with its parameters on the meta device and given the

@@ -398,5 +398,13 @@ def import_esmc(checkpoint, out_dir, *, force: bool = False, state: dict | None 
         FAMILY.build_tokenizer().save_pretrained(str(folder))  # (vocab.txt, tokenizer_config.json)
 
     holder, model = [model], None  # (freed once written, before the directory is read back)
-    write_checked(out_dir, holder, save, masked_lm=True)
+
+    def card(loaded):
+        from protrans_cli.training.card import import_card
+
+        return import_card(loaded=loaded, source=f"ESM C from EvolutionaryScale's weights `{checkpoint.name}`",
+                           details=[f"Converted from: `{checkpoint.name}` (ESM C, read weights-only), with its "
+                                    "sequence head", f"Weights: {dtype}".replace("torch.", "")])
+
+    write_checked(out_dir, holder, save, masked_lm=True, card=card)
     return ImportedModel(out_dir, "ESM C", config.num_hidden_layers, config.hidden_size, config.num_attention_heads)

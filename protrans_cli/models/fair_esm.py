@@ -471,9 +471,19 @@ def import_fair_esm(checkpoint, out_dir, *, force: bool = False) -> ImportedMode
     # head's weights compared where there is one: without, the model has the head transformers
     # initialises, which neither holds)
     holder, hf = [hf], None
+    regression = checkpoint.with_name(f"{checkpoint.stem}-contact-regression.pt").name
+
+    def card(loaded):
+        from protrans_cli.training.card import import_card
+
+        return import_card(loaded=loaded, source=f"{arch.kind} from fair-esm's checkpoint `{checkpoint.name}`",
+                           details=[f"Converted from: `{checkpoint.name}` (fair-esm, read weights-only)",
+                                    f"Contact head: from `{regression}`" if contact_head else
+                                    "Contact head: none (no contact regression beside the checkpoint)"])
+
     write_checked(out_dir, holder, save, masked_lm=True,
                   skip=lambda name: not contact_head and ".contact_head." in name,
-                  hint=" (a transformers version that lays out EsmForMaskedLM otherwise?)")
+                  hint=" (a transformers version that lays out EsmForMaskedLM otherwise?)", card=card)
     return ImportedModel(out_dir, arch.kind, arch.layers, arch.dim, arch.heads, contact_head)
 
 

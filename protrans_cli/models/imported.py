@@ -158,11 +158,13 @@ def digests(model, skip=lambda name: False) -> dict:
 
 
 def write_checked(out_dir: Path, holder: list, save, *, masked_lm: bool, skip=lambda name: False,
-                  hint: str = "") -> None:
+                  hint: str = "", card=None) -> None:
     """The model in `holder` (a list of one: its last reference, which this empties) written by
     `save(model, folder)` beside `out_dir` (write_model_directory), its weights' digests taken
     and the model freed, then the folder read back through load_model and compared (read_back):
-    one model in memory at a time."""
+    one model in memory at a time. `card(loaded)`: the README.md model card's text, made from
+    the model read back (training/card.py's import_card); a README.md of the user's own in the
+    `out_dir` replaced (--force) is kept in its place."""
     import gc
 
     expected, dtype = {}, []
@@ -178,18 +180,46 @@ def write_checked(out_dir: Path, holder: list, save, *, masked_lm: bool, skip=la
         # which might be after load_model has read the directory back: both copies at once)
         gc.collect()
 
-    write_model_directory(out_dir, written, lambda folder: read_back(folder, expected, dtype[0], masked_lm=masked_lm,
-                                                                     hint=hint))
+    def verify(folder):
+        loaded = read_back(folder, expected, dtype[0], masked_lm=masked_lm, hint=hint)
+        if card is not None:
+            _write_card(folder, out_dir, card, loaded)
+
+    write_model_directory(out_dir, written, verify)
 
 
-def read_back(directory: Path, expected: dict, dtype, *, masked_lm: bool, hint: str = "") -> None:
+def _write_card(folder: Path, out_dir: Path, card, loaded) -> None:
+    """README.md in `folder` (the directory that becomes `out_dir`): the user's own from the
+    `out_dir` it replaces, kept; otherwise `card(loaded)`'s, or a warning and no card where it
+    cannot be made (the model is what must not be lost)."""
+    import shutil
+
+    from protrans_cli import console
+    from protrans_cli.errors import first_line
+    from protrans_cli.training.card import CARD_FILE, may_write, write_card
+
+    own = out_dir / CARD_FILE
+    if own.is_file() and not own.is_symlink() and not may_write(out_dir):
+        shutil.copyfile(own, folder / CARD_FILE)
+        return
+    try:
+        text = card(loaded)
+    except Exception as exc:  # pragma: no cover - a bug in the card: the model is written without it
+        console.warn(f"no model card (README.md) for {out_dir}: {first_line(exc)}")
+        return
+    write_card(folder, text)
+
+
+def read_back(directory: Path, expected: dict, dtype, *, masked_lm: bool, hint: str = ""):
     """The written `directory` loads through load_model (in `dtype`) into the weights `expected`
     holds the digests of; RuntimeFailure naming the first that differs (`hint`: a likely cause,
-    for the message)."""
+    for the message). Returns what load_model loaded."""
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.models import load_model
 
-    loaded = load_model(str(directory), masked_lm=masked_lm, dtype=dtype).model.state_dict()
+    result = load_model(str(directory), masked_lm=masked_lm, dtype=dtype)
+    loaded = result.model.state_dict()
     for name, wanted in expected.items():
         if (name not in loaded or digest(loaded[name].to(wanted[0])) != wanted):
             raise RuntimeFailure(f"the model read back differs in {name}{hint}", path=str(directory))
+    return result

@@ -298,7 +298,19 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
     del tensors
     result.base = str(base)
     holder, loaded.model = [loaded.model], None  # (freed once written, before the directory is read back)
+    def card(read):
+        from protrans_cli.training.card import import_card
+
+        rank = f"r {result.r}, alpha {result.alpha:g}" + (", rsLoRA" if result.rslora else "")
+        return import_card(loaded=read, base=str(base),
+                           source=f"`{base}` with the peft LoRA adapter `{adapter.name}` merged into its weights",
+                           details=[f"Base model: `{base}`",
+                                    f"LoRA: {rank}, {result.modules} modules merged as peft's merge_and_unload()"
+                                    + (f", {result.copied} trained tensors copied" if result.copied else ""),
+                                    *([f"Left out: {', '.join(result.skipped)} (a task head the base lacks)"]
+                                      if result.skipped else [])])
+
     write_checked(out_dir, holder, lambda model, folder: loaded.family.save_pretrained(model, loaded.tokenizer, folder),
-                  masked_lm=masked_lm)
+                  masked_lm=masked_lm, card=card)
     result.out_dir = out_dir
     return result

@@ -319,3 +319,32 @@ def finetune_card(*, family, tokenizer, model, config, task, proteins: int) -> s
            f"- Parameters: {sum(p.numel() for p in model.parameters()):,}"]
     out += _use(family, tokenizer, "of the fine-tuned encoder")
     return "\n".join(front + out) + "\n"
+
+
+def import_card(*, loaded, source: str, details: list[str], base: str | None = None) -> str:
+    """The card of a model directory `protrans import-model` wrote, from the model as it loads
+    back (`loaded`: load_model's LoadedModel): what it was converted from (`source`, one line),
+    the conversion's own facts (`details`, list items), the family, architecture and parameters,
+    and how to use it. `base`: a peft adapter's base model (a Hub id becomes base_model)."""
+    from protrans_cli import __version__
+
+    family, model = loaded.family, loaded.model
+    uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
+    front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
+    if base and (hub := _hub_id(base)):
+        front.append(f"base_model: {hub}")
+    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}"]
+    if base:
+        front.append("- lora")
+    front += ["---", MARK, ""]
+    readers = "`protrans embed -m` and transformers' `from_pretrained`" if uses_transformers else "`protrans embed -m`"
+    out = ["# Imported model", "", f"{source}, converted by `protrans import-model` (protrans {__version__}) into a "
+           f"model directory that {readers} read; its weights were read back and compared with the source's, "
+           "one by one.", "", "## Model", "",
+           f"- Family: {family.name} ({family.description or family.name}; `{type(model).__name__}`)"]
+    if arch := architecture(family, model.config):
+        out.append(f"- Architecture: {arch}")
+    out.append(f"- Parameters: {_count(sum(p.numel() for p in model.parameters()))}")
+    out += [f"- {line}" for line in details]
+    out += _use(family, loaded.tokenizer, "of this model")
+    return "\n".join(front + out) + "\n"
