@@ -1610,12 +1610,15 @@ def test_complete_json_marks_a_finished_run_only_and_a_lengthened_one_once_it_fi
     marker = stopped.run_dir / "complete.json"
     assert not stopped.completed and not marker.exists()
     done = train(_config(tmp_path, num_steps=4, save_every=2), resume=True)
-    assert done.completed and json.loads(marker.read_text()) == {"step": 4}
+    # (with every step's tokens: those of the one metrics line, steps 1-2 trained before the stop)
+    tokens = sum(r["tokens"] for r in read_metrics(done.run_dir / "metrics.jsonl"))
+    assert done.completed and json.loads(marker.read_text()) == {"step": 4, "tokens": tokens}
     assert marker.stat().st_mtime_ns >= (done.run_dir / "model.safetensors").stat().st_mtime_ns  # written last
     longer = train(_config(tmp_path, num_steps=8, save_every=2, stop_after=6), resume=True)
     assert not longer.completed and not marker.exists() and (longer.run_dir / "model.safetensors").is_file()
     finished = train(_config(tmp_path, num_steps=8, save_every=2), resume=True)
-    assert finished.completed and json.loads(marker.read_text()) == {"step": 8}
+    tokens = sum(r["tokens"] for r in read_metrics(done.run_dir / "metrics.jsonl"))
+    assert finished.completed and json.loads(marker.read_text()) == {"step": 8, "tokens": tokens}
 
 
 def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
