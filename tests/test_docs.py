@@ -82,33 +82,40 @@ def _documented_command_lines():
             yield page.name, line, argv
 
 
+def _parse_error(argv) -> str | None:
+    """The UsageError message of parsing `protrans ARGV` with the real CLI (no command runs),
+    None where it parses (or stops at --help/--version)."""
+    from protrans_cli.cli import cli
+
+    try:
+        # (with the group's own settings, as the CLI makes it: a context without them lent its
+        # subcommands "--help" alone, which click keeps in each command's help option, and a
+        # docs/cli.md check run after this one in the same process found the page "stale")
+        with click.Context(cli, info_name="protrans", **cli.context_settings) as ctx:
+            command = cli.get_command(ctx, argv[0])
+            if command is None:
+                raise click.UsageError(f"No such command {argv[0]!r}.")
+            command.make_context(argv[0], argv[1:], parent=ctx)
+    except click.exceptions.Exit:
+        pass
+    except click.UsageError as exc:
+        return exc.format_message()
+    return None
+
+
 def test_every_documented_command_line_parses():
     """A guide's example with an option renamed, removed or misspelt, a value no longer among a
     choice's, or a command that no longer exists fails here (files that do not exist here and
     arguments the example leaves out are not its business)."""
-    from protrans_cli.cli import cli
-
     checked, stale = 0, []
     for page, line, argv in _documented_command_lines():
         checked += 1
-        try:
-            # (with the group's own settings, as the CLI makes it: a context without them lent its
-            # subcommands "--help" alone, which click keeps in each command's help option, and a
-            # docs/cli.md check run after this one in the same process found the page "stale")
-            with click.Context(cli, info_name="protrans", **cli.context_settings) as ctx:
-                command = cli.get_command(ctx, argv[0])
-                if command is None:
-                    raise click.UsageError(f"No such command {argv[0]!r}.")
-                command.make_context(argv[0], argv[1:], parent=ctx)
-        except click.exceptions.Exit:
-            pass
-        except click.UsageError as exc:
-            message = exc.format_message()
-            if ("does not exist" in message or message.startswith("Missing")
-                    or (page, line) in _SHOWN_AS_MISTAKES
-                    or ("requires an argument" in message and argv[-1].startswith("-"))):
-                continue
-            stale.append(f"{page}: {line}\n    {message}")
+        message = _parse_error(argv)
+        if message is None or ("does not exist" in message or message.startswith("Missing")
+                               or (page, line) in _SHOWN_AS_MISTAKES
+                               or ("requires an argument" in message and argv[-1].startswith("-"))):
+            continue
+        stale.append(f"{page}: {line}\n    {message}")
     assert checked > 150, checked  # (the extraction itself still finds the guides' examples)
     assert not stale, "documented command lines that no longer parse:\n" + "\n".join(stale)
 
@@ -117,8 +124,6 @@ def test_migrating_guide_command_lines_parse_whole():
     """docs/migrating.md maps other tools' jobs to protrans command lines: each of them is
     checked whole (none left out as a placeholder or a shown mistake, no argument missing; the
     CLI checks no path while parsing, so the options after a file name are checked too)."""
-    from protrans_cli.cli import cli
-
     page = ROOT / "docs" / "migrating.md"
     text = page.read_text()
     for tool in ("bio_embeddings", "The ProtTrans notebooks", "esm-extract", "TAPE", "biotrainer"):
@@ -131,21 +136,12 @@ def test_migrating_guide_command_lines_parse_whole():
     assert len(checked) == len(shown) and len(checked) >= 40, (len(checked), len(shown))
     bad = []
     for line, argv in checked:
-        try:
-            with click.Context(cli, info_name="protrans", **cli.context_settings) as ctx:
-                command = cli.get_command(ctx, argv[0])
-                if command is None:
-                    raise click.UsageError(f"No such command {argv[0]!r}.")
-                command.make_context(argv[0], argv[1:], parent=ctx)
-        except click.exceptions.Exit:
-            pass
-        except click.UsageError as exc:
-            message = exc.format_message()
-            # (a command named in the text, `protrans merge`, `protrans fit residue`, is no
-            # command line: that it exists, its task a valid choice, is all it claims)
-            named_only = len(argv) <= 2 and not any(a.startswith("-") for a in argv)
-            if not (named_only and message.startswith("Missing")):
-                bad.append(f"{line}\n    {message}")
+        message = _parse_error(argv)
+        # (a command named in the text, `protrans merge`, `protrans fit residue`, is no
+        # command line: that it exists, its task a valid choice, is all it claims)
+        named_only = len(argv) <= 2 and not any(a.startswith("-") for a in argv)
+        if message is not None and not (named_only and message.startswith("Missing")):
+            bad.append(f"{line}\n    {message}")
     assert not bad, "migrating.md command lines the CLI refuses:\n" + "\n".join(bad)
 
 
