@@ -255,3 +255,30 @@ def test_reuse_under_torchrun_equals_one_process(tmp_path):
     assert sorted(both_attrs) == sorted(one_attrs)
     assert [k for k, v in both_attrs.items() if not np.array_equal(v, one_attrs[k])] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "g.fa", "old.fa", "old.h5", "single.h5"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_rows_from_a_file_without_weights_fingerprint_are_not_vouched_for(tmp_path, esm, resume):
+    """A file of a local model directory from before weights_fingerprint: its rows' weights are
+    not known, so an output that copies them records none (as a resumed or merged one does),
+    rather than this run's fingerprint vouching for them; its own fingerprint goes too."""
+    import h5py
+
+    fasta = _fasta(tmp_path / "a.fa", {"p1": SEQS["p1"], "p2": SEQS["p2"]})
+    embed(fasta, tmp_path / "old.h5", _options(esm))
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        assert f.attrs["weights_fingerprint"]
+        del f.attrs["weights_fingerprint"]
+    out = tmp_path / "out.h5"
+    if resume:  # an output of this run's weights, extended with the unknown rows
+        embed(_fasta(tmp_path / "b.fa", {"x": SEQS["p3"]}), out, _options(esm))
+    more = _fasta(tmp_path / "c.fa", {"x": SEQS["p3"], "y": SEQS["p1"], "z": SEQS["p4"]})
+    summary = embed(more, out, _options(esm, reuse=(tmp_path / "old.h5",), resume=resume))
+    assert summary.num_reused == 1
+    with h5py.File(out, "r") as f:
+        assert "weights_fingerprint" not in f.attrs
+    # a file that has one is compared, and the output records it
+    embed(fasta, tmp_path / "new.h5", _options(esm))
+    embed(more, tmp_path / "out2.h5", _options(esm, reuse=(tmp_path / "new.h5",)))
+    with h5py.File(tmp_path / "out2.h5", "r") as f, h5py.File(tmp_path / "new.h5", "r") as g:
+        assert f.attrs["weights_fingerprint"] == g.attrs["weights_fingerprint"]
