@@ -1662,7 +1662,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     else:
         # a finished output that this run extends: what was read of it starts its ledger
         writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
-                                  finished_proteins=(done.ids, done.sums) if extending else None)
+                                  finished_proteins=(done.ids, done.sums) if extending else None,
+                                  weights_unknown=reuse is not None and reuse.weights_unknown)
         writer.on_final = final_output_hook()
         if options.resume and shard_files:
             # An interrupted torchrun run continued in one process: its ranks' shards hold

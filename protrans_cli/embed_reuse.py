@@ -80,15 +80,19 @@ class Reuse:
                  digests: np.ndarray, owners: np.ndarray, names: bytes, offsets: np.ndarray):
         self.paths, self.files, self.layouts, self.kinds = paths, files, layouts, kinds
         self.digests, self.owners, self.names, self.offsets = digests, owners, names, offsets
+        # a file of a local model directory from before `weights_fingerprint`: its rows' weights
+        # are not known, and the output must not record this run's as theirs (EmbeddingsWriter)
+        self.weights_unknown = False
 
     @classmethod
     def open(cls, paths, writer_kw: dict) -> "Reuse":
         from protrans_cli.io.h5 import h5_file
 
         kinds = tuple(writer_kw["kinds"])
-        parts, layouts = [], []
+        parts, layouts, unknown = [], [], False
         for path in map(Path, paths):
-            layout = _check_reusable(path, writer_kw)
+            layout, fingerprinted = _check_reusable(path, writer_kw)
+            unknown |= not fingerprinted and bool(writer_kw["attrs"].get("weights_fingerprint"))
             size = path.stat().st_size
             if size >= _SAY_INDEX_BYTES:
                 console.info(f"{path}: reading the ids and checksums of the proteins it holds "
@@ -105,7 +109,9 @@ class Reuse:
         # one entry per sequence: the first file's (and its first dataset's) where several hold it
         unique, first = np.unique(digests, return_index=True)
         offsets = np.stack([starts[first], starts[first + 1]], axis=1) if len(first) else np.empty((0, 2), np.int64)
-        return cls(list(map(Path, paths)), [None] * len(parts), layouts, kinds, unique, owners[first], names, offsets)
+        reuse = cls(list(map(Path, paths)), [None] * len(parts), layouts, kinds, unique, owners[first], names, offsets)
+        reuse.weights_unknown = unknown
+        return reuse
 
     def __len__(self) -> int:
         return len(self.digests)
@@ -152,8 +158,9 @@ class Reuse:
                 self.files[i] = None
 
 
-def _check_reusable(path: Path, writer_kw: dict) -> str:
-    """Refuse a file made otherwise than this run would make its rows; returns its layout."""
+def _check_reusable(path: Path, writer_kw: dict) -> tuple[str, bool]:
+    """Refuse a file made otherwise than this run would make its rows; returns its layout and
+    whether it records a `weights_fingerprint`."""
     from protrans_cli.embed_resume import _writer_attributes
     from protrans_cli.io.h5 import EmbeddingsReader, _check_resumable, _comparable
 
@@ -177,7 +184,7 @@ def _check_reusable(path: Path, writer_kw: dict) -> str:
         raise UsageError(f"cannot reuse its proteins: it holds {' and '.join(held) or 'no'} embeddings, this run "
                          f"writes {' and '.join(missing)} too (embed it with {' '.join(flag[k] for k in missing)}, "
                          "or leave out this --reuse)", path=str(path))
-    return layout
+    return layout, bool(_comparable(attrs.get("weights_fingerprint")))
 
 
 def _index_file(f, path: Path, layout: str, kinds: tuple[str, ...]) -> tuple[np.ndarray, bytes, np.ndarray]:

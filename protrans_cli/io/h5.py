@@ -2067,13 +2067,16 @@ class EmbeddingsWriter:
     refuses a file whose RESUME_ATTRS differ from `attrs`; `resume_equal` maps an attribute to
     its own test `f(old, new) -> bool` (see `_check_resumable`). `finished_proteins`: the
     (id digests, checksum digests) of the complete proteins of a finished `path` that a resumed
-    run extends (what the caller read from it), the start of its ledger.
+    run extends (what the caller read from it), the start of its ledger. `weights_unknown`: rows
+    of unknown weights go in (embed --reuse of a file without `weights_fingerprint`): the file
+    records none.
     """
 
     def __init__(self, path, *, kinds: Iterable[str] = (PER_RESIDUE,), layout: str = "grouped",
                  storage_dtype: str = "float32", compression: str | None = None,
                  attrs: dict | None = None, resume: bool = False, finalize: bool = True,
-                 resume_equal: dict | None = None, finished_proteins: tuple | None = None):
+                 resume_equal: dict | None = None, finished_proteins: tuple | None = None,
+                 weights_unknown: bool = False):
         self.kinds = tuple(kinds)
         if self.kinds != (CONTACTS,) and (not self.kinds or any(k not in KINDS for k in self.kinds)):
             raise UsageError(f"kinds must be a non-empty subset of {KINDS} (or ({CONTACTS!r},)), got {self.kinds}")
@@ -2192,10 +2195,13 @@ class EmbeddingsWriter:
         self._cache = _MetadataHold(self.file)
         self.resumed = resumed
         self.runs = recorded_runs(self.file) if resumed else []
-        if resumed and "weights_fingerprint" not in self.file.attrs:
-            # (a file from before the attribute: the weights of its rows are not known, and this
-            # run's would have vouched for them, as merge does not for such a part)
+        if weights_unknown or (resumed and "weights_fingerprint" not in self.file.attrs):
+            # (a file from before the attribute, or `weights_unknown`: rows copied from one, embed
+            # --reuse: the weights of its rows are not known, and this run's would have vouched
+            # for them, as merge does not for such a part)
             run_attrs.pop("weights_fingerprint", None)
+            if "weights_fingerprint" in self.file.attrs:
+                del self.file.attrs["weights_fingerprint"]
         this_run = {k: run_attrs[k] for k in RUN_ATTRS if run_attrs.get(k) is not None}
         if this_run:
             self.runs.append(this_run)
