@@ -306,3 +306,20 @@ def test_a_finetune_output_is_described_whole(run_cli, finetuned):
     out = heavy_imports_of([["info", str(finetuned)], ["info", str(finetuned), "--json"]],
                            ("torch", "transformers", "protrans_cli.models", "safetensors", "h5py", "numpy"))
     assert out.returncode == 0, out.stderr
+
+
+def test_a_finetune_output_missing_its_head_is_described_as_one(run_cli, finetuned, tmp_path):
+    """finetune.json and model/ without head/ (deleted, or copied without it): described as a
+    finetune output whose head is missing (the line info has for it), not refused as a folder info
+    does not read."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finetuned, out)
+    shutil.rmtree(out / "head")
+    r = run_cli("info", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    facts = json.loads(r.stdout)
+    assert facts["kind"] == "finetune" and facts["head"] == "missing (no readable head/config.json)"
+    assert facts["model"]["family"] == "bert" and facts["lora"]["rank"] == 2
+    assert "head                missing (no readable head/config.json)" in run_cli("info", out).stdout
