@@ -75,7 +75,8 @@ def directory_info(path) -> dict:
         facts = {"directory": str(path), "kind": "model"}
         facts.update(_model(path, config))
         return facts
-    if (path / "head" / "config.json").is_file() and ((path / "finetune.json").is_file() or (path / "model").is_dir()):
+    # (finetune.json alone marks one: _finetune says which of head/ and model/ is missing)
+    if (path / "finetune.json").is_file() or ((path / "head" / "config.json").is_file() and (path / "model").is_dir()):
         return _finetune(path)
     raise InputError("not a folder info reads: info describes an embeddings, contact-map or probabilities file, "
                      "a head directory (fit, finetune, import-head), a model directory (config.json with a "
