@@ -323,3 +323,19 @@ def test_a_finetune_output_missing_its_head_is_described_as_one(run_cli, finetun
     assert facts["kind"] == "finetune" and facts["head"] == "missing (no readable head/config.json)"
     assert facts["model"]["family"] == "bert" and facts["lora"]["rank"] == 2
     assert "head                missing (no readable head/config.json)" in run_cli("info", out).stdout
+
+
+def test_a_damaged_finetune_json_is_said_not_passed_over(run_cli, finetuned, tmp_path):
+    """A finetune.json that cannot be read (cut short) lost the base model's LoRA and epochs lines
+    without a word: info says the file is unreadable and still describes head/ and model/."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finetuned, out)
+    (out / "finetune.json").write_text('{"model": "x", "lora": {"ra')
+    r = run_cli("info", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    facts = json.loads(r.stdout)
+    assert facts["kind"] == "finetune" and facts["finetune_json"].startswith("unreadable (")
+    assert facts["head"]["task"] == "ss3" and facts["model"]["family"] == "bert"
+    assert "finetune.json       unreadable (" in run_cli("info", out).stdout
