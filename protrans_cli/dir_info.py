@@ -153,6 +153,14 @@ def _finetune(path: Path) -> dict:
     head and OUT/model as a model."""
     facts: dict = {"directory": str(path), "kind": "finetune"}
     record = _json(path / "finetune.json")
+    if not isinstance(record, dict) and (path / "finetune.json").is_file():
+        # (cut short or edited: its LoRA and epochs are not known; said, not left out)
+        try:
+            json.loads((path / "finetune.json").read_text(encoding="utf-8"))
+            why = "not a JSON object"
+        except (OSError, ValueError, RecursionError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        facts["finetune_json"] = f"unreadable ({why}): its LoRA and epochs are not known"
     record = record if isinstance(record, dict) else {}
     head_config = _json(path / "head" / "config.json")
     head = _head(path / "head", head_config) if isinstance(head_config, dict) else {}
@@ -429,6 +437,8 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
 
 def _finetune_lines(facts: dict) -> list[tuple[str, str]]:
     lines = []
+    if facts.get("finetune_json"):
+        lines.append(("finetune.json", str(facts["finetune_json"])))
     if facts.get("finetuned_from"):
         lines.append(("fine-tuned", str(facts["finetuned_from"])))
     lora = facts.get("lora", {})
