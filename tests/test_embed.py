@@ -1515,8 +1515,21 @@ def test_the_summary_counts_proteins_that_share_a_sequence_unambiguously(run_cli
     result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5")
     assert result.exit_code == 0, result.stderr
     assert ("embedded 5 proteins (50 residues, " in result.stderr
-            and "; 3 proteins share the sequence of another (copied, not computed again)\n" in result.stderr), \
+            and "; of these 5, 3 repeat another's sequence (not computed again)\n" in result.stderr), \
         result.stderr
+
+
+def test_the_summary_says_repeats_as_a_share_of_the_embedded_and_reused(run_cli, tmp_path):
+    """With --reuse, "4,401 copied from --reuse; 41 proteins share the sequence of another" read as
+    41 more: the repeats are said as a share of the embedded and copied proteins together."""
+    (tmp_path / "old.fa").write_text(">x\nMKTAYIAKQR\n")
+    assert run_cli("embed", tmp_path / "old.fa", "-m", "onehot", "-o", tmp_path / "old.h5").exit_code == 0
+    fasta = tmp_path / "d.fa"  # a, c reused (c repeats a); b, d embedded (d repeats b)
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMSTNPKPQRK\n>c\nMKTAYIAKQR\n>d\nMSTNPKPQRK\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5", "--reuse", tmp_path / "old.h5")
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"embedded 2 proteins \(.*; 2 copied from --reuse; of these 4, 2 repeat another's "
+                     r"sequence \(not computed again\)\n", result.stderr), result.stderr
 
 
 def _run_summary(out, fasta=SMALL, **kw):
@@ -2542,7 +2555,7 @@ def test_torchrun_with_windows_equals_one_process(tmp_path):
            "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot", "--window", "13", *kw, "-o", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "embedded 120 proteins" in proc.stderr and "share the sequence of another" in proc.stderr
+    assert "embedded 120 proteins" in proc.stderr and "repeat another's sequence" in proc.stderr
     assert_same_content(file_content(single), file_content(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "g.fa", "single.h5"]
 

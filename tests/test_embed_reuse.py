@@ -249,7 +249,7 @@ def test_reuse_under_torchrun_equals_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("embedded ") == 1  # rank 0 reports, every rank's counts
     assert re.search(rf"embedded {single.num_embedded} proteins .*; {single.num_reused} copied from --reuse; "
-                     rf"{single.num_duplicates} proteins share the sequence of another", proc.stderr), proc.stderr
+                     rf"of these 120, {single.num_duplicates} repeats? another's sequence", proc.stderr), proc.stderr
     assert_same_content(file_content(tmp_path / "single.h5"), file_content(out))
     one_attrs, both_attrs = _contents(tmp_path / "single.h5")[1], _contents(out)[1]  # (file attributes)
     assert sorted(both_attrs) == sorted(one_attrs)

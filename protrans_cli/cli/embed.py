@@ -182,11 +182,13 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                  f"into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else "")
                  + (f"; {summary.num_reused:,} copied from --reuse" if summary.num_reused else "")
-                 # (proteins, not sequences: three copies of one sequence are 2 proteins that share
-                 # another's sequence, where "2 identical sequences computed once" read as 2 sequences)
-                 + (f"; {console.counted(summary.num_duplicates, 'protein')} "
-                    f"{'shares' if summary.num_duplicates == 1 else 'share'} the sequence of another "
-                    "(copied, not computed again)" if summary.num_duplicates else ""))
+                 # (proteins, not sequences: three copies of one sequence are 2 proteins that repeat
+                 # another's, where "2 identical sequences computed once" read as 2 sequences; and a
+                 # share of the embedded and copied ones, said as such: "; 4,401 copied from --reuse;
+                 # 41 proteins share..." read as 41 more)
+                 + (f"; of these {summary.num_embedded + summary.num_reused:,}, {summary.num_duplicates:,} "
+                    f"{'repeats' if summary.num_duplicates == 1 else 'repeat'} another's sequence "
+                    "(not computed again)" if summary.num_duplicates else ""))
     if summary.truncated:  # (asked for, but never silent: their rows and means are of the first residues only)
         count, one = len(summary.truncated), len(summary.truncated) == 1
         limit = (f"--max-length {summary.max_length:,}" if max_length
