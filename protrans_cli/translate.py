@@ -499,7 +499,12 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
                 _check_kept(store.folder, settings)
             # (UnitStore names a unit by the model, its files, the device type and compute dtype)
             units = store.for_model(loaded, _StoreKey(loaded.device, summary.compute_dtype))
-        bar = console.progress(desc="translating", unit="protein") if console.progress_wanted() else None
+        # (input records, repeats and left-out ones included: a protein's sequence for --to 3di, a
+        # structure's 3Di string for --to aa, not "protein" for both; the total where the input is a
+        # file, counted by its headers before the first batch, as embed's and perplexity's bars)
+        bar = console.progress(total=_count_records(fasta), desc="translating",
+                               unit="protein" if options.to == "3di" else "structure") \
+            if console.progress_wanted() else None
         seeded = torch.random.fork_rng(devices=[loaded.device] if loaded.device.type == "cuda" else [])
         try:
             with seeded, streamed_output(output) as stream:  # (stdout's: a file in TMPDIR, copied out at the end)
@@ -521,6 +526,27 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
                  + (f"; {console.counted(summary.repeated, 'record')} repeating an earlier record's sequence "
                     "(translated once)" if summary.repeated else ""))
     return summary
+
+
+def _count_records(fasta) -> int | None:
+    """The FASTA records of `fasta` (its header lines), read in 1 MiB blocks (.gz decompressed);
+    None for stdin or a stream (read once) and where the file cannot be read (translating it
+    says why)."""
+    from protrans_cli.errors import ProtransError
+    from protrans_cli.embed import is_stream
+    from protrans_cli.io.files import open_input
+
+    if str(fasta) == "-" or is_stream(fasta):
+        return None
+    count, last = 0, b"\n"
+    try:
+        with open_input(fasta) as stream:
+            while block := stream.read(1 << 20):
+                count += block.count(b"\n>") + (last == b"\n" and block[:1] == b">")
+                last = block[-1:]
+    except (OSError, ProtransError):
+        return None
+    return count or None
 
 
 class _StoreKey:
@@ -568,6 +594,8 @@ def _translate_all(fasta, name: str, read_windows, translator: Translator, optio
             if p.rejected is not None:
                 summary.skipped += 1
                 console.warn(f"{name}: record {p.id!r} left out: {p.rejected}")
+                if bar is not None:
+                    console.skip(bar, 1)  # (of the total: not translated)
         keys = [p.id if by_record else normalise(p.sequence) for p in kept]
         done: dict[str, list[str]] = {} if by_record else known
         todo, queued = [], set()

@@ -407,3 +407,36 @@ def _plain_loop(model, tokenizer, allowed, records, to, got):
                 decoder.append(int(draw(log_probs, torch.rand(1, generator=generator, dtype=torch.float64))[0]))
             want = "".join(tokenizer.convert_ids_to_tokens(decoder[1:])).upper()
             assert got[f"{pid}_{k + 1}"] == want, (pid, k)
+
+
+@pytest.mark.parametrize("to,unit", [("3di", "protein"), ("aa", "structure")])
+def test_the_progress_bar_has_the_records_total_and_the_inputs_unit(tmp_path, prostt5_like, monkeypatch, to, unit):
+    """The bar had no total and said "protein" translating 3Di strings: its total is the file's
+    records (repeats and left-out ones counted as done, so it ends at the total), its unit what
+    the records are; for a .gz file too; none for stdin (read once)."""
+    import gzip
+
+    from protrans_cli import console
+    from protrans_cli.translate import TranslateOptions, _count_records, translate
+
+    model_dir, _ = prostt5_like
+    records = dict(PROTEINS if to == "3di" else STATES)
+    records["again"] = next(iter(records.values()))  # a repeat: translated once
+    records["bad"] = "MK1Q" if to == "3di" else "dv1q"  # left out (--invalid-policy skip)
+    fasta = _fasta(tmp_path / "in.fa", records)
+    bars = []
+    real = console.progress
+
+    def spy(*args, **kw):
+        bars.append((kw, real(*args, **kw)))
+        return bars[-1][1]
+
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(console, "progress", spy)
+    translate(fasta, tmp_path / "o.fa", TranslateOptions(model=str(model_dir), to=to, device="cpu",
+                                                         invalid_policy="skip", window=2))
+    (kw, bar), = bars
+    assert (kw["total"], kw["unit"], bar.n) == (len(records), unit, len(records))
+    gz = tmp_path / "in.fa.gz"
+    gz.write_bytes(gzip.compress(fasta.read_bytes()))
+    assert _count_records(gz) == len(records) and _count_records("-") is None
