@@ -78,9 +78,60 @@ def directory_info(path) -> dict:
     # (finetune.json alone marks one: _finetune says which of head/ and model/ is missing)
     if (path / "finetune.json").is_file() or ((path / "head" / "config.json").is_file() and (path / "model").is_dir()):
         return _finetune(path)
+    if path.name.endswith(".partial") and (kept := _partial(path)) is not None:
+        return kept
     raise InputError("not a folder info reads: info describes an embeddings, contact-map or probabilities file, "
                      "a head directory (fit, finetune, import-head), a model directory (config.json with a "
                      "model_type) or a train run directory", path=str(path))
+
+
+# The commands whose OUTPUT.partial/ keeps finished batches, each with its marker file
+# (protrans-COMMAND.json: variants.UnitStore's); fit's and finetune's keep state.pt
+_UNIT_COMMANDS = ("variants", "perplexity", "translate", "generate")
+
+
+def _partial(path: Path) -> dict | None:
+    """An interrupted run's OUTPUT.partial/ recognised by what it holds, without reading it: a
+    batch command's marker file, or fit's or finetune's state.pt (told apart by its settings'
+    names in the pickle's bytes, read from the zip without unpickling); None for anything else."""
+    output = str(path.with_name(path.name[:-len(".partial")]))
+    facts = {"directory": str(path), "kind": "partial", "output": output}
+    for command in _UNIT_COMMANDS:
+        if (path / f"protrans-{command}.json").is_file():
+            facts.update(command=command, holds="the batches it finished (read back, not computed again)")
+            return facts
+    state = path / "state.pt"
+    if not state.is_file():
+        return None
+    command = _state_command(state)
+    facts.update(command=command or "fit or finetune",
+                 holds=f"its state so far (state.pt, {_size(state)}: saved as it goes)")
+    return facts
+
+
+def _state_command(state: Path) -> str | None:
+    """fit or finetune, from the names in a state.pt's pickle (finetune's settings have lora_rank);
+    None where the file cannot be read as a torch zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(state) as archive:  # (the sha256 line in front: zipfile allows a prefix)
+            pickled = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if pickled is None:
+                return None
+            with archive.open(pickled) as fh:
+                data = fh.read(_MAX_HEADER)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return "finetune" if b"lora_rank" in data else "fit"
+
+
+def _size(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "unreadable"
+    return f"{size / 2 ** 20:,.1f} MiB" if size >= 2 ** 20 else f"{size:,} bytes"
 
 
 def _json(path: Path):
@@ -374,9 +425,14 @@ def directory_lines(facts: dict) -> list[str]:
     kind = facts["kind"]
     names = {"head": "prediction head (fit, finetune or import-head)", "model": "model directory (Hugging Face)",
              "run": "protrans train run", "checkpoint": f"train run checkpoint (step {facts.get('step')})",
-             "finetune": "protrans finetune output (head/ and model/)"}
+             "finetune": "protrans finetune output (head/ and model/)",
+             "partial": f"an interrupted protrans {facts.get('command')} run's work (not an output)"}
     lines: list[tuple[str, str]] = [("directory", facts["directory"]), ("kind", names[kind])]
-    if kind == "head":
+    if kind == "partial":
+        lines += [("output", f"{facts['output']} (not written yet)"), ("holds", facts["holds"]),
+                  ("resume", f"the same protrans {facts['command']} command with --resume continues it "
+                             f"(-o {facts['output']})")]
+    elif kind == "head":
         lines += _head_lines(facts)
     elif kind == "finetune":
         lines += _finetune_lines(facts)

@@ -339,3 +339,33 @@ def test_a_damaged_finetune_json_is_said_not_passed_over(run_cli, finetuned, tmp
     assert facts["kind"] == "finetune" and facts["finetune_json"].startswith("unreadable (")
     assert facts["head"]["task"] == "ss3" and facts["model"]["family"] == "bert"
     assert "finetune.json       unreadable (" in run_cli("info", out).stdout
+
+
+def test_an_interrupted_run_s_partial_folder_is_said_with_its_resume(run_cli, tmp_path):
+    """info OUT.partial said "not a folder info reads": a batch command's folder (its marker file),
+    fit's and finetune's (state.pt, as their own writers save it, told apart without unpickling)
+    are said as what they are, with the --resume that continues them."""
+    import dataclasses
+
+    from protrans_cli.heads.finetune import FinetuneConfig, _write_state
+    from protrans_cli.heads.fit import FitConfig, FitState
+    from protrans_cli.variants import UnitStore
+
+    UnitStore(tmp_path / "d.fa.partial", resume=False, command="translate")._create()
+    (tmp_path / "ft.partial").mkdir()
+    _write_state(tmp_path / "ft.partial" / "state.pt",
+                 {"fingerprint": json.dumps(dataclasses.asdict(FinetuneConfig(model="m"))), "epoch": 1})
+    FitState(tmp_path / "head.partial", dataclasses.asdict(FitConfig()))._write()
+    for name, command in (("d.fa.partial", "translate"), ("ft.partial", "finetune"), ("head.partial", "fit")):
+        facts = _info(run_cli, tmp_path / name)
+        assert (facts["kind"], facts["command"], facts["output"]) == ("partial", command,
+                                                                      str(tmp_path / name.removesuffix(".partial")))
+        text = run_cli("info", tmp_path / name).stdout
+        assert f"an interrupted protrans {command} run's work" in text, text
+        assert f"the same protrans {command} command with --resume continues it" in text, text
+    (tmp_path / "other.partial").mkdir()
+    res = run_cli("info", tmp_path / "other.partial")
+    assert res.exit_code == 1 and "not a folder info reads" in res.stderr
+    out = heavy_imports_of([["info", str(tmp_path / "ft.partial")], ["info", str(tmp_path / "d.fa.partial")]],
+                           ("torch", "transformers", "protrans_cli.models", "safetensors", "h5py", "numpy"))
+    assert out.returncode == 0, out.stderr
