@@ -47,6 +47,7 @@ _SIZES = {"hidden_size": ("hidden_size", "d_model"), "layers": ("num_hidden_laye
           "max_positions": ("max_position_embeddings", "n_positions")}
 STATE_FILE = "training_state.pt"  # (training.rundir's names: that module is not imported for them)
 TRAIN_CONFIG = "train_config.json"
+PROGRESS_FILE = "progress.json"  # a checkpoint's step and the run's tokens up to it (training.rundir's)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -347,6 +348,21 @@ def _bytes(path: Path) -> int:
 
 # --- a train run ---
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _progress(checkpoints: list[tuple[int, Path]]) -> tuple[int, int] | None:
+    """(step, tokens) of the last checkpoint's progress.json, where it has a readable one."""
+    if not checkpoints:
+        return None
+    step, path = checkpoints[-1]
+    saved = _json(path / PROGRESS_FILE)
+    if isinstance(saved, dict) and saved.get("step") == step and _is_count(saved.get("tokens")):
+        return step, saved["tokens"]
+    return None
+
+
 def _run(path: Path, *, checkpoint: bool = False) -> dict:
     facts: dict = {}
     cfg = _json(path / TRAIN_CONFIG)
@@ -370,10 +386,17 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
     if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
         # the run's own count, every step's (a checkpoint's steps after the last line included)
         facts["tokens"] = counted
-    elif "tokens" in facts and not (isinstance(complete, dict) and complete.get("step") == last.get("step")):
-        # (an older complete run's last line is its last step; a stopped run's lines may end
-        # before its last checkpoint's step, whose tokens after them no file here tells)
-        facts["tokens_up_to"] = last.get("step")
+    elif isinstance(complete, dict) and complete.get("step") == (rows[-1].get("step") if rows else None):
+        pass  # (an older complete run's last line is its last step: the lines' sum is its count)
+    elif (saved := _progress(checkpoints)) is not None and (not rows or not _is_count(rows[-1].get("step"))
+                                                            or saved[0] >= rows[-1]["step"]):
+        # a run not complete: its last checkpoint's own count (training_state.pt's, in progress.json),
+        # exact where the lines' sum misses the steps after the last line (up to that checkpoint)
+        facts["tokens"], facts["tokens_up_to"], facts["tokens_from"] = saved[1], saved[0], "checkpoint"
+    elif "tokens" in facts:
+        # (a stopped run's lines may end before its last checkpoint's step, whose tokens after them
+        # no file here tells: checkpoints of earlier versions have no progress.json)
+        facts["tokens_up_to"], facts["tokens_from"] = rows[-1].get("step"), "metrics.jsonl"
     if isinstance(complete, dict) and "step" in complete:
         facts["status"] = f"complete (step {complete['step']})"
     else:
@@ -582,7 +605,8 @@ def _run_lines(facts: dict) -> list[tuple[str, str]]:
     if "tokens" in facts:
         up_to = facts.get("tokens_up_to")
         lines.append(("tokens", f"{facts['tokens']:,} trained on"
-                      + (f" up to step {up_to:,} (metrics.jsonl's last line)" if isinstance(up_to, int) else "")))
+                      + ((f" up to step {up_to:,} (its last checkpoint's count)" if facts.get("tokens_from") == "checkpoint"
+                          else f" up to step {up_to:,} (metrics.jsonl's last line)") if isinstance(up_to, int) else "")))
     if facts.get("checkpoints"):
         steps = facts["checkpoints"]
         lines.append(("checkpoints", f"{len(steps)}: steps " + ", ".join(f"{s:,}" for s in steps[-5:])

@@ -369,3 +369,33 @@ def test_an_interrupted_run_s_partial_folder_is_said_with_its_resume(run_cli, tm
     out = heavy_imports_of([["info", str(tmp_path / "ft.partial")], ["info", str(tmp_path / "d.fa.partial")]],
                            ("torch", "transformers", "protrans_cli.models", "safetensors", "h5py", "numpy"))
     assert out.returncode == 0, out.stderr
+
+
+def test_a_stopped_run_s_tokens_are_its_last_checkpoint_s_count(run_cli, tmp_path):
+    """A run stopped by --stop-after between two metrics lines: info summed metrics.jsonl (the
+    steps after its last line missing); the checkpoint's progress.json (in its SHA256SUMS) has the
+    count training_state.pt holds, which info reads without unpickling it."""
+    import hashlib
+
+    import torch
+
+    out = tmp_path / "run"
+    res = run_cli("train", "--corpus", TRAIN / "learnable.txt", "--max-length", "32", "--global-batch-size", "4",
+                  "--micro-batch-size", "4", "--save-every", "3", "--log-every", "2", "-j", "1", "--num-steps", "6",
+                  "--stop-after", "3", "-o", out)
+    assert res.exit_code == 0, res.output
+    ckpt = out / "checkpoints" / "step_00000003"
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] and state["tokens"] > rows[0]["tokens"]  # (step 3 after the line)
+    assert json.loads((ckpt / "progress.json").read_text()) == {"step": 3, "tokens": state["tokens"]}
+    sums = (ckpt / "SHA256SUMS").read_text()
+    assert f"{hashlib.sha256((ckpt / 'progress.json').read_bytes()).hexdigest()}  progress.json\n" in sums
+    facts = _info(run_cli, out)
+    assert (facts["tokens"], facts["tokens_up_to"], facts["tokens_from"]) == (state["tokens"], 3, "checkpoint")
+    assert facts["status"].startswith("not complete")
+    assert f"tokens        {state['tokens']:,} trained on up to step 3 (its last checkpoint's count)" in \
+        run_cli("info", out).stdout
+    (ckpt / "progress.json").unlink()  # a checkpoint of an earlier version: the lines' sum, said as such
+    facts = _info(run_cli, out)
+    assert (facts["tokens"], facts["tokens_up_to"], facts["tokens_from"]) == (rows[0]["tokens"], 2, "metrics.jsonl")

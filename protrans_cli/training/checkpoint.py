@@ -14,6 +14,8 @@ save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embe
                                  (with --keep-best, training_state.pt also holds the best so far)
   README.md                      a model card (training/card.py): the model, its training, its
                                  results, how to use it
+  progress.json                  the step and the run's tokens up to it (training_state.pt's, as
+                                 JSON: `protrans info` reads it, never the pickle)
   SHA256SUMS                     the sha256 of every other file (`sha256sum -c SHA256SUMS`
                                  checks it by hand); --resume checks it before reading
 It is written into a hidden temporary directory and renamed into place, so a crash never
@@ -39,8 +41,8 @@ from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, a_or_an
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
                                    file_locking, sha256_file, without_locks)
 # (a run directory's layout, read without torch: `protrans train` refuses what it holds before importing torch)
-from protrans_cli.training.rundir import (BEST_FILE, COMPLETE_FILE, CONFIG_FILE, STATE_FILE, _damaged, checkpoint_step,
-                                          list_checkpoints, run_dir_in_use, run_dir_option)
+from protrans_cli.training.rundir import (BEST_FILE, COMPLETE_FILE, CONFIG_FILE, PROGRESS_FILE, STATE_FILE, _damaged,
+                                          checkpoint_step, list_checkpoints, run_dir_in_use, run_dir_option)
 from protrans_cli.training.card import may_write as may_write_card
 from protrans_cli.training.card import write_card
 
@@ -269,6 +271,11 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         if not _holds_every_weight(tmp / HF_WEIGHTS, model):
             save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
+        if is_count(training_state.get("step")) and is_count(training_state.get("tokens")):
+            # (the count `protrans info RUN` gives of a run not complete: it reads JSON only)
+            (tmp / PROGRESS_FILE).write_text(json.dumps({"step": training_state["step"],
+                                                         "tokens": int(training_state["tokens"])}) + "\n",
+                                             encoding="utf-8")
         config.save(tmp / CONFIG_FILE, resolved=resolved)
         if card is not None:
             write_card(tmp, card)

@@ -17,6 +17,8 @@ from protrans_cli.errors import (InputError, RuntimeFailure, UsageError, first_l
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"
 BEST_FILE = "best_checkpoint.json"  # at the run's root with --keep-best: record_best
+# in each checkpoint: its step and the run's tokens up to it (training_state.pt's, for info, which never unpickles)
+PROGRESS_FILE = "progress.json"
 COMPLETE_FILE = "complete.json"  # at the run's root once its last step's model is written: record_complete
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
