@@ -220,6 +220,9 @@ def _finetune(path: Path) -> dict:
     base = record.get("model") or embedding.get("finetuned_from")
     if base:
         facts["finetuned_from"] = base
+        # (a local base directory's weights, recorded since finetune records its absolute path)
+        if isinstance(record.get("model_weights_fingerprint"), str):
+            facts["finetuned_from_weights"] = record["model_weights_fingerprint"]
     if isinstance(record.get("lora"), dict):
         facts["lora"] = {k: record["lora"][k] for k in ("rank", "alpha", "dropout", "targets") if k in record["lora"]}
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
@@ -519,7 +522,8 @@ def _finetune_lines(facts: dict) -> list[tuple[str, str]]:
     if facts.get("finetune_json"):
         lines.append(("finetune.json", str(facts["finetune_json"])))
     if facts.get("finetuned_from"):
-        lines.append(("fine-tuned", str(facts["finetuned_from"])))
+        lines.append(("fine-tuned", str(facts["finetuned_from"])
+                      + (f" (weights {facts['finetuned_from_weights']})" if facts.get("finetuned_from_weights") else "")))
     lora = facts.get("lora", {})
     if lora:
         shown = [f"{k} {lora[k]}" for k in ("rank", "alpha", "dropout") if k in lora]

@@ -295,7 +295,7 @@ def test_a_finetune_output_is_described_whole(run_cli, finetuned):
     assert facts["model"]["parameters"] == _reference_parameters(finetuned / "model")[0]
     q3 = record["metrics"]["test"]["ss3"]["accuracy"]
     text = run_cli("info", finetuned).stdout
-    for line in (f"fine-tuned          {record['model']}\n", "LoRA                rank 2, alpha 8.0, dropout 0.0, on ",
+    for line in (f"fine-tuned          {record['model']} (weights {record['model_weights_fingerprint']})\n", "LoRA                rank 2, alpha 8.0, dropout 0.0, on ",
                  "epochs              2 trained (of at most 2), the best ", "task                ss3 (per-residue)\n",
                  f"test ss3            Q3 {q3:.4f} (95% CI ", "model family        bert (model_type bert)\n",
                  "trained on          sequences embedded while fine-tuned, "):
@@ -399,3 +399,32 @@ def test_a_stopped_run_s_tokens_are_its_last_checkpoint_s_count(run_cli, tmp_pat
     (ckpt / "progress.json").unlink()  # a checkpoint of an earlier version: the lines' sum, said as such
     facts = _info(run_cli, out)
     assert (facts["tokens"], facts["tokens_up_to"], facts["tokens_from"]) == (rows[0]["tokens"], 2, "metrics.jsonl")
+
+
+def test_a_finetune_s_local_base_model_is_recorded_wherever_it_is_read(run_cli, tmp_path_factory, monkeypatch):
+    """finetune recorded its base model as given (`bert`, relative to where it ran: meaningless
+    elsewhere): a local directory is recorded by its absolute path and weights fingerprint, in
+    finetune.json, the head's finetuned_from and the model card; info says both from elsewhere."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+    from protrans_cli.models import weights_fingerprint
+    from test_heads_fit import _netsurfp, _seqs
+
+    model = save_tiny_model(tmp_path_factory, "bert")
+    root = tmp_path_factory.mktemp("ft_rel")
+    _netsurfp(root / "train.csv", _seqs(np.random.default_rng(0), 8))
+    monkeypatch.chdir(model.parent)
+    config = FinetuneConfig(task="ss3", model=model.name, max_epochs=1, patience=5, lora_rank=2,
+                            max_residues=600, threads=1, n_bootstrap=10, device="cpu")
+    finetune(config, root / "train.csv", root / "out")
+    monkeypatch.chdir(root)
+    record = json.loads((root / "out" / "finetune.json").read_text())
+    assert record["model"] == str(model.resolve()) and record["config"]["model"] == model.name  # (as given)
+    assert record["model_weights_fingerprint"] == weights_fingerprint(model)
+    head = json.loads((root / "out" / "head" / "config.json").read_text())
+    assert head["embedding"]["finetuned_from"] == str(model.resolve())
+    assert f"- Base model: `{model.resolve()}`\n" in (root / "out" / "model" / "README.md").read_text()
+    facts = _info(run_cli, root / "out")
+    assert (facts["finetuned_from"], facts["finetuned_from_weights"]) == (str(model.resolve()),
+                                                                          weights_fingerprint(model))
+    assert f"fine-tuned          {model.resolve()} (weights {weights_fingerprint(model)})\n" in \
+        run_cli("info", root / "out").stdout

@@ -59,7 +59,7 @@ def test_summary_line_names_ranks_and_the_task_head_left_out(run_cli, tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["architectures"] == ["EsmForMaskedLM"]
 
 
-def test_the_merged_model_card_names_the_base_and_the_adapter(run_cli, tmp_path):
+def test_the_merged_model_card_names_the_base_and_the_adapter(run_cli, tmp_path, monkeypatch):
     from protrans_cli.models import load_model
 
     out = tmp_path / "m"
@@ -70,6 +70,13 @@ def test_the_merged_model_card_names_the_base_and_the_adapter(run_cli, tmp_path)
     assert "base_model:" not in card  # (a local base: no Hub id to name)
     params = sum(p.numel() for p in load_model(out, masked_lm=True).model.parameters())
     assert f"- Parameters: {params:,}\n" in card and "- lora\n" in card
+    # a local base given relative to where import-model ran: its absolute path and weights
+    from protrans_cli.models import weights_fingerprint
+
+    monkeypatch.chdir(ESM.parent)
+    assert run_cli("import-model", PEFT / "esm_classifier", "--base", ESM.name, "-o", tmp_path / "rel").exit_code == 0
+    card = (tmp_path / "rel" / "README.md").read_text()
+    assert f"- Base model: `{ESM.resolve()}` (weights {weights_fingerprint(ESM)})\n" in card, card
 
 
 def test_base_read_from_adapter_config_when_a_local_path(run_cli, tmp_path):

@@ -4597,3 +4597,19 @@ def test_accept_corpus_change_on_a_corpus_that_shrank_below_the_position_says_th
         assert "resumed at its data position anyway" not in res.stderr
         rows = read_metrics(run / "metrics.jsonl")
         assert [(row["step"], row["epoch"]) for row in rows[16:]] == [(17, 1), (18, 2), (19, 2), (20, 2)]
+
+
+def test_init_from_a_directory_is_recorded_by_its_absolute_path_and_weights(tmp_path, monkeypatch):
+    """train_config.json kept --init-from as given (`a/final`, relative to where train ran): its
+    `resolved` section records the directory's absolute path and weights fingerprint."""
+    from protrans_cli.models import weights_fingerprint
+
+    first = train(_config(tmp_path / "a", num_steps=2))
+    assert weights_fingerprint(first.run_dir)  # (the run's final model at its root)
+    monkeypatch.chdir(tmp_path)
+    given = os.path.relpath(first.run_dir, tmp_path)
+    second = train(_config(tmp_path / "b", init_from=given, num_steps=1))
+    saved = json.loads((second.run_dir / "train_config.json").read_text())
+    assert saved["init_from"] == given and not os.path.isabs(given)  # (as given: what a resume compares)
+    assert saved["resolved"]["init_from"] == str(first.run_dir.resolve())
+    assert saved["resolved"]["init_from_weights_fingerprint"] == weights_fingerprint(first.run_dir)

@@ -818,6 +818,7 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     from protrans_cli.heads.model import Ensemble, head_format, network_hyperparameters, save_head
     from protrans_cli.io.files import default_permissions
     from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.embed import model_attr
     from protrans_cli.models import _quiet_transformers, load_model, weights_fingerprint
 
     merged = merged_copy(model.encoder).to("cpu")
@@ -831,9 +832,13 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     (head_dir / "metrics").mkdir()
     head = model.head.to("cpu").eval()
     layer = int(embedder.layers[0])
+    # The base model as it identifies it wherever OUT is read: a local directory by its absolute
+    # path and weights fingerprint (`models/tiny_esm8`, as given, meant nothing elsewhere), a hub
+    # id or short name as given
+    base = model_attr(config.model)
     embedding = {"model": str(out_dir / "model"), "family": embedder.family, "layers": [layer],
                  "embedding_dim": int(embedder.embedding_dim), "input_prefix": embedder.input_prefix,
-                 "finetuned_from": config.model}
+                 "finetuned_from": base}
     if config.chains != "error":  # (how it read complexes: predict --fasta reads them so by default)
         embedding.update(chains=config.chains, linker_length=config.linker_length)
     saved_weights = weights_fingerprint(tmp / "model")  # (of the files' contents: the same once OUT/model)
@@ -884,7 +889,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
         summary[name] = write_metrics(head_dir / "metrics", name, result, str(out_dir / "model"), desc, plots=False)
     (head_dir / "metrics.json").write_text(metrics_json(summary) + "\n", encoding="utf-8")
     (tmp / "finetune.json").write_text(metrics_json({
-        "format": "protrans-finetune", "protrans_version": __version__, "model": config.model,
+        "format": "protrans-finetune", "protrans_version": __version__, "model": base,
+        **({"model_weights_fingerprint": loaded.weights_fingerprint} if loaded.weights_fingerprint else {}),
         "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "targets": list(loaded.family.lora_targets)},
         "config": _jsonable(asdict(replace(config, resume=False, force=False))),

@@ -298,13 +298,19 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
     del tensors
     result.base = str(base)
     holder, loaded.model = [loaded.model], None  # (freed once written, before the directory is read back)
+    fingerprint = loaded.weights_fingerprint
+
     def card(read):
+        from protrans_cli.embed import model_attr
         from protrans_cli.training.card import import_card
 
         rank = f"r {result.r}, alpha {result.alpha:g}" + (", rsLoRA" if result.rslora else "")
+        # (a local base directory by its absolute path and weights: `--base esm2/`, as given, named
+        # nothing once the card was read elsewhere)
+        shown = model_attr(str(base))
         return import_card(loaded=read, base=str(base),
-                           source=f"`{base}` with the peft LoRA adapter `{adapter.name}` merged into its weights",
-                           details=[f"Base model: `{base}`",
+                           source=f"`{shown}` with the peft LoRA adapter `{adapter.name}` merged into its weights",
+                           details=[f"Base model: `{shown}`" + (f" (weights {fingerprint})" if fingerprint else ""),
                                     f"LoRA: {rank}, {result.modules} modules merged as peft's merge_and_unload()"
                                     + (f", {result.copied} trained tensors copied" if result.copied else ""),
                                     *([f"Left out: {', '.join(result.skipped)} (a task head the base lacks)"]

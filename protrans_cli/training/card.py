@@ -295,6 +295,8 @@ def finetune_card(*, family, tokenizer, model, config, task, proteins: int) -> s
     what was done to it. `config`: the FinetuneConfig; `task`: its heads.tasks.Task."""
     from protrans_cli import __version__
 
+    from protrans_cli.embed import model_attr
+
     base = _hub_id(config.model)
     uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
     front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
@@ -309,7 +311,8 @@ def finetune_card(*, family, tokenizer, model, config, task, proteins: int) -> s
            "its LoRA adapters merged into the weights: an ordinary model directory of the base model's "
            "architecture and tokenizer (the head is saved beside it, in ../head).", "",
            "## Fine-tuning", "",
-           f"- Base model: `{config.model}`",
+           # (a local directory by its absolute path: as given, `models/x` meant nothing elsewhere)
+           f"- Base model: `{model_attr(config.model)}`",
            f"- LoRA: rank {config.lora_rank}, alpha {config.lora_alpha:g}, dropout {config.lora_dropout:g}"
            + (f" on {', '.join(family.lora_targets)}" if family.lora_targets else ""),
            f"- Task: {task.name} ({task.kind.replace('_', '-')}), {proteins:,} training proteins",

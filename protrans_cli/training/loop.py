@@ -126,6 +126,15 @@ class _Run:
                     # where the corpus files are, whatever the working directory of a resume
                     "corpus": [os.path.abspath(p) if p != "-" else p for p in self.config.corpus],
                     "val_corpus": [os.path.abspath(p) for p in self.config.val_corpus or []]}
+        if self.config.init_from:
+            # what --init-from named, wherever the run is read: a local directory by its absolute
+            # path and weights fingerprint (`models/x`, as given, meant nothing elsewhere)
+            from protrans_cli.embed import model_attr
+            from protrans_cli.models import weights_fingerprint
+
+            resolved["init_from"] = model_attr(self.config.init_from)
+            if os.path.isdir(resolved["init_from"]) and (weights := weights_fingerprint(resolved["init_from"])):
+                resolved["init_from_weights_fingerprint"] = weights
         if path is not None:
             as_given.save(path, resolved=resolved)
         return as_given, resolved
