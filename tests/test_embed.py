@@ -1501,7 +1501,7 @@ def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path)
     assert summary.num_residues == sum(len(a) for a in read_all(tmp_path / "t.h5").values()) == 47
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "cli.h5")
     assert "embedded 6 proteins (81 residues," in result.stderr
-    assert "; 1 protein shares the sequence of another (copied, not computed again)" in result.stderr
+    assert "; of these 6, 1 repeats another's sequence (not computed again)" in result.stderr
     # where it ran and in what, as the file's attributes say ("is it on the GPU?")
     assert re.search(r"residues/s on cpu, float32\) into ", result.stderr), result.stderr
     assert (summary.device, summary.compute_dtype, summary.world_size) == ("cpu", "float32", 1)
@@ -2524,7 +2524,7 @@ def test_cli_stdin_with_windows_is_spooled_and_cleaned_up(run_cli, tmp_path):
     result = run_cli("embed", "-", "-m", "onehot", "--window", "1", "-o", out,
                      input=b">a\nMKV\n>b\nWWW\n>c\nMKV\n")
     assert result.exit_code == 0, result.stderr
-    assert "1 protein shares the sequence of another" in result.stderr
+    assert "of these 3, 1 repeats another's sequence" in result.stderr
     got = read_all(out)
     assert sorted(got) == ["a", "b", "c"]  # nothing of the old spool
     np.testing.assert_array_equal(got["c"], onehot_reference("MKV"))
