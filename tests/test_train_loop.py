@@ -662,6 +662,17 @@ def test_find_lr_says_the_learning_rate_flags_it_ignores(tmp_path, run_cli):
     assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
 
 
+def test_find_lr_says_the_schedules_decay_flags_it_ignores(tmp_path, run_cli):
+    """--min-lr-ratio and --decay-fraction shape the schedule's decay, which the range test does
+    not run: beside --find-lr they changed nothing without a word, where --lr and --schedule are
+    said to be ignored."""
+    args = ["train", "--corpus", LEARNABLE, "--find-lr", "--num-steps", 10, "--max-length", 32, "-j", 1]
+    res = run_cli(*args, "--min-lr-ratio", 0.5, "--decay-fraction", 0.3, "-o", tmp_path / "a")
+    assert res.exit_code == 0, res.stderr
+    assert ("--find-lr raises the learning rate from 1e-7 to 1 itself: --min-lr-ratio, --decay-fraction ignored"
+            in res.stderr)
+
+
 def test_find_lr_says_which_of_its_steps_met_a_bad_corpus_line(tmp_path, run_cli):
     """A run's corpus error says which step's batch met it; the range test's said only the line,
     and left the user to guess whether the test or the check before it had read that far."""

@@ -353,7 +353,8 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
             console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
                          "lr_find.json: no evaluation, metrics or checkpoint)")
         # (the range test sets every step's lr itself: these changed nothing without a word)
-        swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_steps", "schedule")
+        swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_steps", "schedule", "min_lr_ratio",
+                                                             "decay_fraction")
                  if flags.get(name) is not None]
         if swept and _rank_zero():
             console.warn(f"--find-lr raises the learning rate from 1e-7 to 1 itself: {', '.join(swept)} ignored")
