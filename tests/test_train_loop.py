@@ -1462,6 +1462,28 @@ def test_cli_batch_size_flags_that_every_phase_overrides_are_said_to_be_ignored(
     assert "global batch 4 = 2 x 1 process(es) x 2 accumulation" in res.stderr
 
 
+def test_cli_decay_flags_that_the_schedule_does_not_use_are_said_to_be_ignored(tmp_path, run_cli):
+    """--decay-fraction shapes only wsd's and wsd_sqrt's decay, --min-lr-ratio only the schedules that
+    decay to a floor: beside another schedule (`--decay-fraction 0.1` without `--schedule wsd`) the
+    flag changed nothing without a word. A config file's value is not warned about (the template)."""
+    args = ["train", "--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+            "--micro-batch-size", 4, "--save-every", 100, "-j", 1]
+    res = run_cli(*args, "-o", tmp_path / "a", "--decay-fraction", 0.1)
+    assert res.exit_code == 0, res.stderr
+    assert ("protrans: warning: --decay-fraction 0.1 ignored: --schedule linear does not use it (wsd and wsd_sqrt "
+            "decay over that last fraction of the steps)") in res.stderr
+    res = run_cli(*args, "-o", tmp_path / "b", "--schedule", "constant", "--min-lr-ratio", 0.5)
+    assert res.exit_code == 0, res.stderr
+    assert ("protrans: warning: --min-lr-ratio 0.5 ignored: --schedule constant does not decay to a floor "
+            "(linear, cosine, wsd and wsd_sqrt do)") in res.stderr
+    res = run_cli(*args, "-o", tmp_path / "c", "--schedule", "wsd", "--min-lr-ratio", 0.5, "--decay-fraction", 0.1)
+    assert res.exit_code == 0 and "ignored" not in res.stderr, res.stderr
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"schedule": "inverse_sqrt", "decay_fraction": 0.1, "min_lr_ratio": 0.5}))
+    res = run_cli(*args, "-o", tmp_path / "d", "--config", config)
+    assert res.exit_code == 0 and "ignored" not in res.stderr, res.stderr
+
+
 def test_a_new_phase_reads_on_from_the_next_buffer_not_the_proteins_the_last_one_read(tmp_path, monkeypatch):
     """Phase 2 continues the stream at the next buffer (docs/train.md: "a new `--phase` starts at
     the next buffer"), not at the start of the buffer phase 1 was in: that read phase 1's

@@ -325,6 +325,15 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         console.warn(f"{' and '.join(overridden)} ignored: every phase sets its own "
                      f"({', '.join(phase.spec() for phase in config.phases)}); give the batch sizes in --phase "
                      "LEN:STEPS:GLOBAL:MICRO")
+    if not (find_lr or resume or resume_from) and _rank_zero():
+        # (flags only, as above; a resume compares them with the run's instead)
+        # `--decay-fraction 0.1` without `--schedule wsd`: the flag changed nothing without a word
+        if flags.get("decay_fraction") is not None and config.schedule not in ("wsd", "wsd_sqrt"):
+            console.warn(f"--decay-fraction {flags['decay_fraction']:g} ignored: --schedule {config.schedule} does "
+                         "not use it (wsd and wsd_sqrt decay over that last fraction of the steps)")
+        if flags.get("min_lr_ratio") is not None and config.schedule in ("constant", "inverse_sqrt"):
+            console.warn(f"--min-lr-ratio {flags['min_lr_ratio']:g} ignored: --schedule {config.schedule} does not "
+                         "decay to a floor (linear, cosine, wsd and wsd_sqrt do)")
     if find_lr:  # (before the corpus: `--find-lr --resume -o RUN` said "no training corpus")
         ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
                                             ("--skip-data", skip_data), ("--stop-after", flags.get("stop_after")),
