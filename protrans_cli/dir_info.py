@@ -372,6 +372,12 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
     if isinstance(cfg, dict):
         facts["training"] = {k: cfg[k] for k in ("family", "preset", "objective", "num_steps", "max_length",
                                                   "global_batch_size", "lr") if cfg.get(k) is not None}
+        phases = _phases(cfg)
+        if phases:
+            # (a run of --phase: its num_steps and max_length are defaults it never used)
+            facts["training"].pop("global_batch_size", None)
+            facts["training"].update(num_steps=sum(p["num_steps"] for p in phases),
+                                     max_length=max(p["max_length"] for p in phases), phases=phases)
     if checkpoint:
         return facts
     checkpoints = _checkpoints(path)
@@ -407,6 +413,24 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
     if isinstance(best, dict) and "step" in best:
         facts["best"] = {k: best[k] for k in ("step", "eval_loss", "checkpoint") if k in best}
     return facts
+
+
+def _phases(cfg: dict) -> list[dict]:
+    """A train config's phases as trained: length, steps and global batch (a phase without one has
+    the run's); none for a run without phases or with phases info cannot read."""
+    phases = cfg.get("phases")
+    if not isinstance(phases, list) or not phases:
+        return []
+    shown = []
+    for phase in phases:
+        if not isinstance(phase, dict):
+            return []
+        values = {"max_length": phase.get("max_length"), "num_steps": phase.get("num_steps"),
+                  "global_batch_size": phase.get("global_batch_size") or cfg.get("global_batch_size")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+            return []
+        shown.append(values)
+    return shown
 
 
 def _metrics_rows(path: Path) -> list[dict]:
@@ -577,7 +601,7 @@ def _model_lines(facts: dict) -> list[tuple[str, str]]:
         lengths.append(f"{facts['max_positions']:,} positions")
     trained = facts.get("training", {}).get("max_length")
     if trained:
-        lengths.append(f"trained at {trained:,} tokens a sequence")
+        lengths.append(f"trained at {'up to ' if facts['training'].get('phases') else ''}{trained:,} tokens a sequence")
     if lengths:
         lines.append(("length", ", ".join(lengths)))
     if facts.get("stored_dtype"):
@@ -598,6 +622,9 @@ def _run_lines(facts: dict) -> list[tuple[str, str]]:
     if training:
         shown = [f"{k.replace('_', ' ')} {training[k]}" for k in ("family", "preset", "objective", "num_steps",
                                                                  "global_batch_size", "lr") if k in training]
+        if training.get("phases"):
+            shown.insert(-1 if "lr" in training else len(shown), "phases " + " then ".join(
+                f"{p['max_length']}:{p['num_steps']}x{p['global_batch_size']}" for p in training["phases"]))
         lines.append(("trained with", ", ".join(shown)))
     if facts.get("last_logged"):
         last = facts["last_logged"]

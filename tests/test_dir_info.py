@@ -234,6 +234,24 @@ def test_a_train_run_and_its_checkpoint(run_cli, run):
     assert facts["kind"] == "checkpoint" and facts["step"] == 1 and facts["parameters"] == _reference_parameters(step)[0]
 
 
+def test_a_run_with_phases_is_described_by_its_phases(run_cli, tmp_path):
+    """A run of --phase LEN:STEPS (no --num-steps, --max-length) was described by the defaults it
+    never used: 'num steps 1000', 'trained at 512 tokens a sequence'."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--corpus", TRAIN / "learnable.txt", "--phase", "32:2:4:4", "--phase", "16:1:2:2",
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "--save-every", 2, "-j", 1, "-o", out)
+    assert res.exit_code == 0, res.output
+    for where in (out, out / "checkpoints" / "step_00000002"):
+        facts = _info(run_cli, where)
+        assert facts["training"]["num_steps"] == 3 and facts["training"]["max_length"] == 32
+        assert facts["training"]["phases"] == [{"max_length": 32, "num_steps": 2, "global_batch_size": 4},
+                                               {"max_length": 16, "num_steps": 1, "global_batch_size": 2}]
+        assert "global_batch_size" not in facts["training"]
+        text = run_cli("info", where).stdout
+        assert "num steps 3, phases 32:2x4 then 16:1x2, lr" in text, text
+        assert "trained at up to 32 tokens a sequence" in text and "512" not in text and "1000" not in text
+
+
 def test_an_unfinished_run_has_no_model_yet(run_cli, run, tmp_path):
     import shutil
 
