@@ -160,12 +160,14 @@ def _init_from(name: str) -> str:
 
 
 def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, run_dir, world_size: int = 1,
-               strategy: str | None = None, checkpoint: bool = False, tokens: int | None = None) -> str:
+               strategy: str | None = None, checkpoint: bool = False, tokens: int | None = None,
+               history: dict | None = None) -> str:
     """The card of a training run's model at `step`: the final model, or with `checkpoint` one
     of its checkpoints. `config`: the run's TrainConfig (resolved); `resolved`: what its
     automatic settings meant (train_config.json's "resolved"); `tokens`: the real tokens trained
     up to `step` (the run's count; None: the sum of metrics.jsonl's lines up to it, which
-    leaves out the steps after the last line)."""
+    leaves out the steps after the last line); `history`: the run's `nonfinite_steps` (the steps
+    --skip-nonfinite skipped) and `skipped_data` (--skip-data's passes), as its checkpoints keep them."""
     import transformers
 
     from protrans_cli import __version__
@@ -220,7 +222,7 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
         tokens = sum(r["tokens"] for r in rows if isinstance(r.get("tokens"), int))
     out.append(f"- Corpus: {_corpus_names(corpus)}; {_count(seen)} proteins seen"
                + (f", {_count(tokens)} tokens" if tokens else ""))
-    out.append(f"- Steps: {_count(step)} of {_count(total)}")
+    out.append(f"- Steps: {_count(step)} of {_count(total)}" + _skipped(history or {}))
     if len(phases) > 1:
         out.append("- Phases (max length: steps x global batch): "
                    + "; ".join(f"{p.max_length}: {_count(p.num_steps)} x {p.global_batch_size}" for p in phases))
@@ -266,6 +268,21 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
         out += ["", "This model loads through protrans (`protrans_cli.models.load_model`), which holds its "
                     "model code or its input convention."]
     return "\n".join(front + out) + "\n"
+
+
+def _skipped(history: dict) -> str:
+    """What a run left out of its steps: those --skip-nonfinite skipped, the data --skip-data passed
+    over (each pass), or nothing."""
+    said = []
+    skipped = history.get("nonfinite_steps")
+    if isinstance(skipped, int) and skipped > 0:
+        said.append(f"{_count(skipped)} skipped, {'its' if skipped == 1 else 'their'} gradient not finite "
+                    "(`--skip-nonfinite`)")
+    for p in history.get("skipped_data") or []:
+        if isinstance(p, dict) and isinstance(p.get("steps"), int) and isinstance(p.get("after_step"), int):
+            said.append(f"the data of {_count(p['steps'])} step{'s' if p['steps'] != 1 else ''} passed over after "
+                        f"step {_count(p['after_step'])} (`--skip-data`)")
+    return "".join(f"; {s}" for s in said)
 
 
 def _hub_id(name: str) -> str | None:

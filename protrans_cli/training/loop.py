@@ -1350,7 +1350,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         ckpt.prune_checkpoints(run.run_dir, config.keep_last, keep_step=best and best["step"])
         final = _full_model(run)
         ckpt.export_model(run.run_dir, family=run.family, model=final, tokenizer=run.tokenizer,
-                          card=_card(run, final, step, tokens=logged_tokens))
+                          card=_card(run, final, step, tokens=logged_tokens, history=history))
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
         # (the last step always writes a line: logged_tokens is the whole run's)
         ckpt.record_complete(run.run_dir, step, tokens=logged_tokens)  # (last: a job script's sign that nothing is left to do)
@@ -1819,7 +1819,8 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
                                          config=as_given, keep_last=run.config.keep_last, resolved=resolved,
-                                         best=best, card=_card(run, model, step, checkpoint=True, tokens=tokens))
+                                         best=best, card=_card(run, model, step, checkpoint=True, tokens=tokens,
+                                                                history=history))
     dist.barrier()
     return directory
 
@@ -1838,7 +1839,8 @@ def _tokens_logged_before(state: dict | None, metrics_path: Path) -> int:
                and isinstance(r.get("step"), int) and r["step"] <= state["step"])
 
 
-def _card(run: _Run, model, step: int, checkpoint: bool = False, tokens: int | None = None) -> str | None:
+def _card(run: _Run, model, step: int, checkpoint: bool = False, tokens: int | None = None,
+          history: dict | None = None) -> str | None:
     """The README.md model card of the model saved at `step` (training/card.py), `tokens` the
     run's real tokens up to it; None, with a warning, where it cannot be made: the weights are
     what a save must not lose."""
@@ -1848,7 +1850,7 @@ def _card(run: _Run, model, step: int, checkpoint: bool = False, tokens: int | N
         return train_card(family=run.family, model=model, tokenizer=run.tokenizer, config=run.config,
                           resolved=run.save_config()[1], step=step, run_dir=run.run_dir,
                           world_size=run.info.world_size, strategy=run.strategy, checkpoint=checkpoint,
-                          tokens=tokens)
+                          tokens=tokens, history=history)
     except Exception as exc:  # pragma: no cover - a bug in the card: the model is saved without it
         console.warn(f"no model card (README.md) for step {step}: {first_line(exc)}")
         return None
