@@ -103,3 +103,8 @@ def test_a_recipe_trains_with_flags_over_it_and_the_run_records_it(tmp_path, run
     assert [p["max_length"] for p in saved["phases"]] == [32, 48]
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
     assert TrainConfig.from_file(out / "train_config.json").recipe == "prot_bert"
+    # the model card names it too (it said nothing of the recipe), and the settings are the run's
+    card = (out / "README.md").read_text()
+    assert ("- Recipe: `prot_bert` (`protrans_cli/recipes/prot_bert.toml`, with this run's flags over it: the "
+            "lines here are the settings it trained with)\n") in card
+    assert "- Learning rate: 0.001 peak, 40,000 warmup steps" in card

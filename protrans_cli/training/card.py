@@ -210,7 +210,11 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
         out.append(f"- Vocabulary: {_count(vocab)} tokens")
 
     rows = _metrics_until(run_dir, step)
-    out += ["", "## Training", "", f"- Objective: {objective}"
+    out += ["", "## Training", ""]
+    if config.recipe:
+        out.append(f"- Recipe: `{config.recipe}` (`protrans_cli/recipes/{config.recipe}.toml`, with this run's flags "
+                   "over it: the lines here are the settings it trained with)")
+    out += [f"- Objective: {objective}"
             + (f" ({config.mask_prob:.0%} of the residues masked)" if objective in ("mlm", "electra") else "")]
     corpus = resolved.get("corpus") or config.corpus
     seen = 0
