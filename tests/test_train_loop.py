@@ -3297,7 +3297,7 @@ def test_the_model_card_says_which_steps_were_skipped_and_which_data_passed_over
     """A run with a step skipped (--skip-nonfinite) and a --skip-data pass: its card said "Steps: 4
     of 4" as for a run that trained every step on the data in order."""
     _nan_in_a_gradient_at({3}, monkeypatch)
-    cfg = _config(tmp_path, num_steps=4, log_every=1, save_every=2, skip_nonfinite=1, max_length=32)
+    cfg = _config(tmp_path, num_steps=4, log_every=1, save_every=2, skip_nonfinite=1, max_length=32, warmup_steps=1)
     assert train(dataclasses.replace(cfg, stop_after=2)).step == 2
     assert "skipped" not in (Path(cfg.output_dir) / "checkpoints" / "step_00000002" / "README.md").read_text()
     assert train(cfg, resume=True, skip_data=1).completed
@@ -3305,6 +3305,7 @@ def test_the_model_card_says_which_steps_were_skipped_and_which_data_passed_over
         text = (where / "README.md").read_text()
         assert ("- Steps: 4 of 4; 1 skipped, its gradient not finite (`--skip-nonfinite`); the data of 1 step "
                 "passed over after step 2 (`--skip-data`)\n") in text, text
+        assert "- Learning rate: 0.003 peak, 1 warmup step, linear decay" in text  # (it said "1 warmup steps")
 
 
 def test_skip_nonfinite_stops_once_more_steps_than_allowed_are_not_finite(tmp_path, monkeypatch):

@@ -245,7 +245,8 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
                 "wsd_sqrt": f"{stable} 1 - sqrt decay to {config.min_lr_ratio:g} of the peak (warmup-stable-decay)",
                 "inverse_sqrt": "inverse square-root decay", "constant": "constant"}.get(config.schedule,
                                                                                        config.schedule)
-    out.append(f"- Learning rate: {config.lr:g} peak" + (f", {_count(warmup)} warmup steps" if warmup else "")
+    out.append(f"- Learning rate: {config.lr:g} peak"
+               + (f", {_count(warmup)} warmup step{'s' if warmup != 1 else ''}" if warmup else "")
                + f", {schedule}")
     precision = resolved.get("precision", config.precision)
     out.append(f"- Precision: {precision}; {world_size} process{'es' if world_size != 1 else ''}"
