@@ -2898,11 +2898,17 @@ def test_tokens_of_every_step_are_counted_past_the_last_metrics_line_and_wsd_res
     assert state["tokens"] == sum(per_step[:5])
     card = (run / "checkpoints" / "step_00000005" / "README.md").read_text()
     assert f"proteins seen, {sum(per_step[:5]):,} tokens\n" in card
-    # the stopped run: metrics.jsonl's lines end at step 3, as `info` says
+    # the stopped run: metrics.jsonl's lines end at step 3, its checkpoint at step 5; `info` gives the
+    # checkpoint's count (progress.json), and metrics.jsonl's sum where a checkpoint has none
     assert run_cli("info", run, "--json").exit_code == 0
     facts = json.loads(run_cli("info", run, "--json").stdout)
-    assert facts["tokens"] == sum(per_step[:3]) and facts["tokens_up_to"] == 3
+    assert (facts["tokens"], facts["tokens_up_to"], facts["tokens_from"]) == (sum(per_step[:5]), 5, "checkpoint")
+    assert f"{sum(per_step[:5]):,} trained on up to step 5 (its last checkpoint's count)" in run_cli("info", run).stdout
+    (run / "checkpoints" / "step_00000005" / "progress.json").rename(tmp_path / "progress.json")
+    facts = json.loads(run_cli("info", run, "--json").stdout)
+    assert (facts["tokens"], facts["tokens_up_to"], facts["tokens_from"]) == (sum(per_step[:3]), 3, "metrics.jsonl")
     assert f"{sum(per_step[:3]):,} trained on up to step 3 (metrics.jsonl's last line)" in run_cli("info", run).stdout
+    (tmp_path / "progress.json").rename(run / "checkpoints" / "step_00000005" / "progress.json")
     parts = train(_config(tmp_path / "parts", log_every=3, save_every=5, **kw), resume=True)
     assert parts.completed and parts.losses == whole.losses[1:] and len(whole.losses) == 3
     rows = read_metrics(run / "metrics.jsonl")
