@@ -379,6 +379,11 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
             facts["training"].update(num_steps=sum(p["num_steps"] for p in phases),
                                      max_length=max(p["max_length"] for p in phases), phases=phases)
     if checkpoint:
+        # (the run's tokens up to this checkpoint, where it has a progress.json: checkpoints of
+        # earlier versions have none, and training_state.pt is not unpickled here)
+        step = _STEP_DIR.match(path.name)
+        if step and (saved := _progress([(int(step.group(1)), path)])) is not None:
+            facts["tokens"], facts["tokens_up_to"], facts["tokens_from"] = saved[1], saved[0], "checkpoint"
         return facts
     checkpoints = _checkpoints(path)
     if checkpoints:
@@ -636,7 +641,8 @@ def _run_lines(facts: dict) -> list[tuple[str, str]]:
     if "tokens" in facts:
         up_to = facts.get("tokens_up_to")
         lines.append(("tokens", f"{facts['tokens']:,} trained on"
-                      + ((f" up to step {up_to:,} (its last checkpoint's count)" if facts.get("tokens_from") == "checkpoint"
+                      + ((" by the run up to this step" if facts.get("kind") == "checkpoint"
+                          else f" up to step {up_to:,} (its last checkpoint's count)" if facts.get("tokens_from") == "checkpoint"
                           else f" up to step {up_to:,} (metrics.jsonl's last line)") if isinstance(up_to, int) else "")))
     if facts.get("checkpoints"):
         steps = facts["checkpoints"]

@@ -198,6 +198,7 @@ def test_the_merged_model_has_a_card_whose_snippet_gives_embeds_rows(finetuned, 
     assert f"- Base model: `{data / 'bert'}`\n" in text
     assert f"- Task: ss3 (per-residue), {report['training']['proteins']:,} training proteins\n" in text
     assert "- LoRA: rank 4, alpha 8, dropout 0" in text
+    assert re.search(r"at most 5 epochs \(patience \d+\)", text)
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     monkeypatch.chdir(finetuned / "model")
     scope: dict = {}

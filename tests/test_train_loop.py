@@ -2909,6 +2909,11 @@ def test_tokens_of_every_step_are_counted_past_the_last_metrics_line_and_wsd_res
     assert (facts["tokens"], facts["tokens_up_to"], facts["tokens_from"]) == (sum(per_step[:3]), 3, "metrics.jsonl")
     assert f"{sum(per_step[:3]):,} trained on up to step 3 (metrics.jsonl's last line)" in run_cli("info", run).stdout
     (tmp_path / "progress.json").rename(run / "checkpoints" / "step_00000005" / "progress.json")
+    # the checkpoint itself says the run's tokens up to it
+    ckpt = json.loads(run_cli("info", run / "checkpoints" / "step_00000005", "--json").stdout)
+    assert (ckpt["kind"], ckpt["tokens"], ckpt["tokens_up_to"]) == ("checkpoint", sum(per_step[:5]), 5)
+    assert f"tokens        {sum(per_step[:5]):,} trained on by the run up to this step\n" in run_cli(
+        "info", run / "checkpoints" / "step_00000005").stdout
     parts = train(_config(tmp_path / "parts", log_every=3, save_every=5, **kw), resume=True)
     assert parts.completed and parts.losses == whole.losses[1:] and len(whole.losses) == 3
     rows = read_metrics(run / "metrics.jsonl")

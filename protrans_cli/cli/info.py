@@ -32,8 +32,9 @@ def command(files, as_json, list_ids, residues):
     it was trained on, its validation and test figures), a model directory (family,
     architecture, parameters, sizes, vocabulary, positions, stored dtype: read from config.json
     and the safetensors headers, no weights loaded, nothing unpickled), a train run (its model,
-    last logged step and loss, tokens, checkpoints), one of its checkpoints, or a finetune
-    output (base model, LoRA settings, epochs, then its head and its model as above).
+    last logged step and loss, tokens, checkpoints), one of its checkpoints, a finetune
+    output (base model, LoRA settings, epochs, then its head and its model as above), or an
+    interrupted run's OUT.partial folder (which command left it; --resume continues it).
 
     \b
     protrans info proteome.h5

@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from protrans_cli.console import counted
+
 CARD_FILE = "README.md"
 MARK = "<!-- protrans model card: written by protrans; remove this line to keep protrans from replacing the file -->"
 # a probe of every residue letter, the rare ones included (U, Z, O, B: X for most families)
@@ -339,7 +341,7 @@ def finetune_card(*, family, tokenizer, model, config, task, proteins: int) -> s
            + (f" on {', '.join(family.lora_targets)}" if family.lora_targets else ""),
            f"- Task: {task.name} ({task.kind.replace('_', '-')}), {proteins:,} training proteins",
            f"- Optimizer: AdamW, lr {config.lr:g}, weight decay {config.weight_decay:g}, "
-           f"at most {config.max_epochs} epochs (patience {config.patience})",
+           f"at most {counted(config.max_epochs, 'epoch')} (patience {config.patience})",
            f"- Seed: {config.seed}",
            f"- Parameters: {sum(p.numel() for p in model.parameters()):,}"]
     out += _use(family, tokenizer, "of the fine-tuned encoder")
