@@ -6005,8 +6005,8 @@ def test_cli_patience_stops_a_member_after_that_many_epochs_without_progress(loc
 def test_fit_without_max_epochs_or_patience_takes_the_defaults_its_help_gives(loc_data, ss_data, run_cli, tmp_path,
                                                                               monkeypatch, task, improving, epochs):
     # fit --help: --max-epochs "[default: 30 per residue, 200 per protein]", --patience "[default: 5
-    # per residue, 10 per protein]", --kernel "[default: 7 for the CNN ...]" (recorded for the FNN
-    # too): the library resolves each from None, and no test left them to their defaults
+    # per residue, 10 per protein]", --kernel "[default: 7 for the CNN ...]" (an FNN has none: null
+    # in its config): the library resolves each from None, and no test left them to their defaults
     from protrans_cli.heads import fit as fit_module
 
     calls = []
@@ -6023,7 +6023,7 @@ def test_fit_without_max_epochs_or_patience_takes_the_defaults_its_help_gives(lo
     assert r.exit_code == 0, r.stderr
     assert len(calls) == epochs
     hyper = json.loads((tmp_path / "head" / "config.json").read_text())["hyperparameters"]
-    assert (hyper["max_epochs"], hyper["patience"], hyper["kernel"]) == ((30, 5, 7) if task == "ss3" else (200, 10, 7))
+    assert (hyper["max_epochs"], hyper["patience"], hyper["kernel"]) == ((30, 5, 7) if task == "ss3" else (200, 10, None))
 
 
 @pytest.mark.parametrize("command", ["fit", "predict"])
