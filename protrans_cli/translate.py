@@ -196,7 +196,7 @@ class Translator:
             # (generate's own sampling draws from torch's one generator, in the batch's order: the
             # letters depended on the batching; here greedy decoding takes the one letter drawn)
             input_ids, attention, lengths = (t.repeat_interleave(n, 0) for t in (input_ids, attention, lengths))
-            processors.append(RowSampler(RecordDraws(options.seed, [record_stream(i) for i in ids], n), options))
+            processors.append(RowSampler(record_draws(options.seed, ids, n), options))
         processors.insert(0, TargetAlphabet(self.target_ids, self.eos, lengths.to(self.device)))
         kwargs = generate_kwargs(options, int(lengths.max()))
         with torch.no_grad():
@@ -232,19 +232,12 @@ def record_stream(ident: str) -> int:
     return Design(None, "", record=ident).stream
 
 
-class RecordDraws:
-    """generate.Draws for rows of several records: record r's design k draws from a generator
-    seeded by (seed, its id's digest, k)."""
+def record_draws(seed: int, ids: list[str], n: int):
+    """generate.Draws for the rows of several records, `n` a record (its designs, in order):
+    record r's design k draws from a generator seeded by (seed, r's id's digest, k)."""
+    from protrans_cli.generate import Draws
 
-    def __init__(self, seed: int, streams: list[int], n: int):
-        from protrans_cli.generate import Draws
-
-        self.generators = [g for stream in streams for g in Draws(seed, list(range(n)), stream).generators]
-
-    def uniforms(self):
-        import torch
-
-        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+    return Draws(seed, [k for _ in ids for k in range(n)], [record_stream(i) for i in ids for _ in range(n)])
 
 
 class RowSampler:
@@ -254,7 +247,7 @@ class RowSampler:
     a uniform number from the row's own generator; every other token -inf, so greedy decoding
     takes the one drawn."""
 
-    def __init__(self, draws: RecordDraws, options: TranslateOptions):
+    def __init__(self, draws, options: TranslateOptions):
         self.draws = draws
         self.temperature, self.top_k, self.top_p = options.temperature, options.top_k, options.top_p
 
