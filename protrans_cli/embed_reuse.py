@@ -2,7 +2,7 @@
 holds, found by sequence, are copied into this run's output instead of being computed.
 
     reuse = Reuse.open(["old.h5"], writer_kw)    # checks each file, indexes its proteins
-    where = reuse.find(units)                    # per unit: (file, dataset name) or None
+    where = reuse.find(sequences)                # per sequence: a reusable protein's index, or None
     arrays, computed = reuse.arrays(where[0])    # read as the writer reaches the protein
     reuse.close()
 
