@@ -397,7 +397,7 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
     complete = _json(path / "complete.json")
     best = _json(path / "best_checkpoint.json")
     counted = complete.get("tokens") if isinstance(complete, dict) else None
-    if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
+    if _is_count(counted):
         # the run's own count, every step's (a checkpoint's steps after the last line included)
         facts["tokens"] = counted
     elif isinstance(complete, dict) and complete.get("step") == (rows[-1].get("step") if rows else None):
