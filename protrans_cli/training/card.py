@@ -52,6 +52,26 @@ def write_card(directory, text: str) -> None:
     Path(directory, CARD_FILE).write_text(text, encoding="utf-8")
 
 
+def _uses_transformers(family) -> bool:
+    """Whether the family's encoder is a transformers class (library_name, the snippet)."""
+    return (family.encoder_class.__module__ or "").startswith("transformers.")
+
+
+def _front_matter(family, *, tags: tuple = (), base_model: str | None = None, pipeline: str | None = None) -> list:
+    """The card's YAML front matter (the Hub's metadata) and the mark, as lines: library_name for a
+    transformers encoder, `base_model`, the tags every card has and `tags`, `pipeline` (with
+    library_name only)."""
+    uses_transformers = _uses_transformers(family)
+    front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}",
+              *(f"- {tag}" for tag in tags)]
+    if uses_transformers and pipeline:
+        front.append(f"pipeline_tag: {pipeline}")
+    return front + ["---", MARK, ""]
+
+
 def _count(n: int) -> str:
     return f"{n:,}"
 
@@ -178,16 +198,10 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
     objective = config.objective or family.objective
     phases = config.resolved_phases()
     total = sum(p.num_steps for p in phases)
-    uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
+    uses_transformers = _uses_transformers(family)
     code = snippet(family, tokenizer)
 
-    front = ["---"]
-    if uses_transformers:
-        front.append("library_name: transformers")
-    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}", f"- {objective}"]
-    if uses_transformers and objective in _PIPELINES:
-        front.append(f"pipeline_tag: {_PIPELINES[objective]}")
-    front += ["---", MARK, ""]
+    front = _front_matter(family, tags=(objective,), pipeline=_PIPELINES.get(objective))
 
     title = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     what = f"checkpoint at step {_count(step)} of {_count(total)}" if checkpoint else "final model"
@@ -322,12 +336,7 @@ def finetune_card(*, family, tokenizer, model, config, task, proteins: int) -> s
     from protrans_cli.embed import model_attr
 
     base = _hub_id(config.model)
-    uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
-    front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
-    if base:
-        front.append(f"base_model: {base}")
-    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}", "- lora",
-              "---", MARK, ""]
+    front = _front_matter(family, tags=("lora",), base_model=base)
     shown = base or os.path.basename(os.path.normpath(config.model)) or config.model
     out = ["# Fine-tuned encoder", "",
            f"The encoder of `{shown}` ({family.description or family.name}) fine-tuned by `protrans finetune` "
@@ -356,15 +365,9 @@ def import_card(*, loaded, source: str, details: list[str], base: str | None = N
     from protrans_cli import __version__
 
     family, model = loaded.family, loaded.model
-    uses_transformers = (family.encoder_class.__module__ or "").startswith("transformers.")
-    front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
-    if base and (hub := _hub_id(base)):
-        front.append(f"base_model: {hub}")
-    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}"]
-    if base:
-        front.append("- lora")
-    front += ["---", MARK, ""]
-    readers = "`protrans embed -m` and transformers' `from_pretrained`" if uses_transformers else "`protrans embed -m`"
+    front = _front_matter(family, tags=("lora",) if base else (), base_model=_hub_id(base) if base else None)
+    readers = ("`protrans embed -m` and transformers' `from_pretrained`" if _uses_transformers(family)
+               else "`protrans embed -m`")
     out = ["# Imported model", "", f"{source}, converted by `protrans import-model` (protrans {__version__}) into a "
            f"model directory that {readers} read; its weights were read back and compared with the source's, "
            "one by one.", "", "## Model", "",
