@@ -159,3 +159,23 @@ def test_a_new_run_in_a_folder_with_the_users_readme_keeps_it(tmp_path):
     train(_config(tmp_path, "bert", num_steps=3, val_corpus=[]))
     assert (run / "README.md").read_text() == "notes\n"
     assert (run / "config.json").is_file()
+
+
+def test_a_card_that_cannot_be_made_is_warned_and_the_models_are_saved_without_it(tmp_path, monkeypatch, capsys):
+    """made_card, the one wrapper of train's, finetune's and import's cards: a bug in the card is a
+    warning naming what it was for, and the checkpoints and the final model are written whole."""
+    from protrans_cli.training import card
+
+    def broken(**kwargs):
+        raise KeyError("no such figure")
+
+    monkeypatch.setattr(card, "train_card", broken)
+    result = train(_config(tmp_path, "bert"))
+    run = result.run_dir
+    assert (run / "model.safetensors").is_file() and not (run / "README.md").exists()
+    step_6 = run / "checkpoints" / "step_00000006"
+    assert (step_6 / "training_state.pt").is_file() and not (step_6 / "README.md").exists()
+    err = capsys.readouterr().err
+    assert "no model card (README.md) for step 3: 'no such figure'" in err
+    assert "no model card (README.md) for step 6: 'no such figure'" in err
+    assert card.made_card(lambda: "# card\n", "x") == "# card\n"

@@ -36,8 +36,8 @@ from torch import nn
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
-from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, first_line, force_option, given,
-                                 located, option, resume_option, same_settings_with_resume, seed_in_range)
+from protrans_cli.errors import (TORCH_SEEDS, InputError, RuntimeFailure, UsageError, force_option, given, located,
+                                 option, resume_option, same_settings_with_resume, seed_in_range)
 from protrans_cli.embed import chain_break, chain_lengths, model_text, residue_count
 from protrans_cli.heads.data import Batch, Matched, ResidueData, _label_chains, has_label
 from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
@@ -799,15 +799,12 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 def _write_card(folder: Path, merged, loaded, config, task, proteins: int) -> None:
     """OUT/model/README.md: a model card naming the base model and what finetune did to it
     (training/card.py); a warning, and no card, where it cannot be made."""
-    from protrans_cli.training.card import finetune_card, write_card
+    from protrans_cli.training.card import finetune_card, made_card, write_card
 
-    try:
-        text = finetune_card(family=loaded.family, tokenizer=loaded.tokenizer, model=merged, config=config,
-                             task=task, proteins=proteins)
-    except Exception as exc:  # pragma: no cover - a bug in the card: the model is written without it
-        console.warn(f"no model card (README.md) for the fine-tuned model: {first_line(exc)}")
-        return
-    write_card(folder, text)
+    text = made_card(lambda: finetune_card(family=loaded.family, tokenizer=loaded.tokenizer, model=merged,
+                                           config=config, task=task, proteins=proteins), "the fine-tuned model")
+    if text is not None:
+        write_card(folder, text)
 
 
 def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,

@@ -194,20 +194,15 @@ def _write_card(folder: Path, out_dir: Path, card, loaded) -> None:
     cannot be made (the model is what must not be lost)."""
     import shutil
 
-    from protrans_cli import console
-    from protrans_cli.errors import first_line
-    from protrans_cli.training.card import CARD_FILE, may_write, write_card
+    from protrans_cli.training.card import CARD_FILE, made_card, may_write, write_card
 
     own = out_dir / CARD_FILE
     if own.is_file() and not own.is_symlink() and not may_write(out_dir):
         shutil.copyfile(own, folder / CARD_FILE)
         return
-    try:
-        text = card(loaded)
-    except Exception as exc:  # pragma: no cover - a bug in the card: the model is written without it
-        console.warn(f"no model card (README.md) for {out_dir}: {first_line(exc)}")
-        return
-    write_card(folder, text)
+    text = made_card(lambda: card(loaded), str(out_dir))
+    if text is not None:
+        write_card(folder, text)
 
 
 def read_back(directory: Path, expected: dict, dtype, *, masked_lm: bool, hint: str = ""):

@@ -52,6 +52,19 @@ def write_card(directory, text: str) -> None:
     Path(directory, CARD_FILE).write_text(text, encoding="utf-8")
 
 
+def made_card(make, what: str) -> str | None:
+    """`make()`'s card text; None, with a warning naming `what` the card is of, where it cannot be
+    made (a bug in the card: the model is what a save must not lose, written without it)."""
+    from protrans_cli import console
+    from protrans_cli.errors import first_line
+
+    try:
+        return make()
+    except Exception as exc:  # pragma: no cover - a bug in the card
+        console.warn(f"no model card (README.md) for {what}: {first_line(exc)}")
+        return None
+
+
 def _uses_transformers(family) -> bool:
     """Whether the family's encoder is a transformers class (library_name, the snippet)."""
     return (family.encoder_class.__module__ or "").startswith("transformers.")

@@ -1844,16 +1844,12 @@ def _card(run: _Run, model, step: int, checkpoint: bool = False, tokens: int | N
     """The README.md model card of the model saved at `step` (training/card.py), `tokens` the
     run's real tokens up to it; None, with a warning, where it cannot be made: the weights are
     what a save must not lose."""
-    from protrans_cli.training.card import train_card
+    from protrans_cli.training.card import made_card, train_card
 
-    try:
-        return train_card(family=run.family, model=model, tokenizer=run.tokenizer, config=run.config,
-                          resolved=run.save_config()[1], step=step, run_dir=run.run_dir,
-                          world_size=run.info.world_size, strategy=run.strategy, checkpoint=checkpoint,
-                          tokens=tokens, history=history)
-    except Exception as exc:  # pragma: no cover - a bug in the card: the model is saved without it
-        console.warn(f"no model card (README.md) for step {step}: {first_line(exc)}")
-        return None
+    return made_card(lambda: train_card(family=run.family, model=model, tokenizer=run.tokenizer, config=run.config,
+                                        resolved=run.save_config()[1], step=step, run_dir=run.run_dir,
+                                        world_size=run.info.world_size, strategy=run.strategy,
+                                        checkpoint=checkpoint, tokens=tokens, history=history), f"step {step}")
 
 
 def _gather_objects(obj) -> list:
