@@ -108,3 +108,17 @@ def test_a_recipe_trains_with_flags_over_it_and_the_run_records_it(tmp_path, run
     assert ("- Recipe: `prot_bert` (`protrans_cli/recipes/prot_bert.toml`, with this run's flags over it: the "
             "lines here are the settings it trained with)\n") in card
     assert "- Learning rate: 0.001 peak, 40,000 warmup steps" in card
+
+
+def test_a_recipe_with_resume_is_the_config_as_a_config_file_is(tmp_path, run_cli):
+    """`--recipe NAME --resume` (a job script's one command, requeued) reads the recipe as
+    `--config FILE --resume` reads its file: not the run's train_config.json, which the run
+    said it read ("the run's settings from RUN/train_config.json") and then replaced by the recipe."""
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "prot_bert", "--corpus", LEARNABLE, "-o", out, "--phase", "32:1:4:2",
+            "--phase", "48:1:4:4", "--lr", "0.001", *[a for s in SHRINK["bert"] for a in ("--set", s)], "-j", 1]
+    assert run_cli(*args).exit_code == 0
+    res = run_cli(*args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert "train_config.json (flags given override them)" not in res.stderr
+    assert json.loads((out / "train_config.json").read_text())["recipe"] == "prot_bert"

@@ -230,7 +230,8 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
                              "directory to continue in")
         flags["output_dir"] = str(where.parent.parent)
     own = None
-    if not config_file and (resume or resume_from) and not find_lr:
+    # (a recipe is the config, as a --config file is: the run's own train_config.json is not read)
+    if not config_file and recipe is None and (resume or resume_from) and not find_lr:
         # The run's own settings (flags still override): `train --resume -o RUN` refused "no
         # training corpus", and with --corpus alone, every other setting the run had changed
         # ("max_length: 128 there, 512 here") until all of its flags were given again.
