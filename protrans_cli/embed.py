@@ -1587,6 +1587,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         from protrans_cli.embed_reuse import Reuse
 
         reuse = Reuse.open(options.reuse, writer_kw)
+        if reuse.weights_unknown:
+            # every file this run writes records no weights_fingerprint: the output of one process,
+            # and under torchrun each rank's shard and the merged output (rank 0's writer_kw)
+            writer_kw["weights_unknown"] = True
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
@@ -1662,8 +1666,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     else:
         # a finished output that this run extends: what was read of it starts its ledger
         writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
-                                  finished_proteins=(done.ids, done.sums) if extending else None,
-                                  weights_unknown=reuse is not None and reuse.weights_unknown)
+                                  finished_proteins=(done.ids, done.sums) if extending else None)
         writer.on_final = final_output_hook()
         if options.resume and shard_files:
             # An interrupted torchrun run continued in one process: its ranks' shards hold

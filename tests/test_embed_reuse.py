@@ -282,3 +282,32 @@ def test_rows_from_a_file_without_weights_fingerprint_are_not_vouched_for(tmp_pa
     embed(more, tmp_path / "out2.h5", _options(esm, reuse=(tmp_path / "new.h5",)))
     with h5py.File(tmp_path / "out2.h5", "r") as f, h5py.File(tmp_path / "new.h5", "r") as g:
         assert f.attrs["weights_fingerprint"] == g.attrs["weights_fingerprint"]
+
+
+@pytest.mark.slow
+def test_under_torchrun_rows_from_a_file_without_weights_fingerprint_are_not_vouched_for(tmp_path, esm):
+    """As in one process: two gloo ranks copying rows of unknown weights (each into its shard,
+    rank 0 merging the shards) write an output that records no weights_fingerprint, not this
+    run's."""
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+
+    _fasta(tmp_path / "a.fa", {"p1": SEQS["p1"], "p2": SEQS["p2"]})
+    embed(tmp_path / "a.fa", tmp_path / "old.h5", _options(esm))
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        del f.attrs["weights_fingerprint"]
+    fasta = _fasta(tmp_path / "c.fa", {"x": SEQS["p3"], "y": SEQS["p1"], "z": SEQS["p4"], "w": SEQS["p2"]})
+    out = tmp_path / "dist.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(fasta), "-m", str(esm), "--device", "cpu", "-o", str(out),
+           "--reuse", str(tmp_path / "old.h5")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 copied from --reuse" in proc.stderr, proc.stderr[-2000:]
+    with h5py.File(out, "r") as f:
+        assert "weights_fingerprint" not in f.attrs
