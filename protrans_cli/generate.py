@@ -815,8 +815,9 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     from pathlib import Path
 
     from protrans_cli.embedders import resolve_device
-    from protrans_cli.io.files import output_lock, streamed_output, through_link
-    from protrans_cli.variants import UnitStore, _compute, _run_unit, _unit_key, partial_folder, resumable_output
+    from protrans_cli.io.files import streamed_output, through_link
+    from protrans_cli.variants import (UnitStore, _compute, _run_unit, _unit_key, partial_folder, resumable_output,
+                                       unit_output_lock)
 
     if options is None:
         raise UsageError("run_generate needs GenerateOptions(model=...): the model to sample from")
@@ -828,8 +829,6 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     special = resumable_output(output, options.resume, (options.templates,))
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
-    busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
-           f"{option('-o', 'output')}"
     for ignored in ignored_options(options):
         console.warn(ignored)
     if options.templates is not None:
@@ -838,7 +837,7 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
         designs, digest = [Design(options.template, options.prefix)], None
     device, dtype = resolve_device(options.device, options.dtype)
     with contextlib.ExitStack() as held:
-        held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
+        held.enter_context(unit_output_lock(target, to_file))
         if to_file and options.resume and partial_folder(target).is_dir():
             check_kept_settings(partial_folder(target), settings_of(options, templates=digest))  # (before the load)
         store = UnitStore(partial_folder(target), resume=options.resume, command="generate") if to_file else None

@@ -222,8 +222,8 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     import tempfile
 
     from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored
-    from protrans_cli.io.files import display_name, output_lock, staged_outputs, streamed_output, through_link
-    from protrans_cli.variants import UnitStore, partial_folder, resumable_output
+    from protrans_cli.io.files import display_name, staged_outputs, streamed_output, through_link
+    from protrans_cli.variants import UnitStore, partial_folder, resumable_output, unit_output_lock
 
     options = options or PerplexityOptions()
     expect_options(options, PerplexityOptions, "options")
@@ -238,8 +238,6 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     name = display_name(fasta)
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
-    busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
-           f"{option('-o', 'output')}"
     with contextlib.ExitStack() as held:
         source = fasta
         if str(fasta) == "-" or is_stream(fasta):  # (read twice: the check, then the scoring)
@@ -247,7 +245,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
             source = _spool_input(where, fasta)
             held.callback(source.unlink, missing_ok=True)
         scan = _scan(source, name, options)
-        held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
+        held.enter_context(unit_output_lock(target, to_file))
         store = UnitStore(partial_folder(target), resume=options.resume, command="perplexity") if to_file else None
         # (the file's table written out first, then the one for stdout, then both renamed together:
         # an interruption between the two left a new table beside an old per-residue one)

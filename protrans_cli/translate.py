@@ -443,10 +443,10 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
 
     from protrans_cli.embed import read_windows
     from protrans_cli.embedders import resolve_device
-    from protrans_cli.io.files import display_name, output_lock, streamed_output, through_link
+    from protrans_cli.io.files import display_name, streamed_output, through_link
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import UnitStore, partial_folder, resumable_output
+    from protrans_cli.variants import UnitStore, partial_folder, resumable_output, unit_output_lock
 
     if options is None:
         raise UsageError("translate needs TranslateOptions(to='3di' or 'aa')")
@@ -459,14 +459,12 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
     special = resumable_output(output, options.resume, (fasta,))
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
-    busy = f"is the output of another protrans run that is running now: wait for it to end, or choose another " \
-           f"{option('-o', 'output')}"
     name = display_name(fasta)
     device, dtype = resolve_device(options.device, options.dtype)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     started = time.perf_counter()
     with threads, contextlib.ExitStack() as held:
-        held.enter_context(output_lock(target, busy) if to_file else contextlib.nullcontext())
+        held.enter_context(unit_output_lock(target, to_file))
         if to_file and options.resume and partial_folder(target).is_dir():
             _check_kept(partial_folder(target), settings_of(options))  # (before the load)
         store = UnitStore(partial_folder(target), resume=options.resume, command="translate") if to_file else None

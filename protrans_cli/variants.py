@@ -1209,6 +1209,18 @@ def _resume_beside() -> str:
                   "resume=True goes on with the work kept beside the output file")
 
 
+def unit_output_lock(target, to_file: bool):
+    """The lock on a UnitStore command's `-o FILE` (variants, perplexity, generate, translate;
+    `target`: the file, through the user's link): another run on it is refused; none for stdout,
+    a device or a pipe (`to_file` False), which keep no work."""
+    from protrans_cli.io.files import output_lock
+
+    if not to_file:
+        return contextlib.nullcontext()
+    return output_lock(target, "is the output of another protrans run that is running now: wait for it to end, "
+                               f"or choose another {option('-o', 'output')}")
+
+
 def resumable_output(output, resume: bool, inputs=()) -> str | None:
     """The checks of an output whose finished work is kept beside it for --resume (UnitStore:
     variants, perplexity, generate), before any work: an input it would replace, its folder,
@@ -1324,15 +1336,14 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         console.warn(f"{console.counted(missing, 'row')} of {table.name} with no variant in "
                      f"{options.mutation_column!r} (empty or NA) left without a score")
     to_file = output not in (None, "-") and not special
-    from protrans_cli.io.files import output_lock, staged_outputs, through_link
+    from protrans_cli.io.files import staged_outputs, through_link
 
     # (a file: locked against another run on it, its finished work kept beside it for --resume; the
     # user's own link as where it leads, which the table is written to, as embed takes it: a run on
     # the link and one on its target took two locks, and --resume of one missed the other's work.
     # A device or pipe keeps no work and takes no lock: /dev/.null.lock as root)
     target = through_link(Path(output)) if to_file else output
-    with output_lock(target, "is the output of another protrans run that is running now: wait for it to end, "
-                             f"or choose another {option('-o', 'output')}") if to_file else contextlib.nullcontext():
+    with unit_output_lock(target, to_file):
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
         results = _score_all(table, wild_types, columns, options, store,
                              display_name(fasta) if fasta is not None else None)

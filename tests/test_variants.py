@@ -1773,3 +1773,25 @@ def test_zero_limits_and_the_librarys_own_option_mistakes_are_usage_errors_befor
             run_variants(out, VariantOptions(**kw), variants_file=table, sequence=SEQ)
         assert str(err.value) == message, kw
     assert not out.exists() and not (tmp_path / "s.csv.partial").exists()
+
+
+def test_an_output_another_run_holds_is_refused_by_every_command_that_keeps_units(run_cli, tmp_path, tiny_models):
+    """variants.unit_output_lock, the one lock of variants', perplexity's, generate's and
+    translate's -o FILE: a run on a file another run holds stops at once, naming -o (and writes
+    nothing); stdout takes no lock."""
+    from protrans_cli.io.files import output_lock
+    from protrans_cli.variants import unit_output_lock
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(f">a\n{SEQ[:12]}\n")
+    for command, args, out in (("variants", [table, "--sequence", SEQ[:12]], tmp_path / "o.csv"),
+                               ("perplexity", [fasta], tmp_path / "o.tsv")):
+        with output_lock(out, "held by the test"):
+            r = run_cli(command, *args, "-m", tiny_models["esm"], "-o", out)
+        assert r.exit_code == 1 and (f"{out}: is the output of another protrans run that is running now: wait for "
+                                     "it to end, or choose another -o") in r.stderr, (command, r.stderr)
+        assert not out.exists() and not (tmp_path / f"{out.name}.partial").exists()
+    with unit_output_lock("-", False):
+        pass
