@@ -334,7 +334,8 @@ def draw(log_probs, uniforms):
 
 class Draws:
     """Uniform numbers for each sequence from a generator of its own, seeded by (seed, its index),
-    or (seed, `stream`, its index): a templates file's record's designs (Design.stream)."""
+    or (seed, `stream`, its index): a templates file's record's designs (Design.stream); `stream`
+    a list: each index's own (a batch of several records' designs)."""
 
     def __init__(self, seed: int, indices: list[int], stream: int | None | list = None):
         import numpy as np

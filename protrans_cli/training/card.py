@@ -1,7 +1,9 @@
 """README.md model cards for the model directories `protrans train` writes (the run's final model
 at the root of the run directory, and every checkpoint), in the form the Hugging Face Hub shows:
 YAML front matter (library_name, tags, pipeline_tag) and sections on the model, its training, its
-results and how to use it, written from the run's resolved config and its own metrics.jsonl.
+results and how to use it, written from the run's resolved config and its own metrics.jsonl;
+and the shorter cards of `protrans finetune`'s merged model (finetune_card) and of the model
+directories `protrans import-model` writes (import_card), each made through made_card.
 Nothing is looked up on the network; what the run did not record is left out, not guessed.
 
 The card marks itself (`MARK`, an HTML comment the Hub does not show): a README.md without the
