@@ -378,6 +378,24 @@ def log_progress_lines(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def progress_bars(monkeypatch):
+    """Every progress bar a run makes (console.progress), in order, made as if stderr were a
+    terminal or a log (progress_wanted): a test reads a bar's total and position at the end."""
+    from protrans_cli import console
+
+    bars = []
+    real = console.progress
+
+    def recorded(*args, **kwargs):
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(console, "progress", recorded)
+    monkeypatch.setattr(console, "progress_wanted", lambda: True)
+    return bars
+
+
 # What a tensor on Apple's GPU (MPS) refuses, for the paths no machine here can run there: MPS has
 # no float64 ("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support
 # float64"), and a device tensor is no numpy array ("can't convert mps:0 device type tensor to

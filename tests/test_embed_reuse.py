@@ -51,6 +51,19 @@ def _spy(monkeypatch):
     return seen
 
 
+def _torchrun_embed(*args):
+    """`protrans embed ARGS` as two gloo ranks of torchrun (the finished process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def esm(tmp_path_factory):
     pytest.importorskip("torch")
@@ -221,10 +234,7 @@ def test_reuse_under_torchrun_equals_one_process(tmp_path):
     """Two gloo ranks, each copying the reused proteins of its own share (a repeated sequence is
     pinned to one rank, which copies its later windows' repeats from its shard): the merged file is
     a one-process --reuse run's, arrays and attributes, and the summary counts every rank's."""
-    import os
     import re
-    import subprocess
-    import sys
 
     from protrans_cli.io.fasta import read_fasta
     from test_embed import assert_same_content, file_content, generated_fasta
@@ -240,12 +250,8 @@ def test_reuse_under_torchrun_equals_one_process(tmp_path):
     assert single.num_reused == sum(r.sequence in old for r in records) > 40
     assert single.num_embedded + single.num_reused == 120 and single.num_duplicates > 0
     out = tmp_path / "dist.h5"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot", "--window", "13", "--max-length", "50",
-           "--long-policy", "chunk", "--chunk-overlap", "8", "-o", str(out), "--reuse", str(tmp_path / "old.h5")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun_embed(fasta, "-m", "onehot", "--window", "13", "--max-length", "50", "--long-policy", "chunk",
+                           "--chunk-overlap", "8", "-o", out, "--reuse", tmp_path / "old.h5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("embedded ") == 1  # rank 0 reports, every rank's counts
     assert re.search(rf"embedded {single.num_embedded} proteins .*; {single.num_reused} copied from --reuse; "
@@ -289,10 +295,6 @@ def test_under_torchrun_rows_from_a_file_without_weights_fingerprint_are_not_vou
     """As in one process: two gloo ranks copying rows of unknown weights (each into its shard,
     rank 0 merging the shards) write an output that records no weights_fingerprint, not this
     run's."""
-    import os
-    import subprocess
-    import sys
-
     import h5py
 
     _fasta(tmp_path / "a.fa", {"p1": SEQS["p1"], "p2": SEQS["p2"]})
@@ -301,12 +303,7 @@ def test_under_torchrun_rows_from_a_file_without_weights_fingerprint_are_not_vou
         del f.attrs["weights_fingerprint"]
     fasta = _fasta(tmp_path / "c.fa", {"x": SEQS["p3"], "y": SEQS["p1"], "z": SEQS["p4"], "w": SEQS["p2"]})
     out = tmp_path / "dist.h5"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "embed", str(fasta), "-m", str(esm), "--device", "cpu", "-o", str(out),
-           "--reuse", str(tmp_path / "old.h5")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun_embed(fasta, "-m", esm, "--device", "cpu", "-o", out, "--reuse", tmp_path / "old.h5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 copied from --reuse" in proc.stderr, proc.stderr[-2000:]
     with h5py.File(out, "r") as f:

@@ -654,22 +654,14 @@ def test_a_partial_folder_is_kept_to_the_end_and_a_long_run_holds_no_records(tmp
     assert (tmp_path / "b.fa").read_bytes() == text.encode()
 
 
-def test_a_resumed_run_counts_each_kept_sequence_once(tmp_path, txl, monkeypatch):
+def test_a_resumed_run_counts_each_kept_sequence_once(tmp_path, txl, monkeypatch, progress_bars):
     """--resume: the bar counted each kept batch twice (as kept, and again as written), and ended
     at 9 of 5; it ends at the total, the kept sequences out of this run's rate."""
     import protrans_cli.generate as generate
     from protrans_cli import console
     from protrans_cli.generate import GenerateOptions, run_generate
 
-    bars = []
-    real = console.progress
-
-    def recorded(*args, **kwargs):
-        bars.append(real(*args, **kwargs))
-        return bars[-1]
-
-    monkeypatch.setattr(console, "progress", recorded)
-    monkeypatch.setattr(console, "progress_wanted", lambda: True)
+    bars = progress_bars
     opts = dict(model=str(txl), num_sequences=5, batch_size=2, max_length=12, device="cpu")
     original, calls = generate.sample_causal, []
 

@@ -296,20 +296,11 @@ def test_long_proteins_error_skip_or_window(run_cli, tmp_path, tiny_models):
     assert math.isfinite(float(rows["long"]["log_likelihood"]))
 
 
-def test_the_progress_bar_counts_the_residues_scored_not_those_left_out(run_cli, tmp_path, tiny_models, monkeypatch):
+def test_the_progress_bar_counts_the_residues_scored_not_those_left_out(run_cli, tmp_path, tiny_models,
+                                                                          progress_bars):
     """--long-policy skip: the bar's total counted the proteins left out too, and it ended short of
     it (8 of 8 + 40 residues); an identical sequence is one reading, counted once."""
-    from protrans_cli import console
-
-    bars = []
-    real = console.progress
-
-    def recorded(*args, **kwargs):
-        bars.append(real(*args, **kwargs))
-        return bars[-1]
-
-    monkeypatch.setattr(console, "progress", recorded)
-    monkeypatch.setattr(console, "progress_wanted", lambda: True)
+    bars = progress_bars
     fasta = _fasta(tmp_path / "in.fa", {"short": "MKTAYIAK", "again": "MKTAYIAK", "other": "GSLEK",
                                         "long": SEQS["p1"]})
     r = run_cli("perplexity", fasta, "-m", tiny_models["esm"], "--max-length", "10", "--long-policy", "skip")
