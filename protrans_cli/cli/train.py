@@ -196,7 +196,7 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
     from protrans_cli import console
     from protrans_cli.errors import UsageError
     from protrans_cli.threads import resolve_threads
-    from protrans_cli.training.config import TrainConfig, parse_set
+    from protrans_cli.training.config import TrainConfig, check_skip_data, parse_set
 
     if list_presets:
         _print_presets(flags.get("family"))
@@ -348,9 +348,7 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         raise UsageError("give --resume or --resume-from, not both")
     if accept_corpus_change and not (resume or resume_from):
         raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
-    if skip_data and not (resume or resume_from):
-        raise UsageError("--skip-data goes with --resume or --resume-from: it passes over the data the steps after "
-                         "a checkpoint would read (a new run has none to go past)")
+    check_skip_data(skip_data, resume or resume_from)
     if find_lr:
         # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file;
         # given, not true: --eval-every 0, the default's value, was taken without a word, where

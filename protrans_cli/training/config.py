@@ -585,6 +585,19 @@ CONFIG_ONLY = frozenset({"adam_beta1", "adam_beta2", "adam_eps", "bucket_batches
                          "num_eval_batches", "plm_prob", "segment_length", "phases", "model_overrides"})
 
 
+def check_skip_data(skip_data, resume) -> None:
+    """A UsageError for a `skip_data` (train's --skip-data) that is not a count, or given without
+    a resume (`resume`: --resume or --resume-from, train's resume)."""
+    import numbers
+
+    flag = option("--skip-data", "skip_data")
+    if isinstance(skip_data, bool) or not isinstance(skip_data, numbers.Integral) or skip_data < 0:
+        raise UsageError(f"{flag} must be a number of steps, 0 or more, got {skip_data!r:.40}")
+    if skip_data and not resume:
+        raise UsageError(f"{flag} goes with {option('--resume or --resume-from', 'resume')}: it passes over the data "
+                         "the steps after a checkpoint would read (a new run has none to go past)")
+
+
 def resolve_precision(precision: str, device) -> str:
     """What `precision` means on `device` (a torch.device or its type): auto is bf16 autocast on a
     CUDA GPU that computes bfloat16 in hardware, fp16 autocast with loss scaling on one that

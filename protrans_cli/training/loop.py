@@ -46,8 +46,8 @@ from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
 from protrans_cli.training.rundir import _RUN_FILES, find_checkpoint, refuse_what_the_run_dir_holds
-from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, RESOLVED, TrainConfig, grad_accum_steps,
-                                          resolve_precision)
+from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, RESOLVED, TrainConfig, check_skip_data,
+                                          grad_accum_steps, resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_files, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, corpus_overlaps,
                                         count_proteins, evaluation_step_size, next_phase_state, position_in_corpus,
@@ -238,7 +238,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
     if not (resume is None or isinstance(resume, (bool, str, os.PathLike))):  # (resume=1: a TypeError from os.path)
         raise UsageError(f"resume is True (the run's latest checkpoint), a checkpoint's path, or None (a new run), "
                          f"got {type(resume).__name__} {resume!r:.40}")
-    _check_skip_data(skip_data, resume)
+    check_skip_data(skip_data, resume)
     family = given_family(family)
     # (a bad PROTRANS_FILE_LOCKING before the process group: a usage error never waits for peers, and a
     # rank started alone said it only after the rendezvous timed out; run_lock reads it again)
@@ -295,16 +295,6 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     finally:
         dist.cleanup()
-
-
-def _check_skip_data(skip_data, resume) -> None:
-    """A UsageError for a `skip_data` that is not a count, or given without a resume."""
-    flag = option("--skip-data", "skip_data")
-    if isinstance(skip_data, bool) or not isinstance(skip_data, (int, np.integer)) or skip_data < 0:
-        raise UsageError(f"{flag} must be a number of steps, 0 or more, got {skip_data!r:.40}")
-    if skip_data and not resume:
-        raise UsageError(f"{flag} goes with {option('--resume or --resume-from', 'resume')}: it passes over the data "
-                         "the steps after a checkpoint would read (a new run has none to go past)")
 
 
 def continue_advice() -> str:
