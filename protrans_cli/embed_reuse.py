@@ -113,9 +113,6 @@ class Reuse:
         reuse.weights_unknown = unknown
         return reuse
 
-    def __len__(self) -> int:
-        return len(self.digests)
-
     def find(self, sequences: list[str]) -> list[int | None]:
         """Per sequence (what the model sees, as the writer's checksum is taken), the index of a
         reusable protein that holds it, or None."""
