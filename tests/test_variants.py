@@ -1114,6 +1114,37 @@ def test_an_interrupted_run_goes_on_with_resume_to_the_uninterrupted_table(run_c
     assert run_cli("variants", table, "--sequence", seq, "-m", model, "--resume").exit_code == 2
 
 
+def test_an_interrupted_run_on_a_linked_output_names_the_work_beside_where_the_link_leads(run_cli, tmp_path,
+                                                                                          tiny_models, monkeypatch):
+    """-o a link of the user's own keeps its work in TARGET.partial/ (beside where the link leads);
+    the Ctrl-C line named LINK.partial, which does not exist, and so left the --resume hint out."""
+    import protrans_cli.variants as variants
+
+    monkeypatch.setattr(variants, "SITES_PER_UNIT", 4)
+    original = variants.VariantScorer.site_log_probs
+    calls = []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    (tmp_path / "scratch").mkdir()
+    link, real = tmp_path / "out.csv", tmp_path / "scratch" / "real.csv"
+    link.symlink_to(real)
+    args = ["variants", "--all-singles", "--sequence", SEQ[:12], "-m", tiny_models["esm"], "-o", link]
+    with monkeypatch.context() as m:
+        m.setattr(variants.VariantScorer, "site_log_probs", counting)
+        r = run_cli(*args)
+    assert r.exit_code == 130, r.stderr
+    assert (f"what was computed is in {real}.partial; run the same command with --resume to go on"
+            in r.stderr), r.stderr
+    assert (tmp_path / "scratch" / "real.csv.partial").is_dir() and not (tmp_path / "out.csv.partial").exists()
+    r = run_cli(*args, "--resume")
+    assert r.exit_code == 0 and "1 unit of work kept" in r.stderr and real.is_file(), r.stderr
+
+
 def test_a_masked_lm_checkpoint_without_a_contact_head_scores(run_cli, tmp_path, tiny_models):
     """The contact head is not part of what scores residues: an EsmForMaskedLM checkpoint saved
     without it (another tool's fine-tuned copy) scores as the full one does."""

@@ -332,11 +332,14 @@ def kept_in_partial(output, what: str = "what was computed is in"):
     """Around a run that keeps its finished work beside `-o FILE` in FILE.partial/ (variants'
     UnitStore: variants, perplexity, generate): a Ctrl-C, SIGTERM or SIGHUP, or an output that
     could not be written (a full disk), says where the work is ("`what` FILE.partial") and to run
-    the same command with --resume (when the folder exists)."""
+    the same command with --resume (when the folder exists). An `-o` that is a link of the user's
+    own keeps its work beside where the link leads (the UnitStore's `partial_folder(through_link())`),
+    and that folder is the one named."""
     from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.files import through_link
     from protrans_cli.variants import partial_folder
 
-    kept = partial_folder(output) if output not in (None, "-") else None
+    kept = partial_folder(through_link(output)) if output not in (None, "-") else None
     try:
         yield
     except KeyboardInterrupt as exc:
