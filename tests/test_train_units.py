@@ -1712,6 +1712,51 @@ def test_pad_multiple_is_checked_and_set_from_the_command_line(run_cli, tmp_path
     assert json.loads((out / "train_config.json").read_text())["pad_multiple"] == 64
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "1e38"], "--lr (lr) must be at most 3.4e+37 with --optimizer adamw, got 1e+38: AdamW's first step "
+                       "divides it by 1 - adam_beta1 (0.1) and float32 holds no number above 3.403e+38"),
+    (["--lr", "1e39", "--optimizer", "lamb"],
+     "--lr (lr) must be at most 3.4e+38 with --optimizer lamb, got 1e+39: float32 holds no number above 3.403e+38"),
+    (["--lr", "1e37", "--optimizer", "adafactor", "--weight-decay", "100"],
+     "--lr (lr) must be at most 3.4e+36 with --optimizer adafactor, got 1e+37: weight decay multiplies it by "
+     "--weight-decay (weight_decay) 100 and float32 holds no number above 3.403e+38"),
+])
+def test_an_lr_the_optimizer_cannot_hand_torch_is_a_usage_error(run_cli, tmp_path, flags, message):
+    """`train --lr 1e38` ended at the first step in a traceback from torch's AdamW ("value cannot
+    be converted to type float without overflow"): refused before anything is read, naming --lr."""
+    r = run_cli("train", "--corpus", tmp_path / "absent.txt", "-o", tmp_path / "run", *flags)
+    assert (r.exit_code, r.stderr) == (2, f"protrans: error: {message}\n")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("optimizer, weight_decay, beta1", [("adamw", 0.01, 0.9), ("adamw", 1e6, 0.9),
+                                                            ("adamw", 0.0, 0.0), ("lamb", 0.01, 0.9),
+                                                            ("adafactor", 1e3, 0.9)])
+def test_the_largest_lr_allowed_is_where_torch_stops_converting(optimizer, weight_decay, beta1):
+    """The bound is torch's own: the largest lr allowed takes a step at full lr (the schedule never
+    goes above it) and one a hair above it, refused, is torch's overflow error, not merely a
+    cautious limit (AdamW's weight decay, however large, is no part of it)."""
+    from protrans_cli.training.config import FLOAT32_MAX
+
+    factor = max([1.0] + [1 / (1 - beta1)] * (optimizer == "adamw")
+                 + [weight_decay] * (optimizer == "adafactor"))
+    limit = FLOAT32_MAX / factor
+
+    def step(lr):
+        config = _cfg(optimizer=optimizer, lr=lr, weight_decay=weight_decay, adam_beta1=beta1)
+        model = torch.nn.Linear(3, 2)
+        opt = build_optimizer(model, config)
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        return config
+
+    step(limit * (1 - 1e-9)).check_values()
+    with pytest.raises(UsageError, match=r"--lr \(lr\) must be at most"):
+        _cfg(optimizer=optimizer, lr=limit * 1.01, weight_decay=weight_decay, adam_beta1=beta1).check_values()
+    with pytest.raises(RuntimeError, match="without overflow"):
+        step(limit * 1.01)
+
+
 def _long_flags(command) -> set[str]:
     return {o[2:].replace("-", "_") for p in command.params for o in p.opts + p.secondary_opts
             if o.startswith("--") and not o.startswith("--no-")}

@@ -30,6 +30,7 @@ OPTIMIZERS = ("adamw", "lamb", "adafactor")
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant", "wsd", "wsd_sqrt")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
+FLOAT32_MAX = 3.4028234663852886e38  # (torch refuses a scalar above it for a float32 tensor)
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed, and rank r seeds seed + r
 
 
@@ -265,6 +266,28 @@ class TrainConfig:
             where = f"phase {i} ({self.phases[i - 1].spec(phase)})" if self.phases else "training"
             grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
 
+    def _check_lr_in_float32(self) -> None:
+        """The scalars the optimizer hands torch for the float32 parameters (`alpha=`, `value=`,
+        which torch converts, checked) are the lr times at most: AdamW's step size lr / (1 -
+        adam_beta1 ** step), largest at its first step; Adafactor's decay lr x weight_decay; LAMB's
+        lr alone (the schedule's multiplier is never above 1; AdamW's decay, a multiplication, is
+        not checked: it makes the weights infinite, which the run's non-finite check reports). One
+        past float32's largest number was a traceback from torch's optimizer at the first step
+        ("value cannot be converted to type float without overflow"): refused here, naming --lr."""
+        factor, why = 1.0, ""
+        if self.optimizer == "adamw" and 1 / (1 - self.adam_beta1) > factor:
+            factor, why = 1 / (1 - self.adam_beta1), f"AdamW's first step divides it by 1 - adam_beta1 " \
+                                                     f"({1 - self.adam_beta1:g}) and "
+        if self.optimizer == "adafactor" and self.weight_decay > factor:
+            factor, why = self.weight_decay, f"weight decay multiplies it by {setting_name('weight_decay')} " \
+                                             f"{self.weight_decay:g} and "
+        if self.lr * factor > FLOAT32_MAX:
+            limit = FLOAT32_MAX / factor
+            unit = 10.0 ** (math.floor(math.log10(limit)) - 2)
+            shown = math.floor(limit / unit) * unit  # (3 digits, rounded down: the limit shown passes)
+            raise UsageError(f"{setting_name('lr')} must be at most {shown:.3g} with --optimizer {self.optimizer}, "
+                             f"got {self.lr:g}: {why}float32 holds no number above {FLOAT32_MAX:.4g}")
+
     def check_values(self) -> None:
         """Each setting's own range and the pairs that cannot go together, whatever the corpus and
         the number of processes: run on a config file alone too, so that its errors name it."""
@@ -293,6 +316,7 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be a number, got {value!r}")
             if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{setting_name(name)} must be {text}, got {value}")
+        self._check_lr_in_float32()
         for name, least in (("segment_length", 1), ("fsdp_min_params", 0), ("skip_nonfinite", 0)):
             if getattr(self, name) < least:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
