@@ -3403,6 +3403,34 @@ def test_passed_over_moves_the_stream_as_its_batches_would(tmp_path):
         assert stream().passed_over(n) == want, n
 
 
+def test_skip_data_that_ends_on_an_epochs_last_batch_says_the_epoch_was_passed(capsys):
+    """A pass ending on an epoch's last batch is at that epoch's end, whose state keeps its number:
+    the line said nothing of the epoch passed, though the next step trains the next epoch's first
+    batch. Counted by the epoch of the batches trained next (one from an epoch's end is past it)."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.data import CorpusStream, TokenLayout
+    from protrans_cli.training.loop import _pass_over_data
+
+    family = get_family("bert")
+    layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
+
+    def stream(state=None):
+        return CorpusStream([LEARNABLE], layout, max_length=64, global_batch_size=16, micro_batch_size=8,
+                            bucket_batches=4, state=state)
+
+    # the reference: the batches a plain stream makes, and where its second epoch begins
+    batches = list(itertools.islice(iter(stream()), 40))
+    per_epoch = next(i for i, b in enumerate(batches) if b.state_after.epoch == 1)  # (the first of epoch 1, 0-based)
+    assert per_epoch == 18 and batches[per_epoch - 1].state_after.epoch == 0
+    for after, steps, said in [(4, per_epoch - 4, True), (4, per_epoch - 5, False), (4, per_epoch - 3, True),
+                               (per_epoch, 3, False), (per_epoch, per_epoch, True), (0, per_epoch, True)]:
+        s = stream(batches[after - 1].state_after if after else None)
+        _pass_over_data(s, steps, after, [])
+        assert s.state == batches[after + steps - 1].state_after
+        err = capsys.readouterr().err
+        assert ("(the data position moved on by 1 epoch)" in err) == said, (after, steps, err)
+
+
 def test_skip_data_on_a_complete_run_says_it_passed_over_nothing(tmp_path, capsys):
     cfg = _config(tmp_path, num_steps=2)
     train(cfg)

@@ -647,6 +647,18 @@ class CorpusStream:
                 state = after
         return state
 
+    def epoch_ahead(self) -> int:
+        """The epoch of the next global batch from `self.state`: the state's own, but the next one's
+        where the state is an epoch's end (after its last batch the state keeps the epoch it ended,
+        and the next batch, from the corpus's beginning, is the next epoch's). Read ahead (one
+        buffer's text, as passed_over reads it) only at a buffer's end, where an epoch can end."""
+        state = self.state
+        if state.batches_done or not state.buffer_start:
+            return state.epoch
+        with contextlib.closing(self._planned()) as planned:
+            following = next(planned, None)
+        return following[2].epoch if following is not None else state.epoch + 1
+
     def _planned(self):
         """(batch, buffer, state, the state after the batch) of every global batch from
         `self.state` on, the batch as buffer positions (`_plan_buffer`), not yet made into samples."""

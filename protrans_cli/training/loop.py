@@ -1551,10 +1551,12 @@ def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False, s
 def _pass_over_data(stream, steps: int, step: int, record: list) -> None:
     """--skip-data: `stream` moved past the data of the next `steps` steps, untrained (the step
     count stays), the pass appended to `record` (kept in the run's later checkpoints)."""
-    before = stream.state
+    # (epochs counted by the next batch's: a pass that ended on an epoch's last batch is at that
+    # epoch's end, whose state still has its number, and it said nothing of the epoch passed)
+    before = stream.epoch_ahead()
     stream.state = stream.passed_over(steps)
     record.append({"after_step": step, "steps": steps, "proteins": steps * stream.global_batch_size})
-    epochs = stream.state.epoch - before.epoch
+    epochs = stream.epoch_ahead() - before
     dist.print0(f"train: {option('--skip-data', 'skip_data')} {steps}: passed over the data of "
                 f"{console.counted(steps, 'step')} ({steps * stream.global_batch_size:,} proteins, not trained) "
                 f"after step {step}: step {step + 1} trains the batch that step {step + steps + 1} would have"
