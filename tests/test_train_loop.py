@@ -3385,18 +3385,20 @@ def test_skip_data_trains_the_batches_an_uninterrupted_run_trains_after_the_skip
     assert [r["step"] for r in rows] == [5, 10, 12]
 
 
-def test_passed_over_moves_the_stream_as_its_batches_would(tmp_path):
-    """CorpusStream.passed_over(n) is the state after the n-th batch, without making any."""
+def _bert_stream(state=None):
+    """A bert CorpusStream of the learnable corpus (length 64, 16 a step in micro-batches of 8)."""
     from protrans_cli.models import get_family
     from protrans_cli.training.data import CorpusStream, TokenLayout
 
     family = get_family("bert")
     layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
+    return CorpusStream([LEARNABLE], layout, max_length=64, global_batch_size=16, micro_batch_size=8,
+                        bucket_batches=4, state=state)
 
-    def stream(state=None):
-        return CorpusStream([LEARNABLE], layout, max_length=64, global_batch_size=16, micro_batch_size=8,
-                            bucket_batches=4, state=state)
 
+def test_passed_over_moves_the_stream_as_its_batches_would(tmp_path):
+    """CorpusStream.passed_over(n) is the state after the n-th batch, without making any."""
+    stream = _bert_stream
     batches = list(itertools.islice(iter(stream()), 40))
     for n in (0, 1, 3, 4, 5, 17, 40):
         want = batches[n - 1].state_after if n else stream().state
@@ -3407,17 +3409,9 @@ def test_skip_data_that_ends_on_an_epochs_last_batch_says_the_epoch_was_passed(c
     """A pass ending on an epoch's last batch is at that epoch's end, whose state keeps its number:
     the line said nothing of the epoch passed, though the next step trains the next epoch's first
     batch. Counted by the epoch of the batches trained next (one from an epoch's end is past it)."""
-    from protrans_cli.models import get_family
-    from protrans_cli.training.data import CorpusStream, TokenLayout
     from protrans_cli.training.loop import _pass_over_data
 
-    family = get_family("bert")
-    layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
-
-    def stream(state=None):
-        return CorpusStream([LEARNABLE], layout, max_length=64, global_batch_size=16, micro_batch_size=8,
-                            bucket_batches=4, state=state)
-
+    stream = _bert_stream
     # the reference: the batches a plain stream makes, and where its second epoch begins
     batches = list(itertools.islice(iter(stream()), 40))
     per_epoch = next(i for i, b in enumerate(batches) if b.state_after.epoch == 1)  # (the first of epoch 1, 0-based)
