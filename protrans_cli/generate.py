@@ -153,10 +153,7 @@ class GenerateOptions:
                                              UsageError)
         if self.prefix is None:
             self.prefix = "" if self.templates is not None else "gen_"
-        elif not isinstance(self.prefix, str) or not self.prefix:
-            raise UsageError(f"{option('--id-prefix', 'prefix')} must be a word without spaces, got "
-                             f"{self.prefix!r:.40}")
-        if not isinstance(self.prefix, str) or any(c.isspace() for c in self.prefix):
+        elif not isinstance(self.prefix, str) or not self.prefix or any(c.isspace() for c in self.prefix):
             raise UsageError(f"{option('--id-prefix', 'prefix')} must be a word without spaces, got "
                              f"{self.prefix!r:.40}")
         if not isinstance(self.resume, bool):
@@ -574,7 +571,7 @@ def sample_template(sampler: Sampler, indices: list[int], design: Design | list 
     letters: list[list[str]] = [[] for _ in indices]
     total = [0.0] * batch
     works = [_works(d.template, o.chains, o.linker_length) for d in row_designs]
-    if len({template_shape(d.template, o.chains, o.linker_length) for d in row_designs}) > 1:
+    if len({_shape(w) for w in works}) > 1:
         raise ValueError("sample_template: a batch's templates must be of one shape (template_shape)")
     for row_works in zip(*works):
         texts = [w.text for w in row_works]
@@ -601,7 +598,12 @@ def template_shape(template: str, chains: str, linker_length: int) -> tuple:
     designed positions' count (templates of one shape are designed in one batch, each row its own)."""
     from protrans_cli.variants import _works
 
-    return tuple((len(w.text), w.text.count(DESIGNED)) for w in _works(template, chains, linker_length))
+    return _shape(_works(template, chains, linker_length))
+
+
+def _shape(works) -> tuple:
+    """template_shape of a template's readings (variants._works)."""
+    return tuple((len(w.text), w.text.count(DESIGNED)) for w in works)
 
 
 def _design_text(sampler: Sampler, text: str | list[str], draws: Draws, batch: int) -> tuple[list[str], list[float]]:
