@@ -96,7 +96,9 @@ def _number(x: float) -> str:
 
 
 def _heads(config) -> int | None:
-    for key in ("num_attention_heads", "num_heads", "n_head"):
+    from protrans_cli.dir_info import _SIZES  # (the config keys info reads the head count from)
+
+    for key in _SIZES["heads"]:
         value = getattr(config, key, None)
         if isinstance(value, int):
             return value
@@ -130,12 +132,12 @@ def snippet(family, tokenizer) -> str | None:
     rows `protrans embed` gives; None where the family's encoder is not a transformers class or
     its tokenizer does not lay proteins out as the snippet does."""
     try:
-        encoder = family.encoder_class
+        uses_transformers = _uses_transformers(family)
     except Exception:
         return None
-    if not (encoder.__module__ or "").startswith("transformers.") or not _snippet_ids_match(family, tokenizer):
+    if not uses_transformers or not _snippet_ids_match(family, tokenizer):
         return None
-    name = encoder.__name__
+    name = family.encoder_class.__name__
     tok_kwargs = "".join(f", {k}={v!r}" for k, v in family.tokenizer_kwargs.items())
     model_kwargs = "".join(f", {k}" for k in filter(None, [_ENCODER_KWARGS.get(family.name)]))
     lines = ["import re", "", "import torch", f"from transformers import AutoTokenizer, {name}", "",
