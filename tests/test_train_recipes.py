@@ -17,7 +17,8 @@ from protrans_cli.training.config import TrainConfig, grad_accum_steps
 LEARNABLE = str(DATA / "train" / "learnable.txt")
 SHIPPED = ["esm2_t33_650M", "prot_bert", "prot_bert_bfd", "prot_t5_xl_bfd"]
 # a model small enough to train 2 steps in a second, whatever the recipe's preset
-SHRINK = {"bert": ["num_hidden_layers=1", "hidden_size=16", "num_attention_heads=2", "intermediate_size=32"]}
+SHRINK = {"bert": ["num_hidden_layers=1", "hidden_size=16", "num_attention_heads=2", "intermediate_size=32"],
+          "esm": ["num_hidden_layers=1", "hidden_size=16", "num_attention_heads=2", "intermediate_size=32"]}
 
 
 def test_the_recipes_are_package_data():
@@ -61,6 +62,33 @@ def test_the_recipes_numbers_are_those_of_their_sources():
         "prot_t5_xl", "adafactor", "inverse_sqrt", 512, 1200000, 4000)
     esm = recipes.load("esm2_t33_650M")
     assert (esm.preset, esm.num_steps) == ("esm2_t33_650M", 500000)
+    # the supplementary's optimizer paragraph (as MINT's and BioNeMo's sources quote it)
+    assert (esm.optimizer, esm.adam_beta1, esm.adam_beta2, esm.adam_eps, esm.weight_decay) == (
+        "adamw", 0.9, 0.98, 1e-8, 0.01)
+    assert (esm.lr, esm.warmup_steps, esm.schedule, esm.min_lr_ratio) == (4e-4, 2000, "linear", 0.1)
+    # what it leaves to the flag defaults: a batch in proteins (ESM-2's is 2M tokens), the crop length
+    defaults = TrainConfig()
+    assert (esm.global_batch_size, esm.max_length, esm.phases) == (defaults.global_batch_size, defaults.max_length, [])
+
+
+def test_the_esm2_recipe_schedule_against_the_papers_sentence():
+    """ESM-2's lr, as the supplementary says it (an independent reference: warmup over 2,000
+    steps to 4e-4, a linear decay to a tenth of it), against the scheduler a run of the recipe
+    builds; the one difference the file states: protrans reaches the tenth at the last step,
+    ESM-2 at 90% of the run."""
+    from protrans_cli.training.optim import LRLambda
+
+    esm = recipes.load("esm2_t33_650M")
+    fn = LRLambda(esm.schedule, esm.resolved_warmup_steps, esm.num_steps, esm.min_lr_ratio, esm.decay_fraction)
+    assert esm.lr * fn(999) == pytest.approx(2e-4)  # halfway up the warmup (step 1000 of 2000)
+    assert esm.lr * fn(1999) == pytest.approx(4e-4)  # the peak at the end of the warmup
+    assert esm.lr * fn(esm.num_steps - 1) == pytest.approx(4e-5, rel=1e-4)  # a tenth at the end
+
+    def paper(step):  # 0.1 reached at 90% of the run (step 450,000), held after
+        return 4e-4 * max(0.1, 1 - 0.9 * (step - 2000) / (450000 - 2000))
+    assert paper(450000) == pytest.approx(4e-5)
+    assert esm.lr * fn(450000) == pytest.approx(0.19036 * 4e-4, rel=1e-3)  # the comments' 0.19
+    assert all(esm.lr * fn(s) >= paper(s) for s in range(2000, 500000, 7919))
 
 
 def test_an_unknown_recipe_names_the_known_ones():
@@ -108,6 +136,21 @@ def test_a_recipe_trains_with_flags_over_it_and_the_run_records_it(tmp_path, run
     assert ("- Recipe: `prot_bert` (`protrans_cli/recipes/prot_bert.toml`, with this run's flags over it: the "
             "lines here are the settings it trained with)\n") in card
     assert "- Learning rate: 0.001 peak, 40,000 warmup steps" in card
+
+
+def test_the_esm2_recipe_trains_with_flags_over_it(tmp_path, run_cli):
+    """A tiny run from the ESM-2 recipe starts and records the recipe's optimizer settings (the
+    config-file-only betas and eps included) beside the flags that shrank it."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--recipe", "esm2_t33_650M", "--corpus", LEARNABLE, "-o", out,
+                  "--num-steps", "2", "--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "2",
+                  *[a for s in SHRINK["esm"] for a in ("--set", s)], "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["recipe"] == "esm2_t33_650M" and saved["num_steps"] == 2
+    assert (saved["optimizer"], saved["lr"], saved["warmup_steps"], saved["min_lr_ratio"]) == ("adamw", 4e-4, 2000, 0.1)
+    assert (saved["adam_beta1"], saved["adam_beta2"], saved["adam_eps"]) == (0.9, 0.98, 1e-8)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
 
 
 def test_a_recipe_with_resume_is_the_config_as_a_config_file_is(tmp_path, run_cli):
