@@ -37,6 +37,7 @@ def check_reuse_paths(paths, output: Path) -> tuple[Path, ...]:
     folder, an unfinished run's partial file, the output itself (or its partial file), a file
     given twice. Returns them as Paths."""
     from protrans_cli.io.files import directory_kind, missing_file
+    from protrans_cli.io.h5 import EmbeddingsReader
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -68,6 +69,9 @@ def check_reuse_paths(paths, output: Path) -> tuple[Path, ...]:
             raise UsageError(f"--reuse names it twice (also as {seen[real]}): give each file once", path=str(path))
         seen[real] = path
         out.append(path)
+    for path in out:  # (a file no run can reuse, said before the model loads)
+        with EmbeddingsReader(path) as reader:
+            _check_layout(path, reader.attrs)
     return tuple(out)
 
 
@@ -155,6 +159,21 @@ class Reuse:
                 self.files[i] = None
 
 
+def _check_layout(path: Path, attrs) -> str:
+    """The layout of a --reuse file (its attributes `attrs`), refused unless grouped or flat."""
+    from protrans_cli.io.h5 import _comparable
+
+    layout = str(_comparable(attrs.get("layout")))
+    if layout == "stacked":
+        raise UsageError("cannot reuse its proteins: a stacked file is read by rows, not by protein; write it "
+                         "back as one first (protrans merge FILE -o FILE_grouped.h5 --layout grouped) and reuse "
+                         "that", path=str(path))
+    if layout not in ("grouped", "flat"):
+        raise UsageError(f"cannot reuse its proteins: its layout {layout!r} is not grouped or flat: damaged, or "
+                         "not written by protrans embed", path=str(path))
+    return layout
+
+
 def _check_reusable(path: Path, writer_kw: dict) -> tuple[str, bool]:
     """Refuse a file made otherwise than this run would make its rows; returns its layout and
     whether it records a `weights_fingerprint`."""
@@ -166,14 +185,7 @@ def _check_reusable(path: Path, writer_kw: dict) -> tuple[str, bool]:
     # (the settings that change the rows, in --resume's test: model, commit, layers, pooling,
     # storage dtype, max length and long policy, chunk overlap, chains and linker, 3Di prefix)
     _check_resumable(path, _writer_attributes(writer_kw), writer_kw["resume_equal"], reuse=True)
-    layout = str(_comparable(attrs.get("layout")))
-    if layout == "stacked":
-        raise UsageError("cannot reuse its proteins: a stacked file is read by rows, not by protein; write it "
-                         "back as one first (protrans merge FILE -o FILE_grouped.h5 --layout grouped) and reuse "
-                         "that", path=str(path))
-    if layout not in ("grouped", "flat"):
-        raise UsageError(f"cannot reuse its proteins: its layout {layout!r} is not grouped or flat: damaged, or "
-                         "not written by protrans embed", path=str(path))
+    layout = _check_layout(path, attrs)
     held = tuple(k for k in KINDS if k in str(_comparable(attrs.get("kinds"))).split(","))
     missing = [k for k in writer_kw["kinds"] if k not in held]
     if missing:

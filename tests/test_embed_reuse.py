@@ -169,6 +169,10 @@ def test_files_that_cannot_be_reused_are_refused_before_computing(tmp_path, run_
         r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--reuse", path, *extra)
         assert r.exit_code == 2 and f"{path}: " in r.stderr and words in r.stderr, r.stderr
         assert not out.exists()
+    # a layout no run can reuse is refused before the model is looked for (a model that is not there)
+    r = run_cli("embed", fasta, "-m", tmp_path / "no_model", "-o", out, "--reuse", tmp_path / "stacked.h5",
+                "--per-protein")
+    assert r.exit_code == 2 and "a stacked file is read by rows" in r.stderr, r.stderr
     r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--reuse", tmp_path / "missing.h5")
     assert r.exit_code == 1 and "missing.h5" in r.stderr
     with pytest.raises(UsageError, match="names it twice"):
