@@ -809,6 +809,13 @@ def test_corpus_errors_name_the_problem(tmp_path):
         list(_stream([str(TRAIN / "invalid_residue.txt")], global_batch_size=5, micro_batch_size=5, max_length=500, max_epochs=1))
     with pytest.raises(InputError, match="3 protein"):
         next(iter(_stream([str(TRAIN / "too_few_proteins.txt")])))
+    # a corpus whose first line holds the bad letter: an invalid residue, not "not a corpus: the
+    # file is a pretraining corpus" (the look-alike hint for files given by mistake)
+    first = tmp_path / "first_line.txt"
+    first.write_text("M K J A\n" + "M K T A\n" * 20)
+    with pytest.raises(InputError, match=r"first_line.txt:1: invalid residue 'J' at residue 3 of the protein") as info:
+        list(_stream([str(first)], global_batch_size=5, micro_batch_size=5, max_length=500, max_epochs=1))
+    assert "not a corpus" not in str(info.value)
     with pytest.raises(InputError, match="no such file"):
         next(iter(_stream([str(tmp_path / "missing.txt")])))
 

@@ -340,9 +340,10 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
             return InputError(f"a {name} at column {line.index(char) + 1} (a table?): a corpus line holds one "
                               "protein, its residues separated by single spaces; make one with `protrans prep`",
                               path=path, line=lineno)
-    if lineno == 1 and (hint := look_alike(raw)):
+    if lineno == 1 and (hint := look_alike(raw)) and "pretraining corpus" not in hint:
         # (a NetSurfP CSV given as the corpus was an "invalid residue ','"; a PDB or GenBank file
-        # an invalid residue of its first line)
+        # an invalid residue of its first line. A corpus line itself, `M K J A`, is what it looks
+        # like: its error is the invalid residue, not "not a corpus: the file is a pretraining corpus")
         return InputError(f"not a corpus: {hint}; the corpus is the text `protrans prep` writes, one protein "
                           "per line", path=path, line=lineno)
     line = stripped
