@@ -4282,7 +4282,7 @@ def test_resume_from_a_checkpoint_whose_train_config_holds_other_types_is_one_li
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
 
 
-@pytest.mark.parametrize("left", ["some files", "nothing", "the only checkpoint"])
+@pytest.mark.parametrize("left", ["some files", "nothing", "the only checkpoint", "the only one, beside the model"])
 def test_resume_when_the_latest_checkpoint_lost_its_training_state_is_one_line(tmp_path, run_cli, left):
     """A latest step_N/ whose training_state.pt was deleted (to save space) or never copied: --resume
     went back to the checkpoint before without a word, and wrote over the later one (or, with no
@@ -4301,10 +4301,13 @@ def test_resume_when_the_latest_checkpoint_lost_its_training_state_is_one_line(t
         last.mkdir()
     else:
         (last / ckpt.STATE_FILE).unlink()
-    if left == "the only checkpoint":
+    if left.startswith("the only"):
         shutil.rmtree(out / "checkpoints" / "step_00000001")
+    if left == "the only checkpoint":
         for name in ("config.json", "model.safetensors"):  # (a run dir of checkpoints only)
             (out / name).unlink()
+    # ("the only one, beside the model": a finished run's; --resume said it "already holds a model
+    # (config.json) and no checkpoint to resume from", exit 2, though its checkpoint was there)
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     for resume in (["--resume"], ["--resume-from", last]):
         result = run_cli("train", *flags, "--num-steps", 3, *resume)
@@ -4312,7 +4315,7 @@ def test_resume_when_the_latest_checkpoint_lost_its_training_state_is_one_line(t
         said = result.stderr.splitlines()[-1]
         assert said.startswith(f"protrans: error: {last}: damaged checkpoint: cannot read training_state.pt (it is "
                                "missing"), said
-        assert ("step_00000001, after moving this one away" in said) == (left != "the only checkpoint"), said
+        assert ("step_00000001, after moving this one away" in said) == (not left.startswith("the only")), said
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 

@@ -169,8 +169,8 @@ def _held_model(run_dir) -> str | None:
 def refuse_what_the_run_dir_holds(run_dir, resume, *, main: bool = True) -> None:
     """What a run refuses of its directory before any model, in this order: odd files under a run's
     names (`main`: the rank that writes them), another run's checkpoints for a new run (they would
-    mix), a model and no checkpoint (a new run would write over it), a latest checkpoint without
-    its state for `resume=True`. `resume` as train() takes it (None or False: a new run)."""
+    mix), a latest checkpoint without its state for `resume=True`, a model and no checkpoint (a new
+    run would write over it). `resume` as train() takes it (None or False: a new run)."""
     if main:
         _refuse_odd_run_files(run_dir)
     if not resume and list_checkpoints(run_dir):
@@ -179,6 +179,10 @@ def refuse_what_the_run_dir_holds(run_dir, resume, *, main: bool = True) -> None
         latest = list_checkpoints(run_dir)[-1].name
         raise UsageError(f"{run_dir} already holds a run ({latest}): add {resume_option()} to "
                          f"continue it, or choose another {run_dir_option()}")
+    if resume is True:
+        # (before the model check: a finished run whose only checkpoint lost its state was told it
+        # held "a model and no checkpoint to resume from", exit 2, of a checkpoint it lists)
+        refuse_incomplete_latest(run_dir)  # (the only one: not "none yet")
     if not list_checkpoints(run_dir) and (model := _held_model(run_dir)):
         # A finished run whose checkpoints were deleted to save space, or a model
         # downloaded there: a new run (or --resume, which found no checkpoint and
@@ -195,5 +199,3 @@ def refuse_what_the_run_dir_holds(run_dir, resume, *, main: bool = True) -> None
             + (" to resume from" if resume is True else "")
             + f": a new run would overwrite it; choose another {run_dir_option()} (or move the "
               f"{held.split()[-1]} away)")
-    if resume is True:
-        refuse_incomplete_latest(run_dir)  # (the only one: not "none yet")
