@@ -173,3 +173,23 @@ def test_every_link_to_a_heading_finds_it():
                 broken.append(f"{page.name}: {link}")
     assert checked > 30, checked
     assert not broken, "links to headings that do not exist:\n" + "\n".join(broken)
+
+
+def test_every_relative_link_finds_its_file():
+    """A relative link (`embed.md`, `../CHANGELOG.md`, `benchmarks/embed.py`, an image) names a file or
+    folder of the repository: a page renamed or moved left links that GitHub shows as a 404."""
+    pages = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "CHANGELOG.md"]
+    checked, broken = 0, []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        links = re.findall(r"\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)", text)
+        links += re.findall(r"^\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", text, re.M)  # reference-style definitions
+        for link in links:
+            path = link.partition("#")[0]
+            if not path or re.match(r"[a-z][a-z0-9+.-]*:", link):  # an anchor of the page itself, or a URL
+                continue
+            checked += 1
+            if not (page.parent / path).exists():
+                broken.append(f"{page.name}: {link}")
+    assert checked > 100, checked
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
