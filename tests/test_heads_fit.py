@@ -5061,6 +5061,27 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
             predict_embeddings(ss_head, {"x": np.zeros((5, 21))}, max_residues=bad)
 
 
+def test_a_cls_pooled_head_in_memory_refuses_rows_it_would_average(run_cli, loc_data, tmp_path):
+    """A head fit on cls-pooled vectors (embed --pooling cls) never saw a mean of rows: an (L, D)
+    array given to predict_embeddings was averaged and predicted on silently (a value head said
+    13.3 where its cls vector gives 0.107), where predict refuses a file's mean for it."""
+    from protrans_cli import predict_embeddings
+
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0
+    rows = np.random.default_rng(0).random((7, 21)).astype(np.float32)
+    assert predict_embeddings(head, {"m": rows})["m"]["loc"].labels  # a mean-pooled head averages them
+    config = json.loads((head / "config.json").read_text())
+    config["embedding"]["pooling"] = "cls: the hidden state of the [CLS] token"
+    (head / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=r"protein 'm': an embedding of shape \(7, 21\) would be averaged over its "
+                                         r"rows, and the head was fit on per-protein vectors pooled by cls"):
+        predict_embeddings(head, {"m": rows})
+    got = predict_embeddings(head, {"m": rows[0]})["m"]["loc"]  # its (D,) cls vector is read as it is
+    assert got.probabilities.shape == (len(LOCATIONS),)
+
+
 def test_predict_sequences_with_a_model_of_another_width_says_so(loc_data, tmp_path, tmp_path_factory):
     """predict_sequences(head, seqs, model=X) where X's embeddings are wider than the head's input
     said "protein 0: an embedding of shape (32,) ...": the protein blamed for the model given."""

@@ -37,7 +37,8 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     """The head's predictions for embeddings in memory: `embeddings` is {id: array} (returns
     {id: {output: Prediction}}) or a list of arrays (returns a list, in order). A per-residue
     head takes (L, D) arrays; a per-protein head (D,) vectors, or (L, D) arrays, averaged over
-    their rows as `predict` averages a file's per-residue embeddings. D must be the head's input
+    their rows as `predict` averages a file's per-residue embeddings (not for a head fit on
+    cls-pooled vectors, `embed --pooling cls`: (D,) cls vectors only). D must be the head's input
     width; the arrays must come from the model and layer the head was fit on (an array carries
     neither, so that cannot be checked here: `predict_sequences` embeds with them). A Light
     Attention head (a per-protein task that reads every residue) takes (L, D) arrays of at least
@@ -47,6 +48,7 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     from protrans_cli.heads.data import ProteinData, ResidueData
     from protrans_cli.heads.fit import head_device, predict_data
     from protrans_cli.heads.model import head_input_kind, load_head
+    from protrans_cli.io.h5 import pooling_kind
     from protrans_cli.threads import resolve_threads
 
     expect_path(head_dir, "head_dir", " (the head's directory)")
@@ -63,7 +65,11 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     per_residue = task.kind == PER_RESIDUE  # what it predicts
     reads_residues = head_input_kind(config, task) == PER_RESIDUE  # what it reads
     width = int(config["input_dim"])
-    arrays = [_checked(ident, array, width, reads_residues, pooled_here=not per_residue) for ident, array in pairs]
+    # a head fit on cls-pooled vectors (embed --pooling cls) never saw a mean of rows: averaging an
+    # (L, D) array gave it another input than it was fit on, and a silently wrong prediction
+    cls_pooled = not reads_residues and pooling_kind(config.get("embedding", {}).get("pooling")) == "cls"
+    arrays = [_checked(ident, array, width, reads_residues, pooled_here=not per_residue, cls_pooled=cls_pooled)
+              for ident, array in pairs]
     torch.set_num_threads(resolve_threads(threads, small_work=not reads_residues))
     ensemble.to(head_device(device))
     # batched, padded and run as `predict` runs a file's (an empty per-residue array: nothing to run)
@@ -160,10 +166,12 @@ def _joined(parts: list[dict]) -> dict:
             for name in parts[0]}
 
 
-def _checked(ident, array, width: int, per_residue: bool, *, pooled_here: bool = False) -> np.ndarray:
+def _checked(ident, array, width: int, per_residue: bool, *, pooled_here: bool = False,
+             cls_pooled: bool = False) -> np.ndarray:
     """`array` as float32 of the shape the head takes, or a usage error naming the protein.
     `per_residue`: the head reads (L, D) rows; `pooled_here`: and pools them to one prediction
-    (Light Attention), so a protein needs one residue at least."""
+    (Light Attention), so a protein needs one residue at least; `cls_pooled`: a per-protein head
+    fit on cls vectors, which takes (D,) only (the mean of rows is not its input)."""
     if _is_tensor(array):
         # a model's output as it comes: one that requires grad (RuntimeError "Can't call numpy()"),
         # in bfloat16 or on a GPU ("not an array of numbers") could not be read as numpy reads it
@@ -182,6 +190,10 @@ def _checked(ident, array, width: int, per_residue: bool, *, pooled_here: bool =
     if per_residue and pooled_here and not len(a):
         raise UsageError(f"protein {ident!r}: an embedding of no residue has nothing to attend to")
     if not per_residue and a.ndim == 2:
+        if cls_pooled:
+            raise UsageError(f"protein {ident!r}: an embedding of shape {a.shape} would be averaged over its rows, "
+                             "and the head was fit on per-protein vectors pooled by cls: give its (D,) cls vector "
+                             "(embed with pooling='cls'), or the sequences to predict_sequences")
         if not len(a):
             raise UsageError(f"protein {ident!r}: an embedding of no residue has no mean")
         a = a.mean(axis=0)
