@@ -531,8 +531,9 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
     for name, outputs in facts.get("metrics", {}).items():
         for output, m in outputs.items():
             metric = m.get("metric")
-            # (heads.metrics.headline's number: accuracy under Q3, Q10, ...; Spearman's rho of a value)
-            value = m.get("spearman") if m.get("kind") == "value" else m.get("accuracy")
+            # (heads.metrics.headline's number: accuracy under Q3, Q10, ...; Spearman's rho of a value,
+            # whose metrics.json entry fit writes without a "kind": it said "Spearman n/a" for every value head)
+            value = m.get("spearman") if m.get("kind") == "value" or "spearman" in m else m.get("accuracy")
             shown = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} n/a"
             ci = m.get("ci95")
             if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -295,6 +296,22 @@ def test_a_head_s_headline_figure_is_its_accuracy_or_spearman_whatever_the_metri
     text = run_cli("info", copy).stdout
     assert "cb513 ss3        Q3 0.8123 (95% CI 0.8000-0.8200), MCC 0.710, 5 proteins\n" in text
     assert "cb513 stability  Spearman 0.4560 (95% CI 0.4000-0.5000), 5 proteins\n" in text
+
+
+def test_a_fitted_value_head_s_spearman_is_shown(run_cli, tmp_path):
+    """fit writes a value output's metrics.json entry without a "kind": info said "Spearman n/a"
+    for every value head fit wrote (the test above wrote the entry by hand, with one)."""
+    rng = np.random.default_rng(0)
+    seqs = {f"p{i}": "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 30)) for i in range(12)}
+    (tmp_path / "s.fa").write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    (tmp_path / "v.csv").write_text("id,label\n" + "".join(f"{k},{v.count('K') / 30:.4f}\n" for k, v in seqs.items()))
+    assert run_cli("embed", tmp_path / "s.fa", "-m", "onehot", "-o", tmp_path / "s.h5").exit_code == 0
+    r = run_cli("fit", "value", "--embeddings", tmp_path / "s.h5", "--labels", tmp_path / "v.csv", "--max-epochs", "2",
+                "--bootstrap", "10", "-j", "1", "--no-plots", "--valid-fraction", "0.5", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    rho = json.loads((tmp_path / "h" / "metrics.json").read_text())["valid"]["value"]["spearman"]
+    assert isinstance(rho, float)
+    assert re.search(rf"^valid value +Spearman {rho:.4f} \(95% CI ", run_cli("info", tmp_path / "h").stdout, re.M)
 
 
 def test_a_finetune_output_is_described_whole(run_cli, finetuned):
