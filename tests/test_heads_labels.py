@@ -1281,3 +1281,23 @@ def test_a_deeploc_file_given_to_a_secondary_structure_task_names_the_labels_it_
             get_task(task).residue_targets(record)
         assert caught.value.record == "r0" and caught.value.line == 1
         assert str(caught.value).endswith(f"has no labels for {output} (it has loc, membrane)"), str(caught.value)
+
+
+def test_labels_to_stdout_stopped_while_writing_prints_nothing(run_cli, monkeypatch):
+    """`labels ... -o -` stopped (Ctrl-C, SIGTERM) while its FASTA was written gave the pipeline the
+    records written so far (its first 64 KB, one cut in the middle) before exit 130: stdout gets the
+    FASTA whole or nothing."""
+    import protrans_cli.io.fasta as fasta_module
+
+    write_fasta, written = fasta_module.write_fasta, []
+
+    def stopped_on_the_third(stream, ident, seq, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(ident)
+        return write_fasta(stream, ident, seq, *args, **kwargs)
+
+    monkeypatch.setattr(fasta_module, "write_fasta", stopped_on_the_third)
+    r = run_cli("labels", DATA / "heads" / "pisces_small.csv", "-o", "-")
+    assert (r.exit_code, r.stdout, r.stderr) == (130, "", "protrans: error: interrupted\n")
+    assert len(written) == 2

@@ -1608,14 +1608,18 @@ def atomic_output(path, mode: str = "wb", *, follow_link: bool = False,
 
     The data goes to a hidden temporary file in the target's directory and is renamed over
     the target only when the block exits without an exception; on failure the temporary
-    file is removed and any existing file of that name is left as it was. With `staged` (a
+    file is removed and any existing file of that name is left as it was. For stdout, a
+    temporary file in TMPDIR is copied out when the block exits without an exception (a
+    failed or stopped run prints nothing; stdout's output needs its size free in TMPDIR). With `staged` (a
     list), the file is written out but not renamed: its AtomicFile is appended, for the caller
     to commit with a job's other outputs (under signals_held) or abort.
     """
     if path is None or str(path) == "-":
-        out = NamedStdout(stdout_binary())
-        yield out
-        out.flush()
+        # (a temporary file in TMPDIR, copied out once the block ends without an exception: a Ctrl-C
+        # or SIGTERM while export, labels, knn or variants wrote their table gave a pipeline its
+        # first 64 KB, a record cut in the middle, then exit 130)
+        with _spooled_stdout() as out:
+            yield out
         return
     handle = AtomicFile(path, follow_link=follow_link)
     try:
@@ -1650,14 +1654,19 @@ def _named_if_full(exc: OSError, where: str) -> Exception:
 @contextlib.contextmanager
 def streamed_output(path, *, staged: list | None = None) -> Iterator[BinaryIO]:
     """The stream an output is written to as the work goes (from-structure, perplexity, generate:
-    nothing held until the end): `path`'s atomic temporary (atomic_output, renamed over it when the
-    block exits without an exception, or left to `staged`), or for stdout (`-`, None) a temporary
-    file in TMPDIR, copied to stdout when the block exits without one, so that a run that fails
-    prints nothing. A full TMPDIR is one line naming it ("No space left on device" named nothing)."""
-    if path is not None and str(path) != "-":
-        with atomic_output(path, follow_link=True, staged=staged) as stream:
-            yield stream
-        return
+    nothing held until the end): atomic_output's, following a link at `path`: its atomic temporary
+    (renamed over it when the block exits without an exception, or left to `staged`), or for
+    stdout (`-`, None) a temporary file in TMPDIR, copied to stdout when the block exits without
+    one, so that a run that fails prints nothing."""
+    with atomic_output(path, follow_link=True, staged=staged) as stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _spooled_stdout() -> Iterator[BinaryIO]:
+    """A temporary file in TMPDIR to write stdout's output to, copied to stdout when the block
+    exits without an exception (nothing printed by a run that fails or is stopped). A full TMPDIR
+    is one line naming it ("No space left on device" named nothing)."""
     try:
         spool = tempfile.TemporaryFile(prefix="protrans-stdout-")
     except OSError as exc:
@@ -1669,8 +1678,9 @@ def streamed_output(path, *, staged: list | None = None) -> Iterator[BinaryIO]:
             spool.seek(0)
         except OSError as exc:
             raise _spool_error(exc) from None
-        with atomic_output("-") as stdout:
-            shutil.copyfileobj(spool, stdout, 1 << 20)
+        stdout = NamedStdout(stdout_binary())
+        shutil.copyfileobj(spool, stdout, 1 << 20)
+        stdout.flush()
 
 
 def _spool_error(exc: OSError) -> RuntimeFailure:
