@@ -23,7 +23,7 @@ it made esm-extract write into folders).
 
 The working folder is a hidden one inside the output folder; the files move into the output
 folder once every one is written (a stopped or failed run leaves none of its files there, and
-removes a folder it made). Files of an earlier run stay, and one of the same name is replaced, as
+removes a folder it made; a SIGKILL during the moves can leave some, each whole). Files of an earlier run stay, and one of the same name is replaced, as
 esm-extract replaces it.
 """
 
