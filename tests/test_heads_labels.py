@@ -1283,6 +1283,27 @@ def test_a_deeploc_file_given_to_a_secondary_structure_task_names_the_labels_it_
         assert str(caught.value).endswith(f"has no labels for {output} (it has loc, membrane)"), str(caught.value)
 
 
+def test_a_bad_label_letter_names_the_line_it_is_on_not_the_header(tmp_path):
+    """A letter that is no class, in a FLIP FASTA whose labels span lines: the error named the
+    record's header line (`FILE:3`), where the letter is on line 5; a bad character of FLIP's
+    mask FASTA likewise named its header."""
+    from protrans_cli.errors import located
+
+    path = tmp_path / "ss.fasta"
+    path.write_text(">p1 SET=train\nCCHHE\n>p2 SET=train\nCCHHE\nHHQEC\n\nCC\n")
+    ls = read_labels(path)
+    with pytest.raises(InputError, match=r"ss.fasta:5, record 'p2': label letter\(s\) 'Q' are not ss3 classes"):
+        with located(ls.path):
+            get_task("ss3").residue_targets(ls.records[1])
+    path.write_text(">p1 SET=train\nCCHHE\n>p2 SET=train\nCCHHE\nHHEEC\n\nCQ\n")  # (after a blank line)
+    ls = read_labels(path)
+    with pytest.raises(InputError, match=r"ss.fasta:7, record 'p2': label letter\(s\) 'Q' are not ss8 classes"):
+        with located(ls.path):
+            get_task("ss8").residue_targets(ls.records[1])
+    mask = tmp_path / "mask.fasta"
+    mask.write_text(">p1\n11111\n>p2\n11111\n11x11\n11\n")
+    with pytest.raises(InputError, match=r"mask.fasta:5, record 'p2': mask holds characters other than 0 and 1"):
+        read_labels(path, mask_path=mask)
 def test_labels_to_stdout_stopped_while_writing_prints_nothing(run_cli, monkeypatch):
     """`labels ... -o -` stopped (Ctrl-C, SIGTERM) while its FASTA was written gave the pipeline the
     records written so far (its first 64 KB, one cut in the middle) before exit 130: stdout gets the

@@ -105,6 +105,18 @@ class LabelRecord:
     # labels a column could not be read as, by output: the error, raised where they are used
     # (a bad value in NetSurfP's disorder column, read under `fit ss3 --mask-column cb513_mask`)
     unreadable: dict[str, Exception] = field(default_factory=dict)
+    # Where the letters of a `label` string that spans lines are (FLIP's FASTA): (offset of a
+    # line's first letter, its line number), so that a bad letter is named by its own line
+    label_lines: tuple[tuple[int, int], ...] = ()
+
+    def line_of(self, offset: int) -> int | None:
+        """The line of label letter `offset` (the record's own line where the file has one line a record)."""
+        found = self.line
+        for start, lineno in self.label_lines:
+            if start > offset:
+                break
+            found = lineno
+        return found
 
 
 def _by_descriptor(path) -> bool:
@@ -151,9 +163,11 @@ def _companion_fasta(path) -> Iterator[FastaRecord]:
     with open_input(path) as stream:
         head = stream.read(1024)  # (what utf16_text looks at)
         if is_utf16(head):
-            yield from parse_fasta(io.BytesIO(utf16_text(head + stream.read(), name).encode("utf-8")), name)
+            yield from parse_fasta(io.BytesIO(utf16_text(head + stream.read(), name).encode("utf-8")), name,
+                                   line_map=True)
         else:  # (the line the head cut completed, then the rest line by line)
-            yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name, head=head)
+            yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name, head=head,
+                                   line_map=True)
 
 
 def mask_column_names(columns, name: str = "mask_columns") -> tuple[str, ...]:
@@ -562,7 +576,7 @@ def _split_of(attrs: dict[str, str], name: str, rec) -> str | None:
 
 def _read_flip(text: str, name: str) -> LabelSet:
     records = []
-    for rec in parse_fasta(io.BytesIO(text.encode()), name):
+    for rec in parse_fasta(io.BytesIO(text.encode()), name, line_map=True):
         attrs = _attrs(rec.description)
         if "TARGET" in attrs:
             # (read as FLIP, its sequence was taken for per-residue labels: a head trained on
@@ -573,7 +587,7 @@ def _read_flip(text: str, name: str) -> LabelSet:
         if not rec.sequence:
             raise InputError("has no label line", path=name, line=rec.line, record=rec.id)
         records.append(LabelRecord(rec.id, None, {"label": rec.sequence}, None, _split_of(attrs, name, rec),
-                                   rec.line))
+                                   rec.line, label_lines=rec.lines))
     return LabelSet(name, "flip", records)
 
 
@@ -618,8 +632,11 @@ def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) 
                          f"{some_ids(missing)}",
                          path=name)
     for record in label_set.records:
-        record.mask = _mask_bits(masks[record.id].sequence, len(record.labels["label"]), "mask", "the labels",
-                                 path=name, line=masks[record.id].line, record=record.id)
+        mask = masks[record.id]
+        bad = next((i for i, c in enumerate(mask.sequence) if c not in "01"), None)
+        # (a bad character named by its own line, not the header's)
+        record.mask = _mask_bits(mask.sequence, len(record.labels["label"]), "mask", "the labels",
+                                 path=name, line=mask.line if bad is None else mask.line_of(bad), record=record.id)
     label_set.notes.append(f"mask from {name} (1 = evaluated)")
 
 

@@ -73,6 +73,13 @@ def mask_for(record, output: str):
     return masks[output] if output in masks else record.mask
 
 
+def _line_of(record, offset: int) -> int | None:
+    """The line of a record's label letter `offset`: its own line where its labels span lines
+    (a FLIP FASTA's: LabelRecord.line_of), else the record's line."""
+    line_of = getattr(record, "line_of", None)
+    return line_of(offset) if line_of is not None else getattr(record, "line", None)
+
+
 def ss8_to_ss3(ss8: str) -> str:
     """The standard reduction: H, G, I -> H; E, B -> E; T, S, C -> C."""
     bad = set(ss8) - set(SS8)
@@ -138,7 +145,8 @@ class Task:
             evaluated = np.ones(len(codes), dtype=bool) if mask is None else mask
             if output.name == "disorder":
                 evaluated = evaluated & (raw != ord(NOT_LABELLED))
-            bad = {letters[i] for i in np.flatnonzero((codes == IGNORE) & evaluated)[:50]}
+            at = np.flatnonzero((codes == IGNORE) & evaluated)[:50]
+            bad = {letters[i] for i in at}
             if bad:
                 known = "".join(output.classes) + (f", or 8-state {''.join(SS8)}" if output.name == "ss3" else "")
                 # (a FASTA of sequences given as --labels reads as FLIP: its residues as labels)
@@ -148,7 +156,7 @@ class Task:
                     hint = ("; the file holds a 0/1 mask (FLIP's mask.fasta): give it with --mask, and the labels "
                             "to --labels")
                 raise InputError(f"label letter(s) {''.join(sorted(bad))!r} are not {output.name} classes "
-                                 f"({known}){hint}", record=record.id, line=record.line)
+                                 f"({known}){hint}", record=record.id, line=_line_of(record, int(at[0])))
             codes[~evaluated] = IGNORE
             out[output.name] = codes
         length = len(next(iter(out.values()))) if out else 0

@@ -22,6 +22,19 @@ class FastaRecord:
     description: str
     sequence: str
     line: int  # 1-based line number of the header, for error messages
+    # (where parse_fasta's line_map asked for it) the line each stretch of the sequence is on:
+    # (offset in `sequence` where the line's characters start, its 1-based line number), so that
+    # a character can be named by its own line (a label letter on the 4th line, not the header's 3rd)
+    lines: tuple[tuple[int, int], ...] = ()
+
+    def line_of(self, offset: int) -> int:
+        """The line holding character `offset` of the sequence (the header's without a line map)."""
+        found = self.line
+        for start, lineno in self.lines:
+            if start > offset:
+                break
+            found = lineno
+        return found
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
@@ -90,13 +103,16 @@ _LOOK_ALIKES = [
 
 
 def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: bool = False,
-                head: bytes = b"") -> Iterator[FastaRecord]:
+                head: bytes = b"", line_map: bool = False) -> Iterator[FastaRecord]:
     """The records of FASTA `lines`; `nul_headers`: a header holding a NUL byte is the caller's to
     refuse or skip (embed's --invalid-policy), not an error here. `head`: the file's first bytes,
-    where `lines` is no stream to peek them from (what a file that is not FASTA is, not_fasta)."""
+    where `lines` is no stream to peek them from (what a file that is not FASTA is, not_fasta).
+    `line_map`: each record's `lines` says which line each part of its sequence is on (label
+    files, whose errors name the line of a bad letter)."""
     header: bytes | None = None
     header_line = 0
     chunks: list[bytes] = []
+    chunk_lines: list[int] = []  # (line_map) the line of each chunk
     lineno = 0
     pending = b""  # lines of a mark and blanks inside a record: dropped if blank lines, then a header or the end follow
     # (a stream's first bytes, for not_fasta: a PyTorch checkpoint's first line was cut by a 0x0a
@@ -122,21 +138,24 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: b
                 # refused as "a damaged file?" (skipped under --invalid-policy skip: exit 0, nothing embedded)
                 raise InputError(not_fasta(line, head or None), path=name, line=lineno)
             if header is not None:
-                yield _record(header, chunks, header_line, name, nul_headers)
+                yield _record(header, chunks, header_line, name, nul_headers, chunk_lines if line_map else None)
             header = line[1:].rstrip(b"\r\n")
             header_line = lineno
             chunks = []
+            chunk_lines = []
             pending = b""
         elif header is not None:
             if pending and line.strip(b" \t\r\n"):
                 chunks.append(pending)
+                chunk_lines.append(lineno - 1)  # (blank lines and marks: no characters of the sequence)
                 pending = b""
             chunks.append(line)
+            chunk_lines.append(lineno)
         elif line.strip():
             start = head if lineno == 1 and len(head) > len(line) and head.startswith(line) else None
             raise InputError(not_fasta(line, start), path=name, line=lineno)
     if header is not None:
-        yield _record(header, chunks, header_line, name, nul_headers)
+        yield _record(header, chunks, header_line, name, nul_headers, chunk_lines if line_map else None)
 
 
 def header_id(description: str) -> str:
@@ -171,7 +190,8 @@ def _decoded_line(line: bytes) -> str:
         return "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", line))
 
 
-def _record(header: bytes, chunks: list[bytes], line: int, name: str, nul_headers: bool = False) -> FastaRecord:
+def _record(header: bytes, chunks: list[bytes], line: int, name: str, nul_headers: bool = False,
+            chunk_lines: list[int] | None = None) -> FastaRecord:
     if b"\r" in header and not chunks:
         # A whole file read as one header line: its lines end in CR alone (classic Mac OS). (A
         # stray CR inside the header of a record with a sequence ends the id, as prep reads it.)
@@ -192,7 +212,15 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str, nul_header
     if "\x00" in description and not nul_headers:
         raise InputError(NUL_HEADER, path=name, line=line, record=ident)
     seq = b"".join(chunks).translate(None, b" \t\r\n\v\f")  # (ASCII_SPACE: what normalise and prep drop too)
-    return FastaRecord(ident, description, seq.decode("latin-1"), line)
+    lines: list[tuple[int, int]] = []
+    if chunk_lines is not None:
+        offset = 0
+        for chunk, lineno in zip(chunks, chunk_lines):
+            size = len(chunk.translate(None, b" \t\r\n\v\f"))
+            if size:
+                lines.append((offset, lineno))
+                offset += size
+    return FastaRecord(ident, description, seq.decode("latin-1"), line, tuple(lines))
 
 
 def read_fasta(path) -> Iterator[FastaRecord]:
