@@ -275,6 +275,30 @@ def test_a_label_record_whose_sequence_differs_from_its_ids_embedding_is_a_misma
     assert json.loads((tmp_path / "h" / "config.json").read_text())["training"]["proteins"] == 149 - 15  # 10% held out
 
 
+def test_per_protein_labels_for_a_per_residue_task_are_said_to_be_so(tmp_path, run_cli):
+    """An `id,value` table (or id,class) given to `fit residue` or `fit ss3`: every record was a
+    length mismatch ("p1 (4 vs 38)"), or its digits "not ss3 classes"; one line now names the file
+    and the per-protein task that takes such labels."""
+    h5 = tmp_path / "e.h5"
+    with h5py.File(h5, "w") as f:
+        g = f.create_group("per_residue")
+        for ident, length in (("p1", 38), ("p2", 30), ("p3", 25)):
+            ds = g.create_dataset(ident, data=np.zeros((length, 4), np.float32))
+            ds.attrs["id"], ds.attrs["length"] = ident, length
+    values = tmp_path / "tm.csv"
+    values.write_text("id,value\np1,63.25\np2,48.5\np3,-1e2\n")
+    classes = tmp_path / "loc.csv"
+    classes.write_text("id,label\np1,Nucleus\np2,Cytoplasm\np3,Nucleus\n")
+    for task in ("residue", "ss3"):
+        for labels, fits in ((values, "fit value"), (classes, "fit protein")):
+            r = run_cli("fit", task, "--embeddings", h5, "--labels", labels, "-o", tmp_path / "h", "-j", "1")
+            assert r.exit_code == 1, r.stderr
+            assert r.stderr.startswith(f"protrans: error: {labels}: holds one label a protein"), r.stderr
+            assert f"the {task} task takes one label a residue" in r.stderr and fits in r.stderr, r.stderr
+            assert r.stderr.count("\n") == 1 and "vs" not in r.stderr
+            assert not (tmp_path / "h").exists()
+
+
 def test_length_mismatch_by_id(tmp_path, run_cli):
     h5 = tmp_path / "e.h5"
     with h5py.File(h5, "w") as f:
