@@ -183,6 +183,9 @@ def _head(path: Path, config: dict) -> dict:
     for key in ("embeddings", "labels", "proteins", "validation"):
         if training.get(key) is not None:
             facts.setdefault("training", {})[key] = training[key]
+    if training.get("imported_from") is not None:  # (import-head's: the published checkpoint and its digest)
+        facts["imported"] = {"from": training["imported_from"],
+                             **{k: training[k] for k in ("source", "sha256", "epoch") if training.get(k) is not None}}
     weights = path / "weights.safetensors"
     facts["weights"] = _bytes(weights) if weights.is_file() else None
     metrics = _json(path / "metrics.json")
@@ -519,6 +522,15 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
     if emb.get("chains"):
         lines.append(("complexes", str(emb["chains"]) + (f" ({emb['linker_length']} glycines between chains)"
                                                           if emb["chains"] == "linker" and "linker_length" in emb else "")))
+    imported = facts.get("imported")
+    if isinstance(imported, dict):
+        about = [str(imported[k]) for k in ("source",) if imported.get(k)]
+        if imported.get("epoch") is not None:
+            about.append(f"epoch {imported['epoch']:g}" if isinstance(imported["epoch"], (int, float))
+                         else f"epoch {imported['epoch']}")
+        lines.append(("imported from", str(imported.get("from")) + (f" ({', '.join(about)})" if about else "")))
+        if imported.get("sha256"):
+            lines.append(("checkpoint sha256", str(imported["sha256"])))
     training = facts.get("training", {})
     if training:
         # (a finetune head's embeddings were made in training: it records none)

@@ -417,3 +417,27 @@ def test_the_readme_names_the_inputs_that_stdin_cannot_be(run_cli, tmp_path):
     assert "`import-head`'s checkpoint" in sentence and "HDF5 input" in sentence and "exit 2" in sentence, sentence
     r = run_cli("import-head", "-", "-o", tmp_path / "o", input=b"")
     assert r.exit_code == 2 and "not stdin" in r.stderr, r.stderr
+
+
+def test_info_on_an_imported_head_says_what_it_was_imported_from(published, run_cli, tmp_path):
+    """`protrans info HEAD` of an imported head said nothing of where it came from; it names the
+    checkpoint import-head recorded (its path, kind, epoch) and the file's sha256."""
+    import hashlib
+    import re
+
+    root, _ = published
+    ckpt = root / "secstruct_checkpoint.pt"
+    head = tmp_path / "prott5_ss"
+    assert run_cli("import-head", ckpt, "-o", head).exit_code == 0
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    r = run_cli("info", head)
+    assert r.exit_code == 0, r.stderr
+    assert re.search(rf"^imported from +{re.escape(str(ckpt.resolve()))} \(prottrans-secstruct, epoch 17\)$",
+                     r.output, re.M), r.output
+    assert re.search(rf"^checkpoint sha256 +{digest}$", r.output, re.M), r.output
+    assert "trained on" not in r.output and "None" not in r.output, r.output
+    r = run_cli("info", head, "--json")
+    assert r.exit_code == 0, r.stderr
+    facts = json.loads(r.stdout)
+    assert facts["imported"] == {"from": str(ckpt.resolve()), "source": "prottrans-secstruct", "sha256": digest,
+                                 "epoch": 17}
