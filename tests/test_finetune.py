@@ -871,6 +871,19 @@ def test_per_residue_labels_for_a_per_protein_task_are_refused(data, run_cli, tm
         in r.stderr, r.stderr
 
 
+def test_per_protein_labels_for_a_per_residue_task_are_refused(data, run_cli, tmp_path):
+    """An `id,value` table given to `finetune ss3`: its first record was "5 labels for 38 residues";
+    the file is named as holding one label a protein, with the task that takes them."""
+    (tmp_path / "seqs.fasta").write_text(">p1\nMKTAYIAKQRQISFVKSHF\n>p2\nMAAGWKTAYQ\n")
+    (tmp_path / "tm.csv").write_text("id,value\np1,63.25\np2,48.5\n")
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "tm.csv", "--fasta",
+                tmp_path / "seqs.fasta", "--max-epochs", "1", "-o", tmp_path / "out", *FAST)
+    assert r.exit_code == 1 and not (tmp_path / "out").exists(), r.stderr
+    assert r.stderr == (f"protrans: error: {tmp_path / 'tm.csv'}: holds one label a protein (p1: '63.25' for 19 "
+                        "residues), not one a residue: the ss3 task takes one label a residue; fit these with the "
+                        "value task (protrans fit value), which takes one number a protein\n"), r.stderr
+
+
 def test_resume_with_the_inputs_the_model_and_the_output_moved(data, tmp_path, monkeypatch):
     """An interrupted finetune's project folder renamed (or copied with its times to another
     cluster): `--resume` with the new paths was refused "made with other settings or inputs

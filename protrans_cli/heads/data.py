@@ -30,7 +30,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, located, option
-from protrans_cli.heads.labels import LabelSet, by_accession, refuse_residue_labels, some_ids
+from protrans_cli.heads.labels import LabelSet, by_accession, refuse_protein_labels, refuse_residue_labels, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_attrs,
                                 dataset_id, h5_file, open_local, escape_key, read_array, sequence_checksum, stored_chains,
@@ -503,61 +503,20 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     return matched, report
 
 
-# Formats whose labels may be one a protein (DeepLoc's always; a table, a FLIP CSV or a biotrainer
-# file one a protein or a string of one a residue)
-_PROTEIN_LABEL_FORMATS = ("table", "deeploc", "flip_csv", "biotrainer")
+def _refuse_protein_labels(label_set: LabelSet, reader, source: str, keys, named: dict, task_name: str) -> None:
+    """refuse_protein_labels, each protein's residues counted from its sequence where the label
+    file has one (the rows embed makes of it), else its embedding's rows."""
+    def residues_of(record):
+        if record.sequence is not None:
+            return _residue_count(record)
+        if named.get(record.id) not in keys:
+            return None
+        try:
+            return reader.facts(named[record.id], source)[0]
+        except KeyError:
+            return None
 
-
-def _refuse_protein_labels(label_set: LabelSet, reader, source: str, keys, named: dict, task_name: str,
-                           checked: int = 200) -> None:
-    """A per-residue task given one label a protein (`id,value`, `id,class`, a DeepLoc FASTA): one
-    line saying so and what task takes them. Every record was reported as a length mismatch ("p1
-    (5 vs 38)"), or its digits and letters as "not ss3 classes". Told by the labels' lengths: where
-    none of the (first `checked`) labelled proteins has as many labels as residues (its embedding's
-    rows, or its sequence's residues), and the differences are no constant one or two rows (an
-    embedding that kept its special tokens' rows, said so by the mismatch report), the labels are
-    no per-residue ones."""
-    if label_set.format not in _PROTEIN_LABEL_FORMATS:
-        return
-    sizes = []  # (record, labels, residues)
-    for record in label_set.records:
-        text = record.labels.get("label")
-        if not isinstance(text, str) or not text:
-            continue
-        residues = _residue_count(record) if record.sequence is not None else None
-        if residues is None and named.get(record.id) in keys:
-            try:
-                residues = reader.facts(named[record.id], source)[0]
-            except KeyError:
-                residues = None
-        if residues:
-            sizes.append((record, len(text.replace(":", "")), residues))
-        if len(sizes) >= checked:
-            break
-    if label_set.format != "deeploc":
-        if not sizes or any(labels == residues for _, labels, residues in sizes):
-            return
-        extra = {residues - labels for _, labels, residues in sizes}
-        if len(extra) == 1 and extra <= {1, 2}:
-            return
-    numbers = all(_is_number(r.labels.get("label", "")) for r in label_set.records if r.labels.get("label"))
-    fits = ("the loc task (protrans fit loc), which takes DeepLoc's locations" if label_set.format == "deeploc"
-            else "the value task (protrans fit value), which takes one number a protein" if numbers
-            else "the protein task (protrans fit protein), which takes one class a protein")
-    example = ""
-    if sizes:
-        record, _, residues = sizes[0]
-        example = f" ({record.id}: {record.labels['label']!r:.40} for {residues} residues)"
-    raise InputError(f"holds one label a protein{example}, not one a residue: the {task_name} task takes one label "
-                     f"a residue; fit these with {fits}", path=label_set.path)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    refuse_protein_labels(label_set, task_name, residues_of)
 
 
 def _label_chains(record) -> tuple:

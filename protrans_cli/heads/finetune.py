@@ -47,7 +47,8 @@ from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_r
                                     note_dual_labels, piped_files, refuse_piped_mask, refuse_piped_resume,
                                     refuse_unused_mask_columns, warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, name_of_test_set, read_labels,
-                                      read_sequences, refuse_residue_labels, unmasked_flip_warning)
+                                      read_sequences, refuse_protein_labels, refuse_residue_labels,
+                                      unmasked_flip_warning)
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind,
                                      resolve_mask_columns)
 from protrans_cli.io.files import disk_full
@@ -248,6 +249,8 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
             "the file gives no sequences (give them with --fasta SEQS.fa)"
         raise InputError(f"{len(missing):,} record(s) without a sequence: {where} ({', '.join(missing[:3])}...)",
                          path=str(path))
+    if task.kind == PER_RESIDUE:  # (one label a protein: "5 labels for 38 residues" said of its first record)
+        refuse_protein_labels(label_set, task.name, lambda r: residue_count(r.sequence))
     return label_set
 
 

@@ -287,6 +287,57 @@ def refuse_residue_labels(label_set: LabelSet, task_name: str) -> None:
                      "labels are for ss3, ss8, ss3+ss8 or residue", path=label_set.path)
 
 
+# Formats whose labels may be one a protein (DeepLoc's always; a table, a FLIP CSV or a biotrainer
+# file one a protein or a string of one a residue)
+_PROTEIN_LABEL_FORMATS = ("table", "deeploc", "flip_csv", "biotrainer")
+
+
+def refuse_protein_labels(label_set: LabelSet, task_name: str, residues_of, checked: int = 200) -> None:
+    """A per-residue task given one label a protein (`id,value`, `id,class`, a DeepLoc FASTA): one
+    line saying so and what task takes them (exit 1). Every record was reported as a length
+    mismatch ("p1 (5 vs 38)"), or its digits and letters as "not ss3 classes". Told by the labels'
+    lengths: where none of the (first `checked`) labelled proteins whose residues
+    `residues_of(record)` counts (None: not known) has as many labels as residues, and the
+    differences are no constant one or two rows (an embedding that kept its special tokens' rows,
+    which the mismatch report tells), the labels are no per-residue ones."""
+    if label_set.format not in _PROTEIN_LABEL_FORMATS:
+        return
+    sizes = []  # (record, labels, residues)
+    for record in label_set.records:
+        text = record.labels.get("label")
+        if not isinstance(text, str) or not text:
+            continue
+        residues = residues_of(record)
+        if residues:
+            sizes.append((record, len(text.replace(":", "")), residues))
+        if len(sizes) >= checked:
+            break
+    if label_set.format != "deeploc":
+        if not sizes or any(labels == residues for _, labels, residues in sizes):
+            return
+        extra = {residues - labels for _, labels, residues in sizes}
+        if len(extra) == 1 and extra <= {1, 2}:
+            return
+    numbers = all(_is_number(r.labels["label"]) for r in label_set.records if r.labels.get("label"))
+    fits = ("the loc task (protrans fit loc), which takes DeepLoc's locations" if label_set.format == "deeploc"
+            else "the value task (protrans fit value), which takes one number a protein" if numbers
+            else "the protein task (protrans fit protein), which takes one class a protein")
+    example = ""
+    if sizes:
+        record, _, residues = sizes[0]
+        example = f" ({record.id}: {record.labels['label']!r:.40} for {residues} residues)"
+    raise InputError(f"holds one label a protein{example}, not one a residue: the {task_name} task takes one label "
+                     f"a residue; fit these with {fits}", path=label_set.path)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 _AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWYXUZOB*"
 
 
