@@ -147,10 +147,12 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>", *, nul_headers: b
         elif header is not None:
             if pending and line.strip(b" \t\r\n"):
                 chunks.append(pending)
-                chunk_lines.append(lineno - 1)  # (blank lines and marks: no characters of the sequence)
+                if line_map:  # (blank lines and marks: no characters of the sequence)
+                    chunk_lines.append(lineno - 1)
                 pending = b""
             chunks.append(line)
-            chunk_lines.append(lineno)
+            if line_map:
+                chunk_lines.append(lineno)
         elif line.strip():
             start = head if lineno == 1 and len(head) > len(line) and head.startswith(line) else None
             raise InputError(not_fasta(line, start), path=name, line=lineno)
