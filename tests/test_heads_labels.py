@@ -1304,6 +1304,8 @@ def test_a_bad_label_letter_names_the_line_it_is_on_not_the_header(tmp_path):
     mask.write_text(">p1\n11111\n>p2\n11111\n11x11\n11\n")
     with pytest.raises(InputError, match=r"mask.fasta:5, record 'p2': mask holds characters other than 0 and 1"):
         read_labels(path, mask_path=mask)
+
+
 def test_labels_to_stdout_stopped_while_writing_prints_nothing(run_cli, monkeypatch):
     """`labels ... -o -` stopped (Ctrl-C, SIGTERM) while its FASTA was written gave the pipeline the
     records written so far (its first 64 KB, one cut in the middle) before exit 130: stdout gets the
