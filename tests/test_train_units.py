@@ -2949,3 +2949,47 @@ def test_torchruns_root_cause_is_the_rank_with_the_error_not_one_stopped_by_it(t
     assert rank == 1 and failure.message["message"] == lines[1]
     # (a rank's own error keeps the time it failed at)
     assert failure.timestamp == 1_700_000_000
+
+
+def test_resumed_keep_best_record_is_dropped_for_the_first_reason_that_applies(tmp_path, capsys):
+    """--keep-best's record read back from a checkpoint (loop._resumed_best), alone: kept while its
+    checkpoint is there and its eval loss compares; otherwise dropped with the one warning of the
+    first reason that applies (the folder, then the validation corpus, then the number of batches);
+    None without --keep-best or for a new run."""
+    from types import SimpleNamespace
+
+    from protrans_cli.training import checkpoint as ckpt
+    from protrans_cli.training.dist import DistInfo
+    from protrans_cli.training.loop import _resumed_best
+
+    valid, other = tmp_path / "valid.txt", tmp_path / "other.txt"
+    for path in (valid, other):
+        path.write_text("MKV\n")
+    run_dir = tmp_path / "run"
+    (ckpt.checkpoint_dir(run_dir, 4)).mkdir(parents=True)
+    (ckpt.checkpoint_dir(run_dir, 4) / ckpt.STATE_FILE).write_bytes(b"")
+
+    def read_back(best, keep_best=True, num_eval_batches=4, val_corpus=(str(valid),), rank=0):
+        config = SimpleNamespace(keep_best=keep_best, num_eval_batches=num_eval_batches, val_corpus=list(val_corpus))
+        run = SimpleNamespace(config=config, run_dir=run_dir, info=DistInfo(rank=rank, world_size=rank + 1))
+        capsys.readouterr()
+        kept = _resumed_best(run, None if best is None else {"best": best}, 6)
+        return kept, capsys.readouterr().err
+
+    best = {"step": 4, "eval_loss": 1.0, "val_corpus": [str(valid)], "num_eval_batches": 4}
+    assert read_back(best) == (best, "")
+    assert read_back({"step": 4, "eval_loss": 1.0}) == ({"step": 4, "eval_loss": 1.0}, "")  # (an older record)
+    assert read_back(best, keep_best=False) == (None, "")
+    assert read_back(None) == (None, "")
+    start = "--keep-best: the best checkpoint as of step 6 (step 4, eval loss 1.0000) "
+    end = ": the best is tracked from step 6 on"
+    kept, said = read_back({**best, "step": 2}, val_corpus=[str(other)], num_eval_batches=1)
+    assert kept is None and start.replace("(step 4", "(step 2") + f"is not in {run_dir / 'checkpoints'}" + end in said
+    assert said.count("--keep-best") == 1
+    kept, said = read_back(best, val_corpus=[str(other)], num_eval_batches=1)
+    assert kept is None and start + f"was evaluated on another validation corpus ({valid})" + end in said
+    assert said.count("--keep-best") == 1
+    kept, said = read_back(best, num_eval_batches=1)
+    assert kept is None and start + "was evaluated on 4 evaluation batch(es), this run evaluates 1" + end in said
+    # Every rank drops it; rank 0 alone says so.
+    assert read_back(best, num_eval_batches=1, rank=1) == (None, "")

@@ -418,24 +418,7 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         objective_name = _check_objective(config, family)
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
     # validation corpus fails now, not at the first step or after the last one.
-    phases = config.resolved_phases()
-    largest = max(range(len(phases)), key=lambda i: phases[i].global_batch_size)
-    empty = check_corpus(config.corpus, phases[largest].global_batch_size,
-                         batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:"
-                                     f"{phases[largest].num_steps}" if len(phases) > 1 else ""))
-    if info.is_main:
-        if empty:
-            console.warn(f"corpus {'file' if len(empty) == 1 else 'files'} {', '.join(empty[:3])}"
-                         f"{', ...' if len(empty) > 3 else ''} {'holds' if len(empty) == 1 else 'hold'} no protein "
-                         f"(an empty file, a copy that failed?): trained from the other "
-                         f"{console.counted(len(config.corpus) - len(empty), 'file')}")
-        for problem in corpus_overlaps(config.corpus, config.val_corpus if evaluates else ()):
-            console.warn(problem)
-    if evaluates and config.val_corpus:
-        batch = max(p.micro_batch_size for p in phases)
-        check_validation_corpus(config.val_corpus, batch * info.world_size,
-                                batch_text=f"micro batch size {batch} x {info.world_size} process(es)",
-                                evaluated=config.num_eval_batches * max(p.global_batch_size for p in phases))
+    _check_corpora(config, info, evaluates)
     if config.threads:
         torch.set_num_threads(config.threads)
     # The same seed on every rank: identical initial weights (DDP also broadcasts them).
@@ -449,34 +432,12 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         model = _pretraining_model(config, family, tokenizer)
     # saved as resolved (train_config.json said "objective": null for the family's default)
     config = dataclasses.replace(config, objective=objective_name)
-    phases = config.resolved_phases()
-    longest = max(p.max_length for p in phases)
-    limit = _position_limit(model)
-    if limit is not None and longest > limit:
-        # (named as given: "--max-length 100000" for a --phase 100000:... the user never typed)
-        where = (f"--max-length {longest}" if not config.phases else
-                 f"--phase {next(i for i, p in enumerate(phases, 1) if p.max_length == longest)}'s length {longest}")
-        # (--init-from's positions are its weights': --set max_position_embeddings is refused there)
-        remedy = (f"lower it (the positions are those of --init-from {config.init_from}'s weights, which --set "
-                  "cannot resize)" if config.init_from else "lower it, or raise max_position_embeddings with --set")
-        raise UsageError(f"{where} (tokens, special tokens included) is beyond the model's {limit} positions: {remedy}")
-    # A padded micro-batch is as wide as its longest row rounded up to pad_multiple (a packed
-    # row's padding tail, fewer than pad_multiple tokens, is numbered from 0): wider than a
-    # learned position table, the first step failed with a traceback.
-    m = config.pad_multiple
-    width = m - 1 if config.packing else max(m, -(-longest // m) * m)
-    if limit is not None and width > limit:
-        raise UsageError(f"--pad-multiple {m} (pad_multiple) pads rows of --max-length {longest} to {width} "
-                         f"tokens, beyond the model's {limit} positions: lower --pad-multiple or --max-length")
+    _refuse_beyond_positions(config, model)
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks.
         torch.manual_seed(config.seed + info.rank)
     if info.is_main:
-        for name, users in _OBJECTIVE_SETTINGS.items():
-            value, default = getattr(config, name), TrainConfig.__dataclass_fields__[name].default
-            if value != default and objective_name not in users:
-                console.warn(f"{name} = {value} is a setting of the {' and '.join(sorted(users))} objective(s): "
-                             f"the {objective_name} objective does not use it")
+        _warn_unused_settings(config, objective_name)
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
     if config.init_from and (problem := _ids_beyond_vocabulary(layout, objective_name, tokenizer, model)):
@@ -528,6 +489,64 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
 _OBJECTIVE_SETTINGS = {"mask_prob": {"mlm", "electra", "t5"}, "noise_density": {"t5_span"},
                        "mean_span_length": {"t5_span"}, "plm_prob": {"plm"}, "electra_disc_weight": {"electra"},
                        "segment_length": {"clm"}}
+
+
+def _check_corpora(config: TrainConfig, info: dist.DistInfo, evaluates: bool) -> None:
+    """The corpus, and the validation corpus where the run evaluates, checked as build_run's
+    first reading of them: refused when unusable, warned of (rank 0) when a file holds no
+    protein or the two overlap."""
+    phases = config.resolved_phases()
+    largest = max(range(len(phases)), key=lambda i: phases[i].global_batch_size)
+    empty = check_corpus(config.corpus, phases[largest].global_batch_size,
+                         batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:"
+                                     f"{phases[largest].num_steps}" if len(phases) > 1 else ""))
+    if info.is_main:
+        if empty:
+            console.warn(f"corpus {'file' if len(empty) == 1 else 'files'} {', '.join(empty[:3])}"
+                         f"{', ...' if len(empty) > 3 else ''} {'holds' if len(empty) == 1 else 'hold'} no protein "
+                         f"(an empty file, a copy that failed?): trained from the other "
+                         f"{console.counted(len(config.corpus) - len(empty), 'file')}")
+        for problem in corpus_overlaps(config.corpus, config.val_corpus if evaluates else ()):
+            console.warn(problem)
+    if evaluates and config.val_corpus:
+        batch = max(p.micro_batch_size for p in phases)
+        check_validation_corpus(config.val_corpus, batch * info.world_size,
+                                batch_text=f"micro batch size {batch} x {info.world_size} process(es)",
+                                evaluated=config.num_eval_batches * max(p.global_batch_size for p in phases))
+
+
+def _refuse_beyond_positions(config: TrainConfig, model) -> None:
+    """A UsageError where the longest phase's rows, or their padding, are wider than the
+    model's position table."""
+    phases = config.resolved_phases()
+    longest = max(p.max_length for p in phases)
+    limit = _position_limit(model)
+    if limit is not None and longest > limit:
+        # (named as given: "--max-length 100000" for a --phase 100000:... the user never typed)
+        where = (f"--max-length {longest}" if not config.phases else
+                 f"--phase {next(i for i, p in enumerate(phases, 1) if p.max_length == longest)}'s length {longest}")
+        # (--init-from's positions are its weights': --set max_position_embeddings is refused there)
+        remedy = (f"lower it (the positions are those of --init-from {config.init_from}'s weights, which --set "
+                  "cannot resize)" if config.init_from else "lower it, or raise max_position_embeddings with --set")
+        raise UsageError(f"{where} (tokens, special tokens included) is beyond the model's {limit} positions: {remedy}")
+    # A padded micro-batch is as wide as its longest row rounded up to pad_multiple (a packed
+    # row's padding tail, fewer than pad_multiple tokens, is numbered from 0): wider than a
+    # learned position table, the first step failed with a traceback.
+    m = config.pad_multiple
+    width = m - 1 if config.packing else max(m, -(-longest // m) * m)
+    if limit is not None and width > limit:
+        raise UsageError(f"--pad-multiple {m} (pad_multiple) pads rows of --max-length {longest} to {width} "
+                         f"tokens, beyond the model's {limit} positions: lower --pad-multiple or --max-length")
+
+
+def _warn_unused_settings(config: TrainConfig, objective_name: str) -> None:
+    """A warning for each objective setting (_OBJECTIVE_SETTINGS) given away from its default
+    that the run's objective does not read."""
+    for name, users in _OBJECTIVE_SETTINGS.items():
+        value, default = getattr(config, name), TrainConfig.__dataclass_fields__[name].default
+        if value != default and objective_name not in users:
+            console.warn(f"{name} = {value} is a setting of the {' and '.join(sorted(users))} objective(s): "
+                         f"the {objective_name} objective does not use it")
 
 
 def _pretraining_model(config: TrainConfig, family, tokenizer):
@@ -1081,67 +1100,44 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
             wandb_log.finish(exit_code)
 
 
+@dataclass
+class _LoopState:
+    """What `_train_steps` carries from step to step besides the step and the data position: the
+    result so far, the metrics interval under way, the run's counts, --keep-best's best, and where
+    the lines go."""
+
+    result: TrainResult
+    # --skip-nonfinite: the steps skipped so far for a gradient that was not finite (the whole
+    # run's: a checkpoint keeps the count), and --skip-data's passes over the data so far
+    history: dict
+    metrics_path: Path
+    bar: object                   # the progress bar (rank 0's; None on the others)
+    board: object                 # TensorBoard's writer, or None
+    wandb_log: object             # W&B's run, or None
+    # The real tokens trained (metrics.jsonl's count) up to the last metrics line, the whole run's:
+    # a checkpoint keeps them with the interval under way, so that its card, the final card and
+    # complete.json count the steps after a run's last line too (rank 0's; the others' are unused)
+    logged_tokens: int
+    log: Accumulator              # the metrics interval under way
+    t_log: float                  # when it began (perf_counter)
+    began: float                  # (this process's part, for the summary)
+    first_step: int
+    paused: float = 0.0           # seconds of checkpoint saves since the last line
+    run_tokens: float = 0         # (this process's part, for the summary)
+    final_eval: float | None = None
+    # --keep-best: {"step", "eval_loss"} of the best checkpoint so far, as the checkpoint resumed
+    # from recorded it (and its record rewritten so: a run resumed without --keep-best drops it)
+    best: dict | None = None
+    last_eval: str = ""           # the progress line's mention of the latest evaluation
+    deadline: object = None       # --time-limit's timelimit.Deadline
+
+
 def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int, step: int, data_phase: int,
                  data_state, state, metrics_path: Path, board, wandb_log=None, *, skip_data: int = 0) -> TrainResult:
     """The steps of `_loop` from its start (or checkpoint) to the end of the run or a stop;
     `skip_data`: the steps' worth of data passed over first (train's)."""
     config, info = run.config, run.info
-    result = TrainResult(run.run_dir, step, False)
-    # --skip-nonfinite: the steps skipped so far for a gradient that was not finite (the whole
-    # run's: a checkpoint keeps the count), and --skip-data's passes over the data so far
-    history = {"nonfinite_steps": int(state.get("nonfinite_steps", 0)) if state is not None else 0,
-               "skipped_data": list(state.get("skipped_data", [])) if state is not None else []}
-    bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
-    # The real tokens trained (metrics.jsonl's count) up to the last metrics line, the whole run's:
-    # a checkpoint keeps them with the interval under way, so that its card, the final card and
-    # complete.json count the steps after a run's last line too (rank 0's; the others' are unused)
-    logged_tokens = _tokens_logged_before(state, metrics_path) if info.is_main else 0
-    log = Accumulator()
-    t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
-    began, first_step, run_tokens = time.perf_counter(), step, 0  # (this process's part, for the summary)
-    if state is not None and state.get("log") and info.is_main:
-        # the steps since the last metrics line before the checkpoint: the next line averages
-        # them too, as the uninterrupted run's does; with their training time, or its tokens/s
-        # divided their tokens by the time since resuming
-        log.load(state["log"])
-        t_log -= state["log"].get("seconds", 0.0)
-        # (trained before the checkpoint: in the next line, not in this process's summary rate)
-        run_tokens -= state["log"]["tokens"]
-    final_eval = None
-    # --keep-best: {"step", "eval_loss"} of the best checkpoint so far, as the checkpoint resumed
-    # from recorded it (and its record rewritten so: a run resumed without --keep-best drops it)
-    best = state.get("best") if state is not None and config.keep_best else None
-    if best is not None and not (ckpt.checkpoint_dir(run.run_dir, best["step"]) / ckpt.STATE_FILE).is_file():
-        # (a checkpoint copied into another run with -o, the best one deleted by hand): kept, it
-        # was recorded and reported as a folder that is not there, and no later checkpoint that
-        # was not better than it took its place
-        if info.is_main:
-            console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
-                         f"{best['eval_loss']:.4f}) is not in {run.run_dir / 'checkpoints'}: the best is "
-                         f"tracked from step {step} on")
-        best = None
-    if best is not None and not ckpt.same_validation(best.get("val_corpus"), config.val_corpus):
-        # (resumed with another --val-corpus: its eval losses are not comparable with the best's, and
-        # a checkpoint no better than the old best would never have been kept, nor one worse pruned)
-        if info.is_main:
-            console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
-                         f"{best['eval_loss']:.4f}) was evaluated on another validation corpus "
-                         f"({', '.join(best['val_corpus'])}): the best is tracked from step {step} on")
-        best = None
-    if best is not None and best.get("num_eval_batches", config.num_eval_batches) != config.num_eval_batches:
-        # (num_eval_batches may change on --resume: the evaluations then take other proteins, whose
-        # eval losses do not compare with the best's either)
-        if info.is_main:
-            console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
-                         f"{best['eval_loss']:.4f}) was evaluated on {best['num_eval_batches']} evaluation batch(es), "
-                         f"this run evaluates {config.num_eval_batches}: the best is tracked from step {step} on")
-        best = None
-    result.note_best(best)
-    if info.is_main:
-        # (a new run too: a record left by an earlier run in the directory named its checkpoint)
-        ckpt.record_best(run.run_dir, best)
-    last_eval = ""  # the progress line's mention of the latest evaluation
-    deadline = _deadline(run)
+    loop = _start_steps(run, state, step, total_steps, metrics_path, board, wandb_log)
 
     phase_start = 0
     for phase_index, phase in enumerate(phases):
@@ -1149,30 +1145,14 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         if step >= phase_end:
             phase_start = phase_end
             continue
-        accum = grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, info.world_size)
         if phase_index != data_phase:
             # A new phase continues the stream at the next buffer of the previous phase.
             data_state = next_phase_state(data_state, config.corpus, phases[data_phase].global_batch_size,
                                           config.bucket_batches)
             data_phase = phase_index
-        if deadline is not None and phase_index:
-            # (the steps measured were the previous phase's: scaled by the tokens a step takes)
-            before = phases[phase_index - 1]
-            deadline.rescale(phase.global_batch_size * phase.max_length / (before.global_batch_size * before.max_length))
-        sizing = config.stream_sizing(phase)
-        stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
-                              global_batch_size=phase.global_batch_size,
-                              micro_batch_size=phase.micro_batch_size, rank=info.rank,
-                              world_size=info.world_size, seed=config.seed,
-                              bucket_batches=config.bucket_batches, collate=run.objective.collate,
-                              state=data_state, **sizing)
-        dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
-                    f"steps {max(phase_start, step) + 1}-{phase_end}, global batch {phase.global_batch_size} = "
-                    f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
-                    + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each"
-                       if "micro_batch_tokens" in sizing else ""))
+        stream = _phase_stream(run, loop, phases, phase_index, max(phase_start, step) + 1, phase_end, data_state)
         if skip_data:
-            _pass_over_data(stream, skip_data, step, history["skipped_data"])
+            _pass_over_data(stream, skip_data, step, loop.history["skipped_data"])
             data_state, skip_data = stream.state, 0
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
@@ -1182,40 +1162,15 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 raise _met_in_training(exc, config, step + 1) from None
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
-            time_up = deadline is not None and _out_of_time(deadline, config, step + 1, total_steps)
-            # A scheduler's warning (SIGUSR1) is a planned stop, as --time-limit's: exchanged as one,
-            # so that a SIGTERM on any rank still stops every rank as a signal.
-            warned = stop is not None and stop.warned
-            try:
-                stats = train_step(run, optimizer, batch.micro_batches,
-                                   stop_requested=stop is not None and stop.signum is not None and not warned,
-                                   time_up=time_up, warned=warned,
-                                   skip_nonfinite=history["nonfinite_steps"] < config.skip_nonfinite)
-            except NonFiniteGradient as exc:
-                raise _diverged(config, step + 1, exc.loss, exc.fp16, skipped=history["nonfinite_steps"]) from None
-            except RuntimeError as exc:  # (torch's own exception, for a caller that catches it: what to change added)
-                if gpu_out_of_memory(exc):
-                    exc.protrans_detail = _less_memory(config, phase_index, step + 1, info.world_size, run.strategy)
-                raise
-            if (bad_loss := stats.pop("nonfinite", None)) is not None:
-                # (every rank alike: the gradient norm is of the gradients DDP averaged or FSDP's
-                # reduced norm, so a NaN on one rank is every rank's)
-                history["nonfinite_steps"] += 1
-                if info.is_main:
-                    console.warn(f"step {step + 1}: the gradient is not finite (loss {bad_loss:.4g}): the step was "
-                                 f"skipped, not applied ({history['nonfinite_steps']} of "
-                                 f"{option('--skip-nonfinite', 'skip_nonfinite')} {config.skip_nonfinite})")
-            stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
-            # a planned stop (--time-limit's or a warning, on this rank or another), no rank
-            # having had a signal; and whether any rank had a warning
-            time_stop, warned_any = stats.pop("time_up"), stats.pop("warned")
+            stats, stop_now, time_stop, warned_any = _run_step(run, loop, optimizer, batch.micro_batches, stop,
+                                                               phase_index, step, total_steps)
             with warnings.catch_warnings():  # a skipped fp16 step moves the schedule on too
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
                 scheduler.step()
             step += 1
-            log.add(stats)
-            if bar is not None:
-                bar.update(1)
+            loop.log.add(stats)
+            if loop.bar is not None:
+                loop.bar.update(1)
             last = step == total_steps or step == config.stop_after
             # Every eval_every steps, and once at the end; an evaluation step writes a line too.
             want_eval = bool(config.val_corpus) and (step == total_steps
@@ -1224,114 +1179,291 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             # A stop (--stop-after, a signal) writes no line of its own: its checkpoint keeps the
             # interval's sums, and the resumed run writes the line the uninterrupted one writes.
             if step % config.log_every == 0 or step == total_steps or want_eval:
-                reduced = log.reduce()
-                now = time.perf_counter()
-                tokens = reduced.pop("tokens")
-                run_tokens += tokens
-                logged_tokens += int(round(tokens))
-                # tokens/s of the training steps alone: evaluations and checkpoint saves excluded
-                seconds = max(now - t_log - paused, 1e-9)
-                # epoch: the pass over the corpus the step's batch came from, counted from 1 (a
-                # step count says nothing of it: 20,000 steps of 32 were 128 passes over 5,000
-                # proteins, and neither a line nor the summary said so)
-                record = {"step": step, "phase": phase_index + 1, "epoch": data_state.epoch + 1,
-                          "loss": reduced.pop("loss"), "lr": lr_used,
-                          **reduced, "tokens": int(tokens), "tokens_per_s": tokens / seconds}
-                if run.loss_scale is not None:
-                    record["loss_scale"] = run.loss_scale.scale
-                if want_eval:
-                    evaluating = time.perf_counter()
-                    eval_loss = evaluate(run, phase)
-                    if deadline is not None:
-                        deadline.evaluated(time.perf_counter() - evaluating)
-                    if math.isfinite(eval_loss):
-                        record["eval_loss"] = eval_loss
-                        last_eval = f", eval loss {eval_loss:.4f} at step {step}"
-                        if step == total_steps:
-                            final_eval = eval_loss
-                t_log, paused = time.perf_counter(), 0.0
-                result.losses.append(record["loss"])
-                if info.is_main:
-                    append_metrics(metrics_path, record)
-                    if board is not None:
-                        board.add(record)
-                    if wandb_log is not None:
-                        wandb_log.add(record)
-                    # (no loss: every fp16 step of the interval overflowed and was skipped)
-                    shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
-                    # (on a terminal the bar's, in a log the progress line's: console.progress)
-                    bar.set_postfix_str(f"loss {shown}, lr {record['lr']:.2e}, "
-                                        f"{record['tokens_per_s']:.0f} tokens/s{last_eval}", refresh=False)
+                record = _metrics_record(run, loop, step, phase_index, data_state, lr_used)
+                if want_eval:  # (before the line is written: it carries the eval loss)
+                    eval_loss = _evaluate_for_line(run, loop, phase, record, step, total_steps)
+                _write_metrics_line(run, loop, record)
             # One process stops after the step under way; several after the step whose exchange
             # told them all.
             signalled_here = not info.initialised and stop is not None and stop.signum is not None
             stop_now = stop_now or signalled_here
             time_stop = time_stop or (signalled_here and stop.warned)  # (a warning is a planned stop)
             if step % config.save_every == 0 or last or stop_now:
-                # --keep-best's candidates: the checkpoints of --save-every and of the last step, each
-                # evaluated (config.validate); a stop's elsewhere is not one, so that a resumed run
-                # keeps the uninterrupted run's best. Ties keep the earlier (NaN: no eval loss).
-                if (config.keep_best and (step % config.save_every == 0 or step == total_steps)
-                        and math.isfinite(eval_loss) and (best is None or eval_loss < best["eval_loss"])):
-                    best = {"step": step, "eval_loss": eval_loss,  # (and what it was evaluated on)
-                            "val_corpus": [os.path.abspath(p) for p in config.val_corpus],
-                            "num_eval_batches": config.num_eval_batches}
-                    result.note_best(best)
-                saving = time.perf_counter()
-                result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
-                                               seconds=saving - t_log - paused, best=best, history=history,
-                                               tokens=logged_tokens)
-                if deadline is not None and info.is_main and not last:
-                    # Under --time-limit the curve is drawn with each checkpoint, inside the time
-                    # the deadline measures for a save: drawn after the stop's checkpoint (the
-                    # first matplotlib import, seconds on a loaded machine), it came on top of
-                    # the exit's reserve and the process ended past its limit.
-                    plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
-                paused += time.perf_counter() - saving
-                if deadline is not None:
-                    deadline.saved(time.perf_counter() - saving)
+                _checkpoint(run, loop, optimizer, scheduler, step, total_steps, data_phase, data_state, eval_loss,
+                            last=last)
             if stop_now and not last:
-                if bar is not None:
-                    bar.close()
-                if info.is_main and deadline is None:  # a stopped run has its loss curve so far too
-                    plot_metrics(metrics_path, run.run_dir / "loss_curve.png")  # (a deadline's: drawn with its checkpoint)
-                if time_stop and (stop is None or stop.signum is None or stop.warned):
-                    # --time-limit or a scheduler's warning (on this rank or another: the step's
-                    # exchange told them all; a rank without a deadline learnt of a warning)
-                    result.step = step
-                    # (a rank with --time-limit that learnt of another rank's warning: the warning's)
-                    result.stopped_by = (signal.Signals(stop.signum).name if stop is not None and stop.warned
-                                         else "warning" if warned_any or deadline is None else "time_limit")
-                    if stop is not None:  # (a signal from here on: StopRequest.__exit__)
-                        by = (option("--time-limit", "time_limit") if result.stopped_by == "time_limit"
-                              else "a scheduler's warning signal")
-                        stop.late_detail = (f"the signal came as {by} stopped the run at step {step}; checkpoint "
-                                            f"{result.last_checkpoint}; {continue_advice()}")
-                    return result
-                stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
-                                      f"{result.last_checkpoint}; {continue_advice()}")
+                return _stopped(run, loop, stop, step, total_steps, time_stop=time_stop, warned_any=warned_any)
             if config.stop_after is not None and step >= config.stop_after:
                 break
         phase_start = phase_end
         if config.stop_after is not None and step >= config.stop_after and step < total_steps:
-            if bar is not None:
-                bar.close()
-            if info.is_main:
-                plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
-            result.step, result.stopped_by = step, "stop_after"
-            if stop is not None:  # (a signal from here on: StopRequest.__exit__)
-                stop.late_detail = (f"the signal came as {option('--stop-after', 'stop_after')} ended the run at step "
-                                    f"{step}; checkpoint {result.last_checkpoint}; {continue_advice()}")
-            return result
+            return _stopped_after(run, loop, stop, step)
 
-    if bar is not None:
-        bar.close()
+    return _finish(run, loop, stop, step, data_state, skip_data=skip_data)
+
+
+def _start_steps(run: _Run, state, step: int, total_steps: int, metrics_path: Path, board, wandb_log) -> _LoopState:
+    """The loop's state at `step`: a new run's, or the one the checkpoint `state` kept (the
+    metrics interval under way, the counts, --keep-best's best); the progress bar and
+    --time-limit's deadline started."""
+    info = run.info
+    result = TrainResult(run.run_dir, step, False)
+    history = {"nonfinite_steps": int(state.get("nonfinite_steps", 0)) if state is not None else 0,
+               "skipped_data": list(state.get("skipped_data", [])) if state is not None else []}
+    bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
+    logged_tokens = _tokens_logged_before(state, metrics_path) if info.is_main else 0
+    loop = _LoopState(result=result, history=history, metrics_path=metrics_path, bar=bar, board=board,
+                      wandb_log=wandb_log, logged_tokens=logged_tokens, log=Accumulator(), t_log=time.perf_counter(),
+                      began=time.perf_counter(), first_step=step)
+    if state is not None and state.get("log") and info.is_main:
+        # the steps since the last metrics line before the checkpoint: the next line averages
+        # them too, as the uninterrupted run's does; with their training time, or its tokens/s
+        # divided their tokens by the time since resuming
+        loop.log.load(state["log"])
+        loop.t_log -= state["log"].get("seconds", 0.0)
+        # (trained before the checkpoint: in the next line, not in this process's summary rate)
+        loop.run_tokens -= state["log"]["tokens"]
+    loop.best = _resumed_best(run, state, step)
+    result.note_best(loop.best)
+    if info.is_main:
+        # (a new run too: a record left by an earlier run in the directory named its checkpoint)
+        ckpt.record_best(run.run_dir, loop.best)
+    loop.deadline = _deadline(run)
+    return loop
+
+
+def _resumed_best(run: _Run, state, step: int) -> dict | None:
+    """--keep-best's best checkpoint as the checkpoint resumed from (`state`, at `step`) recorded
+    it; None for a new run, without --keep-best, or, with a warning, where it cannot stay the best."""
+    best = state.get("best") if state is not None and run.config.keep_best else None
+    if best is None:
+        return None
+    problem = _best_problem(run, best)
+    if problem is None:
+        return best
+    if run.info.is_main:
+        console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
+                     f"{best['eval_loss']:.4f}) {problem}: the best is tracked from step {step} on")
+    return None
+
+
+def _best_problem(run: _Run, best: dict) -> str | None:
+    """Why a resumed run's recorded best checkpoint cannot stay its best (the end of "the best
+    checkpoint ... <problem>"), or None."""
+    config = run.config
+    if not (ckpt.checkpoint_dir(run.run_dir, best["step"]) / ckpt.STATE_FILE).is_file():
+        # (a checkpoint copied into another run with -o, the best one deleted by hand): kept, it
+        # was recorded and reported as a folder that is not there, and no later checkpoint that
+        # was not better than it took its place
+        return f"is not in {run.run_dir / 'checkpoints'}"
+    if not ckpt.same_validation(best.get("val_corpus"), config.val_corpus):
+        # (resumed with another --val-corpus: its eval losses are not comparable with the best's, and
+        # a checkpoint no better than the old best would never have been kept, nor one worse pruned)
+        return f"was evaluated on another validation corpus ({', '.join(best['val_corpus'])})"
+    if best.get("num_eval_batches", config.num_eval_batches) != config.num_eval_batches:
+        # (num_eval_batches may change on --resume: the evaluations then take other proteins, whose
+        # eval losses do not compare with the best's either)
+        return (f"was evaluated on {best['num_eval_batches']} evaluation batch(es), "
+                f"this run evaluates {config.num_eval_batches}")
+    return None
+
+
+def _phase_stream(run: _Run, loop: _LoopState, phases, phase_index: int, first: int, phase_end: int,
+                  data_state) -> CorpusStream:
+    """This rank's stream of the phase's batches from `data_state` (steps `first`-`phase_end`
+    to train), announced; --time-limit's step time rescaled to the phase."""
+    config, info, phase = run.config, run.info, phases[phase_index]
+    accum = grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, info.world_size)
+    if loop.deadline is not None and phase_index:
+        # (the steps measured were the previous phase's: scaled by the tokens a step takes)
+        before = phases[phase_index - 1]
+        loop.deadline.rescale(phase.global_batch_size * phase.max_length
+                              / (before.global_batch_size * before.max_length))
+    sizing = config.stream_sizing(phase)
+    stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
+                          global_batch_size=phase.global_batch_size,
+                          micro_batch_size=phase.micro_batch_size, rank=info.rank,
+                          world_size=info.world_size, seed=config.seed,
+                          bucket_batches=config.bucket_batches, collate=run.objective.collate,
+                          state=data_state, **sizing)
+    dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
+                f"steps {first}-{phase_end}, global batch {phase.global_batch_size} = "
+                f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
+                + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each"
+                   if "micro_batch_tokens" in sizing else ""))
+    return stream
+
+
+def _run_step(run: _Run, loop: _LoopState, optimizer, micro_batches, stop, phase_index: int, step: int,
+              total_steps: int) -> tuple[dict, bool, bool, bool]:
+    """train_step for the step after `step`, told of the stops asked for here; its failures said
+    as the user's errors. Returns its statistics and whether any rank asked to stop, whether that
+    was a planned stop, and whether any rank had a scheduler's warning."""
+    config, info = run.config, run.info
+    time_up = loop.deadline is not None and _out_of_time(loop.deadline, config, step + 1, total_steps)
+    # A scheduler's warning (SIGUSR1) is a planned stop, as --time-limit's: exchanged as one,
+    # so that a SIGTERM on any rank still stops every rank as a signal.
+    warned = stop is not None and stop.warned
+    history = loop.history
+    try:
+        stats = train_step(run, optimizer, micro_batches,
+                           stop_requested=stop is not None and stop.signum is not None and not warned,
+                           time_up=time_up, warned=warned,
+                           skip_nonfinite=history["nonfinite_steps"] < config.skip_nonfinite)
+    except NonFiniteGradient as exc:
+        raise _diverged(config, step + 1, exc.loss, exc.fp16, skipped=history["nonfinite_steps"]) from None
+    except RuntimeError as exc:  # (torch's own exception, for a caller that catches it: what to change added)
+        if gpu_out_of_memory(exc):
+            exc.protrans_detail = _less_memory(config, phase_index, step + 1, info.world_size, run.strategy)
+        raise
+    if (bad_loss := stats.pop("nonfinite", None)) is not None:
+        # (every rank alike: the gradient norm is of the gradients DDP averaged or FSDP's
+        # reduced norm, so a NaN on one rank is every rank's)
+        history["nonfinite_steps"] += 1
+        if info.is_main:
+            console.warn(f"step {step + 1}: the gradient is not finite (loss {bad_loss:.4g}): the step was "
+                         f"skipped, not applied ({history['nonfinite_steps']} of "
+                         f"{option('--skip-nonfinite', 'skip_nonfinite')} {config.skip_nonfinite})")
+    stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
+    # a planned stop (--time-limit's or a warning, on this rank or another), no rank
+    # having had a signal; and whether any rank had a warning
+    time_stop, warned_any = stats.pop("time_up"), stats.pop("warned")
+    return stats, stop_now, time_stop, warned_any
+
+
+def _metrics_record(run: _Run, loop: _LoopState, step: int, phase_index: int, data_state, lr_used: float) -> dict:
+    """The metrics line of the interval that ends at `step` (its statistics reduced over ranks),
+    its tokens counted."""
+    reduced = loop.log.reduce()
+    now = time.perf_counter()
+    tokens = reduced.pop("tokens")
+    loop.run_tokens += tokens
+    loop.logged_tokens += int(round(tokens))
+    # tokens/s of the training steps alone: evaluations and checkpoint saves excluded
+    seconds = max(now - loop.t_log - loop.paused, 1e-9)
+    # epoch: the pass over the corpus the step's batch came from, counted from 1 (a
+    # step count says nothing of it: 20,000 steps of 32 were 128 passes over 5,000
+    # proteins, and neither a line nor the summary said so)
+    record = {"step": step, "phase": phase_index + 1, "epoch": data_state.epoch + 1,
+              "loss": reduced.pop("loss"), "lr": lr_used,
+              **reduced, "tokens": int(tokens), "tokens_per_s": tokens / seconds}
+    if run.loss_scale is not None:
+        record["loss_scale"] = run.loss_scale.scale
+    return record
+
+
+def _evaluate_for_line(run: _Run, loop: _LoopState, phase, record: dict, step: int, total_steps: int) -> float:
+    """The eval loss at `step` (NaN: none), put in the metrics line `record` where finite."""
+    evaluating = time.perf_counter()
+    eval_loss = evaluate(run, phase)
+    if loop.deadline is not None:
+        loop.deadline.evaluated(time.perf_counter() - evaluating)
+    if math.isfinite(eval_loss):
+        record["eval_loss"] = eval_loss
+        loop.last_eval = f", eval loss {eval_loss:.4f} at step {step}"
+        if step == total_steps:
+            loop.final_eval = eval_loss
+    return eval_loss
+
+
+def _write_metrics_line(run: _Run, loop: _LoopState, record: dict) -> None:
+    """`record` written (metrics.jsonl, TensorBoard, W&B, the progress line); the next interval begun."""
+    loop.t_log, loop.paused = time.perf_counter(), 0.0
+    loop.result.losses.append(record["loss"])
+    if run.info.is_main:
+        append_metrics(loop.metrics_path, record)
+        if loop.board is not None:
+            loop.board.add(record)
+        if loop.wandb_log is not None:
+            loop.wandb_log.add(record)
+        # (no loss: every fp16 step of the interval overflowed and was skipped)
+        shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
+        # (on a terminal the bar's, in a log the progress line's: console.progress)
+        loop.bar.set_postfix_str(f"loss {shown}, lr {record['lr']:.2e}, "
+                                 f"{record['tokens_per_s']:.0f} tokens/s{loop.last_eval}", refresh=False)
+
+
+def _checkpoint(run: _Run, loop: _LoopState, optimizer, scheduler, step: int, total_steps: int, data_phase: int,
+                data_state, eval_loss: float, *, last: bool) -> None:
+    """The checkpoint at `step` saved (`eval_loss`: its evaluation's, NaN for none), --keep-best's
+    best updated first; its time kept out of the interval's tokens/s and told to the deadline."""
+    config, info, deadline = run.config, run.info, loop.deadline
+    # --keep-best's candidates: the checkpoints of --save-every and of the last step, each
+    # evaluated (config.validate); a stop's elsewhere is not one, so that a resumed run
+    # keeps the uninterrupted run's best. Ties keep the earlier (NaN: no eval loss).
+    if (config.keep_best and (step % config.save_every == 0 or step == total_steps)
+            and math.isfinite(eval_loss) and (loop.best is None or eval_loss < loop.best["eval_loss"])):
+        loop.best = {"step": step, "eval_loss": eval_loss,  # (and what it was evaluated on)
+                     "val_corpus": [os.path.abspath(p) for p in config.val_corpus],
+                     "num_eval_batches": config.num_eval_batches}
+        loop.result.note_best(loop.best)
+    saving = time.perf_counter()
+    loop.result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, loop.log,
+                                        seconds=saving - loop.t_log - loop.paused, best=loop.best,
+                                        history=loop.history, tokens=loop.logged_tokens)
+    if deadline is not None and info.is_main and not last:
+        # Under --time-limit the curve is drawn with each checkpoint, inside the time
+        # the deadline measures for a save: drawn after the stop's checkpoint (the
+        # first matplotlib import, seconds on a loaded machine), it came on top of
+        # the exit's reserve and the process ended past its limit.
+        plot_metrics(loop.metrics_path, run.run_dir / "loss_curve.png")
+    loop.paused += time.perf_counter() - saving
+    if deadline is not None:
+        deadline.saved(time.perf_counter() - saving)
+
+
+def _stopped(run: _Run, loop: _LoopState, stop, step: int, total_steps: int, *, time_stop: bool,
+             warned_any: bool) -> TrainResult:
+    """A run stopped before its last step, its checkpoint saved: the result of a planned stop
+    (--time-limit, a scheduler's warning signal); a signal's stop raises as the signal would."""
+    result = loop.result
+    if loop.bar is not None:
+        loop.bar.close()
+    if run.info.is_main and loop.deadline is None:  # a stopped run has its loss curve so far too
+        plot_metrics(loop.metrics_path, run.run_dir / "loss_curve.png")  # (a deadline's: drawn with its checkpoint)
+    if time_stop and (stop is None or stop.signum is None or stop.warned):
+        # --time-limit or a scheduler's warning (on this rank or another: the step's
+        # exchange told them all; a rank without a deadline learnt of a warning)
+        result.step = step
+        # (a rank with --time-limit that learnt of another rank's warning: the warning's)
+        result.stopped_by = (signal.Signals(stop.signum).name if stop is not None and stop.warned
+                             else "warning" if warned_any or loop.deadline is None else "time_limit")
+        if stop is not None:  # (a signal from here on: StopRequest.__exit__)
+            by = (option("--time-limit", "time_limit") if result.stopped_by == "time_limit"
+                  else "a scheduler's warning signal")
+            stop.late_detail = (f"the signal came as {by} stopped the run at step {step}; checkpoint "
+                                f"{result.last_checkpoint}; {continue_advice()}")
+        return result
+    stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
+                          f"{result.last_checkpoint}; {continue_advice()}")
+
+
+def _stopped_after(run: _Run, loop: _LoopState, stop, step: int) -> TrainResult:
+    """The result of a run that --stop-after ended at `step`, before its last step."""
+    result = loop.result
+    if loop.bar is not None:
+        loop.bar.close()
+    if run.info.is_main:
+        plot_metrics(loop.metrics_path, run.run_dir / "loss_curve.png")
+    result.step, result.stopped_by = step, "stop_after"
+    if stop is not None:  # (a signal from here on: StopRequest.__exit__)
+        stop.late_detail = (f"the signal came as {option('--stop-after', 'stop_after')} ended the run at step "
+                            f"{step}; checkpoint {result.last_checkpoint}; {continue_advice()}")
+    return result
+
+
+def _finish(run: _Run, loop: _LoopState, stop, step: int, data_state, *, skip_data: int) -> TrainResult:
+    """The end of a complete run: the final model, its card and curve, the record that the run is
+    complete, and the summary line. `skip_data`: --skip-data's steps not passed over (no step was left)."""
+    config, info, result, best = run.config, run.info, loop.result, loop.best
+    if loop.bar is not None:
+        loop.bar.close()
     if skip_data and info.is_main:  # (a complete run resumed: no step left to pass over the data of)
         console.warn(f"{option('--skip-data', 'skip_data')} {skip_data} ignored: the run has no step left after "
                      f"step {step} (lengthen it with {option('--num-steps', 'num_steps')} or a phase's steps to "
                      "train past the data)")
-    if final_eval is not None and info.is_main:
-        console.info(f"train: eval loss {final_eval:.4f}")
+    if loop.final_eval is not None and info.is_main:
+        console.info(f"train: eval loss {loop.final_eval:.4f}")
     if stop is not None:
         stop.finishing = True
     if info.is_main:
@@ -1340,33 +1472,39 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         ckpt.prune_checkpoints(run.run_dir, config.keep_last, keep_step=best and best["step"])
         final = _full_model(run)
         ckpt.export_model(run.run_dir, family=run.family, model=final, tokenizer=run.tokenizer,
-                          card=_card(run, final, step, tokens=logged_tokens, history=history))
-        plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
-        # (the last step always writes a line: logged_tokens is the whole run's)
-        ckpt.record_complete(run.run_dir, step, tokens=logged_tokens)  # (last: a job script's sign that nothing is left to do)
+                          card=_card(run, final, step, tokens=loop.logged_tokens, history=loop.history))
+        plot_metrics(loop.metrics_path, run.run_dir / "loss_curve.png")
+        # (the last step always writes a line: logged_tokens is the whole run's; last: a job
+        # script's sign that nothing is left to do)
+        ckpt.record_complete(run.run_dir, step, tokens=loop.logged_tokens)
     else:
         _full_model(run)  # FSDP gathers collectively: every rank takes part
     dist.barrier()
     result.step = step
     result.completed = True
-    # One summary line: the last line of a log, where a user looked for the loss, the time and the
-    # files (it said only the steps and the folder; the rest was in metrics.jsonl).
-    elapsed = time.perf_counter() - began
-    last_loss = next((loss for loss in reversed(result.losses) if loss is not None), None)
-    dist.print0(f"train: done, {console.counted(step, 'step')}; model in {run.run_dir}"
-                + (f" ({console.counted(step - first_step, 'step')} in {_duration(elapsed)}, "
-                   f"{run_tokens / max(elapsed, 1e-9):,.0f} "
-                   "tokens/s" + (f", last train loss {last_loss:.4f}" if last_loss is not None else "")
-                   + (f", eval loss {final_eval:.4f}" if final_eval is not None else "")
-                   + (f", in epoch {data_state.epoch + 1} of the corpus" if data_state.epoch else "")
-                   + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else "")
-                + (f"; best eval loss {best['eval_loss']:.4f} at step {best['step']}: {result.best_checkpoint}"
-                   if best else ""))
+    dist.print0(_summary(run, loop, step, data_state))
     if stop is not None:
         # A signal while the final model was written, or from here on: the run is complete, and
         # the exit says so (StopRequest.__exit__ acts on it as this returns).
         stop.late_detail = f"the run is complete ({step} steps; model in {run.run_dir})"
     return result
+
+
+def _summary(run: _Run, loop: _LoopState, step: int, data_state) -> str:
+    """One summary line: the last line of a log, where a user looked for the loss, the time and the
+    files (it said only the steps and the folder; the rest was in metrics.jsonl)."""
+    result, best, final_eval, first_step = loop.result, loop.best, loop.final_eval, loop.first_step
+    elapsed = time.perf_counter() - loop.began
+    last_loss = next((loss for loss in reversed(result.losses) if loss is not None), None)
+    return (f"train: done, {console.counted(step, 'step')}; model in {run.run_dir}"
+            + (f" ({console.counted(step - first_step, 'step')} in {_duration(elapsed)}, "
+               f"{loop.run_tokens / max(elapsed, 1e-9):,.0f} "
+               "tokens/s" + (f", last train loss {last_loss:.4f}" if last_loss is not None else "")
+               + (f", eval loss {final_eval:.4f}" if final_eval is not None else "")
+               + (f", in epoch {data_state.epoch + 1} of the corpus" if data_state.epoch else "")
+               + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else "")
+            + (f"; best eval loss {best['eval_loss']:.4f} at step {best['step']}: {result.best_checkpoint}"
+               if best else ""))
 
 
 def _deadline(run: _Run):
