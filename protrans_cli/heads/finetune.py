@@ -557,12 +557,9 @@ def _remove_state(partial: Path) -> None:
 
 def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_dir, *, fasta, valid,
               tests) -> FinetuneResult:
-    from protrans_cli.embedders import TransformerEmbedder, resolve_device
-    from protrans_cli.heads.fit import _validate  # (looked up at the call: tests stop a run inside it)
-    from protrans_cli.heads.lora import add_lora, lora_state
-    from protrans_cli.heads.model import build_head
-    from protrans_cli.io.files import make_temporary, replace_directory, stdin_digest
-    from protrans_cli.models import load_model, open_config
+    from protrans_cli.embedders import resolve_device
+    from protrans_cli.io.files import stdin_digest
+    from protrans_cli.models import open_config
     from protrans_cli.threads import resolve_threads, torch_threads
 
     config.check()
@@ -597,7 +594,57 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     # the model's name checked (its config read, not its weights) before the label files: a name
     # that is not there failed after the labels' lines were printed, as if they had been the work
     open_config(config.model)
-    # --- labels and sequences ---
+    sets = _read_label_sets(config, task, labels, fasta, valid, tests)
+    task = sets.task
+    weights = _class_weights(task, sets.train) if config.class_weights else None
+
+    with torch_threads(), contextlib.ExitStack() as seeded:
+        torch.set_num_threads(resolve_threads(config.threads, small_work=False))
+        device, dtype = resolve_device(config.device)
+        autocast = "bfloat16" if device.startswith("cuda") and dtype == "bfloat16" else None
+        # (the caller's random generators put back afterwards, as fit does: a notebook seeded
+        # before finetune() drew other numbers after it)
+        seeded.enter_context(_fork_rng(torch, torch.device(device)))
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        model, loaded, embedder = _build_model(config, task, sets.sources, reads_residues, autocast, device)
+        if weights is not None:
+            weights = {k: v.to(device) for k, v in weights.items()}
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                      weight_decay=config.weight_decay)
+        fingerprint = _jsonable(_fingerprint(config, labels, fasta, valid, tests, stdin))
+        if sets.held_out is None:  # (the fraction held nothing out: not compared on --resume, fit's rule)
+            fingerprint["valid_fraction"] = None
+        progress = _start_or_resume(config, model, optimizer, rng, device, fingerprint, out_dir,
+                                    [labels, fasta, valid, *tests])
+        _train_epochs(config, task, model, optimizer, rng, device, weights, sets, progress, partial / STATE,
+                      fingerprint)
+        _load_best(model, task, progress)
+        summary = _write_output(out_dir, model, loaded, embedder, task, config, sets, weights, progress, labels,
+                                device, fingerprint)
+        _remove_state(partial)
+    console.info(f"wrote {out_dir}")
+    return FinetuneResult(out_dir, summary, progress.history)
+
+
+@dataclass
+class _LabelSets:
+    """finetune's label files read: the task as the training labels complete it, the training
+    set, the validation set and every evaluation set (validation first), each set with its file."""
+
+    task: Task
+    train_set: SequenceData  # the training file as read (its SET column's records included)
+    train: SequenceData
+    valid_data: SequenceData
+    valid_desc: str
+    eval_sets: list  # (name, data, description)
+    sources: list  # (data, file), for messages
+    held_out: list | None  # ids of the --valid-fraction hold-out
+
+
+def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, tests) -> _LabelSets:
+    """The training, validation and test sets read and checked, as fit reads them, before any model
+    is loaded; the task completed from the training labels (classes, outputs, value scale)."""
     held_out = None  # ids of the --valid-fraction hold-out
     masked: list[bool] = []  # whether --mask applied, file by file
     formats: list[str] = []  # the label files' formats, file by file
@@ -653,150 +700,183 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if any(o.is_value for o in task.outputs):
         with located(labels):
             task = task.with_scale_from(train.targets)
-    weights = _class_weights(task, train) if config.class_weights else None
+    return _LabelSets(task, train_set, train, valid_data, valid_desc, eval_sets, sources, held_out)
 
-    with torch_threads(), contextlib.ExitStack() as seeded:
-        torch.set_num_threads(resolve_threads(config.threads, small_work=False))
-        device, dtype = resolve_device(config.device)
-        autocast = "bfloat16" if device.startswith("cuda") and dtype == "bfloat16" else None
-        # (the caller's random generators put back afterwards, as fit does: a notebook seeded
-        # before finetune() drew other numbers after it)
-        seeded.enter_context(_fork_rng(torch, torch.device(device)))
-        torch.manual_seed(config.seed)
-        rng = np.random.default_rng(config.seed)
-        loaded = load_model(config.model, device="cpu")
-        embedder = TransformerEmbedder(loaded, (config.layer,), "cpu", "float32")
-        _check_lengths(sources, embedder.max_residues)
-        adapted = add_lora(embedder.model, loaded.family, rank=config.lora_rank, alpha=config.lora_alpha,
-                           dropout=config.lora_dropout)
-        if config.activation_checkpointing:  # (the same numbers: training/recompute.py)
-            from protrans_cli.training.recompute import checkpoint_blocks
 
-            checkpoint_blocks(embedder.model)
-        head = build_head(task, embedder.embedding_dim, architecture=architecture, hidden=config.hidden,
-                          kernel=config.kernel, dropout=config.dropout)
-        model = FineTuned(embedder, head, reads_residues, autocast, chains=config.chains,
-                          linker_length=config.linker_length, per_chain=task.kind == PER_RESIDUE).to(device)
-        if weights is not None:
-            weights = {k: v.to(device) for k, v in weights.items()}
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        console.info(f"{config.model}: LoRA rank {config.lora_rank} on {len(adapted)} projections; "
-                     f"{sum(p.numel() for p in trainable):,} trainable parameters of "
-                     f"{sum(p.numel() for p in model.parameters()):,}")
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+def _build_model(config: FinetuneConfig, task: Task, sources, reads_residues: bool, autocast, device):
+    """The model to fine-tune on `device`: the encoder with LoRA adapters (its blocks recomputed
+    with --activation-checkpointing) under a new head; and the model and embedder it was made of."""
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.heads.lora import add_lora
+    from protrans_cli.heads.model import build_head
+    from protrans_cli.models import load_model
 
-        # --- resumable state ---
-        fingerprint = _jsonable(_fingerprint(config, labels, fasta, valid, tests, stdin))
-        if held_out is None:  # (the fraction held nothing out: not compared on --resume, fit's rule)
-            fingerprint["valid_fraction"] = None
-        best = {"score": float("-inf"), "loss": float("inf"), "kept_loss": float("inf"), "epoch": 0, "progress": 0}
-        best_state, history, first_epoch, stopped = None, [], 1, False
-        if (partial / STATE).is_file() and not config.resume:
-            if not config.force:
-                raise UsageError(f"{partial} holds an interrupted finetune: {resume_option()} continues it, "
-                                 f"{force_option()} starts again")
-            _remove_state(partial)
-        if config.resume and (partial / STATE).is_file():
-            saved = _read_state(partial / STATE)
-            differ = _changed(json.loads(saved["fingerprint"]), fingerprint)
-            refuse_piped_resume(partial, differ, piped_files([labels, fasta, valid, *tests]), "finetune",
-                                f"{force_option()} to start again")
-            if differ:
-                raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): "
-                                 f"{same_settings_with_resume()}, or {force_option()} to start again")
-            model.load_state_dict(saved["model"], strict=False)
-            optimizer.load_state_dict(saved["optimizer"])
-            rng.bit_generator.state = json.loads(saved["numpy_rng"])
-            torch.set_rng_state(saved["torch_rng"])
-            # dropout on a GPU draws from the device's generator, which manual_seed above reset:
-            # without it the resumed epochs replayed the first epoch's masks (as fit's did)
-            _set_device_rng(torch.device(device), saved)
-            best_state, best, history = saved["best_state"], json.loads(saved["best"]), json.loads(saved["history"])
-            first_epoch, stopped = int(saved["epoch"]) + 1, bool(saved["stopped"])
-            console.info(f"resuming {out_dir} after epoch {first_epoch - 1}")
-        elif config.resume:
-            console.info(f"nothing to resume in {partial}: starting from the beginning")
+    loaded = load_model(config.model, device="cpu")
+    embedder = TransformerEmbedder(loaded, (config.layer,), "cpu", "float32")
+    _check_lengths(sources, embedder.max_residues)
+    adapted = add_lora(embedder.model, loaded.family, rank=config.lora_rank, alpha=config.lora_alpha,
+                       dropout=config.lora_dropout)
+    if config.activation_checkpointing:  # (the same numbers: training/recompute.py)
+        from protrans_cli.training.recompute import checkpoint_blocks
 
-        def trained_state():
-            return {**{f"encoder.{k}": v.detach().cpu().clone() for k, v in lora_state(model.encoder).items()},
-                    **{f"head.{k}": v.detach().cpu().clone() for k, v in model.head.state_dict().items()}}
+        checkpoint_blocks(embedder.model)
+    head = build_head(task, embedder.embedding_dim, architecture=config.architecture, hidden=config.hidden,
+                      kernel=config.kernel, dropout=config.dropout)
+    model = FineTuned(embedder, head, reads_residues, autocast, chains=config.chains,
+                      linker_length=config.linker_length, per_chain=task.kind == PER_RESIDUE).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    console.info(f"{config.model}: LoRA rank {config.lora_rank} on {len(adapted)} projections; "
+                 f"{sum(p.numel() for p in trainable):,} trainable parameters of "
+                 f"{sum(p.numel() for p in model.parameters()):,}")
+    return model, loaded, embedder
 
-        # --- epochs ---
-        with torch.enable_grad():
-            for epoch in range(first_epoch, config.max_epochs + 1):
-                if stopped:
-                    break
-                start = time.perf_counter()
-                model.train()
-                loss_sum, steps = 0.0, 0
-                optimizer.zero_grad(set_to_none=True)
-                for batch in console.progress(train.batches(config.max_residues, True, rng), desc=f"epoch {epoch}",
-                                              unit="batch"):
-                    batch = batch.to(device)
-                    loss, counts = _loss(task, model(batch.x, batch.mask), batch.targets, weights)
-                    if not any(counts.values()):
-                        continue
-                    (loss / config.accumulate).backward()
-                    steps += 1
-                    # (batches with a loss counted: one with nothing to score, skipped above, made
-                    # a step take up to 2N - 1 batches' gradients where --accumulate N said N)
-                    if steps % config.accumulate == 0:
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    loss_sum += float(loss.detach())
-                optimizer.step()  # (the last, partial accumulation; a no-op without gradients)
-                optimizer.zero_grad(set_to_none=True)
-                valid_loss, valid_acc = _validate(model, task, valid_data, config)
-                score = float(np.mean(list(valid_acc.values()))) if valid_acc else float("-inf")
-                line = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "valid_loss": valid_loss,
-                        **{f"valid_{k}": v for k, v in valid_acc.items()},
-                        "seconds": round(time.perf_counter() - start, 3)}
-                history.append(line)
-                # fit's rule: the best validation score is kept (a lower loss breaks ties); patience
-                # counts epochs that improve neither score nor loss
-                improved = score > best["score"] or (score == best["score"] and valid_loss < best["kept_loss"])
-                if improved:
-                    best.update(score=score, epoch=epoch, kept_loss=valid_loss)
-                    best_state = trained_state()
-                if improved or valid_loss < best["loss"]:
-                    best["progress"] = epoch
-                best["loss"] = min(best["loss"], valid_loss)
-                console.info(f"epoch {epoch}: train loss {line['train_loss']:.4f}, valid loss {valid_loss:.4f}, "
-                             + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
-                             + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
-                stopped = epoch - best["progress"] >= config.patience
-                _write_state(partial / STATE, {
-                    "fingerprint": json.dumps(fingerprint), "model": trained_state(),
-                    "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
-                    "torch_rng": torch.get_rng_state(), **_device_rng(torch.device(device)),
-                    "best_state": best_state, "best": json.dumps(best),
-                    "history": json.dumps(history), "epoch": epoch, "stopped": stopped})
-        missing, unexpected = model.load_state_dict(best_state, strict=False)
-        if unexpected or any(".lora_" in k or k.startswith("head.") for k in missing):
-            raise RuntimeError(f"the kept state does not fit the model: {(unexpected or missing)[:3]}")
-        model.eval()
-        scored = any(k.startswith("valid_") and k != "valid_loss" for line in history for k in line)
-        console.info(f"best validation epoch {best['epoch']} "
-                     + (f"(mean {_metric_names(task)} {best['score']:.4f})" if scored
-                        else f"(by validation loss {best['kept_loss']:.4f}: no {_metric_names(task)} to score)"))
 
-        # --- write OUT/model, OUT/head, OUT/finetune.json; score the tests with the saved model ---
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
-        try:
-            summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,
-                             train_set, history, best, labels, device, fingerprint, held_out=held_out)
-            replace_directory(tmp, out_dir)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary, or none)
-                raise RuntimeFailure(f"cannot write the finetune: {reason} (its state is kept: {resume_option()} "
-                                     "finishes it)",
-                                     path=str(out_dir)) from None
-            raise
+@dataclass
+class _Progress:
+    """Where the epochs stand: what --resume reads back from OUT.partial/'s state."""
+
+    best: dict = field(default_factory=lambda: {"score": float("-inf"), "loss": float("inf"),
+                                                "kept_loss": float("inf"), "epoch": 0, "progress": 0})
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+    first_epoch: int = 1
+    stopped: bool = False
+
+
+def _start_or_resume(config: FinetuneConfig, model, optimizer, rng, device, fingerprint: dict, out_dir: Path,
+                     inputs) -> _Progress:
+    """A new start (an interrupted run's state replaced only with --force), or with --resume the
+    state of the interrupted run with the same settings and inputs, model and generators included."""
+    partial = partial_path(out_dir)
+    progress = _Progress()
+    if (partial / STATE).is_file() and not config.resume:
+        if not config.force:
+            raise UsageError(f"{partial} holds an interrupted finetune: {resume_option()} continues it, "
+                             f"{force_option()} starts again")
         _remove_state(partial)
-    console.info(f"wrote {out_dir}")
-    return FinetuneResult(out_dir, summary, history)
+    if config.resume and (partial / STATE).is_file():
+        saved = _read_state(partial / STATE)
+        differ = _changed(json.loads(saved["fingerprint"]), fingerprint)
+        refuse_piped_resume(partial, differ, piped_files(inputs), "finetune", f"{force_option()} to start again")
+        if differ:
+            raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): "
+                             f"{same_settings_with_resume()}, or {force_option()} to start again")
+        model.load_state_dict(saved["model"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = json.loads(saved["numpy_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        # dropout on a GPU draws from the device's generator, which manual_seed above reset:
+        # without it the resumed epochs replayed the first epoch's masks (as fit's did)
+        _set_device_rng(torch.device(device), saved)
+        progress = _Progress(best=json.loads(saved["best"]), best_state=saved["best_state"],
+                             history=json.loads(saved["history"]), first_epoch=int(saved["epoch"]) + 1,
+                             stopped=bool(saved["stopped"]))
+        console.info(f"resuming {out_dir} after epoch {progress.first_epoch - 1}")
+    elif config.resume:
+        console.info(f"nothing to resume in {partial}: starting from the beginning")
+    return progress
+
+
+def _trained_state(model) -> dict:
+    """What fine-tuning changed: the encoder's LoRA weights and the head's, on the CPU."""
+    from protrans_cli.heads.lora import lora_state
+
+    return {**{f"encoder.{k}": v.detach().cpu().clone() for k, v in lora_state(model.encoder).items()},
+            **{f"head.{k}": v.detach().cpu().clone() for k, v in model.head.state_dict().items()}}
+
+
+def _train_epochs(config: FinetuneConfig, task: Task, model, optimizer, rng, device, weights, sets: _LabelSets,
+                  progress: _Progress, state_file: Path, fingerprint: dict) -> None:
+    """The epochs from `progress.first_epoch` until --max-epochs or --patience, each validated
+    and followed by the resumable state in `state_file`; `progress` updated."""
+    from protrans_cli.heads.fit import _validate  # (looked up at the call: tests stop a run inside it)
+
+    best = progress.best
+    with torch.enable_grad():
+        for epoch in range(progress.first_epoch, config.max_epochs + 1):
+            if progress.stopped:
+                break
+            start = time.perf_counter()
+            model.train()
+            loss_sum, steps = 0.0, 0
+            optimizer.zero_grad(set_to_none=True)
+            for batch in console.progress(sets.train.batches(config.max_residues, True, rng), desc=f"epoch {epoch}",
+                                          unit="batch"):
+                batch = batch.to(device)
+                loss, counts = _loss(task, model(batch.x, batch.mask), batch.targets, weights)
+                if not any(counts.values()):
+                    continue
+                (loss / config.accumulate).backward()
+                steps += 1
+                # (batches with a loss counted: one with nothing to score, skipped above, made
+                # a step take up to 2N - 1 batches' gradients where --accumulate N said N)
+                if steps % config.accumulate == 0:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += float(loss.detach())
+            optimizer.step()  # (the last, partial accumulation; a no-op without gradients)
+            optimizer.zero_grad(set_to_none=True)
+            valid_loss, valid_acc = _validate(model, task, sets.valid_data, config)
+            score = float(np.mean(list(valid_acc.values()))) if valid_acc else float("-inf")
+            line = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "valid_loss": valid_loss,
+                    **{f"valid_{k}": v for k, v in valid_acc.items()},
+                    "seconds": round(time.perf_counter() - start, 3)}
+            progress.history.append(line)
+            # fit's rule: the best validation score is kept (a lower loss breaks ties); patience
+            # counts epochs that improve neither score nor loss
+            improved = score > best["score"] or (score == best["score"] and valid_loss < best["kept_loss"])
+            if improved:
+                best.update(score=score, epoch=epoch, kept_loss=valid_loss)
+                progress.best_state = _trained_state(model)
+            if improved or valid_loss < best["loss"]:
+                best["progress"] = epoch
+            best["loss"] = min(best["loss"], valid_loss)
+            console.info(f"epoch {epoch}: train loss {line['train_loss']:.4f}, valid loss {valid_loss:.4f}, "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
+                         + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
+            progress.stopped = epoch - best["progress"] >= config.patience
+            _write_state(state_file, {
+                "fingerprint": json.dumps(fingerprint), "model": _trained_state(model),
+                "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(), **_device_rng(torch.device(device)),
+                "best_state": progress.best_state, "best": json.dumps(best),
+                "history": json.dumps(progress.history), "epoch": epoch, "stopped": progress.stopped})
+
+
+def _load_best(model, task: Task, progress: _Progress) -> None:
+    """The best validation epoch's weights into `model`, in eval mode; which epoch, said."""
+    missing, unexpected = model.load_state_dict(progress.best_state, strict=False)
+    if unexpected or any(".lora_" in k or k.startswith("head.") for k in missing):
+        raise RuntimeError(f"the kept state does not fit the model: {(unexpected or missing)[:3]}")
+    model.eval()
+    best = progress.best
+    scored = any(k.startswith("valid_") and k != "valid_loss" for line in progress.history for k in line)
+    console.info(f"best validation epoch {best['epoch']} "
+                 + (f"(mean {_metric_names(task)} {best['score']:.4f})" if scored
+                    else f"(by validation loss {best['kept_loss']:.4f}: no {_metric_names(task)} to score)"))
+
+
+def _write_output(out_dir: Path, model, loaded, embedder, task: Task, config: FinetuneConfig, sets: _LabelSets,
+                  weights, progress: _Progress, labels, device, fingerprint: dict) -> dict:
+    """OUT/model, OUT/head, OUT/finetune.json written whole (in a temporary folder that replaces
+    OUT), the tests scored with the saved model; returns the summary."""
+    from protrans_cli.io.files import make_temporary, replace_directory
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
+    try:
+        summary = _write(tmp, out_dir, model, loaded, embedder, task, config, sets.train, sets.valid_desc,
+                         sets.eval_sets, weights, sets.train_set, progress.history, progress.best, labels, device,
+                         fingerprint, held_out=sets.held_out)
+        replace_directory(tmp, out_dir)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary, or none)
+            raise RuntimeFailure(f"cannot write the finetune: {reason} (its state is kept: {resume_option()} "
+                                 "finishes it)",
+                                 path=str(out_dir)) from None
+        raise
+    return summary
 
 
 def _write_card(folder: Path, merged, loaded, config, task, proteins: int) -> None:
