@@ -193,110 +193,175 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
     torchrun --nproc-per-node 8 -m protrans_cli train \\
         --recipe prot_bert --corpus 'corpus.*.txt.gz' -o runs/prot_bert
     """
-    from protrans_cli import console
-    from protrans_cli.errors import UsageError
-    from protrans_cli.threads import resolve_threads
-    from protrans_cli.training.config import TrainConfig, check_skip_data, parse_set
-
     if list_presets:
         _print_presets(flags.get("family"))
         return
     if list_recipes:
         _print_recipes()
         return
-    if recipe is not None and config_file:
-        # (one file of settings: which of the two would win for a key both set is a guess)
-        raise UsageError(f"--recipe {recipe} cannot go with --config {config_file}: give flags over the "
-                         "recipe, or copy the recipe (docs/train.md, Recipes) into your config file")
+    _refuse_recipe_with_config(recipe, config_file)
     if resume_from:
         # before anything else: a mistyped path failed only after the model was built (minutes
         # for a ProtT5-XL-sized preset)
         from protrans_cli.training.rundir import find_checkpoint
 
         find_checkpoint(resume_from)
-    if resume_from and not flags.get("output_dir"):
-        # The checkpoint's own run (RUN/checkpoints/step_N): the run dir its config records was
-        # the first run's as typed, and a moved run, or one started from another directory, went
-        # on in a second folder, past the check for the later checkpoints of the run abandoned.
-        where = Path(resume_from).resolve()  # (`--resume-from .` inside the checkpoint too)
-        if where.parent.name != "checkpoints" and (where / "checkpoints").is_dir():
-            # (a run directory: "give -o" left the user to guess that --resume is what continues it)
-            raise UsageError(f"--resume-from {resume_from} is a run directory, not one of its checkpoints: "
-                             f"--resume -o {resume_from} continues its latest checkpoint (--resume-from "
-                             f"{Path(resume_from) / 'checkpoints' / 'step_N'} -o NEW_RUN goes on from another one "
-                             "in a new directory)")
-        if where.parent.name != "checkpoints":
-            raise UsageError(f"--resume-from {resume_from} is not in a run's checkpoints/ folder: give -o, the run "
-                             "directory to continue in")
-        flags["output_dir"] = str(where.parent.parent)
+        if not flags.get("output_dir"):
+            flags["output_dir"] = _checkpoint_run_dir(resume_from)
     own = None
     # (a recipe is the config, as a --config file is: the run's own train_config.json is not read)
     if not config_file and recipe is None and (resume or resume_from) and not find_lr:
-        # The run's own settings (flags still override): `train --resume -o RUN` refused "no
-        # training corpus", and with --corpus alone, every other setting the run had changed
-        # ("max_length: 128 there, 512 here") until all of its flags were given again.
-        run_dir = Path(flags.get("output_dir") or TrainConfig.output_dir)
-        own = (Path(resume_from) if resume_from else run_dir) / "train_config.json"
-        if resume and not resume_from and not own.is_file():
-            # A run directory holding only checkpoints/ (copied or synced to another machine
-            # without the files beside it): its latest checkpoint, the one --resume continues,
-            # holds the same settings. It was refused with "give its settings without --resume",
-            # which then refused a directory that holds checkpoints.
-            from protrans_cli.training.rundir import list_checkpoints
-
-            kept = list_checkpoints(own.parent)
-            if kept and (kept[-1] / "train_config.json").is_file():
-                own = kept[-1] / "train_config.json"
-        if own.is_file():
+        own, flags["output_dir"] = _run_settings_file(resume, resume_from, flags)
+        if own is not None:
             config_file = str(own)
-            if not flags.get("output_dir"):
-                # `train --resume` without -o resumes the default run directory it read, not
-                # the output_dir its config records (another path once the run was moved or
-                # copied there): that one, holding no checkpoint, started a new run from step 0.
-                flags["output_dir"] = str(run_dir)
-            if _rank_zero():
-                console.info(f"train: the run's settings from {own} (flags given override them)")
-        elif resume and not flags.get("corpus"):
-            # (not "no training corpus": there is no run there to resume)
-            # ("give -o" to a user who had given it: what -o must name, and how to start a run)
-            hint = ("-o names the run directory to resume (the one holding train_config.json and checkpoints/); "
-                    "to start a run there, give its settings (--corpus ...) without --resume"
-                    if flags.get("output_dir") else "give -o, the run directory")
-            raise UsageError(f"{own.parent} holds no run to resume (no train_config.json): {hint}")
-        else:
-            own = None
+    config, config_file = _base_config(recipe, config_file)
+    saved_as = {}
+    if own is not None:
+        config, saved_as = _as_run_recorded(config, own)
+    if config_file:
+        _check_file_values(config, config_file)
+    # (under --find-lr, --num-steps is the range test's steps, not a phase's)
+    test_steps = flags.pop("num_steps") if find_lr else None
+    config = _with_flags(config, config_file, flags, model_set, phases, threads, saved_as)
+    if own is not None:
+        _refuse_moved_corpus(config, own, given=[key for key in ("corpus", "val_corpus") if flags.get(key)])
+    # The values before a warning that one is ignored: `--find-lr --lr -1` said that --lr is ignored, then
+    # refused it. (Checked again with the corpus and the processes, as every run's are.)
+    config.check_values()
+    _warn_flags_without_effect(config, flags, new_run=not (find_lr or resume or resume_from))
+    _refuse_flag_combinations(config, flags, find_lr=find_lr, resume=resume, resume_from=resume_from,
+                              accept_corpus_change=accept_corpus_change, skip_data=skip_data)
+    if find_lr:
+        _find_lr(config, flags, test_steps)
+        return
+    if os.environ.get("WORLD_SIZE", "1") == "1":  # (under torchrun, train() refuses it on every rank alike)
+        _refuse_run_dir_before_torch(config, resume_from or resume or None)
+    result = _train(config, resume_from or resume or None,
+                    saved_as={k: v for k, v in saved_as.items() if not flags.get(k)},
+                    accept_corpus_change=accept_corpus_change, skip_data=skip_data)
+    _report(config, result)
+
+
+def _refuse_recipe_with_config(recipe, config_file) -> None:
+    """--recipe and --config together, refused."""
+    if recipe is not None and config_file:
+        from protrans_cli.errors import UsageError
+
+        # (one file of settings: which of the two would win for a key both set is a guess)
+        raise UsageError(f"--recipe {recipe} cannot go with --config {config_file}: give flags over the "
+                         "recipe, or copy the recipe (docs/train.md, Recipes) into your config file")
+
+
+def _checkpoint_run_dir(resume_from) -> str:
+    """`--resume-from RUN/checkpoints/step_N` without -o: the checkpoint's own run, RUN.
+    The run dir its config records was the first run's as typed, and a moved run, or one started
+    from another directory, went on in a second folder, past the check for the later checkpoints
+    of the run abandoned."""
+    from protrans_cli.errors import UsageError
+
+    where = Path(resume_from).resolve()  # (`--resume-from .` inside the checkpoint too)
+    if where.parent.name != "checkpoints" and (where / "checkpoints").is_dir():
+        # (a run directory: "give -o" left the user to guess that --resume is what continues it)
+        raise UsageError(f"--resume-from {resume_from} is a run directory, not one of its checkpoints: "
+                         f"--resume -o {resume_from} continues its latest checkpoint (--resume-from "
+                         f"{Path(resume_from) / 'checkpoints' / 'step_N'} -o NEW_RUN goes on from another one "
+                         "in a new directory)")
+    if where.parent.name != "checkpoints":
+        raise UsageError(f"--resume-from {resume_from} is not in a run's checkpoints/ folder: give -o, the run "
+                         "directory to continue in")
+    return str(where.parent.parent)
+
+
+def _run_settings_file(resume, resume_from, flags) -> tuple[Path | None, str | None]:
+    """A resume's own settings (flags still override): `train --resume -o RUN` refused "no
+    training corpus", and with --corpus alone, every other setting the run had changed
+    ("max_length: 128 there, 512 here") until all of its flags were given again.
+    Returns the run's train_config.json (None: none, and none needed) and the run directory
+    (-o as given, else the one whose settings were read)."""
+    from protrans_cli import console
+    from protrans_cli.errors import UsageError
+    from protrans_cli.training.config import TrainConfig
+
+    output_dir = flags.get("output_dir")
+    run_dir = Path(output_dir or TrainConfig.output_dir)
+    own = (Path(resume_from) if resume_from else run_dir) / "train_config.json"
+    if resume and not resume_from and not own.is_file():
+        # A run directory holding only checkpoints/ (copied or synced to another machine
+        # without the files beside it): its latest checkpoint, the one --resume continues,
+        # holds the same settings. It was refused with "give its settings without --resume",
+        # which then refused a directory that holds checkpoints.
+        from protrans_cli.training.rundir import list_checkpoints
+
+        kept = list_checkpoints(own.parent)
+        if kept and (kept[-1] / "train_config.json").is_file():
+            own = kept[-1] / "train_config.json"
+    if own.is_file():
+        if not output_dir:
+            # `train --resume` without -o resumes the default run directory it read, not
+            # the output_dir its config records (another path once the run was moved or
+            # copied there): that one, holding no checkpoint, started a new run from step 0.
+            output_dir = str(run_dir)
+        if _rank_zero():
+            console.info(f"train: the run's settings from {own} (flags given override them)")
+        return own, output_dir
+    if resume and not flags.get("corpus"):
+        # (not "no training corpus": there is no run there to resume)
+        # ("give -o" to a user who had given it: what -o must name, and how to start a run)
+        hint = ("-o names the run directory to resume (the one holding train_config.json and checkpoints/); "
+                "to start a run there, give its settings (--corpus ...) without --resume"
+                if output_dir else "give -o, the run directory")
+        raise UsageError(f"{own.parent} holds no run to resume (no train_config.json): {hint}")
+    return None, output_dir
+
+
+def _base_config(recipe, config_file):
+    """The settings before the flags: the recipe's, the config file's, or the defaults; and the
+    file they came from."""
+    from protrans_cli.training.config import TrainConfig
+
     if recipe is not None:
         from protrans_cli.training import recipes
 
-        config = recipes.load(recipe)
-        config_file = recipes.path(recipe)
-    else:
-        config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
-    saved_as = {}
-    if own is not None and config.stop_after is not None:
+        return recipes.load(recipe), recipes.path(recipe)
+    return (TrainConfig.from_file(config_file) if config_file else TrainConfig()), config_file
+
+
+def _as_run_recorded(config, own):
+    """The run's own settings for this invocation, and the settings (`saved_as`) that its
+    train_config.json keeps as the run recorded them."""
+    import dataclasses
+
+    if config.stop_after is not None:
         # Versions before 2026-11-30 saved the first invocation's --stop-after in the run's
         # train_config.json: read back here, it refused every `train --resume -o RUN` of such a
         # run ("--stop-after N is not after ... step N"). It belongs to one invocation.
-        import dataclasses
-
         config = dataclasses.replace(config, stop_after=None)
-    if own is not None:
-        # (the run's paths as it recorded them stay so in its config: found elsewhere for this
-        # invocation only)
-        recorded, config = config, _corpus_found_from_here(config, own)
-        saved_as = {key: getattr(recorded, key) for key in ("corpus", "val_corpus")
+    # (the run's paths as it recorded them stay so in its config: found elsewhere for this
+    # invocation only)
+    recorded, config = config, _corpus_found_from_here(config, own)
+    return config, {key: getattr(recorded, key) for key in ("corpus", "val_corpus")
                     if getattr(recorded, key) != getattr(config, key)}
-    if config_file:
-        # The file's own values first, so that an error names the file (checked after the flags
-        # are merged, `precision = "fp8"` said only "precision must be one of ...").
-        try:
-            config.check_values()
-        except UsageError as exc:
-            raise UsageError(exc.message, path="<stdin>" if config_file == "-" else str(config_file)) from None
+
+
+def _check_file_values(config, config_file) -> None:
+    """The file's own values first, so that an error names the file (checked after the flags
+    are merged, `precision = "fp8"` said only "precision must be one of ...")."""
+    from protrans_cli.errors import UsageError
+
+    try:
+        config.check_values()
+    except UsageError as exc:
+        raise UsageError(exc.message, path="<stdin>" if config_file == "-" else str(config_file)) from None
+
+
+def _with_flags(config, config_file, flags, model_set, phases, threads, saved_as):
+    """The config with the flags given over it (`saved_as` told when the threads are not given)."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.threads import resolve_threads
+    from protrans_cli.training.config import parse_set
+
     # --num-steps and --max-length describe the one phase of a run without phases: given next to
     # phases (flags or the config file's), they would be silently ignored.
-    # (under --find-lr, --num-steps is the range test's steps, not a phase's)
-    test_steps = flags.pop("num_steps") if find_lr else None
     single = [f"--{name.replace('_', '-')}" for name in ("num_steps", "max_length") if flags.get(name) is not None]
     if single and (phases or config.phases):
         where = "--phase" if phases else f"the phases of {config_file}"
@@ -309,13 +374,14 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         saved_as["threads"] = None
     if threads is not None or config.threads is None:
         threads = resolve_threads(threads)
-    config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
-                             threads=threads, **flags)
-    if own is not None:
-        _refuse_moved_corpus(config, own, given=[key for key in ("corpus", "val_corpus") if flags.get(key)])
-    # The values before a warning that one is ignored: `--find-lr --lr -1` said that --lr is ignored, then
-    # refused it. (Checked again with the corpus and the processes, as every run's are.)
-    config.check_values()
+    return config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
+                           threads=threads, **flags)
+
+
+def _warn_flags_without_effect(config, flags, *, new_run: bool) -> None:
+    """A flag that the settings make changed nothing, warned (rank 0)."""
+    from protrans_cli import console
+
     # --global-batch-size and --micro-batch-size are the defaults of the phases that set no batch
     # size of their own: where every phase sets it (LEN:STEPS:GLOBAL:MICRO), the flag changed
     # nothing, without a word (a micro-batch size lowered after an out-of-memory error included)
@@ -326,7 +392,7 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         console.warn(f"{' and '.join(overridden)} ignored: every phase sets its own "
                      f"({', '.join(phase.spec() for phase in config.phases)}); give the batch sizes in --phase "
                      "LEN:STEPS:GLOBAL:MICRO")
-    if not (find_lr or resume or resume_from) and _rank_zero():
+    if new_run and _rank_zero():
         # (flags only, as above; a resume compares them with the run's instead)
         # `--decay-fraction 0.1` without `--schedule wsd`: the flag changed nothing without a word
         if flags.get("decay_fraction") is not None and config.schedule not in ("wsd", "wsd_sqrt"):
@@ -335,6 +401,14 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         if flags.get("min_lr_ratio") is not None and config.schedule in ("constant", "inverse_sqrt"):
             console.warn(f"--min-lr-ratio {flags['min_lr_ratio']:g} ignored: --schedule {config.schedule} does not "
                          "decay to a floor (linear, cosine, wsd and wsd_sqrt do)")
+
+
+def _refuse_flag_combinations(config, flags, *, find_lr, resume, resume_from, accept_corpus_change,
+                              skip_data) -> None:
+    """The flags that cannot go together, and a run without a corpus, refused in this order."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.training.config import check_skip_data
+
     if find_lr:  # (before the corpus: `--find-lr --resume -o RUN` said "no training corpus")
         ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
                                             ("--skip-data", skip_data), ("--stop-after", flags.get("stop_after")),
@@ -349,52 +423,61 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
     if accept_corpus_change and not (resume or resume_from):
         raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
     check_skip_data(skip_data, resume or resume_from)
-    if find_lr:
-        # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file;
-        # given, not true: --eval-every 0, the default's value, was taken without a word, where
-        # --no-keep-best and --no-tensorboard say what the range test does anyway)
-        unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
-                                                              "keep_last", "keep_best", "tensorboard",
-                                                              "wandb", "wandb_project", "wandb_name")
-                  if given_option(name) and flags[name] is not False]
-        if unused and _rank_zero():
-            console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
-                         "lr_find.json: no evaluation, metrics or checkpoint)")
-        # (the range test sets every step's lr itself: these changed nothing without a word)
-        swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_steps", "schedule", "min_lr_ratio",
-                                                             "decay_fraction")
-                 if flags.get(name) is not None]
-        if swept and _rank_zero():
-            console.warn(f"--find-lr raises the learning rate from 1e-7 to 1 itself: {', '.join(swept)} ignored")
-        from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
-        # --num-steps, ignored before (always 100), sets the number of test steps
-        if test_steps is not None and test_steps < 10:
-            raise UsageError(f"--find-lr needs at least 10 steps to find a descent, got --num-steps {test_steps}")
-        result = run_find_lr(config, **({"num_steps": test_steps} if test_steps is not None else {}))
-        if _rank_zero():  # under torchrun every rank ran the test: one suggestion on stdout
-            click.echo(f"{result.lr_suggestion:.3g}")
-        return
-    if os.environ.get("WORLD_SIZE", "1") == "1":  # (under torchrun, train() refuses it on every rank alike)
-        # What the run directory holds, refused before torch is imported: `train -o RUN` on a run's
-        # directory without --resume was told to add it after seconds of imports (9 s on a loaded
-        # machine). train()'s own checks, in its order: a run in progress in the directory (its lock
-        # held: it was told to add --resume), then a bad setting.
-        from protrans_cli.errors import ProtransError
-        from protrans_cli.training.rundir import refuse_run_dir_in_use, refuse_what_the_run_dir_holds
 
-        try:
-            refuse_what_the_run_dir_holds(config.output_dir, resume_from or resume or None)
-        except ProtransError:
-            refuse_run_dir_in_use(config.output_dir)
-            config.validate()
-            raise
+def _find_lr(config, flags, test_steps) -> None:
+    """--find-lr: the learning-rate range test instead of training; its suggestion on stdout."""
+    from protrans_cli import console
+    from protrans_cli.errors import UsageError
+
+    # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file;
+    # given, not true: --eval-every 0, the default's value, was taken without a word, where
+    # --no-keep-best and --no-tensorboard say what the range test does anyway)
+    unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
+                                                          "keep_last", "keep_best", "tensorboard",
+                                                          "wandb", "wandb_project", "wandb_name")
+              if given_option(name) and flags[name] is not False]
+    if unused and _rank_zero():
+        console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
+                     "lr_find.json: no evaluation, metrics or checkpoint)")
+    # (the range test sets every step's lr itself: these changed nothing without a word)
+    swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_steps", "schedule", "min_lr_ratio",
+                                                         "decay_fraction")
+             if flags.get(name) is not None]
+    if swept and _rank_zero():
+        console.warn(f"--find-lr raises the learning rate from 1e-7 to 1 itself: {', '.join(swept)} ignored")
+    from protrans_cli.training.lr_finder import find_lr as run_find_lr
+
+    # --num-steps, ignored before (always 100), sets the number of test steps
+    if test_steps is not None and test_steps < 10:
+        raise UsageError(f"--find-lr needs at least 10 steps to find a descent, got --num-steps {test_steps}")
+    result = run_find_lr(config, **({"num_steps": test_steps} if test_steps is not None else {}))
+    if _rank_zero():  # under torchrun every rank ran the test: one suggestion on stdout
+        click.echo(f"{result.lr_suggestion:.3g}")
+
+
+def _refuse_run_dir_before_torch(config, resume) -> None:
+    """What the run directory holds, refused before torch is imported: `train -o RUN` on a run's
+    directory without --resume was told to add it after seconds of imports (9 s on a loaded
+    machine). train()'s own checks, in its order: a run in progress in the directory (its lock
+    held: it was told to add --resume), then a bad setting."""
+    from protrans_cli.errors import ProtransError
+    from protrans_cli.training.rundir import refuse_run_dir_in_use, refuse_what_the_run_dir_holds
+
+    try:
+        refuse_what_the_run_dir_holds(config.output_dir, resume)
+    except ProtransError:
+        refuse_run_dir_in_use(config.output_dir)
+        config.validate()
+        raise
+
+
+def _train(config, resume, **options):
+    """training.loop.train, a stop by Ctrl-C or a signal said in one error line."""
     from protrans_cli.training.loop import train
 
     try:
-        result = train(config, resume=resume_from or resume or None,
-                       saved_as={k: v for k, v in saved_as.items() if not flags.get(k)},
-                       accept_corpus_change=accept_corpus_change, skip_data=skip_data)
+        return train(config, resume=resume, **options)
     except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM/SIGHUP: the one error line says what was kept
         from protrans_cli.cli import stopped
 
@@ -402,6 +485,12 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         if not _rank_zero():  # rank 0's line says what was kept; the other ranks printed a bare "terminated"
             raise SystemExit(stop.code) from None
         raise stop from None
+
+
+def _report(config, result) -> None:
+    """How the run ended where it stopped early: what stopped it, and that --resume continues."""
+    from protrans_cli import console
+
     # (quickstart's train step, which asks for it: how the run ended, which its exit status, 0 for a warning's
     # stop, does not say; the caller says what an incomplete run means there, which has no --resume)
     obj = getattr(click.get_current_context(silent=True), "obj", None)
