@@ -44,7 +44,7 @@ from protrans_cli import console
 from protrans_cli.choices import FORMATS
 from protrans_cli.errors import InputError, UsageError, brief, one_of
 from protrans_cli.heads.tasks import LOCATIONS, SS8
-from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_text, look_alike, parse_fasta
+from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_text, line_at, look_alike, parse_fasta
 from protrans_cli.io.files import (binary_kind, display_name, header_delimiter, is_utf16, kind_refusal,
                                    open_input, utf16_codec, utf16_text)
 from protrans_cli.io.h5 import sequence_checksum
@@ -111,12 +111,7 @@ class LabelRecord:
 
     def line_of(self, offset: int) -> int | None:
         """The line of label letter `offset` (the record's own line where the file has one line a record)."""
-        found = self.line
-        for start, lineno in self.label_lines:
-            if start > offset:
-                break
-            found = lineno
-        return found
+        return line_at(self.label_lines, offset, self.line)
 
 
 def _by_descriptor(path) -> bool:

@@ -29,12 +29,18 @@ class FastaRecord:
 
     def line_of(self, offset: int) -> int:
         """The line holding character `offset` of the sequence (the header's without a line map)."""
-        found = self.line
-        for start, lineno in self.lines:
-            if start > offset:
-                break
-            found = lineno
-        return found
+        return line_at(self.lines, offset, self.line)
+
+
+def line_at(lines: tuple[tuple[int, int], ...], offset: int, default):
+    """The line number of character `offset` by a line map of (first offset, line number) pairs
+    (FastaRecord.lines); `default` where the map starts after it or is empty."""
+    found = default
+    for start, lineno in lines:
+        if start > offset:
+            break
+        found = lineno
+    return found
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
