@@ -1543,21 +1543,11 @@ def _file_attrs(embedder, options, max_length) -> dict:
 
 
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
+    """One process's run (one rank's under torchrun) once the input is scanned: open the output,
+    decide what is left to compute (resumed, reused, repeated), compute it in batches, write,
+    summarise."""
     if embedder is None:
-        device = options.device
-        if dist.world_size > 1 and device in ("auto", "cuda"):
-            import torch
-
-            if torch.cuda.is_available():
-                from protrans_cli.training.dist import local_gpu
-
-                # as train does: more ranks than visible GPUs share them (rank 1 of two on a
-                # one-GPU machine asked for cuda:1, "invalid device ordinal")
-                index = local_gpu(dist.local_rank)
-                device = f"cuda:{index}"
-                torch.cuda.set_device(index)
-        embedder = _build_on_every_rank(options, device, dist) if dist.world_size > 1 \
-            else build_embedder(options, device=device)
+        embedder = _embedder_for_rank(options, dist)
     # Resolved before the attributes: the file records the length at which --long-policy applied
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)
@@ -1566,39 +1556,99 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     summary.world_size = dist.world_size
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     _warn_cls_not_trained(embedder, options, dist.is_main)
+    writer_kw = _writer_kw(embedder, options, scan, max_length, model_max)
+    reuse = _open_reuse(options, writer_kw)
+
+    # What is already done: the main output (or its partial file) and, under torchrun, every
+    # shard file a previous run left behind.
+    _refuse_live_outputs(output)  # another run's live files: hands off
+    shard_files = _shard_files(output)
+    # --resume of a finished output (no partial file, no shards): it may be extended
+    extending = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
+    done = _done_so_far(source, name, output, options, writer_kw, dist, shard_files)
+    # Checks that need the model or the output come before any computation, as the id check did:
+    # one more pass over the input, only when there is something to check.
+    if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
+        left, found, file_failed = _check_done(source, name, output, options, max_length, done, dist, extending)
+        if left == 0 and not partial_path(output).exists() and not shard_files:
+            # --resume of a finished file with nothing to add: the file stays as it is (it
+            # would otherwise become OUTPUT.partial until the run ends).
+            return _kept_as_is(output, options, scan, dist, summary, found, file_failed)
+    dist.barrier()  # nobody opens a file for writing while another rank still reads it
+
+    writer = _open_writer(output, options, writer_kw, dist, done if extending else None, shard_files)
+    # (said once the output is open and there is work to do: not before an error about the output,
+    # nor on a resume that has nothing left to add)
+    _warn_nucleotide(scan, name, dist.is_main)
+    _warn_gapped(scan, name, dist.is_main)
+    run = _Computation(writer, embedder, options, scan, dist, summary, reuse, max_length)
+    run.run(source, name, done)
+
+    if run.splits:
+        console.warn(f"ran out of memory {len(run.splits)} time(s); those batches were split "
+                     "(a smaller --max-tokens avoids the retries)")
+    summary.failed = dict(writer.failed)
+    if dist.world_size > 1:
+        _finish_ranks(summary, output, options, writer_kw, dist, run.cut_before)
+    summary.seconds = time.perf_counter() - run.start
+    return summary
+
+
+def _embedder_for_rank(options, dist) -> Embedder:
+    """`options.model`, built on this rank's device (every rank's, under torchrun)."""
+    device = options.device
+    if dist.world_size > 1 and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            from protrans_cli.training.dist import local_gpu
+
+            # as train does: more ranks than visible GPUs share them (rank 1 of two on a
+            # one-GPU machine asked for cuda:1, "invalid device ordinal")
+            index = local_gpu(dist.local_rank)
+            device = f"cuda:{index}"
+            torch.cuda.set_device(index)
+    return _build_on_every_rank(options, device, dist) if dist.world_size > 1 \
+        else build_embedder(options, device=device)
+
+
+def _writer_kw(embedder, options, scan: InputScan, max_length, model_max) -> dict:
+    """The EmbeddingsWriter's keywords for every file this run writes: kinds, layout, storage,
+    the attributes, and how --resume compares the recorded attributes with this run's."""
     attrs = _file_attrs(embedder, options, max_length)
     if options.part is not None:
         # the whole input's (the last run's, as the other attributes): `protrans merge` refuses
         # parts embedded from different inputs
         attrs["input_digest"] = scan.input_digest
-    writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
-                     compression=options.compression, attrs=attrs,
-                     resume_equal={"model": same_model, "max_length": _same_max_length(model_max),
-                                   "commit": same_commit,
-                                   # a directory has no revisions (files of earlier versions recorded
-                                   # an ignored --revision, and no resume matched them)
-                                   **({"revision": lambda old, new: True}
-                                      if _model_directory(options.model) is not None else {})})
+    return dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
+                compression=options.compression, attrs=attrs,
+                resume_equal={"model": same_model, "max_length": _same_max_length(model_max),
+                              "commit": same_commit,
+                              # a directory has no revisions (files of earlier versions recorded
+                              # an ignored --revision, and no resume matched them)
+                              **({"revision": lambda old, new: True}
+                                 if _model_directory(options.model) is not None else {})})
 
+
+def _open_reuse(options, writer_kw: dict):
+    """The --reuse files (embed_reuse.Reuse), or None."""
     # the --reuse files, checked (made as this run makes its rows) and indexed by sequence before
     # anything is read back or computed; their arrays are read as the writer reaches them
-    reuse = None
-    if options.reuse:
-        from protrans_cli.embed_reuse import Reuse
+    if not options.reuse:
+        return None
+    from protrans_cli.embed_reuse import Reuse
 
-        reuse = Reuse.open(options.reuse, writer_kw)
-        if reuse.weights_unknown:
-            # every file this run writes records no weights_fingerprint: the output of one process,
-            # and under torchrun each rank's shard and the merged output (rank 0's writer_kw)
-            writer_kw["weights_unknown"] = True
+    reuse = Reuse.open(options.reuse, writer_kw)
+    if reuse.weights_unknown:
+        # every file this run writes records no weights_fingerprint: the output of one process,
+        # and under torchrun each rank's shard and the merged output (rank 0's writer_kw)
+        writer_kw["weights_unknown"] = True
+    return reuse
 
-    # What is already done: the main output (or its partial file) and, under torchrun, every
-    # shard file a previous run left behind.
-    done = _Done.empty()
-    _refuse_live_outputs(output)  # another run's live files: hands off
-    shard_files = _shard_files(output)
-    # --resume of a finished output (no partial file, no shards): it may be extended
-    extending = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
+
+def _done_so_far(source, name, output, options, writer_kw: dict, dist, shard_files) -> _Done:
+    """--resume: the proteins the output (or its partial file) and the shards hold. Otherwise
+    nothing, and (--force) the shards of an earlier torchrun run are removed."""
     if options.resume:
         _refuse_planted_links(output, shard_files)
         found = []
@@ -1613,199 +1663,241 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                     seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
             dist.barrier()
-        done = _Done.union(found)
-    elif dist.is_main:  # --force (without it, embed() refused these files)
+        return _Done.union(found)
+    if dist.is_main:  # --force (without it, embed() refused these files)
         from protrans_cli.io.h5 import remove_ledger
 
         for path in shard_files:
             remove_ledger(path)
             os.unlink(path)
-    # Checks that need the model or the output come before any computation, as the id check did:
-    # one more pass over the input, only when there is something to check.
-    if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
-        file_failed: dict = {}  # the finished file's failed proteins (extending)
-        if extending:
-            from protrans_cli.io.h5 import EmbeddingsReader
+    return _Done.empty()
 
-            with EmbeddingsReader(output) as reader:
-                file_failed = reader.failed()
-        # a finished file's proteins skipped by the length policy: the same settings skip them
-        # again, so they are nothing to add (the file was rewritten for them, a run recorded)
-        settled = {i for i, why in file_failed.items() if str(why).startswith("skipped:")}
-        left, found = _check_before_compute(source, name, options, max_length, done, output, settled)
-        gone = len(np.unique(done.ids)) - found
-        if gone > 0 and dist.is_main:
-            # (resume only adds: the file is not what a fresh run on this FASTA makes)
-            console.warn(f"{output}: {gone:,} protein(s) in the output are not in {name} (removed from it since?): "
-                         "kept; write to a new file for an output of this FASTA alone")
-        if left == 0 and not partial_path(output).exists() and not shard_files:
-            # --resume of a finished file with nothing to add: the file stays as it is (it
-            # would otherwise become OUTPUT.partial until the run ends).
-            # (as a run that adds proteins counts them: those with an embedding; the file's
-            # failed proteins are reported as failed, not as already there. Proteins found with
-            # no partial file or shard were found in the finished file: `extending`, read above.)
-            summary.num_resumed = found
-            summary.failed = file_failed
-            if dist.is_main:  # a stacked extension's link that a kill after its partial file's removal left
-                from protrans_cli.io.h5 import remove_partial
 
-                remove_partial(partial_path(output))  # (there is none: its side files, the link's old file's space)
-                if options.part is not None:
-                    # this part of the input is what it holds: it records the input it is now a
-                    # part of, as a resume that adds proteins does (the other parts, resumed on this
-                    # input, record it; merge refused a part kept as it was)
-                    _record_input_digest(output, scan.input_digest)
-            if not dist.is_main:
-                summary.output = None  # rank 0 reports
-            return summary
-    dist.barrier()  # nobody opens a file for writing while another rank still reads it
+def _check_done(source, name, output, options, max_length, done: _Done, dist, extending) -> tuple[int, int, dict]:
+    """Pass two (_check_before_compute), and a warning for the output's proteins that the input
+    lacks. Returns the number of proteins left to do, the number of the input's proteins the
+    output holds, and (`extending`) the finished file's failed proteins."""
+    file_failed: dict = {}  # the finished file's failed proteins (extending)
+    if extending:
+        from protrans_cli.io.h5 import EmbeddingsReader
 
+        with EmbeddingsReader(output) as reader:
+            file_failed = reader.failed()
+    # a finished file's proteins skipped by the length policy: the same settings skip them
+    # again, so they are nothing to add (the file was rewritten for them, a run recorded)
+    settled = {i for i, why in file_failed.items() if str(why).startswith("skipped:")}
+    left, found = _check_before_compute(source, name, options, max_length, done, output, settled)
+    gone = len(np.unique(done.ids)) - found
+    if gone > 0 and dist.is_main:
+        # (resume only adds: the file is not what a fresh run on this FASTA makes)
+        console.warn(f"{output}: {gone:,} protein(s) in the output are not in {name} (removed from it since?): "
+                     "kept; write to a new file for an output of this FASTA alone")
+    return left, found, file_failed
+
+
+def _kept_as_is(output, options, scan: InputScan, dist, summary: EmbedSummary, found: int,
+                file_failed: dict) -> EmbedSummary:
+    """The summary of a --resume that had nothing to add to a finished file."""
+    # (as a run that adds proteins counts them: those with an embedding; the file's
+    # failed proteins are reported as failed, not as already there. Proteins found with
+    # no partial file or shard were found in the finished file: `extending`, read above.)
+    summary.num_resumed = found
+    summary.failed = file_failed
+    if dist.is_main:  # a stacked extension's link that a kill after its partial file's removal left
+        from protrans_cli.io.h5 import remove_partial
+
+        remove_partial(partial_path(output))  # (there is none: its side files, the link's old file's space)
+        if options.part is not None:
+            # this part of the input is what it holds: it records the input it is now a
+            # part of, as a resume that adds proteins does (the other parts, resumed on this
+            # input, record it; merge refused a part kept as it was)
+            _record_input_digest(output, scan.input_digest)
+    if not dist.is_main:
+        summary.output = None  # rank 0 reports
+    return summary
+
+
+def _open_writer(output, options, writer_kw: dict, dist, extended: _Done | None, shard_files) -> EmbeddingsWriter:
+    """This rank's writer: its shard under torchrun, else the output (through its partial file).
+    `extended`: what was read of a finished output that this run extends."""
     if dist.world_size > 1:
         out_path = shard_path(output, dist.rank, dist.world_size)
-        writer = EmbeddingsWriter(out_path, resume=options.resume, finalize=False, **writer_kw)
-    else:
-        # a finished output that this run extends: what was read of it starts its ledger
-        writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
-                                  finished_proteins=(done.ids, done.sums) if extending else None)
-        writer.on_final = final_output_hook()
-        if options.resume and shard_files:
-            # An interrupted torchrun run continued in one process: its ranks' shards hold
-            # proteins counted as done above; they go into this file now, then the shards go.
-            _absorb_shards(writer, shard_files)
-            console.info(f"merged {len(shard_files)} shard file(s) of an interrupted torchrun run into "
-                         f"{partial_path(output)}")
-    # (said once the output is open and there is work to do: not before an error about the output,
-    # nor on a resume that has nothing left to add)
-    _warn_nucleotide(scan, name, dist.is_main)
-    _warn_gapped(scan, name, dist.is_main)
+        return EmbeddingsWriter(out_path, resume=options.resume, finalize=False, **writer_kw)
+    # a finished output that this run extends: what was read of it starts its ledger
+    writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
+                              finished_proteins=(extended.ids, extended.sums) if extended is not None else None)
+    writer.on_final = final_output_hook()
+    if options.resume and shard_files:
+        # An interrupted torchrun run continued in one process: its ranks' shards hold
+        # proteins counted as done above; they go into this file now, then the shards go.
+        _absorb_shards(writer, shard_files)
+        console.info(f"merged {len(shard_files)} shard file(s) of an interrupted torchrun run into "
+                     f"{partial_path(output)}")
+    return writer
 
-    def pinned(unit: _Unit) -> int | None:
+
+class _Computation:
+    """The batching loop of one rank's run and the state it shares with the background writer
+    (_Background). Window by window: plan the units (resumed, repeated, reused), queue the writes
+    that need no model, compute the rest in batches, queue their writes. The `_write_*` and
+    `_note_truncated` methods run on the writer's thread, in the order they were queued."""
+
+    def __init__(self, writer: EmbeddingsWriter, embedder, options, scan: InputScan, dist, summary: EmbedSummary,
+                 reuse, max_length: int | None):
+        self.writer, self.embedder, self.options, self.scan = writer, embedder, options, scan
+        self.dist, self.summary, self.reuse, self.max_length = dist, summary, reuse, max_length
+        self.max_tokens = options.max_tokens or default_max_tokens(embedder.device, embedder)
+        self.written: dict[bytes, str] = {}  # repeated sequences only: digest -> the id it is written under
+        self.pending: dict[str, list] = {}   # chunked units waiting for their other windows, by first id
+        # how windows are stitched
+        self.causal = bool(getattr(getattr(embedder, "family_impl", None), "causal", False))
+        self.splits: list = []  # the batches split after running out of memory (embed_with_retry)
+        # the proteins an earlier run stored truncated (this run's truncate them again: the same
+        # settings): the file's `truncated` lists them whether or not the earlier run closed it
+        self.cut_before: set[str] = set()
+        self.truncating = options.long_policy == "truncate" and max_length is not None
+        # repeated sequences only: the ids of the proteins copied from a --reuse file, whose later
+        # windows' copies (copied from the output) are reused proteins too, not this run's computation
+        self.reused_ids: set[str] = set()
+        self.start = 0.0
+        self.computed = 0.0
+
+    def run(self, source, name, done: _Done) -> None:
+        """Reads the input again, window by window, and computes and writes what `done` lacks."""
+        options, dist, summary = self.options, self.dist, self.summary
+        self.start = time.perf_counter()  # rates count the embedding itself, not loading the model
+        bar = console.progress(total=self.scan.num_residues,
+                               desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
+                               unit="res", unit_scale=True)
+        try:
+            with self.writer, _Background(lambda work, *args: work(*args)) as background:
+                for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
+                                           options.part_of, options.chains):
+                    done_here = done.members(window)
+                    summary.num_resumed += len(done_here)
+                    if self.truncating and done_here:
+                        earlier = [p for p in window if p.id in done_here and len(p.sequence) > self.max_length]
+                        self.cut_before.update(p.id for p in earlier)
+                        background.submit(self._note_truncated, earlier)
+                    failures: dict[str, str] = {}
+                    units, duplicates = plan_units(window, options, self.max_length, done_here,
+                                                   failures.__setitem__, name)
+                    summary.num_duplicates += duplicates + mark_copies(units, self.scan, self.written)
+                    mine = shard_units(units, dist.rank, dist.world_size, self._pinned)
+                    reused = self._find_reused(mine, background)
+                    # Queued behind the previous windows' batches, so a copy's source is already written.
+                    background.submit(self._write_copies, [u for u in mine if u.copy_of], failures)
+                    pieces = _pieces(mine)
+                    to_count = self._count_settled(bar, window, done_here, failures, mine, reused)
+                    del window, units
+                    self._compute(pieces, to_count, background, bar)
+        finally:
+            bar.close()
+            if self.reuse is not None:
+                self.reuse.close()
+
+    def _pinned(self, unit: _Unit) -> int | None:
         # Every copy of a repeated sequence goes to one rank, the one that can copy it.
         full = unit.proteins[0].sequence
-        return _digest64(full) % dist.world_size if scan.may_repeat(full) else None
+        return _digest64(full) % self.dist.world_size if self.scan.may_repeat(full) else None
 
-    max_tokens = options.max_tokens or default_max_tokens(embedder.device, embedder)
-    written: dict[bytes, str] = {}  # repeated sequences only: digest -> the id it is written under
-    pending: dict[str, list] = {}   # chunked units waiting for their other windows, by first id
-    causal = bool(getattr(getattr(embedder, "family_impl", None), "causal", False))  # how windows are stitched
-    splits = []
+    def _find_reused(self, mine: list[_Unit], background) -> list[_Unit]:
+        """The units found in a --reuse file (their writes queued)."""
+        reused = []
+        if self.reuse is None:
+            return reused
+        # (a copy of an earlier window's protein is copied from the output)
+        fresh = [u for u in mine if not u.copy_of]
+        for unit, at in zip(fresh, self.reuse.find([u.sequence for u in fresh])):
+            if at is not None:
+                unit.reused = at
+                reused.append(unit)
+                if self.scan.may_repeat(unit.proteins[0].sequence):  # (as mark_copies keys them)
+                    self.reused_ids.add(unit.proteins[0].id)
+        if reused:
+            background.submit(self._write_reused, reused)
+        return reused
 
-    def write_batch(batch, results):
+    def _count_settled(self, bar, window, done_here, failures: dict, mine: list[_Unit], reused: list[_Unit]) -> int:
+        """Counts a window's residues that need no computation; returns those left to count."""
+        # The bar counts every residue of the input once: what needs no computation
+        # (done, skipped, invalid) at once, what this rank computes as it goes (each
+        # protein its whole length, truncated or not, and its copies in the window), the
+        # rest (copies of earlier windows, other ranks' shares) when the window ends.
+        to_count = sum(residue_count(p.sequence) for p in window)
+        resumed = sum(residue_count(p.sequence) for p in window if p.id in done_here)
+        settled = sum(residue_count(p.sequence) for p in window if p.id not in done_here and p.id in failures)
+        taken = sum(residue_count(p.sequence) for u in reused for p in u.proteins) + sum(
+            residue_count(p.sequence) for u in mine if u.copy_of in self.reused_ids for p in u.proteins)
+        to_count -= resumed + settled + taken
+        console.skip(bar, resumed + taken)  # (not this run's work: out of a log line's rate)
+        bar.update(settled)
+        return to_count
+
+    def _compute(self, pieces: list[_Piece], to_count: int, background, bar) -> None:
+        """A window's pieces, in batches: each batch's write is queued as the next one computes."""
+        options = self.options
+        for batch in make_batches(pieces, self.max_tokens, options.max_batch_size, self.embedder.special_tokens):
+            # Means computed beside the model, rows converted to the storage dtype there;
+            # windows of a chunked protein bring float32 rows, stitched and averaged
+            # once all of them are in.
+            whole = all(p.unit.windows is None and p.unit.linker is None for p in batch)
+            want = _Want(rows=options.per_residue or not whole, means=options.per_protein and whole,
+                         dtype=options.storage_dtype if whole else "float32")
+            results = embed_with_retry(self.embedder, [p.sequence for p in batch], want=want,
+                                       cpu_fallback=options.cpu_fallback, on_split=self.splits.append)
+            background.submit(self._write_batch, batch, results)
+            step = min(sum(_input_residues(p) for p in batch), to_count)
+            to_count -= step
+            bar.update(step)
+            # proteins computed, a chunked one a share per window (the writer's count
+            # lags, and stood at 0 through a run of one long protein)
+            self.computed += sum(1 / len(p.unit.windows) if p.unit.windows else 1 for p in batch)
+            bar.set_postfix_str(_protein_rate(self.computed, time.perf_counter() - self.start), refresh=False)
+        bar.update(to_count)
+
+    # --- on the writer's thread
+
+    def _write_batch(self, batch, results):
+        writer = self.writer
         writer.ensure_room(sum(a.nbytes for r in results if not isinstance(r, str) for a in r if a is not None))
         for piece, result in zip(batch, results):
-            _deliver(piece, result, writer, pending, summary, causal=causal)
+            _deliver(piece, result, writer, self.pending, self.summary, causal=self.causal)
         writer.flush_due()
 
-    # the proteins an earlier run stored truncated (this run's truncate them again: the same
-    # settings): the file's `truncated` lists them whether or not the earlier run closed it
-    cut_before: set[str] = set()
-    truncating = options.long_policy == "truncate" and max_length is not None
-
-    def note_truncated(proteins):
+    def _note_truncated(self, proteins):
         for prot in proteins:
-            writer.note_truncated(prot.id, len(prot.sequence))
+            self.writer.note_truncated(prot.id, len(prot.sequence))
 
-    # repeated sequences only: the ids of the proteins copied from a --reuse file, whose later
-    # windows' copies (copied from the output) are reused proteins too, not this run's computation
-    reused_ids: set[str] = set()
-
-    def write_copies(units, failures):
+    def _write_copies(self, units, failures):
         for ident, reason in failures.items():
-            writer.record_failure(ident, reason)
+            self.writer.record_failure(ident, reason)
         for unit in units:
-            _deliver_copy(unit, writer, summary, reused=unit.copy_of in reused_ids)
+            _deliver_copy(unit, self.writer, self.summary, reused=unit.copy_of in self.reused_ids)
 
-    def write_reused(units):
+    def _write_reused(self, units):
+        writer = self.writer
         for unit in units:
-            arrays, how = reuse.arrays(unit.reused)
+            arrays, how = self.reuse.arrays(unit.reused)
             writer.ensure_room(sum(a.nbytes for a in arrays.values()), what="the reused proteins")
-            _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), how, reused=True)
+            _write_unit(unit, writer, self.summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), how,
+                        reused=True)
         writer.flush_due()
 
-    start = time.perf_counter()  # rates count the embedding itself, not loading the model
-    bar = console.progress(total=scan.num_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
-                           unit="res", unit_scale=True)
-    computed = 0.0
-    try:
-        with writer, _Background(lambda work, *args: work(*args)) as background:
-            for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
-                                       options.part_of, options.chains):
-                done_here = done.members(window)
-                summary.num_resumed += len(done_here)
-                if truncating and done_here:
-                    earlier = [p for p in window if p.id in done_here and len(p.sequence) > max_length]
-                    cut_before.update(p.id for p in earlier)
-                    background.submit(note_truncated, earlier)
-                failures: dict[str, str] = {}
-                units, duplicates = plan_units(window, options, max_length, done_here, failures.__setitem__, name)
-                summary.num_duplicates += duplicates + mark_copies(units, scan, written)
-                mine = shard_units(units, dist.rank, dist.world_size, pinned)
-                reused = []
-                if reuse is not None:  # (a copy of an earlier window's protein is copied from the output)
-                    fresh = [u for u in mine if not u.copy_of]
-                    for unit, at in zip(fresh, reuse.find([u.sequence for u in fresh])):
-                        if at is not None:
-                            unit.reused = at
-                            reused.append(unit)
-                            if scan.may_repeat(unit.proteins[0].sequence):  # (as mark_copies keys them)
-                                reused_ids.add(unit.proteins[0].id)
-                    if reused:
-                        background.submit(write_reused, reused)
-                # Queued behind the previous windows' batches, so a copy's source is already written.
-                background.submit(write_copies, [u for u in mine if u.copy_of], failures)
-                pieces = []
-                for unit in mine:
-                    if unit.copy_of or unit.reused is not None:
-                        continue
-                    text = unit.model_input
-                    if unit.windows is None:
-                        pieces.append(_Piece(unit, 0, text))
-                    else:
-                        pieces += [_Piece(unit, i, text[s:e]) for i, (s, e) in enumerate(unit.windows)]
-                # The bar counts every residue of the input once: what needs no computation
-                # (done, skipped, invalid) at once, what this rank computes as it goes (each
-                # protein its whole length, truncated or not, and its copies in the window), the
-                # rest (copies of earlier windows, other ranks' shares) when the window ends.
-                to_count = sum(residue_count(p.sequence) for p in window)
-                resumed = sum(residue_count(p.sequence) for p in window if p.id in done_here)
-                settled = sum(residue_count(p.sequence) for p in window if p.id not in done_here and p.id in failures)
-                taken = sum(residue_count(p.sequence) for u in reused for p in u.proteins) + sum(
-                    residue_count(p.sequence) for u in mine if u.copy_of in reused_ids for p in u.proteins)
-                to_count -= resumed + settled + taken
-                console.skip(bar, resumed + taken)  # (not this run's work: out of a log line's rate)
-                bar.update(settled)
-                del window, units
-                for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
-                    # Means computed beside the model, rows converted to the storage dtype there;
-                    # windows of a chunked protein bring float32 rows, stitched and averaged
-                    # once all of them are in.
-                    whole = all(p.unit.windows is None and p.unit.linker is None for p in batch)
-                    want = _Want(rows=options.per_residue or not whole, means=options.per_protein and whole,
-                                 dtype=options.storage_dtype if whole else "float32")
-                    results = embed_with_retry(embedder, [p.sequence for p in batch], want=want,
-                                               cpu_fallback=options.cpu_fallback, on_split=splits.append)
-                    background.submit(write_batch, batch, results)
-                    step = min(sum(_input_residues(p) for p in batch), to_count)
-                    to_count -= step
-                    bar.update(step)
-                    # proteins computed, a chunked one a share per window (the writer's count
-                    # lags, and stood at 0 through a run of one long protein)
-                    computed += sum(1 / len(p.unit.windows) if p.unit.windows else 1 for p in batch)
-                    bar.set_postfix_str(_protein_rate(computed, time.perf_counter() - start), refresh=False)
-                bar.update(to_count)
-    finally:
-        bar.close()
-        if reuse is not None:
-            reuse.close()
-    if splits:
-        console.warn(f"ran out of memory {len(splits)} time(s); those batches were split "
-                     "(a smaller --max-tokens avoids the retries)")
-    summary.failed = dict(writer.failed)
 
-    if dist.world_size > 1:
-        _finish_ranks(summary, output, options, writer_kw, dist, cut_before)
-    summary.seconds = time.perf_counter() - start
-    return summary
+def _pieces(units: list[_Unit]) -> list[_Piece]:
+    """What the model computes of the units: each whole, or each window of a chunked one (none for
+    a copy or a reused unit)."""
+    pieces = []
+    for unit in units:
+        if unit.copy_of or unit.reused is not None:
+            continue
+        text = unit.model_input
+        if unit.windows is None:
+            pieces.append(_Piece(unit, 0, text))
+        else:
+            pieces += [_Piece(unit, i, text[s:e]) for i, (s, e) in enumerate(unit.windows)]
+    return pieces
 
 
 def _protein_rate(proteins: float, seconds: float) -> str:
