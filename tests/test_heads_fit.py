@@ -275,16 +275,21 @@ def test_a_label_record_whose_sequence_differs_from_its_ids_embedding_is_a_misma
     assert json.loads((tmp_path / "h" / "config.json").read_text())["training"]["proteins"] == 149 - 15  # 10% held out
 
 
+def _zero_rows(h5, lengths: dict):
+    """A per-residue embeddings file of zeros, `lengths` rows (4 wide) by id."""
+    with h5py.File(h5, "w") as f:
+        g = f.create_group("per_residue")
+        for ident, length in lengths.items():
+            ds = g.create_dataset(ident, data=np.zeros((length, 4), np.float32))
+            ds.attrs["id"], ds.attrs["length"] = ident, length
+    return h5
+
+
 def test_per_protein_labels_for_a_per_residue_task_are_said_to_be_so(tmp_path, run_cli):
     """An `id,value` table (or id,class) given to `fit residue` or `fit ss3`: every record was a
     length mismatch ("p1 (4 vs 38)"), or its digits "not ss3 classes"; one line now names the file
     and the per-protein task that takes such labels."""
-    h5 = tmp_path / "e.h5"
-    with h5py.File(h5, "w") as f:
-        g = f.create_group("per_residue")
-        for ident, length in (("p1", 38), ("p2", 30), ("p3", 25)):
-            ds = g.create_dataset(ident, data=np.zeros((length, 4), np.float32))
-            ds.attrs["id"], ds.attrs["length"] = ident, length
+    h5 = _zero_rows(tmp_path / "e.h5", {"p1": 38, "p2": 30, "p3": 25})
     values = tmp_path / "tm.csv"
     values.write_text("id,value\np1,63.25\np2,48.5\np3,-1e2\n")
     classes = tmp_path / "loc.csv"
@@ -300,12 +305,7 @@ def test_per_protein_labels_for_a_per_residue_task_are_said_to_be_so(tmp_path, r
 
 
 def test_length_mismatch_by_id(tmp_path, run_cli):
-    h5 = tmp_path / "e.h5"
-    with h5py.File(h5, "w") as f:
-        g = f.create_group("per_residue")
-        for ident, length in (("p1", 5), ("p2", 3), ("p3", 4)):
-            ds = g.create_dataset(ident, data=np.zeros((length, 4), np.float32))
-            ds.attrs["id"], ds.attrs["length"] = ident, length
+    h5 = _zero_rows(tmp_path / "e.h5", {"p1": 5, "p2": 3, "p3": 4})
     flip = tmp_path / "flip.fasta"
     flip.write_text(">p1 SET=train VALIDATION=False\nCCHHE\n>p2 SET=train VALIDATION=False\nCEEC\n"
                     ">p3 SET=train VALIDATION=False\nHHHC\n")
