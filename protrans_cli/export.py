@@ -349,7 +349,9 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
         out_kind = PER_PROTEIN if pooled else source_kind
         # (-o a link of the user's own is written where it leads, as predict's and the shell's `>`:
         # renamed over, the link became a file beside it and its target was never written)
-        with atomic_output(output, follow_link=True) as stream:
+        # (stdout streamed: `export FILE | head` shows its rows at once; a stopped export loses
+        # nothing, its source stays, and the pipeline sees exit 130/143)
+        with atomic_output(output, follow_link=True, stream_stdout=True) as stream:
             if chosen_format == "npz":
                 rows = _write_npz(stream, plan, out_kind, reader, path)
             else:
@@ -612,7 +614,7 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
         # complexes (predict on embed --chains' file: a `chains` attribute on each complex's dataset)
         chains = _probability_chains(f[outputs[0]], order, path)
         rows = 0
-        with atomic_output(output, follow_link=True) as stream:
+        with atomic_output(output, follow_link=True, stream_stdout=True) as stream:
             if fmt == "npz":
                 lengths = np.array([f[outputs[0]][escape_key(i)].shape[0] for i in order], dtype=np.int64)
                 metadata = {"source": os.path.abspath(str(path)), "task": facts.get("task"), "classes": classes}

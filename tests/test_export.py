@@ -72,6 +72,32 @@ def test_per_protein_tsv_gives_back_the_stored_values(tmp_path, run_cli, dtype):
     assert "export: 5 proteins (per-protein, 6 dimensions) into stdout" in done.stderr
 
 
+def test_stdout_is_streamed_not_spooled(tmp_path, run_cli, monkeypatch):
+    """`protrans export FILE | head`: the rows go to stdout as they are written, not into a
+    TMPDIR spool of the whole table first (the other commands' `-o -`, which print nothing when
+    stopped); a stopped export has printed its rows so far, and its source file stays."""
+    import protrans_cli.io.files as files
+    from protrans_cli import export as export_module
+
+    def no_spool():
+        raise AssertionError("export's stdout went through a TMPDIR spool")
+
+    monkeypatch.setattr(files, "_spooled_stdout", no_spool)
+    _write(tmp_path / "e.h5", _proteins())
+    done = run_cli("export", tmp_path / "e.h5")
+    assert done.exit_code == 0, done.stderr
+    assert len(_table(done.stdout, "\t")) == 6
+    real = export_module._write_table
+
+    def stopped(stream, plan, *args):  # Ctrl-C once the header and rows are out
+        real(stream, plan, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "_write_table", stopped)
+    done = run_cli("export", tmp_path / "e.h5")
+    assert done.exit_code == 130 and done.stdout.startswith("id\tdim_0"), (done.exit_code, done.stderr)
+
+
 def test_every_layout_exports_the_same_table(tmp_path, run_cli):
     """grouped, flat and stacked files of one set of proteins: one table."""
     proteins = _proteins()

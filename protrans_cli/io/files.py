@@ -1603,20 +1603,27 @@ def staged_outputs(staged: list | None = None) -> Iterator[list]:
 
 @contextlib.contextmanager
 def atomic_output(path, mode: str = "wb", *, follow_link: bool = False,
-                  staged: list | None = None) -> Iterator[BinaryIO]:
+                  staged: list | None = None, stream_stdout: bool = False) -> Iterator[BinaryIO]:
     """Write `path` atomically (or stdout for `-`/None), compressing by extension.
 
     The data goes to a hidden temporary file in the target's directory and is renamed over
     the target only when the block exits without an exception; on failure the temporary
     file is removed and any existing file of that name is left as it was. For stdout, a
     temporary file in TMPDIR is copied out when the block exits without an exception (a
-    failed or stopped run prints nothing; stdout's output needs its size free in TMPDIR). With `staged` (a
+    failed or stopped run prints nothing; stdout's output needs its size free in TMPDIR), or with
+    `stream_stdout` written to stdout as it goes (export: a conversion of a file that stays, whose
+    `| head` wants its first rows at once, not after a spool of the whole table). With `staged` (a
     list), the file is written out but not renamed: its AtomicFile is appended, for the caller
     to commit with a job's other outputs (under signals_held) or abort.
     """
+    if (path is None or str(path) == "-") and stream_stdout:
+        out = NamedStdout(stdout_binary())
+        yield out
+        out.flush()
+        return
     if path is None or str(path) == "-":
         # (a temporary file in TMPDIR, copied out once the block ends without an exception: a Ctrl-C
-        # or SIGTERM while export, labels, knn or variants wrote their table gave a pipeline its
+        # or SIGTERM while labels, knn or variants wrote their table gave a pipeline its
         # first 64 KB, a record cut in the middle, then exit 130)
         with _spooled_stdout() as out:
             yield out
