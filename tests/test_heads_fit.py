@@ -5378,6 +5378,35 @@ def test_folds_take_in_the_label_files_validation_records(ss_data, tmp_path):
     assert "valid" not in result.metrics
 
 
+def test_folds_only_embedded_skip_the_label_files_own_test_set_where_none_of_it_is_embedded(run_cli, ss_data,
+                                                                                              tmp_path):
+    """--folds --only-embedded on a FLIP file whose SET=test records were not embedded stopped with
+    "no label record matched" (the user asked for cross-validation of what is embedded): the
+    implicit test set is left out with a warning counting its records, and the cv scores stand.
+    A --test that matches nothing is still an error, as is the same run without --only-embedded."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    flip = _flip_with_splits(ss_data, tmp_path)
+    records = ss_data.joinpath("train.fa").read_text().split(">")[1:]
+    part = tmp_path / "part.fa"
+    part.write_text("".join(">" + r for i, r in enumerate(records) if i % 7 != 6))  # (no SET=test record)
+    embed(part, tmp_path / "part.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    args = ["fit", "ss3", "--embeddings", tmp_path / "part.h5", "--labels", flip, "--folds", "3", "--max-epochs", "1",
+            *FAST, "--bootstrap", "10", "--no-plots"]
+    r = run_cli(*args, "--only-embedded", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert (f"protrans: warning: {flip}: none of its 10 test records has an embedding in {tmp_path / 'part.h5'}: no "
+            "test set is scored (--only-embedded; --test EMBEDDINGS LABELS gives one)") in r.stderr
+    assert "left out of training (--test gives the test sets)" not in r.stderr
+    summary = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert list(summary) == ["cv"] and summary["cv"]["ss3"]["n_proteins"] == 60
+    r = run_cli(*args, "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "10 without an embedding" in r.stderr and not (tmp_path / "h2").exists()
+    r = run_cli(*args, "--only-embedded", "--test", tmp_path / "part.h5", flip, "-o", tmp_path / "h3")
+    assert r.exit_code == 1 and "no label record matched an embedding" in r.stderr, r.stderr
+    assert not (tmp_path / "h3").exists()
+
+
 def test_an_interrupted_cross_validation_resumes_to_the_same_head(loc_data, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 

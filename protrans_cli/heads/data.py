@@ -499,8 +499,13 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
             raise InputError(f"none of its {len(report.no_label)} label record(s) gives a usable label (empty or "
                              "nan, every residue masked, or a dual location under --dual skip): nothing to train on "
                              "or score", path=label_set.path)
-        raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
+        raise NothingMatched("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
+
+
+class NothingMatched(InputError):
+    """No label record of a set matched an embedding (match_labels): fit leaves out the label
+    file's own test records so under --only-embedded, where none of them was embedded."""
 
 
 def _refuse_protein_labels(label_set: LabelSet, reader, source: str, keys, named: dict, task_name: str) -> None:

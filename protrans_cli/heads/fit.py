@@ -37,9 +37,9 @@ from protrans_cli.errors import (TORCH_SEEDS, InputError, ModelError, RuntimeFai
                                  expect_path, first_line, force_option, given, located, one_of, option, plain_numbers,
                                  resume_option, same_settings_with_resume, seed_in_range, torch_load_problem,
                                  whole_number)
-from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ChainRows, ProteinData, TrainingSet, embed_layer,
-                                     joined_chains, load_data, report_unlabelled, stored_layer_index, subset,
-                                     warn_unfinished, whole_items)
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ChainRows, NothingMatched, ProteinData, TrainingSet,
+                                     embed_layer, joined_chains, load_data, report_unlabelled, stored_layer_index,
+                                     subset, warn_unfinished, whole_items)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, name_of_test_set,
                                       read_labels, unmasked_flip_warning)
 from protrans_cli.heads.metrics import (confusion_matrix, dumps as metrics_json, evaluate, evaluate_values, mcc,
@@ -474,9 +474,10 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     if valid_data is not None:  # (--folds: scored out of fold once the members are trained, as "cv")
         eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
-        test_data, test_report = _load_split(config, embeddings, train_labels, TEST, task)
-        same_file_reports.append(test_report)
-        eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
+        if loaded := _load_own_test(config, embeddings, train_labels, task):
+            test_data, test_report = loaded
+            same_file_reports.append(test_report)
+            eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
     elif TEST in declared:
         console.info(f"{labels}: its SET=test records are left out of training (--test gives the test sets)")
     for emb, lab in tests:
@@ -1302,7 +1303,26 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
         option = "--valid" if split == VALID else "--test"
         exc.message += (f" (the {split} records of {label_set.path}, used as the {split} set since no {option} "
                         f"is given; {option} EMBEDDINGS LABELS names another)")
-        raise InputError(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
+        # (NothingMatched kept: _load_own_test tells it from the other problems)
+        kind = NothingMatched if isinstance(exc, NothingMatched) else InputError
+        raise kind(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
+
+
+def _load_own_test(config: FitConfig, embeddings, label_set: LabelSet, task: Task):
+    """The data of the training label file's own test records (_load_split), or None where
+    --only-embedded is given and none of them was embedded: the user asked for what is embedded
+    and no test set, so the fit goes on without one and a warning counts the records left out
+    (it stopped with "no label record matched", after the cross-validation's user had embedded
+    only the training proteins). A --test set matching nothing stays an error."""
+    try:
+        return _load_split(config, embeddings, label_set, TEST, task)
+    except NothingMatched:
+        if config.on_mismatch != "missing":
+            raise
+    n = len(_only(label_set, {TEST}).records)
+    console.warn(f"{label_set.path}: none of its {console.counted(n, 'test record')} has an embedding in "
+                 f"{embeddings}: no test set is scored (--only-embedded; --test EMBEDDINGS LABELS gives one)")
+    return None
 
 
 def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task, *, evaluating: bool = False):
