@@ -124,16 +124,21 @@ def check_bounds(method: str, *, perplexity: float | None = None, neighbors: int
     if method == "umap" and neighbors is not None:
         at_least(neighbors, 2, "--neighbors", keyword="neighbors")
         if n is not None and not neighbors < n:
-            raise UsageError(f"{option('--neighbors', 'neighbors')} must be at most the number of proteins less one "
-                             f"({n - 1}), got {neighbors}")
+            # ("must be at most the number of proteins less one (9)" left the reader to work it out)
+            raise UsageError(f"{given('--neighbors', 'neighbors', neighbors)} is too many for {n} proteins (each has "
+                             f"{n - 1} others): give {n - 1} or fewer, or leave it out ({min(15, n - 1)} is then "
+                             "chosen)")
     if method == "umap" and not 0 <= min_dist <= 1:
         raise UsageError(f"{option('--min-dist', 'min_dist')} must be between 0 and 1, got {min_dist:g}")
     if method == "tsne" and perplexity is not None:
         if n is None and not perplexity > 0:
             raise UsageError(f"{option('--perplexity', 'perplexity')} must be positive, got {perplexity:g}")
-        if n is not None and not 0 < perplexity < n:
-            raise UsageError(f"{option('--perplexity', 'perplexity')} must be between 0 and the number of proteins "
-                             f"({n}), got {perplexity:g}; at most {(n - 1) / 3:.3g} is usual")
+        if n is not None and not perplexity > 0:  # (a library call: not checked before the proteins were read)
+            raise UsageError(f"{option('--perplexity', 'perplexity')} must be positive, got {perplexity:g}")
+        if n is not None and not perplexity < n:
+            raise UsageError(f"{option(f'--perplexity {perplexity:g}', f'perplexity={perplexity!r}')} is too large for {n} proteins: give "
+                             f"one below {n} ({(n - 1) / 3:.3g} or less is usual), or leave it out "
+                             f"({min(30.0, (n - 1) / 3):.3g} is then chosen)")
 
 
 def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: str = "euclidean", seed: int = 0,
@@ -153,8 +158,10 @@ def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: s
         raise InputError(f"vectors of shape {vectors.shape}: expected (proteins, dimensions)")
     n, width = vectors.shape
     least = 2 if method == "pca" else 4
-    if n < least:
-        raise InputError(f"{n} protein(s): {NAMES[method]} places {least} at least")
+    if n < least:  # ("3 protein(s): t-SNE places 4 at least")
+        instead = "" if method == "pca" else f", or {given('--method', 'method', 'pca')}, which places 2 or more"
+        raise InputError(f"{console.counted(n, 'protein')} {'is' if n == 1 else 'are'} too few for "
+                         f"{NAMES[method]}, which places {least} or more: give more proteins{instead}")
     if width < dims:
         raise InputError(f"vectors of {width} dimension(s) cannot be mapped into {dims}")
     for part in _slices(n):  # (a notebook's array: PCA's eigh failed to converge, t-SNE and UMAP refused it)
@@ -237,8 +244,10 @@ def _tsne(vectors, dims: int, metric: str, seed: int, perplexity: float | None, 
     most = (n - 1) / 3  # (sklearn refuses a perplexity >= N; 3 perplexities of neighbours are what it reads)
     if perplexity is None:  # (one given was checked against n: check_bounds)
         perplexity = min(30.0, most)
-        if perplexity < 30.0:
-            console.info(f"t-SNE: perplexity {perplexity:.3g} for {n} proteins (30 needs 91 at least)")
+        if perplexity < 30.0:  # ("perplexity 3 for 10 proteins (30 needs 91 at least)")
+            console.info(f"t-SNE: {n} proteins are too few for the default perplexity 30 (it takes 91 or more): "
+                         f"perplexity {perplexity:.3g} is used ({option('--perplexity', 'perplexity')} sets another, "
+                         f"below {n})")
     model = TSNE(n_components=dims, perplexity=float(perplexity), metric=metric, init="pca",
                  learning_rate="auto", random_state=seed, n_jobs=threads)
     data = np.asarray(vectors, dtype=np.float32)
@@ -254,7 +263,8 @@ def _umap(vectors, dims: int, metric: str, seed: int, neighbors: int | None, min
     if neighbors is None:  # (one given was checked against n, and min_dist: check_bounds)
         neighbors = min(15, n - 1)
         if neighbors < 15:
-            console.info(f"UMAP: {neighbors} neighbours for {n} proteins")
+            console.info(f"UMAP: {n} proteins are too few for the default 15 neighbours (it takes 16 or more): "
+                         f"{neighbors} are used ({option('--neighbors', 'neighbors')} sets another, 2 to {n - 1})")
     with warnings.catch_warnings():
         # What umap-learn's run says to a developer, not to our user, and only that: that a seed
         # makes it run on one thread; scikit-learn >= 1.6's FutureWarning at umap-learn 0.5.7's
@@ -607,8 +617,13 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     chosen = colour_by or next((c for c in columns), SOURCE if several else None)
     console.info(f"placing {console.counted(len(ids), 'protein')} ({vectors.shape[1]} dimensions) by "
                  f"{NAMES[method]} ({metric})")
-    coords, explained = reduce(vectors, method=method, dims=dims, metric=metric, seed=seed, perplexity=perplexity,
-                               neighbors=neighbors, min_dist=min_dist, threads=threads)
+    try:
+        coords, explained = reduce(vectors, method=method, dims=dims, metric=metric, seed=seed,
+                                   perplexity=perplexity, neighbors=neighbors, min_dist=min_dist, threads=threads)
+    except InputError as exc:  # (too few proteins to place: the file they came from named, where one is)
+        if exc.path is None and len(inputs) == 1:
+            exc.path = str(inputs[0])
+        raise
     result = Projection(ids, sources, coords, method, metric, label_rows, explained, None, chosen)
     if measure:
         # (the label agreement of classes: not of numbers on a colour scale)
@@ -642,10 +657,14 @@ def _summary(result: Projection, output) -> list[str]:
         made += "; axes explain " + ", ".join(f"{100 * e:.1f}%" for e in result.explained) + " of the variance"
     lines = [made]
     quality = []
-    if result.kept is not None and not math.isnan(result.kept):
-        k = min(KEPT_NEIGHBOURS, len(result.ids) - 1)
-        quality.append(f"{k} nearest neighbours kept on the map: {result.kept:.2f} "
-                       f"(random: {k / max(1, len(result.ids) - 1):.2g})")
+    n = len(result.ids)
+    if result.kept is not None and not math.isnan(result.kept) and n - 1 <= KEPT_NEIGHBOURS:
+        # ("9 nearest neighbours kept on the map: 1.00 (random: 1)": any map keeps them all)
+        quality.append(f"neighbours kept not measured: {n} proteins are too few (any map keeps each one's "
+                       f"{n - 1} others as its nearest; {KEPT_NEIGHBOURS + 2} or more give a figure)")
+    elif result.kept is not None and not math.isnan(result.kept):
+        quality.append(f"{KEPT_NEIGHBOURS} nearest neighbours kept on the map: {result.kept:.2f} "
+                       f"(a random map keeps {KEPT_NEIGHBOURS / (n - 1):.2g})")
     if result.agreement is not None:
         space, on_map, counted = result.agreement
         quality.append(f"the nearest labelled protein has the same {result.colour_by}: {space:.2f} in embedding "

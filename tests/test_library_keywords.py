@@ -160,9 +160,9 @@ def _call(name, **kw):
     (_project(sample=3), "sample must be at least 4, got 3"),
     (_project(seed=-1), "seed must be at least 0, got -1"),
     (_bounds(neighbors=1), "neighbors must be at least 2, got 1"),
-    (_bounds(neighbors=5, n=5), "neighbors must be at most the number of proteins less one (4), got 5"),
+    (_bounds(neighbors=5, n=5), "neighbors=5 is too many for 5 proteins (each has 4 others): give 4 or fewer"),
     (_bounds(min_dist=2), "min_dist must be between 0 and 1, got 2"),
-    (_call("reduce", method="tsne", perplexity=10), "perplexity must be between 0 and the number of proteins (5)"),
+    (_call("reduce", method="tsne", perplexity=10), "perplexity=10 is too large for 5 proteins: give one below 5"),
     (_project(threads=0), "threads must be at least 1, got 0"),  # (t-SNE: a ValueError from scikit-learn)
     (_call("reduce", method="tsne", threads=0), "threads must be at least 1, got 0"),
     (_call("export", digits=0), "digits must be between 1 and 17, got 0"),

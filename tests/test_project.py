@@ -230,7 +230,7 @@ def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_c
     np.testing.assert_allclose([[float(row["x"]), float(row["y"])] for row in rows], coords, rtol=1e-5, atol=1e-5)
     assert "1 of the 45 proteins mapped have no label" in r.stderr
     assert f"axes explain {100 * explained[0]:.1f}%, {100 * explained[1]:.1f}%" in r.stderr
-    assert "10 nearest neighbours kept on the map" in r.stderr
+    assert "10 nearest neighbours kept on the map" in r.stderr and "(a random map keeps 0.23)" in r.stderr
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = _Page()
     page.feed((tmp_path / "map.html").read_text())
@@ -541,12 +541,14 @@ def test_tsne_separates_clusters_and_repeats_itself(tmp_path, run_cli):
     runs = [run_cli("project", tmp_path / "e.h5", "--method", "tsne", "--seed", "3", "-j", "1") for _ in range(2)]
     assert all(r.exit_code == 0 for r in runs), runs[0].stderr
     assert runs[0].stdout == runs[1].stdout
-    assert "t-SNE: perplexity 14.7 for 45 proteins" in runs[0].stderr
+    assert ("t-SNE: 45 proteins are too few for the default perplexity 30 (it takes 91 or more): perplexity 14.7 "
+            "is used (--perplexity sets another, below 45)") in runs[0].stderr
     _, rows = _table(runs[0].stdout)
     coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
     assert _separated(coords, cluster) == 1.0
     r = run_cli("project", tmp_path / "e.h5", "--method", "tsne", "--perplexity", "45")
-    assert r.exit_code == 2 and "--perplexity must be between 0 and the number of proteins (45), got 45" in r.stderr
+    assert r.exit_code == 2 and ("--perplexity 45 is too large for 45 proteins: give one below 45 (14.7 or less is "
+                                 "usual), or leave it out (14.7 is then chosen)") in r.stderr
 
 
 @pytest.mark.slow
@@ -783,8 +785,47 @@ def test_bounds_that_need_no_data_are_said_before_any_file_is_read(tmp_path, run
     _write(tmp_path / "a.h5", x, [f"r{i}" for i in range(len(x))])
     if HAS_SKLEARN:  # (the bound that needs the proteins: said once they are counted)
         r = run_cli("project", tmp_path / "a.h5", "--method", "tsne", "--perplexity", "50", "-o", tmp_path / "m.tsv")
-        assert r.exit_code == 2 and "--perplexity must be between 0 and the number of proteins (12), got 50" in r.stderr
+        assert r.exit_code == 2 and "--perplexity 50 is too large for 12 proteins: give one below 12" in r.stderr
     assert not (tmp_path / "m.tsv").exists()
+
+
+def test_tiny_inputs_say_what_is_too_few_and_what_to_give(run_cli, tmp_path):
+    """On 10 proteins the map's messages read oddly: "9 nearest neighbours kept on the map: 1.00
+    (random: 1)" (any map keeps them all), "t-SNE: perplexity 3 for 10 proteins (30 needs 91 at
+    least)", "3 protein(s): t-SNE places 4 at least". Each now says what is too few and what to give."""
+    x, _ = _clusters(n_per=4)
+    _write(tmp_path / "ten.h5", x[:10], [f"p{i}" for i in range(10)])
+    r = run_cli("project", tmp_path / "ten.h5", "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert ("map quality: neighbours kept not measured: 10 proteins are too few (any map keeps each one's 9 others "
+            "as its nearest; 12 or more give a figure)\n") in r.stderr
+    assert "random" not in r.stderr and "kept on the map" not in r.stderr
+    r = run_cli("project", tmp_path / "ten.h5", "--method", "pca", "-o", "-", "--sample", "4")
+    assert r.exit_code == 0 and "3 others" in r.stderr, r.stderr
+    _write(tmp_path / "twelve.h5", x, [f"p{i}" for i in range(12)])  # (12: a figure, against a random map's)
+    r = run_cli("project", tmp_path / "twelve.h5", "-o", tmp_path / "m12.tsv")
+    assert r.exit_code == 0 and "10 nearest neighbours kept on the map: " in r.stderr
+    assert "(a random map keeps 0.91)" in r.stderr
+    _write(tmp_path / "three.h5", x[:3], ["a", "b", "c"])
+    if HAS_SKLEARN:
+        r = run_cli("project", tmp_path / "ten.h5", "--method", "tsne", "-j", "1", "-o", tmp_path / "t.tsv")
+        assert r.exit_code == 0, r.stderr
+        assert ("t-SNE: 10 proteins are too few for the default perplexity 30 (it takes 91 or more): perplexity 3 "
+                "is used (--perplexity sets another, below 10)\n") in r.stderr
+        r = run_cli("project", tmp_path / "ten.h5", "--method", "tsne", "--perplexity", "20", "-o", tmp_path / "u.tsv")
+        assert r.exit_code == 2 and r.stderr.endswith(
+            "protrans: error: --perplexity 20 is too large for 10 proteins: give one below 10 (3 or less is usual), "
+            "or leave it out (3 is then chosen)\n"), r.stderr
+        r = run_cli("project", tmp_path / "three.h5", "--method", "tsne", "-o", tmp_path / "v.tsv")
+        assert r.exit_code == 1 and r.stderr.endswith(
+            f"protrans: error: {tmp_path / 'three.h5'}: 3 proteins are too few for t-SNE, which places 4 or more: "
+            "give more proteins, or --method pca, which places 2 or more\n"), r.stderr
+        assert not (tmp_path / "u.tsv").exists() and not (tmp_path / "v.tsv").exists()
+    if HAS_UMAP:
+        r = run_cli("project", tmp_path / "ten.h5", "--method", "umap", "--neighbors", "10", "-o", tmp_path / "w.tsv")
+        assert r.exit_code == 2 and r.stderr.endswith(
+            "protrans: error: --neighbors 10 is too many for 10 proteins (each has 9 others): give 9 or fewer, or "
+            "leave it out (9 is then chosen)\n"), r.stderr
 
 
 def test_library_call_and_few_proteins(tmp_path):
@@ -795,7 +836,7 @@ def test_library_call_and_few_proteins(tmp_path):
     result = project(tmp_path / "e.h5", None, measure=True)
     assert result.coords.shape == (18, 2) and result.ids[0] == "e0" and result.explained.sum() <= 1.0
     assert 0.0 <= result.kept <= 1.0 and result.axis_names()[0].startswith("PC1 (")
-    with pytest.raises(InputError, match="1 protein\\(s\\): PCA places 2 at least"):
+    with pytest.raises(InputError, match="^1 protein is too few for PCA, which places 2 or more: give more proteins$"):
         reduce(x[:1])
     with pytest.raises(UsageError, match="^dims must be 2 or 3, got 4$"):
         reduce(x, dims=4)
