@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from conftest import DATA
+from protrans_cli.errors import InputError
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 from protrans_cli.training.card import MARK
 from protrans_cli.training.config import TrainConfig
@@ -179,3 +180,73 @@ def test_a_card_that_cannot_be_made_is_warned_and_the_models_are_saved_without_i
     assert "no model card (README.md) for step 3: 'no such figure'" in err
     assert "no model card (README.md) for step 6: 'no such figure'" in err
     assert card.made_card(lambda: "# card\n", "x") == "# card\n"
+
+
+def test_the_card_line_of_a_runs_processes_says_each_stretch_of_steps():
+    from protrans_cli.training.card import process_lines
+
+    def inv(first, world_size, strategy="none", precision="bf16"):
+        return {"first_step": first, "world_size": world_size, "strategy": strategy, "precision": precision}
+
+    # none recorded (a caller's card, or an older version's): the current invocation's, as before
+    assert process_lines(None, 20, "bf16", 2, "ddp") == ["- Precision: bf16; 2 processes, strategy ddp"]
+    assert process_lines([], 20, "fp32") == ["- Precision: fp32; 1 process"]
+    # never changed, resumed or not: one line, the recorded setting's (not the arguments')
+    assert process_lines([inv(1, 1), inv(11, 1)], 20, "bf16", 2, "ddp") == ["- Precision: bf16; 1 process"]
+    assert process_lines([inv(1, 4, "fsdp")], 20, "bf16") == ["- Precision: bf16; 4 processes, strategy fsdp"]
+    # an older checkpoint resumed: only this invocation is known, and the line reads as it did
+    assert process_lines([inv(11, 1)], 20, "bf16") == ["- Precision: bf16; 1 process"]
+    # changed: each stretch, invocations in a row with the same setting merged
+    history = [inv(1, 2, "ddp"), inv(6, 2, "ddp"), inv(11, 1), inv(21, 2, "fsdp")]
+    assert process_lines(history, 20, "bf16") == ["- Precision: bf16",
+                                                  "- Processes: 2 (ddp) for steps 1-10, 1 for steps 11-20"]
+    assert process_lines(history, 21, "bf16")[1] == ("- Processes: 2 (ddp) for steps 1-10, 1 for steps 11-20, "
+                                                     "2 (fsdp) for step 21")
+    # (a checkpoint's card at step 8: the later invocations are not its history)
+    assert process_lines(history, 8, "bf16") == ["- Precision: bf16; 2 processes, strategy ddp"]
+    # the steps before the first recorded invocation are said to be unknown, not guessed
+    assert process_lines([inv(11, 1), inv(21, 2, "ddp")], 30, "bf16")[1] == (
+        "- Processes: 1 for steps 11-20, 2 (ddp) for steps 21-30 (steps 1-10: not recorded)")
+    # a precision that differed is said by stretch
+    assert process_lines([inv(1, 1, precision="fp16"), inv(5, 1)], 9, "bf16") == [
+        "- Precision: fp16 for steps 1-4, bf16 for steps 5-9", "- Processes: 1 for steps 1-4, 1 for steps 5-9"]
+
+
+def _edit_state(ckpt_dir, edit):
+    """The checkpoint's training_state.pt changed by `edit` (its SHA256SUMS rewritten to match)."""
+    from protrans_cli.training.checkpoint import _write_sums
+
+    path = ckpt_dir / "training_state.pt"
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    _write_sums(ckpt_dir)
+
+
+def test_the_card_says_the_process_history_a_resumed_runs_checkpoints_carry(tmp_path):
+    ckpts = tmp_path / "run_bert" / "checkpoints"
+    one = {"world_size": 1, "strategy": "none", "precision": "fp32"}
+
+    def state(step):
+        return torch.load(ckpts / f"step_{step:08d}" / "training_state.pt", weights_only=True)
+
+    train(_config(tmp_path, "bert", val_corpus=[], stop_after=2))
+    assert state(2)["processes"] == [{"first_step": 1, **one}]
+    # a checkpoint of a version that did not record them: this invocation alone, the line as it was
+    _edit_state(ckpts / "step_00000002", lambda s: s.pop("processes"))
+    train(_config(tmp_path, "bert", val_corpus=[], stop_after=4), resume=True)
+    assert state(4)["processes"] == [{"first_step": 3, **one}]
+    assert "- Precision: fp32; 1 process\n" in (ckpts / "step_00000004" / "README.md").read_text()
+    # steps 1-4 on two ranks under DDP (as torchrun records them), resumed by one process
+    _edit_state(ckpts / "step_00000004", lambda s: s.update(
+        processes=[{"first_step": 1, **one, "world_size": 2, "strategy": "ddp"},
+                   {"first_step": 3, **one, "world_size": 2, "strategy": "ddp"}]))
+    result = train(_config(tmp_path, "bert", val_corpus=[]), resume=True)
+    assert result.completed
+    assert [p["first_step"] for p in state(6)["processes"]] == [1, 3, 5]
+    for text in ((result.run_dir / "README.md").read_text(), (ckpts / "step_00000006" / "README.md").read_text()):
+        assert "- Precision: fp32\n- Processes: 2 (ddp) for steps 1-4, 1 for steps 5-6\n" in text
+    # a damaged record is refused on --resume, naming it
+    _edit_state(ckpts / "step_00000006", lambda s: s.update(processes=[{"first_step": 0}]))
+    with pytest.raises(InputError, match=r"training_state\.pt.*processes\[0\] is \{'first_step': 0\}"):
+        train(_config(tmp_path, "bert", val_corpus=[], num_steps=8), resume=True)

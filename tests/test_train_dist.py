@@ -197,6 +197,11 @@ def test_a_one_process_checkpoint_resumed_by_two_gives_rank_1_its_own_random_str
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     assert "step_00000002 was written by 1 process(es), resumed by 2" in proc.stderr
+    # the checkpoint's card says the run's process history, not only this invocation's
+    card = (out / "checkpoints" / "step_00000003" / "README.md").read_text()
+    assert "- Processes: 1 for steps 1-2, 2 (ddp) for step 3\n" in card
+    assert [(p["first_step"], p["world_size"], p["strategy"]) for p in state["processes"]] == [(1, 1, "none"),
+                                                                                               (3, 2, "ddp")]
 
 
 @pytest.mark.slow

@@ -206,7 +206,9 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
     automatic settings meant (train_config.json's "resolved"); `tokens`: the real tokens trained
     up to `step` (the run's count; None: the sum of metrics.jsonl's lines up to it, which
     leaves out the steps after the last line); `history`: the run's `nonfinite_steps` (the steps
-    --skip-nonfinite skipped) and `skipped_data` (--skip-data's passes), as its checkpoints keep them."""
+    --skip-nonfinite skipped), `skipped_data` (--skip-data's passes) and `processes` (each
+    invocation's first step, world size, strategy and precision), as its checkpoints keep them;
+    without `processes`, `world_size` and `strategy` are the run's throughout."""
     import transformers
 
     from protrans_cli import __version__
@@ -281,9 +283,8 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
     out.append(f"- Learning rate: {config.lr:g} peak"
                + (f", {_count(warmup)} warmup step{'s' if warmup != 1 else ''}" if warmup else "")
                + f", {schedule}")
-    precision = resolved.get("precision", config.precision)
-    out.append(f"- Precision: {precision}; {world_size} process{'es' if world_size != 1 else ''}"
-               + (f", strategy {strategy}" if strategy and world_size > 1 else ""))
+    out += process_lines((history or {}).get("processes"), step, resolved.get("precision", config.precision),
+                         world_size, strategy)
     out.append(f"- Seed: {config.seed}")
     out.append(f"- Software: protrans {__version__}, transformers {transformers.__version__}")
 
@@ -306,6 +307,61 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
         out += ["", "This model loads through protrans (`protrans_cli.models.load_model`), which holds its "
                     "model code or its input convention."]
     return "\n".join(front + out) + "\n"
+
+
+def _process_segments(processes, step: int) -> list[dict]:
+    """The steps up to `step` each process setting trained, in order: {"first", "last",
+    "world_size", "strategy", "precision"}, invocations in a row with the same setting merged (a
+    run resumed by as many processes as before is one stretch); an invocation that trained no
+    step up to `step` is left out. Entries that are not an invocation's record are ignored."""
+    def usable(e):
+        return (isinstance(e, dict) and isinstance(e.get("first_step"), int) and 1 <= e["first_step"] <= step
+                and isinstance(e.get("world_size"), int) and e["world_size"] >= 1)
+
+    entries = sorted((e for e in processes or [] if usable(e)), key=lambda e: e["first_step"])
+    segments: list[dict] = []
+    for e in entries:
+        strategy = e.get("strategy") if e["world_size"] > 1 and isinstance(e.get("strategy"), str) else None
+        precision = e.get("precision") if isinstance(e.get("precision"), str) else None
+        key = (e["world_size"], strategy, precision)
+        if segments and (segments[-1]["world_size"], segments[-1]["strategy"], segments[-1]["precision"]) == key:
+            continue  # (the same setting resumed: one stretch)
+        if segments:
+            segments[-1]["last"] = e["first_step"] - 1
+        segments.append({"first": e["first_step"], "last": step, "world_size": e["world_size"],
+                         "strategy": strategy, "precision": precision})
+    return segments
+
+
+def _steps(first: int, last: int) -> str:
+    return f"step {_count(first)}" if first == last else f"steps {_count(first)}-{_count(last)}"
+
+
+def process_lines(processes, step: int, precision: str, world_size: int = 1, strategy: str | None = None) -> list:
+    """The card's precision and process lines for the model at `step`. `processes`: the run's
+    invocations as its checkpoints record them (training loop's history["processes"]: each one's
+    first step, world size, strategy and precision); where they all trained alike (or none is
+    recorded: `world_size` and `strategy`, the current invocation's), one line as
+    "- Precision: bf16; 2 processes, strategy ddp"; else the precision line and
+    "- Processes: 2 (ddp) for steps 1-10, 1 for steps 11-20"."""
+    segments = _process_segments(processes, step)
+    if len(segments) <= 1:
+        if segments:
+            world_size, strategy = segments[0]["world_size"], segments[0]["strategy"]
+            precision = segments[0]["precision"] or precision
+        return [f"- Precision: {precision}; {world_size} process{'es' if world_size != 1 else ''}"
+                + (f", strategy {strategy}" if strategy and world_size > 1 else "")]
+    precisions = {s["precision"] or precision for s in segments}
+    if len(precisions) == 1:
+        lines = [f"- Precision: {precisions.pop()}"]
+    else:
+        lines = ["- Precision: " + ", ".join(f"{s['precision'] or precision} for {_steps(s['first'], s['last'])}"
+                                             for s in segments)]
+    said = ", ".join(f"{s['world_size']}" + (f" ({s['strategy']})" if s["strategy"] else "")
+                     + f" for {_steps(s['first'], s['last'])}" for s in segments)
+    if segments[0]["first"] > 1:  # (resumed from a checkpoint of a version that did not record them)
+        said += f" ({_steps(1, segments[0]['first'] - 1)}: not recorded)"
+    return lines + [f"- Processes: {said}"]
 
 
 def _skipped(history: dict) -> str:

@@ -8,7 +8,9 @@ save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embe
                                  only where the HF directory's model.safetensors does not
                                  already hold every one of them (ELECTRA's generator lives
                                  elsewhere): a ProtBert-sized checkpoint held its 1.7 GB twice
-  training_state.pt              step, optimizer, scheduler, data position, RNG states
+  training_state.pt              step, optimizer, scheduler, data position, RNG states, each
+                                 invocation's processes (first step, world size, strategy,
+                                 precision: the card's history)
                                  (read back with torch.load(weights_only=True))
   train_config.json              the config of the run (as given, and what its automatic settings meant)
                                  (with --keep-best, training_state.pt also holds the best so far)
@@ -478,6 +480,16 @@ def _state_entries_problem(directory, state: dict, num_phases: int | None) -> st
                 return f"corpus[{i}] is {entry!r:.40}, not a file's size and ends_sha256"
     if "world_size" in state and not (is_count(state["world_size"]) and state["world_size"] >= 1):
         return f"world_size is {state['world_size']!r:.40}, not a number of processes"
+    processes = state.get("processes")  # (each invocation's, for the card; none in earlier versions' states)
+    if processes is not None:
+        if not isinstance(processes, list):
+            return f"processes is {processes!r:.40}, not a list of invocations"
+        for i, entry in enumerate(processes):
+            if not (isinstance(entry, dict) and is_count(entry.get("first_step")) and entry["first_step"] >= 1
+                    and is_count(entry.get("world_size")) and entry["world_size"] >= 1
+                    and isinstance(entry.get("strategy"), str) and isinstance(entry.get("precision"), str)):
+                return (f"processes[{i}] is {entry!r:.60}, not an invocation's first_step, world_size, strategy "
+                        "and precision")
     log = state.get("log")  # (the metrics interval under way; read only where it is not empty)
     if log:
         if not isinstance(log, dict):

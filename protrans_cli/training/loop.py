@@ -1108,7 +1108,8 @@ class _LoopState:
 
     result: TrainResult
     # --skip-nonfinite: the steps skipped so far for a gradient that was not finite (the whole
-    # run's: a checkpoint keeps the count), and --skip-data's passes over the data so far
+    # run's: a checkpoint keeps the count), --skip-data's passes over the data so far, and the
+    # "processes" of each invocation (first step, world size, strategy, precision) for the card
     history: dict
     metrics_path: Path
     bar: object                   # the progress bar (rank 0's; None on the others)
@@ -1210,6 +1211,11 @@ def _start_steps(run: _Run, state, step: int, total_steps: int, metrics_path: Pa
     result = TrainResult(run.run_dir, step, False)
     history = {"nonfinite_steps": int(state.get("nonfinite_steps", 0)) if state is not None else 0,
                "skipped_data": list(state.get("skipped_data", [])) if state is not None else []}
+    # each invocation's process setting, this one's added (a checkpoint of a version that did not
+    # record them: this invocation's alone, its card's line as it was)
+    history["processes"] = list(state.get("processes", [])) if state is not None else []
+    history["processes"].append({"first_step": step + 1, "world_size": info.world_size, "strategy": run.strategy,
+                                 "precision": run.config.precision})
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     logged_tokens = _tokens_logged_before(state, metrics_path) if info.is_main else 0
     loop = _LoopState(result=result, history=history, metrics_path=metrics_path, bar=bar, board=board,
@@ -1943,7 +1949,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
             state["loss_scale"] = run.loss_scale.state_dict()
         if best is not None:
             state["best"] = best
-        # --skip-nonfinite's count and --skip-data's passes (where there are any)
+        # --skip-nonfinite's count, --skip-data's passes (where there are any), the invocations' processes
         state.update({key: value for key, value in (history or {}).items() if value})
         as_given, resolved = run.save_config()
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
