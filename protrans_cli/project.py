@@ -561,8 +561,8 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     check_seed(seed)
     # (the bounds that need no data, before it is read: they were said once every file was read)
     check_bounds(method, perplexity=perplexity, neighbors=neighbors, min_dist=min_dist)
-    if sample is not None:
-        at_least(sample, 4, "--sample", keyword="sample")  # (t-SNE and UMAP place 4 proteins at least)
+    if sample is not None:  # (as many as the method places: PCA 2, t-SNE and UMAP 4)
+        at_least(sample, 2 if method == "pca" else 4, "--sample", keyword="sample")
     if html_path is not None and dims != 2:
         page = option("--html", "html_path")
         raise UsageError(f"{page} draws 2 dimensions: leave out {given('--dims', 'dims', dims)} (or {page})")

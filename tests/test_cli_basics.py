@@ -893,7 +893,7 @@ def test_a_negative_seed_is_worded_one_way_by_every_command(run_cli, tmp_path, m
      "--truncation_seq_length must be at least 1, got 0"),
     (["import-esm", "out", "-o", "x.h5", "--truncation-seq-length", "0"],
      "--truncation-seq-length must be at least 1, got 0"),
-    (["project", "e.h5", "--sample", "-1"], "--sample must be at least 4, got -1"),
+    (["project", "e.h5", "--sample", "-1"], "--sample must be at least 2, got -1"),
     (["project", "e.h5", "--dims", "4"], "--dims must be 2 or 3, got 4"),
     (["export", "e.h5", "-o", "x.tsv", "--digits", "-1"], "--digits must be between 1 and 17, got -1"),
     (["embed", "x.fa", "-m", "no_such_model", "-o", "x.h5", "--max-length", "0"],

@@ -802,6 +802,11 @@ def test_tiny_inputs_say_what_is_too_few_and_what_to_give(run_cli, tmp_path):
     assert "random" not in r.stderr and "kept on the map" not in r.stderr
     r = run_cli("project", tmp_path / "ten.h5", "--method", "pca", "-o", "-", "--sample", "4")
     assert r.exit_code == 0 and "3 others" in r.stderr, r.stderr
+    # --sample goes as low as the method places: PCA 2 (it was refused below t-SNE's 4)
+    r = run_cli("project", tmp_path / "ten.h5", "--method", "pca", "-o", "-", "--sample", "2")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3, r.stderr
+    r = run_cli("project", tmp_path / "ten.h5", "--method", "tsne", "-o", "-", "--sample", "3")
+    assert r.exit_code == 2 and "--sample" in r.stderr, r.stderr
     _write(tmp_path / "twelve.h5", x, [f"p{i}" for i in range(12)])  # (12: a figure, against a random map's)
     r = run_cli("project", tmp_path / "twelve.h5", "-o", tmp_path / "m12.tsv")
     assert r.exit_code == 0 and "10 nearest neighbours kept on the map: " in r.stderr
@@ -951,8 +956,8 @@ def test_an_annotation_table_colours_by_any_of_its_columns_and_a_sample_places_f
     assert "placing 10 of the 45 proteins, drawn by --seed 1 (--sample)" in sampled[0].stderr
     picked = [[row["id"] for row in _table(s.stdout)[1]] for s in sampled]
     assert picked[0] == picked[1] != picked[2] and len(picked[0]) == 10 and picked[0] == sorted(picked[0])
-    r = run_cli("project", tmp_path / "one.h5", "--sample", "3")
-    assert r.exit_code == 2 and "--sample must be at least 4, got 3" in r.stderr
+    r = run_cli("project", tmp_path / "one.h5", "--sample", "1")  # (PCA, the default, places 2 at least)
+    assert r.exit_code == 2 and "--sample must be at least 2, got 1" in r.stderr
 
 
 def test_a_renamed_column_that_meets_the_tables_own_is_an_error(tmp_path, run_cli):
