@@ -524,7 +524,7 @@ def _head_lines(facts: dict) -> list[tuple[str, str]]:
                                                           if emb["chains"] == "linker" and "linker_length" in emb else "")))
     imported = facts.get("imported")
     if isinstance(imported, dict):
-        about = [str(imported[k]) for k in ("source",) if imported.get(k)]
+        about = [str(imported["source"])] if imported.get("source") else []
         if imported.get("epoch") is not None:
             about.append(f"epoch {imported['epoch']:g}" if isinstance(imported["epoch"], (int, float))
                          else f"epoch {imported['epoch']}")
