@@ -490,6 +490,18 @@ def _state_entries_problem(directory, state: dict, num_phases: int | None) -> st
                     and isinstance(entry.get("strategy"), str) and isinstance(entry.get("precision"), str)):
                 return (f"processes[{i}] is {entry!r:.60}, not an invocation's first_step, world_size, strategy "
                         "and precision")
+    # the run's history that its later checkpoints and cards carry on (none in earlier versions' states):
+    # a count taken as int() and a list taken as list() passed a string or a table on as a record
+    if "nonfinite_steps" in state and not is_count(state["nonfinite_steps"]):
+        return f"nonfinite_steps is {state['nonfinite_steps']!r:.40}, not a count"
+    skipped = state.get("skipped_data")  # (--skip-data's passes: each one's after_step, steps, proteins)
+    if skipped is not None:
+        if not isinstance(skipped, list):
+            return f"skipped_data is {skipped!r:.60}, not a list of --skip-data passes"
+        for i, entry in enumerate(skipped):
+            if not (isinstance(entry, dict) and is_count(entry.get("after_step")) and entry["after_step"] <= step
+                    and is_count(entry.get("steps")) and entry["steps"] >= 1 and is_count(entry.get("proteins"))):
+                return f"skipped_data[{i}] is {entry!r:.60}, not a pass's after_step, steps and proteins"
     log = state.get("log")  # (the metrics interval under way; read only where it is not empty)
     if log:
         if not isinstance(log, dict):
