@@ -360,13 +360,30 @@ def _is_count(value) -> bool:
 
 def _progress(checkpoints: list[tuple[int, Path]]) -> tuple[int, int] | None:
     """(step, tokens) of the last checkpoint's progress.json, where it has a readable one."""
+    saved = _progress_json(checkpoints)
+    return (saved["step"], saved["tokens"]) if saved is not None else None
+
+
+def _progress_json(checkpoints: list[tuple[int, Path]]) -> dict | None:
+    """The last checkpoint's progress.json, where it has a readable one of its step."""
     if not checkpoints:
         return None
     step, path = checkpoints[-1]
     saved = _json(path / PROGRESS_FILE)
     if isinstance(saved, dict) and saved.get("step") == step and _is_count(saved.get("tokens")):
-        return step, saved["tokens"]
+        return saved
     return None
+
+
+def _processes(checkpoints: list[tuple[int, Path]]) -> dict:
+    """The run's process history up to its last checkpoint (progress.json's "processes": each
+    invocation's first step, processes, strategy and precision), None where it is not recorded
+    (checkpoints of earlier versions), with the step it goes up to; nothing without a checkpoint."""
+    if not checkpoints:
+        return {}
+    saved = _progress_json(checkpoints)
+    records = saved.get("processes") if saved is not None else None
+    return {"processes": records if isinstance(records, list) else None, "processes_up_to": checkpoints[-1][0]}
 
 
 def _run(path: Path, *, checkpoint: bool = False) -> dict:
@@ -387,6 +404,8 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
         step = _STEP_DIR.match(path.name)
         if step and (saved := _progress([(int(step.group(1)), path)])) is not None:
             facts["tokens"], facts["tokens_up_to"], facts["tokens_from"] = saved[1], saved[0], "checkpoint"
+        if step:
+            facts.update(_processes([(int(step.group(1)), path)]))
         return facts
     checkpoints = _checkpoints(path)
     if checkpoints:
@@ -420,6 +439,7 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
         facts["status"] = "not complete (stopped, running or failed: train --resume continues it)"
     if isinstance(best, dict) and "step" in best:
         facts["best"] = {k: best[k] for k in ("step", "eval_loss", "checkpoint") if k in best}
+    facts.update(_processes(checkpoints))
     return facts
 
 
@@ -657,6 +677,16 @@ def _run_lines(facts: dict) -> list[tuple[str, str]]:
                       + ((" by the run up to this step" if facts.get("kind") == "checkpoint"
                           else f" up to step {up_to:,} (its last checkpoint's count)" if facts.get("tokens_from") == "checkpoint"
                           else f" up to step {up_to:,} (metrics.jsonl's last line)") if isinstance(up_to, int) else "")))
+    if "processes" in facts:
+        # (the model card's wording: training.card imports no torch)
+        from protrans_cli.training.card import process_history
+
+        up_to = facts.get("processes_up_to")
+        said = process_history(facts["processes"], up_to) if isinstance(up_to, int) else None
+        if said is None:
+            lines.append(("processes", "not recorded (a checkpoint of an earlier version)"))
+        else:
+            lines += [("processes", said[1]), ("precision", said[0])]
     if facts.get("checkpoints"):
         steps = facts["checkpoints"]
         lines.append(("checkpoints", f"{len(steps)}: steps " + ", ".join(f"{s:,}" for s in steps[-5:])

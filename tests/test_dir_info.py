@@ -235,6 +235,43 @@ def test_a_train_run_and_its_checkpoint(run_cli, run):
     assert facts["kind"] == "checkpoint" and facts["step"] == 1 and facts["parameters"] == _reference_parameters(step)[0]
 
 
+def test_a_run_s_process_history_is_said_as_its_card_says_it(run_cli, run, tmp_path):
+    """info said nothing of the processes a run trained with; the last checkpoint's progress.json
+    now carries training_state.pt's records (read without unpickling it), said in the card's words,
+    --json the records; a checkpoint of an earlier version (no records): "not recorded"."""
+    import shutil
+
+    import torch
+
+    ckpt = run / "checkpoints" / "step_00000002"
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)
+    one = {"world_size": 1, "strategy": "none", "precision": "fp32"}
+    assert state["processes"] == [{"first_step": 1, **one}]
+    for where, up_to, said in ((run, 2, "steps 1-2"), (ckpt, 2, "steps 1-2"),
+                               (run / "checkpoints" / "step_00000001", 1, "step 1")):
+        facts = _info(run_cli, where)
+        assert (facts["processes"], facts["processes_up_to"]) == (state["processes"], up_to)
+        text = run_cli("info", where).stdout
+        assert f"processes     1 for {said}\n" in text and "precision     fp32\n" in text, text
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    last = copy / "checkpoints" / "step_00000002"
+    progress = json.loads((last / "progress.json").read_text())
+    # two ranks under DDP for step 1 (as torchrun records them), then one process: the card's line
+    history = [{"first_step": 1, **one, "world_size": 2, "strategy": "ddp"}, {"first_step": 2, **one}]
+    (last / "progress.json").write_text(json.dumps({**progress, "processes": history}))
+    for where in (copy, last):
+        assert _info(run_cli, where)["processes"] == history
+        assert "processes     2 (ddp) for step 1, 1 for step 2\n" in run_cli("info", where).stdout
+    (last / "progress.json").write_text(json.dumps({k: v for k, v in progress.items() if k != "processes"}))
+    for where in (copy, last):
+        assert _info(run_cli, where)["processes"] is None
+        text = run_cli("info", where).stdout
+        assert "processes     not recorded (a checkpoint of an earlier version)\n" in text and "precision" not in text
+    out = heavy_imports_of([["info", str(run)], ["info", str(ckpt), "--json"]], ("torch", "transformers", "numpy"))
+    assert out.returncode == 0, out.stderr
+
+
 def test_a_run_with_phases_is_described_by_its_phases(run_cli, tmp_path):
     """A run of --phase LEN:STEPS (no --num-steps, --max-length) was described by the defaults it
     never used: 'num steps 1000', 'trained at 512 tokens a sequence'."""
@@ -423,7 +460,8 @@ def test_a_stopped_run_s_tokens_are_its_last_checkpoint_s_count(run_cli, tmp_pat
     state = torch.load(ckpt / "training_state.pt", weights_only=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2] and state["tokens"] > rows[0]["tokens"]  # (step 3 after the line)
-    assert json.loads((ckpt / "progress.json").read_text()) == {"step": 3, "tokens": state["tokens"]}
+    assert json.loads((ckpt / "progress.json").read_text()) == {"step": 3, "tokens": state["tokens"],
+                                                                "processes": state["processes"]}
     sums = (ckpt / "SHA256SUMS").read_text()
     assert f"{hashlib.sha256((ckpt / 'progress.json').read_bytes()).hexdigest()}  progress.json\n" in sums
     facts = _info(run_cli, out)

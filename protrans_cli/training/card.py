@@ -337,6 +337,29 @@ def _steps(first: int, last: int) -> str:
     return f"step {_count(first)}" if first == last else f"steps {_count(first)}-{_count(last)}"
 
 
+def process_history(processes, step: int, precision: str | None = None) -> tuple[str, str] | None:
+    """The precision and the processes of the steps up to `step` as the run's records say them
+    (`processes`: training loop's history["processes"], each invocation's first step, world size,
+    strategy and precision): ("bf16", "2 (ddp) for steps 1-10, 1 for steps 11-20"), the
+    precision by stretch where it differed ("fp16 for steps 1-4, bf16 for steps 5-9"), the steps
+    before the first record said "not recorded"; None where no record covers a step. `precision`:
+    a record's that says none. (The card's lines and `protrans info`'s, which imports no torch.)"""
+    segments = _process_segments(processes, step)
+    if not segments:
+        return None
+    precisions = {s["precision"] or precision for s in segments}
+    if len(precisions) == 1:
+        precision_said = str(precisions.pop())
+    else:
+        precision_said = ", ".join(f"{s['precision'] or precision} for {_steps(s['first'], s['last'])}"
+                                   for s in segments)
+    said = ", ".join(f"{s['world_size']}" + (f" ({s['strategy']})" if s["strategy"] else "")
+                     + f" for {_steps(s['first'], s['last'])}" for s in segments)
+    if segments[0]["first"] > 1:  # (resumed from a checkpoint of a version that did not record them)
+        said += f" ({_steps(1, segments[0]['first'] - 1)}: not recorded)"
+    return precision_said, said
+
+
 def process_lines(processes, step: int, precision: str, world_size: int = 1, strategy: str | None = None) -> list:
     """The card's precision and process lines for the model at `step`. `processes`: the run's
     invocations as its checkpoints record them (training loop's history["processes"]: each one's
@@ -351,17 +374,8 @@ def process_lines(processes, step: int, precision: str, world_size: int = 1, str
             precision = segments[0]["precision"] or precision
         return [f"- Precision: {precision}; {world_size} process{'es' if world_size != 1 else ''}"
                 + (f", strategy {strategy}" if strategy and world_size > 1 else "")]
-    precisions = {s["precision"] or precision for s in segments}
-    if len(precisions) == 1:
-        lines = [f"- Precision: {precisions.pop()}"]
-    else:
-        lines = ["- Precision: " + ", ".join(f"{s['precision'] or precision} for {_steps(s['first'], s['last'])}"
-                                             for s in segments)]
-    said = ", ".join(f"{s['world_size']}" + (f" ({s['strategy']})" if s["strategy"] else "")
-                     + f" for {_steps(s['first'], s['last'])}" for s in segments)
-    if segments[0]["first"] > 1:  # (resumed from a checkpoint of a version that did not record them)
-        said += f" ({_steps(1, segments[0]['first'] - 1)}: not recorded)"
-    return lines + [f"- Processes: {said}"]
+    precision_said, said = process_history(processes, step, precision)
+    return [f"- Precision: {precision_said}", f"- Processes: {said}"]
 
 
 def _skipped(history: dict) -> str:

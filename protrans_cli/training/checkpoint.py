@@ -16,8 +16,9 @@ save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embe
                                  (with --keep-best, training_state.pt also holds the best so far)
   README.md                      a model card (training/card.py): the model, its training, its
                                  results, how to use it
-  progress.json                  the step and the run's tokens up to it (training_state.pt's, as
-                                 JSON: `protrans info` reads it, never the pickle)
+  progress.json                  the step, the run's tokens up to it and its processes
+                                 (training_state.pt's, as JSON: `protrans info` reads it,
+                                 never the pickle)
   SHA256SUMS                     the sha256 of every other file (`sha256sum -c SHA256SUMS`
                                  checks it by hand); --resume checks it before reading
 It is written into a hidden temporary directory and renamed into place, so a crash never
@@ -274,10 +275,12 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
             save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
         if is_count(training_state.get("step")) and is_count(training_state.get("tokens")):
-            # (the count `protrans info RUN` gives of a run not complete: it reads JSON only)
-            (tmp / PROGRESS_FILE).write_text(json.dumps({"step": training_state["step"],
-                                                         "tokens": int(training_state["tokens"])}) + "\n",
-                                             encoding="utf-8")
+            # (the count `protrans info RUN` gives of a run not complete, and the run's process
+            # history up to here: info reads JSON only)
+            progress = {"step": training_state["step"], "tokens": int(training_state["tokens"])}
+            if isinstance(training_state.get("processes"), list):
+                progress["processes"] = training_state["processes"]
+            (tmp / PROGRESS_FILE).write_text(json.dumps(progress) + "\n", encoding="utf-8")
         config.save(tmp / CONFIG_FILE, resolved=resolved)
         if card is not None:
             write_card(tmp, card)
