@@ -222,7 +222,8 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         _check_file_values(config, config_file)
     # (under --find-lr, --num-steps is the range test's steps, not a phase's)
     test_steps = flags.pop("num_steps") if find_lr else None
-    config = _with_flags(config, config_file, flags, model_set, phases, threads, saved_as)
+    config, recorded_as = _with_flags(config, config_file, flags, model_set, phases, threads)
+    saved_as = {**saved_as, **recorded_as}
     if own is not None:
         _refuse_moved_corpus(config, own, given=[key for key in ("corpus", "val_corpus") if flags.get(key)])
     # The values before a warning that one is ignored: `--find-lr --lr -1` said that --lr is ignored, then
@@ -354,8 +355,9 @@ def _check_file_values(config, config_file) -> None:
         raise UsageError(exc.message, path="<stdin>" if config_file == "-" else str(config_file)) from None
 
 
-def _with_flags(config, config_file, flags, model_set, phases, threads, saved_as):
-    """The config with the flags given over it (`saved_as` told when the threads are not given)."""
+def _with_flags(config, config_file, flags, model_set, phases, threads) -> tuple:
+    """The config with the flags given over it, and how train_config.json is to record the
+    settings that were not given ({"threads": None} where neither -j nor the config sets them)."""
     from protrans_cli.errors import UsageError
     from protrans_cli.threads import resolve_threads
     from protrans_cli.training.config import parse_set
@@ -370,12 +372,11 @@ def _with_flags(config, config_file, flags, model_set, phases, threads, saved_as
     # -j overrides the config file's threads only when given; neither: PROTRANS_THREADS or the default,
     # which train_config.json records as not given (null): saved as a number, it came back from the
     # file as a template or on --resume and overrode PROTRANS_THREADS and another machine's default.
-    if threads is None and config.threads is None:
-        saved_as["threads"] = None
+    saved_as = {"threads": None} if threads is None and config.threads is None else {}
     if threads is not None or config.threads is None:
         threads = resolve_threads(threads)
     return config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
-                           threads=threads, **flags)
+                           threads=threads, **flags), saved_as
 
 
 def _warn_flags_without_effect(config, flags, *, new_run: bool) -> None:
