@@ -21,15 +21,23 @@ it, the truncated proteins are said on stderr, and a file is named after the pro
 header up to the first space, escaped as export escapes it), not the whole header line (a `/` in
 it made esm-extract write into folders).
 
-The working folder is a hidden one inside the output folder; the files move into the output
-folder once every one is written (a stopped or failed run leaves none of its files there, and
-removes a folder it made; a SIGKILL during the moves can leave some, each whole). Files of an earlier run stay, and one of the same name is replaced, as
-esm-extract replaces it.
+The working folder is the hidden `OUTPUT_DIR/.protrans-esm-extract.partial/` (PARTIAL), locked
+while a run uses it; the files move into the output folder once every one is written (a SIGKILL
+during the moves can leave some, each whole). A stopped or failed run leaves none of its files
+in the output folder: what it computed stays in PARTIAL (embed's and contacts' partial files,
+the settings it was computed with in settings.json), and `resume=True` (--resume, a protrans
+addition) goes on from it through embed's and contacts' own resume, refusing other settings;
+without it a run refuses to start while PARTIAL holds work. PARTIAL is removed once the files
+are in place, and by a failed run that computed nothing. Stdin is copied into PARTIAL and read
+again by a resumed run (pipe it the same FASTA: embed's resume refuses an id whose sequence
+differs). Files of an earlier run stay, and one of the same name is replaced, as esm-extract
+replaces it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import numbers
 import os
 import shutil
@@ -41,7 +49,13 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.choices import INCLUDES
 from protrans_cli.errors import (RESUME_WORDS, InputError, ModelError, ProtransError, RuntimeFailure, UsageError,
-                                 at_least, expect_options, expect_path, one_of, option)
+                                 again_with_resume, at_least, expect_options, expect_path, one_of, option,
+                                 resume_option)
+
+# the hidden folder inside OUTPUT_DIR that holds a run's work until its files are in place, and
+# an interrupted run's for --resume
+PARTIAL = ".protrans-esm-extract.partial"
+_SETTINGS = "settings.json"  # (in PARTIAL: what its work was computed with)
 
 # esm-extract's dict keys of each --include, in the order it writes them
 FIELDS = {"per_tok": "representations", "mean": "mean_representations", "bos": "bos_representations",
@@ -78,6 +92,7 @@ class ExtractOptions:
     dtype: str = "float32"               # compute dtype (esm-extract's model is float32, on the GPU too)
     threads: int | None = None
     command_line: str | None = None
+    resume: bool = False                 # go on from an interrupted run's work (PARTIAL): a protrans addition
 
     def validate(self) -> None:
         from protrans_cli.embed import DTYPES
@@ -111,6 +126,7 @@ class ExtractSummary:
     num_written: int = 0
     truncated: list[str] = field(default_factory=list)  # proteins cut at truncation_seq_length
     num_replaced: int = 0        # files of an earlier run replaced by this run's of the same name
+    num_resumed: int = 0         # proteins an interrupted run had computed (resume): not computed again
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -135,19 +151,22 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
         raise ModelError(f"{options.model}: {contacts} reads ESM's contact head, and this is a {family} model "
                          "(mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
     with folder_made(folder):  # (removed again where the run fails before any file is in it)
-        from protrans_cli.io.files import default_permissions, make_temporary
+        from protrans_cli.io.files import default_permissions, folder_lock
 
-        work = make_temporary(folder, ".esm-extract.", "", folder=True)
-        try:
-            with console.said_once():  # (contacts and embed each read the input, and warned of its gaps twice)
-                summary = _extract(fasta, work, folder, options, include, layers)
-            default_permissions(work / "files")  # (mkdtemp's 0700: the files of any output under the umask)
-            summary.num_replaced = _move_in(work / "files", folder)
-        except ProtransError as exc:
-            _nothing_kept(exc, work, str(output_dir))
-            raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        work = folder / PARTIAL
+        # (flock: a SIGKILLed run's lock goes with its process, and its folder is resumed as it is)
+        with folder_lock(work, f"is the working folder of another esm-extract run into {output_dir} that is "
+                               "running now: wait for it to end, or choose another OUTPUT_DIR"):
+            _start(work, options, include, layers)
+            try:
+                with console.said_once():  # (contacts and embed each read the input, and warned of its gaps twice)
+                    summary = _extract(fasta, work, folder, options, include, layers)
+                default_permissions(work / "files")  # (the files of any output under the umask)
+                summary.num_replaced = _move_in(work / "files", folder)
+            except BaseException as exc:
+                _stopped(exc, work, str(output_dir), fasta, include)
+                raise
+            _emptied(work)  # (folder_lock removes it, empty)
     if summary.truncated:  # (esm-extract cuts them without a word)
         limit = option("--truncation_seq_length", "truncation_seq_length")
         count, one = len(summary.truncated), len(summary.truncated) == 1
@@ -156,6 +175,131 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
                      f"the first {options.truncation_seq_length:,} residues, as esm-extract's "
                      f"({console.some_named(count, summary.truncated[:console.NAMED])}); a larger {limit} keeps more")
     return summary
+
+
+# what in PARTIAL is computed work (the rest: settings.json, the copy of stdin, lock files)
+_WORK = ("contacts.h5", "contacts.h5.partial", "embeddings.h5", "embeddings.h5.partial", "files")
+
+
+def _settings(options: ExtractOptions, include: list[str], layers: list[int]) -> dict:
+    """What a kept run's work was computed with, as settings.json holds it (the settings that change
+    the files; --toks_per_batch and --nogpu do not)."""
+    from protrans_cli.embed import model_attr
+
+    return {"model": model_attr(str(options.model)), "repr_layers": list(layers), "include": list(include),
+            "truncation_seq_length": int(options.truncation_seq_length), "dtype": str(options.dtype)}
+
+
+_SETTING_NAMES = {"model": ("MODEL_LOCATION", "model"), "repr_layers": ("--repr_layers", "repr_layers"),
+                  "include": ("--include", "include"),
+                  "truncation_seq_length": ("--truncation_seq_length", "truncation_seq_length"),
+                  "dtype": ("--dtype", "dtype")}
+
+
+def _start(work: Path, options: ExtractOptions, include: list[str], layers: list[int]) -> None:
+    """PARTIAL (locked, made if missing) ready for this run: an interrupted run's work there is
+    refused without resume, and with it where it was computed with other settings; settings.json
+    says this run's."""
+    from protrans_cli.embed import same_model
+
+    settings = _settings(options, include, layers)
+    held = [entry for entry in _WORK if os.path.lexists(work / entry)]
+    if held and not options.resume:
+        raise UsageError(f"holds the work of an interrupted esm-extract run: {resume_option()} finishes it "
+                         "(with the settings it was computed with); remove the folder to start again", path=str(work))
+    if held:
+        try:
+            kept = json.loads((work / _SETTINGS).read_text(encoding="utf-8"))
+            if not isinstance(kept, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{_SETTINGS} cannot be read ({getattr(exc, 'strerror', None) or exc}): what its work "
+                             "was computed with is unknown; remove the folder to start again", path=str(work)) from None
+        differ = []
+        for key, now in settings.items():
+            before = kept.get(key)
+            if not (same_model(str(before), now) if key == "model" else before == now):
+                def shown(value):
+                    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+                differ.append(f"{option(*_SETTING_NAMES[key])} {shown(before)}, now {shown(now)}")
+        if differ:
+            raise UsageError(f"holds the work of a run with other settings ({'; '.join(differ)}): "
+                             f"{resume_option()} goes on with the settings it was computed with; remove the folder to "
+                             "start again with these", path=str(work))
+    else:
+        _emptied(work)  # (a run killed before it computed anything: its settings, a copy of stdin)
+    temporary = work / f".{_SETTINGS}.tmp"
+    try:
+        temporary.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, work / _SETTINGS)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write {_SETTINGS}: {exc.strerror or exc}", path=str(work)) from None
+
+
+def _emptied(work: Path) -> None:
+    """PARTIAL emptied (not removed: its lock is held on it; folder_lock removes it, empty)."""
+    for entry in os.listdir(work):
+        path = work / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _computed(work: Path, name: str, kinds: tuple) -> int:
+    """The proteins of PARTIAL's `name` (its partial file, else the finished one) that are computed."""
+    from protrans_cli.io.h5 import h5_file, partial_path
+
+    path = work / name
+    path = partial_path(path) if partial_path(path).exists() else path
+    if not path.exists():
+        return 0
+    try:
+        with h5_file(path, "r") as handle:
+            group = next((handle[kind] for kind in kinds if kind in handle), None)
+            return 0 if group is None else sum(1 for _ in _proteins(group))
+    except Exception:  # (a file a kill tore: resume mends it, and it is kept for that)
+        return -1
+
+
+def _kept_line(work: Path, fasta, include: list[str]) -> str | None:
+    """"N of M proteins computed are kept in PARTIAL" where a stopped run computed any; else None."""
+    from protrans_cli.embed import is_stream, scan_input
+    from protrans_cli.io.h5 import CONTACTS, PER_PROTEIN, PER_RESIDUE
+
+    counts = {}
+    if "contacts" in include:
+        counts["contact maps"] = _computed(work, "contacts.h5", (CONTACTS,))
+    if {"per_tok", "mean", "bos"}.intersection(include):
+        counts["hidden states"] = _computed(work, "embeddings.h5", (PER_RESIDUE, PER_PROTEIN))
+    if not any(counts.values()) and not os.path.isdir(work / "files"):
+        return None
+    try:  # (the input's count: the copy of stdin where the run read one)
+        spool = work / ".input.stdin.spool"
+        source = spool if str(fasta) == "-" or is_stream(fasta) else fasta
+        total = f" of {scan_input(source, str(fasta)).num_records:,}"
+    except Exception:
+        total = ""
+    if -1 in counts.values():
+        return f"the proteins computed are kept in {work}"
+    if len(counts) == 1:
+        return f"{next(iter(counts.values())):,}{total} proteins computed are kept in {work}"
+    return " and ".join(f"{what} of {count:,}" for what, count in counts.items()) + f"{total} proteins computed " \
+        f"are kept in {work}"
+
+
+def _stopped(exc: BaseException, work: Path, output_dir: str, fasta, include: list[str]) -> None:
+    """A run stopped by `exc`: what it computed stays in PARTIAL, said (a ProtransError's message,
+    a KeyboardInterrupt's note, which the command line says); PARTIAL is emptied where it holds
+    nothing computed."""
+    kept = _kept_line(work, fasta, include)
+    if kept is None:
+        _emptied(work)
+    if isinstance(exc, ProtransError):
+        _nothing_kept(exc, work, output_dir, kept)
+    elif kept is not None and isinstance(exc, KeyboardInterrupt):
+        exc.add_note(f"{kept}; {again_with_resume()}")
 
 
 def _included(options: ExtractOptions) -> tuple:
@@ -236,9 +380,9 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
             done = predict_contacts(source, contacts_file, ContactOptions(
                 model=options.model, device=options.device, dtype=options.dtype, max_tokens=options.toks_per_batch,
                 max_length=options.truncation_seq_length, long_policy="truncate", storage_dtype="float32",
-                threads=options.threads, command_line=options.command_line), input_name=name,
+                threads=options.threads, command_line=options.command_line, resume=options.resume), input_name=name,
                 on_load=(lambda loaded: shared.append((loaded, _attention_of(loaded)))) if wanted else None)
-        summary.num_records = done.num_records
+        summary.num_records, summary.num_resumed = done.num_records, done.num_resumed
         failed.update(done.failed or {})
     if wanted:
         from protrans_cli.embed import EmbedOptions, embed
@@ -252,14 +396,16 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
             model=options.model, per_residue=per_residue, per_protein=per_protein, layers=tuple(layers),
             pooling="cls" if "bos" in wanted else "mean", device=options.device, dtype=options.dtype,
             max_tokens=options.toks_per_batch, max_length=options.truncation_seq_length, long_policy="truncate",
-            threads=options.threads, command_line=options.command_line)
+            threads=options.threads, command_line=options.command_line, resume=options.resume)
         with _in_esm_extract_terms():
             embedder = _embedder_of(*shared.pop(), embed_options) if shared else None
             done = embed(source, embeddings_file, embed_options, embedder=embedder, distributed=False,
                          input_name=name)
         del embedder
-        summary.num_records = done.num_records
+        summary.num_records = done.num_records  # (resumed: those both computations had computed)
+        summary.num_resumed = min(summary.num_resumed, done.num_resumed) if contacts_file else done.num_resumed
         failed.update(done.failed)
+    shutil.rmtree(work / "files", ignore_errors=True)  # (a run stopped while writing them: written again)
     _write_files(work / "files", folder, include, layers, embeddings_file, contacts_file, failed, summary)
     summary.failed = failed
     return summary
@@ -376,26 +522,32 @@ def _move_in(files: Path, folder: Path) -> int:
     return replaced
 
 
-def _nothing_kept(exc: ProtransError, work: Path, output_dir: str) -> None:
+def _nothing_kept(exc: ProtransError, work: Path, output_dir: str, kept: str | None = None) -> None:
     """A failure of embed or contacts as esm-extract has it: their advice for a full disk or a
     failed write ("what was computed is kept in .../embeddings.h5.partial; run the same command
-    with --resume") named the hidden working file, which goes with its folder as the run ends, and
-    an option esm-extract lacks. Named by OUTPUT_DIR, and what is true said: nothing is kept."""
+    with --resume") named a file inside PARTIAL. Named by OUTPUT_DIR, and what is true said: `kept`
+    ("N of M proteins computed are kept in PARTIAL"), to go on from with --resume, or nothing kept
+    (PARTIAL emptied: no protein had been computed)."""
     inside = str(work)
     if exc.path is not None and str(exc.path).startswith(inside):
         exc.path = output_dir
-    if not any(word in exc.message for word in (*RESUME_WORDS, inside)):
+    advice = any(word in exc.message for word in (*RESUME_WORDS, inside))
+    if kept is not None and not advice and "resume" in exc.message:
+        return  # (a resume refused, "cannot resume: ...": its own advice)
+    if kept is None and not advice:
         return
-    kept = []
+    clauses = []
     for clause in exc.message.split("; "):
         if any(word in clause for word in (*RESUME_WORDS, inside)):
             break
-        kept.append(clause)
+        clauses.append(clause)
+    if kept is not None:
+        exc.message = "; ".join(clauses + [kept, again_with_resume()])
+        return
     remedy = ("raise the limit" if "file-size limit" in exc.message else "free some space" if "no room" in exc.message
               else "remove the cause")
-    exc.message = "; ".join(kept) + ("; nothing was kept (esm-extract writes its files once all are computed, and "
-                                     + option("has no --resume: protrans embed has", "cannot resume: embed can")
-                                     + f"): {remedy} and " + option("run it again", "call it again"))
+    exc.message = "; ".join(clauses) + (f"; nothing was kept (no protein had been computed): {remedy} and "
+                                        + option("run it again", "call it again"))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import torch
 
 REFERENCE = Path(__file__).parent / "data" / "esm_reference"
 KEPT = [0, 1, 2, 3, -4, -3, -2, -1]  # rows of the long protein the reference keeps
+PARTIAL = ".protrans-esm-extract.partial"  # (where a stopped run's work is kept, for --resume)
 INPUT = ">P1 first protein\nMKTAYIAKQRQISFV\n>P2\nMAAGW\n>P3 a/slash\nWKVLAAG\n"
 
 
@@ -376,8 +377,8 @@ def test_contacts_of_esm_1v_are_refused_before_any_work_in_esm_extracts_terms(ru
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path, model_dir, monkeypatch, existing):
-    """Ctrl-C at the second file: the folder as it was (an earlier run's file kept, no working folder,
-    none of this run's files), or no folder where the run made it."""
+    """Ctrl-C at the second file: the folder as it was (an earlier run's file kept, none of this
+    run's files) but for the hidden folder that keeps the proteins computed, for --resume."""
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
     out = tmp_path / "out"
@@ -395,18 +396,19 @@ def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path
     monkeypatch.setattr(torch, "save", save)
     r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
     assert r.exit_code == 130 and len(saved) == 2, r.stderr
+    assert r.stderr == (f"protrans: error: interrupted: 3 of 3 proteins computed are kept in {out / PARTIAL}; run the "
+                        "same command with --resume\n"), r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [PARTIAL, *(["P1.pt"] if existing else [])]
     if existing:
-        assert [p.name for p in out.iterdir()] == ["P1.pt"] and (out / "P1.pt").read_bytes() == b"an earlier run's"
-    else:
-        assert not out.exists()
+        assert (out / "P1.pt").read_bytes() == b"an earlier run's"
 
 
 @pytest.mark.parametrize("step", ["contacts", "embed"])
-def test_ctrl_c_while_computing_says_interrupted_alone_and_keeps_nothing(run_cli, tmp_path, model_dir, monkeypatch,
-                                                                       step):
-    """Ctrl-C in either computation: embed's and contacts' "what was computed is in X.partial; run
-    the same command with --resume" would name the hidden working file, removed as the run ends,
-    and an option esm-extract lacks: the line is "interrupted", exit 130, the folder as it was."""
+def test_ctrl_c_while_computing_says_what_is_kept(run_cli, tmp_path, model_dir, monkeypatch, step):
+    """Ctrl-C at the first batch of either computation: embed's and contacts' "what was computed is
+    in X.partial" would name a file inside the hidden working folder. Nothing computed (contacts):
+    the line is "interrupted", exit 130, the folder as it was; the contact maps computed (embed):
+    they are kept, and said, for --resume."""
     import protrans_cli.contacts as contacts
     from protrans_cli.models import FAMILIES
 
@@ -423,8 +425,15 @@ def test_ctrl_c_while_computing_says_interrupted_alone_and_keeps_nothing(run_cli
     out.mkdir()
     (out / "P1.pt").write_bytes(b"an earlier run's")
     r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean", "contacts")
-    assert r.exit_code == 130 and r.stderr == "protrans: error: interrupted\n", r.stderr
-    assert [p.name for p in out.iterdir()] == ["P1.pt"] and (out / "P1.pt").read_bytes() == b"an earlier run's"
+    if step == "contacts":
+        assert r.exit_code == 130 and r.stderr == "protrans: error: interrupted\n", r.stderr
+        assert [p.name for p in out.iterdir()] == ["P1.pt"]
+    else:
+        assert r.exit_code == 130 and r.stderr == (
+            f"protrans: error: interrupted: contact maps of 3 and hidden states of 0 of 3 proteins computed are kept "
+            f"in {out / PARTIAL}; run the same command with --resume\n"), r.stderr
+        assert sorted(p.name for p in out.iterdir()) == [PARTIAL, "P1.pt"]
+    assert (out / "P1.pt").read_bytes() == b"an earlier run's"
 
 
 @pytest.mark.parametrize("model, args, message", [
@@ -457,8 +466,9 @@ def test_the_remedy_for_proteins_beyond_training_names_what_esm_extract_has(run_
 
 @pytest.mark.parametrize("include", ["per_tok", "contacts"])
 def test_a_full_disk_names_the_output_folder_and_no_resume(run_cli, tmp_path, model_dir, monkeypatch, include):
-    """A disk that filled during the computation: embed's (and contacts') advice named the hidden
-    working file, removed as the run ended, and `--resume`, which esm-extract lacks."""
+    """A disk that filled at the first batch: embed's (and contacts') advice named a file inside
+    the hidden working folder, and `--resume`, though no protein had been computed: the folder is
+    removed, and nothing kept said."""
     import types
 
     from protrans_cli.io import disk, h5
@@ -476,9 +486,9 @@ def test_a_full_disk_names_the_output_folder_and_no_resume(run_cli, tmp_path, mo
     r = run_cli("esm-extract", model_dir, fasta, out, "--include", include)
     assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"protrans: error: {out}: no room for the next batch: 0.0 MiB free on the output's disk")
-    assert r.stderr.endswith("; nothing was kept (esm-extract writes its files once all are computed, and has no "
-                             "--resume: protrans embed has): free some space and run it again\n"), r.stderr
-    assert ".esm-extract." not in r.stderr and ".partial" not in r.stderr
+    assert r.stderr.endswith("; nothing was kept (no protein had been computed): free some space and run it "
+                             "again\n"), r.stderr
+    assert "esm-extract." not in r.stderr and ".partial" not in r.stderr
     assert not out.exists()
 
 
@@ -506,19 +516,20 @@ def test_a_library_caller_is_told_what_the_command_line_is(tmp_path, model_dir, 
         esm_extract(fasta, out, ExtractOptions(model=str(model_dir), include=("per_tok",)))
     assert str(caught.value) == caught.value.format()
     assert str(caught.value).startswith(f"{out}: no room for the next batch"), str(caught.value)
-    assert "nothing was kept" in str(caught.value) and ".esm-extract." not in str(caught.value)
+    assert "nothing was kept" in str(caught.value) and "esm-extract." not in str(caught.value)
 
 
 def test_a_folder_in_the_place_of_a_file_refuses_the_run_before_any_file_moves_in(run_cli, tmp_path, model_dir):
     """OUTPUT_DIR/P2.pt a folder: the run fails, and leaves none of its files (P1.pt had been moved
-    in before P2.pt was met, a failed run's file beside the earlier run's)."""
+    in before P2.pt was met, a failed run's file beside the earlier run's); the proteins computed
+    are kept for --resume."""
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
     out = tmp_path / "out"
     (out / "P2.pt").mkdir(parents=True)
     r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
     assert r.exit_code == 1 and "P2.pt: is a folder: the protein's .pt file cannot take its place" in r.stderr, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["P2.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [PARTIAL, "P2.pt"]
 
 
 def test_a_fifo_in_the_place_of_a_file_is_refused_not_deleted(run_cli, tmp_path, model_dir):
@@ -532,9 +543,10 @@ def test_a_fifo_in_the_place_of_a_file_is_refused_not_deleted(run_cli, tmp_path,
     out.mkdir()
     os.mkfifo(out / "P2.pt")
     r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
-    assert r.exit_code == 1 and r.stderr.splitlines()[-1] == (f"protrans: error: {out / 'P2.pt'}: is a named pipe: the "
-                                                              "protein's .pt file cannot take its place"), r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["P2.pt"] and (out / "P2.pt").is_fifo()
+    assert r.exit_code == 1 and r.stderr.splitlines()[-1] == (
+        f"protrans: error: {out / 'P2.pt'}: is a named pipe: the protein's .pt file cannot take its place; 3 of 3 "
+        f"proteins computed are kept in {out / PARTIAL}; run the same command with --resume"), r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [PARTIAL, "P2.pt"] and (out / "P2.pt").is_fifo()
 
 
 def _nan_for_tryptophan(monkeypatch, model_dir):

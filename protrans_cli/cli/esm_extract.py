@@ -69,8 +69,12 @@ class _ArgparseLists(click.Command):
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32",
               help="Compute dtype (an option esm-extract has not): float32 gives its numbers; auto is embed's "
                    "(bfloat16 on a GPU that has it: faster, not esm-extract's numbers).")
+@click.option("--resume", is_flag=True,
+              help="Go on from the proteins an interrupted or failed run computed (an option esm-extract has "
+                   "not): kept in OUTPUT_DIR/.protrans-esm-extract.partial/, they are not computed again; "
+                   "the same settings are required.")
 def command(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
-            nogpu, dtype):
+            nogpu, dtype, resume):
     """fair-esm's esm-extract command line: a FASTA to one ID.pt file per protein.
 
     The command line of esm-extract (fair-esm's scripts/extract.py), its options
@@ -91,7 +95,9 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     (esm-extract stops on those), gaps ('-', '.') removed (esm-extract gives
     them rows). OUTPUT_DIR is made where missing; the files go
     into it once all are written, replacing files of the same name; a failed or
-    interrupted run leaves none. Nothing is written to stdout: the summary and
+    interrupted run leaves none there, and keeps what it computed in
+    OUTPUT_DIR/.protrans-esm-extract.partial/ for --resume (a run without it is
+    refused while that folder holds work). Nothing is written to stdout: the summary and
     warnings go to stderr (protrans -q esm-extract ... quiets them).
 
     \b
@@ -124,7 +130,7 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
                          "for MODEL_LOCATION DIR)")
             model_location = stack.enter_context(converted(source))
         _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
-             nogpu, dtype)
+             nogpu, dtype, resume)
 
 
 def _fair_esm_download(model_location):
@@ -137,7 +143,7 @@ def _fair_esm_download(model_location):
 
 
 def _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length, nogpu,
-         dtype):
+         dtype, resume):
     import shlex
     import sys
 
@@ -148,14 +154,21 @@ def _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_
     options = ExtractOptions(model=model_location, repr_layers=tuple(repr_layers), include=tuple(include),
                              toks_per_batch=toks_per_batch, truncation_seq_length=truncation_seq_length,
                              device="cpu" if nogpu else "auto", dtype=dtype, threads=resolve_threads(None),
-                             command_line=shlex.join(["protrans", *sys.argv[1:]]))
-    summary = esm_extract(fasta_file, output_dir, options)
+                             command_line=shlex.join(["protrans", *sys.argv[1:]]), resume=resume)
+    try:
+        summary = esm_extract(fasta_file, output_dir, options)
+    except KeyboardInterrupt as exc:  # (Ctrl-C, SIGTERM, SIGHUP: what was kept, from esm_extract's note)
+        from protrans_cli.cli import stopped
+
+        raise stopped(exc, (getattr(exc, "__notes__", None) or [None])[-1]) from None
     console.output_complete(str(output_dir))
     kept = [i for i in INCLUDES if i in include]
     console.info(f"esm-extract: {console.counted(summary.num_written, 'file')} ({', '.join(kept)}; layer"
                  f"{'s' if len(summary.layers) != 1 else ''} {', '.join(map(str, summary.layers))}) into "
                  f"{summary.output}" + (f"; {console.counted(summary.num_replaced, 'file')} of the same name "
-                                        "replaced" if summary.num_replaced else ""))
+                                        "replaced" if summary.num_replaced else "")
+                 + (f"; {summary.num_resumed:,} of them computed by the interrupted run" if summary.num_resumed
+                    else ""))
     have = "has" if len(summary.failed) == 1 else "have"
     console.list_failed(summary.failed, "file", heading=f"{console.counted(len(summary.failed), 'protein')} could "
                                                         f"not be computed and {have} no file:")
