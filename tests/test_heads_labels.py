@@ -1306,6 +1306,27 @@ def test_a_bad_label_letter_names_the_line_it_is_on_not_the_header(tmp_path):
         read_labels(path, mask_path=mask)
 
 
+def test_a_bad_label_letter_of_a_complex_names_its_own_line(tmp_path):
+    """A complex's labels (':' between its chains) over several lines of a FLIP FASTA: the ':'s
+    were removed before the letters were checked, and the line map kept the offsets of the text
+    with them, so a bad letter was named by an earlier line (`FILE:3` for a letter on line 4)."""
+    from protrans_cli.errors import located
+    from protrans_cli.heads.data import _label_chains
+
+    path = tmp_path / "cx.fasta"
+    for body, line in ((">p1\nHHH:\nEEE:\nQCC\n", 4),       # a chain's ':' ending each line
+                       (">p1\nHHH\n:EEE\n:CCQ\n", 4),       # ... starting each line
+                       (">p1\nHH:H\n:\nEE:E\nQ\n", 5),      # a line of a ':' alone, two on one line
+                       (">p0\nCC\n>p1\nHHH:EEE:CC\nCQ\n", 5)):
+        path.write_text(body)
+        ls = read_labels(path, "flip")
+        record, chains = _label_chains(ls.records[-1])
+        assert chains is not None
+        with pytest.raises(InputError, match=rf"cx.fasta:{line}, record 'p1': label letter\(s\) 'Q' are not ss3"):
+            with located(ls.path):
+                get_task("ss3").residue_targets(record)
+
+
 def test_labels_to_stdout_stopped_while_writing_prints_nothing(run_cli, monkeypatch):
     """`labels ... -o -` stopped (Ctrl-C, SIGTERM) while its FASTA was written gave the pipeline the
     records written so far (its first 64 KB, one cut in the middle) before exit 130: stdout gets the

@@ -545,8 +545,15 @@ def _label_chains(record) -> tuple:
     if min(lengths) == 0:
         raise InputError("an empty chain in its labels (a ':' at the start or the end, or '::')",
                          record=record.id, line=record.line)
+    # (a label string over several lines (FLIP's FASTA): its line map's offsets moved back by the
+    # ':'s before them, so that a bad letter is named by its own line, not a later chain's)
+    label_lines = getattr(record, "label_lines", ())
+    if label_lines and isinstance(record.labels.get("label"), str):
+        text = record.labels["label"]
+        label_lines = tuple((start - text.count(":", 0, start), lineno) for start, lineno in label_lines)
     return dataclasses.replace(record, labels={name: text.replace(":", "") if isinstance(text, str) else text
-                                               for name, text in record.labels.items()}), lengths
+                                               for name, text in record.labels.items()},
+                               **({"label_lines": label_lines} if label_lines else {})), lengths
 
 
 def _check_chains(reader, source: str, key: str, lengths: tuple, record, path) -> None:
