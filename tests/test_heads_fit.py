@@ -3934,10 +3934,18 @@ def test_the_files_own_test_records_are_named_when_none_matches(run_cli, loc_dat
     table = tmp_path / "t.csv"
     table.write_text("id,label,set\n" + "".join(f"{i},{lab.split('-')[0]},\n" for i, lab in rows)
                      + "elsewhere1,Nucleus,test\nelsewhere2,Nucleus,test\n")
-    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--skip-mismatched",
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table,
                 "--max-epochs", "1", "-j", "1", "-o", tmp_path / "h")
     assert r.exit_code == 1
-    assert "no label record matched an embedding (the test records of" in r.stderr and "--test EMBEDDINGS" in r.stderr
+    assert "(the test records of" in r.stderr and "--test EMBEDDINGS" in r.stderr
+    # (--skip-mismatched: the records left out with a warning, as --only-embedded leaves them)
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--skip-mismatched",
+                "--max-epochs", "1", "-j", "1", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert (f"protrans: warning: {table}: none of its 2 test records matches an embedding in {loc_data / 'train.h5'} "
+            "(skipped, above): no test set is scored (--skip-mismatched; --test EMBEDDINGS LABELS gives one)"
+            in r.stderr), r.stderr
+    assert "test" not in json.loads((tmp_path / "h" / "metrics.json").read_text())
 
 
 def test_foreign_files_are_matched_by_original_id_and_their_layers_checked(run_cli, loc_data, tmp_path):
@@ -5397,6 +5405,9 @@ def test_folds_only_embedded_skip_the_label_files_own_test_set_where_none_of_it_
     assert r.exit_code == 0, r.stderr
     assert (f"protrans: warning: {flip}: none of its 10 test records has an embedding in {tmp_path / 'part.h5'}: no "
             "test set is scored (--only-embedded; --test EMBEDDINGS LABELS gives one)") in r.stderr
+    # (the warning alone says it: an info line "10 label record(s) without an embedding left out
+    # (--only-embedded; 0 matched)" came before it, like the training set's own)
+    assert "0 matched" not in r.stderr and "without an embedding left out" not in r.stderr, r.stderr
     assert "left out of training (--test gives the test sets)" not in r.stderr
     summary = json.loads((tmp_path / "h" / "metrics.json").read_text())
     assert list(summary) == ["cv"] and summary["cv"]["ss3"]["n_proteins"] == 60
@@ -5405,6 +5416,44 @@ def test_folds_only_embedded_skip_the_label_files_own_test_set_where_none_of_it_
     r = run_cli(*args, "--only-embedded", "--test", tmp_path / "part.h5", flip, "-o", tmp_path / "h3")
     assert r.exit_code == 1 and "no label record matched an embedding" in r.stderr, r.stderr
     assert not (tmp_path / "h3").exists()
+
+
+def test_only_embedded_without_the_label_files_validation_records_holds_out_a_fraction(run_cli, ss_data, tmp_path):
+    """--only-embedded (or --skip-mismatched) on a FLIP file whose VALIDATION=True records were not
+    embedded stopped with "no label record matched": the fit holds out --valid-fraction of train,
+    as for a file without validation records, a warning saying so; the test set stays. With no
+    training protein embedded either, a one-line error."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    flip = _flip_with_splits(ss_data, tmp_path)
+    records = ss_data.joinpath("train.fa").read_text().split(">")[1:]
+    part = tmp_path / "part.fa"
+    part.write_text("".join(">" + r for i, r in enumerate(records) if i % 7 != 5))  # (no VALIDATION=True record)
+    embed(part, tmp_path / "part.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    args = ["fit", "ss3", "--embeddings", tmp_path / "part.h5", "--labels", flip, "--max-epochs", "1", *FAST,
+            "--bootstrap", "10", "--no-plots"]
+    for flag, none in (("--only-embedded", "has an embedding in"), ("--skip-mismatched", "matches an embedding in")):
+        r = run_cli(*args, flag, "--valid-fraction", "0.2", "-o", tmp_path / flag)
+        assert r.exit_code == 0, r.stderr
+        assert (f"protrans: warning: {flip}: none of its 10 validation records {none} {tmp_path / 'part.h5'}"
+                in r.stderr), r.stderr
+        assert (f": --valid-fraction 0.2 of train is held out for validation instead ({flag}; --valid EMBEDDINGS "
+                "LABELS gives a validation set)") in r.stderr
+        assert "validation: 10 proteins held out of train (seed 0; 40 left to train on)" in r.stderr
+        assert "--valid-fraction does nothing" not in r.stderr
+        config = json.loads((tmp_path / flag / "config.json").read_text())
+        assert len(config["training"]["held_out"]) == 10
+        summary = json.loads((tmp_path / flag / "metrics.json").read_text())
+        assert summary["valid"]["ss3"]["n_proteins"] == 10 and summary["test"]["ss3"]["n_proteins"] == 10
+    r = run_cli(*args, "-o", tmp_path / "h2")  # (without either: an error, nothing written)
+    assert r.exit_code == 1 and "(the valid records of" in r.stderr and not (tmp_path / "h2").exists()
+    nothing = tmp_path / "nothing.fasta"
+    nothing.write_text(">Z1 SET=train\nHHC\n>Z2 SET=train VALIDATION=True\nCCE\n")
+    r = run_cli(*args[:5], nothing, *args[6:], "--only-embedded", "-o", tmp_path / "h3")
+    assert r.exit_code == 1 and not (tmp_path / "h3").exists()
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {nothing} vs {tmp_path / 'part.h5'}: no label record matched an embedding: none of its "
+        "1 label record has one (--only-embedded left them out)"), r.stderr
 
 
 def test_an_interrupted_cross_validation_resumes_to_the_same_head(loc_data, tmp_path, monkeypatch):

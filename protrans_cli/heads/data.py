@@ -480,8 +480,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
         if on_mismatch == "skip":
             console.warn(f"{where}: skipped {console.counted(report.problems, 'label record')}: {report.describe()}")
         elif on_mismatch == "missing" and only_missing:
-            console.info(f"{where}: {len(report.missing)} label record(s) without an embedding left out "
-                         f"(--only-embedded; {len(matched)} matched)")
+            # (none matched: the error below or the caller's warning (fit's own validation and test
+            # records) says it; an info line of "0 matched" came just before it, near-identical to
+            # the training set's)
+            if matched:
+                console.info(f"{where}: {len(report.missing)} label record(s) without an embedding left out "
+                             f"(--only-embedded; {len(matched)} matched)")
         else:
             how = ("--only-embedded (on_mismatch='missing') leaves out the records without an embedding, "
                    "--skip-mismatched ('skip') every mismatch" if only_missing
@@ -499,13 +503,23 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
             raise InputError(f"none of its {len(report.no_label)} label record(s) gives a usable label (empty or "
                              "nan, every residue masked, or a dual location under --dual skip): nothing to train on "
                              "or score", path=label_set.path)
-        raise NothingMatched("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
+        why = ""
+        if on_mismatch == "missing" and report.missing and report.problems == len(report.missing):
+            why = (f": none of its {console.counted(len(report.missing), 'label record')} has one "
+                   f"({option('--only-embedded', 'on_mismatch=' + repr('missing'))} left them out)")
+        raise NothingMatched(f"no label record matched an embedding{why}", path=f"{label_set.path} vs {reader.path}",
+                             report=report)
     return matched, report
 
 
 class NothingMatched(InputError):
     """No label record of a set matched an embedding (match_labels): fit leaves out the label
-    file's own test records so under --only-embedded, where none of them was embedded."""
+    file's own validation or test records so under --only-embedded or --skip-mismatched, where
+    none of them was embedded (or none matched). `report`: the MatchReport, what was left out."""
+
+    def __init__(self, message: str, *, report=None, **where):
+        super().__init__(message, **where)
+        self.report = report
 
 
 def _refuse_protein_labels(label_set: LabelSet, reader, source: str, keys, named: dict, task_name: str) -> None:

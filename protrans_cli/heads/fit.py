@@ -463,18 +463,18 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         if same_file(valid[0], embeddings):
             same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
-    elif VALID in declared:
+    elif VALID in declared and (loaded := _load_own_split(config, embeddings, train_labels, VALID, task)):
         warn_unused_fraction(config.valid_fraction, labels)
-        valid_data, valid_report = _load_split(config, embeddings, train_labels, VALID, task)
+        valid_data, valid_report = loaded
         same_file_reports.append(valid_report)
         valid_desc = f"{labels} (its validation records)"
-    else:
+    else:  # (none declared, or none of them embedded under --only-embedded: _load_own_split)
         train, valid_data, held_out, valid_desc = _hold_out(config, train, labels)
     console.info(f"validation: {valid_desc}")
     if valid_data is not None:  # (--folds: scored out of fold once the members are trained, as "cv")
         eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
-        if loaded := _load_own_test(config, embeddings, train_labels, task):
+        if loaded := _load_own_split(config, embeddings, train_labels, TEST, task):
             test_data, test_report = loaded
             same_file_reports.append(test_report)
             eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
@@ -1303,25 +1303,38 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
         option = "--valid" if split == VALID else "--test"
         exc.message += (f" (the {split} records of {label_set.path}, used as the {split} set since no {option} "
                         f"is given; {option} EMBEDDINGS LABELS names another)")
-        # (NothingMatched kept: _load_own_test tells it from the other problems)
-        kind = NothingMatched if isinstance(exc, NothingMatched) else InputError
-        raise kind(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
+        # (NothingMatched kept: _load_own_split tells it from the other problems)
+        if isinstance(exc, NothingMatched):
+            raise NothingMatched(exc.message, path=exc.path, record=exc.record, line=exc.line,
+                                 report=exc.report) from None
+        raise InputError(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
 
 
-def _load_own_test(config: FitConfig, embeddings, label_set: LabelSet, task: Task):
-    """The data of the training label file's own test records (_load_split), or None where
-    --only-embedded is given and none of them was embedded: the user asked for what is embedded
-    and no test set, so the fit goes on without one and a warning counts the records left out
-    (it stopped with "no label record matched", after the cross-validation's user had embedded
-    only the training proteins). A --test set matching nothing stays an error."""
+def _load_own_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, task: Task):
+    """The data of the training label file's own validation or test records (_load_split), or
+    None where --only-embedded or --skip-mismatched is given and none of them is left: the user
+    asked for what is embedded (or matches), so the fit goes on without them, a warning saying
+    what was left out: without a test set, or with --valid-fraction of train held out for
+    validation, as when the file has no validation records (it stopped with "no label record
+    matched", after the user had embedded only the training proteins). A --valid or --test set
+    matching nothing stays an error, as does the same file read without either option."""
     try:
-        return _load_split(config, embeddings, label_set, TEST, task)
+        return _load_split(config, embeddings, label_set, split, task)
     except NothingMatched:
-        if config.on_mismatch != "missing":
+        if config.on_mismatch not in ("missing", "skip"):
             raise
-    n = len(_only(label_set, {TEST}).records)
-    console.warn(f"{label_set.path}: none of its {console.counted(n, 'test record')} has an embedding in "
-                 f"{embeddings}: no test set is scored (--only-embedded; --test EMBEDDINGS LABELS gives one)")
+    records = console.counted(len(_only(label_set, {split}).records), "test record" if split == TEST
+                              else "validation record")
+    flag = "--only-embedded" if config.on_mismatch == "missing" else "--skip-mismatched"
+    if config.on_mismatch == "missing":
+        none = f"none of its {records} has an embedding in {embeddings}"
+    else:  # (which mismatch each was: the warning of the records skipped, above)
+        none = f"none of its {records} matches an embedding in {embeddings} (skipped, above)"
+    if split == TEST:
+        console.warn(f"{label_set.path}: {none}: no test set is scored ({flag}; --test EMBEDDINGS LABELS gives one)")
+    else:
+        console.warn(f"{label_set.path}: {none}: --valid-fraction {config.valid_fraction:g} of train is held out "
+                     f"for validation instead ({flag}; --valid EMBEDDINGS LABELS gives a validation set)")
     return None
 
 
