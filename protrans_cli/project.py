@@ -292,7 +292,8 @@ def neighbourhoods_kept(vectors: np.ndarray, coords: np.ndarray, *, metric: str 
                         k: int = KEPT_NEIGHBOURS, queries: int = KEPT_QUERIES, seed: int = 0) -> float:
     """The mean fraction of a protein's k nearest neighbours in `vectors` (by `metric`) that
     are among its k nearest in `coords` (Euclidean), over `queries` proteins drawn by `seed`
-    (every protein when there are no more), each against all; itself excluded."""
+    (every protein when there are no more), each against all; itself excluded. NaN for k + 1
+    proteins or fewer, whose every map keeps every neighbourhood."""
     return map_quality(vectors, coords, metric=metric, k=k, queries=queries, seed=seed)[0]
 
 
@@ -358,7 +359,9 @@ def map_quality(vectors: np.ndarray, coords: np.ndarray, *, metric: str = "eucli
                 same[side] += int((codes[nearest] == codes[rows[asked]]).sum())
             counted += int(asked.sum())
     agreement = (same[0] / counted, same[1] / counted, counted) if counted else None
-    return kept / len(chosen), agreement
+    # (k of n - 1 others: any map keeps every neighbourhood, and 1.0 was given, stored in the
+    # --html page as if measured: no figure, as for a single protein)
+    return (math.nan if k >= n - 1 else kept / len(chosen)), agreement
 
 
 def _product(q: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -658,7 +661,7 @@ def _summary(result: Projection, output) -> list[str]:
     lines = [made]
     quality = []
     n = len(result.ids)
-    if result.kept is not None and not math.isnan(result.kept) and n - 1 <= KEPT_NEIGHBOURS:
+    if result.kept is not None and n - 1 <= KEPT_NEIGHBOURS:  # (measured, and nan: map_quality)
         # ("9 nearest neighbours kept on the map: 1.00 (random: 1)": any map keeps them all)
         quality.append(f"neighbours kept not measured: {n} proteins are too few (any map keeps each one's "
                        f"{n - 1} others as its nearest; {KEPT_NEIGHBOURS + 2} or more give a figure)")

@@ -5,6 +5,8 @@ outputs (TSV, picture, HTML page) and the refusals."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import shutil
 import sys
 from html.parser import HTMLParser
@@ -789,6 +791,14 @@ def test_bounds_that_need_no_data_are_said_before_any_file_is_read(tmp_path, run
     assert not (tmp_path / "m.tsv").exists()
 
 
+def _page_facts(path) -> dict:
+    """The facts a --html page stores (its generator meta's data-facts, JSON)."""
+    import html as html_module
+
+    text = path.read_text()
+    return json.loads(html_module.unescape(text.split('data-facts="', 1)[1].split('"', 1)[0]))
+
+
 def test_tiny_inputs_say_what_is_too_few_and_what_to_give(run_cli, tmp_path):
     """On 10 proteins the map's messages read oddly: "9 nearest neighbours kept on the map: 1.00
     (random: 1)" (any map keeps them all), "t-SNE: perplexity 3 for 10 proteins (30 needs 91 at
@@ -808,9 +818,22 @@ def test_tiny_inputs_say_what_is_too_few_and_what_to_give(run_cli, tmp_path):
     r = run_cli("project", tmp_path / "ten.h5", "--method", "tsne", "-o", "-", "--sample", "3")
     assert r.exit_code == 2 and "--sample" in r.stderr, r.stderr
     _write(tmp_path / "twelve.h5", x, [f"p{i}" for i in range(12)])  # (12: a figure, against a random map's)
-    r = run_cli("project", tmp_path / "twelve.h5", "-o", tmp_path / "m12.tsv")
+    r = run_cli("project", tmp_path / "twelve.h5", "-o", tmp_path / "m12.tsv", "--html", tmp_path / "m12.html")
     assert r.exit_code == 0 and "10 nearest neighbours kept on the map: " in r.stderr
     assert "(a random map keeps 0.91)" in r.stderr
+    said = float(r.stderr.split("kept on the map: ")[1].split()[0])
+    assert _page_facts(tmp_path / "m12.html")["neighbourhoods_kept"] == pytest.approx(said, abs=0.005)
+    # (the page stored neighbourhoods_kept 1.0 for 11 proteins or fewer, which any map keeps: no figure)
+    r = run_cli("project", tmp_path / "ten.h5", "-o", tmp_path / "m10.tsv", "--html", tmp_path / "m10.html")
+    assert r.exit_code == 0 and "neighbours kept not measured: 10 proteins are too few" in r.stderr, r.stderr
+    facts = _page_facts(tmp_path / "m10.html")
+    assert facts["proteins"] == 10 and facts["neighbourhoods_kept"] is None
+    from protrans_cli.project import map_quality, neighbourhoods_kept
+
+    assert math.isnan(neighbourhoods_kept(x[:11], x[:11, :2]))  # (10 neighbours of 10 others: any map's)
+    assert neighbourhoods_kept(x[:11], x[:11, :2], k=9) >= 0  # (9 of 10: a figure)
+    assert math.isnan(map_quality(x[:5], x[:5, :2], k=4, labels=list("aabbb"))[0])
+    assert map_quality(x[:5], x[:5, :2], k=4, labels=list("aabbb"))[1][2] == 5  # (the label figure stays)
     _write(tmp_path / "three.h5", x[:3], ["a", "b", "c"])
     if HAS_SKLEARN:
         r = run_cli("project", tmp_path / "ten.h5", "--method", "tsne", "-j", "1", "-o", tmp_path / "t.tsv")
