@@ -1674,3 +1674,36 @@ def test_a_value_label_of_minus_100_is_a_label(tmp_path):
     data = to_data(task, read_labels(labels).records, labels)
     assert data.sequences == ["MKTAYIAK", "MKTAYIAR"]
     assert data.targets["value"].tolist() == [-100.0, 1.5]
+
+
+def test_the_label_files_own_test_records_with_nothing_to_score_are_named_as_fit_names_them(tmp_path):
+    """finetune's test set of the label file's own SET=test records, every residue of which is
+    masked, stopped with "FILE: no labelled proteins", as if the training set had none; fit names
+    the records, how many and why (its _load_split). finetune's error now says what fit's says,
+    read from the same file before any model is loaded."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads.finetune import FinetuneConfig, _read_label_sets
+    from protrans_cli.heads.fit import FitConfig, fit
+    from protrans_cli.heads.tasks import get_task
+
+    labels, mask, seqs = tmp_path / "ft.fasta", tmp_path / "mask.fasta", tmp_path / "seqs.fasta"
+    labels.write_text(">A SET=train\nHHHCC\n>B SET=train\nCCEEH\n>C SET=train\nHHHHH\n"
+                      ">D SET=train VALIDATION=True\nCCCCC\n>T SET=test\nHHHHH\n")
+    mask.write_text(">A\n11111\n>B\n11111\n>C\n11111\n>D\n11111\n>T\n00000\n")
+    seqs.write_text(">A\nMKVLA\n>B\nMKVLE\n>C\nAAAAA\n>D\nGGGGG\n>T\nWWWWW\n")
+    expected = (f"{labels}: none of its 1 label record(s) gives a usable label (empty or nan, every residue masked, "
+                "or a dual location under --dual skip): nothing to train on or score (the test records of "
+                f"{labels}, used as the test set since no --test is given; --test ")
+    with pytest.raises(InputError) as caught:
+        _read_label_sets(FinetuneConfig(task="ss3", model="x", mask_path=str(mask)), get_task("ss3"), labels, seqs,
+                         None, [])
+    assert str(caught.value) == expected + "LABELS names another)"
+    embed(seqs, tmp_path / "seqs.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    with pytest.raises(InputError) as caught:  # (fit's, the reference)
+        fit(FitConfig(task="ss3", max_epochs=1, threads=1, mask_path=str(mask)), tmp_path / "seqs.h5", labels,
+            tmp_path / "head")
+    assert str(caught.value) == expected + "EMBEDDINGS LABELS names another)"
+    mask.write_text(mask.read_text().replace(">D\n11111", ">D\n00000").replace(">T\n00000", ">T\n11111"))
+    with pytest.raises(InputError, match=r"\(the valid records of .*ft.fasta, used as the valid set since no --valid"):
+        _read_label_sets(FinetuneConfig(task="ss3", model="x", mask_path=str(mask)), get_task("ss3"), labels, seqs,
+                         None, [])

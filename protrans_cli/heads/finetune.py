@@ -283,8 +283,10 @@ def to_data(task: Task, records, path, *, evaluating: bool = False, chains: str 
             if has_label(targets):
                 items.append(Matched(r.id, r.id, residue_count(r.sequence), targets))
                 seqs.append(r.sequence)
-    if not items:
-        raise InputError("no labelled proteins", path=str(path))
+    if not items:  # (fit's words: "no labelled proteins" said neither how many nor why)
+        raise InputError(f"none of its {len(records)} label record(s) gives a usable label (empty or nan, every "
+                         "residue masked, or a dual location under --dual skip): nothing to train on or score",
+                         path=str(path))
     return SequenceData(items, seqs, per_residue, chains, linker_length)
 
 
@@ -671,7 +673,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
         valid_data, valid_desc = data_of(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
         warn_unused_fraction(config.valid_fraction, labels)
-        valid_data = data_of(task, _only(train_set, {VALID}).records, labels, evaluating=True)
+        valid_data = _own_split(data_of, task, train_set, VALID, labels)
         valid_desc = f"{labels} (its validation records)"
     else:
         train, valid_data, valid_desc = _hold_out(config, train, labels)
@@ -688,8 +690,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
         eval_sets.append((name, data_of(task, records, path, evaluating=True), str(path)))
         sources.append((eval_sets[-1][1], path))
     if not tests and TEST in declared:
-        eval_sets.append(("test", data_of(task, _only(train_set, {TEST}).records, labels, evaluating=True),
-                          f"{labels} (SET=test)"))
+        eval_sets.append(("test", _own_split(data_of, task, train_set, TEST, labels), f"{labels} (SET=test)"))
         sources.append((eval_sets[-1][1], labels))
     if config.mask_path is not None and not any(masked):
         raise UsageError(f"{option(f'--mask {config.mask_path}', f'mask_path {config.mask_path}')}: none of the "
@@ -701,6 +702,19 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
         with located(labels):
             task = task.with_scale_from(train.targets)
     return _LabelSets(task, train_set, train, valid_data, valid_desc, eval_sets, sources, held_out)
+
+
+def _own_split(data_of, task: Task, train_set, split: str, labels):
+    """The data of the training label file's own validation or test records, their problems
+    saying which records they are, as fit's (_load_split): "FILE: no labelled proteins" read as
+    if the training set had none."""
+    try:
+        return data_of(task, _only(train_set, {split}).records, labels, evaluating=True)
+    except InputError as exc:
+        flag = "--valid" if split == VALID else "--test"
+        exc.message += (f" (the {split} records of {labels}, used as the {split} set since no {flag} is given; "
+                        f"{flag} LABELS names another)")
+        raise InputError(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
 
 
 def _build_model(config: FinetuneConfig, task: Task, sources, reads_residues: bool, autocast, device):
