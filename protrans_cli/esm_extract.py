@@ -32,6 +32,13 @@ are in place, and by a failed run that computed nothing. Stdin is copied into PA
 again by a resumed run (pipe it the same FASTA: embed's resume refuses an id whose sequence
 differs). Files of an earlier run stay, and one of the same name is replaced, as esm-extract
 replaces it.
+
+A fair-esm `.pt` file as the model (fair-esm's esm-extract takes one) is converted into
+PARTIAL/model/: one path from run to run, so that embed's and contacts' resume see one model,
+and kept with the work, so that a resumed run converts nothing; settings.json names the file
+as the user gave it (resolved) and which file it was (size, mtime). The working folders of
+earlier versions (`.esm-extract.<host>.<pid>-XXXX`, io.files.make_temporary's) that a SIGKILL
+left are swept as a run starts.
 """
 
 from __future__ import annotations
@@ -83,7 +90,8 @@ _FLAGS = {" --long-policy chunk keeps every window within them":  # (embed's rem
 class ExtractOptions:
     """What `protrans esm-extract` can be asked for (esm-extract's options)."""
 
-    model: str = "esm2_t33_650M_UR50D"  # esm-extract's MODEL_LOCATION: any model embed takes (-m)
+    model: str = "esm2_t33_650M_UR50D"  # esm-extract's MODEL_LOCATION: any model embed takes (-m), or a
+    #                                     fair-esm .pt file (converted into PARTIAL/model/)
     repr_layers: tuple[int, ...] = (-1,)
     include: tuple[str, ...] = ()       # some of INCLUDES (esm-extract requires --include)
     toks_per_batch: int = 4096           # padded tokens per batch (embed's max_tokens)
@@ -143,24 +151,24 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
     include = [i for i in INCLUDES if i in _included(options)]
     _check_fasta(fasta)
     folder = _output_folder(output_dir)
-    family, num_layers = _model_shape(options.model)
-    layers = esm_layers((options.repr_layers,) if isinstance(options.repr_layers, int) else options.repr_layers,
-                        num_layers, options.model)
-    if "contacts" in include and family != "esm":
-        contacts = option("--include contacts", "include 'contacts'")
-        raise ModelError(f"{options.model}: {contacts} reads ESM's contact head, and this is a {family} model "
-                         "(mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
+    checkpoint = fair_esm_file(options.model)
+    if checkpoint is None:  # (a fair-esm file's layers are known once it is converted, in PARTIAL)
+        layers = _layers_checked(str(options.model), options, include)
     with folder_made(folder):  # (removed again where the run fails before any file is in it)
         from protrans_cli.io.files import default_permissions, folder_lock
 
+        _sweep_old_work_folders(folder)
         work = folder / PARTIAL
         # (flock: a SIGKILLed run's lock goes with its process, and its folder is resumed as it is)
         with folder_lock(work, f"is the working folder of another esm-extract run into {output_dir} that is "
                                "running now: wait for it to end, or choose another OUTPUT_DIR"):
-            _start(work, options, include, layers)
+            model = str(options.model)
+            if checkpoint is not None:
+                model, layers = _converted_in(work, checkpoint, options, include)
+            _start(work, options, include, layers, checkpoint)
             try:
                 with console.said_once():  # (contacts and embed each read the input, and warned of its gaps twice)
-                    summary = _extract(fasta, work, folder, options, include, layers)
+                    summary = _extract(fasta, work, folder, options, include, layers, model)
                 default_permissions(work / "files")  # (the files of any output under the umask)
                 summary.num_replaced = _move_in(work / "files", folder)
             except BaseException as exc:
@@ -177,57 +185,157 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
     return summary
 
 
-# what in PARTIAL is computed work (the rest: settings.json, the copy of stdin, lock files)
+# what in PARTIAL is computed work (the rest: settings.json, the copy of stdin, lock files, the
+# conversion of a fair-esm file in _MODEL and what it was converted from in _MODEL_RECORD)
 _WORK = ("contacts.h5", "contacts.h5.partial", "embeddings.h5", "embeddings.h5.partial", "files")
+_MODEL, _MODEL_RECORD = "model", "model.json"
 
 
-def _settings(options: ExtractOptions, include: list[str], layers: list[int]) -> dict:
+def _settings(options: ExtractOptions, include: list[str], layers: list[int], checkpoint: Path | None = None) -> dict:
     """What a kept run's work was computed with, as settings.json holds it (the settings that change
-    the files; --toks_per_batch and --nogpu do not)."""
+    the files; --toks_per_batch and --nogpu do not). A fair-esm file's model is the file as the
+    user named it, resolved (its conversion in PARTIAL is no model of the user's), and which
+    file that is (checkpoint_identity)."""
     from protrans_cli.embed import model_attr
 
-    return {"model": model_attr(str(options.model)), "repr_layers": list(layers), "include": list(include),
+    model = {"model": model_attr(str(options.model))} if checkpoint is None else \
+        {"model": str(checkpoint.resolve()), "checkpoint": checkpoint_identity(checkpoint)}
+    return {**model, "repr_layers": list(layers), "include": list(include),
             "truncation_seq_length": int(options.truncation_seq_length), "dtype": str(options.dtype)}
 
 
-_SETTING_NAMES = {"model": ("MODEL_LOCATION", "model"), "repr_layers": ("--repr_layers", "repr_layers"),
+_SETTING_NAMES = {"model": ("MODEL_LOCATION", "model"), "checkpoint": ("MODEL_LOCATION's file", "model's file"),
+                  "repr_layers": ("--repr_layers", "repr_layers"),
                   "include": ("--include", "include"),
                   "truncation_seq_length": ("--truncation_seq_length", "truncation_seq_length"),
                   "dtype": ("--dtype", "dtype")}
 
 
-def _start(work: Path, options: ExtractOptions, include: list[str], layers: list[int]) -> None:
-    """PARTIAL (locked, made if missing) ready for this run: an interrupted run's work there is
-    refused without resume, and with it where it was computed with other settings; settings.json
-    says this run's."""
-    from protrans_cli.embed import same_model
+def fair_esm_file(model) -> Path | None:
+    """The fair-esm checkpoint `model` names (a `.pt` file: fair-esm's esm-extract's test of its
+    MODEL_LOCATION), else None."""
+    text = str(model)
+    return Path(text) if text.endswith(".pt") and os.path.isfile(text) else None
 
-    settings = _settings(options, include, layers)
+
+def checkpoint_identity(checkpoint: Path) -> str:
+    """Which fair-esm file a conversion and a run's work come from: its size and modification
+    time (and its contact regression's beside it). Not a digest: ESM-2 15B's file is 60 GB, a
+    minute and more to read at every run, and a file replaced or rewritten has another mtime
+    (embed's and contacts' own resume compare the conversion's weights_fingerprint besides)."""
+    def of(path: Path) -> str:
+        import datetime
+
+        status = path.stat()
+        when = datetime.datetime.fromtimestamp(status.st_mtime_ns // 10**9).isoformat(sep=" ")
+        return f"{status.st_size:,} bytes, modified {when}.{status.st_mtime_ns % 10**9:09d}"
+
+    regression = checkpoint.with_name(f"{checkpoint.stem}-contact-regression.pt")
+    try:
+        return of(checkpoint) + (f"; {regression.name} {of(regression)}" if regression.is_file() else "")
+    except OSError as exc:
+        raise InputError(f"cannot read the checkpoint: {exc.strerror or exc}", path=str(checkpoint)) from None
+
+
+def _layers_checked(model: str, options: ExtractOptions, include: list[str]) -> list[int]:
+    """esm-extract's layer numbers of --repr_layers for `model`, the model refused where it has
+    no contact head for --include contacts (from its config alone: no weights loaded yet)."""
+    family, num_layers = _model_shape(model)
+    layers = esm_layers((options.repr_layers,) if isinstance(options.repr_layers, int) else options.repr_layers,
+                        num_layers, str(options.model))
+    if "contacts" in include and family != "esm":
+        contacts = option("--include contacts", "include 'contacts'")
+        raise ModelError(f"{options.model}: {contacts} reads ESM's contact head, and this is a {family} model "
+                         "(mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
+    return layers
+
+
+def _converted_in(work: Path, checkpoint: Path, options: ExtractOptions, include: list[str]) -> tuple[str, list[int]]:
+    """A fair-esm file converted into PARTIAL/model/ (its path does not change from run to run, so
+    that embed's and contacts' resume see one model; a kept run's conversion of the same file is
+    used again): (the model directory, the layers). A kept run of another file is refused first
+    (no conversion made for nothing)."""
+    from protrans_cli.models.fair_esm import import_fair_esm
+
+    identity = checkpoint_identity(checkpoint)
+    kept = _kept_settings(work, options)
+    if kept is not None:
+        _refuse_other(work, kept, _settings(options, include, [], checkpoint), ("model", "checkpoint"))
+    target = work / _MODEL / checkpoint.stem
+    try:
+        try:
+            recorded = (work / _MODEL_RECORD).read_text(encoding="utf-8")
+        except OSError:
+            recorded = None
+        if recorded == identity and (target / "config.json").is_file():
+            console.info(f"esm-extract: the conversion of {checkpoint} that the interrupted run made is used")
+        else:
+            shutil.rmtree(work / _MODEL, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (work / _MODEL_RECORD).unlink()
+            console.info(f"esm-extract: converting {checkpoint} for this run (`protrans import-model {checkpoint} "
+                         "-o DIR` converts it once, for MODEL_LOCATION DIR)")
+            import_fair_esm(checkpoint, target)
+            (work / _MODEL_RECORD).write_text(identity, encoding="utf-8")  # (once whole)
+        return str(target), _layers_checked(str(target), options, include)
+    except BaseException:
+        if kept is None:
+            _emptied(work)  # (no work: the folder goes)
+        raise
+
+
+def _kept_settings(work: Path, options: ExtractOptions) -> dict | None:
+    """The settings of the interrupted run's work PARTIAL holds (refused without resume), or None
+    where it holds none."""
     held = [entry for entry in _WORK if os.path.lexists(work / entry)]
     if held and not options.resume:
         raise UsageError(f"holds the work of an interrupted esm-extract run: {resume_option()} finishes it "
                          "(with the settings it was computed with); remove the folder to start again", path=str(work))
-    if held:
-        try:
-            kept = json.loads((work / _SETTINGS).read_text(encoding="utf-8"))
-            if not isinstance(kept, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{_SETTINGS} cannot be read ({getattr(exc, 'strerror', None) or exc}): what its work "
-                             "was computed with is unknown; remove the folder to start again", path=str(work)) from None
-        differ = []
-        for key, now in settings.items():
-            before = kept.get(key)
-            if not (same_model(str(before), now) if key == "model" else before == now):
-                def shown(value):
-                    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-                differ.append(f"{option(*_SETTING_NAMES[key])} {shown(before)}, now {shown(now)}")
-        if differ:
-            raise UsageError(f"holds the work of a run with other settings ({'; '.join(differ)}): "
-                             f"{resume_option()} goes on with the settings it was computed with; remove the folder to "
-                             "start again with these", path=str(work))
-    else:
-        _emptied(work)  # (a run killed before it computed anything: its settings, a copy of stdin)
+    if not held:
+        return None
+    try:
+        kept = json.loads((work / _SETTINGS).read_text(encoding="utf-8"))
+        if not isinstance(kept, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{_SETTINGS} cannot be read ({getattr(exc, 'strerror', None) or exc}): what its work "
+                         "was computed with is unknown; remove the folder to start again", path=str(work)) from None
+    return kept
+
+
+def _refuse_other(work: Path, kept: dict, settings: dict, keys=None) -> None:
+    """A kept run's `settings` (those of `keys`) that differ from this run's refused, naming them."""
+    from protrans_cli.embed import same_model
+
+    def shown(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    differ = []
+    for key, now in settings.items():
+        if keys is not None and key not in keys:
+            continue
+        before = kept.get(key)
+        if key == "checkpoint" and differ:
+            continue  # (another model: which file each was is no news)
+        if not (same_model(str(before), now) if key == "model" else before == now):
+            differ.append(f"{option(*_SETTING_NAMES[key])} {shown(before)}, now {shown(now)}")
+    if differ:
+        raise UsageError(f"holds the work of a run with other settings ({'; '.join(differ)}): "
+                         f"{resume_option()} goes on with the settings it was computed with; remove the folder to "
+                         "start again with these", path=str(work))
+
+
+def _start(work: Path, options: ExtractOptions, include: list[str], layers: list[int],
+           checkpoint: Path | None = None) -> None:
+    """PARTIAL (locked, made if missing) ready for this run: an interrupted run's work there is
+    refused without resume, and with it where it was computed with other settings; settings.json
+    says this run's."""
+    settings = _settings(options, include, layers, checkpoint)
+    kept = _kept_settings(work, options)
+    if kept is not None:
+        _refuse_other(work, kept, settings)
+    else:  # (a run killed before it computed anything: its settings, a copy of stdin; not this run's conversion)
+        _emptied(work, keep=(_MODEL, _MODEL_RECORD) if checkpoint is not None else ())
     temporary = work / f".{_SETTINGS}.tmp"
     try:
         temporary.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
@@ -236,9 +344,28 @@ def _start(work: Path, options: ExtractOptions, include: list[str], layers: list
         raise RuntimeFailure(f"cannot write {_SETTINGS}: {exc.strerror or exc}", path=str(work)) from None
 
 
-def _emptied(work: Path) -> None:
-    """PARTIAL emptied (not removed: its lock is held on it; folder_lock removes it, empty)."""
+# the working folders of earlier versions, `.esm-extract.<host>.<pid>-XXXX` in OUTPUT_DIR (made by
+# io.files.make_temporary, whose sweep at the next run removed a SIGKILLed run's)
+_OLD_WORK_PREFIX = ".esm-extract."
+
+
+def _sweep_old_work_folders(folder: Path) -> None:
+    """Remove the working folders that runs of earlier versions killed (SIGKILL, a node lost) left
+    in OUTPUT_DIR, as make_temporary swept them: a process of this host that is gone, the folder
+    untouched for an hour (a container sharing the host name may be running one)."""
+    import re
+
+    from protrans_cli.io.files import STALE_SECONDS, _remove_dead
+
+    _remove_dead(folder, re.escape(_OLD_WORK_PREFIX), "", untouched_for=STALE_SECONDS)
+
+
+def _emptied(work: Path, keep=()) -> None:
+    """PARTIAL emptied but for the entries `keep` (not removed: its lock is held on it;
+    folder_lock removes it, empty)."""
     for entry in os.listdir(work):
+        if entry in keep:
+            continue
         path = work / entry
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -358,7 +485,7 @@ def _model_shape(model: str) -> tuple[str, int]:
 
 
 def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: list[str],
-             layers: list[int]) -> ExtractSummary:
+             layers: list[int], model: str) -> ExtractSummary:
     from protrans_cli.embed import _spool_input, is_stream
     from protrans_cli.io.files import display_name
 
@@ -378,7 +505,7 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
         contacts_file = work / "contacts.h5"
         with _in_esm_extract_terms():
             done = predict_contacts(source, contacts_file, ContactOptions(
-                model=options.model, device=options.device, dtype=options.dtype, max_tokens=options.toks_per_batch,
+                model=model, device=options.device, dtype=options.dtype, max_tokens=options.toks_per_batch,
                 max_length=options.truncation_seq_length, long_policy="truncate", storage_dtype="float32",
                 threads=options.threads, command_line=options.command_line, resume=options.resume), input_name=name,
                 on_load=(lambda loaded: shared.append((loaded, _attention_of(loaded)))) if wanted else None)
@@ -393,7 +520,7 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
         per_protein = "bos" in wanted or not per_residue
         embeddings_file = work / "embeddings.h5"
         embed_options = EmbedOptions(
-            model=options.model, per_residue=per_residue, per_protein=per_protein, layers=tuple(layers),
+            model=model, per_residue=per_residue, per_protein=per_protein, layers=tuple(layers),
             pooling="cls" if "bos" in wanted else "mean", device=options.device, dtype=options.dtype,
             max_tokens=options.toks_per_batch, max_length=options.truncation_seq_length, long_policy="truncate",
             threads=options.threads, command_line=options.command_line, resume=options.resume)

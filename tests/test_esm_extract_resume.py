@@ -239,3 +239,120 @@ def test_a_real_sigint_keeps_the_work_for_resume(tmp_path, model_dir, fasta):
                        env=env, timeout=120)
     assert r.returncode == 0 and "; 1 of them computed by the interrupted run" in r.stderr, r.stderr
     assert len(_files(out)) == 4
+
+
+def _fair_esm_file(path: Path) -> Path:
+    from tests.test_import_model import save_fair_esm
+
+    return save_fair_esm(path, "esm2")
+
+
+def _conversions(monkeypatch) -> list:
+    """fair-esm files converted, counted."""
+    from protrans_cli.models import fair_esm
+
+    made, convert = [], fair_esm.import_fair_esm
+
+    def counted(checkpoint, out_dir, **kw):
+        made.append(Path(checkpoint))
+        return convert(checkpoint, out_dir, **kw)
+
+    monkeypatch.setattr(fair_esm, "import_fair_esm", counted)
+    return made
+
+
+def test_a_fair_esm_file_as_model_location_resumes_with_its_conversion_kept(run_cli, tmp_path, fasta, monkeypatch):
+    """MODEL_LOCATION a fair-esm .pt (esm-extract's usual call): it was converted into a new
+    temporary folder at every run, and --resume was refused naming two temporary paths. Its
+    conversion now lies in the working folder, kept with the work and used again."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    ckpt = _fair_esm_file(tmp_path / "esm2_t2_tiny.pt")
+    include = ["mean", "per_tok", "contacts"]
+    r = run_cli("esm-extract", ckpt, fasta, tmp_path / "whole", "--include", *include, *BATCH)
+    assert r.exit_code == 0, r.stderr
+    whole = _files(tmp_path / "whole")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        counts = _counting(patch, stop_after=2)
+        r = run_cli("esm-extract", ckpt, fasta, out, "--include", *include, *BATCH)
+    assert r.exit_code == 130 and counts["rows"] == 2, r.stderr
+    assert (out / PARTIAL / "model" / "esm2_t2_tiny" / "config.json").is_file()  # (kept for the resume)
+    converted = _conversions(monkeypatch)
+    counts = _counting(monkeypatch)
+    r = run_cli("esm-extract", ckpt, fasta, out, "--include", *include, *BATCH, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert counts == {"rows": 2, "contacts": 0} and converted == [], (counts, converted)  # (nothing done again)
+    assert f"esm-extract: the conversion of {ckpt} that the interrupted run made is used\n" in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == NAMES
+    _assert_equal(_files(out), whole)
+    # (no temporary conversion; torch's compiler caches may be made there)
+    assert [p for p in scratch.iterdir() if p.name.startswith("protrans-import-model")] == []
+
+
+def test_a_resume_from_another_fair_esm_file_is_refused_naming_model_location(run_cli, tmp_path, fasta,
+                                                                              monkeypatch):
+    ckpt = _fair_esm_file(tmp_path / "esm2_t2_tiny.pt")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _counting(patch, stop_after=1)
+        assert run_cli("esm-extract", ckpt, fasta, out, "--include", "mean", *BATCH).exit_code == 130
+    kept = sorted(os.listdir(out / PARTIAL))
+    assert "model" in kept and "model.json" in kept
+    converted = _conversions(monkeypatch)
+    # another file: refused before it is converted, naming the user's files (no temporary path)
+    other = tmp_path / "elsewhere" / "esm2_t2_tiny.pt"
+    other.parent.mkdir()
+    shutil.copy(ckpt, other)
+    r = run_cli("esm-extract", other, fasta, out, "--include", "mean", "--resume")
+    assert r.exit_code == 2 and r.stderr == (
+        f"protrans: error: {out / PARTIAL}: holds the work of a run with other settings (MODEL_LOCATION "
+        f"{ckpt.resolve()}, now {other.resolve()}): --resume goes on with the settings it was computed with; remove "
+        "the folder to start again with these\n"), r.stderr
+    # the same path, the file replaced since
+    os.utime(ckpt, ns=(time.time_ns(), os.stat(ckpt).st_mtime_ns + 10**9))
+    r = run_cli("esm-extract", ckpt, fasta, out, "--include", "mean", "--resume")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert re.search(r"\(MODEL_LOCATION's file [\d,]+ bytes, modified \S+ \S+; esm2_t2_tiny-contact-regression\.pt "
+                     r"[\d,]+ bytes, modified \S+ \S+, now [\d,]+ bytes, modified ", r.stderr), r.stderr
+    # a model directory in place of the file
+    r = run_cli("esm-extract", REFERENCE, fasta, out, "--include", "mean", "--resume")
+    assert r.exit_code == 2 and f"(MODEL_LOCATION {ckpt.resolve()}, now {REFERENCE.resolve()})" in r.stderr, r.stderr
+    assert "protrans-import-model" not in r.stderr and converted == []
+    assert sorted(os.listdir(out / PARTIAL)) == kept
+
+
+def test_a_fair_esm_file_that_cannot_be_converted_leaves_no_folder(run_cli, tmp_path, fasta):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(_fair_esm_file(tmp_path / "esm2_t2_tiny.pt").read_bytes()[:2000])
+    r = run_cli("esm-extract", cut, fasta, tmp_path / "out", "--include", "mean")
+    assert r.exit_code == 1 and "cut.pt: cannot read the checkpoint" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_working_folders_of_earlier_versions_killed_runs_are_swept(run_cli, tmp_path, model_dir, fasta):
+    """Earlier versions worked in OUTPUT_DIR/.esm-extract.<host>.<pid>-XXXX (make_temporary's, swept
+    by the next run's make_temporary): a SIGKILLed run's is swept once a run starts, as it was --
+    a process of this host that is gone, the folder untouched for an hour."""
+    from protrans_cli.io.files import STALE_SECONDS, _host_tag
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = _host_tag()
+    folders = {name: out / name for name in (f".esm-extract.{host}.{dead}-ab12", f".esm-extract.{host}.{dead}-new1",
+                                             f".esm-extract.{host}.{os.getppid()}-live", f".esm-extract.other.{dead}-x1")}
+    old = time.time() - STALE_SECONDS - 60
+    for name, path in folders.items():
+        (path / "embeddings.h5").parent.mkdir()
+        (path / "embeddings.h5").write_bytes(b"half")
+        if not name.endswith("new1"):
+            for each in (path / "embeddings.h5", path):
+                os.utime(each, (old, old))
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(os.listdir(out)) == sorted([*NAMES, *(name for name in folders if "ab12" not in name)])

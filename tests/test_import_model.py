@@ -429,8 +429,8 @@ def test_embed_with_a_pt_file_names_import_model(run_cli, tmp_path):
 
 
 def test_esm_extract_converts_a_pt_path_for_the_run(run_cli, tmp_path, monkeypatch):
-    """fair-esm's esm-extract takes MODEL.pt: so does the drop-in, through a temporary model directory
-    that is gone afterwards; its files hold esm-extract's rows and means."""
+    """fair-esm's esm-extract takes MODEL.pt: so does the drop-in, through a model directory in its
+    working folder that is gone afterwards (none under TMPDIR); its files hold esm-extract's rows and means."""
     import tempfile
 
     from safetensors.numpy import load_file
@@ -492,8 +492,8 @@ def test_esm_extract_reads_a_short_names_weights_from_fair_esms_download(run_cli
     download = save_fair_esm(tmp_path / "hub" / "checkpoints" / "esm2_t6_8M_UR50D.pt", "esm2")
     r = run_cli("esm-extract", "esm2_t6_8M_UR50D", fasta, tmp_path / "out", "--repr_layers", "2", "--include", "mean")
     assert r.exit_code == 0, r.stderr
-    assert (f"esm2_t6_8M_UR50D is not in the Hugging Face cache; converting fair-esm's download of it, {download}, "
-            "for this run") in r.stderr
+    assert (f"esm2_t6_8M_UR50D is not in the Hugging Face cache; fair-esm's download of it, {download}, is used\n"
+            f"esm-extract: converting {download} for this run") in r.stderr
     ref = load_file(REFERENCES["esm2"] / "reference.safetensors")
     for ident in SHORT:
         got = torch.load(tmp_path / "out" / f"{ident}.pt", weights_only=True)

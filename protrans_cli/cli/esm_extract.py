@@ -83,8 +83,9 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     "bos_representations", "contacts"} (the included ones) as float32 tensors by
     layer. MODEL_LOCATION is any model embed takes (-m): a short name (see
     `protrans models`), hub id or model directory. A fair-esm .pt file (ESM-2,
-    ESM-1b, ESM-1v) is converted for the run into a temporary model directory,
-    as `protrans import-model` converts it once (read weights-only: nothing in
+    ESM-1b, ESM-1v) is converted for the run into a model directory in
+    OUTPUT_DIR/.protrans-esm-extract.partial/ (kept there for --resume), as
+    `protrans import-model` converts it once (read weights-only: nothing in
     it runs); so is fair-esm's download of a short name's weights in torch
     hub's checkpoints folder where the Hugging Face cache lacks the model.
 
@@ -106,31 +107,18 @@ def command(model_location, fasta_file, output_dir, repr_layers, include, toks_p
     protrans esm-extract esm1b_t33_650M_UR50S proteins.fasta maps/ \\
         --include contacts --nogpu
     """
-    import contextlib
-    import os
-
     from protrans_cli import console
+    from protrans_cli.esm_extract import fair_esm_file
 
-    with contextlib.ExitStack() as stack:
-        # A fair-esm file (fair-esm's test of a path), or fair-esm's download of a short name's weights
-        # where the Hugging Face cache lacks the model (fair-esm's esm-extract reads it from there
-        # without network): converted for this run
-        source = model_location if str(model_location).endswith(".pt") and os.path.isfile(model_location) else \
-            _fair_esm_download(model_location)
-        if source is not None:
-            from protrans_cli.esm_extract import _check_fasta, _output_folder
-            from protrans_cli.models.fair_esm import converted
-
-            # (the FASTA and the folder first: a mistyped name was said after minutes of converting)
-            _check_fasta(fasta_file)
-            _output_folder(output_dir)
-            what = (f"converting {source}" if source == model_location else f"{model_location} is not in the Hugging "
-                    f"Face cache; converting fair-esm's download of it, {source},")
-            console.info(f"esm-extract: {what} for this run (`protrans import-model {source} -o DIR` converts it once, "
-                         "for MODEL_LOCATION DIR)")
-            model_location = stack.enter_context(converted(source))
-        _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
-             nogpu, dtype, resume)
+    # fair-esm's download of a short name's weights where the Hugging Face cache lacks the model
+    # (fair-esm's esm-extract reads it from there without network): converted for the run as a
+    # fair-esm file given as MODEL_LOCATION is (esm_extract converts it, into the working folder)
+    if fair_esm_file(model_location) is None and (download := _fair_esm_download(model_location)) is not None:
+        console.info(f"esm-extract: {model_location} is not in the Hugging Face cache; fair-esm's download of it, "
+                     f"{download}, is used")
+        model_location = str(download)
+    _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length,
+         nogpu, dtype, resume)
 
 
 def _fair_esm_download(model_location):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import pickle
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -509,24 +508,3 @@ def hub_cached(name: str) -> bool:
     from protrans_cli.models.imported import hub_file
 
     return hub_file(CHECKPOINTS[name].hub_id, "config.json") is not None
-
-
-@contextmanager
-def converted(checkpoint):
-    """The fair-esm checkpoint converted into a temporary model directory (under TMPDIR), removed
-    on leaving: what `protrans esm-extract MODEL.pt` runs from, as fair-esm's reads a `.pt` path."""
-    import shutil
-    import tempfile
-
-    from protrans_cli.errors import RuntimeFailure
-
-    try:
-        folder = Path(tempfile.mkdtemp(prefix="protrans-import-model."))
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot make a temporary folder to convert the checkpoint into: "
-                             f"{exc.strerror or exc} (TMPDIR names another)", path=str(checkpoint)) from None
-    try:
-        import_fair_esm(checkpoint, folder / Path(checkpoint).stem)
-        yield folder / Path(checkpoint).stem
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
