@@ -313,7 +313,8 @@ def test_a_resume_from_another_fair_esm_file_is_refused_naming_model_location(ru
         f"{ckpt.resolve()}, now {other.resolve()}): --resume goes on with the settings it was computed with; remove "
         "the folder to start again with these\n"), r.stderr
     # the same path, the file replaced since
-    os.utime(ckpt, ns=(time.time_ns(), os.stat(ckpt).st_mtime_ns + 10**9))
+    before = os.stat(ckpt).st_mtime_ns
+    os.utime(ckpt, ns=(time.time_ns(), before + 10**9))
     r = run_cli("esm-extract", ckpt, fasta, out, "--include", "mean", "--resume")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
     assert re.search(r"\(MODEL_LOCATION's file [\d,]+ bytes, modified \S+ \S+; esm2_t2_tiny-contact-regression\.pt "
@@ -323,6 +324,13 @@ def test_a_resume_from_another_fair_esm_file_is_refused_naming_model_location(ru
     assert r.exit_code == 2 and f"(MODEL_LOCATION {ckpt.resolve()}, now {REFERENCE.resolve()})" in r.stderr, r.stderr
     assert "protrans-import-model" not in r.stderr and converted == []
     assert sorted(os.listdir(out / PARTIAL)) == kept
+    # the file as it was, its kept conversion removed: converted again (to the same weights), and resumed
+    os.utime(ckpt, ns=(time.time_ns(), before))
+    shutil.rmtree(out / PARTIAL / "model")
+    r = run_cli("esm-extract", ckpt, fasta, out, "--include", "mean", "--resume")
+    assert r.exit_code == 0 and converted == [ckpt] and "1 of them computed by the interrupted run" in r.stderr, \
+        r.stderr
+    assert sorted(os.listdir(out)) == NAMES
 
 
 def test_a_fair_esm_file_that_cannot_be_converted_leaves_no_folder(run_cli, tmp_path, fasta):
