@@ -148,3 +148,48 @@ def test_finetune_refuses_a_complex_by_default(tmp_path):
     with pytest.raises(InputError, match=r"s\.fa, record 'a': ':' at residue 4 is a chain break .*"
                                          r"chains='linker' or chains='separate' reads it"):
         read_sequence_data(labels, get_task("ss3"), fasta=fasta)
+
+
+@pytest.mark.parametrize("layout", ["like its labels", "one digit per residue"])
+def test_a_complexs_mask_in_fit_predict_and_finetune(sets, tmp_path, run_cli, layout):
+    """--mask beside a complex's labels (`HHH:EE`), laid out like them (':' between the chains) or one
+    digit per residue: it was checked against the labels' length counting the ':'s, and refused either
+    way. fit on the complexes with it equals fit on their chains written as separate proteins with
+    the same mask (the same weights), predict --labels --mask scores what fit scored, and finetune
+    reads the same targets."""
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.finetune import FinetuneConfig, read_sequence_data, to_data
+    from protrans_cli.heads.tasks import IGNORE, get_task
+
+    rng = np.random.default_rng(5)
+    masks = {"complex": [], "chains": []}
+    for name in ("train", "valid", "test"):
+        for k, chains in enumerate(json.loads((sets / f"{name}.complexes.json").read_text())):
+            bits = ["".join(rng.choice(["0", "1", "1"], size=len(c))) for c in chains]
+            masks["complex"].append(f">{name}{k:02d}\n{(':' if layout == 'like its labels' else '').join(bits)}\n")
+            masks["chains"] += [f">{name}{k:02d}{c}\n{b}\n" for c, b in zip("abc", bits)]
+    for way, records in masks.items():
+        (tmp_path / f"{way}.mask.fa").write_text("".join(records))
+    got = _fit(sets, "complex", tmp_path / "complex", mask_path=str(tmp_path / "complex.mask.fa"))
+    ref = _fit(sets, "chains", tmp_path / "chains", mask_path=str(tmp_path / "chains.mask.fa"))
+    assert [h["train_loss"] for h in got.history] == [h["train_loss"] for h in ref.history]
+    for name, w in load_file(str(tmp_path / "complex" / "weights.safetensors")).items():
+        torch.testing.assert_close(w, load_file(str(tmp_path / "chains" / "weights.safetensors"))[name], rtol=0, atol=0)
+    m = got.metrics["test"]["ss3"]
+    assert m["n"] == ref.metrics["test"]["ss3"]["n"] == sum(r.split("\n")[1].count("1") for r in masks["chains"]
+                                                            if r.startswith(">test"))
+    r = run_cli("predict", tmp_path / "complex", "--embeddings", sets / "complex" / "test.h5",
+                "--labels", sets / "complex" / "test.fa", "--mask", tmp_path / "complex.mask.fa")
+    assert r.exit_code == 0, r.stderr
+    assert f"Q3 {m['accuracy']:.4f} (95% CI {m['ci95'][0]:.4f}-{m['ci95'][1]:.4f})" in r.stderr, r.stderr
+    assert f"{m['n']} positions in {m['n_proteins']} proteins" in r.stderr
+    # finetune: the same residues left out of the complexes' targets
+    task = get_task("ss3")
+    config = FinetuneConfig(task="ss3", model="x", chains="separate", mask_path=str(tmp_path / "complex.mask.fa"))
+    label_set = read_sequence_data(sets / "complex" / "test.fa", task, fasta=sets / "complex" / "test.seq.fa",
+                                   config=config)
+    data = to_data(task, label_set.records, sets / "complex" / "test.fa", chains="separate")
+    kept = "".join(r.split("\n")[1] for r in masks["chains"] if r.startswith(">test"))
+    targets = np.concatenate([t["ss3"] for t in (item.targets for item in data.items)])
+    assert ((targets != IGNORE) == np.array([c == "1" for c in kept])).all()

@@ -1345,3 +1345,51 @@ def test_labels_to_stdout_stopped_while_writing_prints_nothing(run_cli, monkeypa
     r = run_cli("labels", DATA / "heads" / "pisces_small.csv", "-o", "-")
     assert (r.exit_code, r.stdout, r.stderr) == (130, "", "protrans: error: interrupted\n")
     assert len(written) == 2
+
+
+@pytest.mark.parametrize("layout", ["like its labels", "one digit per residue"])
+def test_a_complexs_mask_is_laid_out_like_its_labels_or_one_digit_per_residue(tmp_path, layout):
+    """FLIP labels with ':' between a complex's chains (`HHH:EE`, as predict writes states): a
+    --mask was checked against the label string's length counting the ':'s, so that neither a mask
+    with ':' where the labels have them (a character other than 0 and 1) nor one digit per residue
+    ("mask has 5 positions, the labels 6") was read, and one of 6 digits was refused later. Either
+    layout now masks the residues it marks 0, as the same mask of the chains written one after the
+    other; MASK= beside biotrainer's TARGET= alike."""
+    from protrans_cli.heads.data import _label_chains
+
+    labels = tmp_path / "l.fasta"
+    labels.write_text(">c\nHHH:EE\n>p\nCHE\n")
+    mask = tmp_path / "mask.fasta"
+    mask.write_text(">c\n" + ("101:10" if layout == "like its labels" else "10110") + "\n>p\n011\n")
+    task = get_task("ss3")
+    got = {}
+    for record in read_labels(labels, mask_path=mask).records:
+        record, _ = _label_chains(record)
+        got[record.id] = task.residue_targets(record)["ss3"].tolist()
+    h, e, c = (SS3.index(s) for s in "HEC")
+    assert got == {"c": [h, IGNORE, h, e, IGNORE], "p": [IGNORE, h, e]}
+    bio = tmp_path / "bio.fasta"
+    bio.write_text(">c TARGET=HHH:EE MASK=" + ("101:10" if layout == "like its labels" else "10110") + "\nAEL:VI\n")
+    record, _ = _label_chains(read_labels(bio).records[0])
+    assert task.residue_targets(record)["ss3"].tolist() == got["c"]
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ("101110", "mask has 6 positions, the labels 5 residues in chains of 3, 2 (':' between them): expected one "
+               "0/1 per residue, with ':' where the labels have them or none"),
+    ("10:110", "mask has chains of 2, 3, the labels 5 residues in chains of 3, 2 (':' between them)"),
+    ("101:1", "mask has chains of 3, 1, the labels 5 residues in chains of 3, 2"),
+    ("1011", "mask has 4 positions, the labels 5 residues in chains of 3, 2")])
+def test_a_complexs_mask_laid_out_otherwise_is_refused_naming_file_record_and_layout(tmp_path, raw, problem):
+    labels = tmp_path / "l.fasta"
+    labels.write_text(">c\nHHH:EE\n")
+    mask = tmp_path / "mask.fasta"
+    mask.write_text(f">c\n{raw}\n")
+    with pytest.raises(InputError, match=re.escape(f"mask.fasta:1, record 'c': {problem}")):
+        read_labels(labels, mask_path=mask)
+    # a ':' in the mask of labels without any is named too
+    labels.write_text(">c\nHHHEE\n")
+    mask.write_text(">c\n101:10\n")
+    with pytest.raises(InputError, match=re.escape("mask.fasta:2, record 'c': mask has ':' (a chain break) where the "
+                                                   "labels have none: one 0/1 per residue, 5")):
+        read_labels(labels, mask_path=mask)

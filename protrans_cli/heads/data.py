@@ -565,9 +565,19 @@ def _label_chains(record) -> tuple:
     if label_lines and isinstance(record.labels.get("label"), str):
         text = record.labels["label"]
         label_lines = tuple((start - text.count(":", 0, start), lineno) for start, lineno in label_lines)
+    # (a mask read beside them has a position for each of their letters and ':'s (labels._mask_bits):
+    # its positions at the ':'s go with them)
+    text = texts[first]
+    residues = np.array([c != ":" for c in text], dtype=bool)
+    masks = {}
+    if getattr(record, "mask", None) is not None and len(record.mask) == len(text):
+        masks["mask"] = record.mask[residues]
+    if getattr(record, "output_masks", None):
+        masks["output_masks"] = {name: m[residues] if m is not None and len(m) == len(text) else m
+                                 for name, m in record.output_masks.items()}
     return dataclasses.replace(record, labels={name: text.replace(":", "") if isinstance(text, str) else text
                                                for name, text in record.labels.items()},
-                               **({"label_lines": label_lines} if label_lines else {})), lengths
+                               **({"label_lines": label_lines} if label_lines else {}), **masks), lengths
 
 
 def _check_chains(reader, source: str, key: str, lengths: tuple, record, path) -> None:

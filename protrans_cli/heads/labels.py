@@ -654,7 +654,7 @@ def _read_biotrainer(text: str, name: str) -> LabelSet:
             raise InputError("has no sequence line", path=name, line=rec.line, record=rec.id)
         mask = None
         if "MASK" in attrs:  # per-residue: 1 = the residue is trained on and scored
-            mask = _mask_bits(attrs["MASK"], len(attrs["TARGET"]), "MASK=", "TARGET=", path=name, line=rec.line,
+            mask = _mask_bits(attrs["MASK"], attrs["TARGET"], "MASK=", "TARGET=", path=name, line=rec.line,
                               record=rec.id)
         records.append(LabelRecord(rec.id, rec.sequence.upper(), {"label": attrs["TARGET"]}, mask,
                                    _split_of(attrs, name, rec), rec.line))
@@ -679,21 +679,44 @@ def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) 
                          path=name)
     for record in label_set.records:
         mask = masks[record.id]
-        bad = next((i for i, c in enumerate(mask.sequence) if c not in "01"), None)
+        allowed = "01:" if ":" in record.labels["label"] else "01"
+        bad = next((i for i, c in enumerate(mask.sequence) if c not in allowed), None)
         # (a bad character named by its own line, not the header's)
-        record.mask = _mask_bits(mask.sequence, len(record.labels["label"]), "mask", "the labels",
+        record.mask = _mask_bits(mask.sequence, record.labels["label"], "mask", "the labels",
                                  path=name, line=mask.line if bad is None else mask.line_of(bad), record=record.id)
     label_set.notes.append(f"mask from {name} (1 = evaluated)")
 
 
-def _mask_bits(raw: str, positions: int, mask_name: str, labels_name: str, **where) -> np.ndarray:
-    """A per-residue mask of 0/1 characters as booleans (True = evaluated), one per label
-    position; anything else is an error naming `where` (path, line, record)."""
-    if set(raw) - {"0", "1"}:
+def _mask_bits(raw: str, labels: str, mask_name: str, labels_name: str, **where) -> np.ndarray:
+    """A per-residue mask of 0/1 characters as booleans (True = evaluated), one per position of
+    the label string `labels`; anything else is an error naming `where` (path, line, record).
+    Labels with a ':' between a complex's chains take a mask laid out like them (a ':' where they
+    have one) or one digit per residue (no ':'); either way the mask returned has a position for
+    each of the labels' (False at their ':'s, which data._label_chains drops with them)."""
+    if set(raw) - {"0", "1", ":"}:
         raise InputError(f"{mask_name} holds characters other than 0 and 1", **where)
-    if len(raw) != positions:
-        raise InputError(f"{mask_name} has {len(raw)} positions, {labels_name} {positions}", **where)
-    return np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
+    breaks = [i for i, c in enumerate(labels) if c == ":"]
+    if not breaks:
+        if ":" in raw:
+            raise InputError(f"{mask_name} has ':' (a chain break) where {labels_name} have none: one 0/1 "
+                             f"per residue, {len(labels)}", **where)
+        if len(raw) != len(labels):
+            raise InputError(f"{mask_name} has {len(raw)} positions, {labels_name} {len(labels)}", **where)
+        return np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
+    chains = [len(part) for part in labels.split(":")]
+    digits = raw.replace(":", "")
+    laid_out = ":" not in raw or [i for i, c in enumerate(raw) if c == ":"] == breaks
+    if not laid_out or len(digits) != sum(chains):
+        given = (f"chains of {', '.join(str(len(part)) for part in raw.split(':'))}" if ":" in raw
+                 else f"{len(raw)} positions")
+        raise InputError(f"{mask_name} has {given}, {labels_name} {sum(chains)} residues in chains of "
+                         f"{', '.join(map(str, chains))} (':' between them): expected one 0/1 per residue, "
+                         f"with ':' where {labels_name} have them or none", **where)
+    bits = np.zeros(len(labels), dtype=bool)
+    keep = np.ones(len(labels), dtype=bool)
+    keep[breaks] = False
+    bits[keep] = np.frombuffer(digits.encode(), dtype=np.uint8) == ord("1")
+    return bits
 
 
 # --- DeepLoc FASTA -------------------------------------------------------------------------
