@@ -4,6 +4,7 @@ builds them), `predict --fasta` on the head it writes, and its refusals. Tiny ra
 
 from __future__ import annotations
 
+import functools
 import csv
 import json
 import os
@@ -1707,3 +1708,36 @@ def test_the_label_files_own_test_records_with_nothing_to_score_are_named_as_fit
     with pytest.raises(InputError, match=r"\(the valid records of .*ft.fasta, used as the valid set since no --valid"):
         _read_label_sets(FinetuneConfig(task="ss3", model="x", mask_path=str(mask)), get_task("ss3"), labels, seqs,
                          None, [])
+
+
+def test_the_label_files_own_test_records_without_a_sequence_are_named_as_its_test_records(tmp_path):
+    """finetune's label file whose SET=test records --fasta gives no sequence for stopped with
+    "FILE: 2 record(s) without a sequence" as if its training records lacked them: now they are named
+    as its test records, used as the test set since no --test is given; with --test given (they are
+    never read) and for its validation records likewise."""
+    from protrans_cli.heads.finetune import FinetuneConfig, _read_label_sets
+    from protrans_cli.heads.tasks import get_task
+
+    labels, seqs, other = tmp_path / "ft.fasta", tmp_path / "seqs.fasta", tmp_path / "other.fasta"
+    labels.write_text(">A SET=train\nHHHCC\n>B SET=train\nCCEEH\n>C SET=train\nHHHHH\n"
+                      ">D SET=train VALIDATION=True\nCCCCC\n>T SET=test\nHHHHH\n>U SET=test\nCCHHH\n")
+    seqs.write_text(">A\nMKVLA\n>B\nMKVLE\n>C\nAAAAA\n>D\nGGGGG\n")
+    other.write_text(">O\nHHCCE\n")
+    read = functools.partial(_read_label_sets, FinetuneConfig(task="ss3", model="x"), get_task("ss3"), labels, seqs)
+    with pytest.raises(InputError) as caught:
+        read(None, [])
+    assert str(caught.value) == (f"{labels}: 2 record(s) without a sequence: neither the file nor --fasta {seqs} gives "
+                                 f"(T, U...) (the test records of {labels}, used as the test set since no --test is "
+                                 "given; --test LABELS names another)")
+    other_seqs = tmp_path / "all.fasta"
+    other_seqs.write_text(seqs.read_text() + ">O\nMKVLA\n")
+    sets = _read_label_sets(FinetuneConfig(task="ss3", model="x"), get_task("ss3"), labels, other_seqs, None, [other])
+    assert [name for name, *_ in sets.eval_sets] == ["valid", "other"]
+    seqs.write_text(seqs.read_text().replace(">D\nGGGGG\n", "") + ">T\nWWWWW\n>U\nMKVLA\n")
+    with pytest.raises(InputError, match=r": 1 record\(s\) without a sequence: .* \(D\.\.\.\) \(the valid records of "
+                                         r".*ft\.fasta, used as the valid set since no --valid is given"):
+        read(None, [])
+    # a training record without one is named as before (the whole file)
+    seqs.write_text(seqs.read_text().replace(">A\nMKVLA\n", ""))
+    with pytest.raises(InputError, match=r"ft\.fasta: 1 record\(s\) without a sequence: .* \(A\.\.\.\)$"):
+        read(None, [])

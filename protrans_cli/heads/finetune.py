@@ -199,11 +199,14 @@ class _SequenceBatch(Batch):
 
 def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", config=None,
                        evaluation: bool = False, mask_elsewhere: bool = False, masked: list | None = None,
-                       sequences: dict | None = None, formats: list | None = None):
+                       sequences: dict | None = None, formats: list | None = None, own_splits: bool = False):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
     by id). `config` (a FinetuneConfig): its --mask and --mask-column, applied as fit applies them
     (`evaluation`, `mask_elsewhere`: read_labels' mask_optional and mask_elsewhere); `masked`
-    collects whether the FLIP mask applied to the file; `sequences`: `fasta`'s, read already."""
+    collects whether the FLIP mask applied to the file; `sequences`: `fasta`'s, read already.
+    `own_splits` (the training file): its validation and test records need a sequence only where
+    they are used, as the validation or test set (_own_split refuses them, naming them as such);
+    with --valid or --test given they are never read."""
     label_set = read_labels(path, label_format, mask_path=getattr(config, "mask_path", None),
                             mask_columns=getattr(config, "mask_columns", ("disorder",)), mask_optional=evaluation,
                             mask_elsewhere=mask_elsewhere)
@@ -241,17 +244,23 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
                                  f"{', '.join(map(str, chain_lengths(record.sequence)))}", path=str(path),
                                  record=record.id)
         if not record.sequence:
-            missing.append(record.id)
+            if not (own_splits and record.split in (VALID, TEST)):
+                missing.append(record.id)
         elif ":" in record.sequence:
             _check_complex(record, chains, task.kind == PER_RESIDUE, source, path)
     if missing:
-        where = f"neither the file nor --fasta {fasta} gives" if fasta is not None else \
-            "the file gives no sequences (give them with --fasta SEQS.fa)"
-        raise InputError(f"{len(missing):,} record(s) without a sequence: {where} ({', '.join(missing[:3])}...)",
-                         path=str(path))
+        raise _without_sequence(missing, path, fasta)
     if task.kind == PER_RESIDUE:  # (one label a protein: "5 labels for 38 residues" said of its first record)
-        refuse_protein_labels(label_set, task.name, lambda r: residue_count(r.sequence))
+        refuse_protein_labels(label_set, task.name, lambda r: residue_count(r.sequence) if r.sequence else None)
     return label_set
+
+
+def _without_sequence(missing: list, path, fasta) -> InputError:
+    """The error for label records that neither their file nor --fasta gives a sequence."""
+    where = f"neither the file nor --fasta {fasta} gives" if fasta is not None else \
+        "the file gives no sequences (give them with --fasta SEQS.fa)"
+    return InputError(f"{len(missing):,} record(s) without a sequence: {where} ({', '.join(missing[:3])}...)",
+                      path=str(path))
 
 
 def _check_complex(record, chains: str, per_residue: bool, source, path) -> None:
@@ -655,7 +664,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
     read = functools.partial(read_sequence_data, fasta=fasta, label_format=config.label_format, config=config,
                              masked=masked, sequences=None if fasta is None else read_sequences(fasta),
                              formats=formats)
-    train_set = read(labels, task, mask_elsewhere=bool(valid or tests))
+    train_set = read(labels, task, mask_elsewhere=bool(valid or tests), own_splits=True)
     declared = {r.split for r in train_set.records if r.split}
     train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
     if not train_records:
@@ -673,7 +682,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
         valid_data, valid_desc = data_of(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
         warn_unused_fraction(config.valid_fraction, labels)
-        valid_data = _own_split(data_of, task, train_set, VALID, labels)
+        valid_data = _own_split(data_of, task, train_set, VALID, labels, fasta)
         valid_desc = f"{labels} (its validation records)"
     else:
         train, valid_data, valid_desc = _hold_out(config, train, labels)
@@ -690,7 +699,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
         eval_sets.append((name, data_of(task, records, path, evaluating=True), str(path)))
         sources.append((eval_sets[-1][1], path))
     if not tests and TEST in declared:
-        eval_sets.append(("test", _own_split(data_of, task, train_set, TEST, labels), f"{labels} (SET=test)"))
+        eval_sets.append(("test", _own_split(data_of, task, train_set, TEST, labels, fasta), f"{labels} (SET=test)"))
         sources.append((eval_sets[-1][1], labels))
     if config.mask_path is not None and not any(masked):
         raise UsageError(f"{option(f'--mask {config.mask_path}', f'mask_path {config.mask_path}')}: none of the "
@@ -704,12 +713,16 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
     return _LabelSets(task, train_set, train, valid_data, valid_desc, eval_sets, sources, held_out)
 
 
-def _own_split(data_of, task: Task, train_set, split: str, labels):
+def _own_split(data_of, task: Task, train_set, split: str, labels, fasta=None):
     """The data of the training label file's own validation or test records, their problems
     saying which records they are, as fit's (_load_split): "FILE: no labelled proteins" read as
-    if the training set had none."""
+    if the training set had none; so are those without a sequence (read_sequence_data's
+    own_splits left them to be refused here, where they are used)."""
     try:
-        return data_of(task, _only(train_set, {split}).records, labels, evaluating=True)
+        records = _only(train_set, {split}).records
+        if missing := [r.id for r in records if not r.sequence]:
+            raise _without_sequence(missing, labels, fasta)
+        return data_of(task, records, labels, evaluating=True)
     except InputError as exc:
         flag = "--valid" if split == VALID else "--test"
         exc.message += (f" (the {split} records of {labels}, used as the {split} set since no {flag} is given; "
