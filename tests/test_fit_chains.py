@@ -193,3 +193,17 @@ def test_a_complexs_mask_in_fit_predict_and_finetune(sets, tmp_path, run_cli, la
     kept = "".join(r.split("\n")[1] for r in masks["chains"] if r.startswith(">test"))
     targets = np.concatenate([t["ss3"] for t in (item.targets for item in data.items)])
     assert ((targets != IGNORE) == np.array([c == "1" for c in kept])).all()
+
+
+def test_a_generic_residue_task_takes_no_class_from_a_complexs_chain_breaks(sets, tmp_path):
+    """The generic `residue` task discovers its classes from the training labels: a complex's ':'
+    between chains was taken as a fourth class (an output no residue has, trained towards none)."""
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    config = FitConfig(task="residue", max_epochs=1, max_residues=120, threads=1, n_bootstrap=10)
+    pair = (lambda way, name: (sets / way / f"{name}.h5", sets / way / f"{name}.fa"))
+    fit(config, *pair("complex", "train"), tmp_path / "complex")
+    fit(config, *pair("chains", "train"), tmp_path / "chains")
+    classes = {way: json.loads((tmp_path / way / "config.json").read_text())["task"]["outputs"][0]["classes"]
+               for way in ("complex", "chains")}
+    assert classes["complex"] == classes["chains"] == ["C", "E", "H"]

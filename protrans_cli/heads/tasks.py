@@ -292,9 +292,12 @@ class Task:
                 raise InputError(f"has no plain labels for the {self.name} task (it holds {', '.join(held) or 'none'}"
                                  + (f": the {which} task reads them" if readers else "") + ")", record=record.id)
             if self.kind == PER_RESIDUE:
-                letters = value if record.mask is None else "".join(
-                    c for c, m in zip(value, record.mask) if m)
-                seen.update(letters)
+                # (a ':' between a complex's chains is no class; a mask has a position for each
+                # residue, or for each letter and ':' of the labels: labels._mask_bits)
+                letters = value if record.mask is None or len(record.mask) == len(value) else value.replace(":", "")
+                if record.mask is not None:
+                    letters = "".join(c for c, m in zip(letters, record.mask) if m)
+                seen.update(letters.replace(":", ""))
             elif value.strip():  # an empty label is no label (protein_targets leaves it out)
                 seen.add(value)
         if len(seen) < 2:
