@@ -566,3 +566,43 @@ def test_a_rank_killed_under_max_restarts_resumes_and_matches(tmp_path):
                       log_every=1, threads=1, save_every=100,
                       model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
     np.testing.assert_allclose([r["loss"] for r in rows], train(cfg).losses, rtol=1e-5)
+
+
+def _torchrun_on(nproc: int, *args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "protrans_cli", "-v", "train", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_three_ranks_match_one_process_and_resume_on_two_with_another_micro_batch(tmp_path):
+    # An odd number of ranks (every other torchrun test runs 2): global batch 12 = 4 x 3 ranks
+    # gives one process's losses; stopped at step 3 and requeued on 2 ranks, whose share (6) micro
+    # batch 4 does not divide (a usage error saying which to use), micro batch 3 continues it.
+    at = ARGS.index("--global-batch-size") + 1
+    args = [*ARGS[:at], "12", *ARGS[at + 1:]]
+    odd = _torchrun_on(3, *ARGS, "-o", tmp_path / "odd", check=False)
+    assert odd.returncode != 0
+    assert ("global batch size 16 is not divisible by micro batch size 4 x 3 process(es) = 12: "
+            "use a number of processes that divides 16") in odd.stderr
+    out = tmp_path / "three"
+    _torchrun_on(3, *args, "-o", out, "--stop-after", "3")
+    refused = _torchrun_on(2, *args, "-o", out, "--resume", check=False)
+    assert refused.returncode != 0 and "use a micro batch size that divides 6, e.g. 3" in refused.stderr
+    proc = _torchrun_on(2, *args, "-o", out, "--resume", "--micro-batch-size", "3")
+    assert "step_00000003 was written by 3 process(es), resumed by 2" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    assert len(losses) == 6
+    np.testing.assert_allclose(losses, _single12(tmp_path), rtol=1e-5)
+
+
+def _single12(tmp_path):
+    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one12"), num_steps=6,
+                      max_length=64, global_batch_size=12, micro_batch_size=4, warmup_steps=2, lr=2e-3,
+                      log_every=1, threads=1, save_every=100,
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    return train(cfg).losses
