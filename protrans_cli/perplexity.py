@@ -123,11 +123,39 @@ def methods_of(scorer) -> tuple[str, ...]:
     """The methods a VariantScorer's model can read: `causal` alone for a causal LM; `pseudo` for a
     masked one, and `wt-marginals` where its head reads an unmasked residue (not T5's decoder, which
     copies it, nor XLNet, which predicts a residue only from the others)."""
-    if scorer.causal:
+    return _methods((scorer.causal, scorer.decoder, scorer.permutation))
+
+
+def _methods(readings: tuple[bool, bool, bool]) -> tuple[str, ...]:
+    """methods_of by variants.model_readings' (causal, decoder, permutation)."""
+    causal, decoder, permutation = readings
+    if causal:
         return ("causal",)
-    if scorer.decoder or scorer.permutation:
+    if decoder or permutation:
         return ("pseudo",)
     return ("pseudo", "wt-marginals")
+
+
+def _method_refusal(name: str, method: str, readings: tuple[bool, bool, bool]) -> str | None:
+    """The one line refusing `method` to a model read so, or None."""
+    can = _methods(readings)
+    if method in can:
+        return None
+    return (f"{name}: {option(f'--method {method}', f'the method {method!r}')} is not one it can read "
+            f"({'a causal LM' if readings[0] else 'a masked LM'}); it can: {', '.join(can)}")
+
+
+def _check_method(options) -> None:
+    """UsageError for a --method the model cannot read, from its config alone: before the model
+    loads (refused after the load, a large model's minutes were spent for the one line)."""
+    from protrans_cli.models import open_config
+    from protrans_cli.variants import model_readings
+
+    if options.method is None:
+        return
+    source = open_config(options.model, revision=options.revision)
+    if (problem := _method_refusal(options.model, options.method, model_readings(source.config, source.family))):
+        raise UsageError(problem)
 
 
 @dataclass
@@ -245,6 +273,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
             source = _spool_input(where, fasta)
             held.callback(source.unlink, missing_ok=True)
         scan = _scan(source, name, options)
+        _check_method(options)
         held.enter_context(unit_output_lock(target, to_file))
         store = UnitStore(partial_folder(target), resume=options.resume, command="perplexity") if to_file else None
         # (the file's table written out first, then the one for stdout, then both renamed together:
@@ -363,12 +392,9 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
         scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                long_policy="window" if options.long_policy == "window" else "error",
                                progress=console.progress_wanted())
-        can = methods_of(scorer)
-        method = options.method or can[0]
-        if method not in can:
-            raise UsageError(f"{loaded.name}: {option(f'--method {method}', f'the method {method!r}')} is not one it "
-                             f"can read ({'a causal LM' if scorer.causal else 'a masked LM'}); it can: "
-                             f"{', '.join(can)}")
+        method = options.method or methods_of(scorer)[0]
+        if (problem := _method_refusal(loaded.name, method, (scorer.causal, scorer.decoder, scorer.permutation))):
+            raise UsageError(problem)
         too_long = _too_long(source, name, options, scorer, scan)
         units = store.for_model(loaded, scorer) if store is not None else None
         summary = PerplexitySummary(model=loaded.name, method=method, skipped=too_long)

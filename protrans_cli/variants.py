@@ -221,6 +221,55 @@ def has_stop(variant: Variant) -> bool:
     return any(m.mt == "*" for m in variant)
 
 
+def model_readings(config, family) -> tuple[bool, bool, bool]:
+    """(causal, decoder, permutation): how the scorer reads a model of this config and family: a
+    causal LM left to right (Transformer-XL), a T5 site from its decoder, an XLNet site hidden by
+    its permutation mask. From the config alone, so that a scoring the model cannot read is
+    refused before any model loads (check_scorings)."""
+    return (bool(family.causal), bool(getattr(config, "is_encoder_decoder", False)),
+            getattr(config, "model_type", "") == "xlnet")
+
+
+def _unmasked_refusal(name: str, decoder: bool, permutation: bool) -> str | None:
+    """Why a model reads no residue it is shown (wt-marginals), or None."""
+    if decoder:
+        return (f"{name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding an unmasked protein "
+                "copies it from the input (use masked-marginals or pseudo-ppl)")
+    if permutation:
+        return (f"{name}: wt-marginals read a residue the model sees; XLNet predicts a residue only from the others "
+                "(use masked-marginals or pseudo-ppl)")
+    return None
+
+
+def scoring_refusal(name: str, strategy: str, readings: tuple[bool, bool, bool]) -> str | None:
+    """The one line refusing `strategy` to a model read so (`model_readings`), or None."""
+    causal, decoder, permutation = readings
+    if causal != (strategy in CAUSAL_STRATEGIES):
+        # (to a library call, the scoring by name: score() takes it as `strategy`, run_variants
+        # from VariantOptions' `strategies`)
+        if causal:
+            return (f"{name}: a causal language model reads left to right: give "
+                    + option("--scoring log-likelihood", "the scoring 'log-likelihood'"))
+        return (f"{name}: {option(f'--scoring {strategy}', f'the scoring {strategy!r}')} is for causal language "
+                "models (Transformer-XL); a masked LM reads both sides (pseudo-ppl is its likelihood)")
+    return _unmasked_refusal(name, decoder, permutation) if strategy == "wt-marginals" else None
+
+
+def check_scorings(models, strategies, revision=None) -> None:
+    """UsageError, before any model loads, for a scoring one of `models` cannot read (a causal LM
+    given a two-sided scoring, a masked LM log-likelihood, T5 or XLNet wt-marginals): each model's
+    config read alone (an ensemble whose second model refused its scoring was refused only after
+    the first had been loaded and had scored every variant)."""
+    from protrans_cli.models import open_config
+
+    for name in dict.fromkeys(models):
+        source = open_config(name, revision=revision)
+        readings = model_readings(source.config, source.family)
+        for strategy in strategies:
+            if (problem := scoring_refusal(name, strategy, readings)):
+                raise UsageError(problem)
+
+
 # --- the scorer ------------------------------------------------------------------------------
 
 class VariantScorer:
@@ -255,12 +304,10 @@ class VariantScorer:
                              "load_model(..., masked_lm=True))")
         self.loaded, self.model, self.family, self.tokenizer = loaded, model, loaded.family, loaded.tokenizer
         # T5 (ProtT5's objective, protrans train's `t5`): a masked site of the encoder's input is
-        # read from the decoder rebuilding the whole protein (teacher-forced on the wild type)
-        self.decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        # read from the decoder rebuilding the whole protein (teacher-forced on the wild type);
         # XLNet (ProtXLNet's permutation LM): the site hidden from every position by `perm_mask`,
         # predicted by the query stream at it (`target_mapping`) from all other residues
-        self.permutation = getattr(model.config, "model_type", "") == "xlnet"
-        self.causal = bool(self.family.causal)
+        self.causal, self.decoder, self.permutation = model_readings(model.config, self.family)
         self.mask_id = self.tokenizer.mask_token_id
         if self.mask_id is None and self.decoder:
             sentinel = self.tokenizer.convert_tokens_to_ids("<extra_id_0>")
@@ -517,14 +564,8 @@ class VariantScorer:
                     raise UsageError(f"{m.label()}: not a substitution of this wild type (residue {m.position + 1} "
                                      f"of {len(sequence)}: {found}); parse variants against the sequence scored")
         store = store or _compute
-        if self.causal != (strategy in CAUSAL_STRATEGIES):
-            # (to a library call, the scoring by name: score() takes it as `strategy`, run_variants
-            # from VariantOptions' `strategies`)
-            raise UsageError(f"{self.loaded.name}: a causal language model reads left to right: give "
-                             + option("--scoring log-likelihood", "the scoring 'log-likelihood'") if self.causal
-                             else f"{self.loaded.name}: {option(f'--scoring {strategy}', f'the scoring {strategy!r}')} "
-                             "is for causal language models (Transformer-XL); a masked LM reads both sides (pseudo-ppl "
-                             "is its likelihood)")
+        if (problem := scoring_refusal(self.loaded.name, strategy, (self.causal, self.decoder, self.permutation))):
+            raise UsageError(problem)
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
         if strategy in ("pseudo-ppl", "log-likelihood"):
@@ -556,12 +597,8 @@ class VariantScorer:
         if self.causal:
             raise UsageError(f"{self.loaded.name}: a causal LM reads no site from both sides (its scoring is "
                              "log-likelihood)")
-        if not masked and self.decoder:
-            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding "
-                             "an unmasked protein copies it from the input (use masked-marginals or pseudo-ppl)")
-        if not masked and self.permutation:
-            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; XLNet predicts a residue "
-                             "only from the others (use masked-marginals or pseudo-ppl)")
+        if not masked and (problem := _unmasked_refusal(self.loaded.name, self.decoder, self.permutation)):
+            raise UsageError(problem)
 
     def pseudo_log_likelihood(self, sequences: list[str], *, bar=None, masked: bool = True) -> np.ndarray:
         """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence).
@@ -1343,6 +1380,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     # the link and one on its target took two locks, and --resume of one missed the other's work.
     # A device or pipe keeps no work and takes no lock: /dev/.null.lock as root)
     target = through_link(Path(output)) if to_file else output
+    check_scorings(options.models, options.strategies, options.revision)
     with unit_output_lock(target, to_file):
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
         results = _score_all(table, wild_types, columns, options, store,

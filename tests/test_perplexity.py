@@ -246,6 +246,25 @@ def test_stdin_gzip_and_csv_give_the_same_table(run_cli, tmp_path, tiny_models):
     assert (tmp_path / "b.csv").read_text() == want.replace("\t", ",")
 
 
+@pytest.mark.parametrize("family, method", [("t5", "wt-marginals"), ("xlnet", "wt-marginals"),
+                                            ("transfo_xl", "pseudo"), ("bert", "causal")])
+def test_a_method_the_model_cannot_read_is_refused_before_it_loads(run_cli, tmp_path, tiny_models, monkeypatch,
+                                                                    family, method):
+    """The model's config says which methods it reads: refused in one line naming those it can,
+    without loading it (a large model's load was spent for the refusal)."""
+    import protrans_cli.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(protrans_cli.models, "load_model", no_load)
+    r = run_cli("perplexity", _fasta(tmp_path / "in.fa"), "-m", tiny_models[family], "--method", method,
+                "-o", tmp_path / "out.tsv")
+    assert r.exit_code == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and f"--method {method} is not one it can read" in r.stderr
+    assert "it can: " in r.stderr and not (tmp_path / "out.tsv").exists()
+
+
 def test_bad_input_is_refused_in_one_line_and_leaves_no_output(run_cli, tmp_path, tiny_models):
     model = tiny_models["esm"]
     out = tmp_path / "o.tsv"

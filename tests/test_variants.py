@@ -1586,6 +1586,36 @@ def test_a_scoring_the_model_cannot_read_names_no_keyword_the_scorer_lacks(tiny_
         causal.score(SEQ, variants, "masked-marginals")
 
 
+@pytest.mark.parametrize("families, scorings, says", [
+    (("bert", "transfo_xl"), ("masked-marginals",), "reads left to right: give --scoring log-likelihood"),
+    (("roberta",), ("log-likelihood",), "is for causal language models"),
+    (("albert", "t5"), ("masked-marginals", "wt-marginals"), "a T5 decoder rebuilding"),
+    (("electra", "xlnet"), ("wt-marginals",), "XLNet predicts a residue only from the others"),
+])
+def test_a_scoring_a_model_cannot_read_is_refused_before_any_model_loads(run_cli, tmp_path, tiny_models, monkeypatch,
+                                                                         families, scorings, says):
+    """A model's config says which scorings it reads: an ensemble whose second model refuses the
+    scoring (a causal LM among masked ones, T5 or XLNet given wt-marginals) was refused only after
+    the first had been loaded and had scored every variant; now in one line, no model loaded."""
+    import protrans_cli.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(protrans_cli.models, "load_model", no_load)
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    args = ["variants", table, "--sequence", SEQ, "-o", tmp_path / "out.csv"]
+    for family in families:
+        args += ["-m", tiny_models[family]]
+    for scoring in scorings:
+        args += ["--scoring", scoring]
+    r = run_cli(*args)
+    assert r.exit_code == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
+    assert str(tiny_models[families[-1]]) in r.stderr and not (tmp_path / "out.csv").exists()
+
+
 def test_a_causal_lm_refuses_a_long_wild_type_under_long_policy_window(tiny_models):
     """A causal LM's likelihood is not read in windows: a wild type over --max-length is refused
     under --long-policy window too (it was scored on its first window alone, without a word)."""
