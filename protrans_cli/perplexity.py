@@ -273,9 +273,9 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
             source = _spool_input(where, fasta)
             held.callback(source.unlink, missing_ok=True)
         scan = _scan(source, name, options)
-        _check_method(options)
         held.enter_context(unit_output_lock(target, to_file))
         store = UnitStore(partial_folder(target), resume=options.resume, command="perplexity") if to_file else None
+        _check_method(options)  # (before the model loads)
         # (the file's table written out first, then the one for stdout, then both renamed together:
         # an interruption between the two left a new table beside an old per-residue one)
         tables = [(output, COLUMNS)]

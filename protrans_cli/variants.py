@@ -1380,9 +1380,9 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     # the link and one on its target took two locks, and --resume of one missed the other's work.
     # A device or pipe keeps no work and takes no lock: /dev/.null.lock as root)
     target = through_link(Path(output)) if to_file else output
-    check_scorings(options.models, options.strategies, options.revision)
     with unit_output_lock(target, to_file):
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
+        check_scorings(options.models, options.strategies, options.revision)  # (before any model loads)
         results = _score_all(table, wild_types, columns, options, store,
                              display_name(fasta) if fasta is not None else None)
         written = _written(columns, ensemble_columns, results, options)
