@@ -333,6 +333,7 @@ class VariantScorer:
             raise UsageError(f"{option('--max-length ', 'max_length=')}{max_length} is more than {loaded.name} accepts "
                              f"({table} residues, its learned positions)")
         self.max_length = max_length or (min(known) if known else None)
+        self._max_length_given = max_length is not None  # (said so when a protein is over it)
         self.long_policy = long_policy
         cuda = self.device.type == "cuda"
         self.max_tokens = max_tokens or (GPU_MAX_TOKENS if cuda else CPU_MAX_TOKENS)
@@ -357,7 +358,8 @@ class VariantScorer:
                        f"{window} scores each site in a window of that many residues around it")
             limit = option(f"--max-length {self.max_length:,}", f"max_length={self.max_length}")
             raise InputError(f"{what} has {len(sequence):,} residues, more than {limit} "
-                             f"(what {self.loaded.name} was trained on or holds); {way_out}", path=path, record=record)
+                             f"({'the limit given' if self._max_length_given else f'what {self.loaded.name} was trained on or holds'}"
+                             f"); {way_out}", path=path, record=record)
 
     # -- forward passes ---------------------------------------------------------------------
 

@@ -1616,6 +1616,26 @@ def test_a_scoring_a_model_cannot_read_is_refused_before_any_model_loads(run_cli
     assert str(tiny_models[families[-1]]) in r.stderr and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize("family", ["bert", "transfo_xl"])
+def test_a_protein_over_a_given_max_length_is_not_said_to_exceed_what_the_model_was_trained_on(tiny_models, family):
+    """--max-length given: the refusal names it as the limit given, not as what the model was
+    trained on or holds (a ProtTXL, which holds any length, was said to hold 10 residues); the
+    model's own limit is still named so."""
+    from protrans_cli.errors import InputError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    loaded = load_model(tiny_models[family], masked_lm=True)
+    scorer = VariantScorer(loaded, max_length=10, progress=False)
+    with pytest.raises(InputError) as caught:
+        scorer.check_length(SEQ)
+    assert "more than max_length=10 (the limit given)" in str(caught.value), str(caught.value)
+    assert "trained on" not in str(caught.value)
+    if family == "bert":
+        with pytest.raises(InputError, match="was trained on or holds"):
+            VariantScorer(loaded, progress=False).check_length("A" * 3000)
+
+
 def test_a_causal_lm_refuses_a_long_wild_type_under_long_policy_window(tiny_models):
     """A causal LM's likelihood is not read in windows: a wild type over --max-length is refused
     under --long-policy window too (it was scored on its first window alone, without a word)."""
