@@ -22,6 +22,7 @@ class _State:
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     debug: bool = False
     complete: str | None = None  # the command's output, once final (output_complete)
+    complete_quietly: bool = False  # a signal after `complete` is no news here (output_complete(quiet=True))
     interim: int = 0  # open `interim_outputs` blocks: what they mark complete is a step, not the output
     records: list = field(default_factory=list)  # open `recording` lists (innermost last)
     held: int = 0  # open recordings that hold their messages back
@@ -83,16 +84,20 @@ def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.verbosity = verbosity
     state.debug = debug
     state.complete = None
+    state.complete_quietly = False
 
 
-def output_complete(what) -> None:
+def output_complete(what, *, quiet: bool = False) -> None:
     """The command's output (`what`: a path, or `-`/None for standard output) is final: a Ctrl-C,
     SIGTERM or SIGHUP from now on stops nothing, and the CLI says so and exits 0 rather than report an
     interruption (with a traceback from wherever Python was cleaning up) for a result already
-    whole. Outside the CLI, no effect. Inside `interim_outputs`, no effect either."""
+    whole. Outside the CLI, no effect. Inside `interim_outputs`, no effect either.
+    `quiet`: this process's part of a run is done and another process reports how the run ended
+    (a torchrun rank waiting for rank 0's merge): such a signal is said only with -v."""
     if state.interim:
         return
     state.complete = "standard output" if what is None or str(what) == "-" else str(what)
+    state.complete_quietly = quiet
 
 
 @contextlib.contextmanager

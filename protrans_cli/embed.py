@@ -1149,7 +1149,9 @@ def when_output_final(callback):
     rename of OUTPUT.partial, or the stacked file written): the CLI marks its output complete
     there, so a Ctrl-C, SIGTERM or SIGHUP in the moments after (closing, releasing the lock, the summary)
     is not reported as an interruption of a file already whole. Not for callers that go on with
-    more work after embed (predict)."""
+    more work after embed (predict). Under torchrun a rank other than 0 calls `callback(quiet=True)`
+    once its share is written and it only waits for rank 0's merge: a signal from then on is no
+    error of its own, and rank 0 says how the run ended."""
     _ON_FINAL_OUTPUT.append(callback)
     try:
         yield

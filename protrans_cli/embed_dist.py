@@ -186,13 +186,15 @@ def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist,
                           "to finish") from None
     # The other ranks wait while rank 0 merges: one that left at once tore its process group
     # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
-    # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
+    # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit;
+    # a stop too: rank 0 interrupted mid-merge left at once, and each waiting rank said that the
+    # merging process had stopped, in gloo's words, beside rank 0's own line)
     if dist.is_main:
         try:
             summary.failed, truncated = _merge_shards(output, options, writer_kw, dist.world_size)
             # every rank's, as the merged file lists them (this rank's alone named a few of them)
             summary.truncated = [ident for ident in truncated if ident not in cut_before]
-        except Exception:
+        except BaseException:
             with contextlib.suppress(RuntimeError):
                 dist.barrier()
             raise
@@ -200,6 +202,15 @@ def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist,
             dist.barrier()
     else:
         summary.output = None  # rank 0 reports
+        # This rank's work is done: a signal from here on (a scheduler's SIGTERM or a Ctrl-C to every
+        # rank while rank 0 merges) stops nothing here, and rank 0's line says how the run ended. Each
+        # waiting rank said "protrans: error: terminated" beside rank 0's "nothing was lost", and its
+        # exit 143 made torchrun call the run failed (and stop rank 0 wherever it was).
+        from protrans_cli.embed import final_output_hook
+
+        share_done = final_output_hook()  # (the CLI's: embed is its whole command)
+        if share_done is not None:
+            share_done(quiet=True)
         try:
             dist.barrier()
         except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before

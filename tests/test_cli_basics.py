@@ -619,6 +619,34 @@ def test_a_signal_once_the_output_is_complete_loses_nothing_and_exits_0(monkeypa
     assert caught.value.code == (143 if name == "SIGTERM" else 130)
 
 
+@pytest.mark.parametrize("verbosity", [0, 1])
+def test_a_signal_once_a_share_is_complete_quietly_is_no_line_of_this_process(monkeypatch, capsys, verbosity):
+    """A torchrun rank whose share is written waits for rank 0, which says how the run ended: a signal
+    then is no warning of its own (each rank repeated "nothing was lost"), one debug line with -v; exit 0."""
+    import signal
+
+    import protrans_cli.cli as cli_module
+    from protrans_cli import console
+
+    def share_done_then_signalled(*args, **kwargs):
+        console.state.verbosity = verbosity  # (-v, as the command's options set it)
+        console.output_complete("this rank's share of o.h5", quiet=True)
+        signal.raise_signal(signal.SIGTERM)
+        return 0
+
+    monkeypatch.setattr(cli_module.cli, "main", share_done_then_signalled)
+    with pytest.raises(SystemExit) as caught:
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 0
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ([] if not verbosity else ["[debug] terminated once this rank's share of o.h5 was complete; "
+                                              "another process reports how the run ended"])
+    monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(SystemExit) as caught:  # the next call is not quiet: a signal stops it
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 143
+
+
 def test_a_ctrl_c_while_python_exits_keeps_the_exit_code_without_a_traceback(tmp_path):
     """Once main() has its exit code, Python's teardown (atexit callbacks) interrupted by Ctrl-C
     printed "Exception ignored in atexit callback" and a KeyboardInterrupt traceback."""

@@ -2294,6 +2294,60 @@ def test_a_rank_whose_merger_died_says_so_in_one_line_and_resume_merges(tmp_path
     assert read_all(out).keys() == read_all(_run(tmp_path / "single.h5")).keys()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signame, when", [("SIGTERM", "merged"), ("SIGINT", "merged"), ("SIGTERM", "merging")])
+def test_a_signal_while_rank_0_merges_is_said_by_rank_0_alone_and_the_waiting_ranks_exit_0(tmp_path, signame, when):
+    """torchrun, 3 ranks: a SIGTERM (Ctrl-C) to every rank once rank 0's merged file is complete. Ranks 1
+    and 2, whose shards were done and who waited for the merge, printed "protrans: error: terminated"
+    and exited 143: two errors before rank 0's "nothing was lost", and torchrun, seeing a rank fail,
+    called the whole run failed (exit 1, "ChildFailedError"). They leave the verdict to rank 0. The
+    signal before the merge was complete: rank 0's line alone, and torchrun names rank 0's exit."""
+    import subprocess
+    import sys
+
+    out, pids = tmp_path / "dist.h5", tmp_path / "pids"
+    pids.mkdir()
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text(
+        "import os, signal, sys, time\nimport protrans_cli.embed_dist as D\n"
+        f"pids = {str(pids)!r}\n"
+        "open(os.path.join(pids, os.environ['RANK']), 'w').write(str(os.getpid()))\n"
+        f"merge = D.{'_merge_shards' if when == 'merged' else '_absorb_shards'}\n"
+        "def stopped(*a, **k):\n"
+        f"    result = merge(*a, **k) if {when == 'merged'} else None  # (merged: the output renamed, complete)\n"
+        "    time.sleep(1)  # (the other ranks wait at the end by now)\n"
+        "    for rank in sorted(os.listdir(pids), reverse=True):\n"
+        f"        os.kill(int(open(os.path.join(pids, rank)).read()), signal.{signame})\n"
+        "    time.sleep(1)  # (the other ranks still wait for this one)\n"
+        "    return result if result is not None else merge(*a, **k)\n"
+        f"D.{'_merge_shards' if when == 'merged' else '_absorb_shards'} = stopped\n"
+        "from protrans_cli.cli import main\nsys.argv = ['protrans', *sys.argv[1:]]\nmain()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3", str(wrapper),
+           "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert sorted(os.listdir(pids)) == ["0", "1", "2"]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("protrans: ")
+            and "gap characters" not in line]  # (small.fa's own warning)
+    word = "terminated" if signame == "SIGTERM" else "interrupted"
+    if when == "merging":
+        assert len(ours) == 1 and ours[0].startswith("protrans: error: terminated"), proc.stderr
+        assert proc.returncode == 1 and not out.exists()
+        root = proc.stderr[proc.stderr.index("Root Cause"):]
+        assert "rank      : 0 " in root and "exitcode  : 143 " in root, proc.stderr[-3000:]
+        assert "rank      : 1 " not in proc.stderr and "rank      : 2 " not in proc.stderr  # (exit 0)
+        env.pop("WORLD_SIZE", None)
+        subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out),
+                        "--resume"], env=env, check=True, capture_output=True, timeout=120)
+        assert read_all(out).keys() == read_all(_run(tmp_path / "single.h5")).keys()
+        return
+    assert ours == [f"protrans: warning: {word} once the output was complete ({out}): nothing was lost"], proc.stderr
+    assert proc.returncode == 0 and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+    assert read_all(out).keys() == read_all(_run(tmp_path / "single.h5")).keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "pids", "single.h5", "wrap.py"]  # shards gone
+
+
 def test_package_level_embed_is_callable(tmp_path):
     import protrans_cli
 

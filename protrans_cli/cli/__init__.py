@@ -568,6 +568,7 @@ def main(argv=None):
     # scratch directory and prep's worker processes were left behind.
     _forget_stops()  # an earlier call in this process (tests, notebooks) is not this one
     console.state.complete = None
+    console.state.complete_quietly = False
     console.state.last_error = None
     console.state.peer_stopped = False
     # (-q, -v and --debug are this call's: an in-process caller's library calls after it keep
@@ -814,7 +815,12 @@ def _main(console, argv):
         sys.exit(signal_exit_code(signum))
     if _LATE and not rc and not _TERMINATED and not _INTERRUPTED:
         late = next((s for s in _LATE if s != signal.SIGINT), signal.SIGINT)  # (SIGTERM or SIGHUP before Ctrl-C)
-        console.warn(f"{STOP_WORDS[late]} once the output was complete ({console.state.complete}): nothing was lost")
+        if console.state.complete_quietly:  # (another process says how the run ended: not a line per process)
+            console.debug(f"{STOP_WORDS[late]} once {console.state.complete} was complete; another process "
+                          "reports how the run ended")
+        else:
+            console.warn(f"{STOP_WORDS[late]} once the output was complete ({console.state.complete}): "
+                         "nothing was lost")
     if _TERMINATED and not rc:  # the SIGTERM's (SIGHUP's) exception was swallowed on its way out
         console.error(STOP_WORDS[_TERMINATED[0]])
         sys.exit(signal_exit_code(_TERMINATED[0]))

@@ -167,8 +167,10 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     )
     # (the merge's OUTPUT.partial, with torchrun: the exception's `kept`)
     with finished_with_resume(force, lambda exc: getattr(exc, "kept", None) or interrupted_output(output)):
-        # (the output is complete from its final rename on: a signal after it stops nothing)
-        with when_output_final(lambda: console.output_complete(str(output))):
+        # (the output is complete from its final rename on: a signal after it stops nothing; under
+        # torchrun, on a rank other than 0, once its share is written: rank 0 then says how the run ended)
+        with when_output_final(lambda quiet=False: console.output_complete(
+                f"this rank's share of {output}" if quiet else str(output), quiet=quiet)):
             summary = embed(fasta, output, options)
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
