@@ -1741,3 +1741,35 @@ def test_the_label_files_own_test_records_without_a_sequence_are_named_as_its_te
     seqs.write_text(seqs.read_text().replace(">A\nMKVLA\n", ""))
     with pytest.raises(InputError, match=r"ft\.fasta: 1 record\(s\) without a sequence: .* \(A\.\.\.\)$"):
         read(None, [])
+
+
+def test_a_valid_or_test_file_of_several_splits_needs_sequences_only_for_the_records_used(tmp_path):
+    """A --valid (--test) file that declares several splits (FLIP's SET=/VALIDATION=) is used for its
+    validation (test) records alone, yet --fasta had to give a sequence for every record of it, those of
+    the splits never read included: "FILE: 4 record(s) without a sequence". Only the records used need
+    one now; a used record without one is still refused, and so is any of a file of one split."""
+    from protrans_cli.heads.finetune import FinetuneConfig, _read_label_sets
+    from protrans_cli.heads.tasks import get_task
+
+    labels, valid, test, seqs = (tmp_path / name for name in ("train.fasta", "valid.fasta", "test.fasta", "s.fasta"))
+    labels.write_text(">A\nHHHCC\n>B\nCCEEH\n>C\nHHHHH\n")
+    flip = ">{0}1 SET=train\nHHHCC\n>{0}2 SET=train VALIDATION=True\nCCEEH\n>{0}3 SET=test\nHHHEE\n>{0}4 SET=train\nCCCCC\n"
+    valid.write_text(flip.format("V"))
+    test.write_text(flip.format("T"))
+    # sequences for the training records, --valid's validation record and --test's test record alone
+    seqs.write_text(">A\nMKVLA\n>B\nMKVLE\n>C\nAAAAA\n>V2\nGGGGG\n>T3\nWWWWW\n")
+    sets = _read_label_sets(FinetuneConfig(task="ss3", model="x"), get_task("ss3"), labels, seqs, valid, [test])
+    assert [(name, [item.id for item in data.items]) for name, data, _ in sets.eval_sets] == [
+        ("valid", ["V2"]), ("test", ["T3"])]
+    assert [data.sequences for _, data, _ in sets.eval_sets] == [["GGGGG"], ["WWWWW"]]
+    # a record used without a sequence: refused, naming it
+    seqs.write_text(">A\nMKVLA\n>B\nMKVLE\n>C\nAAAAA\n>V2\nGGGGG\n")
+    with pytest.raises(InputError) as caught:
+        _read_label_sets(FinetuneConfig(task="ss3", model="x"), get_task("ss3"), labels, seqs, valid, [test])
+    assert str(caught.value) == (f"{test}: 1 record(s) without a sequence: neither the file nor --fasta {seqs} gives "
+                                 "(T3...)")
+    # a file of one split is used whole: every record of it needs one
+    test.write_text(">T1\nHHHCC\n>T3\nHHHEE\n")
+    seqs.write_text(">A\nMKVLA\n>B\nMKVLE\n>C\nAAAAA\n>V2\nGGGGG\n>T3\nWWWWW\n")
+    with pytest.raises(InputError, match=r"test\.fasta: 1 record\(s\) without a sequence: .* \(T1\.\.\.\)$"):
+        _read_label_sets(FinetuneConfig(task="ss3", model="x"), get_task("ss3"), labels, seqs, valid, [test])

@@ -199,14 +199,17 @@ class _SequenceBatch(Batch):
 
 def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", config=None,
                        evaluation: bool = False, mask_elsewhere: bool = False, masked: list | None = None,
-                       sequences: dict | None = None, formats: list | None = None, own_splits: bool = False):
+                       sequences: dict | None = None, formats: list | None = None, own_splits: bool = False,
+                       used_split: str | None = None):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
     by id). `config` (a FinetuneConfig): its --mask and --mask-column, applied as fit applies them
     (`evaluation`, `mask_elsewhere`: read_labels' mask_optional and mask_elsewhere); `masked`
     collects whether the FLIP mask applied to the file; `sequences`: `fasta`'s, read already.
     `own_splits` (the training file): its validation and test records need a sequence only where
     they are used, as the validation or test set (_own_split refuses them, naming them as such);
-    with --valid or --test given they are never read."""
+    with --valid or --test given they are never read. `used_split` (an evaluation file: VALID for
+    --valid, TEST for --test): a file that declares several splits is used for that split's records
+    alone (fit's evaluation_records), and only they need a sequence."""
     label_set = read_labels(path, label_format, mask_path=getattr(config, "mask_path", None),
                             mask_columns=getattr(config, "mask_columns", ("disorder",)), mask_optional=evaluation,
                             mask_elsewhere=mask_elsewhere)
@@ -224,6 +227,13 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
     if sequences is None:
         sequences = read_sequences(fasta) if fasta is not None else {}
     chains = getattr(config, "chains", "error")
+    splits = {r.split for r in label_set.records}
+    if own_splits:  # (the training file: its own validation and test records are checked where used)
+        unused = {VALID, TEST}
+    elif used_split is not None and len(splits) > 1:  # (a file of one split is used whole)
+        unused = splits - {used_split}
+    else:
+        unused = set()
     missing = []
     for position, record in enumerate(label_set.records):
         source = path  # (where its sequence comes from)
@@ -244,7 +254,7 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
                                  f"{', '.join(map(str, chain_lengths(record.sequence)))}", path=str(path),
                                  record=record.id)
         if not record.sequence:
-            if not (own_splits and record.split in (VALID, TEST)):
+            if record.split not in unused:
                 missing.append(record.id)
         elif ":" in record.sequence:
             _check_complex(record, chains, task.kind == PER_RESIDUE, source, path)
@@ -677,7 +687,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
         warn_unused_fraction(config.valid_fraction)  # (as fit warns)
-        valid_set = read(valid, task, evaluation=True)
+        valid_set = read(valid, task, evaluation=True, used_split=VALID)
         records = evaluation_records(valid_set, VALID, valid, "finetune").records
         valid_data, valid_desc = data_of(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
@@ -692,7 +702,7 @@ def _read_label_sets(config: FinetuneConfig, task: Task, labels, fasta, valid, t
     eval_sets = [("valid", valid_data, valid_desc)]
     sources = [(train, labels), (valid_data, labels if valid is None else valid)]  # (each set's file, for messages)
     for path in tests:
-        label_set = read(path, task, evaluation=True)
+        label_set = read(path, task, evaluation=True, used_split=TEST)
         records = evaluation_records(label_set, TEST, path, "finetune").records
         name = _unique_name(name_of_test_set(path, Path(str(path)).name.split(".")[0] or "test"),
                             [s[0] for s in eval_sets])
