@@ -241,6 +241,8 @@ def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_si
             truncated = [ident for ident in merged.truncated if ident not in before]
     except KeyboardInterrupt as exc:
         exc.kept = partial_path(output)  # (not this rank's shard: interrupted_output)
+        if not exc.kept.exists() and shards:  # (stopped before the merge wrote its file: a bare "terminated")
+            exc.kept_in = f"the shard files {output}.shard-*-of-{world_size:03d}.partial"
         raise
     return failed, truncated
 

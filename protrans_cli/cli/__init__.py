@@ -318,8 +318,10 @@ def finished_with_resume(force: bool, kept_of):
         yield
     except KeyboardInterrupt as exc:
         kept = kept_of(exc)
-        raise stopped(exc, f"what was computed is in {kept}; run {again} to finish"
-                      if kept.exists() else None) from None
+        # (`kept_in`: the exception's own words for work in several files, torchrun's shards)
+        where = getattr(exc, "kept_in", None) or (kept if kept.exists() else None)
+        raise stopped(exc, f"what was computed is in {where}; run {again} to finish"
+                      if where else None) from None
     except ProtransError as exc:
         if not force or _SAME_WITH_RESUME not in exc.message:
             raise
