@@ -4,8 +4,8 @@ builds them), `predict --fasta` on the head it writes, and its refusals. Tiny ra
 
 from __future__ import annotations
 
-import functools
 import csv
+import functools
 import json
 import os
 
