@@ -1781,6 +1781,29 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     options = options or CorpusOptions()
     expect_options(options, CorpusOptions, "options")
     options.validate()
+    inputs = _checked_inputs(inputs, options)
+    stats = CorpusStats(inputs=[display_name(p) for p in inputs])
+    cfg = _block_config(options)
+    t0 = time.perf_counter()
+    run = _PrepRun(options, inputs, cfg, threads=_threads_worth_starting(inputs, options))
+    _reserve_open_files(options)
+    try:
+        _open_outputs(run)
+        if options.dedup:
+            _find_duplicates(run)
+        _write_corpus(run, stats)
+        _commit_outputs(run, stats, t0)
+    except BaseException:
+        run.abort_outputs()
+        raise
+    finally:
+        run.remove_scratch()
+    return stats  # stats.seconds was set with the outputs, so --stats and the summary agree
+
+
+def _checked_inputs(inputs, options: CorpusOptions) -> list[str]:
+    """The inputs as a list of path strings, refused before anything is opened: no input, stdin
+    or a stream named twice, an unreadable file, an input that an output would replace."""
     if isinstance(inputs, (str, os.PathLike)):  # one file, not a list of them (read letter by letter)
         inputs = [inputs]
     # (None was a TypeError, "'NoneType' object is not iterable"; a number was "1: no such file")
@@ -1806,8 +1829,12 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         if _is_shard_of(path, options):
             raise UsageError(f"{path} is also an input: a shard of -o {options.output} would replace it "
                              "(choose another name)")
-    stats = CorpusStats(inputs=[display_name(p) for p in inputs])
-    cfg = _BlockConfig(
+    return inputs
+
+
+def _block_config(options: CorpusOptions) -> _BlockConfig:
+    """What a worker needs to process a block (the spill folder is added once it exists)."""
+    return _BlockConfig(
         rare=options.rare, min_length=options.min_length, max_length=options.max_length,
         long=options.long, valid_fraction=options.valid_fraction,
         # (--shuffle deals the shuffled proteins to the shards itself)
@@ -1817,153 +1844,202 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         train_compression=None if options.shuffle else worker_compression(options)[0],
         valid_compression=worker_compression(options)[1],
     )
-    t0 = time.perf_counter()
-    writers = rejects = summary = None
-    tmp = None
-    spill_dir = None
-    dedup = None
-    shuffle = shuffle_dir = None
-    threads = options.threads
+
+
+def _threads_worth_starting(inputs: Sequence[str], options: CorpusOptions) -> int:
     # (files only: a pipe's size is 0, and `prep <(zcat x.fa.gz) -j 8` ran in one process)
     if all(p != "-" and os.path.isfile(p) for p in inputs) and \
             sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
-        threads = 1  # starting workers would take longer than the whole job
-    _reserve_open_files(options)
-    try:
-        writers = _Writers(options)
-        rejects = _output(options.rejects, follow_link=True) if options.rejects else None
-        summary = _output(options.stats, follow_link=True) if options.stats else None
-        if threads > 1:
-            # (signals held until the name is kept: a SIGHUP or SIGTERM between the folder's making and
-            # the assignment left it behind, the finally below seeing None)
-            with signals_held():
-                spill_dir = str(make_temporary(_spill_base(options) or tempfile.gettempdir(), "protrans-prep.", "",
-                                               folder=True))
-            cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
-        if rejects:
-            rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
-        paths = inputs
-        names = [display_name(p) for p in inputs]  # (--dedup reads copies of stdin and pipes)
-        if options.dedup:
-            with signals_held():  # (as the spill folder's above)
-                tmp = make_temporary(_scratch_base(options), ".protrans-dedup.", "", folder=True)
-            # Read twice: stdin, pipes and process substitutions (<(zcat ...)) are copied first.
-            paths = [p if p != "-" and os.path.isfile(p) else str(_spool(tmp, p, k)) for k, p in enumerate(inputs)]
-            size = sum(os.path.getsize(p) for p in paths)
-            dedup = _Dedup(tmp, expected_records=size // 100)
-            pass1 = _BlockConfig(**{**asdict(cfg), "digests": True, "want_rejects": False})
-            jobs = ((b, None) for b in _iter_blocks(paths, options.block_bytes, names))
-            ordinal = 0
-            line0 = 1
-            bar = _bar(options, paths, "prep: dedup pass 1")
-            for block, res in _run_blocks(jobs, _process_block, (pass1,), threads, spill_dir):
-                if block.line0:
-                    line0 = block.line0
-                if res.fatal is not None:  # (it has no digests: a TypeError traceback)
-                    rid, detail, line = res.fatal
-                    raise InputError(detail, path=block.name, record=rid or None, line=line0 + line - 1)
-                line0 += res.lines
-                res.digests[:, 2] += np.uint64(ordinal)
-                dedup.add(res.digests)
-                dedup.block_records.append(res.records)
-                ordinal += res.records
-                if bar is not None:
-                    bar.update(block.size)
-            if bar is not None:
-                bar.close()
-            dedup.finish()
+        return 1  # starting workers would take longer than the whole job
+    return options.threads
 
-        def jobs():
-            ordinal = 0
-            for block in _iter_blocks(paths, options.block_bytes, names):
-                drops = None
-                if dedup is not None:
-                    count = dedup.block_records[block.index]
-                    drops = (dedup.drops_for(ordinal, count) - np.uint64(ordinal)).astype(np.int64)
-                    ordinal += count
-                yield block, drops
 
-        if options.shuffle:
-            shuffle_dir = make_temporary(_scratch_base(options), ".protrans-shuffle.", "", folder=True)
-            shuffle = _Shuffle(shuffle_dir, options.seed, options.shuffle_bytes)
-        bar = _bar(options, paths, "prep")
-        line0 = 1
-        for block, res in _run_blocks(jobs(), _process_block, (cfg,), threads, spill_dir):
-            if block.line0:  # an input's first block
-                line0 = block.line0
-            if res.fatal is not None or (options.strict and res.first_invalid is not None):
-                rid, detail, line = res.fatal or res.first_invalid
-                raise InputError(detail, path=block.name, record=rid or None, line=line0 + line - 1)
-            if shuffle is not None and 0 in res.outputs:
-                train = res.outputs.pop(0)
-                shuffle.add(train.read() if isinstance(train, _Spill) else train)
-            writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
-            if rejects:
-                shown_name = _tsv_field(block.name)  # a tab or newline in a file name split its row
-                rejects.stream.write(b"".join(
-                    f"{_tsv_field(rid)}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
-                    .encode("utf-8", "replace")
-                    for rid, reason, detail, line in res.rejects))
-            line0 += res.lines
-            stats.input_bytes += block.size
-            stats.records_in += res.records
-            stats.proteins_out += res.proteins_out
-            stats.residues_out += res.residues_out
-            stats.lines_out += res.lines_out
-            stats.valid_proteins += res.valid_proteins
-            stats.valid_residues += res.valid_residues
-            stats.rare_to_x += res.rare_to_x
-            stats.nucleotide_like += res.nucleotide_like
-            stats.nucleotide_ids.extend(res.nucleotide_ids[:NAMED - len(stats.nucleotide_ids)])
-            stats.crop_dropped += res.crop_dropped
-            for reason, count in res.rejected.items():
-                stats.rejected[reason] = stats.rejected.get(reason, 0) + count
-            stats.add_lengths(res.length_counts, res.long_lengths)
-            if bar is not None:
-                bar.update(block.size)
-        if bar is not None:
-            bar.close()
-        if shuffle is not None:
-            _write_shuffled(shuffle, writers, options)
-            stats.shuffle_seed = options.seed
-        # Two phases: every output written out (a full disk shows here, before any old file is
-        # replaced), then the renames, which a signal cannot split.
-        stats.outputs = writers.prepare()
-        if rejects:
-            stats.outputs.append(str(options.rejects))
-        stats.seconds = time.perf_counter() - t0
-        if summary:
-            summary.stream.write(json.dumps(stats.to_dict(), indent=2).encode() + b"\n")
-        handles = [h for h in (rejects, summary) if h is not None]
-        for handle in handles:
-            handle.prepare()
-        with signals_held():
-            stale = writers.commit()
-            for handle in handles:
-                handle.commit()
-            from protrans_cli import console
+@dataclass
+class _PrepRun:
+    """What build_corpus's steps share: how the blocks are read and processed, the outputs being
+    written (aborted on failure) and the scratch folders (removed however the run ends)."""
 
-            console.output_complete(", ".join(map(str, writers.paths)) or "standard output")  # (before a held signal)
-        if stale:
-            from protrans_cli import console
+    options: CorpusOptions
+    inputs: list[str]
+    cfg: _BlockConfig
+    threads: int
+    paths: list[str] = field(init=False)  # what is read: the inputs, or --dedup's copies of streams
+    names: list[str] = field(init=False)  # the inputs' names, for messages (--dedup reads copies of stdin and pipes)
+    writers: _Writers | None = None
+    rejects: AtomicFile | _Stdout | None = None
+    summary: AtomicFile | _Stdout | None = None
+    spill_dir: str | None = None
+    dedup_dir: Path | None = None
+    dedup: _Dedup | None = None
+    shuffle_dir: Path | None = None
+    shuffle: _Shuffle | None = None
 
-            console.warn(f"removed {len(stale)} shard(s) an earlier run left beyond this run's "
-                         f"{len(writers.paths)} ({stale[0]}{', ...' if len(stale) > 1 else ''}): a corpus pattern would "
-                         "have read them with the new ones")
-    except BaseException:
-        for handle in (writers, rejects, summary):
+    def __post_init__(self):
+        self.paths = self.inputs
+        self.names = [display_name(p) for p in self.inputs]
+
+    def abort_outputs(self) -> None:
+        for handle in (self.writers, self.rejects, self.summary):
             if handle is not None:
                 handle.abort()
-        raise
-    finally:
+
+    def remove_scratch(self) -> None:
+        if self.dedup is not None:
+            self.dedup.close()
+        if self.dedup_dir is not None:
+            shutil.rmtree(self.dedup_dir, ignore_errors=True)
+        if self.shuffle is not None:
+            self.shuffle.close(quiet=True)
+        if self.shuffle_dir is not None:
+            shutil.rmtree(self.shuffle_dir, ignore_errors=True)
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def _open_outputs(run: _PrepRun) -> None:
+    """Open the corpus, --rejects and --stats outputs (none is in place before the commit), and
+    the workers' spill folder."""
+    options = run.options
+    run.writers = _Writers(options)
+    run.rejects = _output(options.rejects, follow_link=True) if options.rejects else None
+    run.summary = _output(options.stats, follow_link=True) if options.stats else None
+    if run.threads > 1:
+        # (signals held until the name is kept: a SIGHUP or SIGTERM between the folder's making and
+        # the assignment left it behind, build_corpus's finally seeing None)
+        with signals_held():
+            run.spill_dir = str(make_temporary(_spill_base(options) or tempfile.gettempdir(), "protrans-prep.", "",
+                                               folder=True))
+        run.cfg = _BlockConfig(**{**asdict(run.cfg), "spill_dir": run.spill_dir})
+    if run.rejects:
+        run.rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
+
+
+def _find_duplicates(run: _PrepRun) -> None:
+    """--dedup's first pass: the digest of every accepted sequence, then the drop lists (run.dedup)."""
+    options = run.options
+    with signals_held():  # (as the spill folder's, in _open_outputs)
+        run.dedup_dir = make_temporary(_scratch_base(options), ".protrans-dedup.", "", folder=True)
+    # Read twice: stdin, pipes and process substitutions (<(zcat ...)) are copied first.
+    run.paths = [p if p != "-" and os.path.isfile(p) else str(_spool(run.dedup_dir, p, k))
+                 for k, p in enumerate(run.inputs)]
+    size = sum(os.path.getsize(p) for p in run.paths)
+    run.dedup = dedup = _Dedup(run.dedup_dir, expected_records=size // 100)
+    pass1 = _BlockConfig(**{**asdict(run.cfg), "digests": True, "want_rejects": False})
+    jobs = ((b, None) for b in _iter_blocks(run.paths, options.block_bytes, run.names))
+    ordinal = 0
+    line0 = 1
+    bar = _bar(options, run.paths, "prep: dedup pass 1")
+    for block, res in _run_blocks(jobs, _process_block, (pass1,), run.threads, run.spill_dir):
+        if block.line0:
+            line0 = block.line0
+        if res.fatal is not None:  # (it has no digests: a TypeError traceback)
+            rid, detail, line = res.fatal
+            raise InputError(detail, path=block.name, record=rid or None, line=line0 + line - 1)
+        line0 += res.lines
+        res.digests[:, 2] += np.uint64(ordinal)
+        dedup.add(res.digests)
+        dedup.block_records.append(res.records)
+        ordinal += res.records
+        if bar is not None:
+            bar.update(block.size)
+    if bar is not None:
+        bar.close()
+    dedup.finish()
+
+
+def _blocks_with_drops(run: _PrepRun) -> Iterator[tuple[_Block, np.ndarray | None]]:
+    """The blocks to process, each with its records' --dedup drops (indices within the block)."""
+    ordinal = 0
+    dedup = run.dedup
+    for block in _iter_blocks(run.paths, run.options.block_bytes, run.names):
+        drops = None
         if dedup is not None:
-            dedup.close()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if shuffle is not None:
-            shuffle.close(quiet=True)
-        if shuffle_dir is not None:
-            shutil.rmtree(shuffle_dir, ignore_errors=True)
-        if spill_dir is not None:
-            shutil.rmtree(spill_dir, ignore_errors=True)
-    return stats  # stats.seconds was set with the outputs, so --stats and the summary agree
+            count = dedup.block_records[block.index]
+            drops = (dedup.drops_for(ordinal, count) - np.uint64(ordinal)).astype(np.int64)
+            ordinal += count
+        yield block, drops
+
+
+def _write_corpus(run: _PrepRun, stats: CorpusStats) -> None:
+    """The pass that writes: each block's proteins to the outputs (the training ones through
+    --shuffle's buckets), its rejects to --rejects, its counts to `stats`."""
+    options = run.options
+    if options.shuffle:
+        run.shuffle_dir = make_temporary(_scratch_base(options), ".protrans-shuffle.", "", folder=True)
+        run.shuffle = _Shuffle(run.shuffle_dir, options.seed, options.shuffle_bytes)
+    bar = _bar(options, run.paths, "prep")
+    line0 = 1
+    for block, res in _run_blocks(_blocks_with_drops(run), _process_block, (run.cfg,), run.threads, run.spill_dir):
+        if block.line0:  # an input's first block
+            line0 = block.line0
+        if res.fatal is not None or (options.strict and res.first_invalid is not None):
+            rid, detail, line = res.fatal or res.first_invalid
+            raise InputError(detail, path=block.name, record=rid or None, line=line0 + line - 1)
+        if run.shuffle is not None and 0 in res.outputs:
+            train = res.outputs.pop(0)
+            run.shuffle.add(train.read() if isinstance(train, _Spill) else train)
+        run.writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
+        if run.rejects:
+            _write_rejects(run.rejects, block, res, line0)
+        line0 += res.lines
+        _add_block_stats(stats, block, res)
+        if bar is not None:
+            bar.update(block.size)
+    if bar is not None:
+        bar.close()
+    if run.shuffle is not None:
+        _write_shuffled(run.shuffle, run.writers, options)
+        stats.shuffle_seed = options.seed
+
+
+def _write_rejects(rejects, block: _Block, res: _BlockResult, line0: int) -> None:
+    """A block's rejected records as --rejects rows (`line0`: the line the block starts at)."""
+    shown_name = _tsv_field(block.name)  # a tab or newline in a file name split its row
+    rejects.stream.write(b"".join(
+        f"{_tsv_field(rid)}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
+        .encode("utf-8", "replace")
+        for rid, reason, detail, line in res.rejects))
+
+
+def _add_block_stats(stats: CorpusStats, block: _Block, res: _BlockResult) -> None:
+    stats.input_bytes += block.size
+    stats.records_in += res.records
+    stats.proteins_out += res.proteins_out
+    stats.residues_out += res.residues_out
+    stats.lines_out += res.lines_out
+    stats.valid_proteins += res.valid_proteins
+    stats.valid_residues += res.valid_residues
+    stats.rare_to_x += res.rare_to_x
+    stats.nucleotide_like += res.nucleotide_like
+    stats.nucleotide_ids.extend(res.nucleotide_ids[:NAMED - len(stats.nucleotide_ids)])
+    stats.crop_dropped += res.crop_dropped
+    for reason, count in res.rejected.items():
+        stats.rejected[reason] = stats.rejected.get(reason, 0) + count
+    stats.add_lengths(res.length_counts, res.long_lengths)
+
+
+def _commit_outputs(run: _PrepRun, stats: CorpusStats, t0: float) -> None:
+    """Put every output in place, with the stats (timed from `t0`) in --stats."""
+    from protrans_cli import console
+
+    options = run.options
+    # Two phases: every output written out (a full disk shows here, before any old file is
+    # replaced), then the renames, which a signal cannot split.
+    stats.outputs = run.writers.prepare()
+    if run.rejects:
+        stats.outputs.append(str(options.rejects))
+    stats.seconds = time.perf_counter() - t0
+    if run.summary:
+        run.summary.stream.write(json.dumps(stats.to_dict(), indent=2).encode() + b"\n")
+    handles = [h for h in (run.rejects, run.summary) if h is not None]
+    for handle in handles:
+        handle.prepare()
+    with signals_held():
+        stale = run.writers.commit()
+        for handle in handles:
+            handle.commit()
+        console.output_complete(", ".join(map(str, run.writers.paths)) or "standard output")  # (before a held signal)
+    if stale:
+        console.warn(f"removed {len(stale)} shard(s) an earlier run left beyond this run's "
+                     f"{len(run.writers.paths)} ({stale[0]}{', ...' if len(stale) > 1 else ''}): a corpus pattern "
+                     "would have read them with the new ones")
