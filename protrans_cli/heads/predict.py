@@ -30,7 +30,7 @@ from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageEr
 from protrans_cli.heads.data import (Matched, _source_kind, by_chain, chain_items, chains_of, embed_layer, head_data, joined_chains,
                                      match_labels, report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_failed, some_ids
-from protrans_cli.heads.tasks import resolve_mask_columns
+from protrans_cli.heads.tasks import Task, resolve_mask_columns
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, StagedRename, bare_name, named_delimiter, staged_outputs,
                                    through_link)
@@ -524,97 +524,26 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     `evaluate_head` to score without reading the embeddings and running the head a second time."""
     import torch
 
-    from protrans_cli.heads.fit import kept_for_scoring, predict_data
-    from protrans_cli.heads.model import load_head
+    from protrans_cli.heads.fit import head_device
+    from protrans_cli.heads.model import head_input_kind, load_head
     from protrans_cli.threads import resolve_threads
 
-    from protrans_cli.heads.fit import head_device
-
-    _check_max_residues(max_residues)
-    for name, value in (("head_dir", head_dir), ("embeddings", embeddings), ("out", out)):
-        # (a list of files was "['x.h5']: no such file", an InputError for a wrong call)
-        expect_path(value, name, " (one file or directory)")
-    if isinstance(order, (str, bytes)):  # (one id, or a FASTA's path: read letter by letter, matching nothing)
-        raise UsageError(f"order is a list of ids (e.g. [r.id for r in read_fasta(path)]), got {order!r:.60}")
-    _refuse_outputs_over_inputs(head_dir, embeddings, out, probabilities)
-    from protrans_cli.heads.model import head_input_kind
-
+    _check_predict_call(head_dir, embeddings, out, probabilities, order, max_residues)
     ensemble, task, config = load_head(head_dir)
     reads = head_input_kind(config, task)  # what the head reads; task.kind is what it writes
     torch.set_num_threads(resolve_threads(threads, small_work=reads != PER_RESIDUE))
     ensemble.to(head_device(device))
     check_head_output(task, output)
-    # A complex's chain lengths by key (embed --chains): a per-residue head reads each chain as a
-    # protein of its own (a CNN slid across a chain break, mixing the two chains' residues); a
-    # per-protein head (Light Attention too) reads the complex whole
-    chains: dict[str, tuple[int, ...]] = {}
     # (before the embeddings are read: a wrong call refused after minutes of reading a large file)
-    if probabilities is not None and task.kind != PER_RESIDUE:
-        raise UsageError(f"{option('--probabilities', 'probabilities')} is for per-residue heads; a per-protein "
-                         "head's CSV holds its class probabilities already"
-                         + (" (a value head has none: the CSV holds its values)" if any(o.is_value for o in task.outputs)
-                            else ""))
-    with EmbeddingsReader(embeddings) as reader:
-        check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
-        # A stacked file without an order to follow is read a slice of rows at a time, its
-        # proteins listed slice by slice (a list of them all took about 1 KB a protein, and
-        # each slice looked its rows up in a dictionary of every id: 50 M proteins, hours).
-        streamed = reader.layout == "stacked" and order is None
-        # A grouped file's per-protein vectors for an FNN head, in file order: each dataset opened
-        # once, for its attributes and its row together, a slice at a time (listing every protein
-        # first, then opening each again for its row, took twice the HDF5 calls: 100,000 proteins 223 s)
-        visited = (not streamed and order is None and reads == PER_PROTEIN
-                   and _source_kind(reader, reads) == PER_PROTEIN)
-        if streamed:
-            _source_kind(reader, reads, task)  # (a per-residue head: refused, naming --layout grouped)
-            reader._stacked.check_unique()  # (two rows of one id: both were predicted under it)
-            count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
-        elif visited:  # (counted, and its truncated proteins found, as the slices are read)
-            count, truncated = 0, []
-            # (the layer and width looked up once: reader.dim opens a dataset; a file whose every
-            # protein embed left out has none, and an empty CSV, as check_compatible lets it through:
-            # it was "holds no per_protein embeddings", exit 1)
-            keys = reader.keys(PER_PROTEIN)
-            grouped = (keys, stored_layer_index(reader, head_layer(config)), "layers" in reader.attrs,
-                       reader.dim(PER_PROTEIN) if keys else 0)
-        else:
-            items, truncated = _all_items(reader, reads, chains if task.kind == PER_RESIDUE else None)
-            count = len(items)
-        failed = reader.failed()
-        subgroups = reader.subgroups
-        cut_by = truncated_by(reader.attrs)
-    if subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
-        console.warn(f"{embeddings}: {len(subgroups)} group(s) at the top of this flat file are not read, and the "
-                     f"datasets in them get no prediction: {some_ids(sorted(subgroups))}")
-    def warn_truncated():  # a prediction of the first residues only, or from their mean: never silent
-        if truncated:
-            console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by {cut_by}; their predictions "
-                         f"are of the residues kept only: {some_ids(truncated)}")
-
-    if not visited:  # (else once the slices are read: only then are they known)
-        warn_truncated()
-    if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
-        # with why, as embed says it (under --fasta the file is a temporary one, removed as the
-        # command ends: the ids alone left the reasons nowhere to read, and its 'failed' attribute
-        # is named only where the file is the user's)
-        where = "" if str(embeddings) in console.state.names else " (the file's 'failed' attribute)"
-        console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding{where} and get no prediction: "
-                     f"{some_failed(sorted(failed.items()))}")
-    if order is not None and not streamed:
+    _refuse_probabilities_of(task, probabilities)
+    source = _read_embeddings(embeddings, config, task, reads, order, allow_model_mismatch)
+    _warn_unpredicted(embeddings, source)
+    if order is not None and not source.streamed:
         rank = {ident: i for i, ident in enumerate(order)}
-        items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
+        source.items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
     layer = head_layer(config)
-    per_residue = task.kind == PER_RESIDUE
-    _warn_extension(out, per_residue)
-    # a table named .tsv/.tab is tab-separated (it was CSV, which tools that go by the name misread)
-    delimiter = "\t" if named_delimiter(out) == "\t" else ","
-    chosen = output or task.output_names[0]
-    classes = next(o.classes for o in task.outputs if o.name == chosen)
-    table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
-    wanted: dict[str, list[int]] = {}  # key -> positions in `labelled` (two records may match one protein)
-    for i, item in enumerate(labelled or ()):
-        wanted.setdefault(item.key, []).append(i)
-    predicted = {o.name: [None] * len(labelled) for o in task.outputs} if labelled is not None else None
+    _warn_extension(out, task.kind == PER_RESIDUE)
+    rows = _Rows.of(task, output, out, labelled, source.chains)
     # Written out first, then renamed together: a Ctrl-C between the two renames (or, with
     # --labels --metrics, while the metrics were written) left new predictions beside older files.
     with staged_outputs(staged) as staged:
@@ -622,57 +551,206 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             stream = stack.enter_context(atomic_output(out, follow_link=True, staged=staged))
             writer = (stack.enter_context(_ProbabilityWriter(probabilities, task, staged=staged))
                       if probabilities is not None else None)
-            if not per_residue:
-                header = ["id"]
-                for o in task.outputs:
-                    header += [o.name] + [f"{o.name}:{c}" for c in o.classes]  # a value output: its column only
-                stream.write(_csv_line(header, delimiter))
-            # A slice of the proteins at a time, written as it is predicted: memory stays bounded
-            # (embeddings read and probabilities held) whatever the size of the file.
-            if streamed:
-                parts = ((part, head_data(embeddings, part, task, reads, layer=layer, rows=rows))
-                         for part, rows in _stacked_slices(embeddings, count, CHUNK_PROTEINS))
-            elif visited:
-                # (closed with the outputs: the reader it holds is let go on an error too)
-                parts = stack.enter_context(contextlib.closing(
-                    _grouped_slices(embeddings, *grouped, CHUNK_PROTEINS, truncated)))
-            else:
-                parts = ((part, head_data(embeddings, chain_items(part, chains), task, reads, layer=layer))
-                         for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE else CHUNK_PROTEINS,
-                                             reads == PER_RESIDUE))
-            for part, data in parts:
-                count += len(part) if visited else 0
-                probs = joined_chains(predict_data(ensemble, task, data, max_residues=max_residues), part, chains)
-                if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
-                    kept = kept_for_scoring(task, probs)
-                    for j, item in enumerate(part):
-                        for i in wanted.get(item.key, ()):
-                            for name in predicted:
-                                predicted[name][i] = kept[name][j]
-                if per_residue:
-                    # (the id escaped, `\n` `\x1b`: an id from an embeddings file, unlike a FASTA's, may
-                    # hold a line break, which wrote a forged record: `a\n>X\nCCC` gave proteins a and X)
-                    # (a complex's states with a ':' between its chains, as its record has them)
-                    stream.write(b"".join(b">" + console.printable(item.id).encode() + b"\n"
-                                          + chain_breaks(table[p.argmax(-1)].tobytes(), chains.get(item.key))
-                                          + b"\n" for item, p in zip(part, probs[chosen])))
-                    if writer is not None:
-                        writer.add(part, probs, chains)
-                else:
-                    for i, item in enumerate(part):
-                        row = [item.id]
-                        for o in task.outputs:
-                            p = probs[o.name][i]
-                            row += ([f"{p[0]:.6g}"] if o.is_value
-                                    else [o.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p])
-                        stream.write(_csv_line(row, delimiter))
-                # (let go before the next slice is read: the names held this slice's embeddings, up to
-                # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
-                # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
-                data = probs = None
-            if visited:
-                warn_truncated()
-    return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
+            rows.write_header(stream)
+            parts = _parts(stack, embeddings, source, task, reads, layer)
+            _predict_parts(parts, ensemble, task, max_residues, source, rows, stream, writer)
+            if source.visited:
+                _warn_truncated(embeddings, source)
+    count = source.count
+    return {"proteins": count} if rows.predicted is None else {"proteins": count, "predicted": rows.predicted}
+
+
+def _check_predict_call(head_dir, embeddings, out, probabilities, order, max_residues) -> None:
+    _check_max_residues(max_residues)
+    for name, value in (("head_dir", head_dir), ("embeddings", embeddings), ("out", out)):
+        # (a list of files was "['x.h5']: no such file", an InputError for a wrong call)
+        expect_path(value, name, " (one file or directory)")
+    if isinstance(order, (str, bytes)):  # (one id, or a FASTA's path: read letter by letter, matching nothing)
+        raise UsageError(f"order is a list of ids (e.g. [r.id for r in read_fasta(path)]), got {order!r:.60}")
+    _refuse_outputs_over_inputs(head_dir, embeddings, out, probabilities)
+
+
+def _refuse_probabilities_of(task, probabilities) -> None:
+    if probabilities is not None and task.kind != PER_RESIDUE:
+        raise UsageError(f"{option('--probabilities', 'probabilities')} is for per-residue heads; a per-protein "
+                         "head's CSV holds its class probabilities already"
+                         + (" (a value head has none: the CSV holds its values)" if any(o.is_value for o in task.outputs)
+                            else ""))
+
+
+@dataclasses.dataclass
+class _ToPredict:
+    """What predict learns of the embeddings file before it predicts: how its proteins are read
+    (`streamed`: a stacked file's slices of rows; `visited`: a grouped file's datasets in file
+    order; else `items`, listed first) and which get no prediction, or a partial one."""
+
+    streamed: bool = False
+    visited: bool = False
+    count: int = 0  # (`visited`: counted as the slices are read)
+    truncated: list[str] = dataclasses.field(default_factory=list)  # (`visited`: found as the slices are read)
+    items: list[Matched] | None = None
+    grouped: tuple | None = None  # (`visited`: the keys, layer index, whether layers are recorded, the width)
+    # A complex's chain lengths by key (embed --chains): a per-residue head reads each chain as a
+    # protein of its own (a CNN slid across a chain break, mixing the two chains' residues); a
+    # per-protein head (Light Attention too) reads the complex whole
+    chains: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    failed: dict = dataclasses.field(default_factory=dict)
+    subgroups: list = dataclasses.field(default_factory=list)
+    cut_by: str | None = None
+
+
+def _read_embeddings(embeddings, config: dict, task, reads: str, order, allow_model_mismatch: bool) -> _ToPredict:
+    """Check the embeddings file against the head, and find how its proteins are to be read."""
+    source = _ToPredict()
+    with EmbeddingsReader(embeddings) as reader:
+        check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
+        # A stacked file without an order to follow is read a slice of rows at a time, its
+        # proteins listed slice by slice (a list of them all took about 1 KB a protein, and
+        # each slice looked its rows up in a dictionary of every id: 50 M proteins, hours).
+        source.streamed = reader.layout == "stacked" and order is None
+        # A grouped file's per-protein vectors for an FNN head, in file order: each dataset opened
+        # once, for its attributes and its row together, a slice at a time (listing every protein
+        # first, then opening each again for its row, took twice the HDF5 calls: 100,000 proteins 223 s)
+        source.visited = (not source.streamed and order is None and reads == PER_PROTEIN
+                          and _source_kind(reader, reads) == PER_PROTEIN)
+        if source.streamed:
+            _source_kind(reader, reads, task)  # (a per-residue head: refused, naming --layout grouped)
+            reader._stacked.check_unique()  # (two rows of one id: both were predicted under it)
+            source.count, source.truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
+        elif source.visited:  # (counted, and its truncated proteins found, as the slices are read)
+            # (the layer and width looked up once: reader.dim opens a dataset; a file whose every
+            # protein embed left out has none, and an empty CSV, as check_compatible lets it through:
+            # it was "holds no per_protein embeddings", exit 1)
+            keys = reader.keys(PER_PROTEIN)
+            source.grouped = (keys, stored_layer_index(reader, head_layer(config)), "layers" in reader.attrs,
+                              reader.dim(PER_PROTEIN) if keys else 0)
+        else:
+            source.items, source.truncated = _all_items(reader, reads,
+                                                        source.chains if task.kind == PER_RESIDUE else None)
+            source.count = len(source.items)
+        source.failed = reader.failed()
+        source.subgroups = reader.subgroups
+        source.cut_by = truncated_by(reader.attrs)
+    return source
+
+
+def _warn_unpredicted(embeddings, source: _ToPredict) -> None:
+    """What gets no prediction, or one of part of a protein (said once the slices are read where
+    they find it)."""
+    if source.subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
+        console.warn(f"{embeddings}: {len(source.subgroups)} group(s) at the top of this flat file are not read, "
+                     f"and the datasets in them get no prediction: {some_ids(sorted(source.subgroups))}")
+    if not source.visited:  # (else once the slices are read: only then are they known)
+        _warn_truncated(embeddings, source)
+    if source.failed:  # proteins embed could not embed (too long, out of memory): no prediction either
+        # with why, as embed says it (under --fasta the file is a temporary one, removed as the
+        # command ends: the ids alone left the reasons nowhere to read, and its 'failed' attribute
+        # is named only where the file is the user's)
+        where = "" if str(embeddings) in console.state.names else " (the file's 'failed' attribute)"
+        console.warn(f"{embeddings}: {len(source.failed)} protein(s) have no embedding{where} and get no prediction: "
+                     f"{some_failed(sorted(source.failed.items()))}")
+
+
+def _warn_truncated(embeddings, source: _ToPredict) -> None:
+    """A prediction of the first residues only, or from their mean: never silent."""
+    if source.truncated:
+        console.warn(f"{embeddings}: {len(source.truncated)} protein(s) were truncated by {source.cut_by}; their "
+                     f"predictions are of the residues kept only: {some_ids(source.truncated)}")
+
+
+@dataclasses.dataclass
+class _Rows:
+    """How predictions are written to `out` (a per-residue head: a FASTA-like record of states per
+    protein; a per-protein head: a CSV or TSV row), and the labelled proteins' kept for scoring."""
+
+    task: Task
+    chosen: str  # the output whose states a per-residue head writes
+    table: np.ndarray  # (C,) uint8: a class index's letter
+    delimiter: str
+    chains: dict[str, tuple[int, ...]]
+    wanted: dict[str, list[int]]  # key -> positions in `labelled` (two records may match one protein)
+    predicted: dict[str, list] | None  # output -> what scoring takes, by position in `labelled`
+
+    @classmethod
+    def of(cls, task, output: str | None, out, labelled: list[Matched] | None, chains: dict) -> "_Rows":
+        # a table named .tsv/.tab is tab-separated (it was CSV, which tools that go by the name misread)
+        delimiter = "\t" if named_delimiter(out) == "\t" else ","
+        chosen = output or task.output_names[0]
+        classes = next(o.classes for o in task.outputs if o.name == chosen)
+        table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
+        wanted: dict[str, list[int]] = {}
+        for i, item in enumerate(labelled or ()):
+            wanted.setdefault(item.key, []).append(i)
+        predicted = {o.name: [None] * len(labelled) for o in task.outputs} if labelled is not None else None
+        return cls(task, chosen, table, delimiter, chains, wanted, predicted)
+
+    def write_header(self, stream) -> None:
+        if self.task.kind != PER_RESIDUE:
+            header = ["id"]
+            for o in self.task.outputs:
+                header += [o.name] + [f"{o.name}:{c}" for c in o.classes]  # a value output: its column only
+            stream.write(_csv_line(header, self.delimiter))
+
+    def keep_for_scoring(self, part: list[Matched], probs: dict) -> None:
+        """The labelled proteins' classes (values), as scoring takes them."""
+        from protrans_cli.heads.fit import kept_for_scoring
+
+        kept = kept_for_scoring(self.task, probs)
+        for j, item in enumerate(part):
+            for i in self.wanted.get(item.key, ()):
+                for name in self.predicted:
+                    self.predicted[name][i] = kept[name][j]
+
+    def write(self, stream, part: list[Matched], probs: dict) -> None:
+        if self.task.kind == PER_RESIDUE:
+            # (the id escaped, `\n` `\x1b`: an id from an embeddings file, unlike a FASTA's, may
+            # hold a line break, which wrote a forged record: `a\n>X\nCCC` gave proteins a and X)
+            # (a complex's states with a ':' between its chains, as its record has them)
+            stream.write(b"".join(b">" + console.printable(item.id).encode() + b"\n"
+                                  + chain_breaks(self.table[p.argmax(-1)].tobytes(), self.chains.get(item.key))
+                                  + b"\n" for item, p in zip(part, probs[self.chosen])))
+        else:
+            for i, item in enumerate(part):
+                row = [item.id]
+                for o in self.task.outputs:
+                    p = probs[o.name][i]
+                    row += ([f"{p[0]:.6g}"] if o.is_value
+                            else [o.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p])
+                stream.write(_csv_line(row, self.delimiter))
+
+
+def _parts(stack: contextlib.ExitStack, embeddings, source: _ToPredict, task, reads: str, layer: int):
+    """The proteins a slice at a time, each with its embeddings: memory stays bounded (embeddings
+    read and probabilities held) whatever the size of the file."""
+    if source.streamed:
+        return ((part, head_data(embeddings, part, task, reads, layer=layer, rows=rows))
+                for part, rows in _stacked_slices(embeddings, source.count, CHUNK_PROTEINS))
+    if source.visited:
+        # (closed with the outputs: the reader it holds is let go on an error too)
+        return stack.enter_context(contextlib.closing(
+            _grouped_slices(embeddings, *source.grouped, CHUNK_PROTEINS, source.truncated)))
+    return ((part, head_data(embeddings, chain_items(part, source.chains), task, reads, layer=layer))
+            for part in _slices(source.items, CHUNK_RESIDUES if reads == PER_RESIDUE else CHUNK_PROTEINS,
+                                reads == PER_RESIDUE))
+
+
+def _predict_parts(parts, ensemble, task, max_residues: int, source: _ToPredict, rows: _Rows, stream,
+                   writer: _ProbabilityWriter | None) -> None:
+    """Run the head on each slice and write its predictions as they come."""
+    from protrans_cli.heads.fit import predict_data
+
+    for part, data in parts:
+        source.count += len(part) if source.visited else 0
+        probs = joined_chains(predict_data(ensemble, task, data, max_residues=max_residues), part, source.chains)
+        if rows.predicted is not None:
+            rows.keep_for_scoring(part, probs)
+        rows.write(stream, part, probs)
+        if writer is not None:  # (a per-residue head's: --probabilities is refused for the others)
+            writer.add(part, probs, source.chains)
+        # (let go before the next slice is read: the names held this slice's embeddings, up to
+        # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
+        # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
+        data = probs = None
 
 
 def chain_breaks(states: bytes, lengths) -> bytes:
