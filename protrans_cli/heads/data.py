@@ -358,103 +358,178 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     they hold no labels for is left with nothing to evaluate rather than refused."""
     if task.kind != PER_RESIDUE:
         refuse_residue_labels(label_set, task.name)
-    source = _source_kind(reader, kind or task.kind, task)
-    # (a stacked file's keys, every protein's, are looked up in the file, not held in a set)
-    keys = StackedKeys(reader._stacked) if reader.layout == "stacked" else set(reader.keys(source))
-    other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
-    by_sequence = _SequenceKeys(reader, keys, source)
-    failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
-    taken: set[str] = set()  # keys matched so far
-    # (another tool's keys: by their attributes first; ids are unique in a label set)
-    named = {r.id: reader.key_for(r.id, source) for r in label_set.records}
-    # the keys that label records name by id: a record matched by sequence takes none of them
-    # while there are others (it left another protein of that sequence "without a label")
-    by_id = {k for k in named.values() if k in keys}
+    lookup = _Lookup.of(label_set, reader, task, kind)
     unlabelled = frozenset()
     if task.kind == PER_RESIDUE:
-        _refuse_protein_labels(label_set, reader, source, keys, named, task.name)
-        unlabelled = task.check_label_states(label_set.records, label_set.path, evaluating=evaluating)
-        if unlabelled:
-            console.info(f"{label_set.path}: holds 3-state labels only: {', '.join(sorted(unlabelled))} has "
-                         "nothing to evaluate, ss3 is scored")
+        unlabelled = _check_residue_labels(label_set, lookup, task, evaluating)
     report = MatchReport(rows_per_residue="protrans_version" in reader.attrs)
     matched: list[Matched] = []
-    passed_over: set[str] = set()  # keys whose label records were refused, the protein being theirs
     for record in label_set.records:
-        label_chains = None  # a complex's chain lengths, where its labels have ':'s between its chains
-        with located(label_set.path):
-            if task.kind == PER_RESIDUE:
-                record, label_chains = _label_chains(record)
-                targets = task.residue_targets(record, unlabelled)
-                label_length = len(next(iter(targets.values())))
-            else:
-                targets = task.protein_targets(record)
-                # the residues embed computes rows for (a final '*' and gaps dropped, as it drops them)
-                label_length = _residue_count(record) if record.sequence is not None else None
-        key = named[record.id]
-        if not has_label(targets):
-            # (an empty or nan label, every residue masked: left out by the loss and the metrics,
-            # it was counted among the proteins trained on and drawn into --valid-fraction)
-            report.no_label.append(record.id)
-            continue
-        via_checksum = False
-        if key not in keys and record.sequence is not None:
-            key = by_sequence.key(record, taken, by_id)
-            via_checksum = key is not None
-        if key is None or key not in keys:
-            if failed is None:
-                failed = reader.failed()
-            if record.id in failed:  # embed left it out, and said why: not an id that matches nothing
-                report.left_out.append(f"{record.id}: {failed[record.id]}")
-            else:
-                report.missing.append(record.id)
-            continue
-        length, cut, stored = reader.facts(key, source)
-        if cut is not None:  # its checksum is the kept prefix's: not another sequence
-            if task.kind == PER_RESIDUE:  # labels for residues that have no row
-                report.truncated.append(f"{record.id} ({length} of {cut})")
-                passed_over.add(key)
-                continue
-            # One label for the protein, and its embedding the mean of the residues kept: DeepLoc's
-            # proteins over the model's limit were refused (13% of a set embedded with
-            # --long-policy truncate --max-length 1000), though truncating them is the usual remedy.
-            if record.sequence is not None and stored is not None and length is not None \
-                    and stored != _prefix_checksum(record.sequence, length):
-                report.wrong_sequence.append(record.id)
-                continue
-            report.truncated_used.append(f"{record.id} ({length} of {cut})")
-            taken.add(key)
-            matched.append(Matched(record.id, key, length or 0, targets, stored,
-                                   _label_checksum(record) if stored is None else None))
-            continue
-        if record.sequence is not None and not via_checksum and stored is not None:
-            if stored not in label_checksums(record.sequence):
-                report.wrong_sequence.append(record.id)
-                continue
-        if label_length is not None and length is not None and label_length != length:
-            report.wrong_length.append(f"{record.id} ({label_length} vs {length})")
-            if task.kind == PER_RESIDUE and record.sequence is not None and _residue_count(record) == length:
-                # (the labels are off, not the embedding: it was said to have kept special-token rows)
-                report.labels_off.append(f"{record.id} ({label_length} labels for {length} residues)")
-            else:
-                report.extra_rows.append(length - label_length)
-            passed_over.add(key)
-            continue
-        if label_chains is not None:
-            _check_chains(reader, source, key, label_chains, record, label_set.path)
-        if length is None:
-            length = label_length or 0
-        report.by_checksum += via_checksum
-        taken.add(key)
-        matched.append(Matched(record.id, key, length, targets, stored,
-                               _label_checksum(record) if stored is None else None))
+        item = _match_record(record, lookup, task, unlabelled, label_set.path, report)
+        if item is not None:
+            matched.append(item)
     report.matched = len(matched)
+    report.unlabelled = _unlabelled_keys(lookup, matched, report)
+    _say_left_out(report, label_set, reader)
+    _find_near_misses(report, lookup)
+    if report.problems:
+        _refuse_or_say_mismatches(report, matched, label_set, reader, on_mismatch)
+    if not matched:
+        _refuse_nothing_matched(report, label_set, reader, on_mismatch)
+    return matched, report
+
+
+@dataclass
+class _Lookup:
+    """How match_labels finds a label record's embedding: the file's keys, by the record's id (or
+    another tool's key for it), else by its sequence; and what the records matched so far took."""
+
+    reader: EmbeddingsReader
+    source: str  # the embeddings read: per_residue or per_protein
+    keys: StackedKeys | set[str]
+    other_ids: dict[str, str]  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
+    by_sequence: _SequenceKeys
+    named: dict[str, str | None]  # record id -> the key it names
+    # the keys that label records name by id: a record matched by sequence takes none of them
+    # while there are others (it left another protein of that sequence "without a label")
+    by_id: set[str]
+    taken: set[str] = field(default_factory=set)  # keys matched so far
+    # keys whose label records were refused, the protein being theirs
+    passed_over: set[str] = field(default_factory=set)
+    failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
+
+    @classmethod
+    def of(cls, label_set: LabelSet, reader: EmbeddingsReader, task: Task, kind: str | None) -> "_Lookup":
+        source = _source_kind(reader, kind or task.kind, task)
+        # (a stacked file's keys, every protein's, are looked up in the file, not held in a set)
+        keys = StackedKeys(reader._stacked) if reader.layout == "stacked" else set(reader.keys(source))
+        other_ids = reader.foreign_ids(source)
+        by_sequence = _SequenceKeys(reader, keys, source)
+        # (another tool's keys: by their attributes first; ids are unique in a label set)
+        named = {r.id: reader.key_for(r.id, source) for r in label_set.records}
+        by_id = {k for k in named.values() if k in keys}
+        return cls(reader, source, keys, other_ids, by_sequence, named, by_id)
+
+
+def _check_residue_labels(label_set: LabelSet, lookup: _Lookup, task: Task, evaluating: bool) -> frozenset:
+    """Per-residue labels: refused where they are a protein's, checked against the task's states;
+    returns the outputs they hold no labels for (scored without them)."""
+    _refuse_protein_labels(label_set, lookup.reader, lookup.source, lookup.keys, lookup.named, task.name)
+    unlabelled = task.check_label_states(label_set.records, label_set.path, evaluating=evaluating)
+    if unlabelled:
+        console.info(f"{label_set.path}: holds 3-state labels only: {', '.join(sorted(unlabelled))} has "
+                     "nothing to evaluate, ss3 is scored")
+    return unlabelled
+
+
+def _match_record(record, lookup: _Lookup, task: Task, unlabelled: frozenset, path,
+                  report: MatchReport) -> Matched | None:
+    """A label record paired with its embedding, checked; or None, with why in `report` (no usable
+    label, no embedding, another sequence or length, labels for residues cut off)."""
+    record, label_chains, targets, label_length = _record_targets(record, task, unlabelled, path)
+    if not has_label(targets):
+        # (an empty or nan label, every residue masked: left out by the loss and the metrics,
+        # it was counted among the proteins trained on and drawn into --valid-fraction)
+        report.no_label.append(record.id)
+        return None
+    key, via_checksum = _embedding_key(record, lookup, report)
+    if key is None:
+        return None
+    length, cut, stored = lookup.reader.facts(key, lookup.source)
+    if cut is not None:  # its checksum is the kept prefix's: not another sequence
+        return _truncated_match(record, key, targets, (length, cut, stored), lookup, task, report)
+    if record.sequence is not None and not via_checksum and stored is not None:
+        if stored not in label_checksums(record.sequence):
+            report.wrong_sequence.append(record.id)
+            return None
+    if label_length is not None and length is not None and label_length != length:
+        report.wrong_length.append(f"{record.id} ({label_length} vs {length})")
+        if task.kind == PER_RESIDUE and record.sequence is not None and _residue_count(record) == length:
+            # (the labels are off, not the embedding: it was said to have kept special-token rows)
+            report.labels_off.append(f"{record.id} ({label_length} labels for {length} residues)")
+        else:
+            report.extra_rows.append(length - label_length)
+        lookup.passed_over.add(key)
+        return None
+    if label_chains is not None:
+        _check_chains(lookup.reader, lookup.source, key, label_chains, record, path)
+    if length is None:
+        length = label_length or 0
+    report.by_checksum += via_checksum
+    lookup.taken.add(key)
+    return Matched(record.id, key, length, targets, stored, _label_checksum(record) if stored is None else None)
+
+
+def _record_targets(record, task: Task, unlabelled: frozenset, path) -> tuple:
+    """(the record, a complex's chain lengths or None, its targets, the residues they label or None);
+    a per-residue record's `:`s between chains are taken out of it."""
+    label_chains = None  # a complex's chain lengths, where its labels have ':'s between its chains
+    with located(path):
+        if task.kind == PER_RESIDUE:
+            record, label_chains = _label_chains(record)
+            targets = task.residue_targets(record, unlabelled)
+            label_length = len(next(iter(targets.values())))
+        else:
+            targets = task.protein_targets(record)
+            # the residues embed computes rows for (a final '*' and gaps dropped, as it drops them)
+            label_length = _residue_count(record) if record.sequence is not None else None
+    return record, label_chains, targets, label_length
+
+
+def _embedding_key(record, lookup: _Lookup, report: MatchReport) -> tuple[str | None, bool]:
+    """The key of a record's embedding, by its id or else its sequence (True: by sequence); None
+    where it has none, with why in `report` (embed left it out, or none matches)."""
+    key = lookup.named[record.id]
+    via_checksum = False
+    if key not in lookup.keys and record.sequence is not None:
+        key = lookup.by_sequence.key(record, lookup.taken, lookup.by_id)
+        via_checksum = key is not None
+    if key is None or key not in lookup.keys:
+        if lookup.failed is None:
+            lookup.failed = lookup.reader.failed()
+        if record.id in lookup.failed:  # embed left it out, and said why: not an id that matches nothing
+            report.left_out.append(f"{record.id}: {lookup.failed[record.id]}")
+        else:
+            report.missing.append(record.id)
+        return None, False
+    return key, via_checksum
+
+
+def _truncated_match(record, key: str, targets: dict, facts: tuple, lookup: _Lookup, task: Task,
+                     report: MatchReport) -> Matched | None:
+    """A record whose embedding embed truncated (`facts`: its length, the length cut from, its checksum)."""
+    length, cut, stored = facts
+    if task.kind == PER_RESIDUE:  # labels for residues that have no row
+        report.truncated.append(f"{record.id} ({length} of {cut})")
+        lookup.passed_over.add(key)
+        return None
+    # One label for the protein, and its embedding the mean of the residues kept: DeepLoc's
+    # proteins over the model's limit were refused (13% of a set embedded with
+    # --long-policy truncate --max-length 1000), though truncating them is the usual remedy.
+    if record.sequence is not None and stored is not None and length is not None \
+            and stored != _prefix_checksum(record.sequence, length):
+        report.wrong_sequence.append(record.id)
+        return None
+    report.truncated_used.append(f"{record.id} ({length} of {cut})")
+    lookup.taken.add(key)
+    return Matched(record.id, key, length or 0, targets, stored, _label_checksum(record) if stored is None else None)
+
+
+def _unlabelled_keys(lookup: _Lookup, matched: list[Matched], report: MatchReport) -> set[str]:
+    """The proteins of the file that no label record matched."""
     # (the keys of records without a label are said so here, not again as "no label in FILE")
     # (a protein whose labels were refused as truncated or of another length has a label: it is
     # said so among the mismatches, not again as "no label")
-    report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label} - passed_over
-    if reader.layout != "stacked":  # (a group among the proteins is no protein without a label)
-        report.unlabelled = {k for k in report.unlabelled if reader._is_dataset(source, k)}
+    unlabelled = (lookup.keys - {m.key for m in matched} - {lookup.named[i] for i in report.no_label}
+                  - lookup.passed_over)
+    if lookup.reader.layout != "stacked":  # (a group among the proteins is no protein without a label)
+        unlabelled = {k for k in unlabelled if lookup.reader._is_dataset(lookup.source, k)}
+    return unlabelled
+
+
+def _say_left_out(report: MatchReport, label_set: LabelSet, reader: EmbeddingsReader) -> None:
+    """The records left out that are no mismatch: no usable label, or embed left them out; and
+    the labelled proteins read truncated."""
     if report.no_label:
         console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no usable label (empty or nan, "
                      "every residue masked, or a dual location under --dual skip) and are left out "
@@ -466,50 +541,61 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     if report.left_out:
         console.warn(f"{label_set.path} vs {reader.path}: {len(report.left_out)} label record(s) have no embedding "
                      f"because embed left them out ({some_ids(report.left_out, 3)}): left out")
-    report.key_ids = {key: ident for ident, key in other_ids.items()}
+
+
+def _find_near_misses(report: MatchReport, lookup: _Lookup) -> None:
+    """The stored ids that the records without an embedding were probably meant to name."""
+    report.key_ids = {key: ident for ident, key in lookup.other_ids.items()}
     if report.missing and report.unlabelled:
         embedded = [report.key_ids.get(key) or unescape_key(key) for key in sorted(report.unlabelled)]
         # (a group among the proteins named like a label record is no protein: no near miss)
         report.near_misses = [(ident, stored) for ident, stored in _near_misses(report.missing, embedded)
-                              if reader.key_for(stored, source) is not None]
+                              if lookup.reader.key_for(stored, lookup.source) is not None]
         report.accession_misses = _accession_misses(report.missing, embedded)
         report.rewritten_misses = _rewritten_misses(report.missing, embedded)
-    if report.problems:
-        where = f"{label_set.path} vs {reader.path}"
-        only_missing = report.problems == len(report.missing)
-        if on_mismatch == "skip":
-            console.warn(f"{where}: skipped {console.counted(report.problems, 'label record')}: {report.describe()}")
-        elif on_mismatch == "missing" and only_missing:
-            # (none matched: the error below or the caller's warning (fit's own validation and test
-            # records) says it; an info line of "0 matched" came just before it, near-identical to
-            # the training set's)
-            if matched:
-                console.info(f"{where}: {len(report.missing)} label record(s) without an embedding left out "
-                             f"(--only-embedded; {len(matched)} matched)")
-        else:
-            how = ("--only-embedded (on_mismatch='missing') leaves out the records without an embedding, "
-                   "--skip-mismatched ('skip') every mismatch" if only_missing
-                   else "--skip-mismatched (on_mismatch='skip') leaves them out")
-            verb = "does" if report.problems == 1 else "do"  # ("1 label records do not match")
-            raise InputError(f"{console.counted(report.problems, 'label record')} {verb} not match the embeddings: "
-                             f"{report.describe()} ({how})", path=where)
-    if not matched:
-        if report.left_out and not report.problems:
-            raise InputError(f"every labelled protein ({len(report.left_out)}) was left out by embed (its 'failed' "
-                             "attribute, above): none has an embedding", path=f"{label_set.path} vs {reader.path}")
-        if report.no_label and len(report.no_label) == len(label_set.records):
-            # (they were never matched: "no label record matched an embedding" sent the user
-            # looking at ids, where the labels were empty, nan or masked)
-            raise InputError(f"none of its {len(report.no_label)} label record(s) gives a usable label (empty or "
-                             "nan, every residue masked, or a dual location under --dual skip): nothing to train on "
-                             "or score", path=label_set.path)
-        why = ""
-        if on_mismatch == "missing" and report.missing and report.problems == len(report.missing):
-            why = (f": none of its {console.counted(len(report.missing), 'label record')} has one "
-                   f"({option('--only-embedded', 'on_mismatch=' + repr('missing'))} left them out)")
-        raise NothingMatched(f"no label record matched an embedding{why}", path=f"{label_set.path} vs {reader.path}",
-                             report=report)
-    return matched, report
+
+
+def _refuse_or_say_mismatches(report: MatchReport, matched: list[Matched], label_set: LabelSet,
+                              reader: EmbeddingsReader, on_mismatch: str) -> None:
+    """The records that do not match: refused, or left out as `on_mismatch` allows."""
+    where = f"{label_set.path} vs {reader.path}"
+    only_missing = report.problems == len(report.missing)
+    if on_mismatch == "skip":
+        console.warn(f"{where}: skipped {console.counted(report.problems, 'label record')}: {report.describe()}")
+    elif on_mismatch == "missing" and only_missing:
+        # (none matched: the error below or the caller's warning (fit's own validation and test
+        # records) says it; an info line of "0 matched" came just before it, near-identical to
+        # the training set's)
+        if matched:
+            console.info(f"{where}: {len(report.missing)} label record(s) without an embedding left out "
+                         f"(--only-embedded; {len(matched)} matched)")
+    else:
+        how = ("--only-embedded (on_mismatch='missing') leaves out the records without an embedding, "
+               "--skip-mismatched ('skip') every mismatch" if only_missing
+               else "--skip-mismatched (on_mismatch='skip') leaves them out")
+        verb = "does" if report.problems == 1 else "do"  # ("1 label records do not match")
+        raise InputError(f"{console.counted(report.problems, 'label record')} {verb} not match the embeddings: "
+                         f"{report.describe()} ({how})", path=where)
+
+
+def _refuse_nothing_matched(report: MatchReport, label_set: LabelSet, reader: EmbeddingsReader,
+                            on_mismatch: str) -> None:
+    """No record matched: why, as precisely as the report says it."""
+    if report.left_out and not report.problems:
+        raise InputError(f"every labelled protein ({len(report.left_out)}) was left out by embed (its 'failed' "
+                         "attribute, above): none has an embedding", path=f"{label_set.path} vs {reader.path}")
+    if report.no_label and len(report.no_label) == len(label_set.records):
+        # (they were never matched: "no label record matched an embedding" sent the user
+        # looking at ids, where the labels were empty, nan or masked)
+        raise InputError(f"none of its {len(report.no_label)} label record(s) gives a usable label (empty or "
+                         "nan, every residue masked, or a dual location under --dual skip): nothing to train on "
+                         "or score", path=label_set.path)
+    why = ""
+    if on_mismatch == "missing" and report.missing and report.problems == len(report.missing):
+        why = (f": none of its {console.counted(len(report.missing), 'label record')} has one "
+               f"({option('--only-embedded', 'on_mismatch=' + repr('missing'))} left them out)")
+    raise NothingMatched(f"no label record matched an embedding{why}", path=f"{label_set.path} vs {reader.path}",
+                         report=report)
 
 
 class NothingMatched(InputError):
