@@ -878,6 +878,21 @@ def test_a_misspelt_model_name_is_named_as_such(run_cli, tmp_path, tiny_models, 
         "predict heads/ss3 --fasta FILE`" in r.stderr, r.stderr
 
 
+def test_the_default_model_missing_offline_names_the_way_without_weights(run_cli, tmp_path, monkeypatch):
+    # `protrans embed x.fa -o x.h5` offline, the user having named no model, was told only to
+    # download ProtT5 (2.4 GB), not that it was embed's default nor that onehot needs no weights
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = run_cli("embed", SMALL, "-o", tmp_path / "x.h5")
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("protrans: error: cannot load model 'prot_t5_xl_half': ") and "hf download" in r.stderr
+    assert r.stderr.rstrip().endswith("(prot_t5_xl_half is embed's default -m; -m onehot needs no weights, and "
+                                      "-m RUN takes a model that protrans train wrote)"), r.stderr
+    assert not (tmp_path / "x.h5").exists()
+    # a model the user named is theirs: the message says nothing of defaults
+    r = run_cli("embed", SMALL, "-m", "prot_t5_xl_half", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 1 and "hf download" in r.stderr and "default" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("model", ["prot_bert", "./no/such/dir"])
 def test_offline_missing_model_is_one_line_error(run_cli, tmp_path, model):
     result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
