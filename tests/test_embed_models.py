@@ -878,18 +878,26 @@ def test_a_misspelt_model_name_is_named_as_such(run_cli, tmp_path, tiny_models, 
         "predict heads/ss3 --fasta FILE`" in r.stderr, r.stderr
 
 
-def test_the_default_model_missing_offline_names_the_way_without_weights(run_cli, tmp_path, monkeypatch):
+def test_a_default_model_missing_offline_names_the_way_without_weights(run_cli, tmp_path, monkeypatch):
     # `protrans embed x.fa -o x.h5` offline, the user having named no model, was told only to
     # download ProtT5 (2.4 GB), not that it was embed's default nor that onehot needs no weights
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     r = run_cli("embed", SMALL, "-o", tmp_path / "x.h5")
     assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stderr.startswith("protrans: error: cannot load model 'prot_t5_xl_half': ") and "hf download" in r.stderr
-    assert r.stderr.rstrip().endswith("(prot_t5_xl_half is embed's default -m; -m onehot needs no weights, and "
+    assert r.stderr.rstrip().endswith("(prot_t5_xl_half is the default -m of protrans embed; -m onehot needs no weights, and "
                                       "-m RUN takes a model that protrans train wrote)"), r.stderr
     assert not (tmp_path / "x.h5").exists()
     # a model the user named is theirs: the message says nothing of defaults
     r = run_cli("embed", SMALL, "-m", "prot_t5_xl_half", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 1 and "hf download" in r.stderr and "default" not in r.stderr, r.stderr
+    # variants' default, ESM-2 650M, alike
+    r = run_cli("variants", "--all-singles", "--sequence", "MKTAYIAK")
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1 and "hf download" in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith("(esm2_t33_650M_UR50D is the default -m of protrans variants; -m RUN takes "
+                                      "a masked LM that protrans train wrote, and protrans import-model converts "
+                                      "fair-esm's own .pt files)"), r.stderr
+    r = run_cli("variants", "--all-singles", "--sequence", "MKTAYIAK", "-m", "esm2_t33_650M_UR50D")
     assert r.exit_code == 1 and "hf download" in r.stderr and "default" not in r.stderr, r.stderr
 
 

@@ -189,6 +189,22 @@ def given_option(name: str, ctx=None) -> bool:
     return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
 
 
+@contextlib.contextmanager
+def naming_default_model(command: str, default: str, alternatives: str, param: str = "model"):
+    """A model that cannot be loaded (not cached, no network) where the user named none: the one-line
+    error ends by saying that `default` is `command`'s default -m and what runs without it
+    (`alternatives`). `protrans embed x.fa -o x.h5` offline was told only to download 2.4 GB of a
+    model the user had not asked for."""
+    from protrans_cli.errors import ModelError
+
+    try:
+        yield
+    except ModelError as exc:
+        if given_option(param) or not str(exc).startswith(f"cannot load model {default!r}:"):
+            raise
+        raise ModelError(f"{exc} ({default} is the default -m of protrans {command}; {alternatives})") from None
+
+
 def _checked_value(callback):
     def check(ctx, param, value):
         if callback is not None:  # the option's own check first (it may say more)

@@ -146,8 +146,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
     """
     from protrans_cli import console
-    from protrans_cli.cli import finished_with_resume, given_option
-    from protrans_cli.errors import ModelError
+    from protrans_cli.cli import finished_with_resume, naming_default_model
     from protrans_cli.embed import EmbedOptions, embed, when_output_final
     from protrans_cli.embed_dist import interrupted_output
     from protrans_cli.threads import resolve_threads
@@ -172,15 +171,9 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         # torchrun, on a rank other than 0, once its share is written: rank 0 then says how the run ended)
         with when_output_final(lambda quiet=False: console.output_complete(
                 f"this rank's share of {output}" if quiet else str(output), quiet=quiet)):
-            try:
+            with naming_default_model("embed", model, "-m onehot needs no weights, and -m RUN takes a model "
+                                      "that protrans train wrote"):
                 summary = embed(fasta, output, options)
-            except ModelError as exc:
-                # (`protrans embed x.fa -o x.h5` offline: the user named no model, and was told to
-                # download one they had not asked for, not that embed has one that needs nothing)
-                if given_option("model") or not str(exc).startswith(f"cannot load model {model!r}:"):
-                    raise
-                raise ModelError(f"{exc} ({model} is embed's default -m; -m onehot needs no weights, "
-                                 "and -m RUN takes a model that protrans train wrote)") from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     console.output_complete(str(output))

@@ -102,7 +102,7 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
         --truth-column DMS_score -o scored.csv
     protrans variants --all-singles --sequence MKTAYIAKQRQ -m esm2_t6_8M_UR50D
     """
-    from protrans_cli.cli import kept_in_partial
+    from protrans_cli.cli import kept_in_partial, naming_default_model
     from protrans_cli.threads import resolve_threads
     from protrans_cli.variants import VariantOptions, run_variants
 
@@ -118,7 +118,9 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
                              id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads),
                              chains=chains, linker_length=linker_length)
-    with kept_in_partial(output):
+    with kept_in_partial(output), naming_default_model(
+            "variants", models[0], "-m RUN takes a masked LM that protrans train wrote, and protrans "
+            "import-model converts fair-esm's own .pt files", param="models"):
         run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta,
                      record_id=record_id)
     if output not in (None, "-"):
