@@ -342,9 +342,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int | None = Non
             source_kind = PER_RESIDUE
             console.info(f"{path}: per-residue embeddings only; each protein's vector is the mean of its residues "
                          "(as embed's per-protein vectors)")
-        order = _order(reader, source_kind, wanted, ids)
-        if sequences is not None:
-            _check_sequences(reader, source_kind, order, sequences, ids)
+        order = selected_ids(reader, source_kind, wanted, sequences, ids)
         plan = _Plan(reader, source_kind, layer, pooled, order, sequences, all_layers=all_layers)
         out_kind = PER_PROTEIN if pooled else source_kind
         # (-o a link of the user's own is written where it leads, as predict's and the shell's `>`:
@@ -731,6 +729,20 @@ def _found_by_sequence(reader, wanted: list[str], sequences: dict) -> dict[str, 
         if keys:
             found[ident] = keys[0]
     return found
+
+
+def selected_ids(reader, kind: str, wanted: list[str] | None, sequences: dict | None, source) -> list[str]:
+    """The proteins of `reader`'s file that an --ids file names (`wanted`, `sequences`: read_id_list's
+    of the file `source`), in its order, else (`wanted` None) all of them in key order: each must be
+    in the file (one line naming the first missing and `source` otherwise); a FASTA's sequences must
+    be the embedded ones (where the file records checksums). Another tool's file finds a FASTA's
+    protein by its sequence too (`reader.aliases`, where not set already). export and knn --ids."""
+    if sequences is not None and "layout" not in reader.attrs and not reader.aliases:
+        reader.aliases = _found_by_sequence(reader, wanted, sequences)
+    order = _order(reader, kind, wanted, source)
+    if sequences is not None:
+        _check_sequences(reader, kind, order, sequences, source)
+    return order
 
 
 def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:
