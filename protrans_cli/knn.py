@@ -75,8 +75,10 @@ def layer_on_axis(reader, layer: int, n_layers: int | None) -> int:
     return layer
 
 
-def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, EmbeddingsReader]:
-    """(ids, (N, D) float32) of a file's per-protein vectors at `layer`."""
+def _vectors(path, layer: int, what: str, chosen=None) -> tuple[list[str], np.ndarray, EmbeddingsReader]:
+    """(ids, (N, D) float32) of a file's per-protein vectors at `layer`; `chosen`: (ids, id ->
+    sequence or None, the file naming them) of an --ids file (export.read_id_list's), whose
+    proteins alone are read, in its order (export.selected_ids: each must be in the file)."""
     with EmbeddingsReader(path) as reader:
         _refuse_residues_only(reader, what, path)
         stacked = reader._stacked
@@ -84,6 +86,15 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
         # time: the stored array whole and its float32 copy held 1.5x the vectors' float32 bytes)
         ids, matrix = (stacked.listed_ids(), stacked.data) if stacked is not None else reader.matrix(PER_PROTEIN)
         attrs = dict(reader.attrs)
+        rows = None
+        if chosen is not None:
+            from protrans_cli.export import selected_ids
+
+            order = selected_ids(reader, PER_PROTEIN, *chosen)
+            # (the rows named as the whole search names them, by the file's ids: another tool's key,
+            # a whole header line, is the reference's id there too, which --exclude-self compares)
+            rows = _rows_of(reader, ids, order, chosen[2])
+            ids = [ids[r] for r in rows]
         at = None
         if matrix.ndim == 3:  # several layers stored: (N, n_layers, D)
             at = layer_on_axis(reader, layer, matrix.shape[1])
@@ -91,7 +102,9 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
         elif layer != -1:
             layer_on_axis(reader, layer, None)  # (one layer stored: the one asked for, or an error naming it)
         if stacked is not None:
-            matrix = stacked.take(np.arange(len(stacked)), at)
+            matrix = stacked.take(np.arange(len(stacked)) if rows is None else rows, at)
+        elif rows is not None:
+            matrix = matrix[rows]
     if matrix.ndim != 2:
         raise InputError(f"{what}: per-protein vectors of shape {matrix.shape[1:]}, not (D,)", path=str(path))
     vectors = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -101,6 +114,26 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
         raise InputError(f"{what}: {int(bad.sum())} protein(s) have NaN or infinite values (first: "
                          f"{ids[int(np.flatnonzero(bad)[0])]})", path=str(path))
     return ids, vectors, attrs
+
+
+def _rows_of(reader: EmbeddingsReader, ids: list[str], order: list[str], source) -> np.ndarray:
+    """The rows of `ids` (a file's, as read) of the proteins `order` names (selected_ids' answer):
+    by id, else (another tool's file: a key that is a whole header line, a protein found by its
+    sequence) by the dataset its id finds."""
+    position = {ident: i for i, ident in enumerate(ids)}
+    by_key = None
+    rows = []
+    for ident in order:
+        row = position.get(ident)
+        if row is None:
+            if by_key is None:
+                by_key = {reader.key_for(i, PER_PROTEIN): r for r, i in enumerate(ids)}
+            row = by_key.get(reader.key_for(ident, PER_PROTEIN))
+        if row is None:  # (selected_ids found it: not expected)
+            raise InputError(f"protein {ident!r} is not among the per-protein vectors read from {reader.path}",
+                             path=display_name(source))
+        rows.append(row)
+    return np.array(rows, dtype=np.int64)
 
 
 def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
@@ -145,22 +178,34 @@ def _check_same_pooling(query, reference, q_attrs: dict, r_attrs: dict, allow: b
 
 def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: int = -1,
             exclude_self: bool = False, allow_model_mismatch: bool = False, threads: int | None = None,
-            device: str = "auto") -> Neighbours:
+            device: str = "auto", ids=None) -> Neighbours:
     """The k nearest reference proteins of every query protein (per-protein vectors of two
     embeddings files, or one file given twice with `exclude_self`); `device`: where the
-    distances are computed (auto: a GPU when there is one)."""
-    q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
+    distances are computed (auto: a GPU when there is one); `ids`: a FASTA or id-list file
+    ('-': stdin) of the query proteins to search, in its order (as export's `ids`)."""
+    q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch,
+                                       _id_list(ids))
     return _neighbours(q_ids, q, ref_ids, ref, int(k), metric, exclude_self, threads, device)
 
 
-def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch: bool):
+def _id_list(ids):
+    """(ids, id -> sequence or None, `ids`) of an --ids file (export.read_id_list), None without one."""
+    if ids is None:
+        return None
+    from protrans_cli.export import read_id_list
+
+    expect_path(ids, "knn: ids", " (one file, or '-' for stdin)")
+    return (*read_id_list(ids), ids)
+
+
+def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch: bool, chosen=None):
     """(query ids, query vectors, reference ids, reference vectors), checked (as stored: cosine
-    scales by 1 / length in the search)."""
+    scales by 1 / length in the search); `chosen`: _id_list's, the queries searched."""
     for name, value in (("query", query), ("reference", reference)):
         expect_path(value, name)
     _check_search(k, metric, layer)
     ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
-    q_ids, q, q_attrs = _vectors(query, layer, "query")
+    q_ids, q, q_attrs = _vectors(query, layer, "query", chosen)
     _check_pair(query, reference, q, ref, q_attrs, r_attrs, metric, allow_model_mismatch)
     return q_ids, q, ref_ids, ref
 
@@ -418,7 +463,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         allow_model_mismatch: bool = False, threads: int | None = None, n_bootstrap: int = 1000,
         fasta=None, model: str | None = None, device: str = "auto", long_policy: str | None = None,
         max_length: int | None = None, chunk_overlap: int | None = None, invalid_policy: str | None = None,
-        chains: str | None = None, linker_length: int | None = None) -> Transfer:
+        chains: str | None = None, linker_length: int | None = None, ids=None) -> Transfer:
     """Write the k nearest reference proteins of every query as TSV (query, rank, neighbour,
     distance, and the neighbour's label columns with `labels`); with `score` (the queries'
     labels) score the labels transferred (the vote of the k neighbours) per column.
@@ -426,7 +471,9 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     `fasta` (with `query` None): query sequences, embedded first (into a temporary file) with
     the reference's model (`model` replaces it), layer and long-protein policy
     (reference_embed_options); rows follow the FASTA's order. `chains`, `linker_length`:
-    complexes among the sequences, as embed's (default: refused)."""
+    complexes among the sequences, as embed's (default: refused). `ids` (with `query`): a FASTA
+    file (whose sequences must be the embedded ones) or one id a line ('-': stdin), as export
+    reads it: only those queries are searched, rows in its order."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
     from protrans_cli.heads.predict import check_fasta_values
@@ -436,8 +483,12 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         raise UsageError(option("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them",
                                 "give the queries' embeddings (query) or their sequences (fasta), one of them"))
     # (a list of files was "stat: path should be string ... not list", a TypeError from deep inside)
+    if fasta is not None and ids is not None:
+        raise UsageError(option("--ids picks proteins of QUERY.h5; with --fasta, the FASTA holds the queries (give "
+                                "those alone)", "ids picks proteins of query; with fasta, the FASTA holds the queries "
+                                "(give those alone)"))
     for value, name in ((query, "query"), (reference, "reference"), (fasta, "fasta"), (labels, "labels"),
-                        (score, "score")):
+                        (score, "score"), (ids, "ids")):
         if value is not None:
             expect_path(value, f"knn: {name}", " (one file)")
     if output is not None:
@@ -455,7 +506,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         raise UsageError(f"{option('--score', 'score')} compares the labels transferred from the reference: give the "
                          f"reference's {option('--labels', 'labels')}")
     # `-o query.h5` replaced the embeddings with the TSV, as predict and labels refuse
-    if source := input_named_by(output, [p for p in (query, fasta, reference, labels, score) if p is not None]):
+    if source := input_named_by(output, [p for p in (query, fasta, reference, labels, score, ids) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
     if output is not None and str(output) != "-":
         output_directory(output)  # (as predict: before the search, not when its result is written)
@@ -482,7 +533,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         _check_pair(f"the embeddings of {_shown(fasta)}", reference, q, ref, q_attrs, r_attrs, metric,
                     allow_model_mismatch or model is not None)
     else:
-        q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
+        q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch,
+                                           _id_list(ids))
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
                                                                                         ref_ids, reference)
         truth = None if score is None else _query_labels(score, _score_label_set(score, label_format), q_ids, query)

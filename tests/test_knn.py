@@ -1321,3 +1321,121 @@ def test_distances_on_apple_gpu_are_the_cpus(metric):
     got = _search(on_mps, q, ref, 40, metric, own, torch.device("mps"))
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def _proteome(path, n=20, dim=8, layout="grouped"):
+    """A set of `n` proteins of known sequences and vectors (ids p00 ..): (ids, sequences, vectors)."""
+    rng = np.random.default_rng(11)
+    ids = [f"p{i:02d}" for i in range(n)]
+    sequences = ["".join(rng.choice(list(AA), 10 + i)) for i in range(n)]
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    with EmbeddingsWriter(path, kinds=("per_protein",), layout=layout, attrs={"model": "onehot"}) as w:
+        for ident, seq, v in zip(ids, sequences, vectors):
+            w.write(ident, ident, seq, per_protein=v)
+    return ids, sequences, vectors
+
+
+def _rows(text):
+    return [line.split("\t") for line in text.splitlines()[1:]]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_ids_gives_the_rows_of_the_whole_search_for_those_queries_in_the_files_order(tmp_path, run_cli, metric,
+                                                                                      layout):
+    """`knn set.h5 --reference set.h5 --exclude-self --ids three.txt -k 5`: the rows of the whole
+    file's search for those three, in the list's order (not the file's), and each query's
+    neighbours those of a numpy brute force without the query itself."""
+    ids, _, vectors = _proteome(tmp_path / "set.h5", layout=layout)
+    picked = ["p13", "p02", "p07"]
+    (tmp_path / "three.txt").write_text("# the three\n" + "\n".join(picked) + "\n")
+    base = ("knn", tmp_path / "set.h5", "--reference", tmp_path / "set.h5", "--exclude-self", "-k", "5",
+            "--metric", metric, "-j", "1")
+    whole = run_cli(*base)
+    some = run_cli(*base, "--ids", tmp_path / "three.txt")
+    assert whole.exit_code == 0 and some.exit_code == 0, some.stderr
+    assert "knn: 3 query proteins against 20 reference proteins" in some.stderr
+    expected = [row for p in picked for row in _rows(whole.stdout) if row[0] == p]
+    assert _rows(some.stdout) == expected and len(expected) == 15
+    index, distance = _brute(vectors, vectors, 5, metric, np.eye(20, dtype=bool))
+    for row in _rows(some.stdout):
+        qi, rank = ids.index(row[0]), int(row[1]) - 1
+        assert row[2] == ids[index[qi, rank]] != row[0]
+        assert float(row[3]) == pytest.approx(distance[qi, rank], rel=5e-6, abs=1e-9)
+    assert some.stdout.splitlines()[0] == whole.stdout.splitlines()[0]
+
+
+def test_ids_from_python_a_fasta_and_stdin(tmp_path, run_cli):
+    """nearest(ids=) and knn(ids=) search those queries alone; a FASTA of the embedded sequences
+    selects them as a list does; `--ids -` reads the list (or the FASTA) from stdin."""
+    from protrans_cli.knn import knn, nearest
+
+    ids, sequences, vectors = _proteome(tmp_path / "set.h5")
+    (tmp_path / "two.fa").write_text(f">p09 some protein\n{sequences[9]}\n>p04\n{sequences[4]}\n")
+    found = nearest(tmp_path / "set.h5", tmp_path / "set.h5", k=3, ids=tmp_path / "two.fa", exclude_self=True,
+                    threads=1, device="cpu")
+    index, distance = _brute(vectors[[9, 4]], vectors, 3, "euclidean", np.eye(20, dtype=bool)[[9, 4]])
+    assert found.query_ids == ["p09", "p04"] and found.reference_ids == ids
+    assert np.array_equal(found.index, index)
+    np.testing.assert_allclose(found.distance, distance, rtol=1e-9)
+    transfer = knn(tmp_path / "set.h5", tmp_path / "set.h5", tmp_path / "hits.tsv", k=3, exclude_self=True,
+                   ids=tmp_path / "two.fa", threads=1, device="cpu")
+    assert transfer.neighbours.query_ids == ["p09", "p04"]
+    from_file = (tmp_path / "hits.tsv").read_text()
+    for given in (b"p09\np04\n", (tmp_path / "two.fa").read_bytes()):
+        r = run_cli("knn", tmp_path / "set.h5", "--reference", tmp_path / "set.h5", "--exclude-self", "-k", "3",
+                    "--ids", "-", "-j", "1", input=given)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == from_file
+
+
+def test_ids_refusals_say_what_export_says(tmp_path, run_cli):
+    """An id QUERY does not hold: one line naming it and the list, exit 1, as export says it, and
+    nothing written; a FASTA of another sequence under an id: refused as export refuses it;
+    --ids beside --fasta: a usage error (exit 2), from Python too."""
+    _, sequences, _ = _proteome(tmp_path / "set.h5")
+    (tmp_path / "ids.txt").write_text("p03\nP99\np05\n")
+    base = ("knn", tmp_path / "set.h5", "--reference", tmp_path / "set.h5", "-j", "1")
+    r = run_cli(*base, "--ids", tmp_path / "ids.txt", "-o", tmp_path / "hits.tsv")
+    exported = run_cli("export", tmp_path / "set.h5", "--ids", tmp_path / "ids.txt")
+    assert r.exit_code == 1 and exported.exit_code == 1
+    assert r.stderr.startswith(f"protrans: error: {tmp_path / 'ids.txt'}: 1 protein of the 3 it names is not in ")
+    assert "(first: P99)" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.stderr == exported.stderr
+    assert not (tmp_path / "hits.tsv").exists()
+    (tmp_path / "other.fa").write_text(f">p03\nMKV{sequences[3]}\n")
+    r = run_cli(*base, "--ids", tmp_path / "other.fa")
+    exported = run_cli("export", tmp_path / "set.h5", "--ids", tmp_path / "other.fa")
+    assert r.exit_code == 1 and "another sequence" in r.stderr and r.stderr == exported.stderr
+    (tmp_path / "q.fa").write_text(f">p03\n{sequences[3]}\n")
+    r = run_cli("knn", "--fasta", tmp_path / "q.fa", "--reference", tmp_path / "set.h5", "--ids",
+                tmp_path / "ids.txt")
+    assert r.exit_code == 2
+    assert r.stderr == ("protrans: error: --ids picks proteins of QUERY.h5; with --fasta, the FASTA holds the "
+                        "queries (give those alone)\n")
+    from protrans_cli.knn import knn
+
+    with pytest.raises(UsageError, match="ids picks proteins of query"):
+        knn(None, tmp_path / "set.h5", fasta=tmp_path / "q.fa", ids=tmp_path / "ids.txt")
+    r = run_cli(*base, "--ids", "-", "--labels", "-", input=b"p03\n")
+    assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr
+
+
+def test_ids_of_a_file_keyed_by_whole_header_lines_finds_them_by_their_first_word(tmp_path, run_cli):
+    """The ProtTrans script's keys are whole header lines (`r3 Cytoplasm-S`): `--ids` naming `r3`
+    finds it, as export does; its rows are the whole search's (the query named as there), and
+    --exclude-self still leaves the query itself out."""
+    import h5py
+
+    rng = np.random.default_rng(4)
+    with h5py.File(tmp_path / "lookup.h5", "w") as f:
+        for i in range(8):
+            f.create_dataset(f"r{i} {'Nucleus' if i % 2 else 'Cytoplasm'}-S", data=rng.normal(size=6)
+                             .astype(np.float32))
+    (tmp_path / "two.txt").write_text("r5\nr2\n")
+    base = ("knn", tmp_path / "lookup.h5", "--reference", tmp_path / "lookup.h5", "--exclude-self", "-k", "2")
+    whole, some = run_cli(*base), run_cli(*base, "--ids", tmp_path / "two.txt")
+    assert some.exit_code == 0, some.stderr
+    expected = [row for p in ("r5 Nucleus-S", "r2 Cytoplasm-S") for row in _rows(whole.stdout) if row[0] == p]
+    assert _rows(some.stdout) == expected and len(expected) == 4
+    assert all(row[0] != row[2] for row in expected)

@@ -21,6 +21,9 @@ from protrans_cli.cli.predict import fasta_embedding_options
 @click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
               help="Query sequences instead of QUERY: embedded first with the model and layer of the reference "
                    "(into a temporary file); rows follow the FASTA's order.")
+@click.option("--ids", "ids_file", type=INPUT_FILE, metavar="FILE", default=None,
+              help="Search only these proteins of QUERY.h5, rows in this order: a FASTA file (whose sequences must "
+                   "be the embedded ones) or one id a line, as export reads it; '-' = stdin.  [default: all]")
 @click.option("-m", "--model", default=None, shell_complete=completion.models,
               help="With --fasta: the embedding model, when not the one the reference records (e.g. a local "
                    "copy; needed where it records none, or import-esm's without -m).")
@@ -52,7 +55,7 @@ from protrans_cli.cli.predict import fasta_embedding_options
 @click.option("--device", default="auto", show_default=True,
               help="Where the distances are computed (a GPU holds the reference), and with --fasta the "
                    "queries embedded: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-def command(query, reference, fasta, model, max_length, long_policy, chunk_overlap, chains, linker_length,
+def command(query, reference, fasta, ids_file, model, max_length, long_policy, chunk_overlap, chains, linker_length,
             invalid_policy, k, metric,
             labels, score, label_format, exclude_self, layer, allow_model_mismatch, output, n_bootstrap, threads,
             device):
@@ -60,13 +63,14 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
 
     Every query protein's K nearest reference proteins by their per-protein vectors (the
     embedding-based annotation transfer of EAT and goPredSim): one TSV row per neighbour.
-    Give the queries as embeddings (QUERY.h5) or as sequences (--fasta).
+    Give the queries as embeddings (QUERY.h5; --ids: some of them) or as sequences (--fasta).
 
     \b
     protrans knn query.h5 --reference lookup.h5 --labels lookup.fasta -o hits.tsv
     protrans knn test.h5 --reference train.h5 --labels train.fasta \\
         --score test.fasta -k 3 -o -
     protrans knn --fasta query.fa --reference lookup.h5 -o hits.tsv
+    protrans knn set.h5 --reference set.h5 --exclude-self --ids three.txt -k 5
     """
     from protrans_cli.errors import UsageError
 
@@ -81,7 +85,10 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
         raise UsageError("--label-format goes with --labels or --score (the format of the label files read)")
     if given_option("n_bootstrap") and score is None:
         raise UsageError("--bootstrap goes with --score (the resamples of its confidence intervals)")
-    if [fasta, labels, score].count("-") > 1:  # the first read would take it all
+    if fasta is not None and ids_file is not None:
+        raise UsageError("--ids picks proteins of QUERY.h5; with --fasta, the FASTA holds the queries (give those "
+                         "alone)")
+    if [fasta, labels, score, ids_file].count("-") > 1:  # the first read would take it all
         raise UsageError("stdin ('-') can be one input at most: give the others as files")
     from protrans_cli.knn import knn
 
@@ -89,7 +96,7 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
         label_format=label_format, score=score, allow_model_mismatch=allow_model_mismatch, threads=threads,
         n_bootstrap=n_bootstrap, fasta=fasta, model=model, device=device, long_policy=long_policy,
         max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy, chains=chains,
-        linker_length=linker_length)
+        linker_length=linker_length, ids=ids_file)
     from protrans_cli import console
 
     console.output_complete(output)
