@@ -322,6 +322,29 @@ def test_embed_called_from_python_says_so_in_its_command_line(tmp_path, monkeypa
         assert "ipykernel_launcher.py" in f.attrs["command_line"]
 
 
+def test_the_cli_called_in_process_records_its_own_arguments_not_the_processes(tmp_path, monkeypatch):
+    """main([...]) from a notebook: embed's and merge's files recorded sys.argv[1:] as the command
+    ("protrans -f k.json", the kernel launcher's arguments), not the command that ran."""
+    import sys
+
+    import h5py
+
+    from protrans_cli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["/opt/conda/lib/python3.11/site-packages/ipykernel_launcher.py", "-f", "k.json"])
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKV\n")
+    for argv in (["-q", "embed", str(fasta), "-m", "onehot", "-o", str(tmp_path / "a.h5")],
+                 ["-q", "merge", str(tmp_path / "a.h5"), "-o", str(tmp_path / "m.h5")]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    for name, argv in (("a.h5", ["-q", "embed", str(fasta), "-m", "onehot"]), ("m.h5", ["-q", "merge", str(tmp_path / "a.h5")])):
+        with h5py.File(tmp_path / name) as f:
+            assert f.attrs["command_line"].startswith(" ".join(["protrans", *argv])), f.attrs["command_line"]
+    assert sys.argv[1:] == ["-f", "k.json"]
+
+
 def test_progress_bars_show_in_a_notebook(monkeypatch):
     """Bars needed stderr to be a terminal, which a Jupyter kernel's is not: a long embed in a
     notebook showed nothing until its summary."""

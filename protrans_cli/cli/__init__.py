@@ -593,6 +593,8 @@ def main(argv=None):
     # the caller's own, where `main(["-q", ...])` in a notebook left every later call quiet; and
     # their messages name settings as a library call takes them, not by this command's flags)
     caller_messages = console.state.verbosity, console.state.debug, console.state.command_line
+    global _ARGV
+    caller_argv, _ARGV = _ARGV, (None if argv is None else list(argv))  # (`command_args`; a nested call's own)
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
@@ -639,6 +641,7 @@ def main(argv=None):
             _exit_now(code)(signal.SIGINT, None)
         raise
     finally:
+        _ARGV = caller_argv
         if argv is not None:
             console.state.verbosity, console.state.debug, console.state.command_line = caller_messages
             warnings.showwarning = caller_showwarning
@@ -753,6 +756,23 @@ def _gpu_out_of_memory_line(exc: BaseException, argv) -> str:
     # (train's step's own, in train's options: not quickstart's, whose train step has none of them)
     hint = (getattr(exc, "protrans_detail", None) if command == "train" else None) or _LESS_GPU_MEMORY.get(command)
     return f"{words.rstrip('.')}; {hint}" if hint else words
+
+
+_ARGV: list | None = None  # the arguments main() was given by an in-process caller; None: sys.argv's
+
+
+def command_args() -> list[str]:
+    """The running command's arguments: main()'s argv where a caller gave one (a notebook's
+    `main([...])`, whose sys.argv is the kernel launcher's: embed's and merge's files recorded
+    `protrans -f kernel.json` as the command that wrote them), else sys.argv[1:]."""
+    return [str(a) for a in (sys.argv[1:] if _ARGV is None else _ARGV)]
+
+
+def invoked_as() -> str:
+    """`protrans ARGS` of the running command (`command_args`), for an output's command_line."""
+    import shlex
+
+    return shlex.join(["protrans", *command_args()])
 
 
 def _command_name(argv) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli import INPUT_FILE, completion, invoked_as
 from protrans_cli.cli.embed import chain_options
 
 
@@ -65,8 +65,6 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     protrans contacts proteins.fa -m esm2_t33_650M_UR50D -o contacts.h5
     python -c "import h5py; print(h5py.File('contacts.h5')['contacts']['P1'][:])"
     """
-    import shlex
-    import sys
 
     from protrans_cli import console
     from protrans_cli.cli import finished_with_resume
@@ -79,7 +77,7 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
         max_batch_size=max_batch_size, max_length=max_length, long_policy=long_policy,
         invalid_policy=invalid_policy, chains=chains, linker_length=linker_length, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, resume=resume, force=force,
-        threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]))
+        threads=resolve_threads(threads), command_line=invoked_as())
     with finished_with_resume(force, lambda exc: partial_path(output)):
         summary = predict_contacts(fasta, output, options)
     console.output_complete(str(output))

@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 import click
 
 from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
 from protrans_cli.choices import (CHAIN_POLICIES, DEFAULT_LINKER_LENGTH, DEFAULT_WINDOW, DTYPES, INVALID_POLICIES,
                                   LONG_POLICIES)
-from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli import INPUT_FILE, command_args, completion
 
 
 def command_line(argv: list[str]) -> str:
@@ -162,7 +161,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         linker_length=linker_length,
         three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
-        window=window, threads=resolve_threads(threads), command_line=command_line(sys.argv[1:]),
+        window=window, threads=resolve_threads(threads), command_line=command_line(command_args()),
         part=part, reuse=tuple(reuse),
     )
     # (the merge's OUTPUT.partial, with torchrun: the exception's `kept`)

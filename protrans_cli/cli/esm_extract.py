@@ -10,7 +10,7 @@ import re
 import click
 
 from protrans_cli.choices import DTYPES, INCLUDES
-from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli import INPUT_FILE, completion, invoked_as
 
 # esm-extract's options of several values (argparse's nargs="+") -> what its values look like
 # (argparse takes every following word that is no option; a negative number is a layer)
@@ -132,8 +132,6 @@ def _fair_esm_download(model_location):
 
 def _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_batch, truncation_seq_length, nogpu,
          dtype, resume):
-    import shlex
-    import sys
 
     from protrans_cli import console
     from protrans_cli.esm_extract import ExtractOptions, esm_extract
@@ -142,7 +140,7 @@ def _run(model_location, fasta_file, output_dir, repr_layers, include, toks_per_
     options = ExtractOptions(model=model_location, repr_layers=tuple(repr_layers), include=tuple(include),
                              toks_per_batch=toks_per_batch, truncation_seq_length=truncation_seq_length,
                              device="cpu" if nogpu else "auto", dtype=dtype, threads=resolve_threads(None),
-                             command_line=shlex.join(["protrans", *sys.argv[1:]]), resume=resume)
+                             command_line=invoked_as(), resume=resume)
     try:
         summary = esm_extract(fasta_file, output_dir, options)
     except KeyboardInterrupt as exc:  # (Ctrl-C, SIGTERM, SIGHUP: what was kept, from esm_extract's note)

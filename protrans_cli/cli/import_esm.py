@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, given_option
+from protrans_cli.cli import INPUT_FILE, given_option, invoked_as
 
 
 @click.command("import-esm", context_settings={"show_default": True})
@@ -57,8 +57,6 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
         -o esm.h5
     protrans fit loc --embeddings esm.h5 --labels deeploc.fa -o loc_head/
     """
-    import shlex
-    import sys
 
     from protrans_cli import console
     from protrans_cli.errors import UsageError
@@ -73,7 +71,7 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
             raise UsageError(f"{given[0]} is for embeddings: --contacts imports the contact maps alone")
         summary = import_esm_contacts(list(inputs), output, fasta=fasta, storage_dtype=storage_dtype or "float16",
                                       model=model, truncation_seq_length=truncation_seq_length, force=force,
-                                      command_line=shlex.join(["protrans", *sys.argv[1:]]))
+                                      command_line=invoked_as())
         truncated = f"; {summary.truncated} truncated by esm-extract" if summary.truncated else ""
         console.output_complete(str(output))
         console.info(f"import-esm: {console.counted(summary.proteins, 'contact map')} into {output}{truncated}")
@@ -85,7 +83,7 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
     summary = import_esm(list(inputs), output, fasta=fasta, layers=layers, per_residue=per_residue,
                          per_protein=per_protein, layout=layout, storage_dtype=storage_dtype, model=model,
                          truncation_seq_length=truncation_seq_length, force=force,
-                         command_line=shlex.join(["protrans", *sys.argv[1:]]), bos=bos)
+                         command_line=invoked_as(), bos=bos)
     truncated = f"; {summary.truncated} truncated by esm-extract" if summary.truncated else ""
     failed = f"; {len(summary.failed)} not written (the 'failed' attribute)" if summary.failed else ""
     layers_said = ", ".join(map(str, summary.layers))

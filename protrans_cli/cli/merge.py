@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, invoked_as
 
 
 @click.command("merge", context_settings={"show_default": True})
@@ -32,14 +32,12 @@ def command(inputs, output, layout, force):
     protrans embed parts/part_007.fa --layout stacked -o out/part_007.h5 --resume
     protrans merge out/*.h5 -o proteome.h5
     """
-    import shlex
-    import sys
 
     from protrans_cli import console
     from protrans_cli.merge import merge
 
     summary = merge(list(inputs), output, layout=layout, force=force,
-                    command_line=shlex.join(["protrans", *sys.argv[1:]]))
+                    command_line=invoked_as())
     console.output_complete(str(output))  # (before the summary: a signal from here on stops nothing)
     repeated = f"; {summary.repeated} repeated in a later part, kept once" if summary.repeated else ""
     failed = f"; {len(summary.failed)} failed in every part (the 'failed' attribute)" if summary.failed else ""
