@@ -1105,3 +1105,45 @@ def test_the_protobuf_release_sentencepiece_was_generated_with_is_read_from_its_
     assert spm_reader._gencode_version() == "5.29.0-rc1"
     (folder / "sentencepiece_model_pb2.py").write_text(header)
     assert spm_reader._gencode_version() is None
+
+
+def test_the_hub_is_probed_again_after_a_minute_not_once_a_process(monkeypatch):
+    """A notebook whose network was down at its first model load read the local cache alone (and
+    said the hub cannot be reached) until the kernel restarted: the probe's answer stood for the
+    life of the process. It stands for HUB_PROBE_SECONDS."""
+    import socket
+    import time
+
+    from protrans_cli import models
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    up = [False]
+    probes = []
+
+    class Connection:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def connect(address, timeout=None):
+        probes.append(address)
+        if not up[0]:
+            raise OSError("Network is unreachable")
+        return Connection()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    models.hub_reachable.cache_clear()
+    try:
+        assert not models.hub_reachable()
+        up[0] = True
+        now[0] += models.HUB_PROBE_SECONDS / 2
+        assert not models.hub_reachable() and len(probes) == 1  # (one probe a minute at most)
+        now[0] += models.HUB_PROBE_SECONDS
+        assert models.hub_reachable() and len(probes) == 2  # the network came back: seen
+    finally:
+        models.hub_reachable.cache_clear()

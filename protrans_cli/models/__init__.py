@@ -14,7 +14,6 @@ ProtTXL directory without `trust_remote_code`.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from contextlib import contextmanager
@@ -909,10 +908,28 @@ def _default_dtype():
     return torch.float32
 
 
-@functools.lru_cache(maxsize=1)
+HUB_PROBE_SECONDS = 60.0  # how long a probe's answer stands
+_HUB_PROBE: list = []  # [(time.monotonic() of the last probe, its answer)]
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host takes a TCP connection (one probe per process). A proxy in the
-    environment is trusted to reach it (the probe would go around it)."""
+    """Whether the hub's host takes a TCP connection (one probe a minute at most: probed once a
+    process, a notebook whose network came back read the cache alone until its kernel
+    restarted). A proxy in the environment is trusted to reach it (the probe would go around it)."""
+    import time
+
+    now = time.monotonic()
+    if _HUB_PROBE and now - _HUB_PROBE[0][0] < HUB_PROBE_SECONDS:
+        return _HUB_PROBE[0][1]
+    answer = _probe_hub(timeout)
+    _HUB_PROBE[:] = [(now, answer)]
+    return answer
+
+
+hub_reachable.cache_clear = _HUB_PROBE.clear  # (the next call probes again)
+
+
+def _probe_hub(timeout: float) -> bool:
     import socket
     from urllib.parse import urlparse
 
