@@ -152,8 +152,10 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
     _check_fasta(fasta)
     folder = _output_folder(output_dir)
     checkpoint = fair_esm_file(options.model)
-    if checkpoint is None:  # (a fair-esm file's layers are known once it is converted, in PARTIAL)
+    if checkpoint is None:
         layers = _layers_checked(str(options.model), options, include)
+    else:  # (converted in PARTIAL, and checked again then: refused here before minutes of converting)
+        _checkpoint_checked(checkpoint, options, include)
     with folder_made(folder):  # (removed again where the run fails before any file is in it)
         from protrans_cli.io.files import default_permissions, folder_lock
 
@@ -248,6 +250,29 @@ def _layers_checked(model: str, options: ExtractOptions, include: list[str]) -> 
         raise ModelError(f"{options.model}: {contacts} reads ESM's contact head, and this is a {family} model "
                          "(mean, per_tok and bos are for any model; contacts for ESM-2 and ESM-1b)")
     return layers
+
+
+def _checkpoint_checked(checkpoint: Path, options: ExtractOptions, include: list[str]) -> None:
+    """--repr_layers and --include contacts checked against the fair-esm file `checkpoint` before
+    it is converted (ESM-2 15B's 60 GB take minutes), as _layers_checked and contacts check a model
+    directory, with their messages: its layers and its contact head (fair-esm's contact regression
+    in it or beside it, MODEL-contact-regression.pt) read from its config and tensors' shapes. A
+    file in torch's older format (read whole, not mapped) is checked once converted."""
+    from protrans_cli.models.fair_esm import REGRESSION_SUFFIX, checkpoint_shape, mapped
+
+    if not mapped(checkpoint):
+        return
+    arch, contact_head = checkpoint_shape(checkpoint)
+    esm_layers((options.repr_layers,) if isinstance(options.repr_layers, int) else options.repr_layers,
+               arch.layers, str(options.model))
+    if "contacts" not in include:
+        return
+    if not contact_head:
+        raise ModelError(f"{options.model}: the model has no contact head (no {checkpoint.stem}{REGRESSION_SUFFIX} "
+                         "beside it)")
+    if "esm1v" in checkpoint.name.lower():  # (as contacts refuses ESM-1v: fair-esm ships no regression for it)
+        raise ModelError(f"{options.model}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
+                         "ESM-1b (e.g. esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)")
 
 
 def _converted_in(work: Path, checkpoint: Path, options: ExtractOptions, include: list[str]) -> tuple[str, list[int]]:
@@ -503,7 +528,7 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
         from protrans_cli.contacts import ContactOptions, predict_contacts
 
         contacts_file = work / "contacts.h5"
-        with _in_esm_extract_terms():
+        with _in_esm_extract_terms(model, options.model):
             done = predict_contacts(source, contacts_file, ContactOptions(
                 model=model, device=options.device, dtype=options.dtype, max_tokens=options.toks_per_batch,
                 max_length=options.truncation_seq_length, long_policy="truncate", storage_dtype="float32",
@@ -524,7 +549,7 @@ def _extract(fasta, work: Path, folder: Path, options: ExtractOptions, include: 
             pooling="cls" if "bos" in wanted else "mean", device=options.device, dtype=options.dtype,
             max_tokens=options.toks_per_batch, max_length=options.truncation_seq_length, long_policy="truncate",
             threads=options.threads, command_line=options.command_line, resume=options.resume)
-        with _in_esm_extract_terms():
+        with _in_esm_extract_terms(model, options.model):
             embedder = _embedder_of(*shared.pop(), embed_options) if shared else None
             done = embed(source, embeddings_file, embed_options, embedder=embedder, distributed=False,
                          input_name=name)
@@ -678,9 +703,13 @@ def _nothing_kept(exc: ProtransError, work: Path, output_dir: str, kept: str | N
 
 
 @contextlib.contextmanager
-def _in_esm_extract_terms():
+def _in_esm_extract_terms(model: str | None = None, given=None):
     """Messages of embed and contacts (warnings, and errors on their way out) that name a setting
     by their flag (`--max-length 2000 is more than the model accepts`) name it by esm-extract's
-    (`--truncation_seq_length 2000 ...`); a library call's name settings by keyword, untouched."""
-    with console.naming(_FLAGS):  # (one block: each flag renamed once, "protrans embed --invalid-policy skip" not again)
+    (`--truncation_seq_length 2000 ...`); a library call's name settings by keyword, untouched.
+    The model `model` run (a fair-esm file's conversion in PARTIAL) is named as given, `given`."""
+    names = dict(_FLAGS)
+    if model is not None and str(model) != str(given):
+        names[str(model)] = str(given)
+    with console.naming(names):  # (one block: each flag renamed once, "protrans embed --invalid-policy skip" not again)
         yield

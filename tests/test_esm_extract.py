@@ -375,6 +375,63 @@ def test_contacts_of_esm_1v_are_refused_before_any_work_in_esm_extracts_terms(ru
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name, regression, args, code, message", [
+    ("esm2_t2_tiny", True, ["--repr_layers", "5", "--include", "mean"], 2,
+     "--repr_layers 5: {ckpt} has 2 layers, so its layers run from -3 to 2 (0 the embedding layer, 2 or -1 the last)"),
+    ("esm2_t2_tiny", True, ["--repr_layers", "0", "-4", "--include", "per_tok", "contacts"], 2,
+     "--repr_layers -4: {ckpt} has 2 layers, so its layers run from -3 to 2 (0 the embedding layer, 2 or -1 the "
+     "last)"),
+    ("esm2_t2_tiny", False, ["--include", "mean", "contacts"], 1,
+     "{ckpt}: the model has no contact head (no esm2_t2_tiny-contact-regression.pt beside it)"),
+    ("esm1v_t2_tiny", True, ["--include", "contacts"], 1,
+     "{ckpt}: ESM-1v was released without a fitted contact regression; use ESM-2 or ESM-1b (e.g. esm2_t33_650M_UR50D "
+     "or esm1b_t33_650M_UR50S)"),
+])
+def test_a_fair_esm_files_bad_layers_or_contacts_are_refused_before_it_is_converted(run_cli, tmp_path, monkeypatch,
+                                                                                   name, regression, args, code,
+                                                                                   message):
+    """MODEL_LOCATION a fair-esm .pt: --repr_layers and --include contacts were checked once the file
+    was converted (ESM-2 15B's 60 GB: minutes before a typo was refused); now from its config and
+    tensors' shapes (mapped, not read), before any folder is made, with a model directory's messages."""
+    from protrans_cli.models import fair_esm
+    from tests.test_import_model import save_fair_esm
+
+    ckpt = save_fair_esm(tmp_path / f"{name}.pt", "esm1b" if "esm1" in name else "esm2", regression=regression)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    monkeypatch.setattr(fair_esm, "import_fair_esm", lambda *a, **k: pytest.fail("the checkpoint was converted"))
+    r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", *args)
+    assert r.exit_code == code and r.stderr == f"protrans: error: {message.format(ckpt=ckpt)}\n", r.stderr
+    assert not (tmp_path / "out").exists()
+    if code == 2:  # (the message a model directory of the same model gets)
+        monkeypatch.undo()
+        converted = tmp_path / name
+        assert run_cli("import-model", ckpt, "-o", converted).exit_code == 0
+        r = run_cli("esm-extract", converted, fasta, tmp_path / "out", *args)
+        assert r.exit_code == 2 and r.stderr == f"protrans: error: {message.format(ckpt=converted)}\n", r.stderr
+
+
+def test_a_fair_esm_file_in_torchs_older_format_is_checked_once_converted_named_as_given(run_cli, tmp_path):
+    """A file torch.save wrote in its older (pickle) format is read whole, not mapped: it is checked
+    once converted, and the refusal names the file as given, not its conversion in the working
+    folder (which read `protrans: error: ; nothing was kept ...`, its one clause taken for advice)."""
+    from tests.test_import_model import save_fair_esm
+
+    ckpt = save_fair_esm(tmp_path / "esm2_t2_tiny.pt", "esm2", regression=False)
+    torch.save(torch.load(ckpt, weights_only=False), ckpt, _use_new_zipfile_serialization=False)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", "--include", "mean", "contacts")
+    assert r.exit_code == 1 and r.stderr.endswith(
+        f"protrans: error: {ckpt}: the checkpoint holds no contact head weights (a model saved without them): use a "
+        "published ESM-2 or ESM-1b checkpoint\n"), r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", "--repr_layers", "3", "--include", "mean")
+    assert r.exit_code == 2 and r.stderr.endswith(f"protrans: error: --repr_layers 3: {ckpt} has 2 layers, so its "
+                                                  "layers run from -3 to 2 (0 the embedding layer, 2 or -1 the "
+                                                  "last)\n"), r.stderr
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_run_stopped_while_writing_leaves_no_file_of_its_own(run_cli, tmp_path, model_dir, monkeypatch, existing):
     """Ctrl-C at the second file: the folder as it was (an earlier run's file kept, none of this

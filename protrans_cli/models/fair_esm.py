@@ -398,6 +398,25 @@ def read_fair_esm(path) -> tuple[Architecture, dict]:
     return arch, state
 
 
+def mapped(path) -> bool:
+    """Whether the checkpoint `path` is a zip archive (torch.save's format since torch 1.6), which
+    load_checkpoint maps rather than reads: its config and tensors' shapes are read in a moment,
+    whatever its size. torch's older format is read whole."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(2) == b"PK"
+    except OSError:
+        return False
+
+
+def checkpoint_shape(path) -> tuple[Architecture, bool]:
+    """(the architecture, whether it has a contact head: a contact regression in it or beside it)
+    of the fair-esm checkpoint `path`, checked as import_fair_esm checks it, nothing converted
+    (cheap where `mapped(path)`: the weights are mapped, not read)."""
+    arch, state = read_fair_esm(path)
+    return arch, "contact_head.regression.weight" in state
+
+
 def _architecture(path: Path, kind: str, config: dict, state: dict) -> Architecture:
     """The model's sizes from its config, checked against (and where it gives none, taken from)
     the tensors' shapes; InputError naming the file where they disagree or a weight is missing."""
