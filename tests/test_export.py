@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -689,8 +690,7 @@ def test_a_scalar_as_the_first_dataset_is_one_line_naming_it(tmp_path, run_cli):
     assert caught.value.format() == expected
 
 
-def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_residues(tmp_path, run_cli,
-                                                                                         monkeypatch):
+def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_residues(tmp_path, run_cli):
     """What `info` tells a person of an embed output (two layers, resumed once), of a stacked file
     with --residues, of one with a later run's .partial beside it, and of another tool's layered
     arrays: the lines as printed."""
@@ -699,10 +699,8 @@ def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_r
     fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAG\n")
     out = tmp_path / "e.h5"
     args = ("embed", fasta, "-m", model, "-o", out, "--layer", "-1", "--layer", "-2", "--per-residue", "--per-protein")
-    monkeypatch.setattr(sys, "argv", ["protrans", "embed", "in.fa", "(the first run)"])  # (what command_line records)
     assert run_cli(*args).exit_code == 0
     fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAG\n>c\nMKV\n")
-    monkeypatch.setattr(sys, "argv", ["protrans", "embed", "in.fa", "--resume"])
     assert run_cli(*args, "--resume").exit_code == 0
     done = run_cli("info", out)
     assert done.exit_code == 0, done.stderr
@@ -714,7 +712,7 @@ def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_r
     assert lines["dtype"] == "computed in float32 on cpu, stored as float32"
     assert lines["pooling"].startswith("mean over residue tokens") and lines["long proteins"] == "error (no limit)"
     assert lines["written with"].startswith("protrans ") and lines["written with"].endswith("(2 runs; the last:)")
-    assert lines["command"] == "protrans embed in.fa --resume"  # the last run's
+    assert lines["command"] == shlex.join(["protrans", *map(str, args), "--resume"])  # the last run's
     (tmp_path / "e.h5.partial").write_bytes(b"")
     assert "finished; " + str(out) + ".partial beside it is a later run's" in run_cli("info", out).stdout
     stacked = tmp_path / "s.h5"
