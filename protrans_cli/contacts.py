@@ -324,11 +324,7 @@ def refuse_without_head(loaded) -> None:
                          "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M_UR50D)")
     if getattr(_encoder(loaded), "contact_head", None) is None:
         raise ModelError(f"{loaded.name}: the model has no contact head")
-    if "esm1v" in f"{loaded.name} {loaded.path_or_hub_id}".lower():
-        # fair-esm ships no contact regression for ESM-1v (its `_has_regression_weights`); the
-        # converted checkpoints carry the head as it was initialised
-        raise ModelError(f"{loaded.name}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
-                         "ESM-1b (e.g. -m esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)")
+    refuse_esm1v(loaded.name, f"{loaded.name} {loaded.path_or_hub_id}")
     names = checkpoint_tensor_names(loaded)
     if names is not None and not any(n.endswith("contact_head.regression.weight") for n in names):
         raise ModelError(f"{loaded.name}: the checkpoint holds no contact head weights (a model saved without "
@@ -338,6 +334,15 @@ def refuse_without_head(loaded) -> None:
         raise ModelError(f"{loaded.name}: {trained_here}; ESM's contact head is a regression fitted to known "
                          "structures after pretraining, so this model's contact maps would be noise. Use a "
                          "published ESM-2 or ESM-1b checkpoint")
+
+
+def refuse_esm1v(name: str, names: str) -> None:
+    """ModelError where `names` (the model's name, path or file name) says ESM-1v: fair-esm ships no
+    contact regression for it (its `_has_regression_weights`), and the converted checkpoints carry
+    the head as it was initialised. (refuse_without_head's, and esm-extract's before a .pt converts)"""
+    if "esm1v" in names.lower():
+        raise ModelError(f"{name}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
+                         "ESM-1b (e.g. -m esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)")
 
 
 def _encoder(loaded):

@@ -270,9 +270,10 @@ def _checkpoint_checked(checkpoint: Path, options: ExtractOptions, include: list
     if not contact_head:
         raise ModelError(f"{options.model}: the model has no contact head (no {checkpoint.stem}{REGRESSION_SUFFIX} "
                          "beside it)")
-    if "esm1v" in checkpoint.name.lower():  # (as contacts refuses ESM-1v: fair-esm ships no regression for it)
-        raise ModelError(f"{options.model}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
-                         "ESM-1b (e.g. esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)")
+    from protrans_cli.contacts import refuse_esm1v
+
+    with _in_esm_extract_terms():  # (contacts' advice names models by -m; esm-extract has none)
+        refuse_esm1v(str(options.model), checkpoint.name)
 
 
 def _converted_in(work: Path, checkpoint: Path, options: ExtractOptions, include: list[str]) -> tuple[str, list[int]]:
