@@ -734,9 +734,9 @@ def _own_split(data_of, task: Task, train_set, split: str, labels, fasta=None):
             raise _without_sequence(missing, labels, fasta)
         return data_of(task, records, labels, evaluating=True)
     except InputError as exc:
-        flag = "--valid" if split == VALID else "--test"
-        exc.message += (f" (the {split} records of {labels}, used as the {split} set since no {flag} is given; "
-                        f"{flag} LABELS names another)")
+        from protrans_cli.heads.fit import own_split_note
+
+        exc.message += own_split_note(split, labels, "LABELS")
         raise InputError(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
 
 

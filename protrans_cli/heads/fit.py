@@ -1293,6 +1293,15 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *,
     return data, label_set.name, report
 
 
+def own_split_note(split: str, path, arguments: str) -> str:
+    """What a problem of the training label file's own validation or test records adds to say
+    which records they are (fit's and finetune's): " (the test records of FILE, used as the test
+    set since no --test is given; --test ARGUMENTS names another)"."""
+    flag = "--valid" if split == VALID else "--test"
+    return (f" (the {split} records of {path}, used as the {split} set since no {flag} is given; {flag} "
+            f"{arguments} names another)")
+
+
 def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, task: Task):
     """The data of the training label file's own validation or test records. Their problems say
     which records they are: "no label record matched" alone read as if the training set had
@@ -1300,9 +1309,7 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
     try:
         return _load(config, embeddings, _only(label_set, {split}), task, evaluating=True)
     except InputError as exc:
-        option = "--valid" if split == VALID else "--test"
-        exc.message += (f" (the {split} records of {label_set.path}, used as the {split} set since no {option} "
-                        f"is given; {option} EMBEDDINGS LABELS names another)")
+        exc.message += own_split_note(split, label_set.path, "EMBEDDINGS LABELS")
         # (NothingMatched kept: _load_own_split tells it from the other problems)
         if isinstance(exc, NothingMatched):
             raise NothingMatched(exc.message, path=exc.path, record=exc.record, line=exc.line,
