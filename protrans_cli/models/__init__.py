@@ -407,7 +407,9 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
                              "id (owner/name)") from None
         raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag, revision=revision,
                                             exc=exc)) from None
-    return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, _family_of(name, config))
+    family = _family_of(name, config)
+    family.repair_config(config)
+    return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family)
 
 
 def _config_json_problem(directory) -> str | None:

@@ -203,8 +203,13 @@ class Family:
         return self.pretraining_model(config)
 
     def encoder_model(self, config):
-        """A freshly initialised encoder (the model `load_encoder` returns), e.g. for counts."""
-        return self.encoder_class(config)
+        """A freshly initialised encoder (the model `load_encoder` returns), e.g. for counts, built
+        on a copy of `config`: transformers' T5EncoderModel sets `is_encoder_decoder` and
+        `use_cache` to False on the config it is given, and a model card's count made on a
+        training model's own config saved a T5ForConditionalGeneration that `generate()` refused."""
+        import copy
+
+        return self.encoder_class(copy.deepcopy(config))
 
     @property
     def encoder_class(self):
@@ -221,6 +226,7 @@ class Family:
         if config is None:
             hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
             config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False, **hub)
+        self.repair_config(config)  # (a resumed run saves its config again: put right for good)
         with torch.device("meta"):
             model_class = type(self.pretraining_model(config))
         refuse_missing_layers(model_class, directory)
@@ -250,6 +256,10 @@ class Family:
         tokenizer.padding_side = self.padding_side
         return tokenizer
 
+    def repair_config(self, config) -> None:
+        """Put right, in place, what an earlier protrans version saved wrong in a config.json of
+        this family (open_config's config and load_masked_lm's model); nothing for most families."""
+
     def load_encoder(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
         return load_checked(self.encoder_class, name_or_path, dtype=dtype, **hub_kwargs)
@@ -264,8 +274,10 @@ class Family:
                              "RoBERTa-style BERT or ELECTRA generator checkpoint)")
         import transformers
 
-        return load_checked(getattr(transformers, self.masked_lm_class), name_or_path, dtype=dtype,
-                            lacking=self.masked_lm_lacking, **hub_kwargs)
+        model = load_checked(getattr(transformers, self.masked_lm_class), name_or_path, dtype=dtype,
+                             lacking=self.masked_lm_lacking, **hub_kwargs)
+        self.repair_config(model.config)
+        return model
 
     def prefix_ids(self, tokenizer) -> list[int]:
         """Token ids a model expects before every protein, after its tokenizer's own leading

@@ -79,6 +79,16 @@ class T5Family(Family):
                 # T5 starts decoding from the pad token
                 "decoder_start_token_id": tokenizer.pad_token_id}
 
+    def repair_config(self, config) -> None:
+        # protrans train before 2026-12-07 saved T5ForConditionalGeneration with the config a
+        # T5EncoderModel had been built on for the model card's count (transformers sets
+        # is_encoder_decoder and use_cache to False on it): generate() refused the directory, and
+        # perplexity and variants read it as an encoder alone. The weights hold the decoder.
+        if "T5ForConditionalGeneration" in (getattr(config, "architectures", None) or ()) \
+                and getattr(config, "protrans_version", None) and not config.is_encoder_decoder:
+            config.is_encoder_decoder = True
+            config.use_cache = True
+
     @property
     def config_class(self):
         from transformers import T5Config
