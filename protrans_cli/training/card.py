@@ -26,9 +26,11 @@ MARK = "<!-- protrans model card: written by protrans; remove this line to keep 
 # a probe of every residue letter, the rare ones included (U, Z, O, B: X for most families)
 _PROBE = "MKTAYIAKQRQISFVKSHFSRQACDEGLNPWUZOBX"
 
-# the Hub's pipeline for a family's pretraining objective (none for a permutation LM or ELECTRA's pair)
-_PIPELINES = {"mlm": "fill-mask", "t5": "text2text-generation", "t5_span": "text2text-generation",
-              "clm": "text-generation"}
+# the Hub's pipeline for a family's pretraining objective: one that transformers 5's `pipeline()`
+# runs on the model as saved. None for a permutation LM, ELECTRA's pair, or T5 (transformers 5
+# removed text2text-generation; text-generation refuses T5ForConditionalGeneration, and
+# feature-extraction's T5Model wants decoder inputs)
+_PIPELINES = {"mlm": "fill-mask", "clm": "text-generation"}
 # objectives whose loss is the mean cross-entropy per predicted token, so exp(loss) is a perplexity
 _PERPLEXITY = ("mlm", "t5", "t5_span", "plm", "clm")
 # keyword arguments of a family's load_encoder beyond the model directory (models/esm.py)
@@ -80,8 +82,9 @@ def _front_matter(family, *, tags: tuple = (), base_model: str | None = None, pi
     front = ["---"] + (["library_name: transformers"] if uses_transformers else [])
     if base_model:
         front.append(f"base_model: {base_model}")
-    front += ["tags:", "- protein language model", "- protein", "- protrans", f"- {family.name}",
-              *(f"- {tag}" for tag in tags)]
+    # (each tag once: the objective of T5 and ELECTRA is named as the family is)
+    front += ["tags:", *(f"- {tag}" for tag in dict.fromkeys(("protein language model", "protein", "protrans",
+                                                             family.name, *tags)))]
     if uses_transformers and pipeline:
         front.append(f"pipeline_tag: {pipeline}")
     return front + ["---", MARK, ""]
