@@ -24,6 +24,7 @@ stop); the resume machinery, the FASTA checks and the batch budget are embed's o
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -324,7 +325,7 @@ def refuse_without_head(loaded) -> None:
                          "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M_UR50D)")
     if getattr(_encoder(loaded), "contact_head", None) is None:
         raise ModelError(f"{loaded.name}: the model has no contact head")
-    refuse_esm1v(loaded.name, f"{loaded.name} {loaded.path_or_hub_id}")
+    refuse_esm1v(loaded.name, *model_identities(loaded))
     names = checkpoint_tensor_names(loaded)
     if names is not None and not any(n.endswith("contact_head.regression.weight") for n in names):
         raise ModelError(f"{loaded.name}: the checkpoint holds no contact head weights (a model saved without "
@@ -336,13 +337,40 @@ def refuse_without_head(loaded) -> None:
                          "published ESM-2 or ESM-1b checkpoint")
 
 
-def refuse_esm1v(name: str, names: str) -> None:
-    """ModelError where `names` (the model's name, path or file name) says ESM-1v: fair-esm ships no
+def refuse_esm1v(name: str, *identities: str) -> None:
+    """ModelError where one of `identities` (what names the model itself: its short name, hub id,
+    directory's own name, config's `_name_or_path`, fair-esm file's name; never a parent folder's,
+    so that an ESM-2 under /data/esm1v_study/ is not refused) says ESM-1v: fair-esm ships no
     contact regression for it (its `_has_regression_weights`), and the converted checkpoints carry
     the head as it was initialised. (refuse_without_head's, and esm-extract's before a .pt converts)"""
-    if "esm1v" in names.lower():
+    if any("esm1v" in identity.lower() for identity in identities):
         raise ModelError(f"{name}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
                          "ESM-1b (e.g. -m esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)")
+
+
+def model_identities(loaded) -> list[str]:
+    """The names that identify `loaded`'s model (refuse_esm1v's): its short name, the last part of
+    its hub id (not the organisation's), or for a directory its own name (a cache snapshot's: its
+    repository's) and the last part of config.json's `_name_or_path` (where transformers before 5
+    recorded what the model was loaded from)."""
+    import json
+
+    names = [loaded.checkpoint.name] if loaded.checkpoint is not None else []
+    target = Path(str(loaded.path_or_hub_id)).expanduser()
+    if not target.is_dir():
+        return [*names, str(loaded.path_or_hub_id).rstrip("/").rsplit("/", 1)[-1]]
+    folder = target.resolve()
+    names.append(folder.name)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        # (a snapshot of the Hugging Face cache, named by its commit: the repository's is the model's)
+        names.append(folder.parent.parent.name.rsplit("--", 1)[-1])
+    try:
+        recorded = json.loads((target / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # (load_model read it; a config it cannot read here says nothing of the name)
+    if isinstance(recorded, str) and recorded.strip("/\\"):
+        names.append(re.split(r"[/\\]", recorded.rstrip("/\\"))[-1])
+    return names
 
 
 def _encoder(loaded):

@@ -378,6 +378,41 @@ def test_models_without_a_trained_contact_head_are_refused(run_cli, tmp_path):
     assert not any(tmp_path.glob("*.h5*"))
 
 
+def test_esm_1v_is_told_by_the_models_own_names_not_a_parent_folders(run_cli, tmp_path):
+    """ESM-1v was refused where "esm1v" stood anywhere in the path: an ESM-2 kept under a study's
+    folder of that name was refused. The model's own names decide: its directory's, config.json's
+    `_name_or_path`, a cache snapshot's repository, a hub id's last part."""
+    import json
+    from types import SimpleNamespace
+
+    from protrans_cli.contacts import model_identities
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    model = tmp_path / "esm1v_study" / "my_esm2"
+    shutil.copytree(REFERENCES["esm2"], model)
+    r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "a.h5")
+    assert r.exit_code == 0, r.stderr
+    # an ESM-1v whose directory was renamed, its config naming what it was saved from
+    renamed = tmp_path / "renamed"
+    shutil.copytree(REFERENCES["esm1b"], renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    config["_name_or_path"] = "/scratch/esm1v_t33_650M_UR90S_3/"
+    (renamed / "config.json").write_text(json.dumps(config))
+    r = run_cli("contacts", fasta, "-m", renamed, "-o", tmp_path / "b.h5")
+    assert r.exit_code == 1 and "ESM-1v was released without" in r.stderr
+    # a snapshot of the Hugging Face cache (its folder named by the commit)
+    snapshot = tmp_path / "hub" / "models--facebook--esm1v_t33_650M_UR90S_1" / "snapshots" / "0123abcd"
+    shutil.copytree(REFERENCES["esm1b"], snapshot)
+    r = run_cli("contacts", fasta, "-m", snapshot, "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and "ESM-1v was released without" in r.stderr
+    assert not (tmp_path / "b.h5").exists() and not (tmp_path / "c.h5").exists()
+    # hub ids: the repository's name, not the organisation's
+    hub = SimpleNamespace(checkpoint=None, path_or_hub_id="facebook/esm1v_t33_650M_UR90S_1")
+    assert "esm1v_t33_650M_UR90S_1" in model_identities(hub)
+    assert model_identities(SimpleNamespace(checkpoint=None, path_or_hub_id="esm1v-lab/esm2_small")) == ["esm2_small"]
+
+
 def test_a_contacts_file_is_not_read_as_embeddings(run_cli, tmp_path):
     from protrans_cli.errors import InputError
     from protrans_cli.io.h5 import EmbeddingsReader
