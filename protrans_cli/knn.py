@@ -82,19 +82,26 @@ def _vectors(path, layer: int, what: str, chosen=None) -> tuple[list[str], np.nd
     with EmbeddingsReader(path) as reader:
         _refuse_residues_only(reader, what, path)
         stacked = reader._stacked
-        # (a stacked file's ids without the id -> row dict, its vectors read as float32 a block at a
-        # time: the stored array whole and its float32 copy held 1.5x the vectors' float32 bytes)
-        ids, matrix = (stacked.listed_ids(), stacked.data) if stacked is not None else reader.matrix(PER_PROTEIN)
         attrs = dict(reader.attrs)
-        rows = None
+        rows, order = None, None
         if chosen is not None:
             from protrans_cli.export import selected_ids
 
             order = selected_ids(reader, PER_PROTEIN, *chosen)
-            # (the rows named as the whole search names them, by the file's ids: another tool's key,
-            # a whole header line, is the reference's id there too, which --exclude-self compares)
-            rows = _rows_of(reader, ids, order, chosen[2])
-            ids = [ids[r] for r in rows]
+        if stacked is not None:
+            # (a stacked file's ids without the id -> row dict, its vectors read as float32 a block at a
+            # time: the stored array whole and its float32 copy held 1.5x the vectors' float32 bytes)
+            ids, matrix = stacked.listed_ids(), stacked.data
+            if order is not None:
+                rows = _rows_of(reader, ids, order, chosen[2])
+                ids = [ids[r] for r in rows]
+        elif order is not None:
+            # (the selected proteins' datasets alone, named by the file's ids as the whole search
+            # names them: another tool's key, a whole header line, is the reference's id there too,
+            # which --exclude-self compares; every protein's vector was read to keep 10 of them)
+            ids, matrix = reader.selected_matrix(order)
+        else:
+            ids, matrix = reader.matrix(PER_PROTEIN)
         at = None
         if matrix.ndim == 3:  # several layers stored: (N, n_layers, D)
             at = layer_on_axis(reader, layer, matrix.shape[1])
@@ -103,8 +110,6 @@ def _vectors(path, layer: int, what: str, chosen=None) -> tuple[list[str], np.nd
             layer_on_axis(reader, layer, None)  # (one layer stored: the one asked for, or an error naming it)
         if stacked is not None:
             matrix = stacked.take(np.arange(len(stacked)) if rows is None else rows, at)
-        elif rows is not None:
-            matrix = matrix[rows]
     if matrix.ndim != 2:
         raise InputError(f"{what}: per-protein vectors of shape {matrix.shape[1:]}, not (D,)", path=str(path))
     vectors = np.ascontiguousarray(matrix, dtype=np.float32)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1340,7 +1341,7 @@ def _rows(text):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+@pytest.mark.parametrize("layout", ["grouped", "flat", "stacked"])
 def test_ids_gives_the_rows_of_the_whole_search_for_those_queries_in_the_files_order(tmp_path, run_cli, metric,
                                                                                       layout):
     """`knn set.h5 --reference set.h5 --exclude-self --ids three.txt -k 5`: the rows of the whole
@@ -1363,6 +1364,43 @@ def test_ids_gives_the_rows_of_the_whole_search_for_those_queries_in_the_files_o
         assert row[2] == ids[index[qi, rank]] != row[0]
         assert float(row[3]) == pytest.approx(distance[qi, rank], rel=5e-6, abs=1e-9)
     assert some.stdout.splitlines()[0] == whole.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("layout", ["grouped", "flat", "foreign"])
+def test_ids_reads_the_selected_proteins_alone(tmp_path, run_cli, monkeypatch, layout):
+    """--ids of a grouped or flat file (or another tool's) read every protein's vector into one
+    matrix to keep a few: now the named proteins' datasets alone (no matrix() of the query file,
+    one read_array a protein), with the rows of a search of a file of those proteins alone."""
+    import h5py
+
+    import protrans_cli.io.h5 as h5
+
+    if layout == "foreign":
+        rng = np.random.default_rng(5)
+        vectors = rng.normal(size=(20, 8)).astype(np.float32)
+        with h5py.File(tmp_path / "set.h5", "w") as f:
+            for i, v in enumerate(vectors):
+                f.create_dataset(f"p{i:02d} Nucleus-S", data=v)
+        ids = [f"p{i:02d} Nucleus-S" for i in range(20)]
+    else:
+        ids, _, vectors = _proteome(tmp_path / "set.h5", layout=layout)
+    picked = [12, 3, 17]
+    _write(tmp_path / "ref.h5", vectors[[1, 5, 9, 3]], ["r1", "r5", "r9", "r3"])
+    _write(tmp_path / "alone.h5", vectors[picked], [ids[i] for i in picked], layout="flat")
+    (tmp_path / "three.txt").write_text("".join(f"p{i:02d}\n" for i in picked))
+    base = ("--reference", tmp_path / "ref.h5", "-k", "2", "-j", "1", "--allow-model-mismatch")
+    alone = run_cli("knn", tmp_path / "alone.h5", *base)
+    read, matrices = [], []
+    real_read, real_matrix = h5.read_array, h5.EmbeddingsReader.matrix
+    monkeypatch.setattr(h5, "read_array", lambda group, key, *a, **k: read.append(key) or real_read(group, key, *a, **k))
+    monkeypatch.setattr(h5.EmbeddingsReader, "matrix",
+                        lambda self, *a, **k: matrices.append(Path(self.path).name) or real_matrix(self, *a, **k))
+    some = run_cli("knn", tmp_path / "set.h5", *base, "--ids", tmp_path / "three.txt")
+    assert alone.exit_code == 0 and some.exit_code == 0, some.stderr
+    expected = [row for i in picked for row in _rows(alone.stdout) if row[0] == ids[i]]  # (in the list's order)
+    assert _rows(some.stdout) == expected and len(expected) == 6
+    assert some.stdout.splitlines()[0] == alone.stdout.splitlines()[0]
+    assert matrices == ["ref.h5"] and read == [h5.escape_key(ids[i]) for i in picked]
 
 
 def test_ids_from_python_a_fasta_and_stdin(tmp_path, run_cli):

@@ -643,6 +643,37 @@ class EmbeddingsReader:
                              path=self.path)
         return [ids[i] for i in order], np.stack([rows[i] for i in order])
 
+    def selected_matrix(self, idents: list[str], kind: str = PER_PROTEIN) -> tuple[list[str], np.ndarray]:
+        """matrix() of the proteins `idents` names alone, row i the protein idents[i] (found by
+        key_for), with its id as matrix() lists it: each of their datasets read, no other (knn
+        --ids read the whole file's vectors to keep 10 of them; a stacked file, or no id: matrix()'s
+        rows). `idents`: ids the file holds (export.selected_ids'); one it does not: InputError."""
+        self._check_kind(kind)
+        if kind != PER_PROTEIN:
+            raise InputError("matrix() stacks per-protein vectors; per-residue arrays differ in length",
+                             path=self.path)
+        if self._stacked is not None or not idents:  # (knn takes a stacked file's rows itself: stacked.take)
+            ids, matrix = self.matrix(kind)
+            rows = [self.ids(kind).index(ident) if self._stacked is None else self._stacked.row_of(ident)
+                    for ident in idents]
+            return [ids[r] for r in rows], matrix[rows]
+        group, own = self._group(kind), "layout" in self.attrs
+        ids, rows = [], []
+        for ident in idents:
+            key = self.key_for(ident, kind)
+            if key is None:
+                raise InputError(f"no {kind} embedding for this id", path=self.path, record=ident)
+            attrs, shape = dataset_attrs(group, key)
+            if own:
+                self.check_declared_width(key, shape)  # (before it is read: see check_declared_width)
+            ids.append(unescape_key(key) if own else dataset_id(key, attrs))
+            rows.append(read_array(group, key))
+            if rows[-1].shape != rows[0].shape:  # (as matrix() refuses them)
+                raise InputError(f"per-protein vectors of different shapes: {ids[0]!r} has {rows[0].shape}, "
+                                 f"{ids[-1]!r} {rows[-1].shape} (a file holds the vectors of one model and layer)",
+                                 path=self.path)
+        return ids, np.stack(rows)
+
     def check_declared_width(self, key: str, shape) -> None:
         """Refuse a dataset of embed's own file whose last axis is not the file's `embedding_dim`,
         from its shape alone: a shape is only a claim (a few KB of HDF5 can declare a vector of
