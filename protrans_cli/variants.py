@@ -332,7 +332,8 @@ class VariantScorer:
         if max_length is not None and table is not None and max_length > table:
             raise UsageError(f"{option('--max-length ', 'max_length=')}{max_length} is more than {loaded.name} accepts "
                              f"({table} residues, its learned positions)")
-        self.max_length = max_length or (min(known) if known else None)
+        self.own_length = min(known) if known else None  # the model's own limit (None: it reads any length)
+        self.max_length = max_length or self.own_length
         self._max_length_given = max_length is not None  # (said so when a protein is over it)
         self.long_policy = long_policy
         cuda = self.device.type == "cuda"
@@ -356,10 +357,26 @@ class VariantScorer:
             window = option("--long-policy window", "long_policy='window'")
             way_out = ("a causal LM's likelihood is not read in windows" if self.causal else
                        f"{window} scores each site in a window of that many residues around it")
+            raise InputError(f"{what} has {len(sequence):,} residues, {self._over_what()}; {way_out}",
+                             path=path, record=record)
+
+    def _over_what(self) -> str:
+        """check_length's words for the limit a protein is over: --max-length where it was given
+        (with the model's own limit beside it), else the model's own limit, not --max-length (it
+        named the option the user had not given), with how --max-length raises it where it can."""
+        name, own, table = self.loaded.name, self.own_length, self.model_limit
+        if self._max_length_given:
             limit = option(f"--max-length {self.max_length:,}", f"max_length={self.max_length}")
-            raise InputError(f"{what} has {len(sequence):,} residues, more than {limit} "
-                             f"({'the limit given' if self._max_length_given else f'what {self.loaded.name} was trained on or holds'}"
-                             f"); {way_out}", path=path, record=record)
+            mine = ("none: it reads any length" if own is None else
+                    f"{own:,} residues, what it was trained on or holds")
+            return f"more than {limit} (the limit given; the model's own: {mine})"
+        length = option("--max-length", "max_length")
+        if table is not None and table <= own:
+            raise_it = f"its learned positions hold no more, so {length} cannot raise it"
+        else:
+            raise_it = (f"a larger {length} reads more, past what it was trained on"
+                        + (f", up to {table:,} (its learned positions)" if table is not None else ""))
+        return f"more than the {own:,} residues {name} was trained on or holds (its own limit; {raise_it})"
 
     # -- forward passes ---------------------------------------------------------------------
 

@@ -1616,11 +1616,12 @@ def test_a_scoring_a_model_cannot_read_is_refused_before_any_model_loads(run_cli
     assert str(tiny_models[families[-1]]) in r.stderr and not (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.parametrize("family", ["bert", "transfo_xl"])
+@pytest.mark.parametrize("family", ["bert", "transfo_xl", "esm"])
 def test_a_protein_over_a_given_max_length_is_not_said_to_exceed_what_the_model_was_trained_on(tiny_models, family):
-    """--max-length given: the refusal names it as the limit given, not as what the model was
-    trained on or holds (a ProtTXL, which holds any length, was said to hold 10 residues); the
-    model's own limit is still named so."""
+    """--max-length given: the refusal names it as the limit given, with the model's own limit
+    beside it (a ProtTXL, which holds any length, was said to hold 10 residues). Not given: the
+    model's own limit, not `--max-length` (named as though the user had given it), and whether
+    --max-length can raise it (to its learned positions' length), from the scorer's own numbers."""
     from protrans_cli.errors import InputError
     from protrans_cli.models import load_model
     from protrans_cli.variants import VariantScorer
@@ -1629,11 +1630,26 @@ def test_a_protein_over_a_given_max_length_is_not_said_to_exceed_what_the_model_
     scorer = VariantScorer(loaded, max_length=10, progress=False)
     with pytest.raises(InputError) as caught:
         scorer.check_length(SEQ)
-    assert "more than max_length=10 (the limit given)" in str(caught.value), str(caught.value)
-    assert "trained on" not in str(caught.value)
-    if family == "bert":
-        with pytest.raises(InputError, match="was trained on or holds"):
-            VariantScorer(loaded, progress=False).check_length("A" * 3000)
+    own = VariantScorer(loaded, progress=False)
+    mine = ("none: it reads any length" if own.max_length is None else
+            f"{own.max_length:,} residues, what it was trained on or holds")
+    way_out = "a causal LM's" if family == "transfo_xl" else "long_policy='window' scores"
+    assert (f"the sequence has 55 residues, more than max_length=10 (the limit given; the model's own: {mine}); "
+            f"{way_out}") in str(caught.value), str(caught.value)
+    if own.max_length is None:  # (any length read: never refused)
+        own.check_length("A" * 3000)
+        return
+    with pytest.raises(InputError) as caught:
+        own.check_length("A" * 3000)
+    said = str(caught.value)
+    assert "max_length=" not in said and "the limit given" not in said
+    assert f"has 3,000 residues, more than the {own.max_length:,} residues {loaded.name} was trained on or holds " \
+           "(its own limit; " in said, said
+    if own.model_limit is not None and own.model_limit <= own.max_length:
+        assert "its learned positions hold no more, so max_length cannot raise it)" in said, said
+    else:
+        assert "a larger max_length reads more, past what it was trained on" in said, said
+        assert (own.model_limit is None) == ("(its learned positions)" not in said), said
 
 
 def test_a_causal_lm_refuses_a_long_wild_type_under_long_policy_window(tiny_models):
