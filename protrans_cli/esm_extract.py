@@ -257,12 +257,17 @@ def _checkpoint_checked(checkpoint: Path, options: ExtractOptions, include: list
     it is converted (ESM-2 15B's 60 GB take minutes), as _layers_checked and contacts check a model
     directory, with their messages: its layers and its contact head (fair-esm's contact regression
     in it or beside it, MODEL-contact-regression.pt) read from its config and tensors' shapes. A
-    file in torch's older format (read whole, not mapped) is checked once converted."""
+    file in torch's older format (a pickle, read whole, not mapped) gives its shapes through a read
+    of its tensors as fake ones (checkpoint_shape's); where that read fails, the conversion (which
+    reads it whole) says why, and the checks follow it."""
     from protrans_cli.models.fair_esm import REGRESSION_SUFFIX, checkpoint_shape, mapped
 
-    if not mapped(checkpoint):
-        return
-    arch, contact_head = checkpoint_shape(checkpoint)
+    try:
+        arch, contact_head = checkpoint_shape(checkpoint)
+    except InputError:
+        if mapped(checkpoint):
+            raise
+        return  # (the fake read is a shortcut: a file it cannot read is left to the conversion's word)
     esm_layers((options.repr_layers,) if isinstance(options.repr_layers, int) else options.repr_layers,
                arch.layers, str(options.model))
     if "contacts" not in include:

@@ -387,16 +387,22 @@ def test_contacts_of_esm_1v_are_refused_before_any_work_in_esm_extracts_terms(ru
      "{ckpt}: ESM-1v was released without a fitted contact regression; use ESM-2 or ESM-1b (e.g. esm2_t33_650M_UR50D "
      "or esm1b_t33_650M_UR50S)"),
 ])
+@pytest.mark.parametrize("legacy", [False, True])
 def test_a_fair_esm_files_bad_layers_or_contacts_are_refused_before_it_is_converted(run_cli, tmp_path, monkeypatch,
                                                                                    name, regression, args, code,
-                                                                                   message):
+                                                                                   message, legacy):
     """MODEL_LOCATION a fair-esm .pt: --repr_layers and --include contacts were checked once the file
     was converted (ESM-2 15B's 60 GB: minutes before a typo was refused); now from its config and
-    tensors' shapes (mapped, not read), before any folder is made, with a model directory's messages."""
+    tensors' shapes (mapped, not read), before any folder is made, with a model directory's messages.
+    A file in torch's older format (`legacy`, a pickle torch.load reads whole) too: its tensors read
+    as fake ones (it was checked once converted)."""
     from protrans_cli.models import fair_esm
     from tests.test_import_model import save_fair_esm
 
     ckpt = save_fair_esm(tmp_path / f"{name}.pt", "esm1b" if "esm1" in name else "esm2", regression=regression)
+    if legacy:
+        torch.save(torch.load(ckpt, weights_only=False), ckpt, _use_new_zipfile_serialization=False)
+        assert not fair_esm.mapped(ckpt)
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
     monkeypatch.setattr(fair_esm, "import_fair_esm", lambda *a, **k: pytest.fail("the checkpoint was converted"))
@@ -411,25 +417,48 @@ def test_a_fair_esm_files_bad_layers_or_contacts_are_refused_before_it_is_conver
         assert r.exit_code == 2 and r.stderr == f"protrans: error: {message.format(ckpt=converted)}\n", r.stderr
 
 
-def test_a_fair_esm_file_in_torchs_older_format_is_checked_once_converted_named_as_given(run_cli, tmp_path):
-    """A file torch.save wrote in its older (pickle) format is read whole, not mapped: it is checked
-    once converted, and the refusal names the file as given, not its conversion in the working
-    folder (which read `protrans: error: ; nothing was kept ...`, its one clause taken for advice)."""
+def test_a_fair_esm_file_in_torchs_older_format_is_checked_from_fake_tensors_named_as_given(run_cli, tmp_path,
+                                                                                            monkeypatch):
+    """A file torch.save wrote in its older (pickle) format is read whole by torch.load, not mapped:
+    it was checked once converted. Its shapes now come from its tensors read as fake ones (no
+    value read: FakeTensors), the same architecture as the zip archive's; the refusal names the
+    file as given. Where that read fails (here: made to), the conversion checks it, as before."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from protrans_cli.models import fair_esm
     from tests.test_import_model import save_fair_esm
 
-    ckpt = save_fair_esm(tmp_path / "esm2_t2_tiny.pt", "esm2", regression=False)
-    torch.save(torch.load(ckpt, weights_only=False), ckpt, _use_new_zipfile_serialization=False)
+    (tmp_path / "zipped").mkdir()
+    zipped = save_fair_esm(tmp_path / "zipped" / "esm2_t2_tiny.pt", "esm2", regression=False)
+    ckpt = tmp_path / "esm2_t2_tiny.pt"
+    torch.save(torch.load(zipped, weights_only=False), ckpt, _use_new_zipfile_serialization=False)
+    assert fair_esm.checkpoint_shape(ckpt) == fair_esm.checkpoint_shape(zipped)
+    _, state = fair_esm.read_fair_esm(ckpt, shapes_only=True)
+    assert all(isinstance(t, FakeTensor) for t in state.values())
+    _, whole = fair_esm.read_fair_esm(ckpt)
+    assert not any(isinstance(t, FakeTensor) for t in whole.values())
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
+    r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", "--repr_layers", "3", "--include", "mean")
+    message = (f"protrans: error: --repr_layers 3: {ckpt} has 2 layers, so its layers run from -3 to 2 (0 the embedding "
+               "layer, 2 or -1 the last)\n")
+    assert r.exit_code == 2 and r.stderr == message, r.stderr
+    # the fake read failing: checked once converted (its message the model directory's)
+    real = fair_esm._fake_tensors
+
+    def failing(wanted):
+        if wanted:
+            raise RuntimeError("no FakeTensorMode in this torch")
+        return real(wanted)
+
+    monkeypatch.setattr(fair_esm, "_fake_tensors", failing)
     r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", "--include", "mean", "contacts")
     assert r.exit_code == 1 and r.stderr.endswith(
         f"protrans: error: {ckpt}: the checkpoint holds no contact head weights (a model saved without them): use a "
         "published ESM-2 or ESM-1b checkpoint\n"), r.stderr
     assert not (tmp_path / "out").exists()
     r = run_cli("esm-extract", ckpt, fasta, tmp_path / "out", "--repr_layers", "3", "--include", "mean")
-    assert r.exit_code == 2 and r.stderr.endswith(f"protrans: error: --repr_layers 3: {ckpt} has 2 layers, so its "
-                                                  "layers run from -3 to 2 (0 the embedding layer, 2 or -1 the "
-                                                  "last)\n"), r.stderr
+    assert r.exit_code == 2 and r.stderr.endswith(message), r.stderr
 
 
 @pytest.mark.parametrize("existing", [False, True])
