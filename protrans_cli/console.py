@@ -31,6 +31,7 @@ class _State:
     peer_stopped: bool = False  # that line is of an errors.PeerStopped (another process's failure the cause)
     command_line: bool = False  # messages are read at the command line (cli.main): `errors.option`
     said: set | None = None  # the warnings said inside `said_once`, which are not said again
+    interval_said: str | None = None  # the PROTRANS_PROGRESS_INTERVAL value warned of (`_progress_interval`)
 
 
 state = _State()
@@ -85,6 +86,7 @@ def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.debug = debug
     state.complete = None
     state.complete_quietly = False
+    state.interval_said = None
 
 
 def output_complete(what, *, quiet: bool = False) -> None:
@@ -354,7 +356,11 @@ def _progress_interval() -> float:
         value = None
     # (a negative number or nan took the minute without a word, where text was said)
     if value is None or not value >= 0:
-        warn(f"PROTRANS_PROGRESS_INTERVAL={raw!r} is not a number of seconds, 0 or more: {PROGRESS_INTERVAL:g} used")
+        # said once a run (a `configure`), not at each bar: fit's and finetune's bar of each epoch
+        # and prep's of each pass said it again, a line an epoch in the log
+        if state.interval_said != raw:
+            state.interval_said = raw
+            warn(f"PROTRANS_PROGRESS_INTERVAL={raw!r} is not a number of seconds, 0 or more: {PROGRESS_INTERVAL:g} used")
         return PROGRESS_INTERVAL
     return value
 

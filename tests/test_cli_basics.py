@@ -1608,6 +1608,29 @@ def test_a_progress_interval_that_is_no_number_of_seconds_is_said_and_the_defaul
     assert capsys.readouterr().err == ""
 
 
+def test_a_progress_interval_that_is_no_number_is_said_once_a_run_not_at_each_bar(monkeypatch, capsys):
+    """fit and finetune make a bar an epoch, prep one a pass: PROTRANS_PROGRESS_INTERVAL=xyz was
+    said again at each (15 epochs, 15 warnings between the epochs' lines in a batch job's log).
+    Once a run (a `configure`, which the CLI calls at each command); another bad value is said too."""
+    from protrans_cli import console
+
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "xyz")
+    warning = "protrans: warning: PROTRANS_PROGRESS_INTERVAL='xyz' is not a number of seconds, 0 or more: 60 used\n"
+    for epoch in range(1, 4):
+        bar = console.progress(range(2), desc=f"member 0 epoch {epoch}", unit="batch")
+        assert isinstance(bar, console.LogProgress) and bar.interval == console.PROGRESS_INTERVAL
+        assert list(bar) == [0, 1]
+    assert capsys.readouterr().err == warning
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "-1")
+    console.progress(total=3, desc="prep")
+    console.progress(total=3, desc="prep")
+    assert capsys.readouterr().err == warning.replace("'xyz'", "'-1'")
+    console.configure()  # (the next command run in this process)
+    console.progress(total=3, desc="prep")
+    assert capsys.readouterr().err == warning.replace("'xyz'", "'-1'")
+
+
 def test_a_log_progress_line_without_a_total_gives_the_count_and_rate(capsys):
     """A job whose size is not known ahead (fit's batches of an epoch, prep reading a compressed
     input or stdin) logs its count, elapsed time and rate, with no percentage or time left; the
