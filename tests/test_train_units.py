@@ -1653,6 +1653,16 @@ def test_print0_is_silent_when_quiet(capsys):
         console.state.verbosity = saved
 
 
+def test_print0_escapes_control_characters_as_every_message_does(capsys):
+    """train's lines (its set-up, its summary `model in RUN`) were printed as they were: a run
+    directory named with an escape sequence coloured the terminal, and wrote the raw escape
+    into a batch job's log, where every other message escapes it (console.info)."""
+    from protrans_cli.training.dist import print0
+
+    print0("train: done, 3 steps; model in runs/a\x1b[31mred", "(3 steps in 2 s)")
+    assert capsys.readouterr().err == "train: done, 3 steps; model in runs/a\\x1b[31mred (3 steps in 2 s)\n"
+
+
 def test_config_file_values_of_the_wrong_type_are_usage_errors(tmp_path):
     # `num_steps = "ten"` in a TOML file was a TypeError traceback deep in validate().
     path = tmp_path / "c.toml"

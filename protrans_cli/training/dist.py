@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -156,16 +155,15 @@ def is_main() -> bool:
     return _info.is_main
 
 
-def print0(*args, **kwargs) -> None:
-    """print on rank 0 only, to stderr (stdout is for data); silent under `protrans -q`."""
+def print0(*args, sep: str = " ") -> None:
+    """print on rank 0 only, to stderr (stdout is for data), as `console.info` says a line: silent
+    under `protrans -q`, nowhere where there is no stderr, discarded from a terminal that hung up,
+    and with the control characters of a name escaped as in every other message (a run directory's
+    `\\x1b[31m`, printed as it was, coloured the rest of a terminal red and wrote the escape into a log)."""
     from protrans_cli import console
 
-    # (no stderr, sys.stderr None: nowhere; print's file=None would have been stdout, the data's)
-    if _info.is_main and console.state.verbosity >= 0 and sys.stderr is not None:
-        try:
-            print(*args, file=sys.stderr, flush=True, **kwargs)
-        except OSError as exc:  # (a terminal that hung up: discarded from now on, the run goes on)
-            console.stderr_gone(exc)
+    if _info.is_main:
+        console.info(sep.join(str(arg) for arg in args))
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
