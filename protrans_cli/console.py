@@ -345,7 +345,28 @@ def progress(iterable=None, *, total=None, desc=None, unit="it", **kwargs):
     # (only here: tqdm.auto, asyncio behind it, is 0.04 s of a 0.2 s prep or export with stderr a log)
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, **kwargs)
+    width = {"dynamic_ncols": True}
+    if _terminal_columns(sys.stderr) == 0:
+        # A terminal that tells no size (a pseudo-terminal no one sized: `script` or `unbuffer` in a
+        # CI job, `docker run -t`, `ssh -t` from a script): tqdm took it for -1 columns and -1 rows,
+        # and drew nothing at all, from the first protein to the summary. COLUMNS and LINES, else 80x24.
+        width = {"ncols": _size_from_environment("COLUMNS") or 80, "nrows": _size_from_environment("LINES") or 24}
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, **width, **kwargs)
+
+
+def _terminal_columns(stream) -> int | None:
+    """The columns of the terminal `stream` writes to (0: one that tells no size); None for no
+    terminal, or a stream of no descriptor (a notebook's)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _size_from_environment(name: str) -> int | None:
+    """COLUMNS or LINES as a positive number; None where it is unset or no such number."""
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
 def _progress_interval() -> float:

@@ -1631,6 +1631,42 @@ def test_a_progress_interval_that_is_no_number_is_said_once_a_run_not_at_each_ba
     assert capsys.readouterr().err == warning.replace("'xyz'", "'-1'")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX's")
+@pytest.mark.parametrize("columns, width", [(None, 80), ("50", 50)])
+def test_a_terminal_that_tells_no_size_still_gets_a_progress_bar(monkeypatch, columns, width):
+    """A pseudo-terminal no one sized (`script` or `unbuffer` in a CI job, `docker run -t`) is a
+    terminal of 0 columns and 0 rows: tqdm took it for -1 of each and drew nothing, so that an embed
+    showed no progress at all until its summary. The bar is COLUMNS wide there, else 80."""
+    import os
+    import pty
+
+    from protrans_cli import console
+
+    master, slave = pty.openpty()
+    stream = os.fdopen(slave, "w", encoding="utf-8")
+    try:
+        if os.get_terminal_size(slave).columns != 0:
+            pytest.skip("this system's new pseudo-terminals have a size")
+        monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+        monkeypatch.delenv("LINES", raising=False)
+        if columns is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", columns)
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = console.progress(range(3), desc="embed", unit="res", mininterval=0)
+        assert list(bar) == [0, 1, 2]
+        bar.close()
+        stream.flush()
+        drawn = os.read(master, 1 << 16).decode()
+    finally:
+        stream.close()
+        os.close(master)
+    shown = [part.rstrip("\n") for part in drawn.replace("\r\n", "\n").split("\r") if part.strip()]
+    assert shown and shown[-1].startswith("embed: 100%|") and "3/3" in shown[-1], drawn
+    assert len(shown[-1]) == width, shown[-1]
+
+
 def test_a_log_progress_line_without_a_total_gives_the_count_and_rate(capsys):
     """A job whose size is not known ahead (fit's batches of an epoch, prep reading a compressed
     input or stdin) logs its count, elapsed time and rate, with no percentage or time left; the
