@@ -257,8 +257,9 @@ def info(message: str) -> None:
 
 
 def debug(message: str) -> None:
+    # (escaped as info's lines are: the output's name in a torchrun rank's stop went raw to the log)
     if state.verbosity >= 1:
-        _emit(f"[debug] {message}\n")
+        _emit(f"[debug] {_shown(message, newlines=True)}\n")
 
 
 def _recorded(kind: str, message: str) -> bool:

@@ -1667,6 +1667,20 @@ def test_a_terminal_that_tells_no_size_still_gets_a_progress_bar(monkeypatch, co
     assert len(shown[-1]) == width, shown[-1]
 
 
+def test_debug_lines_escape_control_characters_as_info_lines_do(capsys):
+    """-v's `[debug]` lines (one names the output, a rank's share of it complete when a signal came)
+    wrote a name's escape sequence raw to the terminal or the log."""
+    from protrans_cli import console
+
+    console.configure(verbosity=1)
+    console.debug("terminated once o\x1b[31m.h5 was complete")
+    console.info("wrote o\x1b[31m.h5")
+    assert capsys.readouterr().err == "[debug] terminated once o\\x1b[31m.h5 was complete\nwrote o\\x1b[31m.h5\n"
+    console.configure(verbosity=0)
+    console.debug("not said")
+    assert capsys.readouterr().err == ""
+
+
 def test_a_log_progress_line_without_a_total_gives_the_count_and_rate(capsys):
     """A job whose size is not known ahead (fit's batches of an epoch, prep reading a compressed
     input or stdin) logs its count, elapsed time and rate, with no percentage or time left; the
