@@ -346,20 +346,24 @@ def progress(iterable=None, *, total=None, desc=None, unit="it", **kwargs):
     # (only here: tqdm.auto, asyncio behind it, is 0.04 s of a 0.2 s prep or export with stderr a log)
     from tqdm.auto import tqdm
 
-    width = {"dynamic_ncols": True}
-    if _terminal_columns(sys.stderr) == 0:
-        # A terminal that tells no size (a pseudo-terminal no one sized: `script` or `unbuffer` in a
-        # CI job, `docker run -t`, `ssh -t` from a script): tqdm took it for -1 columns and -1 rows,
-        # and drew nothing at all, from the first protein to the summary. COLUMNS and LINES, else 80x24.
-        width = {"ncols": _size_from_environment("COLUMNS") or 80, "nrows": _size_from_environment("LINES") or 24}
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, **width, **kwargs)
+    size = {"dynamic_ncols": True}
+    told = _terminal_size(sys.stderr)
+    if told is not None and not (told.columns and told.lines):
+        # A terminal that tells no size, or its columns alone (a pseudo-terminal no one sized:
+        # `script` or `unbuffer` in a CI job, `docker run -t`, `ssh -t` from a script; `stty cols
+        # 100`): tqdm took 0 for -1 and drew nothing at all, from the first protein to the summary
+        # (a bar is hidden below the last of its rows). What it tells, else COLUMNS and LINES, else
+        # 80x24, less one of each as tqdm takes them (the last column left free: no wrap there).
+        size = {"ncols": (told.columns or _size_from_environment("COLUMNS") or 80) - 1,
+                "nrows": (told.lines or _size_from_environment("LINES") or 24) - 1}
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, **size, **kwargs)
 
 
-def _terminal_columns(stream) -> int | None:
-    """The columns of the terminal `stream` writes to (0: one that tells no size); None for no
-    terminal, or a stream of no descriptor (a notebook's)."""
+def _terminal_size(stream) -> os.terminal_size | None:
+    """The size the terminal `stream` writes to tells (0 columns and 0 lines: it tells none); None
+    for no terminal, or a stream of no descriptor (a notebook's)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        return os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
         return None
 

@@ -1632,27 +1632,35 @@ def test_a_progress_interval_that_is_no_number_is_said_once_a_run_not_at_each_ba
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX's")
-@pytest.mark.parametrize("columns, width", [(None, 80), ("50", 50)])
-def test_a_terminal_that_tells_no_size_still_gets_a_progress_bar(monkeypatch, columns, width):
+@pytest.mark.parametrize("rows, columns, environment, width", [
+    (0, 0, None, 79), (0, 0, "50", 49),  # a terminal that tells no size: COLUMNS, else 80 (less the last)
+    (0, 90, "50", 89),  # its columns alone (`stty cols 90`): those, and 24 rows
+    (30, 70, "50", 69),  # a terminal that tells its size is followed, as before (tqdm's own width)
+])
+def test_a_terminal_that_tells_no_size_still_gets_a_progress_bar(monkeypatch, rows, columns, environment, width):
     """A pseudo-terminal no one sized (`script` or `unbuffer` in a CI job, `docker run -t`) is a
-    terminal of 0 columns and 0 rows: tqdm took it for -1 of each and drew nothing, so that an embed
-    showed no progress at all until its summary. The bar is COLUMNS wide there, else 80."""
+    terminal of 0 columns and 0 rows: tqdm took them for -1 and drew nothing (a bar below the last
+    row is hidden), so that an embed showed no progress at all until its summary; one given its
+    columns alone (`stty cols 90`) had no rows, and no bar either. The bar leaves the last column
+    free, as tqdm's own does."""
+    import fcntl
     import os
     import pty
+    import struct
+    import termios
 
     from protrans_cli import console
 
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     stream = os.fdopen(slave, "w", encoding="utf-8")
     try:
-        if os.get_terminal_size(slave).columns != 0:
-            pytest.skip("this system's new pseudo-terminals have a size")
         monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
         monkeypatch.delenv("LINES", raising=False)
-        if columns is None:
+        if environment is None:
             monkeypatch.delenv("COLUMNS", raising=False)
         else:
-            monkeypatch.setenv("COLUMNS", columns)
+            monkeypatch.setenv("COLUMNS", environment)
         monkeypatch.setattr(sys, "stderr", stream)
         bar = console.progress(range(3), desc="embed", unit="res", mininterval=0)
         assert list(bar) == [0, 1, 2]
