@@ -1561,3 +1561,36 @@ def test_a_bind_mount_of_the_same_file_system_is_a_mount_point(tmp_path, monkeyp
     assert files.empty_folder(tmp_path / "plain")
     monkeypatch.setattr(files, "MOUNTINFO", str(tmp_path / "none"))  # (no /proc: ismount's answer alone)
     assert not files.is_mount_point(str(mount))
+
+
+def test_an_output_name_of_255_bytes_is_written_and_replaced(run_cli, tmp_path):
+    """A temporary named `.NAME.<host>.<pid>-XXXXXXXX.tmp` beside an output of a long but valid
+    name (200 bytes or more) passed the file system's 255: prep, labels, export, perplexity...
+    said ".: cannot write in this folder: File name too long" (perplexity after all its work)."""
+    from protrans_cli.io.files import make_temporary
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    name = "é" * 125 + "a.fa"  # 254 bytes, 129 characters
+    assert len(os.fsencode(name)) == 254
+    labels = tmp_path / "l.csv"
+    shutil.copy(Path(__file__).parent / "data" / "heads" / "pisces_small.csv", labels)
+    for args in (("prep", fasta), ("labels", labels), ("prep", fasta)):  # (the last replaces the first's)
+        r = run_cli(*args, "-o", tmp_path / name)
+        assert r.exit_code == 0, r.stderr
+    assert (tmp_path / name).read_text().split() == ["M", "K", "V"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "x.fa", "l.csv"])
+    # the cut is the same in every run of this host, so that a killed run's temporary is swept
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    probe = make_temporary(tmp_path, f".{name}.")
+    assert len(os.fsencode(probe.name)) <= 255 and probe.name.startswith(".éé")
+    dead = probe.with_name(re.sub(r"\.\d+-$", f".{gone}-", probe.name[:-12]) + "abcdefgh.tmp")
+    probe.unlink()
+    dead.write_text("left by a killed run")
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    import protrans_cli.io.files as files
+
+    files._SWEPT.clear()
+    make_temporary(tmp_path, f".{name}.").unlink()
+    assert not dead.exists()

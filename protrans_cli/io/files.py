@@ -1822,6 +1822,7 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     and one untouched for an hour only is removed: containers that share a host name and a
     folder do not see each other's processes."""
     host = _host_tag()
+    prefix = _fitting_prefix(directory, prefix, suffix)
     # One sweep per folder and family of prefixes a process: the prefix's numbers stand for any
     # (`.c.00001.txt.` sweeps every shard's), and a folder swept for a family is not scanned
     # again. Scanned for every temporary, 5000 shards took 15 s of rescans of a folder filling
@@ -1848,6 +1849,23 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
 STALE_SECONDS = 3600
 
 
+def _fitting_prefix(directory, prefix: str, suffix: str) -> str:
+    """`prefix` cut (whole characters off its end) so that a temporary
+    `PREFIX<host>.<pid>-XXXXXXXX<suffix>` fits the folder's longest name (NAME_MAX, 255 bytes on
+    most file systems): prefixed with the output's own name, an output named with 200 bytes or
+    more (a valid name) could not be written at all ("cannot write in this folder: File name too
+    long"). Room is kept for a pid of 7 digits, so that every run of this host cuts a name alike
+    and the sweep of dead runs' temporaries finds them."""
+    try:
+        longest = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    room = longest - len(os.fsencode(f"{_host_tag()}.{'9' * 7}-{'X' * 8}{suffix}"))
+    while prefix and len(os.fsencode(prefix)) > room:
+        prefix = prefix[:-1]
+    return prefix
+
+
 def _host_tag() -> str:
     """This host's name as temporaries carry it (letters, digits, _ and - only; 32 at most)."""
     import socket
@@ -1861,7 +1879,7 @@ def remove_dead_temporaries(directory, prefix: str, suffix: str = ".tmp") -> lis
     caller that holds the lock every writer of these temporaries holds (fit's on HEAD.partial/),
     so that none of them can belong to a live run, not even one in another container that shares
     the host name. make_temporary's own sweep waits an hour for lack of such a lock."""
-    return _remove_dead(directory, re.escape(prefix), suffix)
+    return _remove_dead(directory, re.escape(_fitting_prefix(directory, prefix, suffix)), suffix)
 
 
 def _remove_dead(directory, prefix_pattern: str, suffix: str, *, untouched_for: float = 0) -> list[str]:
