@@ -6593,3 +6593,15 @@ def test_predict_fasta_scores_labels_piped_in_as_it_scores_them_from_a_file(run_
         (line,) = [line for line in r.stderr.splitlines() if " label: accuracy " in line]
         scores.append((line.split(" label: ", 1)[1], out.read_text()))
     assert scores[0] == scores[1] and "16 proteins" in scores[0][0]
+
+
+def test_a_head_name_too_long_for_its_partial_folder_is_named(run_cli, ss_data, tmp_path):
+    """A head of 250 bytes is a valid name, HEAD.partial/ (258) is not: fit said ".: cannot
+    write here (File name too long)", blaming the folder."""
+    head = tmp_path / ("h" * 250)
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "1", *FAST, "-o", head)
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("cannot be made: File name too long (a name of 258 bytes); an unfinished run keeps its state in a "
+            "folder of this name, the output's with '.partial' added (choose a shorter -o)") in r.stderr
+    assert list(tmp_path.iterdir()) == []

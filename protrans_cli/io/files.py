@@ -408,6 +408,13 @@ def folder_lock(folder, busy: str):
             raise InputError(f"is {what}, not a folder: an unfinished run keeps its state in a folder of this name "
                              f"(move it away, or choose another {option('-o', 'out_dir')})", path=str(folder)) from None
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                # (a name the file system takes, up to 255 bytes, to which .partial is added: it said
+                # ".: cannot write here (File name too long)", blaming the folder)
+                raise InputError(f"cannot be made: {exc.strerror} (a name of {len(os.fsencode(folder.name))} bytes); "
+                                 f"an unfinished run keeps its state in a folder of this name, the output's with "
+                                 f"'{folder.suffix}' added (choose a shorter {option('-o', 'out_dir')})",
+                                 path=str(folder)) from None
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
         return os.open(folder, os.O_RDONLY)
 
