@@ -1309,6 +1309,19 @@ def test_a_disk_without_room_for_the_new_file_is_said_before_hdf5_meets_it(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa"]
 
 
+
+def test_a_file_system_that_says_nothing_of_its_size_is_written(tmp_path, monkeypatch, run_cli):
+    """A FUSE mount without statfs (libfuse answers zeros: 0 blocks, 0 free) was read as a full
+    disk: "no room for a new output file: 0.0 MiB free on the output's disk", nothing written."""
+    from protrans_cli.io import disk
+
+    fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
+    zeros = os.statvfs_result((512, 512, 0, 0, 0, 0, 0, 0, 0, 255))
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: zeros)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "o.h5"]
+
 def test_resume_after_the_hub_moved_on_is_refused(tmp_path):
     """The file records the hub commit the model came from (`main` resolves to the newest): a
     resume whose model files come from another commit would mix two models in one file. An

@@ -36,9 +36,9 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
     need = int(nbytes * 1.05) + ROOM_MARGIN
     try:
         stat = os.statvfs(path.parent)
-        free = stat.f_bavail * stat.f_frsize
     except OSError:
-        stat = free = None
+        stat = None
+    free = free_bytes(stat)
     if stat is not None and getattr(stat, "f_flag", 0) & getattr(os, "ST_RDONLY", 1):
         return 0  # (a read-only mount counts 0 bytes free: the writing says "Read-only file system")
     if free is not None and free < need:
@@ -73,6 +73,16 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
     if problem is not None:
         raise RuntimeFailure(f"no room for {what}: {problem}; {then}", path=str(shown or path))
     return taken
+
+
+def free_bytes(stat) -> int | None:
+    """The bytes free to this user in a file system's `os.statvfs` result; None where it says
+    nothing of its size (no result, or 0 blocks in all: a FUSE mount without statfs, which
+    libfuse answers with zeros, sysfs, procfs). Counted as 0 free, such a folder was refused
+    with "no room for a new output file: 0.0 MiB free on the output's disk"."""
+    if stat is None or getattr(stat, "f_blocks", 1) == 0:  # (a stand-in result without the field: sized)
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def room_for(nbytes: int) -> int:

@@ -238,12 +238,13 @@ def _no_room(folder: Path) -> str | None:
             largest = max((entry.stat().st_size for entry in os.scandir(folder) if entry.is_file()), default=0)
             if largest + (64 << 10) >= limit:
                 return f"File too large: the file-size limit (ulimit -f) is {limit / 2**20:.1f} MiB"
+    from protrans_cli.io.disk import free_bytes
+
     try:
-        st = os.statvfs(folder)
+        free = free_bytes(os.statvfs(folder))
     except OSError:
         return None
-    free = st.f_bavail * st.f_frsize
-    return f"No space left on device: {free / 1024:.0f} KiB free" if free < 1 << 20 else None
+    return f"No space left on device: {free / 1024:.0f} KiB free" if free is not None and free < 1 << 20 else None
 
 
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
