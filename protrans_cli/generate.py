@@ -829,7 +829,7 @@ def run_generate(output="-", options: GenerateOptions | None = None, *,
     if output is not None:
         expect_path(output, "output", " (one FASTA file, or '-' for stdout)")
     to_stdout = output in (None, "-")
-    special = resumable_output(output, options.resume, (options.templates,))
+    special = resumable_output(output, options.resume, (options.templates,), (options.model,))
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
     for ignored in ignored_options(options):

@@ -251,7 +251,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
 
     from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored
     from protrans_cli.io.files import display_name, staged_outputs, streamed_output, through_link
-    from protrans_cli.variants import UnitStore, partial_folder, resumable_output, unit_output_lock
+    from protrans_cli.variants import UnitStore, partial_folder, refuse_inside_model, resumable_output, unit_output_lock
 
     options = options or PerplexityOptions()
     expect_options(options, PerplexityOptions, "options")
@@ -259,10 +259,11 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     if (ignored := linker_length_ignored(options)) is not None:
         console.warn(ignored)
     to_stdout = output in (None, "-")
-    special = resumable_output(output, options.resume, (fasta,))
+    special = resumable_output(output, options.resume, (fasta,), (options.model,))
     per_residue = options.per_residue
     if per_residue is not None:
         _check_per_residue(per_residue, output, to_stdout, fasta)
+        refuse_inside_model(per_residue, (options.model,), "--per-residue", "per_residue")
     name = display_name(fasta)
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output

@@ -456,7 +456,7 @@ def translate(fasta, output="-", options: TranslateOptions | None = None) -> Tra
     if output is not None:
         expect_path(output, "output", " (one FASTA file, or '-' for stdout)")
     to_stdout = output in (None, "-")
-    special = resumable_output(output, options.resume, (fasta,))
+    special = resumable_output(output, options.resume, (fasta,), (options.model,))
     to_file = not to_stdout and not special
     target = through_link(Path(output)) if to_file else output
     name = display_name(fasta)

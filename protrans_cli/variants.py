@@ -1277,9 +1277,24 @@ def unit_output_lock(target, to_file: bool):
                                f"or choose another {option('-o', 'output')}")
 
 
-def resumable_output(output, resume: bool, inputs=()) -> str | None:
+def refuse_inside_model(path, models, flag: str, keyword: str) -> None:
+    """UsageError for an output `path` inside the directory of one of `models` (-m names: only a
+    model directory counts, as embed's check): `perplexity -m run -o run/config.json` replaced
+    the model's config with the table (generate, variants and translate alike), and every later
+    run on that model failed with "config.json is not a valid JSON file"."""
+    from protrans_cli.embed import _model_directory
+    from protrans_cli.io.files import input_named_by
+
+    directories = tuple(str(d) for d in map(_model_directory, models) if d is not None)
+    if path not in (None, "-") and (model_dir := input_named_by(path, (), directories=directories)):
+        raise UsageError(f"{path} is inside the model directory {model_dir}: writing it could replace the model's "
+                         f"files (choose another {option(flag, keyword)})")
+
+
+def resumable_output(output, resume: bool, inputs=(), models=()) -> str | None:
     """The checks of an output whose finished work is kept beside it for --resume (UnitStore:
-    variants, perplexity, generate), before any work: an input it would replace, its folder,
+    variants, perplexity, generate, translate), before any work: an input it would replace, a
+    model directory of `models` it lies in (`refuse_inside_model`), its folder,
     and --resume for stdout or a special file (a device or pipe, `-o >(gzip > x.gz)`,
     /dev/stdout: its folder, /dev/fd or /dev, cannot hold FILE.partial/), which keep none.
     Returns io.files.special_output(output) (None for a regular file or stdout)."""
@@ -1292,6 +1307,7 @@ def resumable_output(output, resume: bool, inputs=()) -> str | None:
     if input_named_by(output, [p for p in inputs if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace it (choose another "
                          f"{option('-o', 'output')})")
+    refuse_inside_model(output, models, "-o", "output")
     output_directory(output)
     special = special_output(output)
     if special and resume:
@@ -1322,7 +1338,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
                          f"{option('--all-singles', 'all_singles=True')}, one of them")
     if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":
         raise UsageError(f"the variants table and {option('--fasta', 'fasta')} cannot both be read from stdin (-)")
-    special = resumable_output(output, options.resume, (variants_file, fasta))
+    special = resumable_output(output, options.resume, (variants_file, fasta), options.models)
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError(option("--id-column names each row's wild type among the records of --fasta (without --id)",
                                 "id_column names each row's wild type among the records of fasta (without record_id)"))
@@ -1345,6 +1361,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         if input_named_by(options.plot, [p for p in (variants_file, fasta) if p is not None]):
             raise UsageError(f"{plot} is also an input: drawing it would replace it (choose another "
                              f"{option('--plot', 'plot')})")
+        refuse_inside_model(options.plot, options.models, "--plot", "plot")
         if output not in (None, "-") and same_file(options.plot, output):
             raise UsageError(f"{plot} is also {option('-o', 'the output')}: the heatmap would replace the table (give "
                              "it a .png of its own)")

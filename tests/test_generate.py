@@ -9,6 +9,7 @@ residue at each step is the argmax of the reference over the residues that may b
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 
@@ -549,6 +550,33 @@ def test_the_templates_file_is_not_the_output(run_cli, tmp_path, esm):
     r = run_cli("generate", "-m", esm, "--templates", templates, "-o", templates)
     assert r.exit_code == 2 and "is also an input: writing it would replace it" in r.stderr, r.stderr
     assert templates.read_text() == ">a\nMK__\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["generate", "--template", "MK__", "-o", "IN/config.json"],
+    ["perplexity", "X.fa", "-o", "IN/config.json"],
+    ["perplexity", "X.fa", "-o", "p.tsv", "--per-residue", "IN/r.tsv"],
+    ["variants", "--sequence", "MKTV", "--all-singles", "-o", "IN/config.json"],
+    ["variants", "--sequence", "MKTV", "--all-singles", "-o", "v.tsv", "--plot", "IN/v.png"],
+])
+def test_an_output_inside_the_model_directory_is_refused(run_cli, tmp_path, esm, args):
+    """`perplexity -m run -o run/config.json` (generate and variants alike) replaced the model's
+    config with the table, after which every run on that model failed ("config.json is not a
+    valid JSON file"); embed and contacts refused such an output already."""
+    model = tmp_path / "model"
+    shutil.copytree(esm, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    (tmp_path / "X.fa").write_text(">a\nMKTV\n")
+    command, *rest = args
+    rest = [str(tmp_path / a.replace("IN", "model")) if "IN" in a or a in ("X.fa", "p.tsv", "v.tsv") else a
+            for a in rest]
+    r = run_cli(command, "-m", model, *rest)
+    flag = rest[rest.index(next(a for a in rest if "/model/" in a)) - 1]
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"is inside the model directory {model}: writing it could replace the model's files (choose another " \
+           f"{flag})" in r.stderr
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.fa", "model"]
 
 
 def test_cli_causal_refuses_a_complex_prompt_and_templates(run_cli, tmp_path, txl):
