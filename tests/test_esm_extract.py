@@ -756,3 +756,19 @@ def test_each_of_embeds_flags_is_renamed_once_in_esm_extracts_terms():
         raise InputError(message)
     assert raised.value.message == " | ".join(_FLAGS.values())
     assert "protrans embed protrans embed" not in raised.value.message and not console.state.names
+
+
+@pytest.mark.parametrize("inside", ["", "sub"])
+def test_an_output_folder_in_the_model_directory_is_refused(run_cli, tmp_path, model_dir, inside):
+    """OUTPUT_DIR the model directory (or a folder in it): embed refused its work file there, in
+    words esm-extract cut away ("error: ; nothing was kept (no protein had been computed)")."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(INPUT)
+    before = sorted(p.name for p in model_dir.iterdir())
+    out = model_dir / inside if inside else model_dir
+    r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
+    where = "is inside" if inside else "is"
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"protrans: error: OUTPUT_DIR {out} {where} the model directory {model_dir}: the .pt files would go among the "
+        "model's files (choose another OUTPUT_DIR)"), r.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == before
