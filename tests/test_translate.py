@@ -440,3 +440,16 @@ def test_the_progress_bar_has_the_records_total_and_the_inputs_unit(tmp_path, pr
     gz = tmp_path / "in.fa.gz"
     gz.write_bytes(gzip.compress(fasta.read_bytes()))
     assert _count_records(gz) == len(records) and _count_records("-") is None
+
+
+def test_an_output_inside_the_model_directory_is_refused(run_cli, tmp_path, prostt5_like):
+    """`translate -m DIR -o DIR/config.json` replaced the model's config with the translations
+    (perplexity, generate and variants alike; tests/test_generate.py)."""
+    model_dir, _ = prostt5_like
+    before = (model_dir / "config.json").read_bytes()
+    fasta = _fasta(tmp_path / "in.fa", {"a": "MKTAYIAK"})
+    r = run_cli("translate", fasta, "-m", model_dir, "--to", "3di", "-o", model_dir / "config.json", "--device", "cpu")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"protrans: error: {model_dir / 'config.json'} is inside the model directory {model_dir}: writing it could "
+        "replace the model's files (choose another -o)"), r.stderr
+    assert (model_dir / "config.json").read_bytes() == before
