@@ -321,15 +321,18 @@ def _delimiter(path) -> str | None:
 
 def _check_per_residue(per_residue, output, to_stdout: bool, fasta) -> None:
     """UsageError for a per-residue table that cannot be written beside `output`."""
-    from protrans_cli.io.files import input_named_by, output_directory, same_file
+    from protrans_cli.io.files import input_named_by, names_stdout, output_directory, same_file
 
     flag = option("--per-residue", "per_residue")
-    if str(per_residue) == "-":
-        if to_stdout:
-            raise UsageError(f"{option('--per-residue -', 'per_residue=' + repr('-'))} writes to stdout, where the "
-                             f"main table goes: give {option('-o FILE', 'an output file')} for it, or a file for "
-                             f"{flag}")
-        return
+    # (/dev/stdout, or the file `> x` opened, is stdout as `-` is: the two tables went out one
+    # after the other, into one stream)
+    if names_stdout(per_residue):
+        if to_stdout or names_stdout(output):
+            raise UsageError(f"{option(f'--per-residue {per_residue}', f'per_residue={str(per_residue)!r}')} writes "
+                             f"to stdout, where the main table goes: give {option('-o FILE', 'an output file')} for "
+                             f"it, or a file for {flag}")
+        if str(per_residue) == "-":
+            return
     if not to_stdout and (str(per_residue) == str(output) or same_file(per_residue, output)):
         raise UsageError(f"{flag} {per_residue} is also {option('-o', 'the output')}: give the two tables two names")
     if input_named_by(per_residue, [fasta]):

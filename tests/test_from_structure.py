@@ -451,3 +451,21 @@ def test_a_full_tmpdir_for_stdout_is_one_line_naming_it(run_cli, tmp_path, monke
     assert r.stderr.strip().splitlines() == [
         f"protrans: error: {tmp_path}: cannot write the temporary file that standard output is written to first "
         "(TMPDIR): No space left on device"]
+
+
+@pytest.mark.parametrize("args", [["-o", "-", "--residues", "/dev/stdout"], ["-o", "/dev/stdout", "--residues", "-"],
+                                  ["--residues", "STDOUT_FILE"]])
+def test_the_fasta_and_the_map_both_on_stdout_are_refused(tmp_path, args):
+    """Only `-o - --residues -` was refused: /dev/stdout, or the file `> x` opened, is stdout
+    too, and the FASTA and the residue table went out into one stream."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "both.txt"
+    args = [str(target) if a == "STDOUT_FILE" else a for a in args]
+    with open(target, "wb") as out:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", "from-structure", str(PDB), *args], stdout=out,
+                              stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "protrans: error: the FASTA and --residues cannot both go to stdout: give one of them a file name")
+    assert target.read_bytes() == b""

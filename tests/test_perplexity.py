@@ -502,3 +502,24 @@ def test_on_a_gpu_the_tables_are_the_cpus_within_its_precision(tmp_path, dtype):
             assert float(a["mean_log_likelihood"]) == pytest.approx(float(b["mean_log_likelihood"]), abs=tolerance)
             assert float(a["log_likelihood"]) == pytest.approx(float(b["log_likelihood"]),
                                                                abs=tolerance * int(b["length"]))
+
+
+@pytest.mark.parametrize("args", [["--per-residue", "/dev/stdout"], ["-o", "-", "--per-residue", "/dev/stdout"],
+                                  ["-o", "/dev/stdout", "--per-residue", "-"], ["--per-residue", "STDOUT_FILE"]])
+def test_both_tables_on_stdout_are_refused(tmp_path, tiny_models, args):
+    """Only `--per-residue -` beside the main table on stdout was refused: /dev/stdout, or the
+    file `> x` opened, is stdout too, and the two tables went out one after the other."""
+    import subprocess
+    import sys
+
+    fasta = _fasta(tmp_path / "in.fa")
+    target = tmp_path / "both.tsv"
+    args = [str(target) if a == "STDOUT_FILE" else a for a in args]
+    with open(target, "wb") as out:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", "perplexity", str(fasta), "-m",
+                               str(tiny_models["esm"]), *args], stdout=out, stderr=subprocess.PIPE, text=True)
+    shown = args[args.index("--per-residue") + 1]
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"protrans: error: --per-residue {shown} writes to stdout, where the main table goes: give -o FILE for it, "
+        "or a file for --per-residue"), proc.stderr
+    assert target.read_bytes() == b""

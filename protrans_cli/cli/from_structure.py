@@ -45,11 +45,13 @@ def command(structures, output, residues_map, chains, complex_, threads):
     """
     from protrans_cli import console
     from protrans_cli.errors import UsageError
-    from protrans_cli.io.files import input_named_by, output_directory, same_file
+    from protrans_cli.io.files import input_named_by, names_stdout, output_directory, same_file
     from protrans_cli.structures import StructureOptions, from_structures, structure_sources
     from protrans_cli.threads import resolve_threads
 
-    if residues_map is not None and output in (None, "-") and residues_map == "-":
+    # (/dev/stdout, or the file `> x` opened, is stdout as `-` is: the FASTA and the table went
+    # out one after the other, into one stream)
+    if residues_map is not None and (output in (None, "-") or names_stdout(output)) and names_stdout(residues_map):
         raise UsageError("the FASTA and --residues cannot both go to stdout: give one of them a file name")
     for target in (output, residues_map):
         if target not in (None, "-"):
