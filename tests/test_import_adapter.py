@@ -171,3 +171,18 @@ def test_half_precision_encoder_only_base_stays_so(run_cli, tmp_path):
     assert r.exit_code == 0, r.stderr
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["architectures"] == ["T5EncoderModel"] and config["dtype"] == "float16"
+
+
+def test_the_base_model_directory_is_not_replaced_under_force(run_cli, tmp_path):
+    """`-o BASE --force` with `--base BASE` replaced the base with the merged model and deleted
+    what else its folder held; the adapter's folder was refused so already."""
+    base = tmp_path / "base"
+    shutil.copytree(ESM, base)
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    for given in (base, f"{base}/"):
+        r = run_cli("import-model", PEFT / "esm_qv", "--base", given, "-o", base, "--force")
+        assert r.exit_code == 2 and r.stderr.strip() == (
+            f"protrans: error: {base} holds the base model {given}: --force would delete it (choose another -o)"), \
+            r.stderr
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]

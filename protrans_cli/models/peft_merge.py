@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, first_line, option
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, first_line, force_option, option
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -276,6 +276,19 @@ def load_base(name: str):
     return load_model(name, dtype=dtype), False
 
 
+def _refuse_base_replaced(out_dir: Path, base: str) -> None:
+    """UsageError where `out_dir` (replaced under --force) is, or holds, the local base model
+    directory: `import-model ADAPTER --base base -o base --force` replaced the base with the
+    merged model and deleted whatever else its folder held, as it refuses to for the adapter."""
+    from protrans_cli.embed import _model_directory
+    from protrans_cli.io.files import input_inside
+
+    base_dir = _model_directory(base)
+    if base_dir is not None and out_dir.is_dir() and input_inside(out_dir, [base_dir]) is not None:
+        raise UsageError(f"{out_dir} holds the base model {base}: {force_option()} would delete it (choose another "
+                         f"{option('-o', 'out_dir')})")
+
+
 def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = False) -> MergedAdapter:
     """Write the model directory `out_dir`: the base model with the peft LoRA adapter in the
     directory `adapter` merged into it. `base`: the base model (a short name, hub id or local
@@ -293,6 +306,7 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
         if not isinstance(base, str) or not base:
             raise UsageError(f"{adapter / CONFIG} names no base_model_name_or_path: give the base model with "
                              f"{option('--base', 'base')}")
+    _refuse_base_replaced(out_dir, str(base))
     loaded, masked_lm = load_base(str(base))
     result = merge(loaded.model, config, weights_path, tensors)
     del tensors
