@@ -12,6 +12,7 @@ Offline, on CPU, in a few minutes at most.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -51,6 +52,14 @@ class QuickstartSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)  # head name -> metrics.json content
     outputs: dict[str, Path] = field(default_factory=dict)  # what -> path
+
+
+def _arg(path) -> str:
+    """A path of the quickstart folder as a step's command line takes it: `./-q/...` for an -o
+    that begins with a dash (`quickstart -o ./-q`; pathlib drops the `./`), which embed read as
+    its options ("No such option '-/'"), after minutes of prep and train."""
+    text = str(path)
+    return os.path.join(".", text) if text.startswith("-") else text
 
 
 def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
@@ -137,7 +146,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     for sub in SUBFOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     s = QuickstartSummary(out)
-    p = lambda *parts: str(out.joinpath(*parts))  # noqa: E731
+    p = lambda *parts: _arg(out.joinpath(*parts))  # noqa: E731
 
     # 1. The pretraining corpus: one spaced protein per line, a validation split by id hash, the
     #    training proteins shuffled (the example file lists one task's proteins, then the other's).
@@ -195,7 +204,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         scan = out / "predictions" / f"{first}.variants.csv"
         scoring = ["--scoring", "log-likelihood"] if get_family(family).causal else []
         _run("variants", ["variants", "--all-singles", "--fasta", p("fasta", "loc_test.fasta"), "--id", first,
-                          "-m", p("model"), *scoring, "-o", str(scan), "--plot", str(scan.with_suffix(".png"))], s)
+                          "-m", p("model"), *scoring, "-o", _arg(scan), "--plot", _arg(scan.with_suffix(".png"))], s)
 
     # 8b. Sequences from the trained model: a masked LM redesigns ten residues of the first test
     #     protein's first sixty (a template's `_`, Gibbs sampling); a causal one (Transformer-XL,
@@ -210,7 +219,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
 
             head = first_record.sequence[:60]
             how = ["--template", head[:20] + DESIGNED * len(head[20:30]) + head[30:]]
-        _run("generate", ["generate", "-m", p("model"), *how, "-n", "5", "--seed", "0", "-o", str(designs)], s)
+        _run("generate", ["generate", "-m", p("model"), *how, "-n", "5", "--seed", "0", "-o", _arg(designs)], s)
 
     # 9. A map of the trained model's embedding space: the training and test proteins by PCA,
     #    coloured by their location (a table, a picture and a page to explore in a browser).
@@ -249,7 +258,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
 def write_commands(out: Path, commands: list[str]) -> None:
     """OUT/commands.sh: the command lines, after a mkdir of the folders the steps write in
     (a step creates only its own output), so that the script runs as written from the same folder, or a fresh one."""
-    mkdir = "mkdir -p " + " ".join(shlex.quote(str(out / sub)) for sub in SUBFOLDERS)
+    mkdir = "mkdir -p " + " ".join(shlex.quote(_arg(out / sub)) for sub in SUBFOLDERS)
     (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran. The train, embed and fit "
                                      "lines refuse to replace\n# their outputs: run this once the results in "
                                      f"{shlex.quote(str(out))} are moved away (or with OUTPUT edited).\nset -e\n"

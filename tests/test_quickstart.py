@@ -312,3 +312,32 @@ def test_a_schedulers_warning_in_train_stops_quickstart_there(tmp_path, run_cli,
         "protrans: error: warned by SIGUSR1 (the job's time is nearly up): quickstart stopped in step 'train';")
     assert "--resume" not in result.stderr  # (train's own advice: quickstart has none)
     assert not any((tmp_path / "q" / "fasta").iterdir())  # (no step after it ran)
+
+
+def test_a_folder_named_with_a_leading_dash_reaches_every_step_as_a_path(tmp_path, monkeypatch):
+    """`quickstart -o ./-q`: pathlib drops the `./`, and embed read `-q/fasta/ss_train.fasta` as
+    its options ("No such option '-/'"), after minutes of prep and train. Every step's command
+    line is parsed here as its command parses it (the labels steps run: later steps read them)."""
+    import click
+
+    from protrans_cli import quickstart
+    from protrans_cli.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    real, parsed = quickstart._run, []
+
+    def step(name, args, summary):
+        if name == "labels":
+            real(name, args, summary)
+        command = cli.get_command(click.Context(cli), args[0])
+        opts, positional, _ = command.make_parser(click.Context(command, info_name=args[0])).parse_args(list(args[1:]))
+        parsed.append((name, opts, positional))
+
+    monkeypatch.setattr(quickstart, "_run", step)
+    summary = quickstart.run_quickstart("./-q", family="bert")
+    assert {name for name, _, _ in parsed} >= {"prep", "train", "embed", "fit", "predict", "knn", "variants", "project"}
+    for name, opts, positional in parsed:
+        for value in [*positional, *(v for values in opts.values() for v in (values if isinstance(values, list)
+                                                                              else [values]))]:
+            assert not str(value).startswith("-q"), (name, value)
+    assert str(summary.output) == "-q"
