@@ -871,3 +871,15 @@ def test_settings_that_set_nothing_are_said(run_cli, tmp_path, esm, txl):
     assert r.exit_code == 0 and "--iterations 3 ignored: it sweeps a template's designed positions" in r.stderr
     r = run_cli("generate", "-m", esm, "--template", "MK__A", "--iterations", "3", "-n", "1", "-o", tmp_path / "c.fa")
     assert r.exit_code == 0 and "ignored" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args", [["generate", "--template", "MK__"], ["perplexity", "X.fa"],
+                                  ["variants", "--sequence", "MKTV", "--all-singles"]])
+def test_an_empty_output_path_is_one_line(run_cli, tmp_path, esm, args, monkeypatch):
+    """`-o ''` was a traceback (ValueError: PosixPath('.') has an empty name) from the wrapper
+    that names FILE.partial/, before the command could say what its neighbours say."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "X.fa").write_text(">a\nMKTV\n")
+    r = run_cli(args[0], "-m", esm, *args[1:], "-o", "")
+    assert r.exit_code == 2 and r.stderr == "protrans: error: the output path is empty\n", r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.fa"]

@@ -357,7 +357,9 @@ def kept_in_partial(output, what: str = "what was computed is in"):
     from protrans_cli.io.files import through_link
     from protrans_cli.variants import partial_folder
 
-    kept = partial_folder(through_link(output)) if output not in (None, "-") else None
+    # (an empty -o is the run's own error to say, "the output path is empty": Path('') has no name
+    # to add .partial to, and was a ValueError traceback here)
+    kept = partial_folder(through_link(output)) if output not in (None, "-", "") else None
     try:
         yield
     except KeyboardInterrupt as exc:
