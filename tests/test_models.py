@@ -93,6 +93,24 @@ def test_saved_tokenizer_config_is_readable_by_transformers_4(name, tmp_path):
     assert a.decode(ids, skip_special_tokens=True) == b.decode(ids, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_loaded_tokenizer_saved_again_writes_the_file_a_new_one_writes(name, tmp_path):
+    """`train --init-from` (and finetune's model/) save the tokenizer they loaded: transformers 5
+    wrote the loading's `is_local` and `local_files_only` into that tokenizer_config.json, which a
+    run trained from scratch does not hold. Saved again, the file is the first save's, but for the
+    family's own loading settings (do_lower_case: false for ProtBert's families)."""
+    from protrans_cli.models.tokenizers import save_tokenizer
+
+    family = FAMILIES[name]
+    first, again = tmp_path / "first", tmp_path / "again"
+    save_tokenizer(family.build_tokenizer(), first)
+    save_tokenizer(family.load_tokenizer(first, local_files_only=True), again)
+    written = json.loads((again / "tokenizer_config.json").read_text())
+    assert not {"is_local", "local_files_only"} & set(written)
+    expected = json.loads((first / "tokenizer_config.json").read_text()) | family.tokenizer_kwargs
+    assert written == expected
+
+
 def test_saved_tokenizer_of_a_t5_saved_by_transformers_4_keeps_no_add_prefix_space(tmp_path):
     """`train --init-from` a T5 that transformers 4.x saved (spiece.model, `add_prefix_space`):
     transformers 5 writes tokenizer.json only, and 4.x's T5TokenizerFast, given

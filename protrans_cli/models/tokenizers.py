@@ -58,6 +58,11 @@ def residue_tokenizer(vocab: list[str], *, unk_token: str, single: str, pair: st
     return tokenizer
 
 
+# from_pretrained's options that transformers 5 (5.25 checked) records in a loaded tokenizer's
+# init_kwargs and so writes into tokenizer_config.json (token, revision, cache_dir it leaves out)
+_LOADING_OPTIONS = ("is_local", "local_files_only")
+
+
 def save_tokenizer(tokenizer, directory) -> None:
     """`tokenizer.save_pretrained(directory)`, with a tokenizer_config.json that transformers 4.x
     reads as well (a model directory is often handed to a collaborator on 4.x). transformers 5
@@ -67,7 +72,10 @@ def save_tokenizer(tokenizer, directory) -> None:
     for a dict and raise AttributeError: 'list' object has no attribute 'keys'). They become
     `PreTrainedTokenizerFast` (5 still knows the name, as an alias of TokenizersBackend) and
     `additional_special_tokens` (5 reads it as extra_special_tokens); transformers 5 loads the
-    rewritten file to the same tokenizer (class, special tokens, ids)."""
+    rewritten file to the same tokenizer (class, special tokens, ids). A tokenizer that was
+    loaded (`train --init-from`, finetune's model/) is saved by transformers 5 with two of the
+    loading's own options, `is_local` and `local_files_only`, as if they were settings of the
+    tokenizer: they are left out, so the file is the one a tokenizer built anew writes."""
     import json
 
     tokenizer.save_pretrained(str(directory))
@@ -76,6 +84,10 @@ def save_tokenizer(tokenizer, directory) -> None:
         return
     data = json.loads(path.read_text(encoding="utf-8"))
     changed = False
+    for key in _LOADING_OPTIONS:
+        if key in data:
+            del data[key]
+            changed = True
     if data.get("tokenizer_class") == "TokenizersBackend":
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
         changed = True
