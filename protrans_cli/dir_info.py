@@ -392,6 +392,10 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
     if isinstance(cfg, dict):
         facts["training"] = {k: cfg[k] for k in ("family", "preset", "objective", "num_steps", "max_length",
                                                   "global_batch_size", "lr") if cfg.get(k) is not None}
+        if isinstance(cfg.get("init_from"), str) and cfg["init_from"]:
+            # (`train --init-from`: the weights it began with, whose earlier training the tokens,
+            # steps and length here do not count; as given, where train_config.json records it so)
+            facts["training"]["init_from"] = cfg["init_from"]
         phases = _phases(cfg)
         if phases:
             # (a run of --phase: its num_steps and max_length are defaults it never used)
@@ -664,6 +668,9 @@ def _run_lines(facts: dict) -> list[tuple[str, str]]:
             shown.insert(-1 if "lr" in training else len(shown), "phases " + " then ".join(
                 f"{p['max_length']}:{p['num_steps']}x{p['global_batch_size']}" for p in training["phases"]))
         lines.append(("trained with", ", ".join(shown)))
+        if training.get("init_from"):
+            lines.append(("started from", f"{training['init_from']} (train --init-from: its earlier training is not "
+                                          "counted here)"))
     if facts.get("last_logged"):
         last = facts["last_logged"]
         shown = [f"step {last['step']:,}" if isinstance(last.get("step"), int) else f"step {last.get('step')}"]

@@ -272,6 +272,24 @@ def test_a_run_s_process_history_is_said_as_its_card_says_it(run_cli, run, tmp_p
     assert out.returncode == 0, out.stderr
 
 
+def test_a_run_continued_from_another_model_says_so(run_cli, run, tmp_path):
+    """A `train --init-from` run and its checkpoints were described as a run from scratch (the
+    model's tokens and steps, no word of the weights it began with): they name that model as
+    train_config.json records it; a run from scratch names none."""
+    out = tmp_path / "continued"
+    res = run_cli("train", "--corpus", TRAIN / "learnable.txt", "--init-from", run, "--max-length", 32,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "--save-every", 1, "--num-steps", 1, "-j", 1,
+                  "-o", out)
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((out / "train_config.json").read_text())["init_from"]
+    assert recorded == str(run)
+    for where in (out, out / "checkpoints" / "step_00000001"):
+        assert _info(run_cli, where)["training"]["init_from"] == recorded
+        text = run_cli("info", where).stdout
+        assert f"started from  {recorded} (train --init-from: " in text, text
+    assert "init_from" not in _info(run_cli, run)["training"] and "started from" not in run_cli("info", run).stdout
+
+
 def test_a_run_with_phases_is_described_by_its_phases(run_cli, tmp_path):
     """A run of --phase LEN:STEPS (no --num-steps, --max-length) was described by the defaults it
     never used: 'num steps 1000', 'trained at 512 tokens a sequence'."""
