@@ -408,10 +408,24 @@ def _checkpoint_folder(loaded) -> Path | None:
 
 
 def _trained_by_protrans(loaded) -> str | None:
-    """Why the model's contact head is untrained (pretrained by `protrans train` from scratch), or None."""
+    """Why the model's contact head is untrained (pretrained by `protrans train` from scratch, or
+    trained further or fine-tuned from such a model), or None."""
+    return _untrained_head(Path(str(loaded.path_or_hub_id)))
+
+
+# how many `--init-from`/finetune steps back a model's head is followed (a cycle of folders ends there)
+_ORIGINS_FOLLOWED = 16
+
+
+def _untrained_head(target: Path, depth: int = 0) -> str | None:
+    """Why the contact head of the model directory `target` is as initialised, or None. A model
+    `protrans train` pretrained from scratch (protrans_version in its config.json, no init_from)
+    never fitted it; one trained further (`--init-from`) or fine-tuned (`protrans finetune`) has
+    the head of the model it began with, which is followed where it is a local folder: a chain
+    back to a run from scratch has that run's untrained head. A published model (a hub id, or a
+    folder protrans did not write) ends the chain, as does an origin that is no longer there."""
     import json
 
-    target = Path(str(loaded.path_or_hub_id))
     config = target / "config.json"
     if not config.is_file():
         return None
@@ -419,14 +433,28 @@ def _trained_by_protrans(loaded) -> str | None:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if "protrans_version" not in data or _finetuned_from(target):
-        return None  # (a `protrans finetune` output: the head of the model it was fine-tuned from)
-    init_from = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        init_from = json.loads((target / "train_config.json").read_text(encoding="utf-8")).get("init_from")
-    if init_from:
+    if "protrans_version" not in data:
+        return None
+    finetuned = _finetuned_from(target)
+    origin, how = (finetuned, "fine-tuned by protrans finetune") if finetuned else (None, None)
+    if not finetuned:
+        train_config = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            train_config = json.loads((target / "train_config.json").read_text(encoding="utf-8"))
+        given = train_config.get("init_from") if isinstance(train_config, dict) else None
+        if not given:
+            return "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
+        resolved = train_config.get("resolved")
+        # (the absolute path train_config.json records beside init_from as given, read from the
+        # directory train ran in)
+        origin = (resolved.get("init_from") if isinstance(resolved, dict) else None) or given
+        how = "trained further by protrans train"
+    if depth >= _ORIGINS_FOLLOWED or not Path(str(origin)).is_dir():
         return None  # continued from a published model: its head came with it (warned by the caller)
-    return "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
+    reason = _untrained_head(Path(str(origin)), depth + 1)
+    if reason is None:
+        return None
+    return f"it was {how} from {origin}, which was {reason.removeprefix('it was ')}"
 
 
 def _finetuned_from(target: Path) -> str | None:

@@ -547,6 +547,45 @@ def test_a_model_trained_further_from_a_published_one_keeps_its_head_with_a_warn
     assert set(_maps(tmp_path / "c.h5")) == {"a"}
 
 
+def test_a_model_begun_from_a_run_trained_from_scratch_has_its_untrained_head_and_is_refused(run_cli, tmp_path,
+                                                                                               monkeypatch):
+    """`train --init-from` a run that protrans pretrained from scratch (and a finetune of such a
+    continuation) has that run's contact head, as initialised: only its first step back was looked
+    at, so it was taken for a published model's head, with a warning, and gave noise maps. The
+    chain is followed through train_config.json's resolved init_from (init_from is as given,
+    relative to where train ran) and finetune.json's model."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    corpus = Path(__file__).parent / "data" / "train" / "learnable.txt"
+    common = ("--corpus", corpus, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+              "--micro-batch-size", 4, "-j", 1)
+    assert run_cli("train", "--family", "esm", "--preset", "tiny", "-o", "scratch", *common).exit_code == 0
+    r = run_cli("train", "--init-from", "scratch", "-o", "further", *common)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "further" / "train_config.json").read_text())["init_from"] == "scratch"
+    # a finetune of the continuation, its OUT/model beside OUT/finetune.json
+    from protrans_cli.models import load_model
+
+    loaded = load_model(tmp_path / "further")
+    loaded.family.save_pretrained(loaded.model, loaded.tokenizer, tmp_path / "ft" / "model")
+    (tmp_path / "ft" / "finetune.json").write_text(json.dumps({"format": "protrans-finetune",
+                                                                "model": str(tmp_path / "further")}))
+    (tmp_path / "in.fa").write_text(">a\nMKTAYIAKQR\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # (init_from "scratch" names no folder from here: the resolved path does)
+    r = run_cli("contacts", tmp_path / "in.fa", "-m", tmp_path / "further", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert (f"it was trained further by protrans train from {tmp_path / 'scratch'}, which was pretrained by "
+            "protrans train, whose masked-LM objective leaves the contact head as initialised") in r.stderr
+    r = run_cli("contacts", tmp_path / "in.fa", "-m", tmp_path / "ft" / "model", "-o", tmp_path / "d.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert (f"it was fine-tuned by protrans finetune from {tmp_path / 'further'}, which was trained further by "
+            f"protrans train from {tmp_path / 'scratch'}, which was pretrained by protrans train") in r.stderr
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "d.h5").exists()
+
+
 def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_weights():
     from safetensors.torch import load_file
 
