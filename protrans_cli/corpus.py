@@ -295,12 +295,30 @@ class _Block:
         data = self.data
         if data is None:
             with open(self.path, "rb") as handle:
-                data = os.pread(handle.fileno(), self.size, self.offset)
+                data = _pread_all(handle.fileno(), self.size, self.offset)
             if self.unlink:
                 os.unlink(self.path)
             if len(data) != self.size:
                 raise InputError("file changed while it was read", path=self.name)
         return data if data.endswith(b"\n") else data + b"\n"
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    """`size` bytes of `fd` from byte `offset`, fewer only where the file ends first. One pread
+    returns at most 0x7ffff000 bytes on Linux (2 GiB less 4 KiB, whatever was asked), so a block
+    of a record over 2 GiB (one record is never cut) came back short and was called a "file
+    changed while it was read"."""
+    first = os.pread(fd, size, offset)
+    if len(first) == size or not first:
+        return first
+    parts, done = [first], len(first)
+    while done < size:
+        more = os.pread(fd, min(size - done, 1 << 30), offset + done)
+        if not more:
+            break
+        parts.append(more)
+        done += len(more)
+    return b"".join(parts)
 
 
 _CR_ONLY = ("a carriage return inside the header line: lines that end in CR alone (old Mac line endings) "

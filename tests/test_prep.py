@@ -1568,6 +1568,47 @@ def test_stopping_early_ends_the_workers_at_once():
     assert time.perf_counter() - start < 3
 
 
+def _sparse(path, at: int, data: bytes, head: bytes = b""):
+    """A file of `head`, a hole up to byte `at` and `data` there, written in a few KiB (skipped
+    where the file system has no sparse files: the hole would be written out)."""
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(at)
+        f.seek(at)
+        f.write(data)
+    if os.stat(path).st_blocks * 512 > 1 << 24:
+        os.unlink(path)
+        pytest.skip("no sparse files on this file system")
+    return path
+
+
+def test_blocks_past_4_gib_are_cut_and_read_at_their_byte(tmp_path):
+    # UniRef50's FASTA is ~25 GB: a worker reads its block by a byte offset past 2**32 (os.pread)
+    from protrans_cli.corpus import _Block, _plain_blocks
+
+    at = 5 * 2**30
+    tail = b">b\nMK\n>c\nML\n"
+    path = _sparse(tmp_path / "big.fa", at - 1, b"\n" + tail, head=b">a\nM\n")
+    blocks = list(_plain_blocks(str(path), at - 16, 0, "big.fa"))
+    assert [(b.offset, b.size) for b in blocks] == [(0, at), (at, len(tail))]
+    assert blocks[1].load() == tail
+    assert _Block(None, "big.fa", 0, 0, str(path), at + 6, len(tail) - 6).load() == b">c\nML\n"
+
+
+def test_a_block_is_read_whole_where_one_pread_returns_less(tmp_path, monkeypatch):
+    # Linux's pread returns at most 0x7ffff000 bytes: the block of a record over 2 GiB came back
+    # short and was "file changed while it was read". Here a pread of at most 5 bytes stands in.
+    from protrans_cli.corpus import _Block
+
+    data = b">a\n" + b"MKV" * 100 + b"\n"
+    (tmp_path / "a.fa").write_bytes(b"xx" + data)
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, offset: real(fd, min(n, 5), offset))
+    assert _Block(None, "a.fa", 1, 0, str(tmp_path / "a.fa"), 2, len(data)).load() == data
+    with pytest.raises(InputError, match="file changed while it was read"):  # (the file ends first)
+        _Block(None, "a.fa", 1, 0, str(tmp_path / "a.fa"), 2, len(data) + 9).load()
+
+
 def test_an_output_that_is_a_directory_is_a_usage_error(run_cli, tmp_path):
     # (exit 1 as bad input, where a missing directory was already exit 2)
     fasta = tmp_path / "a.fa"

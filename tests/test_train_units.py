@@ -2443,6 +2443,57 @@ def test_a_member_that_is_not_one_falls_back_to_reading_the_file_to_the_position
     assert state.at.member == 0 and [r for _, _, r in iter_proteins([str(path)], state.at)] == every[300:]
 
 
+def _sparse_corpus(path, at: int, data: bytes, head: bytes = b""):
+    """A file of `head`, a hole up to byte `at` and `data` there, written in a few KiB (skipped
+    where the file system has no sparse files: the hole would be written out)."""
+    import os
+
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(at)
+        f.seek(at)
+        f.write(data)
+    if os.stat(path).st_blocks * 512 > 1 << 24:
+        os.unlink(path)
+        pytest.skip("no sparse files on this file system")
+    return str(path)
+
+
+def test_a_position_past_4_gib_resumes_there_and_survives_the_checkpoint(tmp_path):
+    # UniRef50's corpus is ~35 GB: a checkpoint's cursor names a byte past 2**32 of a plain
+    # file, or a member past 2**32 of a .gz whose text is past 2**32 too. (The holes of these
+    # sparse files read as NUL bytes, which a resume never reads: it seeks past them.)
+    import gzip
+
+    from protrans_cli.training import checkpoint as ckpt
+    from protrans_cli.training.data import Cursor, corpus_fingerprint, iter_proteins
+
+    at = 5 * 2**30
+    plain = _sparse_corpus(tmp_path / "c.txt", at - 1, b"\nA C D\n\nE F\n", head=b"M K\n\n")
+    cursor = Cursor()
+    start = Cursor(file=0, offset=at, line=3, proteins=1)
+    assert list(iter_proteins([plain], start, cursor)) == [(plain, 4, "ACD"), (plain, 6, "EF")]
+    assert (cursor.offset, cursor.line, cursor.proteins) == (at + 11, 6, 3)
+    assert corpus_fingerprint([plain])[0]["size"] == at + 11
+
+    # a member at file byte `at` whose text begins at text byte 2 * at (members before it: not read)
+    packed = _sparse_corpus(tmp_path / "c.txt.gz", at, gzip.compress(b"A C D\n\nE F\n\nG\n"),
+                            head=gzip.compress(b"M K\n\n"))
+    start = Cursor(file=0, offset=2 * at + 6, line=40, proteins=7, member=at, member_text=2 * at)
+    got = list(iter_proteins([packed], start, cursor))
+    assert got == [(packed, 42, "EF"), (packed, 44, "G")]
+    assert (cursor.offset, cursor.line, cursor.proteins, cursor.member, cursor.member_text) == \
+        (2 * at + 14, 44, 9, at, 2 * at)
+
+    # through the checkpoint's file (torch.save, read back with weights_only) and its checks
+    state = StreamState(epoch=1, buffer_start=17 * 10**9, batches_done=3, at=cursor.copy())
+    torch.save({"data": state.to_dict()}, tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)["data"]
+    assert ckpt._data_state_problem(saved) is None
+    assert StreamState.from_dict(saved) == state
+    assert [r for _, _, r in iter_proteins([packed], StreamState.from_dict(saved).at)] == []
+
+
 def test_member_reader_reads_what_gzip_reads(tmp_path):
     # empty members, zero padding after the last or between two (gzip takes both), a cut
     # member, data after the last that is not a member
