@@ -413,74 +413,33 @@ def _trained_by_protrans(loaded) -> str | None:
     return _untrained_head(Path(str(loaded.path_or_hub_id)))
 
 
-# how many `--init-from`/finetune steps back a model's head is followed (a cycle of folders ends there)
-_ORIGINS_FOLLOWED = 16
-
-
-def _untrained_head(target: Path, depth: int = 0) -> str | None:
+def _untrained_head(target: Path) -> str | None:
     """Why the contact head of the model directory `target` is as initialised, or None. A model
     `protrans train` pretrained from scratch (protrans_version in its config.json, no init_from)
     never fitted it; one trained further (`--init-from`) or fine-tuned (`protrans finetune`) has
     the head of the model it began with, which is followed where it is a local folder: a chain
     back to a run from scratch has that run's untrained head. A published model (a hub id, or a
     folder protrans did not write) ends the chain, as does an origin that is no longer there."""
-    import json
+    from protrans_cli.origins import chain_of_origins, from_scratch
 
-    config = target / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if "protrans_version" not in data:
-        return None
-    finetuned = _finetuned_from(target)
-    origin, how = (finetuned, "fine-tuned by protrans finetune") if finetuned else (None, None)
-    if not finetuned:
-        train_config = None
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            train_config = json.loads((target / "train_config.json").read_text(encoding="utf-8"))
-        given = train_config.get("init_from") if isinstance(train_config, dict) else None
-        if not given:
-            return "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
-        resolved = train_config.get("resolved")
-        # (the absolute path train_config.json records beside init_from as given, read from the
-        # directory train ran in)
-        origin = (resolved.get("init_from") if isinstance(resolved, dict) else None) or given
-        how = "trained further by protrans train"
-    if depth >= _ORIGINS_FOLLOWED or not Path(str(origin)).is_dir():
+    chain = chain_of_origins(target)
+    if not from_scratch(chain):
         return None  # continued from a published model: its head came with it (warned by the caller)
-    reason = _untrained_head(Path(str(origin)), depth + 1)
-    if reason is None:
-        return None
-    return f"it was {how} from {origin}, which was {reason.removeprefix('it was ')}"
-
-
-def _finetuned_from(target: Path) -> str | None:
-    """The model that the `protrans finetune` output `target` (OUT/model, beside OUT/finetune.json)
-    was fine-tuned from, or None."""
-    import json
-
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        data = json.loads((target.parent / "finetune.json").read_text(encoding="utf-8"))
-        if target.name == "model" and data.get("format") == "protrans-finetune":
-            return str(data.get("model") or "an unrecorded model")
-    return None
+    reason = "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
+    for step in reversed(chain[:-1]):
+        reason = f"it was {step.how} from {step.origin}, which was {reason.removeprefix('it was ')}"
+    return reason
 
 
 def _continued_from(loaded) -> str | None:
     """How a model of protrans came by a published model's contact head (a warning's words), or None."""
-    import json
+    from protrans_cli.origins import FINETUNED, step_of
 
-    target = Path(str(loaded.path_or_hub_id))
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        if "protrans_version" in json.loads((target / "config.json").read_text(encoding="utf-8")):
-            if (origin := _finetuned_from(target)):
-                return f"fine-tuned by protrans finetune from {origin}"
-            if (origin := json.loads((target / "train_config.json").read_text(encoding="utf-8")).get("init_from")):
-                return f"trained further by protrans train from {origin}"
-    return None
+    step = step_of(Path(str(loaded.path_or_hub_id)))
+    if step is None or not step.origin:
+        return None
+    # (--init-from as given: the name of the published model, not the path it resolved to)
+    return f"{step.how} from {step.origin if step.how == FINETUNED else step.train_config['init_from']}"
 
 
 # --- the command ---------------------------------------------------------------------------

@@ -613,24 +613,33 @@ def _trained_residues(loaded, special_tokens: int) -> tuple[int, str] | None:
     """The longest protein a model saw whole in training, and how that is known: a model of
     `protrans train` records its crops (the longest phase, in tokens) in train_config.json;
     ESM-2's rotary positions were trained on crops of 1024 tokens (its config's position count
-    less the padding offset). None where it is not known (a published checkpoint of another family,
-    or a run that began from another model: `--init-from`)."""
-    import json
+    less the padding offset). A run that began from another (`train --init-from`) saw the longest
+    crops of its chain of origins, followed back to the run from scratch it ends at (an init run
+    of 32-token crops from a run of 64: 64). None where it is not known (a published checkpoint of
+    another family, a chain that reaches a published model, a fine-tuned one or a missing folder)."""
     from pathlib import Path
 
-    where = Path(str(getattr(loaded, "path_or_hub_id", "")))
-    try:
-        config = json.loads((where / "train_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = None
-    if isinstance(config, dict):
-        if config.get("init_from"):
-            return None
-        try:
-            lengths = [int(p["max_length"]) for p in config.get("phases") or []] or [int(config["max_length"])]
-        except (KeyError, TypeError, ValueError):
-            return None
-        return max(lengths) - special_tokens, f"crops of {max(lengths)} tokens, train_config.json"
+    from protrans_cli.origins import FINETUNED, chain_of_origins
+
+    chain = chain_of_origins(Path(str(getattr(loaded, "path_or_hub_id", ""))))
+    if chain and chain[0].train_config is not None:
+        longest: tuple[int, Path] | None = None
+        for step in chain:
+            config = step.train_config
+            if config is None or step.how == FINETUNED or (config.get("init_from") and step.origin is None):
+                return None  # (lengths not recorded; a published model's init_from, its crops unknown)
+            try:
+                lengths = [int(p["max_length"]) for p in config.get("phases") or []] or [int(config["max_length"])]
+            except (KeyError, TypeError, ValueError):
+                return None
+            if longest is None or max(lengths) > longest[0]:
+                longest = (max(lengths), step.folder)
+        if chain[-1].origin is not None or longest is None:
+            return None  # the chain reaches a published model, a folder no longer there, or its limit
+        tokens, folder = longest
+        where = ("train_config.json" if folder == chain[0].folder
+                 else f"{folder / 'train_config.json'}, a run it was trained further from")
+        return tokens - special_tokens, f"crops of {tokens} tokens, {where}"
     model_config = getattr(loaded.model, "config", None)
     positions = getattr(model_config, "max_position_embeddings", None)
     if getattr(model_config, "position_embedding_type", None) == "rotary" and isinstance(positions, int):

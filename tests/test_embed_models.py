@@ -1703,6 +1703,51 @@ def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, t
     assert _trained_residues(loaded, 2) == (1022, "crops of 1024 tokens")
 
 
+def test_a_run_begun_from_a_run_of_protrans_warns_with_the_crops_of_its_chain(tiny_models, tmp_path, run_cli):
+    """`train --init-from` a run of 64-token crops took proteins of 100 residues without a word
+    (a run that began from another model was taken as "not known"): the chain of origins is
+    followed, as contacts does, to the run from scratch it ends at, and the longest crops of the
+    chain are what the model saw whole. A chain that reaches a published model stays unknown."""
+    import json
+    import shutil
+
+    from protrans_cli.embedders import _trained_residues
+
+    def run(name, train_config):
+        model = tmp_path / name
+        shutil.copytree(tiny_models["bert"], model)
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, "protrans_version": "0.1.0"}))
+        (model / "train_config.json").write_text(json.dumps(train_config))
+        return model
+
+    scratch = run("scratch", {"max_length": 64, "phases": [], "init_from": None})
+    further = run("further", {"max_length": 32, "phases": [], "init_from": "scratch",
+                              "resolved": {"init_from": str(scratch)}})
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">long\n" + "MKTAYIAKQR" * 10 + "\n")
+    r = run_cli("embed", fasta, "-m", further, "-o", tmp_path / "a.h5")
+    assert r.exit_code == 0, r.stderr
+    assert (f"its longest protein has 100 residues, more than the 62 that {further} saw whole in training (crops of "
+            f"64 tokens, {scratch / 'train_config.json'}, a run it was trained further from)") in r.stderr
+    # two steps back; the continuation's own crops where they are the longest
+    again = run("again", {"max_length": 80, "phases": [], "init_from": str(further)})
+    loaded = types_namespace(path_or_hub_id=str(again))
+    assert _trained_residues(loaded, 2) == (78, "crops of 80 tokens, train_config.json")
+    # a chain that reaches a published model (or a folder no longer there): not known, as before
+    (scratch / "train_config.json").write_text(json.dumps({"max_length": 64, "init_from": "prot_bert"}))
+    assert _trained_residues(types_namespace(path_or_hub_id=str(further)), 2) is None
+    shutil.rmtree(scratch)
+    assert _trained_residues(types_namespace(path_or_hub_id=str(further)), 2) is None
+    assert "saw whole in training" not in run_cli("embed", fasta, "-m", further, "-o", tmp_path / "b.h5").stderr
+
+
+def types_namespace(**fields):
+    import types
+
+    return types.SimpleNamespace(model=types.SimpleNamespace(config=None), **fields)
+
+
 def test_the_training_crops_warning_names_max_length_only_when_given(capsys):
     """Without --max-length the limit a protein is cut at is the model's own (a BERT's table): the
     warning said "(2,046 at most under --max-length 2046)" to a user who gave no --max-length."""
