@@ -47,6 +47,7 @@ import contextlib
 import json
 import numbers
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -716,13 +717,18 @@ def _nothing_kept(exc: ProtransError, work: Path, output_dir: str, kept: str | N
         if any(word in clause for word in (*RESUME_WORDS, inside)):
             break
         clauses.append(clause)
+    first = exc.message.split("; ")[0]
+    if not clauses and not any(word in first for word in (*RESUME_WORDS, " kept in ")):  # (not advice)
+        # (the first part, the problem, named a file inside PARTIAL: said of OUTPUT_DIR, not left
+        # out, which left the message empty before "; nothing was kept")
+        clauses = [re.sub(re.escape(inside) + r"[^\s:;,)]*", lambda _: output_dir, first)]
     if kept is not None:
         exc.message = "; ".join(clauses + [kept, again_with_resume()])
         return
     remedy = ("raise the limit" if "file-size limit" in exc.message else "free some space" if "no room" in exc.message
               else "remove the cause")
-    exc.message = "; ".join(clauses) + (f"; nothing was kept (no protein had been computed): {remedy} and "
-                                        + option("run it again", "call it again"))
+    exc.message = "; ".join(clauses + [f"nothing was kept (no protein had been computed): {remedy} and "
+                                       + option("run it again", "call it again")])
 
 
 @contextlib.contextmanager

@@ -1086,6 +1086,29 @@ def test_esm_extract_leaves_out_embeds_resume_advice_in_a_library_callers_words_
                     "been computed): remove the cause and " + ("run it again" if at_command_line else "call it again"))
 
 
+@pytest.mark.parametrize("kept", [None, "3 of 5 proteins computed are kept in WORK"])
+def test_esm_extract_keeps_a_problem_that_names_a_file_in_its_working_folder(tmp_path, kept):
+    # (the first part of the message, the problem itself, named a file inside the working folder:
+    # it was dropped with the advice after it, leaving "; nothing was kept ..." or no problem at all)
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.esm_extract import _nothing_kept
+
+    work, out = tmp_path / "work", str(tmp_path / "out")
+    failure = RuntimeFailure(f"cannot write {work / 'embeddings.h5.partial'}: no room on the device; what was "
+                             f"computed is kept in {work / 'embeddings.h5.partial'}; run the same command with --resume")
+    _nothing_kept(failure, work, out, kept)
+    said = str(failure)
+    if kept is None:
+        assert said == (f"cannot write {out}: no room on the device; nothing was kept (no protein had been "
+                        "computed): free some space and call it again"), said
+    else:
+        assert said == f"cannot write {out}: no room on the device; {kept}; call again with resume=True", said
+    # advice alone, no problem before it: the message starts with what is true, not "; "
+    failure = RuntimeFailure(f"what was computed is kept in {work}; run the same command with --resume")
+    _nothing_kept(failure, work, out)
+    assert str(failure).startswith("nothing was kept (no protein had been computed): "), str(failure)
+
+
 LEARNABLE = str(Path(__file__).parent / "data" / "train" / "learnable.txt")
 
 
