@@ -281,6 +281,30 @@ def test_a_model_not_there_is_refused_before_the_labels_are_read(run_cli, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loc.fa"]
 
 
+def test_a_read_only_output_folder_is_said_in_every_commands_words(data, run_cli, tmp_path, monkeypatch):
+    """finetune said "<folder>: cannot write here (Permission denied)" where every other command
+    says "permission denied: no file can be created in this folder" (fit's lock of OUT.partial/).
+    (Root writes anywhere: the folder's mkdir is what the test refuses.)"""
+    import errno
+    from pathlib import Path
+
+    closed = tmp_path / "ro"
+    closed.mkdir()
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent == closed:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1", *FAST,
+                "-o", closed / "ft")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {closed}: permission denied: no file can be created "
+                                             "in this folder (read-only, or not yours to write)\n"), r.stderr
+    assert os.listdir(closed) == []
+
+
 def test_refusals(finetuned, data, run_cli, tmp_path):
     base = ["-m", data / "bert", "--max-epochs", "1", *FAST]
     r = run_cli("finetune", "nope", "--labels", data / "train.csv", "-o", tmp_path / "a", *base)

@@ -1356,6 +1356,30 @@ def test_a_second_fit_on_a_head_in_the_making_is_refused(run_cli, ss_data, tmp_p
                 pass
 
 
+def test_a_read_only_output_folder_is_said_in_every_commands_words(run_cli, loc_data, tmp_path, monkeypatch):
+    """fit said "<folder>: cannot write here (Permission denied)" where every other command says
+    "permission denied: no file can be created in this folder". (Root writes anywhere: the folder's
+    mkdir is what the test refuses.)"""
+    import errno
+    from pathlib import Path
+
+    closed = tmp_path / "ro"
+    closed.mkdir()
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent == closed:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--max-epochs", "1", "-j", "1", "-o", closed / "loc")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {closed}: permission denied: no file can be created "
+                                             "in this folder (read-only, or not yours to write)\n"), r.stderr
+    assert os.listdir(closed) == []
+
+
 @pytest.mark.parametrize("kind, words", [("fifo", "a named pipe"), ("file", "a regular file"),
                                          ("link to nothing", "a symbolic link")])
 def test_something_other_than_a_folder_called_head_partial_is_named_in_one_line(run_cli, loc_data, tmp_path, kind,

@@ -415,6 +415,10 @@ def folder_lock(folder, busy: str):
                                  f"an unfinished run keeps its state in a folder of this name, the output's with "
                                  f"'{folder.suffix}' added (choose a shorter {option('-o', 'out_dir')})",
                                  path=str(folder)) from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                # (fit's and finetune's words for a read-only folder were "cannot write here
+                # (Permission denied)"; every other command's these)
+                raise no_file_here(folder.parent) from None
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
         return os.open(folder, os.O_RDONLY)
 
@@ -1107,9 +1111,15 @@ def output_directory(path) -> Path:
     if not os.path.lexists(path) and not os.access(directory, os.W_OK | os.X_OK):
         # (a read-only mount, or another user's folder: found when the output was written, after
         # the work (a t-SNE map, a variant scan) was done)
-        raise RuntimeFailure("permission denied: no file can be created in this folder (read-only, or not "
-                             "yours to write)", path=str(directory))
+        raise no_file_here(directory)
     return directory
+
+
+def no_file_here(directory) -> RuntimeFailure:
+    """A folder no file can be created in (a read-only mount, another user's folder), in the one
+    wording of every command."""
+    return RuntimeFailure("permission denied: no file can be created in this folder (read-only, or not yours to "
+                          "write)", path=str(directory))
 
 
 def bare_name(path) -> str:
