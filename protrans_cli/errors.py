@@ -96,6 +96,26 @@ def brief_path(path, after: str = "") -> str:
     return f"{path[:SHOWN]}...{path[-SHOWN:]}{after} ({len(path):,} characters)"
 
 
+def name_too_long(path) -> str:
+    """A path the file system refused as too long (ENAMETOOLONG), as a message says it: its length
+    counted in bytes, as the limit is (a name of 255 bytes, NAME_MAX; a whole path of 4,096,
+    PATH_MAX), where a long path's shortened form said "(263 characters)" and a name of
+    accented letters, 137 characters and 263 bytes, no length at all."""
+    import os
+
+    path = str(path)
+    name = os.path.basename(path.rstrip(os.sep)) or path
+    limit, what, length = 255, "a name", len(os.fsencode(name))
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(os.path.dirname(os.path.abspath(path)) or os.sep, "PC_NAME_MAX")
+    if length <= limit:  # (each name fits: the whole path is what is too long)
+        what, length, limit = "a path", len(os.fsencode(path)), 4096
+        with contextlib.suppress(OSError, ValueError):
+            limit = os.pathconf(os.sep, "PC_PATH_MAX")
+    shown = path if len(path) <= LONGEST_WORD else f"{path[:SHOWN]}...{path[-SHOWN:]}"
+    return f"{shown}: File name too long ({what} of {length:,} bytes, more than the {limit:,} the file system takes)"
+
+
 def bounded(message: str, *, newlines: bool = False) -> str:
     """`message` as a message line shows it: its control characters and hidden characters escaped
     (`escaped`), then any run of more than LONGEST_WORD characters without a space shown as

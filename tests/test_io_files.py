@@ -1563,6 +1563,26 @@ def test_a_bind_mount_of_the_same_file_system_is_a_mount_point(tmp_path, monkeyp
     assert not files.is_mount_point(str(mount))
 
 
+def test_a_name_too_long_is_counted_in_bytes_as_the_limit_is(run_cli, tmp_path, monkeypatch):
+    """"X.partial (263 characters): File name too long" counted characters (the shortened path's
+    note), and a name of accented letters (134 characters, 264 bytes) got no length at all: the
+    file system's limit, NAME_MAX, is 255 bytes. The name's bytes are said, and the limit."""
+    from protrans_cli.errors import name_too_long
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.fa").write_text(">a\nMKV\n")
+    for name in ("é" * 130 + ".txt", "a" * 252 + ".txt"):
+        r = run_cli("prep", "x.fa", "-o", name)
+        shown = name if len(name) <= 250 else f"{name[:100]}...{name[-100:]}"
+        assert r.exit_code == 1 and r.stderr == (f"protrans: error: {shown}: File name too long (a name of "
+                                                 f"{len(os.fsencode(name))} bytes, more than the 255 the file system "
+                                                 "takes)\n"), r.stderr
+        assert "characters" not in r.stderr
+    # each name within the limit, the whole path over PATH_MAX: the path's bytes
+    deep = "/".join(["d" * 200] * 25)
+    assert name_too_long(deep).endswith(f"(a path of {len(deep):,} bytes, more than the 4,096 the file system takes)")
+
+
 def test_an_output_name_of_255_bytes_is_written_and_replaced(run_cli, tmp_path):
     """A temporary named `.NAME.<host>.<pid>-XXXXXXXX.tmp` beside an output of a long but valid
     name (200 bytes or more) passed the file system's 255: prep, labels, export, perplexity...

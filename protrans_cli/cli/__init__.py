@@ -832,6 +832,11 @@ def _main(console, argv):
             _quiet_broken_pipe()
         if console.state.debug:
             raise
+        if exc.errno == errno.ENAMETOOLONG and getattr(exc, "filename", None):  # (in bytes, as the limit)
+            from protrans_cli.errors import name_too_long
+
+            console.error(name_too_long(exc.filename))
+            sys.exit(1)
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         console.error(f"{name}{exc.strerror or str(exc) or type(exc).__name__}")  # never an empty line
         sys.exit(1)
