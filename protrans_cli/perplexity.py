@@ -94,7 +94,11 @@ class PerplexityOptions:
         if self.threads is not None:
             check_threads(self.threads)
         if self.per_residue is not None and (not isinstance(self.per_residue, (str, Path)) or not str(self.per_residue)):
-            raise UsageError(f"per_residue is the path of a table (or '-' for stdout), got "
+            # (the option named as its reader gives it: "per_residue is ..." at the command line)
+            named = option("--per-residue", "per_residue")
+            if isinstance(self.per_residue, str):
+                raise UsageError(f"{named} is empty: give the path of a table (or '-' for stdout)")
+            raise UsageError(f"{named} is the path of a table (or '-' for stdout), got "
                              f"{type(self.per_residue).__name__} {self.per_residue!r:.40}")
 
 

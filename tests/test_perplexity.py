@@ -446,6 +446,13 @@ def test_per_residue_refusals_leave_no_output(run_cli, tmp_path, tiny_models):
 
     with pytest.raises(UsageError, match="per_residue"):
         PerplexityOptions(model=str(model), per_residue=3).validate()
+    # an empty --per-residue: the option named as the command line gives it ("per_residue is the
+    # path of a table ..., got str ''" named the Python argument), and to a library call its keyword
+    r = run_cli("perplexity", fasta, "-m", model, "-o", out, "--per-residue", "")
+    assert r.exit_code == 2 and r.stderr == ("protrans: error: --per-residue is empty: give the path of a table (or "
+                                             "'-' for stdout)\n") and not out.exists(), r.stderr
+    with pytest.raises(UsageError, match=r"^per_residue is empty: give the path of a table"):
+        PerplexityOptions(model=str(model), per_residue="").validate()
 
 
 def test_the_scorers_likelihoods_are_the_sums_of_its_per_residue_values(tiny_models):
