@@ -449,7 +449,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
     """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/embed.md, "Contact maps").
     `on_load`: called with the model it loads (not given `predictor`), once the input is checked:
     esm-extract embeds with it next instead of loading it again."""
-    from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
+    from protrans_cli.embed import _refuse_live_outputs, _spool_input, is_stream, refuse_inside_model
     from protrans_cli.io.files import (checked_hdf5_output, display_name, hdf5_output_in_use, input_named_by,
                                        output_lock, refuse_other_format_name)
     from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_non_file, refuse_replacing_other_file
@@ -465,14 +465,11 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
     output = checked_hdf5_output(output, "the contact maps", compressed_hint=f" ({compress} compresses its arrays)",
                                  directory_hint=f" (give {option('-o', 'output')} a file name, such as "
                                                 f"{Path(output) / 'contacts.h5'})")
-    model_path = _model_directory(options.model)
     for target in (output, partial_path(output)):
         if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another "
                              f"{option('-o', 'output')})")
-        if model_path and input_named_by(target, (), directories=(str(model_path),)):
-            raise UsageError(f"{target} is inside the model directory {model_path}: writing it could replace the "
-                             f"model's files (choose another {option('-o', 'output')})")
+        refuse_inside_model(target, (options.model,), "-o", "output")
     refuse_other_format_name(output, "-o", "the contact maps", keyword="output")
     with output_lock(output, hdf5_output_in_use()):
         refuse_non_file(partial_path(output))  # (before the model loads: a named pipe there hung the run for ever)

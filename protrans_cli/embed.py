@@ -1202,11 +1202,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
                              f"{option('-o', 'output')})")
         # (only a model directory: a folder that merely bears the model's name, `onehot/` or
         # `prot_bert/` without config.json, holds nothing of the model)
-        model_path = _model_directory(options.model)
-        model_dir = input_named_by(target, (), directories=(str(model_path),) if model_path else ())
-        if model_dir:
-            raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
-                             f"model's files (choose another {option('-o', 'output')})")
+        refuse_inside_model(target, (options.model,), "-o", "output")
     refuse_other_format_name(output, "-o", "the embeddings", keyword="output")
     if options.reuse:
         from protrans_cli.embed_reuse import check_reuse_paths
@@ -1935,6 +1931,20 @@ def _model_directory(name) -> Path | None:
     name or a hub id (a folder that merely bears such a name holds no model)."""
     path = Path(str(name)).expanduser()
     return path if name != ONEHOT and (path / "config.json").is_file() else None
+
+
+def refuse_inside_model(path, models, flag: str, keyword: str) -> None:
+    """UsageError for an output `path` inside the directory of one of `models` (-m names: only a
+    model directory counts, `_model_directory`'s): embed's and contacts' -o, and perplexity's,
+    generate's, variants' and translate's outputs (`perplexity -m run -o run/config.json`
+    replaced the model's config with the table, and every later run on that model failed with
+    "config.json is not a valid JSON file")."""
+    from protrans_cli.io.files import input_named_by
+
+    directories = tuple(str(d) for d in map(_model_directory, models) if d is not None)
+    if path not in (None, "-") and (model_dir := input_named_by(path, (), directories=directories)):
+        raise UsageError(f"{path} is inside the model directory {model_dir}: writing it could replace the model's "
+                         f"files (choose another {option(flag, keyword)})")
 
 
 def model_attr(name: str) -> str:

@@ -1277,20 +1277,6 @@ def unit_output_lock(target, to_file: bool):
                                f"or choose another {option('-o', 'output')}")
 
 
-def refuse_inside_model(path, models, flag: str, keyword: str) -> None:
-    """UsageError for an output `path` inside the directory of one of `models` (-m names: only a
-    model directory counts, as embed's check): `perplexity -m run -o run/config.json` replaced
-    the model's config with the table (generate, variants and translate alike), and every later
-    run on that model failed with "config.json is not a valid JSON file"."""
-    from protrans_cli.embed import _model_directory
-    from protrans_cli.io.files import input_named_by
-
-    directories = tuple(str(d) for d in map(_model_directory, models) if d is not None)
-    if path not in (None, "-") and (model_dir := input_named_by(path, (), directories=directories)):
-        raise UsageError(f"{path} is inside the model directory {model_dir}: writing it could replace the model's "
-                         f"files (choose another {option(flag, keyword)})")
-
-
 def resumable_output(output, resume: bool, inputs=(), models=()) -> str | None:
     """The checks of an output whose finished work is kept beside it for --resume (UnitStore:
     variants, perplexity, generate, translate), before any work: an input it would replace, a
@@ -1298,6 +1284,7 @@ def resumable_output(output, resume: bool, inputs=(), models=()) -> str | None:
     and --resume for stdout or a special file (a device or pipe, `-o >(gzip > x.gz)`,
     /dev/stdout: its folder, /dev/fd or /dev, cannot hold FILE.partial/), which keep none.
     Returns io.files.special_output(output) (None for a regular file or stdout)."""
+    from protrans_cli.embed import refuse_inside_model
     from protrans_cli.io.files import input_named_by, output_directory, special_output
 
     if output in (None, "-"):
@@ -1353,6 +1340,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         if len(wild_types) > 1:
             raise UsageError(f"{option('--plot', 'plot')} draws one wild type's scan; {fasta} holds {len(wild_types)} "
                              f"(pick one with {option('--id', 'record_id')})")
+        from protrans_cli.embed import refuse_inside_model
         from protrans_cli.io.files import names_stdout, refuse_special_output, same_file
 
         refuse_special_output(options.plot, "--plot", "the heatmap", keyword="plot")
