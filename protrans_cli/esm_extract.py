@@ -495,7 +495,7 @@ def _check_fasta(fasta) -> None:
 
 def _output_folder(output_dir) -> Path:
     """OUTPUT_DIR: a folder, or a path where one can be made (esm-extract makes it, parents too)."""
-    from protrans_cli.io.files import folder_can_be_made, through_link
+    from protrans_cli.io.files import folder_can_be_made, no_file_here, through_link
 
     text = str(output_dir)
     if text in ("", "-"):
@@ -505,7 +505,7 @@ def _output_folder(output_dir) -> Path:
         raise UsageError("exists and is not a folder (esm-extract writes a folder of .pt files)", path=text)
     folder_can_be_made(folder)
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise RuntimeFailure("permission denied: no file can be written in this folder", path=text)
+        raise no_file_here(text)
     return folder
 
 

@@ -724,7 +724,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_run
         str(p).endswith("locked") and mode & os.W_OK))
     r = run_cli("esm-extract", model_dir, fasta, tmp_path / where, "--include", "mean", "contacts")
     said = {"afile": "is a file", "afile/sub": f"{tmp_path / 'afile'}: is not a directory, so no folder can go inside",
-            "locked": f"{tmp_path / 'locked'}: permission denied: no file can be written in this folder"}[where]
+            "locked": f"{tmp_path / 'locked'}: permission denied: no file can be created in this folder"}[where]
     assert r.exit_code in (1, 2) and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "esm2_tiny", "in.fa", "locked"]
     assert not any((tmp_path / "locked").iterdir())
