@@ -352,15 +352,35 @@ def model_identities(loaded) -> list[str]:
     """The names that identify `loaded`'s model (refuse_esm1v's): its short name, the last part of
     its hub id (not the organisation's), or for a directory its own name (a cache snapshot's: its
     repository's) and the last part of config.json's `_name_or_path` (where transformers before 5
-    recorded what the model was loaded from)."""
-    import json
+    recorded what the model was loaded from); and so for each model of its chain of origins
+    (`train --init-from`, `finetune`: their contact head is its own, and finetune's OUT/model is
+    named `model` whatever it was fine-tuned from)."""
+    from protrans_cli.origins import chain_of_origins
 
     names = [loaded.checkpoint.name] if loaded.checkpoint is not None else []
     target = Path(str(loaded.path_or_hub_id)).expanduser()
     if not target.is_dir():
-        return [*names, str(loaded.path_or_hub_id).rstrip("/").rsplit("/", 1)[-1]]
+        return [*names, _last_part(str(loaded.path_or_hub_id))]
+    names += _folder_identities(target)
+    chain = chain_of_origins(target)
+    for step in chain[1:]:
+        names += _folder_identities(step.folder)
+    if chain and chain[-1].origin is not None and not Path(chain[-1].origin).is_dir():
+        names.append(_last_part(chain[-1].origin))  # (a short name, a hub id, a folder no longer there)
+    return names
+
+
+def _last_part(name: str) -> str:
+    """A hub id's repository name (not the organisation's), a path's last folder."""
+    return re.split(r"[/\\]", name.rstrip("/\\"))[-1]
+
+
+def _folder_identities(target: Path) -> list[str]:
+    """model_identities' names of the model directory `target`."""
+    import json
+
     folder = target.resolve()
-    names.append(folder.name)
+    names = [folder.name]
     if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
         # (a snapshot of the Hugging Face cache, named by its commit: the repository's is the model's)
         names.append(folder.parent.parent.name.rsplit("--", 1)[-1])
@@ -369,7 +389,7 @@ def model_identities(loaded) -> list[str]:
     except (OSError, ValueError, AttributeError):
         recorded = None  # (load_model read it; a config it cannot read here says nothing of the name)
     if isinstance(recorded, str) and recorded.strip("/\\"):
-        names.append(re.split(r"[/\\]", recorded.rstrip("/\\"))[-1])
+        names.append(_last_part(recorded))
     return names
 
 

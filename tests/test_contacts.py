@@ -413,6 +413,32 @@ def test_esm_1v_is_told_by_the_models_own_names_not_a_parent_folders(run_cli, tm
     assert model_identities(SimpleNamespace(checkpoint=None, path_or_hub_id="esm1v-lab/esm2_small")) == ["esm2_small"]
 
 
+def test_esm_1v_is_told_through_the_chain_of_origins(run_cli, tmp_path):
+    """A model fine-tuned (or trained further) from ESM-1v has ESM-1v's unfitted contact head:
+    finetune's OUT/model is named `model` whatever it began with, and transformers 5 records no
+    `_name_or_path`, so its own names say nothing of ESM-1v (its path, with "esm1v" in a parent
+    folder, refused it before the model's own names alone decided). Its origins' names decide too."""
+    import json
+
+    from protrans_cli.models import load_model
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    esm1v = tmp_path / "esm1v_t33_650M_UR90S_1"
+    shutil.copytree(REFERENCES["esm1b"], esm1v)
+    loaded = load_model(REFERENCES["esm1b"])
+    for origin in (str(esm1v), "facebook/esm1v_t33_650M_UR90S_2"):  # (a local folder; a hub id)
+        out_dir = tmp_path / f"ft{len(origin)}"
+        loaded.family.save_pretrained(loaded.model, loaded.tokenizer, out_dir / "model")
+        config = json.loads((out_dir / "model" / "config.json").read_text())
+        config.pop("_name_or_path", None)
+        (out_dir / "model" / "config.json").write_text(json.dumps(config))
+        (out_dir / "finetune.json").write_text(json.dumps({"format": "protrans-finetune", "model": origin}))
+        r = run_cli("contacts", fasta, "-m", out_dir / "model", "-o", tmp_path / "c.h5")
+        assert r.exit_code == 1 and "ESM-1v was released without" in r.stderr, r.stderr
+    assert not (tmp_path / "c.h5").exists()
+
+
 def test_a_contacts_file_is_not_read_as_embeddings(run_cli, tmp_path):
     from protrans_cli.errors import InputError
     from protrans_cli.io.h5 import EmbeddingsReader
