@@ -411,10 +411,13 @@ def folder_lock(folder, busy: str):
             if exc.errno == errno.ENAMETOOLONG:
                 # (a name the file system takes, up to 255 bytes, to which .partial is added: it said
                 # ".: cannot write here (File name too long)", blaming the folder)
-                raise InputError(f"cannot be made: {exc.strerror} (a name of {len(os.fsencode(folder.name))} bytes); "
-                                 f"an unfinished run keeps its state in a folder of this name, the output's with "
-                                 f"'{folder.suffix}' added (choose a shorter {option('-o', 'out_dir')})",
-                                 path=str(folder)) from None
+                # (in errors.name_too_long's words, as every other command says such a name: in bytes,
+                # with the file system's limit; a path over PATH_MAX as a path)
+                from protrans_cli.errors import name_too_long
+
+                raise InputError(f"{name_too_long(folder)}; an unfinished run keeps its state in a folder of this "
+                                 f"name, the output's with '{folder.suffix}' added (choose a shorter "
+                                 f"{option('-o', 'out_dir')})") from None
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 # (fit's and finetune's words for a read-only folder were "cannot write here
                 # (Permission denied)"; every other command's these)
