@@ -1356,7 +1356,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         if output in (None, "-") and names_stdout(options.plot):  # (`--plot v.png > v.png`: the table was lost)
             raise UsageError(f"{plot} is where stdout goes, and the table goes to stdout too: the heatmap would "
                              f"replace it (give {option('-o', 'output')} a file)")
-        output_directory(options.plot)
+        output_directory(options.plot, "--plot", "plot")
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]
         # (no table to follow: the -o name's, as predict and export take it; `-o scan.tsv` was CSV)

@@ -453,6 +453,15 @@ def test_a_full_tmpdir_for_stdout_is_one_line_naming_it(run_cli, tmp_path, monke
         "(TMPDIR): No space left on device"]
 
 
+def test_an_empty_residues_path_names_the_option(run_cli, tmp_path):
+    """`--residues ''` said "the output path is empty" beside an -o given in full."""
+    r = run_cli("from-structure", PDB, "-o", tmp_path / "s.fa", "--residues", "")
+    assert r.exit_code == 2 and r.stderr == "protrans: error: --residues is empty: give the path of a file\n", r.stderr
+    r = run_cli("from-structure", PDB, "-o", "", "--residues", tmp_path / "r.tsv")
+    assert r.exit_code == 2 and r.stderr == "protrans: error: the output path is empty\n", r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["-o", "-", "--residues", "/dev/stdout"], ["-o", "/dev/stdout", "--residues", "-"],
                                   ["--residues", "STDOUT_FILE"]])
 def test_the_fasta_and_the_map_both_on_stdout_are_refused(tmp_path, args):

@@ -883,3 +883,13 @@ def test_an_empty_output_path_is_one_line(run_cli, tmp_path, esm, args, monkeypa
     r = run_cli(args[0], "-m", esm, *args[1:], "-o", "")
     assert r.exit_code == 2 and r.stderr == "protrans: error: the output path is empty\n", r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X.fa"]
+
+
+def test_an_empty_plot_path_names_the_option(run_cli, tmp_path, esm, monkeypatch):
+    """`variants -o scan.csv --plot ''` said "the output path is empty", sending the reader to the
+    -o given in full; the empty option is named (output_directory's flag, as perplexity's
+    --per-residue '' is)."""
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("variants", "-m", esm, "--sequence", "MKTV", "--all-singles", "-o", "scan.csv", "--plot", "")
+    assert r.exit_code == 2 and r.stderr == "protrans: error: --plot is empty: give the path of a file\n", r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -53,9 +53,9 @@ def command(structures, output, residues_map, chains, complex_, threads):
     # out one after the other, into one stream)
     if residues_map is not None and (output in (None, "-") or names_stdout(output)) and names_stdout(residues_map):
         raise UsageError("the FASTA and --residues cannot both go to stdout: give one of them a file name")
-    for target in (output, residues_map):
+    for target, flag in ((output, None), (residues_map, "--residues")):
         if target not in (None, "-"):
-            output_directory(target)
+            output_directory(target, flag)
             source = input_named_by(target, structures)
             if source:
                 raise UsageError(f"{target} is also an input: writing it would replace {source} (choose another name)")

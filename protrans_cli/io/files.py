@@ -1095,10 +1095,14 @@ def _compressor(raw: BinaryIO, kind: str | None, level: int | None = None) -> Bi
     raise AssertionError(kind)
 
 
-def output_directory(path) -> Path:
+def output_directory(path, flag: str | None = None, keyword: str | None = None) -> Path:
     """The directory an output file goes to; a usage error (exit 2) when it does not exist:
-    outputs never create directories, and nothing has been read yet when this is checked."""
+    outputs never create directories, and nothing has been read yet when this is checked.
+    `flag`, `keyword`: the option of an output beside the main one (`--plot`, `--residues`), which
+    an empty path names: "the output path is empty" sent the reader to a -o given in full."""
     if str(path) == "":  # `-o "$OUT"` with OUT unset: a traceback from pathlib further on
+        if flag is not None:
+            raise UsageError(f"{option(flag, keyword or flag)} is empty: give the path of a file")
         raise UsageError("the output path is empty")
     if isinstance(path, str) and path.endswith(os.sep) and path.rstrip(os.sep):
         # `-o new.h5/` wrote a file named new.h5: a name that ends in / means a directory
