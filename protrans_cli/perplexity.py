@@ -253,9 +253,8 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     gain little and hold every sequence."""
     import tempfile
 
-    from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored
+    from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored, refuse_inside_model
     from protrans_cli.io.files import display_name, staged_outputs, streamed_output, through_link
-    from protrans_cli.embed import refuse_inside_model
     from protrans_cli.variants import UnitStore, partial_folder, resumable_output, unit_output_lock
 
     options = options or PerplexityOptions()

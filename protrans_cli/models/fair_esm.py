@@ -432,7 +432,8 @@ def checkpoint_shape(path) -> tuple[Architecture, bool]:
     """(the architecture, whether it has a contact head: a contact regression in it or beside it)
     of the fair-esm checkpoint `path`, checked as import_fair_esm checks it, nothing converted
     and no weight read: a zip archive's are mapped, an older-format file's tensors are fake ones
-    (load_checkpoint's shapes_only: 5 ms and 2 MiB for a 400 MB file, which torch.load reads whole)."""
+    (load_checkpoint's shapes_only: 0.1 s and no memory beyond torch's own for a 479 MB file, against
+    0.5 s and 455 MiB more read whole)."""
     arch, state = read_fair_esm(path, shapes_only=True)
     return arch, "contact_head.regression.weight" in state
 
