@@ -326,7 +326,8 @@ def test_export_table_says_each_residues_chain(run_cli, tmp_path):
     assert run_cli("embed", COMPLEXES, "-m", "onehot", "-o", h5, "--chains", "linker").exit_code == 0
     r = run_cli("export", h5, "-o", tmp_path / "e.tsv", "--per-residue", "--ids", COMPLEXES)
     assert r.exit_code == 0, r.stderr
-    rows = list(csv.reader(open(tmp_path / "e.tsv"), delimiter="\t"))
+    with open(tmp_path / "e.tsv", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0][:6] == ["id", "position", "residue", "chain", "chain_position", "dim_0"]
     by_id: dict = {}
     for row in rows[1:]:
@@ -341,12 +342,12 @@ def test_export_table_says_each_residues_chain(run_cli, tmp_path):
     np.testing.assert_array_equal(got, rows_of["trimer"])
     # per protein: no chain columns; a file of no complexes: the columns it always had
     assert run_cli("export", h5, "-o", tmp_path / "p.tsv").exit_code == 0
-    assert open(tmp_path / "p.tsv").readline().startswith("id\tdim_0\t")
+    assert (tmp_path / "p.tsv").read_text().startswith("id\tdim_0\t")
     plain = tmp_path / "plain.fa"
     plain.write_text(f">a\n{HEAVY}\n")
     assert run_cli("embed", plain, "-m", "onehot", "-o", tmp_path / "q.h5").exit_code == 0
     assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.csv", "--per-residue").exit_code == 0
-    assert open(tmp_path / "q.csv").readline().startswith("id,position,dim_0,")
+    assert (tmp_path / "q.csv").read_text().startswith("id,position,dim_0,")
 
 
 def test_export_esm_notes_the_chain_breaks_are_lost(run_cli, tmp_path):

@@ -1797,8 +1797,8 @@ def test_a_stacked_file_is_exported_a_block_of_rows_at_a_time(tmp_path, run_cli,
                 assert reads.count("/per_protein") == 5, (name, suffix)  # (300 rows, 64 a block)
             assert run_cli("export", tmp_path / "g.h5", *extra, "-o", tmp_path / f"g.{name}.{suffix}").exit_code == 0
         assert (tmp_path / f"s.{name}.tsv").read_text() == (tmp_path / f"g.{name}.tsv").read_text()
-        ours, theirs = np.load(tmp_path / f"s.{name}.npz"), np.load(tmp_path / f"g.{name}.npz")
-        assert (ours["ids"] == theirs["ids"]).all() and (ours["embeddings"] == theirs["embeddings"]).all()
+        with np.load(tmp_path / f"s.{name}.npz") as ours, np.load(tmp_path / f"g.{name}.npz") as theirs:
+            assert (ours["ids"] == theirs["ids"]).all() and (ours["embeddings"] == theirs["embeddings"]).all()
 
 
 def test_info_counts_a_stacked_files_proteins_by_its_rows_not_its_ids(tmp_path, run_cli, monkeypatch):

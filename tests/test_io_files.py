@@ -1283,6 +1283,10 @@ def test_a_rank_is_sent_sigterm_when_its_launcher_is_killed(tmp_path, under_torc
             os.kill(int(pid), signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        launcher.stdout.close()
 
 
 _LATE_RANK = _FLAG_ON_SIGTERM + """
@@ -1330,6 +1334,10 @@ def test_a_rank_whose_launcher_died_before_it_asked_is_sent_sigterm_at_once(tmp_
             os.kill(int(pid), signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        launcher.stdout.close()
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or not sys.platform.startswith("linux"),

@@ -350,6 +350,7 @@ def test_a_hub_model_whose_download_the_cache_refuses_names_the_cache_not_the_ne
                                 timeout=120)
     finally:
         server.shutdown()
+        server.server_close()
         if cache.is_dir():
             cache.chmod(0o755)  # (for pytest to remove it)
     said = result.stderr.strip().splitlines()[-1]
@@ -387,6 +388,7 @@ def test_the_hubs_warning_of_too_little_room_is_one_protrans_line_on_the_command
                                  "-o", str(tmp_path / "out.h5")], capture_output=True, text=True, env=env, timeout=120)
     finally:
         server.shutdown()
+        server.server_close()
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     room = [line for line in lines if "Not enough free disk space" in line]

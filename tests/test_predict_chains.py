@@ -150,7 +150,8 @@ def test_knn_fasta_takes_chains(run_cli, tmp_path):
     assert r.exit_code == 1 and "--chains linker" in r.stderr and "'heavy_light'" in r.stderr
     r = run_cli("knn", "--fasta", COMPLEXES, "--reference", ref, "-o", tmp_path / "hits.tsv", "--chains", "separate")
     assert r.exit_code == 0, r.stderr
-    rows = list(csv.reader(open(tmp_path / "hits.tsv"), delimiter="\t"))
+    with open(tmp_path / "hits.tsv", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
     hits = {row[0]: row for row in rows[1:]}
     assert float(hits["trimer"][3]) == 0.0  # its own vector, embedded the same way
 
@@ -222,7 +223,8 @@ def test_export_of_probabilities_keeps_the_chains(run_cli, ss3_head, tmp_path):
     assert run_cli("predict", ss3_head, "--embeddings", h5, "--probabilities", tmp_path / "p.h5").exit_code == 0
     r = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.tsv")
     assert r.exit_code == 0, r.stderr
-    rows = list(csv.reader(open(tmp_path / "p.tsv"), delimiter="\t"))
+    with open(tmp_path / "p.tsv", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0][:4] == ["id", "position", "chain", "chain_position"] and rows[0][4].startswith("ss3:")
     trimer = [(int(r[1]), int(r[2]), int(r[3])) for r in rows[1:] if r[0] == "trimer"]
     expected = [(c, k) for c, chain in enumerate(TRIMER, 1) for k in range(1, len(chain) + 1)]
@@ -241,7 +243,7 @@ def test_export_of_probabilities_keeps_the_chains(run_cli, ss3_head, tmp_path):
     plain.write_text(f">a\n{HEAVY}\n")
     assert run_cli("predict", ss3_head, "--fasta", plain, "--probabilities", tmp_path / "q.h5").exit_code == 0
     assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.tsv").exit_code == 0
-    assert open(tmp_path / "q.tsv").readline().startswith("id\tposition\tss3:")
+    assert (tmp_path / "q.tsv").read_text().startswith("id\tposition\tss3:")
     assert run_cli("export", tmp_path / "q.h5", "-o", tmp_path / "q.npz").exit_code == 0
     with np.load(tmp_path / "q.npz") as npz:
         assert "chains" not in npz.files

@@ -1108,6 +1108,7 @@ def test_a_hang_up_sent_to_prep_and_its_workers_mid_run_is_one_line_from_the_mai
         with contextlib.suppress(OSError):
             proc.stdin.close()
         feeder.join(timeout=5)
+        proc.stderr.close()
     assert proc.returncode == 129, err
     assert err.strip().splitlines() == ["protrans: error: hung up"], err
     assert [p.name for p in tmp_path.iterdir()] == ["scratch"] and not list(scratch.iterdir())
