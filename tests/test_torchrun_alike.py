@@ -48,7 +48,8 @@ def test_embed_ranks_asking_for_different_kinds_are_refused(tmp_path):
 @pytest.mark.slow
 def test_embed_ranks_given_different_fastas_are_refused(tmp_path):
     half = tmp_path / "half.fa"
-    half.write_text("".join(Path(FASTA).read_text().splitlines(keepends=True)[:20]))
+    with open(FASTA, encoding="utf-8") as fh:
+        half.write_text("".join(fh.readlines()[:20]))
     out = tmp_path / "e.h5"
     proc = _embed_another_fasta_on_rank_1(half, out)
     assert proc.returncode != 0
