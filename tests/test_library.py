@@ -1331,3 +1331,46 @@ def test_predict_on_embeddings_of_another_width_says_what_a_library_caller_can_d
     assert r.exit_code == 1 and r.stderr.strip().endswith(said.format(
         "-m onehot, or give the sequences with --fasta (embedded with the head's model)")), r.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_library_calls_repeated_leave_no_file_open(tmp_path, loc_data):
+    """A notebook or a service calls the library again and again: each call closes what it opened
+    (HDF5 files, NpzFile, id lists, corpus shards), whether it returns or raises, so the process's
+    open files do not grow (and no ResourceWarning is left for the garbage collector)."""
+    import gc
+    import os
+    import warnings
+
+    from protrans_cli.errors import InputError
+    from protrans_cli.export import export, info
+    from protrans_cli.knn import nearest
+    from protrans_cli.merge import merge
+
+    h5 = loc_data / "train.h5"
+    (tmp_path / "ids.txt").write_text("absent\n")
+
+    def calls(i):
+        export(h5, tmp_path / f"x{i}.tsv")
+        export(h5, tmp_path / f"x{i}.npz")
+        info(h5)
+        nearest(h5, h5, k=2, exclude_self=True)
+        with pytest.raises(UsageError):  # (one file given twice)
+            merge([h5, h5], tmp_path / f"m{i}.h5")
+        build_corpus([loc_data / "train.fasta"], CorpusOptions(output=str(tmp_path / f"c{i}.txt")))
+        predict(tmp_path / "head", h5, tmp_path / f"p{i}.csv")
+        with pytest.raises(InputError):
+            export(h5, tmp_path / f"y{i}.tsv", ids=tmp_path / "ids.txt")
+
+    def open_fds():
+        gc.collect()
+        return sorted(os.listdir("/proc/self/fd"))
+
+    _fit_loc(loc_data, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        calls(0)  # (first use: lazy imports)
+        before = open_fds()
+        for i in range(1, 4):
+            calls(i)
+        assert len(open_fds()) == len(before)
