@@ -442,3 +442,35 @@ def mps_like(tensor):
 
         _MPS_LIKE = MPSLike
     return tensor.as_subclass(_MPS_LIKE)
+
+
+def sparse_file(path, at: int, data: bytes, head: bytes = b"") -> str:
+    """A file of `head`, a hole up to byte `at` and `data` there, written in a few KiB (skipped
+    where the file system has no sparse files: the hole would be written out). For offsets past
+    2 GiB and 4 GiB (prep's blocks, train's resume positions) without writing gigabytes."""
+    import os
+
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(at)
+        f.seek(at)
+        f.write(data)
+    if os.stat(path).st_blocks * 512 > 1 << 24:
+        os.unlink(path)
+        pytest.skip("no sparse files on this file system")
+    return str(path)
+
+
+def mkdir_refused_in(monkeypatch, folder: Path) -> None:
+    """Path.mkdir of anything directly in `folder` raises EACCES, as in a read-only folder (root
+    writes anywhere: refusing the mkdir is how a test sees a folder no file can be created in)."""
+    import errno
+
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)

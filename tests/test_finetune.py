@@ -18,6 +18,7 @@ from protrans_cli.heads.lora import LoRALinear, add_lora, lora_modules, merged_c
 from protrans_cli.heads.tasks import SS3, ss8_to_ss3
 from protrans_cli.models import FAMILIES
 
+from conftest import mkdir_refused_in
 from test_heads_fit import RULE8, _netsurfp, _piped, _seqs, write_loc_fastas
 
 torch.set_num_threads(1)
@@ -285,19 +286,9 @@ def test_a_read_only_output_folder_is_said_in_every_commands_words(data, run_cli
     """finetune said "<folder>: cannot write here (Permission denied)" where every other command
     says "permission denied: no file can be created in this folder" (fit's lock of OUT.partial/).
     (Root writes anywhere: the folder's mkdir is what the test refuses.)"""
-    import errno
-    from pathlib import Path
-
     closed = tmp_path / "ro"
     closed.mkdir()
-    real = Path.mkdir
-
-    def mkdir(self, *args, **kwargs):
-        if self.parent == closed:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    mkdir_refused_in(monkeypatch, closed)
     r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1", *FAST,
                 "-o", closed / "ft")
     assert r.exit_code == 1 and r.stderr == (f"protrans: error: {closed}: permission denied: no file can be created "

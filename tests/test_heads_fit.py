@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import released_after_error
+from conftest import mkdir_refused_in, released_after_error
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.fit import FitConfig, fit
 from protrans_cli.heads.tasks import IGNORE, LOCATIONS, SS3, SS8, ss8_to_ss3
@@ -1360,19 +1360,9 @@ def test_a_read_only_output_folder_is_said_in_every_commands_words(run_cli, loc_
     """fit said "<folder>: cannot write here (Permission denied)" where every other command says
     "permission denied: no file can be created in this folder". (Root writes anywhere: the folder's
     mkdir is what the test refuses.)"""
-    import errno
-    from pathlib import Path
-
     closed = tmp_path / "ro"
     closed.mkdir()
-    real = Path.mkdir
-
-    def mkdir(self, *args, **kwargs):
-        if self.parent == closed:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    mkdir_refused_in(monkeypatch, closed)
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
                 "--max-epochs", "1", "-j", "1", "-o", closed / "loc")
     assert r.exit_code == 1 and r.stderr == (f"protrans: error: {closed}: permission denied: no file can be created "

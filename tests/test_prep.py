@@ -25,6 +25,8 @@ from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.residues import SequenceRejected, looks_nucleotide, normalise
 
+from conftest import sparse_file
+
 DATA = Path(__file__).parent / "data" / "prep"
 
 
@@ -1569,27 +1571,13 @@ def test_stopping_early_ends_the_workers_at_once():
     assert time.perf_counter() - start < 3
 
 
-def _sparse(path, at: int, data: bytes, head: bytes = b""):
-    """A file of `head`, a hole up to byte `at` and `data` there, written in a few KiB (skipped
-    where the file system has no sparse files: the hole would be written out)."""
-    with open(path, "wb") as f:
-        f.write(head)
-        f.truncate(at)
-        f.seek(at)
-        f.write(data)
-    if os.stat(path).st_blocks * 512 > 1 << 24:
-        os.unlink(path)
-        pytest.skip("no sparse files on this file system")
-    return path
-
-
 def test_blocks_past_4_gib_are_cut_and_read_at_their_byte(tmp_path):
     # UniRef50's FASTA is ~25 GB: a worker reads its block by a byte offset past 2**32 (os.pread)
     from protrans_cli.corpus import _Block, _plain_blocks
 
     at = 5 * 2**30
     tail = b">b\nMK\n>c\nML\n"
-    path = _sparse(tmp_path / "big.fa", at - 1, b"\n" + tail, head=b">a\nM\n")
+    path = sparse_file(tmp_path / "big.fa", at - 1, b"\n" + tail, head=b">a\nM\n")
     blocks = list(_plain_blocks(str(path), at - 16, 0, "big.fa"))
     assert [(b.offset, b.size) for b in blocks] == [(0, at), (at, len(tail))]
     assert blocks[1].load() == tail

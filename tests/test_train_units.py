@@ -17,7 +17,7 @@ from protrans_cli.training.data import CorpusStream, Sample, StreamState, TokenL
 from protrans_cli.training.objectives import IGNORE, make_objective
 from protrans_cli.training.optim import LRLambda, Lamb, build_optimizer
 
-from conftest import DATA, released_after_error
+from conftest import DATA, released_after_error, sparse_file
 
 TRAIN = DATA / "train"
 LEARNABLE = str(TRAIN / "learnable.txt")
@@ -2443,22 +2443,6 @@ def test_a_member_that_is_not_one_falls_back_to_reading_the_file_to_the_position
     assert state.at.member == 0 and [r for _, _, r in iter_proteins([str(path)], state.at)] == every[300:]
 
 
-def _sparse_corpus(path, at: int, data: bytes, head: bytes = b""):
-    """A file of `head`, a hole up to byte `at` and `data` there, written in a few KiB (skipped
-    where the file system has no sparse files: the hole would be written out)."""
-    import os
-
-    with open(path, "wb") as f:
-        f.write(head)
-        f.truncate(at)
-        f.seek(at)
-        f.write(data)
-    if os.stat(path).st_blocks * 512 > 1 << 24:
-        os.unlink(path)
-        pytest.skip("no sparse files on this file system")
-    return str(path)
-
-
 def test_a_position_past_4_gib_resumes_there_and_survives_the_checkpoint(tmp_path):
     # UniRef50's corpus is ~35 GB: a checkpoint's cursor names a byte past 2**32 of a plain
     # file, or a member past 2**32 of a .gz whose text is past 2**32 too. (The holes of these
@@ -2469,7 +2453,7 @@ def test_a_position_past_4_gib_resumes_there_and_survives_the_checkpoint(tmp_pat
     from protrans_cli.training.data import Cursor, corpus_fingerprint, iter_proteins
 
     at = 5 * 2**30
-    plain = _sparse_corpus(tmp_path / "c.txt", at - 1, b"\nA C D\n\nE F\n", head=b"M K\n\n")
+    plain = sparse_file(tmp_path / "c.txt", at - 1, b"\nA C D\n\nE F\n", head=b"M K\n\n")
     cursor = Cursor()
     start = Cursor(file=0, offset=at, line=3, proteins=1)
     assert list(iter_proteins([plain], start, cursor)) == [(plain, 4, "ACD"), (plain, 6, "EF")]
@@ -2477,7 +2461,7 @@ def test_a_position_past_4_gib_resumes_there_and_survives_the_checkpoint(tmp_pat
     assert corpus_fingerprint([plain])[0]["size"] == at + 11
 
     # a member at file byte `at` whose text begins at text byte 2 * at (members before it: not read)
-    packed = _sparse_corpus(tmp_path / "c.txt.gz", at, gzip.compress(b"A C D\n\nE F\n\nG\n"),
+    packed = sparse_file(tmp_path / "c.txt.gz", at, gzip.compress(b"A C D\n\nE F\n\nG\n"),
                             head=gzip.compress(b"M K\n\n"))
     start = Cursor(file=0, offset=2 * at + 6, line=40, proteins=7, member=at, member_text=2 * at)
     got = list(iter_proteins([packed], start, cursor))
