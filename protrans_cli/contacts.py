@@ -440,9 +440,18 @@ def _untrained_head(target: Path) -> str | None:
     the head of the model it began with, which is followed where it is a local folder: a chain
     back to a run from scratch has that run's untrained head. A published model (a hub id, or a
     folder protrans did not write) ends the chain, as does an origin that is no longer there."""
+    from protrans_cli.models.base import _safetensors_names
     from protrans_cli.origins import chain_of_origins, from_scratch
 
     chain = chain_of_origins(target)
+    for n, step in enumerate(chain[1:], 1):
+        # (a model continued from one saved without the contact head's weights: its head was initialised)
+        names = _safetensors_names(step.folder)
+        if names and not any(name.endswith("contact_head.regression.weight") for name in names):
+            reason = f"it was {chain[n - 1].how} from {step.folder}, whose checkpoint holds no contact head weights"
+            for earlier in reversed(chain[:n - 1]):
+                reason = f"it was {earlier.how} from {earlier.origin}, which was {reason.removeprefix('it was ')}"
+            return reason
     if not from_scratch(chain):
         return None  # continued from a published model: its head came with it (warned by the caller)
     reason = "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
@@ -453,13 +462,13 @@ def _untrained_head(target: Path) -> str | None:
 
 def _continued_from(loaded) -> str | None:
     """How a model of protrans came by a published model's contact head (a warning's words), or None."""
-    from protrans_cli.origins import FINETUNED, step_of
+    from protrans_cli.origins import TRAINED_FURTHER, step_of
 
     step = step_of(Path(str(loaded.path_or_hub_id)))
     if step is None or not step.origin:
         return None
     # (--init-from as given: the name of the published model, not the path it resolved to)
-    return f"{step.how} from {step.origin if step.how == FINETUNED else step.train_config['init_from']}"
+    return f"{step.how} from {step.train_config['init_from'] if step.how == TRAINED_FURTHER else step.origin}"
 
 
 # --- the command ---------------------------------------------------------------------------

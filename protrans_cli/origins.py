@@ -1,6 +1,7 @@
 """The chain of origins of a model protrans wrote: a run of `protrans train --init-from` began
 with another model (train_config.json's resolved `init_from`), a `protrans finetune` output
-(OUT/model, beside OUT/finetune.json) with the model it fine-tuned (finetune.json's `model`).
+(OUT/model, beside OUT/finetune.json) with the model it fine-tuned (finetune.json's `model`), a
+LoRA adapter merged by `protrans import-model` with its base (config.json's MERGED_KEY).
 What a model learned in training (its contact head, the lengths of protein it saw whole) is
 known by following the chain back to where it ends: a run pretrained from scratch, or a
 published model (a hub id, a folder protrans did not write). Used by contacts (an untrained
@@ -18,6 +19,10 @@ ORIGINS_FOLLOWED = 16
 
 TRAINED_FURTHER = "trained further by protrans train"
 FINETUNED = "fine-tuned by protrans finetune"
+MERGED = "merged with a LoRA adapter by protrans import-model"
+# config.json's key where `import-model ADAPTER` records the base the adapter was merged into
+# (a local base by its absolute path): the merged model's contact head is the base's
+MERGED_KEY = "protrans_merged_into"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ def step_of(target: Path) -> Step | None:
         return Step(target, True, FINETUNED, origin, train_config)
     given = train_config.get("init_from") if train_config else None
     if not given:
+        if isinstance(config.get(MERGED_KEY), str) and config[MERGED_KEY]:
+            return Step(target, True, MERGED, config[MERGED_KEY], train_config)
         return Step(target, True, train_config=train_config)
     resolved = train_config.get("resolved")
     # (the absolute path train_config.json records beside init_from as given, read from the

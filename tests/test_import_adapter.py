@@ -186,3 +186,30 @@ def test_the_base_model_directory_is_not_replaced_under_force(run_cli, tmp_path)
             r.stderr
     assert {p.name: p.read_bytes() for p in base.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+def test_a_merged_esm_model_keeps_its_bases_contact_head_and_a_model_trained_from_it_too(run_cli, tmp_path):
+    """The merged directory's config.json carries protrans_version (save_pretrained's stamp) and no
+    train_config.json: contacts took it for a run pretrained from scratch and refused it. It records
+    the base it was merged into (protrans_merged_into), which contacts follows: the base's head, with
+    a warning; a model saved from the merged one (train --init-from, finetune) does not inherit the key."""
+    import json
+
+    from protrans_cli.models import load_model
+
+    out = tmp_path / "merged"
+    assert run_cli("import-model", PEFT / "esm_qv", "--base", ESM, "-o", out).exit_code == 0
+    assert json.loads((out / "config.json").read_text())["protrans_merged_into"] == str(ESM.resolve())
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("contacts", fasta, "-m", out, "-o", tmp_path / "c.h5")
+    assert r.exit_code == 0, r.stderr
+    assert (f"merged with a LoRA adapter by protrans import-model from {ESM.resolve()}: its contact head is "
+            in r.stderr) and "pretrained by protrans train" not in r.stderr
+    loaded = load_model(out)
+    loaded.family.save_pretrained(loaded.model, loaded.tokenizer, tmp_path / "ft" / "model")
+    (tmp_path / "ft" / "finetune.json").write_text(json.dumps({"format": "protrans-finetune", "model": str(out)}))
+    assert "protrans_merged_into" not in json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
+    r = run_cli("contacts", fasta, "-m", tmp_path / "ft" / "model", "-o", tmp_path / "d.h5")
+    assert r.exit_code == 0, r.stderr
+    assert f"fine-tuned by protrans finetune from {out}: its contact head is" in r.stderr

@@ -514,3 +514,26 @@ def test_esm_extract_outputs_given_to_import_model_name_import_esm(run_cli, tmp_
              f"protrans import-esm {folder} -o OUT.h5 reads a folder of them")
     _refusal(run_cli, tmp_path, folder, "is a directory, expected a fair-esm checkpoint file",
              f"if it holds esm-extract's outputs (one .pt a protein), protrans import-esm {folder} -o OUT.h5")
+
+
+def test_a_model_continued_from_one_imported_without_regression_is_refused_contacts(run_cli, tmp_path):
+    """Imported without NAME-contact-regression.pt, the model has no contact head weights (refused);
+    a model trained further or fine-tuned from it saves the head as initialised, and was taken for
+    one holding the published model's head (a warning, noise maps). The chain is followed to it."""
+    import json
+
+    from protrans_cli.models import load_model
+
+    model = tmp_path / "esm2n"
+    assert run_cli("import-model", save_fair_esm(tmp_path / "esm2n.pt", "esm2", regression=False),
+                   "-o", model).exit_code == 0
+    loaded = load_model(model)
+    loaded.family.save_pretrained(loaded.model, loaded.tokenizer, tmp_path / "ft" / "model")
+    (tmp_path / "ft" / "finetune.json").write_text(json.dumps({"format": "protrans-finetune", "model": str(model)}))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("contacts", fasta, "-m", tmp_path / "ft" / "model", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert (f"it was fine-tuned by protrans finetune from {model}, whose checkpoint holds no contact head "
+            "weights") in r.stderr
+    assert not (tmp_path / "c.h5").exists()

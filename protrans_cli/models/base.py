@@ -778,6 +778,8 @@ def stamp_versions(directory) -> None:
         # (a model continued from one that named code of its own: the code is not copied, and
         # protrans's own classes wrote it)
         data.pop("auto_map", None)
+        # (import-model's record of the base an adapter was merged into: not a model saved from it)
+        data.pop("protrans_merged_into", None)
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

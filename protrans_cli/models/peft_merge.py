@@ -289,6 +289,22 @@ def _refuse_base_replaced(out_dir: Path, base: str) -> None:
                          f"{option('-o', 'out_dir')})")
 
 
+def record_base(folder: Path, base: str) -> None:
+    """Record in the merged model's config.json (origins.MERGED_KEY) the base it was merged into,
+    a local one by its absolute path: contacts follows it back to where the contact head came from
+    (a published model's, or the untrained one of a run protrans pretrained from scratch)."""
+    import json
+
+    from protrans_cli.origins import MERGED_KEY
+
+    local = Path(base).expanduser()
+    origin = str(local.resolve()) if local.is_dir() else base
+    path = Path(folder) / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data[MERGED_KEY] = origin
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = False) -> MergedAdapter:
     """Write the model directory `out_dir`: the base model with the peft LoRA adapter in the
     directory `adapter` merged into it. `base`: the base model (a short name, hub id or local
@@ -330,7 +346,11 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
                                     *([f"Left out: {', '.join(result.skipped)} (a task head the base lacks)"]
                                       if result.skipped else [])])
 
-    write_checked(out_dir, holder, lambda model, folder: loaded.family.save_pretrained(model, loaded.tokenizer, folder),
+    def save(model, folder):
+        loaded.family.save_pretrained(model, loaded.tokenizer, folder)
+        record_base(folder, str(base))
+
+    write_checked(out_dir, holder, save,
                   masked_lm=masked_lm, card=card)
     result.out_dir = out_dir
     return result
