@@ -350,7 +350,6 @@ def import_adapter(adapter, out_dir, *, base: str | None = None, force: bool = F
         loaded.family.save_pretrained(model, loaded.tokenizer, folder)
         record_base(folder, str(base))
 
-    write_checked(out_dir, holder, save,
-                  masked_lm=masked_lm, card=card)
+    write_checked(out_dir, holder, save, masked_lm=masked_lm, card=card)
     result.out_dir = out_dir
     return result
