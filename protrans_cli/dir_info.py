@@ -39,6 +39,11 @@ FAMILY_MODEL_TYPES = {
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
            "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
            "BOOL": "bool"}
+# What a checkpoint stores besides parameters: integer tensors (position_ids of older BERTs) and
+# these floating buffers (rotary embeddings' inverse frequencies, which ESM-2 checkpoints hold: a
+# tiny ESM-2 counted 2 more than its model card)
+_FLOATS = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_BUFFERS = (".inv_freq",)
 _MAX_HEADER = 100 * 1024 * 1024  # (safetensors' own limit on a header)
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 # (config.json's names for a size, by family: BERT-likes, T5/XLNet/Transformer-XL)
@@ -313,7 +318,8 @@ def _weights(path: Path) -> dict:
             if key == "__metadata__" or not isinstance(entry, dict):
                 continue
             count = math.prod(entry.get("shape") or [])
-            parameters += count
+            if entry.get("dtype") in _FLOATS and not key.endswith(_BUFFERS):
+                parameters += count
             dtype = _DTYPES.get(entry.get("dtype"), str(entry.get("dtype")).lower())
             by_dtype[dtype] = by_dtype.get(dtype, 0) + count
     return {"weights": ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else ""),
