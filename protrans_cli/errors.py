@@ -96,6 +96,17 @@ def brief_path(path, after: str = "") -> str:
     return f"{path[:SHOWN]}...{path[-SHOWN:]}{after} ({len(path):,} characters)"
 
 
+def name_max(directory) -> int:
+    """The longest name, in bytes, the file system of `directory` takes (NAME_MAX; 255 where it
+    does not say)."""
+    import os
+
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def name_too_long(path) -> str:
     """A path the file system refused as too long (ENAMETOOLONG), as a message says it: its length
     counted in bytes, as the limit is (a name of 255 bytes, NAME_MAX; a whole path of 4,096,
@@ -105,9 +116,7 @@ def name_too_long(path) -> str:
 
     path = str(path)
     name = os.path.basename(path.rstrip(os.sep)) or path
-    limit, what, length = 255, "a name", len(os.fsencode(name))
-    with contextlib.suppress(OSError, ValueError):
-        limit = os.pathconf(os.path.dirname(os.path.abspath(path)) or os.sep, "PC_NAME_MAX")
+    limit, what, length = name_max(os.path.dirname(os.path.abspath(path)) or os.sep), "a name", len(os.fsencode(name))
     if length <= limit:  # (each name fits: the whole path is what is too long)
         what, length, limit = "a path", len(os.fsencode(path)), 4096
         with contextlib.suppress(OSError, ValueError):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from protrans_cli.errors import (STOP_SIGNALS, STOP_WORDS, WARNING_SIGNALS, InputError, RuntimeFailure, UsageError,
-                                 force_option, given, option, signal_exit_code)
+                                 force_option, given, name_max, name_too_long, option, signal_exit_code)
 from protrans_cli.io import disk
 
 _MAGIC = [
@@ -410,11 +410,8 @@ def folder_lock(folder, busy: str):
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 # (a name the file system takes, up to 255 bytes, to which .partial is added: it said
-                # ".: cannot write here (File name too long)", blaming the folder)
-                # (in errors.name_too_long's words, as every other command says such a name: in bytes,
-                # with the file system's limit; a path over PATH_MAX as a path)
-                from protrans_cli.errors import name_too_long
-
+                # ".: cannot write here (File name too long)", blaming the folder; said in
+                # errors.name_too_long's words, as every other command says such a name)
                 raise InputError(f"{name_too_long(folder)}; an unfinished run keeps its state in a folder of this "
                                  f"name, the output's with '{folder.suffix}' added (choose a shorter "
                                  f"{option('-o', 'out_dir')})") from None
@@ -1880,11 +1877,7 @@ def _fitting_prefix(directory, prefix: str, suffix: str) -> str:
     more (a valid name) could not be written at all ("cannot write in this folder: File name too
     long"). Room is kept for a pid of 7 digits, so that every run of this host cuts a name alike
     and the sweep of dead runs' temporaries finds them."""
-    try:
-        longest = os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        longest = 255
-    room = longest - len(os.fsencode(f"{_host_tag()}.{'9' * 7}-{'X' * 8}{suffix}"))
+    room = name_max(directory) - len(os.fsencode(f"{_host_tag()}.{'9' * 7}-{'X' * 8}{suffix}"))
     while prefix and len(os.fsencode(prefix)) > room:
         prefix = prefix[:-1]
     return prefix
