@@ -448,14 +448,18 @@ def _untrained_head(target: Path) -> str | None:
         # (a model continued from one saved without the contact head's weights: its head was initialised)
         names = _safetensors_names(step.folder)
         if names and not any(name.endswith("contact_head.regression.weight") for name in names):
-            reason = f"it was {chain[n - 1].how} from {step.folder}, whose checkpoint holds no contact head weights"
-            for earlier in reversed(chain[:n - 1]):
-                reason = f"it was {earlier.how} from {earlier.origin}, which was {reason.removeprefix('it was ')}"
-            return reason
+            return _through(chain[:n - 1], f"it was {chain[n - 1].how} from {step.folder}, whose checkpoint holds no "
+                                           "contact head weights")
     if not from_scratch(chain):
         return None  # continued from a published model: its head came with it (warned by the caller)
-    reason = "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
-    for step in reversed(chain[:-1]):
+    return _through(chain[:-1], "it was pretrained by protrans train, whose masked-LM objective leaves the contact "
+                                "head as initialised")
+
+
+def _through(steps, reason: str) -> str:
+    """`reason` (of the last model of a chain: "it was ...") said of the first of `steps`, the
+    models before it: "it was trained further ... from X, which was ..."."""
+    for step in reversed(steps):
         reason = f"it was {step.how} from {step.origin}, which was {reason.removeprefix('it was ')}"
     return reason
 
