@@ -1933,18 +1933,118 @@ def _model_directory(name) -> Path | None:
     return path if name != ONEHOT and (path / "config.json").is_file() else None
 
 
-def refuse_inside_model(path, models, flag: str, keyword: str) -> None:
-    """UsageError for an output `path` inside the directory of one of `models` (-m names: only a
-    model directory counts, `_model_directory`'s): embed's and contacts' -o, and perplexity's,
-    generate's, variants' and translate's outputs (`perplexity -m run -o run/config.json`
-    replaced the model's config with the table, and every later run on that model failed with
-    "config.json is not a valid JSON file")."""
-    from protrans_cli.io.files import input_named_by
+# The names under which a model directory keeps what loading it, or a training run there, reads
+# and writes (transformers' files; training/rundir.py's, checkpoint.py's, card.py's and
+# metrics.py's): an output under one of them would replace the model's file, or be read as one
+# (a tokenizer*, vocab* or adapter_* name changes how the directory loads). Matched whatever the
+# case (a file system that ignores it). First match wins: the run's own names before the patterns.
+_MODEL_NAMES = tuple((re.compile(pattern, re.IGNORECASE), what) for pattern, what in (
+    (r"training_state\.pt", "the training run's state, which --resume reads"),
+    (r"pretraining_model\.safetensors", "the training run's pretraining weights"),
+    (r"train_config\.json|metrics\.jsonl|loss_curve\.png|best_checkpoint\.json|complete\.json|wandb_run\.json"
+     r"|progress\.json|SHA256SUMS|lr_find\.(png|json)", "a record of the training run"),
+    (r"config\.json", "its config"),
+    (r"generation_config\.json|preprocessor_config\.json", "its settings"),
+    (r".*\.index\.json", "the index of its weights"),
+    (r".*\.(safetensors|bin|pt|pth|ckpt|msgpack|gguf)|tf_model\.h5", "its weights"),
+    (r"(tokenizer|vocab|spiece|merges|sentencepiece).*|special_tokens_map\.json|added_tokens\.json|.*\.model"
+     r"|chat_template.*", "its tokenizer"),
+    (r"adapter_.*", "its adapter (PEFT) files"),
+    (r"README\.md", "its model card"),
+    (r".*\.py", "its code"),
+))
+# Folders a model directory or its training run uses: a file put there could replace theirs.
+_MODEL_FOLDERS = {"checkpoints": "the training run's checkpoints", "generator": "ELECTRA's generator",
+                  "model": "finetune's model", "tensorboard": "the training run's TensorBoard log",
+                  "wandb": "the training run's W&B files"}
 
-    directories = tuple(str(d) for d in map(_model_directory, models) if d is not None)
-    if path not in (None, "-") and (model_dir := input_named_by(path, (), directories=directories)):
-        raise UsageError(f"{path} is inside the model directory {model_dir}: writing it could replace the model's "
-                         f"files (choose another {option(flag, keyword)})")
+
+def _model_file_role(directory: Path, name: str) -> str | None:
+    """What the entry `name` of the model directory `directory` is to the model (`_MODEL_NAMES`,
+    or a file that its weights' index or its SHA256SUMS names), None for a name of no use to it."""
+    import json
+
+    if (what := next((what for pattern, what in _MODEL_NAMES if pattern.fullmatch(name)), None)) is not None:
+        return what
+    folded = name.casefold()
+    try:
+        indexes = sorted(p for p in directory.iterdir() if p.name.casefold().endswith(".index.json"))
+    except OSError:
+        indexes = []
+    for index in indexes:
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError, KeyError):
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if folded in {str(v).casefold() for v in weight_map.values()}:
+                return f"its weights, named in {index.name}"
+    with contextlib.suppress(OSError, ValueError):
+        listed = (directory / "SHA256SUMS").read_text(encoding="utf-8").splitlines()
+        if folded in {line.split(maxsplit=1)[-1].split("/")[0].casefold() for line in listed if line.strip()}:
+            return "a file its SHA256SUMS names"
+    return None
+
+
+def _parts_below(path, directory: Path) -> tuple[str, ...]:
+    """The components of `path` below `directory`, in which it lies (`io.files.is_inside`): () for
+    the directory itself; a path spelled otherwise (a file system that ignores case) through the
+    folder of it that is the directory."""
+    base, target = os.path.realpath(directory), os.path.realpath(path)
+    if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(target, base)).parts if target != base else ()
+    target = Path(target)
+    for folder in (target, *target.parents):
+        if os.path.isdir(folder) and os.path.samefile(folder, base):
+            return target.relative_to(folder).parts
+    return ()
+
+
+def model_output_problem(path, directory: Path, contents: str | None = None) -> str | None:
+    """Why the output `path` (a file; a folder where `contents` says what goes in it: "the .pt
+    files") would harm the model directory `directory` in which it lies, or None where it is
+    harmless there (`refuse_inside_model`)."""
+    parts = _parts_below(path, directory)
+    if not parts:
+        return (f"is the model directory {directory}: {contents or 'the output'} would go among the model's files")
+    first = parts[0]
+    if first.casefold() in _MODEL_FOLDERS:
+        if len(parts) == 1:
+            return f"is the folder of {_MODEL_FOLDERS[first.casefold()]}: writing it could replace its files"
+        return f"is in {directory / first}, {_MODEL_FOLDERS[first.casefold()]}: writing there could replace its files"
+    if (what := _model_file_role(directory, first)) is not None:
+        if len(parts) == 1:
+            if os.path.lexists(directory / first):
+                return f"is one of the model directory's files ({what}): writing it would replace it"
+            return (f"is a name the model directory's files go under ({what}): a file there would be taken for the "
+                    "model's")
+        return (f"is in {directory / first}, a name the model directory's files go under ({what}): a folder there "
+                "would be taken for the model's")
+    # (a folder of it with a model or a run of its own: ELECTRA's generator/ by another name, a
+    # checkpoint; a folder output, that folder itself)
+    for k in range(1, len(parts) + (contents is not None)):
+        folder = directory.joinpath(*parts[:k])
+        for name in ("config.json", "training_state.pt"):
+            if (folder / name).is_file():
+                where = f"is in {folder}, a folder" if k < len(parts) else "is a folder"
+                return (f"{where} of the model directory that holds a {name} of its own: writing there could replace "
+                        "its files")
+    return None
+
+
+def refuse_inside_model(path, models, flag: str, keyword: str, contents: str | None = None) -> None:
+    """UsageError for an output `path` that would replace or corrupt a file of the directory of one
+    of `models` (-m names: only a model directory counts, `_model_directory`'s), or of the training
+    run there: one of its files' names, a folder it uses, the directory itself
+    (`model_output_problem`); `contents`: what a folder output `path` holds (esm-extract's
+    OUTPUT_DIR). Any other name in the directory is allowed (`embed -m . -o x.h5`). Embed's and
+    contacts' -o, perplexity's, generate's, variants' and translate's outputs, esm-extract's
+    OUTPUT_DIR (`perplexity -m run -o run/config.json` replaced the model's config with the table,
+    and every later run on that model failed with "config.json is not a valid JSON file")."""
+    from protrans_cli.io.files import is_inside
+
+    if path in (None, "-") or str(path) == "-":
+        return
+    for directory in filter(None, map(_model_directory, models)):
+        if is_inside(path, directory) and (problem := model_output_problem(path, directory, contents)):
+            raise UsageError(f"{path} {problem} (choose another {option(flag, keyword)})")
 
 
 def model_attr(name: str) -> str:

@@ -154,7 +154,13 @@ def esm_extract(fasta, output_dir, options: ExtractOptions) -> ExtractSummary:
     folder = _output_folder(output_dir)
     checkpoint = fair_esm_file(options.model)
     if checkpoint is None:
-        _refuse_model_folder(folder, output_dir, options.model)
+        # (the model directory, or a folder of it that it or its run uses: the ID.pt files would go
+        # among the model's files, and embed, asked for the work file there, refused it in words
+        # esm-extract lost, "error: ; nothing was kept". A fair-esm .pt file's folder is no model
+        # directory: fair-esm writes there.)
+        from protrans_cli.embed import refuse_inside_model
+
+        refuse_inside_model(output_dir, (options.model,), "OUTPUT_DIR", "output_dir", contents="the .pt files")
     if checkpoint is None:
         layers = _layers_checked(str(options.model), options, include)
     else:  # (converted in PARTIAL, and checked again then: refused here before minutes of converting)
@@ -507,21 +513,6 @@ def _output_folder(output_dir) -> Path:
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
         raise no_file_here(text)
     return folder
-
-
-def _refuse_model_folder(folder: Path, output_dir, model) -> None:
-    """UsageError for an OUTPUT_DIR that is the model directory MODEL_LOCATION or lies inside it:
-    its ID.pt files would go among the model's files, and embed, asked for the work file there,
-    refused it in words esm-extract lost ("error: ; nothing was kept (no protein had been
-    computed)"). (A fair-esm .pt file's folder is no model directory: fair-esm writes there.)"""
-    from protrans_cli.embed import _model_directory
-    from protrans_cli.io.files import is_inside
-
-    home = _model_directory(model)
-    if home is not None and is_inside(folder, home):
-        where = "is" if os.path.realpath(folder) == os.path.realpath(home) else "is inside"
-        raise UsageError(f"OUTPUT_DIR {output_dir} {where} the model directory {home}: the .pt files would go among "
-                         "the model's files (choose another OUTPUT_DIR)")
 
 
 def _model_shape(model: str) -> tuple[str, int]:

@@ -742,7 +742,8 @@ def test_outputs_that_would_replace_an_input_or_cannot_be_written_are_refused(ru
     fasta.write_text(">a\nMKTAYIAKQR\n")
     cases = [(("-o", "-"), "an HDF5 file cannot be written to stdout: give -o FILE.h5"),
              (("-o", fasta), f"{fasta} is also the input: writing it would replace the FASTA"),
-             (("-o", model / "c.h5"), f"{model / 'c.h5'} is inside the model directory {model}"),
+             (("-o", model / "model.safetensors"), f"{model / 'model.safetensors'} is one of the model directory's "
+                                                   "files (its weights): writing it would replace it"),
              (("-o", tmp_path / "c.h5", "--resume", "--force"), "give --resume (keep OUTPUT's proteins) or --force")]
     for args, message in cases:
         r = run_cli("contacts", fasta, "-m", model, *args)

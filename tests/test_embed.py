@@ -4538,3 +4538,41 @@ def test_resume_with_a_limit_into_a_file_of_none_says_the_file_has_none(tmp_path
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "cannot resume: the file was written with no max_length (the model takes any length), this run uses " \
         "max_length=100 (use the same settings" in result.stderr, result.stderr
+
+
+def test_only_outputs_that_could_harm_the_model_directory_are_refused(tmp_path, monkeypatch):
+    """refuse_inside_model: a name of the model's or its run's files (whatever its case; one its
+    weights' index names; a link to one), a folder it uses, a folder holding a model of its own,
+    the directory itself as a folder output; any other name is allowed."""
+    from protrans_cli.embed import refuse_inside_model
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "disc").mkdir()
+    (run / "plots").mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "disc" / "config.json").write_text("{}")
+    (run / "model.safetensors.index.json").write_text('{"weight_map": {"a": "part-one.data"}}')
+    (run / "link.h5").symlink_to(run / "config.json")
+    refused = ["run/config.json", "run/CONFIG.JSON", "run/model-00001-of-00002.safetensors", "run/tokenizer.json",
+               "run/vocab_embeddings.h5", "run/spiece.model", "run/adapter_config.json", "run/README.md",
+               "run/metrics.jsonl", "run/loss_curve.png", "run/training_state.pt", "run/complete.json",
+               "run/part-one.data", "run/link.h5", "run/checkpoints/x.h5", "run/generator/x.h5", "run/disc/x.h5",
+               "run/model.safetensors/x.h5", "run", "./run/../run/config.json"]
+    for path in refused:
+        with pytest.raises(UsageError, match=r"\(choose another output\)$"):
+            refuse_inside_model(path, ("run",), "-o", "output")
+    for path in ("run/x.h5", "run/scores.tsv", "run/plots/x.h5", "run/new/x.h5", "run/./y.h5", "run/model.h5",
+                 "elsewhere/config.json", "-", None):
+        refuse_inside_model(path, ("run",), "-o", "output")
+    refuse_inside_model("run/config.json", ("onehot", "esm2_t6_8M_UR50D"), "-o", "output")  # (no directory)
+    for folder, said in (("run", "is the model directory run: the .pt files would go among the model's files"),
+                         ("run/disc", "is a folder of the model directory that holds a config.json of its own"),
+                         ("run/checkpoints", "is the folder of the training run's checkpoints")):
+        with pytest.raises(UsageError, match=re.escape(f"{folder} {said}")):
+            refuse_inside_model(folder, ("run",), "OUTPUT_DIR", "output_dir", contents="the .pt files")
+    refuse_inside_model("run/plots", ("run",), "OUTPUT_DIR", "output_dir", contents="the .pt files")
+    with pytest.raises(UsageError, match=re.escape("run/config.json is one of the model directory's files (its "
+                                                   "config): writing it would replace it (choose another output)")):
+        refuse_inside_model("run/config.json", ("run",), "-o", "output")

@@ -473,18 +473,41 @@ def test_oom_on_a_real_model_splits_and_still_matches(tmp_path, tiny_models, mon
         np.testing.assert_allclose(got[k], ref[k], atol=1e-5, rtol=0)
 
 
-def test_embed_never_writes_into_its_model_and_damaged_weights_are_one_line(run_cli, tmp_path, tiny_models):
-    """`embed -m RUN -o RUN/model.safetensors` replaced the weights it had loaded (exit 0); weights
-    cut short by an interrupted copy or download then gave a safetensors traceback."""
+def test_embed_never_writes_over_its_model_and_damaged_weights_are_one_line(run_cli, tmp_path, tiny_models):
+    """`embed -m RUN -o RUN/model.safetensors` replaced the weights it had loaded (exit 0): a name of
+    the model's files, or a folder its run uses, is refused; any other name in the directory is
+    harmless (`cd run && protrans embed x.fa -m . -o x.h5`): written, and the model is the same
+    model after it (--resume and a second file accept it). Weights cut short by an interrupted copy
+    or download then gave a safetensors traceback."""
     import shutil
+
+    import h5py
 
     model = tmp_path / "model"
     shutil.copytree(tiny_models[FAMILY_NAMES[0]], model)
     files = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
-    for out in (model / "model.safetensors", model / "x.h5", model / "." / "y.h5"):
+    (model / "checkpoints").mkdir()  # (a training run's)
+    for out, said in ((model / "model.safetensors", "is one of the model directory's files (its weights)"),
+                      (model / "config.json", "is one of the model directory's files (its config)"),
+                      (model / "checkpoints" / "x.h5", "is in " + str(model / "checkpoints") + ", the training "
+                                                         "run's checkpoints"),
+                      (model / "." / "tokenizer.h5", "is a name the model directory's files go under (its tokenizer)")):
         result = run_cli("embed", SMALL, "-m", model, "-o", out)
-        assert result.exit_code == 2 and "is inside the model directory" in result.stderr, result.stderr
+        assert result.exit_code == 2 and f"{out} {said}" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "(choose another -o)" in result.stderr
     assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == files
+    assert sorted(p.name for p in model.iterdir()) == sorted([*files, "checkpoints"])
+    assert not any((model / "checkpoints").iterdir())
+    first = run_cli("embed", SMALL, "-m", model, "-o", model / "x.h5")
+    assert first.exit_code == 0, first.stderr
+    resumed = run_cli("embed", SMALL, "-m", model, "-o", model / "x.h5", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    second = run_cli("embed", SMALL, "-m", model, "-o", model / "." / "y.h5")
+    assert second.exit_code == 0, second.stderr
+    with h5py.File(model / "x.h5", "r") as x, h5py.File(model / "y.h5", "r") as y:
+        assert x.attrs["weights_fingerprint"] == y.attrs["weights_fingerprint"]
+        assert sorted(x.keys()) == sorted(y.keys()) and len(x.keys()) > 0
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.name in files} == files
     weights = model / "model.safetensors"
     weights.write_bytes(files["model.safetensors"][:1000])
     result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5")

@@ -758,17 +758,21 @@ def test_each_of_embeds_flags_is_renamed_once_in_esm_extracts_terms():
     assert "protrans embed protrans embed" not in raised.value.message and not console.state.names
 
 
-@pytest.mark.parametrize("inside", ["", "sub"])
+@pytest.mark.parametrize("inside", ["", "checkpoints"])
 def test_an_output_folder_in_the_model_directory_is_refused(run_cli, tmp_path, model_dir, inside):
-    """OUTPUT_DIR the model directory (or a folder in it): embed refused its work file there, in
-    words esm-extract cut away ("error: ; nothing was kept (no protein had been computed)")."""
+    """OUTPUT_DIR the model directory (or a folder of it that its training run uses): embed refused
+    its work file there, in words esm-extract cut away ("error: ; nothing was kept (no protein had
+    been computed)"). A new folder of its own in the model directory is harmless: written."""
     fasta = tmp_path / "in.fa"
     fasta.write_text(INPUT)
     before = sorted(p.name for p in model_dir.iterdir())
     out = model_dir / inside if inside else model_dir
     r = run_cli("esm-extract", model_dir, fasta, out, "--include", "mean")
-    where = "is inside" if inside else "is"
-    assert r.exit_code == 2 and r.stderr.strip() == (
-        f"protrans: error: OUTPUT_DIR {out} {where} the model directory {model_dir}: the .pt files would go among the "
-        "model's files (choose another OUTPUT_DIR)"), r.stderr
+    what = "is the model directory " + str(model_dir) + ": the .pt files would go among the model's files" \
+        if not inside else "is the folder of the training run's checkpoints: writing it could replace its files"
+    assert r.exit_code == 2 and r.stderr.strip() == f"protrans: error: {out} {what} (choose another OUTPUT_DIR)", \
+        r.stderr
     assert sorted(p.name for p in model_dir.iterdir()) == before
+    r = run_cli("esm-extract", model_dir, fasta, model_dir / "pt", "--include", "mean")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([*before, "pt"]) and _files(model_dir / "pt")

@@ -555,11 +555,11 @@ def test_the_templates_file_is_not_the_output(run_cli, tmp_path, esm):
 @pytest.mark.parametrize("args", [
     ["generate", "--template", "MK__", "-o", "IN/config.json"],
     ["perplexity", "X.fa", "-o", "IN/config.json"],
-    ["perplexity", "X.fa", "-o", "p.tsv", "--per-residue", "IN/r.tsv"],
-    ["variants", "--sequence", "MKTV", "--all-singles", "-o", "IN/config.json"],
-    ["variants", "--sequence", "MKTV", "--all-singles", "-o", "v.tsv", "--plot", "IN/v.png"],
+    ["perplexity", "X.fa", "-o", "p.tsv", "--per-residue", "IN/model.safetensors"],
+    ["variants", "--sequence", "MKTV", "--all-singles", "-o", "IN/vocab.txt"],
+    ["variants", "--sequence", "MKTV", "--all-singles", "-o", "v.tsv", "--plot", "IN/loss_curve.png"],
 ])
-def test_an_output_inside_the_model_directory_is_refused(run_cli, tmp_path, esm, args):
+def test_an_output_over_a_file_of_the_model_directory_is_refused(run_cli, tmp_path, esm, args):
     """`perplexity -m run -o run/config.json` (generate and variants alike) replaced the model's
     config with the table, after which every run on that model failed ("config.json is not a
     valid JSON file"); embed and contacts refused such an output already."""
@@ -571,12 +571,32 @@ def test_an_output_inside_the_model_directory_is_refused(run_cli, tmp_path, esm,
     rest = [str(tmp_path / a.replace("IN", "model")) if "IN" in a or a in ("X.fa", "p.tsv", "v.tsv") else a
             for a in rest]
     r = run_cli(command, "-m", model, *rest)
-    flag = rest[rest.index(next(a for a in rest if "/model/" in a)) - 1]
+    target = next(a for a in rest if "/model/" in a)
+    flag = rest[rest.index(target) - 1]
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert f"is inside the model directory {model}: writing it could replace the model's files (choose another " \
-           f"{flag})" in r.stderr
+    assert f"protrans: error: {target} is " in r.stderr and "the model directory's files" in r.stderr \
+        and f"(choose another {flag})" in r.stderr, r.stderr
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X.fa", "model"]
+
+
+def test_an_output_of_another_name_in_the_model_directory_is_written(run_cli, tmp_path, esm, monkeypatch):
+    """`perplexity x.fa -m run -o run/scores.tsv` (and `cd run && ... -m . -o scores.tsv`) was refused
+    as "inside the model directory", although it replaces nothing of the model: written, and the
+    model gives the same scores after it."""
+    model = tmp_path / "model"
+    shutil.copytree(esm, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    (tmp_path / "X.fa").write_text(">a\nMKTVLA\n")
+    r = run_cli("perplexity", tmp_path / "X.fa", "-m", model, "-o", model / "scores.tsv",
+                "--per-residue", model / "residues.tsv")
+    assert r.exit_code == 0, r.stderr
+    monkeypatch.chdir(model)
+    again = run_cli("perplexity", tmp_path / "X.fa", "-m", ".", "-o", "again.tsv")
+    assert again.exit_code == 0, again.stderr
+    assert (model / "again.tsv").read_text() == (model / "scores.tsv").read_text()
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.name in before} == before
+    assert sorted(p.name for p in model.iterdir()) == sorted([*before, "scores.tsv", "residues.tsv", "again.tsv"])
 
 
 def test_cli_causal_refuses_a_complex_prompt_and_templates(run_cli, tmp_path, txl):

@@ -450,6 +450,6 @@ def test_an_output_inside_the_model_directory_is_refused(run_cli, tmp_path, pros
     fasta = _fasta(tmp_path / "in.fa", {"a": "MKTAYIAK"})
     r = run_cli("translate", fasta, "-m", model_dir, "--to", "3di", "-o", model_dir / "config.json", "--device", "cpu")
     assert r.exit_code == 2 and r.stderr.strip() == (
-        f"protrans: error: {model_dir / 'config.json'} is inside the model directory {model_dir}: writing it could "
-        "replace the model's files (choose another -o)"), r.stderr
+        f"protrans: error: {model_dir / 'config.json'} is one of the model directory's files (its config): writing "
+        "it would replace it (choose another -o)"), r.stderr
     assert (model_dir / "config.json").read_bytes() == before
