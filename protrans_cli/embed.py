@@ -92,6 +92,8 @@ class EmbedOptions:
     chains: str = "error"                # a ':' (chain break of a complex): error | linker | separate
     linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between chains under chains='linker'
     three_di: bool = False               # the sequences are Foldseek 3Di strings (ProstT5), not amino acids
+    # a FASTA of 3Di strings, one per input record (same ids and lengths): SaProt's structure half
+    structure_tokens: str | None = None
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
@@ -122,6 +124,14 @@ class EmbedOptions:
     def alphabet(self) -> str | None:
         """The letters a sequence may hold beyond normalise's rules (3Di: its 20 states), or None."""
         return THREE_DI if self.three_di else None
+
+    def structure(self):
+        """The --structure-tokens file's 3Di strings by id (models/saprot.py), or None."""
+        if self.structure_tokens is None:
+            return None
+        from protrans_cli.models.saprot import read_structure_tokens
+
+        return read_structure_tokens(self.structure_tokens)
 
     @property
     def skip_invalid(self) -> bool:
@@ -181,6 +191,10 @@ class EmbedOptions:
             prostt5 = option("-m prostt5", "model='prostt5'")
             raise UsageError(f"{option('--3di', 'three_di=True')} is for a model that reads 3Di strings (ProstT5: "
                              f"{prostt5}), not onehot")
+        if self.structure_tokens is not None and (self.three_di or self.model == ONEHOT):
+            raise UsageError(f"{option('--structure-tokens', 'structure_tokens')} pairs each residue with its 3Di "
+                             "state for a structure-aware model (SaProt), "
+                             + ("not with --3di (3Di strings as the sequences)" if self.three_di else "not onehot"))
         if self.threads is not None:  # 0 was ignored, -2 a RuntimeError from torch
             check_threads(self.threads)
         if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
@@ -343,6 +357,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
     if loaded is None:
         loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
+    _check_structure_tokens(options, loaded, warn)
     automatic = options.attention == "auto"
     attention = options.attention
     if automatic:
@@ -380,6 +395,22 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
         if flex_is_compiled(device_name):
             _build_flex_kernel(embedder, automatic, packing_asked=options.packing is True)
     return embedder
+
+
+def _check_structure_tokens(options: EmbedOptions, loaded, warn) -> None:
+    """--structure-tokens only for a structure-aware model (SaProt); such a model without them
+    reads every residue with `#` (unknown structure), said once."""
+    aware = getattr(loaded.family, "structure_aware", False)
+    if options.structure_tokens is not None and not aware:
+        raise UsageError(f"{option('--structure-tokens', 'structure_tokens')}: {loaded.name} is not a structure-aware "
+                         "model (its vocabulary has no residue-and-3Di tokens such as SaProt's 'M#', 'Md')")
+    if options.structure_tokens is not None:
+        options.structure()  # (its letters and ids checked before anything is computed)
+    elif aware:
+        warn(f"{loaded.name} is a structure-aware model (SaProt): without "
+             f"{option('--structure-tokens', 'structure_tokens')} every residue is read with an unknown structure "
+             "('M#'); the 3Di strings of the proteins' structures (Foldseek, or protrans translate --to 3di) "
+             "improve its embeddings")
 
 
 def _warn_gpu_only(options: EmbedOptions, device_name: str, warn) -> None:
@@ -559,12 +590,13 @@ def _normalise_record(raw, alphabet: str | None, chains: str, offered=("linker",
 
 def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
              part: tuple[int, int] | None = None, chains: str = "error",
-             offered=("linker", "separate")) -> Iterator[_Protein]:
+             offered=("linker", "separate"), structure=None) -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>).
     `skip_invalid`: a sequence normalise refuses is yielded with its reason in `rejected`
     (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run). `alphabet`: the
     only letters allowed (--3di: the 20 3Di states; no X or rare letters). `part` (K, N): only
-    the records of part K of N (`in_part`)."""
+    the records of part K of N (`in_part`). `structure`: 3Di strings by id (--structure-tokens,
+    models/saprot.py), each paired with its record's residues; a missing id is an InputError."""
     with open_input(source, name=name) as stream:
         for rec in parse_fasta(stream, name, nul_headers=True):
             try:
@@ -582,9 +614,21 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
                 yield _Protein(rec.id, rec.description, "", rec.line, rejected=f"skipped: {exc.detail} "
                                                                                "(--invalid-policy skip)")
                 continue
+            if structure is not None:
+                seq = _with_structure(seq, rec.id, structure)
             if part is not None and not in_part(rec.id, seq, part):
                 continue
             yield _Protein(rec.id, rec.description, seq, rec.line, gapped="-" in rec.sequence or "." in rec.sequence)
+
+
+def _with_structure(seq: str, ident: str, structure) -> str:
+    from protrans_cli.models.saprot import combine
+
+    states = structure.get(ident)
+    if states is None:
+        raise InputError("no 3Di string for this record of the input (--structure-tokens needs one for every "
+                         "record, under the same id)", path=structure.name, record=ident)
+    return combine(seq, states, structure.name, ident)
 
 
 def in_part(ident: str, sequence: str, part: tuple[int, int]) -> bool:
@@ -610,10 +654,11 @@ def _check_alphabet(seq: str, alphabet: str) -> None:
 
 def read_windows(source, name: str, size: int, skip_invalid: bool = False,
                  alphabet: str | None = None, part: tuple[int, int] | None = None,
-                 chains: str = "error", offered=("linker", "separate")) -> Iterator[list[_Protein]]:
+                 chains: str = "error", offered=("linker", "separate"),
+                 structure=None) -> Iterator[list[_Protein]]:
     """The records (of `part`) in consecutive lists of at most `size`: all the pipeline holds at a time."""
     window: list[_Protein] = []
-    for prot in _records(source, name, skip_invalid, alphabet, part, chains, offered):
+    for prot in _records(source, name, skip_invalid, alphabet, part, chains, offered, structure):
         window.append(prot)
         if len(window) >= size:
             yield window
@@ -649,7 +694,8 @@ _SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announc
 
 def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
                part: tuple[int, int] | None = None, chains: str = "error",
-               linker_length: int = DEFAULT_LINKER_LENGTH, offered=("linker", "separate")) -> InputScan:
+               linker_length: int = DEFAULT_LINKER_LENGTH, offered=("linker", "separate"),
+               structure=None) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
@@ -662,7 +708,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     # copies fall in), but only the part's records are counted. A part may hold no record at
     # all (N near or above the number of records): its file is empty, and merge still has it.
     whole = hashlib.blake2b(digest_size=16)  # (with `part`: of the whole input's ids and sequences)
-    for prot in _records(source, name, skip_invalid, alphabet, chains=chains, offered=offered):
+    for prot in _records(source, name, skip_invalid, alphabet, chains=chains, offered=offered, structure=structure):
         id_digest, seq_digest = _digest64(prot.id), _digest64(prot.sequence)  # (each once: `in_part`'s too)
         ids.append(id_digest)  # (a skipped record's id is the output's too: not twice)
         if part is not None:
@@ -1269,7 +1315,8 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         try:
             try:
                 scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet, options.part_of,
-                                          options.chains, options.linker_length), None
+                                          options.chains, options.linker_length,
+                                          structure=options.structure()), None
             except Exception as exc:  # noqa: BLE001 - any failure, raised once every rank has taken part:
                 if not ranked:       # the others stop too (they would wait for it at the barriers for hours)
                     raise
@@ -1530,6 +1577,13 @@ def _file_attrs(embedder, options, max_length) -> dict:
     }
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels
+    if getattr(getattr(embedder, "family_impl", None), "structure_aware", False):
+        # SaProt: "none" (every residue's 3Di state unknown) or the --structure-tokens file's
+        # digest; --resume, --reuse and merge refuse to mix the two, or two files' 3Di strings
+        tokens = options.structure()
+        attrs["structure_tokens"] = f"blake2b:{tokens.digest}" if tokens is not None else "none"
+        if tokens is not None:
+            attrs["structure_tokens_file"] = tokens.name  # (not compared: the same file under another name)
     if getattr(embedder, "weights_fingerprint", None):  # a local model directory's (it has no commit)
         attrs["weights_fingerprint"] = embedder.weights_fingerprint
     if getattr(embedder, "input_prefix", ""):
@@ -1656,7 +1710,7 @@ def _done_so_far(source, name, output, options, writer_kw: dict, dist, shard_fil
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
                     source, name, options.window, options.skip_invalid, options.alphabet, options.part_of,
-                    options.chains)
+                    options.chains, structure=options.structure())
                     for p in window),
                     seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
@@ -1770,7 +1824,7 @@ class _Computation:
         try:
             with self.writer, _Background(lambda work, *args: work(*args)) as background:
                 for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
-                                           options.part_of, options.chains):
+                                           options.part_of, options.chains, structure=options.structure()):
                     done_here = done.members(window)
                     summary.num_resumed += len(done_here)
                     if self.truncating and done_here:
@@ -2112,7 +2166,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
 
     left = found = 0
     for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
-                               options.part_of, options.chains):
+                               options.part_of, options.chains, structure=options.structure()):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             found += checksum is not None

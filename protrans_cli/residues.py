@@ -109,3 +109,34 @@ def normalise(seq: bytes | str, rare: str = "x") -> str:
         shown = repr(chr(char)) if 32 < char < 127 else _shown_byte(data, pos - 1)
         raise SequenceRejected(REASON_INVALID, f"invalid character {shown} at residue {pos}")
     return data.decode("ascii")
+
+
+# SaProt's residue-and-3Di tokens (models/saprot.py): inside embed a residue given with its 3Di
+# state is one character of Unicode's private use area, so that windows, parts and repeats cut
+# and compare the 3Di string with the residues; `residue_text` gives the amino acids back.
+PAIR_UNKNOWN = "#"
+_BASE = 0xE000  # Unicode's private use area: no FASTA letter
+PAIR_RESIDUES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_STATES = PAIR_UNKNOWN + "abcdefghijklmnopqrstuvwxyz"
+_LAST = _BASE + len(PAIR_RESIDUES) * len(_STATES)
+
+
+def pair_char(residue: str, state: str) -> str:
+    """One character for residue `residue` (upper case) in 3Di state `state` (lower case or `#`)."""
+    return chr(_BASE + PAIR_RESIDUES.index(residue) * len(_STATES) + _STATES.index(state))
+
+
+def split_char(char: str) -> tuple[str, str]:
+    """(residue, 3Di state) of one character of a sequence: a plain letter is of unknown structure."""
+    code = ord(char)
+    if _BASE <= code < _LAST:
+        r, s = divmod(code - _BASE, len(_STATES))
+        return PAIR_RESIDUES[r], _STATES[s]
+    return char, PAIR_UNKNOWN
+
+
+def residue_text(sequence: str) -> str:
+    """The amino acids of a sequence that may hold `pair_char` characters."""
+    if not any(_BASE <= ord(c) < _LAST for c in sequence):
+        return sequence
+    return "".join(split_char(c)[0] if _BASE <= ord(c) < _LAST else c for c in sequence)

@@ -919,11 +919,12 @@ def test_a_tokenizer_config_field_of_a_bad_value_is_named_not_a_missing_tokenize
         assert result.exit_code == 0, result.stderr
 
 
-def test_a_saprot_structure_aware_vocabulary_is_named_not_a_missing_tokenizer(tmp_path, run_cli):
+def test_a_saprot_structure_aware_vocabulary_is_read_not_a_missing_tokenizer(tmp_path, run_cli):
     """SaProt (westlake-repl/SaProt: an ESM-2 whose tokens pair each residue with a Foldseek 3Di
     letter, `Md`, `M#`) maps a plain residue to `<unk>`. It was refused as a directory lacking
     its tokenizer ("copy the tokenizer files ... of the model it was trained from"), which it does
-    not lack. One line saying what the vocabulary is, exit 1, nothing written."""
+    not lack, then as unsupported; it is read as SaProt now (tests/test_saprot.py): sequence-only,
+    with one warning that structure tokens improve it."""
     from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
     residues, states = "ACDEFGHIKLMNPQRSTVWY#", "pynwrqhgdlvtmfsaeikc#"
@@ -940,10 +941,10 @@ def test_a_saprot_structure_aware_vocabulary_is_named_not_a_missing_tokenizer(tm
     fasta = tmp_path / "x.fa"
     fasta.write_text(">a\nMKTAYIAKQR\n")
     result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "x.h5", "--device", "cpu", "-j", "1")
-    assert result.exit_code == 1, result.output
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert "SaProt's structure-aware tokens" in result.stderr and "copy the tokenizer" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["saprot", "x.fa"]
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("structure-aware model (SaProt)") == 1, result.stderr
+    assert "copy the tokenizer" not in result.stderr and "not supported" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saprot", "x.fa", "x.h5"]
 
 
 @pytest.mark.parametrize("failure", ["version", "old protobuf"])

@@ -98,6 +98,11 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
 @click.option("--3di", "three_di", is_flag=True,
               help="The sequences are Foldseek 3Di strings (one structure state per residue), not amino "
                    "acids: ProstT5 reads them lower-case after <fold2AA>.")
+@click.option("--structure-tokens", "structure_tokens", type=click.Path(dir_okay=False), default=None,
+              metavar="FASTA",
+              help="SaProt: a FASTA of 3Di strings (Foldseek's states, either case; # - ? . for "
+                   "unknown), one per input record under its id, one letter per residue (protrans "
+                   "translate --to 3di writes one): each residue is read with its state ('Md', not 'M#').")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
 @click.option("--packing/--no-packing", default=None,
@@ -134,7 +139,7 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, model, revision, per_residue, per_protein, pooling, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            chains, linker_length, invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
+            chains, linker_length, invalid_policy, three_di, structure_tokens, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
             reuse, part, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
@@ -159,7 +164,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
         long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy, chains=chains,
         linker_length=linker_length,
-        three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
+        three_di=three_di, structure_tokens=structure_tokens, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=command_line(command_args()),
         part=part, reuse=tuple(reuse),

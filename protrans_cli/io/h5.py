@@ -67,7 +67,7 @@ FLUSH_SECONDS = 1.0
 # missing from an older file is not compared).
 RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
                 "max_length", "long_policy", "chunk_overlap", "part", "weights_fingerprint", "chains",
-                "linker_length")
+                "linker_length", "structure_tokens")
 
 # Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
 # run's; the `runs` attribute lists every run's, oldest first.
@@ -146,7 +146,10 @@ def dataset_checksum(key: str, attrs) -> str | None:
 
 def sequence_checksum(sequence: str) -> str:
     """md5 of the upper-cased sequence without whitespace: how labels are matched without ids."""
-    clean = "".join(sequence.split()).upper()
+    from protrans_cli.residues import residue_text
+
+    # (embed --structure-tokens pairs residues with 3Di states in one character: the residues')
+    clean = "".join(residue_text(sequence).split()).upper()
     return "md5:" + hashlib.md5(clean.encode("ascii", "replace")).hexdigest()
 
 
@@ -227,7 +230,7 @@ HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the
 # checked where it is read, naming what it should name)
 TEXT_ATTRS = ("model", "revision", "commit", "weights_fingerprint", "family", "pooling", "compute_dtype",
               "storage_dtype", "device", "layout", "long_policy", "input_prefix", "input_digest", "part",
-              "attention", "sdpa_kernels", "imported_from")
+              "attention", "sdpa_kernels", "imported_from", "structure_tokens", "structure_tokens_file")
 
 
 def pooling_kind(text) -> str:

@@ -553,6 +553,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # empty tokenizer from the config, which read as "not a protein tokenizer"
             raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files",
                                                 revision=revision))
+        from protrans_cli.models.saprot import family_for
+
+        family = family_for(family, tokenizer)  # (SaProt: an ESM-2 reading residue-and-3Di tokens)
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None),
                          directory=target if is_dir else None)
         if before_weights is not None:
@@ -729,26 +732,9 @@ def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool, vocab_s
                          "it is not a protein language model this tool can use"))
     what = (f"the tokenizer maps the residue(s) {''.join(unknown)} to its unknown token "
             f"{getattr(tokenizer, 'unk_token', None)!r}")
-    if _structure_aware(tokenizer):
-        # (SaProt's vocabulary is its own, not a missing one: copying tokenizer files cannot help)
-        raise ModelError(f"{name}: {what}: its vocabulary pairs every residue with a Foldseek 3Di letter "
-                         "('M#', 'Md': SaProt's structure-aware tokens), and protrans reads amino-acid "
-                         "sequences alone: such a model is not supported")
     if is_dir:
         raise ModelError(f"{name}: {what}: the directory lacks this model's tokenizer; {_COPY_TOKENIZER}")
     raise ModelError(f"{name}: {what}: it is not a protein tokenizer this tool can use")
-
-
-def _structure_aware(tokenizer) -> bool:
-    """Whether the vocabulary holds a residue-and-3Di token for every residue (`A#` ... `Y#`,
-    SaProt's: each residue paired with a Foldseek state, `#` where the structure is unknown)."""
-    from protrans_cli.residues import STANDARD
-
-    try:
-        vocab = tokenizer.get_vocab()
-    except (AttributeError, TypeError, ValueError, NotImplementedError):
-        return False
-    return all(f"{residue}#" in vocab for residue in STANDARD)
 
 
 def _check_token_ids(name: str, family: Family, tokenizer, is_dir: bool, vocab_size: int) -> None:

@@ -91,6 +91,7 @@ class Family:
     # Why the hidden state of the cls token is no summary of the protein that pretraining taught
     # (`embed --pooling cls` warns with it), or None where nothing is known against it
     cls_not_trained: ClassVar[str | None] = None
+    structure_aware: ClassVar[bool] = False  # reads residue-and-3Di tokens (SaProt: models/saprot.py)
     input_kind: ClassVar[str] = "aa"  # what the sequences are: amino acids, or "3di" (three_di_input)
     flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
     # Linear modules that `finetune` puts LoRA adapters on, by the end of their qualified names

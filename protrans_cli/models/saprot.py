@@ -1,0 +1,196 @@
+"""SaProt (Su et al., ICLR 2024; westlake-repl/SaProt_*): an ESM-2 (`EsmForMaskedLM`,
+`EsmTokenizer`) whose vocabulary pairs every residue with a Foldseek 3Di state. A token is two
+letters: the residue (upper case, `#` for a masked residue) and the 3Di state (lower case, `#`
+where the structure is unknown): `Md` is residue M in state d, `M#` residue M of unknown
+structure, `#d` a masked residue in state d. Sequence-only input is every residue followed by
+`#` (SaProt's README: "M#E#V#Q#L#V#Q#Y#K#").
+
+Both alphabets are read from the loaded vocabulary, not assumed: the residue letters are the
+first letters of its `R#` tokens, the 3Di letters the second letters of its `#s` tokens. One
+token per residue, so exactly one row per residue comes out. A residue letter the vocabulary
+lacks (U, Z, O, B, X in SaProt's) becomes `#`, the vocabulary's masked residue (ESM's other
+models map such letters to X or <unk>); a 3Di letter it lacks, `#` (unknown structure).
+
+Inside embed a residue given with its 3Di state travels as one character of Unicode's private
+use area (`residues.pair_char`), so that everything that cuts, counts or compares sequences (chunked
+windows, --part, repeated proteins) cuts the 3Di string with its residues; `residues.residue_text`
+gives the amino acids back (checksums are of the amino-acid sequence).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+from protrans_cli.errors import InputError, ModelError
+from protrans_cli.models.esm import EsmFamily
+from protrans_cli.residues import PAIR_RESIDUES, pair_char, split_char
+from protrans_cli.residues import PAIR_UNKNOWN as UNKNOWN
+
+# what a 3Di string may hold besides letters: unknown structure (Foldseek's convert2fasta has
+# none; an alignment's gap and `#` are read as unknown)
+UNKNOWN_STATES = "#-?."
+
+
+def structure_aware(tokenizer) -> bool:
+    """Whether the vocabulary holds a residue-and-3Di token for every residue (`A#` ... `Y#`,
+    SaProt's: each residue paired with a Foldseek state, `#` where the structure is unknown)."""
+    from protrans_cli.residues import STANDARD
+
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        return False
+    return all(f"{residue}#" in vocab for residue in STANDARD)
+
+
+def combine(sequence: str, states: str, path: str, ident: str) -> str:
+    """`sequence` (normalised; a complex's chains joined by ':') with each residue paired with
+    its 3Di state from `states` (lower case, `#` unknown; any ':' left out). A length mismatch
+    is an InputError naming the structure file and record."""
+    residues = len(sequence) - sequence.count(":")
+    if residues != len(states):
+        raise InputError(f"the 3Di string has {len(states)} letters for a sequence of {residues} residues (one "
+                         "3Di letter per residue)", path=path, record=ident)
+    out, at = [], 0
+    for char in sequence:
+        if char == ":":
+            out.append(char)
+            continue
+        # (normalised letters are A-Z; anything else is kept as it is, and read as unknown)
+        out.append(pair_char(char, states[at]) if char in PAIR_RESIDUES else char)
+        at += 1
+    return "".join(out)
+
+
+def read_structure_tokens(path) -> "StructureTokens":
+    """The 3Di strings of a FASTA file (`embed --structure-tokens`), checked: every letter one
+    of Foldseek's 20 states (either case) or an unknown one (`#`, `-`, `?`, `.`); ids unique."""
+    path = Path(path)
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"cannot read the 3Di strings: {exc.strerror or exc}", path=str(path)) from None
+    return _read(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+class StructureTokens(dict):
+    """id -> 3Di string (lower case, `#` unknown), with the file's `name` and `digest`."""
+
+    name: str = ""
+    digest: str = ""
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str, mtime_ns: int, size: int) -> StructureTokens:
+    from protrans_cli.io.fasta import parse_fasta
+    from protrans_cli.io.files import open_input
+    from protrans_cli.residues import THREE_DI
+
+    allowed = set(THREE_DI + THREE_DI.lower() + UNKNOWN_STATES)
+    digest = hashlib.blake2b(digest_size=16)
+    tokens = StructureTokens()
+    first: dict[str, int] = {}
+    with open(path, "rb") as raw:
+        for block in iter(lambda: raw.read(1 << 20), b""):
+            digest.update(block)
+    with open_input(path, name=path) as stream:  # (gzip too, as embed's input)
+        for rec in parse_fasta(stream, path):
+            raw = rec.sequence
+            text = raw.decode("latin-1") if isinstance(raw, (bytes, bytearray)) else str(raw)
+            text = "".join(text.split()).replace(":", "")
+            bad = next(((i, c) for i, c in enumerate(text) if c not in allowed), None)
+            if bad is not None:
+                raise InputError(f"{bad[1]!r} at position {bad[0] + 1} is not a 3Di letter (Foldseek's 20 states "
+                                 f"{THREE_DI.lower()}, either case, or # - ? . for unknown)", path=path,
+                                 line=rec.line, record=rec.id)
+            if rec.id in first:
+                raise InputError(f"duplicate id (first seen on line {first[rec.id]})", path=path, line=rec.line,
+                                 record=rec.id)
+            first[rec.id] = rec.line
+            tokens[rec.id] = "".join(UNKNOWN if c in UNKNOWN_STATES else c for c in text.lower())
+    if not tokens:
+        raise InputError("no FASTA records", path=path)
+    tokens.name, tokens.digest = Path(path).name, digest.hexdigest()
+    return tokens
+
+
+class SaProtFamily(EsmFamily):
+    """The ESM family reading SaProt's paired tokens: one `Rs` token per residue."""
+
+    structure_aware = True
+    # (a packed row goes through ResidueLayout's one-letter table, which has no paired tokens)
+    packable = False
+    description = "SaProt: ESM-2 whose tokens pair each residue with a Foldseek 3Di state"
+
+    def __init__(self, tokenizer):
+        vocab = tokenizer.get_vocab()
+        self.residues = "".join(sorted(t[0] for t in vocab if len(t) == 2 and t[1] == UNKNOWN
+                                       and t[0] != UNKNOWN and t[0].isupper()))
+        self.states = "".join(sorted(t[1] for t in vocab if len(t) == 2 and t[0] == UNKNOWN
+                                     and t[1] != UNKNOWN and t[1].islower()))
+        self._ids = {token: i for token, i in vocab.items() if len(token) == 2}
+
+    def packing_problem(self, config, training):
+        return "SaProt's residue-and-3Di tokens are not packed (its batches are padded)"
+
+    def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
+        # (masked marginals mask the residue half of a token, `#s`: not what variants and
+        # perplexity do with the tokenizer's <mask>)
+        raise ModelError(f"{name_or_path}: a SaProt model (its tokens pair each residue with a Foldseek 3Di state): "
+                         "masked-LM scores (variants, perplexity) do not support its structure-aware vocabulary; "
+                         "embed does")
+
+    def token(self, char: str) -> str:
+        """The vocabulary token of one character of a (normalised) sequence."""
+        residue, state = split_char(char.upper() if len(char) == 1 and ord(char) < 128 else char)
+        residue = residue if residue in self.residues else UNKNOWN
+        state = state if state in self.states else UNKNOWN
+        return residue + state
+
+    def normalise(self, sequence: str) -> str:
+        return "".join(c.upper() if ord(c) < 128 else c for c in sequence)
+
+    def prepare(self, sequence: str) -> str:
+        """SaProt's input text: every residue's two-letter token, back to back ("M#E#Vd...")."""
+        return "".join(self.token(c) for c in self.normalise(sequence))
+
+    def encode(self, tokenizer, sequences: list[str], multiple: int = 1):
+        """As Family.encode, by table: `<cls>`, one paired token per residue, `<eos>`."""
+        import numpy as np
+        import torch
+
+        lead, tail = _special_ids(tokenizer)
+        rows = []
+        for seq in sequences:
+            try:
+                rows.append([self._ids[self.token(c)] for c in self.normalise(seq)])
+            except KeyError:
+                return self.encode_with_tokenizer(tokenizer, sequences, multiple)
+        width = max((len(r) for r in rows), default=0) + len(lead) + len(tail)
+        width = -(-width // multiple) * multiple
+        ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
+        attention = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=bool)
+        for i, r in enumerate(rows):
+            ids[i, :len(r) + len(lead) + len(tail)] = lead + r + tail
+            attention[i, :len(r) + len(lead) + len(tail)] = 1
+            mask[i, len(lead):len(lead) + len(r)] = True
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention)}, \
+            torch.from_numpy(mask)
+
+
+def _special_ids(tokenizer) -> tuple[list[int], list[int]]:
+    ids = tokenizer.build_inputs_with_special_tokens([-1])
+    at = ids.index(-1)
+    return list(ids[:at]), list(ids[at + 1:])
+
+
+def family_for(family, tokenizer):
+    """`family`, or the SaProt family where an ESM model's vocabulary is SaProt's."""
+    if getattr(family, "name", None) == "esm" and not getattr(family, "structure_aware", False) \
+            and structure_aware(tokenizer):
+        return SaProtFamily(tokenizer)
+    return family

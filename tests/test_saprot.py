@@ -1,0 +1,207 @@
+"""SaProt (westlake-repl/SaProt_*: an ESM-2 whose tokens pair each residue with a Foldseek 3Di
+state, `Md`, `M#`) in `protrans embed`, against a plain transformers forward pass over the
+tokens SaProt's README feeds it ("M#E#V#..." sequence-only, "MdEv..." with structure)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+from test_translate import prostt5_like  # noqa: F401 - (a fixture: translate --to 3di's model)
+
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY#"
+STATES = "pynwrqhgdlvtmfsaeikc#"  # (the order of the published vocabulary is not assumed anywhere)
+SEQS = {"a": "MKTAYIAKQRQISFVKSHFSRQ", "b": "MEVQLVQYKUXG", "c": "GSHMKT"}
+THREE_DI = {"a": "dvvvlllcppvsvvlpdddpvn", "b": "DAVLCPPQ#-ND", "c": "ppvvdd"}
+
+
+@pytest.fixture(scope="module")
+def saprot(tmp_path_factory):
+    from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
+
+    model_dir = tmp_path_factory.mktemp("saprot")
+    vocab = ["<cls>", "<pad>", "<eos>", "<unk>"] + [a + d for a in RESIDUES for d in STATES] + ["<mask>"]
+    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = EsmConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, pad_token_id=1, mask_token_id=len(vocab) - 1,
+                       position_embedding_type="rotary", max_position_embeddings=1026, token_dropout=True)
+    EsmForMaskedLM(config).save_pretrained(model_dir)
+    EsmTokenizer(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    return model_dir
+
+
+def _reference(model_dir, text: str) -> np.ndarray:
+    """A plain transformers forward pass over SaProt's input text: the residue rows."""
+    from transformers import EsmModel, EsmTokenizer
+
+    tokenizer = EsmTokenizer.from_pretrained(str(model_dir))
+    model = EsmModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
+    enc = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).last_hidden_state[0, 1:-1].numpy()
+
+
+def _sequence_only(seq: str) -> str:
+    return "".join((r if r in RESIDUES else "#") + "#" for r in seq)
+
+
+def _with_states(seq: str, states: str) -> str:
+    return "".join((r if r in RESIDUES else "#") + (s.lower() if s.lower() in STATES else "#")
+                   for r, s in zip(seq, states))
+
+
+def _fasta(path, records):
+    path.write_text("".join(f">{k}\n{v}\n" for k, v in records.items()))
+    return path
+
+
+def _embed(run_cli, tmp_path, model_dir, *options, out="e.h5"):
+    fasta = _fasta(tmp_path / "x.fa", SEQS)
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / out, "--device", "cpu", "-j", "1",
+                     *options)
+    return result, tmp_path / out
+
+
+def _rows(path):
+    with EmbeddingsReader(path) as r:
+        return {i: a for i, a, _ in r.items(PER_RESIDUE)}, {i: a for i, a, _ in r.items(PER_PROTEIN)}
+
+
+def test_sequence_only_rows_are_a_plain_forward_over_residue_hash_tokens(tmp_path, run_cli, saprot):
+    result, out = _embed(run_cli, tmp_path, saprot)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("structure-aware model (SaProt)") == 1
+    rows, means = _rows(out)
+    for ident, seq in SEQS.items():
+        assert rows[ident].shape[0] == len(seq)  # (U and X: one row each, read as '#')
+        np.testing.assert_allclose(rows[ident], _reference(saprot, _sequence_only(seq)), atol=1e-5)
+        np.testing.assert_allclose(means[ident], rows[ident].mean(0), atol=1e-5)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["structure_tokens"] == "none"
+
+
+def test_structure_tokens_pair_each_residue_with_its_state(tmp_path, run_cli, saprot):
+    tokens = _fasta(tmp_path / "x.3di.fa", {"c": THREE_DI["c"], "a": THREE_DI["a"], "b": THREE_DI["b"]})
+    result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens)
+    assert result.exit_code == 0, result.stderr
+    assert "structure-aware model (SaProt)" not in result.stderr
+    rows, _ = _rows(out)
+    for ident, seq in SEQS.items():
+        expected = _reference(saprot, _with_states(seq, THREE_DI[ident]))
+        np.testing.assert_allclose(rows[ident], expected, atol=1e-5)
+        assert not np.allclose(rows[ident], _reference(saprot, _sequence_only(seq)), atol=1e-3)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["structure_tokens"].startswith("blake2b:")
+        assert f.attrs["structure_tokens_file"] == "x.3di.fa"
+        # the checksum is the amino-acid sequence's (labels match embeddings by it)
+        from protrans_cli.io.h5 import sequence_checksum
+
+        assert f[f"{PER_RESIDUE}/a"].attrs["checksum"] == sequence_checksum(SEQS["a"])
+
+
+def test_chunked_windows_cut_the_3di_string_with_the_residues(tmp_path, run_cli, saprot):
+    from protrans_cli.embed import chunk_windows, stitch_windows
+
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens, "--max-length", "8",
+                         "--long-policy", "chunk", "--chunk-overlap", "3")
+    assert result.exit_code == 0, result.stderr
+    rows, _ = _rows(out)
+    seq, states = SEQS["a"], THREE_DI["a"]
+    windows = chunk_windows(len(seq), 8, 3)
+    assert len(windows) > 1
+    parts = [_reference(saprot, _with_states(seq[s:e], states[s:e]))[None] for s, e in windows]
+    expected = stitch_windows(windows, parts, len(seq))[0]
+    np.testing.assert_allclose(rows["a"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("records, says", [
+    ({**THREE_DI, "a": THREE_DI["a"][:-1]}, "the 3Di string has 21 letters for a sequence of 22 residues"),
+    ({**THREE_DI, "b": "DAVLCPPQ#-N1"}, "'1' at position 12 is not a 3Di letter"),
+    ({"a": THREE_DI["a"], "c": THREE_DI["c"]}, "no 3Di string for this record"),
+], ids=["length", "letter", "missing"])
+def test_bad_structure_tokens_are_one_line_before_any_computation(tmp_path, run_cli, saprot, records, says,
+                                                                   monkeypatch):
+    from protrans_cli.embedders import TransformerEmbedder
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed")
+
+    monkeypatch.setattr(TransformerEmbedder, "embed_arrays", never)
+    tokens = _fasta(tmp_path / "bad.3di.fa", records)
+    result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens)
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert says in result.stderr and "bad.3di.fa" in result.stderr
+    assert not out.exists()
+
+
+def test_structure_tokens_with_onehot_is_a_usage_error(tmp_path, run_cli):
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    result, out = _embed(run_cli, tmp_path, "onehot", "--structure-tokens", tokens)
+    assert result.exit_code == 2 and "--structure-tokens" in result.stderr, result.output
+    assert not out.exists()
+
+
+def test_structure_tokens_on_plain_esm_is_a_usage_error(tmp_path, run_cli):
+    import shutil
+    from pathlib import Path
+
+    model = tmp_path / "esm"
+    shutil.copytree(Path(__file__).parent / "data" / "esm_reference", model,
+                    ignore=shutil.ignore_patterns("reference.safetensors", "input.fa", "*.md"))
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    result, out = _embed(run_cli, tmp_path, model, "--structure-tokens", tokens)
+    assert result.exit_code == 2, result.output
+    assert "not a structure-aware model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_resume_refuses_to_mix_sequence_only_and_structure_rows(tmp_path, run_cli, saprot):
+    result, out = _embed(run_cli, tmp_path, saprot)
+    assert result.exit_code == 0, result.stderr
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    result, _ = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens, "--resume")
+    assert result.exit_code == 2, result.output
+    assert "structure_tokens" in result.stderr, result.stderr
+
+
+def test_variants_refuses_saprot_clearly(tmp_path, run_cli, saprot):
+    from protrans_cli.errors import ModelError
+    from protrans_cli.models import load_model
+
+    with pytest.raises(ModelError, match="structure-aware vocabulary"):
+        load_model(str(saprot), masked_lm=True)
+
+
+def test_the_family_reads_both_alphabets_from_the_vocabulary(saprot):
+    from transformers import EsmTokenizer
+
+    from protrans_cli.models.saprot import SaProtFamily
+
+    family = SaProtFamily(EsmTokenizer.from_pretrained(str(saprot)))
+    assert family.residues == "".join(sorted(RESIDUES[:-1]))
+    assert family.states == "".join(sorted(STATES[:-1]))
+    assert family.prepare("MuX") == "M###" + "##"
+
+
+def test_translate_to_3di_then_embed_with_its_strings(tmp_path, run_cli, saprot, prostt5_like):
+    """The chain docs/embed.md shows: `protrans translate --to 3di` writes upper-case 3Di strings
+    under the input's ids (with a description), which --structure-tokens reads as they are."""
+    from protrans_cli.io.fasta import read_fasta
+
+    model_dir, _ = prostt5_like
+    fasta = _fasta(tmp_path / "x.fa", SEQS)
+    states = tmp_path / "x.3di.fa"
+    result = run_cli("translate", fasta, "-m", model_dir, "--to", "3di", "-o", states, "--device", "cpu", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    predicted = {r.id: r.sequence for r in read_fasta(states)}
+    result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", states)
+    assert result.exit_code == 0, result.stderr
+    rows, _ = _rows(out)
+    for ident, seq in SEQS.items():
+        np.testing.assert_allclose(rows[ident], _reference(saprot, _with_states(seq, predicted[ident])), atol=1e-5)
