@@ -70,7 +70,7 @@ def test_family_filter_and_sections(run_cli):
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert set(data) == {"checkpoints"}
-    assert [c["embedding_dim"] for c in data["checkpoints"]] == [320, 480, 640, 1280, 2560, 5120] + [1280] * 6
+    assert [c["embedding_dim"] for c in data["checkpoints"]] == [320, 480, 640, 1280, 2560, 5120] + [480, 1280, 1280] + [1280] * 6
     assert {c["family"] for c in data["checkpoints"]} == {"esm"}
 
 

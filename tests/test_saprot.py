@@ -205,3 +205,22 @@ def test_translate_to_3di_then_embed_with_its_strings(tmp_path, run_cli, saprot,
     rows, _ = _rows(out)
     for ident, seq in SEQS.items():
         np.testing.assert_allclose(rows[ident], _reference(saprot, _with_states(seq, predicted[ident])), atol=1e-5)
+
+
+def test_the_catalog_counts_saprot_as_its_esm2_architecture_with_446_tokens():
+    import torch as _torch
+    from transformers import EsmConfig, EsmModel
+
+    from protrans_cli.models import CHECKPOINTS, FAMILIES
+    from protrans_cli.models.checkpoints import _SAPROT_ARCHITECTURES
+
+    assert {CHECKPOINTS[n].hub_id for n in _SAPROT_ARCHITECTURES} == {
+        "westlake-repl/SaProt_35M_AF2", "westlake-repl/SaProt_650M_AF2", "westlake-repl/SaProt_650M_PDB"}
+    for name, preset in _SAPROT_ARCHITECTURES.items():
+        kwargs = FAMILIES["esm"].preset_config(preset)
+        with _torch.device("meta"):
+            model = EsmModel(EsmConfig(vocab_size=446, pad_token_id=1, mask_token_id=445, **kwargs),
+                             add_pooling_layer=False)
+        ckpt = CHECKPOINTS[name]
+        assert sum(p.numel() for p in model.parameters()) == ckpt.num_params, name
+        assert (ckpt.embedding_dim, ckpt.num_layers) == (kwargs["hidden_size"], kwargs["num_hidden_layers"])

@@ -80,6 +80,18 @@ _ROWS = [
           ("t36_3B", 2_832_444_321, 2560, 36),
           ("t48_15B", 15_102_870_401, 5120, 48),
       ]),
+    # SaProt (Su et al. 2024): ESM-2 architectures whose 446 tokens pair each residue with a
+    # Foldseek 3Di state (models/saprot.py; embed --structure-tokens), trained on AlphaFold DB
+    # (AF2) or PDB structures; counted with its 446-token embedding table, without the LM head.
+    # No preset: the ESM-2 preset of its architecture (named in `_SAPROT_ARCHITECTURES`) has
+    # ESM's 33-token vocabulary, another parameter count.
+    *(Checkpoint(f"saprot_{size.lower()}_{data.lower()}", f"westlake-repl/SaProt_{size}_{data}", "esm", n, dim,
+                 f"SaProt {size} ({layers} layers, residue + 3Di tokens), {data} structures", num_layers=layers)
+      for size, data, n, dim, layers in [
+          ("35M", "AF2", 33_467_761, 480, 12),
+          ("650M", "AF2", 649_929_621, 1280, 33),
+          ("650M", "PDB", 649_929_621, 1280, 33),
+      ]),
     # ESM-1b (Rives et al. 2021; UniRef50, S: sparse) and ESM-1v (Meier et al. 2021; five models
     # of one architecture, UniRef90, seeds 1-5): learned positions, 1,022 residues at most
     # (longer proteins take --long-policy chunk)
@@ -92,3 +104,8 @@ _ROWS = [
 ]
 
 CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in _ROWS}
+
+# SaProt's short names -> the ESM-2 preset of the same architecture (tests count its parameters
+# from it with SaProt's 446-token vocabulary)
+_SAPROT_ARCHITECTURES = {"saprot_35m_af2": "esm2_t12_35M", "saprot_650m_af2": "esm2_t33_650M",
+                         "saprot_650m_pdb": "esm2_t33_650M"}
