@@ -170,12 +170,24 @@ def test_resume_refuses_to_mix_sequence_only_and_structure_rows(tmp_path, run_cl
     assert "structure_tokens" in result.stderr, result.stderr
 
 
-def test_variants_refuses_saprot_clearly(tmp_path, run_cli, saprot):
+def test_perplexity_and_variants_refuse_saprot_in_one_line(tmp_path, run_cli, saprot):
     from protrans_cli.errors import ModelError
     from protrans_cli.models import load_model
 
     with pytest.raises(ModelError, match="structure-aware vocabulary"):
         load_model(str(saprot), masked_lm=True)
+    result = run_cli("perplexity", _fasta(tmp_path / "x.fa", SEQS), "-m", saprot, "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "structure-aware vocabulary" in result.stderr
+    result = run_cli("variants", "--all-singles", "--sequence", "MKTAYIAK", "-m", saprot, "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "structure-aware vocabulary" in result.stderr
+
+
+def test_packing_is_refused_not_misread(tmp_path, run_cli, saprot):
+    result, out = _embed(run_cli, tmp_path, saprot, "--packing")
+    assert result.exit_code == 2 and "--packing" in result.stderr and "SaProt" in result.stderr, result.output
+    assert not out.exists()
 
 
 def test_the_family_reads_both_alphabets_from_the_vocabulary(saprot):
