@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
-from test_translate import prostt5_like  # noqa: F401 - (a fixture: translate --to 3di's model)
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY#"
 STATES = "pynwrqhgdlvtmfsaeikc#"  # (the order of the published vocabulary is not assumed anywhere)
@@ -199,6 +198,16 @@ def test_the_family_reads_both_alphabets_from_the_vocabulary(saprot):
     assert family.residues == "".join(sorted(RESIDUES[:-1]))
     assert family.states == "".join(sorted(STATES[:-1]))
     assert family.prepare("MuX") == "M###" + "##"
+
+
+@pytest.fixture(scope="module")
+def prostt5_like(tmp_path_factory):
+    """A tiny ProstT5-like T5 (as tests/test_translate.py's): translate --to 3di's model."""
+    from conftest import save_tiny_models
+    from test_embed_models import _prefixed_t5
+
+    models = save_tiny_models(tmp_path_factory)
+    return _prefixed_t5(tmp_path_factory.mktemp("translate") / "prostt5_like", models), models
 
 
 def test_translate_to_3di_then_embed_with_its_strings(tmp_path, run_cli, saprot, prostt5_like):
