@@ -309,6 +309,8 @@ class VariantScorer:
         # predicted by the query stream at it (`target_mapping`) from all other residues
         self.causal, self.decoder, self.permutation = model_readings(model.config, self.family)
         self.mask_id = self.tokenizer.mask_token_id
+        if getattr(self.family, "structure_aware", False):  # SaProt: `##`, not <mask> (models/saprot.py)
+            self.mask_id = self.family.site_mask_id(self.tokenizer)
         if self.mask_id is None and self.decoder:
             sentinel = self.tokenizer.convert_tokens_to_ids("<extra_id_0>")
             self.mask_id = None if sentinel == self.tokenizer.unk_token_id else sentinel

@@ -169,18 +169,51 @@ def test_resume_refuses_to_mix_sequence_only_and_structure_rows(tmp_path, run_cl
     assert "structure_tokens" in result.stderr, result.stderr
 
 
-def test_perplexity_and_variants_refuse_saprot_in_one_line(tmp_path, run_cli, saprot):
-    from protrans_cli.errors import ModelError
-    from protrans_cli.models import load_model
+def _site_log_probs(model_dir, seq: str) -> np.ndarray:
+    """SaProt's zero-shot reading, sequence-only, as a plain loop: residue i's token `R#` replaced
+    by `##` (the residue half masked), log-softmax of the logits there: (L, V)."""
+    from transformers import EsmForMaskedLM, EsmTokenizer
 
-    with pytest.raises(ModelError, match="structure-aware vocabulary"):
-        load_model(str(saprot), masked_lm=True)
-    result = run_cli("perplexity", _fasta(tmp_path / "x.fa", SEQS), "-m", saprot, "--device", "cpu")
-    assert result.exit_code == 1, result.output
-    assert len(result.stderr.strip().splitlines()) == 1 and "structure-aware vocabulary" in result.stderr
-    result = run_cli("variants", "--all-singles", "--sequence", "MKTAYIAK", "-m", saprot, "--device", "cpu")
-    assert result.exit_code == 1, result.output
-    assert len(result.stderr.strip().splitlines()) == 1 and "structure-aware vocabulary" in result.stderr
+    tokenizer = EsmTokenizer.from_pretrained(str(model_dir))
+    model = EsmForMaskedLM.from_pretrained(str(model_dir)).eval()
+    tokens = [(r if r in RESIDUES else "#") + "#" for r in seq]
+    out = []
+    for i in range(len(seq)):
+        masked = tokens[:i] + ["##"] + tokens[i + 1:]
+        enc = tokenizer("".join(masked), return_tensors="pt")
+        with torch.no_grad():
+            out.append(model(**enc).logits[0, i + 1].log_softmax(-1).numpy())
+    return np.array(out), tokenizer.get_vocab()
+
+
+def test_variants_masked_marginals_are_saprots_zero_shot_reading(run_cli, saprot):
+    import csv
+    import io
+
+    seq = "MKTAYIAKQR"
+    result = run_cli("variants", "--all-singles", "--sequence", seq, "-m", saprot, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 19 * len(seq)
+    column = next(k for k in rows[0] if k.endswith("masked_marginals"))
+    lp, vocab = _site_log_probs(saprot, seq)
+    for row in rows:
+        wt, pos, mt = row["mutant"][0], int(row["mutant"][1:-1]) - 1, row["mutant"][-1]
+        want = lp[pos, vocab[mt + "#"]] - lp[pos, vocab[wt + "#"]]
+        assert float(row[column]) == pytest.approx(want, abs=2e-5), row["mutant"]
+
+
+def test_pseudo_perplexity_masks_the_residue_half(tmp_path, run_cli, saprot):
+    import csv
+    import io
+
+    result = run_cli("perplexity", _fasta(tmp_path / "x.fa", {"a": SEQS["a"]}), "-m", saprot, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    row = next(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+    lp, vocab = _site_log_probs(saprot, SEQS["a"])
+    want = sum(lp[i, vocab[r + "#"]] for i, r in enumerate(SEQS["a"]))
+    assert row["method"] == "pseudo" and int(row["length"]) == len(SEQS["a"])
+    assert float(row["log_likelihood"]) == pytest.approx(want, abs=1e-4)
 
 
 def test_packing_is_refused_not_misread(tmp_path, run_cli, saprot):

@@ -136,12 +136,14 @@ class SaProtFamily(EsmFamily):
     def packing_problem(self, config, training):
         return "SaProt's residue-and-3Di tokens are not packed (its batches are padded)"
 
-    def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
-        # (masked marginals mask the residue half of a token, `#s`: not what variants and
-        # perplexity do with the tokenizer's <mask>)
-        raise ModelError(f"{name_or_path}: a SaProt model (its tokens pair each residue with a Foldseek 3Di state): "
-                         "masked-LM scores (variants, perplexity) do not support its structure-aware vocabulary; "
-                         "embed does")
+    def site_mask_id(self, tokenizer) -> int:
+        """The token that masks a residue of unknown structure, `##` (SaProt's zero-shot code masks
+        the residue half of a token, `Rs` -> `#s`, and reads residue r from the logit of `rs`):
+        variants and perplexity read sequences alone, every state `#`."""
+        token = UNKNOWN + UNKNOWN
+        if token not in self._ids:
+            raise ModelError(f"the vocabulary has no {token!r} token (a masked residue of unknown structure)")
+        return self._ids[token]
 
     def token(self, char: str) -> str:
         """The vocabulary token of one character of a (normalised) sequence."""
