@@ -278,3 +278,13 @@ def test_the_catalog_counts_saprot_as_its_esm2_architecture_with_446_tokens():
         ckpt = CHECKPOINTS[name]
         assert sum(p.numel() for p in model.parameters()) == ckpt.num_params, name
         assert (ckpt.embedding_dim, ckpt.num_layers) == (kwargs["hidden_size"], kwargs["num_hidden_layers"])
+
+
+def test_merge_refuses_parts_of_sequence_only_and_structure_rows(tmp_path, run_cli, saprot):
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    one, first = _embed(run_cli, tmp_path, saprot, "--part", "1/2", out="p1.h5")
+    two, second = _embed(run_cli, tmp_path, saprot, "--part", "2/2", "--structure-tokens", tokens, out="p2.h5")
+    assert one.exit_code == 0 and two.exit_code == 0, one.stderr + two.stderr
+    result = run_cli("merge", first, second, "-o", tmp_path / "all.h5")
+    assert result.exit_code != 0 and "structure_tokens" in result.stderr, result.output
+    assert not (tmp_path / "all.h5").exists()
