@@ -80,6 +80,9 @@ class ContactOptions:
     part_of = None
     chunk_overlap = 0
 
+    def structure(self):  # (no --structure-tokens: contacts reads amino acids alone)
+        return None
+
     @property
     def skip_invalid(self) -> bool:
         return self.invalid_policy == "skip"
