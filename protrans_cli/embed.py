@@ -108,6 +108,21 @@ class EmbedOptions:
     # earlier outputs of the same model and settings whose proteins are copied, by sequence, into
     # this output instead of computed (embed_reuse.py)
     reuse: tuple = ()
+    # a model spread over devices by from_pretrained (models/placement.py): auto | balanced |
+    # sequential, None for one device; the most each device holds ("0=20GiB,cpu=60GiB" or a dict);
+    # the folder for the weights that fit nowhere else
+    device_map: str | None = None
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
+
+    @property
+    def max_memory_map(self) -> dict | None:
+        """`max_memory` as from_pretrained takes it ({0: "20GiB", "cpu": "60GiB"}), or None."""
+        from protrans_cli.models.placement import parse_max_memory
+
+        if self.max_memory is None or isinstance(self.max_memory, dict):
+            return self.max_memory
+        return parse_max_memory(self.max_memory, option("--max-memory", "max_memory"))
 
     @property
     def part_of(self) -> tuple[int, int] | None:
@@ -221,6 +236,36 @@ class EmbedOptions:
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
         one_of(self.sdpa_kernels, SDPA_KERNELS, "--sdpa-kernels", keyword="sdpa_kernels")
         check_attention(self.attention, compile=self.compile)
+        self._check_device_map()
+
+    def _check_device_map(self) -> None:
+        """--device-map and its companions (UsageError): only with each other, and not with what
+        needs the whole model on one device."""
+        from protrans_cli.models.placement import check_device_map
+
+        if self.device_map is None:
+            for name, value in (("--max-memory", self.max_memory), ("--offload-folder", self.offload_folder)):
+                if value is not None:
+                    raise UsageError(f"{option(name, name[2:].replace('-', '_'))} places a model spread over devices: "
+                                     "give it with " + option("--device-map auto", "device_map='auto'"))
+            return
+        mapped = given("--device-map", "device_map", self.device_map)
+        check_device_map(self.device_map, option("--device-map", "device_map"))
+        if self.model == ONEHOT:
+            raise UsageError(f"{mapped}: the onehot embedder has no model to spread over devices")
+        self.max_memory_map  # (its syntax checked before the model loads)
+        if self.device != "auto":
+            raise UsageError(f"{mapped} with {given('--device', 'device', self.device)}: the device map places "
+                             "the model (leave --device out; --max-memory cpu=SIZE alone keeps it off the GPUs)")
+        for asked, what in ((self.packing, option("--packing", "packing=True")),
+                            (self.compile, option("--compile", "compile=True")),
+                            (self.attention == "flex", given("--attention", "attention", "flex"))):
+            if asked:
+                raise UsageError(f"{mapped} with {what}: a model spread over devices runs padded batches with "
+                                 "its own attention, uncompiled")
+        if _torchrun_rank()[1] > 1:
+            raise UsageError(f"{mapped} under torchrun with {_torchrun_rank()[1]} ranks: one process spreads one "
+                             "model over the devices, where each rank holds a whole model (run it without torchrun)")
 
 
 @dataclass
@@ -243,6 +288,7 @@ class EmbedSummary:
     device: str = ""             # where the model ran ("cpu", "cuda:0"; rank 0's under torchrun)
     compute_dtype: str = ""      # what it computed in ("float32", "bfloat16", ...)
     world_size: int = 1          # torchrun ranks that embedded
+    device_map: dict | None = None  # --device-map: {module: device} as from_pretrained placed them
 
     @property
     def residues_per_second(self) -> float:
@@ -346,8 +392,22 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
             warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
         _warn_gpu_only(options, "cpu", warn)
         return OneHotEmbedder(options.layers)
-    device_name, dtype = resolve_device(device or options.device, options.dtype)
-    _warn_gpu_only(options, device_name, warn)
+    mapped = options.device_map is not None
+    if mapped:
+        from protrans_cli.models.placement import cpu_only, require_accelerate
+
+        require_accelerate(option("--device-map", "device_map"))
+        # the compute dtype of the map's first GPU (bfloat16, float16...), float32 for a map that
+        # --max-memory keeps on the CPU (and disk)
+        device_name, dtype = resolve_device("cpu" if cpu_only(options.max_memory_map) else "auto", options.dtype)
+        if options.offload_folder is not None:
+            refuse_inside_model(str(options.offload_folder), [options.model], "--offload-folder", "offload_folder")
+        if options.cpu_fallback:
+            warn("--cpu-fallback ignored with --device-map: the device map already puts on the CPU (and disk) "
+                 "what the GPUs cannot hold")
+    else:
+        device_name, dtype = resolve_device(device or options.device, options.dtype)
+        _warn_gpu_only(options, device_name, warn)
     try:
         from protrans_cli.models import load_model
     except ImportError as exc:  # pragma: no cover - the registry ships with the package
@@ -356,11 +416,23 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     # materialised in float32 on the way to a bf16 GPU. (Loading may draw from torch's global
     # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
     if loaded is None:
-        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
+        placing = dict(device_map=options.device_map, max_memory=options.max_memory_map,
+                       offload_folder=options.offload_folder) if mapped else {}
+        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision, **placing)
+    if mapped:
+        from protrans_cli.models.placement import input_device
+
+        device_map = getattr(loaded.model, "hf_device_map", None)
+        if not device_map:
+            raise UsageError(f"{given('--device-map', 'device_map', options.device_map)}: the model given was "
+                             "loaded without a device map (load_model(..., device_map=...))")
+        device_name = input_device(device_map)  # (where its inputs go: the first GPU of the map, or the CPU)
     _check_structure_tokens(options, loaded, warn)
     automatic = options.attention == "auto"
     attention = options.attention
-    if automatic:
+    if mapped:
+        attention = "sdpa"  # (the model's own: flex and packing swap attention modules under accelerate's hooks)
+    elif automatic:
         attention = "flex" if flex_by_default(loaded.family, device_name, dtype, compiled=options.compile) else "sdpa"
     build = functools.partial(TransformerEmbedder, loaded, options.layers, device_name, dtype,
                               packed=bool(options.packing), sdpa_kernels=options.sdpa_kernels,
@@ -382,7 +454,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
         # (nothing shows for that while: the first batch waits for torch.compile)
         console.info("compiling the model's blocks with torch.compile: the first batches wait for it "
                      "(seconds to a minute)")
-    if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name,
+    if options.packing is None and not mapped and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name,
                                                                                                       embedder),
                                                       compiled=options.compile):
         embedder.use_packing()
@@ -1575,6 +1647,13 @@ def _file_attrs(embedder, options, max_length) -> dict:
         # sdpa or flex (--attention); none for the onehot embedder
         "attention": getattr(embedder, "attention", None),
     }
+    if getattr(embedder, "device_map", None):  # --device-map: the setting and where each module was
+        import json
+
+        from protrans_cli.models.placement import device_name
+
+        attrs["device_map"] = json.dumps({"setting": options.device_map,
+                                          "modules": {k: device_name(v) for k, v in embedder.device_map.items()}})
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels
     if getattr(getattr(embedder, "family_impl", None), "structure_aware", False):
@@ -1605,6 +1684,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     model_max = getattr(embedder, "max_residues", None)
     max_length = summary.max_length = resolve_max_length(options, model_max)
     summary.device, summary.compute_dtype = str(embedder.device), embedder.compute_dtype
+    summary.device_map = getattr(embedder, "device_map", None)
     summary.world_size = dist.world_size
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     _warn_cls_not_trained(embedder, options, dist.is_main)

@@ -177,6 +177,12 @@ def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
     redo = [i for i, r in enumerate(results) if isinstance(r, NonFinite) and r.compute]
     if not redo or getattr(embedder, "compute_dtype", "float32") == "float32" or not hasattr(embedder, "in_float32"):
         return results
+    if getattr(embedder, "device_map", None):  # (its weights offloaded in the dtype they were loaded in)
+        results = list(results)
+        for i in redo:
+            results[i] = NonFinite(f"{results[i].reason} (no float32 retry for a model spread with --device-map: "
+                                   "give --dtype float32)", False)
+        return results
     results, again = list(results), None
     try:
         with embedder.in_float32() as exact:

@@ -173,11 +173,20 @@ class TransformerEmbedder:
             problem = cls_problem(self.family_impl, self.tokenizer)
             if problem:
                 raise UsageError(f"{given('--pooling', 'pooling', 'cls')}: {self.name}: {problem}")
-        self.model = loaded.model.to(device=device).eval()
-        # float16: a family that can see its own overflows (T5) runs every module in float16,
-        # as the ProtTrans script does; the proteins where it overflowed are redone in float32
-        self._overflow_guard = _overflow_guard(self.family_impl, self.model) if compute_dtype == "float16" else None
-        cast_weights(self.model, getattr(torch, compute_dtype), keep_fp32=self._overflow_guard is None)
+        # A model spread over devices (embed --device-map): left where from_pretrained placed each
+        # module, in the dtype it was loaded in (its offloaded weights are read back in that dtype);
+        # `device` is where its inputs go, and every hidden state is brought there.
+        self.device_map = dict(getattr(loaded.model, "hf_device_map", None) or {}) or None
+        if self.device_map is not None:
+            self.model = loaded.model.eval()
+            self._overflow_guard = None
+        else:
+            self.model = loaded.model.to(device=device).eval()
+            # float16: a family that can see its own overflows (T5) runs every module in float16,
+            # as the ProtTrans script does; the proteins where it overflowed are redone in float32
+            self._overflow_guard = (_overflow_guard(self.family_impl, self.model) if compute_dtype == "float16"
+                                    else None)
+            cast_weights(self.model, getattr(torch, compute_dtype), keep_fp32=self._overflow_guard is None)
         # BERT-like models count positions 0..width-1 over the padding too: a batch rounded up
         # to pad_multiple must stay inside the learned table (one of 100 positions took 104)
         self._position_tokens = _absolute_positions(self.model)
@@ -345,6 +354,8 @@ class TransformerEmbedder:
             guard.watch(inputs.get("attention_mask"), int(mask.shape[0]), device)
         with torch.inference_mode(), sdpa_kernels(device, self.sdpa_kernels):
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
+            if self.device_map is not None:  # (each layer's state where its block ran: cuda:1, ...)
+                states = [state.to(device) for state in states]
             # (n_layers, B, T, D); one layer (the usual case) is a view, not a copy of the batch
             stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
             residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
@@ -450,7 +461,7 @@ class TransformerEmbedder:
 
         import torch
 
-        if self.device == "cpu":
+        if self.device == "cpu" or self.device_map is not None:  # (a device map holds on the CPU what the GPUs cannot)
             return None
         if self._cpu_copy is None:
             twin = copy.copy(self)

@@ -104,7 +104,18 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
                    "unknown), one per input record under its id, one letter per residue (protrans "
                    "translate --to 3di writes one): each residue is read with its state ('Md', not 'M#').")
 @click.option("--cpu-fallback", is_flag=True,
-              help="Retry on the CPU a protein that alone does not fit in GPU memory.")
+              help="Retry on the CPU a protein that alone does not fit in GPU memory (not with --device-map).")
+@click.option("--device-map", type=click.Choice(["auto", "balanced", "sequential"]), default=None,
+              help="Spread a model too large for one GPU over the GPUs, then CPU memory, then disk "
+                   "(from_pretrained's device_map; needs pip install \"protrans[big]\"): auto/balanced even "
+                   "over the GPUs, sequential fills them in order. Padded batches, the model's own attention; "
+                   "not under torchrun.  [default: the whole model on --device]")
+@click.option("--max-memory", default=None, metavar="DEV=SIZE,...",
+              help="With --device-map: the most each device holds, e.g. 0=20GiB,1=20GiB,cpu=60GiB (cpu alone: "
+                   "no GPU).  [default: what each device has free]")
+@click.option("--offload-folder", type=click.Path(file_okay=False), default=None,
+              help="With --device-map: a folder for the weights that fit on no device (read from it at "
+                   "every batch: slow).")
 @click.option("--packing/--no-packing", default=None,
               help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
                    "inside each protein (one fused varlen kernel on an NVIDIA GPU); T5 with --attention flex "
@@ -140,7 +151,7 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
 def command(fasta, output, model, revision, per_residue, per_protein, pooling, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
             chains, linker_length, invalid_policy, three_di, structure_tokens, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
-            reuse, part, window, threads):
+            reuse, part, window, threads, device_map, max_memory, offload_folder):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -167,7 +178,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         three_di=three_di, structure_tokens=structure_tokens, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=command_line(command_args()),
-        part=part, reuse=tuple(reuse),
+        part=part, reuse=tuple(reuse), device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
     )
     # (the merge's OUTPUT.partial, with torchrun: the exception's `kept`)
     with finished_with_resume(force, lambda exc: getattr(exc, "kept", None) or interrupted_output(output)):
@@ -197,6 +208,10 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                  + (f"; of these {summary.num_embedded + summary.num_reused:,}, {summary.num_duplicates:,} "
                     f"{'repeats' if summary.num_duplicates == 1 else 'repeat'} another's sequence "
                     "(not computed again)" if summary.num_duplicates else ""))
+    if summary.device_map:
+        from protrans_cli.models.placement import describe
+
+        console.info(f"the model was spread over devices (--device-map {device_map}): {describe(summary.device_map)}")
     if summary.truncated:  # (asked for, but never silent: their rows and means are of the first residues only)
         count, one = len(summary.truncated), len(summary.truncated) == 1
         limit = (f"--max-length {summary.max_length:,}" if max_length

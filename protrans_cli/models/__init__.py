@@ -463,7 +463,8 @@ def _family_of(name: str, config) -> Family:
 
 
 def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None,
-               masked_lm: bool = False, before_weights=None) -> LoadedModel:
+               masked_lm: bool = False, before_weights=None, device_map: str | None = None,
+               max_memory: dict | None = None, offload_folder=None) -> LoadedModel:
     """Load a short name, a local model directory or a hub id for embedding.
 
     The family comes from the checkpoint's config (model_type), the tokenizer and encoder
@@ -475,6 +476,10 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     `before_weights(name, family, config, tokenizer)`: a check of the config and tokenizer that raises
     before the weights are read (translate refuses a model without ProstT5's tokens at once, not
     after reading a 3B ProtT5's 11 GB).
+    `device_map` (auto, balanced, sequential; needs the accelerate package): the model spread by
+    from_pretrained over the GPUs, then the CPU, then files in `offload_folder`, each device holding
+    at most its `max_memory` ({0: "20GiB", "cpu": "60GiB"}); `device` is then not used (the
+    model's `hf_device_map` says where each module is; models/placement.py).
     """
     import torch
 
@@ -487,6 +492,14 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
         from protrans_cli.embedders import resolve_device
 
         device = resolve_device("auto", "auto")[0]
+    placing = {}
+    if device_map is not None:
+        from protrans_cli.models import placement
+
+        placement.check_device_map(device_map, "device_map")
+        placement.require_accelerate("device_map")
+        placing = {"device_map": device_map, "max_memory": max_memory,
+                   **({"offload_folder": str(offload_folder)} if offload_folder is not None else {})}
     try:  # (before the model is read: a device torch does not know was refused after a whole load)
         torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -566,8 +579,15 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # load_model drew other numbers after it)
             with torch.random.fork_rng(devices=[]):
                 load = family.load_masked_lm if masked_lm else family.load_encoder
-                model = load(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
-        except (OSError, ValueError) as exc:
+                model = load(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs, **placing)
+        except ValueError as exc:
+            if placing and (problem := _placement_problem(exc, family)):
+                raise UsageError(f"{name}: {problem}") from None
+            if is_dir and (lacking := missing_weights(target, generator=masked_lm)):
+                raise ModelError(f"{name}: {lacking}") from None
+            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision,
+                                                exc=exc)) from None
+        except OSError as exc:
             # (an ELECTRA pair's masked LM is its generator/: named as train --init-from names it)
             if is_dir and (lacking := missing_weights(target, generator=masked_lm)):
                 raise ModelError(f"{name}: {lacking}") from None
@@ -575,10 +595,15 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                                                 exc=exc)) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
-    try:
-        model = model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise ModelError(f"{name}: cannot move the model to device {device!r}: {first_line(exc)}") from None
+    if placing:  # (from_pretrained placed every module: moving the model would undo it)
+        if not getattr(model, "hf_device_map", None):
+            raise ModelError(f"{name}: from_pretrained(device_map={device_map!r}) left no device map on "
+                             f"{type(model).__name__}")
+    else:
+        try:
+            model = model.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelError(f"{name}: cannot move the model to device {device!r}: {first_line(exc)}") from None
     model.eval()
     # (ignored for a directory, with a warning: recorded, it also made a resume without it refused)
     return LoadedModel(name=name, path_or_hub_id=target, revision=None if is_dir else revision, family=family,
@@ -586,6 +611,19 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                        num_layers=family.num_layers(model.config), checkpoint=checkpoint,
                        commit=None if is_dir else _hub_commit(target, hub_kwargs, source.config),
                        weights_fingerprint=fingerprint)
+
+
+def _placement_problem(exc: ValueError, family: Family) -> str | None:
+    """What from_pretrained's ValueError says of a device map it could not make, in our words,
+    or None for another ValueError: weights left for the disk without an offload folder, or a
+    model class that cannot be split."""
+    text = str(exc)
+    if "offload_folder" in text or "offload folder" in text:
+        return ("the --max-memory given leaves part of the weights for the disk: give --offload-folder DIR "
+                "(or more memory)")
+    if "_no_split_modules" in text or "does not support `device_map" in text:
+        return f"the {family.name} family cannot be spread over devices (--device-map): {first_line(exc)}"
+    return None
 
 
 # A directory's weight files as from_pretrained reads them (sharded too); not train's

@@ -652,7 +652,8 @@ def refuse_missing_layers(model_class, directory) -> None:
 
 
 # from_pretrained's own options, not the model class's (the rest of load_checked's kwargs are)
-_LOADING_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
+_LOADING_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder",
+                   "device_map", "max_memory", "offload_folder")
 
 
 def _depth_problem(model_class, directory, kwargs: dict) -> str | None:
