@@ -597,8 +597,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
     if placing:  # (from_pretrained placed every module: moving the model would undo it)
         if not getattr(model, "hf_device_map", None):
-            raise ModelError(f"{name}: from_pretrained(device_map={device_map!r}) left no device map on "
-                             f"{type(model).__name__}")
+            # (the whole model on one device, as transformers 5.25 leaves a map of the CPU alone:
+            # no hf_device_map then; said so, as a map of one entry)
+            model.hf_device_map = {"": str(next(model.parameters()).device)}
     else:
         try:
             model = model.to(device)

@@ -93,6 +93,10 @@ class Family:
     cls_not_trained: ClassVar[str | None] = None
     structure_aware: ClassVar[bool] = False  # reads residue-and-3Di tokens (SaProt: models/saprot.py)
     input_kind: ClassVar[str] = "aa"  # what the sequences are: amino acids, or "3di" (three_di_input)
+    # the encoder's blocks a device map (embed --device-map) keeps whole, where its class names
+    # none (`_no_split_modules`): XLNet's attention holds bare parameters, and a map that put some
+    # on the CPU and some on the disk ran on wrong numbers without a word
+    no_split_modules: ClassVar[tuple[str, ...]] = ()
     flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
     # Linear modules that `finetune` puts LoRA adapters on, by the end of their qualified names
     # (heads/lora.py); () where the attention has no Linear projections (XLNet, Transformer-XL)
@@ -263,7 +267,16 @@ class Family:
 
     def load_encoder(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
-        return load_checked(self.encoder_class, name_or_path, dtype=dtype, **hub_kwargs)
+        return load_checked(self.mappable(self.encoder_class, hub_kwargs), name_or_path, dtype=dtype, **hub_kwargs)
+
+    def mappable(self, model_class, kwargs: dict):
+        """`model_class`, or under a device map (`kwargs["device_map"]`) where the class names no
+        blocks to keep whole, a subclass that names this family's `no_split_modules`."""
+        if kwargs.get("device_map") is None or getattr(model_class, "_no_split_modules", None) \
+                or not self.no_split_modules:
+            return model_class
+        return type(model_class.__name__, (model_class,), {"_no_split_modules": list(self.no_split_modules),
+                                                            "__module__": model_class.__module__})
 
     def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The encoder with its masked-LM head (`masked_lm_class`): logits over the vocabulary at
@@ -623,6 +636,10 @@ def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None =
     the hidden states depend on freshly initialised (a wrong or truncated checkpoint would
     otherwise give random embeddings without a word). Unused heads are fine. `lacking`: what to
     say when every weight missing is outside the base model (a head the checkpoint does not hold)."""
+    if kwargs.get("device_map") is not None and _takes(model_class, "add_pooling_layer"):
+        # (a pooler no embedding reads, which a masked-LM checkpoint lacks: initialised fresh, it
+        # was put on the disk with no weights there, a KeyError at the first forward)
+        kwargs.setdefault("add_pooling_layer", False)
     problem = _depth_problem(model_class, name_or_path, kwargs)
     if problem:
         raise ModelError(f"{name_or_path}: {problem}")
@@ -640,6 +657,16 @@ def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None =
                          f"{model_class.__name__} (e.g. {sorted(missing)[0]}); it is not a complete "
                          "checkpoint of this model")
     return model.eval()
+
+
+def _takes(model_class, keyword: str) -> bool:
+    """Whether the model class's constructor takes `keyword`."""
+    import inspect
+
+    try:
+        return keyword in inspect.signature(model_class.__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def refuse_missing_layers(model_class, directory) -> None:

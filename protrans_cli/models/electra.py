@@ -206,6 +206,7 @@ def __getattr__(name: str):
 
 class ElectraFamily(Family):
     name = "electra"
+    no_split_modules = ("ElectraLayer",)  # (kept whole by a device map: models/base.py)
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("electra",)
     # finetune's LoRA adapters: query, key, value and output projections of every layer (the discriminator)

@@ -56,8 +56,10 @@ def check_device_map(device_map: str | None, flag: str = "--device-map") -> None
 def require_accelerate(flag: str = "--device-map") -> None:
     """UsageError (a missing optional extra: the command as given cannot run here) naming the
     install command when the `accelerate` package is not importable."""
+    import importlib
+
     try:
-        import accelerate  # noqa: F401
+        importlib.import_module("accelerate")
     except ImportError:
         raise UsageError(f"{flag} needs the accelerate package, which is not installed: {INSTALL_BIG}") from None
 

@@ -1,0 +1,148 @@
+"""`protrans embed --device-map`: a model spread by from_pretrained (accelerate) over the
+devices, here the CPU and files on disk, gives the rows of a plain transformers forward pass
+and of the run without a map; and the options' errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import save_tiny_models
+from test_embed_models import SMALL, reference_rows
+
+from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+from protrans_cli.models import FAMILIES
+from protrans_cli.models.placement import describe, input_device, modules_per_device, parse_max_memory
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return save_tiny_models(tmp_path_factory)
+
+
+def _read(path, kind=PER_RESIDUE):
+    with EmbeddingsReader(path) as r:
+        return {i: a for i, a, _ in r.items(kind)}
+
+
+def _encoder_bytes(family, directory) -> int:
+    encoder = family.encoder_class.from_pretrained(str(directory), use_kernels=False)
+    return sum(p.numel() * p.element_size() for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_a_map_with_disk_offload_gives_the_plain_forward_pass(run_cli, tmp_path, tiny_models, family_name):
+    pytest.importorskip("accelerate")
+    family, model_dir = FAMILIES[family_name], tiny_models[family_name]
+    # room on the CPU for part of the weights: the rest goes to the disk
+    cpu = int(_encoder_bytes(family, model_dir) * 0.8)
+    mapped, plain = tmp_path / "mapped.h5", tmp_path / "plain.h5"
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", mapped, "--device-map", "auto",
+                     "--max-memory", f"cpu={cpu}", "--offload-folder", tmp_path / "offload", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "the model was spread over devices (--device-map auto):" in result.stderr
+    assert run_cli("embed", SMALL, "-m", model_dir, "-o", plain, "--device", "cpu", "-j", "1").exit_code == 0
+    with EmbeddingsReader(mapped) as r:
+        recorded = json.loads(r.attrs["device_map"])
+        assert r.attrs["compute_dtype"] == "float32" and r.attrs["device"] == "cpu"
+        assert r.attrs["packing"] is False or not r.attrs["packing"]
+    assert recorded["setting"] == "auto" and "disk" in recorded["modules"].values(), recorded
+    rows, means = _read(mapped), _read(mapped, PER_PROTEIN)
+    plain_rows = _read(plain)
+    for rec in read_fasta(SMALL):
+        seq = rec.sequence.replace("-", "").replace(".", "")
+        ref = reference_rows(family, model_dir, seq)[0]
+        np.testing.assert_allclose(rows[rec.id], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(means[rec.id], ref.mean(0), atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(rows[rec.id], plain_rows[rec.id])
+
+
+def test_the_loaded_model_has_a_disk_entry_and_is_not_moved(tiny_models, tmp_path):
+    pytest.importorskip("accelerate")
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    model_dir = tiny_models["esm"]
+    cpu = int(_encoder_bytes(FAMILIES["esm"], model_dir) * 0.8)
+    options = EmbedOptions(model=str(model_dir), device_map="sequential", max_memory={"cpu": cpu},
+                           offload_folder=str(tmp_path / "off"), threads=1)
+    embedder = build_embedder(options)
+    assert "disk" in embedder.model.hf_device_map.values()
+    assert embedder.device == "cpu" and embedder.on_cpu() is None and not embedder.packed
+    # the offloaded weights stay on the meta device (read from disk by accelerate's hooks)
+    assert any(p.device.type == "meta" for p in embedder.model.parameters())
+    rows = embedder.embed_batch(["MKTAYIAK", "GG"])
+    assert [r.shape[-2] for r in rows] == [8, 2]
+
+
+def test_max_memory_is_parsed_and_bad_items_are_named():
+    assert parse_max_memory("0=20GiB, 1=20GiB,cpu=60GiB") == {0: "20GiB", 1: "20GiB", "cpu": "60GiB"}
+    assert parse_max_memory("cuda:1=500MB,cpu=1000") == {1: "500MB", "cpu": 1000}
+    assert parse_max_memory(None) is None
+    from protrans_cli.errors import UsageError
+
+    for text, item in (("0=20GiB,gpu=3GB", "'gpu=3GB'"), ("cpu20GiB", "'cpu20GiB'"), ("cpu=lots", "'cpu=lots'"),
+                       ("cpu=0GB", "'cpu=0GB'"), ("cpu=1GB,cpu=2GB", "'cpu=2GB'"), ("disk=1GB", "'disk=1GB'")):
+        with pytest.raises(UsageError, match=f"item {item}"):
+            parse_max_memory(text)
+
+
+def test_map_summaries():
+    device_map = {"embeddings": 0, "encoder.layer.0": 0, "encoder.layer.1": 1, "encoder.layer.2": "cpu",
+                  "encoder.layer.3": "disk"}
+    assert input_device(device_map) == "cuda:0"
+    assert input_device({"": "disk"}) == input_device({"a": "cpu", "b": "disk"}) == "cpu"
+    assert modules_per_device(device_map) == {"cuda:0": 2, "cuda:1": 1, "cpu": 1, "disk": 1}
+    assert describe(device_map) == "2 modules on cuda:0, 1 on cuda:1, 1 on cpu, 1 on disk"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-memory", "cpu=1GB,gpu=3"], "--max-memory cpu=1GB,gpu=3: item 'gpu=3': 'gpu' is not a device"),
+    (["--max-memory", "cpu"], "item 'cpu': not DEVICE=SIZE"),
+    (["--packing"], "--device-map auto with --packing"),
+    (["--compile"], "--device-map auto with --compile"),
+    (["--attention", "flex"], "--device-map auto with --attention flex"),
+    (["--device", "cpu"], "--device-map auto with --device cpu"),
+])
+def test_device_map_usage_errors(run_cli, tmp_path, tiny_models, extra, message):
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", tiny_models["esm"], "-o", out, "--device-map", "auto", *extra)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flag, value", [("--max-memory", "cpu=1GB"), ("--offload-folder", "off")])
+def test_companions_need_a_device_map(run_cli, tmp_path, tiny_models, flag, value):
+    result = run_cli("embed", SMALL, "-m", tiny_models["esm"], "-o", tmp_path / "e.h5", flag, value)
+    assert result.exit_code == 2 and f"{flag} places a model spread over devices" in result.stderr
+
+
+def test_refused_under_torchrun_with_several_ranks(run_cli, tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = run_cli("embed", SMALL, "-m", tiny_models["esm"], "-o", tmp_path / "e.h5", "--device-map", "auto")
+    assert result.exit_code == 2 and "--device-map auto under torchrun with 2 ranks" in result.stderr
+
+
+def test_without_accelerate_it_names_the_extra(run_cli, tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # (import accelerate: ImportError)
+    result = run_cli("embed", SMALL, "-m", tiny_models["esm"], "-o", tmp_path / "e.h5", "--device-map", "auto")
+    assert result.exit_code == 2, result.stderr
+    assert 'needs the accelerate package, which is not installed: pip install "protrans[big]"' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_offload_folder_inside_the_model_directory_is_refused(run_cli, tmp_path, tiny_models):
+    pytest.importorskip("accelerate")
+    model_dir = tiny_models["esm"]
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", tmp_path / "e.h5", "--device-map", "auto",
+                     "--offload-folder", model_dir / "offload")
+    assert result.exit_code == 2 and "is inside the model directory" in result.stderr
+    assert "--offload-folder" in result.stderr and not (model_dir / "offload").exists()
+
+
+def test_onehot_has_no_model_to_map(run_cli, tmp_path):
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "e.h5", "--device-map", "auto")
+    assert result.exit_code == 2 and "the onehot embedder has no model to spread" in result.stderr
