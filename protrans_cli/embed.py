@@ -108,7 +108,7 @@ class EmbedOptions:
     # earlier outputs of the same model and settings whose proteins are copied, by sequence, into
     # this output instead of computed (embed_reuse.py)
     reuse: tuple = ()
-    # a model spread over devices by from_pretrained (models/placement.py): auto | balanced |
+    # a model spread over devices by from_pretrained (protrans_cli/placement.py): auto | balanced |
     # sequential, None for one device; the most each device holds ("0=20GiB,cpu=60GiB" or a dict);
     # the folder for the weights that fit nowhere else
     device_map: str | None = None
@@ -118,7 +118,7 @@ class EmbedOptions:
     @property
     def max_memory_map(self) -> dict | None:
         """`max_memory` as from_pretrained takes it ({0: "20GiB", "cpu": "60GiB"}), or None."""
-        from protrans_cli.models.placement import parse_max_memory
+        from protrans_cli.placement import parse_max_memory
 
         if self.max_memory is None or isinstance(self.max_memory, dict):
             return self.max_memory
@@ -241,7 +241,7 @@ class EmbedOptions:
     def _check_device_map(self) -> None:
         """--device-map and its companions (UsageError): only with each other, and not with what
         needs the whole model on one device."""
-        from protrans_cli.models.placement import check_device_map
+        from protrans_cli.placement import check_device_map
 
         if self.device_map is None:
             for name, value in (("--max-memory", self.max_memory), ("--offload-folder", self.offload_folder)):
@@ -394,7 +394,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
         return OneHotEmbedder(options.layers)
     mapped = options.device_map is not None
     if mapped:
-        from protrans_cli.models.placement import cpu_only, require_accelerate
+        from protrans_cli.placement import cpu_only, require_accelerate
 
         require_accelerate(option("--device-map", "device_map"))
         # the compute dtype of the map's first GPU (bfloat16, float16...), float32 for a map that
@@ -420,7 +420,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
                        offload_folder=options.offload_folder) if mapped else {}
         loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision, **placing)
     if mapped:
-        from protrans_cli.models.placement import input_device
+        from protrans_cli.placement import input_device
 
         device_map = getattr(loaded.model, "hf_device_map", None)
         if not device_map:
@@ -1650,7 +1650,7 @@ def _file_attrs(embedder, options, max_length) -> dict:
     if getattr(embedder, "device_map", None):  # --device-map: the setting and where each module was
         import json
 
-        from protrans_cli.models.placement import device_name
+        from protrans_cli.placement import device_name
 
         attrs["device_map"] = json.dumps({"setting": options.device_map,
                                           "modules": {k: device_name(v) for k, v in embedder.device_map.items()}})

@@ -15,7 +15,7 @@ from test_embed_models import SMALL, reference_rows
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 from protrans_cli.models import FAMILIES
-from protrans_cli.models.placement import describe, input_device, modules_per_device, parse_max_memory
+from protrans_cli.placement import describe, input_device, modules_per_device, parse_max_memory
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                     f"{'repeats' if summary.num_duplicates == 1 else 'repeat'} another's sequence "
                     "(not computed again)" if summary.num_duplicates else ""))
     if summary.device_map:
-        from protrans_cli.models.placement import describe
+        from protrans_cli.placement import describe
 
         console.info(f"the model was spread over devices (--device-map {device_map}): {describe(summary.device_map)}")
     if summary.truncated:  # (asked for, but never silent: their rows and means are of the first residues only)

@@ -479,7 +479,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     `device_map` (auto, balanced, sequential; needs the accelerate package): the model spread by
     from_pretrained over the GPUs, then the CPU, then files in `offload_folder`, each device holding
     at most its `max_memory` ({0: "20GiB", "cpu": "60GiB"}); `device` is then not used (the
-    model's `hf_device_map` says where each module is; models/placement.py).
+    model's `hf_device_map` says where each module is; protrans_cli/placement.py).
     """
     import torch
 
@@ -494,7 +494,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
         device = resolve_device("auto", "auto")[0]
     placing = {}
     if device_map is not None:
-        from protrans_cli.models import placement
+        from protrans_cli import placement
 
         placement.check_device_map(device_map, "device_map")
         placement.require_accelerate("device_map")
