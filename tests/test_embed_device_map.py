@@ -146,3 +146,14 @@ def test_offload_folder_inside_the_model_directory_is_refused(run_cli, tmp_path,
 def test_onehot_has_no_model_to_map(run_cli, tmp_path):
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "e.h5", "--device-map", "auto")
     assert result.exit_code == 2 and "the onehot embedder has no model to spread" in result.stderr
+
+
+def test_a_model_that_fits_is_recorded_on_its_one_device(run_cli, tmp_path, tiny_models):
+    pytest.importorskip("accelerate")
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", tiny_models["t5"], "-o", out, "--device-map", "sequential", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "(--device-map sequential): 1 module on cpu" in result.stderr
+    assert "meta device" not in result.stderr  # (accelerate's own warning: the summary says where)
+    with EmbeddingsReader(out) as r:
+        assert json.loads(r.attrs["device_map"]) == {"setting": "sequential", "modules": {"": "cpu"}}

@@ -14,6 +14,7 @@ ProtTXL directory without `trust_remote_code`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -841,7 +842,16 @@ def _quiet_transformers():
             # The load report lists the pretraining heads an encoder does not use; load_checked
             # already refuses a checkpoint that lacks encoder weights.
             hf_logging.set_verbosity_error()
-        yield
+        # (accelerate, under --device-map: "Some parameters are on the meta device because they were
+        # offloaded to the disk", which embed's summary says as where each module was)
+        placing_log = logging.getLogger("accelerate.big_modeling")
+        level = placing_log.level
+        if console.state.verbosity < 1:
+            placing_log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            placing_log.setLevel(level)
 
 
 def weight_errors() -> tuple[type[BaseException], ...]:
