@@ -1646,6 +1646,7 @@ def _file_attrs(embedder, options, max_length) -> dict:
         "compiled": bool(getattr(embedder, "compiled", False)),
         # sdpa or flex (--attention); none for the onehot embedder
         "attention": getattr(embedder, "attention", None),
+        "device_map": None,  # (--device-map: below; None clears a resumed file's earlier map)
     }
     if getattr(embedder, "device_map", None):  # --device-map: the setting and where each module was
         import json

@@ -157,3 +157,19 @@ def test_a_model_that_fits_is_recorded_on_its_one_device(run_cli, tmp_path, tiny
     assert "meta device" not in result.stderr  # (accelerate's own warning: the summary says where)
     with EmbeddingsReader(out) as r:
         assert json.loads(r.attrs["device_map"]) == {"setting": "sequential", "modules": {"": "cpu"}}
+
+
+def test_a_resumed_run_records_its_own_map_or_none(run_cli, tmp_path, tiny_models):
+    pytest.importorskip("accelerate")
+    records = list(read_fasta(SMALL))
+    first = tmp_path / "first.fa"
+    first.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records[:2]))
+    out, model_dir = tmp_path / "e.h5", tiny_models["esm"]
+    assert run_cli("embed", first, "-m", model_dir, "-o", out, "--device-map", "auto", "-j", "1").exit_code == 0
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", out, "--resume", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    with EmbeddingsReader(out) as r:
+        assert "device_map" not in r.attrs  # (the last run's: none)
+        runs = json.loads(r.attrs["runs"])
+    assert json.loads(runs[0]["device_map"])["setting"] == "auto" and "device_map" not in runs[1]
+    assert sorted(_read(out)) == sorted(r.id for r in records)

@@ -72,7 +72,7 @@ RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "l
 # Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
 # run's; the `runs` attribute lists every run's, oldest first.
 RUN_ATTRS = ("command_line", "protrans_version", "device", "compute_dtype", "packing", "compiled", "sdpa_kernels",
-             "attention")
+             "attention", "device_map")
 
 _UNSAFE = re.compile(r"[%/\x00-\x1f\x7f]")
 
@@ -2241,6 +2241,8 @@ class EmbeddingsWriter:
             self.runs.append(this_run)
         for key, value in run_attrs.items():
             if value is None:
+                if key == "device_map" and key in self.file.attrs:  # (an earlier run's map, not this one's)
+                    del self.file.attrs[key]
                 continue
             self.file.attrs[key] = _attr_value(value)
         self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
