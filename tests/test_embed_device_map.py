@@ -173,3 +173,23 @@ def test_a_resumed_run_records_its_own_map_or_none(run_cli, tmp_path, tiny_model
         runs = json.loads(r.attrs["runs"])
     assert json.loads(runs[0]["device_map"])["setting"] == "auto" and "device_map" not in runs[1]
     assert sorted(_read(out)) == sorted(r.id for r in records)
+
+
+@pytest.mark.parametrize("family_name", ["xlnet", "esm", "bert"])
+def test_load_model_maps_the_masked_lm_too(tiny_models, tmp_path, family_name):
+    """load_model(masked_lm=True, device_map=...) (variants' and perplexity's loader, from Python):
+    the logits of the model without a map (XLNet's attention split between CPU and disk gave others)."""
+    pytest.importorskip("accelerate")
+    import torch
+
+    from protrans_cli.models import load_model
+
+    model_dir, family = tiny_models[family_name], FAMILIES[family_name]
+    plain = load_model(str(model_dir), masked_lm=True)
+    size = sum(p.numel() * p.element_size() for p in plain.model.parameters())
+    mapped = load_model(str(model_dir), masked_lm=True, device_map="auto", max_memory={"cpu": int(size * 0.8)},
+                        offload_folder=str(tmp_path / "off"))
+    assert "disk" in mapped.model.hf_device_map.values()
+    inputs = family.encode(plain.tokenizer, ["MKTAYIAKQRQISFVK", "GGW"])[0]
+    with torch.no_grad():
+        torch.testing.assert_close(mapped.model(**inputs).logits, plain.model(**inputs).logits, atol=1e-5, rtol=0)

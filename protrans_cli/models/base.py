@@ -288,8 +288,8 @@ class Family:
                              "RoBERTa-style BERT or ELECTRA generator checkpoint)")
         import transformers
 
-        model = load_checked(getattr(transformers, self.masked_lm_class), name_or_path, dtype=dtype,
-                             lacking=self.masked_lm_lacking, **hub_kwargs)
+        model_class = self.mappable(getattr(transformers, self.masked_lm_class), hub_kwargs)
+        model = load_checked(model_class, name_or_path, dtype=dtype, lacking=self.masked_lm_lacking, **hub_kwargs)
         self.repair_config(model.config)
         return model
 
