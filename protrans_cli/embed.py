@@ -401,7 +401,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
         # --max-memory keeps on the CPU (and disk)
         device_name, dtype = resolve_device("cpu" if cpu_only(options.max_memory_map) else "auto", options.dtype)
         if options.offload_folder is not None:
-            refuse_inside_model(str(options.offload_folder), [options.model], "--offload-folder", "offload_folder")
+            refuse_inside_model(str(options.offload_folder), [options.model], "--offload-folder", "offload_folder",
+                                contents="the offloaded weights")
         if options.cpu_fallback:
             warn("--cpu-fallback ignored with --device-map: the device map already puts on the CPU (and disk) "
                  "what the GPUs cannot hold")
