@@ -30,3 +30,6 @@ DUAL_POLICIES = ("first", "skip")
 # "linear" (the linear probe) is one affine map of each residue's row or of the per-protein vector.
 ARCHITECTURES = {"per_residue": ("cnn", "linear"), "per_protein": ("fnn", "light-attention", "linear")}
 ALL_ARCHITECTURES = ("cnn", "fnn", "light-attention", "linear")  # (each once: --architecture's choices)
+
+# train --compile-mode: torch.compile's modes for the transformer blocks (reduce-overhead: CUDA graphs)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")

@@ -15,7 +15,7 @@ import torch
 from conftest import DATA
 from protrans_cli.models import FAMILIES, get_family
 from protrans_cli.models import packing
-from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.config import Phase, TrainConfig
 from protrans_cli.training.data import Sample, TokenLayout
 from protrans_cli.training.loop import train
 from protrans_cli.training.objectives import IGNORE, _logits, _model_inputs, make_objective
@@ -443,3 +443,150 @@ def test_an_amd_gpu_never_calls_the_varlen_kernel(monkeypatch, capability):
         q = SimpleNamespace(is_cuda=True, dtype=half, device=torch.device("cuda", 0))
         assert packing._fused(q, 0.0) is False
     assert packing.varlen_available("cuda:0") is False
+
+
+# --static-shapes ---------------------------------------------------------------------------------
+
+def test_static_segments_cut_the_padding_and_fill_the_slots():
+    cu, longest, positions = packing.segments([5, 3], 24, position_offset=2, slots=6, longest=7)
+    # proteins 5 and 3, the 16 padding tokens as 7 + 7 + 2, then one segment of no tokens
+    assert cu.tolist() == [0, 5, 8, 15, 22, 24, 24] and cu.dtype == torch.int32
+    assert longest == 7  # the phase's length, whatever the proteins
+    assert positions[0].tolist() == [2 + i for i in [*range(5), *range(3), *range(7), *range(7), *range(2)]]
+    with pytest.raises(ValueError, match="do not fit 3 static slots"):
+        packing.segments([5, 3], 24, slots=3, longest=7)
+    with pytest.raises(ValueError, match="do not fit a static row of 8"):
+        packing.pack([np.arange(5), np.arange(4)], 0, 8, width=8)
+
+
+def test_packed_attention_passes_over_segments_of_no_tokens():
+    """The padded fallback (CPU) with a static row's empty slots: the same output as without
+    them, and finite gradients (a segment with no key to attend to is NaN in SDPA)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 24, 8, requires_grad=True) for _ in range(3))
+    plain, _ = packing.packed_attention(None, q, k, v, None, cu_seq_lens_q=torch.tensor([0, 5, 8, 24], dtype=torch.int32),
+                                        max_length_q=16)
+    cu, longest, _ = packing.segments([5, 3], 24, slots=8, longest=16)
+    assert cu.tolist()[-4:] == [24] * 4
+    static, _ = packing.packed_attention(None, q, k, v, None, cu_seq_lens_q=cu, max_length_q=longest)
+    torch.testing.assert_close(static, plain, rtol=0, atol=0)
+    static.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def _recorded_shapes(monkeypatch):
+    """Every micro-batch's tensor shapes (and max length) as the training loop moves it to the device."""
+    from protrans_cli.training import loop
+
+    seen, to_device = [], loop._to_device
+
+    def record(batch, device):
+        seen.append({k: (tuple(v.shape) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+                     if k in ("input_ids", "labels", "position_ids", "cu_seq_lens", "residue_mask", "max_length")})
+        return to_device(batch, device)
+
+    monkeypatch.setattr(loop, "_to_device", record)
+    return seen
+
+
+@pytest.mark.parametrize("family, token_micro_batches", [("bert", True), ("bert", False), ("electra", True)])
+def test_static_shapes_give_one_shape_per_phase_and_the_packed_losses(tmp_path, monkeypatch, family,
+                                                                     token_micro_batches):
+    """Every micro-batch of a phase has the same tensors' shapes (the row width, the segment slots,
+    the phase's max length), whatever its proteins, and the losses are those of the unpadded
+    packed run on the same data and seed: the padding carries no label and attends to itself."""
+    kw = dict(token_micro_batches=token_micro_batches, phases=[Phase(32, 3), Phase(64, 3)], micro_batch_size=4,
+              pad_multiple=8)
+    plain = train(_config(tmp_path / "plain", family, True, **kw))
+    seen = _recorded_shapes(monkeypatch)
+    static = train(_config(tmp_path / "static", family, True, static_shapes=True, **kw))
+    assert static.completed
+    np.testing.assert_allclose(static.losses, plain.losses, rtol=1e-6)
+    per_step = 16 // 4 if not token_micro_batches else None  # (token micro-batches: as many as they take)
+    assert per_step is None or len(seen) == 6 * per_step
+    first, second = seen[0], seen[-1]
+    # phase 1: rows of 4 x 32 tokens; phase 2: 4 x 64
+    assert first["input_ids"] == (1, 128) and second["input_ids"] == (1, 256)
+    assert first["max_length"] == 32 and second["max_length"] == 64
+    slots = lambda width, length: (16 if token_micro_batches else 4) + width // length  # noqa: E731
+    assert first["cu_seq_lens"] == (slots(128, 32) + 1,) and second["cu_seq_lens"] == (slots(256, 64) + 1,)
+    shapes = [s for s in seen if s["max_length"] == 32], [s for s in seen if s["max_length"] == 64]
+    assert all(s == first for s in shapes[0]) and all(s == second for s in shapes[1])
+    assert len(shapes[0]) + len(shapes[1]) == len(seen)
+
+
+def test_static_shapes_need_packing(tmp_path, run_cli):
+    result = run_cli("train", "--family", "bert", "--preset", "tiny", "--corpus", LEARNABLE, "-o",
+                     tmp_path / "run", "--num-steps", "1", "--static-shapes")
+    assert result.exit_code == 2
+    assert "--static-shapes (static_shapes) goes with --packing (packing)" in result.output
+
+
+def _compile_counts(monkeypatch):
+    """torch._dynamo's count of compiled graphs and of recompilations after each training step."""
+    from torch._dynamo.utils import counters
+
+    from protrans_cli.training import loop
+
+    after, step = [], loop.train_step
+
+    def counted(*args, **kwargs):
+        result = step(*args, **kwargs)
+        after.append((counters["stats"]["unique_graphs"], sum(counters["recompiles"].values())))
+        return result
+
+    monkeypatch.setattr(loop, "train_step", counted)
+    return after
+
+
+@pytest.mark.slow
+def test_static_shapes_compile_each_block_once_with_inductor(tmp_path, monkeypatch):
+    """The real compiler (inductor) over 4 steps of proteins of other lengths: the graphs of the
+    first step serve the others, no recompile; the losses are the eager static run's.
+    Slow: inductor compiles a tiny BERT block for some 20 s on a 2-core CPU."""
+    kw = dict(num_steps=4, micro_batch_size=4, static_shapes=True, token_micro_batches=True)
+    eager = train(_config(tmp_path / "eager", "bert", True, **kw))
+    torch._dynamo.reset()
+    after = _compile_counts(monkeypatch)
+    try:
+        compiled = train(_config(tmp_path / "compiled", "bert", True, compile=True, **kw))
+    finally:
+        torch._dynamo.reset()
+    assert len(after) == 4 and after[0][0] > 0
+    assert after[-1] == after[0], f"graphs and recompiles after each step: {after}"
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-5)
+
+
+def test_static_shapes_compile_each_block_once(tmp_path, monkeypatch):
+    """The blocks compile without dynamic shapes under --static-shapes, once: 4 steps of proteins
+    of other lengths compile nothing after the first step (dynamo's eager backend, for speed:
+    the graphs and guards are dynamo's whatever the backend). The same blocks compiled without
+    dynamic shapes over packed rows of other widths compile graph after graph (the reason for
+    --static-shapes)."""
+    from protrans_cli.training import recompute
+
+    calls, compile_ = [], torch.compile
+
+    def eager_backend(fn, **kwargs):
+        calls.append(kwargs)
+        return compile_(fn, **{**kwargs, "dynamic": False, "backend": "eager"})
+
+    monkeypatch.setattr(recompute.torch, "compile", eager_backend)
+    after = _compile_counts(monkeypatch)
+    counts = {}
+    for static in (True, False):
+        torch._dynamo.reset()
+        after.clear()
+        try:
+            train(_config(tmp_path / str(static), "bert", True, num_steps=4 if static else 1, micro_batch_size=4,
+                          static_shapes=static,
+                          token_micro_batches=True, compile=True, compile_mode="reduce-overhead"))
+        finally:
+            torch._dynamo.reset()
+        counts[static] = [graphs for graphs, _ in after]
+        # (reduce-overhead, CUDA graphs, is the default mode on the CPU)
+        assert calls and all(c == {"dynamic": not static, "mode": None} for c in calls)
+        calls.clear()
+    assert len(counts[True]) == 4 and counts[True][0] > 0
+    assert counts[True][-1] == counts[True][0], f"graphs compiled by the end of each step: {counts}"
+    assert counts[False][-1] > counts[True][-1], f"graphs compiled by the end of each step: {counts}"

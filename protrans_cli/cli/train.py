@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from protrans_cli.attention import SDPA_KERNELS
+from protrans_cli.choices import COMPILE_MODES
 from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
@@ -117,9 +118,14 @@ def _extra_arguments(ctx) -> str:
                    "before the job fails (NCCL's own default, 10 minutes, is short of a large model's "
                    "save to a slow file system).  [default: 30m]")
 @click.option("--compile/--no-compile", "compile", default=None,
-              help="torch.compile each transformer block (dynamic shapes; one compilation serves them all); "
+              help="torch.compile each transformer block (dynamic shapes, static with --static-shapes; one "
+                   "compilation serves them all); "
                    "the first steps wait for the compiler.  [default: on for BERT and RoBERTa models on a "
                    "CUDA GPU where torch.compile builds a kernel (1.58x uncompiled on an H200), off elsewhere]")
+@click.option("--compile-mode", "compile_mode", type=click.Choice(COMPILE_MODES), default=None,
+              help="torch.compile's mode for the compiled blocks; reduce-overhead records CUDA graphs "
+                   "(CUDA GPUs only: the default mode elsewhere; best with --static-shapes).  "
+                   "[default: default]")
 @click.option("--activation-checkpointing/--no-activation-checkpointing", "activation_checkpointing", default=None,
               help="Keep only each transformer block's input and recompute the block in the backward pass: "
                    "far less activation memory (long phases, large models) for about a third more compute; "
@@ -155,6 +161,11 @@ def _extra_arguments(ctx) -> str:
               help="Cut each step's proteins into micro-batches by padded tokens (up to micro-batch size x "
                    "max length each) rather than by count: short proteins go many to a forward pass. The same "
                    "losses; fewer, fuller passes.  [default: off]")
+@click.option("--static-shapes/--no-static-shapes", "static_shapes", default=None,
+              help="With --packing: every packed micro-batch of a phase gets one shape (a row of micro-batch "
+                   "size x max length tokens, its padding computed for nothing), so that compiled blocks "
+                   "compile once, without dynamic shapes, and CUDA graphs can replay them. The same losses.  "
+                   "[default: off]")
 @click.option("--sdpa-kernels", type=click.Choice(SDPA_KERNELS), default=None,
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every new "
                    "micro-batch shape; torch keeps PyTorch's own choice.  [default: auto]")

@@ -130,10 +130,13 @@ def _padded_attention(q, k, v, cu, dropout, scaling):
     one SDPA call with a key-padding mask, the rows scattered back. The same numbers as a padded
     batch, one kernel instead of one per protein."""
     bounds = cu.tolist()
-    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    # (segments of no tokens, `train --static-shapes`' unused slots, are left out: a row with
+    # no key to attend to is NaN in SDPA)
+    segs = [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    lengths = [n for _, n in segs]
     n, longest = len(lengths), max(lengths)
     offsets = torch.arange(longest, device=q.device)
-    starts = torch.tensor(bounds[:-1], device=q.device)
+    starts = torch.tensor([a for a, _ in segs], device=q.device)
     valid = offsets[None, :] < torch.tensor(lengths, device=q.device)[:, None]      # (N, Lmax)
     index = torch.where(valid, starts[:, None] + offsets[None, :], 0).reshape(-1)    # (N * Lmax,)
     heads = q.shape[1]
@@ -175,10 +178,14 @@ def use_packed_attention(model) -> None:
         m.set_attn_implementation(ATTENTION)
 
 
-def pack(rows: list[np.ndarray], value: int, multiple: int) -> torch.Tensor:
-    """(1, T) tensor of the rows back to back, T rounded up to `multiple` with `value`."""
+def pack(rows: list[np.ndarray], value: int, multiple: int, width: int | None = None) -> torch.Tensor:
+    """(1, T) tensor of the rows back to back, T rounded up to `multiple` with `value`; or, given
+    `width` (`train --static-shapes`), T = width whatever the rows (a ValueError if they do not fit)."""
     total = sum(len(r) for r in rows)
-    width = max(multiple, -(-total // multiple) * multiple)
+    if width is None:
+        width = max(multiple, -(-total // multiple) * multiple)
+    elif total > width:
+        raise ValueError(f"{total} packed tokens do not fit a static row of {width}")
     out = np.full((1, width), value, dtype=np.int64)
     if rows:
         out[0, :total] = np.concatenate(rows)
@@ -191,15 +198,28 @@ def model_kwargs(cu_seq_lens: torch.Tensor, max_length: int, position_ids: torch
             "max_length_q": max_length, "max_length_k": max_length}
 
 
-def segments(lengths: list[int], width: int, position_offset: int = 0):
+def segments(lengths: list[int], width: int, position_offset: int = 0, *, slots: int | None = None,
+             longest: int | None = None):
     """(cu_seq_lens (N+1,) int32, max length, position ids (1, width)) for proteins of
     `lengths` packed into a row of `width` tokens; the padding at the end is one more segment
-    (it attends to itself only, and carries no labels)."""
+    (it attends to itself only, and carries no labels).
+
+    Static shapes (`train --static-shapes`): given `longest` (the phase's length), the padding is
+    cut into segments of at most `longest` tokens (its position ids stay within the model's
+    table) and `longest` is the max length returned whatever the proteins; given `slots`,
+    cu_seq_lens has slots + 1 entries, its last offset repeated (segments of no tokens, which
+    attention passes over). A ValueError where the segments outnumber the slots."""
     lengths = [int(n) for n in lengths if n > 0]
     tail = width - sum(lengths)
-    if tail > 0:
-        lengths.append(tail)
-    cu = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=cu[1:])
+    while tail > 0:
+        piece = tail if longest is None else min(tail, longest)
+        lengths.append(piece)
+        tail -= piece
+    if slots is not None and len(lengths) > slots:
+        raise ValueError(f"{len(lengths)} packed segments do not fit {slots} static slots")
+    cu = np.zeros(max(len(lengths), slots or 0) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu[1:len(lengths) + 1])
+    cu[len(lengths) + 1:] = cu[len(lengths)]
     positions = np.concatenate([np.arange(n) for n in lengths]) + position_offset
-    return torch.from_numpy(cu), max(lengths), torch.from_numpy(positions[None].astype(np.int64))
+    return (torch.from_numpy(cu), max(lengths) if longest is None else longest,
+            torch.from_numpy(positions[None].astype(np.int64)))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
+from protrans_cli.choices import COMPILE_MODES
 from protrans_cli.errors import (TORCH_SEEDS, UsageError, a_or_an, one_of, option, plain_numbers, seed_in_range,
                                  type_problem)
 
@@ -106,6 +107,9 @@ class TrainConfig:
     num_workers: int = 0           # DataLoader workers per rank
     packing: bool = False          # masked LM: micro-batches packed into one row (varlen attention)
     token_micro_batches: bool = False  # micro-batches of up to micro_batch_size x max_length padded tokens
+    # with packing: every packed micro-batch of a phase one shape (row width, segment count, max
+    # length): compiled blocks without dynamic shapes, CUDA graphs (compile_mode reduce-overhead)
+    static_shapes: bool = False
     sdpa_kernels: str = "auto"     # GPU attention kernels: auto leaves out cuDNN (protrans_cli/attention.py)
     # objective
     mask_prob: float = 0.15
@@ -141,6 +145,7 @@ class TrainConfig:
     dist_timeout: str = "30m"
     compile: bool | None = None    # None: auto (recompute.resolve_compile): on for BERT and RoBERTa
                                    # models on a CUDA GPU whose torch.compile builds a kernel, else off
+    compile_mode: str = "default"  # torch.compile's mode for the blocks (COMPILE_MODES; reduce-overhead: CUDA graphs)
     activation_checkpointing: bool = False  # recompute each block in the backward pass (training/recompute.py)
     threads: int | None = None     # CPU threads per process
     # logging / checkpoints
@@ -190,6 +195,23 @@ class TrainConfig:
             return {"pad_multiple": self.pad_multiple}  # (the width of its length buckets too)
         return {"micro_batch_tokens": phase.micro_batch_size * phase.max_length,
                 "pad_multiple": self.pad_multiple, "packed": self.packing}
+
+    def packed_shape(self, phase: "Phase", num_special: int, world_size: int = 1) -> tuple[int, int, int] | None:
+        """With static_shapes: (row width, segment slots, max length) of every packed micro-batch
+        of `phase`, else None. The width is the token budget of micro_batch_size proteins at
+        max_length rounded up to pad_multiple, which holds every micro-batch (token_micro_batches
+        fills rows up to that budget; without it a row holds micro_batch_size proteins). The
+        slots: the most proteins a row can hold (micro_batch_size; with token_micro_batches the
+        rank's share of the step, at most a row's tokens over a protein's fewest, its special
+        tokens) and the padding's segments, each at most max_length long."""
+        if not self.static_shapes:
+            return None
+        m, length = self.pad_multiple, phase.max_length
+        width = -(-(phase.micro_batch_size * length) // m) * m
+        proteins = phase.micro_batch_size
+        if self.token_micro_batches:
+            proteins = min(-(-phase.global_batch_size // world_size), width // max(1, num_special))
+        return width, proteins + -(-width // length), length
 
     def resolved_phases(self) -> list[Phase]:
         """The phases with batch sizes filled in (one phase when none were given)."""
@@ -294,7 +316,8 @@ class TrainConfig:
         self._check_structure()
         for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("strategy", STRATEGIES), ("sdpa_kernels", SDPA_KERNELS)):
+                              ("strategy", STRATEGIES), ("sdpa_kernels", SDPA_KERNELS),
+                              ("compile_mode", COMPILE_MODES)):
             # (the field's and the config file's key: click's choices keep a flag's bad value out)
             if getattr(self, name) is not None:
                 one_of(getattr(self, name), allowed, name)
@@ -324,6 +347,9 @@ class TrainConfig:
         # unpacking long long") once the run was being built. (2**63 to 2**64 - 1 train: an earlier
         # limit of 2**63 - 1 refused them, and the runs started with one on --resume.)
         seed_in_range(self.seed, MAX_SEED, TORCH_SEEDS, setting_name("seed"))
+        if self.static_shapes and not self.packing:
+            raise UsageError(f"{setting_name('static_shapes')} goes with {setting_name('packing')}: only "
+                             "packed micro-batches (one row each) are given one shape")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
         if self.sop and self.model_overrides.get("type_vocab_size", 2) < 2:

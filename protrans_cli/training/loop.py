@@ -113,6 +113,7 @@ class _Run:
     corpus_id: list = field(default_factory=list)  # corpus_fingerprint, saved in every checkpoint
     loss_scale: LossScale | None = None  # fp16 autocast only
     compiled: bool = False        # what compile (None: auto) meant on this machine
+    compile_mode: str = "default"  # what compile_mode means here (reduce-overhead: on CUDA only)
     # The settings as given that `config` holds resolved (precision auto, warmup None): saved
     # so, with what they meant under "resolved", so that the file is a template that decides anew
     given: dict = field(default_factory=dict)
@@ -472,6 +473,7 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     # compile stays as given (None: auto) in the saved config: a run started from that config on
     # another machine decides again, with the compile check, instead of compiling unchecked.
     compiled = recompute.resolve_compile(config.compile, family.name, info.device, warn=info.is_main)
+    compile_mode = _resolve_compile_mode(config, compiled, info)
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
@@ -479,10 +481,50 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                 + {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(precision, "fp32")
                 + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else "")
                 + (f", activation checkpointing of {recomputed} blocks" if recomputed else "")
-                + (", blocks compiled with torch.compile (the first steps wait for it)" if compiled else ""))
+                + (", blocks compiled with torch.compile"
+                   + (" (static shapes)" if config.static_shapes else "")
+                   + (f" in mode {compile_mode}" if compile_mode != "default" else "")
+                   + " (the first steps wait for it)" if compiled else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None, compiled=compiled,
-                given=given)
+                compile_mode=compile_mode, given=given)
+
+
+def _resolve_compile_mode(config: TrainConfig, compiled: bool, info) -> str:
+    """What --compile-mode means on this device: reduce-overhead (CUDA graphs) on a CUDA GPU only,
+    the default mode elsewhere; a mode without compiled blocks means nothing (each said once)."""
+    mode = config.compile_mode
+    if mode == "default":
+        return mode
+    if not compiled:
+        if info.is_main:
+            console.warn(f"--compile-mode {mode} ignored: the blocks are not compiled (--compile compiles them)")
+        return "default"
+    if mode == "reduce-overhead" and info.device.type != "cuda":
+        if info.is_main:
+            console.warn(f"--compile-mode reduce-overhead (CUDA graphs) ignored on {info.device.type}: the "
+                         "blocks compile in the default mode")
+        return "default"
+    return mode
+
+
+def phase_collate(run: _Run, phase):
+    """The objective's collate for a stream of `phase`: with --static-shapes, that of a copy of
+    the objective which packs every micro-batch into the phase's one shape."""
+    shape = run.config.packed_shape(phase, run.layout.num_special, run.info.world_size)
+    if shape is None:
+        return run.objective.collate
+    objective = copy.copy(run.objective)
+    objective.packed_shape = shape
+    return objective.collate
+
+
+def _cudagraph_step(run: _Run) -> None:
+    """A new step for CUDA graphs (--compile-mode reduce-overhead) before each micro-batch's
+    forward pass: the graphs' outputs of the last one are not read again, so their memory may
+    be reused (cudagraph trees cannot tell where a training loop's iterations begin)."""
+    if run.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 # Settings that only some objectives read (a value set for another one is said to be unused).
@@ -632,7 +674,7 @@ def wrap_model(run: _Run) -> None:
     if run.compiled:
         # each transformer block, every one the objective runs (ELECTRA's generator's and
         # discriminator's alike: the objective calls the two one by one, never the pair's forward)
-        recompute.compile_blocks(run.model)
+        recompute.compile_blocks(run.model, dynamic=not run.config.static_shapes, mode=run.compile_mode)
     loss_module = LossModule(run.model, run.objective)
     # DDP is told of parameters the objective never uses (ALBERT's sentence-order head without
     # --sop), or its second step fails
@@ -1290,7 +1332,7 @@ def _phase_stream(run: _Run, loop: _LoopState, phases, phase_index: int, first: 
                           global_batch_size=phase.global_batch_size,
                           micro_batch_size=phase.micro_batch_size, rank=info.rank,
                           world_size=info.world_size, seed=config.seed,
-                          bucket_batches=config.bucket_batches, collate=run.objective.collate,
+                          bucket_batches=config.bucket_batches, collate=phase_collate(run, phase),
                           state=data_state, **sizing)
     dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
                 f"steps {first}-{phase_end}, global batch {phase.global_batch_size} = "
@@ -1585,6 +1627,7 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     for i, batch in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1
         with _no_sync(run, sync), sdpa_kernels(device, config.sdpa_kernels):
+            _cudagraph_step(run)
             with run.autocast():
                 sum_loss, _, metrics = run.wrapped(batch)
             (sum_loss * (scale * loss_scale)).backward()
@@ -1842,7 +1885,7 @@ def evaluate(run: _Run, phase) -> float:
                               # length sort put the buffer's shortest proteins first, and the first
                               # batches evaluated were those (num_eval_batches 5: the 40 shortest of 128)
                               bucket_batches=config.num_eval_batches, shuffle=False,
-                              collate=run.objective.collate, max_epochs=1, batch_name="evaluation batch",
+                              collate=phase_collate(run, phase), max_epochs=1, batch_name="evaluation batch",
                               # The first proteins of whole evaluation steps, and no further: proteins
                               # past them joined the buffer (fewer than a global batch after it, or
                               # a file of fewer than num_eval_batches steps), which then evaluated a
@@ -1863,6 +1906,7 @@ def evaluate(run: _Run, phase) -> float:
     try:
         for batch in micro_batches if not failed else []:
             batch = _to_device(batch, info.device)
+            _cudagraph_step(run)
             with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
                 sum_loss, _, _ = run.wrapped(batch)
             total += sum_loss.detach().double()

@@ -16,7 +16,8 @@ from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream, step_batches
-from protrans_cli.training.loop import NonFiniteGradient, TrainResult, build_run, given_family, train_step, wrap_model
+from protrans_cli.training.loop import (NonFiniteGradient, TrainResult, build_run, given_family, phase_collate, train_step,
+                                       wrap_model)
 from protrans_cli.training.optim import build_optimizer
 
 
@@ -62,7 +63,7 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
     stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
                           global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
                           rank=info.rank, world_size=info.world_size, seed=config.seed,
-                          bucket_batches=config.bucket_batches, collate=run.objective.collate,
+                          bucket_batches=config.bucket_batches, collate=phase_collate(run, phase),
                           **config.stream_sizing(phase))
     # Workers as the run will have them (--num-workers): the test also shows whether the
     # data keeps up with the steps.

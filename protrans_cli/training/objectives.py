@@ -100,6 +100,9 @@ class Objective:
         # With packing (masked-LM objectives only): the first position id of every protein,
         # as the model numbers an unpadded protein (0, or padding_idx + 1 for RoBERTa/ESM).
         self.packed_position_offset: int | None = None
+        # train --static-shapes: (row width, segment slots, max length) of every packed row
+        # (TrainConfig.packed_shape), set on the copy that collates one phase's micro-batches
+        self.packed_shape: tuple[int, int, int] | None = None
 
     def collate(self, samples: list[Sample]) -> dict:
         raise NotImplementedError
@@ -181,11 +184,12 @@ class MaskedLM(Objective):
     def _finish_packed(self, inputs, labels, residue):
         """One (1, T) row of the proteins back to back (see models/packing.py)."""
         multiple = getattr(self.config, "pad_multiple", 8)
-        input_ids = packing.pack(inputs, self.layout.pad_id, multiple)
-        labels_t = packing.pack(labels, IGNORE, multiple)
+        width, slots, longest = self.packed_shape or (None, None, None)
+        input_ids = packing.pack(inputs, self.layout.pad_id, multiple, width)
+        labels_t = packing.pack(labels, IGNORE, multiple, width)
         cu, longest, positions = packing.segments([len(r) for r in inputs], input_ids.shape[1],
-                                                  self.packed_position_offset)
-        residue_mask = packing.pack([r.astype(np.int64) for r in residue], 0, multiple).bool()
+                                                  self.packed_position_offset, slots=slots, longest=longest)
+        residue_mask = packing.pack([r.astype(np.int64) for r in residue], 0, multiple, width).bool()
         return {"input_ids": input_ids, "position_ids": positions, "cu_seq_lens": cu, "max_length": longest,
                 "labels": labels_t, "residue_mask": residue_mask, "num_predicted": int((labels_t != IGNORE).sum())}
 
