@@ -24,8 +24,8 @@
 # is warm (it goes back after 30 s idle).
 #
 # mfu (one device call, step limits 580 s): what the one target still open needs (train's MFU;
-# embed's targets are met): env, the train variants, the levers and the loop profile, the GPU
-# tests last. Since 2026-12-02 the first call of a session: quick + levers (945 s of limits) do
+# embed's targets are met): env, static shapes and CUDA graphs against the best setting so far
+# (train_static), the levers and the loop profile, the GPU tests last. Since 2026-12-02 the first call of a session: quick + levers (945 s of limits) do
 # not fit 15 minutes with the machine's start, so levers (the MFU part) would be the one cut.
 #
 # Without a mode (or with `full`), every step (step limits adding up to 36 minutes: more than two
@@ -56,7 +56,7 @@ MODE=${1:-full}
 case $MODE in  # (a mistyped mode ran every step)
     quick) STEPS=${STEPS:-"env profile_t5 embed_t5_flex train_data train_variants embed_bert_fair"} ;;
     levers) STEPS=${STEPS:-"train_levers train_loop_profile tests_quick"} ;;
-    mfu) STEPS=${STEPS:-"env train_variants train_levers train_loop_profile tests_quick"} ;;
+    mfu) STEPS=${STEPS:-"env train_static train_levers train_loop_profile tests_quick"} ;;
     full) ;;
     *) echo "gpu_session.sh: unknown mode '$MODE' (quick, levers, mfu or full)" >&2; exit 2 ;;
 esac
@@ -147,6 +147,13 @@ step train_data 25 $PY benchmarks/train_bench.py --data-only --repeats 1 --fasta
 # the next step's data made by 2 forked workers while the device computes)
 step train_variants 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
     --warmup 10 --variants plain,tokens+packing,tokens+packing+workers --json "$OUT/train_variants.json"
+# --static-shapes (one packed shape per phase: blocks compiled without dynamic shapes) and CUDA
+# graphs over it (--compile-mode reduce-overhead), against the best measured setting (30.4% MFU on
+# 2026-11-30) and the baseline in the same run (mfu's first train step since 2026-12-07, in place
+# of train_variants, whose best variant is its first here: quick keeps train_variants)
+step train_static 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
+    --warmup 10 --variants tokens+packing+compile,tokens+packing+compile+static,tokens+packing+compile+static+cudagraphs \
+    --json "$OUT/train_static.json"
 # one micro-batch of 64 per step (the step was 72% device-busy at 16 x 512 on 2026-11-30: fewer,
 # larger launches), with the token micro-batches and packing first, then alone
 step train_levers 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \

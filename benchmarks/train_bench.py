@@ -25,6 +25,8 @@ shared machine varies more than the difference being measured.
     python benchmarks/train_bench.py --gpu --token-micro-batches
     # several protrans settings against one baseline run (each variant: '+'-joined VARIANT_FLAGS)
     python benchmarks/train_bench.py --gpu --variants plain,tokens,tokens+packing,tokens+packing+compile
+    python benchmarks/train_bench.py --gpu --variants tokens+packing+compile,tokens+packing+compile+static,\
+        tokens+packing+compile+static+cudagraphs
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ VARIANT_FLAGS = {
     "pad64": {"pad_multiple": 64},
     "recompute": {"activation_checkpointing": True},
     "cudnn": {"sdpa_kernels": "torch"},
+    # every packed micro-batch one shape per phase (with packing), blocks compiled without dynamic
+    # shapes; and CUDA graphs over them (torch.compile's reduce-overhead; the default mode off CUDA)
+    "static": {"static_shapes": True},
+    "cudagraphs": {"compile_mode": "reduce-overhead"},
     # the step's data made by 2 forked workers while the device computes (train's default, 0: in
     # the main process, between one step's update and the next step's first launch)
     "workers": {"num_workers": 2},
@@ -174,7 +180,8 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple,
                       packing=args.packing, sdpa_kernels=args.sdpa_kernels,
                       activation_checkpointing=args.activation_checkpointing,
-                      token_micro_batches=args.token_micro_batches, num_workers=args.num_workers)
+                      token_micro_batches=args.token_micro_batches, num_workers=args.num_workers,
+                      static_shapes=args.static_shapes, compile_mode=args.compile_mode)
     train(cfg)
     _, _, rate = _logged_rate(run_dir / "metrics.jsonl", args.warmup)
     return {"tokens_per_s": float("nan") if rate is None else rate, "padding": _protrans_padding(args, corpus, cfg)}
@@ -267,11 +274,14 @@ def _protrans_padding(args, corpus: Path, cfg) -> float:
                           global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
                           seed=args.seed, **cfg.stream_sizing(cfg.resolved_phases()[0]))
     real = padded = 0
+    shape = cfg.packed_shape(cfg.resolved_phases()[0], layout.num_special)
     for (_, sb) in zip(range(args.num_steps), stream):
         for mb in sb.micro_batches:
             lengths = [len(s.residues) + layout.num_special for s in mb]
             real += sum(lengths)
-            if args.packing:  # one row, its end rounded up
+            if shape is not None:  # --static-shapes: every row the phase's one width
+                padded += shape[0]
+            elif args.packing:  # one row, its end rounded up
                 padded += -(-sum(lengths) // args.pad_multiple) * args.pad_multiple
             else:
                 padded += -(-max(lengths) // args.pad_multiple) * args.pad_multiple * len(lengths)
@@ -408,6 +418,13 @@ def main(argv=None) -> int:
                         help="protrans train --token-micro-batches (micro-batches cut by padded tokens)")
     parser.add_argument("--packing", action="store_true",
                         help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
+    parser.add_argument("--static-shapes", action="store_true",
+                        help="protrans train --static-shapes (with --packing: one packed shape per phase; "
+                             "variant word 'static')")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                        help="protrans train --compile-mode (reduce-overhead: CUDA graphs; variant word "
+                             "'cudagraphs')")
     parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                         help="protrans train --sdpa-kernels (the baseline keeps PyTorch's choice)")
     parser.add_argument("--num-workers", type=int, default=0,

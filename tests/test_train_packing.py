@@ -590,3 +590,23 @@ def test_static_shapes_compile_each_block_once(tmp_path, monkeypatch):
     assert len(counts[True]) == 4 and counts[True][0] > 0
     assert counts[True][-1] == counts[True][0], f"graphs compiled by the end of each step: {counts}"
     assert counts[False][-1] > counts[True][-1], f"graphs compiled by the end of each step: {counts}"
+
+
+@pytest.mark.gpu
+def test_the_varlen_kernel_takes_a_static_rows_empty_segments_on_the_gpu():
+    """`--static-shapes` hands the fused varlen kernel segments of no tokens (the unused slots)
+    and the phase's length as the max length: the same output as the padded reference, finite
+    gradients. Not yet run on a GPU (no device in the session that wrote it)."""
+    if not packing.varlen_available("cuda"):
+        pytest.skip("this PyTorch has no torch.nn.attention.varlen, or the GPU no Flash Attention")
+    torch.manual_seed(0)
+    cu, longest, _ = packing.segments([100, 37, 260], 1024, slots=12, longest=512)
+    assert cu.tolist()[-5:] == [1024] * 5
+    cu = cu.cuda()
+    q, k, v = (torch.randn(1, 8, 1024, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    fused, _ = packing.packed_attention(None, q, k, v, None, cu_seq_lens_q=cu, max_length_q=longest)
+    reference = packing._padded_attention(*(x[0].transpose(0, 1) for x in (q, k, v)), cu, 0.0, None)
+    torch.testing.assert_close(fused[0], reference, rtol=2e-2, atol=2e-2)
+    fused.float().sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
