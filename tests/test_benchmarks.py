@@ -24,6 +24,10 @@ CASES = [
      r"protrans / prottrans: " + RATIO),
     ("train_bench.py", "--family bert --preset tiny --max-length 64 --num-steps 3 --warmup 1 --num-proteins 32 "
      "--repeats 1 --threads 1 --global-batch-size 8 --micro-batch-size 4", r"speed-up\s+" + RATIO),
+    # (the variant words of --static-shapes and of CUDA graphs, the default compile mode off CUDA)
+    ("train_bench.py", "--family bert --preset tiny --max-length 64 --num-steps 3 --warmup 1 --num-proteins 32 "
+     "--repeats 1 --threads 1 --global-batch-size 8 --micro-batch-size 4 --variants tokens+packing+static,"
+     "tokens+packing+static+cudagraphs", r"tokens\+packing\+static\+cudagraphs +\d+ tokens/s.*, " + RATIO),
     ("contacts_bench.py", "--preset tiny --lengths 30 40 --batch 2 --repeats 1", r"speed ratio[\s\S]*" + RATIO),
     ("variants_bench.py", "--preset tiny --length 40 --sites 2 --mutants 2 --threads 1",
      r"masked-marginals.*" + RATIO),

@@ -610,3 +610,18 @@ def test_the_varlen_kernel_takes_a_static_rows_empty_segments_on_the_gpu():
     torch.testing.assert_close(fused[0], reference, rtol=2e-2, atol=2e-2)
     fused.float().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_static_shapes_evaluate_as_unpadded_packing(tmp_path, monkeypatch):
+    """The evaluation's micro-batches take the phase's static shape too: the same eval losses."""
+    evals = []
+    for static in (False, True):
+        seen = _recorded_shapes(monkeypatch)
+        result = train(_config(tmp_path / str(static), "bert", True, static_shapes=static, num_steps=2,
+                               val_corpus=[str(DATA / "train" / "learnable_shard2.txt.gz")], eval_every=1, num_eval_batches=1))
+        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        evals.append([r["eval_loss"] for r in rows if "eval_loss" in r])
+    assert len(evals[1]) == 2
+    np.testing.assert_allclose(evals[1], evals[0], rtol=1e-6)
+    # (2 steps of 2 micro-batches, 2 evaluations of 2: rows of 8 x 64 tokens, the phase's one shape)
+    assert len(seen) == 8 and all(s["input_ids"] == (1, 512) and s["max_length"] == 64 for s in seen)
