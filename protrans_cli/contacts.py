@@ -149,7 +149,9 @@ class ContactPredictor:
         model = _encoder(loaded)
         self.loaded, self.model, self.tokenizer = loaded, model, loaded.tokenizer
         self.family = loaded.family
-        self.device = next(model.parameters()).device
+        from protrans_cli.placement import model_device
+
+        self.device = model_device(model)
         # (attention weights are returned only by the eager attention; SDPA returns None. The
         # loaded model is switched for good: a caller embedding with it afterwards gets the same
         # numbers, computed more slowly)

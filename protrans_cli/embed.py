@@ -61,6 +61,7 @@ from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
 from protrans_cli.embedders import (ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder, beyond_range,
                                     check_device, fits, mean_rows, pooling_text, resolve_device)
+from protrans_cli.placement import PlacementOptions
 from protrans_cli.residues import (NUCLEOTIDE_RULE, REASON_INVALID, THREE_DI, SequenceRejected, looks_nucleotide,
                                    normalise)
 from protrans_cli.threads import check_threads, torch_threads
@@ -69,7 +70,7 @@ DEFAULT_CHUNK_OVERLAP = 64
 
 
 @dataclass
-class EmbedOptions:
+class EmbedOptions(PlacementOptions):
     """Everything `protrans embed` can be asked for; the CLI fills it from its options."""
 
     model: str = "prot_t5_xl_half"
@@ -114,15 +115,6 @@ class EmbedOptions:
     device_map: str | None = None
     max_memory: str | dict | None = None
     offload_folder: str | None = None
-
-    @property
-    def max_memory_map(self) -> dict | None:
-        """`max_memory` as from_pretrained takes it ({0: "20GiB", "cpu": "60GiB"}), or None."""
-        from protrans_cli.placement import parse_max_memory
-
-        if self.max_memory is None or isinstance(self.max_memory, dict):
-            return self.max_memory
-        return parse_max_memory(self.max_memory, option("--max-memory", "max_memory"))
 
     @property
     def part_of(self) -> tuple[int, int] | None:
@@ -239,33 +231,12 @@ class EmbedOptions:
         self._check_device_map()
 
     def _check_device_map(self) -> None:
-        """--device-map and its companions (UsageError): only with each other, and not with what
-        needs the whole model on one device."""
-        from protrans_cli.placement import check_device_map
-
-        if self.device_map is None:
-            for name, value in (("--max-memory", self.max_memory), ("--offload-folder", self.offload_folder)):
-                if value is not None:
-                    raise UsageError(f"{option(name, name[2:].replace('-', '_'))} places a model spread over devices: "
-                                     "give it with " + option("--device-map auto", "device_map='auto'"))
-            return
-        mapped = given("--device-map", "device_map", self.device_map)
-        check_device_map(self.device_map, option("--device-map", "device_map"))
-        if self.model == ONEHOT:
-            raise UsageError(f"{mapped}: the onehot embedder has no model to spread over devices")
-        self.max_memory_map  # (its syntax checked before the model loads)
-        if self.device != "auto":
-            raise UsageError(f"{mapped} with {given('--device', 'device', self.device)}: the device map places "
-                             "the model (leave --device out; --max-memory cpu=SIZE alone keeps it off the GPUs)")
-        for asked, what in ((self.packing, option("--packing", "packing=True")),
-                            (self.compile, option("--compile", "compile=True")),
-                            (self.attention == "flex", given("--attention", "attention", "flex"))):
-            if asked:
-                raise UsageError(f"{mapped} with {what}: a model spread over devices runs padded batches with "
-                                 "its own attention, uncompiled")
-        if _torchrun_rank()[1] > 1:
-            raise UsageError(f"{mapped} under torchrun with {_torchrun_rank()[1]} ranks: one process spreads one "
-                             "model over the devices, where each rank holds a whole model (run it without torchrun)")
+        """--device-map and its companions (UsageError; placement.PlacementOptions)."""
+        self.check_placement(
+            conflicts=((self.packing, option("--packing", "packing=True")),
+                       (self.compile, option("--compile", "compile=True")),
+                       (self.attention == "flex", given("--attention", "attention", "flex"))),
+            no_model="the onehot embedder has no model to spread over devices" if self.model == ONEHOT else None)
 
 
 @dataclass
@@ -394,19 +365,14 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
         return OneHotEmbedder(options.layers)
     mapped = options.device_map is not None
     if mapped:
-        from protrans_cli.placement import cpu_only, require_accelerate
-
-        require_accelerate(option("--device-map", "device_map"))
         # the compute dtype of the map's first GPU (bfloat16, float16...), float32 for a map that
         # --max-memory keeps on the CPU (and disk)
-        device_name, dtype = resolve_device("cpu" if cpu_only(options.max_memory_map) else "auto", options.dtype)
-        if options.offload_folder is not None:
-            refuse_inside_model(str(options.offload_folder), [options.model], "--offload-folder", "offload_folder",
-                                contents="the offloaded weights")
+        device_name, dtype, placing = options.placed_loading([options.model])
         if options.cpu_fallback:
             warn("--cpu-fallback ignored with --device-map: the device map already puts on the CPU (and disk) "
                  "what the GPUs cannot hold")
     else:
+        placing = {}
         device_name, dtype = resolve_device(device or options.device, options.dtype)
         _warn_gpu_only(options, device_name, warn)
     try:
@@ -417,17 +383,13 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     # materialised in float32 on the way to a bf16 GPU. (Loading may draw from torch's global
     # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
     if loaded is None:
-        placing = dict(device_map=options.device_map, max_memory=options.max_memory_map,
-                       offload_folder=options.offload_folder) if mapped else {}
-        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision, **placing)
+        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision,
+                            **placing)
     if mapped:
         from protrans_cli.placement import input_device
 
-        device_map = getattr(loaded.model, "hf_device_map", None)
-        if not device_map:
-            raise UsageError(f"{given('--device-map', 'device_map', options.device_map)}: the model given was "
-                             "loaded without a device map (load_model(..., device_map=...))")
-        device_name = input_device(device_map)  # (where its inputs go: the first GPU of the map, or the CPU)
+        # (where its inputs go: the first GPU of the map, or the CPU)
+        device_name = input_device(options.loaded_map(loaded))
     _check_structure_tokens(options, loaded, warn)
     automatic = options.attention == "auto"
     attention = options.attention

@@ -42,6 +42,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import InputError, UsageError, expect_options, one_of, option
+from protrans_cli.placement import PlacementOptions
 from protrans_cli.variants import _Work, _works, work_log_probs  # (shared with variants --chains)
 
 METHODS = ("pseudo", "causal", "wt-marginals")
@@ -57,7 +58,7 @@ PROTEINS_PER_UNIT = 64     # proteins one unit scores at most
 
 
 @dataclass
-class PerplexityOptions:
+class PerplexityOptions(PlacementOptions):
     """Everything `protrans perplexity` can be asked for; the CLI fills it from its options."""
 
     model: str = "esm2_t33_650M_UR50D"
@@ -74,6 +75,11 @@ class PerplexityOptions:
     per_residue: str | Path | None = None  # a long table of each residue's log-probability ("-": stdout)
     chains: str = "error"                # a ':' (chain break of a complex): error | linker | separate
     linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between the chains under chains='linker' (ESMFold's)
+    # a model spread over devices (embed's --device-map, protrans_cli/placement.py): auto | balanced |
+    # sequential, None for one device; the most each device holds; the folder for what fits nowhere
+    device_map: str | None = None
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
 
     def validate(self) -> None:
         from protrans_cli.embed import check_chains
@@ -388,15 +394,16 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
     after another), and each record's row written to the csv writer `rows` (and its residues' to
     `residue_rows`) as its unit ends."""
     from protrans_cli.embed import _digest64, _records, model_length
-    from protrans_cli.embedders import resolve_device
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _unit_key
+    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _say_map, _unit_key
 
-    device, dtype = resolve_device(options.device, options.dtype)
+    device, dtype, placing = options.loading([options.model])
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
-        loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
+        loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True,
+                            **placing)
+        _say_map(options, loaded)
         scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                long_policy="window" if options.long_policy == "window" else "error",
                                progress=console.progress_wanted())

@@ -97,9 +97,110 @@ def modules_per_device(device_map: dict) -> dict[str, int]:
     return counts
 
 
+def spread_line(setting: str, device_map: dict) -> str:
+    """The line a run says of a model spread over devices (embed's summary, variants, perplexity)."""
+    return f"the model was spread over devices (--device-map {setting}): {describe(device_map)}"
+
+
 def describe(device_map: dict) -> str:
     """`3 modules on cuda:0, 2 on cpu, 4 on disk` (the end summary's words)."""
     counts = list(modules_per_device(device_map).items())
     words = [f"{n} module{'s' if n != 1 else ''} on {d}" if i == 0 else f"{n} on {d}"
              for i, (d, n) in enumerate(counts)]
     return ", ".join(words)
+
+
+def model_device(model):
+    """Where `model` takes its inputs (a torch.device): under a device map its input device (the
+    map's first GPU, or the CPU; a first parameter offloaded to the disk is on the meta device),
+    else its first parameter's device. Embed, variants, perplexity and contacts ask it, not
+    `next(model.parameters()).device` each."""
+    import torch
+
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        return torch.device(input_device(device_map))
+    return next(model.parameters()).device
+
+
+class PlacementOptions:
+    """What an options dataclass with the fields `device_map`, `max_memory`, `offload_folder` and
+    `device` (embed, variants, perplexity) shares: the checks of --device-map and its companions,
+    and what loading a model spread over devices takes. (A mixin, not a dataclass: each class keeps
+    its own fields in its own order.)"""
+
+    @property
+    def max_memory_map(self) -> dict | None:
+        """`max_memory` as from_pretrained takes it ({0: "20GiB", "cpu": "60GiB"}), or None."""
+        from protrans_cli.errors import option
+
+        if self.max_memory is None or isinstance(self.max_memory, dict):
+            return self.max_memory
+        return parse_max_memory(self.max_memory, option("--max-memory", "max_memory"))
+
+    def check_placement(self, conflicts=(), no_model: str | None = None) -> None:
+        """--device-map and its companions (UsageError): only with each other, and not with what
+        needs the whole model on one device: `conflicts` ((asked, its words) of the command's
+        own options: --packing, --compile...), --device, torchrun's ranks; `no_model`: why there
+        is no model to spread (embed's onehot)."""
+        from protrans_cli.embed_dist import _torchrun_rank
+        from protrans_cli.errors import given, option
+
+        if self.device_map is None:
+            for name, value in (("--max-memory", self.max_memory), ("--offload-folder", self.offload_folder)):
+                if value is not None:
+                    raise UsageError(f"{option(name, name[2:].replace('-', '_'))} places a model spread over devices: "
+                                     "give it with " + option("--device-map auto", "device_map='auto'"))
+            return
+        mapped = given("--device-map", "device_map", self.device_map)
+        check_device_map(self.device_map, option("--device-map", "device_map"))
+        if no_model is not None:
+            raise UsageError(f"{mapped}: {no_model}")
+        self.max_memory_map  # (its syntax checked before the model loads)
+        if self.device != "auto":
+            raise UsageError(f"{mapped} with {given('--device', 'device', self.device)}: the device map places "
+                             "the model (leave --device out; --max-memory cpu=SIZE alone keeps it off the GPUs)")
+        for asked, what in conflicts:
+            if asked:
+                raise UsageError(f"{mapped} with {what}: a model spread over devices runs padded batches with "
+                                 "its own attention, uncompiled")
+        if _torchrun_rank()[1] > 1:
+            raise UsageError(f"{mapped} under torchrun with {_torchrun_rank()[1]} ranks: one process spreads one "
+                             "model over the devices, where each rank holds a whole model (run it without torchrun)")
+
+    def placed_loading(self, models) -> tuple[str, str, dict]:
+        """Before a mapped model loads: (device, dtype) as resolve_device gives them (the compute
+        dtype of the map's first GPU, float32 for a map --max-memory keeps on the CPU and disk)
+        and load_model's keywords; UsageError without accelerate, or for an --offload-folder
+        among the files of one of `models`."""
+        from protrans_cli.embed import refuse_inside_model
+        from protrans_cli.embedders import resolve_device
+        from protrans_cli.errors import option
+
+        require_accelerate(option("--device-map", "device_map"))
+        device, dtype = resolve_device("cpu" if cpu_only(self.max_memory_map) else "auto", self.dtype)
+        if self.offload_folder is not None:
+            refuse_inside_model(str(self.offload_folder), list(models), "--offload-folder", "offload_folder",
+                                contents="the offloaded weights")
+        return device, dtype, dict(device_map=self.device_map, max_memory=self.max_memory_map,
+                                   offload_folder=self.offload_folder)
+
+    def loading(self, models) -> tuple[str, str, dict]:
+        """(device, dtype, load_model's keywords) of this run: placed_loading's under a device
+        map, else resolve_device's for --device and --dtype and no keywords."""
+        if self.device_map is not None:
+            return self.placed_loading(models)
+        from protrans_cli.embedders import resolve_device
+
+        return (*resolve_device(self.device, self.dtype), {})
+
+    def loaded_map(self, loaded) -> dict:
+        """The mapped model's {module: device} (hf_device_map); UsageError for a model given
+        that was loaded without one."""
+        from protrans_cli.errors import given
+
+        device_map = getattr(loaded.model, "hf_device_map", None)
+        if not device_map:
+            raise UsageError(f"{given('--device-map', 'device_map', self.device_map)}: the model given was "
+                             "loaded without a device map (load_model(..., device_map=...))")
+        return dict(device_map)

@@ -60,6 +60,7 @@ from protrans_cli.choices import DEFAULT_LINKER_LENGTH
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, at_least, expect_options, given,
                                  one_of, option, resume_option, whole_number)
 from protrans_cli.heads.tasks import missing_number
+from protrans_cli.placement import PlacementOptions
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood")
@@ -324,7 +325,11 @@ class VariantScorer:
         self.decoder_start = getattr(model.config, "decoder_start_token_id", None)
         if self.decoder and self.decoder_start is None:
             self.decoder_start = self.tokenizer.pad_token_id
-        self.device = next(model.parameters()).device
+        from protrans_cli.placement import model_device
+
+        # (under a device map: its input device, where accelerate's hooks bring the logits back)
+        self.device = model_device(model)
+        self.device_map = dict(getattr(model, "hf_device_map", None) or {}) or None
         self.compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         specials = _count_special_tokens(self.family, self.tokenizer)
         table = _max_residues(model.base_model, specials)
@@ -936,12 +941,13 @@ def check_scoring(options) -> None:
         at_least(options.max_tokens, 1, "--max-tokens", keyword="max_tokens")
     check_device(options.device)
     one_of(options.dtype, DTYPES, "--dtype", keyword="dtype")
+    options.check_placement()
 
 
 # --- the command -----------------------------------------------------------------------------
 
 @dataclass
-class VariantOptions:
+class VariantOptions(PlacementOptions):
     """Everything `protrans variants` can be asked for; the CLI fills it from its options."""
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -963,6 +969,11 @@ class VariantOptions:
     threads: int | None = None
     chains: str = "error"                # a ':' in a wild type (a complex's chains): error | linker | separate
     linker_length: int = DEFAULT_LINKER_LENGTH  # glycines between the chains under chains='linker' (ESMFold's)
+    # a model spread over devices (embed's --device-map, protrans_cli/placement.py): auto | balanced |
+    # sequential, None for one device; the most each device holds; the folder for what fits nowhere
+    device_map: str | None = None
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
 
     def validate(self) -> None:
         from protrans_cli.embed import check_chains
@@ -1461,11 +1472,10 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
     import gc
 
     from protrans_cli.embed import model_text
-    from protrans_cli.embedders import resolve_device
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
 
-    device, dtype = resolve_device(options.device, options.dtype)
+    device, dtype, placing = options.loading(options.models)
     results: dict[str, np.ndarray] = {}
     # each wild type's rows that name a variant (grouped once: a scan of every record of a FASTA
     # looked through all rows once per record)
@@ -1476,9 +1486,11 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
         for model_name in dict.fromkeys(m for _, m, _ in columns):
-            loaded = load_model(model_name, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
+            loaded = load_model(model_name, device=device, dtype=dtype, revision=options.revision, masked_lm=True,
+                                **placing)
             scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                    long_policy=options.long_policy, progress=console.progress_wanted())
+            _say_map(options, loaded)
             for ident, seq in wild_types:
                 where = {"path": source, "record": ident} if source is not None else {}
                 # (a --fasta record: the file and record named, as embed names them; a complex: what
@@ -1508,6 +1520,15 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
             del scorer, loaded
             gc.collect()
     return results
+
+
+def _say_map(options, loaded) -> None:
+    """Under --device-map: where each module of the model went, said on stderr (the tables of
+    variants and perplexity carry no settings)."""
+    if options.device_map is not None:
+        from protrans_cli.placement import spread_line
+
+        console.info(f"{loaded.name}: {spread_line(options.device_map, options.loaded_map(loaded))}")
 
 
 def partial_folder(output) -> Path:

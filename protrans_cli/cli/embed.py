@@ -38,6 +38,28 @@ def command_line(argv: list[str]) -> str:
 
 
 
+def device_map_options(more: str = " Not under torchrun."):
+    """--device-map, --max-memory and --offload-folder (embed, variants, perplexity:
+    protrans_cli/placement.py); `more`: what the command's --device-map help adds."""
+    def decorate(command):
+        for decorator in reversed([
+            click.option("--device-map", type=click.Choice(["auto", "balanced", "sequential"]), default=None,
+                         help="Spread a model too large for one GPU over the GPUs, then CPU memory, then disk "
+                              "(from_pretrained's device_map; needs pip install \"protrans[big]\"): auto/balanced "
+                              "even over the GPUs, sequential fills them in order." + more
+                              + "  [default: the whole model on --device]"),
+            click.option("--max-memory", default=None, metavar="DEV=SIZE,...",
+                         help="With --device-map: the most each device holds, e.g. 0=20GiB,1=20GiB,cpu=60GiB (cpu "
+                              "alone: no GPU).  [default: what each device has free]"),
+            click.option("--offload-folder", type=click.Path(file_okay=False), default=None,
+                         help="With --device-map: a folder for the weights that fit on no device (read from it at "
+                              "every batch: slow)."),
+        ]):
+            command = decorator(command)
+        return command
+    return decorate
+
+
 def chain_options(chains_help: str, policies=CHAIN_POLICIES):
     """--chains (a complex's ':'; `chains_help` says what each policy does in the command) and
     --linker-length, as every command that reads complexes takes them."""
@@ -105,17 +127,7 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
                    "translate --to 3di writes one): each residue is read with its state ('Md', not 'M#').")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory (not with --device-map).")
-@click.option("--device-map", type=click.Choice(["auto", "balanced", "sequential"]), default=None,
-              help="Spread a model too large for one GPU over the GPUs, then CPU memory, then disk "
-                   "(from_pretrained's device_map; needs pip install \"protrans[big]\"): auto/balanced even "
-                   "over the GPUs, sequential fills them in order. Padded batches, the model's own attention; "
-                   "not under torchrun.  [default: the whole model on --device]")
-@click.option("--max-memory", default=None, metavar="DEV=SIZE,...",
-              help="With --device-map: the most each device holds, e.g. 0=20GiB,1=20GiB,cpu=60GiB (cpu alone: "
-                   "no GPU).  [default: what each device has free]")
-@click.option("--offload-folder", type=click.Path(file_okay=False), default=None,
-              help="With --device-map: a folder for the weights that fit on no device (read from it at "
-                   "every batch: slow).")
+@device_map_options(" Padded batches, the model's own attention; not under torchrun.")
 @click.option("--packing/--no-packing", default=None,
               help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
                    "inside each protein (one fused varlen kernel on an NVIDIA GPU); T5 with --attention flex "
@@ -209,9 +221,9 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                     f"{'repeats' if summary.num_duplicates == 1 else 'repeat'} another's sequence "
                     "(not computed again)" if summary.num_duplicates else ""))
     if summary.device_map:
-        from protrans_cli.placement import describe
+        from protrans_cli.placement import spread_line
 
-        console.info(f"the model was spread over devices (--device-map {device_map}): {describe(summary.device_map)}")
+        console.info(spread_line(device_map, summary.device_map))
     if summary.truncated:  # (asked for, but never silent: their rows and means are of the first residues only)
         count, one = len(summary.truncated), len(summary.truncated) == 1
         limit = (f"--max-length {summary.max_length:,}" if max_length

@@ -44,7 +44,7 @@ from protrans_cli.cli.variants import scoring_options
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, per_residue, model, method, revision, device, dtype, max_tokens, max_length, long_policy,
-            invalid_policy, chains, linker_length, resume, threads):
+            invalid_policy, chains, linker_length, resume, threads, device_map, max_memory, offload_folder):
     """Per-protein (pseudo-)perplexity of a FASTA under a language model.
 
     Writes a row a protein: id, length, log_likelihood (the sum over its residues of the natural
@@ -68,6 +68,7 @@ def command(fasta, output, per_residue, model, method, revision, device, dtype, 
     options = PerplexityOptions(model=model, method=method, revision=revision, device=device, dtype=dtype,
                                 max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                                 invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads),
-                                per_residue=per_residue, chains=chains, linker_length=linker_length)
+                                per_residue=per_residue, chains=chains, linker_length=linker_length,
+                                device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     with kept_in_partial(output):
         run_perplexity(fasta, output, options)

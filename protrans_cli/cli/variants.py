@@ -9,12 +9,14 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE, completion, given_option
-from protrans_cli.cli.embed import chain_options
+from protrans_cli.cli.embed import chain_options, device_map_options
 
 
 def scoring_options(command):
     """The options of a command that reads residue probabilities from a model (variants,
-    perplexity): its revision, device, compute dtype, tokens per pass and residues read at once."""
+    perplexity): its revision, device, compute dtype, tokens per pass and residues read at once,
+    and --device-map with its companions."""
+    command = device_map_options()(command)  # (listed after --max-length)
     for decorator in reversed([
         click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model."),
         click.option("--device", default="auto",
@@ -84,7 +86,7 @@ def scoring_options(command):
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, plot,
             mutation_column, offset, truth_column, column, revision, device, dtype, max_tokens, max_length,
-            long_policy, chains, linker_length, resume, threads):
+            long_policy, chains, linker_length, resume, threads, device_map, max_memory, offload_folder):
     """Zero-shot variant effects from a masked language model.
 
     Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
@@ -117,7 +119,8 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
                              dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
                              id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads),
-                             chains=chains, linker_length=linker_length)
+                             chains=chains, linker_length=linker_length, device_map=device_map,
+                             max_memory=max_memory, offload_folder=offload_folder)
     with kept_in_partial(output), naming_default_model(
             "variants", models[0], "-m RUN takes a masked LM that protrans train wrote, and protrans "
             "import-model converts fair-esm's own .pt files", param="models"):

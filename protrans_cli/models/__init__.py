@@ -144,7 +144,10 @@ class LoadedModel:
 
     @property
     def device(self):
-        return next(self.model.parameters()).device
+        """Where the model takes its inputs (a model spread over devices: its map's input device)."""
+        from protrans_cli.placement import model_device
+
+        return model_device(self.model)
 
 
 def _refuse_special_files(path: Path, name: str) -> None:
