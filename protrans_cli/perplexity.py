@@ -80,6 +80,14 @@ class PerplexityOptions(PlacementOptions):
     device_map: str | None = None
     max_memory: str | dict | None = None
     offload_folder: str | None = None
+    # a FASTA of 3Di strings, one per record under its id (SaProt: each site masked as `#s`)
+    structure_tokens: str | Path | None = None
+
+    def structure(self):
+        """The --structure-tokens file's 3Di strings by id (models/saprot.py), or None."""
+        from protrans_cli.variants import structure_of
+
+        return structure_of(self.structure_tokens)
 
     def validate(self) -> None:
         from protrans_cli.embed import check_chains
@@ -188,12 +196,13 @@ def _scan(source, name: str, options: PerplexityOptions) -> _Scan:
 
     from protrans_cli.embed import (InputScan, _digest64, _raise_duplicate_id, _records, _warn_gapped,
                                     _warn_nucleotide, model_length, residue_count)
-    from protrans_cli.residues import looks_nucleotide
+    from protrans_cli.residues import looks_nucleotide, residue_text
 
     ids, keys, sizes = array("Q"), array("Q"), array("Q")
     skipped, nucleotide, gapped = [], console.Named(), console.Named()
     longest = residues = 0
-    for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED):
+    for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED,
+                         structure=options.structure()):
         ids.append(_digest64(prot.id))
         if prot.rejected is not None:
             skipped.append(prot.id)
@@ -203,7 +212,7 @@ def _scan(source, name: str, options: PerplexityOptions) -> _Scan:
             sizes.append(work.size)
         longest = max(longest, model_length(prot.sequence, options.chains, options.linker_length))
         residues += residue_count(prot.sequence)
-        if looks_nucleotide(prot.sequence):
+        if looks_nucleotide(residue_text(prot.sequence)):
             nucleotide.add(prot.id)
         if prot.gapped:
             gapped.add(prot.id)
@@ -261,7 +270,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
 
     from protrans_cli.embed import _spool_input, is_stream, linker_length_ignored, refuse_inside_model
     from protrans_cli.io.files import display_name, staged_outputs, streamed_output, through_link
-    from protrans_cli.variants import UnitStore, partial_folder, resumable_output, unit_output_lock
+    from protrans_cli.variants import UnitStore, partial_folder, resumable_output, structure_said, unit_output_lock
 
     options = options or PerplexityOptions()
     expect_options(options, PerplexityOptions, "options")
@@ -269,7 +278,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
     if (ignored := linker_length_ignored(options)) is not None:
         console.warn(ignored)
     to_stdout = output in (None, "-")
-    special = resumable_output(output, options.resume, (fasta,), (options.model,))
+    special = resumable_output(output, options.resume, (fasta, options.structure_tokens), (options.model,))
     per_residue = options.per_residue
     if per_residue is not None:
         _check_per_residue(per_residue, output, to_stdout, fasta)
@@ -319,7 +328,7 @@ def run_perplexity(fasta, output="-", options: PerplexityOptions | None = None) 
         return summary
     console.info(f"perplexity: {console.counted(summary.proteins, 'protein')}, {summary.residues:,} residues: "
                  f"corpus perplexity {summary.perplexity:.4f} (mean log-likelihood {summary.mean_log_likelihood:.4f} "
-                 f"a residue; {summary.method}, {summary.model}){left_out}")
+                 f"a residue; {summary.method}, {summary.model}{structure_said(options.structure())}){left_out}")
     return summary
 
 
@@ -365,7 +374,8 @@ def _too_long(source, name: str, options: PerplexityOptions, scorer, scan: _Scan
         return []
     skipped = []
     keys, sizes = array("Q"), array("Q")  # (the readings of the records scored)
-    for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED):
+    for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains, offered=OFFERED,
+                         structure=options.structure()):
         if prot.rejected is not None:
             continue
         if model_length(prot.sequence, options.chains, options.linker_length) <= scorer.max_length:
@@ -396,7 +406,7 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
     from protrans_cli.embed import _digest64, _records, model_length
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _say_map, _unit_key
+    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _say_map, _unit_key, check_structure_aware
 
     device, dtype, placing = options.loading([options.model])
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
@@ -404,6 +414,7 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
         loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True,
                             **placing)
         _say_map(options, loaded)
+        check_structure_aware(options.structure_tokens, loaded)
         scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                long_policy="window" if options.long_policy == "window" else "error",
                                progress=console.progress_wanted())
@@ -446,7 +457,7 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
         try:
             residues = 0
             for prot in _records(source, name, options.invalid_policy == "skip", chains=options.chains,
-                                 offered=OFFERED):
+                                 offered=OFFERED, structure=options.structure()):
                 if prot.rejected is not None:
                     continue
                 if (options.long_policy == "skip" and scorer.max_length is not None
@@ -481,7 +492,9 @@ def _write_rows(ident: str, sequence: str, values: np.ndarray, method: str, opti
     rows.writerow([ident, str(residues), f"{ll:.6f}", f"{ll / residues:.6f}", f"{perplexity_of(ll, residues):.6f}",
                    method])
     if residue_rows is not None:
-        letters = sequence.replace(":", "")
+        from protrans_cli.residues import residue_text
+
+        letters = residue_text(sequence.replace(":", ""))  # (SaProt's residues paired with 3Di states: the residues)
         if options.chains == "error":
             residue_rows.writerows([ident, str(p), letter, f"{value:.6f}"]
                                    for p, (letter, value) in enumerate(zip(letters, values.tolist()), start=1))

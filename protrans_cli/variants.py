@@ -61,6 +61,7 @@ from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageEr
                                  one_of, option, resume_option, whole_number)
 from protrans_cli.heads.tasks import missing_number
 from protrans_cli.placement import PlacementOptions
+from protrans_cli.residues import residue_text
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood")
@@ -349,7 +350,15 @@ class VariantScorer:
         self._letter_ids: dict[str, int] = {}
         self._torch = torch
 
-    # the token the model reads for one residue letter (its rare-residue rules applied)
+    def _mask_for(self, char: str) -> int:
+        """The token masking residue `char` of a sequence: the mask token; SaProt's `#s` (the
+        residue half masked, its 3Di state `s` kept: `##` for a plain letter, models/saprot.py)."""
+        if getattr(self.family, "structure_aware", False):
+            return self.family.site_mask_id(self.tokenizer, char)
+        return self.mask_id
+
+    # the token the model reads for one residue letter (its rare-residue rules applied; a
+    # `residues.pair_char` holding a 3Di state: SaProt's residue-and-state token)
     def token_id(self, letter: str) -> int:
         if letter not in self._letter_ids:
             inputs, mask = self.family.encode(self.tokenizer, [letter])
@@ -427,7 +436,7 @@ class VariantScorer:
                         rows.append((row, self._hidden_site(extra, int(token_at[locals_[0]]), len(ids))))
                     else:
                         if masked:
-                            row[token_at[locals_[0]]] = self.mask_id
+                            row[token_at[locals_[0]]] = self._mask_for(sequences[seq_index][start + locals_[0]])
                         rows.append((row, extra))
                     row_of.extend([b] * len(locals_))
                     token_of.append(logit_at[list(locals_)])
@@ -559,7 +568,7 @@ class VariantScorer:
     # -- scores -----------------------------------------------------------------------------
 
     def score(self, sequence: str, variants: list[Variant], strategy: str = "masked-marginals", *,
-              store=None, linked: tuple | None = None) -> np.ndarray:
+              store=None, linked: tuple | None = None, structure: str | None = None) -> np.ndarray:
         """One score per variant (float64; NaN for a variant with a stop, 0 for the wild type).
         `linked` (chain lengths, linker length): `sequence` is a complex's chains joined by that
         many residues between each two (embed.model_text, --chains linker; its variants' positions
@@ -569,9 +578,14 @@ class VariantScorer:
         The work runs in units (`SITES_PER_UNIT` sites, `MUTANTS_PER_UNIT` mutants of pseudo-ppl),
         each through `store(key, compute, check)` when given: a unit's result is what `compute()`
         returns or what a store kept from an earlier run under the same key (`protrans variants
-        --resume`) and `check(value)` accepts (the shape and dtype `compute()` gives)."""
+        --resume`) and `check(value)` accepts (the shape and dtype `compute()` gives).
+
+        `structure`: the wild type's 3Di string (one Foldseek state a residue, `#` unknown) for a
+        structure-aware model (SaProt): each site masked as `#s`, residue r scored by the token
+        `rs`; the mutants keep the wild type's string."""
         one_of(strategy, STRATEGIES, "--scoring", keyword="strategy")
-        sequence = checked_sequence(sequence)
+        sequence = checked_sequence(with_structure(sequence, structure, self))
+        plain = residue_text(sequence)
         # (texts such as "K2A", or one Mutation not in a tuple: an AttributeError or TypeError
         # traceback from the loop below)
         if isinstance(variants, (str, bytes)):
@@ -585,8 +599,8 @@ class VariantScorer:
                              f"{type(wrong).__name__} {wrong!r:.40}: parse each text against the sequence first")
         for variant in variants:
             for m in variant:
-                if not (0 <= m.position < len(sequence) and sequence[m.position] == m.wt):
-                    found = sequence[m.position] if 0 <= m.position < len(sequence) else "outside the sequence"
+                if not (0 <= m.position < len(plain) and plain[m.position] == m.wt):
+                    found = plain[m.position] if 0 <= m.position < len(plain) else "outside the sequence"
                     raise UsageError(f"{m.label()}: not a substitution of this wild type (residue {m.position + 1} "
                                      f"of {len(sequence)}: {found}); parse variants against the sequence scored")
         store = store or _compute
@@ -613,8 +627,9 @@ class VariantScorer:
         log_probs = np.concatenate(rows) if rows else np.empty((0, 0), dtype=np.float32)
         row_of = {p: k for k, p in enumerate(sites)}
         for i in scorable:
-            scores[i] = sum(float(log_probs[row_of[m.position], self.token_id(m.mt)])
-                            - float(log_probs[row_of[m.position], self.token_id(m.wt)]) for m in variants[i])
+            scores[i] = sum(float(log_probs[row_of[m.position], self.token_id(_at_site(m.mt, sequence[m.position]))])
+                            - float(log_probs[row_of[m.position], self.token_id(sequence[m.position])])
+                            for m in variants[i])
         return scores
 
     def _refuse_reading(self, masked: bool) -> None:
@@ -729,16 +744,20 @@ class VariantScorer:
 
 
 def score_wild_type(scorer: VariantScorer, sequence: str, variants: list[Variant], strategy: str = "masked-marginals",
-                    *, chains: str = "error", linker_length: int = DEFAULT_LINKER_LENGTH, store=None) -> np.ndarray:
+                    *, chains: str = "error", linker_length: int = DEFAULT_LINKER_LENGTH, store=None,
+                    structure: str | None = None) -> np.ndarray:
     """VariantScorer.score of one wild type, a complex's (chains joined by ':'; its variants'
     positions across its chains, as _parse_variant reads them) under `chains`: `linker` scores
     them in the chains joined by `linker_length` glycines (a site mapped past the linkers before
     it; the likelihoods count the chains' residues alone); `separate` scores each site in its own
     chain read alone, a variant over several chains the sum of its chains' scores (the chains it
-    leaves alone add 0). Without ':', score() itself."""
+    leaves alone add 0). Without ':', score() itself. `structure`: the wild type's 3Di string
+    (its chains' states, any ':' left out; SaProt, `with_structure`)."""
     import hashlib
 
     from protrans_cli.embed import chain_lengths, model_text
+
+    sequence = with_structure(sequence, structure, scorer)
 
     if ":" not in sequence:
         return scorer.score(sequence, variants, strategy, store=store)
@@ -884,10 +903,48 @@ def _unit_key(kind: str, sequence: str, chunk) -> str:
 
 
 def mutate(sequence: str, variant: Variant) -> str:
+    """The mutant; a residue paired with its 3Di state (SaProt) keeps the state: a substitution
+    does not change the wild type's structure string."""
     letters = list(sequence)
     for m in variant:
-        letters[m.position] = m.mt
+        letters[m.position] = _at_site(m.mt, letters[m.position])
     return "".join(letters)
+
+
+def _at_site(letter: str, char: str) -> str:
+    """Residue `letter` in the 3Di state of `char` (a `residues.pair_char`), else `letter` itself."""
+    from protrans_cli.residues import PAIR_RESIDUES, pair_char, split_char
+
+    residue, state = split_char(char)
+    if residue == char or letter not in PAIR_RESIDUES:
+        return letter
+    return pair_char(letter, state)
+
+
+def with_structure(sequence: str, structure: str | None, scorer=None, *, path: str = "structure",
+                   record: str | None = None) -> str:
+    """`sequence` with each residue paired with its state of the 3Di string `structure` (one
+    Foldseek letter a residue, either case; `#` - ? . unknown; models/saprot.py), as the scorer
+    reads it for a structure-aware model (SaProt); `sequence` itself for None. A scorer's model
+    that is not structure-aware is a UsageError; a length mismatch an InputError."""
+    if structure is None:
+        return sequence
+    from protrans_cli.models.saprot import UNKNOWN_STATES, combine
+
+    from protrans_cli.residues import PAIR_UNKNOWN, THREE_DI
+
+    if scorer is not None and not getattr(scorer.family, "structure_aware", False):
+        raise UsageError(f"structure: {scorer.loaded.name} is not a structure-aware model (its vocabulary has no "
+                         "residue-and-3Di tokens such as SaProt's 'M#', 'Md')")
+    if not isinstance(structure, str):
+        raise UsageError(f"structure is a 3Di string, got {type(structure).__name__} {structure!r:.40}")
+    states = "".join(structure.split()).replace(":", "")
+    bad = next((c for c in states if c not in THREE_DI + THREE_DI.lower() + UNKNOWN_STATES), None)
+    if bad is not None:
+        raise InputError(f"{bad!r} is not a 3Di letter (Foldseek's 20 states {THREE_DI.lower()}, either case, or "
+                         "# - ? . for unknown)", path=path, record=record)
+    states = "".join(PAIR_UNKNOWN if c in UNKNOWN_STATES else c for c in states.lower())
+    return combine(sequence if ":" in sequence else checked_sequence(sequence), states, path, record)
 
 
 def _sequence_list(sequences, method: str) -> list:
@@ -905,10 +962,17 @@ def _sequence_list(sequences, method: str) -> list:
 
 def checked_sequence(sequence: str, what: str = "the wild-type sequence") -> str:
     """The wild type as the scorer reads it: upper-case, gaps and a final `*` removed; an
-    InputError for anything that is not a protein sequence (naming it as `what`)."""
+    InputError for anything that is not a protein sequence (naming it as `what`). A sequence of
+    residues paired with 3Di states (`with_structure`) is checked by its residues, and kept."""
     from protrans_cli.residues import SequenceRejected, normalise
 
     try:
+        if isinstance(sequence, str) and residue_text(sequence) != sequence:
+            plain = residue_text(sequence)
+            if normalise(plain, rare="keep") != plain:
+                raise UsageError(f"{what}: residues paired with 3Di states are given as with_structure() returns "
+                                 "them (upper case, no gaps)")
+            return sequence
         return normalise(sequence, rare="keep")
     except SequenceRejected as exc:
         raise InputError(f"{what}: {exc}") from None
@@ -946,6 +1010,53 @@ def check_scoring(options) -> None:
 
 # --- the command -----------------------------------------------------------------------------
 
+def structure_of(path):
+    """The 3Di strings of a --structure-tokens FASTA by id (models/saprot.py's reader), or None."""
+    if path is None:
+        return None
+    from protrans_cli.models.saprot import read_structure_tokens
+
+    return read_structure_tokens(path)
+
+
+def check_structure_aware(structure_tokens, loaded) -> None:
+    """UsageError for --structure-tokens with a model whose vocabulary has no 3Di half (SaProt's)."""
+    if structure_tokens is not None and not getattr(loaded.family, "structure_aware", False):
+        raise UsageError(f"{option('--structure-tokens', 'structure_tokens')}: {loaded.name} is not a structure-aware "
+                         "model (its vocabulary has no residue-and-3Di tokens such as SaProt's 'M#', 'Md')")
+
+
+def structure_said(tokens) -> str:
+    """How a run's messages name its 3Di strings (the file and its digest), "" without."""
+    return "" if tokens is None else f"; 3Di strings of {tokens.name} (blake2b:{tokens.digest})"
+
+
+def _wild_type_structures(wild_types, options: VariantOptions, by_id: bool) -> list:
+    """Each wild type's 3Di string (None without --structure-tokens), looked up by its id
+    (`by_id`: a --fasta record's); --sequence, which has no id, takes the file's one record.
+    Each checked against its wild type's length here, before any model loads."""
+    tokens = options.structure()
+    if tokens is None:
+        return [None] * len(wild_types)
+    flag = option("--structure-tokens", "structure_tokens")
+    if not by_id:
+        if len(tokens) != 1:
+            raise UsageError(f"{flag} {tokens.name} holds {len(tokens)} 3Di strings; {option('--sequence', 'sequence')} "
+                             f"has no id to pick one by: give a file of one record, or the wild type in "
+                             f"{option('--fasta', 'fasta')} under the id of its 3Di string")
+        found = list(tokens.values())
+    else:
+        found = []
+        for ident, _ in wild_types:
+            if ident not in tokens:
+                raise InputError(f"no 3Di string for the wild type {ident!r} ({flag} needs one for every wild type "
+                                 "scored, under its id in --fasta)", path=tokens.name, record=ident)
+            found.append(tokens[ident])
+    for (ident, seq), states in zip(wild_types, found):
+        with_structure(seq, states, path=tokens.name, record=ident)  # (the lengths: an error before any work)
+    return found
+
+
 @dataclass
 class VariantOptions(PlacementOptions):
     """Everything `protrans variants` can be asked for; the CLI fills it from its options."""
@@ -974,6 +1085,12 @@ class VariantOptions(PlacementOptions):
     device_map: str | None = None
     max_memory: str | dict | None = None
     offload_folder: str | None = None
+    # a FASTA of 3Di strings under the wild types' ids (SaProt: each site masked as `#s`, models/saprot.py)
+    structure_tokens: str | None = None
+
+    def structure(self):
+        """The --structure-tokens file's 3Di strings by id (models/saprot.py), or None."""
+        return structure_of(self.structure_tokens)
 
     def validate(self) -> None:
         from protrans_cli.embed import check_chains
@@ -1338,7 +1455,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
                          f"{option('--all-singles', 'all_singles=True')}, one of them")
     if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":
         raise UsageError(f"the variants table and {option('--fasta', 'fasta')} cannot both be read from stdin (-)")
-    special = resumable_output(output, options.resume, (variants_file, fasta), options.models)
+    special = resumable_output(output, options.resume, (variants_file, fasta, options.structure_tokens), options.models)
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError(option("--id-column names each row's wild type among the records of --fasta (without --id)",
                                 "id_column names each row's wild type among the records of fasta (without record_id)"))
@@ -1417,11 +1534,12 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     # the link and one on its target took two locks, and --resume of one missed the other's work.
     # A device or pipe keeps no work and takes no lock: /dev/.null.lock as root)
     target = through_link(Path(output)) if to_file else output
+    structures = _wild_type_structures(wild_types, options, by_id=fasta is not None)
     with unit_output_lock(target, to_file):
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
         check_scorings(options.models, options.strategies, options.revision)  # (before any model loads)
         results = _score_all(table, wild_types, columns, options, store,
-                             display_name(fasta) if fasta is not None else None)
+                             display_name(fasta) if fasta is not None else None, structures)
         written = _written(columns, ensemble_columns, results, options)
         # (written out first, then renamed together: a Ctrl-C while the heatmap was drawn left the
         # new table beside the old heatmap, and the --resume advice for a table already complete)
@@ -1467,8 +1585,8 @@ def _write_table(output, table, written, *, staged: list | None = None) -> None:
         text.detach()
 
 
-def _score_all(table, wild_types, columns, options, store: "UnitStore | None", source: str | None = None
-               ) -> dict[str, np.ndarray]:
+def _score_all(table, wild_types, columns, options, store: "UnitStore | None", source: str | None = None,
+               structures: list | None = None) -> dict[str, np.ndarray]:
     import gc
 
     from protrans_cli.embed import model_text
@@ -1488,6 +1606,7 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
         for model_name in dict.fromkeys(m for _, m, _ in columns):
             loaded = load_model(model_name, device=device, dtype=dtype, revision=options.revision, masked_lm=True,
                                 **placing)
+            check_structure_aware(options.structure_tokens, loaded)
             scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                    long_policy=options.long_policy, progress=console.progress_wanted())
             _say_map(options, loaded)
@@ -1513,10 +1632,11 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
                     mine = rows_of[k]
                     values[mine] = score_wild_type(scorer, seq, [table.variants[i] for i in mine], strategy,
                                                    chains=options.chains, linker_length=options.linker_length,
-                                                   store=units)
+                                                   store=units, structure=structures[k] if structures else None)
                 results[column] = values
                 console.info(f"variants: {column}: {console.counted(int(np.isfinite(values).sum()), 'variant')} scored with "
-                             f"{loaded.name} ({strategy}, {scorer.compute_dtype} on {scorer.device})")
+                             f"{loaded.name} ({strategy}, {scorer.compute_dtype} on {scorer.device}"
+                             f"{structure_said(options.structure())})")
             del scorer, loaded
             gc.collect()
     return results

@@ -288,3 +288,142 @@ def test_merge_refuses_parts_of_sequence_only_and_structure_rows(tmp_path, run_c
     result = run_cli("merge", first, second, "-o", tmp_path / "all.h5")
     assert result.exit_code != 0 and "structure_tokens" in result.stderr, result.output
     assert not (tmp_path / "all.h5").exists()
+
+
+# --- variants and perplexity with 3Di strings (SaProt's zero-shot recipe with structure) ------
+
+def _site_log_probs_with_states(model_dir, seq: str, states: str):
+    """SaProt's zero-shot reading with structure, as a plain loop: residue i's token `Rs` replaced
+    by `#s` (the residue half masked, the state kept), log-softmax of the logits there: (L, V)."""
+    from transformers import EsmForMaskedLM, EsmTokenizer
+
+    tokenizer = EsmTokenizer.from_pretrained(str(model_dir))
+    model = EsmForMaskedLM.from_pretrained(str(model_dir)).eval()
+    pairs = [((r if r in RESIDUES else "#"), (s.lower() if s.lower() in STATES else "#")) for r, s in zip(seq, states)]
+    out = []
+    for i in range(len(seq)):
+        tokens = [r + s for r, s in pairs]
+        tokens[i] = "#" + pairs[i][1]
+        enc = tokenizer("".join(tokens), return_tensors="pt")
+        with torch.no_grad():
+            out.append(model(**enc).logits[0, i + 1].log_softmax(-1).numpy())
+    return np.array(out), tokenizer.get_vocab(), [s for _, s in pairs]
+
+
+WT, WT_STATES = "MKTAYIAKQR", "dvvLLcp#vn"
+
+
+def test_variants_with_structure_are_saprots_zero_shot_recipe(tmp_path, run_cli, saprot):
+    import csv
+    import io
+
+    fasta = _fasta(tmp_path / "wt.fa", {"wt": WT})
+    tokens = _fasta(tmp_path / "wt.3di.fa", {"other": "ppvv", "wt": WT_STATES})
+    result = run_cli("variants", "--all-singles", "--fasta", fasta, "--structure-tokens", tokens, "-m", saprot,
+                     "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 19 * len(WT)
+    column = next(k for k in rows[0] if k.endswith("masked_marginals"))
+    lp, vocab, states = _site_log_probs_with_states(saprot, WT, WT_STATES)
+    sequence_only, _ = _site_log_probs(saprot, WT)
+    differs = 0
+    for row in rows:
+        wt, pos, mt = row["mutant"][0], int(row["mutant"][1:-1]) - 1, row["mutant"][-1]
+        s = states[pos]
+        want = lp[pos, vocab[mt + s]] - lp[pos, vocab[wt + s]]
+        assert float(row[column]) == pytest.approx(want, abs=2e-5), row["mutant"]
+        differs += abs(want - (sequence_only[pos, vocab[mt + "#"]] - sequence_only[pos, vocab[wt + "#"]])) > 1e-3
+    assert differs > len(rows) // 2  # (the states were read, not `#`)
+    assert "wt.3di.fa (blake2b:" in result.stderr
+
+
+def test_variants_pseudo_ppl_with_structure_keeps_the_wild_types_states(tmp_path, run_cli, saprot):
+    """A mutant keeps the wild type's 3Di string: its pseudo-log-likelihood masks `#s` at each site
+    of the mutant's residues paired with the wild type's states."""
+    import csv
+    import io
+
+    tokens = _fasta(tmp_path / "one.3di.fa", {"anything": WT_STATES})
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\nT3W:Y5G\n")
+    result = run_cli("variants", table, "--sequence", WT, "--structure-tokens", tokens, "-m", saprot,
+                     "--scoring", "pseudo-ppl", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+
+    def pll(seq):
+        lp, vocab, states = _site_log_probs_with_states(saprot, seq, WT_STATES)
+        return sum(lp[i, vocab[r + s]] for i, (r, s) in enumerate(zip(seq, states)))
+
+    wild = pll(WT)
+    column = next(k for k in rows[0] if k.endswith("pseudo_ppl"))
+    assert len(rows) == 2
+    for row, mutant in zip(rows, ["MATAYIAKQR", "MKWAGIAKQR"]):
+        assert float(row[column]) == pytest.approx(pll(mutant) - wild, abs=1e-4), row["mutant"]
+
+
+def test_pseudo_perplexity_with_structure_masks_the_residue_half_keeping_the_state(tmp_path, run_cli, saprot):
+    import csv
+    import io
+
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    result = run_cli("perplexity", _fasta(tmp_path / "x.fa", SEQS), "--structure-tokens", tokens, "-m", saprot,
+                     "--device", "cpu", "--per-residue", tmp_path / "r.tsv", "-o", tmp_path / "p.tsv")
+    assert result.exit_code == 0, result.stderr
+    rows = {r["id"]: r for r in csv.DictReader((tmp_path / "p.tsv").open(), delimiter="\t")}
+    for ident, seq in SEQS.items():
+        lp, vocab, states = _site_log_probs_with_states(saprot, seq, THREE_DI[ident])
+        want = sum(lp[i, vocab[(r if r in RESIDUES else "#") + s]] for i, (r, s) in enumerate(zip(seq, states)))
+        assert float(rows[ident]["log_likelihood"]) == pytest.approx(want, abs=1e-4), ident
+    residues = list(csv.DictReader((tmp_path / "r.tsv").open(), delimiter="\t"))
+    assert "".join(r["residue"] for r in residues if r["id"] == "a") == SEQS["a"]  # (the residues, not paired)
+    assert "x.3di.fa (blake2b:" in result.stderr
+
+
+@pytest.mark.parametrize("command, records, says, code", [
+    ("perplexity", {"a": THREE_DI["a"]}, "no 3Di string for this record", 1),
+    ("perplexity", {**THREE_DI, "c": "ppv"}, "the 3Di string has 3 letters for a sequence of 6 residues", 1),
+    ("variants", {"x": THREE_DI["c"]}, "no 3Di string for the wild type 'c'", 1),
+    ("variants", {"c": "ppvvd1"}, "'1' at position 6 is not a 3Di letter", 1),
+    ("variants", {"c": "ppv"}, "the 3Di string has 3 letters for a sequence of 6 residues", 1),
+    ("variants-sequence", {"c": THREE_DI["c"], "a": THREE_DI["a"]}, "has no id to pick one by", 2),
+], ids=["pp-missing", "pp-length", "var-missing", "var-letter", "var-length", "var-sequence-two"])
+def test_bad_structure_tokens_in_variants_and_perplexity(tmp_path, run_cli, saprot, command, records, says, code,
+                                                        monkeypatch):
+    from protrans_cli import models
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", never)
+    tokens = _fasta(tmp_path / "bad.3di.fa", records)
+    if command == "perplexity":
+        args = ["perplexity", _fasta(tmp_path / "x.fa", SEQS)]
+    elif command == "variants":
+        args = ["variants", "--all-singles", "--fasta", _fasta(tmp_path / "x.fa", {"c": SEQS["c"]})]
+    else:
+        args = ["variants", "--all-singles", "--sequence", SEQS["c"]]
+    result = run_cli(*args, "--structure-tokens", tokens, "-m", saprot, "--device", "cpu")
+    assert result.exit_code == code, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert says in result.stderr, result.stderr
+    if code == 1:
+        assert "bad.3di.fa" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["variants", "perplexity"])
+def test_structure_tokens_with_a_plain_esm_is_a_usage_error_in_scoring(tmp_path, run_cli, command):
+    import shutil
+    from pathlib import Path
+
+    model = tmp_path / "esm"
+    shutil.copytree(Path(__file__).parent / "data" / "esm_reference", model,
+                    ignore=shutil.ignore_patterns("reference.safetensors", "input.fa", "*.md"))
+    tokens = _fasta(tmp_path / "x.3di.fa", {"c": THREE_DI["c"]})
+    fasta = _fasta(tmp_path / "x.fa", {"c": SEQS["c"]})
+    args = (["variants", "--all-singles", "--fasta", fasta] if command == "variants" else ["perplexity", fasta])
+    result = run_cli(*args, "--structure-tokens", tokens, "-m", model, "--device", "cpu", "-o", tmp_path / "out.tsv")
+    assert result.exit_code == 2, result.output
+    assert "not a structure-aware model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.tsv").exists()

@@ -60,6 +60,16 @@ def device_map_options(more: str = " Not under torchrun."):
     return decorate
 
 
+def structure_tokens_option(which: str):
+    """--structure-tokens FASTA (embed, variants, perplexity): SaProt's 3Di strings, `which`
+    saying whose they are (read by models/saprot.py's read_structure_tokens)."""
+    return click.option(
+        "--structure-tokens", "structure_tokens", type=click.Path(dir_okay=False), default=None, metavar="FASTA",
+        help=f"SaProt: a FASTA of 3Di strings (Foldseek's states, either case; # - ? . for unknown), {which}, "
+             "one letter per residue (protrans translate --to 3di writes one): each residue is read with its "
+             "state ('Md', not 'M#').")
+
+
 def chain_options(chains_help: str, policies=CHAIN_POLICIES):
     """--chains (a complex's ':'; `chains_help` says what each policy does in the command) and
     --linker-length, as every command that reads complexes takes them."""
@@ -120,11 +130,7 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
 @click.option("--3di", "three_di", is_flag=True,
               help="The sequences are Foldseek 3Di strings (one structure state per residue), not amino "
                    "acids: ProstT5 reads them lower-case after <fold2AA>.")
-@click.option("--structure-tokens", "structure_tokens", type=click.Path(dir_okay=False), default=None,
-              metavar="FASTA",
-              help="SaProt: a FASTA of 3Di strings (Foldseek's states, either case; # - ? . for "
-                   "unknown), one per input record under its id, one letter per residue (protrans "
-                   "translate --to 3di writes one): each residue is read with its state ('Md', not 'M#').")
+@structure_tokens_option("one per input record under its id")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory (not with --device-map).")
 @device_map_options(" Padded batches, the model's own attention; not under torchrun.")

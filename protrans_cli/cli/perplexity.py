@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE, completion
-from protrans_cli.cli.embed import chain_options
+from protrans_cli.cli.embed import chain_options, structure_tokens_option
 from protrans_cli.cli.variants import scoring_options
 
 
@@ -39,12 +39,14 @@ from protrans_cli.cli.variants import scoring_options
                "error: refuse it; linker: join the chains with --linker-length glycines (ESMFold's way), "
                "every residue of the chains scored, the linker read but not scored; separate: score each "
                "chain alone, the complex's log-likelihood their sum.")
+@structure_tokens_option("one per input record under its id")
 @click.option("--resume", is_flag=True,
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, per_residue, model, method, revision, device, dtype, max_tokens, max_length, long_policy,
-            invalid_policy, chains, linker_length, resume, threads, device_map, max_memory, offload_folder):
+            invalid_policy, chains, linker_length, resume, threads, device_map, max_memory, offload_folder,
+            structure_tokens):
     """Per-protein (pseudo-)perplexity of a FASTA under a language model.
 
     Writes a row a protein: id, length, log_likelihood (the sum over its residues of the natural
@@ -69,6 +71,7 @@ def command(fasta, output, per_residue, model, method, revision, device, dtype, 
                                 max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                                 invalid_policy=invalid_policy, resume=resume, threads=resolve_threads(threads),
                                 per_residue=per_residue, chains=chains, linker_length=linker_length,
-                                device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+                                device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
+                                structure_tokens=structure_tokens)
     with kept_in_partial(output):
         run_perplexity(fasta, output, options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE, completion, given_option
-from protrans_cli.cli.embed import chain_options, device_map_options
+from protrans_cli.cli.embed import chain_options, device_map_options, structure_tokens_option
 
 
 def scoring_options(command):
@@ -80,13 +80,15 @@ def scoring_options(command):
                "from chain 1's last residue). error: refuse it; linker: the chains joined by --linker-length "
                "glycines (ESMFold's way), each site read with the other chains present; separate: each site "
                "read in its own chain alone, a variant over several chains the sum of theirs.")
+@structure_tokens_option("one per wild type under its --fasta id (--sequence: a file of one record)")
 @click.option("--resume", is_flag=True,
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, plot,
             mutation_column, offset, truth_column, column, revision, device, dtype, max_tokens, max_length,
-            long_policy, chains, linker_length, resume, threads, device_map, max_memory, offload_folder):
+            long_policy, chains, linker_length, resume, threads, device_map, max_memory, offload_folder,
+            structure_tokens):
     """Zero-shot variant effects from a masked language model.
 
     Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
@@ -120,7 +122,8 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
                              id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads),
                              chains=chains, linker_length=linker_length, device_map=device_map,
-                             max_memory=max_memory, offload_folder=offload_folder)
+                             max_memory=max_memory, offload_folder=offload_folder,
+                             structure_tokens=structure_tokens)
     with kept_in_partial(output), naming_default_model(
             "variants", models[0], "-m RUN takes a masked LM that protrans train wrote, and protrans "
             "import-model converts fair-esm's own .pt files", param="models"):

@@ -136,13 +136,15 @@ class SaProtFamily(EsmFamily):
     def packing_problem(self, config, training):
         return "SaProt's residue-and-3Di tokens are not packed (its batches are padded)"
 
-    def site_mask_id(self, tokenizer) -> int:
-        """The token that masks a residue of unknown structure, `##` (SaProt's zero-shot code masks
-        the residue half of a token, `Rs` -> `#s`, and reads residue r from the logit of `rs`):
-        variants and perplexity read sequences alone, every state `#`."""
-        token = UNKNOWN + UNKNOWN
+    def site_mask_id(self, tokenizer, char: str = UNKNOWN) -> int:
+        """The token that masks the residue `char` (a letter, or a `pair_char` holding its 3Di
+        state): `#s`, its residue half masked and its state `s` kept (`##` where the structure is
+        unknown). SaProt's zero-shot code masks a site so and reads residue r from the logit of `rs`."""
+        state = split_char(char)[1] if len(char) == 1 else UNKNOWN
+        token = UNKNOWN + (state if state in self.states else UNKNOWN)
         if token not in self._ids:
-            raise ModelError(f"the vocabulary has no {token!r} token (a masked residue of unknown structure)")
+            raise ModelError(f"the vocabulary has no {token!r} token (a masked residue"
+                             + (" of unknown structure)" if token == UNKNOWN * 2 else f" in 3Di state {state!r})"))
         return self._ids[token]
 
     def token(self, char: str) -> str:
