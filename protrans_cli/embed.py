@@ -1426,10 +1426,42 @@ def _check_embedder_input(options: EmbedOptions, embedder) -> None:
 
 
 _GIVEN = "<sequences>"  # what embed_sequences' messages call the sequences given to it
+_STRUCTURE_FILE = "structure.3di.fa"  # embed_sequences' structure=, written for embed to read
+
+
+def _given_structure(structure, pairs, as_list: bool, options) -> list | None:
+    """embed_sequences' `structure` as (id, 3Di string) pairs of the temporary FASTA, checked
+    against the form of the sequences (UsageError), or None."""
+    from collections.abc import Mapping
+
+    if structure is None:
+        return None
+    if options.structure_tokens is not None:
+        raise UsageError("give the 3Di strings once: structure= or options.structure_tokens, not both")
+    if as_list:
+        if isinstance(structure, (str, bytes, Mapping)) or not hasattr(structure, "__len__"):
+            raise UsageError("structure is a list of 3Di strings as long as the list of sequences, got "
+                             f"{type(structure).__name__}")
+        structure = list(structure)
+        if len(structure) != len(pairs):
+            raise UsageError(f"structure holds {len(structure)} 3Di string(s) for {len(pairs)} sequence(s): one each")
+        found = {ident: text for (ident, _), text in zip(pairs, structure)}
+    else:
+        if not isinstance(structure, Mapping):
+            raise UsageError(f"structure is {{id: 3Di string}} as the sequences are, got {type(structure).__name__}")
+        missing = [ident for ident, _ in pairs if ident not in structure]
+        if missing:
+            raise UsageError(f"structure has no 3Di string for protein {missing[0]!r} (one for every id given)")
+        found = {ident: structure[ident] for ident, _ in pairs}
+    for ident, text in found.items():
+        if not isinstance(text, str) or ">" in text:
+            whose = f"item {ident}" if as_list else f"protein {ident!r}"
+            raise UsageError(f"structure of {whose}: a 3Di string, got {text!r:.60}")
+    return list(found.items())
 
 
 def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str,
-                    embedder: Embedder | None = None):
+                    embedder: Embedder | None = None, structure=None):
     """Embeddings in memory, for a notebook: `sequences` is {id: sequence} (returns {id: array})
     or a list of sequences (returns a list of arrays, in order). `kind` is "per_residue" ((L, D)
     arrays) or "per_protein" ((D,)); several `options.layers` add a leading layer axis.
@@ -1439,6 +1471,10 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     the ones `protrans embed` writes. A protein that could not be embedded is left out of the
     dict (None in the list), with a warning naming it. Warnings name a dict's proteins by id, a
     list's by position from 0 (`item 0`, the index of its array in the list returned); errors too.
+
+    `structure` (SaProt, as `--structure-tokens`): the 3Di strings (one Foldseek state a residue,
+    either case; `#` - ? . unknown), in the form of `sequences`: {id: 3Di string} with a string
+    for every id, or a list as long as the list of sequences, in its order.
     """
     from collections.abc import Mapping
     from dataclasses import replace
@@ -1463,6 +1499,7 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         return [] if as_list else {}
     options = options or EmbedOptions()
     expect_options(options, EmbedOptions, "options")
+    states = _given_structure(structure, pairs, as_list, options)
     # (part: a job array's share of a FASTA; every sequence given here is wanted: with it, those
     # of the other parts were missing from the temporary file, an error naming that file)
     options = replace(options, per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
@@ -1474,6 +1511,11 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         with open(fasta, "wb") as fh:
             for ident, seq in pairs:
                 write_fasta(fh, ident, seq)
+        if states is not None:  # (read as --structure-tokens is: its letters checked, paired by id)
+            with open(Path(tmp) / _STRUCTURE_FILE, "wb") as fh:
+                for ident, text in states:
+                    write_fasta(fh, ident, text)
+            options = replace(options, structure_tokens=str(Path(tmp) / _STRUCTURE_FILE))
         try:
             # one process even under torchrun: another rank's shards are in its own temporary folder
             # (messages name the input "<sequences>": the temporary file's path means nothing here)
@@ -1483,7 +1525,7 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
             finally:
                 _ITEM_IDS.reset(token)
         except ProtransError as exc:
-            if exc.path is None or (exc.path != _GIVEN and Path(tmp) not in Path(exc.path).parents):
+            if exc.path is None or (exc.path not in (_GIVEN, _STRUCTURE_FILE) and Path(tmp) not in Path(exc.path).parents):
                 raise
             # the temporary FASTA's path and line mean nothing to the caller: the record says it
             # (a list's by its position, as the warnings do: "record '1'" read as an id never given)

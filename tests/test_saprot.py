@@ -427,3 +427,54 @@ def test_structure_tokens_with_a_plain_esm_is_a_usage_error_in_scoring(tmp_path,
     assert result.exit_code == 2, result.output
     assert "not a structure-aware model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.tsv").exists()
+
+
+def test_embed_sequences_takes_3di_strings_in_the_form_of_the_sequences(tmp_path, run_cli, saprot):
+    from protrans_cli.embed import EmbedOptions, embed_sequences
+
+    tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
+    result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens)
+    assert result.exit_code == 0, result.stderr
+    rows, _ = _rows(out)
+    options = EmbedOptions(model=str(saprot), device="cpu")
+    given = embed_sequences(SEQS, options, kind="per_residue", structure=THREE_DI)
+    listed = embed_sequences(list(SEQS.values()), options, kind="per_residue",
+                             structure=[THREE_DI[i] for i in SEQS])
+    for k, ident in enumerate(SEQS):
+        np.testing.assert_allclose(given[ident], rows[ident], atol=1e-6)
+        np.testing.assert_allclose(listed[k], rows[ident], atol=1e-6)
+    plain = embed_sequences({"c": SEQS["c"]}, options, kind="per_residue")
+    assert not np.allclose(plain["c"], rows["c"], atol=1e-3)
+
+
+@pytest.mark.parametrize("sequences, structure, says", [
+    (SEQS, {"a": THREE_DI["a"]}, "no 3Di string for protein 'b'"),
+    (list(SEQS.values()), [THREE_DI["a"]], "holds 1 3Di string(s) for 3 sequence(s)"),
+    (list(SEQS.values()), THREE_DI, "a list of 3Di strings"),
+    ({"c": SEQS["c"]}, {"c": "ppv"}, "the 3Di string has 3 letters for a sequence of 6 residues"),
+    (["GSHMKT"], ["ppvvd1"], "item 0"),
+], ids=["missing", "count", "dict-for-list", "length", "letter"])
+def test_embed_sequences_structure_errors(saprot, sequences, structure, says):
+    from protrans_cli.embed import EmbedOptions, embed_sequences
+    from protrans_cli.errors import ProtransError
+
+    with pytest.raises(ProtransError) as info:
+        embed_sequences(sequences, EmbedOptions(model=str(saprot), device="cpu"), kind="per_protein",
+                        structure=structure)
+    assert says in str(info.value), str(info.value)
+    assert "protrans-embed-" not in str(info.value)  # (no temporary path)
+
+
+def test_library_scorer_takes_a_3di_string(saprot):
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer, all_singles, with_structure
+
+    scorer = VariantScorer(load_model(str(saprot), device="cpu", masked_lm=True), progress=False)
+    variants = all_singles(WT)[:25]
+    got = scorer.score(WT, variants, structure=WT_STATES)
+    lp, vocab, states = _site_log_probs_with_states(saprot, WT, WT_STATES)
+    for (m,), value in zip(variants, got):
+        s = states[m.position]
+        assert value == pytest.approx(lp[m.position, vocab[m.mt + s]] - lp[m.position, vocab[m.wt + s]], abs=2e-5)
+    pll = scorer.pseudo_log_likelihood([with_structure(WT, WT_STATES)])[0]
+    assert pll == pytest.approx(sum(lp[i, vocab[r + s]] for i, (r, s) in enumerate(zip(WT, states))), abs=1e-4)
