@@ -478,3 +478,26 @@ def test_library_scorer_takes_a_3di_string(saprot):
         assert value == pytest.approx(lp[m.position, vocab[m.mt + s]] - lp[m.position, vocab[m.wt + s]], abs=2e-5)
     pll = scorer.pseudo_log_likelihood([with_structure(WT, WT_STATES)])[0]
     assert pll == pytest.approx(sum(lp[i, vocab[r + s]] for i, (r, s) in enumerate(zip(WT, states))), abs=1e-4)
+
+
+def test_a_complex_under_separate_reads_each_chain_with_its_own_states(tmp_path, run_cli, saprot):
+    """--chains separate: a site of chain 2 is scored in chain 2 read alone with its 3Di states
+    (the 3Di string of a complex may hold its ':' or not)."""
+    import csv
+    import io
+
+    fasta = _fasta(tmp_path / "ab.fa", {"ab": "GSHMKT:" + WT})
+    tokens = _fasta(tmp_path / "ab.3di.fa", {"ab": "ppvvdd" + WT_STATES})
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK8A\nM4W\n")
+    result = run_cli("variants", table, "--fasta", fasta, "--structure-tokens", tokens, "--chains", "separate",
+                     "-m", saprot, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    column = next(k for k in rows[0] if k.endswith("masked_marginals"))
+    lp, vocab, states = _site_log_probs_with_states(saprot, WT, WT_STATES)
+    assert float(rows[0][column]) == pytest.approx(lp[1, vocab["A" + states[1]]] - lp[1, vocab["K" + states[1]]],
+                                                   abs=2e-5)
+    lp, vocab, states = _site_log_probs_with_states(saprot, "GSHMKT", "ppvvdd")
+    assert float(rows[1][column]) == pytest.approx(lp[3, vocab["W" + states[3]]] - lp[3, vocab["M" + states[3]]],
+                                                   abs=2e-5)
