@@ -365,7 +365,6 @@ def test_variants_pseudo_ppl_with_structure_keeps_the_wild_types_states(tmp_path
 
 def test_pseudo_perplexity_with_structure_masks_the_residue_half_keeping_the_state(tmp_path, run_cli, saprot):
     import csv
-    import io
 
     tokens = _fasta(tmp_path / "x.3di.fa", THREE_DI)
     result = run_cli("perplexity", _fasta(tmp_path / "x.fa", SEQS), "--structure-tokens", tokens, "-m", saprot,
