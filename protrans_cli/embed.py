@@ -1776,7 +1776,7 @@ def _open_reuse(options, writer_kw: dict):
         return None
     from protrans_cli.embed_reuse import Reuse
 
-    reuse = Reuse.open(options.reuse, writer_kw)
+    reuse = Reuse.open(options.reuse, writer_kw, structure=options.structure())
     if reuse.weights_unknown:
         # every file this run writes records no weights_fingerprint: the output of one process,
         # and under torchrun each rank's shard and the merged output (rank 0's writer_kw)

@@ -19,6 +19,7 @@ one protein at a time when the writer reaches it, never up front.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -87,9 +88,13 @@ class Reuse:
         # a file of a local model directory from before `weights_fingerprint`: its rows' weights
         # are not known, and the output must not record this run's as theirs (EmbeddingsWriter)
         self.weights_unknown = False
+        # embed --structure-tokens (SaProt): the 3Di strings by id, the --reuse files' too (their
+        # `structure_tokens` digest is this run's): a checksum is of the amino acids alone, and a
+        # protein is reused only where its stored one was read in the same 3Di states
+        self.structure = None
 
     @classmethod
-    def open(cls, paths, writer_kw: dict) -> "Reuse":
+    def open(cls, paths, writer_kw: dict, structure=None) -> "Reuse":
         from protrans_cli.io.h5 import h5_file
 
         kinds = tuple(writer_kw["kinds"])
@@ -115,6 +120,7 @@ class Reuse:
         offsets = np.stack([starts[first], starts[first + 1]], axis=1) if len(first) else np.empty((0, 2), np.int64)
         reuse = cls(list(map(Path, paths)), [None] * len(parts), layouts, kinds, unique, owners[first], names, offsets)
         reuse.weights_unknown = unknown
+        reuse.structure = structure
         return reuse
 
     def find(self, sequences: list[str]) -> list[int | None]:
@@ -125,17 +131,49 @@ class Reuse:
         query = np.array([bytes.fromhex(sequence_checksum(s)[4:]) for s in sequences], dtype="S16")
         at = np.minimum(np.searchsorted(self.digests, query), len(self.digests) - 1)
         hit = self.digests[at] == query
-        return [int(i) if h else None for i, h in zip(at, hit)]
+        return [int(i) if h and self._same_states(s, int(i)) else None for s, i, h in zip(sequences, at, hit)]
+
+    def _same_states(self, sequence: str, index: int) -> bool:
+        """Whether the reusable protein `index` was read in the 3Di states `sequence` pairs with its
+        residues (always, for a sequence without them): two proteins of one amino-acid sequence in
+        other states (two structures of it) share a checksum, not their embeddings. A miss is
+        computed, never copied."""
+        from protrans_cli.residues import residue_text, split_char
+
+        if self.structure is None or residue_text(sequence) == sequence:
+            return True
+        states = "".join(split_char(c)[1] for c in sequence if c != ":")
+        stored = self.structure.get(self.stored_id(index))
+        return stored is not None and stored.startswith(states)  # (a truncated protein: of its kept prefix)
+
+    def stored_id(self, index: int) -> str:
+        """The id of the reusable protein `index` (its `id` attribute, else its dataset's name)."""
+        from protrans_cli.io.h5 import _low_attribute_id, open_local, unescape_key
+
+        self._open(int(self.owners[index]))
+        f, groups = self.files[int(self.owners[index])]
+        start, end = self.offsets[index]
+        name = self.names[start:end]
+        with contextlib.suppress(KeyError, OSError, RuntimeError, ValueError):
+            ident = _low_attribute_id(open_local(groups[0], name, data=True))
+            if ident is not None:
+                return ident
+        return unescape_key(name.decode("utf-8", "replace"))
+
+    def _open(self, owner: int) -> None:
+        from protrans_cli.io.h5 import h5_file
+
+        if self.files[owner] is None:
+            f = h5_file(self.paths[owner], "r")
+            self.files[owner] = (f, [f if self.layouts[owner] == "flat" else f[kind] for kind in self.kinds])
 
     def arrays(self, index: int) -> tuple[dict, str | None]:
         """The stored arrays (by kind, as stored: no conversion) and the `computed` attribute of
         the reusable protein `index`."""
-        from protrans_cli.io.h5 import _read_text_attr, h5_file, open_local, read_array
+        from protrans_cli.io.h5 import _read_text_attr, open_local, read_array
 
         owner = int(self.owners[index])
-        if self.files[owner] is None:
-            f = h5_file(self.paths[owner], "r")
-            self.files[owner] = (f, [f if self.layouts[owner] == "flat" else f[kind] for kind in self.kinds])
+        self._open(owner)
         f, groups = self.files[owner]
         start, end = self.offsets[index]
         name = self.names[start:end]

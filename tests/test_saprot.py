@@ -500,3 +500,22 @@ def test_a_complex_under_separate_reads_each_chain_with_its_own_states(tmp_path,
     lp, vocab, states = _site_log_probs_with_states(saprot, "GSHMKT", "ppvvdd")
     assert float(rows[1][column]) == pytest.approx(lp[3, vocab["W" + states[3]]] - lp[3, vocab["M" + states[3]]],
                                                    abs=2e-5)
+
+
+def test_reuse_copies_a_protein_only_from_one_read_in_the_same_3di_states(tmp_path, run_cli, saprot):
+    # two structures of one amino-acid sequence share a checksum, not their embeddings: --reuse
+    # copied c's rows (states ppvvdd) for d (qqqqqq), and an id of the same states is still reused
+    seq = SEQS["c"]
+    tokens = _fasta(tmp_path / "x.3di.fa", {"c": "ppvvdd", "d": "qqqqqq", "e": "ppvvdd"})
+    first = _fasta(tmp_path / "first.fa", {"c": seq})
+    result = run_cli("embed", first, "-m", saprot, "-o", tmp_path / "old.h5", "--device", "cpu", "-j", "1",
+                     "--structure-tokens", tokens)
+    assert result.exit_code == 0, result.stderr
+    again = _fasta(tmp_path / "again.fa", {"d": seq, "e": seq})
+    result = run_cli("embed", again, "-m", saprot, "-o", tmp_path / "new.h5", "--device", "cpu", "-j", "1",
+                     "--structure-tokens", tokens, "--reuse", tmp_path / "old.h5")
+    assert result.exit_code == 0, result.stderr
+    assert "1 copied from --reuse" in result.stderr, result.stderr
+    rows, _ = _rows(tmp_path / "new.h5")
+    np.testing.assert_allclose(rows["d"], _reference(saprot, _with_states(seq, "qqqqqq")), atol=1e-5)
+    np.testing.assert_allclose(rows["e"], _reference(saprot, _with_states(seq, "ppvvdd")), atol=1e-5)
