@@ -662,8 +662,8 @@ def _with_structure(seq: str, ident: str, structure) -> str:
     states = structure.get(ident)
     if states is None:
         raise InputError("no 3Di string for this record of the input (--structure-tokens needs one for every "
-                         "record, under the same id)", path=structure.name, record=ident)
-    return combine(seq, states, structure.name, ident)
+                         "record, under the same id)", path=structure.path, record=ident)
+    return combine(seq, states, structure.path, ident, structure.lines.get(ident))
 
 
 def in_part(ident: str, sequence: str, part: tuple[int, int]) -> bool:

@@ -135,7 +135,11 @@ def test_bad_structure_tokens_are_one_line_before_any_computation(tmp_path, run_
     result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens)
     assert result.exit_code == 1, result.output
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert says in result.stderr and "bad.3di.fa" in result.stderr
+    # (the 3Di file as given, not its name alone: a run over data/x.fa and structures/x.3di.fa named "x.3di.fa")
+    assert says in result.stderr and str(tokens) in result.stderr, result.stderr
+    record = next(k for k in ("a", "b", "c") if records.get(k) != THREE_DI[k])
+    line = 1 + 2 * list(records).index(record) if record in records else None
+    assert f"{tokens}{f':{line}' if line else ''}, record '{record}'" in result.stderr, result.stderr
     assert not out.exists()
 
 

@@ -46,14 +46,14 @@ def structure_aware(tokenizer) -> bool:
     return all(f"{residue}#" in vocab for residue in STANDARD)
 
 
-def combine(sequence: str, states: str, path: str, ident: str) -> str:
+def combine(sequence: str, states: str, path: str, ident: str, line: int | None = None) -> str:
     """`sequence` (normalised; a complex's chains joined by ':') with each residue paired with
     its 3Di state from `states` (lower case, `#` unknown; any ':' left out). A length mismatch
-    is an InputError naming the structure file and record."""
+    is an InputError naming the structure file, the record's line there and the record."""
     residues = len(sequence) - sequence.count(":")
     if residues != len(states):
         raise InputError(f"the 3Di string has {len(states)} letters for a sequence of {residues} residues (one "
-                         "3Di letter per residue)", path=path, record=ident)
+                         "3Di letter per residue)", path=path, line=line, record=ident)
     out, at = [], 0
     for char in sequence:
         if char == ":":
@@ -77,10 +77,13 @@ def read_structure_tokens(path) -> "StructureTokens":
 
 
 class StructureTokens(dict):
-    """id -> 3Di string (lower case, `#` unknown), with the file's `name` and `digest`."""
+    """id -> 3Di string (lower case, `#` unknown), with the file's `path` as given (what errors
+    name), its `name` (recorded in the output), `digest`, and each record's header `lines`."""
 
+    path: str = ""
     name: str = ""
     digest: str = ""
+    lines: dict
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,7 +116,7 @@ def _read(path: str, mtime_ns: int, size: int) -> StructureTokens:
             tokens[rec.id] = "".join(UNKNOWN if c in UNKNOWN_STATES else c for c in text.lower())
     if not tokens:
         raise InputError("no FASTA records", path=path)
-    tokens.name, tokens.digest = Path(path).name, digest.hexdigest()
+    tokens.path, tokens.name, tokens.digest, tokens.lines = path, Path(path).name, digest.hexdigest(), first
     return tokens
 
 
