@@ -270,11 +270,13 @@ def test_the_catalog_counts_saprot_as_its_esm2_architecture_with_446_tokens():
     from transformers import EsmConfig, EsmModel
 
     from protrans_cli.models import CHECKPOINTS, FAMILIES
-    from protrans_cli.models.checkpoints import _SAPROT_ARCHITECTURES
 
-    assert {CHECKPOINTS[n].hub_id for n in _SAPROT_ARCHITECTURES} == {
+    # SaProt's short names -> the ESM-2 preset of the same architecture
+    architectures = {"saprot_35m_af2": "esm2_t12_35M", "saprot_650m_af2": "esm2_t33_650M",
+                     "saprot_650m_pdb": "esm2_t33_650M"}
+    assert {CHECKPOINTS[n].hub_id for n in CHECKPOINTS if n.startswith("saprot")} == {
         "westlake-repl/SaProt_35M_AF2", "westlake-repl/SaProt_650M_AF2", "westlake-repl/SaProt_650M_PDB"}
-    for name, preset in _SAPROT_ARCHITECTURES.items():
+    for name, preset in architectures.items():
         kwargs = FAMILIES["esm"].preset_config(preset)
         with _torch.device("meta"):
             model = EsmModel(EsmConfig(vocab_size=446, pad_token_id=1, mask_token_id=445, **kwargs),

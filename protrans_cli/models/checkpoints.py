@@ -83,7 +83,7 @@ _ROWS = [
     # SaProt (Su et al. 2024): ESM-2 architectures whose 446 tokens pair each residue with a
     # Foldseek 3Di state (models/saprot.py; embed --structure-tokens), trained on AlphaFold DB
     # (AF2) or PDB structures; counted with its 446-token embedding table, without the LM head.
-    # No preset: the ESM-2 preset of its architecture (named in `_SAPROT_ARCHITECTURES`) has
+    # No preset: the ESM-2 preset of its architecture (esm2_t12_35M, esm2_t33_650M; tests/test_saprot.py) has
     # ESM's 33-token vocabulary, another parameter count.
     *(Checkpoint(f"saprot_{size.lower()}_{data.lower()}", f"westlake-repl/SaProt_{size}_{data}", "esm", n, dim,
                  f"SaProt {size} ({layers} layers, residue + 3Di tokens), {data} structures", num_layers=layers)
@@ -104,8 +104,3 @@ _ROWS = [
 ]
 
 CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in _ROWS}
-
-# SaProt's short names -> the ESM-2 preset of the same architecture (tests count its parameters
-# from it with SaProt's 446-token vocabulary)
-_SAPROT_ARCHITECTURES = {"saprot_35m_af2": "esm2_t12_35M", "saprot_650m_af2": "esm2_t33_650M",
-                         "saprot_650m_pdb": "esm2_t33_650M"}
