@@ -2123,25 +2123,15 @@ def _model_file_role(directory: Path, name: str) -> str | None:
     return None
 
 
-def _parts_below(path, directory: Path) -> tuple[str, ...]:
-    """The components of `path` below `directory`, in which it lies (`io.files.is_inside`): () for
-    the directory itself; a path spelled otherwise (a file system that ignores case) through the
-    folder of it that is the directory."""
-    base, target = os.path.realpath(directory), os.path.realpath(path)
-    if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
-        return Path(os.path.relpath(target, base)).parts if target != base else ()
-    target = Path(target)
-    for folder in (target, *target.parents):
-        if os.path.isdir(folder) and os.path.samefile(folder, base):
-            return target.relative_to(folder).parts
-    return ()
-
-
 def model_output_problem(path, directory: Path, contents: str | None = None) -> str | None:
     """Why the output `path` (a file; a folder where `contents` says what goes in it: "the .pt
     files") would harm the model directory `directory` in which it lies, or None where it is
-    harmless there (`refuse_inside_model`)."""
-    parts = _parts_below(path, directory)
+    harmless there, or where it does not lie there (`refuse_inside_model`)."""
+    from protrans_cli.io.files import parts_below
+
+    parts = parts_below(path, directory)
+    if parts is None:
+        return None
     if not parts:
         return (f"is the model directory {directory}: {contents or 'the output'} would go among the model's files")
     first = parts[0]
@@ -2178,12 +2168,10 @@ def refuse_inside_model(path, models, flag: str, keyword: str, contents: str | N
     contacts' -o, perplexity's, generate's, variants' and translate's outputs, esm-extract's
     OUTPUT_DIR (`perplexity -m run -o run/config.json` replaced the model's config with the table,
     and every later run on that model failed with "config.json is not a valid JSON file")."""
-    from protrans_cli.io.files import is_inside
-
     if path in (None, "-") or str(path) == "-":
         return
     for directory in filter(None, map(_model_directory, models)):
-        if is_inside(path, directory) and (problem := model_output_problem(path, directory, contents)):
+        if problem := model_output_problem(path, directory, contents):
             raise UsageError(f"{path} {problem} (choose another {option(flag, keyword)})")
 
 

@@ -4576,3 +4576,14 @@ def test_only_outputs_that_could_harm_the_model_directory_are_refused(tmp_path, 
     with pytest.raises(UsageError, match=re.escape("run/config.json is one of the model directory's files (its "
                                                    "config): writing it would replace it (choose another output)")):
         refuse_inside_model("run/config.json", ("run",), "-o", "output")
+    # model_output_problem asked of a path outside the directory: nothing to say (it said "is the
+    # model directory" of any path outside it)
+    from protrans_cli.embed import model_output_problem
+    from protrans_cli.io.files import is_inside, parts_below
+
+    (tmp_path / "elsewhere").mkdir()
+    for outside in ("elsewhere/config.json", "elsewhere", "x.h5"):
+        assert model_output_problem(outside, run) is None and parts_below(outside, run) is None
+        assert not is_inside(outside, run)
+    assert parts_below("run/./disc/../checkpoints/x.h5", run) == ("checkpoints", "x.h5")
+    assert parts_below("run", run) == () and is_inside("run", run)

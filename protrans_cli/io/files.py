@@ -139,19 +139,26 @@ def input_inside(directory, inputs) -> str | None:
 
 def is_inside(path, directory) -> bool:
     """Whether `path` is the existing directory `directory` or lies anywhere below it."""
+    return parts_below(path, directory) is not None
+
+
+def parts_below(path, directory) -> tuple[str, ...] | None:
+    """The components of `path` below the existing directory `directory` (() for the directory
+    itself, links resolved), or None where it does not lie there."""
     if not os.path.isdir(directory):
-        return False
+        return None
     base, target = os.path.realpath(directory), os.path.realpath(path)
-    if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
-        return True
+    if target == base:
+        return ()
+    if target.startswith(base.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(target, base)).parts
     # Spelled otherwise but one folder (a file system that ignores case: `-o Runs/t5/x` beside
     # `-m runs/t5`; macOS's realpath keeps the case given): the path's existing folders, each
     # compared with the directory itself.
-    for folder in Path(target).parents if not os.path.isdir(target) else (Path(target), *Path(target).parents):
+    for folder in (Path(target), *Path(target).parents):
         if os.path.isdir(folder) and os.path.samefile(folder, base):
-            return True
-    return False
-
+            return Path(target).relative_to(folder).parts
+    return None
 
 
 def own_folder_output(out_dir, what: str, example: str) -> Path:
