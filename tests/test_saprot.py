@@ -525,3 +525,33 @@ def test_reuse_copies_a_protein_only_from_one_read_in_the_same_3di_states(tmp_pa
     rows, _ = _rows(tmp_path / "new.h5")
     np.testing.assert_allclose(rows["d"], _reference(saprot, _with_states(seq, "qqqqqq")), atol=1e-5)
     np.testing.assert_allclose(rows["e"], _reference(saprot, _with_states(seq, "ppvvdd")), atol=1e-5)
+
+
+def test_a_vocabulary_lacking_pairs_is_refused_naming_the_model_and_the_pairs(tmp_path, run_cli, saprot):
+    """A residue-and-3Di vocabulary without some pairs: the tokenizer fallback said "made 21 residue
+    tokens of a sequence of 22 residues (...)" with the pairs' private-use characters as the
+    sequence; now one line at load naming the model and the missing tokens."""
+    import shutil
+
+    from transformers import EsmTokenizer
+
+    from protrans_cli.errors import ModelError
+    from protrans_cli.models.saprot import SaProtFamily
+    from protrans_cli.residues import pair_char
+
+    holed = tmp_path / "holed"
+    shutil.copytree(saprot, holed)
+    vocab = (holed / "vocab.txt").read_text().split("\n")
+    (holed / "vocab.txt").write_text("\n".join(f"<{t}>" if t in ("Mp", "Kp") else t for t in vocab))
+    tokens = _fasta(tmp_path / "x.3di.fa", {k: "p" * len(v) for k, v in SEQS.items()})
+    result, out = _embed(run_cli, tmp_path, holed, "--structure-tokens", tokens)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{holed}: its vocabulary pairs residues with Foldseek 3Di states" in result.stderr, result.stderr
+    assert "lacks 'Kp', 'Mp'" in result.stderr and not out.exists()
+    # a tokenizer's miscount names the amino acids, never the private-use characters of the pairs
+    tokenizer = EsmTokenizer.from_pretrained(str(holed))
+    paired = "".join(pair_char(r, "p") for r in SEQS["a"])
+    with pytest.raises(ModelError) as caught:
+        SaProtFamily(tokenizer).encode_with_tokenizer(tokenizer, [paired])
+    assert SEQS["a"][:20] in str(caught.value), str(caught.value)
+    assert not any(0xE000 <= ord(c) <= 0xF8FF for c in str(caught.value))

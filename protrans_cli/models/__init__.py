@@ -573,6 +573,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
         from protrans_cli.models.saprot import family_for
 
         family = family_for(family, tokenizer)  # (SaProt: an ESM-2 reading residue-and-3Di tokens)
+        if (problem := getattr(family, "vocabulary_problem", lambda: None)()) is not None:
+            raise ModelError(f"{name}: {problem}")
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None),
                          directory=target if is_dir else None)
         if before_weights is not None:

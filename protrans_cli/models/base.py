@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from protrans_cli.errors import ModelError, UsageError, a_or_an, given
-from protrans_cli.residues import THREE_DI_PREFIX
+from protrans_cli.residues import THREE_DI_PREFIX, residue_text
 
 
 # Every model load passes this to from_pretrained. transformers 5.25 made `use_kernels` default
@@ -368,6 +368,7 @@ class Family:
                 return inputs, residue_mask
             wrong = wrong or bad  # the first form's, reported if neither maps one token per residue
         count, seq = wrong
+        seq = residue_text(seq)  # (SaProt's residue-and-3Di characters: their amino acids)
         raise ModelError(
             f"the {self.name} tokenizer made {count} residue tokens of a sequence of "
             f"{len(seq)} residues ({seq[:20]}{'...' if len(seq) > 20 else ''}); "

@@ -136,6 +136,17 @@ class SaProtFamily(EsmFamily):
                                      and t[1] != UNKNOWN and t[1].islower()))
         self._ids = {token: i for token, i in vocab.items() if len(token) == 2}
 
+    def vocabulary_problem(self) -> str | None:
+        """What the vocabulary lacks to read every residue in every state (SaProt's holds each
+        pair of its residues, `#` included, with its states, `#` included), or None."""
+        pairs = [r + s for r in self.residues + UNKNOWN for s in self.states + UNKNOWN]
+        missing = [t for t in pairs if t not in self._ids]
+        if not missing:
+            return None
+        shown = ", ".join(repr(t) for t in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        return (f"its vocabulary pairs residues with Foldseek 3Di states (SaProt's) but lacks {shown} (residue, "
+                "then state): SaProt's pairs every residue with every state")
+
     def packing_problem(self, config, training):
         return "SaProt's residue-and-3Di tokens are not packed (its batches are padded)"
 
@@ -172,10 +183,10 @@ class SaProtFamily(EsmFamily):
         lead, tail = _special_ids(tokenizer)
         rows = []
         for seq in sequences:
-            try:
-                rows.append([self._ids[self.token(c)] for c in self.normalise(seq)])
-            except KeyError:
-                return self.encode_with_tokenizer(tokenizer, sequences, multiple)
+            tokens = [self.token(c) for c in self.normalise(seq)]
+            if any(t not in self._ids for t in tokens):  # (load_model refuses such a vocabulary, naming the model)
+                raise ModelError(self.vocabulary_problem())
+            rows.append([self._ids[t] for t in tokens])
         width = max((len(r) for r in rows), default=0) + len(lead) + len(tail)
         width = -(-width // multiple) * multiple
         ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
