@@ -1147,7 +1147,22 @@ def _rows_of(reader, plan: _Plan, ident: str) -> int:
 _SHOWN_ATTRIBUTES = ("model", "revision", "commit", "weights_fingerprint", "family", "layers", "num_hidden_states",
                      "input_prefix", "pooling", "compute_dtype", "storage_dtype", "device", "embedding_dim", "max_length",
                      "long_policy", "chunk_overlap", "chains", "linker_length", "part", "packing", "compiled", "attention",
-                     "imported_from", "protrans_version", "command_line")
+                     "imported_from", "structure_tokens", "structure_tokens_file", "device_map", "protrans_version",
+                     "command_line")
+
+
+def _device_map_line(text) -> str:
+    """`auto: 18 modules on cuda:0, 14 on cpu` of a file's `device_map` attribute (its text as it
+    is where it is not the JSON embed writes)."""
+    import json
+
+    from protrans_cli.placement import describe
+
+    try:
+        recorded = json.loads(str(text))
+        return f"{recorded['setting']}: {describe(recorded['modules'])}"
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return str(text)
 
 
 def _running_partial(path: str) -> dict | None:
@@ -1437,6 +1452,13 @@ def info_lines(facts: dict) -> list[str]:
         lines.append(("dtype", ", ".join(dtypes)))
     if facts.get("pooling"):
         lines.append(("pooling", str(facts["pooling"])))
+    if facts.get("structure_tokens"):  # (SaProt: embed --structure-tokens)
+        lines.append(("3Di states", "none: every residue read with an unknown structure ('M#')"
+                      if facts["structure_tokens"] == "none"
+                      else f"from {facts.get('structure_tokens_file') or 'a --structure-tokens file'} "
+                           f"({facts['structure_tokens']})"))
+    if facts.get("device_map"):  # (embed --device-map: the last run's)
+        lines.append(("device map", _device_map_line(facts["device_map"])))
     if "long_policy" in facts:
         limit = facts.get("max_length")
         shown = f"{limit:,}" if isinstance(limit, (int, float)) else str(limit)  # (text: another writer's, a traceback)

@@ -165,6 +165,8 @@ def test_a_model_that_fits_is_recorded_on_its_one_device(run_cli, tmp_path, tiny
     assert "meta device" not in result.stderr  # (accelerate's own warning: the summary says where)
     with EmbeddingsReader(out) as r:
         assert json.loads(r.attrs["device_map"]) == {"setting": "sequential", "modules": {"": "cpu"}}
+    info = run_cli("info", out)  # (it said nothing of the map)
+    assert info.exit_code == 0 and "device map:    sequential: 1 module on cpu\n" in info.stdout, info.output
 
 
 def test_a_resumed_run_records_its_own_map_or_none(run_cli, tmp_path, tiny_models):

@@ -81,6 +81,8 @@ def test_sequence_only_rows_are_a_plain_forward_over_residue_hash_tokens(tmp_pat
         np.testing.assert_allclose(means[ident], rows[ident].mean(0), atol=1e-5)
     with h5py.File(out, "r") as f:
         assert f.attrs["structure_tokens"] == "none"
+    info = run_cli("info", out)  # (it said nothing of the 3Di states)
+    assert "3Di states:    none: every residue read with an unknown structure" in info.stdout, info.output
 
 
 def test_structure_tokens_pair_each_residue_with_its_state(tmp_path, run_cli, saprot):
@@ -96,6 +98,10 @@ def test_structure_tokens_pair_each_residue_with_its_state(tmp_path, run_cli, sa
     with h5py.File(out, "r") as f:
         assert f.attrs["structure_tokens"].startswith("blake2b:")
         assert f.attrs["structure_tokens_file"] == "x.3di.fa"
+        digest = f.attrs["structure_tokens"]
+    info = run_cli("info", out)
+    assert f"3Di states:    from x.3di.fa ({digest})\n" in info.stdout, info.output
+    with h5py.File(out, "r") as f:
         # the checksum is the amino-acid sequence's (labels match embeddings by it)
         from protrans_cli.io.h5 import sequence_checksum
 
