@@ -64,6 +64,26 @@ def require_accelerate(flag: str = "--device-map") -> None:
         raise UsageError(f"{flag} needs the accelerate package, which is not installed: {INSTALL_BIG}") from None
 
 
+def check_devices(max_memory: dict | None, text, flag: str = "--max-memory") -> None:
+    """UsageError for a device of `max_memory` (parsed from `text`) that this machine lacks: a GPU
+    index past torch's count, mps without MPS (accelerate printed "Device 0 is not available,
+    available devices are []" twice, then from_pretrained failed with "Cannot access accelerator
+    device when none is available")."""
+    if not max_memory:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for key in max_memory:
+        problem = None
+        if isinstance(key, int) and key >= gpus:
+            problem = f"there is no GPU {key} here (CUDA sees {gpus})"
+        elif key == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            problem = "MPS is not available here"
+        if problem is not None:
+            raise UsageError(f"{flag} {text}: {problem} (cpu=SIZE alone keeps the model on the CPU)")
+
+
 def cpu_only(max_memory: dict | None) -> bool:
     """Whether a max_memory leaves out every GPU (cpu alone): the map is then on the CPU (and disk)."""
     return max_memory is not None and all(k == "cpu" for k in max_memory)
@@ -178,6 +198,7 @@ class PlacementOptions:
         from protrans_cli.errors import option
 
         require_accelerate(option("--device-map", "device_map"))
+        check_devices(self.max_memory_map, self.max_memory, option("--max-memory", "max_memory"))
         device, dtype = resolve_device("cpu" if cpu_only(self.max_memory_map) else "auto", self.dtype)
         if self.offload_folder is not None:
             refuse_inside_model(str(self.offload_folder), list(models), "--offload-folder", "offload_folder",

@@ -113,6 +113,18 @@ def test_device_map_usage_errors(run_cli, tmp_path, tiny_models, extra, message)
     assert not list(tmp_path.iterdir())
 
 
+def test_a_device_this_machine_lacks_is_a_usage_error_naming_it(run_cli, tmp_path, tiny_models):
+    # (accelerate printed "Device 99 is not available, available devices are [...]" twice, then
+    # the load failed with "Cannot access accelerator device when none is available", exit 1)
+    pytest.importorskip("accelerate")
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", tiny_models["esm"], "-o", out, "--device-map", "auto",
+                     "--max-memory", "99=1GiB,cpu=1GiB")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--max-memory 99=1GiB,cpu=1GiB: there is no GPU 99 here (CUDA sees " in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("flag, value", [("--max-memory", "cpu=1GB"), ("--offload-folder", "off")])
 def test_companions_need_a_device_map(run_cli, tmp_path, tiny_models, flag, value):
     result = run_cli("embed", SMALL, "-m", tiny_models["esm"], "-o", tmp_path / "e.h5", flag, value)
