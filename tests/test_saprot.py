@@ -4,6 +4,8 @@ tokens SaProt's README feeds it ("M#E#V#..." sequence-only, "MdEv..." with struc
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -561,3 +563,19 @@ def test_a_vocabulary_lacking_pairs_is_refused_naming_the_model_and_the_pairs(tm
         SaProtFamily(tokenizer).encode_with_tokenizer(tokenizer, [paired])
     assert SEQS["a"][:20] in str(caught.value), str(caught.value)
     assert not any(0xE000 <= ord(c) <= 0xF8FF for c in str(caught.value))
+
+
+@pytest.mark.parametrize("how", ["pipe", "stdin"])
+def test_structure_tokens_from_a_pipe_or_stdin_is_refused_not_read_empty(tmp_path, run_cli, saprot, how):
+    # (a pipe was read to its end for the file's digest, then parsed empty: "no FASTA records")
+    if how == "pipe":
+        fifo = tmp_path / "tokens.fifo"
+        os.mkfifo(fifo)
+        given = str(fifo)
+    else:
+        given = "-"
+    result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", given)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{given if how == 'pipe' else '--structure-tokens -'}: the 3Di strings are read from a regular file" \
+        in result.stderr, result.stderr
+    assert not out.exists()
