@@ -234,7 +234,8 @@ def _run(family, packed, sop, pad_multiple, no_token_dropout=False):
         packing.use_packed_attention(model)
     return types.SimpleNamespace(config=config, info=dist.DistInfo(), layout=layout, loss_scale=None,
                                  wrapped=LossModule(model, objective), strategy="none",
-                                 autocast=contextlib.nullcontext, model=model, objective=objective)
+                                 autocast=contextlib.nullcontext, model=model, objective=objective,
+                                 compile_mode="default")
 
 
 @fewer(40)

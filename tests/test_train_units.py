@@ -2012,7 +2012,7 @@ def test_a_step_without_a_masked_residue_keeps_the_second_loss_term(family, metr
     assert len(unmasked) == 2
     module = LossModule(model, objective)
     run = SimpleNamespace(config=config, info=dist.DistInfo(), layout=layout, loss_scale=None, wrapped=module,
-                          strategy="none", autocast=contextlib.nullcontext, model=model)
+                          strategy="none", autocast=contextlib.nullcontext, model=model, compile_mode="default")
 
     class Keep:
         def step(self):
@@ -2071,7 +2071,8 @@ def test_an_evaluation_no_rank_ran_is_no_eval_loss(monkeypatch):
     monkeypatch.setattr(loop, "count_proteins", lambda paths, limit=None: 100)
     monkeypatch.setattr(loop.dist, "all_reduce_sum", all_reduce_sum)
     info = types.SimpleNamespace(world_size=2, rank=0, device=torch.device("cpu"), initialised=True, is_main=True)
-    config = types.SimpleNamespace(val_corpus=["v"], num_eval_batches=2, seed=0, sdpa_kernels="auto")
+    config = types.SimpleNamespace(val_corpus=["v"], num_eval_batches=2, seed=0, sdpa_kernels="auto",
+                                   static_shapes=False)
     run = types.SimpleNamespace(config=config, info=info, layout=None, objective=types.SimpleNamespace(collate=None),
                                 wrapped=torch.nn.Linear(1, 1))
     assert np.isnan(loop.evaluate(run, types.SimpleNamespace(micro_batch_size=2, max_length=32, global_batch_size=4)))
@@ -2326,7 +2327,7 @@ def test_a_step_with_nothing_to_predict_leaves_the_weights_and_the_optimizer_alo
     assert len(masked) == 2 and len(unmasked) == 2
     module = LossModule(model, objective)
     run = SimpleNamespace(config=config, info=dist.DistInfo(), layout=layout, loss_scale=None, wrapped=module,
-                          strategy="none", autocast=contextlib.nullcontext, model=model)
+                          strategy="none", autocast=contextlib.nullcontext, model=model, compile_mode="default")
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.1)
     first = train_step(run, optimizer, [objective.collate(masked)])  # momentum, and a step count
     assert first["loss"][1] > 0 and "grad_norm" in first
@@ -2369,7 +2370,7 @@ def test_a_step_clips_the_global_gradient_norm_to_grad_clip_and_logs_the_norm_be
     samples = [Sample(i, 0, layout.encode("MKTAYIAKQRQISFVKSHFSRQ"), 5) for i in range(4)]
     module = LossModule(model, objective)
     run = SimpleNamespace(config=config, info=dist.DistInfo(), layout=layout, loss_scale=None, wrapped=module,
-                          strategy="none", autocast=contextlib.nullcontext, model=model)
+                          strategy="none", autocast=contextlib.nullcontext, model=model, compile_mode="default")
     optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
     before = [p.detach().clone() for p in module.parameters()]
     stats = train_step(run, optimizer, [objective.collate(samples)])

@@ -511,9 +511,9 @@ def _resolve_compile_mode(config: TrainConfig, compiled: bool, info) -> str:
 def phase_collate(run: _Run, phase):
     """The objective's collate for a stream of `phase`: with --static-shapes, that of a copy of
     the objective which packs every micro-batch into the phase's one shape."""
-    shape = run.config.packed_shape(phase, run.layout.num_special, run.info.world_size)
-    if shape is None:
+    if not run.config.static_shapes:
         return run.objective.collate
+    shape = run.config.packed_shape(phase, run.layout.num_special, run.info.world_size)
     objective = copy.copy(run.objective)
     objective.packed_shape = shape
     return objective.collate
