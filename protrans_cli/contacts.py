@@ -558,6 +558,9 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
                 on_load(loaded)
             predictor = ContactPredictor(loaded)
         loaded = predictor.loaded
+        from protrans_cli.models.saprot import warn_unknown_structure
+
+        warn_unknown_structure(loaded.name, loaded.family, None)  # (SaProt: its contacts from residues alone)
         if (how := _continued_from(loaded)):
             origin = how.rsplit(" from ", 1)[1]
             console.warn(f"{loaded.name} was {how}: its contact head is {origin}'s, fitted to that model's "

@@ -382,15 +382,23 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
     # materialised in float32 on the way to a bf16 GPU. (Loading may draw from torch's global
     # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
+    from protrans_cli.models.saprot import structure_checks
+
+    # --structure-tokens: its letters and ids read before the model loads, whether the model reads
+    # them before its weights (a bad letter was found after loading a 650M model)
+    options.structure()
+    checks = structure_checks(options.structure_tokens is not None,
+                              option("--structure-tokens", "structure_tokens"), warn)
     if loaded is None:
         loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision,
-                            **placing)
+                            before_weights=checks, **placing)
+    else:
+        checks(loaded.name, loaded.family)
     if mapped:
         from protrans_cli.placement import input_device
 
         # (where its inputs go: the first GPU of the map, or the CPU)
         device_name = input_device(options.loaded_map(loaded))
-    _check_structure_tokens(options, loaded, warn)
     automatic = options.attention == "auto"
     attention = options.attention
     if mapped:
@@ -430,22 +438,6 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
         if flex_is_compiled(device_name):
             _build_flex_kernel(embedder, automatic, packing_asked=options.packing is True)
     return embedder
-
-
-def _check_structure_tokens(options: EmbedOptions, loaded, warn) -> None:
-    """--structure-tokens only for a structure-aware model (SaProt); such a model without them
-    reads every residue with `#` (unknown structure), said once."""
-    aware = getattr(loaded.family, "structure_aware", False)
-    if options.structure_tokens is not None and not aware:
-        raise UsageError(f"{option('--structure-tokens', 'structure_tokens')}: {loaded.name} is not a structure-aware "
-                         "model (its vocabulary has no residue-and-3Di tokens such as SaProt's 'M#', 'Md')")
-    if options.structure_tokens is not None:
-        options.structure()  # (its letters and ids checked before anything is computed)
-    elif aware:
-        warn(f"{loaded.name} is a structure-aware model (SaProt): without "
-             f"{option('--structure-tokens', 'structure_tokens')} every residue is read with an unknown structure "
-             "('M#'); the 3Di strings of the proteins' structures (Foldseek, or protrans translate --to 3di) "
-             "improve its embeddings")
 
 
 def _warn_gpu_only(options: EmbedOptions, device_name: str, warn) -> None:

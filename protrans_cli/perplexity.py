@@ -406,15 +406,14 @@ def _score(source, name: str, scan: _Scan, options: PerplexityOptions, store, ro
     from protrans_cli.embed import _digest64, _records, model_length
     from protrans_cli.models import load_model
     from protrans_cli.threads import torch_threads
-    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _say_map, _unit_key, check_structure_aware
+    from protrans_cli.variants import VariantScorer, _compute, _run_unit, _say_map, _unit_key, structure_hook
 
     device, dtype, placing = options.loading([options.model])
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
         loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, masked_lm=True,
-                            **placing)
+                            before_weights=structure_hook(options, [options.model]), **placing)
         _say_map(options, loaded)
-        check_structure_aware(options.structure_tokens, loaded)
         scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                long_policy="window" if options.long_policy == "window" else "error",
                                progress=console.progress_wanted())

@@ -933,9 +933,10 @@ def with_structure(sequence: str, structure: str | None, scorer=None, *, path: s
 
     from protrans_cli.residues import PAIR_UNKNOWN, THREE_DI
 
-    if scorer is not None and not getattr(scorer.family, "structure_aware", False):
-        raise UsageError(f"structure: {scorer.loaded.name} is not a structure-aware model (its vocabulary has no "
-                         "residue-and-3Di tokens such as SaProt's 'M#', 'Md')")
+    if scorer is not None:
+        from protrans_cli.models.saprot import check_structure_aware
+
+        check_structure_aware(scorer.loaded.name, scorer.family, "structure")
     if not isinstance(structure, str):
         raise UsageError(f"structure is a 3Di string, got {type(structure).__name__} {structure!r:.40}")
     states = "".join(structure.split()).replace(":", "")
@@ -1019,11 +1020,18 @@ def structure_of(path):
     return read_structure_tokens(path)
 
 
-def check_structure_aware(structure_tokens, loaded) -> None:
-    """UsageError for --structure-tokens with a model whose vocabulary has no 3Di half (SaProt's)."""
-    if structure_tokens is not None and not getattr(loaded.family, "structure_aware", False):
-        raise UsageError(f"{option('--structure-tokens', 'structure_tokens')}: {loaded.name} is not a structure-aware "
-                         "model (its vocabulary has no residue-and-3Di tokens such as SaProt's 'M#', 'Md')")
+def structure_hook(options, models) -> object:
+    """load_model's `before_weights` for variants and perplexity (models/saprot.py's
+    structure_checks): --structure-tokens refused for a model that is not structure-aware, a
+    structure-aware one without them said. With the 3Di strings and several `models`, every
+    model's tokenizer is read and checked here first: none is scored before one is refused."""
+    from protrans_cli.models.saprot import check_before_loading, structure_checks
+
+    given = options.structure_tokens is not None
+    checks = structure_checks(given, option("--structure-tokens", "structure_tokens"))
+    if given and len(models) > 1:
+        check_before_loading(models, checks, revision=options.revision)
+    return checks
 
 
 def structure_said(tokens) -> str:
@@ -1602,11 +1610,12 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None", s
         if table.variants[i] is not None:
             rows_of[owner].append(i)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
+    names = list(dict.fromkeys(m for _, m, _ in columns))
+    checks = structure_hook(options, names)
     with threads:
-        for model_name in dict.fromkeys(m for _, m, _ in columns):
+        for model_name in names:
             loaded = load_model(model_name, device=device, dtype=dtype, revision=options.revision, masked_lm=True,
-                                **placing)
-            check_structure_aware(options.structure_tokens, loaded)
+                                before_weights=checks, **placing)
             scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
                                    long_policy=options.long_policy, progress=console.progress_wanted())
             _say_map(options, loaded)

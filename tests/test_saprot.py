@@ -579,3 +579,103 @@ def test_structure_tokens_from_a_pipe_or_stdin_is_refused_not_read_empty(tmp_pat
     assert f"{given if how == 'pipe' else '--structure-tokens -'}: the 3Di strings are read from a regular file" \
         in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("records, says", [
+    ({**THREE_DI, "b": "DAVLCPPQ#-N1"}, "'1' at position 12 is not a 3Di letter"),
+    ({"a": THREE_DI["a"], "c": THREE_DI["c"]}, "no 3Di string for this record"),
+    ({**THREE_DI, "b2": "pp", "a ": THREE_DI["a"]}, "duplicate id"),
+], ids=["letter", "missing", "duplicate"])
+@pytest.mark.parametrize("entry", ["cli", "build_embedder"])
+def test_embed_checks_the_3di_file_before_the_model_loads(tmp_path, run_cli, saprot, monkeypatch, records, says,
+                                                         entry):
+    from protrans_cli import models
+    from protrans_cli.embed import EmbedOptions, build_embedder
+    from protrans_cli.errors import InputError
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", never)
+    tokens = tmp_path / "bad.3di.fa"
+    tokens.write_text("".join(f">{k}\n{v}\n" for k, v in records.items()))
+    if entry == "cli":
+        result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", tokens)
+        assert result.exit_code == 1, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr
+        assert not out.exists()
+    elif says != "no 3Di string for this record":  # (which ids are needed: the input's, not build_embedder's)
+        with pytest.raises(InputError, match=says):
+            build_embedder(EmbedOptions(model=str(saprot), device="cpu", structure_tokens=str(tokens)))
+
+
+def _plain_esm(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    model = tmp_path / "esm"
+    shutil.copytree(Path(__file__).parent / "data" / "esm_reference", model,
+                    ignore=shutil.ignore_patterns("reference.safetensors", "input.fa", "*.md"))
+    return model
+
+
+def _no_weights(monkeypatch):
+    """from_pretrained of any model refused: a check that needs no weights comes before them."""
+    from transformers import PreTrainedModel
+
+    def never(cls, *args, **kwargs):
+        raise AssertionError(f"{cls.__name__}'s weights were read")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(never))
+
+
+@pytest.mark.parametrize("command", ["embed", "variants", "perplexity"])
+def test_structure_tokens_on_a_plain_esm_is_refused_before_its_weights(tmp_path, run_cli, monkeypatch, command):
+    model = _plain_esm(tmp_path)
+    _no_weights(monkeypatch)
+    tokens = _fasta(tmp_path / "x.3di.fa", {"c": THREE_DI["c"]})
+    fasta = _fasta(tmp_path / "x.fa", {"c": SEQS["c"]})
+    args = {"embed": ["embed", fasta], "variants": ["variants", "--all-singles", "--fasta", fasta],
+            "perplexity": ["perplexity", fasta]}[command]
+    result = run_cli(*args, "--structure-tokens", tokens, "-m", model, "--device", "cpu", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"protrans: error: --structure-tokens: {model} is not a structure-aware model (its "
+                                     "vocabulary has no residue-and-3Di tokens such as SaProt's 'M#', 'Md')"), \
+        result.stderr
+
+
+def test_variants_checks_every_model_before_scoring_any(tmp_path, run_cli, saprot, monkeypatch):
+    from transformers import PreTrainedModel
+
+    model = _plain_esm(tmp_path)
+    loads = []
+    real = PreTrainedModel.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counted))
+    tokens = _fasta(tmp_path / "x.3di.fa", {"c": THREE_DI["c"]})
+    fasta = _fasta(tmp_path / "x.fa", {"c": SEQS["c"]})
+    result = run_cli("variants", "--all-singles", "--fasta", fasta, "--structure-tokens", tokens, "-m", saprot,
+                     "-m", model, "--device", "cpu", "-o", tmp_path / "out.tsv")
+    assert result.exit_code == 2, result.output
+    assert f"{model} is not a structure-aware model" in result.stderr, result.stderr
+    assert "scored with" not in result.stderr and loads == [], (loads, result.stderr)
+    assert not (tmp_path / "out.tsv").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "variants", "perplexity", "contacts"])
+def test_saprot_without_3di_strings_is_said_once_in_every_command(tmp_path, run_cli, saprot, command):
+    fasta = _fasta(tmp_path / "x.fa", {"c": SEQS["c"], "a": SEQS["a"]})
+    args = {"embed": ["embed", fasta], "variants": ["variants", "--all-singles", "--fasta", fasta],
+            "perplexity": ["perplexity", fasta], "contacts": ["contacts", fasta]}[command]
+    result = run_cli(*args, "-m", saprot, "--device", "cpu", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "is a structure-aware model (SaProt)" in line]
+    assert len(said) == 1, result.stderr
+    if command == "contacts":
+        assert "this command takes no 3Di strings, so every residue is read with an unknown structure" in said[0]
+    else:
+        assert "without --structure-tokens every residue is read with an unknown structure ('M#')" in said[0]

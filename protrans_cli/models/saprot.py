@@ -46,6 +46,70 @@ def structure_aware(tokenizer) -> bool:
     return all(f"{residue}#" in vocab for residue in STANDARD)
 
 
+def check_structure_aware(name: str, family, what: str) -> None:
+    """3Di strings given (`what`: the option or keyword that gave them, as errors name it) to the
+    model `name` of `family`: a UsageError unless the family reads them (SaProt's). The one check
+    of embed, variants and perplexity (`structure_checks`) and of the scorer's `structure=`."""
+    if not getattr(family, "structure_aware", False):
+        raise UsageError(f"{what}: {name} is not a structure-aware model (its vocabulary has no residue-and-3Di "
+                         "tokens such as SaProt's 'M#', 'Md')")
+
+
+def warn_unknown_structure(name: str, family, flag: str | None, warn=None) -> None:
+    """Said once a model where a structure-aware model (SaProt) is read without 3Di strings: every
+    residue with `#`, unknown structure. `flag`: the option that would give them (embed, variants,
+    perplexity), None for a command that takes none (contacts). `warn`: console.warn by default."""
+    if not getattr(family, "structure_aware", False):
+        return
+    if warn is None:
+        from protrans_cli import console
+
+        warn = console.warn
+    if flag is None:
+        warn(f"{name} is a structure-aware model (SaProt): this command takes no 3Di strings, so every residue is "
+             "read with an unknown structure ('M#')")
+    else:
+        warn(f"{name} is a structure-aware model (SaProt): without {flag} every residue is read with an unknown "
+             "structure ('M#'); the 3Di strings of the proteins' structures (Foldseek, or protrans translate "
+             "--to 3di) improve what it computes")
+
+
+def structure_checks(given: bool, flag: str, warn=None):
+    """load_model's `before_weights` hook for a command that reads 3Di strings through `flag`
+    (`given`: whether they were): `check_structure_aware`, or `warn_unknown_structure` without
+    them, both before the weights are read."""
+    def check(name, family, config=None, tokenizer=None) -> None:
+        if given:
+            check_structure_aware(name, family, flag)
+        else:
+            warn_unknown_structure(name, family, flag, warn)
+
+    return check
+
+
+class _Checked(Exception):
+    """Raised by `check_before_loading`'s hook: the weights are not read."""
+
+
+def check_before_loading(names, check, **load_kw) -> None:
+    """`check(name, family, config, tokenizer)` of each model in `names` before any of them is
+    loaded: each model's config and tokenizer read as load_model reads them (its errors too),
+    never its weights (variants -m A -m B --structure-tokens: B not SaProt refused before A scored)."""
+    from protrans_cli.models import load_model
+
+    def hook(name, family, config, tokenizer):
+        check(name, family, config, tokenizer)
+        raise _Checked
+
+    for name in names:
+        try:
+            load_model(name, before_weights=hook, **load_kw)
+        except _Checked:
+            pass
+        else:  # pragma: no cover - load_model calls before_weights before the weights
+            raise AssertionError("load_model read the weights before calling before_weights")
+
+
 def combine(sequence: str, states: str, path: str, ident: str, line: int | None = None) -> str:
     """`sequence` (normalised; a complex's chains joined by ':') with each residue paired with
     its 3Di state from `states` (lower case, `#` unknown; any ':' left out). A length mismatch
