@@ -37,6 +37,7 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, a_or_an, at_least, expect_options,
                                  expect_path, force_option, given, one_of, option, resume_option)
 from protrans_cli.io.h5 import CONTACTS
+from protrans_cli.placement import PlacementOptions
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 # ESM-2 and ESM-1b were trained on crops of 1,022 residues (1,024 tokens with <cls> and <eos>);
@@ -50,7 +51,7 @@ CONTACTS_DESCRIPTION = ("ESM's contact head: logistic regression over the symmet
 
 
 @dataclass
-class ContactOptions:
+class ContactOptions(PlacementOptions):
     """Everything `protrans contacts` can be asked for; the CLI fills it from its options."""
 
     model: str = DEFAULT_MODEL
@@ -71,6 +72,11 @@ class ContactOptions:
     window: int = 10_000                 # proteins read, length-sorted and computed at a time
     threads: int | None = None
     command_line: str | None = None
+    # a model spread over devices (embed's --device-map, protrans_cli/placement.py): auto | balanced |
+    # sequential, None for one device; the most each device holds; the folder for what fits nowhere
+    device_map: str | None = None
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
 
     # (what embed's readers and checks ask of their options)
     long_policies = LONG_POLICIES
@@ -119,6 +125,7 @@ class ContactOptions:
             raise UsageError(option("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both",
                                     "give resume=True (keep output's proteins) or force=True (replace output), not "
                                     "both"))
+        self.check_placement()
 
 
 @dataclass
@@ -131,6 +138,7 @@ class ContactSummary:
     seconds: float = 0.0          # the whole call, the model's loading included
     compute_seconds: float = 0.0  # reading the input, computing and writing the maps
     failed: dict | None = None
+    device_map: dict | None = None  # --device-map: {module: device} as from_pretrained placed them
 
 
 # --- the head, layer by layer --------------------------------------------------------------
@@ -152,6 +160,9 @@ class ContactPredictor:
         from protrans_cli.placement import model_device
 
         self.device = model_device(model)
+        # --device-map: {module: device} (accelerate runs each block where its weights are, or on
+        # self.device for those offloaded to the CPU or disk); None for a model on one device
+        self.device_map = dict(getattr(model, "hf_device_map", None) or {}) or None
         # (attention weights are returned only by the eager attention; SDPA returns None. The
         # loaded model is switched for good: a caller embedding with it afterwards gets the same
         # numbers, computed more slowly)
@@ -162,12 +173,13 @@ class ContactPredictor:
         if regression.in_features != len(layers) * heads:
             raise ModelError(f"{loaded.name}: its contact head reads {regression.in_features} attention maps, the "
                              f"model has {len(layers)} layers x {heads} heads")
-        weight, bias = _head_weights(loaded, regression)
+        weight, bias = _head_weights(loaded, regression, self.device)
         self.weights = weight.view(len(layers), heads)
         self.bias = bias
         self._layers = layers
-        self._sum = None  # (B, T, T) float32 while a batch runs
+        self._sum = None  # (B, T, T) float32 on self.device while a batch runs
         self._mask = None
+        self._masks = {}  # the batch's mask on each device a layer ran on (under a device map)
         self.compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         # ESM-1b's learned positions end at 1,022 residues (ESM-2's rotary ones take any length)
         from protrans_cli.embedders import _count_special_tokens, _max_residues
@@ -225,6 +237,7 @@ class ContactPredictor:
             for hook in hooks:
                 hook.remove()
             self._sum = self._mask = None
+            self._masks = {}
         return out
 
     @contextlib.contextmanager
@@ -251,15 +264,23 @@ class ContactPredictor:
             if attn is None:
                 raise RuntimeFailure(f"{self.loaded.name}: layer {index} returned no attention weights (the "
                                      "eager attention gives them)")
-            part = layer_contribution(attn, self._mask, self.weights[index].to(attn.device))
+            # (under a device map the layer ran on its block's GPU: its term is computed there and
+            # gathered, (B, T, T), to the input device, where the head's sum is taken)
+            mask = self._mask if attn.device == self._mask.device else self._masks.setdefault(
+                attn.device, self._mask.to(attn.device))
+            part = layer_contribution(attn, mask, self.weights[index].to(attn.device)).to(self.device)
             self._sum = part if self._sum is None else self._sum.add_(part)
         return hook
 
 
-def _head_weights(loaded, regression):
-    """The contact head's weights (flat) and bias in float32: from the checkpoint's own tensors
-    where its safetensors file can be read (a model loaded in bfloat16 has them rounded to 8 bits
-    of mantissa), else the loaded module's."""
+def _head_weights(loaded, regression, device=None):
+    """The contact head's weights (flat, on `device`) and bias in float32: from the checkpoint's own
+    tensors where its safetensors file can be read (a model loaded in bfloat16 has them rounded to 8
+    bits of mantissa), else the loaded module's. A head offloaded by a device map (on the meta
+    device: its numbers are in a file) is read from the checkpoint, else from accelerate's
+    offloaded copy; ModelError where neither can be read."""
+    if regression.weight.device.type == "meta":
+        return _offloaded_head_weights(loaded, regression, device)
     weight = regression.weight.detach().float().reshape(-1)
     bias = float(regression.bias.detach().float()) if regression.bias is not None else 0.0
     if regression.weight.dtype == weight.dtype:
@@ -275,6 +296,30 @@ def _head_weights(loaded, regression):
         if exact.shape == weight.shape:
             return exact.to(weight.device), exact_bias
     return weight, bias
+
+
+def _offloaded_head_weights(loaded, regression, device):
+    """_head_weights of a head a device map left on the meta device (offloaded to disk)."""
+    import torch
+
+    shape = (regression.weight.numel(),)
+    with contextlib.suppress(Exception):  # noqa: BLE001 - a .bin checkpoint, a hub id not cached: below
+        files = _safetensors_files(_checkpoint_folder(loaded))
+        key = next(n for n in files if n.endswith("contact_head.regression.weight"))
+        weight = _stored_tensor(files[key], key).float().reshape(-1)
+        bias_key = key.removesuffix("weight") + "bias"
+        bias = float(_stored_tensor(files[bias_key], bias_key).float()) if bias_key in files else 0.0
+        if weight.shape == shape:
+            return weight.to(device), bias
+    # accelerate's own copy of the offloaded weights (its offload folder, in the loaded dtype)
+    stored = getattr(getattr(regression, "_hf_hook", None), "weights_map", None)
+    with contextlib.suppress(Exception):  # noqa: BLE001
+        weight = torch.as_tensor(stored["weight"]).float().reshape(-1)
+        bias = float(torch.as_tensor(stored["bias"]).float()) if regression.bias is not None else 0.0
+        if weight.shape == shape:
+            return weight.to(device), bias
+    raise ModelError(f"{loaded.name}: its contact head was offloaded by the device map and its weights could not "
+                     "be read back (from the checkpoint's safetensors files or the offload folder)")
 
 
 def _safetensors_files(folder: Path) -> dict[str, Path]:
@@ -549,15 +594,17 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
         if predictor is None:
-            from protrans_cli.embedders import resolve_device
             from protrans_cli.models import load_model
 
-            device, dtype = resolve_device(options.device, options.dtype)
-            loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision)
+            # (under --device-map: the map's compute dtype, and from_pretrained's placing keywords)
+            device, dtype, placing = options.loading([options.model])
+            loaded = load_model(options.model, device=device, dtype=dtype, revision=options.revision, **placing)
             if on_load is not None:
                 on_load(loaded)
             predictor = ContactPredictor(loaded)
         loaded = predictor.loaded
+        if options.device_map is not None:
+            summary.device_map = options.loaded_map(loaded)  # (a predictor given: refused without a map)
         from protrans_cli.models.saprot import warn_unknown_structure
 
         warn_unknown_structure(loaded.name, loaded.family, None)  # (SaProt: its contacts from residues alone)
@@ -581,7 +628,12 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor, on
                  "max_length": max_length, "long_policy": options.long_policy,
                  "chains": options.chains,
                  "linker_length": options.linker_length if options.chains == "linker" else None,
-                 "contacts": CONTACTS_DESCRIPTION}
+                 "contacts": CONTACTS_DESCRIPTION,
+                 "device_map": None}  # (--device-map: below; None clears a resumed file's earlier map)
+        if summary.device_map:  # the setting and where each module was, as embed records it
+            from protrans_cli.placement import map_attribute
+
+            attrs["device_map"] = map_attribute(options.device_map, summary.device_map)
         if loaded.weights_fingerprint:  # (a local directory: no commit tells a retrained model)
             attrs["weights_fingerprint"] = loaded.weights_fingerprint
         writer_kw = dict(kinds=(CONTACTS,), layout="grouped", storage_dtype=options.storage_dtype,
@@ -676,6 +728,11 @@ def _redo_in_float32(predictor: ContactPredictor, batch: list[str], results: lis
     if not redo or half == "float32":
         return results, {}
     results, computed = list(results), {}
+    if getattr(predictor, "device_map", None):  # (its weights offloaded in the dtype they were loaded in: as embed)
+        for i in redo:
+            results[i] = (f"NaN or infinity in its contact map (the attention maps of the model's {half} pass; no "
+                          "float32 retry for a model spread with --device-map: give --dtype float32)")
+        return results, {}
     try:
         with predictor.in_float32() as exact:
             again = _predict_or_split(exact, [batch[i] for i in redo])

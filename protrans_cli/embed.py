@@ -1646,12 +1646,9 @@ def _file_attrs(embedder, options, max_length) -> dict:
         "device_map": None,  # (--device-map: below; None clears a resumed file's earlier map)
     }
     if getattr(embedder, "device_map", None):  # --device-map: the setting and where each module was
-        import json
+        from protrans_cli.placement import map_attribute
 
-        from protrans_cli.placement import device_name
-
-        attrs["device_map"] = json.dumps({"setting": options.device_map,
-                                          "modules": {k: device_name(v) for k, v in embedder.device_map.items()}})
+        attrs["device_map"] = map_attribute(options.device_map, embedder.device_map)
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels
     if getattr(getattr(embedder, "family_impl", None), "structure_aware", False):

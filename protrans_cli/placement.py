@@ -130,6 +130,14 @@ def describe(device_map: dict) -> str:
     return ", ".join(words)
 
 
+def map_attribute(setting: str, device_map: dict) -> str:
+    """The `device_map` attribute of an HDF5 output (embed, contacts): the setting and where each
+    module was, as JSON ({"setting": "auto", "modules": {"encoder.layer.0": "cuda:0", ...}})."""
+    import json
+
+    return json.dumps({"setting": setting, "modules": {k: device_name(v) for k, v in device_map.items()}})
+
+
 def model_device(model):
     """Where `model` takes its inputs (a torch.device): under a device map its input device (the
     map's first GPU, or the CPU; a first parameter offloaded to the disk is on the meta device),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE, completion, invoked_as
-from protrans_cli.cli.embed import chain_options
+from protrans_cli.cli.embed import chain_options, device_map_options
 
 
 @click.command("contacts", context_settings={"show_default": True})
@@ -46,13 +46,15 @@ from protrans_cli.cli.embed import chain_options
 @click.option("--invalid-policy", type=click.Choice(["error", "skip"]), default="error",
               help="Sequences that cannot be read (a J, an inner '*', no residues): fail before any work, or "
                    "skip them (recorded as failed).")
+@device_map_options(" No float32 retry of a NaN map; not under torchrun.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); compute the "
                                              "rest.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, model, revision, storage_dtype, compression, device, dtype, max_tokens, max_batch_size,
-            max_length, long_policy, chains, linker_length, invalid_policy, resume, force, threads):
+            max_length, long_policy, chains, linker_length, invalid_policy, device_map, max_memory, offload_folder,
+            resume, force, threads):
     """Residue-residue contact maps from ESM's contact head, into HDF5.
 
     Each protein's (L, L) map of contact probabilities (C-beta within 8 A) under
@@ -77,7 +79,8 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
         max_batch_size=max_batch_size, max_length=max_length, long_policy=long_policy,
         invalid_policy=invalid_policy, chains=chains, linker_length=linker_length, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, resume=resume, force=force,
-        threads=resolve_threads(threads), command_line=invoked_as())
+        threads=resolve_threads(threads), command_line=invoked_as(), device_map=device_map, max_memory=max_memory,
+        offload_folder=offload_folder)
     with finished_with_resume(force, lambda exc: partial_path(output)):
         summary = predict_contacts(fasta, output, options)
     console.output_complete(str(output))
@@ -85,6 +88,10 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     console.info(f"contacts: {console.counted(summary.num_written, 'protein')} ({summary.num_residues:,} residues, "
                  f"{rate:,.0f} residues/s) into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else ""))
+    if summary.device_map:
+        from protrans_cli.placement import spread_line
+
+        console.info(spread_line(device_map, summary.device_map))
     console.list_failed(summary.failed, "contact map")
     from protrans_cli.cli import refuse_if_every_protein_failed
 
