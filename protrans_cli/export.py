@@ -1318,7 +1318,7 @@ def _other_output(path: str) -> dict | None:
                 if names and "stored_dtype" not in facts:
                     facts["stored_dtype"] = str(f[kind][names[0].decode("utf-8")].dtype)
             for name in ("model", "revision", "commit", "family", "compute_dtype", "device", "protrans_version",
-                         "command_line"):
+                         "device_map", "command_line"):  # (device_map: contacts --device-map)
                 if name in f.attrs:
                     value = f.attrs[name]
                     facts[name] = value.tolist() if isinstance(value, np.ndarray) else _text(value)

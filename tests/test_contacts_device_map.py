@@ -65,6 +65,8 @@ def test_maps_under_a_map_with_disk_offload_are_the_unmapped_runs(run_cli, tmp_p
     recorded = json.loads(_attrs(mapped)["device_map"])
     assert recorded["setting"] == "auto" and "disk" in recorded["modules"].values()
     assert _attrs(mapped)["device"] == "cpu" and "device_map" not in _attrs(plain)
+    info = run_cli("info", mapped)
+    assert info.exit_code == 0 and "device map:   auto: " in info.stdout and " on disk" in info.stdout, info.stdout
 
 
 def test_an_offloaded_head_is_read_from_accelerates_copy_without_a_readable_checkpoint(tmp_path, monkeypatch):
