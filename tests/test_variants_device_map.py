@@ -145,3 +145,26 @@ def test_onehot_has_no_model_to_map(run_cli, tmp_path, command):
             else ["perplexity", _fasta(tmp_path / "in.fa")])
     result = run_cli(*args, "-m", "onehot", "--device-map", "auto")
     assert result.exit_code == 2 and "one-hot encoding, not a language model" in result.stderr, result.stderr
+
+
+def test_esms_lm_head_is_kept_whole_under_a_map(tiny, tmp_path):
+    """ESM's LM head holds a bare `bias` beside its modules: a map that split the head put
+    `lm_head.bias` on the disk apart from `lm_head.decoder` (at 65% of the weights on the CPU),
+    left it on the meta device, and scoring failed with "Tensor on device meta is not on the
+    expected device cpu". Every key of the map is a module, and the log-probabilities are the
+    unmapped ones, over CPU budgets that split the model at other places."""
+    pytest.importorskip("accelerate")
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    plain = load_model(str(tiny["esm"]), masked_lm=True)
+    want = VariantScorer(plain, progress=False).residue_log_probs([WILD_TYPE], masked=True)[0]
+    size = sum(p.numel() * p.element_size() for p in plain.model.parameters())
+    for fraction in (0.6, 0.65, 0.7, 0.8, 0.9):
+        loaded = load_model(str(tiny["esm"]), masked_lm=True, device_map="auto", max_memory={"cpu": int(size * fraction)},
+                            offload_folder=str(tmp_path / f"off{fraction}"))
+        for key in loaded.model.hf_device_map:
+            if key:
+                loaded.model.get_submodule(key)  # (an AttributeError for a parameter's name)
+        got = VariantScorer(loaded, progress=False).residue_log_probs([WILD_TYPE], masked=True)[0]
+        assert abs(got - want).max() < 1e-5, fraction

@@ -97,6 +97,10 @@ class Family:
     # none (`_no_split_modules`): XLNet's attention holds bare parameters, and a map that put some
     # on the CPU and some on the disk ran on wrong numbers without a word
     no_split_modules: ClassVar[tuple[str, ...]] = ()
+    # the masked-LM head a device map keeps whole too, where it holds a bare parameter beside its
+    # modules (ESM's `lm_head.bias`: a map that put it on the disk apart from `lm_head.decoder`
+    # left it on the meta device, and variants/perplexity failed with a traceback)
+    head_no_split_modules: ClassVar[tuple[str, ...]] = ()
     flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
     # Linear modules that `finetune` puts LoRA adapters on, by the end of their qualified names
     # (heads/lora.py); () where the attention has no Linear projections (XLNet, Transformer-XL)
@@ -269,13 +273,19 @@ class Family:
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
         return load_checked(self.mappable(self.encoder_class, hub_kwargs), name_or_path, dtype=dtype, **hub_kwargs)
 
-    def mappable(self, model_class, kwargs: dict):
-        """`model_class`, or under a device map (`kwargs["device_map"]`) where the class names no
-        blocks to keep whole, a subclass that names this family's `no_split_modules`."""
-        if kwargs.get("device_map") is None or getattr(model_class, "_no_split_modules", None) \
-                or not self.no_split_modules:
+    def mappable(self, model_class, kwargs: dict, head: tuple[str, ...] = ()):
+        """`model_class`, or under a device map (`kwargs["device_map"]`) a subclass whose
+        `_no_split_modules` adds what the class lacks: this family's `no_split_modules` where the
+        class names no blocks to keep whole, and `head` (the masked LM's `head_no_split_modules`)
+        where blocks are named (a class that names none is placed whole)."""
+        own = list(getattr(model_class, "_no_split_modules", None) or ())
+        if kwargs.get("device_map") is None:
             return model_class
-        return type(model_class.__name__, (model_class,), {"_no_split_modules": list(self.no_split_modules),
+        names = list(own or self.no_split_modules)
+        names += [name for name in head if names and name not in names]
+        if names == own:
+            return model_class
+        return type(model_class.__name__, (model_class,), {"_no_split_modules": names,
                                                             "__module__": model_class.__module__})
 
     def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
@@ -288,7 +298,7 @@ class Family:
                              "RoBERTa-style BERT or ELECTRA generator checkpoint)")
         import transformers
 
-        model_class = self.mappable(getattr(transformers, self.masked_lm_class), hub_kwargs)
+        model_class = self.mappable(getattr(transformers, self.masked_lm_class), hub_kwargs, self.head_no_split_modules)
         model = load_checked(model_class, name_or_path, dtype=dtype, lacking=self.masked_lm_lacking, **hub_kwargs)
         self.repair_config(model.config)
         return model
