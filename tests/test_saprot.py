@@ -576,7 +576,7 @@ def test_structure_tokens_from_a_pipe_or_stdin_is_refused_not_read_empty(tmp_pat
         given = "-"
     result, out = _embed(run_cli, tmp_path, saprot, "--structure-tokens", given)
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert f"{given if how == 'pipe' else '--structure-tokens -'}: the 3Di strings are read from a regular file" \
+    assert f"--structure-tokens {given}: the 3Di strings are read from a regular file" \
         in result.stderr, result.stderr
     assert not out.exists()
 

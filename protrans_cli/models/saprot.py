@@ -24,7 +24,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from protrans_cli.errors import InputError, ModelError, UsageError
+from protrans_cli.errors import InputError, ModelError, UsageError, option
 from protrans_cli.models.esm import EsmFamily
 from protrans_cli.residues import PAIR_RESIDUES, pair_char, split_char
 from protrans_cli.residues import PAIR_UNKNOWN as UNKNOWN
@@ -137,15 +137,16 @@ def read_structure_tokens(path) -> "StructureTokens":
     # (a pipe, `<(zcat x.3di.fa.gz)`, was read to its end for the digest and then parsed empty:
     # "no FASTA records"; `-` was "No such file or directory")
     regular_only = "the 3Di strings are read from a regular file (a .gz one is read as it is), not a pipe or stdin"
+    named = f"{option('--structure-tokens', 'structure_tokens')} {path}"  # (a pipe's /dev/fd/63 alone said little)
     if str(path) == "-":
-        raise UsageError(regular_only, path="--structure-tokens -")
+        raise UsageError(regular_only, path=named)
     path = Path(path)
     try:
         stat = os.stat(path)
     except OSError as exc:
         raise InputError(f"cannot read the 3Di strings: {exc.strerror or exc}", path=str(path)) from None
     if not stat_module.S_ISREG(stat.st_mode):
-        raise UsageError(regular_only, path=str(path))
+        raise UsageError(regular_only, path=named)
     return _read(str(path), stat.st_mtime_ns, stat.st_size)
 
 
