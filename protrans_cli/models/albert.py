@@ -27,8 +27,9 @@ PRESETS = {
 
 class AlbertFamily(Family):
     name = "albert"
-    no_split_modules = ("AlbertLayer",)  # (kept whole by a device map: models/base.py)
-    head_no_split_modules = ("AlbertMLMHead",)  # (its bare `bias` beside its modules: models/base.py)
+    # (the blocks a device map places whole, where AlbertModel names none: not a bare parameter,
+    # which load_checked keeps whole for every family; models/base.py)
+    no_split_modules = ("AlbertLayer",)
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("albert",)
     # finetune's LoRA adapters: query, key, value and output projections (shared across layers)

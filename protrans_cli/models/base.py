@@ -94,13 +94,9 @@ class Family:
     structure_aware: ClassVar[bool] = False  # reads residue-and-3Di tokens (SaProt: models/saprot.py)
     input_kind: ClassVar[str] = "aa"  # what the sequences are: amino acids, or "3di" (three_di_input)
     # the encoder's blocks a device map (embed --device-map) keeps whole, where its class names
-    # none (`_no_split_modules`): XLNet's attention holds bare parameters, and a map that put some
-    # on the CPU and some on the disk ran on wrong numbers without a word
+    # none (`_no_split_modules`): the granularity of the map, beyond what load_checked keeps whole
+    # for every family (a module with a bare parameter beside its modules: `_bare_parameter_owners`)
     no_split_modules: ClassVar[tuple[str, ...]] = ()
-    # the masked-LM head a device map keeps whole too, where it holds a bare parameter beside its
-    # modules (ESM's `lm_head.bias`: a map that put it on the disk apart from `lm_head.decoder`
-    # left it on the meta device, and variants/perplexity failed with a traceback)
-    head_no_split_modules: ClassVar[tuple[str, ...]] = ()
     flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
     # Linear modules that `finetune` puts LoRA adapters on, by the end of their qualified names
     # (heads/lora.py); () where the attention has no Linear projections (XLNet, Transformer-XL)
@@ -273,20 +269,13 @@ class Family:
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
         return load_checked(self.mappable(self.encoder_class, hub_kwargs), name_or_path, dtype=dtype, **hub_kwargs)
 
-    def mappable(self, model_class, kwargs: dict, head: tuple[str, ...] = ()):
-        """`model_class`, or under a device map (`kwargs["device_map"]`) a subclass whose
-        `_no_split_modules` adds what the class lacks: this family's `no_split_modules` where the
-        class names no blocks to keep whole, and `head` (the masked LM's `head_no_split_modules`)
-        where blocks are named (a class that names none is placed whole)."""
-        own = list(getattr(model_class, "_no_split_modules", None) or ())
-        if kwargs.get("device_map") is None:
+    def mappable(self, model_class, kwargs: dict):
+        """`model_class`, or under a device map (`kwargs["device_map"]`) where the class names no
+        blocks to keep whole, a subclass that names this family's `no_split_modules` (load_checked
+        adds, for every family, the modules holding a bare parameter beside their modules)."""
+        if kwargs.get("device_map") is None or getattr(model_class, "_no_split_modules", None):
             return model_class
-        names = list(own or self.no_split_modules)
-        names += [name for name in head if names and name not in names]
-        if names == own:
-            return model_class
-        return type(model_class.__name__, (model_class,), {"_no_split_modules": names,
-                                                            "__module__": model_class.__module__})
+        return keep_whole(model_class, self.no_split_modules)
 
     def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The encoder with its masked-LM head (`masked_lm_class`): logits over the vocabulary at
@@ -298,7 +287,7 @@ class Family:
                              "RoBERTa-style BERT or ELECTRA generator checkpoint)")
         import transformers
 
-        model_class = self.mappable(getattr(transformers, self.masked_lm_class), hub_kwargs, self.head_no_split_modules)
+        model_class = self.mappable(getattr(transformers, self.masked_lm_class), hub_kwargs)
         model = load_checked(model_class, name_or_path, dtype=dtype, lacking=self.masked_lm_lacking, **hub_kwargs)
         self.repair_config(model.config)
         return model
@@ -654,9 +643,13 @@ def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None =
     problem = _depth_problem(model_class, name_or_path, kwargs)
     if problem:
         raise ModelError(f"{name_or_path}: {problem}")
+    if isinstance(kwargs.get("device_map"), str):  # (auto, balanced, sequential: accelerate makes the map)
+        model_class = keep_whole(model_class, _bare_parameter_owners(model_class, name_or_path, kwargs))
     with HF_LOADING:
         model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
                                                   **{**NO_HUB_KERNELS, **kwargs})
+    if kwargs.get("device_map") is not None and (problem := split_parameter_problem(model)):
+        raise ModelError(f"{name_or_path}: {problem}")
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
     # (under a head class the encoder's names carry its prefix: `esm.contact_head.` in EsmForMaskedLM)
     missing = [k for k in info.get("missing_keys", [])
@@ -668,6 +661,84 @@ def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None =
                          f"{model_class.__name__} (e.g. {sorted(missing)[0]}); it is not a complete "
                          "checkpoint of this model")
     return model.eval()
+
+
+def keep_whole(model_class, names):
+    """`model_class`, or a subclass whose `_no_split_modules` (the module classes transformers has
+    accelerate place whole under a device map) adds `names` to the class's own. The one way a
+    device map is told what to keep whole: Family.mappable (a family's blocks) and load_checked
+    (every module with a bare parameter) both go through it."""
+    own = list(getattr(model_class, "_no_split_modules", None) or ())
+    added = [name for name in dict.fromkeys(names) if name not in own]
+    if not added:
+        return model_class
+    return type(model_class.__name__, (model_class,), {"_no_split_modules": own + added,
+                                                        "__module__": model_class.__module__})
+
+
+def _bare_parameter_owners(model_class, name_or_path, kwargs: dict) -> list[str]:
+    """The classes of the modules a device map must keep whole, found on a copy of the model built
+    from its config on the meta device: those that own a parameter directly (not through a child)
+    beside children with parameters (ESM's EsmLMHead: `bias` beside `dense` and `decoder`; XLNet's
+    attention: `q`, `k`, `v` beside `layer_norm`). accelerate splits such a module into its children
+    and the bare parameter, and no hook moves the parameter for the module's own forward: it was
+    left on the meta device ("Tensor on device meta is not on the expected device") or on another
+    device, or read wrong values. The model itself and the base model a head class wraps are left
+    out (kept whole, there would be no map at all); split_parameter_problem checks theirs after
+    loading. [] when the config cannot be read or built: from_pretrained says why."""
+    import torch
+    from transformers import PreTrainedModel
+
+    hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token", "subfolder")}
+    try:
+        config = model_class.config_class.from_pretrained(str(name_or_path), **hub)
+        with torch.device("meta"):
+            model = model_class(config, **{k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS})
+    except Exception:  # noqa: BLE001 - from_pretrained reports a config it cannot read or build
+        return []
+    return list(dict.fromkeys(
+        type(module).__name__ for module in model.modules()
+        if not isinstance(module, PreTrainedModel) and next(module.parameters(recurse=False), None) is not None
+        and any(next(child.parameters(), None) is not None for child in module.children())))
+
+
+def split_parameter_problem(model) -> str | None:
+    """What is wrong with a loaded model's device map (`hf_device_map`) that names a parameter
+    apart from its module, or None. No hook moves such a parameter: it must already be where its
+    module computes, which is where the module's other entries compute (accelerate computes an
+    entry offloaded to the CPU or disk on the map's main device), or, for the model itself and a
+    head class's base model, which no hook moves either, where the inputs are. One offloaded stays
+    on the meta device. Never silent: a map load_checked did not make (a dict given) or a module
+    `_bare_parameter_owners` could not see."""
+    from transformers import PreTrainedModel
+
+    from protrans_cli.placement import device_name, input_device
+
+    device_map = getattr(model, "hf_device_map", None) or {}
+    main = input_device(device_map)
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+
+    def computes(where) -> str:
+        name = device_name(where)
+        return main if name in ("cpu", "disk") else name
+
+    for key, where in device_map.items():
+        if key not in parameters:
+            continue
+        owner_name = key.rpartition(".")[0]
+        owner = model.get_submodule(owner_name)
+        if isinstance(owner, PreTrainedModel):
+            others = {main}
+        else:
+            others = {computes(v) for k, v in device_map.items() if k != key and k.startswith(f"{owner_name}.")}
+        held = str(parameters[key].device)
+        if held == "meta" or others - {held}:
+            what = f"{owner_name or 'the model'} ({type(owner).__name__})"
+            return (f"the device map put {key} on {device_name(where)} apart from the rest of {what}, which "
+                    f"computes on {', '.join(sorted(others))}, and nothing moves it there (a module holding a bare "
+                    "parameter beside its modules, split by the map): give --max-memory another size, or load "
+                    "the model without --device-map")
+    return None
 
 
 def _takes(model_class, keyword: str) -> bool:

@@ -206,7 +206,9 @@ def __getattr__(name: str):
 
 class ElectraFamily(Family):
     name = "electra"
-    no_split_modules = ("ElectraLayer",)  # (kept whole by a device map: models/base.py)
+    # (the blocks a device map places whole, where ElectraModel names none: not a bare parameter,
+    # which load_checked keeps whole for every family; models/base.py)
+    no_split_modules = ("ElectraLayer",)
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("electra",)
     # finetune's LoRA adapters: query, key, value and output projections of every layer (the discriminator)

@@ -56,7 +56,6 @@ class EsmFamily(Family):
     lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value")
     objective = "mlm"
     masked_lm_class = "EsmForMaskedLM"
-    head_no_split_modules = ("EsmLMHead",)  # (its bare `bias` beside its modules: models/base.py)
     # (fair-esm's bos token; fair-esm's own example of a per-sequence vector averages the residue rows)
     cls_not_trained = ("ESM is pretrained by masked-LM alone, so its <cls> (esm-extract's bos) was never trained as "
                        "a summary of the protein")

@@ -297,7 +297,6 @@ PRESETS = {
 
 class TransfoXLFamily(Family):
     name = "transfo_xl"
-    no_split_modules = ("TransfoXLLayer",)  # (kept whole by a device map: models/base.py)
     model_types = (MODEL_TYPE,)
     objective = "clm"
     causal = True

@@ -24,7 +24,6 @@ PRESETS = {
 
 class XLNetFamily(Family):
     name = "xlnet"
-    no_split_modules = ("XLNetLayer",)  # (kept whole by a device map: models/base.py)
     model_types = ("xlnet",)
     objective = "plm"
     # `protrans variants`: a site hidden from every position (perm_mask), predicted by the query
