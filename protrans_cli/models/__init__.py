@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -854,7 +855,13 @@ def _quiet_transformers():
         if console.state.verbosity < 1:
             placing_log.setLevel(logging.ERROR)
         try:
-            yield
+            with warnings.catch_warnings():
+                if console.state.verbosity < 1:
+                    # (and its UserWarning for a map key that is a bare parameter of the model itself,
+                    # XLNet's mask_emb: "device_map keys do not match any submodules", at every run)
+                    warnings.filterwarnings("ignore", message="The following device_map keys do not match any "
+                                            "submodules")
+                yield
         finally:
             placing_log.setLevel(level)
 
