@@ -929,9 +929,7 @@ def with_structure(sequence: str, structure: str | None, scorer=None, *, path: s
     that is not structure-aware is a UsageError; a length mismatch an InputError."""
     if structure is None:
         return sequence
-    from protrans_cli.models.saprot import UNKNOWN_STATES, combine
-
-    from protrans_cli.residues import PAIR_UNKNOWN, THREE_DI
+    from protrans_cli.models.saprot import clean_states, combine
 
     if scorer is not None:
         from protrans_cli.models.saprot import check_structure_aware
@@ -939,12 +937,7 @@ def with_structure(sequence: str, structure: str | None, scorer=None, *, path: s
         check_structure_aware(scorer.loaded.name, scorer.family, "structure")
     if not isinstance(structure, str):
         raise UsageError(f"structure is a 3Di string, got {type(structure).__name__} {structure!r:.40}")
-    states = "".join(structure.split()).replace(":", "")
-    bad = next((c for c in states if c not in THREE_DI + THREE_DI.lower() + UNKNOWN_STATES), None)
-    if bad is not None:
-        raise InputError(f"{bad!r} is not a 3Di letter (Foldseek's 20 states {THREE_DI.lower()}, either case, or "
-                         "# - ? . for unknown)", path=path, record=record)
-    states = "".join(PAIR_UNKNOWN if c in UNKNOWN_STATES else c for c in states.lower())
+    states = clean_states(structure, path=path, record=record)
     return combine(sequence if ":" in sequence else checked_sequence(sequence), states, path, record)
 
 

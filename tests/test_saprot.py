@@ -679,3 +679,14 @@ def test_saprot_without_3di_strings_is_said_once_in_every_command(tmp_path, run_
         assert "this command takes no 3Di strings, so every residue is read with an unknown structure" in said[0]
     else:
         assert "without --structure-tokens every residue is read with an unknown structure ('M#')" in said[0]
+
+
+def test_a_3di_string_given_to_the_scorer_is_checked_as_the_files_are():
+    """with_structure (the scorer's Python entry) and the --structure-tokens reader share one check:
+    the same message, the bad letter's position included."""
+    from protrans_cli.errors import InputError
+    from protrans_cli.variants import with_structure
+
+    with pytest.raises(InputError, match=r"'1' at position 4 is not a 3Di letter"):
+        with_structure("MKTA", "dv-1")
+    assert with_structure("MKTA", "DV-?") == with_structure("MKTA", "dv##")

@@ -150,6 +150,23 @@ def read_structure_tokens(path) -> "StructureTokens":
     return _read(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+def clean_states(text: str, *, path, record=None, line: int | None = None) -> str:
+    """A 3Di string as SaProt's tokens take it: white space and a complex's ':' left out, lower
+    case, `#` for unknown (`#`, `-`, `?`, `.`). A letter that is no 3Di state is an InputError
+    naming it, its position, `path` and `record` (the --structure-tokens file's, or a string given
+    to the scorer)."""
+    from protrans_cli.residues import THREE_DI
+
+    text = "".join(text.split()).replace(":", "")
+    allowed = THREE_DI + THREE_DI.lower() + UNKNOWN_STATES
+    bad = next(((i, c) for i, c in enumerate(text) if c not in allowed), None)
+    if bad is not None:
+        raise InputError(f"{bad[1]!r} at position {bad[0] + 1} is not a 3Di letter (Foldseek's 20 states "
+                         f"{THREE_DI.lower()}, either case, or # - ? . for unknown)", path=path, line=line,
+                         record=record)
+    return "".join(UNKNOWN if c in UNKNOWN_STATES else c for c in text.lower())
+
+
 class StructureTokens(dict):
     """id -> 3Di string (lower case, `#` unknown), with the file's `path` as given (what errors
     name), its `name` (recorded in the output), `digest`, and each record's header `lines`."""
@@ -164,9 +181,7 @@ class StructureTokens(dict):
 def _read(path: str, mtime_ns: int, size: int) -> StructureTokens:
     from protrans_cli.io.fasta import parse_fasta
     from protrans_cli.io.files import open_input
-    from protrans_cli.residues import THREE_DI
 
-    allowed = set(THREE_DI + THREE_DI.lower() + UNKNOWN_STATES)
     digest = hashlib.blake2b(digest_size=16)
     tokens = StructureTokens()
     first: dict[str, int] = {}
@@ -177,17 +192,12 @@ def _read(path: str, mtime_ns: int, size: int) -> StructureTokens:
         for rec in parse_fasta(stream, path):
             raw = rec.sequence
             text = raw.decode("latin-1") if isinstance(raw, (bytes, bytearray)) else str(raw)
-            text = "".join(text.split()).replace(":", "")
-            bad = next(((i, c) for i, c in enumerate(text) if c not in allowed), None)
-            if bad is not None:
-                raise InputError(f"{bad[1]!r} at position {bad[0] + 1} is not a 3Di letter (Foldseek's 20 states "
-                                 f"{THREE_DI.lower()}, either case, or # - ? . for unknown)", path=path,
-                                 line=rec.line, record=rec.id)
+            states = clean_states(text, path=path, line=rec.line, record=rec.id)
             if rec.id in first:
                 raise InputError(f"duplicate id (first seen on line {first[rec.id]})", path=path, line=rec.line,
                                  record=rec.id)
             first[rec.id] = rec.line
-            tokens[rec.id] = "".join(UNKNOWN if c in UNKNOWN_STATES else c for c in text.lower())
+            tokens[rec.id] = states
     if not tokens:
         raise InputError("no FASTA records", path=path)
     tokens.path, tokens.name, tokens.digest, tokens.lines = path, Path(path).name, digest.hexdigest(), first
