@@ -2040,6 +2040,19 @@ def test_the_heads_metrics_json_gives_the_per_protein_accuracy(one_epoch_ss3):
     assert 0 <= summary["accuracy_per_protein"]["mean"] <= 1
 
 
+def test_the_heads_metrics_json_gives_sov99_beside_q3(one_epoch_ss3):
+    """A secondary-structure output is scored by SOV'99 too (per protein and pooled, 0-100), in
+    metrics.json's headlines as in metrics/<set>.json; existing keys unchanged."""
+    summary = json.loads((one_epoch_ss3 / "metrics.json").read_text())["valid"]["ss3"]
+    detail = json.loads((one_epoch_ss3 / "metrics" / "valid.json").read_text())["outputs"]["ss3"]
+    for key in ("sov99_per_protein", "sov99_pooled"):
+        assert summary[key] == detail[key]
+    assert 0 <= summary["sov99_per_protein"]["mean"] <= 100 and 0 <= summary["sov99_pooled"]["overall"] <= 100
+    assert summary["sov99_per_protein"]["n_proteins"] == summary["n_proteins"]
+    assert set(summary["sov99_pooled"]["per_class"]) == {"H", "E", "C"}
+    assert {"metric", "accuracy", "ci95", "mcc", "accuracy_per_protein"} <= set(summary)
+
+
 def test_predict_fasta_reads_a_bad_label_file_before_embedding(run_cli, monkeypatch, one_epoch_ss3, tmp_path):
     """`predict --fasta --labels BAD` embedded the whole FASTA, then failed on the label file's
     second line: the labels are read first now (a file; stdin is read once, later)."""

@@ -347,3 +347,100 @@ def test_metrics_json_writes_infinity_as_null_as_it_does_nan():
 
     text = dumps({"loss": float("inf"), "ci95": [float("-inf"), 0.5], "nested": {"mse": float("nan")}}, indent=None)
     assert json.loads(text) == {"loss": None, "ci95": [None, 0.5], "nested": {"mse": None}}
+
+
+# --- SOV'99 (segment overlap; Zemla, Venclovas, Fidelis & Rost, Proteins 1999) --------------------
+
+_HEC = {"H": 0, "E": 1, "C": 2, "-": IGNORE}  # "-": a masked residue (unobserved), as the heads mask it
+
+
+def _states(text: str) -> np.ndarray:
+    return np.array([_HEC[c] for c in text])
+
+
+def _sov(observed, predicted) -> dict:
+    from protrans_cli.heads.metrics import sov99
+
+    return sov99([_states(o) for o in observed], [_states(p) for p in predicted], "HEC")
+
+
+def test_sov99_identical_is_100_and_no_overlap_is_0():
+    same = _sov(["CCHHHHEEEECC", "HEC"], ["CCHHHHEEEECC", "HEC"])
+    assert same["sov99_per_protein"]["mean"] == 100 and same["sov99_pooled"]["overall"] == 100
+    assert same["sov99_per_protein"]["per_class"] == {"H": 100, "E": 100, "C": 100}
+    # H observed [0,3), predicted [3,6); E the other way round: no pair of one state overlaps
+    apart = _sov(["HHHEEE"], ["EEEHHH"])
+    assert apart["sov99_per_protein"]["mean"] == 0 and apart["sov99_pooled"]["per_class"]["H"] == 0
+
+
+def test_sov99_of_a_helix_predicted_as_two_fragments_by_hand():
+    # observed HHHHHHHHHH: one H segment s1 = [0,10), len 10; predicted HHHHCCHHHH: [0,4) and [6,10).
+    # pair 1: minov 4, maxov 10, delta = min(10-4, 4, 10//2, 4//2) = 2 -> (4+2)/10 * 10 = 6
+    # pair 2: the same, 6. N(H) = 10 + 10 (s1 counted once per pair) = 20 -> SOV = 100 * 12/20 = 60,
+    # where Q3 is 0.8: the fragmenting costs more than the two residues.
+    m = _sov(["HHHHHHHHHH"], ["HHHHCCHHHH"])
+    assert m["sov99_per_protein"]["mean"] == pytest.approx(60)
+    assert m["sov99_per_protein"]["per_class"]["H"] == pytest.approx(60)
+    # E and C are never observed: no SOV of their own (NaN), and none in the overall one
+    assert math.isnan(m["sov99_per_protein"]["per_class"]["C"]) and math.isnan(m["sov99_pooled"]["per_class"]["E"])
+
+
+def test_sov99_worked_example_by_hand():
+    # observed  CCHHHHHHCC: C [0,2) len 2, H [2,8) len 6, C [8,10) len 2
+    # predicted CHHHCCHHHC: C [0,1), H [1,4) len 3, C [4,6), H [6,9) len 3, C [9,10)
+    # H: s1 = [2,8) with [1,4): minov 2 ([2,4)), maxov 7 ([1,8)), delta = min(5, 2, 3, 1) = 1 -> 3/7 * 6
+    #    and with [6,9): minov 2 ([6,8)), maxov 7 ([2,9)), delta = min(5, 2, 3, 1) = 1 -> 3/7 * 6
+    #    sum 36/7, N(H) = 6 + 6 = 12 -> SOV(H) = 100 * (36/7) / 12 = 300/7 = 42.857
+    # C: [0,2) with [0,1): minov 1, maxov 2, delta = min(1, 1, 1, 0) = 0 -> 1/2 * 2 = 1
+    #    [8,10) with [9,10): the same, 1 (predicted C [4,6) meets no observed C: no pair)
+    #    sum 2, N(C) = 2 + 2 = 4 -> SOV(C) = 50
+    # overall: 100 * (36/7 + 2) / (12 + 4) = 100 * (50/7) / 16 = 625/14 = 44.643 (Q3: 6 of 10)
+    m = _sov(["CCHHHHHHCC"], ["CHHHCCHHHC"])
+    assert m["sov99_per_protein"]["per_class"]["H"] == pytest.approx(300 / 7)
+    assert m["sov99_per_protein"]["per_class"]["C"] == pytest.approx(50)
+    assert m["sov99_per_protein"]["mean"] == pytest.approx(625 / 14)
+    assert m["sov99_pooled"]["overall"] == pytest.approx(625 / 14)
+
+
+def test_sov99_a_state_absent_from_the_observation_counts_only_through_the_others():
+    # observed HHHHHH, predicted HHHEEE: H [0,6) with [0,3): minov 3, maxov 6, delta = min(3, 3, 3, 1)
+    # = 1 -> 4/6 * 6 = 4, N(H) = 6 -> 66.67. E is never observed: no SOV(E), nothing added to N.
+    m = _sov(["HHHHHH"], ["HHHEEE"])
+    assert m["sov99_per_protein"]["mean"] == pytest.approx(200 / 3)
+    assert math.isnan(m["sov99_per_protein"]["per_class"]["E"])
+
+
+def test_sov99_masked_residues_split_segments_and_their_predictions_are_not_scored():
+    # observed HHHH-HHHH (position 4 unobserved): H [0,4) and [5,9); the prediction there is left
+    # out, so HHHHEHHHH and HHHHHHHHH are both H [0,4) and [5,9) too: two exact pairs, 100.
+    assert _sov(["HHHH-HHHH"], ["HHHHEHHHH"])["sov99_per_protein"]["mean"] == 100
+    assert _sov(["HHHH-HHHH"], ["HHHHHHHHH"])["sov99_per_protein"]["mean"] == 100
+    # Had it been an observed C, the predicted H [0,9) (len 9) overlaps both: minov 4, maxov 9,
+    # delta = min(5, 4, 2, 4) = 2 -> 6/9 * 4 twice = 16/3; N(H) = 8, N(C) = 1 (S': no predicted C)
+    # -> 100 * (16/3) / 9 = 59.26
+    assert _sov(["HHHHCHHHH"], ["HHHHHHHHH"])["sov99_per_protein"]["mean"] == pytest.approx(1600 / 27)
+    # a protein with no observed residue is in neither mean
+    m = _sov(["----", "HHHH"], ["HHHH", "HHHH"])
+    assert m["sov99_per_protein"]["n_proteins"] == 1 and m["sov99_per_protein"]["mean"] == 100
+
+
+def test_sov99_per_protein_mean_and_pooled_differ_as_documented():
+    # protein 1: HHHH exact, 100 (numerator 4, N 4); protein 2: the fragmented helix above, 60 (12 of 20).
+    # per protein: (100 + 60) / 2 = 80; pooled over all segments: 100 * (4 + 12) / (4 + 20) = 66.67
+    m = _sov(["HHHH", "HHHHHHHHHH"], ["HHHH", "HHHHCCHHHH"])
+    assert m["sov99_per_protein"]["mean"] == pytest.approx(80)
+    assert m["sov99_per_protein"]["std_error"] == pytest.approx(np.std([100, 60], ddof=1) / np.sqrt(2))
+    assert m["sov99_pooled"]["overall"] == pytest.approx(200 / 3)
+
+
+def test_evaluate_gives_sov99_for_secondary_structure_only():
+    from protrans_cli.heads.metrics import summary_line
+
+    y_true = [_states("HHHH"), _states("HHHHHHHHHH")]
+    y_pred = [_states("HHHH"), _states("HHHHCCHHHH")]
+    m = evaluate(y_true, y_pred, "HEC", metric="Q3", n_boot=20)
+    assert m["sov99_per_protein"]["mean"] == pytest.approx(80)
+    assert m["accuracy"] == pytest.approx(12 / 14)  # (the existing keys as before)
+    assert "SOV'99 80.0, " in summary_line("test", "ss3", m)
+    other = evaluate(y_true, y_pred, "DOX", metric="accuracy", n_boot=20)  # (disorder, a generic task)
+    assert "sov99_per_protein" not in other and "SOV" not in summary_line("test", "disorder", other)

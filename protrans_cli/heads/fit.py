@@ -1714,6 +1714,9 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
                                                    "majority", "n", "n_proteins")}
         if "accuracy_per_protein" in m:  # (per-residue outputs: the other convention, beside the pooled Q3/Q8)
             headline[output]["accuracy_per_protein"] = m["accuracy_per_protein"]
+        for key in ("sov99_per_protein", "sov99_pooled"):  # (secondary structure: SOV'99 beside Q3/Q8)
+            if key in m:
+                headline[output][key] = m[key]
     return headline
 
 

@@ -4,6 +4,7 @@ All metrics come from one confusion matrix `cm[true, predicted]` over the evalua
 accuracy (Q3/Q8/Q10/Q2), per-class precision/recall/F1, multi-class MCC (Gorodkin's R_K),
 balanced accuracy (mean recall over the classes present), and a bootstrap 95% confidence interval
 for the accuracy that resamples *proteins* (residues of one protein are not independent).
+Secondary-structure outputs (Q3, Q8) also get the segment overlap score SOV'99 (`sov99`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,108 @@ def bootstrap_ci(correct: np.ndarray, total: np.ndarray, *, n_boot: int = 1000, 
     return (float(lo), float(hi))
 
 
+SOV_METRICS = ("Q3", "Q8")  # the outputs whose states form segments (secondary structure): scored by SOV'99 too
+
+
+def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of equal values of `x`: (starts, ends, values, run index of each position)."""
+    change = np.empty(len(x), dtype=bool)
+    change[:1] = True
+    np.not_equal(x[1:], x[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], len(x))
+    return starts, ends, x[starts], np.cumsum(change) - 1
+
+
+def sov99_parts(y_true: list[np.ndarray], y_pred: list[np.ndarray], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """SOV'99 (Zemla, Venclovas, Fidelis & Rost, Proteins 34:220, 1999) in parts: (numerator,
+    normaliser), each a (proteins, n_classes) float64 array, so that SOV(i) of a protein is
+    100 * numerator / normaliser and any pooling is a sum of parts.
+
+    For state i: S(i) = the pairs (s1 observed, s2 predicted segment of state i) that overlap,
+    S'(i) = the observed segments of state i that no predicted one of state i overlaps;
+    normaliser N(i) = sum over S(i) of len(s1) + sum over S'(i) of len(s1); numerator = sum over
+    S(i) of (minov + delta) / maxov * len(s1), with minov the overlap, maxov the span of s1 and s2
+    together, delta = min(maxov - minov, minov, len(s1) // 2, len(s2) // 2).
+
+    Residues with a negative y_true (masked: unobserved, outside CB513's segments...) are taken
+    out of both strings: a segment, observed or predicted, ends at such a residue, and what is
+    predicted there is not scored. A protein with no scored residue has zeros throughout.
+
+    Vectorised over the whole set: the proteins are laid end to end with a masked residue between
+    them. Each overlapping pair (s1, s2) of state i is exactly one maximal run of residues where
+    observed and predicted are both i (their intersection), so the pairs are those runs."""
+    n_proteins = len(y_true)
+    sizes = np.array([np.size(t) for t in y_true], dtype=np.int64)
+    length = int(sizes.sum()) + n_proteins
+    obs = np.full(length, -1, dtype=np.int64)
+    pred = np.full(length, -1, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes + 1)[:-1]]).astype(np.int64)
+    for offset, t, p in zip(offsets, y_true, y_pred):
+        t = np.asarray(t, dtype=np.int64).reshape(-1)
+        p = np.asarray(p, dtype=np.int64).reshape(-1)
+        if len(p) != len(t):
+            raise ValueError(f"{len(t)} observed states, {len(p)} predicted")
+        scored = t >= 0
+        obs[offset:offset + len(t)] = np.where(scored, t, -1)
+        pred[offset:offset + len(t)] = np.where(scored, p, -1)
+    protein_of = np.repeat(np.arange(n_proteins), sizes + 1)
+    numerator = np.zeros(n_proteins * n_classes)
+    normaliser = np.zeros(n_proteins * n_classes)
+    if not length:
+        return numerator.reshape(n_proteins, n_classes), normaliser.reshape(n_proteins, n_classes)
+    o_start, o_end, o_state, o_run = _runs(obs)
+    p_start, p_end, _, p_run = _runs(pred)
+    a_start, a_end, a_state, _ = _runs(np.where(obs == pred, obs, -1))
+    pairs = a_state >= 0
+    a_start, a_end = a_start[pairs], a_end[pairs]
+    s1, s2 = o_run[a_start], p_run[a_start]  # the observed and the predicted segment of each pair
+    len1 = o_end[s1] - o_start[s1]
+    len2 = p_end[s2] - p_start[s2]
+    minov = a_end - a_start
+    maxov = np.maximum(o_end[s1], p_end[s2]) - np.minimum(o_start[s1], p_start[s2])
+    delta = np.minimum.reduce([maxov - minov, minov, len1 // 2, len2 // 2])
+    cell = protein_of[o_start] * n_classes + np.maximum(o_state, 0)  # (the cell of each observed run)
+    numerator += np.bincount(cell[s1], weights=(minov + delta) / maxov * len1, minlength=len(numerator))
+    # N: len(s1) once per pair it is in, or once (S') where it is in none
+    observed = o_state >= 0
+    in_pairs = np.bincount(s1, minlength=len(o_start))
+    normaliser += np.bincount(cell[observed], weights=((o_end - o_start) * np.maximum(in_pairs, 1))[observed],
+                              minlength=len(normaliser))
+    return numerator.reshape(n_proteins, n_classes), normaliser.reshape(n_proteins, n_classes)
+
+
+def sov99(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes) -> dict:
+    """SOV'99 of a set of proteins, 0-100 (the scale it is published on), two ways, as accuracy:
+    "sov99_per_protein": each protein's own SOV averaged over the proteins with a scored residue
+    (what published tables report: NetSurfP, SPOT-1D, CASP), with its standard error, and per state
+    the mean over the proteins where that state is observed; "sov99_pooled": every segment of the
+    set in one sum (N summed over all proteins). A state never observed has no SOV (NaN)."""
+    numerator, normaliser = sov99_parts(y_true, y_pred, len(classes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        by_protein = 100 * numerator.sum(axis=1) / normaliser.sum(axis=1)
+        by_state = 100 * numerator / normaliser
+        pooled_state = 100 * numerator.sum(axis=0) / normaliser.sum(axis=0)
+        pooled = 100 * numerator.sum() / normaliser.sum()
+    scored = normaliser.sum(axis=1) > 0
+    overall = by_protein[scored]
+
+    def mean(values):
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if len(values) else float("nan")
+
+    return {
+        "sov99_per_protein": {
+            "mean": mean(overall),
+            "std_error": float(overall.std(ddof=1) / np.sqrt(len(overall))) if len(overall) > 1 else float("nan"),
+            "per_class": {c: mean(by_state[scored, i]) for i, c in enumerate(classes)},
+            "n_proteins": int(scored.sum()),
+        },
+        "sov99_pooled": {"overall": float(pooled),
+                         "per_class": {c: float(pooled_state[i]) for i, c in enumerate(classes)}},
+    }
+
+
 def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, metric: str = "accuracy",
              n_boot: int = 1000, seed: int = 0) -> dict:
     """Metrics of one output over proteins: y_true[i], y_pred[i] are the i-th protein's class
@@ -122,6 +225,8 @@ def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, met
         out["accuracy_per_protein"] = {"mean": float(share.mean()),
                                        "std_error": float(share.std(ddof=1) / np.sqrt(len(share)))
                                        if len(share) > 1 else float("nan")}
+        if metric in SOV_METRICS:  # (secondary structure: segments, scored by SOV'99 beside Q3/Q8)
+            out.update(sov99(y_true, y_pred, classes))
     return out
 
 
@@ -220,6 +325,8 @@ def summary_line(name: str, output: str, m: dict) -> str:
                 f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {counted(m['n'], 'protein')}")
     return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {_signed(m['mcc'], 3)}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, "
+            + (f"SOV'99 {sov:.1f}, " if not math.isnan(sov := m.get("sov99_per_protein", {}).get("mean", math.nan))
+               else "")
             + (counted(m['n'], 'protein') if m["n"] == m["n_proteins"]  # per protein: one position each
                else f"{m['n']:,} positions in {counted(m['n_proteins'], 'protein')}"))
 
@@ -233,7 +340,12 @@ def print_report(name: str, output: str, m: dict) -> None:
         return
     rows = [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
             for c, v in m["per_class"].items()]
-    console.print_table(f"{name} {output}: per class", ["class", "precision", "recall", "F1", "support"], rows)
+    columns = ["class", "precision", "recall", "F1", "support"]
+    if "sov99_per_protein" in m:  # (secondary structure: each state's SOV'99, averaged over the proteins it is in)
+        sov = m["sov99_per_protein"]["per_class"]
+        rows = [[*row, "" if math.isnan(sov[c]) else f"{sov[c]:.1f}"] for row, c in zip(rows, m["per_class"])]
+        columns.append("SOV'99")
+    console.print_table(f"{name} {output}: per class", columns, rows)
     cm_rows = [[c, *row] for c, row in zip(m["classes"], m["confusion"])]
     console.print_table(f"{name} {output}: confusion (rows true, columns predicted)", ["", *m["classes"]], cm_rows)
 
