@@ -1,8 +1,8 @@
 """What a user does with a `protrans train` run directory or checkpoint using transformers alone:
 the fill-mask and feature-extraction pipelines over the masked LMs (the trained head's
-prediction, the tokenizer's mask token in the family's spacing), T5's `generate()`, the class
-config.json's `architectures` names, its save_pretrained round trip as safetensors only, and the
-parameter count and pipeline the model card gives. The references are plain forward passes of
+prediction, the tokenizer's mask token in the family's spacing), T5's, Transformer-XL's and
+XLNet's `generate()`, the class config.json's `architectures` names, its save_pretrained round
+trip as safetensors only, and the parameter count and pipeline the model card gives. The references are plain forward passes of
 the transformers classes over the same directories."""
 
 from __future__ import annotations
@@ -162,3 +162,108 @@ def test_a_t5_run_saved_without_is_encoder_decoder_by_earlier_versions_reads_as_
         assert res.exit_code == 0, res.stderr
         tables.append((tmp_path / f"{directory.name}.tsv").read_text().replace(str(directory), ""))
     assert tables[0] == tables[1]
+
+
+# -- generate() on the causal runs (Transformer-XL, XLNet) -----------------------------------------
+
+def _hand_greedy(model, ids, steps: int):
+    """Greedy decoding by hand: the argmax of a pass over the whole sequence so far, no memory."""
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def test_transfo_xl_generate_is_greedy_by_hand_with_and_without_memory_past_mem_len():
+    from protrans_cli.models.transfo_xl import TransfoXLLMHeadModel
+
+    torch.manual_seed(0)
+    # (a wide initialisation: the tiny default's greedy output repeats one token)
+    config = FAMILIES["transfo_xl"].build_config("tiny", mem_len=3, initializer_range=0.3)
+    model = TransfoXLLMHeadModel(config).eval()
+    assert TransfoXLLMHeadModel.can_generate()
+    prompts = torch.randint(4, 29, (2, 7))  # longer than mem_len
+    want = _hand_greedy(model, prompts, 12)
+    assert len(set(want[0, 7:].tolist())) > 3, want  # (not one token over and over)
+    for use_cache in (True, False):
+        got = model.generate(input_ids=prompts, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             use_cache=use_cache)
+        assert torch.equal(got, want), (use_cache, got, want)
+        # prompts of unequal length, the shorter padded on the left
+        short = prompts[1:, 3:]
+        batch = torch.cat([prompts[:1], torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1)])
+        mask = torch.ones_like(batch)
+        mask[1, :3] = 0
+        got = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=12, min_new_tokens=12,
+                             do_sample=False, use_cache=use_cache)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1, 3:], _hand_greedy(model, short, 12)[0])
+    # beam search reorders the memory with the beams; sampling: the same seed, the same draws
+    beams = [model.generate(input_ids=prompts, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=c)
+             for c in (True, False)]
+    assert torch.equal(beams[0], beams[1])
+    drawn = []
+    for use_cache in (True, True, False):
+        torch.manual_seed(5)
+        drawn.append(model.generate(input_ids=prompts, max_new_tokens=10, do_sample=True, use_cache=use_cache))
+    assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[0], drawn[2])
+
+
+def _fasta_sequences(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith(">")]
+
+
+@pytest.mark.parametrize("family", ["transfo_xl", "xlnet"])
+def test_a_causal_run_generates_with_plain_transformers_as_protrans_generate_greedy(tmp_path_factory, run_cli,
+                                                                                     family, capfd):
+    """The run directory as `protrans train` writes it (and one without generation_config.json,
+    as earlier versions wrote Transformer-XL's): AutoModelForCausalLM's greedy generate() from the
+    prompt ids that protrans generate starts from (Transformer-XL: `<s>` and the residues; XLNet:
+    the residues, add_special_tokens=False: no trailing `<sep> <cls>`), with what protrans
+    generate may not draw suppressed and its end token as eos, equals `protrans generate --top-k 1`
+    (Transformer-XL: 41 tokens, past its mem_len of 32)."""
+    import shutil
+
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # a tiny random run saved as `protrans train` saves it (conftest.save_tiny_model), initialised
+    # wide: the default's greedy output repeats one residue
+    torch.manual_seed(0)
+    tiny = FAMILIES[family]
+    run = tmp_path_factory.mktemp(family)
+    tokenizer = tiny.build_tokenizer()
+    tiny.save_pretrained(tiny.pretraining_model(tiny.build_config("tiny", tokenizer, initializer_range=0.3)).eval(),
+                         tokenizer, run)
+    old = tmp_path_factory.mktemp("old")
+    shutil.copytree(run, old, dirs_exist_ok=True)
+    (old / "generation_config.json").unlink()
+    prompt, max_length = "MKTAY", 40
+    res = run_cli("generate", "-m", run, "-n", "1", "--top-k", "1", "--prompt", prompt, "--max-length", max_length)
+    assert res.exit_code == 0, res.stderr
+    (expected,) = _fasta_sequences(res.stdout)
+    assert len(set(expected[len(prompt):])) > 3, expected
+    for directory in (run, old):
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        capfd.readouterr()
+        transformers.logging.set_verbosity_warning()
+        model = AutoModelForCausalLM.from_pretrained(directory).eval()
+        ids = tokenizer(" ".join(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if family == "transfo_xl":
+            ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
+            end = tokenizer.eos_token_id
+            assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id,
+                    model.generation_config.pad_token_id) == (tokenizer.bos_token_id, end, tokenizer.pad_token_id)
+        else:
+            end = tokenizer.sep_token_id  # (the generation config's eos is `</s>`, which ProtXLNet never writes)
+        allowed = set(tokenizer.convert_tokens_to_ids(list("ACDEFGHIKLMNPQRSTVWY"))) | {end}
+        suppress = [t for t in range(model.config.vocab_size) if t not in allowed]
+        # (Transformer-XL: the saved generation config's ids, no attention mask, and no warning)
+        extra = {} if family == "transfo_xl" else {
+            "use_mems": False, "eos_token_id": end, "attention_mask": torch.ones_like(ids)}  # (docs: XLNet's mems)
+        out = model.generate(input_ids=ids, do_sample=False, max_new_tokens=max_length - len(prompt),
+                             suppress_tokens=suppress, **extra)
+        new = out[0, ids.shape[1]:].tolist()
+        new = new[:new.index(end)] if end in new else new
+        assert prompt + "".join(tokenizer.convert_ids_to_tokens(new)) == expected
+        if family == "transfo_xl":
+            assert "warn" not in capfd.readouterr().err.lower()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from protrans_cli.models.base import Family
@@ -204,7 +204,7 @@ class TransfoXLModel(TransfoXLPreTrainedModel):
         return None
 
     def forward(self, input_ids=None, mems=None, attention_mask=None, output_hidden_states=None,
-                return_dict=None, **kwargs):
+                return_dict=None, whole_memory=False, **kwargs):
         B, T = input_ids.shape
         M = 0 if mems is None else mems[0].shape[1]
         K = M + T
@@ -216,8 +216,10 @@ class TransfoXLModel(TransfoXLPreTrainedModel):
         j = torch.arange(K, device=input_ids.device)[None, :]
         key_mask = (j <= M + i)[None].expand(B, T, K)                            # (B, T, K)
         if attention_mask is not None:
+            # (B, T): the segment's keys (the memory's all real); (B, M + T): the memory's too
+            # (generate()'s mask, which grows with the sequence: left-padded prompts in memory)
             keys = torch.ones(B, K, dtype=torch.bool, device=input_ids.device)
-            keys[:, M:] = attention_mask.bool()
+            keys[:, K - attention_mask.shape[1]:] = attention_mask.bool()
             # A padded query still sees itself, so no row of the softmax is empty.
             key_mask = (key_mask & keys[:, None, :]) | (j == M + i)[None]
         distances = torch.arange(K - 1, -1, -1, device=input_ids.device)          # (K,)
@@ -231,23 +233,32 @@ class TransfoXLModel(TransfoXLPreTrainedModel):
             h = layer(h, r, None if mems is None else mems[n], key_mask)
         h = self.drop(h)
         hidden_states = tuple(layer_inputs) + (h,) if output_hidden_states else None
-        return TransfoXLOutput(last_hidden_state=h, mems=self._update_mems(layer_inputs, mems),
+        return TransfoXLOutput(last_hidden_state=h, mems=self._update_mems(layer_inputs, mems, whole_memory),
                                hidden_states=hidden_states)
 
-    def _update_mems(self, layer_inputs, mems):
-        # Memory of layer n is the input of layer n over the last mem_len tokens, without gradient.
-        if not self.config.mem_len or self.config.mem_len <= 0:
+    def _update_mems(self, layer_inputs, mems, whole_memory=False):
+        # Memory of layer n is the input of layer n over the last mem_len tokens (whole_memory:
+        # all of them, as generate() keeps them), without gradient.
+        if not whole_memory and (not self.config.mem_len or self.config.mem_len <= 0):
             return None
         with torch.no_grad():
             new = []
             for n, h in enumerate(layer_inputs):
                 cat = h if mems is None else torch.cat([mems[n].to(h.dtype), h], dim=1)
-                new.append(cat[:, -self.config.mem_len:].detach())
+                new.append((cat if whole_memory else cat[:, -self.config.mem_len:]).detach())
         return new
 
 
-class TransfoXLLMHeadModel(TransfoXLPreTrainedModel):
-    """Transformer-XL with a tied language-model head: position t predicts token t + 1."""
+class TransfoXLLMHeadModel(TransfoXLPreTrainedModel, GenerationMixin):
+    """Transformer-XL with a tied language-model head: position t predicts token t + 1.
+
+    transformers' `generate()` works on it (greedy, sampling, beam search), as `protrans generate`
+    decodes (generate.TransfoXLSteps): one pass over the prompt, then one over each new token with
+    the memory of every token before it (`whole_memory`: not capped at mem_len while generating),
+    so each step's logits equal a pass over the whole sequence so far. `use_cache=False`: that
+    pass over the whole sequence at every step. Left-padded batches: the attention mask, which
+    covers memory and segment, keeps the padding out of the memory too (relative positions, so
+    padding on the left moves no distance between real tokens)."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.word_emb.weight"}
 
@@ -264,9 +275,9 @@ class TransfoXLLMHeadModel(TransfoXLPreTrainedModel):
         self.lm_head = value
 
     def forward(self, input_ids=None, mems=None, attention_mask=None, labels=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, whole_memory=False, **kwargs):
         out = self.transformer(input_ids=input_ids, mems=mems, attention_mask=attention_mask,
-                               output_hidden_states=output_hidden_states)
+                               output_hidden_states=output_hidden_states, whole_memory=whole_memory)
         logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
@@ -276,6 +287,33 @@ class TransfoXLLMHeadModel(TransfoXLPreTrainedModel):
                 ignore_index=-100)
         return TransfoXLOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
                                mems=out.mems, hidden_states=out.hidden_states)
+
+    # -- transformers' generate(): the memory is the cache, under the name `mems` (as XLNet's) ----
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # (no DynamicCache: keys and values are recomputed from `mems`)
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
+                                      mems=None, use_cache=None, is_first_iteration=False, **kwargs):
+        if use_cache is False:
+            mems = None  # the whole sequence, every step
+        elif mems is not None:
+            input_ids = input_ids[:, mems[0].shape[1]:]  # the tokens not yet in memory
+        kwargs.pop("labels", None)
+        return {**kwargs, "input_ids": input_ids, "mems": mems, "attention_mask": attention_mask,
+                "whole_memory": use_cache is not False}
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
+                                            num_new_tokens=1):
+        if model_kwargs.get("use_cache") is not False:
+            model_kwargs["mems"] = outputs.mems
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
+
+    @staticmethod
+    def _reorder_cache(mems, beam_idx):
+        # beam search: each beam's memory follows the beam it continues
+        return [m.index_select(0, beam_idx.to(m.device)) for m in mems]
 
 
 def register_auto_classes() -> None:
