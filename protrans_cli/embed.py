@@ -385,10 +385,12 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     from protrans_cli.models.saprot import structure_checks
 
     # --structure-tokens: its letters and ids read before the model loads, whether the model reads
-    # them before its weights (a bad letter was found after loading a 650M model)
+    # them before its weights (a bad letter was found after loading a 650M model). Without them,
+    # nothing here: the run that reads the sequences says so (_warn_unknown_structure), not the
+    # build (an embedder built alone, then given embed_sequences(structure=...), warned wrongly).
     options.structure()
     checks = structure_checks(options.structure_tokens is not None,
-                              option("--structure-tokens", "structure_tokens"), warn)
+                              option("--structure-tokens", "structure_tokens"), lambda message: None)
     if loaded is None:
         loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision,
                             before_weights=checks, **placing)
@@ -878,6 +880,20 @@ def _warn_cls_not_trained(embedder, options: EmbedOptions, main: bool) -> None:
     if reason:
         console.warn(f"--pooling cls: {embedder.name}: {reason}; --pooling mean (the default) averages the residue "
                      "rows instead")
+
+
+def _warn_unknown_structure(embedder, options: EmbedOptions, main: bool) -> None:
+    """A structure-aware model (SaProt) reading this run's sequences without 3Di strings (no
+    --structure-tokens, no embed_sequences(structure=...)): every residue's state unknown. Said
+    once, by the run, where the sequences go in: not by build_embedder, whose embedder may then
+    be given the 3Di strings."""
+    if not main:
+        return
+    from protrans_cli.models.saprot import warn_unknown_structure
+
+    if options.structure_tokens is None:
+        warn_unknown_structure(getattr(embedder, "name", options.model), getattr(embedder, "family_impl", None),
+                               option("--structure-tokens", "structure_tokens"))
 
 
 # True within embed_sequences given a list: its proteins' ids are their positions ("0", "1", ...),
@@ -1683,6 +1699,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     summary.world_size = dist.world_size
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     _warn_cls_not_trained(embedder, options, dist.is_main)
+    _warn_unknown_structure(embedder, options, dist.is_main)
     writer_kw = _writer_kw(embedder, options, scan, max_length, model_max)
     reuse = _open_reuse(options, writer_kw)
 

@@ -460,6 +460,25 @@ def test_embed_sequences_takes_3di_strings_in_the_form_of_the_sequences(tmp_path
     assert not np.allclose(plain["c"], rows["c"], atol=1e-3)
 
 
+def test_an_embedder_built_alone_warns_only_where_sequences_go_in_without_3di(saprot, capsys):
+    """build_embedder says nothing of the 3Di strings: embed_sequences(structure=...) may give them
+    to its embedder. The run that reads sequences without them says so, once (it warned at the
+    build, then the rows were computed with the structure the warning said was missing)."""
+    from protrans_cli.embed import EmbedOptions, build_embedder, embed_sequences
+
+    options = EmbedOptions(model=str(saprot), device="cpu", threads=1)
+    embedder = build_embedder(options)
+    assert "structure-aware" not in capsys.readouterr().err
+    rows = embed_sequences({"c": SEQS["c"]}, options, kind="per_residue", embedder=embedder,
+                           structure={"c": THREE_DI["c"]})
+    assert "structure-aware" not in capsys.readouterr().err
+    np.testing.assert_allclose(rows["c"], _reference(saprot, _with_states(SEQS["c"], THREE_DI["c"])), atol=1e-5)
+    plain = embed_sequences({"c": SEQS["c"]}, options, kind="per_residue", embedder=embedder)
+    said = [line for line in capsys.readouterr().err.splitlines() if "structure-aware model (SaProt)" in line]
+    assert len(said) == 1 and "without structure_tokens every residue is read with an unknown structure" in said[0]
+    np.testing.assert_allclose(plain["c"], _reference(saprot, _sequence_only(SEQS["c"])), atol=1e-5)
+
+
 @pytest.mark.parametrize("sequences, structure, says", [
     (SEQS, {"a": THREE_DI["a"]}, "no 3Di string for protein 'b'"),
     (list(SEQS.values()), [THREE_DI["a"]], "holds 1 3Di string(s) for 3 sequence(s)"),
