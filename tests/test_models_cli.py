@@ -32,6 +32,23 @@ def test_json_lists_every_family_preset_and_checkpoint(run_cli):
     assert {f["name"] for f in data["families"] if f["flex_attention"]} == {"t5"}
 
 
+def test_the_esm_row_says_saprot_refuses_packing(run_cli):
+    """The esm family packs, but SaProt (an ESM checkpoint whose vocabulary pairs residues with 3Di
+    states) refuses --packing: the table said "yes" for the whole family."""
+    from protrans_cli.models.saprot import SaProtFamily
+
+    assert SaProtFamily.packable is False and SaProtFamily.variant == "SaProt"
+    data = json.loads(run_cli("models", "--families", "--json").stdout)
+    excepted = {f["name"]: f["packing_except"] for f in data["families"]}
+    assert excepted == {name: ["SaProt"] if name == "esm" else [] for name in FAMILIES}
+    result = run_cli("models", "--families")
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in result.stdout.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows["esm"] == "yes (not SaProt)" and rows["bert"] == "yes" and rows["xlnet"] == "no", rows
+    assert rows["t5"] == "embed --attention flex"
+
+
 def test_the_stored_catalog_is_what_the_models_give():
     """`protrans models` and `train --list-presets` read protrans_cli/catalog.json; it must hold
     what the families, presets and checkpoints give now (parameter counts built on the meta

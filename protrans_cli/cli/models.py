@@ -77,6 +77,8 @@ def _print_tables(data: dict, family: str | None = None) -> None:
             # (T5 packs in embed under --attention flex only; "flex_attention" is absent from a catalog
             # an older protrans wrote)
             packs = "yes" if f["packing"] else "embed --attention flex" if f.get("flex_attention") else "no"
+            if f["packing"] and f.get("packing_except"):  # (SaProt's ESM refuses it)
+                packs += f" (not {', '.join(f['packing_except'])})"
             table.add_row(f["name"], f["objective"], f["input_layout"], packs,
                           ", ".join(f["presets"]), f["description"])
         out.print(_whole_names(table))

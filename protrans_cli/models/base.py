@@ -92,6 +92,9 @@ class Family:
     # (`embed --pooling cls` warns with it), or None where nothing is known against it
     cls_not_trained: ClassVar[str | None] = None
     structure_aware: ClassVar[bool] = False  # reads residue-and-3Di tokens (SaProt: models/saprot.py)
+    # the name of the models a subclass of a family reads (one that a checkpoint's vocabulary picks:
+    # "SaProt", models/saprot.py), for `protrans models` to name those that differ (--packing)
+    variant: ClassVar[str | None] = None
     input_kind: ClassVar[str] = "aa"  # what the sequences are: amino acids, or "3di" (three_di_input)
     # the encoder's blocks a device map (embed --device-map) keeps whole, where its class names
     # none (`_no_split_modules`): the granularity of the map, beyond what load_checked keeps whole

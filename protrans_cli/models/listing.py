@@ -21,6 +21,23 @@ def _input_layout(family) -> str:
     return " ".join(text.split()) + (" (left-padded)" if family.padding_side == "left" else "")
 
 
+def _not_packing(family) -> list[str]:
+    """The variants of `family` that a checkpoint's vocabulary picks (subclasses of its class with
+    a `variant` name: SaProt's ESM, models/saprot.py) and that refuse --packing though the family
+    packs: `protrans models` said "yes" for all of ESM, and SaProt refuses it."""
+    import importlib
+
+    importlib.import_module("protrans_cli.models.saprot")  # (defines ESM's variant, SaProtFamily)
+
+    found, pending = set(), list(type(family).__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.variant and family.packable and not cls.packable:
+            found.add(cls.variant)
+    return sorted(found)
+
+
 def describe(*, family: str | None = None, families: bool = True, presets: bool = True,
              checkpoints: bool = True) -> dict:
     """A JSON-ready dict with the requested sections ("families", "presets", "checkpoints")."""
@@ -31,6 +48,7 @@ def describe(*, family: str | None = None, families: bool = True, presets: bool 
             {"name": f.name, "model_types": list(f.model_types), "objective": f.objective,
              "description": f.description, "spaced": f.spaced, "rare_to": f.rare_to,
              "padding_side": f.padding_side, "input_layout": _input_layout(f), "packing": f.packable,
+             "packing_except": _not_packing(f),
              "flex_attention": f.flex_attention, "presets": list(f.presets)}
             for f in (FAMILIES[n] for n in names)]
     if presets:

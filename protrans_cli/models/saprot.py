@@ -208,6 +208,7 @@ class SaProtFamily(EsmFamily):
     """The ESM family reading SaProt's paired tokens: one `Rs` token per residue."""
 
     structure_aware = True
+    variant = "SaProt"
     # (a packed row goes through ResidueLayout's one-letter table, which has no paired tokens)
     packable = False
     description = "SaProt: ESM-2 whose tokens pair each residue with a Foldseek 3Di state"
