@@ -887,13 +887,13 @@ def _warn_unknown_structure(embedder, options: EmbedOptions, main: bool) -> None
     --structure-tokens, no embed_sequences(structure=...)): every residue's state unknown. Said
     once, by the run, where the sequences go in: not by build_embedder, whose embedder may then
     be given the 3Di strings."""
-    if not main:
-        return
+    family = getattr(embedder, "family_impl", None)
+    if not main or options.structure_tokens is not None or not getattr(family, "structure_aware", False):
+        return  # (and no model code imported: the onehot embedder's run imports none)
     from protrans_cli.models.saprot import warn_unknown_structure
 
-    if options.structure_tokens is None:
-        warn_unknown_structure(getattr(embedder, "name", options.model), getattr(embedder, "family_impl", None),
-                               option("--structure-tokens", "structure_tokens"))
+    warn_unknown_structure(getattr(embedder, "name", options.model), family,
+                           option("--structure-tokens", "structure_tokens"))
 
 
 # True within embed_sequences given a list: its proteins' ids are their positions ("0", "1", ...),
