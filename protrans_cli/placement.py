@@ -117,6 +117,49 @@ def modules_per_device(device_map: dict) -> dict[str, int]:
     return counts
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.2f} MiB" if size < 2**30 else f"{size / 2**30:.2f} GiB"
+
+
+def idle_device_note(model, max_memory: dict | None) -> str | None:
+    """Why a device `max_memory` gave room holds none of a mapped model while a later one holds
+    some (a tiny BERT with --max-memory cpu=<most of it> went whole to the disk, said as "1 module
+    on disk" and nothing else), or None. A device takes whole blocks only (the classes the model
+    keeps whole, `_no_split_modules`), and accelerate keeps room on the map's main device (the
+    first GPU, or the CPU; the MPS device) for the largest block, which offloaded blocks are
+    brought into one at a time: less than twice that block holds nothing there."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not max_memory or not device_map:
+        return None
+    from accelerate.utils import convert_file_size_to_int
+
+    order = sorted(k for k in max_memory if isinstance(k, int))
+    order += [d for d in ("mps", "cpu") if d in max_memory]
+    used = {device_name(v) for v in device_map.values()}
+    later = ["disk"] if "disk" in used else []
+    idle = []
+    for position, device in enumerate(order):
+        if device_name(device) in used:
+            continue
+        beyond = [device_name(d) for d in order[position + 1:] if device_name(d) in used] + later
+        if beyond and convert_file_size_to_int(max_memory[device]) > 0:
+            idle.append((device, beyond))
+    if not idle:
+        return None
+    keep = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [(sum(p.numel() * p.element_size() for p in module.parameters()), type(module).__name__)
+              for module in model.modules() if type(module).__name__ in keep]
+    size, name = max(blocks) if blocks else (0, "")
+    main = order[0] if order else "cpu"
+    device, beyond = idle[0]
+    reason = ("a device takes whole blocks only" + (f" (the largest, {name}: {_mib(size)})" if name else "")
+              + (", and accelerate keeps room for the largest one there, to bring offloaded blocks in"
+                 if device == main else ""))
+    needed = f"; give it more than {_mib(2 * size if device == main else size)} to hold part of the model" if name else ""
+    return (f"--max-memory {device}={max_memory[device]}: the device map put none of the model there, but some "
+            f"on {', '.join(dict.fromkeys(beyond))}: {reason}{needed}")
+
+
 def spread_line(setting: str, device_map: dict) -> str:
     """The line a run says of a model spread over devices (embed's summary, variants, perplexity)."""
     return f"the model was spread over devices (--device-map {setting}): {describe(device_map)}"

@@ -232,3 +232,87 @@ def test_accelerates_warning_of_a_bare_parameters_key_is_quiet_unless_verbose(ru
                      "--max-memory", f"cpu={cpu}", "--offload-folder", tmp_path / "offload", "-j", "1")
     assert result.exit_code == 0, result.stderr
     assert not [w for w in recwarn if "do not match any submodules" in str(w.message)]
+
+
+def _small_position_model(tmp_path, family_name: str) -> tuple:
+    """A tiny model of `family_name` with 3 layers and 64 positions (66 for RoBERTa, which numbers
+    them after the padding index): the tiny preset's 2048 learned positions are most of its weights,
+    and BERT's and RoBERTa's embeddings are one block a map keeps whole (transformers'
+    _no_split_modules)."""
+    import torch
+
+    torch.manual_seed(0)
+    family = FAMILIES[family_name]
+    tokenizer = family.build_tokenizer()
+    positions = 66 if family_name == "roberta" else 64
+    model = family.pretraining_model(family.build_config("tiny", tokenizer, max_position_embeddings=positions,
+                                                           num_hidden_layers=3)).eval()
+    family.save_pretrained(model, tokenizer, tmp_path / "model")
+    return family, tmp_path / "model"
+
+
+@pytest.mark.parametrize("family_name, block", [("bert", "BertLayer"), ("roberta", "RobertaLayer"),
+                                                ("electra", "ElectraLayer"), ("albert", "AlbertLayer")])
+def test_bert_like_models_are_spread_a_layer_at_a_time(run_cli, tmp_path, family_name, block):
+    """BERT and RoBERTa name their blocks (BertEmbeddings, BertLayer: transformers 5's own
+    _no_split_modules, gathered into a head class by post_init), ALBERT and ELECTRA name none and
+    the family does (AlbertLayer, ElectraLayer): a budget of the embeddings and one layer (with the
+    room accelerate keeps on the CPU for the largest block) puts the embeddings and the first layer
+    on the CPU and the other two on the disk, with the rows of the run without a map."""
+    pytest.importorskip("accelerate")
+    from protrans_cli.models import load_model
+
+    family, model_dir = _small_position_model(tmp_path, family_name)
+    encoder = family.encoder_class.from_pretrained(str(model_dir), use_kernels=False)
+
+    def size(module):
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    layer = max(size(m) for m in encoder.modules() if type(m).__name__ == block)
+    cpu = size(encoder.embeddings) + 2 * layer + layer // 2
+    if family_name == "albert":  # (one layer shared by every depth: the embeddings on the CPU, the layer not)
+        cpu = layer + size(encoder.embeddings) + 64
+    mapped, plain = tmp_path / "mapped.h5", tmp_path / "plain.h5"
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", mapped, "--device-map", "auto", "--max-memory",
+                     f"cpu={cpu}", "--offload-folder", tmp_path / "offload", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "the device map put none of the model there" not in result.stderr, result.stderr
+    assert run_cli("embed", SMALL, "-m", model_dir, "-o", plain, "--device", "cpu", "-j", "1").exit_code == 0
+    with EmbeddingsReader(mapped) as r:
+        modules = json.loads(r.attrs["device_map"])["modules"]
+    assert len(modules) > 1 and set(modules.values()) == {"cpu", "disk"}, modules
+    if family_name != "albert":
+        assert modules["embeddings"] == modules["encoder.layer.0"] == "cpu", modules
+        assert modules["encoder.layer.1"] == "disk", modules
+    loaded = load_model(str(model_dir), device_map="auto", max_memory={"cpu": cpu},
+                        offload_folder=str(tmp_path / "offload2"))
+    assert block in loaded.model._no_split_modules
+    rows, plain_rows = _read(mapped), _read(plain)
+    assert sorted(rows) == sorted(plain_rows)
+    for ident, expected in plain_rows.items():
+        np.testing.assert_allclose(rows[ident], expected, atol=1e-5, rtol=0)
+
+
+def test_a_budget_that_holds_no_block_says_why(run_cli, tmp_path, tiny_models):
+    """The tiny BERT preset (2048 learned positions: its embeddings, one block, are 78% of it) with
+    --max-memory cpu at 80% of the model: accelerate keeps room on the CPU for that block and puts
+    the whole model on the disk; said in one warning naming the block and the room to give."""
+    pytest.importorskip("accelerate")
+    family, model_dir = FAMILIES["bert"], tiny_models["bert"]
+    total = _encoder_bytes(family, model_dir)
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", out, "--device-map", "auto", "--max-memory",
+                     f"cpu={int(total * 0.8)}", "--offload-folder", tmp_path / "offload", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "the device map put none of the model there" in line]
+    assert len(said) == 1, result.stderr
+    assert f"--max-memory cpu={int(total * 0.8)}: the device map put none of the model there, but some on disk" in said[0]
+    assert "(the largest, BertEmbeddings: 0.25 MiB)" in said[0] and "more than 0.51 MiB" in said[0], said[0]
+    with EmbeddingsReader(out) as r:
+        assert json.loads(r.attrs["device_map"])["modules"] == {"": "disk"}
+    # the room it says (twice the block: more than this model): all of it on the CPU, nothing said
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", tmp_path / "f.h5", "--device-map", "auto",
+                     "--max-memory", "cpu=0.52MiB", "--offload-folder", tmp_path / "offload2", "-j", "1")
+    assert result.exit_code == 0 and "the device map put none" not in result.stderr, result.stderr
+    with EmbeddingsReader(tmp_path / "f.h5") as r:
+        assert json.loads(r.attrs["device_map"])["modules"] == {"": "cpu"}

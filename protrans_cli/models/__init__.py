@@ -607,6 +607,10 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # (the whole model on one device, as transformers 5.25 leaves a map of the CPU alone:
             # no hf_device_map then; said so, as a map of one entry)
             model.hf_device_map = {"": str(next(model.parameters()).device)}
+        if note := placement.idle_device_note(model, max_memory):
+            from protrans_cli import console
+
+            console.warn(f"{name}: {note}")
     else:
         try:
             model = model.to(device)
