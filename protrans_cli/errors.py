@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import signal
 
-EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

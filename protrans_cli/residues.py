@@ -35,7 +35,6 @@ REASON_INVALID = "invalid_character"
 _DELETE = b" \t\r\n\v\f-."
 _UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _RARE_TO_X = bytes.maketrans(b"UZOB", b"XXXX")
-_IDENTITY = bytes(range(256))
 _VALID = set(ALPHABET.encode())
 
 # A protein of only these letters, and at least this long, reads as a nucleotide sequence: a

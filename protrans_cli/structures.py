@@ -4,7 +4,7 @@ The sequence of a structure that a per-residue embedding is laid on is the one i
 not SEQRES's or UniProt's (missing loops, expression tags, insertion codes, numbering that skips):
 `read_structure` takes the first model's amino acids that have a CA atom, in file order, and
 `structure_records` makes the FASTA records `protrans embed` reads, each residue of each row known
-(chain, author residue number, insertion code, residue name), which `write_residue_map` writes.
+(chain, author residue number, insertion code, residue name), which `write_residue_rows` writes.
 `structure_sources` expands folders and tar archives (AlphaFold DB's proteome downloads, streamed)
 into the structures to read, and `read_structures` parses them in worker processes, in order.
 
@@ -563,16 +563,10 @@ def write_structure_fasta(records, stream) -> None:
         write_fasta(stream, record.id, record.sequence, record.description)
 
 
-def write_residue_map(records, stream) -> None:
-    """The TSV of each record's rows (a binary stream): id, row (0-based, the embedding's row),
-    chain, residue_number, insertion_code, residue_name (as in the file), residue (one letter),
-    b_factor (the CA atom's: pLDDT in a predicted model)."""
-    stream.write(("\t".join(MAP_HEADER) + "\n").encode())
-    write_residue_rows(records, stream)
-
-
 def write_residue_rows(records, stream) -> None:
-    """write_residue_map's rows of `records`, without the header."""
+    """The rows of the residue map's TSV (MAP_HEADER's columns; a binary stream) for `records`:
+    id, row (0-based, the embedding's row), chain, residue_number, insertion_code, residue_name
+    (as in the file), residue (one letter), b_factor (the CA atom's: pLDDT in a predicted model)."""
     from protrans_cli.io.files import tsv_quoted
 
     for record in records:

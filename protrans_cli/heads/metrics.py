@@ -298,11 +298,6 @@ def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 100
             "n": int(n), "n_proteins": int(n)}
 
 
-def headline(m: dict) -> float:
-    """The number a set is judged by: accuracy (Q3, Q10...) or, for a value output, Spearman's rho."""
-    return m.get("spearman", float("nan")) if m.get("kind") == "value" else m.get("accuracy", float("nan"))
-
-
 def _signed(value: float, digits: int) -> str:
     """`value` to `digits` places, a value that rounds to zero without a sign (MCC -0.0001 was
     printed "-0.000")."""

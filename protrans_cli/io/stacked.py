@@ -319,9 +319,6 @@ class _Names:
     def __getitem__(self, i: int) -> bytes:
         return bytes(self.data[self.ends[i - 1] if i else 0:self.ends[i]])
 
-    def slice(self, start: int, end: int) -> list[bytes]:
-        return [self[i] for i in range(start, min(end, len(self)))]
-
 
 def _row_shape(src, group, records) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype of one row: the first protein's, else (none written: every protein

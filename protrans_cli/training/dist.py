@@ -151,10 +151,6 @@ def info() -> DistInfo:
     return _info
 
 
-def is_main() -> bool:
-    return _info.is_main
-
-
 def print0(*args, sep: str = " ") -> None:
     """print on rank 0 only, to stderr (stdout is for data), as `console.info` says a line: silent
     under `protrans -q`, nowhere where there is no stderr, discarded from a terminal that hung up,
