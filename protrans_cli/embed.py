@@ -1354,7 +1354,7 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         ranked = distributed and _torchrun_rank()[1] > 1
         # Joined before the input is checked: the ranks arrive together, and the check (minutes
         # for a large FASTA, longer on a slow node) falls under the barriers' timeout, not the join's.
-        dist = _setup_distributed(options.device) if distributed else _Dist()
+        dist = _setup_distributed() if distributed else _Dist()
         try:
             try:
                 scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet, options.part_of,

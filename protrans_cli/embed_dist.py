@@ -1,7 +1,7 @@
 """embed under torchrun: each rank embeds a balanced share of every window into its own file
 (OUTPUT.shard-RRR-of-NNN), and once all are done rank 0 merges the shards into the one output.
 
-    dist = _setup_distributed(device)        # joins torchrun's group (gloo), or (0, 1) alone
+    dist = _setup_distributed()              # joins torchrun's group (gloo), or (0, 1) alone
     _same_on_every_rank(options, output, scan, failure, dist.group)
     ...                                      # the pipeline (embed.py) writes this rank's shard
     _finish_ranks(summary, output, options, writer_kw, dist)
@@ -84,7 +84,7 @@ def interrupted_output(output) -> Path:
     return partial_path(shard_path(output, rank, world) if world > 1 else output)
 
 
-def _setup_distributed(device: str) -> _Dist:
+def _setup_distributed() -> _Dist:
     """torchrun sets RANK/WORLD_SIZE: join the group (gloo for the barriers, the data never moves)."""
     from protrans_cli.io.files import signals_end_wait, stop_with_launcher
 

@@ -626,18 +626,17 @@ def _write_files(files: Path, folder: Path, include: list[str], layers: list[int
             entry: dict = {"label": header.decode("utf-8", "replace") if isinstance(header, bytes) else str(header)}
             if "truncated_from" in attrs:
                 summary.truncated.append(ident)
-            rows = _layered(read_array(groups[PER_RESIDUE], key), len(layers), 2) if PER_RESIDUE in groups else None
+            rows = _layered(read_array(groups[PER_RESIDUE], key), 2) if PER_RESIDUE in groups else None
             if "per_tok" in include:  # (n_layers, L, D) -> {layer: (L, D)}
                 entry[FIELDS["per_tok"]] = _by_layer(layers, [rows[k] for k in range(len(layers))])
             if "mean" in include:
                 if rows is not None:  # (the mean of the rows stored, as esm-extract's of its rows)
                     means = rows.astype(np.float64).mean(axis=1).astype(np.float32)
                 else:
-                    means = _layered(read_array(groups[PER_PROTEIN], key), len(layers), 1)
+                    means = _layered(read_array(groups[PER_PROTEIN], key), 1)
                 entry[FIELDS["mean"]] = _by_layer(layers, list(means))
             if "bos" in include:
-                entry[FIELDS["bos"]] = _by_layer(layers, list(_layered(read_array(groups[PER_PROTEIN], key),
-                                                                       len(layers), 1)))
+                entry[FIELDS["bos"]] = _by_layer(layers, list(_layered(read_array(groups[PER_PROTEIN], key), 1)))
             if "contacts" in include:
                 entry[FIELDS["contacts"]] = torch.from_numpy(np.ascontiguousarray(read_array(groups[CONTACTS], key),
                                                                                   dtype=np.float32))
@@ -654,9 +653,9 @@ def _proteins(group):
     return stored_proteins(group, checksums=False)
 
 
-def _layered(array: np.ndarray, count: int, ndim: int) -> np.ndarray:
-    """embed's array of `count` layers with the layer axis first ((n_layers, L, D), (n_layers, D);
-    one layer is stored without it)."""
+def _layered(array: np.ndarray, ndim: int) -> np.ndarray:
+    """embed's array with the layer axis first ((n_layers, L, D), (n_layers, D); one layer is
+    stored without it: `ndim`, the dimensions of one layer's array)."""
     return array[None] if array.ndim == ndim else array
 
 

@@ -149,7 +149,7 @@ def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
                          + option("--per-protein, or without --per-residue)", "per_protein=True)"), path=str(path))
 
 
-def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,
+def _check_same_model(query, q_attrs: dict, r_attrs: dict, allow: bool,
                       roles: tuple[str, str] = ("the queries", "the reference")) -> None:
     """`roles`: what the message calls the two files' proteins (project: an input's and the first's)."""
     from protrans_cli.embed import other_weights, same_model
@@ -168,7 +168,7 @@ def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: boo
         mismatch(message, query, allow)
 
 
-def _check_same_pooling(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,
+def _check_same_pooling(query, q_attrs: dict, r_attrs: dict, allow: bool,
                         roles: tuple[str, str] = ("the queries", "the reference")) -> None:
     """Vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token."""
     from protrans_cli.heads.predict import mismatch
@@ -238,8 +238,8 @@ def _check_pair(query, reference, q, ref, q_attrs: dict, r_attrs: dict, metric: 
     if q.shape[1] != ref.shape[1]:
         raise ModelError(f"queries are {q.shape[1]}-d, the reference ({reference}) {ref.shape[1]}-d: embed both "
                          "with one model and layer", path=str(query))
-    _check_same_model(query, reference, q_attrs, r_attrs, allow_model_mismatch)
-    _check_same_pooling(query, reference, q_attrs, r_attrs, allow_model_mismatch)
+    _check_same_model(query, q_attrs, r_attrs, allow_model_mismatch)
+    _check_same_pooling(query, q_attrs, r_attrs, allow_model_mismatch)
     if metric == "cosine":
         for m, path in ((q, query), (ref, reference)):
             zero = ~m.any(axis=1)

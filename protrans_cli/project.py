@@ -394,8 +394,8 @@ def read_vectors(paths, *, layer: int = -1, allow_model_mismatch: bool = False):
             first = (path, matrix.shape[1], attrs)
         else:
             roles = ("its proteins", f"{first[0]}'s")  # (knn's own words: queries, the reference)
-            _check_same_model(path, first[0], attrs, first[2], allow_model_mismatch, roles)
-            _check_same_pooling(path, first[0], attrs, first[2], allow_model_mismatch, roles)
+            _check_same_model(path, attrs, first[2], allow_model_mismatch, roles)
+            _check_same_pooling(path, attrs, first[2], allow_model_mismatch, roles)
             if matrix.shape[1] != first[1]:
                 raise InputError(f"vectors of {matrix.shape[1]} dimensions, where {first[0]}'s have {first[1]}: "
                                  "one map places vectors of one model", path=str(path))

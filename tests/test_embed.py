@@ -4105,7 +4105,7 @@ def test_a_rank_whose_peers_never_join_stops_after_the_join_timeout(monkeypatch)
     monkeypatch.setattr(embed_dist, "JOIN_TIMEOUT", datetime.timedelta(seconds=2))
     with pytest.raises(RuntimeFailure, match=r"rank 0: the other ranks did not join within 2 s "
                                              r"\(one stopped before starting"):
-        embed_dist._setup_distributed("cpu")
+        embed_dist._setup_distributed()
     assert not torch_dist.is_initialized()
 
 
@@ -4130,7 +4130,7 @@ def test_embeds_group_after_another_in_the_same_processes_joins_under_keys_of_it
     monkeypatch.setattr(torch_dist, "init_process_group", lambda backend, **kw: joined.append(kw))
     monkeypatch.setattr(torch_dist, "new_group", lambda **kw: None)
     monkeypatch.setattr(groups, "_groups_started", 1)  # train's group came first
-    embed_dist._setup_distributed("cpu")
+    embed_dist._setup_distributed()
     joined[0]["store"].set("default_pg/0//cpu/rank_1", "embed's address")
     assert server.get("protrans/restart_0/group_1/default_pg/0//cpu/rank_1") == b"embed's address"
     assert groups._groups_started == 2  # (and a train after it joins under keys of its own too)

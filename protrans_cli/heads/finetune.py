@@ -257,7 +257,7 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
             if record.split not in unused:
                 missing.append(record.id)
         elif ":" in record.sequence:
-            _check_complex(record, chains, task.kind == PER_RESIDUE, source, path)
+            _check_complex(record, chains, source)
     if missing:
         raise _without_sequence(missing, path, fasta)
     if task.kind == PER_RESIDUE:  # (one label a protein: "5 labels for 38 residues" said of its first record)
@@ -273,7 +273,7 @@ def _without_sequence(missing: list, path, fasta) -> InputError:
                       path=str(path))
 
 
-def _check_complex(record, chains: str, per_residue: bool, source, path) -> None:
+def _check_complex(record, chains: str, source) -> None:
     """A sequence with ':' between a complex's chains: refused without --chains (the tokenizer read
     the ':' as a residue of its own, and the labels counted one short), an empty chain refused."""
     sequence = record.sequence
