@@ -499,9 +499,7 @@ class _Eager:
     def __call__(self, *args, **kwargs):
         import torch
 
-        # PyTorch before 2.6 has no stances: the blocks then compile once more for this dtype
-        stance = getattr(torch.compiler, "set_stance", None)
-        with stance("force_eager") if stance else contextlib.nullcontext():
+        with torch.compiler.set_stance("force_eager"):
             return self._model(*args, **kwargs)
 
 

@@ -44,7 +44,7 @@ from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_r
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
                                     _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
                                     evaluation_records, held_out_positions, load_checked_state, no_training_records,
-                                    note_dual_labels, piped_files, refuse_piped_mask, refuse_piped_resume,
+                                    note_dual_labels, partial_path, piped_files, refuse_piped_mask, refuse_piped_resume,
                                     refuse_unused_mask_columns, warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, name_of_test_set, read_labels,
                                       read_sequences, refuse_protein_labels, refuse_residue_labels,
@@ -439,11 +439,6 @@ class FineTuned(nn.Module):
 
 
 # --- the run -----------------------------------------------------------------------------------
-
-def partial_path(out_dir) -> Path:
-    out_dir = Path(out_dir)
-    return out_dir.with_name(out_dir.name + ".partial")
-
 
 # What finetune writes in OUT: --force replaces a folder holding these and nothing else.
 OWN_ENTRIES = frozenset({"model", "head", "finetune.json"})
