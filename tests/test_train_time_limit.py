@@ -124,14 +124,13 @@ def test_saves_and_evaluations_between_steps_are_not_counted_as_step_time_but_re
     assert deadline.step_seconds == pytest.approx(2.0)
     # 48 s left: a step, another and a save fit (12 s) but not with a periodic save between (20 s) and
     # an evaluation not measured yet, guessed at 30 s
-    left = deadline.left()
-    assert left == pytest.approx(48.0)
+    assert deadline.end - clock() == pytest.approx(48.0)  # (the seconds left)
     clock.now += 2.0
     assert deadline.stop_after_next(saves_after=True, evaluates=True, eval_guess=30.0)
     # once an evaluation is measured (1 s, after that step), its time stands for the next one
     deadline.evaluated(1.0)
     clock.now += 1.0
-    assert deadline.left() == pytest.approx(45.0)
+    assert deadline.end - clock() == pytest.approx(45.0)
     assert not deadline.stop_after_next(saves_after=True, evaluates=True, eval_guess=30.0)
 
 
@@ -139,7 +138,7 @@ def test_the_first_save_is_estimated_from_the_checkpoints_size_and_the_clock_fro
     clock = _Clock()
     big = Deadline(3600, clock=clock, started_ago=600, checkpoint_bytes=timelimit.checkpoint_bytes(3_000_000_000, "adamw"))
     assert big.save_seconds == pytest.approx(3e9 * 12 / timelimit.ASSUMED_WRITE_RATE)
-    assert big.left() == pytest.approx(3000.0)  # the process started 10 minutes ago
+    assert big.end - clock() == pytest.approx(3000.0)  # the process started 10 minutes ago
     big.saved(20.0)  # measured: the estimate gives way to it
     assert big.save_seconds == 20.0
     big.saved(10.0)  # the longest measured stands

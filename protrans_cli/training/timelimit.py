@@ -180,9 +180,6 @@ class Deadline:
     def step_seconds(self) -> float:
         return max(self.steps, default=0.0)
 
-    def left(self) -> float:
-        return self.end - self.clock()
-
     def stop_after_next(self, *, saves_after: bool = False, evaluates: int = 0,
                         eval_guess: float = 0.0, exports: bool = False) -> bool:
         """Whether the step about to run must be the last: True when, after it, the step after
