@@ -467,11 +467,8 @@ def flex_by_default(family, device_name: str, dtype: str, *, compiled: bool = Fa
         return False
     if importlib.util.find_spec("triton") is None:
         return False
-    try:
-        import torch
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
+    import torch
+
     return torch.cuda.get_device_capability(device_name) >= (8, 0)
 
 

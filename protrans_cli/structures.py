@@ -154,10 +154,8 @@ def detect_format(text: str) -> str | None:
 
 
 def _letters() -> dict[str, str]:
-    try:
-        from Bio.Data.PDBData import protein_letters_3to1_extended as letters
-    except ImportError:  # (before biopython 1.80's Bio.Data.PDBData)
-        from Bio.Data.SCOPData import protein_letters_3to1 as letters
+    from Bio.Data.PDBData import protein_letters_3to1_extended as letters
+
     return letters
 
 

@@ -348,15 +348,6 @@ def use_flex_attention(model) -> None:
     inference (no dropout, no cache, no attention weights). Idempotent."""
     import types
 
-    import torch
-
-    from protrans_cli.errors import ModelError
-
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:  # pragma: no cover - torch >= 2.5 has it
-        raise ModelError(f"--attention flex needs torch.nn.attention.flex_attention (torch {torch.__version__} "
-                         "has none)") from None
     stack, attentions = _encoder_attentions(model)
     if uses_flex_attention(model):
         return
