@@ -158,7 +158,6 @@ class _ForeignKeys:
     """How another tool's file names its proteins (EmbeddingsReader.key_for)."""
 
     declared: dict[str, str]   # id -> key, where an `id`/`original_id` attribute names another id than the key
-    owned: set[str]            # those keys: they spell an id that is not theirs
     loose: dict[str, str]      # first word -> key, for keys that are whole header lines without attributes
     ambiguous: set[str] = field(default_factory=set)  # first words of several such keys
 
@@ -526,11 +525,11 @@ class EmbeddingsReader:
         A stacked file's ids are in its ids column, whoever wrote it (one without embed's
         `layout` attribute has no dataset per protein to read them from)."""
         if "layout" in self.attrs or self._stacked is not None:
-            return _ForeignKeys({}, set(), {})
+            return _ForeignKeys({}, {})
         if kind not in self._foreign_ids:
             import h5py
 
-            group, declared, owned, loose, ambiguous = self._group(kind), {}, set(), {}, set()
+            group, declared, loose, ambiguous = self._group(kind), {}, {}, set()
             skip = set(self._not_datasets)
             for name in _link_names(group):
                 key = name.decode("utf-8")
@@ -542,7 +541,6 @@ class EmbeddingsReader:
                     if escape_key(ident) != key:
                         if declared.setdefault(ident, key) != key:  # two datasets name one protein
                             raise one_protein_twice(self.path, ident, declared[ident], key)
-                        owned.add(key)
                 else:
                     # a whole header line as the key (the ProtTrans script): its first word, and the
                     # line itself where escaping it spells another key (a tab or a control
@@ -551,7 +549,7 @@ class EmbeddingsReader:
                         if escape_key(spelled) != key:
                             if loose.setdefault(spelled, key) != key:  # "P1 isoform a", "P1 isoform b"
                                 ambiguous.add(spelled)
-            self._foreign_ids[kind] = _ForeignKeys(declared, owned, loose, ambiguous)
+            self._foreign_ids[kind] = _ForeignKeys(declared, loose, ambiguous)
         return self._foreign_ids[kind]
 
     def key_for(self, ident: str, kind: str | None = None) -> str | None:
