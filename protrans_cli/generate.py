@@ -186,20 +186,19 @@ class Generated:
         return len(self.sequence) - self.sequence.count(":")
 
 
-def checked_letters(text: str, flag: str, keyword: str, *, designed: bool = False) -> str:
-    """`text` upper-cased, each letter a residue (or `_` in a template): a UsageError naming the
-    first position that is not."""
+def checked_letters(text: str, flag: str, keyword: str) -> str:
+    """`text` upper-cased, each letter a residue (a prompt's; a template's: `checked_template`): a
+    UsageError naming the first position that is not."""
     from protrans_cli.residues import ALPHABET
 
     if not isinstance(text, str) or not text:
-        raise UsageError(f"{option(flag, keyword)} is empty: give residues"
-                         + (f" with '{DESIGNED}' where to design" if designed else ""))
-    allowed = set(ALPHABET) | ({DESIGNED} if designed else set())
+        raise UsageError(f"{option(flag, keyword)} is empty: give residues")
+    allowed = set(ALPHABET)
     text = text.upper()
     for at, letter in enumerate(text, start=1):
         if letter not in allowed:
             raise UsageError(f"{option(flag, keyword)}: {letter!r} at position {at} is not a residue letter "
-                             f"({ALPHABET}{', or ' + DESIGNED + ' to design' if designed else ''})")
+                             f"({ALPHABET})")
     return text
 
 

@@ -22,25 +22,18 @@ MODEL_MAX_LENGTH = 1_000_000
 
 
 def residue_tokenizer(vocab: list[str], *, unk_token: str, single: str, pair: str | None = None,
-                      spaced: bool = True, padding_side: str = "right", **special_tokens):
+                      padding_side: str = "right", **special_tokens):
     """A fast tokenizer with `vocab` (ids in list order) and the post-processor template
     `single` (e.g. "[CLS] $A [SEP]"). `special_tokens` are the named roles
     (pad_token="[PAD]", cls_token=..., additional_special_tokens=[...])."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     ids = {tok: i for i, tok in enumerate(vocab)}
     if len(ids) != len(vocab):
         raise ValueError("duplicate token in vocabulary")
     tok = Tokenizer(models.WordLevel(ids, unk_token=unk_token))
-    if spaced:
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    else:
-        # Each character is its own word; whitespace characters are dropped.
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Split(Regex("."), behavior="isolated"),
-        ])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # (residues separated by spaces)
     template_tokens = [t for t in (single + " " + (pair or "")).split()
                        if not t.startswith("$")]
     names = sorted({t.split(":")[0] for t in template_tokens})
