@@ -143,7 +143,7 @@ def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[t
     try:
         results = _call(embedder, sequences, want)
     except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
-        if not _is_oom_safe(exc):
+        if not is_out_of_memory(exc):
             raise
     else:
         return _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
@@ -163,7 +163,7 @@ def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[t
             how = f"float32 on the CPU (out of memory on {embedder.device})"
             return [r if isinstance(r, NonFinite) else Recomputed(r, how) for r in _call(twin, sequences, want)]
         except Exception as exc:  # noqa: BLE001
-            if not _is_oom_safe(exc):
+            if not is_out_of_memory(exc):
                 raise
         _free_memory()  # (out of the except block, as above)
         reason += "; out of memory on the CPU too"
@@ -188,7 +188,7 @@ def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
         with embedder.in_float32() as exact:
             again = _embed_or_split(exact, [sequences[i] for i in redo], cpu_fallback, on_split, want)
     except Exception as exc:  # noqa: BLE001 - casting the weights to float32 ran out of memory
-        if not _is_oom_safe(exc):
+        if not is_out_of_memory(exc):
             raise
     if again is None:
         _free_memory()  # (out of the except block, as in _embed_or_split)
@@ -205,10 +205,3 @@ def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
             result = Recomputed(result, f"float32 on {embedder.device} ({why})")
         results[i] = result
     return results
-
-
-def _is_oom_safe(exc) -> bool:
-    try:
-        return is_out_of_memory(exc)
-    except ImportError:  # pragma: no cover
-        return False
