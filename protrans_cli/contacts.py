@@ -95,13 +95,13 @@ class ContactOptions(PlacementOptions):
 
     def validate(self) -> None:
         from protrans_cli.embed import DTYPES, INVALID_POLICIES
-        from protrans_cli.embedders import check_device
+        from protrans_cli.embedders import check_device, encoding_words, is_weightless
         from protrans_cli.io.h5 import COMPRESSIONS, STORAGE_DTYPES
         from protrans_cli.threads import check_threads
 
-        if str(self.model) == "onehot":  # (embed's encoding, not a model: it was looked for on the hub)
-            raise UsageError(f"{given('-m', 'model', 'onehot')} is embed's one-hot encoding, not a model: it has no "
-                             "attention to predict contacts from (an ESM-2 or ESM-1b model has)")
+        if is_weightless(str(self.model)):  # (embed's encoding, not a model: it was looked for on the hub)
+            raise UsageError(f"{given('-m', 'model', str(self.model))} is embed's {encoding_words(self.model)}, not a "
+                             "model: it has no attention to predict contacts from (an ESM-2 or ESM-1b model has)")
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", "a contact map is not stitched from windows",
                keyword="long_policy")
         one_of(self.invalid_policy, INVALID_POLICIES, "--invalid-policy", keyword="invalid_policy")

@@ -59,8 +59,9 @@ from protrans_cli.embed_resume import _Done, _done_in
 from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
                                      _shard_files, _torchrun_rank, shard_path)
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
-from protrans_cli.embedders import (ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder, beyond_range,
-                                    check_device, fits, mean_rows, pooling_text, resolve_device)
+from protrans_cli.embedders import (POOLINGS, Blosum62Embedder, Embedder, OneHotEmbedder, TransformerEmbedder,
+                                    beyond_range, check_device, fits, is_weightless, mean_rows, pooling_text,
+                                    resolve_device, weightless_embedder)
 from protrans_cli.placement import PlacementOptions
 from protrans_cli.residues import (NUCLEOTIDE_RULE, REASON_INVALID, THREE_DI, SequenceRejected, looks_nucleotide,
                                    normalise)
@@ -179,8 +180,8 @@ class EmbedOptions(PlacementOptions):
         check_chains(self)
         if self.pooling == "cls":
             cls = given("--pooling", "pooling", "cls")
-            if self.model == ONEHOT:
-                raise UsageError(f"{cls} reads a model's cls token: the onehot embedder has none")
+            if is_weightless(self.model):
+                raise UsageError(f"{cls} reads a model's cls token: the {self.model} embedder has none")
             if self.long_policy == "chunk":
                 raise UsageError(f"{cls} with {given('--long-policy', 'long_policy', 'chunk')}: each window would "
                                  "have a cls token of its own (use truncate or skip, or "
@@ -194,14 +195,14 @@ class EmbedOptions(PlacementOptions):
                 raise UsageError(f"{given('--part', 'part', self.part)}: give K/N, part K of N (1 <= K <= N), "
                                  "e.g. 7/100")
             self.part = f"{int(found.group(1))}/{int(found.group(2))}"
-        if self.three_di and self.model == ONEHOT:
+        if self.three_di and is_weightless(self.model):
             prostt5 = option("-m prostt5", "model='prostt5'")
             raise UsageError(f"{option('--3di', 'three_di=True')} is for a model that reads 3Di strings (ProstT5: "
-                             f"{prostt5}), not onehot")
-        if self.structure_tokens is not None and (self.three_di or self.model == ONEHOT):
+                             f"{prostt5}), not {self.model}")
+        if self.structure_tokens is not None and (self.three_di or is_weightless(self.model)):
             raise UsageError(f"{option('--structure-tokens', 'structure_tokens')} pairs each residue with its 3Di "
                              "state for a structure-aware model (SaProt), "
-                             + ("not with --3di (3Di strings as the sequences)" if self.three_di else "not onehot"))
+                             + ("not with --3di (3Di strings as the sequences)" if self.three_di else f"not {self.model}"))
         if self.threads is not None:  # 0 was ignored, -2 a RuntimeError from torch
             check_threads(self.threads)
         if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
@@ -236,7 +237,8 @@ class EmbedOptions(PlacementOptions):
             conflicts=((self.packing, option("--packing", "packing=True")),
                        (self.compile, option("--compile", "compile=True")),
                        (self.attention == "flex", given("--attention", "attention", "flex"))),
-            no_model="the onehot embedder has no model to spread over devices" if self.model == ONEHOT else None)
+            no_model=(f"the {self.model} embedder has no model to spread over devices" if is_weightless(self.model)
+                      else None))
 
 
 @dataclass
@@ -332,7 +334,7 @@ def linker_length_ignored(options) -> str | None:
 
 
 def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=None) -> Embedder:
-    """The onehot embedder, or a registry model loaded from a short name, directory or hub id.
+    """The onehot or blosum62 embedder, or a registry model loaded from a short name, directory or hub id.
     `loaded`: that model already loaded (`models.load_model` of options.model, in the device and
     dtype options resolve to), not loaded again (esm-extract's contacts and rows)."""
     expect_options(options, EmbedOptions, "options")
@@ -350,19 +352,20 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None, loaded=N
     if options.pooling != "mean" and not options.per_protein:
         warn(f"--pooling {options.pooling} ignored: it makes the per-protein vectors, and this run writes "
              "per-residue arrays only")
-    if options.model == ONEHOT:
+    if is_weightless(options.model):
+        name = options.model
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
-            warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")
+            warn(f"the {name} embedder runs on the CPU in float32: --device/--dtype ignored")
         if options.packing:  # (None, the default, says nothing)
-            warn("the onehot embedder has no attention: --packing ignored")
+            warn(f"the {name} embedder has no attention: --packing ignored")
         if options.compile:
-            warn("the onehot embedder has no model to compile: --compile ignored")
+            warn(f"the {name} embedder has no model to compile: --compile ignored")
         if options.attention not in ("auto", "sdpa"):
-            warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
+            warn(f"the {name} embedder has no attention: --attention {options.attention} ignored")
         if options.revision:
-            warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
+            warn(f"the {name} embedder has no weights: --revision {options.revision} ignored")
         _warn_gpu_only(options, "cpu", warn)
-        return OneHotEmbedder(options.layers)
+        return weightless_embedder(name, options.layers)
     mapped = options.device_map is not None
     if mapped:
         # the compute dtype of the map's first GPU (bfloat16, float16...), float32 for a map that
@@ -1367,8 +1370,9 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
             # -j for this call only (torch's count is the process's); without -j, as it is. The
             # onehot embedder computes with numpy alone: it never imports torch (1.5-2 s of a
             # proteome's 8 s run went to importing torch to set a count nothing used).
-            onehot = isinstance(embedder, OneHotEmbedder) or (embedder is None and options.model == ONEHOT)
-            threads = torch_threads(options.threads) if options.threads and not onehot else contextlib.nullcontext()
+            weightless = (isinstance(embedder, (OneHotEmbedder, Blosum62Embedder))
+                          or (embedder is None and is_weightless(options.model)))
+            threads = torch_threads(options.threads) if options.threads and not weightless else contextlib.nullcontext()
             with threads:
                 return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
         finally:
@@ -2070,10 +2074,10 @@ def _refuse_planted_links(output, shard_files) -> None:
 
 
 def _model_directory(name) -> Path | None:
-    """`-m name` as a local model directory (one holding config.json), None for onehot, a short
+    """`-m name` as a local model directory (one holding config.json), None for onehot/blosum62, a short
     name or a hub id (a folder that merely bears such a name holds no model)."""
     path = Path(str(name)).expanduser()
-    return path if name != ONEHOT and (path / "config.json").is_file() else None
+    return path if not is_weightless(name) and (path / "config.json").is_file() else None
 
 
 # The names under which a model directory keeps what loading it, or a training run there, reads

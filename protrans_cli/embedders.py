@@ -1,7 +1,8 @@
 """Embedders: what turns a batch of sequences into arrays, for the pipeline in embed.py.
 
 An `Embedder` needs one method, `embed_batch(sequences, pooled=False)`, and a few attributes
-that the output file records. `OneHotEmbedder` is the built-in baseline that needs no weights;
+that the output file records. `OneHotEmbedder` and `Blosum62Embedder` are the built-in baselines
+that need no weights (`weightless_embedder` builds either by name);
 `TransformerEmbedder` wraps any model of the family registry (models/), with the family's input
 conventions, layer selection, packing, compilation and the GPU-to-host staging of the rows.
 
@@ -26,6 +27,13 @@ from protrans_cli.errors import RuntimeFailure, UsageError, given, one_of, optio
 
 ONEHOT = "onehot"
 ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
+BLOSUM62 = "blosum62"
+# Biopython's BLOSUM62 columns kept, in onehot's order (column j is the same residue in both files)
+BLOSUM62_COLUMNS = ONEHOT_ALPHABET[:20]
+# letters with a BLOSUM62 row of their own; U, O and any other letter take X's row
+BLOSUM62_ROWS = BLOSUM62_COLUMNS + "BZX"
+# the encodings `embed -m` computes without a model (no weights, no torch)
+WEIGHTLESS = (ONEHOT, BLOSUM62)
 GPU_PAD_MULTIPLE = 8  # batch lengths on a GPU are rounded up to a multiple of this
 
 
@@ -67,7 +75,64 @@ class Embedder(Protocol):
         ...
 
 
-class OneHotEmbedder:
+def is_weightless(model) -> bool:
+    """Whether `-m model` names one of the built-in encodings (`onehot`, `blosum62`), not a model."""
+    return isinstance(model, str) and model in WEIGHTLESS
+
+
+def encoding_words(model) -> str:
+    """A built-in encoding as other commands' refusals name it: "one-hot encoding", "BLOSUM62 encoding"."""
+    return {ONEHOT: "one-hot encoding", BLOSUM62: "BLOSUM62 encoding"}[str(model)]
+
+
+class _TableEmbedder:
+    """A weightless encoding: each residue's row of a (256, D) float32 table indexed by its byte
+    (upper and lower case alike; a byte without a row of its own takes X's). One layer, on the
+    CPU, numpy only: building and running it never imports torch."""
+
+    name: str
+    family: str
+    revision = None
+    num_hidden_states = 1
+    device = "cpu"
+    compute_dtype = "float32"
+    special_tokens = 0
+    max_residues = None
+    embedding_dim: int
+    _TABLE: np.ndarray  # (256, embedding_dim) float32
+
+    def __init__(self, layers: Sequence[int] = (-1,)):
+        bad = [x for x in layers if x not in (0, -1)]
+        if bad:
+            raise UsageError(f"the {self.name} embedder has a single layer: {option('--layer', 'layer')} {bad[0]} "
+                             "does not exist")
+        if len(layers) > 1:
+            named = option(f"--layer {' --layer '.join(map(str, layers))}", f"layers={tuple(layers)}")
+            raise UsageError(f"the {self.name} embedder has a single layer: {named} name it more than once")
+        self.layers = (-1,)
+
+    @classmethod
+    def _table(cls) -> np.ndarray:
+        return cls._TABLE
+
+    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
+        table = self._table()
+        out = []
+        for seq in sequences:
+            rows = table[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)][None]  # (1, L, D)
+            out.append(mean_rows(rows) if pooled else rows)
+        return out
+
+
+def _byte_table(rows: dict[str, np.ndarray], default: str) -> np.ndarray:
+    """(256, D) float32: `rows[c]` at the bytes of c and of its lower case, `rows[default]` elsewhere."""
+    table = np.tile(rows[default].astype(np.float32), (256, 1))
+    for letter, row in rows.items():
+        table[ord(letter)] = table[ord(letter.lower())] = row
+    return table
+
+
+class OneHotEmbedder(_TableEmbedder):
     """The built-in baseline: one-hot residues over ACDEFGHIKLMNPQRSTVWY + X (21 dimensions).
 
     U/Z/O/B are encoded as X, as ProtTrans' models see them; per-protein is therefore the amino
@@ -76,37 +141,41 @@ class OneHotEmbedder:
 
     name = ONEHOT
     family = ONEHOT
-    revision = None
     embedding_dim = len(ONEHOT_ALPHABET)
-    num_hidden_states = 1
-    device = "cpu"
-    compute_dtype = "float32"
-    special_tokens = 0
-    max_residues = None
+    _TABLE = _byte_table({c: row for c, row in zip(ONEHOT_ALPHABET, np.eye(len(ONEHOT_ALPHABET)))}, "X")
 
-    _INDEX = np.full(256, ONEHOT_ALPHABET.index("X"), dtype=np.int64)
-    for _i, _c in enumerate(ONEHOT_ALPHABET):
-        _INDEX[ord(_c)] = _i
-        _INDEX[ord(_c.lower())] = _i
 
-    def __init__(self, layers: Sequence[int] = (-1,)):
-        bad = [x for x in layers if x not in (0, -1)]
-        if bad:
-            raise UsageError(f"the onehot embedder has a single layer: {option('--layer', 'layer')} {bad[0]} does not "
-                             "exist")
-        if len(layers) > 1:
-            named = option(f"--layer {' --layer '.join(map(str, layers))}", f"layers={tuple(layers)}")
-            raise UsageError(f"the onehot embedder has a single layer: {named} name it more than once")
-        self.layers = (-1,)
+class Blosum62Embedder(_TableEmbedder):
+    """The BLOSUM62 baseline: each residue's row of BLOSUM62 substitution scores against the 20
+    standard residues (columns ACDEFGHIKLMNPQRSTVWY, onehot's order), raw integer scores as
+    float32: 20 dimensions. B, Z and X have rows of their own in the matrix; U and O (and any
+    letter without a row) take X's, as protrans maps rare residues to X. The matrix is Biopython's
+    (`Bio.Align.substitution_matrices`), read once, when the first embedder is built."""
 
-    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
-        eye = np.eye(self.embedding_dim, dtype=np.float32)
-        out = []
-        for seq in sequences:
-            idx = self._INDEX[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
-            rows = eye[idx][None]  # (1, L, 21)
-            out.append(mean_rows(rows) if pooled else rows)
-        return out
+    name = BLOSUM62
+    family = BLOSUM62
+    embedding_dim = len(BLOSUM62_COLUMNS)
+    _TABLE = None
+
+    @classmethod
+    def _table(cls) -> np.ndarray:
+        if cls._TABLE is None:
+            cls._TABLE = _byte_table(blosum62_rows(), "X")
+        return cls._TABLE
+
+
+def blosum62_rows() -> dict[str, np.ndarray]:
+    """BLOSUM62's row of every letter of BLOSUM62_ROWS over BLOSUM62_COLUMNS (float32), from Biopython."""
+    from Bio.Align import substitution_matrices
+
+    matrix = substitution_matrices.load("BLOSUM62")
+    return {r: np.array([matrix[r][c] for c in BLOSUM62_COLUMNS], dtype=np.float32) for r in BLOSUM62_ROWS}
+
+
+def weightless_embedder(name: str, layers: Sequence[int] = (-1,)) -> _TableEmbedder:
+    """The built-in encoding `name` (one of WEIGHTLESS)."""
+    one_of(name, WEIGHTLESS, "-m", keyword="model")
+    return (OneHotEmbedder if name == ONEHOT else Blosum62Embedder)(layers)
 
 
 def _warn_electra_generator(loaded, family: str) -> None:

@@ -122,9 +122,12 @@ class ExtractOptions:
         at_least(self.toks_per_batch, 1, "--toks_per_batch", keyword="toks_per_batch")
         at_least(self.truncation_seq_length, 1, "--truncation_seq_length", keyword="truncation_seq_length")
         one_of(self.dtype, DTYPES, "--dtype", keyword="dtype")
-        if str(self.model) == "onehot":
-            raise UsageError(f"{option('MODEL_LOCATION onehot', 'model=onehot')} is embed's one-hot encoding: it has "
-                             "no layers for esm-extract's files (protrans embed -m onehot writes it)")
+        from protrans_cli.embedders import encoding_words, is_weightless
+
+        if is_weightless(str(self.model)):
+            name = str(self.model)
+            raise UsageError(f"{option(f'MODEL_LOCATION {name}', f'model={name}')} is embed's {encoding_words(name)}: "
+                             f"it has no layers for esm-extract's files (protrans embed -m {name} writes it)")
 
 
 @dataclass

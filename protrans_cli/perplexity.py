@@ -96,9 +96,12 @@ class PerplexityOptions(PlacementOptions):
 
         if not isinstance(self.model, (str, Path)) or not str(self.model):
             raise UsageError(f"model is the name of one model, got {type(self.model).__name__} {self.model!r:.40}")
-        if str(self.model) == "onehot":
-            raise UsageError(f"{option('-m onehot', 'model onehot')} is embed's one-hot encoding, not a language "
-                             "model: it gives no residue probabilities")
+        from protrans_cli.embedders import encoding_words, is_weightless
+
+        if is_weightless(str(self.model)):
+            name = str(self.model)
+            raise UsageError(f"{option(f'-m {name}', f'model {name}')} is embed's {encoding_words(name)}, not a "
+                             "language model: it gives no residue probabilities")
         if self.method is not None:
             one_of(self.method, METHODS, "--method", keyword="method")
         one_of(self.long_policy, LONG_POLICIES, "--long-policy", keyword="long_policy")

@@ -93,8 +93,10 @@ class TranslateOptions:
 
         if not isinstance(self.model, str) or not self.model:
             raise UsageError(f"{option('-m MODEL', 'model')}: give the translation model (prostt5)")
-        if self.model == "onehot":
-            raise UsageError(f"{option('-m onehot', 'model=' + repr('onehot'))} is an encoding, not a model: "
+        from protrans_cli.embedders import is_weightless
+
+        if is_weightless(self.model):
+            raise UsageError(f"{option(f'-m {self.model}', 'model=' + repr(self.model))} is an encoding, not a model: "
                              f"translating needs ProstT5 ({option('-m prostt5', 'model=' + repr('prostt5'))})")
         if self.to is None:
             raise UsageError(f"{option('--to', 'to')} is required: 3di (amino acids in, 3Di strings out) or aa "

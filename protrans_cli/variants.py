@@ -1101,10 +1101,13 @@ class VariantOptions(PlacementOptions):
             raise UsageError("models and strategies are tuples of names, not one str")
         if not self.models:
             raise UsageError("no model given")
-        if "onehot" in self.models:  # (embed's encoding, not a model: it was looked for on the hub)
+        from protrans_cli.embedders import WEIGHTLESS, encoding_words
+
+        # (embed's encodings, not models: they were looked for on the hub)
+        if (name := next((m for m in WEIGHTLESS if m in self.models), None)) is not None:
             # (to a library call, the field it gave: `models`, a tuple, not embed's `model`)
-            named = option("-m onehot", "models: 'onehot'")
-            raise UsageError(f"{named} is embed's one-hot encoding, not a language model: it gives no residue "
+            named = option(f"-m {name}", f"models: {name!r}")
+            raise UsageError(f"{named} is embed's {encoding_words(name)}, not a language model: it gives no residue "
                              "probabilities to score variants with")
         if not self.strategies:
             raise UsageError(f"{option('--scoring', 'strategies')}: give one or more of {', '.join(STRATEGIES)}")

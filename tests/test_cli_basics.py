@@ -31,16 +31,17 @@ def test_help_lists_commands_without_importing_torch():
     assert "prep" in out.stdout
 
 
-def test_a_onehot_embedding_imports_no_model_code(tmp_path):
+@pytest.mark.parametrize("model", ["onehot", "blosum62"])
+def test_a_onehot_embedding_imports_no_model_code(tmp_path, model):
     """`embed -m onehot` (the weight-free baseline) needs no transformers: reading the options'
     alphabet imported every model family (and transformers' model code behind Transformer-XL's),
     4 of the 14 s it took over the E. coli proteome here. Nor torch, -j given or not (setting
-    torch's thread count imported it: 1.5 s of an 8 s run)."""
+    torch's thread count imported it: 1.5 s of an 8 s run). `-m blosum62` alike."""
     from conftest import heavy_imports_of
 
     fasta = tmp_path / "p.fa"
     fasta.write_text(">a\nMKTAYIAKQR\n>b\nMKV\n")
-    argv = ["embed", str(fasta), "-m", "onehot", "-o", str(tmp_path / "o.h5"), "-q", "-j", "2"]
+    argv = ["embed", str(fasta), "-m", model, "-o", str(tmp_path / "o.h5"), "-q", "-j", "2"]
     out = heavy_imports_of([argv], ("torch", "transformers", "protrans_cli.models"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "o.h5").is_file()

@@ -908,8 +908,8 @@ def test_a_default_model_missing_offline_names_the_way_without_weights(run_cli, 
     r = run_cli("embed", SMALL, "-o", tmp_path / "x.h5")
     assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stderr.startswith("protrans: error: cannot load model 'prot_t5_xl_half': ") and "hf download" in r.stderr
-    assert r.stderr.rstrip().endswith("(prot_t5_xl_half is the default -m of protrans embed; -m onehot needs no weights, and "
-                                      "-m RUN takes a model that protrans train wrote)"), r.stderr
+    assert r.stderr.rstrip().endswith("(prot_t5_xl_half is the default -m of protrans embed; -m onehot and -m blosum62 need "
+                                      "no weights, and -m RUN takes a model that protrans train wrote)"), r.stderr
     assert not (tmp_path / "x.h5").exists()
     # a model the user named is theirs: the message says nothing of defaults
     r = run_cli("embed", SMALL, "-m", "prot_t5_xl_half", "-o", tmp_path / "x.h5")

@@ -149,6 +149,7 @@ def _call(name, **kw):
     (_translate(temperature=0.5), "temperature shapes sampling: give sample=True with it"),
     (_translate(num_sequences=2), "num_sequences 2 designs a protein need sample=True or at least as many num_beams"),
     (_translate(model="onehot"), "model='onehot' is an encoding, not a model"),
+    (_translate(model="blosum62"), "model='blosum62' is an encoding, not a model"),
     (_call("predict", max_residues=0), "max_residues must be at least 1, got 0"),
     (_knn(k=0), "k must be at least 1, got 0"),
     (_knn(n_bootstrap=5), "n_bootstrap must be at least 10"),
@@ -550,6 +551,8 @@ SWEEP = [
     # contacts
     (_contacts(model="onehot"), "model='onehot' is embed's one-hot encoding, not a model",
      "-m onehot is embed's one-hot encoding, not a model"),
+    (_contacts(model="blosum62"), "model='blosum62' is embed's BLOSUM62 encoding, not a model",
+     "-m blosum62 is embed's BLOSUM62 encoding, not a model"),
     (_contacts(device="gpu"), "device='gpu': use auto, cpu, cuda, cuda:N or mps", "--device gpu: use auto"),
     (_contacts(resume=True, force=True), "give resume=True (keep output's proteins) or force=True (replace output), "
      "not both", "give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both"),
@@ -560,6 +563,8 @@ SWEEP = [
     (_variants(models=("esm2_t6_8M_UR50D", "onehot")), "models: 'onehot' is embed's one-hot encoding, not a "
      "language model",
      "-m onehot is embed's one-hot encoding, not a language model"),
+    (_variants(models=("blosum62",)), "models: 'blosum62' is embed's BLOSUM62 encoding, not a language model",
+     "-m blosum62 is embed's BLOSUM62 encoding, not a language model"),
     (_variants(device="gpu"), "device='gpu': use auto, cpu, cuda, cuda:N or mps", "--device gpu: use auto"),
     (_variants(models=("a", "b"), column="s"), "column names the one score column of one model and one scoring",
      "--column names the one score column of one model and one scoring"),
@@ -686,6 +691,8 @@ SWEEP = [
      "finetune needs a model (-m): a model directory"),
     (_finetune_check(model="onehot"), "model='onehot' has no weights to fine-tune",
      "-m onehot has no weights to fine-tune"),
+    (_finetune_check(model="blosum62"), "model='blosum62' has no weights to fine-tune",
+     "-m blosum62 has no weights to fine-tune"),
     (_finetune_check(mask_path="-"), "mask_path cannot be stdin ('-')", "--mask cannot be stdin ('-')"),
     (_call("predict", max_residues="100"), "max_residues must be a whole number, got str '100'",
      "--max-residues must be a whole number, got str '100'"),

@@ -26,13 +26,13 @@ def presets(ctx, param, incomplete: str) -> list[CompletionItem]:
 
 
 def models(ctx, param, incomplete: str) -> list[CompletionItem]:
-    """The short names and `onehot`; what looks like a path (or matches no name) completes as a
-    directory, for a model of your own."""
-    return _models(incomplete, ["onehot"])
+    """The short names, `onehot` and `blosum62`; what looks like a path (or matches no name)
+    completes as a directory, for a model of your own."""
+    return _models(incomplete, ["onehot", "blosum62"])
 
 
 def weights(ctx, param, incomplete: str) -> list[CompletionItem]:
-    """As `models`, without `onehot` (options that need a model's weights: contacts, variants,
+    """As `models`, without `onehot` and `blosum62` (options that need a model's weights: contacts, variants,
     finetune, train --init-from)."""
     return _models(incomplete, [])
 

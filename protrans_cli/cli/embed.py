@@ -85,7 +85,8 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (written to OUTPUT.partial until the run completes).")
 @click.option("-m", "--model", default="prot_t5_xl_half", shell_complete=completion.models,
-              help="Short name (see `protrans models`), model directory, hub id, or 'onehot'.")
+              help="Short name (see `protrans models`), model directory, hub id, or a weightless "
+                   "baseline: 'onehot' or 'blosum62' (BLOSUM62 score rows).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
 @click.option("--per-residue", "per_residue", is_flag=True, help="Write (L, D) per-residue arrays.")
 @click.option("--per-protein", "per_protein", is_flag=True,
@@ -94,7 +95,7 @@ def chain_options(chains_help: str, policies=CHAIN_POLICIES):
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean",
               help="Per-protein vectors: the mean over the residue rows (special tokens excluded, as ProtTrans "
                    "and bio_embeddings), or the hidden state of the model's cls token ([CLS], <cls>, <s>; "
-                   "esm-extract's --include bos; not for T5, Transformer-XL or onehot).")
+                   "esm-extract's --include bos; not for T5, Transformer-XL, onehot or blosum62).")
 @click.option("--layer", "layers", type=int, multiple=True,
               help="Hidden state to keep: -1 last layer, 0 embedding layer; repeat for several: arrays (layers, L, D) "
                    "and (layers, D) (fit's --layer picks one).  [default: -1]")
@@ -204,7 +205,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         # torchrun, on a rank other than 0, once its share is written: rank 0 then says how the run ended)
         with when_output_final(lambda quiet=False: console.output_complete(
                 f"this rank's share of {output}" if quiet else str(output), quiet=quiet)):
-            with naming_default_model("embed", model, "-m onehot needs no weights, and -m RUN takes a model "
+            with naming_default_model("embed", model, "-m onehot and -m blosum62 need no weights, and -m RUN takes a model "
                                       "that protrans train wrote"):
                 summary = embed(fasta, output, options)
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports

@@ -123,9 +123,11 @@ class FinetuneConfig:
         if not self.model:
             raise UsageError(f"finetune needs a model ({option('-m', 'model=')}): a model directory, a short name or "
                              "a hub id")
-        if self.model == "onehot":
-            raise UsageError(f"{given('-m', 'model', 'onehot')} has no weights to fine-tune: use `protrans fit` on its "
-                             "embeddings")
+        from protrans_cli.embedders import is_weightless
+
+        if is_weightless(self.model):
+            raise UsageError(f"{given('-m', 'model', self.model)} has no weights to fine-tune: use `protrans fit` on "
+                             "its embeddings")
         if str(self.mask_path) == "-":  # (read for each label file, as fit's)
             raise UsageError(f"{option('--mask', 'mask_path')} cannot be stdin ('-'): it is read for each label file; "
                              "give it as a file")
