@@ -265,8 +265,8 @@ def test_bert_like_models_are_spread_a_layer_at_a_time(run_cli, tmp_path, family
     family, model_dir = _small_position_model(tmp_path, family_name)
     encoder = family.encoder_class.from_pretrained(str(model_dir), use_kernels=False)
 
-    def size(module):
-        return sum(p.numel() * p.element_size() for p in module.parameters())
+    def size(module):  # (what accelerate counts: parameters and buffers, here the position ids)
+        return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
     layer = max(size(m) for m in encoder.modules() if type(m).__name__ == block)
     cpu = size(encoder.embeddings) + 2 * layer + layer // 2
@@ -287,6 +287,7 @@ def test_bert_like_models_are_spread_a_layer_at_a_time(run_cli, tmp_path, family
     loaded = load_model(str(model_dir), device_map="auto", max_memory={"cpu": cpu},
                         offload_folder=str(tmp_path / "offload2"))
     assert block in loaded.model._no_split_modules
+    assert not [key for key in loaded.model.hf_device_map if key.startswith("embeddings.")], loaded.model.hf_device_map
     rows, plain_rows = _read(mapped), _read(plain)
     assert sorted(rows) == sorted(plain_rows)
     for ident, expected in plain_rows.items():
@@ -316,3 +317,39 @@ def test_a_budget_that_holds_no_block_says_why(run_cli, tmp_path, tiny_models):
     assert result.exit_code == 0 and "the device map put none" not in result.stderr, result.stderr
     with EmbeddingsReader(tmp_path / "f.h5") as r:
         assert json.loads(r.attrs["device_map"])["modules"] == {"": "cpu"}
+
+
+@pytest.mark.parametrize("family_name, block", [("albert", "AlbertEmbeddings"), ("electra", "ElectraEmbeddings")])
+def test_albert_and_electra_embeddings_are_kept_whole(run_cli, tmp_path, tiny_models, family_name, block):
+    """AlbertModel and ElectraModel name no blocks of their own, and their embeddings (word, position
+    and token-type tables added in the embeddings module's forward) were split: at 80% of the tiny
+    model the map put embeddings.word_embeddings on the CPU and the position table on the disk (on
+    several GPUs, an addition of tensors on two devices). The family keeps the module whole, as
+    BertModel keeps BertEmbeddings; the rows are those of the run without a map."""
+    pytest.importorskip("accelerate")
+    from protrans_cli.models import load_model
+
+    family, model_dir = FAMILIES[family_name], tiny_models[family_name]
+    cpu = int(_encoder_bytes(family, model_dir) * 0.8)
+    loaded = load_model(str(model_dir), device_map="auto", max_memory={"cpu": cpu},
+                        offload_folder=str(tmp_path / "offload"))
+    assert block in loaded.model._no_split_modules
+    assert "disk" in loaded.model.hf_device_map.values()
+    deeper = [key for key in loaded.model.hf_device_map if key.startswith("embeddings.")]
+    assert not deeper, loaded.model.hf_device_map
+    masked = load_model(str(model_dir), masked_lm=True, device_map="auto", max_memory={"cpu": cpu},
+                        offload_folder=str(tmp_path / "offload_lm"))
+    assert block in masked.model._no_split_modules
+    assert not [key for key in masked.model.hf_device_map if ".embeddings." in key], masked.model.hf_device_map
+    mapped, plain = tmp_path / "mapped.h5", tmp_path / "plain.h5"
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", mapped, "--device-map", "auto", "--max-memory",
+                     f"cpu={cpu}", "--offload-folder", tmp_path / "offload2", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    assert run_cli("embed", SMALL, "-m", model_dir, "-o", plain, "--device", "cpu", "-j", "1").exit_code == 0
+    with EmbeddingsReader(mapped) as r:
+        modules = json.loads(r.attrs["device_map"])["modules"]
+    assert not [key for key in modules if key.startswith("embeddings.")], modules
+    rows, plain_rows = _read(mapped), _read(plain)
+    assert sorted(rows) == sorted(plain_rows)
+    for ident, expected in plain_rows.items():
+        np.testing.assert_allclose(rows[ident], expected, atol=1e-5, rtol=0)

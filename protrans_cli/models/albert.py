@@ -28,8 +28,11 @@ PRESETS = {
 class AlbertFamily(Family):
     name = "albert"
     # (the blocks a device map places whole, where AlbertModel names none: not a bare parameter,
-    # which load_checked keeps whole for every family; models/base.py)
-    no_split_modules = ("AlbertLayer",)
+    # which load_checked keeps whole for every family; models/base.py). AlbertEmbeddings adds its
+    # word, position and token-type tables in its own forward: split, they could sit on different
+    # GPUs (BertModel names BertEmbeddings for this). The projection to the hidden size
+    # (encoder.embedding_hidden_mapping_in) is a Linear of its own, its input moved by its hook.
+    no_split_modules = ("AlbertEmbeddings", "AlbertLayer")
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("albert",)
     # finetune's LoRA adapters: query, key, value and output projections (shared across layers)

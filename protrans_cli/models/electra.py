@@ -207,8 +207,11 @@ def __getattr__(name: str):
 class ElectraFamily(Family):
     name = "electra"
     # (the blocks a device map places whole, where ElectraModel names none: not a bare parameter,
-    # which load_checked keeps whole for every family; models/base.py)
-    no_split_modules = ("ElectraLayer",)
+    # which load_checked keeps whole for every family; models/base.py). ElectraEmbeddings adds its
+    # word, position and token-type tables in its own forward: split, they could sit on different
+    # GPUs (BertModel names BertEmbeddings for this). The projection to the hidden size
+    # (embeddings_project, where the sizes differ) is a Linear of its own, its input moved by its hook.
+    no_split_modules = ("ElectraEmbeddings", "ElectraLayer")
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("electra",)
     # finetune's LoRA adapters: query, key, value and output projections of every layer (the discriminator)
