@@ -402,19 +402,17 @@ class Sampler:
 
 class TransfoXLSteps:
     """Next-token logits of Transformer-XL from its memory: the whole prefix once, then one token
-    a pass (the memory keeps the whole prefix, not the last mem_len tokens, during generation)."""
+    a pass (the memory keeps the whole prefix, not the last mem_len tokens, during generation:
+    each pass asks the model for it, `whole_memory=True`, as transformers' generate() does; the
+    model's config, shared by every caller, is not touched)."""
 
     def __init__(self, model):
         self.model, self.mems = model, None
 
-    @contextlib.contextmanager
     def whole_memory(self, tokens: int):
-        kept = self.model.config.mem_len
-        self.model.config.mem_len = max(int(kept or 0), tokens)
-        try:
-            yield
-        finally:
-            self.model.config.mem_len = kept
+        """A context that does nothing, kept for code written against earlier versions, which set
+        config.mem_len to `tokens` inside it: every pass now keeps the whole memory itself."""
+        return contextlib.nullcontext()
 
     def start(self, ids, device):
         return self._pass(ids, device)
@@ -426,7 +424,7 @@ class TransfoXLSteps:
         import torch
 
         with torch.inference_mode():
-            out = self.model(input_ids=ids.to(device), mems=self.mems)
+            out = self.model(input_ids=ids.to(device), mems=self.mems, whole_memory=True)
         self.mems = out.mems
         return out.logits[:, -1]
 
@@ -437,10 +435,6 @@ class XLNetSteps:
 
     def __init__(self, model):
         self.model = model
-
-    @contextlib.contextmanager
-    def whole_memory(self, tokens: int):
-        yield
 
     def start(self, ids, device):
         return self._pass(ids, device)
@@ -485,17 +479,14 @@ def prompt_log_prob(sampler: Sampler, before: list[int], prompt: list[int]) -> f
     if not prompt:
         return 0.0
     if not sampler.scorer.permutation and before:
-        steps = TransfoXLSteps(sampler.model)
         ids = torch.tensor([before + prompt[:-1]], dtype=torch.long)
-        with steps.whole_memory(ids.shape[1]), torch.inference_mode():
+        with torch.inference_mode():  # (one pass without memory: mem_len caps only the memory it returns)
             logits = sampler.model(input_ids=ids.to(sampler.device)).logits[0, len(before) - 1:]
         log_probs = logits.float().log_softmax(-1).cpu()
         return float(log_probs.gather(1, torch.tensor(prompt)[:, None]).double().sum())
     total = 0.0
     for k, token in enumerate(prompt):
-        steps = _steps(sampler)
-        with steps.whole_memory(len(before) + k + 1):
-            logits = steps.start(torch.tensor([before + prompt[:k]], dtype=torch.long), sampler.device)
+        logits = _steps(sampler).start(torch.tensor([before + prompt[:k]], dtype=torch.long), sampler.device)
         total += float(logits.float().log_softmax(-1)[0, token])
     return total
 
@@ -520,26 +511,25 @@ def sample_causal(sampler: Sampler, indices: list[int], prompt_lp: float = 0.0) 
     log_prob = [prompt_lp] * batch
     active, ended = [True] * batch, [False] * batch
     residues = len(prompt)
-    with steps.whole_memory(ids.shape[1] + o.max_length):
-        logits = steps.start(ids, sampler.device)
-        while residues < o.max_length and any(active):
-            allowed = sampler.allowed.clone()
-            if end is not None and residues >= o.min_length:
-                allowed[end] = True
-            token = sampler.sample(logits, allowed, draws)
-            step = logits.float().log_softmax(-1).cpu().gather(1, token[:, None])[:, 0].tolist()
-            for b in range(batch):
-                if not active[b]:
-                    continue
-                if end is not None and int(token[b]) == end:
-                    active[b], ended[b] = False, True
-                else:
-                    drawn[b].append(int(token[b]))
-                    log_prob[b] += step[b]
-            residues += 1
-            if residues < o.max_length and any(active):
-                ids = torch.cat([ids, token[:, None]], dim=1)
-                logits = steps.next(ids, token, sampler.device)
+    logits = steps.start(ids, sampler.device)
+    while residues < o.max_length and any(active):
+        allowed = sampler.allowed.clone()
+        if end is not None and residues >= o.min_length:
+            allowed[end] = True
+        token = sampler.sample(logits, allowed, draws)
+        step = logits.float().log_softmax(-1).cpu().gather(1, token[:, None])[:, 0].tolist()
+        for b in range(batch):
+            if not active[b]:
+                continue
+            if end is not None and int(token[b]) == end:
+                active[b], ended[b] = False, True
+            else:
+                drawn[b].append(int(token[b]))
+                log_prob[b] += step[b]
+        residues += 1
+        if residues < o.max_length and any(active):
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            logits = steps.next(ids, token, sampler.device)
     out = []
     for b, i in enumerate(indices):
         sequence = prompt + "".join(sampler.letter_of[t] for t in drawn[b])

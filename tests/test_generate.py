@@ -167,6 +167,32 @@ def test_transfo_xl_memory_steps_equal_the_whole_prefix_forward(txl):
     assert torch.allclose(got[-1], whole[:, 49], atol=1e-4)
 
 
+def test_transfo_xl_generation_leaves_the_configs_mem_len_alone(txl):
+    """generate kept the whole memory by raising the shared model.config.mem_len for the length of
+    the run (wrong for another thread using the model then, and left wrong by an interruption in
+    between): every pass now asks for it (whole_memory=True) and the config reads 32 throughout,
+    while the memory handed back grows past it."""
+    from protrans_cli.generate import GenerateOptions, Sampler, causal_layout, prompt_log_prob, sample_causal
+    from protrans_cli.models import load_model
+
+    sampler = Sampler(load_model(str(txl), device="cpu", masked_lm=True),
+                      GenerateOptions(model=str(txl), prompt="MKTAYIAKQRQISFVKSHFSRQ", max_length=45, min_length=45))
+    model = sampler.model
+    seen, memory = [], []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (module.config.mem_len, kwargs.get("whole_memory"))), with_kwargs=True)
+    model.register_forward_hook(lambda module, args, out: memory.append(out.mems[0].shape[1]))
+    before, _ = causal_layout(sampler)
+    prompt = [sampler.scorer.token_id(c) for c in sampler.options.prompt]
+    prompt_log_prob(sampler, before, prompt)
+    records = sample_causal(sampler, [0, 1])
+    assert [len(r.sequence) for r in records] == [45, 45]
+    assert len(seen) > 20 and {mem_len for mem_len, _ in seen} == {32}, seen
+    assert [whole for _, whole in seen[1:]] == [True] * (len(seen) - 1)  # (generation's passes)
+    assert max(memory) == len(before) + 44 > 32  # (the whole prefix, past mem_len)
+    assert model.config.mem_len == 32
+
+
 def test_transfo_xl_prompt_log_prob_in_one_pass_is_the_plain_forwards(txl, monkeypatch):
     """A prompt past mem_len (32): its log-probability from one pass equals the sum of the plain
     forward's log p(residue | those before it) over its residues, each from a pass over that prefix
