@@ -219,8 +219,11 @@ def test_a_causal_run_generates_with_plain_transformers_as_protrans_generate_gre
     as earlier versions wrote Transformer-XL's): AutoModelForCausalLM's greedy generate() from the
     prompt ids that protrans generate starts from (Transformer-XL: `<s>` and the residues; XLNet:
     the residues, add_special_tokens=False: no trailing `<sep> <cls>`), with what protrans
-    generate may not draw suppressed and its end token as eos, equals `protrans generate --top-k 1`
-    (Transformer-XL: 41 tokens, past its mem_len of 32)."""
+    generate may not draw suppressed and its end token as eos (the saved generation config's; XLNet's
+    directory without it: passed, its config's eos is `</s>`), equals `protrans generate --top-k 1`
+    (Transformer-XL: 41 tokens, past its mem_len of 32). XLNet: the run's generation config says
+    `<sep>`, and with `<sep>` made likely (the head's bias) plain generate() stops there, at
+    --min-length, where protrans generate ends its protein."""
     import shutil
 
     import transformers
@@ -254,12 +257,15 @@ def test_a_causal_run_generates_with_plain_transformers_as_protrans_generate_gre
             assert (model.generation_config.bos_token_id, model.generation_config.eos_token_id,
                     model.generation_config.pad_token_id) == (tokenizer.bos_token_id, end, tokenizer.pad_token_id)
         else:
-            end = tokenizer.sep_token_id  # (the generation config's eos is `</s>`, which ProtXLNet never writes)
+            end = tokenizer.sep_token_id  # (the run's generation config; `</s>` in the directory without it)
+            assert model.generation_config.eos_token_id == (end if directory == run else tokenizer.eos_token_id)
         allowed = set(tokenizer.convert_tokens_to_ids(list("ACDEFGHIKLMNPQRSTVWY"))) | {end}
         suppress = [t for t in range(model.config.vocab_size) if t not in allowed]
         # (Transformer-XL: the saved generation config's ids, no attention mask, and no warning)
         extra = {} if family == "transfo_xl" else {
-            "use_mems": False, "eos_token_id": end, "attention_mask": torch.ones_like(ids)}  # (docs: XLNet's mems)
+            "use_mems": False, "attention_mask": torch.ones_like(ids)}  # (docs: XLNet's mems)
+        if family == "xlnet" and directory == old:
+            extra["eos_token_id"] = end
         out = model.generate(input_ids=ids, do_sample=False, max_new_tokens=max_length - len(prompt),
                              suppress_tokens=suppress, **extra)
         new = out[0, ids.shape[1]:].tolist()
@@ -267,3 +273,40 @@ def test_a_causal_run_generates_with_plain_transformers_as_protrans_generate_gre
         assert prompt + "".join(tokenizer.convert_ids_to_tokens(new)) == expected
         if family == "transfo_xl":
             assert "warn" not in capfd.readouterr().err.lower()
+
+
+def test_an_xlnet_run_stops_plain_generate_at_sep_where_protrans_generate_ends(tmp_path_factory, run_cli):
+    """XLNet runs saved `</s>` as the generation config's eos (copied from config.json), a token
+    ProtXLNet never writes after a protein (`residues <sep> <cls>`), so plain generate() went on
+    where protrans generate stopped at `<sep>`. A run whose head makes `<sep>` the likeliest token:
+    protrans generate --top-k 1 --min-length 12 ends the protein at 12 residues, and plain greedy
+    generate() with the run's generation config (no eos passed) writes the same residues and then
+    `<sep>`, where it stops."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    torch.manual_seed(0)
+    family = FAMILIES["xlnet"]
+    run = tmp_path_factory.mktemp("xlnet_sep")
+    tokenizer = family.build_tokenizer()
+    model = family.pretraining_model(family.build_config("tiny", tokenizer, initializer_range=0.3)).eval()
+    with torch.no_grad():
+        model.lm_loss.bias[tokenizer.sep_token_id] += 50.0
+    family.save_pretrained(model, tokenizer, run)
+    sep = tokenizer.sep_token_id
+    assert GenerationConfig.from_pretrained(run).eos_token_id == sep != tokenizer.eos_token_id
+    prompt, min_length, max_length = "MKTAY", 12, 40
+    res = run_cli("generate", "-m", run, "-n", "1", "--top-k", "1", "--prompt", prompt,
+                  "--min-length", min_length, "--max-length", max_length)
+    assert res.exit_code == 0, res.stderr
+    (expected,) = _fasta_sequences(res.stdout)
+    assert len(expected) == min_length  # (stopped at <sep>, not at --max-length)
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    plain = AutoModelForCausalLM.from_pretrained(run).eval()
+    ids = tokenizer(" ".join(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    allowed = set(tokenizer.convert_tokens_to_ids(list("ACDEFGHIKLMNPQRSTVWY"))) | {sep}
+    out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, use_mems=False,
+                         max_new_tokens=max_length - len(prompt), min_new_tokens=min_length - len(prompt),
+                         suppress_tokens=[t for t in range(plain.config.vocab_size) if t not in allowed])
+    new = out[0, ids.shape[1]:].tolist()
+    assert new[-1] == sep and sep not in new[:-1] and len(new) == min_length - len(prompt) + 1, new
+    assert prompt + "".join(tokenizer.convert_ids_to_tokens(new[:-1])) == expected

@@ -69,5 +69,15 @@ class XLNetFamily(Family):
 
         return XLNetLMHeadModel(config)
 
+    def save_pretrained(self, model, tokenizer, directory) -> None:
+        """The run's files, with a generation_config.json whose eos is `<sep>`: a protein ends
+        with `residues <sep> <cls>`, and `protrans generate` stops at `<sep>`; the config's eos,
+        `</s>` (which transformers copies into the generation config), is never written, so
+        plain `generate()` did not stop where protrans does. config.json keeps `</s>` as eos."""
+        generation = getattr(model, "generation_config", None)
+        if generation is not None and tokenizer.sep_token_id is not None:
+            generation.eos_token_id = tokenizer.sep_token_id
+        super().save_pretrained(model, tokenizer, directory)
+
 
 FAMILY = XLNetFamily()
