@@ -409,11 +409,6 @@ class TransfoXLSteps:
     def __init__(self, model):
         self.model, self.mems = model, None
 
-    def whole_memory(self, tokens: int):
-        """A context that does nothing, kept for code written against earlier versions, which set
-        config.mem_len to `tokens` inside it: every pass now keeps the whole memory itself."""
-        return contextlib.nullcontext()
-
     def start(self, ids, device):
         return self._pass(ids, device)
 

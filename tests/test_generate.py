@@ -158,10 +158,9 @@ def test_transfo_xl_memory_steps_equal_the_whole_prefix_forward(txl):
     with torch.no_grad():
         whole = model(input_ids=ids).logits  # (3, 50, V)
     steps = TransfoXLSteps(model)
-    with steps.whole_memory(50):
-        got = [steps.start(ids[:, :5], "cpu")]
-        for t in range(5, 50):
-            got.append(steps.next(ids[:, :t + 1], ids[:, t], "cpu"))
+    got = [steps.start(ids[:, :5], "cpu")]
+    for t in range(5, 50):
+        got.append(steps.next(ids[:, :t + 1], ids[:, t], "cpu"))
     assert model.config.mem_len == 32
     assert torch.allclose(torch.stack(got[:-1], dim=1), whole[:, 4:49], atol=1e-4)
     assert torch.allclose(got[-1], whole[:, 49], atol=1e-4)
@@ -875,10 +874,9 @@ def test_on_a_gpu_both_ways_sample_and_greedy_is_the_cpus(tmp_path_factory, tmp_
         whole = plain(input_ids=ids).logits.float().log_softmax(-1)
     model = load_model(str(txl), device=torch.device("cuda"), dtype=getattr(torch, dtype), masked_lm=True).model
     steps = TransfoXLSteps(model)
-    with steps.whole_memory(50):
-        got = [steps.start(ids[:, :5], "cuda")]
-        for t in range(5, 50):
-            got.append(steps.next(ids[:, :t + 1], ids[:, t], "cuda"))
+    got = [steps.start(ids[:, :5], "cuda")]
+    for t in range(5, 50):
+        got.append(steps.next(ids[:, :t + 1], ids[:, t], "cuda"))
     got = torch.stack(got, dim=1).float().log_softmax(-1).cpu()
     tolerance = 0.1 if dtype == "bfloat16" else 1e-3
     assert torch.allclose(got, whole[:, 4:], atol=tolerance), float((got - whole[:, 4:]).abs().max())
