@@ -161,6 +161,11 @@ def _extra_arguments(ctx) -> str:
               help="Cut each step's proteins into micro-batches by padded tokens (up to micro-batch size x "
                    "max length each) rather than by count: short proteins go many to a forward pass. The same "
                    "losses; fewer, fuller passes.  [default: off]")
+@click.option("--sample-clusters/--no-sample-clusters", "sample_clusters", default=None,
+              help="Read the corpus by clusters (a block of lines between blank lines, one member a line, as "
+                   "prep --clusters writes UniRef50/90): each epoch trains one member of every cluster, drawn "
+                   "uniformly by seed, epoch and cluster (ESM-2's sampling); steps and positions count "
+                   "clusters.  [default: off]")
 @click.option("--static-shapes/--no-static-shapes", "static_shapes", default=None,
               help="With --packing: every packed micro-batch of a phase gets one shape (a row of micro-batch "
                    "size x max length tokens, its padding computed for nothing), so that compiled blocks "

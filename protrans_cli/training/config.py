@@ -107,6 +107,9 @@ class TrainConfig:
     num_workers: int = 0           # DataLoader workers per rank
     packing: bool = False          # masked LM: micro-batches packed into one row (varlen attention)
     token_micro_batches: bool = False  # micro-batches of up to micro_batch_size x max_length padded tokens
+    # the corpus read by clusters (a block of lines between blank lines, one member a line): each
+    # epoch one member of every cluster, chosen uniformly by (seed, epoch, cluster); ESM-2's sampling
+    sample_clusters: bool = False
     # with packing: every packed micro-batch of a phase one shape (row width, segment count, max
     # length): compiled blocks without dynamic shapes, CUDA graphs (compile_mode reduce-overhead)
     static_shapes: bool = False

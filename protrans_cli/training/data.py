@@ -187,12 +187,46 @@ class Cursor:
         return dataclasses.replace(self)
 
 
+@dataclass(frozen=True)
+class Clusters:
+    """`train --sample-clusters`: the corpus read by clusters (ESM-1b/ESM-2's UniRef50 sampling).
+    A block of lines between blank lines (or a file's ends) is one cluster, each line one member;
+    the reader yields ONE member of each cluster, chosen uniformly by `pick` from (seed, epoch,
+    the cluster's ordinal in the corpus): the same on every rank, worker and resume, another
+    member (mostly) in another epoch. Everything downstream counts clusters as it counted
+    proteins. A corpus of one protein per block reads the same in both modes."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def pick(self, ordinal: int, size: int) -> int:
+        """The member (0-based) of the `ordinal`-th cluster, of `size` members, taken this epoch:
+        a splitmix64 hash of (seed, epoch, ordinal) modulo size (about a microsecond: numpy's
+        default_rng per cluster took 30 µs, 30 minutes an epoch of UniRef50's 60 million
+        clusters on every rank)."""
+        if size <= 1:
+            return 0
+        return _mix(_mix(_mix(self.seed & _U64) ^ (self.epoch & _U64)) ^ (ordinal & _U64)) % size
+
+
+_U64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser (Steele, Lea and Flood 2014): 64 well-mixed bits from `x`."""
+    x = (x + 0x9E3779B97F4A7C15) & _U64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
+    return x ^ (x >> 31)
+
+
 class _StalePosition(Exception):
     """A cursor that does not fall at the start of a line of its file (the file changed since), or
     names a file the corpus does not have."""
 
 
-def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = None) -> Iterator[tuple[str, int, str]]:
+def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = None,
+                  clusters: Clusters | None = None) -> Iterator[tuple[str, int, str]]:
     """(path, line number, residues without spaces) for every protein of every shard in order,
     from the place `start` names when it is given: its byte of its file when that byte begins a
     line there; otherwise (the file changed since) its line, that file read from its beginning,
@@ -203,10 +237,14 @@ def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = No
 
     Every line is checked whole as it is read (one C-level pass, on every rank alike, so all
     ranks stop at the same bad line): a character that is not a residue letter is an error
-    naming the file, line and residue position, whichever part of the protein a crop would keep."""
+    naming the file, line and residue position, whichever part of the protein a crop would keep.
+
+    `clusters` (train --sample-clusters): one member of every cluster (block of lines, `Clusters`)
+    instead of every line, with its own path and line number; the count and the cursor are then
+    of clusters, the cursor after the cluster's last line."""
     paths = list(paths)
     cursor = cursor if cursor is not None else Cursor()
-    reader = _read_proteins(paths, start or Cursor(), cursor)
+    reader = _read_proteins(paths, start or Cursor(), cursor, clusters=clusters)
     try:
         first = next(reader)
     except StopIteration:
@@ -216,9 +254,9 @@ def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = No
             # By its line in its own file: counted from the corpus's beginning, a shard before
             # the position cut short since (--accept-corpus-change) shifted it into the next
             # shard, whose first proteins that many went untrained that epoch.
-            reader = _read_proteins(paths, start, cursor, by_line=True)
+            reader = _read_proteins(paths, start, cursor, by_line=True, clusters=clusters)
         else:
-            reader = _read_proteins(paths, Cursor(), cursor)
+            reader = _read_proteins(paths, Cursor(), cursor, clusters=clusters)
             for _ in range(start.proteins):
                 if next(reader, None) is None:
                     return
@@ -229,7 +267,8 @@ def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = No
     yield from reader
 
 
-def _read_proteins(paths: list, start: Cursor, cursor: Cursor, by_line: bool = False) -> Iterator[tuple[str, int, str]]:
+def _read_proteins(paths: list, start: Cursor, cursor: Cursor, by_line: bool = False,
+                   clusters: Clusters | None = None) -> Iterator[tuple[str, int, str]]:
     """iter_proteins from `start`'s byte, or, `by_line`, from its line (its file read from the beginning)."""
     if start.file > 0 and start.file >= len(paths):
         raise _StalePosition
@@ -256,6 +295,7 @@ def _read_proteins(paths: list, start: Cursor, cursor: Cursor, by_line: bool = F
             # (the file's first bytes, for _not_text: a PyTorch checkpoint's first line was cut by a
             # 0x0a of its zip header before the member name that tells it from any zip)
             head = stream.peek(4096)[:4096] if not resuming and hasattr(stream, "peek") else b""
+            block: list = []  # with clusters: the (line number, residues, byte after it) of the cluster read so far
             for raw in stream:
                 lineno += 1
                 offset += len(raw)
@@ -271,12 +311,32 @@ def _read_proteins(paths: list, start: Cursor, cursor: Cursor, by_line: bool = F
                 if raw.translate(None, _LINE_BYTES):
                     raise _invalid_line(str(path), lineno, raw)
                 text = raw.translate(None, _BLANK).decode("latin-1")
+                if clusters is not None:
+                    if text:
+                        block.append((lineno, text, offset))
+                    elif block:
+                        yield _cluster_member(clusters, block, str(path), cursor, members)
+                        block = []
+                    continue
                 if text:
                     cursor.offset, cursor.line = offset, lineno
                     if members is not None:
                         cursor.member, cursor.member_text = members.member_before(offset) or (0, 0)
                     cursor.proteins += 1
                     yield str(path), lineno, text
+            if block:  # (a file's end ends its last cluster)
+                yield _cluster_member(clusters, block, str(path), cursor, members)
+
+
+def _cluster_member(clusters: Clusters, block: list, path: str, cursor: Cursor, members) -> tuple[str, int, str]:
+    """The member of a cluster read whole (`block`: its lines' numbers, residues and the byte after
+    each) that `clusters` takes, the cursor moved after the cluster's last line and counted on."""
+    lineno, text, _ = block[clusters.pick(cursor.proteins, len(block))]
+    cursor.line, _, cursor.offset = block[-1]
+    if members is not None:
+        cursor.member, cursor.member_text = members.member_before(cursor.offset) or (0, 0)
+    cursor.proteins += 1
+    return path, lineno, text
 
 
 @contextlib.contextmanager
@@ -353,9 +413,9 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
                       "(the corpus must come from `protrans prep`)", path=path, line=lineno)
 
 
-def count_proteins(paths, limit: int | None = None) -> int:
-    """Proteins in `paths`, counted up to `limit` (None: all)."""
-    return sum(1 for _ in itertools.islice(iter_proteins(paths), limit))
+def count_proteins(paths, limit: int | None = None, clusters: bool = False) -> int:
+    """Proteins in `paths` (`clusters`: clusters, `Clusters`), counted up to `limit` (None: all)."""
+    return sum(1 for _ in itertools.islice(iter_proteins(paths, clusters=Clusters() if clusters else None), limit))
 
 
 def evaluation_step_size(available: int, global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
@@ -416,21 +476,23 @@ def changed_corpus_files(saved: list[dict] | None, paths, current: list[dict] | 
     return out
 
 
-def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "") -> list[str]:
+def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "", clusters: bool = False) -> list[str]:
     """Open every shard and check its first protein (cheap, before training starts): a missing
     or unreadable file, a FASTA file given as a corpus, or a corpus without any protein is an
     error now, before a model is built. So is a corpus of fewer than `batch_size` proteins (the
     largest global batch of the run, described by `batch_text`), counted up to that many: the
     stream found it only when it came to a batch, for a later phase's larger batch after the
     earlier phases had trained. Returns the shards without a protein (trained without; the
-    caller warns: a 0-byte shard left by a failed copy went unnoticed)."""
+    caller warns: a 0-byte shard left by a failed copy went unnoticed). `clusters`: counted in
+    clusters (train --sample-clusters), each of which gives one protein an epoch."""
     empty = [str(path) for path in paths if next(iter_proteins([path]), None) is None]
     if paths and len(empty) == len(paths):
         raise InputError("the corpus holds no protein", path=", ".join(map(str, paths)))
     if paths and batch_size > 1:
-        total = count_proteins(paths, batch_size)
+        total = count_proteins(paths, batch_size, clusters=clusters)
         if total < batch_size:
-            raise InputError(f"the corpus holds {total} protein(s), fewer than one global batch ({batch_size}"
+            units = "cluster(s) (--sample-clusters)" if clusters else "protein(s)"
+            raise InputError(f"the corpus holds {total} {units}, fewer than one global batch ({batch_size}"
                              f"{batch_text})", path=", ".join(map(str, paths)))
     return empty
 
@@ -486,16 +548,18 @@ def corpus_overlaps(corpus, val_corpus=()) -> list[str]:
     return out
 
 
-def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluated: int = 0) -> None:
+def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluated: int = 0,
+                            clusters: bool = False) -> None:
     """A validation corpus must exist and hold at least one evaluation batch (`batch_size`
     proteins, described by `batch_text`); read before training starts as far as the proteins an
     evaluation reads (`evaluated`), every line of them checked (a bad line among them, beyond
-    the first batch, let the run train and end with exit 0 without any eval loss)."""
+    the first batch, let the run train and end with exit 0 without any eval loss). `clusters`:
+    counted in clusters, as the evaluation reads them (one member each)."""
     total = 0
     wanted = max(batch_size, evaluated)
     for path in paths:
         found = 0
-        for _ in iter_proteins([path]):  # (every file is read to its first protein at least)
+        for _ in iter_proteins([path], clusters=Clusters() if clusters else None):  # (every file is read to its first protein at least)
             found += 1
             if total + found >= wanted:
                 break
@@ -503,7 +567,8 @@ def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluate
             raise InputError("the validation corpus holds no protein", path=str(path))
         total += found
     if total < batch_size:
-        raise InputError(f"the validation corpus holds {total} protein(s), fewer than one evaluation batch "
+        units = "cluster(s) (--sample-clusters)" if clusters else "protein(s)"
+        raise InputError(f"the validation corpus holds {total} {units}, fewer than one evaluation batch "
                          f"of {batch_size} ({batch_text})", path=", ".join(map(str, paths)))
 
 
@@ -555,33 +620,37 @@ class StreamState:
         return cls(**d, at=Cursor(**at) if at else None)
 
 
-def next_phase_state(state: StreamState, paths, global_batch_size: int, bucket_batches: int) -> StreamState:
+def next_phase_state(state: StreamState, paths, global_batch_size: int, bucket_batches: int,
+                     clusters: bool = False) -> StreamState:
     """Where a new `--phase` starts in the stream: at the buffer after the one the previous phase
     (of `global_batch_size`) was in, when it had done some of that buffer's batches. That buffer
     holds `global_batch_size * bucket_batches` proteins, and also the corpus's tail when fewer
     than one global batch follow it (CorpusStream reads one global batch ahead): the new phase
     then starts at the next epoch. It began with that tail, and trained again in the epoch the
-    tail's proteins that the previous phase's batches of the buffer had held."""
+    tail's proteins that the previous phase's batches of the buffer had held. `clusters`: the
+    stream's units are clusters (train --sample-clusters)."""
     if not state.batches_done:
         return state
     size = global_batch_size * max(1, bucket_batches)
     start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
     skip = state.buffer_start - (start.proteins if start is not None else 0)
     # the proteins from the buffer's first on, up to one global batch past its full size
-    held = sum(1 for _ in itertools.islice(iter_proteins(paths, start), skip, skip + size + global_batch_size))
+    held = sum(1 for _ in itertools.islice(iter_proteins(paths, start, clusters=Clusters() if clusters else None),
+                                           skip, skip + size + global_batch_size))
     ahead = held - size
     return dataclasses.replace(state, buffer_start=state.buffer_start + size + (ahead if 0 < ahead < global_batch_size
                                                                                else 0), batches_done=0)
 
 
-def position_in_corpus(paths, state: StreamState) -> tuple[str, int] | None:
+def position_in_corpus(paths, state: StreamState, clusters: Clusters | None = None) -> tuple[str, int] | None:
     """The file and line of the protein at `state`'s position (its buffer's first protein) in
     the corpus as it is now, or None where it holds none there: where the corpus shrank since
     (`--accept-corpus-change`), and the stream, finding nothing there, goes on from the next
-    epoch's beginning."""
+    epoch's beginning. `clusters`: the stream's units are clusters, and the line is that of the
+    member the epoch takes."""
     start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
     skip = state.buffer_start - (start.proteins if start is not None else 0)
-    found = next(itertools.islice(iter_proteins(paths, start), skip, None), None)
+    found = next(itertools.islice(iter_proteins(paths, start, clusters=clusters), skip, None), None)
     return None if found is None else (found[0], found[1])
 
 
@@ -602,7 +671,8 @@ class CorpusStream:
                  bucket_batches: int = 16, shuffle: bool = True, collate=None,
                  state: StreamState | None = None, max_epochs: int | None = None,
                  batch_name: str = "global batch", micro_batch_tokens: int | None = None,
-                 pad_multiple: int = 1, packed: bool = False, max_proteins: int | None = None):
+                 pad_multiple: int = 1, packed: bool = False, max_proteins: int | None = None,
+                 sample_clusters: bool = False):
         self.paths = list(paths)
         self.layout = layout
         self.max_residues = max_length - layout.num_special
@@ -626,6 +696,9 @@ class CorpusStream:
         # Each epoch reads the corpus's first `max_proteins` proteins only (None: all of it): the
         # evaluation's, so that the proteins past those it evaluates never join its buffer.
         self.max_proteins = max_proteins
+        # One member of every cluster (block of lines) an epoch, chosen by (seed, epoch, the
+        # cluster's ordinal): `Clusters`. Positions, counts and batches are then of clusters.
+        self.sample_clusters = sample_clusters
 
     # ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[StepBatch]:
@@ -673,7 +746,8 @@ class CorpusStream:
             # the proteins between it and the buffer's first (none, but after a phase change).
             start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
             cursor = start.copy() if start is not None else Cursor()  # (where the buffer begins when none is skipped)
-            stream = iter_proteins(self.paths, start, cursor)
+            stream = iter_proteins(self.paths, start, cursor,
+                                   clusters=Clusters(self.seed, state.epoch) if self.sample_clusters else None)
             skipped = start.proteins if start is not None else 0
             while skipped < state.buffer_start and next(stream, None) is not None:
                 skipped += 1

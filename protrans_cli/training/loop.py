@@ -48,8 +48,8 @@ from protrans_cli.training import recompute
 from protrans_cli.training.rundir import _RUN_FILES, find_checkpoint, refuse_what_the_run_dir_holds
 from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, RESOLVED, TrainConfig, check_skip_data,
                                           grad_accum_steps, resolve_precision)
-from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_files, check_corpus,
-                                        check_validation_corpus, corpus_fingerprint, corpus_overlaps,
+from protrans_cli.training.data import (Clusters, CorpusStream, StreamState, TokenLayout, changed_corpus_files,
+                                        check_corpus, check_validation_corpus, corpus_fingerprint, corpus_overlaps,
                                         count_proteins, evaluation_step_size, next_phase_state, position_in_corpus,
                                         step_batches)
 from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, open_wandb, plot_metrics,
@@ -541,7 +541,8 @@ def _check_corpora(config: TrainConfig, info: dist.DistInfo, evaluates: bool) ->
     largest = max(range(len(phases)), key=lambda i: phases[i].global_batch_size)
     empty = check_corpus(config.corpus, phases[largest].global_batch_size,
                          batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:"
-                                     f"{phases[largest].num_steps}" if len(phases) > 1 else ""))
+                                     f"{phases[largest].num_steps}" if len(phases) > 1 else ""),
+                         clusters=config.sample_clusters)
     if info.is_main:
         if empty:
             console.warn(f"corpus {'file' if len(empty) == 1 else 'files'} {', '.join(empty[:3])}"
@@ -554,7 +555,8 @@ def _check_corpora(config: TrainConfig, info: dist.DistInfo, evaluates: bool) ->
         batch = max(p.micro_batch_size for p in phases)
         check_validation_corpus(config.val_corpus, batch * info.world_size,
                                 batch_text=f"micro batch size {batch} x {info.world_size} process(es)",
-                                evaluated=config.num_eval_batches * max(p.global_batch_size for p in phases))
+                                evaluated=config.num_eval_batches * max(p.global_batch_size for p in phases),
+                                clusters=config.sample_clusters)
 
 
 def _refuse_beyond_positions(config: TrainConfig, model) -> None:
@@ -888,8 +890,10 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     if changed and accept_corpus_change and info.is_main:
         accepted = option("--accept-corpus-change", "accept_corpus_change=True")  # (as the reader gave it)
         data = StreamState.from_dict(state["data_state"])
-        found = position_in_corpus(config.corpus, data)
-        position = f"protein {data.buffer_start + 1:,} of epoch {data.epoch + 1}"
+        found = position_in_corpus(config.corpus, data,
+                                   Clusters(config.seed, data.epoch) if config.sample_clusters else None)
+        unit = "cluster" if config.sample_clusters else "protein"
+        position = f"{unit} {data.buffer_start + 1:,} of epoch {data.epoch + 1}"
         at = data.at if data.at is not None and data.at.proteins <= data.buffer_start else None
         if found is None:
             # (shrunk: the stream finds no protein at the position and ends the epoch there;
@@ -1191,7 +1195,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         if phase_index != data_phase:
             # A new phase continues the stream at the next buffer of the previous phase.
             data_state = next_phase_state(data_state, config.corpus, phases[data_phase].global_batch_size,
-                                          config.bucket_batches)
+                                          config.bucket_batches, clusters=config.sample_clusters)
             data_phase = phase_index
         stream = _phase_stream(run, loop, phases, phase_index, max(phase_start, step) + 1, phase_end, data_state)
         if skip_data:
@@ -1333,12 +1337,15 @@ def _phase_stream(run: _Run, loop: _LoopState, phases, phase_index: int, first: 
                           micro_batch_size=phase.micro_batch_size, rank=info.rank,
                           world_size=info.world_size, seed=config.seed,
                           bucket_batches=config.bucket_batches, collate=phase_collate(run, phase),
-                          state=data_state, **sizing)
+                          state=data_state, sample_clusters=config.sample_clusters, **sizing)
     dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
                 f"steps {first}-{phase_end}, global batch {phase.global_batch_size} = "
                 f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
                 + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each"
-                   if "micro_batch_tokens" in sizing else ""))
+                   if "micro_batch_tokens" in sizing else "")
+                # (the clusters and members are not counted: a second pass over a UniRef-sized corpus)
+                + ("; one member of every cluster an epoch (--sample-clusters), a batch of clusters"
+                   if config.sample_clusters else ""))
     return stream
 
 
@@ -1873,7 +1880,9 @@ def evaluate(run: _Run, phase) -> float:
     rng = torch.get_rng_state()
     total = torch.zeros(1, dtype=torch.float64, device=info.device)  # the summed loss (the count: _shared_counts)
     try:
-        available = count_proteins(config.val_corpus, config.num_eval_batches * phase.global_batch_size)
+        # (--sample-clusters: clusters, each read as epoch 0 takes it, so every evaluation reads the same members)
+        available = count_proteins(config.val_corpus, config.num_eval_batches * phase.global_batch_size,
+                                   clusters=config.sample_clusters)
         per_step = evaluation_step_size(available, phase.global_batch_size, phase.micro_batch_size, info.world_size)
         if per_step == 0:  # (checked before training: a file changed since)
             raise InputError("the validation corpus holds fewer proteins than one evaluation batch now",
@@ -1890,7 +1899,8 @@ def evaluate(run: _Run, phase) -> float:
                               # past them joined the buffer (fewer than a global batch after it, or
                               # a file of fewer than num_eval_batches steps), which then evaluated a
                               # random choice of all of them, not the first
-                              max_proteins=min(available, config.num_eval_batches * per_step) // per_step * per_step)
+                              max_proteins=min(available, config.num_eval_batches * per_step) // per_step * per_step,
+                              sample_clusters=config.sample_clusters)
         # islice: a batch past the last is not made (tokenized and collated) only to be dropped
         micro_batches = [b for step_batch in itertools.islice(stream, config.num_eval_batches)
                          for b in step_batch.micro_batches]

@@ -64,7 +64,7 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
                           global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
                           rank=info.rank, world_size=info.world_size, seed=config.seed,
                           bucket_batches=config.bucket_batches, collate=phase_collate(run, phase),
-                          **config.stream_sizing(phase))
+                          sample_clusters=config.sample_clusters, **config.stream_sizing(phase))
     # Workers as the run will have them (--num-workers): the test also shows whether the
     # data keeps up with the steps.
     batches = step_batches(stream, config.num_workers)
