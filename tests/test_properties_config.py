@@ -50,7 +50,7 @@ def configs(draw):
         "output_dir": path_text,
         "global_batch_size": positive, "micro_batch_size": positive, "bucket_batches": positive,
         "pad_multiple": positive, "num_workers": st.integers(0, 8),
-        "packing": st.booleans(), "token_micro_batches": st.booleans(),
+        "packing": st.booleans(), "token_micro_batches": st.booleans(), "sample_clusters": st.booleans(),
         "mask_prob": st.floats(0.01, 0.9), "lr": finite, "weight_decay": st.floats(0, 1),
         "adam_beta2": st.floats(0.5, 0.999), "warmup_steps": st.integers(0, 10**5),
         "schedule": st.sampled_from(["linear", "cosine", "inverse_sqrt"]),

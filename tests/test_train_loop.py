@@ -2046,7 +2046,7 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
     dict(adam_eps=1e-6), dict(warmup_steps=5), dict(schedule="cosine"), dict(min_lr_ratio=0.0), dict(grad_clip=0.5),
     dict(decay_fraction=0.5),
     dict(mask_prob=0.2), dict(bucket_batches=8), dict(seed=1), dict(precision="bf16"), dict(max_length=128),
-    dict(global_batch_size=32), dict(model_overrides={"hidden_dropout_prob": 0.0}),
+    dict(global_batch_size=32), dict(model_overrides={"hidden_dropout_prob": 0.0}), dict(sample_clusters=True),
 ])
 def test_resume_refuses_each_optimizer_schedule_and_data_setting_it_documents(tmp_path, change):
     """docs/train.md: --resume refuses other values of what the result depends on (model and
