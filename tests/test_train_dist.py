@@ -606,3 +606,30 @@ def _single12(tmp_path):
                       log_every=1, threads=1, save_every=100,
                       model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
     return train(cfg).losses
+
+
+@pytest.mark.slow
+def test_torchrun_sample_clusters_matches_one_process(tmp_path):
+    """--sample-clusters over two ranks: each global batch holds the same members as in one
+    process (the member a function of seed, epoch and cluster), split without a cluster twice."""
+    proteins = [line for line in open(LEARNABLE).read().splitlines() if line.strip()]
+    corpus = tmp_path / "clusters.txt"
+    # clusters of 1, 2 and 3 members in turn: 150 clusters, 9 global batches of 16 an epoch
+    blocks, at = [], 0
+    while at + 6 <= len(proteins):
+        for size in (1, 2, 3):
+            blocks.append("".join(p + "\n" for p in proteins[at:at + size]) + "\n")
+            at += size
+    corpus.write_text("".join(blocks))
+    base = [str(corpus) if a == LEARNABLE else a for a in ARGS]
+    base[base.index("--num-steps") + 1] = "11"  # into the second epoch
+    out = tmp_path / "ddp"
+    proc = _torchrun("-o", out, "--sample-clusters", base=base)
+    assert "one member of every cluster an epoch" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    cfg = TrainConfig(family="bert", corpus=[str(corpus)], output_dir=str(tmp_path / "one"), num_steps=11,
+                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
+                      log_every=1, threads=1, save_every=100, sample_clusters=True,
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    assert len(losses) == 11
+    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)

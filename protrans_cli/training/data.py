@@ -3,6 +3,8 @@
 Reads `protrans prep`'s format (one protein per line, residues separated by spaces, a blank line
 between proteins; plain or compressed; any number of shards read in order) with bounded memory:
 only `bucket_batches` global batches are held at a time.
+With `sample_clusters` (train --sample-clusters) a block of lines between blank lines is one
+cluster, and each epoch reads one member of it (`Clusters`): every count below is then of clusters.
 
 How a global batch is formed, identically on every rank:
   1. the stream is cut into buffers of `global_batch_size * bucket_batches` proteins (the last
@@ -201,9 +203,10 @@ class Clusters:
 
     def pick(self, ordinal: int, size: int) -> int:
         """The member (0-based) of the `ordinal`-th cluster, of `size` members, taken this epoch:
-        a splitmix64 hash of (seed, epoch, ordinal) modulo size (about a microsecond: numpy's
-        default_rng per cluster took 30 µs, 30 minutes an epoch of UniRef50's 60 million
-        clusters on every rank)."""
+        a splitmix64 hash of (seed, epoch, ordinal) modulo size (3 µs a cluster: numpy's
+        default_rng per cluster took 31 µs, half an hour an epoch of UniRef50's 60 million
+        clusters on every rank). Reading by clusters: 0.75 s for 120 MB of text (200,000
+        proteins in 66,531 clusters of 1-5), 0.46 s by lines (2-core CPU, 2026-12-08)."""
         if size <= 1:
             return 0
         return _mix(_mix(_mix(self.seed & _U64) ^ (self.epoch & _U64)) ^ (ordinal & _U64)) % size
