@@ -113,6 +113,7 @@ class CorpusOptions:
     shuffle: bool = False              # the training proteins in a random order (seeded), not the input's
     seed: int = 0                      # --shuffle's seed: the same input and seed give the same corpus
     shuffle_bytes: int = 512 << 20     # --shuffle: text held in memory at a time (one bucket)
+    clusters: str | None = None        # TSV of cluster id, member id: each cluster's members written together
     block_bytes: int = 1 << 20         # input block handed to a worker (1 MiB: its arrays stay in cache)
     progress: bool = False
 
@@ -134,6 +135,15 @@ class CorpusOptions:
         if self.max_length is not None and self.max_length < self.min_length:
             raise UsageError(f"{option('--max-length', 'max_length')} must be at least "
                              f"{option('--min-length', 'min_length')} ({self.min_length}), got {self.max_length}")
+        if self.clusters is not None:
+            if str(self.clusters) in ("", "-"):
+                raise UsageError(f"{option('--clusters', 'clusters')} needs a file (it is read before the FASTA), "
+                                 f"got {str(self.clusters)!r}")
+            if self.long == "crop":
+                # (a protein's windows are lines of one document; a cluster's lines are its members)
+                raise UsageError(f"{option('--clusters', 'clusters')} cannot be combined with "
+                                 f"{given('--long', 'long', 'crop')}: a cluster's lines are its members, a "
+                                 "cropped protein's lines its windows (use --long skip)")
         if self.long == "crop" and self.max_length is None:
             raise UsageError(f"{given('--long', 'long', 'crop')} needs {option('--max-length', 'max_length')} (the "
                              "window size)")
@@ -220,6 +230,9 @@ class CorpusStats:
     nucleotide_ids: list[str] = field(default_factory=list, repr=False)  # the first few of them
     crop_dropped: int = 0              # --long crop: residues of last windows shorter than --min-length
     shuffle_seed: int | None = None    # --shuffle's seed (None: the proteins in the input's order)
+    clusters_out: int | None = None    # --clusters: clusters written (training + validation); None without it
+    unclustered: int | None = None     # --clusters: proteins written whose id is no member in the TSV
+    unclustered_ids: list[str] = field(default_factory=list, repr=False)  # the first few of them
     rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in ALL_REASONS})
     outputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -259,7 +272,9 @@ class CorpusStats:
         return out
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("length_counts", "long_lengths", "nucleotide_ids")}
+        data = {k: v for k, v in asdict(self).items()
+                if k not in ("length_counts", "long_lengths", "nucleotide_ids", "unclustered_ids")
+                and not (k in ("clusters_out", "unclustered") and v is None)}  # (the JSON without --clusters: as before)
         data["rejected_total"] = self.rejected_total
         data["length_percentiles"] = self.length_percentiles()
         total_len = int((self.length_counts * np.arange(len(self.length_counts))).sum()) + sum(
@@ -460,6 +475,7 @@ class _BlockConfig:
     spill_dir: str | None = None  # workers hand their text over as files here (see _Spill)
     train_compression: str | None = None  # workers compress each block's text (gzip member...)
     valid_compression: str | None = None
+    kept_ids: bool = False    # --clusters: return the id of every protein written (_BlockResult.kept_ids)
 
 
 @dataclass
@@ -556,6 +572,8 @@ class _BlockResult:
     length_counts: np.ndarray | None = None
     long_lengths: dict[int, int] = field(default_factory=dict)
     digests: np.ndarray | None = None   # (K, 3) uint64: digest hi, digest lo, record index in block
+    kept_ids: list[str] | None = None   # --clusters: the ids of the proteins written, in their order
+    kept_digests: np.ndarray | None = None  # --clusters: (K,) S16 of those ids (_id_digests), hashed in the worker
 
 
 def _record_id(header: bytes) -> str:
@@ -666,6 +684,9 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     like = np.flatnonzero(nucleotide & keep)
     result.nucleotide_like = len(like)
     result.nucleotide_ids = [heads.id_at(i) for i in like[:NAMED].tolist()]  # (the first few, for the warning)
+    if cfg.kept_ids:
+        result.kept_ids = [heads.id_at(i) for i in kept.tolist()]
+        result.kept_digests = _id_digests(result.kept_ids)
     text, doc_end, lines_out, windows = _spaced(sa, starts, stops, lengths, kept, cfg)
     valid, dest = _destinations(heads, kept, cfg)
     result.outputs = _block_outputs(text, starts, stops, kept, doc_end, valid, dest, n, lines_out, cfg)
@@ -1472,6 +1493,326 @@ class _Shuffle:
             write([docs[i] for i in order[start:start + piece].tolist()])
 
 
+# --------------------------------------------------------------------------------------------
+# --clusters: the members of each cluster written together
+
+
+def _id_digests(ids: Sequence[str]) -> np.ndarray:
+    """(K,) S16: a 128-bit digest of each id (as prep reads it, UTF-8 else latin-1, decode_word)."""
+    raw = b"".join(hashlib.blake2b(rid.encode("utf-8"), digest_size=16).digest() for rid in ids)
+    return np.frombuffer(raw, dtype="S16")
+
+
+def _member_twice(path: str, name: str, first: int, again: int):
+    """Raise the error of a TSV member named on its `first`-th and `again`-th member lines (from
+    0), found by reading the TSV again (the ids and the line numbers are not kept)."""
+    lines, member, count = [], b"", -1
+    try:
+        with open_input(path, name) as stream:
+            for number, line in enumerate(stream, 1):
+                if line.strip():
+                    count += 1
+                    if count in (first, again):
+                        lines.append(number)
+                        member = line.rstrip(b"\r\n").split(b"\t")[1].strip()
+                    if count == again:
+                        break
+    except (OSError, InputError):  # (a pipe, read once)
+        pass
+    if len(lines) == 2:
+        raise InputError(f"member {printable(decode_word(member))!r} named again (it was on line {lines[0]}): a "
+                         "member belongs to one cluster, listed once", path=name, line=lines[1])
+    raise InputError(f"a member named twice (member lines {first + 1} and {again + 1}): a member belongs to one "
+                     "cluster, listed once", path=name)
+
+
+@dataclass
+class _ClusterMap:
+    """--clusters: which cluster each member id is in, as sorted 128-bit digests of the member ids
+    and each one's cluster number (clusters numbered in the order the TSV first names them): 20
+    bytes a member (24 with more than 2**32 clusters), and 1 byte a cluster for its split. The ids
+    themselves are not kept."""
+
+    name: str                 # the TSV, for messages
+    members: np.ndarray       # (M,) S16 sorted member digests
+    cluster: np.ndarray       # (M,) cluster number of each
+    valid: np.ndarray         # (C,) bool: the cluster goes to validation (in_validation of its id)
+    count: int                # C
+
+    @classmethod
+    def load(cls, path: str, valid_fraction: float) -> "_ClusterMap":
+        """Read the TSV (compressed or not); InputError naming the file and line for a line that is
+        not two columns, or a member named twice. Holds about 50 bytes a member while it reads
+        (docs/prep.md, "Clusters")."""
+        import array
+
+        name = display_name(path)
+        # A TSV lists a cluster's members on consecutive lines (mmseqs createtsv does): the
+        # clusters are kept a run of lines at a time, the member ids a line at a time.
+        members, runs, run_valid, run_lengths = bytearray(), bytearray(), bytearray(), array.array("q")
+        previous = None
+        with open_input(path, name) as stream:
+            for number, line in enumerate(stream, 1):
+                fields = line.rstrip(b"\r\n").split(b"\t")
+                if len(fields) == 1 and not fields[0].strip():
+                    continue  # a blank line (the last one of a file, say)
+                if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+                    got = f"{len(fields)} column(s)" if len(fields) != 2 else "an empty column"
+                    raise InputError(f"expected 2 tab-separated columns, cluster id then member id (as mmseqs "
+                                     f"createtsv writes), got {got}: {printable(decode_word(line.rstrip()))[:60]}",
+                                     path=name, line=number)
+                cluster_id = fields[0].strip()
+                if cluster_id != previous:
+                    previous = cluster_id
+                    runs += hashlib.blake2b(cluster_id, digest_size=16).digest()
+                    run_valid.append(valid_fraction > 0 and in_validation(decode_word(cluster_id), valid_fraction))
+                    run_lengths.append(0)
+                run_lengths[-1] += 1
+                members += hashlib.blake2b(decode_word(fields[1].strip()).encode("utf-8"), digest_size=16).digest()
+        unique, first, inverse = np.unique(np.frombuffer(runs, dtype="S16"), return_index=True, return_inverse=True)
+        count = len(unique)
+        order = np.argsort(first, kind="stable")  # clusters numbered in the order the TSV first names them
+        rank = np.empty(count, dtype=np.int64)
+        rank[order] = np.arange(count)
+        valid = np.frombuffer(run_valid, dtype=bool)[first[order]]
+        number_of = np.repeat(rank[inverse.reshape(-1)].astype(np.uint32 if count < 2 ** 32 else np.int64),
+                              np.frombuffer(run_lengths, dtype=np.int64))
+        del unique, first, inverse, rank, order, runs, run_lengths
+        member = np.frombuffer(members, dtype="S16")
+        sort = np.argsort(member, kind="stable")
+        member = member[sort]
+        del members
+        same = np.flatnonzero(member[1:] == member[:-1])
+        if len(same):  # the first line that names a member named before
+            later = sort[same + 1]
+            k = int(np.argmin(later))
+            _member_twice(path, name, int(sort[same[k]]), int(later[k]))
+        return cls(name, member, number_of[sort], valid, count)
+
+    def lookup(self, query: np.ndarray) -> np.ndarray:
+        """(K,) int64: the cluster number of each id (`query`: their _id_digests), -1 for an id
+        that is no member."""
+        out = np.full(len(query), -1, dtype=np.int64)
+        if not len(query) or not len(self.members):
+            return out
+        order = np.argsort(query)  # (sorted queries: 7x faster than a block's in its order, cache misses)
+        query = query[order]
+        pos = np.minimum(np.searchsorted(self.members, query), len(self.members) - 1)
+        hit = self.members[pos] == query
+        out[order[hit]] = self.cluster[pos[hit]]
+        return out
+
+    def keys(self, shuffle: bool, seed: int) -> np.ndarray:
+        """(C,) uint64: where each cluster goes in the output (in the order of the keys; bucket:
+        the top 8 bits). In order: the cluster numbers spread over the range; shuffled: random."""
+        if shuffle:
+            return np.random.default_rng([seed, 5]).bit_generator.random_raw(self.count).astype(np.uint64)
+        shift = 64 - max(1, int(self.count).bit_length())
+        return np.arange(self.count, dtype=np.uint64) << np.uint64(shift)
+
+
+class _Grouper:
+    """--clusters: the proteins of one output grouped by cluster in bounded memory. Each protein
+    goes to one of 256 bucket files by the top 8 bits of its cluster's key (_ClusterMap.keys), so
+    a cluster lands whole in one bucket; then each bucket in turn is read whole, its proteins
+    sorted by (key, cluster) (a stable sort: a cluster's members in the input's order), and
+    written a cluster at a time. Proteins without a cluster, in order (not shuffled), wait in a
+    file of their own and come last, in the input's order, each a cluster of one. Memory: one
+    bucket (about 1/256 of the output's text) read at a time, a few times its size in objects."""
+
+    SEPARATOR = b"\n\n"
+    COUNT = 256
+    DESC = "prep: clusters"
+
+    def __init__(self, directory: Path, budget: int):
+        self.directory = directory
+        self.paths = [directory / f"bucket{k}" for k in range(self.COUNT + 1)]  # the last: loose proteins
+        self.pending: list[list[bytes]] = [[] for _ in range(self.COUNT + 1)]
+        self.pending_bytes = 0
+        self.spill_at = budget // 16
+        self.files: list = [None] * (self.COUNT + 1)
+        self.counts = np.zeros(self.COUNT + 1, dtype=np.int64)
+        self.proteins = None  # (the progress bar's total: clusters, counted as they are written)
+        self.clusters = 0     # written
+
+    def _failure(self, exc: OSError) -> RuntimeFailure:
+        reason = disk_full(exc) or (exc.strerror or str(exc))
+        return RuntimeFailure(f"--clusters cannot write its buckets: {reason} (they take about the corpus's "
+                              "uncompressed size; --tmp-dir DIR puts them elsewhere)", path=str(self.directory))
+
+    def add(self, docs: list, keys: np.ndarray, units: np.ndarray) -> None:
+        """Proteins (their text without the empty line) with their cluster's key and number."""
+        if not docs:
+            return
+        buckets = (keys >> np.uint64(56)).astype(np.int64)
+        order = np.argsort(buckets, kind="stable")
+        sizes = np.bincount(buckets, minlength=self.COUNT)
+        self.counts[:self.COUNT] += sizes
+        keys, units = keys.tolist(), units.tolist()
+        start = 0
+        for k, end in enumerate(np.cumsum(sizes).tolist()):
+            if end > start:
+                self._hold(k, b"".join(b"%d\t%d\t%s\n\n" % (keys[i], units[i], docs[i])
+                                       for i in order[start:end].tolist()))
+            start = end
+
+    def add_loose(self, docs: list) -> None:
+        """Proteins without a cluster, written last in this order."""
+        if docs:
+            self.counts[self.COUNT] += len(docs)
+            self._hold(self.COUNT, self.SEPARATOR.join(docs) + self.SEPARATOR)
+
+    def _hold(self, k: int, text: bytes) -> None:
+        self.pending[k].append(text)
+        self.pending_bytes += len(text)
+        if self.pending_bytes > self.spill_at:
+            self._spill()
+
+    def _spill(self) -> None:
+        try:
+            for k, parts in enumerate(self.pending):
+                if parts:
+                    if self.files[k] is None:
+                        self.files[k] = open(self.paths[k], "wb")
+                    self.files[k].write(b"".join(parts))
+                    parts.clear()
+        except OSError as exc:
+            raise self._failure(exc) from None
+        self.pending_bytes = 0
+
+    def close(self, quiet: bool = False) -> None:
+        for f in self.files:
+            if f is not None:
+                with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
+                    f.close()
+        self.files = [None] * (self.COUNT + 1)
+
+    def _text(self, k: int) -> bytes:
+        text = b"".join(self.pending[k])
+        self.pending[k] = []
+        if self.paths[k].exists():
+            text = self.paths[k].read_bytes() + text
+            self.paths[k].unlink()
+        return text
+
+    def emit(self, write) -> None:
+        """Calls write(list of clusters' texts: the members' lines joined by newlines) with every
+        cluster once: the buckets' in key order, then the loose proteins."""
+        try:
+            self.close()  # (a full disk's last write shows here; the text still pending follows the files')
+        except OSError as exc:
+            raise self._failure(exc) from None
+        piece = 1 << 13
+        for k in range(self.COUNT):
+            if not self.counts[k]:
+                continue
+            entries = [entry.split(b"\t", 2) for entry in self._text(k).split(self.SEPARATOR)[:-1]]
+            rows = sorted(((int(key), int(unit), i) for i, (key, unit, _) in enumerate(entries)))
+            groups: list[bytes] = []
+            members: list[bytes] = []
+            current = None
+            for _, unit, i in rows:
+                if unit != current and members:
+                    groups.append(b"\n".join(members))
+                    members = []
+                current = unit
+                members.append(entries[i][2])
+            groups.append(b"\n".join(members))
+            del entries, rows
+            for start in range(0, len(groups), piece):
+                self.clusters += len(groups[start:start + piece])
+                write(groups[start:start + piece])
+        if self.counts[self.COUNT]:
+            self._emit_loose(write)
+
+    def _emit_loose(self, write) -> None:
+        path = self.paths[self.COUNT]
+        tail = b"".join(self.pending[self.COUNT])
+        self.pending[self.COUNT] = []
+        rest = b""
+        for chunk in (*self._chunks(path), tail):
+            rest += chunk
+            cut = rest.rfind(self.SEPARATOR)
+            if cut >= 0:
+                docs = rest[:cut + 2].split(self.SEPARATOR)[:-1]
+                rest = rest[cut + 2:]
+                self.clusters += len(docs)
+                write(docs)
+
+    @staticmethod
+    def _chunks(path: Path) -> Iterator[bytes]:
+        """A file's bytes in pieces of 8 MiB, the file removed once read (none where it is not)."""
+        if not path.exists():
+            return
+        with open(path, "rb") as src:
+            while chunk := src.read(8 << 20):
+                yield chunk
+        path.unlink()
+
+
+class _Clusters:
+    """--clusters in a run: the map, the groupers (training; validation with --valid-fraction)
+    and the keys of the TSV's clusters: random in a shuffled training output, else in order."""
+
+    def __init__(self, cmap: _ClusterMap, directory: Path, options: CorpusOptions):
+        self.map = cmap
+        self.valid_fraction = options.valid_fraction
+        self.train = _Grouper(directory / "train", options.shuffle_bytes)
+        self.valid = _Grouper(directory / "valid", options.shuffle_bytes) if options.valid_fraction > 0 else None
+        for grouper in (self.train, self.valid):
+            if grouper is not None:
+                grouper.directory.mkdir()
+        self.shuffle = options.shuffle
+        in_order = cmap.keys(False, 0)  # (8 bytes a cluster, 16 with --shuffle and a validation split)
+        self.valid_keys = in_order if self.valid is not None else None
+        self.train_keys = cmap.keys(True, options.seed) if options.shuffle else in_order
+        self.rng = np.random.default_rng([options.seed, 6])  # keys of shuffled proteins without a cluster
+        self.loose = 0  # proteins without a cluster so far (their numbers follow the TSV's clusters)
+
+    def close(self) -> None:
+        for grouper in (self.train, self.valid):
+            if grouper is not None:
+                grouper.close(quiet=True)
+
+    def add(self, text, ids: list[str], digests: np.ndarray, stats: "CorpusStats") -> None:
+        """A block's training text (every written protein, then an empty line), their ids and the
+        ids' digests."""
+        docs = text.split(_Grouper.SEPARATOR)[:-1] if text else []
+        if len(docs) != len(ids):  # pragma: no cover - the worker's text and ids disagree
+            raise AssertionError(f"--clusters: {len(docs)} proteins, {len(ids)} ids")
+        if not docs:
+            return
+        number = self.map.lookup(digests)
+        loose = np.flatnonzero(number < 0)
+        if len(loose):
+            stats.unclustered += len(loose)
+            stats.unclustered_ids.extend(ids[i] for i in loose[:NAMED - len(stats.unclustered_ids)].tolist())
+            number[loose] = self.map.count + self.loose + np.arange(len(loose))
+            self.loose += len(loose)
+        inside = number < self.map.count
+        valid = np.zeros(len(docs), dtype=bool)
+        if self.valid is not None:  # by the cluster's id, or a protein's own without one
+            valid[inside] = self.map.valid[number[inside]]
+            valid[loose] = [in_validation(ids[i], self.valid_fraction) for i in loose.tolist()]
+        for side, grouper, keys in ((~valid, self.train, self.train_keys), (valid, self.valid, self.valid_keys)):
+            if grouper is None:
+                continue
+            mine = np.flatnonzero(side & inside)
+            if len(mine):
+                grouper.add([docs[i] for i in mine.tolist()], keys[number[mine]], number[mine])
+            rest = np.flatnonzero(side & ~inside)
+            if not len(rest):
+                continue
+            if self.shuffle and grouper is self.train:  # (drawn in the input's order: the same corpus for any -j)
+                grouper.add([docs[i] for i in rest.tolist()], self.rng.bit_generator.random_raw(len(rest))
+                            .astype(np.uint64), number[rest])
+            else:
+                grouper.add_loose([docs[i] for i in rest.tolist()])
+        if valid.any():
+            stats.valid_proteins += int(valid.sum())
+            stats.valid_residues += sum((len(docs[i]) + 1) // 2 for i in np.flatnonzero(valid).tolist())
+
+
 def _dedup_failure(exc: OSError, directory: Path) -> BaseException:
     """A write of --dedup's scratch files (`directory`) that found no room, as one line naming the
     folder they are in ("No space left on device" alone named nothing); any other error as it is."""
@@ -1683,7 +2024,9 @@ def _reserve_open_files(options: CorpusOptions) -> None:
     "Too many open files") and --shuffle's bucket files (up to MAX_BUCKETS; with the limit raised
     for the shards alone, --shards 1000 --shuffle failed once the buckets were opened). Room is
     asked for the other files too; refused (exit 2) only without room for a few of them."""
-    buckets = _Shuffle.MAX_BUCKETS if options.shuffle else 0
+    buckets = _Shuffle.MAX_BUCKETS if options.shuffle and options.clusters is None else 0
+    if options.clusters is not None:  # (a training grouper, and a validation one)
+        buckets = (_Grouper.COUNT + 1) * (2 if options.valid_fraction > 0 else 1)
     if options.num_shards == 1 and not buckets:
         return
     files = options.num_shards + buckets
@@ -1691,7 +2034,8 @@ def _reserve_open_files(options: CorpusOptions) -> None:
     if limit is None or limit >= files + 16:
         return
     if buckets:
-        raise UsageError(f"--shuffle keeps up to {buckets} scratch files open besides the {options.num_shards} "
+        raise UsageError(f"{'--clusters' if options.clusters is not None else '--shuffle'} keeps up to {buckets} "
+                         "scratch files open besides the {options.num_shards} "
                          f"shard(s), and this process may open {limit} files (ulimit -n): "
                          + ("use fewer shards, or --shard-size, which keeps one open" if options.num_shards > 1
                             else "raise the limit (ulimit -n)"))
@@ -1712,7 +2056,7 @@ def _scratch_base(options: CorpusOptions) -> str:
     return tempfile.gettempdir()
 
 
-def _write_shuffled(shuffle: "_Shuffle", writers: "_Writers", options: CorpusOptions) -> None:
+def _write_shuffled(shuffle: "_Shuffle | _Grouper", writers: "_Writers", options: CorpusOptions) -> None:
     """The shuffled proteins to the training outputs: dealt round-robin to --shards N as the
     unshuffled ones are, cut by --shard-size, or all to one file. A compressed output's pieces
     are compressed by -j threads (zlib, zstd, bz2 and lzma let go of the GIL), written in order."""
@@ -1729,7 +2073,8 @@ def _write_shuffled(shuffle: "_Shuffle", writers: "_Writers", options: CorpusOpt
         joined = sep.join(docs) + sep
         return compress_bytes(joined, kind, FAST_LEVELS.get(kind)) if kind else joined
 
-    bar = console.progress(total=shuffle.proteins, desc="prep: shuffle", unit="protein") if options.progress else None
+    bar = console.progress(total=shuffle.proteins, desc=getattr(shuffle, "DESC", "prep: shuffle"),
+                           unit="protein" if shuffle.proteins is not None else "cluster") if options.progress else None
     pool = ThreadPoolExecutor(options.threads) if kind and options.threads > 1 else None
     pending: collections.deque = collections.deque()  # (destination, proteins before it, text or future)
     written = 0
@@ -1806,6 +2151,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     run = _PrepRun(options, inputs, cfg, threads=_threads_worth_starting(inputs, options))
     _reserve_open_files(options)
     try:
+        if options.clusters is not None:  # (read whole before the FASTA: a bad line stops the run at once)
+            run.cluster_map = _ClusterMap.load(str(options.clusters), options.valid_fraction)
         _open_outputs(run)
         if options.dedup:
             _find_duplicates(run)
@@ -1839,9 +2186,12 @@ def _checked_inputs(inputs, options: CorpusOptions) -> list[str]:
         if path != "-" and (problem := unreachable_input(path)):
             raise InputError(problem, path=path)
     _refuse_a_stream_read_twice(inputs)
+    if options.clusters is not None and (problem := unreachable_input(str(options.clusters))):
+        raise InputError(problem, path=str(options.clusters))
+    read = inputs + ([str(options.clusters)] if options.clusters is not None else [])
     for out in (options.output, options.valid_output, options.rejects, options.stats):
         # `prep x.fa -o x.fa` replaced the FASTA with the corpus on success: the input was lost.
-        if input_named_by(out, inputs):
+        if input_named_by(out, read):
             raise UsageError(f"{out} is also an input: writing it would replace the FASTA (choose another name)")
     for path in inputs:  # ... and `prep c.00000.fa -o c.fa --shards 2` by the first shard
         if _is_shard_of(path, options):
@@ -1852,15 +2202,17 @@ def _checked_inputs(inputs, options: CorpusOptions) -> list[str]:
 
 def _block_config(options: CorpusOptions) -> _BlockConfig:
     """What a worker needs to process a block (the spill folder is added once it exists)."""
+    grouped = options.clusters is not None  # (the split by cluster is the main process's: _Clusters.add)
     return _BlockConfig(
         rare=options.rare, min_length=options.min_length, max_length=options.max_length,
-        long=options.long, valid_fraction=options.valid_fraction,
-        # (--shuffle deals the shuffled proteins to the shards itself)
-        num_shards=1 if options.shuffle else options.num_shards,
+        long=options.long, valid_fraction=0.0 if grouped else options.valid_fraction,
+        # (--shuffle and --clusters deal the proteins to the shards themselves)
+        num_shards=1 if options.shuffle or grouped else options.num_shards,
         want_rejects=bool(options.rejects), digests=False,
-        # (--shuffle cuts the text into proteins after the workers, and compresses it then)
-        train_compression=None if options.shuffle else worker_compression(options)[0],
-        valid_compression=worker_compression(options)[1],
+        # (--shuffle and --clusters cut the text into proteins after the workers, and compress it then)
+        train_compression=None if options.shuffle or grouped else worker_compression(options)[0],
+        valid_compression=None if grouped else worker_compression(options)[1],
+        kept_ids=grouped,
     )
 
 
@@ -1891,6 +2243,9 @@ class _PrepRun:
     dedup: _Dedup | None = None
     shuffle_dir: Path | None = None
     shuffle: _Shuffle | None = None
+    cluster_map: _ClusterMap | None = None
+    clusters_dir: Path | None = None
+    clusters: _Clusters | None = None
 
     def __post_init__(self):
         self.paths = self.inputs
@@ -1910,6 +2265,10 @@ class _PrepRun:
             self.shuffle.close(quiet=True)
         if self.shuffle_dir is not None:
             shutil.rmtree(self.shuffle_dir, ignore_errors=True)
+        if self.clusters is not None:
+            self.clusters.close()
+        if self.clusters_dir is not None:
+            shutil.rmtree(self.clusters_dir, ignore_errors=True)
         if self.spill_dir is not None:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 
@@ -1982,7 +2341,12 @@ def _write_corpus(run: _PrepRun, stats: CorpusStats) -> None:
     """The pass that writes: each block's proteins to the outputs (the training ones through
     --shuffle's buckets), its rejects to --rejects, its counts to `stats`."""
     options = run.options
-    if options.shuffle:
+    if run.cluster_map is not None:
+        with signals_held():  # (as the spill folder's, in _open_outputs)
+            run.clusters_dir = make_temporary(_scratch_base(options), ".protrans-clusters.", "", folder=True)
+        run.clusters = _Clusters(run.cluster_map, run.clusters_dir, options)
+        stats.clusters_out, stats.unclustered = 0, 0
+    elif options.shuffle:
         run.shuffle_dir = make_temporary(_scratch_base(options), ".protrans-shuffle.", "", folder=True)
         run.shuffle = _Shuffle(run.shuffle_dir, options.seed, options.shuffle_bytes)
     bar = _bar(options, run.paths, "prep")
@@ -1996,6 +2360,10 @@ def _write_corpus(run: _PrepRun, stats: CorpusStats) -> None:
         if run.shuffle is not None and 0 in res.outputs:
             train = res.outputs.pop(0)
             run.shuffle.add(train.read() if isinstance(train, _Spill) else train)
+        elif run.clusters is not None:
+            train = res.outputs.pop(0, b"")
+            run.clusters.add(train.read() if isinstance(train, _Spill) else train, res.kept_ids or [],
+                             res.kept_digests, stats)
         run.writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
         if run.rejects:
             _write_rejects(run.rejects, block, res, line0)
@@ -2008,6 +2376,26 @@ def _write_corpus(run: _PrepRun, stats: CorpusStats) -> None:
     if run.shuffle is not None:
         _write_shuffled(run.shuffle, run.writers, options)
         stats.shuffle_seed = options.seed
+    if run.clusters is not None:
+        _write_clusters(run.clusters, run.writers, options)
+        stats.clusters_out = run.clusters.train.clusters + (run.clusters.valid.clusters if run.clusters.valid else 0)
+        stats.shuffle_seed = options.seed if options.shuffle else None
+
+
+def _write_clusters(clusters: _Clusters, writers: _Writers, options: CorpusOptions) -> None:
+    """The grouped proteins to the outputs: the training clusters as --shuffle's proteins are
+    (dealt round-robin to --shards N a cluster at a time; --shard-size cuts only at an empty
+    line, which ends a cluster), the validation clusters in order to --valid-output."""
+    _write_shuffled(clusters.train, writers, options)
+    if clusters.valid is None:
+        return
+    sep, kind = _Grouper.SEPARATOR, writers.valid_kind
+
+    def write(docs: list) -> None:
+        text = sep.join(docs) + sep
+        writers.write({-1: compress_bytes(text, kind, FAST_LEVELS.get(kind)) if kind else text}, 0)
+
+    clusters.valid.emit(write)
 
 
 def _write_rejects(rejects, block: _Block, res: _BlockResult, line0: int) -> None:

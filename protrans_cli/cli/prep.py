@@ -58,12 +58,16 @@ def parse_size(text: str) -> int:
                    "corpus in its order, so an input in a systematic order (by accession, cluster, organism) trains in that order.")
 @click.option("--seed", type=int, default=None,  # (its range: CorpusOptions, as other commands word it)
               help="Seed of --shuffle (0 or more): the same input and seed give the same corpus.  [default: 0]")
+@click.option("--clusters", metavar="TSV",
+              help="Cluster id, member id per line (mmseqs createtsv): write each cluster's members together, "
+                   "a line each, then an empty line; --valid-fraction splits whole clusters.")
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-' = stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 @click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup, --shuffle and the -j workers' hand-over files [default: dedup and shuffle beside the output, workers /dev/shm when it has room, else $TMPDIR].")
 def command(inputs, output, rare, strict, rejects, min_length, max_length, long_policy, dedup,
-            valid_fraction, valid_output, num_shards, shard_size, shuffle, seed, stats_path, threads, tmp_dir):
+            valid_fraction, valid_output, num_shards, shard_size, shuffle, seed, clusters, stats_path, threads,
+            tmp_dir):
     """FASTA to the ProtTrans pretraining corpus: one protein per line, residues separated by
     spaces, an empty line after each protein.
 
@@ -88,7 +92,7 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
         valid_output=valid_output, num_shards=num_shards,
         shard_size=parse_size(shard_size) if shard_size is not None else None,  # ('' is refused, not ignored)
         threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.progress_wanted(), stats=stats_path,
-        shuffle=shuffle, seed=seed or 0,
+        shuffle=shuffle, seed=seed or 0, clusters=clusters,
     )
     stats = build_corpus(inputs, options)
     _print_summary(stats, num_shards)
@@ -105,6 +109,12 @@ def _print_summary(stats, num_shards: int = 1) -> None:
     if 0 < training < num_shards:  # (train then called the empty shards "a copy that failed?")
         console.warn(f"--shards {num_shards}: {console.counted(training, 'training protein')} for {num_shards:,} "
                      f"shards, so the last {num_shards - training:,} are empty")
+    if stats.unclustered:
+        shown = console.some_named(stats.unclustered, stats.unclustered_ids)
+        console.warn(f"--clusters: {stats.unclustered:,} of {stats.proteins_out:,} protein(s) written have an id "
+                     f"that is no member in the TSV, each written as a cluster of its own: {shown}"
+                     + (" (ids are matched exactly: UniRef90_P12345 is not P12345)"
+                        if stats.unclustered == stats.proteins_out else ""))
     if stats.nucleotide_like:
         from protrans_cli.residues import NUCLEOTIDE_RULE
 
@@ -123,8 +133,12 @@ def _print_summary(stats, num_shards: int = 1) -> None:
         rows.append(["  of which validation", f"{stats.valid_proteins:,} proteins, {stats.valid_residues:,} residues"])
     if stats.rare_to_x:
         rows.append(["U/Z/O/B written as X", f"{stats.rare_to_x:,}"])
+    if stats.clusters_out is not None:
+        rows.append(["clusters out", f"{stats.clusters_out:,}"])
+        rows.append(["  proteins without a cluster", f"{stats.unclustered:,}"])
     if stats.shuffle_seed is not None:
-        rows.append(["training proteins shuffled", f"seed {stats.shuffle_seed}"])
+        what = "clusters" if stats.clusters_out is not None else "proteins"
+        rows.append([f"training {what} shuffled", f"seed {stats.shuffle_seed}"])
     if stats.crop_dropped:
         rows.append(["residues dropped (crop windows < --min-length)", f"{stats.crop_dropped:,}"])
     for reason, count in stats.rejected.items():
