@@ -2035,7 +2035,7 @@ def _reserve_open_files(options: CorpusOptions) -> None:
         return
     if buckets:
         raise UsageError(f"{'--clusters' if options.clusters is not None else '--shuffle'} keeps up to {buckets} "
-                         "scratch files open besides the {options.num_shards} "
+                         f"scratch files open besides the {options.num_shards} "
                          f"shard(s), and this process may open {limit} files (ulimit -n): "
                          + ("use fewer shards, or --shard-size, which keeps one open" if options.num_shards > 1
                             else "raise the limit (ulimit -n)"))
