@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -116,14 +115,14 @@ def test_the_validation_split_keeps_every_cluster_whole(tmp_path, threads):
 def test_shuffle_shuffles_clusters_and_keeps_them_whole(tmp_path):
     fasta, tsv, expected = _many(tmp_path)
     outs = []
-    for seed in (1, 1, 2):
+    for seed, threads in ((1, 1), (1, 2), (2, 1)):
         out = tmp_path / f"s{len(outs)}.txt"
         build_corpus([fasta], CorpusOptions(output=str(out), clusters=str(tsv), shuffle=True, seed=seed,
-                                            shuffle_bytes=1024, block_bytes=1024))
+                                            shuffle_bytes=1024, block_bytes=1024, threads=threads))
         outs.append(_as_sets(out.read_text()))
     want = sorted([tuple(v) for v in expected.values()] + [("M K K K",)])
     assert sorted(outs[0]) == want  # every cluster whole, once (its members in the input's order)
-    assert outs[0] == outs[1] and outs[0] != outs[2]  # the seed decides the order
+    assert outs[0] == outs[1] and outs[0] != outs[2]  # the seed decides the order, not -j
     assert outs[0] != [tuple(v) for v in expected.values()] + [("M K K K",)]
 
 
