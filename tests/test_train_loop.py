@@ -2044,7 +2044,7 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
 @pytest.mark.parametrize("change", [
     dict(optimizer="lamb"), dict(lr=1e-3), dict(weight_decay=0.0), dict(adam_beta1=0.8), dict(adam_beta2=0.999),
     dict(adam_eps=1e-6), dict(warmup_steps=5), dict(schedule="cosine"), dict(min_lr_ratio=0.0), dict(grad_clip=0.5),
-    dict(decay_fraction=0.5),
+    dict(decay_fraction=0.5), dict(decay_steps=20),
     dict(mask_prob=0.2), dict(bucket_batches=8), dict(seed=1), dict(precision="bf16"), dict(max_length=128),
     dict(global_batch_size=32), dict(model_overrides={"hidden_dropout_prob": 0.0}), dict(sample_clusters=True),
 ])

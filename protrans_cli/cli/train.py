@@ -98,6 +98,9 @@ def _extra_arguments(ctx) -> str:
               help="linear, cosine and wsd decay to lr x this (ESM-2: 0.1).  [default: 0.1]")
 @click.option("--decay-fraction", type=float, default=None,
               help="wsd, wsd_sqrt: the last fraction of the steps that decays.  [default: 0.2]")
+@click.option("--decay-steps", type=int, default=None, metavar="N",
+              help="linear, cosine: the decay reaches lr x --min-lr-ratio at step N (of all --phase steps "
+                   "together) and holds it (ESM-2: 450000 of 500000).  [default: the last step]")
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
 @click.option("--skip-nonfinite", type=int, default=None, metavar="N",
               help="Skip (not apply) up to N steps whose gradient is not finite, each warned and counted in "
@@ -239,6 +242,7 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
     # (under --find-lr, --num-steps is the range test's steps, not a phase's)
     test_steps = flags.pop("num_steps") if find_lr else None
     config, recorded_as = _with_flags(config, config_file, flags, model_set, phases, threads)
+    config = _without_file_decay_steps(config, config_file, flags)
     saved_as = {**saved_as, **recorded_as}
     if own is not None:
         _refuse_moved_corpus(config, own, given=[key for key in ("corpus", "val_corpus") if flags.get(key)])
@@ -395,6 +399,25 @@ def _with_flags(config, config_file, flags, model_set, phases, threads) -> tuple
                            threads=threads, **flags), saved_as
 
 
+def _without_file_decay_steps(config, config_file, flags):
+    """A config file's (a recipe's) decay_steps under a --schedule flag it does not apply to
+    (wsd, constant, inverse_sqrt): left out, with a warning, as the flag's schedule has no such
+    end (`--recipe esm2_t33_650M --schedule wsd` was refused, the recipe's decay_steps being no
+    flag to take back). --decay-steps given with such a schedule is refused (check_values)."""
+    import dataclasses
+
+    schedule = flags.get("schedule")
+    if (schedule is None or schedule in ("linear", "cosine") or flags.get("decay_steps") is not None
+            or config.decay_steps is None):
+        return config
+    if _rank_zero():
+        from protrans_cli import console
+
+        console.warn(f"decay_steps {config.decay_steps} of {config_file} ignored: --schedule {schedule} has no "
+                     "such end (linear and cosine do)")
+    return dataclasses.replace(config, decay_steps=None)
+
+
 def _warn_flags_without_effect(config, flags, *, new_run: bool) -> None:
     """A flag that the settings make changed nothing, warned (rank 0)."""
     from protrans_cli import console
@@ -459,7 +482,7 @@ def _find_lr(config, flags, test_steps) -> None:
                      "lr_find.json: no evaluation, metrics or checkpoint)")
     # (the range test sets every step's lr itself: these changed nothing without a word)
     swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_steps", "schedule", "min_lr_ratio",
-                                                         "decay_fraction")
+                                                         "decay_fraction", "decay_steps")
              if flags.get(name) is not None]
     if swept and _rank_zero():
         console.warn(f"--find-lr raises the learning rate from 1e-7 to 1 itself: {', '.join(swept)} ignored")

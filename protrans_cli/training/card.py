@@ -277,8 +277,10 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
     out.append(opt + (f"; gradient clipping at norm {config.grad_clip:g}" if config.grad_clip else ""))
     warmup = resolved.get("warmup_steps", config.warmup_steps)
     stable = f"constant, then over the last {config.decay_fraction:.0%} of the steps"
-    schedule = {"linear": f"linear decay to {config.min_lr_ratio:g} of the peak",
-                "cosine": f"cosine decay to {config.min_lr_ratio:g} of the peak",
+    held = (f" at step {_count(config.decay_steps)}, held after it"
+            if getattr(config, "decay_steps", None) is not None else "")
+    schedule = {"linear": f"linear decay to {config.min_lr_ratio:g} of the peak{held}",
+                "cosine": f"cosine decay to {config.min_lr_ratio:g} of the peak{held}",
                 "wsd": f"{stable} linear decay to {config.min_lr_ratio:g} of the peak (warmup-stable-decay)",
                 "wsd_sqrt": f"{stable} 1 - sqrt decay to {config.min_lr_ratio:g} of the peak (warmup-stable-decay)",
                 "inverse_sqrt": "inverse square-root decay", "constant": "constant"}.get(config.schedule,

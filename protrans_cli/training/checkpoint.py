@@ -705,7 +705,7 @@ RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_override
                    "global_batch_size", "bucket_batches", "mask_prob", "sop", "noise_density", "mean_span_length",
                    "plm_prob", "electra_disc_weight", "segment_length", "optimizer", "lr", "weight_decay",
                    "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction",
-                   "grad_clip", "seed", "precision", "sample_clusters")
+                   "decay_steps", "grad_clip", "seed", "precision", "sample_clusters")
 
 
 _PHASES_SHOWN = "phases (LEN:GLOBAL_BATCH)"
@@ -803,6 +803,9 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
             saved["warmup_steps"] = warmup
     if config.warmup_steps is None and saved.get("warmup_steps") is not None:
         config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
+    if "schedule" in saved:
+        # (written before decay_steps existed: its linear or cosine decay ended at the last step)
+        saved.setdefault("decay_steps", None)
     if saved.get("precision") == "auto" and resolved.get("precision"):
         saved["precision"] = resolved["precision"]  # what auto meant where the run ran
     # (read by lines before --sample-clusters was a setting: resumed by clusters, its data position

@@ -134,6 +134,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1      # linear, cosine and wsd decay end at lr * min_lr_ratio (inverse_sqrt: no floor)
     # wsd, wsd_sqrt (warmup-stable-decay): the last fraction of the steps that decays from the peak
     decay_fraction: float = 0.2
+    # linear, cosine: the step (of the whole run, every phase together) at which the decay reaches
+    # lr * min_lr_ratio, held after it (ESM-2: 450,000 of 500,000); None: the run's last step
+    decay_steps: int | None = None
     grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
     # steps whose gradient is not finite that are skipped (not applied) before the run stops as
     # diverged; 0: it stops at the first. Counted over the whole run (checkpoints keep the count).
@@ -343,6 +346,7 @@ class TrainConfig:
             if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{setting_name(name)} must be {text}, got {value}")
         self._check_lr_in_float32()
+        self._check_decay_steps()
         for name, least in (("segment_length", 1), ("fsdp_min_params", 0), ("skip_nonfinite", 0)):
             if getattr(self, name) < least:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
@@ -402,6 +406,27 @@ class TrainConfig:
             # --global-batch-size -1` was warned of as ignored and taken)
             if getattr(self, name) < 1:
                 raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
+
+    def _check_decay_steps(self) -> None:
+        """decay_steps: a step after the warmup, for a schedule that decays to a floor over a span
+        (linear, cosine; wsd's span is decay_fraction's). One beyond the run's last step is taken:
+        the decay is then slower, above the floor at the end (train warns)."""
+        if self.decay_steps is None:
+            return
+        name = setting_name("decay_steps")
+        if isinstance(self.decay_steps, bool) or not isinstance(self.decay_steps, int):
+            raise UsageError(f"{name} must be a number of steps, got {self.decay_steps!r:.40}")
+        if self.schedule not in ("linear", "cosine"):
+            raise UsageError(f"{name} goes with --schedule linear or cosine (where their decay ends), not "
+                             f"{self.schedule}" + (": wsd's decay is the last --decay-fraction of the steps"
+                                                   if self.schedule.startswith("wsd") else ""))
+        if isinstance(self.warmup_steps, int) and self.warmup_steps < 0:
+            return  # (validate names that one)
+        warmup = self.resolved_warmup_steps
+        if self.decay_steps <= warmup:
+            given = ("--warmup-steps" if self.warmup_steps is not None
+                     else "the warmup steps (a tenth of the run, at most 2000)")
+            raise UsageError(f"{name} must be after the warmup: above {given} {warmup}, got {self.decay_steps}")
 
     def _check_structure(self) -> None:
         """The settings that are not plain values (which errors.expect_options checks): from

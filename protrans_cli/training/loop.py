@@ -1015,6 +1015,9 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
         if not ckpt.is_count(scheduler.last_epoch):
             raise ValueError(f"last_epoch is {scheduler.last_epoch!r}, not a step")
         saved_shape = dict(scheduler.lr_lambdas[0].__dict__)
+        saved_fields = (state["scheduler"].get("lr_lambdas") or [None])[0]
+        if isinstance(saved_fields, dict) and "decay_steps" not in saved_fields:
+            saved_shape["decay_steps"] = None  # (saved before it existed: the decay ended at the last step)
         for fn in scheduler.lr_lambdas:
             fn.__dict__.update(shape)
         if info.is_main:
@@ -1057,7 +1060,8 @@ def _warn_if_lr_rises(where, saved_shape: dict, fn: LRLambda, step: int, peak: f
     try:
         before = LRLambda(**{key: saved_shape[key] for key in ("schedule", "warmup_steps", "total_steps",
                                                                  "min_ratio")},
-                          decay_fraction=saved_shape.get("decay_fraction", 0.2))
+                          decay_fraction=saved_shape.get("decay_fraction", 0.2),
+                          decay_steps=saved_shape.get("decay_steps"))
         last, was, now = peak * before(step - 1), peak * before(step), peak * fn(step)
     except (KeyError, TypeError, UsageError):  # (a checkpoint whose schedule was saved otherwise)
         return
@@ -1090,6 +1094,13 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
         console.warn(f"--warmup-steps {config.warmup_steps} is not below the run's {total_steps} steps: the "
                      f"learning rate only ramps up, to {total_steps / max(1, config.warmup_steps):.0%} of "
                      f"--lr {config.lr:g}, and never decays")
+    if info.is_main and config.decay_steps is not None and config.decay_steps > total_steps:
+        # (taken, as a lengthened run's: a slower decay, which has not reached its floor at the end)
+        floor = LRLambda(config.schedule, config.resolved_warmup_steps, total_steps, config.min_lr_ratio,
+                         decay_steps=config.decay_steps)(total_steps - 1)
+        console.warn(f"--decay-steps {config.decay_steps} is after the run's {total_steps} steps: its last step "
+                     f"trains at {floor:.3g} x --lr {config.lr:g}, above the floor (--min-lr-ratio "
+                     f"{config.min_lr_ratio:g}), which the {config.schedule} decay reaches at step {config.decay_steps}")
     if config.warmup_steps is None:
         # Recorded as resolved: a run resumed for more steps keeps its warmup (a tenth of the
         # first run), rather than ramping up again to a tenth of the longer one.

@@ -202,17 +202,20 @@ class LRLambda:
     none (constant), or warmup-stable-decay (wsd, wsd_sqrt): the peak held until the last
     `decay_fraction` of the steps, which decay to `min_ratio` (linearly, or as 1 - sqrt(progress)),
     so that a run can be lengthened or branched from a checkpoint before its decay.
+    `decay_steps` (linear, cosine): the step at which their decay reaches `min_ratio`, held after
+    it (ESM-2: step 450,000 of 500,000); None: the last step, one step after it.
 
     A class (not a closure) so that the scheduler's state_dict can be saved and restored.
     """
 
     def __init__(self, schedule: str, warmup_steps: int, total_steps: int, min_ratio: float,
-                 decay_fraction: float = 0.2):
+                 decay_fraction: float = 0.2, decay_steps: int | None = None):
         self.schedule = schedule
         self.warmup_steps = max(0, warmup_steps)
         self.total_steps = max(1, total_steps)
         self.min_ratio = min_ratio
         self.decay_fraction = decay_fraction
+        self.decay_steps = decay_steps
 
     def __call__(self, step: int) -> float:
         if self.warmup_steps and step < self.warmup_steps:
@@ -233,7 +236,9 @@ class LRLambda:
             progress = min(1.0, (step - start) / decay)
             fall = progress if self.schedule == "wsd" else math.sqrt(progress)
             return 1.0 - (1.0 - self.min_ratio) * fall
-        span = max(1, self.total_steps - self.warmup_steps)
+        # (a lambda restored from a checkpoint written before decay_steps has none: the whole run)
+        end = getattr(self, "decay_steps", None)
+        span = max(1, (self.total_steps if end is None else end) - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         if self.schedule == "linear":
             return 1.0 - (1.0 - self.min_ratio) * progress
@@ -244,7 +249,7 @@ class LRLambda:
 
 def build_scheduler(optimizer, config, total_steps: int):
     fn = LRLambda(config.schedule, config.resolved_warmup_steps, total_steps, config.min_lr_ratio,
-                  config.decay_fraction)
+                  config.decay_fraction, config.decay_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
