@@ -7,6 +7,7 @@ import json
 from importlib import resources
 
 import pytest
+import torch
 
 from conftest import DATA
 from protrans_cli.errors import UsageError
@@ -73,22 +74,41 @@ def test_the_recipes_numbers_are_those_of_their_sources():
 
 def test_the_esm2_recipe_schedule_against_the_papers_sentence():
     """ESM-2's lr, as the supplementary says it (an independent reference: warmup over 2,000
-    steps to 4e-4, a linear decay to a tenth of it), against the scheduler a run of the recipe
-    builds; the one difference the file states: protrans reaches the tenth at the last step,
-    ESM-2 at 90% of the run."""
-    from protrans_cli.training.optim import LRLambda
+    steps to 4e-4, a linear decay to a tenth of it over 90% of the run, held after), against the
+    scheduler a run of the recipe builds (build_scheduler): the same at every step (decay_steps
+    450,000; before it, the recipe reached the tenth only at the last step, 0.19 at 450,000)."""
+    from protrans_cli.training.optim import build_scheduler
 
     esm = recipes.load("esm2_t33_650M")
-    fn = LRLambda(esm.schedule, esm.resolved_warmup_steps, esm.num_steps, esm.min_lr_ratio, esm.decay_fraction)
+    assert esm.decay_steps == 450000
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=esm.lr)
+    fn = build_scheduler(optimizer, esm, esm.total_steps).lr_lambdas[0]
     assert esm.lr * fn(999) == pytest.approx(2e-4)  # halfway up the warmup (step 1000 of 2000)
     assert esm.lr * fn(1999) == pytest.approx(4e-4)  # the peak at the end of the warmup
-    assert esm.lr * fn(esm.num_steps - 1) == pytest.approx(4e-5, rel=1e-4)  # a tenth at the end
 
     def paper(step):  # 0.1 reached at 90% of the run (step 450,000), held after
         return 4e-4 * max(0.1, 1 - 0.9 * (step - 2000) / (450000 - 2000))
     assert paper(450000) == pytest.approx(4e-5)
-    assert esm.lr * fn(450000) == pytest.approx(0.19036 * 4e-4, rel=1e-3)  # the comments' 0.19
-    assert all(esm.lr * fn(s) >= paper(s) for s in range(2000, 500000, 7919))
+    assert esm.lr * fn(450000) == pytest.approx(4e-5)
+    assert esm.lr * fn(esm.num_steps - 1) == pytest.approx(4e-5)  # held to the end
+    steps = [*range(2000, 500000, 7919), 449999, 450001, 499999]
+    assert [esm.lr * fn(s) for s in steps] == pytest.approx([paper(s) for s in steps], rel=1e-9)
+
+
+def test_the_esm2_recipe_with_another_schedule_leaves_its_decay_steps_out(tmp_path, run_cli):
+    """The recipe's decay_steps under `--schedule wsd` (which has no such end, and no flag takes a
+    file's value back): warned about and left out, not refused (the run goes on to its next check,
+    the missing corpus); `--decay-steps` given with wsd is refused; cosine keeps it."""
+    res = run_cli("train", "--recipe", "esm2_t33_650M", "--schedule", "wsd", "-o", tmp_path / "a")
+    assert res.exit_code == 2, res.stderr
+    assert (f"protrans: warning: decay_steps 450000 of {recipes.path('esm2_t33_650M')} ignored: --schedule wsd has "
+            "no such end (linear and cosine do)") in res.stderr
+    assert "no training corpus" in res.stderr
+    res = run_cli("train", "--recipe", "esm2_t33_650M", "--schedule", "wsd", "--decay-steps", 1000, "-o", tmp_path / "a")
+    assert res.exit_code == 2 and "warning" not in res.stderr, res.stderr
+    assert "--decay-steps (decay_steps) goes with --schedule linear or cosine (where their decay ends), not wsd" in res.stderr
+    res = run_cli("train", "--recipe", "esm2_t33_650M", "--schedule", "cosine", "-o", tmp_path / "a")
+    assert res.exit_code == 2 and "warning" not in res.stderr and "no training corpus" in res.stderr, res.stderr
 
 
 def test_an_unknown_recipe_names_the_known_ones():
