@@ -1,7 +1,8 @@
 """What `protrans models` and `train --list-presets` show, read from `catalog.json`.
 
 The listing is plain data that changes only with the code: the families' input layouts, every
-preset's parameter count (a model built on the meta device) and the published checkpoints.
+preset's parameter count (a model built on the meta device), the published checkpoints and the
+built-in encodings (`onehot`, `blosum62`).
 Computing it imports torch and transformers and builds 40 presets, about 6 s for a table;
 `catalog.json` holds what `protrans_cli.models.listing.describe()` computes, so the two
 commands answer at once. A test compares the file with a fresh computation; after changing a
@@ -19,7 +20,7 @@ from pathlib import Path
 from protrans_cli.errors import UsageError
 
 PATH = Path(__file__).with_name("catalog.json")
-SECTIONS = ("families", "presets", "checkpoints")
+SECTIONS = ("families", "presets", "checkpoints", "encodings")
 
 
 @functools.cache
@@ -46,13 +47,15 @@ def checkpoint_hub_ids() -> dict[str, str]:
 
 
 def describe(*, family: str | None = None, families: bool = True, presets: bool = True,
-             checkpoints: bool = True) -> dict:
+             checkpoints: bool = True, encodings: bool = True) -> dict:
     """A JSON-ready dict with the requested sections, for every family or one (a usage error
-    naming the known ones for any other)."""
+    naming the known ones for any other). The encodings (`onehot`, `blosum62`) belong to no
+    family: only without `family`."""
     names = family_names()
     if family is not None and family not in names:
         raise UsageError(f"unknown model family {family!r} (known: {', '.join(names)})")
-    wanted = {"families": families, "presets": presets, "checkpoints": checkpoints}
+    wanted = {"families": families, "presets": presets, "checkpoints": checkpoints,
+              "encodings": encodings and family is None}
     data = {}
     for section in SECTIONS:
         if wanted[section]:

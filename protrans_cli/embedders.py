@@ -92,6 +92,7 @@ class _TableEmbedder:
 
     name: str
     family: str
+    description: str  # one line, for `protrans models`
     revision = None
     num_hidden_states = 1
     device = "cpu"
@@ -141,6 +142,8 @@ class OneHotEmbedder(_TableEmbedder):
 
     name = ONEHOT
     family = ONEHOT
+    description = ("one-hot residues over ACDEFGHIKLMNPQRSTVWY + X (U/Z/O/B as X); per protein: "
+                   "the amino-acid composition")
     embedding_dim = len(ONEHOT_ALPHABET)
     _TABLE = _byte_table({c: row for c, row in zip(ONEHOT_ALPHABET, np.eye(len(ONEHOT_ALPHABET)))}, "X")
 
@@ -154,6 +157,8 @@ class Blosum62Embedder(_TableEmbedder):
 
     name = BLOSUM62
     family = BLOSUM62
+    description = ("each residue's BLOSUM62 scores against the 20 standard residues (onehot's "
+                   "column order; U/O take X's row)")
     embedding_dim = len(BLOSUM62_COLUMNS)
     _TABLE = None
 

@@ -49,6 +49,43 @@ def test_the_esm_row_says_saprot_refuses_packing(run_cli):
     assert rows["t5"] == "embed --attention flex"
 
 
+def test_the_builtin_encodings_are_listed_with_what_they_embed_to(run_cli, tmp_path):
+    """`embed -m` takes `onehot` and `blosum62` besides the checkpoints: `protrans models` lists
+    them (table and JSON), with the width of the arrays `embed` writes for each, one layer and no
+    weights; with the checkpoints (--checkpoints), not under --family (they belong to none)."""
+    import h5py
+
+    from protrans_cli.embedders import WEIGHTLESS
+
+    (tmp_path / "a.fa").write_text(">a\nMKTAYUBZX\n")
+    widths = {}
+    for name in WEIGHTLESS:  # the reference: what embed writes
+        result = run_cli("embed", tmp_path / "a.fa", "-m", name, "-o", tmp_path / f"{name}.h5")
+        assert result.exit_code == 0, result.stderr
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            datasets = []
+            f.visititems(lambda key, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            widths[name] = {d.shape[-1] for d in datasets if d.ndim >= 2}
+    assert widths == {"onehot": {21}, "blosum62": {20}}
+    for args in (["models", "--json"], ["models", "--checkpoints", "--json"]):
+        data = json.loads(run_cli(*args).stdout)
+        assert [(e["name"], e["embedding_dim"], e["num_layers"], e["weights"]) for e in data["encodings"]] == [
+            ("onehot", 21, 1, False), ("blosum62", 20, 1, False)]
+        assert "composition" in data["encodings"][0]["description"]
+        assert "BLOSUM62" in data["encodings"][1]["description"]
+    assert "encodings" not in json.loads(run_cli("models", "--families", "--presets", "--json").stdout)
+    assert "encodings" not in json.loads(run_cli("models", "--family", "esm", "--json").stdout)
+    for args in (["models"], ["models", "--checkpoints"]):
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.stderr
+        assert "Built-in encodings (protrans embed -m NAME; no weights)" in result.stdout
+        rows = {cells[0]: cells[1:3] for line in result.stdout.splitlines()
+                if line.startswith("│") and (cells := [c.strip() for c in line.split("│")[1:-1]])}
+        assert rows["onehot"] == ["21", "1"] and rows["blosum62"] == ["20", "1"], rows
+    assert "Built-in encodings" not in run_cli("models", "--family", "t5").stdout
+    assert "Built-in encodings" not in run_cli("models", "--presets").stdout
+
+
 def test_the_stored_catalog_is_what_the_models_give():
     """`protrans models` and `train --list-presets` read protrans_cli/catalog.json; it must hold
     what the families, presets and checkpoints give now (parameter counts built on the meta

@@ -10,7 +10,7 @@ from protrans_cli import catalog
 
 def _names(section: str, key: str = "name", family: str | None = None) -> list[str]:
     rows = catalog.describe(families=section == "families", presets=section == "presets",
-                            checkpoints=section == "checkpoints")[section]
+                            checkpoints=section == "checkpoints", encodings=section == "encodings")[section]
     return list(dict.fromkeys(r[key] for r in rows if family is None or r.get("family") == family))
 
 
@@ -28,7 +28,7 @@ def presets(ctx, param, incomplete: str) -> list[CompletionItem]:
 def models(ctx, param, incomplete: str) -> list[CompletionItem]:
     """The short names, `onehot` and `blosum62`; what looks like a path (or matches no name)
     completes as a directory, for a model of your own."""
-    return _models(incomplete, ["onehot", "blosum62"])
+    return _models(incomplete, _names("encodings"))
 
 
 def weights(ctx, param, incomplete: str) -> list[CompletionItem]:

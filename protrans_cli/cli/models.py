@@ -1,7 +1,8 @@
-"""`protrans models`: list model families, their presets (sizes) and the published checkpoints.
+"""`protrans models`: list model families, their presets (sizes), the published checkpoints and
+the built-in encodings (`onehot`, `blosum62`: no weights).
 
-    protrans models                       # families, presets and checkpoints as tables
-    protrans models --checkpoints         # only the short names for `protrans embed -m`
+    protrans models                       # families, presets, checkpoints and encodings as tables
+    protrans models --checkpoints         # only what `protrans embed -m` takes by name
     protrans models --presets --family t5 # T5 presets with parameter counts
     protrans models --json | jq '.checkpoints[] | .name'
 
@@ -26,11 +27,13 @@ from protrans_cli.cli import completion
 @click.option("--families", "show_families", is_flag=True, help="Show the model families.")
 @click.option("--presets", "show_presets", is_flag=True, help="Show the presets with parameter counts.")
 @click.option("--checkpoints", "show_checkpoints", is_flag=True,
-              help="Show the published checkpoints (short names for `embed -m`).")
+              help="Show the published checkpoints and the built-in encodings "
+                   "(short names for `embed -m`).")
 @click.option("--family", "family", default=None, metavar="NAME", shell_complete=completion.families, help="Only this family.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def command(show_families, show_presets, show_checkpoints, family, as_json):
-    """List model families, presets (with parameter counts) and published checkpoints.
+    """List model families, presets (with parameter counts), published checkpoints
+    and the built-in encodings (onehot, blosum62: no weights).
 
     \b
     protrans models
@@ -41,8 +44,10 @@ def command(show_families, show_presets, show_checkpoints, family, as_json):
 
     if not (show_families or show_presets or show_checkpoints):
         show_families = show_presets = show_checkpoints = True
+    # (the encodings go with the checkpoints: both are what `embed -m` takes by name; they belong to
+    # no family, so --family leaves them out)
     data = describe(family=family, families=show_families, presets=show_presets,
-                    checkpoints=show_checkpoints)
+                    checkpoints=show_checkpoints, encodings=show_checkpoints)
     from protrans_cli.io.files import stdout_text
 
     with stdout_text("models") as out:
@@ -107,6 +112,13 @@ def _print_tables(data: dict, family: str | None = None) -> None:
             if c["total_params"]:
                 params += f" of {human_count(c['total_params'])}"
             table.add_row(name, c["hub_id"], c["family"], params, str(c["embedding_dim"]), str(c["num_layers"]))
+        out.print(_whole_names(table))
+    if data.get("encodings"):
+        table = Table(title="Built-in encodings (protrans embed -m NAME; no weights)", title_justify="left")
+        for col in ("name", "dim", "layers", "description"):
+            table.add_column(col, justify="right" if col in ("dim", "layers") else "left")
+        for e in data["encodings"]:
+            table.add_row(e["name"], str(e["embedding_dim"]), str(e["num_layers"]), e["description"])
         out.print(_whole_names(table))
 
 

@@ -1,4 +1,5 @@
-"""What `protrans models` shows, as plain data: families, presets with sizes, checkpoints.
+"""What `protrans models` shows, as plain data: families, presets with sizes, checkpoints and
+the built-in encodings (`onehot`, `blosum62`: what `embed -m` takes besides a model).
 
 Computed here (torch, transformers, every preset built on the meta device); the commands read
 the copy in `protrans_cli/catalog.json`, which `python -m protrans_cli.models.listing` writes
@@ -39,8 +40,9 @@ def _not_packing(family) -> list[str]:
 
 
 def describe(*, family: str | None = None, families: bool = True, presets: bool = True,
-             checkpoints: bool = True) -> dict:
-    """A JSON-ready dict with the requested sections ("families", "presets", "checkpoints")."""
+             checkpoints: bool = True, encodings: bool = True) -> dict:
+    """A JSON-ready dict with the requested sections ("families", "presets", "checkpoints",
+    "encodings"; the encodings belong to no family: left out when `family` is given)."""
     names = [get_family(family).name] if family else list(FAMILIES)
     data: dict = {}
     if families:
@@ -59,6 +61,13 @@ def describe(*, family: str | None = None, families: bool = True, presets: bool 
     if checkpoints:
         data["checkpoints"] = [dict(asdict(c), default=c.name == DEFAULT_CHECKPOINT)
                                for c in CHECKPOINTS.values() if c.family in names]
+    if encodings and not family:
+        from protrans_cli.embedders import WEIGHTLESS, weightless_embedder
+
+        data["encodings"] = [
+            {"name": e.name, "embedding_dim": e.embedding_dim, "num_layers": e.num_hidden_states,
+             "weights": False, "description": e.description}
+            for e in map(weightless_embedder, WEIGHTLESS)]
     return data
 
 
