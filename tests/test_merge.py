@@ -705,6 +705,52 @@ def test_parts_chosen_by_embed_part_merge_into_the_whole_runs_file(tmp_path, run
         assert f.attrs["part"] == ""
 
 
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+@pytest.mark.parametrize("model", ["onehot", "blosum62"])
+def test_the_weightless_encodings_parts_merge_into_the_whole_runs_bytes(tmp_path, run_cli, model, layout):
+    """docs/embed.md: for onehot and blosum62, `embed --part` jobs merged hold the same bytes as one
+    run over the whole input: every dataset (per-residue and per-protein) of the same dtype, shape
+    and bytes with the same attributes, and every file attribute but the command lines, the runs
+    and the parts' `input_digest`. Lower case, rare letters (U, Z, O, B, X: rows of their own in
+    BLOSUM62 or X's), a repeated sequence and a terminal `*`."""
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a one\nMKTAYIAKQR\n>b\nmktuBZXoAC\n>c\nMKTAYIAKQR\n>d\nWWYYVVTTSSRRQQPPNNMMLLKKIIHHGG\n"
+                     ">e\nACDEFGHIKLMNPQRSTVWYUZOBX\n>f\nGG\n>g\nMSEQVLLKAWHH*\n>h\nPQRSTVWYACDE\n")
+    r = run_cli("embed", fasta, "-m", model, "--layout", layout, "-o", tmp_path / "whole.h5")
+    assert r.exit_code == 0, r.stderr
+    parts = [tmp_path / f"p{k}.h5" for k in (1, 2)]
+    for k, path in enumerate(parts, 1):
+        r = run_cli("embed", fasta, "-m", model, "--layout", layout, "--part", f"{k}/2", "-o", path)
+        assert r.exit_code == 0, r.stderr
+        with EmbeddingsReader(path) as reader:
+            assert reader.ids(), f"part {k}/2 holds no protein: the test would merge one file"
+    r = run_cli("merge", *parts, "-o", tmp_path / "merged.h5")
+    assert r.exit_code == 0, r.stderr
+
+    def content(path):
+        datasets = {}
+        with h5py.File(path, "r") as f:
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset):  # (strings, an object array: their values)
+                    values = obj[()]
+                    values = values.tolist() if values.dtype.kind == "O" else values.tobytes()
+                    datasets[name] = (obj.dtype.str, obj.shape, values, dict(obj.attrs))
+            f.visititems(visit)
+            attrs = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in f.attrs.items()
+                     if k not in ("command_line", "runs", "input_digest")}
+        return datasets, attrs
+
+    whole, merged = content(tmp_path / "whole.h5"), content(tmp_path / "merged.h5")
+    assert len(whole[0]) >= 2 and whole[0].keys() == merged[0].keys()
+    for name in whole[0]:
+        assert whole[0][name][:3] == merged[0][name][:3], name
+        assert whole[0][name][3].keys() == merged[0][name][3].keys(), name
+        for key, value in whole[0][name][3].items():
+            np.testing.assert_array_equal(value, merged[0][name][3][key], err_msg=f"{name} {key}")
+    assert whole[1] == merged[1]
+    assert merged[1]["model"] == model and merged[1]["part"] == ""
+
+
 def test_what_is_not_every_part_of_one_input_is_refused(tmp_path, run_cli):
     fasta = generated_fasta(tmp_path / "all.fa", 30, repeat_every=0)
     p = {spec: _embed(fasta, tmp_path / f"p{spec.replace('/', 'of')}.h5", part=spec) for spec in ("1/3", "2/3", "3/3", "1/2")}
