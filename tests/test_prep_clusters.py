@@ -180,3 +180,31 @@ def test_left_out_members_are_not_written_and_an_emptied_cluster_not_at_all(tmp_
     stats = build_corpus([fasta], CorpusOptions(output=str(out), clusters=str(tsv), min_length=2, dedup=True))
     assert out.read_text() == "M K V\nA A A\n\nG G G\nH H H\n\nW W W\n\n"
     assert stats.clusters_out == 3 and stats.rejected["duplicate"] == 1 and stats.rejected["too_short"] == 1
+
+
+def test_a_clustered_prep_trains_one_member_of_every_cluster_an_epoch(run_cli, tmp_path):
+    """The two halves together: `prep --clusters` writes the corpus that `train --sample-clusters`
+    reads, one unit per cluster: 40 clusters of 3 members make an epoch of 40 proteins (5 steps of 8),
+    where the same corpus read by lines is 120 (15 steps)."""
+    rng = random.Random(1)
+    records, rows = [], []
+    for c in range(40):
+        for m in range(3):
+            name = f"c{c}m{m}"
+            records.append(f">{name}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(20))}\n")
+            rows.append(f"rep{c}\t{name}\n")
+    fasta, tsv, corpus = tmp_path / "in.fa", tmp_path / "clu.tsv", tmp_path / "corpus.txt"
+    fasta.write_text("".join(records))
+    tsv.write_text("".join(rows))
+    res = run_cli("prep", fasta, "--clusters", tsv, "-o", corpus)
+    assert res.exit_code == 0, res.stderr
+    assert [len(c) for c in clusters_of(corpus.read_text())] == [3] * 40
+    for flags, epoch_six in ((["--sample-clusters"], 2), ([], 1)):
+        out = tmp_path / f"run{len(flags)}"
+        res = run_cli("train", "--family", "esm", "--preset", "tiny", "--corpus", corpus, "-o", out,
+                      "--num-steps", "6", "--max-length", "32", "--global-batch-size", "8",
+                      "--micro-batch-size", "8", "--log-every", "1", "-j", "1", *flags)
+        assert res.exit_code == 0, res.stderr
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        epochs = {row["step"]: row["epoch"] for row in lines if "epoch" in row and "loss" in row}
+        assert epochs[5] == 1 and epochs[6] == epoch_six, epochs  # (epochs count from 1)
