@@ -2068,10 +2068,10 @@ def test_an_evaluation_no_rank_ran_is_no_eval_loss(monkeypatch):
         return t + torch.tensor([120.0, 0.0, 0.0], dtype=t.dtype) if t.numel() == 3 else t
 
     monkeypatch.setattr(loop, "CorpusStream", Failing)
-    monkeypatch.setattr(loop, "count_proteins", lambda paths, limit=None: 100)
+    monkeypatch.setattr(loop, "count_proteins", lambda paths, limit=None, clusters=False: 100)
     monkeypatch.setattr(loop.dist, "all_reduce_sum", all_reduce_sum)
     info = types.SimpleNamespace(world_size=2, rank=0, device=torch.device("cpu"), initialised=True, is_main=True)
-    config = types.SimpleNamespace(val_corpus=["v"], num_eval_batches=2, seed=0, sdpa_kernels="auto",
+    config = types.SimpleNamespace(val_corpus=["v"], num_eval_batches=2, sample_clusters=False, seed=0, sdpa_kernels="auto",
                                    static_shapes=False)
     run = types.SimpleNamespace(config=config, info=info, layout=None, objective=types.SimpleNamespace(collate=None),
                                 wrapped=torch.nn.Linear(1, 1))
