@@ -25,6 +25,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -1730,7 +1731,8 @@ class _Grouper:
         tail = b"".join(self.pending[self.COUNT])
         self.pending[self.COUNT] = []
         rest = b""
-        for chunk in (*self._chunks(path), tail):
+        # (a chunk at a time: `(*self._chunks(path), tail)` read the whole file into memory first)
+        for chunk in itertools.chain(self._chunks(path), (tail,)):
             rest += chunk
             cut = rest.rfind(self.SEPARATOR)
             if cut >= 0:

@@ -208,3 +208,32 @@ def test_a_clustered_prep_trains_one_member_of_every_cluster_an_epoch(run_cli, t
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         epochs = {row["step"]: row["epoch"] for row in lines if "epoch" in row and "loss" in row}
         assert epochs[5] == 1 and epochs[6] == epoch_six, epochs  # (epochs count from 1)
+
+
+def test_the_proteins_without_a_cluster_are_read_back_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """The loose proteins' scratch file (records whose id is in no cluster: a whole corpus when
+    the TSV's ids do not match the FASTA's) is written out as it is read, a chunk at a time:
+    `(*chunks, tail)` read all of it into memory before the first write."""
+    import protrans_cli.corpus as corpus
+
+    grouper = corpus._Grouper(tmp_path / "g", budget=16 * 64)  # (spills past 64 bytes)
+    grouper.directory.mkdir()
+    docs = [b"M K V %d" % i for i in range(40)]
+    for doc in docs:
+        grouper.add_loose([doc])
+    assert grouper.paths[grouper.COUNT].exists()  # (spilled: read back from the file)
+    events = []
+    read = corpus._Grouper._chunks
+
+    def small_chunks(path):
+        for chunk in read(path):
+            for at in range(0, len(chunk), 50):
+                events.append("read")
+                yield chunk[at:at + 50]
+
+    monkeypatch.setattr(corpus._Grouper, "_chunks", staticmethod(small_chunks))
+    written = []
+    grouper.emit(lambda part: (events.append("write"), written.extend(part)))
+    assert written == docs and grouper.clusters == len(docs)
+    assert events.index("write") < len(events) - 1 - events[::-1].index("read")  # (written between reads)
+    assert not grouper.paths[grouper.COUNT].exists()
