@@ -2047,7 +2047,7 @@ def _reserve_open_files(options: CorpusOptions) -> None:
 
 
 def _scratch_base(options: CorpusOptions) -> str:
-    """Where --dedup and --shuffle keep their files: --tmp-dir, else beside the output (a disk
+    """Where --dedup, --shuffle and --clusters keep their files: --tmp-dir, else beside the output (a disk
     that holds the corpus), else $TMPDIR."""
     if options.tmp_dir:
         return options.tmp_dir

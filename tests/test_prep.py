@@ -2438,7 +2438,9 @@ def test_tmp_dir_help_names_every_user_of_the_scratch_space():
 
     (option,) = [p for p in command.params if p.name == "tmp_dir"]
     assert "--dedup" in option.help and "--shuffle" in option.help
-    assert "dedup and shuffle beside the output" in option.help
+    assert "dedup, shuffle and clusters beside the output" in option.help
+    # (--clusters writes its buckets there too, the corpus's text once more)
+    assert "--clusters" in option.help
 
 
 def test_shuffle_streams_of_nested_buckets_differ(tmp_path):

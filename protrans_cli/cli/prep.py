@@ -64,7 +64,8 @@ def parse_size(text: str) -> int:
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-' = stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-@click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup, --shuffle and the -j workers' hand-over files [default: dedup and shuffle beside the output, workers /dev/shm when it has room, else $TMPDIR].")
+@click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup, --shuffle, --clusters and the -j workers' hand-over files [default: "
+                   "dedup, shuffle and clusters beside the output, workers /dev/shm when it has room, else $TMPDIR].")
 def command(inputs, output, rare, strict, rejects, min_length, max_length, long_policy, dedup,
             valid_fraction, valid_output, num_shards, shard_size, shuffle, seed, clusters, stats_path, threads,
             tmp_dir):
