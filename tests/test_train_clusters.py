@@ -251,3 +251,18 @@ def test_the_flag_reaches_the_config_and_its_help_fits(run_cli, tmp_path):
     import json
 
     assert json.loads((out / "train_config.json").read_text())["sample_clusters"] is True
+
+
+def test_a_stream_of_fewer_clusters_than_a_global_batch_counts_them_as_clusters(tmp_path):
+    """6 proteins in 2 clusters, a global batch of 4: by clusters the stream makes no batch, and
+    its error said "the corpus holds 2 protein(s)" (there are 6)."""
+    from protrans_cli.errors import InputError
+
+    corpus = tmp_path / "c.txt"
+    _clustered(corpus, sizes=(3,))
+    text = corpus.read_text()
+    corpus.write_text("\n\n".join(text.split("\n\n")[:2]) + "\n\n")
+    assert count_proteins([str(corpus)]) == 6 and count_proteins([str(corpus)], clusters=True) == 2
+    with pytest.raises(InputError, match=r"holds 2 cluster\(s\) \(--sample-clusters\), fewer than one global batch"):
+        next(iter(_stream([corpus], global_batch_size=4, micro_batch_size=2, sample_clusters=True)))
+    assert next(iter(_stream([corpus], global_batch_size=4, micro_batch_size=2)))  # (by lines: 6 proteins)

@@ -786,7 +786,8 @@ class CorpusStream:
                 if ended:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
-                raise InputError(f"the corpus holds {state.buffer_start} protein(s), fewer than one "
+                units = "cluster(s) (--sample-clusters)" if self.sample_clusters else "protein(s)"
+                raise InputError(f"the corpus holds {state.buffer_start} {units}, fewer than one "
                                  f"{self.batch_name} ({self.global_batch_size})", path=", ".join(self.paths))
             state = dataclasses.replace(state, epoch=state.epoch + 1, buffer_start=0, batches_done=0, at=None)
 

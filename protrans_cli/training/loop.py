@@ -1896,7 +1896,8 @@ def evaluate(run: _Run, phase) -> float:
                                    clusters=config.sample_clusters)
         per_step = evaluation_step_size(available, phase.global_batch_size, phase.micro_batch_size, info.world_size)
         if per_step == 0:  # (checked before training: a file changed since)
-            raise InputError("the validation corpus holds fewer proteins than one evaluation batch now",
+            units = "clusters" if config.sample_clusters else "proteins"
+            raise InputError(f"the validation corpus holds fewer {units} than one evaluation batch now",
                              path=", ".join(map(str, config.val_corpus)))
         stream = CorpusStream(config.val_corpus, run.layout, max_length=phase.max_length,
                               global_batch_size=per_step, micro_batch_size=phase.micro_batch_size,
