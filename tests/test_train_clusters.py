@@ -251,6 +251,9 @@ def test_the_flag_reaches_the_config_and_its_help_fits(run_cli, tmp_path):
     import json
 
     assert json.loads((out / "train_config.json").read_text())["sample_clusters"] is True
+    # the model card says how the corpus was read (it named the corpus alone, as a run by lines)
+    assert ("- Corpus: `c.txt`; read by clusters, one member of every cluster an epoch (--sample-clusters); "
+            "32 proteins seen") in (out / "README.md").read_text()
 
 
 def test_a_stream_of_fewer_clusters_than_a_global_batch_counts_them_as_clusters(tmp_path):

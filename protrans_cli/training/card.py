@@ -262,7 +262,9 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
         start += p.num_steps
     if tokens is None:
         tokens = sum(r["tokens"] for r in rows if isinstance(r.get("tokens"), int))
-    out.append(f"- Corpus: {_corpus_names(corpus)}; {_count(seen)} proteins seen"
+    sampled = ("; read by clusters, one member of every cluster an epoch (--sample-clusters)"
+               if getattr(config, "sample_clusters", False) else "")
+    out.append(f"- Corpus: {_corpus_names(corpus)}{sampled}; {_count(seen)} proteins seen"
                + (f", {_count(tokens)} tokens" if tokens else ""))
     out.append(f"- Steps: {_count(step)} of {_count(total)}" + _skipped(history or {}))
     if len(phases) > 1:
