@@ -479,6 +479,11 @@ def changed_corpus_files(saved: list[dict] | None, paths, current: list[dict] | 
     return out
 
 
+def _units(clusters: bool) -> str:
+    """What a count of the stream's units is, in a message: clusters with --sample-clusters."""
+    return "cluster(s) (--sample-clusters)" if clusters else "protein(s)"
+
+
 def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "", clusters: bool = False) -> list[str]:
     """Open every shard and check its first protein (cheap, before training starts): a missing
     or unreadable file, a FASTA file given as a corpus, or a corpus without any protein is an
@@ -494,8 +499,7 @@ def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "", clusters: 
     if paths and batch_size > 1:
         total = count_proteins(paths, batch_size, clusters=clusters)
         if total < batch_size:
-            units = "cluster(s) (--sample-clusters)" if clusters else "protein(s)"
-            raise InputError(f"the corpus holds {total} {units}, fewer than one global batch ({batch_size}"
+            raise InputError(f"the corpus holds {total} {_units(clusters)}, fewer than one global batch ({batch_size}"
                              f"{batch_text})", path=", ".join(map(str, paths)))
     return empty
 
@@ -570,8 +574,7 @@ def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluate
             raise InputError("the validation corpus holds no protein", path=str(path))
         total += found
     if total < batch_size:
-        units = "cluster(s) (--sample-clusters)" if clusters else "protein(s)"
-        raise InputError(f"the validation corpus holds {total} {units}, fewer than one evaluation batch "
+        raise InputError(f"the validation corpus holds {total} {_units(clusters)}, fewer than one evaluation batch "
                          f"of {batch_size} ({batch_text})", path=", ".join(map(str, paths)))
 
 
@@ -786,9 +789,8 @@ class CorpusStream:
                 if ended:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
-                units = "cluster(s) (--sample-clusters)" if self.sample_clusters else "protein(s)"
-                raise InputError(f"the corpus holds {state.buffer_start} {units}, fewer than one "
-                                 f"{self.batch_name} ({self.global_batch_size})", path=", ".join(self.paths))
+                raise InputError(f"the corpus holds {state.buffer_start} {_units(self.sample_clusters)}, fewer than "
+                                 f"one {self.batch_name} ({self.global_batch_size})", path=", ".join(self.paths))
             state = dataclasses.replace(state, epoch=state.epoch + 1, buffer_start=0, batches_done=0, at=None)
 
     def _plan_buffer(self, buffer, state: StreamState) -> list[np.ndarray]:
