@@ -234,6 +234,8 @@ class CorpusStats:
     clusters_out: int | None = None    # --clusters: clusters written (training + validation); None without it
     unclustered: int | None = None     # --clusters: proteins written whose id is no member in the TSV
     unclustered_ids: list[str] = field(default_factory=list, repr=False)  # the first few of them
+    # --clusters: the training clusters of clusters_out (what --shards N deals round-robin); not in to_dict
+    train_clusters: int | None = field(default=None, repr=False)
     rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in ALL_REASONS})
     outputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -274,7 +276,7 @@ class CorpusStats:
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items()
-                if k not in ("length_counts", "long_lengths", "nucleotide_ids", "unclustered_ids")
+                if k not in ("length_counts", "long_lengths", "nucleotide_ids", "unclustered_ids", "train_clusters")
                 and not (k in ("clusters_out", "unclustered") and v is None)}  # (the JSON without --clusters: as before)
         data["rejected_total"] = self.rejected_total
         data["length_percentiles"] = self.length_percentiles()
@@ -2380,6 +2382,7 @@ def _write_corpus(run: _PrepRun, stats: CorpusStats) -> None:
         stats.shuffle_seed = options.seed
     if run.clusters is not None:
         _write_clusters(run.clusters, run.writers, options)
+        stats.train_clusters = run.clusters.train.clusters
         stats.clusters_out = run.clusters.train.clusters + (run.clusters.valid.clusters if run.clusters.valid else 0)
         stats.shuffle_seed = options.seed if options.shuffle else None
 

@@ -237,3 +237,16 @@ def test_the_proteins_without_a_cluster_are_read_back_a_chunk_at_a_time(tmp_path
     assert written == docs and grouper.clusters == len(docs)
     assert events.index("write") < len(events) - 1 - events[::-1].index("read")  # (written between reads)
     assert not grouper.paths[grouper.COUNT].exists()
+
+
+def test_more_shards_than_training_clusters_is_warned_in_clusters(run_cli, small, tmp_path):
+    """--shards deals whole clusters: 7 proteins in 4 clusters to 6 shards leave the last 2 empty,
+    which the warning (counting proteins: 7 for 6 shards) did not say."""
+    fasta, tsv = small
+    result = run_cli("prep", fasta, "--clusters", tsv, "-o", tmp_path / "c.txt", "--shards", "6")
+    assert result.exit_code == 0, result.stderr
+    sizes = [shard_path(tmp_path / "c.txt", k).stat().st_size for k in range(6)]
+    assert sizes[4:] == [0, 0] and all(sizes[:4])
+    assert "--shards 6: 4 training clusters for 6 shards, so the last 2 are empty" in result.stderr
+    result = run_cli("prep", fasta, "--clusters", tsv, "-o", tmp_path / "d.txt", "--shards", "4")
+    assert result.exit_code == 0 and "are empty" not in result.stderr

@@ -107,8 +107,11 @@ def _print_summary(stats, num_shards: int = 1) -> None:
     elif stats.proteins_out == 0:
         console.warn(f"no protein written: all {stats.records_in:,} records were left out (reasons below)")
     training = stats.proteins_out - stats.valid_proteins
+    unit = "training protein"
+    if stats.train_clusters is not None:  # (--clusters deals whole clusters to the shards)
+        training, unit = stats.train_clusters, "training cluster"
     if 0 < training < num_shards:  # (train then called the empty shards "a copy that failed?")
-        console.warn(f"--shards {num_shards}: {console.counted(training, 'training protein')} for {num_shards:,} "
+        console.warn(f"--shards {num_shards}: {console.counted(training, unit)} for {num_shards:,} "
                      f"shards, so the last {num_shards - training:,} are empty")
     if stats.unclustered:
         shown = console.some_named(stats.unclustered, stats.unclustered_ids)
