@@ -502,6 +502,11 @@ def _untrained_head(target: Path) -> str | None:
                                            "contact head weights")
     if not from_scratch(chain):
         return None  # continued from a published model: its head came with it (warned by the caller)
+    if (chain[-1].train_config or {}).get("num_steps") == 0 and not (chain[-1].train_config or {}).get("phases"):
+        # (train --num-steps 0: a random-initialisation baseline, every weight untrained)
+        return _through(chain[:-1], "it was written untrained by protrans train --num-steps 0 (a random-"
+                                    "initialisation baseline), so its contact head, as all its weights, is as "
+                                    "initialised")
     return _through(chain[:-1], "it was pretrained by protrans train, whose masked-LM objective leaves the contact "
                                 "head as initialised")
 

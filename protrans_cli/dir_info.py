@@ -443,7 +443,10 @@ def _run(path: Path, *, checkpoint: bool = False) -> dict:
         # (a stopped run's lines may end before its last checkpoint's step, whose tokens after them
         # no file here tells: checkpoints of earlier versions have no progress.json)
         facts["tokens_up_to"], facts["tokens_from"] = rows[-1].get("step"), "metrics.jsonl"
-    if isinstance(complete, dict) and "step" in complete:
+    if isinstance(complete, dict) and complete.get("step") == 0:
+        # (train --num-steps 0: the model as initialised)
+        facts["status"] = "complete (step 0: untrained, the weights as initialised: a random-initialisation baseline)"
+    elif isinstance(complete, dict) and "step" in complete:
         facts["status"] = f"complete (step {complete['step']})"
     else:
         facts["status"] = "not complete (stopped, running or failed: train --resume continues it)"
@@ -648,7 +651,7 @@ def _model_lines(facts: dict) -> list[tuple[str, str]]:
     if "max_positions" in facts:
         lengths.append(f"{facts['max_positions']:,} positions")
     trained = facts.get("training", {}).get("max_length")
-    if trained:
+    if trained and facts.get("training", {}).get("num_steps") != 0:  # (num steps 0: never trained)
         lengths.append(f"trained at {'up to ' if facts['training'].get('phases') else ''}{trained:,} tokens a sequence")
     if lengths:
         lines.append(("length", ", ".join(lengths)))

@@ -81,7 +81,9 @@ def _extra_arguments(ctx) -> str:
                    "and fit's --valid call it).")
 @click.option("-o", "--output", "--output-dir", "output_dir", default=None, metavar="DIRECTORY", help="Run directory: final model, checkpoints/, metrics.jsonl.  [default: runs/protrans]")
 @click.option("--max-length", type=int, default=None, help="Tokens per protein incl. special tokens; longer ones are cropped at random.  [default: 512]")
-@click.option("--num-steps", type=int, default=None, help="Optimizer steps (without --phase).  [default: 1000]")
+@click.option("--num-steps", type=int, default=None,
+              help="Optimizer steps (without --phase); 0 writes the model as initialised, untrained (a "
+                   "random-initialisation baseline; no --corpus needed).  [default: 1000]")
 @click.option("--phase", "phases", multiple=True, metavar="LEN:STEPS[:GLOBAL[:MICRO]]",
               help="A sequence-length phase, e.g. --phase 512:150000 --phase 2048:150000:256:2.")
 @click.option("--global-batch-size", type=int, default=None, help="Proteins per optimizer step over all processes.  [default: 32]")
@@ -219,6 +221,9 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
         _print_recipes()
         return
     _refuse_recipe_with_config(recipe, config_file)
+    if flags.get("num_steps") == 0 and not find_lr:  # (before a resume's run directory is looked for)
+        _refuse_continuing_untrained(resume=resume, resume_from=resume_from,
+                                     accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     if resume_from:
         # before anything else: a mistyped path failed only after the model was built (minutes
         # for a ProtT5-XL-sized preset)
@@ -250,6 +255,9 @@ def command(config_file, recipe, model_set, phases, resume, resume_from, accept_
     # refused it. (Checked again with the corpus and the processes, as every run's are.)
     config.check_values()
     _warn_flags_without_effect(config, flags, new_run=not (find_lr or resume or resume_from))
+    if config.untrained and not find_lr:
+        config = _untrained_settings(config, resume=resume, resume_from=resume_from,
+                                     accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     _refuse_flag_combinations(config, flags, find_lr=find_lr, resume=resume, resume_from=resume_from,
                               accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     if find_lr:
@@ -456,13 +464,42 @@ def _refuse_flag_combinations(config, flags, *, find_lr, resume, resume_from, ac
         if ignored:
             raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
                              "cannot go with it")
-    if not config.corpus:
+    if not config.corpus and not config.untrained:  # (--num-steps 0 reads none)
         raise UsageError("no training corpus: give --corpus (or 'corpus' in --config)")
     if resume and resume_from:
         raise UsageError("give --resume or --resume-from, not both")
     if accept_corpus_change and not (resume or resume_from):
         raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
     check_skip_data(skip_data, resume or resume_from)
+
+
+def _untrained_settings(config, *, resume, resume_from, accept_corpus_change, skip_data):
+    """--num-steps 0, the model written as initialised: the flags of a run to continue refused
+    (there is no checkpoint), and the corpora, which it does not read, left out with a warning
+    (train_config.json then records none: the model saw none)."""
+    import dataclasses
+
+    from protrans_cli import console
+
+    _refuse_continuing_untrained(resume=resume, resume_from=resume_from, accept_corpus_change=accept_corpus_change,
+                                 skip_data=skip_data)
+    unread = [flag for key, flag in (("corpus", "--corpus"), ("val_corpus", "--val-corpus")) if getattr(config, key)]
+    if unread and _rank_zero():
+        console.warn(f"{' and '.join(unread)} ignored: --num-steps 0 writes the model as initialised, untrained, "
+                     "and reads no corpus")
+    return dataclasses.replace(config, corpus=[], val_corpus=[])
+
+
+def _refuse_continuing_untrained(*, resume, resume_from, accept_corpus_change, skip_data) -> None:
+    """--num-steps 0 (given, or a run's own): the flags of a run to continue, refused."""
+    from protrans_cli.errors import UsageError
+
+    refused = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
+                                        ("--accept-corpus-change", accept_corpus_change),
+                                        ("--skip-data", skip_data)) if given]
+    if refused:
+        raise UsageError(f"--num-steps 0 writes the model as initialised, without a checkpoint: "
+                         f"{', '.join(refused)} cannot go with it (give --num-steps N to train)")
 
 
 def _find_lr(config, flags, test_steps) -> None:

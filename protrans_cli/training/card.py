@@ -90,6 +90,12 @@ def _front_matter(family, *, tags: tuple = (), base_model: str | None = None, pi
     return front + ["---", MARK, ""]
 
 
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def _count(n: int) -> str:
     return f"{n:,}"
 
@@ -227,11 +233,20 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
 
     title = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     what = f"checkpoint at step {_count(step)} of {_count(total)}" if checkpoint else "final model"
-    out = [f"# {title}" + (f" (step {step})" if checkpoint else ""), "",
-           f"A protein language model, {family.description or family.name}: the {what} of a run of "
-           f"`protrans train` (protrans {__version__})"
-           + (f", continued from {_init_from(config.init_from)}." if config.init_from else ", trained from scratch."),
-           "", "## Model", ""]
+    untrained = total == 0
+    if untrained:  # (num_steps 0: a random-initialisation baseline)
+        front = _front_matter(family, tags=("untrained", "random-initialisation-baseline"))
+        about = (f"A protein language model architecture, {family.description or family.name}, UNTRAINED (0 steps): "
+                 f"its weights as the model class initialises them under seed {config.seed}, written by `protrans "
+                 f"train --num-steps 0` (protrans {__version__}). A random-initialisation baseline: embeddings of "
+                 "this model next to a pretrained one's separate what pretraining learned from what the "
+                 "architecture alone gives a prediction head. It has learned nothing.")
+    else:
+        about = (f"A protein language model, {family.description or family.name}: the {what} of a run of "
+                 f"`protrans train` (protrans {__version__})"
+                 + (f", continued from {_init_from(config.init_from)}." if config.init_from
+                    else ", trained from scratch."))
+    out = [f"# {title}" + (f" (step {step})" if checkpoint else ""), "", about, "", "## Model", ""]
     out.append(f"- Family: {family.name} (`{type(model).__name__}`"
                + (f"; embeddings from `{family.encoder_class.__name__}`" if uses_transformers else "") + ")")
     if config.preset and not config.init_from:
@@ -247,6 +262,12 @@ def train_card(*, family, model, tokenizer, config, resolved: dict, step: int, r
     if isinstance(vocab, int):
         out.append(f"- Vocabulary: {_count(vocab)} tokens")
 
+    if untrained:
+        out += ["", "## Training", "", "- Steps: 0 (untrained: no corpus read, no optimizer step)",
+                f"- Seed: {config.seed} (the same seed writes the same weights)",
+                f"- Software: protrans {__version__}, transformers {transformers.__version__}, torch "
+                f"{_torch_version()}"]
+        return "\n".join(front + out + _use(family, tokenizer, "of this model")) + "\n"
     rows = _metrics_until(run_dir, step)
     out += ["", "## Training", ""]
     if config.recipe:

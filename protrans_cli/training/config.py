@@ -231,6 +231,12 @@ class TrainConfig:
         return sum(p.num_steps for p in self.resolved_phases())
 
     @property
+    def untrained(self) -> bool:
+        """num_steps 0 (without phases): the run writes its model as initialised, trains no step and
+        reads no corpus (a random-initialisation baseline of the architecture)."""
+        return not self.phases and self.num_steps == 0
+
+    @property
     def resolved_warmup_steps(self) -> int:
         """The steps of linear warmup: as given, or a tenth of the run and at most 2000, so that
         a short run still reaches its peak lr and decays."""
@@ -242,7 +248,7 @@ class TrainConfig:
         """Refuse contradictory settings up front, before any model is built. `evaluates`: False
         for the lr range test, which evaluates nothing (and warns of the settings it ignores)."""
         self._check_structure()
-        if not self.corpus:
+        if not self.corpus and not self.untrained:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
         if self.keep_best and evaluates:
             # (here, not in check_values: a config file's keep_best may have its val corpus or
@@ -391,8 +397,12 @@ class TrainConfig:
             named = (lambda name: name) if self.phases else setting_name
             if phase.max_length < 8:
                 raise UsageError(f"{where}{named('max_length')} must be at least 8, got {phase.max_length}")
-            if phase.num_steps < 1:
-                raise UsageError(f"{where}{named('num_steps')} must be at least 1, got {phase.num_steps}")
+            if phase.num_steps < 1 and (self.phases or phase.num_steps < 0):
+                # (num_steps 0 without phases: the initialised model, untrained, written as the run's
+                # model, a random-initialisation baseline; a phase of no steps is a mistake)
+                least = 1 if self.phases else 0
+                raise UsageError(f"{where}{named('num_steps')} must be at least {least}, got {phase.num_steps}"
+                                 + ("" if self.phases else " (0: the model as initialised, untrained)"))
             for name in ("global_batch_size", "micro_batch_size"):
                 if getattr(phase, name) < 1:
                     # the phase's own batch size (--phase 32:2:4:0) by its name, one it takes from
@@ -406,6 +416,20 @@ class TrainConfig:
             # --global-batch-size -1` was warned of as ignored and taken)
             if getattr(self, name) < 1:
                 raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
+        if self.untrained:
+            self._check_untrained()
+
+    def _check_untrained(self) -> None:
+        """num_steps 0: the settings of a training that it does not do, refused (not ignored)."""
+        if self.init_from:
+            # (its weights as they are, under a new name: the model itself is the one to give)
+            raise UsageError(f"{setting_name('init_from')} {self.init_from} with {setting_name('num_steps')} 0 would "
+                             "write an untrained copy of that model: give the model itself wherever a model is "
+                             "taken (-m), or train it for at least 1 step")
+        unused = [setting_name(name) for name in ("keep_best", "stop_after", "time_limit") if getattr(self, name)]
+        if unused:
+            raise UsageError(f"{setting_name('num_steps')} 0 writes the model as initialised, without a step or a "
+                             f"checkpoint: {', '.join(unused)} cannot go with it")
 
     def _check_decay_steps(self) -> None:
         """decay_steps: a step after the warmup, for a schedule that decays to a floor over a span

@@ -258,6 +258,11 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 # the settings first: a bad value on a directory holding a run was met as "already
                 # holds a run, add --resume", and only --resume showed the real error
                 config.validate(info.world_size)
+                if config.untrained and resume:
+                    # (nothing to continue: it trains no step, and its run keeps no checkpoint)
+                    raise UsageError(f"{option('--num-steps', 'num_steps')} 0 writes the model as initialised, "
+                                     f"without a checkpoint: {resume_option()} cannot go with it (give "
+                                     f"{option('--num-steps', 'num_steps')} N to train)")
                 refuse_what_the_run_dir_holds(config.output_dir, resume, main=info.is_main)
                 if resume:
                     where = _check_resume_settings(config, resume, family, info)
@@ -292,6 +297,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
             with dist.peers_stopping("this one stopped too"):
                 run = build_run(config, info, family, resume=resume)
                 run.given.update(saved_as or {})
+                if run.config.untrained:
+                    return _write_untrained(run)
                 with StopRequest() as stop:
                     return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change, skip_data=skip_data)
     finally:
@@ -418,8 +425,10 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         family.preset_config(config.preset)
         objective_name = _check_objective(config, family)
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
-    # validation corpus fails now, not at the first step or after the last one.
-    _check_corpora(config, info, evaluates)
+    # validation corpus fails now, not at the first step or after the last one. (num_steps 0
+    # reads neither.)
+    if not config.untrained:
+        _check_corpora(config, info, evaluates)
     if config.threads:
         torch.set_num_threads(config.threads)
     # The same seed on every rank: identical initial weights (DDP also broadcasts them).
@@ -1554,6 +1563,25 @@ def _finish(run: _Run, loop: _LoopState, stop, step: int, data_state, *, skip_da
         # the exit says so (StopRequest.__exit__ acts on it as this returns).
         stop.late_detail = f"the run is complete ({step} steps; model in {run.run_dir})"
     return result
+
+
+def _write_untrained(run: _Run) -> TrainResult:
+    """num_steps 0: the model as the family's model class initialised it under the run's seed
+    (build_run), written as a complete run's final model (weights, config, tokenizer, model card
+    that says it is untrained) with train_config.json and complete.json (step 0): a
+    random-initialisation baseline of the architecture that every -m takes. No step, so no
+    metrics.jsonl, loss curve or checkpoint; no corpus is read."""
+    info = run.info
+    if info.is_main:
+        # (every rank built the same weights from the same seed, on the CPU: rank 0 writes them)
+        run.save_config(run.run_dir / ckpt.CONFIG_FILE)
+        ckpt.export_model(run.run_dir, family=run.family, model=run.model, tokenizer=run.tokenizer,
+                          card=_card(run, run.model, 0, tokens=0))
+        ckpt.record_complete(run.run_dir, 0, tokens=0)
+    dist.barrier()
+    dist.print0(f"train: done, 0 steps: the model as initialised (seed {run.config.seed}), untrained, in "
+                f"{run.run_dir}: a random-initialisation baseline")
+    return TrainResult(run.run_dir, step=0, completed=True)
 
 
 def _summary(run: _Run, loop: _LoopState, step: int, data_state) -> str:
