@@ -1877,7 +1877,8 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):
     ("micro_batch_size = 0", "--micro-batch-size (micro_batch_size) must be at least 1, got 0"),
     # "training: max_length must be at least 8" named neither the flag nor the key as the others do
     ("max_length = 4", "--max-length (max_length) must be at least 8, got 4"),
-    ("num_steps = 0", "--num-steps (num_steps) must be at least 1, got 0"),
+    # (0 writes the model as initialised: test_train_untrained.py)
+    ("num_steps = -1", "--num-steps (num_steps) must be at least 0, got -1 (0: the model as initialised, untrained)"),
     ('corpus = "c.txt"\n[[phases]]\nmax_length = 4\nnum_steps = 2',
      "phase 1 (4:2): max_length must be at least 8, got 4"),
     ("lr = -1", "--lr (lr) must be positive, got -1.0"),
