@@ -1336,7 +1336,50 @@ class _Writers:
 # Dedup: digests into partitions on disk, duplicates found per partition
 
 
-class _Shuffle:
+class _Buckets:
+    """Scratch bucket files of --shuffle and --clusters (`FLAG`, for messages): each bucket's text
+    held in memory (`_hold`) until 1/16 of the budget is, then written to its file (`_spill`),
+    opened then: a small corpus needs no file, a big one is written in big pieces."""
+
+    FLAG = ""
+
+    def __init__(self, directory: Path, count: int, budget: int):
+        self.directory = directory
+        self.paths = [directory / f"bucket{k}" for k in range(count)]
+        self.pending: list[list[bytes]] = [[] for _ in range(count)]
+        self.pending_bytes = 0
+        self.spill_at = budget // 16
+        self.files: list = [None] * count
+
+    def _failure(self, exc: OSError) -> RuntimeFailure:
+        reason = disk_full(exc) or (exc.strerror or str(exc))
+        return RuntimeFailure(f"{self.FLAG} cannot write its buckets: {reason} (they take about the corpus's "
+                              "uncompressed size; --tmp-dir DIR puts them elsewhere)", path=str(self.directory))
+
+    def _hold(self, k: int, text: bytes) -> None:
+        self.pending[k].append(text)
+        self.pending_bytes += len(text)
+
+    def _spill(self) -> None:
+        for k, parts in enumerate(self.pending):
+            if parts:
+                if self.files[k] is None:
+                    self.files[k] = open(self.paths[k], "wb")
+                self.files[k].write(b"".join(parts))
+                parts.clear()
+        self.pending_bytes = 0
+
+    def close(self, quiet: bool = False) -> None:
+        """The bucket files closed; `quiet` after a failure: a full disk's error on the buffered
+        rest replaced the one line that named --tmp-dir with a bare "No space left on device"."""
+        for f in self.files:
+            if f is not None:
+                with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
+                    f.close()
+        self.files = [None] * len(self.files)
+
+
+class _Shuffle(_Buckets):
     """--shuffle: a uniformly random order of the training proteins in bounded memory. Each
     protein goes to one of 256 bucket files at random as the blocks come; then each bucket in
     turn is read whole, its proteins permuted, and written. A random bucket and a random place in
@@ -1349,30 +1392,20 @@ class _Shuffle:
 
     SEPARATOR = b"\n\n"  # every protein's text (its line, or its windows' lines) ends with one
     MAX_BUCKETS = 256  # files open at once; more text than 256 buckets hold is scattered again
+    FLAG = "--shuffle"
 
     def __init__(self, directory: Path, seed: int, budget: int):
-        self.directory = directory
-        self.seed = seed
-        self.budget = budget
         # (a count planned from the input's size made the order depend on the input's form: a
         # file, its .gz, or the same proteins on stdin gave three different corpora for one seed)
         self.count = self.MAX_BUCKETS
+        # (held until 1/16 of the budget, 32 MiB: a small corpus is shuffled without a file, 256 of
+        # which cost more than its whole run; the order is the same either way)
+        super().__init__(directory, self.count, budget)
+        self.seed = seed
+        self.budget = budget
         self.rng = np.random.default_rng([seed, 0])
-        self.paths = [directory / f"bucket{k}" for k in range(self.count)]
-        # Each bucket's text is held in memory until 1/16 of the budget is (32 MiB), then written
-        # to its file, opened then: a small corpus is shuffled without a file (256 of them cost
-        # more than its whole run), a big one is written in big pieces; the order is the same.
-        self.pending: list[list[bytes]] = [[] for _ in range(self.count)]
-        self.pending_bytes = 0
-        self.spill_at = budget // 16
-        self.files: list = [None] * self.count
         self.proteins = 0
         self.counts = np.zeros(self.count, dtype=np.int64)  # proteins in each bucket
-
-    def _failure(self, exc: OSError) -> RuntimeFailure:
-        reason = disk_full(exc) or (exc.strerror or str(exc))
-        return RuntimeFailure(f"--shuffle cannot write its buckets: {reason} (they take about the corpus's "
-                              "uncompressed size; --tmp-dir DIR puts them elsewhere)", path=str(self.directory))
 
     def add(self, text: bytes) -> None:
         """A block's training text (proteins each ending with an empty line)."""
@@ -1396,19 +1429,6 @@ class _Shuffle:
         numbers."""
         return np.random.default_rng([self.seed, purpose, len(key), *key])
 
-    def _hold(self, k: int, text: bytes) -> None:
-        self.pending[k].append(text)
-        self.pending_bytes += len(text)
-
-    def _spill(self) -> None:
-        for k, parts in enumerate(self.pending):
-            if parts:
-                if self.files[k] is None:
-                    self.files[k] = open(self.paths[k], "wb")
-                self.files[k].write(b"".join(parts))
-                parts.clear()
-        self.pending_bytes = 0
-
     def _scatter(self, docs: list, buckets: np.ndarray, count: int, put) -> np.ndarray:
         """put(k, text) for each bucket k of `count` with its proteins (`buckets`: their indices); how
         many went to each."""
@@ -1423,15 +1443,6 @@ class _Shuffle:
                 put(k, self.SEPARATOR.join([docs[i] for i in order[start:end].tolist()]) + self.SEPARATOR)
             start = end
         return counts
-
-    def close(self, quiet: bool = False) -> None:
-        """The bucket files closed; `quiet` after a failure: a full disk's error on the buffered
-        rest replaced the one line that named --tmp-dir with a bare "No space left on device"."""
-        for f in self.files:
-            if f is not None:
-                with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
-                    f.close()
-        self.files = [None] * self.count
 
     def emit(self, write) -> None:
         """Calls write(list of proteins' texts) with every protein once, in the random order."""
@@ -1614,7 +1625,7 @@ class _ClusterMap:
         return np.arange(self.count, dtype=np.uint64) << np.uint64(shift)
 
 
-class _Grouper:
+class _Grouper(_Buckets):
     """--clusters: the proteins of one output grouped by cluster in bounded memory. Each protein
     goes to one of 256 bucket files by the top 8 bits of its cluster's key (_ClusterMap.keys), so
     a cluster lands whole in one bucket; then each bucket in turn is read whole, its proteins
@@ -1626,22 +1637,13 @@ class _Grouper:
     SEPARATOR = b"\n\n"
     COUNT = 256
     DESC = "prep: clusters"
+    FLAG = "--clusters"
 
     def __init__(self, directory: Path, budget: int):
-        self.directory = directory
-        self.paths = [directory / f"bucket{k}" for k in range(self.COUNT + 1)]  # the last: loose proteins
-        self.pending: list[list[bytes]] = [[] for _ in range(self.COUNT + 1)]
-        self.pending_bytes = 0
-        self.spill_at = budget // 16
-        self.files: list = [None] * (self.COUNT + 1)
+        super().__init__(directory, self.COUNT + 1, budget)  # the last bucket: loose proteins
         self.counts = np.zeros(self.COUNT + 1, dtype=np.int64)
         self.proteins = None  # (the progress bar's total: clusters, counted as they are written)
         self.clusters = 0     # written
-
-    def _failure(self, exc: OSError) -> RuntimeFailure:
-        reason = disk_full(exc) or (exc.strerror or str(exc))
-        return RuntimeFailure(f"--clusters cannot write its buckets: {reason} (they take about the corpus's "
-                              "uncompressed size; --tmp-dir DIR puts them elsewhere)", path=str(self.directory))
 
     def add(self, docs: list, keys: np.ndarray, units: np.ndarray) -> None:
         """Proteins (their text without the empty line) with their cluster's key and number."""
@@ -1666,29 +1668,12 @@ class _Grouper:
             self._hold(self.COUNT, self.SEPARATOR.join(docs) + self.SEPARATOR)
 
     def _hold(self, k: int, text: bytes) -> None:
-        self.pending[k].append(text)
-        self.pending_bytes += len(text)
+        super()._hold(k, text)
         if self.pending_bytes > self.spill_at:
-            self._spill()
-
-    def _spill(self) -> None:
-        try:
-            for k, parts in enumerate(self.pending):
-                if parts:
-                    if self.files[k] is None:
-                        self.files[k] = open(self.paths[k], "wb")
-                    self.files[k].write(b"".join(parts))
-                    parts.clear()
-        except OSError as exc:
-            raise self._failure(exc) from None
-        self.pending_bytes = 0
-
-    def close(self, quiet: bool = False) -> None:
-        for f in self.files:
-            if f is not None:
-                with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
-                    f.close()
-        self.files = [None] * (self.COUNT + 1)
+            try:
+                self._spill()
+            except OSError as exc:
+                raise self._failure(exc) from None
 
     def _text(self, k: int) -> bytes:
         text = b"".join(self.pending[k])
